@@ -1,0 +1,19 @@
+"""fastproxy: an Envoy-class proxy engine you can import.
+
+The data plane is compiled (fastproxy._core) and runs on worker threads without the GIL;
+this package is the control surface: config objects, Envoy YAML loading, the Proxy.
+"""
+from .errors import ConfigError, FastProxyError, ListenerBindError
+from .filters import FilterStatus, NetworkFilter
+from .model import Admin, Bootstrap, Cluster, Endpoint, Listener
+from ._core import Buffer, Connection
+from .proxy import Proxy
+from .config import load_envoy, load_envoy_json, load_envoy_yaml
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Admin", "Bootstrap", "Buffer", "Cluster", "ConfigError", "Connection", "Endpoint",
+    "FastProxyError", "FilterStatus", "Listener", "ListenerBindError", "NetworkFilter", "Proxy",
+    "load_envoy", "load_envoy_json", "load_envoy_yaml", "__version__",
+]

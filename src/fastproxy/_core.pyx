@@ -1,0 +1,33 @@
+# cython: language_level=3
+"""fastproxy's compiled core: the data plane.
+
+One extension module; each included file has one job (see docs/architecture.md):
+  core/buffer.pxi      slices and chains
+  core/dispatcher.pxi  per-worker epoll loop, timers, cross-thread messages
+  core/stats.pxi       per-worker counters
+  core/upstream.pxi    clusters, host sets, load balancing
+  core/snapshot.pxi    listener config snapshots and their propagation
+  core/listener.pxi    binding and accepting
+  core/tcp_proxy.pxi   the L4 session: splice and buffered paths, half-close, resets
+  core/pybridge.pxi    the only code on a worker that takes the GIL (Python filters)
+  core/engine.pxi      the Python-facing control surface
+"""
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdlib cimport malloc, calloc, realloc, free
+from libc.string cimport memcpy, memmove, memset
+from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF, Py_XDECREF
+from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES
+
+from fastproxy.core.includes.system cimport *
+
+from fastproxy.filters import NetworkFilter
+
+include "core/buffer.pxi"
+include "core/dispatcher.pxi"
+include "core/stats.pxi"
+include "core/upstream.pxi"
+include "core/snapshot.pxi"
+include "core/listener.pxi"
+include "core/tcp_proxy.pxi"
+include "core/pybridge.pxi"
+include "core/engine.pxi"

@@ -1,0 +1,284 @@
+"""Envoy v3 bootstrap -> fastproxy.model.Bootstrap.
+
+fastproxy reads a strict subset of Envoy's bootstrap: static listeners that end in tcp_proxy
+(optionally preceded by Python network filters), STATIC / STRICT_DNS clusters, an admin
+address and a few blocks accepted for compatibility and ignored. Every field outside that
+subset is an error naming its path, because silently ignoring a field would run a proxy that
+behaves differently from the config its author wrote. Defaults are Envoy's.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Union
+
+from .. import model
+from ..errors import ConfigError
+from .proto import Message
+from .python_filter import TYPED_STRUCT_TYPES, python_filter_factory
+from .source import Source, load_source, parse_json, parse_yaml, read_file
+
+TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+
+# Access loggers accepted (and ignored) on the admin block, with the fields each may carry.
+_ACCESS_LOGGERS = {
+    "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog": ("path", "log_format"),
+    "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog": ("log_format",),
+    "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog": ("log_format",),
+}
+
+# Envoy's enums (name -> number) so that every spelling Envoy accepts is understood and a
+# known-but-unsupported value gets a clearer error than an unknown one.
+DISCOVERY_TYPES = {"STATIC": 0, "STRICT_DNS": 1, "LOGICAL_DNS": 2, "EDS": 3, "ORIGINAL_DST": 4}
+LB_POLICIES = {"ROUND_ROBIN": 0, "LEAST_REQUEST": 1, "RING_HASH": 2, "RANDOM": 3, "MAGLEV": 5,
+               "CLUSTER_PROVIDED": 6, "LOAD_BALANCING_POLICY_CONFIG": 7}
+DNS_LOOKUP_FAMILIES = {"AUTO": 0, "V4_ONLY": 1, "V6_ONLY": 2, "V4_PREFERRED": 3, "ALL": 4}
+SOCKET_PROTOCOLS = {"TCP": 0, "UDP": 1}
+
+# Envoy defaults for fields fastproxy maps onto its model.
+DEFAULT_IDLE_TIMEOUT = 3600.0
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_DNS_LOOKUP_FAMILY = "AUTO"
+
+# fastproxy's own limits, stricter than Envoy's (see model.Endpoint / model.Listener).
+MAX_ENDPOINT_WEIGHT = 128
+MIN_BUFFER_LIMIT = 4096
+
+
+def load_envoy(source: Source) -> model.Bootstrap:
+    """Load an Envoy v3 bootstrap into a validated :class:`fastproxy.model.Bootstrap`.
+
+    ``source`` is a path (str or os.PathLike; ``.json`` files are parsed as JSON, others as
+    YAML), YAML or JSON text, or an already parsed dict. Raises ConfigError whose ``path``
+    names the offending field Envoy-style, e.g. ``static_resources.clusters[0].lb_policy``.
+    """
+    return bootstrap_from_data(load_source(source))
+
+
+def load_envoy_yaml(path: Union[str, "os.PathLike[str]"]) -> model.Bootstrap:
+    """Load a YAML bootstrap file, whatever its name ends with."""
+    return bootstrap_from_data(parse_yaml(read_file(path), os.fspath(path)))
+
+
+def load_envoy_json(path: Union[str, "os.PathLike[str]"]) -> model.Bootstrap:
+    """Load a JSON bootstrap file, whatever its name ends with."""
+    return bootstrap_from_data(parse_json(read_file(path), os.fspath(path)))
+
+
+def bootstrap_from_data(data: Any) -> model.Bootstrap:
+    if data is None:  # an empty file is an empty bootstrap, as in Envoy
+        data = {}
+    top = Message(data, "", ("static_resources", "admin", "node", "layered_runtime"))
+    _node(top.message("node", ("id", "cluster")))
+    top.mapping("layered_runtime")  # runtime layers are accepted for compatibility, unused
+    admin = _admin(top.message("admin", ("address", "access_log", "profile_path")))
+
+    listeners, clusters = [], []
+    static = top.message("static_resources", ("listeners", "clusters"))
+    if static is not None:
+        refs = [_listener(item, path, i) for i, (item, path) in enumerate(static.repeated("listeners"))]
+        clusters = [_cluster(item, path) for item, path in static.repeated("clusters")]
+        # Checked here, not only in Bootstrap.validate, to point at the tcp_proxy field.
+        names = {c.name for c in clusters}
+        for listener, cluster_path in refs:
+            if listener.cluster not in names:
+                raise ConfigError(cluster_path, f"unknown cluster {listener.cluster!r}")
+        listeners = [listener for listener, _ in refs]
+
+    bootstrap = model.Bootstrap(listeners=listeners, clusters=clusters, admin=admin)
+    bootstrap.validate()
+    return bootstrap
+
+
+# --- node, admin -------------------------------------------------------------------------
+
+def _node(node: Optional[Message]) -> None:
+    # Identity fields only matter to a management server; checked for type, then unused.
+    if node is not None:
+        node.string("id")
+        node.string("cluster")
+
+
+def _admin(admin: Optional[Message]) -> Optional[model.Admin]:
+    if admin is None:
+        return None
+    admin.string("profile_path")  # CPU profiler output: no profiler here, accepted as Envoy's
+    for item, path in admin.repeated("access_log"):
+        _ignored_access_log(item, path)
+    address = admin.message("address", ("socket_address",))
+    if address is None:
+        return None  # Envoy starts no admin server when no address is given
+    host, port = _socket_address(address, require_ip=True, min_port=0)
+    return model.Admin(host, port)
+
+
+def _ignored_access_log(item: Any, path: str) -> None:
+    """The admin access log is not written; only Envoy's standard loggers are accepted."""
+    entry = Message(item, path, ("name", "typed_config"))
+    entry.string("name")
+    typed = _typed_config(entry)
+    fields = _ACCESS_LOGGERS.get(typed[0])
+    if fields is None:
+        raise ConfigError(entry.at("typed_config"),
+                          f"unsupported access logger {typed[0]!r} (only the file, stdout and "
+                          "stderr access loggers are accepted on admin)")
+    config = Message(typed[1], entry.at("typed_config"), fields, ignore=("@type",))
+    if "path" in fields:
+        config.string("path", required=True, non_empty=True)
+    config.mapping("log_format")
+
+
+def _typed_config(parent: Message) -> tuple:
+    """A google.protobuf.Any: returns (type_url, mapping with the message's fields)."""
+    value = parent.mapping("typed_config")
+    if value is None:
+        raise ConfigError(parent.at("typed_config"), "required field is missing")
+    type_url = value.get("@type")
+    if not isinstance(type_url, str) or not type_url:
+        raise ConfigError(parent.at("typed_config") + ".@type", "an '@type' string is required")
+    return type_url, value
+
+
+# --- addresses ---------------------------------------------------------------------------
+
+def _socket_address(address: Message, require_ip: bool, min_port: int, ip_hint: str = "") -> tuple:
+    """An envoy.config.core.v3.Address holding a TCP socket_address: (host, port)."""
+    sock = address.message("socket_address", ("address", "port_value", "protocol"), required=True)
+    protocol = sock.enum("protocol", SOCKET_PROTOCOLS, default="TCP")
+    if protocol != "TCP":
+        raise ConfigError(sock.at("protocol"), f"only TCP is supported, got {protocol}")
+    host = sock.string("address", required=True, non_empty=True)
+    if require_ip and not model.is_ip_literal(host):
+        raise ConfigError(sock.at("address"), f"malformed IP address: {host!r}{ip_hint}")
+    port = sock.uint32("port_value", required=True)
+    if not min_port <= port <= 65535:
+        raise ConfigError(sock.at("port_value"), f"port must be {min_port}..65535, got {port}")
+    return host, port
+
+
+# --- listeners ---------------------------------------------------------------------------
+
+def _listener(item: Any, path: str, index: int) -> tuple:
+    """Returns (model.Listener, path of its tcp_proxy cluster field)."""
+    msg = Message(item, path, ("name", "address", "filter_chains",
+                               "per_connection_buffer_limit_bytes", "tcp_backlog_size"))
+    # Envoy generates a name for an unnamed (or empty-named) listener; a stable one is
+    # easier to find in stats and logs.
+    name = msg.string("name") or f"listener_{index}"
+    host, port = _socket_address(msg.message("address", ("socket_address",), required=True),
+                                 require_ip=True, min_port=0)
+
+    chains = list(msg.repeated("filter_chains"))
+    if len(chains) != 1:
+        raise ConfigError(msg.at("filter_chains"),
+                          f"exactly one filter chain is supported, got {len(chains)}")
+    chain = Message(chains[0][0], chains[0][1], ("filters", "name"))
+    chain.string("name")
+    filters = list(chain.repeated("filters"))
+    if not filters:
+        raise ConfigError(chain.at("filters"), "the filter chain must end with envoy.filters.network.tcp_proxy")
+
+    factories = [_python_filter(item, fpath) for item, fpath in filters[:-1]]
+    proxy, cluster_path = _tcp_proxy(*filters[-1])
+
+    listener = model.Listener(
+        name=name, address=host, port=port, filters=factories,
+        buffer_limit=msg.uint32("per_connection_buffer_limit_bytes", default=model.Listener.buffer_limit,
+                                minimum=MIN_BUFFER_LIMIT),
+        backlog=msg.uint32("tcp_backlog_size", default=model.Listener.backlog, minimum=1),
+        **proxy)
+    return listener, cluster_path
+
+
+def _filter_typed_config(item: Any, path: str) -> tuple:
+    """A network filter entry: returns (type_url, typed_config mapping, typed_config path)."""
+    entry = Message(item, path, ("name", "typed_config"))
+    entry.string("name", required=True, non_empty=True)
+    type_url, value = _typed_config(entry)
+    return type_url, value, entry.at("typed_config")
+
+
+def _python_filter(item: Any, path: str) -> Any:
+    type_url, value, tpath = _filter_typed_config(item, path)
+    if type_url == TCP_PROXY_TYPE:
+        raise ConfigError(tpath, "tcp_proxy is a terminal filter and must be the last filter in the chain")
+    if type_url not in TYPED_STRUCT_TYPES:
+        raise ConfigError(tpath + ".@type",
+                          f"unsupported network filter {type_url!r} (fastproxy supports tcp_proxy and "
+                          "Python filters given as an xds.type.v3.TypedStruct)")
+    return python_filter_factory(Message(value, tpath, ("type_url", "value"), ignore=("@type",)))
+
+
+def _tcp_proxy(item: Any, path: str) -> tuple:
+    """The terminal filter: returns (model.Listener keyword arguments, cluster field path)."""
+    type_url, value, tpath = _filter_typed_config(item, path)
+    if type_url != TCP_PROXY_TYPE:
+        raise ConfigError(tpath + ".@type",
+                          f"the last filter must be envoy.filters.network.tcp_proxy ({TCP_PROXY_TYPE}), "
+                          f"got {type_url!r}")
+    tcp = Message(value, tpath, ("stat_prefix", "cluster", "idle_timeout", "max_connect_attempts"),
+                  ignore=("@type",))
+    idle = tcp.duration("idle_timeout", default=DEFAULT_IDLE_TIMEOUT)
+    kwargs = dict(
+        stat_prefix=tcp.string("stat_prefix", required=True, non_empty=True),
+        cluster=tcp.string("cluster", required=True, non_empty=True),
+        idle_timeout=None if idle == 0 else idle,  # Envoy: 0s disables the idle timeout
+        max_connect_attempts=tcp.uint32("max_connect_attempts", default=1, minimum=1),
+    )
+    return kwargs, tcp.at("cluster")
+
+
+# --- clusters ----------------------------------------------------------------------------
+
+def _cluster(item: Any, path: str) -> model.Cluster:
+    msg = Message(item, path, ("name", "type", "connect_timeout", "lb_policy", "load_assignment",
+                               "dns_refresh_rate", "dns_lookup_family",
+                               "per_connection_buffer_limit_bytes"))
+    name = msg.string("name", required=True, non_empty=True)
+    ctype = _supported(msg, "type", DISCOVERY_TYPES, model.CLUSTER_TYPES, "STATIC")
+    lb_policy = _supported(msg, "lb_policy", LB_POLICIES, model.LB_POLICIES, "ROUND_ROBIN")
+    connect_timeout = msg.duration("connect_timeout", default=DEFAULT_CONNECT_TIMEOUT)
+    if connect_timeout <= 0:
+        raise ConfigError(msg.at("connect_timeout"), "must be greater than 0s")
+    dns_refresh_rate = msg.duration("dns_refresh_rate", default=model.Cluster.dns_refresh_rate)
+    if dns_refresh_rate <= 0.001:
+        raise ConfigError(msg.at("dns_refresh_rate"), "must be greater than 1ms")
+    family = msg.enum("dns_lookup_family", DNS_LOOKUP_FAMILIES, default=DEFAULT_DNS_LOOKUP_FAMILY)
+    # Upstream buffering is bounded by the listener's limit in fastproxy; accepted as Envoy's.
+    msg.uint32("per_connection_buffer_limit_bytes")
+
+    endpoints = []
+    assignment = msg.message("load_assignment", ("cluster_name", "endpoints"))
+    if assignment is not None:
+        assignment.string("cluster_name", required=True, non_empty=True)
+        for locality, lpath in assignment.repeated("endpoints"):
+            group = Message(locality, lpath, ("lb_endpoints",))
+            endpoints.extend(_endpoint(ep, epath, ctype) for ep, epath in group.repeated("lb_endpoints"))
+
+    return model.Cluster(name=name, endpoints=endpoints, type=ctype, lb_policy=lb_policy,
+                         connect_timeout=connect_timeout, dns_refresh_rate=dns_refresh_rate,
+                         dns_lookup_family=family)
+
+
+def _supported(msg: Message, name: str, values: dict, supported: tuple, default: str) -> str:
+    value = msg.enum(name, values, default=default)
+    if value not in supported:
+        raise ConfigError(msg.at(name), f"{name} {value} is not supported by fastproxy "
+                                        f"(supported: {', '.join(supported)})")
+    return value
+
+
+def _endpoint(item: Any, path: str, cluster_type: str) -> model.Endpoint:
+    lb = Message(item, path, ("endpoint", "load_balancing_weight"))
+    endpoint = lb.message("endpoint", ("address",), required=True)
+    address = endpoint.message("address", ("socket_address",), required=True)
+    # A STATIC cluster's endpoints are used as given; only STRICT_DNS resolves names.
+    host, port = _socket_address(address, require_ip=cluster_type == "STATIC", min_port=1,
+                                 ip_hint=" (STATIC clusters need IP addresses; use type STRICT_DNS for host names)")
+    weight = lb.uint32("load_balancing_weight", default=1, minimum=1)
+    if weight > MAX_ENDPOINT_WEIGHT:
+        raise ConfigError(lb.at("load_balancing_weight"),
+                          f"fastproxy supports weights up to {MAX_ENDPOINT_WEIGHT}, got {weight}")
+    return model.Endpoint(address=host, port=port, weight=weight)
+
+
+__all__ = ["load_envoy", "load_envoy_yaml", "load_envoy_json", "bootstrap_from_data"]

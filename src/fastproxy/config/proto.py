@@ -1,0 +1,201 @@
+"""Read values the way Envoy's protobuf JSON mapping does, with Envoy-style error paths.
+
+Envoy turns its YAML into JSON and parses that as a protobuf message, so these rules apply
+to YAML too: a field may be spelt snake_case or lowerCamelCase; integers may be given as
+numbers or decimal strings; enums by name (Envoy 1.40 ignores case) or by number; a Duration
+is "<seconds>s" with at most 9 fractional digits, or {seconds, nanos}. Anything not listed for
+a message is an error here: fastproxy implements a subset and must never ignore a field whose
+meaning it does not honour.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Iterator, Optional
+
+from ..errors import ConfigError
+
+_MISSING = object()
+
+UINT32_MAX = (1 << 32) - 1
+INT64_MAX = (1 << 63) - 1
+# google.protobuf.Duration's own limit (about 10,000 years).
+DURATION_MAX_SECONDS = 315_576_000_000
+
+_INT_TEXT = re.compile(r"-?[0-9]+")
+_DURATION_TEXT = re.compile(r"(-)?([0-9]+)(?:\.([0-9]{1,9}))?s")
+
+
+def join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def to_camel(snake: str) -> str:
+    """The protobuf json_name of a field: port_value -> portValue."""
+    head, *rest = snake.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def describe(value: Any) -> str:
+    """A short rendering of a bad value for an error message."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class Message:
+    """One protobuf message given as a mapping, with the set of fields fastproxy accepts.
+
+    Construction rejects unknown fields (naming their full path) and a field given twice
+    (snake_case and camelCase). The typed getters then read each field with its path.
+    """
+
+    def __init__(self, data: Any, path: str, fields: tuple, ignore: tuple = ()):
+        if not isinstance(data, Mapping):
+            raise ConfigError(path, f"expected a mapping (message), got {describe(data)}")
+        self.path = path
+        self._values: dict = {}
+        by_spelling = {}
+        for name in fields:
+            by_spelling[name] = name
+            by_spelling[to_camel(name)] = name
+        for key, value in data.items():
+            if key in ignore:
+                continue
+            name = by_spelling.get(key) if isinstance(key, str) else None
+            if name is None:
+                raise ConfigError(join(path, str(key)), f"unknown or unsupported field {str(key)!r}")
+            if name in self._values:
+                raise ConfigError(join(path, name), f"field {name!r} is given twice (as {name} and {to_camel(name)})")
+            self._values[name] = value
+
+    def at(self, name: str) -> str:
+        return join(self.path, name)
+
+    def raw(self, name: str, default: Any = None) -> Any:
+        return self._values.get(name, default)
+
+    def _get(self, name: str, required: bool) -> Any:
+        value = self._values.get(name, _MISSING)
+        # protobuf JSON treats an explicit null like an absent field.
+        if value is None:
+            value = _MISSING
+        if value is _MISSING and required:
+            raise ConfigError(self.at(name), "required field is missing")
+        return value
+
+    def string(self, name: str, default: Any = None, required: bool = False, non_empty: bool = False) -> Any:
+        value = self._get(name, required)
+        if value is _MISSING:
+            return default
+        if not isinstance(value, str):
+            raise ConfigError(self.at(name), f"expected a string, got {describe(value)}")
+        if non_empty and not value:
+            raise ConfigError(self.at(name), "must not be empty")
+        return value
+
+    def uint32(self, name: str, default: Any = None, required: bool = False, minimum: int = 0) -> Any:
+        value = self._get(name, required)
+        if value is _MISSING:
+            return default
+        number = integer(value, self.at(name), 0, UINT32_MAX, "an unsigned 32-bit integer")
+        if number < minimum:
+            raise ConfigError(self.at(name), f"must be >= {minimum}, got {number}")
+        return number
+
+    def duration(self, name: str, default: Any = None, required: bool = False) -> Any:
+        """A google.protobuf.Duration as float seconds."""
+        value = self._get(name, required)
+        if value is _MISSING:
+            return default
+        return duration(value, self.at(name))
+
+    def enum(self, name: str, values: Mapping, default: Any = None) -> Any:
+        """An enum by name or number; returns the canonical (upper-case) name."""
+        value = self._get(name, False)
+        if value is _MISSING:
+            return default
+        return enum(value, self.at(name), values)
+
+    def message(self, name: str, fields: tuple, required: bool = False, ignore: tuple = ()) -> Optional["Message"]:
+        value = self._get(name, required)
+        if value is _MISSING:
+            return None
+        return Message(value, self.at(name), fields, ignore)
+
+    def mapping(self, name: str) -> Optional[Mapping]:
+        """A field whose contents are free-form (a Struct, or a block accepted and ignored)."""
+        value = self._get(name, False)
+        if value is _MISSING:
+            return None
+        if not isinstance(value, Mapping):
+            raise ConfigError(self.at(name), f"expected a mapping, got {describe(value)}")
+        return value
+
+    def repeated(self, name: str) -> Iterator[tuple]:
+        """Yields (item, item_path) for a repeated field; absent means empty."""
+        value = self._get(name, False)
+        if value is _MISSING:
+            return iter(())
+        if not isinstance(value, list):
+            raise ConfigError(self.at(name), f"expected a list, got {describe(value)}")
+        return ((item, f"{self.at(name)}[{i}]") for i, item in enumerate(value))
+
+
+def integer(value: Any, path: str, low: int, high: int, what: str) -> int:
+    """An integer field: a JSON number with no fraction, or a decimal string (proto3 JSON)."""
+    if isinstance(value, bool):
+        number = None
+    elif isinstance(value, int):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and _INT_TEXT.fullmatch(value):
+        number = int(value)
+    else:
+        number = None
+    if number is None:
+        raise ConfigError(path, f"expected {what}, got {describe(value)}")
+    if not low <= number <= high:
+        raise ConfigError(path, f"{number} is out of range for {what}")
+    return number
+
+
+def duration(value: Any, path: str) -> float:
+    """Parse a Duration ("1.5s" or {seconds: 1, nanos: 500000000}) into float seconds.
+
+    Envoy rejects negative durations everywhere, so they are rejected here ("-0s" is zero).
+    """
+    if isinstance(value, str):
+        match = _DURATION_TEXT.fullmatch(value)
+        if not match:
+            raise ConfigError(path, f"invalid Duration {describe(value)}: expected '<seconds>s' "
+                                    "with up to 9 fractional digits, e.g. '10s' or '0.25s'")
+        negative, whole, fraction = match.groups()
+        seconds = int(whole)
+        nanos = int((fraction or "").ljust(9, "0"))
+        if negative and (seconds or nanos):
+            raise ConfigError(path, f"Duration must not be negative, got {value!r}")
+    elif isinstance(value, Mapping):
+        parts = Message(value, path, ("seconds", "nanos"))
+        seconds = integer(parts.raw("seconds", 0), parts.at("seconds"), -INT64_MAX, INT64_MAX, "a 64-bit integer")
+        nanos = integer(parts.raw("nanos", 0), parts.at("nanos"), -999_999_999, 999_999_999, "nanoseconds (|nanos| < 1e9)")
+        if seconds < 0 or nanos < 0:
+            raise ConfigError(path, "Duration must not be negative")
+    else:
+        raise ConfigError(path, f"invalid Duration {describe(value)}: expected a string like '10s'")
+    if seconds > DURATION_MAX_SECONDS:
+        raise ConfigError(path, f"Duration of {seconds}s is out of range")
+    return seconds + nanos / 1e9
+
+
+def enum(value: Any, path: str, values: Mapping) -> str:
+    """``values`` maps each Envoy enum name to its number."""
+    if isinstance(value, str):
+        name = value.upper()
+        if name in values:
+            return name
+    elif isinstance(value, int) and not isinstance(value, bool):
+        for name, number in values.items():
+            if number == value:
+                return name
+    raise ConfigError(path, f"unknown enum value {describe(value)} (expected one of {', '.join(values)})")

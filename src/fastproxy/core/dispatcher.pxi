@@ -1,0 +1,255 @@
+# The per-worker event loop: epoll, a timer heap, a cross-thread message queue woken by an
+# eventfd, and deferred deletion. A worker's loop runs with the GIL released; nothing in
+# this file touches a Python object.
+
+DEF MAX_EVENTS = 256
+DEF TIMER_NONE = -1
+
+# What an epoll registration points at (epoll_event.data.ptr is always an Endp*).
+DEF EP_WAKE = 1                 # the worker's eventfd
+DEF EP_LISTEN = 2               # a listening socket
+DEF EP_DOWN = 3                 # a session's downstream socket
+DEF EP_UP = 4                   # a session's upstream socket
+
+ctypedef void (*timer_cb_t)(Worker* w, void* arg) noexcept nogil
+ctypedef void (*msg_fn_t)(Worker* w, void* arg) noexcept nogil
+
+cdef struct Timer:
+    uint64_t deadline           # CLOCK_MONOTONIC milliseconds
+    int index                   # position in the heap, TIMER_NONE when not armed
+    timer_cb_t cb
+    void* arg
+
+cdef struct Endp:
+    int kind
+    int fd
+    void* owner                 # Session*, WListener* or Worker*
+    uint8_t readable            # edge-triggered readiness we have not consumed yet
+    uint8_t writable
+
+cdef struct Msg:
+    msg_fn_t fn
+    void* arg
+    Msg* next
+
+cdef struct Worker:
+    int index
+    int epfd
+    Endp wake
+    pthread_t thread
+    pthread_mutex_t qlock
+    Msg* qhead
+    Msg* qtail
+    Timer** heap
+    int heap_len
+    int heap_cap
+    uint64_t now
+    int running                 # cleared to leave the loop
+    # sessions
+    Session* sessions           # intrusive list of live sessions
+    Session* deferred           # closed sessions freed at the end of the loop turn
+    int nsessions
+    uint64_t next_session_id
+    uint64_t rng                # xorshift state for RANDOM load balancing
+    # listeners in the worker's current snapshot
+    WListener** listeners
+    int nlisteners
+    WListener* dead_listeners   # removed listener slots, freed at the end of the loop turn
+
+
+cdef inline uint64_t clock_ms() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <uint64_t>ts.tv_sec * 1000 + <uint64_t>ts.tv_nsec // 1000000
+
+
+# ---- timers: a binary min-heap of Timer* ordered by deadline ----
+
+cdef inline void _heap_swap(Worker* w, int i, int j) noexcept nogil:
+    cdef Timer* t = w.heap[i]
+    w.heap[i] = w.heap[j]
+    w.heap[j] = t
+    w.heap[i].index = i
+    w.heap[j].index = j
+
+
+cdef void _heap_up(Worker* w, int i) noexcept nogil:
+    cdef int p
+    while i > 0:
+        p = (i - 1) // 2
+        if w.heap[p].deadline <= w.heap[i].deadline:
+            break
+        _heap_swap(w, i, p)
+        i = p
+
+
+cdef void _heap_down(Worker* w, int i) noexcept nogil:
+    cdef int l, r, m
+    while True:
+        l = 2 * i + 1
+        r = l + 1
+        m = i
+        if l < w.heap_len and w.heap[l].deadline < w.heap[m].deadline:
+            m = l
+        if r < w.heap_len and w.heap[r].deadline < w.heap[m].deadline:
+            m = r
+        if m == i:
+            break
+        _heap_swap(w, i, m)
+        i = m
+
+
+cdef inline void timer_init(Timer* t, timer_cb_t cb, void* arg) noexcept nogil:
+    t.index = TIMER_NONE
+    t.cb = cb
+    t.arg = arg
+    t.deadline = 0
+
+
+cdef void timer_cancel(Worker* w, Timer* t) noexcept nogil:
+    cdef int i = t.index
+    if i == TIMER_NONE:
+        return
+    w.heap_len -= 1
+    if i != w.heap_len:
+        w.heap[i] = w.heap[w.heap_len]
+        w.heap[i].index = i
+        _heap_down(w, i)
+        _heap_up(w, i)
+    t.index = TIMER_NONE
+
+
+cdef int timer_arm(Worker* w, Timer* t, uint64_t delay_ms) noexcept nogil:
+    """(Re)arm t to fire delay_ms from now. Returns -1 only when out of memory."""
+    cdef Timer** nh
+    timer_cancel(w, t)
+    if w.heap_len == w.heap_cap:
+        nh = <Timer**>realloc(w.heap, (w.heap_cap * 2 + 16) * sizeof(Timer*))
+        if nh == NULL:
+            return -1
+        w.heap = nh
+        w.heap_cap = w.heap_cap * 2 + 16
+    t.deadline = w.now + delay_ms
+    t.index = w.heap_len
+    w.heap[w.heap_len] = t
+    w.heap_len += 1
+    _heap_up(w, t.index)
+    return 0
+
+
+cdef int timers_timeout(Worker* w) noexcept nogil:
+    """Milliseconds epoll_wait may sleep: until the earliest timer, or forever (-1)."""
+    if w.heap_len == 0:
+        return -1
+    cdef uint64_t d = w.heap[0].deadline
+    if d <= w.now:
+        return 0
+    d -= w.now
+    return <int>d if d < 3600000 else 3600000
+
+
+cdef void timers_run(Worker* w) noexcept nogil:
+    cdef Timer* t
+    while w.heap_len and w.heap[0].deadline <= w.now:
+        t = w.heap[0]
+        timer_cancel(w, t)
+        t.cb(w, t.arg)
+
+
+# ---- cross-thread messages ----
+
+cdef int worker_post(Worker* w, msg_fn_t fn, void* arg) noexcept nogil:
+    """Run fn(w, arg) on w's thread soon. Callable from any thread."""
+    cdef Msg* m = <Msg*>malloc(sizeof(Msg))
+    cdef uint64_t one = 1
+    if m == NULL:
+        return -1
+    m.fn = fn
+    m.arg = arg
+    m.next = NULL
+    pthread_mutex_lock(&w.qlock)
+    if w.qtail == NULL:
+        w.qhead = m
+    else:
+        w.qtail.next = m
+    w.qtail = m
+    pthread_mutex_unlock(&w.qlock)
+    write(w.wake.fd, &one, 8)
+    return 0
+
+
+cdef void worker_drain_messages(Worker* w) noexcept nogil:
+    cdef uint64_t count
+    cdef Msg* m
+    cdef Msg* nxt
+    read(w.wake.fd, &count, 8)
+    pthread_mutex_lock(&w.qlock)
+    m = w.qhead
+    w.qhead = NULL
+    w.qtail = NULL
+    pthread_mutex_unlock(&w.qlock)
+    while m != NULL:
+        nxt = m.next
+        m.fn(w, m.arg)
+        free(m)
+        m = nxt
+
+
+cdef inline bint on_worker_thread(Worker* w) noexcept nogil:
+    return pthread_equal(pthread_self(), w.thread) != 0
+
+
+cdef inline uint64_t worker_random(Worker* w) noexcept nogil:
+    # xorshift64*: cheap, per-worker, good enough to spread load.
+    cdef uint64_t x = w.rng
+    x ^= x >> 12
+    x ^= x << 25
+    x ^= x >> 27
+    w.rng = x
+    return x * <uint64_t>2685821657736338717ULL
+
+
+cdef int worker_init(Worker* w, int index) noexcept nogil:
+    memset(w, 0, sizeof(Worker))
+    w.index = index
+    w.rng = <uint64_t>11400714819323198485ULL ^ (<uint64_t>(index + 1) * <uint64_t>13787848793156543929ULL)
+    w.next_session_id = 1
+    w.epfd = epoll_create1(EPOLL_CLOEXEC)
+    if w.epfd < 0:
+        return -1
+    w.wake.kind = EP_WAKE
+    w.wake.owner = w
+    w.wake.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+    if w.wake.fd < 0:
+        close(w.epfd)
+        return -1
+    pthread_mutex_init(&w.qlock, NULL)
+    cdef epoll_event ev
+    ev.events = EPOLLIN
+    ev.data.ptr = &w.wake
+    epoll_ctl(w.epfd, EPOLL_CTL_ADD, w.wake.fd, &ev)
+    w.now = clock_ms()
+    return 0
+
+
+cdef void worker_loop(Worker* w) noexcept nogil:
+    """The worker's whole life: wait, dispatch, run timers, free what closed."""
+    cdef epoll_event events[MAX_EVENTS]
+    cdef int n, i
+    cdef Endp* ep
+    w.thread = pthread_self()
+    w.now = clock_ms()
+    while fp_load_int(&w.running):
+        n = epoll_wait(w.epfd, events, MAX_EVENTS, timers_timeout(w))
+        w.now = clock_ms()
+        for i in range(n):
+            ep = <Endp*>events[i].data.ptr
+            if ep.kind == EP_DOWN or ep.kind == EP_UP:
+                session_on_event(w, ep, events[i].events)
+            elif ep.kind == EP_LISTEN:
+                listener_on_accept(w, <WListener*>ep.owner)
+            elif ep.kind == EP_WAKE:
+                worker_drain_messages(w)
+        timers_run(w)
+        sessions_free_deferred(w)
+    worker_teardown(w)

@@ -1,0 +1,197 @@
+# Engine: the control surface of the compiled core, used by fastproxy.proxy on the main
+# thread. It owns the workers (threads whose loops run without the GIL), turns Python
+# config into C structs, and posts snapshots to the workers.
+
+import threading as _threading
+
+
+cdef void worker_teardown(Worker* w) noexcept nogil:
+    """Close everything the worker owns. Runs on the worker thread after its loop ends."""
+    cdef int i
+    worker_drain_messages(w)
+    while w.sessions != NULL:
+        session_close(w.sessions, False, False)
+    for i in range(w.nlisteners):
+        if w.listeners[i] != NULL:
+            _wlistener_remove(w, w.listeners[i])
+    free(w.listeners)
+    w.listeners = NULL
+    w.nlisteners = 0
+    worker_drain_messages(w)
+    sessions_free_deferred(w)
+
+
+cdef void _msg_noop(Worker* w, void* arg) noexcept nogil:
+    pass
+
+
+cdef class Engine:
+    cdef Worker* workers
+    cdef readonly int nworkers
+    cdef readonly bint started
+    cdef list _threads
+    cdef bint _stopped
+
+    def __cinit__(self, int nworkers):
+        cdef int i
+        if nworkers < 1 or nworkers > 1024:
+            raise ValueError("concurrency must be between 1 and 1024")
+        self.workers = <Worker*>calloc(nworkers, sizeof(Worker))
+        if self.workers == NULL:
+            raise MemoryError()
+        for i in range(nworkers):
+            if worker_init(&self.workers[i], i) < 0:
+                self.nworkers = i
+                raise OSError(errno, "cannot create the worker's epoll/eventfd")
+        self.nworkers = nworkers
+        self._threads = []
+
+    def __dealloc__(self):
+        cdef int i
+        if self.workers == NULL:
+            return
+        if self.started and not self._stopped:
+            # Threads still run: leak rather than free memory they use.
+            return
+        for i in range(self.nworkers):
+            if not self.started:
+                worker_teardown(&self.workers[i])
+            free(self.workers[i].heap)
+            close(self.workers[i].epfd)
+            close(self.workers[i].wake.fd)
+            pthread_mutex_destroy(&self.workers[i].qlock)
+        free(self.workers)
+        self.workers = NULL
+
+    def start(self):
+        if self.started:
+            raise RuntimeError("engine already started")
+        cdef int i
+        for i in range(self.nworkers):
+            fp_store_int(&self.workers[i].running, 1)
+        for i in range(self.nworkers):
+            t = _threading.Thread(target=self._run_worker, args=(i,),
+                                  name=f"fastproxy-worker-{i}", daemon=True)
+            self._threads.append(t)
+            t.start()
+        self.started = True
+
+    def _run_worker(self, int i):
+        cdef Worker* w = &self.workers[i]
+        with nogil:
+            worker_loop(w)
+
+    def stop(self):
+        """Stop every worker: close all connections and listeners, join the threads."""
+        cdef int i
+        if not self.started or self._stopped:
+            return
+        for i in range(self.nworkers):
+            fp_store_int(&self.workers[i].running, 0)
+            worker_post(&self.workers[i], _msg_noop, NULL)
+        for t in self._threads:
+            t.join()
+        self._stopped = True
+
+    def active_connections(self):
+        """Connections open on all workers (an instantaneous, racy but untorn read)."""
+        cdef int i, total = 0
+        for i in range(self.nworkers):
+            total += fp_load_int(&self.workers[i].nsessions)
+        return total
+
+    # ---- building config structs ----
+
+    def new_stats(self, str kind):
+        if kind == "listener":
+            return _statblock_handle(LISTENER_STATS, LISTENER_GAUGES, self.nworkers)
+        if kind == "tcp":
+            return _statblock_handle(TCP_STATS, TCP_GAUGES, self.nworkers)
+        if kind == "cluster":
+            return _statblock_handle(CLUSTER_STATS, CLUSTER_GAUGES, self.nworkers)
+        raise ValueError(kind)
+
+    def bind(self, str ip, int port, int backlog):
+        return bind_listener(self.nworkers, ip, port, backlog)
+
+    def make_cluster(self, StatBlockHandle stats, str lb_policy, double connect_timeout,
+                     HostSetHandle hosts):
+        cdef ClusterHandle h = ClusterHandle.__new__(ClusterHandle)
+        cdef ClusterCfg* c = <ClusterCfg*>calloc(1, sizeof(ClusterCfg))
+        if c == NULL:
+            raise MemoryError()
+        c.refcnt = 1
+        c.lb = LB_RANDOM if lb_policy == "RANDOM" else LB_ROUND_ROBIN
+        c.connect_timeout_ms = max(1, <uint64_t>(connect_timeout * 1000))
+        c.stats = stats.b
+        c.nworkers = self.nworkers
+        c.per_worker = <WorkerLb*>calloc(self.nworkers, sizeof(WorkerLb))
+        if c.per_worker == NULL:
+            free(c)
+            raise MemoryError()
+        for i in range(self.nworkers):
+            # Spread the workers' round-robin starting points over the schedule.
+            c.per_worker[i].next = <uint32_t>(i * max(1, hosts.hs.nschedule) // self.nworkers)
+        h.c = c
+        h.engine = self
+        h.stats = stats
+        h.set_hosts(hosts)
+        return h
+
+    def make_listener(self, str name, ListenSockHandle sock, ClusterHandle cluster,
+                      StatBlockHandle lstats, StatBlockHandle tstats, idle_timeout,
+                      int max_connect_attempts, max_connections, size_t buffer_limit,
+                      tuple filter_factories, bint splice_read, bint splice_write):
+        cdef ListenerCfgHandle h = ListenerCfgHandle.__new__(ListenerCfgHandle)
+        cdef ListenerCfg* c = <ListenerCfg*>calloc(1, sizeof(ListenerCfg))
+        if c == NULL:
+            raise MemoryError()
+        c.refcnt = 1
+        c.sock = sock.s
+        fp_atomic_add_int(&sock.s.refcnt, 1)
+        c.cluster = cluster.c
+        fp_atomic_add_int(&cluster.c.refcnt, 1)
+        c.lstats = lstats.b
+        c.tstats = tstats.b
+        c.idle_timeout_ms = 0 if not idle_timeout else max(1, <uint64_t>(idle_timeout * 1000))
+        c.max_connect_attempts = max_connect_attempts
+        c.max_connections = max_connections or 0
+        c.buffer_limit = buffer_limit
+        c.nfilters = len(filter_factories)
+        if c.nfilters:
+            Py_INCREF(filter_factories)
+            c.filter_factories = <PyObject*>filter_factories
+        c.splice_read = splice_read
+        c.splice_write = splice_write
+        h.c = c
+        h.name = name
+        return h
+
+    def apply(self, list listeners):
+        """Make `listeners` (ListenerCfgHandles) the workers' listener set. Returns when
+        every worker has switched: new connections from then on use the new config."""
+        cdef Snapshot* snap = <Snapshot*>calloc(1, sizeof(Snapshot))
+        cdef ListenerCfgHandle lh
+        cdef int i
+        if snap == NULL:
+            raise MemoryError()
+        snap.nlisteners = len(listeners)
+        snap.listeners = <ListenerCfg**>calloc(max(1, snap.nlisteners), sizeof(ListenerCfg*))
+        pthread_mutex_init(&snap.lock, NULL)
+        pthread_cond_init(&snap.done, NULL)
+        for i, lh in enumerate(listeners):
+            snap.listeners[i] = lh.c
+            fp_atomic_add_int(&lh.c.refcnt, 1)
+        snap.pending = self.nworkers
+        if not self.started or self._stopped:
+            for i in range(self.nworkers):
+                _msg_apply_snapshot(&self.workers[i], snap)
+        else:
+            for i in range(self.nworkers):
+                worker_post(&self.workers[i], _msg_apply_snapshot, snap)
+            with nogil:
+                pthread_mutex_lock(&snap.lock)
+                while snap.pending > 0:
+                    pthread_cond_wait(&snap.done, &snap.lock)
+                pthread_mutex_unlock(&snap.lock)
+        snapshot_free(snap)

@@ -1,0 +1,28 @@
+/* Small C helpers the Cython core cannot express directly: atomics and a flexible
+ * struct-size helper. Everything here is header-only and nogil-safe. */
+#ifndef FASTPROXY_FP_C_H
+#define FASTPROXY_FP_C_H
+#include <stdint.h>
+#include <pthread.h>
+
+static inline int fp_atomic_add_int(int *p, int v) {
+    return __atomic_add_fetch(p, v, __ATOMIC_ACQ_REL);
+}
+static inline int64_t fp_atomic_add_i64(int64_t *p, int64_t v) {
+    return __atomic_add_fetch(p, v, __ATOMIC_ACQ_REL);
+}
+static inline int64_t fp_atomic_load_i64(int64_t *p) {
+    return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+/* Per-worker counters have a single writer; readers on the main thread only need
+ * untorn 64-bit loads, which relaxed atomics give without a lock prefix. */
+static inline uint64_t fp_load_u64(uint64_t *p) {
+    return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+static inline int fp_load_int(int *p) {
+    return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+static inline void fp_store_int(int *p, int v) {
+    __atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+#endif

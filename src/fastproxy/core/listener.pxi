@@ -1,0 +1,85 @@
+# Listening sockets: binding (main thread) and accepting (worker).
+
+DEF ACCEPT_BATCH = 64           # accepts per readiness event, so one busy listener can't starve the rest
+DEF EMFILE_BACKOFF_MS = 100     # how long accept stays paused when the process is out of fds
+
+
+cdef void listener_on_accept(Worker* w, WListener* wl) noexcept nogil:
+    cdef int i, fd, err
+    cdef ListenerCfg* cfg = wl.cfg
+    for i in range(ACCEPT_BATCH):
+        fd = accept4(wl.ep.fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)
+        if fd < 0:
+            err = errno
+            if err == EAGAIN or err == EINTR:
+                return
+            if err == ECONNABORTED:
+                continue
+            stat_add(cfg.lstats, w, L_ACCEPT_FAIL, 1)
+            if err == EMFILE or err == ENFILE or err == ENOBUFS or err == ENOMEM:
+                # Out of descriptors or memory. The connection stays in the kernel's
+                # backlog; stop watching the socket (level-triggered, it would spin) and
+                # look again shortly, when closing connections may have freed fds.
+                if not wl.paused:
+                    epoll_ctl(w.epfd, EPOLL_CTL_DEL, wl.ep.fd, NULL)
+                    wl.paused = 1
+                    timer_arm(w, &wl.resume_timer, EMFILE_BACKOFF_MS)
+            return
+        if cfg.max_connections and fp_atomic_add_i64(&cfg.sock.active, 1) > cfg.max_connections:
+            fp_atomic_add_i64(&cfg.sock.active, -1)
+            stat_add(cfg.lstats, w, L_CX_OVERFLOW, 1)
+            close(fd)
+            continue
+        elif not cfg.max_connections:
+            fp_atomic_add_i64(&cfg.sock.active, 1)
+        session_start(w, cfg, fd)
+
+
+cdef int _bind_one(str ip, int port, int backlog) except -1:
+    """One non-blocking SO_REUSEPORT listening socket; returns the fd."""
+    cdef Host h
+    cdef int one = 1
+    cdef int fd, err
+    _fill_sockaddr(&h, ip, port)
+    fd = socket(h.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+    if fd < 0:
+        raise OSError(errno, strerror(errno).decode())
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(int))
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(int))
+    if bind(fd, <sockaddr*>&h.addr, h.addrlen) < 0 or listen(fd, backlog) < 0:
+        err = errno
+        close(fd)
+        raise OSError(err, f"cannot listen on {ip}:{port}: {strerror(err).decode()}")
+    return fd
+
+
+cdef int _bound_port(int fd):
+    cdef sockaddr_storage ss
+    cdef socklen_t n = sizeof(sockaddr_storage)
+    getsockname(fd, <sockaddr*>&ss, &n)
+    if ss.ss_family == AF_INET6:
+        return ntohs((<sockaddr_in6*>&ss).sin6_port)
+    return ntohs((<sockaddr_in*>&ss).sin_port)
+
+
+def bind_listener(int nworkers, str ip, int port, int backlog):
+    """Bind one listening socket per worker on ip:port (port 0: pick one, then bind the
+    rest to the same port). Raises OSError when the address is unusable."""
+    cdef ListenSockHandle h = ListenSockHandle.__new__(ListenSockHandle)
+    cdef ListenSock* s = <ListenSock*>calloc(1, sizeof(ListenSock))
+    cdef int i
+    if s == NULL:
+        raise MemoryError()
+    s.refcnt = 1
+    s.nworkers = nworkers
+    s.fds = <int*>malloc(nworkers * sizeof(int))
+    s.adopted = <uint8_t*>calloc(nworkers, 1)
+    for i in range(nworkers):
+        s.fds[i] = -1
+    h.s = s
+    for i in range(nworkers):
+        s.fds[i] = _bind_one(ip, port, backlog)
+        if port == 0:
+            port = _bound_port(s.fds[i])
+    h.address = (ip, port)
+    return h

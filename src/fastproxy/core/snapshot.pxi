@@ -1,0 +1,170 @@
+# Config snapshots and their propagation to workers.
+#
+# The main thread compiles the Python config into immutable C structs:
+#   ListenSock   the listening sockets of one address, one SO_REUSEPORT fd per worker;
+#                kept across snapshots while the address stays, so no connection is
+#                refused during an update.
+#   ListenerCfg  everything a new connection on that listener needs (cluster, timeouts,
+#                filters, stats); reference-counted.
+# A snapshot is the list of ListenerCfgs; applying it is a message to each worker. A
+# connection holds a reference to the ListenerCfg it was accepted under, so old config
+# lives exactly as long as its last connection (Envoy's drain of old listeners).
+
+cdef struct ListenSock:
+    int refcnt                  # atomic: main thread's handle + each worker's slot
+    int nworkers
+    int* fds                    # fds[w] is owned (and closed) by worker w once applied
+    int64_t active              # atomic: connections open on this listener, all workers
+    uint8_t* adopted            # adopted[w]: worker w took ownership of fds[w]
+
+cdef struct ListenerCfg:
+    int refcnt                  # atomic
+    ListenSock* sock
+    ClusterCfg* cluster
+    StatBlock* lstats
+    StatBlock* tstats
+    uint64_t idle_timeout_ms    # 0: none
+    int max_connect_attempts
+    int64_t max_connections     # 0: unlimited
+    size_t buffer_limit
+    PyObject* filter_factories  # tuple of callables, or NULL: touched only with the GIL
+    int nfilters
+    uint8_t splice_read         # no filter reads downstream bytes: splice that direction
+    uint8_t splice_write        # no filter reads upstream bytes
+
+cdef struct WListener:          # a worker's slot for one listener of its snapshot
+    Endp ep
+    ListenSock* sock
+    ListenerCfg* cfg
+    Timer resume_timer          # re-enables accept after EMFILE
+    uint8_t paused
+    WListener* next_deferred
+
+cdef struct Snapshot:
+    int nlisteners
+    ListenerCfg** listeners
+    int pending                 # workers that have not applied it yet
+    pthread_mutex_t lock
+    pthread_cond_t done
+
+
+cdef void listensock_decref(ListenSock* s) noexcept nogil:
+    cdef int i
+    if s != NULL and fp_atomic_add_int(&s.refcnt, -1) == 0:
+        for i in range(s.nworkers):
+            if not s.adopted[i] and s.fds[i] >= 0:
+                close(s.fds[i])
+        free(s.fds)
+        free(s.adopted)
+        free(s)
+
+
+cdef void listener_cfg_decref(ListenerCfg* c) noexcept nogil:
+    if c == NULL or fp_atomic_add_int(&c.refcnt, -1) != 0:
+        return
+    if c.filter_factories != NULL:
+        _py_decref_with_gil(c.filter_factories)
+    cluster_decref(c.cluster)
+    listensock_decref(c.sock)
+    free(c)
+
+
+cdef void _listener_resume(Worker* w, void* arg) noexcept nogil:
+    cdef WListener* wl = <WListener*>arg
+    cdef epoll_event ev
+    if wl.paused:
+        wl.paused = 0
+        ev.events = EPOLLIN
+        ev.data.ptr = &wl.ep
+        epoll_ctl(w.epfd, EPOLL_CTL_ADD, wl.ep.fd, &ev)
+
+
+cdef void _wlistener_remove(Worker* w, WListener* wl) noexcept nogil:
+    timer_cancel(w, &wl.resume_timer)
+    if not wl.paused:
+        epoll_ctl(w.epfd, EPOLL_CTL_DEL, wl.ep.fd, NULL)
+    close(wl.ep.fd)             # pending, not yet accepted connections are refused
+    wl.sock.fds[w.index] = -1
+    listensock_decref(wl.sock)
+    listener_cfg_decref(wl.cfg)
+    wl.cfg = NULL
+    wl.ep.kind = 0              # an event already fetched this turn now finds nothing
+    wl.next_deferred = w.dead_listeners
+    w.dead_listeners = wl
+
+
+cdef void _msg_apply_snapshot(Worker* w, void* arg) noexcept nogil:
+    cdef Snapshot* snap = <Snapshot*>arg
+    cdef WListener** nl = <WListener**>calloc(max(1, snap.nlisteners), sizeof(WListener*))
+    cdef int i, j
+    cdef ListenerCfg* cfg
+    cdef WListener* wl
+    cdef epoll_event ev
+    for i in range(snap.nlisteners):
+        cfg = snap.listeners[i]
+        wl = NULL
+        for j in range(w.nlisteners):
+            if w.listeners[j] != NULL and w.listeners[j].sock == cfg.sock:
+                wl = w.listeners[j]
+                w.listeners[j] = NULL
+                break
+        fp_atomic_add_int(&cfg.refcnt, 1)
+        if wl != NULL:
+            listener_cfg_decref(wl.cfg)
+            wl.cfg = cfg
+        else:
+            wl = <WListener*>calloc(1, sizeof(WListener))
+            wl.ep.kind = EP_LISTEN
+            wl.ep.fd = cfg.sock.fds[w.index]
+            wl.ep.owner = wl
+            wl.sock = cfg.sock
+            fp_atomic_add_int(&cfg.sock.refcnt, 1)
+            cfg.sock.adopted[w.index] = 1
+            wl.cfg = cfg
+            timer_init(&wl.resume_timer, _listener_resume, wl)
+            ev.events = EPOLLIN
+            ev.data.ptr = &wl.ep
+            epoll_ctl(w.epfd, EPOLL_CTL_ADD, wl.ep.fd, &ev)
+        nl[i] = wl
+    for j in range(w.nlisteners):
+        if w.listeners[j] != NULL:
+            _wlistener_remove(w, w.listeners[j])
+    free(w.listeners)
+    w.listeners = nl
+    w.nlisteners = snap.nlisteners
+    snapshot_release(snap)
+
+
+cdef void snapshot_release(Snapshot* snap) noexcept nogil:
+    """A worker is done with the snapshot message; the last one wakes the main thread."""
+    pthread_mutex_lock(&snap.lock)
+    snap.pending -= 1
+    pthread_cond_broadcast(&snap.done)
+    pthread_mutex_unlock(&snap.lock)
+
+
+cdef void snapshot_free(Snapshot* snap) noexcept nogil:
+    cdef int i
+    for i in range(snap.nlisteners):
+        listener_cfg_decref(snap.listeners[i])
+    free(snap.listeners)
+    pthread_mutex_destroy(&snap.lock)
+    pthread_cond_destroy(&snap.done)
+    free(snap)
+
+
+cdef class ListenSockHandle:
+    """The main thread's reference to a bound listening address."""
+    cdef ListenSock* s
+    cdef readonly tuple address     # (ip, port) actually bound
+
+    def __dealloc__(self):
+        listensock_decref(self.s)
+
+
+cdef class ListenerCfgHandle:
+    cdef ListenerCfg* c
+    cdef readonly str name
+
+    def __dealloc__(self):
+        listener_cfg_decref(self.c)

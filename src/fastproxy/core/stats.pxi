@@ -1,0 +1,120 @@
+# Per-worker counters. A StatBlock holds one row of counters per worker, each row padded to
+# a cache line so workers never share one; only the owning worker writes its row, and the
+# main thread sums the rows when Python asks (Envoy's thread-local stats, much simplified).
+# Blocks are keyed by their stat prefix on the Python side and outlive config snapshots,
+# so counters keep counting across proxy.update().
+
+# listener.<address>_<port>.*
+DEF L_CX_TOTAL = 0
+DEF L_CX_ACTIVE = 1
+DEF L_CX_OVERFLOW = 2
+DEF L_ACCEPT_FAIL = 3
+DEF L_CX_DESTROY = 4
+DEF L_NSTATS = 5
+LISTENER_STATS = ("downstream_cx_total", "downstream_cx_active", "downstream_cx_overflow",
+                  "downstream_cx_accept_fail", "downstream_cx_destroy")
+LISTENER_GAUGES = frozenset(["downstream_cx_active"])
+
+# tcp.<stat_prefix>.*
+DEF T_CX_TOTAL = 0
+DEF T_CX_ACTIVE = 1
+DEF T_NO_ROUTE = 2
+DEF T_RX_BYTES = 3
+DEF T_TX_BYTES = 4
+DEF T_IDLE_TIMEOUT = 5
+DEF T_PAUSED = 6
+DEF T_RESUMED = 7
+DEF T_SPLICED = 8
+DEF T_COPIED = 9
+DEF T_FILTER_ERROR = 10
+DEF T_RESET_SENT = 11
+DEF T_NSTATS = 12
+TCP_STATS = ("downstream_cx_total", "downstream_cx_active", "downstream_cx_no_route",
+             "downstream_cx_rx_bytes_total", "downstream_cx_tx_bytes_total", "idle_timeout",
+             "downstream_flow_control_paused_reading_total",
+             "downstream_flow_control_resumed_reading_total", "bytes_spliced", "bytes_copied",
+             "python_filter_error", "reset_sent")
+TCP_GAUGES = frozenset(["downstream_cx_active"])
+
+# cluster.<name>.*
+DEF C_CX_TOTAL = 0
+DEF C_CX_ACTIVE = 1
+DEF C_CONNECT_FAIL = 2
+DEF C_CONNECT_TIMEOUT = 3
+DEF C_RX_BYTES = 4
+DEF C_TX_BYTES = 5
+DEF C_NONE_HEALTHY = 6
+DEF C_DESTROY_LOCAL = 7
+DEF C_DESTROY_REMOTE = 8
+DEF C_ATTEMPTS_EXCEEDED = 9
+DEF C_NSTATS = 10
+CLUSTER_STATS = ("upstream_cx_total", "upstream_cx_active", "upstream_cx_connect_fail",
+                 "upstream_cx_connect_timeout", "upstream_cx_rx_bytes_total",
+                 "upstream_cx_tx_bytes_total", "upstream_cx_none_healthy",
+                 "upstream_cx_destroy_local", "upstream_cx_destroy_remote",
+                 "upstream_cx_connect_attempts_exceeded")
+CLUSTER_GAUGES = frozenset(["upstream_cx_active"])
+
+
+cdef struct StatBlock:
+    int nstats
+    int nworkers
+    int stride                  # uint64s per worker row, a multiple of 8 (64 bytes)
+    uint64_t* v
+
+
+cdef inline void stat_add(StatBlock* b, Worker* w, int i, uint64_t n) noexcept nogil:
+    b.v[w.index * b.stride + i] += n
+
+
+cdef inline void stat_sub(StatBlock* b, Worker* w, int i, uint64_t n) noexcept nogil:
+    b.v[w.index * b.stride + i] -= n
+
+
+cdef StatBlock* statblock_new(int nstats, int nworkers) noexcept nogil:
+    cdef StatBlock* b = <StatBlock*>malloc(sizeof(StatBlock))
+    if b == NULL:
+        return NULL
+    b.nstats = nstats
+    b.nworkers = nworkers
+    b.stride = (nstats + 7) // 8 * 8
+    b.v = <uint64_t*>calloc(b.stride * nworkers, sizeof(uint64_t))
+    if b.v == NULL:
+        free(b)
+        return NULL
+    return b
+
+
+cdef class StatBlockHandle:
+    """Python owner of a StatBlock (lives as long as the engine keeps it)."""
+    cdef StatBlock* b
+    cdef readonly tuple names
+    cdef readonly frozenset gauges
+
+    def __dealloc__(self):
+        if self.b != NULL:
+            free(self.b.v)
+            free(self.b)
+
+    def read(self):
+        """Sum the per-worker rows: {name: value}. Gauges are read as signed."""
+        cdef int i, k
+        cdef uint64_t total
+        out = {}
+        for i in range(self.b.nstats):
+            total = 0
+            for k in range(self.b.nworkers):
+                total += fp_load_u64(&self.b.v[k * self.b.stride + i])
+            value = <int64_t>total if self.names[i] in self.gauges else total
+            out[self.names[i]] = value
+        return out
+
+
+cdef StatBlockHandle _statblock_handle(tuple names, frozenset gauges, int nworkers):
+    cdef StatBlockHandle h = StatBlockHandle.__new__(StatBlockHandle)
+    h.b = statblock_new(len(names), nworkers)
+    if h.b == NULL:
+        raise MemoryError()
+    h.names = names
+    h.gauges = gauges
+    return h

@@ -1,0 +1,487 @@
+# The TCP proxy session (Envoy's tcp_proxy): one downstream connection, one upstream
+# connection, two directions of flow.
+#
+# Each direction moves bytes src -> dst in one of two ways:
+#   splice    socket -> pipe -> socket with splice(2); the bytes never enter user space.
+#             Used when no filter on that direction reads the bytes. The pipe is the
+#             direction's bounded buffer, so flow control is free: a full pipe stops reads.
+#   buffered  readv into `rbuf`, the filter chain runs over it, what passes moves (no copy)
+#             to `buf`, writev from `buf`. Reading pauses while rbuf+buf >= buffer_limit.
+# Sockets are edge-triggered; Endp.readable/writable remember readiness we haven't used up.
+# FIN travels one way at a time (half-close): when a direction's source reaches EOF and
+# everything is flushed, the destination gets shutdown(SHUT_WR). The session ends when both
+# directions are shut, on a reset (passed on as a reset), an idle timeout or a filter error.
+
+cdef enum SessionState:
+    S_FILTERS = 0               # on_new_connection filters have not all continued
+    S_CONNECTING = 1
+    S_ESTABLISHED = 2
+    S_CLOSED = 3
+
+cdef struct Dir:
+    Endp* src
+    Endp* dst
+    uint8_t upward              # 1: downstream -> upstream (read filters, in order)
+    uint8_t splice
+    uint8_t src_eof             # src read returned 0
+    uint8_t eof_passed          # filters passed end_stream: the FIN may go out
+    uint8_t shut                # FIN sent to dst
+    uint8_t paused              # reading paused by the buffer limit
+    uint8_t stopped             # a filter returned STOP_ITERATION
+    int stop_at                 # ... this one
+    int pipe_r
+    int pipe_w
+    size_t pipe_bytes
+    size_t pipe_cap
+    Chain rbuf                  # read, not yet through the filters
+    Chain buf                   # ready for dst
+    Chain inj                   # bytes a filter injected on a splice direction
+
+cdef struct Session:
+    Worker* w
+    Session* prev
+    Session* next
+    Session* next_deferred
+    uint64_t id
+    int state
+    int attempts
+    uint8_t up_counted          # upstream socket counted in upstream_cx_active
+    Endp down
+    Endp up
+    Dir d2u
+    Dir u2d
+    ListenerCfg* cfg
+    Timer connect_timer
+    Timer idle_timer
+    uint64_t last_active
+    PyObject* pyconn            # the Python Connection (owns the filter instances) or NULL
+
+
+cdef inline void _dir_init(Dir* d, Endp* src, Endp* dst, uint8_t upward) noexcept nogil:
+    d.src = src
+    d.dst = dst
+    d.upward = upward
+    d.pipe_r = -1
+    d.pipe_w = -1
+    chain_init(&d.rbuf)
+    chain_init(&d.buf)
+    chain_init(&d.inj)
+
+
+cdef inline void _count_rx(Session* s, Dir* d, size_t n) noexcept nogil:
+    if d.upward:
+        stat_add(s.cfg.tstats, s.w, T_RX_BYTES, n)
+    else:
+        stat_add(s.cfg.cluster.stats, s.w, C_RX_BYTES, n)
+
+
+cdef inline void _count_tx(Session* s, Dir* d, size_t n, bint spliced) noexcept nogil:
+    if d.upward:
+        stat_add(s.cfg.cluster.stats, s.w, C_TX_BYTES, n)
+    else:
+        stat_add(s.cfg.tstats, s.w, T_TX_BYTES, n)
+    stat_add(s.cfg.tstats, s.w, T_SPLICED if spliced else T_COPIED, n)
+
+
+cdef void _dir_open_pipe(Dir* d, size_t want) noexcept nogil:
+    """Switch a direction to splice; stays buffered if no pipe can be had (e.g. EMFILE)."""
+    cdef int p[2]
+    cdef int got
+    if pipe2(p, O_NONBLOCK | O_CLOEXEC) < 0:
+        d.splice = 0
+        return
+    fcntl(p[1], F_SETPIPE_SZ, <int>want)     # best effort: capped by fs.pipe-max-size
+    got = fcntl(p[1], F_GETPIPE_SZ)
+    d.pipe_r = p[0]
+    d.pipe_w = p[1]
+    d.pipe_cap = <size_t>got if got > 0 else 65536
+    d.splice = 1
+
+
+cdef int _dir_pump_splice(Session* s, Dir* d) noexcept nogil:
+    """Returns 0, -1 when src failed (reset), -2 when dst failed."""
+    cdef ssize_t n
+    cdef bint progress
+    while True:
+        progress = False
+        if d.pipe_bytes and d.dst.writable:
+            n = splice(d.pipe_r, NULL, d.dst.fd, NULL, d.pipe_bytes, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+            if n > 0:
+                d.pipe_bytes -= <size_t>n
+                _count_tx(s, d, <size_t>n, True)
+                progress = True
+            elif n < 0:
+                if errno == EAGAIN:
+                    d.dst.writable = 0
+                elif errno != EINTR:
+                    return -2
+        if d.inj.length and d.pipe_bytes < d.pipe_cap:
+            # Bytes a filter wrote go through the pipe too, so they keep their place.
+            n = chain_write_fd(&d.inj, d.pipe_w)
+            if n > 0:
+                d.pipe_bytes += <size_t>n
+                progress = True
+        if not d.src_eof and d.src.readable and d.inj.length == 0 and d.pipe_bytes < d.pipe_cap:
+            n = splice(d.src.fd, NULL, d.pipe_w, NULL, d.pipe_cap - d.pipe_bytes,
+                       SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+            if n > 0:
+                d.pipe_bytes += <size_t>n
+                _count_rx(s, d, <size_t>n)
+                progress = True
+            elif n == 0:
+                d.src_eof = 1
+                d.eof_passed = 1
+            elif errno == EAGAIN:
+                # With bytes in the pipe, EAGAIN may mean "pipe full" rather than "socket
+                # drained"; keep the readiness so the next turn tries again.
+                if d.pipe_bytes == 0:
+                    d.src.readable = 0
+            elif errno != EINTR:
+                return -1
+        if not progress:
+            break
+    return 0
+
+
+cdef int _dir_pump_buffered(Session* s, Dir* d) noexcept nogil:
+    """Returns 0, -1 when src failed, -2 when dst failed, -3 on a filter error."""
+    cdef ssize_t n
+    cdef bint progress
+    cdef size_t held, limit = s.cfg.buffer_limit
+    while True:
+        progress = False
+        if d.buf.length and d.dst.writable:
+            n = chain_write_fd(&d.buf, d.dst.fd)
+            if n > 0:
+                _count_tx(s, d, <size_t>n, False)
+                progress = True
+            elif n < 0:
+                if errno == EAGAIN:
+                    d.dst.writable = 0
+                elif errno != EINTR:
+                    return -2
+        if not d.src_eof and d.src.readable:
+            held = d.rbuf.length + d.buf.length
+            if held >= limit:
+                if not d.paused:
+                    d.paused = 1
+                    stat_add(s.cfg.tstats, s.w, T_PAUSED, 1)
+            else:
+                if d.paused:
+                    d.paused = 0
+                    stat_add(s.cfg.tstats, s.w, T_RESUMED, 1)
+                n = chain_read_fd(&d.rbuf, d.src.fd, limit - held)
+                if n > 0:
+                    _count_rx(s, d, <size_t>n)
+                    progress = True
+                elif n == 0:
+                    d.src_eof = 1
+                    progress = True
+                elif errno == EAGAIN:
+                    d.src.readable = 0
+                elif errno != EINTR:
+                    return -1
+                if n >= 0 and dir_run_filters(s, d, -1) < 0:
+                    return -3
+        if not progress:
+            break
+    return 0
+
+
+cdef int dir_run_filters(Session* s, Dir* d, int resume_after) noexcept nogil:
+    """Pass rbuf through the direction's filters into buf. resume_after < 0: new data,
+    iterate from the first filter; otherwise continue after that filter. -1 on error."""
+    if d.splice:
+        return 0
+    if s.pyconn == NULL or (s.cfg.splice_read if d.upward else s.cfg.splice_write):
+        # No filter reads this direction: hand the bytes straight over.
+        chain_move(&d.buf, &d.rbuf)
+        if d.src_eof:
+            d.eof_passed = 1
+        return 0
+    if d.eof_passed and d.rbuf.length == 0:
+        return 0
+    return _py_run_filters(s, d, resume_after)
+
+
+cdef inline int _dir_pump(Session* s, Dir* d) noexcept nogil:
+    cdef int r = _dir_pump_splice(s, d) if d.splice else _dir_pump_buffered(s, d)
+    if r == 0 and d.src_eof and d.eof_passed and not d.shut and d.pipe_bytes == 0 \
+            and d.buf.length == 0 and d.inj.length == 0:
+        shutdown(d.dst.fd, SHUT_WR)
+        d.shut = 1
+    return r
+
+
+cdef void session_pump(Session* s) noexcept nogil:
+    cdef int r
+    if s.state != S_ESTABLISHED:
+        return
+    s.last_active = s.w.now
+    r = _dir_pump(s, &s.d2u)
+    if r == 0:
+        r = _dir_pump(s, &s.u2d)
+        if r == 0:
+            if s.d2u.shut and s.u2d.shut:
+                session_close(s, False, False)
+            return
+        # u2d: src is upstream, dst is downstream
+        if r == -1:
+            session_close(s, True, False)       # upstream reset: reset the downstream
+        elif r == -2:
+            session_close(s, False, True)       # downstream gone: reset the upstream
+        else:
+            session_close(s, False, False)
+        return
+    if r == -1:
+        session_close(s, False, True)           # downstream reset: reset the upstream
+    elif r == -2:
+        session_close(s, True, False)
+    else:
+        session_close(s, False, False)
+
+
+cdef void session_on_event(Worker* w, Endp* ep, uint32_t events) noexcept nogil:
+    cdef Session* s = <Session*>ep.owner
+    if s.state == S_CLOSED:
+        return
+    if ep.kind == EP_UP and s.state == S_CONNECTING:
+        if events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
+            _session_connect_done(s)
+        return
+    if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+        ep.readable = 1
+    if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
+        ep.writable = 1
+    if s.state != S_ESTABLISHED:
+        if ep.kind == EP_DOWN and events & EPOLLERR:
+            session_close(s, False, False)      # the client went away before we connected
+        return
+    session_pump(s)
+
+
+# ---- lifecycle ----
+
+cdef void _set_nodelay(int fd) noexcept nogil:
+    cdef int one = 1
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(int))
+
+
+cdef void _session_idle(Worker* w, void* arg) noexcept nogil:
+    cdef Session* s = <Session*>arg
+    cdef uint64_t idle = s.cfg.idle_timeout_ms
+    if w.now - s.last_active >= idle:
+        stat_add(s.cfg.tstats, w, T_IDLE_TIMEOUT, 1)
+        session_close(s, False, False)
+    else:
+        timer_arm(w, &s.idle_timer, idle - (w.now - s.last_active))
+
+
+cdef void _session_connect_timeout(Worker* w, void* arg) noexcept nogil:
+    cdef Session* s = <Session*>arg
+    stat_add(s.cfg.cluster.stats, w, C_CONNECT_TIMEOUT, 1)
+    _session_connect_failed(s)
+
+
+cdef void session_start(Worker* w, ListenerCfg* cfg, int fd) noexcept nogil:
+    cdef Session* s = <Session*>calloc(1, sizeof(Session))
+    if s == NULL:
+        close(fd)
+        fp_atomic_add_i64(&cfg.sock.active, -1)
+        return
+    fp_atomic_add_int(&cfg.refcnt, 1)
+    s.w = w
+    s.cfg = cfg
+    s.id = (w.next_session_id << 8) | <uint64_t>w.index
+    w.next_session_id += 1
+    s.down.kind = EP_DOWN
+    s.down.fd = fd
+    s.down.owner = s
+    s.up.kind = EP_UP
+    s.up.fd = -1
+    s.up.owner = s
+    _dir_init(&s.d2u, &s.down, &s.up, 1)
+    _dir_init(&s.u2d, &s.up, &s.down, 0)
+    timer_init(&s.connect_timer, _session_connect_timeout, s)
+    timer_init(&s.idle_timer, _session_idle, s)
+    s.last_active = w.now
+    s.next = w.sessions
+    if w.sessions != NULL:
+        w.sessions.prev = s
+    w.sessions = s
+    w.nsessions += 1
+    stat_add(cfg.lstats, w, L_CX_TOTAL, 1)
+    stat_add(cfg.lstats, w, L_CX_ACTIVE, 1)
+    stat_add(cfg.tstats, w, T_CX_TOTAL, 1)
+    stat_add(cfg.tstats, w, T_CX_ACTIVE, 1)
+    _set_nodelay(fd)
+    cdef epoll_event ev
+    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
+    ev.data.ptr = &s.down
+    if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
+        session_close(s, False, False)
+        return
+    s.state = S_FILTERS
+    if cfg.nfilters:
+        if _py_session_open(s) != 0:
+            return                              # held by a filter, or closed on error
+    session_connect(s)
+
+
+cdef void session_connect(Session* s) noexcept nogil:
+    """Open the upstream connection, trying up to max_connect_attempts hosts."""
+    cdef Worker* w = s.w
+    cdef ClusterCfg* c = s.cfg.cluster
+    cdef Host* h
+    cdef int fd, r
+    cdef epoll_event ev
+    while s.attempts < s.cfg.max_connect_attempts:
+        h = cluster_pick(c, w, s.attempts)
+        if h == NULL:
+            stat_add(c.stats, w, C_NONE_HEALTHY, 1)
+            session_close(s, False, False)
+            return
+        s.attempts += 1
+        fd = socket(h.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+        if fd < 0:
+            stat_add(c.stats, w, C_CONNECT_FAIL, 1)
+            continue
+        stat_add(c.stats, w, C_CX_TOTAL, 1)
+        _set_nodelay(fd)
+        r = connect(fd, <sockaddr*>&h.addr, h.addrlen)
+        if r < 0 and errno != EINPROGRESS:
+            close(fd)
+            stat_add(c.stats, w, C_CONNECT_FAIL, 1)
+            continue
+        ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
+        ev.data.ptr = &s.up
+        if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
+            close(fd)
+            stat_add(c.stats, w, C_CONNECT_FAIL, 1)
+            continue
+        s.up.fd = fd
+        s.up_counted = 1
+        stat_add(c.stats, w, C_CX_ACTIVE, 1)
+        s.state = S_CONNECTING
+        timer_arm(w, &s.connect_timer, c.connect_timeout_ms)
+        return
+    stat_add(c.stats, w, C_ATTEMPTS_EXCEEDED, 1)
+    session_close(s, False, False)
+
+
+cdef void _session_connect_failed(Session* s) noexcept nogil:
+    cdef Worker* w = s.w
+    timer_cancel(w, &s.connect_timer)
+    close(s.up.fd)
+    s.up.fd = -1
+    s.up_counted = 0
+    stat_sub(s.cfg.cluster.stats, w, C_CX_ACTIVE, 1)
+    stat_add(s.cfg.cluster.stats, w, C_CONNECT_FAIL, 1)
+    s.state = S_FILTERS
+    session_connect(s)
+
+
+cdef void _session_connect_done(Session* s) noexcept nogil:
+    cdef int err = 0
+    cdef socklen_t n = sizeof(int)
+    if getsockopt(s.up.fd, SOL_SOCKET, SO_ERROR, &err, &n) < 0 or err != 0:
+        _session_connect_failed(s)
+        return
+    timer_cancel(s.w, &s.connect_timer)
+    s.state = S_ESTABLISHED
+    s.up.readable = 1
+    s.up.writable = 1
+    s.down.readable = 1                         # its edge may have come while we connected
+    s.down.writable = 1
+    if s.cfg.splice_read:
+        _dir_open_pipe(&s.d2u, s.cfg.buffer_limit)
+    if s.cfg.splice_write:
+        _dir_open_pipe(&s.u2d, s.cfg.buffer_limit)
+    if s.cfg.idle_timeout_ms:
+        timer_arm(s.w, &s.idle_timer, s.cfg.idle_timeout_ms)
+    session_pump(s)
+
+
+cdef void _discard_input(int fd) noexcept nogil:
+    """Read and drop what the peer sent, so close() sends FIN rather than RST."""
+    cdef char scratch[4096]
+    cdef int i
+    for i in range(16):
+        if read(fd, scratch, sizeof(scratch)) <= 0:
+            return
+
+
+cdef void _close_fd(int fd, bint rst) noexcept nogil:
+    cdef linger lg
+    if fd < 0:
+        return
+    if rst:
+        lg.l_onoff = 1
+        lg.l_linger = 0
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(linger))
+    else:
+        _discard_input(fd)
+    close(fd)
+
+
+cdef void _dir_release(Dir* d) noexcept nogil:
+    if d.pipe_r >= 0:
+        close(d.pipe_r)
+        close(d.pipe_w)
+        d.pipe_r = -1
+        d.pipe_w = -1
+    chain_free(&d.rbuf)
+    chain_free(&d.buf)
+    chain_free(&d.inj)
+
+
+cdef void session_close(Session* s, bint rst_down, bint rst_up) noexcept nogil:
+    """End the session now. Frees nothing that an event of this loop turn may still point
+    at: the struct itself goes on the deferred list."""
+    cdef Worker* w = s.w
+    if s.state == S_CLOSED:
+        return
+    s.state = S_CLOSED
+    timer_cancel(w, &s.connect_timer)
+    timer_cancel(w, &s.idle_timer)
+    if s.pyconn != NULL:
+        _py_session_closed(s)
+    if rst_down or rst_up:
+        stat_add(s.cfg.tstats, w, T_RESET_SENT, 1)
+    _close_fd(s.down.fd, rst_down)
+    _close_fd(s.up.fd, rst_up)
+    _dir_release(&s.d2u)
+    _dir_release(&s.u2d)
+    stat_sub(s.cfg.lstats, w, L_CX_ACTIVE, 1)
+    stat_add(s.cfg.lstats, w, L_CX_DESTROY, 1)
+    stat_sub(s.cfg.tstats, w, T_CX_ACTIVE, 1)
+    if s.up_counted:
+        stat_sub(s.cfg.cluster.stats, w, C_CX_ACTIVE, 1)
+        stat_add(s.cfg.cluster.stats, w, C_DESTROY_REMOTE if rst_down else C_DESTROY_LOCAL, 1)
+    fp_atomic_add_i64(&s.cfg.sock.active, -1)
+    # unlink from the live list, link into the deferred list
+    if s.prev != NULL:
+        s.prev.next = s.next
+    else:
+        w.sessions = s.next
+    if s.next != NULL:
+        s.next.prev = s.prev
+    w.nsessions -= 1
+    s.next_deferred = w.deferred
+    w.deferred = s
+
+
+cdef void sessions_free_deferred(Worker* w) noexcept nogil:
+    cdef Session* s = w.deferred
+    cdef Session* nxt
+    cdef WListener* wl
+    w.deferred = NULL
+    while s != NULL:
+        nxt = s.next_deferred
+        listener_cfg_decref(s.cfg)
+        free(s)
+        s = nxt
+    while w.dead_listeners != NULL:
+        wl = w.dead_listeners
+        w.dead_listeners = wl.next_deferred
+        free(wl)

@@ -1,0 +1,168 @@
+# Clusters: a set of upstream hosts and how to pick one.
+#
+# A HostSet is immutable once built (by the main thread). Each worker holds its own
+# reference to its cluster's current HostSet, replaced by a posted message when DNS
+# changes the membership, so picking a host takes no lock. Weighted round robin uses a
+# schedule precomputed on the main thread (smooth weighted interleaving), so the worker
+# only advances an index; RANDOM draws an index into the same schedule, which weights it.
+
+cdef enum LbPolicy:
+    LB_ROUND_ROBIN = 0
+    LB_RANDOM = 1
+
+cdef struct Host:
+    sockaddr_storage addr
+    socklen_t addrlen
+
+cdef struct HostSet:
+    int refcnt                  # atomic
+    int nhosts
+    Host* hosts
+    int nschedule
+    int* schedule               # host indexes, weighted and interleaved
+
+cdef struct WorkerLb:           # one per worker, touched only by that worker
+    HostSet* hosts
+    uint32_t next               # round-robin cursor
+
+cdef struct ClusterCfg:
+    int refcnt                  # atomic
+    int lb
+    uint64_t connect_timeout_ms
+    StatBlock* stats
+    int nworkers
+    WorkerLb* per_worker
+
+
+cdef void hostset_decref(HostSet* h) noexcept nogil:
+    if h != NULL and fp_atomic_add_int(&h.refcnt, -1) == 0:
+        free(h.hosts)
+        free(h.schedule)
+        free(h)
+
+
+cdef void cluster_decref(ClusterCfg* c) noexcept nogil:
+    cdef int i
+    if c != NULL and fp_atomic_add_int(&c.refcnt, -1) == 0:
+        for i in range(c.nworkers):
+            hostset_decref(c.per_worker[i].hosts)
+        free(c.per_worker)
+        free(c)
+
+
+cdef Host* cluster_pick(ClusterCfg* c, Worker* w, int attempt) noexcept nogil:
+    """Choose the host for a new upstream connection; NULL when the cluster is empty."""
+    cdef WorkerLb* lb = &c.per_worker[w.index]
+    cdef HostSet* hs = lb.hosts
+    cdef uint32_t i
+    if hs == NULL or hs.nschedule == 0:
+        return NULL
+    if c.lb == LB_RANDOM and attempt == 0:
+        i = <uint32_t>(worker_random(w) % <uint64_t>hs.nschedule)
+    else:
+        # Round robin; a retry after a failed connect also moves on to the next host.
+        i = lb.next % <uint32_t>hs.nschedule
+        lb.next += 1
+    return &hs.hosts[hs.schedule[i]]
+
+
+cdef struct HostSetSwap:
+    ClusterCfg* cluster
+    HostSet* hosts
+
+
+cdef void _msg_hostset_swap(Worker* w, void* arg) noexcept nogil:
+    cdef HostSetSwap* m = <HostSetSwap*>arg
+    cdef WorkerLb* lb = &m.cluster.per_worker[w.index]
+    cdef HostSet* old = lb.hosts
+    lb.hosts = m.hosts          # the message's reference moves into the slot
+    hostset_decref(old)
+    cluster_decref(m.cluster)
+    free(m)
+
+
+cdef class HostSetHandle:
+    """A HostSet built on the main thread, not yet handed to workers."""
+    cdef HostSet* hs
+
+    def __dealloc__(self):
+        hostset_decref(self.hs)
+
+    @property
+    def size(self):
+        return self.hs.nhosts
+
+
+cdef int _fill_sockaddr(Host* h, str ip, int port) except -1:
+    """Parse an IP literal into a sockaddr (the control surface already validated it)."""
+    import socket as _socket
+    cdef bytes packed
+    cdef sockaddr_in* a4
+    cdef sockaddr_in6* a6
+    memset(&h.addr, 0, sizeof(sockaddr_storage))
+    if ":" in ip:
+        packed = _socket.inet_pton(_socket.AF_INET6, ip)
+        a6 = <sockaddr_in6*>&h.addr
+        a6.sin6_family = AF_INET6
+        a6.sin6_port = htons(port)
+        memcpy(&a6.sin6_addr, <char*>packed, 16)
+        h.addrlen = sizeof(sockaddr_in6)
+    else:
+        packed = _socket.inet_pton(_socket.AF_INET, ip)
+        a4 = <sockaddr_in*>&h.addr
+        a4.sin_family = AF_INET
+        a4.sin_port = htons(port)
+        memcpy(&a4.sin_addr, <char*>packed, 4)
+        h.addrlen = sizeof(sockaddr_in)
+    return 0
+
+
+def make_hostset(list hosts, list schedule):
+    """hosts: [(ip, port)], schedule: [host index] (the weighted pick order)."""
+    cdef HostSetHandle h = HostSetHandle.__new__(HostSetHandle)
+    cdef HostSet* hs = <HostSet*>calloc(1, sizeof(HostSet))
+    cdef int i
+    if hs == NULL:
+        raise MemoryError()
+    h.hs = hs
+    hs.refcnt = 1
+    hs.nhosts = len(hosts)
+    hs.nschedule = len(schedule)
+    hs.hosts = <Host*>calloc(max(1, hs.nhosts), sizeof(Host))
+    hs.schedule = <int*>calloc(max(1, hs.nschedule), sizeof(int))
+    if hs.hosts == NULL or hs.schedule == NULL:
+        raise MemoryError()
+    for i, (ip, port) in enumerate(hosts):
+        _fill_sockaddr(&hs.hosts[i], ip, port)
+    for i, k in enumerate(schedule):
+        if not 0 <= k < hs.nhosts:
+            raise ValueError("schedule index out of range")
+        hs.schedule[i] = k
+    return h
+
+
+cdef class ClusterHandle:
+    """Python owner of one reference to a ClusterCfg."""
+    cdef ClusterCfg* c
+    cdef Engine engine
+    cdef readonly StatBlockHandle stats
+
+    def __dealloc__(self):
+        cluster_decref(self.c)
+
+    def set_hosts(self, HostSetHandle hosts):
+        """Give every worker the new host set (DNS refresh). Returns at once."""
+        cdef int i
+        cdef HostSetSwap* m
+        for i in range(self.c.nworkers):
+            m = <HostSetSwap*>malloc(sizeof(HostSetSwap))
+            if m == NULL:
+                raise MemoryError()
+            fp_atomic_add_int(&hosts.hs.refcnt, 1)
+            fp_atomic_add_int(&self.c.refcnt, 1)
+            m.cluster = self.c
+            m.hosts = hosts.hs
+            if self.engine.started:
+                worker_post(&self.engine.workers[i], _msg_hostset_swap, m)
+            else:
+                _msg_hostset_swap(&self.engine.workers[i], m)

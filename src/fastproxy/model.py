@@ -1,0 +1,178 @@
+"""The configuration model: plain, validated Python objects that describe what the proxy
+should do. Both the Python API and the Envoy YAML loader produce these; the core compiles
+them into an immutable snapshot (see docs/architecture.md).
+"""
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence, Union
+
+from .errors import ConfigError
+
+LB_POLICIES = ("ROUND_ROBIN", "RANDOM")
+CLUSTER_TYPES = ("STATIC", "STRICT_DNS")
+
+
+def _check_port(path: str, port: Any, allow_zero: bool) -> int:
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise ConfigError(path, f"port must be an integer, got {port!r}")
+    if not (0 if allow_zero else 1) <= port <= 65535:
+        raise ConfigError(path, f"port {port} out of range")
+    return port
+
+
+def _check_timeout(path: str, value: Any, allow_none: bool = True) -> Optional[float]:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError(path, f"timeout must be a non-negative number of seconds, got {value!r}")
+    return float(value)
+
+
+def is_ip_literal(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+        return True
+    except ValueError:
+        return False
+
+
+@dataclass
+class Endpoint:
+    """One upstream host: an IP address (STATIC) or a hostname (STRICT_DNS) and a port."""
+
+    address: str
+    port: int
+    weight: int = 1
+
+    def validate(self, path: str, cluster_type: str) -> None:
+        if not isinstance(self.address, str) or not self.address:
+            raise ConfigError(path + ".address", "address must be a non-empty string")
+        if cluster_type == "STATIC" and not is_ip_literal(self.address):
+            raise ConfigError(path + ".address",
+                              f"STATIC cluster endpoints must be IP addresses, got {self.address!r}")
+        _check_port(path + ".port_value", self.port, allow_zero=False)
+        if isinstance(self.weight, bool) or not isinstance(self.weight, int) or not 1 <= self.weight <= 128:
+            raise ConfigError(path + ".load_balancing_weight", f"weight must be 1..128, got {self.weight!r}")
+
+
+@dataclass
+class Cluster:
+    """A named group of upstream endpoints and how to pick one."""
+
+    name: str
+    endpoints: Sequence[Endpoint] = ()
+    type: str = "STATIC"
+    lb_policy: str = "ROUND_ROBIN"
+    connect_timeout: float = 5.0
+    dns_refresh_rate: float = 5.0
+    dns_lookup_family: str = "V4_ONLY"  # V4_ONLY, V6_ONLY, AUTO, V4_PREFERRED, ALL
+
+    def validate(self, path: str = "cluster") -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(path + ".name", "cluster name must be a non-empty string")
+        if self.type not in CLUSTER_TYPES:
+            raise ConfigError(path + ".type", f"unsupported cluster type {self.type!r} (supported: {', '.join(CLUSTER_TYPES)})")
+        if self.lb_policy not in LB_POLICIES:
+            raise ConfigError(path + ".lb_policy", f"unsupported lb_policy {self.lb_policy!r} (supported: {', '.join(LB_POLICIES)})")
+        _check_timeout(path + ".connect_timeout", self.connect_timeout, allow_none=False)
+        _check_timeout(path + ".dns_refresh_rate", self.dns_refresh_rate, allow_none=False)
+        if self.dns_lookup_family not in ("V4_ONLY", "V6_ONLY", "AUTO", "V4_PREFERRED", "ALL"):
+            raise ConfigError(path + ".dns_lookup_family", f"unsupported dns_lookup_family {self.dns_lookup_family!r}")
+        for i, ep in enumerate(self.endpoints):
+            if not isinstance(ep, Endpoint):
+                raise ConfigError(f"{path}.endpoints[{i}]", f"expected Endpoint, got {type(ep).__name__}")
+            ep.validate(f"{path}.endpoints[{i}]", self.type)
+
+
+# A network filter factory: called once per connection, returns a NetworkFilter instance.
+FilterFactory = Callable[[], Any]
+
+
+@dataclass
+class Listener:
+    """A listening socket whose connections are proxied (TCP) to ``cluster``.
+
+    ``filters`` are network filter factories (a NetworkFilter subclass is one): each new
+    connection gets a fresh instance of each, run in order on reads and in reverse on writes.
+    """
+
+    name: str
+    address: str = "127.0.0.1"
+    port: int = 0
+    cluster: str = ""
+    stat_prefix: str = ""
+    idle_timeout: Optional[float] = 3600.0
+    max_connect_attempts: int = 1
+    filters: Sequence[FilterFactory] = ()
+    backlog: int = 1024
+    max_connections: Optional[int] = None
+    # Upper bound of bytes buffered per direction before reading is paused (filter path),
+    # and the kernel pipe size used per direction on the splice path.
+    buffer_limit: int = 1 << 20
+
+    def validate(self, path: str = "listener") -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(path + ".name", "listener name must be a non-empty string")
+        try:
+            ipaddress.ip_address(self.address)
+        except (ValueError, TypeError):
+            raise ConfigError(path + ".address", f"listener address must be an IP address, got {self.address!r}") from None
+        _check_port(path + ".port", self.port, allow_zero=True)
+        if not isinstance(self.cluster, str) or not self.cluster:
+            raise ConfigError(path + ".cluster", "a cluster name is required")
+        _check_timeout(path + ".idle_timeout", self.idle_timeout)
+        if isinstance(self.max_connect_attempts, bool) or not isinstance(self.max_connect_attempts, int) or self.max_connect_attempts < 1:
+            raise ConfigError(path + ".max_connect_attempts", "must be an integer >= 1")
+        if not isinstance(self.backlog, int) or self.backlog < 1:
+            raise ConfigError(path + ".backlog", "must be an integer >= 1")
+        if self.max_connections is not None and (not isinstance(self.max_connections, int) or self.max_connections < 1):
+            raise ConfigError(path + ".max_connections", "must be an integer >= 1 or None")
+        if not isinstance(self.buffer_limit, int) or self.buffer_limit < 4096:
+            raise ConfigError(path + ".buffer_limit", "must be an integer >= 4096")
+        for i, f in enumerate(self.filters):
+            if not callable(f):
+                raise ConfigError(f"{path}.filters[{i}]", f"a filter must be a NetworkFilter class or factory, got {f!r}")
+
+    @property
+    def effective_stat_prefix(self) -> str:
+        return self.stat_prefix or self.name
+
+
+@dataclass
+class Admin:
+    """The admin interface (Envoy's ``admin``): serves /stats, /ready, /server_info."""
+
+    address: str = "127.0.0.1"
+    port: int = 0
+
+
+@dataclass
+class Bootstrap:
+    """A whole configuration: what an Envoy bootstrap file describes."""
+
+    listeners: list = field(default_factory=list)
+    clusters: list = field(default_factory=list)
+    admin: Optional[Admin] = None
+
+    def validate(self) -> None:
+        names = set()
+        for i, c in enumerate(self.clusters):
+            c.validate(f"static_resources.clusters[{i}]")
+            if c.name in names:
+                raise ConfigError(f"static_resources.clusters[{i}].name", f"duplicate cluster name {c.name!r}")
+            names.add(c.name)
+        lnames = set()
+        addrs = set()
+        for i, l in enumerate(self.listeners):
+            l.validate(f"static_resources.listeners[{i}]")
+            if l.name in lnames:
+                raise ConfigError(f"static_resources.listeners[{i}].name", f"duplicate listener name {l.name!r}")
+            lnames.add(l.name)
+            if l.port and (l.address, l.port) in addrs:
+                raise ConfigError(f"static_resources.listeners[{i}].address", f"address {l.address}:{l.port} used by two listeners")
+            addrs.add((l.address, l.port))
+            if l.cluster not in names:
+                raise ConfigError(f"static_resources.listeners[{i}].cluster", f"unknown cluster {l.cluster!r}")

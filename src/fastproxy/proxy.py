@@ -1,0 +1,344 @@
+"""Proxy: the user-facing object that owns a running data plane.
+
+The main thread (this module) validates config, compiles it into the core's immutable
+structs, and posts snapshots to the workers; the workers (in fastproxy._core) never wait
+on it. See docs/architecture.md.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from typing import Any, Iterable, Optional
+
+from . import _core
+from .errors import ConfigError, ListenerBindError
+from .filters import NetworkFilter
+from .model import Admin, Bootstrap, Cluster, Listener
+
+log = logging.getLogger("fastproxy")
+
+
+def smooth_weighted_schedule(weights: list[int]) -> list[int]:
+    """The pick order for weighted round robin: each host i appears weights[i] times,
+    spread out rather than in runs (the 'smooth' interleaving nginx popularised)."""
+    total = sum(weights)
+    current = [0] * len(weights)
+    order = []
+    for _ in range(total):
+        for i, w in enumerate(weights):
+            current[i] += w
+        best = max(range(len(weights)), key=lambda i: current[i])
+        current[best] -= total
+        order.append(best)
+    return order
+
+
+def _reads_bytes(factory: Any, hook: str) -> bool:
+    """Whether filters made by `factory` override `hook` (and so must see the bytes).
+    Unknown factories are assumed to read, which only costs the splice fast path."""
+    cls = factory.func if isinstance(factory, functools.partial) else factory
+    if not isinstance(cls, type):
+        return True
+    return getattr(cls, hook) is not getattr(NetworkFilter, hook)
+
+
+_FAMILIES = {
+    "V4_ONLY": (socket.AF_INET,),
+    "V6_ONLY": (socket.AF_INET6,),
+    "AUTO": (socket.AF_INET6, socket.AF_INET),        # v6 if any, else v4
+    "V4_PREFERRED": (socket.AF_INET, socket.AF_INET6),  # v4 if any, else v6
+    "ALL": None,
+}
+
+
+def resolve_endpoints(cluster: Cluster) -> list[tuple[str, int, int]]:
+    """(ip, port, weight) for every host of the cluster. STRICT_DNS endpoints expand to
+    every address their name resolves to (Envoy's strict DNS). Blocking: main thread only."""
+    out = []
+    for ep in cluster.endpoints:
+        if cluster.type == "STATIC":
+            out.append((ep.address, ep.port, ep.weight))
+            continue
+        try:
+            infos = socket.getaddrinfo(ep.address, ep.port, type=socket.SOCK_STREAM)
+        except OSError as e:
+            log.warning("cluster %s: cannot resolve %s: %s", cluster.name, ep.address, e)
+            continue
+        by_family: dict[int, list[str]] = {}
+        for fam, _, _, _, addr in infos:
+            lst = by_family.setdefault(fam, [])
+            if addr[0] not in lst:
+                lst.append(addr[0])
+        prefs = _FAMILIES[cluster.dns_lookup_family]
+        if prefs is None:
+            ips = by_family.get(socket.AF_INET, []) + by_family.get(socket.AF_INET6, [])
+        else:
+            ips = []
+            for fam in prefs:
+                if by_family.get(fam):
+                    ips = by_family[fam]
+                    break
+        out.extend((ip, ep.port, ep.weight) for ip in ips)
+    return out
+
+
+def _host_set(hosts: list[tuple[str, int, int]]):
+    return _core.make_hostset([(ip, port) for ip, port, _ in hosts],
+                              smooth_weighted_schedule([w for _, _, w in hosts]))
+
+
+class _ClusterState:
+    def __init__(self, model: Cluster, handle, hosts):
+        self.model = model
+        self.handle = handle
+        self.hosts = hosts
+        self.next_refresh = time.monotonic() + model.dns_refresh_rate
+
+
+class Proxy:
+    """A running (or ready to run) proxy.
+
+    >>> p = Proxy(listeners=[Listener("l", port=0, cluster="c")],
+    ...           clusters=[Cluster("c", [Endpoint("127.0.0.1", 8080)])])
+    >>> with p:
+    ...     host, port = p.listener_address("l")
+    """
+
+    def __init__(self, listeners: Iterable[Listener] = (), clusters: Iterable[Cluster] = (), *,
+                 concurrency: Optional[int] = None, admin: Optional[Admin] = None):
+        bootstrap = Bootstrap(list(listeners), list(clusters), admin)
+        bootstrap.validate()
+        if concurrency is None or concurrency == 0:
+            concurrency = os.cpu_count() or 1
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigError("concurrency", f"must be a positive integer, got {concurrency!r}")
+        self.concurrency = concurrency
+        self._engine = _core.Engine(concurrency)
+        self._lock = threading.RLock()
+        self._stats: dict[tuple[str, str], Any] = {}
+        self._socks: dict[str, tuple[tuple[str, int], Any]] = {}   # listener name -> (requested, sock)
+        self._clusters: dict[str, _ClusterState] = {}
+        self._listeners: dict[str, Any] = {}                        # name -> ListenerCfgHandle
+        self._bootstrap = bootstrap
+        self._state = "new"
+        self._shutdown = threading.Event()
+        self._dns_stop = threading.Event()
+        self._dns_thread: Optional[threading.Thread] = None
+        self._admin_server = None
+        self._install(bootstrap)
+
+    # ---- construction from files ----
+
+    @classmethod
+    def from_bootstrap(cls, bootstrap: Bootstrap, *, concurrency: Optional[int] = None) -> "Proxy":
+        return cls(bootstrap.listeners, bootstrap.clusters, concurrency=concurrency, admin=bootstrap.admin)
+
+    @classmethod
+    def from_envoy(cls, source: Any, *, concurrency: Optional[int] = None) -> "Proxy":
+        """From an Envoy v3 bootstrap: a path, YAML/JSON text, or a dict."""
+        from .config import load_envoy
+        return cls.from_bootstrap(load_envoy(source), concurrency=concurrency)
+
+    # ---- lifecycle ----
+
+    def start(self) -> "Proxy":
+        with self._lock:
+            if self._state != "new":
+                raise RuntimeError(f"proxy is {self._state}; start() works once")
+            self._engine.start()
+            self._state = "running"
+            if any(c.model.type == "STRICT_DNS" for c in self._clusters.values()):
+                self._start_dns()
+            if self._bootstrap.admin is not None:
+                from .admin import AdminServer
+                a = self._bootstrap.admin
+                self._admin_server = AdminServer(self, a.address, a.port)
+                self._admin_server.start()
+        for name in self._listeners:
+            host, port = self.listener_address(name)
+            log.info("listener %s on %s:%d", name, host, port)
+        return self
+
+    def stop(self, drain_timeout: float = 5.0) -> None:
+        """Stop accepting, let open connections finish for up to drain_timeout seconds,
+        then close the rest and join the workers."""
+        with self._lock:
+            if self._state in ("stopped", "new"):
+                if self._state == "new":
+                    self._engine.apply([])
+                    self._state = "stopped"
+                return
+            self._state = "draining"
+            self._engine.apply([])
+            deadline = time.monotonic() + drain_timeout
+            while self._engine.active_connections() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self._engine.stop()
+            self._state = "stopped"
+            self._dns_stop.set()
+            if self._admin_server is not None:
+                self._admin_server.stop()
+        if self._dns_thread is not None:
+            self._dns_thread.join()
+        self._shutdown.set()
+
+    def request_shutdown(self) -> None:
+        """Make run() return (after draining). Thread-safe; also what SIGTERM does."""
+        self._shutdown.set()
+
+    def run(self, drain_timeout: float = 5.0) -> None:
+        """Start (if needed) and serve until SIGINT/SIGTERM or request_shutdown()."""
+        if self._state == "new":
+            self.start()
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, lambda *_: self._shutdown.set())
+        try:
+            while not self._shutdown.wait(0.5):
+                pass
+        finally:
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+            log.info("shutting down: draining connections")
+            self.stop(drain_timeout)
+
+    def __enter__(self) -> "Proxy":
+        if self._state == "new":
+            self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop(drain_timeout=0.5)
+
+    def __del__(self):
+        try:
+            if getattr(self, "_state", None) == "running":
+                self.stop(drain_timeout=0)
+        except Exception:
+            pass
+
+    # ---- runtime changes ----
+
+    def update(self, listeners: Optional[Iterable[Listener]] = None,
+               clusters: Optional[Iterable[Cluster]] = None) -> None:
+        """Replace the listeners and/or clusters. New connections use the new config as
+        soon as this returns; open connections keep the config they started with."""
+        with self._lock:
+            if self._state in ("draining", "stopped"):
+                raise RuntimeError("proxy is stopped")
+            b = Bootstrap(list(listeners) if listeners is not None else list(self._bootstrap.listeners),
+                          list(clusters) if clusters is not None else list(self._bootstrap.clusters),
+                          self._bootstrap.admin)
+            b.validate()
+            self._install(b)
+            self._bootstrap = b
+            if self._state == "running" and self._dns_thread is None and \
+                    any(c.model.type == "STRICT_DNS" for c in self._clusters.values()):
+                self._start_dns()
+
+    @property
+    def config(self) -> Bootstrap:
+        return self._bootstrap
+
+    def listener_address(self, name: str) -> tuple[str, int]:
+        try:
+            return self._socks[name][1].address
+        except KeyError:
+            raise KeyError(f"no listener named {name!r}") from None
+
+    @property
+    def admin_address(self) -> Optional[tuple[str, int]]:
+        return self._admin_server.address if self._admin_server is not None else None
+
+    def stats(self) -> dict[str, int]:
+        """Counters and gauges with Envoy's names, summed over the workers."""
+        out: dict[str, int] = {
+            "server.concurrency": self.concurrency,
+            "listener_manager.total_listeners_active": len(self._listeners),
+            "cluster_manager.active_clusters": len(self._clusters),
+        }
+        for (kind, name), block in list(self._stats.items()):
+            for stat, value in block.read().items():
+                out[f"{name}.{stat}"] = value
+        for name, c in list(self._clusters.items()):
+            out[f"cluster.{name}.membership_total"] = len(c.hosts)
+        return out
+
+    # ---- compiling config into the core ----
+
+    def _stat_block(self, kind: str, name: str):
+        key = (kind, name)
+        block = self._stats.get(key)
+        if block is None:
+            block = self._stats[key] = self._engine.new_stats(kind)
+        return block
+
+    def _install(self, b: Bootstrap) -> None:
+        clusters: dict[str, _ClusterState] = {}
+        for c in b.clusters:
+            old = self._clusters.get(c.name)
+            if old is not None and old.model == c:
+                clusters[c.name] = old          # unchanged: keep its LB state and DNS schedule
+                continue
+            hosts = resolve_endpoints(c)
+            handle = self._engine.make_cluster(self._stat_block("cluster", f"cluster.{c.name}"),
+                                               c.lb_policy, c.connect_timeout, _host_set(hosts))
+            clusters[c.name] = _ClusterState(c, handle, hosts)
+
+        socks: dict[str, tuple[tuple[str, int], Any]] = {}
+        handles = []
+        for i, l in enumerate(b.listeners):
+            requested = (l.address, l.port)
+            old = self._socks.get(l.name)
+            if old is not None and old[0] == requested:
+                sock = old[1]
+            else:
+                try:
+                    sock = self._engine.bind(l.address, l.port, l.backlog)
+                except OSError as e:
+                    raise ListenerBindError(
+                        f"static_resources.listeners[{i}] ({l.name}): {e.strerror or e}") from None
+            socks[l.name] = (requested, sock)
+            ip, port = sock.address
+            factories = tuple(l.filters)
+            handles.append(self._engine.make_listener(
+                l.name, sock, clusters[l.cluster].handle,
+                self._stat_block("listener", f"listener.{ip}_{port}"),
+                self._stat_block("tcp", f"tcp.{l.effective_stat_prefix}"),
+                l.idle_timeout, l.max_connect_attempts, l.max_connections, l.buffer_limit,
+                factories,
+                not any(_reads_bytes(f, "on_data") for f in factories),
+                not any(_reads_bytes(f, "on_write") for f in factories)))
+        self._engine.apply(handles)
+        self._clusters = clusters
+        self._socks = socks
+        self._listeners = {h.name: h for h in handles}
+
+    # ---- DNS: resolved here, on a control-plane thread, never on a worker ----
+
+    def _start_dns(self) -> None:
+        self._dns_thread = threading.Thread(target=self._dns_loop, name="fastproxy-dns", daemon=True)
+        self._dns_thread.start()
+
+    def _dns_loop(self) -> None:
+        while not self._dns_stop.is_set():
+            with self._lock:
+                due = [c for c in self._clusters.values() if c.model.type == "STRICT_DNS"]
+            now = time.monotonic()
+            wait = 5.0
+            for c in due:
+                if c.next_refresh <= now:
+                    hosts = resolve_endpoints(c.model)
+                    c.next_refresh = now + c.model.dns_refresh_rate
+                    if hosts and hosts != c.hosts:
+                        log.info("cluster %s: hosts now %s", c.model.name, hosts)
+                        c.hosts = hosts
+                        c.handle.set_hosts(_host_set(hosts))
+                wait = min(wait, max(0.05, c.next_refresh - now))
+            self._dns_stop.wait(wait)
