@@ -96,6 +96,7 @@ cdef void _dir_open_pipe(Dir* d, size_t want) noexcept nogil:
     d.pipe_w = p[1]
     d.pipe_cap = <size_t>got if got > 0 else 65536
     d.splice = 1
+    chain_move(&d.inj, &d.buf)  # bytes a filter wrote before the upstream was up
 
 
 cdef int _dir_pump_splice(Session* s, Dir* d) noexcept nogil:
