@@ -1,6 +1,11 @@
 # setuptools reads extension modules only from setup.py; the build logic lives in build_ext.py.
+# pip runs this file with the project root missing from sys.path, so add it.
+import os
+import sys
+
 from setuptools import setup
 
-from build_ext import extensions
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from build_ext import extensions  # noqa: E402
 
 setup(ext_modules=extensions())

@@ -296,8 +296,8 @@ class Proxy:
         for i, l in enumerate(b.listeners):
             requested = (l.address, l.port)
             old = self._socks.get(l.name)
-            if old is not None and old[0] == requested:
-                sock = old[1]
+            if old is not None and (old[0] == requested or old[1].address == requested):
+                sock = old[1]       # same address (also: port 0 restated as the port it got)
             else:
                 try:
                     sock = self._engine.bind(l.address, l.port, l.backlog)

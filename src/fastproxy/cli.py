@@ -1,0 +1,291 @@
+"""The ``fastproxy`` command (also ``python -m fastproxy``).
+
+Flags mirror Envoy's, so a fastproxy can stand in for an Envoy that runs a TCP proxy
+configuration::
+
+    fastproxy -c envoy.yaml [--concurrency N] [-l LEVEL] [--mode serve|validate|init_only]
+    fastproxy demo [--port P] [--upstream-port P] [--admin-port P] [--concurrency N]
+    fastproxy --version
+
+Exit status: 0 on success (and after a drain on SIGINT/SIGTERM or ``POST /quitquitquit``),
+1 when the configuration is invalid or a listener cannot bind, 2 on a command-line error.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Callable, List, Optional
+
+from . import log as _log
+from .admin import package_version
+
+logger = logging.getLogger("fastproxy")
+
+MODES = ("serve", "validate", "init_only")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
+
+
+def _port(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"port {n} out of range 0..65535")
+    return n
+
+
+def _log_level(text: str) -> str:
+    try:
+        _log.parse_level(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text.lower()
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--concurrency", type=_positive_int, default=None, metavar="N",
+                   help="number of worker threads (default: the number of CPUs)")
+    p.add_argument("-l", "--log-level", type=_log_level, default="info", metavar="LEVEL",
+                   help="trace, debug, info, warning (warn), error, critical or off (default: info)")
+    p.add_argument("--log-path", default=None, metavar="FILE",
+                   help="append log lines to FILE instead of stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fastproxy",
+        description="fastproxy: an Envoy-class TCP proxy with a Cython data plane. "
+                    "Reads Envoy v3 bootstrap YAML/JSON.",
+        epilog="Run 'fastproxy demo' for a ready-made example (see 'fastproxy demo --help').",
+    )
+    p.add_argument("-c", "--config-path", dest="config_path", metavar="FILE",
+                   help="Envoy v3 bootstrap file (.yaml, .yml or .json)")
+    p.add_argument("--config-yaml", dest="config_yaml", metavar="YAML",
+                   help="bootstrap as inline YAML; merged over --config-path when both are given")
+    p.add_argument("--mode", choices=MODES, default="serve",
+                   help="serve (default); validate: check the configuration and exit; "
+                        "init_only: start everything, then exit")
+    _add_common(p)
+    # Accepted so fastproxy drops into Envoy command lines; they mean nothing here.
+    p.add_argument("--base-id", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--use-dynamic-base-id", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    return p
+
+
+def build_demo_parser() -> argparse.ArgumentParser:
+    from . import demo
+
+    p = argparse.ArgumentParser(
+        prog="fastproxy demo",
+        description="Run the bundled default configuration: a TCP proxy listener in front of "
+                    "a small bundled HTTP server, plus the admin interface. Port 0 picks a free port.",
+    )
+    p.add_argument("--port", type=_port, default=demo.DEFAULT_LISTENER_PORT,
+                   help=f"proxy listener port (default: {demo.DEFAULT_LISTENER_PORT})")
+    p.add_argument("--upstream-port", type=_port, default=demo.DEFAULT_UPSTREAM_PORT,
+                   help=f"bundled upstream server port (default: {demo.DEFAULT_UPSTREAM_PORT})")
+    p.add_argument("--admin-port", type=_port, default=demo.DEFAULT_ADMIN_PORT,
+                   help=f"admin interface port (default: {demo.DEFAULT_ADMIN_PORT})")
+    p.add_argument("--no-admin", action="store_true", help="do not start the admin interface")
+    _add_common(p)
+    return p
+
+
+def _setup_logging(args) -> None:
+    stream = None
+    if args.log_path:
+        stream = open(args.log_path, "a", buffering=1, encoding="utf-8")
+    _log.setup(args.log_level, stream)
+
+
+def _say(line: str = "") -> None:
+    print(line, flush=True)
+
+
+def _hp(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _merge(base, over):
+    """Envoy merges --config-yaml over the file like protobuf MergeFrom: maps merge
+    recursively, lists are appended, scalars replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = _merge(base[k], v) if k in base else v
+        return out
+    if isinstance(base, list) and isinstance(over, list):
+        return base + over
+    return over
+
+
+def _config_source(args):
+    """(source for load_envoy, name to show)."""
+    if args.config_path and args.config_yaml:
+        import yaml
+
+        from .errors import ConfigError
+
+        try:
+            with open(args.config_path, encoding="utf-8") as f:
+                base = yaml.safe_load(f) or {}
+            over = yaml.safe_load(args.config_yaml) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError("", f"cannot parse YAML: {e}") from None
+        return _merge(base, over), args.config_path
+    if args.config_path:
+        return args.config_path, args.config_path
+    return args.config_yaml, ""
+
+
+def _load(args):
+    from .config import load_envoy
+
+    source, name = _config_source(args)
+    if isinstance(source, str) and args.config_path and not args.config_yaml:
+        if not os.path.exists(source):
+            raise FileNotFoundError(f"unable to read file: {source}")
+    bootstrap = load_envoy(source)
+    bootstrap.validate()
+    return bootstrap, name
+
+
+def _startup_lines(proxy, bootstrap) -> None:
+    """One line per listener with the address it actually bound, then the admin's."""
+    for l in bootstrap.listeners:
+        try:
+            host, port = proxy.listener_address(l.name)[:2]
+        except Exception:
+            host, port = l.address, l.port
+        _say(f"fastproxy: listener '{l.name}' listening on {_hp(host, port)} -> cluster '{l.cluster}'")
+    admin = getattr(proxy, "admin_address", None)
+    if admin:
+        _say(f"fastproxy: admin listening on http://{_hp(admin[0], admin[1])}/")
+
+
+def serve(proxy, bootstrap, banner: Optional[Callable[[], None]] = None, init_only: bool = False) -> int:
+    """Start ``proxy``, print where it listens, then block in ``proxy.run()`` until
+    SIGINT/SIGTERM or /quitquitquit, drain and return 0."""
+    # SIGINT/SIGTERM ask for a drain from here on, not only once run() is inside its loop:
+    # someone who saw the startup lines may signal right away.
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *_: proxy.request_shutdown())
+    try:
+        proxy.start()
+        try:
+            _startup_lines(proxy, bootstrap)
+            if banner is not None:
+                banner()
+        except BaseException:
+            proxy.stop()
+            raise
+        if init_only:
+            proxy.stop()
+            return 0
+        logger.info("fastproxy %s serving (concurrency %s); SIGINT/SIGTERM to stop",
+                    package_version(), proxy.concurrency)
+        proxy.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    logger.info("fastproxy exited cleanly")
+    return 0
+
+
+def _fail(msg: str) -> int:
+    print(msg, file=sys.stderr, flush=True)
+    return 1
+
+
+def main_config(argv: List[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        _say(f"fastproxy version: {package_version()}")
+        return 0
+    if not args.config_path and not args.config_yaml:
+        parser.error("a configuration is required: -c/--config-path FILE or --config-yaml YAML "
+                     "(or try 'fastproxy demo')")
+    _setup_logging(args)
+
+    from .errors import ConfigError, ListenerBindError
+
+    shown = args.config_path or ""
+    try:
+        bootstrap, shown = _load(args)
+    except (ConfigError, OSError) as e:
+        return _fail(f"error initializing configuration '{shown}': {e}")
+    if args.mode == "validate":
+        _say(f"configuration '{shown}' OK")
+        return 0
+
+    from . import Proxy
+
+    try:
+        proxy = Proxy.from_bootstrap(bootstrap, concurrency=args.concurrency)
+        logger.info("fastproxy %s starting: %d listener(s), %d cluster(s)", package_version(),
+                    len(bootstrap.listeners), len(bootstrap.clusters))
+        return serve(proxy, bootstrap, init_only=args.mode == "init_only")
+    except ConfigError as e:
+        return _fail(f"error initializing configuration '{shown}': {e}")
+    except (ListenerBindError, OSError) as e:
+        return _fail(f"error: {e}")
+
+
+def main_demo(argv: List[str]) -> int:
+    from . import demo
+    from .errors import ConfigError, ListenerBindError
+
+    args = build_demo_parser().parse_args(argv)
+    _setup_logging(args)
+    try:
+        upstream = demo.DemoUpstream("127.0.0.1", args.upstream_port).start()
+    except OSError as e:
+        return _fail(f"error: cannot start the demo upstream on 127.0.0.1:{args.upstream_port}: {e}")
+    try:
+        from . import Proxy
+
+        bootstrap = demo.demo_bootstrap(port=args.port, upstream_port=upstream.address[1],
+                                        admin_port=None if args.no_admin else args.admin_port)
+        proxy = Proxy.from_bootstrap(bootstrap, concurrency=args.concurrency)
+        _say(f"fastproxy: demo upstream (HTTP) listening on {_hp(*upstream.address)}")
+
+        def banner():
+            _say(demo.instructions(proxy.listener_address(demo.LISTENER_NAME)[:2], upstream.address,
+                                   getattr(proxy, "admin_address", None)))
+
+        return serve(proxy, bootstrap, banner=banner)
+    except ConfigError as e:
+        return _fail(f"error in the bundled demo configuration: {e}")
+    except (ListenerBindError, OSError) as e:
+        return _fail(f"error: {e} (choose other ports with --port/--upstream-port/--admin-port, 0 = any free port)")
+    finally:
+        upstream.stop()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "demo":
+        return main_demo(argv[1:])
+    return main_config(argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""Shared fixtures and helpers of the L4 proxy integration tests.
+
+Everything runs on real loopback sockets with ephemeral ports. Upstream servers live in
+background threads (see upstreams.py); the proxy runs in the test process (its workers are
+nogil threads) unless a test needs a process of its own (fd limits).
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import resource
+import socket
+import sys
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+if str(SRC) not in sys.path:
+    sys.path.insert(0, str(SRC))
+HERE = pathlib.Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import fastproxy  # noqa: E402
+from fastproxy import Cluster, Endpoint, Listener  # noqa: E402
+
+from upstreams import BlackholeServer, EchoServer, ThreadedServer  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --------------------------------------------------------------------------- waiting
+
+def wait_for(pred, timeout=5.0, interval=0.005, msg=None):
+    """Poll ``pred()`` until it returns a truthy value (returned) or ``timeout`` passes
+    (AssertionError). Use for conditions, never a bare sleep."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {msg or getattr(pred, '__name__', pred)}")
+        time.sleep(interval)
+
+
+def wait_stalled(getter, quiet=0.4, timeout=20.0, interval=0.02):
+    """Wait until ``getter()`` stops changing for ``quiet`` seconds; return its value."""
+    deadline = time.monotonic() + timeout
+    last = getter()
+    since = time.monotonic()
+    while True:
+        time.sleep(interval)
+        now = time.monotonic()
+        v = getter()
+        if v != last:
+            last, since = v, now
+        elif now - since >= quiet:
+            return v
+        if now >= deadline:
+            raise AssertionError(f"value never settled within {timeout}s (last {last!r})")
+
+
+# --------------------------------------------------------------------------- /proc helpers
+
+def proc_status_kb(pid="self", field="VmRSS") -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def rss_bytes(pid="self") -> int:
+    """Resident set size of a process (this one by default), in bytes."""
+    return proc_status_kb(pid, "VmRSS") * 1024
+
+
+def cpu_seconds(pid="self") -> float:
+    """user + system CPU time of a process, in seconds (from /proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        data = f.read()
+    fields = data[data.rindex(")") + 2:].split()
+    # fields[0] is the state (field 3); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def fd_count(pid="self") -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def listening_ports() -> set:
+    """Loopback/any TCP ports in LISTEN state (from /proc/net/tcp)."""
+    ports = set()
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    if parts[3] == "0A":
+                        ports.add(int(parts[1].rsplit(":", 1)[1], 16))
+        except FileNotFoundError:
+            pass
+    return ports
+
+
+def listen_inodes(port: int) -> set:
+    """Socket inodes of the TCP sockets listening on ``port`` (one per SO_REUSEPORT socket)."""
+    inodes = set()
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(int(parts[9]))
+        except FileNotFoundError:
+            pass
+    return inodes
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def raise_nofile(n: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= n:
+        return
+    if hard != resource.RLIM_INFINITY and hard < n:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {n}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n, hard))
+
+
+# --------------------------------------------------------------------------- client helpers
+
+def connect(addr, timeout=5.0, rcvbuf=None) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(timeout)
+    s.connect(tuple(addr))
+    return s
+
+
+def recv_exact(sock, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        d = sock.recv(n - len(buf))
+        if not d:
+            raise AssertionError(f"EOF after {len(buf)} of {n} bytes: {bytes(buf[:64])!r}")
+        buf += d
+    return bytes(buf)
+
+
+def recv_until_eof(sock, limit=1 << 30) -> bytes:
+    buf = bytearray()
+    while True:
+        d = sock.recv(65536)
+        if not d:
+            return bytes(buf)
+        buf += d
+        if len(buf) > limit:
+            raise AssertionError("too much data")
+
+
+def wait_closed(sock, timeout=5.0) -> str:
+    """Wait for the peer to end the connection: returns 'eof' or 'reset'. Data that
+    arrives first is an error (returned as AssertionError)."""
+    sock.settimeout(timeout)
+    try:
+        d = sock.recv(65536)
+    except ConnectionResetError:
+        return "reset"
+    except socket.timeout:
+        raise AssertionError(f"connection still open after {timeout}s") from None
+    if d:
+        raise AssertionError(f"expected the connection to close, got data {d[:64]!r}")
+    return "eof"
+
+
+def echo_roundtrip(addr, payload: bytes, timeout=5.0) -> bytes:
+    """Connect, send ``payload``, read the same number of bytes back, close."""
+    with connect(addr, timeout) as s:
+        s.sendall(payload)
+        return recv_exact(s, len(payload))
+
+
+# --------------------------------------------------------------------------- stats
+
+def stat(p, name: str) -> int:
+    """One counter from ``p.stats()``; KeyError (with near names) if it does not exist."""
+    st = p.stats()
+    if name not in st:
+        prefix = name.rsplit(".", 1)[0]
+        near = sorted(k for k in st if k.startswith(prefix.split(".")[0]))
+        raise KeyError(f"{name} not in stats; have {near[:40]}")
+    return st[name]
+
+
+def listener_stat(p, listener_name: str, suffix: str) -> int:
+    host, port = p.listener_address(listener_name)
+    return stat(p, f"listener.{host}_{port}.{suffix}")
+
+
+# --------------------------------------------------------------------------- fixtures
+
+@pytest.fixture
+def servers():
+    """Factory of upstream servers, all closed after the test.
+
+    servers.echo(**kw) -> EchoServer; servers.threaded(handler, **kw) -> ThreadedServer;
+    servers.blackhole() -> BlackholeServer.
+    """
+
+    class Servers:
+        def __init__(self):
+            self.made = []
+
+        def echo(self, **kw):
+            s = EchoServer(**kw)
+            self.made.append(s)
+            return s
+
+        def threaded(self, handler, **kw):
+            s = ThreadedServer(handler, **kw)
+            self.made.append(s)
+            return s
+
+        def blackhole(self):
+            s = BlackholeServer()
+            self.made.append(s)
+            return s
+
+    reg = Servers()
+    yield reg
+    for s in reversed(reg.made):
+        s.close()
+
+
+@pytest.fixture
+def proxy_factory():
+    """proxy_factory(listeners, clusters, concurrency=2, **kw) -> a started fastproxy.Proxy,
+    stopped after the test (if the test did not stop it)."""
+    made = []
+
+    def make(listeners, clusters, concurrency=2, **kw):
+        p = fastproxy.Proxy(listeners=listeners, clusters=clusters, concurrency=concurrency, **kw)
+        p.start()
+        made.append(p)
+        return p
+
+    yield make
+    for p in reversed(made):
+        p.stop(drain_timeout=0.5)
+
+
+@pytest.fixture
+def tcp_proxy(proxy_factory):
+    """tcp_proxy(ports_or_endpoints, filters=(), lb_policy=..., listener_kw..., cluster_kw=...)
+    -> (proxy, (host, port)): one listener "l" (stat prefix "t") to one cluster "c"."""
+
+    def make(upstreams, filters=(), lb_policy="ROUND_ROBIN", cluster_kw=None, concurrency=2, **listener_kw):
+        eps = []
+        for u in upstreams:
+            if isinstance(u, Endpoint):
+                eps.append(u)
+            elif isinstance(u, int):
+                eps.append(Endpoint("127.0.0.1", u))
+            else:                       # a server object
+                eps.append(Endpoint("127.0.0.1", u.port))
+        cluster = Cluster(name="c", endpoints=eps, lb_policy=lb_policy, **(cluster_kw or {}))
+        listener_kw.setdefault("stat_prefix", "t")
+        listener = Listener(name="l", cluster="c", filters=list(filters), **listener_kw)
+        p = proxy_factory([listener], [cluster], concurrency=concurrency)
+        return p, p.listener_address("l")
+
+    return make
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long-running test (packaging, big transfers)")

@@ -1,0 +1,246 @@
+"""The admin interface of a running Proxy, over real HTTP on loopback.
+
+The proxy runs in this process (Proxy(..., admin=Admin(port=0))) with an echo upstream;
+traffic goes through it on real sockets, then the admin pages are fetched with urllib.
+"""
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+import fastproxy
+from fastproxy import Admin, Cluster, Endpoint, Listener
+
+from conftest import echo_roundtrip, wait_for
+
+
+def http(method: str, addr, path: str, timeout=10.0):
+    """(status, content type, body text) of one request to the admin server."""
+    req = urllib.request.Request(f"http://{addr[0]}:{addr[1]}{path}", method=method,
+                                 data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.headers.get("Content-Type", ""), resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type", ""), e.read().decode()
+
+
+def get(addr, path):
+    return http("GET", addr, path)
+
+
+def parse_text_stats(body: str) -> dict:
+    out = {}
+    for line in body.splitlines():
+        m = re.fullmatch(r"(\S+): (-?\d+)", line)
+        assert m, f"not a 'name: value' line: {line!r}"
+        out[m.group(1)] = int(m.group(2))
+    return out
+
+
+@pytest.fixture
+def admin_proxy(proxy_factory, servers):
+    """(proxy, listener address, admin address, echo server): listener "l" (stat prefix
+    "adm") -> cluster "c" -> one echo upstream; admin on an ephemeral port."""
+    echo = servers.echo()
+    p = proxy_factory([Listener("l", port=0, cluster="c", stat_prefix="adm")],
+                      [Cluster("c", [Endpoint("127.0.0.1", echo.port)])],
+                      concurrency=1, admin=Admin("127.0.0.1", 0))
+    assert p.admin_address is not None
+    return p, p.listener_address("l"), p.admin_address, echo
+
+
+def test_stats_text_counts_the_traffic(admin_proxy):
+    p, addr, admin, _ = admin_proxy
+    payloads = [b"a" * 10, b"b" * 1000, b"c" * 70000]
+    for data in payloads:
+        assert echo_roundtrip(addr, data) == data
+    total = sum(map(len, payloads))
+
+    def tcp_stats():
+        st = parse_text_stats(get(admin, "/stats")[2])
+        done = st.get("tcp.adm.downstream_cx_active") == 0 and st.get("tcp.adm.downstream_cx_total") == 3
+        return st if done else None
+
+    st = wait_for(tcp_stats, timeout=10, msg="3 connections closed in /stats")
+    assert st["tcp.adm.downstream_cx_rx_bytes_total"] == total
+    assert st["tcp.adm.downstream_cx_tx_bytes_total"] == total
+    assert st["cluster.c.upstream_cx_total"] == 3
+    assert st[f"listener.127.0.0.1_{addr[1]}.downstream_cx_total"] == 3
+    assert st["server.concurrency"] == 1
+    assert st["server.live"] == 1
+
+    status, ctype, body = get(admin, "/stats")
+    assert status == 200 and ctype.startswith("text/plain")
+    names = [line.split(":")[0] for line in body.splitlines()]
+    assert names == sorted(names) and len(names) == len(set(names))
+    # Same values as the Python API (bar the uptime, which ticks).
+    api = p.stats()
+    text = parse_text_stats(body)
+    for k, v in api.items():
+        if k.startswith(("tcp.", "cluster.", "listener.")):
+            assert text[k] == v, k
+
+
+def test_stats_json_and_filter(admin_proxy):
+    p, addr, admin, _ = admin_proxy
+    assert echo_roundtrip(addr, b"ping") == b"ping"
+    wait_for(lambda: p.stats()["tcp.adm.downstream_cx_active"] == 0 and p.stats()["tcp.adm.downstream_cx_total"] == 1)
+
+    status, ctype, body = get(admin, "/stats?format=json")
+    assert status == 200 and ctype.startswith("application/json")
+    doc = json.loads(body)
+    assert set(doc) == {"stats"}
+    stats = {s["name"]: s["value"] for s in doc["stats"]}
+    assert [s["name"] for s in doc["stats"]] == sorted(stats)
+    assert stats["tcp.adm.downstream_cx_total"] == 1
+    assert stats["tcp.adm.downstream_cx_rx_bytes_total"] == 4
+
+    status, _, body = get(admin, "/stats?filter=%5Etcp%5C.adm%5C.downstream_cx_")  # ^tcp\.adm\.downstream_cx_
+    assert status == 200
+    filtered = parse_text_stats(body)
+    assert filtered and all(k.startswith("tcp.adm.downstream_cx_") for k in filtered)
+    assert filtered["tcp.adm.downstream_cx_total"] == 1
+
+    status, _, body = get(admin, "/stats?filter=%5Bunclosed")
+    assert status == 400 and "regex" in body
+
+
+def test_ready_server_info_listeners_clusters(admin_proxy):
+    p, addr, admin, echo = admin_proxy
+    assert get(admin, "/ready")[:3:2] == (200, "LIVE\n")
+
+    status, ctype, body = get(admin, "/server_info")
+    assert status == 200 and ctype.startswith("application/json")
+    info = json.loads(body)
+    assert info["version"] == fastproxy.__version__
+    assert info["state"] == "LIVE"
+    assert info["concurrency"] == p.concurrency == 1
+    assert re.fullmatch(r"\d+s", info["uptime_current_epoch"])
+
+    status, _, body = get(admin, "/listeners")
+    assert status == 200
+    assert body == f"l::127.0.0.1:{addr[1]}\n"
+    doc = json.loads(get(admin, "/listeners?format=json")[2])
+    assert doc["listener_statuses"] == [
+        {"name": "l", "local_address": {"socket_address": {"address": "127.0.0.1", "port_value": addr[1]}}}]
+
+    status, _, body = get(admin, "/clusters")
+    assert status == 200
+    lines = body.splitlines()
+    assert f"c::127.0.0.1:{echo.port}::weight::1" in lines
+    assert f"c::127.0.0.1:{echo.port}::health_flags::healthy" in lines
+    assert all(line.startswith("c::") for line in lines)
+    doc = json.loads(get(admin, "/clusters?format=json")[2])
+    [c] = doc["cluster_statuses"]
+    assert c["name"] == "c"
+    assert [h["address"]["socket_address"]["port_value"] for h in c["host_statuses"]] == [echo.port]
+
+
+def test_clusters_and_listeners_follow_update(admin_proxy, servers):
+    """The admin shows the proxy's current config, not the one it started with."""
+    p, addr, admin, echo = admin_proxy
+    other = servers.echo()
+    p.update(clusters=[Cluster("c", [Endpoint("127.0.0.1", echo.port, weight=2),
+                                     Endpoint("127.0.0.1", other.port, weight=3)])],
+             listeners=[Listener("l", port=addr[1], cluster="c", stat_prefix="adm"),
+                        Listener("extra", port=0, cluster="c")])
+    lines = get(admin, "/clusters")[2].splitlines()
+    assert f"c::127.0.0.1:{echo.port}::weight::2" in lines
+    assert f"c::127.0.0.1:{other.port}::weight::3" in lines
+    body = get(admin, "/listeners")[2]
+    extra = p.listener_address("extra")
+    assert body.splitlines() == [f"l::127.0.0.1:{addr[1]}", f"extra::127.0.0.1:{extra[1]}"]
+
+
+def test_unknown_path_and_wrong_method(admin_proxy):
+    p, addr, admin, _ = admin_proxy
+    status, _, body = get(admin, "/no/such/page")
+    assert status == 404 and "/stats" in body
+    status, _, body = get(admin, "/")
+    assert status == 200 and "/quitquitquit" in body
+    # quitquitquit must be a POST: a GET (a crawler, a browser prefetch) changes nothing.
+    status, _, _ = get(admin, "/quitquitquit")
+    assert status == 405
+    assert get(admin, "/ready")[0] == 200
+    assert echo_roundtrip(addr, b"still up") == b"still up"
+
+
+def test_quitquitquit_marks_draining(admin_proxy):
+    """Without run() waiting, POST /quitquitquit still flips /ready to 503 DRAINING."""
+    p, addr, admin, _ = admin_proxy
+    status, _, body = http("POST", admin, "/quitquitquit")
+    assert (status, body) == (200, "OK\n")
+    status, _, body = get(admin, "/ready")
+    assert (status, body) == (503, "DRAINING\n")
+    assert json.loads(get(admin, "/server_info")[2])["state"] == "DRAINING"
+    assert parse_text_stats(get(admin, "/stats")[2])["server.live"] == 0
+
+
+def test_quitquitquit_makes_run_return(servers):
+    echo = servers.echo()
+    p = fastproxy.Proxy([Listener("l", port=0, cluster="c", stat_prefix="q")],
+                        [Cluster("c", [Endpoint("127.0.0.1", echo.port)])],
+                        concurrency=1, admin=Admin("127.0.0.1", 0))
+    p.start()
+    addr, admin = p.listener_address("l"), p.admin_address
+    results = {}
+    watchdog_fired = threading.Event()
+
+    def client():
+        try:
+            results["echo"] = echo_roundtrip(addr, b"before quit")
+            results["quit"] = http("POST", admin, "/quitquitquit")
+        except Exception as e:  # reported by the asserts below
+            results["error"] = e
+
+    def watchdog():
+        watchdog_fired.set()
+        p.request_shutdown()
+
+    timer = threading.Timer(30.0, watchdog)
+    timer.start()
+    t = threading.Thread(target=client)
+    t.start()
+    started = time.monotonic()
+    try:
+        p.run(drain_timeout=1.0)   # returns once /quitquitquit is posted
+    finally:
+        timer.cancel()
+        t.join(10)
+    assert not watchdog_fired.is_set(), "run() did not return after POST /quitquitquit"
+    assert "error" not in results, results
+    assert results["echo"] == b"before quit"
+    assert results["quit"][0] == 200
+    assert time.monotonic() - started < 30
+    # Everything is closed: the listener and the admin port refuse connections.
+    for a in (addr, admin):
+        with pytest.raises(OSError):
+            socket.create_connection(a, timeout=2).close()
+
+
+def test_quitquitquit_exits_the_cli_process(tmp_path, servers):
+    from test_cli import ADMIN_RE, LISTENER_RE, CliProcess, tcp_proxy_yaml
+
+    echo = servers.echo()
+    cfg = tmp_path / "admin.yaml"
+    cfg.write_text(tcp_proxy_yaml(upstream_port=echo.port, admin_port=0))
+    p = CliProcess("-c", cfg, "--concurrency", "1")
+    try:
+        addr = p.address(LISTENER_RE.format(name="front"))
+        admin = p.address(ADMIN_RE)
+        assert echo_roundtrip(addr, b"x" * 5000) == b"x" * 5000
+        st = parse_text_stats(get(admin, "/stats")[2])
+        assert st["tcp.front_tcp.downstream_cx_total"] >= 1
+        assert http("POST", admin, "/quitquitquit")[0] == 200
+        assert p.proc.wait(timeout=30) == 0, p.stderr
+        assert "shutdown requested through /quitquitquit" in p.stderr
+    finally:
+        p.kill()

