@@ -112,6 +112,9 @@ class Listener:
     # Upper bound of bytes buffered per direction before reading is paused (filter path),
     # and the kernel pipe size used per direction on the splice path.
     buffer_limit: int = 1 << 20
+    # An HTTP listener (Envoy's http_connection_manager) instead of a TCP proxy: set `http`
+    # and leave `cluster` empty. See fastproxy.model_http.
+    http: Any = None
 
     def validate(self, path: str = "listener") -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -121,7 +124,7 @@ class Listener:
         except (ValueError, TypeError):
             raise ConfigError(path + ".address", f"listener address must be an IP address, got {self.address!r}") from None
         _check_port(path + ".port", self.port, allow_zero=True)
-        if not isinstance(self.cluster, str) or not self.cluster:
+        if self.http is None and (not isinstance(self.cluster, str) or not self.cluster):
             raise ConfigError(path + ".cluster", "a cluster name is required")
         _check_timeout(path + ".idle_timeout", self.idle_timeout)
         if isinstance(self.max_connect_attempts, bool) or not isinstance(self.max_connect_attempts, int) or self.max_connect_attempts < 1:
@@ -174,5 +177,8 @@ class Bootstrap:
             if l.port and (l.address, l.port) in addrs:
                 raise ConfigError(f"static_resources.listeners[{i}].address", f"address {l.address}:{l.port} used by two listeners")
             addrs.add((l.address, l.port))
-            if l.cluster not in names:
+            if l.http is not None:
+                from .model_http import validate_http
+                validate_http(l.http, f"static_resources.listeners[{i}].http", names)
+            elif l.cluster not in names:
                 raise ConfigError(f"static_resources.listeners[{i}].cluster", f"unknown cluster {l.cluster!r}")
