@@ -11,6 +11,9 @@ One extension module; each included file has one job (see docs/architecture.md):
   core/tcp_proxy.pxi   the L4 session: splice and buffered paths, half-close, resets
   core/pybridge.pxi    the only code on a worker that takes the GIL (Python filters)
   core/engine.pxi      the Python-facing control surface
+  core/http1.pxi       HTTP/1.1 codec (strict, incremental) and serializer
+  core/router.pxi      the route table: virtual hosts, matching, rewrites, redirects
+  core/http_conn.pxi   the HTTP connection manager and the upstream connection pool
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, calloc, realloc, free
@@ -31,3 +34,6 @@ include "core/listener.pxi"
 include "core/tcp_proxy.pxi"
 include "core/pybridge.pxi"
 include "core/engine.pxi"
+include "core/http1.pxi"
+include "core/router.pxi"
+include "core/http_conn.pxi"

@@ -182,18 +182,224 @@ class HttpConnectionManager:
 
 
 def validate_http(hcm: "HttpConnectionManager", path: str, cluster_names) -> None:
-    """Check an HttpConnectionManager; errors name the field path. Filled in by the HTTP
-    config work (see config/http.py); here only the cross-reference to clusters."""
+    """Check an HttpConnectionManager, typically one built with the Python API (what the Envoy
+    loader produces always passes): types and ranges, the exactly-one-of rules (a match's
+    path specifier, a route's action, a RouteAction's target), regexes that POSIX can run
+    (see fastproxy.config.regex), header names that may be modified, domains (wildcards,
+    duplicates) and that every cluster a route names exists. Errors are ConfigError naming
+    the field, e.g. ``<path>.route_config.virtual_hosts[0].routes[1].match.prefix``."""
+    from .config.http import (check_domain, check_header_name, check_header_value, check_modifiable,
+                              check_path_separated_prefix, check_scheme)
+    from .config.regex import re2_to_posix, rewrite_to_posix
     from .errors import ConfigError
-    rc = hcm.route_config
-    for vi, vh in enumerate(rc.virtual_hosts):
-        for ri, r in enumerate(vh.routes):
-            a = r.route
-            if a is None:
-                continue
-            rpath = f"{path}.route_config.virtual_hosts[{vi}].routes[{ri}].route"
-            if a.cluster is not None and a.cluster not in cluster_names:
-                raise ConfigError(rpath + ".cluster", f"unknown cluster {a.cluster!r}")
-            for wi, wc in enumerate(a.weighted_clusters):
-                if wc.name not in cluster_names:
-                    raise ConfigError(f"{rpath}.weighted_clusters.clusters[{wi}].name", f"unknown cluster {wc.name!r}")
+
+    def fail(p, message):
+        raise ConfigError(p, message)
+
+    def typed(value, cls, p):
+        if not isinstance(value, cls):
+            fail(p, f"expected {cls.__name__}, got {type(value).__name__}")
+        return value
+
+    def string(value, p, non_empty=False, optional=False):
+        if value is None and optional:
+            return None
+        if not isinstance(value, str):
+            fail(p, f"expected a string, got {value!r}")
+        if non_empty and not value:
+            fail(p, "must not be empty")
+        return value
+
+    def boolean(value, p):
+        if not isinstance(value, bool):
+            fail(p, f"expected True or False, got {value!r}")
+
+    def integer(value, p, low, high=None, optional=False):
+        if value is None and optional:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+            fail(p, f"expected an integer {f'{low}..{high}' if high is not None else f'>= {low}'}"
+                    f"{' or None' if optional else ''}, got {value!r}")
+
+    def seconds(value, p, optional=True):
+        if value is None and optional:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            fail(p, f"expected a non-negative number of seconds{' or None' if optional else ''}, got {value!r}")
+
+    def each(value, p, cls=None):
+        if not isinstance(value, (list, tuple)):
+            fail(p, f"expected a list, got {type(value).__name__}")
+        for i, item in enumerate(value):
+            if cls is not None:
+                typed(item, cls, f"{p}[{i}]")
+            yield item, f"{p}[{i}]"
+
+    def string_match(sm, p):
+        typed(sm, StringMatch, p)
+        if sm.kind not in STRING_MATCH_KINDS:
+            fail(p + ".kind", f"expected one of {', '.join(STRING_MATCH_KINDS)}, got {sm.kind!r}")
+        string(sm.value, p + ".value", non_empty=sm.kind in ("prefix", "suffix", "contains"))
+        boolean(sm.ignore_case, p + ".ignore_case")
+        if sm.kind == "safe_regex":
+            if sm.ignore_case:
+                fail(p + ".ignore_case", "ignore_case has no effect for safe_regex")
+            re2_to_posix(sm.value, p + ".value")
+
+    def mutations(h, p):
+        typed(h, HeaderMutations, p)
+        for field_name in ("request_headers_to_add", "response_headers_to_add"):
+            for opt, op in each(getattr(h, field_name), f"{p}.{field_name}", HeaderValueOption):
+                check_modifiable(string(opt.key, op + ".key", non_empty=True), op + ".key", "modified")
+                check_header_name(opt.key, op + ".key")
+                check_header_value(string(opt.value, op + ".value"), op + ".value")
+                if opt.append_action not in ("APPEND_IF_EXISTS_OR_ADD", "ADD_IF_ABSENT",
+                                             "OVERWRITE_IF_EXISTS_OR_ADD", "OVERWRITE_IF_EXISTS"):
+                    fail(op + ".append_action", f"unknown append_action {opt.append_action!r}")
+        for field_name in ("request_headers_to_remove", "response_headers_to_remove"):
+            for name, np in each(getattr(h, field_name), f"{p}.{field_name}"):
+                check_modifiable(string(name, np, non_empty=True), np, "removed")
+                check_header_name(name, np)
+
+    def route_match(m, p):
+        typed(m, RouteMatch, p)
+        given = [k for k in ("prefix", "path", "safe_regex", "path_separated_prefix") if getattr(m, k) is not None]
+        if len(given) != 1:
+            fail(p, "exactly one of prefix, path, safe_regex, path_separated_prefix must be set"
+                    + (f" (got {', '.join(given)})" if given else ""))
+        kind = given[0]
+        value = string(getattr(m, kind), f"{p}.{kind}")
+        if kind == "safe_regex":
+            re2_to_posix(value, f"{p}.safe_regex")
+        elif kind == "path_separated_prefix":
+            check_path_separated_prefix(value, f"{p}.path_separated_prefix")
+        boolean(m.case_sensitive, p + ".case_sensitive")
+        if kind == "safe_regex" and not m.case_sensitive:
+            fail(p + ".case_sensitive", "case_sensitive has no effect for safe_regex (Envoy ignores it)")
+        for h, hp in each(m.headers, p + ".headers", HeaderMatcher):
+            check_header_name(string(h.name, hp + ".name", non_empty=True), hp + ".name", pseudo=True)
+            if h.string_match is not None:
+                if h.present_match is not None:
+                    fail(hp, "only one of string_match and present_match may be set")
+                string_match(h.string_match, hp + ".string_match")
+            if h.present_match is not None:
+                boolean(h.present_match, hp + ".present_match")
+            boolean(h.invert_match, hp + ".invert_match")
+            boolean(h.treat_missing_header_as_empty, hp + ".treat_missing_header_as_empty")
+        for q, qp in each(m.query_parameters, p + ".query_parameters", QueryParameterMatcher):
+            string(q.name, qp + ".name", non_empty=True)
+            if q.string_match is not None:
+                if q.present_match is not None:
+                    fail(qp, "only one of string_match and present_match may be set")
+                string_match(q.string_match, qp + ".string_match")
+            if q.present_match is not None:
+                boolean(q.present_match, qp + ".present_match")
+
+    def route_action(a, p):
+        typed(a, RouteAction, p)
+        if (a.cluster is None) == (not a.weighted_clusters):
+            fail(p, "exactly one of cluster and weighted_clusters must be set")
+        if a.cluster is not None:
+            if string(a.cluster, p + ".cluster", non_empty=True) not in cluster_names:
+                fail(p + ".cluster", f"unknown cluster {a.cluster!r}")
+        total = 0
+        for wc, wp in each(a.weighted_clusters, p + ".weighted_clusters", WeightedCluster):
+            if string(wc.name, wp + ".name", non_empty=True) not in cluster_names:
+                fail(wp + ".name", f"unknown cluster {wc.name!r}")
+            integer(wc.weight, wp + ".weight", 1)
+            total += wc.weight
+            if total > 0xFFFFFFFF:
+                fail(wp + ".weight", "the sum of the weights exceeds 4294967295")
+        if a.prefix_rewrite is not None:
+            check_header_value(string(a.prefix_rewrite, p + ".prefix_rewrite"), p + ".prefix_rewrite")
+        if a.regex_rewrite is not None:
+            rp = p + ".regex_rewrite"
+            if a.prefix_rewrite is not None:
+                fail(rp, "only one of prefix_rewrite and regex_rewrite may be set")
+            typed(a.regex_rewrite, RegexRewrite, rp)
+            string(a.regex_rewrite.substitution, rp + ".substitution")
+            rewrite_to_posix(a.regex_rewrite.pattern, a.regex_rewrite.substitution, rp + ".pattern",
+                             rp + ".substitution")
+        if a.host_rewrite_literal is not None:
+            hp = p + ".host_rewrite_literal"
+            check_header_value(string(a.host_rewrite_literal, hp, non_empty=True), hp)
+        boolean(a.auto_host_rewrite, p + ".auto_host_rewrite")
+        if a.auto_host_rewrite and a.host_rewrite_literal is not None:
+            fail(p + ".auto_host_rewrite", "only one of host_rewrite_literal and auto_host_rewrite may be set")
+        seconds(a.timeout, p + ".timeout")
+
+    def redirect(r, p):
+        typed(r, RedirectAction, p)
+        boolean(r.https_redirect, p + ".https_redirect")
+        if string(r.scheme_redirect, p + ".scheme_redirect", non_empty=True, optional=True) is not None:
+            if r.https_redirect:
+                fail(p + ".scheme_redirect", "only one of https_redirect and scheme_redirect may be set")
+            check_scheme(r.scheme_redirect, p + ".scheme_redirect")
+        host = string(r.host_redirect, p + ".host_redirect", non_empty=True, optional=True)
+        if host is not None and (any(c.isspace() or c == "/" for c in host)):
+            fail(p + ".host_redirect", f"{host!r} is not a valid host")
+        if host is not None:
+            check_header_value(host, p + ".host_redirect")
+        integer(r.port_redirect, p + ".port_redirect", 1, 65535, optional=True)
+        if string(r.path_redirect, p + ".path_redirect", optional=True) is not None:
+            if not r.path_redirect.startswith("/"):
+                fail(p + ".path_redirect", f"path_redirect must start with '/', got {r.path_redirect!r}")
+            check_header_value(r.path_redirect, p + ".path_redirect")
+        if string(r.prefix_rewrite, p + ".prefix_rewrite", optional=True) is not None:
+            if r.path_redirect is not None:
+                fail(p + ".prefix_rewrite", "only one of path_redirect and prefix_rewrite may be set")
+            check_header_value(r.prefix_rewrite, p + ".prefix_rewrite")
+        if r.response_code not in (301, 302, 303, 307, 308) or isinstance(r.response_code, bool):
+            fail(p + ".response_code", f"expected 301, 302, 303, 307 or 308, got {r.response_code!r}")
+        boolean(r.strip_query, p + ".strip_query")
+
+    typed(hcm, HttpConnectionManager, path)
+    string(hcm.stat_prefix, path + ".stat_prefix", non_empty=True)
+    string(hcm.server_name, path + ".server_name", non_empty=True)
+    boolean(hcm.use_remote_address, path + ".use_remote_address")
+    integer(hcm.xff_num_trusted_hops, path + ".xff_num_trusted_hops", 0)
+    boolean(hcm.generate_request_id, path + ".generate_request_id")
+    for name in ("request_headers_timeout", "stream_idle_timeout", "request_timeout", "idle_timeout"):
+        seconds(getattr(hcm, name), f"{path}.{name}")
+    seconds(hcm.drain_timeout, path + ".drain_timeout", optional=False)
+    integer(hcm.max_requests_per_connection, path + ".max_requests_per_connection", 1, optional=True)
+    integer(hcm.max_headers_count, path + ".max_headers_count", 1)
+    integer(hcm.max_request_headers_kb, path + ".max_request_headers_kb", 1, 8192)
+    integer(hcm.max_request_bytes, path + ".max_request_bytes", 1, optional=True)
+    for log, lp in each(hcm.access_log, path + ".access_log", AccessLog):
+        string(log.path, lp + ".path", non_empty=True)
+        string(log.format, lp + ".format", optional=True)
+
+    rc = typed(hcm.route_config, RouteConfiguration, path + ".route_config")
+    rcp = path + ".route_config"
+    string(rc.name, rcp + ".name")
+    mutations(rc.headers, rcp + ".headers")
+    domains = {}  # lower-cased domain -> where it was first seen
+    for vh, vp in each(rc.virtual_hosts, rcp + ".virtual_hosts", VirtualHost):
+        string(vh.name, vp + ".name", non_empty=True)
+        if not isinstance(vh.domains, (list, tuple)) or not vh.domains:
+            fail(vp + ".domains", "at least one domain is required")
+        for domain, dp in each(vh.domains, vp + ".domains"):
+            check_domain(string(domain, dp), dp)
+            key = domain.lower()
+            if key in domains:
+                fail(dp, f"duplicate domain {domain!r} (already in {domains[key]})" if key != "*" else
+                     f"only one virtual host may use the wildcard domain '*' (already in {domains[key]})")
+            domains[key] = dp
+        mutations(vh.headers, vp + ".headers")
+        for r, rp in each(vh.routes, vp + ".routes", Route):
+            string(r.name, rp + ".name")
+            route_match(r.match, rp + ".match")
+            actions = [k for k in ("route", "redirect", "direct_response") if getattr(r, k) is not None]
+            if len(actions) != 1:
+                fail(rp, "exactly one of route, redirect, direct_response must be set"
+                         + (f" (got {', '.join(actions)})" if actions else ""))
+            if r.route is not None:
+                route_action(r.route, rp + ".route")
+            elif r.redirect is not None:
+                redirect(r.redirect, rp + ".redirect")
+            else:
+                d = typed(r.direct_response, DirectResponse, rp + ".direct_response")
+                integer(d.status, rp + ".direct_response.status", 100, 599)
+                typed(d.body, bytes, rp + ".direct_response.body")
+            mutations(r.headers, rp + ".headers")

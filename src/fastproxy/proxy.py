@@ -307,14 +307,19 @@ class Proxy:
             socks[l.name] = (requested, sock)
             ip, port = sock.address
             factories = tuple(l.filters)
+            http = None
+            if l.http is not None:
+                http = _core.make_http_cfg(
+                    l.http, self._stat_block("http", f"http.{l.http.stat_prefix}"),
+                    {name: c.handle for name, c in clusters.items()}, self.concurrency)
             handles.append(self._engine.make_listener(
-                l.name, sock, clusters[l.cluster].handle,
+                l.name, sock, clusters[l.cluster].handle if http is None else None,
                 self._stat_block("listener", f"listener.{ip}_{port}"),
                 self._stat_block("tcp", f"tcp.{l.effective_stat_prefix}"),
                 l.idle_timeout, l.max_connect_attempts, l.max_connections, l.buffer_limit,
                 factories,
                 not any(_reads_bytes(f, "on_data") for f in factories),
-                not any(_reads_bytes(f, "on_write") for f in factories)))
+                not any(_reads_bytes(f, "on_write") for f in factories), http))
         self._engine.apply(handles)
         self._clusters = clusters
         self._socks = socks

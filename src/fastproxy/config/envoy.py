@@ -1,10 +1,11 @@
 """Envoy v3 bootstrap -> fastproxy.model.Bootstrap.
 
 fastproxy reads a strict subset of Envoy's bootstrap: static listeners that end in tcp_proxy
-(optionally preceded by Python network filters), STATIC / STRICT_DNS clusters, an admin
-address and a few blocks accepted for compatibility and ignored. Every field outside that
-subset is an error naming its path, because silently ignoring a field would run a proxy that
-behaves differently from the config its author wrote. Defaults are Envoy's.
+(optionally preceded by Python network filters) or in http_connection_manager (see
+config/http.py), STATIC / STRICT_DNS clusters, an admin address and a few blocks accepted
+for compatibility and ignored. Every field outside that subset is an error naming its path,
+because silently ignoring a field would run a proxy that behaves differently from the config
+its author wrote. Defaults are Envoy's.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any, Optional, Union
 
 from .. import model
 from ..errors import ConfigError
+from .http import HCM_TYPE, http_connection_manager
 from .proto import Message
 from .python_filter import TYPED_STRUCT_TYPES, python_filter_factory
 from .source import Source, load_source, parse_json, parse_yaml, read_file
@@ -75,14 +77,15 @@ def bootstrap_from_data(data: Any) -> model.Bootstrap:
     listeners, clusters = [], []
     static = top.message("static_resources", ("listeners", "clusters"))
     if static is not None:
-        refs = [_listener(item, path, i) for i, (item, path) in enumerate(static.repeated("listeners"))]
+        parsed = [_listener(item, path, i) for i, (item, path) in enumerate(static.repeated("listeners"))]
         clusters = [_cluster(item, path) for item, path in static.repeated("clusters")]
-        # Checked here, not only in Bootstrap.validate, to point at the tcp_proxy field.
+        # Checked here, not only in Bootstrap.validate, to point at the tcp_proxy or route field.
         names = {c.name for c in clusters}
-        for listener, cluster_path in refs:
-            if listener.cluster not in names:
-                raise ConfigError(cluster_path, f"unknown cluster {listener.cluster!r}")
-        listeners = [listener for listener, _ in refs]
+        for _, refs in parsed:
+            for cluster, cluster_path in refs:
+                if cluster not in names:
+                    raise ConfigError(cluster_path, f"unknown cluster {cluster!r}")
+        listeners = [listener for listener, _ in parsed]
 
     bootstrap = model.Bootstrap(listeners=listeners, clusters=clusters, admin=admin)
     bootstrap.validate()
@@ -158,7 +161,7 @@ def _socket_address(address: Message, require_ip: bool, min_port: int, ip_hint: 
 # --- listeners ---------------------------------------------------------------------------
 
 def _listener(item: Any, path: str, index: int) -> tuple:
-    """Returns (model.Listener, path of its tcp_proxy cluster field)."""
+    """Returns (model.Listener, [(cluster name, path of the field naming it)...])."""
     msg = Message(item, path, ("name", "address", "filter_chains",
                                "per_connection_buffer_limit_bytes", "tcp_backlog_size"))
     # Envoy generates a name for an unnamed (or empty-named) listener; a stable one is
@@ -175,18 +178,35 @@ def _listener(item: Any, path: str, index: int) -> tuple:
     chain.string("name")
     filters = list(chain.repeated("filters"))
     if not filters:
-        raise ConfigError(chain.at("filters"), "the filter chain must end with envoy.filters.network.tcp_proxy")
+        raise ConfigError(chain.at("filters"), "the filter chain must end with envoy.filters.network.tcp_proxy "
+                                               "or envoy.filters.network.http_connection_manager")
 
-    factories = [_python_filter(item, fpath) for item, fpath in filters[:-1]]
-    proxy, cluster_path = _tcp_proxy(*filters[-1])
+    type_url, value, tpath = _filter_typed_config(*filters[-1])
+    if type_url == HCM_TYPE:
+        if len(filters) > 1:
+            raise ConfigError(filters[0][1], "network filters before http_connection_manager are not "
+                                             "supported yet")
+        hcm, refs = http_connection_manager(value, tpath)
+        # The HTTP connection manager's own stat prefix and connection idle timeout are the
+        # listener's too, so that nothing reads a TCP default for an HTTP listener.
+        terminal = dict(cluster="", http=hcm, stat_prefix=hcm.stat_prefix, idle_timeout=hcm.idle_timeout)
+        factories = []
+    elif type_url == TCP_PROXY_TYPE:
+        factories = [_python_filter(item, fpath) for item, fpath in filters[:-1]]
+        terminal, cluster_path = _tcp_proxy(value, tpath)
+        refs = [(terminal["cluster"], cluster_path)]
+    else:
+        raise ConfigError(tpath + ".@type",
+                          f"the last filter must be envoy.filters.network.tcp_proxy ({TCP_PROXY_TYPE}) or "
+                          f"envoy.filters.network.http_connection_manager ({HCM_TYPE}), got {type_url!r}")
 
     listener = model.Listener(
         name=name, address=host, port=port, filters=factories,
         buffer_limit=msg.uint32("per_connection_buffer_limit_bytes", default=model.Listener.buffer_limit,
                                 minimum=MIN_BUFFER_LIMIT),
         backlog=msg.uint32("tcp_backlog_size", default=model.Listener.backlog, minimum=1),
-        **proxy)
-    return listener, cluster_path
+        **terminal)
+    return listener, refs
 
 
 def _filter_typed_config(item: Any, path: str) -> tuple:
@@ -199,8 +219,9 @@ def _filter_typed_config(item: Any, path: str) -> tuple:
 
 def _python_filter(item: Any, path: str) -> Any:
     type_url, value, tpath = _filter_typed_config(item, path)
-    if type_url == TCP_PROXY_TYPE:
-        raise ConfigError(tpath, "tcp_proxy is a terminal filter and must be the last filter in the chain")
+    if type_url in (TCP_PROXY_TYPE, HCM_TYPE):
+        kind = "tcp_proxy" if type_url == TCP_PROXY_TYPE else "http_connection_manager"
+        raise ConfigError(tpath, f"{kind} is a terminal filter and must be the last filter in the chain")
     if type_url not in TYPED_STRUCT_TYPES:
         raise ConfigError(tpath + ".@type",
                           f"unsupported network filter {type_url!r} (fastproxy supports tcp_proxy and "
@@ -208,13 +229,9 @@ def _python_filter(item: Any, path: str) -> Any:
     return python_filter_factory(Message(value, tpath, ("type_url", "value"), ignore=("@type",)))
 
 
-def _tcp_proxy(item: Any, path: str) -> tuple:
-    """The terminal filter: returns (model.Listener keyword arguments, cluster field path)."""
-    type_url, value, tpath = _filter_typed_config(item, path)
-    if type_url != TCP_PROXY_TYPE:
-        raise ConfigError(tpath + ".@type",
-                          f"the last filter must be envoy.filters.network.tcp_proxy ({TCP_PROXY_TYPE}), "
-                          f"got {type_url!r}")
+def _tcp_proxy(value: Any, tpath: str) -> tuple:
+    """The tcp_proxy terminal filter's typed_config: returns (model.Listener keyword
+    arguments, cluster field path)."""
     tcp = Message(value, tpath, ("stat_prefix", "cluster", "idle_timeout", "max_connect_attempts"),
                   ignore=("@type",))
     idle = tcp.duration("idle_timeout", default=DEFAULT_IDLE_TIMEOUT)

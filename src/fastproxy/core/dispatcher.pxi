@@ -55,6 +55,11 @@ cdef struct Worker:
     WListener** listeners
     int nlisteners
     WListener* dead_listeners   # removed listener slots, freed at the end of the loop turn
+    # HTTP (core/http_conn.pxi)
+    HConn* hconns               # live downstream HTTP connections
+    HConn* hconn_deferred
+    UpConn* upconns             # every upstream HTTP connection (busy, idle, connecting)
+    UpConn* upconn_deferred
 
 
 cdef inline uint64_t clock_ms() noexcept nogil:
@@ -248,6 +253,10 @@ cdef void worker_loop(Worker* w) noexcept nogil:
                 session_on_event(w, ep, events[i].events)
             elif ep.kind == EP_LISTEN:
                 listener_on_accept(w, <WListener*>ep.owner)
+            elif ep.kind == EP_HTTP_DOWN:
+                hconn_on_event(w, <HConn*>ep.owner, events[i].events)
+            elif ep.kind == EP_HTTP_UP:
+                upconn_on_event(w, <UpConn*>ep.owner, events[i].events)
             elif ep.kind == EP_WAKE:
                 worker_drain_messages(w)
         timers_run(w)

@@ -11,6 +11,7 @@ cdef void worker_teardown(Worker* w) noexcept nogil:
     worker_drain_messages(w)
     while w.sessions != NULL:
         session_close(w.sessions, False, False)
+    http_worker_teardown(w)
     for i in range(w.nlisteners):
         if w.listeners[i] != NULL:
             _wlistener_remove(w, w.listeners[i])
@@ -109,6 +110,8 @@ cdef class Engine:
             return _statblock_handle(TCP_STATS, TCP_GAUGES, self.nworkers)
         if kind == "cluster":
             return _statblock_handle(CLUSTER_STATS, CLUSTER_GAUGES, self.nworkers)
+        if kind == "http":
+            return _statblock_handle(HTTP_STATS, HTTP_GAUGES, self.nworkers)
         raise ValueError(kind)
 
     def bind(self, str ip, int port, int backlog):
@@ -141,7 +144,8 @@ cdef class Engine:
     def make_listener(self, str name, ListenSockHandle sock, ClusterHandle cluster,
                       StatBlockHandle lstats, StatBlockHandle tstats, idle_timeout,
                       int max_connect_attempts, max_connections, size_t buffer_limit,
-                      tuple filter_factories, bint splice_read, bint splice_write):
+                      tuple filter_factories, bint splice_read, bint splice_write,
+                      HttpCfgHandle http=None):
         cdef ListenerCfgHandle h = ListenerCfgHandle.__new__(ListenerCfgHandle)
         cdef ListenerCfg* c = <ListenerCfg*>calloc(1, sizeof(ListenerCfg))
         if c == NULL:
@@ -149,8 +153,9 @@ cdef class Engine:
         c.refcnt = 1
         c.sock = sock.s
         fp_atomic_add_int(&sock.s.refcnt, 1)
-        c.cluster = cluster.c
-        fp_atomic_add_int(&cluster.c.refcnt, 1)
+        if cluster is not None:                     # HTTP listeners route per request
+            c.cluster = cluster.c
+            fp_atomic_add_int(&cluster.c.refcnt, 1)
         c.lstats = lstats.b
         c.tstats = tstats.b
         c.idle_timeout_ms = 0 if not idle_timeout else max(1, <uint64_t>(idle_timeout * 1000))
@@ -163,6 +168,9 @@ cdef class Engine:
             c.filter_factories = <PyObject*>filter_factories
         c.splice_read = splice_read
         c.splice_write = splice_write
+        if http is not None:
+            c.http = http.h
+            fp_atomic_add_int(&http.h.refcnt, 1)
         h.c = c
         h.name = name
         return h

@@ -31,6 +31,7 @@ cdef struct ListenerCfg:
     int nfilters
     uint8_t splice_read         # no filter reads downstream bytes: splice that direction
     uint8_t splice_write        # no filter reads upstream bytes
+    HttpCfg* http               # an HTTP listener's connection manager, else NULL
 
 cdef struct WListener:          # a worker's slot for one listener of its snapshot
     Endp ep
@@ -65,6 +66,7 @@ cdef void listener_cfg_decref(ListenerCfg* c) noexcept nogil:
     if c.filter_factories != NULL:
         _py_decref_with_gil(c.filter_factories)
     cluster_decref(c.cluster)
+    http_cfg_decref(c.http)
     listensock_decref(c.sock)
     free(c)
 

@@ -47,12 +47,18 @@ DEF C_NONE_HEALTHY = 6
 DEF C_DESTROY_LOCAL = 7
 DEF C_DESTROY_REMOTE = 8
 DEF C_ATTEMPTS_EXCEEDED = 9
-DEF C_NSTATS = 10
+DEF C_RQ_TOTAL = 10
+DEF C_RQ_1XX = 11               # 2xx..5xx follow
+DEF C_RQ_5XX = 15
+DEF C_RQ_TIMEOUT = 16
+DEF C_NSTATS = 17
 CLUSTER_STATS = ("upstream_cx_total", "upstream_cx_active", "upstream_cx_connect_fail",
                  "upstream_cx_connect_timeout", "upstream_cx_rx_bytes_total",
                  "upstream_cx_tx_bytes_total", "upstream_cx_none_healthy",
                  "upstream_cx_destroy_local", "upstream_cx_destroy_remote",
-                 "upstream_cx_connect_attempts_exceeded")
+                 "upstream_cx_connect_attempts_exceeded", "upstream_rq_total",
+                 "upstream_rq_1xx", "upstream_rq_2xx", "upstream_rq_3xx", "upstream_rq_4xx",
+                 "upstream_rq_5xx", "upstream_rq_timeout")
 CLUSTER_GAUGES = frozenset(["upstream_cx_active"])
 
 

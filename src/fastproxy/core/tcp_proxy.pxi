@@ -285,6 +285,9 @@ cdef void _session_connect_timeout(Worker* w, void* arg) noexcept nogil:
 
 
 cdef void session_start(Worker* w, ListenerCfg* cfg, int fd) noexcept nogil:
+    if cfg.http != NULL:
+        hconn_start(w, cfg, fd)
+        return
     cdef Session* s = <Session*>calloc(1, sizeof(Session))
     if s == NULL:
         close(fd)
@@ -482,6 +485,7 @@ cdef void sessions_free_deferred(Worker* w) noexcept nogil:
         listener_cfg_decref(s.cfg)
         free(s)
         s = nxt
+    http_free_deferred(w)
     while w.dead_listeners != NULL:
         wl = w.dead_listeners
         w.dead_listeners = wl.next_deferred

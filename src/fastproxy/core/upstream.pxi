@@ -24,6 +24,9 @@ cdef struct HostSet:
 cdef struct WorkerLb:           # one per worker, touched only by that worker
     HostSet* hosts
     uint32_t next               # round-robin cursor
+    HostSet* pool_hosts         # the host set `pool` is indexed by (HTTP connection pool)
+    void* pool                  # UpConn* idle list heads, one per host
+    int pool_n
 
 cdef struct ClusterCfg:
     int refcnt                  # atomic
@@ -46,6 +49,7 @@ cdef void cluster_decref(ClusterCfg* c) noexcept nogil:
     if c != NULL and fp_atomic_add_int(&c.refcnt, -1) == 0:
         for i in range(c.nworkers):
             hostset_decref(c.per_worker[i].hosts)
+            free(c.per_worker[i].pool)
         free(c.per_worker)
         free(c)
 

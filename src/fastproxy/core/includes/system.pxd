@@ -22,6 +22,10 @@ cdef extern from "<errno.h>" nogil:
 
 cdef extern from "<string.h>" nogil:
     char* strerror(int errnum)
+    size_t strlen(const char* s)
+
+cdef extern from "<stdio.h>" nogil:
+    int snprintf(char* buf, size_t n, const char* fmt, ...)
 
 cdef extern from "<unistd.h>" nogil:
     ctypedef long ssize_t
@@ -149,6 +153,7 @@ cdef extern from "<netinet/in.h>" nogil:
 
 cdef extern from "<arpa/inet.h>" nogil:
     uint16_t htons(uint16_t v)
+    const char* inet_ntop(int af, const void* src, char* dst, socklen_t size)
     uint16_t ntohs(uint16_t v)
 
 cdef extern from "<netinet/tcp.h>" nogil:

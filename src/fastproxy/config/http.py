@@ -1,0 +1,664 @@
+"""Envoy's http_connection_manager network filter -> fastproxy.model_http.
+
+Reads the typed_config of ``envoy.filters.network.http_connection_manager`` (HCM) with its
+inline ``route_config``, the same strict way as the rest of the loader: every field outside
+the supported subset is an error naming its path, defaults are Envoy's, and what Envoy
+itself rejects at load time (duplicate domains, headers that may not be modified, a
+direct response body over the limit, ...) is rejected here too, with the field's path.
+
+Choices where Envoy and fastproxy differ, or where Envoy leaves room:
+
+* codec_type: AUTO and HTTP1 (fastproxy speaks HTTP/1.1; AUTO does not sniff HTTP/2).
+* http_filters must end with envoy.filters.http.router. An empty list is an error: Envoy
+  1.40 accepts it but then answers no request at all. Other filters are "not supported yet";
+  ``HTTP_FILTERS`` below is where they plug in.
+* common_http_protocol_options.headers_with_underscores_action: only ALLOW (Envoy's
+  default); REJECT_REQUEST and DROP_HEADER are not implemented.
+* Header values (``*_headers_to_add``) are literal: ``%%`` is a percent sign, Envoy's
+  ``%COMMAND%`` substitutions are not supported yet. An entry whose value is empty is
+  dropped unless keep_empty_value is set (Envoy adds nothing for it either).
+* Header names are lower-cased, as Envoy does; they must be RFC 9110 tokens (Envoy only
+  forbids control characters; a name with a space could never be sent or matched).
+* Domains: "*", "*<suffix>", "<prefix>*" and exact names. A '*' anywhere else (which Envoy
+  takes literally) and an empty domain are errors. Duplicates are found ignoring case, in
+  one virtual host or across them, like Envoy.
+* Weighted clusters: a cluster of weight 0 never receives traffic, so it is checked (it must
+  exist) and then left out of the model; the model's weights are all >= 1. The deprecated
+  total_weight is accepted only when it equals the sum of the weights.
+* Regexes are RE2 in the model; they must translate to POSIX (see config/regex.py).
+  case_sensitive is ignored by Envoy for a safe_regex path match, so the model gets True.
+* redirect.port_redirect must be a port (<= 65535), path_redirect must start with '/',
+  scheme_redirect must be a URI scheme.
+* Router.suppress_envoy_headers and http_protocol_options.accept_http_10 are type-checked
+  but have no model field: fastproxy's router adds no x-envoy-* headers and its codec
+  accepts HTTP/1.0, i.e. it behaves as if both were true whatever the config says.
+* Access log formats are passed through as written (the data plane interprets them).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Tuple
+
+from .. import model_http as mh
+from ..errors import ConfigError
+from .proto import UINT32_MAX, Message, describe
+from .regex import re2_to_posix, rewrite_to_posix
+
+HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+FILE_ACCESS_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+STDOUT_ACCESS_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
+STDERR_ACCESS_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog"
+
+# Envoy's enums, name -> number.
+CODEC_TYPES = {"AUTO": 0, "HTTP1": 1, "HTTP2": 2, "HTTP3": 3}
+HEADERS_WITH_UNDERSCORES_ACTIONS = {"ALLOW": 0, "REJECT_REQUEST": 1, "DROP_HEADER": 2}
+REDIRECT_RESPONSE_CODES = {"MOVED_PERMANENTLY": 0, "FOUND": 1, "SEE_OTHER": 2, "TEMPORARY_REDIRECT": 3,
+                           "PERMANENT_REDIRECT": 4}
+REDIRECT_STATUS = {"MOVED_PERMANENTLY": 301, "FOUND": 302, "SEE_OTHER": 303, "TEMPORARY_REDIRECT": 307,
+                   "PERMANENT_REDIRECT": 308}
+APPEND_ACTIONS = {"APPEND_IF_EXISTS_OR_ADD": 0, "ADD_IF_ABSENT": 1, "OVERWRITE_IF_EXISTS_OR_ADD": 2,
+                  "OVERWRITE_IF_EXISTS": 3}
+
+# Envoy's defaults and limits.
+DEFAULT_STREAM_IDLE_TIMEOUT = 300.0
+DEFAULT_IDLE_TIMEOUT = 3600.0
+DEFAULT_DRAIN_TIMEOUT = 5.0
+DEFAULT_ROUTE_TIMEOUT = 15.0
+DEFAULT_MAX_HEADERS_COUNT = 100
+DEFAULT_MAX_REQUEST_HEADERS_KB = 60
+MAX_REQUEST_HEADERS_KB = 8192
+DEFAULT_MAX_DIRECT_RESPONSE_BODY = 4096
+
+PATH_SPECIFIERS = ("prefix", "path", "safe_regex", "path_separated_prefix")
+HEADER_MUTATION_FIELDS = ("request_headers_to_add", "request_headers_to_remove",
+                          "response_headers_to_add", "response_headers_to_remove")
+
+# (cluster name, path of the field naming it): checked against the bootstrap's clusters.
+ClusterRefs = List[Tuple[str, str]]
+
+
+# --- syntax shared with model_http.validate_http ------------------------------------------
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
+# The path_separated_prefix rule of Envoy's proto (at least two characters, no '?' or '#',
+# not ending with '/').
+_PATH_SEPARATED_PREFIX = re.compile(r"[^?#]+[^?#/]")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs but HTAB
+
+
+def is_token(name: Any) -> bool:
+    """An RFC 9110 token (a valid header field name)."""
+    return isinstance(name, str) and _TOKEN.fullmatch(name) is not None
+
+
+def check_header_name(name: str, path: str, pseudo: bool = False) -> str:
+    """A header name (``pseudo``: a ':method'-style pseudo-header is allowed); returns it
+    lower-cased."""
+    bare = name[1:] if pseudo and name.startswith(":") else name
+    if not is_token(bare):
+        raise ConfigError(path, f"{name!r} is not a valid HTTP header name")
+    return name.lower()
+
+
+def check_modifiable(name: str, path: str, verb: str) -> None:
+    """Envoy refuses to add, set or remove pseudo-headers and Host through header lists."""
+    if name.startswith(":") or name.lower() == "host":
+        raise ConfigError(path, f":-prefixed or host headers may not be {verb} ({name!r})")
+
+
+def check_header_value(value: str, path: str) -> None:
+    if _CONTROL.search(value):
+        raise ConfigError(path, f"control characters are not allowed in a header value: {describe(value)}")
+
+
+def check_domain(domain: str, path: str) -> None:
+    if not domain:
+        raise ConfigError(path, "a domain must not be empty")
+    if any(c.isspace() for c in domain) or _CONTROL.search(domain):
+        raise ConfigError(path, f"{domain!r} is not a valid host")
+    if domain == "*":
+        return
+    stars = domain.count("*")
+    if stars and not (stars == 1 and (domain[0] == "*" or domain[-1] == "*")):
+        raise ConfigError(path, f"invalid wildcard domain {domain!r}: '*' may only be the whole domain, "
+                                "its first character ('*.example.com') or its last ('example.*')")
+
+
+def check_path_separated_prefix(value: str, path: str) -> None:
+    if not _PATH_SEPARATED_PREFIX.fullmatch(value):
+        raise ConfigError(path, "path_separated_prefix must not contain '?' or '#', must not end with '/' "
+                                f"and needs at least two characters, got {value!r}")
+
+
+def check_scheme(value: str, path: str) -> None:
+    if not _SCHEME.fullmatch(value):
+        raise ConfigError(path, f"{value!r} is not a URI scheme")
+
+
+def literal_header_value(value: str, path: str) -> str:
+    """Envoy parses header values as substitution formats: "%%" is a literal percent sign,
+    "%NAME%" a substitution (not supported yet), a lone "%" an error."""
+    if "%" not in value:
+        return value
+    pieces = value.split("%%")
+    if any("%" in piece for piece in pieces):
+        raise ConfigError(path, f"header value substitutions (%...%) are not supported yet; write %% for a "
+                                f"literal percent sign: {describe(value)}")
+    return "%".join(pieces)
+
+
+# --- small readers ------------------------------------------------------------------------
+
+def _bool(msg: Message, name: str, default: bool = False) -> bool:
+    """A bool or google.protobuf.BoolValue field (both are a plain JSON bool)."""
+    value = msg.raw(name)
+    if value is None:
+        return default
+    if isinstance(value, str) and value in ("true", "false"):  # protobuf JSON accepts these too
+        return value == "true"
+    if not isinstance(value, bool):
+        raise ConfigError(msg.at(name), f"expected true or false, got {describe(value)}")
+    return value
+
+
+def _present(msg: Message, name: str) -> bool:
+    return msg.raw(name) is not None
+
+
+def _oneof(msg: Message, names: tuple, required: bool = False, what: str = "") -> Optional[str]:
+    """The one field of a protobuf oneof that is set (an empty string counts as set)."""
+    given = [name for name in names if _present(msg, name)]
+    if len(given) > 1:
+        raise ConfigError(msg.at(given[1]), f"only one of {', '.join(names)} may be set "
+                                            f"({given[0]} is set too)")
+    if not given:
+        if required:
+            raise ConfigError(msg.path, f"one of {', '.join(names)} is required{what}")
+        return None
+    return given[0]
+
+
+def _timeout(msg: Message, name: str, default: Optional[float]) -> Optional[float]:
+    """A Duration where Envoy's 0s means "disabled" (None in the model)."""
+    value = msg.duration(name, default=default)
+    return None if value == 0 else value
+
+
+def _any(msg: Message, name: str) -> Tuple[str, Mapping, str]:
+    """A required google.protobuf.Any: (type URL, its fields, its path)."""
+    value = msg.mapping(name)
+    if value is None:
+        raise ConfigError(msg.at(name), "required field is missing")
+    type_url = value.get("@type")
+    if not isinstance(type_url, str) or not type_url:
+        raise ConfigError(msg.at(name) + ".@type", "an '@type' string is required")
+    return type_url, value, msg.at(name)
+
+
+# --- the connection manager ---------------------------------------------------------------
+
+_HCM_FIELDS = ("stat_prefix", "codec_type", "route_config", "rds", "scoped_routes", "http_filters",
+               "server_name", "use_remote_address", "xff_num_trusted_hops", "generate_request_id",
+               "request_headers_timeout", "stream_idle_timeout", "request_timeout", "drain_timeout",
+               "common_http_protocol_options", "max_request_headers_kb", "http_protocol_options", "access_log")
+
+
+def http_connection_manager(config: Mapping, path: str) -> Tuple[mh.HttpConnectionManager, ClusterRefs]:
+    """``config`` is the HCM typed_config (with its "@type"), ``path`` its path. Returns the
+    model and the clusters its routes name (the caller checks they exist)."""
+    hcm = Message(config, path, _HCM_FIELDS, ignore=("@type",))
+    stat_prefix = hcm.string("stat_prefix", required=True, non_empty=True)
+    codec = hcm.enum("codec_type", CODEC_TYPES, default="AUTO")
+    if codec not in ("AUTO", "HTTP1"):
+        raise ConfigError(hcm.at("codec_type"), f"codec_type {codec} is not supported (fastproxy speaks HTTP/1.1: "
+                                                "use AUTO or HTTP1)")
+    for dynamic in ("rds", "scoped_routes"):
+        if _present(hcm, dynamic):
+            raise ConfigError(hcm.at(dynamic), f"{dynamic} is not supported: give the route table inline "
+                                               "as route_config")
+    refs: ClusterRefs = []
+    rc = hcm.message("route_config", _ROUTE_CONFIG_FIELDS)
+    if rc is None:
+        raise ConfigError(hcm.at("route_config"), "required field is missing (fastproxy needs the route "
+                                                  "table inline)")
+    route_config = _route_config(rc, refs)
+    _http_filters(hcm)
+
+    server_name = hcm.string("server_name", default="")
+    kb = hcm.uint32("max_request_headers_kb", default=DEFAULT_MAX_REQUEST_HEADERS_KB, minimum=1)
+    if kb > MAX_REQUEST_HEADERS_KB:
+        raise ConfigError(hcm.at("max_request_headers_kb"), f"must be 1..{MAX_REQUEST_HEADERS_KB}, got {kb}")
+
+    options = dict(idle_timeout=DEFAULT_IDLE_TIMEOUT, max_requests_per_connection=None,
+                   max_headers_count=DEFAULT_MAX_HEADERS_COUNT)
+    common = hcm.message("common_http_protocol_options",
+                         ("idle_timeout", "max_requests_per_connection", "max_headers_count",
+                          "headers_with_underscores_action"))
+    if common is not None:
+        options["idle_timeout"] = _timeout(common, "idle_timeout", DEFAULT_IDLE_TIMEOUT)
+        options["max_requests_per_connection"] = common.uint32("max_requests_per_connection", default=0) or None
+        options["max_headers_count"] = common.uint32("max_headers_count", default=DEFAULT_MAX_HEADERS_COUNT,
+                                                     minimum=1)
+        action = common.enum("headers_with_underscores_action", HEADERS_WITH_UNDERSCORES_ACTIONS, default="ALLOW")
+        if action != "ALLOW":
+            raise ConfigError(common.at("headers_with_underscores_action"),
+                              f"{action} is not supported (fastproxy allows headers with underscores, "
+                              "Envoy's default ALLOW)")
+    http1 = hcm.message("http_protocol_options", ("accept_http_10",))
+    if http1 is not None:
+        _bool(http1, "accept_http_10")
+
+    manager = mh.HttpConnectionManager(
+        stat_prefix=stat_prefix,
+        route_config=route_config,
+        server_name=server_name or mh.HttpConnectionManager.server_name,
+        use_remote_address=_bool(hcm, "use_remote_address"),
+        xff_num_trusted_hops=hcm.uint32("xff_num_trusted_hops", default=0),
+        generate_request_id=_bool(hcm, "generate_request_id", default=True),
+        request_headers_timeout=_timeout(hcm, "request_headers_timeout", None),
+        stream_idle_timeout=_timeout(hcm, "stream_idle_timeout", DEFAULT_STREAM_IDLE_TIMEOUT),
+        request_timeout=_timeout(hcm, "request_timeout", None),
+        max_request_headers_kb=kb,
+        drain_timeout=hcm.duration("drain_timeout", default=DEFAULT_DRAIN_TIMEOUT),
+        access_log=[_access_log(item, ipath) for item, ipath in hcm.repeated("access_log")],
+        **options,
+    )
+    return manager, refs
+
+
+# --- HTTP filters -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class HttpFilterKind:
+    """How to read one HTTP filter's typed_config. ``terminal``: it must be last (the
+    router). ``parse`` gets the typed_config as a Message of ``fields`` and returns what the
+    model should hold for it (nothing yet: the model has no HTTP filter list so far)."""
+
+    terminal: bool
+    fields: tuple
+    parse: Callable[[Message], Any]
+
+
+def _router(config: Message) -> None:
+    # Only suppress_envoy_headers is accepted; it has no model field yet (fastproxy's
+    # router does not add x-envoy-* headers).
+    _bool(config, "suppress_envoy_headers")
+
+
+HTTP_FILTERS = {
+    ROUTER_TYPE: HttpFilterKind(terminal=True, fields=("suppress_envoy_headers",), parse=_router),
+}
+
+
+def _http_filters(hcm: Message) -> list:
+    """Reads http_filters; returns the (non-terminal) filters for the model, in order."""
+    entries = list(hcm.repeated("http_filters"))
+    if not entries:
+        raise ConfigError(hcm.at("http_filters"), "the HTTP filter chain must end with envoy.filters.http.router "
+                                                  f"({ROUTER_TYPE}); Envoy does not add it by itself")
+    filters = []
+    for index, (item, path) in enumerate(entries):
+        entry = Message(item, path, ("name", "typed_config"))
+        entry.string("name", required=True, non_empty=True)
+        type_url, value, tpath = _any(entry, "typed_config")
+        kind = HTTP_FILTERS.get(type_url)
+        if kind is None:
+            raise ConfigError(tpath + ".@type", f"HTTP filter {type_url!r} is not supported yet (fastproxy "
+                                                "supports envoy.filters.http.router)")
+        last = index == len(entries) - 1
+        if kind.terminal and not last:
+            raise ConfigError(tpath, f"{type_url} is a terminal filter and must be the last HTTP filter")
+        if last and not kind.terminal:
+            raise ConfigError(tpath + ".@type", "the last HTTP filter must be envoy.filters.http.router "
+                                                f"({ROUTER_TYPE}), got {type_url!r}")
+        result = kind.parse(Message(value, tpath, kind.fields, ignore=("@type",)))
+        if not kind.terminal:
+            filters.append(result)
+    return filters
+
+
+# --- access logs --------------------------------------------------------------------------
+
+_ACCESS_LOG_PATHS = {STDOUT_ACCESS_LOG_TYPE: "/dev/stdout", STDERR_ACCESS_LOG_TYPE: "/dev/stderr"}
+
+
+def _access_log(item: Any, path: str) -> mh.AccessLog:
+    entry = Message(item, path, ("name", "typed_config"))
+    entry.string("name")
+    type_url, value, tpath = _any(entry, "typed_config")
+    if type_url == FILE_ACCESS_LOG_TYPE:
+        config = Message(value, tpath, ("path", "log_format", "format"), ignore=("@type",))
+        log_path = config.string("path", required=True, non_empty=True)
+    elif type_url in _ACCESS_LOG_PATHS:
+        config = Message(value, tpath, ("log_format",), ignore=("@type",))
+        log_path = _ACCESS_LOG_PATHS[type_url]
+    else:
+        raise ConfigError(tpath + ".@type", f"unsupported access logger {type_url!r} (fastproxy supports the "
+                                            "file, stdout and stderr access loggers)")
+    form = _oneof(config, ("log_format", "format"))
+    if form == "format":  # the deprecated plain string; empty means Envoy's default format
+        return mh.AccessLog(log_path, config.string("format") or None)
+    if form is None:
+        return mh.AccessLog(log_path, None)
+    log_format = config.message("log_format", ("text_format_source", "text_format"))
+    source = _oneof(log_format, ("text_format_source", "text_format"), required=True)
+    if source == "text_format":
+        return mh.AccessLog(log_path, log_format.string("text_format"))
+    data = log_format.message("text_format_source", ("inline_string",))
+    return mh.AccessLog(log_path, data.string("inline_string", required=True))
+
+
+# --- route configuration ------------------------------------------------------------------
+
+_ROUTE_CONFIG_FIELDS = ("name", "virtual_hosts", "max_direct_response_body_size_bytes") + HEADER_MUTATION_FIELDS
+
+
+class _Context:
+    """What the route table walk carries along: cluster references, the body size limit."""
+
+    def __init__(self, refs: ClusterRefs, max_body: int):
+        self.refs = refs
+        self.max_body = max_body
+
+
+def _route_config(rc: Message, refs: ClusterRefs) -> mh.RouteConfiguration:
+    ctx = _Context(refs, rc.uint32("max_direct_response_body_size_bytes", default=DEFAULT_MAX_DIRECT_RESPONSE_BODY))
+    virtual_hosts = []
+    domains: dict = {}  # lower-cased domain -> path of its first use
+    for item, path in rc.repeated("virtual_hosts"):
+        virtual_hosts.append(_virtual_host(item, path, ctx, domains))
+    return mh.RouteConfiguration(name=rc.string("name", default=""), virtual_hosts=virtual_hosts,
+                                 headers=_header_mutations(rc))
+
+
+def _virtual_host(item: Any, path: str, ctx: _Context, seen: dict) -> mh.VirtualHost:
+    vh = Message(item, path, ("name", "domains", "routes") + HEADER_MUTATION_FIELDS)
+    name = vh.string("name", required=True, non_empty=True)
+    domains = []
+    for domain, dpath in vh.repeated("domains"):
+        if not isinstance(domain, str):
+            raise ConfigError(dpath, f"expected a string, got {describe(domain)}")
+        check_domain(domain, dpath)
+        key = domain.lower()
+        if key in seen:
+            if key == "*":
+                raise ConfigError(dpath, f"only one virtual host may use the wildcard domain '*' "
+                                         f"(already in {seen[key]})")
+            raise ConfigError(dpath, f"duplicate domain {domain!r} (already in {seen[key]}): domains must be "
+                                     "unique across virtual hosts")
+        seen[key] = dpath
+        domains.append(domain)
+    if not domains:
+        raise ConfigError(vh.at("domains"), "at least one domain is required")
+    routes = [_route(ritem, rpath, ctx) for ritem, rpath in vh.repeated("routes")]
+    return mh.VirtualHost(name=name, domains=domains, routes=routes, headers=_header_mutations(vh))
+
+
+def _route(item: Any, path: str, ctx: _Context) -> mh.Route:
+    msg = Message(item, path, ("name", "match", "route", "redirect", "direct_response") + HEADER_MUTATION_FIELDS)
+    name = msg.string("name", default="")
+    match = _route_match(msg.message("match", _MATCH_FIELDS, required=True))
+    action = _oneof(msg, ("route", "redirect", "direct_response"), required=True)
+    route = redirect = direct = None
+    if action == "route":
+        route = _route_action(msg.message("route", _ROUTE_ACTION_FIELDS), ctx)
+    elif action == "redirect":
+        redirect = _redirect(msg.message("redirect", _REDIRECT_FIELDS))
+    else:
+        direct = _direct_response(msg.message("direct_response", ("status", "body")), ctx)
+    return mh.Route(match=match, route=route, redirect=redirect, direct_response=direct, name=name,
+                    headers=_header_mutations(msg))
+
+
+# --- matching -----------------------------------------------------------------------------
+
+_MATCH_FIELDS = PATH_SPECIFIERS + ("case_sensitive", "headers", "query_parameters")
+_STRING_MATCH_FIELDS = mh.STRING_MATCH_KINDS + ("ignore_case",)
+_REGEX_FIELDS = ("regex", "google_re2")
+
+
+def _regex(msg: Message) -> str:
+    """A type.matcher.v3.RegexMatcher: returns its RE2 text, checked to translate to POSIX."""
+    msg.message("google_re2", ())  # the deprecated engine selector: RE2 is the only one anyway
+    regex = msg.string("regex", required=True, non_empty=True)
+    re2_to_posix(regex, msg.at("regex"))
+    return regex
+
+
+def _route_match(m: Message) -> mh.RouteMatch:
+    kind = _oneof(m, PATH_SPECIFIERS, required=True)
+    values = dict.fromkeys(PATH_SPECIFIERS)
+    if kind == "safe_regex":
+        values[kind] = _regex(m.message("safe_regex", _REGEX_FIELDS))
+    else:
+        values[kind] = m.string(kind)
+        if kind == "path_separated_prefix":
+            check_path_separated_prefix(values[kind], m.at(kind))
+    case_sensitive = _bool(m, "case_sensitive", default=True)
+    if kind == "safe_regex":
+        case_sensitive = True  # Envoy ignores case_sensitive for safe_regex
+    return mh.RouteMatch(
+        case_sensitive=case_sensitive,
+        headers=[_header_matcher(item, path) for item, path in m.repeated("headers")],
+        query_parameters=[_query_matcher(item, path) for item, path in m.repeated("query_parameters")],
+        **values)
+
+
+def _string_match(sm: Message) -> mh.StringMatch:
+    kind = _oneof(sm, mh.STRING_MATCH_KINDS, required=True)
+    ignore_case = _bool(sm, "ignore_case")
+    if kind == "safe_regex":
+        if ignore_case:
+            raise ConfigError(sm.at("ignore_case"), "ignore_case has no effect for safe_regex (Envoy rejects it too)")
+        return mh.StringMatch("safe_regex", _regex(sm.message("safe_regex", _REGEX_FIELDS)))
+    return mh.StringMatch(kind, sm.string(kind, non_empty=kind != "exact"), ignore_case)
+
+
+# The deprecated HeaderMatcher forms and the StringMatcher kind each stands for.
+_LEGACY_HEADER_MATCHES = {"exact_match": "exact", "prefix_match": "prefix", "suffix_match": "suffix",
+                          "contains_match": "contains", "safe_regex_match": "safe_regex"}
+_HEADER_SPECIFIERS = ("string_match", "present_match") + tuple(_LEGACY_HEADER_MATCHES)
+
+
+def _header_matcher(item: Any, path: str) -> mh.HeaderMatcher:
+    h = Message(item, path, ("name",) + _HEADER_SPECIFIERS + ("invert_match", "treat_missing_header_as_empty"))
+    name = check_header_name(h.string("name", required=True, non_empty=True), h.at("name"), pseudo=True)
+    spec = _oneof(h, _HEADER_SPECIFIERS)
+    string_match = present = None
+    if spec == "string_match":
+        string_match = _string_match(h.message("string_match", _STRING_MATCH_FIELDS))
+    elif spec == "present_match":
+        present = _bool(h, "present_match")
+    elif spec == "safe_regex_match":
+        string_match = mh.StringMatch("safe_regex", _regex(h.message(spec, _REGEX_FIELDS)))
+    elif spec is not None:
+        kind = _LEGACY_HEADER_MATCHES[spec]
+        string_match = mh.StringMatch(kind, h.string(spec, non_empty=kind != "exact"))
+    return mh.HeaderMatcher(name=name, string_match=string_match, present_match=present,
+                            invert_match=_bool(h, "invert_match"),
+                            treat_missing_header_as_empty=_bool(h, "treat_missing_header_as_empty"))
+
+
+def _query_matcher(item: Any, path: str) -> mh.QueryParameterMatcher:
+    q = Message(item, path, ("name", "string_match", "present_match"))
+    name = q.string("name", required=True, non_empty=True)
+    spec = _oneof(q, ("string_match", "present_match"))
+    string_match = present = None
+    if spec == "string_match":
+        string_match = _string_match(q.message("string_match", _STRING_MATCH_FIELDS))
+    elif spec == "present_match":
+        present = _bool(q, "present_match")
+    return mh.QueryParameterMatcher(name=name, string_match=string_match, present_match=present)
+
+
+# --- actions ------------------------------------------------------------------------------
+
+_ROUTE_ACTION_FIELDS = ("cluster", "weighted_clusters", "prefix_rewrite", "regex_rewrite",
+                        "host_rewrite_literal", "auto_host_rewrite", "timeout")
+_REDIRECT_FIELDS = ("https_redirect", "scheme_redirect", "host_redirect", "port_redirect", "path_redirect",
+                    "prefix_rewrite", "response_code", "strip_query")
+
+
+def _route_action(a: Message, ctx: _Context) -> mh.RouteAction:
+    target = _oneof(a, ("cluster", "weighted_clusters"), required=True)
+    cluster, weighted = None, []
+    if target == "cluster":
+        cluster = a.string("cluster", non_empty=True)
+        ctx.refs.append((cluster, a.at("cluster")))
+    else:
+        weighted = _weighted_clusters(a.message("weighted_clusters", ("clusters", "total_weight")), ctx)
+
+    prefix_rewrite = a.string("prefix_rewrite", default="") or None
+    if prefix_rewrite is not None:
+        check_header_value(prefix_rewrite, a.at("prefix_rewrite"))
+    regex_rewrite = None
+    rr = a.message("regex_rewrite", ("pattern", "substitution"))
+    if rr is not None:
+        if prefix_rewrite is not None:
+            raise ConfigError(a.at("regex_rewrite"), "only one of prefix_rewrite and regex_rewrite may be set")
+        pattern = _regex(rr.message("pattern", _REGEX_FIELDS, required=True))
+        substitution = rr.string("substitution", default="")
+        rewrite_to_posix(pattern, substitution, rr.at("pattern.regex"), rr.at("substitution"))
+        regex_rewrite = mh.RegexRewrite(pattern, substitution)
+
+    host = _oneof(a, ("host_rewrite_literal", "auto_host_rewrite"))
+    host_literal = (a.string("host_rewrite_literal", default="") or None) if host == "host_rewrite_literal" else None
+    if host_literal is not None:
+        check_header_value(host_literal, a.at("host_rewrite_literal"))
+    return mh.RouteAction(cluster=cluster, weighted_clusters=weighted, prefix_rewrite=prefix_rewrite,
+                          regex_rewrite=regex_rewrite, host_rewrite_literal=host_literal,
+                          auto_host_rewrite=_bool(a, "auto_host_rewrite"),
+                          timeout=_timeout(a, "timeout", DEFAULT_ROUTE_TIMEOUT))
+
+
+def _weighted_clusters(w: Message, ctx: _Context) -> list:
+    if not w.raw("clusters"):
+        raise ConfigError(w.at("clusters"), "at least one cluster is required")
+    clusters, total = [], 0
+    for item, path in w.repeated("clusters"):
+        c = Message(item, path, ("name", "weight"))
+        name = c.string("name", required=True, non_empty=True)
+        ctx.refs.append((name, c.at("name")))
+        weight = c.uint32("weight", required=True)
+        total += weight
+        if total > UINT32_MAX:
+            raise ConfigError(c.at("weight"), f"the sum of the weights exceeds {UINT32_MAX}")
+        if weight:  # weight 0: never picked, so not in the model
+            clusters.append(mh.WeightedCluster(name, weight))
+    if total == 0:
+        raise ConfigError(w.at("clusters"), "the sum of the weights must be greater than 0")
+    declared = w.uint32("total_weight")
+    if declared is not None and declared != total:
+        raise ConfigError(w.at("total_weight"), f"total_weight ({declared}) is deprecated and, when given, "
+                                                f"must equal the sum of the weights ({total})")
+    return clusters
+
+
+def _redirect(r: Message) -> mh.RedirectAction:
+    _oneof(r, ("https_redirect", "scheme_redirect"))
+    _oneof(r, ("path_redirect", "prefix_rewrite"))
+    scheme = r.string("scheme_redirect", default="") or None
+    if scheme is not None:
+        check_scheme(scheme, r.at("scheme_redirect"))
+    host = r.string("host_redirect", default="") or None
+    if host is not None and (any(c.isspace() for c in host) or _CONTROL.search(host) or "/" in host):
+        raise ConfigError(r.at("host_redirect"), f"{host!r} is not a valid host")
+    port = r.uint32("port_redirect", default=0) or None
+    if port is not None and port > 65535:
+        raise ConfigError(r.at("port_redirect"), f"port must be 1..65535, got {port}")
+    path_redirect = r.string("path_redirect", default="") or None
+    if path_redirect is not None:
+        if not path_redirect.startswith("/"):
+            raise ConfigError(r.at("path_redirect"), f"path_redirect must start with '/', got {path_redirect!r}")
+        check_header_value(path_redirect, r.at("path_redirect"))
+    prefix_rewrite = r.string("prefix_rewrite", default="") or None
+    if prefix_rewrite is not None:
+        check_header_value(prefix_rewrite, r.at("prefix_rewrite"))
+    code = r.enum("response_code", REDIRECT_RESPONSE_CODES, default="MOVED_PERMANENTLY")
+    return mh.RedirectAction(scheme_redirect=scheme, https_redirect=_bool(r, "https_redirect"),
+                             host_redirect=host, port_redirect=port, path_redirect=path_redirect,
+                             prefix_rewrite=prefix_rewrite, response_code=REDIRECT_STATUS[code],
+                             strip_query=_bool(r, "strip_query"))
+
+
+def _direct_response(d: Message, ctx: _Context) -> mh.DirectResponse:
+    status = d.uint32("status", required=True)
+    if not 100 <= status <= 599:
+        raise ConfigError(d.at("status"), f"status must be 100..599, got {status}")
+    body = b""
+    source = d.message("body", ("inline_string", "inline_bytes"))
+    if source is not None:
+        kind = _oneof(source, ("inline_string", "inline_bytes"), required=True)
+        if kind == "inline_string":
+            body = source.string("inline_string").encode()
+        else:
+            body = _base64(source.string("inline_bytes"), source.at("inline_bytes"))
+        if len(body) > ctx.max_body:
+            raise ConfigError(d.at("body"), f"response body size is {len(body)} bytes; maximum is {ctx.max_body} "
+                                            "(raise route_config.max_direct_response_body_size_bytes)")
+    return mh.DirectResponse(status=status, body=body)
+
+
+def _base64(text: str, path: str) -> bytes:
+    """protobuf JSON bytes: standard or URL-safe base64, padding optional."""
+    cleaned = text.strip().replace("-", "+").replace("_", "/")
+    try:
+        return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(path, f"invalid base64: {describe(text)}") from None
+
+
+# --- header mutations ---------------------------------------------------------------------
+
+def _header_mutations(msg: Message) -> mh.HeaderMutations:
+    """The four *_headers_to_add/remove fields of a route, virtual host or route config."""
+    return mh.HeaderMutations(
+        request_headers_to_add=_headers_to_add(msg, "request_headers_to_add"),
+        request_headers_to_remove=_headers_to_remove(msg, "request_headers_to_remove"),
+        response_headers_to_add=_headers_to_add(msg, "response_headers_to_add"),
+        response_headers_to_remove=_headers_to_remove(msg, "response_headers_to_remove"),
+    )
+
+
+def _headers_to_add(msg: Message, name: str) -> list:
+    options = []
+    for item, path in msg.repeated(name):
+        opt = Message(item, path, ("header", "append", "append_action", "keep_empty_value"))
+        header = opt.message("header", ("key", "value"), required=True)
+        key = header.string("key", required=True, non_empty=True)
+        check_modifiable(key, header.at("key"), "modified")
+        key = check_header_name(key, header.at("key"))
+        value = header.string("value", default="")
+        check_header_value(value, header.at("value"))
+        value = literal_header_value(value, header.at("value"))
+        if _present(opt, "append") and _present(opt, "append_action"):
+            raise ConfigError(opt.at("append"), "both append and append_action are set (append is deprecated: "
+                                                "use append_action alone)")
+        if _present(opt, "append"):
+            action = "APPEND_IF_EXISTS_OR_ADD" if _bool(opt, "append") else "OVERWRITE_IF_EXISTS_OR_ADD"
+        else:
+            action = opt.enum("append_action", APPEND_ACTIONS, default="APPEND_IF_EXISTS_OR_ADD")
+        if value or _bool(opt, "keep_empty_value"):  # Envoy adds nothing for an empty value otherwise
+            options.append(mh.HeaderValueOption(key, value, action))
+    return options
+
+
+def _headers_to_remove(msg: Message, name: str) -> list:
+    names = []
+    for item, path in msg.repeated(name):
+        if not isinstance(item, str):
+            raise ConfigError(path, f"expected a string, got {describe(item)}")
+        if not item:
+            raise ConfigError(path, "must not be empty")
+        check_modifiable(item, path, "removed")
+        names.append(check_header_name(item, path))
+    return names
+
+
+__all__ = ["HCM_TYPE", "ROUTER_TYPE", "HTTP_FILTERS", "HttpFilterKind", "http_connection_manager"]

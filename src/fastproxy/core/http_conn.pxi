@@ -1,0 +1,1368 @@
+# The HTTP connection manager (Envoy's http_connection_manager with the router as its only
+# filter) for HTTP/1.1, and the upstream connection pool it draws from.
+#
+#   downstream HConn --(one HStream at a time; pipelined requests wait in in_buf)--
+#        request:  parse head -> route -> upstream head -> body (Content-Length: moved
+#                  slice by slice, no copy; chunked: re-framed) -> UpConn.out_buf
+#        response: UpConn.in_buf -> parse head -> downstream head -> body -> HConn.out_buf
+#   UpConn: one upstream HTTP/1.1 connection; idle ones wait in a per-worker, per-host list
+#           (the pool) and are reused for the next stream to that host.
+#
+# Nothing is ever forwarded for a request the codec rejects: the head is complete and valid
+# before routing begins, and a body framing error resets the stream. Responses are re-framed
+# for the downstream: Content-Length kept, chunked re-chunked, close-delimited bodies sent
+# chunked to HTTP/1.1 clients (so the downstream connection survives) and close-delimited
+# to HTTP/1.0 ones.
+#
+# Re-entrancy: work that finishes a stream may want to parse the next pipelined request;
+# hconn_pump() is the only loop that does so, and a nested call only marks `repump`.
+
+cdef enum:
+    EP_HTTP_DOWN = 5
+    EP_HTTP_UP = 6
+
+cdef enum:                          # UpConn.state
+    UC_CONNECTING = 0
+    UC_BUSY = 1
+    UC_IDLE = 2
+    UC_CLOSED = 3
+
+cdef enum:
+    HTTP_IO_LIMIT = 1 << 20         # bytes buffered per direction before reading pauses
+    UPSTREAM_IDLE_MS = 60000        # an idle pooled connection is closed after this
+    MAX_IDLE_PER_HOST = 64
+
+cdef struct HttpCfg:
+    int refcnt                      # atomic
+    RouteTable* routes
+    int nclusters
+    ClusterCfg** clusters           # route cluster index -> cluster (one reference each)
+    StatBlock* stats                # http.<stat_prefix>.*
+    uint64_t idle_timeout_ms        # downstream connection without a stream; 0: none
+    uint64_t request_headers_timeout_ms
+    uint64_t stream_idle_timeout_ms
+    uint32_t max_requests_per_connection
+    uint32_t max_head
+    uint32_t max_fields
+    uint64_t max_request_bytes      # 0: unlimited
+    uint8_t use_remote_address
+    uint8_t generate_request_id
+    uint32_t xff_num_trusted_hops
+    char* server_name
+    size_t server_name_len
+
+cdef struct UpConn:
+    Endp ep
+    Worker* w
+    UpConn* prev                    # the worker's list of upstream connections
+    UpConn* next
+    UpConn* idle_next               # the pool's idle list for its host
+    UpConn** idle_head              # the list it is on, NULL when not idle
+    UpConn* next_deferred
+    ClusterCfg* cluster             # one reference
+    int host_index
+    HostSet* hosts                  # the host set host_index is into (pool key)
+    int state
+    uint8_t eof
+    HStream* stream
+    H1Parser resp
+    Chain in_buf
+    Chain out_buf
+    Timer timer                     # connect timeout, then pooled-idle timeout
+
+cdef struct HStream:
+    HConn* c
+    H1Head head                     # the request head, owned
+    int method
+    int minor
+    const RouteEntry* route
+    ClusterCfg* cluster
+    UpConn* up
+    uint8_t req_chunked             # request body re-framed as chunked upstream
+    uint8_t req_done                # the whole request is in the upstream's out_buf
+    uint8_t resp_started            # the response head went to the downstream
+    uint8_t resp_chunked            # ... with a body we frame as chunked
+    uint8_t resp_eof_framed         # ... whose end the downstream learns from the close
+    uint8_t keepalive               # the downstream connection may carry another request
+    int status
+    uint64_t start_ms
+    uint64_t req_body_bytes
+    Timer timeout                   # the route's timeout (upstream request)
+
+cdef struct HConn:
+    Endp down
+    Worker* w
+    HConn* prev
+    HConn* next
+    HConn* next_deferred
+    ListenerCfg* cfg                # one reference; cfg.http is this connection's config
+    H1Parser req
+    Chain in_buf
+    Chain out_buf
+    HStream* stream
+    uint32_t nrequests
+    uint8_t closed
+    uint8_t down_eof
+    uint8_t close_after             # close once out_buf is flushed and no stream is active
+    uint8_t in_pump
+    uint8_t repump
+    Timer idle_timer
+    Timer headers_timer
+    uint64_t last_active
+    char remote_ip[48]
+    size_t remote_ip_len
+
+
+# ---------------------------------------------------------------- stats
+
+cdef enum:
+    H_CX_TOTAL = 0
+    H_CX_ACTIVE = 1
+    H_RQ_TOTAL = 2
+    H_RQ_ACTIVE = 3
+    H_RQ_1XX = 4                    # ..5xx follow
+    H_RQ_TIME_MS = 9                # sum of request times
+    H_RQ_TIMEOUT = 10
+    H_CX_PROTOCOL_ERROR = 11
+    H_RQ_RX_RESET = 12
+    H_NO_ROUTE = 13
+    H_RQ_TOO_LARGE = 14
+    H_NSTATS = 15
+HTTP_STATS = ("downstream_cx_total", "downstream_cx_active", "downstream_rq_total",
+              "downstream_rq_active", "downstream_rq_1xx", "downstream_rq_2xx",
+              "downstream_rq_3xx", "downstream_rq_4xx", "downstream_rq_5xx",
+              "downstream_rq_time_ms_total", "downstream_rq_timeout",
+              "downstream_cx_protocol_error", "downstream_rq_rx_reset", "no_route",
+              "downstream_rq_too_large")
+HTTP_GAUGES = frozenset(["downstream_cx_active", "downstream_rq_active"])
+
+
+# ---------------------------------------------------------------- small helpers
+
+cdef int chain_move_bytes(Chain* dst, Chain* src, size_t n) noexcept nogil:
+    """Move the first n bytes of src to the end of dst without copying them."""
+    cdef SliceRef* r
+    while n and src.count:
+        r = &src.refs[src.head]
+        if r.len <= n:
+            if chain_room(dst, 1) < 0:
+                return -1
+            dst.refs[dst.head + dst.count] = r[0]
+            dst.count += 1
+            dst.length += r.len
+            src.length -= r.len
+            n -= r.len
+            src.head += 1
+            src.count -= 1
+        else:
+            slice_incref(r.s)
+            if chain_append_slice(dst, r.s, r.off, n) < 0:
+                return -1
+            r.off += n
+            r.len -= n
+            src.length -= n
+            n = 0
+    if src.count == 0:
+        src.head = 0
+    return 0
+
+
+cdef inline bint _ieq(const char* a, size_t an, const char* lower) noexcept nogil:
+    """a (any case) equals the lowercase NUL-terminated `lower`."""
+    cdef size_t i
+    for i in range(an):
+        if lower[i] == 0 or _h1_lower[<uint8_t>a[i]] != <uint8_t>lower[i]:
+            return False
+    return lower[an] == 0
+
+
+cdef inline bint _ieq2(const char* a, size_t an, const char* b, size_t bn) noexcept nogil:
+    cdef size_t i
+    if an != bn:
+        return False
+    for i in range(an):
+        if _h1_lower[<uint8_t>a[i]] != _h1_lower[<uint8_t>b[i]]:
+            return False
+    return True
+
+
+cdef const char* _status_reason(int status) noexcept nogil:
+    if status == 100: return "Continue"
+    if status == 200: return "OK"
+    if status == 201: return "Created"
+    if status == 204: return "No Content"
+    if status == 301: return "Moved Permanently"
+    if status == 302: return "Found"
+    if status == 303: return "See Other"
+    if status == 304: return "Not Modified"
+    if status == 307: return "Temporary Redirect"
+    if status == 308: return "Permanent Redirect"
+    if status == 400: return "Bad Request"
+    if status == 403: return "Forbidden"
+    if status == 404: return "Not Found"
+    if status == 408: return "Request Timeout"
+    if status == 413: return "Payload Too Large"
+    if status == 414: return "URI Too Long"
+    if status == 431: return "Request Header Fields Too Large"
+    if status == 500: return "Internal Server Error"
+    if status == 501: return "Not Implemented"
+    if status == 502: return "Bad Gateway"
+    if status == 503: return "Service Unavailable"
+    if status == 504: return "Gateway Timeout"
+    if status == 505: return "HTTP Version Not Supported"
+    return "Unknown"
+
+
+cdef inline H1Str _s(const char* p, size_t n) noexcept nogil:
+    cdef H1Str s
+    s.p = p
+    s.n = n
+    return s
+
+
+cdef inline H1Str _cs(const char* p) noexcept nogil:
+    return _s(p, strlen(p))
+
+
+cdef struct PairList:               # field lines being assembled for a head we send
+    H1Pair* v
+    size_t n
+    size_t cap
+
+
+cdef int _pl_add(PairList* l, H1Str name, H1Str value) noexcept nogil:
+    cdef H1Pair* nv
+    if l.n == l.cap:
+        nv = <H1Pair*>realloc(l.v, (l.cap * 2 + 16) * sizeof(H1Pair))
+        if nv == NULL:
+            return -1
+        l.v = nv
+        l.cap = l.cap * 2 + 16
+    l.v[l.n].name = name
+    l.v[l.n].value = value
+    l.n += 1
+    return 0
+
+
+cdef void _pl_remove(PairList* l, const char* name, size_t n) noexcept nogil:
+    cdef size_t i, k = 0
+    for i in range(l.n):
+        if not _ieq2(l.v[i].name.p, l.v[i].name.n, name, n):
+            l.v[k] = l.v[i]
+            k += 1
+    l.n = k
+
+
+cdef bint _pl_has(PairList* l, const char* name, size_t n) noexcept nogil:
+    cdef size_t i
+    for i in range(l.n):
+        if _ieq2(l.v[i].name.p, l.v[i].name.n, name, n):
+            return True
+    return False
+
+
+cdef int _pl_apply_ops(PairList* l, const RouteHeaderOps* ops) noexcept nogil:
+    """Envoy's header mutations (router.pxi documents the order)."""
+    cdef int i
+    cdef const RouteHeaderOp* op
+    cdef bint present
+    for i in range(ops.n):
+        op = &ops.ops[i]
+        if op.action == RHO_REMOVE:
+            _pl_remove(l, op.name.p, op.name.n)
+            continue
+        present = _pl_has(l, op.name.p, op.name.n)
+        if op.action == RHO_ADD_IF_ABSENT and present:
+            continue
+        if op.action == RHO_OVERWRITE_IF_EXISTS and not present:
+            continue
+        if op.action == RHO_OVERWRITE_IF_EXISTS or op.action == RHO_OVERWRITE_IF_EXISTS_OR_ADD:
+            _pl_remove(l, op.name.p, op.name.n)
+        if _pl_add(l, _s(op.name.p, op.name.n), _s(op.value.p, op.value.n)) < 0:
+            return -1
+    return 0
+
+
+cdef bint _is_hop_by_hop(const char* name, size_t n) noexcept nogil:
+    return (_ieq(name, n, "connection") or _ieq(name, n, "keep-alive")
+            or _ieq(name, n, "proxy-connection") or _ieq(name, n, "te")
+            or _ieq(name, n, "trailer") or _ieq(name, n, "transfer-encoding")
+            or _ieq(name, n, "upgrade") or _ieq(name, n, "content-length"))
+
+
+cdef bint _named_by_connection(H1Head* h, const char* name, size_t n) noexcept nogil:
+    """Is `name` one of the tokens of the message's Connection header(s)?"""
+    cdef uint32_t i
+    cdef size_t pos, a, b
+    cdef H1Field* f
+    for i in range(h.nfields):
+        f = &h.fields[i]
+        if not _ieq(h.buf + f.name_off, f.name_len, "connection"):
+            continue
+        pos = 0
+        while _h1_list_next(<const uint8_t*>h.buf + f.value_off, f.value_len, &pos, &a, &b):
+            if _ieq2(h.buf + f.value_off + a, b - a, name, n):
+                return True
+    return False
+
+
+cdef int _pl_from_head(PairList* l, H1Head* h) noexcept nogil:
+    """The end-to-end fields of a received head (hop-by-hop ones dropped)."""
+    cdef uint32_t i
+    cdef H1Field* f
+    cdef const char* name
+    for i in range(h.nfields):
+        f = &h.fields[i]
+        name = h.buf + f.name_off
+        if _is_hop_by_hop(name, f.name_len) or _named_by_connection(h, name, f.name_len):
+            continue
+        if _pl_add(l, _s(name, f.name_len), _s(h.buf + f.value_off, f.value_len)) < 0:
+            return -1
+    return 0
+
+
+cdef const char* _head_field(H1Head* h, const char* lower, size_t* n) noexcept nogil:
+    cdef uint32_t i
+    cdef H1Field* f
+    for i in range(h.nfields):
+        f = &h.fields[i]
+        if _ieq(h.buf + f.name_off, f.name_len, lower):
+            n[0] = f.value_len
+            return h.buf + f.value_off
+    return NULL
+
+
+cdef int _append_head(Chain* out, PairList* l, bint request, H1Str method, H1Str target,
+                      int status, H1Str reason) noexcept nogil:
+    """Serialize a head straight into a fresh slice at the end of `out`."""
+    cdef ssize_t n
+    cdef Slice* s
+    if request:
+        n = h1_request_head_size(method, target, 1, l.v, l.n)
+    else:
+        n = h1_response_head_size(status, reason, 1, l.v, l.n)
+    if n < 0:
+        return -1
+    s = slice_new(<size_t>n)
+    if s == NULL:
+        return -1
+    if request:
+        h1_write_request_head(s.data, method, target, 1, l.v, l.n)
+    else:
+        h1_write_response_head(s.data, status, reason, 1, l.v, l.n)
+    s.fill = <size_t>n
+    return chain_append_slice(out, s, 0, <size_t>n)
+
+
+cdef int _append_chunk(Chain* out, const char* p, size_t n) noexcept nogil:
+    cdef char hdr[H1_CHUNK_HEADER_MAX]
+    cdef size_t k = h1_write_chunk_header(hdr, n)
+    if chain_append(out, hdr, k) < 0 or chain_append(out, p, n) < 0:
+        return -1
+    return chain_append(out, "\r\n", 2)
+
+
+cdef int _append_last_chunk(Chain* out, H1Head* trailers) noexcept nogil:
+    """0 CRLF, the trailer fields (minus hop-by-hop ones), CRLF."""
+    cdef PairList l
+    cdef ssize_t n
+    cdef Slice* s
+    memset(&l, 0, sizeof(PairList))
+    if trailers != NULL and _pl_from_head(&l, trailers) < 0:
+        free(l.v)
+        return -1
+    n = h1_last_chunk_size(l.v, l.n)
+    if n < 0:
+        free(l.v)
+        return -1
+    s = slice_new(<size_t>n)
+    if s == NULL:
+        free(l.v)
+        return -1
+    h1_write_last_chunk(s.data, l.v, l.n)
+    s.fill = <size_t>n
+    free(l.v)
+    return chain_append_slice(out, s, 0, <size_t>n)
+
+
+# ---------------------------------------------------------------- local replies
+
+cdef void hconn_local_reply(HConn* c, int status, const char* body, size_t body_len,
+                            const char* location, size_t location_len, bint close_conn) noexcept nogil:
+    """Answer the current request (if any) from the proxy itself."""
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    cdef PairList l
+    cdef char clen[24]
+    cdef int k
+    memset(&l, 0, sizeof(PairList))
+    k = snprintf(clen, sizeof(clen), "%zu", body_len)
+    _pl_add(&l, _cs("content-length"), _s(clen, <size_t>k))
+    if body_len:
+        _pl_add(&l, _cs("content-type"), _cs("text/plain"))
+    if location != NULL:
+        _pl_add(&l, _cs("location"), _s(location, location_len))
+    _pl_add(&l, _cs("server"), _s(h.server_name, h.server_name_len))
+    if close_conn:
+        _pl_add(&l, _cs("connection"), _cs("close"))
+        c.close_after = 1
+    _append_head(&c.out_buf, &l, False, _s(NULL, 0), _s(NULL, 0), status, _cs(_status_reason(status)))
+    free(l.v)
+    if body_len and (c.stream == NULL or c.stream.method != H1M_HEAD):
+        chain_append(&c.out_buf, body, body_len)
+    if c.stream != NULL:
+        c.stream.status = status
+        c.stream.resp_started = 1
+    _count_status(h.stats, c.w, H_RQ_1XX, status)
+
+
+cdef inline void _count_status(StatBlock* b, Worker* w, int first, int status) noexcept nogil:
+    if 100 <= status < 600:
+        stat_add(b, w, first + status // 100 - 1, 1)
+
+
+# ---------------------------------------------------------------- upstream connections
+
+cdef void upconn_close(UpConn* u) noexcept nogil:
+    cdef Worker* w = u.w
+    cdef UpConn** pp
+    if u.state == UC_CLOSED:
+        return
+    if u.idle_head != NULL:
+        pp = u.idle_head
+        while pp[0] != NULL and pp[0] != u:
+            pp = &pp[0].idle_next
+        if pp[0] == u:
+            pp[0] = u.idle_next
+        u.idle_head = NULL
+    u.state = UC_CLOSED
+    timer_cancel(w, &u.timer)
+    if u.ep.fd >= 0:
+        close(u.ep.fd)
+        u.ep.fd = -1
+    stat_sub(u.cluster.stats, w, C_CX_ACTIVE, 1)
+    stat_add(u.cluster.stats, w, C_DESTROY_LOCAL, 1)
+    if u.stream != NULL:
+        u.stream.up = NULL
+        u.stream = NULL
+    chain_free(&u.in_buf)
+    chain_free(&u.out_buf)
+    h1_free(&u.resp)
+    if u.prev != NULL:
+        u.prev.next = u.next
+    else:
+        w.upconns = u.next
+    if u.next != NULL:
+        u.next.prev = u.prev
+    u.next_deferred = w.upconn_deferred
+    w.upconn_deferred = u
+
+
+cdef void _upconn_idle_timeout(Worker* w, void* arg) noexcept nogil:
+    cdef UpConn* u = <UpConn*>arg
+    if u.state == UC_CONNECTING:
+        stat_add(u.cluster.stats, w, C_CONNECT_TIMEOUT, 1)
+        stat_add(u.cluster.stats, w, C_CONNECT_FAIL, 1)
+        _upconn_failed(u, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection timeout")
+    else:
+        upconn_close(u)
+
+
+cdef UpConn** _pool_list(ClusterCfg* cl, Worker* w, int host_index) noexcept nogil:
+    """The idle list of host_index in this worker's pool, for the current host set."""
+    cdef WorkerLb* lb = &cl.per_worker[w.index]
+    cdef UpConn** lists
+    cdef int i
+    if lb.pool_hosts != lb.hosts:
+        # The host set changed (DNS): connections to the old hosts are not reused.
+        if lb.pool != NULL:
+            lists = <UpConn**>lb.pool
+            for i in range(lb.pool_n):
+                while lists[i] != NULL:
+                    upconn_close(lists[i])
+            free(lb.pool)
+        lb.pool_n = lb.hosts.nhosts if lb.hosts != NULL else 0
+        lb.pool = calloc(max(1, lb.pool_n), sizeof(UpConn*))
+        lb.pool_hosts = lb.hosts
+    if lb.pool == NULL or host_index >= lb.pool_n:
+        return NULL
+    return &(<UpConn**>lb.pool)[host_index]
+
+
+cdef UpConn* upconn_acquire(HStream* s, ClusterCfg* cl) noexcept nogil:
+    """A pooled idle connection to the chosen host, or a new one (connecting)."""
+    cdef Worker* w = s.c.w
+    cdef WorkerLb* lb = &cl.per_worker[w.index]
+    cdef Host* host = cluster_pick(cl, w, 0)
+    cdef int idx, fd
+    cdef UpConn** head
+    cdef UpConn* u
+    cdef epoll_event ev
+    if host == NULL:
+        stat_add(cl.stats, w, C_NONE_HEALTHY, 1)
+        return NULL
+    idx = <int>(host - lb.hosts.hosts)
+    head = _pool_list(cl, w, idx)
+    if head != NULL and head[0] != NULL:
+        u = head[0]
+        head[0] = u.idle_next
+        u.idle_head = NULL
+        u.idle_next = NULL
+        timer_cancel(w, &u.timer)
+        u.state = UC_BUSY
+        u.stream = s
+        h1_reset(&u.resp)
+        h1_response_for(&u.resp, s.method)
+        return u
+    fd = socket(host.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+    if fd < 0:
+        stat_add(cl.stats, w, C_CONNECT_FAIL, 1)
+        return NULL
+    _set_nodelay(fd)
+    if connect(fd, <sockaddr*>&host.addr, host.addrlen) < 0 and errno != EINPROGRESS:
+        close(fd)
+        stat_add(cl.stats, w, C_CX_TOTAL, 1)
+        stat_add(cl.stats, w, C_CONNECT_FAIL, 1)
+        return NULL
+    u = <UpConn*>calloc(1, sizeof(UpConn))
+    if u == NULL:
+        close(fd)
+        return NULL
+    u.ep.kind = EP_HTTP_UP
+    u.ep.fd = fd
+    u.ep.owner = u
+    u.w = w
+    u.cluster = cl
+    fp_atomic_add_int(&cl.refcnt, 1)
+    u.host_index = idx
+    u.hosts = lb.hosts
+    u.state = UC_CONNECTING
+    u.stream = s
+    h1_init(&u.resp, H1_RESPONSE, 0, 0, 0)
+    h1_response_for(&u.resp, s.method)     # HEAD and CONNECT change how the response ends
+    timer_init(&u.timer, _upconn_idle_timeout, u)
+    u.next = w.upconns
+    if w.upconns != NULL:
+        w.upconns.prev = u
+    w.upconns = u
+    stat_add(cl.stats, w, C_CX_TOTAL, 1)
+    stat_add(cl.stats, w, C_CX_ACTIVE, 1)
+    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
+    ev.data.ptr = &u.ep
+    if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
+        u.stream = NULL
+        upconn_close(u)
+        return NULL
+    timer_arm(w, &u.timer, cl.connect_timeout_ms)
+    return u
+
+
+cdef void upconn_release(UpConn* u, bint reusable) noexcept nogil:
+    """The stream is done with u: keep it in the pool or close it."""
+    cdef UpConn** head
+    cdef UpConn* x
+    cdef int n = 0
+    u.stream = NULL
+    if not reusable or u.eof or u.in_buf.length or u.out_buf.length \
+            or u.cluster.per_worker[u.w.index].hosts != u.hosts:
+        upconn_close(u)
+        return
+    head = _pool_list(u.cluster, u.w, u.host_index)
+    if head == NULL:
+        upconn_close(u)
+        return
+    x = head[0]
+    while x != NULL:
+        n += 1
+        x = x.idle_next
+    if n >= MAX_IDLE_PER_HOST:
+        upconn_close(u)
+        return
+    u.state = UC_IDLE
+    u.idle_next = head[0]
+    head[0] = u
+    u.idle_head = head
+    h1_reset(&u.resp)
+    timer_arm(u.w, &u.timer, UPSTREAM_IDLE_MS)
+
+
+cdef void _upconn_failed(UpConn* u, int status, const char* reason) noexcept nogil:
+    """u broke before its stream got a complete response."""
+    cdef HStream* s = u.stream
+    upconn_close(u)
+    if s != NULL:
+        stream_upstream_failed(s, status, reason)
+
+
+cdef void upconn_on_event(Worker* w, UpConn* u, uint32_t events) noexcept nogil:
+    cdef int err = 0
+    cdef socklen_t n = sizeof(int)
+    if u.state == UC_CLOSED:
+        return
+    if u.state == UC_CONNECTING:
+        if not events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
+            return
+        if getsockopt(u.ep.fd, SOL_SOCKET, SO_ERROR, &err, &n) < 0 or err != 0:
+            stat_add(u.cluster.stats, w, C_CONNECT_FAIL, 1)
+            _upconn_failed(u, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection failure")
+            return
+        timer_cancel(w, &u.timer)
+        u.state = UC_BUSY
+    if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+        u.ep.readable = 1
+    if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
+        u.ep.writable = 1
+    if u.state == UC_IDLE:
+        # An idle pooled connection has nothing to say; data or EOF means it is done.
+        if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+            upconn_close(u)
+        return
+    upconn_pump(u)
+
+
+cdef void upconn_pump(UpConn* u) noexcept nogil:
+    cdef ssize_t n
+    cdef bint progress
+    cdef HStream* s
+    cdef HConn* c = NULL
+    while u.state == UC_BUSY:
+        progress = False
+        if u.out_buf.length and u.ep.writable:
+            n = chain_write_fd(&u.out_buf, u.ep.fd)
+            if n > 0:
+                stat_add(u.cluster.stats, u.w, C_TX_BYTES, <uint64_t>n)
+                progress = True
+            elif n < 0 and errno == EAGAIN:
+                u.ep.writable = 0
+            elif n < 0 and errno != EINTR:
+                _upconn_failed(u, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection termination")
+                return
+        s = u.stream
+        c = s.c if s != NULL else NULL
+        if u.ep.readable and not u.eof and u.in_buf.length < HTTP_IO_LIMIT \
+                and (c == NULL or c.out_buf.length < HTTP_IO_LIMIT):
+            n = chain_read_fd(&u.in_buf, u.ep.fd, HTTP_IO_LIMIT - u.in_buf.length)
+            if n > 0:
+                stat_add(u.cluster.stats, u.w, C_RX_BYTES, <uint64_t>n)
+                progress = True
+            elif n == 0:
+                u.eof = 1
+                progress = True
+            elif errno == EAGAIN:
+                u.ep.readable = 0
+            elif errno != EINTR:
+                u.eof = 1
+                progress = True
+        if s == NULL:
+            break
+        if stream_on_upstream(s) < 0:
+            break                       # the stream ended; u may be pooled or closed now
+        if not progress:
+            break
+    if c != NULL:
+        hconn_pump(c)
+
+
+# ---------------------------------------------------------------- streams
+
+cdef void stream_free(HStream* s) noexcept nogil:
+    timer_cancel(s.c.w, &s.timeout)
+    h1_head_free(&s.head)
+    free(s)
+
+
+cdef void stream_finish(HStream* s) noexcept nogil:
+    """The response is complete (or answered locally): end the stream, keep the
+    connection for the next request if allowed."""
+    cdef HConn* c = s.c
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    if s.up != NULL:
+        upconn_release(s.up, s.req_done and s.up.resp.state == H1_MESSAGE_DONE
+                       and (s.up.resp.flags & H1F_KEEP_ALIVE))
+        s.up = NULL
+    stat_sub(h.stats, c.w, H_RQ_ACTIVE, 1)
+    stat_add(h.stats, c.w, H_RQ_TIME_MS, c.w.now - s.start_ms)
+    if not s.keepalive or c.req.state != H1_MESSAGE_DONE:
+        # Either we said Connection: close, or the request body was never read (a local
+        # reply came first): the bytes that follow can't be trusted as a next request.
+        c.close_after = 1
+    c.stream = NULL
+    stream_free(s)
+    h1_reset(&c.req)
+    c.last_active = c.w.now
+    if h.idle_timeout_ms:
+        timer_arm(c.w, &c.idle_timer, h.idle_timeout_ms)
+
+
+cdef void stream_upstream_failed(HStream* s, int status, const char* reason) noexcept nogil:
+    cdef HConn* c = s.c
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    s.up = NULL
+    if s.resp_started:
+        # Part of the response is out: the only honest signal left is an abrupt close.
+        hconn_close(c, True)
+        return
+    if s.cluster != NULL:
+        stat_add(s.cluster.stats, c.w, C_RQ_5XX, 1)
+    hconn_local_reply(c, status, reason, strlen(reason), NULL, 0, not s.req_done)
+    stream_finish(s)
+    hconn_pump(c)
+
+
+cdef void _stream_timeout(Worker* w, void* arg) noexcept nogil:
+    cdef HStream* s = <HStream*>arg
+    cdef HConn* c = s.c
+    stat_add((<HttpCfg*>c.cfg.http).stats, w, H_RQ_TIMEOUT, 1)
+    if s.cluster != NULL:
+        stat_add(s.cluster.stats, w, C_RQ_TIMEOUT, 1)
+    if s.up != NULL:
+        upconn_close(s.up)
+    stream_upstream_failed(s, 504, "upstream request timeout")
+
+
+cdef int _upstream_request_head(HStream* s, const RouteInput* r) noexcept nogil:
+    """Serialize the request head for the upstream into s.up.out_buf."""
+    cdef HConn* c = s.c
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    cdef const RouteEntry* e = s.route
+    cdef PairList l
+    cdef char path[8192]
+    cdef char xff[1024]
+    cdef char rid[40]
+    cdef ssize_t plen
+    cdef size_t n, k
+    cdef const char* v
+    cdef H1Str target = _s(s.head.buf + s.head.target_off, s.head.target_len)
+    cdef H1Str host
+    cdef uint64_t a, b
+    memset(&l, 0, sizeof(PairList))
+    try:
+        plen = route_rewrite_path(e, r, path, sizeof(path))
+        if plen >= 0:
+            target = _s(path, <size_t>plen)
+        if _pl_from_head(&l, &s.head) < 0:
+            return -1
+        if s.req_chunked:
+            _pl_add(&l, _cs("transfer-encoding"), _cs("chunked"))
+        else:
+            v = _head_field(&s.head, "content-length", &n)
+            if v != NULL:
+                _pl_add(&l, _cs("content-length"), _s(v, n))
+        _pl_remove(&l, "expect", 6)         # we answered 100-continue ourselves
+        if e.host_rewrite_literal.p != NULL:
+            _pl_remove(&l, "host", 4)
+            _pl_add(&l, _cs("host"), _s(e.host_rewrite_literal.p, e.host_rewrite_literal.n))
+        if h.use_remote_address:
+            v = _head_field(&s.head, "x-forwarded-for", &n)
+            if v != NULL and n + c.remote_ip_len + 2 < sizeof(xff):
+                memcpy(xff, v, n)
+                memcpy(xff + n, b", ", 2)
+                memcpy(xff + n + 2, c.remote_ip, c.remote_ip_len)
+                k = n + 2 + c.remote_ip_len
+            else:
+                memcpy(xff, c.remote_ip, c.remote_ip_len)
+                k = c.remote_ip_len
+            _pl_remove(&l, "x-forwarded-for", 15)
+            _pl_add(&l, _cs("x-forwarded-for"), _s(xff, k))
+            _pl_remove(&l, "x-forwarded-proto", 17)
+            _pl_add(&l, _cs("x-forwarded-proto"), _cs("http"))
+        elif not _pl_has(&l, "x-forwarded-proto", 17):
+            _pl_add(&l, _cs("x-forwarded-proto"), _cs("http"))
+        if h.generate_request_id and not _pl_has(&l, "x-request-id", 12):
+            a = worker_random(c.w)
+            b = worker_random(c.w)
+            # A version-4 UUID from the worker's generator.
+            snprintf(rid, sizeof(rid), "%08x-%04x-4%03x-%04x-%012llx",
+                     <unsigned int>(a >> 32), <unsigned int>((a >> 16) & 0xffff),
+                     <unsigned int>(a & 0xfff), <unsigned int>(0x8000 | ((b >> 48) & 0x3fff)),
+                     <unsigned long long>(b & 0xffffffffffffULL))
+            _pl_add(&l, _cs("x-request-id"), _s(rid, 36))
+        if _pl_apply_ops(&l, &e.request_headers) < 0:
+            return -1
+        if _append_head(&s.up.out_buf, &l, True,
+                        _s(s.head.buf + s.head.method_off, s.head.method_len), target, 0,
+                        _s(NULL, 0)) < 0:
+            return -1
+        return 0
+    finally:
+        free(l.v)
+
+
+cdef int _downstream_response_head(HStream* s) noexcept nogil:
+    """Serialize the upstream's response head for the downstream into c.out_buf."""
+    cdef HConn* c = s.c
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    cdef H1Parser* p = &s.up.resp
+    cdef H1Head* rh = &p.head
+    cdef PairList l
+    cdef const char* v
+    cdef size_t n
+    cdef bint bodyless = p.framing == H1_BODY_NONE
+    memset(&l, 0, sizeof(PairList))
+    try:
+        if _pl_from_head(&l, rh) < 0:
+            return -1
+        v = _head_field(rh, "content-length", &n)
+        if p.framing == H1_BODY_LENGTH or (v != NULL and (s.method == H1M_HEAD or rh.status == 304)):
+            _pl_add(&l, _cs("content-length"), _s(v, n))
+        elif p.framing == H1_BODY_CHUNKED or (p.framing == H1_BODY_EOF and s.minor == 1):
+            _pl_add(&l, _cs("transfer-encoding"), _cs("chunked"))
+            s.resp_chunked = 1
+        elif p.framing == H1_BODY_EOF:
+            s.resp_eof_framed = 1
+            s.keepalive = 0
+        if h.server_name_len:
+            _pl_remove(&l, "server", 6)
+            _pl_add(&l, _cs("server"), _s(h.server_name, h.server_name_len))
+        if _pl_apply_ops(&l, &s.route.response_headers) < 0:
+            return -1
+        if not s.keepalive:
+            _pl_add(&l, _cs("connection"), _cs("close"))
+        elif s.minor == 0:
+            _pl_add(&l, _cs("connection"), _cs("keep-alive"))
+        if _append_head(&c.out_buf, &l, False, _s(NULL, 0), _s(NULL, 0), rh.status,
+                        _s(rh.buf + rh.reason_off, rh.reason_len) if rh.reason_len else _cs(_status_reason(rh.status))) < 0:
+            return -1
+        return 0
+    finally:
+        free(l.v)
+
+
+cdef int stream_on_upstream(HStream* s) noexcept nogil:
+    """Parse what the upstream sent and forward it. -1: the stream or connection ended."""
+    cdef UpConn* u = s.up
+    cdef HConn* c = s.c
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    cdef H1Parser* p = &u.resp
+    cdef SliceRef* r
+    cdef ssize_t n
+    cdef size_t off, seg
+    while True:
+        if p.state == H1_HEAD:
+            if u.in_buf.length == 0:
+                break
+            r = &u.in_buf.refs[u.in_buf.head]
+            n = h1_feed_head(p, r.s.data + r.off, r.len)
+            if n < 0:
+                stat_add(s.cluster.stats, c.w, C_RQ_5XX, 1)
+                _upconn_failed(u, 502, "upstream sent an invalid response")
+                return -1
+            chain_drain(&u.in_buf, <size_t>n)
+            if p.state != H1_HEAD_DONE:
+                continue
+            if p.flags & H1F_INTERIM or p.head.status == 101:
+                # 1xx: we already answered any Expect ourselves; drop it.
+                h1_reset(p)
+                continue
+            s.status = p.head.status
+            stat_add(s.cluster.stats, c.w, C_RQ_TOTAL, 1)
+            _count_status(s.cluster.stats, c.w, C_RQ_1XX, s.status)
+            _count_status(h.stats, c.w, H_RQ_1XX, s.status)
+            if _downstream_response_head(s) < 0:
+                _upconn_failed(u, 502, "upstream sent an invalid response")
+                return -1
+            s.resp_started = 1
+            if p.framing == H1_BODY_NONE:
+                p.state = H1_MESSAGE_DONE
+            continue
+        if p.state == H1_MESSAGE_DONE:
+            if s.resp_chunked and _append_last_chunk(&c.out_buf, &p.trailers) < 0:
+                hconn_close(c, True)
+                return -1
+            stream_finish(s)
+            return -1
+        # body
+        if u.in_buf.length == 0:
+            if u.eof:
+                if h1_feed_eof(p) == 0:
+                    continue
+                if s.resp_started:
+                    hconn_close(c, True)
+                else:
+                    _upconn_failed(u, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection termination")
+                return -1
+            break
+        r = &u.in_buf.refs[u.in_buf.head]
+        n = h1_feed_body(p, r.s.data + r.off, r.len, &off, &seg)
+        if n < 0:
+            hconn_close(c, True)
+            return -1
+        if seg:
+            if p.framing == H1_BODY_LENGTH or (p.framing == H1_BODY_EOF and not s.resp_chunked):
+                chain_move_bytes(&c.out_buf, &u.in_buf, <size_t>n)    # off == 0, seg == n
+                continue
+            if _append_chunk(&c.out_buf, r.s.data + r.off + off, seg) < 0:
+                hconn_close(c, True)
+                return -1
+        chain_drain(&u.in_buf, <size_t>n)
+    if u.eof and p.state == H1_HEAD:
+        if s.resp_started:
+            hconn_close(c, True)
+        else:
+            _upconn_failed(u, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection termination")
+        return -1
+    return 0
+
+
+cdef void _fill_route_input(HStream* s, RouteInput* r, RouteHeader* hdrs) noexcept nogil:
+    cdef H1Head* hd = &s.head
+    cdef uint32_t i
+    cdef size_t n
+    r.method = hd.buf + hd.method_off
+    r.method_len = hd.method_len
+    r.path = hd.buf + hd.target_off
+    r.path_len = hd.target_len
+    r.host = _head_field(hd, "host", &n)
+    r.host_len = n if r.host != NULL else 0
+    r.scheme = "http"
+    r.scheme_len = 4
+    r.worker = <unsigned int>s.c.w.index
+    for i in range(hd.nfields):
+        hdrs[i].name = hd.buf + hd.fields[i].name_off
+        hdrs[i].name_len = hd.fields[i].name_len
+        hdrs[i].value = hd.buf + hd.fields[i].value_off
+        hdrs[i].value_len = hd.fields[i].value_len
+    r.nheaders = <int>hd.nfields
+    r.headers = hdrs
+
+
+cdef void stream_start(HConn* c) noexcept nogil:
+    """A complete, valid request head is in c.req: route it."""
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    cdef HStream* s = <HStream*>calloc(1, sizeof(HStream))
+    cdef RouteInput r
+    cdef RouteHeader* hdrs
+    cdef const RouteEntry* e
+    cdef char loc[8192]
+    cdef ssize_t n
+    cdef int ci
+    if s == NULL:
+        hconn_close(c, True)
+        return
+    timer_cancel(c.w, &c.idle_timer)
+    timer_cancel(c.w, &c.headers_timer)
+    s.c = c
+    s.start_ms = c.w.now
+    timer_init(&s.timeout, _stream_timeout, s)
+    h1_head_take(&c.req, &s.head)
+    s.method = s.head.method
+    s.minor = s.head.minor
+    s.keepalive = (c.req.flags & H1F_KEEP_ALIVE) != 0
+    s.req_chunked = c.req.framing == H1_BODY_CHUNKED
+    if c.req.framing == H1_BODY_NONE:
+        c.req.state = H1_MESSAGE_DONE
+        s.req_done = 1
+    c.stream = s
+    c.nrequests += 1
+    if h.max_requests_per_connection and c.nrequests >= h.max_requests_per_connection:
+        s.keepalive = 0
+    stat_add(h.stats, c.w, H_RQ_TOTAL, 1)
+    stat_add(h.stats, c.w, H_RQ_ACTIVE, 1)
+    if c.req.flags & (H1F_UPGRADE | H1F_CONNECT):
+        s.keepalive = 0
+        hconn_local_reply(c, 501, "upgrades are not supported yet", 30, NULL, 0, True)
+        stream_finish(s)
+        return
+    if h.max_request_bytes and c.req.content_length > <int64_t>h.max_request_bytes:
+        stat_add(h.stats, c.w, H_RQ_TOO_LARGE, 1)
+        hconn_local_reply(c, 413, "Payload Too Large", 17, NULL, 0, True)
+        stream_finish(s)
+        return
+    hdrs = <RouteHeader*>malloc(max(1, s.head.nfields) * sizeof(RouteHeader))
+    if hdrs == NULL:
+        hconn_close(c, True)
+        return
+    _fill_route_input(s, &r, hdrs)
+    e = route_select(h.routes, &r)
+    s.route = e
+    if e == NULL:
+        free(hdrs)
+        stat_add(h.stats, c.w, H_NO_ROUTE, 1)
+        hconn_local_reply(c, 404, "", 0, NULL, 0, c.req.framing != H1_BODY_NONE)
+        stream_finish(s)
+        return
+    if e.action == ROUTE_DIRECT_RESPONSE or e.action == ROUTE_REDIRECT:
+        n = route_redirect_location(e, &r, loc, sizeof(loc))
+        free(hdrs)
+        hconn_local_reply(c, e.status, e.body.p, e.body.n, loc if n >= 0 else NULL,
+                          <size_t>n if n >= 0 else 0, c.req.framing != H1_BODY_NONE)
+        stream_finish(s)
+        return
+    ci = e.cluster if e.action == ROUTE_CLUSTER else route_pick_weighted(e, worker_random(c.w))
+    s.cluster = h.clusters[ci]
+    s.up = upconn_acquire(s, s.cluster)
+    if s.up == NULL:
+        free(hdrs)
+        stat_add(s.cluster.stats, c.w, C_RQ_5XX, 1)
+        hconn_local_reply(c, 503, "no healthy upstream", 19, NULL, 0, c.req.framing != H1_BODY_NONE)
+        stream_finish(s)
+        return
+    if c.req.flags & H1F_EXPECT_CONTINUE:
+        chain_append(&c.out_buf, "HTTP/1.1 100 Continue\r\n\r\n", 25)
+    if _upstream_request_head(s, &r) < 0:
+        free(hdrs)
+        upconn_close(s.up)
+        s.up = NULL
+        hconn_local_reply(c, 400, "invalid request after header mutation", 37, NULL, 0, True)
+        stream_finish(s)
+        return
+    free(hdrs)
+    if s.req_done and e.timeout_ms:
+        timer_arm(c.w, &s.timeout, e.timeout_ms)
+    if s.up.state == UC_BUSY:
+        s.up.ep.writable = 1            # a pooled connection: try to write at once
+
+
+cdef int stream_forward_request_body(HStream* s) noexcept nogil:
+    """Move request body bytes from the downstream's in_buf to the upstream's out_buf.
+    -1 when the stream ended."""
+    cdef HConn* c = s.c
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    cdef H1Parser* p = &c.req
+    cdef SliceRef* r
+    cdef ssize_t n
+    cdef size_t off, seg
+    cdef UpConn* u = s.up
+    while not s.req_done and c.in_buf.length and u.out_buf.length < HTTP_IO_LIMIT:
+        r = &c.in_buf.refs[c.in_buf.head]
+        n = h1_feed_body(p, r.s.data + r.off, r.len, &off, &seg)
+        if n < 0:
+            # Bad chunk framing. We re-frame bodies, so the upstream has only seen a
+            # well-formed, unfinished message; reset it and answer the client.
+            stat_add(h.stats, c.w, H_CX_PROTOCOL_ERROR, 1)
+            upconn_close(u)
+            s.up = NULL
+            if s.resp_started:
+                hconn_close(c, True)
+                return -1
+            chain_clear(&c.in_buf)
+            hconn_local_reply(c, p.err_status, h1_err_reason(p.err), strlen(h1_err_reason(p.err)),
+                              NULL, 0, True)
+            stream_finish(s)
+            return -1
+        s.req_body_bytes += seg
+        if h.max_request_bytes and s.req_body_bytes > h.max_request_bytes:
+            stat_add(h.stats, c.w, H_RQ_TOO_LARGE, 1)
+            hconn_close(c, True)
+            return -1
+        if seg:
+            if p.framing == H1_BODY_LENGTH:
+                chain_move_bytes(&u.out_buf, &c.in_buf, <size_t>n)
+            else:
+                if _append_chunk(&u.out_buf, r.s.data + r.off + off, seg) < 0:
+                    hconn_close(c, True)
+                    return -1
+                chain_drain(&c.in_buf, <size_t>n)
+        else:
+            chain_drain(&c.in_buf, <size_t>n)
+        if p.state == H1_MESSAGE_DONE:
+            if s.req_chunked and _append_last_chunk(&u.out_buf, &p.trailers) < 0:
+                hconn_close(c, True)
+                return -1
+            s.req_done = 1
+            if s.route.timeout_ms:
+                timer_arm(c.w, &s.timeout, s.route.timeout_ms)
+    if not s.req_done and c.down_eof and c.in_buf.length == 0:
+        stat_add(h.stats, c.w, H_RQ_RX_RESET, 1)
+        hconn_close(c, False)
+        return -1
+    return 0
+
+
+# ---------------------------------------------------------------- downstream connections
+
+cdef void _hconn_idle(Worker* w, void* arg) noexcept nogil:
+    cdef HConn* c = <HConn*>arg
+    if c.stream == NULL:
+        hconn_close(c, False)
+
+
+cdef void _hconn_headers_timeout(Worker* w, void* arg) noexcept nogil:
+    cdef HConn* c = <HConn*>arg
+    if c.stream == NULL:
+        stat_add((<HttpCfg*>c.cfg.http).stats, w, H_RQ_TIMEOUT, 1)
+        hconn_local_reply(c, 408, "request headers timeout", 23, NULL, 0, True)
+        hconn_pump(c)
+
+
+cdef void hconn_start(Worker* w, ListenerCfg* cfg, int fd) noexcept nogil:
+    cdef HConn* c = <HConn*>calloc(1, sizeof(HConn))
+    cdef HttpCfg* h = <HttpCfg*>cfg.http
+    cdef epoll_event ev
+    cdef sockaddr_storage ss
+    cdef socklen_t sl = sizeof(sockaddr_storage)
+    if c == NULL:
+        close(fd)
+        fp_atomic_add_i64(&cfg.sock.active, -1)
+        return
+    fp_atomic_add_int(&cfg.refcnt, 1)
+    c.w = w
+    c.cfg = cfg
+    c.down.kind = EP_HTTP_DOWN
+    c.down.fd = fd
+    c.down.owner = c
+    h1_init(&c.req, H1_REQUEST, h.max_head, 0, h.max_fields)
+    timer_init(&c.idle_timer, _hconn_idle, c)
+    timer_init(&c.headers_timer, _hconn_headers_timeout, c)
+    c.last_active = w.now
+    if getpeername(fd, <sockaddr*>&ss, &sl) == 0:
+        if ss.ss_family == AF_INET6:
+            inet_ntop(AF_INET6, &(<sockaddr_in6*>&ss).sin6_addr, c.remote_ip, sizeof(c.remote_ip))
+        else:
+            inet_ntop(AF_INET, &(<sockaddr_in*>&ss).sin_addr, c.remote_ip, sizeof(c.remote_ip))
+        c.remote_ip_len = strlen(c.remote_ip)
+    c.next = w.hconns
+    if w.hconns != NULL:
+        w.hconns.prev = c
+    w.hconns = c
+    w.nsessions += 1
+    stat_add(cfg.lstats, w, L_CX_TOTAL, 1)
+    stat_add(cfg.lstats, w, L_CX_ACTIVE, 1)
+    stat_add(h.stats, w, H_CX_TOTAL, 1)
+    stat_add(h.stats, w, H_CX_ACTIVE, 1)
+    _set_nodelay(fd)
+    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
+    ev.data.ptr = &c.down
+    if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
+        hconn_close(c, False)
+        return
+    if h.idle_timeout_ms:
+        timer_arm(w, &c.idle_timer, h.idle_timeout_ms)
+    if h.request_headers_timeout_ms:
+        timer_arm(w, &c.headers_timer, h.request_headers_timeout_ms)
+
+
+cdef void hconn_close(HConn* c, bint rst) noexcept nogil:
+    cdef Worker* w = c.w
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    cdef HStream* s = c.stream
+    if c.closed:
+        return
+    c.closed = 1
+    timer_cancel(w, &c.idle_timer)
+    timer_cancel(w, &c.headers_timer)
+    if s != NULL:
+        c.stream = NULL
+        if s.up != NULL:
+            s.up.stream = NULL
+            upconn_close(s.up)
+        stat_sub(h.stats, w, H_RQ_ACTIVE, 1)
+        stream_free(s)
+    _close_fd(c.down.fd, rst)
+    c.down.fd = -1
+    chain_free(&c.in_buf)
+    chain_free(&c.out_buf)
+    h1_free(&c.req)
+    stat_sub(c.cfg.lstats, w, L_CX_ACTIVE, 1)
+    stat_add(c.cfg.lstats, w, L_CX_DESTROY, 1)
+    stat_sub(h.stats, w, H_CX_ACTIVE, 1)
+    fp_atomic_add_i64(&c.cfg.sock.active, -1)
+    if c.prev != NULL:
+        c.prev.next = c.next
+    else:
+        w.hconns = c.next
+    if c.next != NULL:
+        c.next.prev = c.prev
+    w.nsessions -= 1
+    c.next_deferred = w.hconn_deferred
+    w.hconn_deferred = c
+
+
+cdef void hconn_on_event(Worker* w, HConn* c, uint32_t events) noexcept nogil:
+    if c.closed:
+        return
+    if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+        c.down.readable = 1
+    if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
+        c.down.writable = 1
+    hconn_pump(c)
+
+
+cdef int _hconn_process(HConn* c) noexcept nogil:
+    """Parse and route what the downstream sent. -1 when the connection closed."""
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    cdef SliceRef* r
+    cdef ssize_t n
+    cdef const char* reason
+    cdef HStream* s
+    while True:
+        if c.stream != NULL:
+            s = c.stream
+            if s.up != NULL and not s.req_done:
+                if stream_forward_request_body(s) < 0:
+                    if c.closed:
+                        return -1
+                    continue                # the stream ended with a local reply
+            if c.stream == s and s.up != NULL and s.up.state == UC_BUSY and s.up.out_buf.length:
+                upconn_pump(s.up)       # a pooled connection has no event coming to start it
+                if c.closed:
+                    return -1
+            return 0
+        if c.close_after:
+            return 0
+        if c.in_buf.length == 0:
+            if c.down_eof:
+                if h1_feed_eof(&c.req) < 0:
+                    stat_add(h.stats, c.w, H_CX_PROTOCOL_ERROR, 1)
+                hconn_close(c, False)
+                return -1
+            return 0
+        r = &c.in_buf.refs[c.in_buf.head]
+        n = h1_feed_head(&c.req, r.s.data + r.off, r.len)
+        if n < 0:
+            stat_add(h.stats, c.w, H_CX_PROTOCOL_ERROR, 1)
+            stat_add(h.stats, c.w, H_RQ_TOTAL, 1)
+            reason = h1_err_reason(c.req.err)
+            hconn_local_reply(c, c.req.err_status, reason, strlen(reason), NULL, 0, True)
+            chain_clear(&c.in_buf)
+            return 0
+        chain_drain(&c.in_buf, <size_t>n)
+        if c.req.state == H1_HEAD_DONE:
+            stream_start(c)
+            if c.closed:
+                return -1
+
+
+cdef void hconn_pump(HConn* c) noexcept nogil:
+    cdef ssize_t n
+    cdef bint progress
+    cdef HStream* s
+    if c.closed:
+        return
+    if c.in_pump:
+        c.repump = 1
+        return
+    c.in_pump = 1
+    while True:
+        c.repump = 0
+        progress = False
+        if c.out_buf.length and c.down.writable:
+            n = chain_write_fd(&c.out_buf, c.down.fd)
+            if n > 0:
+                progress = True
+            elif n < 0 and errno == EAGAIN:
+                c.down.writable = 0
+            elif n < 0 and errno != EINTR:
+                c.in_pump = 0
+                hconn_close(c, True)
+                return
+        s = c.stream
+        if c.down.readable and not c.down_eof and c.in_buf.length < HTTP_IO_LIMIT \
+                and (s == NULL or s.up == NULL or s.up.out_buf.length < HTTP_IO_LIMIT):
+            n = chain_read_fd(&c.in_buf, c.down.fd, HTTP_IO_LIMIT - c.in_buf.length)
+            if n > 0:
+                progress = True
+                c.last_active = c.w.now
+            elif n == 0:
+                c.down_eof = 1
+                progress = True
+            elif errno == EAGAIN:
+                c.down.readable = 0
+            elif errno != EINTR:
+                c.in_pump = 0
+                hconn_close(c, True)
+                return
+        if _hconn_process(c) < 0:
+            c.in_pump = 0
+            return
+        if c.stream != NULL and c.stream.up != NULL and c.stream.up.state == UC_BUSY \
+                and c.stream.up.in_buf.length and c.out_buf.length < HTTP_IO_LIMIT:
+            # The upstream paused on our full out_buf; let it continue now.
+            c.in_pump = 0
+            upconn_pump(c.stream.up)
+            if c.closed:
+                return
+            c.in_pump = 1
+        if c.close_after and c.stream == NULL and c.out_buf.length == 0:
+            c.in_pump = 0
+            hconn_close(c, False)
+            return
+        if not progress and not c.repump:
+            break
+    c.in_pump = 0
+
+
+cdef void http_free_deferred(Worker* w) noexcept nogil:
+    cdef HConn* c
+    cdef UpConn* u
+    while w.hconn_deferred != NULL:
+        c = w.hconn_deferred
+        w.hconn_deferred = c.next_deferred
+        listener_cfg_decref(c.cfg)
+        free(c)
+    while w.upconn_deferred != NULL:
+        u = w.upconn_deferred
+        w.upconn_deferred = u.next_deferred
+        cluster_decref(u.cluster)
+        free(u)
+
+
+cdef void http_worker_teardown(Worker* w) noexcept nogil:
+    while w.hconns != NULL:
+        hconn_close(w.hconns, False)
+    while w.upconns != NULL:
+        upconn_close(w.upconns)
+    http_free_deferred(w)
+
+
+cdef void http_cfg_decref(HttpCfg* h) noexcept nogil:
+    cdef int i
+    if h == NULL or fp_atomic_add_int(&h.refcnt, -1) != 0:
+        return
+    route_table_decref(h.routes)
+    for i in range(h.nclusters):
+        cluster_decref(h.clusters[i])
+    free(h.clusters)
+    free(h.server_name)
+    free(h)
+
+
+cdef class HttpCfgHandle:
+    """The main thread's reference to an HTTP connection manager config."""
+    cdef HttpCfg* h
+    cdef object routes_handle
+
+    def __dealloc__(self):
+        http_cfg_decref(self.h)
+
+
+def make_http_cfg(hcm, StatBlockHandle stats, dict clusters, int nworkers):
+    """Compile a model_http.HttpConnectionManager; clusters: {name: ClusterHandle}."""
+    cdef HttpCfgHandle hh = HttpCfgHandle.__new__(HttpCfgHandle)
+    cdef HttpCfg* h = <HttpCfg*>calloc(1, sizeof(HttpCfg))
+    cdef RouteTableHandle rt
+    cdef ClusterHandle ch
+    cdef bytes server
+    cdef int i
+    if h == NULL:
+        raise MemoryError()
+    h.refcnt = 1
+    hh.h = h
+    names = sorted(clusters)
+    index = {name: i for i, name in enumerate(names)}
+    rt = compile_route_table(hcm.route_config, index, nworkers)
+    hh.routes_handle = rt
+    h.routes = rt.t
+    route_table_incref(rt.t)
+    h.nclusters = len(names)
+    h.clusters = <ClusterCfg**>calloc(max(1, h.nclusters), sizeof(ClusterCfg*))
+    for i, name in enumerate(names):
+        ch = clusters[name]
+        h.clusters[i] = ch.c
+        fp_atomic_add_int(&ch.c.refcnt, 1)
+    h.stats = stats.b
+    ms = lambda v: 0 if not v else max(1, int(v * 1000))
+    h.idle_timeout_ms = ms(hcm.idle_timeout)
+    h.request_headers_timeout_ms = ms(hcm.request_headers_timeout)
+    h.stream_idle_timeout_ms = ms(hcm.stream_idle_timeout)
+    h.max_requests_per_connection = hcm.max_requests_per_connection or 0
+    h.max_head = hcm.max_request_headers_kb * 1024
+    h.max_fields = hcm.max_headers_count
+    h.max_request_bytes = hcm.max_request_bytes or 0
+    h.use_remote_address = hcm.use_remote_address
+    h.generate_request_id = hcm.generate_request_id
+    h.xff_num_trusted_hops = hcm.xff_num_trusted_hops
+    server = (hcm.server_name or "").encode()
+    h.server_name = <char*>malloc(len(server) + 1)
+    memcpy(h.server_name, <char*>server, len(server) + 1)
+    h.server_name_len = len(server)
+    return hh

@@ -1,0 +1,107 @@
+"""Upstream HTTP servers for the HTTP proxy tests: raw sockets, so every byte the proxy
+sends is recorded and every byte we answer is exactly what the test wants."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+
+class RawHttpUpstream:
+    """A keep-alive HTTP/1.1 server. `handler(method, path, headers, body) -> bytes|None`
+    returns the raw response bytes (None: close the connection without answering).
+    Every request received is recorded in `requests`, every raw byte in `raw`."""
+
+    def __init__(self, handler=None):
+        self.handler = handler or self.default
+        self.requests: list[tuple[str, str, dict, bytes]] = []
+        self.raw = bytearray()
+        self.connections = 0
+        self._lock = threading.Lock()
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(256)
+        self.port = self.sock.getsockname()[1]
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @staticmethod
+    def default(method, path, headers, body):
+        payload = f"{method} {path} {len(body)}".encode()
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload)
+
+    def close(self):
+        self._closed = True
+        self.sock.close()
+
+    def _accept(self):
+        while not self._closed:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.connections += 1
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _recv(self, c, buf):
+        d = c.recv(1 << 16)
+        if d:
+            with self._lock:
+                self.raw += d
+        return d
+
+    def _serve(self, c):
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    d = self._recv(c, buf)
+                    if not d:
+                        return
+                    buf += d
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = {}
+                for line in lines[1:]:
+                    k, v = line.split(":", 1)
+                    headers.setdefault(k.strip().lower(), []).append(v.strip())
+                body = b""
+                if "content-length" in headers:
+                    n = int(headers["content-length"][0])
+                    while len(buf) < n:
+                        d = self._recv(c, buf)
+                        if not d:
+                            return
+                        buf += d
+                    body, buf = buf[:n], buf[n:]
+                elif headers.get("transfer-encoding", [""])[0].lower() == "chunked":
+                    while True:
+                        while b"\r\n" not in buf:
+                            buf += self._recv(c, buf) or b""
+                        line, buf = buf.split(b"\r\n", 1)
+                        size = int(line.split(b";")[0], 16)
+                        if size == 0:
+                            while b"\r\n\r\n" not in b"\r\n" + buf:
+                                buf += self._recv(c, buf) or b""
+                            _, buf = (b"\r\n" + buf).split(b"\r\n\r\n", 1)
+                            break
+                        while len(buf) < size + 2:
+                            buf += self._recv(c, buf) or b""
+                        body += buf[:size]
+                        buf = buf[size + 2:]
+                with self._lock:
+                    self.requests.append((method, path, headers, body))
+                out = self.handler(method, path, headers, body)
+                if out is None:
+                    return
+                if callable(out):
+                    out(c)
+                    return
+                c.sendall(out)
+        except OSError:
+            return
+        finally:
+            c.close()

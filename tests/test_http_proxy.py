@@ -1,0 +1,255 @@
+"""The HTTP/1.1 data plane end to end: real clients (http.client, raw sockets, curl) through
+fastproxy to raw upstream servers that record every byte they receive."""
+from __future__ import annotations
+
+import http.client
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+
+from fastproxy import Cluster, Endpoint, Listener, Proxy
+from fastproxy.model_http import (DirectResponse, HeaderMutations, HeaderValueOption,
+                                  HttpConnectionManager, RedirectAction, Route, RouteAction,
+                                  RouteConfiguration, RouteMatch, VirtualHost)
+
+from http_upstreams import RawHttpUpstream
+
+
+def make_proxy(routes, clusters, **hcm_kw):
+    rc = RouteConfiguration(virtual_hosts=[VirtualHost("vh", ["*"], routes=routes)])
+    hcm = HttpConnectionManager("ingress", rc, **hcm_kw)
+    return Proxy([Listener("http", port=0, http=hcm)], clusters, concurrency=2)
+
+
+def exchange(addr, data: bytes, timeout=2.0) -> bytes:
+    """Send raw bytes, read until the proxy closes or goes quiet for `timeout`."""
+    s = socket.create_connection(addr, timeout=timeout)
+    s.sendall(data)
+    out = b""
+    try:
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            out += d
+    except socket.timeout:
+        pass
+    finally:
+        s.close()
+    return out
+
+
+@pytest.fixture
+def upstream():
+    u = RawHttpUpstream()
+    yield u
+    u.close()
+
+
+@pytest.fixture
+def proxy(upstream):
+    p = make_proxy([
+        Route(RouteMatch(prefix="/direct"), direct_response=DirectResponse(200, b"direct!")),
+        Route(RouteMatch(prefix="/old"), redirect=RedirectAction(prefix_rewrite="/new")),
+        Route(RouteMatch(prefix="/api/"), route=RouteAction(cluster="c", prefix_rewrite="/v2/")),
+        Route(RouteMatch(prefix="/hdr"), route=RouteAction(cluster="c"),
+              headers=HeaderMutations(request_headers_to_add=[HeaderValueOption("x-added", "1")],
+                                      response_headers_to_add=[HeaderValueOption("x-resp", "2")])),
+        Route(RouteMatch(path="/only"), route=RouteAction(cluster="c")),
+        Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c")),
+    ], [Cluster("c", [Endpoint("127.0.0.1", upstream.port)])], use_remote_address=True)
+    with p:
+        yield p
+
+
+def test_keepalive_requests_reuse_one_upstream_connection(proxy, upstream):
+    conn = http.client.HTTPConnection(*proxy.listener_address("http"), timeout=5)
+    for i in range(20):
+        conn.request("GET", f"/k{i}")
+        r = conn.getresponse()
+        assert r.status == 200
+        assert r.read() == f"GET /k{i} 0".encode()
+    assert upstream.connections == 1, "the pool should reuse the upstream connection"
+    st = proxy.stats()
+    assert st["http.ingress.downstream_rq_2xx"] == 20
+    assert st["cluster.c.upstream_cx_total"] == 1
+
+
+def test_post_bodies_content_length_and_chunked(proxy, upstream):
+    conn = http.client.HTTPConnection(*proxy.listener_address("http"), timeout=10)
+    body = bytes(range(256)) * 4096                     # 1 MiB
+    conn.request("POST", "/up", body=body)
+    r = conn.getresponse()
+    assert r.read() == b"POST /up %d" % len(body)
+    assert upstream.requests[-1][3] == body
+    conn.request("POST", "/chunks", body=iter([b"ab", b"cde", b"f" * 70000]), encode_chunked=True)
+    r = conn.getresponse()
+    assert r.read() == b"POST /chunks %d" % (5 + 70000)
+    method, path, headers, got = upstream.requests[-1]
+    assert got == b"abcde" + b"f" * 70000
+    assert headers["transfer-encoding"] == ["chunked"]
+
+
+def test_pipelined_requests_answered_in_order(proxy):
+    out = exchange(proxy.listener_address("http"),
+                   b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n"
+                   b"GET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert out.count(b"HTTP/1.1 200 OK") == 3
+    assert out.index(b"GET /a") < out.index(b"GET /b") < out.index(b"GET /c")
+    assert out.rstrip().endswith(b"GET /c 0")
+
+
+def test_rewrite_direct_response_redirect_and_404(proxy):
+    addr = proxy.listener_address("http")
+    conn = http.client.HTTPConnection(*addr, timeout=5)
+    conn.request("GET", "/api/users?x=1")
+    assert conn.getresponse().read() == b"GET /v2/users?x=1 0"
+    conn.request("GET", "/direct")
+    r = conn.getresponse()
+    assert (r.status, r.read()) == (200, b"direct!")
+    conn.request("GET", "/old/page?q=1")
+    r = conn.getresponse()
+    r.read()
+    assert r.status == 301
+    assert r.getheader("location") == f"http://{addr[0]}:{addr[1]}/new/page?q=1"
+    rc = RouteConfiguration(virtual_hosts=[VirtualHost("only", ["example.com"], routes=[
+        Route(RouteMatch(prefix="/"), direct_response=DirectResponse(200, b"x"))])])
+    proxy.update(listeners=[Listener("http", address=addr[0], port=addr[1],
+                                     http=HttpConnectionManager("ingress", rc))])
+    out = exchange(addr, b"GET / HTTP/1.1\r\nHost: other.org\r\n\r\n", timeout=0.5)
+    assert out.startswith(b"HTTP/1.1 404 ")
+
+
+def test_headers_forwarded_hop_by_hop_removed_xff_added(proxy, upstream):
+    exchange(proxy.listener_address("http"),
+             b"GET /hdr HTTP/1.1\r\nHost: h.example\r\nConnection: close, x-secret\r\n"
+             b"X-Secret: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nX-Forwarded-For: 10.0.0.1\r\n"
+             b"X-Keep: yes\r\n\r\n", timeout=1)
+    _, _, headers, _ = upstream.requests[-1]
+    for gone in ("x-secret", "keep-alive", "te", "connection"):
+        assert gone not in headers, gone
+    assert headers["x-keep"] == ["yes"]
+    assert headers["host"] == ["h.example"]
+    assert headers["x-forwarded-for"] == ["10.0.0.1, 127.0.0.1"]
+    assert headers["x-forwarded-proto"] == ["http"]
+    assert headers["x-added"] == ["1"]
+    assert len(headers["x-request-id"][0]) == 36
+
+
+def test_response_headers_and_server_name(proxy):
+    conn = http.client.HTTPConnection(*proxy.listener_address("http"), timeout=5)
+    conn.request("GET", "/hdr")
+    r = conn.getresponse()
+    r.read()
+    assert r.getheader("x-resp") == "2"
+    assert r.getheader("server") == "fastproxy"
+
+
+@pytest.mark.parametrize("raw, status", [
+    (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc", 400),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc", 400),
+    (b"GET / HTTP/1.1\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: foo, chunked\r\n\r\n", 501),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n", 431),
+    (b"G@T / HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n", 400),
+])
+def test_malformed_requests_rejected_and_nothing_forwarded(proxy, upstream, raw, status):
+    out = exchange(proxy.listener_address("http"), raw, timeout=2)
+    assert out.startswith(b"HTTP/1.1 %d " % status), out[:80]
+    assert b"connection: close" in out.lower()
+    if status != 400 or b"0x5" not in raw:
+        assert upstream.raw == b"", "a rejected request must not reach the upstream"
+
+
+def test_upstream_failures_map_to_envoy_codes():
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_port = dead.getsockname()[1]
+    dead.close()
+
+    def handler(method, path, headers, body):
+        if path == "/slow":
+            time.sleep(1.5)
+        if path == "/bad":
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello"
+        if path == "/reset":
+            return None
+        return RawHttpUpstream.default(method, path, headers, body)
+
+    up = RawHttpUpstream(handler)
+    p = make_proxy([
+        Route(RouteMatch(prefix="/dead"), route=RouteAction(cluster="dead")),
+        Route(RouteMatch(prefix="/slow"), route=RouteAction(cluster="c", timeout=0.3)),
+        Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c")),
+    ], [Cluster("c", [Endpoint("127.0.0.1", up.port)]),
+        Cluster("dead", [Endpoint("127.0.0.1", dead_port)])])
+    with p:
+        conn = http.client.HTTPConnection(*p.listener_address("http"), timeout=5)
+        for path, status in [("/dead", 503), ("/slow", 504), ("/bad", 502), ("/reset", 503), ("/ok", 200)]:
+            conn.request("GET", path)
+            r = conn.getresponse()
+            r.read()
+            assert r.status == status, path
+        st = p.stats()
+        assert st["cluster.dead.upstream_cx_connect_fail"] == 1
+        assert st["cluster.c.upstream_rq_timeout"] == 1
+        assert st["http.ingress.downstream_rq_5xx"] == 4
+    up.close()
+
+
+def test_close_delimited_response_is_rechunked_for_http11(upstream):
+    def handler(method, path, headers, body):
+        def send(c):
+            c.sendall(b"HTTP/1.1 200 OK\r\n\r\nuntil the end")
+        return send
+    up = RawHttpUpstream(handler)
+    p = make_proxy([Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))],
+                   [Cluster("c", [Endpoint("127.0.0.1", up.port)])])
+    with p:
+        conn = http.client.HTTPConnection(*p.listener_address("http"), timeout=5)
+        conn.request("GET", "/")
+        r = conn.getresponse()
+        assert r.getheader("transfer-encoding") == "chunked"
+        assert r.read() == b"until the end"
+        conn.request("GET", "/again")           # the downstream connection survived
+        assert conn.getresponse().read() == b"until the end"
+    up.close()
+
+
+def test_head_and_http10(proxy):
+    addr = proxy.listener_address("http")
+    out = exchange(addr, b"HEAD /h HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"\r\n\r\n")
+    out = exchange(addr, b"GET /ten HTTP/1.0\r\n\r\n")
+    assert out.endswith(b"GET /ten 0") and b"connection: close" in out
+    out = exchange(addr, b"GET /ten HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", timeout=0.5)
+    assert b"connection: keep-alive" in out
+
+
+def test_expect_100_continue(proxy, upstream):
+    s = socket.create_connection(proxy.listener_address("http"), timeout=5)
+    s.sendall(b"POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
+    assert s.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+    s.sendall(b"abc")
+    data = b""
+    while b"POST /e 3" not in data:
+        data += s.recv(1000)
+    s.close()
+    assert "expect" not in upstream.requests[-1][2]
+
+
+@pytest.mark.skipif(not shutil.which("curl"), reason="curl not installed")
+def test_curl_through_proxy(proxy):
+    host, port = proxy.listener_address("http")
+    out = subprocess.run(["curl", "-sS", "-i", f"http://{host}:{port}/curl?x=1"],
+                         capture_output=True, timeout=10, check=True).stdout
+    assert out.startswith(b"HTTP/1.1 200")
+    assert out.endswith(b"GET /curl?x=1 0")
