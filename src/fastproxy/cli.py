@@ -172,7 +172,9 @@ def _startup_lines(proxy, bootstrap) -> None:
             host, port = proxy.listener_address(l.name)[:2]
         except Exception:
             host, port = l.address, l.port
-        _say(f"fastproxy: listener '{l.name}' listening on {_hp(host, port)} -> cluster '{l.cluster}'")
+        target = (f"http_connection_manager '{l.http.stat_prefix}'" if l.http is not None
+                  else f"cluster '{l.cluster}'")
+        _say(f"fastproxy: listener '{l.name}' listening on {_hp(host, port)} -> {target}")
     admin = getattr(proxy, "admin_address", None)
     if admin:
         _say(f"fastproxy: admin listening on http://{_hp(admin[0], admin[1])}/")
