@@ -784,3 +784,13 @@ def test_serialize_chunks_round_trip(impl):
 def test_serializer_refuses_what_cannot_be_sent(impl, call):
     with pytest.raises(ValueError):
         call(impl)
+
+
+# ---------------------------------------------------------------------------- benchmark helper
+
+def test_bench_helper_parses_a_pipeline():
+    """compiled._http1_bench (the nogil loop used to measure MB/s) parses every message."""
+    seconds, messages = compiled._http1_bench(b"".join(MESSAGES_REQUEST), 3)
+    assert messages == 3 * len(MESSAGES_REQUEST) and seconds >= 0
+    with pytest.raises(ValueError):
+        compiled._http1_bench(b"GET / HTTP/1.1\r\n\r\n", 1)

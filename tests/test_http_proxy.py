@@ -80,11 +80,16 @@ def test_keepalive_requests_reuse_one_upstream_connection(proxy, upstream):
 
 def test_post_bodies_content_length_and_chunked(proxy, upstream):
     conn = http.client.HTTPConnection(*proxy.listener_address("http"), timeout=10)
-    body = bytes(range(256)) * 4096                     # 1 MiB
+    conn.request("GET", "/warm")                        # a pooled upstream connection
+    conn.getresponse().read()
+    body = bytes(range(256)) * 4096 * 8                 # 8 MiB
     conn.request("POST", "/up", body=body)
     r = conn.getresponse()
     assert r.read() == b"POST /up %d" % len(body)
     assert upstream.requests[-1][3] == body
+    st = proxy.stats()
+    assert st["http.ingress.bytes_spliced"] > 0, "a Content-Length body should be spliced"
+    assert st["http.ingress.bytes_spliced"] + st["http.ingress.bytes_copied"] >= len(body)
     conn.request("POST", "/chunks", body=iter([b"ab", b"cde", b"f" * 70000]), encode_chunked=True)
     r = conn.getresponse()
     assert r.read() == b"POST /chunks %d" % (5 + 70000)
@@ -253,3 +258,23 @@ def test_curl_through_proxy(proxy):
                          capture_output=True, timeout=10, check=True).stdout
     assert out.startswith(b"HTTP/1.1 200")
     assert out.endswith(b"GET /curl?x=1 0")
+
+
+def test_large_download_spliced_and_intact():
+    import hashlib
+    payload = hashlib.sha256(b"seed").digest() * (32 * 1024 * 4)      # 16 MiB
+    def handler(method, path, headers, body):
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload
+    up = RawHttpUpstream(handler)
+    p = make_proxy([Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))],
+                   [Cluster("c", [Endpoint("127.0.0.1", up.port)])])
+    with p:
+        conn = http.client.HTTPConnection(*p.listener_address("http"), timeout=10)
+        for _ in range(2):
+            conn.request("GET", "/big")
+            r = conn.getresponse()
+            assert hashlib.sha256(r.read()).digest() == hashlib.sha256(payload).digest()
+        st = p.stats()
+        assert st["http.ingress.bytes_spliced"] > len(payload), st
+        assert up.connections == 1
+    up.close()

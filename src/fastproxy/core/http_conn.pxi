@@ -51,6 +51,12 @@ cdef struct HttpCfg:
     char* server_name
     size_t server_name_len
 
+cdef struct SplicePipe:             # a pipe that Content-Length bodies go through
+    int r
+    int w
+    size_t bytes                    # in the pipe now
+    size_t cap
+
 cdef struct UpConn:
     Endp ep
     Worker* w
@@ -111,6 +117,8 @@ cdef struct HConn:
     uint64_t last_active
     char remote_ip[48]
     size_t remote_ip_len
+    SplicePipe req_pipe             # request bodies: downstream -> upstream
+    SplicePipe rsp_pipe             # response bodies: upstream -> downstream
 
 
 # ---------------------------------------------------------------- stats
@@ -127,13 +135,15 @@ cdef enum:
     H_RQ_RX_RESET = 12
     H_NO_ROUTE = 13
     H_RQ_TOO_LARGE = 14
-    H_NSTATS = 15
+    H_BYTES_SPLICED = 15            # body bytes moved socket -> pipe -> socket
+    H_BYTES_COPIED = 16             # body bytes that went through user-space buffers
+    H_NSTATS = 17
 HTTP_STATS = ("downstream_cx_total", "downstream_cx_active", "downstream_rq_total",
               "downstream_rq_active", "downstream_rq_1xx", "downstream_rq_2xx",
               "downstream_rq_3xx", "downstream_rq_4xx", "downstream_rq_5xx",
               "downstream_rq_time_ms_total", "downstream_rq_timeout",
               "downstream_cx_protocol_error", "downstream_rq_rx_reset", "no_route",
-              "downstream_rq_too_large")
+              "downstream_rq_too_large", "bytes_spliced", "bytes_copied")
 HTTP_GAUGES = frozenset(["downstream_cx_active", "downstream_rq_active"])
 
 
@@ -164,6 +174,70 @@ cdef int chain_move_bytes(Chain* dst, Chain* src, size_t n) noexcept nogil:
             n = 0
     if src.count == 0:
         src.head = 0
+    return 0
+
+
+cdef bint splice_pipe_open(SplicePipe* sp) noexcept nogil:
+    cdef int p[2]
+    cdef int got
+    if sp.r >= 0:
+        return True
+    if pipe2(p, O_NONBLOCK | O_CLOEXEC) < 0:
+        return False                    # e.g. EMFILE: the copy path still works
+    fcntl(p[1], F_SETPIPE_SZ, <int>HTTP_IO_LIMIT)
+    got = fcntl(p[1], F_GETPIPE_SZ)
+    sp.r = p[0]
+    sp.w = p[1]
+    sp.cap = <size_t>got if got > 0 else 65536
+    sp.bytes = 0
+    return True
+
+
+cdef void splice_pipe_close(SplicePipe* sp) noexcept nogil:
+    if sp.r >= 0:
+        close(sp.r)
+        close(sp.w)
+    sp.r = -1
+    sp.w = -1
+    sp.bytes = 0
+
+
+cdef int splice_move(SplicePipe* sp, Endp* src, Endp* dst, uint64_t* src_left,
+                     uint64_t* moved) noexcept nogil:
+    """Move up to *src_left body bytes src -> pipe -> dst with splice(2). *src_left goes
+    down by what was read, *moved up by what was written. 0, or -1 (src failed or ended
+    early), -2 (dst failed)."""
+    cdef ssize_t n
+    cdef size_t k
+    cdef bint progress = True
+    while progress:
+        progress = False
+        if sp.bytes and dst.writable:
+            n = splice(sp.r, NULL, dst.fd, NULL, sp.bytes, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+            if n > 0:
+                sp.bytes -= <size_t>n
+                moved[0] += <uint64_t>n
+                progress = True
+            elif n < 0 and errno == EAGAIN:
+                dst.writable = 0
+            elif n < 0 and errno != EINTR:
+                return -2
+        if src_left[0] and src.readable and sp.bytes < sp.cap:
+            k = sp.cap - sp.bytes
+            if k > src_left[0]:
+                k = <size_t>src_left[0]
+            n = splice(src.fd, NULL, sp.w, NULL, k, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+            if n > 0:
+                sp.bytes += <size_t>n
+                src_left[0] -= <uint64_t>n
+                progress = True
+            elif n == 0:
+                return -1
+            elif errno == EAGAIN:
+                if sp.bytes == 0:
+                    src.readable = 0
+            elif errno != EINTR:
+                return -1
     return 0
 
 
@@ -261,25 +335,67 @@ cdef bint _pl_has(PairList* l, const char* name, size_t n) noexcept nogil:
     return False
 
 
+cdef int _pl_overwrite(PairList* l, H1Str name, H1Str value) noexcept nogil:
+    """Replace every field `name` by one `name: value` where the first one stood (or add it)."""
+    cdef size_t i, k = 0
+    cdef bint placed = False
+    for i in range(l.n):
+        if _ieq2(l.v[i].name.p, l.v[i].name.n, name.p, name.n):
+            if placed:
+                continue
+            l.v[i].value = value
+            placed = True
+        l.v[k] = l.v[i]
+        k += 1
+    l.n = k
+    if not placed:
+        return _pl_add(l, name, value)
+    return 0
+
+
 cdef int _pl_apply_ops(PairList* l, const RouteHeaderOps* ops) noexcept nogil:
-    """Envoy's header mutations (router.pxi documents the order)."""
-    cdef int i
+    """Envoy's header mutations, one level (route, virtual host, route configuration) at a
+    time: the level's removes; then every add is decided against the headers as they are
+    before any add of the level; then overwrites in order, then appends in order."""
+    cdef int i = 0, j, k
     cdef const RouteHeaderOp* op
-    cdef bint present
-    for i in range(ops.n):
-        op = &ops.ops[i]
-        if op.action == RHO_REMOVE:
-            _pl_remove(l, op.name.p, op.name.n)
-            continue
-        present = _pl_has(l, op.name.p, op.name.n)
-        if op.action == RHO_ADD_IF_ABSENT and present:
-            continue
-        if op.action == RHO_OVERWRITE_IF_EXISTS and not present:
-            continue
-        if op.action == RHO_OVERWRITE_IF_EXISTS or op.action == RHO_OVERWRITE_IF_EXISTS_OR_ADD:
-            _pl_remove(l, op.name.p, op.name.n)
-        if _pl_add(l, _s(op.name.p, op.name.n), _s(op.value.p, op.value.n)) < 0:
-            return -1
+    cdef uint8_t* verdict
+    if ops.n == 0:
+        return 0
+    verdict = <uint8_t*>malloc(ops.n)
+    if verdict == NULL:
+        return -1
+    while i < ops.n:
+        j = i
+        while j < ops.n and ops.ops[j].level == ops.ops[i].level:
+            j += 1
+        for k in range(i, j):
+            op = &ops.ops[k]
+            if op.action == RHO_REMOVE:
+                _pl_remove(l, op.name.p, op.name.n)
+        for k in range(i, j):
+            op = &ops.ops[k]
+            verdict[k] = 0                                  # skip
+            if op.action == RHO_APPEND_IF_EXISTS_OR_ADD:
+                verdict[k] = 2                              # append
+            elif op.action == RHO_ADD_IF_ABSENT and not _pl_has(l, op.name.p, op.name.n):
+                verdict[k] = 2
+            elif op.action == RHO_OVERWRITE_IF_EXISTS_OR_ADD:
+                verdict[k] = 1                              # overwrite
+            elif op.action == RHO_OVERWRITE_IF_EXISTS and _pl_has(l, op.name.p, op.name.n):
+                verdict[k] = 1
+        for k in range(i, j):
+            op = &ops.ops[k]
+            if verdict[k] == 1 and _pl_overwrite(l, _s(op.name.p, op.name.n), _s(op.value.p, op.value.n)) < 0:
+                free(verdict)
+                return -1
+        for k in range(i, j):
+            op = &ops.ops[k]
+            if verdict[k] == 2 and _pl_add(l, _s(op.name.p, op.name.n), _s(op.value.p, op.value.n)) < 0:
+                free(verdict)
+                return -1
+        i = j
+    free(verdict)
     return 0
 
 
@@ -638,8 +754,14 @@ cdef void upconn_pump(UpConn* u) noexcept nogil:
                 return
         s = u.stream
         c = s.c if s != NULL else NULL
+        if s != NULL and not s.req_done and c.req_pipe.bytes:
+            if stream_forward_request_body(s) < 0:
+                break
         if u.ep.readable and not u.eof and u.in_buf.length < HTTP_IO_LIMIT \
-                and (c == NULL or c.out_buf.length < HTTP_IO_LIMIT):
+                and (c == NULL or c.out_buf.length < HTTP_IO_LIMIT) \
+                and not (c != NULL and (c.rsp_pipe.bytes or (s.resp_started
+                         and u.resp.framing == H1_BODY_LENGTH and u.in_buf.length == 0
+                         and u.resp.state != H1_MESSAGE_DONE))):
             n = chain_read_fd(&u.in_buf, u.ep.fd, HTTP_IO_LIMIT - u.in_buf.length)
             if n > 0:
                 stat_add(u.cluster.stats, u.w, C_RX_BYTES, <uint64_t>n)
@@ -836,6 +958,8 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
     cdef SliceRef* r
     cdef ssize_t n
     cdef size_t off, seg
+    cdef uint64_t left, moved
+    cdef int rc
     while True:
         if p.state == H1_HEAD:
             if u.in_buf.length == 0:
@@ -864,6 +988,21 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
             if p.framing == H1_BODY_NONE:
                 p.state = H1_MESSAGE_DONE
             continue
+        if c.rsp_pipe.bytes or (p.framing == H1_BODY_LENGTH and s.resp_started
+                                and p.state != H1_MESSAGE_DONE and u.in_buf.length == 0
+                                and c.out_buf.length == 0 and splice_pipe_open(&c.rsp_pipe)):
+            # The rest of a Content-Length body: upstream -> pipe -> downstream.
+            left = p.body_remaining if p.state != H1_MESSAGE_DONE else 0
+            moved = 0
+            rc = splice_move(&c.rsp_pipe, &u.ep, &c.down, &left, &moved)
+            stat_add(h.stats, c.w, H_BYTES_SPLICED, moved)
+            h1_body_skipped(p, p.body_remaining - left)
+            if rc < 0:
+                hconn_close(c, True)
+                return -1
+            if c.rsp_pipe.bytes or p.state != H1_MESSAGE_DONE:
+                break
+            continue
         if p.state == H1_MESSAGE_DONE:
             if s.resp_chunked and _append_last_chunk(&c.out_buf, &p.trailers) < 0:
                 hconn_close(c, True)
@@ -887,6 +1026,7 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
             hconn_close(c, True)
             return -1
         if seg:
+            stat_add(h.stats, c.w, H_BYTES_COPIED, seg)
             if p.framing == H1_BODY_LENGTH or (p.framing == H1_BODY_EOF and not s.resp_chunked):
                 chain_move_bytes(&c.out_buf, &u.in_buf, <size_t>n)    # off == 0, seg == n
                 continue
@@ -1022,6 +1162,30 @@ cdef int stream_forward_request_body(HStream* s) noexcept nogil:
     cdef ssize_t n
     cdef size_t off, seg
     cdef UpConn* u = s.up
+    cdef uint64_t left, moved
+    cdef int rc
+    if c.req_pipe.bytes or (p.framing == H1_BODY_LENGTH and c.in_buf.length == 0
+                            and u.state == UC_BUSY and u.out_buf.length == 0
+                            and p.state != H1_MESSAGE_DONE and splice_pipe_open(&c.req_pipe)):
+        # The rest of a Content-Length body: downstream -> pipe -> upstream.
+        left = p.body_remaining if p.state != H1_MESSAGE_DONE else 0
+        moved = 0
+        rc = splice_move(&c.req_pipe, &c.down, &u.ep, &left, &moved)
+        stat_add(h.stats, c.w, H_BYTES_SPLICED, moved)
+        s.req_body_bytes += p.body_remaining - left
+        h1_body_skipped(p, p.body_remaining - left)
+        if rc == -1:
+            stat_add(h.stats, c.w, H_RQ_RX_RESET, 1)
+            hconn_close(c, False)
+            return -1
+        if rc == -2:
+            _upconn_failed(u, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection termination")
+            return -1
+        if p.state == H1_MESSAGE_DONE and c.req_pipe.bytes == 0:
+            s.req_done = 1
+            if s.route.timeout_ms:
+                timer_arm(c.w, &s.timeout, s.route.timeout_ms)
+        return 0
     while not s.req_done and c.in_buf.length and u.out_buf.length < HTTP_IO_LIMIT:
         r = &c.in_buf.refs[c.in_buf.head]
         n = h1_feed_body(p, r.s.data + r.off, r.len, &off, &seg)
@@ -1040,6 +1204,7 @@ cdef int stream_forward_request_body(HStream* s) noexcept nogil:
             stream_finish(s)
             return -1
         s.req_body_bytes += seg
+        stat_add(h.stats, c.w, H_BYTES_COPIED, seg)
         if h.max_request_bytes and s.req_body_bytes > h.max_request_bytes:
             stat_add(h.stats, c.w, H_RQ_TOO_LARGE, 1)
             hconn_close(c, True)
@@ -1101,6 +1266,8 @@ cdef void hconn_start(Worker* w, ListenerCfg* cfg, int fd) noexcept nogil:
     c.down.fd = fd
     c.down.owner = c
     h1_init(&c.req, H1_REQUEST, h.max_head, 0, h.max_fields)
+    c.req_pipe.r = c.req_pipe.w = -1
+    c.rsp_pipe.r = c.rsp_pipe.w = -1
     timer_init(&c.idle_timer, _hconn_idle, c)
     timer_init(&c.headers_timer, _hconn_headers_timeout, c)
     c.last_active = w.now
@@ -1151,6 +1318,8 @@ cdef void hconn_close(HConn* c, bint rst) noexcept nogil:
     c.down.fd = -1
     chain_free(&c.in_buf)
     chain_free(&c.out_buf)
+    splice_pipe_close(&c.req_pipe)
+    splice_pipe_close(&c.rsp_pipe)
     h1_free(&c.req)
     stat_sub(c.cfg.lstats, w, L_CX_ACTIVE, 1)
     stat_add(c.cfg.lstats, w, L_CX_DESTROY, 1)
@@ -1247,7 +1416,10 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
                 return
         s = c.stream
         if c.down.readable and not c.down_eof and c.in_buf.length < HTTP_IO_LIMIT \
-                and (s == NULL or s.up == NULL or s.up.out_buf.length < HTTP_IO_LIMIT):
+                and (s == NULL or s.up == NULL or s.up.out_buf.length < HTTP_IO_LIMIT) \
+                and not (s != NULL and s.up != NULL and not s.req_done and (c.req_pipe.bytes
+                         or (c.req.framing == H1_BODY_LENGTH and c.in_buf.length == 0
+                             and s.up.state == UC_BUSY and c.req.state != H1_MESSAGE_DONE))):
             n = chain_read_fd(&c.in_buf, c.down.fd, HTTP_IO_LIMIT - c.in_buf.length)
             if n > 0:
                 progress = True
@@ -1265,7 +1437,8 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
             c.in_pump = 0
             return
         if c.stream != NULL and c.stream.up != NULL and c.stream.up.state == UC_BUSY \
-                and c.stream.up.in_buf.length and c.out_buf.length < HTTP_IO_LIMIT:
+                and (c.stream.up.in_buf.length or c.rsp_pipe.bytes or c.stream.up.ep.readable) \
+                and c.out_buf.length < HTTP_IO_LIMIT:
             # The upstream paused on our full out_buf; let it continue now.
             c.in_pump = 0
             upconn_pump(c.stream.up)

@@ -76,14 +76,19 @@
 #                          percent-decoded ("a%20b" only matches "a%20b"). present_match
 #                          (either value) or no matcher: the parameter is present.
 # The fast path: a route whose match depends on the path alone ("plain": prefix, path or
-# path_separated_prefix without header/query matchers) costs one length check and a memcmp.
+# path_separated_prefix without header/query matchers) costs a length check and one word
+# compare (the key's last 8 bytes, where keys sharing "/api/v1/..." differ) before memcmp.
 # A run of >= RT_INDEX_MIN_RUN consecutive plain routes is indexed: one hash map keyed by
 # (case folding, key bytes) holds the first route of the run for each prefix, separated
-# prefix and exact path. Selection walks the path once computing FNV-1a incrementally (raw
-# and case-folded), probing the map at every distinct key length, and keeps the lowest route
-# position found: exactly the first matching route of the run in config order, at a cost of
-# (longest key) bytes + (distinct lengths) probes instead of one compare per route. Regex and
-# header/query routes are checked one by one in their place.
+# prefix and exact path. Selection walks the path once, 8 bytes at a time, keeping the hash
+# state of the whole words (raw and ASCII-folded); at each distinct key length it finishes
+# the state with the tail bytes and probes the map, and it keeps the lowest route position
+# found: exactly the first matching route of the run in config order, for (longest key / 8)
+# word steps + (distinct lengths) probes instead of one compare per route. Regex and
+# header/query routes are checked one by one in their place, from a packed 32-byte record
+# per route (RouteScan) so the scan stays in cache; the RouteEntry is read only when the
+# path test passes. A safe_regex is skipped without regexec when the path does not start
+# with the literal text the pattern begins with (e.g. "/users/" of "/users/[0-9]+").
 #
 # Actions
 # -------
@@ -96,9 +101,9 @@
 #   regex_rewrite      every non-overlapping match in the query-less path is replaced (RE2
 #                      GlobalReplace semantics: an empty match right after the previous match
 #                      is skipped one character on), query kept. The substitution may use
-#                      \0..\9 (groups, checked against the pattern) and \\; POSIX matching is
-#                      leftmost-longest where RE2 is leftmost-first, which can only change
-#                      which text an alternation captures.
+#                      \0..\9 (groups, checked against the pattern) and \\. POSIX matching is
+#                      leftmost-longest where RE2 is leftmost-first: only alternatives that
+#                      can match at the same place ("a|ab") can capture differently.
 #   redirect           Location = scheme "://" host port path, as Envoy's newUri:
 #                      scheme: scheme_redirect, else "https" if https_redirect, else the
 #                      request's scheme. port: ":" port_redirect or none. host: host_redirect,
@@ -138,13 +143,17 @@
 #
 # Regexes
 # -------
-# Patterns are RE2 syntax in the config; fastproxy.config.regex.re2_to_posix(pattern, path)
-# translates them to POSIX ERE when that module exists (otherwise the pattern is used as is).
-# Match patterns are compiled REG_EXTENDED|REG_NOSUB and anchored as ^(...)$ (a full match);
-# rewrite patterns are compiled without REG_NOSUB and unanchored. regexec is called with
+# Patterns are RE2 syntax in the config. fastproxy.config.regex translates them to POSIX ERE
+# (re2_to_posix(pattern, path, full_match=True) for matches, rewrite_to_posix() for
+# regex_rewrite, which also maps the substitution's \N to POSIX group numbers, since RE2's
+# (?:...) and named groups become POSIX groups); without that module the patterns are used
+# as POSIX EREs unchanged. Match patterns are compiled REG_EXTENDED|REG_NOSUB, anchored
+# (a full match); rewrite patterns without REG_NOSUB, unanchored. regcomp runs under the C
+# locale (uselocale on this thread): byte semantics and ASCII ranges whatever the
+# environment says, and glibc's fast single-byte regexec. regexec is called with
 # REG_STARTEND, so paths and header values need no NUL terminator. glibc's regexec takes a
-# lock inside each compiled pattern, so with regex_copies=N every pattern is compiled N times
-# and worker w uses copy w % N: pass the worker count to keep regex routes lock-free.
+# lock inside each compiled pattern, so with regex_copies=N every pattern is compiled N
+# times and worker w uses copy w % N: pass the worker count to keep regex routes lock-free.
 
 from libc.string cimport memchr, memcmp
 
@@ -175,7 +184,7 @@ cdef extern from "<string.h>" nogil:
 cdef extern from "<locale.h>" nogil:
     ctypedef void* locale_t
     enum:
-        LC_CTYPE_MASK
+        LC_ALL_MASK
     locale_t newlocale(int category_mask, const char* locale, locale_t base)
     locale_t uselocale(locale_t newloc)
     void freelocale(locale_t locobj)
@@ -228,7 +237,8 @@ cdef enum:                          # negative results of the writing functions
 cdef enum:
     RT_INDEX_MIN_RUN = 8            # shorter runs of plain routes are cheaper to scan
     RT_JOIN_STACK = 512             # a repeated header joined up to this size stays on stack
-    RT_MAX_GROUPS = 10              # \0..\9 in a regex_rewrite substitution
+    RT_MAX_MATCH = 32               # regmatch_t slots a regex_rewrite may need (POSIX
+                                    # group numbers: RE2's (?:) groups become groups too)
 
 # ---------------------------------------------------------------- structs
 
@@ -257,10 +267,11 @@ cdef struct RouteInput:
 
 cdef struct RouteRegex:
     RouteStr literal                # match patterns: every match starts with these bytes
+    uint64_t literal_last           # _rt_last_word(literal)
     regex_t* copies                 # ncopies compiled copies of one pattern
     int ncopies
     int ncompiled                   # how many to regfree
-    int ngroups                     # capture groups (rewrite patterns)
+    int ngroups                     # POSIX capture groups (rewrite patterns)
     RouteRegex* next                # the table's list of regexes, for freeing
 
 cdef struct RouteStringMatch:
@@ -313,6 +324,7 @@ cdef struct RouteEntry:
     uint8_t case_sensitive
     uint8_t plain                   # depends on the path alone (indexable)
     RouteStr match_value            # prefix / path / separated prefix (lowercase if !cs)
+    uint64_t match_last             # _rt_last_word(match_value): the cheap first compare
     RouteRegex* match_regex         # RM_SAFE_REGEX
     int nheader_matchers
     RouteHeaderMatcher* header_matchers
@@ -330,6 +342,7 @@ cdef struct RouteEntry:
     RouteStr prefix_rewrite         # the route action's, or the redirect's
     RouteRegex* rewrite_regex       # regex_rewrite pattern (unanchored, with groups)
     int nrewrite_parts
+    int rewrite_nmatch              # 1 + the highest group the substitution uses
     RouteRewritePart* rewrite_parts
     # redirect / direct response
     RouteStr scheme_redirect
@@ -367,10 +380,20 @@ cdef struct RouteRunIndex:
     uint8_t has_cs
     uint8_t has_ci
 
+cdef struct RouteScan:              # one route's path test, packed for the one-by-one scan
+    uint64_t last                   # RouteEntry.match_last
+    const char* key                 # RouteEntry.match_value
+    uint32_t len
+    uint8_t kind                    # RM_*
+    uint8_t fold                    # compare case-insensitively
+    uint8_t more                    # regex or header/query matchers: finish on the RouteEntry
+    int pos                         # the route's position in its virtual host
+
 cdef struct RouteSegment:
     int start
     int count
-    RouteRunIndex* index            # NULL: check routes start..start+count-1 one by one
+    RouteRunIndex* index            # an indexed run, or NULL: check scan[0..count) in order
+    RouteScan* scan
 
 cdef struct RouteVhost:
     RouteStr name
@@ -496,6 +519,34 @@ cdef inline bint _rt_ieq(const char* a, const char* lower, size_t n) noexcept no
     return True
 
 
+cdef inline uint64_t _rt_last_word(const char* key, size_t k) noexcept nogil:
+    """The last (up to) 8 bytes of a key, as _rt_starts compares them first."""
+    if k >= 8:
+        return _rt_load(key + k - 8, 8)
+    return _rt_load(key, k)
+
+
+cdef inline bint _rt_starts(const char* s, const char* key, size_t k, uint64_t last,
+                            bint fold) noexcept nogil:
+    """s (at least k bytes) starts with key (lowercase when fold). Keys of a route table
+    tend to share their beginning ("/api/v1/...") and differ at the end, so the last word
+    is compared first, with one load: most non-matches never reach memcmp."""
+    cdef uint64_t w
+    if k >= 8:
+        w = _rt_load(s + k - 8, 8)
+    else:
+        w = _rt_load(s, k)
+    if fold:
+        w = _rt_lower8(w)
+    if w != last:
+        return False
+    if k <= 8:
+        return True
+    if fold:
+        return _rt_ieq(s, key, k - 8)
+    return memcmp(s, key, k - 8) == 0
+
+
 cdef inline bint _rt_ieq2(const char* a, size_t an, const char* b, size_t bn) noexcept nogil:
     """Both sides may have any case."""
     cdef size_t i
@@ -561,7 +612,8 @@ cdef inline size_t _rt_path_end(const char* path, size_t n) noexcept nogil:
 cdef inline bint _rt_regex_full(const RouteRegex* rx, const char* s, size_t n,
                                 unsigned int worker) noexcept nogil:
     cdef regmatch_t m[1]
-    if rx.literal.n and (n < rx.literal.n or memcmp(s, rx.literal.p, rx.literal.n) != 0):
+    if rx.literal.n and (n < rx.literal.n or not _rt_starts(s, rx.literal.p, rx.literal.n,
+                                                             rx.literal_last, False)):
         return False                # the pattern's literal start is not there: no regexec
     m[0].rm_so = 0
     m[0].rm_eo = <regoff_t>n
@@ -857,38 +909,25 @@ cdef bint _rt_query_matches(const RouteQueryMatcher* m, const char* path, size_t
     return False
 
 
-cdef bint _rt_route_matches(const RouteEntry* e, const RouteInput* r, size_t noq) noexcept nogil:
-    cdef size_t k = e.match_value.n
+cdef inline bint _rt_scan_path(const RouteScan* sc, const char* path, size_t noq) noexcept nogil:
+    """The path test of prefix / path / separated prefix routes; regex routes pass here and
+    are tested by _rt_route_rest. Works on the packed record only."""
+    cdef size_t k = sc.len
+    if sc.kind == RM_PREFIX:
+        return k <= noq and _rt_starts(path, sc.key, k, sc.last, sc.fold)
+    if sc.kind == RM_PATH:
+        return k == noq and _rt_starts(path, sc.key, k, sc.last, sc.fold)
+    if sc.kind == RM_PATH_SEPARATED_PREFIX:
+        return (k <= noq and (k == noq or path[k] == 47)
+                and _rt_starts(path, sc.key, k, sc.last, sc.fold))
+    return sc.kind == RM_SAFE_REGEX
+
+
+cdef bint _rt_route_rest(const RouteEntry* e, const RouteInput* r, size_t noq) noexcept nogil:
+    """Everything but the plain path test: the regex, the header and query matchers."""
     cdef int i
     cdef const char* path = r.path
-    if e.match_kind == RM_PREFIX:
-        if k > noq:
-            return False
-        if e.case_sensitive:
-            if k and memcmp(path, e.match_value.p, k) != 0:
-                return False
-        elif not _rt_ieq(path, e.match_value.p, k):
-            return False
-    elif e.match_kind == RM_PATH:
-        if k != noq:
-            return False
-        if e.case_sensitive:
-            if k and memcmp(path, e.match_value.p, k) != 0:
-                return False
-        elif not _rt_ieq(path, e.match_value.p, k):
-            return False
-    elif e.match_kind == RM_PATH_SEPARATED_PREFIX:
-        if k > noq or (k < noq and path[k] != 47):
-            return False
-        if e.case_sensitive:
-            if k and memcmp(path, e.match_value.p, k) != 0:
-                return False
-        elif not _rt_ieq(path, e.match_value.p, k):
-            return False
-    elif e.match_kind == RM_SAFE_REGEX:
-        if not _rt_regex_full(e.match_regex, path, noq, r.worker):
-            return False
-    else:
+    if e.match_kind == RM_SAFE_REGEX and not _rt_regex_full(e.match_regex, path, noq, r.worker):
         return False
     for i in range(e.nheader_matchers):
         if not _rt_header_matches(&e.header_matchers[i], r):
@@ -904,6 +943,7 @@ cdef const RouteEntry* route_select_in_vhost(const RouteVhost* vh,
     cdef size_t noq = _rt_path_end(r.path, r.path_len)
     cdef int s, i, pos
     cdef const RouteSegment* seg
+    cdef const RouteScan* sc
     for s in range(vh.nsegments):
         seg = &vh.segments[s]
         if seg.index != NULL:
@@ -911,9 +951,11 @@ cdef const RouteEntry* route_select_in_vhost(const RouteVhost* vh,
             if pos >= 0:
                 return &vh.routes[pos]
         else:
-            for i in range(seg.start, seg.start + seg.count):
-                if _rt_route_matches(&vh.routes[i], r, noq):
-                    return &vh.routes[i]
+            for i in range(seg.count):
+                sc = &seg.scan[i]
+                if _rt_scan_path(sc, r.path, noq) and (
+                        not sc.more or _rt_route_rest(&vh.routes[sc.pos], r, noq)):
+                    return &vh.routes[sc.pos]
     return NULL
 
 
@@ -972,14 +1014,14 @@ cdef void _rt_replace_all(const RouteEntry* e, const char* s, size_t n, _RtOut* 
     """Write s with every match of e.rewrite_regex replaced by the substitution."""
     cdef const RouteRegex* rx = e.rewrite_regex
     cdef const regex_t* re = &rx.copies[worker % <unsigned int>rx.ncopies]
-    cdef regmatch_t m[RT_MAX_GROUPS]
-    cdef size_t nm = <size_t>rx.ngroups + 1
+    cdef regmatch_t m[RT_MAX_MATCH]
+    cdef size_t nm = <size_t>e.rewrite_nmatch
     cdef size_t p = 0, ms, me, step
     cdef ssize_t lastend = -1
     cdef int i, g
     cdef unsigned char c
-    if nm > RT_MAX_GROUPS:
-        nm = RT_MAX_GROUPS
+    if nm > RT_MAX_MATCH:           # (refused at build time)
+        nm = RT_MAX_MATCH
     if s == NULL:
         s = ""
     while p <= n:
@@ -1205,6 +1247,15 @@ _RT_PSEUDO = {":method": RHS_METHOD, ":path": RHS_PATH, ":authority": RHS_AUTHOR
 _RT_REDIRECT_CODES = (301, 302, 303, 307, 308)
 
 
+_RT_ASCII_LOWER = {c: c + 32 for c in range(65, 91)}
+
+
+cdef str _rt_lower(str s):
+    """ASCII-only lowercasing, as the C side folds (and as Envoy's AsciiStrToLower does):
+    str.lower() would also fold non-ASCII letters the matcher never folds."""
+    return s.translate(_RT_ASCII_LOWER)
+
+
 cdef bytes _rt_b(s):
     if isinstance(s, bytes):
         return s
@@ -1259,10 +1310,43 @@ def _rt_port_of(str domain):
     return _rt_port_start(b, len(b)) < <size_t>len(b)
 
 
+cdef list _rt_substitution_parts(str sub, int ngroups, str path):
+    """RE2's rewrite syntax (used only without the translator): \\0..\\9 insert a group,
+    \\\\ is a backslash, any other backslash is an error. Parts: str or group number."""
+    parts = []
+    lit = []
+    i = 0
+    while i < len(sub):
+        c = sub[i]
+        if c != "\\":
+            lit.append(c)
+            i += 1
+            continue
+        nxt = sub[i + 1:i + 2]
+        if nxt == "\\":
+            lit.append("\\")
+        elif nxt.isdigit() and nxt.isascii():
+            if int(nxt) > ngroups:
+                raise ConfigError(path, f"substitution refers to group \\{nxt} but the pattern "
+                                        f"has {ngroups} capture group(s)")
+            if lit:
+                parts.append("".join(lit))
+                lit = []
+            parts.append(int(nxt))
+        else:
+            raise ConfigError(path, f"invalid escape {sub[i:i + 2]!r} in substitution "
+                                    "(use \\0-\\9 for groups, \\\\ for a backslash)")
+        i += 2
+    if lit:
+        parts.append("".join(lit))
+    return parts
+
+
 cdef class _RouteBuilder:
     """Builds one RouteTable; every allocation goes to the table's arena."""
     cdef RouteTable* t
     cdef object re2_to_posix
+    cdef object rewrite_to_posix
     cdef dict cluster_index
 
     cdef void* alloc(self, size_t n) except NULL:
@@ -1306,43 +1390,54 @@ cdef class _RouteBuilder:
         return 0
 
     cdef RouteRegex* regex(self, pattern, bint full, str path) except NULL:
-        """Compile an RE2 pattern: full -> anchored, REG_NOSUB; else with groups."""
+        """Compile an RE2 pattern for a full match: anchored, REG_NOSUB, with the literal
+        prefilter. (full False: unanchored with groups, untranslated: see rewrite().)"""
+        cdef RouteRegex* rx
+        if not isinstance(pattern, str):
+            raise ConfigError(path, "regex must be a string")
+        if full:
+            if self.re2_to_posix is not None:
+                posix = self.re2_to_posix(pattern, path, full_match=True)
+            else:
+                posix = "^(" + pattern + ")$"
+        else:
+            posix = pattern
+        rx = self.compile_ere(posix, full, path, pattern)
+        if full:
+            self.put(&rx.literal, _rt_literal_prefix(pattern))
+            rx.literal_last = _rt_last_word(rx.literal.p, rx.literal.n)
+        return rx
+
+    cdef RouteRegex* compile_ere(self, str posix, bint nosub, str path, str shown) except NULL:
+        """regcomp a POSIX ERE regex_copies times (REG_NOSUB: no groups needed)."""
         cdef RouteRegex* rx
         cdef bytes ere
         cdef int i, rc
         cdef char err[256]
         cdef locale_t c_locale
         cdef locale_t previous
-        if not isinstance(pattern, str):
-            raise ConfigError(path, "regex must be a string")
-        posix = pattern
-        if self.re2_to_posix is not None:
-            posix = self.re2_to_posix(pattern, path)
-        if full:
-            posix = "^(" + posix + ")$"
         ere = posix.encode("utf-8")
         if b"\0" in ere:
             raise ConfigError(path, "regex must not contain NUL")
         rx = <RouteRegex*>self.alloc(sizeof(RouteRegex))
-        if full:
-            self.put(&rx.literal, _rt_literal_prefix(pattern))
         rx.ncopies = self.t.regex_copies
         rx.copies = <regex_t*>self.alloc(sizeof(regex_t) * rx.ncopies)
         rx.next = self.t.regexes
         self.t.regexes = rx             # linked first, so a failure frees what compiled
-        # Compile in the C locale (this thread only): byte semantics whatever LANG says, so
-        # routing does not depend on the environment, and glibc's regexec stays on its fast
-        # single-byte path (about 3x faster than under a UTF-8 locale).
-        c_locale = newlocale(LC_CTYPE_MASK, "C", NULL)
+        # Compile in the C locale (this thread only): byte semantics and ASCII ranges whatever
+        # LANG / LC_COLLATE say, so routing does not depend on the environment (and bytes
+        # that are not UTF-8 still match '.', as in RE2); glibc's regexec also stays on its
+        # single-byte path, about 3x faster than under a UTF-8 locale.
+        c_locale = newlocale(LC_ALL_MASK, "C", NULL)
         if c_locale == NULL:
             raise MemoryError()
         previous = uselocale(c_locale)
         try:
             for i in range(rx.ncopies):
-                rc = regcomp(&rx.copies[i], ere, REG_EXTENDED | (REG_NOSUB if full else 0))
+                rc = regcomp(&rx.copies[i], ere, REG_EXTENDED | (REG_NOSUB if nosub else 0))
                 if rc != 0:
                     regerror(rc, &rx.copies[i], err, sizeof(err))
-                    raise ConfigError(path, f"invalid regex {pattern!r}: "
+                    raise ConfigError(path, f"invalid regex {shown!r}: "
                                             f"{(<bytes>err).decode('utf-8', 'replace')}")
                 rx.ncompiled += 1
         finally:
@@ -1363,7 +1458,7 @@ cdef class _RouteBuilder:
             out.regex = self.regex(sm.value, True, path + ".safe_regex.regex")
             return 0
         out.ignore_case = bool(sm.ignore_case)
-        self.put(&out.value, sm.value.lower() if sm.ignore_case else sm.value)
+        self.put(&out.value, _rt_lower(sm.value) if sm.ignore_case else sm.value)
         return 0
 
     cdef int header_matchers(self, RouteEntry* e, list hms, str path) except -1:
@@ -1378,7 +1473,7 @@ cdef class _RouteBuilder:
             hpath = f"{path}[{i}]"
             if not isinstance(hm.name, str) or not hm.name:
                 raise ConfigError(hpath + ".name", "must be a non-empty string")
-            name = hm.name.lower()
+            name = _rt_lower(hm.name)
             self.put(&m.name, name)
             m.source = _RT_PSEUDO.get(name, RHS_HEADERS)
             m.invert = bool(hm.invert_match)
@@ -1437,7 +1532,8 @@ cdef class _RouteBuilder:
                     raise ConfigError(path + ".path_separated_prefix",
                                       "must not end with '/' nor contain '?' or '#'")
                 e.match_kind = RM_PATH_SEPARATED_PREFIX
-            self.put(&e.match_value, value if e.case_sensitive else value.lower())
+            self.put(&e.match_value, value if e.case_sensitive else _rt_lower(value))
+            e.match_last = _rt_last_word(e.match_value.p, e.match_value.n)
         self.header_matchers(e, list(mt.headers), path + ".headers")
         self.query_matchers(e, list(mt.query_parameters), path + ".query_parameters")
         e.plain = (e.match_kind != RM_SAFE_REGEX and e.nheader_matchers == 0
@@ -1449,41 +1545,37 @@ cdef class _RouteBuilder:
             raise ConfigError(path, f"unknown cluster {name!r}")
         return <int>self.cluster_index[name]
 
-    cdef int rewrite_parts(self, RouteEntry* e, str sub, str path) except -1:
-        """Parse a substitution: \\0..\\9 are groups, \\\\ a backslash (RE2's rewrite)."""
-        parts = []
-        lit = []
-        i = 0
-        while i < len(sub):
-            c = sub[i]
-            if c == "\\":
-                if i + 1 < len(sub) and sub[i + 1].isdigit() and sub[i + 1] in "0123456789":
-                    g = int(sub[i + 1])
-                    if g > e.rewrite_regex.ngroups:
-                        raise ConfigError(path, f"substitution uses \\{g} but the pattern has "
-                                                f"{e.rewrite_regex.ngroups} group(s)")
-                    if lit:
-                        parts.append((-1, "".join(lit)))
-                        lit = []
-                    parts.append((g, None))
-                    i += 2
-                    continue
-                if i + 1 < len(sub) and sub[i + 1] == "\\":
-                    lit.append("\\")
-                    i += 2
-                    continue
-                raise ConfigError(path, "invalid rewrite: '\\' must be followed by a digit "
-                                        "or '\\'")
-            lit.append(c)
-            i += 1
-        if lit:
-            parts.append((-1, "".join(lit)))
+    cdef int rewrite(self, RouteEntry* e, rr, str path) except -1:
+        """regex_rewrite: the unanchored pattern and its substitution as parts (literal text
+        or POSIX group numbers). The translator maps RE2 groups to POSIX ones (its (?:...)
+        groups become groups too); without it the pattern is used as is."""
+        cdef int i
+        ppath = path + ".regex_rewrite.pattern.regex"
+        spath = path + ".regex_rewrite.substitution"
+        if not isinstance(rr.pattern, str):
+            raise ConfigError(ppath, "regex must be a string")
+        if not isinstance(rr.substitution, str):
+            raise ConfigError(spath, "must be a string")
+        if self.rewrite_to_posix is not None:
+            posix, parts = self.rewrite_to_posix(rr.pattern, rr.substitution, ppath, spath)
+            e.rewrite_regex = self.compile_ere(posix, False, ppath, rr.pattern)
+        else:
+            e.rewrite_regex = self.compile_ere(rr.pattern, False, ppath, rr.pattern)
+            parts = _rt_substitution_parts(rr.substitution, e.rewrite_regex.ngroups, spath)
+        groups = [p for p in parts if isinstance(p, int)]
+        e.rewrite_nmatch = max(groups) + 1 if groups else 1
+        if e.rewrite_nmatch > RT_MAX_MATCH or e.rewrite_nmatch > e.rewrite_regex.ngroups + 1:
+            raise ConfigError(spath, f"the substitution needs group {e.rewrite_nmatch - 1}; "
+                                     f"at most {min(RT_MAX_MATCH - 1, e.rewrite_regex.ngroups)}")
         e.nrewrite_parts = len(parts)
         e.rewrite_parts = <RouteRewritePart*>self.alloc(
             sizeof(RouteRewritePart) * max(1, len(parts)))
-        for i, (g, text) in enumerate(parts):
-            e.rewrite_parts[i].group = g
-            self.put(&e.rewrite_parts[i].text, text)
+        for i, part in enumerate(parts):
+            if isinstance(part, int):
+                e.rewrite_parts[i].group = part
+            else:
+                e.rewrite_parts[i].group = -1
+                self.put(&e.rewrite_parts[i].text, part)
         return 0
 
     cdef int action(self, RouteEntry* e, route, str path) except -1:
@@ -1528,10 +1620,7 @@ cdef class _RouteBuilder:
             if a.prefix_rewrite:        # "" is no rewrite (Envoy)
                 self.put(&e.prefix_rewrite, a.prefix_rewrite)
             if a.regex_rewrite is not None:
-                e.rewrite_regex = self.regex(a.regex_rewrite.pattern, False,
-                                             apath + ".regex_rewrite.pattern.regex")
-                self.rewrite_parts(e, a.regex_rewrite.substitution,
-                                   apath + ".regex_rewrite.substitution")
+                self.rewrite(e, a.regex_rewrite, apath)
             if a.host_rewrite_literal is not None and a.auto_host_rewrite:
                 raise ConfigError(apath, "only one of host_rewrite_literal, auto_host_rewrite")
             if a.host_rewrite_literal:
@@ -1608,7 +1697,7 @@ cdef list _rt_level_ops(hm, str path, str which):
         p = f"{path}.{which}_headers_to_remove[{i}]"
         if not isinstance(name, str) or not name:
             raise ConfigError(p, "must be a non-empty string")
-        low = name.lower()
+        low = _rt_lower(name)
         if low.startswith(":") or low == "host":
             raise ConfigError(p, ":-prefixed or host headers may not be removed")
         out.append((RHO_REMOVE, low, None))
@@ -1616,7 +1705,7 @@ cdef list _rt_level_ops(hm, str path, str which):
         p = f"{path}.{which}_headers_to_add[{i}]"
         if not isinstance(hv.key, str) or not hv.key:
             raise ConfigError(p + ".header.key", "must be a non-empty string")
-        low = hv.key.lower()
+        low = _rt_lower(hv.key)
         if low.startswith(":") or low == "host":
             raise ConfigError(p + ".header.key", ":-prefixed or host headers may not be modified")
         action = _RT_APPEND_ACTIONS.get(hv.append_action)
@@ -1701,9 +1790,12 @@ cdef RouteRunIndex* _rt_build_run(_RouteBuilder b, RouteVhost* vh, int start,
 
 
 cdef int _rt_build_segments(_RouteBuilder b, RouteVhost* vh) except -1:
-    segs = []                           # [start, count, indexed]
-    cdef int i = 0, j
+    cdef int i = 0, j, k
     cdef int n = vh.nroutes
+    cdef RouteSegment* seg
+    cdef RouteScan* sc
+    cdef RouteEntry* e
+    segs = []                           # [start, count, indexed]
     while i < n:
         if vh.routes[i].plain:
             j = i
@@ -1725,9 +1817,23 @@ cdef int _rt_build_segments(_RouteBuilder b, RouteVhost* vh) except -1:
     vh.nsegments = len(segs)
     vh.segments = <RouteSegment*>b.alloc(sizeof(RouteSegment) * max(1, len(segs)))
     for i, (start, count, indexed) in enumerate(segs):
-        vh.segments[i].start = start
-        vh.segments[i].count = count
-        vh.segments[i].index = _rt_build_run(b, vh, start, count) if indexed else NULL
+        seg = &vh.segments[i]
+        seg.start = start
+        seg.count = count
+        if indexed:
+            seg.index = _rt_build_run(b, vh, start, count)
+            continue
+        seg.scan = <RouteScan*>b.alloc(sizeof(RouteScan) * count)
+        for k in range(count):
+            e = &vh.routes[start + k]
+            sc = &seg.scan[k]
+            sc.last = e.match_last
+            sc.key = e.match_value.p
+            sc.len = <uint32_t>e.match_value.n
+            sc.kind = <uint8_t>e.match_kind
+            sc.fold = not e.case_sensitive
+            sc.more = not e.plain
+            sc.pos = start + k
     return 0
 
 
@@ -1818,7 +1924,10 @@ cdef class RouteTableHandle:
 
     def segments(self, vhost_index=0):
         """How a virtual host's routes are scanned: [(start, count, indexed)] (for tests)."""
-        cdef RouteVhost* vh = &self.t.vhosts[<int>vhost_index]
+        cdef RouteVhost* vh
+        if not 0 <= vhost_index < self.t.nvhosts:
+            raise IndexError("no such virtual host")
+        vh = &self.t.vhosts[<int>vhost_index]
         return [(vh.segments[i].start, vh.segments[i].count, vh.segments[i].index != NULL)
                 for i in range(vh.nsegments)]
 
@@ -1998,10 +2107,12 @@ def compile_route_table(route_config, dict cluster_index, int regex_copies=1,
     b.t = t
     b.cluster_index = cluster_index
     try:
-        from fastproxy.config.regex import re2_to_posix
+        from fastproxy.config.regex import re2_to_posix, rewrite_to_posix
         b.re2_to_posix = re2_to_posix
-    except ImportError:
+        b.rewrite_to_posix = rewrite_to_posix
+    except ImportError:                 # no translator: patterns are taken as POSIX EREs
         b.re2_to_posix = None
+        b.rewrite_to_posix = None
 
     most_specific = bool(getattr(route_config, "most_specific_header_mutations_wins", False))
     rc_req = _rt_level_ops(route_config.headers, path, "request")
@@ -2022,7 +2133,7 @@ def compile_route_table(route_config, dict cluster_index, int regex_copies=1,
             dpath = f"{vpath}.domains[{di}]"
             if not isinstance(d, str) or not d:
                 raise ConfigError(dpath, "must be a non-empty string")
-            dom = d.lower()
+            dom = _rt_lower(d)
             if dom in seen:
                 raise ConfigError(dpath, f"only unique values for domains are permitted: "
                                          f"{d!r} is also in virtual host {seen[dom]!r}")
