@@ -35,7 +35,7 @@ CORE_KEY = $(FLAVOR) $$(cksum < build_ext.py | cut -d' ' -f1)
 # Run tools from the venv first (pytest, envoy, fastproxy).
 VENV_PATH := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 
-.PHONY: run test debug-test test-asan bench wheel clean distclean venv core test-tools
+.PHONY: fuzz run test debug-test test-asan bench wheel clean distclean venv core test-tools
 
 # --- set-up -------------------------------------------------------------------------
 
@@ -132,3 +132,9 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV)
+
+# Long fuzz run of the HTTP/1.1 codec (compiled vs pure-Python reference, split invariance).
+# FUZZ_SECONDS=600 make fuzz for a shorter one. A short run is part of `make test`.
+fuzz: core
+	$(VENV_PATH) $(PY) -m pip --disable-pip-version-check -q install 'atheris>=2.3' || true
+	$(VENV_PATH) $(PY) tests/fuzz_http1.py -max_total_time=$${FUZZ_SECONDS:-3600} -timeout=10 build/fuzz-http1-corpus

@@ -278,3 +278,42 @@ def test_large_download_spliced_and_intact():
         assert st["http.ingress.bytes_spliced"] > len(payload), st
         assert up.connections == 1
     up.close()
+
+
+def test_websocket_upgrade_becomes_a_tunnel():
+    def handler(method, path, headers, body):
+        assert headers["upgrade"] == ["websocket"]
+        assert headers["connection"] == ["upgrade"]
+
+        def tunnel(c):
+            c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                      b"Connection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\n")
+            while True:
+                d = c.recv(65536)
+                if not d:
+                    return
+                c.sendall(d.upper())
+        return tunnel
+    up = RawHttpUpstream(handler)
+    p = make_proxy([Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c", timeout=0.5))],
+                   [Cluster("c", [Endpoint("127.0.0.1", up.port)])])
+    with p:
+        s = socket.create_connection(p.listener_address("http"), timeout=5)
+        s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Key: k\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += s.recv(1000)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        assert b"upgrade: websocket" in head.lower()
+        time.sleep(0.7)             # longer than the route timeout: a tunnel is not timed out
+        for msg in (b"hello", b"frames go both ways" * 1000):
+            s.sendall(msg)
+            got = b""
+            while len(got) < len(msg):
+                got += s.recv(65536)
+            assert got == msg.upper()
+        s.shutdown(socket.SHUT_WR)
+        assert s.recv(10) == b""    # the tunnel closes when the client ends it
+        s.close()
+    up.close()

@@ -90,6 +90,10 @@ cdef struct HStream:
     uint8_t resp_chunked            # ... with a body we frame as chunked
     uint8_t resp_eof_framed         # ... whose end the downstream learns from the close
     uint8_t keepalive               # the downstream connection may carry another request
+    uint8_t upgrade                 # the request asks to switch protocols (WebSocket)
+    uint8_t tunnel                  # 101 received: both connections are now a byte tunnel
+    uint8_t tunnel_up_eof
+    uint8_t tunnel_down_eof
     int status
     uint64_t start_ms
     uint64_t req_body_bytes
@@ -870,6 +874,11 @@ cdef int _upstream_request_head(HStream* s, const RouteInput* r) noexcept nogil:
             if v != NULL:
                 _pl_add(&l, _cs("content-length"), _s(v, n))
         _pl_remove(&l, "expect", 6)         # we answered 100-continue ourselves
+        if s.upgrade:
+            v = _head_field(&s.head, "upgrade", &n)
+            if v != NULL:
+                _pl_add(&l, _cs("upgrade"), _s(v, n))
+                _pl_add(&l, _cs("connection"), _cs("upgrade"))
         if e.host_rewrite_literal.p != NULL:
             _pl_remove(&l, "host", 4)
             _pl_add(&l, _cs("host"), _s(e.host_rewrite_literal.p, e.host_rewrite_literal.n))
@@ -949,6 +958,48 @@ cdef int _downstream_response_head(HStream* s) noexcept nogil:
         free(l.v)
 
 
+cdef int _tunnel_response_head(HStream* s) noexcept nogil:
+    """The 101 head for the downstream: the upstream's fields plus Upgrade/Connection."""
+    cdef H1Head* rh = &s.up.resp.head
+    cdef PairList l
+    cdef const char* v
+    cdef size_t n
+    memset(&l, 0, sizeof(PairList))
+    try:
+        if _pl_from_head(&l, rh) < 0:
+            return -1
+        v = _head_field(rh, "upgrade", &n)
+        if v != NULL:
+            _pl_add(&l, _cs("upgrade"), _s(v, n))
+        _pl_add(&l, _cs("connection"), _cs("upgrade"))
+        return _append_head(&s.c.out_buf, &l, False, _s(NULL, 0), _s(NULL, 0), 101,
+                            _cs("Switching Protocols"))
+    finally:
+        free(l.v)
+
+
+cdef int _tunnel_pump(HStream* s) noexcept nogil:
+    """After a 101: bytes flow both ways untouched. When one side ends, what it sent is
+    flushed to the other and the whole tunnel closes. -1 when it closed."""
+    cdef HConn* c = s.c
+    cdef UpConn* u = s.up
+    if u == NULL:
+        hconn_close(c, False)
+        return -1
+    if u.in_buf.length:
+        chain_move(&c.out_buf, &u.in_buf)
+    if c.in_buf.length:
+        chain_move(&u.out_buf, &c.in_buf)
+    if u.eof:
+        s.tunnel_up_eof = 1
+    if c.down_eof:
+        s.tunnel_down_eof = 1
+    if (s.tunnel_up_eof and c.out_buf.length == 0) or (s.tunnel_down_eof and u.out_buf.length == 0):
+        hconn_close(c, False)
+        return -1
+    return 0
+
+
 cdef int stream_on_upstream(HStream* s) noexcept nogil:
     """Parse what the upstream sent and forward it. -1: the stream or connection ended."""
     cdef UpConn* u = s.up
@@ -961,6 +1012,8 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
     cdef uint64_t left, moved
     cdef int rc
     while True:
+        if s.tunnel:
+            return _tunnel_pump(s)
         if p.state == H1_HEAD:
             if u.in_buf.length == 0:
                 break
@@ -972,6 +1025,17 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
                 return -1
             chain_drain(&u.in_buf, <size_t>n)
             if p.state != H1_HEAD_DONE:
+                continue
+            if p.head.status == 101 and s.upgrade:
+                if _tunnel_response_head(s) < 0:
+                    _upconn_failed(u, 502, "upstream sent an invalid response")
+                    return -1
+                s.status = 101
+                s.resp_started = 1
+                s.tunnel = 1
+                timer_cancel(c.w, &s.timeout)
+                _count_status(h.stats, c.w, H_RQ_1XX, 101)
+                chain_move(&u.out_buf, &c.in_buf)       # bytes the client sent early
                 continue
             if p.flags & H1F_INTERIM or p.head.status == 101:
                 # 1xx: we already answered any Expect ourselves; drop it.
@@ -1097,11 +1161,14 @@ cdef void stream_start(HConn* c) noexcept nogil:
         s.keepalive = 0
     stat_add(h.stats, c.w, H_RQ_TOTAL, 1)
     stat_add(h.stats, c.w, H_RQ_ACTIVE, 1)
-    if c.req.flags & (H1F_UPGRADE | H1F_CONNECT):
+    if c.req.flags & H1F_CONNECT:
         s.keepalive = 0
-        hconn_local_reply(c, 501, "upgrades are not supported yet", 30, NULL, 0, True)
+        hconn_local_reply(c, 501, "CONNECT is not supported", 24, NULL, 0, True)
         stream_finish(s)
         return
+    if c.req.flags & H1F_UPGRADE:
+        s.upgrade = 1                   # forwarded; a 101 answer turns into a tunnel
+        s.keepalive = 0
     if h.max_request_bytes and c.req.content_length > <int64_t>h.max_request_bytes:
         stat_add(h.stats, c.w, H_RQ_TOO_LARGE, 1)
         hconn_local_reply(c, 413, "Payload Too Large", 17, NULL, 0, True)
@@ -1356,6 +1423,14 @@ cdef int _hconn_process(HConn* c) noexcept nogil:
     while True:
         if c.stream != NULL:
             s = c.stream
+            if s.tunnel:
+                if _tunnel_pump(s) < 0:
+                    return -1
+                if s.up.out_buf.length:
+                    upconn_pump(s.up)
+                    if c.closed:
+                        return -1
+                return 0
             if s.up != NULL and not s.req_done:
                 if stream_forward_request_body(s) < 0:
                     if c.closed:
@@ -1445,6 +1520,10 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
             if c.closed:
                 return
             c.in_pump = 1
+        if c.stream != NULL and c.stream.tunnel and c.stream.tunnel_up_eof and c.out_buf.length == 0:
+            c.in_pump = 0
+            hconn_close(c, False)
+            return
         if c.close_after and c.stream == NULL and c.out_buf.length == 0:
             c.in_pump = 0
             hconn_close(c, False)
