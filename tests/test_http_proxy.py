@@ -59,6 +59,8 @@ def proxy(upstream):
               headers=HeaderMutations(request_headers_to_add=[HeaderValueOption("x-added", "1")],
                                       response_headers_to_add=[HeaderValueOption("x-resp", "2")])),
         Route(RouteMatch(path="/only"), route=RouteAction(cluster="c")),
+        Route(RouteMatch(prefix="/autohost"), route=RouteAction(cluster="c", auto_host_rewrite=True)),
+        Route(RouteMatch(prefix="/lithost"), route=RouteAction(cluster="c", host_rewrite_literal="lit.example")),
         Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c")),
     ], [Cluster("c", [Endpoint("127.0.0.1", upstream.port)])], use_remote_address=True)
     with p:
@@ -317,3 +319,13 @@ def test_websocket_upgrade_becomes_a_tunnel():
         assert s.recv(10) == b""    # the tunnel closes when the client ends it
         s.close()
     up.close()
+
+
+def test_host_rewrites(proxy, upstream):
+    conn = http.client.HTTPConnection(*proxy.listener_address("http"), timeout=5)
+    conn.request("GET", "/autohost")
+    conn.getresponse().read()
+    assert upstream.requests[-1][2]["host"] == [f"127.0.0.1:{upstream.port}"]
+    conn.request("GET", "/lithost")
+    conn.getresponse().read()
+    assert upstream.requests[-1][2]["host"] == ["lit.example"]

@@ -845,6 +845,19 @@ cdef void _stream_timeout(Worker* w, void* arg) noexcept nogil:
     stream_upstream_failed(s, 504, "upstream request timeout")
 
 
+cdef size_t _host_text(Host* h, char* out, size_t cap) noexcept nogil:
+    """The upstream host as "ip:port" ("[ip6]:port"): auto_host_rewrite's Host value."""
+    cdef char ip[48]
+    cdef int k
+    if h.addr.ss_family == AF_INET6:
+        inet_ntop(AF_INET6, &(<sockaddr_in6*>&h.addr).sin6_addr, ip, sizeof(ip))
+        k = snprintf(out, cap, "[%s]:%u", ip, <unsigned int>ntohs((<sockaddr_in6*>&h.addr).sin6_port))
+    else:
+        inet_ntop(AF_INET, &(<sockaddr_in*>&h.addr).sin_addr, ip, sizeof(ip))
+        k = snprintf(out, cap, "%s:%u", ip, <unsigned int>ntohs((<sockaddr_in*>&h.addr).sin_port))
+    return <size_t>k if 0 < k < <int>cap else 0
+
+
 cdef int _upstream_request_head(HStream* s, const RouteInput* r) noexcept nogil:
     """Serialize the request head for the upstream into s.up.out_buf."""
     cdef HConn* c = s.c
@@ -854,6 +867,7 @@ cdef int _upstream_request_head(HStream* s, const RouteInput* r) noexcept nogil:
     cdef char path[8192]
     cdef char xff[1024]
     cdef char rid[40]
+    cdef char hostbuf[64]
     cdef ssize_t plen
     cdef size_t n, k
     cdef const char* v
@@ -882,6 +896,11 @@ cdef int _upstream_request_head(HStream* s, const RouteInput* r) noexcept nogil:
         if e.host_rewrite_literal.p != NULL:
             _pl_remove(&l, "host", 4)
             _pl_add(&l, _cs("host"), _s(e.host_rewrite_literal.p, e.host_rewrite_literal.n))
+        elif e.auto_host_rewrite:
+            k = _host_text(&s.up.hosts.hosts[s.up.host_index], hostbuf, sizeof(hostbuf))
+            if k:
+                _pl_remove(&l, "host", 4)
+                _pl_add(&l, _cs("host"), _s(hostbuf, k))
         if h.use_remote_address:
             v = _head_field(&s.head, "x-forwarded-for", &n)
             if v != NULL and n + c.remote_ip_len + 2 < sizeof(xff):
