@@ -329,3 +329,16 @@ def test_host_rewrites(proxy, upstream):
     conn.request("GET", "/lithost")
     conn.getresponse().read()
     assert upstream.requests[-1][2]["host"] == ["lit.example"]
+
+
+def test_stop_closes_idle_keepalive_connections_at_once(upstream):
+    p = make_proxy([Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))],
+                   [Cluster("c", [Endpoint("127.0.0.1", upstream.port)])])
+    p.start()
+    conn = http.client.HTTPConnection(*p.listener_address("http"), timeout=5)
+    conn.request("GET", "/")
+    conn.getresponse().read()                   # the connection is now idle, kept alive
+    t0 = time.monotonic()
+    p.stop(drain_timeout=10)
+    assert time.monotonic() - t0 < 5, "an idle keep-alive connection must not hold up the drain"
+    assert conn.sock.recv(10) == b""            # closed by the proxy, cleanly

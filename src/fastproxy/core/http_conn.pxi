@@ -1552,6 +1552,23 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
     c.in_pump = 0
 
 
+cdef void http_drain_listener(Worker* w, ListenSock* sock) noexcept nogil:
+    """The listener is going away: idle keep-alive connections close now, busy ones
+    finish their current response with Connection: close."""
+    cdef HConn* c = w.hconns
+    cdef HConn* nxt
+    while c != NULL:
+        nxt = c.next
+        if c.cfg.sock == sock:
+            if c.stream == NULL and c.out_buf.length == 0:
+                hconn_close(c, False)
+            else:
+                c.close_after = 1
+                if c.stream != NULL and not c.stream.resp_started:
+                    c.stream.keepalive = 0
+        c = nxt
+
+
 cdef void http_free_deferred(Worker* w) noexcept nogil:
     cdef HConn* c
     cdef UpConn* u

@@ -130,6 +130,7 @@ cdef void _msg_apply_snapshot(Worker* w, void* arg) noexcept nogil:
         nl[i] = wl
     for j in range(w.nlisteners):
         if w.listeners[j] != NULL:
+            http_drain_listener(w, w.listeners[j].sock)
             _wlistener_remove(w, w.listeners[j])
     free(w.listeners)
     w.listeners = nl
