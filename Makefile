@@ -35,7 +35,7 @@ CORE_KEY = $(FLAVOR) $$(cksum < build_ext.py | cut -d' ' -f1)
 # Run tools from the venv first (pytest, envoy, fastproxy).
 VENV_PATH := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 
-.PHONY: fuzz run test debug-test test-asan bench wheel clean distclean venv core test-tools
+.PHONY: bench-http fuzz run test debug-test test-asan bench wheel clean distclean venv core test-tools
 
 # --- set-up -------------------------------------------------------------------------
 
@@ -138,3 +138,7 @@ distclean: clean
 fuzz: core
 	$(VENV_PATH) $(PY) -m pip --disable-pip-version-check -q install 'atheris>=2.3' || true
 	$(VENV_PATH) $(PY) tests/fuzz_http1.py -max_total_time=$${FUZZ_SECONDS:-3600} -timeout=10 build/fuzz-http1-corpus
+
+# HTTP benchmark: wrk through fastproxy, nginx, HAProxy and Envoy (benchmarks/README.md).
+bench-http: core
+	$(VENV_PATH) $(PY) benchmarks/http_bench.py

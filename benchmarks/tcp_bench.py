@@ -19,150 +19,28 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+from benchlib import (CLK_TCK, HERE, READY_TIMEOUT, BenchError, Proc, busy_fractions,
+                      cpu_times, fastproxy_env, find_binary, find_envoy, foreign_cpu_seconds,
+                      is_listening, proc_snapshot, reserve_ports, taskset, wait_for_quiet)
+from benchlib import Terminated as _Terminated
+from benchlib import on_sigterm as _on_sigterm
 
 PROXIES = ["direct", "haproxy", "nginx", "envoy", "fastproxy", "naive-splice-64k", "naive-splice-1m"]
 # Not run by default; pick with --only to see which HAProxy settings matter.
 VARIANTS = ["haproxy-nosplice", "haproxy-pipe64k"]
 DIRECTIONS = ("c2s", "s2c")  # c2s: iperf3 client sends (normal); s2c: iperf3 -R
-READY_TIMEOUT = 30.0
-
-
-class BenchError(Exception):
-    pass
-
-
-class _Terminated(BaseException):
-    pass
-
-
-def _on_sigterm(signum, frame):  # make SIGTERM/SIGHUP run the finally blocks
-    raise _Terminated()
 
 
 # ----------------------------------------------------------------------------- helpers
-def reserve_ports(n: int) -> list[int]:
-    """n distinct free loopback ports (held open together so they differ)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def is_listening(port: int) -> bool:
-    """True when some socket is in LISTEN state on 127.0.0.1/any :port (no connection made)."""
-    want = f":{port:04X}"
-    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(path) as f:
-                next(f)
-                for line in f:
-                    parts = line.split()
-                    if parts[1].endswith(want) and parts[3] == "0A":
-                        return True
-        except OSError:
-            continue
-    return False
-
-
-def _read_stat(pid: int) -> Optional[tuple[int, int, int, int]]:
-    """(ppid, starttime, utime+stime, cutime+cstime) of a process in clock ticks; the
-    process-level counters include all its threads. None if the process is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            data = f.read()
-    except OSError:
-        return None
-    rest = data[data.rindex(")") + 2:].split()
-    # rest[i] is stat field i+3: ppid 4, utime 14, stime 15, cutime 16, cstime 17, starttime 22
-    return (int(rest[1]), int(rest[19]), int(rest[11]) + int(rest[12]),
-            int(rest[13]) + int(rest[14]))
-
-
-def proc_snapshot() -> dict[int, tuple[int, int, int, int]]:
-    snap = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            st = _read_stat(int(name))
-            if st is not None:
-                snap[int(name)] = st
-    return snap
-
-
-def descendants(snap: dict, roots: set[int]) -> set[int]:
-    """roots and every process below them in snap."""
-    children: dict[int, list[int]] = {}
-    for pid, st in snap.items():
-        children.setdefault(st[0], []).append(pid)
-    members, todo = set(), list(roots)
-    while todo:
-        pid = todo.pop()
-        if pid not in members:
-            members.add(pid)
-            todo.extend(children.get(pid, ()))
-    return members
-
-
-def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds (user+system, all threads) of root and all its live descendants."""
-    snap = proc_snapshot()
-    return sum(snap[p][2] for p in descendants(snap, {root}) if p in snap) / CLK_TCK
-
-
-def foreign_cpu_seconds(before: dict, after: dict) -> float:
-    """CPU used between two snapshots by processes that are not this benchmark's (nor
-    kernel threads): other work on the machine that skews a run. Children that exited
-    and were reaped in between are counted through their parent's cutime/cstime."""
-    ours = descendants(after, {os.getpid()}) | descendants(before, {os.getpid()})
-    kernel = descendants(after, {2})
-    ticks = 0
-    for pid, st in after.items():
-        if pid in ours or pid in kernel:
-            continue
-        old = before.get(pid)
-        if old is not None and old[1] == st[1]:  # same process (start time matches)
-            ticks += (st[2] - old[2]) + (st[3] - old[3])
-        else:
-            ticks += st[2] + st[3]
-    return ticks / CLK_TCK
-
-
-def cpu_times() -> list[tuple[int, int]]:
-    """Per-CPU (busy, total) jiffies from /proc/stat; busy includes irq/softirq/steal."""
-    out = []
-    with open("/proc/stat") as f:
-        for line in f:
-            if line.startswith("cpu") and line[3].isdigit():
-                v = [int(x) for x in line.split()[1:]]
-                idle = v[3] + (v[4] if len(v) > 4 else 0)
-                out.append((sum(v[:8]) - idle, sum(v[:8])))
-    return out
-
-
-def busy_fractions(before, after) -> list[float]:
-    return [round((a[0] - b[0]) / max(1, a[1] - b[1]), 3) for b, a in zip(before, after)]
-
-
+# (process control, CPU accounting, ports, binaries: benchmarks/benchlib.py)
 def tcp_out_segments() -> int:
     """Host-wide TCP segments sent (/proc/net/snmp Tcp: OutSegs). On loopback every
     segment is also received, so segments per MB shows how finely the data is chopped
@@ -170,42 +48,6 @@ def tcp_out_segments() -> int:
     with open("/proc/net/snmp") as f:
         rows = [line.split() for line in f if line.startswith("Tcp:")]
     return int(rows[1][rows[0].index("OutSegs")])
-
-
-def wait_for_quiet(max_wait: float, threshold: float, sample: float = 0.5) -> float:
-    """Sample whole-host CPU use until it drops below threshold (other work on the box
-    skews results) or max_wait passes. Returns the last sampled busy fraction (0..1)."""
-    deadline = time.monotonic() + max_wait
-    while True:
-        before = cpu_times()
-        time.sleep(sample)  # the measurement window, not a synchronisation wait
-        after = cpu_times()
-        busy = sum(a[0] - b[0] for b, a in zip(before, after))
-        total = sum(a[1] - b[1] for b, a in zip(before, after))
-        frac = busy / max(1, total)
-        if frac < threshold or time.monotonic() >= deadline:
-            return frac
-
-
-def taskset(cpu: Optional[int]) -> list[str]:
-    return ["taskset", "-c", str(cpu)] if cpu is not None else []
-
-
-def find_envoy() -> Optional[str]:
-    env = os.environ.get("ENVOY")
-    if env:
-        return env
-    for cand in (shutil.which("envoy"),
-                 os.path.join(sysconfig.get_path("scripts"), "envoy"),
-                 os.path.join(os.path.dirname(sys.executable), "envoy")):
-        if cand and os.access(cand, os.X_OK):
-            return cand
-    return None
-
-
-def find_binary(name: str) -> Optional[str]:
-    return shutil.which(name) or next(
-        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)), None)
 
 
 def nginx_stream_module() -> Optional[str]:
@@ -305,104 +147,7 @@ stream {{
 """
 
 
-# ----------------------------------------------------------------------------- processes
-@dataclass
-class Proc:
-    name: str
-    argv: list[str]
-    port: int  # port the iperf3 client connects to
-    log: Path
-    env: Optional[dict] = None
-    admin_port: Optional[int] = None  # Envoy-style admin: wait for GET /ready == 200
-    popen: Optional[subprocess.Popen] = None
-    error: Optional[str] = None
-
-    def start(self) -> None:
-        logf = open(self.log, "wb")
-        try:
-            self.popen = subprocess.Popen(self.argv, stdout=logf, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, env=self.env,
-                                          start_new_session=True)
-        finally:
-            logf.close()
-
-    def log_tail(self, n: int = 15) -> str:
-        try:
-            lines = self.log.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(lines[-n:])
-
-    def _exited(self, wait: float) -> bool:
-        try:
-            self.popen.wait(timeout=wait)  # doubles as the poll interval
-            return True
-        except subprocess.TimeoutExpired:
-            return False
-
-    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
-        """Poll until the process accepts TCP connections on its port (and, with an admin
-        port, until GET /ready answers 200). Raises BenchError if it exits or times out."""
-        deadline = time.monotonic() + timeout
-        admin_ok = self.admin_port is None
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise BenchError(f"{self.name} exited with code {self.popen.returncode}:\n"
-                                 + self.log_tail())
-            if not admin_ok:
-                try:
-                    with urllib.request.urlopen(
-                            f"http://127.0.0.1:{self.admin_port}/ready", timeout=1.0) as r:
-                        admin_ok = r.status == 200
-                except OSError:
-                    pass
-            if admin_ok:
-                try:
-                    socket.create_connection(("127.0.0.1", self.port), timeout=1.0).close()
-                    return
-                except OSError:
-                    pass
-            self._exited(0.02)
-        raise BenchError(f"{self.name} not accepting on 127.0.0.1:{self.port} after {timeout:.0f}s:\n"
-                         + self.log_tail())
-
-    def cpu_seconds(self) -> float:
-        return tree_cpu_seconds(self.popen.pid)
-
-    def stop(self) -> None:
-        p = self.popen
-        if p is None or p.poll() is not None:
-            return
-        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(p.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                p.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        # Stragglers left in the group (e.g. nginx workers) after the leader exited.
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def fastproxy_env() -> dict:
-    """Run `python -m fastproxy` from this checkout when its compiled core is built in
-    place (src/fastproxy/_core*.so); otherwise rely on an installed fastproxy."""
-    env = dict(os.environ)
-    src = REPO / "src"
-    inplace = list((src / "fastproxy").glob("_core*.so"))
-    probe = subprocess.run([sys.executable, "-c", "import fastproxy._core"],
-                           capture_output=True, cwd="/")
-    if inplace or probe.returncode != 0:
-        env["PYTHONPATH"] = str(src) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
-
-
+# ----------------------------------------------------------------------------- proxies
 def build_proxies(names: list[str], tmp: Path, upstream_port: int, pin: bool,
                   args: argparse.Namespace) -> tuple[list[Proc], dict[str, str]]:
     """Write each proxy's config and describe how to run it. Returns (procs, skipped)."""
