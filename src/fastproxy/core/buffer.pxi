@@ -231,9 +231,10 @@ cdef char* chain_linearize(Chain* c) noexcept nogil:
     return r.s.data + r.off
 
 
-cdef ssize_t chain_read_fd(Chain* c, int fd, size_t max_bytes) noexcept nogil:
+cdef ssize_t chain_read_fd(Chain* c, int fd, size_t max_bytes, size_t* asked=NULL) noexcept nogil:
     """readv() at most max_bytes from fd into the tail of the chain. Returns what readv
-    returned (errno set on -1)."""
+    returned (errno set on -1); *asked (if given) is how many bytes readv was offered, so
+    a caller can tell a short read (the socket is drained) from a full one."""
     cdef iovec iov[2]
     cdef int n = 0
     cdef size_t room = chain_tail_room(c)
@@ -258,6 +259,8 @@ cdef ssize_t chain_read_fd(Chain* c, int fd, size_t max_bytes) noexcept nogil:
             k = max_bytes - room
             iov[n].iov_len = k if k < SLICE_SIZE else SLICE_SIZE
             n += 1
+    if asked != NULL:
+        asked[0] = iov[0].iov_len + (iov[1].iov_len if n > 1 else 0)
     got = readv(fd, iov, n)
     if got <= 0:
         if fresh != NULL:

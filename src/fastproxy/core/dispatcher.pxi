@@ -26,6 +26,7 @@ cdef struct Endp:
     void* owner                 # Session*, WListener* or Worker*
     uint8_t readable            # edge-triggered readiness we have not consumed yet
     uint8_t writable
+    uint8_t hup                 # an event said the peer closed (RDHUP/HUP/ERR): read to the end
 
 cdef struct Msg:
     msg_fn_t fn

@@ -729,6 +729,8 @@ cdef void upconn_on_event(Worker* w, UpConn* u, uint32_t events) noexcept nogil:
         u.state = UC_BUSY
     if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
         u.ep.readable = 1
+    if events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+        u.ep.hup = 1
     if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
         u.ep.writable = 1
     if u.state == UC_IDLE:
@@ -744,6 +746,7 @@ cdef void upconn_pump(UpConn* u) noexcept nogil:
     cdef bint progress
     cdef HStream* s
     cdef HConn* c = NULL
+    cdef size_t asked = 0
     while u.state == UC_BUSY:
         progress = False
         if u.out_buf.length and u.ep.writable:
@@ -766,10 +769,14 @@ cdef void upconn_pump(UpConn* u) noexcept nogil:
                 and not (c != NULL and (c.rsp_pipe.bytes or (s.resp_started
                          and u.resp.framing == H1_BODY_LENGTH and u.in_buf.length == 0
                          and u.resp.state != H1_MESSAGE_DONE))):
-            n = chain_read_fd(&u.in_buf, u.ep.fd, HTTP_IO_LIMIT - u.in_buf.length)
+            n = chain_read_fd(&u.in_buf, u.ep.fd, HTTP_IO_LIMIT - u.in_buf.length, &asked)
             if n > 0:
                 stat_add(u.cluster.stats, u.w, C_RX_BYTES, <uint64_t>n)
                 progress = True
+                if <size_t>n < asked and not u.ep.hup:
+                    # A short read drained the socket; the next bytes bring a new edge.
+                    # (Not after RDHUP: the FIN may still be queued behind the data.)
+                    u.ep.readable = 0
             elif n == 0:
                 u.eof = 1
                 progress = True
@@ -1427,6 +1434,8 @@ cdef void hconn_on_event(Worker* w, HConn* c, uint32_t events) noexcept nogil:
         return
     if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
         c.down.readable = 1
+    if events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+        c.down.hup = 1
     if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
         c.down.writable = 1
     hconn_pump(c)
@@ -1489,6 +1498,7 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
     cdef ssize_t n
     cdef bint progress
     cdef HStream* s
+    cdef size_t asked = 0
     if c.closed:
         return
     if c.in_pump:
@@ -1514,10 +1524,12 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
                 and not (s != NULL and s.up != NULL and not s.req_done and (c.req_pipe.bytes
                          or (c.req.framing == H1_BODY_LENGTH and c.in_buf.length == 0
                              and s.up.state == UC_BUSY and c.req.state != H1_MESSAGE_DONE))):
-            n = chain_read_fd(&c.in_buf, c.down.fd, HTTP_IO_LIMIT - c.in_buf.length)
+            n = chain_read_fd(&c.in_buf, c.down.fd, HTTP_IO_LIMIT - c.in_buf.length, &asked)
             if n > 0:
                 progress = True
                 c.last_active = c.w.now
+                if <size_t>n < asked and not c.down.hup:
+                    c.down.readable = 0     # drained (see upconn_pump)
             elif n == 0:
                 c.down_eof = 1
                 progress = True
