@@ -88,7 +88,6 @@ cdef struct HStream:
     uint8_t req_done                # the whole request is in the upstream's out_buf
     uint8_t resp_started            # the response head went to the downstream
     uint8_t resp_chunked            # ... with a body we frame as chunked
-    uint8_t resp_eof_framed         # ... whose end the downstream learns from the close
     uint8_t keepalive               # the downstream connection may carry another request
     uint8_t upgrade                 # the request asks to switch protocols (WebSocket)
     uint8_t tunnel                  # 101 received: both connections are now a byte tunnel
@@ -118,7 +117,6 @@ cdef struct HConn:
     uint8_t repump
     Timer idle_timer
     Timer headers_timer
-    uint64_t last_active
     char remote_ip[48]
     size_t remote_ip_len
     SplicePipe req_pipe             # request bodies: downstream -> upstream
@@ -254,16 +252,6 @@ cdef inline bint _ieq(const char* a, size_t an, const char* lower) noexcept nogi
     return lower[an] == 0
 
 
-cdef inline bint _ieq2(const char* a, size_t an, const char* b, size_t bn) noexcept nogil:
-    cdef size_t i
-    if an != bn:
-        return False
-    for i in range(an):
-        if _h1_lower[<uint8_t>a[i]] != _h1_lower[<uint8_t>b[i]]:
-            return False
-    return True
-
-
 cdef const char* _status_reason(int status) noexcept nogil:
     if status == 100: return "Continue"
     if status == 200: return "OK"
@@ -325,7 +313,7 @@ cdef int _pl_add(PairList* l, H1Str name, H1Str value) noexcept nogil:
 cdef void _pl_remove(PairList* l, const char* name, size_t n) noexcept nogil:
     cdef size_t i, k = 0
     for i in range(l.n):
-        if not _ieq2(l.v[i].name.p, l.v[i].name.n, name, n):
+        if not _rt_ieq2(l.v[i].name.p, l.v[i].name.n, name, n):
             l.v[k] = l.v[i]
             k += 1
     l.n = k
@@ -334,7 +322,7 @@ cdef void _pl_remove(PairList* l, const char* name, size_t n) noexcept nogil:
 cdef bint _pl_has(PairList* l, const char* name, size_t n) noexcept nogil:
     cdef size_t i
     for i in range(l.n):
-        if _ieq2(l.v[i].name.p, l.v[i].name.n, name, n):
+        if _rt_ieq2(l.v[i].name.p, l.v[i].name.n, name, n):
             return True
     return False
 
@@ -344,7 +332,7 @@ cdef int _pl_overwrite(PairList* l, H1Str name, H1Str value) noexcept nogil:
     cdef size_t i, k = 0
     cdef bint placed = False
     for i in range(l.n):
-        if _ieq2(l.v[i].name.p, l.v[i].name.n, name.p, name.n):
+        if _rt_ieq2(l.v[i].name.p, l.v[i].name.n, name.p, name.n):
             if placed:
                 continue
             l.v[i].value = value
@@ -421,7 +409,7 @@ cdef bint _named_by_connection(H1Head* h, const char* name, size_t n) noexcept n
             continue
         pos = 0
         while _h1_list_next(<const uint8_t*>h.buf + f.value_off, f.value_len, &pos, &a, &b):
-            if _ieq2(h.buf + f.value_off + a, b - a, name, n):
+            if _rt_ieq2(h.buf + f.value_off + a, b - a, name, n):
                 return True
     return False
 
@@ -821,7 +809,6 @@ cdef void stream_finish(HStream* s) noexcept nogil:
     c.stream = NULL
     stream_free(s)
     h1_reset(&c.req)
-    c.last_active = c.w.now
     if h.idle_timeout_ms:
         timer_arm(c.w, &c.idle_timer, h.idle_timeout_ms)
 
@@ -965,7 +952,6 @@ cdef int _downstream_response_head(HStream* s) noexcept nogil:
             _pl_add(&l, _cs("transfer-encoding"), _cs("chunked"))
             s.resp_chunked = 1
         elif p.framing == H1_BODY_EOF:
-            s.resp_eof_framed = 1
             s.keepalive = 0
         if h.server_name_len:
             _pl_remove(&l, "server", 6)
@@ -1363,7 +1349,6 @@ cdef void hconn_start(Worker* w, ListenerCfg* cfg, int fd) noexcept nogil:
     c.rsp_pipe.r = c.rsp_pipe.w = -1
     timer_init(&c.idle_timer, _hconn_idle, c)
     timer_init(&c.headers_timer, _hconn_headers_timeout, c)
-    c.last_active = w.now
     if getpeername(fd, <sockaddr*>&ss, &sl) == 0:
         if ss.ss_family == AF_INET6:
             inet_ntop(AF_INET6, &(<sockaddr_in6*>&ss).sin6_addr, c.remote_ip, sizeof(c.remote_ip))
@@ -1527,7 +1512,6 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
             n = chain_read_fd(&c.in_buf, c.down.fd, HTTP_IO_LIMIT - c.in_buf.length, &asked)
             if n > 0:
                 progress = True
-                c.last_active = c.w.now
                 if <size_t>n < asked and not c.down.hup:
                     c.down.readable = 0     # drained (see upconn_pump)
             elif n == 0:
