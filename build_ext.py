@@ -35,7 +35,7 @@ def extensions():
         extra_compile_args=cflags,
         extra_link_args=ldflags,
         define_macros=macros,
-        include_dirs=["src/fastproxy/core/includes"],
+        include_dirs=["src/fastproxy/core/includes", "src/fastproxy/include"],
     )
     directives = {
         "language_level": "3",

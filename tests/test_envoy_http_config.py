@@ -432,10 +432,10 @@ BAD = [
      f"{H0}.http_filters[0].typed_config.dynamic_stats", "unknown or unsupported"),
     ([(f"{H0}.http_filters[0].typed_config.suppress_envoy_headers", 1)],
      f"{H0}.http_filters[0].typed_config.suppress_envoy_headers", "true or false"),
-    ([(f"{H0}.http_filters[0].is_optional", True)], f"{H0}.http_filters[0].is_optional", "unsupported"),
-    ([(f"{H0}.http_filters", [{"name": "envoy.filters.http.cors", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}}, router()])],
-     f"{H0}.http_filters[0].typed_config.@type", "not supported yet"),
+    ([(f"{H0}.http_filters[0].disabled", True)], f"{H0}.http_filters[0].disabled", "not supported"),
+    ([(f"{H0}.http_filters", [{"name": "envoy.filters.http.lua", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"}}, router()])],
+     f"{H0}.http_filters[0].typed_config.@type", "is not supported"),
     ([(f"{H0}.http_filters", [router(), router()])], f"{H0}.http_filters[0].typed_config",
      "must be the last HTTP filter"),
     ([(f"{H0}.server_name", 5)], f"{H0}.server_name", "expected a string"),

@@ -6,7 +6,8 @@ this package is the control surface: config objects, Envoy YAML loading, the Pro
 from .errors import ConfigError, FastProxyError, ListenerBindError
 from .filters import FilterStatus, NetworkFilter
 from .model import Admin, Bootstrap, Cluster, Endpoint, Listener
-from ._core import Buffer, Connection
+from ._core import Body, Buffer, Connection, Headers, HttpFilterCallbacks, StreamInfo
+from .http_filter import CHttpFilter, HttpFilter, NativeHttpFilter, PythonHttpFilter, register_http_filter
 from .proxy import Proxy
 from .config import load_envoy, load_envoy_json, load_envoy_yaml
 
@@ -16,4 +17,6 @@ __all__ = [
     "Admin", "Bootstrap", "Buffer", "Cluster", "ConfigError", "Connection", "Endpoint",
     "FastProxyError", "FilterStatus", "Listener", "ListenerBindError", "NetworkFilter", "Proxy",
     "load_envoy", "load_envoy_json", "load_envoy_yaml", "__version__",
+    "Body", "CHttpFilter", "Headers", "HttpFilter", "HttpFilterCallbacks", "NativeHttpFilter",
+    "PythonHttpFilter", "StreamInfo", "register_http_filter",
 ]

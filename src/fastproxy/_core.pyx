@@ -14,6 +14,8 @@ One extension module; each included file has one job (see docs/architecture.md):
   core/http1.pxi       HTTP/1.1 codec (strict, incremental) and serializer
   core/router.pxi      the route table: virtual hosts, matching, rewrites, redirects
   core/http_conn.pxi   the HTTP connection manager and the upstream connection pool
+  core/http_filter.pxi HTTP filter chains (the fp_http_filter C ABI, header maps, iteration)
+  core/http_pyfilter.pxi Python HTTP filters (the GIL is taken here and in pybridge only)
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, calloc, realloc, free
@@ -37,3 +39,5 @@ include "core/engine.pxi"
 include "core/http1.pxi"
 include "core/router.pxi"
 include "core/http_conn.pxi"
+include "core/http_filter.pxi"
+include "core/http_pyfilter.pxi"

@@ -26,6 +26,12 @@ class FilterStatus(enum.IntEnum):
     STOP_ITERATION = 1
     """Hold the bytes here; later filters do not see them until the filter calls
     ``self.connection.continue_reading()`` (read path) or ``continue_writing()``."""
+    STOP_AND_BUFFER = 2
+    """HTTP data hooks: collect the body (up to the listener's buffer limit) and call the
+    hook again with all of it and ``end_stream=True``. Beyond the limit: 413 on the request
+    path, 500 on the response path."""
+    STOP_NO_BUFFER = 3
+    """HTTP data hooks: the filter took the bytes; nothing is passed on and nothing is kept."""
 
 
 class NetworkFilter:

@@ -133,6 +133,7 @@ class Route:
     direct_response: Optional[DirectResponse] = None
     name: str = ""
     headers: HeaderMutations = field(default_factory=HeaderMutations)
+    typed_per_filter_config: dict = field(default_factory=dict)     # HTTP filter name -> config
 
 
 @dataclass
@@ -141,6 +142,7 @@ class VirtualHost:
     domains: list                                           # [str]: exact, *.suffix, prefix.*, *
     routes: list = field(default_factory=list)              # [Route]
     headers: HeaderMutations = field(default_factory=HeaderMutations)
+    typed_per_filter_config: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -148,6 +150,7 @@ class RouteConfiguration:
     name: str = ""
     virtual_hosts: list = field(default_factory=list)       # [VirtualHost]
     headers: HeaderMutations = field(default_factory=HeaderMutations)
+    typed_per_filter_config: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -179,6 +182,8 @@ class HttpConnectionManager:
     max_request_bytes: Optional[int] = None                 # body limit (413); None: unlimited
     drain_timeout: float = 5.0
     access_log: list = field(default_factory=list)          # [AccessLog]
+    http_filters: list = field(default_factory=list)        # before the router: PythonHttpFilter,
+                                                            # NativeHttpFilter, CHttpFilter
 
 
 def validate_http(hcm: "HttpConnectionManager", path: str, cluster_names) -> None:
@@ -369,6 +374,7 @@ def validate_http(hcm: "HttpConnectionManager", path: str, cluster_names) -> Non
     for log, lp in each(hcm.access_log, path + ".access_log", AccessLog):
         string(log.path, lp + ".path", non_empty=True)
         string(log.format, lp + ".format", optional=True)
+    _validate_http_filters(hcm, path, fail)
 
     rc = typed(hcm.route_config, RouteConfiguration, path + ".route_config")
     rcp = path + ".route_config"
@@ -403,3 +409,38 @@ def validate_http(hcm: "HttpConnectionManager", path: str, cluster_names) -> Non
                 integer(d.status, rp + ".direct_response.status", 100, 599)
                 typed(d.body, bytes, rp + ".direct_response.body")
             mutations(r.headers, rp + ".headers")
+
+
+def _validate_http_filters(hcm: "HttpConnectionManager", path: str, fail) -> None:
+    from .http_filter import HTTP_FILTER_SPECS, HttpFilter, PythonHttpFilter
+    names = set()
+    if not isinstance(hcm.http_filters, list):
+        fail(path + ".http_filters", "must be a list")
+    for i, spec in enumerate(hcm.http_filters):
+        fp = f"{path}.http_filters[{i}]"
+        if not isinstance(spec, HTTP_FILTER_SPECS):
+            fail(fp, f"must be a PythonHttpFilter, NativeHttpFilter or CHttpFilter, not {spec!r}")
+        if not isinstance(spec.name, str) or not spec.name:
+            fail(fp + ".name", "must be a non-empty string")
+        if spec.name in names:
+            fail(fp + ".name", f"duplicate HTTP filter name {spec.name!r}")
+        names.add(spec.name)
+        if isinstance(spec, PythonHttpFilter) and not (isinstance(spec.cls, type) and issubclass(spec.cls, HttpFilter)):
+            fail(fp + ".cls", f"{spec.cls!r} is not a fastproxy.HttpFilter subclass")
+    rc = hcm.route_config
+
+    def check_tpfc(obj, p):
+        tp = getattr(obj, "typed_per_filter_config", None) or {}
+        if not isinstance(tp, dict):
+            fail(p + ".typed_per_filter_config", "must be a mapping of HTTP filter name to config")
+        for name in tp:
+            if name not in names:
+                fail(f"{p}.typed_per_filter_config.{name}",
+                     f"no HTTP filter named {name!r} in http_filters")
+
+    check_tpfc(rc, path + ".route_config")
+    for vi, vh in enumerate(getattr(rc, "virtual_hosts", []) or []):
+        vp = f"{path}.route_config.virtual_hosts[{vi}]"
+        check_tpfc(vh, vp)
+        for ri, r in enumerate(getattr(vh, "routes", []) or []):
+            check_tpfc(r, f"{vp}.routes[{ri}]")

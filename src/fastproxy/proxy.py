@@ -132,6 +132,31 @@ class Proxy:
         self._admin_server = None
         self._install(bootstrap)
 
+    # ---- HTTP filter registration ----
+
+    @staticmethod
+    def register_http_filter(name: str, cls: type) -> None:
+        """Make a fastproxy.HttpFilter subclass available to configs by name (Envoy YAML:
+        a TypedStruct with ``filter: <name>``). Registrations are process-wide; a package can
+        instead declare the class in the ``fastproxy.filters`` entry point group."""
+        from .http_filter import register_http_filter
+        register_http_filter(name, cls)
+
+    @staticmethod
+    def register_c_filter(name: str, table: Any, keepalive: Any = None) -> None:
+        """Make a C filter (an ``fp_http_filter`` table; ``table`` is its address as an int
+        or a cffi pointer) available to configs by name (TypedStruct type_url
+        ``type.googleapis.com/fastproxy.c.HttpFilter``, ``filter: <name>``). ``keepalive``
+        is kept referenced while the filter is in use (the cffi lib object)."""
+        from .http_filter import register_c_filter
+        register_c_filter(name, table, keepalive)
+
+    @staticmethod
+    def use_event_loop(loop) -> None:
+        """Run ``async def`` filter hooks on this running asyncio loop (an app embedding
+        fastproxy) instead of the loop thread fastproxy starts on first use."""
+        _core.set_filter_event_loop(loop)
+
     # ---- construction from files ----
 
     @classmethod

@@ -228,7 +228,8 @@ def http_connection_manager(config: Mapping, path: str) -> Tuple[mh.HttpConnecti
         raise ConfigError(hcm.at("route_config"), "required field is missing (fastproxy needs the route "
                                                   "table inline)")
     route_config = _route_config(rc, refs)
-    _http_filters(hcm)
+    http_filters = _http_filters(hcm)
+    _per_filter_configs(route_config, http_filters)
 
     server_name = hcm.string("server_name", default="")
     kb = hcm.uint32("max_request_headers_kb", default=DEFAULT_MAX_REQUEST_HEADERS_KB, minimum=1)
@@ -267,6 +268,7 @@ def http_connection_manager(config: Mapping, path: str) -> Tuple[mh.HttpConnecti
         max_request_headers_kb=kb,
         drain_timeout=hcm.duration("drain_timeout", default=DEFAULT_DRAIN_TIMEOUT),
         access_log=[_access_log(item, ipath) for item, ipath in hcm.repeated("access_log")],
+        http_filters=http_filters,
         **options,
     )
     return manager, refs
@@ -283,6 +285,9 @@ class HttpFilterKind:
     terminal: bool
     fields: tuple
     parse: Callable[[Message], Any]
+    per_route: Optional[Callable[[Message], Any]] = None    # typed_per_filter_config, if it has one
+    per_route_fields: tuple = ()
+    per_route_types: tuple = ()                             # accepted per-route @type URLs
 
 
 def _router(config: Message) -> None:
@@ -291,9 +296,26 @@ def _router(config: Message) -> None:
     _bool(config, "suppress_envoy_headers")
 
 
+def _python_http_filter(config: Message):
+    from .python_filter import python_http_filter
+    return python_http_filter(config)
+
+
 HTTP_FILTERS = {
     ROUTER_TYPE: HttpFilterKind(terminal=True, fields=("suppress_envoy_headers",), parse=_router),
 }
+# A Python filter is a TypedStruct (see config/python_filter.py); both spellings.
+def _python_per_route(config: Message):
+    from .python_filter import python_http_filter_route_config
+    return python_http_filter_route_config(config)
+
+
+_TYPED_STRUCTS = ("type.googleapis.com/xds.type.v3.TypedStruct", "type.googleapis.com/udpa.type.v1.TypedStruct")
+for _t in _TYPED_STRUCTS:
+    HTTP_FILTERS[_t] = HttpFilterKind(terminal=False, fields=("type_url", "value"), parse=_python_http_filter,
+                                      per_route=_python_per_route, per_route_fields=("type_url", "value"),
+                                      per_route_types=_TYPED_STRUCTS)
+FILTER_CONFIG_TYPE = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
 
 
 def _http_filters(hcm: Message) -> list:
@@ -303,14 +325,22 @@ def _http_filters(hcm: Message) -> list:
         raise ConfigError(hcm.at("http_filters"), "the HTTP filter chain must end with envoy.filters.http.router "
                                                   f"({ROUTER_TYPE}); Envoy does not add it by itself")
     filters = []
+    names = {}
     for index, (item, path) in enumerate(entries):
-        entry = Message(item, path, ("name", "typed_config"))
-        entry.string("name", required=True, non_empty=True)
+        entry = Message(item, path, ("name", "typed_config", "is_optional", "disabled"))
+        name = entry.string("name", required=True, non_empty=True)
+        if name in names:
+            raise ConfigError(entry.at("name"), f"duplicate HTTP filter name {name!r} (also {names[name]})")
+        names[name] = entry.at("name")
+        _bool(entry, "is_optional")     # Envoy skips an optional filter it lacks (e.g. a Python one)
+        if _bool(entry, "disabled"):
+            raise ConfigError(entry.at("disabled"), "disabled HTTP filters are not supported")
         type_url, value, tpath = _any(entry, "typed_config")
         kind = HTTP_FILTERS.get(type_url)
         if kind is None:
-            raise ConfigError(tpath + ".@type", f"HTTP filter {type_url!r} is not supported yet (fastproxy "
-                                                "supports envoy.filters.http.router)")
+            supported = ", ".join(sorted(t.rsplit("/", 1)[-1] for t in HTTP_FILTERS))
+            raise ConfigError(tpath + ".@type", f"HTTP filter {type_url!r} is not supported (fastproxy "
+                                                f"supports {supported})")
         last = index == len(entries) - 1
         if kind.terminal and not last:
             raise ConfigError(tpath, f"{type_url} is a terminal filter and must be the last HTTP filter")
@@ -319,8 +349,48 @@ def _http_filters(hcm: Message) -> list:
                                                 f"({ROUTER_TYPE}), got {type_url!r}")
         result = kind.parse(Message(value, tpath, kind.fields, ignore=("@type",)))
         if not kind.terminal:
+            result.name = name
+            result._kind = kind
             filters.append(result)
     return filters
+
+
+def _per_filter_configs(rc: mh.RouteConfiguration, filters: list) -> None:
+    """Parse the typed_per_filter_config the route walk kept raw, now that the filters
+    (and so the kinds of their configs) are known."""
+    by_name = {f.name: f for f in filters}
+
+    def parse(obj):
+        raw = getattr(obj, "typed_per_filter_config", None) or {}
+        out = {}
+        for name, (value, path) in raw.items():
+            optional = False
+            type_url = value.get("@type") if isinstance(value, Mapping) else None
+            if type_url == FILTER_CONFIG_TYPE:
+                wrapper = Message(value, path, ("config", "is_optional", "disabled"), ignore=("@type",))
+                optional = _bool(wrapper, "is_optional")
+                if _bool(wrapper, "disabled"):
+                    raise ConfigError(wrapper.at("disabled"), "disabling a filter per route is not supported")
+                type_url, value, path = _any(wrapper, "config")
+            spec = by_name.get(name)
+            if spec is None:
+                if optional:
+                    continue
+                raise ConfigError(path, f"no HTTP filter named {name!r} in http_filters")
+            kind = spec._kind
+            if kind.per_route is None:
+                raise ConfigError(path, f"HTTP filter {name!r} takes no per-route config")
+            if kind.per_route_types and type_url not in kind.per_route_types:
+                raise ConfigError(path + ".@type", f"expected one of {', '.join(kind.per_route_types)}, "
+                                                   f"got {type_url!r}")
+            out[name] = kind.per_route(Message(value, path, kind.per_route_fields, ignore=("@type",)))
+        obj.typed_per_filter_config = out
+
+    parse(rc)
+    for vh in rc.virtual_hosts:
+        parse(vh)
+        for r in vh.routes:
+            parse(r)
 
 
 # --- access logs --------------------------------------------------------------------------
@@ -356,7 +426,8 @@ def _access_log(item: Any, path: str) -> mh.AccessLog:
 
 # --- route configuration ------------------------------------------------------------------
 
-_ROUTE_CONFIG_FIELDS = ("name", "virtual_hosts", "max_direct_response_body_size_bytes") + HEADER_MUTATION_FIELDS
+_ROUTE_CONFIG_FIELDS = ("name", "virtual_hosts", "max_direct_response_body_size_bytes",
+                        "typed_per_filter_config") + HEADER_MUTATION_FIELDS
 
 
 class _Context:
@@ -374,11 +445,11 @@ def _route_config(rc: Message, refs: ClusterRefs) -> mh.RouteConfiguration:
     for item, path in rc.repeated("virtual_hosts"):
         virtual_hosts.append(_virtual_host(item, path, ctx, domains))
     return mh.RouteConfiguration(name=rc.string("name", default=""), virtual_hosts=virtual_hosts,
-                                 headers=_header_mutations(rc))
+                                 headers=_header_mutations(rc), typed_per_filter_config=_raw_per_filter(rc))
 
 
 def _virtual_host(item: Any, path: str, ctx: _Context, seen: dict) -> mh.VirtualHost:
-    vh = Message(item, path, ("name", "domains", "routes") + HEADER_MUTATION_FIELDS)
+    vh = Message(item, path, ("name", "domains", "routes", "typed_per_filter_config") + HEADER_MUTATION_FIELDS)
     name = vh.string("name", required=True, non_empty=True)
     domains = []
     for domain, dpath in vh.repeated("domains"):
@@ -397,11 +468,13 @@ def _virtual_host(item: Any, path: str, ctx: _Context, seen: dict) -> mh.Virtual
     if not domains:
         raise ConfigError(vh.at("domains"), "at least one domain is required")
     routes = [_route(ritem, rpath, ctx) for ritem, rpath in vh.repeated("routes")]
-    return mh.VirtualHost(name=name, domains=domains, routes=routes, headers=_header_mutations(vh))
+    return mh.VirtualHost(name=name, domains=domains, routes=routes, headers=_header_mutations(vh),
+                          typed_per_filter_config=_raw_per_filter(vh))
 
 
 def _route(item: Any, path: str, ctx: _Context) -> mh.Route:
-    msg = Message(item, path, ("name", "match", "route", "redirect", "direct_response") + HEADER_MUTATION_FIELDS)
+    msg = Message(item, path, ("name", "match", "route", "redirect", "direct_response", "typed_per_filter_config")
+                  + HEADER_MUTATION_FIELDS)
     name = msg.string("name", default="")
     match = _route_match(msg.message("match", _MATCH_FIELDS, required=True))
     action = _oneof(msg, ("route", "redirect", "direct_response"), required=True)
@@ -413,7 +486,19 @@ def _route(item: Any, path: str, ctx: _Context) -> mh.Route:
     else:
         direct = _direct_response(msg.message("direct_response", ("status", "body")), ctx)
     return mh.Route(match=match, route=route, redirect=redirect, direct_response=direct, name=name,
-                    headers=_header_mutations(msg))
+                    headers=_header_mutations(msg), typed_per_filter_config=_raw_per_filter(msg))
+
+
+def _raw_per_filter(msg: Message) -> dict:
+    """typed_per_filter_config as {filter name: (Any mapping, path)}, parsed later."""
+    raw = msg.mapping("typed_per_filter_config")
+    out = {}
+    for name, value in (raw or {}).items():
+        path = f"{msg.at('typed_per_filter_config')}.{name}"
+        if not isinstance(value, Mapping) or not isinstance(value.get("@type"), str):
+            raise ConfigError(path, "expected an Any with an '@type'")
+        out[name] = (value, path)
+    return out
 
 
 # --- matching -----------------------------------------------------------------------------

@@ -29,6 +29,7 @@ TYPED_STRUCT_TYPES = (
     "type.googleapis.com/udpa.type.v1.TypedStruct",
 )
 PYTHON_FILTER_TYPE_URL = "type.googleapis.com/fastproxy.python.NetworkFilter"
+PYTHON_HTTP_FILTER_TYPE_URL = "type.googleapis.com/fastproxy.python.HttpFilter"
 
 
 def python_filter_factory(typed_config: Message) -> Callable[[], Any]:
@@ -65,3 +66,50 @@ def import_class(spec: str, path: str) -> Any:
         except AttributeError:
             raise ConfigError(path, f"module {module_name!r} has no attribute {attr_path!r}") from None
     return obj
+
+
+def python_http_filter(typed_config: Message):
+    """An http_filters entry's TypedStruct naming a Python HttpFilter::
+
+        typed_config:
+          "@type": type.googleapis.com/xds.type.v3.TypedStruct
+          type_url: type.googleapis.com/fastproxy.python.HttpFilter
+          value:
+            class: mypackage.filters:AddUser      # or  filter: add_user  (a registered name)
+            config: {header: x-user}
+
+    Returns a PythonHttpFilter (its name is set by the caller from the entry's name)."""
+    from ..http_filter import HttpFilter, PythonHttpFilter, lookup_http_filter
+    type_url = typed_config.string("type_url", required=True)
+    if type_url != PYTHON_HTTP_FILTER_TYPE_URL:
+        raise ConfigError(typed_config.at("type_url"),
+                          f"unsupported HTTP filter {type_url!r} in a TypedStruct (fastproxy supports "
+                          f"{PYTHON_HTTP_FILTER_TYPE_URL!r})")
+    value = typed_config.message("value", ("class", "filter", "config"), required=True)
+    if (value.raw("class") is None) == (value.raw("filter") is None):
+        raise ConfigError(value.at("class"), "exactly one of 'class' (package.module:Class) or 'filter' "
+                                             "(a registered filter name) is required")
+    if value.raw("class") is not None:
+        cls = import_class(value.string("class", required=True), value.at("class"))
+        where = value.at("class")
+    else:
+        name = value.string("filter", required=True, non_empty=True)
+        where = value.at("filter")
+        cls = lookup_http_filter(name)
+        if cls is None:
+            raise ConfigError(where, f"no HTTP filter registered as {name!r} (proxy.register_http_filter() "
+                                     f"or the 'fastproxy.filters' entry point group)")
+    if not (isinstance(cls, type) and issubclass(cls, HttpFilter)):
+        raise ConfigError(where, f"{describe(cls)} is not a fastproxy.HttpFilter subclass")
+    config = value.mapping("config")
+    return PythonHttpFilter(name="", cls=cls, config={} if config is None else config)
+
+
+def python_http_filter_route_config(typed_config: Message):
+    """typed_per_filter_config for a Python filter: a TypedStruct whose value is handed to the
+    filter class's route_config()."""
+    type_url = typed_config.string("type_url", required=True)
+    if type_url != PYTHON_HTTP_FILTER_TYPE_URL:
+        raise ConfigError(typed_config.at("type_url"), f"expected {PYTHON_HTTP_FILTER_TYPE_URL!r}, got {type_url!r}")
+    value = typed_config.raw("value")
+    return {} if value is None else value

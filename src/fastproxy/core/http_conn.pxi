@@ -27,6 +27,13 @@ cdef enum:                          # UpConn.state
     UC_IDLE = 2
     UC_CLOSED = 3
 
+cdef enum:                          # how a head we send frames its body
+    UF_PARSER = 0                   # as the received message was framed (re-chunked if chunked)
+    UF_NONE = 1                     # no body
+    UF_LENGTH = 2                   # Content-Length: the given length
+    UF_MAP_LENGTH = 3               # the Content-Length a filter left in the header map (counted)
+    UF_CHUNKED = 4                  # chunked (close-delimited to an HTTP/1.0 client)
+
 cdef enum:
     HTTP_IO_LIMIT = 1 << 20         # bytes buffered per direction before reading pauses
     UPSTREAM_IDLE_MS = 60000        # an idle pooled connection is closed after this
@@ -50,6 +57,14 @@ cdef struct HttpCfg:
     uint32_t xff_num_trusted_hops
     char* server_name
     size_t server_name_len
+    int nfilters                    # http_filters before the router (core/http_filter.pxi)
+    HttpFilterCfg* filters
+    uint32_t filter_hooks           # union of the filters' HK_* bits
+    uint32_t filter_buffer_limit
+    OwnedCfg* owned_cfgs            # filter configs freed with this HttpCfg
+    int nowned
+    PyObject* py_keep               # a list of the Python objects filters point at, or NULL
+    char** cluster_names            # h.clusters[i]'s name (for filters)
 
 cdef struct SplicePipe:             # a pipe that Content-Length bodies go through
     int r
@@ -97,6 +112,12 @@ cdef struct HStream:
     uint64_t start_ms
     uint64_t req_body_bytes
     Timer timeout                   # the route's timeout (upstream request)
+    char* rewritten_path            # the route's path rewrite, or NULL
+    size_t rewritten_path_len
+    FChain* fc                      # filter instances and state; NULL without http_filters
+    int cluster_override            # a filter chose the cluster (index), or -1
+    uint8_t route_cleared           # a filter asked for the route to be recomputed
+    uint8_t resp_end_fed            # the response end went to the encoder filters
 
 cdef struct HConn:
     Endp down
@@ -139,13 +160,14 @@ cdef enum:
     H_RQ_TOO_LARGE = 14
     H_BYTES_SPLICED = 15            # body bytes moved socket -> pipe -> socket
     H_BYTES_COPIED = 16             # body bytes that went through user-space buffers
-    H_NSTATS = 17
+    H_PY_FILTER_ERROR = 17          # Python HTTP filter exceptions (and async timeouts)
+    H_NSTATS = 18
 HTTP_STATS = ("downstream_cx_total", "downstream_cx_active", "downstream_rq_total",
               "downstream_rq_active", "downstream_rq_1xx", "downstream_rq_2xx",
               "downstream_rq_3xx", "downstream_rq_4xx", "downstream_rq_5xx",
               "downstream_rq_time_ms_total", "downstream_rq_timeout",
               "downstream_cx_protocol_error", "downstream_rq_rx_reset", "no_route",
-              "downstream_rq_too_large", "bytes_spliced", "bytes_copied")
+              "downstream_rq_too_large", "bytes_spliced", "bytes_copied", "python_filter_error")
 HTTP_GAUGES = frozenset(["downstream_cx_active", "downstream_rq_active"])
 
 
@@ -470,26 +492,35 @@ cdef int _append_chunk(Chain* out, const char* p, size_t n) noexcept nogil:
     return chain_append(out, "\r\n", 2)
 
 
+cdef int _append_chunk_header(Chain* out, size_t n) noexcept nogil:
+    cdef char hdr[H1_CHUNK_HEADER_MAX]
+    cdef size_t k = h1_write_chunk_header(hdr, n)
+    return chain_append(out, hdr, k)
+
+
 cdef int _append_last_chunk(Chain* out, H1Head* trailers) noexcept nogil:
     """0 CRLF, the trailer fields (minus hop-by-hop ones), CRLF."""
     cdef PairList l
-    cdef ssize_t n
-    cdef Slice* s
+    cdef int rc
     memset(&l, 0, sizeof(PairList))
     if trailers != NULL and _pl_from_head(&l, trailers) < 0:
         free(l.v)
         return -1
-    n = h1_last_chunk_size(l.v, l.n)
+    rc = _append_last_chunk_pairs(out, &l)
+    free(l.v)
+    return rc
+
+
+cdef int _append_last_chunk_pairs(Chain* out, PairList* l) noexcept nogil:
+    cdef ssize_t n = h1_last_chunk_size(l.v, l.n)
+    cdef Slice* s
     if n < 0:
-        free(l.v)
         return -1
     s = slice_new(<size_t>n)
     if s == NULL:
-        free(l.v)
         return -1
     h1_write_last_chunk(s.data, l.v, l.n)
     s.fill = <size_t>n
-    free(l.v)
     return chain_append_slice(out, s, 0, <size_t>n)
 
 
@@ -498,6 +529,12 @@ cdef int _append_last_chunk(Chain* out, H1Head* trailers) noexcept nogil:
 cdef void hconn_local_reply(HConn* c, int status, const char* body, size_t body_len,
                             const char* location, size_t location_len, bint close_conn) noexcept nogil:
     """Answer the current request (if any) from the proxy itself."""
+    hconn_local_reply_ex(c, status, body, body_len, location, location_len, close_conn, NULL)
+
+
+cdef void hconn_local_reply_ex(HConn* c, int status, const char* body, size_t body_len,
+                               const char* location, size_t location_len, bint close_conn,
+                               const HMap* extra) noexcept nogil:
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
     cdef PairList l
     cdef char clen[24]
@@ -505,7 +542,9 @@ cdef void hconn_local_reply(HConn* c, int status, const char* body, size_t body_
     memset(&l, 0, sizeof(PairList))
     k = snprintf(clen, sizeof(clen), "%zu", body_len)
     _pl_add(&l, _cs("content-length"), _s(clen, <size_t>k))
-    if body_len:
+    if extra != NULL:
+        hm_to_pairs(extra, &l, True)
+    if body_len and (extra == NULL or hm_get(extra, "content-type", 12, <size_t*>&k) == NULL):
         _pl_add(&l, _cs("content-type"), _cs("text/plain"))
     if location != NULL:
         _pl_add(&l, _cs("location"), _s(location, location_len))
@@ -754,7 +793,7 @@ cdef void upconn_pump(UpConn* u) noexcept nogil:
                 break
         if u.ep.readable and not u.eof and u.in_buf.length < HTTP_IO_LIMIT \
                 and (c == NULL or c.out_buf.length < HTTP_IO_LIMIT) \
-                and not (c != NULL and (c.rsp_pipe.bytes or (s.resp_started
+                and not (c != NULL and (c.rsp_pipe.bytes or (s.resp_started and not _enc_body_filtered(s)
                          and u.resp.framing == H1_BODY_LENGTH and u.in_buf.length == 0
                          and u.resp.state != H1_MESSAGE_DONE))):
             n = chain_read_fd(&u.in_buf, u.ep.fd, HTTP_IO_LIMIT - u.in_buf.length, &asked)
@@ -787,6 +826,9 @@ cdef void upconn_pump(UpConn* u) noexcept nogil:
 
 cdef void stream_free(HStream* s) noexcept nogil:
     timer_cancel(s.c.w, &s.timeout)
+    if s.fc != NULL:
+        hf_stream_end(s)
+    free(s.rewritten_path)
     h1_head_free(&s.head)
     free(s)
 
@@ -796,6 +838,9 @@ cdef void stream_finish(HStream* s) noexcept nogil:
     connection for the next request if allowed."""
     cdef HConn* c = s.c
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    if s.fc != NULL and s.up != NULL and s.up.hosts != NULL:
+        s.fc.upstream_host_len = _host_text(&s.up.hosts.hosts[s.up.host_index], s.fc.upstream_host,
+                                            sizeof(s.fc.upstream_host))
     if s.up != NULL:
         upconn_release(s.up, s.req_done and s.up.resp.state == H1_MESSAGE_DONE
                        and (s.up.resp.flags & H1F_KEEP_ALIVE))
@@ -852,35 +897,98 @@ cdef size_t _host_text(Host* h, char* out, size_t cap) noexcept nogil:
     return <size_t>k if 0 < k < <int>cap else 0
 
 
-cdef int _upstream_request_head(HStream* s, const RouteInput* r) noexcept nogil:
+cdef const char* _req_field(HStream* s, const char* lower, size_t n, size_t* vn) noexcept nogil:
+    """A request field as the upstream will see it: from the filters' map if there is one."""
+    if s.fc != NULL:
+        return hm_get(&s.fc.req, lower, n, vn)
+    return _head_field(&s.head, lower, vn)
+
+
+cdef uint64_t _parse_u64(const char* p, size_t n) noexcept nogil:
+    cdef uint64_t x = 0
+    cdef size_t i
+    for i in range(n):
+        x = x * 10 + <uint64_t>(p[i] - 48)
+    return x
+
+
+cdef int _framing_fields(HStream* s, PairList* l, const HMap* m, int framing, uint64_t length,
+                         char* buf, size_t cap, uint8_t* chunked, FDir* d) noexcept nogil:
+    """The Content-Length/Transfer-Encoding a head we send gets (UF_* other than PARSER)."""
+    cdef size_t n
+    cdef const char* v
+    cdef int k
+    chunked[0] = 0
+    if framing == UF_LENGTH:
+        k = snprintf(buf, cap, "%llu", <unsigned long long>length)
+        if d != NULL:
+            d.sink_counted = 1
+            d.sink_left = length
+        return _pl_add(l, _cs("content-length"), _s(buf, <size_t>k))
+    if framing == UF_MAP_LENGTH:
+        v = hm_get(m, "content-length", 14, &n)
+        if v == NULL or n == 0 or n > 19 or not _all_digits(v, n):
+            return -1
+        if d != NULL:
+            d.sink_counted = 1
+            d.sink_left = _parse_u64(v, n)
+        return _pl_add(l, _cs("content-length"), _s(v, n))
+    if framing == UF_CHUNKED:
+        chunked[0] = 1
+        if d != NULL:
+            d.sink_chunked = 1
+        return _pl_add(l, _cs("transfer-encoding"), _cs("chunked"))
+    return 0
+
+
+cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexcept nogil:
     """Serialize the request head for the upstream into s.up.out_buf."""
     cdef HConn* c = s.c
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
     cdef const RouteEntry* e = s.route
     cdef PairList l
-    cdef char path[8192]
     cdef char xff[1024]
     cdef char rid[40]
     cdef char hostbuf[64]
-    cdef ssize_t plen
+    cdef char lenbuf[24]
     cdef size_t n, k
     cdef const char* v
     cdef H1Str target = _s(s.head.buf + s.head.target_off, s.head.target_len)
-    cdef H1Str host
+    cdef H1Str method = _s(s.head.buf + s.head.method_off, s.head.method_len)
     cdef uint64_t a, b
+    cdef uint8_t chunked = 0
     memset(&l, 0, sizeof(PairList))
     try:
-        plen = route_rewrite_path(e, r, path, sizeof(path))
-        if plen >= 0:
-            target = _s(path, <size_t>plen)
-        if _pl_from_head(&l, &s.head) < 0:
-            return -1
-        if s.req_chunked:
-            _pl_add(&l, _cs("transfer-encoding"), _cs("chunked"))
-        else:
-            v = _head_field(&s.head, "content-length", &n)
+        if s.fc != NULL:
+            v = hm_get(&s.fc.req, ":method", 7, &n)
+            if v == NULL:
+                return -1
+            method = _s(v, n)
+            v = hm_get(&s.fc.req, ":path", 5, &n)
+            if v == NULL:
+                return -1
+            target = _s(v, n)
+            v = hm_get(&s.fc.req, ":authority", 10, &n)
             if v != NULL:
-                _pl_add(&l, _cs("content-length"), _s(v, n))
+                _pl_add(&l, _cs("host"), _s(v, n))
+            if hm_to_pairs(&s.fc.req, &l, True) < 0:
+                return -1
+        elif _pl_from_head(&l, &s.head) < 0:
+            return -1
+        if s.rewritten_path != NULL:
+            target = _s(s.rewritten_path, s.rewritten_path_len)
+        if framing == UF_PARSER:
+            if s.req_chunked:
+                _pl_add(&l, _cs("transfer-encoding"), _cs("chunked"))
+            else:
+                v = _head_field(&s.head, "content-length", &n)
+                if v != NULL:
+                    _pl_add(&l, _cs("content-length"), _s(v, n))
+        else:
+            if _framing_fields(s, &l, &s.fc.req, framing, length, lenbuf, sizeof(lenbuf), &chunked,
+                               &s.fc.dec) < 0:
+                return -1
+            s.req_chunked = chunked
         _pl_remove(&l, "expect", 6)         # we answered 100-continue ourselves
         if s.upgrade:
             v = _head_field(&s.head, "upgrade", &n)
@@ -896,7 +1004,7 @@ cdef int _upstream_request_head(HStream* s, const RouteInput* r) noexcept nogil:
                 _pl_remove(&l, "host", 4)
                 _pl_add(&l, _cs("host"), _s(hostbuf, k))
         if h.use_remote_address:
-            v = _head_field(&s.head, "x-forwarded-for", &n)
+            v = _req_field(s, "x-forwarded-for", 15, &n)
             if v != NULL and n + c.remote_ip_len + 2 < sizeof(xff):
                 memcpy(xff, v, n)
                 memcpy(xff + n, b", ", 2)
@@ -922,16 +1030,14 @@ cdef int _upstream_request_head(HStream* s, const RouteInput* r) noexcept nogil:
             _pl_add(&l, _cs("x-request-id"), _s(rid, 36))
         if _pl_apply_ops(&l, &e.request_headers) < 0:
             return -1
-        if _append_head(&s.up.out_buf, &l, True,
-                        _s(s.head.buf + s.head.method_off, s.head.method_len), target, 0,
-                        _s(NULL, 0)) < 0:
+        if _append_head(&s.up.out_buf, &l, True, method, target, 0, _s(NULL, 0)) < 0:
             return -1
         return 0
     finally:
         free(l.v)
 
 
-cdef int _downstream_response_head(HStream* s) noexcept nogil:
+cdef int _downstream_response_head(HStream* s, int framing, uint64_t length) noexcept nogil:
     """Serialize the upstream's response head for the downstream into c.out_buf."""
     cdef HConn* c = s.c
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
@@ -940,19 +1046,45 @@ cdef int _downstream_response_head(HStream* s) noexcept nogil:
     cdef PairList l
     cdef const char* v
     cdef size_t n
-    cdef bint bodyless = p.framing == H1_BODY_NONE
+    cdef char lenbuf[24]
+    cdef char stbuf[4]
+    cdef uint8_t chunked = 0
+    cdef int status = rh.status
+    cdef H1Str reason
     memset(&l, 0, sizeof(PairList))
     try:
-        if _pl_from_head(&l, rh) < 0:
+        if s.fc != NULL and s.fc.resp.used:
+            v = hm_get(&s.fc.resp, ":status", 7, &n)
+            if v == NULL or n != 3 or not _all_digits(v, 3):
+                return -1
+            status = (v[0] - 48) * 100 + (v[1] - 48) * 10 + (v[2] - 48)
+            if status < 200:
+                return -1
+            s.status = status
+            if hm_to_pairs(&s.fc.resp, &l, True) < 0:
+                return -1
+        elif _pl_from_head(&l, rh) < 0:
             return -1
-        v = _head_field(rh, "content-length", &n)
-        if p.framing == H1_BODY_LENGTH or (v != NULL and (s.method == H1M_HEAD or rh.status == 304)):
-            _pl_add(&l, _cs("content-length"), _s(v, n))
-        elif p.framing == H1_BODY_CHUNKED or (p.framing == H1_BODY_EOF and s.minor == 1):
-            _pl_add(&l, _cs("transfer-encoding"), _cs("chunked"))
-            s.resp_chunked = 1
-        elif p.framing == H1_BODY_EOF:
-            s.keepalive = 0
+        if status == rh.status and rh.reason_len:
+            reason = _s(rh.buf + rh.reason_off, rh.reason_len)
+        else:
+            reason = _cs(_status_reason(status))
+        if framing == UF_PARSER:
+            v = _head_field(rh, "content-length", &n)
+            if p.framing == H1_BODY_LENGTH or (v != NULL and (s.method == H1M_HEAD or rh.status == 304)):
+                _pl_add(&l, _cs("content-length"), _s(v, n))
+            elif p.framing == H1_BODY_CHUNKED or (p.framing == H1_BODY_EOF and s.minor == 1):
+                _pl_add(&l, _cs("transfer-encoding"), _cs("chunked"))
+                s.resp_chunked = 1
+            elif p.framing == H1_BODY_EOF:
+                s.keepalive = 0
+        else:
+            if framing == UF_CHUNKED and s.minor == 0:
+                framing = UF_NONE               # HTTP/1.0: the close delimits the body
+                s.keepalive = 0
+            if _framing_fields(s, &l, &s.fc.resp, framing, length, lenbuf, sizeof(lenbuf),
+                               &chunked, &s.fc.enc) < 0:
+                return -1
         if h.server_name_len:
             _pl_remove(&l, "server", 6)
             _pl_add(&l, _cs("server"), _s(h.server_name, h.server_name_len))
@@ -962,8 +1094,7 @@ cdef int _downstream_response_head(HStream* s) noexcept nogil:
             _pl_add(&l, _cs("connection"), _cs("close"))
         elif s.minor == 0:
             _pl_add(&l, _cs("connection"), _cs("keep-alive"))
-        if _append_head(&c.out_buf, &l, False, _s(NULL, 0), _s(NULL, 0), rh.status,
-                        _s(rh.buf + rh.reason_off, rh.reason_len) if rh.reason_len else _cs(_status_reason(rh.status))) < 0:
+        if _append_head(&c.out_buf, &l, False, _s(NULL, 0), _s(NULL, 0), status, reason) < 0:
             return -1
         return 0
     finally:
@@ -1057,13 +1188,66 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
             stat_add(s.cluster.stats, c.w, C_RQ_TOTAL, 1)
             _count_status(s.cluster.stats, c.w, C_RQ_1XX, s.status)
             _count_status(h.stats, c.w, H_RQ_1XX, s.status)
-            if _downstream_response_head(s) < 0:
+            if _enc_filtered(s):
+                if p.framing == H1_BODY_NONE:
+                    p.state = H1_MESSAGE_DONE
+                if _response_to_filters(s) < 0:
+                    return -1
+                continue
+            if _downstream_response_head(s, UF_PARSER, 0) < 0:
                 _upconn_failed(u, 502, "upstream sent an invalid response")
                 return -1
             s.resp_started = 1
             if p.framing == H1_BODY_NONE:
                 p.state = H1_MESSAGE_DONE
             continue
+        if _enc_body_filtered(s):
+            # The body goes through the encoder filters; their sink frames it.
+            if p.state == H1_MESSAGE_DONE:
+                if not s.resp_end_fed:
+                    s.resp_end_fed = 1
+                    if p.trailers.nfields and hm_from_head(&s.fc.resp_trailers, &p.trailers, True, False) < 0:
+                        hconn_close(c, True)
+                        return -1
+                    if hf_body_in(s, True, &u.in_buf, 0, True, p.trailers.nfields > 0) < 0:
+                        return -1
+                    continue
+                break
+            if not hf_wants_more(s, True):
+                break
+            if u.in_buf.length == 0:
+                if u.eof:
+                    if h1_feed_eof(p) == 0:
+                        continue
+                    if s.resp_started:
+                        hconn_close(c, True)
+                    else:
+                        _upconn_failed(u, 502, "upstream sent an incomplete response")
+                    return -1
+                break
+            r = &u.in_buf.refs[u.in_buf.head]
+            n = h1_feed_body(p, r.s.data + r.off, r.len, &off, &seg)
+            if n < 0:
+                if s.resp_started:
+                    hconn_close(c, True)
+                else:
+                    _upconn_failed(u, 502, "upstream sent an invalid response")
+                return -1
+            stat_add(h.stats, c.w, H_BYTES_COPIED, seg)
+            chain_drain(&u.in_buf, off)
+            if seg or p.state == H1_MESSAGE_DONE:
+                if p.state == H1_MESSAGE_DONE:
+                    s.resp_end_fed = 1
+                    if p.trailers.nfields and hm_from_head(&s.fc.resp_trailers, &p.trailers, True, False) < 0:
+                        hconn_close(c, True)
+                        return -1
+                if hf_body_in(s, True, &u.in_buf, seg, p.state == H1_MESSAGE_DONE,
+                              p.state == H1_MESSAGE_DONE and p.trailers.nfields > 0) < 0:
+                    return -1
+            chain_drain(&u.in_buf, <size_t>n - off - seg)
+            continue
+        if not s.resp_started:
+            break                       # an encoder filter holds the response head
         if c.rsp_pipe.bytes or (p.framing == H1_BODY_LENGTH and s.resp_started
                                 and p.state != H1_MESSAGE_DONE and u.in_buf.length == 0
                                 and c.out_buf.length == 0 and splice_pipe_open(&c.rsp_pipe)):
@@ -1119,38 +1303,129 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
     return 0
 
 
+cdef int _response_to_filters(HStream* s) noexcept nogil:
+    """A response head (not 1xx) for the encoder filters. -1: the stream ended."""
+    cdef FChain* fc = s.fc
+    cdef H1Parser* p = &s.up.resp
+    cdef char st[8]
+    snprintf(st, sizeof(st), "%03d", p.head.status)
+    if hm_add(&fc.resp, ":status", 7, st, 3) < 0 or hm_from_head(&fc.resp, &p.head, True, False) < 0:
+        hconn_close(s.c, True)
+        return -1
+    fc.enc.end_seen = p.framing == H1_BODY_NONE
+    return hf_iterate(s, True)
+
+
+cdef int stream_filter_request_body(HStream* s) noexcept nogil:
+    """Request body bytes from the downstream's in_buf to the decoder filters.
+    -1 when the stream ended."""
+    cdef HConn* c = s.c
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    cdef H1Parser* p = &c.req
+    cdef SliceRef* r
+    cdef ssize_t n
+    cdef size_t off, seg
+    cdef bint end
+    while c.in_buf.length and p.state != H1_MESSAGE_DONE and hf_wants_more(s, False):
+        r = &c.in_buf.refs[c.in_buf.head]
+        n = h1_feed_body(p, r.s.data + r.off, r.len, &off, &seg)
+        if n < 0:
+            stat_add(h.stats, c.w, H_CX_PROTOCOL_ERROR, 1)
+            if s.up != NULL:
+                upconn_close(s.up)
+                s.up = NULL
+            if s.resp_started:
+                hconn_close(c, True)
+                return -1
+            chain_clear(&c.in_buf)
+            hconn_local_reply(c, p.err_status, h1_err_reason(p.err), strlen(h1_err_reason(p.err)),
+                              NULL, 0, True)
+            stream_finish(s)
+            return -1
+        s.req_body_bytes += seg
+        stat_add(h.stats, c.w, H_BYTES_COPIED, seg)
+        if h.max_request_bytes and s.req_body_bytes > h.max_request_bytes:
+            stat_add(h.stats, c.w, H_RQ_TOO_LARGE, 1)
+            hconn_close(c, True)
+            return -1
+        chain_drain(&c.in_buf, off)
+        end = p.state == H1_MESSAGE_DONE
+        if end and p.trailers.nfields and hm_from_head(&s.fc.req_trailers, &p.trailers, True, False) < 0:
+            hconn_close(c, True)
+            return -1
+        if seg or end:
+            if hf_body_in(s, False, &c.in_buf, seg, end, end and p.trailers.nfields > 0) < 0:
+                return -1
+            if c.closed or c.stream != s:
+                return -1
+        chain_drain(&c.in_buf, <size_t>n - off - seg)
+    if p.state != H1_MESSAGE_DONE and c.down_eof and c.in_buf.length == 0:
+        stat_add(h.stats, c.w, H_RQ_RX_RESET, 1)
+        hconn_close(c, False)
+        return -1
+    return 0
+
+
 cdef void _fill_route_input(HStream* s, RouteInput* r, RouteHeader* hdrs) noexcept nogil:
     cdef H1Head* hd = &s.head
     cdef uint32_t i
-    cdef size_t n
+    cdef size_t n, k
+    cdef HMap* m
+    r.scheme = "http"
+    r.scheme_len = 4
+    r.worker = <unsigned int>s.c.w.index
+    r.headers = hdrs
+    if s.fc != NULL:
+        # Route on the headers as the filters left them.
+        m = &s.fc.req
+        r.method = hm_get(m, ":method", 7, &n)
+        r.method_len = n if r.method != NULL else 0
+        r.path = hm_get(m, ":path", 5, &n)
+        r.path_len = n if r.path != NULL else 0
+        r.host = hm_get(m, ":authority", 10, &n)
+        r.host_len = n if r.host != NULL else 0
+        k = 0
+        for i in range(m.l.n):
+            if m.l.v[i].name.n and m.l.v[i].name.p[0] == b':':
+                continue
+            hdrs[k].name = m.l.v[i].name.p
+            hdrs[k].name_len = m.l.v[i].name.n
+            hdrs[k].value = m.l.v[i].value.p
+            hdrs[k].value_len = m.l.v[i].value.n
+            k += 1
+        r.nheaders = <int>k
+        return
     r.method = hd.buf + hd.method_off
     r.method_len = hd.method_len
     r.path = hd.buf + hd.target_off
     r.path_len = hd.target_len
     r.host = _head_field(hd, "host", &n)
     r.host_len = n if r.host != NULL else 0
-    r.scheme = "http"
-    r.scheme_len = 4
-    r.worker = <unsigned int>s.c.w.index
     for i in range(hd.nfields):
         hdrs[i].name = hd.buf + hd.fields[i].name_off
         hdrs[i].name_len = hd.fields[i].name_len
         hdrs[i].value = hd.buf + hd.fields[i].value_off
         hdrs[i].value_len = hd.fields[i].value_len
     r.nheaders = <int>hd.nfields
-    r.headers = hdrs
+
+
+cdef inline bint _dec_body_filtered(HStream* s) noexcept nogil:
+    return s.fc != NULL and ((<HttpCfg*>s.c.cfg.http).filter_hooks & (HK_DECODE_DATA | HK_DECODE_TRAILERS)) != 0
+
+
+cdef inline bint _enc_filtered(HStream* s) noexcept nogil:
+    return s.fc != NULL and ((<HttpCfg*>s.c.cfg.http).filter_hooks & (HK_ENCODE_HEADERS | HK_ENCODE_DATA | HK_ENCODE_TRAILERS)) != 0
+
+
+cdef inline bint _enc_body_filtered(HStream* s) noexcept nogil:
+    return s.fc != NULL and ((<HttpCfg*>s.c.cfg.http).filter_hooks & (HK_ENCODE_DATA | HK_ENCODE_TRAILERS)) != 0
 
 
 cdef void stream_start(HConn* c) noexcept nogil:
-    """A complete, valid request head is in c.req: route it."""
+    """A complete, valid request head is in c.req: run the decoder filters (if any), then
+    route it."""
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
     cdef HStream* s = <HStream*>calloc(1, sizeof(HStream))
-    cdef RouteInput r
-    cdef RouteHeader* hdrs
-    cdef const RouteEntry* e
-    cdef char loc[8192]
-    cdef ssize_t n
-    cdef int ci
     if s == NULL:
         hconn_close(c, True)
         return
@@ -1158,6 +1433,7 @@ cdef void stream_start(HConn* c) noexcept nogil:
     timer_cancel(c.w, &c.headers_timer)
     s.c = c
     s.start_ms = c.w.now
+    s.cluster_override = -1
     timer_init(&s.timeout, _stream_timeout, s)
     h1_head_take(&c.req, &s.head)
     s.method = s.head.method
@@ -1186,49 +1462,249 @@ cdef void stream_start(HConn* c) noexcept nogil:
         hconn_local_reply(c, 413, "Payload Too Large", 17, NULL, 0, True)
         stream_finish(s)
         return
-    hdrs = <RouteHeader*>malloc(max(1, s.head.nfields) * sizeof(RouteHeader))
+    if h.nfilters:
+        if hf_stream_create(s) < 0:
+            hconn_close(c, True)
+            return
+        if c.req.flags & H1F_EXPECT_CONTINUE:
+            # Answered before the filters run: a filter that waits for the body must get it.
+            chain_append(&c.out_buf, "HTTP/1.1 100 Continue\r\n\r\n", 25)
+        s.fc.dec.end_seen = c.req.framing == H1_BODY_NONE
+        hf_iterate(s, False)
+        return
+    stream_route(s)
+
+
+cdef int stream_route(HStream* s) noexcept nogil:
+    """The router: pick the route and the upstream, send the request head (unless a filter
+    may still change the body: then the first body bytes send it). -1: the stream ended."""
+    cdef HConn* c = s.c
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    cdef RouteInput r
+    cdef RouteHeader* hdrs
+    cdef const RouteEntry* e
+    cdef char loc[8192]
+    cdef ssize_t n
+    cdef int ci
+    cdef size_t nf = s.head.nfields if s.fc == NULL else s.fc.req.l.n
+    hdrs = <RouteHeader*>malloc(max(1, nf) * sizeof(RouteHeader))
     if hdrs == NULL:
         hconn_close(c, True)
-        return
+        return -1
     _fill_route_input(s, &r, hdrs)
-    e = route_select(h.routes, &r)
-    s.route = e
+    if s.route == NULL or s.route_cleared or s.fc == NULL:
+        s.route = route_select(h.routes, &r)
+        s.route_cleared = 0
+    e = s.route
     if e == NULL:
         free(hdrs)
         stat_add(h.stats, c.w, H_NO_ROUTE, 1)
-        hconn_local_reply(c, 404, "", 0, NULL, 0, c.req.framing != H1_BODY_NONE)
+        hconn_local_reply(c, 404, "", 0, NULL, 0, c.req.state != H1_MESSAGE_DONE)
         stream_finish(s)
-        return
+        return -1
     if e.action == ROUTE_DIRECT_RESPONSE or e.action == ROUTE_REDIRECT:
         n = route_redirect_location(e, &r, loc, sizeof(loc))
         free(hdrs)
         hconn_local_reply(c, e.status, e.body.p, e.body.n, loc if n >= 0 else NULL,
-                          <size_t>n if n >= 0 else 0, c.req.framing != H1_BODY_NONE)
+                          <size_t>n if n >= 0 else 0, c.req.state != H1_MESSAGE_DONE)
         stream_finish(s)
-        return
-    ci = e.cluster if e.action == ROUTE_CLUSTER else route_pick_weighted(e, worker_random(c.w))
+        return -1
+    if s.cluster_override >= 0:
+        ci = s.cluster_override
+    else:
+        ci = e.cluster if e.action == ROUTE_CLUSTER else route_pick_weighted(e, worker_random(c.w))
     s.cluster = h.clusters[ci]
     s.up = upconn_acquire(s, s.cluster)
     if s.up == NULL:
         free(hdrs)
         stat_add(s.cluster.stats, c.w, C_RQ_5XX, 1)
-        hconn_local_reply(c, 503, "no healthy upstream", 19, NULL, 0, c.req.framing != H1_BODY_NONE)
+        hconn_local_reply(c, 503, "no healthy upstream", 19, NULL, 0, c.req.state != H1_MESSAGE_DONE)
         stream_finish(s)
-        return
-    if c.req.flags & H1F_EXPECT_CONTINUE:
+        return -1
+    if s.fc == NULL and c.req.flags & H1F_EXPECT_CONTINUE:
         chain_append(&c.out_buf, "HTTP/1.1 100 Continue\r\n\r\n", 25)
-    if _upstream_request_head(s, &r) < 0:
-        free(hdrs)
-        upconn_close(s.up)
-        s.up = NULL
-        hconn_local_reply(c, 400, "invalid request after header mutation", 37, NULL, 0, True)
-        stream_finish(s)
-        return
+    # The rewritten path is computed now, while the route input is at hand.
+    n = route_rewrite_path(e, &r, loc, sizeof(loc))
+    if n >= 0:
+        s.rewritten_path = <char*>malloc(<size_t>n + 1)
+        if s.rewritten_path != NULL:
+            memcpy(s.rewritten_path, loc, <size_t>n)
+            s.rewritten_path_len = <size_t>n
     free(hdrs)
+    if not _dec_body_filtered(s):
+        if stream_send_request_head(s, UF_PARSER, 0) < 0:
+            return -1
+    elif s.fc.dec.phase == FP_PH_DONE:
+        if stream_send_request_head(s, UF_LENGTH if c.req.framing != H1_BODY_NONE else UF_NONE, 0) < 0:
+            return -1
     if s.req_done and e.timeout_ms:
         timer_arm(c.w, &s.timeout, e.timeout_ms)
     if s.up.state == UC_BUSY:
         s.up.ep.writable = 1            # a pooled connection: try to write at once
+    return 0
+
+
+cdef int stream_send_request_head(HStream* s, int framing, uint64_t length) noexcept nogil:
+    """Serialize the request head into the upstream's out_buf. -1: the stream ended."""
+    cdef HConn* c = s.c
+    if _upstream_request_head(s, framing, length) < 0:
+        upconn_close(s.up)
+        s.up = NULL
+        hconn_local_reply(c, 400, "invalid request after header mutation", 37, NULL, 0, True)
+        stream_finish(s)
+        return -1
+    if s.fc != NULL:
+        s.fc.dec.sink_started = 1
+    return 0
+
+
+# -- the filter chain's sinks (core/http_filter.pxi calls these)
+
+cdef int hf_sink_headers_decode(HStream* s) noexcept nogil:
+    """The request headers passed every decoder filter: route."""
+    if s.fc.dec.phase == FP_PH_DONE:
+        s.req_done = 1
+    return stream_route(s)
+
+
+cdef int hf_sink_data_decode(HStream* s) noexcept nogil:
+    """Filtered request body (and the end) to the upstream, framed."""
+    cdef FChain* fc = s.fc
+    cdef FDir* d = &fc.dec
+    cdef UpConn* u = s.up
+    cdef HConn* c = s.c
+    cdef size_t n
+    cdef const char* v
+    cdef PairList tl
+    cdef int rc
+    if u == NULL:
+        return -1
+    if not d.sink_started:
+        if d.phase == FP_PH_DONE:
+            # The whole body is here: say exactly how long it is.
+            rc = stream_send_request_head(s, UF_LENGTH, d.held.length)
+        elif hm_get(&fc.req, "content-length", 14, &n) != NULL:
+            rc = stream_send_request_head(s, UF_MAP_LENGTH, 0)
+        else:
+            rc = stream_send_request_head(s, UF_CHUNKED, 0)
+        if rc < 0:
+            return -1
+    if d.held.length:
+        if d.sink_counted and d.held.length > d.sink_left:
+            # A filter changed the body but not its Content-Length: never send the
+            # upstream bytes it would read as another request.
+            return -1 if hf_fail(s, False) else -1
+        n = d.held.length
+        if d.sink_chunked:
+            if _append_chunk_header(&u.out_buf, n) < 0:
+                return -1 if hf_fail(s, False) else -1
+            chain_move(&u.out_buf, &d.held)
+            chain_append(&u.out_buf, "\r\n", 2)
+        else:
+            chain_move(&u.out_buf, &d.held)
+        if d.sink_counted:
+            d.sink_left -= n
+    if d.phase == FP_PH_DONE and not s.req_done:
+        if d.sink_counted and d.sink_left:
+            return -1 if hf_fail(s, False) else -1
+        if d.sink_chunked:
+            memset(&tl, 0, sizeof(PairList))
+            if fc.req_trailers.used:
+                hm_to_pairs(&fc.req_trailers, &tl, True)
+            rc = _append_last_chunk_pairs(&u.out_buf, &tl)
+            free(tl.v)
+            if rc < 0:
+                return -1 if hf_fail(s, False) else -1
+        s.req_done = 1
+        if s.route.timeout_ms:
+            timer_arm(c.w, &s.timeout, s.route.timeout_ms)
+    if u.state == UC_BUSY and u.out_buf.length:
+        u.ep.writable = 1
+    return 0
+
+
+cdef int hf_sink_headers_encode(HStream* s) noexcept nogil:
+    """The response headers passed every encoder filter: send them (unless a filter may
+    still change the body: then the first body bytes send them)."""
+    if not _enc_body_filtered(s):
+        return stream_send_response_head(s, UF_PARSER, 0)
+    if s.fc.enc.phase == FP_PH_DONE:         # no body: nothing else will come
+        if stream_send_response_head(s, UF_PARSER, 0) < 0:
+            return -1
+        return _stream_response_done(s)
+    return 0
+
+
+cdef int stream_send_response_head(HStream* s, int framing, uint64_t length) noexcept nogil:
+    if _downstream_response_head(s, framing, length) < 0:
+        if s.up != NULL:
+            _upconn_failed(s.up, 502, "upstream sent an invalid response")
+        else:
+            hconn_close(s.c, True)
+        return -1
+    s.resp_started = 1
+    if s.fc != NULL:
+        s.fc.enc.sink_started = 1
+    return 0
+
+
+cdef int _stream_response_done(HStream* s) noexcept nogil:
+    """The filtered response is complete downstream: end the stream."""
+    cdef HConn* c = s.c
+    if s.up != NULL and s.up.resp.state != H1_MESSAGE_DONE:
+        return 0                        # the upstream still owes bytes; it finishes then
+    stream_finish(s)
+    hconn_pump(c)
+    return -1
+
+
+cdef int hf_sink_data_encode(HStream* s) noexcept nogil:
+    """Filtered response body (and the end) to the downstream, framed."""
+    cdef FChain* fc = s.fc
+    cdef FDir* d = &fc.enc
+    cdef HConn* c = s.c
+    cdef size_t n
+    cdef PairList tl
+    cdef int rc
+    if not d.sink_started:
+        if d.phase == FP_PH_DONE:
+            rc = stream_send_response_head(s, UF_LENGTH, d.held.length)
+        elif hm_get(&fc.resp, "content-length", 14, &n) != NULL:
+            rc = stream_send_response_head(s, UF_MAP_LENGTH, 0)
+        else:
+            rc = stream_send_response_head(s, UF_CHUNKED, 0)
+        if rc < 0 or s.fc != fc:
+            return -1
+    if d.held.length:
+        if d.sink_counted and d.held.length > d.sink_left:
+            hconn_close(c, True)
+            return -1
+        n = d.held.length
+        if d.sink_chunked:
+            if _append_chunk_header(&c.out_buf, n) < 0:
+                hconn_close(c, True)
+                return -1
+            chain_move(&c.out_buf, &d.held)
+            chain_append(&c.out_buf, "\r\n", 2)
+        else:
+            chain_move(&c.out_buf, &d.held)
+        if d.sink_counted:
+            d.sink_left -= n
+    if d.phase == FP_PH_DONE:
+        if d.sink_counted and d.sink_left:
+            hconn_close(c, True)
+            return -1
+        if d.sink_chunked:
+            memset(&tl, 0, sizeof(PairList))
+            if fc.resp_trailers.used:
+                hm_to_pairs(&fc.resp_trailers, &tl, True)
+            rc = _append_last_chunk_pairs(&c.out_buf, &tl)
+            free(tl.v)
+            if rc < 0:
+                hconn_close(c, True)
+                return -1
+        return _stream_response_done(s)
+    return 0
 
 
 cdef int stream_forward_request_body(HStream* s) noexcept nogil:
@@ -1444,7 +1920,13 @@ cdef int _hconn_process(HConn* c) noexcept nogil:
                     if c.closed:
                         return -1
                 return 0
-            if s.up != NULL and not s.req_done:
+            if _dec_body_filtered(s):
+                if c.req.state != H1_MESSAGE_DONE or (c.down_eof and not s.req_done):
+                    if stream_filter_request_body(s) < 0:
+                        if c.closed:
+                            return -1
+                        continue
+            elif s.up != NULL and not s.req_done:
                 if stream_forward_request_body(s) < 0:
                     if c.closed:
                         return -1
@@ -1506,7 +1988,7 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
         s = c.stream
         if c.down.readable and not c.down_eof and c.in_buf.length < HTTP_IO_LIMIT \
                 and (s == NULL or s.up == NULL or s.up.out_buf.length < HTTP_IO_LIMIT) \
-                and not (s != NULL and s.up != NULL and not s.req_done and (c.req_pipe.bytes
+                and not (s != NULL and s.up != NULL and not s.req_done and not _dec_body_filtered(s) and (c.req_pipe.bytes
                          or (c.req.framing == H1_BODY_LENGTH and c.in_buf.length == 0
                              and s.up.state == UC_BUSY and c.req.state != H1_MESSAGE_DONE))):
             n = chain_read_fd(&c.in_buf, c.down.fd, HTTP_IO_LIMIT - c.in_buf.length, &asked)
@@ -1593,8 +2075,12 @@ cdef void http_cfg_decref(HttpCfg* h) noexcept nogil:
     if h == NULL or fp_atomic_add_int(&h.refcnt, -1) != 0:
         return
     route_table_decref(h.routes)
+    http_cfg_free_filters(h)
     for i in range(h.nclusters):
         cluster_decref(h.clusters[i])
+        if h.cluster_names != NULL:
+            free(h.cluster_names[i])
+    free(h.cluster_names)
     free(h.clusters)
     free(h.server_name)
     free(h)
@@ -1612,6 +2098,7 @@ cdef class HttpCfgHandle:
 def make_http_cfg(hcm, StatBlockHandle stats, dict clusters, int nworkers):
     """Compile a model_http.HttpConnectionManager; clusters: {name: ClusterHandle}."""
     cdef HttpCfgHandle hh = HttpCfgHandle.__new__(HttpCfgHandle)
+    cdef _FilterCompiler fcomp
     cdef HttpCfg* h = <HttpCfg*>calloc(1, sizeof(HttpCfg))
     cdef RouteTableHandle rt
     cdef ClusterHandle ch
@@ -1623,13 +2110,31 @@ def make_http_cfg(hcm, StatBlockHandle stats, dict clusters, int nworkers):
     hh.h = h
     names = sorted(clusters)
     index = {name: i for i, name in enumerate(names)}
-    rt = compile_route_table(hcm.route_config, index, nworkers)
+    h.filter_buffer_limit = FILTER_BUFFER_LIMIT_DEFAULT
+    fcomp = _FilterCompiler.__new__(_FilterCompiler)
+    fcomp.h = h
+    fcomp.specs = list(getattr(hcm, "http_filters", None) or [])
+    fcomp.keep = []
+    fcomp.compile("http_connection_manager")
+    rt = compile_route_table(hcm.route_config, index, nworkers,
+                             per_filter=fcomp.route_configs if fcomp.specs else None)
+    if fcomp.keep:
+        Py_INCREF(fcomp.keep)
+        h.py_keep = <PyObject*>fcomp.keep
     hh.routes_handle = rt
     h.routes = rt.t
     route_table_incref(rt.t)
     h.nclusters = len(names)
     h.clusters = <ClusterCfg**>calloc(max(1, h.nclusters), sizeof(ClusterCfg*))
+    h.cluster_names = <char**>calloc(max(1, h.nclusters), sizeof(char*))
+    if h.clusters == NULL or h.cluster_names == NULL:
+        raise MemoryError()
     for i, name in enumerate(names):
+        bname = name.encode()
+        h.cluster_names[i] = <char*>malloc(len(bname) + 1)
+        if h.cluster_names[i] == NULL:
+            raise MemoryError()
+        memcpy(h.cluster_names[i], <char*>bname, len(bname) + 1)
         ch = clusters[name]
         h.clusters[i] = ch.c
         fp_atomic_add_int(&ch.c.refcnt, 1)

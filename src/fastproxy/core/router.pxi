@@ -316,6 +316,7 @@ cdef struct RouteHeaderOps:
 
 cdef struct RouteEntry:
     RouteStr name
+    void** per_filter               # typed_per_filter_config by HTTP filter index, or NULL
     RouteStr vhost_name
     int vhost                       # index of its virtual host
     int index                       # position in the virtual host's routes
@@ -2081,9 +2082,11 @@ cdef list _rt_ops_list(const RouteHeaderOps* ops):
 
 
 def compile_route_table(route_config, dict cluster_index, int regex_copies=1,
-                        str path="route_config"):
+                        str path="route_config", per_filter=None):
     """Compile a model_http.RouteConfiguration into a RouteTable (see core/router.pxi).
-    cluster_index maps every cluster name a route may use to the caller's integer index."""
+    cluster_index maps every cluster name a route may use to the caller's integer index.
+    per_filter(route, vhost, route_config): the route's per-HTTP-filter config addresses
+    (a list, 0 for none) or None."""
     cdef RouteTableHandle h = RouteTableHandle.__new__(RouteTableHandle)
     cdef _RouteBuilder b = _RouteBuilder.__new__(_RouteBuilder)
     cdef RouteTable* t = <RouteTable*>calloc(1, sizeof(RouteTable))
@@ -2165,6 +2168,12 @@ def compile_route_table(route_config, dict cluster_index, int regex_copies=1,
             b.put(&e.name, route.name or "")
             b.match(e, route.match, rpath + ".match")
             b.action(e, route, rpath)
+            if per_filter is not None:
+                pf = per_filter(route, vhm, route_config)
+                if pf is not None:
+                    e.per_filter = <void**>b.alloc(sizeof(void*) * max(1, len(pf)))
+                    for k, addr in enumerate(pf):
+                        e.per_filter[k] = <void*><size_t>addr
             r_req = _rt_level_ops(route.headers, rpath, "request")
             r_resp = _rt_level_ops(route.headers, rpath, "response")
             req_levels = [(RHL_ROUTE, r_req), (RHL_VIRTUAL_HOST, vh_req),

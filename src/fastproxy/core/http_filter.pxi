@@ -1,0 +1,894 @@
+# HTTP filter chains (Envoy's StreamDecoderFilter/StreamEncoderFilter), for every kind of
+# filter: native ones compiled here, C filters loaded through cffi, and Python filters
+# (core/http_pyfilter.pxi). All of them are an `fp_http_filter` table (the C ABI in
+# include/fastproxy_filter.h); this file runs the tables without the GIL.
+#
+#   request:  head -> decode_headers 0..n-1 -> router (route, upstream, head out)
+#             body -> decode_data    0..n-1 -> router (framed for the upstream)
+#             trailers -> decode_trailers 0..n-1 -> router (last chunk)
+#   response: head -> encode_headers n-1..0 -> downstream head
+#             body -> encode_data    n-1..0 -> downstream (framed)
+#             trailers -> encode_trailers n-1..0
+#   end:      on_log 0..n-1, destroy 0..n-1
+#
+# Each direction has one iteration state: the phase (headers, data, trailers), the index of
+# the next filter to call, and whether a filter holds the stream. `held` is the body that has
+# passed the filters before that index. While a filter holds the stream, body bytes that
+# arrive are added to `held` without running the filters before it (Envoy's
+# StopAllIterationAndBuffer); reading pauses at the buffer limit (STOP_ITERATION), or the
+# stream fails with 413/500 beyond it (STOP_AND_BUFFER, or headers held).
+#
+# A stream whose listener has no filters never allocates any of this.
+
+cdef extern from "fastproxy_filter.h" nogil:
+    ctypedef struct fp_str:
+        const char* p
+        size_t n
+    ctypedef struct fp_headers:
+        pass
+    ctypedef struct fp_body:
+        pass
+    ctypedef struct fp_stream:
+        pass
+    ctypedef struct fp_api:
+        uint32_t abi_version
+        size_t (*headers_len)(const fp_headers* h) noexcept nogil
+        int (*headers_at)(const fp_headers* h, size_t i, fp_str* name, fp_str* value) noexcept nogil
+        int (*headers_get)(const fp_headers* h, const char* name, size_t name_len, fp_str* value) noexcept nogil
+        int (*headers_add)(fp_headers* h, const char* name, size_t name_len, const char* value, size_t value_len) noexcept nogil
+        int (*headers_set)(fp_headers* h, const char* name, size_t name_len, const char* value, size_t value_len) noexcept nogil
+        size_t (*headers_remove)(fp_headers* h, const char* name, size_t name_len) noexcept nogil
+        size_t (*body_len)(const fp_body* b) noexcept nogil
+        size_t (*body_segments)(const fp_body* b, fp_str* out, size_t mx) noexcept nogil
+        int (*body_append)(fp_body* b, const char* p, size_t n) noexcept nogil
+        int (*body_prepend)(fp_body* b, const char* p, size_t n) noexcept nogil
+        void (*body_drain)(fp_body* b, size_t n) noexcept nogil
+        int (*send_local_reply)(fp_stream* s, int status, const char* body, size_t body_len) noexcept nogil
+        void (*continue_decoding)(fp_stream* s) noexcept nogil
+        void (*continue_encoding)(fp_stream* s) noexcept nogil
+        void* (*route_config)(fp_stream* s) noexcept nogil
+    ctypedef struct fp_http_filter:
+        uint32_t abi_version
+        void* (*create_config)(const char* json, size_t json_len, char* err, size_t err_len) noexcept nogil
+        void (*destroy_config)(void* config) noexcept nogil
+        void* (*create)(void* config, fp_stream* s, const fp_api* api) noexcept nogil
+        int (*decode_headers)(void* self, fp_headers* h, int end_stream) noexcept nogil
+        int (*decode_data)(void* self, fp_body* b, int end_stream) noexcept nogil
+        int (*decode_trailers)(void* self, fp_headers* t) noexcept nogil
+        int (*encode_headers)(void* self, fp_headers* h, int end_stream) noexcept nogil
+        int (*encode_data)(void* self, fp_body* b, int end_stream) noexcept nogil
+        int (*encode_trailers)(void* self, fp_headers* t) noexcept nogil
+        void (*on_log)(void* self) noexcept nogil
+        void (*destroy)(void* self) noexcept nogil
+    int FP_FILTER_ABI_VERSION
+    int FP_CONTINUE
+    int FP_STOP_ITERATION
+    int FP_STOP_AND_BUFFER
+    int FP_STOP_NO_BUFFER
+
+
+cdef enum:                          # which hooks a filter implements (HttpFilterCfg.hooks)
+    HK_DECODE_HEADERS = 1
+    HK_DECODE_DATA = 2
+    HK_DECODE_TRAILERS = 4
+    HK_ENCODE_HEADERS = 8
+    HK_ENCODE_DATA = 16
+    HK_ENCODE_TRAILERS = 32
+    HK_LOG = 64
+
+cdef enum:                          # FDir.phase
+    FP_PH_HEADERS = 0
+    FP_PH_DATA = 1
+    FP_PH_TRAILERS = 2
+    FP_PH_DONE = 3
+
+cdef enum:                          # FDir.stopped
+    FS_RUNNING = 0
+    FS_HELD = 1                     # STOP_ITERATION (headers, data or trailers)
+    FS_BUFFERING = 2                # STOP_AND_BUFFER: call `index` again at end of body
+    FS_ASYNC = 3                    # a Python coroutine holds it (continue comes by message)
+
+cdef enum:
+    FILTER_BUFFER_LIMIT_DEFAULT = 1 << 20
+
+
+cdef struct HttpFilterCfg:          # one entry of a listener's http_filters (immutable)
+    const fp_http_filter* vt
+    void* config                    # the factory's config (create_config's result, or a PyObject*)
+    uint32_t hooks                  # HK_* the filter implements
+    uint8_t is_python               # config is a PyObject* (strong reference) to a factory
+    char* name
+
+
+cdef struct HMap:                   # a header map: field lines in order, pseudo-headers first
+    PairList l                      # (a member, not a look-alike: no type punning)
+    void** owned                    # strings this map allocated (freed with it)
+    size_t nowned
+    size_t owned_cap
+    uint8_t used                    # the map holds a message (trailers may be absent)
+
+
+cdef struct FDir:                   # one direction's iteration state
+    int phase
+    int index                       # next filter to call (decoder: ascending; encoder: descending)
+    int stopped
+    uint8_t end_seen                # the last body byte is in `held` (or there is no body)
+    uint8_t has_trailers
+    uint8_t sink_started            # the head went out (framing decided)
+    uint8_t sink_chunked
+    uint8_t sink_counted            # framing is Content-Length: check the count
+    uint8_t cont_pending            # the running hook asked to continue before returning
+    uint64_t sink_left              # Content-Length bytes still to send
+    Chain held
+
+
+cdef struct FChain:                 # a stream's filter instances and iteration state
+    int n
+    const HttpFilterCfg* cfgs       # the listener's filter configs (lifetime: the HttpCfg)
+    void** selfs                    # per-stream filter state (NULL: the filter skips this stream)
+    HMap req
+    HMap resp
+    HMap req_trailers
+    HMap resp_trailers
+    FDir dec
+    FDir enc
+    int current                     # the filter whose hook runs now (route_config, Python)
+    uint8_t in_hook
+    uint8_t hook_encoding           # the running hook's direction
+    uint8_t dead                    # a local reply or a failure ended the stream in a hook
+    uint32_t buffer_limit
+    PyObject* pyctx                 # per-stream Python state (filter_state, ...); NULL if no Python filter
+    void* stream_ref                # StreamRef* for cross-thread continues (see http_pyfilter)
+    HMap local_headers              # ... its extra headers
+    char upstream_host[64]          # "ip:port" of the upstream, kept for on_log
+    size_t upstream_host_len
+    int local_status                # a local reply a hook asked for, sent when it returns
+    char* local_body
+    size_t local_body_len
+
+
+# ---------------------------------------------------------------- header maps
+
+cdef inline bint _hm_name_ok(const char* p, size_t n) noexcept nogil:
+    cdef size_t i
+    if n == 0:
+        return False
+    for i in range(n):
+        if (i > 0 or p[0] != b':') and not (_h1_cls[<uint8_t>p[i]] & _K_TCHAR):
+            return False
+    return True
+
+
+cdef inline bint _hm_value_ok(const char* p, size_t n) noexcept nogil:
+    cdef size_t i
+    for i in range(n):
+        if not (_h1_cls[<uint8_t>p[i]] & _K_FVAL):
+            return False
+    return True
+
+
+cdef inline bint _all_digits(const char* p, size_t n) noexcept nogil:
+    cdef size_t i
+    for i in range(n):
+        if not (b'0' <= p[i] <= b'9'):
+            return False
+    return True
+
+
+cdef const char* _hm_own(HMap* m, const char* p, size_t n, bint lower) noexcept nogil:
+    """A copy of p[:n] that lives as long as the map."""
+    cdef char* q
+    cdef void** nv
+    cdef size_t i
+    if m.nowned == m.owned_cap:
+        nv = <void**>realloc(m.owned, (m.owned_cap * 2 + 8) * sizeof(void*))
+        if nv == NULL:
+            return NULL
+        m.owned = nv
+        m.owned_cap = m.owned_cap * 2 + 8
+    q = <char*>malloc(n + 1)
+    if q == NULL:
+        return NULL
+    if lower:
+        for i in range(n):
+            q[i] = p[i] + 32 if b'A' <= p[i] <= b'Z' else p[i]
+    else:
+        memcpy(q, p, n)
+    q[n] = 0
+    m.owned[m.nowned] = q
+    m.nowned += 1
+    return q
+
+
+cdef void hm_free(HMap* m) noexcept nogil:
+    cdef size_t i
+    for i in range(m.nowned):
+        free(m.owned[i])
+    free(m.owned)
+    free(m.l.v)
+    memset(m, 0, sizeof(HMap))
+
+
+cdef int hm_append_raw(HMap* m, H1Str name, H1Str value) noexcept nogil:
+    """Add a field whose strings outlive the map (a received head, a literal)."""
+    return _pl_add(&m.l, name, value)
+
+
+cdef int hm_add(HMap* m, const char* name, size_t nn, const char* value, size_t vn) noexcept nogil:
+    cdef const char* a
+    cdef const char* b
+    if not _hm_name_ok(name, nn) or not _hm_value_ok(value, vn):
+        return -1
+    a = _hm_own(m, name, nn, True)
+    b = _hm_own(m, value, vn, False)
+    if a == NULL or b == NULL:
+        return -1
+    if name[0] == b':':
+        # pseudo-headers stay in front, in the order they came
+        if _pl_add(&m.l, _s(a, nn), _s(b, vn)) < 0:
+            return -1
+        _hm_bubble_pseudo(m)
+        return 0
+    return _pl_add(&m.l, _s(a, nn), _s(b, vn))
+
+
+cdef void _hm_bubble_pseudo(HMap* m) noexcept nogil:
+    cdef size_t i = m.l.n - 1
+    cdef H1Pair t
+    while i > 0 and m.l.v[i - 1].name.n and m.l.v[i - 1].name.p[0] != b':':
+        t = m.l.v[i - 1]
+        m.l.v[i - 1] = m.l.v[i]
+        m.l.v[i] = t
+        i -= 1
+
+
+cdef size_t hm_remove(HMap* m, const char* name, size_t nn) noexcept nogil:
+    cdef size_t before = m.l.n
+    _pl_remove(&m.l, name, nn)
+    return before - m.l.n
+
+
+cdef int hm_set(HMap* m, const char* name, size_t nn, const char* value, size_t vn) noexcept nogil:
+    """Replace every `name` by one field, where the first one stood (or add it)."""
+    cdef const char* b
+    cdef size_t i, k = 0
+    cdef bint placed = False
+    if not _hm_name_ok(name, nn) or not _hm_value_ok(value, vn):
+        return -1
+    for i in range(m.l.n):
+        if _rt_ieq2(m.l.v[i].name.p, m.l.v[i].name.n, name, nn):
+            if placed:
+                continue
+            b = _hm_own(m, value, vn, False)
+            if b == NULL:
+                return -1
+            m.l.v[i].value = _s(b, vn)
+            placed = True
+        m.l.v[k] = m.l.v[i]
+        k += 1
+    m.l.n = k
+    if not placed:
+        return hm_add(m, name, nn, value, vn)
+    return 0
+
+
+cdef const char* hm_get(const HMap* m, const char* name, size_t nn, size_t* vn) noexcept nogil:
+    cdef size_t i
+    for i in range(m.l.n):
+        if _rt_ieq2(m.l.v[i].name.p, m.l.v[i].name.n, name, nn):
+            vn[0] = m.l.v[i].value.n
+            return m.l.v[i].value.p
+    return NULL
+
+
+cdef int hm_from_head(HMap* m, H1Head* h, bint keep_length, bint skip_host) noexcept nogil:
+    """The end-to-end fields of a received head (the head must outlive the map)."""
+    cdef uint32_t i
+    cdef H1Field* f
+    cdef const char* name
+    for i in range(h.nfields):
+        f = &h.fields[i]
+        name = h.buf + f.name_off
+        if _is_hop_by_hop(name, f.name_len) or _named_by_connection(h, name, f.name_len):
+            if not (keep_length and _ieq(name, f.name_len, "content-length")):
+                continue
+        if skip_host and _ieq(name, f.name_len, "host"):
+            continue                # it is :authority
+        if _pl_add(&m.l, _s(name, f.name_len), _s(h.buf + f.value_off, f.value_len)) < 0:
+            return -1
+    m.used = 1
+    return 0
+
+
+cdef int hm_to_pairs(const HMap* m, PairList* l, bint drop_framing) noexcept nogil:
+    """The map's regular fields (no pseudo-headers), for a head we serialize."""
+    cdef size_t i
+    for i in range(m.l.n):
+        if m.l.v[i].name.n and m.l.v[i].name.p[0] == b':':
+            continue
+        if drop_framing and (_ieq(m.l.v[i].name.p, m.l.v[i].name.n, "content-length")
+                             or _ieq(m.l.v[i].name.p, m.l.v[i].name.n, "transfer-encoding")):
+            continue
+        if _is_hop_by_hop(m.l.v[i].name.p, m.l.v[i].name.n) and not _ieq(m.l.v[i].name.p, m.l.v[i].name.n, "content-length"):
+            continue
+        if _pl_add(l, m.l.v[i].name, m.l.v[i].value) < 0:
+            return -1
+    return 0
+
+
+# -- the fp_api table (C filters call these through pointers)
+
+cdef size_t _api_headers_len(const fp_headers* h) noexcept nogil:
+    return (<const HMap*>h).l.n
+
+cdef int _api_headers_at(const fp_headers* h, size_t i, fp_str* name, fp_str* value) noexcept nogil:
+    cdef const HMap* m = <const HMap*>h
+    if i >= m.l.n:
+        return -1
+    name.p = m.l.v[i].name.p
+    name.n = m.l.v[i].name.n
+    value.p = m.l.v[i].value.p
+    value.n = m.l.v[i].value.n
+    return 0
+
+cdef int _api_headers_get(const fp_headers* h, const char* name, size_t nn, fp_str* value) noexcept nogil:
+    cdef size_t vn = 0
+    cdef const char* v = hm_get(<const HMap*>h, name, nn, &vn)
+    if v == NULL:
+        return 0
+    value.p = v
+    value.n = vn
+    return 1
+
+cdef int _api_headers_add(fp_headers* h, const char* name, size_t nn, const char* value, size_t vn) noexcept nogil:
+    return hm_add(<HMap*>h, name, nn, value, vn)
+
+cdef int _api_headers_set(fp_headers* h, const char* name, size_t nn, const char* value, size_t vn) noexcept nogil:
+    return hm_set(<HMap*>h, name, nn, value, vn)
+
+cdef size_t _api_headers_remove(fp_headers* h, const char* name, size_t nn) noexcept nogil:
+    return hm_remove(<HMap*>h, name, nn)
+
+cdef size_t _api_body_len(const fp_body* b) noexcept nogil:
+    return (<const Chain*>b).length
+
+cdef size_t _api_body_segments(const fp_body* b, fp_str* out, size_t mx) noexcept nogil:
+    cdef const Chain* c = <const Chain*>b
+    cdef size_t i = 0
+    cdef const SliceRef* r
+    while i < mx and <int>i < c.count:
+        r = &c.refs[c.head + i]
+        out[i].p = r.s.data + r.off
+        out[i].n = r.len
+        i += 1
+    return i
+
+cdef int _api_body_append(fp_body* b, const char* p, size_t n) noexcept nogil:
+    return chain_append(<Chain*>b, p, n) if n else 0
+
+cdef int _api_body_prepend(fp_body* b, const char* p, size_t n) noexcept nogil:
+    return chain_prepend(<Chain*>b, p, n) if n else 0
+
+cdef void _api_body_drain(fp_body* b, size_t n) noexcept nogil:
+    chain_drain(<Chain*>b, n)
+
+cdef int _api_send_local_reply(fp_stream* st, int status, const char* body, size_t n) noexcept nogil:
+    return hf_request_local_reply(<HStream*>st, status, body, n)
+
+cdef void _api_continue_decoding(fp_stream* st) noexcept nogil:
+    hf_continue(<HStream*>st, False)
+
+cdef void _api_continue_encoding(fp_stream* st) noexcept nogil:
+    hf_continue(<HStream*>st, True)
+
+cdef void* _api_route_config(fp_stream* st) noexcept nogil:
+    return hf_route_config(<HStream*>st)
+
+cdef fp_api FP_API
+FP_API.abi_version = FP_FILTER_ABI_VERSION
+FP_API.headers_len = _api_headers_len
+FP_API.headers_at = _api_headers_at
+FP_API.headers_get = _api_headers_get
+FP_API.headers_add = _api_headers_add
+FP_API.headers_set = _api_headers_set
+FP_API.headers_remove = _api_headers_remove
+FP_API.body_len = _api_body_len
+FP_API.body_segments = _api_body_segments
+FP_API.body_append = _api_body_append
+FP_API.body_prepend = _api_body_prepend
+FP_API.body_drain = _api_body_drain
+FP_API.send_local_reply = _api_send_local_reply
+FP_API.continue_decoding = _api_continue_decoding
+FP_API.continue_encoding = _api_continue_encoding
+FP_API.route_config = _api_route_config
+
+
+# ---------------------------------------------------------------- stream set-up and teardown
+
+cdef int hf_stream_create(HStream* s) noexcept nogil:
+    """Create the stream's filter instances and its request header map. -1: no memory."""
+    cdef HttpCfg* h = <HttpCfg*>s.c.cfg.http
+    cdef FChain* fc = <FChain*>calloc(1, sizeof(FChain))
+    cdef int i
+    cdef const HttpFilterCfg* fcfg
+    cdef size_t n
+    cdef const char* v
+    if fc == NULL:
+        return -1
+    s.fc = fc
+    fc.n = h.nfilters
+    fc.cfgs = h.filters
+    fc.buffer_limit = h.filter_buffer_limit
+    fc.enc.index = fc.n - 1
+    fc.selfs = <void**>calloc(max(1, fc.n), sizeof(void*))
+    if fc.selfs == NULL:
+        return -1
+    # The request map: pseudo-headers, then the end-to-end fields. Strings point into the
+    # stream's own head (alive as long as the stream).
+    hm_append_raw(&fc.req, _cs(":method"), _s(s.head.buf + s.head.method_off, s.head.method_len))
+    hm_append_raw(&fc.req, _cs(":path"), _s(s.head.buf + s.head.target_off, s.head.target_len))
+    v = _head_field(&s.head, "host", &n)
+    if v != NULL:
+        hm_append_raw(&fc.req, _cs(":authority"), _s(v, n))
+    hm_append_raw(&fc.req, _cs(":scheme"), _cs("http"))
+    if hm_from_head(&fc.req, &s.head, True, True) < 0:
+        return -1
+    for i in range(fc.n):
+        fcfg = &fc.cfgs[i]
+        fc.current = i
+        fc.selfs[i] = fcfg.vt.create(fcfg.config, <fp_stream*>s, &FP_API) if fcfg.vt.create != NULL else NULL
+    return 0
+
+
+cdef void hf_stream_end(HStream* s) noexcept nogil:
+    """on_log, then destroy, for every filter; free the chain. The stream is ending."""
+    cdef FChain* fc = s.fc
+    cdef int i
+    if fc == NULL:
+        return
+    fc.dead = 1                         # on_log may read the stream; nothing may change it
+    for i in range(fc.n):
+        if fc.selfs[i] != NULL and (fc.cfgs[i].hooks & HK_LOG) and fc.cfgs[i].vt.on_log != NULL:
+            fc.current = i
+            fc.cfgs[i].vt.on_log(fc.selfs[i])
+    s.fc = NULL
+    for i in range(fc.n):
+        if fc.selfs[i] != NULL and fc.cfgs[i].vt.destroy != NULL:
+            fc.cfgs[i].vt.destroy(fc.selfs[i])
+    if fc.pyctx != NULL or fc.stream_ref != NULL:
+        py_stream_release(fc)
+    free(fc.selfs)
+    hm_free(&fc.req)
+    hm_free(&fc.resp)
+    hm_free(&fc.req_trailers)
+    hm_free(&fc.resp_trailers)
+    hm_free(&fc.local_headers)
+    chain_free(&fc.dec.held)
+    chain_free(&fc.enc.held)
+    free(fc.local_body)
+    free(fc)
+
+
+# ---------------------------------------------------------------- iteration
+
+cdef inline int _hook_status(int st) noexcept nogil:
+    return st if 0 <= st <= 3 else FP_STOP_ITERATION
+
+
+cdef int hf_request_local_reply(HStream* s, int status, const char* body, size_t n) noexcept nogil:
+    """A filter answers the request itself. Inside a hook it takes effect when the hook
+    returns; outside one (a continue from elsewhere), at once."""
+    cdef FChain* fc = s.fc
+    if fc == NULL or s.resp_started or fc.dead or status < 200 or status > 599:
+        return -1
+    free(fc.local_body)
+    fc.local_body = NULL
+    fc.local_body_len = 0
+    if n:
+        fc.local_body = <char*>malloc(n)
+        if fc.local_body == NULL:
+            return -1
+        memcpy(fc.local_body, body, n)
+        fc.local_body_len = n
+    fc.local_status = status
+    if not fc.in_hook:
+        return 0 if _hf_flush_local_reply(s) else -1
+    return 0
+
+
+cdef bint _hf_flush_local_reply(HStream* s) noexcept nogil:
+    """Send a pending local reply and end the stream. True if it did (the stream is gone)."""
+    cdef FChain* fc = s.fc
+    cdef HConn* c = s.c
+    if fc == NULL or fc.local_status == 0:
+        return False
+    if s.up != NULL:
+        upconn_close(s.up)
+        s.up = NULL
+    s.status = fc.local_status
+    fc.dead = 1
+    hconn_local_reply_ex(c, fc.local_status, fc.local_body, fc.local_body_len, NULL, 0,
+                         c.req.state != H1_MESSAGE_DONE, &fc.local_headers)
+    stream_finish(s)
+    hconn_pump(c)
+    return True
+
+
+cdef bint hf_fail(HStream* s, bint encoding) noexcept nogil:
+    """A filter failed (an exception, a buffer over its limit): 500 (or 413 when the request
+    body is over the limit) if the response has not started, else reset. Returns True."""
+    cdef FChain* fc = s.fc
+    if not s.resp_started and fc.local_status == 0:
+        fc.local_status = 500
+    if fc.in_hook:
+        return True
+    if not _hf_flush_local_reply(s):
+        hconn_close(s.c, True)
+    return True
+
+
+cdef int _call_decode(HStream* s, int i) noexcept nogil:
+    cdef FChain* fc = s.fc
+    cdef const fp_http_filter* vt = fc.cfgs[i].vt
+    cdef FDir* d = &fc.dec
+    cdef int st
+    fc.current = i
+    fc.in_hook = 1
+    fc.hook_encoding = 0
+    d.cont_pending = 0
+    if d.phase == FP_PH_HEADERS:
+        st = vt.decode_headers(fc.selfs[i], <fp_headers*>&fc.req, d.end_seen and d.held.length == 0 and not d.has_trailers)
+    elif d.phase == FP_PH_DATA:
+        st = vt.decode_data(fc.selfs[i], <fp_body*>&d.held, d.end_seen and not d.has_trailers)
+    else:
+        st = vt.decode_trailers(fc.selfs[i], <fp_headers*>&fc.req_trailers)
+    fc.in_hook = 0
+    st = _hook_status(st)
+    if st != FP_CONTINUE and d.cont_pending:
+        st = FP_CONTINUE                # it continued itself from inside the hook
+    d.cont_pending = 0
+    return st
+
+
+cdef int _call_encode(HStream* s, int i) noexcept nogil:
+    cdef FChain* fc = s.fc
+    cdef const fp_http_filter* vt = fc.cfgs[i].vt
+    cdef FDir* d = &fc.enc
+    cdef int st
+    fc.current = i
+    fc.in_hook = 1
+    fc.hook_encoding = 1
+    d.cont_pending = 0
+    if d.phase == FP_PH_HEADERS:
+        st = vt.encode_headers(fc.selfs[i], <fp_headers*>&fc.resp, d.end_seen and d.held.length == 0 and not d.has_trailers)
+    elif d.phase == FP_PH_DATA:
+        st = vt.encode_data(fc.selfs[i], <fp_body*>&d.held, d.end_seen and not d.has_trailers)
+    else:
+        st = vt.encode_trailers(fc.selfs[i], <fp_headers*>&fc.resp_trailers)
+    fc.in_hook = 0
+    st = _hook_status(st)
+    if st != FP_CONTINUE and d.cont_pending:
+        st = FP_CONTINUE
+    d.cont_pending = 0
+    return st
+
+
+cdef inline uint32_t _phase_hook(int phase, bint encoding) noexcept nogil:
+    if encoding:
+        return HK_ENCODE_HEADERS if phase == FP_PH_HEADERS else (HK_ENCODE_DATA if phase == FP_PH_DATA else HK_ENCODE_TRAILERS)
+    return HK_DECODE_HEADERS if phase == FP_PH_HEADERS else (HK_DECODE_DATA if phase == FP_PH_DATA else HK_DECODE_TRAILERS)
+
+
+cdef int hf_iterate(HStream* s, bint encoding) noexcept nogil:
+    """Run the direction's filters as far as they let us; hand what passed them all to the
+    sink (router upstream, or the downstream). -1: the stream ended (or the connection
+    closed); 0 otherwise."""
+    cdef FChain* fc = s.fc
+    cdef FDir* d = &fc.enc if encoding else &fc.dec
+    cdef int i, st, step = -1 if encoding else 1
+    cdef uint32_t hook
+    cdef HConn* c = s.c
+    while True:
+        if d.stopped != FS_RUNNING or d.phase == FP_PH_DONE:
+            return 0
+        if d.phase == FP_PH_DATA and d.held.length == 0 and not d.end_seen:
+            return 0                    # nothing to run
+        hook = _phase_hook(d.phase, encoding)
+        i = d.index
+        while 0 <= i < fc.n:
+            if fc.selfs[i] == NULL or not (fc.cfgs[i].hooks & hook):
+                i += step
+                continue
+            st = _call_encode(s, i) if encoding else _call_decode(s, i)
+            if fc.local_status:
+                if _hf_flush_local_reply(s):
+                    return -1
+                hconn_close(c, True)   # a reply after the response started: reset
+                return -1
+            if c.closed or s.fc != fc:
+                return -1
+            if st == FP_CONTINUE:
+                i += step
+                continue
+            if d.phase != FP_PH_DATA:
+                # any stop on headers or trailers holds them here; the rest follows later
+                d.index = i + step
+                d.stopped = FS_HELD
+                return 0
+            if st == FP_STOP_ITERATION:
+                d.index = i + step
+                d.stopped = FS_HELD
+                return 0
+            if st == FP_STOP_AND_BUFFER:
+                if d.end_seen:              # nothing more will come: behave as a hold
+                    d.index = i + step
+                    d.stopped = FS_HELD
+                else:
+                    d.index = i
+                    d.stopped = FS_BUFFERING
+                return 0
+            # STOP_NO_BUFFER: the filter took the bytes
+            chain_clear(&d.held)
+            if d.end_seen:
+                d.index = i + step
+                d.stopped = FS_HELD
+                return 0
+            d.index = 0 if not encoding else fc.n - 1
+            return 0
+        # every filter passed this phase
+        d.index = 0 if not encoding else fc.n - 1
+        if d.phase == FP_PH_HEADERS:
+            if d.end_seen and d.held.length == 0 and not d.has_trailers:
+                d.phase = FP_PH_DONE
+            else:
+                d.phase = FP_PH_DATA
+            if (hf_sink_headers_encode(s) if encoding else hf_sink_headers_decode(s)) < 0:
+                return -1
+            continue
+        if d.phase == FP_PH_DATA:
+            if d.end_seen and d.has_trailers:
+                d.phase = FP_PH_TRAILERS
+            elif d.end_seen:
+                d.phase = FP_PH_DONE
+            if (hf_sink_data_encode(s) if encoding else hf_sink_data_decode(s)) < 0:
+                return -1
+            continue
+        # trailers passed
+        d.phase = FP_PH_DONE
+        if (hf_sink_data_encode(s) if encoding else hf_sink_data_decode(s)) < 0:
+            return -1
+        return 0
+
+
+cdef int hf_body_in(HStream* s, bint encoding, Chain* data, size_t n, bint end, bint trailers) noexcept nogil:
+    """Body bytes (n from the front of `data`, already de-framed) for a direction's filters.
+    `end`: the body is complete; `trailers`: trailers follow (in the direction's map).
+    -1: the stream ended."""
+    cdef FChain* fc = s.fc
+    cdef FDir* d = &fc.enc if encoding else &fc.dec
+    if n:
+        if chain_move_bytes(&d.held, data, n) < 0:
+            return -1 if hf_fail(s, encoding) else -1
+    if end:
+        d.end_seen = 1
+        d.has_trailers = trailers
+    if d.stopped == FS_BUFFERING and end:
+        d.stopped = FS_RUNNING          # call the buffering filter again with all of it
+    elif d.stopped != FS_RUNNING or d.phase == FP_PH_HEADERS:
+        if d.held.length > fc.buffer_limit and (d.stopped == FS_BUFFERING or d.phase == FP_PH_HEADERS):
+            if not encoding and not s.resp_started:
+                stat_add((<HttpCfg*>s.c.cfg.http).stats, s.c.w, H_RQ_TOO_LARGE, 1)
+                fc.local_status = 413
+            hf_fail(s, encoding)
+            return -1
+        return 0
+    return hf_iterate(s, encoding)
+
+
+cdef bint hf_wants_more(HStream* s, bint encoding) noexcept nogil:
+    """May the direction's source be read further (flow control while a filter holds)?"""
+    cdef FChain* fc = s.fc
+    cdef FDir* d = &fc.enc if encoding else &fc.dec
+    if d.stopped == FS_HELD or d.stopped == FS_ASYNC:
+        return d.held.length < fc.buffer_limit
+    return True
+
+
+cdef void hf_continue(HStream* s, bint encoding) noexcept nogil:
+    """continue_decoding/continue_encoding, on the worker."""
+    cdef FChain* fc = s.fc
+    cdef FDir* d
+    cdef HConn* c = s.c
+    if fc == NULL or fc.dead:
+        return
+    d = &fc.enc if encoding else &fc.dec
+    if fc.in_hook and fc.hook_encoding == encoding:
+        d.cont_pending = 1              # the running hook's iteration goes on when it returns
+        return
+    if d.stopped == FS_RUNNING:
+        return
+    d.stopped = FS_RUNNING
+    if fc.local_status:
+        _hf_flush_local_reply(s)
+        return
+    if hf_iterate(s, encoding) < 0:
+        return
+    # the request may have more body waiting in in_buf, the response more from upstream
+    hconn_pump(c)
+
+
+cdef void* hf_route_config(HStream* s) noexcept nogil:
+    cdef FChain* fc = s.fc
+    if fc == NULL or s.route == NULL or s.route.per_filter == NULL or fc.current < 0 or fc.current >= fc.n:
+        return NULL
+    return s.route.per_filter[fc.current]
+
+
+# ---------------------------------------------------------------- compiling http_filters (main thread)
+
+cdef struct OwnedCfg:               # a filter config the HttpCfg frees with vt.destroy_config
+    const fp_http_filter* vt
+    void* config
+
+
+cdef class NativeFilterKind:
+    """A filter compiled into the core: its table and how to turn its (Python, parsed)
+    config into the C config its hooks read. Subclasses live in core/filters_*.pxi and
+    register themselves in NATIVE_HTTP_FILTERS under their Envoy name."""
+    cdef const fp_http_filter* vt
+
+    cdef void* make_config(self, object config, bint per_route) except NULL:
+        raise NotImplementedError
+
+    def hooks(self):
+        return _vt_hooks(self.vt)
+
+
+NATIVE_HTTP_FILTERS = {}            # Envoy name -> NativeFilterKind
+
+
+cdef uint32_t _vt_hooks(const fp_http_filter* vt):
+    cdef uint32_t k = 0
+    if vt.decode_headers != NULL: k |= HK_DECODE_HEADERS
+    if vt.decode_data != NULL: k |= HK_DECODE_DATA
+    if vt.decode_trailers != NULL: k |= HK_DECODE_TRAILERS
+    if vt.encode_headers != NULL: k |= HK_ENCODE_HEADERS
+    if vt.encode_data != NULL: k |= HK_ENCODE_DATA
+    if vt.encode_trailers != NULL: k |= HK_ENCODE_TRAILERS
+    if vt.on_log != NULL: k |= HK_LOG
+    return k
+
+
+cdef class _FilterCompiler:
+    """Fills an HttpCfg's filter array; owns what it allocates until the HttpCfg takes it."""
+    cdef HttpCfg* h
+    cdef list specs
+    cdef list keep                  # Python objects the C side points at
+
+    cdef _owned(self, const fp_http_filter* vt, void* cfg):
+        cdef OwnedCfg* nv
+        if cfg == NULL or vt.destroy_config == NULL:
+            return
+        nv = <OwnedCfg*>realloc(self.h.owned_cfgs, (self.h.nowned + 1) * sizeof(OwnedCfg))
+        if nv == NULL:
+            vt.destroy_config(cfg)
+            raise MemoryError()
+        self.h.owned_cfgs = nv
+        nv[self.h.nowned].vt = vt
+        nv[self.h.nowned].config = cfg
+        self.h.nowned += 1
+
+    cdef void* _c_config(self, const fp_http_filter* vt, object spec, object value, str path) except? NULL:
+        cdef bytes js
+        cdef char err[256]
+        cdef void* cfg
+        if vt.create_config == NULL:
+            return NULL
+        cdef const char* jp = NULL
+        cdef size_t jn = 0
+        js = spec.config_json(value)
+        if js is not None:
+            jp = js
+            jn = len(js)
+        err[0] = 0
+        cfg = vt.create_config(jp, jn, err, sizeof(err))
+        if cfg == NULL and err[0]:
+            raise ConfigError(path, f"the C filter rejected its config: {err.decode(errors='replace')}")
+        self._owned(vt, cfg)
+        return cfg
+
+    cdef compile(self, str path):
+        cdef HttpFilterCfg* f
+        cdef NativeFilterKind nk
+        cdef int i
+        cdef const fp_http_filter* vt
+        from fastproxy.http_filter import PythonHttpFilter, CHttpFilter, NativeHttpFilter
+        n = len(self.specs)
+        self.h.nfilters = n
+        self.h.filters = <HttpFilterCfg*>calloc(max(1, n), sizeof(HttpFilterCfg))
+        if self.h.filters == NULL:
+            raise MemoryError()
+        for i, spec in enumerate(self.specs):
+            f = &self.h.filters[i]
+            fpath = f"{path}.http_filters[{i}]"
+            nm = spec.name.encode()
+            f.name = <char*>malloc(len(nm) + 1)
+            if f.name == NULL:
+                raise MemoryError()
+            memcpy(f.name, <char*>nm, len(nm) + 1)
+            if isinstance(spec, PythonHttpFilter):
+                factory = spec.factory()
+                self.keep.append(factory)
+                f.vt = &PY_FILTER_VT
+                f.config = <void*>factory
+                f.is_python = 1
+                f.hooks = spec.hooks
+            elif isinstance(spec, CHttpFilter):
+                vt = <const fp_http_filter*><size_t>spec.table
+                if vt == NULL or vt.abi_version != FP_FILTER_ABI_VERSION:
+                    raise ConfigError(fpath, f"not an fp_http_filter table of ABI version "
+                                             f"{FP_FILTER_ABI_VERSION}")
+                if spec.keepalive is not None:
+                    self.keep.append(spec.keepalive)
+                f.vt = vt
+                f.config = self._c_config(vt, spec, spec.config, fpath)
+                f.hooks = _vt_hooks(vt)
+            elif isinstance(spec, NativeHttpFilter):
+                nk = NATIVE_HTTP_FILTERS.get(spec.kind)
+                if nk is None:
+                    raise ConfigError(fpath, f"unknown native HTTP filter {spec.kind!r}")
+                f.vt = nk.vt
+                f.config = nk.make_config(spec.config, False)
+                self._owned(nk.vt, f.config)
+                f.hooks = _vt_hooks(nk.vt)
+            else:
+                raise ConfigError(fpath, f"not an HTTP filter: {spec!r}")
+            self.h.filter_hooks |= f.hooks
+
+    def route_configs(self, route, vhost, rc):
+        """The per-filter configs for one route (most specific: route, virtual host, route
+        configuration), as addresses the route entry keeps; None if there are none."""
+        cdef HttpFilterCfg* f
+        cdef NativeFilterKind nk
+        cdef void* p
+        cdef int i
+        from fastproxy.http_filter import PythonHttpFilter, CHttpFilter
+        out = []
+        found = False
+        for i, spec in enumerate(self.specs):
+            value = None
+            for level in (route, vhost, rc):
+                tp = getattr(level, "typed_per_filter_config", None) or {}
+                if spec.name in tp:
+                    value = tp[spec.name]
+                    break
+            if value is None:
+                out.append(0)
+                continue
+            found = True
+            f = &self.h.filters[i]
+            if isinstance(spec, PythonHttpFilter):
+                obj = spec.route_config(value)
+                self.keep.append(obj)
+                out.append(<size_t><void*>obj)
+            elif isinstance(spec, CHttpFilter):
+                p = self._c_config(f.vt, spec, value, "typed_per_filter_config." + spec.name)
+                out.append(<size_t>p)
+            else:
+                nk = NATIVE_HTTP_FILTERS[spec.kind]
+                p = nk.make_config(value, True)
+                self._owned(nk.vt, p)
+                out.append(<size_t>p)
+        return out if found else None
+
+
+cdef void http_cfg_free_filters(HttpCfg* h) noexcept nogil:
+    cdef int i
+    for i in range(h.nowned):
+        h.owned_cfgs[i].vt.destroy_config(h.owned_cfgs[i].config)
+    free(h.owned_cfgs)
+    for i in range(h.nfilters):
+        free(h.filters[i].name)
+    free(h.filters)
+    if h.py_keep != NULL:
+        _py_decref_with_gil(h.py_keep)

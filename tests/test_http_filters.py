@@ -1,0 +1,412 @@
+"""Python HTTP filters end to end: real clients through fastproxy to a raw upstream that
+records every byte, with filters that change headers and bodies, hold and continue the
+stream (from the worker, another thread and asyncio), answer locally and fail."""
+from __future__ import annotations
+
+import asyncio
+import http.client
+import socket
+import threading
+import time
+
+import pytest
+
+from fastproxy import Cluster, Endpoint, FilterStatus, HttpFilter, Listener, Proxy, PythonHttpFilter
+from fastproxy.model_http import (HttpConnectionManager, Route, RouteAction, RouteConfiguration,
+                                  RouteMatch, VirtualHost)
+
+from conftest import wait_for
+from http_upstreams import RawHttpUpstream
+
+CONTINUE = FilterStatus.CONTINUE
+STOP = FilterStatus.STOP_ITERATION
+
+
+def make_proxy(filters, upstream, routes=None, clusters=None, **hcm_kw):
+    routes = routes or [Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))]
+    rc = RouteConfiguration(virtual_hosts=[VirtualHost("vh", ["*"], routes=routes)])
+    hcm = HttpConnectionManager("ingress", rc, http_filters=filters, **hcm_kw)
+    clusters = clusters or [Cluster("c", [Endpoint("127.0.0.1", upstream.port)])]
+    return Proxy([Listener("http", port=0, http=hcm)], clusters, concurrency=2)
+
+
+def spec(cls, name=None, config=None):
+    return PythonHttpFilter(name or cls.__name__, cls, config)
+
+
+def request(p, method="GET", path="/", body=None, headers=None, timeout=5):
+    conn = http.client.HTTPConnection(*p.listener_address("http"), timeout=timeout)
+    conn.request(method, path, body=body, headers=headers or {})
+    r = conn.getresponse()
+    data = r.read()
+    conn.close()
+    return r, data
+
+
+@pytest.fixture
+def upstream():
+    u = RawHttpUpstream()
+    yield u
+    u.close()
+
+
+# ---------------------------------------------------------------- headers
+
+class AddHeaders(HttpFilter):
+    def decode_headers(self, headers, end_stream):
+        headers["x-user"] = self.config.get("user", "alice")
+        headers.add("x-multi", "1")
+        headers.add(b"x-multi", b"2")
+        del headers["x-remove-me"]
+        return CONTINUE
+
+    def encode_headers(self, headers, end_stream):
+        headers["x-filtered"] = headers[":status"]
+        return CONTINUE
+
+
+def test_headers_changed_both_ways(upstream):
+    with make_proxy([spec(AddHeaders, config={"user": "bob"})], upstream) as p:
+        r, body = request(p, path="/h?q=1", headers={"X-Remove-Me": "secret", "X-Keep": "k"})
+        assert r.status == 200 and body == b"GET /h?q=1 0"
+        assert r.getheader("x-filtered") == "200"
+        method, path, headers, _ = upstream.requests[-1]
+        assert headers["x-user"] == ["bob"]
+        assert headers["x-multi"] == ["1", "2"]
+        assert "x-remove-me" not in headers
+        assert headers["x-keep"] == ["k"]
+        assert headers["host"]
+
+
+class RewritePath(HttpFilter):
+    def decode_headers(self, headers, end_stream):
+        assert headers[":method"] == "GET"
+        assert headers[":authority"].startswith("127.0.0.1")
+        assert headers[":scheme"] == "http"
+        headers[":path"] = "/rewritten" + headers[":path"]
+        headers[":authority"] = "example.test"
+        return CONTINUE
+
+
+def test_pseudo_headers_visible_and_writable(upstream):
+    with make_proxy([spec(RewritePath)], upstream) as p:
+        r, body = request(p, path="/x")
+        assert body == b"GET /rewritten/x 0"
+        assert upstream.requests[-1][2]["host"] == ["example.test"]
+
+
+def test_decoders_in_order_encoders_in_reverse(upstream):
+    calls = []
+
+    def make(tag):
+        class F(HttpFilter):
+            def decode_headers(self, headers, end_stream):
+                calls.append(("decode", tag))
+                headers.add("x-order", tag)
+                return CONTINUE
+
+            def encode_headers(self, headers, end_stream):
+                calls.append(("encode", tag))
+                headers.add("x-order", tag)
+                return CONTINUE
+
+            def on_log(self, info):
+                calls.append(("log", tag))
+
+            def on_destroy(self):
+                calls.append(("destroy", tag))
+        return F
+
+    with make_proxy([spec(make("a"), "a"), spec(make("b"), "b"), spec(make("c"), "c")], upstream) as p:
+        r, _ = request(p)
+        assert upstream.requests[-1][2]["x-order"] == ["a", "b", "c"]
+        assert r.headers.get_all("x-order") == ["c", "b", "a"]
+        wait_for(lambda: len(calls) == 12)
+        assert calls == [("decode", "a"), ("decode", "b"), ("decode", "c"),
+                         ("encode", "c"), ("encode", "b"), ("encode", "a"),
+                         ("log", "a"), ("log", "b"), ("log", "c"),
+                         ("destroy", "a"), ("destroy", "b"), ("destroy", "c")]
+
+
+# ---------------------------------------------------------------- holding and continuing
+
+class ContinueFromThread(HttpFilter):
+    def decode_headers(self, headers, end_stream):
+        def later():
+            time.sleep(0.05)
+            headers["x-approved"] = "yes"       # a kept (detached) map: written back on continue
+            self.callbacks.continue_decoding()
+        threading.Thread(target=later).start()
+        return STOP
+
+
+def test_stop_iteration_then_continue_from_another_thread(upstream):
+    with make_proxy([spec(ContinueFromThread)], upstream) as p:
+        r, body = request(p, "POST", "/t", body=b"payload")
+        assert r.status == 200 and body == b"POST /t 7"
+        assert upstream.requests[-1][2]["x-approved"] == ["yes"]
+        assert upstream.requests[-1][3] == b"payload"
+
+
+class AsyncAuth(HttpFilter):
+    timeout = 2.0
+
+    async def decode_headers(self, headers, end_stream):
+        await asyncio.sleep(0.01)
+        if headers.get("authorization") != "Bearer good":
+            self.callbacks.send_local_reply(401, b"no entry", {"www-authenticate": "Bearer"})
+            return STOP
+        headers["x-auth-user"] = "alice"
+        return CONTINUE
+
+
+def test_async_filter_allows_and_denies(upstream):
+    with make_proxy([spec(AsyncAuth)], upstream) as p:
+        r, body = request(p, headers={"Authorization": "Bearer good"})
+        assert r.status == 200
+        assert upstream.requests[-1][2]["x-auth-user"] == ["alice"]
+        n = len(upstream.requests)
+        r, body = request(p, headers={"Authorization": "Bearer bad"})
+        assert (r.status, body) == (401, b"no entry")
+        assert r.getheader("www-authenticate") == "Bearer"
+        assert len(upstream.requests) == n, "a denied request must not reach the upstream"
+
+
+class SlowAsync(HttpFilter):
+    timeout = 0.2
+
+    async def decode_headers(self, headers, end_stream):
+        await asyncio.sleep(10)
+        return CONTINUE
+
+
+def test_async_filter_timeout_is_504(upstream):
+    with make_proxy([spec(SlowAsync)], upstream) as p:
+        t0 = time.monotonic()
+        r, body = request(p)
+        assert r.status == 504
+        assert time.monotonic() - t0 < 5
+        assert upstream.requests == []
+
+
+class LocalReply(HttpFilter):
+    def decode_headers(self, headers, end_stream):
+        if headers[":path"].startswith("/blocked"):
+            self.callbacks.send_local_reply(403, "blocked by policy", [("x-why", "policy")])
+            return STOP
+        return CONTINUE
+
+
+def test_local_reply_from_decode_sends_nothing_upstream(upstream):
+    with make_proxy([spec(LocalReply)], upstream) as p:
+        r, body = request(p, "POST", "/blocked", body=b"x" * 1000)
+        assert (r.status, body) == (403, b"blocked by policy")
+        assert r.getheader("x-why") == "policy"
+        assert upstream.raw == b""
+        r, body = request(p, path="/fine")
+        assert r.status == 200
+        assert p.stats()["http.ingress.downstream_rq_4xx"] == 1
+
+
+class Boom(HttpFilter):
+    def decode_headers(self, headers, end_stream):
+        if headers[":path"] == "/boom":
+            raise RuntimeError("filter bug")
+        return CONTINUE
+
+
+def test_exception_is_500_and_the_proxy_keeps_going(upstream, caplog):
+    with make_proxy([spec(Boom)], upstream) as p:
+        conn = http.client.HTTPConnection(*p.listener_address("http"), timeout=5)
+        conn.request("GET", "/boom")
+        r = conn.getresponse()
+        assert r.status == 500
+        r.read()
+        for _ in range(3):
+            r, body = request(p, path="/ok")
+            assert r.status == 200
+        assert p.stats()["http.ingress.python_filter_error"] == 1
+        assert upstream.raw.count(b"/boom") == 0
+    assert any("filter bug" in (rec.exc_text or "") or "filter bug" in str(rec.exc_info)
+               for rec in caplog.records)
+
+
+# ---------------------------------------------------------------- bodies
+
+class UpperRequest(HttpFilter):
+    def decode_data(self, data, end_stream):
+        if not end_stream:
+            return FilterStatus.STOP_AND_BUFFER
+        data.replace(bytes(data).upper() + b"!")
+        return CONTINUE
+
+
+def test_buffered_request_body_rewritten_with_exact_length(upstream):
+    with make_proxy([spec(UpperRequest)], upstream) as p:
+        body = b"hello world " * 20000
+        r, got = request(p, "POST", "/b", body=body)
+        assert got == b"POST /b %d" % (len(body) + 1)
+        method, path, headers, ubody = upstream.requests[-1]
+        assert ubody == body.upper() + b"!"
+        assert headers["content-length"] == [str(len(body) + 1)]
+        # chunked from the client: the same result
+        conn = http.client.HTTPConnection(*p.listener_address("http"), timeout=5)
+        conn.request("POST", "/c", body=iter([b"ab", b"cd"]), encode_chunked=True)
+        assert conn.getresponse().read() == b"POST /c 5"
+        assert upstream.requests[-1][3] == b"ABCD!"
+
+
+def test_buffer_limit_gives_413(upstream):
+    with make_proxy([spec(UpperRequest)], upstream) as p:
+        r, got = request(p, "POST", "/big", body=b"x" * (3 << 20))
+        assert r.status == 413
+        assert upstream.raw == b""
+
+
+class StreamingTag(HttpFilter):
+    """Passes the body through chunk by chunk, counting it."""
+    seen = []
+
+    def decode_headers(self, headers, end_stream):
+        headers.remove("content-length")        # we change the size: say so, Envoy style
+        return CONTINUE
+
+    def decode_data(self, data, end_stream):
+        data.append(b"|")
+        StreamingTag.seen.append(end_stream)
+        return CONTINUE
+
+
+def test_streaming_body_filter_reframes_as_chunked(upstream):
+    with make_proxy([spec(StreamingTag)], upstream) as p:
+        body = b"y" * 300000
+        r, got = request(p, "POST", "/s", body=body)
+        assert r.status == 200
+        method, path, headers, ubody = upstream.requests[-1]
+        assert headers["transfer-encoding"] == ["chunked"]
+        assert ubody.replace(b"|", b"") == body
+        assert ubody.endswith(b"|")
+        assert StreamingTag.seen[-1] is True
+
+
+class GrowWithoutFixingLength(HttpFilter):
+    def decode_data(self, data, end_stream):
+        data.append(b"extra")                   # Content-Length left as it was: a filter bug
+        return CONTINUE
+
+
+def test_body_longer_than_content_length_never_reaches_upstream(upstream):
+    with make_proxy([spec(GrowWithoutFixingLength)], upstream) as p:
+        # The whole body in one piece: the proxy knows its final size and says so.
+        r, got = request(p, "POST", "/x", body=b"abc")
+        assert (r.status, got) == (200, b"POST /x 8")
+        assert upstream.requests[-1][3] == b"abcextra"
+        # Streamed (the end is not known when the head goes out): the declared length rules;
+        # the request fails rather than let the upstream read extra bytes as another request.
+        body = b"z" * (4 << 20)
+        try:
+            r, got = request(p, "POST", "/y", body=body)
+            assert r.status >= 500
+        except (ConnectionError, http.client.HTTPException):
+            pass
+        wait_for(lambda: p.stats()["http.ingress.downstream_rq_active"] == 0)
+        for method, path, headers, ubody in upstream.requests:
+            assert method == "POST" and path in ("/x", "/y")
+            if path == "/y":
+                assert len(ubody) == int(headers["content-length"][0]) == len(body)
+
+
+class UpperResponse(HttpFilter):
+    def encode_data(self, data, end_stream):
+        if not end_stream:
+            return FilterStatus.STOP_AND_BUFFER
+        data.replace(bytes(data).upper())
+        self.callbacks.add_encoded_data(b"<end>")
+        return CONTINUE
+
+
+def test_response_body_rewritten(upstream):
+    with make_proxy([spec(UpperResponse)], upstream) as p:
+        r, got = request(p, path="/resp")
+        assert got == b"GET /RESP 0<end>"
+        assert r.getheader("content-length") == str(len(got))
+        r, got = request(p, "HEAD", path="/resp")
+        assert r.status == 200 and got == b""
+
+
+class Trailers(HttpFilter):
+    def decode_trailers(self, trailers):
+        trailers["x-checked"] = "1"
+        return CONTINUE
+
+
+def test_request_trailers_hook(upstream):
+    with make_proxy([spec(Trailers)], upstream) as p:
+        s = socket.create_connection(p.listener_address("http"), timeout=5)
+        s.sendall(b"POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"3\r\nabc\r\n0\r\nx-sum: 9\r\n\r\n")
+        data = b""
+        while b"POST /t 3" not in data:
+            d = s.recv(65536)
+            assert d
+            data += d
+        s.close()
+        raw = bytes(upstream.raw)
+        assert b"x-sum: 9\r\n" in raw and b"x-checked: 1\r\n" in raw
+
+
+# ---------------------------------------------------------------- route, cluster, per-route config
+
+class PickCluster(HttpFilter):
+    def decode_headers(self, headers, end_stream):
+        assert self.callbacks.cluster == "c"
+        if "x-canary" in headers:
+            self.callbacks.cluster = "canary"
+        headers["x-route-config"] = repr(self.callbacks.route_config)
+        return CONTINUE
+
+
+def test_filter_picks_cluster_and_reads_per_route_config(upstream):
+    canary = RawHttpUpstream(lambda m, p, h, b: b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\ncanary")
+    try:
+        routes = [Route(RouteMatch(prefix="/special"), route=RouteAction(cluster="c"),
+                        typed_per_filter_config={"pick": {"mode": "special"}}),
+                  Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c")),
+                  Route(RouteMatch(prefix="/never"), route=RouteAction(cluster="canary"))]
+        clusters = [Cluster("c", [Endpoint("127.0.0.1", upstream.port)]),
+                    Cluster("canary", [Endpoint("127.0.0.1", canary.port)])]
+        with make_proxy([spec(PickCluster, "pick")], upstream, routes, clusters) as p:
+            r, got = request(p, path="/special")
+            assert upstream.requests[-1][2]["x-route-config"] == ["{'mode': 'special'}"]
+            r, got = request(p, path="/plain")
+            assert upstream.requests[-1][2]["x-route-config"] == ["None"]
+            r, got = request(p, path="/x", headers={"x-canary": "1"})
+            assert got == b"canary"
+    finally:
+        canary.close()
+
+
+class Info(HttpFilter):
+    infos = []
+
+    def decode_headers(self, headers, end_stream):
+        self.callbacks.filter_state["seen"] = headers[":path"]
+        return CONTINUE
+
+    def on_log(self, info):
+        Info.infos.append((info, self.callbacks.filter_state.get("seen")))
+
+
+def test_on_log_gets_stream_info(upstream):
+    Info.infos.clear()
+    with make_proxy([spec(Info)], upstream) as p:
+        request(p, "POST", "/i", body=b"12345")
+        wait_for(lambda: Info.infos)
+        info, seen = Info.infos[0]
+        assert seen == "/i"
+        assert info.response_code == 200
+        assert info.downstream_remote_address == "127.0.0.1"
+        assert info.upstream_host == f"127.0.0.1:{upstream.port}"
+        assert info.upstream_cluster == "c"
+        assert info.bytes_received == 5
+        assert 0 <= info.duration < 5
