@@ -7,7 +7,7 @@ from .errors import ConfigError, FastProxyError, ListenerBindError
 from .filters import FilterStatus, NetworkFilter
 from .model import Admin, Bootstrap, Cluster, Endpoint, Listener
 from ._core import Body, Buffer, Connection, Headers, HttpFilterCallbacks, StreamInfo
-from .http_filter import CHttpFilter, HttpFilter, NativeHttpFilter, PythonHttpFilter, register_http_filter
+from .http_filter import CHttpFilter, HttpFilter, NativeHttpFilter, PythonHttpFilter, get_include, register_http_filter
 from .proxy import Proxy
 from .config import load_envoy, load_envoy_json, load_envoy_yaml
 
@@ -18,5 +18,5 @@ __all__ = [
     "FastProxyError", "FilterStatus", "Listener", "ListenerBindError", "NetworkFilter", "Proxy",
     "load_envoy", "load_envoy_json", "load_envoy_yaml", "__version__",
     "Body", "CHttpFilter", "Headers", "HttpFilter", "HttpFilterCallbacks", "NativeHttpFilter",
-    "PythonHttpFilter", "StreamInfo", "register_http_filter",
+    "PythonHttpFilter", "StreamInfo", "get_include", "register_http_filter",
 ]

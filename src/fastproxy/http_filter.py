@@ -197,3 +197,9 @@ def register_c_filter(name: str, table: Any, keepalive: Any = None) -> None:
 def lookup_c_filter(name: str):
     """(address, keepalive) of a registered C filter, or None."""
     return _c_registry.get(name)
+
+
+def get_include() -> str:
+    """The directory holding fastproxy_filter.h (the C filter ABI), for cffi/C builds."""
+    import os
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "include")
