@@ -1,4 +1,5 @@
 """Network filter classes that tests name in configs ("filters_for_tests:Tagger")."""
+import fastproxy
 from fastproxy.filters import FilterStatus, NetworkFilter
 
 
@@ -28,3 +29,13 @@ class NotAFilter:
 
 
 not_a_class = 42
+
+
+class TagRequest(fastproxy.HttpFilter):
+    """Sets config["header"] to the route's per-route "value", else config["value"]."""
+
+    def decode_headers(self, headers, end_stream):
+        per_route = self.callbacks.route_config
+        value = per_route["value"] if per_route else self.config["value"]
+        headers[self.config["header"]] = value
+        return fastproxy.FilterStatus.CONTINUE

@@ -57,7 +57,8 @@ class AddHeaders(HttpFilter):
         headers["x-user"] = self.config.get("user", "alice")
         headers.add("x-multi", "1")
         headers.add(b"x-multi", b"2")
-        del headers["x-remove-me"]
+        if "x-remove-me" in headers:
+            del headers["x-remove-me"]
         return CONTINUE
 
     def encode_headers(self, headers, end_stream):
@@ -410,3 +411,248 @@ def test_on_log_gets_stream_info(upstream):
         assert info.upstream_cluster == "c"
         assert info.bytes_received == 5
         assert 0 <= info.duration < 5
+
+
+# ---------------------------------------------------------------- more hooks
+
+class EncodeHold(HttpFilter):
+    """Holds the response head, continues it from another thread."""
+
+    def encode_headers(self, headers, end_stream):
+        def later():
+            time.sleep(0.02)
+            self.callbacks.continue_encoding()
+        headers["x-held"] = "1"
+        threading.Thread(target=later).start()
+        return STOP
+
+
+def test_encode_stop_and_continue(upstream):
+    with make_proxy([spec(EncodeHold)], upstream) as p:
+        for _ in range(3):
+            r, got = request(p, path="/e")
+            assert (r.status, got) == (200, b"GET /e 0")
+            assert r.getheader("x-held") == "1"
+
+
+class AsyncBody(HttpFilter):
+    async def decode_data(self, data, end_stream):
+        await asyncio.sleep(0)
+        data.append(b"+async")
+        return CONTINUE
+
+    async def encode_headers(self, headers, end_stream):
+        await asyncio.sleep(0)
+        headers["x-async"] = "yes"
+        return CONTINUE
+
+    def decode_headers(self, headers, end_stream):
+        headers.remove("content-length")
+        return CONTINUE
+
+
+def test_async_data_and_encode_hooks(upstream):
+    with make_proxy([spec(AsyncBody)], upstream) as p:
+        r, got = request(p, "POST", "/a", body=b"body")
+        assert r.getheader("x-async") == "yes"
+        assert upstream.requests[-1][3] == b"body+async"
+
+
+class NoBuffer(HttpFilter):
+    """Swallows the body as it comes and sends a digest of it at the end."""
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self.total = 0
+
+    def decode_headers(self, headers, end_stream):
+        headers.remove("content-length")
+        return CONTINUE
+
+    def decode_data(self, data, end_stream):
+        self.total += len(data)
+        data.drain(len(data))
+        if end_stream:
+            self.callbacks.add_decoded_data(b"total=%d" % self.total)
+            return CONTINUE
+        return FilterStatus.STOP_NO_BUFFER
+
+
+def test_stop_no_buffer_and_add_decoded_data(upstream):
+    with make_proxy([spec(NoBuffer)], upstream) as p:
+        body = b"q" * 500000
+        r, got = request(p, "POST", "/n", body=body)
+        assert upstream.requests[-1][3] == b"total=%d" % len(body)
+
+
+class EncodeBoom(HttpFilter):
+    def encode_headers(self, headers, end_stream):
+        raise ValueError("encode bug")
+
+
+def test_exception_in_encode_is_500(upstream):
+    with make_proxy([spec(EncodeBoom)], upstream) as p:
+        r, got = request(p, path="/x")
+        assert r.status == 500
+        r, got = request(p, path="/y")
+        assert r.status == 500
+        assert p.stats()["http.ingress.python_filter_error"] == 2
+
+
+class ResponseTrailers(HttpFilter):
+    def encode_trailers(self, trailers):
+        trailers["x-added-trailer"] = "t"
+        return CONTINUE
+
+
+def test_response_trailers_hook(upstream):
+    def handler(method, path, headers, body):
+        return (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n"
+                b"5\r\nhello\r\n0\r\nx-sum: 5\r\n\r\n")
+    upstream.handler = handler
+    with make_proxy([spec(ResponseTrailers)], upstream) as p:
+        s = socket.create_connection(p.listener_address("http"), timeout=5)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\n")
+        data = b""
+        while not data.endswith(b"\r\n\r\n") or b"0\r\n" not in data:
+            d = s.recv(65536)
+            assert d
+            data += d
+        s.close()
+        assert b"hello" in data and b"x-sum: 5\r\n" in data and b"x-added-trailer: t\r\n" in data
+
+
+class RouteByHeader(HttpFilter):
+    def decode_headers(self, headers, end_stream):
+        if "x-to-b" in headers:
+            headers[":path"] = "/b" + headers[":path"]
+            self.callbacks.clear_route_cache()
+        return CONTINUE
+
+
+def test_clear_route_cache_reroutes(upstream):
+    other = RawHttpUpstream(lambda m, p, h, b: b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nB")
+    try:
+        routes = [Route(RouteMatch(prefix="/b/"), route=RouteAction(cluster="b")),
+                  Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))]
+        clusters = [Cluster("c", [Endpoint("127.0.0.1", upstream.port)]),
+                    Cluster("b", [Endpoint("127.0.0.1", other.port)])]
+        with make_proxy([spec(RouteByHeader)], upstream, routes, clusters) as p:
+            assert request(p, path="/x")[1] == b"GET /x 0"
+            assert request(p, path="/x", headers={"x-to-b": "1"})[1] == b"B"
+            assert other.requests[-1][1] == "/b/x"
+    finally:
+        other.close()
+
+
+def test_many_requests_on_one_connection_with_filters(upstream):
+    """Keep-alive and pipelining with a filter chain: every stream gets fresh instances."""
+    with make_proxy([spec(AddHeaders, config={}), spec(UpperResponse)], upstream) as p:
+        conn = http.client.HTTPConnection(*p.listener_address("http"), timeout=5)
+        for i in range(50):
+            conn.request("POST", f"/k{i}", body=b"x" * i)
+            r = conn.getresponse()
+            assert r.read() == f"POST /K{i} {i}<end>".encode()
+        assert upstream.connections == 1
+
+
+# ---------------------------------------------------------------- config: YAML, names, entry points
+
+SAMPLE = __import__("pathlib").Path(__file__).parent / "configs" / "http_python_filter.yaml"
+
+
+def _sample_with_ports(upstream_port):
+    import yaml
+    config = yaml.safe_load(SAMPLE.read_text())
+    config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = 0
+    ep = config["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    ep["endpoint"]["address"]["socket_address"]["port_value"] = upstream_port
+    return config
+
+
+def test_yaml_python_filter_with_per_route_config(upstream):
+    from fastproxy.config import load_envoy
+    p = Proxy.from_bootstrap(load_envoy(_sample_with_ports(upstream.port)), concurrency=1)
+    with p:
+        conn = http.client.HTTPConnection(*p.listener_address("web"), timeout=5)
+        conn.request("GET", "/plain")
+        conn.getresponse().read()
+        assert upstream.requests[-1][2]["x-tag"] == ["from-yaml"]
+        conn.request("GET", "/special")
+        conn.getresponse().read()
+        assert upstream.requests[-1][2]["x-tag"] == ["per-route"]
+
+
+class Registered(HttpFilter):
+    def decode_headers(self, headers, end_stream):
+        headers["x-registered"] = self.config["v"]
+        return CONTINUE
+
+
+def _typed_struct(value):
+    return {"@type": "type.googleapis.com/xds.type.v3.TypedStruct",
+            "type_url": "type.googleapis.com/fastproxy.python.HttpFilter", "value": value}
+
+
+def test_registered_name_and_entry_point(upstream, tmp_path, monkeypatch):
+    from fastproxy.config import load_envoy
+    from fastproxy.errors import ConfigError
+    Proxy.register_http_filter("registered_for_test", Registered)
+    # a package that provides a filter through the fastproxy.filters entry point group
+    pkg = tmp_path / "ep_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "import fastproxy\n"
+        "class FromEntryPoint(fastproxy.HttpFilter):\n"
+        "    def decode_headers(self, headers, end_stream):\n"
+        "        headers['x-ep'] = 'loaded'\n"
+        "        return fastproxy.FilterStatus.CONTINUE\n")
+    dist = tmp_path / "ep_pkg-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-pkg\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[fastproxy.filters]\nfrom_ep = ep_pkg:FromEntryPoint\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = _sample_with_ports(upstream.port)
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["http_filters"][:1] = [
+        {"name": "a", "typed_config": _typed_struct({"filter": "registered_for_test", "config": {"v": "yes"}})},
+        {"name": "b", "typed_config": _typed_struct({"filter": "from_ep"})}]
+    for vh in hcm["route_config"]["virtual_hosts"]:
+        for r in vh["routes"]:
+            r.pop("typed_per_filter_config", None)
+    with Proxy.from_bootstrap(load_envoy(config), concurrency=1) as p:
+        conn = http.client.HTTPConnection(*p.listener_address("web"), timeout=5)
+        conn.request("GET", "/")
+        conn.getresponse().read()
+        assert upstream.requests[-1][2]["x-registered"] == ["yes"]
+        assert upstream.requests[-1][2]["x-ep"] == ["loaded"]
+    hcm["http_filters"][0]["typed_config"] = _typed_struct({"filter": "nope"})
+    with pytest.raises(ConfigError) as err:
+        load_envoy(config)
+    assert err.value.path.endswith("http_filters[0].typed_config.value.filter")
+    hcm["http_filters"][0]["typed_config"] = _typed_struct({"class": "filters_for_tests:Tagger"})
+    with pytest.raises(ConfigError) as err:
+        load_envoy(config)
+    assert "not a fastproxy.HttpFilter" in err.value.message
+
+
+def test_per_route_config_for_unknown_filter_is_an_error(upstream):
+    from fastproxy.config import load_envoy
+    from fastproxy.errors import ConfigError
+    config = _sample_with_ports(upstream.port)
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    route = hcm["route_config"]["virtual_hosts"][0]["routes"][0]
+    route["typed_per_filter_config"] = {"missing": _typed_struct({})}
+    with pytest.raises(ConfigError) as err:
+        load_envoy(config)
+    assert err.value.path.endswith("routes[0].typed_per_filter_config.missing")
+
+
+def test_model_validation_names_the_field(upstream):
+    from fastproxy.errors import ConfigError
+    with pytest.raises(ConfigError) as err:
+        make_proxy([PythonHttpFilter("x", object)], upstream)
+    assert err.value.path.endswith("http_filters[0].cls")
+    with pytest.raises(ConfigError) as err:
+        make_proxy([spec(AddHeaders, "same"), spec(Boom, "same")], upstream)
+    assert err.value.path.endswith("http_filters[1].name")

@@ -2010,7 +2010,9 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
             return
         if c.stream != NULL and c.stream.up != NULL and c.stream.up.state == UC_BUSY \
                 and (c.stream.up.in_buf.length or c.rsp_pipe.bytes or c.stream.up.ep.readable) \
-                and c.out_buf.length < HTTP_IO_LIMIT:
+                and c.out_buf.length < HTTP_IO_LIMIT \
+                and not (c.stream.fc != NULL and c.stream.fc.enc.stopped == FS_HELD):
+            # (While an encoder filter holds the response, its continue restarts this.)
             # The upstream paused on our full out_buf; let it continue now.
             c.in_pump = 0
             upconn_pump(c.stream.up)
