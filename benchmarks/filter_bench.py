@@ -261,7 +261,7 @@ def main(argv=None) -> int:
         lua.write_text(WRK_DONE_LUA)
         cdir = None
         if "cffi" in args.names:
-            cdir = tmp / "cffi"
+            cdir = tmp / "cffi-module"
             build_c_filter(cdir, env)
 
         for name in args.names:
