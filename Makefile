@@ -5,6 +5,7 @@
 #   make debug-test   same with the core built -O0 -g3, C asserts and Cython checks on
 #   make test-asan    same with AddressSanitizer + LeakSanitizer
 #   make bench        run benchmarks/tcp_bench.py (fastproxy beside HAProxy, nginx, Envoy)
+#   make bench-filters  run benchmarks/filter_bench.py (HTTP filter overhead)
 #   make wheel        build a wheel into dist/
 #   make clean        remove build outputs (keeps .venv; `make distclean` removes it too)
 #
@@ -35,7 +36,7 @@ CORE_KEY = $(FLAVOR) $$(cksum < build_ext.py | cut -d' ' -f1)
 # Run tools from the venv first (pytest, envoy, fastproxy).
 VENV_PATH := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 
-.PHONY: bench-http fuzz run test debug-test test-asan bench wheel clean distclean venv core test-tools
+.PHONY: bench-http bench-filters fuzz run test debug-test test-asan bench wheel clean distclean venv core test-tools
 
 # --- set-up -------------------------------------------------------------------------
 
@@ -142,3 +143,8 @@ fuzz: core
 # HTTP benchmark: wrk through fastproxy, nginx, HAProxy and Envoy (benchmarks/README.md).
 bench-http: core
 	$(VENV_PATH) $(PY) benchmarks/http_bench.py
+
+# HTTP filter overhead: router alone vs Python, async and cffi filters (benchmarks/README.md).
+bench-filters: core
+	$(VENV_PATH) $(PY) -m pip --disable-pip-version-check -q install 'cffi>=1.15'
+	$(VENV_PATH) $(PY) benchmarks/filter_bench.py

@@ -296,25 +296,44 @@ def _router(config: Message) -> None:
     _bool(config, "suppress_envoy_headers")
 
 
-def _python_http_filter(config: Message):
-    from .python_filter import python_http_filter
-    return python_http_filter(config)
-
-
 HTTP_FILTERS = {
     ROUTER_TYPE: HttpFilterKind(terminal=True, fields=("suppress_envoy_headers",), parse=_router),
 }
-# A Python filter is a TypedStruct (see config/python_filter.py); both spellings.
-def _python_per_route(config: Message):
-    from .python_filter import python_http_filter_route_config
-    return python_http_filter_route_config(config)
 
 
+# Extensions without a compiled-in schema (Python and C filters) come as a TypedStruct
+# whose type_url says which. Each has its own HttpFilterKind (so its per-route config is
+# read by the same extension); the TypedStruct entry in HTTP_FILTERS dispatches to them.
 _TYPED_STRUCTS = ("type.googleapis.com/xds.type.v3.TypedStruct", "type.googleapis.com/udpa.type.v1.TypedStruct")
+
+
+def _typed_struct_kinds() -> dict:
+    from .c_filter import C_HTTP_FILTER_TYPE_URL, c_http_filter, c_http_filter_route_config
+    from .python_filter import (PYTHON_HTTP_FILTER_TYPE_URL, python_http_filter,
+                                python_http_filter_route_config)
+
+    def kind(parse, per_route):
+        return HttpFilterKind(terminal=False, fields=("type_url", "value"), parse=parse, per_route=per_route,
+                              per_route_fields=("type_url", "value"), per_route_types=_TYPED_STRUCTS)
+    return {PYTHON_HTTP_FILTER_TYPE_URL: kind(python_http_filter, python_http_filter_route_config),
+            C_HTTP_FILTER_TYPE_URL: kind(c_http_filter, c_http_filter_route_config)}
+
+
+def _typed_struct_filter(config: Message):
+    kinds = _typed_struct_kinds()
+    type_url = config.string("type_url", required=True)
+    kind = kinds.get(type_url)
+    if kind is None:
+        raise ConfigError(config.at("type_url"),
+                          f"unsupported HTTP filter {type_url!r} in a TypedStruct (fastproxy supports "
+                          f"{', '.join(repr(k) for k in kinds)})")
+    result = kind.parse(config)
+    result._kind = kind
+    return result
+
+
 for _t in _TYPED_STRUCTS:
-    HTTP_FILTERS[_t] = HttpFilterKind(terminal=False, fields=("type_url", "value"), parse=_python_http_filter,
-                                      per_route=_python_per_route, per_route_fields=("type_url", "value"),
-                                      per_route_types=_TYPED_STRUCTS)
+    HTTP_FILTERS[_t] = HttpFilterKind(terminal=False, fields=("type_url", "value"), parse=_typed_struct_filter)
 FILTER_CONFIG_TYPE = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
 
 
@@ -350,7 +369,8 @@ def _http_filters(hcm: Message) -> list:
         result = kind.parse(Message(value, tpath, kind.fields, ignore=("@type",)))
         if not kind.terminal:
             result.name = name
-            result._kind = kind
+            if getattr(result, "_kind", None) is None:      # a TypedStruct kind sets its own
+                result._kind = kind
             filters.append(result)
     return filters
 

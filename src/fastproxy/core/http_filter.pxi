@@ -719,7 +719,10 @@ cdef void hf_continue(HStream* s, bint encoding) noexcept nogil:
 
 cdef void* hf_route_config(HStream* s) noexcept nogil:
     cdef FChain* fc = s.fc
-    if fc == NULL or s.route == NULL or s.route.per_filter == NULL or fc.current < 0 or fc.current >= fc.n:
+    if fc == NULL or fc.current < 0 or fc.current >= fc.n:
+        return NULL
+    _ensure_route(s)                    # a decode hook runs before the router picks the route
+    if s.route == NULL or s.route.per_filter == NULL:
         return NULL
     return s.route.per_filter[fc.current]
 

@@ -489,8 +489,9 @@ cdef class HttpFilterCallbacks:
             raise MemoryError()
 
 
-cdef void _ensure_route(HStream* s) noexcept:
-    """Pick the route now if no one has (a filter asked for it before the router)."""
+cdef void _ensure_route(HStream* s) noexcept nogil:
+    """Pick the route now if no one has (a filter asked for it before the router). No GIL
+    needed: C filters reach it through api->route_config."""
     cdef RouteInput r
     cdef RouteHeader* hdrs
     if s.route != NULL or s.fc == NULL:
