@@ -838,7 +838,7 @@ cdef void stream_finish(HStream* s) noexcept nogil:
     connection for the next request if allowed."""
     cdef HConn* c = s.c
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
-    if s.fc != NULL and s.up != NULL and s.up.hosts != NULL:
+    if s.fc != NULL and s.up != NULL and s.up.hosts != NULL and (h.filter_hooks & HK_LOG):
         s.fc.upstream_host_len = _host_text(&s.up.hosts.hosts[s.up.host_index], s.fc.upstream_host,
                                             sizeof(s.fc.upstream_host))
     if s.up != NULL:
@@ -1307,8 +1307,10 @@ cdef int _response_to_filters(HStream* s) noexcept nogil:
     """A response head (not 1xx) for the encoder filters. -1: the stream ended."""
     cdef FChain* fc = s.fc
     cdef H1Parser* p = &s.up.resp
-    cdef char st[8]
-    snprintf(st, sizeof(st), "%03d", p.head.status)
+    cdef char st[3]
+    st[0] = <char>(48 + (p.head.status // 100) % 10)     # the codec guarantees 100..999
+    st[1] = <char>(48 + (p.head.status // 10) % 10)
+    st[2] = <char>(48 + p.head.status % 10)
     if hm_add(&fc.resp, ":status", 7, st, 3) < 0 or hm_from_head(&fc.resp, &p.head, True, False) < 0:
         hconn_close(s.c, True)
         return -1

@@ -102,7 +102,9 @@ cdef struct HttpFilterCfg:          # one entry of a listener's http_filters (im
 
 cdef struct HMap:                   # a header map: field lines in order, pseudo-headers first
     PairList l                      # (a member, not a look-alike: no type punning)
-    void** owned                    # strings this map allocated (freed with it)
+    void** owned                    # blocks this map allocated its strings from (freed with it)
+    char* arena                     # free space in the newest block
+    size_t arena_left
     size_t nowned
     size_t owned_cap
     uint8_t used                    # the map holds a message (trailers may be absent)
@@ -176,27 +178,35 @@ cdef inline bint _all_digits(const char* p, size_t n) noexcept nogil:
 
 
 cdef const char* _hm_own(HMap* m, const char* p, size_t n, bint lower) noexcept nogil:
-    """A copy of p[:n] that lives as long as the map."""
+    """A copy of p[:n] that lives as long as the map (bump-allocated from 1 KiB blocks,
+    so a handful of added headers cost one malloc)."""
     cdef char* q
     cdef void** nv
-    cdef size_t i
-    if m.nowned == m.owned_cap:
-        nv = <void**>realloc(m.owned, (m.owned_cap * 2 + 8) * sizeof(void*))
-        if nv == NULL:
+    cdef size_t i, bs
+    if n + 1 > m.arena_left:
+        if m.nowned == m.owned_cap:
+            nv = <void**>realloc(m.owned, (m.owned_cap * 2 + 4) * sizeof(void*))
+            if nv == NULL:
+                return NULL
+            m.owned = nv
+            m.owned_cap = m.owned_cap * 2 + 4
+        bs = n + 1 if n + 1 > 1024 else 1024
+        m.arena = <char*>malloc(bs)
+        if m.arena == NULL:
+            m.arena_left = 0
             return NULL
-        m.owned = nv
-        m.owned_cap = m.owned_cap * 2 + 8
-    q = <char*>malloc(n + 1)
-    if q == NULL:
-        return NULL
+        m.owned[m.nowned] = m.arena
+        m.nowned += 1
+        m.arena_left = bs
+    q = m.arena
+    m.arena += n + 1
+    m.arena_left -= n + 1
     if lower:
         for i in range(n):
             q[i] = p[i] + 32 if b'A' <= p[i] <= b'Z' else p[i]
     else:
         memcpy(q, p, n)
     q[n] = 0
-    m.owned[m.nowned] = q
-    m.nowned += 1
     return q
 
 
@@ -408,7 +418,8 @@ FP_API.route_config = _api_route_config
 cdef int hf_stream_create(HStream* s) noexcept nogil:
     """Create the stream's filter instances and its request header map. -1: no memory."""
     cdef HttpCfg* h = <HttpCfg*>s.c.cfg.http
-    cdef FChain* fc = <FChain*>calloc(1, sizeof(FChain))
+    # one allocation: the chain state and the per-filter instance pointers after it
+    cdef FChain* fc = <FChain*>calloc(1, sizeof(FChain) + max(1, h.nfilters) * sizeof(void*))
     cdef int i
     cdef const HttpFilterCfg* fcfg
     cdef size_t n
@@ -420,9 +431,7 @@ cdef int hf_stream_create(HStream* s) noexcept nogil:
     fc.cfgs = h.filters
     fc.buffer_limit = h.filter_buffer_limit
     fc.enc.index = fc.n - 1
-    fc.selfs = <void**>calloc(max(1, fc.n), sizeof(void*))
-    if fc.selfs == NULL:
-        return -1
+    fc.selfs = <void**>(<char*>fc + sizeof(FChain))
     # The request map: pseudo-headers, then the end-to-end fields. Strings point into the
     # stream's own head (alive as long as the stream).
     hm_append_raw(&fc.req, _cs(":method"), _s(s.head.buf + s.head.method_off, s.head.method_len))
@@ -457,7 +466,6 @@ cdef void hf_stream_end(HStream* s) noexcept nogil:
             fc.cfgs[i].vt.destroy(fc.selfs[i])
     if fc.pyctx != NULL or fc.stream_ref != NULL:
         py_stream_release(fc)
-    free(fc.selfs)
     hm_free(&fc.req)
     hm_free(&fc.resp)
     hm_free(&fc.req_trailers)
