@@ -14,10 +14,12 @@ One extension module; each included file has one job (see docs/architecture.md):
   core/http1.pxi       HTTP/1.1 codec (strict, incremental) and serializer
   core/router.pxi      the route table: virtual hosts, matching, rewrites, redirects
   core/http_conn.pxi   the HTTP connection manager and the upstream connection pool
+  core/http_stream.pxi stream timeouts, the trusted client address, CONNECT tunnels
+  core/access_log.pxi  access logs and the stream facts they print
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, calloc, realloc, free
-from libc.string cimport memcpy, memmove, memset
+from libc.string cimport memcpy, memmove, memset, memchr
 from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF, Py_XDECREF
 from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES
 
@@ -37,3 +39,5 @@ include "core/engine.pxi"
 include "core/http1.pxi"
 include "core/router.pxi"
 include "core/http_conn.pxi"
+include "core/http_stream.pxi"
+include "core/access_log.pxi"

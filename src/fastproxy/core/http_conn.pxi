@@ -41,6 +41,11 @@ cdef struct HttpCfg:
     uint64_t idle_timeout_ms        # downstream connection without a stream; 0: none
     uint64_t request_headers_timeout_ms
     uint64_t stream_idle_timeout_ms
+    uint64_t request_timeout_ms     # the whole request must arrive within it; 0: none
+    uint8_t allow_connect           # upgrade_configs has CONNECT: tunnel it (else 403)
+    int nlogs
+    AlogSink* logs                  # access logs (core/access_log.pxi)
+    char** cluster_names            # by route cluster index (%UPSTREAM_CLUSTER%)
     uint32_t max_requests_per_connection
     uint32_t max_head
     uint32_t max_fields
@@ -95,8 +100,31 @@ cdef struct HStream:
     uint8_t tunnel_down_eof
     int status
     uint64_t start_ms
-    uint64_t req_body_bytes
+    uint64_t req_body_bytes         # request body bytes received (tunnels: bytes from the client)
     Timer timeout                   # the route's timeout (upstream request)
+    uint8_t connect                 # a CONNECT request (tunnelled once the upstream connects)
+    # stream_info: what access logs print (core/access_log.pxi) and later filters read
+    uint8_t resp_from_upstream      # the response head came from s.up (RESP() can read it)
+    uint8_t logged
+    uint32_t response_flags         # RF_* (Envoy's UH, UF, UC, NR, UT, DC, SI, ...)
+    uint64_t start_time_us          # wall clock at the start (CLOCK_REALTIME, microseconds)
+    uint64_t request_end_ms         # monotonic: the whole request was received; 0: not yet
+    uint64_t upstream_start_ms      # an upstream connection was assigned; 0: never
+    uint64_t response_start_ms      # the response head went downstream; 0: not yet
+    uint64_t end_ms
+    uint64_t bytes_sent             # response body bytes sent downstream (tunnels: to the client)
+    int cluster_index               # into HttpCfg.clusters; -1: none
+    sockaddr_storage upstream_addr  # the upstream host chosen (upstream_addrlen 0: none)
+    socklen_t upstream_addrlen
+    char client_ip[48]              # the trusted client address (use_remote_address/XFF)
+    size_t client_ip_len
+    uint16_t client_port            # 0 when the address came from x-forwarded-for
+    uint8_t client_internal         # an internal (RFC 1918, loopback) address
+    char request_id[40]             # the x-request-id we generated, if any
+    size_t request_id_len
+    Timer idle_timer                # stream_idle_timeout (lazy: checks last_active_ms)
+    Timer request_timer             # request_timeout
+    uint64_t last_active_ms
 
 cdef struct HConn:
     Endp down
@@ -119,6 +147,7 @@ cdef struct HConn:
     Timer headers_timer
     char remote_ip[48]
     size_t remote_ip_len
+    uint16_t remote_port
     SplicePipe req_pipe             # request bodies: downstream -> upstream
     SplicePipe rsp_pipe             # response bodies: upstream -> downstream
 
@@ -139,13 +168,15 @@ cdef enum:
     H_RQ_TOO_LARGE = 14
     H_BYTES_SPLICED = 15            # body bytes moved socket -> pipe -> socket
     H_BYTES_COPIED = 16             # body bytes that went through user-space buffers
-    H_NSTATS = 17
+    H_RQ_IDLE_TIMEOUT = 17          # streams ended by stream_idle_timeout
+    H_NSTATS = 18                   # then the downstream_rq_time histogram
 HTTP_STATS = ("downstream_cx_total", "downstream_cx_active", "downstream_rq_total",
               "downstream_rq_active", "downstream_rq_1xx", "downstream_rq_2xx",
               "downstream_rq_3xx", "downstream_rq_4xx", "downstream_rq_5xx",
               "downstream_rq_time_ms_total", "downstream_rq_timeout",
               "downstream_cx_protocol_error", "downstream_rq_rx_reset", "no_route",
-              "downstream_rq_too_large", "bytes_spliced", "bytes_copied")
+              "downstream_rq_too_large", "bytes_spliced", "bytes_copied",
+              "downstream_rq_idle_timeout")
 HTTP_GAUGES = frozenset(["downstream_cx_active", "downstream_rq_active"])
 
 
@@ -517,6 +548,8 @@ cdef void hconn_local_reply(HConn* c, int status, const char* body, size_t body_
     free(l.v)
     if body_len and (c.stream == NULL or c.stream.method != H1M_HEAD):
         chain_append(&c.out_buf, body, body_len)
+        if c.stream != NULL:
+            c.stream.bytes_sent += body_len
     if c.stream != NULL:
         c.stream.status = status
         c.stream.resp_started = 1
@@ -607,10 +640,14 @@ cdef UpConn* upconn_acquire(HStream* s, ClusterCfg* cl) noexcept nogil:
     cdef epoll_event ev
     if host == NULL:
         stat_add(cl.stats, w, C_NONE_HEALTHY, 1)
+        s.response_flags |= RF_UH
         return NULL
+    memcpy(&s.upstream_addr, &host.addr, host.addrlen)
+    s.upstream_addrlen = host.addrlen
+    s.upstream_start_ms = w.now
     idx = <int>(host - lb.hosts.hosts)
     head = _pool_list(cl, w, idx)
-    if head != NULL and head[0] != NULL:
+    if head != NULL and head[0] != NULL and not s.connect:     # a tunnel gets its own
         u = head[0]
         head[0] = u.idle_next
         u.idle_head = NULL
@@ -624,12 +661,14 @@ cdef UpConn* upconn_acquire(HStream* s, ClusterCfg* cl) noexcept nogil:
     fd = socket(host.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
     if fd < 0:
         stat_add(cl.stats, w, C_CONNECT_FAIL, 1)
+        s.response_flags |= RF_UF
         return NULL
     _set_nodelay(fd)
     if connect(fd, <sockaddr*>&host.addr, host.addrlen) < 0 and errno != EINPROGRESS:
         close(fd)
         stat_add(cl.stats, w, C_CX_TOTAL, 1)
         stat_add(cl.stats, w, C_CONNECT_FAIL, 1)
+        s.response_flags |= RF_UF
         return NULL
     u = <UpConn*>calloc(1, sizeof(UpConn))
     if u == NULL:
@@ -696,6 +735,8 @@ cdef void upconn_release(UpConn* u, bint reusable) noexcept nogil:
 cdef void _upconn_failed(UpConn* u, int status, const char* reason) noexcept nogil:
     """u broke before its stream got a complete response."""
     cdef HStream* s = u.stream
+    if s != NULL:
+        s.response_flags |= RF_UF if u.state == UC_CONNECTING else (RF_UPE if status == 502 else RF_UC)
     upconn_close(u)
     if s != NULL:
         stream_upstream_failed(s, status, reason)
@@ -742,6 +783,8 @@ cdef void upconn_pump(UpConn* u) noexcept nogil:
             if n > 0:
                 stat_add(u.cluster.stats, u.w, C_TX_BYTES, <uint64_t>n)
                 progress = True
+                if u.stream != NULL:
+                    u.stream.last_active_ms = u.w.now
             elif n < 0 and errno == EAGAIN:
                 u.ep.writable = 0
             elif n < 0 and errno != EINTR:
@@ -761,6 +804,8 @@ cdef void upconn_pump(UpConn* u) noexcept nogil:
             if n > 0:
                 stat_add(u.cluster.stats, u.w, C_RX_BYTES, <uint64_t>n)
                 progress = True
+                if u.stream != NULL:
+                    u.stream.last_active_ms = u.w.now
                 if <size_t>n < asked and not u.ep.hup:
                     # A short read drained the socket; the next bytes bring a new edge.
                     # (Not after RDHUP: the FIN may still be queued behind the data.)
@@ -787,6 +832,7 @@ cdef void upconn_pump(UpConn* u) noexcept nogil:
 
 cdef void stream_free(HStream* s) noexcept nogil:
     timer_cancel(s.c.w, &s.timeout)
+    stream_timers_stop(s)
     h1_head_free(&s.head)
     free(s)
 
@@ -796,6 +842,7 @@ cdef void stream_finish(HStream* s) noexcept nogil:
     connection for the next request if allowed."""
     cdef HConn* c = s.c
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    stream_log(s)
     if s.up != NULL:
         upconn_release(s.up, s.req_done and s.up.resp.state == H1_MESSAGE_DONE
                        and (s.up.resp.flags & H1F_KEEP_ALIVE))
@@ -832,6 +879,7 @@ cdef void _stream_timeout(Worker* w, void* arg) noexcept nogil:
     cdef HStream* s = <HStream*>arg
     cdef HConn* c = s.c
     stat_add((<HttpCfg*>c.cfg.http).stats, w, H_RQ_TIMEOUT, 1)
+    s.response_flags |= RF_UT
     if s.cluster != NULL:
         stat_add(s.cluster.stats, w, C_RQ_TIMEOUT, 1)
     if s.up != NULL:
@@ -860,7 +908,6 @@ cdef int _upstream_request_head(HStream* s, const RouteInput* r) noexcept nogil:
     cdef PairList l
     cdef char path[8192]
     cdef char xff[1024]
-    cdef char rid[40]
     cdef char hostbuf[64]
     cdef ssize_t plen
     cdef size_t n, k
@@ -915,11 +962,14 @@ cdef int _upstream_request_head(HStream* s, const RouteInput* r) noexcept nogil:
             a = worker_random(c.w)
             b = worker_random(c.w)
             # A version-4 UUID from the worker's generator.
-            snprintf(rid, sizeof(rid), "%08x-%04x-4%03x-%04x-%012llx",
+            snprintf(s.request_id, sizeof(s.request_id), "%08x-%04x-4%03x-%04x-%012llx",
                      <unsigned int>(a >> 32), <unsigned int>((a >> 16) & 0xffff),
                      <unsigned int>(a & 0xfff), <unsigned int>(0x8000 | ((b >> 48) & 0x3fff)),
                      <unsigned long long>(b & 0xffffffffffffULL))
-            _pl_add(&l, _cs("x-request-id"), _s(rid, 36))
+            s.request_id_len = 36
+            _pl_add(&l, _cs("x-request-id"), _s(s.request_id, 36))
+        if h.use_remote_address and not s.client_internal:
+            _pl_overwrite(&l, _cs("x-envoy-external-address"), _s(s.client_ip, s.client_ip_len))
         if _pl_apply_ops(&l, &e.request_headers) < 0:
             return -1
         if _append_head(&s.up.out_buf, &l, True,
@@ -999,8 +1049,10 @@ cdef int _tunnel_pump(HStream* s) noexcept nogil:
         hconn_close(c, False)
         return -1
     if u.in_buf.length:
+        s.bytes_sent += u.in_buf.length
         chain_move(&c.out_buf, &u.in_buf)
     if c.in_buf.length:
+        s.req_body_bytes += c.in_buf.length
         chain_move(&u.out_buf, &c.in_buf)
     if u.eof:
         s.tunnel_up_eof = 1
@@ -1023,6 +1075,9 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
     cdef size_t off, seg
     cdef uint64_t left, moved
     cdef int rc
+    if s.connect and not s.tunnel and stream_connect_established(s) < 0:
+        hconn_close(c, True)
+        return -1
     while True:
         if s.tunnel:
             return _tunnel_pump(s)
@@ -1061,6 +1116,8 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
                 _upconn_failed(u, 502, "upstream sent an invalid response")
                 return -1
             s.resp_started = 1
+            s.resp_from_upstream = 1
+            s.response_start_ms = c.w.now
             if p.framing == H1_BODY_NONE:
                 p.state = H1_MESSAGE_DONE
             continue
@@ -1072,6 +1129,9 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
             moved = 0
             rc = splice_move(&c.rsp_pipe, &u.ep, &c.down, &left, &moved)
             stat_add(h.stats, c.w, H_BYTES_SPLICED, moved)
+            s.bytes_sent += moved
+            if moved or left != p.body_remaining:
+                s.last_active_ms = c.w.now
             h1_body_skipped(p, p.body_remaining - left)
             if rc < 0:
                 hconn_close(c, True)
@@ -1103,6 +1163,7 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
             return -1
         if seg:
             stat_add(h.stats, c.w, H_BYTES_COPIED, seg)
+            s.bytes_sent += seg
             if p.framing == H1_BODY_LENGTH or (p.framing == H1_BODY_EOF and not s.resp_chunked):
                 chain_move_bytes(&c.out_buf, &u.in_buf, <size_t>n)    # off == 0, seg == n
                 continue
@@ -1139,6 +1200,7 @@ cdef void _fill_route_input(HStream* s, RouteInput* r, RouteHeader* hdrs) noexce
         hdrs[i].value_len = hd.fields[i].value_len
     r.nheaders = <int>hd.nfields
     r.headers = hdrs
+    r.connect = s.connect
 
 
 cdef void stream_start(HConn* c) noexcept nogil:
@@ -1158,6 +1220,8 @@ cdef void stream_start(HConn* c) noexcept nogil:
     timer_cancel(c.w, &c.headers_timer)
     s.c = c
     s.start_ms = c.w.now
+    s.start_time_us = wall_clock_us()
+    s.cluster_index = -1
     timer_init(&s.timeout, _stream_timeout, s)
     h1_head_take(&c.req, &s.head)
     s.method = s.head.method
@@ -1167,7 +1231,10 @@ cdef void stream_start(HConn* c) noexcept nogil:
     if c.req.framing == H1_BODY_NONE:
         c.req.state = H1_MESSAGE_DONE
         s.req_done = 1
+        s.request_end_ms = c.w.now
     c.stream = s
+    stream_timers_start(s)
+    stream_client_address(s)
     c.nrequests += 1
     if h.max_requests_per_connection and c.nrequests >= h.max_requests_per_connection:
         s.keepalive = 0
@@ -1175,9 +1242,11 @@ cdef void stream_start(HConn* c) noexcept nogil:
     stat_add(h.stats, c.w, H_RQ_ACTIVE, 1)
     if c.req.flags & H1F_CONNECT:
         s.keepalive = 0
-        hconn_local_reply(c, 501, "CONNECT is not supported", 24, NULL, 0, True)
-        stream_finish(s)
-        return
+        s.connect = 1
+        if not h.allow_connect:         # Envoy: no CONNECT upgrade config -> 403
+            hconn_local_reply(c, 403, "", 0, NULL, 0, True)
+            stream_finish(s)
+            return
     if c.req.flags & H1F_UPGRADE:
         s.upgrade = 1                   # forwarded; a 101 answer turns into a tunnel
         s.keepalive = 0
@@ -1196,6 +1265,7 @@ cdef void stream_start(HConn* c) noexcept nogil:
     if e == NULL:
         free(hdrs)
         stat_add(h.stats, c.w, H_NO_ROUTE, 1)
+        s.response_flags |= RF_NR
         hconn_local_reply(c, 404, "", 0, NULL, 0, c.req.framing != H1_BODY_NONE)
         stream_finish(s)
         return
@@ -1208,12 +1278,16 @@ cdef void stream_start(HConn* c) noexcept nogil:
         return
     ci = e.cluster if e.action == ROUTE_CLUSTER else route_pick_weighted(e, worker_random(c.w))
     s.cluster = h.clusters[ci]
+    s.cluster_index = ci
     s.up = upconn_acquire(s, s.cluster)
     if s.up == NULL:
         free(hdrs)
         stat_add(s.cluster.stats, c.w, C_RQ_5XX, 1)
         hconn_local_reply(c, 503, "no healthy upstream", 19, NULL, 0, c.req.framing != H1_BODY_NONE)
         stream_finish(s)
+        return
+    if s.connect:
+        free(hdrs)                      # the 200 and the tunnel follow the TCP connect
         return
     if c.req.flags & H1F_EXPECT_CONTINUE:
         chain_append(&c.out_buf, "HTTP/1.1 100 Continue\r\n\r\n", 25)
@@ -1251,6 +1325,8 @@ cdef int stream_forward_request_body(HStream* s) noexcept nogil:
         moved = 0
         rc = splice_move(&c.req_pipe, &c.down, &u.ep, &left, &moved)
         stat_add(h.stats, c.w, H_BYTES_SPLICED, moved)
+        if moved or left != p.body_remaining:
+            s.last_active_ms = c.w.now
         s.req_body_bytes += p.body_remaining - left
         h1_body_skipped(p, p.body_remaining - left)
         if rc == -1:
@@ -1262,6 +1338,7 @@ cdef int stream_forward_request_body(HStream* s) noexcept nogil:
             return -1
         if p.state == H1_MESSAGE_DONE and c.req_pipe.bytes == 0:
             s.req_done = 1
+            s.request_end_ms = c.w.now
             if s.route.timeout_ms:
                 timer_arm(c.w, &s.timeout, s.route.timeout_ms)
         return 0
@@ -1272,6 +1349,7 @@ cdef int stream_forward_request_body(HStream* s) noexcept nogil:
             # Bad chunk framing. We re-frame bodies, so the upstream has only seen a
             # well-formed, unfinished message; reset it and answer the client.
             stat_add(h.stats, c.w, H_CX_PROTOCOL_ERROR, 1)
+            s.response_flags |= RF_DPE
             upconn_close(u)
             s.up = NULL
             if s.resp_started:
@@ -1303,6 +1381,7 @@ cdef int stream_forward_request_body(HStream* s) noexcept nogil:
                 hconn_close(c, True)
                 return -1
             s.req_done = 1
+            s.request_end_ms = c.w.now
             if s.route.timeout_ms:
                 timer_arm(c.w, &s.timeout, s.route.timeout_ms)
     if not s.req_done and c.down_eof and c.in_buf.length == 0:
@@ -1352,8 +1431,10 @@ cdef void hconn_start(Worker* w, ListenerCfg* cfg, int fd) noexcept nogil:
     if getpeername(fd, <sockaddr*>&ss, &sl) == 0:
         if ss.ss_family == AF_INET6:
             inet_ntop(AF_INET6, &(<sockaddr_in6*>&ss).sin6_addr, c.remote_ip, sizeof(c.remote_ip))
+            c.remote_port = ntohs((<sockaddr_in6*>&ss).sin6_port)
         else:
             inet_ntop(AF_INET, &(<sockaddr_in*>&ss).sin_addr, c.remote_ip, sizeof(c.remote_ip))
+            c.remote_port = ntohs((<sockaddr_in*>&ss).sin_port)
         c.remote_ip_len = strlen(c.remote_ip)
     c.next = w.hconns
     if w.hconns != NULL:
@@ -1386,6 +1467,9 @@ cdef void hconn_close(HConn* c, bint rst) noexcept nogil:
     timer_cancel(w, &c.idle_timer)
     timer_cancel(w, &c.headers_timer)
     if s != NULL:
+        if not s.logged and not s.tunnel and s.response_flags == 0:
+            s.response_flags |= RF_DC    # ended before its response was complete
+        stream_log(s)                   # while s.up still holds the response head
         c.stream = NULL
         if s.up != NULL:
             s.up.stream = NULL
@@ -1497,6 +1581,7 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
             n = chain_write_fd(&c.out_buf, c.down.fd)
             if n > 0:
                 progress = True
+                stream_touch(c)
             elif n < 0 and errno == EAGAIN:
                 c.down.writable = 0
             elif n < 0 and errno != EINTR:
@@ -1512,6 +1597,7 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
             n = chain_read_fd(&c.in_buf, c.down.fd, HTTP_IO_LIMIT - c.in_buf.length, &asked)
             if n > 0:
                 progress = True
+                stream_touch(c)
                 if <size_t>n < asked and not c.down.hup:
                     c.down.readable = 0     # drained (see upconn_pump)
             elif n == 0:
@@ -1595,7 +1681,11 @@ cdef void http_cfg_decref(HttpCfg* h) noexcept nogil:
     route_table_decref(h.routes)
     for i in range(h.nclusters):
         cluster_decref(h.clusters[i])
+        if h.cluster_names != NULL:
+            free(h.cluster_names[i])
     free(h.clusters)
+    free(h.cluster_names)
+    alog_sinks_free(h.logs, h.nlogs)
     free(h.server_name)
     free(h)
 
@@ -1629,15 +1719,23 @@ def make_http_cfg(hcm, StatBlockHandle stats, dict clusters, int nworkers):
     route_table_incref(rt.t)
     h.nclusters = len(names)
     h.clusters = <ClusterCfg**>calloc(max(1, h.nclusters), sizeof(ClusterCfg*))
+    h.cluster_names = <char**>calloc(max(1, h.nclusters), sizeof(char*))
+    if h.clusters == NULL or h.cluster_names == NULL:
+        raise MemoryError()
     for i, name in enumerate(names):
         ch = clusters[name]
         h.clusters[i] = ch.c
         fp_atomic_add_int(&ch.c.refcnt, 1)
+        h.cluster_names[i] = _al_dup(name.encode())
     h.stats = stats.b
     ms = lambda v: 0 if not v else max(1, int(v * 1000))
     h.idle_timeout_ms = ms(hcm.idle_timeout)
     h.request_headers_timeout_ms = ms(hcm.request_headers_timeout)
     h.stream_idle_timeout_ms = ms(hcm.stream_idle_timeout)
+    h.request_timeout_ms = ms(hcm.request_timeout)
+    h.allow_connect = any(u.enabled and u.upgrade_type.lower() == "connect"
+                          for u in getattr(hcm, "upgrade_configs", ()))
+    alog_compile(h, hcm)
     h.max_requests_per_connection = hcm.max_requests_per_connection or 0
     h.max_head = hcm.max_request_headers_kb * 1024
     h.max_fields = hcm.max_headers_count
