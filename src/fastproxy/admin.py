@@ -275,7 +275,9 @@ class _AdminHandler(BaseHTTPRequestHandler):
                 self._send(HTTPStatus.BAD_REQUEST, f"invalid filter regex: {e}\n")
                 return
             stats = {k: v for k, v in stats.items() if rx.search(k)}
-        hists = self.admin.histograms()
+        # Histograms that never recorded a value (a TCP-only cluster's upstream_rq_time)
+        # are left out; Envoy would print "No recorded values".
+        hists = {k: h for k, h in self.admin.histograms().items() if h.count}
         if pattern:
             hists = {k: v for k, v in hists.items() if rx.search(k)}
         items = sorted(stats.items())

@@ -1568,6 +1568,9 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
     cdef bint progress
     cdef HStream* s
     cdef size_t asked = 0
+    cdef uint64_t sent
+    cdef size_t out_len, pipe_bytes
+    cdef uint8_t repump
     if c.closed:
         return
     if c.in_pump:
@@ -1615,12 +1618,23 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
         if c.stream != NULL and c.stream.up != NULL and c.stream.up.state == UC_BUSY \
                 and (c.stream.up.in_buf.length or c.rsp_pipe.bytes or c.stream.up.ep.readable) \
                 and c.out_buf.length < HTTP_IO_LIMIT:
-            # The upstream paused on our full out_buf; let it continue now.
-            c.in_pump = 0
-            upconn_pump(c.stream.up)
+            # The upstream paused on our full out_buf; let it continue now. in_pump stays
+            # set, so upconn_pump's own hconn_pump(c) does not nest (one nested pump per
+            # splice round overflowed the stack on a 1 GiB download whose client kept
+            # up); this loop goes round again only if that moved something.
+            s = c.stream
+            sent = s.bytes_sent
+            out_len = c.out_buf.length
+            pipe_bytes = c.rsp_pipe.bytes
+            repump = c.repump
+            upconn_pump(s.up)
             if c.closed:
+                c.in_pump = 0
                 return
-            c.in_pump = 1
+            c.repump = repump
+            if c.stream != s or s.bytes_sent != sent or c.out_buf.length != out_len \
+                    or c.rsp_pipe.bytes != pipe_bytes:
+                progress = True
         if c.stream != NULL and c.stream.tunnel and c.stream.tunnel_up_eof and c.out_buf.length == 0:
             c.in_pump = 0
             hconn_close(c, False)
