@@ -16,6 +16,7 @@ One extension module; each included file has one job (see docs/architecture.md):
   core/http_conn.pxi   the HTTP connection manager and the upstream connection pool
   core/http_stream.pxi stream timeouts, the trusted client address, CONNECT tunnels
   core/access_log.pxi  access logs and the stream facts they print
+  core/bench.pxi       nogil loops for the micro-benchmarks (benchmarks/test_micro.py)
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, calloc, realloc, free
@@ -41,3 +42,4 @@ include "core/router.pxi"
 include "core/http_conn.pxi"
 include "core/http_stream.pxi"
 include "core/access_log.pxi"
+include "core/bench.pxi"

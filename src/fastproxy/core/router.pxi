@@ -1960,6 +1960,7 @@ cdef class RouteTableHandle:
         keep.append(b)
         r.method = b
         r.method_len = len(b)
+        r.connect = b == b"CONNECT"
         b = _rt_b(path)
         keep.append(b)
         r.path = b
