@@ -16,7 +16,8 @@ def _buffer_bench(str op, size_t chunk, long rounds):
     cdef char* data = <char*>calloc(max(<size_t>1, chunk), 1)
     cdef Chain a, b
     cdef long i
-    cdef int k, kind, sv[2]
+    cdef int k, kind
+    cdef int sv[2]
     cdef uint64_t total = 0
     cdef ssize_t n
     cdef timespec t0, t1

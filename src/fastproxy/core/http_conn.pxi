@@ -1151,6 +1151,7 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
                 if h1_feed_eof(p) == 0:
                     continue
                 if s.resp_started:
+                    s.response_flags |= RF_UC       # the upstream ended inside the body
                     hconn_close(c, True)
                 else:
                     _upconn_failed(u, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection termination")
@@ -1159,6 +1160,7 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
         r = &u.in_buf.refs[u.in_buf.head]
         n = h1_feed_body(p, r.s.data + r.off, r.len, &off, &seg)
         if n < 0:
+            s.response_flags |= RF_UPE              # bad body framing from the upstream
             hconn_close(c, True)
             return -1
         if seg:
@@ -1173,6 +1175,7 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
         chain_drain(&u.in_buf, <size_t>n)
     if u.eof and p.state == H1_HEAD:
         if s.resp_started:
+            s.response_flags |= RF_UC
             hconn_close(c, True)
         else:
             _upconn_failed(u, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection termination")
