@@ -474,6 +474,19 @@ BAD = [
     ([(f"{H0}.access_log", [{"typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig"}}])],
      f"{H0}.access_log[0].typed_config.@type", "unsupported access logger"),
+    ([(f"{H0}.access_log", [{"typed_config": {"@type": FILE_LOG, "path": "/dev/null", "log_format": {
+        "text_format_source": {"inline_string": "%RESPONSE_CODE% %NO_SUCH_THING%\n"}}}}])],
+     f"{H0}.access_log[0].typed_config.log_format.text_format_source.inline_string",
+     "unsupported access log command operator %NO_SUCH_THING%"),
+    ([(f"{H0}.access_log", [{"typed_config": {"@type": STDOUT_LOG, "log_format": {"text_format": "%REQ()%"}}}])],
+     f"{H0}.access_log[0].typed_config.log_format.text_format", "needs a header name"),
+    ([(f"{H0}.access_log", [{"typed_config": {"@type": FILE_LOG, "path": "/dev/null", "format": "100% sure"}}])],
+     f"{H0}.access_log[0].typed_config.format", "invalid access log format at offset 3"),
+    ([(f"{H0}.upgrade_configs", [{"upgrade_type": "h2c"}])], f"{H0}.upgrade_configs[0].upgrade_type",
+     "not supported"),
+    ([(f"{H0}.upgrade_configs", [{"upgrade_type": "CONNECT", "filters": [{"name": "x"}]}])],
+     f"{H0}.upgrade_configs[0].filters", "not supported"),
+    ([(M0, {"connect_matcher": {}, "prefix": "/"})], f"{M0}.connect_matcher", "only one of"),
     # route configuration and virtual hosts
     ([(f"{RC}.vhds", {})], f"{RC}.vhds", "unsupported"),
     ([(f"{RC}.virtual_hosts", {})], f"{RC}.virtual_hosts", "expected a list"),
@@ -498,7 +511,7 @@ BAD = [
     ([(f"{R0}.route", DELETE)], R0, "one of route, redirect, direct_response is required"),
     ([(f"{R0}.redirect", {})], f"{R0}.redirect", "only one of route, redirect, direct_response"),
     ([(f"{R0}.decorator", {"operation": "x"})], f"{R0}.decorator", "unsupported"),
-    ([(M0, {})], M0, "one of prefix, path, safe_regex, path_separated_prefix is required"),
+    ([(M0, {})], M0, "one of prefix, path, safe_regex, path_separated_prefix, connect_matcher is required"),
     ([(M0, {"prefix": "/", "path": "/a"})], f"{M0}.path", "only one of"),
     ([(M0, {"prefix": 1})], f"{M0}.prefix", "expected a string"),
     ([(M0, {"path_separated_prefix": "/a/"})], f"{M0}.path_separated_prefix", "must not end with '/'"),
@@ -679,6 +692,8 @@ ENVOY_REJECTS = [
     [(f"{H0}.common_http_protocol_options", {"max_headers_count": 0})],
     [(f"{H0}.access_log", [{"typed_config": {"@type": FILE_LOG}}])],
     [(f"{H0}.access_log", [{"typed_config": {"@type": FILE_LOG, "path": "/dev/null", "log_format": {}}}])],
+    [(f"{H0}.access_log", [{"typed_config": {"@type": FILE_LOG, "path": "/dev/null", "log_format": {
+        "text_format_source": {"inline_string": "%RESPONSE_CODE% %NO_SUCH_THING%\n"}}}}])],
     [(f"{VH0}.domains", [])],
     [(f"{VH0}.name", "")],
     [(f"{VH0}.domains", ["a.com", "A.com"])],
@@ -1092,3 +1107,21 @@ def test_regex_rewrite_translation_replaces_like_re2(c_locale, pattern, substitu
     python_sub = re.sub(r"\\(\d)", r"\\g<\1>", substitution)
     expected = re.sub(pattern, python_sub, subject, flags=re.ASCII)
     assert _posix_global_replace(posix, parts, subject) == expected
+
+
+@needs_envoy
+def test_connect_tunnel_config_is_valid_for_envoy_and_loads(tmp_path):
+    config = edited((f"{H0}.upgrade_configs", [{"upgrade_type": "CONNECT"}]),
+                    (M0, {"connect_matcher": {}}),
+                    (f"{H0}.access_log", [{"typed_config": {"@type": FILE_LOG, "path": "/dev/null", "log_format": {
+                        "text_format_source": {"inline_string":
+                            "[%START_TIME(%Y/%m/%dT%H:%M:%S.%3f)%] %REQ(:METHOD)% %REQ(X-A?X-B):5% "
+                            "%RESPONSE_FLAGS% %UPSTREAM_CLUSTER% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% "
+                            "%ROUTE_NAME% %REQUEST_DURATION% %RESP(SERVER)%\n"}}}}]))
+    path = tmp_path / "connect.json"
+    path.write_text(json.dumps(config))
+    rc, output = envoy_validate(path)
+    assert rc == 0, output
+    hcm = load_envoy(path).listeners[0].http
+    assert [(u.upgrade_type, u.enabled) for u in hcm.upgrade_configs] == [("CONNECT", True)]
+    assert hcm.route_config.virtual_hosts[0].routes[0].match.connect_matcher

@@ -16,10 +16,13 @@ One extension module; each included file has one job (see docs/architecture.md):
   core/http_conn.pxi   the HTTP connection manager and the upstream connection pool
   core/http_filter.pxi HTTP filter chains (the fp_http_filter C ABI, header maps, iteration)
   core/http_pyfilter.pxi Python HTTP filters (the GIL is taken here and in pybridge only)
+  core/http_stream.pxi stream timeouts, the trusted client address, CONNECT tunnels
+  core/access_log.pxi  access logs and the stream facts they print
+  core/bench.pxi       nogil loops for the micro-benchmarks (benchmarks/test_micro.py)
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, calloc, realloc, free
-from libc.string cimport memcpy, memmove, memset
+from libc.string cimport memcpy, memmove, memset, memchr
 from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF, Py_XDECREF
 from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES
 
@@ -41,3 +44,6 @@ include "core/router.pxi"
 include "core/http_conn.pxi"
 include "core/http_filter.pxi"
 include "core/http_pyfilter.pxi"
+include "core/http_stream.pxi"
+include "core/access_log.pxi"
+include "core/bench.pxi"

@@ -4,8 +4,9 @@ It runs the standard library's :class:`http.server.ThreadingHTTPServer` in a dae
 thread of the main process; the data plane never sees it. Endpoints:
 
 ==========================  ================================================================
-``GET  /stats``             every stat as ``name: value`` lines, sorted by name
-``GET  /stats?format=json`` ``{"stats": [{"name": ..., "value": ...}, ...]}``
+``GET  /stats``             every stat as ``name: value`` lines, sorted by name, then the
+                            histograms as Envoy prints them (``P0(nan,1) P25(nan,2) ...``)
+``GET  /stats?format=json`` ``{"stats": [{"name": ..., "value": ...}, ..., {"histograms": ...}]}``
 ``GET  /stats?filter=RE``   only the stats whose name matches the regular expression RE
 ``GET  /ready``             ``LIVE`` (200) while serving, ``DRAINING`` (503) once stopping
 ``GET  /server_info``       JSON: version, state, uptime, concurrency
@@ -161,6 +162,10 @@ class AdminServer:
         stats.setdefault("server.uptime", int(self.uptime))
         return stats
 
+    def histograms(self) -> dict:
+        get = getattr(self.proxy, "histograms", None)
+        return dict(get()) if get is not None else {}
+
     def listeners(self):
         """[(name, host, port)] with the actual bound address where known."""
         out = []
@@ -270,12 +275,29 @@ class _AdminHandler(BaseHTTPRequestHandler):
                 self._send(HTTPStatus.BAD_REQUEST, f"invalid filter regex: {e}\n")
                 return
             stats = {k: v for k, v in stats.items() if rx.search(k)}
+        # Histograms that never recorded a value (a TCP-only cluster's upstream_rq_time)
+        # are left out; Envoy would print "No recorded values".
+        hists = {k: h for k, h in self.admin.histograms().items() if h.count}
+        if pattern:
+            hists = {k: v for k, v in hists.items() if rx.search(k)}
         items = sorted(stats.items())
         fmt = query.get("format", "text")
         if fmt == "json":
-            self._json(HTTPStatus.OK, {"stats": [{"name": k, "value": v} for k, v in items]})
+            from .histogram import QUANTILES
+            out = [{"name": k, "value": v} for k, v in items]
+            if hists:
+                # Envoy's shape: one entry holding every histogram's quantiles.
+                out.append({"histograms": {
+                    "supported_quantiles": [q * 100 for q in QUANTILES],
+                    "computed_quantiles": [
+                        {"name": k, "values": [{"interval": None, "cumulative": v}
+                                               for v in h.quantiles()]}
+                        for k, h in sorted(hists.items())]}})
+            self._json(HTTPStatus.OK, {"stats": out})
         elif fmt == "text":
-            self._send(HTTPStatus.OK, "".join(f"{k}: {v}\n" for k, v in items))
+            lines = [f"{k}: {v}\n" for k, v in items]
+            lines += [f"{k}: {h.envoy_text()}\n" for k, h in sorted(hists.items())]
+            self._send(HTTPStatus.OK, "".join(lines))
         else:
             self._send(HTTPStatus.BAD_REQUEST, f"unsupported format {fmt!r} (text or json)\n")
 

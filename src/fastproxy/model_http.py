@@ -53,6 +53,7 @@ class RouteMatch:
     path: Optional[str] = None
     safe_regex: Optional[str] = None
     path_separated_prefix: Optional[str] = None
+    connect_matcher: bool = False                           # matches CONNECT requests only
     case_sensitive: bool = True
     headers: list = field(default_factory=list)             # [HeaderMatcher]
     query_parameters: list = field(default_factory=list)    # [QueryParameterMatcher]
@@ -163,6 +164,15 @@ class AccessLog:
 
 
 @dataclass
+class UpgradeConfig:
+    """HttpConnectionManager.UpgradeConfig: "CONNECT" (tunnels to a connect_matcher route's
+    cluster) or "websocket" (Upgrade requests are forwarded in any case)."""
+
+    upgrade_type: str
+    enabled: bool = True
+
+
+@dataclass
 class HttpConnectionManager:
     """network.http_connection_manager.v3.HttpConnectionManager (HTTP/1.1 codec)."""
 
@@ -184,6 +194,7 @@ class HttpConnectionManager:
     access_log: list = field(default_factory=list)          # [AccessLog]
     http_filters: list = field(default_factory=list)        # before the router: PythonHttpFilter,
                                                             # NativeHttpFilter, CHttpFilter
+    upgrade_configs: list = field(default_factory=list)     # [UpgradeConfig]
 
 
 def validate_http(hcm: "HttpConnectionManager", path: str, cluster_names) -> None:
@@ -196,6 +207,7 @@ def validate_http(hcm: "HttpConnectionManager", path: str, cluster_names) -> Non
     from .config.http import (check_domain, check_header_name, check_header_value, check_modifiable,
                               check_path_separated_prefix, check_scheme)
     from .config.regex import re2_to_posix, rewrite_to_posix
+    from .access_log import compile_format
     from .errors import ConfigError
 
     def fail(p, message):
@@ -269,11 +281,14 @@ def validate_http(hcm: "HttpConnectionManager", path: str, cluster_names) -> Non
     def route_match(m, p):
         typed(m, RouteMatch, p)
         given = [k for k in ("prefix", "path", "safe_regex", "path_separated_prefix") if getattr(m, k) is not None]
+        boolean(m.connect_matcher, p + ".connect_matcher")
+        if m.connect_matcher:
+            given.append("connect_matcher")
         if len(given) != 1:
-            fail(p, "exactly one of prefix, path, safe_regex, path_separated_prefix must be set"
+            fail(p, "exactly one of prefix, path, safe_regex, path_separated_prefix, connect_matcher must be set"
                     + (f" (got {', '.join(given)})" if given else ""))
         kind = given[0]
-        value = string(getattr(m, kind), f"{p}.{kind}")
+        value = "" if kind == "connect_matcher" else string(getattr(m, kind), f"{p}.{kind}")
         if kind == "safe_regex":
             re2_to_posix(value, f"{p}.safe_regex")
         elif kind == "path_separated_prefix":
@@ -374,6 +389,13 @@ def validate_http(hcm: "HttpConnectionManager", path: str, cluster_names) -> Non
     for log, lp in each(hcm.access_log, path + ".access_log", AccessLog):
         string(log.path, lp + ".path", non_empty=True)
         string(log.format, lp + ".format", optional=True)
+        compile_format(log.format, lp + ".format")
+    for up, upp in each(hcm.upgrade_configs, path + ".upgrade_configs", UpgradeConfig):
+        string(up.upgrade_type, upp + ".upgrade_type", non_empty=True)
+        if up.upgrade_type.lower() not in ("connect", "websocket"):
+            fail(upp + ".upgrade_type", f"upgrade type {up.upgrade_type!r} is not supported "
+                                        "(fastproxy supports CONNECT and websocket)")
+        boolean(up.enabled, upp + ".enabled")
     _validate_http_filters(hcm, path, fail)
 
     rc = typed(hcm.route_config, RouteConfiguration, path + ".route_config")

@@ -295,6 +295,17 @@ class Proxy:
             out[f"cluster.{name}.membership_total"] = len(c.hosts)
         return out
 
+    def histograms(self) -> dict:
+        """Histograms with Envoy's names (``http.<stat_prefix>.downstream_rq_time``,
+        ``cluster.<name>.upstream_rq_time``, milliseconds), summed over the workers:
+        {name: fastproxy.histogram.Histogram} with count, sum and quantile(q)."""
+        from .histogram import Histogram
+        out = {}
+        for (kind, name), block in list(self._stats.items()):
+            for stat, (buckets, total) in block.read_histograms().items():
+                out[f"{name}.{stat}"] = Histogram(buckets, total)
+        return out
+
     # ---- compiling config into the core ----
 
     def _stat_block(self, kind: str, name: str):

@@ -32,7 +32,11 @@ Choices where Envoy and fastproxy differ, or where Envoy leaves room:
 * Router.suppress_envoy_headers and http_protocol_options.accept_http_10 are type-checked
   but have no model field: fastproxy's router adds no x-envoy-* headers and its codec
   accepts HTTP/1.0, i.e. it behaves as if both were true whatever the config says.
-* Access log formats are passed through as written (the data plane interprets them).
+* Access log formats are compiled at load time (fastproxy/access_log.py): an operator
+  fastproxy does not support is an error naming the field that holds the format.
+* upgrade_configs: CONNECT (with routes matching by connect_matcher) and websocket; other
+  upgrade types and per-upgrade filters are errors. WebSocket upgrades are forwarded even
+  without an upgrade_configs entry (Envoy would answer 403).
 """
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Tuple
 
 from .. import model_http as mh
+from ..access_log import compile_format
 from ..errors import ConfigError
 from .proto import UINT32_MAX, Message, describe
 from .regex import re2_to_posix, rewrite_to_posix
@@ -206,7 +211,8 @@ def _any(msg: Message, name: str) -> Tuple[str, Mapping, str]:
 _HCM_FIELDS = ("stat_prefix", "codec_type", "route_config", "rds", "scoped_routes", "http_filters",
                "server_name", "use_remote_address", "xff_num_trusted_hops", "generate_request_id",
                "request_headers_timeout", "stream_idle_timeout", "request_timeout", "drain_timeout",
-               "common_http_protocol_options", "max_request_headers_kb", "http_protocol_options", "access_log")
+               "common_http_protocol_options", "max_request_headers_kb", "http_protocol_options", "access_log",
+               "upgrade_configs")
 
 
 def http_connection_manager(config: Mapping, path: str) -> Tuple[mh.HttpConnectionManager, ClusterRefs]:
@@ -269,6 +275,7 @@ def http_connection_manager(config: Mapping, path: str) -> Tuple[mh.HttpConnecti
         drain_timeout=hcm.duration("drain_timeout", default=DEFAULT_DRAIN_TIMEOUT),
         access_log=[_access_log(item, ipath) for item, ipath in hcm.repeated("access_log")],
         http_filters=http_filters,
+        upgrade_configs=[_upgrade_config(item, upath) for item, upath in hcm.repeated("upgrade_configs")],
         **options,
     )
     return manager, refs
@@ -411,6 +418,15 @@ def _per_filter_configs(rc: mh.RouteConfiguration, filters: list) -> None:
         parse(vh)
         for r in vh.routes:
             parse(r)
+def _upgrade_config(item: Any, path: str) -> mh.UpgradeConfig:
+    msg = Message(item, path, ("upgrade_type", "filters", "enabled"))
+    upgrade_type = msg.string("upgrade_type", required=True, non_empty=True)
+    if upgrade_type.lower() not in ("connect", "websocket"):
+        raise ConfigError(msg.at("upgrade_type"), f"upgrade type {upgrade_type!r} is not supported "
+                                                  "(fastproxy supports CONNECT and websocket)")
+    if list(msg.repeated("filters")):
+        raise ConfigError(msg.at("filters"), "per-upgrade filter chains are not supported")
+    return mh.UpgradeConfig(upgrade_type, _bool(msg, "enabled", default=True))
 
 
 # --- access logs --------------------------------------------------------------------------
@@ -433,15 +449,19 @@ def _access_log(item: Any, path: str) -> mh.AccessLog:
                                             "file, stdout and stderr access loggers)")
     form = _oneof(config, ("log_format", "format"))
     if form == "format":  # the deprecated plain string; empty means Envoy's default format
-        return mh.AccessLog(log_path, config.string("format") or None)
-    if form is None:
-        return mh.AccessLog(log_path, None)
-    log_format = config.message("log_format", ("text_format_source", "text_format"))
-    source = _oneof(log_format, ("text_format_source", "text_format"), required=True)
-    if source == "text_format":
-        return mh.AccessLog(log_path, log_format.string("text_format"))
-    data = log_format.message("text_format_source", ("inline_string",))
-    return mh.AccessLog(log_path, data.string("inline_string", required=True))
+        fmt, fpath = config.string("format") or None, config.at("format")
+    elif form is None:
+        fmt, fpath = None, tpath
+    else:
+        log_format = config.message("log_format", ("text_format_source", "text_format"))
+        source = _oneof(log_format, ("text_format_source", "text_format"), required=True)
+        if source == "text_format":
+            fmt, fpath = log_format.string("text_format"), log_format.at("text_format")
+        else:
+            data = log_format.message("text_format_source", ("inline_string",))
+            fmt, fpath = data.string("inline_string", required=True), data.at("inline_string")
+    compile_format(fmt, fpath)  # unknown operators are errors naming this field
+    return mh.AccessLog(log_path, fmt)
 
 
 # --- route configuration ------------------------------------------------------------------
@@ -523,7 +543,7 @@ def _raw_per_filter(msg: Message) -> dict:
 
 # --- matching -----------------------------------------------------------------------------
 
-_MATCH_FIELDS = PATH_SPECIFIERS + ("case_sensitive", "headers", "query_parameters")
+_MATCH_FIELDS = PATH_SPECIFIERS + ("connect_matcher", "case_sensitive", "headers", "query_parameters")
 _STRING_MATCH_FIELDS = mh.STRING_MATCH_KINDS + ("ignore_case",)
 _REGEX_FIELDS = ("regex", "google_re2")
 
@@ -537,9 +557,12 @@ def _regex(msg: Message) -> str:
 
 
 def _route_match(m: Message) -> mh.RouteMatch:
-    kind = _oneof(m, PATH_SPECIFIERS, required=True)
+    kind = _oneof(m, PATH_SPECIFIERS + ("connect_matcher",), required=True)
     values = dict.fromkeys(PATH_SPECIFIERS)
-    if kind == "safe_regex":
+    if kind == "connect_matcher":
+        m.message("connect_matcher", ())
+        values = {"connect_matcher": True}
+    elif kind == "safe_regex":
         values[kind] = _regex(m.message("safe_regex", _REGEX_FIELDS))
     else:
         values[kind] = m.string(kind)

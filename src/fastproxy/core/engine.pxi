@@ -109,9 +109,11 @@ cdef class Engine:
         if kind == "tcp":
             return _statblock_handle(TCP_STATS, TCP_GAUGES, self.nworkers)
         if kind == "cluster":
-            return _statblock_handle(CLUSTER_STATS, CLUSTER_GAUGES, self.nworkers)
+            return _statblock_handle(CLUSTER_STATS, CLUSTER_GAUGES, self.nworkers,
+                                     ("upstream_rq_time",))
         if kind == "http":
-            return _statblock_handle(HTTP_STATS, HTTP_GAUGES, self.nworkers)
+            return _statblock_handle(HTTP_STATS, HTTP_GAUGES, self.nworkers,
+                                     ("downstream_rq_time",))
         raise ValueError(kind)
 
     def bind(self, str ip, int port, int backlog):

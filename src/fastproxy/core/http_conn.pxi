@@ -48,6 +48,11 @@ cdef struct HttpCfg:
     uint64_t idle_timeout_ms        # downstream connection without a stream; 0: none
     uint64_t request_headers_timeout_ms
     uint64_t stream_idle_timeout_ms
+    uint64_t request_timeout_ms     # the whole request must arrive within it; 0: none
+    uint8_t allow_connect           # upgrade_configs has CONNECT: tunnel it (else 403)
+    int nlogs
+    AlogSink* logs                  # access logs (core/access_log.pxi)
+    char** cluster_names            # by route cluster index (%UPSTREAM_CLUSTER%)
     uint32_t max_requests_per_connection
     uint32_t max_head
     uint32_t max_fields
@@ -64,7 +69,6 @@ cdef struct HttpCfg:
     OwnedCfg* owned_cfgs            # filter configs freed with this HttpCfg
     int nowned
     PyObject* py_keep               # a list of the Python objects filters point at, or NULL
-    char** cluster_names            # h.clusters[i]'s name (for filters)
 
 cdef struct SplicePipe:             # a pipe that Content-Length bodies go through
     int r
@@ -110,7 +114,7 @@ cdef struct HStream:
     uint8_t tunnel_down_eof
     int status
     uint64_t start_ms
-    uint64_t req_body_bytes
+    uint64_t req_body_bytes         # request body bytes received (tunnels: bytes from the client)
     Timer timeout                   # the route's timeout (upstream request)
     char* rewritten_path            # the route's path rewrite, or NULL
     size_t rewritten_path_len
@@ -118,6 +122,29 @@ cdef struct HStream:
     int cluster_override            # a filter chose the cluster (index), or -1
     uint8_t route_cleared           # a filter asked for the route to be recomputed
     uint8_t resp_end_fed            # the response end went to the encoder filters
+    uint8_t connect                 # a CONNECT request (tunnelled once the upstream connects)
+    # stream_info: what access logs print (core/access_log.pxi) and later filters read
+    uint8_t resp_from_upstream      # the response head came from s.up (RESP() can read it)
+    uint8_t logged
+    uint32_t response_flags         # RF_* (Envoy's UH, UF, UC, NR, UT, DC, SI, ...)
+    uint64_t start_time_us          # wall clock at the start (CLOCK_REALTIME, microseconds)
+    uint64_t request_end_ms         # monotonic: the whole request was received; 0: not yet
+    uint64_t upstream_start_ms      # an upstream connection was assigned; 0: never
+    uint64_t response_start_ms      # the response head went downstream; 0: not yet
+    uint64_t end_ms
+    uint64_t bytes_sent             # response body bytes sent downstream (tunnels: to the client)
+    int cluster_index               # into HttpCfg.clusters; -1: none
+    sockaddr_storage upstream_addr  # the upstream host chosen (upstream_addrlen 0: none)
+    socklen_t upstream_addrlen
+    char client_ip[48]              # the trusted client address (use_remote_address/XFF)
+    size_t client_ip_len
+    uint16_t client_port            # 0 when the address came from x-forwarded-for
+    uint8_t client_internal         # an internal (RFC 1918, loopback) address
+    char request_id[40]             # the x-request-id we generated, if any
+    size_t request_id_len
+    Timer idle_timer                # stream_idle_timeout (lazy: checks last_active_ms)
+    Timer request_timer             # request_timeout
+    uint64_t last_active_ms
 
 cdef struct HConn:
     Endp down
@@ -140,6 +167,7 @@ cdef struct HConn:
     Timer headers_timer
     char remote_ip[48]
     size_t remote_ip_len
+    uint16_t remote_port
     SplicePipe req_pipe             # request bodies: downstream -> upstream
     SplicePipe rsp_pipe             # response bodies: upstream -> downstream
 
@@ -161,13 +189,15 @@ cdef enum:
     H_BYTES_SPLICED = 15            # body bytes moved socket -> pipe -> socket
     H_BYTES_COPIED = 16             # body bytes that went through user-space buffers
     H_PY_FILTER_ERROR = 17          # Python HTTP filter exceptions (and async timeouts)
-    H_NSTATS = 18
+    H_RQ_IDLE_TIMEOUT = 18          # streams ended by stream_idle_timeout
+    H_NSTATS = 19                   # then the downstream_rq_time histogram
 HTTP_STATS = ("downstream_cx_total", "downstream_cx_active", "downstream_rq_total",
               "downstream_rq_active", "downstream_rq_1xx", "downstream_rq_2xx",
               "downstream_rq_3xx", "downstream_rq_4xx", "downstream_rq_5xx",
               "downstream_rq_time_ms_total", "downstream_rq_timeout",
               "downstream_cx_protocol_error", "downstream_rq_rx_reset", "no_route",
-              "downstream_rq_too_large", "bytes_spliced", "bytes_copied", "python_filter_error")
+              "downstream_rq_too_large", "bytes_spliced", "bytes_copied", "python_filter_error",
+              "downstream_rq_idle_timeout")
 HTTP_GAUGES = frozenset(["downstream_cx_active", "downstream_rq_active"])
 
 
@@ -556,6 +586,8 @@ cdef void hconn_local_reply_ex(HConn* c, int status, const char* body, size_t bo
     free(l.v)
     if body_len and (c.stream == NULL or c.stream.method != H1M_HEAD):
         chain_append(&c.out_buf, body, body_len)
+        if c.stream != NULL:
+            c.stream.bytes_sent += body_len
     if c.stream != NULL:
         c.stream.status = status
         c.stream.resp_started = 1
@@ -646,10 +678,14 @@ cdef UpConn* upconn_acquire(HStream* s, ClusterCfg* cl) noexcept nogil:
     cdef epoll_event ev
     if host == NULL:
         stat_add(cl.stats, w, C_NONE_HEALTHY, 1)
+        s.response_flags |= RF_UH
         return NULL
+    memcpy(&s.upstream_addr, &host.addr, host.addrlen)
+    s.upstream_addrlen = host.addrlen
+    s.upstream_start_ms = w.now
     idx = <int>(host - lb.hosts.hosts)
     head = _pool_list(cl, w, idx)
-    if head != NULL and head[0] != NULL:
+    if head != NULL and head[0] != NULL and not s.connect:     # a tunnel gets its own
         u = head[0]
         head[0] = u.idle_next
         u.idle_head = NULL
@@ -663,12 +699,14 @@ cdef UpConn* upconn_acquire(HStream* s, ClusterCfg* cl) noexcept nogil:
     fd = socket(host.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
     if fd < 0:
         stat_add(cl.stats, w, C_CONNECT_FAIL, 1)
+        s.response_flags |= RF_UF
         return NULL
     _set_nodelay(fd)
     if connect(fd, <sockaddr*>&host.addr, host.addrlen) < 0 and errno != EINPROGRESS:
         close(fd)
         stat_add(cl.stats, w, C_CX_TOTAL, 1)
         stat_add(cl.stats, w, C_CONNECT_FAIL, 1)
+        s.response_flags |= RF_UF
         return NULL
     u = <UpConn*>calloc(1, sizeof(UpConn))
     if u == NULL:
@@ -735,6 +773,8 @@ cdef void upconn_release(UpConn* u, bint reusable) noexcept nogil:
 cdef void _upconn_failed(UpConn* u, int status, const char* reason) noexcept nogil:
     """u broke before its stream got a complete response."""
     cdef HStream* s = u.stream
+    if s != NULL:
+        s.response_flags |= RF_UF if u.state == UC_CONNECTING else (RF_UPE if status == 502 else RF_UC)
     upconn_close(u)
     if s != NULL:
         stream_upstream_failed(s, status, reason)
@@ -781,6 +821,8 @@ cdef void upconn_pump(UpConn* u) noexcept nogil:
             if n > 0:
                 stat_add(u.cluster.stats, u.w, C_TX_BYTES, <uint64_t>n)
                 progress = True
+                if u.stream != NULL:
+                    u.stream.last_active_ms = u.w.now
             elif n < 0 and errno == EAGAIN:
                 u.ep.writable = 0
             elif n < 0 and errno != EINTR:
@@ -800,6 +842,8 @@ cdef void upconn_pump(UpConn* u) noexcept nogil:
             if n > 0:
                 stat_add(u.cluster.stats, u.w, C_RX_BYTES, <uint64_t>n)
                 progress = True
+                if u.stream != NULL:
+                    u.stream.last_active_ms = u.w.now
                 if <size_t>n < asked and not u.ep.hup:
                     # A short read drained the socket; the next bytes bring a new edge.
                     # (Not after RDHUP: the FIN may still be queued behind the data.)
@@ -826,6 +870,7 @@ cdef void upconn_pump(UpConn* u) noexcept nogil:
 
 cdef void stream_free(HStream* s) noexcept nogil:
     timer_cancel(s.c.w, &s.timeout)
+    stream_timers_stop(s)
     if s.fc != NULL:
         hf_stream_end(s)
     free(s.rewritten_path)
@@ -841,6 +886,7 @@ cdef void stream_finish(HStream* s) noexcept nogil:
     if s.fc != NULL and s.up != NULL and s.up.hosts != NULL and (h.filter_hooks & HK_LOG):
         s.fc.upstream_host_len = _host_text(&s.up.hosts.hosts[s.up.host_index], s.fc.upstream_host,
                                             sizeof(s.fc.upstream_host))
+    stream_log(s)
     if s.up != NULL:
         upconn_release(s.up, s.req_done and s.up.resp.state == H1_MESSAGE_DONE
                        and (s.up.resp.flags & H1F_KEEP_ALIVE))
@@ -877,6 +923,7 @@ cdef void _stream_timeout(Worker* w, void* arg) noexcept nogil:
     cdef HStream* s = <HStream*>arg
     cdef HConn* c = s.c
     stat_add((<HttpCfg*>c.cfg.http).stats, w, H_RQ_TIMEOUT, 1)
+    s.response_flags |= RF_UT
     if s.cluster != NULL:
         stat_add(s.cluster.stats, w, C_RQ_TIMEOUT, 1)
     if s.up != NULL:
@@ -948,7 +995,6 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
     cdef const RouteEntry* e = s.route
     cdef PairList l
     cdef char xff[1024]
-    cdef char rid[40]
     cdef char hostbuf[64]
     cdef char lenbuf[24]
     cdef size_t n, k
@@ -1023,11 +1069,14 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
             a = worker_random(c.w)
             b = worker_random(c.w)
             # A version-4 UUID from the worker's generator.
-            snprintf(rid, sizeof(rid), "%08x-%04x-4%03x-%04x-%012llx",
+            snprintf(s.request_id, sizeof(s.request_id), "%08x-%04x-4%03x-%04x-%012llx",
                      <unsigned int>(a >> 32), <unsigned int>((a >> 16) & 0xffff),
                      <unsigned int>(a & 0xfff), <unsigned int>(0x8000 | ((b >> 48) & 0x3fff)),
                      <unsigned long long>(b & 0xffffffffffffULL))
-            _pl_add(&l, _cs("x-request-id"), _s(rid, 36))
+            s.request_id_len = 36
+            _pl_add(&l, _cs("x-request-id"), _s(s.request_id, 36))
+        if h.use_remote_address and not s.client_internal:
+            _pl_overwrite(&l, _cs("x-envoy-external-address"), _s(s.client_ip, s.client_ip_len))
         if _pl_apply_ops(&l, &e.request_headers) < 0:
             return -1
         if _append_head(&s.up.out_buf, &l, True, method, target, 0, _s(NULL, 0)) < 0:
@@ -1130,8 +1179,10 @@ cdef int _tunnel_pump(HStream* s) noexcept nogil:
         hconn_close(c, False)
         return -1
     if u.in_buf.length:
+        s.bytes_sent += u.in_buf.length
         chain_move(&c.out_buf, &u.in_buf)
     if c.in_buf.length:
+        s.req_body_bytes += c.in_buf.length
         chain_move(&u.out_buf, &c.in_buf)
     if u.eof:
         s.tunnel_up_eof = 1
@@ -1154,6 +1205,9 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
     cdef size_t off, seg
     cdef uint64_t left, moved
     cdef int rc
+    if s.connect and not s.tunnel and stream_connect_established(s) < 0:
+        hconn_close(c, True)
+        return -1
     while True:
         if s.tunnel:
             return _tunnel_pump(s)
@@ -1198,6 +1252,8 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
                 _upconn_failed(u, 502, "upstream sent an invalid response")
                 return -1
             s.resp_started = 1
+            s.resp_from_upstream = 1
+            s.response_start_ms = c.w.now
             if p.framing == H1_BODY_NONE:
                 p.state = H1_MESSAGE_DONE
             continue
@@ -1256,6 +1312,9 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
             moved = 0
             rc = splice_move(&c.rsp_pipe, &u.ep, &c.down, &left, &moved)
             stat_add(h.stats, c.w, H_BYTES_SPLICED, moved)
+            s.bytes_sent += moved
+            if moved or left != p.body_remaining:
+                s.last_active_ms = c.w.now
             h1_body_skipped(p, p.body_remaining - left)
             if rc < 0:
                 hconn_close(c, True)
@@ -1275,6 +1334,7 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
                 if h1_feed_eof(p) == 0:
                     continue
                 if s.resp_started:
+                    s.response_flags |= RF_UC       # the upstream ended inside the body
                     hconn_close(c, True)
                 else:
                     _upconn_failed(u, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection termination")
@@ -1283,10 +1343,12 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
         r = &u.in_buf.refs[u.in_buf.head]
         n = h1_feed_body(p, r.s.data + r.off, r.len, &off, &seg)
         if n < 0:
+            s.response_flags |= RF_UPE              # bad body framing from the upstream
             hconn_close(c, True)
             return -1
         if seg:
             stat_add(h.stats, c.w, H_BYTES_COPIED, seg)
+            s.bytes_sent += seg
             if p.framing == H1_BODY_LENGTH or (p.framing == H1_BODY_EOF and not s.resp_chunked):
                 chain_move_bytes(&c.out_buf, &u.in_buf, <size_t>n)    # off == 0, seg == n
                 continue
@@ -1296,6 +1358,7 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
         chain_drain(&u.in_buf, <size_t>n)
     if u.eof and p.state == H1_HEAD:
         if s.resp_started:
+            s.response_flags |= RF_UC
             hconn_close(c, True)
         else:
             _upconn_failed(u, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection termination")
@@ -1377,6 +1440,7 @@ cdef void _fill_route_input(HStream* s, RouteInput* r, RouteHeader* hdrs) noexce
     r.scheme_len = 4
     r.worker = <unsigned int>s.c.w.index
     r.headers = hdrs
+    r.connect = s.connect
     if s.fc != NULL:
         # Route on the headers as the filters left them.
         m = &s.fc.req
@@ -1436,6 +1500,8 @@ cdef void stream_start(HConn* c) noexcept nogil:
     s.c = c
     s.start_ms = c.w.now
     s.cluster_override = -1
+    s.start_time_us = wall_clock_us()
+    s.cluster_index = -1
     timer_init(&s.timeout, _stream_timeout, s)
     h1_head_take(&c.req, &s.head)
     s.method = s.head.method
@@ -1445,7 +1511,10 @@ cdef void stream_start(HConn* c) noexcept nogil:
     if c.req.framing == H1_BODY_NONE:
         c.req.state = H1_MESSAGE_DONE
         s.req_done = 1
+        s.request_end_ms = c.w.now
     c.stream = s
+    stream_timers_start(s)
+    stream_client_address(s)
     c.nrequests += 1
     if h.max_requests_per_connection and c.nrequests >= h.max_requests_per_connection:
         s.keepalive = 0
@@ -1453,9 +1522,11 @@ cdef void stream_start(HConn* c) noexcept nogil:
     stat_add(h.stats, c.w, H_RQ_ACTIVE, 1)
     if c.req.flags & H1F_CONNECT:
         s.keepalive = 0
-        hconn_local_reply(c, 501, "CONNECT is not supported", 24, NULL, 0, True)
-        stream_finish(s)
-        return
+        s.connect = 1
+        if not h.allow_connect:         # Envoy: no CONNECT upgrade config -> 403
+            hconn_local_reply(c, 403, "", 0, NULL, 0, True)
+            stream_finish(s)
+            return
     if c.req.flags & H1F_UPGRADE:
         s.upgrade = 1                   # forwarded; a 101 answer turns into a tunnel
         s.keepalive = 0
@@ -1501,6 +1572,7 @@ cdef int stream_route(HStream* s) noexcept nogil:
     if e == NULL:
         free(hdrs)
         stat_add(h.stats, c.w, H_NO_ROUTE, 1)
+        s.response_flags |= RF_NR
         hconn_local_reply(c, 404, "", 0, NULL, 0, c.req.state != H1_MESSAGE_DONE)
         stream_finish(s)
         return -1
@@ -1516,6 +1588,7 @@ cdef int stream_route(HStream* s) noexcept nogil:
     else:
         ci = e.cluster if e.action == ROUTE_CLUSTER else route_pick_weighted(e, worker_random(c.w))
     s.cluster = h.clusters[ci]
+    s.cluster_index = ci
     s.up = upconn_acquire(s, s.cluster)
     if s.up == NULL:
         free(hdrs)
@@ -1523,6 +1596,9 @@ cdef int stream_route(HStream* s) noexcept nogil:
         hconn_local_reply(c, 503, "no healthy upstream", 19, NULL, 0, c.req.state != H1_MESSAGE_DONE)
         stream_finish(s)
         return -1
+    if s.connect:
+        free(hdrs)                      # the 200 and the tunnel follow the TCP connect
+        return 0
     if s.fc == NULL and c.req.flags & H1F_EXPECT_CONTINUE:
         chain_append(&c.out_buf, "HTTP/1.1 100 Continue\r\n\r\n", 25)
     # The rewritten path is computed now, while the route input is at hand.
@@ -1729,6 +1805,8 @@ cdef int stream_forward_request_body(HStream* s) noexcept nogil:
         moved = 0
         rc = splice_move(&c.req_pipe, &c.down, &u.ep, &left, &moved)
         stat_add(h.stats, c.w, H_BYTES_SPLICED, moved)
+        if moved or left != p.body_remaining:
+            s.last_active_ms = c.w.now
         s.req_body_bytes += p.body_remaining - left
         h1_body_skipped(p, p.body_remaining - left)
         if rc == -1:
@@ -1740,6 +1818,7 @@ cdef int stream_forward_request_body(HStream* s) noexcept nogil:
             return -1
         if p.state == H1_MESSAGE_DONE and c.req_pipe.bytes == 0:
             s.req_done = 1
+            s.request_end_ms = c.w.now
             if s.route.timeout_ms:
                 timer_arm(c.w, &s.timeout, s.route.timeout_ms)
         return 0
@@ -1750,6 +1829,7 @@ cdef int stream_forward_request_body(HStream* s) noexcept nogil:
             # Bad chunk framing. We re-frame bodies, so the upstream has only seen a
             # well-formed, unfinished message; reset it and answer the client.
             stat_add(h.stats, c.w, H_CX_PROTOCOL_ERROR, 1)
+            s.response_flags |= RF_DPE
             upconn_close(u)
             s.up = NULL
             if s.resp_started:
@@ -1781,6 +1861,7 @@ cdef int stream_forward_request_body(HStream* s) noexcept nogil:
                 hconn_close(c, True)
                 return -1
             s.req_done = 1
+            s.request_end_ms = c.w.now
             if s.route.timeout_ms:
                 timer_arm(c.w, &s.timeout, s.route.timeout_ms)
     if not s.req_done and c.down_eof and c.in_buf.length == 0:
@@ -1830,8 +1911,10 @@ cdef void hconn_start(Worker* w, ListenerCfg* cfg, int fd) noexcept nogil:
     if getpeername(fd, <sockaddr*>&ss, &sl) == 0:
         if ss.ss_family == AF_INET6:
             inet_ntop(AF_INET6, &(<sockaddr_in6*>&ss).sin6_addr, c.remote_ip, sizeof(c.remote_ip))
+            c.remote_port = ntohs((<sockaddr_in6*>&ss).sin6_port)
         else:
             inet_ntop(AF_INET, &(<sockaddr_in*>&ss).sin_addr, c.remote_ip, sizeof(c.remote_ip))
+            c.remote_port = ntohs((<sockaddr_in*>&ss).sin_port)
         c.remote_ip_len = strlen(c.remote_ip)
     c.next = w.hconns
     if w.hconns != NULL:
@@ -1864,6 +1947,9 @@ cdef void hconn_close(HConn* c, bint rst) noexcept nogil:
     timer_cancel(w, &c.idle_timer)
     timer_cancel(w, &c.headers_timer)
     if s != NULL:
+        if not s.logged and not s.tunnel and s.response_flags == 0:
+            s.response_flags |= RF_DC    # ended before its response was complete
+        stream_log(s)                   # while s.up still holds the response head
         c.stream = NULL
         if s.up != NULL:
             s.up.stream = NULL
@@ -1968,6 +2054,9 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
     cdef bint progress
     cdef HStream* s
     cdef size_t asked = 0
+    cdef uint64_t sent
+    cdef size_t out_len, pipe_bytes
+    cdef uint8_t repump
     if c.closed:
         return
     if c.in_pump:
@@ -1981,6 +2070,7 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
             n = chain_write_fd(&c.out_buf, c.down.fd)
             if n > 0:
                 progress = True
+                stream_touch(c)
             elif n < 0 and errno == EAGAIN:
                 c.down.writable = 0
             elif n < 0 and errno != EINTR:
@@ -1996,6 +2086,7 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
             n = chain_read_fd(&c.in_buf, c.down.fd, HTTP_IO_LIMIT - c.in_buf.length, &asked)
             if n > 0:
                 progress = True
+                stream_touch(c)
                 if <size_t>n < asked and not c.down.hup:
                     c.down.readable = 0     # drained (see upconn_pump)
             elif n == 0:
@@ -2015,12 +2106,23 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
                 and c.out_buf.length < HTTP_IO_LIMIT \
                 and not (c.stream.fc != NULL and c.stream.fc.enc.stopped == FS_HELD):
             # (While an encoder filter holds the response, its continue restarts this.)
-            # The upstream paused on our full out_buf; let it continue now.
-            c.in_pump = 0
-            upconn_pump(c.stream.up)
+            # The upstream paused on our full out_buf; let it continue now. in_pump stays
+            # set, so upconn_pump's own hconn_pump(c) does not nest (one nested pump per
+            # splice round overflowed the stack on a 1 GiB download whose client kept
+            # up); this loop goes round again only if that moved something.
+            s = c.stream
+            sent = s.bytes_sent
+            out_len = c.out_buf.length
+            pipe_bytes = c.rsp_pipe.bytes
+            repump = c.repump
+            upconn_pump(s.up)
             if c.closed:
+                c.in_pump = 0
                 return
-            c.in_pump = 1
+            c.repump = repump
+            if c.stream != s or s.bytes_sent != sent or c.out_buf.length != out_len \
+                    or c.rsp_pipe.bytes != pipe_bytes:
+                progress = True
         if c.stream != NULL and c.stream.tunnel and c.stream.tunnel_up_eof and c.out_buf.length == 0:
             c.in_pump = 0
             hconn_close(c, False)
@@ -2084,8 +2186,9 @@ cdef void http_cfg_decref(HttpCfg* h) noexcept nogil:
         cluster_decref(h.clusters[i])
         if h.cluster_names != NULL:
             free(h.cluster_names[i])
-    free(h.cluster_names)
     free(h.clusters)
+    free(h.cluster_names)
+    alog_sinks_free(h.logs, h.nlogs)
     free(h.server_name)
     free(h)
 
@@ -2134,19 +2237,21 @@ def make_http_cfg(hcm, StatBlockHandle stats, dict clusters, int nworkers):
     if h.clusters == NULL or h.cluster_names == NULL:
         raise MemoryError()
     for i, name in enumerate(names):
-        bname = name.encode()
-        h.cluster_names[i] = <char*>malloc(len(bname) + 1)
-        if h.cluster_names[i] == NULL:
-            raise MemoryError()
-        memcpy(h.cluster_names[i], <char*>bname, len(bname) + 1)
         ch = clusters[name]
         h.clusters[i] = ch.c
         fp_atomic_add_int(&ch.c.refcnt, 1)
+        h.cluster_names[i] = _al_dup(name.encode())
+        if h.cluster_names[i] == NULL:
+            raise MemoryError()
     h.stats = stats.b
     ms = lambda v: 0 if not v else max(1, int(v * 1000))
     h.idle_timeout_ms = ms(hcm.idle_timeout)
     h.request_headers_timeout_ms = ms(hcm.request_headers_timeout)
     h.stream_idle_timeout_ms = ms(hcm.stream_idle_timeout)
+    h.request_timeout_ms = ms(hcm.request_timeout)
+    h.allow_connect = any(u.enabled and u.upgrade_type.lower() == "connect"
+                          for u in getattr(hcm, "upgrade_configs", ()))
+    alog_compile(h, hcm)
     h.max_requests_per_connection = hcm.max_requests_per_connection or 0
     h.max_head = hcm.max_request_headers_kb * 1024
     h.max_fields = hcm.max_headers_count

@@ -203,6 +203,7 @@ cdef enum:                          # RouteEntry.match_kind
     RM_SAFE_REGEX = 3
     RM_PATH_SEPARATED_PREFIX = 4
     RM_NEVER = 5                    # a prefix containing '?' or '#'
+    RM_CONNECT = 6                  # connect_matcher: CONNECT requests, and only they
 
 cdef enum:                          # RouteStringMatch.kind
     RSM_EXACT = 1
@@ -264,6 +265,7 @@ cdef struct RouteInput:
     int nheaders
     const RouteHeader* headers
     unsigned int worker             # selects this worker's regex copies
+    uint8_t connect                 # a CONNECT request: only connect_matcher routes match
 
 cdef struct RouteRegex:
     RouteStr literal                # match patterns: every match starts with these bytes
@@ -967,7 +969,20 @@ cdef const RouteEntry* route_select(const RouteTable* t, const RouteInput* r) no
         return NULL
     if r.path == NULL:
         return NULL
+    if r.connect:
+        return _rt_select_connect(&t.vhosts[v], r)
     return route_select_in_vhost(&t.vhosts[v], r)
+
+
+cdef const RouteEntry* _rt_select_connect(const RouteVhost* vh, const RouteInput* r) noexcept nogil:
+    """A CONNECT request (no path): the first connect_matcher route whose header matchers
+    pass. Path routes never match CONNECT, and connect routes match nothing else (the path
+    scan's _rt_scan_path is false for RM_CONNECT)."""
+    cdef int i
+    for i in range(vh.nroutes):
+        if vh.routes[i].match_kind == RM_CONNECT and _rt_route_rest(&vh.routes[i], r, 0):
+            return &vh.routes[i]
+    return NULL
 
 
 cdef int route_pick_weighted(const RouteEntry* e, uint64_t random) noexcept nogil:
@@ -1513,6 +1528,8 @@ cdef class _RouteBuilder:
         kinds = [(k, getattr(mt, k)) for k in ("prefix", "path", "safe_regex",
                                                 "path_separated_prefix")
                  if getattr(mt, k) is not None]
+        if getattr(mt, "connect_matcher", False):
+            kinds.append(("connect_matcher", ""))
         if len(kinds) != 1:
             raise ConfigError(path, "exactly one of prefix, path, safe_regex, "
                                     "path_separated_prefix must be set")
@@ -1520,7 +1537,9 @@ cdef class _RouteBuilder:
         if not isinstance(value, str):
             raise ConfigError(f"{path}.{kind}", "must be a string")
         e.case_sensitive = bool(mt.case_sensitive)
-        if kind == "safe_regex":
+        if kind == "connect_matcher":
+            e.match_kind = RM_CONNECT
+        elif kind == "safe_regex":
             e.match_kind = RM_SAFE_REGEX
             e.match_regex = self.regex(value, True, path + ".safe_regex.regex")
         else:
@@ -1537,7 +1556,7 @@ cdef class _RouteBuilder:
             e.match_last = _rt_last_word(e.match_value.p, e.match_value.n)
         self.header_matchers(e, list(mt.headers), path + ".headers")
         self.query_matchers(e, list(mt.query_parameters), path + ".query_parameters")
-        e.plain = (e.match_kind != RM_SAFE_REGEX and e.nheader_matchers == 0
+        e.plain = (e.match_kind != RM_SAFE_REGEX and e.match_kind != RM_CONNECT and e.nheader_matchers == 0
                    and e.nquery_matchers == 0)
         return 0
 
@@ -1942,6 +1961,7 @@ cdef class RouteTableHandle:
         keep.append(b)
         r.method = b
         r.method_len = len(b)
+        r.connect = b == b"CONNECT"
         b = _rt_b(path)
         keep.append(b)
         r.path = b

@@ -62,6 +62,43 @@ CLUSTER_STATS = ("upstream_cx_total", "upstream_cx_active", "upstream_cx_connect
 CLUSTER_GAUGES = frozenset(["upstream_cx_active"])
 
 
+# Histograms (downstream_rq_time, upstream_rq_time) live in the same per-worker rows, after
+# the counters: HIST_SLOTS uint64s each, HIST_NBUCKETS bucket counts then the sum of the
+# recorded values. Buckets are log-linear: 0..15 exact, then 8 per power of two (at most
+# 12.5% wide), the last one open-ended. Single writer per row, no locks; read() sums rows.
+DEF HIST_NBUCKETS = 272
+DEF HIST_SLOTS = 273
+HISTOGRAM_BUCKETS = HIST_NBUCKETS
+
+cdef extern from *:
+    int __builtin_clzll(unsigned long long x) nogil
+
+
+cdef inline int hist_bucket(uint64_t v) noexcept nogil:
+    cdef int e
+    if v < 16:
+        return <int>v
+    e = 63 - __builtin_clzll(v)
+    if e > 35:
+        return HIST_NBUCKETS - 1
+    return 16 + (e - 4) * 8 + <int>((v >> (e - 3)) & 7)
+
+
+def histogram_bucket_bounds(int i):
+    """[low, high) of bucket i (high None for the last, open-ended one)."""
+    if i < 16:
+        return i, i + 1
+    if i == HIST_NBUCKETS - 1:
+        return (15 << 32), None
+    e = (i - 16) // 8 + 4
+    sub = (i - 16) % 8
+    return (8 + sub) << (e - 3), (9 + sub) << (e - 3)
+
+
+def histogram_bucket_of(uint64_t v):
+    return hist_bucket(v)
+
+
 cdef struct StatBlock:
     int nstats
     int nworkers
@@ -71,6 +108,13 @@ cdef struct StatBlock:
 
 cdef inline void stat_add(StatBlock* b, Worker* w, int i, uint64_t n) noexcept nogil:
     b.v[w.index * b.stride + i] += n
+
+
+cdef inline void hist_record(StatBlock* b, Worker* w, int first, uint64_t v) noexcept nogil:
+    """Record v into the histogram whose slots start at index `first` of the block."""
+    cdef uint64_t* row = b.v + w.index * b.stride + first
+    row[hist_bucket(v)] += 1
+    row[HIST_NBUCKETS] += v
 
 
 cdef inline void stat_sub(StatBlock* b, Worker* w, int i, uint64_t n) noexcept nogil:
@@ -96,6 +140,7 @@ cdef class StatBlockHandle:
     cdef StatBlock* b
     cdef readonly tuple names
     cdef readonly frozenset gauges
+    cdef readonly tuple histograms      # names; slots follow the counters, HIST_SLOTS each
 
     def __dealloc__(self):
         if self.b != NULL:
@@ -107,7 +152,7 @@ cdef class StatBlockHandle:
         cdef int i, k
         cdef uint64_t total
         out = {}
-        for i in range(self.b.nstats):
+        for i in range(len(self.names)):
             total = 0
             for k in range(self.b.nworkers):
                 total += fp_load_u64(&self.b.v[k * self.b.stride + i])
@@ -116,11 +161,30 @@ cdef class StatBlockHandle:
         return out
 
 
-cdef StatBlockHandle _statblock_handle(tuple names, frozenset gauges, int nworkers):
+    def read_histograms(self):
+        """{name: (bucket counts summed over the workers, sum of the values)}."""
+        cdef int i, j, k, first
+        cdef uint64_t total
+        out = {}
+        for j, name in enumerate(self.histograms):
+            first = len(self.names) + j * HIST_SLOTS
+            counts = []
+            for i in range(HIST_SLOTS):
+                total = 0
+                for k in range(self.b.nworkers):
+                    total += fp_load_u64(&self.b.v[k * self.b.stride + first + i])
+                counts.append(total)
+            out[name] = (counts[:HIST_NBUCKETS], counts[HIST_NBUCKETS])
+        return out
+
+
+cdef StatBlockHandle _statblock_handle(tuple names, frozenset gauges, int nworkers,
+                                       tuple histograms=()):
     cdef StatBlockHandle h = StatBlockHandle.__new__(StatBlockHandle)
-    h.b = statblock_new(len(names), nworkers)
+    h.b = statblock_new(len(names) + len(histograms) * HIST_SLOTS, nworkers)
     if h.b == NULL:
         raise MemoryError()
     h.names = names
     h.gauges = gauges
+    h.histograms = histograms
     return h

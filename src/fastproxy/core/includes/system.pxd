@@ -41,7 +41,17 @@ cdef extern from "<time.h>" nogil:
     enum:
         CLOCK_MONOTONIC
         CLOCK_MONOTONIC_COARSE
+        CLOCK_REALTIME
     int clock_gettime(int clk, timespec* ts)
+    struct tm:
+        int tm_sec
+        int tm_min
+        int tm_hour
+        int tm_mday
+        int tm_mon
+        int tm_year
+    tm* gmtime_r(const time_t* t, tm* out)
+    size_t strftime(char* s, size_t max, const char* fmt, const tm* t)
 
 cdef extern from "<sys/uio.h>" nogil:
     struct iovec:
@@ -154,6 +164,7 @@ cdef extern from "<netinet/in.h>" nogil:
 cdef extern from "<arpa/inet.h>" nogil:
     uint16_t htons(uint16_t v)
     const char* inet_ntop(int af, const void* src, char* dst, socklen_t size)
+    int inet_pton(int af, const char* src, void* dst)
     uint16_t ntohs(uint16_t v)
 
 cdef extern from "<netinet/tcp.h>" nogil:

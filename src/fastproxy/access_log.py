@@ -1,0 +1,121 @@
+"""Envoy access-log format strings -> the op list the data plane formats records from.
+
+A format is compiled once, here, on the main thread; the worker only walks the op list
+(core/access_log.pxi) and never runs Python. Supported command operators (Envoy's names and
+meaning; anything else is a ConfigError naming the field that holds the format):
+
+  %START_TIME%, %START_TIME(strftime)%   the stream's start, UTC; the strftime format may use
+                                          %f (9 digits), %<1-9>f, %E<1-9>S, %Es (epoch
+                                          seconds with 3 decimals) and %s like Envoy
+  %REQ(X?Y):N%, %RESP(X?Y):N%             a request / response header (X, else Y), at most N
+                                          characters; :method, :path, :authority, :scheme
+                                          for the request pseudo-headers
+  %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %PROTOCOL%
+  %DURATION% %REQUEST_DURATION% %RESPONSE_DURATION% %RESPONSE_TX_DURATION%
+  %UPSTREAM_HOST% %UPSTREAM_CLUSTER% %ROUTE_NAME% %HOSTNAME%
+  %DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%
+  %DOWNSTREAM_DIRECT_REMOTE_ADDRESS% %DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%
+  %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%
+
+Values that are not available print as "-", as in Envoy.
+"""
+from __future__ import annotations
+
+import re
+import socket
+from typing import List, Optional, Tuple
+
+from .errors import ConfigError
+
+# Envoy's default format (used when an access log has no format).
+DEFAULT_FORMAT = ('[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+                  '%RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% '
+                  '%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" '
+                  '"%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%"\n')
+
+# Operators without an argument. Their names are also the op kinds the core knows.
+SIMPLE = ("RESPONSE_CODE", "RESPONSE_FLAGS", "BYTES_RECEIVED", "BYTES_SENT", "PROTOCOL",
+          "DURATION", "REQUEST_DURATION", "RESPONSE_DURATION", "RESPONSE_TX_DURATION",
+          "UPSTREAM_HOST", "UPSTREAM_CLUSTER", "ROUTE_NAME",
+          "DOWNSTREAM_REMOTE_ADDRESS", "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT",
+          "DOWNSTREAM_DIRECT_REMOTE_ADDRESS", "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT",
+          "DOWNSTREAM_LOCAL_ADDRESS", "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT")
+
+_COMMAND = re.compile(r"%([A-Z][A-Z0-9_]*)(?:\(([^)]*)\))?(?::([0-9]+))?%")
+_HEADER = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_PSEUDO = (":method", ":path", ":authority", ":scheme")
+
+# One op: (kind, text, alternative, max_len). kind "LIT": text is the literal bytes;
+# "REQ"/"RESP": text/alternative are lower-case header names (alternative b"" if none);
+# "START_TIME": text is the strftime format (b"" = Envoy's default). max_len -1: no limit.
+Op = Tuple[str, bytes, bytes, int]
+
+
+def _header_name(name: str, path: str, request: bool) -> bytes:
+    lower = name.lower()
+    if lower.startswith(":"):
+        if not request or lower not in _PSEUDO:
+            raise ConfigError(path, f"unsupported pseudo-header {name!r} in an access log format")
+        return lower.encode()
+    if not _HEADER.fullmatch(name):
+        raise ConfigError(path, f"invalid header name {name!r} in an access log format")
+    return lower.encode()
+
+
+def compile_format(fmt: Optional[str], path: str) -> List[Op]:
+    """The op list for `fmt` (None: Envoy's default). `path` names the config field."""
+    if fmt is None:
+        fmt = DEFAULT_FORMAT
+    if not isinstance(fmt, str):
+        raise ConfigError(path, f"expected a string, got {type(fmt).__name__}")
+    ops: List[Op] = []
+    lit = []
+    pos = 0
+
+    def flush():
+        if lit:
+            ops.append(("LIT", "".join(lit).encode(), b"", -1))
+            lit.clear()
+
+    while pos < len(fmt):
+        i = fmt.find("%", pos)
+        if i < 0:
+            lit.append(fmt[pos:])
+            break
+        lit.append(fmt[pos:i])
+        m = _COMMAND.match(fmt, i)
+        if m is None:
+            raise ConfigError(path, f"invalid access log format at offset {i}: a '%' must start a "
+                                    f"%COMMAND% (near {fmt[i:i + 24]!r})")
+        name, arg, max_len = m.group(1), m.group(2), m.group(3)
+        limit = int(max_len) if max_len is not None else -1
+        if name in ("REQ", "RESP"):
+            if not arg:
+                raise ConfigError(path, f"%{name}(...)% needs a header name")
+            parts = arg.split("?")
+            if len(parts) > 2:
+                raise ConfigError(path, f"%{name}({arg})%: at most one alternative header (X?Y)")
+            main = _header_name(parts[0], path, name == "REQ")
+            alt = _header_name(parts[1], path, name == "REQ") if len(parts) == 2 else b""
+            flush()
+            ops.append((name, main, alt, limit))
+        elif name == "START_TIME":
+            if max_len is not None:
+                raise ConfigError(path, "%START_TIME% takes no length limit")
+            flush()
+            ops.append(("START_TIME", (arg or "").encode(), b"", -1))
+        elif name == "HOSTNAME" and arg is None:
+            lit.append(socket.gethostname()[:limit] if limit >= 0 else socket.gethostname())
+        elif name in SIMPLE:
+            if arg is not None:
+                raise ConfigError(path, f"%{name}% takes no argument")
+            flush()
+            ops.append((name, b"", b"", limit))
+        else:
+            raise ConfigError(path, f"unsupported access log command operator %{name}%")
+        pos = m.end()
+    flush()
+    return ops
+
+
+__all__ = ["DEFAULT_FORMAT", "compile_format"]
