@@ -16,6 +16,7 @@ One extension module; each included file has one job (see docs/architecture.md):
   core/http_conn.pxi   the HTTP connection manager and the upstream connection pool
   core/http_filter.pxi HTTP filter chains (the fp_http_filter C ABI, header maps, iteration)
   core/http_pyfilter.pxi Python HTTP filters (the GIL is taken here and in pybridge only)
+  core/filters_native.pxi native HTTP filters (fault, cors, local_ratelimit, ...; no GIL)
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, calloc, realloc, free
@@ -41,3 +42,4 @@ include "core/router.pxi"
 include "core/http_conn.pxi"
 include "core/http_filter.pxi"
 include "core/http_pyfilter.pxi"
+include "core/filters_native.pxi"
