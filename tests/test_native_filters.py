@@ -114,6 +114,23 @@ def test_fault_delay_cancelled_when_the_client_leaves(upstream):
         assert get(p, "/after")[0] == 200   # the workers are fine
 
 
+def test_proxy_stops_while_requests_are_delayed(upstream):
+    f = HTTPFault(delay=FaultDelay(5.0, ALWAYS))
+    p = make_proxy([nf(FAULT, f)], upstream).start()
+    socks = []
+    for _ in range(4):
+        s = socket.create_connection(p.listener_address("http"))
+        s.sendall(b"GET /held HTTP/1.1\r\nHost: x\r\n\r\n")
+        socks.append(s)
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    p.stop(drain_timeout=0.3)           # then the held streams are closed, timers and all
+    assert time.monotonic() - t0 < 3.0
+    for s in socks:
+        s.close()
+    assert upstream.requests == []
+
+
 def test_fault_per_route_replaces_the_filter_config(upstream):
     routes = [route("/abort", fault=HTTPFault(abort=FaultAbort(502, ALWAYS))),
               route("/")]

@@ -127,12 +127,27 @@ cdef bint _nf_str_match(const NStrMatch* sm, const char* v, size_t n) noexcept n
     cdef size_t k = sm.n
     cdef size_t i
     cdef regmatch_t m[1]
+    cdef char stack[256]
+    cdef char* buf
+    cdef bint ok
     if sm.kind == NSM_REGEX:
+        # A NUL-terminated copy: REG_STARTEND alone would do for glibc, but not for every
+        # regexec (ASan's interceptor, for one, reads up to the NUL).
+        if n < sizeof(stack):
+            buf = &stack[0]
+        else:
+            buf = <char*>malloc(n + 1)
+        if buf == NULL:
+            return False
+        if n:
+            memcpy(buf, v, n)
+        buf[n] = 0
         m[0].rm_so = 0
         m[0].rm_eo = <regoff_t>n
-        if v == NULL:
-            v = ""
-        return regexec(sm.re, v, 0, m, REG_STARTEND) == 0
+        ok = regexec(sm.re, buf, 0, m, REG_STARTEND) == 0
+        if buf != &stack[0]:
+            free(buf)
+        return ok
     if sm.kind == NSM_EXACT:
         if n != k:
             return False
