@@ -19,6 +19,7 @@ One extension module; each included file has one job (see docs/architecture.md):
   core/http_stream.pxi stream timeouts, the trusted client address, CONNECT tunnels
   core/access_log.pxi  access logs and the stream facts they print
   core/bench.pxi       nogil loops for the micro-benchmarks (benchmarks/test_micro.py)
+  core/filters_native.pxi native HTTP filters (fault, cors, local_ratelimit, ...; no GIL)
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, calloc, realloc, free
@@ -47,3 +48,4 @@ include "core/http_pyfilter.pxi"
 include "core/http_stream.pxi"
 include "core/access_log.pxi"
 include "core/bench.pxi"
+include "core/filters_native.pxi"

@@ -19,6 +19,7 @@ from . import _core
 from .errors import ConfigError, ListenerBindError
 from .filters import NetworkFilter
 from .model import Admin, Bootstrap, Cluster, Listener
+from .model_filters import native_filter_stat_blocks
 
 log = logging.getLogger("fastproxy")
 
@@ -293,6 +294,13 @@ class Proxy:
                 out[f"{name}.{stat}"] = value
         for name, c in list(self._clusters.items()):
             out[f"cluster.{name}.membership_total"] = len(c.hosts)
+        # native HTTP filters' stats (http_local_rate_limit.<prefix>.*) this config uses
+        names = set()
+        for l in self._bootstrap.listeners:
+            if l.http is not None:
+                names.update(native_filter_stat_blocks(l.http))
+        if names:
+            out.update(_core.native_filter_stats(names))
         return out
 
     def histograms(self) -> dict:

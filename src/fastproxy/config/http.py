@@ -789,4 +789,9 @@ def _headers_to_remove(msg: Message, name: str) -> list:
     return names
 
 
+# The native HTTP filters (fault, cors, local_ratelimit, ...): config/http_filters_native.py.
+from .http_filters_native import register_native_filters  # noqa: E402
+
+register_native_filters(HTTP_FILTERS)
+
 __all__ = ["HCM_TYPE", "ROUTER_TYPE", "HTTP_FILTERS", "HttpFilterKind", "http_connection_manager"]
