@@ -656,3 +656,74 @@ def test_model_validation_names_the_field(upstream):
     with pytest.raises(ConfigError) as err:
         make_proxy([spec(AddHeaders, "same"), spec(Boom, "same")], upstream)
     assert err.value.path.endswith("http_filters[1].name")
+
+
+class ReplaceResponse(HttpFilter):
+    def encode_headers(self, headers, end_stream):
+        if headers[":status"] == "200" and "x-replace" in headers:
+            self.callbacks.send_local_reply(502, b"replaced by filter")
+            return STOP
+        return CONTINUE
+
+
+def test_local_reply_from_encode_replaces_the_response(upstream):
+    def handler(method, path, headers, body):
+        extra = b"X-Replace: 1\r\n" if path == "/replace" else b""
+        return b"HTTP/1.1 200 OK\r\n" + extra + b"Content-Length: 6\r\n\r\norigin"
+    upstream.handler = handler
+    with make_proxy([spec(ReplaceResponse)], upstream) as p:
+        conn = http.client.HTTPConnection(*p.listener_address("http"), timeout=5)
+        conn.request("GET", "/replace")
+        r = conn.getresponse()
+        assert (r.status, r.read()) == (502, b"replaced by filter")
+        conn.close()
+        r, got = request(p, path="/keep")
+        assert (r.status, got) == (200, b"origin")
+
+
+class FailedUpstreamInfo(HttpFilter):
+    infos = []
+
+    def on_log(self, info):
+        FailedUpstreamInfo.infos.append(info)
+
+
+def test_stream_info_response_flags_on_connect_failure():
+    FailedUpstreamInfo.infos.clear()
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    port = dead.getsockname()[1]
+    dead.close()                                # nothing listens there now
+    u = type("U", (), {"port": port})()
+    with make_proxy([spec(FailedUpstreamInfo)], u) as p:
+        r, got = request(p, path="/x")
+        assert r.status == 503
+        wait_for(lambda: FailedUpstreamInfo.infos)
+        info = FailedUpstreamInfo.infos[0]
+        assert info.response_code == 503
+        assert "UF" in info.response_flags
+
+
+def test_async_hooks_on_the_users_own_loop(upstream):
+    """An app embedding fastproxy in asyncio: hooks run on its loop."""
+    seen = []
+
+    class OnMyLoop(HttpFilter):
+        async def decode_headers(self, headers, end_stream):
+            seen.append(asyncio.get_running_loop())
+            headers["x-loop"] = "mine"
+            return CONTINUE
+
+    async def main():
+        Proxy.use_event_loop(asyncio.get_running_loop())
+        try:
+            with make_proxy([spec(OnMyLoop)], upstream) as p:
+                r, got = await asyncio.to_thread(request, p)
+                return r.status, asyncio.get_running_loop()
+        finally:
+            Proxy.use_event_loop(None)
+
+    status, loop = asyncio.run(main())
+    assert status == 200
+    assert seen == [loop]
+    assert upstream.requests[-1][2]["x-loop"] == ["mine"]

@@ -274,6 +274,8 @@ cdef class StreamInfo:
     cdef readonly object upstream_cluster
     cdef readonly object route_name
     cdef readonly uint64_t bytes_received     # request body bytes
+    cdef readonly uint64_t bytes_sent         # response body bytes sent downstream
+    cdef readonly str response_flags          # Envoy's short codes ("UF,URX"), "-" if none
     cdef readonly str protocol
 
     def __repr__(self):
@@ -291,6 +293,9 @@ cdef StreamInfo _stream_info(HStream* s):
     i.start_time = _time.time() - i.duration
     i.response_code = s.status
     i.bytes_received = s.req_body_bytes
+    i.bytes_sent = s.bytes_sent
+    flags = [(<bytes>_rf_names[b]).decode() for b in range(RF_COUNT) if s.response_flags & (1 << b)]
+    i.response_flags = ",".join(flags) if flags else "-"
     i.protocol = "HTTP/1.%d" % s.minor
     if s.up != NULL and s.up.hosts != NULL:
         k = _host_text(&s.up.hosts.hosts[s.up.host_index], buf, sizeof(buf))
