@@ -352,10 +352,14 @@ cdef class _PyStream:
     cdef bint _on_own_hook(self, int encoding=-1):
         """True when called from a hook of this very stream (on its worker), running in
         the given direction (-1: either)."""
-        cdef HStream* s = self.ref.s
+        cdef HStream* s
+        # The thread first: only the stream's worker may look at the stream (elsewhere it
+        # may be freed at any moment).
+        if not pthread_equal(pthread_self(), self.ref.w.thread):
+            return False
+        s = self.ref.s
         return (s != NULL and s.fc != NULL and s.fc.in_hook
-                and (encoding < 0 or s.fc.hook_encoding == encoding)
-                and pthread_equal(pthread_self(), self.ref.w.thread))
+                and (encoding < 0 or s.fc.hook_encoding == encoding))
 
     cdef _sync(self):
         """On the worker, stream alive: write detached header copies back."""
@@ -386,11 +390,12 @@ cdef class HttpFilterCallbacks:
         return self.ps.filter_state
 
     cdef HStream* _stream(self) except NULL:
-        cdef HStream* s = self.ps.ref.s
-        if s == NULL or s.fc == NULL:
-            raise RuntimeError("the stream has ended")
+        cdef HStream* s
         if not pthread_equal(pthread_self(), self.ps.ref.w.thread):
             raise RuntimeError("only valid in a hook, on the stream's worker thread")
+        s = self.ps.ref.s
+        if s == NULL or s.fc == NULL:
+            raise RuntimeError("the stream has ended")
         return s
 
     def continue_decoding(self):
