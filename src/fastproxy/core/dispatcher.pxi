@@ -27,6 +27,7 @@ cdef struct Endp:
     uint8_t readable            # edge-triggered readiness we have not consumed yet
     uint8_t writable
     uint8_t hup                 # an event said the peer closed (RDHUP/HUP/ERR): read to the end
+    uint32_t events             # epoll interest registered for fd (kept by tcp_proxy sessions)
 
 cdef struct Msg:
     msg_fn_t fn

@@ -214,6 +214,31 @@ cdef inline int _dir_pump(Session* s, Dir* d) noexcept nogil:
     return r
 
 
+cdef void _endp_watch_in(Session* s, Endp* ep, bint src_eof) noexcept nogil:
+    """Keep EPOLLIN in ep's interest set only while it is needed.
+
+    Edge-triggered, a notification is needed only once the readiness has been used up
+    (ep.readable == 0, i.e. a read said EAGAIN). While the pump still holds unused readiness
+    it stopped reading because the direction's buffer (pipe or chain) is full, and only the
+    destination becoming writable can move things on. An armed EPOLLIN would then wake the
+    worker once per segment the peer sends, for nothing; on loopback each of those wake-ups
+    (an IPI to an idle core) is paid on the *sender's* core, in its softirq. So EPOLLIN is
+    dropped then, and put back as soon as a read drains the socket. EPOLL_CTL_MOD re-polls
+    the socket, so data that arrived in between is reported at once; EPOLLRDHUP, EPOLLERR
+    and EPOLLHUP stay armed, so a FIN or reset is still seen while reading is blocked."""
+    cdef epoll_event ev
+    cdef bint want
+    if src_eof or ep.fd < 0:
+        return
+    want = not ep.readable
+    if want == ((ep.events & EPOLLIN) != 0):
+        return
+    ev.events = (ep.events | EPOLLIN) if want else (ep.events & ~(<uint32_t>EPOLLIN))
+    ev.data.ptr = ep
+    if epoll_ctl(s.w.epfd, EPOLL_CTL_MOD, ep.fd, &ev) == 0:
+        ep.events = ev.events
+
+
 cdef void session_pump(Session* s) noexcept nogil:
     cdef int r
     if s.state != S_ESTABLISHED:
@@ -225,6 +250,9 @@ cdef void session_pump(Session* s) noexcept nogil:
         if r == 0:
             if s.d2u.shut and s.u2d.shut:
                 session_close(s, False, False)
+                return
+            _endp_watch_in(s, &s.down, s.d2u.src_eof)
+            _endp_watch_in(s, &s.up, s.u2d.src_eof)
             return
         # u2d: src is upstream, dst is downstream
         if r == -1:
@@ -322,6 +350,7 @@ cdef void session_start(Worker* w, ListenerCfg* cfg, int fd) noexcept nogil:
     cdef epoll_event ev
     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
     ev.data.ptr = &s.down
+    s.down.events = ev.events
     if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
         session_close(s, False, False)
         return
@@ -364,6 +393,7 @@ cdef void session_connect(Session* s) noexcept nogil:
             stat_add(c.stats, w, C_CONNECT_FAIL, 1)
             continue
         s.up.fd = fd
+        s.up.events = ev.events
         s.up_counted = 1
         stat_add(c.stats, w, C_CX_ACTIVE, 1)
         s.state = S_CONNECTING
