@@ -444,10 +444,42 @@ cdef int _pl_apply_ops(PairList* l, const RouteHeaderOps* ops) noexcept nogil:
 
 
 cdef bint _is_hop_by_hop(const char* name, size_t n) noexcept nogil:
-    return (_ieq(name, n, "connection") or _ieq(name, n, "keep-alive")
-            or _ieq(name, n, "proxy-connection") or _ieq(name, n, "te")
-            or _ieq(name, n, "trailer") or _ieq(name, n, "transfer-encoding")
-            or _ieq(name, n, "upgrade") or _ieq(name, n, "content-length"))
+    # Dispatch on the length first: most fields are none of these, and their lengths say so.
+    if n == 2:
+        return _ieq(name, n, "te")
+    if n == 7:
+        return _ieq(name, n, "trailer") or _ieq(name, n, "upgrade")
+    if n == 10:
+        return _ieq(name, n, "connection") or _ieq(name, n, "keep-alive")
+    if n == 14:
+        return _ieq(name, n, "content-length")
+    if n == 16:
+        return _ieq(name, n, "proxy-connection")
+    if n == 17:
+        return _ieq(name, n, "transfer-encoding")
+    return False
+
+
+cdef char* _HEX = "0123456789abcdef"
+
+cdef void _uuid4(char* out, uint64_t a, uint64_t b) noexcept nogil:
+    """A version-4 UUID (8-4-4-4-12 hex digits) from 128 random bits."""
+    cdef int i, k = 0
+    cdef uint64_t hi = (a & 0xffffffffffff0fffULL) | 0x4000ULL             # version 4
+    cdef uint64_t lo = (b & 0x3fffffffffffffffULL) | 0x8000000000000000ULL  # variant 10
+    for i in range(16):
+        if i == 8 or i == 12:
+            out[k] = b'-'
+            k += 1
+        out[k] = _HEX[(hi >> (60 - 4 * i)) & 15]
+        k += 1
+    for i in range(16):
+        if i == 0 or i == 4:
+            out[k] = b'-'
+            k += 1
+        out[k] = _HEX[(lo >> (60 - 4 * i)) & 15]
+        k += 1
+    out[36] = 0
 
 
 cdef bint _named_by_connection(H1Head* h, const char* name, size_t n) noexcept nogil:
@@ -466,15 +498,38 @@ cdef bint _named_by_connection(H1Head* h, const char* name, size_t n) noexcept n
     return False
 
 
+cdef bint _has_connection_field(H1Head* h) noexcept nogil:
+    cdef uint32_t i
+    for i in range(h.nfields):
+        if h.fields[i].name_len == 10 and _ieq(h.buf + h.fields[i].name_off, 10, "connection"):
+            return True
+    return False
+
+
+cdef int _pl_reserve(PairList* l, size_t n) noexcept nogil:
+    cdef H1Pair* nv
+    if l.cap >= n:
+        return 0
+    nv = <H1Pair*>realloc(l.v, n * sizeof(H1Pair))
+    if nv == NULL:
+        return -1
+    l.v = nv
+    l.cap = n
+    return 0
+
+
 cdef int _pl_from_head(PairList* l, H1Head* h) noexcept nogil:
     """The end-to-end fields of a received head (hop-by-hop ones dropped)."""
     cdef uint32_t i
     cdef H1Field* f
     cdef const char* name
+    cdef bint conn = _has_connection_field(h)
+    if _pl_reserve(l, l.n + h.nfields + 8) < 0:
+        return -1
     for i in range(h.nfields):
         f = &h.fields[i]
         name = h.buf + f.name_off
-        if _is_hop_by_hop(name, f.name_len) or _named_by_connection(h, name, f.name_len):
+        if _is_hop_by_hop(name, f.name_len) or (conn and _named_by_connection(h, name, f.name_len)):
             continue
         if _pl_add(l, _s(name, f.name_len), _s(h.buf + f.value_off, f.value_len)) < 0:
             return -1
@@ -1068,11 +1123,7 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
         if h.generate_request_id and not _pl_has(&l, "x-request-id", 12):
             a = worker_random(c.w)
             b = worker_random(c.w)
-            # A version-4 UUID from the worker's generator.
-            snprintf(s.request_id, sizeof(s.request_id), "%08x-%04x-4%03x-%04x-%012llx",
-                     <unsigned int>(a >> 32), <unsigned int>((a >> 16) & 0xffff),
-                     <unsigned int>(a & 0xfff), <unsigned int>(0x8000 | ((b >> 48) & 0x3fff)),
-                     <unsigned long long>(b & 0xffffffffffffULL))
+            _uuid4(s.request_id, a, b)
             s.request_id_len = 36
             _pl_add(&l, _cs("x-request-id"), _s(s.request_id, 36))
         if h.use_remote_address and not s.client_internal:
@@ -1370,11 +1421,12 @@ cdef int _response_to_filters(HStream* s) noexcept nogil:
     """A response head (not 1xx) for the encoder filters. -1: the stream ended."""
     cdef FChain* fc = s.fc
     cdef H1Parser* p = &s.up.resp
-    cdef char st[3]
+    cdef char* st = fc.status_text
     st[0] = <char>(48 + (p.head.status // 100) % 10)     # the codec guarantees 100..999
     st[1] = <char>(48 + (p.head.status // 10) % 10)
     st[2] = <char>(48 + p.head.status % 10)
-    if hm_add(&fc.resp, ":status", 7, st, 3) < 0 or hm_from_head(&fc.resp, &p.head, True, False) < 0:
+    if hm_append_raw(&fc.resp, _cs(":status"), _s(st, 3)) < 0 \
+            or hm_from_head(&fc.resp, &p.head, True, False) < 0:
         hconn_close(s.c, True)
         return -1
     fc.enc.end_seen = p.framing == H1_BODY_NONE

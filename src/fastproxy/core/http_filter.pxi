@@ -100,13 +100,16 @@ cdef struct HttpFilterCfg:          # one entry of a listener's http_filters (im
     char* name
 
 
+cdef struct Arena:                  # a stream's bump allocator for header strings filters add
+    char* p                         # free space
+    size_t left
+    void** blocks                   # malloc'd blocks (the first one is inline in the FChain)
+    size_t nblocks
+    size_t cap
+
 cdef struct HMap:                   # a header map: field lines in order, pseudo-headers first
     PairList l                      # (a member, not a look-alike: no type punning)
-    void** owned                    # blocks this map allocated its strings from (freed with it)
-    char* arena                     # free space in the newest block
-    size_t arena_left
-    size_t nowned
-    size_t owned_cap
+    Arena* ar                       # where the strings it copies live (the stream's arena)
     uint8_t used                    # the map holds a message (trailers may be absent)
 
 
@@ -144,6 +147,9 @@ cdef struct FChain:                 # a stream's filter instances and iteration 
     HMap local_headers              # ... its extra headers
     char upstream_host[64]          # "ip:port" of the upstream, kept for on_log
     size_t upstream_host_len
+    char status_text[4]             # the response's :status digits
+    Arena arena                     # header strings filters add (first 512 bytes inline)
+    char arena0[512]
     int local_status                # a local reply a hook asked for, sent when it returns
     char* local_body
     size_t local_body_len
@@ -177,30 +183,50 @@ cdef inline bint _all_digits(const char* p, size_t n) noexcept nogil:
     return True
 
 
-cdef const char* _hm_own(HMap* m, const char* p, size_t n, bint lower) noexcept nogil:
-    """A copy of p[:n] that lives as long as the map (bump-allocated from 1 KiB blocks,
-    so a handful of added headers cost one malloc)."""
+cdef char* arena_alloc(Arena* a, size_t n) noexcept nogil:
+    """n bytes that live until arena_free (the stream's end)."""
     cdef char* q
     cdef void** nv
-    cdef size_t i, bs
-    if n + 1 > m.arena_left:
-        if m.nowned == m.owned_cap:
-            nv = <void**>realloc(m.owned, (m.owned_cap * 2 + 4) * sizeof(void*))
+    cdef size_t bs
+    if n > a.left:
+        if a.nblocks == a.cap:
+            nv = <void**>realloc(a.blocks, (a.cap * 2 + 4) * sizeof(void*))
             if nv == NULL:
                 return NULL
-            m.owned = nv
-            m.owned_cap = m.owned_cap * 2 + 4
-        bs = n + 1 if n + 1 > 1024 else 1024
-        m.arena = <char*>malloc(bs)
-        if m.arena == NULL:
-            m.arena_left = 0
+            a.blocks = nv
+            a.cap = a.cap * 2 + 4
+        bs = n if n > 2048 else 2048
+        q = <char*>malloc(bs)
+        if q == NULL:
             return NULL
-        m.owned[m.nowned] = m.arena
-        m.nowned += 1
-        m.arena_left = bs
-    q = m.arena
-    m.arena += n + 1
-    m.arena_left -= n + 1
+        a.blocks[a.nblocks] = q
+        a.nblocks += 1
+        a.p = q
+        a.left = bs
+    q = a.p
+    a.p += n
+    a.left -= n
+    return q
+
+
+cdef void arena_free(Arena* a) noexcept nogil:
+    cdef size_t i
+    for i in range(a.nblocks):
+        free(a.blocks[i])
+    free(a.blocks)
+    memset(a, 0, sizeof(Arena))
+
+
+cdef const char* _hm_own(HMap* m, const char* p, size_t n, bint lower) noexcept nogil:
+    """A copy of p[:n] that lives as long as the stream (from its arena: a few added
+    headers cost no malloc at all)."""
+    cdef char* q
+    cdef size_t i
+    if m.ar == NULL:
+        return NULL
+    q = arena_alloc(m.ar, n + 1)
+    if q == NULL:
+        return NULL
     if lower:
         for i in range(n):
             q[i] = p[i] + 32 if b'A' <= p[i] <= b'Z' else p[i]
@@ -211,12 +237,12 @@ cdef const char* _hm_own(HMap* m, const char* p, size_t n, bint lower) noexcept 
 
 
 cdef void hm_free(HMap* m) noexcept nogil:
-    cdef size_t i
-    for i in range(m.nowned):
-        free(m.owned[i])
-    free(m.owned)
+    """Forget the fields (their strings stay in the arena until the stream ends)."""
     free(m.l.v)
-    memset(m, 0, sizeof(HMap))
+    m.l.v = NULL
+    m.l.n = 0
+    m.l.cap = 0
+    m.used = 0
 
 
 cdef int hm_append_raw(HMap* m, H1Str name, H1Str value) noexcept nogil:
@@ -296,10 +322,13 @@ cdef int hm_from_head(HMap* m, H1Head* h, bint keep_length, bint skip_host) noex
     cdef uint32_t i
     cdef H1Field* f
     cdef const char* name
+    cdef bint conn = _has_connection_field(h)
+    if _pl_reserve(&m.l, m.l.n + h.nfields + 8) < 0:
+        return -1
     for i in range(h.nfields):
         f = &h.fields[i]
         name = h.buf + f.name_off
-        if _is_hop_by_hop(name, f.name_len) or _named_by_connection(h, name, f.name_len):
+        if _is_hop_by_hop(name, f.name_len) or (conn and _named_by_connection(h, name, f.name_len)):
             if not (keep_length and _ieq(name, f.name_len, "content-length")):
                 continue
         if skip_host and _ieq(name, f.name_len, "host"):
@@ -313,6 +342,8 @@ cdef int hm_from_head(HMap* m, H1Head* h, bint keep_length, bint skip_host) noex
 cdef int hm_to_pairs(const HMap* m, PairList* l, bint drop_framing) noexcept nogil:
     """The map's regular fields (no pseudo-headers), for a head we serialize."""
     cdef size_t i
+    if _pl_reserve(l, l.n + m.l.n + 8) < 0:
+        return -1
     for i in range(m.l.n):
         if m.l.v[i].name.n and m.l.v[i].name.p[0] == b':':
             continue
@@ -432,6 +463,13 @@ cdef int hf_stream_create(HStream* s) noexcept nogil:
     fc.buffer_limit = h.filter_buffer_limit
     fc.enc.index = fc.n - 1
     fc.selfs = <void**>(<char*>fc + sizeof(FChain))
+    fc.arena.p = fc.arena0
+    fc.arena.left = sizeof(fc.arena0)
+    fc.req.ar = &fc.arena
+    fc.resp.ar = &fc.arena
+    fc.req_trailers.ar = &fc.arena
+    fc.resp_trailers.ar = &fc.arena
+    fc.local_headers.ar = &fc.arena
     # The request map: pseudo-headers, then the end-to-end fields. Strings point into the
     # stream's own head (alive as long as the stream).
     hm_append_raw(&fc.req, _cs(":method"), _s(s.head.buf + s.head.method_off, s.head.method_len))
@@ -471,6 +509,7 @@ cdef void hf_stream_end(HStream* s) noexcept nogil:
     hm_free(&fc.req_trailers)
     hm_free(&fc.resp_trailers)
     hm_free(&fc.local_headers)
+    arena_free(&fc.arena)
     chain_free(&fc.dec.held)
     chain_free(&fc.enc.held)
     free(fc.local_body)
