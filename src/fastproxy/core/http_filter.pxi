@@ -148,11 +148,11 @@ cdef struct FChain:                 # a stream's filter instances and iteration 
     char upstream_host[64]          # "ip:port" of the upstream, kept for on_log
     size_t upstream_host_len
     char status_text[4]             # the response's :status digits
-    Arena arena                     # header strings filters add (first 512 bytes inline)
-    char arena0[512]
     int local_status                # a local reply a hook asked for, sent when it returns
     char* local_body
     size_t local_body_len
+    Arena arena                     # header maps' arrays and added strings (first 1.5 KiB inline)
+    char arena0[1536]               # MUST stay the last member: it is not zeroed
 
 
 # ---------------------------------------------------------------- header maps
@@ -188,6 +188,7 @@ cdef char* arena_alloc(Arena* a, size_t n) noexcept nogil:
     cdef char* q
     cdef void** nv
     cdef size_t bs
+    n = (n + 7) & ~(<size_t>7)          # keep every allocation 8-byte aligned
     if n > a.left:
         if a.nblocks == a.cap:
             nv = <void**>realloc(a.blocks, (a.cap * 2 + 4) * sizeof(void*))
@@ -237,17 +238,44 @@ cdef const char* _hm_own(HMap* m, const char* p, size_t n, bint lower) noexcept 
 
 
 cdef void hm_free(HMap* m) noexcept nogil:
-    """Forget the fields (their strings stay in the arena until the stream ends)."""
-    free(m.l.v)
+    """Forget the fields (the array and the strings stay in the arena until the stream
+    ends)."""
     m.l.v = NULL
     m.l.n = 0
     m.l.cap = 0
     m.used = 0
 
 
+cdef int _hm_reserve(HMap* m, size_t cap) noexcept nogil:
+    """Room for `cap` fields. The array comes from the stream's arena (never realloc'd
+    or freed on its own), so a map costs no malloc of its own."""
+    cdef H1Pair* nv
+    if m.l.cap >= cap:
+        return 0
+    if m.ar == NULL:
+        return -1
+    nv = <H1Pair*>arena_alloc(m.ar, cap * sizeof(H1Pair))
+    if nv == NULL:
+        return -1
+    if m.l.n:
+        memcpy(nv, m.l.v, m.l.n * sizeof(H1Pair))
+    m.l.v = nv
+    m.l.cap = cap
+    return 0
+
+
+cdef inline int _hm_push(HMap* m, H1Str name, H1Str value) noexcept nogil:
+    if m.l.n == m.l.cap and _hm_reserve(m, m.l.cap * 2 + 8) < 0:
+        return -1
+    m.l.v[m.l.n].name = name
+    m.l.v[m.l.n].value = value
+    m.l.n += 1
+    return 0
+
+
 cdef int hm_append_raw(HMap* m, H1Str name, H1Str value) noexcept nogil:
     """Add a field whose strings outlive the map (a received head, a literal)."""
-    return _pl_add(&m.l, name, value)
+    return _hm_push(m, name, value)
 
 
 cdef int hm_add(HMap* m, const char* name, size_t nn, const char* value, size_t vn) noexcept nogil:
@@ -261,11 +289,11 @@ cdef int hm_add(HMap* m, const char* name, size_t nn, const char* value, size_t 
         return -1
     if name[0] == b':':
         # pseudo-headers stay in front, in the order they came
-        if _pl_add(&m.l, _s(a, nn), _s(b, vn)) < 0:
+        if _hm_push(m, _s(a, nn), _s(b, vn)) < 0:
             return -1
         _hm_bubble_pseudo(m)
         return 0
-    return _pl_add(&m.l, _s(a, nn), _s(b, vn))
+    return _hm_push(m, _s(a, nn), _s(b, vn))
 
 
 cdef void _hm_bubble_pseudo(HMap* m) noexcept nogil:
@@ -310,10 +338,22 @@ cdef int hm_set(HMap* m, const char* name, size_t nn, const char* value, size_t 
 
 cdef const char* hm_get(const HMap* m, const char* name, size_t nn, size_t* vn) noexcept nogil:
     cdef size_t i
+    cdef const H1Pair* f
+    if nn and name[0] == b':':
+        # Pseudo-headers are in front: stop at the first regular field.
+        for i in range(m.l.n):
+            f = &m.l.v[i]
+            if f.name.n == 0 or f.name.p[0] != b':':
+                return NULL
+            if f.name.n == nn and _rt_ieq2(f.name.p, nn, name, nn):
+                vn[0] = f.value.n
+                return f.value.p
+        return NULL
     for i in range(m.l.n):
-        if _rt_ieq2(m.l.v[i].name.p, m.l.v[i].name.n, name, nn):
-            vn[0] = m.l.v[i].value.n
-            return m.l.v[i].value.p
+        f = &m.l.v[i]
+        if f.name.n == nn and _rt_ieq2(f.name.p, f.name.n, name, nn):
+            vn[0] = f.value.n
+            return f.value.p
     return NULL
 
 
@@ -323,7 +363,7 @@ cdef int hm_from_head(HMap* m, H1Head* h, bint keep_length, bint skip_host) noex
     cdef H1Field* f
     cdef const char* name
     cdef bint conn = _has_connection_field(h)
-    if _pl_reserve(&m.l, m.l.n + h.nfields + 8) < 0:
+    if _hm_reserve(m, m.l.n + h.nfields + 8) < 0:
         return -1
     for i in range(h.nfields):
         f = &h.fields[i]
@@ -333,7 +373,7 @@ cdef int hm_from_head(HMap* m, H1Head* h, bint keep_length, bint skip_host) noex
                 continue
         if skip_host and _ieq(name, f.name_len, "host"):
             continue                # it is :authority
-        if _pl_add(&m.l, _s(name, f.name_len), _s(h.buf + f.value_off, f.value_len)) < 0:
+        if _hm_push(m, _s(name, f.name_len), _s(h.buf + f.value_off, f.value_len)) < 0:
             return -1
     m.used = 1
     return 0
@@ -449,14 +489,19 @@ FP_API.route_config = _api_route_config
 cdef int hf_stream_create(HStream* s) noexcept nogil:
     """Create the stream's filter instances and its request header map. -1: no memory."""
     cdef HttpCfg* h = <HttpCfg*>s.c.cfg.http
-    # one allocation: the chain state and the per-filter instance pointers after it
-    cdef FChain* fc = <FChain*>calloc(1, sizeof(FChain) + max(1, h.nfilters) * sizeof(void*))
+    # One allocation: the chain state and the per-filter instance pointers after it. Only
+    # the state is zeroed: the inline arena is raw memory handed out as it is used.
+    cdef size_t head
+    cdef FChain* fc = <FChain*>malloc(sizeof(FChain) + max(1, h.nfilters) * sizeof(void*))
     cdef int i
     cdef const HttpFilterCfg* fcfg
     cdef size_t n
     cdef const char* v
     if fc == NULL:
         return -1
+    head = <size_t>(<char*>&fc.arena0 - <char*>fc)
+    memset(fc, 0, head)
+    memset(<char*>fc + sizeof(FChain), 0, max(1, h.nfilters) * sizeof(void*))
     s.fc = fc
     fc.n = h.nfilters
     fc.cfgs = h.filters
@@ -514,6 +559,12 @@ cdef void hf_stream_end(HStream* s) noexcept nogil:
     chain_free(&fc.enc.held)
     free(fc.local_body)
     free(fc)
+
+
+# hf_stream_create zeroes an FChain only up to arena0; anything after it would be garbage.
+cdef FChain _fc_layout_probe
+if <size_t>(<char*>&_fc_layout_probe.arena0 - <char*>&_fc_layout_probe) + sizeof(_fc_layout_probe.arena0) + 8 <= sizeof(FChain):
+    raise ImportError("fastproxy core: FChain.arena0 must be the struct's last member")
 
 
 # ---------------------------------------------------------------- iteration
