@@ -380,20 +380,22 @@ cdef int hm_from_head(HMap* m, H1Head* h, bint keep_length, bint skip_host) noex
 
 
 cdef int hm_to_pairs(const HMap* m, PairList* l, bint drop_framing) noexcept nogil:
-    """The map's regular fields (no pseudo-headers), for a head we serialize."""
+    """The map's regular fields (no pseudo-headers, no hop-by-hop ones a filter may have
+    added; Content-Length only if not drop_framing), for a head we serialize."""
     cdef size_t i
+    cdef const H1Pair* f
     if _pl_reserve(l, l.n + m.l.n + 8) < 0:
         return -1
     for i in range(m.l.n):
-        if m.l.v[i].name.n and m.l.v[i].name.p[0] == b':':
+        f = &m.l.v[i]
+        if f.name.n and f.name.p[0] == b':':
             continue
-        if drop_framing and (_ieq(m.l.v[i].name.p, m.l.v[i].name.n, "content-length")
-                             or _ieq(m.l.v[i].name.p, m.l.v[i].name.n, "transfer-encoding")):
-            continue
-        if _is_hop_by_hop(m.l.v[i].name.p, m.l.v[i].name.n) and not _ieq(m.l.v[i].name.p, m.l.v[i].name.n, "content-length"):
-            continue
-        if _pl_add(l, m.l.v[i].name, m.l.v[i].value) < 0:
-            return -1
+        if _is_hop_by_hop(f.name.p, f.name.n):
+            # (transfer-encoding is always re-framed by us; content-length kept on request)
+            if drop_framing or f.name.n != 14 or not _ieq(f.name.p, 14, "content-length"):
+                continue
+        l.v[l.n] = f[0]                 # room reserved above
+        l.n += 1
     return 0
 
 
