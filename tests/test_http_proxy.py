@@ -13,7 +13,7 @@ import pytest
 from fastproxy import Cluster, Endpoint, Listener, Proxy
 from fastproxy.model_http import (DirectResponse, HeaderMutations, HeaderValueOption,
                                   HttpConnectionManager, RedirectAction, Route, RouteAction,
-                                  RouteConfiguration, RouteMatch, VirtualHost)
+                                  RouteConfiguration, RouteMatch, UpgradeConfig, VirtualHost)
 
 from http_upstreams import RawHttpUpstream
 
@@ -298,7 +298,8 @@ def test_websocket_upgrade_becomes_a_tunnel():
         return tunnel
     up = RawHttpUpstream(handler)
     p = make_proxy([Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c", timeout=0.5))],
-                   [Cluster("c", [Endpoint("127.0.0.1", up.port)])])
+                   [Cluster("c", [Endpoint("127.0.0.1", up.port)])],
+                   upgrade_configs=[UpgradeConfig("websocket")])
     with p:
         s = socket.create_connection(p.listener_address("http"), timeout=5)
         s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -342,3 +343,23 @@ def test_stop_closes_idle_keepalive_connections_at_once(upstream):
     p.stop(drain_timeout=10)
     assert time.monotonic() - t0 < 5, "an idle keep-alive connection must not hold up the drain"
     assert conn.sock.recv(10) == b""            # closed by the proxy, cleanly
+
+
+def test_upgrades_not_configured_are_refused_and_h2c_is_dropped():
+    """Envoy's rule: only upgrade types in upgrade_configs are forwarded (403 otherwise);
+    an h2c upgrade is ignored and the request proxied as plain HTTP/1.1."""
+    up = RawHttpUpstream()
+    p = make_proxy([Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))],
+                   [Cluster("c", [Endpoint("127.0.0.1", up.port)])])
+    with p:
+        out = exchange(p.listener_address("http"),
+                       b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 403 ")
+        assert up.raw == b""
+        out = exchange(p.listener_address("http"),
+                       b"GET /h HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                       b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 200 ") and out.endswith(b"GET /h 0")
+        method, path, headers, _ = up.requests[-1]
+        assert "upgrade" not in headers and "http2-settings" not in headers
+    up.close()

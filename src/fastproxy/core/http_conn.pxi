@@ -50,6 +50,7 @@ cdef struct HttpCfg:
     uint64_t stream_idle_timeout_ms
     uint64_t request_timeout_ms     # the whole request must arrive within it; 0: none
     uint8_t allow_connect           # upgrade_configs has CONNECT: tunnel it (else 403)
+    uint8_t allow_websocket         # upgrade_configs has websocket: forward it (else 403)
     int nlogs
     AlogSink* logs                  # access logs (core/access_log.pxi)
     char** cluster_names            # by route cluster index (%UPSTREAM_CLUSTER%)
@@ -1539,10 +1540,20 @@ cdef inline bint _enc_body_filtered(HStream* s) noexcept nogil:
     return s.fc != NULL and ((<HttpCfg*>s.c.cfg.http).filter_hooks & (HK_ENCODE_DATA | HK_ENCODE_TRAILERS)) != 0
 
 
+cdef bint _is_upgrade_token(const char* v, size_t n, const char* token) noexcept nogil:
+    """Is the Upgrade field's first protocol `token` (case-insensitive, version ignored)?"""
+    cdef size_t k = 0
+    while k < n and v[k] != b',' and v[k] != b'/' and v[k] != b' ' and v[k] != b'\t':
+        k += 1
+    return _ieq(v, k, token)
+
+
 cdef void stream_start(HConn* c) noexcept nogil:
     """A complete, valid request head is in c.req: run the decoder filters (if any), then
     route it."""
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    cdef const char* v
+    cdef size_t un = 0
     cdef HStream* s = <HStream*>calloc(1, sizeof(HStream))
     if s == NULL:
         hconn_close(c, True)
@@ -1580,8 +1591,18 @@ cdef void stream_start(HConn* c) noexcept nogil:
             stream_finish(s)
             return
     if c.req.flags & H1F_UPGRADE:
-        s.upgrade = 1                   # forwarded; a 101 answer turns into a tunnel
-        s.keepalive = 0
+        v = _head_field(&s.head, "upgrade", &un)
+        if v != NULL and _is_upgrade_token(v, un, "h2c"):
+            pass                        # Envoy drops h2c upgrades: plain HTTP/1.1 from here
+        elif v != NULL and h.allow_websocket and _is_upgrade_token(v, un, "websocket"):
+            s.upgrade = 1               # forwarded; a 101 answer turns into a tunnel
+            s.keepalive = 0
+        else:
+            # Envoy: an upgrade type not in upgrade_configs is refused.
+            s.keepalive = 0
+            hconn_local_reply(c, 403, "", 0, NULL, 0, True)
+            stream_finish(s)
+            return
     if h.max_request_bytes and c.req.content_length > <int64_t>h.max_request_bytes:
         stat_add(h.stats, c.w, H_RQ_TOO_LARGE, 1)
         hconn_local_reply(c, 413, "Payload Too Large", 17, NULL, 0, True)
@@ -2301,6 +2322,8 @@ def make_http_cfg(hcm, StatBlockHandle stats, dict clusters, int nworkers):
     h.request_headers_timeout_ms = ms(hcm.request_headers_timeout)
     h.stream_idle_timeout_ms = ms(hcm.stream_idle_timeout)
     h.request_timeout_ms = ms(hcm.request_timeout)
+    h.allow_websocket = any(u.enabled and u.upgrade_type.lower() == "websocket"
+                            for u in getattr(hcm, "upgrade_configs", ()))
     h.allow_connect = any(u.enabled and u.upgrade_type.lower() == "connect"
                           for u in getattr(hcm, "upgrade_configs", ()))
     alog_compile(h, hcm)
