@@ -363,3 +363,27 @@ def test_upgrades_not_configured_are_refused_and_h2c_is_dropped():
         method, path, headers, _ = up.requests[-1]
         assert "upgrade" not in headers and "http2-settings" not in headers
     up.close()
+
+
+def test_request_headers_timeout_is_408_and_counted():
+    up = RawHttpUpstream()
+    p = make_proxy([Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))],
+                   [Cluster("c", [Endpoint("127.0.0.1", up.port)])], request_headers_timeout=0.3)
+    with p:
+        s = socket.create_connection(p.listener_address("http"), timeout=5)
+        s.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n")          # the head never ends
+        t0 = time.monotonic()
+        out = b""
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            out += d
+        s.close()
+        assert out.startswith(b"HTTP/1.1 408 ")
+        assert 0.25 <= time.monotonic() - t0 < 4
+        st = p.stats()
+        assert st["http.ingress.downstream_rq_header_timeout"] == 1
+        assert st["http.ingress.downstream_rq_timeout"] == 0
+        assert up.raw == b""
+    up.close()

@@ -191,14 +191,15 @@ cdef enum:
     H_BYTES_COPIED = 16             # body bytes that went through user-space buffers
     H_PY_FILTER_ERROR = 17          # Python HTTP filter exceptions (and async timeouts)
     H_RQ_IDLE_TIMEOUT = 18          # streams ended by stream_idle_timeout
-    H_NSTATS = 19                   # then the downstream_rq_time histogram
+    H_RQ_HEADER_TIMEOUT = 19        # request_headers_timeout fired
+    H_NSTATS = 20                   # then the downstream_rq_time histogram
 HTTP_STATS = ("downstream_cx_total", "downstream_cx_active", "downstream_rq_total",
               "downstream_rq_active", "downstream_rq_1xx", "downstream_rq_2xx",
               "downstream_rq_3xx", "downstream_rq_4xx", "downstream_rq_5xx",
               "downstream_rq_time_ms_total", "downstream_rq_timeout",
               "downstream_cx_protocol_error", "downstream_rq_rx_reset", "no_route",
               "downstream_rq_too_large", "bytes_spliced", "bytes_copied", "python_filter_error",
-              "downstream_rq_idle_timeout")
+              "downstream_rq_idle_timeout", "downstream_rq_header_timeout")
 HTTP_GAUGES = frozenset(["downstream_cx_active", "downstream_rq_active"])
 
 
@@ -978,7 +979,8 @@ cdef void stream_upstream_failed(HStream* s, int status, const char* reason) noe
 cdef void _stream_timeout(Worker* w, void* arg) noexcept nogil:
     cdef HStream* s = <HStream*>arg
     cdef HConn* c = s.c
-    stat_add((<HttpCfg*>c.cfg.http).stats, w, H_RQ_TIMEOUT, 1)
+    # The route's timeout: Envoy counts it on the cluster (upstream_rq_timeout) only;
+    # downstream_rq_timeout is request_timeout's.
     s.response_flags |= RF_UT
     if s.cluster != NULL:
         stat_add(s.cluster.stats, w, C_RQ_TIMEOUT, 1)
@@ -1955,7 +1957,7 @@ cdef void _hconn_idle(Worker* w, void* arg) noexcept nogil:
 cdef void _hconn_headers_timeout(Worker* w, void* arg) noexcept nogil:
     cdef HConn* c = <HConn*>arg
     if c.stream == NULL:
-        stat_add((<HttpCfg*>c.cfg.http).stats, w, H_RQ_TIMEOUT, 1)
+        stat_add((<HttpCfg*>c.cfg.http).stats, w, H_RQ_HEADER_TIMEOUT, 1)    # Envoy's name
         hconn_local_reply(c, 408, "request headers timeout", 23, NULL, 0, True)
         hconn_pump(c)
 
