@@ -490,3 +490,37 @@ def test_strict_dns_localhost(servers, proxy_factory):
     addr = p.listener_address("l")
     wait_for(lambda: _try_echo(addr, b"via dns"), timeout=10, msg="STRICT_DNS localhost resolves")
     assert echo.accepted >= 1
+
+
+# --------------------------------------------------------------------------- socket options
+
+def _cc_of(filter_expr):
+    """Congestion control names `ss -tni` reports for the sockets matching filter_expr."""
+    import re
+    import subprocess
+    out = subprocess.run(["ss", "-tniH", "state", "established", filter_expr],
+                         capture_output=True, text=True, timeout=10).stdout
+    return re.findall(r"\b(bbr|cubic|reno)\b(?! *:)", out)
+
+
+def test_loopback_sockets_are_not_paced(servers, tcp_proxy):
+    """With BBR as the host default, the proxy's own loopback sockets (downstream accepted
+    and upstream connected) use CUBIC instead: pacing only costs on loopback."""
+    import shutil
+    try:
+        default = open("/proc/sys/net/ipv4/tcp_congestion_control").read().strip()
+    except OSError:
+        pytest.skip("no /proc/sys/net/ipv4/tcp_congestion_control")
+    if default != "bbr" or not shutil.which("ss"):
+        pytest.skip(f"host default congestion control is {default!r} (or no ss)")
+    up = servers.threaded(hold_handler)
+    p, addr = tcp_proxy([up])
+    s = connect(addr)
+    s.sendall(b"x" * 1000)
+    wait_for(lambda: up.state.get("received", 0) == 1000, msg="bytes through")
+    try:
+        assert _cc_of(f"( dport = :{up.port} )") == ["cubic"]       # proxy -> upstream
+        assert _cc_of(f"( sport = :{addr[1]} )") == ["cubic"]       # proxy's accepted socket
+        assert _cc_of(f"( dport = :{addr[1]} )") == ["bbr"]         # the client's: untouched
+    finally:
+        s.close()

@@ -170,6 +170,7 @@ cdef extern from "<arpa/inet.h>" nogil:
 cdef extern from "<netinet/tcp.h>" nogil:
     enum:
         TCP_NODELAY
+        TCP_CONGESTION
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef struct pthread_mutex_t:
