@@ -1720,54 +1720,68 @@ cdef int hf_sink_headers_decode(HStream* s) noexcept nogil:
     return stream_route(s)
 
 
+cdef inline int _sink_framing(FDir* d, const HMap* m) noexcept nogil:
+    """How a filtered body is framed, decided when its first bytes leave the chain: the
+    exact length if the whole body is here, else the Content-Length a filter left in the
+    headers (counted), else chunked."""
+    cdef size_t n
+    if d.phase == FP_PH_DONE:
+        return UF_LENGTH
+    if hm_get(m, "content-length", 14, &n) != NULL:
+        return UF_MAP_LENGTH
+    return UF_CHUNKED
+
+
+cdef int _sink_frame(FDir* d, Chain* out, const HMap* trailers) noexcept nogil:
+    """Move the body the filters passed (and, at the end, the last chunk) to `out` in the
+    framing the head announced. -1: the body disagrees with a declared Content-Length (the
+    peer must never read extra or missing bytes as the next message), or no memory."""
+    cdef size_t n = d.held.length
+    cdef PairList tl
+    cdef int rc
+    if n:
+        if d.sink_counted:
+            if n > d.sink_left:
+                return -1
+            d.sink_left -= n
+        if d.sink_chunked:
+            if _append_chunk_header(out, n) < 0:
+                return -1
+            chain_move(out, &d.held)
+            if chain_append(out, "\r\n", 2) < 0:
+                return -1
+        else:
+            chain_move(out, &d.held)
+    if d.phase == FP_PH_DONE:
+        if d.sink_counted and d.sink_left:
+            return -1
+        if d.sink_chunked:
+            memset(&tl, 0, sizeof(PairList))
+            if trailers.used and hm_to_pairs(trailers, &tl, True) < 0:
+                free(tl.v)
+                return -1
+            rc = _append_last_chunk_pairs(out, &tl)
+            free(tl.v)
+            return rc
+    return 0
+
+
 cdef int hf_sink_data_decode(HStream* s) noexcept nogil:
     """Filtered request body (and the end) to the upstream, framed."""
     cdef FChain* fc = s.fc
     cdef FDir* d = &fc.dec
     cdef UpConn* u = s.up
     cdef HConn* c = s.c
-    cdef size_t n
-    cdef const char* v
-    cdef PairList tl
-    cdef int rc
     if u == NULL:
         return -1
-    if not d.sink_started:
-        if d.phase == FP_PH_DONE:
-            # The whole body is here: say exactly how long it is.
-            rc = stream_send_request_head(s, UF_LENGTH, d.held.length)
-        elif hm_get(&fc.req, "content-length", 14, &n) != NULL:
-            rc = stream_send_request_head(s, UF_MAP_LENGTH, 0)
-        else:
-            rc = stream_send_request_head(s, UF_CHUNKED, 0)
-        if rc < 0:
-            return -1
-    if d.held.length:
-        if d.sink_counted and d.held.length > d.sink_left:
-            # A filter changed the body but not its Content-Length: never send the
-            # upstream bytes it would read as another request.
-            return -1 if hf_fail(s, False) else -1
-        n = d.held.length
-        if d.sink_chunked:
-            if _append_chunk_header(&u.out_buf, n) < 0:
-                return -1 if hf_fail(s, False) else -1
-            chain_move(&u.out_buf, &d.held)
-            chain_append(&u.out_buf, "\r\n", 2)
-        else:
-            chain_move(&u.out_buf, &d.held)
-        if d.sink_counted:
-            d.sink_left -= n
-    if d.phase == FP_PH_DONE and not s.req_done:
-        if d.sink_counted and d.sink_left:
-            return -1 if hf_fail(s, False) else -1
-        if d.sink_chunked:
-            memset(&tl, 0, sizeof(PairList))
-            if fc.req_trailers.used:
-                hm_to_pairs(&fc.req_trailers, &tl, True)
-            rc = _append_last_chunk_pairs(&u.out_buf, &tl)
-            free(tl.v)
-            if rc < 0:
-                return -1 if hf_fail(s, False) else -1
+    if s.req_done:
+        return 0
+    if not d.sink_started and stream_send_request_head(s, _sink_framing(d, &fc.req), d.held.length) < 0:
+        return -1
+    if _sink_frame(d, &u.out_buf, &fc.req_trailers) < 0:
+        hf_fail(s, False)
+        return -1
+    if d.phase == FP_PH_DONE:
         s.req_done = 1
         if s.route.timeout_ms:
             timer_arm(c.w, &s.timeout, s.route.timeout_ms)
@@ -1815,47 +1829,13 @@ cdef int hf_sink_data_encode(HStream* s) noexcept nogil:
     """Filtered response body (and the end) to the downstream, framed."""
     cdef FChain* fc = s.fc
     cdef FDir* d = &fc.enc
-    cdef HConn* c = s.c
-    cdef size_t n
-    cdef PairList tl
-    cdef int rc
     if not d.sink_started:
-        if d.phase == FP_PH_DONE:
-            rc = stream_send_response_head(s, UF_LENGTH, d.held.length)
-        elif hm_get(&fc.resp, "content-length", 14, &n) != NULL:
-            rc = stream_send_response_head(s, UF_MAP_LENGTH, 0)
-        else:
-            rc = stream_send_response_head(s, UF_CHUNKED, 0)
-        if rc < 0 or s.fc != fc:
+        if stream_send_response_head(s, _sink_framing(d, &fc.resp), d.held.length) < 0 or s.fc != fc:
             return -1
-    if d.held.length:
-        if d.sink_counted and d.held.length > d.sink_left:
-            hconn_close(c, True)
-            return -1
-        n = d.held.length
-        if d.sink_chunked:
-            if _append_chunk_header(&c.out_buf, n) < 0:
-                hconn_close(c, True)
-                return -1
-            chain_move(&c.out_buf, &d.held)
-            chain_append(&c.out_buf, "\r\n", 2)
-        else:
-            chain_move(&c.out_buf, &d.held)
-        if d.sink_counted:
-            d.sink_left -= n
+    if _sink_frame(d, &s.c.out_buf, &fc.resp_trailers) < 0:
+        hconn_close(s.c, True)          # the response has started: a reset is all that is left
+        return -1
     if d.phase == FP_PH_DONE:
-        if d.sink_counted and d.sink_left:
-            hconn_close(c, True)
-            return -1
-        if d.sink_chunked:
-            memset(&tl, 0, sizeof(PairList))
-            if fc.resp_trailers.used:
-                hm_to_pairs(&fc.resp_trailers, &tl, True)
-            rc = _append_last_chunk_pairs(&c.out_buf, &tl)
-            free(tl.v)
-            if rc < 0:
-                hconn_close(c, True)
-                return -1
         return _stream_response_done(s)
     return 0
 

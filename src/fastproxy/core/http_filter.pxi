@@ -627,48 +627,36 @@ cdef bint hf_fail(HStream* s, bint encoding) noexcept nogil:
     return True
 
 
-cdef int _call_decode(HStream* s, int i) noexcept nogil:
+cdef int _call_hook(HStream* s, int i, bint encoding) noexcept nogil:
+    """Call filter i's hook for the direction's current phase; its status."""
     cdef FChain* fc = s.fc
     cdef const fp_http_filter* vt = fc.cfgs[i].vt
-    cdef FDir* d = &fc.dec
+    cdef FDir* d = &fc.enc if encoding else &fc.dec
+    cdef bint end_headers = d.end_seen and d.held.length == 0 and not d.has_trailers
+    cdef bint end_data = d.end_seen and not d.has_trailers
     cdef int st
     fc.current = i
     fc.in_hook = 1
-    fc.hook_encoding = 0
+    fc.hook_encoding = encoding
     d.cont_pending = 0
-    if d.phase == FP_PH_HEADERS:
-        st = vt.decode_headers(fc.selfs[i], <fp_headers*>&fc.req, d.end_seen and d.held.length == 0 and not d.has_trailers)
-    elif d.phase == FP_PH_DATA:
-        st = vt.decode_data(fc.selfs[i], <fp_body*>&d.held, d.end_seen and not d.has_trailers)
+    if encoding:
+        if d.phase == FP_PH_HEADERS:
+            st = vt.encode_headers(fc.selfs[i], <fp_headers*>&fc.resp, end_headers)
+        elif d.phase == FP_PH_DATA:
+            st = vt.encode_data(fc.selfs[i], <fp_body*>&d.held, end_data)
+        else:
+            st = vt.encode_trailers(fc.selfs[i], <fp_headers*>&fc.resp_trailers)
     else:
-        st = vt.decode_trailers(fc.selfs[i], <fp_headers*>&fc.req_trailers)
+        if d.phase == FP_PH_HEADERS:
+            st = vt.decode_headers(fc.selfs[i], <fp_headers*>&fc.req, end_headers)
+        elif d.phase == FP_PH_DATA:
+            st = vt.decode_data(fc.selfs[i], <fp_body*>&d.held, end_data)
+        else:
+            st = vt.decode_trailers(fc.selfs[i], <fp_headers*>&fc.req_trailers)
     fc.in_hook = 0
     st = _hook_status(st)
     if st != FP_CONTINUE and d.cont_pending:
         st = FP_CONTINUE                # it continued itself from inside the hook
-    d.cont_pending = 0
-    return st
-
-
-cdef int _call_encode(HStream* s, int i) noexcept nogil:
-    cdef FChain* fc = s.fc
-    cdef const fp_http_filter* vt = fc.cfgs[i].vt
-    cdef FDir* d = &fc.enc
-    cdef int st
-    fc.current = i
-    fc.in_hook = 1
-    fc.hook_encoding = 1
-    d.cont_pending = 0
-    if d.phase == FP_PH_HEADERS:
-        st = vt.encode_headers(fc.selfs[i], <fp_headers*>&fc.resp, d.end_seen and d.held.length == 0 and not d.has_trailers)
-    elif d.phase == FP_PH_DATA:
-        st = vt.encode_data(fc.selfs[i], <fp_body*>&d.held, d.end_seen and not d.has_trailers)
-    else:
-        st = vt.encode_trailers(fc.selfs[i], <fp_headers*>&fc.resp_trailers)
-    fc.in_hook = 0
-    st = _hook_status(st)
-    if st != FP_CONTINUE and d.cont_pending:
-        st = FP_CONTINUE
     d.cont_pending = 0
     return st
 
@@ -699,7 +687,7 @@ cdef int hf_iterate(HStream* s, bint encoding) noexcept nogil:
             if fc.selfs[i] == NULL or not (fc.cfgs[i].hooks & hook):
                 i += step
                 continue
-            st = _call_encode(s, i) if encoding else _call_decode(s, i)
+            st = _call_hook(s, i, encoding)
             if fc.local_status:
                 if _hf_flush_local_reply(s):
                     return -1
