@@ -288,3 +288,12 @@ def tcp_proxy(proxy_factory):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running test (packaging, big transfers)")
+
+
+@pytest.fixture
+def upstream():
+    """A raw HTTP/1.1 upstream that records every byte (tests/http_upstreams.py)."""
+    from http_upstreams import RawHttpUpstream
+    u = RawHttpUpstream()
+    yield u
+    u.close()

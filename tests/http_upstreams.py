@@ -2,6 +2,7 @@
 sends is recorded and every byte we answer is exactly what the test wants."""
 from __future__ import annotations
 
+import http.client
 import socket
 import threading
 import time
@@ -105,3 +106,31 @@ class RawHttpUpstream:
             return
         finally:
             c.close()
+
+
+def http_request(addr, method="GET", path="/", body=None, headers=None, timeout=5):
+    """One request on a fresh http.client connection: (response, body bytes)."""
+    conn = http.client.HTTPConnection(*addr, timeout=timeout)
+    conn.request(method, path, body=body, headers=headers or {})
+    r = conn.getresponse()
+    data = r.read()
+    conn.close()
+    return r, data
+
+
+def exchange(addr, data: bytes, timeout=2.0) -> bytes:
+    """Send raw bytes, read until the proxy closes or goes quiet for `timeout`."""
+    s = socket.create_connection(addr, timeout=timeout)
+    s.sendall(data)
+    out = b""
+    try:
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            out += d
+    except socket.timeout:
+        pass
+    finally:
+        s.close()
+    return out

@@ -21,7 +21,7 @@ from fastproxy.model_http import (HttpConnectionManager, Route, RouteAction, Rou
                                   RouteMatch, VirtualHost)
 
 from conftest import free_port
-from http_upstreams import RawHttpUpstream
+from http_upstreams import RawHttpUpstream, http_request as request
 
 cffi = pytest.importorskip("cffi")
 
@@ -58,22 +58,6 @@ def make_proxy(filters, upstream_port, routes=None, concurrency=2):
     hcm = HttpConnectionManager("ingress", rc, http_filters=filters)
     return Proxy([Listener("http", port=0, http=hcm)], [Cluster("c", [Endpoint("127.0.0.1", upstream_port)])],
                  concurrency=concurrency)
-
-
-def request(addr, method="GET", path="/", body=None, headers=None):
-    conn = http.client.HTTPConnection(*addr, timeout=5)
-    conn.request(method, path, body=body, headers=headers or {})
-    r = conn.getresponse()
-    data = r.read()
-    conn.close()
-    return r, data
-
-
-@pytest.fixture
-def upstream():
-    u = RawHttpUpstream()
-    yield u
-    u.close()
 
 
 def test_headers_both_ways_with_json_config(c_filter, upstream):

@@ -16,7 +16,7 @@ from fastproxy.model_http import (HttpConnectionManager, Route, RouteAction, Rou
                                   RouteMatch, VirtualHost)
 
 from conftest import wait_for
-from http_upstreams import RawHttpUpstream
+from http_upstreams import RawHttpUpstream, http_request
 
 CONTINUE = FilterStatus.CONTINUE
 STOP = FilterStatus.STOP_ITERATION
@@ -35,19 +35,7 @@ def spec(cls, name=None, config=None):
 
 
 def request(p, method="GET", path="/", body=None, headers=None, timeout=5):
-    conn = http.client.HTTPConnection(*p.listener_address("http"), timeout=timeout)
-    conn.request(method, path, body=body, headers=headers or {})
-    r = conn.getresponse()
-    data = r.read()
-    conn.close()
-    return r, data
-
-
-@pytest.fixture
-def upstream():
-    u = RawHttpUpstream()
-    yield u
-    u.close()
+    return http_request(p.listener_address("http"), method, path, body, headers, timeout)
 
 
 # ---------------------------------------------------------------- headers

@@ -15,38 +15,13 @@ from fastproxy.model_http import (DirectResponse, HeaderMutations, HeaderValueOp
                                   HttpConnectionManager, RedirectAction, Route, RouteAction,
                                   RouteConfiguration, RouteMatch, UpgradeConfig, VirtualHost)
 
-from http_upstreams import RawHttpUpstream
+from http_upstreams import RawHttpUpstream, exchange
 
 
 def make_proxy(routes, clusters, **hcm_kw):
     rc = RouteConfiguration(virtual_hosts=[VirtualHost("vh", ["*"], routes=routes)])
     hcm = HttpConnectionManager("ingress", rc, **hcm_kw)
     return Proxy([Listener("http", port=0, http=hcm)], clusters, concurrency=2)
-
-
-def exchange(addr, data: bytes, timeout=2.0) -> bytes:
-    """Send raw bytes, read until the proxy closes or goes quiet for `timeout`."""
-    s = socket.create_connection(addr, timeout=timeout)
-    s.sendall(data)
-    out = b""
-    try:
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            out += d
-    except socket.timeout:
-        pass
-    finally:
-        s.close()
-    return out
-
-
-@pytest.fixture
-def upstream():
-    u = RawHttpUpstream()
-    yield u
-    u.close()
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from fastproxy.model_http import (AccessLog, HttpConnectionManager, Route, Route
                                   RouteConfiguration, RouteMatch, UpgradeConfig, VirtualHost)
 
 from conftest import free_port, wait_for
-from http_upstreams import RawHttpUpstream
+from http_upstreams import RawHttpUpstream, exchange as _exchange
 from upstreams import EchoServer
 
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
@@ -36,18 +36,7 @@ def make_proxy(routes, clusters, admin=None, **hcm_kw):
 
 
 def exchange(addr, data: bytes, timeout=5.0) -> bytes:
-    s = socket.create_connection(addr, timeout=timeout)
-    s.sendall(data)
-    out = b""
-    try:
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            out += d
-    finally:
-        s.close()
-    return out
+    return _exchange(addr, data, timeout)
 
 
 def log_lines(path, n):
@@ -60,13 +49,6 @@ def log_lines(path, n):
         lines = text.splitlines()
         return lines if len(lines) >= n else None
     return wait_for(ready, msg=f"{n} access log lines in {path}")
-
-
-@pytest.fixture
-def upstream():
-    u = RawHttpUpstream()
-    yield u
-    u.close()
 
 
 # ---------------------------------------------------------------- access log

@@ -32,13 +32,6 @@ from test_http_filters import make_proxy, request
 ALWAYS = FractionalPercent(100)
 
 
-@pytest.fixture
-def upstream():
-    u = RawHttpUpstream()
-    yield u
-    u.close()
-
-
 def nf(kind, config, name=None):
     return NativeHttpFilter(name or kind.rsplit(".", 1)[-1], kind, config)
 
