@@ -7,6 +7,7 @@ to find the proxy binaries. Linux only.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -352,3 +353,45 @@ class Proc:
             os.killpg(p.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+# ---- command line and output shared by the benchmarks
+
+def add_quiet_host_args(ap, *, idle_wait: float = 20.0, steal: bool = False, retries: bool = True) -> None:
+    """The options that keep runs clean on a shared host: wait for it to be idle, flag runs
+    disturbed by other processes (or hypervisor steal), repeat them, within a time budget."""
+    ap.add_argument("--idle-wait", type=float, default=idle_wait,
+                    help="before each run wait up to this many seconds for the host to be idle "
+                         f"(other processes skew results); 0 = don't check (default {idle_wait:g})")
+    ap.add_argument("--idle-threshold", type=float, default=0.15,
+                    help="host CPU busy fraction regarded as idle (default 0.15)")
+    ap.add_argument("--noise-limit", type=float, default=0.05,
+                    help="a run is NOISY when other processes used more than this many CPU "
+                         "seconds per second of the run (default 0.05)")
+    if steal:
+        ap.add_argument("--steal-limit", type=float, default=0.1,
+                        help="... or when the hypervisor's steal time (all CPUs, /proc/stat) was "
+                             "more than this many seconds per second of the run (default 0.1)")
+    if retries:
+        ap.add_argument("--retries", type=int, default=2,
+                        help="repeat a NOISY run up to this many times, keeping the cleanest (default 2)")
+        ap.add_argument("--budget", type=float, default=1200.0,
+                        help="seconds after which no more idle waits or retries happen (default 1200)")
+
+
+def write_json(path: str, result: dict) -> None:
+    """The result file (none when path is empty)."""
+    if not path:
+        return
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nJSON written to {out}")
+
+
+def run_main(main) -> None:
+    """sys.exit(main()), with Ctrl-C and SIGTERM (after the cleanup in finally blocks) as 130."""
+    try:
+        sys.exit(main())
+    except (KeyboardInterrupt, Terminated):
+        sys.exit(130)

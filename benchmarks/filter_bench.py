@@ -38,7 +38,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from benchlib import (HERE, REPO, BenchError, Proc, Terminated, fastproxy_env, find_binary,
+from benchlib import (add_quiet_host_args, run_main, write_json,
+                      HERE, REPO, BenchError, Proc, fastproxy_env, find_binary,
                       foreign_cpu_seconds, install_signal_handlers, proc_snapshot,
                       reserve_ports, taskset, wait_for_quiet)
 from http_bench import (SMALL_BODY, WRK_DONE_LUA, Workload, envoy_yaml, nginx_common,
@@ -212,12 +213,7 @@ def parse_args(argv=None):
     ap.add_argument("--warmup", type=int, default=1, help="seconds of unmeasured load per variant (default 1)")
     ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
                     help="taskset: proxy on CPU 1, wrk + upstream nginx on CPU 0 (default on)")
-    ap.add_argument("--idle-wait", type=float, default=10.0,
-                    help="before each run wait up to this long for the host to be idle (default 10; 0 = off)")
-    ap.add_argument("--idle-threshold", type=float, default=0.15)
-    ap.add_argument("--noise-limit", type=float, default=0.05,
-                    help="a run is NOISY when other processes used more than this many CPU seconds "
-                         "per second of it (default 0.05); noisy runs are repeated once")
+    add_quiet_host_args(ap, idle_wait=10.0, retries=False)     # a NOISY run is repeated once
     ap.add_argument("--json", default=str(HERE / "results" / "filter_bench.json"))
     ap.add_argument("--keep-tmp", action="store_true")
     args = ap.parse_args(argv)
@@ -345,16 +341,9 @@ def main(argv=None) -> int:
                        "rounds": args.rounds, "seconds": args.seconds, "connections": args.connections,
                        "threads": args.threads, "python": sys.version.split()[0]},
               "summary": summary, "goals": gs, "failed": failed, "runs": runs}
-    if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"\nJSON written to {out}")
+    write_json(args.json, result)
     return 0 if summary else 1
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (KeyboardInterrupt, Terminated):
-        sys.exit(130)
+    run_main(main)

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from benchlib import (CLK_TCK, HERE, REPO, BenchError, Proc, Terminated, busy_fractions, cpu_times,
+from benchlib import (add_quiet_host_args, run_main, write_json,
+                      CLK_TCK, HERE, REPO, BenchError, Proc, busy_fractions, cpu_times,
                       fastproxy_env, find_binary, find_envoy, foreign_cpu_seconds,
                       install_signal_handlers, proc_snapshot, reserve_ports, run_install,
                       steal_seconds, taskset, wait_for_quiet)
@@ -610,21 +611,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--json", default=str(HERE / "results" / "http_bench.json"),
                     help="where to write the JSON result (default benchmarks/results/http_bench.json)")
     ap.add_argument("--no-install", action="store_true", help="skip benchmarks/install.sh")
-    ap.add_argument("--idle-wait", type=float, default=20.0,
-                    help="before each run wait up to this many seconds for the host to be idle "
-                         "(other processes skew results); 0 = don't check (default 20)")
-    ap.add_argument("--idle-threshold", type=float, default=0.15,
-                    help="host CPU busy fraction regarded as idle (default 0.15)")
-    ap.add_argument("--noise-limit", type=float, default=0.05,
-                    help="a run is NOISY when other processes used more than this many CPU "
-                         "seconds per second of the run (default 0.05)")
-    ap.add_argument("--steal-limit", type=float, default=0.1,
-                    help="... or when the hypervisor's steal time (all CPUs, /proc/stat) was more "
-                         "than this many seconds per second of the run (default 0.1)")
-    ap.add_argument("--retries", type=int, default=2,
-                    help="repeat a NOISY run up to this many times, keeping the cleanest (default 2)")
-    ap.add_argument("--budget", type=float, default=1200.0,
-                    help="seconds after which no more idle waits or retries happen (default 1200)")
+    add_quiet_host_args(ap, steal=True)
     ap.add_argument("--syscalls", action="store_true",
                     help="after the rounds, one more run per proxy and workload under `strace -c` "
                          "to count the proxy's system calls per request (not used for the table)")
@@ -845,16 +832,9 @@ def main(argv=None) -> int:
         "summary": summary, "goals": gs if "fastproxy" in summary else None,
         "failed": failed, "runs": runs, "syscalls": profiles,
     }
-    if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"\nJSON written to {out}")
+    write_json(args.json, result)
     return 0 if good else 1
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (KeyboardInterrupt, Terminated):
-        sys.exit(130)
+    run_main(main)

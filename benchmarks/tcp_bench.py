@@ -27,10 +27,10 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from benchlib import (CLK_TCK, HERE, READY_TIMEOUT, BenchError, Proc, busy_fractions,
+from benchlib import (add_quiet_host_args, run_main, write_json,
+                      CLK_TCK, HERE, READY_TIMEOUT, BenchError, Proc, busy_fractions,
                       cpu_times, fastproxy_env, find_binary, find_envoy, foreign_cpu_seconds,
                       is_listening, proc_snapshot, reserve_ports, taskset, wait_for_quiet)
-from benchlib import Terminated as _Terminated
 from benchlib import on_sigterm as _on_sigterm
 
 PROXIES = ["direct", "haproxy", "nginx", "envoy", "fastproxy", "naive-splice-64k", "naive-splice-1m"]
@@ -310,18 +310,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--haproxy-pipesize", type=int, default=1 << 20,
                     help="HAProxy tune.pipesize in bytes, 0 = kernel default (default 1 MiB)")
     ap.add_argument("--haproxy-no-splice", action="store_true", help="drop HAProxy's splice options")
-    ap.add_argument("--idle-wait", type=float, default=20.0,
-                    help="before each run wait up to this many seconds for the host to be idle "
-                         "(other processes skew results); 0 = don't check (default 20)")
-    ap.add_argument("--idle-threshold", type=float, default=0.15,
-                    help="host CPU busy fraction regarded as idle (default 0.15)")
-    ap.add_argument("--noise-limit", type=float, default=0.05,
-                    help="a run is NOISY when other processes used more than this many CPU "
-                         "seconds per second of the run (default 0.05)")
-    ap.add_argument("--retries", type=int, default=2,
-                    help="repeat a NOISY run up to this many times, keeping the cleanest (default 2)")
-    ap.add_argument("--budget", type=float, default=1200.0,
-                    help="seconds after which no more idle waits or retries happen (default 1200)")
+    add_quiet_host_args(ap)
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir with configs and logs")
     args = ap.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else list(PROXIES)
@@ -503,16 +492,9 @@ def main(argv=None) -> int:
                  "haproxy_splice": not args.haproxy_no_splice},
         "summary": summary, "failed": failed, "runs": runs,
     }
-    if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"\nJSON written to {out}")
+    write_json(args.json, result)
     return 0 if not failed or good else 1
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (KeyboardInterrupt, _Terminated):
-        sys.exit(130)
+    run_main(main)
