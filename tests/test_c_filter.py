@@ -7,7 +7,6 @@ import ctypes
 import http.client
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from fastproxy.model_http import (HttpConnectionManager, Route, RouteAction, Rou
                                   RouteMatch, VirtualHost)
 
 from conftest import free_port
-from http_upstreams import RawHttpUpstream, http_request as request
+from http_upstreams import http_request as request
 
 cffi = pytest.importorskip("cffi")
 

@@ -25,7 +25,6 @@ from fastproxy.model_filters import (BUFFER, CORS, FAULT, HEADER_MUTATION, HEALT
                                      Mutations, TokenBucket)
 from fastproxy.model_http import HeaderMatcher, HeaderValueOption, Route, RouteAction, RouteMatch, StringMatch
 
-from http_upstreams import RawHttpUpstream
 from test_envoy_config import ENVOY, envoy_validate, needs_envoy
 from test_http_filters import make_proxy, request
 
@@ -577,9 +576,8 @@ def validate(tmp_path, text, name="native.yaml"):
         return
     path = tmp_path / name
     path.write_text(text)
-    proc = subprocess.run([ENVOY, "--mode", "validate", "-c", str(path), "--log-level", "error"],
-                          capture_output=True, text=True, timeout=60, env=envoy_env())
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rc, output = envoy_validate(path)
+    assert rc == 0, output
 
 
 @needs_envoy
@@ -721,9 +719,7 @@ def test_configs_envoy_rejects_are_rejected(tmp_path, typed_config, path):
     if ENVOY is not None:
         p = tmp_path / "bad.yaml"
         p.write_text(text)
-        proc = subprocess.run([ENVOY, "--mode", "validate", "-c", str(p), "--log-level", "critical"],
-                              capture_output=True, text=True, timeout=60, env=envoy_env())
-        assert proc.returncode != 0
+        assert envoy_validate(p)[0] != 0
     with pytest.raises(ConfigError) as e:
         load_envoy(text)
     assert path in str(e.value)
