@@ -395,3 +395,14 @@ def run_main(main) -> None:
         sys.exit(main())
     except (KeyboardInterrupt, Terminated):
         sys.exit(130)
+
+
+def envoy_argv(exe: str, cfg: Path, logdir: Path) -> list[str]:
+    """Envoy with one worker on `cfg`, beside other Envoys (dynamic base id), quiet."""
+    return [exe, "-c", str(cfg), "--concurrency", "1", "--use-dynamic-base-id", "-l", "warning",
+            "--log-path", str(logdir / "envoy.log")]
+
+
+def fastproxy_argv(cfg: Path, *extra: str) -> list[str]:
+    """fastproxy with one worker on `cfg`, run by this interpreter (see fastproxy_env)."""
+    return [sys.executable, "-m", "fastproxy", "-c", str(cfg), "--concurrency", "1", *extra]

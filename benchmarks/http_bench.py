@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from benchlib import (add_quiet_host_args, run_main, write_json,
+from benchlib import (add_quiet_host_args, envoy_argv, fastproxy_argv, run_main, write_json,
                       CLK_TCK, HERE, REPO, BenchError, Proc, busy_fractions, cpu_times,
                       fastproxy_env, find_binary, find_envoy, foreign_cpu_seconds,
                       install_signal_handlers, proc_snapshot, reserve_ports, run_install,
@@ -379,9 +379,7 @@ def build_proxies(names: list[str], tmp: Path, upstream_port: int, pin: bool
             admin = next(ports)
             cfg = d / "envoy.yaml"
             cfg.write_text(envoy_yaml(port, upstream_port, admin))
-            procs.append(Proc(name, cpu + [exe, "-c", str(cfg), "--concurrency", "1",
-                                           "--use-dynamic-base-id", "-l", "warning",
-                                           "--log-path", str(d / "envoy.log")],
+            procs.append(Proc(name, cpu + envoy_argv(exe, cfg, d),
                               port, log, probe=probe))
         elif name == "fastproxy":
             admin = next(ports)
@@ -396,8 +394,7 @@ def build_proxies(names: list[str], tmp: Path, upstream_port: int, pin: bool
                 skipped[name] = ("configuration not accepted: "
                                  + " ".join((v.stderr or v.stdout).split())[:400])
                 continue
-            procs.append(Proc(name, cpu + [sys.executable, "-m", "fastproxy", "-c", str(cfg),
-                                           "--concurrency", "1", "-l", "warning"],
+            procs.append(Proc(name, cpu + fastproxy_argv(cfg, "-l", "warning"),
                               port, log, env=env, probe=probe))
         else:
             raise BenchError(f"unknown proxy {name!r}")

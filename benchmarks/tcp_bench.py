@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from benchlib import (add_quiet_host_args, run_main, write_json,
+from benchlib import (add_quiet_host_args, envoy_argv, fastproxy_argv, run_main, write_json,
                       CLK_TCK, HERE, READY_TIMEOUT, BenchError, Proc, busy_fractions,
                       cpu_times, fastproxy_env, find_binary, find_envoy, foreign_cpu_seconds,
                       is_listening, proc_snapshot, reserve_ports, taskset, wait_for_quiet)
@@ -189,16 +189,13 @@ def build_proxies(names: list[str], tmp: Path, upstream_port: int, pin: bool,
             admin = next(ports)
             cfg = d / "envoy.yaml"
             cfg.write_text(envoy_yaml(port, upstream_port, admin))
-            procs.append(Proc(name, cpu + [exe, "-c", str(cfg), "--concurrency", "1",
-                                           "--use-dynamic-base-id", "-l", "warning",
-                                           "--log-path", str(d / "envoy.log")],
+            procs.append(Proc(name, cpu + envoy_argv(exe, cfg, d),
                               port, log, admin_port=admin))
         elif name == "fastproxy":
             admin = next(ports)
             cfg = d / "fastproxy.yaml"
             cfg.write_text(envoy_yaml(port, upstream_port, admin))
-            procs.append(Proc(name, cpu + [sys.executable, "-m", "fastproxy", "-c", str(cfg),
-                                           "--concurrency", "1"],
+            procs.append(Proc(name, cpu + fastproxy_argv(cfg),
                               port, log, env=fastproxy_env()))
         elif name.startswith("naive-splice"):
             size = {"naive-splice-64k": 64 << 10, "naive-splice-1m": 1 << 20}[name]
