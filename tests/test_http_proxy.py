@@ -55,6 +55,28 @@ def test_keepalive_requests_reuse_one_upstream_connection(proxy, upstream):
     assert st["cluster.c.upstream_cx_total"] == 1
 
 
+def test_loopback_sockets_are_not_paced(proxy, upstream):
+    """As for TCP proxying (test_tcp_proxy): with BBR as the host default, the proxy's own
+    loopback sockets, the accepted downstream one and the pooled upstream one, use CUBIC."""
+    from test_tcp_proxy import _cc_of
+    try:
+        default = open("/proc/sys/net/ipv4/tcp_congestion_control").read().strip()
+    except OSError:
+        pytest.skip("no /proc/sys/net/ipv4/tcp_congestion_control")
+    if default != "bbr" or not shutil.which("ss"):
+        pytest.skip(f"host default congestion control is {default!r} (or no ss)")
+    port = proxy.listener_address("http")[1]
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", "/cc")
+    assert conn.getresponse().read() == b"GET /cc 0"
+    try:
+        assert _cc_of(f"( dport = :{upstream.port} )") == ["cubic"]    # proxy -> upstream
+        assert _cc_of(f"( sport = :{port} )") == ["cubic"]             # proxy's accepted socket
+        assert _cc_of(f"( dport = :{port} )") == ["bbr"]               # the client's: untouched
+    finally:
+        conn.close()
+
+
 def test_post_bodies_content_length_and_chunked(proxy, upstream):
     conn = http.client.HTTPConnection(*proxy.listener_address("http"), timeout=10)
     conn.request("GET", "/warm")                        # a pooled upstream connection

@@ -116,6 +116,7 @@ cdef extern from "<sys/socket.h>" nogil:
     enum:
         AF_INET
         AF_INET6
+        AF_UNSPEC
         SOCK_STREAM
         SOCK_NONBLOCK
         SOCK_CLOEXEC
