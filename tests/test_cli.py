@@ -429,7 +429,7 @@ def test_demo_stats_count_the_request(cli):
     p, addr = _demo(cli)
     admin = p.address(ADMIN_RE, timeout=1)  # printed before the instructions
     with socket.create_connection(addr, timeout=10) as s:
-        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        s.sendall(b"GET / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")
         reply = b""
         while True:
             d = s.recv(65536)

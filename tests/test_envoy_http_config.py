@@ -236,6 +236,7 @@ def test_sample_http_manager():
         server_name="edge-proxy", use_remote_address=True, xff_num_trusted_hops=1, generate_request_id=False,
         request_headers_timeout=10.0, stream_idle_timeout=None, request_timeout=60.0, idle_timeout=120.0,
         max_requests_per_connection=1000, max_headers_count=64, max_request_headers_kb=96, drain_timeout=2.0,
+        accept_http_10=True,
         access_log=[
             AccessLog("/dev/null", '[%START_TIME%] "%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL%" '
                                    "%RESPONSE_CODE% %BYTES_SENT%\n"),
@@ -424,6 +425,10 @@ BAD = [
     ([(f"{H0}.rds", {"route_config_name": "r", "config_source": {"ads": {}}}), (f"{H0}.route_config", DELETE)],
      f"{H0}.rds", "not supported"),
     ([(f"{H0}.scoped_routes", {})], f"{H0}.scoped_routes", "not supported"),
+    ([(f"{H0}.http_protocol_options", {"default_host_for_http_10": "a b"})],
+     f"{H0}.http_protocol_options.default_host_for_http_10", "not a valid host"),
+    ([(f"{H0}.http_protocol_options", {"allow_absolute_url": False})],
+     f"{H0}.http_protocol_options.allow_absolute_url", "unknown or unsupported field"),
     ([(f"{H0}.http_filters", [])], f"{H0}.http_filters", "must end with envoy.filters.http.router"),
     ([(f"{H0}.http_filters", DELETE)], f"{H0}.http_filters", "must end with envoy.filters.http.router"),
     ([(f"{H0}.http_filters[0].typed_config", DELETE)], f"{H0}.http_filters[0].typed_config", "required"),

@@ -228,14 +228,99 @@ def test_close_delimited_response_is_rechunked_for_http11(upstream):
     up.close()
 
 
-def test_head_and_http10(proxy):
+def test_head(proxy):
     addr = proxy.listener_address("http")
     out = exchange(addr, b"HEAD /h HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"\r\n\r\n")
-    out = exchange(addr, b"GET /ten HTTP/1.0\r\n\r\n")
-    assert out.endswith(b"GET /ten 0") and b"connection: close" in out
-    out = exchange(addr, b"GET /ten HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", timeout=0.5)
-    assert b"connection: keep-alive" in out
+
+
+def test_http10_refused_with_426_by_default(proxy, upstream):
+    """Envoy answers HTTP/1.0 with 426 unless http_protocol_options.accept_http_10."""
+    addr = proxy.listener_address("http")
+    out = exchange(addr, b"GET /ten HTTP/1.0\r\nHost: x\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 426 Upgrade Required\r\n")
+    assert b"connection: close" in out
+    assert upstream.requests == []
+
+
+def test_http10_accepted_keep_alive_rules_and_default_host(upstream):
+    c = Cluster("c", [Endpoint("127.0.0.1", upstream.port)])
+    with make_proxy([Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))], [c],
+                    accept_http_10=True, default_host_for_http_10="ten.example") as p:
+        addr = p.listener_address("http")
+        out = exchange(addr, b"GET /ten HTTP/1.0\r\n\r\n")
+        assert out.endswith(b"GET /ten 0") and b"connection: close" in out
+        assert upstream.requests[-1][2]["host"] == ["ten.example"]
+        out = exchange(addr, b"GET /ten HTTP/1.0\r\nHost: given\r\nConnection: keep-alive\r\n\r\n",
+                       timeout=0.5)
+        assert b"connection: keep-alive" in out
+        assert upstream.requests[-1][2]["host"] == ["given"]
+    with make_proxy([Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))], [c],
+                    accept_http_10=True) as p:
+        n = len(upstream.requests)
+        out = exchange(p.listener_address("http"), b"GET /ten HTTP/1.0\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 400 ")         # no Host and no default: Envoy's 400
+        assert len(upstream.requests) == n
+
+
+@pytest.mark.parametrize("target, host, path", [
+    (b"http://abs.example/p?q=1", b"abs.example", "/p?q=1"),
+    (b"HTTPS://abs.example:8443/a/b", b"abs.example:8443", "/a/b"),
+    (b"http://abs.example", b"abs.example", "/"),
+    (b"http://abs.example?x=y", b"abs.example", "/?x=y"),
+    (b"http://[::1]:80/v6", b"[::1]:80", "/v6"),
+])
+def test_absolute_form_target_routes_on_its_path_and_authority(upstream, target, host, path):
+    """RFC 9112 3.2.2: absolute-form is routed by its path, forwarded in origin-form, and its
+    authority replaces Host (a proxy that routed on Host while the origin used the URL
+    would be fooled by a mismatch)."""
+    c = Cluster("c", [Endpoint("127.0.0.1", upstream.port)])
+    rc = RouteConfiguration(virtual_hosts=[
+        VirtualHost("abs", [host.decode()], routes=[Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))]),
+        VirtualHost("other", ["*"], routes=[Route(RouteMatch(prefix="/"),
+                                                  direct_response=DirectResponse(421, b"wrong vhost"))])])
+    hcm = HttpConnectionManager("ingress", rc)
+    with Proxy([Listener("http", port=0, http=hcm)], [c], concurrency=1) as p:
+        out = exchange(p.listener_address("http"),
+                       b"GET " + target + b" HTTP/1.1\r\nHost: decoy.example\r\nConnection: close\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 200"), out
+        method, got_path, headers, _ = upstream.requests[-1]
+        assert got_path == path
+        assert headers["host"] == [host.decode()]
+
+
+@pytest.mark.parametrize("target", [b"ftp://abs.example/p", b"http:///p", b"http://u@abs.example/p"])
+def test_absolute_form_other_schemes_and_userinfo_refused(proxy, upstream, target):
+    out = exchange(proxy.listener_address("http"),
+                   b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400 "), out
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize("te", [b"gzip, chunked", b"deflate,chunked", b"x-gzip, chunked"])
+def test_request_transfer_codings_besides_chunked_get_501(proxy, upstream, te):
+    """Re-framing would drop the coding and hand the upstream a body it cannot decode; like
+    Envoy, such requests are refused with 501 and nothing is forwarded."""
+    out = exchange(proxy.listener_address("http"),
+                   b"POST /te HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: " + te + b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 501 Not Implemented\r\n"), out
+    assert b"connection: close" in out
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize("te", [b"gzip, chunked", b"chunked, gzip", b"gzip"])
+def test_response_transfer_codings_besides_chunked_get_502(te):
+    up = RawHttpUpstream(lambda *a: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + te
+                         + b"\r\n\r\n5\r\nabcde\r\n0\r\n\r\n")
+    try:
+        with make_proxy([Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))],
+                        [Cluster("c", [Endpoint("127.0.0.1", up.port)])]) as p:
+            out = exchange(p.listener_address("http"), b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert out.startswith(b"HTTP/1.1 502 Bad Gateway\r\n"), out
+            assert b"abcde" not in out
+            assert p.stats()["cluster.c.upstream_rq_5xx"] == 1
+    finally:
+        up.close()
 
 
 def test_expect_100_continue(proxy, upstream):

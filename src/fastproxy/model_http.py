@@ -195,6 +195,8 @@ class HttpConnectionManager:
     http_filters: list = field(default_factory=list)        # before the router: PythonHttpFilter,
                                                             # NativeHttpFilter, CHttpFilter
     upgrade_configs: list = field(default_factory=list)     # [UpgradeConfig]
+    accept_http_10: bool = False                            # http_protocol_options: else 426
+    default_host_for_http_10: str = ""                      # Host for HTTP/1.0 without one
 
 
 def validate_http(hcm: "HttpConnectionManager", path: str, cluster_names) -> None:
@@ -204,8 +206,8 @@ def validate_http(hcm: "HttpConnectionManager", path: str, cluster_names) -> Non
     (see fastproxy.config.regex), header names that may be modified, domains (wildcards,
     duplicates) and that every cluster a route names exists. Errors are ConfigError naming
     the field, e.g. ``<path>.route_config.virtual_hosts[0].routes[1].match.prefix``."""
-    from .config.http import (check_domain, check_header_name, check_header_value, check_modifiable,
-                              check_path_separated_prefix, check_scheme)
+    from .config.http import (check_domain, check_header_name, check_header_value, check_host_value,
+                              check_modifiable, check_path_separated_prefix, check_scheme)
     from .config.regex import re2_to_posix, rewrite_to_posix
     from .access_log import compile_format
     from .errors import ConfigError
@@ -377,6 +379,10 @@ def validate_http(hcm: "HttpConnectionManager", path: str, cluster_names) -> Non
     string(hcm.stat_prefix, path + ".stat_prefix", non_empty=True)
     string(hcm.server_name, path + ".server_name", non_empty=True)
     boolean(hcm.use_remote_address, path + ".use_remote_address")
+    boolean(hcm.accept_http_10, path + ".accept_http_10")
+    string(hcm.default_host_for_http_10, path + ".default_host_for_http_10")
+    if hcm.default_host_for_http_10:
+        check_host_value(hcm.default_host_for_http_10, path + ".default_host_for_http_10")
     integer(hcm.xff_num_trusted_hops, path + ".xff_num_trusted_hops", 0)
     boolean(hcm.generate_request_id, path + ".generate_request_id")
     for name in ("request_headers_timeout", "stream_idle_timeout", "request_timeout", "idle_timeout"):

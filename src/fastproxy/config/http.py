@@ -29,14 +29,15 @@ Choices where Envoy and fastproxy differ, or where Envoy leaves room:
   case_sensitive is ignored by Envoy for a safe_regex path match, so the model gets True.
 * redirect.port_redirect must be a port (<= 65535), path_redirect must start with '/',
   scheme_redirect must be a URI scheme.
-* Router.suppress_envoy_headers and http_protocol_options.accept_http_10 are type-checked
-  but have no model field: fastproxy's router adds no x-envoy-* headers and its codec
-  accepts HTTP/1.0, i.e. it behaves as if both were true whatever the config says.
+* Router.suppress_envoy_headers is type-checked but has no model field: fastproxy's router
+  adds no x-envoy-* headers, i.e. it behaves as if it were true whatever the config says.
+* http_protocol_options: accept_http_10 (HTTP/1.0 requests get 426 without it, as in Envoy)
+  and default_host_for_http_10 (the Host of an HTTP/1.0 request that has none).
 * Access log formats are compiled at load time (fastproxy/access_log.py): an operator
   fastproxy does not support is an error naming the field that holds the format.
 * upgrade_configs: CONNECT (with routes matching by connect_matcher) and websocket; other
-  upgrade types and per-upgrade filters are errors. WebSocket upgrades are forwarded even
-  without an upgrade_configs entry (Envoy would answer 403).
+  upgrade types and per-upgrade filters are errors. An upgrade (or CONNECT) that no
+  upgrade_configs entry enables is answered 403, as in Envoy.
 """
 from __future__ import annotations
 
@@ -120,6 +121,12 @@ def check_modifiable(name: str, path: str, verb: str) -> None:
 def check_header_value(value: str, path: str) -> None:
     if _CONTROL.search(value):
         raise ConfigError(path, f"control characters are not allowed in a header value: {describe(value)}")
+
+
+def check_host_value(value: str, path: str) -> None:
+    """A Host value the proxy supplies itself: host[:port], no spaces, controls or '/'."""
+    if not value or any(c.isspace() or c in "/?#@" for c in value) or _CONTROL.search(value):
+        raise ConfigError(path, f"{value!r} is not a valid host")
 
 
 def check_domain(domain: str, path: str) -> None:
@@ -257,9 +264,13 @@ def http_connection_manager(config: Mapping, path: str) -> Tuple[mh.HttpConnecti
             raise ConfigError(common.at("headers_with_underscores_action"),
                               f"{action} is not supported (fastproxy allows headers with underscores, "
                               "Envoy's default ALLOW)")
-    http1 = hcm.message("http_protocol_options", ("accept_http_10",))
+    http1 = hcm.message("http_protocol_options", ("accept_http_10", "default_host_for_http_10"))
     if http1 is not None:
-        _bool(http1, "accept_http_10")
+        options["accept_http_10"] = _bool(http1, "accept_http_10")
+        host10 = http1.string("default_host_for_http_10", default="")
+        if host10:
+            check_host_value(host10, http1.at("default_host_for_http_10"))
+            options["default_host_for_http_10"] = host10
 
     manager = mh.HttpConnectionManager(
         stat_prefix=stat_prefix,

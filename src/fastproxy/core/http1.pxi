@@ -104,6 +104,8 @@ cdef enum:                          # H1Parser.flags, valid from H1_HEAD_DONE on
     H1F_CONNECT = 0x4               # request: CONNECT; response: 2xx to a CONNECT
     H1F_EXPECT_CONTINUE = 0x8       # HTTP/1.1 request with Expect: 100-continue
     H1F_INTERIM = 0x10              # response: 1xx other than 101; the final one follows
+    H1F_TE_CODINGS = 0x20           # Transfer-Encoding names a coding besides chunked (the
+                                    # framing is still RFC 9112's; the proxy refuses these)
     # bookkeeping while the head is read
     H1X_START_DONE = 0x100
     H1X_HOST = 0x200
@@ -116,6 +118,7 @@ cdef enum:                          # H1Parser.flags, valid from H1_HEAD_DONE on
     H1X_CONN_UPGRADE = 0x10000
     H1X_UPGRADE_HDR = 0x20000
     H1X_EXPECT_100 = 0x40000
+    H1X_TE_OTHER = 0x80000
 
 cdef enum:                          # H1Parser.err; statuses and reasons in _H1_ERRORS
     H1E_OK = 0
@@ -349,6 +352,44 @@ cdef void h1_head_free(H1Head* h) noexcept nogil:
     free(h.buf)
     free(h.fields)
     memset(h, 0, sizeof(H1Head))
+
+
+cdef int h1_head_add_field(H1Head* h, const char* name, size_t nn, const char* value,
+                          size_t vn) noexcept nogil:
+    """Append a field the proxy supplies (e.g. a default Host) to a taken head: its bytes go
+    after the received ones, so offsets already handed out stay valid. -1: out of memory."""
+    cdef size_t need = <size_t>h.len + nn + vn
+    cdef size_t cap
+    cdef char* nb
+    cdef H1Field* nf
+    cdef uint32_t ncap
+    if need > 0xFFFFFFF0u:
+        return -1
+    if need > h.cap:
+        cap = <size_t>h.cap * 2 if h.cap else H1_BLOCK_MIN
+        while cap < need:
+            cap *= 2
+        nb = <char*>realloc(h.buf, cap)
+        if nb == NULL:
+            return -1
+        h.buf = nb
+        h.cap = <uint32_t>cap
+    if h.nfields == h.fields_cap:
+        ncap = h.fields_cap * 2 if h.fields_cap else H1_FIELDS_MIN
+        nf = <H1Field*>realloc(h.fields, ncap * sizeof(H1Field))
+        if nf == NULL:
+            return -1
+        h.fields = nf
+        h.fields_cap = ncap
+    memcpy(h.buf + h.len, name, nn)
+    memcpy(h.buf + h.len + nn, value, vn)
+    h.fields[h.nfields].name_off = h.len
+    h.fields[h.nfields].name_len = <uint32_t>nn
+    h.fields[h.nfields].value_off = h.len + <uint32_t>nn
+    h.fields[h.nfields].value_len = <uint32_t>vn
+    h.nfields += 1
+    h.len = <uint32_t>need
+    return 0
 
 
 cdef inline void _h1_head_clear(H1Head* h) noexcept nogil:
@@ -729,6 +770,7 @@ cdef int _h1_transfer_encoding(H1Parser* p, const uint8_t* v, size_t n) noexcept
             p.flags |= H1X_TE_LAST_CHUNKED
             continue
         p.flags &= ~H1X_TE_LAST_CHUNKED
+        p.flags |= H1X_TE_OTHER
         if not ((k == 4 and _h1_ieq(v + a, b"gzip", 4))
                 or (k == 7 and _h1_ieq(v + a, b"deflate", 7))
                 or (k == 8 and _h1_ieq(v + a, b"compress", 8))
@@ -936,6 +978,8 @@ cdef int _h1_head_end(H1Parser* p) noexcept nogil:
             p.framing = H1_BODY_LENGTH if p.content_length > 0 else H1_BODY_NONE
         else:
             p.framing = H1_BODY_EOF
+    if fl & H1X_TE_OTHER:
+        p.flags |= H1F_TE_CODINGS
     if h.minor == 1:
         if not (fl & H1X_CONN_CLOSE):
             p.flags |= H1F_KEEP_ALIVE

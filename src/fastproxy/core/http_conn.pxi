@@ -51,6 +51,9 @@ cdef struct HttpCfg:
     uint64_t request_timeout_ms     # the whole request must arrive within it; 0: none
     uint8_t allow_connect           # upgrade_configs has CONNECT: tunnel it (else 403)
     uint8_t allow_websocket         # upgrade_configs has websocket: forward it (else 403)
+    uint8_t accept_http_10          # http_protocol_options.accept_http_10 (else 426)
+    char* default_host_10           # default_host_for_http_10, or NULL
+    size_t default_host_10_len
     int nlogs
     AlogSink* logs                  # access logs (core/access_log.pxi)
     char** cluster_names            # by route cluster index (%UPSTREAM_CLUSTER%)
@@ -307,29 +310,73 @@ cdef inline bint _ieq(const char* a, size_t an, const char* lower) noexcept nogi
 
 
 cdef const char* _status_reason(int status) noexcept nogil:
-    if status == 100: return "Continue"
-    if status == 200: return "OK"
-    if status == 201: return "Created"
-    if status == 204: return "No Content"
-    if status == 301: return "Moved Permanently"
-    if status == 302: return "Found"
-    if status == 303: return "See Other"
-    if status == 304: return "Not Modified"
-    if status == 307: return "Temporary Redirect"
-    if status == 308: return "Permanent Redirect"
-    if status == 400: return "Bad Request"
-    if status == 403: return "Forbidden"
-    if status == 404: return "Not Found"
-    if status == 408: return "Request Timeout"
-    if status == 413: return "Payload Too Large"
-    if status == 414: return "URI Too Long"
-    if status == 431: return "Request Header Fields Too Large"
-    if status == 500: return "Internal Server Error"
-    if status == 501: return "Not Implemented"
-    if status == 502: return "Bad Gateway"
-    if status == 503: return "Service Unavailable"
-    if status == 504: return "Gateway Timeout"
-    if status == 505: return "HTTP Version Not Supported"
+    """The reason phrase of the IANA HTTP status code registry (RFC 9110 15), for the status
+    lines fastproxy writes itself: local replies, and responses a filter changed."""
+    if status < 300:
+        if status == 100: return "Continue"
+        if status == 101: return "Switching Protocols"
+        if status == 102: return "Processing"
+        if status == 103: return "Early Hints"
+        if status == 200: return "OK"
+        if status == 201: return "Created"
+        if status == 202: return "Accepted"
+        if status == 203: return "Non-Authoritative Information"
+        if status == 204: return "No Content"
+        if status == 205: return "Reset Content"
+        if status == 206: return "Partial Content"
+        if status == 207: return "Multi-Status"
+        if status == 208: return "Already Reported"
+        if status == 226: return "IM Used"
+    elif status < 400:
+        if status == 300: return "Multiple Choices"
+        if status == 301: return "Moved Permanently"
+        if status == 302: return "Found"
+        if status == 303: return "See Other"
+        if status == 304: return "Not Modified"
+        if status == 305: return "Use Proxy"
+        if status == 307: return "Temporary Redirect"
+        if status == 308: return "Permanent Redirect"
+    elif status < 500:
+        if status == 400: return "Bad Request"
+        if status == 401: return "Unauthorized"
+        if status == 402: return "Payment Required"
+        if status == 403: return "Forbidden"
+        if status == 404: return "Not Found"
+        if status == 405: return "Method Not Allowed"
+        if status == 406: return "Not Acceptable"
+        if status == 407: return "Proxy Authentication Required"
+        if status == 408: return "Request Timeout"
+        if status == 409: return "Conflict"
+        if status == 410: return "Gone"
+        if status == 411: return "Length Required"
+        if status == 412: return "Precondition Failed"
+        if status == 413: return "Payload Too Large"
+        if status == 414: return "URI Too Long"
+        if status == 415: return "Unsupported Media Type"
+        if status == 416: return "Range Not Satisfiable"
+        if status == 417: return "Expectation Failed"
+        if status == 418: return "I'm a teapot"
+        if status == 421: return "Misdirected Request"
+        if status == 422: return "Unprocessable Content"
+        if status == 423: return "Locked"
+        if status == 424: return "Failed Dependency"
+        if status == 425: return "Too Early"
+        if status == 426: return "Upgrade Required"
+        if status == 428: return "Precondition Required"
+        if status == 429: return "Too Many Requests"
+        if status == 431: return "Request Header Fields Too Large"
+        if status == 451: return "Unavailable For Legal Reasons"
+    else:
+        if status == 500: return "Internal Server Error"
+        if status == 501: return "Not Implemented"
+        if status == 502: return "Bad Gateway"
+        if status == 503: return "Service Unavailable"
+        if status == 504: return "Gateway Timeout"
+        if status == 505: return "HTTP Version Not Supported"
+        if status == 506: return "Variant Also Negotiates"
+        if status == 507: return "Insufficient Storage"
+        if status == 508: return "Loop Detected"
+        if status == 511: return "Network Authentication Required"
     return "Unknown"
 
 
@@ -1272,12 +1319,15 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
             r = &u.in_buf.refs[u.in_buf.head]
             n = h1_feed_head(p, r.s.data + r.off, r.len)
             if n < 0:
-                stat_add(s.cluster.stats, c.w, C_RQ_5XX, 1)
-                _upconn_failed(u, 502, "upstream sent an invalid response")
+                _upconn_failed(u, 502, "upstream sent an invalid response")     # counts the 5xx
                 return -1
             chain_drain(&u.in_buf, <size_t>n)
             if p.state != H1_HEAD_DONE:
                 continue
+            if p.flags & H1F_TE_CODINGS:
+                # gzip, chunked etc.: the coding would be lost when re-framing (Envoy: 502).
+                _upconn_failed(u, 502, "upstream sent an unsupported transfer coding")
+                return -1
             if p.head.status == 101 and s.upgrade:
                 if _tunnel_response_head(s) < 0:
                     _upconn_failed(u, 502, "upstream sent an invalid response")
@@ -1551,6 +1601,60 @@ cdef bint _is_upgrade_token(const char* v, size_t n, const char* token) noexcept
     return _ieq(v, k, token)
 
 
+cdef int _request_target_normalize(HStream* s, HttpCfg* h) noexcept nogil:
+    """Bring the taken request head to origin-form with a Host, before anything reads it.
+
+    * absolute-form (RFC 9112 3.2.2, "GET http://a.example/p HTTP/1.1"): routed and sent
+      upstream as its path ("/p"), and its authority replaces the Host field's value, as
+      RFC 9112 3.2.2 and Envoy do. Only http and https; an empty path becomes "/".
+    * HTTP/1.0 without Host: default_host_for_http_10 if configured, else refused (Envoy).
+    Returns -1 for a request to refuse with 400."""
+    cdef H1Head* hd = &s.head
+    cdef char* t = hd.buf + hd.target_off
+    cdef size_t n = hd.target_len
+    cdef size_t a, e
+    cdef uint32_t i
+    cdef int host = -1
+    for i in range(hd.nfields):
+        if hd.fields[i].name_len == 4 and _ieq(hd.buf + hd.fields[i].name_off, 4, "host"):
+            host = <int>i
+            break
+    if not s.connect and n and t[0] != b'/' and not (n == 1 and t[0] == b'*'):
+        if n > 7 and _ieq(t, 7, "http://"):
+            a = 7
+        elif n > 8 and _ieq(t, 8, "https://"):
+            a = 8
+        else:
+            return -1
+        e = a
+        while e < n and t[e] != b'/' and t[e] != b'?':
+            e += 1
+        if e == a:
+            return -1
+        if e == n or t[e] != b'/':
+            # No path: slide the authority one byte left over the second '/' of "://"
+            # and put the path's "/" after it, so both stay inside the received bytes.
+            memmove(t + a - 1, t + a, e - a)
+            a -= 1
+            e -= 1
+            t[e] = b'/'
+        if host < 0:                    # HTTP/1.0: no Host; the field's value is set below
+            if h1_head_add_field(hd, "host", 4, "", 0) < 0:
+                return -1
+            host = <int>hd.nfields - 1
+        hd.fields[host].value_off = hd.target_off + <uint32_t>a
+        hd.fields[host].value_len = <uint32_t>(e - a)
+        hd.target_off += <uint32_t>e
+        hd.target_len -= <uint32_t>e
+        return 0
+    if host < 0 and s.minor == 0:
+        if h.default_host_10 == NULL:
+            return -1
+        if h1_head_add_field(hd, "host", 4, h.default_host_10, h.default_host_10_len) < 0:
+            return -1
+    return 0
+
+
 cdef void stream_start(HConn* c) noexcept nogil:
     """A complete, valid request head is in c.req: run the decoder filters (if any), then
     route it."""
@@ -1586,6 +1690,24 @@ cdef void stream_start(HConn* c) noexcept nogil:
         s.keepalive = 0
     stat_add(h.stats, c.w, H_RQ_TOTAL, 1)
     stat_add(h.stats, c.w, H_RQ_ACTIVE, 1)
+    if s.minor == 0 and not h.accept_http_10:
+        # Envoy: HTTP/1.0 only with http_protocol_options.accept_http_10.
+        s.keepalive = 0
+        hconn_local_reply(c, 426, "Upgrade Required", 16, NULL, 0, True)
+        stream_finish(s)
+        return
+    if c.req.flags & H1F_TE_CODINGS:
+        # A coding besides chunked (gzip, chunked) would have to be kept when the body is
+        # re-framed; like Envoy, the proxy does not take such bodies.
+        s.keepalive = 0
+        hconn_local_reply(c, 501, "unsupported transfer coding", 27, NULL, 0, True)
+        stream_finish(s)
+        return
+    if _request_target_normalize(s, h) < 0:
+        s.keepalive = 0
+        hconn_local_reply(c, 400, "invalid request target or host", 30, NULL, 0, True)
+        stream_finish(s)
+        return
     if c.req.flags & H1F_CONNECT:
         s.keepalive = 0
         s.connect = 1
@@ -2248,6 +2370,7 @@ cdef void http_cfg_decref(HttpCfg* h) noexcept nogil:
     free(h.cluster_names)
     alog_sinks_free(h.logs, h.nlogs)
     free(h.server_name)
+    free(h.default_host_10)
     free(h)
 
 
@@ -2323,4 +2446,12 @@ def make_http_cfg(hcm, StatBlockHandle stats, dict clusters, int nworkers):
     h.server_name = <char*>malloc(len(server) + 1)
     memcpy(h.server_name, <char*>server, len(server) + 1)
     h.server_name_len = len(server)
+    h.accept_http_10 = hcm.accept_http_10
+    host10 = (hcm.default_host_for_http_10 or "").encode()
+    if host10:
+        h.default_host_10 = <char*>malloc(len(host10))
+        if h.default_host_10 == NULL:
+            raise MemoryError()
+        memcpy(h.default_host_10, <char*>host10, len(host10))
+        h.default_host_10_len = len(host10)
     return hh
