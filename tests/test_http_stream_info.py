@@ -419,6 +419,9 @@ def test_connect_without_upgrade_config_is_403_and_without_route_404(upstream):
         out = exchange(p.listener_address("http"), req)
         assert out.startswith(b"HTTP/1.1 403 Forbidden\r\n"), out
         assert b"connection: close" in out.lower()
+    with connect_proxy(upstream.port, upgrade=False, connect_route=False) as p:
+        out = exchange(p.listener_address("http"), req)        # Envoy: no route comes first
+        assert out.startswith(b"HTTP/1.1 404 Not Found\r\n"), out
     with connect_proxy(upstream.port, connect_route=False) as p:
         out = exchange(p.listener_address("http"), req)
         assert out.startswith(b"HTTP/1.1 404 Not Found\r\n"), out

@@ -1601,6 +1601,19 @@ cdef bint _is_upgrade_token(const char* v, size_t n, const char* token) noexcept
     return _ieq(v, k, token)
 
 
+cdef bint _head_has_route(HStream* s) noexcept nogil:
+    """Does a route match the request head as received (before any filter)?"""
+    cdef RouteInput r
+    cdef RouteHeader* hdrs = <RouteHeader*>malloc(max(1, s.head.nfields) * sizeof(RouteHeader))
+    cdef bint found
+    if hdrs == NULL:
+        return False
+    _fill_route_input(s, &r, hdrs)
+    found = route_select((<HttpCfg*>s.c.cfg.http).routes, &r) != NULL
+    free(hdrs)
+    return found
+
+
 cdef int _request_target_normalize(HStream* s, HttpCfg* h) noexcept nogil:
     """Bring the taken request head to origin-form with a Host, before anything reads it.
 
@@ -1619,7 +1632,7 @@ cdef int _request_target_normalize(HStream* s, HttpCfg* h) noexcept nogil:
         if hd.fields[i].name_len == 4 and _ieq(hd.buf + hd.fields[i].name_off, 4, "host"):
             host = <int>i
             break
-    if not s.connect and n and t[0] != b'/' and not (n == 1 and t[0] == b'*'):
+    if s.method != H1M_CONNECT and n and t[0] != b"/" and not (n == 1 and t[0] == b"*"):
         if n > 7 and _ieq(t, 7, "http://"):
             a = 7
         elif n > 8 and _ieq(t, 8, "https://"):
@@ -1711,8 +1724,10 @@ cdef void stream_start(HConn* c) noexcept nogil:
     if c.req.flags & H1F_CONNECT:
         s.keepalive = 0
         s.connect = 1
-        if not h.allow_connect:         # Envoy: no CONNECT upgrade config -> 403
-            hconn_local_reply(c, 403, "", 0, NULL, 0, True)
+        if not h.allow_connect:
+            # Envoy, without a CONNECT upgrade config: 403 when a route (connect_matcher)
+            # takes the request, 404 when none does.
+            hconn_local_reply(c, 403 if _head_has_route(s) else 404, "", 0, NULL, 0, True)
             stream_finish(s)
             return
     if c.req.flags & H1F_UPGRADE:
