@@ -605,8 +605,8 @@ cdef void _log_filter_exception(HStream* s, object e) noexcept:
     except BaseException:
         pass
     stat_add(h.stats, s.c.w, H_PY_FILTER_ERROR, 1)
-    if not s.resp_started and s.fc.local_status == 0:
-        s.fc.local_status = 500
+    if s.fc.local_status == 0:
+        s.fc.local_status = LOCAL_RESET if s.resp_started else 500
 
 
 cdef void _py_filter_failed(HStream* s, str where) noexcept:
