@@ -15,7 +15,7 @@ from fastproxy import Cluster, Endpoint, FilterStatus, HttpFilter, Listener, Pro
 from fastproxy.model_http import (HttpConnectionManager, Route, RouteAction, RouteConfiguration,
                                   RouteMatch, VirtualHost)
 
-from conftest import wait_for
+from conftest import wait_for, wait_stalled
 from http_upstreams import RawHttpUpstream, http_request
 
 CONTINUE = FilterStatus.CONTINUE
@@ -984,3 +984,67 @@ def test_local_reply_after_the_response_started_resets_the_stream(upstream):
         except ConnectionResetError:
             pass
         s.close()
+
+
+# ---------------------------------------------------------------- an upstream that stops reading
+
+class PassBody(HttpFilter):
+    def decode_data(self, data, end_stream):
+        return CONTINUE
+
+
+@pytest.mark.timeout(60, method="thread")   # a worker that never returns to epoll cannot be stopped
+def test_upload_through_a_body_filter_to_an_upstream_that_stops_reading():
+    """The upstream reads the head, then nothing until `go`: the proxy's bytes for it wait
+    (the upstream socket unwritable) and the worker must go back to epoll, or it never sees
+    the upstream become writable again."""
+    go = threading.Event()
+    received = {}
+    size = 32 << 20
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def accept():
+        c, _ = srv.accept()
+        with c:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                d = c.recv(65536)
+                if not d:
+                    return
+                buf += d
+            head, body = buf.split(b"\r\n\r\n", 1)
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            go.wait(30)
+            got = len(body)
+            while got < length:
+                d = c.recv(1 << 20)
+                if not d:
+                    break
+                got += len(d)
+            received["n"] = got
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    threading.Thread(target=accept, daemon=True).start()
+    result = {}
+    try:
+        with make_proxy([spec(PassBody)], type("U", (), {"port": srv.getsockname()[1]})()) as p:
+            def client():
+                try:
+                    result["r"] = request(p, "POST", "/up", body=b"u" * size, timeout=30)
+                except Exception as e:          # noqa: BLE001 (reported below)
+                    result["e"] = e
+            t = threading.Thread(target=client)
+            t.start()
+            tx = lambda: p.stats()["cluster.c.upstream_cx_tx_bytes_total"]
+            wait_for(lambda: tx() > 0)
+            assert wait_stalled(tx, quiet=0.3) < size, "the upstream stopped reading: the proxy waits"
+            go.set()
+            t.join(20)
+            assert "r" in result, result
+            r, body = result["r"]
+            assert (r.status, body) == (200, b"ok")
+            assert received["n"] == size
+    finally:
+        go.set()
+        srv.close()

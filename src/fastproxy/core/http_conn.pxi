@@ -2131,7 +2131,7 @@ cdef int _hconn_process(HConn* c) noexcept nogil:
             if s.tunnel:
                 if _tunnel_pump(s) < 0:
                     return -1
-                if s.up.out_buf.length:
+                if s.up.out_buf.length and s.up.ep.writable:
                     upconn_pump(s.up)
                     if c.closed:
                         return -1
@@ -2147,8 +2147,14 @@ cdef int _hconn_process(HConn* c) noexcept nogil:
                     if c.closed:
                         return -1
                     continue                # the stream ended with a local reply
-            if c.stream == s and s.up != NULL and s.up.state == UC_BUSY and s.up.out_buf.length:
-                upconn_pump(s.up)       # a pooled connection has no event coming to start it
+            if c.stream == s and s.up != NULL and s.up.state == UC_BUSY and s.up.out_buf.length \
+                    and s.up.ep.writable:
+                # A pooled connection has no event coming to start it. Not while the upstream
+                # is unwritable: its EPOLLOUT will come, and upconn_pump's own hconn_pump(c)
+                # would set c.repump, so the hconn_pump that called us would go round forever
+                # without returning to epoll (an upload to an upstream that reads slowly spun
+                # the worker and stalled it for good).
+                upconn_pump(s.up)
                 if c.closed:
                     return -1
             return 0
