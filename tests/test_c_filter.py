@@ -154,6 +154,34 @@ def test_c_and_python_filters_in_one_chain(c_filter, upstream):
         assert upstream.requests[-1][2]["x-order"] == ["py:1"], "decoders run in configured order"
 
 
+class DenyAdmin(HttpFilter):
+    def decode_headers(self, headers, end_stream):
+        if headers[":path"].startswith("/admin"):
+            self.callbacks.send_local_reply(401, b"no admin")
+            return FilterStatus.STOP_ITERATION
+        return FilterStatus.CONTINUE
+
+
+def test_local_replies_pass_through_the_c_encoder(c_filter, upstream):
+    """As in Envoy, a local reply is encoded by every filter: the C filter's encode_headers
+    tags its own 403, a later Python filter's 401 and the router's 404."""
+    routes = [Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))]
+    rc = RouteConfiguration(virtual_hosts=[VirtualHost("vh", ["app.test"], routes=routes)])
+    hcm = HttpConnectionManager("ingress", rc, http_filters=[c_spec(c_filter), PythonHttpFilter("deny", DenyAdmin)])
+    with Proxy([Listener("http", port=0, http=hcm)], [Cluster("c", [Endpoint("127.0.0.1", upstream.port)])],
+               concurrency=1) as p:
+        addr = p.listener_address("http")
+        r, body = request(addr, path="/x", headers={"x-block": "1", "Host": "app.test"})
+        assert (r.status, body, r.getheader("x-c-filter-response")) == (403, b"blocked by the C filter\n", "1")
+        r, body = request(addr, path="/admin", headers={"Host": "app.test"})
+        assert (r.status, body, r.getheader("x-c-filter-response")) == (401, b"no admin", "1")
+        r, body = request(addr, path="/x", headers={"Host": "elsewhere.test"})
+        assert (r.status, r.getheader("x-c-filter-response")) == (404, "1")
+        r, body = request(addr, path="/ok", headers={"Host": "app.test"})
+        assert (r.status, body, r.getheader("x-c-filter-response")) == (200, b"GET /ok 0", "1")
+        assert [req[1] for req in upstream.requests] == ["/ok"]
+
+
 def envoy_config(proxy_port, upstream_port, filter_value, per_route=None):
     route = {"match": {"prefix": "/"}, "route": {"cluster": "c"}}
     special = {"match": {"prefix": "/special"}, "route": {"cluster": "c"}}

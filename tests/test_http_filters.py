@@ -15,7 +15,7 @@ from fastproxy import Cluster, Endpoint, FilterStatus, HttpFilter, Listener, Pro
 from fastproxy.model_http import (HttpConnectionManager, Route, RouteAction, RouteConfiguration,
                                   RouteMatch, VirtualHost)
 
-from conftest import wait_for
+from conftest import wait_for, wait_stalled
 from http_upstreams import RawHttpUpstream, http_request
 
 CONTINUE = FilterStatus.CONTINUE
@@ -715,3 +715,336 @@ def test_async_hooks_on_the_users_own_loop(upstream):
     assert status == 200
     assert seen == [loop]
     assert upstream.requests[-1][2]["x-loop"] == ["mine"]
+
+
+# ---------------------------------------------------------------- local replies through the encoders
+# Envoy's FilterManager::sendLocalReply: before any response entered the encoder filters, a
+# local reply (a filter's, or the router's) is encoded from the first encoder filter, so every
+# filter's encode hooks see it (the one that sent it, and those the request never reached);
+# asked for while the encoders hold a response it goes straight to the client; after the
+# response head went out the stream is reset.
+
+def tracer(tag, calls, reply_on=None, status=403):
+    """A filter that records its hooks and tags the response; `reply_on`: the path on which
+    its decode_headers answers locally."""
+    class T(HttpFilter):
+        def decode_headers(self, headers, end_stream):
+            calls.append(("decode", tag))
+            if reply_on is not None and headers[":path"] == reply_on:
+                self.callbacks.send_local_reply(status, b"denied by " + tag.encode(), {"x-reason": tag})
+                return STOP
+            return CONTINUE
+
+        def encode_headers(self, headers, end_stream):
+            calls.append(("encode", tag, headers[":status"], end_stream))
+            headers.add("x-enc", tag)
+            return CONTINUE
+
+        def on_log(self, info):
+            calls.append(("log", tag, info.response_code))
+    return T
+
+
+def test_local_reply_runs_every_filters_encoders(upstream):
+    calls = []
+    chain = [spec(tracer("a", calls), "a"), spec(tracer("b", calls, reply_on="/deny"), "b"),
+             spec(tracer("c", calls), "c")]
+    with make_proxy(chain, upstream) as p:
+        r, body = request(p, "POST", "/deny", body=b"x" * 3000)
+        assert (r.status, body) == (403, b"denied by b")
+        assert r.getheader("x-reason") == "b"
+        assert r.getheader("content-type") == "text/plain"
+        assert r.headers.get_all("x-enc") == ["c", "b", "a"]
+        assert upstream.raw == b""
+        wait_for(lambda: len(calls) == 8)
+        # c never saw the request; its encoder (and b's own) run on b's reply, in reverse order
+        assert calls == [("decode", "a"), ("decode", "b"),
+                         ("encode", "c", "403", False), ("encode", "b", "403", False),
+                         ("encode", "a", "403", False),
+                         ("log", "a", 403), ("log", "b", 403), ("log", "c", 403)]
+        r, body = request(p, path="/fine")
+        assert (r.status, body) == (200, b"GET /fine 0")
+        assert r.headers.get_all("x-enc") == ["c", "b", "a"]
+        assert p.stats()["http.ingress.downstream_rq_4xx"] == 1
+
+
+class TagStatus(HttpFilter):
+    logged = []
+
+    def encode_headers(self, headers, end_stream):
+        headers["x-seen-status"] = headers[":status"]
+        return CONTINUE
+
+    def on_log(self, info):
+        TagStatus.logged.append((info.response_code, info.response_flags))
+
+
+def test_router_local_replies_pass_through_encode_headers(upstream):
+    TagStatus.logged.clear()
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_port = dead.getsockname()[1]
+    dead.close()                                # nothing listens there: connection refused
+    hang = threading.Event()
+
+    def handler(method, path, headers, body):
+        if path == "/slow":
+            hang.wait(10)
+            return None
+        return RawHttpUpstream.default(method, path, headers, body)
+    upstream.handler = handler
+    routes = [Route(RouteMatch(prefix="/app"), route=RouteAction(cluster="c")),
+              Route(RouteMatch(prefix="/slow"), route=RouteAction(cluster="c", timeout=0.2)),
+              Route(RouteMatch(prefix="/dead"), route=RouteAction(cluster="dead"))]
+    clusters = [Cluster("c", [Endpoint("127.0.0.1", upstream.port)]),
+                Cluster("dead", [Endpoint("127.0.0.1", dead_port)])]
+    try:
+        with make_proxy([spec(TagStatus)], upstream, routes, clusters, max_request_bytes=100) as p:
+            r, body = request(p, path="/nowhere")
+            assert (r.status, r.getheader("x-seen-status")) == (404, "404")
+            r, body = request(p, path="/dead/x")
+            assert (r.status, r.getheader("x-seen-status")) == (503, "503")
+            assert body.startswith(b"upstream connect error")
+            assert r.getheader("content-length") == str(len(body))
+            r, body = request(p, path="/slow")
+            assert (r.status, r.getheader("x-seen-status"), body) == (504, "504", b"upstream request timeout")
+            r, body = request(p, "POST", "/app", body=b"y" * 500)
+            assert (r.status, r.getheader("x-seen-status")) == (413, "413")
+            r, body = request(p, path="/app/ok")
+            assert (r.status, r.getheader("x-seen-status"), body) == (200, "200", b"GET /app/ok 0")
+            wait_for(lambda: len(TagStatus.logged) == 5)
+            assert [code for code, _ in TagStatus.logged] == [404, 503, 504, 413, 200]
+            flags = [f for _, f in TagStatus.logged]
+            assert "NR" in flags[0] and "UF" in flags[1] and "UT" in flags[2], flags
+    finally:
+        hang.set()
+
+
+class UpperLocalBody(HttpFilter):
+    """Rewrites every response body (buffered), adds a tail: the length changes."""
+    def encode_data(self, data, end_stream):
+        if not end_stream:
+            return FilterStatus.STOP_AND_BUFFER
+        data.replace(b"<" + bytes(data).upper() + b">")
+        self.callbacks.add_encoded_data(b"+tail")
+        return CONTINUE
+
+
+def test_encode_data_rewrites_a_local_reply_body(upstream):
+    with make_proxy([spec(UpperLocalBody), spec(LocalReply)], upstream) as p:
+        conn = http.client.HTTPConnection(*p.listener_address("http"), timeout=5)
+        conn.request("GET", "/blocked/1")
+        r = conn.getresponse()
+        body = r.read()
+        assert (r.status, body) == (403, b"<BLOCKED BY POLICY>+tail")
+        assert r.getheader("content-length") == str(len(body))
+        assert r.getheader("x-why") == "policy"
+        # HEAD: the headers only (with the reply's own length, as Envoy), and the connection
+        # stays in step: the next request on it gets its own response
+        conn.request("HEAD", "/blocked/2")
+        r = conn.getresponse()
+        assert (r.status, r.read()) == (403, b"")
+        assert r.getheader("content-length") == str(len(b"blocked by policy"))
+        conn.request("GET", "/fine")
+        r = conn.getresponse()
+        assert (r.status, r.read()) == (200, b"<GET /FINE 0>+tail")
+        conn.close()
+        assert [req[1] for req in upstream.requests] == ["/fine"]
+
+
+class AsyncEncodeTag(HttpFilter):
+    async def encode_headers(self, headers, end_stream):
+        await asyncio.sleep(0.01)
+        headers["x-async-enc"] = headers[":status"]
+        return CONTINUE
+
+
+def test_async_encoder_holds_a_local_reply_then_continues(upstream):
+    # UpperRequest reads request bodies: one still arriving while the reply waits for the
+    # coroutine is dropped (the request side is over), never buffered or sent upstream.
+    with make_proxy([spec(AsyncEncodeTag), spec(LocalReply), spec(UpperRequest)], upstream) as p:
+        conn = http.client.HTTPConnection(*p.listener_address("http"), timeout=5)
+        for i in range(3):
+            conn.request("GET", f"/blocked/{i}")
+            r = conn.getresponse()
+            assert (r.status, r.read(), r.getheader("x-async-enc")) == (403, b"blocked by policy", "403")
+        conn.request("POST", "/blocked/post", body=b"z" * 20000)
+        r = conn.getresponse()
+        assert (r.status, r.read(), r.getheader("x-async-enc")) == (403, b"blocked by policy", "403")
+        conn.request("POST", "/fine", body=b"ok")
+        r = conn.getresponse()
+        assert (r.status, r.read(), r.getheader("x-async-enc")) == (200, b"POST /fine 3", "200")
+        assert [req[1] for req in upstream.requests] == ["/fine"]
+        assert upstream.requests[0][3] == b"OK!"
+
+
+class ReplyAgainWhileEncoding(HttpFilter):
+    """Answers locally from encode_headers, whatever the response (a local reply included)."""
+    calls = []
+
+    def encode_headers(self, headers, end_stream):
+        ReplyAgainWhileEncoding.calls.append(headers[":status"])
+        self.callbacks.send_local_reply(418, b"second reply", {"x-second": "1"})
+        return STOP
+
+
+def test_local_reply_while_encoding_a_local_reply_goes_straight_to_the_client(upstream):
+    calls = []
+    ReplyAgainWhileEncoding.calls.clear()
+    chain = [spec(tracer("outer", calls), "outer"), spec(ReplyAgainWhileEncoding),
+             spec(tracer("inner", calls, reply_on="/deny"), "inner")]
+    with make_proxy(chain, upstream) as p:
+        conn = http.client.HTTPConnection(*p.listener_address("http"), timeout=5)
+        conn.request("GET", "/deny")
+        r = conn.getresponse()
+        assert (r.status, r.read()) == (418, b"second reply")
+        assert r.getheader("x-second") == "1"
+        # the second reply bypasses the encoders: "outer" never sees it, nothing runs twice
+        assert r.getheader("x-enc") is None
+        assert ReplyAgainWhileEncoding.calls == ["403"]
+        assert [c for c in calls if c[0] == "encode"] == [("encode", "inner", "403", False)]
+        conn.close()
+        # an upstream response replaced the same way
+        r, body = request(p, path="/up")
+        assert (r.status, body) == (418, b"second reply")
+        assert ReplyAgainWhileEncoding.calls == ["403", "200"]
+        wait_for(lambda: len([c for c in calls if c[0] == "log"]) == 4)
+        assert [c[2] for c in calls if c[0] == "log"] == [418, 418, 418, 418]
+
+
+def test_exception_while_encoding_a_local_reply_is_a_plain_500(upstream):
+    with make_proxy([spec(EncodeBoom), spec(LocalReply)], upstream) as p:
+        r, body = request(p, path="/blocked")
+        assert r.status == 500
+        assert p.stats()["http.ingress.python_filter_error"] == 1, "the failing encoder ran once"
+        assert upstream.raw == b""
+
+
+class ChangeLocalStatus(HttpFilter):
+    def encode_headers(self, headers, end_stream):
+        if headers[":status"] == "403":
+            headers[":status"] = "401"
+            headers["www-authenticate"] = "Bearer"
+        return CONTINUE
+
+
+def test_access_log_and_on_log_see_the_status_the_encoders_left(upstream, tmp_path):
+    from fastproxy.model_http import AccessLog
+    Info.infos.clear()
+    log = tmp_path / "access.log"
+    with make_proxy([spec(Info), spec(ChangeLocalStatus), spec(LocalReply)], upstream,
+                    access_log=[AccessLog(str(log), "%RESPONSE_CODE% %BYTES_SENT% %REQ(:PATH)%\n")]) as p:
+        r, body = request(p, path="/blocked/x")
+        assert (r.status, r.getheader("www-authenticate"), body) == (401, "Bearer", b"blocked by policy")
+        wait_for(lambda: Info.infos)
+        assert Info.infos[0][0].response_code == 401
+        assert Info.infos[0][0].bytes_sent == len(body)
+        wait_for(lambda: log.exists() and log.read_text().endswith("\n"))
+        assert log.read_text() == f"401 {len(body)} /blocked/x\n"
+        assert p.stats()["http.ingress.downstream_rq_4xx"] == 1
+
+
+class ReplyOnSecondChunk(HttpFilter):
+    """Streams the response body; answers locally on its second piece (after the head went out)."""
+    def __init__(self, config=None):
+        super().__init__(config)
+        self.pieces = 0
+
+    def encode_data(self, data, end_stream):
+        self.pieces += 1
+        if self.pieces == 2:
+            self.callbacks.send_local_reply(500, b"too late")
+            return STOP
+        return CONTINUE
+
+
+def test_local_reply_after_the_response_started_resets_the_stream(upstream):
+    first_seen = threading.Event()
+
+    def handler(method, path, headers, body):
+        def send(c):
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nfirst")
+            first_seen.wait(5)
+            c.sendall(b"-more")
+        return send
+    upstream.handler = handler
+    with make_proxy([spec(ReplyOnSecondChunk)], upstream) as p:
+        s = socket.create_connection(p.listener_address("http"), timeout=5)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while not data.endswith(b"first"):
+            d = s.recv(65536)
+            assert d, data
+            data += d
+        assert data.startswith(b"HTTP/1.1 200 ")
+        first_seen.set()
+        try:
+            rest = s.recv(65536)
+            assert rest == b"", rest           # closed early (the RST may come as EOF)
+        except ConnectionResetError:
+            pass
+        s.close()
+
+
+# ---------------------------------------------------------------- an upstream that stops reading
+
+class PassBody(HttpFilter):
+    def decode_data(self, data, end_stream):
+        return CONTINUE
+
+
+@pytest.mark.timeout(60, method="thread")   # a worker that never returns to epoll cannot be stopped
+def test_upload_through_a_body_filter_to_an_upstream_that_stops_reading():
+    """The upstream reads the head, then nothing until `go`: the proxy's bytes for it wait
+    (the upstream socket unwritable) and the worker must go back to epoll, or it never sees
+    the upstream become writable again."""
+    go = threading.Event()
+    received = {}
+    size = 32 << 20
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def accept():
+        c, _ = srv.accept()
+        with c:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                d = c.recv(65536)
+                if not d:
+                    return
+                buf += d
+            head, body = buf.split(b"\r\n\r\n", 1)
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            go.wait(30)
+            got = len(body)
+            while got < length:
+                d = c.recv(1 << 20)
+                if not d:
+                    break
+                got += len(d)
+            received["n"] = got
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    threading.Thread(target=accept, daemon=True).start()
+    result = {}
+    try:
+        with make_proxy([spec(PassBody)], type("U", (), {"port": srv.getsockname()[1]})()) as p:
+            def client():
+                try:
+                    result["r"] = request(p, "POST", "/up", body=b"u" * size, timeout=30)
+                except Exception as e:          # noqa: BLE001 (reported below)
+                    result["e"] = e
+            t = threading.Thread(target=client)
+            t.start()
+            tx = lambda: p.stats()["cluster.c.upstream_cx_tx_bytes_total"]
+            wait_for(lambda: tx() > 0)
+            assert wait_stalled(tx, quiet=0.3) < size, "the upstream stopped reading: the proxy waits"
+            go.set()
+            t.join(20)
+            assert "r" in result, result
+            r, body = result["r"]
+            assert (r.status, body) == (200, b"ok")
+            assert received["n"] == size
+    finally:
+        go.set()
+        srv.close()

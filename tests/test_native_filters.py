@@ -369,6 +369,8 @@ def test_cors_preflight_answered_locally(upstream):
         assert h["access-control-allow-headers"] == "content-type, x-token"
         assert h["access-control-max-age"] == "600"
         assert h["access-control-allow-credentials"] == "true"
+        # as in Envoy, the preflight answer passes the filter's own encodeHeaders too
+        assert h["access-control-expose-headers"] == "x-trace"
         assert upstream.requests == []
         # an origin the policy does not allow: the preflight goes upstream, untouched
         status, h, body = get(p, "/api", method="OPTIONS",
@@ -421,6 +423,37 @@ def test_a_chain_of_native_filters(upstream):
             status, _, body = get(p, f"/p{i}", method="POST", body=b"z" * i)
             assert status == 200 and body == f"POST /p{i} {i}".encode()
         assert all(r[2]["x-c"] == ["1"] for r in upstream.requests)
+
+
+class SeenStatus(HttpFilter):
+    def encode_headers(self, headers, end_stream):
+        headers["x-seen-status"] = headers[":status"]
+        return FilterStatus.CONTINUE
+
+
+def test_native_local_replies_pass_through_the_encoders(upstream):
+    """local_ratelimit's 429, fault's abort and health_check's answer go through the encoder
+    filters (Envoy's sendLocalReply), Python and native alike, the replying filter's too."""
+    hm = HeaderMutation(Mutations(response_mutations=[HeaderMutationOp(append=HeaderValueOption("x-hm", "1"))]))
+    limited = rl("rl_enc", 1, response_headers_to_add=[HeaderValueOption("x-limited", "yes")])
+    chain = [PythonHttpFilter("seen", SeenStatus), nf(HEADER_MUTATION, hm),
+             nf(HEALTH_CHECK, HealthCheck(False, [HeaderMatcher(":path", StringMatch("exact", "/healthz"))])),
+             nf(LOCAL_RATELIMIT, limited)]
+    with make_proxy(chain, upstream) as p:
+        status, h, body = get(p, "/a")
+        assert (status, h["x-seen-status"], h["x-hm"]) == (200, "200", "1")
+        status, h, body = get(p, "/b")
+        assert (status, body) == (429, b"local_rate_limited")
+        assert (h["x-seen-status"], h["x-hm"], h["x-limited"]) == ("429", "1", "yes")
+        status, h, body = get(p, "/healthz")
+        assert (status, h["x-seen-status"], h["x-hm"]) == (200, "200", "1")
+        assert [r[1] for r in upstream.requests] == ["/a"]
+    abort = HTTPFault(abort=FaultAbort(503, ALWAYS))
+    with make_proxy([PythonHttpFilter("seen", SeenStatus), nf(FAULT, abort), nf(HEADER_MUTATION, hm)], upstream) as p:
+        status, h, body = get(p, "/x")
+        assert (status, body) == (503, b"fault filter abort")
+        assert h["x-seen-status"] == "503"
+        assert h["x-hm"] == "1", "a filter after the aborting one encodes its reply too"
 
 
 @pytest.mark.parametrize("kind,config,path", [

@@ -698,6 +698,23 @@ cdef void hconn_local_reply_ex(HConn* c, int status, const char* body, size_t bo
     _count_status(h.stats, c.w, H_RQ_1XX, status)
 
 
+cdef void stream_local_reply(HStream* s, int status, const char* body, size_t n,
+                             const char* location, size_t location_len, bint close_conn) noexcept nogil:
+    """The proxy answers the stream itself (no route, direct responses and redirects,
+    upstream failures, timeouts, limits). When the stream has encoder filters and no
+    response has entered them yet, the reply goes through them as Envoy's local replies do
+    (hf_local_reply_start); otherwise (no filters: the fast path, which allocates nothing)
+    it is written as it is. The stream ends, or waits for a filter that holds its reply:
+    the caller must not touch s afterwards. The caller has dealt with s.up."""
+    cdef HConn* c = s.c
+    cdef FChain* fc = s.fc
+    if fc != NULL and not fc.resp.used and not fc.dead and _enc_filtered(s):
+        hf_local_reply_start(s, status, body, n, location, location_len, close_conn)
+        return
+    hconn_local_reply(c, status, body, n, location, location_len, close_conn)
+    stream_finish(s)
+
+
 cdef inline void _count_status(StatBlock* b, Worker* w, int first, int status) noexcept nogil:
     if 100 <= status < 600:
         stat_add(b, w, first + status // 100 - 1, 1)
@@ -1019,8 +1036,7 @@ cdef void stream_upstream_failed(HStream* s, int status, const char* reason) noe
         return
     if s.cluster != NULL:
         stat_add(s.cluster.stats, c.w, C_RQ_5XX, 1)
-    hconn_local_reply(c, status, reason, strlen(reason), NULL, 0, not s.req_done)
-    stream_finish(s)
+    stream_local_reply(s, status, reason, strlen(reason), NULL, 0, not s.req_done)
     hconn_pump(c)
 
 
@@ -1247,6 +1263,50 @@ cdef int _downstream_response_head(HStream* s, int framing, uint64_t length) noe
             _pl_add(&l, _cs("connection"), _cs("keep-alive"))
         if _append_head(&c.out_buf, &l, False, _s(NULL, 0), _s(NULL, 0), status, reason) < 0:
             return -1
+        return 0
+    finally:
+        free(l.v)
+
+
+cdef int _local_response_head(HStream* s, int framing, uint64_t length) noexcept nogil:
+    """Serialize a local reply that passed the encoder filters into c.out_buf: :status and
+    the fields as the filters left them, framing from the body that passed them (UF_PARSER:
+    a HEAD reply, whose Content-Length the map carries). -1: no valid :status."""
+    cdef HConn* c = s.c
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    cdef FChain* fc = s.fc
+    cdef PairList l
+    cdef const char* v
+    cdef size_t n
+    cdef char lenbuf[24]
+    cdef uint8_t chunked = 0
+    cdef int status
+    memset(&l, 0, sizeof(PairList))
+    try:
+        v = hm_get(&fc.resp, ":status", 7, &n)
+        if v == NULL or n != 3 or not _all_digits(v, 3):
+            return -1
+        status = (v[0] - 48) * 100 + (v[1] - 48) * 10 + (v[2] - 48)
+        if status < 200:
+            return -1
+        if hm_to_pairs(&fc.resp, &l, framing != UF_PARSER) < 0:
+            return -1
+        if framing != UF_PARSER and _framing_fields(s, &l, &fc.resp, framing, length, lenbuf,
+                                                    sizeof(lenbuf), &chunked, &fc.enc) < 0:
+            return -1
+        if fc.local_close or c.req.state != H1_MESSAGE_DONE:
+            s.keepalive = 0             # the rest of the request was never read
+        _pl_remove(&l, "server", 6)
+        _pl_add(&l, _cs("server"), _s(h.server_name, h.server_name_len))
+        if not s.keepalive:
+            _pl_add(&l, _cs("connection"), _cs("close"))
+        elif s.minor == 0:
+            _pl_add(&l, _cs("connection"), _cs("keep-alive"))
+        if _append_head(&c.out_buf, &l, False, _s(NULL, 0), _s(NULL, 0), status,
+                        _cs(_status_reason(status))) < 0:
+            return -1
+        s.status = status
+        _count_status(h.stats, c.w, H_RQ_1XX, status)
         return 0
     finally:
         free(l.v)
@@ -1721,14 +1781,18 @@ cdef void stream_start(HConn* c) noexcept nogil:
         hconn_local_reply(c, 400, "invalid request target or host", 30, NULL, 0, True)
         stream_finish(s)
         return
+    # The filter chain first (Envoy creates it before it refuses an upgrade): the proxy's
+    # own answers below go through its encoder filters.
+    if h.nfilters and hf_stream_create(s) < 0:
+        hconn_close(c, True)
+        return
     if c.req.flags & H1F_CONNECT:
         s.keepalive = 0
         s.connect = 1
         if not h.allow_connect:
             # Envoy, without a CONNECT upgrade config: 403 when a route (connect_matcher)
             # takes the request, 404 when none does.
-            hconn_local_reply(c, 403 if _head_has_route(s) else 404, "", 0, NULL, 0, True)
-            stream_finish(s)
+            stream_local_reply(s, 403 if _head_has_route(s) else 404, "", 0, NULL, 0, True)
             return
     if c.req.flags & H1F_UPGRADE:
         v = _head_field(&s.head, "upgrade", &un)
@@ -1740,18 +1804,13 @@ cdef void stream_start(HConn* c) noexcept nogil:
         else:
             # Envoy: an upgrade type not in upgrade_configs is refused.
             s.keepalive = 0
-            hconn_local_reply(c, 403, "", 0, NULL, 0, True)
-            stream_finish(s)
+            stream_local_reply(s, 403, "", 0, NULL, 0, True)
             return
     if h.max_request_bytes and c.req.content_length > <int64_t>h.max_request_bytes:
         stat_add(h.stats, c.w, H_RQ_TOO_LARGE, 1)
-        hconn_local_reply(c, 413, "Payload Too Large", 17, NULL, 0, True)
-        stream_finish(s)
+        stream_local_reply(s, 413, "Payload Too Large", 17, NULL, 0, True)
         return
     if h.nfilters:
-        if hf_stream_create(s) < 0:
-            hconn_close(c, True)
-            return
         if c.req.flags & H1F_EXPECT_CONTINUE:
             # Answered before the filters run: a filter that waits for the body must get it.
             chain_append(&c.out_buf, "HTTP/1.1 100 Continue\r\n\r\n", 25)
@@ -1786,15 +1845,13 @@ cdef int stream_route(HStream* s) noexcept nogil:
         free(hdrs)
         stat_add(h.stats, c.w, H_NO_ROUTE, 1)
         s.response_flags |= RF_NR
-        hconn_local_reply(c, 404, "", 0, NULL, 0, c.req.state != H1_MESSAGE_DONE)
-        stream_finish(s)
+        stream_local_reply(s, 404, "", 0, NULL, 0, c.req.state != H1_MESSAGE_DONE)
         return -1
     if e.action == ROUTE_DIRECT_RESPONSE or e.action == ROUTE_REDIRECT:
         n = route_redirect_location(e, &r, loc, sizeof(loc))
         free(hdrs)
-        hconn_local_reply(c, e.status, e.body.p, e.body.n, loc if n >= 0 else NULL,
-                          <size_t>n if n >= 0 else 0, c.req.state != H1_MESSAGE_DONE)
-        stream_finish(s)
+        stream_local_reply(s, e.status, e.body.p, e.body.n, loc if n >= 0 else NULL,
+                           <size_t>n if n >= 0 else 0, c.req.state != H1_MESSAGE_DONE)
         return -1
     if s.cluster_override >= 0:
         ci = s.cluster_override
@@ -1806,8 +1863,7 @@ cdef int stream_route(HStream* s) noexcept nogil:
     if s.up == NULL:
         free(hdrs)
         stat_add(s.cluster.stats, c.w, C_RQ_5XX, 1)
-        hconn_local_reply(c, 503, "no healthy upstream", 19, NULL, 0, c.req.state != H1_MESSAGE_DONE)
-        stream_finish(s)
+        stream_local_reply(s, 503, "no healthy upstream", 19, NULL, 0, c.req.state != H1_MESSAGE_DONE)
         return -1
     if s.connect:
         free(hdrs)                      # the 200 and the tunnel follow the TCP connect
@@ -1841,8 +1897,7 @@ cdef int stream_send_request_head(HStream* s, int framing, uint64_t length) noex
     if _upstream_request_head(s, framing, length) < 0:
         upconn_close(s.up)
         s.up = NULL
-        hconn_local_reply(c, 400, "invalid request after header mutation", 37, NULL, 0, True)
-        stream_finish(s)
+        stream_local_reply(s, 400, "invalid request after header mutation", 37, NULL, 0, True)
         return -1
     if s.fc != NULL:
         s.fc.dec.sink_started = 1
@@ -1931,6 +1986,14 @@ cdef int hf_sink_data_decode(HStream* s) noexcept nogil:
 cdef int hf_sink_headers_encode(HStream* s) noexcept nogil:
     """The response headers passed every encoder filter: send them (unless a filter may
     still change the body: then the first body bytes send them)."""
+    if s.fc.local_encoding:
+        # A local reply: its body (complete) follows through the data phase, whose sink
+        # sends the head with the body's exact length. Without one, the head goes now.
+        if s.fc.enc.phase != FP_PH_DONE:
+            return 0
+        if stream_send_response_head(s, UF_PARSER if s.method == H1M_HEAD else UF_LENGTH, 0) < 0:
+            return -1
+        return _stream_response_done(s)
     if not _enc_body_filtered(s):
         return stream_send_response_head(s, UF_PARSER, 0)
     if s.fc.enc.phase == FP_PH_DONE:         # no body: nothing else will come
@@ -1941,9 +2004,14 @@ cdef int hf_sink_headers_encode(HStream* s) noexcept nogil:
 
 
 cdef int stream_send_response_head(HStream* s, int framing, uint64_t length) noexcept nogil:
-    if _downstream_response_head(s, framing, length) < 0:
+    cdef bint local = s.fc != NULL and s.fc.local_encoding
+    if (_local_response_head(s, framing, length) if local else _downstream_response_head(s, framing, length)) < 0:
         if s.up != NULL:
             _upconn_failed(s.up, 502, "upstream sent an invalid response")
+        elif local and not s.resp_started:
+            # A filter left the local reply without a valid :status: as Envoy, 502 straight
+            # to the client (the encoder chain holds a response now, so it is not re-run).
+            stream_local_reply(s, 502, "filter removed required response headers", 40, NULL, 0, True)
         else:
             hconn_close(s.c, True)
         return -1
@@ -1967,9 +2035,14 @@ cdef int hf_sink_data_encode(HStream* s) noexcept nogil:
     """Filtered response body (and the end) to the downstream, framed."""
     cdef FChain* fc = s.fc
     cdef FDir* d = &fc.enc
+    cdef bint local_head = fc.local_encoding and s.method == H1M_HEAD
+    if local_head:
+        chain_clear(&d.held)            # a filter added body to a HEAD reply: not sent
     if not d.sink_started:
-        if stream_send_response_head(s, _sink_framing(d, &fc.resp), d.held.length) < 0 or s.fc != fc:
+        if stream_send_response_head(s, UF_PARSER if local_head else _sink_framing(d, &fc.resp),
+                                     d.held.length) < 0 or s.fc != fc:
             return -1
+    s.bytes_sent += d.held.length
     if _sink_frame(d, &s.c.out_buf, &fc.resp_trailers) < 0:
         hconn_close(s.c, True)          # the response has started: a reset is all that is left
         return -1
@@ -2198,7 +2271,7 @@ cdef int _hconn_process(HConn* c) noexcept nogil:
             if s.tunnel:
                 if _tunnel_pump(s) < 0:
                     return -1
-                if s.up.out_buf.length:
+                if s.up.out_buf.length and s.up.ep.writable:
                     upconn_pump(s.up)
                     if c.closed:
                         return -1
@@ -2214,8 +2287,14 @@ cdef int _hconn_process(HConn* c) noexcept nogil:
                     if c.closed:
                         return -1
                     continue                # the stream ended with a local reply
-            if c.stream == s and s.up != NULL and s.up.state == UC_BUSY and s.up.out_buf.length:
-                upconn_pump(s.up)       # a pooled connection has no event coming to start it
+            if c.stream == s and s.up != NULL and s.up.state == UC_BUSY and s.up.out_buf.length \
+                    and s.up.ep.writable:
+                # A pooled connection has no event coming to start it. Not while the upstream
+                # is unwritable: its EPOLLOUT will come, and upconn_pump's own hconn_pump(c)
+                # would set c.repump, so the hconn_pump that called us would go round forever
+                # without returning to epoll (an upload to an upstream that reads slowly spun
+                # the worker and stalled it for good).
+                upconn_pump(s.up)
                 if c.closed:
                     return -1
             return 0

@@ -11,6 +11,12 @@
 #             trailers -> encode_trailers n-1..0
 #   end:      on_log 0..n-1, destroy 0..n-1
 #
+# Local replies (a filter's send_local_reply, the router's 404/503/504/..., failures) follow
+# Envoy's FilterManager::sendLocalReply: before any response entered the encoder filters the
+# reply goes through all of them (encode_headers/encode_data n-1..0, the filter that asked
+# for it included); asked for while they hold a response, it goes straight to the client;
+# after the response head went out, the stream is reset.
+#
 # Each direction has one iteration state: the phase (headers, data, trailers), the index of
 # the next filter to call, and whether a filter holds the stream. `held` is the body that has
 # passed the filters before that index. While a filter holds the stream, body bytes that
@@ -90,6 +96,7 @@ cdef enum:                          # FDir.stopped
 
 cdef enum:
     FILTER_BUFFER_LIMIT_DEFAULT = 1 << 20
+    LOCAL_RESET = -1                # FChain.local_status: the response started, reset instead
 
 
 cdef struct HttpFilterCfg:          # one entry of a listener's http_filters (immutable)
@@ -141,6 +148,9 @@ cdef struct FChain:                 # a stream's filter instances and iteration 
     uint8_t in_hook
     uint8_t hook_encoding           # the running hook's direction
     uint8_t dead                    # a local reply or a failure ended the stream in a hook
+    uint8_t local_encoding          # a local reply is in the encoder chain (headers in `resp`,
+                                    # body in enc.held); the request side is over
+    uint8_t local_close             # ... and asked for Connection: close
     uint32_t buffer_limit
     PyObject* pyctx                 # per-stream Python state (filter_state, ...); NULL if no Python filter
     void* stream_ref                # StreamRef* for cross-thread continues (see http_pyfilter)
@@ -149,6 +159,7 @@ cdef struct FChain:                 # a stream's filter instances and iteration 
     size_t upstream_host_len
     char status_text[4]             # the response's :status digits
     int local_status                # a local reply a hook asked for, sent when it returns
+                                    # (LOCAL_RESET: reset the stream instead)
     char* local_body
     size_t local_body_len
     Arena arena                     # header maps' arrays and added strings (first 1.5 KiB inline)
@@ -576,10 +587,18 @@ cdef inline int _hook_status(int st) noexcept nogil:
 
 
 cdef int hf_request_local_reply(HStream* s, int status, const char* body, size_t n) noexcept nogil:
-    """A filter answers the request itself. Inside a hook it takes effect when the hook
-    returns; outside one (a continue from elsewhere), at once."""
+    """A filter answers the request itself (Envoy's sendLocalReply). Inside a hook it takes
+    effect when the hook returns; outside one (a timer, a message from another thread), at
+    once. See _hf_flush_local_reply for where it goes. -1: not sent (bad status, no memory,
+    the stream is ending, or the response head already went out: then the stream is reset,
+    as in Envoy)."""
     cdef FChain* fc = s.fc
-    if fc == NULL or s.resp_started or fc.dead or status < 200 or status > 599:
+    if fc == NULL or fc.dead or status < 200 or status > 599:
+        return -1
+    if s.resp_started:
+        fc.local_status = LOCAL_RESET
+        if not fc.in_hook:
+            _hf_flush_local_reply(s)
         return -1
     free(fc.local_body)
     fc.local_body = NULL
@@ -592,38 +611,131 @@ cdef int hf_request_local_reply(HStream* s, int status, const char* body, size_t
         fc.local_body_len = n
     fc.local_status = status
     if not fc.in_hook:
-        return 0 if _hf_flush_local_reply(s) else -1
+        _hf_flush_local_reply(s)
     return 0
 
 
 cdef bint _hf_flush_local_reply(HStream* s) noexcept nogil:
-    """Send a pending local reply and end the stream. True if it did (the stream is gone)."""
+    """Act on the local reply a filter asked for (FChain.local_status), as Envoy's
+    FilterManager::sendLocalReply does:
+      * no response headers have entered the encoder filters yet: the reply goes through
+        them (hf_local_reply_start, Envoy's sendLocalReplyViaFilterChain);
+      * they hold a response already (the upstream's, or an earlier local reply's: this one
+        was asked for while encoding): it bypasses them and goes straight to the client
+        (sendDirectLocalReply), so no encoder runs twice and nothing loops;
+      * the response head went downstream: the stream is reset.
+    True if there was one: the stream ended, or its reply is in the encoder chain."""
     cdef FChain* fc = s.fc
     cdef HConn* c = s.c
+    cdef int status
+    cdef char* body
+    cdef size_t n
     if fc == NULL or fc.local_status == 0:
         return False
+    status = fc.local_status
+    fc.local_status = 0
+    if status == LOCAL_RESET or s.resp_started:
+        fc.dead = 1
+        hconn_close(c, True)
+        return True
+    if not fc.resp.used and _enc_filtered(s):
+        body = fc.local_body                # ours now: the reply copies it, the stream may end
+        n = fc.local_body_len
+        fc.local_body = NULL
+        fc.local_body_len = 0
+        hf_local_reply_start(s, status, body, n, NULL, 0, False)
+        free(body)
+        return True
     if s.up != NULL:
         upconn_close(s.up)
         s.up = NULL
-    s.status = fc.local_status
+    s.status = status
     fc.dead = 1
-    hconn_local_reply_ex(c, fc.local_status, fc.local_body, fc.local_body_len, NULL, 0,
+    hconn_local_reply_ex(c, status, fc.local_body, fc.local_body_len, NULL, 0,
                          c.req.state != H1_MESSAGE_DONE, &fc.local_headers)
     stream_finish(s)
     hconn_pump(c)
     return True
 
 
+cdef int hf_local_reply_start(HStream* s, int status, const char* body, size_t n,
+                              const char* location, size_t location_len, bint close_conn) noexcept nogil:
+    """Send a local reply through the encoder filters (Envoy's sendLocalReplyViaFilterChain,
+    which encodes from the first encoder filter): its headers, then its body, pass
+    encode_headers/encode_data n-1..0, every filter that has those hooks, including the one
+    that asked for the reply and those the request never reached. The request side is over:
+    decoding stops (later body bytes are dropped) and the upstream, if any, is abandoned.
+    The headers are :status, content-length, content-type (text/plain when there is a body
+    and the filter gave none), the filter's extra fields (FChain.local_headers) and
+    `location`; the head sent downstream takes :status and the fields from what the filters
+    left, its framing from the body that passed them (core/http_conn.pxi,
+    _local_response_head). A HEAD request gets the headers only.
+    Preconditions: s.fc has encoder hooks, no response in it yet, the head not sent.
+    -1: the stream ended (or the connection closed); 0: an encoder filter holds the reply.
+    The caller must not touch the stream after -1."""
+    cdef FChain* fc = s.fc
+    cdef FDir* d = &fc.enc
+    cdef HConn* c = s.c
+    cdef char* st = fc.status_text
+    cdef char clen[24]
+    cdef int k
+    cdef size_t i, vn
+    cdef const H1Pair* f
+    cdef const char* p
+    cdef bint ok
+    if s.up != NULL:
+        upconn_close(s.up)
+        s.up = NULL
+    timer_cancel(c.w, &s.timeout)
+    fc.dec.phase = FP_PH_DONE
+    fc.dec.stopped = FS_RUNNING
+    chain_clear(&fc.dec.held)
+    fc.local_encoding = 1
+    fc.local_close = close_conn
+    s.status = status
+    st[0] = <char>(48 + (status // 100) % 10)
+    st[1] = <char>(48 + (status // 10) % 10)
+    st[2] = <char>(48 + status % 10)
+    hm_free(&fc.resp)
+    k = snprintf(clen, sizeof(clen), "%zu", n)
+    ok = (hm_append_raw(&fc.resp, _cs(":status"), _s(st, 3)) == 0
+          and hm_add(&fc.resp, "content-length", 14, clen, <size_t>k) == 0)
+    for i in range(fc.local_headers.l.n):
+        f = &fc.local_headers.l.v[i]
+        if f.name.n == 0 or f.name.p[0] == b':' or _is_hop_by_hop(f.name.p, f.name.n):
+            continue
+        ok = ok and _hm_push(&fc.resp, f.name, f.value) == 0      # strings live in the arena
+    if n and hm_get(&fc.local_headers, "content-type", 12, &vn) == NULL:
+        ok = ok and hm_append_raw(&fc.resp, _cs("content-type"), _cs("text/plain")) == 0
+    hm_free(&fc.local_headers)
+    if location != NULL:
+        p = _hm_own(&fc.resp, location, location_len, False)
+        ok = ok and p != NULL and _hm_push(&fc.resp, _cs("location"), _s(p, location_len)) == 0
+    fc.resp.used = 1
+    chain_clear(&d.held)
+    if n and s.method != H1M_HEAD:
+        ok = ok and chain_append(&d.held, body, n) == 0
+    if not ok:
+        fc.dead = 1
+        hconn_close(c, True)
+        return -1
+    d.phase = FP_PH_HEADERS
+    d.index = fc.n - 1
+    d.stopped = FS_RUNNING
+    d.end_seen = 1
+    d.has_trailers = 0
+    return hf_iterate(s, True)
+
+
 cdef bint hf_fail(HStream* s, bint encoding) noexcept nogil:
     """A filter failed (an exception, a buffer over its limit): 500 (or 413 when the request
     body is over the limit) if the response has not started, else reset. Returns True."""
     cdef FChain* fc = s.fc
-    if not s.resp_started and fc.local_status == 0:
-        fc.local_status = 500
+    if fc.local_status == 0:
+        fc.local_status = LOCAL_RESET if s.resp_started else 500
     if fc.in_hook:
         return True
-    if not _hf_flush_local_reply(s):
-        hconn_close(s.c, True)
+    _hf_flush_local_reply(s)
     return True
 
 
@@ -689,9 +801,8 @@ cdef int hf_iterate(HStream* s, bint encoding) noexcept nogil:
                 continue
             st = _call_hook(s, i, encoding)
             if fc.local_status:
-                if _hf_flush_local_reply(s):
-                    return -1
-                hconn_close(c, True)   # a reply after the response started: reset
+                # the hook asked for a local reply (or failed): this iteration is over
+                _hf_flush_local_reply(s)
                 return -1
             if c.closed or s.fc != fc:
                 return -1
@@ -754,6 +865,9 @@ cdef int hf_body_in(HStream* s, bint encoding, Chain* data, size_t n, bint end, 
     -1: the stream ended."""
     cdef FChain* fc = s.fc
     cdef FDir* d = &fc.enc if encoding else &fc.dec
+    if fc.local_encoding and not encoding:
+        chain_drain(data, n)            # a local reply answers the request: its body is dropped
+        return 0
     if n:
         if chain_move_bytes(&d.held, data, n) < 0:
             return -1 if hf_fail(s, encoding) else -1
@@ -787,8 +901,8 @@ cdef void hf_continue(HStream* s, bint encoding) noexcept nogil:
     cdef FChain* fc = s.fc
     cdef FDir* d
     cdef HConn* c = s.c
-    if fc == NULL or fc.dead:
-        return
+    if fc == NULL or fc.dead or (fc.local_encoding and not encoding):
+        return                          # (a local reply ended the request side)
     d = &fc.enc if encoding else &fc.dec
     if fc.in_hook and fc.hook_encoding == encoding:
         d.cont_pending = 1              # the running hook's iteration goes on when it returns

@@ -414,7 +414,10 @@ cdef class HttpFilterCallbacks:
 
     def send_local_reply(self, int status, body=b"", headers=None):
         """Answer the request from the proxy: the stream ends with this response (any
-        thread; from a hook, return STOP_ITERATION after calling it)."""
+        thread; from a hook, return STOP_ITERATION after calling it). As in Envoy it passes
+        through the encoder filters (this one's too) unless they already hold a response:
+        then it goes straight to the client; after the response head went out the stream
+        is reset instead (docs/filters.md, "Local replies")."""
         if not 200 <= status <= 599:
             raise ValueError("status must be 200..599")
         payload = (_as_field_bytes(body, "body") if body else b"",
@@ -605,8 +608,8 @@ cdef void _log_filter_exception(HStream* s, object e) noexcept:
     except BaseException:
         pass
     stat_add(h.stats, s.c.w, H_PY_FILTER_ERROR, 1)
-    if not s.resp_started and s.fc.local_status == 0:
-        s.fc.local_status = 500
+    if s.fc.local_status == 0:
+        s.fc.local_status = LOCAL_RESET if s.resp_started else 500
 
 
 cdef void _py_filter_failed(HStream* s, str where) noexcept:

@@ -44,8 +44,7 @@ cdef void _stream_end_locally(HStream* s, int status, const char* body) noexcept
     if s.resp_started:
         hconn_close(c, True)
         return
-    hconn_local_reply(c, status, body, strlen(body), NULL, 0, not s.req_done)
-    stream_finish(s)
+    stream_local_reply(s, status, body, strlen(body), NULL, 0, not s.req_done)
     hconn_pump(c)
 
 

@@ -70,7 +70,10 @@ typedef struct fp_api {
     void (*body_drain)(fp_body *b, size_t n);
 
     /* The stream. send_local_reply ends the stream with this response (the hook should
-     * then return FP_STOP_ITERATION); valid until the response has started. */
+     * then return FP_STOP_ITERATION). As in Envoy it passes through the encoder filters
+     * (this filter's encode_headers too) unless they already hold a response, in which
+     * case it goes straight to the client; once the response head went out the stream is
+     * reset instead and -1 is returned. */
     int (*send_local_reply)(fp_stream *s, int status, const char *body, size_t body_len);
     /* Resume a stream a hook stopped. Only on the worker thread (from a later hook). */
     void (*continue_decoding)(fp_stream *s);
