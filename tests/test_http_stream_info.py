@@ -24,6 +24,7 @@ from fastproxy.model_http import (AccessLog, HttpConnectionManager, Route, Route
 
 from conftest import free_port, wait_for
 from http_upstreams import RawHttpUpstream, exchange as _exchange
+from http_upstreams import envoy_local_address
 from upstreams import EchoServer
 
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
@@ -67,8 +68,13 @@ def test_access_log_default_format_matches_envoy(tmp_path, upstream):
         assert r.status == 200
         line, = log_lines(log, 1)
     rid = upstream.requests[-1][2]["x-request-id"][0]
-    m = re.fullmatch(r'\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)\] "POST /api/x\?y=1 HTTP/1.1" 200 - 5 (\d+) (\d+) - '
-                     r'"1\.2\.3\.4" "test-agent/1" "(' + UUID + r')" "example.com" "127\.0\.0\.1:(\d+)"', line)
+    service_time = r.getheader("x-envoy-upstream-service-time")
+    # As Envoy: the original path (x-envoy-original-path after the rewrite), the upstream
+    # service time, and x-forwarded-for as sent upstream (Envoy's local address appended for
+    # a loopback client).
+    m = re.fullmatch(r'\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)\] "POST /api/x\?y=1 HTTP/1.1" 200 - 5 (\d+) (\d+) '
+                     + service_time + r' "1\.2\.3\.4,' + re.escape(envoy_local_address())
+                     + r'" "test-agent/1" "(' + UUID + r')" "example.com" "127\.0\.0\.1:(\d+)"', line)
     assert m, line
     assert int(m.group(2)) == len(body)
     assert m.group(4) == rid, "the logged request id is the one sent upstream"
@@ -275,11 +281,14 @@ def test_request_timeout_for_a_request_trickling_in(upstream):
 XFF = "203.0.113.128, 203.0.113.10, 203.0.113.1"
 
 
+LOCAL = envoy_local_address()     # what Envoy appends to XFF for a loopback peer
+
+
 @pytest.mark.parametrize("use_remote, hops, xff, client, forwarded", [
-    (True, 0, XFF, "127.0.0.1", XFF + ", 127.0.0.1"),
-    (True, 1, XFF, "203.0.113.1", XFF + ", 127.0.0.1"),
-    (True, 2, XFF, "203.0.113.10", XFF + ", 127.0.0.1"),
-    (True, 4, XFF, "127.0.0.1", XFF + ", 127.0.0.1"),          # too few entries: the peer
+    (True, 0, XFF, "127.0.0.1", XFF + "," + LOCAL),
+    (True, 1, XFF, "203.0.113.1", XFF + "," + LOCAL),
+    (True, 2, XFF, "203.0.113.10", XFF + "," + LOCAL),
+    (True, 4, XFF, "127.0.0.1", XFF + "," + LOCAL),            # too few entries: the peer
     (False, 0, XFF, "203.0.113.1", XFF),
     (False, 1, XFF, "203.0.113.10", XFF),
     (False, 1, "bogus, 203.0.113.1", "127.0.0.1", "bogus, 203.0.113.1"),   # not an IP: the peer
@@ -299,8 +308,9 @@ def test_xff_num_trusted_hops(tmp_path, upstream, use_remote, hops, xff, client,
         assert log_lines(log, 1) == [f"{client} 127.0.0.1"]
     headers = upstream.requests[-1][2]
     assert headers.get("x-forwarded-for", [None])[-1] == forwarded
-    external = use_remote and not client.startswith("127.")
-    assert headers.get("x-envoy-external-address") == ([client] if external else None)
+    # No internal_address_config: every request is external (Envoy >= 1.33), so every
+    # use_remote_address request is an edge request and carries the trusted client address.
+    assert headers.get("x-envoy-external-address") == ([client] if use_remote else None)
 
 
 # ---------------------------------------------------------------- histograms
