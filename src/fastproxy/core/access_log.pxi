@@ -198,11 +198,13 @@ cdef const char* _al_request_field(HStream* s, const char* name, size_t n, size_
                                    char* scratch, size_t cap) noexcept nogil:
     """A request header (lower-case name) or pseudo-header of the stream, NULL if absent:
     the request as Envoy's access log sees it, i.e. after the connection manager's and the
-    router's mutations (x-forwarded-for, x-request-id, x-envoy-*). `scratch` (cap bytes)
-    may hold the value."""
+    router's mutations (x-forwarded-for, x-request-id, x-envoy-*). A request the codec
+    rejected has no headers at all. `scratch` (cap bytes) may hold the value."""
     cdef H1Head* h = &s.head
     cdef HttpCfg* hc = <HttpCfg*>s.c.cfg.http
     cdef int cls
+    if h.buf == NULL:
+        return NULL
     if n and name[0] == 58:                     # ':'
         if _ieq(name, n, ":method"):
             out[0] = h.method_len

@@ -181,6 +181,8 @@ cdef struct HConn:
     size_t remote_ip_len
     uint16_t remote_port
     uint8_t remote_loopback         # the peer is 127/8 or ::1
+    uint64_t req_start_ms           # the first byte of the request being parsed arrived
+    uint64_t req_start_us           # ... (wall clock, START_TIME)
     SplicePipe req_pipe             # request bodies: downstream -> upstream
     SplicePipe rsp_pipe             # response bodies: upstream -> downstream
 
@@ -1519,6 +1521,8 @@ cdef int stream_filter_request_body(HStream* s) noexcept nogil:
         n = h1_feed_body(p, r.s.data + r.off, r.len, &off, &seg)
         if n < 0:
             stat_add(h.stats, c.w, H_CX_PROTOCOL_ERROR, 1)
+            stat_add(h.stats, c.w, H_RQ_RX_RESET, 1)
+            s.response_flags |= RF_DPE
             if s.up != NULL:
                 upconn_close(s.up)
                 s.up = NULL
@@ -1526,8 +1530,8 @@ cdef int stream_filter_request_body(HStream* s) noexcept nogil:
                 hconn_close(c, True)
                 return -1
             chain_clear(&c.in_buf)
-            hconn_local_reply(c, p.err_status, h1_err_reason(p.err), strlen(h1_err_reason(p.err)),
-                              NULL, 0, True)
+            hconn_local_reply(c, p.err_status, _status_reason(p.err_status),
+                              strlen(_status_reason(p.err_status)), NULL, 0, True)
             stream_finish(s)
             return -1
         s.req_body_bytes += seg
@@ -1647,9 +1651,9 @@ cdef void stream_start(HConn* c) noexcept nogil:
     timer_cancel(c.w, &c.idle_timer)
     timer_cancel(c.w, &c.headers_timer)
     s.c = c
-    s.start_ms = c.w.now
+    s.start_ms = c.req_start_ms         # Envoy's stream begins with the request's first byte
     s.cluster_override = -1
-    s.start_time_us = wall_clock_us()
+    s.start_time_us = c.req_start_us
     s.cluster_index = -1
     timer_init(&s.timeout, _stream_timeout, s)
     h1_head_take(&c.req, &s.head)
@@ -1974,6 +1978,7 @@ cdef int stream_forward_request_body(HStream* s) noexcept nogil:
             # Bad chunk framing. We re-frame bodies, so the upstream has only seen a
             # well-formed, unfinished message; reset it and answer the client.
             stat_add(h.stats, c.w, H_CX_PROTOCOL_ERROR, 1)
+            stat_add(h.stats, c.w, H_RQ_RX_RESET, 1)
             s.response_flags |= RF_DPE
             upconn_close(u)
             s.up = NULL
@@ -1981,8 +1986,8 @@ cdef int stream_forward_request_body(HStream* s) noexcept nogil:
                 hconn_close(c, True)
                 return -1
             chain_clear(&c.in_buf)
-            hconn_local_reply(c, p.err_status, h1_err_reason(p.err), strlen(h1_err_reason(p.err)),
-                              NULL, 0, True)
+            hconn_local_reply(c, p.err_status, _status_reason(p.err_status),
+                              strlen(_status_reason(p.err_status)), NULL, 0, True)
             stream_finish(s)
             return -1
         s.req_body_bytes += seg
@@ -2142,7 +2147,6 @@ cdef int _hconn_process(HConn* c) noexcept nogil:
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
     cdef SliceRef* r
     cdef ssize_t n
-    cdef const char* reason
     cdef HStream* s
     while True:
         if c.stream != NULL:
@@ -2176,17 +2180,20 @@ cdef int _hconn_process(HConn* c) noexcept nogil:
         if c.in_buf.length == 0:
             if c.down_eof:
                 if h1_feed_eof(&c.req) < 0:
-                    stat_add(h.stats, c.w, H_CX_PROTOCOL_ERROR, 1)
+                    # The client closed inside a request head: Envoy's stream for it ends
+                    # "downstream connection termination" (DC), unanswered.
+                    hconn_unparsed_request(c, 0, RF_DC)
                 hconn_close(c, False)
                 return -1
             return 0
+        if c.req.state == H1_HEAD and c.req.head.len == 0:
+            c.req_start_ms = c.w.now            # a new request begins
+            c.req_start_us = wall_clock_us()
         r = &c.in_buf.refs[c.in_buf.head]
         n = h1_feed_head(&c.req, r.s.data + r.off, r.len)
         if n < 0:
             stat_add(h.stats, c.w, H_CX_PROTOCOL_ERROR, 1)
-            stat_add(h.stats, c.w, H_RQ_TOTAL, 1)
-            reason = h1_err_reason(c.req.err)
-            hconn_local_reply(c, c.req.err_status, reason, strlen(reason), NULL, 0, True)
+            hconn_unparsed_request(c, c.req.err_status, RF_DPE)
             chain_clear(&c.in_buf)
             return 0
         chain_drain(&c.in_buf, <size_t>n)
@@ -2194,6 +2201,37 @@ cdef int _hconn_process(HConn* c) noexcept nogil:
             stream_start(c)
             if c.closed:
                 return -1
+
+
+cdef void hconn_unparsed_request(HConn* c, int status, uint32_t flags) noexcept nogil:
+    """A request that never became a stream: the codec rejected its head (status: the
+    answer), or the client closed inside it (status 0: no answer). As in Envoy, it is a
+    request all the same: counted (downstream_rq_total, downstream_rq_rx_reset, the status
+    class), timed (downstream_rq_time) and access-logged with the response flag, and
+    without request headers (%REQ(...)% prints "-"; the protocol is HTTP/1.1). The stream
+    lives on the stack for that long; nothing is allocated."""
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    cdef HStream s
+    memset(&s, 0, sizeof(HStream))
+    s.c = c
+    s.start_ms = c.req_start_ms if c.req_start_ms else c.w.now
+    s.start_time_us = c.req_start_us if c.req_start_us else wall_clock_us()
+    s.cluster_index = -1
+    s.minor = 1
+    s.response_flags = flags
+    memcpy(s.client_ip, c.remote_ip, c.remote_ip_len + 1)
+    s.client_ip_len = c.remote_ip_len
+    s.client_port = c.remote_port
+    stat_add(h.stats, c.w, H_RQ_TOTAL, 1)
+    stat_add(h.stats, c.w, H_RQ_RX_RESET, 1)
+    if status:
+        c.stream = &s                   # the reply's status and bytes go to this stream
+        hconn_local_reply(c, status, _status_reason(status), strlen(_status_reason(status)),
+                          NULL, 0, True)
+        c.stream = NULL
+    stream_log(&s)
+    c.req_start_ms = 0
+    c.req_start_us = 0
 
 
 cdef void hconn_pump(HConn* c) noexcept nogil:
