@@ -2,6 +2,8 @@
 sends is recorded and every byte we answer is exactly what the test wants."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import http.client
 import socket
 import threading
@@ -134,3 +136,33 @@ def exchange(addr, data: bytes, timeout=2.0) -> bytes:
     finally:
         s.close()
     return out
+
+
+def envoy_local_address() -> str:
+    """Envoy's local address (Network::Utility::getLocalAddress): the first non-loopback IPv4
+    interface address from getifaddrs(3), else 127.0.0.1. Read here through ctypes."""
+    class sockaddr(ctypes.Structure):
+        _fields_ = [("sa_family", ctypes.c_ushort), ("sa_data", ctypes.c_ubyte * 14)]
+
+    class ifaddrs(ctypes.Structure):
+        pass
+    ifaddrs._fields_ = [("ifa_next", ctypes.POINTER(ifaddrs)), ("ifa_name", ctypes.c_char_p),
+                        ("ifa_flags", ctypes.c_uint), ("ifa_addr", ctypes.POINTER(sockaddr)),
+                        ("ifa_netmask", ctypes.POINTER(sockaddr)), ("ifa_ifu", ctypes.POINTER(sockaddr)),
+                        ("ifa_data", ctypes.c_void_p)]
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    head = ctypes.POINTER(ifaddrs)()
+    assert libc.getifaddrs(ctypes.byref(head)) == 0
+    found = "127.0.0.1"
+    try:
+        p = head
+        while p:
+            a = p.contents.ifa_addr
+            if a and a.contents.sa_family == socket.AF_INET:
+                found = socket.inet_ntoa(bytes(a.contents.sa_data[2:6]))
+                if not found.startswith("127."):
+                    break
+            p = p.contents.ifa_next
+    finally:
+        libc.freeifaddrs(head)
+    return found

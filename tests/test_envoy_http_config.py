@@ -18,9 +18,9 @@ from fastproxy.config.regex import re2_to_posix, rewrite_to_posix, translate
 from fastproxy.errors import ConfigError
 from fastproxy.model import Bootstrap, Cluster, Endpoint, Listener
 from fastproxy.model_http import (AccessLog, DirectResponse, HeaderMatcher, HeaderMutations, HeaderValueOption,
-                                  HttpConnectionManager, QueryParameterMatcher, RedirectAction, RegexRewrite, Route,
-                                  RouteAction, RouteConfiguration, RouteMatch, StringMatch, VirtualHost,
-                                  WeightedCluster, validate_http)
+                                  HttpConnectionManager, InternalAddressConfig, QueryParameterMatcher, RedirectAction,
+                                  RegexRewrite, Route, RouteAction, RouteConfiguration, RouteMatch, StringMatch,
+                                  VirtualHost, WeightedCluster, validate_http)
 from test_envoy_config import DELETE, edit, envoy_validate, needs_envoy
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -669,6 +669,28 @@ def test_bad_http_config_names_the_field(changes, path, fragment):
     assert str(err.value).startswith(path + ": ")
 
 
+def test_internal_address_config():
+    iac = {"unix_sockets": True, "cidr_ranges": [{"address_prefix": "10.0.0.0", "prefix_len": 8},
+                                                 {"address_prefix": "fd00::", "prefix_len": 8},
+                                                 {"address_prefix": "192.0.2.1"}]}
+    hcm = load_hcm(edited((f"{H0}.internal_address_config", iac)))
+    assert hcm.internal_address_config == InternalAddressConfig(["10.0.0.0/8", "fd00::/8", "192.0.2.1/0"],
+                                                                unix_sockets=True)
+    assert load_hcm(edited((f"{H0}.internal_address_config", {}))).internal_address_config == InternalAddressConfig()
+    assert load_hcm(base()).internal_address_config is None, "absent: no address is internal"
+
+
+@pytest.mark.parametrize("cidr, message", [
+    ({"address_prefix": "nope", "prefix_len": 8}, "is not a CIDR range"),
+    ({"prefix_len": 8}, "required field is missing"),
+])
+def test_bad_internal_address_config(cidr, message):
+    with pytest.raises(ConfigError) as err:
+        load_envoy(edited((f"{H0}.internal_address_config", {"cidr_ranges": [cidr]})))
+    assert err.value.path.startswith(f"{H0}.internal_address_config.cidr_ranges[0]"), err.value
+    assert message in err.value.message
+
+
 # --- the real Envoy agrees ----------------------------------------------------------------
 
 @needs_envoy
@@ -690,6 +712,8 @@ def test_base_http_config_is_valid_for_envoy_too(tmp_path):
 
 ENVOY_REJECTS = [
     [(f"{H0}.stat_prefix", "")],
+    [(f"{H0}.internal_address_config", {"cidr_ranges": [{"address_prefix": "nope", "prefix_len": 8}]})],
+    [(f"{H0}.internal_address_config", {"cidr_ranges": [{"prefix_len": 8}]})],
     [(f"{H0}.route_config", DELETE)],
     [(f"{H0}.max_request_headers_kb", 8193)],
     [(f"{H0}.http_filters", [router(), router()])],

@@ -24,6 +24,7 @@ from fastproxy.model_http import (AccessLog, HttpConnectionManager, Route, Route
 
 from conftest import free_port, wait_for
 from http_upstreams import RawHttpUpstream, exchange as _exchange
+from http_upstreams import envoy_local_address
 from upstreams import EchoServer
 
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
@@ -67,8 +68,13 @@ def test_access_log_default_format_matches_envoy(tmp_path, upstream):
         assert r.status == 200
         line, = log_lines(log, 1)
     rid = upstream.requests[-1][2]["x-request-id"][0]
-    m = re.fullmatch(r'\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)\] "POST /api/x\?y=1 HTTP/1.1" 200 - 5 (\d+) (\d+) - '
-                     r'"1\.2\.3\.4" "test-agent/1" "(' + UUID + r')" "example.com" "127\.0\.0\.1:(\d+)"', line)
+    service_time = r.getheader("x-envoy-upstream-service-time")
+    # As Envoy: the original path (x-envoy-original-path after the rewrite), the upstream
+    # service time, and x-forwarded-for as sent upstream (Envoy's local address appended for
+    # a loopback client).
+    m = re.fullmatch(r'\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)\] "POST /api/x\?y=1 HTTP/1.1" 200 - 5 (\d+) (\d+) '
+                     + service_time + r' "1\.2\.3\.4,' + re.escape(envoy_local_address())
+                     + r'" "test-agent/1" "(' + UUID + r')" "example.com" "127\.0\.0\.1:(\d+)"', line)
     assert m, line
     assert int(m.group(2)) == len(body)
     assert m.group(4) == rid, "the logged request id is the one sent upstream"
@@ -144,6 +150,117 @@ def test_access_log_bad_format_is_a_config_error(tmp_path):
         make_proxy([], [], access_log=[AccessLog(str(tmp_path / "x"), "%NOPE%")])
     assert "access_log[0].format" in err.value.path
     assert "%NOPE%" in err.value.message
+
+
+# ---------------------------------------------------------------- codec errors
+
+# Envoy's default format up to the response code, for a request whose head never parsed.
+START = r'\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\] '
+NO_HEADERS = r'"- - HTTP/1\.1" '          # method, path: "-"; the protocol: always HTTP/1.1
+REST = r' \d+ - "-" "-" "-" "-" "-"'      # duration, then no service time, XFF, UA, id, host, upstream
+
+
+def codec_stats(p):
+    st = p.stats()
+    return {k: st["http.ingress." + k] for k in ("downstream_cx_protocol_error", "downstream_rq_total",
+                                                 "downstream_rq_rx_reset", "downstream_rq_active",
+                                                 "downstream_rq_4xx", "downstream_rq_5xx")}
+
+
+@pytest.mark.parametrize("data, status, body", [
+    (b"GET /x HTTP/1.1 junk\r\nHost: h\r\n\r\n", 400, b"Bad Request"),
+    # The request line parsed, but the head did not: Envoy still prints "-" for them.
+    (b"GET /x HTTP/1.1\r\nHost: h\r\nBad Name: v\r\n\r\n", 400, b"Bad Request"),
+    (b"GET /big HTTP/1.1\r\nHost: h\r\nX-A: " + b"a" * 70000 + b"\r\n\r\n", 431, b"Request Header Fields Too Large"),
+    (b"GET /m HTTP/1.1\r\nHost: h\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(120)) + b"\r\n", 431,
+     b"Request Header Fields Too Large"),
+    (b"POST /te HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: foo\r\n\r\n", 501, b"Not Implemented"),
+    # HTTP/1.0 and HEAD make no difference: the request is unknown.
+    (b"HEAD /x HTTP/1.0\r\nBad Name: v\r\n\r\n", 400, b"Bad Request"),
+])
+def test_codec_error_is_logged_and_counted_as_envoy_does(tmp_path, upstream, data, status, body):
+    """What Envoy 1.40 does with a request its codec rejects: it is a request (counted,
+    with its status class, and downstream_rq_rx_reset), a protocol error of the connection,
+    and an access log line with DPE and no request headers; the reply's body is the
+    status text."""
+    log = tmp_path / "a.log"
+    p = make_proxy([Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))],
+                   [Cluster("c", [Endpoint("127.0.0.1", upstream.port)])], access_log=[AccessLog(str(log))])
+    with p:
+        out = exchange(p.listener_address("http"), data)
+        head, _, got = out.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 %d " % status), out[:200]
+        assert b"connection: close" in head.lower()
+        assert got == body
+        line, = log_lines(log, 1)
+        assert re.fullmatch(START + NO_HEADERS + r"%d DPE 0 %d" % (status, len(body)) + REST, line), line
+        assert codec_stats(p) == {"downstream_cx_protocol_error": 1, "downstream_rq_total": 1,
+                                  "downstream_rq_rx_reset": 1, "downstream_rq_active": 0,
+                                  "downstream_rq_4xx": int(status < 500), "downstream_rq_5xx": int(status >= 500)}
+        assert p.histograms()["http.ingress.downstream_rq_time"].count == 1
+    assert upstream.requests == []
+
+
+def test_codec_error_counted_without_access_log(upstream):
+    p = make_proxy([Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))],
+                   [Cluster("c", [Endpoint("127.0.0.1", upstream.port)])])
+    with p:
+        out = exchange(p.listener_address("http"), b"GET /x HTTP/1.1\r\nHost: h\r\nBad Name: v\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 400 ")
+        assert codec_stats(p)["downstream_rq_rx_reset"] == 1
+        assert codec_stats(p)["downstream_cx_protocol_error"] == 1
+
+
+def test_codec_error_in_the_body_keeps_the_request_line(tmp_path):
+    """A chunked body that goes bad after the stream was routed: the line has the request's
+    method, path and upstream, and DPE."""
+    up = RawHttpUpstream()
+    log = tmp_path / "a.log"
+    fmt = "%REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_SENT% %UPSTREAM_HOST% %REQ(USER-AGENT)%\n"
+    p = make_proxy([Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))],
+                   [Cluster("c", [Endpoint("127.0.0.1", up.port)])], access_log=[AccessLog(str(log), fmt)])
+    try:
+        with p:
+            out = exchange(p.listener_address("http"),
+                           b"POST /chunk HTTP/1.1\r\nHost: h\r\nUser-Agent: ua\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           b"3\r\nabc\r\nzz\r\n")
+            assert out.startswith(b"HTTP/1.1 400 Bad Request\r\n") and out.endswith(b"\r\n\r\nBad Request"), out
+            assert log_lines(log, 1) == [f"POST /chunk 400 DPE 11 127.0.0.1:{up.port} ua"]
+            st = codec_stats(p)
+            assert (st["downstream_cx_protocol_error"], st["downstream_rq_total"], st["downstream_rq_rx_reset"]) == (1, 1, 1)
+    finally:
+        up.close()
+
+
+def test_client_closing_inside_a_head_is_logged_dc(tmp_path, upstream):
+    """Envoy's stream starts with the request's first byte: a client that closes inside the
+    head leaves a line with DC and no response (status 0), and is no protocol error."""
+    log = tmp_path / "a.log"
+    p = make_proxy([Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))],
+                   [Cluster("c", [Endpoint("127.0.0.1", upstream.port)])], access_log=[AccessLog(str(log))])
+    with p:
+        s = socket.create_connection(p.listener_address("http"), timeout=5)
+        s.sendall(b"GET /x HTTP/1.1\r\nHost: h\r\nX-Partial: y")
+        s.shutdown(socket.SHUT_WR)
+        assert s.recv(100) == b"", "closed without an answer"
+        s.close()
+        line, = log_lines(log, 1)
+        assert re.fullmatch(START + NO_HEADERS + "0 DC 0 0" + REST, line), line
+        assert codec_stats(p) == {"downstream_cx_protocol_error": 0, "downstream_rq_total": 1,
+                                  "downstream_rq_rx_reset": 1, "downstream_rq_active": 0,
+                                  "downstream_rq_4xx": 0, "downstream_rq_5xx": 0}
+
+
+def test_pipelined_bad_request_after_a_good_one(tmp_path, upstream):
+    log = tmp_path / "a.log"
+    p = make_proxy([Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))],
+                   [Cluster("c", [Endpoint("127.0.0.1", upstream.port)])],
+                   access_log=[AccessLog(str(log), "%REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS%\n")])
+    with p:
+        out = exchange(p.listener_address("http"), b"GET /one HTTP/1.1\r\nHost: h\r\n\r\n"
+                                                    b"GET /two HTTP/1.1\r\nBad Name: v\r\n\r\n")
+        assert out.count(b"HTTP/1.1 ") == 2 and b"\r\n\r\nGET /one 0HTTP/1.1 400 Bad Request\r\n" in out, out
+        assert log_lines(log, 2) == ["GET /one 200 -", "- - 400 DPE"]
 
 
 # ---------------------------------------------------------------- timeouts
@@ -275,11 +392,14 @@ def test_request_timeout_for_a_request_trickling_in(upstream):
 XFF = "203.0.113.128, 203.0.113.10, 203.0.113.1"
 
 
+LOCAL = envoy_local_address()     # what Envoy appends to XFF for a loopback peer
+
+
 @pytest.mark.parametrize("use_remote, hops, xff, client, forwarded", [
-    (True, 0, XFF, "127.0.0.1", XFF + ", 127.0.0.1"),
-    (True, 1, XFF, "203.0.113.1", XFF + ", 127.0.0.1"),
-    (True, 2, XFF, "203.0.113.10", XFF + ", 127.0.0.1"),
-    (True, 4, XFF, "127.0.0.1", XFF + ", 127.0.0.1"),          # too few entries: the peer
+    (True, 0, XFF, "127.0.0.1", XFF + "," + LOCAL),
+    (True, 1, XFF, "203.0.113.1", XFF + "," + LOCAL),
+    (True, 2, XFF, "203.0.113.10", XFF + "," + LOCAL),
+    (True, 4, XFF, "127.0.0.1", XFF + "," + LOCAL),            # too few entries: the peer
     (False, 0, XFF, "203.0.113.1", XFF),
     (False, 1, XFF, "203.0.113.10", XFF),
     (False, 1, "bogus, 203.0.113.1", "127.0.0.1", "bogus, 203.0.113.1"),   # not an IP: the peer
@@ -299,8 +419,9 @@ def test_xff_num_trusted_hops(tmp_path, upstream, use_remote, hops, xff, client,
         assert log_lines(log, 1) == [f"{client} 127.0.0.1"]
     headers = upstream.requests[-1][2]
     assert headers.get("x-forwarded-for", [None])[-1] == forwarded
-    external = use_remote and not client.startswith("127.")
-    assert headers.get("x-envoy-external-address") == ([client] if external else None)
+    # No internal_address_config: every request is external (Envoy >= 1.33), so every
+    # use_remote_address request is an edge request and carries the trusted client address.
+    assert headers.get("x-envoy-external-address") == ([client] if use_remote else None)
 
 
 # ---------------------------------------------------------------- histograms

@@ -173,6 +173,19 @@ class UpgradeConfig:
 
 
 @dataclass
+class InternalAddressConfig:
+    """HttpConnectionManager.InternalAddressConfig: the client addresses whose requests are
+    "internal" (they keep their x-envoy-* headers and get ``x-envoy-internal: true``).
+    ``cidr_ranges``: "prefix/len" strings ("10.0.0.0/8", "fd00::/8"); empty: Envoy's
+    RFC 1918 set (10/8, 172.16/12, 192.168/16, 127.0.0.1, fd00::/8, ::1). ``unix_sockets``
+    is accepted for Envoy configs; fastproxy listeners are TCP, so it changes nothing.
+    Without this config no address is internal (Envoy's default since 1.33)."""
+
+    cidr_ranges: list = field(default_factory=list)
+    unix_sockets: bool = False
+
+
+@dataclass
 class HttpConnectionManager:
     """network.http_connection_manager.v3.HttpConnectionManager (HTTP/1.1 codec)."""
 
@@ -181,6 +194,7 @@ class HttpConnectionManager:
     server_name: str = "fastproxy"
     use_remote_address: bool = False
     xff_num_trusted_hops: int = 0
+    internal_address_config: Optional[InternalAddressConfig] = None     # None: nothing is internal
     generate_request_id: bool = True
     request_headers_timeout: Optional[float] = None         # Envoy default 0s: off
     stream_idle_timeout: Optional[float] = 300.0            # 5 min
@@ -384,6 +398,12 @@ def validate_http(hcm: "HttpConnectionManager", path: str, cluster_names) -> Non
     if hcm.default_host_for_http_10:
         check_host_value(hcm.default_host_for_http_10, path + ".default_host_for_http_10")
     integer(hcm.xff_num_trusted_hops, path + ".xff_num_trusted_hops", 0)
+    if hcm.internal_address_config is not None:
+        iap = path + ".internal_address_config"
+        iac = typed(hcm.internal_address_config, InternalAddressConfig, iap)
+        boolean(iac.unix_sockets, iap + ".unix_sockets")
+        for cidr, cp in each(iac.cidr_ranges, iap + ".cidr_ranges"):
+            parse_cidr(string(cidr, cp, non_empty=True), cp)
     boolean(hcm.generate_request_id, path + ".generate_request_id")
     for name in ("request_headers_timeout", "stream_idle_timeout", "request_timeout", "idle_timeout"):
         seconds(getattr(hcm, name), f"{path}.{name}")
@@ -472,3 +492,19 @@ def _validate_http_filters(hcm: "HttpConnectionManager", path: str, fail) -> Non
         check_tpfc(vh, vp)
         for ri, r in enumerate(getattr(vh, "routes", []) or []):
             check_tpfc(r, f"{vp}.routes[{ri}]")
+
+
+def parse_cidr(text: str, path: str):
+    """"prefix/len" -> an ipaddress network, as Envoy's CidrRange makes it: host bits
+    dropped, a length past the address's bits taken as all of them. ConfigError naming
+    ``path`` if it is not one."""
+    import ipaddress
+    from .errors import ConfigError
+    prefix, sep, length = text.partition("/")
+    try:
+        if not sep or not length.isdigit():
+            raise ValueError("expected prefix/length")
+        address = ipaddress.ip_address(prefix)
+        return ipaddress.ip_network(f"{address}/{min(int(length), address.max_prefixlen)}", strict=False)
+    except ValueError as e:
+        raise ConfigError(path, f"{text!r} is not a CIDR range ({e})") from None

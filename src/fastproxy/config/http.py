@@ -216,7 +216,8 @@ def _any(msg: Message, name: str) -> Tuple[str, Mapping, str]:
 # --- the connection manager ---------------------------------------------------------------
 
 _HCM_FIELDS = ("stat_prefix", "codec_type", "route_config", "rds", "scoped_routes", "http_filters",
-               "server_name", "use_remote_address", "xff_num_trusted_hops", "generate_request_id",
+               "server_name", "use_remote_address", "xff_num_trusted_hops", "internal_address_config",
+               "generate_request_id",
                "request_headers_timeout", "stream_idle_timeout", "request_timeout", "drain_timeout",
                "common_http_protocol_options", "max_request_headers_kb", "http_protocol_options", "access_log",
                "upgrade_configs")
@@ -278,6 +279,7 @@ def http_connection_manager(config: Mapping, path: str) -> Tuple[mh.HttpConnecti
         server_name=server_name or mh.HttpConnectionManager.server_name,
         use_remote_address=_bool(hcm, "use_remote_address"),
         xff_num_trusted_hops=hcm.uint32("xff_num_trusted_hops", default=0),
+        internal_address_config=_internal_address_config(hcm),
         generate_request_id=_bool(hcm, "generate_request_id", default=True),
         request_headers_timeout=_timeout(hcm, "request_headers_timeout", None),
         stream_idle_timeout=_timeout(hcm, "stream_idle_timeout", DEFAULT_STREAM_IDLE_TIMEOUT),
@@ -290,6 +292,22 @@ def http_connection_manager(config: Mapping, path: str) -> Tuple[mh.HttpConnecti
         **options,
     )
     return manager, refs
+
+
+def _internal_address_config(hcm: Message) -> Optional[mh.InternalAddressConfig]:
+    """HttpConnectionManager.internal_address_config: cidr_ranges as "prefix/len" strings."""
+    msg = hcm.message("internal_address_config", ("unix_sockets", "cidr_ranges"))
+    if msg is None:
+        return None
+    cidrs = []
+    for item, ipath in msg.repeated("cidr_ranges"):
+        r = Message(item, ipath, ("address_prefix", "prefix_len"))
+        prefix = r.string("address_prefix", required=True, non_empty=True)
+        length = r.uint32("prefix_len", default=0)
+        text = f"{prefix}/{length}"
+        mh.parse_cidr(text, ipath)
+        cidrs.append(text)
+    return mh.InternalAddressConfig(cidr_ranges=cidrs, unix_sockets=_bool(msg, "unix_sockets"))
 
 
 # --- HTTP filters -------------------------------------------------------------------------

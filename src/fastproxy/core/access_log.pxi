@@ -194,9 +194,17 @@ cdef void _al_sockaddr(_AlOut* o, sockaddr_storage* ss, bint with_port) noexcept
     _al_addr(o, ip, strlen(ip), port, with_port)
 
 
-cdef const char* _al_request_field(HStream* s, const char* name, size_t n, size_t* out) noexcept nogil:
-    """A request header (lower-case name) or pseudo-header of the stream, NULL if absent."""
+cdef const char* _al_request_field(HStream* s, const char* name, size_t n, size_t* out,
+                                   char* scratch, size_t cap) noexcept nogil:
+    """A request header (lower-case name) or pseudo-header of the stream, NULL if absent:
+    the request as Envoy's access log sees it, i.e. after the connection manager's and the
+    router's mutations (x-forwarded-for, x-request-id, x-envoy-*). A request the codec
+    rejected has no headers at all. `scratch` (cap bytes) may hold the value."""
     cdef H1Head* h = &s.head
+    cdef HttpCfg* hc = <HttpCfg*>s.c.cfg.http
+    cdef int cls
+    if h.buf == NULL:
+        return NULL
     if n and name[0] == 58:                     # ':'
         if _ieq(name, n, ":method"):
             out[0] = h.method_len
@@ -204,6 +212,9 @@ cdef const char* _al_request_field(HStream* s, const char* name, size_t n, size_
         if _ieq(name, n, ":path"):
             if s.connect:
                 return NULL                     # CONNECT has no path (Envoy prints "-")
+            if s.rewritten_path != NULL:        # the path the upstream got
+                out[0] = s.rewritten_path_len
+                return s.rewritten_path
             out[0] = h.target_len
             return h.buf + h.target_off
         if _ieq(name, n, ":authority"):
@@ -215,6 +226,30 @@ cdef const char* _al_request_field(HStream* s, const char* name, size_t n, size_
     if s.request_id_len and _ieq(name, n, "x-request-id"):
         out[0] = s.request_id_len
         return s.request_id
+    if n > 8 and (name[0] | 0x20) == 120:      # 'x'
+        if hc.use_remote_address and _ieq(name, n, "x-forwarded-for"):
+            out[0] = stream_forwarded_xff(s, scratch, cap)
+            return scratch
+        cls = _xe_class(name, n)
+        if cls:
+            if (cls & XE_EXPECTED) and s.expected_timeout_ms:
+                out[0] = _u64_text(s.expected_timeout_ms, scratch)
+                return scratch
+            if (cls & XE_ORIG_PATH) and s.rewritten_path != NULL:
+                out[0] = h.target_len
+                return h.buf + h.target_off
+            if s.fc != NULL:                    # the map: sanitized, then as filters left it
+                if s.cluster != NULL and xe_drops(s, name, n, XE_AT_ROUTER):
+                    return NULL
+                return hm_get(&s.fc.req, name, n, out)
+            if (cls & XE_INTERNAL) and s.client_internal:
+                out[0] = 4
+                return "true"
+            if (cls & XE_EXT_ADDR) and s.edge:
+                out[0] = s.client_ip_len
+                return s.client_ip
+            if xe_drops(s, name, n, XE_AT_HCM | (XE_AT_ROUTER if s.cluster != NULL else 0)):
+                return NULL
     return _head_field(h, name, out)
 
 
@@ -229,6 +264,7 @@ cdef size_t alog_format(AlogSink* k, HStream* s, char* buf, size_t cap) noexcept
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
     cdef sockaddr_storage ss
     cdef socklen_t sl
+    cdef char scratch[1024]
     o.p = buf
     o.cap = cap
     o.n = 0
@@ -239,9 +275,12 @@ cdef size_t alog_format(AlogSink* k, HStream* s, char* buf, size_t cap) noexcept
         elif op.kind == AL_REQ or op.kind == AL_RESP:
             v = NULL
             if op.kind == AL_REQ:
-                v = _al_request_field(s, op.text, op.text_len, &n)
+                v = _al_request_field(s, op.text, op.text_len, &n, scratch, sizeof(scratch))
                 if v == NULL and op.alt != NULL:
-                    v = _al_request_field(s, op.alt, op.alt_len, &n)
+                    v = _al_request_field(s, op.alt, op.alt_len, &n, scratch, sizeof(scratch))
+            elif s.service_time_set and _ieq(op.text, op.text_len, "x-envoy-upstream-service-time"):
+                n = _u64_text(s.service_time_ms, scratch)
+                v = scratch
             elif s.resp_from_upstream and s.up != NULL:
                 v = _head_field(&s.up.resp.head, op.text, &n)
                 if v == NULL and op.alt != NULL:

@@ -118,7 +118,9 @@ cdef enum:                          # H1Parser.flags, valid from H1_HEAD_DONE on
     H1X_CONN_UPGRADE = 0x10000
     H1X_UPGRADE_HDR = 0x20000
     H1X_EXPECT_100 = 0x40000
-    H1X_TE_OTHER = 0x80000
+    H1X_ENVOY_HDR = 0x80000         # request: a field name starts with "x-envoy-" (kept after
+                                    # the head: the connection manager sanitizes only then)
+    H1X_TE_OTHER = 0x100000
 
 cdef enum:                          # H1Parser.err; statuses and reasons in _H1_ERRORS
     H1E_OK = 0
@@ -796,6 +798,9 @@ cdef int _h1_known_field(H1Parser* p, const uint8_t* name, size_t nl, const uint
                          size_t n) noexcept nogil:
     """Act on the fields that frame the message or the connection."""
     cdef size_t pos = 0, a, b
+    if nl > 8 and (name[0] | 0x20) == 120 and p.kind == H1_REQUEST and _h1_ieq(name, b"x-envoy-", 8):
+        p.flags |= H1X_ENVOY_HDR        # one byte compared for almost every other field
+        return 0
     if nl == 4:
         if p.kind == H1_REQUEST and _h1_ieq(name, b"host", 4):
             if p.flags & H1X_HOST:

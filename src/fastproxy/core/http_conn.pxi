@@ -64,6 +64,11 @@ cdef struct HttpCfg:
     uint8_t use_remote_address
     uint8_t generate_request_id
     uint32_t xff_num_trusted_hops
+    uint8_t internal_mode           # IA_*: which client addresses are internal (http_stream.pxi)
+    int ninternal
+    InternalCidr* internal_cidrs    # IA_CIDRS: internal_address_config.cidr_ranges
+    char local_ip[48]               # Envoy's local address: what XFF gets for a loopback peer
+    size_t local_ip_len
     char* server_name
     size_t server_name_len
     int nfilters                    # http_filters before the router (core/http_filter.pxi)
@@ -143,7 +148,13 @@ cdef struct HStream:
     char client_ip[48]              # the trusted client address (use_remote_address/XFF)
     size_t client_ip_len
     uint16_t client_port            # 0 when the address came from x-forwarded-for
-    uint8_t client_internal         # an internal (RFC 1918, loopback) address
+    uint8_t client_internal         # Envoy's "internal request" (http_stream.pxi)
+    uint8_t edge                    # use_remote_address and not internal: an edge request
+    uint8_t envoy_hdrs              # the request has x-envoy-* fields (the codec's H1X_ENVOY_HDR)
+    uint64_t timeout_ms             # the route timeout in force (x-envoy-upstream-rq-timeout-ms)
+    uint64_t expected_timeout_ms    # what x-envoy-expected-rq-timeout-ms says; 0: not sent
+    uint64_t service_time_ms        # the x-envoy-upstream-service-time we sent ...
+    uint8_t service_time_set        # ... if we did
     char request_id[40]             # the x-request-id we generated, if any
     size_t request_id_len
     Timer idle_timer                # stream_idle_timeout (lazy: checks last_active_ms)
@@ -172,6 +183,9 @@ cdef struct HConn:
     char remote_ip[48]
     size_t remote_ip_len
     uint16_t remote_port
+    uint8_t remote_loopback         # the peer is 127/8 or ::1
+    uint64_t req_start_ms           # the first byte of the request being parsed arrived
+    uint64_t req_start_us           # ... (wall clock, START_TIME)
     SplicePipe req_pipe             # request bodies: downstream -> upstream
     SplicePipe rsp_pipe             # response bodies: upstream -> downstream
 
@@ -529,6 +543,29 @@ cdef void _uuid4(char* out, uint64_t a, uint64_t b) noexcept nogil:
         out[k] = _HEX[(lo >> (60 - 4 * i)) & 15]
         k += 1
     out[36] = 0
+
+
+cdef void stream_new_request_id(HStream* s) noexcept nogil:
+    """Generate the stream's x-request-id (s.request_id, 36 characters)."""
+    cdef uint64_t a = worker_random(s.c.w)
+    cdef uint64_t b = worker_random(s.c.w)
+    _uuid4(s.request_id, a, b)
+    s.request_id_len = 36
+
+
+cdef size_t _u64_text(uint64_t v, char* out) noexcept nogil:
+    """v in decimal at out (room for 20 digits); returns the length."""
+    cdef char tmp[20]
+    cdef size_t n = 0, i
+    while True:
+        tmp[n] = <char>(48 + v % 10)
+        n += 1
+        v //= 10
+        if v == 0:
+            break
+    for i in range(n):
+        out[i] = tmp[n - 1 - i]
+    return n
 
 
 cdef bint _named_by_connection(H1Head* h, const char* name, size_t n) noexcept nogil:
@@ -1119,11 +1156,12 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
     cdef char xff[1024]
     cdef char hostbuf[64]
     cdef char lenbuf[24]
+    cdef char tobuf[24]
     cdef size_t n, k
     cdef const char* v
     cdef H1Str target = _s(s.head.buf + s.head.target_off, s.head.target_len)
     cdef H1Str method = _s(s.head.buf + s.head.method_off, s.head.method_len)
-    cdef uint64_t a, b
+    cdef H1Str orig_target
     cdef uint8_t chunked = 0
     memset(&l, 0, sizeof(PairList))
     try:
@@ -1143,6 +1181,7 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
                 return -1
         elif _pl_from_head(&l, &s.head) < 0:
             return -1
+        orig_target = target
         if s.rewritten_path != NULL:
             target = _s(s.rewritten_path, s.rewritten_path_len)
         if framing == UF_PARSER:
@@ -1171,30 +1210,44 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
             if k:
                 _pl_remove(&l, "host", 4)
                 _pl_add(&l, _cs("host"), _s(hostbuf, k))
+        # Envoy's x-envoy-* rules (http_stream.pxi): the connection manager's pass already
+        # ran on a filtered stream's map; the router's runs on every filtered stream, since a
+        # filter may have added such a field.
+        if s.fc != NULL:
+            xe_sanitize(s, &l, XE_AT_ROUTER)
+        elif s.envoy_hdrs:
+            xe_sanitize(s, &l, XE_AT_HCM | XE_AT_ROUTER)
         if h.use_remote_address:
-            v = _req_field(s, "x-forwarded-for", 15, &n)
-            if v != NULL and n + c.remote_ip_len + 2 < sizeof(xff):
-                memcpy(xff, v, n)
-                memcpy(xff + n, b", ", 2)
-                memcpy(xff + n + 2, c.remote_ip, c.remote_ip_len)
-                k = n + 2 + c.remote_ip_len
-            else:
-                memcpy(xff, c.remote_ip, c.remote_ip_len)
-                k = c.remote_ip_len
+            k = stream_forwarded_xff(s, xff, sizeof(xff))
             _pl_remove(&l, "x-forwarded-for", 15)
             _pl_add(&l, _cs("x-forwarded-for"), _s(xff, k))
-            _pl_remove(&l, "x-forwarded-proto", 17)
-            _pl_add(&l, _cs("x-forwarded-proto"), _cs("http"))
+            # A trusted hop's x-forwarded-proto is kept (Envoy: only with xff_num_trusted_hops).
+            if h.xff_num_trusted_hops == 0 or not _pl_has(&l, "x-forwarded-proto", 17):
+                _pl_remove(&l, "x-forwarded-proto", 17)
+                _pl_add(&l, _cs("x-forwarded-proto"), _cs("http"))
         elif not _pl_has(&l, "x-forwarded-proto", 17):
             _pl_add(&l, _cs("x-forwarded-proto"), _cs("http"))
-        if h.generate_request_id and not _pl_has(&l, "x-request-id", 12):
-            a = worker_random(c.w)
-            b = worker_random(c.w)
-            _uuid4(s.request_id, a, b)
-            s.request_id_len = 36
+        if s.fc == NULL:
+            if s.client_internal:
+                _pl_add(&l, _cs("x-envoy-internal"), _cs("true"))
+            elif s.edge:
+                _pl_add(&l, _cs("x-envoy-external-address"), _s(s.client_ip, s.client_ip_len))
+            if h.generate_request_id and (s.edge or not _pl_has(&l, "x-request-id", 12)):
+                # An edge request's own x-request-id is replaced (Envoy's default
+                # preserve_external_request_id: false).
+                stream_new_request_id(s)
+                if s.edge:
+                    _pl_overwrite(&l, _cs("x-request-id"), _s(s.request_id, 36))
+                else:
+                    _pl_add(&l, _cs("x-request-id"), _s(s.request_id, 36))
+        elif h.generate_request_id and not _pl_has(&l, "x-request-id", 12):
+            stream_new_request_id(s)
             _pl_add(&l, _cs("x-request-id"), _s(s.request_id, 36))
-        if h.use_remote_address and not s.client_internal:
-            _pl_overwrite(&l, _cs("x-envoy-external-address"), _s(s.client_ip, s.client_ip_len))
+        if s.expected_timeout_ms:
+            k = _u64_text(s.expected_timeout_ms, tobuf)
+            _pl_add(&l, _cs("x-envoy-expected-rq-timeout-ms"), _s(tobuf, k))
+        if s.rewritten_path != NULL:            # the router's finalizePathHeader
+            _pl_add(&l, _cs("x-envoy-original-path"), orig_target)
         if _pl_apply_ops(&l, &e.request_headers) < 0:
             return -1
         if _append_head(&s.up.out_buf, &l, True, method, target, 0, _s(NULL, 0)) < 0:
@@ -1214,7 +1267,7 @@ cdef int _downstream_response_head(HStream* s, int framing, uint64_t length) noe
     cdef const char* v
     cdef size_t n
     cdef char lenbuf[24]
-    cdef char stbuf[4]
+    cdef char svc[24]
     cdef uint8_t chunked = 0
     cdef int status = rh.status
     cdef H1Str reason
@@ -1230,8 +1283,16 @@ cdef int _downstream_response_head(HStream* s, int framing, uint64_t length) noe
             s.status = status
             if hm_to_pairs(&s.fc.resp, &l, True) < 0:
                 return -1
-        elif _pl_from_head(&l, rh) < 0:
-            return -1
+        else:
+            if _pl_from_head(&l, rh) < 0:
+                return -1
+            if s.request_end_ms:
+                # The router's x-envoy-upstream-service-time: from the end of the request to
+                # the response head (a filtered response got it in _response_to_filters).
+                s.service_time_ms = c.w.now - s.request_end_ms
+                s.service_time_set = 1
+                _pl_overwrite(&l, _cs("x-envoy-upstream-service-time"),
+                              _s(svc, _u64_text(s.service_time_ms, svc)))
         if status == rh.status and rh.reason_len:
             reason = _s(rh.buf + rh.reason_off, rh.reason_len)
         else:
@@ -1536,6 +1597,8 @@ cdef int _response_to_filters(HStream* s) noexcept nogil:
     cdef FChain* fc = s.fc
     cdef H1Parser* p = &s.up.resp
     cdef char* st = fc.status_text
+    cdef char svc[24]
+    cdef size_t n
     st[0] = <char>(48 + (p.head.status // 100) % 10)     # the codec guarantees 100..999
     st[1] = <char>(48 + (p.head.status // 10) % 10)
     st[2] = <char>(48 + p.head.status % 10)
@@ -1543,6 +1606,13 @@ cdef int _response_to_filters(HStream* s) noexcept nogil:
             or hm_from_head(&fc.resp, &p.head, True, False) < 0:
         hconn_close(s.c, True)
         return -1
+    if s.request_end_ms:
+        s.service_time_ms = s.c.w.now - s.request_end_ms
+        s.service_time_set = 1
+        n = _u64_text(s.service_time_ms, svc)
+        if hm_set(&fc.resp, "x-envoy-upstream-service-time", 29, svc, n) < 0:
+            hconn_close(s.c, True)
+            return -1
     fc.enc.end_seen = p.framing == H1_BODY_NONE
     return hf_iterate(s, True)
 
@@ -1562,6 +1632,8 @@ cdef int stream_filter_request_body(HStream* s) noexcept nogil:
         n = h1_feed_body(p, r.s.data + r.off, r.len, &off, &seg)
         if n < 0:
             stat_add(h.stats, c.w, H_CX_PROTOCOL_ERROR, 1)
+            stat_add(h.stats, c.w, H_RQ_RX_RESET, 1)
+            s.response_flags |= RF_DPE
             if s.up != NULL:
                 upconn_close(s.up)
                 s.up = NULL
@@ -1569,8 +1641,8 @@ cdef int stream_filter_request_body(HStream* s) noexcept nogil:
                 hconn_close(c, True)
                 return -1
             chain_clear(&c.in_buf)
-            hconn_local_reply(c, p.err_status, h1_err_reason(p.err), strlen(h1_err_reason(p.err)),
-                              NULL, 0, True)
+            hconn_local_reply(c, p.err_status, _status_reason(p.err_status),
+                              strlen(_status_reason(p.err_status)), NULL, 0, True)
             stream_finish(s)
             return -1
         s.req_body_bytes += seg
@@ -1633,12 +1705,28 @@ cdef void _fill_route_input(HStream* s, RouteInput* r, RouteHeader* hdrs) noexce
     r.path_len = hd.target_len
     r.host = _head_field(hd, "host", &n)
     r.host_len = n if r.host != NULL else 0
+    k = 0
     for i in range(hd.nfields):
-        hdrs[i].name = hd.buf + hd.fields[i].name_off
-        hdrs[i].name_len = hd.fields[i].name_len
-        hdrs[i].value = hd.buf + hd.fields[i].value_off
-        hdrs[i].value_len = hd.fields[i].value_len
-    r.nheaders = <int>hd.nfields
+        hdrs[k].name = hd.buf + hd.fields[i].name_off
+        hdrs[k].name_len = hd.fields[i].name_len
+        if s.envoy_hdrs and xe_drops(s, hdrs[k].name, hdrs[k].name_len, XE_AT_HCM):
+            continue                    # routes see the headers as Envoy's HCM left them
+        hdrs[k].value = hd.buf + hd.fields[i].value_off
+        hdrs[k].value_len = hd.fields[i].value_len
+        k += 1
+    if s.client_internal:               # (hdrs has room for two more)
+        hdrs[k].name = "x-envoy-internal"
+        hdrs[k].name_len = 16
+        hdrs[k].value = "true"
+        hdrs[k].value_len = 4
+        k += 1
+    elif s.edge:
+        hdrs[k].name = "x-envoy-external-address"
+        hdrs[k].name_len = 24
+        hdrs[k].value = s.client_ip
+        hdrs[k].value_len = s.client_ip_len
+        k += 1
+    r.nheaders = <int>k
 
 
 cdef inline bint _dec_body_filtered(HStream* s) noexcept nogil:
@@ -1741,12 +1829,13 @@ cdef void stream_start(HConn* c) noexcept nogil:
     timer_cancel(c.w, &c.idle_timer)
     timer_cancel(c.w, &c.headers_timer)
     s.c = c
-    s.start_ms = c.w.now
+    s.start_ms = c.req_start_ms         # Envoy's stream begins with the request's first byte
     s.cluster_override = -1
-    s.start_time_us = wall_clock_us()
+    s.start_time_us = c.req_start_us
     s.cluster_index = -1
     timer_init(&s.timeout, _stream_timeout, s)
     h1_head_take(&c.req, &s.head)
+    s.envoy_hdrs = (c.req.flags & H1X_ENVOY_HDR) != 0
     s.method = s.head.method
     s.minor = s.head.minor
     s.keepalive = (c.req.flags & H1F_KEEP_ALIVE) != 0
@@ -1766,6 +1855,7 @@ cdef void stream_start(HConn* c) noexcept nogil:
     if s.minor == 0 and not h.accept_http_10:
         # Envoy: HTTP/1.0 only with http_protocol_options.accept_http_10.
         s.keepalive = 0
+        s.response_flags |= RF_DPE      # a protocol error, as Envoy's codec reports it
         hconn_local_reply(c, 426, "Upgrade Required", 16, NULL, 0, True)
         stream_finish(s)
         return
@@ -1773,11 +1863,13 @@ cdef void stream_start(HConn* c) noexcept nogil:
         # A coding besides chunked (gzip, chunked) would have to be kept when the body is
         # re-framed; like Envoy, the proxy does not take such bodies.
         s.keepalive = 0
+        s.response_flags |= RF_DPE      # a protocol error, as Envoy's codec reports it
         hconn_local_reply(c, 501, "unsupported transfer coding", 27, NULL, 0, True)
         stream_finish(s)
         return
     if _request_target_normalize(s, h) < 0:
         s.keepalive = 0
+        s.response_flags |= RF_DPE      # a protocol error, as Envoy's codec reports it
         hconn_local_reply(c, 400, "invalid request target or host", 30, NULL, 0, True)
         stream_finish(s)
         return
@@ -1832,7 +1924,7 @@ cdef int stream_route(HStream* s) noexcept nogil:
     cdef ssize_t n
     cdef int ci
     cdef size_t nf = s.head.nfields if s.fc == NULL else s.fc.req.l.n
-    hdrs = <RouteHeader*>malloc(max(1, nf) * sizeof(RouteHeader))
+    hdrs = <RouteHeader*>malloc((nf + 2) * sizeof(RouteHeader))
     if hdrs == NULL:
         hconn_close(c, True)
         return -1
@@ -1859,6 +1951,7 @@ cdef int stream_route(HStream* s) noexcept nogil:
         ci = e.cluster if e.action == ROUTE_CLUSTER else route_pick_weighted(e, worker_random(c.w))
     s.cluster = h.clusters[ci]
     s.cluster_index = ci
+    stream_route_timeout(s)
     s.up = upconn_acquire(s, s.cluster)
     if s.up == NULL:
         free(hdrs)
@@ -1884,8 +1977,8 @@ cdef int stream_route(HStream* s) noexcept nogil:
     elif s.fc.dec.phase == FP_PH_DONE:
         if stream_send_request_head(s, UF_LENGTH if c.req.framing != H1_BODY_NONE else UF_NONE, 0) < 0:
             return -1
-    if s.req_done and e.timeout_ms:
-        timer_arm(c.w, &s.timeout, e.timeout_ms)
+    if s.req_done and s.timeout_ms:
+        timer_arm(c.w, &s.timeout, s.timeout_ms)
     if s.up.state == UC_BUSY:
         s.up.ep.writable = 1            # a pooled connection: try to write at once
     return 0
@@ -1910,6 +2003,8 @@ cdef int hf_sink_headers_decode(HStream* s) noexcept nogil:
     """The request headers passed every decoder filter: route."""
     if s.fc.dec.phase == FP_PH_DONE:
         s.req_done = 1
+        if not s.request_end_ms:
+            s.request_end_ms = s.c.w.now
     return stream_route(s)
 
 
@@ -1976,8 +2071,10 @@ cdef int hf_sink_data_decode(HStream* s) noexcept nogil:
         return -1
     if d.phase == FP_PH_DONE:
         s.req_done = 1
-        if s.route.timeout_ms:
-            timer_arm(c.w, &s.timeout, s.route.timeout_ms)
+        if not s.request_end_ms:
+            s.request_end_ms = c.w.now
+        if s.timeout_ms:
+            timer_arm(c.w, &s.timeout, s.timeout_ms)
     if u.state == UC_BUSY and u.out_buf.length:
         u.ep.writable = 1
     return 0
@@ -2085,8 +2182,8 @@ cdef int stream_forward_request_body(HStream* s) noexcept nogil:
         if p.state == H1_MESSAGE_DONE and c.req_pipe.bytes == 0:
             s.req_done = 1
             s.request_end_ms = c.w.now
-            if s.route.timeout_ms:
-                timer_arm(c.w, &s.timeout, s.route.timeout_ms)
+            if s.timeout_ms:
+                timer_arm(c.w, &s.timeout, s.timeout_ms)
         return 0
     while not s.req_done and c.in_buf.length and u.out_buf.length < HTTP_IO_LIMIT:
         r = &c.in_buf.refs[c.in_buf.head]
@@ -2095,6 +2192,7 @@ cdef int stream_forward_request_body(HStream* s) noexcept nogil:
             # Bad chunk framing. We re-frame bodies, so the upstream has only seen a
             # well-formed, unfinished message; reset it and answer the client.
             stat_add(h.stats, c.w, H_CX_PROTOCOL_ERROR, 1)
+            stat_add(h.stats, c.w, H_RQ_RX_RESET, 1)
             s.response_flags |= RF_DPE
             upconn_close(u)
             s.up = NULL
@@ -2102,8 +2200,8 @@ cdef int stream_forward_request_body(HStream* s) noexcept nogil:
                 hconn_close(c, True)
                 return -1
             chain_clear(&c.in_buf)
-            hconn_local_reply(c, p.err_status, h1_err_reason(p.err), strlen(h1_err_reason(p.err)),
-                              NULL, 0, True)
+            hconn_local_reply(c, p.err_status, _status_reason(p.err_status),
+                              strlen(_status_reason(p.err_status)), NULL, 0, True)
             stream_finish(s)
             return -1
         s.req_body_bytes += seg
@@ -2128,8 +2226,8 @@ cdef int stream_forward_request_body(HStream* s) noexcept nogil:
                 return -1
             s.req_done = 1
             s.request_end_ms = c.w.now
-            if s.route.timeout_ms:
-                timer_arm(c.w, &s.timeout, s.route.timeout_ms)
+            if s.timeout_ms:
+                timer_arm(c.w, &s.timeout, s.timeout_ms)
     if not s.req_done and c.down_eof and c.in_buf.length == 0:
         stat_add(h.stats, c.w, H_RQ_RX_RESET, 1)
         hconn_close(c, False)
@@ -2179,9 +2277,11 @@ cdef void hconn_start(Worker* w, ListenerCfg* cfg, int fd) noexcept nogil:
         if ss.ss_family == AF_INET6:
             inet_ntop(AF_INET6, &(<sockaddr_in6*>&ss).sin6_addr, c.remote_ip, sizeof(c.remote_ip))
             c.remote_port = ntohs((<sockaddr_in6*>&ss).sin6_port)
+            c.remote_loopback = memcmp(&(<sockaddr_in6*>&ss).sin6_addr, b"\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\1", 16) == 0
         else:
             inet_ntop(AF_INET, &(<sockaddr_in*>&ss).sin_addr, c.remote_ip, sizeof(c.remote_ip))
             c.remote_port = ntohs((<sockaddr_in*>&ss).sin_port)
+            c.remote_loopback = (<uint8_t*>&(<sockaddr_in*>&ss).sin_addr)[0] == 127
         c.remote_ip_len = strlen(c.remote_ip)
     c.next = w.hconns
     if w.hconns != NULL:
@@ -2263,7 +2363,6 @@ cdef int _hconn_process(HConn* c) noexcept nogil:
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
     cdef SliceRef* r
     cdef ssize_t n
-    cdef const char* reason
     cdef HStream* s
     while True:
         if c.stream != NULL:
@@ -2303,17 +2402,20 @@ cdef int _hconn_process(HConn* c) noexcept nogil:
         if c.in_buf.length == 0:
             if c.down_eof:
                 if h1_feed_eof(&c.req) < 0:
-                    stat_add(h.stats, c.w, H_CX_PROTOCOL_ERROR, 1)
+                    # The client closed inside a request head: Envoy's stream for it ends
+                    # "downstream connection termination" (DC), unanswered.
+                    hconn_unparsed_request(c, 0, RF_DC)
                 hconn_close(c, False)
                 return -1
             return 0
+        if c.req.state == H1_HEAD and c.req.head.len == 0:
+            c.req_start_ms = c.w.now            # a new request begins
+            c.req_start_us = wall_clock_us()
         r = &c.in_buf.refs[c.in_buf.head]
         n = h1_feed_head(&c.req, r.s.data + r.off, r.len)
         if n < 0:
             stat_add(h.stats, c.w, H_CX_PROTOCOL_ERROR, 1)
-            stat_add(h.stats, c.w, H_RQ_TOTAL, 1)
-            reason = h1_err_reason(c.req.err)
-            hconn_local_reply(c, c.req.err_status, reason, strlen(reason), NULL, 0, True)
+            hconn_unparsed_request(c, c.req.err_status, RF_DPE)
             chain_clear(&c.in_buf)
             return 0
         chain_drain(&c.in_buf, <size_t>n)
@@ -2321,6 +2423,37 @@ cdef int _hconn_process(HConn* c) noexcept nogil:
             stream_start(c)
             if c.closed:
                 return -1
+
+
+cdef void hconn_unparsed_request(HConn* c, int status, uint32_t flags) noexcept nogil:
+    """A request that never became a stream: the codec rejected its head (status: the
+    answer), or the client closed inside it (status 0: no answer). As in Envoy, it is a
+    request all the same: counted (downstream_rq_total, downstream_rq_rx_reset, the status
+    class), timed (downstream_rq_time) and access-logged with the response flag, and
+    without request headers (%REQ(...)% prints "-"; the protocol is HTTP/1.1). The stream
+    lives on the stack for that long; nothing is allocated."""
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    cdef HStream s
+    memset(&s, 0, sizeof(HStream))
+    s.c = c
+    s.start_ms = c.req_start_ms if c.req_start_ms else c.w.now
+    s.start_time_us = c.req_start_us if c.req_start_us else wall_clock_us()
+    s.cluster_index = -1
+    s.minor = 1
+    s.response_flags = flags
+    memcpy(s.client_ip, c.remote_ip, c.remote_ip_len + 1)
+    s.client_ip_len = c.remote_ip_len
+    s.client_port = c.remote_port
+    stat_add(h.stats, c.w, H_RQ_TOTAL, 1)
+    stat_add(h.stats, c.w, H_RQ_RX_RESET, 1)
+    if status:
+        c.stream = &s                   # the reply's status and bytes go to this stream
+        hconn_local_reply(c, status, _status_reason(status), strlen(_status_reason(status)),
+                          NULL, 0, True)
+        c.stream = NULL
+    stream_log(&s)
+    c.req_start_ms = 0
+    c.req_start_us = 0
 
 
 cdef void hconn_pump(HConn* c) noexcept nogil:
@@ -2465,6 +2598,7 @@ cdef void http_cfg_decref(HttpCfg* h) noexcept nogil:
     alog_sinks_free(h.logs, h.nlogs)
     free(h.server_name)
     free(h.default_host_10)
+    free(h.internal_cidrs)
     free(h)
 
 
@@ -2475,6 +2609,33 @@ cdef class HttpCfgHandle:
 
     def __dealloc__(self):
         http_cfg_decref(self.h)
+
+
+cdef int _compile_internal_addresses(HttpCfg* h, iac) except -1:
+    """internal_address_config -> h.internal_mode (and h.internal_cidrs)."""
+    import ipaddress
+    from fastproxy.model_http import parse_cidr
+    cdef InternalCidr* r
+    cdef int i
+    if iac is None:
+        h.internal_mode = IA_NONE
+        return 0
+    if not iac.cidr_ranges:
+        h.internal_mode = IA_DEFAULT
+        return 0
+    h.internal_cidrs = <InternalCidr*>calloc(len(iac.cidr_ranges), sizeof(InternalCidr))
+    if h.internal_cidrs == NULL:
+        raise MemoryError()
+    h.internal_mode = IA_CIDRS
+    for i, text in enumerate(iac.cidr_ranges):
+        net = parse_cidr(text, f"internal_address_config.cidr_ranges[{i}]")
+        r = &h.internal_cidrs[i]
+        r.v6 = net.version == 6
+        r.plen = net.prefixlen
+        packed = net.network_address.packed
+        memcpy(r.addr, <char*>packed, len(packed))
+        h.ninternal = i + 1
+    return 0
 
 
 def make_http_cfg(hcm, StatBlockHandle stats, dict clusters, int nworkers):
@@ -2536,6 +2697,8 @@ def make_http_cfg(hcm, StatBlockHandle stats, dict clusters, int nworkers):
     h.use_remote_address = hcm.use_remote_address
     h.generate_request_id = hcm.generate_request_id
     h.xff_num_trusted_hops = hcm.xff_num_trusted_hops
+    _compile_internal_addresses(h, getattr(hcm, "internal_address_config", None))
+    h.local_ip_len = _envoy_local_address(h.local_ip, sizeof(h.local_ip))
     server = (hcm.server_name or "").encode()
     h.server_name = <char*>malloc(len(server) + 1)
     memcpy(h.server_name, <char*>server, len(server) + 1)

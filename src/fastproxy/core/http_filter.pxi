@@ -538,6 +538,22 @@ cdef int hf_stream_create(HStream* s) noexcept nogil:
     hm_append_raw(&fc.req, _cs(":scheme"), _cs("http"))
     if hm_from_head(&fc.req, &s.head, True, True) < 0:
         return -1
+    # Envoy's connection manager mutates the request before the filters see it
+    # (http_stream.pxi): x-envoy-* sanitizing, x-envoy-internal / x-envoy-external-address,
+    # and an edge request's new x-request-id. The rest (XFF, ...) is done when the head is sent.
+    if s.envoy_hdrs:
+        xe_sanitize(s, &fc.req.l, XE_AT_HCM)
+    if s.client_internal:
+        if hm_append_raw(&fc.req, _cs("x-envoy-internal"), _cs("true")) < 0:
+            return -1
+    elif s.edge:
+        if hm_append_raw(&fc.req, _cs("x-envoy-external-address"), _s(s.client_ip, s.client_ip_len)) < 0:
+            return -1
+        if h.generate_request_id:
+            stream_new_request_id(s)
+            hm_remove(&fc.req, "x-request-id", 12)
+            if hm_append_raw(&fc.req, _cs("x-request-id"), _s(s.request_id, 36)) < 0:
+                return -1
     for i in range(fc.n):
         fcfg = &fc.cfgs[i]
         fc.current = i

@@ -74,20 +74,58 @@ cdef void _stream_request_timeout_fired(Worker* w, void* arg) noexcept nogil:
 
 # ---------------------------------------------------------------- trusted client address
 
-cdef bint _ip_is_internal(const char* ip) noexcept nogil:
-    """Envoy's default internal addresses: RFC 1918, loopback, IPv6 ULA (fd00::/8), ::1."""
+cdef enum:                          # HttpCfg.internal_mode
+    IA_NONE = 0                     # no internal_address_config: nothing is internal (Envoy >= 1.33)
+    IA_DEFAULT = 1                  # internal_address_config without cidr_ranges: RFC 1918 & co
+    IA_CIDRS = 2                    # its cidr_ranges
+
+cdef struct InternalCidr:
+    uint8_t v6
+    uint8_t plen
+    uint8_t addr[16]
+
+
+cdef bint _cidr_contains(const InternalCidr* r, const uint8_t* a, bint v6) noexcept nogil:
+    cdef int bits = r.plen, i = 0
+    if r.v6 != v6:
+        return False
+    while bits >= 8:
+        if a[i] != r.addr[i]:
+            return False
+        bits -= 8
+        i += 1
+    return bits == 0 or ((a[i] ^ r.addr[i]) >> (8 - bits)) == 0
+
+
+cdef bint _ip_is_internal(HttpCfg* h, const char* ip) noexcept nogil:
+    """Is the address internal under the connection manager's internal_address_config?
+    Envoy's default set (Network::Utility::isInternalAddress): 10/8, 172.16/12, 192.168/16,
+    127.0.0.1 (that address only), fd00::/8 and ::1."""
     cdef uint8_t a[16]
+    cdef bint v6
+    cdef int i
+    if h.internal_mode == IA_NONE:
+        return False
     if inet_pton(AF_INET, ip, a) == 1:
-        return (a[0] == 10 or a[0] == 127 or (a[0] == 172 and (a[1] & 0xf0) == 16)
-                or (a[0] == 192 and a[1] == 168))
-    if inet_pton(AF_INET6, ip, a) == 1:
-        if a[0] == 0xfd:
-            return True
-        for i in range(15):
-            if a[i]:
-                return False
-        return a[15] == 1
-    return False
+        v6 = False
+    elif inet_pton(AF_INET6, ip, a) == 1:
+        v6 = True
+    else:
+        return False
+    if h.internal_mode == IA_CIDRS:
+        for i in range(h.ninternal):
+            if _cidr_contains(&h.internal_cidrs[i], a, v6):
+                return True
+        return False
+    if not v6:
+        return (a[0] == 10 or (a[0] == 172 and (a[1] & 0xf0) == 16) or (a[0] == 192 and a[1] == 168)
+                or (a[0] == 127 and a[1] == 0 and a[2] == 0 and a[3] == 1))
+    if a[0] == 0xfd:
+        return True
+    for i in range(15):
+        if a[i]:
+            return False
+    return a[15] == 1
 
 
 cdef bint _xff_from_right(const char* v, size_t n, uint32_t k, char* out, size_t cap) noexcept nogil:
@@ -117,26 +155,243 @@ cdef bint _xff_from_right(const char* v, size_t n, uint32_t k, char* out, size_t
 
 cdef void stream_client_address(HStream* s) noexcept nogil:
     """Envoy's trusted client address (what %DOWNSTREAM_REMOTE_ADDRESS% prints and
-    x-envoy-external-address carries). With use_remote_address: the connection's peer, or,
-    with xff_num_trusted_hops = N > 0, the N-th address from the right of the received
-    x-forwarded-for. Without it: the (N+1)-th from the right of x-forwarded-for. Either way
-    the peer when x-forwarded-for has too few (valid) entries."""
+    x-envoy-external-address carries) and whether the request is internal
+    (ConnectionManagerUtility::mutateRequestHeaders). With use_remote_address: the
+    connection's peer, or, with xff_num_trusted_hops = N > 0, the N-th address from the
+    right of the received x-forwarded-for; internal when the request has no
+    x-forwarded-for and the peer is an internal address. Without it: the (N+1)-th from the
+    right of x-forwarded-for; internal when x-forwarded-for is one internal address (and
+    N = 0). Either way the peer when x-forwarded-for has too few (valid) entries. An
+    external request under use_remote_address is an edge request."""
     cdef HConn* c = s.c
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
-    cdef const char* v
+    cdef const char* v = NULL
     cdef size_t n = 0
     cdef uint32_t k = h.xff_num_trusted_hops if h.use_remote_address else h.xff_num_trusted_hops + 1
+    cdef bint from_xff = False
     memcpy(s.client_ip, c.remote_ip, c.remote_ip_len + 1)
     s.client_ip_len = c.remote_ip_len
     s.client_port = c.remote_port
-    if k:
+    if k or h.internal_mode != IA_NONE:
         v = _head_field(&s.head, "x-forwarded-for", &n)
-        if v != NULL and _xff_from_right(v, n, k, s.client_ip, sizeof(s.client_ip)):
+    if k and v != NULL:
+        if _xff_from_right(v, n, k, s.client_ip, sizeof(s.client_ip)):
             s.client_ip_len = strlen(s.client_ip)
             s.client_port = 0
+            from_xff = True
         else:
             memcpy(s.client_ip, c.remote_ip, c.remote_ip_len + 1)
-    s.client_internal = _ip_is_internal(s.client_ip)
+    s.client_internal = 0
+    if h.internal_mode != IA_NONE:
+        if h.use_remote_address:
+            s.client_internal = v == NULL and _ip_is_internal(h, s.client_ip)
+        else:
+            s.client_internal = (from_xff and k == 1 and memchr(v, 44, n) == NULL
+                                 and _ip_is_internal(h, s.client_ip))
+    s.edge = h.use_remote_address and not s.client_internal
+
+
+cdef size_t stream_forwarded_xff(HStream* s, char* out, size_t cap) noexcept nogil:
+    """The x-forwarded-for the upstream gets under use_remote_address (Utility::appendXff):
+    the received value, if any, then "," and the peer (Envoy's local address instead of a
+    loopback peer). The peer alone if the result does not fit in cap."""
+    cdef HConn* c = s.c
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    cdef const char* a = c.remote_ip
+    cdef size_t an = c.remote_ip_len
+    cdef size_t n = 0
+    cdef const char* v = _req_field(s, "x-forwarded-for", 15, &n)
+    if c.remote_loopback:
+        a = h.local_ip
+        an = h.local_ip_len
+    if v != NULL and n and n + an + 1 <= cap:
+        memcpy(out, v, n)
+        out[n] = 44                                 # ','
+        memcpy(out + n + 1, a, an)
+        return n + 1 + an
+    memcpy(out, a, an)
+    return an
+
+
+# ---------------------------------------------------------------- x-envoy-* request headers
+#
+# Envoy trusts the x-envoy-* request headers only from internal requests (see above):
+# ConnectionManagerUtility::mutateRequestHeaders removes x-envoy-internal from every request
+# (and sets it to "true" on internal ones), and cleanInternalHeaders removes the control
+# headers (retry, timeout, tracing, ...) from every other request, plus the decorator and
+# downstream-service ones from edge requests; x-envoy-external-address is set on edge
+# requests. Later the router consumes the retry and timeout headers of whatever request
+# reaches it and sets x-envoy-expected-rq-timeout-ms to the route timeout in force.
+#
+# The codec flags a request that has any field named x-envoy-* (H1X_ENVOY_HDR), so a request
+# without one costs a single flag test here.
+
+cdef enum:                          # what Envoy does with a received x-envoy-* request field
+    XE_INTERNAL = 1                 # x-envoy-internal: removed (set again if internal)
+    XE_EXTERNAL = 2                 # removed unless the request is internal
+    XE_EDGE = 4                     # removed from edge requests
+    XE_EXT_ADDR = 8                 # x-envoy-external-address: replaced on edge requests
+    XE_ROUTER = 16                  # consumed by the router from any request
+    XE_EXPECTED = 32                # replaced by the router when a route timeout is in force
+    XE_ORIG_PATH = 64               # x-envoy-original-path: replaced when the route rewrites the path
+
+cdef enum:                          # where a pass runs (xe_sanitize)
+    XE_AT_HCM = 1                   # the connection manager: before the filters and routing
+    XE_AT_ROUTER = 2                # the router: the head sent upstream
+
+
+cdef int _xe_class(const char* name, size_t n) noexcept nogil:
+    """The XE_* bits of a request field name; 0 for a field Envoy forwards as it is."""
+    cdef const char* t = name + 8
+    cdef size_t k = n - 8
+    if n <= 8 or not _ieq(name, 8, "x-envoy-"):
+        return 0
+    if k == 8:
+        if _ieq(t, k, "internal"):
+            return XE_INTERNAL
+        if _ieq(t, k, "retry-on"):
+            return XE_EXTERNAL | XE_ROUTER
+    elif k == 7:
+        if _ieq(t, k, "ip-tags"):
+            return XE_EXTERNAL
+    elif k == 11:
+        if _ieq(t, k, "max-retries"):
+            return XE_EXTERNAL | XE_ROUTER
+        if _ieq(t, k, "force-trace"):
+            return XE_EXTERNAL
+    elif k == 12:
+        if _ieq(t, k, "original-url"):
+            return XE_EXTERNAL
+    elif k == 13:
+        if _ieq(t, k, "retry-grpc-on"):
+            return XE_EXTERNAL | XE_ROUTER
+        if _ieq(t, k, "original-path"):
+            return XE_EDGE | XE_ORIG_PATH
+        if _ieq(t, k, "original-host"):
+            return XE_EDGE
+    elif k == 16:
+        if _ieq(t, k, "external-address"):
+            return XE_EXT_ADDR
+    elif k == 19:
+        if _ieq(t, k, "decorator-operation"):
+            return XE_EDGE
+    elif k == 22:
+        if _ieq(t, k, "expected-rq-timeout-ms"):
+            return XE_EXTERNAL | XE_EXPECTED
+        if (_ieq(t, k, "upstream-rq-timeout-ms") or _ieq(t, k, "retriable-status-codes")
+                or _ieq(t, k, "retriable-header-names") or _ieq(t, k, "upstream-alt-stat-name")):
+            return XE_EXTERNAL | XE_ROUTER
+    elif k == 23:
+        if _ieq(t, k, "downstream-service-node"):
+            return XE_EDGE
+    elif k == 24:
+        if _ieq(t, k, "hedge-on-per-try-timeout"):
+            return XE_EXTERNAL | XE_ROUTER
+    elif k == 26:
+        if _ieq(t, k, "downstream-service-cluster"):
+            return XE_EDGE
+    elif k == 27:
+        if _ieq(t, k, "upstream-stream-duration-ms"):
+            return XE_EXTERNAL | XE_ROUTER
+    elif k == 30:
+        if _ieq(t, k, "upstream-rq-per-try-timeout-ms"):
+            return XE_EXTERNAL | XE_ROUTER
+    elif k == 32:
+        if _ieq(t, k, "upstream-rq-timeout-alt-response"):
+            return XE_EXTERNAL | XE_ROUTER
+    return 0
+
+
+cdef bint xe_drops(HStream* s, const char* name, size_t n, int at) noexcept nogil:
+    """Does Envoy remove the request field `name` at `at` (XE_AT_* bits) for this stream?"""
+    cdef int cls
+    if n <= 8 or (name[0] | 0x20) != 120:          # 'x'
+        return False
+    cls = _xe_class(name, n)
+    if cls == 0:
+        return False
+    if at & XE_AT_HCM:
+        if cls & XE_INTERNAL:
+            return True
+        if (cls & XE_EXTERNAL) and not s.client_internal:
+            return True
+        if (cls & (XE_EDGE | XE_EXT_ADDR)) and s.edge:
+            return True
+    if at & XE_AT_ROUTER:
+        if cls & XE_ROUTER:
+            return True
+        if (cls & XE_EXPECTED) and s.expected_timeout_ms:
+            return True
+        if (cls & XE_ORIG_PATH) and s.rewritten_path != NULL:
+            return True
+    return False
+
+
+cdef void xe_sanitize(HStream* s, PairList* l, int at) noexcept nogil:
+    """Remove, in place, the fields of `l` that Envoy removes at `at`."""
+    cdef size_t i, k = 0
+    for i in range(l.n):
+        if xe_drops(s, l.v[i].name.p, l.v[i].name.n, at):
+            continue
+        l.v[k] = l.v[i]
+        k += 1
+    l.n = k
+
+
+cdef inline uint64_t _xe_ms(HStream* s, const char* name, size_t nn, uint64_t dflt) noexcept nogil:
+    cdef size_t n = 0
+    cdef const char* v = _req_field(s, name, nn, &n)
+    if v != NULL and 0 < n <= 19 and _all_digits(v, n):
+        return _parse_u64(v, n)
+    return dflt
+
+
+cdef void stream_route_timeout(HStream* s) noexcept nogil:
+    """The router's timeouts (FilterUtility::finalTimeout): the route's timeout, unless the
+    request carries x-envoy-upstream-rq-timeout-ms and a shorter
+    x-envoy-upstream-rq-per-try-timeout-ms (present only on internal requests, or added by
+    a filter). s.timeout_ms: when the request times out (fastproxy does not retry, so a
+    per-try timeout ends it); s.expected_timeout_ms: what x-envoy-expected-rq-timeout-ms
+    tells the upstream (the per-try timeout, or the whole one when the request asks for
+    hedging). 0: none."""
+    cdef uint64_t whole = s.route.timeout_ms, per_try
+    cdef const char* v
+    cdef size_t n = 0
+    s.timeout_ms = s.expected_timeout_ms = whole
+    if not ((s.envoy_hdrs and s.client_internal) or s.fc != NULL):
+        return
+    whole = _xe_ms(s, "x-envoy-upstream-rq-timeout-ms", 30, whole)
+    per_try = _xe_ms(s, "x-envoy-upstream-rq-per-try-timeout-ms", 38, 0)
+    if per_try >= whole and whole:
+        per_try = 0
+    v = _req_field(s, "x-envoy-hedge-on-per-try-timeout", 32, &n)
+    s.timeout_ms = per_try if per_try else whole
+    s.expected_timeout_ms = whole if (per_try == 0 or (v != NULL and n == 4 and _ieq(v, 4, "true"))) else per_try
+
+
+cdef size_t _envoy_local_address(char* out, size_t cap) noexcept nogil:
+    """Envoy's local address (Network::Utility::getLocalAddress for IPv4, taken once at
+    startup): the first non-loopback IPv4 interface address, else 127.0.0.1. A request from
+    a loopback peer gets it appended to x-forwarded-for instead of the peer."""
+    cdef ifaddrs* all = NULL
+    cdef ifaddrs* ifa
+    cdef char ip[48]
+    cdef size_t n
+    memcpy(out, b"127.0.0.1", 10)                   # cap >= 48
+    if getifaddrs(&all) < 0:
+        return 9
+    ifa = all
+    while ifa != NULL:
+        if ifa.ifa_addr != NULL and ifa.ifa_addr.sa_family == AF_INET:
+            if inet_ntop(AF_INET, &(<sockaddr_in*>ifa.ifa_addr).sin_addr, ip, sizeof(ip)) != NULL:
+                n = strlen(ip)
+                if n < cap:
+                    memcpy(out, ip, n + 1)
+                if (<uint8_t*>&(<sockaddr_in*>ifa.ifa_addr).sin_addr)[0] != 127:
+                    break
+        ifa = ifa.ifa_next
+    freeifaddrs(all)
+    return strlen(out)
 
 
 # ---------------------------------------------------------------- CONNECT

@@ -168,6 +168,15 @@ cdef extern from "<arpa/inet.h>" nogil:
     int inet_pton(int af, const char* src, void* dst)
     uint16_t ntohs(uint16_t v)
 
+cdef extern from "<ifaddrs.h>" nogil:
+    struct ifaddrs:
+        ifaddrs* ifa_next
+        char* ifa_name
+        unsigned int ifa_flags
+        sockaddr* ifa_addr
+    int getifaddrs(ifaddrs** out)
+    void freeifaddrs(ifaddrs* ifa)
+
 cdef extern from "<netinet/tcp.h>" nogil:
     enum:
         TCP_NODELAY
