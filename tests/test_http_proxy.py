@@ -59,7 +59,7 @@ def test_keepalive_requests_reuse_one_upstream_connection(proxy, upstream):
 def test_loopback_sockets_are_not_paced(proxy, upstream):
     """As for TCP proxying (test_tcp_proxy): with BBR as the host default, the proxy's own
     loopback sockets, the accepted downstream one and the pooled upstream one, use CUBIC."""
-    from test_tcp_proxy import _cc_of
+    from test_tcp_proxy import _cc_of, _sndbuf_of
     try:
         default = open("/proc/sys/net/ipv4/tcp_congestion_control").read().strip()
     except OSError:
@@ -74,6 +74,8 @@ def test_loopback_sockets_are_not_paced(proxy, upstream):
         assert _cc_of(f"( dport = :{upstream.port} )") == ["cubic"]    # proxy -> upstream
         assert _cc_of(f"( sport = :{port} )") == ["cubic"]             # proxy's accepted socket
         assert _cc_of(f"( dport = :{port} )") == ["bbr"]               # the client's: untouched
+        assert _sndbuf_of(f"( dport = :{upstream.port} )") == [2 * 1048576]     # fixed SO_SNDBUF
+        assert _sndbuf_of(f"( sport = :{port} )") == [2 * 1048576]
     finally:
         conn.close()
 

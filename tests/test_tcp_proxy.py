@@ -503,6 +503,15 @@ def _cc_of(filter_expr):
     return re.findall(r"\b(bbr|cubic|reno)\b(?! *:)", out)
 
 
+def _sndbuf_of(filter_expr):
+    """The send buffer sizes (skmem tb) `ss -tm` reports for the matching sockets."""
+    import re
+    import subprocess
+    out = subprocess.run(["ss", "-tmH", "state", "established", filter_expr],
+                         capture_output=True, text=True, timeout=10).stdout
+    return [int(v) for v in re.findall(r"\btb(\d+)", out)]
+
+
 def test_loopback_sockets_are_not_paced(servers, tcp_proxy):
     """With BBR as the host default, the proxy's own loopback sockets (downstream accepted
     and upstream connected) use CUBIC instead: pacing only costs on loopback."""
@@ -522,5 +531,24 @@ def test_loopback_sockets_are_not_paced(servers, tcp_proxy):
         assert _cc_of(f"( dport = :{up.port} )") == ["cubic"]       # proxy -> upstream
         assert _cc_of(f"( sport = :{addr[1]} )") == ["cubic"]       # proxy's accepted socket
         assert _cc_of(f"( dport = :{addr[1]} )") == ["bbr"]         # the client's: untouched
+    finally:
+        s.close()
+
+
+def test_loopback_sockets_have_a_fixed_send_buffer(servers, tcp_proxy):
+    """The proxy's loopback sockets get SO_SNDBUF 1 MiB (the kernel reports it doubled)
+    instead of an autotuned buffer; the client's socket keeps the host's autotuning."""
+    import shutil
+    if not shutil.which("ss"):
+        pytest.skip("no ss")
+    up = servers.threaded(hold_handler)
+    p, addr = tcp_proxy([up])
+    s = connect(addr)
+    s.sendall(b"x" * 1000)
+    wait_for(lambda: up.state.get("received", 0) == 1000, msg="bytes through")
+    try:
+        assert _sndbuf_of(f"( dport = :{up.port} )") == [2 * 1048576]       # proxy -> upstream
+        assert _sndbuf_of(f"( sport = :{addr[1]} )") == [2 * 1048576]      # proxy's accepted socket
+        assert _sndbuf_of(f"( dport = :{addr[1]} )") != [2 * 1048576]      # the client's: untouched
     finally:
         s.close()

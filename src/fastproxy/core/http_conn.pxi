@@ -860,7 +860,7 @@ cdef UpConn* upconn_acquire(HStream* s, ClusterCfg* cl) noexcept nogil:
         s.response_flags |= RF_UF
         return NULL
     _set_nodelay(fd)
-    _loopback_unpaced(fd, <sockaddr*>&host.addr)     # see tcp_proxy.pxi
+    _loopback_tune(fd, <sockaddr*>&host.addr)     # see tcp_proxy.pxi
     if connect(fd, <sockaddr*>&host.addr, host.addrlen) < 0 and errno != EINPROGRESS:
         close(fd)
         stat_add(cl.stats, w, C_CX_TOTAL, 1)
@@ -2272,7 +2272,7 @@ cdef void hconn_start(Worker* w, ListenerCfg* cfg, int fd) noexcept nogil:
     c.rsp_pipe.r = c.rsp_pipe.w = -1
     timer_init(&c.idle_timer, _hconn_idle, c)
     timer_init(&c.headers_timer, _hconn_headers_timeout, c)
-    ss.ss_family = AF_UNSPEC            # read by _loopback_unpaced below even if this fails
+    ss.ss_family = AF_UNSPEC            # read by _loopback_tune below even if this fails
     if getpeername(fd, <sockaddr*>&ss, &sl) == 0:
         if ss.ss_family == AF_INET6:
             inet_ntop(AF_INET6, &(<sockaddr_in6*>&ss).sin6_addr, c.remote_ip, sizeof(c.remote_ip))
@@ -2293,7 +2293,7 @@ cdef void hconn_start(Worker* w, ListenerCfg* cfg, int fd) noexcept nogil:
     stat_add(h.stats, w, H_CX_TOTAL, 1)
     stat_add(h.stats, w, H_CX_ACTIVE, 1)
     _set_nodelay(fd)
-    _loopback_unpaced(fd, <sockaddr*>&ss)
+    _loopback_tune(fd, <sockaddr*>&ss)
     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
     ev.data.ptr = &c.down
     if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
