@@ -494,21 +494,25 @@ def test_strict_dns_localhost(servers, proxy_factory):
 
 # --------------------------------------------------------------------------- socket options
 
+def _ss(*args):
+    """`ss` output; without LD_PRELOAD, so that a sanitizer run's preload doesn't break it."""
+    import os
+    import subprocess
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    return subprocess.run(["ss", *args], capture_output=True, text=True, timeout=10, env=env).stdout
+
+
 def _cc_of(filter_expr):
     """Congestion control names `ss -tni` reports for the sockets matching filter_expr."""
     import re
-    import subprocess
-    out = subprocess.run(["ss", "-tniH", "state", "established", filter_expr],
-                         capture_output=True, text=True, timeout=10).stdout
+    out = _ss("-tniH", "state", "established", filter_expr)
     return re.findall(r"\b(bbr|cubic|reno)\b(?! *:)", out)
 
 
 def _sndbuf_of(filter_expr):
     """The send buffer sizes (skmem tb) `ss -tm` reports for the matching sockets."""
     import re
-    import subprocess
-    out = subprocess.run(["ss", "-tmH", "state", "established", filter_expr],
-                         capture_output=True, text=True, timeout=10).stdout
+    out = _ss("-tmH", "state", "established", filter_expr)
     return [int(v) for v in re.findall(r"\btb(\d+)", out)]
 
 
