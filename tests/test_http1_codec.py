@@ -651,7 +651,7 @@ def test_request_line_limit(impl):
     line = b"GET /" + b"a" * 100 + b" HTTP/1.1\r\n"
     assert parse(impl, line + H + b"\r\n", max_start_line=len(line))[-1] == ("done",)
     assert parse(impl, line + H + b"\r\n", max_start_line=len(line) - 1)[-1] == error_of("LINE_TOO_LONG")
-    # without a separate limit, a request line over max_head is 414 too
+    # without a separate limit, a request line over max_head is refused the same way (431)
     assert parse(impl, line + H + b"\r\n", max_head=50)[-1] == error_of("LINE_TOO_LONG")
     assert parse(impl, b"HTTP/1.1 200 " + b"x" * 100 + b"\r\n\r\n", "response", max_start_line=50)[-1] == (
         "error", 502, "start line too long")

@@ -34,7 +34,7 @@ HTTP1_ERRORS = (
     ("BAD_STATUS_LINE", 400, "malformed status line"),
     ("BAD_STATUS", 400, "invalid status code"),
     ("BAD_REASON", 400, "invalid reason phrase"),
-    ("LINE_TOO_LONG", 414, "start line too long"),
+    ("LINE_TOO_LONG", 431, "start line too long"),
     ("HEAD_TOO_LARGE", 431, "header section too large"),
     ("TOO_MANY_FIELDS", 431, "too many header fields"),
     ("OBS_FOLD", 400, "obsolete line folding"),

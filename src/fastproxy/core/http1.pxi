@@ -43,7 +43,7 @@
 # --------------------------------------------------
 #   max_head        start line + fields (+ empty lines skipped before a request) -> 431
 #                   (the trailer section has its own budget of the same size)
-#   max_start_line  the request line alone -> 414 (responses: 502). Defaults to max_head,
+#   max_start_line  the request line alone -> 431, as Envoy (responses: 502). Defaults to max_head,
 #                   i.e. like Envoy there is no separate limit unless configured.
 #   max_fields      field lines in the head (and, separately, in the trailers) -> 431
 #   H1_MAX_CHUNK_LINE bytes of one chunk-size line with its extensions -> 400
@@ -178,7 +178,7 @@ HTTP1_ERRORS = (
     ("BAD_STATUS_LINE", 400, "malformed status line"),
     ("BAD_STATUS", 400, "invalid status code"),
     ("BAD_REASON", 400, "invalid reason phrase"),
-    ("LINE_TOO_LONG", 414, "start line too long"),
+    ("LINE_TOO_LONG", 431, "start line too long"),
     ("HEAD_TOO_LARGE", 431, "header section too large"),
     ("TOO_MANY_FIELDS", 431, "too many header fields"),
     ("OBS_FOLD", 400, "obsolete line folding"),
