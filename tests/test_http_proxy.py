@@ -232,6 +232,41 @@ def test_close_delimited_response_is_rechunked_for_http11(upstream):
     up.close()
 
 
+def test_route_response_headers_apply_to_local_replies(upstream):
+    """As in Envoy 1.40 (checked with the same YAML): once a route is chosen, its
+    response_headers_to_add/remove at every level apply to direct responses, redirects and
+    the router's own errors too; a 404 for no route has no route to take them from."""
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))                     # bound, never listening: refused
+    add = lambda k, v: HeaderMutations(response_headers_to_add=[HeaderValueOption(k, v)])
+    rc = RouteConfiguration(
+        virtual_hosts=[VirtualHost("vh", ["*"], headers=add("x-vh", "vh"), routes=[
+            Route(RouteMatch(prefix="/direct"), direct_response=DirectResponse(200, b"hi"),
+                  headers=HeaderMutations(response_headers_to_add=[HeaderValueOption("x-route", "r")],
+                                          response_headers_to_remove=["server"])),
+            Route(RouteMatch(prefix="/redir"), redirect=RedirectAction(path_redirect="/x"),
+                  headers=add("x-route", "r")),
+            Route(RouteMatch(prefix="/dead"), route=RouteAction(cluster="dead"), headers=add("x-route", "r")),
+        ])],
+        headers=add("x-rc", "rc"))
+    hcm = HttpConnectionManager("ingress", rc)
+    try:
+        with Proxy([Listener("http", port=0, http=hcm)],
+                   [Cluster("dead", [Endpoint("127.0.0.1", dead.getsockname()[1])])], concurrency=1) as p:
+            addr = p.listener_address("http")
+            for path, status in (("/direct", 200), ("/redir", 301), ("/dead", 503)):
+                out = exchange(addr, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+                head = out.split(b"\r\n\r\n")[0].lower()
+                assert head.startswith(b"http/1.1 %d" % status), out
+                for line in (b"x-route: r", b"x-vh: vh", b"x-rc: rc"):
+                    assert line in head, (path, out)
+                assert (b"server:" in head) == (path != "/direct"), out
+            out = exchange(addr, b"GET /none HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert out.startswith(b"HTTP/1.1 404") and b"x-vh" not in out and b"x-rc" not in out
+    finally:
+        dead.close()
+
+
 def test_head(proxy):
     addr = proxy.listener_address("http")
     out = exchange(addr, b"HEAD /h HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")

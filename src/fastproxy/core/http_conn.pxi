@@ -720,6 +720,10 @@ cdef void hconn_local_reply_ex(HConn* c, int status, const char* body, size_t bo
     if location != NULL:
         _pl_add(&l, _cs("location"), _s(location, location_len))
     _pl_add(&l, _cs("server"), _s(h.server_name, h.server_name_len))
+    if c.stream != NULL and c.stream.route != NULL:
+        # Envoy applies the chosen route's response_headers_to_add/remove (route, virtual
+        # host, route configuration) to its direct responses, redirects and router errors.
+        _pl_apply_ops(&l, &c.stream.route.response_headers)
     if close_conn:
         _pl_add(&l, _cs("connection"), _cs("close"))
         c.close_after = 1
