@@ -273,6 +273,17 @@ def test_head(proxy):
     assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"\r\n\r\n")
 
 
+def test_local_replies_carry_a_date(proxy):
+    """The proxy answering by itself acts as an origin server, which must send Date (RFC 9110
+    6.6.1); Envoy's local replies carry one too."""
+    import email.utils
+    out = exchange(proxy.listener_address("http"), b"GET /direct HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head = dict(line.split(b": ", 1) for line in out.split(b"\r\n\r\n")[0].split(b"\r\n")[1:])
+    sent = email.utils.parsedate_to_datetime(head[b"date"].decode())
+    assert head[b"date"].endswith(b" GMT") and len(head[b"date"]) == 29
+    assert abs(sent.timestamp() - time.time()) < 120
+
+
 def test_http10_refused_with_426_by_default(proxy, upstream):
     """Envoy answers HTTP/1.0 with 426 unless http_protocol_options.accept_http_10."""
     addr = proxy.listener_address("http")

@@ -697,6 +697,25 @@ cdef int _append_last_chunk_pairs(Chain* out, PairList* l) noexcept nogil:
 
 # ---------------------------------------------------------------- local replies
 
+cdef size_t _http_date(char* out) noexcept nogil:
+    """The current time as an IMF-fixdate (RFC 9110 5.6.7), e.g. "Sun, 06 Nov 1994 08:49:37
+    GMT": 29 bytes into out (at least 30), without the locale strftime would consult."""
+    cdef const char* days = "SunMonTueWedThuFriSat"
+    cdef const char* months = "JanFebMarAprMayJunJulAugSepOctNovDec"
+    cdef time_t secs = <time_t>(wall_clock_us() // 1000000)
+    cdef tm t
+    gmtime_r(&secs, &t)
+    memcpy(out, days + 3 * t.tm_wday, 3)
+    out[3] = b','
+    out[4] = b' '
+    out[5] = <char>(48 + t.tm_mday // 10)
+    out[6] = <char>(48 + t.tm_mday % 10)
+    out[7] = b' '
+    memcpy(out + 8, months + 3 * t.tm_mon, 3)
+    return 11 + <size_t>snprintf(out + 11, 19, " %04d %02d:%02d:%02d GMT", t.tm_year + 1900,
+                                 t.tm_hour, t.tm_min, t.tm_sec)
+
+
 cdef void hconn_local_reply(HConn* c, int status, const char* body, size_t body_len,
                             const char* location, size_t location_len, bint close_conn) noexcept nogil:
     """Answer the current request (if any) from the proxy itself."""
@@ -709,10 +728,12 @@ cdef void hconn_local_reply_ex(HConn* c, int status, const char* body, size_t bo
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
     cdef PairList l
     cdef char clen[24]
+    cdef char date[32]
     cdef int k
     memset(&l, 0, sizeof(PairList))
     k = snprintf(clen, sizeof(clen), "%zu", body_len)
     _pl_add(&l, _cs("content-length"), _s(clen, <size_t>k))
+    _pl_add(&l, _cs("date"), _s(date, _http_date(date)))     # the proxy answers as an origin
     if extra != NULL:
         hm_to_pairs(extra, &l, True)
     if body_len and (extra == NULL or hm_get(extra, "content-type", 12, <size_t*>&k) == NULL):

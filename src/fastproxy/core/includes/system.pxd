@@ -50,6 +50,7 @@ cdef extern from "<time.h>" nogil:
         int tm_mday
         int tm_mon
         int tm_year
+        int tm_wday
     tm* gmtime_r(const time_t* t, tm* out)
     size_t strftime(char* s, size_t max, const char* fmt, const tm* t)
 
