@@ -80,6 +80,47 @@ def test_loopback_sockets_are_not_paced(proxy, upstream):
         conn.close()
 
 
+def test_upstream_closing_after_a_keep_alive_response_is_not_reused():
+    """An upstream that answers without `Connection: close` and then closes at once: its FIN
+    arrives with the response, so the connection must not go back to the pool (the next
+    request would get a 503 on a dead connection)."""
+    import threading
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    accepted = []
+
+    def serve():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            accepted.append(c)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = c.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            c.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        with make_proxy([Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))],
+                        [Cluster("c", [Endpoint("127.0.0.1", srv.getsockname()[1])])]) as p:
+            conn = http.client.HTTPConnection(*p.listener_address("http"), timeout=5)
+            for i in range(8):
+                conn.request("GET", f"/{i}")
+                r = conn.getresponse()
+                assert (r.status, r.read()) == (200, b"ok"), i
+            assert len(accepted) == 8
+            assert p.stats()["cluster.c.upstream_rq_5xx"] == 0
+    finally:
+        srv.close()
+
+
 def test_post_bodies_content_length_and_chunked(proxy, upstream):
     conn = http.client.HTTPConnection(*proxy.listener_address("http"), timeout=10)
     conn.request("GET", "/warm")                        # a pooled upstream connection

@@ -925,13 +925,19 @@ cdef UpConn* upconn_acquire(HStream* s, ClusterCfg* cl) noexcept nogil:
     return u
 
 
+# Envoy's wording for a 502 before the response headers (the text clients and logs know).
+cdef const char* UPSTREAM_PROTOCOL_ERROR = "upstream connect error or disconnect/reset before headers. reset reason: protocol error"
+
+
 cdef void upconn_release(UpConn* u, bint reusable) noexcept nogil:
     """The stream is done with u: keep it in the pool or close it."""
     cdef UpConn** head
     cdef UpConn* x
     cdef int n = 0
     u.stream = NULL
-    if not reusable or u.eof or u.in_buf.length or u.out_buf.length \
+    # ep.hup: the upstream's FIN came with (or right behind) the response it answered; a
+    # short read never reads on to see it, so the event flag is all there is.
+    if not reusable or u.eof or u.ep.hup or u.in_buf.length or u.out_buf.length \
             or u.cluster.per_worker[u.w.index].hosts != u.hosts:
         upconn_close(u)
         return
@@ -1465,18 +1471,18 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
             r = &u.in_buf.refs[u.in_buf.head]
             n = h1_feed_head(p, r.s.data + r.off, r.len)
             if n < 0:
-                _upconn_failed(u, 502, "upstream sent an invalid response")     # counts the 5xx
+                _upconn_failed(u, 502, UPSTREAM_PROTOCOL_ERROR)     # counts the 5xx
                 return -1
             chain_drain(&u.in_buf, <size_t>n)
             if p.state != H1_HEAD_DONE:
                 continue
             if p.flags & H1F_TE_CODINGS:
                 # gzip, chunked etc.: the coding would be lost when re-framing (Envoy: 502).
-                _upconn_failed(u, 502, "upstream sent an unsupported transfer coding")
+                _upconn_failed(u, 502, UPSTREAM_PROTOCOL_ERROR)
                 return -1
             if p.head.status == 101 and s.upgrade:
                 if _tunnel_response_head(s) < 0:
-                    _upconn_failed(u, 502, "upstream sent an invalid response")
+                    _upconn_failed(u, 502, UPSTREAM_PROTOCOL_ERROR)
                     return -1
                 s.status = 101
                 s.resp_started = 1
@@ -1500,7 +1506,7 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
                     return -1
                 continue
             if _downstream_response_head(s, UF_PARSER, 0) < 0:
-                _upconn_failed(u, 502, "upstream sent an invalid response")
+                _upconn_failed(u, 502, UPSTREAM_PROTOCOL_ERROR)
                 return -1
             s.resp_started = 1
             s.resp_from_upstream = 1
@@ -1529,7 +1535,7 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
                     if s.resp_started:
                         hconn_close(c, True)
                     else:
-                        _upconn_failed(u, 502, "upstream sent an incomplete response")
+                        _upconn_failed(u, 502, UPSTREAM_PROTOCOL_ERROR)
                     return -1
                 break
             r = &u.in_buf.refs[u.in_buf.head]
@@ -1538,7 +1544,7 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
                 if s.resp_started:
                     hconn_close(c, True)
                 else:
-                    _upconn_failed(u, 502, "upstream sent an invalid response")
+                    _upconn_failed(u, 502, UPSTREAM_PROTOCOL_ERROR)
                 return -1
             stat_add(h.stats, c.w, H_BYTES_COPIED, seg)
             chain_drain(&u.in_buf, off)
@@ -2129,7 +2135,7 @@ cdef int stream_send_response_head(HStream* s, int framing, uint64_t length) noe
     cdef bint local = s.fc != NULL and s.fc.local_encoding
     if (_local_response_head(s, framing, length) if local else _downstream_response_head(s, framing, length)) < 0:
         if s.up != NULL:
-            _upconn_failed(s.up, 502, "upstream sent an invalid response")
+            _upconn_failed(s.up, 502, UPSTREAM_PROTOCOL_ERROR)
         elif local and not s.resp_started:
             # A filter left the local reply without a valid :status: as Envoy, 502 straight
             # to the client (the encoder chain holds a response now, so it is not re-run).
