@@ -120,7 +120,6 @@ cdef enum:                          # H1Parser.flags, valid from H1_HEAD_DONE on
     H1X_EXPECT_100 = 0x40000
     H1X_ENVOY_HDR = 0x80000         # request: a field name starts with "x-envoy-" (kept after
                                     # the head: the connection manager sanitizes only then)
-    H1X_TE_OTHER = 0x100000
 
 cdef enum:                          # H1Parser.err; statuses and reasons in _H1_ERRORS
     H1E_OK = 0
@@ -772,7 +771,7 @@ cdef int _h1_transfer_encoding(H1Parser* p, const uint8_t* v, size_t n) noexcept
             p.flags |= H1X_TE_LAST_CHUNKED
             continue
         p.flags &= ~H1X_TE_LAST_CHUNKED
-        p.flags |= H1X_TE_OTHER
+        p.flags |= H1F_TE_CODINGS
         if not ((k == 4 and _h1_ieq(v + a, b"gzip", 4))
                 or (k == 7 and _h1_ieq(v + a, b"deflate", 7))
                 or (k == 8 and _h1_ieq(v + a, b"compress", 8))
@@ -983,8 +982,6 @@ cdef int _h1_head_end(H1Parser* p) noexcept nogil:
             p.framing = H1_BODY_LENGTH if p.content_length > 0 else H1_BODY_NONE
         else:
             p.framing = H1_BODY_EOF
-    if fl & H1X_TE_OTHER:
-        p.flags |= H1F_TE_CODINGS
     if h.minor == 1:
         if not (fl & H1X_CONN_CLOSE):
             p.flags |= H1F_KEEP_ALIVE

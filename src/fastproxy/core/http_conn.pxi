@@ -1700,6 +1700,28 @@ cdef int stream_filter_request_body(HStream* s) noexcept nogil:
     return 0
 
 
+DEF ROUTE_HEADERS_ON_STACK = 48     # router input entries kept on the stack (most requests)
+
+
+cdef RouteHeader* _route_input(HStream* s, RouteInput* r, RouteHeader* stack) noexcept nogil:
+    """The router's input for s, its header array in `stack` (ROUTE_HEADERS_ON_STACK
+    entries) when it fits, else malloc'd; release it with _route_input_free. NULL: no
+    memory."""
+    cdef size_t nf = (s.head.nfields if s.fc == NULL else s.fc.req.l.n) + 2    # + Envoy's two
+    cdef RouteHeader* hdrs = stack
+    if nf > ROUTE_HEADERS_ON_STACK:
+        hdrs = <RouteHeader*>malloc(nf * sizeof(RouteHeader))
+        if hdrs == NULL:
+            return NULL
+    _fill_route_input(s, r, hdrs)
+    return hdrs
+
+
+cdef inline void _route_input_free(RouteHeader* hdrs, RouteHeader* stack) noexcept nogil:
+    if hdrs != stack:
+        free(hdrs)
+
+
 cdef void _fill_route_input(HStream* s, RouteInput* r, RouteHeader* hdrs) noexcept nogil:
     cdef H1Head* hd = &s.head
     cdef uint32_t i
@@ -1783,13 +1805,13 @@ cdef bint _is_upgrade_token(const char* v, size_t n, const char* token) noexcept
 cdef bint _head_has_route(HStream* s) noexcept nogil:
     """Does a route match the request head as received (before any filter)?"""
     cdef RouteInput r
-    cdef RouteHeader* hdrs = <RouteHeader*>malloc(max(1, s.head.nfields) * sizeof(RouteHeader))
+    cdef RouteHeader stack[ROUTE_HEADERS_ON_STACK]
+    cdef RouteHeader* hdrs = _route_input(s, &r, stack)
     cdef bint found
     if hdrs == NULL:
         return False
-    _fill_route_input(s, &r, hdrs)
     found = route_select((<HttpCfg*>s.c.cfg.http).routes, &r) != NULL
-    free(hdrs)
+    _route_input_free(hdrs, stack)
     return found
 
 
@@ -1847,6 +1869,12 @@ cdef int _request_target_normalize(HStream* s, HttpCfg* h) noexcept nogil:
     return 0
 
 
+cdef inline void _stream_refuse(HStream* s, int status, const char* body) noexcept nogil:
+    s.keepalive = 0
+    s.response_flags |= RF_DPE
+    stream_local_reply(s, status, body, strlen(body), NULL, 0, True)
+
+
 cdef void stream_start(HConn* c) noexcept nogil:
     """A complete, valid request head is in c.req: run the decoder filters (if any), then
     route it."""
@@ -1883,26 +1911,19 @@ cdef void stream_start(HConn* c) noexcept nogil:
         s.keepalive = 0
     stat_add(h.stats, c.w, H_RQ_TOTAL, 1)
     stat_add(h.stats, c.w, H_RQ_ACTIVE, 1)
+    # Requests the codec takes but the proxy refuses, as protocol errors (Envoy's codec
+    # reports them so): no filter chain exists yet, so the replies go out directly.
     if s.minor == 0 and not h.accept_http_10:
         # Envoy: HTTP/1.0 only with http_protocol_options.accept_http_10.
-        s.keepalive = 0
-        s.response_flags |= RF_DPE      # a protocol error, as Envoy's codec reports it
-        hconn_local_reply(c, 426, "Upgrade Required", 16, NULL, 0, True)
-        stream_finish(s)
+        _stream_refuse(s, 426, "Upgrade Required")
         return
     if c.req.flags & H1F_TE_CODINGS:
         # A coding besides chunked (gzip, chunked) would have to be kept when the body is
         # re-framed; like Envoy, the proxy does not take such bodies.
-        s.keepalive = 0
-        s.response_flags |= RF_DPE      # a protocol error, as Envoy's codec reports it
-        hconn_local_reply(c, 501, "unsupported transfer coding", 27, NULL, 0, True)
-        stream_finish(s)
+        _stream_refuse(s, 501, "unsupported transfer coding")
         return
     if _request_target_normalize(s, h) < 0:
-        s.keepalive = 0
-        s.response_flags |= RF_DPE      # a protocol error, as Envoy's codec reports it
-        hconn_local_reply(c, 400, "invalid request target or host", 30, NULL, 0, True)
-        stream_finish(s)
+        _stream_refuse(s, 400, "invalid request target or host")
         return
     # The filter chain first (Envoy creates it before it refuses an upgrade): the proxy's
     # own answers below go through its encoder filters.
@@ -1949,30 +1970,28 @@ cdef int stream_route(HStream* s) noexcept nogil:
     cdef HConn* c = s.c
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
     cdef RouteInput r
-    cdef RouteHeader* hdrs
+    cdef RouteHeader stack[ROUTE_HEADERS_ON_STACK]
+    cdef RouteHeader* hdrs = _route_input(s, &r, stack)     # no malloc for most requests
     cdef const RouteEntry* e
     cdef char loc[8192]
     cdef ssize_t n
     cdef int ci
-    cdef size_t nf = s.head.nfields if s.fc == NULL else s.fc.req.l.n
-    hdrs = <RouteHeader*>malloc((nf + 2) * sizeof(RouteHeader))
     if hdrs == NULL:
         hconn_close(c, True)
         return -1
-    _fill_route_input(s, &r, hdrs)
     if s.route == NULL or s.route_cleared or s.fc == NULL:
         s.route = route_select(h.routes, &r)
         s.route_cleared = 0
     e = s.route
     if e == NULL:
-        free(hdrs)
+        _route_input_free(hdrs, stack)
         stat_add(h.stats, c.w, H_NO_ROUTE, 1)
         s.response_flags |= RF_NR
         stream_local_reply(s, 404, "", 0, NULL, 0, c.req.state != H1_MESSAGE_DONE)
         return -1
     if e.action == ROUTE_DIRECT_RESPONSE or e.action == ROUTE_REDIRECT:
         n = route_redirect_location(e, &r, loc, sizeof(loc))
-        free(hdrs)
+        _route_input_free(hdrs, stack)
         stream_local_reply(s, e.status, e.body.p, e.body.n, loc if n >= 0 else NULL,
                            <size_t>n if n >= 0 else 0, c.req.state != H1_MESSAGE_DONE)
         return -1
@@ -1985,12 +2004,12 @@ cdef int stream_route(HStream* s) noexcept nogil:
     stream_route_timeout(s)
     s.up = upconn_acquire(s, s.cluster)
     if s.up == NULL:
-        free(hdrs)
+        _route_input_free(hdrs, stack)
         stat_add(s.cluster.stats, c.w, C_RQ_5XX, 1)
         stream_local_reply(s, 503, "no healthy upstream", 19, NULL, 0, c.req.state != H1_MESSAGE_DONE)
         return -1
     if s.connect:
-        free(hdrs)                      # the 200 and the tunnel follow the TCP connect
+        _route_input_free(hdrs, stack)                      # the 200 and the tunnel follow the TCP connect
         return 0
     if s.fc == NULL and c.req.flags & H1F_EXPECT_CONTINUE:
         chain_append(&c.out_buf, "HTTP/1.1 100 Continue\r\n\r\n", 25)
@@ -2001,7 +2020,7 @@ cdef int stream_route(HStream* s) noexcept nogil:
         if s.rewritten_path != NULL:
             memcpy(s.rewritten_path, loc, <size_t>n)
             s.rewritten_path_len = <size_t>n
-    free(hdrs)
+    _route_input_free(hdrs, stack)
     if not _dec_body_filtered(s):
         if stream_send_request_head(s, UF_PARSER, 0) < 0:
             return -1
