@@ -161,6 +161,19 @@ def recv_exact(sock, n: int) -> bytes:
     return bytes(buf)
 
 
+def recv_head(sock) -> tuple[bytes, bytes] | None:
+    """Read an HTTP head: (head without its blank line, the bytes after it), or None when
+    the peer closes first."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = sock.recv(65536)
+        if not d:
+            return None
+        buf += d
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    return head, rest
+
+
 def recv_until_eof(sock, limit=1 << 30) -> bytes:
     buf = bytearray()
     while True:

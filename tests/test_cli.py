@@ -26,7 +26,7 @@ import fastproxy
 from fastproxy import log as fplog
 from fastproxy.demo import default_config_path
 
-from conftest import wait_for
+from conftest import recv_until_eof, wait_for
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -430,12 +430,7 @@ def test_demo_stats_count_the_request(cli):
     admin = p.address(ADMIN_RE, timeout=1)  # printed before the instructions
     with socket.create_connection(addr, timeout=10) as s:
         s.sendall(b"GET / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")
-        reply = b""
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            reply += d
+        reply = recv_until_eof(s)
     assert reply.startswith(b"HTTP/1.") and b"through fastproxy" in reply
     import urllib.request
 

@@ -12,7 +12,7 @@ import pytest
 from fastproxy import Cluster, Endpoint, Listener, Proxy
 from fastproxy.model_http import HttpConnectionManager, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost
 
-from conftest import rss_bytes
+from conftest import recv_head, rss_bytes
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -66,13 +66,10 @@ class StreamingUpstream:
 
     def _serve(self, c):
         with c:
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                d = c.recv(65536)
-                if not d:
-                    return
-                buf += d
-            head, body = buf.split(b"\r\n\r\n", 1)
+            got_head = recv_head(c)
+            if got_head is None:
+                return
+            head, body = got_head
             fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
             if head.startswith(b"POST"):
                 left = int(fields[b"content-length"]) - len(body)

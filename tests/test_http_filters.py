@@ -15,7 +15,7 @@ from fastproxy import Cluster, Endpoint, FilterStatus, HttpFilter, Listener, Pro
 from fastproxy.model_http import (HttpConnectionManager, Route, RouteAction, RouteConfiguration,
                                   RouteMatch, VirtualHost)
 
-from conftest import wait_for, wait_stalled
+from conftest import recv_head, wait_for, wait_stalled
 from http_upstreams import RawHttpUpstream, http_request
 
 CONTINUE = FilterStatus.CONTINUE
@@ -1008,13 +1008,10 @@ def test_upload_through_a_body_filter_to_an_upstream_that_stops_reading():
     def accept():
         c, _ = srv.accept()
         with c:
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                d = c.recv(65536)
-                if not d:
-                    return
-                buf += d
-            head, body = buf.split(b"\r\n\r\n", 1)
+            got_head = recv_head(c)
+            if got_head is None:
+                return
+            head, body = got_head
             length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
             go.wait(30)
             got = len(body)

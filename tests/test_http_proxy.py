@@ -15,6 +15,7 @@ from fastproxy.model_http import (DirectResponse, HeaderMutations, HeaderValueOp
                                   HttpConnectionManager, RedirectAction, Route, RouteAction,
                                   RouteConfiguration, RouteMatch, UpgradeConfig, VirtualHost)
 
+from conftest import recv_head, recv_until_eof
 from http_upstreams import RawHttpUpstream, exchange
 from http_upstreams import envoy_local_address
 
@@ -59,13 +60,8 @@ def test_keepalive_requests_reuse_one_upstream_connection(proxy, upstream):
 def test_loopback_sockets_are_not_paced(proxy, upstream):
     """As for TCP proxying (test_tcp_proxy): with BBR as the host default, the proxy's own
     loopback sockets, the accepted downstream one and the pooled upstream one, use CUBIC."""
-    from test_tcp_proxy import _cc_of, _sndbuf_of
-    try:
-        default = open("/proc/sys/net/ipv4/tcp_congestion_control").read().strip()
-    except OSError:
-        pytest.skip("no /proc/sys/net/ipv4/tcp_congestion_control")
-    if default != "bbr" or not shutil.which("ss"):
-        pytest.skip(f"host default congestion control is {default!r} (or no ss)")
+    from test_tcp_proxy import _cc_of, _sndbuf_of, skip_unless_bbr_default
+    skip_unless_bbr_default()
     port = proxy.listener_address("http")[1]
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     conn.request("GET", "/cc")
@@ -97,12 +93,7 @@ def test_upstream_closing_after_a_keep_alive_response_is_not_reused():
             except OSError:
                 return
             accepted.append(c)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = c.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            recv_head(c)
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
             c.close()
 
@@ -546,12 +537,7 @@ def test_request_headers_timeout_is_408_and_counted():
         s = socket.create_connection(p.listener_address("http"), timeout=5)
         s.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n")          # the head never ends
         t0 = time.monotonic()
-        out = b""
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            out += d
+        out = recv_until_eof(s)
         s.close()
         assert out.startswith(b"HTTP/1.1 408 ")
         assert 0.25 <= time.monotonic() - t0 < 4

@@ -516,9 +516,8 @@ def _sndbuf_of(filter_expr):
     return [int(v) for v in re.findall(r"\btb(\d+)", out)]
 
 
-def test_loopback_sockets_are_not_paced(servers, tcp_proxy):
-    """With BBR as the host default, the proxy's own loopback sockets (downstream accepted
-    and upstream connected) use CUBIC instead: pacing only costs on loopback."""
+def skip_unless_bbr_default():
+    """The congestion-control tests need BBR as the host default (and ss)."""
     import shutil
     try:
         default = open("/proc/sys/net/ipv4/tcp_congestion_control").read().strip()
@@ -526,22 +525,11 @@ def test_loopback_sockets_are_not_paced(servers, tcp_proxy):
         pytest.skip("no /proc/sys/net/ipv4/tcp_congestion_control")
     if default != "bbr" or not shutil.which("ss"):
         pytest.skip(f"host default congestion control is {default!r} (or no ss)")
-    up = servers.threaded(hold_handler)
-    p, addr = tcp_proxy([up])
-    s = connect(addr)
-    s.sendall(b"x" * 1000)
-    wait_for(lambda: up.state.get("received", 0) == 1000, msg="bytes through")
-    try:
-        assert _cc_of(f"( dport = :{up.port} )") == ["cubic"]       # proxy -> upstream
-        assert _cc_of(f"( sport = :{addr[1]} )") == ["cubic"]       # proxy's accepted socket
-        assert _cc_of(f"( dport = :{addr[1]} )") == ["bbr"]         # the client's: untouched
-    finally:
-        s.close()
 
 
-def test_loopback_sockets_have_a_fixed_send_buffer(servers, tcp_proxy):
-    """The proxy's loopback sockets get SO_SNDBUF 1 MiB (the kernel reports it doubled)
-    instead of an autotuned buffer; the client's socket keeps the host's autotuning."""
+@pytest.fixture
+def loopback_session(servers, tcp_proxy):
+    """(upstream port, listener port) of one live proxied TCP session over loopback."""
     import shutil
     if not shutil.which("ss"):
         pytest.skip("no ss")
@@ -550,9 +538,24 @@ def test_loopback_sockets_have_a_fixed_send_buffer(servers, tcp_proxy):
     s = connect(addr)
     s.sendall(b"x" * 1000)
     wait_for(lambda: up.state.get("received", 0) == 1000, msg="bytes through")
-    try:
-        assert _sndbuf_of(f"( dport = :{up.port} )") == [2 * 1048576]       # proxy -> upstream
-        assert _sndbuf_of(f"( sport = :{addr[1]} )") == [2 * 1048576]      # proxy's accepted socket
-        assert _sndbuf_of(f"( dport = :{addr[1]} )") != [2 * 1048576]      # the client's: untouched
-    finally:
-        s.close()
+    yield up.port, addr[1]
+    s.close()
+
+
+def test_loopback_sockets_are_not_paced(loopback_session):
+    """With BBR as the host default, the proxy's own loopback sockets (downstream accepted
+    and upstream connected) use CUBIC instead: pacing only costs on loopback."""
+    skip_unless_bbr_default()
+    up_port, port = loopback_session
+    assert _cc_of(f"( dport = :{up_port} )") == ["cubic"]       # proxy -> upstream
+    assert _cc_of(f"( sport = :{port} )") == ["cubic"]          # proxy's accepted socket
+    assert _cc_of(f"( dport = :{port} )") == ["bbr"]            # the client's: untouched
+
+
+def test_loopback_sockets_have_a_fixed_send_buffer(loopback_session):
+    """The proxy's loopback sockets get SO_SNDBUF 1 MiB (the kernel reports it doubled)
+    instead of an autotuned buffer; the client's socket keeps the host's autotuning."""
+    up_port, port = loopback_session
+    assert _sndbuf_of(f"( dport = :{up_port} )") == [2 * 1048576]      # proxy -> upstream
+    assert _sndbuf_of(f"( sport = :{port} )") == [2 * 1048576]         # proxy's accepted socket
+    assert _sndbuf_of(f"( dport = :{port} )") != [2 * 1048576]         # the client's: untouched
