@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""HTTP/1.1 reverse-proxy benchmark: fastproxy vs nginx, HAProxy, Envoy and a direct path.
+"""HTTP/1.1 reverse-proxy benchmark: fastproxy vs nginx, HAProxy, Envoy, a direct path and
+a byte relay that shows the floor (floor_relay.c).
 
     python benchmarks/http_bench.py [--rounds 3] [--seconds 5] [--only nginx,fastproxy]
                                     [--no-pin] [--json results.json] [--no-install]
@@ -37,7 +38,11 @@ from benchlib import (add_quiet_host_args, envoy_argv, fastproxy_argv, run_main,
                       install_signal_handlers, proc_snapshot, reserve_ports, run_install,
                       steal_seconds, taskset, wait_for_quiet)
 
-PROXIES = ["direct", "nginx", "haproxy", "envoy", "fastproxy"]
+# floor: benchmarks/floor_relay.c, built here with cc. It copies bytes between each client
+# connection and its own upstream connection, with no HTTP at all: not a proxy, but the
+# least work per request any proxy does here (four socket calls), so the CPU and requests/s
+# a proxy could at best reach on this machine.
+PROXIES = ["direct", "floor", "nginx", "haproxy", "envoy", "fastproxy"]
 # Not run by default; pick with --only.
 #   haproxy-splice: HAProxy with option splice-auto/-request/-response and tune.pipesize
 #                   1 MiB: bodies move socket -> pipe -> socket with splice(2)
@@ -381,6 +386,19 @@ def build_proxies(names: list[str], tmp: Path, upstream_port: int, pin: bool
             cfg.write_text(envoy_yaml(port, upstream_port, admin))
             procs.append(Proc(name, cpu + envoy_argv(exe, cfg, d),
                               port, log, probe=probe))
+        elif name == "floor":
+            cc = find_binary("cc") or find_binary("gcc")
+            if not cc:
+                skipped[name] = "no C compiler (cc) to build floor_relay.c"
+                continue
+            exe = d / "floor_relay"
+            b = subprocess.run([cc, "-O2", "-o", str(exe), str(HERE / "floor_relay.c")],
+                               capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+            if b.returncode != 0:
+                skipped[name] = "floor_relay.c did not build: " + " ".join(b.stderr.split())[:400]
+                continue
+            procs.append(Proc(name, cpu + [str(exe), "127.0.0.1", str(port), "127.0.0.1",
+                                           str(upstream_port)], port, log, probe=probe))
         elif name == "fastproxy":
             admin = next(ports)
             cfg = d / "fastproxy.yaml"
