@@ -314,6 +314,14 @@ def test_empty_server_name_means_the_default():
     assert load_hcm(edited((f"{H0}.server_name", ""))).server_name == "fastproxy"
 
 
+def test_server_header_transformation_by_name_or_number():
+    assert load_hcm(base()).server_header_transformation == "OVERWRITE"
+    assert load_hcm(edited((f"{H0}.server_header_transformation", "PASS_THROUGH"))).server_header_transformation \
+        == "PASS_THROUGH"
+    assert load_hcm(edited((f"{H0}.server_header_transformation", 1))).server_header_transformation \
+        == "APPEND_IF_ABSENT"
+
+
 def test_http1_codec_and_empty_http_protocol_options():
     hcm = load_hcm(edited((f"{H0}.codec_type", "HTTP1"), (f"{H0}.http_protocol_options", {})))
     assert hcm == load_hcm(base())
@@ -444,6 +452,7 @@ BAD = [
     ([(f"{H0}.http_filters", [router(), router()])], f"{H0}.http_filters[0].typed_config",
      "must be the last HTTP filter"),
     ([(f"{H0}.server_name", 5)], f"{H0}.server_name", "expected a string"),
+    ([(f"{H0}.server_header_transformation", "HIDE")], f"{H0}.server_header_transformation", "HIDE"),
     ([(f"{H0}.use_remote_address", "yes")], f"{H0}.use_remote_address", "true or false"),
     ([(f"{H0}.xff_num_trusted_hops", -1)], f"{H0}.xff_num_trusted_hops", "out of range"),
     ([(f"{H0}.stream_idle_timeout", "5")], f"{H0}.stream_idle_timeout", "invalid Duration"),

@@ -1045,3 +1045,47 @@ def test_upload_through_a_body_filter_to_an_upstream_that_stops_reading():
     finally:
         go.set()
         srv.close()
+
+
+class SeeRouteHeaders(HttpFilter):
+    """Records what the route's response header mutations left for the encoders to see."""
+    seen = []
+
+    def encode_headers(self, headers, end_stream):
+        SeeRouteHeaders.seen.append((headers[":status"], headers.get("x-route"), "x-gone" in headers))
+        headers["x-route"] = headers.get("x-route", "-") + "+filter"
+        return CONTINUE
+
+
+def test_route_response_headers_are_set_before_the_encoder_filters(upstream):
+    """Envoy's router finalizes the response headers (the route's response_headers_to_add /
+    _remove) before they go down the encoder chain, for upstream responses and for local
+    replies alike; so an encoder filter sees them and can change them, and Server is set by
+    the connection manager after all of it (a route cannot replace it)."""
+    from fastproxy.model_http import DirectResponse, HeaderMutations, HeaderValueOption
+    SeeRouteHeaders.seen.clear()
+
+    def handler(method, path, headers, body):
+        return b"HTTP/1.1 200 OK\r\nX-Gone: upstream\r\nServer: origin\r\nContent-Length: 2\r\n\r\nup"
+    upstream.handler = handler
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))                     # bound, never listening: refused
+    mut = HeaderMutations(response_headers_to_add=[HeaderValueOption("x-route", "r"),
+                                                   HeaderValueOption("server", "route")],
+                          response_headers_to_remove=["x-gone"])
+    routes = [Route(RouteMatch(prefix="/direct"), direct_response=DirectResponse(200, b"hi"), headers=mut),
+              Route(RouteMatch(prefix="/dead"), route=RouteAction(cluster="dead"), headers=mut),
+              Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"), headers=mut)]
+    clusters = [Cluster("c", [Endpoint("127.0.0.1", upstream.port)]),
+                Cluster("dead", [Endpoint("127.0.0.1", dead.getsockname()[1])])]
+    try:
+        with make_proxy([spec(SeeRouteHeaders)], upstream, routes, clusters) as p:
+            for path, status in (("/app", 200), ("/direct", 200), ("/dead", 503)):
+                r, _ = request(p, path=path)
+                assert r.status == status
+                assert r.headers.get_all("x-route") == ["r+filter"], path
+                assert r.getheader("x-gone") is None
+                assert r.headers.get_all("server") == ["fastproxy"], path
+            assert SeeRouteHeaders.seen == [("200", "r", False), ("200", "r", False), ("503", "r", False)]
+    finally:
+        dead.close()

@@ -270,7 +270,8 @@ def test_close_delimited_response_is_rechunked_for_http11(upstream):
 def test_route_response_headers_apply_to_local_replies(upstream):
     """As in Envoy 1.40 (checked with the same YAML): once a route is chosen, its
     response_headers_to_add/remove at every level apply to direct responses, redirects and
-    the router's own errors too; a 404 for no route has no route to take them from."""
+    the router's own errors too; a 404 for no route has no route to take them from; and
+    Server is set after them."""
     dead = socket.socket()
     dead.bind(("127.0.0.1", 0))                     # bound, never listening: refused
     add = lambda k, v: HeaderMutations(response_headers_to_add=[HeaderValueOption(k, v)])
@@ -295,11 +296,45 @@ def test_route_response_headers_apply_to_local_replies(upstream):
                 assert head.startswith(b"http/1.1 %d" % status), out
                 for line in (b"x-route: r", b"x-vh: vh", b"x-rc: rc"):
                     assert line in head, (path, out)
-                assert (b"server:" in head) == (path != "/direct"), out
+                # The connection manager sets Server after the route's mutations: removing
+                # it on a route does nothing (Envoy 1.40 answers /direct with server: envoy).
+                assert head.count(b"\r\nserver: fastproxy") == 1, out
             out = exchange(addr, b"GET /none HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             assert out.startswith(b"HTTP/1.1 404") and b"x-vh" not in out and b"x-rc" not in out
     finally:
         dead.close()
+
+
+@pytest.mark.parametrize("mode, from_upstream, on_direct", [
+    ("OVERWRITE", "fastproxy", "fastproxy"),
+    ("APPEND_IF_ABSENT", "origin", "fastproxy"),
+    ("PASS_THROUGH", "origin", None),
+])
+def test_server_header_transformation(mode, from_upstream, on_direct):
+    """Envoy's server_header_transformation, as Envoy 1.40 does it with the same YAML:
+    OVERWRITE replaces the upstream's Server, APPEND_IF_ABSENT keeps it (a local reply,
+    which has none, gets server_name), PASS_THROUGH never sets one."""
+    up = RawHttpUpstream(lambda *a: b"HTTP/1.1 200 OK\r\nServer: origin\r\nContent-Length: 2\r\n\r\nup")
+    routes = [Route(RouteMatch(prefix="/direct"), direct_response=DirectResponse(200, b"hi")),
+              Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))]
+    try:
+        with make_proxy(routes, [Cluster("c", [Endpoint("127.0.0.1", up.port)])],
+                        server_header_transformation=mode) as p:
+            addr = p.listener_address("http")
+            for path, want in (("/app", from_upstream), ("/direct", on_direct)):
+                out = exchange(addr, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+                head = out.split(b"\r\n\r\n")[0].lower().split(b"\r\n")
+                assert [h for h in head if h.startswith(b"server:")] == \
+                    ([b"server: " + want.encode()] if want else []), (mode, path, out)
+    finally:
+        up.close()
+
+
+def test_server_header_transformation_is_checked():
+    rc = RouteConfiguration(virtual_hosts=[VirtualHost("vh", ["*"], routes=[])])
+    with pytest.raises(ValueError, match=r"server_header_transformation"):
+        Proxy([Listener("http", port=0, http=HttpConnectionManager("x", rc, server_header_transformation="HIDE"))],
+              [], concurrency=1)
 
 
 def test_head(proxy):

@@ -185,6 +185,9 @@ class InternalAddressConfig:
     unix_sockets: bool = False
 
 
+SERVER_HEADER_TRANSFORMATIONS = ("OVERWRITE", "APPEND_IF_ABSENT", "PASS_THROUGH")
+
+
 @dataclass
 class HttpConnectionManager:
     """network.http_connection_manager.v3.HttpConnectionManager (HTTP/1.1 codec)."""
@@ -192,6 +195,9 @@ class HttpConnectionManager:
     stat_prefix: str
     route_config: RouteConfiguration
     server_name: str = "fastproxy"
+    # Envoy's server_header_transformation: OVERWRITE (Server is always server_name),
+    # APPEND_IF_ABSENT (only when the response has none) or PASS_THROUGH (never set).
+    server_header_transformation: str = "OVERWRITE"
     use_remote_address: bool = False
     xff_num_trusted_hops: int = 0
     internal_address_config: Optional[InternalAddressConfig] = None     # None: nothing is internal
@@ -392,6 +398,9 @@ def validate_http(hcm: "HttpConnectionManager", path: str, cluster_names) -> Non
     typed(hcm, HttpConnectionManager, path)
     string(hcm.stat_prefix, path + ".stat_prefix", non_empty=True)
     string(hcm.server_name, path + ".server_name", non_empty=True)
+    if hcm.server_header_transformation not in SERVER_HEADER_TRANSFORMATIONS:
+        fail(path + ".server_header_transformation",
+             f"expected one of {', '.join(SERVER_HEADER_TRANSFORMATIONS)}, got {hcm.server_header_transformation!r}")
     boolean(hcm.use_remote_address, path + ".use_remote_address")
     boolean(hcm.accept_http_10, path + ".accept_http_10")
     string(hcm.default_host_for_http_10, path + ".default_host_for_http_10")

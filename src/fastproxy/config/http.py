@@ -62,6 +62,7 @@ STDERR_ACCESS_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.st
 
 # Envoy's enums, name -> number.
 CODEC_TYPES = {"AUTO": 0, "HTTP1": 1, "HTTP2": 2, "HTTP3": 3}
+SERVER_HEADER_TRANSFORMATIONS = {"OVERWRITE": 0, "APPEND_IF_ABSENT": 1, "PASS_THROUGH": 2}
 HEADERS_WITH_UNDERSCORES_ACTIONS = {"ALLOW": 0, "REJECT_REQUEST": 1, "DROP_HEADER": 2}
 REDIRECT_RESPONSE_CODES = {"MOVED_PERMANENTLY": 0, "FOUND": 1, "SEE_OTHER": 2, "TEMPORARY_REDIRECT": 3,
                            "PERMANENT_REDIRECT": 4}
@@ -216,7 +217,7 @@ def _any(msg: Message, name: str) -> Tuple[str, Mapping, str]:
 # --- the connection manager ---------------------------------------------------------------
 
 _HCM_FIELDS = ("stat_prefix", "codec_type", "route_config", "rds", "scoped_routes", "http_filters",
-               "server_name", "use_remote_address", "xff_num_trusted_hops", "internal_address_config",
+               "server_name", "server_header_transformation", "use_remote_address", "xff_num_trusted_hops", "internal_address_config",
                "generate_request_id",
                "request_headers_timeout", "stream_idle_timeout", "request_timeout", "drain_timeout",
                "common_http_protocol_options", "max_request_headers_kb", "http_protocol_options", "access_log",
@@ -277,6 +278,8 @@ def http_connection_manager(config: Mapping, path: str) -> Tuple[mh.HttpConnecti
         stat_prefix=stat_prefix,
         route_config=route_config,
         server_name=server_name or mh.HttpConnectionManager.server_name,
+        server_header_transformation=hcm.enum("server_header_transformation", SERVER_HEADER_TRANSFORMATIONS,
+                                              default="OVERWRITE"),
         use_remote_address=_bool(hcm, "use_remote_address"),
         xff_num_trusted_hops=hcm.uint32("xff_num_trusted_hops", default=0),
         internal_address_config=_internal_address_config(hcm),

@@ -71,6 +71,7 @@ cdef struct HttpCfg:
     size_t local_ip_len
     char* server_name
     size_t server_name_len
+    uint8_t server_mode             # SERVER_*: server_header_transformation
     int nfilters                    # http_filters before the router (core/http_filter.pxi)
     HttpFilterCfg* filters
     uint32_t filter_hooks           # union of the filters' HK_* bits
@@ -460,13 +461,44 @@ cdef int _pl_overwrite(PairList* l, H1Str name, H1Str value) noexcept nogil:
     return 0
 
 
+DEF SERVER_OVERWRITE = 0
+DEF SERVER_APPEND_IF_ABSENT = 1
+DEF SERVER_PASS_THROUGH = 2
+
+
+cdef int _pl_set_server(PairList* l, const HttpCfg* h) noexcept nogil:
+    """Server on a response head, as the connection manager sets it after the filters and
+    the route's mutations (server_header_transformation)."""
+    if h.server_mode == SERVER_PASS_THROUGH or h.server_name_len == 0:
+        return 0
+    if h.server_mode == SERVER_APPEND_IF_ABSENT:
+        if _pl_has(l, "server", 6):
+            return 0
+    else:
+        _pl_remove(l, "server", 6)
+    return _pl_add(l, _cs("server"), _s(h.server_name, h.server_name_len))
+
+
 cdef int _pl_apply_ops(PairList* l, const RouteHeaderOps* ops) noexcept nogil:
-    """Envoy's header mutations, one level (route, virtual host, route configuration) at a
-    time: the level's removes; then every add is decided against the headers as they are
-    before any add of the level; then overwrites in order, then appends in order."""
+    """A route's header mutations on a head being serialized (see _apply_route_ops)."""
+    return _apply_route_ops(l, NULL, ops)
+
+
+cdef int _hm_apply_ops(HMap* m, const RouteHeaderOps* ops) noexcept nogil:
+    """A route's header mutations on a filter chain's header map (copied into its arena)."""
+    return _apply_route_ops(NULL, m, ops)
+
+
+cdef int _apply_route_ops(PairList* l, HMap* m, const RouteHeaderOps* ops) noexcept nogil:
+    """Envoy's header mutations, on the pair list l or (when l is NULL) the map m, one level
+    (route, virtual host, route configuration) at a time: the level's removes; then every
+    add is decided against the headers as they are before any add of the level; then
+    overwrites in order, then appends in order."""
     cdef int i = 0, j, k
     cdef const RouteHeaderOp* op
     cdef uint8_t* verdict
+    cdef PairList* fields = l if l != NULL else &m.l
+    cdef int rc
     if ops.n == 0:
         return 0
     verdict = <uint8_t*>malloc(ops.n)
@@ -479,26 +511,38 @@ cdef int _pl_apply_ops(PairList* l, const RouteHeaderOps* ops) noexcept nogil:
         for k in range(i, j):
             op = &ops.ops[k]
             if op.action == RHO_REMOVE:
-                _pl_remove(l, op.name.p, op.name.n)
+                _pl_remove(fields, op.name.p, op.name.n)
         for k in range(i, j):
             op = &ops.ops[k]
             verdict[k] = 0                                  # skip
             if op.action == RHO_APPEND_IF_EXISTS_OR_ADD:
                 verdict[k] = 2                              # append
-            elif op.action == RHO_ADD_IF_ABSENT and not _pl_has(l, op.name.p, op.name.n):
+            elif op.action == RHO_ADD_IF_ABSENT and not _pl_has(fields, op.name.p, op.name.n):
                 verdict[k] = 2
             elif op.action == RHO_OVERWRITE_IF_EXISTS_OR_ADD:
                 verdict[k] = 1                              # overwrite
-            elif op.action == RHO_OVERWRITE_IF_EXISTS and _pl_has(l, op.name.p, op.name.n):
+            elif op.action == RHO_OVERWRITE_IF_EXISTS and _pl_has(fields, op.name.p, op.name.n):
                 verdict[k] = 1
         for k in range(i, j):
             op = &ops.ops[k]
-            if verdict[k] == 1 and _pl_overwrite(l, _s(op.name.p, op.name.n), _s(op.value.p, op.value.n)) < 0:
+            if verdict[k] != 1:
+                continue
+            if l != NULL:
+                rc = _pl_overwrite(l, _s(op.name.p, op.name.n), _s(op.value.p, op.value.n))
+            else:
+                rc = hm_set(m, op.name.p, op.name.n, op.value.p, op.value.n)
+            if rc < 0:
                 free(verdict)
                 return -1
         for k in range(i, j):
             op = &ops.ops[k]
-            if verdict[k] == 2 and _pl_add(l, _s(op.name.p, op.name.n), _s(op.value.p, op.value.n)) < 0:
+            if verdict[k] != 2:
+                continue
+            if l != NULL:
+                rc = _pl_add(l, _s(op.name.p, op.name.n), _s(op.value.p, op.value.n))
+            else:
+                rc = hm_add(m, op.name.p, op.name.n, op.value.p, op.value.n)
+            if rc < 0:
                 free(verdict)
                 return -1
         i = j
@@ -740,11 +784,11 @@ cdef void hconn_local_reply_ex(HConn* c, int status, const char* body, size_t bo
         _pl_add(&l, _cs("content-type"), _cs("text/plain"))
     if location != NULL:
         _pl_add(&l, _cs("location"), _s(location, location_len))
-    _pl_add(&l, _cs("server"), _s(h.server_name, h.server_name_len))
     if c.stream != NULL and c.stream.route != NULL:
         # Envoy applies the chosen route's response_headers_to_add/remove (route, virtual
         # host, route configuration) to its direct responses, redirects and router errors.
         _pl_apply_ops(&l, &c.stream.route.response_headers)
+    _pl_set_server(&l, h)
     if close_conn:
         _pl_add(&l, _cs("connection"), _cs("close"))
         c.close_after = 1
@@ -1344,10 +1388,10 @@ cdef int _downstream_response_head(HStream* s, int framing, uint64_t length) noe
             if _framing_fields(s, &l, &s.fc.resp, framing, length, lenbuf, sizeof(lenbuf),
                                &chunked, &s.fc.enc) < 0:
                 return -1
-        if h.server_name_len:
-            _pl_remove(&l, "server", 6)
-            _pl_add(&l, _cs("server"), _s(h.server_name, h.server_name_len))
-        if _pl_apply_ops(&l, &s.route.response_headers) < 0:
+        if not (s.fc != NULL and s.fc.resp.used) \
+                and _pl_apply_ops(&l, &s.route.response_headers) < 0:
+            return -1                   # (a filtered response got them before its filters)
+        if _pl_set_server(&l, h) < 0:   # last, after the filters and the route
             return -1
         if not s.keepalive:
             _pl_add(&l, _cs("connection"), _cs("close"))
@@ -1388,8 +1432,8 @@ cdef int _local_response_head(HStream* s, int framing, uint64_t length) noexcept
             return -1
         if fc.local_close or c.req.state != H1_MESSAGE_DONE:
             s.keepalive = 0             # the rest of the request was never read
-        _pl_remove(&l, "server", 6)
-        _pl_add(&l, _cs("server"), _s(h.server_name, h.server_name_len))
+        if _pl_set_server(&l, h) < 0:
+            return -1
         if not s.keepalive:
             _pl_add(&l, _cs("connection"), _cs("close"))
         elif s.minor == 0:
@@ -1644,6 +1688,11 @@ cdef int _response_to_filters(HStream* s) noexcept nogil:
         if hm_set(&fc.resp, "x-envoy-upstream-service-time", 29, svc, n) < 0:
             hconn_close(s.c, True)
             return -1
+    # The router's part of the response head, so the encoder filters see it (Envoy's
+    # router finalizes the response headers before they go down the encoder chain).
+    if s.route != NULL and _hm_apply_ops(&fc.resp, &s.route.response_headers) < 0:
+        hconn_close(s.c, True)
+        return -1
     fc.enc.end_seen = p.framing == H1_BODY_NONE
     return hf_iterate(s, True)
 
@@ -2753,6 +2802,8 @@ def make_http_cfg(hcm, StatBlockHandle stats, dict clusters, int nworkers):
     h.server_name = <char*>malloc(len(server) + 1)
     memcpy(h.server_name, <char*>server, len(server) + 1)
     h.server_name_len = len(server)
+    h.server_mode = {"OVERWRITE": SERVER_OVERWRITE, "APPEND_IF_ABSENT": SERVER_APPEND_IF_ABSENT,
+                     "PASS_THROUGH": SERVER_PASS_THROUGH}[getattr(hcm, "server_header_transformation", "OVERWRITE")]
     h.accept_http_10 = hcm.accept_http_10
     host10 = (hcm.default_host_for_http_10 or "").encode()
     if host10:

@@ -404,8 +404,7 @@ cdef int stream_connect_established(HStream* s) noexcept nogil:
     cdef UpConn* u = s.up
     cdef PairList l
     memset(&l, 0, sizeof(PairList))
-    if h.server_name_len:
-        _pl_add(&l, _cs("server"), _s(h.server_name, h.server_name_len))
+    _pl_set_server(&l, h)
     if _append_head(&c.out_buf, &l, False, _s(NULL, 0), _s(NULL, 0), 200, _cs("OK")) < 0:
         free(l.v)
         return -1
