@@ -48,6 +48,9 @@ def _reads_bytes(factory: Any, hook: str) -> bool:
     return getattr(cls, hook) is not getattr(NetworkFilter, hook)
 
 
+# listener.<address>.worker_<k>.*: what Envoy keeps per worker for each listener.
+_PER_WORKER_LISTENER_STATS = ("downstream_cx_total", "downstream_cx_active")
+
 _FAMILIES = {
     "V4_ONLY": (socket.AF_INET,),
     "V6_ONLY": (socket.AF_INET6,),
@@ -292,6 +295,11 @@ class Proxy:
         for (kind, name), block in list(self._stats.items()):
             for stat, value in block.read().items():
                 out[f"{name}.{stat}"] = value
+            if kind == "listener":
+                # Envoy's per-worker listener stats: the block's rows, as they are.
+                for k in range(self.concurrency):
+                    for stat, value in block.read_worker(k, _PER_WORKER_LISTENER_STATS).items():
+                        out[f"{name}.worker_{k}.{stat}"] = value
         for name, c in list(self._clusters.items()):
             out[f"cluster.{name}.membership_total"] = len(c.hosts)
         # native HTTP filters' stats (http_local_rate_limit.<prefix>.*) this config uses
@@ -363,7 +371,9 @@ class Proxy:
                 l.idle_timeout, l.max_connect_attempts, l.max_connections, l.buffer_limit,
                 factories,
                 not any(_reads_bytes(f, "on_data") for f in factories),
-                not any(_reads_bytes(f, "on_write") for f in factories), http))
+                not any(_reads_bytes(f, "on_write") for f in factories), http,
+                None if http is None else
+                self._stat_block("listener_http", f"listener.{ip}_{port}.http.{l.http.stat_prefix}")))
         self._engine.apply(handles)
         self._clusters = clusters
         self._socks = socks

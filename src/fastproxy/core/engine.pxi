@@ -111,6 +111,8 @@ cdef class Engine:
         if kind == "cluster":
             return _statblock_handle(CLUSTER_STATS, CLUSTER_GAUGES, self.nworkers,
                                      ("upstream_rq_time",))
+        if kind == "listener_http":
+            return _statblock_handle(LISTENER_HTTP_STATS, frozenset(), self.nworkers)
         if kind == "http":
             return _statblock_handle(HTTP_STATS, HTTP_GAUGES, self.nworkers,
                                      ("downstream_rq_time",))
@@ -147,7 +149,7 @@ cdef class Engine:
                       StatBlockHandle lstats, StatBlockHandle tstats, idle_timeout,
                       int max_connect_attempts, max_connections, size_t buffer_limit,
                       tuple filter_factories, bint splice_read, bint splice_write,
-                      HttpCfgHandle http=None):
+                      HttpCfgHandle http=None, StatBlockHandle lhstats=None):
         cdef ListenerCfgHandle h = ListenerCfgHandle.__new__(ListenerCfgHandle)
         cdef ListenerCfg* c = <ListenerCfg*>calloc(1, sizeof(ListenerCfg))
         if c == NULL:
@@ -173,6 +175,8 @@ cdef class Engine:
         if http is not None:
             c.http = http.h
             fp_atomic_add_int(&http.h.refcnt, 1)
+            if lhstats is not None:
+                c.lhstats = lhstats.b
         h.c = c
         h.name = name
         return h

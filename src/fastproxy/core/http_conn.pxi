@@ -104,6 +104,9 @@ cdef struct UpConn:
     Chain in_buf
     Chain out_buf
     Timer timer                     # connect timeout, then pooled-idle timeout
+    uint8_t pending                 # connecting with its stream waiting (upstream_rq_pending_active)
+    uint8_t rq_attached             # a stream is attached and its response is not complete
+    uint8_t remote_close            # the upstream ended the connection (destroy_remote)
 
 cdef struct HStream:
     HConn* c
@@ -189,6 +192,9 @@ cdef struct HConn:
     uint64_t req_start_us           # ... (wall clock, START_TIME)
     SplicePipe req_pipe             # request bodies: downstream -> upstream
     SplicePipe rsp_pipe             # response bodies: upstream -> downstream
+    uint8_t codec_seen              # bytes arrived: counted in downstream_cx_http1_*
+    uint8_t peer_gone               # a read or write failed: the peer reset (a remote close)
+    uint8_t partial_rq              # the client closed inside a request head (an active stream)
 
 
 # ---------------------------------------------------------------- stats
@@ -198,27 +204,46 @@ cdef enum:
     H_CX_ACTIVE = 1
     H_RQ_TOTAL = 2
     H_RQ_ACTIVE = 3
-    H_RQ_1XX = 4                    # ..5xx follow
-    H_RQ_TIME_MS = 9                # sum of request times
-    H_RQ_TIMEOUT = 10
-    H_CX_PROTOCOL_ERROR = 11
-    H_RQ_RX_RESET = 12
-    H_NO_ROUTE = 13
-    H_RQ_TOO_LARGE = 14
-    H_BYTES_SPLICED = 15            # body bytes moved socket -> pipe -> socket
-    H_BYTES_COPIED = 16             # body bytes that went through user-space buffers
-    H_PY_FILTER_ERROR = 17          # Python HTTP filter exceptions (and async timeouts)
-    H_RQ_IDLE_TIMEOUT = 18          # streams ended by stream_idle_timeout
-    H_RQ_HEADER_TIMEOUT = 19        # request_headers_timeout fired
-    H_NSTATS = 20                   # then the downstream_rq_time histogram
+    H_RQ_1XX = 4                    # ..5xx follow, then H_RQ_COMPLETED (see _count_status)
+    H_RQ_COMPLETED = 9
+    H_RQ_TIME_MS = 10               # sum of request times
+    H_RQ_TIMEOUT = 11
+    H_CX_PROTOCOL_ERROR = 12
+    H_RQ_RX_RESET = 13
+    H_NO_ROUTE = 14
+    H_RQ_TOO_LARGE = 15
+    H_BYTES_SPLICED = 16            # body bytes moved socket -> pipe -> socket
+    H_BYTES_COPIED = 17             # body bytes that went through user-space buffers
+    H_PY_FILTER_ERROR = 18          # Python HTTP filter exceptions (and async timeouts)
+    H_RQ_IDLE_TIMEOUT = 19          # streams ended by stream_idle_timeout
+    H_RQ_HEADER_TIMEOUT = 20        # request_headers_timeout fired
+    H_RQ_HTTP1_TOTAL = 21
+    H_CX_HTTP1_TOTAL = 22           # counted when the first read returns (Envoy makes its codec then)
+    H_CX_HTTP1_ACTIVE = 23
+    H_CX_RX_BYTES = 24
+    H_CX_TX_BYTES = 25
+    H_CX_DESTROY = 26
+    H_CX_DESTROY_LOCAL = 27         # + 1: remote
+    H_CX_DESTROY_REMOTE = 28
+    H_CX_DESTROY_ACTIVE_RQ = 29
+    H_CX_DESTROY_LOCAL_ACTIVE_RQ = 30   # + 1: remote
+    H_CX_DESTROY_REMOTE_ACTIVE_RQ = 31
+    H_NSTATS = 32                   # then the downstream_rq_time histogram
 HTTP_STATS = ("downstream_cx_total", "downstream_cx_active", "downstream_rq_total",
               "downstream_rq_active", "downstream_rq_1xx", "downstream_rq_2xx",
               "downstream_rq_3xx", "downstream_rq_4xx", "downstream_rq_5xx",
+              "downstream_rq_completed",
               "downstream_rq_time_ms_total", "downstream_rq_timeout",
               "downstream_cx_protocol_error", "downstream_rq_rx_reset", "no_route",
               "downstream_rq_too_large", "bytes_spliced", "bytes_copied", "python_filter_error",
-              "downstream_rq_idle_timeout", "downstream_rq_header_timeout")
-HTTP_GAUGES = frozenset(["downstream_cx_active", "downstream_rq_active"])
+              "downstream_rq_idle_timeout", "downstream_rq_header_timeout",
+              "downstream_rq_http1_total", "downstream_cx_http1_total",
+              "downstream_cx_http1_active", "downstream_cx_rx_bytes_total",
+              "downstream_cx_tx_bytes_total", "downstream_cx_destroy",
+              "downstream_cx_destroy_local", "downstream_cx_destroy_remote",
+              "downstream_cx_destroy_active_rq", "downstream_cx_destroy_local_active_rq",
+              "downstream_cx_destroy_remote_active_rq")
+HTTP_GAUGES = frozenset(["downstream_cx_active", "downstream_rq_active", "downstream_cx_http1_active"])
 
 
 # ---------------------------------------------------------------- small helpers
@@ -801,7 +826,7 @@ cdef void hconn_local_reply_ex(HConn* c, int status, const char* body, size_t bo
     if c.stream != NULL:
         c.stream.status = status
         c.stream.resp_started = 1
-    _count_status(h.stats, c.w, H_RQ_1XX, status)
+    _count_downstream(c, status)
 
 
 cdef void stream_local_reply(HStream* s, int status, const char* body, size_t n,
@@ -822,8 +847,19 @@ cdef void stream_local_reply(HStream* s, int status, const char* body, size_t n,
 
 
 cdef inline void _count_status(StatBlock* b, Worker* w, int first, int status) noexcept nogil:
+    """The status class (first: the 1xx slot; 2xx..5xx follow) and, right after 5xx,
+    *_rq_completed: Envoy charges both together when a response (or local reply) starts."""
     if 100 <= status < 600:
         stat_add(b, w, first + status // 100 - 1, 1)
+        stat_add(b, w, first + 5, 1)
+
+
+cdef inline void _count_downstream(HConn* c, int status) noexcept nogil:
+    """A response to the downstream: http.<prefix>.downstream_rq_<class>/_completed and
+    the same per listener (listener.<address>.http.<prefix>.*)."""
+    _count_status((<HttpCfg*>c.cfg.http).stats, c.w, H_RQ_1XX, status)
+    if c.cfg.lhstats != NULL:
+        _count_status(c.cfg.lhstats, c.w, LH_RQ_1XX, status)
 
 
 # ---------------------------------------------------------------- upstream connections
@@ -831,6 +867,7 @@ cdef inline void _count_status(StatBlock* b, Worker* w, int first, int status) n
 cdef void upconn_close(UpConn* u) noexcept nogil:
     cdef Worker* w = u.w
     cdef UpConn** pp
+    cdef int remote
     if u.state == UC_CLOSED:
         return
     if u.idle_head != NULL:
@@ -845,8 +882,20 @@ cdef void upconn_close(UpConn* u) noexcept nogil:
     if u.ep.fd >= 0:
         close(u.ep.fd)
         u.ep.fd = -1
+    # Envoy's pool: every close is a destroy, remote when the upstream ended it (EOF, reset,
+    # refused connect), and "with active rq" when a stream's response was still incomplete.
+    remote = u.remote_close or u.eof
     stat_sub(u.cluster.stats, w, C_CX_ACTIVE, 1)
-    stat_add(u.cluster.stats, w, C_DESTROY_LOCAL, 1)
+    stat_add(u.cluster.stats, w, C_CX_DESTROY, 1)
+    stat_add(u.cluster.stats, w, C_DESTROY_LOCAL + remote, 1)
+    if u.rq_attached:
+        u.rq_attached = 0
+        stat_sub(u.cluster.stats, w, C_RQ_ACTIVE, 1)
+        stat_add(u.cluster.stats, w, C_DESTROY_WITH_ACTIVE_RQ, 1)
+        stat_add(u.cluster.stats, w, C_DESTROY_LOCAL_WITH_ACTIVE_RQ + remote, 1)
+    if u.pending:
+        u.pending = 0
+        stat_sub(u.cluster.stats, w, C_RQ_PENDING_ACTIVE, 1)
     if u.stream != NULL:
         u.stream.up = NULL
         u.stream = NULL
@@ -870,6 +919,7 @@ cdef void _upconn_idle_timeout(Worker* w, void* arg) noexcept nogil:
         stat_add(u.cluster.stats, w, C_CONNECT_FAIL, 1)
         _upconn_failed(u, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection timeout")
     else:
+        stat_add(u.cluster.stats, w, C_CX_IDLE_TIMEOUT, 1)
         upconn_close(u)
 
 
@@ -892,6 +942,14 @@ cdef UpConn** _pool_list(ClusterCfg* cl, Worker* w, int host_index) noexcept nog
     if lb.pool == NULL or host_index >= lb.pool_n:
         return NULL
     return &(<UpConn**>lb.pool)[host_index]
+
+
+cdef inline void _upconn_attach(UpConn* u) noexcept nogil:
+    """u.stream now uses u (a pooled connection, or one that just connected): Envoy's
+    upstream_rq_total/_active count requests bound to a connection."""
+    u.rq_attached = 1
+    stat_add(u.cluster.stats, u.w, C_RQ_TOTAL, 1)
+    stat_add(u.cluster.stats, u.w, C_RQ_ACTIVE, 1)
 
 
 cdef UpConn* upconn_acquire(HStream* s, ClusterCfg* cl) noexcept nogil:
@@ -920,6 +978,7 @@ cdef UpConn* upconn_acquire(HStream* s, ClusterCfg* cl) noexcept nogil:
         timer_cancel(w, &u.timer)
         u.state = UC_BUSY
         u.stream = s
+        _upconn_attach(u)
         h1_reset(&u.resp)
         h1_response_for(&u.resp, s.method)
         return u
@@ -932,8 +991,14 @@ cdef UpConn* upconn_acquire(HStream* s, ClusterCfg* cl) noexcept nogil:
     _loopback_tune(fd, <sockaddr*>&host.addr)     # see tcp_proxy.pxi
     if connect(fd, <sockaddr*>&host.addr, host.addrlen) < 0 and errno != EINPROGRESS:
         close(fd)
+        # What Envoy counts for a connection that fails at once (refused: a remote close).
         stat_add(cl.stats, w, C_CX_TOTAL, 1)
+        stat_add(cl.stats, w, C_CX_HTTP1_TOTAL, 1)
+        stat_add(cl.stats, w, C_RQ_PENDING_TOTAL, 1)
         stat_add(cl.stats, w, C_CONNECT_FAIL, 1)
+        stat_add(cl.stats, w, C_CX_DESTROY, 1)
+        stat_add(cl.stats, w, C_DESTROY_REMOTE, 1)
+        stat_add(cl.stats, w, C_RQ_PENDING_FAILURE_EJECT, 1)
         s.response_flags |= RF_UF
         return NULL
     u = <UpConn*>calloc(1, sizeof(UpConn))
@@ -959,6 +1024,12 @@ cdef UpConn* upconn_acquire(HStream* s, ClusterCfg* cl) noexcept nogil:
     w.upconns = u
     stat_add(cl.stats, w, C_CX_TOTAL, 1)
     stat_add(cl.stats, w, C_CX_ACTIVE, 1)
+    if not s.connect:                   # (a CONNECT's upstream is a TCP connection in Envoy)
+        stat_add(cl.stats, w, C_CX_HTTP1_TOTAL, 1)
+    # The stream waits for the connection: Envoy's pending request.
+    u.pending = 1
+    stat_add(cl.stats, w, C_RQ_PENDING_TOTAL, 1)
+    stat_add(cl.stats, w, C_RQ_PENDING_ACTIVE, 1)
     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
     ev.data.ptr = &u.ep
     if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
@@ -979,6 +1050,9 @@ cdef void upconn_release(UpConn* u, bint reusable) noexcept nogil:
     cdef UpConn* x
     cdef int n = 0
     u.stream = NULL
+    if u.rq_attached and u.resp.state == H1_MESSAGE_DONE:
+        u.rq_attached = 0               # (an incomplete response stays: a destroy with active rq)
+        stat_sub(u.cluster.stats, u.w, C_RQ_ACTIVE, 1)
     # ep.hup: the upstream's FIN came with (or right behind) the response it answered; a
     # short read never reads on to see it, so the event flag is all there is.
     if not reusable or u.eof or u.ep.hup or u.in_buf.length or u.out_buf.length \
@@ -1009,6 +1083,8 @@ cdef void _upconn_failed(UpConn* u, int status, const char* reason) noexcept nog
     cdef HStream* s = u.stream
     if s != NULL:
         s.response_flags |= RF_UF if u.state == UC_CONNECTING else (RF_UPE if status == 502 else RF_UC)
+    if u.pending:
+        stat_add(u.cluster.stats, u.w, C_RQ_PENDING_FAILURE_EJECT, 1)
     upconn_close(u)
     if s != NULL:
         stream_upstream_failed(s, status, reason)
@@ -1024,10 +1100,15 @@ cdef void upconn_on_event(Worker* w, UpConn* u, uint32_t events) noexcept nogil:
             return
         if getsockopt(u.ep.fd, SOL_SOCKET, SO_ERROR, &err, &n) < 0 or err != 0:
             stat_add(u.cluster.stats, w, C_CONNECT_FAIL, 1)
+            u.remote_close = 1          # refused or reset: Envoy's RemoteClose
             _upconn_failed(u, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection failure")
             return
         timer_cancel(w, &u.timer)
         u.state = UC_BUSY
+        u.pending = 0
+        stat_sub(u.cluster.stats, w, C_RQ_PENDING_ACTIVE, 1)
+        if u.stream != NULL:
+            _upconn_attach(u)
     if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
         u.ep.readable = 1
     if events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR):
@@ -1037,6 +1118,7 @@ cdef void upconn_on_event(Worker* w, UpConn* u, uint32_t events) noexcept nogil:
     if u.state == UC_IDLE:
         # An idle pooled connection has nothing to say; data or EOF means it is done.
         if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+            u.remote_close = (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0
             upconn_close(u)
         return
     upconn_pump(u)
@@ -1060,6 +1142,7 @@ cdef void upconn_pump(UpConn* u) noexcept nogil:
             elif n < 0 and errno == EAGAIN:
                 u.ep.writable = 0
             elif n < 0 and errno != EINTR:
+                u.remote_close = 1
                 _upconn_failed(u, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection termination")
                 return
         s = u.stream
@@ -1147,7 +1230,7 @@ cdef void stream_upstream_failed(HStream* s, int status, const char* reason) noe
         hconn_close(c, True)
         return
     if s.cluster != NULL:
-        stat_add(s.cluster.stats, c.w, C_RQ_5XX, 1)
+        _count_status(s.cluster.stats, c.w, C_RQ_1XX, status)     # Envoy charges the router's reply
     stream_local_reply(s, status, reason, strlen(reason), NULL, 0, not s.req_done)
     hconn_pump(c)
 
@@ -1442,7 +1525,7 @@ cdef int _local_response_head(HStream* s, int framing, uint64_t length) noexcept
                         _cs(_status_reason(status))) < 0:
             return -1
         s.status = status
-        _count_status(h.stats, c.w, H_RQ_1XX, status)
+        _count_downstream(c, status)
         return 0
     finally:
         free(l.v)
@@ -1532,7 +1615,7 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
                 s.resp_started = 1
                 s.tunnel = 1
                 timer_cancel(c.w, &s.timeout)
-                _count_status(h.stats, c.w, H_RQ_1XX, 101)
+                _count_downstream(c, 101)
                 chain_move(&u.out_buf, &c.in_buf)       # bytes the client sent early
                 continue
             if p.flags & H1F_INTERIM or p.head.status == 101:
@@ -1540,9 +1623,8 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
                 h1_reset(p)
                 continue
             s.status = p.head.status
-            stat_add(s.cluster.stats, c.w, C_RQ_TOTAL, 1)
             _count_status(s.cluster.stats, c.w, C_RQ_1XX, s.status)
-            _count_status(h.stats, c.w, H_RQ_1XX, s.status)
+            _count_downstream(c, s.status)
             if _enc_filtered(s):
                 if p.framing == H1_BODY_NONE:
                     p.state = H1_MESSAGE_DONE
@@ -1613,11 +1695,17 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
             moved = 0
             rc = splice_move(&c.rsp_pipe, &u.ep, &c.down, &left, &moved)
             stat_add(h.stats, c.w, H_BYTES_SPLICED, moved)
+            stat_add(h.stats, c.w, H_CX_TX_BYTES, moved)
+            stat_add(s.cluster.stats, c.w, C_RX_BYTES, p.body_remaining - left)
             s.bytes_sent += moved
             if moved or left != p.body_remaining:
                 s.last_active_ms = c.w.now
             h1_body_skipped(p, p.body_remaining - left)
             if rc < 0:
+                if rc == -1:
+                    u.remote_close = 1      # the upstream ended or failed
+                else:
+                    c.peer_gone = 1
                 hconn_close(c, True)
                 return -1
             if c.rsp_pipe.bytes or p.state != H1_MESSAGE_DONE:
@@ -1712,14 +1800,14 @@ cdef int stream_filter_request_body(HStream* s) noexcept nogil:
         n = h1_feed_body(p, r.s.data + r.off, r.len, &off, &seg)
         if n < 0:
             stat_add(h.stats, c.w, H_CX_PROTOCOL_ERROR, 1)
-            stat_add(h.stats, c.w, H_RQ_RX_RESET, 1)
             s.response_flags |= RF_DPE
             if s.up != NULL:
                 upconn_close(s.up)
                 s.up = NULL
             if s.resp_started:
-                hconn_close(c, True)
+                hconn_close(c, True)        # counts downstream_rq_rx_reset (the stream is active)
                 return -1
+            stat_add(h.stats, c.w, H_RQ_RX_RESET, 1)
             chain_clear(&c.in_buf)
             hconn_local_reply(c, p.err_status, _status_reason(p.err_status),
                               strlen(_status_reason(p.err_status)), NULL, 0, True)
@@ -1743,8 +1831,7 @@ cdef int stream_filter_request_body(HStream* s) noexcept nogil:
                 return -1
         chain_drain(&c.in_buf, <size_t>n - off - seg)
     if p.state != H1_MESSAGE_DONE and c.down_eof and c.in_buf.length == 0:
-        stat_add(h.stats, c.w, H_RQ_RX_RESET, 1)
-        hconn_close(c, False)
+        hconn_close(c, False)           # counts downstream_rq_rx_reset (the stream is active)
         return -1
     return 0
 
@@ -1959,6 +2046,7 @@ cdef void stream_start(HConn* c) noexcept nogil:
     if h.max_requests_per_connection and c.nrequests >= h.max_requests_per_connection:
         s.keepalive = 0
     stat_add(h.stats, c.w, H_RQ_TOTAL, 1)
+    stat_add(h.stats, c.w, H_RQ_HTTP1_TOTAL, 1)
     stat_add(h.stats, c.w, H_RQ_ACTIVE, 1)
     # Requests the codec takes but the proxy refuses, as protocol errors (Envoy's codec
     # reports them so): no filter chain exists yet, so the replies go out directly.
@@ -2054,7 +2142,7 @@ cdef int stream_route(HStream* s) noexcept nogil:
     s.up = upconn_acquire(s, s.cluster)
     if s.up == NULL:
         _route_input_free(hdrs, stack)
-        stat_add(s.cluster.stats, c.w, C_RQ_5XX, 1)
+        _count_status(s.cluster.stats, c.w, C_RQ_1XX, 503)
         stream_local_reply(s, 503, "no healthy upstream", 19, NULL, 0, c.req.state != H1_MESSAGE_DONE)
         return -1
     if s.connect:
@@ -2267,15 +2355,18 @@ cdef int stream_forward_request_body(HStream* s) noexcept nogil:
         moved = 0
         rc = splice_move(&c.req_pipe, &c.down, &u.ep, &left, &moved)
         stat_add(h.stats, c.w, H_BYTES_SPLICED, moved)
+        stat_add(h.stats, c.w, H_CX_RX_BYTES, p.body_remaining - left)
+        stat_add(s.cluster.stats, c.w, C_TX_BYTES, moved)
         if moved or left != p.body_remaining:
             s.last_active_ms = c.w.now
         s.req_body_bytes += p.body_remaining - left
         h1_body_skipped(p, p.body_remaining - left)
         if rc == -1:
-            stat_add(h.stats, c.w, H_RQ_RX_RESET, 1)
+            c.peer_gone = 1                 # the client ended or failed (hconn_close counts the reset)
             hconn_close(c, False)
             return -1
         if rc == -2:
+            u.remote_close = 1
             _upconn_failed(u, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection termination")
             return -1
         if p.state == H1_MESSAGE_DONE and c.req_pipe.bytes == 0:
@@ -2291,13 +2382,13 @@ cdef int stream_forward_request_body(HStream* s) noexcept nogil:
             # Bad chunk framing. We re-frame bodies, so the upstream has only seen a
             # well-formed, unfinished message; reset it and answer the client.
             stat_add(h.stats, c.w, H_CX_PROTOCOL_ERROR, 1)
-            stat_add(h.stats, c.w, H_RQ_RX_RESET, 1)
             s.response_flags |= RF_DPE
             upconn_close(u)
             s.up = NULL
             if s.resp_started:
-                hconn_close(c, True)
+                hconn_close(c, True)        # counts downstream_rq_rx_reset (the stream is active)
                 return -1
+            stat_add(h.stats, c.w, H_RQ_RX_RESET, 1)
             chain_clear(&c.in_buf)
             hconn_local_reply(c, p.err_status, _status_reason(p.err_status),
                               strlen(_status_reason(p.err_status)), NULL, 0, True)
@@ -2328,8 +2419,7 @@ cdef int stream_forward_request_body(HStream* s) noexcept nogil:
             if s.timeout_ms:
                 timer_arm(c.w, &s.timeout, s.timeout_ms)
     if not s.req_done and c.down_eof and c.in_buf.length == 0:
-        stat_add(h.stats, c.w, H_RQ_RX_RESET, 1)
-        hconn_close(c, False)
+        hconn_close(c, False)           # counts downstream_rq_rx_reset (the stream is active)
         return -1
     return 0
 
@@ -2408,9 +2498,22 @@ cdef void hconn_close(HConn* c, bint rst) noexcept nogil:
     cdef Worker* w = c.w
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
     cdef HStream* s = c.stream
+    cdef int remote
     if c.closed:
         return
     c.closed = 1
+    # Envoy's connection manager: remote when the client ended it (EOF, reset, an I/O
+    # error); "active rq" when a stream was open, and then that stream was reset too.
+    remote = c.down_eof or c.peer_gone
+    stat_add(h.stats, w, H_CX_DESTROY, 1)
+    stat_add(h.stats, w, H_CX_DESTROY_LOCAL + remote, 1)
+    if s != NULL or c.partial_rq:
+        stat_add(h.stats, w, H_CX_DESTROY_ACTIVE_RQ, 1)
+        stat_add(h.stats, w, H_CX_DESTROY_LOCAL_ACTIVE_RQ + remote, 1)
+        if s != NULL:
+            stat_add(h.stats, w, H_RQ_RX_RESET, 1)
+    if c.codec_seen:
+        stat_sub(h.stats, w, H_CX_HTTP1_ACTIVE, 1)
     timer_cancel(w, &c.idle_timer)
     timer_cancel(w, &c.headers_timer)
     if s != NULL:
@@ -2504,6 +2607,7 @@ cdef int _hconn_process(HConn* c) noexcept nogil:
                     # The client closed inside a request head: Envoy's stream for it ends
                     # "downstream connection termination" (DC), unanswered.
                     hconn_unparsed_request(c, 0, RF_DC)
+                    c.partial_rq = 1        # Envoy's stream was active when the connection closed
                 hconn_close(c, False)
                 return -1
             return 0
@@ -2544,6 +2648,7 @@ cdef void hconn_unparsed_request(HConn* c, int status, uint32_t flags) noexcept 
     s.client_ip_len = c.remote_ip_len
     s.client_port = c.remote_port
     stat_add(h.stats, c.w, H_RQ_TOTAL, 1)
+    stat_add(h.stats, c.w, H_RQ_HTTP1_TOTAL, 1)
     stat_add(h.stats, c.w, H_RQ_RX_RESET, 1)
     if status:
         c.stream = &s                   # the reply's status and bytes go to this stream
@@ -2576,11 +2681,13 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
             n = chain_write_fd(&c.out_buf, c.down.fd)
             if n > 0:
                 progress = True
+                stat_add((<HttpCfg*>c.cfg.http).stats, c.w, H_CX_TX_BYTES, <uint64_t>n)
                 stream_touch(c)
             elif n < 0 and errno == EAGAIN:
                 c.down.writable = 0
             elif n < 0 and errno != EINTR:
                 c.in_pump = 0
+                c.peer_gone = 1
                 hconn_close(c, True)
                 return
         s = c.stream
@@ -2591,7 +2698,14 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
                              and s.up.state == UC_BUSY and c.req.state != H1_MESSAGE_DONE))):
             n = chain_read_fd(&c.in_buf, c.down.fd, HTTP_IO_LIMIT - c.in_buf.length, &asked)
             if n > 0:
+                if not c.codec_seen:
+                    # Envoy creates the HTTP/1 codec with the first bytes read (a client
+                    # that closes without sending any is not an HTTP/1 connection).
+                    c.codec_seen = 1
+                    stat_add((<HttpCfg*>c.cfg.http).stats, c.w, H_CX_HTTP1_TOTAL, 1)
+                    stat_add((<HttpCfg*>c.cfg.http).stats, c.w, H_CX_HTTP1_ACTIVE, 1)
                 progress = True
+                stat_add((<HttpCfg*>c.cfg.http).stats, c.w, H_CX_RX_BYTES, <uint64_t>n)
                 stream_touch(c)
                 if <size_t>n < asked and not c.down.hup:
                     c.down.readable = 0     # drained (see upconn_pump)
@@ -2602,6 +2716,7 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
                 c.down.readable = 0
             elif errno != EINTR:
                 c.in_pump = 0
+                c.peer_gone = 1
                 hconn_close(c, True)
                 return
         if _hconn_process(c) < 0:

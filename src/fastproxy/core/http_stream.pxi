@@ -414,9 +414,8 @@ cdef int stream_connect_established(HStream* s) noexcept nogil:
     s.resp_from_upstream = 0
     s.response_start_ms = c.w.now
     s.tunnel = 1
-    stat_add(s.cluster.stats, c.w, C_RQ_TOTAL, 1)
     _count_status(s.cluster.stats, c.w, C_RQ_1XX, 200)
-    _count_status(h.stats, c.w, H_RQ_1XX, 200)
+    _count_downstream(c, 200)
     if c.in_buf.length:
         s.req_body_bytes += c.in_buf.length
         chain_move(&u.out_buf, &c.in_buf)       # bytes the client sent before our 200

@@ -32,6 +32,7 @@ cdef struct ListenerCfg:
     uint8_t splice_read         # no filter reads downstream bytes: splice that direction
     uint8_t splice_write        # no filter reads upstream bytes
     HttpCfg* http               # an HTTP listener's connection manager, else NULL
+    StatBlock* lhstats          # listener.<address>.http.<prefix>.* (HTTP listeners), else NULL
 
 cdef struct WListener:          # a worker's slot for one listener of its snapshot
     Endp ep

@@ -44,22 +44,47 @@ DEF C_CONNECT_TIMEOUT = 3
 DEF C_RX_BYTES = 4
 DEF C_TX_BYTES = 5
 DEF C_NONE_HEALTHY = 6
-DEF C_DESTROY_LOCAL = 7
+DEF C_DESTROY_LOCAL = 7         # C_DESTROY_LOCAL + 1: remote (the *_REMOTE ones below too)
 DEF C_DESTROY_REMOTE = 8
 DEF C_ATTEMPTS_EXCEEDED = 9
 DEF C_RQ_TOTAL = 10
-DEF C_RQ_1XX = 11               # 2xx..5xx follow
+DEF C_RQ_1XX = 11               # 2xx..5xx follow, then C_RQ_COMPLETED (see _count_status)
 DEF C_RQ_5XX = 15
-DEF C_RQ_TIMEOUT = 16
-DEF C_NSTATS = 17
+DEF C_RQ_COMPLETED = 16
+DEF C_RQ_TIMEOUT = 17
+DEF C_CX_DESTROY = 18
+DEF C_DESTROY_WITH_ACTIVE_RQ = 19
+DEF C_DESTROY_LOCAL_WITH_ACTIVE_RQ = 20
+DEF C_DESTROY_REMOTE_WITH_ACTIVE_RQ = 21
+DEF C_CX_HTTP1_TOTAL = 22
+DEF C_RQ_ACTIVE = 23
+DEF C_RQ_PENDING_TOTAL = 24
+DEF C_RQ_PENDING_ACTIVE = 25
+DEF C_RQ_PENDING_FAILURE_EJECT = 26
+DEF C_CX_IDLE_TIMEOUT = 27
+DEF C_CX_MAX_REQUESTS = 28
+DEF C_NSTATS = 29
 CLUSTER_STATS = ("upstream_cx_total", "upstream_cx_active", "upstream_cx_connect_fail",
                  "upstream_cx_connect_timeout", "upstream_cx_rx_bytes_total",
                  "upstream_cx_tx_bytes_total", "upstream_cx_none_healthy",
                  "upstream_cx_destroy_local", "upstream_cx_destroy_remote",
                  "upstream_cx_connect_attempts_exceeded", "upstream_rq_total",
                  "upstream_rq_1xx", "upstream_rq_2xx", "upstream_rq_3xx", "upstream_rq_4xx",
-                 "upstream_rq_5xx", "upstream_rq_timeout")
-CLUSTER_GAUGES = frozenset(["upstream_cx_active"])
+                 "upstream_rq_5xx", "upstream_rq_completed", "upstream_rq_timeout",
+                 "upstream_cx_destroy", "upstream_cx_destroy_with_active_rq",
+                 "upstream_cx_destroy_local_with_active_rq",
+                 "upstream_cx_destroy_remote_with_active_rq", "upstream_cx_http1_total",
+                 "upstream_rq_active", "upstream_rq_pending_total", "upstream_rq_pending_active",
+                 "upstream_rq_pending_failure_eject", "upstream_cx_idle_timeout",
+                 "upstream_cx_max_requests")
+CLUSTER_GAUGES = frozenset(["upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active"])
+
+# listener.<address>_<port>.http.<stat_prefix>.*: the connection manager's per-listener stats
+DEF LH_RQ_1XX = 0               # ..5xx follow
+DEF LH_RQ_COMPLETED = 5
+DEF LH_NSTATS = 6
+LISTENER_HTTP_STATS = ("downstream_rq_1xx", "downstream_rq_2xx", "downstream_rq_3xx",
+                       "downstream_rq_4xx", "downstream_rq_5xx", "downstream_rq_completed")
 
 
 # Histograms (downstream_rq_time, upstream_rq_time) live in the same per-worker rows, after
@@ -160,6 +185,19 @@ cdef class StatBlockHandle:
             out[self.names[i]] = value
         return out
 
+
+    def read_worker(self, int k, tuple names):
+        """One worker's row: {name: value} for the given names (Envoy's per-worker
+        listener stats, listener.<address>.worker_<k>.*). Gauges are read as signed."""
+        cdef uint64_t v
+        out = {}
+        if not 0 <= k < self.b.nworkers:
+            raise IndexError(k)
+        for i, name in enumerate(self.names):
+            if name in names:
+                v = fp_load_u64(&self.b.v[k * self.b.stride + i])
+                out[name] = <int64_t>v if name in self.gauges else v
+        return out
 
     def read_histograms(self):
         """{name: (bucket counts summed over the workers, sum of the values)}."""

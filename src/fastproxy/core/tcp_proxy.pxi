@@ -553,6 +553,7 @@ cdef void session_close(Session* s, bint rst_down, bint rst_up) noexcept nogil:
     if s.up_counted:
         stat_sub(s.cfg.cluster.stats, w, C_CX_ACTIVE, 1)
         stat_add(s.cfg.cluster.stats, w, C_DESTROY_REMOTE if rst_down else C_DESTROY_LOCAL, 1)
+        stat_add(s.cfg.cluster.stats, w, C_CX_DESTROY, 1)
     fp_atomic_add_i64(&s.cfg.sock.active, -1)
     # unlink from the live list, link into the deferred list
     if s.prev != NULL:
