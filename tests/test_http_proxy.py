@@ -6,6 +6,7 @@ import http.client
 import shutil
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -15,8 +16,8 @@ from fastproxy.model_http import (DirectResponse, HeaderMutations, HeaderValueOp
                                   HttpConnectionManager, RedirectAction, Route, RouteAction,
                                   RouteConfiguration, RouteMatch, UpgradeConfig, VirtualHost)
 
-from conftest import recv_head, recv_until_eof
-from http_upstreams import RawHttpUpstream, exchange
+from conftest import recv_head, recv_until_eof, wait_for
+from http_upstreams import RawHttpUpstream, exchange, http_request
 from http_upstreams import envoy_local_address
 
 
@@ -248,6 +249,66 @@ def test_upstream_failures_map_to_envoy_codes():
     up.close()
 
 
+def _until_eof(c):
+    """An upstream handler's tail: hold the connection until the proxy closes it."""
+    try:
+        while c.recv(65536):
+            pass
+    except OSError:
+        pass
+
+
+@pytest.mark.parametrize("answer", [
+    # a switch nobody asked for: the bytes after it are not HTTP (the proxy used to drop the
+    # 101 as if interim and wait for a final response forever)
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nraw",
+    # a 1xx or 204 cannot carry a body, so these frame one the proxy would not read (Envoy: 502)
+    b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello",
+    b"HTTP/1.1 100 Continue\r\nContent-Length: 5\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    # closed inside the head: a malformed response, not a connection failure (Envoy: 502)
+    b"HTTP/1.1 200 OK\r\nContent-Le",
+])
+def test_upstream_responses_that_cannot_be_framed_are_502_and_the_connection_dropped(answer):
+    closed = threading.Event()
+
+    def handler(method, path, headers, body):
+        if path == "/bad":
+            def send(c):
+                c.sendall(answer)
+                if not answer.endswith(b"Content-Le"):
+                    _until_eof(c)       # the proxy must close it, not wait on it
+                closed.set()
+            return send
+        return RawHttpUpstream.default(method, path, headers, body)
+
+    up = RawHttpUpstream(handler)
+    try:
+        with make_proxy([Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))],
+                        [Cluster("c", [Endpoint("127.0.0.1", up.port)])]) as p:
+            s = socket.create_connection(p.listener_address("http"), timeout=5)
+            s.sendall(b"GET /bad HTTP/1.1\r\nHost: x\r\n\r\n")
+            head, rest = recv_head(s)
+            assert head.startswith(b"HTTP/1.1 502 Bad Gateway\r\n"), head
+            assert rest == b"upstream connect error or disconnect/reset before headers. reset reason: protocol error"
+            assert closed.wait(5), "the proxy kept the upstream connection"
+            s.sendall(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")   # the client's connection lives on
+            head, rest = recv_head(s)
+            assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+            while not rest.endswith(b"GET /next 0"):
+                rest += s.recv(100)
+            s.close()
+            assert up.connections == 2
+    finally:
+        up.close()
+
+
+def test_204_with_content_length_zero_is_forwarded(proxy, upstream):
+    upstream.handler = lambda m, path, h, b: b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"
+    r, data = http_request(proxy.listener_address("http"), path="/nc")
+    assert (r.status, data) == (204, b"")
+
+
 def test_close_delimited_response_is_rechunked_for_http11(upstream):
     def handler(method, path, headers, body):
         def send(c):
@@ -455,6 +516,73 @@ def test_expect_100_continue(proxy, upstream):
     assert "expect" not in upstream.requests[-1][2]
 
 
+def test_expectations_other_than_100_continue_are_forwarded(proxy, upstream):
+    """Only 100-continue is the proxy's to answer (Envoy forwards any other Expect)."""
+    out = exchange(proxy.listener_address("http"),
+                   b"POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: something\r\n\r\nabc")
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n") and out.endswith(b"POST /e 3")
+    assert upstream.requests[-1][2]["expect"] == ["something"]
+
+
+@pytest.mark.parametrize("nominated", [
+    "host",                     # removing it would forward an HTTP/1.1 request without Host
+    "X-Forwarded-For", "x-forwarded-host", "x-forwarded-proto",   # would hide the client
+    ":authority",
+    "a, b, c, d, e, f, g, h, i, j",                               # 10 elements (Envoy's limit)
+])
+def test_connection_nominating_protected_fields_is_400_and_nothing_forwarded(proxy, upstream, nominated):
+    """Envoy's Utility::sanitizeConnectionHeader: these nominations refuse the request."""
+    out = exchange(proxy.listener_address("http"),
+                   b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.0.0.1\r\nConnection: %s\r\n\r\n"
+                   % nominated.encode())
+    assert out.startswith(b"HTTP/1.1 400 Bad Request\r\n"), out[:80]
+    assert b"connection: close" in out.lower()
+    assert upstream.raw == b""
+
+
+def test_connection_nominations_below_the_limit_are_removed(proxy, upstream):
+    out = exchange(proxy.listener_address("http"),
+                   b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, x-a, b, c, d, e, f, g, close\r\n"
+                   b"X-A: 1\r\nX-B: 2\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n")
+    headers = upstream.requests[-1][2]
+    assert "x-a" not in headers and headers["x-b"] == ["2"] and headers["host"] == ["x"]
+
+
+@pytest.mark.parametrize("how", ["shutdown", "close"])
+def test_client_leaving_with_its_request_in_flight_releases_the_upstream(how):
+    """Envoy does not half-close HTTP connections: a client that ends its side while its
+    request waits for an answer is gone, and its upstream connection is closed at once
+    (it used to be held until the upstream answered or the route timed out)."""
+    got, closed = threading.Event(), threading.Event()
+
+    def handler(method, path, headers, body):
+        def hold(c):
+            got.set()
+            _until_eof(c)
+            closed.set()
+        return hold
+
+    up = RawHttpUpstream(handler)
+    try:
+        with make_proxy([Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))],
+                        [Cluster("c", [Endpoint("127.0.0.1", up.port)])]) as p:
+            s = socket.create_connection(p.listener_address("http"), timeout=5)
+            s.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+            assert got.wait(5)
+            if how == "shutdown":
+                s.shutdown(socket.SHUT_WR)
+                assert s.recv(100) == b"", "closed without an answer"
+            s.close()
+            assert closed.wait(5), "the upstream connection outlived its client"
+            assert wait_for(lambda: p.stats()["http.ingress.downstream_cx_active"] == 0)
+            st = p.stats()
+            assert st["http.ingress.downstream_rq_rx_reset"] == 1
+            assert st["http.ingress.downstream_rq_active"] == 0
+    finally:
+        up.close()
+
+
 @pytest.mark.skipif(not shutil.which("curl"), reason="curl not installed")
 def test_curl_through_proxy(proxy):
     host, port = proxy.listener_address("http")
@@ -578,6 +706,7 @@ def test_request_headers_timeout_is_408_and_counted():
         out = recv_until_eof(s)
         s.close()
         assert out.startswith(b"HTTP/1.1 408 ")
+        assert out.endswith(b"\r\n\r\nrequest header timeout")      # Envoy's words
         assert 0.25 <= time.monotonic() - t0 < 4
         st = p.stats()
         assert st["http.ingress.downstream_rq_header_timeout"] == 1

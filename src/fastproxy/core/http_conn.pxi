@@ -136,6 +136,7 @@ cdef struct HStream:
     uint8_t route_cleared           # a filter asked for the route to be recomputed
     uint8_t resp_end_fed            # the response end went to the encoder filters
     uint8_t connect                 # a CONNECT request (tunnelled once the upstream connects)
+    uint8_t expect_continue         # Expect: 100-continue, which we answer (and do not forward)
     # stream_info: what access logs print (core/access_log.pxi) and later filters read
     uint8_t resp_from_upstream      # the response head came from s.up (RESP() can read it)
     uint8_t logged
@@ -651,6 +652,38 @@ cdef bint _named_by_connection(H1Head* h, const char* name, size_t n) noexcept n
             if _rt_ieq2(h.buf + f.value_off + a, b - a, name, n):
                 return True
     return False
+
+
+cdef bint _connection_nominations_ok(H1Head* h, bint upgrade) noexcept nogil:
+    """Envoy's check of the fields a request's Connection header nominates for removal
+    (Utility::sanitizeConnectionHeader), before any is removed: refused when it names Host
+    (its removal would leave an HTTP/1.1 request without one), an X-Forwarded-For, -Host or
+    -Proto (removing one hides where the request came from), a pseudo-header, or when it has
+    10 or more elements. Upgrade requests skip all but the Host check, as in Envoy."""
+    cdef uint32_t i
+    cdef size_t pos, a, b, n
+    cdef size_t count = 0
+    cdef const char* t
+    cdef H1Field* f
+    for i in range(h.nfields):
+        f = &h.fields[i]
+        if not _ieq(h.buf + f.name_off, f.name_len, "connection"):
+            continue
+        pos = 0
+        while _h1_list_next(<const uint8_t*>h.buf + f.value_off, f.value_len, &pos, &a, &b):
+            if b == a:
+                continue
+            t = h.buf + f.value_off + a
+            n = b - a
+            count += 1
+            if _ieq(t, n, "host"):
+                return False
+            if upgrade:
+                continue
+            if (t[0] == b':' or _ieq(t, n, "x-forwarded-for") or _ieq(t, n, "x-forwarded-host")
+                    or _ieq(t, n, "x-forwarded-proto")):
+                return False
+    return upgrade or count < 10
 
 
 cdef bint _has_connection_field(H1Head* h) noexcept nogil:
@@ -1354,7 +1387,9 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
                                &s.fc.dec) < 0:
                 return -1
             s.req_chunked = chunked
-        _pl_remove(&l, "expect", 6)         # we answered 100-continue ourselves
+        if s.expect_continue:
+            _pl_remove(&l, "expect", 6)     # we answered 100-continue ourselves (Envoy too);
+                                            # other expectations go on, as in Envoy
         if s.upgrade:
             v = _head_field(&s.head, "upgrade", &n)
             if v != NULL:
@@ -1618,7 +1653,20 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
                 _count_downstream(c, 101)
                 chain_move(&u.out_buf, &c.in_buf)       # bytes the client sent early
                 continue
-            if p.flags & H1F_INTERIM or p.head.status == 101:
+            if p.head.status == 101:
+                # A switch the request did not ask for (RFC 9110 section 15.2.2: a server
+                # switches only to a protocol the client offered). The parser stops at a
+                # 101, so whatever follows is not HTTP: the connection is unusable.
+                _upconn_failed(u, 502, UPSTREAM_PROTOCOL_ERROR)
+                return -1
+            if (p.head.status < 200 or p.head.status == 204) and (
+                    (p.flags & H1X_TE) or p.content_length > 0):
+                # Envoy's codec: a 1xx or 204 cannot frame a body, so Transfer-Encoding or a
+                # non-zero Content-Length there means the upstream and we disagree on where
+                # the message ends; the connection cannot be trusted for the next response.
+                _upconn_failed(u, 502, UPSTREAM_PROTOCOL_ERROR)
+                return -1
+            if p.flags & H1F_INTERIM:
                 # 1xx: we already answered any Expect ourselves; drop it.
                 h1_reset(p)
                 continue
@@ -1749,6 +1797,9 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
         if s.resp_started:
             s.response_flags |= RF_UC
             hconn_close(c, True)
+        elif p.head.len:
+            # Closed inside a response head: a malformed message (Envoy: protocol error).
+            _upconn_failed(u, 502, UPSTREAM_PROTOCOL_ERROR)
         else:
             _upconn_failed(u, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection termination")
         return -1
@@ -2035,6 +2086,7 @@ cdef void stream_start(HConn* c) noexcept nogil:
     s.minor = s.head.minor
     s.keepalive = (c.req.flags & H1F_KEEP_ALIVE) != 0
     s.req_chunked = c.req.framing == H1_BODY_CHUNKED
+    s.expect_continue = (c.req.flags & H1F_EXPECT_CONTINUE) != 0
     if c.req.framing == H1_BODY_NONE:
         c.req.state = H1_MESSAGE_DONE
         s.req_done = 1
@@ -2061,6 +2113,9 @@ cdef void stream_start(HConn* c) noexcept nogil:
         return
     if _request_target_normalize(s, h) < 0:
         _stream_refuse(s, 400, "invalid request target or host")
+        return
+    if not _connection_nominations_ok(&s.head, (c.req.flags & H1F_UPGRADE) != 0):
+        _stream_refuse(s, 400, "Bad Request")
         return
     # The filter chain first (Envoy creates it before it refuses an upgrade): the proxy's
     # own answers below go through its encoder filters.
@@ -2436,7 +2491,7 @@ cdef void _hconn_headers_timeout(Worker* w, void* arg) noexcept nogil:
     cdef HConn* c = <HConn*>arg
     if c.stream == NULL:
         stat_add((<HttpCfg*>c.cfg.http).stats, w, H_RQ_HEADER_TIMEOUT, 1)    # Envoy's name
-        hconn_local_reply(c, 408, "request headers timeout", 23, NULL, 0, True)
+        hconn_local_reply(c, 408, "request header timeout", 22, NULL, 0, True)
         hconn_pump(c)
 
 
@@ -2588,6 +2643,14 @@ cdef int _hconn_process(HConn* c) noexcept nogil:
                     if c.closed:
                         return -1
                     continue                # the stream ended with a local reply
+            if c.down_eof and c.stream == s and not (s.connect or s.upgrade):
+                # The client ended its side with its request in flight. As in Envoy (an HTTP
+                # connection is not half-closed), it is gone: the stream is reset (DC) and
+                # its upstream connection closed now, not held until an answer nobody reads
+                # (a client could otherwise pin upstream connections, closing as it goes).
+                stat_add(h.stats, c.w, H_RQ_RX_RESET, 1)
+                hconn_close(c, False)
+                return -1
             if c.stream == s and s.up != NULL and s.up.state == UC_BUSY and s.up.out_buf.length \
                     and s.up.ep.writable:
                 # A pooled connection has no event coming to start it. Not while the upstream
