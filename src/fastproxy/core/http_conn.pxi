@@ -2648,7 +2648,7 @@ cdef int _hconn_process(HConn* c) noexcept nogil:
                 # connection is not half-closed), it is gone: the stream is reset (DC) and
                 # its upstream connection closed now, not held until an answer nobody reads
                 # (a client could otherwise pin upstream connections, closing as it goes).
-                stat_add(h.stats, c.w, H_RQ_RX_RESET, 1)
+                # hconn_close counts the reset (downstream_rq_rx_reset).
                 hconn_close(c, False)
                 return -1
             if c.stream == s and s.up != NULL and s.up.state == UC_BUSY and s.up.out_buf.length \
