@@ -27,6 +27,12 @@ def make_proxy(routes, clusters, **hcm_kw):
     return Proxy([Listener("http", port=0, http=hcm)], clusters, concurrency=2)
 
 
+def proxy_to(up, **hcm_kw):
+    """A proxy whose one route sends everything to the upstream server `up`."""
+    return make_proxy([Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))],
+                      [Cluster("c", [Endpoint("127.0.0.1", up.port)])], **hcm_kw)
+
+
 @pytest.fixture
 def proxy(upstream):
     p = make_proxy([
@@ -284,8 +290,7 @@ def test_upstream_responses_that_cannot_be_framed_are_502_and_the_connection_dro
 
     up = RawHttpUpstream(handler)
     try:
-        with make_proxy([Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))],
-                        [Cluster("c", [Endpoint("127.0.0.1", up.port)])]) as p:
+        with proxy_to(up) as p:
             s = socket.create_connection(p.listener_address("http"), timeout=5)
             s.sendall(b"GET /bad HTTP/1.1\r\nHost: x\r\n\r\n")
             head, rest = recv_head(s)
@@ -315,8 +320,7 @@ def test_close_delimited_response_is_rechunked_for_http11(upstream):
             c.sendall(b"HTTP/1.1 200 OK\r\n\r\nuntil the end")
         return send
     up = RawHttpUpstream(handler)
-    p = make_proxy([Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))],
-                   [Cluster("c", [Endpoint("127.0.0.1", up.port)])])
+    p = proxy_to(up)
     with p:
         conn = http.client.HTTPConnection(*p.listener_address("http"), timeout=5)
         conn.request("GET", "/")
@@ -494,8 +498,7 @@ def test_response_transfer_codings_besides_chunked_get_502(te):
     up = RawHttpUpstream(lambda *a: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + te
                          + b"\r\n\r\n5\r\nabcde\r\n0\r\n\r\n")
     try:
-        with make_proxy([Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))],
-                        [Cluster("c", [Endpoint("127.0.0.1", up.port)])]) as p:
+        with proxy_to(up) as p:
             out = exchange(p.listener_address("http"), b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             assert out.startswith(b"HTTP/1.1 502 Bad Gateway\r\n"), out
             assert b"abcde" not in out
@@ -565,8 +568,7 @@ def test_client_leaving_with_its_request_in_flight_releases_the_upstream(how):
 
     up = RawHttpUpstream(handler)
     try:
-        with make_proxy([Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))],
-                        [Cluster("c", [Endpoint("127.0.0.1", up.port)])]) as p:
+        with proxy_to(up) as p:
             s = socket.create_connection(p.listener_address("http"), timeout=5)
             s.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
             assert got.wait(5)
@@ -598,8 +600,7 @@ def test_large_download_spliced_and_intact():
     def handler(method, path, headers, body):
         return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload
     up = RawHttpUpstream(handler)
-    p = make_proxy([Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))],
-                   [Cluster("c", [Endpoint("127.0.0.1", up.port)])])
+    p = proxy_to(up)
     with p:
         conn = http.client.HTTPConnection(*p.listener_address("http"), timeout=10)
         for _ in range(2):
@@ -679,8 +680,7 @@ def test_upgrades_not_configured_are_refused_and_h2c_is_dropped():
     """Envoy's rule: only upgrade types in upgrade_configs are forwarded (403 otherwise);
     an h2c upgrade is ignored and the request proxied as plain HTTP/1.1."""
     up = RawHttpUpstream()
-    p = make_proxy([Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))],
-                   [Cluster("c", [Endpoint("127.0.0.1", up.port)])])
+    p = proxy_to(up)
     with p:
         out = exchange(p.listener_address("http"),
                        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")

@@ -1486,6 +1486,9 @@ cdef int _downstream_response_head(HStream* s, int framing, uint64_t length) noe
                 s.service_time_set = 1
                 _pl_overwrite(&l, _cs("x-envoy-upstream-service-time"),
                               _s(svc, _u64_text(s.service_time_ms, svc)))
+            # The route's mutations (a filtered response got them before its filters).
+            if _pl_apply_ops(&l, &s.route.response_headers) < 0:
+                return -1
         if status == rh.status and rh.reason_len:
             reason = _s(rh.buf + rh.reason_off, rh.reason_len)
         else:
@@ -1506,9 +1509,6 @@ cdef int _downstream_response_head(HStream* s, int framing, uint64_t length) noe
             if _framing_fields(s, &l, &s.fc.resp, framing, length, lenbuf, sizeof(lenbuf),
                                &chunked, &s.fc.enc) < 0:
                 return -1
-        if not (s.fc != NULL and s.fc.resp.used) \
-                and _pl_apply_ops(&l, &s.route.response_headers) < 0:
-            return -1                   # (a filtered response got them before its filters)
         if _pl_set_server(&l, h) < 0:   # last, after the filters and the route
             return -1
         if not s.keepalive:
