@@ -113,6 +113,47 @@ def test_stats_json_and_filter(admin_proxy):
     assert status == 400 and "regex" in body
 
 
+def test_stats_prometheus(admin_proxy):
+    """/stats/prometheus: Envoy's metric names and labels, counters and gauges typed, the
+    values of /stats; ?filter= and ?usedonly narrow it; /stats?format=prometheus is the same."""
+    p, addr, admin, _ = admin_proxy
+    assert echo_roundtrip(addr, b"ping") == b"ping"
+    wait_for(lambda: p.stats()["tcp.adm.downstream_cx_active"] == 0 and p.stats()["tcp.adm.downstream_cx_total"] == 1)
+    port = addr[1]
+
+    status, ctype, body = get(admin, "/stats/prometheus")
+    assert status == 200 and ctype.startswith("text/plain")
+    lines = body.splitlines()
+    types = dict(line.split(" ")[2:] for line in lines if line.startswith("# TYPE "))
+    samples = dict(line.rsplit(" ", 1) for line in lines if not line.startswith("#"))
+    assert samples['envoy_tcp_downstream_cx_total{envoy_tcp_prefix="adm"}'] == "1"
+    assert samples['envoy_tcp_downstream_cx_rx_bytes_total{envoy_tcp_prefix="adm"}'] == "4"
+    assert samples['envoy_cluster_upstream_cx_total{envoy_cluster_name="c"}'] == "1"
+    assert samples[f'envoy_listener_downstream_cx_total{{envoy_listener_address="127.0.0.1_{port}"}}'] == "1"
+    assert samples[f'envoy_listener_worker_downstream_cx_total{{envoy_worker_id="0",'
+                   f'envoy_listener_address="127.0.0.1_{port}"}}'] == "1"
+    assert samples["envoy_server_live{}"] == "1"
+    assert types["envoy_tcp_downstream_cx_total"] == "counter"
+    assert types["envoy_tcp_downstream_cx_active"] == "gauge"
+    assert types["envoy_cluster_upstream_cx_active"] == "gauge"
+    assert types["envoy_listener_worker_downstream_cx_active"] == "gauge"
+    assert types["envoy_server_live"] == types["envoy_cluster_membership_total"] == "gauge"
+    # One series per stat of /stats (a TCP-only proxy has no histograms).
+    assert len(samples) == len(parse_text_stats(get(admin, "/stats")[2]))
+    # counters first, then gauges, each block sorted
+    kinds = [types[line.split(" ")[2]] for line in lines if line.startswith("# TYPE ")]
+    assert kinds == sorted(kinds, key=["counter", "gauge"].index)
+
+    assert get(admin, "/stats?format=prometheus")[2].count("\n") == len(lines)
+    status, _, body = get(admin, "/stats/prometheus?filter=%5Etcp%5C.adm%5C.downstream_cx_total")
+    assert status == 200 and body == ('# TYPE envoy_tcp_downstream_cx_total counter\n'
+                                      'envoy_tcp_downstream_cx_total{envoy_tcp_prefix="adm"} 1\n')
+    used = get(admin, "/stats/prometheus?usedonly")[2]
+    assert 'envoy_tcp_downstream_cx_total{envoy_tcp_prefix="adm"} 1' in used
+    assert "envoy_tcp_idle_timeout" not in used and "envoy_tcp_idle_timeout" in types
+    assert get(admin, "/stats/prometheus?filter=%5Bunclosed")[0] == 400
+
+
 def test_ready_server_info_listeners_clusters(admin_proxy):
     p, addr, admin, echo = admin_proxy
     assert get(admin, "/ready")[:3:2] == (200, "LIVE\n")

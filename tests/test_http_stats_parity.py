@@ -302,7 +302,8 @@ def run(kind, tmp_path):
         final = wait_for(lambda: (lambda st: settled(st) and st)(read_stats(admin)),
                          timeout=10, msg=f"{kind}: stats settle")
         json_stats = json.loads(admin_get(admin, "/stats?format=json"))["stats"]
-        return final, mid, traffic, up, json_stats
+        prometheus = admin_get(admin, "/stats/prometheus")
+        return final, mid, traffic, up, json_stats, prometheus
     finally:
         up.close()
         dead_sock.close()
@@ -321,9 +322,14 @@ def diff(names, envoy, ours):
     return {n: (envoy.get(n, 0), ours[n]) for n in names if envoy.get(n, 0) != ours[n]}
 
 
-def test_http_stats_match_envoy(tmp_path):
-    envoy, envoy_mid, envoy_traffic, envoy_up, _ = run("envoy", tmp_path)
-    ours, ours_mid, traffic, up, json_stats = run("fastproxy", tmp_path)
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same traffic through Envoy and through fastproxy, once for this module's tests."""
+    return run("envoy", tmp_path_factory.mktemp("envoy")), run("fastproxy", tmp_path_factory.mktemp("fastproxy"))
+
+
+def test_http_stats_match_envoy(runs):
+    (envoy, envoy_mid, envoy_traffic, envoy_up, _, _), (ours, ours_mid, traffic, up, json_stats, _) = runs
 
     # The traffic did what the stats below depend on (so a zero can't pass for a match).
     assert envoy[H + "downstream_cx_destroy_remote_active_rq"] == 2     # C and D
@@ -346,3 +352,65 @@ def test_http_stats_match_envoy(tmp_path):
                for e in json_stats if "name" in e}
     for name in COUNTERS + GAUGES:
         assert by_name[name] == ours[name], name
+
+
+def parse_prometheus(text):
+    """A Prometheus text page -> ({(metric, frozenset of labels): value}, {metric: type}),
+    the listener's port taken out of label values; asserts the page is well formed: every
+    series after its family's one # TYPE line, no series twice."""
+    series, types = {}, {}
+    line_rx = re.compile(r'([a-zA-Z_:][a-zA-Z0-9_:]*)\{((?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*)\} (\S+)')
+    family = None
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, metric, kind = line.split(" ")
+            assert metric not in types, f"two # TYPE lines for {metric}"
+            types[metric], family = kind, metric
+            continue
+        m = line_rx.fullmatch(line)
+        assert m, f"not a Prometheus sample line: {line!r}"
+        metric, labels, value = m.groups()
+        base = re.sub(r"_(bucket|sum|count)$", "", metric) if types.get(family) == "histogram" else metric
+        assert base == family, f"{metric} outside its # TYPE family ({family})"
+        labels = frozenset((k, re.sub(r"^127\.0\.0\.1_\d+$", "LST", v))
+                           for k, v in re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', labels))
+        key = (metric, labels)
+        assert key not in series, f"{key} twice"
+        series[key] = float(value)
+    return series, types
+
+
+def test_prometheus_page_matches_envoy(runs):
+    """/stats/prometheus: every stat compared above is, on both pages, the same metric with
+    the same labels, type and value; the histograms are the same families and series."""
+    from fastproxy.prometheus import tag
+    (envoy, _, _, _, _, envoy_page), (ours, _, _, _, _, our_page) = runs
+    envoy_series, envoy_types = parse_prometheus(envoy_page)
+    our_series, our_types = parse_prometheus(our_page)
+    compared = 0
+    for name in COUNTERS + GAUGES:
+        metric, labels = tag(name.replace("LST", "127.0.0.1_1"))
+        key = (metric, frozenset((k, "LST" if v == "127.0.0.1_1" else v) for k, v in labels))
+        assert key in our_series, f"{name} is not on fastproxy's page as {key}"
+        assert our_types[metric] == ("gauge" if name in GAUGES else "counter"), metric
+        assert envoy_types.get(metric) == our_types[metric], metric
+        assert envoy_series.get(key, 0.0) == our_series[key] == ours[name], (name, key)
+        compared += 1
+    assert compared == len(COUNTERS) + len(GAUGES)
+    # e.g. envoy_http_downstream_rq_xx{envoy_response_code_class="2",...} at 4
+    key = ("envoy_http_downstream_rq_xx", frozenset({("envoy_response_code_class", "2"),
+                                                      ("envoy_http_conn_manager_prefix", PREFIX)}))
+    assert our_series[key] == envoy_series[key] == ours[H + "downstream_rq_2xx"] > 0
+    for metric in ("envoy_http_downstream_rq_time", "envoy_cluster_upstream_rq_time"):
+        assert our_types[metric] == envoy_types[metric] == "histogram"
+        ours_h = {k for k in our_series if re.fullmatch(metric + "_(bucket|sum|count)", k[0])}
+        envoy_h = {k for k in envoy_series if re.fullmatch(metric + "_(bucket|sum|count)", k[0])}
+        assert ours_h and ours_h <= envoy_h, sorted(ours_h - envoy_h)
+        # cumulative: the +Inf bucket holds every recorded value, the count says the same
+        for labels in {k[1] - {next((x for x in k[1] if x[0] == "le"), None)} for k in ours_h}:
+            inf = our_series[(metric + "_bucket", labels | {("le", "+Inf")})]
+            assert inf == our_series[(metric + "_count", labels)]
+    # Every fastproxy metric Envoy also has is of Envoy's type.
+    for metric, kind in our_types.items():
+        if metric in envoy_types:
+            assert envoy_types[metric] == kind, metric

@@ -8,6 +8,9 @@ thread of the main process; the data plane never sees it. Endpoints:
                             histograms as Envoy prints them (``P0(nan,1) P25(nan,2) ...``)
 ``GET  /stats?format=json`` ``{"stats": [{"name": ..., "value": ...}, ..., {"histograms": ...}]}``
 ``GET  /stats?filter=RE``   only the stats whose name matches the regular expression RE
+``GET  /stats/prometheus``  the stats in Prometheus text format, named and labelled as
+                            Envoy's (also ``/stats?format=prometheus``; ``?filter=RE``,
+                            ``?usedonly``); see :mod:`fastproxy.prometheus`
 ``GET  /ready``             ``LIVE`` (200) while serving, ``DRAINING`` (503) once stopping
 ``GET  /server_info``       JSON: version, state, uptime, concurrency
 ``GET  /listeners``         ``name::host:port`` per listener (actual bound address)
@@ -18,7 +21,8 @@ thread of the main process; the data plane never sees it. Endpoints:
 
 ``/listeners`` and ``/clusters`` also take ``?format=json``.
 
-What it needs from the proxy: ``stats()``, ``concurrency``, ``config`` (the current
+What it needs from the proxy: ``stats()``, ``gauge_names()`` (optional: without it every
+stat is a counter on the Prometheus page), ``histograms()`` (optional), ``concurrency``, ``config`` (the current
 :class:`fastproxy.model.Bootstrap`), ``listener_address(name)`` and
 ``request_shutdown()``.
 """
@@ -41,7 +45,8 @@ log = logging.getLogger("fastproxy.admin")
 HELP = {
     "/": "this list",
     "/help": "this list",
-    "/stats": "print server stats (?format=json, ?filter=REGEX)",
+    "/stats": "print server stats (?format=json|prometheus, ?filter=REGEX)",
+    "/stats/prometheus": "print server stats in prometheus format (?filter=REGEX, ?usedonly)",
     "/ready": "print server state, 200 when LIVE",
     "/server_info": "print server version, state, uptime and concurrency",
     "/listeners": "print listener names and bound addresses (?format=json)",
@@ -166,6 +171,12 @@ class AdminServer:
         get = getattr(self.proxy, "histograms", None)
         return dict(get()) if get is not None else {}
 
+    def gauge_names(self) -> set:
+        get = getattr(self.proxy, "gauge_names", None)
+        names = set(get()) if get is not None else set()
+        # the admin's own three (see stats()) are gauges in Envoy
+        return names | {"server.live", "server.concurrency", "server.uptime"}
+
     def listeners(self):
         """[(name, host, port)] with the actual bound address where known."""
         out = []
@@ -239,7 +250,7 @@ class _AdminHandler(BaseHTTPRequestHandler):
             return
         # Read-only endpoints answer POST too, as Envoy's do.
         try:
-            getattr(self, "_h_" + (path.strip("/") or "help"))(query)
+            getattr(self, "_h_" + (path.strip("/").replace("/", "_") or "help"))(query)
         except Exception as e:  # an admin page must never take the proxy down
             log.exception("admin handler for %s failed", path)
             try:
@@ -265,15 +276,36 @@ class _AdminHandler(BaseHTTPRequestHandler):
     def _h_help(self, query) -> None:
         self._send(HTTPStatus.OK, self._help_text())
 
-    def _h_stats(self, query) -> None:
-        stats = self.admin.stats()
+    def _filter(self, query):
+        """(ok, compiled ?filter= regex or None); answers 400 itself when not ok."""
         pattern = query.get("filter")
+        if not pattern:
+            return True, None
+        try:
+            return True, re.compile(pattern)
+        except re.error as e:
+            self._send(HTTPStatus.BAD_REQUEST, f"invalid filter regex: {e}\n")
+            return False, None
+
+    def _h_stats_prometheus(self, query) -> None:
+        ok, rx = self._filter(query)
+        if not ok:
+            return
+        from .prometheus import render
+        page = render(self.admin.stats(), self.admin.gauge_names(), self.admin.histograms(),
+                      pattern=rx, used_only="usedonly" in query)
+        self._send(HTTPStatus.OK, page)
+
+    def _h_stats(self, query) -> None:
+        if query.get("format") == "prometheus":
+            self._h_stats_prometheus(query)
+            return
+        stats = self.admin.stats()
+        ok, rx = self._filter(query)
+        if not ok:
+            return
+        pattern = rx is not None
         if pattern:
-            try:
-                rx = re.compile(pattern)
-            except re.error as e:
-                self._send(HTTPStatus.BAD_REQUEST, f"invalid filter regex: {e}\n")
-                return
             stats = {k: v for k, v in stats.items() if rx.search(k)}
         # Histograms that never recorded a value (a TCP-only cluster's upstream_rq_time)
         # are left out; Envoy would print "No recorded values".
@@ -299,7 +331,7 @@ class _AdminHandler(BaseHTTPRequestHandler):
             lines += [f"{k}: {h.envoy_text()}\n" for k, h in sorted(hists.items())]
             self._send(HTTPStatus.OK, "".join(lines))
         else:
-            self._send(HTTPStatus.BAD_REQUEST, f"unsupported format {fmt!r} (text or json)\n")
+            self._send(HTTPStatus.BAD_REQUEST, f"unsupported format {fmt!r} (text, json or prometheus)\n")
 
     def _h_ready(self, query) -> None:
         state = self.admin.state

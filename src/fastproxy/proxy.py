@@ -311,6 +311,17 @@ class Proxy:
             out.update(_core.native_filter_stats(names))
         return out
 
+    def gauge_names(self) -> set[str]:
+        """Which names in :meth:`stats` are gauges (Envoy's type); the others are counters."""
+        out = {"server.concurrency", "listener_manager.total_listeners_active", "cluster_manager.active_clusters"}
+        for (kind, name), block in list(self._stats.items()):
+            out.update(f"{name}.{g}" for g in block.gauges)
+            if kind == "listener":
+                for k in range(self.concurrency):
+                    out.update(f"{name}.worker_{k}.{g}" for g in block.gauges)
+        out.update(f"cluster.{name}.membership_total" for name in list(self._clusters))
+        return out
+
     def histograms(self) -> dict:
         """Histograms with Envoy's names (``http.<stat_prefix>.downstream_rq_time``,
         ``cluster.<name>.upstream_rq_time``, milliseconds), summed over the workers:
