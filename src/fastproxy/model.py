@@ -69,6 +69,22 @@ class Cluster:
     connect_timeout: float = 5.0
     dns_refresh_rate: float = 5.0
     dns_lookup_family: str = "V4_ONLY"  # V4_ONLY, V6_ONLY, AUTO, V4_PREFERRED, ALL
+    # The HTTP connection pool (Envoy's HttpProtocolOptions.common_http_protocol_options):
+    # a pooled connection idle this long is closed (None: never); a connection is closed
+    # after carrying max_requests_per_connection requests (0: no limit) or once it is
+    # max_connection_duration old (None: no limit; a busy one after its response).
+    idle_timeout: Optional[float] = 3600.0
+    max_requests_per_connection: int = 0
+    max_connection_duration: Optional[float] = None
+    # Circuit breakers (Envoy's circuit_breakers.thresholds, priority DEFAULT): limits over
+    # all workers together on open upstream connections, requests waiting for a connection,
+    # and requests on connections. max_retries is kept for Envoy's stats; nothing retries.
+    max_connections: int = 1024
+    max_pending_requests: int = 1024
+    max_requests: int = 1024
+    max_retries: int = 3
+    # Emit circuit_breakers.default.remaining_* gauges (Envoy's track_remaining).
+    track_remaining: bool = False
 
     def validate(self, path: str = "cluster") -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -81,6 +97,15 @@ class Cluster:
         _check_timeout(path + ".dns_refresh_rate", self.dns_refresh_rate, allow_none=False)
         if self.dns_lookup_family not in ("V4_ONLY", "V6_ONLY", "AUTO", "V4_PREFERRED", "ALL"):
             raise ConfigError(path + ".dns_lookup_family", f"unsupported dns_lookup_family {self.dns_lookup_family!r}")
+        _check_timeout(path + ".idle_timeout", self.idle_timeout)
+        _check_timeout(path + ".max_connection_duration", self.max_connection_duration)
+        for name in ("max_requests_per_connection", "max_connections", "max_pending_requests",
+                     "max_requests", "max_retries"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 32:
+                raise ConfigError(f"{path}.{name}", f"must be an integer 0..4294967295, got {value!r}")
+        if not isinstance(self.track_remaining, bool):
+            raise ConfigError(path + ".track_remaining", f"must be a bool, got {self.track_remaining!r}")
         for i, ep in enumerate(self.endpoints):
             if not isinstance(ep, Endpoint):
                 raise ConfigError(f"{path}.endpoints[{i}]", f"expected Endpoint, got {type(ep).__name__}")

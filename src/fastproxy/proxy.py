@@ -96,6 +96,29 @@ def _host_set(hosts: list[tuple[str, int, int]]):
                               smooth_weighted_schedule([w for _, _, w in hosts]))
 
 
+def _circuit_breaker_gauges(prefix: str, c: "_ClusterState") -> dict:
+    """Envoy's circuit_breakers.<priority>.* gauges: *_open is 1 while a limit is reached,
+    remaining_* (with track_remaining) what is left of it. Only DEFAULT is enforced, so the
+    HIGH ones read 0, as Envoy's do when nothing runs at that priority. Connection pools
+    are not limited (cx_pool_open 0; Envoy's remaining_cx_pools is not emitted)."""
+    state = c.handle.circuit_breakers()
+    out = {}
+    for key, gauge in (("cx", "cx_open"), ("pending", "rq_pending_open"), ("rq", "rq_open"),
+                       ("retries", "rq_retry_open")):
+        used, limit = state[key]
+        # Retries never happen here; Envoy's rq_retry_open only changes when one starts.
+        out[prefix + "default." + gauge] = int(key != "retries" and used >= limit)
+        out[prefix + "high." + gauge] = 0
+    out[prefix + "default.cx_pool_open"] = 0
+    out[prefix + "high.cx_pool_open"] = 0
+    if c.model.track_remaining:
+        for key, gauge in (("cx", "remaining_cx"), ("pending", "remaining_pending"),
+                           ("rq", "remaining_rq"), ("retries", "remaining_retries")):
+            used, limit = state[key]
+            out[prefix + "default." + gauge] = max(0, limit - used)
+    return out
+
+
 class _ClusterState:
     def __init__(self, model: Cluster, handle, hosts):
         self.model = model
@@ -302,6 +325,7 @@ class Proxy:
                         out[f"{name}.worker_{k}.{stat}"] = value
         for name, c in list(self._clusters.items()):
             out[f"cluster.{name}.membership_total"] = len(c.hosts)
+            out.update(_circuit_breaker_gauges(f"cluster.{name}.circuit_breakers.", c))
         # native HTTP filters' stats (http_local_rate_limit.<prefix>.*) this config uses
         names = set()
         for l in self._bootstrap.listeners:
@@ -350,8 +374,11 @@ class Proxy:
                 clusters[c.name] = old          # unchanged: keep its LB state and DNS schedule
                 continue
             hosts = resolve_endpoints(c)
-            handle = self._engine.make_cluster(self._stat_block("cluster", f"cluster.{c.name}"),
-                                               c.lb_policy, c.connect_timeout, _host_set(hosts))
+            handle = self._engine.make_cluster(
+                self._stat_block("cluster", f"cluster.{c.name}"), c.lb_policy, c.connect_timeout,
+                _host_set(hosts), c.idle_timeout, c.max_connection_duration,
+                c.max_requests_per_connection, c.max_connections, c.max_pending_requests,
+                c.max_requests, c.max_retries)
             clusters[c.name] = _ClusterState(c, handle, hosts)
 
         socks: dict[str, tuple[tuple[str, int], Any]] = {}

@@ -35,6 +35,11 @@ LB_POLICIES = {"ROUND_ROBIN": 0, "LEAST_REQUEST": 1, "RING_HASH": 2, "RANDOM": 3
                "CLUSTER_PROVIDED": 6, "LOAD_BALANCING_POLICY_CONFIG": 7}
 DNS_LOOKUP_FAMILIES = {"AUTO": 0, "V4_ONLY": 1, "V6_ONLY": 2, "V4_PREFERRED": 3, "ALL": 4}
 SOCKET_PROTOCOLS = {"TCP": 0, "UDP": 1}
+ROUTING_PRIORITIES = {"DEFAULT": 0, "HIGH": 1}
+
+# The one typed_extension_protocol_options entry clusters accept: key and @type.
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+HTTP_PROTOCOL_OPTIONS_TYPE = "type.googleapis.com/" + HTTP_PROTOCOL_OPTIONS
 
 # Envoy defaults for fields fastproxy maps onto its model.
 DEFAULT_IDLE_TIMEOUT = 3600.0
@@ -249,7 +254,8 @@ def _tcp_proxy(value: Any, tpath: str) -> tuple:
 def _cluster(item: Any, path: str) -> model.Cluster:
     msg = Message(item, path, ("name", "type", "connect_timeout", "lb_policy", "load_assignment",
                                "dns_refresh_rate", "dns_lookup_family",
-                               "per_connection_buffer_limit_bytes"))
+                               "per_connection_buffer_limit_bytes", "typed_extension_protocol_options",
+                               "max_requests_per_connection", "circuit_breakers"))
     name = msg.string("name", required=True, non_empty=True)
     ctype = _supported(msg, "type", DISCOVERY_TYPES, model.CLUSTER_TYPES, "STATIC")
     lb_policy = _supported(msg, "lb_policy", LB_POLICIES, model.LB_POLICIES, "ROUND_ROBIN")
@@ -271,9 +277,106 @@ def _cluster(item: Any, path: str) -> model.Cluster:
             group = Message(locality, lpath, ("lb_endpoints",))
             endpoints.extend(_endpoint(ep, epath, ctype) for ep, epath in group.repeated("lb_endpoints"))
 
+    pool = _http_protocol_options(msg)
+    # The deprecated cluster-level field (Envoy 1.40 still takes it, but not together with
+    # the protocol options' own).
+    legacy = msg.uint32("max_requests_per_connection")
+    if legacy is not None:
+        if pool.get("max_requests_per_connection") is not None:
+            raise ConfigError(msg.at("max_requests_per_connection"),
+                              "only one of max_requests_per_connection from Cluster or "
+                              "HttpProtocolOptions can be specified")
+        pool["max_requests_per_connection"] = legacy
+    if pool.get("max_requests_per_connection") is None:
+        pool.pop("max_requests_per_connection", None)
+
     return model.Cluster(name=name, endpoints=endpoints, type=ctype, lb_policy=lb_policy,
                          connect_timeout=connect_timeout, dns_refresh_rate=dns_refresh_rate,
-                         dns_lookup_family=family)
+                         dns_lookup_family=family, **pool, **_circuit_breakers(msg))
+
+
+def _http_protocol_options(cluster: Message) -> dict:
+    """typed_extension_protocol_options: only Envoy's upstream HttpProtocolOptions, and of
+    it what HTTP/1.1 to the upstream means. Returns model.Cluster keyword arguments."""
+    options = cluster.mapping("typed_extension_protocol_options")
+    if not options:
+        return {}
+    out: dict = {}
+    for key, value in options.items():
+        kpath = f"{cluster.at('typed_extension_protocol_options')}.{key}"
+        if key != HTTP_PROTOCOL_OPTIONS:
+            raise ConfigError(kpath, f"unsupported protocol options {key!r} (fastproxy supports "
+                                     f"{HTTP_PROTOCOL_OPTIONS})")
+        if not isinstance(value, dict) or value.get("@type") != HTTP_PROTOCOL_OPTIONS_TYPE:
+            raise ConfigError(kpath + ".@type", f"expected '@type: {HTTP_PROTOCOL_OPTIONS_TYPE}'")
+        hpo = Message(value, kpath, ("common_http_protocol_options", "explicit_http_config",
+                                     "use_downstream_protocol_config", "auto_config"),
+                      ignore=("@type",))
+        chosen = [f for f in ("explicit_http_config", "use_downstream_protocol_config", "auto_config")
+                  if hpo.raw(f) is not None]
+        if not chosen:
+            # Envoy: "Proto constraint validation failed (field: upstream_protocol_options,
+            # reason: is required)".
+            raise ConfigError(kpath + ".upstream_protocol_options",
+                              "one of explicit_http_config, use_downstream_protocol_config or "
+                              "auto_config is required")
+        if len(chosen) > 1:
+            raise ConfigError(hpo.at(chosen[1]), f"only one of {', '.join(chosen)} may be set")
+        if chosen[0] == "auto_config":
+            # Envoy 1.40 refuses it on a cluster without TLS ("ALPN configured for cluster
+            # ... which has a non-ALPN transport socket"), and fastproxy has no TLS.
+            raise ConfigError(hpo.at("auto_config"), "auto_config needs ALPN (a TLS transport "
+                                                     "socket); fastproxy speaks HTTP/1.1 in plain "
+                                                     "text: use explicit_http_config.http_protocol_options")
+        proto = hpo.message(chosen[0], ("http_protocol_options", "http2_protocol_options",
+                                        "http3_protocol_options"))
+        given = [f for f in ("http_protocol_options", "http2_protocol_options", "http3_protocol_options")
+                 if proto.raw(f) is not None]
+        if len(given) > 1:
+            raise ConfigError(proto.at(given[1]), f"only one of {', '.join(given)} may be set")
+        if chosen[0] == "explicit_http_config" and not given:
+            raise ConfigError(proto.at("protocol_config"), "one of http_protocol_options, "
+                                                           "http2_protocol_options or "
+                                                           "http3_protocol_options is required")
+        for f in given:
+            if f != "http_protocol_options":
+                raise ConfigError(proto.at(f), f"fastproxy speaks HTTP/1.1 to upstreams; {f} "
+                                               "(HTTP/2, HTTP/3) is not supported")
+        # HTTP/1.1 as it is: none of Http1ProtocolOptions' knobs is implemented upstream.
+        proto.message("http_protocol_options", ())
+        common = hpo.message("common_http_protocol_options",
+                             ("idle_timeout", "max_requests_per_connection", "max_connection_duration"))
+        if common is not None:
+            idle = common.duration("idle_timeout")
+            if idle is not None:
+                out["idle_timeout"] = None if idle == 0 else idle      # Envoy: 0s disables it
+            duration = common.duration("max_connection_duration")
+            if duration is not None:
+                out["max_connection_duration"] = None if duration == 0 else duration
+            out["max_requests_per_connection"] = common.uint32("max_requests_per_connection")
+    return out
+
+
+def _circuit_breakers(cluster: Message) -> dict:
+    """circuit_breakers.thresholds: the first DEFAULT one is enforced (what Envoy 1.40 does
+    with several); HIGH ones are checked and accepted, but every request here is DEFAULT."""
+    breakers = cluster.message("circuit_breakers", ("thresholds",))
+    if breakers is None:
+        return {}
+    out: dict = {}
+    for item, tpath in breakers.repeated("thresholds"):
+        th = Message(item, tpath, ("priority", "max_connections", "max_pending_requests",
+                                   "max_requests", "max_retries", "track_remaining"))
+        priority = th.enum("priority", ROUTING_PRIORITIES, default="DEFAULT")
+        values = {name: th.uint32(name) for name in ("max_connections", "max_pending_requests",
+                                                     "max_requests", "max_retries")}
+        remaining = th.raw("track_remaining")
+        if remaining is not None and not isinstance(remaining, bool):
+            raise ConfigError(th.at("track_remaining"), f"expected a bool, got {remaining!r}")
+        if priority == "DEFAULT" and not out:
+            out = {k: v for k, v in values.items() if v is not None}
+            out["track_remaining"] = bool(remaining)
+    return out
 
 
 def _supported(msg: Message, name: str, values: dict, supported: tuple, default: str) -> str:

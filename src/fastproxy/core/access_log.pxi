@@ -15,16 +15,17 @@ cdef enum:                          # HStream.response_flags: Envoy's short code
     RF_UR = 1 << 3
     RF_UF = 1 << 4
     RF_UC = 1 << 5
-    RF_NR = 1 << 6
-    RF_DC = 1 << 7
-    RF_URX = 1 << 8
-    RF_SI = 1 << 9
-    RF_DPE = 1 << 10
-    RF_UPE = 1 << 11
-    RF_COUNT = 12
+    RF_UO = 1 << 6                  # a circuit breaker refused the request (upstream overflow)
+    RF_NR = 1 << 7
+    RF_DC = 1 << 8
+    RF_URX = 1 << 9
+    RF_SI = 1 << 10
+    RF_DPE = 1 << 11
+    RF_UPE = 1 << 12
+    RF_COUNT = 13
 
-cdef const char* _rf_names[12]
-_rf_names[:] = [b"UH", b"UT", b"LR", b"UR", b"UF", b"UC", b"NR", b"DC", b"URX", b"SI",
+cdef const char* _rf_names[13]
+_rf_names[:] = [b"UH", b"UT", b"LR", b"UR", b"UF", b"UC", b"UO", b"NR", b"DC", b"URX", b"SI",
                 b"DPE", b"UPE"]
 
 cdef enum:                          # AlogOp.kind

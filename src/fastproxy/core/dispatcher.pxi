@@ -62,6 +62,7 @@ cdef struct Worker:
     HConn* hconn_deferred
     UpConn* upconns             # every upstream HTTP connection (busy, idle, connecting)
     UpConn* upconn_deferred
+    void* kicked                # WorkerLb*: clusters whose waiting requests to serve this turn
 
 
 cdef inline uint64_t clock_ms() noexcept nogil:

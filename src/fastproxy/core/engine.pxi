@@ -122,7 +122,10 @@ cdef class Engine:
         return bind_listener(self.nworkers, ip, port, backlog)
 
     def make_cluster(self, StatBlockHandle stats, str lb_policy, double connect_timeout,
-                     HostSetHandle hosts):
+                     HostSetHandle hosts, pool_idle_timeout=None, max_connection_duration=None,
+                     uint32_t max_requests_per_connection=0, uint32_t max_connections=1024,
+                     uint32_t max_pending_requests=1024, uint32_t max_requests=1024,
+                     uint32_t max_retries=3):
         cdef ClusterHandle h = ClusterHandle.__new__(ClusterHandle)
         cdef ClusterCfg* c = <ClusterCfg*>calloc(1, sizeof(ClusterCfg))
         if c == NULL:
@@ -130,6 +133,13 @@ cdef class Engine:
         c.refcnt = 1
         c.lb = LB_RANDOM if lb_policy == "RANDOM" else LB_ROUND_ROBIN
         c.connect_timeout_ms = max(1, <uint64_t>(connect_timeout * 1000))
+        c.pool_idle_ms = 0 if not pool_idle_timeout else max(1, <uint64_t>(pool_idle_timeout * 1000))
+        c.max_duration_ms = 0 if not max_connection_duration else max(1, <uint64_t>(max_connection_duration * 1000))
+        c.max_rq_per_cx = max_requests_per_connection
+        c.max_cx = max_connections
+        c.max_pending = max_pending_requests
+        c.max_rq = max_requests
+        c.max_retries = max_retries
         c.stats = stats.b
         c.nworkers = self.nworkers
         c.per_worker = <WorkerLb*>calloc(self.nworkers, sizeof(WorkerLb))
@@ -139,6 +149,7 @@ cdef class Engine:
         for i in range(self.nworkers):
             # Spread the workers' round-robin starting points over the schedule.
             c.per_worker[i].next = <uint32_t>(i * max(1, hosts.hs.nschedule) // self.nworkers)
+            c.per_worker[i].cluster = c
         h.c = c
         h.engine = self
         h.stats = stats

@@ -26,6 +26,7 @@ cdef enum:                          # UpConn.state
     UC_BUSY = 1
     UC_IDLE = 2
     UC_CLOSED = 3
+    UC_WAITING = 4                  # no socket yet: the cluster's max_connections is reached
 
 cdef enum:                          # how a head we send frames its body
     UF_PARSER = 0                   # as the received message was framed (re-chunked if chunked)
@@ -36,7 +37,6 @@ cdef enum:                          # how a head we send frames its body
 
 cdef enum:
     HTTP_IO_LIMIT = 1 << 20         # bytes buffered per direction before reading pauses
-    UPSTREAM_IDLE_MS = 60000        # an idle pooled connection is closed after this
     MAX_IDLE_PER_HOST = 64
 
 cdef struct HttpCfg:
@@ -104,9 +104,17 @@ cdef struct UpConn:
     Chain in_buf
     Chain out_buf
     Timer timer                     # connect timeout, then pooled-idle timeout
-    uint8_t pending                 # connecting with its stream waiting (upstream_rq_pending_active)
+    Timer duration_timer            # the cluster's max_connection_duration
+    uint8_t pending                 # its stream waits for it (upstream_rq_pending_active):
+                                    #   connecting, or UC_WAITING
     uint8_t rq_attached             # a stream is attached and its response is not complete
     uint8_t remote_close            # the upstream ended the connection (destroy_remote)
+    uint8_t cx_counted              # has a socket: counted in upstream_cx_active, n_cx, pool_conns
+    uint8_t last_request            # close after this response (max requests or duration reached)
+    uint32_t nrequests              # requests it has carried
+    UpConn* wait_next               # the cluster's per-worker queue of UC_WAITING ones
+    UpConn* wait_prev
+    uint8_t queued                  # on that queue
 
 cdef struct HStream:
     HConn* c
@@ -842,6 +850,8 @@ cdef void hconn_local_reply_ex(HConn* c, int status, const char* body, size_t bo
         _pl_add(&l, _cs("content-type"), _cs("text/plain"))
     if location != NULL:
         _pl_add(&l, _cs("location"), _s(location, location_len))
+    if c.stream != NULL and c.stream.response_flags & RF_UO:
+        _pl_add(&l, _cs("x-envoy-overloaded"), _cs("true"))     # Envoy's circuit-breaker reply
     if c.stream != NULL and c.stream.route != NULL:
         # Envoy applies the chosen route's response_headers_to_add/remove (route, virtual
         # host, route configuration) to its direct responses, redirects and router errors.
@@ -901,6 +911,8 @@ cdef void upconn_close(UpConn* u) noexcept nogil:
     cdef Worker* w = u.w
     cdef UpConn** pp
     cdef int remote
+    cdef ClusterCfg* cl = u.cluster
+    cdef WorkerLb* lb = &cl.per_worker[w.index]
     if u.state == UC_CLOSED:
         return
     if u.idle_head != NULL:
@@ -910,25 +922,37 @@ cdef void upconn_close(UpConn* u) noexcept nogil:
         if pp[0] == u:
             pp[0] = u.idle_next
         u.idle_head = NULL
+    _wait_unlink(u)
     u.state = UC_CLOSED
     timer_cancel(w, &u.timer)
+    timer_cancel(w, &u.duration_timer)
     if u.ep.fd >= 0:
         close(u.ep.fd)
         u.ep.fd = -1
     # Envoy's pool: every close is a destroy, remote when the upstream ended it (EOF, reset,
     # refused connect), and "with active rq" when a stream's response was still incomplete.
+    # A request that waited for a connection and never got one had no connection to destroy.
     remote = u.remote_close or u.eof
-    stat_sub(u.cluster.stats, w, C_CX_ACTIVE, 1)
-    stat_add(u.cluster.stats, w, C_CX_DESTROY, 1)
-    stat_add(u.cluster.stats, w, C_DESTROY_LOCAL + remote, 1)
+    if u.cx_counted:
+        u.cx_counted = 0
+        stat_sub(cl.stats, w, C_CX_ACTIVE, 1)
+        stat_add(cl.stats, w, C_CX_DESTROY, 1)
+        stat_add(cl.stats, w, C_DESTROY_LOCAL + remote, 1)
+        fp_atomic_add_i64(&cl.n_cx, -1)
+        if u.hosts == lb.pool_hosts and lb.pool_conns != NULL and u.host_index < lb.pool_n:
+            lb.pool_conns[u.host_index] -= 1
+        if lb.wait_head != NULL:
+            _cluster_kick(cl, w)        # room for a request that waits (served this turn)
     if u.rq_attached:
         u.rq_attached = 0
-        stat_sub(u.cluster.stats, w, C_RQ_ACTIVE, 1)
-        stat_add(u.cluster.stats, w, C_DESTROY_WITH_ACTIVE_RQ, 1)
-        stat_add(u.cluster.stats, w, C_DESTROY_LOCAL_WITH_ACTIVE_RQ + remote, 1)
+        stat_sub(cl.stats, w, C_RQ_ACTIVE, 1)
+        fp_atomic_add_i64(&cl.n_rq, -1)
+        stat_add(cl.stats, w, C_DESTROY_WITH_ACTIVE_RQ, 1)
+        stat_add(cl.stats, w, C_DESTROY_LOCAL_WITH_ACTIVE_RQ + remote, 1)
     if u.pending:
         u.pending = 0
-        stat_sub(u.cluster.stats, w, C_RQ_PENDING_ACTIVE, 1)
+        stat_sub(cl.stats, w, C_RQ_PENDING_ACTIVE, 1)
+        fp_atomic_add_i64(&cl.n_pending, -1)
     if u.stream != NULL:
         u.stream.up = NULL
         u.stream = NULL
@@ -956,6 +980,50 @@ cdef void _upconn_idle_timeout(Worker* w, void* arg) noexcept nogil:
         upconn_close(u)
 
 
+cdef void _upconn_max_duration(Worker* w, void* arg) noexcept nogil:
+    """max_connection_duration: an idle connection closes now, a busy one after its
+    response (Envoy drains it)."""
+    cdef UpConn* u = <UpConn*>arg
+    stat_add(u.cluster.stats, w, C_CX_MAX_DURATION, 1)
+    if u.state == UC_IDLE:
+        upconn_close(u)
+    else:
+        u.last_request = 1
+
+
+# -- circuit breakers: requests that wait for a connection (UC_WAITING UpConns, holding
+# their stream's request bytes in out_buf) are queued per cluster and worker, oldest first.
+# A connection of that worker going idle or closing kicks the cluster: at the end of the
+# loop turn (http_serve_waiting, outside any pump) the waiting requests take idle
+# connections to their host, or connect once the limit allows it.
+
+cdef inline void _wait_unlink(UpConn* u) noexcept nogil:
+    cdef WorkerLb* lb = &u.cluster.per_worker[u.w.index]
+    if not u.queued:
+        return
+    u.queued = 0
+    if u.wait_prev != NULL:
+        u.wait_prev.wait_next = u.wait_next
+    else:
+        lb.wait_head = u.wait_next
+    if u.wait_next != NULL:
+        u.wait_next.wait_prev = u.wait_prev
+    else:
+        lb.wait_tail = u.wait_prev
+    u.wait_next = NULL
+    u.wait_prev = NULL
+
+
+cdef void _cluster_kick(ClusterCfg* cl, Worker* w) noexcept nogil:
+    cdef WorkerLb* lb = &cl.per_worker[w.index]
+    if lb.kicked:
+        return
+    lb.kicked = 1
+    fp_atomic_add_int(&cl.refcnt, 1)    # the kick list's reference
+    lb.kick_next = <WorkerLb*>w.kicked
+    w.kicked = lb
+
+
 cdef UpConn** _pool_list(ClusterCfg* cl, Worker* w, int host_index) noexcept nogil:
     """The idle list of host_index in this worker's pool, for the current host set."""
     cdef WorkerLb* lb = &cl.per_worker[w.index]
@@ -969,31 +1037,143 @@ cdef UpConn** _pool_list(ClusterCfg* cl, Worker* w, int host_index) noexcept nog
                 while lists[i] != NULL:
                     upconn_close(lists[i])
             free(lb.pool)
+        free(lb.pool_conns)
         lb.pool_n = lb.hosts.nhosts if lb.hosts != NULL else 0
         lb.pool = calloc(max(1, lb.pool_n), sizeof(UpConn*))
+        lb.pool_conns = <int*>calloc(max(1, lb.pool_n), sizeof(int))
         lb.pool_hosts = lb.hosts
+        if lb.pool == NULL or lb.pool_conns == NULL:
+            free(lb.pool)
+            free(lb.pool_conns)
+            lb.pool = NULL
+            lb.pool_conns = NULL
+            lb.pool_hosts = NULL        # try again next time
+            return NULL
     if lb.pool == NULL or host_index >= lb.pool_n:
         return NULL
     return &(<UpConn**>lb.pool)[host_index]
 
 
-cdef inline void _upconn_attach(UpConn* u) noexcept nogil:
+cdef inline bint _upconn_attach(UpConn* u) noexcept nogil:
     """u.stream now uses u (a pooled connection, or one that just connected): Envoy's
-    upstream_rq_total/_active count requests bound to a connection."""
+    upstream_rq_total/_active count requests bound to a connection. False (nothing
+    counted but upstream_rq_active_overflow) when the cluster's max_requests is reached:
+    Envoy checks that limit here, when a request is bound to a connection."""
+    cdef ClusterCfg* cl = u.cluster
+    if cb_full(&cl.n_rq, cl.max_rq):
+        stat_add(cl.stats, u.w, C_RQ_ACTIVE_OVERFLOW, 1)
+        if u.stream != NULL:
+            u.stream.response_flags |= RF_UO
+        return False
     u.rq_attached = 1
-    stat_add(u.cluster.stats, u.w, C_RQ_TOTAL, 1)
-    stat_add(u.cluster.stats, u.w, C_RQ_ACTIVE, 1)
+    fp_atomic_add_i64(&cl.n_rq, 1)
+    stat_add(cl.stats, u.w, C_RQ_TOTAL, 1)
+    stat_add(cl.stats, u.w, C_RQ_ACTIVE, 1)
+    u.nrequests += 1
+    if cl.max_rq_per_cx and u.nrequests >= cl.max_rq_per_cx:
+        # Counted when the last request the connection may carry is bound to it, as
+        # Envoy; the connection closes after that response.
+        stat_add(cl.stats, u.w, C_CX_MAX_REQUESTS, 1)
+        u.last_request = 1
+    return True
+
+
+cdef inline void _upconn_bind(UpConn* u, HStream* s) noexcept nogil:
+    """An idle pooled connection takes s's request."""
+    u.idle_head = NULL
+    u.idle_next = NULL
+    timer_cancel(u.w, &u.timer)
+    u.state = UC_BUSY
+    u.stream = s
+    h1_reset(&u.resp)
+    h1_response_for(&u.resp, s.method)
+
+
+cdef inline UpConn* _pool_pop(UpConn** head) noexcept nogil:
+    cdef UpConn* u = head[0]
+    head[0] = u.idle_next
+    return u
+
+
+cdef UpConn* _upconn_new(HStream* s, ClusterCfg* cl, int host_index) noexcept nogil:
+    """A connection object for s, without a socket yet; its stream is pending."""
+    cdef Worker* w = s.c.w
+    cdef UpConn* u = <UpConn*>calloc(1, sizeof(UpConn))
+    if u == NULL:
+        return NULL
+    u.ep.kind = EP_HTTP_UP
+    u.ep.fd = -1
+    u.ep.owner = u
+    u.w = w
+    u.cluster = cl
+    fp_atomic_add_int(&cl.refcnt, 1)
+    u.host_index = host_index
+    u.hosts = cl.per_worker[w.index].hosts
+    u.state = UC_WAITING
+    u.stream = s
+    h1_init(&u.resp, H1_RESPONSE, 0, 0, 0)
+    h1_response_for(&u.resp, s.method)     # HEAD and CONNECT change how the response ends
+    timer_init(&u.timer, _upconn_idle_timeout, u)
+    timer_init(&u.duration_timer, _upconn_max_duration, u)
+    u.next = w.upconns
+    if w.upconns != NULL:
+        w.upconns.prev = u
+    w.upconns = u
+    # The stream waits for the connection: Envoy's pending request.
+    u.pending = 1
+    fp_atomic_add_i64(&cl.n_pending, 1)
+    stat_add(cl.stats, w, C_RQ_PENDING_TOTAL, 1)
+    stat_add(cl.stats, w, C_RQ_PENDING_ACTIVE, 1)
+    return u
+
+
+cdef int _upconn_connect(UpConn* u, Host* host) noexcept nogil:
+    """Open u's socket to host and start connecting. -1: it failed at once (counted as
+    Envoy counts a refused connection; the caller closes u)."""
+    cdef Worker* w = u.w
+    cdef ClusterCfg* cl = u.cluster
+    cdef WorkerLb* lb = &cl.per_worker[w.index]
+    cdef epoll_event ev
+    cdef int fd = socket(host.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+    if fd < 0:
+        stat_add(cl.stats, w, C_CONNECT_FAIL, 1)
+        return -1
+    _set_nodelay(fd)
+    _loopback_tune(fd, <sockaddr*>&host.addr)     # see tcp_proxy.pxi
+    u.ep.fd = fd
+    u.state = UC_CONNECTING
+    u.cx_counted = 1
+    fp_atomic_add_i64(&cl.n_cx, 1)
+    if u.hosts == lb.pool_hosts and lb.pool_conns != NULL and u.host_index < lb.pool_n:
+        lb.pool_conns[u.host_index] += 1
+    stat_add(cl.stats, w, C_CX_TOTAL, 1)
+    stat_add(cl.stats, w, C_CX_ACTIVE, 1)
+    if u.stream == NULL or not u.stream.connect:   # (a CONNECT's upstream is TCP in Envoy)
+        stat_add(cl.stats, w, C_CX_HTTP1_TOTAL, 1)
+    if connect(fd, <sockaddr*>&host.addr, host.addrlen) < 0 and errno != EINPROGRESS:
+        # What Envoy counts for a connection that fails at once (refused: a remote close).
+        stat_add(cl.stats, w, C_CONNECT_FAIL, 1)
+        u.remote_close = 1
+        return -1
+    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
+    ev.data.ptr = &u.ep
+    if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
+        return -1
+    timer_arm(w, &u.timer, cl.connect_timeout_ms)
+    return 0
 
 
 cdef UpConn* upconn_acquire(HStream* s, ClusterCfg* cl) noexcept nogil:
-    """A pooled idle connection to the chosen host, or a new one (connecting)."""
+    """A pooled idle connection to the chosen host, or a new one (connecting, or waiting
+    for the cluster's max_connections to allow it). NULL: s gets a local reply, which
+    s.response_flags tells (RF_UO: a circuit breaker overflowed; else no host or the
+    connection failed at once)."""
     cdef Worker* w = s.c.w
     cdef WorkerLb* lb = &cl.per_worker[w.index]
     cdef Host* host = cluster_pick(cl, w, 0)
-    cdef int idx, fd
+    cdef int idx
     cdef UpConn** head
     cdef UpConn* u
-    cdef epoll_event ev
     if host == NULL:
         stat_add(cl.stats, w, C_NONE_HEALTHY, 1)
         s.response_flags |= RF_UH
@@ -1004,77 +1184,64 @@ cdef UpConn* upconn_acquire(HStream* s, ClusterCfg* cl) noexcept nogil:
     idx = <int>(host - lb.hosts.hosts)
     head = _pool_list(cl, w, idx)
     if head != NULL and head[0] != NULL and not s.connect:     # a tunnel gets its own
-        u = head[0]
-        head[0] = u.idle_next
-        u.idle_head = NULL
-        u.idle_next = NULL
-        timer_cancel(w, &u.timer)
-        u.state = UC_BUSY
-        u.stream = s
+        if cb_full(&cl.n_rq, cl.max_rq):
+            # Envoy binds the request to the idle connection, which refuses it and stays idle.
+            stat_add(cl.stats, w, C_RQ_ACTIVE_OVERFLOW, 1)
+            s.response_flags |= RF_UO
+            return NULL
+        u = _pool_pop(head)
+        _upconn_bind(u, s)
         _upconn_attach(u)
-        h1_reset(&u.resp)
-        h1_response_for(&u.resp, s.method)
         return u
-    fd = socket(host.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
-    if fd < 0:
-        stat_add(cl.stats, w, C_CONNECT_FAIL, 1)
-        s.response_flags |= RF_UF
+    # A new connection: Envoy first refuses a request beyond max_pending_requests...
+    if cb_full(&cl.n_pending, cl.max_pending):
+        stat_add(cl.stats, w, C_RQ_PENDING_OVERFLOW, 1)
+        s.response_flags |= RF_UO
         return NULL
-    _set_nodelay(fd)
-    _loopback_tune(fd, <sockaddr*>&host.addr)     # see tcp_proxy.pxi
-    if connect(fd, <sockaddr*>&host.addr, host.addrlen) < 0 and errno != EINPROGRESS:
-        close(fd)
-        # What Envoy counts for a connection that fails at once (refused: a remote close).
-        stat_add(cl.stats, w, C_CX_TOTAL, 1)
-        stat_add(cl.stats, w, C_CX_HTTP1_TOTAL, 1)
-        stat_add(cl.stats, w, C_RQ_PENDING_TOTAL, 1)
-        stat_add(cl.stats, w, C_CONNECT_FAIL, 1)
-        stat_add(cl.stats, w, C_CX_DESTROY, 1)
-        stat_add(cl.stats, w, C_DESTROY_REMOTE, 1)
-        stat_add(cl.stats, w, C_RQ_PENDING_FAILURE_EJECT, 1)
-        s.response_flags |= RF_UF
-        return NULL
-    u = <UpConn*>calloc(1, sizeof(UpConn))
+    u = _upconn_new(s, cl, idx)
     if u == NULL:
-        close(fd)
         return NULL
-    u.ep.kind = EP_HTTP_UP
-    u.ep.fd = fd
-    u.ep.owner = u
-    u.w = w
-    u.cluster = cl
-    fp_atomic_add_int(&cl.refcnt, 1)
-    u.host_index = idx
-    u.hosts = lb.hosts
-    u.state = UC_CONNECTING
-    u.stream = s
-    h1_init(&u.resp, H1_RESPONSE, 0, 0, 0)
-    h1_response_for(&u.resp, s.method)     # HEAD and CONNECT change how the response ends
-    timer_init(&u.timer, _upconn_idle_timeout, u)
-    u.next = w.upconns
-    if w.upconns != NULL:
-        w.upconns.prev = u
-    w.upconns = u
-    stat_add(cl.stats, w, C_CX_TOTAL, 1)
-    stat_add(cl.stats, w, C_CX_ACTIVE, 1)
-    if not s.connect:                   # (a CONNECT's upstream is a TCP connection in Envoy)
-        stat_add(cl.stats, w, C_CX_HTTP1_TOTAL, 1)
-    # The stream waits for the connection: Envoy's pending request.
-    u.pending = 1
-    stat_add(cl.stats, w, C_RQ_PENDING_TOTAL, 1)
-    stat_add(cl.stats, w, C_RQ_PENDING_ACTIVE, 1)
-    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
-    ev.data.ptr = &u.ep
-    if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
+    if cb_full(&cl.n_cx, cl.max_cx):
+        # ...then, at max_connections, counts upstream_cx_overflow and lets the request wait
+        # for one of this worker's connections to the host; with none (they are all on other
+        # workers or hosts) it connects anyway, or the request could wait forever.
+        stat_add(cl.stats, w, C_CX_OVERFLOW, 1)
+        if lb.pool_conns != NULL and idx < lb.pool_n and lb.pool_conns[idx] > 0:
+            u.queued = 1
+            u.wait_prev = <UpConn*>lb.wait_tail
+            if lb.wait_tail != NULL:
+                (<UpConn*>lb.wait_tail).wait_next = u
+            else:
+                lb.wait_head = u
+            lb.wait_tail = u
+            return u
+    if _upconn_connect(u, host) < 0:
+        stat_add(cl.stats, w, C_RQ_PENDING_FAILURE_EJECT, 1)
         u.stream = NULL
         upconn_close(u)
+        s.response_flags |= RF_UF
         return NULL
-    timer_arm(w, &u.timer, cl.connect_timeout_ms)
     return u
+
+
+cdef void _upconn_overflowed(UpConn* u) noexcept nogil:
+    """u's stream was refused by max_requests when it was bound to u (u just connected,
+    or is an idle one a waiting request took): the stream gets Envoy's overflow reply and
+    u, which has sent nothing of it, goes (back) to the pool."""
+    cdef HStream* s = u.stream
+    u.stream = NULL
+    chain_clear(&u.out_buf)
+    if s != NULL:
+        s.up = NULL
+    upconn_release(u, s == NULL or not s.connect)
+    if s != NULL:
+        stream_upstream_failed(s, 503, UPSTREAM_OVERFLOW)
 
 
 # Envoy's wording for a 502 before the response headers (the text clients and logs know).
 cdef const char* UPSTREAM_PROTOCOL_ERROR = "upstream connect error or disconnect/reset before headers. reset reason: protocol error"
+# ... and for a request a circuit breaker refused (sent with x-envoy-overloaded: true).
+cdef const char* UPSTREAM_OVERFLOW = "upstream connect error or disconnect/reset before headers. reset reason: overflow"
 
 
 cdef void upconn_release(UpConn* u, bint reusable) noexcept nogil:
@@ -1089,7 +1256,7 @@ cdef void upconn_release(UpConn* u, bint reusable) noexcept nogil:
     # ep.hup: the upstream's FIN came with (or right behind) the response it answered; a
     # short read never reads on to see it, so the event flag is all there is.
     if not reusable or u.eof or u.ep.hup or u.in_buf.length or u.out_buf.length \
-            or u.cluster.per_worker[u.w.index].hosts != u.hosts:
+            or u.last_request or u.cluster.per_worker[u.w.index].hosts != u.hosts:
         upconn_close(u)
         return
     head = _pool_list(u.cluster, u.w, u.host_index)
@@ -1108,7 +1275,10 @@ cdef void upconn_release(UpConn* u, bint reusable) noexcept nogil:
     head[0] = u
     u.idle_head = head
     h1_reset(&u.resp)
-    timer_arm(u.w, &u.timer, UPSTREAM_IDLE_MS)
+    if u.cluster.pool_idle_ms:
+        timer_arm(u.w, &u.timer, u.cluster.pool_idle_ms)
+    if u.cluster.per_worker[u.w.index].wait_head != NULL:
+        _cluster_kick(u.cluster, u.w)   # a request waits for a connection: this one
 
 
 cdef void _upconn_failed(UpConn* u, int status, const char* reason) noexcept nogil:
@@ -1140,8 +1310,12 @@ cdef void upconn_on_event(Worker* w, UpConn* u, uint32_t events) noexcept nogil:
         u.state = UC_BUSY
         u.pending = 0
         stat_sub(u.cluster.stats, w, C_RQ_PENDING_ACTIVE, 1)
-        if u.stream != NULL:
-            _upconn_attach(u)
+        fp_atomic_add_i64(&u.cluster.n_pending, -1)
+        if u.cluster.max_duration_ms:
+            timer_arm(w, &u.duration_timer, u.cluster.max_duration_ms)
+        if u.stream != NULL and not _upconn_attach(u):
+            _upconn_overflowed(u)
+            return
     if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
         u.ep.readable = 1
     if events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR):
@@ -2198,7 +2372,11 @@ cdef int stream_route(HStream* s) noexcept nogil:
     if s.up == NULL:
         _route_input_free(hdrs, stack)
         _count_status(s.cluster.stats, c.w, C_RQ_1XX, 503)
-        stream_local_reply(s, 503, "no healthy upstream", 19, NULL, 0, c.req.state != H1_MESSAGE_DONE)
+        if s.response_flags & RF_UO:
+            stream_local_reply(s, 503, UPSTREAM_OVERFLOW, strlen(UPSTREAM_OVERFLOW), NULL, 0,
+                               c.req.state != H1_MESSAGE_DONE)
+        else:
+            stream_local_reply(s, 503, "no healthy upstream", 19, NULL, 0, c.req.state != H1_MESSAGE_DONE)
         return -1
     if s.connect:
         _route_input_free(hdrs, stack)                      # the 200 and the tunnel follow the TCP connect
@@ -2837,9 +3015,90 @@ cdef void http_drain_listener(Worker* w, ListenSock* sock) noexcept nogil:
         c = nxt
 
 
+cdef void http_serve_waiting(Worker* w) noexcept nogil:
+    """Requests waiting for a connection (max_connections) of the clusters kicked this
+    turn: each takes an idle connection to its host, or connects once the cluster is under
+    max_connections again (or this worker has no connection to the host left). Runs at the
+    end of the loop turn, outside any pump."""
+    cdef WorkerLb* lb
+    cdef ClusterCfg* cl
+    cdef UpConn* u
+    cdef UpConn* nxt
+    cdef UpConn* p
+    cdef UpConn** head
+    cdef HStream* s
+    cdef Host* host
+    while w.kicked != NULL:
+        lb = <WorkerLb*>w.kicked
+        w.kicked = lb.kick_next
+        lb.kick_next = NULL
+        lb.kicked = 0
+        cl = lb.cluster
+        u = <UpConn*>lb.wait_head
+        while u != NULL:
+            if not u.queued:
+                break       # serving the one before ended it (memory is freed after this)
+            nxt = u.wait_next
+            s = u.stream
+            if s == NULL:
+                upconn_close(u)
+                u = nxt
+                continue
+            if u.hosts != lb.hosts:
+                # The host set changed (DNS) while it waited: pick again from the new one.
+                host = cluster_pick(cl, w, 0)
+                if host == NULL:
+                    _wait_unlink(u)
+                    stat_add(cl.stats, w, C_NONE_HEALTHY, 1)
+                    _upconn_failed(u, 503, "no healthy upstream")
+                    u = nxt
+                    continue
+                u.hosts = lb.hosts
+                u.host_index = <int>(host - lb.hosts.hosts)
+                memcpy(&s.upstream_addr, &host.addr, host.addrlen)
+                s.upstream_addrlen = host.addrlen
+            host = &lb.hosts.hosts[u.host_index]
+            head = _pool_list(cl, w, u.host_index)
+            if head != NULL and head[0] != NULL:
+                # An idle connection to its host: the request (already serialized into u's
+                # out_buf, never sent) moves to it; u, which never had a socket, ends.
+                _wait_unlink(u)
+                if cb_full(&cl.n_rq, cl.max_rq):
+                    stat_add(cl.stats, w, C_RQ_ACTIVE_OVERFLOW, 1)
+                    s.response_flags |= RF_UO
+                    u.stream = NULL
+                    s.up = NULL
+                    upconn_close(u)
+                    stream_upstream_failed(s, 503, UPSTREAM_OVERFLOW)
+                    u = nxt
+                    continue
+                p = _pool_pop(head)
+                _upconn_bind(p, s)
+                if chain_move(&p.out_buf, &u.out_buf) < 0:
+                    p.stream = NULL
+                    upconn_close(p)
+                    _upconn_failed(u, 503, UPSTREAM_OVERFLOW)
+                    u = nxt
+                    continue
+                u.stream = NULL
+                s.up = p
+                upconn_close(u)
+                _upconn_attach(p)
+                p.ep.writable = 1
+                upconn_pump(p)
+            elif not cb_full(&cl.n_cx, cl.max_cx) or lb.pool_conns == NULL \
+                    or u.host_index >= lb.pool_n or lb.pool_conns[u.host_index] == 0:
+                _wait_unlink(u)
+                if _upconn_connect(u, host) < 0:
+                    _upconn_failed(u, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection failure")
+            u = nxt
+        cluster_decref(cl)
+
+
 cdef void http_free_deferred(Worker* w) noexcept nogil:
     cdef HConn* c
     cdef UpConn* u
+    http_serve_waiting(w)
     while w.hconn_deferred != NULL:
         c = w.hconn_deferred
         w.hconn_deferred = c.next_deferred

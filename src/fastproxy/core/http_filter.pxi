@@ -727,6 +727,8 @@ cdef int hf_local_reply_start(HStream* s, int status, const char* body, size_t n
     if location != NULL:
         p = _hm_own(&fc.resp, location, location_len, False)
         ok = ok and p != NULL and _hm_push(&fc.resp, _cs("location"), _s(p, location_len)) == 0
+    if s.response_flags & RF_UO:        # Envoy's circuit-breaker reply (hconn_local_reply_ex too)
+        ok = ok and _hm_push(&fc.resp, _cs("x-envoy-overloaded"), _cs("true")) == 0
     if s.route != NULL:
         # As on the unfiltered path (hconn_local_reply_ex): the route's response header
         # mutations, which Envoy applies before the reply enters the encoder filters.

@@ -63,7 +63,13 @@ DEF C_RQ_PENDING_ACTIVE = 25
 DEF C_RQ_PENDING_FAILURE_EJECT = 26
 DEF C_CX_IDLE_TIMEOUT = 27
 DEF C_CX_MAX_REQUESTS = 28
-DEF C_NSTATS = 29
+DEF C_CX_OVERFLOW = 29          # circuit breakers (core/upstream.pxi)
+DEF C_CX_POOL_OVERFLOW = 30
+DEF C_RQ_PENDING_OVERFLOW = 31
+DEF C_RQ_ACTIVE_OVERFLOW = 32
+DEF C_RQ_RETRY_OVERFLOW = 33
+DEF C_CX_MAX_DURATION = 34
+DEF C_NSTATS = 35
 CLUSTER_STATS = ("upstream_cx_total", "upstream_cx_active", "upstream_cx_connect_fail",
                  "upstream_cx_connect_timeout", "upstream_cx_rx_bytes_total",
                  "upstream_cx_tx_bytes_total", "upstream_cx_none_healthy",
@@ -76,7 +82,9 @@ CLUSTER_STATS = ("upstream_cx_total", "upstream_cx_active", "upstream_cx_connect
                  "upstream_cx_destroy_remote_with_active_rq", "upstream_cx_http1_total",
                  "upstream_rq_active", "upstream_rq_pending_total", "upstream_rq_pending_active",
                  "upstream_rq_pending_failure_eject", "upstream_cx_idle_timeout",
-                 "upstream_cx_max_requests")
+                 "upstream_cx_max_requests", "upstream_cx_overflow", "upstream_cx_pool_overflow",
+                 "upstream_rq_pending_overflow", "upstream_rq_active_overflow",
+                 "upstream_rq_retry_overflow", "upstream_cx_max_duration_reached")
 CLUSTER_GAUGES = frozenset(["upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active"])
 
 # listener.<address>_<port>.http.<stat_prefix>.*: the connection manager's per-listener stats

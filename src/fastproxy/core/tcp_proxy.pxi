@@ -434,6 +434,12 @@ cdef void session_connect(Session* s) noexcept nogil:
             stat_add(c.stats, w, C_NONE_HEALTHY, 1)
             session_close(s, False, False)
             return
+        if cb_full(&c.n_cx, c.max_cx):
+            # The cluster's max_connections (over every worker): Envoy's tcp_proxy counts
+            # the overflow and closes the client's connection; nothing waits.
+            stat_add(c.stats, w, C_CX_OVERFLOW, 1)
+            session_close(s, False, False)
+            return
         s.attempts += 1
         fd = socket(h.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
         if fd < 0:
@@ -456,6 +462,7 @@ cdef void session_connect(Session* s) noexcept nogil:
         s.up.fd = fd
         s.up.events = ev.events
         s.up_counted = 1
+        fp_atomic_add_i64(&c.n_cx, 1)
         stat_add(c.stats, w, C_CX_ACTIVE, 1)
         s.state = S_CONNECTING
         timer_arm(w, &s.connect_timer, c.connect_timeout_ms)
@@ -470,6 +477,7 @@ cdef void _session_connect_failed(Session* s) noexcept nogil:
     close(s.up.fd)
     s.up.fd = -1
     s.up_counted = 0
+    fp_atomic_add_i64(&s.cfg.cluster.n_cx, -1)
     stat_sub(s.cfg.cluster.stats, w, C_CX_ACTIVE, 1)
     stat_add(s.cfg.cluster.stats, w, C_CONNECT_FAIL, 1)
     s.state = S_FILTERS
@@ -551,6 +559,8 @@ cdef void session_close(Session* s, bint rst_down, bint rst_up) noexcept nogil:
     stat_add(s.cfg.lstats, w, L_CX_DESTROY, 1)
     stat_sub(s.cfg.tstats, w, T_CX_ACTIVE, 1)
     if s.up_counted:
+        s.up_counted = 0
+        fp_atomic_add_i64(&s.cfg.cluster.n_cx, -1)
         stat_sub(s.cfg.cluster.stats, w, C_CX_ACTIVE, 1)
         stat_add(s.cfg.cluster.stats, w, C_DESTROY_REMOTE if rst_down else C_DESTROY_LOCAL, 1)
         stat_add(s.cfg.cluster.stats, w, C_CX_DESTROY, 1)

@@ -21,12 +21,20 @@ cdef struct HostSet:
     int nschedule
     int* schedule               # host indexes, weighted and interleaved
 
+cdef struct ClusterCfg
+
 cdef struct WorkerLb:           # one per worker, touched only by that worker
     HostSet* hosts
     uint32_t next               # round-robin cursor
     HostSet* pool_hosts         # the host set `pool` is indexed by (HTTP connection pool)
     void* pool                  # UpConn* idle list heads, one per host
+    int* pool_conns             # per host: this worker's connections (connecting, busy, idle)
     int pool_n
+    void* wait_head             # UpConn*: requests waiting for a connection (circuit breaker),
+    void* wait_tail             #   oldest first
+    ClusterCfg* cluster         # back pointer, for the worker's list of clusters to serve
+    WorkerLb* kick_next         # Worker.kicked: serve wait_head at the end of the loop turn
+    uint8_t kicked
 
 cdef struct ClusterCfg:
     int refcnt                  # atomic
@@ -35,6 +43,25 @@ cdef struct ClusterCfg:
     StatBlock* stats
     int nworkers
     WorkerLb* per_worker
+    # HTTP connection pool options (Envoy's HttpProtocolOptions)
+    uint64_t pool_idle_ms       # an idle pooled connection is closed after this; 0: never
+    uint64_t max_duration_ms    # max_connection_duration; 0: none
+    uint32_t max_rq_per_cx      # max_requests_per_connection; 0: none
+    # Circuit breakers (DEFAULT priority). Like Envoy's, they count over every worker: the
+    # counts are atomics shared by the workers, checked (a load) before a connection or
+    # request is admitted and moved (an atomic add) when one starts or ends, no lock. As in
+    # Envoy, check-then-add can overshoot a limit by the number of workers racing for it.
+    uint32_t max_cx
+    uint32_t max_pending
+    uint32_t max_rq
+    uint32_t max_retries
+    int64_t n_cx                # open upstream connections (HTTP and TCP)
+    int64_t n_pending           # requests waiting for a connection (connecting or queued)
+    int64_t n_rq                # requests bound to a connection
+
+
+cdef inline bint cb_full(int64_t* count, uint32_t limit) noexcept nogil:
+    return fp_atomic_load_i64(count) >= <int64_t>limit
 
 
 cdef void hostset_decref(HostSet* h) noexcept nogil:
@@ -50,6 +77,7 @@ cdef void cluster_decref(ClusterCfg* c) noexcept nogil:
         for i in range(c.nworkers):
             hostset_decref(c.per_worker[i].hosts)
             free(c.per_worker[i].pool)
+            free(c.per_worker[i].pool_conns)
         free(c.per_worker)
         free(c)
 
@@ -153,6 +181,14 @@ cdef class ClusterHandle:
 
     def __dealloc__(self):
         cluster_decref(self.c)
+
+    def circuit_breakers(self):
+        """{name: (in use, limit)} for connections, pending requests and requests, over
+        every worker (what Envoy's circuit_breakers.* gauges are computed from)."""
+        return {"cx": (fp_atomic_load_i64(&self.c.n_cx), self.c.max_cx),
+                "pending": (fp_atomic_load_i64(&self.c.n_pending), self.c.max_pending),
+                "rq": (fp_atomic_load_i64(&self.c.n_rq), self.c.max_rq),
+                "retries": (0, self.c.max_retries)}
 
     def set_hosts(self, HostSetHandle hosts):
         """Give every worker the new host set (DNS refresh). Returns at once."""
