@@ -1253,6 +1253,7 @@ cdef void upconn_release(UpConn* u, bint reusable) noexcept nogil:
     if u.rq_attached and u.resp.state == H1_MESSAGE_DONE:
         u.rq_attached = 0               # (an incomplete response stays: a destroy with active rq)
         stat_sub(u.cluster.stats, u.w, C_RQ_ACTIVE, 1)
+        fp_atomic_add_i64(&u.cluster.n_rq, -1)
     # ep.hup: the upstream's FIN came with (or right behind) the response it answered; a
     # short read never reads on to see it, so the event flag is all there is.
     if not reusable or u.eof or u.ep.hup or u.in_buf.length or u.out_buf.length \
