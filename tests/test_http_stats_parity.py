@@ -124,10 +124,9 @@ GAUGES = [H + n for n in ("downstream_cx_active", "downstream_cx_http1_active", 
 #    (Envoy's 503 body names the transport failure) and x-envoy-upstream-service-time has as
 #    many digits as the milliseconds it took; both are checked against the bytes the clients
 #    actually received instead.
-#  * upstream_cx_idle_timeout and upstream_cx_max_requests are compared but stay 0 here:
-#    fastproxy has no per-cluster HTTP protocol options (the pool's idle timeout is fixed at
-#    60 s, Envoy's default is 1 h; no per-connection request limit), so nothing in a short
-#    test fires them in either proxy.
+#  * upstream_cx_idle_timeout and upstream_cx_max_requests are compared but stay 0 here
+#    (the clusters keep Envoy's defaults: a 1 h pool idle timeout, no per-connection request
+#    limit); tests/test_cluster_options.py fires them and the circuit breakers in both.
 
 
 class Traffic:

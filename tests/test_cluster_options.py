@@ -1,0 +1,685 @@
+"""Cluster options: the upstream HTTP protocol options (pool idle timeout, requests and
+lifetime per connection) and the circuit breakers (max_connections, max_pending_requests,
+max_requests), in fastproxy and, where a real Envoy 1.40 is found, side by side with it.
+
+Upstreams are real sockets on loopback. Requests are held open by an upstream that answers
+`/hold...` only when the test releases it, so every limit is reached deterministically;
+everything in between is awaited by polling the stats, never by sleeping.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import threading
+
+import pytest
+
+from conftest import connect, echo_roundtrip, find_envoy, recv_exact, recv_head, recv_until_eof, wait_for
+from http_upstreams import RawHttpUpstream
+from upstreams import EchoServer
+
+import fastproxy
+from fastproxy.config import load_envoy
+from fastproxy.errors import ConfigError
+
+ENVOY = find_envoy()
+needs_envoy = pytest.mark.skipif(ENVOY is None, reason="envoy binary not on PATH nor next to sys.executable")
+
+HPO = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+C0 = "static_resources.clusters[0]"
+HPO0 = f"{C0}.typed_extension_protocol_options.{HPO}"
+OVERFLOW_BODY = b"upstream connect error or disconnect/reset before headers. reset reason: overflow"
+B = "cluster.backend."
+CB = B + "circuit_breakers.default."
+
+HTTP_YAML = """\
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+static_resources:
+  listeners:
+  - name: web
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: web
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+          route_config:
+            virtual_hosts:
+            - name: v
+              domains: ["*"]
+              routes:
+              - match: {{prefix: /wait}}
+                route: {{cluster: backend, timeout: 0.3s}}
+              - match: {{prefix: /other}}
+                route: {{cluster: other}}
+              - match: {{prefix: /}}
+                route: {{cluster: backend, timeout: 0s}}
+  clusters:
+  - name: backend
+    connect_timeout: 2s
+{extra}
+    load_assignment:
+      cluster_name: backend
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}
+  - name: other
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: other
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}
+"""
+
+TCP_YAML = """\
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+static_resources:
+  listeners:
+  - name: web
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: t
+          cluster: backend
+  clusters:
+  - name: backend
+    connect_timeout: 2s
+{extra}
+    load_assignment:
+      cluster_name: backend
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}
+"""
+
+
+def protocol_options(common="", explicit="explicit_http_config: {http_protocol_options: {}}"):
+    lines = ["    typed_extension_protocol_options:",
+             f"      {HPO}:",
+             f"        '@type': type.googleapis.com/{HPO}"]
+    if common:
+        lines.append(f"        common_http_protocol_options: {{{common}}}")
+    if explicit:
+        lines.append(f"        {explicit}")
+    return "\n".join(lines)
+
+
+def breakers(**limits):
+    fields = ", ".join(f"{k}: {v}" for k, v in limits.items())
+    return f"    circuit_breakers: {{thresholds: [{{{fields}}}]}}"
+
+
+def http_yaml(*extra, up=9):
+    return HTTP_YAML.format(extra="\n".join(extra), up=up)
+
+
+# --------------------------------------------------------------------------- config
+
+def cluster_of(*extra):
+    return load_envoy(http_yaml(*extra)).clusters[0]
+
+
+def test_defaults_are_envoys():
+    c = cluster_of()
+    assert c.idle_timeout == 3600.0           # Envoy's upstream idle_timeout default: 1 h
+    assert c.max_requests_per_connection == 0 and c.max_connection_duration is None
+    assert (c.max_connections, c.max_pending_requests, c.max_requests, c.max_retries) == (1024, 1024, 1024, 3)
+    assert c.track_remaining is False
+
+
+def test_http_protocol_options_are_read():
+    c = cluster_of(protocol_options("idle_timeout: 2.5s, max_requests_per_connection: 7, "
+                                    "max_connection_duration: 30s"))
+    assert (c.idle_timeout, c.max_requests_per_connection, c.max_connection_duration) == (2.5, 7, 30.0)
+    c = cluster_of(protocol_options("idle_timeout: 0s, max_connection_duration: 0s",
+                                    "use_downstream_protocol_config: {http_protocol_options: {}}"))
+    assert c.idle_timeout is None and c.max_connection_duration is None     # 0s: none
+    c = cluster_of(protocol_options("", "use_downstream_protocol_config: {}"))
+    assert c.idle_timeout == 3600.0
+
+
+def test_deprecated_cluster_max_requests_per_connection():
+    assert cluster_of("    max_requests_per_connection: 3").max_requests_per_connection == 3
+    with pytest.raises(ConfigError) as e:
+        cluster_of("    max_requests_per_connection: 3",
+                   protocol_options("max_requests_per_connection: 2"))
+    assert e.value.path == f"{C0}.max_requests_per_connection"
+    assert "only one of max_requests_per_connection" in e.value.message
+
+
+def test_circuit_breakers_first_default_threshold_wins():
+    # What Envoy 1.40 does with two DEFAULT thresholds (checked: the first one's limit holds).
+    c = cluster_of("    circuit_breakers:\n      thresholds:\n"
+                   "      - {priority: HIGH, max_connections: 1}\n"
+                   "      - {max_connections: 5, max_pending_requests: 6, max_requests: 7, max_retries: 0,"
+                   " track_remaining: true}\n"
+                   "      - {priority: DEFAULT, max_connections: 9}")
+    assert (c.max_connections, c.max_pending_requests, c.max_requests, c.max_retries) == (5, 6, 7, 0)
+    assert c.track_remaining is True
+
+
+BAD = [
+    (protocol_options("", "explicit_http_config: {http2_protocol_options: {}}"),
+     f"{HPO0}.explicit_http_config.http2_protocol_options", "HTTP/2"),
+    (protocol_options("", "use_downstream_protocol_config: {http3_protocol_options: {}}"),
+     f"{HPO0}.use_downstream_protocol_config.http3_protocol_options", "HTTP/3"),
+    (protocol_options("", "auto_config: {http_protocol_options: {}}"), f"{HPO0}.auto_config", "ALPN"),
+    (protocol_options("idle_timeout: 1s", ""), f"{HPO0}.upstream_protocol_options", "required"),
+    (protocol_options("", "explicit_http_config: {}"), f"{HPO0}.explicit_http_config.protocol_config",
+     "required"),
+    (protocol_options("max_headers_count: 10"),
+     f"{HPO0}.common_http_protocol_options.max_headers_count", "unknown"),
+    (protocol_options("idle_timeout: -1s"), f"{HPO0}.common_http_protocol_options.idle_timeout", "negative"),
+    (protocol_options("max_requests_per_connection: -1"),
+     f"{HPO0}.common_http_protocol_options.max_requests_per_connection", "range"),
+    (protocol_options("", "explicit_http_config: {http_protocol_options: {accept_http_10: true}}"),
+     f"{HPO0}.explicit_http_config.http_protocol_options.accept_http_10", "unknown"),
+    ("    typed_extension_protocol_options:\n      envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions:\n"
+     "        '@type': type.googleapis.com/envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions",
+     f"{C0}.typed_extension_protocol_options.envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions",
+     "unsupported"),
+    (f"    typed_extension_protocol_options:\n      {HPO}:\n        '@type': type.googleapis.com/x.Y",
+     f"{HPO0}.@type", HPO),
+    (breakers(max_connections=-1), f"{C0}.circuit_breakers.thresholds[0].max_connections", "range"),
+    (breakers(max_requests="lots"), f"{C0}.circuit_breakers.thresholds[0].max_requests", "integer"),
+    (breakers(priority="URGENT"), f"{C0}.circuit_breakers.thresholds[0].priority", "URGENT"),
+    (breakers(max_connection_pools=1), f"{C0}.circuit_breakers.thresholds[0].max_connection_pools",
+     "unknown"),
+    (breakers(track_remaining="'yes'"), f"{C0}.circuit_breakers.thresholds[0].track_remaining", "bool"),
+    ("    circuit_breakers: {per_host_thresholds: [{max_connections: 1}]}",
+     f"{C0}.circuit_breakers.per_host_thresholds", "unknown"),
+]
+
+
+@pytest.mark.parametrize("extra, path, fragment", BAD)
+def test_bad_cluster_options_name_the_field(extra, path, fragment):
+    with pytest.raises(ConfigError) as e:
+        cluster_of(extra)
+    assert e.value.path == path
+    assert fragment in e.value.message
+
+
+def test_model_validation_names_the_field():
+    for field, value in (("max_connections", -1), ("max_requests", 1 << 32), ("max_pending_requests", True),
+                         ("max_requests_per_connection", 1.5), ("idle_timeout", -1),
+                         ("max_connection_duration", "1s")):
+        c = fastproxy.Cluster("c", [fastproxy.Endpoint("127.0.0.1", 1)], **{field: value})
+        with pytest.raises(ConfigError) as e:
+            c.validate("cluster")
+        assert e.value.path == f"cluster.{field}"
+
+
+GOOD = [
+    protocol_options("idle_timeout: 2.5s, max_requests_per_connection: 7, max_connection_duration: 30s"),
+    protocol_options("idle_timeout: 0s", "use_downstream_protocol_config: {http_protocol_options: {}}"),
+    "    max_requests_per_connection: 3",
+    breakers(max_connections=1, max_pending_requests=1, max_requests=1, max_retries=0, track_remaining="true"),
+    "    circuit_breakers:\n      thresholds:\n      - {priority: HIGH, max_connections: 1}\n"
+    "      - {max_connections: 5}\n      - {max_connections: 9}",
+]
+
+
+@needs_envoy
+@pytest.mark.parametrize("extra", GOOD + [e for e, _, _ in BAD][:5])
+def test_envoy_agrees_on_validity(extra, tmp_path):
+    """The good configs above are Envoy's too, and Envoy refuses the first bad ones but
+    HTTP/2 (which it speaks and fastproxy does not)."""
+    cfg = tmp_path / "e.yaml"
+    cfg.write_text(http_yaml(extra))
+    r = subprocess.run([ENVOY, "--mode", "validate", "-c", str(cfg), "--log-level", "critical"],
+                       capture_output=True, text=True, timeout=60,
+                       env={k: v for k, v in os.environ.items() if k != "LD_PRELOAD"})
+    ok = extra in GOOD or "http2_protocol_options" in extra
+    assert (r.returncode == 0) == ok, r.stdout + r.stderr
+
+
+# --------------------------------------------------------------------------- helpers
+
+class HoldUpstream:
+    """An HTTP upstream that answers `/hold...` only after release(); anything else at once.
+    The body says what it got: "<method> <path> <body length>"."""
+
+    def __init__(self):
+        self.gate = threading.Event()
+        self.server = RawHttpUpstream(self.handle)
+        self.port = self.server.port
+
+    def handle(self, method, path, headers, body):
+        if path.startswith("/hold"):
+            self.gate.wait(30)
+        payload = f"{method} {path} {len(body)}".encode()
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload)
+
+    def seen(self, prefix="/"):
+        return sum(1 for r in list(self.server.requests) if r[1].startswith(prefix))
+
+    def release(self):
+        self.gate.set()
+
+    def close(self):
+        self.gate.set()
+        self.server.close()
+
+
+def read_response(s):
+    """(status, {lower-case name: value}, body) of one response with a Content-Length."""
+    got = recv_head(s)
+    assert got is not None, "the connection closed before a response"
+    head, rest = got
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        k, v = line.split(":", 1)
+        headers[k.strip().lower()] = v.strip()
+    n = int(headers.get("content-length", "0"))
+    body = rest + (recv_exact(s, n - len(rest)) if len(rest) < n else b"")
+    return int(lines[0].split(" ")[1]), headers, body
+
+
+def send(addr, path, method="GET", body=b""):
+    s = connect(addr)
+    s.sendall(b"%s %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+              % (method.encode(), path.encode(), len(body), body))
+    return s
+
+
+def request(addr, path):
+    s = send(addr, path)
+    try:
+        return read_response(s)
+    finally:
+        s.close()
+
+
+@contextlib.contextmanager
+def fastproxy_running(text, concurrency=1):
+    p = fastproxy.Proxy.from_envoy(text, concurrency=concurrency)
+    p.start()
+    try:
+        yield p, p.listener_address("web")
+    finally:
+        p.stop(drain_timeout=0.5)
+
+
+def until(p, **want):
+    """Wait until every cluster.backend.<name> stat has the wanted value (name with '__'
+    for '.'); returns the stats."""
+    def check():
+        st = p.stats()
+        return all(st.get(B + k.replace("__", "."), None) == v for k, v in want.items()) and st
+    return wait_for(check, timeout=10, msg=f"stats {want}")
+
+
+# --------------------------------------------------------------------------- behaviour
+
+def test_max_connections_queues_requests_then_pending_overflows():
+    up = HoldUpstream()
+    try:
+        text = http_yaml(breakers(max_connections=1, max_pending_requests=1), up=up.port)
+        with fastproxy_running(text) as (p, addr):
+            a = send(addr, "/hold/a")
+            until(p, upstream_rq_active=1, upstream_cx_active=1)
+            wait_for(lambda: up.seen("/hold/a") == 1)
+            # b needs a second connection: it waits (a pending request), with its body.
+            b = send(addr, "/hold/b", "POST", b"hello")
+            st = until(p, upstream_rq_pending_active=1, upstream_cx_overflow=1)
+            assert st[CB + "cx_open"] == 1 and st[CB + "rq_pending_open"] == 1 and st[CB + "rq_open"] == 0
+            assert st[B + "upstream_cx_total"] == 1 and up.server.connections == 1
+            # c is one pending request too many: Envoy's overflow reply.
+            status, headers, body = request(addr, "/c")
+            assert (status, headers.get("x-envoy-overloaded"), body) == (503, "true", OVERFLOW_BODY)
+            st = until(p, upstream_rq_pending_overflow=1)
+            assert st[B + "upstream_rq_5xx"] == 1 and st[B + "upstream_rq_pending_total"] == 2
+            assert st["http.web.downstream_rq_5xx"] == 1
+            up.release()
+            assert read_response(a)[2] == b"GET /hold/a 0"
+            # b went over a's connection once it was free: still one upstream connection.
+            assert read_response(b)[2] == b"POST /hold/b 5"
+            st = until(p, upstream_rq_active=0, upstream_rq_pending_active=0, upstream_rq_total=2)
+            assert st[B + "upstream_cx_total"] == 1 and up.server.connections == 1
+            assert st[B + "upstream_rq_2xx"] == 2 and st[CB + "rq_pending_open"] == 0
+            a.close()
+            b.close()
+    finally:
+        up.close()
+
+
+def test_max_requests_overflows_on_an_idle_connection_too():
+    up = HoldUpstream()
+    try:
+        text = http_yaml(breakers(max_requests=1), up=up.port)
+        with fastproxy_running(text) as (p, addr):
+            assert request(addr, "/warm")[0] == 200        # leaves an idle pooled connection
+            a = send(addr, "/hold/a")
+            until(p, upstream_rq_active=1)
+            st = p.stats()
+            assert st[CB + "rq_open"] == 1
+            # b on a new connection (Envoy: connects, then the request is refused)...
+            status, headers, body = request(addr, "/b")
+            assert (status, headers.get("x-envoy-overloaded"), body) == (503, "true", OVERFLOW_BODY)
+            until(p, upstream_rq_active_overflow=1)
+            # ... and c on the idle connection b's connect left behind.
+            assert request(addr, "/c")[0] == 503
+            st = until(p, upstream_rq_active_overflow=2)
+            assert st[B + "upstream_rq_total"] == 2 and up.seen("/b") == up.seen("/c") == 0
+            up.release()
+            assert read_response(a)[0] == 200
+            a.close()
+            until(p, upstream_rq_active=0)
+            assert request(addr, "/d")[0] == 200           # the limit is free again
+            assert p.stats()[CB + "rq_open"] == 0
+    finally:
+        up.close()
+
+
+def test_limits_of_one_carry_many_requests_without_leaking():
+    """Every admitted connection, pending and active request is given back: with every limit
+    at 1, sequential requests (keep-alive and fresh connections) all pass."""
+    up = HoldUpstream()
+    try:
+        text = http_yaml(breakers(max_connections=1, max_pending_requests=1, max_requests=1,
+                                  track_remaining="true"), up=up.port)
+        with fastproxy_running(text, concurrency=2) as (p, addr):
+            s = connect(addr)
+            for i in range(30):
+                s.sendall(b"GET /k/%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+                assert read_response(s)[0] == 200
+            s.close()
+            for i in range(10):
+                assert request(addr, f"/n/{i}")[0] == 200
+            st = until(p, upstream_rq_active=0, upstream_rq_pending_active=0)
+            assert st[CB + "remaining_rq"] == 1 and st[CB + "remaining_pending"] == 1
+            assert st[B + "upstream_rq_total"] == 40
+    finally:
+        up.close()
+
+
+def test_a_waiting_request_can_leave_or_time_out():
+    up = HoldUpstream()
+    try:
+        text = http_yaml(breakers(max_connections=1), up=up.port)
+        with fastproxy_running(text) as (p, addr):
+            a = send(addr, "/hold/a")
+            until(p, upstream_rq_active=1)
+            b = send(addr, "/hold/b")
+            until(p, upstream_rq_pending_active=1)
+            b.close()                                   # the client gives up while it waits
+            until(p, upstream_rq_pending_active=0)
+            # /wait has a 0.3 s route timeout: it ends waiting with Envoy's 504.
+            w = send(addr, "/wait")
+            until(p, upstream_rq_pending_active=1)
+            status, _, body = read_response(w)
+            assert (status, body) == (504, b"upstream request timeout")
+            st = until(p, upstream_rq_pending_active=0, upstream_rq_timeout=1)
+            assert st[B + "upstream_cx_total"] == 1
+            up.release()
+            assert read_response(a)[0] == 200
+            a.close()
+            assert request(addr, "/c")[2] == b"GET /c 0"
+            st = until(p, upstream_rq_active=0)
+            assert st[B + "upstream_cx_total"] == 1 and up.seen("/hold/b") == up.seen("/wait") == 0
+    finally:
+        up.close()
+
+
+def test_max_requests_holds_across_workers():
+    """The limits are the cluster's, not a worker's: whichever worker a client lands on,
+    the second request is refused while the first is active."""
+    up = HoldUpstream()
+    try:
+        text = http_yaml(breakers(max_requests=1), up=up.port)
+        with fastproxy_running(text, concurrency=4) as (p, addr):
+            a = send(addr, "/hold/a")
+            until(p, upstream_rq_active=1)
+            for i in range(8):
+                assert request(addr, f"/x/{i}")[0] == 503
+            until(p, upstream_rq_active_overflow=8)
+            up.release()
+            assert read_response(a)[0] == 200
+            a.close()
+    finally:
+        up.close()
+
+
+def test_tcp_proxy_max_connections_across_workers():
+    echo = EchoServer()
+    try:
+        text = TCP_YAML.format(extra=breakers(max_connections=2), up=echo.port)
+        with fastproxy_running(text, concurrency=4) as (p, addr):
+            held = [connect(addr) for _ in range(2)]
+            for s in held:
+                s.sendall(b"ping")
+                assert recv_exact(s, 4) == b"ping"
+            extra = connect(addr)
+            assert recv_until_eof(extra) == b""           # closed: the cluster is full
+            extra.close()
+            st = until(p, upstream_cx_overflow=1)
+            assert st[B + "upstream_cx_total"] == 2 and echo.accepted == 2 and st[CB + "cx_open"] == 1
+            held.pop().close()
+            until(p, upstream_cx_active=1)
+            assert echo_roundtrip(addr, b"again") == b"again"
+            held[0].close()
+    finally:
+        echo.close()
+
+
+@pytest.mark.parametrize("where", ["protocol_options", "cluster"])
+def test_max_requests_per_connection(where):
+    up = HoldUpstream()
+    try:
+        extra = (protocol_options("max_requests_per_connection: 2") if where == "protocol_options"
+                 else "    max_requests_per_connection: 2")
+        with fastproxy_running(http_yaml(extra, up=up.port)) as (p, addr):
+            s = connect(addr)
+            for i in range(5):
+                s.sendall(b"GET /r/%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+                assert read_response(s)[2] == f"GET /r/{i} 0".encode()
+            s.close()
+            st = until(p, upstream_cx_destroy_local=2, upstream_cx_active=1)
+            assert st[B + "upstream_cx_max_requests"] == 2 and st[B + "upstream_cx_total"] == 3
+            assert up.server.connections == 3
+    finally:
+        up.close()
+
+
+def test_pool_idle_timeout_is_the_clusters():
+    up = HoldUpstream()
+    try:
+        text = http_yaml(protocol_options("idle_timeout: 0.3s"), up=up.port)
+        with fastproxy_running(text) as (p, addr):
+            assert request(addr, "/a")[0] == 200
+            assert request(addr, "/other")[0] == 200     # cluster "other": Envoy's 1 h default
+            st = until(p, upstream_cx_idle_timeout=1, upstream_cx_active=0, upstream_cx_destroy_local=1)
+            assert st["cluster.other.upstream_cx_active"] == 1
+            assert st["cluster.other.upstream_cx_idle_timeout"] == 0
+    finally:
+        up.close()
+
+
+def test_max_connection_duration():
+    up = HoldUpstream()
+    try:
+        text = http_yaml(protocol_options("max_connection_duration: 0.4s"), up=up.port)
+        with fastproxy_running(text) as (p, addr):
+            # An idle connection closes when its time is up.
+            assert request(addr, "/a")[0] == 200
+            until(p, upstream_cx_max_duration_reached=1, upstream_cx_active=0)
+            # A busy one finishes its response first, then closes.
+            a = send(addr, "/hold/a")
+            until(p, upstream_cx_max_duration_reached=2, upstream_rq_active=1)
+            up.release()
+            assert read_response(a)[2] == b"GET /hold/a 0"
+            a.close()
+            st = until(p, upstream_cx_active=0, upstream_cx_destroy_local=2)
+            assert st[B + "upstream_cx_destroy_with_active_rq"] == 0
+    finally:
+        up.close()
+
+
+# --------------------------------------------------------------------------- parity with Envoy
+
+def _envoy_parity():
+    import test_http_stats_parity as parity
+    return parity
+
+
+def _run(kind, text, tmp_path, drive):
+    """drive(addr, stats) in Envoy (kind 'envoy') or fastproxy; returns what it returns."""
+    parity = _envoy_parity()
+    if kind == "envoy":
+        proc, admin, addr = parity.start_envoy(text, tmp_path)
+        try:
+            return drive(addr, lambda: parity.read_stats(admin))
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    p = fastproxy.Proxy.from_envoy(text, concurrency=1)
+    p.start()
+    try:
+        return drive(p.listener_address("web"), lambda: parity.read_stats(p.admin_address))
+    finally:
+        p.stop(drain_timeout=0.5)
+
+
+def _poll(stats, **want):
+    def check():
+        st = stats()
+        return all(st.get(B + k.replace("__", "."), 0) == v for k, v in want.items()) and st
+    return wait_for(check, timeout=10, msg=f"stats {want}")
+
+
+PARITY_STATS = [B + n for n in (
+    "upstream_cx_total", "upstream_cx_active", "upstream_cx_http1_total", "upstream_cx_overflow",
+    "upstream_cx_pool_overflow", "upstream_rq_pending_overflow", "upstream_rq_active_overflow",
+    "upstream_rq_retry_overflow", "upstream_rq_pending_total", "upstream_rq_pending_active",
+    "upstream_rq_total", "upstream_rq_active", "upstream_rq_2xx", "upstream_rq_5xx",
+    "upstream_rq_completed", "upstream_cx_max_requests", "upstream_cx_destroy",
+    "upstream_cx_destroy_local", "upstream_cx_idle_timeout", "upstream_cx_max_duration_reached")] + \
+    [B + f"circuit_breakers.{prio}.{g}" for prio in ("default", "high")
+     for g in ("cx_open", "cx_pool_open", "rq_pending_open", "rq_open", "rq_retry_open")] + \
+    [CB + g for g in ("remaining_cx", "remaining_pending", "remaining_rq", "remaining_retries")]
+
+
+def _compare(envoy, ours):
+    missing = [n for n in PARITY_STATS if n in envoy and n not in ours]
+    assert not missing, f"fastproxy lacks {missing}"
+    return {n: (envoy.get(n), ours.get(n)) for n in PARITY_STATS if n in envoy and envoy[n] != ours[n]}
+
+
+@needs_envoy
+def test_circuit_breakers_match_envoy(tmp_path):
+    def scenario(kind):
+        up = HoldUpstream()
+        text = http_yaml(breakers(max_connections=1, max_pending_requests=1, max_requests=2,
+                                  track_remaining="true"), up=up.port)
+
+        def drive(addr, stats):
+            snaps, replies = [], []
+            a = send(addr, "/hold/a")
+            wait_for(lambda: up.seen("/hold/a") == 1)
+            snaps.append(_poll(stats, upstream_rq_active=1))
+            b = send(addr, "/hold/b", "POST", b"hello")
+            snaps.append(_poll(stats, upstream_rq_pending_active=1))
+            replies.append(request(addr, "/c"))                 # pending overflow
+            snaps.append(_poll(stats, upstream_rq_pending_overflow=1))
+            up.release()
+            replies.append(read_response(a))
+            replies.append(read_response(b))
+            a.close()
+            b.close()
+            snaps.append(_poll(stats, upstream_rq_active=0, upstream_rq_total=2))
+            return snaps, replies
+        try:
+            return _run(kind, text, tmp_path, drive)
+        finally:
+            up.close()
+
+    envoy_snaps, envoy_replies = scenario("envoy")
+    snaps, replies = scenario("fastproxy")
+    assert envoy_snaps[2][B + "upstream_cx_overflow"] == 1          # the traffic did its job
+    for i, (e, o) in enumerate(zip(envoy_snaps, snaps)):
+        assert _compare(e, o) == {}, f"step {i}: {{name: (envoy, fastproxy)}}"
+    for (es, eh, eb), (s, h, b) in zip(envoy_replies, replies):
+        assert (s, eh.get("x-envoy-overloaded"), eb) == (es, h.get("x-envoy-overloaded"), b)
+    assert replies[0][0] == 503 and replies[0][2] == OVERFLOW_BODY
+
+
+@needs_envoy
+def test_max_requests_and_per_connection_limits_match_envoy(tmp_path):
+    def scenario(kind):
+        up = HoldUpstream()
+        text = http_yaml(breakers(max_requests=1),
+                         protocol_options("max_requests_per_connection: 2"), up=up.port)
+
+        def drive(addr, stats):
+            snaps, replies = [], []
+            s = connect(addr)
+            for i in range(3):                                  # 2 connections, one limit hit
+                s.sendall(b"GET /r/%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+                replies.append(read_response(s))
+            s.close()
+            snaps.append(_poll(stats, upstream_rq_total=3, upstream_cx_destroy=1))
+            a = send(addr, "/hold/a")
+            snaps.append(_poll(stats, upstream_rq_active=1))
+            replies.append(request(addr, "/b"))                 # active overflow (a new connection)
+            snaps.append(_poll(stats, upstream_rq_active_overflow=1))
+            replies.append(request(addr, "/c"))                 # ... and on the idle one
+            snaps.append(_poll(stats, upstream_rq_active_overflow=2))
+            up.release()
+            replies.append(read_response(a))
+            a.close()
+            snaps.append(_poll(stats, upstream_rq_active=0, upstream_rq_total=4))
+            return snaps, replies
+        try:
+            return _run(kind, text, tmp_path, drive)
+        finally:
+            up.close()
+
+    envoy_snaps, envoy_replies = scenario("envoy")
+    snaps, replies = scenario("fastproxy")
+    assert envoy_snaps[0][B + "upstream_cx_max_requests"] == 1
+    for i, (e, o) in enumerate(zip(envoy_snaps, snaps)):
+        assert _compare(e, o) == {}, f"step {i}: {{name: (envoy, fastproxy)}}"
+    assert [r[0] for r in envoy_replies] == [r[0] for r in replies] == [200, 200, 200, 503, 503, 200]
+    for (es, eh, eb), (s, h, b) in zip(envoy_replies, replies):
+        assert (eh.get("x-envoy-overloaded"), eb) == (h.get("x-envoy-overloaded"), b)
+
+
+@needs_envoy
+def test_tcp_proxy_max_connections_matches_envoy(tmp_path):
+    def scenario(kind):
+        echo = EchoServer()
+        text = TCP_YAML.format(extra=breakers(max_connections=1), up=echo.port)
+
+        def drive(addr, stats):
+            a = connect(addr)
+            a.sendall(b"ping")
+            assert recv_exact(a, 4) == b"ping"
+            b = connect(addr)
+            assert recv_until_eof(b) == b""
+            st = _poll(stats, upstream_cx_overflow=1)
+            a.close()
+            b.close()
+            return st, echo.accepted
+        try:
+            return _run(kind, text, tmp_path, drive)
+        finally:
+            echo.close()
+
+    envoy, envoy_accepted = scenario("envoy")
+    ours, accepted = scenario("fastproxy")
+    assert envoy_accepted == accepted == 1
+    names = [B + n for n in ("upstream_cx_total", "upstream_cx_active", "upstream_cx_overflow")] + \
+        [CB + "cx_open", CB + "rq_open", CB + "rq_pending_open"]
+    assert {n: envoy.get(n) for n in names} == {n: ours.get(n) for n in names}
