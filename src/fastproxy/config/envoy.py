@@ -3,7 +3,14 @@
 fastproxy reads a strict subset of Envoy's bootstrap: static listeners that end in tcp_proxy
 (optionally preceded by Python network filters) or in http_connection_manager (see
 config/http.py), STATIC / STRICT_DNS clusters, an admin address and a few blocks accepted
-for compatibility and ignored. Every field outside that subset is an error naming its path,
+for compatibility and ignored. A cluster takes name, type, connect_timeout, lb_policy,
+load_assignment, dns_refresh_rate, dns_lookup_family, per_connection_buffer_limit_bytes,
+circuit_breakers.thresholds (priority, max_connections, max_pending_requests, max_requests,
+max_retries, track_remaining), the deprecated max_requests_per_connection, and
+typed_extension_protocol_options with Envoy's upstream HttpProtocolOptions
+(common_http_protocol_options.idle_timeout / max_requests_per_connection /
+max_connection_duration; explicit_http_config or use_downstream_protocol_config meaning
+HTTP/1.1). Every field outside that subset is an error naming its path,
 because silently ignoring a field would run a proxy that behaves differently from the config
 its author wrote. Defaults are Envoy's.
 """
