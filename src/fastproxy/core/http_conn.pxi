@@ -3060,19 +3060,10 @@ cdef void http_serve_waiting(Worker* w) noexcept nogil:
                 s.upstream_addrlen = host.addrlen
             host = &lb.hosts.hosts[u.host_index]
             head = _pool_list(cl, w, u.host_index)
-            if head != NULL and head[0] != NULL:
+            if head != NULL and head[0] != NULL and not s.connect:     # (a tunnel gets its own)
                 # An idle connection to its host: the request (already serialized into u's
                 # out_buf, never sent) moves to it; u, which never had a socket, ends.
                 _wait_unlink(u)
-                if cb_full(&cl.n_rq, cl.max_rq):
-                    stat_add(cl.stats, w, C_RQ_ACTIVE_OVERFLOW, 1)
-                    s.response_flags |= RF_UO
-                    u.stream = NULL
-                    s.up = NULL
-                    upconn_close(u)
-                    stream_upstream_failed(s, 503, UPSTREAM_OVERFLOW)
-                    u = nxt
-                    continue
                 p = _pool_pop(head)
                 _upconn_bind(p, s)
                 if chain_move(&p.out_buf, &u.out_buf) < 0:
@@ -3084,9 +3075,11 @@ cdef void http_serve_waiting(Worker* w) noexcept nogil:
                 u.stream = NULL
                 s.up = p
                 upconn_close(u)
-                _upconn_attach(p)
-                p.ep.writable = 1
-                upconn_pump(p)
+                if not _upconn_attach(p):
+                    _upconn_overflowed(p)       # max_requests: p goes back to the pool
+                else:
+                    p.ep.writable = 1
+                    upconn_pump(p)
             elif not cb_full(&cl.n_cx, cl.max_cx) or lb.pool_conns == NULL \
                     or u.host_index >= lb.pool_n or lb.pool_conns[u.host_index] == 0:
                 _wait_unlink(u)
