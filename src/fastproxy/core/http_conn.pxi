@@ -115,6 +115,7 @@ cdef struct UpConn:
     UpConn* wait_next               # the cluster's per-worker queue of UC_WAITING ones
     UpConn* wait_prev
     uint8_t queued                  # on that queue
+    uint8_t host_counted            # counted in its worker's pool_conns (not a CONNECT tunnel's)
 
 cdef struct HStream:
     HConn* c
@@ -939,7 +940,8 @@ cdef void upconn_close(UpConn* u) noexcept nogil:
         stat_add(cl.stats, w, C_CX_DESTROY, 1)
         stat_add(cl.stats, w, C_DESTROY_LOCAL + remote, 1)
         fp_atomic_add_i64(&cl.n_cx, -1)
-        if u.hosts == lb.pool_hosts and lb.pool_conns != NULL and u.host_index < lb.pool_n:
+        if u.host_counted and u.hosts == lb.pool_hosts and lb.pool_conns != NULL \
+                and u.host_index < lb.pool_n:
             lb.pool_conns[u.host_index] -= 1
         if lb.wait_head != NULL:
             _cluster_kick(cl, w)        # room for a request that waits (served this turn)
@@ -1144,8 +1146,11 @@ cdef int _upconn_connect(UpConn* u, Host* host) noexcept nogil:
     u.state = UC_CONNECTING
     u.cx_counted = 1
     fp_atomic_add_i64(&cl.n_cx, 1)
-    if u.hosts == lb.pool_hosts and lb.pool_conns != NULL and u.host_index < lb.pool_n:
+    # A tunnel never returns to the pool, so it could not serve a request that waits.
+    if (u.stream == NULL or not u.stream.connect) and u.hosts == lb.pool_hosts \
+            and lb.pool_conns != NULL and u.host_index < lb.pool_n:
         lb.pool_conns[u.host_index] += 1
+        u.host_counted = 1
     stat_add(cl.stats, w, C_CX_TOTAL, 1)
     stat_add(cl.stats, w, C_CX_ACTIVE, 1)
     if u.stream == NULL or not u.stream.connect:   # (a CONNECT's upstream is TCP in Envoy)
