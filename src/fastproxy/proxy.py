@@ -343,7 +343,9 @@ class Proxy:
             if kind == "listener":
                 for k in range(self.concurrency):
                     out.update(f"{name}.worker_{k}.{g}" for g in block.gauges)
-        out.update(f"cluster.{name}.membership_total" for name in list(self._clusters))
+        for name, c in list(self._clusters.items()):
+            out.add(f"cluster.{name}.membership_total")
+            out.update(_circuit_breaker_gauges(f"cluster.{name}.circuit_breakers.", c))
         return out
 
     def histograms(self) -> dict:
