@@ -535,26 +535,26 @@ def _envoy_parity():
 
 
 def _run(kind, text, tmp_path, drive):
-    """drive(addr, stats) in Envoy (kind 'envoy') or fastproxy; returns what it returns."""
+    """drive(addr, admin) in Envoy (kind 'envoy') or fastproxy; returns what it returns."""
     parity = _envoy_parity()
     if kind == "envoy":
         proc, admin, addr = parity.start_envoy(text, tmp_path)
         try:
-            return drive(addr, lambda: parity.read_stats(admin))
+            return drive(addr, admin)
         finally:
             proc.terminate()
             proc.wait(10)
     p = fastproxy.Proxy.from_envoy(text, concurrency=1)
     p.start()
     try:
-        return drive(p.listener_address("web"), lambda: parity.read_stats(p.admin_address))
+        return drive(p.listener_address("web"), p.admin_address)
     finally:
         p.stop(drain_timeout=0.5)
 
 
-def _poll(stats, **want):
+def _poll(admin, **want):
     def check():
-        st = stats()
+        st = _envoy_parity().read_stats(admin)
         return all(st.get(B + k.replace("__", "."), 0) == v for k, v in want.items()) and st
     return wait_for(check, timeout=10, msg=f"stats {want}")
 
@@ -584,35 +584,46 @@ def test_circuit_breakers_match_envoy(tmp_path):
         text = http_yaml(breakers(max_connections=1, max_pending_requests=1, max_requests=2,
                                   track_remaining="true"), up=up.port)
 
-        def drive(addr, stats):
+        def drive(addr, admin):
             snaps, replies = [], []
             a = send(addr, "/hold/a")
             wait_for(lambda: up.seen("/hold/a") == 1)
-            snaps.append(_poll(stats, upstream_rq_active=1))
+            snaps.append(_poll(admin, upstream_rq_active=1))
             b = send(addr, "/hold/b", "POST", b"hello")
-            snaps.append(_poll(stats, upstream_rq_pending_active=1))
+            snaps.append(_poll(admin, upstream_rq_pending_active=1))
             replies.append(request(addr, "/c"))                 # pending overflow
-            snaps.append(_poll(stats, upstream_rq_pending_overflow=1))
+            snaps.append(_poll(admin, upstream_rq_pending_overflow=1))
             up.release()
             replies.append(read_response(a))
             replies.append(read_response(b))
             a.close()
             b.close()
-            snaps.append(_poll(stats, upstream_rq_active=0, upstream_rq_total=2))
-            return snaps, replies
+            snaps.append(_poll(admin, upstream_rq_active=0, upstream_rq_total=2))
+            page = _envoy_parity().admin_get(admin, "/stats/prometheus")
+            return snaps, replies, page
         try:
             return _run(kind, text, tmp_path, drive)
         finally:
             up.close()
 
-    envoy_snaps, envoy_replies = scenario("envoy")
-    snaps, replies = scenario("fastproxy")
+    envoy_snaps, envoy_replies, envoy_page = scenario("envoy")
+    snaps, replies, page = scenario("fastproxy")
     assert envoy_snaps[2][B + "upstream_cx_overflow"] == 1          # the traffic did its job
     for i, (e, o) in enumerate(zip(envoy_snaps, snaps)):
         assert _compare(e, o) == {}, f"step {i}: {{name: (envoy, fastproxy)}}"
     for (es, eh, eb), (s, h, b) in zip(envoy_replies, replies):
         assert (s, eh.get("x-envoy-overloaded"), eb) == (es, h.get("x-envoy-overloaded"), b)
     assert replies[0][0] == 503 and replies[0][2] == OVERFLOW_BODY
+    # /stats/prometheus: the same metrics, labels, types and values on both pages.
+    from fastproxy.prometheus import tag
+    parity = _envoy_parity()
+    envoy_series, envoy_types = parity.parse_prometheus(envoy_page)
+    series, types = parity.parse_prometheus(page)
+    for name in PARITY_STATS:
+        metric, labels = tag(name)
+        key = (metric, frozenset(labels))
+        assert key in envoy_series, f"{name}: not on Envoy's page as {key}"
+        assert (types.get(metric), series.get(key)) == (envoy_types[metric], envoy_series[key]), name
 
 
 @needs_envoy
@@ -622,24 +633,24 @@ def test_max_requests_and_per_connection_limits_match_envoy(tmp_path):
         text = http_yaml(breakers(max_requests=1),
                          protocol_options("max_requests_per_connection: 2"), up=up.port)
 
-        def drive(addr, stats):
+        def drive(addr, admin):
             snaps, replies = [], []
             s = connect(addr)
             for i in range(3):                                  # 2 connections, one limit hit
                 s.sendall(b"GET /r/%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
                 replies.append(read_response(s))
             s.close()
-            snaps.append(_poll(stats, upstream_rq_total=3, upstream_cx_destroy=1))
+            snaps.append(_poll(admin, upstream_rq_total=3, upstream_cx_destroy=1))
             a = send(addr, "/hold/a")
-            snaps.append(_poll(stats, upstream_rq_active=1))
+            snaps.append(_poll(admin, upstream_rq_active=1))
             replies.append(request(addr, "/b"))                 # active overflow (a new connection)
-            snaps.append(_poll(stats, upstream_rq_active_overflow=1))
+            snaps.append(_poll(admin, upstream_rq_active_overflow=1))
             replies.append(request(addr, "/c"))                 # ... and on the idle one
-            snaps.append(_poll(stats, upstream_rq_active_overflow=2))
+            snaps.append(_poll(admin, upstream_rq_active_overflow=2))
             up.release()
             replies.append(read_response(a))
             a.close()
-            snaps.append(_poll(stats, upstream_rq_active=0, upstream_rq_total=4))
+            snaps.append(_poll(admin, upstream_rq_active=0, upstream_rq_total=4))
             return snaps, replies
         try:
             return _run(kind, text, tmp_path, drive)
@@ -662,13 +673,13 @@ def test_tcp_proxy_max_connections_matches_envoy(tmp_path):
         echo = EchoServer()
         text = TCP_YAML.format(extra=breakers(max_connections=1), up=echo.port)
 
-        def drive(addr, stats):
+        def drive(addr, admin):
             a = connect(addr)
             a.sendall(b"ping")
             assert recv_exact(a, 4) == b"ping"
             b = connect(addr)
             assert recv_until_eof(b) == b""
-            st = _poll(stats, upstream_cx_overflow=1)
+            st = _poll(admin, upstream_cx_overflow=1)
             a.close()
             b.close()
             return st, echo.accepted
