@@ -35,8 +35,8 @@ from fastproxy.model_http import (  # noqa: E402
 CLUSTERS = {"c0": 0, "c1": 1, "c2": 2, "c3": 3}
 
 
-def table(*vhosts, headers=None, **kw):
-    rc = RouteConfiguration(name="rc", virtual_hosts=list(vhosts))
+def table(*vhosts, headers=None, ignore_port=False, **kw):
+    rc = RouteConfiguration(name="rc", virtual_hosts=list(vhosts), ignore_port_in_host_matching=ignore_port)
     if headers is not None:
         rc.headers = headers
     return compile_route_table(rc, kw.pop("clusters", CLUSTERS), **kw)
@@ -131,33 +131,46 @@ def test_no_default_vhost_is_404():
     assert sel(t, host="a.com")["vhost"] == "a"
 
 
-def test_port_is_stripped_for_matching():
+def test_the_port_takes_part_in_matching():
+    # Envoy's default (ignore_port_in_host_matching false): the host is matched as sent.
     t = table(vh("a", ["a.com"], to(prefix="/")), vh("w", ["*.b.com"], to(prefix="/")),
-              vh("p", ["c.*"], to(prefix="/")))
+              vh("p", ["c.*"], to(prefix="/")), vh("d", ["*"], to(prefix="/")))
+    assert vhost_of(t, "a.com:8080") == "d"
+    assert vhost_of(t, "x.b.com:443") == "d"
+    assert vhost_of(t, "c.org:80") == "p"     # the prefix wildcard covers the port
+    assert vhost_of(t, "a.com") == "a"
+
+
+def test_ignore_port_in_host_matching_strips_the_port():
+    t = table(vh("a", ["a.com"], to(prefix="/")), vh("w", ["*.b.com"], to(prefix="/")),
+              vh("p", ["c.*"], to(prefix="/")), vh("port", ["e.com:8080"], to(prefix="/")),
+              ignore_port=True)
     assert vhost_of(t, "a.com:8080") == "a"
     assert vhost_of(t, "x.b.com:443") == "w"
     assert vhost_of(t, "c.org:80") == "p"
     assert vhost_of(t, "a.com:") == "a"
+    assert vhost_of(t, "e.com:8080") is None  # a domain naming a port never matches then
 
 
 def test_domains_with_a_port_match_the_host_with_its_port():
     t = table(vh("plain", ["a.com", "*.b.com"], to(prefix="/")),
               vh("port", ["a.com:8080", "*.b.com:8443"], to(prefix="/")))
     assert vhost_of(t, "a.com:8080") == "port"
-    assert vhost_of(t, "a.com:9090") == "plain"
+    assert vhost_of(t, "a.com:9090") is None
     assert vhost_of(t, "a.com") == "plain"
     assert vhost_of(t, "x.b.com:8443") == "port"
-    assert vhost_of(t, "x.b.com:1") == "plain"
+    assert vhost_of(t, "x.b.com:1") is None
 
 
 def test_ipv6_hosts():
-    t = table(vh("v6", ["[::1]"], to(prefix="/")), vh("v6port", ["[fe80::1]:8080"], to(prefix="/")),
+    t = table(vh("v6", ["[::1]", "[::1]:8080"], to(prefix="/")), vh("v6port", ["[fe80::1]:8080"], to(prefix="/")),
               vh("d", ["*"], to(prefix="/")))
     assert vhost_of(t, "[::1]") == "v6"
     assert vhost_of(t, "[::1]:8080") == "v6"
+    assert vhost_of(t, "[::1]:9") == "d"
     assert vhost_of(t, "[FE80::1]:8080") == "v6port"
     assert vhost_of(t, "[fe80::1]:9") == "d"
-    assert vhost_of(t, "::1") == "d"          # bare IPv6 (invalid Host): no port taken off
+    assert vhost_of(t, "::1") == "d"
 
 
 def test_missing_host():
@@ -184,7 +197,7 @@ def test_many_vhosts_hash_lookup():
               for i in range(300)]
     t = table(*vhosts)
     for i in range(300):
-        assert vhost_of(t, f"H{i}.example.com:80") == f"v{i}"
+        assert vhost_of(t, f"H{i}.example.com") == f"v{i}"
         assert vhost_of(t, f"x.w{i}.example.com") == f"v{i}"
         assert vhost_of(t, f"p{i}.net") == f"v{i}"
     assert vhost_of(t, "h300.example.com") is None
@@ -228,7 +241,7 @@ def test_case_folding_touches_letters_only():
     assert vhost_of(t, "A@[Z.EXAMPLE") == "v"
     assert vhost_of(t, "a`{z.example") is None
     assert vhost_of(t, "X.LONG-Domain-NAME.example") == "w"
-    assert vhost_of(t, "x.long-domain-name.examplE:80") == "w"
+    assert vhost_of(t, "x.long-domain-name.examplE") == "w"
     assert vhost_of(t, "x.long-domain-namE.examp1e") is None
 
 
@@ -849,7 +862,7 @@ def test_thousand_routes_across_hundred_vhosts():
     assert t.segments(0) == [(0, 10, True)]
     for v in range(0, 100, 7):
         for r in range(9):
-            got = sel(t, f"/svc{r}/x?y", f"host{v}.example.com:8080")
+            got = sel(t, f"/svc{r}/x?y", f"host{v}.example.com")
             assert (got["route"], got["cluster"]) == (f"v{v}r{r}", f"c{r % 4}")
         assert route_name(t, "/svc9/x", f"host{v}.example.com") == f"v{v}default"
     assert sel(t, "/", "host100.example.com") is None

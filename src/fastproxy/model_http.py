@@ -152,6 +152,9 @@ class RouteConfiguration:
     virtual_hosts: list = field(default_factory=list)       # [VirtualHost]
     headers: HeaderMutations = field(default_factory=HeaderMutations)
     typed_per_filter_config: dict = field(default_factory=dict)
+    # Envoy's default False: a Host's port takes part in picking the virtual host
+    # ("a.com" does not take "a.com:8080"); True cuts it off first.
+    ignore_port_in_host_matching: bool = False
 
 
 @dataclass
@@ -436,6 +439,7 @@ def validate_http(hcm: "HttpConnectionManager", path: str, cluster_names) -> Non
     rc = typed(hcm.route_config, RouteConfiguration, path + ".route_config")
     rcp = path + ".route_config"
     string(rc.name, rcp + ".name")
+    boolean(rc.ignore_port_in_host_matching, rcp + ".ignore_port_in_host_matching")
     mutations(rc.headers, rcp + ".headers")
     domains = {}  # lower-cased domain -> where it was first seen
     for vh, vp in each(rc.virtual_hosts, rcp + ".virtual_hosts", VirtualHost):

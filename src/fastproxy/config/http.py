@@ -499,7 +499,7 @@ def _access_log(item: Any, path: str) -> mh.AccessLog:
 # --- route configuration ------------------------------------------------------------------
 
 _ROUTE_CONFIG_FIELDS = ("name", "virtual_hosts", "max_direct_response_body_size_bytes",
-                        "typed_per_filter_config") + HEADER_MUTATION_FIELDS
+                        "typed_per_filter_config", "ignore_port_in_host_matching") + HEADER_MUTATION_FIELDS
 
 
 class _Context:
@@ -517,7 +517,8 @@ def _route_config(rc: Message, refs: ClusterRefs) -> mh.RouteConfiguration:
     for item, path in rc.repeated("virtual_hosts"):
         virtual_hosts.append(_virtual_host(item, path, ctx, domains))
     return mh.RouteConfiguration(name=rc.string("name", default=""), virtual_hosts=virtual_hosts,
-                                 headers=_header_mutations(rc), typed_per_filter_config=_raw_per_filter(rc))
+                                 headers=_header_mutations(rc), typed_per_filter_config=_raw_per_filter(rc),
+                                 ignore_port_in_host_matching=_bool(rc, "ignore_port_in_host_matching"))
 
 
 def _virtual_host(item: Any, path: str, ctx: _Context, seen: dict) -> mh.VirtualHost:

@@ -36,13 +36,13 @@
 #
 # Virtual host selection (Envoy's RouteMatcher::findVirtualHost)
 # --------------------------------------------------------------
-# Domains are lowercased at build time and the host is compared case-insensitively. The port
-# is stripped from the host before matching (Envoy's ignore_port_in_host_matching): the port
-# starts at the last ':' unless a ']' follows it ("[::1]:8080" -> "[::1]"; "[::1]" has no
-# port); an unbracketed host with several ':' (a bare IPv6 literal, invalid in Host) is taken
-# as having no port. Domains that themselves name a port ("foo.com:8080", "*.foo.com:8080")
-# keep Envoy's default behaviour instead: they are matched against the host with its port,
-# and such a match wins over the port-less domains. Within each of those two sets the order
+# Domains are lowercased at build time and the host is compared case-insensitively, port
+# included, as Envoy does by default: "a.com" does not take "a.com:8080" (list "a.com:8080"
+# too, or use "*"), and "*.a.com" does not take "x.a.com:80" (checked against Envoy 1.40).
+# With the route configuration's ignore_port_in_host_matching the port is stripped from the
+# host first: it starts at the last ':' unless a ']' follows it ("[::1]:8080" -> "[::1]";
+# "[::1]" has no port); an unbracketed host with several ':' (a bare IPv6 literal, invalid in
+# Host) is taken as having no port; then a domain naming a port never matches. The order
 # is Envoy's: exact domain (hash lookup), then the longest suffix wildcard ("*.foo.com",
 # "*-bar.foo.com"; the '*' must cover at least one character), then the longest prefix
 # wildcard ("foo.*"), then the single "*" vhost. Wildcards are grouped by length, one hash
@@ -436,8 +436,8 @@ cdef struct RouteTable:
     int refcnt                      # atomic
     int nvhosts
     RouteVhost* vhosts
-    RouteDomainSet with_port        # domains naming a port: matched against host:port
-    RouteDomainSet without_port     # the others: matched against the host without port
+    RouteDomainSet domains          # every domain but "*"
+    uint8_t ignore_port             # ignore_port_in_host_matching: the host's port is cut
     int default_vhost               # the "*" vhost, -1: none
     uint8_t only_default            # no domain but "*": every request goes there
     int regex_copies
@@ -680,7 +680,6 @@ cdef size_t _rt_port_start(const char* h, size_t n) noexcept nogil:
 
 cdef int route_find_vhost(const RouteTable* t, const char* host, size_t host_len) noexcept nogil:
     """Index of the virtual host for this :authority, or -1."""
-    cdef size_t port_at
     cdef int v
     if t.nvhosts == 0:
         return -1
@@ -688,12 +687,9 @@ cdef int route_find_vhost(const RouteTable* t, const char* host, size_t host_len
         return t.default_vhost
     if host == NULL:
         return -1
-    port_at = _rt_port_start(host, host_len)
-    if port_at < host_len:
-        v = _rt_domainset_find(&t.with_port, host, host_len)
-        if v >= 0:
-            return v
-    v = _rt_domainset_find(&t.without_port, host, port_at)
+    if t.ignore_port:
+        host_len = _rt_port_start(host, host_len)
+    v = _rt_domainset_find(&t.domains, host, host_len)
     if v >= 0:
         return v
     return t.default_vhost
@@ -1318,12 +1314,6 @@ def _rt_literal_prefix(str pattern):
         out.append(lit)
         i = nxt
     return "".join(out).encode("ascii")
-
-
-def _rt_port_of(str domain):
-    """Whether a domain names a port, by the rule applied to hosts."""
-    cdef bytes b = domain.encode("utf-8")
-    return _rt_port_start(b, len(b)) < <size_t>len(b)
 
 
 cdef list _rt_substitution_parts(str sub, int ngroups, str path):
@@ -2145,7 +2135,8 @@ def compile_route_table(route_config, dict cluster_index, int regex_copies=1,
     t.nvhosts = len(vhosts)
     t.vhosts = <RouteVhost*>b.alloc(sizeof(RouteVhost) * max(1, len(vhosts)))
     seen = {}
-    sets = {True: ({}, {}, {}), False: ({}, {}, {})}    # has port -> (exact, suffix, prefix)
+    exact, suffix, prefix = {}, {}, {}
+    t.ignore_port = bool(getattr(route_config, "ignore_port_in_host_matching", False))
     for vi, vhm in enumerate(vhosts):
         vpath = f"{path}.virtual_hosts[{vi}]"
         vh = &t.vhosts[vi]
@@ -2164,7 +2155,6 @@ def compile_route_table(route_config, dict cluster_index, int regex_copies=1,
             if dom == "*":
                 t.default_vhost = vi
                 continue
-            exact, suffix, prefix = sets[bool(_rt_port_of(dom))]
             if dom.startswith("*"):
                 key = dom[1:].encode("utf-8")
                 suffix.setdefault(len(key), {})[key] = vi
@@ -2206,10 +2196,6 @@ def compile_route_table(route_config, dict cluster_index, int regex_copies=1,
             b.ops(&e.request_headers, req_levels)
             b.ops(&e.response_headers, resp_levels)
         _rt_build_segments(b, vh)
-    exact, suffix, prefix = sets[True]
-    _rt_build_domainset(b, &t.with_port, exact, suffix, prefix)
-    exact, suffix, prefix = sets[False]
-    _rt_build_domainset(b, &t.without_port, exact, suffix, prefix)
-    t.only_default = (t.default_vhost >= 0 and not any(any(s) for s in sets[True])
-                      and not any(any(s) for s in sets[False]))
+    _rt_build_domainset(b, &t.domains, exact, suffix, prefix)
+    t.only_default = t.default_vhost >= 0 and not (exact or suffix or prefix)
     return h
