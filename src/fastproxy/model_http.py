@@ -24,14 +24,24 @@ class StringMatch:
 
 
 @dataclass
+class Int64Range:
+    """type.v3.Int64Range: start inclusive, end exclusive."""
+
+    start: int
+    end: int
+
+
+@dataclass
 class HeaderMatcher:
-    """route.v3.HeaderMatcher. With no string_match and present_match None: the header must
-    be present (Envoy's behaviour for a bare name). Pseudo-headers (:method, :path,
+    """route.v3.HeaderMatcher. With no string_match, range_match and present_match None: the
+    header must be present (Envoy's behaviour for a bare name). range_match: the value is a
+    decimal integer (optional sign) in [start, end). Pseudo-headers (:method, :path,
     :authority, :scheme) can be matched too."""
 
     name: str
     string_match: Optional[StringMatch] = None
     present_match: Optional[bool] = None
+    range_match: Optional[Int64Range] = None
     invert_match: bool = False
     treat_missing_header_as_empty: bool = False
 
@@ -323,10 +333,14 @@ def validate_http(hcm: "HttpConnectionManager", path: str, cluster_names) -> Non
             fail(p + ".case_sensitive", "case_sensitive has no effect for safe_regex (Envoy ignores it)")
         for h, hp in each(m.headers, p + ".headers", HeaderMatcher):
             check_header_name(string(h.name, hp + ".name", non_empty=True), hp + ".name", pseudo=True)
+            if sum(x is not None for x in (h.string_match, h.present_match, h.range_match)) > 1:
+                fail(hp, "only one of string_match, range_match and present_match may be set")
             if h.string_match is not None:
-                if h.present_match is not None:
-                    fail(hp, "only one of string_match and present_match may be set")
                 string_match(h.string_match, hp + ".string_match")
+            if h.range_match is not None:
+                typed(h.range_match, Int64Range, hp + ".range_match")
+                integer(h.range_match.start, hp + ".range_match.start", -(1 << 63), (1 << 63) - 1)
+                integer(h.range_match.end, hp + ".range_match.end", -(1 << 63), (1 << 63) - 1)
             if h.present_match is not None:
                 boolean(h.present_match, hp + ".present_match")
             boolean(h.invert_match, hp + ".invert_match")

@@ -51,7 +51,9 @@ from typing import Any, Callable, List, Optional, Tuple
 from .. import model_http as mh
 from ..access_log import compile_format
 from ..errors import ConfigError
-from .proto import UINT32_MAX, Message, describe
+from .proto import UINT32_MAX, Message, describe, integer
+
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 from .regex import re2_to_posix, rewrite_to_posix
 
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -624,16 +626,21 @@ def _string_match(sm: Message) -> mh.StringMatch:
 # The deprecated HeaderMatcher forms and the StringMatcher kind each stands for.
 _LEGACY_HEADER_MATCHES = {"exact_match": "exact", "prefix_match": "prefix", "suffix_match": "suffix",
                           "contains_match": "contains", "safe_regex_match": "safe_regex"}
-_HEADER_SPECIFIERS = ("string_match", "present_match") + tuple(_LEGACY_HEADER_MATCHES)
+_HEADER_SPECIFIERS = ("string_match", "present_match", "range_match") + tuple(_LEGACY_HEADER_MATCHES)
 
 
 def _header_matcher(item: Any, path: str) -> mh.HeaderMatcher:
     h = Message(item, path, ("name",) + _HEADER_SPECIFIERS + ("invert_match", "treat_missing_header_as_empty"))
     name = check_header_name(h.string("name", required=True, non_empty=True), h.at("name"), pseudo=True)
     spec = _oneof(h, _HEADER_SPECIFIERS)
-    string_match = present = None
+    string_match = present = range_match = None
     if spec == "string_match":
         string_match = _string_match(h.message("string_match", _STRING_MATCH_FIELDS))
+    elif spec == "range_match":
+        r = h.message("range_match", ("start", "end"))
+        bounds = [integer(r.raw(k) if r.raw(k) is not None else 0, r.at(k), INT64_MIN, INT64_MAX,
+                          "a signed 64-bit integer") for k in ("start", "end")]
+        range_match = mh.Int64Range(*bounds)
     elif spec == "present_match":
         present = _bool(h, "present_match")
     elif spec == "safe_regex_match":
@@ -641,7 +648,7 @@ def _header_matcher(item: Any, path: str) -> mh.HeaderMatcher:
     elif spec is not None:
         kind = _LEGACY_HEADER_MATCHES[spec]
         string_match = mh.StringMatch(kind, h.string(spec, non_empty=kind != "exact"))
-    return mh.HeaderMatcher(name=name, string_match=string_match, present_match=present,
+    return mh.HeaderMatcher(name=name, string_match=string_match, present_match=present, range_match=range_match,
                             invert_match=_bool(h, "invert_match"),
                             treat_missing_header_as_empty=_bool(h, "treat_missing_header_as_empty"))
 

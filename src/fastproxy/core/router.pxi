@@ -62,12 +62,14 @@
 #   safe_regex             full match of the path without query/fragment (case_sensitive is
 #                          ignored, as in Envoy).
 #   headers                all must hold: string_match (exact/prefix/suffix/contains with
-#                          ignore_case, safe_regex = full match), present_match (true: the
+#                          ignore_case, safe_regex = full match), range_match (a decimal
+#                          integer, optional sign, in [start, end)), present_match (true: the
 #                          header is there, false: it is absent), no matcher = present,
 #                          invert_match flips the result. A missing header fails every string
 #                          matcher whatever invert_match says, unless
 #                          treat_missing_header_as_empty (then "" is matched and inverted).
-#                          Repeated headers are joined with ',' (Envoy). :method, :path
+#                          A repeated header matches when one of its values does
+#                          (Envoy 1.40). :method, :path
 #                          (query included), :authority and :scheme read the RouteInput
 #                          fields; "host" is :authority as well (HTTP/1 has only Host).
 #   query_parameters       the query is split on '&', each piece at its first '=' (no '=':
@@ -237,7 +239,6 @@ cdef enum:                          # negative results of the writing functions
 
 cdef enum:
     RT_INDEX_MIN_RUN = 8            # shorter runs of plain routes are cheaper to scan
-    RT_JOIN_STACK = 512             # a repeated header joined up to this size stays on stack
     RT_MAX_MATCH = 32               # regmatch_t slots a regex_rewrite may need (POSIX
                                     # group numbers: RE2's (?:) groups become groups too)
 
@@ -289,6 +290,9 @@ cdef struct RouteHeaderMatcher:
     uint8_t present
     uint8_t invert
     uint8_t missing_as_empty
+    uint8_t is_range                # range_match: an integer value in [range_start, range_end)
+    int64_t range_start
+    int64_t range_end
     RouteStringMatch sm
 
 cdef struct RouteQueryMatcher:
@@ -809,16 +813,43 @@ cdef bint _rt_string_match(const RouteStringMatch* sm, const char* v, size_t n,
     return memcmp(v, sm.value.p, k) == 0
 
 
+cdef bint _rt_int64(const char* v, size_t n, int64_t* out) noexcept nogil:
+    """A whole value that is a decimal integer with an optional sign, within int64."""
+    cdef size_t i = 0
+    cdef bint neg = False
+    cdef uint64_t acc = 0
+    cdef uint64_t limit
+    if n and (v[0] == 43 or v[0] == 45):        # '+' / '-'
+        neg = v[0] == 45
+        i = 1
+    if i == n:
+        return False
+    limit = (<uint64_t>1 << 63) if neg else (<uint64_t>1 << 63) - 1
+    while i < n:
+        if not 48 <= v[i] <= 57:
+            return False
+        if acc > (limit - <uint64_t>(v[i] - 48)) // 10:
+            return False
+        acc = acc * 10 + <uint64_t>(v[i] - 48)
+        i += 1
+    out[0] = -<int64_t>(acc - 1) - 1 if neg and acc else <int64_t>acc
+    return True
+
+
+cdef inline bint _rt_value_matches(const RouteHeaderMatcher* m, const char* v, size_t n,
+                                   unsigned int worker) noexcept nogil:
+    cdef int64_t x
+    if m.is_range:
+        return _rt_int64(v, n, &x) and m.range_start <= x < m.range_end
+    return _rt_string_match(&m.sm, v, n, worker)
+
+
 cdef bint _rt_header_matches(const RouteHeaderMatcher* m, const RouteInput* r) noexcept nogil:
     cdef const char* v = NULL
     cdef size_t n = 0
     cdef bint found = False
-    cdef int i, count = 0
-    cdef size_t total = 0, w
+    cdef int i
     cdef const RouteHeader* h
-    cdef char stack[RT_JOIN_STACK]
-    cdef char* joined = NULL
-    cdef char* heap = NULL
     cdef bint ok
     if m.source == RHS_METHOD:
         v = r.method
@@ -837,37 +868,21 @@ cdef bint _rt_header_matches(const RouteHeaderMatcher* m, const RouteInput* r) n
         n = r.scheme_len
         found = r.scheme != NULL
     else:
+        # A repeated header matches when one of its field lines does (Envoy 1.40 matches
+        # each value on its own: "x: v" twice matches exact "v", "x: v1" + "x: v2" does
+        # not match exact "v1,v2"); invert_match inverts that outcome.
+        ok = False
         for i in range(r.nheaders):
             h = &r.headers[i]
             if h.name_len == m.name.n and _rt_ieq(h.name, m.name.p, h.name_len):
-                count += 1
-                if count == 1:
-                    v = h.value
-                    n = h.value_len
-                total += h.value_len + 1
-        found = count > 0
-        if count > 1 and not m.presence_only:
-            # Envoy matches the values of a repeated header joined with ','.
-            total -= 1
-            if total <= RT_JOIN_STACK:
-                joined = stack
-            else:
-                heap = <char*>malloc(total)
-                if heap == NULL:
-                    return False
-                joined = heap
-            w = 0
-            for i in range(r.nheaders):
-                h = &r.headers[i]
-                if h.name_len == m.name.n and _rt_ieq(h.name, m.name.p, h.name_len):
-                    if w > 0:
-                        joined[w] = 44      # ','
-                        w += 1
-                    if h.value_len:
-                        memcpy(joined + w, h.value, h.value_len)
-                    w += h.value_len
-            v = joined
-            n = w
+                found = True
+                if m.presence_only:
+                    break
+                if _rt_value_matches(m, h.value, h.value_len, r.worker):
+                    ok = True
+                    break
+        if found and not m.presence_only:
+            return ok != <bint>m.invert
     if m.presence_only:
         return (found == <bint>m.present) != <bint>m.invert
     if not found:
@@ -875,8 +890,7 @@ cdef bint _rt_header_matches(const RouteHeaderMatcher* m, const RouteInput* r) n
             return False
         v = ""
         n = 0
-    ok = _rt_string_match(&m.sm, v, n, r.worker)
-    free(heap)
+    ok = _rt_value_matches(m, v, n, r.worker)
     return ok != <bint>m.invert
 
 
@@ -1484,9 +1498,14 @@ cdef class _RouteBuilder:
             m.source = _RT_PSEUDO.get(name, RHS_HEADERS)
             m.invert = bool(hm.invert_match)
             m.missing_as_empty = bool(hm.treat_missing_header_as_empty)
-            if hm.string_match is not None and hm.present_match is not None:
-                raise ConfigError(hpath, "only one of string_match and present_match")
-            if hm.string_match is None:
+            rm = getattr(hm, "range_match", None)
+            if sum(x is not None for x in (hm.string_match, hm.present_match, rm)) > 1:
+                raise ConfigError(hpath, "only one of string_match, range_match and present_match")
+            if rm is not None:
+                m.is_range = 1
+                m.range_start = rm.start
+                m.range_end = rm.end
+            elif hm.string_match is None:
                 m.presence_only = 1
                 m.present = True if hm.present_match is None else bool(hm.present_match)
             else:
