@@ -207,7 +207,7 @@ def test_sample_http_headers():
                     HeaderValueOption("x-route", "v1", "OVERWRITE_IF_EXISTS"),
                     HeaderValueOption("x-discount", "50%"),  # %% is a literal percent sign
                     # x-empty is dropped: an empty value adds nothing without keep_empty_value
-                    HeaderValueOption("x-kept-empty", "")],
+                    HeaderValueOption("x-kept-empty", "", keep_empty_value=True)],
                 request_headers_to_remove=["cookie"],
                 response_headers_to_add=[HeaderValueOption("cache-control", "no-store")],
                 response_headers_to_remove=["set-cookie"])),

@@ -784,6 +784,16 @@ def mutation_table(most_specific=False):
     return compile_route_table(rc, CLUSTERS)
 
 
+def test_keep_empty_value_keeps_an_empty_add():
+    route = Route(RouteMatch(prefix="/"), RouteAction(cluster="c0"), name="r", headers=HeaderMutations(
+        request_headers_to_add=[HeaderValueOption("x-kept", "", keep_empty_value=True),
+                                HeaderValueOption("x-dropped", "")],
+        response_headers_to_add=[HeaderValueOption("x-kept", "", "ADD_IF_ABSENT", keep_empty_value=True)]))
+    r = sel(table(vh("v", ["*"], route)))
+    assert r["request_header_ops"] == [("route", "APPEND_IF_EXISTS_OR_ADD", "x-kept", "")]
+    assert r["response_header_ops"] == [("route", "ADD_IF_ABSENT", "x-kept", "")]
+
+
 def test_header_ops_order_route_then_vhost_then_config():
     r = sel(mutation_table())
     assert r["request_header_ops"] == [

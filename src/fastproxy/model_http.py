@@ -77,6 +77,7 @@ class HeaderValueOption:
     key: str
     value: str
     append_action: str = "APPEND_IF_EXISTS_OR_ADD"
+    keep_empty_value: bool = False          # else an empty value adds nothing (Envoy)
 
 
 @dataclass
@@ -305,6 +306,7 @@ def validate_http(hcm: "HttpConnectionManager", path: str, cluster_names) -> Non
                 check_modifiable(string(opt.key, op + ".key", non_empty=True), op + ".key", "modified")
                 check_header_name(opt.key, op + ".key")
                 check_header_value(string(opt.value, op + ".value"), op + ".value")
+                boolean(opt.keep_empty_value, op + ".keep_empty_value")
                 if opt.append_action not in ("APPEND_IF_EXISTS_OR_ADD", "ADD_IF_ABSENT",
                                              "OVERWRITE_IF_EXISTS_OR_ADD", "OVERWRITE_IF_EXISTS"):
                     fail(op + ".append_action", f"unknown append_action {opt.append_action!r}")

@@ -812,8 +812,9 @@ def _headers_to_add(msg: Message, name: str) -> list:
             action = "APPEND_IF_EXISTS_OR_ADD" if _bool(opt, "append") else "OVERWRITE_IF_EXISTS_OR_ADD"
         else:
             action = opt.enum("append_action", APPEND_ACTIONS, default="APPEND_IF_EXISTS_OR_ADD")
-        if value or _bool(opt, "keep_empty_value"):  # Envoy adds nothing for an empty value otherwise
-            options.append(mh.HeaderValueOption(key, value, action))
+        keep = _bool(opt, "keep_empty_value")
+        if value or keep:  # Envoy adds nothing for an empty value otherwise
+            options.append(mh.HeaderValueOption(key, value, action, keep_empty_value=keep))
     return options
 
 

@@ -138,8 +138,8 @@
 #   3. apply the overwrites (OVERWRITE_IF_EXISTS[_OR_ADD]: replace all values with this one,
 #      or add it) in order, then the appends (APPEND_IF_EXISTS_OR_ADD, ADD_IF_ABSENT: add
 #      one more field line) in order.
-# Names are lowercase. Adds with an empty value are dropped at build time (Envoy's default
-# keep_empty_value false). Values are literal: Envoy's %COMMAND% formatters are not
+# Names are lowercase. Adds with an empty value are dropped at build time unless they have
+# keep_empty_value (Envoy's default is false). Values are literal: Envoy's %COMMAND% formatters are not
 # evaluated; op.formatted flags a value containing '%' so the caller can. Removing or adding
 # ':'-pseudo-headers or host is a ConfigError (Envoy refuses them; use host_rewrite_literal).
 #
@@ -1742,7 +1742,7 @@ cdef list _rt_level_ops(hm, str path, str which):
             raise ConfigError(p + ".append_action", f"unknown append_action {hv.append_action!r}")
         if not isinstance(hv.value, str):
             raise ConfigError(p + ".header.value", "must be a string")
-        if hv.value == "":
+        if hv.value == "" and not getattr(hv, "keep_empty_value", False):
             continue                    # keep_empty_value false: Envoy skips empty values
         out.append((action, low, hv.value))
     return out
