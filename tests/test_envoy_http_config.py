@@ -621,8 +621,9 @@ BAD = [
      "not a valid host"),
     ([(f"{R0}.route", DELETE), (f"{R0}.redirect", {"path_redirect": "relative"})],
      f"{R0}.redirect.path_redirect", "must start with '/'"),
-    ([(f"{R0}.route", DELETE), (f"{R0}.redirect", {"regex_rewrite": {"pattern": {"regex": "a"}}})],
-     f"{R0}.redirect.regex_rewrite", "unsupported"),
+    ([(f"{R0}.route", DELETE), (f"{R0}.redirect", {"regex_rewrite": {"pattern": {"regex": "a"}},
+                                                    "prefix_rewrite": "/b"})],
+     f"{R0}.redirect.regex_rewrite", "only one of"),
     # direct responses
     ([(f"{R0}.route", DELETE), (f"{R0}.direct_response", {})], f"{R0}.direct_response.status", "required"),
     ([(f"{R0}.route", DELETE), (f"{R0}.direct_response", {"status": 99})], f"{R0}.direct_response.status",

@@ -693,6 +693,17 @@ def test_path_and_prefix_redirects_and_strip_query():
     assert redirect(strip_query=True)[0] == "http://a.com/p/x"
 
 
+def test_regex_rewrite_redirects():
+    rx = RegexRewrite("^/p/([a-z]+)", "/r/\\1")
+    assert redirect(regex_rewrite=rx)[0] == "http://a.com/r/x?q=1"
+    assert redirect(regex_rewrite=rx, strip_query=True)[0] == "http://a.com/r/x"
+    assert redirect(path="/z", regex_rewrite=rx)[0] == "http://a.com/z"      # no match: as is
+    # a rewritten path without its '/' gets one, as Envoy's Location has
+    assert redirect(regex_rewrite=RegexRewrite("^/p/", ""), host_redirect="b.org")[0] == "http://b.org/x?q=1"
+    with pytest.raises(ConfigError, match="only one of"):
+        redirect(regex_rewrite=rx, path_redirect="/n")
+
+
 def test_redirect_codes_and_errors():
     for code in (301, 302, 303, 307, 308):
         assert redirect(response_code=code)[1] == code

@@ -125,6 +125,7 @@ class RedirectAction:
     port_redirect: Optional[int] = None
     path_redirect: Optional[str] = None
     prefix_rewrite: Optional[str] = None
+    regex_rewrite: Optional[RegexRewrite] = None            # the path (query kept)
     response_code: int = 301                                # MOVED_PERMANENTLY
     strip_query: bool = False
 
@@ -410,6 +411,14 @@ def validate_http(hcm: "HttpConnectionManager", path: str, cluster_names) -> Non
             if r.path_redirect is not None:
                 fail(p + ".prefix_rewrite", "only one of path_redirect and prefix_rewrite may be set")
             check_header_value(r.prefix_rewrite, p + ".prefix_rewrite")
+        if r.regex_rewrite is not None:
+            rp = p + ".regex_rewrite"
+            if r.path_redirect is not None or r.prefix_rewrite is not None:
+                fail(rp, "only one of path_redirect, prefix_rewrite and regex_rewrite may be set")
+            typed(r.regex_rewrite, RegexRewrite, rp)
+            string(r.regex_rewrite.substitution, rp + ".substitution")
+            rewrite_to_posix(r.regex_rewrite.pattern, r.regex_rewrite.substitution, rp + ".pattern",
+                             rp + ".substitution")
         if r.response_code not in (301, 302, 303, 307, 308) or isinstance(r.response_code, bool):
             fail(p + ".response_code", f"expected 301, 302, 303, 307 or 308, got {r.response_code!r}")
         boolean(r.strip_query, p + ".strip_query")

@@ -670,7 +670,7 @@ def _query_matcher(item: Any, path: str) -> mh.QueryParameterMatcher:
 _ROUTE_ACTION_FIELDS = ("cluster", "weighted_clusters", "prefix_rewrite", "regex_rewrite",
                         "host_rewrite_literal", "auto_host_rewrite", "timeout")
 _REDIRECT_FIELDS = ("https_redirect", "scheme_redirect", "host_redirect", "port_redirect", "path_redirect",
-                    "prefix_rewrite", "response_code", "strip_query")
+                    "prefix_rewrite", "regex_rewrite", "response_code", "strip_query")
 
 
 def _route_action(a: Message, ctx: _Context) -> mh.RouteAction:
@@ -730,7 +730,7 @@ def _weighted_clusters(w: Message, ctx: _Context) -> list:
 
 def _redirect(r: Message) -> mh.RedirectAction:
     _oneof(r, ("https_redirect", "scheme_redirect"))
-    _oneof(r, ("path_redirect", "prefix_rewrite"))
+    _oneof(r, ("path_redirect", "prefix_rewrite", "regex_rewrite"))
     scheme = r.string("scheme_redirect", default="") or None
     if scheme is not None:
         check_scheme(scheme, r.at("scheme_redirect"))
@@ -748,10 +748,18 @@ def _redirect(r: Message) -> mh.RedirectAction:
     prefix_rewrite = r.string("prefix_rewrite", default="") or None
     if prefix_rewrite is not None:
         check_header_value(prefix_rewrite, r.at("prefix_rewrite"))
+    regex_rewrite = None
+    rr = r.message("regex_rewrite", ("pattern", "substitution"))
+    if rr is not None:
+        pattern = _regex(rr.message("pattern", _REGEX_FIELDS, required=True))
+        substitution = rr.string("substitution", default="")
+        rewrite_to_posix(pattern, substitution, rr.at("pattern.regex"), rr.at("substitution"))
+        regex_rewrite = mh.RegexRewrite(pattern, substitution)
     code = r.enum("response_code", REDIRECT_RESPONSE_CODES, default="MOVED_PERMANENTLY")
     return mh.RedirectAction(scheme_redirect=scheme, https_redirect=_bool(r, "https_redirect"),
                              host_redirect=host, port_redirect=port, path_redirect=path_redirect,
-                             prefix_rewrite=prefix_rewrite, response_code=REDIRECT_STATUS[code],
+                             prefix_rewrite=prefix_rewrite, regex_rewrite=regex_rewrite,
+                             response_code=REDIRECT_STATUS[code],
                              strip_query=_bool(r, "strip_query"))
 
 

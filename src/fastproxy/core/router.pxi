@@ -114,7 +114,8 @@
 #                      protocol (x-forwarded-proto if the request has one, else r.scheme):
 #                      http://a:80 -> https://a, http://a:8080 -> https://a:8080.
 #                      path: path_redirect (+ the request's query unless path_redirect has
-#                      its own '?'), else the request path with prefix_rewrite applied;
+#                      its own '?'), else the request path with prefix_rewrite or
+#                      regex_rewrite (on the query-less path) applied;
 #                      a '/' is prepended if missing; strip_query drops "?..." (not from a
 #                      path_redirect that has its own query). status: response_code.
 #   direct_response    status and body. Envoy also sends a Location (the request's own URL,
@@ -157,7 +158,7 @@
 # lock inside each compiled pattern, so with regex_copies=N every pattern is compiled N
 # times and worker w uses copy w % N: pass the worker count to keep regex routes lock-free.
 
-from libc.string cimport memchr, memcmp
+from libc.string cimport memchr, memcmp, memmove
 
 from fastproxy.errors import ConfigError
 
@@ -1234,6 +1235,27 @@ cdef ssize_t route_redirect_location(const RouteEntry* e, const RouteInput* r, c
         seg_n[0] = e.prefix_rewrite.n
         seg_p[1] = r.path + m
         seg_n[1] = r.path_len - m
+    elif redirect and e.rewrite_regex != NULL and r.path != NULL:
+        # regex_rewrite: the query-less path rewritten in place in `out`, then the query
+        # (unless strip_query), as the route action's regex_rewrite does.
+        _rt_put(&o, scheme, scheme_len)
+        _rt_put(&o, "://", 3)
+        _rt_put(&o, host, host_len)
+        _rt_put(&o, port, port_len)
+        noq = _rt_path_end(r.path, r.path_len)
+        m = o.n
+        _rt_replace_all(e, r.path, noq, &o, r.worker)
+        if not o.full and (o.n == m or out[m] != 47):  # a '/' in front if it has none
+            if o.n + 1 > o.cap:
+                return ROUTE_NO_ROOM
+            memmove(out + m + 1, out + m, o.n - m)
+            out[m] = 47
+            o.n += 1
+        if not e.strip_query:
+            _rt_put(&o, r.path + noq, r.path_len - noq)
+        if o.full:
+            return ROUTE_NO_ROOM
+        return <ssize_t>o.n
     if redirect and e.strip_query and not e.path_redirect_has_query:
         for k in range(2):
             if seg_n[k]:
@@ -1682,6 +1704,11 @@ cdef class _RouteBuilder:
                 e.path_redirect_has_query = "?" in rd.path_redirect
             if rd.prefix_rewrite:
                 self.put(&e.prefix_rewrite, rd.prefix_rewrite)
+            rr = getattr(rd, "regex_rewrite", None)
+            if rr is not None:
+                if rd.path_redirect or rd.prefix_rewrite:
+                    raise ConfigError(rpath, "only one of path_redirect, prefix_rewrite, regex_rewrite")
+                self.rewrite(e, rr, rpath)
             e.strip_query = bool(rd.strip_query)
         else:
             dr = route.direct_response
