@@ -758,6 +758,7 @@ CASES = {
     "d-head": (R, req("/d/ok", method="HEAD")),
     "d-post": (R, req("/d/ok", method="POST", body=b"hello")),
     "d-head-302": (R, req("/d/302", method="HEAD")),
+    "d-head-dead": (R, req("/dead", method="HEAD")),
     # ---- redirects
     "r-https": (R, req("/redir/https/x?q=1")),
     "r-https-hostport": (R, req("/redir/https", host="h.example:8080")),
@@ -796,6 +797,7 @@ CASES = {
     "a-regex-all": (R, req("/rw/regexall/foo/boo?o=o")),
     "a-timeout": (R, req("/timeout", extra=b"x-up: slow\r\n")),
     "a-notimeout": (R, req("/notimeout")),
+    "a-dead": (R, req("/dead")),
     "a-empty": (R, req("/empty")),
     "a-head": (R, req("/up", method="HEAD")),
     "a-post": (R, req("/up", method="POST", body=b"payload")),
@@ -826,6 +828,7 @@ CASES = {
     "mut-response-vh-only": (M, req("/plain", extra=b"x-up: hdrs\r\n")),
     "mut-direct": (M, req("/direct")),
     "mut-redirect": (M, req("/redirect")),
+    "mut-local-503": (M, req("/dead")),
     "mut-404": (M, req("/x", host="h.example", method="GET")),
 }
 

@@ -1134,7 +1134,8 @@ cdef void upconn_on_event(Worker* w, UpConn* u, uint32_t events) noexcept nogil:
         if getsockopt(u.ep.fd, SOL_SOCKET, SO_ERROR, &err, &n) < 0 or err != 0:
             stat_add(u.cluster.stats, w, C_CONNECT_FAIL, 1)
             u.remote_close = 1          # refused or reset: Envoy's RemoteClose
-            _upconn_failed(u, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection failure")
+            # Envoy 1.40 names the side that failed: "remote connection failure".
+            _upconn_failed(u, 503, "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure")
             return
         timer_cancel(w, &u.timer)
         u.state = UC_BUSY
