@@ -657,10 +657,13 @@ def test_host_rewrites(proxy, upstream):
     conn = http.client.HTTPConnection(*proxy.listener_address("http"), timeout=5)
     conn.request("GET", "/autohost")
     conn.getresponse().read()
-    assert upstream.requests[-1][2]["host"] == [f"127.0.0.1:{upstream.port}"]
+    # Envoy 1.40: the endpoint's address without its port, and the Host it replaced
+    assert upstream.requests[-1][2]["host"] == ["127.0.0.1"]
+    assert upstream.requests[-1][2]["x-envoy-original-host"] == [f"{conn.host}:{conn.port}"]
     conn.request("GET", "/lithost")
     conn.getresponse().read()
     assert upstream.requests[-1][2]["host"] == ["lit.example"]
+    assert upstream.requests[-1][2]["x-envoy-original-host"] == [f"{conn.host}:{conn.port}"]
 
 
 def test_stop_closes_idle_keepalive_connections_at_once(upstream):

@@ -461,6 +461,18 @@ cdef void _pl_remove(PairList* l, const char* name, size_t n) noexcept nogil:
     l.n = k
 
 
+cdef H1Str _pl_take(PairList* l, const char* name, size_t n) noexcept nogil:
+    """Remove every field `name`; return the first one's value (p NULL: there was none)."""
+    cdef H1Str first = _s(NULL, 0)
+    cdef size_t i
+    for i in range(l.n):
+        if _rt_ieq2(l.v[i].name.p, l.v[i].name.n, name, n):
+            first = l.v[i].value
+            break
+    _pl_remove(l, name, n)
+    return first
+
+
 cdef bint _pl_has(PairList* l, const char* name, size_t n) noexcept nogil:
     cdef size_t i
     for i in range(l.n):
@@ -1282,8 +1294,19 @@ cdef void _stream_timeout(Worker* w, void* arg) noexcept nogil:
     stream_upstream_failed(s, 504, "upstream request timeout")
 
 
+cdef size_t _host_ip_text(Host* h, char* out, size_t cap) noexcept nogil:
+    """The upstream host's address without its port: auto_host_rewrite's Host value (what
+    Envoy 1.40 sends for an endpoint given by IP, checked for STATIC and STRICT_DNS)."""
+    if h.addr.ss_family == AF_INET6:
+        if inet_ntop(AF_INET6, &(<sockaddr_in6*>&h.addr).sin6_addr, out, <socklen_t>cap) == NULL:
+            return 0
+    elif inet_ntop(AF_INET, &(<sockaddr_in*>&h.addr).sin_addr, out, <socklen_t>cap) == NULL:
+        return 0
+    return strlen(out)
+
+
 cdef size_t _host_text(Host* h, char* out, size_t cap) noexcept nogil:
-    """The upstream host as "ip:port" ("[ip6]:port"): auto_host_rewrite's Host value."""
+    """The upstream host as "ip:port" ("[ip6]:port")."""
     cdef char ip[48]
     cdef int k
     if h.addr.ss_family == AF_INET6:
@@ -1354,6 +1377,7 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
     cdef H1Str target = _s(s.head.buf + s.head.target_off, s.head.target_len)
     cdef H1Str method = _s(s.head.buf + s.head.method_off, s.head.method_len)
     cdef H1Str orig_target
+    cdef H1Str orig_host = _s(NULL, 0)     # the Host a host rewrite replaced
     cdef uint8_t chunked = 0
     memset(&l, 0, sizeof(PairList))
     try:
@@ -1397,12 +1421,12 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
                 _pl_add(&l, _cs("upgrade"), _s(v, n))
                 _pl_add(&l, _cs("connection"), _cs("upgrade"))
         if e.host_rewrite_literal.p != NULL:
-            _pl_remove(&l, "host", 4)
+            orig_host = _pl_take(&l, "host", 4)
             _pl_add(&l, _cs("host"), _s(e.host_rewrite_literal.p, e.host_rewrite_literal.n))
         elif e.auto_host_rewrite:
-            k = _host_text(&s.up.hosts.hosts[s.up.host_index], hostbuf, sizeof(hostbuf))
+            k = _host_ip_text(&s.up.hosts.hosts[s.up.host_index], hostbuf, sizeof(hostbuf))
             if k:
-                _pl_remove(&l, "host", 4)
+                orig_host = _pl_take(&l, "host", 4)
                 _pl_add(&l, _cs("host"), _s(hostbuf, k))
         # Envoy's x-envoy-* rules (http_stream.pxi): the connection manager's pass already
         # ran on a filtered stream's map; the router's runs on every filtered stream, since a
@@ -1442,6 +1466,8 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
             _pl_add(&l, _cs("x-envoy-expected-rq-timeout-ms"), _s(tobuf, k))
         if s.rewritten_path != NULL:            # the router's finalizePathHeader
             _pl_add(&l, _cs("x-envoy-original-path"), orig_target)
+        if orig_host.p != NULL:                 # Envoy's router keeps the Host it replaced
+            _pl_add(&l, _cs("x-envoy-original-host"), orig_host)
         if _pl_apply_ops(&l, &e.request_headers) < 0:
             return -1
         if _append_head(&s.up.out_buf, &l, True, method, target, 0, _s(NULL, 0)) < 0:
