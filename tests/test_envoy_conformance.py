@@ -695,6 +695,13 @@ CASES = {
     "dom-absolute-port": (R, req(target="http://a.suffix.example:8080/x?q=1", host="other.example")),
     "dom-absolute-proxied": (R, req(target="http://proxied.example/abs?q=1", host="other.example")),
     "dom-absolute-https": (R, req(target="https://proxied.example/abs", host="other.example")),
+    "dom-http10-host": (R, req(host="exact.example", version="HTTP/1.0")),
+    "dom-http10-keepalive": (R, req(target="/up", host="h.example", version="HTTP/1.0",
+                                    extra=b"Connection: keep-alive\r\n")),
+    "dom-http10-keepalive-direct": (R, req(target="/d/ok", host="h.example", version="HTTP/1.0",
+                                           extra=b"Connection: keep-alive\r\n")),
+    "dom-http10-upstream-http10": (R, req(target="/up", host="h.example", version="HTTP/1.0",
+                                          extra=b"Connection: keep-alive\r\nx-up: http10\r\n")),
     "dom-noroute-vh": (R, req(target="/x", host="noroute.example")),
     # ---- route match
     "m-path": (R, req("/m/exact")),
@@ -757,8 +764,11 @@ CASES = {
     "d-302": (R, req("/d/302")),
     "d-head": (R, req("/d/ok", method="HEAD")),
     "d-post": (R, req("/d/ok", method="POST", body=b"hello")),
+    "d-http10": (R, req("/d/ok", version="HTTP/1.0")),
     "d-head-302": (R, req("/d/302", method="HEAD")),
     "d-head-dead": (R, req("/dead", method="HEAD")),
+    "d-http10-404": (R, req("/x", host="noroute.example", version="HTTP/1.0")),
+    "d-http10-redirect": (R, req("/redir/path", version="HTTP/1.0", extra=b"Connection: keep-alive\r\n")),
     # ---- redirects
     "r-https": (R, req("/redir/https/x?q=1")),
     "r-https-hostport": (R, req("/redir/https", host="h.example:8080")),
@@ -809,7 +819,14 @@ CASES = {
     "a-upstream-close": (R, req("/up", extra=b"x-up: close\r\n")),
     "a-http10-response": (R, req("/up", extra=b"x-up: http10\r\n")),
     "a-conn-close": (R, req("/up", extra=b"Connection: close\r\n")),
+    "a-http10": (R, req("/up", version="HTTP/1.0")),
+    "a-http10-chunked-response": (R, req("/up", version="HTTP/1.0", extra=b"x-up: chunked\r\n")),
+    "a-http10-keepalive-chunked": (R, req("/up", version="HTTP/1.0",
+                                          extra=b"Connection: keep-alive\r\nx-up: chunked\r\n")),
     "a-upstream-drop": (R, req("/up", extra=b"x-up: drop\r\n")),
+    "a-conn-close-redirect": (R, req("/redir/path", extra=b"Connection: close\r\n")),
+    "a-conn-close-direct": (R, req("/d/ok", extra=b"Connection: close\r\n")),
+    "a-conn-close-404": (R, req("/nothing", host="noroute.example", extra=b"Connection: close\r\n")),
     "a-hop-by-hop": (R, req("/up", extra=b"Connection: x-hop, keep-alive\r\nx-hop: 1\r\nKeep-Alive: 5\r\n"
                                          b"Proxy-Connection: keep-alive\r\nTE: trailers\r\n"
                                          b"Transfer-Encoding: chunked\r\n"[:0] + b"Upgrade-Insecure-Requests: 1\r\n")),
@@ -833,6 +850,7 @@ CASES = {
     "mut-redirect": (M, req("/redirect")),
     "mut-local-503": (M, req("/dead")),
     "mut-404": (M, req("/x", host="h.example", method="GET")),
+    "mut-http10-426": (M, req("/x", version="HTTP/1.0")),
 }
 
 # XFF & friends, through the four forwarding configs
@@ -849,6 +867,7 @@ CASES.update({
     "l-431": ("limits", req("/", extra=b"x-big: " + b"a" * 3000 + b"\r\n")),
     "l-413": ("limits", req("/buf", method="POST", body=b"b" * 200)),
     "l-400-badheader": ("limits", req("/", extra=b"bad header: x\r\n")),
+    "l-http10-default-host": ("limits", req("/", host=None, version="HTTP/1.0")),
     "l-505": ("limits", req("/", version="HTTP/2.0")),
     "l-ok": ("limits", req("/")),
 })

@@ -444,7 +444,7 @@ def test_http10_accepted_keep_alive_rules_and_default_host(upstream):
                     accept_http_10=True) as p:
         n = len(upstream.requests)
         out = exchange(p.listener_address("http"), b"GET /ten HTTP/1.0\r\n\r\n")
-        assert out.startswith(b"HTTP/1.1 400 ")         # no Host and no default: Envoy's 400
+        assert out.startswith(b"HTTP/1.0 400 ")         # no Host and no default: Envoy's 400
         assert len(upstream.requests) == n
 
 

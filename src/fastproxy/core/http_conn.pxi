@@ -748,14 +748,16 @@ cdef const char* _head_field(H1Head* h, const char* lower, size_t* n) noexcept n
 
 
 cdef int _append_head(Chain* out, PairList* l, bint request, H1Str method, H1Str target,
-                      int status, H1Str reason) noexcept nogil:
-    """Serialize a head straight into a fresh slice at the end of `out`."""
+                      int status, H1Str reason, int minor=1) noexcept nogil:
+    """Serialize a head straight into a fresh slice at the end of `out`. `minor`: the
+    response's HTTP/1.x version, the request's own (Envoy answers an HTTP/1.0 request with
+    an HTTP/1.0 status line); requests upstream are always HTTP/1.1."""
     cdef ssize_t n
     cdef Slice* s
     if request:
         n = h1_request_head_size(method, target, 1, l.v, l.n)
     else:
-        n = h1_response_head_size(status, reason, 1, l.v, l.n)
+        n = h1_response_head_size(status, reason, minor, l.v, l.n)
     if n < 0:
         return -1
     s = slice_new(<size_t>n)
@@ -764,7 +766,7 @@ cdef int _append_head(Chain* out, PairList* l, bint request, H1Str method, H1Str
     if request:
         h1_write_request_head(s.data, method, target, 1, l.v, l.n)
     else:
-        h1_write_response_head(s.data, status, reason, 1, l.v, l.n)
+        h1_write_response_head(s.data, status, reason, minor, l.v, l.n)
     s.fill = <size_t>n
     return chain_append_slice(out, s, 0, <size_t>n)
 
@@ -840,10 +842,14 @@ cdef void hconn_local_reply_ex(HConn* c, int status, const char* body, size_t bo
                                const char* location, size_t location_len, bint close_conn,
                                const HMap* extra) noexcept nogil:
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    cdef HStream* st = c.stream
     cdef PairList l
     cdef char clen[24]
     cdef char date[32]
     cdef int k
+    # The client's HTTP/1.x version, as Envoy answers; but the 426 that refuses HTTP/1.0
+    # comes from Envoy's codec, which never took the request as HTTP/1.0: HTTP/1.1.
+    cdef int minor = st.minor if st != NULL and status != 426 else 1
     memset(&l, 0, sizeof(PairList))
     k = snprintf(clen, sizeof(clen), "%zu", body_len)
     _pl_add(&l, _cs("content-length"), _s(clen, <size_t>k))
@@ -862,7 +868,18 @@ cdef void hconn_local_reply_ex(HConn* c, int status, const char* body, size_t bo
     if close_conn:
         _pl_add(&l, _cs("connection"), _cs("close"))
         c.close_after = 1
-    _append_head(&c.out_buf, &l, False, _s(NULL, 0), _s(NULL, 0), status, _cs(_status_reason(status)))
+    elif st != NULL and (not st.keepalive or c.req.state != H1_MESSAGE_DONE
+                         or (minor == 0 and body_len == 0 and status != 204)):
+        # The connection ends after this reply (stream_finish): the client asked for it,
+        # or its request is HTTP/1.0 without keep-alive, or its body was not read. Envoy
+        # says so in the reply. Envoy 1.40 also ends an HTTP/1.0 keep-alive connection
+        # after an empty local reply (a redirect), so the proxy does too.
+        st.keepalive = 0
+        _pl_add(&l, _cs("connection"), _cs("close"))
+    elif minor == 0:
+        _pl_add(&l, _cs("connection"), _cs("keep-alive"))
+    _append_head(&c.out_buf, &l, False, _s(NULL, 0), _s(NULL, 0), status, _cs(_status_reason(status)),
+                 minor)
     free(l.v)
     if body_len and (c.stream == NULL or c.stream.method != H1M_HEAD):
         chain_append(&c.out_buf, body, body_len)
@@ -1524,10 +1541,12 @@ cdef int _downstream_response_head(HStream* s, int framing, uint64_t length) noe
             v = _head_field(rh, "content-length", &n)
             if p.framing == H1_BODY_LENGTH or (v != NULL and (s.method == H1M_HEAD or rh.status == 304)):
                 _pl_add(&l, _cs("content-length"), _s(v, n))
-            elif p.framing == H1_BODY_CHUNKED or (p.framing == H1_BODY_EOF and s.minor == 1):
+            elif s.minor == 1 and (p.framing == H1_BODY_CHUNKED or p.framing == H1_BODY_EOF):
                 _pl_add(&l, _cs("transfer-encoding"), _cs("chunked"))
                 s.resp_chunked = 1
-            elif p.framing == H1_BODY_EOF:
+            elif p.framing == H1_BODY_CHUNKED or p.framing == H1_BODY_EOF:
+                # An HTTP/1.0 client knows no chunked coding: the body goes as it is and the
+                # close ends it (Envoy 1.40 does the same, even to a keep-alive request).
                 s.keepalive = 0
         else:
             if framing == UF_CHUNKED and s.minor == 0:
@@ -1542,7 +1561,7 @@ cdef int _downstream_response_head(HStream* s, int framing, uint64_t length) noe
             _pl_add(&l, _cs("connection"), _cs("close"))
         elif s.minor == 0:
             _pl_add(&l, _cs("connection"), _cs("keep-alive"))
-        if _append_head(&c.out_buf, &l, False, _s(NULL, 0), _s(NULL, 0), status, reason) < 0:
+        if _append_head(&c.out_buf, &l, False, _s(NULL, 0), _s(NULL, 0), status, reason, s.minor) < 0:
             return -1
         return 0
     finally:
@@ -1584,7 +1603,7 @@ cdef int _local_response_head(HStream* s, int framing, uint64_t length) noexcept
         elif s.minor == 0:
             _pl_add(&l, _cs("connection"), _cs("keep-alive"))
         if _append_head(&c.out_buf, &l, False, _s(NULL, 0), _s(NULL, 0), status,
-                        _cs(_status_reason(status))) < 0:
+                        _cs(_status_reason(status)), s.minor) < 0:
             return -1
         s.status = status
         _count_downstream(c, status)
@@ -1816,8 +1835,12 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
             if p.framing == H1_BODY_LENGTH or (p.framing == H1_BODY_EOF and not s.resp_chunked):
                 chain_move_bytes(&c.out_buf, &u.in_buf, <size_t>n)    # off == 0, seg == n
                 continue
-            if _append_chunk(&c.out_buf, r.s.data + r.off + off, seg) < 0:
-                hconn_close(c, True)
+            if s.resp_chunked:
+                if _append_chunk(&c.out_buf, r.s.data + r.off + off, seg) < 0:
+                    hconn_close(c, True)
+                    return -1
+            elif chain_append(&c.out_buf, r.s.data + r.off + off, seg) < 0:
+                hconn_close(c, True)            # chunked to an HTTP/1.0 client: data only
                 return -1
         chain_drain(&u.in_buf, <size_t>n)
     if u.eof and p.state == H1_HEAD:
