@@ -851,8 +851,15 @@ cdef void hconn_local_reply_ex(HConn* c, int status, const char* body, size_t bo
     # comes from Envoy's codec, which never took the request as HTTP/1.0: HTTP/1.1.
     cdef int minor = st.minor if st != NULL and status != 426 else 1
     memset(&l, 0, sizeof(PairList))
-    k = snprintf(clen, sizeof(clen), "%zu", body_len)
-    _pl_add(&l, _cs("content-length"), _s(clen, <size_t>k))
+    if status == 204:
+        pass                            # a 204 has no body and no Content-Length (Envoy)
+    elif st != NULL and st.method == H1M_HEAD and body_len == 0:
+        # Envoy's codec frames a HEAD answer without Content-Length as chunked (no body
+        # follows either way); checked against Envoy 1.40 on redirects and empty replies.
+        _pl_add(&l, _cs("transfer-encoding"), _cs("chunked"))
+    else:
+        k = snprintf(clen, sizeof(clen), "%zu", body_len)
+        _pl_add(&l, _cs("content-length"), _s(clen, <size_t>k))
     _pl_add(&l, _cs("date"), _s(date, _http_date(date)))     # the proxy answers as an origin
     if extra != NULL:
         hm_to_pairs(extra, &l, True)
