@@ -695,6 +695,8 @@ CASES = {
     "dom-absolute-port": (R, req(target="http://a.suffix.example:8080/x?q=1", host="other.example")),
     "dom-absolute-proxied": (R, req(target="http://proxied.example/abs?q=1", host="other.example")),
     "dom-absolute-https": (R, req(target="https://proxied.example/abs", host="other.example")),
+    "dom-http10-nohost": (R, req(host=None, version="HTTP/1.0")),
+    "dom-http10-nohost-proxied": (R, req(target="/up", host=None, version="HTTP/1.0")),
     "dom-http10-host": (R, req(host="exact.example", version="HTTP/1.0")),
     "dom-http10-keepalive": (R, req(target="/up", host="h.example", version="HTTP/1.0",
                                     extra=b"Connection: keep-alive\r\n")),
@@ -871,6 +873,7 @@ CASES.update({
     # ---- local replies
     "l-431": ("limits", req("/", extra=b"x-big: " + b"a" * 3000 + b"\r\n")),
     "l-413": ("limits", req("/buf", method="POST", body=b"b" * 200)),
+    "l-400-nohost": ("limits", req("/", host=None)),
     "l-400-badheader": ("limits", req("/", extra=b"bad header: x\r\n")),
     "l-http10-default-host": ("limits", req("/", host=None, version="HTTP/1.0")),
     "l-505": ("limits", req("/", version="HTTP/2.0")),

@@ -445,6 +445,7 @@ def test_http10_accepted_keep_alive_rules_and_default_host(upstream):
         n = len(upstream.requests)
         out = exchange(p.listener_address("http"), b"GET /ten HTTP/1.0\r\n\r\n")
         assert out.startswith(b"HTTP/1.0 400 ")         # no Host and no default: Envoy's 400
+        assert out.endswith(b"\r\n\r\n")                 # ... with an empty body
         assert len(upstream.requests) == n
 
 

@@ -2066,7 +2066,8 @@ cdef int _request_target_normalize(HStream* s, HttpCfg* h) noexcept nogil:
       upstream as its path ("/p"), and its authority replaces the Host field's value, as
       RFC 9112 3.2.2 and Envoy do. Only http and https; an empty path becomes "/".
     * HTTP/1.0 without Host: default_host_for_http_10 if configured, else refused (Envoy).
-    Returns -1 for a request to refuse with 400."""
+    Returns -1 for a request to refuse with 400, -2 for an HTTP/1.0 request without Host
+    nor default_host_for_http_10 (400 too, with Envoy's empty body)."""
     cdef H1Head* hd = &s.head
     cdef char* t = hd.buf + hd.target_off
     cdef size_t n = hd.target_len
@@ -2107,7 +2108,7 @@ cdef int _request_target_normalize(HStream* s, HttpCfg* h) noexcept nogil:
         return 0
     if host < 0 and s.minor == 0:
         if h.default_host_10 == NULL:
-            return -1
+            return -2                   # no Host and no default_host_for_http_10
         if h1_head_add_field(hd, "host", 4, h.default_host_10, h.default_host_10_len) < 0:
             return -1
     return 0
@@ -2125,6 +2126,7 @@ cdef void stream_start(HConn* c) noexcept nogil:
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
     cdef const char* v
     cdef size_t un = 0
+    cdef int k
     cdef HStream* s = <HStream*>calloc(1, sizeof(HStream))
     if s == NULL:
         hconn_close(c, True)
@@ -2168,8 +2170,10 @@ cdef void stream_start(HConn* c) noexcept nogil:
         # re-framed; like Envoy, the proxy does not take such bodies.
         _stream_refuse(s, 501, "unsupported transfer coding")
         return
-    if _request_target_normalize(s, h) < 0:
-        _stream_refuse(s, 400, "invalid request target or host")
+    k = _request_target_normalize(s, h)
+    if k < 0:
+        # Envoy's 400 for a missing Host has an empty body.
+        _stream_refuse(s, 400, "" if k == -2 else "invalid request target or host")
         return
     if not _connection_nominations_ok(&s.head, (c.req.flags & H1F_UPGRADE) != 0):
         _stream_refuse(s, 400, "Bad Request")
@@ -2772,8 +2776,11 @@ cdef void hconn_unparsed_request(HConn* c, int status, uint32_t flags) noexcept 
     stat_add(h.stats, c.w, H_RQ_RX_RESET, 1)
     if status:
         c.stream = &s                   # the reply's status and bytes go to this stream
-        hconn_local_reply(c, status, _status_reason(status), strlen(_status_reason(status)),
-                          NULL, 0, True)
+        if c.req.err == H1E_MISSING_HOST:
+            hconn_local_reply(c, status, "", 0, NULL, 0, True)     # Envoy: an empty body
+        else:
+            hconn_local_reply(c, status, _status_reason(status), strlen(_status_reason(status)),
+                              NULL, 0, True)
         c.stream = NULL
     stream_log(&s)
     c.req_start_ms = 0
