@@ -45,6 +45,7 @@ pytestmark = pytest.mark.skipif(ENVOY is None, reason="envoy binary not on PATH 
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 BUFFER = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer"
+HEADER_MUTATION = "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
 
 
 # --------------------------------------------------------------------------- upstream
@@ -446,6 +447,15 @@ def build_configs(up, up2, dead):
     return {
         "routing": bootstrap(hcm_yaml(routing_yaml(), http10), cl),
         "mutations": bootstrap(hcm_yaml(mutations_route_config()), cl),
+        # the routing config behind an encoder filter: local replies and proxied responses
+        # then take the filter chain's path through the connection manager
+        "filtered": bootstrap(hcm_yaml(
+            routing_yaml(), http10,
+            f"          - name: envoy.filters.http.header_mutation\n"
+            f"            typed_config:\n"
+            f"              '@type': {HEADER_MUTATION}\n"
+            f"              mutations:\n"
+            f"                response_mutations: [{{append: {{header: {{key: x-filtered, value: '1'}}}}}}]\n"), cl),
         "remote": bootstrap(hcm_yaml(mutations_route_config(), "          use_remote_address: true\n"), cl),
         "trusted": bootstrap(hcm_yaml(mutations_route_config(), "          xff_num_trusted_hops: 1\n"), cl),
         "remote_trusted": bootstrap(hcm_yaml(mutations_route_config(),
@@ -860,6 +870,17 @@ CASES = {
     "mut-http10-426": (M, req("/x", version="HTTP/1.0")),
 }
 
+# The same exchanges through an encoder filter (the filtered paths of the connection manager)
+for name in ("d-ok", "d-404", "d-empty-503", "d-204", "d-head", "d-head-404", "d-head-empty", "d-head-204",
+             "d-http10", "d-http10-404", "d-http10-redirect", "dom-http10-keepalive-direct", "dom-http10-nohost",
+             "r-path", "r-head", "a-plain", "a-head", "a-dead", "a-timeout", "a-http10", "a-http10-chunked-response",
+             "a-http10-keepalive-chunked", "a-conn-close", "a-conn-close-direct", "a-conn-close-404",
+             "a-chunked-response", "a-204-response", "a-hostlit", "a-autohost", "dom-http10-keepalive",
+             "a-upstream-drop", "dom-noroute-vh"):
+    CASES["f-" + name] = ("filtered", CASES[name][1])
+CASES["f-l-400-nohost"] = ("filtered", req("/", host=None))
+CASES["f-l-400-badheader"] = ("filtered", req("/", extra=b"bad header: x\r\n"))
+
 # XFF & friends, through the four forwarding configs
 for cfg in ("mutations", "remote", "trusted", "remote_trusted"):
     CASES[f"xff-{cfg}-none"] = (cfg, req("/plain"))
@@ -883,6 +904,8 @@ CASES.update({
 # Cases that differ on purpose: id -> the row of docs/http1-policy.md that explains it.
 DELIBERATE = {
     "l-505": "H1-VERSION: HTTP/2.0 on an HTTP/1 request line is 505 (Envoy serves it as HTTP/1.0)",
+    "f-l-400-nohost": "PX-CODEC-ERROR-FILTERS: the codec's 400 does not pass the encoder filters",
+    "f-l-400-badheader": "PX-CODEC-ERROR-FILTERS: the codec's 400 does not pass the encoder filters",
 }
 
 

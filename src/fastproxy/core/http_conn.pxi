@@ -1588,6 +1588,7 @@ cdef int _local_response_head(HStream* s, int framing, uint64_t length) noexcept
     cdef char lenbuf[24]
     cdef uint8_t chunked = 0
     cdef int status
+    cdef H1Str clv
     memset(&l, 0, sizeof(PairList))
     try:
         v = hm_get(&fc.resp, ":status", 7, &n)
@@ -1601,8 +1602,21 @@ cdef int _local_response_head(HStream* s, int framing, uint64_t length) noexcept
         if framing != UF_PARSER and _framing_fields(s, &l, &fc.resp, framing, length, lenbuf,
                                                     sizeof(lenbuf), &chunked, &fc.enc) < 0:
             return -1
+        # Envoy's framing of local replies, as on the unfiltered path (hconn_local_reply_ex):
+        # a 204 has no Content-Length; an empty reply to HEAD is announced chunked.
+        if status == 204:
+            _pl_remove(&l, "content-length", 14)
+            _pl_remove(&l, "transfer-encoding", 17)
+        elif framing == UF_PARSER:
+            clv = _pl_take(&l, "content-length", 14)
+            if clv.p == NULL or (clv.n == 1 and clv.p[0] == b'0'):
+                _pl_add(&l, _cs("transfer-encoding"), _cs("chunked"))
+            else:
+                _pl_add(&l, _cs("content-length"), clv)
         if fc.local_close or c.req.state != H1_MESSAGE_DONE:
             s.keepalive = 0             # the rest of the request was never read
+        elif s.minor == 0 and framing == UF_LENGTH and length == 0 and status != 204:
+            s.keepalive = 0             # Envoy ends HTTP/1.0 keep-alive after an empty reply
         if _pl_set_server(&l, h) < 0:
             return -1
         if not s.keepalive:
@@ -2171,9 +2185,8 @@ cdef void stream_start(HConn* c) noexcept nogil:
         _stream_refuse(s, 501, "unsupported transfer coding")
         return
     k = _request_target_normalize(s, h)
-    if k < 0:
-        # Envoy's 400 for a missing Host has an empty body.
-        _stream_refuse(s, 400, "" if k == -2 else "invalid request target or host")
+    if k == -1:
+        _stream_refuse(s, 400, "invalid request target or host")
         return
     if not _connection_nominations_ok(&s.head, (c.req.flags & H1F_UPGRADE) != 0):
         _stream_refuse(s, 400, "Bad Request")
@@ -2182,6 +2195,11 @@ cdef void stream_start(HConn* c) noexcept nogil:
     # own answers below go through its encoder filters.
     if h.nfilters and hf_stream_create(s) < 0:
         hconn_close(c, True)
+        return
+    if k == -2:
+        # HTTP/1.0 without Host nor default_host_for_http_10: Envoy's connection manager
+        # refuses it after creating the filter chain, with an empty body.
+        _stream_refuse(s, 400, "")
         return
     if c.req.flags & H1F_CONNECT:
         s.keepalive = 0
