@@ -156,13 +156,13 @@ def parse_fields(lines):
 
 # --------------------------------------------------------------------------- configs
 
-def hcm_yaml(route_config: str, extra: str = "", filters: str = "") -> str:
+def hcm_yaml(route_config: str, extra: str = "", filters: str = "", router: str = "") -> str:
     return f"""\
           "@type": {HCM}
           stat_prefix: conf
 {extra}          http_filters:
 {filters}          - name: envoy.filters.http.router
-            typed_config: {{"@type": {ROUTER}}}
+            typed_config: {{"@type": {ROUTER}{router}}}
           route_config:
 {route_config}"""
 
@@ -447,6 +447,7 @@ def build_configs(up, up2, dead):
     return {
         "routing": bootstrap(hcm_yaml(routing_yaml(), http10), cl),
         "mutations": bootstrap(hcm_yaml(mutations_route_config()), cl),
+        "suppress": bootstrap(hcm_yaml(routing_yaml(), http10, router=", suppress_envoy_headers: true"), cl),
         # the routing config behind an encoder filter: local replies and proxied responses
         # then take the filter chain's path through the connection manager
         "filtered": bootstrap(hcm_yaml(
@@ -878,6 +879,9 @@ for name in ("d-ok", "d-404", "d-empty-503", "d-204", "d-head", "d-head-404", "d
              "a-chunked-response", "a-204-response", "a-hostlit", "a-autohost", "dom-http10-keepalive",
              "a-upstream-drop", "dom-noroute-vh"):
     CASES["f-" + name] = ("filtered", CASES[name][1])
+for name in ("a-plain", "a-prefix-rewrite", "a-regex", "a-hostlit", "a-autohost", "a-timeout", "a-dead",
+             "a-envoy-headers-in", "a-request-id-in", "a-xff-in", "d-ok", "r-path", "a-notimeout"):
+    CASES["s-" + name] = ("suppress", CASES[name][1])
 CASES["f-l-400-nohost"] = ("filtered", req("/", host=None))
 CASES["f-l-400-badheader"] = ("filtered", req("/", extra=b"bad header: x\r\n"))
 

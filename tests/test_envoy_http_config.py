@@ -223,7 +223,8 @@ def test_sample_http_headers():
         response_headers_to_add=[HeaderValueOption("strict-transport-security", "max-age=31536000",
                                                    "OVERWRITE_IF_EXISTS_OR_ADD")],
         response_headers_to_remove=["server", "x-powered-by"]))
-    assert listener.http == HttpConnectionManager(stat_prefix="api", route_config=table)
+    assert listener.http == HttpConnectionManager(stat_prefix="api", route_config=table,
+                                                  suppress_envoy_headers=True)
 
 
 def test_sample_http_manager():

@@ -217,6 +217,9 @@ class HttpConnectionManager:
     xff_num_trusted_hops: int = 0
     internal_address_config: Optional[InternalAddressConfig] = None     # None: nothing is internal
     generate_request_id: bool = True
+    # The router filter's suppress_envoy_headers: no x-envoy-expected-rq-timeout-ms,
+    # x-envoy-original-path, x-envoy-original-host nor x-envoy-upstream-service-time.
+    suppress_envoy_headers: bool = False
     request_headers_timeout: Optional[float] = None         # Envoy default 0s: off
     stream_idle_timeout: Optional[float] = 300.0            # 5 min
     request_timeout: Optional[float] = None
@@ -442,6 +445,7 @@ def validate_http(hcm: "HttpConnectionManager", path: str, cluster_names) -> Non
         for cidr, cp in each(iac.cidr_ranges, iap + ".cidr_ranges"):
             parse_cidr(string(cidr, cp, non_empty=True), cp)
     boolean(hcm.generate_request_id, path + ".generate_request_id")
+    boolean(hcm.suppress_envoy_headers, path + ".suppress_envoy_headers")
     for name in ("request_headers_timeout", "stream_idle_timeout", "request_timeout", "idle_timeout"):
         seconds(getattr(hcm, name), f"{path}.{name}")
     seconds(hcm.drain_timeout, path + ".drain_timeout", optional=False)

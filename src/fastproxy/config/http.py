@@ -29,8 +29,9 @@ Choices where Envoy and fastproxy differ, or where Envoy leaves room:
   case_sensitive is ignored by Envoy for a safe_regex path match, so the model gets True.
 * redirect.port_redirect must be a port (<= 65535), path_redirect must start with '/',
   scheme_redirect must be a URI scheme.
-* Router.suppress_envoy_headers is type-checked but has no model field: fastproxy's router
-  adds no x-envoy-* headers, i.e. it behaves as if it were true whatever the config says.
+* Router.suppress_envoy_headers (HttpConnectionManager.suppress_envoy_headers in the
+  model): the x-envoy-* headers the router adds (expected-rq-timeout-ms, original-path,
+  original-host on requests, upstream-service-time on responses) are left out.
 * http_protocol_options: accept_http_10 (HTTP/1.0 requests get 426 without it, as in Envoy)
   and default_host_for_http_10 (the Host of an HTTP/1.0 request that has none).
 * Access log formats are compiled at load time (fastproxy/access_log.py): an operator
@@ -245,7 +246,8 @@ def http_connection_manager(config: Mapping, path: str) -> Tuple[mh.HttpConnecti
         raise ConfigError(hcm.at("route_config"), "required field is missing (fastproxy needs the route "
                                                   "table inline)")
     route_config = _route_config(rc, refs)
-    http_filters = _http_filters(hcm)
+    router = [None]
+    http_filters = _http_filters(hcm, router)
     _per_filter_configs(route_config, http_filters)
 
     server_name = hcm.string("server_name", default="")
@@ -286,6 +288,7 @@ def http_connection_manager(config: Mapping, path: str) -> Tuple[mh.HttpConnecti
         xff_num_trusted_hops=hcm.uint32("xff_num_trusted_hops", default=0),
         internal_address_config=_internal_address_config(hcm),
         generate_request_id=_bool(hcm, "generate_request_id", default=True),
+        suppress_envoy_headers=bool(router[0] and router[0].suppress_envoy_headers),
         request_headers_timeout=_timeout(hcm, "request_headers_timeout", None),
         stream_idle_timeout=_timeout(hcm, "stream_idle_timeout", DEFAULT_STREAM_IDLE_TIMEOUT),
         request_timeout=_timeout(hcm, "request_timeout", None),
@@ -331,10 +334,14 @@ class HttpFilterKind:
     per_route_types: tuple = ()                             # accepted per-route @type URLs
 
 
-def _router(config: Message) -> None:
-    # Only suppress_envoy_headers is accepted; it has no model field yet (fastproxy's
-    # router does not add x-envoy-* headers).
-    _bool(config, "suppress_envoy_headers")
+@dataclass
+class _RouterConfig:
+    suppress_envoy_headers: bool
+
+
+def _router(config: Message) -> _RouterConfig:
+    # Only suppress_envoy_headers is accepted (the model keeps it on the connection manager).
+    return _RouterConfig(_bool(config, "suppress_envoy_headers"))
 
 
 HTTP_FILTERS = {
@@ -378,8 +385,11 @@ for _t in _TYPED_STRUCTS:
 FILTER_CONFIG_TYPE = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
 
 
-def _http_filters(hcm: Message) -> list:
-    """Reads http_filters; returns the (non-terminal) filters for the model, in order."""
+def _http_filters(hcm: Message, router: Optional[list] = None) -> list:
+    """Reads http_filters; returns the (non-terminal) filters for the model, in order.
+    ``router[0]`` gets the router's _RouterConfig."""
+    if router is None:
+        router = [None]
     entries = list(hcm.repeated("http_filters"))
     if not entries:
         raise ConfigError(hcm.at("http_filters"), "the HTTP filter chain must end with envoy.filters.http.router "
@@ -408,6 +418,8 @@ def _http_filters(hcm: Message) -> list:
             raise ConfigError(tpath + ".@type", "the last HTTP filter must be envoy.filters.http.router "
                                                 f"({ROUTER_TYPE}), got {type_url!r}")
         result = kind.parse(Message(value, tpath, kind.fields, ignore=("@type",)))
+        if isinstance(result, _RouterConfig):
+            router[0] = result
         if not kind.terminal:
             result.name = name
             if getattr(result, "_kind", None) is None:      # a TypedStruct kind sets its own

@@ -63,6 +63,8 @@ cdef struct HttpCfg:
     uint64_t max_request_bytes      # 0: unlimited
     uint8_t use_remote_address
     uint8_t generate_request_id
+    uint8_t suppress_envoy_headers  # the router's: no x-envoy-expected-rq-timeout-ms,
+                                    # -original-path, -original-host, -upstream-service-time
     uint32_t xff_num_trusted_hops
     uint8_t internal_mode           # IA_*: which client addresses are internal (http_stream.pxi)
     int ninternal
@@ -1485,13 +1487,13 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
         elif h.generate_request_id and not _pl_has(&l, "x-request-id", 12):
             stream_new_request_id(s)
             _pl_add(&l, _cs("x-request-id"), _s(s.request_id, 36))
-        if s.expected_timeout_ms:
+        if s.expected_timeout_ms and not h.suppress_envoy_headers:
             k = _u64_text(s.expected_timeout_ms, tobuf)
             _pl_add(&l, _cs("x-envoy-expected-rq-timeout-ms"), _s(tobuf, k))
-        if s.rewritten_path != NULL:            # the router's finalizePathHeader
+        if s.rewritten_path != NULL and not h.suppress_envoy_headers:   # finalizePathHeader
             _pl_add(&l, _cs("x-envoy-original-path"), orig_target)
-        if orig_host.p != NULL:                 # Envoy's router keeps the Host it replaced
-            _pl_add(&l, _cs("x-envoy-original-host"), orig_host)
+        if orig_host.p != NULL and not h.suppress_envoy_headers:
+            _pl_add(&l, _cs("x-envoy-original-host"), orig_host)    # the Host it replaced
         if _pl_apply_ops(&l, &e.request_headers) < 0:
             return -1
         if _append_head(&s.up.out_buf, &l, True, method, target, 0, _s(NULL, 0)) < 0:
@@ -1530,7 +1532,7 @@ cdef int _downstream_response_head(HStream* s, int framing, uint64_t length) noe
         else:
             if _pl_from_head(&l, rh) < 0:
                 return -1
-            if s.request_end_ms:
+            if s.request_end_ms and not h.suppress_envoy_headers:
                 # The router's x-envoy-upstream-service-time: from the end of the request to
                 # the response head (a filtered response got it in _response_to_filters).
                 s.service_time_ms = c.w.now - s.request_end_ms
@@ -1891,7 +1893,7 @@ cdef int _response_to_filters(HStream* s) noexcept nogil:
             or hm_from_head(&fc.resp, &p.head, True, False) < 0:
         hconn_close(s.c, True)
         return -1
-    if s.request_end_ms:
+    if s.request_end_ms and not (<HttpCfg*>s.c.cfg.http).suppress_envoy_headers:
         s.service_time_ms = s.c.w.now - s.request_end_ms
         s.service_time_set = 1
         n = _u64_text(s.service_time_ms, svc)
@@ -3055,6 +3057,7 @@ def make_http_cfg(hcm, StatBlockHandle stats, dict clusters, int nworkers):
     h.max_request_bytes = hcm.max_request_bytes or 0
     h.use_remote_address = hcm.use_remote_address
     h.generate_request_id = hcm.generate_request_id
+    h.suppress_envoy_headers = bool(getattr(hcm, "suppress_envoy_headers", False))
     h.xff_num_trusted_hops = hcm.xff_num_trusted_hops
     _compile_internal_addresses(h, getattr(hcm, "internal_address_config", None))
     h.local_ip_len = _envoy_local_address(h.local_ip, sizeof(h.local_ip))
