@@ -207,7 +207,7 @@ def test_sample_http_headers():
                     HeaderValueOption("x-route", "v1", "OVERWRITE_IF_EXISTS"),
                     HeaderValueOption("x-discount", "50%"),  # %% is a literal percent sign
                     # x-empty is dropped: an empty value adds nothing without keep_empty_value
-                    HeaderValueOption("x-kept-empty", "")],
+                    HeaderValueOption("x-kept-empty", "", keep_empty_value=True)],
                 request_headers_to_remove=["cookie"],
                 response_headers_to_add=[HeaderValueOption("cache-control", "no-store")],
                 response_headers_to_remove=["set-cookie"])),
@@ -223,7 +223,8 @@ def test_sample_http_headers():
         response_headers_to_add=[HeaderValueOption("strict-transport-security", "max-age=31536000",
                                                    "OVERWRITE_IF_EXISTS_OR_ADD")],
         response_headers_to_remove=["server", "x-powered-by"]))
-    assert listener.http == HttpConnectionManager(stat_prefix="api", route_config=table)
+    assert listener.http == HttpConnectionManager(stat_prefix="api", route_config=table,
+                                                  suppress_envoy_headers=True)
 
 
 def test_sample_http_manager():
@@ -547,8 +548,10 @@ BAD = [
      f"{M0}.headers[0].present_match", "only one of"),
     ([(f"{M0}.headers", [{"name": "x", "exact_match": "a", "prefix_match": "b"}])],
      f"{M0}.headers[0].prefix_match", "only one of"),
-    ([(f"{M0}.headers", [{"name": "x", "range_match": {"start": 1, "end": 2}}])],
-     f"{M0}.headers[0].range_match", "unsupported"),
+    ([(f"{M0}.headers", [{"name": "x", "range_match": {"start": 1, "end": 2}, "present_match": True}])],
+     f"{M0}.headers[0].range_match", "only one of"),
+    ([(f"{M0}.headers", [{"name": "x", "range_match": {"start": "1x"}}])],
+     f"{M0}.headers[0].range_match.start", "signed 64-bit integer"),
     ([(f"{M0}.headers", [{"name": "x", "string_match": {}}])], f"{M0}.headers[0].string_match",
      "one of exact, prefix, suffix, contains, safe_regex is required"),
     ([(f"{M0}.headers", [{"name": "x", "string_match": {"prefix": ""}}])],
@@ -619,8 +622,9 @@ BAD = [
      "not a valid host"),
     ([(f"{R0}.route", DELETE), (f"{R0}.redirect", {"path_redirect": "relative"})],
      f"{R0}.redirect.path_redirect", "must start with '/'"),
-    ([(f"{R0}.route", DELETE), (f"{R0}.redirect", {"regex_rewrite": {"pattern": {"regex": "a"}}})],
-     f"{R0}.redirect.regex_rewrite", "unsupported"),
+    ([(f"{R0}.route", DELETE), (f"{R0}.redirect", {"regex_rewrite": {"pattern": {"regex": "a"}},
+                                                    "prefix_rewrite": "/b"})],
+     f"{R0}.redirect.regex_rewrite", "only one of"),
     # direct responses
     ([(f"{R0}.route", DELETE), (f"{R0}.direct_response", {})], f"{R0}.direct_response.status", "required"),
     ([(f"{R0}.route", DELETE), (f"{R0}.direct_response", {"status": 99})], f"{R0}.direct_response.status",

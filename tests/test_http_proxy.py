@@ -444,7 +444,8 @@ def test_http10_accepted_keep_alive_rules_and_default_host(upstream):
                     accept_http_10=True) as p:
         n = len(upstream.requests)
         out = exchange(p.listener_address("http"), b"GET /ten HTTP/1.0\r\n\r\n")
-        assert out.startswith(b"HTTP/1.1 400 ")         # no Host and no default: Envoy's 400
+        assert out.startswith(b"HTTP/1.0 400 ")         # no Host and no default: Envoy's 400
+        assert out.endswith(b"\r\n\r\n")                 # ... with an empty body
         assert len(upstream.requests) == n
 
 
@@ -657,10 +658,13 @@ def test_host_rewrites(proxy, upstream):
     conn = http.client.HTTPConnection(*proxy.listener_address("http"), timeout=5)
     conn.request("GET", "/autohost")
     conn.getresponse().read()
-    assert upstream.requests[-1][2]["host"] == [f"127.0.0.1:{upstream.port}"]
+    # Envoy 1.40: the endpoint's address without its port, and the Host it replaced
+    assert upstream.requests[-1][2]["host"] == ["127.0.0.1"]
+    assert upstream.requests[-1][2]["x-envoy-original-host"] == [f"{conn.host}:{conn.port}"]
     conn.request("GET", "/lithost")
     conn.getresponse().read()
     assert upstream.requests[-1][2]["host"] == ["lit.example"]
+    assert upstream.requests[-1][2]["x-envoy-original-host"] == [f"{conn.host}:{conn.port}"]
 
 
 def test_stop_closes_idle_keepalive_connections_at_once(upstream):

@@ -24,14 +24,24 @@ class StringMatch:
 
 
 @dataclass
+class Int64Range:
+    """type.v3.Int64Range: start inclusive, end exclusive."""
+
+    start: int
+    end: int
+
+
+@dataclass
 class HeaderMatcher:
-    """route.v3.HeaderMatcher. With no string_match and present_match None: the header must
-    be present (Envoy's behaviour for a bare name). Pseudo-headers (:method, :path,
+    """route.v3.HeaderMatcher. With no string_match, range_match and present_match None: the
+    header must be present (Envoy's behaviour for a bare name). range_match: the value is a
+    decimal integer (optional sign) in [start, end). Pseudo-headers (:method, :path,
     :authority, :scheme) can be matched too."""
 
     name: str
     string_match: Optional[StringMatch] = None
     present_match: Optional[bool] = None
+    range_match: Optional[Int64Range] = None
     invert_match: bool = False
     treat_missing_header_as_empty: bool = False
 
@@ -67,6 +77,7 @@ class HeaderValueOption:
     key: str
     value: str
     append_action: str = "APPEND_IF_EXISTS_OR_ADD"
+    keep_empty_value: bool = False          # else an empty value adds nothing (Envoy)
 
 
 @dataclass
@@ -114,6 +125,7 @@ class RedirectAction:
     port_redirect: Optional[int] = None
     path_redirect: Optional[str] = None
     prefix_rewrite: Optional[str] = None
+    regex_rewrite: Optional[RegexRewrite] = None            # the path (query kept)
     response_code: int = 301                                # MOVED_PERMANENTLY
     strip_query: bool = False
 
@@ -152,6 +164,9 @@ class RouteConfiguration:
     virtual_hosts: list = field(default_factory=list)       # [VirtualHost]
     headers: HeaderMutations = field(default_factory=HeaderMutations)
     typed_per_filter_config: dict = field(default_factory=dict)
+    # Envoy's default False: a Host's port takes part in picking the virtual host
+    # ("a.com" does not take "a.com:8080"); True cuts it off first.
+    ignore_port_in_host_matching: bool = False
 
 
 @dataclass
@@ -202,6 +217,9 @@ class HttpConnectionManager:
     xff_num_trusted_hops: int = 0
     internal_address_config: Optional[InternalAddressConfig] = None     # None: nothing is internal
     generate_request_id: bool = True
+    # The router filter's suppress_envoy_headers: no x-envoy-expected-rq-timeout-ms,
+    # x-envoy-original-path, x-envoy-original-host nor x-envoy-upstream-service-time.
+    suppress_envoy_headers: bool = False
     request_headers_timeout: Optional[float] = None         # Envoy default 0s: off
     stream_idle_timeout: Optional[float] = 300.0            # 5 min
     request_timeout: Optional[float] = None
@@ -292,6 +310,7 @@ def validate_http(hcm: "HttpConnectionManager", path: str, cluster_names) -> Non
                 check_modifiable(string(opt.key, op + ".key", non_empty=True), op + ".key", "modified")
                 check_header_name(opt.key, op + ".key")
                 check_header_value(string(opt.value, op + ".value"), op + ".value")
+                boolean(opt.keep_empty_value, op + ".keep_empty_value")
                 if opt.append_action not in ("APPEND_IF_EXISTS_OR_ADD", "ADD_IF_ABSENT",
                                              "OVERWRITE_IF_EXISTS_OR_ADD", "OVERWRITE_IF_EXISTS"):
                     fail(op + ".append_action", f"unknown append_action {opt.append_action!r}")
@@ -320,10 +339,14 @@ def validate_http(hcm: "HttpConnectionManager", path: str, cluster_names) -> Non
             fail(p + ".case_sensitive", "case_sensitive has no effect for safe_regex (Envoy ignores it)")
         for h, hp in each(m.headers, p + ".headers", HeaderMatcher):
             check_header_name(string(h.name, hp + ".name", non_empty=True), hp + ".name", pseudo=True)
+            if sum(x is not None for x in (h.string_match, h.present_match, h.range_match)) > 1:
+                fail(hp, "only one of string_match, range_match and present_match may be set")
             if h.string_match is not None:
-                if h.present_match is not None:
-                    fail(hp, "only one of string_match and present_match may be set")
                 string_match(h.string_match, hp + ".string_match")
+            if h.range_match is not None:
+                typed(h.range_match, Int64Range, hp + ".range_match")
+                integer(h.range_match.start, hp + ".range_match.start", -(1 << 63), (1 << 63) - 1)
+                integer(h.range_match.end, hp + ".range_match.end", -(1 << 63), (1 << 63) - 1)
             if h.present_match is not None:
                 boolean(h.present_match, hp + ".present_match")
             boolean(h.invert_match, hp + ".invert_match")
@@ -391,6 +414,14 @@ def validate_http(hcm: "HttpConnectionManager", path: str, cluster_names) -> Non
             if r.path_redirect is not None:
                 fail(p + ".prefix_rewrite", "only one of path_redirect and prefix_rewrite may be set")
             check_header_value(r.prefix_rewrite, p + ".prefix_rewrite")
+        if r.regex_rewrite is not None:
+            rp = p + ".regex_rewrite"
+            if r.path_redirect is not None or r.prefix_rewrite is not None:
+                fail(rp, "only one of path_redirect, prefix_rewrite and regex_rewrite may be set")
+            typed(r.regex_rewrite, RegexRewrite, rp)
+            string(r.regex_rewrite.substitution, rp + ".substitution")
+            rewrite_to_posix(r.regex_rewrite.pattern, r.regex_rewrite.substitution, rp + ".pattern",
+                             rp + ".substitution")
         if r.response_code not in (301, 302, 303, 307, 308) or isinstance(r.response_code, bool):
             fail(p + ".response_code", f"expected 301, 302, 303, 307 or 308, got {r.response_code!r}")
         boolean(r.strip_query, p + ".strip_query")
@@ -414,6 +445,7 @@ def validate_http(hcm: "HttpConnectionManager", path: str, cluster_names) -> Non
         for cidr, cp in each(iac.cidr_ranges, iap + ".cidr_ranges"):
             parse_cidr(string(cidr, cp, non_empty=True), cp)
     boolean(hcm.generate_request_id, path + ".generate_request_id")
+    boolean(hcm.suppress_envoy_headers, path + ".suppress_envoy_headers")
     for name in ("request_headers_timeout", "stream_idle_timeout", "request_timeout", "idle_timeout"):
         seconds(getattr(hcm, name), f"{path}.{name}")
     seconds(hcm.drain_timeout, path + ".drain_timeout", optional=False)
@@ -436,6 +468,7 @@ def validate_http(hcm: "HttpConnectionManager", path: str, cluster_names) -> Non
     rc = typed(hcm.route_config, RouteConfiguration, path + ".route_config")
     rcp = path + ".route_config"
     string(rc.name, rcp + ".name")
+    boolean(rc.ignore_port_in_host_matching, rcp + ".ignore_port_in_host_matching")
     mutations(rc.headers, rcp + ".headers")
     domains = {}  # lower-cased domain -> where it was first seen
     for vh, vp in each(rc.virtual_hosts, rcp + ".virtual_hosts", VirtualHost):

@@ -29,8 +29,9 @@ Choices where Envoy and fastproxy differ, or where Envoy leaves room:
   case_sensitive is ignored by Envoy for a safe_regex path match, so the model gets True.
 * redirect.port_redirect must be a port (<= 65535), path_redirect must start with '/',
   scheme_redirect must be a URI scheme.
-* Router.suppress_envoy_headers is type-checked but has no model field: fastproxy's router
-  adds no x-envoy-* headers, i.e. it behaves as if it were true whatever the config says.
+* Router.suppress_envoy_headers (HttpConnectionManager.suppress_envoy_headers in the
+  model): the x-envoy-* headers the router adds (expected-rq-timeout-ms, original-path,
+  original-host on requests, upstream-service-time on responses) are left out.
 * http_protocol_options: accept_http_10 (HTTP/1.0 requests get 426 without it, as in Envoy)
   and default_host_for_http_10 (the Host of an HTTP/1.0 request that has none).
 * Access log formats are compiled at load time (fastproxy/access_log.py): an operator
@@ -51,7 +52,9 @@ from typing import Any, Callable, List, Optional, Tuple
 from .. import model_http as mh
 from ..access_log import compile_format
 from ..errors import ConfigError
-from .proto import UINT32_MAX, Message, describe
+from .proto import UINT32_MAX, Message, describe, integer
+
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 from .regex import re2_to_posix, rewrite_to_posix
 
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -243,7 +246,8 @@ def http_connection_manager(config: Mapping, path: str) -> Tuple[mh.HttpConnecti
         raise ConfigError(hcm.at("route_config"), "required field is missing (fastproxy needs the route "
                                                   "table inline)")
     route_config = _route_config(rc, refs)
-    http_filters = _http_filters(hcm)
+    router = [None]
+    http_filters = _http_filters(hcm, router)
     _per_filter_configs(route_config, http_filters)
 
     server_name = hcm.string("server_name", default="")
@@ -284,6 +288,7 @@ def http_connection_manager(config: Mapping, path: str) -> Tuple[mh.HttpConnecti
         xff_num_trusted_hops=hcm.uint32("xff_num_trusted_hops", default=0),
         internal_address_config=_internal_address_config(hcm),
         generate_request_id=_bool(hcm, "generate_request_id", default=True),
+        suppress_envoy_headers=bool(router[0] and router[0].suppress_envoy_headers),
         request_headers_timeout=_timeout(hcm, "request_headers_timeout", None),
         stream_idle_timeout=_timeout(hcm, "stream_idle_timeout", DEFAULT_STREAM_IDLE_TIMEOUT),
         request_timeout=_timeout(hcm, "request_timeout", None),
@@ -329,10 +334,14 @@ class HttpFilterKind:
     per_route_types: tuple = ()                             # accepted per-route @type URLs
 
 
-def _router(config: Message) -> None:
-    # Only suppress_envoy_headers is accepted; it has no model field yet (fastproxy's
-    # router does not add x-envoy-* headers).
-    _bool(config, "suppress_envoy_headers")
+@dataclass
+class _RouterConfig:
+    suppress_envoy_headers: bool
+
+
+def _router(config: Message) -> _RouterConfig:
+    # Only suppress_envoy_headers is accepted (the model keeps it on the connection manager).
+    return _RouterConfig(_bool(config, "suppress_envoy_headers"))
 
 
 HTTP_FILTERS = {
@@ -376,8 +385,11 @@ for _t in _TYPED_STRUCTS:
 FILTER_CONFIG_TYPE = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
 
 
-def _http_filters(hcm: Message) -> list:
-    """Reads http_filters; returns the (non-terminal) filters for the model, in order."""
+def _http_filters(hcm: Message, router: Optional[list] = None) -> list:
+    """Reads http_filters; returns the (non-terminal) filters for the model, in order.
+    ``router[0]`` gets the router's _RouterConfig."""
+    if router is None:
+        router = [None]
     entries = list(hcm.repeated("http_filters"))
     if not entries:
         raise ConfigError(hcm.at("http_filters"), "the HTTP filter chain must end with envoy.filters.http.router "
@@ -406,6 +418,8 @@ def _http_filters(hcm: Message) -> list:
             raise ConfigError(tpath + ".@type", "the last HTTP filter must be envoy.filters.http.router "
                                                 f"({ROUTER_TYPE}), got {type_url!r}")
         result = kind.parse(Message(value, tpath, kind.fields, ignore=("@type",)))
+        if isinstance(result, _RouterConfig):
+            router[0] = result
         if not kind.terminal:
             result.name = name
             if getattr(result, "_kind", None) is None:      # a TypedStruct kind sets its own
@@ -499,7 +513,7 @@ def _access_log(item: Any, path: str) -> mh.AccessLog:
 # --- route configuration ------------------------------------------------------------------
 
 _ROUTE_CONFIG_FIELDS = ("name", "virtual_hosts", "max_direct_response_body_size_bytes",
-                        "typed_per_filter_config") + HEADER_MUTATION_FIELDS
+                        "typed_per_filter_config", "ignore_port_in_host_matching") + HEADER_MUTATION_FIELDS
 
 
 class _Context:
@@ -517,7 +531,8 @@ def _route_config(rc: Message, refs: ClusterRefs) -> mh.RouteConfiguration:
     for item, path in rc.repeated("virtual_hosts"):
         virtual_hosts.append(_virtual_host(item, path, ctx, domains))
     return mh.RouteConfiguration(name=rc.string("name", default=""), virtual_hosts=virtual_hosts,
-                                 headers=_header_mutations(rc), typed_per_filter_config=_raw_per_filter(rc))
+                                 headers=_header_mutations(rc), typed_per_filter_config=_raw_per_filter(rc),
+                                 ignore_port_in_host_matching=_bool(rc, "ignore_port_in_host_matching"))
 
 
 def _virtual_host(item: Any, path: str, ctx: _Context, seen: dict) -> mh.VirtualHost:
@@ -623,16 +638,21 @@ def _string_match(sm: Message) -> mh.StringMatch:
 # The deprecated HeaderMatcher forms and the StringMatcher kind each stands for.
 _LEGACY_HEADER_MATCHES = {"exact_match": "exact", "prefix_match": "prefix", "suffix_match": "suffix",
                           "contains_match": "contains", "safe_regex_match": "safe_regex"}
-_HEADER_SPECIFIERS = ("string_match", "present_match") + tuple(_LEGACY_HEADER_MATCHES)
+_HEADER_SPECIFIERS = ("string_match", "present_match", "range_match") + tuple(_LEGACY_HEADER_MATCHES)
 
 
 def _header_matcher(item: Any, path: str) -> mh.HeaderMatcher:
     h = Message(item, path, ("name",) + _HEADER_SPECIFIERS + ("invert_match", "treat_missing_header_as_empty"))
     name = check_header_name(h.string("name", required=True, non_empty=True), h.at("name"), pseudo=True)
     spec = _oneof(h, _HEADER_SPECIFIERS)
-    string_match = present = None
+    string_match = present = range_match = None
     if spec == "string_match":
         string_match = _string_match(h.message("string_match", _STRING_MATCH_FIELDS))
+    elif spec == "range_match":
+        r = h.message("range_match", ("start", "end"))
+        bounds = [integer(r.raw(k) if r.raw(k) is not None else 0, r.at(k), INT64_MIN, INT64_MAX,
+                          "a signed 64-bit integer") for k in ("start", "end")]
+        range_match = mh.Int64Range(*bounds)
     elif spec == "present_match":
         present = _bool(h, "present_match")
     elif spec == "safe_regex_match":
@@ -640,7 +660,7 @@ def _header_matcher(item: Any, path: str) -> mh.HeaderMatcher:
     elif spec is not None:
         kind = _LEGACY_HEADER_MATCHES[spec]
         string_match = mh.StringMatch(kind, h.string(spec, non_empty=kind != "exact"))
-    return mh.HeaderMatcher(name=name, string_match=string_match, present_match=present,
+    return mh.HeaderMatcher(name=name, string_match=string_match, present_match=present, range_match=range_match,
                             invert_match=_bool(h, "invert_match"),
                             treat_missing_header_as_empty=_bool(h, "treat_missing_header_as_empty"))
 
@@ -662,7 +682,7 @@ def _query_matcher(item: Any, path: str) -> mh.QueryParameterMatcher:
 _ROUTE_ACTION_FIELDS = ("cluster", "weighted_clusters", "prefix_rewrite", "regex_rewrite",
                         "host_rewrite_literal", "auto_host_rewrite", "timeout")
 _REDIRECT_FIELDS = ("https_redirect", "scheme_redirect", "host_redirect", "port_redirect", "path_redirect",
-                    "prefix_rewrite", "response_code", "strip_query")
+                    "prefix_rewrite", "regex_rewrite", "response_code", "strip_query")
 
 
 def _route_action(a: Message, ctx: _Context) -> mh.RouteAction:
@@ -722,7 +742,7 @@ def _weighted_clusters(w: Message, ctx: _Context) -> list:
 
 def _redirect(r: Message) -> mh.RedirectAction:
     _oneof(r, ("https_redirect", "scheme_redirect"))
-    _oneof(r, ("path_redirect", "prefix_rewrite"))
+    _oneof(r, ("path_redirect", "prefix_rewrite", "regex_rewrite"))
     scheme = r.string("scheme_redirect", default="") or None
     if scheme is not None:
         check_scheme(scheme, r.at("scheme_redirect"))
@@ -740,10 +760,18 @@ def _redirect(r: Message) -> mh.RedirectAction:
     prefix_rewrite = r.string("prefix_rewrite", default="") or None
     if prefix_rewrite is not None:
         check_header_value(prefix_rewrite, r.at("prefix_rewrite"))
+    regex_rewrite = None
+    rr = r.message("regex_rewrite", ("pattern", "substitution"))
+    if rr is not None:
+        pattern = _regex(rr.message("pattern", _REGEX_FIELDS, required=True))
+        substitution = rr.string("substitution", default="")
+        rewrite_to_posix(pattern, substitution, rr.at("pattern.regex"), rr.at("substitution"))
+        regex_rewrite = mh.RegexRewrite(pattern, substitution)
     code = r.enum("response_code", REDIRECT_RESPONSE_CODES, default="MOVED_PERMANENTLY")
     return mh.RedirectAction(scheme_redirect=scheme, https_redirect=_bool(r, "https_redirect"),
                              host_redirect=host, port_redirect=port, path_redirect=path_redirect,
-                             prefix_rewrite=prefix_rewrite, response_code=REDIRECT_STATUS[code],
+                             prefix_rewrite=prefix_rewrite, regex_rewrite=regex_rewrite,
+                             response_code=REDIRECT_STATUS[code],
                              strip_query=_bool(r, "strip_query"))
 
 
@@ -804,8 +832,9 @@ def _headers_to_add(msg: Message, name: str) -> list:
             action = "APPEND_IF_EXISTS_OR_ADD" if _bool(opt, "append") else "OVERWRITE_IF_EXISTS_OR_ADD"
         else:
             action = opt.enum("append_action", APPEND_ACTIONS, default="APPEND_IF_EXISTS_OR_ADD")
-        if value or _bool(opt, "keep_empty_value"):  # Envoy adds nothing for an empty value otherwise
-            options.append(mh.HeaderValueOption(key, value, action))
+        keep = _bool(opt, "keep_empty_value")
+        if value or keep:  # Envoy adds nothing for an empty value otherwise
+            options.append(mh.HeaderValueOption(key, value, action, keep_empty_value=keep))
     return options
 
 

@@ -63,6 +63,8 @@ cdef struct HttpCfg:
     uint64_t max_request_bytes      # 0: unlimited
     uint8_t use_remote_address
     uint8_t generate_request_id
+    uint8_t suppress_envoy_headers  # the router's: no x-envoy-expected-rq-timeout-ms,
+                                    # -original-path, -original-host, -upstream-service-time
     uint32_t xff_num_trusted_hops
     uint8_t internal_mode           # IA_*: which client addresses are internal (http_stream.pxi)
     int ninternal
@@ -470,6 +472,18 @@ cdef void _pl_remove(PairList* l, const char* name, size_t n) noexcept nogil:
     l.n = k
 
 
+cdef H1Str _pl_take(PairList* l, const char* name, size_t n) noexcept nogil:
+    """Remove every field `name`; return the first one's value (p NULL: there was none)."""
+    cdef H1Str first = _s(NULL, 0)
+    cdef size_t i
+    for i in range(l.n):
+        if _rt_ieq2(l.v[i].name.p, l.v[i].name.n, name, n):
+            first = l.v[i].value
+            break
+    _pl_remove(l, name, n)
+    return first
+
+
 cdef bint _pl_has(PairList* l, const char* name, size_t n) noexcept nogil:
     cdef size_t i
     for i in range(l.n):
@@ -745,14 +759,16 @@ cdef const char* _head_field(H1Head* h, const char* lower, size_t* n) noexcept n
 
 
 cdef int _append_head(Chain* out, PairList* l, bint request, H1Str method, H1Str target,
-                      int status, H1Str reason) noexcept nogil:
-    """Serialize a head straight into a fresh slice at the end of `out`."""
+                      int status, H1Str reason, int minor=1) noexcept nogil:
+    """Serialize a head straight into a fresh slice at the end of `out`. `minor`: the
+    response's HTTP/1.x version, the request's own (Envoy answers an HTTP/1.0 request with
+    an HTTP/1.0 status line); requests upstream are always HTTP/1.1."""
     cdef ssize_t n
     cdef Slice* s
     if request:
         n = h1_request_head_size(method, target, 1, l.v, l.n)
     else:
-        n = h1_response_head_size(status, reason, 1, l.v, l.n)
+        n = h1_response_head_size(status, reason, minor, l.v, l.n)
     if n < 0:
         return -1
     s = slice_new(<size_t>n)
@@ -761,7 +777,7 @@ cdef int _append_head(Chain* out, PairList* l, bint request, H1Str method, H1Str
     if request:
         h1_write_request_head(s.data, method, target, 1, l.v, l.n)
     else:
-        h1_write_response_head(s.data, status, reason, 1, l.v, l.n)
+        h1_write_response_head(s.data, status, reason, minor, l.v, l.n)
     s.fill = <size_t>n
     return chain_append_slice(out, s, 0, <size_t>n)
 
@@ -837,13 +853,24 @@ cdef void hconn_local_reply_ex(HConn* c, int status, const char* body, size_t bo
                                const char* location, size_t location_len, bint close_conn,
                                const HMap* extra) noexcept nogil:
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    cdef HStream* st = c.stream
     cdef PairList l
     cdef char clen[24]
     cdef char date[32]
     cdef int k
+    # The client's HTTP/1.x version, as Envoy answers; but the 426 that refuses HTTP/1.0
+    # comes from Envoy's codec, which never took the request as HTTP/1.0: HTTP/1.1.
+    cdef int minor = st.minor if st != NULL and status != 426 else 1
     memset(&l, 0, sizeof(PairList))
-    k = snprintf(clen, sizeof(clen), "%zu", body_len)
-    _pl_add(&l, _cs("content-length"), _s(clen, <size_t>k))
+    if status == 204:
+        pass                            # a 204 has no body and no Content-Length (Envoy)
+    elif st != NULL and st.method == H1M_HEAD and body_len == 0:
+        # Envoy's codec frames a HEAD answer without Content-Length as chunked (no body
+        # follows either way); checked against Envoy 1.40 on redirects and empty replies.
+        _pl_add(&l, _cs("transfer-encoding"), _cs("chunked"))
+    else:
+        k = snprintf(clen, sizeof(clen), "%zu", body_len)
+        _pl_add(&l, _cs("content-length"), _s(clen, <size_t>k))
     _pl_add(&l, _cs("date"), _s(date, _http_date(date)))     # the proxy answers as an origin
     if extra != NULL:
         hm_to_pairs(extra, &l, True)
@@ -861,7 +888,18 @@ cdef void hconn_local_reply_ex(HConn* c, int status, const char* body, size_t bo
     if close_conn:
         _pl_add(&l, _cs("connection"), _cs("close"))
         c.close_after = 1
-    _append_head(&c.out_buf, &l, False, _s(NULL, 0), _s(NULL, 0), status, _cs(_status_reason(status)))
+    elif st != NULL and (not st.keepalive or c.req.state != H1_MESSAGE_DONE
+                         or (minor == 0 and body_len == 0 and status != 204)):
+        # The connection ends after this reply (stream_finish): the client asked for it,
+        # or its request is HTTP/1.0 without keep-alive, or its body was not read. Envoy
+        # says so in the reply. Envoy 1.40 also ends an HTTP/1.0 keep-alive connection
+        # after an empty local reply (a redirect), so the proxy does too.
+        st.keepalive = 0
+        _pl_add(&l, _cs("connection"), _cs("close"))
+    elif minor == 0:
+        _pl_add(&l, _cs("connection"), _cs("keep-alive"))
+    _append_head(&c.out_buf, &l, False, _s(NULL, 0), _s(NULL, 0), status, _cs(_status_reason(status)),
+                 minor)
     free(l.v)
     if body_len and (c.stream == NULL or c.stream.method != H1M_HEAD):
         chain_append(&c.out_buf, body, body_len)
@@ -1310,7 +1348,8 @@ cdef void upconn_on_event(Worker* w, UpConn* u, uint32_t events) noexcept nogil:
         if getsockopt(u.ep.fd, SOL_SOCKET, SO_ERROR, &err, &n) < 0 or err != 0:
             stat_add(u.cluster.stats, w, C_CONNECT_FAIL, 1)
             u.remote_close = 1          # refused or reset: Envoy's RemoteClose
-            _upconn_failed(u, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection failure")
+            # Envoy 1.40 names the side that failed: "remote connection failure".
+            _upconn_failed(u, 503, "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure")
             return
         timer_cancel(w, &u.timer)
         u.state = UC_BUSY
@@ -1461,8 +1500,19 @@ cdef void _stream_timeout(Worker* w, void* arg) noexcept nogil:
     stream_upstream_failed(s, 504, "upstream request timeout")
 
 
+cdef size_t _host_ip_text(Host* h, char* out, size_t cap) noexcept nogil:
+    """The upstream host's address without its port: auto_host_rewrite's Host value (what
+    Envoy 1.40 sends for an endpoint given by IP, checked for STATIC and STRICT_DNS)."""
+    if h.addr.ss_family == AF_INET6:
+        if inet_ntop(AF_INET6, &(<sockaddr_in6*>&h.addr).sin6_addr, out, <socklen_t>cap) == NULL:
+            return 0
+    elif inet_ntop(AF_INET, &(<sockaddr_in*>&h.addr).sin_addr, out, <socklen_t>cap) == NULL:
+        return 0
+    return strlen(out)
+
+
 cdef size_t _host_text(Host* h, char* out, size_t cap) noexcept nogil:
-    """The upstream host as "ip:port" ("[ip6]:port"): auto_host_rewrite's Host value."""
+    """The upstream host as "ip:port" ("[ip6]:port")."""
     cdef char ip[48]
     cdef int k
     if h.addr.ss_family == AF_INET6:
@@ -1533,6 +1583,7 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
     cdef H1Str target = _s(s.head.buf + s.head.target_off, s.head.target_len)
     cdef H1Str method = _s(s.head.buf + s.head.method_off, s.head.method_len)
     cdef H1Str orig_target
+    cdef H1Str orig_host = _s(NULL, 0)     # the Host a host rewrite replaced
     cdef uint8_t chunked = 0
     memset(&l, 0, sizeof(PairList))
     try:
@@ -1576,12 +1627,12 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
                 _pl_add(&l, _cs("upgrade"), _s(v, n))
                 _pl_add(&l, _cs("connection"), _cs("upgrade"))
         if e.host_rewrite_literal.p != NULL:
-            _pl_remove(&l, "host", 4)
+            orig_host = _pl_take(&l, "host", 4)
             _pl_add(&l, _cs("host"), _s(e.host_rewrite_literal.p, e.host_rewrite_literal.n))
         elif e.auto_host_rewrite:
-            k = _host_text(&s.up.hosts.hosts[s.up.host_index], hostbuf, sizeof(hostbuf))
+            k = _host_ip_text(&s.up.hosts.hosts[s.up.host_index], hostbuf, sizeof(hostbuf))
             if k:
-                _pl_remove(&l, "host", 4)
+                orig_host = _pl_take(&l, "host", 4)
                 _pl_add(&l, _cs("host"), _s(hostbuf, k))
         # Envoy's x-envoy-* rules (http_stream.pxi): the connection manager's pass already
         # ran on a filtered stream's map; the router's runs on every filtered stream, since a
@@ -1616,11 +1667,13 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
         elif h.generate_request_id and not _pl_has(&l, "x-request-id", 12):
             stream_new_request_id(s)
             _pl_add(&l, _cs("x-request-id"), _s(s.request_id, 36))
-        if s.expected_timeout_ms:
+        if s.expected_timeout_ms and not h.suppress_envoy_headers:
             k = _u64_text(s.expected_timeout_ms, tobuf)
             _pl_add(&l, _cs("x-envoy-expected-rq-timeout-ms"), _s(tobuf, k))
-        if s.rewritten_path != NULL:            # the router's finalizePathHeader
+        if s.rewritten_path != NULL and not h.suppress_envoy_headers:   # finalizePathHeader
             _pl_add(&l, _cs("x-envoy-original-path"), orig_target)
+        if orig_host.p != NULL and not h.suppress_envoy_headers:
+            _pl_add(&l, _cs("x-envoy-original-host"), orig_host)    # the Host it replaced
         if _pl_apply_ops(&l, &e.request_headers) < 0:
             return -1
         if _append_head(&s.up.out_buf, &l, True, method, target, 0, _s(NULL, 0)) < 0:
@@ -1659,7 +1712,7 @@ cdef int _downstream_response_head(HStream* s, int framing, uint64_t length) noe
         else:
             if _pl_from_head(&l, rh) < 0:
                 return -1
-            if s.request_end_ms:
+            if s.request_end_ms and not h.suppress_envoy_headers:
                 # The router's x-envoy-upstream-service-time: from the end of the request to
                 # the response head (a filtered response got it in _response_to_filters).
                 s.service_time_ms = c.w.now - s.request_end_ms
@@ -1677,10 +1730,12 @@ cdef int _downstream_response_head(HStream* s, int framing, uint64_t length) noe
             v = _head_field(rh, "content-length", &n)
             if p.framing == H1_BODY_LENGTH or (v != NULL and (s.method == H1M_HEAD or rh.status == 304)):
                 _pl_add(&l, _cs("content-length"), _s(v, n))
-            elif p.framing == H1_BODY_CHUNKED or (p.framing == H1_BODY_EOF and s.minor == 1):
+            elif s.minor == 1 and (p.framing == H1_BODY_CHUNKED or p.framing == H1_BODY_EOF):
                 _pl_add(&l, _cs("transfer-encoding"), _cs("chunked"))
                 s.resp_chunked = 1
-            elif p.framing == H1_BODY_EOF:
+            elif p.framing == H1_BODY_CHUNKED or p.framing == H1_BODY_EOF:
+                # An HTTP/1.0 client knows no chunked coding: the body goes as it is and the
+                # close ends it (Envoy 1.40 does the same, even to a keep-alive request).
                 s.keepalive = 0
         else:
             if framing == UF_CHUNKED and s.minor == 0:
@@ -1695,7 +1750,7 @@ cdef int _downstream_response_head(HStream* s, int framing, uint64_t length) noe
             _pl_add(&l, _cs("connection"), _cs("close"))
         elif s.minor == 0:
             _pl_add(&l, _cs("connection"), _cs("keep-alive"))
-        if _append_head(&c.out_buf, &l, False, _s(NULL, 0), _s(NULL, 0), status, reason) < 0:
+        if _append_head(&c.out_buf, &l, False, _s(NULL, 0), _s(NULL, 0), status, reason, s.minor) < 0:
             return -1
         return 0
     finally:
@@ -1715,6 +1770,7 @@ cdef int _local_response_head(HStream* s, int framing, uint64_t length) noexcept
     cdef char lenbuf[24]
     cdef uint8_t chunked = 0
     cdef int status
+    cdef H1Str clv
     memset(&l, 0, sizeof(PairList))
     try:
         v = hm_get(&fc.resp, ":status", 7, &n)
@@ -1728,8 +1784,21 @@ cdef int _local_response_head(HStream* s, int framing, uint64_t length) noexcept
         if framing != UF_PARSER and _framing_fields(s, &l, &fc.resp, framing, length, lenbuf,
                                                     sizeof(lenbuf), &chunked, &fc.enc) < 0:
             return -1
+        # Envoy's framing of local replies, as on the unfiltered path (hconn_local_reply_ex):
+        # a 204 has no Content-Length; an empty reply to HEAD is announced chunked.
+        if status == 204:
+            _pl_remove(&l, "content-length", 14)
+            _pl_remove(&l, "transfer-encoding", 17)
+        elif framing == UF_PARSER:
+            clv = _pl_take(&l, "content-length", 14)
+            if clv.p == NULL or (clv.n == 1 and clv.p[0] == b'0'):
+                _pl_add(&l, _cs("transfer-encoding"), _cs("chunked"))
+            else:
+                _pl_add(&l, _cs("content-length"), clv)
         if fc.local_close or c.req.state != H1_MESSAGE_DONE:
             s.keepalive = 0             # the rest of the request was never read
+        elif s.minor == 0 and framing == UF_LENGTH and length == 0 and status != 204:
+            s.keepalive = 0             # Envoy ends HTTP/1.0 keep-alive after an empty reply
         if _pl_set_server(&l, h) < 0:
             return -1
         if not s.keepalive:
@@ -1737,7 +1806,7 @@ cdef int _local_response_head(HStream* s, int framing, uint64_t length) noexcept
         elif s.minor == 0:
             _pl_add(&l, _cs("connection"), _cs("keep-alive"))
         if _append_head(&c.out_buf, &l, False, _s(NULL, 0), _s(NULL, 0), status,
-                        _cs(_status_reason(status))) < 0:
+                        _cs(_status_reason(status)), s.minor) < 0:
             return -1
         s.status = status
         _count_downstream(c, status)
@@ -1969,8 +2038,12 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
             if p.framing == H1_BODY_LENGTH or (p.framing == H1_BODY_EOF and not s.resp_chunked):
                 chain_move_bytes(&c.out_buf, &u.in_buf, <size_t>n)    # off == 0, seg == n
                 continue
-            if _append_chunk(&c.out_buf, r.s.data + r.off + off, seg) < 0:
-                hconn_close(c, True)
+            if s.resp_chunked:
+                if _append_chunk(&c.out_buf, r.s.data + r.off + off, seg) < 0:
+                    hconn_close(c, True)
+                    return -1
+            elif chain_append(&c.out_buf, r.s.data + r.off + off, seg) < 0:
+                hconn_close(c, True)            # chunked to an HTTP/1.0 client: data only
                 return -1
         chain_drain(&u.in_buf, <size_t>n)
     if u.eof and p.state == H1_HEAD:
@@ -2000,7 +2073,7 @@ cdef int _response_to_filters(HStream* s) noexcept nogil:
             or hm_from_head(&fc.resp, &p.head, True, False) < 0:
         hconn_close(s.c, True)
         return -1
-    if s.request_end_ms:
+    if s.request_end_ms and not (<HttpCfg*>s.c.cfg.http).suppress_envoy_headers:
         s.service_time_ms = s.c.w.now - s.request_end_ms
         s.service_time_set = 1
         n = _u64_text(s.service_time_ms, svc)
@@ -2189,7 +2262,8 @@ cdef int _request_target_normalize(HStream* s, HttpCfg* h) noexcept nogil:
       upstream as its path ("/p"), and its authority replaces the Host field's value, as
       RFC 9112 3.2.2 and Envoy do. Only http and https; an empty path becomes "/".
     * HTTP/1.0 without Host: default_host_for_http_10 if configured, else refused (Envoy).
-    Returns -1 for a request to refuse with 400."""
+    Returns -1 for a request to refuse with 400, -2 for an HTTP/1.0 request without Host
+    nor default_host_for_http_10 (400 too, with Envoy's empty body)."""
     cdef H1Head* hd = &s.head
     cdef char* t = hd.buf + hd.target_off
     cdef size_t n = hd.target_len
@@ -2230,7 +2304,7 @@ cdef int _request_target_normalize(HStream* s, HttpCfg* h) noexcept nogil:
         return 0
     if host < 0 and s.minor == 0:
         if h.default_host_10 == NULL:
-            return -1
+            return -2                   # no Host and no default_host_for_http_10
         if h1_head_add_field(hd, "host", 4, h.default_host_10, h.default_host_10_len) < 0:
             return -1
     return 0
@@ -2248,6 +2322,7 @@ cdef void stream_start(HConn* c) noexcept nogil:
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
     cdef const char* v
     cdef size_t un = 0
+    cdef int k
     cdef HStream* s = <HStream*>calloc(1, sizeof(HStream))
     if s == NULL:
         hconn_close(c, True)
@@ -2291,7 +2366,8 @@ cdef void stream_start(HConn* c) noexcept nogil:
         # re-framed; like Envoy, the proxy does not take such bodies.
         _stream_refuse(s, 501, "unsupported transfer coding")
         return
-    if _request_target_normalize(s, h) < 0:
+    k = _request_target_normalize(s, h)
+    if k == -1:
         _stream_refuse(s, 400, "invalid request target or host")
         return
     if not _connection_nominations_ok(&s.head, (c.req.flags & H1F_UPGRADE) != 0):
@@ -2301,6 +2377,11 @@ cdef void stream_start(HConn* c) noexcept nogil:
     # own answers below go through its encoder filters.
     if h.nfilters and hf_stream_create(s) < 0:
         hconn_close(c, True)
+        return
+    if k == -2:
+        # HTTP/1.0 without Host nor default_host_for_http_10: Envoy's connection manager
+        # refuses it after creating the filter chain, with an empty body.
+        _stream_refuse(s, 400, "")
         return
     if c.req.flags & H1F_CONNECT:
         s.keepalive = 0
@@ -2899,8 +2980,11 @@ cdef void hconn_unparsed_request(HConn* c, int status, uint32_t flags) noexcept 
     stat_add(h.stats, c.w, H_RQ_RX_RESET, 1)
     if status:
         c.stream = &s                   # the reply's status and bytes go to this stream
-        hconn_local_reply(c, status, _status_reason(status), strlen(_status_reason(status)),
-                          NULL, 0, True)
+        if c.req.err == H1E_MISSING_HOST:
+            hconn_local_reply(c, status, "", 0, NULL, 0, True)     # Envoy: an empty body
+        else:
+            hconn_local_reply(c, status, _status_reason(status), strlen(_status_reason(status)),
+                              NULL, 0, True)
         c.stream = NULL
     stream_log(&s)
     c.req_start_ms = 0
@@ -3231,6 +3315,7 @@ def make_http_cfg(hcm, StatBlockHandle stats, dict clusters, int nworkers):
     h.max_request_bytes = hcm.max_request_bytes or 0
     h.use_remote_address = hcm.use_remote_address
     h.generate_request_id = hcm.generate_request_id
+    h.suppress_envoy_headers = bool(getattr(hcm, "suppress_envoy_headers", False))
     h.xff_num_trusted_hops = hcm.xff_num_trusted_hops
     _compile_internal_addresses(h, getattr(hcm, "internal_address_config", None))
     h.local_ip_len = _envoy_local_address(h.local_ip, sizeof(h.local_ip))

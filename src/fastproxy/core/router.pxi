@@ -36,13 +36,13 @@
 #
 # Virtual host selection (Envoy's RouteMatcher::findVirtualHost)
 # --------------------------------------------------------------
-# Domains are lowercased at build time and the host is compared case-insensitively. The port
-# is stripped from the host before matching (Envoy's ignore_port_in_host_matching): the port
-# starts at the last ':' unless a ']' follows it ("[::1]:8080" -> "[::1]"; "[::1]" has no
-# port); an unbracketed host with several ':' (a bare IPv6 literal, invalid in Host) is taken
-# as having no port. Domains that themselves name a port ("foo.com:8080", "*.foo.com:8080")
-# keep Envoy's default behaviour instead: they are matched against the host with its port,
-# and such a match wins over the port-less domains. Within each of those two sets the order
+# Domains are lowercased at build time and the host is compared case-insensitively, port
+# included, as Envoy does by default: "a.com" does not take "a.com:8080" (list "a.com:8080"
+# too, or use "*"), and "*.a.com" does not take "x.a.com:80" (checked against Envoy 1.40).
+# With the route configuration's ignore_port_in_host_matching the port is stripped from the
+# host first: it starts at the last ':' unless a ']' follows it ("[::1]:8080" -> "[::1]";
+# "[::1]" has no port); an unbracketed host with several ':' (a bare IPv6 literal, invalid in
+# Host) is taken as having no port; then a domain naming a port never matches. The order
 # is Envoy's: exact domain (hash lookup), then the longest suffix wildcard ("*.foo.com",
 # "*-bar.foo.com"; the '*' must cover at least one character), then the longest prefix
 # wildcard ("foo.*"), then the single "*" vhost. Wildcards are grouped by length, one hash
@@ -62,12 +62,14 @@
 #   safe_regex             full match of the path without query/fragment (case_sensitive is
 #                          ignored, as in Envoy).
 #   headers                all must hold: string_match (exact/prefix/suffix/contains with
-#                          ignore_case, safe_regex = full match), present_match (true: the
+#                          ignore_case, safe_regex = full match), range_match (a decimal
+#                          integer, optional sign, in [start, end)), present_match (true: the
 #                          header is there, false: it is absent), no matcher = present,
 #                          invert_match flips the result. A missing header fails every string
 #                          matcher whatever invert_match says, unless
 #                          treat_missing_header_as_empty (then "" is matched and inverted).
-#                          Repeated headers are joined with ',' (Envoy). :method, :path
+#                          A repeated header matches when one of its values does
+#                          (Envoy 1.40). :method, :path
 #                          (query included), :authority and :scheme read the RouteInput
 #                          fields; "host" is :authority as well (HTTP/1 has only Host).
 #   query_parameters       the query is split on '&', each piece at its first '=' (no '=':
@@ -112,7 +114,8 @@
 #                      protocol (x-forwarded-proto if the request has one, else r.scheme):
 #                      http://a:80 -> https://a, http://a:8080 -> https://a:8080.
 #                      path: path_redirect (+ the request's query unless path_redirect has
-#                      its own '?'), else the request path with prefix_rewrite applied;
+#                      its own '?'), else the request path with prefix_rewrite or
+#                      regex_rewrite (on the query-less path) applied;
 #                      a '/' is prepended if missing; strip_query drops "?..." (not from a
 #                      path_redirect that has its own query). status: response_code.
 #   direct_response    status and body. Envoy also sends a Location (the request's own URL,
@@ -136,8 +139,8 @@
 #   3. apply the overwrites (OVERWRITE_IF_EXISTS[_OR_ADD]: replace all values with this one,
 #      or add it) in order, then the appends (APPEND_IF_EXISTS_OR_ADD, ADD_IF_ABSENT: add
 #      one more field line) in order.
-# Names are lowercase. Adds with an empty value are dropped at build time (Envoy's default
-# keep_empty_value false). Values are literal: Envoy's %COMMAND% formatters are not
+# Names are lowercase. Adds with an empty value are dropped at build time unless they have
+# keep_empty_value (Envoy's default is false). Values are literal: Envoy's %COMMAND% formatters are not
 # evaluated; op.formatted flags a value containing '%' so the caller can. Removing or adding
 # ':'-pseudo-headers or host is a ConfigError (Envoy refuses them; use host_rewrite_literal).
 #
@@ -155,7 +158,7 @@
 # lock inside each compiled pattern, so with regex_copies=N every pattern is compiled N
 # times and worker w uses copy w % N: pass the worker count to keep regex routes lock-free.
 
-from libc.string cimport memchr, memcmp
+from libc.string cimport memchr, memcmp, memmove
 
 from fastproxy.errors import ConfigError
 
@@ -237,7 +240,6 @@ cdef enum:                          # negative results of the writing functions
 
 cdef enum:
     RT_INDEX_MIN_RUN = 8            # shorter runs of plain routes are cheaper to scan
-    RT_JOIN_STACK = 512             # a repeated header joined up to this size stays on stack
     RT_MAX_MATCH = 32               # regmatch_t slots a regex_rewrite may need (POSIX
                                     # group numbers: RE2's (?:) groups become groups too)
 
@@ -289,6 +291,9 @@ cdef struct RouteHeaderMatcher:
     uint8_t present
     uint8_t invert
     uint8_t missing_as_empty
+    uint8_t is_range                # range_match: an integer value in [range_start, range_end)
+    int64_t range_start
+    int64_t range_end
     RouteStringMatch sm
 
 cdef struct RouteQueryMatcher:
@@ -436,8 +441,8 @@ cdef struct RouteTable:
     int refcnt                      # atomic
     int nvhosts
     RouteVhost* vhosts
-    RouteDomainSet with_port        # domains naming a port: matched against host:port
-    RouteDomainSet without_port     # the others: matched against the host without port
+    RouteDomainSet domains          # every domain but "*"
+    uint8_t ignore_port             # ignore_port_in_host_matching: the host's port is cut
     int default_vhost               # the "*" vhost, -1: none
     uint8_t only_default            # no domain but "*": every request goes there
     int regex_copies
@@ -680,7 +685,6 @@ cdef size_t _rt_port_start(const char* h, size_t n) noexcept nogil:
 
 cdef int route_find_vhost(const RouteTable* t, const char* host, size_t host_len) noexcept nogil:
     """Index of the virtual host for this :authority, or -1."""
-    cdef size_t port_at
     cdef int v
     if t.nvhosts == 0:
         return -1
@@ -688,12 +692,9 @@ cdef int route_find_vhost(const RouteTable* t, const char* host, size_t host_len
         return t.default_vhost
     if host == NULL:
         return -1
-    port_at = _rt_port_start(host, host_len)
-    if port_at < host_len:
-        v = _rt_domainset_find(&t.with_port, host, host_len)
-        if v >= 0:
-            return v
-    v = _rt_domainset_find(&t.without_port, host, port_at)
+    if t.ignore_port:
+        host_len = _rt_port_start(host, host_len)
+    v = _rt_domainset_find(&t.domains, host, host_len)
     if v >= 0:
         return v
     return t.default_vhost
@@ -813,16 +814,43 @@ cdef bint _rt_string_match(const RouteStringMatch* sm, const char* v, size_t n,
     return memcmp(v, sm.value.p, k) == 0
 
 
+cdef bint _rt_int64(const char* v, size_t n, int64_t* out) noexcept nogil:
+    """A whole value that is a decimal integer with an optional sign, within int64."""
+    cdef size_t i = 0
+    cdef bint neg = False
+    cdef uint64_t acc = 0
+    cdef uint64_t limit
+    if n and (v[0] == 43 or v[0] == 45):        # '+' / '-'
+        neg = v[0] == 45
+        i = 1
+    if i == n:
+        return False
+    limit = (<uint64_t>1 << 63) if neg else (<uint64_t>1 << 63) - 1
+    while i < n:
+        if not 48 <= v[i] <= 57:
+            return False
+        if acc > (limit - <uint64_t>(v[i] - 48)) // 10:
+            return False
+        acc = acc * 10 + <uint64_t>(v[i] - 48)
+        i += 1
+    out[0] = -<int64_t>(acc - 1) - 1 if neg and acc else <int64_t>acc
+    return True
+
+
+cdef inline bint _rt_value_matches(const RouteHeaderMatcher* m, const char* v, size_t n,
+                                   unsigned int worker) noexcept nogil:
+    cdef int64_t x
+    if m.is_range:
+        return _rt_int64(v, n, &x) and m.range_start <= x < m.range_end
+    return _rt_string_match(&m.sm, v, n, worker)
+
+
 cdef bint _rt_header_matches(const RouteHeaderMatcher* m, const RouteInput* r) noexcept nogil:
     cdef const char* v = NULL
     cdef size_t n = 0
     cdef bint found = False
-    cdef int i, count = 0
-    cdef size_t total = 0, w
+    cdef int i
     cdef const RouteHeader* h
-    cdef char stack[RT_JOIN_STACK]
-    cdef char* joined = NULL
-    cdef char* heap = NULL
     cdef bint ok
     if m.source == RHS_METHOD:
         v = r.method
@@ -841,37 +869,21 @@ cdef bint _rt_header_matches(const RouteHeaderMatcher* m, const RouteInput* r) n
         n = r.scheme_len
         found = r.scheme != NULL
     else:
+        # A repeated header matches when one of its field lines does (Envoy 1.40 matches
+        # each value on its own: "x: v" twice matches exact "v", "x: v1" + "x: v2" does
+        # not match exact "v1,v2"); invert_match inverts that outcome.
+        ok = False
         for i in range(r.nheaders):
             h = &r.headers[i]
             if h.name_len == m.name.n and _rt_ieq(h.name, m.name.p, h.name_len):
-                count += 1
-                if count == 1:
-                    v = h.value
-                    n = h.value_len
-                total += h.value_len + 1
-        found = count > 0
-        if count > 1 and not m.presence_only:
-            # Envoy matches the values of a repeated header joined with ','.
-            total -= 1
-            if total <= RT_JOIN_STACK:
-                joined = stack
-            else:
-                heap = <char*>malloc(total)
-                if heap == NULL:
-                    return False
-                joined = heap
-            w = 0
-            for i in range(r.nheaders):
-                h = &r.headers[i]
-                if h.name_len == m.name.n and _rt_ieq(h.name, m.name.p, h.name_len):
-                    if w > 0:
-                        joined[w] = 44      # ','
-                        w += 1
-                    if h.value_len:
-                        memcpy(joined + w, h.value, h.value_len)
-                    w += h.value_len
-            v = joined
-            n = w
+                found = True
+                if m.presence_only:
+                    break
+                if _rt_value_matches(m, h.value, h.value_len, r.worker):
+                    ok = True
+                    break
+        if found and not m.presence_only:
+            return ok != <bint>m.invert
     if m.presence_only:
         return (found == <bint>m.present) != <bint>m.invert
     if not found:
@@ -879,8 +891,7 @@ cdef bint _rt_header_matches(const RouteHeaderMatcher* m, const RouteInput* r) n
             return False
         v = ""
         n = 0
-    ok = _rt_string_match(&m.sm, v, n, r.worker)
-    free(heap)
+    ok = _rt_value_matches(m, v, n, r.worker)
     return ok != <bint>m.invert
 
 
@@ -1224,6 +1235,27 @@ cdef ssize_t route_redirect_location(const RouteEntry* e, const RouteInput* r, c
         seg_n[0] = e.prefix_rewrite.n
         seg_p[1] = r.path + m
         seg_n[1] = r.path_len - m
+    elif redirect and e.rewrite_regex != NULL and r.path != NULL:
+        # regex_rewrite: the query-less path rewritten in place in `out`, then the query
+        # (unless strip_query), as the route action's regex_rewrite does.
+        _rt_put(&o, scheme, scheme_len)
+        _rt_put(&o, "://", 3)
+        _rt_put(&o, host, host_len)
+        _rt_put(&o, port, port_len)
+        noq = _rt_path_end(r.path, r.path_len)
+        m = o.n
+        _rt_replace_all(e, r.path, noq, &o, r.worker)
+        if not o.full and (o.n == m or out[m] != 47):  # a '/' in front if it has none
+            if o.n + 1 > o.cap:
+                return ROUTE_NO_ROOM
+            memmove(out + m + 1, out + m, o.n - m)
+            out[m] = 47
+            o.n += 1
+        if not e.strip_query:
+            _rt_put(&o, r.path + noq, r.path_len - noq)
+        if o.full:
+            return ROUTE_NO_ROOM
+        return <ssize_t>o.n
     if redirect and e.strip_query and not e.path_redirect_has_query:
         for k in range(2):
             if seg_n[k]:
@@ -1318,12 +1350,6 @@ def _rt_literal_prefix(str pattern):
         out.append(lit)
         i = nxt
     return "".join(out).encode("ascii")
-
-
-def _rt_port_of(str domain):
-    """Whether a domain names a port, by the rule applied to hosts."""
-    cdef bytes b = domain.encode("utf-8")
-    return _rt_port_start(b, len(b)) < <size_t>len(b)
 
 
 cdef list _rt_substitution_parts(str sub, int ngroups, str path):
@@ -1494,9 +1520,14 @@ cdef class _RouteBuilder:
             m.source = _RT_PSEUDO.get(name, RHS_HEADERS)
             m.invert = bool(hm.invert_match)
             m.missing_as_empty = bool(hm.treat_missing_header_as_empty)
-            if hm.string_match is not None and hm.present_match is not None:
-                raise ConfigError(hpath, "only one of string_match and present_match")
-            if hm.string_match is None:
+            rm = getattr(hm, "range_match", None)
+            if sum(x is not None for x in (hm.string_match, hm.present_match, rm)) > 1:
+                raise ConfigError(hpath, "only one of string_match, range_match and present_match")
+            if rm is not None:
+                m.is_range = 1
+                m.range_start = rm.start
+                m.range_end = rm.end
+            elif hm.string_match is None:
                 m.presence_only = 1
                 m.present = True if hm.present_match is None else bool(hm.present_match)
             else:
@@ -1673,6 +1704,11 @@ cdef class _RouteBuilder:
                 e.path_redirect_has_query = "?" in rd.path_redirect
             if rd.prefix_rewrite:
                 self.put(&e.prefix_rewrite, rd.prefix_rewrite)
+            rr = getattr(rd, "regex_rewrite", None)
+            if rr is not None:
+                if rd.path_redirect or rd.prefix_rewrite:
+                    raise ConfigError(rpath, "only one of path_redirect, prefix_rewrite, regex_rewrite")
+                self.rewrite(e, rr, rpath)
             e.strip_query = bool(rd.strip_query)
         else:
             dr = route.direct_response
@@ -1733,7 +1769,7 @@ cdef list _rt_level_ops(hm, str path, str which):
             raise ConfigError(p + ".append_action", f"unknown append_action {hv.append_action!r}")
         if not isinstance(hv.value, str):
             raise ConfigError(p + ".header.value", "must be a string")
-        if hv.value == "":
+        if hv.value == "" and not getattr(hv, "keep_empty_value", False):
             continue                    # keep_empty_value false: Envoy skips empty values
         out.append((action, low, hv.value))
     return out
@@ -2145,7 +2181,8 @@ def compile_route_table(route_config, dict cluster_index, int regex_copies=1,
     t.nvhosts = len(vhosts)
     t.vhosts = <RouteVhost*>b.alloc(sizeof(RouteVhost) * max(1, len(vhosts)))
     seen = {}
-    sets = {True: ({}, {}, {}), False: ({}, {}, {})}    # has port -> (exact, suffix, prefix)
+    exact, suffix, prefix = {}, {}, {}
+    t.ignore_port = bool(getattr(route_config, "ignore_port_in_host_matching", False))
     for vi, vhm in enumerate(vhosts):
         vpath = f"{path}.virtual_hosts[{vi}]"
         vh = &t.vhosts[vi]
@@ -2164,7 +2201,6 @@ def compile_route_table(route_config, dict cluster_index, int regex_copies=1,
             if dom == "*":
                 t.default_vhost = vi
                 continue
-            exact, suffix, prefix = sets[bool(_rt_port_of(dom))]
             if dom.startswith("*"):
                 key = dom[1:].encode("utf-8")
                 suffix.setdefault(len(key), {})[key] = vi
@@ -2206,10 +2242,6 @@ def compile_route_table(route_config, dict cluster_index, int regex_copies=1,
             b.ops(&e.request_headers, req_levels)
             b.ops(&e.response_headers, resp_levels)
         _rt_build_segments(b, vh)
-    exact, suffix, prefix = sets[True]
-    _rt_build_domainset(b, &t.with_port, exact, suffix, prefix)
-    exact, suffix, prefix = sets[False]
-    _rt_build_domainset(b, &t.without_port, exact, suffix, prefix)
-    t.only_default = (t.default_vhost >= 0 and not any(any(s) for s in sets[True])
-                      and not any(any(s) for s in sets[False]))
+    _rt_build_domainset(b, &t.domains, exact, suffix, prefix)
+    t.only_default = t.default_vhost >= 0 and not (exact or suffix or prefix)
     return h
