@@ -62,6 +62,10 @@ cdef struct Worker:
     HConn* hconn_deferred
     UpConn* upconns             # every upstream HTTP connection (busy, idle, connecting)
     UpConn* upconn_deferred
+    # the Date header value, formatted once per second (core/http_hcm.pxi)
+    char date[32]
+    size_t date_len
+    int64_t date_secs
 
 
 cdef inline uint64_t clock_ms() noexcept nogil:
