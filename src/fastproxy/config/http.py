@@ -12,8 +12,15 @@ Choices where Envoy and fastproxy differ, or where Envoy leaves room:
 * http_filters must end with envoy.filters.http.router. An empty list is an error: Envoy
   1.40 accepts it but then answers no request at all. Other filters are "not supported yet";
   ``HTTP_FILTERS`` below is where they plug in.
-* common_http_protocol_options.headers_with_underscores_action: only ALLOW (Envoy's
-  default); REJECT_REQUEST and DROP_HEADER are not implemented.
+* common_http_protocol_options.headers_with_underscores_action: ALLOW, DROP_HEADER and
+  REJECT_REQUEST, as Envoy 1.40 (see docs/http1-policy.md, "Connection manager options").
+* normalize_path, merge_slashes, path_with_escaped_slashes_action (IMPLEMENTATION_SPECIFIC_
+  DEFAULT is Envoy 1.40's KEEP_UNCHANGED), strip_matching_host_port / strip_any_host_port
+  (one of them), via, skip_xff_append, preserve_external_request_id and
+  always_set_request_id_in_response behave as in Envoy 1.40 (docs/http1-policy.md).
+  add_user_agent: true is refused: it needs the node's service cluster, which fastproxy's
+  bootstrap does not carry (false is accepted).
+* Every response without a Date gets one, as in Envoy (no option).
 * Header values (``*_headers_to_add``) are literal: ``%%`` is a percent sign, Envoy's
   ``%COMMAND%`` substitutions are not supported yet. An entry whose value is empty is
   dropped unless keep_empty_value is set (Envoy adds nothing for it either).
@@ -223,6 +230,7 @@ _HCM_FIELDS = ("stat_prefix", "codec_type", "route_config", "rds", "scoped_route
                "generate_request_id", "via", "skip_xff_append", "preserve_external_request_id",
                "always_set_request_id_in_response", "normalize_path", "merge_slashes",
                "path_with_escaped_slashes_action", "strip_matching_host_port", "strip_any_host_port",
+               "add_user_agent",
                "request_headers_timeout", "stream_idle_timeout", "request_timeout", "drain_timeout",
                "common_http_protocol_options", "max_request_headers_kb", "http_protocol_options", "access_log",
                "upgrade_configs")
@@ -275,6 +283,10 @@ def http_connection_manager(config: Mapping, path: str) -> Tuple[mh.HttpConnecti
             check_host_value(host10, http1.at("default_host_for_http_10"))
             options["default_host_for_http_10"] = host10
 
+    if _bool(hcm, "add_user_agent"):
+        raise ConfigError(hcm.at("add_user_agent"), "add_user_agent is not supported (Envoy sets user-agent and "
+                                                    "x-envoy-downstream-service-cluster from node.cluster, which "
+                                                    "fastproxy does not carry); leave it unset or false")
     via = hcm.string("via", default="")
     check_header_value(via, hcm.at("via"))
     strip = _oneof(hcm, ("strip_matching_host_port", "strip_any_host_port"))

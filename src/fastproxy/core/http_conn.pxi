@@ -1600,6 +1600,7 @@ cdef int _tunnel_response_head(HStream* s) noexcept nogil:
     cdef PairList l
     cdef const char* v
     cdef size_t n
+    cdef char* owned = NULL
     memset(&l, 0, sizeof(PairList))
     try:
         if _pl_from_head(&l, rh) < 0:
@@ -1608,10 +1609,13 @@ cdef int _tunnel_response_head(HStream* s) noexcept nogil:
         if v != NULL:
             _pl_add(&l, _cs("upgrade"), _s(v, n))
         _pl_add(&l, _cs("connection"), _cs("upgrade"))
+        if pl_finish_response(&l, s, s.c, &owned) < 0:     # Envoy encodes a 101 like any response
+            return -1
         return _append_head(&s.c.out_buf, &l, False, _s(NULL, 0), _s(NULL, 0), 101,
                             _cs("Switching Protocols"))
     finally:
         free(l.v)
+        free(owned)
 
 
 cdef int _tunnel_pump(HStream* s) noexcept nogil:
