@@ -403,6 +403,13 @@ def test_always_set_request_id_in_response():
     assert plain.headers["x-request-id"] == ["upstreams"]
 
 
+def test_generated_request_ids_differ_between_proxies():
+    """The first id of each new proxy must not repeat (they were once seeded alike)."""
+    ids = [run("fastproxy", "always_set_request_id_in_response: true", [get("/exact")])[0][0].headers["x-request-id"][0]
+           for _ in range(3)]
+    assert all(re.fullmatch(UUID, i) for i in ids) and len(set(ids)) == 3, ids
+
+
 class SetId(HttpFilter):
     def decode_headers(self, headers, end_stream):
         headers["x-request-id"] = "from-filter"

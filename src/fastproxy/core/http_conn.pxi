@@ -654,8 +654,8 @@ cdef void _uuid4(char* out, uint64_t a, uint64_t b) noexcept nogil:
 
 cdef void stream_new_request_id(HStream* s) noexcept nogil:
     """Generate the stream's x-request-id (s.request_id, 36 characters)."""
-    cdef uint64_t a = worker_random(s.c.w)
-    cdef uint64_t b = worker_random(s.c.w)
+    cdef uint64_t a = worker_id_random(s.c.w)
+    cdef uint64_t b = worker_id_random(s.c.w)
     _uuid4(s.request_id, a, b)
     s.request_id_len = 36
 
