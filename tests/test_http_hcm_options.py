@@ -43,6 +43,7 @@ static_resources:
           stat_prefix: hcm
 {extra}
           http_filters:
+{filters}
           - name: envoy.filters.http.router
             typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
           route_config:
@@ -72,9 +73,19 @@ static_resources:
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
-def yaml_text(extra: str, port: int) -> str:
+# A filter whose encoder adds x-hm: 1 to every response it sees.
+HEADER_MUTATION = """\
+          - name: hm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
+              mutations:
+                response_mutations:
+                - append: {header: {key: x-hm, value: "1"}}"""
+
+
+def yaml_text(extra: str, port: int, filters: str = "") -> str:
     extra = textwrap.indent(textwrap.dedent(extra).strip("\n"), " " * 10) if extra.strip() else ""
-    return YAML.format(extra=extra, port=port)
+    return YAML.format(extra=extra, port=port, filters=filters).replace("\n\n", "\n")
 
 
 @contextlib.contextmanager
@@ -115,13 +126,13 @@ class Exchange:
         return self.up[2].get(name) if self.up else None
 
 
-def run(kind, extra, requests, response=OK, tmp_path=None):
+def run(kind, extra, requests, response=OK, tmp_path=None, filters=""):
     """Serve the YAML with `extra` HCM fields (kind "fastproxy" or "envoy"), send each raw
     request on its own connection ("{PORT}" becomes the listener's port) and return
     ([Exchange], stats)."""
     up = RawHttpUpstream(lambda m, p, h, b: response)
     try:
-        text = yaml_text(extra, up.port)
+        text = yaml_text(extra, up.port, filters)
         serving = fastproxy_serving(text) if kind == "fastproxy" else envoy_serving(text, tmp_path)
         with serving as (addr, stats):
             out = []
@@ -274,6 +285,16 @@ def test_normalized_paths_longer_than_the_stack_scratch_and_growing():
     assert a.up_path == "/seg/end"
     assert b.up_path == "/" + "%7B%7D" * 300 + "?q={}"
     assert b.up_header("host") == ["h"]         # the fields after the target are intact
+
+
+def test_path_replies_pass_the_encoder_filters():
+    """Envoy's filter chain exists when the path is refused or redirected: its encoders
+    see those replies (the decoders never see the request)."""
+    for extra, path, status in (("path_with_escaped_slashes_action: REJECT_REQUEST", "/a%2fb", 400),
+                                ("path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT", "/a%2fb", 307),
+                                ("normalize_path: true", "/a%00", 400)):
+        (ex,), _ = run("fastproxy", extra, [get(path)], filters=HEADER_MUTATION)
+        assert (ex.status, ex.headers.get("x-hm"), ex.up) == (status, ["1"], None), extra
 
 
 class SeePath(HttpFilter):
@@ -467,7 +488,8 @@ def _comparable(ex):
     the upstream's path and option-dependent headers, the client's status, Location, Via,
     whether it got a Date and an x-request-id, and the body."""
     def pick(headers):
-        return {k: v for k, v in (headers or {}).items() if k in ("host", "via", "x-forwarded-for", "location")}
+        return {k: v for k, v in (headers or {}).items() if k in ("host", "via", "x-forwarded-for", "location",
+                                                                  "x-hm")}
     def request_id(values, sent):
         if values is None or not re.fullmatch(UUID, values[0]):
             return values
@@ -493,6 +515,12 @@ ENVOY_TABLE = [(extra, [get(path) for path, _ in cases]) for extra, cases in _by
      [get("/", extra="X_Foo: 1\r\n")]),
     (WS, [WS_REQUEST]),
 ]
+FILTERED_TABLE = [
+    ("path_with_escaped_slashes_action: REJECT_REQUEST", [get("/a%2fb"), get("/ok")]),
+    ("path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT", [get("/a%2fb")]),
+    ("normalize_path: true", [get("/a%00"), get("/a/../ok")]),
+]
+ALL_ENVOY = [(e, r, "") for e, r in ENVOY_TABLE] + [(e, r, HEADER_MUTATION) for e, r in FILTERED_TABLE]
 COMPARED_STATS = ("http.hcm.downstream_rq_failed_path_normalization",
                   "http.hcm.downstream_rq_redirected_with_normalized_path", "http.hcm.downstream_rq_2xx",
                   "http.hcm.downstream_rq_3xx", "http.hcm.downstream_rq_4xx", "http.hcm.downstream_rq_5xx",
@@ -501,12 +529,12 @@ COMPARED_STATS = ("http.hcm.downstream_rq_failed_path_normalization",
 
 
 @pytest.mark.skipif(ENVOY is None, reason="envoy binary not on PATH nor next to sys.executable")
-@pytest.mark.parametrize("extra, requests", ENVOY_TABLE, ids=[e.replace("\n", ";") or "defaults"
-                                                              for e, _ in ENVOY_TABLE])
-def test_same_as_envoy(tmp_path, extra, requests):
+@pytest.mark.parametrize("extra, requests, filters", ALL_ENVOY,
+                         ids=[(e.replace("\n", ";") or "defaults") + (" filtered" if f else "") for e, _, f in ALL_ENVOY])
+def test_same_as_envoy(tmp_path, extra, requests, filters):
     response = (lambda c: c.sendall(WS_RESPONSE)) if extra == WS else OK
-    ours, ours_stats = run("fastproxy", extra, requests, response=response)
-    theirs, theirs_stats = run("envoy", extra, requests, response=response, tmp_path=tmp_path)
+    ours, ours_stats = run("fastproxy", extra, requests, response=response, filters=filters)
+    theirs, theirs_stats = run("envoy", extra, requests, response=response, tmp_path=tmp_path, filters=filters)
     for req, a, b in zip(requests, theirs, ours):
         assert _comparable(a) == _comparable(b), req
     for name in COMPARED_STATS:

@@ -2091,11 +2091,14 @@ cdef int _request_target_normalize(HStream* s, HttpCfg* h) noexcept nogil:
 cdef int _stream_path(HStream* s, HttpCfg* h) noexcept nogil:
     """Normalize the request path (core/http_hcm.pxi); -1 when the stream was answered: 400
     for a path refused, 307 to the path with its escaped slashes decoded (Envoy's
-    UNESCAPE_AND_REDIRECT), before any filter runs, as in Envoy."""
+    UNESCAPE_AND_REDIRECT), before any decoder filter runs, as in Envoy; Envoy's filter chain
+    exists by then, so its encoder filters see those replies (checked)."""
     cdef HConn* c = s.c
     cdef int rc = stream_normalize_path(s, h)
     if rc == PN_OK:
         return 0
+    if rc != PN_NOMEM and h.nfilters and hf_stream_create(s) < 0:
+        rc = PN_NOMEM
     if rc == PN_REJECT:
         stat_add(h.stats, c.w, H_RQ_FAILED_PATH_NORMALIZATION, 1)
         s.keepalive = 0
