@@ -36,6 +36,13 @@ class RawHttpUpstream:
 
     def close(self):
         self._closed = True
+        # shutdown first: close() alone leaves the socket listening for as long as the accept
+        # thread stays blocked in accept(2), and such a closed server was seen answering a
+        # later test's request (a flaky test_http_headers after many servers had come and gone).
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
 
     def _accept(self):

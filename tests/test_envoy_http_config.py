@@ -462,8 +462,18 @@ BAD = [
     ([(f"{H0}.max_request_headers_kb", 8193)], f"{H0}.max_request_headers_kb", "1..8192"),
     ([(f"{H0}.common_http_protocol_options", {"max_headers_count": 0})],
      f"{H0}.common_http_protocol_options.max_headers_count", ">= 1"),
-    ([(f"{H0}.common_http_protocol_options", {"headers_with_underscores_action": "DROP_HEADER"})],
-     f"{H0}.common_http_protocol_options.headers_with_underscores_action", "not supported"),
+    ([(f"{H0}.common_http_protocol_options", {"headers_with_underscores_action": "DROP"})],
+     f"{H0}.common_http_protocol_options.headers_with_underscores_action", "DROP"),
+    ([(f"{H0}.path_with_escaped_slashes_action", "UNESCAPE")], f"{H0}.path_with_escaped_slashes_action",
+     "UNESCAPE"),
+    ([(f"{H0}.path_with_escaped_slashes_action", 9)], f"{H0}.path_with_escaped_slashes_action", "9"),
+    ([(f"{H0}.normalize_path", "yes")], f"{H0}.normalize_path", "true or false"),
+    ([(f"{H0}.merge_slashes", 1)], f"{H0}.merge_slashes", "true or false"),
+    ([(f"{H0}.strip_any_host_port", True), (f"{H0}.strip_matching_host_port", True)],
+     f"{H0}.strip_any_host_port", "only one of"),
+    ([(f"{H0}.via", "a\nb")], f"{H0}.via", "control characters"),
+    ([(f"{H0}.skip_xff_append", "no")], f"{H0}.skip_xff_append", "true or false"),
+    ([(f"{H0}.add_user_agent", True)], f"{H0}.add_user_agent", "node.cluster"),
     ([(f"{H0}.common_http_protocol_options", {"max_stream_duration": "1s"})],
      f"{H0}.common_http_protocol_options.max_stream_duration", "unsupported"),
     ([(f"{H0}.http_protocol_options", {"allow_absolute_url": True})],
@@ -764,7 +774,49 @@ ENVOY_REJECTS = [
     [(f"{R0}.request_headers_to_add", [hv("x-a", append=True, append_action="ADD_IF_ABSENT")])],
     [(f"{R0}.request_headers_to_remove", ["host"])],
     [(f"{R0}.request_headers_to_remove", [""])],
+    [(f"{H0}.path_with_escaped_slashes_action", "UNESCAPE")],
+    [(f"{H0}.common_http_protocol_options", {"headers_with_underscores_action": "DROP"})],
+    [(f"{H0}.strip_any_host_port", True), (f"{H0}.strip_matching_host_port", True)],
 ]
+
+
+HCM_OPTIONS = [(f"{H0}.via", "1.1 edge"), (f"{H0}.skip_xff_append", True),
+               (f"{H0}.preserve_external_request_id", True), (f"{H0}.always_set_request_id_in_response", True),
+               (f"{H0}.normalize_path", True), (f"{H0}.merge_slashes", True),
+               (f"{H0}.path_with_escaped_slashes_action", "UNESCAPE_AND_REDIRECT"),
+               (f"{H0}.strip_any_host_port", True),
+               (f"{H0}.common_http_protocol_options", {"headers_with_underscores_action": "REJECT_REQUEST"})]
+
+
+def test_hcm_header_and_path_options_parse():
+    hcm = load_hcm(edited(*HCM_OPTIONS))
+    assert (hcm.via, hcm.skip_xff_append, hcm.preserve_external_request_id,
+            hcm.always_set_request_id_in_response, hcm.normalize_path, hcm.merge_slashes,
+            hcm.path_with_escaped_slashes_action, hcm.strip_host_port, hcm.headers_with_underscores_action) == \
+        ("1.1 edge", True, True, True, True, True, "UNESCAPE_AND_REDIRECT", "ANY", "REJECT_REQUEST")
+    default = load_hcm(base())
+    assert (default.via, default.normalize_path, default.merge_slashes, default.path_with_escaped_slashes_action,
+            default.strip_host_port, default.headers_with_underscores_action) == \
+        ("", False, False, "KEEP_UNCHANGED", "NONE", "ALLOW")
+    # Envoy 1.40's IMPLEMENTATION_SPECIFIC_DEFAULT keeps escaped slashes (checked with envoy)
+    assert load_hcm(edited((f"{H0}.path_with_escaped_slashes_action", "IMPLEMENTATION_SPECIFIC_DEFAULT"))) \
+        .path_with_escaped_slashes_action == "KEEP_UNCHANGED"
+    assert load_hcm(edited((f"{H0}.path_with_escaped_slashes_action", 4))).path_with_escaped_slashes_action \
+        == "UNESCAPE_AND_FORWARD"
+    assert load_hcm(edited((f"{H0}.strip_matching_host_port", True))).strip_host_port == "MATCHING"
+    assert load_hcm(edited((f"{H0}.strip_matching_host_port", False))).strip_host_port == "NONE"
+    assert load_hcm(edited((f"{H0}.add_user_agent", False))) == default
+
+
+@needs_envoy
+def test_hcm_header_and_path_options_are_valid_for_envoy(tmp_path):
+    for i, changes in enumerate((HCM_OPTIONS, [(f"{H0}.strip_matching_host_port", True),
+                                               (f"{H0}.path_with_escaped_slashes_action", "REJECT_REQUEST")])):
+        path = tmp_path / f"options{i}.json"
+        path.write_text(json.dumps(edited(*changes)))
+        rc, output = envoy_validate(path)
+        assert rc == 0, output
+        load_envoy(path)
 
 
 @needs_envoy
@@ -902,6 +954,13 @@ MODEL_BAD = [
      f"{P}.route_config.virtual_hosts[0].routes[2].direct_response.status", "100..599"),
     (lambda h: _set(h.route_config.virtual_hosts[0].routes[2].direct_response, "body", "text"),
      f"{P}.route_config.virtual_hosts[0].routes[2].direct_response.body", "expected bytes"),
+    (lambda h: _set(h, "path_with_escaped_slashes_action", "DROP"), f"{P}.path_with_escaped_slashes_action",
+     "KEEP_UNCHANGED"),
+    (lambda h: _set(h, "strip_host_port", "SOME"), f"{P}.strip_host_port", "MATCHING"),
+    (lambda h: _set(h, "headers_with_underscores_action", "drop_header"), f"{P}.headers_with_underscores_action",
+     "DROP_HEADER"),
+    (lambda h: _set(h, "normalize_path", 1), f"{P}.normalize_path", "True or False"),
+    (lambda h: _set(h, "via", "a\r\nb: c"), f"{P}.via", "control characters"),
 ]
 
 

@@ -201,6 +201,9 @@ class InternalAddressConfig:
 
 
 SERVER_HEADER_TRANSFORMATIONS = ("OVERWRITE", "APPEND_IF_ABSENT", "PASS_THROUGH")
+ESCAPED_SLASHES_ACTIONS = ("KEEP_UNCHANGED", "REJECT_REQUEST", "UNESCAPE_AND_REDIRECT", "UNESCAPE_AND_FORWARD")
+STRIP_HOST_PORT_MODES = ("NONE", "MATCHING", "ANY")
+UNDERSCORES_ACTIONS = ("ALLOW", "REJECT_REQUEST", "DROP_HEADER")
 
 
 @dataclass
@@ -235,6 +238,16 @@ class HttpConnectionManager:
     upgrade_configs: list = field(default_factory=list)     # [UpgradeConfig]
     accept_http_10: bool = False                            # http_protocol_options: else 426
     default_host_for_http_10: str = ""                      # Host for HTTP/1.0 without one
+    # Envoy's request/response header options (checked against Envoy 1.40):
+    via: str = ""                                           # appended to request and response Via
+    skip_xff_append: bool = False                           # use_remote_address leaves XFF as received
+    preserve_external_request_id: bool = False              # an edge request keeps its x-request-id
+    always_set_request_id_in_response: bool = False         # responses get the request's x-request-id
+    normalize_path: bool = False                            # RFC 3986 dot segments, unreserved %XX
+    merge_slashes: bool = False                             # "//" -> "/" in the path
+    path_with_escaped_slashes_action: str = "KEEP_UNCHANGED"   # %2F / %5C: ESCAPED_SLASHES_ACTIONS
+    strip_host_port: str = "NONE"                           # NONE, MATCHING (the listener's), ANY
+    headers_with_underscores_action: str = "ALLOW"          # ALLOW, REJECT_REQUEST, DROP_HEADER
 
 
 def validate_http(hcm: "HttpConnectionManager", path: str, cluster_names) -> None:
@@ -446,6 +459,16 @@ def validate_http(hcm: "HttpConnectionManager", path: str, cluster_names) -> Non
             parse_cidr(string(cidr, cp, non_empty=True), cp)
     boolean(hcm.generate_request_id, path + ".generate_request_id")
     boolean(hcm.suppress_envoy_headers, path + ".suppress_envoy_headers")
+    string(hcm.via, path + ".via")
+    check_header_value(hcm.via, path + ".via")
+    for name in ("skip_xff_append", "preserve_external_request_id", "always_set_request_id_in_response",
+                 "normalize_path", "merge_slashes"):
+        boolean(getattr(hcm, name), f"{path}.{name}")
+    for name, allowed in (("path_with_escaped_slashes_action", ESCAPED_SLASHES_ACTIONS),
+                          ("strip_host_port", STRIP_HOST_PORT_MODES),
+                          ("headers_with_underscores_action", UNDERSCORES_ACTIONS)):
+        if getattr(hcm, name) not in allowed:
+            fail(f"{path}.{name}", f"expected one of {', '.join(allowed)}, got {getattr(hcm, name)!r}")
     for name in ("request_headers_timeout", "stream_idle_timeout", "request_timeout", "idle_timeout"):
         seconds(getattr(hcm, name), f"{path}.{name}")
     seconds(hcm.drain_timeout, path + ".drain_timeout", optional=False)

@@ -403,7 +403,8 @@ class Proxy:
             if l.http is not None:
                 http = _core.make_http_cfg(
                     l.http, self._stat_block("http", f"http.{l.http.stat_prefix}"),
-                    {name: c.handle for name, c in clusters.items()}, self.concurrency)
+                    {name: c.handle for name, c in clusters.items()}, self.concurrency,
+                    self._stat_block("http1", "http1"))     # Envoy's server-wide codec stats
             handles.append(self._engine.make_listener(
                 l.name, sock, clusters[l.cluster].handle if http is None else None,
                 self._stat_block("listener", f"listener.{ip}_{port}"),

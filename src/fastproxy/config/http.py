@@ -12,8 +12,15 @@ Choices where Envoy and fastproxy differ, or where Envoy leaves room:
 * http_filters must end with envoy.filters.http.router. An empty list is an error: Envoy
   1.40 accepts it but then answers no request at all. Other filters are "not supported yet";
   ``HTTP_FILTERS`` below is where they plug in.
-* common_http_protocol_options.headers_with_underscores_action: only ALLOW (Envoy's
-  default); REJECT_REQUEST and DROP_HEADER are not implemented.
+* common_http_protocol_options.headers_with_underscores_action: ALLOW, DROP_HEADER and
+  REJECT_REQUEST, as Envoy 1.40 (see docs/http1-policy.md, "Connection manager options").
+* normalize_path, merge_slashes, path_with_escaped_slashes_action (IMPLEMENTATION_SPECIFIC_
+  DEFAULT is Envoy 1.40's KEEP_UNCHANGED), strip_matching_host_port / strip_any_host_port
+  (one of them), via, skip_xff_append, preserve_external_request_id and
+  always_set_request_id_in_response behave as in Envoy 1.40 (docs/http1-policy.md).
+  add_user_agent: true is refused: it needs the node's service cluster, which fastproxy's
+  bootstrap does not carry (false is accepted).
+* Every response without a Date gets one, as in Envoy (no option).
 * Header values (``*_headers_to_add``) are literal: ``%%`` is a percent sign, Envoy's
   ``%COMMAND%`` substitutions are not supported yet. An entry whose value is empty is
   dropped unless keep_empty_value is set (Envoy adds nothing for it either).
@@ -67,6 +74,8 @@ STDERR_ACCESS_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.st
 CODEC_TYPES = {"AUTO": 0, "HTTP1": 1, "HTTP2": 2, "HTTP3": 3}
 SERVER_HEADER_TRANSFORMATIONS = {"OVERWRITE": 0, "APPEND_IF_ABSENT": 1, "PASS_THROUGH": 2}
 HEADERS_WITH_UNDERSCORES_ACTIONS = {"ALLOW": 0, "REJECT_REQUEST": 1, "DROP_HEADER": 2}
+PATH_WITH_ESCAPED_SLASHES_ACTIONS = {"IMPLEMENTATION_SPECIFIC_DEFAULT": 0, "KEEP_UNCHANGED": 1, "REJECT_REQUEST": 2,
+                                     "UNESCAPE_AND_REDIRECT": 3, "UNESCAPE_AND_FORWARD": 4}
 REDIRECT_RESPONSE_CODES = {"MOVED_PERMANENTLY": 0, "FOUND": 1, "SEE_OTHER": 2, "TEMPORARY_REDIRECT": 3,
                            "PERMANENT_REDIRECT": 4}
 REDIRECT_STATUS = {"MOVED_PERMANENTLY": 301, "FOUND": 302, "SEE_OTHER": 303, "TEMPORARY_REDIRECT": 307,
@@ -221,7 +230,10 @@ def _any(msg: Message, name: str) -> Tuple[str, Mapping, str]:
 
 _HCM_FIELDS = ("stat_prefix", "codec_type", "route_config", "rds", "scoped_routes", "http_filters",
                "server_name", "server_header_transformation", "use_remote_address", "xff_num_trusted_hops", "internal_address_config",
-               "generate_request_id",
+               "generate_request_id", "via", "skip_xff_append", "preserve_external_request_id",
+               "always_set_request_id_in_response", "normalize_path", "merge_slashes",
+               "path_with_escaped_slashes_action", "strip_matching_host_port", "strip_any_host_port",
+               "add_user_agent",
                "request_headers_timeout", "stream_idle_timeout", "request_timeout", "drain_timeout",
                "common_http_protocol_options", "max_request_headers_kb", "http_protocol_options", "access_log",
                "upgrade_configs")
@@ -265,11 +277,8 @@ def http_connection_manager(config: Mapping, path: str) -> Tuple[mh.HttpConnecti
         options["max_requests_per_connection"] = common.uint32("max_requests_per_connection", default=0) or None
         options["max_headers_count"] = common.uint32("max_headers_count", default=DEFAULT_MAX_HEADERS_COUNT,
                                                      minimum=1)
-        action = common.enum("headers_with_underscores_action", HEADERS_WITH_UNDERSCORES_ACTIONS, default="ALLOW")
-        if action != "ALLOW":
-            raise ConfigError(common.at("headers_with_underscores_action"),
-                              f"{action} is not supported (fastproxy allows headers with underscores, "
-                              "Envoy's default ALLOW)")
+        options["headers_with_underscores_action"] = common.enum(
+            "headers_with_underscores_action", HEADERS_WITH_UNDERSCORES_ACTIONS, default="ALLOW")
     http1 = hcm.message("http_protocol_options", ("accept_http_10", "default_host_for_http_10"))
     if http1 is not None:
         options["accept_http_10"] = _bool(http1, "accept_http_10")
@@ -278,8 +287,28 @@ def http_connection_manager(config: Mapping, path: str) -> Tuple[mh.HttpConnecti
             check_host_value(host10, http1.at("default_host_for_http_10"))
             options["default_host_for_http_10"] = host10
 
+    if _bool(hcm, "add_user_agent"):
+        raise ConfigError(hcm.at("add_user_agent"), "add_user_agent is not supported (Envoy sets user-agent and "
+                                                    "x-envoy-downstream-service-cluster from node.cluster, which "
+                                                    "fastproxy does not carry); leave it unset or false")
+    via = hcm.string("via", default="")
+    check_header_value(via, hcm.at("via"))
+    strip = _oneof(hcm, ("strip_matching_host_port", "strip_any_host_port"))
+    if strip is not None and _bool(hcm, strip):
+        options["strip_host_port"] = "MATCHING" if strip == "strip_matching_host_port" else "ANY"
+    escaped = hcm.enum("path_with_escaped_slashes_action", PATH_WITH_ESCAPED_SLASHES_ACTIONS,
+                       default="IMPLEMENTATION_SPECIFIC_DEFAULT")
     manager = mh.HttpConnectionManager(
         stat_prefix=stat_prefix,
+        via=via,
+        skip_xff_append=_bool(hcm, "skip_xff_append"),
+        preserve_external_request_id=_bool(hcm, "preserve_external_request_id"),
+        always_set_request_id_in_response=_bool(hcm, "always_set_request_id_in_response"),
+        normalize_path=_bool(hcm, "normalize_path"),
+        merge_slashes=_bool(hcm, "merge_slashes"),
+        # Envoy 1.40's IMPLEMENTATION_SPECIFIC_DEFAULT is KEEP_UNCHANGED (checked).
+        path_with_escaped_slashes_action="KEEP_UNCHANGED" if escaped == "IMPLEMENTATION_SPECIFIC_DEFAULT"
+        else escaped,
         route_config=route_config,
         server_name=server_name or mh.HttpConnectionManager.server_name,
         server_header_transformation=hcm.enum("server_header_transformation", SERVER_HEADER_TRANSFORMATIONS,

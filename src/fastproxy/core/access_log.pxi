@@ -228,7 +228,7 @@ cdef const char* _al_request_field(HStream* s, const char* name, size_t n, size_
         out[0] = s.request_id_len
         return s.request_id
     if n > 8 and (name[0] | 0x20) == 120:      # 'x'
-        if hc.use_remote_address and _ieq(name, n, "x-forwarded-for"):
+        if hc.use_remote_address and not hc.skip_xff_append and _ieq(name, n, "x-forwarded-for"):
             out[0] = stream_forwarded_xff(s, scratch, cap)
             return scratch
         cls = _xe_class(name, n)

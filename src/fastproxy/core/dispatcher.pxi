@@ -53,6 +53,7 @@ cdef struct Worker:
     int nsessions
     uint64_t next_session_id
     uint64_t rng                # xorshift state for RANDOM load balancing
+    uint64_t id_rng             # xorshift state for x-request-id, seeded from getrandom(2)
     # listeners in the worker's current snapshot
     WListener** listeners
     int nlisteners
@@ -63,6 +64,10 @@ cdef struct Worker:
     UpConn* upconns             # every upstream HTTP connection (busy, idle, connecting)
     UpConn* upconn_deferred
     void* kicked                # WorkerLb*: clusters whose waiting requests to serve this turn
+    # the Date header value, formatted once per second (core/http_hcm.pxi)
+    char date[32]
+    size_t date_len
+    int64_t date_secs
 
 
 cdef inline uint64_t clock_ms() noexcept nogil:
@@ -217,10 +222,27 @@ cdef inline uint64_t worker_random(Worker* w) noexcept nogil:
     return x * <uint64_t>2685821657736338717ULL
 
 
+cdef inline uint64_t worker_id_random(Worker* w) noexcept nogil:
+    """xorshift64* over the worker's request-id state."""
+    cdef uint64_t x = w.id_rng
+    x ^= x >> 12
+    x ^= x << 25
+    x ^= x >> 27
+    w.id_rng = x
+    return x * <uint64_t>2685821657736338717ULL
+
+
 cdef int worker_init(Worker* w, int index) noexcept nogil:
     memset(w, 0, sizeof(Worker))
     w.index = index
     w.rng = <uint64_t>11400714819323198485ULL ^ (<uint64_t>(index + 1) * <uint64_t>13787848793156543929ULL)
+    # Request ids must differ between processes and restarts (the LB's seed above is fixed):
+    # the kernel's entropy, else the clock, mixed with the worker index.
+    if getrandom(&w.id_rng, sizeof(uint64_t), 0) != <ssize_t>sizeof(uint64_t):
+        w.id_rng = <uint64_t>clock_ms() * <uint64_t>6364136223846793005ULL
+    w.id_rng ^= <uint64_t>(index + 1) * <uint64_t>13787848793156543929ULL
+    if w.id_rng == 0:
+        w.id_rng = 1
     w.next_session_id = 1
     w.epfd = epoll_create1(EPOLL_CLOEXEC)
     if w.epfd < 0:

@@ -113,6 +113,8 @@ cdef class Engine:
                                      ("upstream_rq_time",))
         if kind == "listener_http":
             return _statblock_handle(LISTENER_HTTP_STATS, frozenset(), self.nworkers)
+        if kind == "http1":
+            return _statblock_handle(HTTP1_STATS, frozenset(), self.nworkers)
         if kind == "http":
             return _statblock_handle(HTTP_STATS, HTTP_GAUGES, self.nworkers,
                                      ("downstream_rq_time",))

@@ -393,6 +393,34 @@ cdef int h1_head_add_field(H1Head* h, const char* name, size_t nn, const char* v
     return 0
 
 
+cdef int h1_head_set_target(H1Head* h, const char* t, size_t n) noexcept nogil:
+    """Replace a taken request head's target (a normalized path): in place when it is not
+    longer, else its bytes go after the received ones (offsets stay valid). -1: no memory."""
+    cdef size_t need = <size_t>h.len + n
+    cdef size_t cap
+    cdef char* nb
+    if n <= h.target_len:
+        memmove(h.buf + h.target_off, t, n)
+        h.target_len = <uint32_t>n
+        return 0
+    if need > 0xFFFFFFF0u:
+        return -1
+    if need > h.cap:
+        cap = <size_t>h.cap * 2 if h.cap else H1_BLOCK_MIN
+        while cap < need:
+            cap *= 2
+        nb = <char*>realloc(h.buf, cap)
+        if nb == NULL:
+            return -1
+        h.buf = nb
+        h.cap = <uint32_t>cap
+    memcpy(h.buf + h.len, t, n)
+    h.target_off = h.len
+    h.target_len = <uint32_t>n
+    h.len = <uint32_t>need
+    return 0
+
+
 cdef inline void _h1_head_clear(H1Head* h) noexcept nogil:
     """Forget the contents, keep the memory for the next message."""
     cdef char* buf = h.buf

@@ -39,6 +39,28 @@ cdef enum:
     HTTP_IO_LIMIT = 1 << 20         # bytes buffered per direction before reading pauses
     MAX_IDLE_PER_HOST = 64
 
+cdef enum:                          # HttpCfg.escaped_slashes: path_with_escaped_slashes_action
+    ES_KEEP = 0
+    ES_REJECT = 1
+    ES_REDIRECT = 2
+    ES_FORWARD = 3
+
+cdef enum:                          # HttpCfg.strip_port: strip_port_mode
+    STRIP_PORT_NONE = 0
+    STRIP_PORT_MATCHING = 1
+    STRIP_PORT_ANY = 2
+
+cdef enum:                          # HttpCfg.underscores: headers_with_underscores_action
+    US_ALLOW = 0
+    US_REJECT = 1
+    US_DROP = 2
+
+cdef enum:                          # stream_normalize_path (core/http_hcm.pxi)
+    PN_NOMEM = -2
+    PN_REJECT = -1                  # 400, downstream_rq_failed_path_normalization
+    PN_OK = 0
+    PN_REDIRECT = 1                 # 307 to the new path, downstream_rq_redirected_with_normalized_path
+
 cdef struct HttpCfg:
     int refcnt                      # atomic
     RouteTable* routes
@@ -74,6 +96,17 @@ cdef struct HttpCfg:
     char* server_name
     size_t server_name_len
     uint8_t server_mode             # SERVER_*: server_header_transformation
+    char* via                       # via: appended to request and response Via; NULL: none
+    size_t via_len
+    uint8_t skip_xff_append         # use_remote_address without touching x-forwarded-for
+    uint8_t preserve_external_request_id
+    uint8_t always_set_request_id   # always_set_request_id_in_response
+    uint8_t normalize_path          # path normalization (core/http_hcm.pxi)
+    uint8_t merge_slashes
+    uint8_t escaped_slashes         # ES_*: path_with_escaped_slashes_action
+    uint8_t strip_port              # STRIP_PORT_*: strip_matching_host_port / strip_any_host_port
+    uint8_t underscores             # US_*: headers_with_underscores_action
+    StatBlock* http1_stats          # the server-wide http1.* counters (HTTP1_STATS)
     int nfilters                    # http_filters before the router (core/http_filter.pxi)
     HttpFilterCfg* filters
     uint32_t filter_hooks           # union of the filters' HK_* bits
@@ -207,6 +240,7 @@ cdef struct HConn:
     uint8_t codec_seen              # bytes arrived: counted in downstream_cx_http1_*
     uint8_t peer_gone               # a read or write failed: the peer reset (a remote close)
     uint8_t partial_rq              # the client closed inside a request head (an active stream)
+    uint16_t local_port             # the listener's port (strip_matching_host_port only)
 
 
 # ---------------------------------------------------------------- stats
@@ -240,7 +274,9 @@ cdef enum:
     H_CX_DESTROY_ACTIVE_RQ = 29
     H_CX_DESTROY_LOCAL_ACTIVE_RQ = 30   # + 1: remote
     H_CX_DESTROY_REMOTE_ACTIVE_RQ = 31
-    H_NSTATS = 32                   # then the downstream_rq_time histogram
+    H_RQ_FAILED_PATH_NORMALIZATION = 32
+    H_RQ_REDIRECTED_NORMALIZED_PATH = 33
+    H_NSTATS = 34                   # then the downstream_rq_time histogram
 HTTP_STATS = ("downstream_cx_total", "downstream_cx_active", "downstream_rq_total",
               "downstream_rq_active", "downstream_rq_1xx", "downstream_rq_2xx",
               "downstream_rq_3xx", "downstream_rq_4xx", "downstream_rq_5xx",
@@ -254,7 +290,8 @@ HTTP_STATS = ("downstream_cx_total", "downstream_cx_active", "downstream_rq_tota
               "downstream_cx_tx_bytes_total", "downstream_cx_destroy",
               "downstream_cx_destroy_local", "downstream_cx_destroy_remote",
               "downstream_cx_destroy_active_rq", "downstream_cx_destroy_local_active_rq",
-              "downstream_cx_destroy_remote_active_rq")
+              "downstream_cx_destroy_remote_active_rq", "downstream_rq_failed_path_normalization",
+              "downstream_rq_redirected_with_normalized_path")
 HTTP_GAUGES = frozenset(["downstream_cx_active", "downstream_rq_active", "downstream_cx_http1_active"])
 
 
@@ -640,8 +677,8 @@ cdef void _uuid4(char* out, uint64_t a, uint64_t b) noexcept nogil:
 
 cdef void stream_new_request_id(HStream* s) noexcept nogil:
     """Generate the stream's x-request-id (s.request_id, 36 characters)."""
-    cdef uint64_t a = worker_random(s.c.w)
-    cdef uint64_t b = worker_random(s.c.w)
+    cdef uint64_t a = worker_id_random(s.c.w)
+    cdef uint64_t b = worker_id_random(s.c.w)
     _uuid4(s.request_id, a, b)
     s.request_id_len = 36
 
@@ -824,25 +861,6 @@ cdef int _append_last_chunk_pairs(Chain* out, PairList* l) noexcept nogil:
 
 # ---------------------------------------------------------------- local replies
 
-cdef size_t _http_date(char* out) noexcept nogil:
-    """The current time as an IMF-fixdate (RFC 9110 5.6.7), e.g. "Sun, 06 Nov 1994 08:49:37
-    GMT": 29 bytes into out (at least 30), without the locale strftime would consult."""
-    cdef const char* days = "SunMonTueWedThuFriSat"
-    cdef const char* months = "JanFebMarAprMayJunJulAugSepOctNovDec"
-    cdef time_t secs = <time_t>(wall_clock_us() // 1000000)
-    cdef tm t
-    gmtime_r(&secs, &t)
-    memcpy(out, days + 3 * t.tm_wday, 3)
-    out[3] = b','
-    out[4] = b' '
-    out[5] = <char>(48 + t.tm_mday // 10)
-    out[6] = <char>(48 + t.tm_mday % 10)
-    out[7] = b' '
-    memcpy(out + 8, months + 3 * t.tm_mon, 3)
-    return 11 + <size_t>snprintf(out + 11, 19, " %04d %02d:%02d:%02d GMT", t.tm_year + 1900,
-                                 t.tm_hour, t.tm_min, t.tm_sec)
-
-
 cdef void hconn_local_reply(HConn* c, int status, const char* body, size_t body_len,
                             const char* location, size_t location_len, bint close_conn) noexcept nogil:
     """Answer the current request (if any) from the proxy itself."""
@@ -856,7 +874,7 @@ cdef void hconn_local_reply_ex(HConn* c, int status, const char* body, size_t bo
     cdef HStream* st = c.stream
     cdef PairList l
     cdef char clen[24]
-    cdef char date[32]
+    cdef char* owned = NULL
     cdef int k
     # The client's HTTP/1.x version, as Envoy answers; but the 426 that refuses HTTP/1.0
     # comes from Envoy's codec, which never took the request as HTTP/1.0: HTTP/1.1.
@@ -871,7 +889,6 @@ cdef void hconn_local_reply_ex(HConn* c, int status, const char* body, size_t bo
     else:
         k = snprintf(clen, sizeof(clen), "%zu", body_len)
         _pl_add(&l, _cs("content-length"), _s(clen, <size_t>k))
-    _pl_add(&l, _cs("date"), _s(date, _http_date(date)))     # the proxy answers as an origin
     if extra != NULL:
         hm_to_pairs(extra, &l, True)
     if body_len and (extra == NULL or hm_get(extra, "content-type", 12, <size_t*>&k) == NULL):
@@ -884,7 +901,7 @@ cdef void hconn_local_reply_ex(HConn* c, int status, const char* body, size_t bo
         # Envoy applies the chosen route's response_headers_to_add/remove (route, virtual
         # host, route configuration) to its direct responses, redirects and router errors.
         _pl_apply_ops(&l, &c.stream.route.response_headers)
-    _pl_set_server(&l, h)
+    pl_finish_response(&l, c.stream, c, &owned)             # Date, Server, Via, x-request-id
     if close_conn:
         _pl_add(&l, _cs("connection"), _cs("close"))
         c.close_after = 1
@@ -901,6 +918,7 @@ cdef void hconn_local_reply_ex(HConn* c, int status, const char* body, size_t bo
     _append_head(&c.out_buf, &l, False, _s(NULL, 0), _s(NULL, 0), status, _cs(_status_reason(status)),
                  minor)
     free(l.v)
+    free(owned)
     if body_len and (c.stream == NULL or c.stream.method != H1M_HEAD):
         chain_append(&c.out_buf, body, body_len)
         if c.stream != NULL:
@@ -1585,6 +1603,7 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
     cdef H1Str orig_target
     cdef H1Str orig_host = _s(NULL, 0)     # the Host a host rewrite replaced
     cdef uint8_t chunked = 0
+    cdef char* owned = NULL
     memset(&l, 0, sizeof(PairList))
     try:
         if s.fc != NULL:
@@ -1641,10 +1660,11 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
             xe_sanitize(s, &l, XE_AT_ROUTER)
         elif s.envoy_hdrs:
             xe_sanitize(s, &l, XE_AT_HCM | XE_AT_ROUTER)
-        if h.use_remote_address:
+        if h.use_remote_address and not h.skip_xff_append:
             k = stream_forwarded_xff(s, xff, sizeof(xff))
             _pl_remove(&l, "x-forwarded-for", 15)
             _pl_add(&l, _cs("x-forwarded-for"), _s(xff, k))
+        if h.use_remote_address:
             # A trusted hop's x-forwarded-proto is kept (Envoy: only with xff_num_trusted_hops).
             if h.xff_num_trusted_hops == 0 or not _pl_has(&l, "x-forwarded-proto", 17):
                 _pl_remove(&l, "x-forwarded-proto", 17)
@@ -1656,9 +1676,12 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
                 _pl_add(&l, _cs("x-envoy-internal"), _cs("true"))
             elif s.edge:
                 _pl_add(&l, _cs("x-envoy-external-address"), _s(s.client_ip, s.client_ip_len))
-            if h.generate_request_id and (s.edge or not _pl_has(&l, "x-request-id", 12)):
-                # An edge request's own x-request-id is replaced (Envoy's default
-                # preserve_external_request_id: false).
+            if h.via_len and _pl_append_list(&l, "via", 3, h.via, h.via_len, &owned) < 0:
+                return -1
+            if h.generate_request_id and ((s.edge and not h.preserve_external_request_id)
+                                          or not _pl_has(&l, "x-request-id", 12)):
+                # An edge request's own x-request-id is replaced, unless
+                # preserve_external_request_id.
                 stream_new_request_id(s)
                 if s.edge:
                     _pl_overwrite(&l, _cs("x-request-id"), _s(s.request_id, 36))
@@ -1681,6 +1704,7 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
         return 0
     finally:
         free(l.v)
+        free(owned)
 
 
 cdef int _downstream_response_head(HStream* s, int framing, uint64_t length) noexcept nogil:
@@ -1694,6 +1718,7 @@ cdef int _downstream_response_head(HStream* s, int framing, uint64_t length) noe
     cdef size_t n
     cdef char lenbuf[24]
     cdef char svc[24]
+    cdef char* owned = NULL
     cdef uint8_t chunked = 0
     cdef int status = rh.status
     cdef H1Str reason
@@ -1744,7 +1769,7 @@ cdef int _downstream_response_head(HStream* s, int framing, uint64_t length) noe
             if _framing_fields(s, &l, &s.fc.resp, framing, length, lenbuf, sizeof(lenbuf),
                                &chunked, &s.fc.enc) < 0:
                 return -1
-        if _pl_set_server(&l, h) < 0:   # last, after the filters and the route
+        if pl_finish_response(&l, s, c, &owned) < 0:   # last, after the filters and the route
             return -1
         if not s.keepalive:
             _pl_add(&l, _cs("connection"), _cs("close"))
@@ -1755,6 +1780,7 @@ cdef int _downstream_response_head(HStream* s, int framing, uint64_t length) noe
         return 0
     finally:
         free(l.v)
+        free(owned)
 
 
 cdef int _local_response_head(HStream* s, int framing, uint64_t length) noexcept nogil:
@@ -1768,6 +1794,7 @@ cdef int _local_response_head(HStream* s, int framing, uint64_t length) noexcept
     cdef const char* v
     cdef size_t n
     cdef char lenbuf[24]
+    cdef char* owned = NULL
     cdef uint8_t chunked = 0
     cdef int status
     cdef H1Str clv
@@ -1799,7 +1826,7 @@ cdef int _local_response_head(HStream* s, int framing, uint64_t length) noexcept
             s.keepalive = 0             # the rest of the request was never read
         elif s.minor == 0 and framing == UF_LENGTH and length == 0 and status != 204:
             s.keepalive = 0             # Envoy ends HTTP/1.0 keep-alive after an empty reply
-        if _pl_set_server(&l, h) < 0:
+        if pl_finish_response(&l, s, c, &owned) < 0:
             return -1
         if not s.keepalive:
             _pl_add(&l, _cs("connection"), _cs("close"))
@@ -1813,6 +1840,7 @@ cdef int _local_response_head(HStream* s, int framing, uint64_t length) noexcept
         return 0
     finally:
         free(l.v)
+        free(owned)
 
 
 cdef int _tunnel_response_head(HStream* s) noexcept nogil:
@@ -1821,6 +1849,7 @@ cdef int _tunnel_response_head(HStream* s) noexcept nogil:
     cdef PairList l
     cdef const char* v
     cdef size_t n
+    cdef char* owned = NULL
     memset(&l, 0, sizeof(PairList))
     try:
         if _pl_from_head(&l, rh) < 0:
@@ -1829,10 +1858,13 @@ cdef int _tunnel_response_head(HStream* s) noexcept nogil:
         if v != NULL:
             _pl_add(&l, _cs("upgrade"), _s(v, n))
         _pl_add(&l, _cs("connection"), _cs("upgrade"))
+        if pl_finish_response(&l, s, s.c, &owned) < 0:     # Envoy encodes a 101 like any response
+            return -1
         return _append_head(&s.c.out_buf, &l, False, _s(NULL, 0), _s(NULL, 0), 101,
                             _cs("Switching Protocols"))
     finally:
         free(l.v)
+        free(owned)
 
 
 cdef int _tunnel_pump(HStream* s) noexcept nogil:
@@ -2310,6 +2342,30 @@ cdef int _request_target_normalize(HStream* s, HttpCfg* h) noexcept nogil:
     return 0
 
 
+cdef int _stream_path(HStream* s, HttpCfg* h) noexcept nogil:
+    """Normalize the request path (core/http_hcm.pxi); -1 when the stream was answered: 400
+    for a path refused, 307 to the path with its escaped slashes decoded (Envoy's
+    UNESCAPE_AND_REDIRECT), before any decoder filter runs, as in Envoy; Envoy's filter chain
+    exists by then, so its encoder filters see those replies (checked)."""
+    cdef HConn* c = s.c
+    cdef int rc = stream_normalize_path(s, h)
+    if rc == PN_OK:
+        return 0
+    if rc != PN_NOMEM and h.nfilters and hf_stream_create(s) < 0:
+        rc = PN_NOMEM
+    if rc == PN_REJECT:
+        stat_add(h.stats, c.w, H_RQ_FAILED_PATH_NORMALIZATION, 1)
+        s.keepalive = 0
+        stream_local_reply(s, 400, "", 0, NULL, 0, True)
+    elif rc == PN_REDIRECT:
+        stat_add(h.stats, c.w, H_RQ_REDIRECTED_NORMALIZED_PATH, 1)
+        stream_local_reply(s, 307, "", 0, s.head.buf + s.head.target_off, s.head.target_len,
+                           c.req.state != H1_MESSAGE_DONE)
+    else:
+        hconn_close(c, True)
+    return -1
+
+
 cdef inline void _stream_refuse(HStream* s, int status, const char* body) noexcept nogil:
     s.keepalive = 0
     s.response_flags |= RF_DPE
@@ -2373,6 +2429,11 @@ cdef void stream_start(HConn* c) noexcept nogil:
     if not _connection_nominations_ok(&s.head, (c.req.flags & H1F_UPGRADE) != 0):
         _stream_refuse(s, 400, "Bad Request")
         return
+    if (h.normalize_path or h.merge_slashes or h.escaped_slashes != ES_KEEP) and not (c.req.flags & H1F_CONNECT):
+        if _stream_path(s, h) < 0:
+            return
+    if h.strip_port != STRIP_PORT_NONE:
+        stream_strip_host_port(s, h)
     # The filter chain first (Envoy creates it before it refuses an upgrade): the proxy's
     # own answers below go through its encoder filters.
     if h.nfilters and hf_stream_create(s) < 0:
@@ -2803,6 +2864,11 @@ cdef void hconn_start(Worker* w, ListenerCfg* cfg, int fd) noexcept nogil:
     stat_add(h.stats, w, H_CX_ACTIVE, 1)
     _set_nodelay(fd)
     _loopback_tune(fd, <sockaddr*>&ss)
+    if h.strip_port == STRIP_PORT_MATCHING:    # the listener's port: one more syscall, only then
+        sl = sizeof(sockaddr_storage)
+        if getsockname(fd, <sockaddr*>&ss, &sl) == 0:
+            c.local_port = ntohs((<sockaddr_in6*>&ss).sin6_port if ss.ss_family == AF_INET6
+                                 else (<sockaddr_in*>&ss).sin_port)
     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
     ev.data.ptr = &c.down
     if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
@@ -2951,6 +3017,12 @@ cdef int _hconn_process(HConn* c) noexcept nogil:
             return 0
         chain_drain(&c.in_buf, <size_t>n)
         if c.req.state == H1_HEAD_DONE:
+            if h.underscores != US_ALLOW and hconn_underscores(c, h) < 0:
+                # Envoy's codec refuses the request (a protocol error, like the codec's own)
+                stat_add(h.stats, c.w, H_CX_PROTOCOL_ERROR, 1)
+                hconn_unparsed_request(c, 400, RF_DPE)
+                chain_clear(&c.in_buf)
+                return 0
             stream_start(c)
             if c.closed:
                 return -1
@@ -3216,6 +3288,7 @@ cdef void http_cfg_decref(HttpCfg* h) noexcept nogil:
     free(h.cluster_names)
     alog_sinks_free(h.logs, h.nlogs)
     free(h.server_name)
+    free(h.via)
     free(h.default_host_10)
     free(h.internal_cidrs)
     free(h)
@@ -3257,7 +3330,7 @@ cdef int _compile_internal_addresses(HttpCfg* h, iac) except -1:
     return 0
 
 
-def make_http_cfg(hcm, StatBlockHandle stats, dict clusters, int nworkers):
+def make_http_cfg(hcm, StatBlockHandle stats, dict clusters, int nworkers, StatBlockHandle http1_stats=None):
     """Compile a model_http.HttpConnectionManager; clusters: {name: ClusterHandle}."""
     cdef HttpCfgHandle hh = HttpCfgHandle.__new__(HttpCfgHandle)
     cdef _FilterCompiler fcomp
@@ -3326,6 +3399,29 @@ def make_http_cfg(hcm, StatBlockHandle stats, dict clusters, int nworkers):
     h.server_mode = {"OVERWRITE": SERVER_OVERWRITE, "APPEND_IF_ABSENT": SERVER_APPEND_IF_ABSENT,
                      "PASS_THROUGH": SERVER_PASS_THROUGH}[getattr(hcm, "server_header_transformation", "OVERWRITE")]
     h.accept_http_10 = hcm.accept_http_10
+    via = (getattr(hcm, "via", "") or "").encode()
+    if via:
+        h.via = <char*>malloc(len(via))
+        if h.via == NULL:
+            raise MemoryError()
+        memcpy(h.via, <char*>via, len(via))
+        h.via_len = len(via)
+    h.skip_xff_append = getattr(hcm, "skip_xff_append", False)
+    h.preserve_external_request_id = getattr(hcm, "preserve_external_request_id", False)
+    h.always_set_request_id = getattr(hcm, "always_set_request_id_in_response", False)
+    h.normalize_path = getattr(hcm, "normalize_path", False)
+    h.merge_slashes = getattr(hcm, "merge_slashes", False)
+    h.escaped_slashes = {"KEEP_UNCHANGED": ES_KEEP, "REJECT_REQUEST": ES_REJECT,
+                         "UNESCAPE_AND_REDIRECT": ES_REDIRECT, "UNESCAPE_AND_FORWARD": ES_FORWARD}[
+        getattr(hcm, "path_with_escaped_slashes_action", "KEEP_UNCHANGED")]
+    h.strip_port = {"NONE": STRIP_PORT_NONE, "MATCHING": STRIP_PORT_MATCHING, "ANY": STRIP_PORT_ANY}[
+        getattr(hcm, "strip_host_port", "NONE")]
+    h.underscores = {"ALLOW": US_ALLOW, "REJECT_REQUEST": US_REJECT, "DROP_HEADER": US_DROP}[
+        getattr(hcm, "headers_with_underscores_action", "ALLOW")]
+    if http1_stats is not None:
+        h.http1_stats = http1_stats.b
+    elif h.underscores != US_ALLOW:
+        raise ValueError("headers_with_underscores_action needs the http1.* stat block")
     host10 = (hcm.default_host_for_http_10 or "").encode()
     if host10:
         h.default_host_10 = <char*>malloc(len(host10))

@@ -549,16 +549,35 @@ cdef int hf_stream_create(HStream* s) noexcept nogil:
     elif s.edge:
         if hm_append_raw(&fc.req, _cs("x-envoy-external-address"), _s(s.client_ip, s.client_ip_len)) < 0:
             return -1
-        if h.generate_request_id:
+        if h.generate_request_id and not (h.preserve_external_request_id
+                                          and hm_get(&fc.req, "x-request-id", 12, &n) != NULL):
             stream_new_request_id(s)
             hm_remove(&fc.req, "x-request-id", 12)
             if hm_append_raw(&fc.req, _cs("x-request-id"), _s(s.request_id, 36)) < 0:
                 return -1
+    if h.via_len and _hm_append_via(&fc.req, h) < 0:
+        return -1
     for i in range(fc.n):
         fcfg = &fc.cfgs[i]
         fc.current = i
         fc.selfs[i] = fcfg.vt.create(fcfg.config, <fp_stream*>s, &FP_API) if fcfg.vt.create != NULL else NULL
     return 0
+
+
+cdef int _hm_append_via(HMap* m, const HttpCfg* h) noexcept nogil:
+    """The connection manager's Via on the request map, before the filters see it."""
+    cdef char* owned = NULL
+    cdef const char* v
+    cdef size_t n
+    cdef int rc
+    if _pl_append_list(&m.l, "via", 3, h.via, h.via_len, &owned) < 0:
+        return -1
+    if owned == NULL:
+        return 0                        # added, pointing at the config's string
+    v = hm_get(m, "via", 3, &n)         # the joined value: copied into the map's arena
+    rc = hm_set(m, "via", 3, v, n)
+    free(owned)
+    return rc
 
 
 cdef void hf_stream_end(HStream* s) noexcept nogil:

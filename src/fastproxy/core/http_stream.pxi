@@ -403,12 +403,16 @@ cdef int stream_connect_established(HStream* s) noexcept nogil:
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
     cdef UpConn* u = s.up
     cdef PairList l
+    cdef char* owned = NULL
+    cdef int rc
     memset(&l, 0, sizeof(PairList))
-    _pl_set_server(&l, h)
-    if _append_head(&c.out_buf, &l, False, _s(NULL, 0), _s(NULL, 0), 200, _cs("OK")) < 0:
-        free(l.v)
-        return -1
+    rc = pl_finish_response(&l, s, c, &owned)
+    if rc == 0:
+        rc = _append_head(&c.out_buf, &l, False, _s(NULL, 0), _s(NULL, 0), 200, _cs("OK"))
     free(l.v)
+    free(owned)
+    if rc < 0:
+        return -1
     s.status = 200
     s.resp_started = 1
     s.resp_from_upstream = 0

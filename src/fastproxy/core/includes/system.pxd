@@ -54,6 +54,9 @@ cdef extern from "<time.h>" nogil:
     tm* gmtime_r(const time_t* t, tm* out)
     size_t strftime(char* s, size_t max, const char* fmt, const tm* t)
 
+cdef extern from "<sys/random.h>" nogil:
+    ssize_t getrandom(void* buf, size_t n, unsigned int flags)
+
 cdef extern from "<sys/uio.h>" nogil:
     struct iovec:
         void* iov_base
