@@ -41,6 +41,53 @@ def find_envoy():
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def admin_get(admin, path):
+    """GET an admin page (Envoy's or fastproxy's) at admin = (host, port): its text."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://{admin[0]}:{admin[1]}{path}", timeout=5) as r:
+        return r.read().decode()
+
+
+def start_envoy(text, tmp_path, ready=None):
+    """Run the real Envoy (one worker) on the YAML ``text``; returns (process, admin
+    address, first listener's address) once it listens and ``ready(admin)``, if given, is
+    true. The caller terminates the process."""
+    import json
+    import subprocess
+    envoy = find_envoy()
+    assert envoy, "envoy binary not found"
+    cfg = tmp_path / "envoy.yaml"
+    cfg.write_text(text)
+    admin_file = tmp_path / "admin.txt"
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}   # an ASan run's
+    proc = subprocess.Popen([envoy, "-c", str(cfg), "--concurrency", "1", "--disable-hot-restart",
+                             "--log-level", "critical", "--admin-address-path", str(admin_file)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def admin():
+        assert proc.poll() is None, "envoy exited (bad config?)"
+        t = admin_file.read_text().strip() if admin_file.exists() else ""
+        return t and (t.rsplit(":", 1)[0], int(t.rsplit(":", 1)[1]))
+
+    try:
+        addr = wait_for(admin, timeout=20, msg="envoy admin address")
+
+        def listener():
+            try:
+                status = json.loads(admin_get(addr, "/listeners?format=json"))["listener_statuses"]
+            except OSError:
+                return None
+            sa = status[0]["local_address"]["socket_address"] if status else {}
+            return sa.get("port_value") and (sa["address"], sa["port_value"])
+        if ready is not None:
+            wait_for(lambda: ready(addr), timeout=20, msg="envoy ready")
+        return proc, addr, wait_for(listener, timeout=20, msg="envoy listener")
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+
+
 # --------------------------------------------------------------------------- waiting
 
 def wait_for(pred, timeout=5.0, interval=0.005, msg=None):

@@ -15,7 +15,8 @@ import threading
 
 import pytest
 
-from conftest import connect, echo_roundtrip, find_envoy, recv_exact, recv_head, recv_until_eof, wait_for
+from conftest import (admin_get, connect, echo_roundtrip, find_envoy, recv_exact, recv_head, recv_until_eof,
+                      start_envoy, wait_for)
 from http_upstreams import RawHttpUpstream
 from upstreams import EchoServer
 
@@ -536,9 +537,8 @@ def _envoy_parity():
 
 def _run(kind, text, tmp_path, drive):
     """drive(addr, admin) in Envoy (kind 'envoy') or fastproxy; returns what it returns."""
-    parity = _envoy_parity()
     if kind == "envoy":
-        proc, admin, addr = parity.start_envoy(text, tmp_path)
+        proc, admin, addr = start_envoy(text, tmp_path)
         try:
             return drive(addr, admin)
         finally:
@@ -599,7 +599,7 @@ def test_circuit_breakers_match_envoy(tmp_path):
             a.close()
             b.close()
             snaps.append(_poll(admin, upstream_rq_active=0, upstream_rq_total=2))
-            page = _envoy_parity().admin_get(admin, "/stats/prometheus")
+            page = admin_get(admin, "/stats/prometheus")
             return snaps, replies, page
         try:
             return _run(kind, text, tmp_path, drive)

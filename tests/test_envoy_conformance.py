@@ -23,17 +23,13 @@ docs/http1-policy.md.
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
-import subprocess
 import threading
-import urllib.request
-from collections import Counter
 
 import pytest
 
-from conftest import find_envoy, wait_for
+from conftest import admin_get, find_envoy, start_envoy
 from upstreams import refused_port
 
 import fastproxy
@@ -473,51 +469,15 @@ def build_configs(up, up2, dead):
 
 # --------------------------------------------------------------------------- the two proxies
 
-def admin_get(admin, path):
-    with urllib.request.urlopen(f"http://{admin[0]}:{admin[1]}{path}", timeout=5) as r:
-        return r.read().decode()
-
-
-def start_envoy(text, tmp):
-    cfg = tmp / "envoy.yaml"
-    cfg.write_text(text)
-    admin_file = tmp / "admin.txt"
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    proc = subprocess.Popen([ENVOY, "-c", str(cfg), "--concurrency", "1", "--disable-hot-restart",
-                             "--log-level", "critical", "--admin-address-path", str(admin_file)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def admin():
-        assert proc.poll() is None, "envoy exited (bad config?)"
-        t = admin_file.read_text().strip() if admin_file.exists() else ""
-        return t and (t.rsplit(":", 1)[0], int(t.rsplit(":", 1)[1]))
-
-    try:
-        addr = wait_for(admin, timeout=20, msg="envoy admin address")
-
-        def listener():
-            try:
-                status = json.loads(admin_get(addr, "/listeners?format=json"))["listener_statuses"]
-            except OSError:
-                return None
-            sa = status[0]["local_address"]["socket_address"] if status else {}
-            return sa.get("port_value") and (sa["address"], sa["port_value"])
-
-        def clusters_ready():
-            # the STRICT_DNS cluster has resolved (its host is listed)
-            return "dns::127.0.0.1" in admin_get(addr, "/clusters") if "name: dns" in text else True
-        wait_for(clusters_ready, timeout=20, msg="envoy clusters")
-        return proc, wait_for(listener, timeout=20, msg="envoy listener")
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
+def dns_cluster_resolved(text):
+    """Envoy's readiness for a config with the STRICT_DNS cluster "dns": its host is listed."""
+    return lambda admin: "dns::127.0.0.1" in admin_get(admin, "/clusters") if "name: dns" in text else True
 
 
 class Pair:
     def __init__(self, text, tmp):
         self.envoy_proc = self.proxy = None
-        self.envoy_proc, self.envoy = start_envoy(text, tmp)
+        self.envoy_proc, _, self.envoy = start_envoy(text, tmp, ready=dns_cluster_resolved(text))
         self.proxy = fastproxy.Proxy.from_envoy(text, concurrency=1)
         self.proxy.start()
         self.fast = self.proxy.listener_address("web")

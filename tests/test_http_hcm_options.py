@@ -96,7 +96,8 @@ def fastproxy_serving(text):
 
 @contextlib.contextmanager
 def envoy_serving(text, tmp_path):
-    from test_http_stats_parity import read_stats, start_envoy
+    from test_http_stats_parity import read_stats
+    from conftest import start_envoy
     proc, admin, addr = start_envoy(text, tmp_path)
     try:
         yield addr, lambda: read_stats(admin)

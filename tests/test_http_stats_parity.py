@@ -18,16 +18,13 @@ Everything is awaited by polling the stats, never by sleeping.
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
-import subprocess
 import threading
-import urllib.request
 
 import pytest
 
-from conftest import connect, find_envoy, recv_exact, recv_head, recv_until_eof, wait_for
+from conftest import admin_get, connect, find_envoy, recv_exact, recv_head, recv_until_eof, start_envoy, wait_for
 from http_upstreams import RawHttpUpstream
 from upstreams import refused_port, rst_close
 
@@ -224,11 +221,6 @@ class Upstream:
         self.server.close()
 
 
-def admin_get(admin, path):
-    with urllib.request.urlopen(f"http://{admin[0]}:{admin[1]}{path}", timeout=5) as r:
-        return r.read().decode()
-
-
 def read_stats(admin):
     """The admin's /stats counters and gauges, the listener's port taken out of names."""
     out = {}
@@ -237,37 +229,6 @@ def read_stats(admin):
         if re.fullmatch(r"-?\d+", value):
             out[re.sub(r"^listener\.127\.0\.0\.1_\d+\.", "listener.LST.", name)] = int(value)
     return out
-
-
-def start_envoy(text, tmp_path):
-    cfg = tmp_path / "envoy.yaml"
-    cfg.write_text(text)
-    admin_file = tmp_path / "admin.txt"
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}   # an ASan run's
-    proc = subprocess.Popen([ENVOY, "-c", str(cfg), "--concurrency", "1", "--disable-hot-restart",
-                             "--log-level", "critical", "--admin-address-path", str(admin_file)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def admin():
-        assert proc.poll() is None, "envoy exited"
-        text = admin_file.read_text().strip() if admin_file.exists() else ""
-        return text and (text.rsplit(":", 1)[0], int(text.rsplit(":", 1)[1]))
-
-    try:
-        addr = wait_for(admin, timeout=20, msg="envoy admin address")
-
-        def listener():
-            try:
-                status = json.loads(admin_get(addr, "/listeners?format=json"))["listener_statuses"]
-            except OSError:
-                return None
-            sa = status[0]["local_address"]["socket_address"] if status else {}
-            return sa.get("port_value") and (sa["address"], sa["port_value"])
-        return proc, addr, wait_for(listener, timeout=20, msg="envoy listener")
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
 
 
 def settled(stats):
