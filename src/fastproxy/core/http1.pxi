@@ -355,26 +355,35 @@ cdef void h1_head_free(H1Head* h) noexcept nogil:
     memset(h, 0, sizeof(H1Head))
 
 
+cdef inline int _h1_head_reserve(H1Head* h, size_t need) noexcept nogil:
+    """Room for need bytes plus a NUL after them. The head's bytes are always followed by a
+    NUL (h.buf[h.len] == 0), so a C function that reads a field up to a terminator it was
+    not given stops inside the block: regexec is called with REG_STARTEND, which glibc
+    honours, but ASan's regexec interceptor (and other libcs) read to the NUL. -1: no memory."""
+    cdef size_t cap
+    cdef char* nb
+    if need + 1 <= h.cap:
+        return 0
+    cap = <size_t>h.cap * 2 if h.cap else H1_BLOCK_MIN
+    while cap < need + 1:
+        cap *= 2
+    nb = <char*>realloc(h.buf, cap)
+    if nb == NULL:
+        return -1
+    h.buf = nb
+    h.cap = <uint32_t>cap
+    return 0
+
+
 cdef int h1_head_add_field(H1Head* h, const char* name, size_t nn, const char* value,
                           size_t vn) noexcept nogil:
     """Append a field the proxy supplies (e.g. a default Host) to a taken head: its bytes go
     after the received ones, so offsets already handed out stay valid. -1: out of memory."""
     cdef size_t need = <size_t>h.len + nn + vn
-    cdef size_t cap
-    cdef char* nb
     cdef H1Field* nf
     cdef uint32_t ncap
-    if need > 0xFFFFFFF0u:
+    if need > 0xFFFFFFF0u or _h1_head_reserve(h, need) < 0:
         return -1
-    if need > h.cap:
-        cap = <size_t>h.cap * 2 if h.cap else H1_BLOCK_MIN
-        while cap < need:
-            cap *= 2
-        nb = <char*>realloc(h.buf, cap)
-        if nb == NULL:
-            return -1
-        h.buf = nb
-        h.cap = <uint32_t>cap
     if h.nfields == h.fields_cap:
         ncap = h.fields_cap * 2 if h.fields_cap else H1_FIELDS_MIN
         nf = <H1Field*>realloc(h.fields, ncap * sizeof(H1Field))
@@ -390,6 +399,7 @@ cdef int h1_head_add_field(H1Head* h, const char* name, size_t nn, const char* v
     h.fields[h.nfields].value_len = <uint32_t>vn
     h.nfields += 1
     h.len = <uint32_t>need
+    h.buf[h.len] = 0
     return 0
 
 
@@ -397,27 +407,17 @@ cdef int h1_head_set_target(H1Head* h, const char* t, size_t n) noexcept nogil:
     """Replace a taken request head's target (a normalized path): in place when it is not
     longer, else its bytes go after the received ones (offsets stay valid). -1: no memory."""
     cdef size_t need = <size_t>h.len + n
-    cdef size_t cap
-    cdef char* nb
     if n <= h.target_len:
         memmove(h.buf + h.target_off, t, n)
         h.target_len = <uint32_t>n
         return 0
-    if need > 0xFFFFFFF0u:
+    if need > 0xFFFFFFF0u or _h1_head_reserve(h, need) < 0:
         return -1
-    if need > h.cap:
-        cap = <size_t>h.cap * 2 if h.cap else H1_BLOCK_MIN
-        while cap < need:
-            cap *= 2
-        nb = <char*>realloc(h.buf, cap)
-        if nb == NULL:
-            return -1
-        h.buf = nb
-        h.cap = <uint32_t>cap
     memcpy(h.buf + h.len, t, n)
     h.target_off = h.len
     h.target_len = <uint32_t>n
     h.len = <uint32_t>need
+    h.buf[h.len] = 0
     return 0
 
 
@@ -1028,25 +1028,18 @@ cdef int _h1_head_end(H1Parser* p) noexcept nogil:
 
 cdef inline int _h1_take(H1Parser* p, H1Head* h, const char* src, size_t n) noexcept nogil:
     """Copy n received bytes of the current section into its block, within the limits."""
-    cdef size_t need, cap
-    cdef char* nb
+    cdef size_t need
     if (p.state == H1_HEAD and not (p.flags & H1X_START_DONE)
             and <size_t>(h.len - p.line_start) + n > p.max_start_line):
         return _h1_fail(p, H1E_LINE_TOO_LONG)
     if <size_t>p.section_bytes + n > p.max_head:
         return _h1_fail(p, H1E_HEAD_TOO_LARGE)
     need = <size_t>h.len + n
-    if need > h.cap:
-        cap = <size_t>h.cap * 2 if h.cap else H1_BLOCK_MIN
-        while cap < need:
-            cap *= 2
-        nb = <char*>realloc(h.buf, cap)
-        if nb == NULL:
-            return _h1_fail(p, H1E_NO_MEMORY)
-        h.buf = nb
-        h.cap = <uint32_t>cap
+    if _h1_head_reserve(h, need) < 0:
+        return _h1_fail(p, H1E_NO_MEMORY)
     memcpy(h.buf + h.len, src, n)
     h.len += <uint32_t>n
+    h.buf[h.len] = 0                                    # see _h1_head_reserve
     p.section_bytes += <uint32_t>n
     return 0
 
