@@ -307,7 +307,16 @@ BAD = [
         "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"}}]})],
      "admin.access_log[0].filter", "unsupported"),
     ([("layered_runtime", ["x"])], "layered_runtime", "expected a mapping"),
+    ([(f"{LB0}.endpoint.hostname", "two words")], f"{LB0}.endpoint.hostname", "visible ASCII"),
+    ([(f"{LB0}.endpoint.hostname", "h" * 256)], f"{LB0}.endpoint.hostname", "at most 255"),
+    ([(f"{LB0}.endpoint.hostname", 7)], f"{LB0}.endpoint.hostname", "expected a string"),
 ]
+
+
+def test_endpoint_hostname_is_kept():
+    boot = load_envoy(edited((f"{LB0}.endpoint.hostname", "backend.internal")))
+    assert boot.clusters[0].endpoints[0].hostname == "backend.internal"
+    assert load_envoy(edited()).clusters[0].endpoints[0].hostname == ""
 
 
 @pytest.mark.parametrize("changes, path, fragment", BAD, ids=[f"{i}:{case[1]}" for i, case in enumerate(BAD)])

@@ -180,7 +180,8 @@ static_resources:
 {clusters}"""
 
 
-def static_cluster(name, port, kind="STATIC", extra=""):
+def static_cluster(name, port, kind="STATIC", extra="", address="127.0.0.1", hostname=None):
+    named = f"hostname: {hostname}, " if hostname else ""
     return f"""\
   - name: {name}
     type: {kind}
@@ -189,13 +190,16 @@ def static_cluster(name, port, kind="STATIC", extra=""):
       cluster_name: {name}
       endpoints:
       - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}
+        - endpoint: {{{named}address: {{socket_address: {{address: {address}, port_value: {port}}}}}}}
 """
 
 
 def clusters(up, up2, dead):
     return (static_cluster("up", up) + static_cluster("up2", up2) + static_cluster("dead", dead)
             + static_cluster("dns", up, kind="STRICT_DNS")
+            + static_cluster("dnsname", up, kind="STRICT_DNS", address="localhost",
+                             extra="    dns_lookup_family: V4_ONLY\n")
+            + static_cluster("named", up, hostname="backend.internal")
             + "  - name: empty\n    connect_timeout: 1s\n    load_assignment: {cluster_name: empty}\n")
 
 
@@ -339,10 +343,14 @@ ROUTING = """\
                 route: {cluster: up, regex_rewrite: {pattern: {regex: "o"}, substitution: "0"}}
               - match: {prefix: /rw/hostlit}
                 route: {cluster: up, host_rewrite_literal: rewritten.example}
-              - match: {prefix: /rw/autohost}
-                route: {cluster: dns, auto_host_rewrite: true}
               - match: {prefix: /rw/autohost-static}
                 route: {cluster: up, auto_host_rewrite: true}
+              - match: {prefix: /rw/autohost-named}
+                route: {cluster: named, auto_host_rewrite: true}
+              - match: {prefix: /rw/autohost-dnsname}
+                route: {cluster: dnsname, auto_host_rewrite: true}
+              - match: {prefix: /rw/autohost}
+                route: {cluster: dns, auto_host_rewrite: true}
               - match: {prefix: /timeout}
                 route: {cluster: up, timeout: 0.25s}
               - match: {prefix: /notimeout}
@@ -470,8 +478,12 @@ def build_configs(up, up2, dead):
 # --------------------------------------------------------------------------- the two proxies
 
 def dns_cluster_resolved(text):
-    """Envoy's readiness for a config with the STRICT_DNS cluster "dns": its host is listed."""
-    return lambda admin: "dns::127.0.0.1" in admin_get(admin, "/clusters") if "name: dns" in text else True
+    """Envoy's readiness for a config with the STRICT_DNS clusters "dns" and "dnsname": their
+    hosts are listed."""
+    def ready(admin):
+        listed = admin_get(admin, "/clusters")
+        return "dns::127.0.0.1" in listed and "dnsname::127.0.0.1" in listed
+    return ready if "name: dns" in text else None
 
 
 class Pair:
@@ -785,7 +797,9 @@ CASES = {
     "a-regex-all": (R, req("/rw/regexall/foo/boo?o=o")),
     "a-hostlit": (R, req("/rw/hostlit")),
     "a-autohost": (R, req("/rw/autohost")),
-    "a-autohost-static": (R, req("/rw/autohost-static")),
+    "a-autohost-static": (R, req("/rw/autohost-static")),        # STATIC, no hostname: Host kept
+    "a-autohost-named": (R, req("/rw/autohost-named")),          # endpoint.hostname
+    "a-autohost-dnsname": (R, req("/rw/autohost-dnsname")),      # a STRICT_DNS endpoint's name
     "a-timeout": (R, req("/timeout", extra=b"x-up: slow\r\n")),
     "a-notimeout": (R, req("/notimeout")),
     "a-dead": (R, req("/dead")),

@@ -382,6 +382,9 @@ class _AdminHandler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.OK, "".join(l + "\n" for l in lines))
 
     def _h_quitquitquit(self, query) -> None:
+        # DRAINING before the answer: a client that reads "OK" and asks /ready at once must
+        # not see LIVE; the proxy is told to stop only after the answer is out.
+        self.admin.state = "DRAINING"
         self._send(HTTPStatus.OK, "OK\n", extra={"Connection": "close"})
         self.close_connection = True
         self.admin.request_shutdown()

@@ -39,6 +39,19 @@ def is_ip_literal(address: str) -> bool:
         return False
 
 
+MAX_ENDPOINT_HOSTNAME = 255     # bytes the core keeps per host (core/upstream.pxi Host.hostname)
+
+
+def check_endpoint_hostname(value, path: str) -> None:
+    """An endpoint's hostname: it becomes a Host value (auto_host_rewrite), so visible ASCII
+    only, and at most what the core keeps per host."""
+    if not isinstance(value, str):
+        raise ConfigError(path, f"expected a string, got {type(value).__name__}")
+    if len(value) > MAX_ENDPOINT_HOSTNAME or any(not 0x21 <= ord(ch) <= 0x7E for ch in value):
+        raise ConfigError(path, f"must be at most {MAX_ENDPOINT_HOSTNAME} visible ASCII characters "
+                                f"(it becomes a Host value), got {value!r}")
+
+
 @dataclass
 class Endpoint:
     """One upstream host: an IP address (STATIC) or a hostname (STRICT_DNS) and a port."""
@@ -46,10 +59,14 @@ class Endpoint:
     address: str
     port: int
     weight: int = 1
+    # Envoy's endpoint.hostname: what auto_host_rewrite sends as Host for this endpoint (a
+    # STRICT_DNS endpoint without one sends its DNS name; a STATIC one keeps the Host).
+    hostname: str = ""
 
     def validate(self, path: str, cluster_type: str) -> None:
         if not isinstance(self.address, str) or not self.address:
             raise ConfigError(path + ".address", "address must be a non-empty string")
+        check_endpoint_hostname(self.hostname, path + ".hostname")
         if cluster_type == "STATIC" and not is_ip_literal(self.address):
             raise ConfigError(path + ".address",
                               f"STATIC cluster endpoints must be IP addresses, got {self.address!r}")

@@ -60,13 +60,15 @@ _FAMILIES = {
 }
 
 
-def resolve_endpoints(cluster: Cluster) -> list[tuple[str, int, int]]:
-    """(ip, port, weight) for every host of the cluster. STRICT_DNS endpoints expand to
-    every address their name resolves to (Envoy's strict DNS). Blocking: main thread only."""
+def resolve_endpoints(cluster: Cluster) -> list[tuple[str, int, int, str]]:
+    """(ip, port, weight, hostname) for every host of the cluster. STRICT_DNS endpoints
+    expand to every address their name resolves to (Envoy's strict DNS). hostname is what
+    auto_host_rewrite sends: the endpoint's own hostname, else a DNS endpoint's name, else
+    "" (a STATIC endpoint: the Host stays). Blocking: main thread only."""
     out = []
     for ep in cluster.endpoints:
         if cluster.type == "STATIC":
-            out.append((ep.address, ep.port, ep.weight))
+            out.append((ep.address, ep.port, ep.weight, ep.hostname))
             continue
         try:
             infos = socket.getaddrinfo(ep.address, ep.port, type=socket.SOCK_STREAM)
@@ -87,13 +89,13 @@ def resolve_endpoints(cluster: Cluster) -> list[tuple[str, int, int]]:
                 if by_family.get(fam):
                     ips = by_family[fam]
                     break
-        out.extend((ip, ep.port, ep.weight) for ip in ips)
+        out.extend((ip, ep.port, ep.weight, ep.hostname or ep.address) for ip in ips)
     return out
 
 
-def _host_set(hosts: list[tuple[str, int, int]]):
-    return _core.make_hostset([(ip, port) for ip, port, _ in hosts],
-                              smooth_weighted_schedule([w for _, _, w in hosts]))
+def _host_set(hosts: list[tuple[str, int, int, str]]):
+    return _core.make_hostset([(ip, port, name) for ip, port, _, name in hosts],
+                              smooth_weighted_schedule([w for _, _, w, _ in hosts]))
 
 
 def _circuit_breaker_gauges(prefix: str, c: "_ClusterState") -> dict:

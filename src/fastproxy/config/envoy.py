@@ -10,7 +10,8 @@ max_retries, track_remaining), the deprecated max_requests_per_connection, and
 typed_extension_protocol_options with Envoy's upstream HttpProtocolOptions
 (common_http_protocol_options.idle_timeout / max_requests_per_connection /
 max_connection_duration; explicit_http_config or use_downstream_protocol_config meaning
-HTTP/1.1). Every field outside that subset is an error naming its path,
+HTTP/1.1); an endpoint takes address, load_balancing_weight and hostname (the Host
+auto_host_rewrite sends). Every field outside that subset is an error naming its path,
 because silently ignoring a field would run a proxy that behaves differently from the config
 its author wrote. Defaults are Envoy's.
 """
@@ -396,7 +397,7 @@ def _supported(msg: Message, name: str, values: dict, supported: tuple, default:
 
 def _endpoint(item: Any, path: str, cluster_type: str) -> model.Endpoint:
     lb = Message(item, path, ("endpoint", "load_balancing_weight"))
-    endpoint = lb.message("endpoint", ("address",), required=True)
+    endpoint = lb.message("endpoint", ("address", "hostname"), required=True)
     address = endpoint.message("address", ("socket_address",), required=True)
     # A STATIC cluster's endpoints are used as given; only STRICT_DNS resolves names.
     host, port = _socket_address(address, require_ip=cluster_type == "STATIC", min_port=1,
@@ -405,7 +406,9 @@ def _endpoint(item: Any, path: str, cluster_type: str) -> model.Endpoint:
     if weight > MAX_ENDPOINT_WEIGHT:
         raise ConfigError(lb.at("load_balancing_weight"),
                           f"fastproxy supports weights up to {MAX_ENDPOINT_WEIGHT}, got {weight}")
-    return model.Endpoint(address=host, port=port, weight=weight)
+    hostname = endpoint.string("hostname", default="")
+    model.check_endpoint_hostname(hostname, endpoint.at("hostname"))
+    return model.Endpoint(address=host, port=port, weight=weight, hostname=hostname)
 
 
 __all__ = ["load_envoy", "load_envoy_yaml", "load_envoy_json", "bootstrap_from_data"]

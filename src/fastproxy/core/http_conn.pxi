@@ -1518,17 +1518,6 @@ cdef void _stream_timeout(Worker* w, void* arg) noexcept nogil:
     stream_upstream_failed(s, 504, "upstream request timeout")
 
 
-cdef size_t _host_ip_text(Host* h, char* out, size_t cap) noexcept nogil:
-    """The upstream host's address without its port: auto_host_rewrite's Host value (what
-    Envoy 1.40 sends for an endpoint given by IP, checked for STATIC and STRICT_DNS)."""
-    if h.addr.ss_family == AF_INET6:
-        if inet_ntop(AF_INET6, &(<sockaddr_in6*>&h.addr).sin6_addr, out, <socklen_t>cap) == NULL:
-            return 0
-    elif inet_ntop(AF_INET, &(<sockaddr_in*>&h.addr).sin_addr, out, <socklen_t>cap) == NULL:
-        return 0
-    return strlen(out)
-
-
 cdef size_t _host_text(Host* h, char* out, size_t cap) noexcept nogil:
     """The upstream host as "ip:port" ("[ip6]:port")."""
     cdef char ip[48]
@@ -1593,7 +1582,7 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
     cdef const RouteEntry* e = s.route
     cdef PairList l
     cdef char xff[1024]
-    cdef char hostbuf[64]
+    cdef Host* uhost
     cdef char lenbuf[24]
     cdef char tobuf[24]
     cdef size_t n, k
@@ -1649,10 +1638,12 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
             orig_host = _pl_take(&l, "host", 4)
             _pl_add(&l, _cs("host"), _s(e.host_rewrite_literal.p, e.host_rewrite_literal.n))
         elif e.auto_host_rewrite:
-            k = _host_ip_text(&s.up.hosts.hosts[s.up.host_index], hostbuf, sizeof(hostbuf))
-            if k:
+            # Envoy 1.40: the host's name (endpoint.hostname, else a STRICT_DNS endpoint's
+            # DNS name), without a port; a STATIC endpoint without a hostname keeps the Host.
+            uhost = &s.up.hosts.hosts[s.up.host_index]
+            if uhost.hostname_len:
                 orig_host = _pl_take(&l, "host", 4)
-                _pl_add(&l, _cs("host"), _s(hostbuf, k))
+                _pl_add(&l, _cs("host"), _s(uhost.hostname, uhost.hostname_len))
         # Envoy's x-envoy-* rules (http_stream.pxi): the connection manager's pass already
         # ran on a filtered stream's map; the router's runs on every filtered stream, since a
         # filter may have added such a field.

@@ -10,9 +10,13 @@ cdef enum LbPolicy:
     LB_ROUND_ROBIN = 0
     LB_RANDOM = 1
 
+DEF HOST_NAME_MAX_LEN = 255         # model.MAX_ENDPOINT_HOSTNAME
+
 cdef struct Host:
     sockaddr_storage addr
     socklen_t addrlen
+    uint16_t hostname_len           # 0: none (auto_host_rewrite leaves the Host alone)
+    char hostname[HOST_NAME_MAX_LEN + 1]    # endpoint.hostname, or a DNS endpoint's name
 
 cdef struct HostSet:
     int refcnt                  # atomic
@@ -150,7 +154,7 @@ cdef int _fill_sockaddr(Host* h, str ip, int port) except -1:
 
 
 def make_hostset(list hosts, list schedule):
-    """hosts: [(ip, port)], schedule: [host index] (the weighted pick order)."""
+    """hosts: [(ip, port, hostname)], schedule: [host index] (the weighted pick order)."""
     cdef HostSetHandle h = HostSetHandle.__new__(HostSetHandle)
     cdef HostSet* hs = <HostSet*>calloc(1, sizeof(HostSet))
     cdef int i
@@ -164,8 +168,13 @@ def make_hostset(list hosts, list schedule):
     hs.schedule = <int*>calloc(max(1, hs.nschedule), sizeof(int))
     if hs.hosts == NULL or hs.schedule == NULL:
         raise MemoryError()
-    for i, (ip, port) in enumerate(hosts):
+    for i, (ip, port, name) in enumerate(hosts):
         _fill_sockaddr(&hs.hosts[i], ip, port)
+        raw = name.encode("ascii")
+        if len(raw) > HOST_NAME_MAX_LEN:
+            raise ValueError(f"host name longer than {HOST_NAME_MAX_LEN} bytes: {name!r}")
+        memcpy(hs.hosts[i].hostname, <char*>raw, len(raw))
+        hs.hosts[i].hostname_len = <uint16_t>len(raw)
     for i, k in enumerate(schedule):
         if not 0 <= k < hs.nhosts:
             raise ValueError("schedule index out of range")
