@@ -109,7 +109,8 @@ COUNTERS = [H + n for n in (
         "upstream_cx_tx_bytes_total", "upstream_rq_total", "upstream_rq_completed",
         "upstream_rq_pending_total", "upstream_rq_pending_failure_eject", "upstream_rq_2xx",
         "upstream_rq_5xx", "upstream_rq_timeout", "upstream_cx_idle_timeout",
-        "upstream_cx_max_requests")]
+        "upstream_cx_max_requests")] + \
+    [B + "upstream_rq_200", B + "upstream_rq_503", B + "upstream_rq_504", D + "upstream_rq_503"]
 
 # Gauges, compared while C's response is in flight and again at the end.
 GAUGES = [H + n for n in ("downstream_cx_active", "downstream_cx_http1_active", "downstream_rq_active")] + \

@@ -320,6 +320,8 @@ class Proxy:
         for (kind, name), block in list(self._stats.items()):
             for stat, value in block.read().items():
                 out[f"{name}.{stat}"] = value
+            for code, value in block.read_codes().items():     # a cluster's, once seen
+                out[f"{name}.upstream_rq_{code}"] = value
             if kind == "listener":
                 # Envoy's per-worker listener stats: the block's rows, as they are.
                 for k in range(self.concurrency):

@@ -92,6 +92,11 @@ cdef class Engine:
             worker_post(&self.workers[i], _msg_noop, NULL)
         for t in self._threads:
             t.join()
+        # A worker that saw running == 0 before the wake-up above was queued has already
+        # drained its queue for the last time: run (and free) what is left here, now that
+        # no worker thread runs. The wake fd is non-blocking, so an empty drain returns.
+        for i in range(self.nworkers):
+            worker_drain_messages(&self.workers[i])
         self._stopped = True
 
     def active_connections(self):
@@ -110,7 +115,7 @@ cdef class Engine:
             return _statblock_handle(TCP_STATS, TCP_GAUGES, self.nworkers)
         if kind == "cluster":
             return _statblock_handle(CLUSTER_STATS, CLUSTER_GAUGES, self.nworkers,
-                                     ("upstream_rq_time",))
+                                     ("upstream_rq_time",), codes=True)
         if kind == "listener_http":
             return _statblock_handle(LISTENER_HTTP_STATS, frozenset(), self.nworkers)
         if kind == "http1":

@@ -954,6 +954,14 @@ cdef inline void _count_status(StatBlock* b, Worker* w, int first, int status) n
         stat_add(b, w, first + 5, 1)
 
 
+cdef inline void _count_upstream(StatBlock* b, Worker* w, int status) noexcept nogil:
+    """A cluster's response (or the router's reply in its place): upstream_rq_<class>,
+    upstream_rq_completed and upstream_rq_<code>, which Envoy charges together."""
+    _count_status(b, w, C_RQ_1XX, status)
+    if CODE_FIRST <= status < CODE_FIRST + CODE_SLOTS:
+        stat_add(b, w, C_CODES + status - CODE_FIRST, 1)
+
+
 cdef inline void _count_downstream(HConn* c, int status) noexcept nogil:
     """A response to the downstream: http.<prefix>.downstream_rq_<class>/_completed and
     the same per listener (listener.<address>.http.<prefix>.*)."""
@@ -1500,7 +1508,7 @@ cdef void stream_upstream_failed(HStream* s, int status, const char* reason) noe
         hconn_close(c, True)
         return
     if s.cluster != NULL:
-        _count_status(s.cluster.stats, c.w, C_RQ_1XX, status)     # Envoy charges the router's reply
+        _count_upstream(s.cluster.stats, c.w, status)     # Envoy charges the router's reply
     stream_local_reply(s, status, reason, strlen(reason), NULL, 0, not s.req_done)
     hconn_pump(c)
 
@@ -1943,7 +1951,7 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
                 h1_reset(p)
                 continue
             s.status = p.head.status
-            _count_status(s.cluster.stats, c.w, C_RQ_1XX, s.status)
+            _count_upstream(s.cluster.stats, c.w, s.status)
             _count_downstream(c, s.status)
             if _enc_filtered(s):
                 if p.framing == H1_BODY_NONE:
@@ -2510,7 +2518,7 @@ cdef int stream_route(HStream* s) noexcept nogil:
     s.up = upconn_acquire(s, s.cluster)
     if s.up == NULL:
         _route_input_free(hdrs, stack)
-        _count_status(s.cluster.stats, c.w, C_RQ_1XX, 503)
+        _count_upstream(s.cluster.stats, c.w, 503)
         if s.response_flags & RF_UO:
             stream_local_reply(s, 503, UPSTREAM_OVERFLOW, strlen(UPSTREAM_OVERFLOW), NULL, 0,
                                c.req.state != H1_MESSAGE_DONE)

@@ -103,6 +103,13 @@ DEF HIST_NBUCKETS = 272
 DEF HIST_SLOTS = 273
 HISTOGRAM_BUCKETS = HIST_NBUCKETS
 
+# Per-status-code counters (a cluster's upstream_rq_<code>): one slot per code 100..599,
+# after the histograms. Envoy creates such a counter at its first use, so read_codes()
+# reports only the codes seen.
+DEF CODE_FIRST = 100
+DEF CODE_SLOTS = 500
+DEF C_CODES = C_NSTATS + HIST_SLOTS     # a cluster block: its counters, upstream_rq_time, codes
+
 cdef extern from *:
     int __builtin_clzll(unsigned long long x) nogil
 
@@ -174,6 +181,7 @@ cdef class StatBlockHandle:
     cdef readonly tuple names
     cdef readonly frozenset gauges
     cdef readonly tuple histograms      # names; slots follow the counters, HIST_SLOTS each
+    cdef readonly bint codes            # CODE_SLOTS per-code counters follow the histograms
 
     def __dealloc__(self):
         if self.b != NULL:
@@ -207,6 +215,23 @@ cdef class StatBlockHandle:
                 out[name] = <int64_t>v if name in self.gauges else v
         return out
 
+    def read_codes(self):
+        """{status code: count summed over the workers} for the codes seen (a block made
+        with codes=True; {} otherwise)."""
+        cdef int i, k, first
+        cdef uint64_t total
+        out = {}
+        if not self.codes:
+            return out
+        first = len(self.names) + len(self.histograms) * HIST_SLOTS
+        for i in range(CODE_SLOTS):
+            total = 0
+            for k in range(self.b.nworkers):
+                total += fp_load_u64(&self.b.v[k * self.b.stride + first + i])
+            if total:
+                out[CODE_FIRST + i] = total
+        return out
+
     def read_histograms(self):
         """{name: (bucket counts summed over the workers, sum of the values)}."""
         cdef int i, j, k, first
@@ -225,12 +250,14 @@ cdef class StatBlockHandle:
 
 
 cdef StatBlockHandle _statblock_handle(tuple names, frozenset gauges, int nworkers,
-                                       tuple histograms=()):
+                                       tuple histograms=(), bint codes=False):
     cdef StatBlockHandle h = StatBlockHandle.__new__(StatBlockHandle)
-    h.b = statblock_new(len(names) + len(histograms) * HIST_SLOTS, nworkers)
+    h.b = statblock_new(len(names) + len(histograms) * HIST_SLOTS + (CODE_SLOTS if codes else 0),
+                        nworkers)
     if h.b == NULL:
         raise MemoryError()
     h.names = names
     h.gauges = gauges
     h.histograms = histograms
+    h.codes = codes
     return h
