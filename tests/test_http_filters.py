@@ -252,6 +252,34 @@ def test_buffer_limit_gives_413(upstream):
         assert upstream.raw == b""
 
 
+def test_413_reaches_a_client_that_sends_its_whole_body_before_reading(upstream):
+    """The proxy answers 413 while the body is still coming and then closes. Closing with
+    unread bytes would make the kernel reset the connection, and a client that writes its
+    whole body before it reads (http.client, most scripts) would get ECONNRESET instead of
+    the answer; the proxy shuts its side and drops the rest of the body first."""
+    with make_proxy([spec(UpperRequest)], upstream) as p:
+        total = 8 << 20
+        s = socket.create_connection(p.listener_address("http"), timeout=10)
+        s.sendall(b"POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % total)
+        chunk = b"x" * 65536
+        for _ in range(total // len(chunk)):
+            s.sendall(chunk)
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            got += d
+        s.close()
+        assert got.startswith(b"HTTP/1.1 413 ")
+        assert b"connection: close" in got.lower()
+        assert upstream.raw == b""
+        h = "http." + p.config.listeners[0].http.stat_prefix + "."
+        wait_for(lambda: p.stats()[h + "downstream_cx_active"] == 0)
+        assert p.stats()[h + "downstream_cx_destroy_local"] == 1   # the proxy's close
+
+
 class StreamingTag(HttpFilter):
     """Passes the body through chunk by chunk, counting it."""
     seen = []

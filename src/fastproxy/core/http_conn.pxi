@@ -225,6 +225,7 @@ cdef struct HConn:
     uint8_t closed
     uint8_t down_eof
     uint8_t close_after             # close once out_buf is flushed and no stream is active
+    uint8_t lingering               # answered and shut for writing: discarding what still comes
     uint8_t in_pump
     uint8_t repump
     Timer idle_timer
@@ -2933,8 +2934,56 @@ cdef void hconn_close(HConn* c, bint rst) noexcept nogil:
     w.hconn_deferred = c
 
 
+DEF LINGER_MS = 1000                # how long a lingering close reads (Envoy's delayed_close_timeout)
+
+
+cdef void _hconn_linger_end(Worker* w, void* arg) noexcept nogil:
+    hconn_close(<HConn*>arg, False)
+
+
+cdef void _hconn_linger_read(HConn* c) noexcept nogil:
+    """Read and drop what the client still sends; close at its EOF or on an error."""
+    cdef char scratch[16384]
+    cdef ssize_t n
+    while True:
+        n = read(c.down.fd, scratch, sizeof(scratch))
+        if n > 0:
+            continue
+        if n < 0 and errno == EINTR:
+            continue
+        if n < 0 and errno == EAGAIN:
+            return
+        hconn_close(c, False)           # EOF or an error: the client is done either way
+        return
+
+
+cdef void _hconn_finish(HConn* c) noexcept nogil:
+    """The connection is to close and everything is flushed. When the client may still be
+    sending (its request was not read to the end: a 413 or 400 answered early, say), the
+    proxy first shuts its side and reads and drops what comes, until the client's EOF or
+    LINGER_MS: closing with unread bytes makes the kernel send an RST, which can reach the
+    client before it has read the answer (nginx's lingering close; Envoy's delayed close
+    also waits 1 s). The close still counts as the proxy's (local)."""
+    cdef bint clean = c.in_buf.length == 0 and (c.req.state == H1_MESSAGE_DONE or (
+        c.req.state == H1_HEAD and c.req.head.len == 0))
+    if clean or c.down_eof or c.peer_gone:
+        hconn_close(c, False)
+        return
+    c.lingering = 1
+    chain_clear(&c.in_buf)
+    shutdown(c.down.fd, SHUT_WR)
+    timer_cancel(c.w, &c.headers_timer)
+    timer_cancel(c.w, &c.idle_timer)
+    timer_init(&c.idle_timer, _hconn_linger_end, c)
+    timer_arm(c.w, &c.idle_timer, LINGER_MS)
+    _hconn_linger_read(c)               # edge-triggered: what is already there brings no event
+
+
 cdef void hconn_on_event(Worker* w, HConn* c, uint32_t events) noexcept nogil:
     if c.closed:
+        return
+    if c.lingering:
+        _hconn_linger_read(c)
         return
     if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
         c.down.readable = 1
@@ -3070,7 +3119,7 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
     cdef uint64_t sent
     cdef size_t out_len, pipe_bytes
     cdef uint8_t repump
-    if c.closed:
+    if c.closed or c.lingering:         # a lingering connection only drops input (_hconn_finish)
         return
     if c.in_pump:
         c.repump = 1
@@ -3152,7 +3201,7 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
             return
         if c.close_after and c.stream == NULL and c.out_buf.length == 0:
             c.in_pump = 0
-            hconn_close(c, False)
+            _hconn_finish(c)
             return
         if not progress and not c.repump:
             break
