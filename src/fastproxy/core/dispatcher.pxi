@@ -67,7 +67,7 @@ cdef struct Worker:
     # the Date header value, formatted once per second (core/http_hcm.pxi)
     char date[32]
     size_t date_len
-    int64_t date_secs
+    uint64_t date_until_ms      # w.now at which date goes stale (the next wall-clock second)
 
 
 cdef inline uint64_t clock_ms() noexcept nogil:

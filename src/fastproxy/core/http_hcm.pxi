@@ -35,11 +35,13 @@ cdef size_t _http_date_at(int64_t secs, char* out) noexcept nogil:
 
 cdef H1Str worker_date(Worker* w) noexcept nogil:
     """The current Date value, formatted once per second per worker (the worker's own
-    cache, so no lock and no formatting on most responses)."""
-    cdef int64_t secs = <int64_t>(wall_clock_us() // 1000000)
-    if secs != w.date_secs or w.date_len == 0:
-        w.date_len = _http_date_at(secs, w.date)
-        w.date_secs = secs
+    cache, so no lock). Most responses read no clock either: the cache is good until the
+    loop-turn time w.now passes the end of the second it was formatted in."""
+    cdef uint64_t us
+    if w.date_len == 0 or w.now >= w.date_until_ms:
+        us = wall_clock_us()
+        w.date_len = _http_date_at(<int64_t>(us // 1000000), w.date)
+        w.date_until_ms = w.now + 1000 - (us // 1000) % 1000
     return _s(w.date, w.date_len)
 
 
@@ -54,7 +56,7 @@ cdef int _pl_append_list(PairList* l, const char* name, size_t nn, const char* v
     cdef int count = 0
     cdef char* b
     for i in range(l.n):
-        if _ieq2(l.v[i].name.p, l.v[i].name.n, name, nn):
+        if _rt_ieq2(l.v[i].name.p, l.v[i].name.n, name, nn):
             total += l.v[i].value.n + 1
             count += 1
     if count == 0:
@@ -63,7 +65,7 @@ cdef int _pl_append_list(PairList* l, const char* name, size_t nn, const char* v
     if b == NULL:
         return -1
     for i in range(l.n):
-        if _ieq2(l.v[i].name.p, l.v[i].name.n, name, nn):
+        if _rt_ieq2(l.v[i].name.p, l.v[i].name.n, name, nn):
             if k:
                 b[k] = b','
                 k += 1
@@ -74,16 +76,6 @@ cdef int _pl_append_list(PairList* l, const char* name, size_t nn, const char* v
     k += 2 + vn
     owned[0] = b
     return _pl_overwrite(l, _s(name, nn), _s(b, k))
-
-
-cdef inline bint _ieq2(const char* a, size_t an, const char* b, size_t bn) noexcept nogil:
-    cdef size_t i
-    if an != bn:
-        return False
-    for i in range(an):
-        if (a[i] | 0x20) != (b[i] | 0x20):
-            return False
-    return True
 
 
 # ---------------------------------------------------------------- x-request-id
