@@ -226,6 +226,7 @@ cdef struct HConn:
     uint8_t down_eof
     uint8_t close_after             # close once out_buf is flushed and no stream is active
     uint8_t lingering               # answered and shut for writing: discarding what still comes
+    uint8_t unread_request          # a request ended before all of it was read (_hconn_finish)
     uint8_t in_pump
     uint8_t repump
     Timer idle_timer
@@ -1493,6 +1494,8 @@ cdef void stream_finish(HStream* s) noexcept nogil:
         # Either we said Connection: close, or the request body was never read (a local
         # reply came first): the bytes that follow can't be trusted as a next request.
         c.close_after = 1
+        if c.req.state != H1_MESSAGE_DONE:
+            c.unread_request = 1        # the parser is reset below; _hconn_finish must know
     c.stream = NULL
     stream_free(s)
     h1_reset(&c.req)
@@ -2964,8 +2967,8 @@ cdef void _hconn_finish(HConn* c) noexcept nogil:
     LINGER_MS: closing with unread bytes makes the kernel send an RST, which can reach the
     client before it has read the answer (nginx's lingering close; Envoy's delayed close
     also waits 1 s). The close still counts as the proxy's (local)."""
-    cdef bint clean = c.in_buf.length == 0 and (c.req.state == H1_MESSAGE_DONE or (
-        c.req.state == H1_HEAD and c.req.head.len == 0))
+    cdef bint clean = not c.unread_request and c.in_buf.length == 0 and (
+        c.req.state == H1_MESSAGE_DONE or (c.req.state == H1_HEAD and c.req.head.len == 0))
     if clean or c.down_eof or c.peer_gone:
         hconn_close(c, False)
         return
