@@ -115,7 +115,11 @@ class BuildExt(_build_ext):
         key = getattr(ext, "fastproxy_key", "")
         stamp = os.path.join(self.build_temp, ext.name + ".key")
         force = self.force
-        if key and _read(stamp) != key:
+        had = _read(stamp)
+        if key and had != key:
+            if had:
+                print(f"core: build settings changed since the last build ({self.build_temp}): "
+                      "compiling again", file=sys.stderr)
             self.force = True
         try:
             super().build_extension(ext)
