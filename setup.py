@@ -6,6 +6,6 @@ import sys
 from setuptools import setup
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from build_ext import extensions  # noqa: E402
+from build_ext import cmdclass, extensions  # noqa: E402
 
-setup(ext_modules=extensions())
+setup(ext_modules=extensions(), cmdclass=cmdclass())

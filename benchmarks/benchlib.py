@@ -379,14 +379,18 @@ def add_quiet_host_args(ap, *, idle_wait: float = 20.0, steal: bool = False, ret
                         help="seconds after which no more idle waits or retries happen (default 1200)")
 
 
-def write_json(path: str, result: dict) -> None:
-    """The result file (none when path is empty)."""
+def write_json(path: str, result: dict, chart: str = "") -> None:
+    """The result file (none when path is empty), and with chart="http" or "tcp" its SVG chart
+    beside it (benchmarks/chart.py)."""
     if not path:
         return
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nJSON written to {out}")
+    if chart:
+        from chart import write_beside
+        write_beside(path, result, chart)
 
 
 def run_main(main) -> None:

@@ -847,7 +847,7 @@ def main(argv=None) -> int:
         "summary": summary, "goals": gs if "fastproxy" in summary else None,
         "failed": failed, "runs": runs, "syscalls": profiles,
     }
-    write_json(args.json, result)
+    write_json(args.json, result, chart="http")
     return 0 if good else 1
 
 

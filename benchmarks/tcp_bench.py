@@ -489,7 +489,7 @@ def main(argv=None) -> int:
                  "haproxy_splice": not args.haproxy_no_splice},
         "summary": summary, "failed": failed, "runs": runs,
     }
-    write_json(args.json, result)
+    write_json(args.json, result, chart="tcp")
     return 0 if not failed or good else 1
 
 
