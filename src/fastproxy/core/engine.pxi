@@ -207,10 +207,13 @@ cdef class Engine:
         cdef int i
         if snap == NULL:
             raise MemoryError()
-        snap.nlisteners = len(listeners)
-        snap.listeners = <ListenerCfg**>calloc(max(1, snap.nlisteners), sizeof(ListenerCfg*))
         pthread_mutex_init(&snap.lock, NULL)
         pthread_cond_init(&snap.done, NULL)
+        snap.listeners = <ListenerCfg**>calloc(max(1, len(listeners)), sizeof(ListenerCfg*))
+        if snap.listeners == NULL:
+            snapshot_free(snap)
+            raise MemoryError()
+        snap.nlisteners = len(listeners)
         for i, lh in enumerate(listeners):
             snap.listeners[i] = lh.c
             fp_atomic_add_int(&lh.c.refcnt, 1)
@@ -220,10 +223,19 @@ cdef class Engine:
                 _msg_apply_snapshot(&self.workers[i], snap)
         else:
             for i in range(self.nworkers):
-                worker_post(&self.workers[i], _msg_apply_snapshot, snap)
+                if worker_post(&self.workers[i], _msg_apply_snapshot, snap) < 0:
+                    # No memory for the message: that worker keeps its listener set.
+                    pthread_mutex_lock(&snap.lock)
+                    snap.failed += 1
+                    pthread_mutex_unlock(&snap.lock)
+                    snapshot_release(snap)
             with nogil:
                 pthread_mutex_lock(&snap.lock)
                 while snap.pending > 0:
                     pthread_cond_wait(&snap.done, &snap.lock)
                 pthread_mutex_unlock(&snap.lock)
+        failed = snap.failed
         snapshot_free(snap)
+        if failed:
+            raise MemoryError(f"{failed} of {self.nworkers} workers kept their previous "
+                              "listeners: out of memory")

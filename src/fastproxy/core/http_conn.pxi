@@ -2481,6 +2481,36 @@ cdef void stream_start(HConn* c) noexcept nogil:
     stream_route(s)
 
 
+ctypedef ssize_t (*RouteTextFn)(const RouteEntry* e, const RouteInput* r, char* out, size_t cap,
+                                size_t* need) noexcept nogil
+
+DEF ROUTE_TEXT_ON_STACK = 8192      # a rewritten path or a Location this long costs no malloc
+cdef const char* NO_MEMORY_BODY = "out of memory"    # the codec's 503 body too (http1.pxi)
+
+
+cdef ssize_t route_text(RouteTextFn fn, const RouteEntry* e, const RouteInput* r, char* stack,
+                        size_t cap, char** text) noexcept nogil:
+    """The text fn writes (route_rewrite_path, route_redirect_location), whatever its
+    length: in `stack` (cap bytes) when it fits, else in a buffer malloc'd to its size.
+    *text is where it is (the caller frees it when it is not `stack`). Returns its length,
+    ROUTE_NONE, or ROUTE_NO_ROOM when no buffer could be had: the caller must then refuse
+    the request, never go on without the text (a rewrite may confine the path)."""
+    cdef size_t need = 0
+    cdef ssize_t n = fn(e, r, stack, cap, &need)
+    text[0] = stack
+    if n != ROUTE_NO_ROOM:
+        return n
+    text[0] = <char*>malloc(need + 1)
+    if text[0] == NULL:
+        text[0] = stack
+        return ROUTE_NO_ROOM
+    n = fn(e, r, text[0], need, NULL)
+    if n == ROUTE_NO_ROOM:          # (need is an upper bound: not reached)
+        free(text[0])
+        text[0] = stack
+    return n
+
+
 cdef int stream_route(HStream* s) noexcept nogil:
     """The router: pick the route and the upstream, send the request head (unless a filter
     may still change the body: then the first body bytes send it). -1: the stream ended."""
@@ -2490,7 +2520,10 @@ cdef int stream_route(HStream* s) noexcept nogil:
     cdef RouteHeader stack[ROUTE_HEADERS_ON_STACK]
     cdef RouteHeader* hdrs = _route_input(s, &r, stack)     # no malloc for most requests
     cdef const RouteEntry* e
-    cdef char loc[8192]
+    cdef char loc[ROUTE_TEXT_ON_STACK]
+    cdef char* text
+    cdef char* path = NULL          # the rewritten :path (malloc'd), NULL: no rewrite
+    cdef size_t path_len = 0
     cdef ssize_t n
     cdef int ci
     if hdrs == NULL:
@@ -2507,11 +2540,31 @@ cdef int stream_route(HStream* s) noexcept nogil:
         stream_local_reply(s, 404, "", 0, NULL, 0, c.req.state != H1_MESSAGE_DONE)
         return -1
     if e.action == ROUTE_DIRECT_RESPONSE or e.action == ROUTE_REDIRECT:
-        n = route_redirect_location(e, &r, loc, sizeof(loc))
+        n = route_text(route_redirect_location, e, &r, loc, sizeof(loc), &text)
         _route_input_free(hdrs, stack)
-        stream_local_reply(s, e.status, e.body.p, e.body.n, loc if n >= 0 else NULL,
+        if n == ROUTE_NO_ROOM:
+            stream_local_reply(s, 503, NO_MEMORY_BODY, strlen(NO_MEMORY_BODY), NULL, 0, True)
+            return -1
+        stream_local_reply(s, e.status, e.body.p, e.body.n, text if n >= 0 else NULL,
                            <size_t>n if n >= 0 else 0, c.req.state != H1_MESSAGE_DONE)
+        if text != loc:
+            free(text)                  # the reply holds its own copy
         return -1
+    if not s.connect:
+        # The rewritten path, while the route input is at hand; before any upstream is
+        # taken, so a request that cannot have it is refused with nothing to undo.
+        n = route_text(route_rewrite_path, e, &r, loc, sizeof(loc), &text)
+        if n >= 0:
+            path = text
+            path_len = <size_t>n
+            if text == loc:
+                path = <char*>malloc(path_len + 1)
+                if path != NULL:
+                    memcpy(path, loc, path_len)
+        if n == ROUTE_NO_ROOM or (n >= 0 and path == NULL):
+            _route_input_free(hdrs, stack)
+            stream_local_reply(s, 503, NO_MEMORY_BODY, strlen(NO_MEMORY_BODY), NULL, 0, True)
+            return -1
     if s.cluster_override >= 0:
         ci = s.cluster_override
     else:
@@ -2521,6 +2574,7 @@ cdef int stream_route(HStream* s) noexcept nogil:
     stream_route_timeout(s)
     s.up = upconn_acquire(s, s.cluster)
     if s.up == NULL:
+        free(path)
         _route_input_free(hdrs, stack)
         _count_upstream(s.cluster.stats, c.w, 503)
         if s.response_flags & RF_UO:
@@ -2534,13 +2588,10 @@ cdef int stream_route(HStream* s) noexcept nogil:
         return 0
     if s.fc == NULL and c.req.flags & H1F_EXPECT_CONTINUE:
         chain_append(&c.out_buf, "HTTP/1.1 100 Continue\r\n\r\n", 25)
-    # The rewritten path is computed now, while the route input is at hand.
-    n = route_rewrite_path(e, &r, loc, sizeof(loc))
-    if n >= 0:
-        s.rewritten_path = <char*>malloc(<size_t>n + 1)
-        if s.rewritten_path != NULL:
-            memcpy(s.rewritten_path, loc, <size_t>n)
-            s.rewritten_path_len = <size_t>n
+    if path != NULL:
+        free(s.rewritten_path)
+        s.rewritten_path = path
+        s.rewritten_path_len = path_len
     _route_input_free(hdrs, stack)
     if not _dec_body_filtered(s):
         if stream_send_request_head(s, UF_PARSER, 0) < 0:
@@ -3445,6 +3496,8 @@ def make_http_cfg(hcm, StatBlockHandle stats, dict clusters, int nworkers, StatB
     h.local_ip_len = _envoy_local_address(h.local_ip, sizeof(h.local_ip))
     server = (hcm.server_name or "").encode()
     h.server_name = <char*>malloc(len(server) + 1)
+    if h.server_name == NULL:
+        raise MemoryError()
     memcpy(h.server_name, <char*>server, len(server) + 1)
     h.server_name_len = len(server)
     h.server_mode = {"OVERWRITE": SERVER_OVERWRITE, "APPEND_IF_ABSENT": SERVER_APPEND_IF_ABSENT,

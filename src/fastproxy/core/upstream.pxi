@@ -212,6 +212,10 @@ cdef class ClusterHandle:
             m.cluster = self.c
             m.hosts = hosts.hs
             if self.engine.started:
-                worker_post(&self.engine.workers[i], _msg_hostset_swap, m)
+                if worker_post(&self.engine.workers[i], _msg_hostset_swap, m) < 0:
+                    hostset_decref(m.hosts)     # that worker keeps its hosts
+                    cluster_decref(m.cluster)
+                    free(m)
+                    raise MemoryError()
             else:
                 _msg_hostset_swap(&self.engine.workers[i], m)
