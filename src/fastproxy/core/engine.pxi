@@ -32,11 +32,13 @@ cdef class Engine:
     cdef readonly bint started
     cdef list _threads
     cdef bint _stopped
+    cdef dict host_stats                # (cluster block, address bytes): StatBlockHandle
 
     def __cinit__(self, int nworkers):
         cdef int i
         if nworkers < 1 or nworkers > 1024:
             raise ValueError("concurrency must be between 1 and 1024")
+        self.host_stats = {}
         self.workers = <Worker*>calloc(nworkers, sizeof(Worker))
         if self.workers == NULL:
             raise MemoryError()
@@ -68,6 +70,7 @@ cdef class Engine:
         if self.started:
             raise RuntimeError("engine already started")
         cdef int i
+        _core_log_from_logging()        # debug lines from the workers (core/debug_log.pxi)
         for i in range(self.nworkers):
             fp_store_int(&self.workers[i].running, 1)
         for i in range(self.nworkers):
