@@ -189,6 +189,17 @@ def test_headers_forwarded_hop_by_hop_removed_xff_added(proxy, upstream):
     assert len(headers["x-request-id"][0]) == 36
 
 
+@pytest.mark.parametrize("size", [1000, 1024, 5000, 50000])
+def test_a_long_x_forwarded_for_is_appended_to_not_replaced(proxy, upstream, size):
+    """Whatever its length, the received list is kept and the peer appended (Envoy's
+    appendXff); it was replaced by the peer alone past 1 KiB."""
+    received = ",".join(f"10.0.{i // 256 % 256}.{i % 256}" for i in range(size // 10))[:size].rstrip(",.")
+    exchange(proxy.listener_address("http"),
+             b"GET /hdr HTTP/1.1\r\nHost: h\r\nConnection: close\r\nX-Forwarded-For: "
+             + received.encode() + b"\r\n\r\n", timeout=2)
+    assert upstream.requests[-1][2]["x-forwarded-for"] == [received + "," + envoy_local_address()]
+
+
 def test_response_headers_and_server_name(proxy):
     conn = http.client.HTTPConnection(*proxy.listener_address("http"), timeout=5)
     conn.request("GET", "/hdr")

@@ -54,7 +54,9 @@ cdef extern from *:
         return k < 0 ? n : (n + (size_t)k < cap ? n + (size_t)k : cap - 1);
     }
 
-    static void fp_log(int worker, const char* component, const char* fmt, ...) {
+    /* conn: the ConnectionId tag (0: none); stream: the StreamId tag (0: none) */
+    static void fp_log(int worker, const char* component, unsigned long long conn,
+                       unsigned stream, const char* fmt, ...) {
         char buf[1024];
         struct timespec ts;
         unsigned long long now_ms, add;
@@ -90,6 +92,15 @@ cdef extern from *:
             b->dropped = 0;
         }
         n = fp_log_head(buf, sizeof(buf), &ts, b->tid, component);
+        if (conn && stream)
+            k = snprintf(buf + n, sizeof(buf) - n, "[Tags: \\"ConnectionId\\":\\"%llu\\",\\"StreamId\\":\\"%u\\"] ",
+                         conn, stream);
+        else if (conn)
+            k = snprintf(buf + n, sizeof(buf) - n, "[Tags: \\"ConnectionId\\":\\"%llu\\"] ", conn);
+        else
+            k = 0;
+        if (k > 0)
+            n += (size_t)k;             /* (well inside buf: the head and tags are short) */
         va_start(ap, fmt);
         k = vsnprintf(buf + n, sizeof(buf) - n - 1, fmt, ap);
         va_end(ap);
@@ -104,7 +115,8 @@ cdef extern from *:
     int fp_log_level
     int fp_log_fd
     unsigned int fp_log_rate
-    void fp_log(int worker, const char* component, const char* fmt, ...) nogil
+    void fp_log(int worker, const char* component, unsigned long long conn, unsigned int stream,
+                const char* fmt, ...) nogil
 
 
 DEF LOG_DEBUG = 10                  # Python's logging.DEBUG; fp_log_level <= it: lines on

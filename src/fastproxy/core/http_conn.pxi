@@ -946,9 +946,8 @@ cdef void stream_local_reply(HStream* s, int status, const char* body, size_t n,
     cdef HConn* c = s.c
     cdef FChain* fc = s.fc
     if fp_log_level <= LOG_DEBUG:
-        fp_log(c.w.index, "http", "[Tags: \"ConnectionId\":\"%llu\",\"StreamId\":\"%u\"] ""sending local reply: status %d%s%.*s", <unsigned long long>c.id,
-               c.nrequests, status, _pick(n != 0 and n < 200, ", ", ""), <int>(n if n < 200 else 0),
-               _pick(body != NULL, body, ""))
+        fp_log(c.w.index, "http", c.id, c.nrequests, "sending local reply: status %d%s%.*s", status,
+               _pick(n != 0 and n < 200, ", ", ""), <int>(n if n < 200 else 0), _pick(body != NULL, body, ""))
     if fc != NULL and not fc.resp.used and not fc.dead and _enc_filtered(s):
         hf_local_reply_start(s, status, body, n, location, location_len, close_conn)
         return
@@ -1004,8 +1003,8 @@ cdef void _log_request_headers(HStream* s) noexcept nogil:
     cdef HConn* c = s.c
     cdef size_t hn = 0
     cdef const char* host = _head_field(&s.head, "host", &hn)
-    fp_log(c.w.index, "http", "[Tags: \"ConnectionId\":\"%llu\",\"StreamId\":\"%u\"] ""request headers complete (end_stream=%s): %.*s %.*s, host '%.*s'",
-           <unsigned long long>c.id, c.nrequests,
+    fp_log(c.w.index, "http", c.id, c.nrequests,
+           "request headers complete (end_stream=%s): %.*s %.*s, host '%.*s'",
            _pick(c.req.state == H1_MESSAGE_DONE, "true", "false"),
            <int>s.head.method_len, s.head.buf + s.head.method_off,
            <int>s.head.target_len, s.head.buf + s.head.target_off,
@@ -1015,8 +1014,8 @@ cdef void _log_request_headers(HStream* s) noexcept nogil:
 cdef void _log_connecting(UpConn* u, Host* host) noexcept nogil:
     cdef char text[300]
     cdef size_t n = _host_text(host, text, sizeof(text))
-    fp_log(u.w.index, "pool", "[Tags: \"ConnectionId\":\"%llu\"] ""connecting to %.*s for stream %u of connection %llu",
-           <unsigned long long>u.id, <int>n, text,
+    fp_log(u.w.index, "pool", u.id, 0, "connecting to %.*s for stream %u of connection %llu",
+           <int>n, text,
            u.stream.c.nrequests if u.stream != NULL else 0,
            <unsigned long long>(u.stream.c.id if u.stream != NULL else 0))
 
@@ -1050,7 +1049,7 @@ cdef void upconn_close(UpConn* u) noexcept nogil:
     # A request that waited for a connection and never got one had no connection to destroy.
     remote = u.remote_close or u.eof
     if fp_log_level <= LOG_DEBUG and u.cx_counted:
-        fp_log(w.index, "connection", "[Tags: \"ConnectionId\":\"%llu\"] ""closing upstream connection: %s", <unsigned long long>u.id,
+        fp_log(w.index, "connection", u.id, 0, "closing upstream connection: %s",
                _pick(remote, "remote close", "local close"))
     if u.cx_counted:
         u.cx_counted = 0
@@ -1332,8 +1331,8 @@ cdef UpConn* upconn_acquire(HStream* s, ClusterCfg* cl) noexcept nogil:
         _upconn_bind(u, s)
         _upconn_attach(u)
         if fp_log_level <= LOG_DEBUG:
-            fp_log(w.index, "pool", "[Tags: \"ConnectionId\":\"%llu\"] ""using an idle connection for stream %u of connection %llu",
-                   <unsigned long long>u.id, s.c.nrequests, <unsigned long long>s.c.id)
+            fp_log(w.index, "pool", u.id, 0, "using an idle connection for stream %u of connection %llu",
+                   s.c.nrequests, <unsigned long long>s.c.id)
         return u
     # A new connection: Envoy first refuses a request beyond max_pending_requests...
     if cb_full(&cl.n_pending, cl.max_pending):
@@ -1429,7 +1428,7 @@ cdef void _upconn_failed(UpConn* u, int status, const char* reason) noexcept nog
     """u broke before its stream got a complete response."""
     cdef HStream* s = u.stream
     if fp_log_level <= LOG_DEBUG:
-        fp_log(u.w.index, "pool", "[Tags: \"ConnectionId\":\"%llu\"] ""upstream connection failed: %s", <unsigned long long>u.id, reason)
+        fp_log(u.w.index, "pool", u.id, 0, "upstream connection failed: %s", reason)
     if s != NULL:
         s.response_flags |= RF_UF if u.state == UC_CONNECTING else (RF_UPE if status == 502 else RF_UC)
     if u.pending:
@@ -1456,7 +1455,7 @@ cdef void upconn_on_event(Worker* w, UpConn* u, uint32_t events) noexcept nogil:
             return
         timer_cancel(w, &u.timer)
         if fp_log_level <= LOG_DEBUG:
-            fp_log(w.index, "connection", "[Tags: \"ConnectionId\":\"%llu\"] ""connected", <unsigned long long>u.id)
+            fp_log(w.index, "connection", u.id, 0, "connected")
         u.state = UC_BUSY
         u.pending = 0
         stat_sub(u.cluster.stats, w, C_RQ_PENDING_ACTIVE, 1)
@@ -1559,8 +1558,8 @@ cdef void stream_finish(HStream* s) noexcept nogil:
     cdef HConn* c = s.c
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
     if fp_log_level <= LOG_DEBUG:
-        fp_log(c.w.index, "http", "[Tags: \"ConnectionId\":\"%llu\",\"StreamId\":\"%u\"] ""stream complete: status %d, %llu ms", <unsigned long long>c.id,
-               c.nrequests, s.status, <unsigned long long>(c.w.now - s.start_ms))
+        fp_log(c.w.index, "http", c.id, c.nrequests, "stream complete: status %d, %llu ms", s.status,
+               <unsigned long long>(c.w.now - s.start_ms))
     if s.fc != NULL and s.up != NULL and s.up.hosts != NULL and (h.filter_hooks & HK_LOG):
         s.fc.upstream_host_len = _host_text(&s.up.hosts.hosts[s.up.host_index], s.fc.upstream_host,
                                             sizeof(s.fc.upstream_host))
@@ -1688,6 +1687,9 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
     cdef H1Str orig_host = _s(NULL, 0)     # the Host a host rewrite replaced
     cdef uint8_t chunked = 0
     cdef char* owned = NULL
+    cdef char* xff_owned = NULL             # the x-forwarded-for when xff[] is too small
+    cdef char* xffp = xff
+    cdef size_t xff_cap = sizeof(xff)
     memset(&l, 0, sizeof(PairList))
     try:
         if s.fc != NULL:
@@ -1747,9 +1749,18 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
         elif s.envoy_hdrs:
             xe_sanitize(s, &l, XE_AT_HCM | XE_AT_ROUTER)
         if h.use_remote_address and not h.skip_xff_append:
-            k = stream_forwarded_xff(s, xff, sizeof(xff))
+            # Room for the received list, ',' and an address: a long list is appended to
+            # too, as Envoy does, never replaced by the peer alone.
+            v = _req_field(s, "x-forwarded-for", 15, &n)
+            if v != NULL and n + 1 + sizeof(h.local_ip) + sizeof(c.remote_ip) > xff_cap:
+                xff_cap = n + 1 + sizeof(h.local_ip) + sizeof(c.remote_ip)
+                xff_owned = <char*>malloc(xff_cap)
+                if xff_owned == NULL:
+                    return -1
+                xffp = xff_owned
+            k = stream_forwarded_xff(s, xffp, xff_cap)
             _pl_remove(&l, "x-forwarded-for", 15)
-            _pl_add(&l, _cs("x-forwarded-for"), _s(xff, k))
+            _pl_add(&l, _cs("x-forwarded-for"), _s(xffp, k))
         if h.use_remote_address:
             # A trusted hop's x-forwarded-proto is kept (Envoy: only with xff_num_trusted_hops).
             if h.xff_num_trusted_hops == 0 or not _pl_has(&l, "x-forwarded-proto", 17):
@@ -1791,6 +1802,7 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
     finally:
         free(l.v)
         free(owned)
+        free(xff_owned)
 
 
 cdef int _downstream_response_head(HStream* s, int framing, uint64_t length) noexcept nogil:
@@ -2039,8 +2051,9 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
                 continue
             s.status = p.head.status
             if fp_log_level <= LOG_DEBUG:
-                fp_log(c.w.index, "router", "[Tags: \"ConnectionId\":\"%llu\",\"StreamId\":\"%u\"] ""upstream headers complete: status %d from connection %llu",
-                       <unsigned long long>c.id, c.nrequests, s.status, <unsigned long long>u.id)
+                fp_log(c.w.index, "router", c.id, c.nrequests,
+                       "upstream headers complete: status %d from connection %llu", s.status,
+                       <unsigned long long>u.id)
             _count_upstream(s.cluster.stats, c.w, s.status)
             _count_host(s, s.status)
             _count_downstream(c, s.status)
@@ -2624,8 +2637,7 @@ cdef int stream_route(HStream* s) noexcept nogil:
     e = s.route
     if e == NULL:
         if fp_log_level <= LOG_DEBUG:
-            fp_log(c.w.index, "router", "[Tags: \"ConnectionId\":\"%llu\",\"StreamId\":\"%u\"] ""no route match for URL '%.*s'", <unsigned long long>c.id,
-                   c.nrequests, <int>r.path_len, r.path)
+            fp_log(c.w.index, "router", c.id, c.nrequests, "no route match for URL '%.*s'", <int>r.path_len, r.path)
         _route_input_free(hdrs, stack)
         stat_add(h.stats, c.w, H_NO_ROUTE, 1)
         s.response_flags |= RF_NR
@@ -2664,8 +2676,8 @@ cdef int stream_route(HStream* s) noexcept nogil:
     s.cluster = h.clusters[ci]
     s.cluster_index = ci
     if fp_log_level <= LOG_DEBUG:
-        fp_log(c.w.index, "router", "[Tags: \"ConnectionId\":\"%llu\",\"StreamId\":\"%u\"] ""cluster '%s' match for URL '%.*s'%s%.*s", <unsigned long long>c.id,
-               c.nrequests, h.cluster_names[ci], <int>r.path_len, r.path,
+        fp_log(c.w.index, "router", c.id, c.nrequests, "cluster '%s' match for URL '%.*s'%s%.*s",
+               h.cluster_names[ci], <int>r.path_len, r.path,
                _pick(path != NULL, ", rewritten to ", ""), <int>path_len,
                _pick(path != NULL, path, ""))
     stream_route_timeout(s)
@@ -3006,8 +3018,8 @@ cdef void hconn_start(Worker* w, ListenerCfg* cfg, int fd) noexcept nogil:
         c.remote_ip_len = strlen(c.remote_ip)
     c.id = _next_conn_id(w)
     if fp_log_level <= LOG_DEBUG:
-        fp_log(w.index, "conn_handler", "[Tags: \"ConnectionId\":\"%llu\"] ""new connection from %s:%u", <unsigned long long>c.id,
-               c.remote_ip, <unsigned int>c.remote_port)
+        fp_log(w.index, "conn_handler", c.id, 0, "new connection from %s:%u", c.remote_ip,
+               <unsigned int>c.remote_port)
     c.next = w.hconns
     if w.hconns != NULL:
         w.hconns.prev = c
@@ -3047,7 +3059,7 @@ cdef void hconn_close(HConn* c, bint rst) noexcept nogil:
     # error); "active rq" when a stream was open, and then that stream was reset too.
     remote = c.down_eof or c.peer_gone
     if fp_log_level <= LOG_DEBUG:
-        fp_log(w.index, "connection", "[Tags: \"ConnectionId\":\"%llu\"] ""closing connection: %s%s", <unsigned long long>c.id,
+        fp_log(w.index, "connection", c.id, 0, "closing connection: %s%s",
                _pick(remote, "remote close", _pick(rst, "reset", "local close")),
                _pick(s != NULL, ", resetting its open stream", ""))
     stat_add(h.stats, w, H_CX_DESTROY, 1)
