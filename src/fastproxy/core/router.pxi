@@ -14,8 +14,8 @@
 # it takes its own with route_table_incref(t) and drops it with route_table_decref(t) (both
 # noexcept nogil, atomic), exactly like ListenerCfg.
 #
-# Per request (worker, no GIL, no allocation except joining a repeated header above 512 bytes)
-# -------------------------------------------------------------------------------------------
+# Per request (worker, no GIL, no allocation: the caller gives the output buffers)
+# ---------------------------------------------------------------------------------
 #   RouteInput r            filled by the connection manager, pointers into its head block:
 #     method, path (origin-form as received, query included), host (:authority / Host, may
 #     carry a port; NULL = no Host), scheme ("http"/"https" of the downstream connection),
@@ -2101,6 +2101,7 @@ cdef class RouteTableHandle:
                     raise MemoryError()
                 n = route_rewrite_path(e, &r, buf, need, NULL)
                 if n == ROUTE_NO_ROOM:
+                    free(buf)
                     raise AssertionError("route_rewrite_path: the room it asked for is too small")
             if n >= 0:
                 out["path"] = buf[:n].decode("utf-8", "surrogateescape")
@@ -2114,6 +2115,7 @@ cdef class RouteTableHandle:
                     raise MemoryError()
                 n = route_redirect_location(e, &r, buf, need, NULL)
                 if n == ROUTE_NO_ROOM:
+                    free(buf)
                     raise AssertionError("route_redirect_location: the room it asked for is too small")
             if n >= 0:
                 out["location"] = buf[:n].decode("utf-8", "surrogateescape")
