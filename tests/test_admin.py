@@ -18,7 +18,7 @@ import pytest
 import fastproxy
 from fastproxy import Admin, Cluster, Endpoint, Listener
 
-from conftest import echo_roundtrip, wait_for
+from conftest import admin_get, echo_roundtrip, find_envoy, start_envoy, wait_for
 
 
 def http(method: str, addr, path: str, timeout=10.0):
@@ -285,3 +285,162 @@ def test_quitquitquit_exits_the_cli_process(tmp_path, servers):
         assert "shutdown requested through /quitquitquit" in p.stderr
     finally:
         p.kill()
+
+
+# ------------------------------------------------------------------ /clusters per host
+
+_HOSTS_YAML = """
+admin:
+  address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+static_resources:
+  listeners:
+  - name: l
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ing
+          route_config:
+            virtual_hosts:
+            - name: v
+              domains: ["*"]
+              routes:
+              - match: {prefix: "/"}
+                route: {cluster: up}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+  clusters:
+  - name: up
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: up
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: %(live)d}}, hostname: "live.example"}
+          load_balancing_weight: 3
+        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: %(dead)d}}}
+"""
+
+
+def _host_lines(body: str, cluster: str, port: int) -> dict:
+    """{field: value} of one host's ``cluster::127.0.0.1:port::field::value`` lines."""
+    prefix = f"{cluster}::127.0.0.1:{port}::"
+    return {line[len(prefix):].split("::", 1)[0]: line[len(prefix):].split("::", 1)[1]
+            for line in body.splitlines() if line.startswith(prefix)}
+
+
+def _drive(addr, n):
+    """n requests on fresh connections (round robin over the two hosts): statuses."""
+    import http.client
+    out = []
+    for _ in range(n):
+        conn = http.client.HTTPConnection(*addr, timeout=5)
+        conn.request("GET", "/x")
+        r = conn.getresponse()
+        r.read()
+        out.append(r.status)
+        conn.close()
+    return out
+
+
+@pytest.fixture
+def hosts_setup(servers, tmp_path):
+    from http_upstreams import RawHttpUpstream
+    from conftest import free_port
+    live = RawHttpUpstream()
+    dead = free_port()                  # nothing listens: every connect is refused
+    yield _HOSTS_YAML % {"live": live.port, "dead": dead}, live.port, dead
+    live.close()
+
+
+def _fastproxy_clusters(yaml_text, n):
+    p = fastproxy.Proxy.from_envoy(yaml_text, concurrency=1)
+    with p:
+        statuses = _drive(p.listener_address("l"), n)
+        admin = p.admin_address
+        return statuses, get(admin, "/clusters")[2], json.loads(get(admin, "/clusters?format=json")[2])
+
+
+def test_clusters_shows_each_hosts_counters_and_flags(hosts_setup):
+    """Per host: Envoy's counters and gauges (summed over the workers), hostname, health
+    flags and weight, in text and in JSON."""
+    text, live, dead = hosts_setup
+    statuses, body, doc = _fastproxy_clusters(text, 4)
+    assert sorted(statuses) == [200, 200, 200, 503]         # weights 3 and 1
+    ok = _host_lines(body, "up", live)
+    assert (ok["rq_total"], ok["rq_success"], ok["rq_error"], ok["cx_total"], ok["cx_connect_fail"]) == \
+        ("3", "3", "0", "1", "0")                           # one pooled connection
+    assert (ok["hostname"], ok["health_flags"], ok["weight"]) == ("live.example", "healthy", "3")
+    bad = _host_lines(body, "up", dead)
+    assert (bad["cx_connect_fail"], bad["rq_error"], bad["rq_success"], bad["cx_active"]) == ("1", "1", "0", "0")
+    assert (bad["hostname"], bad["weight"]) == ("", "1")
+    assert "up::default_priority::max_connections::1024" in body.splitlines()
+    # text lists a host's stats sorted by name, as Envoy does
+    names = [k for k in ok if k not in ("hostname", "health_flags", "weight", "region", "zone", "sub_zone",
+                                        "canary", "priority", "success_rate", "local_origin_success_rate")]
+    assert names == sorted(names) and len(names) == 9
+    [c] = doc["cluster_statuses"]
+    h = {x["address"]["socket_address"]["port_value"]: x for x in c["host_statuses"]}
+    stats = {s["name"]: s for s in h[live]["stats"]}
+    assert stats["rq_total"] == {"value": "3", "name": "rq_total"}
+    assert stats["rq_error"] == {"name": "rq_error"}        # proto3 JSON leaves zeros out
+    assert stats["cx_active"]["type"] == "GAUGE"
+    assert (h[live]["weight"], h[live]["hostname"]) == (3, "live.example")
+    assert "hostname" not in h[dead]
+
+
+@pytest.mark.skipif(find_envoy() is None, reason="envoy binary not found")
+def test_clusters_has_envoys_shape(hosts_setup, tmp_path):
+    """The same config and traffic through real Envoy 1.40: the same per-host fields in the
+    text page, the same keys in the JSON one, the same counts."""
+    text, live, dead = hosts_setup
+    proc, admin, addr = start_envoy(text, tmp_path)
+    try:
+        envoy_statuses = _drive(addr, 4)
+        envoy_body = admin_get(admin, "/clusters")
+        envoy_doc = json.loads(admin_get(admin, "/clusters?format=json"))
+    finally:
+        proc.terminate()
+        proc.wait()
+    statuses, body, doc = _fastproxy_clusters(text, 4)
+    assert sorted(statuses) == sorted(envoy_statuses)
+    for port in (live, dead):
+        ours, theirs = _host_lines(body, "up", port), _host_lines(envoy_body, "up", port)
+        assert list(ours) == list(theirs)
+        for k in ("rq_total", "rq_success", "rq_error", "cx_total", "cx_connect_fail", "hostname",
+                  "health_flags", "weight"):
+            assert ours[k] == theirs[k], (port, k)
+    [ours], [theirs] = doc["cluster_statuses"], envoy_doc["cluster_statuses"]
+    assert set(ours) == set(theirs)
+    for mine, envoys in zip(ours["host_statuses"], theirs["host_statuses"]):
+        assert list(mine) == list(envoys)
+        assert mine["stats"] == envoys["stats"]
+
+
+def test_stats_usedonly_lists_only_stats_ever_written(admin_proxy):
+    """Envoy's ?usedonly: counters that counted, gauges that were ever set (one back at 0
+    stays listed); never-written stats are left out, in text and JSON."""
+    from conftest import connect
+    p, addr, admin, echo = admin_proxy
+    sock = connect(addr)
+    sock.sendall(b"hi")
+    assert sock.recv(2) == b"hi"
+    used = parse_text_stats(get(admin, "/stats?usedonly")[2])
+    assert used["tcp.adm.downstream_cx_active"] == 1
+    sock.close()
+    wait_for(lambda: parse_text_stats(get(admin, "/stats")[2])["tcp.adm.downstream_cx_active"] == 0)
+    all_stats = parse_text_stats(get(admin, "/stats")[2])
+    used = parse_text_stats(get(admin, "/stats?usedonly")[2])
+    assert used["tcp.adm.downstream_cx_total"] == 1
+    assert used["tcp.adm.downstream_cx_active"] == 0        # written, back to 0: still used
+    assert "tcp.adm.idle_timeout" in all_stats and "tcp.adm.idle_timeout" not in used
+    assert all(v for k, v in used.items() if k != "tcp.adm.downstream_cx_active" and not k.endswith("_active")
+               and k != "server.uptime"), used
+    assert set(used) < set(all_stats)
+    doc = json.loads(get(admin, "/stats?usedonly&format=json")[2])
+    names = {s["name"] for s in doc["stats"] if "name" in s}
+    assert names - {"server.uptime"} == set(used) - {"server.uptime"}

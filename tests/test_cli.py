@@ -487,3 +487,127 @@ def test_log_setup_formats_like_envoy_and_filters_levels():
             logger.removeHandler(h)
         logger.setLevel(logging.NOTSET)
         logger.propagate = True
+
+
+# --------------------------------------------------------------------------- debug lines
+
+def http_proxy_yaml(upstream_port: int) -> str:
+    return textwrap.dedent(f"""\
+        static_resources:
+          listeners:
+          - name: front
+            address:
+              socket_address: {{ address: 127.0.0.1, port_value: 0 }}
+            filter_chains:
+            - filters:
+              - name: envoy.filters.network.http_connection_manager
+                typed_config:
+                  "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                  stat_prefix: ing
+                  route_config:
+                    virtual_hosts:
+                    - name: v
+                      domains: ["*"]
+                      routes:
+                      - match: {{ prefix: "/api/" }}
+                        route: {{ cluster: backend, prefix_rewrite: "/internal/" }}
+                  http_filters:
+                  - name: envoy.filters.http.router
+                    typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+          clusters:
+          - name: backend
+            type: STATIC
+            connect_timeout: 1s
+            load_assignment:
+              cluster_name: backend
+              endpoints:
+              - lb_endpoints:
+                - endpoint:
+                    address:
+                      socket_address: {{ address: 127.0.0.1, port_value: {upstream_port} }}
+        """)
+
+
+DEBUG_LINE = r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\]\[\d+\]\[debug\]\[(?P<component>\w+)\] (?P<message>.*)$"
+
+
+def _debug_lines(text: str) -> list:
+    return [(m.group("component"), m.group("message")) for m in re.finditer(DEBUG_LINE, text, re.M)]
+
+
+def _get(addr, path, conn=None):
+    import http.client
+    own = conn is None
+    conn = conn or http.client.HTTPConnection(*addr, timeout=10)
+    conn.request("GET", path)
+    r = conn.getresponse()
+    body = r.read()
+    if own:
+        conn.close()
+    return r.status, body
+
+
+def test_debug_level_logs_the_connection_and_stream_events_of_a_request(tmp_path, cli):
+    """-l debug: one proxied request gives Envoy's conn_handler / http / router / pool /
+    connection lines, written by the worker itself."""
+    from http_upstreams import RawHttpUpstream
+    up = RawHttpUpstream()
+    cfg = tmp_path / "http.yaml"
+    cfg.write_text(http_proxy_yaml(up.port))
+    p = cli("-c", cfg, "--concurrency", "1", "-l", "debug")
+    addr = p.address(LISTENER_RE.format(name="front"))
+    assert _get(addr, "/api/x?q=1") == (200, b"GET /internal/x?q=1 0")
+    assert _get(addr, "/nothing")[0] == 404
+    assert p.stop() == 0
+    up.close()
+    lines = [f"[{c}] {m}" for c, m in _debug_lines(p.stderr)]
+    tags = r'\[Tags: "ConnectionId":"\d+"\]'
+    stream = r'\[Tags: "ConnectionId":"\d+","StreamId":"1"\]'
+    for expected in [
+        rf"\[conn_handler\] {tags} new connection from 127\.0\.0\.1:\d+$",
+        rf"\[http\] {stream} request headers complete \(end_stream=true\): GET /api/x\?q=1, host '127\.0\.0\.1:\d+'$",
+        rf"\[router\] {stream} cluster 'backend' match for URL '/api/x\?q=1', rewritten to /internal/x\?q=1$",
+        rf"\[pool\] {tags} connecting to 127\.0\.0\.1:{up.port} for stream 1 of connection \d+$",
+        rf"\[connection\] {tags} connected$",
+        rf"\[router\] {stream} upstream headers complete: status 200 from connection \d+$",
+        rf"\[http\] {stream} stream complete: status 200, \d+ ms$",
+        rf"\[connection\] {tags} closing connection: remote close$",
+        rf"\[router\] {stream} no route match for URL '/nothing'$",
+        rf"\[http\] {stream} sending local reply: status 404$",
+        rf"\[http\] {stream} stream complete: status 404, \d+ ms$",
+        rf"\[connection\] {tags} closing upstream connection: local close$",
+    ]:
+        assert any(re.search(expected, line) for line in lines), (expected, lines)
+
+
+def test_debug_lines_are_rate_limited_and_absent_at_info(tmp_path, cli):
+    """A flood of requests cannot swamp the log: a worker writes at most 200 debug lines a
+    second (as many at once), then says how many it dropped; at info there are none."""
+    import http.client
+    from http_upstreams import RawHttpUpstream
+    up = RawHttpUpstream()
+    cfg = tmp_path / "http.yaml"
+    cfg.write_text(http_proxy_yaml(up.port))
+    for level in ("debug", "info"):
+        p = cli("-c", cfg, "--concurrency", "1", "-l", level)
+        addr = p.address(LISTENER_RE.format(name="front"))
+        conn = http.client.HTTPConnection(*addr, timeout=10)
+        t0 = time.monotonic()
+        for i in range(400):                    # 5 lines each: 2,000 lines uncapped
+            assert _get(addr, f"/api/{i}", conn)[0] == 200
+        elapsed = time.monotonic() - t0
+        conn.close()
+        time.sleep(0.05)                        # tokens again: the next line reports the drops
+        assert _get(addr, "/api/last")[0] == 200
+        assert p.stop() == 0
+        lines = _debug_lines(p.stderr)
+        if level == "info":
+            assert lines == []
+            continue
+        dropped = [int(m.group(1)) for c, msg in lines
+                   for m in [re.match(r"(\d+) debug lines dropped \(more than 200 a second on this worker\)$", msg)] if m]
+        written = len(lines) - len(dropped)
+        assert dropped and sum(dropped) > 0, lines[-5:]
+        assert written <= 200 + 200 * (elapsed + 1), (written, elapsed)
+        assert written + sum(dropped) >= 400 * 5    # every line is written or counted
+    up.close()

@@ -169,7 +169,8 @@ def test_any_token_is_a_method(impl, method):
 
 
 @pytest.mark.parametrize("host", [b"", b"a", b"example.com:80", b"[::1]", b"[::1]:8080",
-                                  b"127.0.0.1:1", b"xn--bcher-kva.example", b"a:", b"a%41!$&'()*+,;=:65535"])
+                                  b"127.0.0.1:1", b"xn--bcher-kva.example", b"a:", b"a%41!$&'()*+,;=:65535",
+                                  b"%41%42", b"ex%2Dample.test:80", b"a%fF"])
 def test_accepted_host_values(impl, host):
     ev = parse(impl, b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
     assert heads(ev)[0]["headers"] == ((b"Host", host),)
@@ -465,6 +466,15 @@ REQUEST_REJECTIONS = [
     ("Host with a bad port", b"GET / HTTP/1.1\r\nHost: a:http\r\n\r\n", "BAD_HOST"),
     ("Host with a big port", b"GET / HTTP/1.1\r\nHost: a:65536\r\n\r\n", "BAD_HOST"),
     ("Host with an open bracket", b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n", "BAD_HOST"),
+    # reg-name: a '%' must start a pct-encoded triplet (RFC 3986 2.1, 3.2.2)
+    ("Host ending in %", b"GET / HTTP/1.1\r\nHost: a%\r\n\r\n", "BAD_HOST"),
+    ("Host with a % inside", b"GET / HTTP/1.1\r\nHost: exa%mple.test\r\n\r\n", "BAD_HOST"),
+    ("Host with %zz", b"GET / HTTP/1.1\r\nHost: a%zz\r\n\r\n", "BAD_HOST"),
+    ("Host with one hex digit after %", b"GET / HTTP/1.1\r\nHost: a%4\r\n\r\n", "BAD_HOST"),
+    ("Host with one hex digit after % and a port", b"GET / HTTP/1.1\r\nHost: a%4:80\r\n\r\n", "BAD_HOST"),
+    ("Host with %% ", b"GET / HTTP/1.1\r\nHost: %%41\r\n\r\n", "BAD_HOST"),
+    ("absolute-form authority with a lone %", b"GET http://a%/ HTTP/1.1\r\n" + H + b"\r\n", "BAD_TARGET"),
+    ("CONNECT authority with %zz", b"CONNECT a%zz:443 HTTP/1.1\r\n" + H + b"\r\n", "BAD_TARGET_FORM"),
     # Content-Length
     ("Content-Length list", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5, 5\r\n\r\nhello", "BAD_CONTENT_LENGTH"),
     ("two equal Content-Lengths", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello",

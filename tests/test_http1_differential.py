@@ -145,10 +145,11 @@ ODD_METHODS = [b"PROPFIND", b"PURGE", b"QUERY", b"get", b"FOO", b"M-SEARCH", b"X
 TARGETS = [b"/", b"/index.html", b"/a/b?c=d&e=%20f", b"/~u/_x-y.z;p=1", b"//x", b"/a|b{c}",
            b"/\"q\"", b"/<x>", b"/^`\\", b"*", b"http://example.com/x?y", b"http://example.com",
            b"https://[::1]:8443/", b"http://u@h.example/", b"http://h.example:99999/",
-           b"/a#frag", b"h.example:80", b"svn+ssh://h.example/r", b"http:/x"]
+           b"/a#frag", b"h.example:80", b"svn+ssh://h.example/r", b"http:/x", b"http://a%zz/",
+           b"http://ex%41mple.test/"]
 VERSIONS = [b"HTTP/1.1"] * 10 + [b"HTTP/1.0"] * 3 + [b"HTTP/2.0", b"HTTP/0.9", b"HTTP/1.2", b"HTTP/3.0"]
 HOSTS = [b"example.com", b"example.com:8080", b"127.0.0.1", b"[::1]:80", b"", b"a b", b"a/b",
-         b"u@h", b"h:http"]
+         b"u@h", b"h:http", b"a%", b"exa%mple.test", b"a%zz", b"a%41:80"]
 NAMES = [b"Accept", b"User-Agent", b"X-Request-Id", b"Cookie", b"Cache-Control", b"X-Empty",
          b"content-type", b"X-Forwarded-For", b"Authorization", b"If-None-Match"]
 VALUE_PARTS = [b"text/html", b"*/*", b"q=0.9", b"abc", b"123", b"a b", b"\t", b" ", b"\"quoted\"",
@@ -391,7 +392,7 @@ def _has_field(msg, name, pred=lambda v: True):
     return any(pred(v) for v in _field_values(msg, name))
 
 
-_AUTHORITY = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]+)(:(\d{0,5}))?")
+_AUTHORITY = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|(?:[A-Za-z0-9._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})+)(:(\d{0,5}))?")
 
 
 def _bad_authority(a: bytes) -> bool:

@@ -13,7 +13,7 @@ import pytest
 
 from fastproxy import Cluster, Endpoint, Listener, Proxy
 from fastproxy.model_http import (DirectResponse, HeaderMutations, HeaderValueOption,
-                                  HttpConnectionManager, RedirectAction, Route, RouteAction,
+                                  HttpConnectionManager, RedirectAction, RegexRewrite, Route, RouteAction,
                                   RouteConfiguration, RouteMatch, UpgradeConfig, VirtualHost)
 
 from conftest import recv_head, recv_until_eof, wait_for
@@ -189,6 +189,17 @@ def test_headers_forwarded_hop_by_hop_removed_xff_added(proxy, upstream):
     assert len(headers["x-request-id"][0]) == 36
 
 
+@pytest.mark.parametrize("size", [1000, 1024, 5000, 50000])
+def test_a_long_x_forwarded_for_is_appended_to_not_replaced(proxy, upstream, size):
+    """Whatever its length, the received list is kept and the peer appended (Envoy's
+    appendXff); it was replaced by the peer alone past 1 KiB."""
+    received = ",".join(f"10.0.{i // 256 % 256}.{i % 256}" for i in range(size // 10))[:size].rstrip(",.")
+    exchange(proxy.listener_address("http"),
+             b"GET /hdr HTTP/1.1\r\nHost: h\r\nConnection: close\r\nX-Forwarded-For: "
+             + received.encode() + b"\r\n\r\n", timeout=2)
+    assert upstream.requests[-1][2]["x-forwarded-for"] == [received + "," + envoy_local_address()]
+
+
 def test_response_headers_and_server_name(proxy):
     conn = http.client.HTTPConnection(*proxy.listener_address("http"), timeout=5)
     conn.request("GET", "/hdr")
@@ -203,6 +214,10 @@ def test_response_headers_and_server_name(proxy):
     (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc", 400),
     (b"GET / HTTP/1.1\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400),
+    # a '%' in a Host's reg-name that does not start "%XX" (docs/http1-policy.md, H1-HOST)
+    (b"GET / HTTP/1.1\r\nHost: a%\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: exa%mple.test\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a%zz\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
@@ -718,3 +733,132 @@ def test_request_headers_timeout_is_408_and_counted():
         assert st["http.ingress.downstream_rq_timeout"] == 0
         assert up.raw == b""
     up.close()
+
+
+# ---------------------------------------------------------------- long paths and rewrites
+#
+# A rewritten path or a Location up to ROUTE_TEXT_ON_STACK bytes is built on the worker's
+# stack (core/http_conn.pxi); a longer one in a buffer sized to it. Either way the upstream
+# gets the rewritten path and the client the Location: never the path as received (a
+# rewrite may confine paths). Checked around that size and at the request head limit
+# (max_request_headers_kb, 60 KiB by default, Envoy's).
+
+ON_STACK = 8192
+HEAD_LIMIT = 60 * 1024
+LONG_HOST = "h"
+# kind: (route, request path for a filler of n bytes, the result for that filler)
+LONG_CASES = {
+    "prefix_rewrite": (Route(RouteMatch(prefix="/api/"), route=RouteAction(cluster="c", prefix_rewrite="/internal/")),
+                       lambda n: "/api/" + "a" * n, lambda n: "/internal/" + "a" * n),
+    "regex_rewrite": (Route(RouteMatch(prefix="/rx/"), route=RouteAction(
+                          cluster="c", regex_rewrite=RegexRewrite(r"^/rx/([a-z]+)", r"/in/\1"))),
+                      lambda n: "/rx/" + "a" * n + "?q=1", lambda n: "/in/" + "a" * n + "?q=1"),
+    "redirect prefix_rewrite": (Route(RouteMatch(prefix="/pr/"), redirect=RedirectAction(prefix_rewrite="/moved/")),
+                                lambda n: "/pr/" + "a" * n, lambda n: f"http://{LONG_HOST}/moved/" + "a" * n),
+    "redirect path_redirect": (Route(RouteMatch(prefix="/pp/"), redirect=RedirectAction(path_redirect="/fixed")),
+                               lambda n: "/pp/?" + "q" * n, lambda n: f"http://{LONG_HOST}/fixed?" + "q" * n),
+    "redirect regex_rewrite": (Route(RouteMatch(prefix="/rr/"), redirect=RedirectAction(
+                                   regex_rewrite=RegexRewrite(r"^/rr/([a-z]+)", r"/r/\1"))),
+                               lambda n: "/rr/" + "a" * n, lambda n: f"http://{LONG_HOST}/r/" + "a" * n),
+}
+
+
+@pytest.fixture(scope="module")
+def long_path_proxy():
+    up = RawHttpUpstream()
+    p = make_proxy([case[0] for case in LONG_CASES.values()], [Cluster("c", [Endpoint("127.0.0.1", up.port)])])
+    with p:
+        yield p, up
+    up.close()
+
+
+def _long_request(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: {LONG_HOST}\r\nConnection: close\r\n\r\n".encode()
+
+
+def _filler_for(kind: str, size) -> int:
+    """The filler length giving a result of `size` bytes, or ("limit", k): a request head of
+    HEAD_LIMIT + k bytes."""
+    _, path_of, result_of = LONG_CASES[kind]
+    if isinstance(size, tuple):
+        return HEAD_LIMIT + size[1] - len(_long_request(path_of(0)))
+    return size - len(result_of(0))
+
+
+@pytest.mark.parametrize("size", [ON_STACK - 1, ON_STACK, ON_STACK + 1, ("limit", 0)],
+                         ids=["8KiB-1", "8KiB", "8KiB+1", "head-limit"])
+@pytest.mark.parametrize("kind", list(LONG_CASES))
+def test_long_paths_are_rewritten_and_redirected_whole(long_path_proxy, kind, size):
+    p, up = long_path_proxy
+    _, path_of, result_of = LONG_CASES[kind]
+    n = _filler_for(kind, size)
+    raw = _long_request(path_of(n))
+    if size == ("limit", 0):
+        assert len(raw) == HEAD_LIMIT
+    else:
+        assert len(result_of(n)) == size
+    before = len(up.requests)
+    out = exchange(p.listener_address("http"), raw, timeout=5)
+    head, _, body = out.partition(b"\r\n\r\n")
+    if kind.startswith("redirect"):
+        assert head.startswith(b"HTTP/1.1 301 "), head[:80]
+        location = [line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")[1:]
+                    if line.lower().startswith(b"location:")]
+        assert location == [result_of(n).encode()]
+        assert len(up.requests) == before
+    else:
+        assert head.startswith(b"HTTP/1.1 200 "), head[:80]
+        assert body == b"GET " + result_of(n).encode() + b" 0"
+        assert up.requests[-1][1] == result_of(n)
+        assert up.requests[-1][2]["x-envoy-original-path"] == [path_of(n)]
+
+
+def test_a_head_over_the_limit_is_431_whatever_the_route(long_path_proxy):
+    p, up = long_path_proxy
+    path_of = LONG_CASES["prefix_rewrite"][1]
+    before = len(up.requests)
+    out = exchange(p.listener_address("http"), _long_request(path_of(_filler_for("prefix_rewrite", ("limit", 1)))))
+    assert out.startswith(b"HTTP/1.1 431 "), out[:80]
+    assert len(up.requests) == before
+
+
+_OOM_CHILD = r'''
+import resource, sys, time
+from fastproxy import Cluster, Endpoint, Listener, Proxy
+from fastproxy.model_http import *
+rc = RouteConfiguration(virtual_hosts=[VirtualHost("vh", ["*"], routes=[
+    Route(RouteMatch(prefix="/blow/"), route=RouteAction(cluster="c", regex_rewrite=RegexRewrite("[a-z]", "x" * 8000))),
+    Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))])])
+p = Proxy([Listener("http", port=0, http=HttpConnectionManager("ingress", rc))],
+          [Cluster("c", [Endpoint("127.0.0.1", int(sys.argv[1]))])], concurrency=1)
+p.start()
+vm = int([l for l in open("/proc/self/status") if l.startswith("VmSize:")][0].split()[1]) * 1024
+# Room for ordinary work, far too little for the 400 MB the /blow/ rewrite asks for.
+resource.setrlimit(resource.RLIMIT_AS, (vm + (160 << 20), resource.RLIM_INFINITY))
+print(p.listener_address("http")[1], flush=True)
+sys.stdin.read()
+p.stop()
+'''
+
+
+def test_a_rewrite_that_cannot_get_its_memory_is_refused_not_forwarded(upstream):
+    """The allocation of a long rewritten path fails (an address-space limit and a
+    regex_rewrite that makes 50,000 path bytes 400 MB): 503, nothing reaches the upstream,
+    and the proxy goes on serving."""
+    import os
+    import sys
+    if os.environ.get("LD_PRELOAD", "").find("asan") >= 0:
+        pytest.skip("AddressSanitizer reserves more address space than any limit leaves")
+    child = subprocess.Popen([sys.executable, "-c", _OOM_CHILD, str(upstream.port)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(child.stdout.readline())
+        out = exchange(("127.0.0.1", port), _long_request("/blow/" + "a" * 50000), timeout=10)
+        assert out.startswith(b"HTTP/1.1 503 "), out[:80]
+        assert out.endswith(b"out of memory"), out[-80:]
+        assert upstream.requests == []
+        r, body = http_request(("127.0.0.1", port), path="/after")
+        assert (r.status, body) == (200, b"GET /after 0")
+    finally:
+        child.stdin.close()
+        child.wait(timeout=10)

@@ -704,6 +704,18 @@ def test_regex_rewrite_redirects():
         redirect(regex_rewrite=rx, path_redirect="/n")
 
 
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 5000])
+def test_too_small_a_buffer_reports_the_room_the_text_needs(n):
+    """select() writes into 16 bytes first, then into exactly the room the router asked
+    for (it fails the test if that is too small), as a worker does past its stack buffer."""
+    tail = "a" * n
+    strip = RegexRewrite("^/p/", "")            # the '/' put in front is counted too
+    assert redirect(path="/p/" + tail, regex_rewrite=strip, host_redirect="b")[0] == "http://b/" + tail
+    assert redirect(path="/p/" + tail + "?" + tail)[0] == "http://a.com/p/" + tail + "?" + tail
+    t = rw(dict(prefix="/"), regex_rewrite=RegexRewrite("a", "bb"))
+    assert sel(t, "/" + tail + "?a")["path"] == "/" + "bb" * n + "?a"
+
+
 def test_redirect_codes_and_errors():
     for code in (301, 302, 303, 307, 308):
         assert redirect(response_code=code)[1] == code

@@ -8,13 +8,16 @@ thread of the main process; the data plane never sees it. Endpoints:
                             histograms as Envoy prints them (``P0(nan,1) P25(nan,2) ...``)
 ``GET  /stats?format=json`` ``{"stats": [{"name": ..., "value": ...}, ..., {"histograms": ...}]}``
 ``GET  /stats?filter=RE``   only the stats whose name matches the regular expression RE
+``GET  /stats?usedonly``    only the stats ever written (Envoy's ``usedonly``)
 ``GET  /stats/prometheus``  the stats in Prometheus text format, named and labelled as
                             Envoy's (also ``/stats?format=prometheus``; ``?filter=RE``,
                             ``?usedonly``); see :mod:`fastproxy.prometheus`
 ``GET  /ready``             ``LIVE`` (200) while serving, ``DRAINING`` (503) once stopping
 ``GET  /server_info``       JSON: version, state, uptime, concurrency
 ``GET  /listeners``         ``name::host:port`` per listener (actual bound address)
-``GET  /clusters``          ``cluster::host:port::weight::N`` and ``::health_flags::`` lines
+``GET  /clusters``          Envoy's lines: circuit breaker limits, then per host its counters
+                            (``cluster::host:port::rq_total::N``, ...), hostname,
+                            health flags and weight
 ``POST /quitquitquit``      ask the proxy to drain and exit
 ``GET  /`` or ``/help``     this list
 ==========================  ================================================================
@@ -45,7 +48,7 @@ log = logging.getLogger("fastproxy.admin")
 HELP = {
     "/": "this list",
     "/help": "this list",
-    "/stats": "print server stats (?format=json|prometheus, ?filter=REGEX)",
+    "/stats": "print server stats (?format=json|prometheus, ?filter=REGEX, ?usedonly)",
     "/stats/prometheus": "print server stats in prometheus format (?filter=REGEX, ?usedonly)",
     "/ready": "print server state, 200 when LIVE",
     "/server_info": "print server version, state, uptime and concurrency",
@@ -97,6 +100,7 @@ class AdminServer:
         self._thread: Optional[threading.Thread] = None
         self._lock = threading.Lock()
         self._shutdown_requested = False
+        self._used: set = set()         # stats seen with a value (/stats?usedonly)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -167,6 +171,15 @@ class AdminServer:
         stats.setdefault("server.uptime", int(self.uptime))
         return stats
 
+    def used(self, name: str, value) -> bool:
+        """Envoy's ?usedonly: a stat that was ever written. A counter is once it is not 0
+        (it only grows); a gauge that went back to 0 stays used once this admin saw it
+        otherwise."""
+        if value:
+            self._used.add(name)
+            return True
+        return name in self._used
+
     def histograms(self) -> dict:
         get = getattr(self.proxy, "histograms", None)
         return dict(get()) if get is not None else {}
@@ -176,6 +189,26 @@ class AdminServer:
         names = set(get()) if get is not None else set()
         # the admin's own three (see stats()) are gauges in Envoy
         return names | {"server.live", "server.concurrency", "server.uptime"}
+
+    def cluster_rows(self):
+        """[(cluster, {limit: value}, [(ip, port, hostname, weight, {stat: value})])] for
+        /clusters: the proxy's live hosts and counters, or (a proxy without
+        cluster_hosts()) the configured endpoints with zero counters."""
+        live = getattr(self.proxy, "cluster_hosts", None)
+        live = live() if live is not None else {}
+        zero = dict.fromkeys(HOST_COUNTERS + HOST_GAUGES, 0)
+        out = []
+        for c in self.proxy.config.clusters:
+            limits = {"max_connections": getattr(c, "max_connections", 1024),
+                      "max_pending_requests": getattr(c, "max_pending_requests", 1024),
+                      "max_requests": getattr(c, "max_requests", 1024),
+                      "max_retries": getattr(c, "max_retries", 3)}
+            hosts = live.get(c.name)
+            if hosts is None:
+                hosts = [(e.address, e.port, getattr(e, "hostname", "") or "", e.weight, dict(zero))
+                         for e in c.endpoints]
+            out.append((c.name, limits, hosts))
+        return out
 
     def listeners(self):
         """[(name, host, port)] with the actual bound address where known."""
@@ -194,6 +227,31 @@ class AdminServer:
             self._shutdown_requested = True
             log.info("shutdown requested through /quitquitquit")
         self.proxy.request_shutdown()
+
+
+# A host's counters and gauges, in the order Envoy's /clusters?format=json lists them.
+HOST_COUNTERS = ("cx_connect_fail", "cx_total", "rq_error", "rq_success", "rq_timeout", "rq_total")
+HOST_GAUGES = ("cx_active", "rq_active", "rq_pending_active")
+
+
+def _host_status_json(ip, port, hostname, weight, stats) -> dict:
+    """One HostStatus as Envoy writes it (proto3 JSON: a zero value and an empty hostname
+    are left out, 64-bit values are strings)."""
+    out = {"address": {"socket_address": {"address": ip, "port_value": port}}, "stats": []}
+    for name in HOST_COUNTERS + HOST_GAUGES:
+        entry = {}
+        if name in HOST_GAUGES:
+            entry["type"] = "GAUGE"
+        if stats.get(name):
+            entry["value"] = str(stats[name])
+        entry["name"] = name
+        out["stats"].append(entry)
+    out["health_status"] = {"eds_health_status": "HEALTHY"}
+    out["weight"] = weight
+    if hostname:
+        out["hostname"] = hostname
+    out["locality"] = {}
+    return out
 
 
 def _make_handler(admin: AdminServer):
@@ -307,6 +365,8 @@ class _AdminHandler(BaseHTTPRequestHandler):
         pattern = rx is not None
         if pattern:
             stats = {k: v for k, v in stats.items() if rx.search(k)}
+        if "usedonly" in query:
+            stats = {k: v for k, v in stats.items() if self.admin.used(k, v)}
         # Histograms that never recorded a value (a TCP-only cluster's upstream_rq_time)
         # are left out; Envoy would print "No recorded values".
         hists = {k: h for k, h in self.admin.histograms().items() if h.count}
@@ -360,25 +420,33 @@ class _AdminHandler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, "".join(f"{n}::{_fmt_hostport(h, p)}\n" for n, h, p in rows))
 
     def _h_clusters(self, query) -> None:
-        clusters = list(self.admin.proxy.config.clusters)
+        """Envoy's /clusters: per cluster its observability name, circuit breaker limits
+        (the DEFAULT priority, the one enforced), then per host its counters and gauges
+        (text: sorted by name, as Envoy prints them), hostname, health flags, weight and
+        locality; ?format=json is Envoy's ClusterStatuses shape."""
+        rows = self.admin.cluster_rows()
         if query.get("format") == "json":
             self._json(HTTPStatus.OK, {"cluster_statuses": [
-                {"name": c.name, "type": c.type, "lb_policy": c.lb_policy, "host_statuses": [
-                    {"address": {"socket_address": {"address": e.address, "port_value": e.port}},
-                     "weight": e.weight,
-                     "health_status": {"eds_health_status": "HEALTHY"}}
-                    for e in c.endpoints]}
-                for c in clusters]})
+                {"name": name,
+                 "host_statuses": [_host_status_json(ip, port, hostname, weight, stats)
+                                   for ip, port, hostname, weight, stats in hosts],
+                 "circuit_breakers": {"thresholds": [
+                     {k: v for k, v in limits.items()}]},
+                 "observability_name": name}
+                for name, limits, hosts in rows]})
             return
         lines = []
-        for c in clusters:
-            lines.append(f"{c.name}::observability_name::{c.name}")
-            lines.append(f"{c.name}::type::{c.type}")
-            lines.append(f"{c.name}::lb_policy::{c.lb_policy}")
-            for e in c.endpoints:
-                hp = _fmt_hostport(e.address, e.port)
-                lines.append(f"{c.name}::{hp}::weight::{e.weight}")
-                lines.append(f"{c.name}::{hp}::health_flags::healthy")
+        for name, limits, hosts in rows:
+            lines.append(f"{name}::observability_name::{name}")
+            lines += [f"{name}::default_priority::{k}::{v}" for k, v in limits.items()]
+            lines.append(f"{name}::added_via_api::false")
+            for ip, port, hostname, weight, stats in hosts:
+                hp = f"{name}::{_fmt_hostport(ip, port)}"
+                lines += [f"{hp}::{k}::{v}" for k, v in sorted(stats.items())]
+                lines += [f"{hp}::hostname::{hostname}", f"{hp}::health_flags::healthy",
+                          f"{hp}::weight::{weight}", f"{hp}::region::", f"{hp}::zone::",
+                          f"{hp}::sub_zone::", f"{hp}::canary::false", f"{hp}::priority::0",
+                          f"{hp}::success_rate::-1", f"{hp}::local_origin_success_rate::-1"]
         self._send(HTTPStatus.OK, "".join(l + "\n" for l in lines))
 
     def _h_quitquitquit(self, query) -> None:

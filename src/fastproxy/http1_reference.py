@@ -109,6 +109,16 @@ def _is_version(s: bytes) -> bool:
             and 0x30 <= s[7] <= 0x39)
 
 
+def _pct_encoded_ok(s: bytes) -> bool:
+    """Every '%' in s starts a pct-encoded triplet ('%' HEXDIG HEXDIG, RFC 3986 2.1)."""
+    i = s.find(b"%")
+    while i >= 0:
+        if i + 2 >= len(s) or s[i + 1] not in HEXDIG or s[i + 2] not in HEXDIG:
+            return False
+        i = s.find(b"%", i + 3)
+    return True
+
+
 def _valid_host(s: bytes, need_port: bool, allow_empty: bool) -> bool:
     """uri-host [":" port]: IP-literal in brackets or reg-name, port at most 65535."""
     if not s:
@@ -120,7 +130,7 @@ def _valid_host(s: bytes, need_port: bool, allow_empty: bool) -> bool:
         i += 1
     else:
         i = _span(s, REG_NAME)
-        if i == 0:
+        if i == 0 or not _pct_encoded_ok(s[:i]):
             return False
     if i == len(s):
         return not need_port

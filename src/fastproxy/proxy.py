@@ -94,7 +94,7 @@ def resolve_endpoints(cluster: Cluster) -> list[tuple[str, int, int, str]]:
 
 
 def _host_set(hosts: list[tuple[str, int, int, str]]):
-    return _core.make_hostset([(ip, port, name) for ip, port, _, name in hosts],
+    return _core.make_hostset([(ip, port, name, weight) for ip, port, weight, name in hosts],
                               smooth_weighted_schedule([w for _, _, w, _ in hosts]))
 
 
@@ -338,6 +338,13 @@ class Proxy:
         if names:
             out.update(_core.native_filter_stats(names))
         return out
+
+    def cluster_hosts(self) -> dict[str, list[tuple[str, int, str, int, dict]]]:
+        """Each cluster's current hosts (what admin /clusters prints): {cluster: [(ip, port,
+        hostname, weight, {stat: value})]}, the per-host counters summed over the workers
+        in Envoy's order (cx_connect_fail, cx_total, rq_error, rq_success, rq_timeout,
+        rq_total, then the gauges cx_active, rq_active, rq_pending_active)."""
+        return {name: c.handle.host_statuses() for name, c in list(self._clusters.items())}
 
     def gauge_names(self) -> set[str]:
         """Which names in :meth:`stats` are gauges (Envoy's type); the others are counters."""

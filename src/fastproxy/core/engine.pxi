@@ -32,11 +32,13 @@ cdef class Engine:
     cdef readonly bint started
     cdef list _threads
     cdef bint _stopped
+    cdef dict host_stats                # (cluster block, address bytes): StatBlockHandle
 
     def __cinit__(self, int nworkers):
         cdef int i
         if nworkers < 1 or nworkers > 1024:
             raise ValueError("concurrency must be between 1 and 1024")
+        self.host_stats = {}
         self.workers = <Worker*>calloc(nworkers, sizeof(Worker))
         if self.workers == NULL:
             raise MemoryError()
@@ -68,6 +70,7 @@ cdef class Engine:
         if self.started:
             raise RuntimeError("engine already started")
         cdef int i
+        _core_log_from_logging()        # debug lines from the workers (core/debug_log.pxi)
         for i in range(self.nworkers):
             fp_store_int(&self.workers[i].running, 1)
         for i in range(self.nworkers):
@@ -207,10 +210,13 @@ cdef class Engine:
         cdef int i
         if snap == NULL:
             raise MemoryError()
-        snap.nlisteners = len(listeners)
-        snap.listeners = <ListenerCfg**>calloc(max(1, snap.nlisteners), sizeof(ListenerCfg*))
         pthread_mutex_init(&snap.lock, NULL)
         pthread_cond_init(&snap.done, NULL)
+        snap.listeners = <ListenerCfg**>calloc(max(1, len(listeners)), sizeof(ListenerCfg*))
+        if snap.listeners == NULL:
+            snapshot_free(snap)
+            raise MemoryError()
+        snap.nlisteners = len(listeners)
         for i, lh in enumerate(listeners):
             snap.listeners[i] = lh.c
             fp_atomic_add_int(&lh.c.refcnt, 1)
@@ -220,10 +226,19 @@ cdef class Engine:
                 _msg_apply_snapshot(&self.workers[i], snap)
         else:
             for i in range(self.nworkers):
-                worker_post(&self.workers[i], _msg_apply_snapshot, snap)
+                if worker_post(&self.workers[i], _msg_apply_snapshot, snap) < 0:
+                    # No memory for the message: that worker keeps its listener set.
+                    pthread_mutex_lock(&snap.lock)
+                    snap.failed += 1
+                    pthread_mutex_unlock(&snap.lock)
+                    snapshot_release(snap)
             with nogil:
                 pthread_mutex_lock(&snap.lock)
                 while snap.pending > 0:
                     pthread_cond_wait(&snap.done, &snap.lock)
                 pthread_mutex_unlock(&snap.lock)
+        failed = snap.failed
         snapshot_free(snap)
+        if failed:
+            raise MemoryError(f"{failed} of {self.nworkers} workers kept their previous "
+                              "listeners: out of memory")

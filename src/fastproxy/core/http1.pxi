@@ -586,6 +586,16 @@ cdef inline bint _h1_version(const uint8_t* s) noexcept nogil:
             and 48 <= s[5] <= 57 and s[6] == 46 and 48 <= s[7] <= 57)
 
 
+cdef inline bint _h1_pct_encoded_ok(const uint8_t* s, size_t n) noexcept nogil:
+    """Every '%' in s[:n] starts a pct-encoded triplet ('%' HEXDIG HEXDIG, RFC 3986 2.1)."""
+    cdef const uint8_t* p = <const uint8_t*>memchr(s, 37, n)
+    while p != NULL:
+        if <size_t>(p - s) + 2 >= n or not (_h1_cls[p[1]] & _K_HEX) or not (_h1_cls[p[2]] & _K_HEX):
+            return False
+        p = <const uint8_t*>memchr(p + 3, 37, n - <size_t>(p - s) - 3)
+    return True
+
+
 cdef int _h1_host(const uint8_t* s, size_t n, bint need_port, bint allow_empty) noexcept nogil:
     """uri-host [":" port] (RFC 3986), the form of Host values and authorities.
     Returns 0 when valid. Userinfo ('@') is never valid here."""
@@ -602,7 +612,7 @@ cdef int _h1_host(const uint8_t* s, size_t n, bint need_port, bint allow_empty) 
         i += 1
     else:
         i = _h1_span(s, n, _K_REGNAME)
-        if i == 0:
+        if i == 0 or not _h1_pct_encoded_ok(s, i):
             return -1
     if i == n:
         return -1 if need_port else 0

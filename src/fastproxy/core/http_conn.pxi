@@ -151,6 +151,8 @@ cdef struct UpConn:
     UpConn* wait_prev
     uint8_t queued                  # on that queue
     uint8_t host_counted            # counted in its worker's pool_conns (not a CONNECT tunnel's)
+    uint64_t id                     # the debug lines' ConnectionId (shared with HConn's)
+    StatBlock* hstats               # its host's counters (HS_*), NULL: none
 
 cdef struct HStream:
     HConn* c
@@ -160,6 +162,7 @@ cdef struct HStream:
     const RouteEntry* route
     ClusterCfg* cluster
     UpConn* up
+    StatBlock* hstats               # the chosen upstream host's counters (HS_*), NULL: none
     uint8_t req_chunked             # request body re-framed as chunked upstream
     uint8_t req_done                # the whole request is in the upstream's out_buf
     uint8_t resp_started            # the response head went to the downstream
@@ -243,6 +246,7 @@ cdef struct HConn:
     uint8_t peer_gone               # a read or write failed: the peer reset (a remote close)
     uint8_t partial_rq              # the client closed inside a request head (an active stream)
     uint16_t local_port             # the listener's port (strip_matching_host_port only)
+    uint64_t id                     # the debug lines' ConnectionId (core/debug_log.pxi)
 
 
 # ---------------------------------------------------------------- stats
@@ -941,6 +945,9 @@ cdef void stream_local_reply(HStream* s, int status, const char* body, size_t n,
     the caller must not touch s afterwards. The caller has dealt with s.up."""
     cdef HConn* c = s.c
     cdef FChain* fc = s.fc
+    if fp_log_level <= LOG_DEBUG:
+        fp_log(c.w.index, "http", c.id, c.nrequests, "sending local reply: status %d%s%.*s", status,
+               _pick(n != 0 and n < 200, ", ", ""), <int>(n if n < 200 else 0), _pick(body != NULL, body, ""))
     if fc != NULL and not fc.resp.used and not fc.dead and _enc_filtered(s):
         hf_local_reply_start(s, status, body, n, location, location_len, close_conn)
         return
@@ -964,12 +971,53 @@ cdef inline void _count_upstream(StatBlock* b, Worker* w, int status) noexcept n
         stat_add(b, w, C_CODES + status - CODE_FIRST, 1)
 
 
+cdef inline void _count_host(HStream* s, int status) noexcept nogil:
+    """The chosen host's answer (or the router's in its place): rq_error for a 5xx, else
+    rq_success, as Envoy's router charges the host."""
+    host_stat_add(s.hstats, s.c.w, HS_RQ_ERROR if status >= 500 else HS_RQ_SUCCESS, 1)
+
+
 cdef inline void _count_downstream(HConn* c, int status) noexcept nogil:
     """A response to the downstream: http.<prefix>.downstream_rq_<class>/_completed and
     the same per listener (listener.<address>.http.<prefix>.*)."""
     _count_status((<HttpCfg*>c.cfg.http).stats, c.w, H_RQ_1XX, status)
     if c.cfg.lhstats != NULL:
         _count_status(c.cfg.lhstats, c.w, LH_RQ_1XX, status)
+
+
+# ---------------------------------------------------------------- debug lines
+# (core/debug_log.pxi; every call site tests fp_log_level first, so these cost nothing at
+# info)
+
+cdef inline const char* _pick(bint cond, const char* a, const char* b) noexcept nogil:
+    return a if cond else b
+
+
+cdef inline uint64_t _next_conn_id(Worker* w) noexcept nogil:
+    """A connection id unique in the process: a per-worker sequence and the worker."""
+    w.next_session_id += 1
+    return w.next_session_id * 1024 + <uint64_t>w.index
+
+
+cdef void _log_request_headers(HStream* s) noexcept nogil:
+    cdef HConn* c = s.c
+    cdef size_t hn = 0
+    cdef const char* host = _head_field(&s.head, "host", &hn)
+    fp_log(c.w.index, "http", c.id, c.nrequests,
+           "request headers complete (end_stream=%s): %.*s %.*s, host '%.*s'",
+           _pick(c.req.state == H1_MESSAGE_DONE, "true", "false"),
+           <int>s.head.method_len, s.head.buf + s.head.method_off,
+           <int>s.head.target_len, s.head.buf + s.head.target_off,
+           <int>(hn if host != NULL else 0), _pick(host != NULL, host, ""))
+
+
+cdef void _log_connecting(UpConn* u, Host* host) noexcept nogil:
+    cdef char text[300]
+    cdef size_t n = _host_text(host, text, sizeof(text))
+    fp_log(u.w.index, "pool", u.id, 0, "connecting to %.*s for stream %u of connection %llu",
+           <int>n, text,
+           u.stream.c.nrequests if u.stream != NULL else 0,
+           <unsigned long long>(u.stream.c.id if u.stream != NULL else 0))
 
 
 # ---------------------------------------------------------------- upstream connections
@@ -1000,9 +1048,13 @@ cdef void upconn_close(UpConn* u) noexcept nogil:
     # refused connect), and "with active rq" when a stream's response was still incomplete.
     # A request that waited for a connection and never got one had no connection to destroy.
     remote = u.remote_close or u.eof
+    if fp_log_level <= LOG_DEBUG and u.cx_counted:
+        fp_log(w.index, "connection", u.id, 0, "closing upstream connection: %s",
+               _pick(remote, "remote close", "local close"))
     if u.cx_counted:
         u.cx_counted = 0
         stat_sub(cl.stats, w, C_CX_ACTIVE, 1)
+        host_stat_add(u.hstats, w, HS_CX_ACTIVE, -1)
         stat_add(cl.stats, w, C_CX_DESTROY, 1)
         stat_add(cl.stats, w, C_DESTROY_LOCAL + remote, 1)
         fp_atomic_add_i64(&cl.n_cx, -1)
@@ -1014,12 +1066,14 @@ cdef void upconn_close(UpConn* u) noexcept nogil:
     if u.rq_attached:
         u.rq_attached = 0
         stat_sub(cl.stats, w, C_RQ_ACTIVE, 1)
+        host_stat_add(u.hstats, w, HS_RQ_ACTIVE, -1)
         fp_atomic_add_i64(&cl.n_rq, -1)
         stat_add(cl.stats, w, C_DESTROY_WITH_ACTIVE_RQ, 1)
         stat_add(cl.stats, w, C_DESTROY_LOCAL_WITH_ACTIVE_RQ + remote, 1)
     if u.pending:
         u.pending = 0
         stat_sub(cl.stats, w, C_RQ_PENDING_ACTIVE, 1)
+        host_stat_add(u.hstats, w, HS_RQ_PENDING_ACTIVE, -1)
         fp_atomic_add_i64(&cl.n_pending, -1)
     if u.stream != NULL:
         u.stream.up = NULL
@@ -1042,6 +1096,7 @@ cdef void _upconn_idle_timeout(Worker* w, void* arg) noexcept nogil:
     if u.state == UC_CONNECTING:
         stat_add(u.cluster.stats, w, C_CONNECT_TIMEOUT, 1)
         stat_add(u.cluster.stats, w, C_CONNECT_FAIL, 1)
+        host_stat_add(u.hstats, w, HS_CX_CONNECT_FAIL, 1)
         _upconn_failed(u, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection timeout")
     else:
         stat_add(u.cluster.stats, w, C_CX_IDLE_TIMEOUT, 1)
@@ -1137,6 +1192,8 @@ cdef inline bint _upconn_attach(UpConn* u) noexcept nogil:
     fp_atomic_add_i64(&cl.n_rq, 1)
     stat_add(cl.stats, u.w, C_RQ_TOTAL, 1)
     stat_add(cl.stats, u.w, C_RQ_ACTIVE, 1)
+    host_stat_add(u.hstats, u.w, HS_RQ_TOTAL, 1)
+    host_stat_add(u.hstats, u.w, HS_RQ_ACTIVE, 1)
     u.nrequests += 1
     if cl.max_rq_per_cx and u.nrequests >= cl.max_rq_per_cx:
         # Counted when the last request the connection may carry is bound to it, as
@@ -1176,7 +1233,9 @@ cdef UpConn* _upconn_new(HStream* s, ClusterCfg* cl, int host_index) noexcept no
     u.cluster = cl
     fp_atomic_add_int(&cl.refcnt, 1)
     u.host_index = host_index
+    u.id = _next_conn_id(w)
     u.hosts = cl.per_worker[w.index].hosts
+    u.hstats = u.hosts.hosts[host_index].stats
     u.state = UC_WAITING
     u.stream = s
     h1_init(&u.resp, H1_RESPONSE, 0, 0, 0)
@@ -1192,6 +1251,7 @@ cdef UpConn* _upconn_new(HStream* s, ClusterCfg* cl, int host_index) noexcept no
     fp_atomic_add_i64(&cl.n_pending, 1)
     stat_add(cl.stats, w, C_RQ_PENDING_TOTAL, 1)
     stat_add(cl.stats, w, C_RQ_PENDING_ACTIVE, 1)
+    host_stat_add(u.hstats, w, HS_RQ_PENDING_ACTIVE, 1)
     return u
 
 
@@ -1205,6 +1265,7 @@ cdef int _upconn_connect(UpConn* u, Host* host) noexcept nogil:
     cdef int fd = socket(host.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
     if fd < 0:
         stat_add(cl.stats, w, C_CONNECT_FAIL, 1)
+        host_stat_add(u.hstats, w, HS_CX_CONNECT_FAIL, 1)
         return -1
     _set_nodelay(fd)
     _loopback_tune(fd, <sockaddr*>&host.addr)     # see tcp_proxy.pxi
@@ -1219,11 +1280,16 @@ cdef int _upconn_connect(UpConn* u, Host* host) noexcept nogil:
         u.host_counted = 1
     stat_add(cl.stats, w, C_CX_TOTAL, 1)
     stat_add(cl.stats, w, C_CX_ACTIVE, 1)
+    host_stat_add(u.hstats, w, HS_CX_TOTAL, 1)
+    host_stat_add(u.hstats, w, HS_CX_ACTIVE, 1)
     if u.stream == NULL or not u.stream.connect:   # (a CONNECT's upstream is TCP in Envoy)
         stat_add(cl.stats, w, C_CX_HTTP1_TOTAL, 1)
+    if fp_log_level <= LOG_DEBUG:
+        _log_connecting(u, host)
     if connect(fd, <sockaddr*>&host.addr, host.addrlen) < 0 and errno != EINPROGRESS:
         # What Envoy counts for a connection that fails at once (refused: a remote close).
         stat_add(cl.stats, w, C_CONNECT_FAIL, 1)
+        host_stat_add(u.hstats, w, HS_CX_CONNECT_FAIL, 1)
         u.remote_close = 1
         return -1
     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
@@ -1251,6 +1317,7 @@ cdef UpConn* upconn_acquire(HStream* s, ClusterCfg* cl) noexcept nogil:
         return NULL
     memcpy(&s.upstream_addr, &host.addr, host.addrlen)
     s.upstream_addrlen = host.addrlen
+    s.hstats = host.stats
     s.upstream_start_ms = w.now
     idx = <int>(host - lb.hosts.hosts)
     head = _pool_list(cl, w, idx)
@@ -1263,6 +1330,9 @@ cdef UpConn* upconn_acquire(HStream* s, ClusterCfg* cl) noexcept nogil:
         u = _pool_pop(head)
         _upconn_bind(u, s)
         _upconn_attach(u)
+        if fp_log_level <= LOG_DEBUG:
+            fp_log(w.index, "pool", u.id, 0, "using an idle connection for stream %u of connection %llu",
+                   s.c.nrequests, <unsigned long long>s.c.id)
         return u
     # A new connection: Envoy first refuses a request beyond max_pending_requests...
     if cb_full(&cl.n_pending, cl.max_pending):
@@ -1324,6 +1394,7 @@ cdef void upconn_release(UpConn* u, bint reusable) noexcept nogil:
     if u.rq_attached and u.resp.state == H1_MESSAGE_DONE:
         u.rq_attached = 0               # (an incomplete response stays: a destroy with active rq)
         stat_sub(u.cluster.stats, u.w, C_RQ_ACTIVE, 1)
+        host_stat_add(u.hstats, u.w, HS_RQ_ACTIVE, -1)
         fp_atomic_add_i64(&u.cluster.n_rq, -1)
     # ep.hup: the upstream's FIN came with (or right behind) the response it answered; a
     # short read never reads on to see it, so the event flag is all there is.
@@ -1356,6 +1427,8 @@ cdef void upconn_release(UpConn* u, bint reusable) noexcept nogil:
 cdef void _upconn_failed(UpConn* u, int status, const char* reason) noexcept nogil:
     """u broke before its stream got a complete response."""
     cdef HStream* s = u.stream
+    if fp_log_level <= LOG_DEBUG:
+        fp_log(u.w.index, "pool", u.id, 0, "upstream connection failed: %s", reason)
     if s != NULL:
         s.response_flags |= RF_UF if u.state == UC_CONNECTING else (RF_UPE if status == 502 else RF_UC)
     if u.pending:
@@ -1375,14 +1448,18 @@ cdef void upconn_on_event(Worker* w, UpConn* u, uint32_t events) noexcept nogil:
             return
         if getsockopt(u.ep.fd, SOL_SOCKET, SO_ERROR, &err, &n) < 0 or err != 0:
             stat_add(u.cluster.stats, w, C_CONNECT_FAIL, 1)
+            host_stat_add(u.hstats, w, HS_CX_CONNECT_FAIL, 1)
             u.remote_close = 1          # refused or reset: Envoy's RemoteClose
             # Envoy 1.40 names the side that failed: "remote connection failure".
             _upconn_failed(u, 503, "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure")
             return
         timer_cancel(w, &u.timer)
+        if fp_log_level <= LOG_DEBUG:
+            fp_log(w.index, "connection", u.id, 0, "connected")
         u.state = UC_BUSY
         u.pending = 0
         stat_sub(u.cluster.stats, w, C_RQ_PENDING_ACTIVE, 1)
+        host_stat_add(u.hstats, w, HS_RQ_PENDING_ACTIVE, -1)
         fp_atomic_add_i64(&u.cluster.n_pending, -1)
         if u.cluster.max_duration_ms:
             timer_arm(w, &u.duration_timer, u.cluster.max_duration_ms)
@@ -1480,6 +1557,9 @@ cdef void stream_finish(HStream* s) noexcept nogil:
     connection for the next request if allowed."""
     cdef HConn* c = s.c
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    if fp_log_level <= LOG_DEBUG:
+        fp_log(c.w.index, "http", c.id, c.nrequests, "stream complete: status %d, %llu ms", s.status,
+               <unsigned long long>(c.w.now - s.start_ms))
     if s.fc != NULL and s.up != NULL and s.up.hosts != NULL and (h.filter_hooks & HK_LOG):
         s.fc.upstream_host_len = _host_text(&s.up.hosts.hosts[s.up.host_index], s.fc.upstream_host,
                                             sizeof(s.fc.upstream_host))
@@ -1513,6 +1593,7 @@ cdef void stream_upstream_failed(HStream* s, int status, const char* reason) noe
         return
     if s.cluster != NULL:
         _count_upstream(s.cluster.stats, c.w, status)     # Envoy charges the router's reply
+        _count_host(s, status)
     stream_local_reply(s, status, reason, strlen(reason), NULL, 0, not s.req_done)
     hconn_pump(c)
 
@@ -1525,6 +1606,7 @@ cdef void _stream_timeout(Worker* w, void* arg) noexcept nogil:
     s.response_flags |= RF_UT
     if s.cluster != NULL:
         stat_add(s.cluster.stats, w, C_RQ_TIMEOUT, 1)
+        host_stat_add(s.hstats, w, HS_RQ_TIMEOUT, 1)
     if s.up != NULL:
         upconn_close(s.up)
     stream_upstream_failed(s, 504, "upstream request timeout")
@@ -1605,6 +1687,9 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
     cdef H1Str orig_host = _s(NULL, 0)     # the Host a host rewrite replaced
     cdef uint8_t chunked = 0
     cdef char* owned = NULL
+    cdef char* xff_owned = NULL             # the x-forwarded-for when xff[] is too small
+    cdef char* xffp = xff
+    cdef size_t xff_cap = sizeof(xff)
     memset(&l, 0, sizeof(PairList))
     try:
         if s.fc != NULL:
@@ -1664,9 +1749,18 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
         elif s.envoy_hdrs:
             xe_sanitize(s, &l, XE_AT_HCM | XE_AT_ROUTER)
         if h.use_remote_address and not h.skip_xff_append:
-            k = stream_forwarded_xff(s, xff, sizeof(xff))
+            # Room for the received list, ',' and an address: a long list is appended to
+            # too, as Envoy does, never replaced by the peer alone.
+            v = _req_field(s, "x-forwarded-for", 15, &n)
+            if v != NULL and n + 1 + sizeof(h.local_ip) + sizeof(c.remote_ip) > xff_cap:
+                xff_cap = n + 1 + sizeof(h.local_ip) + sizeof(c.remote_ip)
+                xff_owned = <char*>malloc(xff_cap)
+                if xff_owned == NULL:
+                    return -1
+                xffp = xff_owned
+            k = stream_forwarded_xff(s, xffp, xff_cap)
             _pl_remove(&l, "x-forwarded-for", 15)
-            _pl_add(&l, _cs("x-forwarded-for"), _s(xff, k))
+            _pl_add(&l, _cs("x-forwarded-for"), _s(xffp, k))
         if h.use_remote_address:
             # A trusted hop's x-forwarded-proto is kept (Envoy: only with xff_num_trusted_hops).
             if h.xff_num_trusted_hops == 0 or not _pl_has(&l, "x-forwarded-proto", 17):
@@ -1708,6 +1802,7 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
     finally:
         free(l.v)
         free(owned)
+        free(xff_owned)
 
 
 cdef int _downstream_response_head(HStream* s, int framing, uint64_t length) noexcept nogil:
@@ -1955,7 +2050,12 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
                 h1_reset(p)
                 continue
             s.status = p.head.status
+            if fp_log_level <= LOG_DEBUG:
+                fp_log(c.w.index, "router", c.id, c.nrequests,
+                       "upstream headers complete: status %d from connection %llu", s.status,
+                       <unsigned long long>u.id)
             _count_upstream(s.cluster.stats, c.w, s.status)
+            _count_host(s, s.status)
             _count_downstream(c, s.status)
             if _enc_filtered(s):
                 if p.framing == H1_BODY_NONE:
@@ -2409,6 +2509,8 @@ cdef void stream_start(HConn* c) noexcept nogil:
     stream_timers_start(s)
     stream_client_address(s)
     c.nrequests += 1
+    if fp_log_level <= LOG_DEBUG:
+        _log_request_headers(s)
     if h.max_requests_per_connection and c.nrequests >= h.max_requests_per_connection:
         s.keepalive = 0
     stat_add(h.stats, c.w, H_RQ_TOTAL, 1)
@@ -2481,6 +2583,36 @@ cdef void stream_start(HConn* c) noexcept nogil:
     stream_route(s)
 
 
+ctypedef ssize_t (*RouteTextFn)(const RouteEntry* e, const RouteInput* r, char* out, size_t cap,
+                                size_t* need) noexcept nogil
+
+DEF ROUTE_TEXT_ON_STACK = 8192      # a rewritten path or a Location this long costs no malloc
+cdef const char* NO_MEMORY_BODY = "out of memory"    # the codec's 503 body too (http1.pxi)
+
+
+cdef ssize_t route_text(RouteTextFn fn, const RouteEntry* e, const RouteInput* r, char* stack,
+                        size_t cap, char** text) noexcept nogil:
+    """The text fn writes (route_rewrite_path, route_redirect_location), whatever its
+    length: in `stack` (cap bytes) when it fits, else in a buffer malloc'd to its size.
+    *text is where it is (the caller frees it when it is not `stack`). Returns its length,
+    ROUTE_NONE, or ROUTE_NO_ROOM when no buffer could be had: the caller must then refuse
+    the request, never go on without the text (a rewrite may confine the path)."""
+    cdef size_t need = 0
+    cdef ssize_t n = fn(e, r, stack, cap, &need)
+    text[0] = stack
+    if n != ROUTE_NO_ROOM:
+        return n
+    text[0] = <char*>malloc(need + 1)
+    if text[0] == NULL:
+        text[0] = stack
+        return ROUTE_NO_ROOM
+    n = fn(e, r, text[0], need, NULL)
+    if n == ROUTE_NO_ROOM:          # (need is an upper bound: not reached)
+        free(text[0])
+        text[0] = stack
+    return n
+
+
 cdef int stream_route(HStream* s) noexcept nogil:
     """The router: pick the route and the upstream, send the request head (unless a filter
     may still change the body: then the first body bytes send it). -1: the stream ended."""
@@ -2490,7 +2622,10 @@ cdef int stream_route(HStream* s) noexcept nogil:
     cdef RouteHeader stack[ROUTE_HEADERS_ON_STACK]
     cdef RouteHeader* hdrs = _route_input(s, &r, stack)     # no malloc for most requests
     cdef const RouteEntry* e
-    cdef char loc[8192]
+    cdef char loc[ROUTE_TEXT_ON_STACK]
+    cdef char* text
+    cdef char* path = NULL          # the rewritten :path (malloc'd), NULL: no rewrite
+    cdef size_t path_len = 0
     cdef ssize_t n
     cdef int ci
     if hdrs == NULL:
@@ -2501,26 +2636,54 @@ cdef int stream_route(HStream* s) noexcept nogil:
         s.route_cleared = 0
     e = s.route
     if e == NULL:
+        if fp_log_level <= LOG_DEBUG:
+            fp_log(c.w.index, "router", c.id, c.nrequests, "no route match for URL '%.*s'", <int>r.path_len, r.path)
         _route_input_free(hdrs, stack)
         stat_add(h.stats, c.w, H_NO_ROUTE, 1)
         s.response_flags |= RF_NR
         stream_local_reply(s, 404, "", 0, NULL, 0, c.req.state != H1_MESSAGE_DONE)
         return -1
     if e.action == ROUTE_DIRECT_RESPONSE or e.action == ROUTE_REDIRECT:
-        n = route_redirect_location(e, &r, loc, sizeof(loc))
+        n = route_text(route_redirect_location, e, &r, loc, sizeof(loc), &text)
         _route_input_free(hdrs, stack)
-        stream_local_reply(s, e.status, e.body.p, e.body.n, loc if n >= 0 else NULL,
+        if n == ROUTE_NO_ROOM:
+            stream_local_reply(s, 503, NO_MEMORY_BODY, strlen(NO_MEMORY_BODY), NULL, 0, True)
+            return -1
+        stream_local_reply(s, e.status, e.body.p, e.body.n, text if n >= 0 else NULL,
                            <size_t>n if n >= 0 else 0, c.req.state != H1_MESSAGE_DONE)
+        if text != loc:
+            free(text)                  # the reply holds its own copy
         return -1
+    if not s.connect:
+        # The rewritten path, while the route input is at hand; before any upstream is
+        # taken, so a request that cannot have it is refused with nothing to undo.
+        n = route_text(route_rewrite_path, e, &r, loc, sizeof(loc), &text)
+        if n >= 0:
+            path = text
+            path_len = <size_t>n
+            if text == loc:
+                path = <char*>malloc(path_len + 1)
+                if path != NULL:
+                    memcpy(path, loc, path_len)
+        if n == ROUTE_NO_ROOM or (n >= 0 and path == NULL):
+            _route_input_free(hdrs, stack)
+            stream_local_reply(s, 503, NO_MEMORY_BODY, strlen(NO_MEMORY_BODY), NULL, 0, True)
+            return -1
     if s.cluster_override >= 0:
         ci = s.cluster_override
     else:
         ci = e.cluster if e.action == ROUTE_CLUSTER else route_pick_weighted(e, worker_random(c.w))
     s.cluster = h.clusters[ci]
     s.cluster_index = ci
+    if fp_log_level <= LOG_DEBUG:
+        fp_log(c.w.index, "router", c.id, c.nrequests, "cluster '%s' match for URL '%.*s'%s%.*s",
+               h.cluster_names[ci], <int>r.path_len, r.path,
+               _pick(path != NULL, ", rewritten to ", ""), <int>path_len,
+               _pick(path != NULL, path, ""))
     stream_route_timeout(s)
     s.up = upconn_acquire(s, s.cluster)
     if s.up == NULL:
+        free(path)
         _route_input_free(hdrs, stack)
         _count_upstream(s.cluster.stats, c.w, 503)
         if s.response_flags & RF_UO:
@@ -2534,13 +2697,10 @@ cdef int stream_route(HStream* s) noexcept nogil:
         return 0
     if s.fc == NULL and c.req.flags & H1F_EXPECT_CONTINUE:
         chain_append(&c.out_buf, "HTTP/1.1 100 Continue\r\n\r\n", 25)
-    # The rewritten path is computed now, while the route input is at hand.
-    n = route_rewrite_path(e, &r, loc, sizeof(loc))
-    if n >= 0:
-        s.rewritten_path = <char*>malloc(<size_t>n + 1)
-        if s.rewritten_path != NULL:
-            memcpy(s.rewritten_path, loc, <size_t>n)
-            s.rewritten_path_len = <size_t>n
+    if path != NULL:
+        free(s.rewritten_path)
+        s.rewritten_path = path
+        s.rewritten_path_len = path_len
     _route_input_free(hdrs, stack)
     if not _dec_body_filtered(s):
         if stream_send_request_head(s, UF_PARSER, 0) < 0:
@@ -2856,6 +3016,10 @@ cdef void hconn_start(Worker* w, ListenerCfg* cfg, int fd) noexcept nogil:
             c.remote_port = ntohs((<sockaddr_in*>&ss).sin_port)
             c.remote_loopback = (<uint8_t*>&(<sockaddr_in*>&ss).sin_addr)[0] == 127
         c.remote_ip_len = strlen(c.remote_ip)
+    c.id = _next_conn_id(w)
+    if fp_log_level <= LOG_DEBUG:
+        fp_log(w.index, "conn_handler", c.id, 0, "new connection from %s:%u", c.remote_ip,
+               <unsigned int>c.remote_port)
     c.next = w.hconns
     if w.hconns != NULL:
         w.hconns.prev = c
@@ -2894,6 +3058,10 @@ cdef void hconn_close(HConn* c, bint rst) noexcept nogil:
     # Envoy's connection manager: remote when the client ended it (EOF, reset, an I/O
     # error); "active rq" when a stream was open, and then that stream was reset too.
     remote = c.down_eof or c.peer_gone
+    if fp_log_level <= LOG_DEBUG:
+        fp_log(w.index, "connection", c.id, 0, "closing connection: %s%s",
+               _pick(remote, "remote close", _pick(rst, "reset", "local close")),
+               _pick(s != NULL, ", resetting its open stream", ""))
     stat_add(h.stats, w, H_CX_DESTROY, 1)
     stat_add(h.stats, w, H_CX_DESTROY_LOCAL + remote, 1)
     if s != NULL or c.partial_rq:
@@ -3445,6 +3613,8 @@ def make_http_cfg(hcm, StatBlockHandle stats, dict clusters, int nworkers, StatB
     h.local_ip_len = _envoy_local_address(h.local_ip, sizeof(h.local_ip))
     server = (hcm.server_name or "").encode()
     h.server_name = <char*>malloc(len(server) + 1)
+    if h.server_name == NULL:
+        raise MemoryError()
     memcpy(h.server_name, <char*>server, len(server) + 1)
     h.server_name_len = len(server)
     h.server_mode = {"OVERWRITE": SERVER_OVERWRITE, "APPEND_IF_ABSENT": SERVER_APPEND_IF_ABSENT,

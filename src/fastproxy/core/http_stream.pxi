@@ -419,6 +419,7 @@ cdef int stream_connect_established(HStream* s) noexcept nogil:
     s.response_start_ms = c.w.now
     s.tunnel = 1
     _count_upstream(s.cluster.stats, c.w, 200)
+    _count_host(s, 200)
     _count_downstream(c, 200)
     if c.in_buf.length:
         s.req_body_bytes += c.in_buf.length

@@ -74,6 +74,11 @@ def bind_listener(int nworkers, str ip, int port, int backlog):
     s.nworkers = nworkers
     s.fds = <int*>malloc(nworkers * sizeof(int))
     s.adopted = <uint8_t*>calloc(nworkers, 1)
+    if s.fds == NULL or s.adopted == NULL:
+        free(s.fds)
+        free(s.adopted)
+        free(s)
+        raise MemoryError()
     for i in range(nworkers):
         s.fds[i] = -1
     h.s = s

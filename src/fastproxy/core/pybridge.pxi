@@ -169,7 +169,11 @@ cdef class Connection:
         m.conn = <PyObject*>self
         m.op = op
         Py_INCREF(self)
-        worker_post(self.w, _msg_conn_op, m)
+        if worker_post(self.w, _msg_conn_op, m) < 0:
+            Py_DECREF(self)
+            free(m.data)
+            free(m)
+            raise MemoryError()
 
     def continue_reading(self):
         """Resume a read chain stopped with STOP_ITERATION (from any thread)."""

@@ -14,8 +14,8 @@
 # it takes its own with route_table_incref(t) and drops it with route_table_decref(t) (both
 # noexcept nogil, atomic), exactly like ListenerCfg.
 #
-# Per request (worker, no GIL, no allocation except joining a repeated header above 512 bytes)
-# -------------------------------------------------------------------------------------------
+# Per request (worker, no GIL, no allocation: the caller gives the output buffers)
+# ---------------------------------------------------------------------------------
 #   RouteInput r            filled by the connection manager, pointers into its head block:
 #     method, path (origin-form as received, query included), host (:authority / Host, may
 #     carry a port; NULL = no Host), scheme ("http"/"https" of the downstream connection),
@@ -28,9 +28,11 @@
 #                                      ROUTE_REDIRECT: e.status + route_redirect_location()
 #                                      ROUTE_DIRECT_RESPONSE: e.status, e.body
 #   e.timeout_ms (0 = none), e.host_rewrite_literal (p == NULL: none), e.auto_host_rewrite
-#   route_rewrite_path(e, &r, out, cap)       the :path to send upstream; -1: no rewrite
-#   route_redirect_location(e, &r, out, cap)  the Location value; -1: the entry has none
-#       both return the length written, or -2 when cap is too small (nothing useful written)
+#   route_rewrite_path(e, &r, out, cap, &need)       the :path to send upstream; -1: no rewrite
+#   route_redirect_location(e, &r, out, cap, &need)  the Location value; -1: the entry has none
+#       both return the length written, or -2 when cap is too small (nothing useful written;
+#       need, unless NULL, is then set to a capacity that holds the text: call again with
+#       that much room, as core/http_conn.pxi's route_text does for long paths)
 #   e.request_headers / e.response_headers   header mutations (RouteHeaderOps), see below
 #   The same RouteInput must be passed to the rewrite/redirect functions as to route_select.
 #
@@ -1016,10 +1018,12 @@ cdef struct _RtOut:
     char* p
     size_t cap
     size_t n
+    size_t need                     # every byte put, written or not: the room the text needs
     bint full
 
 
 cdef inline void _rt_put(_RtOut* o, const char* s, size_t n) noexcept nogil:
+    o.need += n
     if n == 0 or o.full:
         return
     if n > o.cap - o.n:
@@ -1027,6 +1031,12 @@ cdef inline void _rt_put(_RtOut* o, const char* s, size_t n) noexcept nogil:
         return
     memcpy(o.p + o.n, s, n)
     o.n += n
+
+
+cdef inline ssize_t _rt_no_room(const _RtOut* o, size_t* need) noexcept nogil:
+    if need != NULL:
+        need[0] = o.need
+    return ROUTE_NO_ROOM
 
 
 cdef inline size_t _rt_matched_len(const RouteEntry* e, size_t noq) noexcept nogil:
@@ -1090,9 +1100,10 @@ cdef void _rt_replace_all(const RouteEntry* e, const char* s, size_t n, _RtOut* 
 
 
 cdef ssize_t route_rewrite_path(const RouteEntry* e, const RouteInput* r, char* out,
-                                size_t cap) noexcept nogil:
+                                size_t cap, size_t* need) noexcept nogil:
     """The upstream :path after prefix_rewrite / regex_rewrite, query kept. Returns its
-    length, ROUTE_NONE (-1) when the route rewrites nothing, ROUTE_NO_ROOM (-2)."""
+    length, ROUTE_NONE (-1) when the route rewrites nothing, ROUTE_NO_ROOM (-2) with *need
+    (unless NULL) set to a capacity that holds it."""
     cdef _RtOut o
     cdef size_t noq, m
     if e.action != ROUTE_CLUSTER and e.action != ROUTE_WEIGHTED_CLUSTERS:
@@ -1102,6 +1113,7 @@ cdef ssize_t route_rewrite_path(const RouteEntry* e, const RouteInput* r, char* 
     o.p = out
     o.cap = cap
     o.n = 0
+    o.need = 0
     o.full = False
     noq = _rt_path_end(r.path, r.path_len)
     if e.prefix_rewrite.p != NULL:
@@ -1114,7 +1126,7 @@ cdef ssize_t route_rewrite_path(const RouteEntry* e, const RouteInput* r, char* 
         _rt_replace_all(e, r.path, noq, &o, r.worker)
         _rt_put(&o, r.path + noq, r.path_len - noq)
     if o.full:
-        return ROUTE_NO_ROOM
+        return _rt_no_room(&o, need)
     return <ssize_t>o.n
 
 
@@ -1129,9 +1141,10 @@ cdef const char* _rt_find_header(const RouteInput* r, const char* lower, size_t 
 
 
 cdef ssize_t route_redirect_location(const RouteEntry* e, const RouteInput* r, char* out,
-                                     size_t cap) noexcept nogil:
+                                     size_t cap, size_t* need) noexcept nogil:
     """The Location of a redirect (or of a 201/3xx direct response), as Envoy builds it.
-    Returns its length, ROUTE_NONE (-1) when the entry sends none, ROUTE_NO_ROOM (-2)."""
+    Returns its length, ROUTE_NONE (-1) when the entry sends none, ROUTE_NO_ROOM (-2) with
+    *need (unless NULL) set to a capacity that holds it."""
     cdef _RtOut o
     cdef bint redirect = e.action == ROUTE_REDIRECT
     cdef const char* scheme
@@ -1156,6 +1169,7 @@ cdef ssize_t route_redirect_location(const RouteEntry* e, const RouteInput* r, c
     o.p = out
     o.cap = cap
     o.n = 0
+    o.need = 0
     o.full = False
     # scheme
     if redirect and e.scheme_redirect.p != NULL:
@@ -1245,16 +1259,20 @@ cdef ssize_t route_redirect_location(const RouteEntry* e, const RouteInput* r, c
         noq = _rt_path_end(r.path, r.path_len)
         m = o.n
         _rt_replace_all(e, r.path, noq, &o, r.worker)
-        if not o.full and (o.n == m or out[m] != 47):  # a '/' in front if it has none
+        if o.full:
+            o.need += 1                         # room for the '/' that may go in front
+        elif o.n == m or out[m] != 47:          # a '/' in front if it has none
+            o.need += 1
             if o.n + 1 > o.cap:
-                return ROUTE_NO_ROOM
-            memmove(out + m + 1, out + m, o.n - m)
-            out[m] = 47
-            o.n += 1
+                o.full = True
+            else:
+                memmove(out + m + 1, out + m, o.n - m)
+                out[m] = 47
+                o.n += 1
         if not e.strip_query:
             _rt_put(&o, r.path + noq, r.path_len - noq)
         if o.full:
-            return ROUTE_NO_ROOM
+            return _rt_no_room(&o, need)
         return <ssize_t>o.n
     if redirect and e.strip_query and not e.path_redirect_has_query:
         for k in range(2):
@@ -1274,7 +1292,7 @@ cdef ssize_t route_redirect_location(const RouteEntry* e, const RouteInput* r, c
     _rt_put(&o, seg_p[0], seg_n[0])
     _rt_put(&o, seg_p[1], seg_n[1])
     if o.full:
-        return ROUTE_NO_ROOM
+        return _rt_no_room(&o, need)
     return <ssize_t>o.n
 
 # ---------------------------------------------------------------- building (main thread)
@@ -2037,7 +2055,7 @@ cdef class RouteTableHandle:
         cdef char small[256]
         cdef char* buf
         cdef ssize_t n
-        cdef size_t cap
+        cdef size_t need = 0
         try:
             r.worker = <unsigned int>worker
             e = route_select(self.t, &r)
@@ -2073,34 +2091,32 @@ cdef class RouteTableHandle:
             if e.action == ROUTE_DIRECT_RESPONSE:
                 out["body"] = _rt_pybytes(e.body)
             # Start small so the "buffer too small" answer is exercised, then grow.
+            # Start small so the "buffer too small" answer is exercised, then take the
+            # room it asks for, as a worker does (core/http_conn.pxi, route_text).
             buf = small
-            cap = 16
-            while True:
-                n = route_rewrite_path(e, &r, buf, cap)
-                if n != ROUTE_NO_ROOM:
-                    break
-                cap *= 4
-                if buf != small:
-                    free(buf)
-                buf = <char*>malloc(cap)
+            n = route_rewrite_path(e, &r, buf, 16, &need)
+            if n == ROUTE_NO_ROOM:
+                buf = <char*>malloc(max(<size_t>1, need))
                 if buf == NULL:
                     raise MemoryError()
+                n = route_rewrite_path(e, &r, buf, need, NULL)
+                if n == ROUTE_NO_ROOM:
+                    free(buf)
+                    raise AssertionError("route_rewrite_path: the room it asked for is too small")
             if n >= 0:
                 out["path"] = buf[:n].decode("utf-8", "surrogateescape")
             if buf != small:
                 free(buf)
             buf = small
-            cap = 16
-            while True:
-                n = route_redirect_location(e, &r, buf, cap)
-                if n != ROUTE_NO_ROOM:
-                    break
-                cap *= 4
-                if buf != small:
-                    free(buf)
-                buf = <char*>malloc(cap)
+            n = route_redirect_location(e, &r, buf, 16, &need)
+            if n == ROUTE_NO_ROOM:
+                buf = <char*>malloc(max(<size_t>1, need))
                 if buf == NULL:
                     raise MemoryError()
+                n = route_redirect_location(e, &r, buf, need, NULL)
+                if n == ROUTE_NO_ROOM:
+                    free(buf)
+                    raise AssertionError("route_redirect_location: the room it asked for is too small")
             if n >= 0:
                 out["location"] = buf[:n].decode("utf-8", "surrogateescape")
             if buf != small:

@@ -46,6 +46,7 @@ cdef struct Snapshot:
     int nlisteners
     ListenerCfg** listeners
     int pending                 # workers that have not applied it yet
+    int failed                  # workers that could not (no memory): they kept their set
     pthread_mutex_t lock
     pthread_cond_t done
 
@@ -96,27 +97,51 @@ cdef void _wlistener_remove(Worker* w, WListener* wl) noexcept nogil:
     w.dead_listeners = wl
 
 
+cdef WListener* _wl_find(Worker* w, ListenSock* sock) noexcept nogil:
+    cdef int j
+    for j in range(w.nlisteners):
+        if w.listeners[j] != NULL and w.listeners[j].sock == sock:
+            return w.listeners[j]
+    return NULL
+
+
 cdef void _msg_apply_snapshot(Worker* w, void* arg) noexcept nogil:
     cdef Snapshot* snap = <Snapshot*>arg
     cdef WListener** nl = <WListener**>calloc(max(1, snap.nlisteners), sizeof(WListener*))
     cdef int i, j
+    cdef bint ok = nl != NULL
     cdef ListenerCfg* cfg
     cdef WListener* wl
     cdef epoll_event ev
+    # The memory first (a slot for each listener this worker does not serve yet), so that
+    # when some cannot be had the worker keeps its listener set as it was.
+    for i in range(snap.nlisteners):
+        if ok and _wl_find(w, snap.listeners[i].sock) == NULL:
+            nl[i] = <WListener*>calloc(1, sizeof(WListener))
+            ok = nl[i] != NULL
+    if not ok:
+        if nl != NULL:
+            for i in range(snap.nlisteners):
+                free(nl[i])
+            free(nl)
+        pthread_mutex_lock(&snap.lock)
+        snap.failed += 1
+        pthread_mutex_unlock(&snap.lock)
+        snapshot_release(snap)
+        return
     for i in range(snap.nlisteners):
         cfg = snap.listeners[i]
-        wl = NULL
-        for j in range(w.nlisteners):
-            if w.listeners[j] != NULL and w.listeners[j].sock == cfg.sock:
-                wl = w.listeners[j]
-                w.listeners[j] = NULL
-                break
         fp_atomic_add_int(&cfg.refcnt, 1)
-        if wl != NULL:
+        wl = nl[i]
+        if wl == NULL:
+            for j in range(w.nlisteners):
+                if w.listeners[j] != NULL and w.listeners[j].sock == cfg.sock:
+                    wl = w.listeners[j]
+                    w.listeners[j] = NULL
+                    break
             listener_cfg_decref(wl.cfg)
             wl.cfg = cfg
         else:
-            wl = <WListener*>calloc(1, sizeof(WListener))
             wl.ep.kind = EP_LISTEN
             wl.ep.fd = cfg.sock.fds[w.index]
             wl.ep.owner = wl

@@ -87,6 +87,24 @@ CLUSTER_STATS = ("upstream_cx_total", "upstream_cx_active", "upstream_cx_connect
                  "upstream_rq_retry_overflow", "upstream_cx_max_duration_reached")
 CLUSTER_GAUGES = frozenset(["upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active"])
 
+# A cluster's hosts, as admin /clusters prints them (cluster::<address>::<stat>::<value>), in
+# Envoy's order: the counters, then the gauges. One block per (cluster, host address), kept
+# by the engine for its lifetime, so host sets replaced by DNS and connections that outlive
+# them never point at freed rows.
+DEF HS_CX_CONNECT_FAIL = 0
+DEF HS_CX_TOTAL = 1
+DEF HS_RQ_ERROR = 2
+DEF HS_RQ_SUCCESS = 3
+DEF HS_RQ_TIMEOUT = 4
+DEF HS_RQ_TOTAL = 5
+DEF HS_CX_ACTIVE = 6
+DEF HS_RQ_ACTIVE = 7
+DEF HS_RQ_PENDING_ACTIVE = 8
+DEF HS_NSTATS = 9
+HOST_STATS = ("cx_connect_fail", "cx_total", "rq_error", "rq_success", "rq_timeout", "rq_total",
+              "cx_active", "rq_active", "rq_pending_active")
+HOST_GAUGES = frozenset(["cx_active", "rq_active", "rq_pending_active"])
+
 # listener.<address>_<port>.http.<stat_prefix>.*: the connection manager's per-listener stats
 DEF LH_RQ_1XX = 0               # ..5xx follow
 DEF LH_RQ_COMPLETED = 5
@@ -159,6 +177,12 @@ cdef inline void hist_record(StatBlock* b, Worker* w, int first, uint64_t v) noe
 
 cdef inline void stat_sub(StatBlock* b, Worker* w, int i, uint64_t n) noexcept nogil:
     b.v[w.index * b.stride + i] -= n
+
+
+cdef inline void host_stat_add(StatBlock* b, Worker* w, int i, int64_t n) noexcept nogil:
+    """A host's counter or gauge (HS_*); b is NULL for a host without a block."""
+    if b != NULL:
+        b.v[w.index * b.stride + i] += <uint64_t>n
 
 
 cdef StatBlock* statblock_new(int nstats, int nworkers) noexcept nogil:

@@ -46,6 +46,7 @@ cdef struct Session:
     int state
     int attempts
     uint8_t up_counted          # upstream socket counted in upstream_cx_active
+    StatBlock* hstats           # the upstream host's counters (HS_*, admin /clusters)
     Endp down
     Endp up
     Dir d2u
@@ -441,17 +442,21 @@ cdef void session_connect(Session* s) noexcept nogil:
             session_close(s, False, False)
             return
         s.attempts += 1
+        s.hstats = h.stats
         fd = socket(h.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
         if fd < 0:
             stat_add(c.stats, w, C_CONNECT_FAIL, 1)
+            host_stat_add(s.hstats, w, HS_CX_CONNECT_FAIL, 1)
             continue
         stat_add(c.stats, w, C_CX_TOTAL, 1)
+        host_stat_add(s.hstats, w, HS_CX_TOTAL, 1)
         _set_nodelay(fd)
         _loopback_tune(fd, <sockaddr*>&h.addr)
         r = connect(fd, <sockaddr*>&h.addr, h.addrlen)
         if r < 0 and errno != EINPROGRESS:
             close(fd)
             stat_add(c.stats, w, C_CONNECT_FAIL, 1)
+            host_stat_add(s.hstats, w, HS_CX_CONNECT_FAIL, 1)
             continue
         ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
         ev.data.ptr = &s.up
@@ -464,6 +469,7 @@ cdef void session_connect(Session* s) noexcept nogil:
         s.up_counted = 1
         fp_atomic_add_i64(&c.n_cx, 1)
         stat_add(c.stats, w, C_CX_ACTIVE, 1)
+        host_stat_add(s.hstats, w, HS_CX_ACTIVE, 1)
         s.state = S_CONNECTING
         timer_arm(w, &s.connect_timer, c.connect_timeout_ms)
         return
@@ -480,6 +486,8 @@ cdef void _session_connect_failed(Session* s) noexcept nogil:
     fp_atomic_add_i64(&s.cfg.cluster.n_cx, -1)
     stat_sub(s.cfg.cluster.stats, w, C_CX_ACTIVE, 1)
     stat_add(s.cfg.cluster.stats, w, C_CONNECT_FAIL, 1)
+    host_stat_add(s.hstats, w, HS_CX_ACTIVE, -1)
+    host_stat_add(s.hstats, w, HS_CX_CONNECT_FAIL, 1)
     s.state = S_FILTERS
     session_connect(s)
 
@@ -562,6 +570,7 @@ cdef void session_close(Session* s, bint rst_down, bint rst_up) noexcept nogil:
         s.up_counted = 0
         fp_atomic_add_i64(&s.cfg.cluster.n_cx, -1)
         stat_sub(s.cfg.cluster.stats, w, C_CX_ACTIVE, 1)
+        host_stat_add(s.hstats, w, HS_CX_ACTIVE, -1)
         stat_add(s.cfg.cluster.stats, w, C_DESTROY_REMOTE if rst_down else C_DESTROY_LOCAL, 1)
         stat_add(s.cfg.cluster.stats, w, C_CX_DESTROY, 1)
     fp_atomic_add_i64(&s.cfg.sock.active, -1)

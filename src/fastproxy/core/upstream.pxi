@@ -15,6 +15,9 @@ DEF HOST_NAME_MAX_LEN = 255         # model.MAX_ENDPOINT_HOSTNAME
 cdef struct Host:
     sockaddr_storage addr
     socklen_t addrlen
+    uint32_t weight                 # load_balancing_weight (admin /clusters)
+    StatBlock* stats                # HS_* per worker (stats.pxi), owned by the engine; NULL
+                                    #   until ClusterHandle.set_hosts
     uint16_t hostname_len           # 0: none (auto_host_rewrite leaves the Host alone)
     char hostname[HOST_NAME_MAX_LEN + 1]    # endpoint.hostname, or a DNS endpoint's name
 
@@ -154,7 +157,8 @@ cdef int _fill_sockaddr(Host* h, str ip, int port) except -1:
 
 
 def make_hostset(list hosts, list schedule):
-    """hosts: [(ip, port, hostname)], schedule: [host index] (the weighted pick order)."""
+    """hosts: [(ip, port, hostname[, weight])], schedule: [host index] (the weighted pick
+    order)."""
     cdef HostSetHandle h = HostSetHandle.__new__(HostSetHandle)
     cdef HostSet* hs = <HostSet*>calloc(1, sizeof(HostSet))
     cdef int i
@@ -168,7 +172,9 @@ def make_hostset(list hosts, list schedule):
     hs.schedule = <int*>calloc(max(1, hs.nschedule), sizeof(int))
     if hs.hosts == NULL or hs.schedule == NULL:
         raise MemoryError()
-    for i, (ip, port, name) in enumerate(hosts):
+    for i, entry in enumerate(hosts):
+        ip, port, name = entry[:3]
+        hs.hosts[i].weight = entry[3] if len(entry) > 3 else 1
         _fill_sockaddr(&hs.hosts[i], ip, port)
         raw = name.encode("ascii")
         if len(raw) > HOST_NAME_MAX_LEN:
@@ -187,9 +193,42 @@ cdef class ClusterHandle:
     cdef ClusterCfg* c
     cdef Engine engine
     cdef readonly StatBlockHandle stats
+    cdef HostSetHandle current          # the host set last given to the workers
 
     def __dealloc__(self):
         cluster_decref(self.c)
+
+    def host_statuses(self):
+        """The current hosts: [(ip, port, hostname, weight, {stat: value})], the stats
+        summed over the workers in Envoy's order (HOST_STATS)."""
+        import socket as _socket
+        cdef Host* hst
+        cdef StatBlockHandle view
+        cdef int i
+        out = []
+        if self.current is None:
+            return out
+        for i in range(self.current.hs.nhosts):
+            hst = &self.current.hs.hosts[i]
+            if hst.addr.ss_family == AF_INET6:
+                ip = _socket.inet_ntop(_socket.AF_INET6, (<char*>&(<sockaddr_in6*>&hst.addr).sin6_addr)[:16])
+                port = ntohs((<sockaddr_in6*>&hst.addr).sin6_port)
+            else:
+                ip = _socket.inet_ntop(_socket.AF_INET, (<char*>&(<sockaddr_in*>&hst.addr).sin_addr)[:4])
+                port = ntohs((<sockaddr_in*>&hst.addr).sin_port)
+            stats = {}
+            if hst.stats != NULL:
+                view = StatBlockHandle.__new__(StatBlockHandle)     # borrows the block
+                view.b = hst.stats
+                view.names = HOST_STATS
+                view.gauges = HOST_GAUGES
+                view.histograms = ()
+                try:
+                    stats = view.read()
+                finally:
+                    view.b = NULL                                   # not its owner
+            out.append((ip, port, hst.hostname[:hst.hostname_len].decode("ascii"), hst.weight, stats))
+        return out
 
     def circuit_breakers(self):
         """{name: (in use, limit)} for connections, pending requests and requests, over
@@ -203,6 +242,20 @@ cdef class ClusterHandle:
         """Give every worker the new host set (DNS refresh). Returns at once."""
         cdef int i
         cdef HostSetSwap* m
+        cdef StatBlockHandle sb
+        cdef Host* hst
+        # Each host's counters: the block of that address in this cluster, kept by the
+        # engine (a host that stays across a DNS refresh or a config update keeps counting).
+        for i in range(hosts.hs.nhosts):
+            hst = &hosts.hs.hosts[i]
+            if hst.stats == NULL:
+                key = (<size_t>self.c.stats, (<char*>&hst.addr)[:hst.addrlen])
+                sb = self.engine.host_stats.get(key)
+                if sb is None:
+                    sb = _statblock_handle(HOST_STATS, HOST_GAUGES, self.engine.nworkers)
+                    self.engine.host_stats[key] = sb
+                hst.stats = sb.b
+        self.current = hosts
         for i in range(self.c.nworkers):
             m = <HostSetSwap*>malloc(sizeof(HostSetSwap))
             if m == NULL:
@@ -212,6 +265,10 @@ cdef class ClusterHandle:
             m.cluster = self.c
             m.hosts = hosts.hs
             if self.engine.started:
-                worker_post(&self.engine.workers[i], _msg_hostset_swap, m)
+                if worker_post(&self.engine.workers[i], _msg_hostset_swap, m) < 0:
+                    hostset_decref(m.hosts)     # that worker keeps its hosts
+                    cluster_decref(m.cluster)
+                    free(m)
+                    raise MemoryError()
             else:
                 _msg_hostset_swap(&self.engine.workers[i], m)
