@@ -350,3 +350,90 @@ def test_c_filter_runs_without_the_gil(c_filter):
     finally:
         up.kill()
         up.wait()
+
+
+# A C filter whose create fails (returns NULL) for every stream: a deny-all filter that
+# cannot be built must fail the stream closed (500), not let it through.
+NULL_CREATE_SRC = r"""
+#include <stddef.h>
+#include "fastproxy_filter.h"
+
+static void *create(void *config, fp_stream *s, const fp_api *api)
+{
+    (void)config; (void)s; (void)api;
+    return NULL;                            /* e.g. out of memory */
+}
+
+static int decode_headers(void *self, fp_headers *h, int end_stream)
+{
+    (void)self; (void)h; (void)end_stream;
+    return FP_STOP_ITERATION;               /* never called: no instance */
+}
+
+fp_http_filter null_create_table = {
+    .abi_version = FP_FILTER_ABI_VERSION,
+    .create = create,
+    .decode_headers = decode_headers,
+};
+
+/* No create at all (no per-stream state): its hooks still run, with the config as self. */
+int no_create_calls;
+
+static int count_headers(void *self, fp_headers *h, int end_stream)
+{
+    (void)self; (void)h; (void)end_stream;
+    no_create_calls++;
+    return FP_CONTINUE;
+}
+
+fp_http_filter no_create_table = {
+    .abi_version = FP_FILTER_ABI_VERSION,
+    .decode_headers = count_headers,
+};
+"""
+
+
+@pytest.fixture(scope="module")
+def null_create_filter(tmp_path_factory):
+    import fastproxy
+    ffi = cffi.FFI()
+    ffi.cdef("typedef struct fp_http_filter { uint32_t abi_version; ...; } fp_http_filter;\n"
+             "extern fp_http_filter null_create_table;\n"
+             "extern fp_http_filter no_create_table;\n"
+             "extern int no_create_calls;")
+    ffi.set_source("_c_null_create", NULL_CREATE_SRC, include_dirs=[fastproxy.get_include()])
+    so = ffi.compile(tmpdir=str(tmp_path_factory.mktemp("cffi_null")))
+    mspec = importlib.util.spec_from_file_location("_c_null_create", so)
+    mod = importlib.util.module_from_spec(mspec)
+    mspec.loader.exec_module(mod)
+    return mod.ffi, mod.lib
+
+
+def test_a_c_filter_whose_create_fails_fails_the_stream_closed(c_filter, null_create_filter, upstream, caplog):
+    ffi, lib = null_create_filter
+    broken = CHttpFilter("deny", table=int(ffi.cast("uintptr_t", ffi.addressof(lib, "null_create_table"))),
+                         keepalive=lib)
+    # the example filter after it: its encoder tags the 500
+    with make_proxy([broken, c_spec(c_filter)], upstream.port) as p:
+        for _ in range(2):
+            r, body = request(p.listener_address("http"), path="/x")
+            assert r.status == 500
+            assert r.getheader("x-c-filter-response") == "1"
+        assert p.stats()["http.ingress.python_filter_error"] == 2
+        assert p.stats()["cluster.c.upstream_cx_total"] == 0
+    assert upstream.raw == b""
+    assert any("deny could not be created" in rec.getMessage() for rec in caplog.records)
+
+
+def test_a_c_filter_without_create_still_runs(null_create_filter, upstream):
+    """A table without create has no per-stream state; its hooks run all the same (they
+    used to be skipped, as for a stream the filter declined)."""
+    ffi, lib = null_create_filter
+    spec = CHttpFilter("count", table=int(ffi.cast("uintptr_t", ffi.addressof(lib, "no_create_table"))),
+                       keepalive=lib)
+    before = lib.no_create_calls
+    with make_proxy([spec], upstream.port) as p:
+        for _ in range(3):
+            r, body = request(p.listener_address("http"), path="/n")
+            assert r.status == 200
+    assert lib.no_create_calls - before == 3

@@ -1117,3 +1117,154 @@ def test_route_response_headers_are_set_before_the_encoder_filters(upstream):
             assert SeeRouteHeaders.seen == [("200", "r", False), ("200", "r", False), ("503", "r", False)]
     finally:
         dead.close()
+
+
+# ---------------------------------------------------------------- continuing into a local reply
+# A filter that holds a request and continues it later (from a timer, another thread, an
+# async hook) resumes the iteration outside the connection's own I/O loop. Whatever the
+# router answers then (no route, a direct response, a redirect, no healthy upstream, a
+# circuit breaker's overflow) must still be written: the client used to wait forever.
+
+class AsyncPass(HttpFilter):
+    async def decode_headers(self, headers, end_stream):
+        await asyncio.sleep(0.01)
+        return CONTINUE
+
+
+class ContinueFromTimer(HttpFilter):
+    def decode_headers(self, headers, end_stream):
+        threading.Timer(0.02, self.callbacks.continue_decoding).start()
+        return STOP
+
+
+class EncodeTag(HttpFilter):
+    def encode_headers(self, headers, end_stream):
+        headers["x-encoded"] = headers[":status"]
+        return CONTINUE
+
+
+def holding_filter(kind):
+    """A decoder filter that pauses every request and continues it later."""
+    if kind == "native_fault":
+        from fastproxy import NativeHttpFilter
+        from fastproxy.model_filters import FAULT, FaultDelay, FractionalPercent, HTTPFault
+        return NativeHttpFilter("fault", FAULT, HTTPFault(delay=FaultDelay(0.02, FractionalPercent(100))))
+    return spec({"python_async": AsyncPass, "python_thread": ContinueFromTimer}[kind])
+
+
+CONTINUED_REPLIES = [          # path, status, body (None: not checked), a header that must be there
+    ("/nothing", 404, b"", None),
+    ("/direct", 200, b"direct\n", None),
+    ("/redirect", 301, b"", "location"),
+    ("/empty", 503, b"no healthy upstream", None),
+    ("/full", 503, b"upstream connect error or disconnect/reset before headers. reset reason: overflow",
+     "x-envoy-overloaded"),
+]
+
+
+@pytest.mark.parametrize("encoders", [False, True], ids=["no_encoder", "with_encoder"])
+@pytest.mark.parametrize("kind", ["native_fault", "python_async", "python_thread"])
+def test_a_local_reply_after_a_continued_request_is_sent(upstream, kind, encoders):
+    from fastproxy.model_http import DirectResponse, RedirectAction
+    routes = [Route(RouteMatch(path="/direct"), direct_response=DirectResponse(200, b"direct\n")),
+              Route(RouteMatch(path="/redirect"), redirect=RedirectAction(path_redirect="/elsewhere")),
+              Route(RouteMatch(path="/empty"), route=RouteAction(cluster="empty")),
+              Route(RouteMatch(path="/full"), route=RouteAction(cluster="full")),
+              Route(RouteMatch(path="/up"), route=RouteAction(cluster="c"))]        # no catch-all
+    clusters = [Cluster("c", [Endpoint("127.0.0.1", upstream.port)]), Cluster("empty", []),
+                Cluster("full", [Endpoint("127.0.0.1", upstream.port)], max_connections=0,
+                        max_pending_requests=0)]
+    chain = [holding_filter(kind)] + ([spec(EncodeTag)] if encoders else [])
+    with make_proxy(chain, upstream, routes, clusters) as p:
+        for path, status, body, header in CONTINUED_REPLIES:
+            r, data = request(p, path=path, timeout=5)
+            assert r.status == status, path
+            if body is not None:
+                assert data == body, path
+            if header is not None:
+                assert r.getheader(header), (path, header)
+            assert r.getheader("x-encoded") == (str(status) if encoders else None), path
+        r, data = request(p, path="/up")
+        assert (r.status, data) == (200, b"GET /up 0")
+        # keep-alive: several continued local replies on one connection, each answered
+        conn = http.client.HTTPConnection(*p.listener_address("http"), timeout=5)
+        for path in ("/nothing", "/direct", "/nothing"):
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status in (404, 200), path
+        conn.close()
+    assert [r[1] for r in upstream.requests] == ["/up"]
+
+
+class EncodeHoldThenBreak(HttpFilter):
+    """Holds the response head, then (from a timer) removes :status and continues: the
+    proxy's 502 is written by the continuation (the encode side's counterpart)."""
+    def encode_headers(self, headers, end_stream):
+        del headers[":status"]
+        threading.Timer(0.02, self.callbacks.continue_encoding).start()
+        return STOP
+
+
+def test_a_502_after_a_continued_response_is_sent(upstream):
+    with make_proxy([spec(EncodeHoldThenBreak)], upstream) as p:
+        r, data = request(p, path="/x", timeout=5)
+        assert r.status == 502
+
+
+class ReplyFromTimer(HttpFilter):
+    """Holds the request and answers it later from another thread."""
+    def decode_headers(self, headers, end_stream):
+        threading.Timer(0.02, self.callbacks.send_local_reply, (403, b"later")).start()
+        return STOP
+
+
+@pytest.mark.parametrize("encoders", [False, True], ids=["no_encoder", "with_encoder"])
+def test_a_local_reply_sent_from_another_thread_is_sent(upstream, encoders):
+    chain = [spec(ReplyFromTimer)] + ([spec(EncodeTag)] if encoders else [])
+    with make_proxy(chain, upstream) as p:
+        r, data = request(p, path="/x", timeout=5)
+        assert (r.status, data) == (403, b"later")
+        assert r.getheader("x-encoded") == ("403" if encoders else None)
+    assert upstream.raw == b""
+
+
+# ---------------------------------------------------------------- a filter that cannot be built
+
+class DenyAllBadConfig(HttpFilter):
+    """A deny-all filter whose constructor fails on its config (a KeyError)."""
+    def __init__(self, config=None):
+        super().__init__(config)
+        self.reason = config["reason"]
+
+    def decode_headers(self, headers, end_stream):
+        self.callbacks.send_local_reply(403, self.reason)
+        return STOP
+
+
+class AsyncDenyAllBadConfig(DenyAllBadConfig):
+    async def decode_headers(self, headers, end_stream):
+        self.callbacks.send_local_reply(403, self.reason)
+        return STOP
+
+
+@pytest.mark.parametrize("cls", [DenyAllBadConfig, AsyncDenyAllBadConfig], ids=["sync", "async"])
+@pytest.mark.parametrize("encoders", [False, True], ids=["alone", "with_encoder"])
+def test_a_filter_whose_constructor_raises_fails_the_stream_closed(upstream, caplog, cls, encoders):
+    """Fail closed: the filter that could not be built may be the one that denies the
+    request. 500 (as for a hook that raises), nothing upstream, counted, logged; the other
+    filters' encoders see the 500; the connection serves the next request the same way."""
+    chain = [spec(cls, "deny", config={})] + ([spec(EncodeTag)] if encoders else [])
+    with make_proxy(chain, upstream) as p:
+        conn = http.client.HTTPConnection(*p.listener_address("http"), timeout=5)
+        for path, body in (("/a", None), ("/b", b"x" * 3000)):
+            conn.request("POST" if body else "GET", path, body=body)
+            r = conn.getresponse()
+            r.read()
+            assert r.status == 500, path
+            assert r.getheader("x-encoded") == ("500" if encoders else None)
+        conn.close()
+        assert p.stats()["http.ingress.python_filter_error"] == 2
+        assert p.stats()["cluster.c.upstream_cx_total"] == 0
+    assert upstream.raw == b"" and upstream.requests == []
+    assert any("KeyError" in (rec.exc_text or "") for rec in caplog.records)

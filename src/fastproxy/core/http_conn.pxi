@@ -2355,7 +2355,8 @@ cdef int _stream_path(HStream* s, HttpCfg* h) noexcept nogil:
     if rc == PN_OK:
         return 0
     if rc != PN_NOMEM and h.nfilters and hf_stream_create(s) < 0:
-        rc = PN_NOMEM
+        rc = PN_NOMEM                   # (a filter that could not be created: the 400 or
+                                        # redirect answers anyway, without it)
     if rc == PN_REJECT:
         stat_add(h.stats, c.w, H_RQ_FAILED_PATH_NORMALIZATION, 1)
         s.keepalive = 0
@@ -2381,7 +2382,7 @@ cdef void stream_start(HConn* c) noexcept nogil:
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
     cdef const char* v
     cdef size_t un = 0
-    cdef int k
+    cdef int k, k2
     cdef HStream* s = <HStream*>calloc(1, sizeof(HStream))
     if s == NULL:
         hconn_close(c, True)
@@ -2439,8 +2440,15 @@ cdef void stream_start(HConn* c) noexcept nogil:
         stream_strip_host_port(s, h)
     # The filter chain first (Envoy creates it before it refuses an upgrade): the proxy's
     # own answers below go through its encoder filters.
-    if h.nfilters and hf_stream_create(s) < 0:
+    k2 = hf_stream_create(s) if h.nfilters else 0
+    if k2 < 0:
         hconn_close(c, True)
+        return
+    if k2 > 0:
+        # A filter could not be created: fail closed (a missing filter could be the one
+        # that denies the request), through the encoder filters that were, as a hook's
+        # failure (hf_fail) is answered.
+        stream_local_reply(s, 500, "", 0, NULL, 0, c.req.state != H1_MESSAGE_DONE)
         return
     if k == -2:
         # HTTP/1.0 without Host nor default_host_for_http_10: Envoy's connection manager
