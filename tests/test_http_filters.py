@@ -1268,3 +1268,76 @@ def test_a_filter_whose_constructor_raises_fails_the_stream_closed(upstream, cap
         assert p.stats()["cluster.c.upstream_cx_total"] == 0
     assert upstream.raw == b"" and upstream.requests == []
     assert any("KeyError" in (rec.exc_text or "") for rec in caplog.records)
+
+
+class DenyOnPath(HttpFilter):
+    """Answers /deny itself without ever asking for the route."""
+    def decode_headers(self, headers, end_stream):
+        if headers[":path"] == "/deny":
+            self.callbacks.send_local_reply(403, b"nope")
+            return STOP
+        return CONTINUE
+
+
+@pytest.mark.parametrize("encoders", [False, True], ids=["no_encoder", "with_encoder"])
+def test_a_filters_local_reply_gets_the_route_response_headers(upstream, encoders):
+    """Envoy picks the route before the filters run: a filter's local reply carries the
+    route's response_headers_to_add (checked with Envoy 1.40: a Lua filter's respond()),
+    and the encoder filters see them."""
+    from fastproxy.model_http import HeaderMutations, HeaderValueOption
+    SeeRouteHeaders.seen.clear()
+    mut = HeaderMutations(response_headers_to_add=[HeaderValueOption("x-route", "r")])
+    routes = [Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"), headers=mut)]
+    chain = ([spec(SeeRouteHeaders)] if encoders else []) + [spec(DenyOnPath)]
+    with make_proxy(chain, upstream, routes) as p:
+        r, body = request(p, path="/deny")
+        assert (r.status, body) == (403, b"nope")
+        assert r.headers.get_all("x-route") == (["r+filter"] if encoders else ["r"])
+    if encoders:
+        assert SeeRouteHeaders.seen == [("403", "r", False)]
+    assert upstream.raw == b""
+
+
+class ReplyFrom(HttpFilter):
+    """Answers 418 from the hook named by its config."""
+    def decode_headers(self, headers, end_stream):
+        return self._maybe("decode_headers")
+
+    def decode_data(self, data, end_stream):
+        return self._maybe("decode_data")
+
+    def decode_trailers(self, trailers):
+        return self._maybe("decode_trailers")
+
+    def _maybe(self, hook):
+        if self.config == hook:
+            self.callbacks.send_local_reply(418, b"from " + hook.encode())
+            return STOP
+        if self.config == "async_" + hook:
+            async def later():
+                await asyncio.sleep(0.01)
+                self.callbacks.send_local_reply(418, b"from " + hook.encode())
+                return STOP
+            return later()
+        return CONTINUE
+
+
+@pytest.mark.parametrize("where", ["decode_headers", "decode_data", "decode_trailers",
+                                   "async_decode_headers", "async_decode_data", "async_decode_trailers"])
+def test_a_filters_local_reply_from_any_hook_passes_the_encoders(upstream, where):
+    """Envoy's sendLocalReplyViaFilterChain: whichever decode hook answers (sync or async),
+    every encoder filter sees the reply, the replying filter's own included."""
+    hook = where.removeprefix("async_")
+    chain = [spec(EncodeTag, "tag_a"), spec(ReplyFrom, config=where), spec(EncodeTag, "tag_c")]
+    with make_proxy(chain, upstream) as p:
+        conn = http.client.HTTPConnection(*p.listener_address("http"), timeout=5)
+        conn.putrequest("POST", "/r")
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.putheader("Trailer", "x-t")
+        conn.endheaders()
+        conn.send(b"5\r\nhello\r\n0\r\nx-t: 1\r\n\r\n")
+        r = conn.getresponse()
+        assert (r.status, r.read()) == (418, b"from " + hook.encode())
+        assert r.getheader("x-encoded") == "418"
+        conn.close()
+    assert upstream.requests == []

@@ -694,6 +694,10 @@ cdef bint _hf_flush_local_reply(HStream* s) noexcept nogil:
         fc.dead = 1
         hconn_close(c, True)
         return True
+    # Envoy's connection manager picks the route before the first filter runs, so a
+    # filter's reply carries the route's response header mutations even when no filter
+    # asked for the route: pick it now if no one has (both paths below apply them).
+    _ensure_route(s)
     if not fc.resp.used and _enc_filtered(s):
         body = fc.local_body                # ours now: the reply copies it, the stream may end
         n = fc.local_body_len
