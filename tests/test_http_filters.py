@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import re
 import socket
 import threading
 import time
@@ -1195,6 +1196,30 @@ def test_a_local_reply_after_a_continued_request_is_sent(upstream, kind, encoder
             assert resp.status in (404, 200), path
         conn.close()
     assert [r[1] for r in upstream.requests] == ["/up"]
+
+
+@pytest.mark.parametrize("kind", ["native_fault", "python_thread"])
+def test_pipelined_requests_after_a_continued_local_reply(upstream, kind):
+    """The continuation that writes a local reply also starts the next pipelined request
+    (waiting in the connection's input): three requests in one write, three answers."""
+    from fastproxy.model_http import DirectResponse
+    routes = [Route(RouteMatch(path="/direct"), direct_response=DirectResponse(200, b"d")),
+              Route(RouteMatch(path="/up"), route=RouteAction(cluster="c"))]
+    with make_proxy([holding_filter(kind)], upstream, routes) as p:
+        s = socket.create_connection(p.listener_address("http"), timeout=5)
+        s.sendall(b"GET /nothing HTTP/1.1\r\nHost: a\r\n\r\n"
+                  b"GET /direct HTTP/1.1\r\nHost: a\r\n\r\n"
+                  b"GET /up HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            data += d
+        s.close()
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", data)
+    assert statuses == [b"404", b"200", b"200"], data
+    assert data.endswith(b"GET /up 0")
 
 
 class EncodeHoldThenBreak(HttpFilter):
