@@ -2354,9 +2354,10 @@ cdef int _stream_path(HStream* s, HttpCfg* h) noexcept nogil:
     cdef int rc = stream_normalize_path(s, h)
     if rc == PN_OK:
         return 0
+    # (A filter that could not be created does not matter here: the request is answered
+    # without reaching the upstream either way.)
     if rc != PN_NOMEM and h.nfilters and hf_stream_create(s) < 0:
-        rc = PN_NOMEM                   # (a filter that could not be created: the 400 or
-                                        # redirect answers anyway, without it)
+        rc = PN_NOMEM
     if rc == PN_REJECT:
         stat_add(h.stats, c.w, H_RQ_FAILED_PATH_NORMALIZATION, 1)
         s.keepalive = 0
