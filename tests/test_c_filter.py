@@ -3,10 +3,12 @@
 the proxy with real clients and a raw upstream that records every byte."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import http.client
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
@@ -29,13 +31,26 @@ TYPED_STRUCT = "type.googleapis.com/xds.type.v3.TypedStruct"
 C_TYPE_URL = "type.googleapis.com/fastproxy.c.HttpFilter"
 
 
+@contextlib.contextmanager
+def compiler_env():
+    """The C compiler runs without an ASan run's LD_PRELOAD (make test-asan): under it,
+    gcc's own leaks fail the compile."""
+    saved = os.environ.pop("LD_PRELOAD", None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["LD_PRELOAD"] = saved
+
+
 @pytest.fixture(scope="module")
 def c_filter(tmp_path_factory):
     """(ffi, lib) of the example filter, freshly built with cffi."""
     spec = importlib.util.spec_from_file_location("c_filter_build", EXAMPLE / "build.py")
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
-    so = build.build(str(tmp_path_factory.mktemp("cffi")))
+    with compiler_env():
+        so = build.build(str(tmp_path_factory.mktemp("cffi")))
     mspec = importlib.util.spec_from_file_location(build.MODULE, so)
     mod = importlib.util.module_from_spec(mspec)
     mspec.loader.exec_module(mod)
@@ -402,7 +417,8 @@ def null_create_filter(tmp_path_factory):
              "extern fp_http_filter no_create_table;\n"
              "extern int no_create_calls;")
     ffi.set_source("_c_null_create", NULL_CREATE_SRC, include_dirs=[fastproxy.get_include()])
-    so = ffi.compile(tmpdir=str(tmp_path_factory.mktemp("cffi_null")))
+    with compiler_env():
+        so = ffi.compile(tmpdir=str(tmp_path_factory.mktemp("cffi_null")))
     mspec = importlib.util.spec_from_file_location("_c_null_create", so)
     mod = importlib.util.module_from_spec(mspec)
     mspec.loader.exec_module(mod)

@@ -435,6 +435,19 @@ def test_buffer_413_opens_no_upstream_connection(upstream):
     assert upstream.requests[-1][3] == b"a" * 50 + b"b" * 50
 
 
+def test_buffer_413_after_a_fault_delay(upstream):
+    """The body arrives while the fault filter delays the request; when it continues, the
+    buffer filter finds it over the limit: 413 is written (by the continuation) and no
+    upstream connection is opened. Within the limit the request goes on."""
+    chain = [nf(FAULT, HTTPFault(delay=FaultDelay(0.05, ALWAYS))), nf(BUFFER, Buffer(100))]
+    with make_proxy(chain, upstream) as p:
+        status, data = chunked_post(p, "/big", [b"x" * 60, b"y" * 60])
+        assert (status, data) == (413, b"Payload Too Large")
+        assert p.stats()["cluster.c.upstream_cx_total"] == 0
+        assert chunked_post(p, "/ok", [b"a" * 50, b"b" * 50]) == (200, b"POST /ok 100")
+    assert upstream.requests[-1][3] == b"a" * 50 + b"b" * 50
+
+
 def test_buffer_per_route(upstream):
     routes = [route("/stream", buf=BufferPerRoute(disabled=True)),
               route("/small", buf=BufferPerRoute(buffer=Buffer(10))), route("/")]
