@@ -453,3 +453,23 @@ def test_a_c_filter_without_create_still_runs(null_create_filter, upstream):
             r, body = request(p.listener_address("http"), path="/n")
             assert r.status == 200
     assert lib.no_create_calls - before == 3
+
+
+def test_a_c_filter_after_a_delaying_filter_encodes_the_routers_reply(c_filter, upstream):
+    """The fault filter delays the request; its continuation runs the C filter's decoder,
+    then the router answers (no route, a direct response): the reply passes the C
+    filter's encoder and is written (it hung before)."""
+    from fastproxy import NativeHttpFilter
+    from fastproxy.model_filters import FAULT, FaultDelay, FractionalPercent, HTTPFault
+    from fastproxy.model_http import DirectResponse
+    fault = NativeHttpFilter("fault", FAULT, HTTPFault(delay=FaultDelay(0.02, FractionalPercent(100))))
+    routes = [Route(RouteMatch(path="/direct"), direct_response=DirectResponse(200, b"d")),
+              Route(RouteMatch(path="/up"), route=RouteAction(cluster="c"))]
+    with make_proxy([fault, c_spec(c_filter)], upstream.port, routes=routes) as p:
+        addr = p.listener_address("http")
+        for path, status, body in (("/nothing", 404, b""), ("/direct", 200, b"d"), ("/up", 200, b"GET /up 0")):
+            r, data = request(addr, path=path, timeout=5)
+            assert (r.status, data) == (status, body), path
+            assert r.getheader("x-c-filter-response") == "1", path
+    assert [r[1] for r in upstream.requests] == ["/up"]
+    assert upstream.requests[0][2]["x-c-filter"] == ["1"]

@@ -435,6 +435,75 @@ def test_buffer_413_opens_no_upstream_connection(upstream):
     assert upstream.requests[-1][3] == b"a" * 50 + b"b" * 50
 
 
+BUFFER_YAML = """\
+admin:
+  address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+static_resources:
+  listeners:
+  - name: http
+    address:
+      socket_address: {address: 127.0.0.1, port_value: 0}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: web
+          http_filters:
+          - name: buffer
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
+              max_request_bytes: 100
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: /}
+                route: {cluster: c}
+  clusters:
+  - name: c
+    load_assignment:
+      cluster_name: c
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: PORT}}}
+"""
+
+
+def _over_limit_chunked(addr):
+    conn = http.client.HTTPConnection(*addr, timeout=5)
+    conn.request("POST", "/big", body=iter([b"x" * 60, b"y" * 60]), encode_chunked=True)
+    r = conn.getresponse()
+    out = (r.status, r.read(), r.getheader("content-type"), r.getheader("connection"))
+    conn.close()
+    return out
+
+
+@needs_envoy
+def test_buffer_413_same_as_envoy(upstream, tmp_path):
+    """The same YAML in both: the same 413 to an over-limit chunked body, and neither
+    opens a connection to the upstream."""
+    from conftest import admin_get
+    text = BUFFER_YAML.replace("PORT", str(upstream.port))
+    with Proxy.from_envoy(text, concurrency=1) as p:
+        ours = _over_limit_chunked(p.listener_address("http"))
+        assert p.stats()["cluster.c.upstream_cx_total"] == 0
+    proc, admin, addr = start_envoy(text, tmp_path)
+    try:
+        theirs = _over_limit_chunked(addr)
+        stats = dict(line.split(": ", 1) for line in admin_get(admin, "/stats").splitlines() if ": " in line)
+        assert stats["cluster.c.upstream_cx_total"] == "0"
+    finally:
+        proc.terminate()
+        proc.wait()
+    assert ours == theirs == (413, b"Payload Too Large", "text/plain", "close")
+    assert upstream.connections == 0
+
+
 def test_buffer_413_after_a_fault_delay(upstream):
     """The body arrives while the fault filter delays the request; when it continues, the
     buffer filter finds it over the limit: 413 is written (by the continuation) and no
