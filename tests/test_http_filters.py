@@ -1222,6 +1222,48 @@ def test_pipelined_requests_after_a_continued_local_reply(upstream, kind):
     assert data.endswith(b"GET /up 0")
 
 
+class HoldBodyThenBreakHead(HttpFilter):
+    """Keeps the request headers, holds the body, then (from a timer) removes :method from
+    the kept headers and continues: the request head can no longer be sent, and the proxy's
+    400 comes from the continuation of the data phase."""
+    def decode_headers(self, headers, end_stream):
+        self.headers = headers                  # kept: written back on continue
+        return CONTINUE
+
+    def decode_data(self, data, end_stream):
+        def later():
+            del self.headers[":method"]
+            self.callbacks.continue_decoding()
+        threading.Timer(0.02, later).start()
+        return STOP
+
+
+class HoldTrailers(HttpFilter):
+    def decode_trailers(self, trailers):
+        threading.Timer(0.02, self.callbacks.continue_decoding).start()
+        return STOP
+
+
+@pytest.mark.parametrize("encoders", [False, True], ids=["no_encoder", "with_encoder"])
+def test_continued_body_and_trailers_reach_their_end(upstream, encoders):
+    tail = [spec(EncodeTag)] if encoders else []
+    with make_proxy([spec(HoldBodyThenBreakHead)] + tail, upstream) as p:
+        r, data = request(p, "POST", "/b", body=b"hello", timeout=5)
+        assert r.status == 400 and data == b"invalid request after header mutation"
+        assert r.getheader("x-encoded") == ("400" if encoders else None)
+    assert upstream.requests == []
+    with make_proxy([spec(HoldTrailers)] + tail, upstream) as p:
+        conn = http.client.HTTPConnection(*p.listener_address("http"), timeout=5)
+        conn.putrequest("POST", "/t")
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders()
+        conn.send(b"5\r\nhello\r\n0\r\nx-t: 1\r\n\r\n")
+        r = conn.getresponse()
+        assert (r.status, r.read()) == (200, b"POST /t 5")
+        conn.close()
+    assert upstream.requests[-1][3] == b"hello"
+
+
 class EncodeHoldThenBreak(HttpFilter):
     """Holds the response head, then (from a timer) removes :status and continues: the
     proxy's 502 is written by the continuation (the encode side's counterpart)."""
