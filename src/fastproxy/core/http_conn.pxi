@@ -262,7 +262,8 @@ cdef enum:
     H_RQ_TOO_LARGE = 15
     H_BYTES_SPLICED = 16            # body bytes moved socket -> pipe -> socket
     H_BYTES_COPIED = 17             # body bytes that went through user-space buffers
-    H_PY_FILTER_ERROR = 18          # Python HTTP filter exceptions (and async timeouts)
+    H_PY_FILTER_ERROR = 18          # HTTP filter failures: Python exceptions, async timeouts,
+                                    # a filter (of any kind) that could not be created
     H_RQ_IDLE_TIMEOUT = 19          # streams ended by stream_idle_timeout
     H_RQ_HEADER_TIMEOUT = 20        # request_headers_timeout fired
     H_RQ_HTTP1_TOTAL = 21
