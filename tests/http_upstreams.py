@@ -88,20 +88,30 @@ class RawHttpUpstream:
                         buf += d
                     body, buf = buf[:n], buf[n:]
                 elif headers.get("transfer-encoding", [""])[0].lower() == "chunked":
-                    while True:
-                        while b"\r\n" not in buf:
-                            buf += self._recv(c, buf) or b""
-                        line, buf = buf.split(b"\r\n", 1)
-                        size = int(line.split(b";")[0], 16)
-                        if size == 0:
-                            while b"\r\n\r\n" not in b"\r\n" + buf:
-                                buf += self._recv(c, buf) or b""
-                            _, buf = (b"\r\n" + buf).split(b"\r\n\r\n", 1)
-                            break
-                        while len(buf) < size + 2:
-                            buf += self._recv(c, buf) or b""
-                        body += buf[:size]
-                        buf = buf[size + 2:]
+                    def more():
+                        # the proxy may abandon a request mid-body: its EOF ends the
+                        # connection (recv would return b"" forever: a spinning thread)
+                        d = self._recv(c, buf)
+                        if not d:
+                            raise EOFError
+                        return d
+                    try:
+                        while True:
+                            while b"\r\n" not in buf:
+                                buf += more()
+                            line, buf = buf.split(b"\r\n", 1)
+                            size = int(line.split(b";")[0], 16)
+                            if size == 0:
+                                while b"\r\n\r\n" not in b"\r\n" + buf:
+                                    buf += more()
+                                _, buf = (b"\r\n" + buf).split(b"\r\n\r\n", 1)
+                                break
+                            while len(buf) < size + 2:
+                                buf += more()
+                            body += buf[:size]
+                            buf = buf[size + 2:]
+                    except EOFError:
+                        return
                 with self._lock:
                     self.requests.append((method, path, headers, body))
                 out = self.handler(method, path, headers, body)

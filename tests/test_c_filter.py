@@ -3,10 +3,12 @@
 the proxy with real clients and a raw upstream that records every byte."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import http.client
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
@@ -29,13 +31,26 @@ TYPED_STRUCT = "type.googleapis.com/xds.type.v3.TypedStruct"
 C_TYPE_URL = "type.googleapis.com/fastproxy.c.HttpFilter"
 
 
+@contextlib.contextmanager
+def compiler_env():
+    """The C compiler runs without an ASan run's LD_PRELOAD (make test-asan): under it,
+    gcc's own leaks fail the compile."""
+    saved = os.environ.pop("LD_PRELOAD", None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["LD_PRELOAD"] = saved
+
+
 @pytest.fixture(scope="module")
 def c_filter(tmp_path_factory):
     """(ffi, lib) of the example filter, freshly built with cffi."""
     spec = importlib.util.spec_from_file_location("c_filter_build", EXAMPLE / "build.py")
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
-    so = build.build(str(tmp_path_factory.mktemp("cffi")))
+    with compiler_env():
+        so = build.build(str(tmp_path_factory.mktemp("cffi")))
     mspec = importlib.util.spec_from_file_location(build.MODULE, so)
     mod = importlib.util.module_from_spec(mspec)
     mspec.loader.exec_module(mod)
@@ -350,3 +365,111 @@ def test_c_filter_runs_without_the_gil(c_filter):
     finally:
         up.kill()
         up.wait()
+
+
+# A C filter whose create fails (returns NULL) for every stream: a deny-all filter that
+# cannot be built must fail the stream closed (500), not let it through.
+NULL_CREATE_SRC = r"""
+#include <stddef.h>
+#include "fastproxy_filter.h"
+
+static void *create(void *config, fp_stream *s, const fp_api *api)
+{
+    (void)config; (void)s; (void)api;
+    return NULL;                            /* e.g. out of memory */
+}
+
+static int decode_headers(void *self, fp_headers *h, int end_stream)
+{
+    (void)self; (void)h; (void)end_stream;
+    return FP_STOP_ITERATION;               /* never called: no instance */
+}
+
+fp_http_filter null_create_table = {
+    .abi_version = FP_FILTER_ABI_VERSION,
+    .create = create,
+    .decode_headers = decode_headers,
+};
+
+/* No create at all (no per-stream state): its hooks still run, with the config as self. */
+int no_create_calls;
+
+static int count_headers(void *self, fp_headers *h, int end_stream)
+{
+    (void)self; (void)h; (void)end_stream;
+    no_create_calls++;
+    return FP_CONTINUE;
+}
+
+fp_http_filter no_create_table = {
+    .abi_version = FP_FILTER_ABI_VERSION,
+    .decode_headers = count_headers,
+};
+"""
+
+
+@pytest.fixture(scope="module")
+def null_create_filter(tmp_path_factory):
+    import fastproxy
+    ffi = cffi.FFI()
+    ffi.cdef("typedef struct fp_http_filter { uint32_t abi_version; ...; } fp_http_filter;\n"
+             "extern fp_http_filter null_create_table;\n"
+             "extern fp_http_filter no_create_table;\n"
+             "extern int no_create_calls;")
+    ffi.set_source("_c_null_create", NULL_CREATE_SRC, include_dirs=[fastproxy.get_include()])
+    with compiler_env():
+        so = ffi.compile(tmpdir=str(tmp_path_factory.mktemp("cffi_null")))
+    mspec = importlib.util.spec_from_file_location("_c_null_create", so)
+    mod = importlib.util.module_from_spec(mspec)
+    mspec.loader.exec_module(mod)
+    return mod.ffi, mod.lib
+
+
+def test_a_c_filter_whose_create_fails_fails_the_stream_closed(c_filter, null_create_filter, upstream, caplog):
+    ffi, lib = null_create_filter
+    broken = CHttpFilter("deny", table=int(ffi.cast("uintptr_t", ffi.addressof(lib, "null_create_table"))),
+                         keepalive=lib)
+    # the example filter after it: its encoder tags the 500
+    with make_proxy([broken, c_spec(c_filter)], upstream.port) as p:
+        for _ in range(2):
+            r, body = request(p.listener_address("http"), path="/x")
+            assert r.status == 500
+            assert r.getheader("x-c-filter-response") == "1"
+        assert p.stats()["http.ingress.python_filter_error"] == 2
+        assert p.stats()["cluster.c.upstream_cx_total"] == 0
+    assert upstream.raw == b""
+    assert any("deny could not be created" in rec.getMessage() for rec in caplog.records)
+
+
+def test_a_c_filter_without_create_still_runs(null_create_filter, upstream):
+    """A table without create has no per-stream state; its hooks run all the same (they
+    used to be skipped, as for a stream the filter declined)."""
+    ffi, lib = null_create_filter
+    spec = CHttpFilter("count", table=int(ffi.cast("uintptr_t", ffi.addressof(lib, "no_create_table"))),
+                       keepalive=lib)
+    before = lib.no_create_calls
+    with make_proxy([spec], upstream.port) as p:
+        for _ in range(3):
+            r, body = request(p.listener_address("http"), path="/n")
+            assert r.status == 200
+    assert lib.no_create_calls - before == 3
+
+
+def test_a_c_filter_after_a_delaying_filter_encodes_the_routers_reply(c_filter, upstream):
+    """The fault filter delays the request; its continuation runs the C filter's decoder,
+    then the router answers (no route, a direct response): the reply passes the C
+    filter's encoder and is written (it hung before)."""
+    from fastproxy import NativeHttpFilter
+    from fastproxy.model_filters import FAULT, FaultDelay, FractionalPercent, HTTPFault
+    from fastproxy.model_http import DirectResponse
+    fault = NativeHttpFilter("fault", FAULT, HTTPFault(delay=FaultDelay(0.02, FractionalPercent(100))))
+    routes = [Route(RouteMatch(path="/direct"), direct_response=DirectResponse(200, b"d")),
+              Route(RouteMatch(path="/up"), route=RouteAction(cluster="c"))]
+    with make_proxy([fault, c_spec(c_filter)], upstream.port, routes=routes) as p:
+        addr = p.listener_address("http")
+        for path, status, body in (("/nothing", 404, b""), ("/direct", 200, b"d"), ("/up", 200, b"GET /up 0")):
+            r, data = request(addr, path=path, timeout=5)
+            assert (r.status, data) == (status, body), path
+            assert r.getheader("x-c-filter-response") == "1", path
+    assert [r[1] for r in upstream.requests] == ["/up"]
+    assert upstream.requests[0][2]["x-c-filter"] == ["1"]

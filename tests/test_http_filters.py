@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import re
 import socket
 import threading
 import time
@@ -1117,3 +1118,291 @@ def test_route_response_headers_are_set_before_the_encoder_filters(upstream):
             assert SeeRouteHeaders.seen == [("200", "r", False), ("200", "r", False), ("503", "r", False)]
     finally:
         dead.close()
+
+
+# ---------------------------------------------------------------- continuing into a local reply
+# A filter that holds a request and continues it later (from a timer, another thread, an
+# async hook) resumes the iteration outside the connection's own I/O loop. Whatever the
+# router answers then (no route, a direct response, a redirect, no healthy upstream, a
+# circuit breaker's overflow) must still be written: the client used to wait forever.
+
+class AsyncPass(HttpFilter):
+    async def decode_headers(self, headers, end_stream):
+        await asyncio.sleep(0.01)
+        return CONTINUE
+
+
+class ContinueFromTimer(HttpFilter):
+    def decode_headers(self, headers, end_stream):
+        threading.Timer(0.02, self.callbacks.continue_decoding).start()
+        return STOP
+
+
+class EncodeTag(HttpFilter):
+    def encode_headers(self, headers, end_stream):
+        headers["x-encoded"] = headers[":status"]
+        return CONTINUE
+
+
+def holding_filter(kind):
+    """A decoder filter that pauses every request and continues it later."""
+    if kind == "native_fault":
+        from fastproxy import NativeHttpFilter
+        from fastproxy.model_filters import FAULT, FaultDelay, FractionalPercent, HTTPFault
+        return NativeHttpFilter("fault", FAULT, HTTPFault(delay=FaultDelay(0.02, FractionalPercent(100))))
+    return spec({"python_async": AsyncPass, "python_thread": ContinueFromTimer}[kind])
+
+
+CONTINUED_REPLIES = [          # path, status, body, a header that must be there (or None)
+    ("/nothing", 404, b"", None),
+    ("/direct", 200, b"direct\n", None),
+    ("/redirect", 301, b"", "location"),
+    ("/empty", 503, b"no healthy upstream", None),
+    ("/full", 503, b"upstream connect error or disconnect/reset before headers. reset reason: overflow",
+     "x-envoy-overloaded"),
+]
+
+
+@pytest.mark.parametrize("encoders", [False, True], ids=["no_encoder", "with_encoder"])
+@pytest.mark.parametrize("kind", ["native_fault", "python_async", "python_thread"])
+def test_a_local_reply_after_a_continued_request_is_sent(upstream, kind, encoders):
+    from fastproxy.model_http import DirectResponse, RedirectAction
+    routes = [Route(RouteMatch(path="/direct"), direct_response=DirectResponse(200, b"direct\n")),
+              Route(RouteMatch(path="/redirect"), redirect=RedirectAction(path_redirect="/elsewhere")),
+              Route(RouteMatch(path="/empty"), route=RouteAction(cluster="empty")),
+              Route(RouteMatch(path="/full"), route=RouteAction(cluster="full")),
+              Route(RouteMatch(path="/up"), route=RouteAction(cluster="c"))]        # no catch-all
+    clusters = [Cluster("c", [Endpoint("127.0.0.1", upstream.port)]), Cluster("empty", []),
+                Cluster("full", [Endpoint("127.0.0.1", upstream.port)], max_connections=0,
+                        max_pending_requests=0)]
+    chain = [holding_filter(kind)] + ([spec(EncodeTag)] if encoders else [])
+    with make_proxy(chain, upstream, routes, clusters) as p:
+        for path, status, body, header in CONTINUED_REPLIES:
+            r, data = request(p, path=path, timeout=5)
+            assert (r.status, data) == (status, body), path
+            if header is not None:
+                assert r.getheader(header), (path, header)
+            assert r.getheader("x-encoded") == (str(status) if encoders else None), path
+        r, data = request(p, path="/up")
+        assert (r.status, data) == (200, b"GET /up 0")
+        # keep-alive: several continued local replies on one connection, each answered
+        conn = http.client.HTTPConnection(*p.listener_address("http"), timeout=5)
+        for path, status in (("/nothing", 404), ("/direct", 200), ("/nothing", 404)):
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status == status, path
+        conn.close()
+    assert [r[1] for r in upstream.requests] == ["/up"]
+
+
+@pytest.mark.parametrize("kind", ["native_fault", "python_thread"])
+def test_pipelined_requests_after_a_continued_local_reply(upstream, kind):
+    """The continuation that writes a local reply also starts the next pipelined request
+    (waiting in the connection's input): three requests in one write, three answers."""
+    from fastproxy.model_http import DirectResponse
+    routes = [Route(RouteMatch(path="/direct"), direct_response=DirectResponse(200, b"d")),
+              Route(RouteMatch(path="/up"), route=RouteAction(cluster="c"))]
+    with make_proxy([holding_filter(kind)], upstream, routes) as p:
+        s = socket.create_connection(p.listener_address("http"), timeout=5)
+        s.sendall(b"GET /nothing HTTP/1.1\r\nHost: a\r\n\r\n"
+                  b"GET /direct HTTP/1.1\r\nHost: a\r\n\r\n"
+                  b"GET /up HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            data += d
+        s.close()
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", data)
+    assert statuses == [b"404", b"200", b"200"], data
+    assert data.endswith(b"GET /up 0")
+
+
+class HoldBodyThenBreakHead(HttpFilter):
+    """Keeps the request headers, holds the body, then (from a timer) removes :method from
+    the kept headers and continues: the request head can no longer be sent, and the proxy's
+    400 comes from the continuation of the data phase."""
+    def decode_headers(self, headers, end_stream):
+        self.headers = headers                  # kept: written back on continue
+        return CONTINUE
+
+    def decode_data(self, data, end_stream):
+        def later():
+            del self.headers[":method"]
+            self.callbacks.continue_decoding()
+        threading.Timer(0.02, later).start()
+        return STOP
+
+
+class HoldTrailers(HttpFilter):
+    def decode_trailers(self, trailers):
+        threading.Timer(0.02, self.callbacks.continue_decoding).start()
+        return STOP
+
+
+@pytest.mark.parametrize("encoders", [False, True], ids=["no_encoder", "with_encoder"])
+def test_continued_body_and_trailers_reach_their_end(upstream, encoders):
+    tail = [spec(EncodeTag)] if encoders else []
+    with make_proxy([spec(HoldBodyThenBreakHead)] + tail, upstream) as p:
+        r, data = request(p, "POST", "/b", body=b"hello", timeout=5)
+        assert r.status == 400 and data == b"invalid request after header mutation"
+        assert r.getheader("x-encoded") == ("400" if encoders else None)
+    assert upstream.requests == []
+    with make_proxy([spec(HoldTrailers)] + tail, upstream) as p:
+        conn = http.client.HTTPConnection(*p.listener_address("http"), timeout=5)
+        conn.putrequest("POST", "/t")
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders()
+        conn.send(b"5\r\nhello\r\n0\r\nx-t: 1\r\n\r\n")
+        r = conn.getresponse()
+        assert (r.status, r.read()) == (200, b"POST /t 5")
+        conn.close()
+    assert upstream.requests[-1][3] == b"hello"
+
+
+class EncodeHoldThenBreak(HttpFilter):
+    """Holds the response head, then (from a timer) removes :status and continues: the
+    proxy's 502 is written by the continuation (the encode side's counterpart)."""
+    def encode_headers(self, headers, end_stream):
+        del headers[":status"]
+        threading.Timer(0.02, self.callbacks.continue_encoding).start()
+        return STOP
+
+
+def test_a_502_after_a_continued_response_is_sent(upstream):
+    with make_proxy([spec(EncodeHoldThenBreak)], upstream) as p:
+        r, data = request(p, path="/x", timeout=5)
+        assert r.status == 502
+
+
+class ReplyFromTimer(HttpFilter):
+    """Holds the request and answers it later from another thread."""
+    def decode_headers(self, headers, end_stream):
+        threading.Timer(0.02, self.callbacks.send_local_reply, (403, b"later")).start()
+        return STOP
+
+
+@pytest.mark.parametrize("encoders", [False, True], ids=["no_encoder", "with_encoder"])
+def test_a_local_reply_sent_from_another_thread_is_sent(upstream, encoders):
+    chain = [spec(ReplyFromTimer)] + ([spec(EncodeTag)] if encoders else [])
+    with make_proxy(chain, upstream) as p:
+        r, data = request(p, path="/x", timeout=5)
+        assert (r.status, data) == (403, b"later")
+        assert r.getheader("x-encoded") == ("403" if encoders else None)
+    assert upstream.raw == b""
+
+
+# ---------------------------------------------------------------- a filter that cannot be built
+
+class DenyAllBadConfig(HttpFilter):
+    """A deny-all filter whose constructor fails on its config (a KeyError)."""
+    def __init__(self, config=None):
+        super().__init__(config)
+        self.reason = config["reason"]
+
+    def decode_headers(self, headers, end_stream):
+        self.callbacks.send_local_reply(403, self.reason)
+        return STOP
+
+
+class AsyncDenyAllBadConfig(DenyAllBadConfig):
+    async def decode_headers(self, headers, end_stream):
+        self.callbacks.send_local_reply(403, self.reason)
+        return STOP
+
+
+@pytest.mark.parametrize("cls", [DenyAllBadConfig, AsyncDenyAllBadConfig], ids=["sync", "async"])
+@pytest.mark.parametrize("encoders", [False, True], ids=["alone", "with_encoder"])
+def test_a_filter_whose_constructor_raises_fails_the_stream_closed(upstream, caplog, cls, encoders):
+    """Fail closed: the filter that could not be built may be the one that denies the
+    request. 500 (as for a hook that raises), nothing upstream, counted, logged; the other
+    filters' encoders see the 500; the connection serves the next request the same way."""
+    chain = [spec(cls, "deny", config={})] + ([spec(EncodeTag)] if encoders else [])
+    with make_proxy(chain, upstream) as p:
+        conn = http.client.HTTPConnection(*p.listener_address("http"), timeout=5)
+        for path, body in (("/a", None), ("/b", b"x" * 3000)):
+            conn.request("POST" if body else "GET", path, body=body)
+            r = conn.getresponse()
+            r.read()
+            assert r.status == 500, path
+            assert r.getheader("x-encoded") == ("500" if encoders else None)
+        conn.close()
+        assert p.stats()["http.ingress.python_filter_error"] == 2
+        assert p.stats()["cluster.c.upstream_cx_total"] == 0
+    assert upstream.raw == b"" and upstream.requests == []
+    assert any("KeyError" in (rec.exc_text or "") for rec in caplog.records)
+
+
+class DenyOnPath(HttpFilter):
+    """Answers /deny itself without ever asking for the route."""
+    def decode_headers(self, headers, end_stream):
+        if headers[":path"] == "/deny":
+            self.callbacks.send_local_reply(403, b"nope")
+            return STOP
+        return CONTINUE
+
+
+@pytest.mark.parametrize("encoders", [False, True], ids=["no_encoder", "with_encoder"])
+def test_a_filters_local_reply_gets_the_route_response_headers(upstream, encoders):
+    """Envoy picks the route before the filters run: a filter's local reply carries the
+    route's response_headers_to_add (checked with Envoy 1.40: a Lua filter's respond()),
+    and the encoder filters see them."""
+    from fastproxy.model_http import HeaderMutations, HeaderValueOption
+    SeeRouteHeaders.seen.clear()
+    mut = HeaderMutations(response_headers_to_add=[HeaderValueOption("x-route", "r")])
+    routes = [Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"), headers=mut)]
+    chain = ([spec(SeeRouteHeaders)] if encoders else []) + [spec(DenyOnPath)]
+    with make_proxy(chain, upstream, routes) as p:
+        r, body = request(p, path="/deny")
+        assert (r.status, body) == (403, b"nope")
+        assert r.headers.get_all("x-route") == (["r+filter"] if encoders else ["r"])
+    if encoders:
+        assert SeeRouteHeaders.seen == [("403", "r", False)]
+    assert upstream.raw == b""
+
+
+class ReplyFrom(HttpFilter):
+    """Answers 418 from the hook named by its config."""
+    def decode_headers(self, headers, end_stream):
+        return self._maybe("decode_headers")
+
+    def decode_data(self, data, end_stream):
+        return self._maybe("decode_data")
+
+    def decode_trailers(self, trailers):
+        return self._maybe("decode_trailers")
+
+    def _maybe(self, hook):
+        if self.config == hook:
+            self.callbacks.send_local_reply(418, b"from " + hook.encode())
+            return STOP
+        if self.config == "async_" + hook:
+            async def later():
+                await asyncio.sleep(0.01)
+                self.callbacks.send_local_reply(418, b"from " + hook.encode())
+                return STOP
+            return later()
+        return CONTINUE
+
+
+@pytest.mark.parametrize("where", ["decode_headers", "decode_data", "decode_trailers",
+                                   "async_decode_headers", "async_decode_data", "async_decode_trailers"])
+def test_a_filters_local_reply_from_any_hook_passes_the_encoders(upstream, where):
+    """Envoy's sendLocalReplyViaFilterChain: whichever decode hook answers (sync or async),
+    every encoder filter sees the reply, the replying filter's own included."""
+    hook = where.removeprefix("async_")
+    chain = [spec(EncodeTag, "tag_a"), spec(ReplyFrom, config=where), spec(EncodeTag, "tag_c")]
+    with make_proxy(chain, upstream) as p:
+        conn = http.client.HTTPConnection(*p.listener_address("http"), timeout=5)
+        conn.putrequest("POST", "/r")
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.putheader("Trailer", "x-t")
+        conn.endheaders()
+        conn.send(b"5\r\nhello\r\n0\r\nx-t: 1\r\n\r\n")
+        r = conn.getresponse()
+        assert (r.status, r.read()) == (418, b"from " + hook.encode())
+        assert r.getheader("x-encoded") == "418"
+        conn.close()
+    assert upstream.requests == []

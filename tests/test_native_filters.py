@@ -25,6 +25,7 @@ from fastproxy.model_filters import (BUFFER, CORS, FAULT, HEADER_MUTATION, HEALT
                                      Mutations, TokenBucket)
 from fastproxy.model_http import HeaderMatcher, HeaderValueOption, Route, RouteAction, RouteMatch, StringMatch
 
+from conftest import start_envoy
 from test_envoy_config import ENVOY, envoy_validate, needs_envoy
 from test_http_filters import make_proxy, request
 
@@ -308,6 +309,79 @@ def test_health_check_pass_through(upstream):
     assert len(upstream.requests) == 1
 
 
+FAULT_DELAY_YAML = """\
+admin:
+  address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+static_resources:
+  listeners:
+  - name: http
+    address:
+      socket_address: {address: 127.0.0.1, port_value: 0}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: web
+          http_filters:
+          - name: fault
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+              delay:
+                fixed_delay: 0.05s
+                percentage: {numerator: 100, denominator: HUNDRED}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {path: /direct}
+                direct_response: {status: 200, body: {inline_string: "direct\\n"}}
+              - match: {path: /moved}
+                redirect: {path_redirect: /elsewhere}
+"""
+
+
+def _answers(addr):
+    out = []
+    for path in ("/direct", "/nothing", "/moved"):
+        conn = http.client.HTTPConnection(*addr, timeout=5)
+        conn.request("GET", path)
+        r = conn.getresponse()
+        out.append((path, r.status, r.read(), r.getheader("location")))
+        conn.close()
+    return out
+
+
+def test_local_replies_after_a_fault_delay_are_sent(tmp_path):
+    """The fault filter delays every request, then the router answers it itself (a direct
+    response, no route, a redirect): the continued request's reply must be written (it
+    hung before); the same answers as Envoy 1.40 gives for the same file."""
+    with Proxy.from_envoy(FAULT_DELAY_YAML, concurrency=1) as p:
+        t0 = time.monotonic()
+        got = _answers(p.listener_address("http"))
+        assert time.monotonic() - t0 >= 0.15, "each request is delayed 50 ms"
+    assert [(path, status, body) for path, status, body, _ in got] == [
+        ("/direct", 200, b"direct\n"), ("/nothing", 404, b""), ("/moved", 301, b"")]
+    assert got[2][3].endswith("/elsewhere")
+    if ENVOY is None:
+        return
+    proc, _, addr = start_envoy(FAULT_DELAY_YAML, tmp_path)
+    try:
+        assert _normalized(_answers(addr)) == _normalized(got)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def _normalized(answers):
+    """Compare without the listener's port in a redirect's Location."""
+    return [(path, status, body, loc.rsplit("/", 1)[-1] if loc else None) for path, status, body, loc in answers]
+
+
 # ---------------------------------------------------------------- buffer
 
 def chunked_post(p, path, chunks):
@@ -338,6 +412,109 @@ def test_buffer_rejects_bodies_over_the_limit(upstream):
         status, _, body = get(p, "/ok", method="POST", body=b"x" * 100)
         assert status == 200 and body == b"POST /ok 100"
     assert len(upstream.requests) == 1
+
+
+def test_buffer_413_opens_no_upstream_connection(upstream):
+    """Envoy's buffer filter holds the headers until the body is complete, so the router
+    never sees a request whose chunked body goes over the limit: 413 with no upstream
+    connection at all (Envoy 1.40: cluster upstream_cx_total 0, the same reply)."""
+    with make_proxy([nf(BUFFER, Buffer(100))], upstream) as p:
+        conn = http.client.HTTPConnection(*p.listener_address("http"), timeout=5)
+        conn.request("POST", "/big", body=iter([b"x" * 60, b"y" * 60]), encode_chunked=True)
+        r = conn.getresponse()
+        assert (r.status, r.read()) == (413, b"Payload Too Large")
+        assert r.getheader("content-type") == "text/plain"
+        assert r.getheader("connection") == "close"
+        conn.close()
+        st = p.stats()
+        assert st["cluster.c.upstream_cx_total"] == 0 and st["http.ingress.downstream_rq_too_large"] == 1
+        assert upstream.connections == 0
+        # within the limit: the request goes on, whole, after its body
+        assert chunked_post(p, "/ok", [b"a" * 50, b"b" * 50]) == (200, b"POST /ok 100")
+        assert p.stats()["cluster.c.upstream_cx_total"] == 1
+    assert upstream.requests[-1][3] == b"a" * 50 + b"b" * 50
+
+
+BUFFER_YAML = """\
+admin:
+  address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+static_resources:
+  listeners:
+  - name: http
+    address:
+      socket_address: {address: 127.0.0.1, port_value: 0}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: web
+          http_filters:
+          - name: buffer
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
+              max_request_bytes: 100
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: /}
+                route: {cluster: c}
+  clusters:
+  - name: c
+    load_assignment:
+      cluster_name: c
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: PORT}}}
+"""
+
+
+def _over_limit_chunked(addr):
+    conn = http.client.HTTPConnection(*addr, timeout=5)
+    conn.request("POST", "/big", body=iter([b"x" * 60, b"y" * 60]), encode_chunked=True)
+    r = conn.getresponse()
+    out = (r.status, r.read(), r.getheader("content-type"), r.getheader("connection"))
+    conn.close()
+    return out
+
+
+@needs_envoy
+def test_buffer_413_same_as_envoy(upstream, tmp_path):
+    """The same YAML in both: the same 413 to an over-limit chunked body, and neither
+    opens a connection to the upstream."""
+    from conftest import admin_get
+    text = BUFFER_YAML.replace("PORT", str(upstream.port))
+    with Proxy.from_envoy(text, concurrency=1) as p:
+        ours = _over_limit_chunked(p.listener_address("http"))
+        assert p.stats()["cluster.c.upstream_cx_total"] == 0
+    proc, admin, addr = start_envoy(text, tmp_path)
+    try:
+        theirs = _over_limit_chunked(addr)
+        stats = dict(line.split(": ", 1) for line in admin_get(admin, "/stats").splitlines() if ": " in line)
+        assert stats["cluster.c.upstream_cx_total"] == "0"
+    finally:
+        proc.terminate()
+        proc.wait()
+    assert ours == theirs == (413, b"Payload Too Large", "text/plain", "close")
+    assert upstream.connections == 0
+
+
+def test_buffer_413_after_a_fault_delay(upstream):
+    """The body arrives while the fault filter delays the request; when it continues, the
+    buffer filter finds it over the limit: 413 is written (by the continuation) and no
+    upstream connection is opened. Within the limit the request goes on."""
+    chain = [nf(FAULT, HTTPFault(delay=FaultDelay(0.05, ALWAYS))), nf(BUFFER, Buffer(100))]
+    with make_proxy(chain, upstream) as p:
+        status, data = chunked_post(p, "/big", [b"x" * 60, b"y" * 60])
+        assert (status, data) == (413, b"Payload Too Large")
+        assert p.stats()["cluster.c.upstream_cx_total"] == 0
+        assert chunked_post(p, "/ok", [b"a" * 50, b"b" * 50]) == (200, b"POST /ok 100")
+    assert upstream.requests[-1][3] == b"a" * 50 + b"b" * 50
 
 
 def test_buffer_per_route(upstream):

@@ -233,7 +233,7 @@ static void *create(void *config, fp_stream *s, const fp_api *api)
 {
     hf_state *st;
     if (config == NULL || api->abi_version != FP_FILTER_ABI_VERSION)
-        return NULL;                        /* skip this stream */
+        return NULL;                        /* cannot run: fastproxy answers 500 */
     st = malloc(sizeof *st);
     if (st == NULL)
         return NULL;

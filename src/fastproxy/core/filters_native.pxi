@@ -845,11 +845,14 @@ cdef int _nf_buf_decode_headers(void* self, fp_headers* h, int end_stream) noexc
     cdef NBufCfg* c = _nf_buf_cfg(s)
     if c == NULL or end_stream:
         return FP_CONTINUE
-    if s.c.req.content_length > <int64_t>c.max_bytes:
+    if s.c.req.content_length > <int64_t>c.max_bytes or s.fc.dec.held.length > c.max_bytes:
+        # (held: body that arrived while an earlier filter held the headers)
         return _nf_buf_too_large(s)
     # Body bytes held past this filter count against the stream's buffer limit (413 beyond).
     s.fc.buffer_limit = c.max_bytes
-    return FP_CONTINUE
+    # As Envoy's filter stops the headers: the router sees them (and connects upstream)
+    # only once the whole body is here, so an over-limit body is refused without any.
+    return hf_hold_until_body_end(s)
 
 
 cdef int _nf_buf_decode_data(void* self, fp_body* b, int end_stream) noexcept nogil:

@@ -266,7 +266,8 @@ cdef enum:
     H_RQ_TOO_LARGE = 15
     H_BYTES_SPLICED = 16            # body bytes moved socket -> pipe -> socket
     H_BYTES_COPIED = 17             # body bytes that went through user-space buffers
-    H_PY_FILTER_ERROR = 18          # Python HTTP filter exceptions (and async timeouts)
+    H_PY_FILTER_ERROR = 18          # HTTP filter failures: Python exceptions, async timeouts,
+                                    # a filter (of any kind) that could not be created
     H_RQ_IDLE_TIMEOUT = 19          # streams ended by stream_idle_timeout
     H_RQ_HEADER_TIMEOUT = 20        # request_headers_timeout fired
     H_RQ_HTTP1_TOTAL = 21
@@ -2454,6 +2455,8 @@ cdef int _stream_path(HStream* s, HttpCfg* h) noexcept nogil:
     cdef int rc = stream_normalize_path(s, h)
     if rc == PN_OK:
         return 0
+    # (A filter that could not be created does not matter here: the request is answered
+    # without reaching the upstream either way.)
     if rc != PN_NOMEM and h.nfilters and hf_stream_create(s) < 0:
         rc = PN_NOMEM
     if rc == PN_REJECT:
@@ -2481,7 +2484,7 @@ cdef void stream_start(HConn* c) noexcept nogil:
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
     cdef const char* v
     cdef size_t un = 0
-    cdef int k
+    cdef int k, k2
     cdef HStream* s = <HStream*>calloc(1, sizeof(HStream))
     if s == NULL:
         hconn_close(c, True)
@@ -2541,8 +2544,15 @@ cdef void stream_start(HConn* c) noexcept nogil:
         stream_strip_host_port(s, h)
     # The filter chain first (Envoy creates it before it refuses an upgrade): the proxy's
     # own answers below go through its encoder filters.
-    if h.nfilters and hf_stream_create(s) < 0:
+    k2 = hf_stream_create(s) if h.nfilters else 0
+    if k2 < 0:
         hconn_close(c, True)
+        return
+    if k2 > 0:
+        # A filter could not be created: fail closed (a missing filter could be the one
+        # that denies the request), through the encoder filters that were, as a hook's
+        # failure (hf_fail) is answered.
+        stream_local_reply(s, 500, "", 0, NULL, 0, c.req.state != H1_MESSAGE_DONE)
         return
     if k == -2:
         # HTTP/1.0 without Host nor default_host_for_http_10: Envoy's connection manager

@@ -130,6 +130,8 @@ cdef struct FDir:                   # one direction's iteration state
     uint8_t sink_chunked
     uint8_t sink_counted            # framing is Content-Length: check the count
     uint8_t cont_pending            # the running hook asked to continue before returning
+    uint8_t resume_at_end           # the headers held (FS_HELD) resume when the body is
+                                    # complete (hf_hold_until_body_end)
     uint64_t sink_left              # Content-Length bytes still to send
     Chain held
 
@@ -499,8 +501,14 @@ FP_API.route_config = _api_route_config
 
 # ---------------------------------------------------------------- stream set-up and teardown
 
+cdef char _NO_STREAM_STATE           # `self` of a filter with neither create nor config
+
+
 cdef int hf_stream_create(HStream* s) noexcept nogil:
-    """Create the stream's filter instances and its request header map. -1: no memory."""
+    """Create the stream's filter instances and its request header map. -1: no memory;
+    1: a filter could not be created (its create returned NULL, a Python constructor
+    raised): the caller fails the stream closed with a 500, as for a hook that fails (a
+    filter missing from a stream could be the one that denies it); 0: ready."""
     cdef HttpCfg* h = <HttpCfg*>s.c.cfg.http
     # One allocation: the chain state and the per-filter instance pointers after it. Only
     # the state is zeroed: the inline arena is raw memory handed out as it is used.
@@ -510,6 +518,7 @@ cdef int hf_stream_create(HStream* s) noexcept nogil:
     cdef const HttpFilterCfg* fcfg
     cdef size_t n
     cdef const char* v
+    cdef bint failed = False
     if fc == NULL:
         return -1
     head = <size_t>(<char*>&fc.arena0 - <char*>fc)
@@ -560,7 +569,19 @@ cdef int hf_stream_create(HStream* s) noexcept nogil:
     for i in range(fc.n):
         fcfg = &fc.cfgs[i]
         fc.current = i
-        fc.selfs[i] = fcfg.vt.create(fcfg.config, <fp_stream*>s, &FP_API) if fcfg.vt.create != NULL else NULL
+        if fcfg.vt.create == NULL:
+            # No per-stream state: its hooks get the config as `self` (never NULL: NULL
+            # would skip the filter, and a filter that denies must not be skipped).
+            fc.selfs[i] = fcfg.config if fcfg.config != NULL else <void*>&_NO_STREAM_STATE
+            continue
+        fc.selfs[i] = fcfg.vt.create(fcfg.config, <fp_stream*>s, &FP_API)
+        if fc.selfs[i] == NULL:
+            failed = True
+            if not fcfg.is_python:      # (a Python constructor's exception is logged and
+                _log_create_failed(s, fcfg.name)    # counted where it is caught)
+    if failed:
+        fc.local_status = 0             # the caller answers (not a reply asked for by a hook)
+        return 1
     return 0
 
 
@@ -593,7 +614,7 @@ cdef void hf_stream_end(HStream* s) noexcept nogil:
             fc.cfgs[i].vt.on_log(fc.selfs[i])
     s.fc = NULL
     for i in range(fc.n):
-        if fc.selfs[i] != NULL and fc.cfgs[i].vt.destroy != NULL:
+        if fc.selfs[i] != NULL and fc.cfgs[i].vt.destroy != NULL and fc.cfgs[i].vt.create != NULL:
             fc.cfgs[i].vt.destroy(fc.selfs[i])
     if fc.pyctx != NULL or fc.stream_ref != NULL:
         py_stream_release(fc)
@@ -673,6 +694,10 @@ cdef bint _hf_flush_local_reply(HStream* s) noexcept nogil:
         fc.dead = 1
         hconn_close(c, True)
         return True
+    # Envoy's connection manager picks the route before the first filter runs, so a
+    # filter's reply carries the route's response header mutations even when no filter
+    # asked for the route: pick it now if no one has (both paths below apply them).
+    _ensure_route(s)
     if not fc.resp.used and _enc_filtered(s):
         body = fc.local_body                # ours now: the reply copies it, the stream may end
         n = fc.local_body_len
@@ -680,6 +705,7 @@ cdef bint _hf_flush_local_reply(HStream* s) noexcept nogil:
         fc.local_body_len = 0
         hf_local_reply_start(s, status, body, n, NULL, 0, False)
         free(body)
+        hconn_pump(c)                       # (see hf_continue: a reply asked for outside a hook)
         return True
     if s.up != NULL:
         upconn_close(s.up)
@@ -850,6 +876,10 @@ cdef int hf_iterate(HStream* s, bint encoding) noexcept nogil:
             if st == FP_CONTINUE:
                 i += step
                 continue
+            if d.resume_at_end and d.end_seen:
+                d.resume_at_end = 0     # it waits for a body that is here already
+                i += step
+                continue
             if d.phase != FP_PH_DATA:
                 # any stop on headers or trailers holds them here; the rest follows later
                 d.index = i + step
@@ -915,30 +945,52 @@ cdef int hf_body_in(HStream* s, bint encoding, Chain* data, size_t n, bint end, 
     if end:
         d.end_seen = 1
         d.has_trailers = trailers
-    if d.stopped == FS_BUFFERING and end:
-        d.stopped = FS_RUNNING          # call the buffering filter again with all of it
-    elif d.stopped != FS_RUNNING or d.phase == FP_PH_HEADERS:
+    if d.stopped != FS_RUNNING or d.phase == FP_PH_HEADERS:
         if d.held.length > fc.buffer_limit and (d.stopped == FS_BUFFERING or d.phase == FP_PH_HEADERS):
             if not encoding and not s.resp_started:
                 stat_add((<HttpCfg*>s.c.cfg.http).stats, s.c.w, H_RQ_TOO_LARGE, 1)
-                fc.local_status = 413
+                # Envoy's filter manager: 413 with its reason as the body
+                if hf_request_local_reply(s, 413, "Payload Too Large", 17) == 0:
+                    return -1
             hf_fail(s, encoding)
             return -1
-        return 0
+        if not end:
+            return 0
+        if d.stopped == FS_BUFFERING:
+            d.stopped = FS_RUNNING      # call the buffering filter again with all of it
+        elif d.stopped == FS_HELD and d.resume_at_end:
+            d.stopped = FS_RUNNING      # the headers go on, the whole body after them
+            d.resume_at_end = 0
+        else:
+            return 0
     return hf_iterate(s, encoding)
+
+
+cdef int hf_hold_until_body_end(HStream* s) noexcept nogil:
+    """For a decode_headers hook that must see the whole request body before the router
+    does (the buffer filter, as Envoy's returns StopIteration and then buffers): the
+    headers stop at this filter; the body is kept, read on up to the stream's buffer limit
+    (413 beyond it), and when it is complete the headers go on past this filter, then the
+    body through every filter. So the router picks no upstream, and opens no connection,
+    for a request that turns out too large. Returns the status the hook returns."""
+    s.fc.dec.resume_at_end = 1
+    return FP_STOP_ITERATION
 
 
 cdef bint hf_wants_more(HStream* s, bint encoding) noexcept nogil:
     """May the direction's source be read further (flow control while a filter holds)?"""
     cdef FChain* fc = s.fc
     cdef FDir* d = &fc.enc if encoding else &fc.dec
-    if d.stopped == FS_HELD or d.stopped == FS_ASYNC:
+    if (d.stopped == FS_HELD and not d.resume_at_end) or d.stopped == FS_ASYNC:
         return d.held.length < fc.buffer_limit
-    return True
+    return True                         # (a buffering hold reads on: 413 past the limit)
 
 
 cdef void hf_continue(HStream* s, bint encoding) noexcept nogil:
-    """continue_decoding/continue_encoding, on the worker."""
+    """continue_decoding/continue_encoding, on the worker: from a hook (the running
+    iteration goes on when it returns), or from outside any (a timer, a message from
+    another thread, an async hook's end): then the iteration resumes here, and whatever it
+    produced leaves through hconn_pump (below)."""
     cdef FChain* fc = s.fc
     cdef FDir* d
     cdef HConn* c = s.c
@@ -948,15 +1000,22 @@ cdef void hf_continue(HStream* s, bint encoding) noexcept nogil:
     if fc.in_hook and fc.hook_encoding == encoding:
         d.cont_pending = 1              # the running hook's iteration goes on when it returns
         return
+    if fc.local_status:
+        if not fc.in_hook:
+            _hf_flush_local_reply(s)    # (a failure noted while the stream waited)
+        return
     if d.stopped == FS_RUNNING:
         return
     d.stopped = FS_RUNNING
-    if fc.local_status:
-        _hf_flush_local_reply(s)
-        return
-    if hf_iterate(s, encoding) < 0:
-        return
-    # the request may have more body waiting in in_buf, the response more from upstream
+    d.resume_at_end = 0
+    hf_iterate(s, encoding)
+    # The one exit of every continuation that runs outside the connection's pump: what the
+    # resumed iteration produced (a request head or body for the upstream, a response for
+    # the client, or a local reply the router or a filter wrote after it: 404, a direct
+    # response, a redirect, 503, 413, ...) is only queued; the pump writes it, reads what
+    # the client sent meanwhile and starts the next pipelined request. Inside a pump (a
+    # continue from a hook of the other direction) this only marks it to go round again;
+    # after a close it does nothing (c is freed after the event loop's turn).
     hconn_pump(c)
 
 

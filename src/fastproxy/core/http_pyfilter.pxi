@@ -612,6 +612,21 @@ cdef void _log_filter_exception(HStream* s, object e) noexcept:
         s.fc.local_status = LOCAL_RESET if s.resp_started else 500
 
 
+cdef void _log_create_failed(HStream* s, const char* name) noexcept nogil:
+    """A C or native filter's create returned NULL for a stream (hf_stream_create): counted
+    with the other filter failures; the stream ends with 500."""
+    stat_add((<HttpCfg*>s.c.cfg.http).stats, s.c.w, H_PY_FILTER_ERROR, 1)
+    _log_create_failed_gil(name)
+
+
+cdef void _log_create_failed_gil(const char* name) noexcept with gil:
+    try:
+        _log.error("fastproxy: HTTP filter %s could not be created for a stream (its create "
+                   "returned NULL); the stream ends with 500", name.decode(errors="replace"))
+    except BaseException:
+        pass
+
+
 cdef void _py_filter_failed(HStream* s, str where) noexcept:
     import sys
     e = sys.exc_info()[1]

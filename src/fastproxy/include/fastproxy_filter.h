@@ -91,8 +91,8 @@ typedef struct fp_http_filter {
     void *(*create_config)(const char *json, size_t json_len, char *err, size_t err_len);
     void (*destroy_config)(void *config);
 
-    /* Stream level (worker thread). create returns the per-stream state (NULL: this
-     * stream skips the filter). */
+    /* Stream level (worker thread). create returns the per-stream state; NULL: it could
+     * not be created, and the stream fails closed (500, nothing sent upstream). */
     void *(*create)(void *config, fp_stream *s, const fp_api *api);
     int (*decode_headers)(void *self, fp_headers *h, int end_stream);
     int (*decode_data)(void *self, fp_body *b, int end_stream);
