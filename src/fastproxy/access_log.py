@@ -21,8 +21,11 @@ Values that are not available print as "-", as in Envoy.
 """
 from __future__ import annotations
 
+import fcntl
+import os
 import re
 import socket
+import stat
 from typing import List, Optional, Tuple
 
 from .errors import ConfigError
@@ -118,4 +121,34 @@ def compile_format(fmt: Optional[str], path: str) -> List[Op]:
     return ops
 
 
-__all__ = ["DEFAULT_FORMAT", "compile_format"]
+# Paths that name the process's own stdout/stderr (what Envoy's stdout/stderr loggers write).
+INHERITED = {"/dev/stdout": 1, "/dev/stderr": 2, "/dev/fd/1": 1, "/dev/fd/2": 2,
+             "/proc/self/fd/1": 1, "/proc/self/fd/2": 2}
+
+
+def open_sink(path: str) -> Tuple[int, bool]:
+    """The descriptor an access log writes to, and whether it is a socket (the core then
+    uses send(MSG_DONTWAIT)). Records must never block a worker, and stdout/stderr are the
+    process's inherited descriptors, not a fresh open() of /dev/stdout: that fails when
+    stdout is a socket (systemd's journal), and on a file redirected with '>' a second open
+    has an offset of its own, so lines written through one overwrite the other's.
+    Raises OSError."""
+    inherited = INHERITED.get(path)
+    if inherited is None:
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK, 0o644), False
+    mode = os.fstat(inherited).st_mode
+    if stat.S_ISSOCK(mode):
+        return fcntl.fcntl(inherited, fcntl.F_DUPFD_CLOEXEC, 0), True
+    if not stat.S_ISREG(mode):
+        # A pipe, FIFO or terminal: a description of its own, so that O_NONBLOCK does not
+        # make the process's own stdout non-blocking (a regular file never blocks anyway).
+        try:
+            return os.open(f"/proc/self/fd/{inherited}", os.O_WRONLY | os.O_CLOEXEC | os.O_NONBLOCK), False
+        except OSError:
+            pass
+    # A regular file: the same description, so one offset is shared with everything else
+    # the process writes there.
+    return fcntl.fcntl(inherited, fcntl.F_DUPFD_CLOEXEC, 0), False
+
+
+__all__ = ["DEFAULT_FORMAT", "INHERITED", "compile_format", "open_sink"]

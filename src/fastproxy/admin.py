@@ -121,7 +121,8 @@ class AdminServer:
                 name="fastproxy-admin", daemon=True)
             self._thread.start()
         host, port = self.address
-        log.info("admin address: %s", _fmt_hostport(host, port))
+        # debug: the command line prints the admin's address itself, once
+        log.debug("admin address: %s", _fmt_hostport(host, port))
         return self
 
     def stop(self) -> None:
@@ -194,6 +195,15 @@ class AdminServer:
             self._shutdown_requested = True
             log.info("shutdown requested through /quitquitquit")
         self.proxy.request_shutdown()
+
+
+def _node_json(proxy) -> dict:
+    """Envoy's node object: the bootstrap's node with the command line's overrides."""
+    node = getattr(getattr(proxy, "config", None), "node", None)
+    if node is None:
+        return {}
+    return {"id": node.id, "cluster": node.cluster, "locality": {"zone": node.zone} if node.zone else {},
+            "user_agent_name": "fastproxy", "user_agent_version": package_version()}
 
 
 def _make_handler(admin: AdminServer):
@@ -348,6 +358,7 @@ class _AdminHandler(BaseHTTPRequestHandler):
             "hot_restart_version": "disabled",
             "concurrency": concurrency,
             "command_line_options": {"concurrency": concurrency},
+            "node": _node_json(self.admin.proxy),
         })
 
     def _h_listeners(self, query) -> None:

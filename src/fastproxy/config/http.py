@@ -59,7 +59,7 @@ from typing import Any, Callable, List, Optional, Tuple
 from .. import model_http as mh
 from ..access_log import compile_format
 from ..errors import ConfigError
-from .proto import UINT32_MAX, Message, describe, integer
+from .proto import UINT32_MAX, Message, checked, describe, integer
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 from .regex import re2_to_posix, rewrite_to_posix
@@ -558,7 +558,9 @@ def _route_config(rc: Message, refs: ClusterRefs) -> mh.RouteConfiguration:
     virtual_hosts = []
     domains: dict = {}  # lower-cased domain -> path of its first use
     for item, path in rc.repeated("virtual_hosts"):
-        virtual_hosts.append(_virtual_host(item, path, ctx, domains))
+        vhost = checked(_virtual_host, item, path, ctx, domains)   # the next ones are still checked
+        if vhost is not None:
+            virtual_hosts.append(vhost)
     return mh.RouteConfiguration(name=rc.string("name", default=""), virtual_hosts=virtual_hosts,
                                  headers=_header_mutations(rc), typed_per_filter_config=_raw_per_filter(rc),
                                  ignore_port_in_host_matching=_bool(rc, "ignore_port_in_host_matching"))
@@ -583,7 +585,8 @@ def _virtual_host(item: Any, path: str, ctx: _Context, seen: dict) -> mh.Virtual
         domains.append(domain)
     if not domains:
         raise ConfigError(vh.at("domains"), "at least one domain is required")
-    routes = [_route(ritem, rpath, ctx) for ritem, rpath in vh.repeated("routes")]
+    routes = [r for r in (checked(_route, ritem, rpath, ctx) for ritem, rpath in vh.repeated("routes"))
+              if r is not None]
     return mh.VirtualHost(name=name, domains=domains, routes=routes, headers=_header_mutations(vh),
                           typed_per_filter_config=_raw_per_filter(vh))
 
