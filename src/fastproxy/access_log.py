@@ -26,6 +26,7 @@ import os
 import re
 import socket
 import stat
+import time
 from typing import List, Optional, Tuple
 
 from .errors import ConfigError
@@ -121,6 +122,53 @@ def compile_format(fmt: Optional[str], path: str) -> List[Op]:
     return ops
 
 
+_TIME_SPEC = re.compile(r"%([1-9]?)f|%E([1-9])S|%Es|%s")
+
+
+def _start_time(fmt: bytes, start: float) -> str:
+    """%START_TIME(fmt)% in Python, as the core prints it (UTC; Envoy's sub-second forms)."""
+    whole = int(start)
+    nanos = int(round((start - whole) * 1e9))
+    if not fmt:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{nanos // 1_000_000:03d}Z"
+
+    def sub(m: "re.Match") -> str:
+        text = m.group(0)
+        if text == "%s":
+            return str(whole)
+        if text == "%Es":
+            return f"{whole}.{nanos // 1_000_000:03d}"
+        if m.group(2):
+            digits = int(m.group(2))
+            return time.strftime("%S", time.gmtime(whole)) + "." + f"{nanos:09d}"[:digits]
+        return f"{nanos:09d}"[:int(m.group(1) or 9)]
+
+    return time.strftime(_TIME_SPEC.sub(lambda m: sub(m).replace("%", "%%"), fmt.decode()), time.gmtime(whole))
+
+
+def format_record(ops: List[Op], start: float, request: dict, response: dict, facts: dict) -> bytes:
+    """One record for a request the data plane did not carry (the admin's own): ``request``
+    and ``response`` map lower-case header names (and the request's pseudo-headers) to
+    values, ``facts`` maps SIMPLE operator names to their values; the rest print "-"."""
+    out = []
+    for kind, text, alt, max_len in ops:
+        if kind == "LIT":
+            out.append(text.decode())
+            continue
+        if kind == "START_TIME":
+            value = _start_time(text, start)
+        elif kind in ("REQ", "RESP"):
+            headers = request if kind == "REQ" else response
+            value = headers.get(text.decode())
+            if value is None and alt:
+                value = headers.get(alt.decode())
+        else:
+            value = facts.get(kind)
+        value = "-" if value is None else str(value)
+        out.append(value[:max_len] if max_len >= 0 else value)
+    return "".join(out).encode("utf-8", "replace")
+
+
 # Paths that name the process's own stdout/stderr (what Envoy's stdout/stderr loggers write).
 INHERITED = {"/dev/stdout": 1, "/dev/stderr": 2, "/dev/fd/1": 1, "/dev/fd/2": 2,
              "/proc/self/fd/1": 1, "/proc/self/fd/2": 2}
@@ -151,4 +199,4 @@ def open_sink(path: str) -> Tuple[int, bool]:
     return fcntl.fcntl(inherited, fcntl.F_DUPFD_CLOEXEC, 0), False
 
 
-__all__ = ["DEFAULT_FORMAT", "INHERITED", "compile_format", "open_sink"]
+__all__ = ["DEFAULT_FORMAT", "INHERITED", "compile_format", "format_record", "open_sink"]

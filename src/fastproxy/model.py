@@ -194,10 +194,12 @@ class Listener:
 
 @dataclass
 class Admin:
-    """The admin interface (Envoy's ``admin``): serves /stats, /ready, /server_info."""
+    """The admin interface (Envoy's ``admin``): serves /stats, /ready, /server_info.
+    ``access_log``: fastproxy.model_http.AccessLog sinks for the admin's own requests."""
 
     address: str = "127.0.0.1"
     port: int = 0
+    access_log: list = field(default_factory=list)
 
 
 @dataclass

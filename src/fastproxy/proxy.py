@@ -240,7 +240,7 @@ class Proxy:
             if self._bootstrap.admin is not None:
                 from .admin import AdminServer
                 a = self._bootstrap.admin
-                self._admin_server = AdminServer(self, a.address, a.port)
+                self._admin_server = AdminServer(self, a.address, a.port, a.access_log)
                 self._admin_server.start()
         for name in self._listeners:
             host, port = self.listener_address(name)

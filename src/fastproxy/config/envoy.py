@@ -23,7 +23,7 @@ from typing import Any, Optional, Union
 
 from .. import model
 from ..errors import ConfigError
-from .http import HCM_TYPE, http_connection_manager
+from .http import HCM_TYPE, access_log, http_connection_manager
 from .proto import Message, checked, collecting, raise_collected, report, unsupported_field
 from .runtime import layered_runtime
 from .python_filter import TYPED_STRUCT_TYPES, python_filter_factory
@@ -31,7 +31,6 @@ from .source import Source, load_source, parse_json, parse_yaml, read_file
 
 TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 
-_FILE_ACCESS_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 
 # Envoy's enums (name -> number) so that every spelling Envoy accepts is understood and a
 # known-but-unsupported value gets a clearer error than an unknown one.
@@ -139,28 +138,13 @@ def _admin(top: Message) -> Optional[model.Admin]:
     if admin is None:
         return None
     admin.string("profile_path")  # CPU profiler output: no profiler here, accepted as Envoy's
-    for item, path in admin.repeated("access_log"):
-        checked(_admin_access_log, item, path)
+    # The admin's own requests, logged like the HTTP connection manager's (file, stdout, stderr).
+    logs = [checked(access_log, item, path) for item, path in admin.repeated("access_log")]
     address = admin.message("address", ("socket_address",))
     if address is None:
         return None  # Envoy starts no admin server when no address is given
     host, port = _socket_address(address, require_ip=True, min_port=0)
-    return model.Admin(host, port)
-
-
-def _admin_access_log(item: Any, path: str) -> None:
-    """The admin's own requests are not access-logged by fastproxy: only a log that writes
-    nothing (a file logger to /dev/null, as in many of Envoy's examples) is accepted, so that
-    no configured log silently stays empty."""
-    entry = Message(item, path, ("name", "typed_config"))
-    entry.string("name")
-    typed = _typed_config(entry)
-    config = Message(typed[1], entry.at("typed_config"), ("path", "log_format", "format"), ignore=("@type",))
-    target = config.string("path") if typed[0] == _FILE_ACCESS_LOG else None
-    if target != "/dev/null":
-        raise ConfigError(entry.path, "fastproxy does not write an access log of admin requests (the "
-                                      "admin logs each at debug level); remove admin.access_log or point "
-                                      "a file access logger at /dev/null")
+    return model.Admin(host, port, access_log=[log for log in logs if log is not None])
 
 
 def _typed_config(parent: Message) -> tuple:

@@ -323,7 +323,7 @@ def http_connection_manager(config: Mapping, path: str) -> Tuple[mh.HttpConnecti
         request_timeout=_timeout(hcm, "request_timeout", None),
         max_request_headers_kb=kb,
         drain_timeout=hcm.duration("drain_timeout", default=DEFAULT_DRAIN_TIMEOUT),
-        access_log=[_access_log(item, ipath) for item, ipath in hcm.repeated("access_log")],
+        access_log=[access_log(item, ipath) for item, ipath in hcm.repeated("access_log")],
         http_filters=http_filters,
         upgrade_configs=[_upgrade_config(item, upath) for item, upath in hcm.repeated("upgrade_configs")],
         **options,
@@ -509,7 +509,8 @@ def _upgrade_config(item: Any, path: str) -> mh.UpgradeConfig:
 _ACCESS_LOG_PATHS = {STDOUT_ACCESS_LOG_TYPE: "/dev/stdout", STDERR_ACCESS_LOG_TYPE: "/dev/stderr"}
 
 
-def _access_log(item: Any, path: str) -> mh.AccessLog:
+def access_log(item: Any, path: str) -> mh.AccessLog:
+    """An access_log entry (of the HTTP connection manager or the admin)."""
     entry = Message(item, path, ("name", "typed_config"))
     entry.string("name")
     type_url, value, tpath = _any(entry, "typed_config")

@@ -65,6 +65,34 @@ UNSUPPORTED_FIELDS = {
     "hash_policy": ("hash policies (ring hash / Maglev)", False),
     "typed_dns_resolver_config": ("a custom DNS resolver", False),
     "use_original_dst": ("original destination", False),
+    "secrets": ("TLS secrets (static_resources.secrets)", True),
+    "pipe": ("Unix domain socket addresses (pipe)", False),
+    "envoy_internal_address": ("internal listeners", False),
+    "weighted_clusters": ("weighted clusters", False),
+    "per_host_thresholds": ("per-host circuit breakers", False),
+    "priority": ("endpoint priorities", False),
+    "health_status": ("endpoint health status (with active health checking)", True),
+    "health_check_config": ("active health checking (health_check_config)", True),
+    "metadata": ("metadata", False),
+    "filter": ("access log filters", False),
+    "access_log_path": ("admin.access_log_path (removed from Envoy's v3 API: use admin.access_log)", False),
+    "access_log": ("access logs here (the HTTP connection manager and the admin have them)", False),
+    "stat_prefix": ("a stat prefix here", False),
+    "tls_context": ("TLS (tls_context)", True),
+    "connection_balance_config": ("connection balancing", False),
+    "enable_reuse_port": ("enable_reuse_port (fastproxy always uses SO_REUSEPORT)", False),
+    "bind_to_port": ("listeners that do not bind", False),
+    "drain_type": ("listener drain types", False),
+    "listener_filters_timeout": ("listener filters", False),
+    "upstream_connection_options": ("upstream TCP keepalive", False),
+    "close_connections_on_host_health_failure": ("active health checking", True),
+    "ignore_health_on_host_removal": ("active health checking", True),
+    "track_cluster_stats": ("optional cluster stats", False),
+    "dns_resolution_config": ("DNS resolver options", False),
+    "respect_dns_ttl": ("DNS TTLs", False),
+    "wait_for_warm_on_init": ("cluster warming", False),
+    "load_balancing_policy": ("load balancing policy extensions", False),
+    "hidden_envoy_deprecated_tls_context": ("TLS", True),
 }
 
 
@@ -78,7 +106,7 @@ def unsupported_field(path: str, name: str) -> ConfigError:
     key = _snake(name)
     feature, planned = UNSUPPORTED_FIELDS[key]
     plan = "planned, not implemented yet" if planned else "not planned"
-    return ConfigError(path, f"{feature} is not supported by fastproxy ({plan}); remove {name!r}")
+    return ConfigError(path, f"{feature} is unsupported in fastproxy ({plan}); remove {name!r}")
 
 
 def unknown_field(path: str, name: Any, valid: Any) -> ConfigError:
@@ -90,9 +118,13 @@ def unknown_field(path: str, name: Any, valid: Any) -> ConfigError:
     # Suggest in the spelling the author used (snake_case or lowerCamelCase).
     camel = text != text.lower()
     names = sorted({to_camel(v) if camel else v for v in valid})
-    close = difflib.get_close_matches(text, names, n=2, cutoff=0.6)
-    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
-    return ConfigError(path, f"unknown field {text!r}{hint}")
+    # Close enough to be a typo (a missing, extra or swapped letter or two), not merely a
+    # field with a word in common: Envoy has many of those that fastproxy does not read.
+    close = difflib.get_close_matches(text, names, n=2, cutoff=0.8)
+    if close:
+        return ConfigError(path, f"unknown field {text!r} (did you mean {' or '.join(repr(c) for c in close)}?)")
+    return ConfigError(path, f"unsupported field {text!r}: not an Envoy field, or one that fastproxy "
+                             "does not implement (see the README for the subset it reads)")
 
 
 # --- reporting every error of a configuration in one run -----------------------------------
