@@ -579,3 +579,10 @@ def test_base_config_is_valid_for_envoy_too(tmp_path):
     path.write_text(json.dumps(base()))
     rc, output = envoy_validate(path)
     assert rc == 0, output
+
+
+def test_a_directory_is_not_taken_for_yaml_text(tmp_path):
+    with pytest.raises(ConfigError, match="is a directory, not a bootstrap file"):
+        load_envoy(str(tmp_path))
+    with pytest.raises(ConfigError, match="is a directory, not a bootstrap file"):
+        load_envoy(tmp_path)
