@@ -601,13 +601,16 @@ def test_stdout_access_log_to_a_socket_or_pipe(tmp_path, kind):
             assert _get(addr, i) == 200
         wait(lambda: len(_records("".join(lines))) == N_RECORDS)
         assert _records("".join(lines)) == [f"record {i} 200" for i in range(N_RECORDS)]
-        # The startup line comes once (not also as a log line), before the records.
+        # The startup line comes once, before the records.
         assert sum("listening on" in l for l in lines) == 1
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         upstream.close()
         reader.close()
+    # ... and not a second time as an info log line on stderr.
+    err = proc.stderr.read().decode()
+    assert "[info][main]" in err and f"{addr[0]}:{addr[1]}" not in err, err
 
 
 @pytest.mark.parametrize("redirect", [">", ">>"])
