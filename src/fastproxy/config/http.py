@@ -59,7 +59,7 @@ from typing import Any, Callable, List, Optional, Tuple
 from .. import model_http as mh
 from ..access_log import compile_format
 from ..errors import ConfigError
-from .proto import UINT32_MAX, Message, checked, describe, integer
+from .proto import UINT32_MAX, Message, checked, describe, integer, unsupported_field
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 from .regex import re2_to_posix, rewrite_to_posix
@@ -246,12 +246,12 @@ def http_connection_manager(config: Mapping, path: str) -> Tuple[mh.HttpConnecti
     stat_prefix = hcm.string("stat_prefix", required=True, non_empty=True)
     codec = hcm.enum("codec_type", CODEC_TYPES, default="AUTO")
     if codec not in ("AUTO", "HTTP1"):
-        raise ConfigError(hcm.at("codec_type"), f"codec_type {codec} is not supported (fastproxy speaks HTTP/1.1: "
-                                                "use AUTO or HTTP1)")
+        # The words of http2_protocol_options / http3_protocol_options: the same feature.
+        raise unsupported_field(hcm.at("codec_type"), f"{codec.lower()}_protocol_options",
+                                fix=f"codec_type {codec}: use AUTO or HTTP1 (fastproxy speaks HTTP/1.1)")
     for dynamic in ("rds", "scoped_routes"):
         if _present(hcm, dynamic):
-            raise ConfigError(hcm.at(dynamic), f"{dynamic} is not supported: give the route table inline "
-                                               "as route_config")
+            raise unsupported_field(hcm.at(dynamic), dynamic, fix="give the route table inline as route_config")
     refs: ClusterRefs = []
     rc = hcm.message("route_config", _ROUTE_CONFIG_FIELDS)
     if rc is None:

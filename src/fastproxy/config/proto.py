@@ -100,13 +100,13 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])([A-Z])", lambda m: "_" + m.group(1).lower(), name)
 
 
-def unsupported_field(path: str, name: str) -> ConfigError:
-    """The error for a known Envoy feature fastproxy does not implement: one wording for
-    every place (and every spelling) it can be given."""
-    key = _snake(name)
-    feature, planned = UNSUPPORTED_FIELDS[key]
+def unsupported_field(path: str, name: str, fix: Optional[str] = None) -> ConfigError:
+    """The error for a known Envoy feature fastproxy does not implement (``name``: its key in
+    UNSUPPORTED_FIELDS, in either spelling): one wording for every place it can be asked
+    for. ``fix`` replaces the default advice (remove the field)."""
+    feature, planned = UNSUPPORTED_FIELDS[_snake(name)]
     plan = "planned, not implemented yet" if planned else "not planned"
-    return ConfigError(path, f"{feature} is unsupported in fastproxy ({plan}); remove {name!r}")
+    return ConfigError(path, f"{feature} is unsupported in fastproxy ({plan}); {fix or f'remove {name!r}'}")
 
 
 def unknown_field(path: str, name: Any, valid: Any) -> ConfigError:
