@@ -432,7 +432,7 @@ BAD = [
     ([(f"{H0}.codec_type", "SPDY")], f"{H0}.codec_type", "unknown enum"),
     ([(f"{H0}.route_config", DELETE)], f"{H0}.route_config", "required"),
     ([(f"{H0}.rds", {"route_config_name": "r", "config_source": {"ads": {}}}), (f"{H0}.route_config", DELETE)],
-     f"{H0}.rds", "not supported"),
+     f"{H0}.rds", "xDS (RDS) is unsupported in fastproxy"),
     ([(f"{H0}.scoped_routes", {})], f"{H0}.scoped_routes", "scoped routes (SRDS) is unsupported in fastproxy"),
     ([(f"{H0}.rds", {})], f"{H0}.rds", "xDS (RDS) is unsupported in fastproxy (planned, not implemented yet); "
                                        "give the route table inline as route_config"),
