@@ -18,6 +18,43 @@ from conftest import (SRC, connect, cpu_seconds, echo_roundtrip, fd_count, liste
                       recv_exact, wait_closed, wait_for, wait_stalled)
 
 
+def test_global_downstream_limit_over_tcp_and_http_listeners(servers, proxy_factory):
+    """Proxy(max_downstream_connections=N) (Envoy's overload.global_downstream_max_connections)
+    counts the connections of every listener together, TCP and HTTP, and frees a slot when
+    either kind of connection ends."""
+    from fastproxy.model_http import (HttpConnectionManager, Route, RouteAction, RouteConfiguration,
+                                      RouteMatch, VirtualHost)
+    echo = servers.echo()
+    rc = RouteConfiguration(virtual_hosts=[VirtualHost("vh", ["*"], routes=[
+        Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))])])
+    p = proxy_factory([Listener(name="tcp", cluster="c", stat_prefix="t"),
+                       Listener(name="http", http=HttpConnectionManager("h", rc))],
+                      [Cluster("c", [Endpoint("127.0.0.1", echo.port)])], max_downstream_connections=2)
+    tcp, http = p.listener_address("tcp"), p.listener_address("http")
+    held_tcp = connect(tcp)
+    held_tcp.sendall(b"in")
+    assert recv_exact(held_tcp, 2) == b"in"
+    held_http = connect(http)
+    wait_for(lambda: listener_stat(p, "http", "downstream_cx_active") == 1)
+    for addr, name in ((tcp, "tcp"), (http, "http")):       # 2 of 2 open: both listeners refuse
+        extra = connect(addr)
+        assert wait_closed(extra, timeout=5) in ("eof", "reset")
+        extra.close()
+        wait_for(lambda: listener_stat(p, name, "downstream_global_cx_overflow") == 1)
+    assert listener_stat(p, "tcp", "downstream_cx_overflow") == 0      # not the listener's own limit
+    held_http.close()                                       # an HTTP connection ending frees a slot
+    wait_for(lambda: listener_stat(p, "http", "downstream_cx_active") == 0)
+    assert echo_roundtrip(tcp, b"room") == b"room"
+    held_tcp.close()                                        # and so does a TCP one
+    wait_for(lambda: listener_stat(p, "tcp", "downstream_cx_active") == 0)
+    a, b = connect(tcp), connect(tcp)
+    for s in (a, b):
+        s.sendall(b"ok")
+        assert recv_exact(s, 2) == b"ok"
+    a.close()
+    b.close()
+
+
 def test_max_connections_overflow(servers, proxy_factory):
     echo = servers.echo()
     p = proxy_factory([Listener(name="l", cluster="c", stat_prefix="t", max_connections=2)],
