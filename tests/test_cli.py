@@ -26,7 +26,7 @@ import fastproxy
 from fastproxy import log as fplog
 from fastproxy.demo import default_config_path
 
-from conftest import recv_until_eof, wait_for
+from conftest import recv_until_eof, wait_closed, wait_for
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -611,3 +611,471 @@ def test_debug_lines_are_rate_limited_and_absent_at_info(tmp_path, cli):
         assert written <= 200 + 200 * (elapsed + 1), (written, elapsed)
         assert written + sum(dropped) >= 400 * 5    # every line is written or counted
     up.close()
+
+
+# --------------------------------------------------------------------------- operating it (issue 11)
+
+def http_stdout_log_yaml(upstream_port: int, logger: str = "StdoutAccessLog") -> str:
+    """An HTTP listener whose access log goes to the process's stdout, one line per request
+    carrying its x-n header, so a test can tell records apart and check their order."""
+    return textwrap.dedent(f"""\
+        static_resources:
+          listeners:
+          - name: front
+            address:
+              socket_address: {{ address: 127.0.0.1, port_value: 0 }}
+            filter_chains:
+            - filters:
+              - name: envoy.filters.network.http_connection_manager
+                typed_config:
+                  "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                  stat_prefix: front_http
+                  access_log:
+                  - name: envoy.access_loggers.stdout
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.{logger}
+                      log_format: {{ text_format: "record %REQ(X-N)% %RESPONSE_CODE%\\n" }}
+                  route_config:
+                    virtual_hosts:
+                    - name: all
+                      domains: ["*"]
+                      routes:
+                      - match: {{ prefix: "/" }}
+                        route: {{ cluster: backend }}
+                  http_filters:
+                  - name: envoy.filters.http.router
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+          clusters:
+          - name: backend
+            type: STATIC
+            load_assignment:
+              cluster_name: backend
+              endpoints:
+              - lb_endpoints:
+                - endpoint:
+                    address:
+                      socket_address: {{ address: 127.0.0.1, port_value: {upstream_port} }}
+        """)
+
+
+N_RECORDS = 8
+
+
+def _get_numbered(addr, i: int) -> int:
+    import http.client
+    c = http.client.HTTPConnection(*addr, timeout=10)
+    try:
+        c.request("GET", f"/r{i}", headers={"x-n": str(i)})
+        r = c.getresponse()
+        r.read()
+        return r.status
+    finally:
+        c.close()
+
+
+def _records(text: str) -> list:
+    return [line for line in text.splitlines() if line.startswith("record ")]
+
+
+@pytest.mark.parametrize("kind", ["socketpair", "pipe"])
+def test_stdout_access_log_to_a_socket_or_pipe(tmp_path, kind):
+    """systemd gives a service a socket as stdout (the journal): the access log writes to the
+    inherited descriptor, where opening /dev/stdout fails with ENXIO."""
+    from http_upstreams import RawHttpUpstream
+
+    upstream = RawHttpUpstream()
+    cfg = tmp_path / "http.yaml"
+    cfg.write_text(http_stdout_log_yaml(upstream.port))
+    if kind == "socketpair":
+        ours, theirs = socket.socketpair()
+        stdout_fd = theirs.fileno()
+    else:
+        r_fd, w_fd = os.pipe()
+        stdout_fd = w_fd
+    proc = subprocess.Popen([sys.executable, "-m", "fastproxy", "-c", str(cfg), "--concurrency", "1"],
+                            env=cli_env(), stdout=stdout_fd, stderr=subprocess.PIPE)
+    if kind == "socketpair":
+        theirs.close()
+        reader = ours.makefile("rb")
+    else:
+        os.close(w_fd)
+        reader = os.fdopen(r_fd, "rb")
+    lines: list = []
+    cond = threading.Condition()
+
+    def pump():
+        for raw in reader:
+            with cond:
+                lines.append(raw.decode())
+                cond.notify_all()
+
+    threading.Thread(target=pump, daemon=True).start()
+
+    def wait(pred):
+        with cond:
+            assert cond.wait_for(lambda: pred() or proc.poll() is not None, timeout=30), "".join(lines)
+        assert proc.poll() is None, f"fastproxy exited {proc.returncode}: {proc.stderr.read().decode()}"
+
+    try:
+        wait(lambda: any(re.search(LISTENER_RE.format(name="front"), l) for l in lines))
+        m = next(re.search(LISTENER_RE.format(name="front"), l) for l in lines if re.search(LISTENER_RE.format(name="front"), l))
+        addr = (m.group("host"), int(m.group("port")))
+        for i in range(N_RECORDS):
+            assert _get_numbered(addr, i) == 200
+        wait(lambda: len(_records("".join(lines))) == N_RECORDS)
+        assert _records("".join(lines)) == [f"record {i} 200" for i in range(N_RECORDS)]
+        # The startup line comes once, before the records.
+        assert sum("listening on" in l for l in lines) == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        upstream.close()
+        reader.close()
+    # ... and not a second time as an info log line on stderr.
+    err = proc.stderr.read().decode()
+    assert "[info][main]" in err and f"{addr[0]}:{addr[1]}" not in err, err
+
+
+@pytest.mark.parametrize("redirect", [">", ">>"])
+def test_stdout_access_log_redirected_to_a_file_keeps_every_line(tmp_path, redirect):
+    """`fastproxy ... > file 2>&1` (and `>>`): the access log shares the shell's file
+    description, so log lines written later (the shutdown's) do not overwrite records."""
+    from http_upstreams import RawHttpUpstream
+
+    upstream = RawHttpUpstream()
+    cfg = tmp_path / "http.yaml"
+    cfg.write_text(http_stdout_log_yaml(upstream.port))
+    out = tmp_path / "out.log"
+    if redirect == ">>":
+        out.write_text("earlier line\n")
+    command = (f'exec "$0" -m fastproxy -c "$1" --concurrency 1 -l debug {redirect} "$2" 2>&1')
+    proc = subprocess.Popen(["sh", "-c", command, sys.executable, str(cfg), str(out)], env=cli_env())
+    try:
+        m = wait_for(lambda: out.exists() and re.search(LISTENER_RE.format(name="front"), out.read_text()),
+                     timeout=30)
+        addr = (m.group("host"), int(m.group("port")))
+        for i in range(N_RECORDS):
+            assert _get_numbered(addr, i) == 200
+        wait_for(lambda: len(_records(out.read_text())) == N_RECORDS, timeout=10)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        upstream.close()
+    text = out.read_text()
+    assert _records(text) == [f"record {i} 200" for i in range(N_RECORDS)], text
+    lines = text.splitlines()
+    if redirect == ">>":
+        assert lines[0] == "earlier line"
+    # Everything in the order it was written: startup line, records, then the shutdown's log.
+    start = next(i for i, l in enumerate(lines) if "listening on" in l)
+    first = lines.index("record 0 200")
+    shutdown = next(i for i, l in enumerate(lines) if "shutting down" in l)
+    assert start < first < shutdown, text
+    assert sum("listening on" in l for l in lines) == 1, text
+
+
+def test_validate_reports_every_error_in_one_run(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    text = tcp_proxy_yaml(upstream_port=9)
+    text = text.replace("    type: STATIC\n", "    type: STATIC\n    lb_polcy: RANDOM\n"
+                                                "    outlier_detection: {}\n    transport_socket: {}\n")
+    text = text.replace("port_value: 9 }", "port_value: 70000 }")
+    text += "  secrets: []\n"
+    cfg.write_text(text)
+    r = run_cli("--mode", "validate", "-c", cfg)
+    assert r.returncode == 1
+    err = r.stderr
+    assert "5 errors" in err, err
+    c0 = "static_resources.clusters[0]"
+    # An unknown field gets the nearest valid name; a known Envoy feature is named, with its plan.
+    assert f"{c0}.lb_polcy: unknown field 'lb_polcy' (did you mean 'lb_policy'?)" in err
+    assert f"{c0}.outlier_detection: outlier detection is unsupported in fastproxy (planned" in err
+    assert f"{c0}.transport_socket: TLS (transport_socket) is unsupported in fastproxy (planned" in err
+    assert "static_resources.secrets: TLS secrets" in err
+    assert "port_value: port must be 1..65535, got 70000" in err
+
+
+def test_legacy_and_new_spelling_of_a_feature_get_one_message():
+    from fastproxy.config import load_envoy
+
+    base = textwrap.dedent(tcp_proxy_yaml(upstream_port=9))
+    legacy = base.replace("    type: STATIC\n", "    type: STATIC\n    http2_protocol_options: {}\n")
+    new = base.replace("    type: STATIC\n", textwrap.indent(textwrap.dedent("""\
+        type: STATIC
+        typed_extension_protocol_options:
+          envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+            "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+            explicit_http_config: {http2_protocol_options: {}}
+        """), "    "))
+    messages = []
+    for text in (legacy, new):
+        with pytest.raises(fastproxy.ConfigError) as e:
+            load_envoy(text)
+        messages.append(e.value.message)
+    assert messages[0] == messages[1] == \
+        "HTTP/2 is unsupported in fastproxy (planned, not implemented yet); remove 'http2_protocol_options'"
+
+
+def test_config_path_directory_and_config_yaml_names(tmp_path):
+    r = run_cli("--mode", "validate", "-c", tmp_path)
+    assert r.returncode == 1
+    assert f"{tmp_path} is a directory; -c/--config-path takes a bootstrap file" in r.stderr, r.stderr
+    r = run_cli("--mode", "validate", "--config-yaml", tcp_proxy_yaml(upstream_port=9))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "configuration '--config-yaml' OK"
+    cfg = tmp_path / "good.yaml"
+    cfg.write_text(tcp_proxy_yaml(upstream_port=9))
+    r = run_cli("--mode", "validate", "-c", cfg, "--config-yaml", "{}")
+    assert r.stdout.strip() == f"configuration '{cfg} + --config-yaml' OK", r.stdout + r.stderr
+    r = run_cli("--mode", "validate", "--config-yaml", "just-a-word")
+    assert r.returncode == 1
+    assert "--config-yaml must be a YAML mapping (a bootstrap), got str" in r.stderr
+
+
+RUNTIME_LIMITS = """\
+layered_runtime:
+  layers:
+  - name: static_layer_0
+    static_layer:
+      envoy:
+        resource_limits:
+          listener:
+            front:
+              connection_limit: {listener}
+      overload:
+        global_downstream_max_connections: {total}
+"""
+
+
+def test_runtime_connection_limits_are_honoured(tmp_path, servers, cli):
+    """Envoy's edge-proxy example: a per-listener connection_limit and the global
+    overload.global_downstream_max_connections, both enforced."""
+    echo = servers.echo()
+    text = tcp_proxy_yaml(upstream_port=echo.port, admin_port=0)
+    second = textwrap.indent(textwrap.dedent("""\
+        - name: second
+          address:
+            socket_address: { address: 127.0.0.1, port_value: 0 }
+          filter_chains:
+          - filters:
+            - name: envoy.filters.network.tcp_proxy
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+                stat_prefix: second
+                cluster: backend
+        """), "  ")
+    text = text.replace("  clusters:\n", second + "  clusters:\n") + RUNTIME_LIMITS.format(listener=2, total=3)
+    cfg = tmp_path / "limits.yaml"
+    cfg.write_text(text)
+    p = cli("-c", cfg, "--concurrency", "1")
+    front = p.address(LISTENER_RE.format(name="front"))
+    second_addr = p.address(LISTENER_RE.format(name="second"))
+    admin = p.address(ADMIN_RE)
+    held = []
+    try:
+        for _ in range(2):                                  # front's own limit: 2
+            s = socket.create_connection(front, timeout=10)
+            s.sendall(b"x")
+            assert recv_exact_n(s, 1) == b"x"
+            held.append(s)
+        over = socket.create_connection(front, timeout=10)
+        assert wait_closed(over, timeout=10) in ("eof", "reset")    # closed at once: listener limit
+        over.close()
+        s = socket.create_connection(second_addr, timeout=10)
+        s.sendall(b"y")
+        assert recv_exact_n(s, 1) == b"y"                   # 3 of 3 globally
+        held.append(s)
+        over = socket.create_connection(second_addr, timeout=10)
+        assert wait_closed(over, timeout=10) in ("eof", "reset")    # closed at once: global limit
+        over.close()
+        stats = admin_stats(admin)
+        assert stats[f"listener.{front[0]}_{front[1]}.downstream_cx_overflow"] == 1
+        assert stats[f"listener.{second_addr[0]}_{second_addr[1]}.downstream_global_cx_overflow"] == 1
+        held.pop().close()                                  # one freed: accepted again
+        s = wait_for(lambda: _echoes(second_addr), timeout=10)
+        held.append(s)
+    finally:
+        for s in held:
+            s.close()
+    assert p.stop() == 0
+
+
+def _echoes(addr):
+    """A connection that echoes, or None while the proxy still refuses (the freed slot is
+    released when the proxy has seen the close, a moment after the client's)."""
+    s = socket.create_connection(addr, timeout=10)
+    try:
+        s.sendall(b"z")
+        if s.recv(1) == b"z":
+            return s
+    except OSError:
+        pass
+    s.close()
+    return None
+
+
+def recv_exact_n(s, n):
+    buf = b""
+    while len(buf) < n:
+        d = s.recv(n - len(buf))
+        if not d:
+            break
+        buf += d
+    return buf
+
+
+def admin_stats(admin) -> dict:
+    import urllib.request
+    with urllib.request.urlopen(f"http://{admin[0]}:{admin[1]}/stats", timeout=10) as r:
+        out = {}
+        for line in r.read().decode().splitlines():
+            name, _, value = line.partition(": ")
+            if value.strip().lstrip("-").isdigit():
+                out[name] = int(value)
+        return out
+
+
+def test_unsupported_runtime_keys_and_layers_are_refused(tmp_path):
+    cfg = tmp_path / "rt.yaml"
+    cfg.write_text(tcp_proxy_yaml(upstream_port=9) + textwrap.dedent("""\
+        layered_runtime:
+          layers:
+          - name: static
+            static_layer:
+              re2.max_program_size.error_level: 200
+              envoy: {resource_limits: {listener: {nosuch: {connection_limit: 5}}}}
+          - name: admin
+            admin_layer: {}
+        """))
+    r = run_cli("--mode", "validate", "-c", cfg)
+    assert r.returncode == 1
+    assert ("layered_runtime.layers[0].static_layer.re2.max_program_size.error_level: runtime key "
+            "'re2.max_program_size.error_level' (= 200) is not supported by fastproxy") in r.stderr, r.stderr
+    assert "layered_runtime.layers[1].admin_layer: admin_layer: runtime changes through the admin's " \
+           "/runtime_modify are not supported" in r.stderr
+    assert "connection_limit: no listener named 'nosuch'" in r.stderr
+
+
+def test_admin_access_log_is_written(tmp_path, servers, cli):
+    echo = servers.echo()
+    log = tmp_path / "admin.log"
+    cfg = tmp_path / "admin.yaml"
+    cfg.write_text(tcp_proxy_yaml(upstream_port=echo.port, admin_port=0).replace(
+        "admin:\n", textwrap.dedent(f"""\
+            admin:
+              access_log:
+              - name: envoy.access_loggers.file
+                typed_config:
+                  "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+                  path: {log}
+                  log_format: {{ text_format: "%REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %PROTOCOL%\\n" }}
+            """), 1))
+    p = cli("-c", cfg, "--concurrency", "1")
+    admin = p.address(ADMIN_RE)
+    import urllib.request
+    urllib.request.urlopen(f"http://{admin[0]}:{admin[1]}/ready", timeout=10).read()
+    try:
+        urllib.request.urlopen(f"http://{admin[0]}:{admin[1]}/nosuch", timeout=10)
+    except Exception:
+        pass
+    wait_for(lambda: log.exists() and len(log.read_text().splitlines()) == 2, timeout=10)
+    assert log.read_text().splitlines() == ["GET /ready 200 HTTP/1.1", "GET /nosuch 404 HTTP/1.1"]
+    assert p.stop() == 0
+
+
+def test_envoy_command_line_flags(tmp_path, servers, cli):
+    echo = servers.echo()
+    cfg = tmp_path / "proxy.yaml"
+    cfg.write_text("node: {id: from-file, cluster: file-cluster}\n" + tcp_proxy_yaml(upstream_port=echo.port, admin_port=0))
+    p = cli("-c", cfg, "--concurrency", "1", "--service-node", "n1", "--service-cluster", "c1",
+            "--service-zone", "z1", "--drain-time-s", "1", "--parent-shutdown-time-s", "2",
+            "--drain-strategy", "immediate", "--disable-hot-restart", "--file-flush-interval-msec", "10",
+            "--log-format", "%l|%n|%v", "--component-log-level", "admin:debug,main:warning",
+            "-l", "info")
+    admin = p.address(ADMIN_RE)
+    front = p.address(LISTENER_RE.format(name="front"))
+    import json
+    import urllib.request
+    info = json.loads(urllib.request.urlopen(f"http://{admin[0]}:{admin[1]}/server_info", timeout=10).read())
+    assert info["node"]["id"] == "n1" and info["node"]["cluster"] == "c1"
+    assert info["node"]["locality"] == {"zone": "z1"}
+    # --drain-time-s: a connection left open delays the exit by about 1 s, not the default 5 s.
+    held = socket.create_connection(front, timeout=10)
+    held.sendall(b"x")
+    assert recv_exact_n(held, 1) == b"x"
+    t0 = time.monotonic()
+    assert p.stop() == 0
+    assert time.monotonic() - t0 < 4.5
+    held.close()
+    lines = p.stderr.splitlines()
+    # --log-format and the component levels: admin's debug lines shown, main's info lines not.
+    assert any(re.fullmatch(r"debug\|admin\|.*GET /server_info.*", l) for l in lines), p.stderr
+    assert not any(l.startswith("info|main|") for l in lines), p.stderr
+
+
+def test_command_line_flag_values_are_checked():
+    r = run_cli("--mode", "validate", "--config-yaml", "{}", "--drain-strategy", "slow")
+    assert r.returncode == 2 and "--drain-strategy" in r.stderr
+    r = run_cli("--mode", "validate", "--config-yaml", "{}", "--log-format", "%Q %v")
+    assert r.returncode == 2 and "unsupported log format flag %Q" in r.stderr
+    r = run_cli("--mode", "validate", "--config-yaml", "{}", "--component-log-level", "admin")
+    assert r.returncode == 2 and "expected component:level" in r.stderr
+    r = run_cli("--mode", "validate", "--config-yaml", "{}", "--drain-time-s", "-1")
+    assert r.returncode == 2
+
+
+def test_help_describes_the_whole_product():
+    r = run_cli("--help")
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    assert "HTTP/1.1" in text and "http_connection_manager" in text and "admin" in text
+    assert "Envoy-class TCP proxy" not in text
+    for flag in ("--service-cluster", "--service-node", "--service-zone", "--drain-time-s",
+                 "--parent-shutdown-time-s", "--drain-strategy", "--disable-hot-restart", "--log-format",
+                 "--component-log-level", "--file-flush-interval-msec"):
+        assert flag in text
+
+
+FILTER_MODULE = '''\
+from fastproxy import NetworkFilter
+
+
+class Tag(NetworkFilter):
+    def __init__(self, config):
+        self.config = config
+
+    def on_data(self, data, end_stream):
+        return super().on_data(data, end_stream)
+'''
+
+
+@pytest.mark.parametrize("where", ["cwd", "config_dir"])
+def test_console_script_imports_filter_classes_like_python_m(tmp_path, where):
+    """`class: myfilters_i11:Tag` resolves from the current directory and from the config
+    file's directory when fastproxy runs as the installed console script."""
+    script = pathlib.Path(sys.executable).parent / "fastproxy"
+    if not script.exists():
+        pytest.skip("no fastproxy console script in this environment")
+    confdir = tmp_path / "conf"
+    workdir = tmp_path / "work"
+    confdir.mkdir()
+    workdir.mkdir()
+    (confdir if where == "config_dir" else workdir).joinpath("myfilters_i11.py").write_text(FILTER_MODULE)
+    text = tcp_proxy_yaml(upstream_port=9).replace(
+        "      - name: envoy.filters.network.tcp_proxy\n",
+        "      - name: tag\n"
+        "        typed_config:\n"
+        "          \"@type\": type.googleapis.com/xds.type.v3.TypedStruct\n"
+        "          type_url: type.googleapis.com/fastproxy.python.NetworkFilter\n"
+        "          value: {class: \"myfilters_i11:Tag\"}\n"
+        "      - name: envoy.filters.network.tcp_proxy\n")
+    cfg = confdir / "proxy.yaml"
+    cfg.write_text(text)
+    assert "myfilters_i11:Tag" in text
+    env = cli_env()
+    env.pop("PYTHONPATH", None)         # the installed (editable) package, as a user runs it
+    r = subprocess.run([str(script), "--mode", "validate", "-c", str(cfg)], env=env, cwd=workdir,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip() == f"configuration '{cfg}' OK"

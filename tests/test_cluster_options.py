@@ -180,12 +180,12 @@ BAD = [
     (protocol_options("", "explicit_http_config: {}"), f"{HPO0}.explicit_http_config.protocol_config",
      "required"),
     (protocol_options("max_headers_count: 10"),
-     f"{HPO0}.common_http_protocol_options.max_headers_count", "unknown"),
+     f"{HPO0}.common_http_protocol_options.max_headers_count", "unsupported field"),
     (protocol_options("idle_timeout: -1s"), f"{HPO0}.common_http_protocol_options.idle_timeout", "negative"),
     (protocol_options("max_requests_per_connection: -1"),
      f"{HPO0}.common_http_protocol_options.max_requests_per_connection", "range"),
     (protocol_options("", "explicit_http_config: {http_protocol_options: {accept_http_10: true}}"),
-     f"{HPO0}.explicit_http_config.http_protocol_options.accept_http_10", "unknown"),
+     f"{HPO0}.explicit_http_config.http_protocol_options.accept_http_10", "unsupported field"),
     ("    typed_extension_protocol_options:\n      envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions:\n"
      "        '@type': type.googleapis.com/envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions",
      f"{C0}.typed_extension_protocol_options.envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions",
@@ -199,7 +199,7 @@ BAD = [
      "unknown"),
     (breakers(track_remaining="'yes'"), f"{C0}.circuit_breakers.thresholds[0].track_remaining", "bool"),
     ("    circuit_breakers: {per_host_thresholds: [{max_connections: 1}]}",
-     f"{C0}.circuit_breakers.per_host_thresholds", "unknown"),
+     f"{C0}.circuit_breakers.per_host_thresholds", "per-host circuit breakers is unsupported"),
 ]
 
 

@@ -18,6 +18,52 @@ from conftest import (SRC, connect, cpu_seconds, echo_roundtrip, fd_count, liste
                       recv_exact, wait_closed, wait_for, wait_stalled)
 
 
+def test_global_downstream_limit_over_tcp_and_http_listeners(servers, proxy_factory):
+    """Proxy(max_downstream_connections=N) (Envoy's overload.global_downstream_max_connections)
+    counts the connections of every listener together, TCP and HTTP, and frees a slot when
+    either kind of connection ends."""
+    from fastproxy.model_http import (HttpConnectionManager, Route, RouteAction, RouteConfiguration,
+                                      RouteMatch, VirtualHost)
+    echo = servers.echo()
+    rc = RouteConfiguration(virtual_hosts=[VirtualHost("vh", ["*"], routes=[
+        Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))])])
+    p = proxy_factory([Listener(name="tcp", cluster="c", stat_prefix="t"),
+                       Listener(name="http", http=HttpConnectionManager("h", rc))],
+                      [Cluster("c", [Endpoint("127.0.0.1", echo.port)])], max_downstream_connections=2)
+    tcp, http = p.listener_address("tcp"), p.listener_address("http")
+    held_tcp = connect(tcp)
+    held_tcp.sendall(b"in")
+    assert recv_exact(held_tcp, 2) == b"in"
+    held_http = connect(http)
+    wait_for(lambda: listener_stat(p, "http", "downstream_cx_active") == 1)
+    for addr, name in ((tcp, "tcp"), (http, "http")):       # 2 of 2 open: both listeners refuse
+        extra = connect(addr)
+        assert wait_closed(extra, timeout=5) in ("eof", "reset")
+        extra.close()
+        wait_for(lambda: listener_stat(p, name, "downstream_global_cx_overflow") == 1)
+    assert listener_stat(p, "tcp", "downstream_cx_overflow") == 0      # not the listener's own limit
+    held_http.close()                                       # an HTTP connection ending frees a slot
+    a = wait_for(lambda: _admitted(tcp), timeout=10)
+    held_tcp.close()                                        # and so does a TCP one
+    b = wait_for(lambda: _admitted(tcp), timeout=10)
+    a.close()
+    b.close()
+
+
+def _admitted(addr):
+    """A connection the proxy kept (it echoes), or None while it still refuses: a slot is
+    free once the worker has seen the earlier connection's close, a moment after the client."""
+    s = connect(addr)
+    try:
+        s.sendall(b"ok")
+        if recv_exact(s, 2) == b"ok":
+            return s
+    except (OSError, AssertionError):                   # reset, or EOF (recv_exact)
+        pass
+    s.close()
+    return None
+
+
 def test_max_connections_overflow(servers, proxy_factory):
     echo = servers.echo()
     p = proxy_factory([Listener(name="l", cluster="c", stat_prefix="t", max_connections=2)],

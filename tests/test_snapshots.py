@@ -1,5 +1,6 @@
 """Config updates at run time (Proxy.update): cluster swaps under traffic, listeners added
-and removed, invalid updates rejected without disturbing traffic."""
+and removed, invalid updates rejected without disturbing traffic; and the Python API's
+construction: errors naming the Python argument, ports bound by start()."""
 from __future__ import annotations
 
 import threading
@@ -8,8 +9,9 @@ import pytest
 
 from fastproxy import Cluster, ConfigError, Endpoint, FilterStatus, Listener, NetworkFilter
 
-from conftest import (connect, echo_roundtrip, listen_inodes, recv_exact, stat, wait_closed,
-                      wait_for)
+from conftest import (connect, echo_roundtrip, free_port, listen_inodes, listening_ports, recv_exact, stat,
+                      wait_closed, wait_for)
+from fastproxy import Proxy
 
 
 def _cluster(name, server):
@@ -329,3 +331,52 @@ def test_restating_the_bound_port_explicitly_does_not_drop_connections(servers):
         finally:
             p.stop(drain_timeout=0.2)
     assert not errors, f"{len(errors)} connections failed, e.g. {errors[:3]}"
+
+
+# --------------------------------------------------------------------------- construction
+
+def test_python_api_errors_name_the_python_argument():
+    with pytest.raises(ConfigError) as e:
+        Proxy([Listener("l", cluster="c")], [Cluster("c", [Endpoint("127.0.0.1", 8080), Endpoint("127.0.0.1", 70000)])])
+    assert e.value.path == "clusters[0].endpoints[1].port"
+    assert e.value.message.startswith("Endpoint(port=70000): port 70000 out of range 1..65535")
+    assert "port_value" not in str(e.value) and "static_resources" not in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        Proxy([Listener("l", cluster="c")], [Cluster("c", [Endpoint("127.0.0.1", 1, weight=0)])])
+    assert e.value.path == "clusters[0].endpoints[0].weight"
+    assert "Endpoint(weight=0)" in e.value.message
+    with pytest.raises(ConfigError) as e:
+        Proxy([Listener("l", cluster="nope")], [])
+    assert e.value.path == "listeners[0].cluster"
+
+
+def test_python_api_wrong_container_is_a_clear_type_error():
+    one = Listener("l", cluster="c")
+    clusters = [Cluster("c", [Endpoint("127.0.0.1", 1)])]
+    with pytest.raises(TypeError, match=r"takes a list of Listener, got a single Listener: write "
+                                        r"listeners=\[Listener\(\.\.\.\)\]"):
+        Proxy(one, clusters)
+    with pytest.raises(TypeError, match=r"got a dict \(an Envoy configuration goes to Proxy.from_envoy\)"):
+        Proxy({"name": "l"}, clusters)
+    with pytest.raises(TypeError, match=r"clusters\[0\] must be a Cluster, got dict"):
+        Proxy([one], [{"name": "c"}])
+    with pytest.raises(TypeError, match="takes a list of Cluster, got a single Cluster"):
+        Proxy([one], clusters[0])
+
+
+def test_ports_are_bound_by_start_not_by_the_constructor(servers):
+    echo = servers.echo()
+    port = free_port()
+    p = Proxy([Listener("l", port=port, cluster="c")], [_cluster("c", echo)], concurrency=1)
+    try:
+        assert port not in listening_ports()
+        # A second proxy for the same port can be built too: nothing is taken yet.
+        Proxy([Listener("l", port=port, cluster="c")], [_cluster("c", echo)], concurrency=1).stop()
+        with pytest.raises(RuntimeError, match="bound by start"):
+            p.listener_address("l")
+        p.start()
+        assert port in listening_ports()
+        assert p.listener_address("l") == ("127.0.0.1", port)
+        assert echo_roundtrip(("127.0.0.1", port), b"hello") == b"hello"
+    finally:
+        p.stop()

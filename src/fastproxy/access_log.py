@@ -21,8 +21,12 @@ Values that are not available print as "-", as in Envoy.
 """
 from __future__ import annotations
 
+import fcntl
+import os
 import re
 import socket
+import stat
+import time
 from typing import List, Optional, Tuple
 
 from .errors import ConfigError
@@ -118,4 +122,81 @@ def compile_format(fmt: Optional[str], path: str) -> List[Op]:
     return ops
 
 
-__all__ = ["DEFAULT_FORMAT", "compile_format"]
+_TIME_SPEC = re.compile(r"%([1-9]?)f|%E([1-9])S|%Es|%s")
+
+
+def _start_time(fmt: bytes, start: float) -> str:
+    """%START_TIME(fmt)% in Python, as the core prints it (UTC; Envoy's sub-second forms)."""
+    whole = int(start)
+    nanos = int(round((start - whole) * 1e9))
+    if not fmt:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{nanos // 1_000_000:03d}Z"
+
+    def sub(m: "re.Match") -> str:
+        text = m.group(0)
+        if text == "%s":
+            return str(whole)
+        if text == "%Es":
+            return f"{whole}.{nanos // 1_000_000:03d}"
+        if m.group(2):
+            digits = int(m.group(2))
+            return time.strftime("%S", time.gmtime(whole)) + "." + f"{nanos:09d}"[:digits]
+        return f"{nanos:09d}"[:int(m.group(1) or 9)]
+
+    return time.strftime(_TIME_SPEC.sub(lambda m: sub(m).replace("%", "%%"), fmt.decode()), time.gmtime(whole))
+
+
+def format_record(ops: List[Op], start: float, request: dict, response: dict, facts: dict) -> bytes:
+    """One record for a request the data plane did not carry (the admin's own): ``request``
+    and ``response`` map lower-case header names (and the request's pseudo-headers) to
+    values, ``facts`` maps SIMPLE operator names to their values; the rest print "-"."""
+    out = []
+    for kind, text, alt, max_len in ops:
+        if kind == "LIT":
+            out.append(text.decode())
+            continue
+        if kind == "START_TIME":
+            value = _start_time(text, start)
+        elif kind in ("REQ", "RESP"):
+            headers = request if kind == "REQ" else response
+            value = headers.get(text.decode())
+            if value is None and alt:
+                value = headers.get(alt.decode())
+        else:
+            value = facts.get(kind)
+        value = "-" if value is None else str(value)
+        out.append(value[:max_len] if max_len >= 0 else value)
+    return "".join(out).encode("utf-8", "replace")
+
+
+# Paths that name the process's own stdout/stderr (what Envoy's stdout/stderr loggers write).
+INHERITED = {"/dev/stdout": 1, "/dev/stderr": 2, "/dev/fd/1": 1, "/dev/fd/2": 2,
+             "/proc/self/fd/1": 1, "/proc/self/fd/2": 2}
+
+
+def open_sink(path: str) -> Tuple[int, bool]:
+    """The descriptor an access log writes to, and whether it is a socket (the core then
+    uses send(MSG_DONTWAIT)). Records must never block a worker, and stdout/stderr are the
+    process's inherited descriptors, not a fresh open() of /dev/stdout: that fails when
+    stdout is a socket (systemd's journal), and on a file redirected with '>' a second open
+    has an offset of its own, so lines written through one overwrite the other's.
+    Raises OSError."""
+    inherited = INHERITED.get(path)
+    if inherited is None:
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK, 0o644), False
+    mode = os.fstat(inherited).st_mode
+    if stat.S_ISSOCK(mode):
+        return fcntl.fcntl(inherited, fcntl.F_DUPFD_CLOEXEC, 0), True
+    if not stat.S_ISREG(mode):
+        # A pipe, FIFO or terminal: a description of its own, so that O_NONBLOCK does not
+        # make the process's own stdout non-blocking (a regular file never blocks anyway).
+        try:
+            return os.open(f"/proc/self/fd/{inherited}", os.O_WRONLY | os.O_CLOEXEC | os.O_NONBLOCK), False
+        except OSError:
+            pass
+    # A regular file: the same description, so one offset is shared with everything else
+    # the process writes there.
+    return fcntl.fcntl(inherited, fcntl.F_DUPFD_CLOEXEC, 0), False
+
+
+__all__ = ["DEFAULT_FORMAT", "INHERITED", "compile_format", "format_record", "open_sink"]

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import socket
 import sys
@@ -90,10 +91,12 @@ class AdminServer:
     >>> admin.stop()
     """
 
-    def __init__(self, proxy, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, proxy, host: str = "127.0.0.1", port: int = 0, access_log=()):
         self.proxy = proxy
         self.host = host
         self.port = port
+        self._access_log = list(access_log)     # model_http.AccessLog sinks
+        self._sinks: list = []                  # (ops, fd, is_socket), open while serving
         self.state = "PRE_INITIALIZING"
         self._started_at = time.monotonic()
         self._httpd: Optional[ThreadingHTTPServer] = None
@@ -116,7 +119,12 @@ class AdminServer:
                 daemon_threads = True
                 allow_reuse_address = True
 
-            httpd = _Server((self.host, self.port), _make_handler(self))
+            self._open_access_logs()
+            try:
+                httpd = _Server((self.host, self.port), _make_handler(self))
+            except BaseException:
+                self._close_access_logs()
+                raise
             self._httpd = httpd
             self._started_at = time.monotonic()
             self.state = "LIVE"
@@ -125,7 +133,8 @@ class AdminServer:
                 name="fastproxy-admin", daemon=True)
             self._thread.start()
         host, port = self.address
-        log.info("admin address: %s", _fmt_hostport(host, port))
+        # debug: the command line prints the admin's address itself, once
+        log.debug("admin address: %s", _fmt_hostport(host, port))
         return self
 
     def stop(self) -> None:
@@ -142,6 +151,58 @@ class AdminServer:
             if thread is not None:
                 thread.join(timeout=5.0)
         httpd.server_close()
+        self._close_access_logs()
+
+    # -- the admin's access log (Envoy's admin.access_log) ----------------------------
+
+    def _open_access_logs(self) -> None:
+        from .access_log import compile_format, open_sink
+        from .errors import ConfigError
+
+        for i, entry in enumerate(self._access_log):
+            ops = compile_format(entry.format, f"admin.access_log[{i}].format")
+            try:
+                fd, is_socket = open_sink(entry.path)
+            except OSError as e:
+                self._close_access_logs()
+                raise ConfigError(f"admin.access_log[{i}].path",
+                                  f"cannot open {entry.path!r}: {e.strerror or e}") from None
+            self._sinks.append((ops, fd, is_socket))
+
+    def _close_access_logs(self) -> None:
+        sinks, self._sinks = self._sinks, []
+        for _, fd, _ in sinks:
+            os.close(fd)
+
+    def log_access(self, handler: "BaseHTTPRequestHandler", code: int, nbytes: int, start: float) -> None:
+        """One record per admin request, in each configured format (one write per record,
+        as the data plane's)."""
+        if not self._sinks:
+            return
+        from .access_log import format_record
+
+        target = handler.path or "/"
+        request = {k.lower(): v for k, v in handler.headers.items()} if handler.headers else {}
+        request.update({":method": handler.command, ":path": target, ":authority": request.get("host"),
+                        ":scheme": "http"})
+        host, port = handler.client_address[:2]
+        local = handler.connection.getsockname()[:2]
+        facts = {"RESPONSE_CODE": code, "RESPONSE_FLAGS": "-", "BYTES_RECEIVED": 0, "BYTES_SENT": nbytes,
+                 "PROTOCOL": handler.request_version, "DURATION": int((time.time() - start) * 1000),
+                 "DOWNSTREAM_REMOTE_ADDRESS": _fmt_hostport(host, port),
+                 "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": host,
+                 "DOWNSTREAM_DIRECT_REMOTE_ADDRESS": _fmt_hostport(host, port),
+                 "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT": host,
+                 "DOWNSTREAM_LOCAL_ADDRESS": _fmt_hostport(local[0], local[1]),
+                 "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": local[0]}
+        for ops, fd, is_socket in list(self._sinks):
+            record = format_record(ops, start, request, {}, facts)
+            try:
+                # A socket (stdout on the journal) is written blocking: this is the
+                # request's own admin thread, never a worker.
+                os.write(fd, record)
+            except OSError:
+                pass        # a full or closed sink loses the record, as the data plane's do
 
     @property
     def address(self) -> Tuple[str, int]:
@@ -252,6 +313,13 @@ def _host_status_json(ip, port, hostname, weight, stats) -> dict:
         out["hostname"] = hostname
     out["locality"] = {}
     return out
+def _node_json(proxy) -> dict:
+    """Envoy's node object: the bootstrap's node with the command line's overrides."""
+    node = getattr(getattr(proxy, "config", None), "node", None)
+    if node is None:
+        return {}
+    return {"id": node.id, "cluster": node.cluster, "locality": {"zone": node.zone} if node.zone else {},
+            "user_agent_name": "fastproxy", "user_agent_version": package_version()}
 
 
 def _make_handler(admin: AdminServer):
@@ -286,6 +354,8 @@ class _AdminHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(data)
         self.wfile.flush()
+        self.admin.log_access(self, int(code), len(data) if self.command != "HEAD" else 0,
+                              getattr(self, "_started", time.time()))
 
     def _json(self, code: int, obj) -> None:
         self._send(code, json.dumps(obj, indent=2) + "\n", "application/json")
@@ -297,6 +367,7 @@ class _AdminHandler(BaseHTTPRequestHandler):
         return "\n".join(lines) + "\n"
 
     def _dispatch(self, method: str) -> None:
+        self._started = time.time()
         url = urlsplit(self.path)
         path = url.path.rstrip("/") or "/"
         query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
@@ -408,6 +479,7 @@ class _AdminHandler(BaseHTTPRequestHandler):
             "hot_restart_version": "disabled",
             "concurrency": concurrency,
             "command_line_options": {"concurrency": concurrency},
+            "node": _node_json(self.admin.proxy),
         })
 
     def _h_listeners(self, query) -> None:

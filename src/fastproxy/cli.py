@@ -1,9 +1,12 @@
 """The ``fastproxy`` command (also ``python -m fastproxy``).
 
-Flags mirror Envoy's, so a fastproxy can stand in for an Envoy that runs a TCP proxy
-configuration::
+Flags mirror Envoy's, so a fastproxy can stand in for an Envoy whose configuration it
+implements (TCP proxy and HTTP/1.1 listeners, static clusters, the admin)::
 
-    fastproxy -c envoy.yaml [--concurrency N] [-l LEVEL] [--mode serve|validate|init_only]
+    fastproxy -c envoy.yaml [--config-yaml YAML] [--concurrency N] [-l LEVEL]
+              [--mode serve|validate|init_only] [--log-path FILE] [--log-format FMT]
+              [--component-log-level C:LEVEL,...] [--service-node ID] [--service-cluster NAME]
+              [--service-zone ZONE] [--drain-time-s N] [Envoy's hot-restart flags, accepted]
     fastproxy demo [--port P] [--upstream-port P] [--admin-port P] [--concurrency N]
     fastproxy --version
 
@@ -26,6 +29,8 @@ from .admin import package_version
 logger = logging.getLogger("fastproxy")
 
 MODES = ("serve", "validate", "init_only")
+#: Seconds open connections get to finish on shutdown (--drain-time-s).
+DEFAULT_DRAIN_TIME_S = 5
 
 
 def _positive_int(text: str) -> int:
@@ -48,6 +53,16 @@ def _port(text: str) -> int:
     return n
 
 
+def _uint32(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an unsigned integer, got {text!r}") from None
+    if not 0 <= n < 1 << 32:
+        raise argparse.ArgumentTypeError(f"expected an unsigned 32-bit integer, got {n}")
+    return n
+
+
 def _log_level(text: str) -> str:
     try:
         _log.parse_level(text)
@@ -56,33 +71,78 @@ def _log_level(text: str) -> str:
     return text.lower()
 
 
+def _log_format(text: str) -> str:
+    try:
+        _log.compile_pattern(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _component_levels(text: str) -> dict:
+    try:
+        return _log.parse_component_levels(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=_positive_int, default=None, metavar="N",
                    help="number of worker threads (default: the number of CPUs)")
     p.add_argument("-l", "--log-level", type=_log_level, default="info", metavar="LEVEL",
                    help="trace, debug, info, warning (warn), error, critical or off (default: info)")
+    p.add_argument("--component-log-level", type=_component_levels, default=None, metavar="C:LEVEL,...",
+                   help="levels per component, e.g. admin:debug,main:warning; fastproxy's components: "
+                        + ", ".join(_log.components()))
     p.add_argument("--log-path", default=None, metavar="FILE",
                    help="append log lines to FILE instead of stderr")
+    p.add_argument("--log-format", type=_log_format, default=None, metavar="FMT",
+                   help="log line format in spdlog syntax, as Envoy's (default: "
+                        "'[%%Y-%%m-%%d %%T.%%e][%%t][%%l][%%n] %%v'); %%g:%%# is the Python source")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fastproxy",
-        description="fastproxy: an Envoy-class TCP proxy with a Cython data plane. "
-                    "Reads Envoy v3 bootstrap YAML/JSON.",
-        epilog="Run 'fastproxy demo' for a ready-made example (see 'fastproxy demo --help').",
+        description="fastproxy: an Envoy-class proxy with a Cython data plane: TCP proxy "
+                    "(tcp_proxy) and HTTP/1.1 (http_connection_manager with routes, native, "
+                    "Python and C filters) listeners, static and DNS clusters, access logs and "
+                    "the admin interface. Reads Envoy v3 bootstrap YAML/JSON and takes Envoy's "
+                    "command line.",
+        epilog="Run 'fastproxy demo' for a ready-made example (see 'fastproxy demo --help'). "
+               "Exit status: 0 on success and after a drain on SIGINT/SIGTERM, 1 on an invalid "
+               "configuration or a listener that cannot bind, 2 on a command-line error.",
     )
     p.add_argument("-c", "--config-path", dest="config_path", metavar="FILE",
                    help="Envoy v3 bootstrap file (.yaml, .yml or .json)")
     p.add_argument("--config-yaml", dest="config_yaml", metavar="YAML",
-                   help="bootstrap as inline YAML; merged over --config-path when both are given")
+                   help="bootstrap as inline YAML; merged over --config-path when both are given "
+                        "(maps merged, lists appended, as Envoy does)")
     p.add_argument("--mode", choices=MODES, default="serve",
-                   help="serve (default); validate: check the configuration and exit; "
-                        "init_only: start everything, then exit")
+                   help="serve (default); validate: check the configuration, report every error, "
+                        "and exit; init_only: start everything, then exit")
     _add_common(p)
-    # Accepted so fastproxy drops into Envoy command lines; they mean nothing here.
-    p.add_argument("--base-id", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--use-dynamic-base-id", action="store_true", help=argparse.SUPPRESS)
+    node = p.add_argument_group("identity (override the bootstrap's node; shown on /server_info)")
+    node.add_argument("--service-node", default=None, metavar="ID", help="node id")
+    node.add_argument("--service-cluster", default=None, metavar="NAME", help="node cluster")
+    node.add_argument("--service-zone", default=None, metavar="ZONE", help="node locality zone")
+    drain = p.add_argument_group("shutdown")
+    drain.add_argument("--drain-time-s", type=_uint32, default=None, metavar="N",
+                       help="on SIGINT/SIGTERM or /quitquitquit, let open connections finish for up "
+                            f"to N seconds before closing them (default: {DEFAULT_DRAIN_TIME_S})")
+    drain.add_argument("--drain-strategy", choices=("gradual", "immediate"), default="gradual",
+                       help="accepted as Envoy's; fastproxy stops accepting at once and lets open "
+                            "connections finish within the drain time in either case")
+    compat = p.add_argument_group("accepted for Envoy command lines, without effect here "
+                                  "(fastproxy has no hot restart and writes each access log "
+                                  "record unbuffered)")
+    compat.add_argument("--disable-hot-restart", action="store_true", help="(no hot restart: always so)")
+    compat.add_argument("--parent-shutdown-time-s", type=_uint32, default=None, metavar="N",
+                        help="(hot restart only)")
+    compat.add_argument("--file-flush-interval-msec", type=_uint32, default=None, metavar="MS",
+                        help="(access log records are written as each stream ends)")
+    compat.add_argument("--base-id", type=_uint32, default=None, metavar="N", help="(hot restart only)")
+    compat.add_argument("--use-dynamic-base-id", action="store_true", help="(hot restart only)")
     p.add_argument("--version", action="store_true", help="print the version and exit")
     return p
 
@@ -110,11 +170,31 @@ def _setup_logging(args) -> None:
     stream = None
     if args.log_path:
         stream = open(args.log_path, "a", buffering=1, encoding="utf-8")
-    _log.setup(args.log_level, stream)
+    components = args.component_log_level or {}
+    _log.setup(args.log_level, stream, pattern=args.log_format, component_levels=components)
+    known = _log.components()
+    unknown = sorted(set(components) - set(known))
+    if unknown:
+        logger.warning("--component-log-level: fastproxy has no component %s (its components: %s); "
+                       "no line is logged under it", ", ".join(unknown), ", ".join(known))
 
 
 def _say(line: str = "") -> None:
     print(line, flush=True)
+
+
+def _import_path(config_path: Optional[str]) -> None:
+    """Make `class: module:Name` in a config import from the current directory (first, as
+    'python -m fastproxy' has it) and the config file's directory (last, so it never shadows
+    an installed package), whichever way fastproxy was started: the console script's
+    sys.path[0] is its own bin directory."""
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    if config_path:
+        directory = os.path.dirname(os.path.abspath(config_path))
+        if directory not in sys.path and not (directory == cwd and "" in sys.path):
+            sys.path.append(directory)
 
 
 def _hp(host: str, port: int) -> str:
@@ -134,6 +214,13 @@ def _merge(base, over):
     return over
 
 
+def _shown_name(args) -> str:
+    """How messages name the configuration."""
+    if args.config_path and args.config_yaml:
+        return f"{args.config_path} + --config-yaml"
+    return args.config_path or "--config-yaml"
+
+
 def _config_source(args):
     """(source for load_envoy, name to show)."""
     if args.config_path and args.config_yaml:
@@ -147,21 +234,44 @@ def _config_source(args):
             over = yaml.safe_load(args.config_yaml) or {}
         except yaml.YAMLError as e:
             raise ConfigError("", f"cannot parse YAML: {e}") from None
-        return _merge(base, over), args.config_path
+        if over is not None and not isinstance(over, dict):
+            raise ConfigError("", f"--config-yaml must be a YAML mapping (a bootstrap), got {type(over).__name__}")
+        return _merge(base, over), _shown_name(args)
     if args.config_path:
         return args.config_path, args.config_path
-    return args.config_yaml, ""
+    # Parsed here so that a scalar is not taken for a file name.
+    from .config.source import parse_yaml
+    from .errors import ConfigError
+
+    data = parse_yaml(args.config_yaml, "--config-yaml")
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError("", f"--config-yaml must be a YAML mapping (a bootstrap), got {type(data).__name__}")
+    return data, _shown_name(args)
+
+
+def _check_config_path(path: str) -> None:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"unable to read file: {path}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a directory; -c/--config-path takes a bootstrap file "
+                                "(.yaml, .yml or .json)")
 
 
 def _load(args):
     from .config import load_envoy
 
+    if args.config_path:
+        _check_config_path(args.config_path)
     source, name = _config_source(args)
-    if isinstance(source, str) and args.config_path and not args.config_yaml:
-        if not os.path.exists(source):
-            raise FileNotFoundError(f"unable to read file: {source}")
     bootstrap = load_envoy(source)
-    bootstrap.validate()
+    node = bootstrap.node
+    # Envoy: the command line's identity overrides the bootstrap's node.
+    if args.service_node is not None:
+        node.id = args.service_node
+    if args.service_cluster is not None:
+        node.cluster = args.service_cluster
+    if args.service_zone is not None:
+        node.zone = args.service_zone
     return bootstrap, name
 
 
@@ -180,7 +290,8 @@ def _startup_lines(proxy, bootstrap) -> None:
         _say(f"fastproxy: admin listening on http://{_hp(admin[0], admin[1])}/")
 
 
-def serve(proxy, bootstrap, banner: Optional[Callable[[], None]] = None, init_only: bool = False) -> int:
+def serve(proxy, bootstrap, banner: Optional[Callable[[], None]] = None, init_only: bool = False,
+          drain_timeout: float = DEFAULT_DRAIN_TIME_S) -> int:
     """Start ``proxy``, print where it listens, then block in ``proxy.run()`` until
     SIGINT/SIGTERM or /quitquitquit, drain and return 0."""
     # SIGINT/SIGTERM ask for a drain from here on, not only once run() is inside its loop:
@@ -203,7 +314,7 @@ def serve(proxy, bootstrap, banner: Optional[Callable[[], None]] = None, init_on
             return 0
         logger.info("fastproxy %s serving (concurrency %s); SIGINT/SIGTERM to stop",
                     package_version(), proxy.concurrency)
-        proxy.run()
+        proxy.run(drain_timeout)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -226,10 +337,11 @@ def main_config(argv: List[str]) -> int:
         parser.error("a configuration is required: -c/--config-path FILE or --config-yaml YAML "
                      "(or try 'fastproxy demo')")
     _setup_logging(args)
+    _import_path(args.config_path)
 
     from .errors import ConfigError, ListenerBindError
 
-    shown = args.config_path or ""
+    shown = _shown_name(args)
     try:
         bootstrap, shown = _load(args)
     except (ConfigError, OSError) as e:
@@ -244,7 +356,8 @@ def main_config(argv: List[str]) -> int:
         proxy = Proxy.from_bootstrap(bootstrap, concurrency=args.concurrency)
         logger.info("fastproxy %s starting: %d listener(s), %d cluster(s)", package_version(),
                     len(bootstrap.listeners), len(bootstrap.clusters))
-        return serve(proxy, bootstrap, init_only=args.mode == "init_only")
+        drain = DEFAULT_DRAIN_TIME_S if args.drain_time_s is None else args.drain_time_s
+        return serve(proxy, bootstrap, init_only=args.mode == "init_only", drain_timeout=drain)
     except ConfigError as e:
         return _fail(f"error initializing configuration '{shown}': {e}")
     except (ListenerBindError, OSError) as e:

@@ -19,7 +19,7 @@ def _check_port(path: str, port: Any, allow_zero: bool) -> int:
     if isinstance(port, bool) or not isinstance(port, int):
         raise ConfigError(path, f"port must be an integer, got {port!r}")
     if not (0 if allow_zero else 1) <= port <= 65535:
-        raise ConfigError(path, f"port {port} out of range")
+        raise ConfigError(path, f"port {port} out of range {0 if allow_zero else 1}..65535")
     return port
 
 
@@ -64,15 +64,21 @@ class Endpoint:
     hostname: str = ""
 
     def validate(self, path: str, cluster_type: str) -> None:
+        # Errors name the Python argument (Endpoint(port=...)): this is the Python API's check.
         if not isinstance(self.address, str) or not self.address:
-            raise ConfigError(path + ".address", "address must be a non-empty string")
+            raise ConfigError(path + ".address", f"Endpoint(address=...) must be a non-empty string, "
+                                                 f"got {self.address!r}")
         check_endpoint_hostname(self.hostname, path + ".hostname")
         if cluster_type == "STATIC" and not is_ip_literal(self.address):
             raise ConfigError(path + ".address",
-                              f"STATIC cluster endpoints must be IP addresses, got {self.address!r}")
-        _check_port(path + ".port_value", self.port, allow_zero=False)
+                              f"Endpoint(address={self.address!r}): a STATIC cluster's endpoints must be IP "
+                              "addresses (Cluster(type='STRICT_DNS') resolves host names)")
+        try:
+            _check_port(path + ".port", self.port, allow_zero=False)
+        except ConfigError as e:
+            raise ConfigError(e.path, f"Endpoint(port={self.port!r}): {e.message}") from None
         if isinstance(self.weight, bool) or not isinstance(self.weight, int) or not 1 <= self.weight <= 128:
-            raise ConfigError(path + ".load_balancing_weight", f"weight must be 1..128, got {self.weight!r}")
+            raise ConfigError(path + ".weight", f"Endpoint(weight={self.weight!r}): must be an integer 1..128")
 
 
 @dataclass
@@ -188,10 +194,22 @@ class Listener:
 
 @dataclass
 class Admin:
-    """The admin interface (Envoy's ``admin``): serves /stats, /ready, /server_info."""
+    """The admin interface (Envoy's ``admin``): serves /stats, /ready, /server_info.
+    ``access_log``: fastproxy.model_http.AccessLog sinks for the admin's own requests."""
 
     address: str = "127.0.0.1"
     port: int = 0
+    access_log: list = field(default_factory=list)
+
+
+@dataclass
+class Node:
+    """The proxy's identity (Envoy's bootstrap ``node``; the command line's --service-node,
+    --service-cluster and --service-zone override it). Shown on the admin's /server_info."""
+
+    id: str = ""
+    cluster: str = ""
+    zone: str = ""
 
 
 @dataclass
@@ -201,26 +219,41 @@ class Bootstrap:
     listeners: list = field(default_factory=list)
     clusters: list = field(default_factory=list)
     admin: Optional[Admin] = None
+    node: Node = field(default_factory=Node)
+    # Downstream connections allowed over all listeners together (Envoy's runtime key
+    # overload.global_downstream_max_connections); None: no limit.
+    max_downstream_connections: Optional[int] = None
 
-    def validate(self) -> None:
+    def validate(self, prefix: str = "") -> None:
+        """Check the whole configuration. Paths name the Python arguments (``clusters[0].
+        endpoints[1].port``); the Envoy loader passes ``static_resources.`` as prefix."""
+        for what, items, cls in (("listeners", self.listeners, Listener), ("clusters", self.clusters, Cluster)):
+            if not isinstance(items, (list, tuple)):
+                raise TypeError(f"{what} must be a list of {cls.__name__}, got {type(items).__name__}")
+            for i, item in enumerate(items):
+                if not isinstance(item, cls):
+                    raise TypeError(f"{what}[{i}] must be a {cls.__name__}, got {type(item).__name__}")
+        limit = self.max_downstream_connections
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ConfigError("max_downstream_connections", f"must be an integer >= 1 or None, got {limit!r}")
         names = set()
         for i, c in enumerate(self.clusters):
-            c.validate(f"static_resources.clusters[{i}]")
+            c.validate(f"{prefix}clusters[{i}]")
             if c.name in names:
-                raise ConfigError(f"static_resources.clusters[{i}].name", f"duplicate cluster name {c.name!r}")
+                raise ConfigError(f"{prefix}clusters[{i}].name", f"duplicate cluster name {c.name!r}")
             names.add(c.name)
         lnames = set()
         addrs = set()
         for i, l in enumerate(self.listeners):
-            l.validate(f"static_resources.listeners[{i}]")
+            l.validate(f"{prefix}listeners[{i}]")
             if l.name in lnames:
-                raise ConfigError(f"static_resources.listeners[{i}].name", f"duplicate listener name {l.name!r}")
+                raise ConfigError(f"{prefix}listeners[{i}].name", f"duplicate listener name {l.name!r}")
             lnames.add(l.name)
             if l.port and (l.address, l.port) in addrs:
-                raise ConfigError(f"static_resources.listeners[{i}].address", f"address {l.address}:{l.port} used by two listeners")
+                raise ConfigError(f"{prefix}listeners[{i}].address", f"address {l.address}:{l.port} used by two listeners")
             addrs.add((l.address, l.port))
             if l.http is not None:
                 from .model_http import validate_http
-                validate_http(l.http, f"static_resources.listeners[{i}].http", names)
+                validate_http(l.http, f"{prefix}listeners[{i}].http", names)
             elif l.cluster not in names:
-                raise ConfigError(f"static_resources.listeners[{i}].cluster", f"unknown cluster {l.cluster!r}")
+                raise ConfigError(f"{prefix}listeners[{i}].cluster", f"unknown cluster {l.cluster!r}")

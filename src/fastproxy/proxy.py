@@ -18,7 +18,7 @@ from typing import Any, Iterable, Optional
 from . import _core
 from .errors import ConfigError, ListenerBindError
 from .filters import NetworkFilter
-from .model import Admin, Bootstrap, Cluster, Listener
+from .model import Admin, Bootstrap, Cluster, Listener, Node
 from .model_filters import native_filter_stat_blocks
 
 log = logging.getLogger("fastproxy")
@@ -129,6 +129,27 @@ class _ClusterState:
         self.next_refresh = time.monotonic() + model.dns_refresh_rate
 
 
+def _as_list(value: Any, argument: str, cls: type) -> list:
+    """The list a Proxy argument takes, with a TypeError naming the argument for what is
+    easy to pass by mistake: one object instead of a list, or an Envoy-style dict."""
+    what = cls.__name__
+    if isinstance(value, cls):
+        raise TypeError(f"Proxy({argument}=...) takes a list of {what}, got a single {what}: "
+                        f"write {argument}=[{what}(...)]")
+    if isinstance(value, (dict, str, bytes)):
+        hint = " (an Envoy configuration goes to Proxy.from_envoy)" if isinstance(value, dict) else ""
+        raise TypeError(f"Proxy({argument}=...) takes a list of {what}, got a {type(value).__name__}{hint}")
+    try:
+        items = list(value)
+    except TypeError:
+        raise TypeError(f"Proxy({argument}=...) takes a list of {what}, got {type(value).__name__}") from None
+    for i, item in enumerate(items):
+        if not isinstance(item, cls):
+            raise TypeError(f"Proxy({argument}=...): {argument}[{i}] must be a {what}, got "
+                            f"{type(item).__name__} {item!r:.60}")
+    return items
+
+
 class Proxy:
     """A running (or ready to run) proxy.
 
@@ -139,8 +160,10 @@ class Proxy:
     """
 
     def __init__(self, listeners: Iterable[Listener] = (), clusters: Iterable[Cluster] = (), *,
-                 concurrency: Optional[int] = None, admin: Optional[Admin] = None):
-        bootstrap = Bootstrap(list(listeners), list(clusters), admin)
+                 concurrency: Optional[int] = None, admin: Optional[Admin] = None,
+                 node: Optional[Node] = None, max_downstream_connections: Optional[int] = None):
+        bootstrap = Bootstrap(_as_list(listeners, "listeners", Listener), _as_list(clusters, "clusters", Cluster),
+                              admin, node if node is not None else Node(), max_downstream_connections)
         bootstrap.validate()
         if concurrency is None or concurrency == 0:
             concurrency = os.cpu_count() or 1
@@ -148,6 +171,8 @@ class Proxy:
             raise ConfigError("concurrency", f"must be a positive integer, got {concurrency!r}")
         self.concurrency = concurrency
         self._engine = _core.Engine(concurrency)
+        if bootstrap.max_downstream_connections:
+            self._engine.set_global_max_connections(bootstrap.max_downstream_connections)
         self._lock = threading.RLock()
         self._stats: dict[tuple[str, str], Any] = {}
         self._socks: dict[str, tuple[tuple[str, int], Any]] = {}   # listener name -> (requested, sock)
@@ -159,7 +184,7 @@ class Proxy:
         self._dns_stop = threading.Event()
         self._dns_thread: Optional[threading.Thread] = None
         self._admin_server = None
-        self._install(bootstrap)
+        # Nothing is bound nor resolved yet: ports are taken by start().
 
     # ---- HTTP filter registration ----
 
@@ -190,7 +215,8 @@ class Proxy:
 
     @classmethod
     def from_bootstrap(cls, bootstrap: Bootstrap, *, concurrency: Optional[int] = None) -> "Proxy":
-        return cls(bootstrap.listeners, bootstrap.clusters, concurrency=concurrency, admin=bootstrap.admin)
+        return cls(bootstrap.listeners, bootstrap.clusters, concurrency=concurrency, admin=bootstrap.admin,
+                   node=bootstrap.node, max_downstream_connections=bootstrap.max_downstream_connections)
 
     @classmethod
     def from_envoy(cls, source: Any, *, concurrency: Optional[int] = None) -> "Proxy":
@@ -201,9 +227,12 @@ class Proxy:
     # ---- lifecycle ----
 
     def start(self) -> "Proxy":
+        """Bind the listeners, resolve the clusters and start the workers (and the admin).
+        Raises ListenerBindError when a listener's address cannot be bound."""
         with self._lock:
             if self._state != "new":
                 raise RuntimeError(f"proxy is {self._state}; start() works once")
+            self._install(self._bootstrap)
             self._engine.start()
             self._state = "running"
             if any(c.model.type == "STRICT_DNS" for c in self._clusters.values()):
@@ -211,11 +240,12 @@ class Proxy:
             if self._bootstrap.admin is not None:
                 from .admin import AdminServer
                 a = self._bootstrap.admin
-                self._admin_server = AdminServer(self, a.address, a.port)
+                self._admin_server = AdminServer(self, a.address, a.port, a.access_log)
                 self._admin_server.start()
         for name in self._listeners:
             host, port = self.listener_address(name)
-            log.info("listener %s on %s:%d", name, host, port)
+            # debug: the command line prints these addresses itself, once
+            log.debug("listener %s on %s:%d", name, host, port)
         return self
 
     def stop(self, drain_timeout: float = 5.0) -> None:
@@ -286,11 +316,14 @@ class Proxy:
         with self._lock:
             if self._state in ("draining", "stopped"):
                 raise RuntimeError("proxy is stopped")
-            b = Bootstrap(list(listeners) if listeners is not None else list(self._bootstrap.listeners),
-                          list(clusters) if clusters is not None else list(self._bootstrap.clusters),
-                          self._bootstrap.admin)
+            b = Bootstrap(_as_list(listeners, "listeners", Listener) if listeners is not None
+                          else list(self._bootstrap.listeners),
+                          _as_list(clusters, "clusters", Cluster) if clusters is not None
+                          else list(self._bootstrap.clusters),
+                          self._bootstrap.admin, self._bootstrap.node, self._bootstrap.max_downstream_connections)
             b.validate()
-            self._install(b)
+            if self._state == "running":
+                self._install(b)
             self._bootstrap = b
             if self._state == "running" and self._dns_thread is None and \
                     any(c.model.type == "STRICT_DNS" for c in self._clusters.values()):
@@ -301,9 +334,12 @@ class Proxy:
         return self._bootstrap
 
     def listener_address(self, name: str) -> tuple[str, int]:
+        """The address listener `name` is bound to (its port when it asked for port 0)."""
         try:
             return self._socks[name][1].address
         except KeyError:
+            if self._state == "new" and any(l.name == name for l in self._bootstrap.listeners):
+                raise RuntimeError(f"listener {name!r} is bound by start(); the proxy is not started") from None
             raise KeyError(f"no listener named {name!r}") from None
 
     @property

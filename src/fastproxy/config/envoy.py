@@ -2,8 +2,8 @@
 
 fastproxy reads a strict subset of Envoy's bootstrap: static listeners that end in tcp_proxy
 (optionally preceded by Python network filters) or in http_connection_manager (see
-config/http.py), STATIC / STRICT_DNS clusters, an admin address and a few blocks accepted
-for compatibility and ignored. A cluster takes name, type, connect_timeout, lb_policy,
+config/http.py), STATIC / STRICT_DNS clusters, an admin address, the node's identity and
+the runtime keys of config/runtime.py (connection limits). A cluster takes name, type, connect_timeout, lb_policy,
 load_assignment, dns_refresh_rate, dns_lookup_family, per_connection_buffer_limit_bytes,
 circuit_breakers.thresholds (priority, max_connections, max_pending_requests, max_requests,
 max_retries, track_remaining), the deprecated max_requests_per_connection, and
@@ -13,7 +13,8 @@ max_connection_duration; explicit_http_config or use_downstream_protocol_config 
 HTTP/1.1); an endpoint takes address, load_balancing_weight and hostname (the Host
 auto_host_rewrite sends). Every field outside that subset is an error naming its path,
 because silently ignoring a field would run a proxy that behaves differently from the config
-its author wrote. Defaults are Envoy's.
+its author wrote; a known Envoy feature is named as such (config/proto.py UNSUPPORTED_FIELDS),
+and every error of a file is reported in one run. Defaults are Envoy's.
 """
 from __future__ import annotations
 
@@ -22,19 +23,14 @@ from typing import Any, Optional, Union
 
 from .. import model
 from ..errors import ConfigError
-from .http import HCM_TYPE, http_connection_manager
-from .proto import Message
+from .http import HCM_TYPE, access_log, http_connection_manager
+from .proto import Message, checked, collecting, raise_collected, report, unsupported_field
+from .runtime import layered_runtime
 from .python_filter import TYPED_STRUCT_TYPES, python_filter_factory
 from .source import Source, load_source, parse_json, parse_yaml, read_file
 
 TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 
-# Access loggers accepted (and ignored) on the admin block, with the fields each may carry.
-_ACCESS_LOGGERS = {
-    "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog": ("path", "log_format"),
-    "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog": ("log_format",),
-    "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog": ("log_format",),
-}
 
 # Envoy's enums (name -> number) so that every spelling Envoy accepts is understood and a
 # known-but-unsupported value gets a clearer error than an unknown one.
@@ -80,67 +76,75 @@ def load_envoy_json(path: Union[str, "os.PathLike[str]"]) -> model.Bootstrap:
 
 
 def bootstrap_from_data(data: Any) -> model.Bootstrap:
+    """Every error of the configuration is found in one pass: unknown fields and each
+    listener, cluster, route, ... that fails are reported (proto.report) and the rest is
+    still checked; one error is raised as itself, several as a ConfigErrors."""
+    with collecting() as errors:
+        bootstrap = _bootstrap(data)
+    raise_collected(errors)
+    assert bootstrap is not None
+    bootstrap.validate("static_resources.")
+    return bootstrap
+
+
+def _bootstrap(data: Any) -> Optional[model.Bootstrap]:
     if data is None:  # an empty file is an empty bootstrap, as in Envoy
         data = {}
     top = Message(data, "", ("static_resources", "admin", "node", "layered_runtime"))
-    _node(top.message("node", ("id", "cluster")))
-    top.mapping("layered_runtime")  # runtime layers are accepted for compatibility, unused
-    admin = _admin(top.message("admin", ("address", "access_log", "profile_path")))
+    node = checked(_node, top)
+    admin = checked(_admin, top)
 
-    listeners, clusters = [], []
-    static = top.message("static_resources", ("listeners", "clusters"))
+    listeners, clusters, refs = [], [], []
+    static = checked(top.message, "static_resources", ("listeners", "clusters"))
     if static is not None:
-        parsed = [_listener(item, path, i) for i, (item, path) in enumerate(static.repeated("listeners"))]
-        clusters = [_cluster(item, path) for item, path in static.repeated("clusters")]
+        parsed = [checked(_listener, item, path, i) for i, (item, path) in
+                  enumerate(checked(lambda: list(static.repeated("listeners"))) or ())]
+        items = checked(lambda: list(static.repeated("clusters"))) or ()
+        clusters = [checked(_cluster, item, path) for item, path in items]
         # Checked here, not only in Bootstrap.validate, to point at the tcp_proxy or route field.
-        names = {c.name for c in clusters}
-        for _, refs in parsed:
-            for cluster, cluster_path in refs:
+        # A cluster with errors of its own still counts as defined.
+        names = {item.get("name") for item, _ in items if isinstance(item, dict)}
+        for item in parsed:
+            if item is None:
+                continue
+            listener, listener_refs = item
+            listeners.append(listener)
+            for cluster, cluster_path in listener_refs:
                 if cluster not in names:
-                    raise ConfigError(cluster_path, f"unknown cluster {cluster!r}")
-        listeners = [listener for listener, _ in parsed]
-
-    bootstrap = model.Bootstrap(listeners=listeners, clusters=clusters, admin=admin)
-    bootstrap.validate()
-    return bootstrap
+                    report(ConfigError(cluster_path, f"unknown cluster {cluster!r}"))
+        clusters = [c for c in clusters if c is not None]
+    runtime = checked(layered_runtime, top)
+    if runtime is not None and listeners:
+        checked(runtime.apply_listener_limits, listeners)
+    return model.Bootstrap(listeners=listeners, clusters=clusters, admin=admin, node=node or model.Node(),
+                           max_downstream_connections=runtime.global_max_connections if runtime else None)
 
 
 # --- node, admin -------------------------------------------------------------------------
 
-def _node(node: Optional[Message]) -> None:
-    # Identity fields only matter to a management server; checked for type, then unused.
-    if node is not None:
-        node.string("id")
-        node.string("cluster")
+def _node(top: Message) -> model.Node:
+    # The identity a management server would see; shown on /server_info. The command line's
+    # --service-node/--service-cluster/--service-zone override it (Envoy's rule).
+    node = top.message("node", ("id", "cluster", "locality"))
+    if node is None:
+        return model.Node()
+    locality = node.message("locality", ("region", "zone", "sub_zone"))
+    return model.Node(id=node.string("id", default=""), cluster=node.string("cluster", default=""),
+                      zone=locality.string("zone", default="") if locality is not None else "")
 
 
-def _admin(admin: Optional[Message]) -> Optional[model.Admin]:
+def _admin(top: Message) -> Optional[model.Admin]:
+    admin = top.message("admin", ("address", "access_log", "profile_path"))
     if admin is None:
         return None
     admin.string("profile_path")  # CPU profiler output: no profiler here, accepted as Envoy's
-    for item, path in admin.repeated("access_log"):
-        _ignored_access_log(item, path)
+    # The admin's own requests, logged like the HTTP connection manager's (file, stdout, stderr).
+    logs = [checked(access_log, item, path) for item, path in admin.repeated("access_log")]
     address = admin.message("address", ("socket_address",))
     if address is None:
         return None  # Envoy starts no admin server when no address is given
     host, port = _socket_address(address, require_ip=True, min_port=0)
-    return model.Admin(host, port)
-
-
-def _ignored_access_log(item: Any, path: str) -> None:
-    """The admin access log is not written; only Envoy's standard loggers are accepted."""
-    entry = Message(item, path, ("name", "typed_config"))
-    entry.string("name")
-    typed = _typed_config(entry)
-    fields = _ACCESS_LOGGERS.get(typed[0])
-    if fields is None:
-        raise ConfigError(entry.at("typed_config"),
-                          f"unsupported access logger {typed[0]!r} (only the file, stdout and "
-                          "stderr access loggers are accepted on admin)")
-    config = Message(typed[1], entry.at("typed_config"), fields, ignore=("@type",))
-    if "path" in fields:
-        config.string("path", required=True, non_empty=True)
-    config.mapping("log_format")
+    return model.Admin(host, port, access_log=[log for log in logs if log is not None])
 
 
 def _typed_config(parent: Message) -> tuple:
@@ -348,8 +352,8 @@ def _http_protocol_options(cluster: Message) -> dict:
                                                            "http3_protocol_options is required")
         for f in given:
             if f != "http_protocol_options":
-                raise ConfigError(proto.at(f), f"fastproxy speaks HTTP/1.1 to upstreams; {f} "
-                                               "(HTTP/2, HTTP/3) is not supported")
+                # The same words as for the legacy Cluster.http2_protocol_options.
+                raise unsupported_field(proto.at(f), f)
         # HTTP/1.1 as it is: none of Http1ProtocolOptions' knobs is implemented upstream.
         proto.message("http_protocol_options", ())
         common = hpo.message("common_http_protocol_options",

@@ -59,7 +59,7 @@ from typing import Any, Callable, List, Optional, Tuple
 from .. import model_http as mh
 from ..access_log import compile_format
 from ..errors import ConfigError
-from .proto import UINT32_MAX, Message, describe, integer
+from .proto import UINT32_MAX, Message, checked, describe, integer, unsupported_field
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 from .regex import re2_to_posix, rewrite_to_posix
@@ -246,12 +246,12 @@ def http_connection_manager(config: Mapping, path: str) -> Tuple[mh.HttpConnecti
     stat_prefix = hcm.string("stat_prefix", required=True, non_empty=True)
     codec = hcm.enum("codec_type", CODEC_TYPES, default="AUTO")
     if codec not in ("AUTO", "HTTP1"):
-        raise ConfigError(hcm.at("codec_type"), f"codec_type {codec} is not supported (fastproxy speaks HTTP/1.1: "
-                                                "use AUTO or HTTP1)")
+        # The words of http2_protocol_options / http3_protocol_options: the same feature.
+        raise unsupported_field(hcm.at("codec_type"), f"{codec.lower()}_protocol_options",
+                                fix=f"codec_type {codec}: use AUTO or HTTP1 (fastproxy speaks HTTP/1.1)")
     for dynamic in ("rds", "scoped_routes"):
         if _present(hcm, dynamic):
-            raise ConfigError(hcm.at(dynamic), f"{dynamic} is not supported: give the route table inline "
-                                               "as route_config")
+            raise unsupported_field(hcm.at(dynamic), dynamic, fix="give the route table inline as route_config")
     refs: ClusterRefs = []
     rc = hcm.message("route_config", _ROUTE_CONFIG_FIELDS)
     if rc is None:
@@ -323,7 +323,7 @@ def http_connection_manager(config: Mapping, path: str) -> Tuple[mh.HttpConnecti
         request_timeout=_timeout(hcm, "request_timeout", None),
         max_request_headers_kb=kb,
         drain_timeout=hcm.duration("drain_timeout", default=DEFAULT_DRAIN_TIMEOUT),
-        access_log=[_access_log(item, ipath) for item, ipath in hcm.repeated("access_log")],
+        access_log=[access_log(item, ipath) for item, ipath in hcm.repeated("access_log")],
         http_filters=http_filters,
         upgrade_configs=[_upgrade_config(item, upath) for item, upath in hcm.repeated("upgrade_configs")],
         **options,
@@ -509,7 +509,8 @@ def _upgrade_config(item: Any, path: str) -> mh.UpgradeConfig:
 _ACCESS_LOG_PATHS = {STDOUT_ACCESS_LOG_TYPE: "/dev/stdout", STDERR_ACCESS_LOG_TYPE: "/dev/stderr"}
 
 
-def _access_log(item: Any, path: str) -> mh.AccessLog:
+def access_log(item: Any, path: str) -> mh.AccessLog:
+    """An access_log entry (of the HTTP connection manager or the admin)."""
     entry = Message(item, path, ("name", "typed_config"))
     entry.string("name")
     type_url, value, tpath = _any(entry, "typed_config")
@@ -558,7 +559,9 @@ def _route_config(rc: Message, refs: ClusterRefs) -> mh.RouteConfiguration:
     virtual_hosts = []
     domains: dict = {}  # lower-cased domain -> path of its first use
     for item, path in rc.repeated("virtual_hosts"):
-        virtual_hosts.append(_virtual_host(item, path, ctx, domains))
+        vhost = checked(_virtual_host, item, path, ctx, domains)   # the next ones are still checked
+        if vhost is not None:
+            virtual_hosts.append(vhost)
     return mh.RouteConfiguration(name=rc.string("name", default=""), virtual_hosts=virtual_hosts,
                                  headers=_header_mutations(rc), typed_per_filter_config=_raw_per_filter(rc),
                                  ignore_port_in_host_matching=_bool(rc, "ignore_port_in_host_matching"))
@@ -583,7 +586,8 @@ def _virtual_host(item: Any, path: str, ctx: _Context, seen: dict) -> mh.Virtual
         domains.append(domain)
     if not domains:
         raise ConfigError(vh.at("domains"), "at least one domain is required")
-    routes = [_route(ritem, rpath, ctx) for ritem, rpath in vh.repeated("routes")]
+    routes = [r for r in (checked(_route, ritem, rpath, ctx) for ritem, rpath in vh.repeated("routes"))
+              if r is not None]
     return mh.VirtualHost(name=name, domains=domains, routes=routes, headers=_header_mutations(vh),
                           typed_per_filter_config=_raw_per_filter(vh))
 

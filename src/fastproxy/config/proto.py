@@ -9,11 +9,14 @@ meaning it does not honour.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import difflib
 import re
 from collections.abc import Mapping
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, List, Optional
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ConfigErrors
 
 _MISSING = object()
 
@@ -24,6 +27,149 @@ DURATION_MAX_SECONDS = 315_576_000_000
 
 _INT_TEXT = re.compile(r"-?[0-9]+")
 _DURATION_TEXT = re.compile(r"(-)?([0-9]+)(?:\.([0-9]{1,9}))?s")
+
+
+# Envoy fields fastproxy knows and does not implement: (the feature, whether it is planned).
+# A field here is refused with what it is; any other unknown field gets a spelling hint.
+UNSUPPORTED_FIELDS = {
+    "transport_socket": ("TLS (transport_socket)", True),
+    "transport_socket_matches": ("TLS (transport_socket_matches)", True),
+    "upstream_tls_context": ("TLS", True),
+    "http2_protocol_options": ("HTTP/2", True),
+    "http3_protocol_options": ("HTTP/3", False),
+    "dynamic_resources": ("xDS (dynamic_resources)", True),
+    "cds_config": ("xDS (CDS)", True),
+    "lds_config": ("xDS (LDS)", True),
+    "ads_config": ("xDS (ADS)", True),
+    "eds_cluster_config": ("xDS (EDS)", True),
+    "rds": ("xDS (RDS)", True),
+    "scoped_routes": ("scoped routes (SRDS)", False),
+    "health_checks": ("active health checking (health_checks)", True),
+    "outlier_detection": ("outlier detection", True),
+    "listener_filters": ("listener filters (tls_inspector, proxy_protocol, ...)", False),
+    "filter_chain_match": ("filter chain matching", False),
+    "tracing": ("tracing", False),
+    "stats_sinks": ("stats sinks (statsd, metrics_service)", False),
+    "stats_config": ("stats tag configuration", False),
+    "overload_manager": ("the overload manager (use layered_runtime's "
+                         "overload.global_downstream_max_connections for a connection limit)", False),
+    "watchdog": ("the watchdog", False),
+    "watchdogs": ("the watchdog", False),
+    "cluster_manager": ("cluster_manager settings (outlier event log, upstream bind config)", False),
+    "hds_config": ("health discovery (HDS)", False),
+    "upstream_bind_config": ("upstream source address binding", False),
+    "common_lb_config": ("common load balancer options (healthy panic threshold, locality weights)", False),
+    "lb_subset_config": ("subset load balancing", False),
+    "socket_options": ("socket options", False),
+    "retry_policy": ("retries", False),
+    "hash_policy": ("hash policies (ring hash / Maglev)", False),
+    "typed_dns_resolver_config": ("a custom DNS resolver", False),
+    "use_original_dst": ("original destination", False),
+    "secrets": ("TLS secrets (static_resources.secrets)", True),
+    "pipe": ("Unix domain socket addresses (pipe)", False),
+    "envoy_internal_address": ("internal listeners", False),
+    "weighted_clusters": ("weighted clusters", False),
+    "per_host_thresholds": ("per-host circuit breakers", False),
+    "priority": ("endpoint priorities", False),
+    "health_status": ("endpoint health status (with active health checking)", True),
+    "health_check_config": ("active health checking (health_check_config)", True),
+    "metadata": ("metadata", False),
+    "filter": ("access log filters", False),
+    "access_log_path": ("admin.access_log_path (removed from Envoy's v3 API: use admin.access_log)", False),
+    "access_log": ("access logs here (the HTTP connection manager and the admin have them)", False),
+    "stat_prefix": ("a stat prefix here", False),
+    "tls_context": ("TLS (tls_context)", True),
+    "connection_balance_config": ("connection balancing", False),
+    "enable_reuse_port": ("enable_reuse_port (fastproxy always uses SO_REUSEPORT)", False),
+    "bind_to_port": ("listeners that do not bind", False),
+    "drain_type": ("listener drain types", False),
+    "listener_filters_timeout": ("listener filters", False),
+    "upstream_connection_options": ("upstream TCP keepalive", False),
+    "close_connections_on_host_health_failure": ("active health checking", True),
+    "ignore_health_on_host_removal": ("active health checking", True),
+    "track_cluster_stats": ("optional cluster stats", False),
+    "dns_resolution_config": ("DNS resolver options", False),
+    "respect_dns_ttl": ("DNS TTLs", False),
+    "wait_for_warm_on_init": ("cluster warming", False),
+    "load_balancing_policy": ("load balancing policy extensions", False),
+    "hidden_envoy_deprecated_tls_context": ("TLS", True),
+}
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", lambda m: "_" + m.group(1).lower(), name)
+
+
+def unsupported_field(path: str, name: str, fix: Optional[str] = None) -> ConfigError:
+    """The error for a known Envoy feature fastproxy does not implement (``name``: its key in
+    UNSUPPORTED_FIELDS, in either spelling): one wording for every place it can be asked
+    for. ``fix`` replaces the default advice (remove the field)."""
+    feature, planned = UNSUPPORTED_FIELDS[_snake(name)]
+    plan = "planned, not implemented yet" if planned else "not planned"
+    return ConfigError(path, f"{feature} is unsupported in fastproxy ({plan}); {fix or f'remove {name!r}'}")
+
+
+def unknown_field(path: str, name: Any, valid: Any) -> ConfigError:
+    """The error for a field that is not part of this message: a known Envoy feature is named
+    as such, anything else gets the nearest valid spellings."""
+    text = str(name)
+    if _snake(text) in UNSUPPORTED_FIELDS:
+        return unsupported_field(path, text)
+    # Suggest in the spelling the author used (snake_case or lowerCamelCase).
+    camel = text != text.lower()
+    names = sorted({to_camel(v) if camel else v for v in valid})
+    # Close enough to be a typo (a missing, extra or swapped letter or two), not merely a
+    # field with a word in common: Envoy has many of those that fastproxy does not read.
+    close = difflib.get_close_matches(text, names, n=2, cutoff=0.8)
+    if close:
+        return ConfigError(path, f"unknown field {text!r} (did you mean {' or '.join(repr(c) for c in close)}?)")
+    return ConfigError(path, f"unsupported field {text!r}: not an Envoy field, or one that fastproxy "
+                             "does not implement (see the README for the subset it reads)")
+
+
+# --- reporting every error of a configuration in one run -----------------------------------
+
+_errors: "contextvars.ContextVar[Optional[List[ConfigError]]]" = contextvars.ContextVar("fastproxy_config_errors",
+                                                                                       default=None)
+
+
+@contextlib.contextmanager
+def collecting() -> Iterator[List[ConfigError]]:
+    """Within this block, report() records errors instead of raising; the caller raises
+    them all at the end (raise_collected)."""
+    errors: List[ConfigError] = []
+    token = _errors.set(errors)
+    try:
+        yield errors
+    finally:
+        _errors.reset(token)
+
+
+def report(error: ConfigError) -> None:
+    """Record a configuration error that does not stop the rest of the configuration from
+    being checked (raise it when nothing collects)."""
+    errors = _errors.get()
+    if errors is None:
+        raise error
+    for e in (error.errors if isinstance(error, ConfigErrors) else [error]):
+        errors.append(e)
+
+
+def checked(fn: Callable, *args, **kwargs) -> Any:
+    """fn(*args, **kwargs); a ConfigError it raises is reported, and None returned, so that
+    the next item of the configuration is still checked."""
+    try:
+        return fn(*args, **kwargs)
+    except ConfigError as e:
+        report(e)
+        return None
+
+
+def raise_collected(errors: List[ConfigError]) -> None:
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConfigErrors(errors)
 
 
 def join(path: str, name: str) -> str:
@@ -63,9 +209,13 @@ class Message:
                 continue
             name = by_spelling.get(key) if isinstance(key, str) else None
             if name is None:
-                raise ConfigError(join(path, str(key)), f"unknown or unsupported field {str(key)!r}")
+                # Reported, not raised: the other fields (and the rest of the configuration)
+                # are still checked, so that one run shows every mistake.
+                report(unknown_field(join(path, str(key)), key, fields))
+                continue
             if name in self._values:
-                raise ConfigError(join(path, name), f"field {name!r} is given twice (as {name} and {to_camel(name)})")
+                report(ConfigError(join(path, name), f"field {name!r} is given twice (as {name} and {to_camel(name)})"))
+                continue
             self._values[name] = value
 
     def at(self, name: str) -> str:

@@ -101,6 +101,9 @@ def load_source(source: Source) -> Any:
     """Parse ``source`` into plain data (dicts, lists, scalars); see load_envoy for the forms."""
     if isinstance(source, Mapping):
         return source
+    if isinstance(source, (str, os.PathLike)) and "\n" not in os.fspath(source) and os.path.isdir(source):
+        raise ConfigError("", f"{os.fspath(source)!r} is a directory, not a bootstrap file "
+                              "(.yaml, .yml or .json)")
     if isinstance(source, os.PathLike) or (isinstance(source, str) and _looks_like_path(source)):
         path = os.fspath(source)
         text = read_file(path)

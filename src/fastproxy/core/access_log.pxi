@@ -6,7 +6,10 @@
 # config. When a stream ends, stream_log() formats one record per sink into a stack buffer
 # on the worker, without the GIL, and hands it to the kernel with one write(2) on an fd
 # opened O_APPEND|O_NONBLOCK: a record is one write, so concurrent workers never interleave
-# within a line, and a full pipe drops the record instead of stalling the worker.
+# within a line, and a full pipe drops the record instead of stalling the worker. stdout and
+# stderr are the process's inherited descriptors (fastproxy.access_log.open_sink): a socket
+# there (systemd's journal) is written with send(MSG_DONTWAIT), which does not wait either,
+# without making the process's own descriptor non-blocking.
 
 cdef enum:                          # HStream.response_flags: Envoy's short codes, in the
     RF_UH = 1 << 0                  # order Envoy prints them
@@ -78,6 +81,7 @@ cdef struct AlogOp:
 
 cdef struct AlogSink:
     int fd
+    int sock                        # fd is a socket: send(MSG_DONTWAIT) instead of write
     int nops
     AlogOp* ops
 
@@ -372,7 +376,11 @@ cdef void stream_log(HStream* s) noexcept nogil:
         hist_record(s.cluster.stats, c.w, C_NSTATS, s.end_ms - s.upstream_start_ms)
     for i in range(h.nlogs):
         n = alog_format(&h.logs[i], s, buf, sizeof(buf))
-        if n:
+        if n == 0:
+            continue
+        if h.logs[i].sock:
+            send(h.logs[i].fd, buf, n, MSG_DONTWAIT | MSG_NOSIGNAL)
+        else:
             write(h.logs[i].fd, buf, n)         # O_APPEND|O_NONBLOCK: never waits
 
 
@@ -399,8 +407,7 @@ cdef char* _al_dup(bytes b):
 
 cdef int alog_compile(HttpCfg* h, hcm) except -1:
     """Open the access log sinks of hcm and compile their formats into h.logs."""
-    import os
-    from fastproxy.access_log import compile_format
+    from fastproxy.access_log import compile_format, open_sink
     from fastproxy.errors import ConfigError
     cdef int i, j
     cdef AlogSink* k
@@ -432,7 +439,9 @@ cdef int alog_compile(HttpCfg* h, hcm) except -1:
                 op.alt_len = len(alt)
             op.max_len = max_len
         try:
-            k.fd = os.open(log.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
+            fd, sock = open_sink(log.path)
         except OSError as e:
             raise ConfigError(where + ".path", f"cannot open {log.path!r}: {e.strerror or e}") from None
+        k.fd = fd
+        k.sock = sock
     return 0

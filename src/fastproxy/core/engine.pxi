@@ -33,6 +33,8 @@ cdef class Engine:
     cdef list _threads
     cdef bint _stopped
     cdef dict host_stats                # (cluster block, address bytes): StatBlockHandle
+    cdef int64_t* global_active     # downstream connections over all listeners
+    cdef int64_t global_max         # 0: no global limit
 
     def __cinit__(self, int nworkers):
         cdef int i
@@ -48,6 +50,9 @@ cdef class Engine:
                 raise OSError(errno, "cannot create the worker's epoll/eventfd")
         self.nworkers = nworkers
         self._threads = []
+        self.global_active = <int64_t*>calloc(1, sizeof(int64_t))
+        if self.global_active == NULL:
+            raise MemoryError()
 
     def __dealloc__(self):
         cdef int i
@@ -65,6 +70,8 @@ cdef class Engine:
             pthread_mutex_destroy(&self.workers[i].qlock)
         free(self.workers)
         self.workers = NULL
+        free(self.global_active)        # no listener config of this engine is in use any more
+        self.global_active = NULL
 
     def start(self):
         if self.started:
@@ -101,6 +108,13 @@ cdef class Engine:
         for i in range(self.nworkers):
             worker_drain_messages(&self.workers[i])
         self._stopped = True
+
+    def set_global_max_connections(self, int64_t limit):
+        """Refuse downstream connections beyond `limit` over all listeners (0: no limit);
+        applies to listeners made after the call."""
+        if limit < 0:
+            raise ValueError("the global connection limit must be >= 0")
+        self.global_max = limit
 
     def active_connections(self):
         """Connections open on all workers (an instantaneous, racy but untorn read)."""
@@ -186,6 +200,9 @@ cdef class Engine:
         c.idle_timeout_ms = 0 if not idle_timeout else max(1, <uint64_t>(idle_timeout * 1000))
         c.max_connect_attempts = max_connect_attempts
         c.max_connections = max_connections or 0
+        if self.global_max:
+            c.global_active = self.global_active
+            c.global_max = self.global_max
         c.buffer_limit = buffer_limit
         c.nfilters = len(filter_factories)
         if c.nfilters:

@@ -3002,7 +3002,7 @@ cdef void hconn_start(Worker* w, ListenerCfg* cfg, int fd) noexcept nogil:
     cdef socklen_t sl = sizeof(sockaddr_storage)
     if c == NULL:
         close(fd)
-        fp_atomic_add_i64(&cfg.sock.active, -1)
+        listener_cx_release(cfg)
         return
     fp_atomic_add_int(&cfg.refcnt, 1)
     c.w = w
@@ -3103,7 +3103,7 @@ cdef void hconn_close(HConn* c, bint rst) noexcept nogil:
     stat_sub(c.cfg.lstats, w, L_CX_ACTIVE, 1)
     stat_add(c.cfg.lstats, w, L_CX_DESTROY, 1)
     stat_sub(h.stats, w, H_CX_ACTIVE, 1)
-    fp_atomic_add_i64(&c.cfg.sock.active, -1)
+    listener_cx_release(c.cfg)
     if c.prev != NULL:
         c.prev.next = c.next
     else:

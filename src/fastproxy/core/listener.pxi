@@ -32,7 +32,21 @@ cdef void listener_on_accept(Worker* w, WListener* wl) noexcept nogil:
             continue
         elif not cfg.max_connections:
             fp_atomic_add_i64(&cfg.sock.active, 1)
+        if cfg.global_active != NULL and fp_atomic_add_i64(cfg.global_active, 1) > cfg.global_max:
+            fp_atomic_add_i64(cfg.global_active, -1)
+            fp_atomic_add_i64(&cfg.sock.active, -1)
+            stat_add(cfg.lstats, w, L_GLOBAL_CX_OVERFLOW, 1)
+            close(fd)
+            continue
         session_start(w, cfg, fd)
+
+
+cdef inline void listener_cx_release(ListenerCfg* cfg) noexcept nogil:
+    """A downstream connection of cfg's listener is gone: it no longer counts against the
+    listener's limit nor the engine's global one."""
+    fp_atomic_add_i64(&cfg.sock.active, -1)
+    if cfg.global_active != NULL:
+        fp_atomic_add_i64(cfg.global_active, -1)
 
 
 cdef int _bind_one(str ip, int port, int backlog) except -1:

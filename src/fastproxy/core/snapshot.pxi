@@ -26,6 +26,8 @@ cdef struct ListenerCfg:
     uint64_t idle_timeout_ms    # 0: none
     int max_connect_attempts
     int64_t max_connections     # 0: unlimited
+    int64_t* global_active      # the engine's count of downstream connections, when it has a
+    int64_t global_max          # global limit (Envoy's overload.global_downstream_max_connections); else NULL
     size_t buffer_limit
     PyObject* filter_factories  # tuple of callables, or NULL: touched only with the GIL
     int nfilters

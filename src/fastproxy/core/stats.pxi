@@ -10,9 +10,10 @@ DEF L_CX_ACTIVE = 1
 DEF L_CX_OVERFLOW = 2
 DEF L_ACCEPT_FAIL = 3
 DEF L_CX_DESTROY = 4
-DEF L_NSTATS = 5
+DEF L_GLOBAL_CX_OVERFLOW = 5
+DEF L_NSTATS = 6
 LISTENER_STATS = ("downstream_cx_total", "downstream_cx_active", "downstream_cx_overflow",
-                  "downstream_cx_accept_fail", "downstream_cx_destroy")
+                  "downstream_cx_accept_fail", "downstream_cx_destroy", "downstream_global_cx_overflow")
 LISTENER_GAUGES = frozenset(["downstream_cx_active"])
 
 # tcp.<stat_prefix>.*

@@ -376,7 +376,7 @@ cdef void session_start(Worker* w, ListenerCfg* cfg, int fd) noexcept nogil:
     cdef Session* s = <Session*>calloc(1, sizeof(Session))
     if s == NULL:
         close(fd)
-        fp_atomic_add_i64(&cfg.sock.active, -1)
+        listener_cx_release(cfg)
         return
     fp_atomic_add_int(&cfg.refcnt, 1)
     s.w = w
@@ -573,7 +573,7 @@ cdef void session_close(Session* s, bint rst_down, bint rst_up) noexcept nogil:
         host_stat_add(s.hstats, w, HS_CX_ACTIVE, -1)
         stat_add(s.cfg.cluster.stats, w, C_DESTROY_REMOTE if rst_down else C_DESTROY_LOCAL, 1)
         stat_add(s.cfg.cluster.stats, w, C_CX_DESTROY, 1)
-    fp_atomic_add_i64(&s.cfg.sock.active, -1)
+    listener_cx_release(s.cfg)
     # unlink from the live list, link into the deferred list
     if s.prev != NULL:
         s.prev.next = s.next
