@@ -210,3 +210,4 @@ cdef extern from "fp_c.h" nogil:
     uint64_t fp_load_u64(uint64_t* p)
     int fp_load_int(int* p)
     void fp_store_int(int* p, int v)
+    void fp_debug_assert_pipe_empty(int fd)
