@@ -615,6 +615,36 @@ def test_proxy_sockets_no_delay_and_loopback_tuning(servers, proxy_factory, list
         assert s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) != 2 * MB   # the client's: untouched
 
 
+def _segments_received(sock) -> int:
+    """tcpi_segs_in of a socket's TCP_INFO: segments it has received so far."""
+    import struct
+    return struct.unpack_from("<I", sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256), 140)[0]
+
+
+def _answer_and_fin_in_one_segment(sock, server):
+    """Upstream: send an answer and the FIN in one segment as soon as accepted, then read
+    to the end."""
+    sock.send(b"answer" * 100, socket.MSG_MORE)
+    sock.shutdown(socket.SHUT_WR)
+    recv_until_eof(sock)
+
+
+def test_last_bytes_and_fin_leave_in_one_segment(servers, tcp_proxy):
+    """When the source's FIN comes with (or right behind) its last bytes, the proxy passes
+    both on in one segment (MSG_MORE, then shutdown), as they came, not two: the peer wakes
+    and ACKs once. The upstream here answers at once, so its bytes and FIN often come with
+    the connect's completion: the FIN must be seen then too (edge-triggered, no other event
+    follows)."""
+    up = servers.threaded(_answer_and_fin_in_one_segment)
+    p, addr = tcp_proxy([up])
+    counts = []
+    for _ in range(10):
+        with connect(addr) as s:
+            assert recv_until_eof(s) == b"answer" * 100
+            counts.append(_segments_received(s))
+    assert min(counts) == 2, counts     # the SYN-ACK, then the answer with the FIN
+
+
 # --------------------------------------------------------------------------- splice pipes
 
 def _pipe_fds() -> int:

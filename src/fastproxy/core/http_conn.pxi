@@ -3134,7 +3134,9 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
         c.repump = 0
         progress = False
         if c.out_buf.length and c.down.writable:
-            n = chain_write_fd(&c.out_buf, c.down.fd)
+            # A connection to close closes as soon as out_buf is out (below): with MSG_MORE
+            # its FIN leaves in the same segment as the last bytes.
+            n = chain_write_fd(&c.out_buf, c.down.fd, NULL, c.close_after and c.stream == NULL)
             if n > 0:
                 progress = True
                 stat_add((<HttpCfg*>c.cfg.http).stats, c.w, H_CX_TX_BYTES, <uint64_t>n)

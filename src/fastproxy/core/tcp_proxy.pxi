@@ -151,13 +151,57 @@ cdef int _dir_pump_buffered(Session* s, Dir* d) noexcept nogil:
     """Returns 0, 1 when the direction has just switched to splice (pump it with
     _dir_pump_splice), -1 when src failed, -2 when dst failed, -3 on a filter error."""
     cdef ssize_t n
-    cdef bint progress
+    cdef bint progress, streaming, eof_next
     cdef size_t held, limit = s.cfg.buffer_limit
     cdef size_t asked = 0, offered = 0
     while True:
         progress = False
+        streaming = d.may_splice and d.copied >= SPLICE_AFTER and not d.src_eof
+        if streaming and d.buf.length == 0 and d.rbuf.length == 0 and d.inj.length == 0:
+            # A streaming direction whose copied bytes have all gone out: the rest moves
+            # through a pipe. (Until then it reads no more into buffers.)
+            if _dir_open_pipe(s, d):
+                return 1
+            streaming = False                   # no pipe to be had: copy on
+        if not streaming and not d.src_eof and d.src.readable:
+            held = d.rbuf.length + d.buf.length
+            if held >= limit:
+                if not d.paused:
+                    d.paused = 1
+                    stat_add(s.cfg.tstats, s.w, T_PAUSED, 1)
+            else:
+                if d.paused:
+                    d.paused = 0
+                    stat_add(s.cfg.tstats, s.w, T_RESUMED, 1)
+                eof_next = False
+                n = chain_read_fd(&d.rbuf, d.src.fd, limit - held, &asked)
+                if n > 0:
+                    _count_rx(s, d, <size_t>n)
+                    d.copied += <uint64_t>n
+                    progress = True
+                    if <size_t>n < asked:
+                        if d.src.hup:
+                            eof_next = True     # the peer has closed: its EOF follows
+                        else:
+                            # A short read drained the socket: the next bytes bring a
+                            # new edge.
+                            d.src.readable = 0
+                elif n == 0:
+                    d.src_eof = 1
+                    progress = True
+                elif errno == EAGAIN:
+                    d.src.readable = 0
+                elif errno != EINTR:
+                    return -1
+                if n >= 0 and dir_run_filters(s, d, -1) < 0:
+                    return -3
+                if eof_next:
+                    continue                    # read that EOF before writing (below)
         if d.buf.length and d.dst.writable:
-            n = chain_write_fd(&d.buf, d.dst.fd, &offered)
+            # Once the source's EOF has passed, buf holds the last bytes and _dir_pump
+            # sends the FIN as soon as they are out: MSG_MORE lets it leave with them,
+            # in one segment.
+            n = chain_write_fd(&d.buf, d.dst.fd, &offered, d.src_eof and d.eof_passed)
             if n > 0:
                 _count_tx(s, d, <size_t>n, False)
                 progress = True
@@ -168,44 +212,6 @@ cdef int _dir_pump_buffered(Session* s, Dir* d) noexcept nogil:
                     d.dst.writable = 0
                 elif errno != EINTR:
                     return -2
-        if d.may_splice and d.copied >= SPLICE_AFTER and not d.src_eof:
-            # A streaming direction: read no more into buffers; once what they hold has
-            # gone out, the rest moves through a pipe.
-            if d.buf.length == 0 and d.rbuf.length == 0 and d.inj.length == 0 \
-                    and _dir_open_pipe(s, d):
-                return 1
-            if d.may_splice:
-                if not progress:
-                    break
-                continue
-        if not d.src_eof and d.src.readable:
-            held = d.rbuf.length + d.buf.length
-            if held >= limit:
-                if not d.paused:
-                    d.paused = 1
-                    stat_add(s.cfg.tstats, s.w, T_PAUSED, 1)
-            else:
-                if d.paused:
-                    d.paused = 0
-                    stat_add(s.cfg.tstats, s.w, T_RESUMED, 1)
-                n = chain_read_fd(&d.rbuf, d.src.fd, limit - held, &asked)
-                if n > 0:
-                    _count_rx(s, d, <size_t>n)
-                    d.copied += <uint64_t>n
-                    progress = True
-                    if <size_t>n < asked and not d.src.hup:
-                        # A short read drained the socket: the next bytes bring a new
-                        # edge. (After RDHUP/HUP, read on to the EOF: no edge follows.)
-                        d.src.readable = 0
-                elif n == 0:
-                    d.src_eof = 1
-                    progress = True
-                elif errno == EAGAIN:
-                    d.src.readable = 0
-                elif errno != EINTR:
-                    return -1
-                if n >= 0 and dir_run_filters(s, d, -1) < 0:
-                    return -3
         if not progress:
             break
     return 0
@@ -305,14 +311,14 @@ cdef void session_on_event(Worker* w, Endp* ep, uint32_t events) noexcept nogil:
     cdef Session* s = <Session*>ep.owner
     if s.state == S_CLOSED:
         return
+    if events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+        ep.hup = 1      # the peer has closed: reads go on to its EOF (no edge will follow)
     if ep.kind == EP_UP and s.state == S_CONNECTING:
         if events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
             _session_connect_done(s, events)
         return
     if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
         ep.readable = 1
-    if events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR):
-        ep.hup = 1
     if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
         ep.writable = 1
     if s.state != S_ESTABLISHED:
@@ -519,6 +525,7 @@ cdef void _session_connect_failed(Session* s) noexcept nogil:
     timer_cancel(w, &s.connect_timer)
     close(s.up.fd)
     s.up.fd = -1
+    s.up.hup = 0                                # the next attempt's socket starts afresh
     s.up_counted = 0
     fp_atomic_add_i64(&s.cfg.cluster.n_cx, -1)
     stat_sub(s.cfg.cluster.stats, w, C_CX_ACTIVE, 1)
