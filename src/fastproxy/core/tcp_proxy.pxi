@@ -17,6 +17,10 @@
 # everything is flushed, the destination gets shutdown(SHUT_WR). The session ends when both
 # directions are shut, on a reset (passed on as a reset), an idle timeout or a filter error.
 
+DEF HUP_FIN = 1                 # Endp.hup: RDHUP or HUP, the peer's FIN is in
+DEF HUP_ERROR = 2               # Endp.hup: EPOLLERR, a reset or an error
+
+
 cdef enum SessionState:
     S_FILTERS = 0               # on_new_connection filters have not all continued
     S_CONNECTING = 1
@@ -180,11 +184,15 @@ cdef int _dir_pump_buffered(Session* s, Dir* d) noexcept nogil:
                     d.copied += <uint64_t>n
                     progress = True
                     if <size_t>n < asked:
-                        if d.src.hup:
-                            eof_next = True     # the peer has closed: its EOF follows
+                        # A short read drained the socket. Without RDHUP the next bytes
+                        # bring a new edge. After RDHUP every byte before the FIN was in
+                        # the queue, so this is the end of the stream: no read for the 0.
+                        # After an error, read on to it.
+                        if d.src.hup == HUP_FIN:
+                            d.src_eof = 1
+                        elif d.src.hup:
+                            eof_next = True
                         else:
-                            # A short read drained the socket: the next bytes bring a
-                            # new edge.
                             d.src.readable = 0
                 elif n == 0:
                     d.src_eof = 1
@@ -311,8 +319,12 @@ cdef void session_on_event(Worker* w, Endp* ep, uint32_t events) noexcept nogil:
     cdef Session* s = <Session*>ep.owner
     if s.state == S_CLOSED:
         return
-    if events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR):
-        ep.hup = 1      # the peer has closed: reads go on to its EOF (no edge will follow)
+    # The peer has closed: no edge will follow, so reads go on to the end (see
+    # _dir_pump_buffered).
+    if events & EPOLLERR:
+        ep.hup = HUP_ERROR
+    elif events & (EPOLLRDHUP | EPOLLHUP) and not ep.hup:
+        ep.hup = HUP_FIN
     if ep.kind == EP_UP and s.state == S_CONNECTING:
         if events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
             _session_connect_done(s, events)
@@ -545,7 +557,8 @@ cdef void _session_connect_done(Session* s, uint32_t events) noexcept nogil:
         return
     timer_cancel(s.w, &s.connect_timer)
     s.state = S_ESTABLISHED
-    s.up.readable = 1
+    # Only what came with the connect's completion: later bytes bring their own edge.
+    s.up.readable = (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0
     s.up.writable = 1
     s.down.readable = 1                         # its edge may have come while we connected
     s.down.writable = 1
