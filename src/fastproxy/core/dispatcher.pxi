@@ -4,6 +4,7 @@
 
 DEF MAX_EVENTS = 256
 DEF TIMER_NONE = -1
+DEF PIPE_POOL_MAX = 32          # drained splice pipes a worker keeps for reuse (2 fds each)
 
 # What an epoll registration points at (epoll_event.data.ptr is always an Endp*).
 DEF EP_WAKE = 1                 # the worker's eventfd
@@ -28,6 +29,12 @@ cdef struct Endp:
     uint8_t writable
     uint8_t hup                 # an event said the peer closed (RDHUP/HUP/ERR): read to the end
     uint32_t events             # epoll interest registered for fd (kept by tcp_proxy sessions)
+
+cdef struct PooledPipe:         # a splice pipe, in use or kept in Worker.pipes
+    int r
+    int w
+    size_t want                 # the capacity asked of F_SETPIPE_SZ (pipes are reused per size)
+    size_t cap                  # the capacity the kernel gave (F_GETPIPE_SZ)
 
 cdef struct Msg:
     msg_fn_t fn
@@ -68,6 +75,11 @@ cdef struct Worker:
     char date[32]
     size_t date_len
     uint64_t date_until_ms      # w.now at which date goes stale (the next wall-clock second)
+    # splice pipes (see "pipe pool" below)
+    PooledPipe pipes[PIPE_POOL_MAX]
+    int npipes
+    uint64_t pipes_created      # pipe2 calls (read by Engine.pipe_stats)
+    uint64_t pipes_reused       # pipes taken from the pool
 
 
 cdef inline uint64_t clock_ms() noexcept nogil:
@@ -167,6 +179,65 @@ cdef void timers_run(Worker* w) noexcept nogil:
         t = w.heap[0]
         timer_cancel(w, t)
         t.cb(w, t.arg)
+
+
+# ---- pipe pool ----
+#
+# A splice pipe costs five system calls to make and two to free (pipe2, F_SETPIPE_SZ,
+# F_GETPIPE_SZ, close x2), plus an inode and two files in the kernel: as much as the rest
+# of a short proxied connection's set-up. A worker keeps up to PIPE_POOL_MAX drained pipes
+# and hands them out again (HAProxy pools its pipes the same way). Only a pipe its user
+# has emptied goes back: a pipe holding bytes of one connection must never carry them into
+# another, so a pipe given back with bytes in it is closed instead.
+
+cdef bint pipe_take(Worker* w, size_t want, PooledPipe* out) noexcept nogil:
+    """A drained pipe with `want` bytes of capacity asked for: from the pool, else a new one.
+    False when none can be made (EMFILE, ENFILE, ENOMEM): the caller copies instead."""
+    cdef int i = w.npipes - 1
+    cdef int p[2]
+    cdef int got
+    while i >= 0:
+        if w.pipes[i].want == want:
+            out[0] = w.pipes[i]
+            w.npipes -= 1
+            w.pipes[i] = w.pipes[w.npipes]
+            w.pipes_reused += 1
+            return True
+        i -= 1
+    if pipe2(p, O_NONBLOCK | O_CLOEXEC) < 0:
+        return False
+    fcntl(p[1], F_SETPIPE_SZ, <int>want)        # best effort: capped by fs.pipe-max-size
+    got = fcntl(p[1], F_GETPIPE_SZ)
+    out.r = p[0]
+    out.w = p[1]
+    out.want = want
+    out.cap = <size_t>got if got > 0 else 65536
+    w.pipes_created += 1
+    return True
+
+
+cdef void pipe_give_back(Worker* w, PooledPipe* p, size_t bytes_left) noexcept nogil:
+    """Done with p (p.r < 0: no pipe). bytes_left is what its user counts still in it: only
+    an empty pipe is kept, and only while the pool has room; any other is closed."""
+    if p.r < 0:
+        return
+    if bytes_left == 0 and w.npipes < PIPE_POOL_MAX:
+        fp_debug_assert_pipe_empty(p.r)         # debug builds: the kernel agrees (FIONREAD)
+        w.pipes[w.npipes] = p[0]
+        w.npipes += 1
+    else:
+        close(p.r)
+        close(p.w)
+    p.r = -1
+    p.w = -1
+
+
+cdef void pipe_pool_drain(Worker* w) noexcept nogil:
+    """Close every pooled pipe: at worker teardown, and when the process runs out of fds."""
+    while w.npipes:
+        w.npipes -= 1
+        close(w.pipes[w.npipes].r)
+        close(w.pipes[w.npipes].w)
 
 
 # ---- cross-thread messages ----

@@ -20,6 +20,7 @@ cdef void worker_teardown(Worker* w) noexcept nogil:
     w.nlisteners = 0
     worker_drain_messages(w)
     sessions_free_deferred(w)
+    pipe_pool_drain(w)                  # after the sessions: they give their pipes back
 
 
 cdef void _msg_noop(Worker* w, void* arg) noexcept nogil:
@@ -122,6 +123,19 @@ cdef class Engine:
         for i in range(self.nworkers):
             total += fp_load_int(&self.workers[i].nsessions)
         return total
+
+    def pipe_stats(self):
+        """Splice pipes over all workers: made (pipe2), reused from a worker's pool, and kept
+        in the pools now, with the per-worker bound (racy reads, for tests and debugging)."""
+        cdef int i
+        cdef uint64_t created = 0, reused = 0
+        cdef int pooled = 0
+        for i in range(self.nworkers):
+            created += fp_load_u64(&self.workers[i].pipes_created)
+            reused += fp_load_u64(&self.workers[i].pipes_reused)
+            pooled += fp_load_int(&self.workers[i].npipes)
+        return {"created": created, "reused": reused, "pooled": pooled,
+                "pool_max_per_worker": PIPE_POOL_MAX}
 
     # ---- building config structs ----
 

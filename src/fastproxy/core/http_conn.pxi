@@ -332,26 +332,28 @@ cdef int chain_move_bytes(Chain* dst, Chain* src, size_t n) noexcept nogil:
     return 0
 
 
-cdef bint splice_pipe_open(SplicePipe* sp) noexcept nogil:
-    cdef int p[2]
-    cdef int got
+cdef bint splice_pipe_open(Worker* w, SplicePipe* sp) noexcept nogil:
+    """Give sp a pipe (from the worker's pool, dispatcher.pxi) if it has none."""
+    cdef PooledPipe pp
     if sp.r >= 0:
         return True
-    if pipe2(p, O_NONBLOCK | O_CLOEXEC) < 0:
+    if not pipe_take(w, HTTP_IO_LIMIT, &pp):
         return False                    # e.g. EMFILE: the copy path still works
-    fcntl(p[1], F_SETPIPE_SZ, <int>HTTP_IO_LIMIT)
-    got = fcntl(p[1], F_GETPIPE_SZ)
-    sp.r = p[0]
-    sp.w = p[1]
-    sp.cap = <size_t>got if got > 0 else 65536
+    sp.r = pp.r
+    sp.w = pp.w
+    sp.cap = pp.cap
     sp.bytes = 0
     return True
 
 
-cdef void splice_pipe_close(SplicePipe* sp) noexcept nogil:
-    if sp.r >= 0:
-        close(sp.r)
-        close(sp.w)
+cdef void splice_pipe_close(Worker* w, SplicePipe* sp) noexcept nogil:
+    """Give sp's pipe back to the pool (kept only if drained)."""
+    cdef PooledPipe pp
+    pp.r = sp.r
+    pp.w = sp.w
+    pp.want = HTTP_IO_LIMIT
+    pp.cap = sp.cap
+    pipe_give_back(w, &pp, sp.bytes)
     sp.r = -1
     sp.w = -1
     sp.bytes = 0
@@ -2122,7 +2124,7 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
             break                       # an encoder filter holds the response head
         if c.rsp_pipe.bytes or (p.framing == H1_BODY_LENGTH and s.resp_started
                                 and p.state != H1_MESSAGE_DONE and u.in_buf.length == 0
-                                and c.out_buf.length == 0 and splice_pipe_open(&c.rsp_pipe)):
+                                and c.out_buf.length == 0 and splice_pipe_open(c.w, &c.rsp_pipe)):
             # The rest of a Content-Length body: upstream -> pipe -> downstream.
             left = p.body_remaining if p.state != H1_MESSAGE_DONE else 0
             moved = 0
@@ -2903,7 +2905,7 @@ cdef int stream_forward_request_body(HStream* s) noexcept nogil:
     cdef int rc
     if c.req_pipe.bytes or (p.framing == H1_BODY_LENGTH and c.in_buf.length == 0
                             and u.state == UC_BUSY and u.out_buf.length == 0
-                            and p.state != H1_MESSAGE_DONE and splice_pipe_open(&c.req_pipe)):
+                            and p.state != H1_MESSAGE_DONE and splice_pipe_open(c.w, &c.req_pipe)):
         # The rest of a Content-Length body: downstream -> pipe -> upstream.
         left = p.body_remaining if p.state != H1_MESSAGE_DONE else 0
         moved = 0
@@ -2994,7 +2996,8 @@ cdef void _hconn_headers_timeout(Worker* w, void* arg) noexcept nogil:
         hconn_pump(c)
 
 
-cdef void hconn_start(Worker* w, ListenerCfg* cfg, int fd) noexcept nogil:
+cdef void hconn_start(Worker* w, ListenerCfg* cfg, int fd, const sockaddr* peer) noexcept nogil:
+    """A new downstream connection; peer is its address as accept4 returned it."""
     cdef HConn* c = <HConn*>calloc(1, sizeof(HConn))
     cdef HttpCfg* h = <HttpCfg*>cfg.http
     cdef epoll_event ev
@@ -3015,17 +3018,15 @@ cdef void hconn_start(Worker* w, ListenerCfg* cfg, int fd) noexcept nogil:
     c.rsp_pipe.r = c.rsp_pipe.w = -1
     timer_init(&c.idle_timer, _hconn_idle, c)
     timer_init(&c.headers_timer, _hconn_headers_timeout, c)
-    ss.ss_family = AF_UNSPEC            # read by _loopback_tune below even if this fails
-    if getpeername(fd, <sockaddr*>&ss, &sl) == 0:
-        if ss.ss_family == AF_INET6:
-            inet_ntop(AF_INET6, &(<sockaddr_in6*>&ss).sin6_addr, c.remote_ip, sizeof(c.remote_ip))
-            c.remote_port = ntohs((<sockaddr_in6*>&ss).sin6_port)
-            c.remote_loopback = memcmp(&(<sockaddr_in6*>&ss).sin6_addr, b"\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\1", 16) == 0
-        else:
-            inet_ntop(AF_INET, &(<sockaddr_in*>&ss).sin_addr, c.remote_ip, sizeof(c.remote_ip))
-            c.remote_port = ntohs((<sockaddr_in*>&ss).sin_port)
-            c.remote_loopback = (<uint8_t*>&(<sockaddr_in*>&ss).sin_addr)[0] == 127
-        c.remote_ip_len = strlen(c.remote_ip)
+    if peer.sa_family == AF_INET6:
+        inet_ntop(AF_INET6, &(<const sockaddr_in6*>peer).sin6_addr, c.remote_ip, sizeof(c.remote_ip))
+        c.remote_port = ntohs((<const sockaddr_in6*>peer).sin6_port)
+        c.remote_loopback = memcmp(&(<const sockaddr_in6*>peer).sin6_addr, b"\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\1", 16) == 0
+    elif peer.sa_family == AF_INET:
+        inet_ntop(AF_INET, &(<const sockaddr_in*>peer).sin_addr, c.remote_ip, sizeof(c.remote_ip))
+        c.remote_port = ntohs((<const sockaddr_in*>peer).sin_port)
+        c.remote_loopback = (<const uint8_t*>&(<const sockaddr_in*>peer).sin_addr)[0] == 127
+    c.remote_ip_len = strlen(c.remote_ip)
     c.id = _next_conn_id(w)
     if fp_log_level <= LOG_DEBUG:
         fp_log(w.index, "conn_handler", c.id, 0, "new connection from %s:%u", c.remote_ip,
@@ -3039,8 +3040,8 @@ cdef void hconn_start(Worker* w, ListenerCfg* cfg, int fd) noexcept nogil:
     stat_add(cfg.lstats, w, L_CX_ACTIVE, 1)
     stat_add(h.stats, w, H_CX_TOTAL, 1)
     stat_add(h.stats, w, H_CX_ACTIVE, 1)
-    _set_nodelay(fd)
-    _loopback_tune(fd, <sockaddr*>&ss)
+    if not cfg.sock.loopback:   # else inherited from the listening socket, as TCP_NODELAY is
+        _loopback_tune(fd, peer)
     if h.strip_port == STRIP_PORT_MATCHING:    # the listener's port: one more syscall, only then
         sl = sizeof(sockaddr_storage)
         if getsockname(fd, <sockaddr*>&ss, &sl) == 0:
@@ -3093,12 +3094,13 @@ cdef void hconn_close(HConn* c, bint rst) noexcept nogil:
             upconn_close(s.up)
         stat_sub(h.stats, w, H_RQ_ACTIVE, 1)
         stream_free(s)
-    _close_fd(c.down.fd, rst)
+    # After a read that drained the socket (and no event since), nothing is left to drop.
+    _close_fd(c.down.fd, rst, c.down_eof or (c.codec_seen and not c.down.readable))
     c.down.fd = -1
     chain_free(&c.in_buf)
     chain_free(&c.out_buf)
-    splice_pipe_close(&c.req_pipe)
-    splice_pipe_close(&c.rsp_pipe)
+    splice_pipe_close(w, &c.req_pipe)
+    splice_pipe_close(w, &c.rsp_pipe)
     h1_free(&c.req)
     stat_sub(c.cfg.lstats, w, L_CX_ACTIVE, 1)
     stat_add(c.cfg.lstats, w, L_CX_DESTROY, 1)
@@ -3310,7 +3312,9 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
         c.repump = 0
         progress = False
         if c.out_buf.length and c.down.writable:
-            n = chain_write_fd(&c.out_buf, c.down.fd)
+            # A connection to close closes as soon as out_buf is out (below): with MSG_MORE
+            # its FIN leaves in the same segment as the last bytes.
+            n = chain_write_fd(&c.out_buf, c.down.fd, NULL, c.close_after and c.stream == NULL)
             if n > 0:
                 progress = True
                 stat_add((<HttpCfg*>c.cfg.http).stats, c.w, H_CX_TX_BYTES, <uint64_t>n)
