@@ -262,6 +262,13 @@ cdef int worker_post(Worker* w, msg_fn_t fn, void* arg) noexcept nogil:
     return 0
 
 
+cdef void worker_wake(Worker* w) noexcept nogil:
+    """Wake w's loop with no message (it then re-reads its running flag). Unlike
+    worker_post it allocates nothing, so it cannot fail for want of memory."""
+    cdef uint64_t one = 1
+    write(w.wake.fd, &one, 8)
+
+
 cdef void worker_drain_messages(Worker* w) noexcept nogil:
     cdef uint64_t count
     cdef Msg* m

@@ -23,10 +23,6 @@ cdef void worker_teardown(Worker* w) noexcept nogil:
     pipe_pool_drain(w)                  # after the sessions: they give their pipes back
 
 
-cdef void _msg_noop(Worker* w, void* arg) noexcept nogil:
-    pass
-
-
 cdef class Engine:
     cdef Worker* workers
     cdef readonly int nworkers
@@ -100,12 +96,13 @@ cdef class Engine:
             return
         for i in range(self.nworkers):
             fp_store_int(&self.workers[i].running, 0)
-            worker_post(&self.workers[i], _msg_noop, NULL)
+            worker_wake(&self.workers[i])     # allocation-free: a stop cannot fail to wake
         for t in self._threads:
             t.join()
-        # A worker that saw running == 0 before the wake-up above was queued has already
-        # drained its queue for the last time: run (and free) what is left here, now that
-        # no worker thread runs. The wake fd is non-blocking, so an empty drain returns.
+        # A message posted to a worker (a filter's continue, a host set swap) after it
+        # drained its queue for the last time was never run: run (and free) what is left
+        # here, now that no worker thread runs. The wake fd is non-blocking, so an empty
+        # drain returns.
         for i in range(self.nworkers):
             worker_drain_messages(&self.workers[i])
         self._stopped = True
