@@ -6,11 +6,15 @@ DEF MAX_EVENTS = 256
 DEF TIMER_NONE = -1
 DEF PIPE_POOL_MAX = 32          # drained splice pipes a worker keeps for reuse (2 fds each)
 
-# What an epoll registration points at (epoll_event.data.ptr is always an Endp*).
-DEF EP_WAKE = 1                 # the worker's eventfd
-DEF EP_LISTEN = 2               # a listening socket
-DEF EP_DOWN = 3                 # a session's downstream socket
-DEF EP_UP = 4                   # a session's upstream socket
+# What an epoll registration points at (epoll_event.data.ptr is always an Endp*): every
+# kind of endpoint, in one place.
+cdef enum:
+    EP_WAKE = 1                 # the worker's eventfd
+    EP_LISTEN = 2               # a listening socket
+    EP_DOWN = 3                 # a TCP proxy session's downstream socket
+    EP_UP = 4                   # a TCP proxy session's upstream socket
+    EP_HTTP_DOWN = 5            # an HTTP connection's downstream socket (core/http_conn.pxi)
+    EP_HTTP_UP = 6              # an HTTP upstream connection's socket
 
 ctypedef void (*timer_cb_t)(Worker* w, void* arg) noexcept nogil
 ctypedef void (*msg_fn_t)(Worker* w, void* arg) noexcept nogil
@@ -290,24 +294,25 @@ cdef inline bint on_worker_thread(Worker* w) noexcept nogil:
     return pthread_equal(pthread_self(), w.thread) != 0
 
 
-cdef inline uint64_t worker_random(Worker* w) noexcept nogil:
-    # xorshift64*: cheap, per-worker, good enough to spread load.
-    cdef uint64_t x = w.rng
+cdef inline uint64_t xorshift64s(uint64_t* state) noexcept nogil:
+    """The core's one random generator, xorshift64*: cheap and good enough to spread load
+    and to make request ids; each caller keeps its own state."""
+    cdef uint64_t x = state[0]
     x ^= x >> 12
     x ^= x << 25
     x ^= x >> 27
-    w.rng = x
+    state[0] = x
     return x * <uint64_t>2685821657736338717ULL
+
+
+cdef inline uint64_t worker_random(Worker* w) noexcept nogil:
+    """Load balancing and sampling (a fixed seed per worker)."""
+    return xorshift64s(&w.rng)
 
 
 cdef inline uint64_t worker_id_random(Worker* w) noexcept nogil:
-    """xorshift64* over the worker's request-id state."""
-    cdef uint64_t x = w.id_rng
-    x ^= x >> 12
-    x ^= x << 25
-    x ^= x >> 27
-    w.id_rng = x
-    return x * <uint64_t>2685821657736338717ULL
+    """Request ids (a seed from the kernel, so they differ between processes)."""
+    return xorshift64s(&w.id_rng)
 
 
 cdef int worker_init(Worker* w, int index) noexcept nogil:

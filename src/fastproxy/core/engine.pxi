@@ -145,9 +145,9 @@ cdef class Engine:
             return _statblock_handle(CLUSTER_STATS, CLUSTER_GAUGES, self.nworkers,
                                      ("upstream_rq_time",), codes=True)
         if kind == "listener_http":
-            return _statblock_handle(LISTENER_HTTP_STATS, frozenset(), self.nworkers)
+            return _statblock_handle(LISTENER_HTTP_STATS, LISTENER_HTTP_GAUGES, self.nworkers)
         if kind == "http1":
-            return _statblock_handle(HTTP1_STATS, frozenset(), self.nworkers)
+            return _statblock_handle(HTTP1_STATS, HTTP1_GAUGES, self.nworkers)
         if kind == "http":
             return _statblock_handle(HTTP_STATS, HTTP_GAUGES, self.nworkers,
                                      ("downstream_rq_time",))
