@@ -153,7 +153,7 @@ def _as_list(value: Any, argument: str, cls: type) -> list:
 class Proxy:
     """A running (or ready to run) proxy.
 
-    >>> p = Proxy(listeners=[Listener("l", port=0, cluster="c")],
+    >>> p = Proxy(listeners=[Listener("l", TcpProxy("c"), port=0)],
     ...           clusters=[Cluster("c", [Endpoint("127.0.0.1", 8080)])])
     >>> with p:
     ...     host, port = p.listener_address("l")
@@ -369,8 +369,8 @@ class Proxy:
         # native HTTP filters' stats (http_local_rate_limit.<prefix>.*) this config uses
         names = set()
         for l in self._bootstrap.listeners:
-            if l.http is not None:
-                names.update(native_filter_stat_blocks(l.http))
+            if l.http_connection_manager is not None:
+                names.update(native_filter_stat_blocks(l.http_connection_manager))
         if names:
             out.update(_core.native_filter_stats(names))
         return out
@@ -447,13 +447,14 @@ class Proxy:
             ip, port = sock.address
             factories = tuple(l.filters)
             http = None
-            if l.http is not None:
+            hcm = l.http_connection_manager
+            if hcm is not None:
                 http = _core.make_http_cfg(
-                    l.http, self._stat_block("http", f"http.{l.http.stat_prefix}"),
+                    hcm, self._stat_block("http", f"http.{hcm.stat_prefix}"),
                     {name: c.handle for name, c in clusters.items()}, self.concurrency,
                     self._stat_block("http1", "http1"))     # Envoy's server-wide codec stats
             handles.append(self._engine.make_listener(
-                l.name, sock, clusters[l.cluster].handle if http is None else None,
+                l.name, sock, clusters[l.handler.cluster].handle if http is None else None,
                 self._stat_block("listener", f"listener.{ip}_{port}"),
                 self._stat_block("tcp", f"tcp.{l.effective_stat_prefix}"),
                 l.idle_timeout, l.max_connect_attempts, l.max_connections, l.buffer_limit,
@@ -461,7 +462,7 @@ class Proxy:
                 not any(_reads_bytes(f, "on_data") for f in factories),
                 not any(_reads_bytes(f, "on_write") for f in factories), http,
                 None if http is None else
-                self._stat_block("listener_http", f"listener.{ip}_{port}.http.{l.http.stat_prefix}")))
+                self._stat_block("listener_http", f"listener.{ip}_{port}.http.{hcm.stat_prefix}")))
         self._engine.apply(handles)
         self._clusters = clusters
         self._socks = socks
