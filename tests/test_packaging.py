@@ -166,7 +166,7 @@ def test_wheel_contents(wheel):
     assert any(n.startswith("fastproxy/_core.") and n.endswith(".so") for n in names), names
     for needed in ("fastproxy/__init__.py", "fastproxy/cli.py", "fastproxy/admin.py",
                    "fastproxy/__main__.py", "fastproxy/data/default.yaml", "fastproxy/config/__init__.py",
-                   "fastproxy/py.typed", "fastproxy/include/fastproxy_filter.h"):
+                   "fastproxy/py.typed", "fastproxy/_core.pyi", "fastproxy/include/fastproxy_filter.h"):
         assert needed in names, needed
     entry = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "fastproxy = fastproxy.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()

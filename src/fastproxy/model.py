@@ -66,6 +66,7 @@ class Endpoint:
     hostname: str = ""
 
     def validate(self, path: str, cluster_type: str) -> None:
+        """Check the fields for a cluster of ``cluster_type``; ``path`` names it in errors."""
         # Errors name the Python argument (Endpoint(port=...)): this is the Python API's check.
         if not isinstance(self.address, str) or not self.address:
             raise ConfigError(path + ".address", f"Endpoint(address=...) must be a non-empty string, "
@@ -112,6 +113,7 @@ class Cluster:
     track_remaining: bool = False
 
     def validate(self, path: str = "cluster") -> None:
+        """Check the fields and the endpoints; ``path`` names this cluster in errors."""
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError(path + ".name", "cluster name must be a non-empty string")
         if self.type not in CLUSTER_TYPES:
@@ -349,7 +351,7 @@ class Bootstrap:
                 raise ConfigError(f"{prefix}listeners[{i}].address", f"address {l.address}:{l.port} used by two listeners")
             addrs.add((l.address, l.port))
             handler = l.handler
-            if isinstance(handler, HttpConnectionManager):
+            if not isinstance(handler, TcpProxy):      # validate_http names any other type
                 validate_http(handler, l.handler_path(f"{prefix}listeners[{i}]"), names)
             elif handler.cluster not in names:
                 raise ConfigError(l.handler_path(f"{prefix}listeners[{i}]") + ".cluster",

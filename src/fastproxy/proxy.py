@@ -206,7 +206,7 @@ class Proxy:
         register_c_filter(name, table, keepalive)
 
     @staticmethod
-    def use_event_loop(loop) -> None:
+    def use_event_loop(loop: Any) -> None:
         """Run ``async def`` filter hooks on this running asyncio loop (an app embedding
         fastproxy) instead of the loop thread fastproxy starts on first use."""
         _core.set_filter_event_loop(loop)
@@ -215,6 +215,7 @@ class Proxy:
 
     @classmethod
     def from_bootstrap(cls, bootstrap: Bootstrap, *, concurrency: Optional[int] = None) -> "Proxy":
+        """A proxy for a whole configuration (what load_envoy returns)."""
         return cls(bootstrap.listeners, bootstrap.clusters, concurrency=concurrency, admin=bootstrap.admin,
                    node=bootstrap.node, max_downstream_connections=bootstrap.max_downstream_connections)
 
@@ -331,6 +332,7 @@ class Proxy:
 
     @property
     def config(self) -> Bootstrap:
+        """The configuration in force (the last one given to the constructor or update())."""
         return self._bootstrap
 
     def listener_address(self, name: str) -> tuple[str, int]:
@@ -344,6 +346,7 @@ class Proxy:
 
     @property
     def admin_address(self) -> Optional[tuple[str, int]]:
+        """The admin interface's bound (host, port) while it runs, else None."""
         return self._admin_server.address if self._admin_server is not None else None
 
     def stats(self) -> dict[str, int]:
