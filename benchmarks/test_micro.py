@@ -24,8 +24,8 @@ if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
 from fastproxy import _core, _testing  # noqa: E402
-from fastproxy.model_http import (HeaderMatcher, Route, RouteAction, RouteConfiguration,  # noqa: E402
-                                  RouteMatch, VirtualHost)
+from fastproxy.http import (HeaderMatcher, Route, RouteAction, RouteConfiguration,  # noqa: E402
+                            RouteMatch, VirtualHost)
 
 httptools = pytest.importorskip("httptools")
 

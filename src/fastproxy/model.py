@@ -293,7 +293,7 @@ class Listener:
 @dataclass
 class Admin:
     """The admin interface (Envoy's ``admin``): serves /stats, /ready, /server_info.
-    ``access_log``: fastproxy.model_http.AccessLog sinks for the admin's own requests."""
+    ``access_log``: fastproxy.http.AccessLog sinks for the admin's own requests."""
 
     address: str = "127.0.0.1"
     port: int = 0

@@ -151,7 +151,19 @@ def _as_list(value: Any, argument: str, cls: type) -> list:
 
 
 class Proxy:
-    """A running (or ready to run) proxy.
+    """A proxy: listeners, the clusters they send to, and the worker threads that serve them.
+
+    ``listeners``: :class:`Listener` objects, each with one handler (a :class:`TcpProxy` or a
+    :class:`fastproxy.http.HttpConnectionManager`); ``clusters``: the :class:`Cluster` objects
+    they name; ``concurrency``: worker threads (default: one per CPU); ``admin``: an
+    :class:`Admin` to serve /stats and /ready; ``node``: the proxy's identity;
+    ``max_downstream_connections``: a limit over all listeners. The configuration is checked
+    here: a mistake raises :class:`ConfigError` naming the argument's path.
+
+    Lifecycle: ``start()`` / ``stop()``, or ``with proxy:``, or ``run()`` (serve until
+    SIGINT/SIGTERM). While it runs: ``update()`` replaces the configuration, ``stats()``,
+    ``histograms()`` and ``listener_address()`` report. ``from_envoy()`` builds one from an
+    Envoy v3 bootstrap.
 
     >>> p = Proxy(listeners=[Listener("l", TcpProxy("c"), port=0)],
     ...           clusters=[Cluster("c", [Endpoint("127.0.0.1", 8080)])])
