@@ -47,6 +47,11 @@ def test_the_http_model_has_a_public_namespace():
     assert model <= set(fastproxy.http.__all__), model - set(fastproxy.http.__all__)
 
 
+def test_import_fastproxy_is_enough_for_fastproxy_http():
+    code = "import fastproxy; fastproxy.http.Route; fastproxy.http.HttpConnectionManager"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=SRC.parent, env=_env())
+
+
 def test_the_http_package_does_not_hide_the_standard_librarys():
     # fastproxy/http/ is a package inside fastproxy; `import http` still finds the stdlib's.
     code = "import fastproxy.http, http, http.client; assert http.__file__ != fastproxy.http.__file__"

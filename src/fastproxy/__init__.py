@@ -2,6 +2,7 @@
 
 The data plane is compiled (fastproxy._core) and runs on worker threads without the GIL;
 this package is the control surface: config objects, Envoy YAML loading, the Proxy.
+The HTTP model (connection manager, routes, native filter configs) is ``fastproxy.http``.
 """
 from .errors import ConfigError, FastProxyError, ListenerBindError
 from .filters import FilterStatus, NetworkFilter
@@ -12,6 +13,7 @@ from .model_filters import (Cors, CorsPolicy, FaultAbort, FaultDelay, Fractional
                             HeaderMutation, HeaderMutationOp, LocalRateLimit, Mutations, TokenBucket)
 from .model_filters import Buffer as BufferFilter, BufferPerRoute
 from .proxy import Proxy
+from . import http
 from .config import load_envoy, load_envoy_json, load_envoy_yaml
 
 __version__ = "0.1.0"
