@@ -1,7 +1,7 @@
 """Fuzz target: the compiled HTTP/1.1 codec against its pure-Python twin.
 
-Every input runs through both implementations (``fastproxy._core`` and
-``fastproxy.http1_reference``), cut into the same pieces; their events must be equal, the
+Every input runs through both implementations (``fastproxy._testing``, the
+core's hooks, and ``fastproxy._testing.http1_reference``), cut into the same pieces; their events must be equal, the
 compiled one's must not depend on how the input was cut, and nothing may crash. The first
 input byte chooses the set-up, the rest is the stream:
 
@@ -38,10 +38,10 @@ except ImportError:                                     # run_random still works
 
 if atheris is not None and __name__ == "__main__":
     with atheris.instrument_imports():
-        from fastproxy import http1_reference as reference
+        from fastproxy._testing import http1_reference as reference
 else:
-    from fastproxy import http1_reference as reference
-from fastproxy import _core as compiled
+    from fastproxy._testing import http1_reference as reference
+from fastproxy import _testing as compiled
 
 METHODS = (b"GET", b"HEAD", b"CONNECT", b"GET")
 TINY = {"max_head": 256, "max_start_line": 64, "max_fields": 4}

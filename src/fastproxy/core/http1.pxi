@@ -1452,7 +1452,10 @@ cdef tuple _h1_fields_tuple(H1Head* h):
     return tuple(out)
 
 
-cdef class H1TestParser:
+# Test and benchmark hooks (everything below with a leading underscore): they drive the
+# codec's C functions directly, so they are compiled in; nothing in the package calls them.
+# Tests and benchmarks reach them through fastproxy._testing, which the wheel leaves out.
+cdef class _H1TestParser:
     """Feeds bytes through the compiled codec and reports events:
 
     ("head", dict)  the head: method/target or status/reason, version, headers, flags,
@@ -1647,7 +1650,7 @@ cdef H1Pair* _h1_pairs(list keep, headers, size_t* count) except NULL:
     return f
 
 
-def http1_request_head(method, target, headers=(), version=(1, 1)):
+def _http1_request_head(method, target, headers=(), version=(1, 1)):
     """Serialize a request head; ValueError if any piece could not be sent as is."""
     cdef list keep = []
     cdef bytes m = bytes(method)
@@ -1672,7 +1675,7 @@ def http1_request_head(method, target, headers=(), version=(1, 1)):
         free(f)
 
 
-def http1_response_head(int status, reason=b"", headers=(), version=(1, 1)):
+def _http1_response_head(int status, reason=b"", headers=(), version=(1, 1)):
     """Serialize a response head; ValueError if any piece could not be sent as is."""
     cdef list keep = []
     cdef bytes r = bytes(reason)
@@ -1694,18 +1697,18 @@ def http1_response_head(int status, reason=b"", headers=(), version=(1, 1)):
         free(f)
 
 
-def http1_chunk(data):
+def _http1_chunk(data):
     """One chunk: size line, data, CRLF. Empty data is refused (that is the last-chunk)."""
     cdef bytes d = bytes(data)
     cdef char hdr[H1_CHUNK_HEADER_MAX]
     cdef size_t k
     if not d:
-        raise ValueError("an empty chunk is the last-chunk: use http1_last_chunk")
+        raise ValueError("an empty chunk is the last-chunk: use _http1_last_chunk")
     k = h1_write_chunk_header(hdr, len(d))
     return hdr[:k] + d + b"\r\n"
 
 
-def http1_last_chunk(trailers=()):
+def _http1_last_chunk(trailers=()):
     """The last-chunk, the trailer fields and the final CRLF."""
     cdef list keep = []
     cdef size_t nt = 0

@@ -2163,7 +2163,7 @@ cdef class RouteTableHandle:
         finally:
             free(hs)
 
-    def bench_select(self, method, path, host, headers=(), scheme="http", long rounds=100000):
+    def _bench_select(self, method, path, host, headers=(), scheme="http", long rounds=100000):
         """route_select `rounds` times without the GIL. Returns (ns per call, matched)."""
         cdef RouteInput r
         cdef list keep = []
