@@ -579,7 +579,8 @@ def _proxy_socket_option(match, level, option, size=0):
         except OSError:
             continue
         try:
-            if s.type == socket.SOCK_STREAM and match(s.getsockname(), s.getpeername()):
+            if (s.family in (socket.AF_INET, socket.AF_INET6) and s.type == socket.SOCK_STREAM
+                    and match(s.getsockname(), s.getpeername())):   # not a Unix socketpair
                 return s.getsockopt(level, option, size) if size else s.getsockopt(level, option)
         except OSError:
             pass
