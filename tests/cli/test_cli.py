@@ -28,7 +28,7 @@ from fastproxy.demo import default_config_path
 
 from conftest import recv_until_eof, wait_closed, wait_for
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from conftest import ROOT  # noqa: E402
 SRC = ROOT / "src"
 
 LISTENER_RE = r"listener '{name}' listening on (?P<host>[\d.]+):(?P<port>\d+)"

@@ -15,7 +15,7 @@ input byte chooses the set-up, the rest is the stream:
 Long run with atheris (libFuzzer flags pass through; a corpus directory is created and
 seeded when missing):
 
-    python tests/fuzz_http1.py -max_total_time=3600 build/fuzz-http1-corpus
+    python tests/http/codec/fuzz_http1.py -max_total_time=3600 build/fuzz-http1-corpus
 
 Without atheris, ``run_random`` does the same checks on seeded random mutations.
 """
@@ -27,7 +27,7 @@ import random
 import sys
 import tempfile
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[3]      # tests/http/codec/ -> the repository
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 

@@ -26,7 +26,7 @@ import pytest
 
 from http_upstreams import RawHttpUpstream, http_request
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from conftest import ROOT  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

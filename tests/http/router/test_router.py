@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-SRC = pathlib.Path(__file__).resolve().parents[1] / "src"
+from conftest import SRC  # noqa: E402
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 

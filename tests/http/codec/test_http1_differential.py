@@ -20,7 +20,7 @@ from test_http1_codec import IMPLS
 
 httptools = pytest.importorskip("httptools")
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from conftest import ROOT  # noqa: E402
 POLICY_DOC = ROOT / "docs" / "http1-policy.md"
 
 
@@ -639,7 +639,7 @@ def test_fuzz_target_on_random_mutations():
 
 
 def test_fuzz_short_atheris_run(tmp_path):
-    """A short coverage-guided run of tests/fuzz_http1.py (`make fuzz` runs it long)."""
+    """A short coverage-guided run of tests/http/codec/fuzz_http1.py (`make fuzz` runs it long)."""
     import importlib.util
     import os
     import subprocess
