@@ -137,12 +137,13 @@ def http_listener(routes=None, *, name="web", stat_prefix="web", http_filters=()
                                             "typed_config": hcm_config}]}]}
 
 
-def tcp_listener(cluster, *, name="web", stat_prefix="t", port=0, **fields):
-    """A listener with one tcp_proxy filter to ``cluster``; ``fields`` are further TcpProxy fields."""
+def tcp_listener(cluster, *, name="web", stat_prefix="t", filters=(), port=0, **fields):
+    """A listener with one tcp_proxy filter to ``cluster``, after the network ``filters``;
+    ``fields`` are further TcpProxy fields."""
+    proxy = {"name": "envoy.filters.network.tcp_proxy",
+             "typed_config": typed(TCP_PROXY_TYPE, stat_prefix=stat_prefix, cluster=cluster, **fields)}
     return {"name": name, "address": socket_address(port),
-            "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy",
-                                            "typed_config": typed(TCP_PROXY_TYPE, stat_prefix=stat_prefix,
-                                                                  cluster=cluster, **fields)}]}]}
+            "filter_chains": [{"filters": [fragment(f) for f in (fragment(filters) or [])] + [proxy]}]}
 
 
 def static_cluster(name, endpoints=(), **fields):
@@ -163,9 +164,12 @@ def static_cluster(name, endpoints=(), **fields):
 
 
 def envoy_bootstrap(listeners=(), clusters=(), admin=True, **top):
-    """An Envoy v3 bootstrap as a dict: an admin on an ephemeral loopback port (unless
-    ``admin`` is false), static ``listeners`` and ``clusters``, ``top`` more top-level fields."""
-    boot = {"admin": {"address": socket_address()}} if admin else {}
+    """An Envoy v3 bootstrap as a dict: an admin on an ephemeral loopback port (``admin``
+    true; a dict adds its fields to the admin, false leaves the admin out), static
+    ``listeners`` and ``clusters``, ``top`` more top-level fields."""
+    boot = {}
+    if admin:
+        boot["admin"] = {**(admin if isinstance(admin, dict) else {}), "address": socket_address()}
     boot["static_resources"] = {"listeners": list(listeners), "clusters": list(clusters)}
     boot.update(top)
     return boot

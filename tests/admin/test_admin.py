@@ -272,7 +272,7 @@ def test_quitquitquit_exits_the_cli_process(tmp_path, servers):
 
     echo = servers.echo()
     cfg = tmp_path / "admin.yaml"
-    cfg.write_text(tcp_proxy_yaml(upstream_port=echo.port, admin_port=0))
+    cfg.write_text(tcp_proxy_yaml(upstream_port=echo.port, admin=True))
     p = CliProcess("-c", cfg, "--concurrency", "1")
     try:
         addr = p.address(LISTENER_RE.format(name="front"))
