@@ -89,6 +89,98 @@ def start_envoy(text, tmp_path, ready=None):
         raise
 
 
+# --------------------------------------------------------------------------- Envoy bootstraps
+
+# The skeleton every test's Envoy v3 bootstrap shares lives here; each test passes only the
+# fields it varies (routes, filters, cluster options), as Python values; routes, filter
+# lists and route configs may also be YAML fragments (a str, parsed), so what a test checks
+# stays written out in the test as YAML.
+HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
+TCP_PROXY_TYPE = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+
+
+def fragment(v):
+    """A YAML fragment (str) parsed, anything else as given."""
+    import textwrap
+    import yaml
+    return yaml.safe_load(textwrap.dedent(v)) if isinstance(v, str) else v
+
+
+def typed(type_name, **fields):
+    """A typed_config: {"@type": type.googleapis.com/<type_name>, **fields}."""
+    return {"@type": f"type.googleapis.com/{type_name}", **fields}
+
+
+def socket_address(port=0, host="127.0.0.1"):
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def router_filter(**fields):
+    """The router HTTP filter; ``fields`` go into its typed_config."""
+    return {"name": "envoy.filters.http.router", "typed_config": typed(ROUTER_TYPE, **fields)}
+
+
+def http_listener(routes=None, *, name="web", stat_prefix="web", http_filters=(), router=None,
+                  route_config=None, domains=("*",), port=0, **hcm):
+    """A listener with one HTTP connection manager. ``routes`` make one virtual host "v"
+    (``domains``), or ``route_config`` is given whole; ``http_filters`` run before the router
+    (``router``: its typed_config fields); ``hcm`` are further HttpConnectionManager fields."""
+    if route_config is None:
+        route_config = {"virtual_hosts": [{"name": "v", "domains": list(domains), "routes": fragment(routes)}]}
+    filters = [fragment(f) for f in (fragment(http_filters) or [])]
+    hcm_config = typed(HCM_TYPE, stat_prefix=stat_prefix, **hcm)
+    hcm_config["http_filters"] = filters + [router_filter(**(fragment(router) or {}))]
+    hcm_config["route_config"] = fragment(route_config)
+    return {"name": name, "address": socket_address(port),
+            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                            "typed_config": hcm_config}]}]}
+
+
+def tcp_listener(cluster, *, name="web", stat_prefix="t", filters=(), port=0, **fields):
+    """A listener with one tcp_proxy filter to ``cluster``, after the network ``filters``;
+    ``fields`` are further TcpProxy fields."""
+    proxy = {"name": "envoy.filters.network.tcp_proxy",
+             "typed_config": typed(TCP_PROXY_TYPE, stat_prefix=stat_prefix, cluster=cluster, **fields)}
+    return {"name": name, "address": socket_address(port),
+            "filter_chains": [{"filters": [fragment(f) for f in (fragment(filters) or [])] + [proxy]}]}
+
+
+def static_cluster(name, endpoints=(), **fields):
+    """A cluster with a load_assignment of ``endpoints``: ports on 127.0.0.1, (host, port)
+    pairs, or whole lb_endpoint dicts; ``fields`` are further Cluster fields (placed before
+    the load_assignment, in the order given)."""
+    lb = []
+    for e in endpoints:
+        if isinstance(e, dict):
+            lb.append(e)
+        else:
+            host, port = ("127.0.0.1", e) if isinstance(e, int) else e
+            lb.append({"endpoint": {"address": socket_address(port, host)}})
+    assignment = {"cluster_name": name}
+    if lb:
+        assignment["endpoints"] = [{"lb_endpoints": lb}]
+    return {"name": name, **fields, "load_assignment": assignment}
+
+
+def envoy_bootstrap(listeners=(), clusters=(), admin=True, **top):
+    """An Envoy v3 bootstrap as a dict: an admin on an ephemeral loopback port (``admin``
+    true; a dict adds its fields to the admin, false leaves the admin out), static
+    ``listeners`` and ``clusters``, ``top`` more top-level fields."""
+    boot = {}
+    if admin:
+        boot["admin"] = {**(admin if isinstance(admin, dict) else {}), "address": socket_address()}
+    boot["static_resources"] = {"listeners": list(listeners), "clusters": list(clusters)}
+    boot.update(top)
+    return boot
+
+
+def envoy_yaml(listeners=(), clusters=(), admin=True, **top) -> str:
+    """envoy_bootstrap(...) as YAML text, for load_envoy, the CLI and the real Envoy."""
+    import yaml
+    return yaml.safe_dump(envoy_bootstrap(listeners, clusters, admin, **top), sort_keys=False)
+
+
 # --------------------------------------------------------------------------- waiting
 
 def wait_for(pred, timeout=5.0, interval=0.005, msg=None):

@@ -18,7 +18,8 @@ import pytest
 import fastproxy
 from fastproxy import Admin, Cluster, Endpoint, Listener
 
-from conftest import admin_get, echo_roundtrip, find_envoy, start_envoy, wait_for
+from conftest import (admin_get, echo_roundtrip, envoy_yaml, find_envoy, fragment, http_listener, start_envoy,
+                      static_cluster, wait_for)
 
 
 def http(method: str, addr, path: str, timeout=10.0):
@@ -272,7 +273,7 @@ def test_quitquitquit_exits_the_cli_process(tmp_path, servers):
 
     echo = servers.echo()
     cfg = tmp_path / "admin.yaml"
-    cfg.write_text(tcp_proxy_yaml(upstream_port=echo.port, admin_port=0))
+    cfg.write_text(tcp_proxy_yaml(upstream_port=echo.port, admin=True))
     p = CliProcess("-c", cfg, "--concurrency", "1")
     try:
         addr = p.address(LISTENER_RE.format(name="front"))
@@ -289,41 +290,14 @@ def test_quitquitquit_exits_the_cli_process(tmp_path, servers):
 
 # ------------------------------------------------------------------ /clusters per host
 
-_HOSTS_YAML = """
-admin:
-  address: {socket_address: {address: 127.0.0.1, port_value: 0}}
-static_resources:
-  listeners:
-  - name: l
-    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ing
-          route_config:
-            virtual_hosts:
-            - name: v
-              domains: ["*"]
-              routes:
-              - match: {prefix: "/"}
-                route: {cluster: up}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
-  clusters:
-  - name: up
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: up
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: %(live)d}}, hostname: "live.example"}
-          load_balancing_weight: 3
-        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: %(dead)d}}}
-"""
+def _hosts_yaml(live, dead):
+    """Cluster "up": a live host (with a hostname, weight 3) and a dead one (weight 1)."""
+    return envoy_yaml([http_listener('[{match: {prefix: "/"}, route: {cluster: up}}]', name="l", stat_prefix="ing")],
+                      [static_cluster("up", [fragment(f"""
+                          endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {live}}}}},
+                                     hostname: "live.example"}}
+                          load_balancing_weight: 3
+                          """), dead], type="STATIC", connect_timeout="1s")])
 
 
 def _host_lines(body: str, cluster: str, port: int) -> dict:
@@ -353,7 +327,7 @@ def hosts_setup(servers, tmp_path):
     from conftest import free_port
     live = RawHttpUpstream()
     dead = free_port()                  # nothing listens: every connect is refused
-    yield _HOSTS_YAML % {"live": live.port, "dead": dead}, live.port, dead
+    yield _hosts_yaml(live.port, dead), live.port, dead
     live.close()
 
 

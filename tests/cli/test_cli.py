@@ -18,6 +18,8 @@ import subprocess
 import sys
 import textwrap
 import threading
+
+import yaml
 import time
 
 import pytest
@@ -26,7 +28,8 @@ import fastproxy
 from fastproxy import log as fplog
 from fastproxy.demo import default_config_path
 
-from conftest import recv_until_eof, wait_closed, wait_for
+from conftest import (envoy_bootstrap, envoy_yaml, fragment, http_listener, recv_until_eof, static_cluster, tcp_listener,
+                      wait_closed, wait_for)
 
 from conftest import ROOT  # noqa: E402
 SRC = ROOT / "src"
@@ -135,40 +138,14 @@ def cli():
         p.kill()
 
 
-def tcp_proxy_yaml(upstream_port: int, listener_port: int = 0, admin_port=None,
-                   name="front", cluster="backend", stat_prefix="front_tcp") -> str:
-    admin = ""
-    if admin_port is not None:
-        admin = f"""\
-        admin:
-          address:
-            socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }}
-        """
-    return textwrap.dedent(admin) + textwrap.dedent(f"""\
-        static_resources:
-          listeners:
-          - name: {name}
-            address:
-              socket_address: {{ address: 127.0.0.1, port_value: {listener_port} }}
-            filter_chains:
-            - filters:
-              - name: envoy.filters.network.tcp_proxy
-                typed_config:
-                  "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-                  stat_prefix: {stat_prefix}
-                  cluster: {cluster}
-          clusters:
-          - name: {cluster}
-            type: STATIC
-            connect_timeout: 1s
-            load_assignment:
-              cluster_name: {cluster}
-              endpoints:
-              - lb_endpoints:
-                - endpoint:
-                    address:
-                      socket_address: {{ address: 127.0.0.1, port_value: {upstream_port} }}
-        """)
+def tcp_proxy_yaml(upstream_port: int, listener_port: int = 0, admin=False, name="front", stat_prefix="front_tcp",
+                   listeners=(), filters=(), **cluster_fields) -> str:
+    """Listener ``name`` proxies TCP to the cluster "backend" (``cluster_fields`` added);
+    ``listeners`` come after it, network ``filters`` before its tcp_proxy."""
+    return envoy_yaml([tcp_listener("backend", name=name, stat_prefix=stat_prefix, filters=filters, port=listener_port),
+                       *listeners],
+                      [static_cluster("backend", [upstream_port], type="STATIC", connect_timeout="1s", **cluster_fields)],
+                      admin=admin)
 
 
 def echo_roundtrip(addr, payload: bytes, timeout=10.0) -> bytes:
@@ -253,7 +230,7 @@ def test_validate_bad_port_names_the_field(tmp_path):
 
 def test_validate_unknown_cluster_names_the_field(tmp_path):
     cfg = tmp_path / "bad.yaml"
-    cfg.write_text(tcp_proxy_yaml(upstream_port=9).replace("cluster: backend", "cluster: nowhere"))
+    cfg.write_text(envoy_yaml([tcp_listener("nowhere", name="front")], [static_cluster("backend", [9])]))
     r = run_cli("--mode", "validate", "-c", cfg)
     assert r.returncode == 1
     assert "static_resources.listeners[0]" in r.stderr
@@ -318,21 +295,9 @@ def test_serve_proxies_tcp_end_to_end_and_exits_0_on_signal(tmp_path, servers, c
 
 def test_serve_prints_every_listener_and_admin(tmp_path, servers, cli):
     echo = servers.echo()
-    text = tcp_proxy_yaml(upstream_port=echo.port, admin_port=0)
     # A second listener on the same cluster.
-    second = textwrap.indent(textwrap.dedent("""\
-        - name: second
-          address:
-            socket_address: { address: 127.0.0.1, port_value: 0 }
-          filter_chains:
-          - filters:
-            - name: envoy.filters.network.tcp_proxy
-              typed_config:
-                "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-                stat_prefix: second
-                cluster: backend
-        """), "  ")
-    text = text.replace("  clusters:\n", second + "  clusters:\n")
+    text = tcp_proxy_yaml(upstream_port=echo.port, admin=True,
+                          listeners=[tcp_listener("backend", name="second", stat_prefix="second")])
     cfg = tmp_path / "two.yaml"
     cfg.write_text(text)
     p = cli("-c", cfg, "--concurrency", "1", "-l", "warning")
@@ -492,40 +457,11 @@ def test_log_setup_formats_like_envoy_and_filters_levels():
 # --------------------------------------------------------------------------- debug lines
 
 def http_proxy_yaml(upstream_port: int) -> str:
-    return textwrap.dedent(f"""\
-        static_resources:
-          listeners:
-          - name: front
-            address:
-              socket_address: {{ address: 127.0.0.1, port_value: 0 }}
-            filter_chains:
-            - filters:
-              - name: envoy.filters.network.http_connection_manager
-                typed_config:
-                  "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-                  stat_prefix: ing
-                  route_config:
-                    virtual_hosts:
-                    - name: v
-                      domains: ["*"]
-                      routes:
-                      - match: {{ prefix: "/api/" }}
-                        route: {{ cluster: backend, prefix_rewrite: "/internal/" }}
-                  http_filters:
-                  - name: envoy.filters.http.router
-                    typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-          clusters:
-          - name: backend
-            type: STATIC
-            connect_timeout: 1s
-            load_assignment:
-              cluster_name: backend
-              endpoints:
-              - lb_endpoints:
-                - endpoint:
-                    address:
-                      socket_address: {{ address: 127.0.0.1, port_value: {upstream_port} }}
-        """)
+    return envoy_yaml([http_listener("""
+        - match: { prefix: "/api/" }
+          route: { cluster: backend, prefix_rewrite: "/internal/" }
+        """, name="front", stat_prefix="ing")],
+                      [static_cluster("backend", [upstream_port], type="STATIC", connect_timeout="1s")], admin=False)
 
 
 DEBUG_LINE = r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\]\[\d+\]\[debug\]\[(?P<component>\w+)\] (?P<message>.*)$"
@@ -618,45 +554,15 @@ def test_debug_lines_are_rate_limited_and_absent_at_info(tmp_path, cli):
 def http_stdout_log_yaml(upstream_port: int, logger: str = "StdoutAccessLog") -> str:
     """An HTTP listener whose access log goes to the process's stdout, one line per request
     carrying its x-n header, so a test can tell records apart and check their order."""
-    return textwrap.dedent(f"""\
-        static_resources:
-          listeners:
-          - name: front
-            address:
-              socket_address: {{ address: 127.0.0.1, port_value: 0 }}
-            filter_chains:
-            - filters:
-              - name: envoy.filters.network.http_connection_manager
-                typed_config:
-                  "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-                  stat_prefix: front_http
-                  access_log:
-                  - name: envoy.access_loggers.stdout
-                    typed_config:
-                      "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.{logger}
-                      log_format: {{ text_format: "record %REQ(X-N)% %RESPONSE_CODE%\\n" }}
-                  route_config:
-                    virtual_hosts:
-                    - name: all
-                      domains: ["*"]
-                      routes:
-                      - match: {{ prefix: "/" }}
-                        route: {{ cluster: backend }}
-                  http_filters:
-                  - name: envoy.filters.http.router
-                    typed_config:
-                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-          clusters:
-          - name: backend
-            type: STATIC
-            load_assignment:
-              cluster_name: backend
-              endpoints:
-              - lb_endpoints:
-                - endpoint:
-                    address:
-                      socket_address: {{ address: 127.0.0.1, port_value: {upstream_port} }}
+    access_log = fragment(f"""
+        - name: envoy.access_loggers.stdout
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.{logger}
+            log_format: {{ text_format: "record %REQ(X-N)% %RESPONSE_CODE%\\n" }}
         """)
+    return envoy_yaml([http_listener('[{ match: { prefix: "/" }, route: { cluster: backend } }]', name="front",
+                                     stat_prefix="front_http", access_log=access_log)],
+                      [static_cluster("backend", [upstream_port], type="STATIC")], admin=False)
 
 
 N_RECORDS = 8
@@ -777,11 +683,11 @@ def test_stdout_access_log_redirected_to_a_file_keeps_every_line(tmp_path, redir
 
 def test_validate_reports_every_error_in_one_run(tmp_path):
     cfg = tmp_path / "bad.yaml"
-    text = tcp_proxy_yaml(upstream_port=9)
-    text = text.replace("    type: STATIC\n", "    type: STATIC\n    lb_polcy: RANDOM\n"
-                                                "    outlier_detection: {}\n    transport_socket: {}\n")
-    text = text.replace("port_value: 9 }", "port_value: 70000 }")
-    text += "  secrets: []\n"
+    boot = envoy_bootstrap([tcp_listener("backend", name="front")],
+                           [static_cluster("backend", [70000], lb_polcy="RANDOM", outlier_detection={},
+                                           transport_socket={})], admin=False)
+    boot["static_resources"]["secrets"] = []
+    text = yaml.safe_dump(boot, sort_keys=False)
     cfg.write_text(text)
     r = run_cli("--mode", "validate", "-c", cfg)
     assert r.returncode == 1
@@ -799,15 +705,13 @@ def test_validate_reports_every_error_in_one_run(tmp_path):
 def test_legacy_and_new_spelling_of_a_feature_get_one_message():
     from fastproxy.config import load_envoy
 
-    base = textwrap.dedent(tcp_proxy_yaml(upstream_port=9))
-    legacy = base.replace("    type: STATIC\n", "    type: STATIC\n    http2_protocol_options: {}\n")
-    new = base.replace("    type: STATIC\n", textwrap.indent(textwrap.dedent("""\
-        type: STATIC
+    legacy = tcp_proxy_yaml(upstream_port=9, http2_protocol_options={})
+    new = tcp_proxy_yaml(upstream_port=9, **fragment("""\
         typed_extension_protocol_options:
           envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
             "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
             explicit_http_config: {http2_protocol_options: {}}
-        """), "    "))
+        """))
     messages = []
     for text in (legacy, new):
         with pytest.raises(fastproxy.ConfigError) as e:
@@ -852,20 +756,9 @@ def test_runtime_connection_limits_are_honoured(tmp_path, servers, cli):
     """Envoy's edge-proxy example: a per-listener connection_limit and the global
     overload.global_downstream_max_connections, both enforced."""
     echo = servers.echo()
-    text = tcp_proxy_yaml(upstream_port=echo.port, admin_port=0)
-    second = textwrap.indent(textwrap.dedent("""\
-        - name: second
-          address:
-            socket_address: { address: 127.0.0.1, port_value: 0 }
-          filter_chains:
-          - filters:
-            - name: envoy.filters.network.tcp_proxy
-              typed_config:
-                "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-                stat_prefix: second
-                cluster: backend
-        """), "  ")
-    text = text.replace("  clusters:\n", second + "  clusters:\n") + RUNTIME_LIMITS.format(listener=2, total=3)
+    text = tcp_proxy_yaml(upstream_port=echo.port, admin=True,
+                          listeners=[tcp_listener("backend", name="second", stat_prefix="second")])
+    text += RUNTIME_LIMITS.format(listener=2, total=3)
     cfg = tmp_path / "limits.yaml"
     cfg.write_text(text)
     p = cli("-c", cfg, "--concurrency", "1")
@@ -961,16 +854,14 @@ def test_admin_access_log_is_written(tmp_path, servers, cli):
     echo = servers.echo()
     log = tmp_path / "admin.log"
     cfg = tmp_path / "admin.yaml"
-    cfg.write_text(tcp_proxy_yaml(upstream_port=echo.port, admin_port=0).replace(
-        "admin:\n", textwrap.dedent(f"""\
-            admin:
-              access_log:
-              - name: envoy.access_loggers.file
-                typed_config:
-                  "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-                  path: {log}
-                  log_format: {{ text_format: "%REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %PROTOCOL%\\n" }}
-            """), 1))
+    cfg.write_text(tcp_proxy_yaml(upstream_port=echo.port, admin=fragment(f"""
+        access_log:
+        - name: envoy.access_loggers.file
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+            path: {log}
+            log_format: {{ text_format: "%REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %PROTOCOL%\\n" }}
+        """)))
     p = cli("-c", cfg, "--concurrency", "1")
     admin = p.address(ADMIN_RE)
     import urllib.request
@@ -989,7 +880,7 @@ def test_admin_access_log_is_written(tmp_path, servers, cli):
 def test_envoy_command_line_flags(tmp_path, servers, cli):
     echo = servers.echo()
     cfg = tmp_path / "proxy.yaml"
-    cfg.write_text("node: {id: from-file, cluster: file-cluster}\n" + tcp_proxy_yaml(upstream_port=echo.port, admin_port=0))
+    cfg.write_text("node: {id: from-file, cluster: file-cluster}\n" + tcp_proxy_yaml(upstream_port=echo.port, admin=True))
     p = cli("-c", cfg, "--concurrency", "1", "--service-node", "n1", "--service-cluster", "c1",
             "--service-zone", "z1", "--drain-time-s", "1", "--parent-shutdown-time-s", "2",
             "--drain-strategy", "immediate", "--disable-hot-restart", "--file-flush-interval-msec", "10",
@@ -1064,14 +955,13 @@ def test_console_script_imports_filter_classes_like_python_m(tmp_path, where):
     confdir.mkdir()
     workdir.mkdir()
     (confdir if where == "config_dir" else workdir).joinpath("myfilters_i11.py").write_text(FILTER_MODULE)
-    text = tcp_proxy_yaml(upstream_port=9).replace(
-        "      - name: envoy.filters.network.tcp_proxy\n",
-        "      - name: tag\n"
-        "        typed_config:\n"
-        "          \"@type\": type.googleapis.com/xds.type.v3.TypedStruct\n"
-        "          type_url: type.googleapis.com/fastproxy.python.NetworkFilter\n"
-        "          value: {class: \"myfilters_i11:Tag\"}\n"
-        "      - name: envoy.filters.network.tcp_proxy\n")
+    text = tcp_proxy_yaml(upstream_port=9, filters="""
+        - name: tag
+          typed_config:
+            "@type": type.googleapis.com/xds.type.v3.TypedStruct
+            type_url: type.googleapis.com/fastproxy.python.NetworkFilter
+            value: {class: "myfilters_i11:Tag"}
+        """)
     cfg = confdir / "proxy.yaml"
     cfg.write_text(text)
     assert "myfilters_i11:Tag" in text

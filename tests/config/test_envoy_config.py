@@ -17,7 +17,7 @@ from fastproxy.model_http import AccessLog
 from fastproxy.errors import ConfigError
 from fastproxy.model import Admin, Bootstrap, Cluster, Endpoint, Listener
 
-from conftest import CONFIGS  # noqa: E402
+from conftest import CONFIGS, envoy_bootstrap, static_cluster, tcp_listener  # noqa: E402
 SAMPLES = sorted(CONFIGS.glob("*.yaml")) + sorted(CONFIGS.glob("*.json"))
 TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 TYPED_STRUCT = "type.googleapis.com/xds.type.v3.TypedStruct"
@@ -33,24 +33,8 @@ SOCK0 = f"{LB0}.endpoint.address.socket_address"
 
 def base():
     """A minimal valid bootstrap, as parsed data; tests edit a copy of it."""
-    return {
-        "static_resources": {
-            "listeners": [{
-                "name": "l0",
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 10000}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.tcp_proxy",
-                    "typed_config": {"@type": TCP_PROXY, "stat_prefix": "tcp", "cluster": "backend"},
-                }]}],
-            }],
-            "clusters": [{
-                "name": "backend",
-                "load_assignment": {"cluster_name": "backend", "endpoints": [{"lb_endpoints": [{
-                    "endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9000}}},
-                }]}]},
-            }],
-        },
-    }
+    return envoy_bootstrap([tcp_listener("backend", name="l0", stat_prefix="tcp", port=10000)],
+                           [static_cluster("backend", [9000])], admin=False)
 
 
 DELETE = object()

@@ -23,10 +23,8 @@ from fastproxy.model_http import (AccessLog, DirectResponse, HeaderMatcher, Head
                                   VirtualHost, WeightedCluster, validate_http)
 from test_envoy_config import DELETE, edit, envoy_validate, needs_envoy
 
-from conftest import CONFIGS  # noqa: E402
+from conftest import CONFIGS, envoy_bootstrap, http_listener, router_filter, static_cluster  # noqa: E402
 HTTP_SAMPLES = sorted(CONFIGS.glob("http_*.yaml"))
-HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 STDOUT_LOG = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
 TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
@@ -41,34 +39,12 @@ M0 = f"{R0}.match"
 A0 = f"{R0}.route"
 
 
-def router():
-    return {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}
-
-
-def cluster(name, port):
-    return {"name": name, "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
-        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
-
-
 def base():
     """A minimal valid HTTP bootstrap, as parsed data; tests edit a copy of it."""
-    return {"static_resources": {
-        "listeners": [{
-            "name": "web",
-            "address": {"socket_address": {"address": "127.0.0.1", "port_value": 10000}},
-            "filter_chains": [{"filters": [{
-                "name": "envoy.filters.network.http_connection_manager",
-                "typed_config": {
-                    "@type": HCM_TYPE,
-                    "stat_prefix": "web",
-                    "http_filters": [router()],
-                    "route_config": {"name": "local", "virtual_hosts": [{
-                        "name": "vh", "domains": ["*"],
-                        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}]}]},
-                }}]}],
-        }],
-        "clusters": [cluster("backend", 9000), cluster("other", 9001)],
-    }}
+    return envoy_bootstrap([http_listener(port=10000, route_config={"name": "local", "virtual_hosts": [{
+                               "name": "vh", "domains": ["*"],
+                               "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}]}]})],
+                           [static_cluster("backend", [9000]), static_cluster("other", [9001])], admin=False)
 
 
 def edited(*changes):
@@ -450,9 +426,9 @@ BAD = [
      f"{H0}.http_filters[0].typed_config.suppress_envoy_headers", "true or false"),
     ([(f"{H0}.http_filters[0].disabled", True)], f"{H0}.http_filters[0].disabled", "not supported"),
     ([(f"{H0}.http_filters", [{"name": "envoy.filters.http.lua", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"}}, router()])],
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"}}, router_filter()])],
      f"{H0}.http_filters[0].typed_config.@type", "is not supported"),
-    ([(f"{H0}.http_filters", [router(), router()])], f"{H0}.http_filters[0].typed_config",
+    ([(f"{H0}.http_filters", [router_filter(), router_filter()])], f"{H0}.http_filters[0].typed_config",
      "must be the last HTTP filter"),
     ([(f"{H0}.server_name", 5)], f"{H0}.server_name", "expected a string"),
     ([(f"{H0}.server_header_transformation", "HIDE")], f"{H0}.server_header_transformation", "HIDE"),
@@ -742,7 +718,7 @@ ENVOY_REJECTS = [
     [(f"{H0}.internal_address_config", {"cidr_ranges": [{"prefix_len": 8}]})],
     [(f"{H0}.route_config", DELETE)],
     [(f"{H0}.max_request_headers_kb", 8193)],
-    [(f"{H0}.http_filters", [router(), router()])],
+    [(f"{H0}.http_filters", [router_filter(), router_filter()])],
     [(f"{H0}.http_filters[0].typed_config", DELETE)],
     [(f"{H0}.common_http_protocol_options", {"max_headers_count": 0})],
     [(f"{H0}.access_log", [{"typed_config": {"@type": FILE_LOG}}])],

@@ -18,7 +18,7 @@ import fastproxy.http
 from fastproxy import Bootstrap, Cluster, ConfigError, Endpoint, Listener, Proxy, TcpProxy
 from fastproxy.http import HttpConnectionManager, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost
 
-from conftest import echo_roundtrip
+from conftest import echo_roundtrip, envoy_yaml, static_cluster, tcp_listener
 from http_upstreams import http_request
 from upstreams import EchoServer
 
@@ -139,24 +139,7 @@ def test_errors_name_the_handler_as_it_was_spelled(make, path):
 
 def test_the_envoy_loader_builds_handlers(tmp_path):
     from fastproxy import load_envoy
-    text = """
-static_resources:
-  listeners:
-  - name: db
-    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: db
-          cluster: c
-  clusters:
-  - name: c
-    load_assignment:
-      cluster_name: c
-      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 1}}}}]}]
-"""
+    text = envoy_yaml([tcp_listener("c", name="db", stat_prefix="db")], [static_cluster("c", [1])], admin=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         (tmp_path / "envoy.yaml").write_text(text)

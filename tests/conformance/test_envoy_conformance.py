@@ -29,7 +29,7 @@ import threading
 
 import pytest
 
-from conftest import admin_get, find_envoy, start_envoy
+from conftest import admin_get, envoy_yaml, find_envoy, fragment, http_listener, socket_address, start_envoy, static_cluster
 from upstreams import refused_port
 
 import fastproxy
@@ -38,8 +38,6 @@ import fastproxy
 ENVOY = find_envoy()
 pytestmark = pytest.mark.skipif(ENVOY is None, reason="envoy binary not on PATH nor next to sys.executable")
 
-HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 BUFFER = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer"
 HEADER_MUTATION = "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
 
@@ -152,55 +150,21 @@ def parse_fields(lines):
 
 # --------------------------------------------------------------------------- configs
 
-def hcm_yaml(route_config: str, extra: str = "", filters: str = "", router: str = "") -> str:
-    return f"""\
-          "@type": {HCM}
-          stat_prefix: conf
-{extra}          http_filters:
-{filters}          - name: envoy.filters.http.router
-            typed_config: {{"@type": {ROUTER}{router}}}
-          route_config:
-{route_config}"""
-
-
-def bootstrap(hcm: str, clusters: str) -> str:
-    return f"""\
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-static_resources:
-  listeners:
-  - name: web
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-{hcm}
-  clusters:
-{clusters}"""
-
-
-def static_cluster(name, port, kind="STATIC", extra="", address="127.0.0.1", hostname=None):
-    named = f"hostname: {hostname}, " if hostname else ""
-    return f"""\
-  - name: {name}
-    type: {kind}
-    connect_timeout: 1s
-{extra}    load_assignment:
-      cluster_name: {name}
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{{named}address: {{socket_address: {{address: {address}, port_value: {port}}}}}}}
-"""
+def bootstrap(route_config: str, clusters: list, extra: str = "", filters: str = "", router=None) -> str:
+    """One listener "web" (stat prefix "conf"): ``route_config``, ``extra`` HCM fields and
+    ``filters`` before the router are YAML fragments; ``router``, the router's fields."""
+    return envoy_yaml([http_listener(route_config=route_config, stat_prefix="conf", http_filters=filters,
+                                     router=router, **(fragment(extra) or {}))], clusters)
 
 
 def clusters(up, up2, dead):
-    return (static_cluster("up", up) + static_cluster("up2", up2) + static_cluster("dead", dead)
-            + static_cluster("dns", up, kind="STRICT_DNS")
-            + static_cluster("dnsname", up, kind="STRICT_DNS", address="localhost",
-                             extra="    dns_lookup_family: V4_ONLY\n")
-            + static_cluster("named", up, hostname="backend.internal")
-            + "  - name: empty\n    connect_timeout: 1s\n    load_assignment: {cluster_name: empty}\n")
+    def cluster(name, endpoints, kind="STATIC", **fields):
+        return static_cluster(name, endpoints, type=kind, connect_timeout="1s", **fields)
+    return [cluster("up", [up]), cluster("up2", [up2]), cluster("dead", [dead]),
+            cluster("dns", [up], kind="STRICT_DNS"),
+            cluster("dnsname", [("localhost", up)], kind="STRICT_DNS", dns_lookup_family="V4_ONLY"),
+            cluster("named", [{"endpoint": {"hostname": "backend.internal", "address": socket_address(up)}}]),
+            static_cluster("empty", connect_timeout="1s")]
 
 
 def direct(text, status=200):
@@ -447,31 +411,27 @@ LIMITS_ROUTES = f"""\
 
 def build_configs(up, up2, dead):
     cl = clusters(up, up2, dead)
-    http10 = "          http_protocol_options: {accept_http_10: true}\n"
+    http10 = "http_protocol_options: {accept_http_10: true}"
     return {
-        "routing": bootstrap(hcm_yaml(routing_yaml(), http10), cl),
-        "mutations": bootstrap(hcm_yaml(mutations_route_config()), cl),
-        "suppress": bootstrap(hcm_yaml(routing_yaml(), http10, router=", suppress_envoy_headers: true"), cl),
+        "routing": bootstrap(routing_yaml(), cl, http10),
+        "mutations": bootstrap(mutations_route_config(), cl),
+        "suppress": bootstrap(routing_yaml(), cl, http10, router={"suppress_envoy_headers": True}),
         # the routing config behind an encoder filter: local replies and proxied responses
         # then take the filter chain's path through the connection manager
-        "filtered": bootstrap(hcm_yaml(
-            routing_yaml(), http10,
-            f"          - name: envoy.filters.http.header_mutation\n"
-            f"            typed_config:\n"
-            f"              '@type': {HEADER_MUTATION}\n"
-            f"              mutations:\n"
-            f"                response_mutations: [{{append: {{header: {{key: x-filtered, value: '1'}}}}}}]\n"), cl),
-        "remote": bootstrap(hcm_yaml(mutations_route_config(), "          use_remote_address: true\n"), cl),
-        "trusted": bootstrap(hcm_yaml(mutations_route_config(), "          xff_num_trusted_hops: 1\n"), cl),
-        "remote_trusted": bootstrap(hcm_yaml(mutations_route_config(),
-                                             "          use_remote_address: true\n"
-                                             "          xff_num_trusted_hops: 1\n"), cl),
-        "limits": bootstrap(hcm_yaml(
-            LIMITS_ROUTES,
-            "          max_request_headers_kb: 2\n"
-            "          http_protocol_options: {accept_http_10: true, default_host_for_http_10: dflt.example}\n",
-            f"          - name: envoy.filters.http.buffer\n"
-            f"            typed_config: {{'@type': {BUFFER}, max_request_bytes: 100}}\n"), cl),
+        "filtered": bootstrap(routing_yaml(), cl, http10, f"""
+            - name: envoy.filters.http.header_mutation
+              typed_config:
+                '@type': {HEADER_MUTATION}
+                mutations:
+                  response_mutations: [{{append: {{header: {{key: x-filtered, value: '1'}}}}}}]
+            """),
+        "remote": bootstrap(mutations_route_config(), cl, "use_remote_address: true"),
+        "trusted": bootstrap(mutations_route_config(), cl, "xff_num_trusted_hops: 1"),
+        "remote_trusted": bootstrap(mutations_route_config(), cl, "{use_remote_address: true, xff_num_trusted_hops: 1}"),
+        "limits": bootstrap(
+            LIMITS_ROUTES, cl,
+            "{max_request_headers_kb: 2, http_protocol_options: {accept_http_10: true, default_host_for_http_10: dflt.example}}",
+            f"[{{name: envoy.filters.http.buffer, typed_config: {{'@type': {BUFFER}, max_request_bytes: 100}}}}]"),
     }
 
 

@@ -24,7 +24,8 @@ import threading
 
 import pytest
 
-from conftest import admin_get, connect, find_envoy, recv_exact, recv_head, recv_until_eof, start_envoy, wait_for
+from conftest import (admin_get, connect, envoy_yaml, find_envoy, http_listener, recv_exact, recv_head, recv_until_eof,
+                      start_envoy, static_cluster, wait_for)
 from http_upstreams import RawHttpUpstream
 from upstreams import refused_port, rst_close
 
@@ -36,49 +37,21 @@ pytestmark = pytest.mark.skipif(ENVOY is None, reason="envoy binary not on PATH 
 
 PREFIX = "parity"
 
-YAML = """\
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-static_resources:
-  listeners:
-  - name: web
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: parity
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-          route_config:
-            virtual_hosts:
-            - name: v
-              domains: ["*"]
-              routes:
-              - match: {{prefix: /slow}}
-                route: {{cluster: backend, timeout: 0.3s}}
-              - match: {{prefix: /down}}
-                route: {{cluster: down}}
-              - match: {{prefix: /app}}
-                route: {{cluster: backend}}
-  clusters:
-  - name: backend
-    connect_timeout: 2s
-    load_assignment:
-      cluster_name: backend
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}
-  - name: down
-    connect_timeout: 2s
-    load_assignment:
-      cluster_name: down
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {dead}}}}}}}
+ROUTES = """
+- match: {prefix: /slow}
+  route: {cluster: backend, timeout: 0.3s}
+- match: {prefix: /down}
+  route: {cluster: down}
+- match: {prefix: /app}
+  route: {cluster: backend}
 """
+
+
+def bootstrap(up, dead):
+    return envoy_yaml([http_listener(ROUTES, stat_prefix=PREFIX)],
+                      [static_cluster("backend", [up], connect_timeout="2s"),
+                       static_cluster("down", [dead], connect_timeout="2s")])
+
 
 H = f"http.{PREFIX}."
 L = "listener.LST."                 # listener.127.0.0.1_<port>. with the port taken out
@@ -243,7 +216,7 @@ def run(kind, tmp_path):
     """Drive the traffic through one proxy: (final stats, mid-flight stats, Traffic, Upstream)."""
     up = Upstream()
     dead_sock, dead = refused_port()    # bound, not listening: connects are refused
-    text = YAML.format(up=up.server.port, dead=dead)
+    text = bootstrap(up.server.port, dead)
     proc = proxy = None
     try:
         if kind == "envoy":

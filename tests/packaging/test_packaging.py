@@ -26,7 +26,7 @@ import pytest
 
 from http_upstreams import RawHttpUpstream, http_request
 
-from conftest import ROOT  # noqa: E402
+from conftest import ROOT, envoy_yaml, http_listener, static_cluster  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -213,7 +213,9 @@ def test_wheel_installs_and_runs_in_a_fresh_venv(wheel, tmp_path):
     # upstream this test runs, started through the Python API in the venv's interpreter.
     upstream = RawHttpUpstream()
     config = tmp_path / "proxy.yaml"
-    config.write_text(PROXY_YAML.format(upstream=upstream.port))
+    config.write_text(envoy_yaml([http_listener('[{match: {prefix: "/"}, route: {cluster: app}}]')],
+                                  [static_cluster("app", [upstream.port], type="STATIC", connect_timeout="1s")],
+                                  admin=False))
     script = ("import sys, fastproxy, fastproxy._core as c\n"
               "p = fastproxy.Proxy.from_envoy(sys.argv[1], concurrency=1).start()\n"
               "print(p.listener_address('web')[1], c.__file__, flush=True)\n"
@@ -237,38 +239,3 @@ def test_wheel_installs_and_runs_in_a_fresh_venv(wheel, tmp_path):
             proc.kill()
             proc.wait()
         upstream.close()
-
-
-PROXY_YAML = """
-static_resources:
-  listeners:
-  - name: web
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: web
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                route: {{cluster: app}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: app
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: app
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream}}}}}
-"""

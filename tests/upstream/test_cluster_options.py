@@ -15,8 +15,8 @@ import threading
 
 import pytest
 
-from conftest import (admin_get, connect, echo_roundtrip, find_envoy, recv_exact, recv_head, recv_until_eof,
-                      start_envoy, wait_for)
+from conftest import (admin_get, connect, echo_roundtrip, envoy_yaml, find_envoy, fragment, http_listener,
+                      recv_exact, recv_head, recv_until_eof, start_envoy, static_cluster, tcp_listener, wait_for)
 from http_upstreams import RawHttpUpstream
 from upstreams import EchoServer
 
@@ -34,75 +34,23 @@ OVERFLOW_BODY = b"upstream connect error or disconnect/reset before headers. res
 B = "cluster.backend."
 CB = B + "circuit_breakers.default."
 
-HTTP_YAML = """\
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-static_resources:
-  listeners:
-  - name: web
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: web
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-          route_config:
-            virtual_hosts:
-            - name: v
-              domains: ["*"]
-              routes:
-              - match: {{prefix: /wait}}
-                route: {{cluster: backend, timeout: 0.3s}}
-              - match: {{prefix: /other}}
-                route: {{cluster: other}}
-              - match: {{prefix: /}}
-                route: {{cluster: backend, timeout: 0s}}
-  clusters:
-  - name: backend
-    connect_timeout: 2s
-{extra}
-    load_assignment:
-      cluster_name: backend
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}
-  - name: other
-    connect_timeout: 2s
-    load_assignment:
-      cluster_name: other
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}
+ROUTES = """
+- match: {prefix: /wait}
+  route: {cluster: backend, timeout: 0.3s}
+- match: {prefix: /other}
+  route: {cluster: other}
+- match: {prefix: /}
+  route: {cluster: backend, timeout: 0s}
 """
 
-TCP_YAML = """\
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-static_resources:
-  listeners:
-  - name: web
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: t
-          cluster: backend
-  clusters:
-  - name: backend
-    connect_timeout: 2s
-{extra}
-    load_assignment:
-      cluster_name: backend
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}
-"""
+
+def backend(extra, up):
+    """The cluster "backend" whose options are under test: ``extra`` are YAML fragments of
+    its fields (protocol options, circuit breakers)."""
+    fields = {}
+    for e in extra:
+        fields.update(fragment(e) or {})
+    return static_cluster("backend", [up], connect_timeout="2s", **fields)
 
 
 def protocol_options(common="", explicit="explicit_http_config: {http_protocol_options: {}}"):
@@ -122,7 +70,12 @@ def breakers(**limits):
 
 
 def http_yaml(*extra, up=9):
-    return HTTP_YAML.format(extra="\n".join(extra), up=up)
+    return envoy_yaml([http_listener(ROUTES)],
+                      [backend(extra, up), static_cluster("other", [up], connect_timeout="2s")])
+
+
+def tcp_yaml(*extra, up=9):
+    return envoy_yaml([tcp_listener("backend")], [backend(extra, up)])
 
 
 # --------------------------------------------------------------------------- config
@@ -456,7 +409,7 @@ def test_max_requests_holds_across_workers():
 def test_tcp_proxy_max_connections_across_workers():
     echo = EchoServer()
     try:
-        text = TCP_YAML.format(extra=breakers(max_connections=2), up=echo.port)
+        text = tcp_yaml(breakers(max_connections=2), up=echo.port)
         with fastproxy_running(text, concurrency=4) as (p, addr):
             held = [connect(addr) for _ in range(2)]
             for s in held:
@@ -671,7 +624,7 @@ def test_max_requests_and_per_connection_limits_match_envoy(tmp_path):
 def test_tcp_proxy_max_connections_matches_envoy(tmp_path):
     def scenario(kind):
         echo = EchoServer()
-        text = TCP_YAML.format(extra=breakers(max_connections=1), up=echo.port)
+        text = tcp_yaml(breakers(max_connections=1), up=echo.port)
 
         def drive(addr, admin):
             a = connect(addr)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import re
-import textwrap
 import time
 
 import pytest
@@ -21,53 +20,20 @@ import pytest
 import fastproxy
 from fastproxy import FilterStatus, HttpFilter, PythonHttpFilter
 
-from conftest import find_envoy
+from conftest import envoy_yaml, find_envoy, fragment, http_listener, static_cluster
 from http_upstreams import RawHttpUpstream, envoy_local_address, exchange
 
 ENVOY = find_envoy()
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
 IMF_DATE = r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} \d\d:\d\d:\d\d GMT"
 
-YAML = """\
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-static_resources:
-  listeners:
-  - name: web
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: hcm
-{extra}
-          http_filters:
-{filters}
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-          route_config:
-            virtual_hosts:
-            - name: v
-              domains: ["*"]
-              routes:
-              - match: {{path: /exact}}
-                direct_response: {{status: 200, body: {{inline_string: "exact"}}}}
-              - match: {{prefix: /missing}}
-                route: {{cluster: nowhere}}
-              - match: {{prefix: /}}
-                route: {{cluster: backend}}
-  clusters:
-  - name: backend
-    type: STATIC
-    load_assignment:
-      cluster_name: backend
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}
-  - name: nowhere
-    type: STATIC
-    load_assignment: {{cluster_name: nowhere}}
+ROUTES = """
+- match: {path: /exact}
+  direct_response: {status: 200, body: {inline_string: "exact"}}
+- match: {prefix: /missing}
+  route: {cluster: nowhere}
+- match: {prefix: /}
+  route: {cluster: backend}
 """
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -84,8 +50,9 @@ HEADER_MUTATION = """\
 
 
 def yaml_text(extra: str, port: int, filters: str = "") -> str:
-    extra = textwrap.indent(textwrap.dedent(extra).strip("\n"), " " * 10) if extra.strip() else ""
-    return YAML.format(extra=extra, port=port, filters=filters).replace("\n\n", "\n")
+    """The bootstrap with ``extra`` HCM fields and ``filters`` before the router (YAML fragments)."""
+    return envoy_yaml([http_listener(ROUTES, stat_prefix="hcm", http_filters=filters, **(fragment(extra) or {}))],
+                      [static_cluster("backend", [port], type="STATIC"), static_cluster("nowhere", type="STATIC")])
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from fastproxy import PythonHttpFilter
 from fastproxy.model_http import (HttpConnectionManager, Route, RouteAction, RouteConfiguration,
                                   RouteMatch, VirtualHost)
 
-from conftest import free_port
+from conftest import envoy_bootstrap, free_port, http_listener, static_cluster
 from http_upstreams import http_request as request
 
 cffi = pytest.importorskip("cffi")
@@ -202,29 +202,10 @@ def envoy_config(proxy_port, upstream_port, filter_value, per_route=None):
     special = {"match": {"prefix": "/special"}, "route": {"cluster": "c"}}
     if per_route is not None:
         special["typed_per_filter_config"] = {"cf": per_route}
-    return {
-        "static_resources": {
-            "listeners": [{
-                "name": "http",
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": proxy_port}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network."
-                                 "http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "ingress",
-                        "route_config": {"virtual_hosts": [{"name": "vh", "domains": ["*"],
-                                                            "routes": [special, route]}]},
-                        "http_filters": [
-                            {"name": "cf", "typed_config": {"@type": TYPED_STRUCT, "type_url": C_TYPE_URL,
-                                                            "value": filter_value}},
-                            {"name": "envoy.filters.http.router", "typed_config": {
-                                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
-                        ]}}]}]}],
-            "clusters": [{"name": "c", "type": "STATIC", "load_assignment": {"cluster_name": "c", "endpoints": [
-                {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-                    "address": "127.0.0.1", "port_value": upstream_port}}}}]}]}}],
-        }}
+    c_filter = {"name": "cf", "typed_config": {"@type": TYPED_STRUCT, "type_url": C_TYPE_URL, "value": filter_value}}
+    return envoy_bootstrap([http_listener([special, route], name="http", stat_prefix="ingress", port=proxy_port,
+                                          http_filters=[c_filter])],
+                           [static_cluster("c", [upstream_port], type="STATIC")], admin=False)
 
 
 def test_envoy_typed_struct_with_per_route_config(c_filter, upstream):

@@ -26,7 +26,7 @@ from fastproxy.model_filters import (BUFFER, CORS, FAULT, HEADER_MUTATION, HEALT
 from fastproxy.model_http import (HeaderMatcher, HeaderValueOption, Int64Range, Route, RouteAction, RouteMatch,
                                   StringMatch)
 
-from conftest import start_envoy
+from conftest import envoy_yaml, fragment, http_listener, start_envoy, static_cluster
 from test_envoy_config import ENVOY, envoy_validate, needs_envoy
 from test_http_filters import make_proxy, request
 
@@ -321,41 +321,22 @@ def test_health_check_pass_through(upstream):
     assert len(upstream.requests) == 1
 
 
-REPEATED_HEADER_YAML = """\
-admin:
-  address: {socket_address: {address: 127.0.0.1, port_value: 0}}
-static_resources:
-  listeners:
-  - name: http
-    address:
-      socket_address: {address: 127.0.0.1, port_value: 0}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: web
-          http_filters:
-          - name: envoy.filters.http.health_check
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck
-              pass_through_mode: false
-              headers:
-              - {name: ":path", string_match: {prefix: /hc}}
-              - {name: x-m, string_match: MATCHER}
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {prefix: /rt, headers: [{name: x-m, string_match: MATCHER}]}
-                direct_response: {status: 200, body: {inline_string: route}}
-              - match: {prefix: /}
-                direct_response: {status: 404, body: {inline_string: other}}
-"""
+def repeated_header_yaml(matcher):
+    """health_check and a route both match the header x-m with ``matcher``."""
+    return envoy_yaml([http_listener(name="http", http_filters=f"""
+        - name: envoy.filters.http.health_check
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck
+            pass_through_mode: false
+            headers:
+            - {{name: ":path", string_match: {{prefix: /hc}}}}
+            - {{name: x-m, string_match: {matcher}}}
+        """, routes=f"""
+        - match: {{prefix: /rt, headers: [{{name: x-m, string_match: {matcher}}}]}}
+          direct_response: {{status: 200, body: {{inline_string: route}}}}
+        - match: {{prefix: /}}
+          direct_response: {{status: 404, body: {{inline_string: other}}}}
+        """)])
 
 # (matcher, the x-m field lines of one request)
 REPEATED_HEADER_CASES = [
@@ -390,7 +371,7 @@ def test_a_repeated_header_is_matched_the_same_by_routes_and_filters(tmp_path):
     with ','), in a route and in health_check alike; the same answers as Envoy gives."""
     ours, theirs = [], []
     for i, (matcher, values) in enumerate(REPEATED_HEADER_CASES):
-        text = REPEATED_HEADER_YAML.replace("MATCHER", matcher)
+        text = repeated_header_yaml(matcher)
         with Proxy.from_envoy(text, concurrency=1) as p:
             ours.append(_repeated_header_answers(p.listener_address("http"), values))
         if ENVOY is not None:
@@ -408,40 +389,19 @@ def test_a_repeated_header_is_matched_the_same_by_routes_and_filters(tmp_path):
         assert theirs == ours
 
 
-FAULT_DELAY_YAML = """\
-admin:
-  address: {socket_address: {address: 127.0.0.1, port_value: 0}}
-static_resources:
-  listeners:
-  - name: http
-    address:
-      socket_address: {address: 127.0.0.1, port_value: 0}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: web
-          http_filters:
-          - name: fault
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
-              delay:
-                fixed_delay: 0.05s
-                percentage: {numerator: 100, denominator: HUNDRED}
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {path: /direct}
-                direct_response: {status: 200, body: {inline_string: "direct\\n"}}
-              - match: {path: /moved}
-                redirect: {path_redirect: /elsewhere}
-"""
+FAULT_DELAY_YAML = envoy_yaml([http_listener(name="http", http_filters="""
+    - name: fault
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+        delay:
+          fixed_delay: 0.05s
+          percentage: {numerator: 100, denominator: HUNDRED}
+    """, routes="""
+    - match: {path: /direct}
+      direct_response: {status: 200, body: {inline_string: "direct\\n"}}
+    - match: {path: /moved}
+      redirect: {path_redirect: /elsewhere}
+    """)])
 
 
 def _answers(addr):
@@ -534,43 +494,13 @@ def test_buffer_413_opens_no_upstream_connection(upstream):
     assert upstream.requests[-1][3] == b"a" * 50 + b"b" * 50
 
 
-BUFFER_YAML = """\
-admin:
-  address: {socket_address: {address: 127.0.0.1, port_value: 0}}
-static_resources:
-  listeners:
-  - name: http
-    address:
-      socket_address: {address: 127.0.0.1, port_value: 0}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: web
-          http_filters:
-          - name: buffer
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
-              max_request_bytes: 100
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {prefix: /}
-                route: {cluster: c}
-  clusters:
-  - name: c
-    load_assignment:
-      cluster_name: c
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: PORT}}}
-"""
+def buffer_yaml(port):
+    return envoy_yaml([http_listener(name="http", http_filters="""
+        - name: buffer
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
+            max_request_bytes: 100
+        """, routes="[{match: {prefix: /}, route: {cluster: c}}]")], [static_cluster("c", [port])])
 
 
 def _over_limit_chunked(addr):
@@ -587,7 +517,7 @@ def test_buffer_413_same_as_envoy(upstream, tmp_path):
     """The same YAML in both: the same 413 to an over-limit chunked body, and neither
     opens a connection to the upstream."""
     from conftest import admin_get
-    text = BUFFER_YAML.replace("PORT", str(upstream.port))
+    text = buffer_yaml(upstream.port)
     with Proxy.from_envoy(text, concurrency=1) as p:
         ours = _over_limit_chunked(p.listener_address("http"))
         assert p.stats()["cluster.c.upstream_cx_total"] == 0
@@ -750,128 +680,107 @@ def test_bad_python_configs_are_config_errors(upstream, kind, config, path):
 
 # ---------------------------------------------------------------- Envoy YAML
 
-def envoy_yaml(port):
-    return textwrap.dedent(f"""\
-    static_resources:
-      listeners:
-      - name: http
-        address:
-          socket_address: {{address: 127.0.0.1, port_value: 0}}
-        filter_chains:
-        - filters:
-          - name: envoy.filters.network.http_connection_manager
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-              stat_prefix: web
-              http_filters:
-              - name: health
-                typed_config:
-                  "@type": type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck
-                  pass_through_mode: false
-                  headers:
-                  - name: ":path"
-                    string_match: {{exact: /healthz}}
-              - name: cors
-                typed_config:
-                  "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors
-              - name: ratelimit
-                typed_config:
-                  "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
-                  stat_prefix: yaml_rl
-              - name: fault
-                typed_config:
-                  "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
-                  max_active_faults: 100
-              - name: mutate
-                typed_config:
-                  "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
-                  mutations:
-                    request_mutations:
-                    - append:
-                        header: {{key: x-via-native, value: "1"}}
-                        append_action: OVERWRITE_IF_EXISTS_OR_ADD
-                    - remove: x-secret
-                    response_mutations:
-                    - append:
-                        header: {{key: x-served-by, value: fastproxy}}
-              - name: buffer
-                typed_config:
-                  "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
-                  max_request_bytes: 1024
-              - name: envoy.filters.http.router
-                typed_config:
-                  "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-              route_config:
-                name: web
-                virtual_hosts:
-                - name: web
-                  domains: ["*"]
-                  typed_per_filter_config:
-                    cors:
-                      "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy
-                      allow_origin_string_match:
-                      - prefix: https://app.
-                      allow_methods: GET, PUT
-                      max_age: "60"
-                  routes:
-                  - match: {{prefix: /abort}}
-                    route: {{cluster: backend}}
-                    typed_per_filter_config:
-                      fault:
-                        "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
-                        abort:
-                          http_status: 503
-                          percentage: {{numerator: 100, denominator: HUNDRED}}
-                  - match: {{prefix: /delay}}
-                    route: {{cluster: backend}}
-                    typed_per_filter_config:
-                      fault:
-                        "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
-                        delay:
-                          fixed_delay: 0.2s
-                          percentage: {{numerator: 1000000, denominator: MILLION}}
-                  - match: {{prefix: /limited}}
-                    route: {{cluster: backend}}
-                    typed_per_filter_config:
-                      ratelimit:
-                        "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
-                        stat_prefix: yaml_rl_route
-                        token_bucket: {{max_tokens: 2, tokens_per_fill: 1, fill_interval: 3600s}}
-                        filter_enabled:
-                          runtime_key: rl_enabled
-                          default_value: {{numerator: 100, denominator: HUNDRED}}
-                        filter_enforced:
-                          runtime_key: rl_enforced
-                          default_value: {{numerator: 100, denominator: HUNDRED}}
-                        status: {{code: ServiceUnavailable}}
-                        response_headers_to_add:
-                        - header: {{key: x-local-rate-limit, value: "true"}}
-                          append_action: OVERWRITE_IF_EXISTS_OR_ADD
-                  - match: {{prefix: /stream}}
-                    route: {{cluster: backend}}
-                    typed_per_filter_config:
-                      buffer:
-                        "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute
-                        disabled: true
-                      mutate:
-                        "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute
-                        mutations:
-                          request_mutations:
-                          - append:
-                              header: {{key: x-stream, value: "1"}}
-                  - match: {{prefix: /}}
-                    route: {{cluster: backend}}
-      clusters:
-      - name: backend
-        connect_timeout: 1s
-        load_assignment:
-          cluster_name: backend
-          endpoints:
-          - lb_endpoints:
-            - endpoint:
-                address:
-                  socket_address: {{address: 127.0.0.1, port_value: {port}}}
-    """)
+def native_filters_yaml(port):
+    """Every native filter in one chain, with per-route and per-virtual-host configs."""
+    filters = """
+        - name: health
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck
+            pass_through_mode: false
+            headers:
+            - name: ":path"
+              string_match: {exact: /healthz}
+        - name: cors
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors
+        - name: ratelimit
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+            stat_prefix: yaml_rl
+        - name: fault
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+            max_active_faults: 100
+        - name: mutate
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
+            mutations:
+              request_mutations:
+              - append:
+                  header: {key: x-via-native, value: "1"}
+                  append_action: OVERWRITE_IF_EXISTS_OR_ADD
+              - remove: x-secret
+              response_mutations:
+              - append:
+                  header: {key: x-served-by, value: fastproxy}
+        - name: buffer
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
+            max_request_bytes: 1024
+        """
+    route_config = """
+        name: web
+        virtual_hosts:
+        - name: web
+          domains: ["*"]
+          typed_per_filter_config:
+            cors:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy
+              allow_origin_string_match:
+              - prefix: https://app.
+              allow_methods: GET, PUT
+              max_age: "60"
+          routes:
+          - match: {prefix: /abort}
+            route: {cluster: backend}
+            typed_per_filter_config:
+              fault:
+                "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+                abort:
+                  http_status: 503
+                  percentage: {numerator: 100, denominator: HUNDRED}
+          - match: {prefix: /delay}
+            route: {cluster: backend}
+            typed_per_filter_config:
+              fault:
+                "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+                delay:
+                  fixed_delay: 0.2s
+                  percentage: {numerator: 1000000, denominator: MILLION}
+          - match: {prefix: /limited}
+            route: {cluster: backend}
+            typed_per_filter_config:
+              ratelimit:
+                "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+                stat_prefix: yaml_rl_route
+                token_bucket: {max_tokens: 2, tokens_per_fill: 1, fill_interval: 3600s}
+                filter_enabled:
+                  runtime_key: rl_enabled
+                  default_value: {numerator: 100, denominator: HUNDRED}
+                filter_enforced:
+                  runtime_key: rl_enforced
+                  default_value: {numerator: 100, denominator: HUNDRED}
+                status: {code: ServiceUnavailable}
+                response_headers_to_add:
+                - header: {key: x-local-rate-limit, value: "true"}
+                  append_action: OVERWRITE_IF_EXISTS_OR_ADD
+          - match: {prefix: /stream}
+            route: {cluster: backend}
+            typed_per_filter_config:
+              buffer:
+                "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute
+                disabled: true
+              mutate:
+                "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute
+                mutations:
+                  request_mutations:
+                  - append:
+                      header: {key: x-stream, value: "1"}
+          - match: {prefix: /}
+            route: {cluster: backend}
+        """
+    return envoy_yaml([http_listener(name="http", http_filters=filters, route_config=route_config)],
+                      [static_cluster("backend", [port], connect_timeout="1s")], admin=False)
 
 
 def envoy_env():
@@ -891,11 +800,11 @@ def validate(tmp_path, text, name="native.yaml"):
 
 @needs_envoy
 def test_envoy_accepts_the_native_filter_yaml(tmp_path):
-    validate(tmp_path, envoy_yaml(9999))
+    validate(tmp_path, native_filters_yaml(9999))
 
 
 def test_native_filter_yaml_loads_and_runs(upstream, tmp_path):
-    text = envoy_yaml(upstream.port)
+    text = native_filters_yaml(upstream.port)
     boot = load_envoy(text)
     kinds = [f.kind for f in boot.listeners[0].http.http_filters]
     assert kinds == [HEALTH_CHECK, CORS, LOCAL_RATELIMIT, FAULT, HEADER_MUTATION, BUFFER]
@@ -920,48 +829,12 @@ def test_native_filter_yaml_loads_and_runs(upstream, tmp_path):
         assert upstream.requests[-1][2]["x-stream"] == ["1"]
 
 
-_ONE_FILTER = """\
-static_resources:
-  listeners:
-  - name: http
-    address:
-      socket_address: {address: 127.0.0.1, port_value: 0}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: t
-          http_filters:
-          - name: under_test
-            typed_config:
-TYPED_CONFIG
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-          route_config:
-            virtual_hosts:
-            - name: v
-              domains: ["*"]
-              routes:
-              - match: {prefix: /}
-                route: {cluster: backend}
-  clusters:
-  - name: backend
-    load_assignment:
-      cluster_name: backend
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {address: 127.0.0.1, port_value: 9999}
-"""
-
-
 def _filter_yaml(typed_config: str) -> str:
     """A bootstrap whose only HTTP filter (before the router) has this typed_config."""
-    tc = textwrap.indent(textwrap.dedent(typed_config), " " * 14).rstrip("\n")
-    return _ONE_FILTER.replace("TYPED_CONFIG", tc)
+    return envoy_yaml([http_listener(name="http", stat_prefix="t", http_filters=[
+                          {"name": "under_test", "typed_config": fragment(typed_config)}],
+                                     routes="[{match: {prefix: /}, route: {cluster: backend}}]")],
+                      [static_cluster("backend", [9999])], admin=False)
 
 
 @pytest.mark.parametrize("typed_config,path", [
