@@ -1,5 +1,11 @@
-# The HTTP connection manager (Envoy's http_connection_manager with the router as its only
-# filter) for HTTP/1.1, and the upstream connection pool it draws from.
+# The HTTP connection manager (Envoy's http_connection_manager) for HTTP/1.1: the downstream
+# connection (HConn): its start, events, the loop that parses pipelined requests into
+# streams, idle/headers timeouts, close and lingering close, draining, and the per-worker
+# hooks (waiting requests, deferred frees, teardown). The rest of the HTTP data path:
+#   core/http/active_stream.pxi  one request/response exchange (HStream)
+#   core/http/router_filter.pxi  routing, the upstream request, stream_on_upstream
+#   core/upstream/http_pool.pxi  the upstream connections (UpConn) and their pool
+#   core/http/head_writer.pxi    heads and body framing as bytes
 #
 #   downstream HConn --(one HStream at a time; pipelined requests wait in in_buf)--
 #        request:  parse head -> route -> upstream head -> body (Content-Length: moved
@@ -16,6 +22,7 @@
 #
 # Re-entrancy: work that finishes a stream may want to parse the next pipelined request;
 # hconn_pump() is the only loop that does so, and a nested call only marks `repump`.
+
 
 # ---------------------------------------------------------------- debug lines
 # (core/debug_log.pxi; every call site tests fp_log_level first, so these cost nothing at
