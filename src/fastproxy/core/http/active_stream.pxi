@@ -398,7 +398,7 @@ cdef int _request_target_normalize(HStream* s, HttpCfg* h) noexcept nogil:
 
 
 cdef int _stream_path(HStream* s, HttpCfg* h) noexcept nogil:
-    """Normalize the request path (core/http_hcm.pxi); -1 when the stream was answered: 400
+    """Normalize the request path (core/http/hcm_headers.pxi); -1 when the stream was answered: 400
     for a path refused, 307 to the path with its escaped slashes decoded (Envoy's
     UNESCAPE_AND_REDIRECT), before any decoder filter runs, as in Envoy; Envoy's filter chain
     exists by then, so its encoder filters see those replies (checked)."""

@@ -37,7 +37,7 @@ cdef enum:                          # HttpCfg.underscores: headers_with_undersco
     US_REJECT = 1
     US_DROP = 2
 
-cdef enum:                          # stream_normalize_path (core/http_hcm.pxi)
+cdef enum:                          # stream_normalize_path (core/http/hcm_headers.pxi)
     PN_NOMEM = -2
     PN_REJECT = -1                  # 400, downstream_rq_failed_path_normalization
     PN_OK = 0
@@ -70,7 +70,7 @@ cdef struct HttpCfg:
     uint8_t suppress_envoy_headers  # the router's: no x-envoy-expected-rq-timeout-ms,
                                     # -original-path, -original-host, -upstream-service-time
     uint32_t xff_num_trusted_hops
-    uint8_t internal_mode           # IA_*: which client addresses are internal (http_stream.pxi)
+    uint8_t internal_mode           # IA_*: which client addresses are internal (core/http/stream_extras.pxi)
     int ninternal
     InternalCidr* internal_cidrs    # IA_CIDRS: internal_address_config.cidr_ranges
     char local_ip[48]               # Envoy's local address: what XFF gets for a loopback peer
@@ -83,13 +83,13 @@ cdef struct HttpCfg:
     uint8_t skip_xff_append         # use_remote_address without touching x-forwarded-for
     uint8_t preserve_external_request_id
     uint8_t always_set_request_id   # always_set_request_id_in_response
-    uint8_t normalize_path          # path normalization (core/http_hcm.pxi)
+    uint8_t normalize_path          # path normalization (core/http/hcm_headers.pxi)
     uint8_t merge_slashes
     uint8_t escaped_slashes         # ES_*: path_with_escaped_slashes_action
     uint8_t strip_port              # STRIP_PORT_*: strip_matching_host_port / strip_any_host_port
     uint8_t underscores             # US_*: headers_with_underscores_action
     StatBlock* http1_stats          # the server-wide http1.* counters (HTTP1_STATS)
-    int nfilters                    # http_filters before the router (core/http_filter.pxi)
+    int nfilters                    # http_filters before the router (core/http/filter_manager.pxi)
     HttpFilterCfg* filters
     uint32_t filter_hooks           # union of the filters' HK_* bits
     uint32_t filter_buffer_limit
@@ -182,7 +182,7 @@ cdef struct HStream:
     char client_ip[48]              # the trusted client address (use_remote_address/XFF)
     size_t client_ip_len
     uint16_t client_port            # 0 when the address came from x-forwarded-for
-    uint8_t client_internal         # Envoy's "internal request" (http_stream.pxi)
+    uint8_t client_internal         # Envoy's "internal request" (core/http/stream_extras.pxi)
     uint8_t edge                    # use_remote_address and not internal: an edge request
     uint8_t envoy_hdrs              # the request has x-envoy-* fields (the codec's H1X_ENVOY_HDR)
     uint64_t timeout_ms             # the route timeout in force (x-envoy-upstream-rq-timeout-ms)
@@ -278,7 +278,7 @@ ctypedef ssize_t (*RouteTextFn)(const RouteEntry* e, const RouteInput* r, char* 
                                 size_t* need) noexcept nogil
 
 DEF ROUTE_TEXT_ON_STACK = 8192      # a rewritten path or a Location this long costs no malloc
-cdef const char* NO_MEMORY_BODY = "out of memory"    # the codec's 503 body too (http1.pxi)
+cdef const char* NO_MEMORY_BODY = "out of memory"    # the codec's 503 body too (core/http/codec_h1.pxi)
 
 
 DEF LINGER_MS = 1000                # how long a lingering close reads (Envoy's delayed_close_timeout)

@@ -171,7 +171,7 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
             if uhost.hostname_len:
                 orig_host = _pl_take(&l, "host", 4)
                 _pl_add(&l, _cs("host"), _s(uhost.hostname, uhost.hostname_len))
-        # Envoy's x-envoy-* rules (http_stream.pxi): the connection manager's pass already
+        # Envoy's x-envoy-* rules (core/http/stream_extras.pxi): the connection manager's pass already
         # ran on a filtered stream's map; the router's runs on every filtered stream, since a
         # filter may have added such a field.
         if s.fc != NULL:
@@ -657,7 +657,7 @@ cdef int stream_send_request_head(HStream* s, int framing, uint64_t length) noex
     return 0
 
 
-# -- the filter chain's sinks (core/http_filter.pxi calls these)
+# -- the filter chain's sinks (core/http/filter_manager.pxi calls these)
 
 cdef int hf_sink_headers_decode(HStream* s) noexcept nogil:
     """The request headers passed every decoder filter: route."""

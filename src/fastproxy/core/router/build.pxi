@@ -682,7 +682,7 @@ cdef int _rt_build_domainset(_RouteBuilder b, RouteDomainSet* ds, dict exact, di
 
 
 cdef class RouteTableHandle:
-    """The main thread's reference to a compiled route table (see core/router.pxi)."""
+    """The main thread's reference to a compiled route table (see core/router/decls.pxi)."""
     cdef RouteTable* t
     cdef readonly list cluster_names        # cluster index -> name
     cdef readonly str name
@@ -815,7 +815,7 @@ cdef class RouteTableHandle:
                 out["body"] = _rt_pybytes(e.body)
             # Start small so the "buffer too small" answer is exercised, then grow.
             # Start small so the "buffer too small" answer is exercised, then take the
-            # room it asks for, as a worker does (core/http_conn.pxi, route_text).
+            # room it asks for, as a worker does (core/http/router_filter.pxi, route_text).
             buf = small
             n = route_rewrite_path(e, &r, buf, 16, &need)
             if n == ROUTE_NO_ROOM:
@@ -878,7 +878,7 @@ cdef list _rt_ops_list(const RouteHeaderOps* ops):
 
 def compile_route_table(route_config, dict cluster_index, int regex_copies=1,
                         str path="route_config", per_filter=None):
-    """Compile a model_http.RouteConfiguration into a RouteTable (see core/router.pxi).
+    """Compile a model_http.RouteConfiguration into a RouteTable (see core/router/decls.pxi).
     cluster_index maps every cluster name a route may use to the caller's integer index.
     per_filter(route, vhost, route_config): the route's per-HTTP-filter config addresses
     (a list, 0 for none) or None."""
