@@ -15,7 +15,10 @@ layout"). Declaration files (decls.pxi) come before the implementation files of 
   core/pybridge.pxi    Python network filters (with core/http_pyfilter.pxi, the only code
                        on a worker that takes the GIL)
   core/engine.pxi      the Python-facing control surface
-  core/http/codec_h1.pxi      HTTP/1.1 codec (strict, incremental) and serializer
+  core/http/codec_h1_decls.pxi the HTTP/1.1 codec's contract, enums and structs
+  core/http/codec_h1.pxi      HTTP/1.1 parser (strict, incremental)
+  core/http/codec_h1_writer.pxi HTTP/1.1 serializer (heads, chunk framing)
+  core/http/codec_h1_testing.pxi the codec's test and benchmark hooks (Python, GIL)
   core/router/decls.pxi       the route table's structs and contract
   core/router/match.pxi       route matching, rewrites, redirects (workers, no GIL)
   core/router/build.pxi       building route tables (main thread, GIL)
@@ -56,7 +59,10 @@ include "core/listener.pxi"
 include "core/tcp_proxy.pxi"
 include "core/pybridge.pxi"
 include "core/engine.pxi"
+include "core/http/codec_h1_decls.pxi"
 include "core/http/codec_h1.pxi"
+include "core/http/codec_h1_writer.pxi"
+include "core/http/codec_h1_testing.pxi"
 include "core/router/decls.pxi"
 include "core/router/match.pxi"
 include "core/router/build.pxi"
