@@ -1,24 +1,39 @@
 # cython: language_level=3
 """fastproxy's compiled core: the data plane.
 
-One extension module; each included file has one job (see docs/architecture.md):
+One extension module; each included file has one job (see docs/architecture.md, "Source
+layout"). Declaration files (decls.pxi) come before the implementation files of their unit.
   core/buffer.pxi      slices and chains
   core/dispatcher.pxi  per-worker epoll loop, timers, cross-thread messages
   core/debug_log.pxi   rate-limited debug lines from the workers (write(2), no GIL)
   core/stats_table.pxi the stat blocks' indexes and names (generated from stats_table.py)
   core/stats.pxi       per-worker counters
-  core/upstream.pxi    clusters, host sets, load balancing
+  core/upstream/cluster.pxi   clusters, host sets, load balancing
   core/snapshot.pxi    listener config snapshots and their propagation
   core/listener.pxi    binding and accepting
   core/tcp_proxy.pxi   the L4 session: splice and buffered paths, half-close, resets
-  core/pybridge.pxi    the only code on a worker that takes the GIL (Python filters)
+  core/pybridge.pxi    Python network filters (with core/http_pyfilter.pxi, the only code
+                       on a worker that takes the GIL)
   core/engine.pxi      the Python-facing control surface
-  core/http1.pxi       HTTP/1.1 codec (strict, incremental) and serializer
-  core/router.pxi      the route table: virtual hosts, matching, rewrites, redirects
-  core/http_conn.pxi   the HTTP connection manager and the upstream connection pool
-  core/http_filter.pxi HTTP filter chains (the fp_http_filter C ABI, header maps, iteration)
-  core/http_pyfilter.pxi Python HTTP filters (the GIL is taken here and in pybridge only)
-  core/http_stream.pxi stream timeouts, the trusted client address, CONNECT tunnels
+  core/http/codec_h1_decls.pxi the HTTP/1.1 codec's contract, enums and structs
+  core/http/codec_h1.pxi      HTTP/1.1 parser (strict, incremental)
+  core/http/codec_h1_writer.pxi HTTP/1.1 serializer (heads, chunk framing)
+  core/http/codec_h1_testing.pxi the codec's test and benchmark hooks (Python, GIL)
+  core/router/decls.pxi       the route table's structs and contract
+  core/router/match.pxi       route matching, rewrites, redirects (workers, no GIL)
+  core/router/build.pxi       building route tables (main thread, GIL)
+  core/http/decls.pxi         structs and enums of the connection manager, router filter, pool
+  core/http/head_writer.pxi   heads and body framing as bytes, header operations
+  core/http/local_reply.pxi   responses the proxy writes itself; status counters
+  core/upstream/http_pool.pxi upstream HTTP connections and their per-host pool
+  core/http/active_stream.pxi one request/response exchange (HStream)
+  core/http/router_filter.pxi routing, the upstream request, the upstream response
+  core/http/hcm_config.pxi    the connection manager's config (main thread, GIL)
+  core/http/conn_manager.pxi  the downstream HTTP connection (HConn) and its loop
+  core/http/filter_manager.pxi HTTP filter chains (the fp_http_filter C ABI, header maps, iteration)
+  core/http_pyfilter.pxi      Python HTTP filters (the GIL is taken here and in pybridge only)
+  core/http/stream_extras.pxi stream timeouts, the trusted client address, x-envoy-*, CONNECT
+  core/http/hcm_headers.pxi   Date/Server/Via/x-request-id, path normalization, Host ports
   core/access_log.pxi  access logs and the stream facts they print
   core/bench.pxi       nogil loops for the micro-benchmarks (benchmarks/test_micro.py)
   core/filters_native.pxi native HTTP filters (fault, cors, local_ratelimit, ...; no GIL)
@@ -38,19 +53,31 @@ include "core/dispatcher.pxi"
 include "core/debug_log.pxi"
 include "core/stats_table.pxi"
 include "core/stats.pxi"
-include "core/upstream.pxi"
+include "core/upstream/cluster.pxi"
 include "core/snapshot.pxi"
 include "core/listener.pxi"
 include "core/tcp_proxy.pxi"
 include "core/pybridge.pxi"
 include "core/engine.pxi"
-include "core/http1.pxi"
-include "core/router.pxi"
-include "core/http_conn.pxi"
-include "core/http_filter.pxi"
+include "core/http/codec_h1_decls.pxi"
+include "core/http/codec_h1.pxi"
+include "core/http/codec_h1_writer.pxi"
+include "core/http/codec_h1_testing.pxi"
+include "core/router/decls.pxi"
+include "core/router/match.pxi"
+include "core/router/build.pxi"
+include "core/http/decls.pxi"
+include "core/http/head_writer.pxi"
+include "core/http/local_reply.pxi"
+include "core/upstream/http_pool.pxi"
+include "core/http/active_stream.pxi"
+include "core/http/router_filter.pxi"
+include "core/http/hcm_config.pxi"
+include "core/http/conn_manager.pxi"
+include "core/http/filter_manager.pxi"
 include "core/http_pyfilter.pxi"
-include "core/http_stream.pxi"
-include "core/http_hcm.pxi"
+include "core/http/stream_extras.pxi"
+include "core/http/hcm_headers.pxi"
 include "core/access_log.pxi"
 include "core/bench.pxi"
 include "core/filters_native.pxi"

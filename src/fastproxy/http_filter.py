@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 # What a hook returns: a FilterStatus, or (an ``async def`` hook) a coroutine giving one.
 HookResult = Union[FilterStatus, Awaitable[FilterStatus]]
 
-# Bits of the core's HK_* enum (core/http_filter.pxi): which hooks a filter implements.
+# Bits of the core's HK_* enum (core/http/filter_manager.pxi): which hooks a filter implements.
 HOOK_BITS = {
     "decode_headers": 1, "decode_data": 2, "decode_trailers": 4,
     "encode_headers": 8, "encode_data": 16, "encode_trailers": 32, "on_log": 64,

@@ -41,7 +41,7 @@ def is_ip_literal(address: str) -> bool:
         return False
 
 
-MAX_ENDPOINT_HOSTNAME = 255     # bytes the core keeps per host (core/upstream.pxi Host.hostname)
+MAX_ENDPOINT_HOSTNAME = 255     # bytes the core keeps per host (core/upstream/cluster.pxi Host.hostname)
 
 
 def check_endpoint_hostname(value, path: str) -> None:

@@ -1,4 +1,4 @@
-"""A pure-Python twin of the compiled HTTP/1.1 codec (``core/http1.pxi``).
+"""A pure-Python twin of the compiled HTTP/1.1 codec (``core/http/codec_h1*.pxi``).
 
 It exists to check the compiled codec: the tests run every case through both, and the fuzz
 target demands that they produce the same events for every input. It is written to be read

@@ -13,7 +13,7 @@ cdef enum:
     EP_LISTEN = 2               # a listening socket
     EP_DOWN = 3                 # a TCP proxy session's downstream socket
     EP_UP = 4                   # a TCP proxy session's upstream socket
-    EP_HTTP_DOWN = 5            # an HTTP connection's downstream socket (core/http_conn.pxi)
+    EP_HTTP_DOWN = 5            # an HTTP connection's downstream socket (core/http/conn_manager.pxi)
     EP_HTTP_UP = 6              # an HTTP upstream connection's socket
 
 ctypedef void (*timer_cb_t)(Worker* w, void* arg) noexcept nogil
@@ -69,13 +69,13 @@ cdef struct Worker:
     WListener** listeners
     int nlisteners
     WListener* dead_listeners   # removed listener slots, freed at the end of the loop turn
-    # HTTP (core/http_conn.pxi)
+    # HTTP (core/http/conn_manager.pxi, core/upstream/http_pool.pxi)
     HConn* hconns               # live downstream HTTP connections
     HConn* hconn_deferred
     UpConn* upconns             # every upstream HTTP connection (busy, idle, connecting)
     UpConn* upconn_deferred
     void* kicked                # WorkerLb*: clusters whose waiting requests to serve this turn
-    # the Date header value, formatted once per second (core/http_hcm.pxi)
+    # the Date header value, formatted once per second (core/http/hcm_headers.pxi)
     char date[32]
     size_t date_len
     uint64_t date_until_ms      # w.now at which date goes stale (the next wall-clock second)

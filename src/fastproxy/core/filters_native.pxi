@@ -33,7 +33,7 @@ cdef struct NOwned:                 # what a config struct allocated (its first 
     RouteRegex* regexes             # compiled copies to regfree (their memory is in p)
 
 
-cdef struct NHdrOp:                 # action: RHO_* (core/router.pxi)
+cdef struct NHdrOp:                 # action: RHO_* (core/router/decls.pxi)
     int action
     const char* name
     size_t nn
@@ -126,7 +126,7 @@ _NF_APPEND_ACTIONS = {"APPEND_IF_EXISTS_OR_ADD": RHO_APPEND_IF_EXISTS_OR_ADD,
 
 cdef class _NfBuild(_MatchBuilder):
     """Allocates into one config struct's NOwned; on an error the caller frees it all.
-    Matchers are built by _MatchBuilder (core/router.pxi), the same as the routes'."""
+    Matchers are built by _MatchBuilder (core/router/build.pxi), the same as the routes'."""
     cdef NOwned* o
     cdef str path
 

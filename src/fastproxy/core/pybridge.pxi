@@ -1,4 +1,6 @@
-# The only place the data path takes the GIL: calls into user Python network filters.
+# Python network filters: the calls a worker makes into user Python network filters, with
+# the GIL. The data path takes the GIL here and in core/http_pyfilter.pxi (Python HTTP
+# filters), nowhere else.
 #
 # A session whose listener has Python filters owns a Connection object (s.pyconn, one
 # strong reference). Every function here that the worker calls is `noexcept with gil`,

@@ -1,6 +1,8 @@
 # Per-stream mechanisms of the HTTP connection manager that sit beside the request/response
-# path of core/http_conn.pxi: the stream idle and request timeouts, the trusted client
-# address (use_remote_address / xff_num_trusted_hops), and CONNECT tunnels.
+# path of core/http/active_stream.pxi and core/http/router_filter.pxi: the stream idle and
+# request timeouts, the trusted client address (use_remote_address / xff_num_trusted_hops),
+# Envoy's handling of x-envoy-* request headers (sanitizing, the router's timeout headers),
+# and the 200 that turns a CONNECT stream into a tunnel.
 
 cdef inline uint64_t wall_clock_us() noexcept nogil:
     cdef timespec ts

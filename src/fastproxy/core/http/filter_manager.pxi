@@ -548,7 +548,7 @@ cdef int hf_stream_create(HStream* s) noexcept nogil:
     if hm_from_head(&fc.req, &s.head, True, True) < 0:
         return -1
     # Envoy's connection manager mutates the request before the filters see it
-    # (http_stream.pxi): x-envoy-* sanitizing, x-envoy-internal / x-envoy-external-address,
+    # (core/http/stream_extras.pxi): x-envoy-* sanitizing, x-envoy-internal / x-envoy-external-address,
     # and an edge request's new x-request-id. The rest (XFF, ...) is done when the head is sent.
     if s.envoy_hdrs:
         xe_sanitize(s, &fc.req.l, XE_AT_HCM)
@@ -729,7 +729,7 @@ cdef int hf_local_reply_start(HStream* s, int status, const char* body, size_t n
     The headers are :status, content-length, content-type (text/plain when there is a body
     and the filter gave none), the filter's extra fields (FChain.local_headers) and
     `location`; the head sent downstream takes :status and the fields from what the filters
-    left, its framing from the body that passed them (core/http_conn.pxi,
+    left, its framing from the body that passed them (core/http/local_reply.pxi,
     _local_response_head). A HEAD request gets the headers only.
     Preconditions: s.fc has encoder hooks, no response in it yet, the head not sent.
     -1: the stream ended (or the connection closed); 0: an encoder filter holds the reply.

@@ -1,0 +1,610 @@
+# One request/response exchange on a downstream connection (Envoy's ActiveStream): its start
+# from a parsed request head (checks, path normalization, the filter chain), the request body
+# to the filters, the response head and body to the downstream (the encoder side's sinks),
+# CONNECT tunnels, and its finish and free.
+
+# ---------------------------------------------------------------- streams
+
+cdef void stream_free(HStream* s) noexcept nogil:
+    timer_cancel(s.c.w, &s.timeout)
+    stream_timers_stop(s)
+    if s.fc != NULL:
+        hf_stream_end(s)
+    free(s.rewritten_path)
+    h1_head_free(&s.head)
+    free(s)
+
+
+cdef void stream_finish(HStream* s) noexcept nogil:
+    """The response is complete (or answered locally): end the stream, keep the
+    connection for the next request if allowed."""
+    cdef HConn* c = s.c
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    if fp_log_level <= LOG_DEBUG:
+        fp_log(c.w.index, "http", c.id, c.nrequests, "stream complete: status %d, %llu ms", s.status,
+               <unsigned long long>(c.w.now - s.start_ms))
+    if s.fc != NULL and s.up != NULL and s.up.hosts != NULL and (h.filter_hooks & HK_LOG):
+        s.fc.upstream_host_len = _host_text(&s.up.hosts.hosts[s.up.host_index], s.fc.upstream_host,
+                                            sizeof(s.fc.upstream_host))
+    stream_log(s)
+    if s.up != NULL:
+        upconn_release(s.up, s.req_done and s.up.resp.state == H1_MESSAGE_DONE
+                       and (s.up.resp.flags & H1F_KEEP_ALIVE))
+        s.up = NULL
+    stat_sub(h.stats, c.w, H_RQ_ACTIVE, 1)
+    stat_add(h.stats, c.w, H_RQ_TIME_MS, c.w.now - s.start_ms)
+    if not s.keepalive or c.req.state != H1_MESSAGE_DONE:
+        # Either we said Connection: close, or the request body was never read (a local
+        # reply came first): the bytes that follow can't be trusted as a next request.
+        c.close_after = 1
+        if c.req.state != H1_MESSAGE_DONE:
+            c.unread_request = 1        # the parser is reset below; _hconn_finish must know
+    c.stream = NULL
+    stream_free(s)
+    h1_reset(&c.req)
+    if h.idle_timeout_ms:
+        timer_arm(c.w, &c.idle_timer, h.idle_timeout_ms)
+
+
+cdef void stream_upstream_failed(HStream* s, int status, const char* reason) noexcept nogil:
+    cdef HConn* c = s.c
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    s.up = NULL
+    if s.resp_started:
+        # Part of the response is out: the only honest signal left is an abrupt close.
+        hconn_close(c, True)
+        return
+    if s.cluster != NULL:
+        _count_upstream(s.cluster.stats, c.w, status)     # Envoy charges the router's reply
+        _count_host(s, status)
+    stream_local_reply(s, status, reason, strlen(reason), NULL, 0, not s.req_done)
+    hconn_pump(c)
+
+
+cdef void _stream_timeout(Worker* w, void* arg) noexcept nogil:
+    cdef HStream* s = <HStream*>arg
+    cdef HConn* c = s.c
+    # The route's timeout: Envoy counts it on the cluster (upstream_rq_timeout) only;
+    # downstream_rq_timeout is request_timeout's.
+    s.response_flags |= RF_UT
+    if s.cluster != NULL:
+        stat_add(s.cluster.stats, w, C_RQ_TIMEOUT, 1)
+        host_stat_add(s.hstats, w, HS_RQ_TIMEOUT, 1)
+    if s.up != NULL:
+        upconn_close(s.up)
+    stream_upstream_failed(s, 504, UPSTREAM_TIMEOUT)
+
+
+cdef int _downstream_response_head(HStream* s, int framing, uint64_t length) noexcept nogil:
+    """Serialize the upstream's response head for the downstream into c.out_buf."""
+    cdef HConn* c = s.c
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    cdef H1Parser* p = &s.up.resp
+    cdef H1Head* rh = &p.head
+    cdef PairList l
+    cdef const char* v
+    cdef size_t n
+    cdef char lenbuf[24]
+    cdef char svc[24]
+    cdef char* owned = NULL
+    cdef uint8_t chunked = 0
+    cdef int status = rh.status
+    cdef H1Str reason
+    memset(&l, 0, sizeof(PairList))
+    try:
+        if s.fc != NULL and s.fc.resp.used:
+            v = hm_get(&s.fc.resp, ":status", 7, &n)
+            if v == NULL or n != 3 or not _all_digits(v, 3):
+                return -1
+            status = (v[0] - 48) * 100 + (v[1] - 48) * 10 + (v[2] - 48)
+            if status < 200:
+                return -1
+            s.status = status
+            if hm_to_pairs(&s.fc.resp, &l, True) < 0:
+                return -1
+        else:
+            if _pl_from_head(&l, rh) < 0:
+                return -1
+            if s.request_end_ms and not h.suppress_envoy_headers:
+                # The router's x-envoy-upstream-service-time: from the end of the request to
+                # the response head (a filtered response got it in _response_to_filters).
+                s.service_time_ms = c.w.now - s.request_end_ms
+                s.service_time_set = 1
+                _pl_overwrite(&l, _cs("x-envoy-upstream-service-time"),
+                              _s(svc, _u64_text(s.service_time_ms, svc)))
+            # The route's mutations (a filtered response got them before its filters).
+            if _pl_apply_ops(&l, &s.route.response_headers) < 0:
+                return -1
+        if status == rh.status and rh.reason_len:
+            reason = _s(rh.buf + rh.reason_off, rh.reason_len)
+        else:
+            reason = _cs(_status_reason(status))
+        if framing == UF_PARSER:
+            v = _head_field(rh, "content-length", &n)
+            if p.framing == H1_BODY_LENGTH or (v != NULL and (s.method == H1M_HEAD or rh.status == 304)):
+                _pl_add(&l, _cs("content-length"), _s(v, n))
+            elif s.minor == 1 and (p.framing == H1_BODY_CHUNKED or p.framing == H1_BODY_EOF):
+                _pl_add(&l, _cs("transfer-encoding"), _cs("chunked"))
+                s.resp_chunked = 1
+            elif p.framing == H1_BODY_CHUNKED or p.framing == H1_BODY_EOF:
+                # An HTTP/1.0 client knows no chunked coding: the body goes as it is and the
+                # close ends it (Envoy 1.40 does the same, even to a keep-alive request).
+                s.keepalive = 0
+        else:
+            if framing == UF_CHUNKED and s.minor == 0:
+                framing = UF_NONE               # HTTP/1.0: the close delimits the body
+                s.keepalive = 0
+            if _framing_fields(s, &l, &s.fc.resp, framing, length, lenbuf, sizeof(lenbuf),
+                               &chunked, &s.fc.enc) < 0:
+                return -1
+        if pl_finish_response(&l, s, c, &owned) < 0:   # last, after the filters and the route
+            return -1
+        if not s.keepalive:
+            _pl_add(&l, _cs("connection"), _cs("close"))
+        elif s.minor == 0:
+            _pl_add(&l, _cs("connection"), _cs("keep-alive"))
+        if _append_head(&c.out_buf, &l, False, _s(NULL, 0), _s(NULL, 0), status, reason, s.minor) < 0:
+            return -1
+        return 0
+    finally:
+        free(l.v)
+        free(owned)
+
+
+cdef int _tunnel_response_head(HStream* s) noexcept nogil:
+    """The 101 head for the downstream: the upstream's fields plus Upgrade/Connection."""
+    cdef H1Head* rh = &s.up.resp.head
+    cdef PairList l
+    cdef const char* v
+    cdef size_t n
+    cdef char* owned = NULL
+    memset(&l, 0, sizeof(PairList))
+    try:
+        if _pl_from_head(&l, rh) < 0:
+            return -1
+        v = _head_field(rh, "upgrade", &n)
+        if v != NULL:
+            _pl_add(&l, _cs("upgrade"), _s(v, n))
+        _pl_add(&l, _cs("connection"), _cs("upgrade"))
+        if pl_finish_response(&l, s, s.c, &owned) < 0:     # Envoy encodes a 101 like any response
+            return -1
+        return _append_head(&s.c.out_buf, &l, False, _s(NULL, 0), _s(NULL, 0), 101,
+                            _cs("Switching Protocols"))
+    finally:
+        free(l.v)
+        free(owned)
+
+
+cdef int _tunnel_pump(HStream* s) noexcept nogil:
+    """After a 101: bytes flow both ways untouched. When one side ends, what it sent is
+    flushed to the other and the whole tunnel closes. -1 when it closed."""
+    cdef HConn* c = s.c
+    cdef UpConn* u = s.up
+    if u == NULL:
+        hconn_close(c, False)
+        return -1
+    if u.in_buf.length:
+        s.bytes_sent += u.in_buf.length
+        chain_move(&c.out_buf, &u.in_buf)
+    if c.in_buf.length:
+        s.req_body_bytes += c.in_buf.length
+        chain_move(&u.out_buf, &c.in_buf)
+    if u.eof:
+        s.tunnel_up_eof = 1
+    if c.down_eof:
+        s.tunnel_down_eof = 1
+    if (s.tunnel_up_eof and c.out_buf.length == 0) or (s.tunnel_down_eof and u.out_buf.length == 0):
+        hconn_close(c, False)
+        return -1
+    return 0
+
+
+cdef int _response_to_filters(HStream* s) noexcept nogil:
+    """A response head (not 1xx) for the encoder filters. -1: the stream ended."""
+    cdef FChain* fc = s.fc
+    cdef H1Parser* p = &s.up.resp
+    cdef char* st = fc.status_text
+    cdef char svc[24]
+    cdef size_t n
+    st[0] = <char>(48 + (p.head.status // 100) % 10)     # the codec guarantees 100..999
+    st[1] = <char>(48 + (p.head.status // 10) % 10)
+    st[2] = <char>(48 + p.head.status % 10)
+    if hm_append_raw(&fc.resp, _cs(":status"), _s(st, 3)) < 0 \
+            or hm_from_head(&fc.resp, &p.head, True, False) < 0:
+        hconn_close(s.c, True)
+        return -1
+    if s.request_end_ms and not (<HttpCfg*>s.c.cfg.http).suppress_envoy_headers:
+        s.service_time_ms = s.c.w.now - s.request_end_ms
+        s.service_time_set = 1
+        n = _u64_text(s.service_time_ms, svc)
+        if hm_set(&fc.resp, "x-envoy-upstream-service-time", 29, svc, n) < 0:
+            hconn_close(s.c, True)
+            return -1
+    # The router's part of the response head, so the encoder filters see it (Envoy's
+    # router finalizes the response headers before they go down the encoder chain).
+    if s.route != NULL and _hm_apply_ops(&fc.resp, &s.route.response_headers) < 0:
+        hconn_close(s.c, True)
+        return -1
+    fc.enc.end_seen = p.framing == H1_BODY_NONE
+    return hf_iterate(s, True)
+
+
+cdef void stream_request_end(HStream* s, bint start_timeout) noexcept nogil:
+    """The whole request is in (and on its way upstream when start_timeout): req_done,
+    the start of the upstream service time (once), and the route timeout, which Envoy
+    starts at the end of the request."""
+    s.req_done = 1
+    if not s.request_end_ms:
+        s.request_end_ms = s.c.w.now
+    if start_timeout and s.timeout_ms:
+        timer_arm(s.c.w, &s.timeout, s.timeout_ms)
+
+
+cdef inline bint _request_too_large(HStream* s, uint64_t n) noexcept nogil:
+    """n request bytes are over the connection manager's max_request_bytes (0: no limit);
+    counts downstream_rq_too_large. The caller answers 413 or resets."""
+    cdef HttpCfg* h = <HttpCfg*>s.c.cfg.http
+    if h.max_request_bytes and n > h.max_request_bytes:
+        stat_add(h.stats, s.c.w, H_RQ_TOO_LARGE, 1)
+        return True
+    return False
+
+
+cdef void _request_body_framing_error(HStream* s) noexcept nogil:
+    """Bad chunk framing in a request body; the stream ends. Bodies are re-framed, so the
+    upstream has only seen a well-formed, unfinished message: reset it, then answer the
+    client (or reset it too when the response has begun)."""
+    cdef HConn* c = s.c
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    cdef int status = c.req.err_status
+    stat_add(h.stats, c.w, H_CX_PROTOCOL_ERROR, 1)
+    s.response_flags |= RF_DPE
+    if s.up != NULL:
+        upconn_close(s.up)
+        s.up = NULL
+    if s.resp_started:
+        hconn_close(c, True)            # counts downstream_rq_rx_reset (the stream is active)
+        return
+    stat_add(h.stats, c.w, H_RQ_RX_RESET, 1)
+    chain_clear(&c.in_buf)
+    hconn_local_reply(c, status, _status_reason(status), strlen(_status_reason(status)), NULL, 0, True)
+    stream_finish(s)
+
+
+cdef int stream_filter_request_body(HStream* s) noexcept nogil:
+    """Request body bytes from the downstream's in_buf to the decoder filters.
+    -1 when the stream ended."""
+    cdef HConn* c = s.c
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    cdef H1Parser* p = &c.req
+    cdef SliceRef* r
+    cdef ssize_t n
+    cdef size_t off, seg
+    cdef bint end
+    while c.in_buf.length and p.state != H1_MESSAGE_DONE and hf_wants_more(s, False):
+        r = &c.in_buf.refs[c.in_buf.head]
+        n = h1_feed_body(p, r.s.data + r.off, r.len, &off, &seg)
+        if n < 0:
+            _request_body_framing_error(s)
+            return -1
+        s.req_body_bytes += seg
+        stat_add(h.stats, c.w, H_BYTES_COPIED, seg)
+        if _request_too_large(s, s.req_body_bytes):
+            hconn_close(c, True)
+            return -1
+        chain_drain(&c.in_buf, off)
+        end = p.state == H1_MESSAGE_DONE
+        if end and p.trailers.nfields and hm_from_head(&s.fc.req_trailers, &p.trailers, True, False) < 0:
+            hconn_close(c, True)
+            return -1
+        if seg or end:
+            if hf_body_in(s, False, &c.in_buf, seg, end, end and p.trailers.nfields > 0) < 0:
+                return -1
+            if c.closed or c.stream != s:
+                return -1
+        chain_drain(&c.in_buf, <size_t>n - off - seg)
+    if p.state != H1_MESSAGE_DONE and c.down_eof and c.in_buf.length == 0:
+        hconn_close(c, False)           # counts downstream_rq_rx_reset (the stream is active)
+        return -1
+    return 0
+
+
+cdef inline bint _dec_body_filtered(HStream* s) noexcept nogil:
+    return s.fc != NULL and ((<HttpCfg*>s.c.cfg.http).filter_hooks & (HK_DECODE_DATA | HK_DECODE_TRAILERS)) != 0
+
+
+cdef inline bint _enc_filtered(HStream* s) noexcept nogil:
+    return s.fc != NULL and ((<HttpCfg*>s.c.cfg.http).filter_hooks & (HK_ENCODE_HEADERS | HK_ENCODE_DATA | HK_ENCODE_TRAILERS)) != 0
+
+
+cdef inline bint _enc_body_filtered(HStream* s) noexcept nogil:
+    return s.fc != NULL and ((<HttpCfg*>s.c.cfg.http).filter_hooks & (HK_ENCODE_DATA | HK_ENCODE_TRAILERS)) != 0
+
+
+cdef bint _is_upgrade_token(const char* v, size_t n, const char* token) noexcept nogil:
+    """Is the Upgrade field's first protocol `token` (case-insensitive, version ignored)?"""
+    cdef size_t k = 0
+    while k < n and v[k] != b',' and v[k] != b'/' and v[k] != b' ' and v[k] != b'\t':
+        k += 1
+    return _ieq(v, k, token)
+
+
+cdef bint _head_has_route(HStream* s) noexcept nogil:
+    """Does a route match the request head as received (before any filter)?"""
+    cdef RouteInput r
+    cdef RouteHeader stack[ROUTE_HEADERS_ON_STACK]
+    cdef RouteHeader* hdrs = _route_input(s, &r, stack)
+    cdef bint found
+    if hdrs == NULL:
+        return False
+    found = route_select((<HttpCfg*>s.c.cfg.http).routes, &r) != NULL
+    _route_input_free(hdrs, stack)
+    return found
+
+
+cdef int _request_target_normalize(HStream* s, HttpCfg* h) noexcept nogil:
+    """Bring the taken request head to origin-form with a Host, before anything reads it.
+
+    * absolute-form (RFC 9112 3.2.2, "GET http://a.example/p HTTP/1.1"): routed and sent
+      upstream as its path ("/p"), and its authority replaces the Host field's value, as
+      RFC 9112 3.2.2 and Envoy do. Only http and https; an empty path becomes "/".
+    * HTTP/1.0 without Host: default_host_for_http_10 if configured, else refused (Envoy).
+    Returns -1 for a request to refuse with 400, -2 for an HTTP/1.0 request without Host
+    nor default_host_for_http_10 (400 too, with Envoy's empty body)."""
+    cdef H1Head* hd = &s.head
+    cdef char* t = hd.buf + hd.target_off
+    cdef size_t n = hd.target_len
+    cdef size_t a, e
+    cdef uint32_t i
+    cdef int host = -1
+    for i in range(hd.nfields):
+        if hd.fields[i].name_len == 4 and _ieq(hd.buf + hd.fields[i].name_off, 4, "host"):
+            host = <int>i
+            break
+    if s.method != H1M_CONNECT and n and t[0] != b"/" and not (n == 1 and t[0] == b"*"):
+        if n > 7 and _ieq(t, 7, "http://"):
+            a = 7
+        elif n > 8 and _ieq(t, 8, "https://"):
+            a = 8
+        else:
+            return -1
+        e = a
+        while e < n and t[e] != b'/' and t[e] != b'?':
+            e += 1
+        if e == a:
+            return -1
+        if e == n or t[e] != b'/':
+            # No path: slide the authority one byte left over the second '/' of "://"
+            # and put the path's "/" after it, so both stay inside the received bytes.
+            memmove(t + a - 1, t + a, e - a)
+            a -= 1
+            e -= 1
+            t[e] = b'/'
+        if host < 0:                    # HTTP/1.0: no Host; the field's value is set below
+            if h1_head_add_field(hd, "host", 4, "", 0) < 0:
+                return -1
+            host = <int>hd.nfields - 1
+        hd.fields[host].value_off = hd.target_off + <uint32_t>a
+        hd.fields[host].value_len = <uint32_t>(e - a)
+        hd.target_off += <uint32_t>e
+        hd.target_len -= <uint32_t>e
+        return 0
+    if host < 0 and s.minor == 0:
+        if h.default_host_10 == NULL:
+            return -2                   # no Host and no default_host_for_http_10
+        if h1_head_add_field(hd, "host", 4, h.default_host_10, h.default_host_10_len) < 0:
+            return -1
+    return 0
+
+
+cdef int _stream_path(HStream* s, HttpCfg* h) noexcept nogil:
+    """Normalize the request path (core/http/hcm_headers.pxi); -1 when the stream was answered: 400
+    for a path refused, 307 to the path with its escaped slashes decoded (Envoy's
+    UNESCAPE_AND_REDIRECT), before any decoder filter runs, as in Envoy; Envoy's filter chain
+    exists by then, so its encoder filters see those replies (checked)."""
+    cdef HConn* c = s.c
+    cdef int rc = stream_normalize_path(s, h)
+    if rc == PN_OK:
+        return 0
+    # (A filter that could not be created does not matter here: the request is answered
+    # without reaching the upstream either way.)
+    if rc != PN_NOMEM and h.nfilters and hf_stream_create(s) < 0:
+        rc = PN_NOMEM
+    if rc == PN_REJECT:
+        stat_add(h.stats, c.w, H_RQ_FAILED_PATH_NORMALIZATION, 1)
+        s.keepalive = 0
+        stream_local_reply(s, 400, "", 0, NULL, 0, True)
+    elif rc == PN_REDIRECT:
+        stat_add(h.stats, c.w, H_RQ_REDIRECTED_NORMALIZED_PATH, 1)
+        stream_local_reply(s, 307, "", 0, s.head.buf + s.head.target_off, s.head.target_len,
+                           c.req.state != H1_MESSAGE_DONE)
+    else:
+        hconn_close(c, True)
+    return -1
+
+
+cdef inline void _stream_refuse(HStream* s, int status, const char* body) noexcept nogil:
+    s.keepalive = 0
+    s.response_flags |= RF_DPE
+    stream_local_reply(s, status, body, strlen(body), NULL, 0, True)
+
+
+cdef void stream_start(HConn* c) noexcept nogil:
+    """A complete, valid request head is in c.req: run the decoder filters (if any), then
+    route it."""
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    cdef const char* v
+    cdef size_t un = 0
+    cdef int k, k2
+    cdef HStream* s = <HStream*>calloc(1, sizeof(HStream))
+    if s == NULL:
+        hconn_close(c, True)
+        return
+    timer_cancel(c.w, &c.idle_timer)
+    timer_cancel(c.w, &c.headers_timer)
+    s.c = c
+    s.start_ms = c.req_start_ms         # Envoy's stream begins with the request's first byte
+    s.cluster_override = -1
+    s.start_time_us = c.req_start_us
+    s.cluster_index = -1
+    timer_init(&s.timeout, _stream_timeout, s)
+    h1_head_take(&c.req, &s.head)
+    s.envoy_hdrs = (c.req.flags & H1X_ENVOY_HDR) != 0
+    s.method = s.head.method
+    s.minor = s.head.minor
+    s.keepalive = (c.req.flags & H1F_KEEP_ALIVE) != 0
+    s.req_chunked = c.req.framing == H1_BODY_CHUNKED
+    s.expect_continue = (c.req.flags & H1F_EXPECT_CONTINUE) != 0
+    if c.req.framing == H1_BODY_NONE:
+        c.req.state = H1_MESSAGE_DONE
+        stream_request_end(s, False)
+    c.stream = s
+    stream_timers_start(s)
+    stream_client_address(s)
+    c.nrequests += 1
+    if fp_log_level <= LOG_DEBUG:
+        _log_request_headers(s)
+    if h.max_requests_per_connection and c.nrequests >= h.max_requests_per_connection:
+        s.keepalive = 0
+    stat_add(h.stats, c.w, H_RQ_TOTAL, 1)
+    stat_add(h.stats, c.w, H_RQ_HTTP1_TOTAL, 1)
+    stat_add(h.stats, c.w, H_RQ_ACTIVE, 1)
+    # Requests the codec takes but the proxy refuses, as protocol errors (Envoy's codec
+    # reports them so): no filter chain exists yet, so the replies go out directly.
+    if s.minor == 0 and not h.accept_http_10:
+        # Envoy: HTTP/1.0 only with http_protocol_options.accept_http_10.
+        _stream_refuse(s, 426, "Upgrade Required")
+        return
+    if c.req.flags & H1F_TE_CODINGS:
+        # A coding besides chunked (gzip, chunked) would have to be kept when the body is
+        # re-framed; like Envoy, the proxy does not take such bodies.
+        _stream_refuse(s, 501, "unsupported transfer coding")
+        return
+    k = _request_target_normalize(s, h)
+    if k == -1:
+        _stream_refuse(s, 400, "invalid request target or host")
+        return
+    if not _connection_nominations_ok(&s.head, (c.req.flags & H1F_UPGRADE) != 0):
+        _stream_refuse(s, 400, "Bad Request")
+        return
+    if (h.normalize_path or h.merge_slashes or h.escaped_slashes != ES_KEEP) and not (c.req.flags & H1F_CONNECT):
+        if _stream_path(s, h) < 0:
+            return
+    if h.strip_port != STRIP_PORT_NONE:
+        stream_strip_host_port(s, h)
+    # The filter chain first (Envoy creates it before it refuses an upgrade): the proxy's
+    # own answers below go through its encoder filters.
+    k2 = hf_stream_create(s) if h.nfilters else 0
+    if k2 < 0:
+        hconn_close(c, True)
+        return
+    if k2 > 0:
+        # A filter could not be created: fail closed (a missing filter could be the one
+        # that denies the request), through the encoder filters that were, as a hook's
+        # failure (hf_fail) is answered.
+        stream_local_reply(s, 500, "", 0, NULL, 0, c.req.state != H1_MESSAGE_DONE)
+        return
+    if k == -2:
+        # HTTP/1.0 without Host nor default_host_for_http_10: Envoy's connection manager
+        # refuses it after creating the filter chain, with an empty body.
+        _stream_refuse(s, 400, "")
+        return
+    if c.req.flags & H1F_CONNECT:
+        s.keepalive = 0
+        s.connect = 1
+        if not h.allow_connect:
+            # Envoy, without a CONNECT upgrade config: 403 when a route (connect_matcher)
+            # takes the request, 404 when none does.
+            stream_local_reply(s, 403 if _head_has_route(s) else 404, "", 0, NULL, 0, True)
+            return
+    if c.req.flags & H1F_UPGRADE:
+        v = _head_field(&s.head, "upgrade", &un)
+        if v != NULL and _is_upgrade_token(v, un, "h2c"):
+            pass                        # Envoy drops h2c upgrades: plain HTTP/1.1 from here
+        elif v != NULL and h.allow_websocket and _is_upgrade_token(v, un, "websocket"):
+            s.upgrade = 1               # forwarded; a 101 answer turns into a tunnel
+            s.keepalive = 0
+        else:
+            # Envoy: an upgrade type not in upgrade_configs is refused.
+            s.keepalive = 0
+            stream_local_reply(s, 403, "", 0, NULL, 0, True)
+            return
+    if c.req.content_length > 0 and _request_too_large(s, <uint64_t>c.req.content_length):
+        stream_local_reply(s, 413, "Payload Too Large", 17, NULL, 0, True)
+        return
+    if h.nfilters:
+        if c.req.flags & H1F_EXPECT_CONTINUE:
+            # Answered before the filters run: a filter that waits for the body must get it.
+            chain_append(&c.out_buf, "HTTP/1.1 100 Continue\r\n\r\n", 25)
+        s.fc.dec.end_seen = c.req.framing == H1_BODY_NONE
+        hf_iterate(s, False)
+        return
+    stream_route(s)
+
+
+cdef int hf_sink_headers_encode(HStream* s) noexcept nogil:
+    """The response headers passed every encoder filter: send them (unless a filter may
+    still change the body: then the first body bytes send them)."""
+    if s.fc.local_encoding:
+        # A local reply: its body (complete) follows through the data phase, whose sink
+        # sends the head with the body's exact length. Without one, the head goes now.
+        if s.fc.enc.phase != FP_PH_DONE:
+            return 0
+        if stream_send_response_head(s, UF_PARSER if s.method == H1M_HEAD else UF_LENGTH, 0) < 0:
+            return -1
+        return _stream_response_done(s)
+    if not _enc_body_filtered(s):
+        return stream_send_response_head(s, UF_PARSER, 0)
+    if s.fc.enc.phase == FP_PH_DONE:         # no body: nothing else will come
+        if stream_send_response_head(s, UF_PARSER, 0) < 0:
+            return -1
+        return _stream_response_done(s)
+    return 0
+
+
+cdef int stream_send_response_head(HStream* s, int framing, uint64_t length) noexcept nogil:
+    cdef bint local = s.fc != NULL and s.fc.local_encoding
+    if (_local_response_head(s, framing, length) if local else _downstream_response_head(s, framing, length)) < 0:
+        if s.up != NULL:
+            _upconn_failed(s.up, 502, UPSTREAM_PROTOCOL_ERROR)
+        elif local and not s.resp_started:
+            # A filter left the local reply without a valid :status: as Envoy, 502 straight
+            # to the client (the encoder chain holds a response now, so it is not re-run).
+            stream_local_reply(s, 502, "filter removed required response headers", 40, NULL, 0, True)
+        else:
+            hconn_close(s.c, True)
+        return -1
+    s.resp_started = 1
+    if s.fc != NULL:
+        s.fc.enc.sink_started = 1
+    return 0
+
+
+cdef int _stream_response_done(HStream* s) noexcept nogil:
+    """The filtered response is complete downstream: end the stream."""
+    cdef HConn* c = s.c
+    if s.up != NULL and s.up.resp.state != H1_MESSAGE_DONE:
+        return 0                        # the upstream still owes bytes; it finishes then
+    stream_finish(s)
+    hconn_pump(c)
+    return -1
+
+
+cdef int hf_sink_data_encode(HStream* s) noexcept nogil:
+    """Filtered response body (and the end) to the downstream, framed."""
+    cdef FChain* fc = s.fc
+    cdef FDir* d = &fc.enc
+    cdef bint local_head = fc.local_encoding and s.method == H1M_HEAD
+    if local_head:
+        chain_clear(&d.held)            # a filter added body to a HEAD reply: not sent
+    if not d.sink_started:
+        if stream_send_response_head(s, UF_PARSER if local_head else _sink_framing(d, &fc.resp),
+                                     d.held.length) < 0 or s.fc != fc:
+            return -1
+    s.bytes_sent += d.held.length
+    if _sink_frame(d, &s.c.out_buf, &fc.resp_trailers) < 0:
+        hconn_close(s.c, True)          # the response has started: a reset is all that is left
+        return -1
+    if d.phase == FP_PH_DONE:
+        return _stream_response_done(s)
+    return 0

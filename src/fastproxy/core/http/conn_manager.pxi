@@ -1,0 +1,583 @@
+# The HTTP connection manager (Envoy's http_connection_manager) for HTTP/1.1: the downstream
+# connection (HConn): its start, events, the loop that parses pipelined requests into
+# streams, idle/headers timeouts, close and lingering close, draining, and the per-worker
+# hooks (waiting requests, deferred frees, teardown). The rest of the HTTP data path:
+#   core/http/active_stream.pxi  one request/response exchange (HStream)
+#   core/http/router_filter.pxi  routing, the upstream request, stream_on_upstream
+#   core/upstream/http_pool.pxi  the upstream connections (UpConn) and their pool
+#   core/http/head_writer.pxi    heads and body framing as bytes
+#
+#   downstream HConn --(one HStream at a time; pipelined requests wait in in_buf)--
+#        request:  parse head -> route -> upstream head -> body (Content-Length: moved
+#                  slice by slice, no copy; chunked: re-framed) -> UpConn.out_buf
+#        response: UpConn.in_buf -> parse head -> downstream head -> body -> HConn.out_buf
+#   UpConn: one upstream HTTP/1.1 connection; idle ones wait in a per-worker, per-host list
+#           (the pool) and are reused for the next stream to that host.
+#
+# Nothing is ever forwarded for a request the codec rejects: the head is complete and valid
+# before routing begins, and a body framing error resets the stream. Responses are re-framed
+# for the downstream: Content-Length kept, chunked re-chunked, close-delimited bodies sent
+# chunked to HTTP/1.1 clients (so the downstream connection survives) and close-delimited
+# to HTTP/1.0 ones.
+#
+# Re-entrancy: work that finishes a stream may want to parse the next pipelined request;
+# hconn_pump() is the only loop that does so, and a nested call only marks `repump`.
+
+
+# ---------------------------------------------------------------- debug lines
+# (core/debug_log.pxi; every call site tests fp_log_level first, so these cost nothing at
+# info)
+
+cdef inline const char* _pick(bint cond, const char* a, const char* b) noexcept nogil:
+    return a if cond else b
+
+
+cdef inline uint64_t _next_conn_id(Worker* w) noexcept nogil:
+    """A connection id unique in the process: a per-worker sequence and the worker."""
+    w.next_session_id += 1
+    return w.next_session_id * 1024 + <uint64_t>w.index
+
+
+cdef void _log_request_headers(HStream* s) noexcept nogil:
+    cdef HConn* c = s.c
+    cdef size_t hn = 0
+    cdef const char* host = _head_field(&s.head, "host", &hn)
+    fp_log(c.w.index, "http", c.id, c.nrequests,
+           "request headers complete (end_stream=%s): %.*s %.*s, host '%.*s'",
+           _pick(c.req.state == H1_MESSAGE_DONE, "true", "false"),
+           <int>s.head.method_len, s.head.buf + s.head.method_off,
+           <int>s.head.target_len, s.head.buf + s.head.target_off,
+           <int>(hn if host != NULL else 0), _pick(host != NULL, host, ""))
+
+
+cdef void _log_connecting(UpConn* u, Host* host) noexcept nogil:
+    cdef char text[300]
+    cdef size_t n = _host_text(host, text, sizeof(text))
+    fp_log(u.w.index, "pool", u.id, 0, "connecting to %.*s for stream %u of connection %llu",
+           <int>n, text,
+           u.stream.c.nrequests if u.stream != NULL else 0,
+           <unsigned long long>(u.stream.c.id if u.stream != NULL else 0))
+
+
+# ---------------------------------------------------------------- downstream connections
+
+cdef void _hconn_idle(Worker* w, void* arg) noexcept nogil:
+    cdef HConn* c = <HConn*>arg
+    if c.stream == NULL:
+        hconn_close(c, False)
+
+
+cdef void _hconn_headers_timeout(Worker* w, void* arg) noexcept nogil:
+    cdef HConn* c = <HConn*>arg
+    if c.stream == NULL:
+        stat_add((<HttpCfg*>c.cfg.http).stats, w, H_RQ_HEADER_TIMEOUT, 1)    # Envoy's name
+        hconn_local_reply(c, 408, "request header timeout", 22, NULL, 0, True)
+        hconn_pump(c)
+
+
+cdef void hconn_start(Worker* w, ListenerCfg* cfg, int fd, const sockaddr* peer) noexcept nogil:
+    """A new downstream connection; peer is its address as accept4 returned it."""
+    cdef HConn* c = <HConn*>calloc(1, sizeof(HConn))
+    cdef HttpCfg* h = <HttpCfg*>cfg.http
+    cdef epoll_event ev
+    cdef sockaddr_storage ss
+    cdef socklen_t sl = sizeof(sockaddr_storage)
+    if c == NULL:
+        close(fd)
+        listener_cx_release(cfg)
+        return
+    fp_atomic_add_int(&cfg.refcnt, 1)
+    c.w = w
+    c.cfg = cfg
+    c.down.kind = EP_HTTP_DOWN
+    c.down.fd = fd
+    c.down.owner = c
+    h1_init(&c.req, H1_REQUEST, h.max_head, 0, h.max_fields)
+    c.req_pipe.r = c.req_pipe.w = -1
+    c.rsp_pipe.r = c.rsp_pipe.w = -1
+    timer_init(&c.idle_timer, _hconn_idle, c)
+    timer_init(&c.headers_timer, _hconn_headers_timeout, c)
+    if peer.sa_family == AF_INET6:
+        inet_ntop(AF_INET6, &(<const sockaddr_in6*>peer).sin6_addr, c.remote_ip, sizeof(c.remote_ip))
+        c.remote_port = ntohs((<const sockaddr_in6*>peer).sin6_port)
+        c.remote_loopback = memcmp(&(<const sockaddr_in6*>peer).sin6_addr, b"\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\1", 16) == 0
+    elif peer.sa_family == AF_INET:
+        inet_ntop(AF_INET, &(<const sockaddr_in*>peer).sin_addr, c.remote_ip, sizeof(c.remote_ip))
+        c.remote_port = ntohs((<const sockaddr_in*>peer).sin_port)
+        c.remote_loopback = (<const uint8_t*>&(<const sockaddr_in*>peer).sin_addr)[0] == 127
+    c.remote_ip_len = strlen(c.remote_ip)
+    c.id = _next_conn_id(w)
+    if fp_log_level <= LOG_DEBUG:
+        fp_log(w.index, "conn_handler", c.id, 0, "new connection from %s:%u", c.remote_ip,
+               <unsigned int>c.remote_port)
+    c.next = w.hconns
+    if w.hconns != NULL:
+        w.hconns.prev = c
+    w.hconns = c
+    w.nsessions += 1
+    stat_add(cfg.lstats, w, L_CX_TOTAL, 1)
+    stat_add(cfg.lstats, w, L_CX_ACTIVE, 1)
+    stat_add(h.stats, w, H_CX_TOTAL, 1)
+    stat_add(h.stats, w, H_CX_ACTIVE, 1)
+    if not cfg.sock.loopback:   # else inherited from the listening socket, as TCP_NODELAY is
+        _loopback_tune(fd, peer)
+    if h.strip_port == STRIP_PORT_MATCHING:    # the listener's port: one more syscall, only then
+        sl = sizeof(sockaddr_storage)
+        if getsockname(fd, <sockaddr*>&ss, &sl) == 0:
+            c.local_port = ntohs((<sockaddr_in6*>&ss).sin6_port if ss.ss_family == AF_INET6
+                                 else (<sockaddr_in*>&ss).sin_port)
+    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
+    ev.data.ptr = &c.down
+    if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
+        hconn_close(c, False)
+        return
+    if h.idle_timeout_ms:
+        timer_arm(w, &c.idle_timer, h.idle_timeout_ms)
+    if h.request_headers_timeout_ms:
+        timer_arm(w, &c.headers_timer, h.request_headers_timeout_ms)
+
+
+cdef void hconn_close(HConn* c, bint rst) noexcept nogil:
+    cdef Worker* w = c.w
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    cdef HStream* s = c.stream
+    cdef int remote
+    if c.closed:
+        return
+    c.closed = 1
+    # Envoy's connection manager: remote when the client ended it (EOF, reset, an I/O
+    # error); "active rq" when a stream was open, and then that stream was reset too.
+    remote = c.down_eof or c.peer_gone
+    if fp_log_level <= LOG_DEBUG:
+        fp_log(w.index, "connection", c.id, 0, "closing connection: %s%s",
+               _pick(remote, "remote close", _pick(rst, "reset", "local close")),
+               _pick(s != NULL, ", resetting its open stream", ""))
+    stat_add(h.stats, w, H_CX_DESTROY, 1)
+    stat_add(h.stats, w, H_CX_DESTROY_LOCAL + remote, 1)
+    if s != NULL or c.partial_rq:
+        stat_add(h.stats, w, H_CX_DESTROY_ACTIVE_RQ, 1)
+        stat_add(h.stats, w, H_CX_DESTROY_LOCAL_ACTIVE_RQ + remote, 1)
+        if s != NULL:
+            stat_add(h.stats, w, H_RQ_RX_RESET, 1)
+    if c.codec_seen:
+        stat_sub(h.stats, w, H_CX_HTTP1_ACTIVE, 1)
+    timer_cancel(w, &c.idle_timer)
+    timer_cancel(w, &c.headers_timer)
+    if s != NULL:
+        if not s.logged and not s.tunnel and s.response_flags == 0:
+            s.response_flags |= RF_DC    # ended before its response was complete
+        stream_log(s)                   # while s.up still holds the response head
+        c.stream = NULL
+        if s.up != NULL:
+            s.up.stream = NULL
+            upconn_close(s.up)
+        stat_sub(h.stats, w, H_RQ_ACTIVE, 1)
+        stream_free(s)
+    # After a read that drained the socket (and no event since), nothing is left to drop.
+    _close_fd(c.down.fd, rst, c.down_eof or (c.codec_seen and not c.down.readable))
+    c.down.fd = -1
+    chain_free(&c.in_buf)
+    chain_free(&c.out_buf)
+    splice_pipe_close(w, &c.req_pipe)
+    splice_pipe_close(w, &c.rsp_pipe)
+    h1_free(&c.req)
+    stat_sub(c.cfg.lstats, w, L_CX_ACTIVE, 1)
+    stat_add(c.cfg.lstats, w, L_CX_DESTROY, 1)
+    stat_sub(h.stats, w, H_CX_ACTIVE, 1)
+    listener_cx_release(c.cfg)
+    if c.prev != NULL:
+        c.prev.next = c.next
+    else:
+        w.hconns = c.next
+    if c.next != NULL:
+        c.next.prev = c.prev
+    w.nsessions -= 1
+    c.next_deferred = w.hconn_deferred
+    w.hconn_deferred = c
+
+
+cdef void _hconn_linger_end(Worker* w, void* arg) noexcept nogil:
+    hconn_close(<HConn*>arg, False)
+
+
+cdef void _hconn_linger_read(HConn* c) noexcept nogil:
+    """Read and drop what the client still sends; close at its EOF or on an error."""
+    cdef char scratch[16384]
+    cdef ssize_t n
+    while True:
+        n = read(c.down.fd, scratch, sizeof(scratch))
+        if n > 0:
+            continue
+        if n < 0 and errno == EINTR:
+            continue
+        if n < 0 and errno == EAGAIN:
+            return
+        hconn_close(c, False)           # EOF or an error: the client is done either way
+        return
+
+
+cdef void _hconn_finish(HConn* c) noexcept nogil:
+    """The connection is to close and everything is flushed. When the client may still be
+    sending (its request was not read to the end: a 413 or 400 answered early, say), the
+    proxy first shuts its side and reads and drops what comes, until the client's EOF or
+    LINGER_MS: closing with unread bytes makes the kernel send an RST, which can reach the
+    client before it has read the answer (nginx's lingering close; Envoy's delayed close
+    also waits 1 s). The close still counts as the proxy's (local)."""
+    cdef bint clean = not c.unread_request and c.in_buf.length == 0 and (
+        c.req.state == H1_MESSAGE_DONE or (c.req.state == H1_HEAD and c.req.head.len == 0))
+    if clean or c.down_eof or c.peer_gone:
+        hconn_close(c, False)
+        return
+    c.lingering = 1
+    chain_clear(&c.in_buf)
+    shutdown(c.down.fd, SHUT_WR)
+    timer_cancel(c.w, &c.headers_timer)
+    timer_cancel(c.w, &c.idle_timer)
+    timer_init(&c.idle_timer, _hconn_linger_end, c)
+    timer_arm(c.w, &c.idle_timer, LINGER_MS)
+    _hconn_linger_read(c)               # edge-triggered: what is already there brings no event
+
+
+cdef void hconn_on_event(Worker* w, HConn* c, uint32_t events) noexcept nogil:
+    if c.closed:
+        return
+    if c.lingering:
+        _hconn_linger_read(c)
+        return
+    if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+        c.down.readable = 1
+    if events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+        c.down.hup = 1
+    if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
+        c.down.writable = 1
+    hconn_pump(c)
+
+
+cdef int _hconn_process(HConn* c) noexcept nogil:
+    """Parse and route what the downstream sent. -1 when the connection closed."""
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    cdef SliceRef* r
+    cdef ssize_t n
+    cdef HStream* s
+    while True:
+        if c.stream != NULL:
+            s = c.stream
+            if s.tunnel:
+                if _tunnel_pump(s) < 0:
+                    return -1
+                if s.up.out_buf.length and s.up.ep.writable:
+                    upconn_pump(s.up)
+                    if c.closed:
+                        return -1
+                return 0
+            if _dec_body_filtered(s):
+                if c.req.state != H1_MESSAGE_DONE or (c.down_eof and not s.req_done):
+                    if stream_filter_request_body(s) < 0:
+                        if c.closed:
+                            return -1
+                        continue
+            elif s.up != NULL and not s.req_done:
+                if stream_forward_request_body(s) < 0:
+                    if c.closed:
+                        return -1
+                    continue                # the stream ended with a local reply
+            if c.down_eof and c.stream == s and not (s.connect or s.upgrade):
+                # The client ended its side with its request in flight. As in Envoy (an HTTP
+                # connection is not half-closed), it is gone: the stream is reset (DC) and
+                # its upstream connection closed now, not held until an answer nobody reads
+                # (a client could otherwise pin upstream connections, closing as it goes).
+                # hconn_close counts the reset (downstream_rq_rx_reset).
+                hconn_close(c, False)
+                return -1
+            if c.stream == s and s.up != NULL and s.up.state == UC_BUSY and s.up.out_buf.length \
+                    and s.up.ep.writable:
+                # A pooled connection has no event coming to start it. Not while the upstream
+                # is unwritable: its EPOLLOUT will come, and upconn_pump's own hconn_pump(c)
+                # would set c.repump, so the hconn_pump that called us would go round forever
+                # without returning to epoll (an upload to an upstream that reads slowly spun
+                # the worker and stalled it for good).
+                upconn_pump(s.up)
+                if c.closed:
+                    return -1
+            return 0
+        if c.close_after:
+            return 0
+        if c.in_buf.length == 0:
+            if c.down_eof:
+                if h1_feed_eof(&c.req) < 0:
+                    # The client closed inside a request head: Envoy's stream for it ends
+                    # "downstream connection termination" (DC), unanswered.
+                    hconn_unparsed_request(c, 0, RF_DC)
+                    c.partial_rq = 1        # Envoy's stream was active when the connection closed
+                hconn_close(c, False)
+                return -1
+            return 0
+        if c.req.state == H1_HEAD and c.req.head.len == 0:
+            c.req_start_ms = c.w.now            # a new request begins
+            c.req_start_us = wall_clock_us()
+        r = &c.in_buf.refs[c.in_buf.head]
+        n = h1_feed_head(&c.req, r.s.data + r.off, r.len)
+        if n < 0:
+            stat_add(h.stats, c.w, H_CX_PROTOCOL_ERROR, 1)
+            hconn_unparsed_request(c, c.req.err_status, RF_DPE)
+            chain_clear(&c.in_buf)
+            return 0
+        chain_drain(&c.in_buf, <size_t>n)
+        if c.req.state == H1_HEAD_DONE:
+            if h.underscores != US_ALLOW and hconn_underscores(c, h) < 0:
+                # Envoy's codec refuses the request (a protocol error, like the codec's own)
+                stat_add(h.stats, c.w, H_CX_PROTOCOL_ERROR, 1)
+                hconn_unparsed_request(c, 400, RF_DPE)
+                chain_clear(&c.in_buf)
+                return 0
+            stream_start(c)
+            if c.closed:
+                return -1
+
+
+cdef void hconn_unparsed_request(HConn* c, int status, uint32_t flags) noexcept nogil:
+    """A request that never became a stream: the codec rejected its head (status: the
+    answer), or the client closed inside it (status 0: no answer). As in Envoy, it is a
+    request all the same: counted (downstream_rq_total, downstream_rq_rx_reset, the status
+    class), timed (downstream_rq_time) and access-logged with the response flag, and
+    without request headers (%REQ(...)% prints "-"; the protocol is HTTP/1.1). The stream
+    lives on the stack for that long; nothing is allocated."""
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    cdef HStream s
+    memset(&s, 0, sizeof(HStream))
+    s.c = c
+    s.start_ms = c.req_start_ms if c.req_start_ms else c.w.now
+    s.start_time_us = c.req_start_us if c.req_start_us else wall_clock_us()
+    s.cluster_index = -1
+    s.minor = 1
+    s.response_flags = flags
+    memcpy(s.client_ip, c.remote_ip, c.remote_ip_len + 1)
+    s.client_ip_len = c.remote_ip_len
+    s.client_port = c.remote_port
+    stat_add(h.stats, c.w, H_RQ_TOTAL, 1)
+    stat_add(h.stats, c.w, H_RQ_HTTP1_TOTAL, 1)
+    stat_add(h.stats, c.w, H_RQ_RX_RESET, 1)
+    if status:
+        c.stream = &s                   # the reply's status and bytes go to this stream
+        if c.req.err == H1E_MISSING_HOST:
+            hconn_local_reply(c, status, "", 0, NULL, 0, True)     # Envoy: an empty body
+        else:
+            hconn_local_reply(c, status, _status_reason(status), strlen(_status_reason(status)),
+                              NULL, 0, True)
+        c.stream = NULL
+    stream_log(&s)
+    c.req_start_ms = 0
+    c.req_start_us = 0
+
+
+cdef void hconn_pump(HConn* c) noexcept nogil:
+    cdef ssize_t n
+    cdef bint progress
+    cdef HStream* s
+    cdef size_t asked = 0
+    cdef uint64_t sent
+    cdef size_t out_len, pipe_bytes
+    cdef uint8_t repump
+    if c.closed or c.lingering:         # a lingering connection only drops input (_hconn_finish)
+        return
+    if c.in_pump:
+        c.repump = 1
+        return
+    c.in_pump = 1
+    while True:
+        c.repump = 0
+        progress = False
+        if c.out_buf.length and c.down.writable:
+            # A connection to close closes as soon as out_buf is out (below): with MSG_MORE
+            # its FIN leaves in the same segment as the last bytes.
+            n = chain_write_fd(&c.out_buf, c.down.fd, NULL, c.close_after and c.stream == NULL)
+            if n > 0:
+                progress = True
+                stat_add((<HttpCfg*>c.cfg.http).stats, c.w, H_CX_TX_BYTES, <uint64_t>n)
+                stream_touch(c)
+            elif n < 0 and errno == EAGAIN:
+                c.down.writable = 0
+            elif n < 0 and errno != EINTR:
+                c.in_pump = 0
+                c.peer_gone = 1
+                hconn_close(c, True)
+                return
+        s = c.stream
+        if c.down.readable and not c.down_eof and c.in_buf.length < HTTP_IO_LIMIT \
+                and (s == NULL or s.up == NULL or s.up.out_buf.length < HTTP_IO_LIMIT) \
+                and not (s != NULL and s.up != NULL and not s.req_done and not _dec_body_filtered(s) and (c.req_pipe.bytes
+                         or (c.req.framing == H1_BODY_LENGTH and c.in_buf.length == 0
+                             and s.up.state == UC_BUSY and c.req.state != H1_MESSAGE_DONE))):
+            n = chain_read_fd(&c.in_buf, c.down.fd, HTTP_IO_LIMIT - c.in_buf.length, &asked)
+            if n > 0:
+                if not c.codec_seen:
+                    # Envoy creates the HTTP/1 codec with the first bytes read (a client
+                    # that closes without sending any is not an HTTP/1 connection).
+                    c.codec_seen = 1
+                    stat_add((<HttpCfg*>c.cfg.http).stats, c.w, H_CX_HTTP1_TOTAL, 1)
+                    stat_add((<HttpCfg*>c.cfg.http).stats, c.w, H_CX_HTTP1_ACTIVE, 1)
+                progress = True
+                stat_add((<HttpCfg*>c.cfg.http).stats, c.w, H_CX_RX_BYTES, <uint64_t>n)
+                stream_touch(c)
+                if <size_t>n < asked and not c.down.hup:
+                    c.down.readable = 0     # drained (see upconn_pump)
+            elif n == 0:
+                c.down_eof = 1
+                progress = True
+            elif errno == EAGAIN:
+                c.down.readable = 0
+            elif errno != EINTR:
+                c.in_pump = 0
+                c.peer_gone = 1
+                hconn_close(c, True)
+                return
+        if _hconn_process(c) < 0:
+            c.in_pump = 0
+            return
+        if c.stream != NULL and c.stream.up != NULL and c.stream.up.state == UC_BUSY \
+                and (c.stream.up.in_buf.length or c.rsp_pipe.bytes or c.stream.up.ep.readable) \
+                and c.out_buf.length < HTTP_IO_LIMIT \
+                and not (c.stream.fc != NULL and c.stream.fc.enc.stopped == FS_HELD):
+            # (While an encoder filter holds the response, its continue restarts this.)
+            # The upstream paused on our full out_buf; let it continue now. in_pump stays
+            # set, so upconn_pump's own hconn_pump(c) does not nest (one nested pump per
+            # splice round overflowed the stack on a 1 GiB download whose client kept
+            # up); this loop goes round again only if that moved something.
+            s = c.stream
+            sent = s.bytes_sent
+            out_len = c.out_buf.length
+            pipe_bytes = c.rsp_pipe.bytes
+            repump = c.repump
+            upconn_pump(s.up)
+            if c.closed:
+                c.in_pump = 0
+                return
+            c.repump = repump
+            if c.stream != s or s.bytes_sent != sent or c.out_buf.length != out_len \
+                    or c.rsp_pipe.bytes != pipe_bytes:
+                progress = True
+        if c.stream != NULL and c.stream.tunnel and c.stream.tunnel_up_eof and c.out_buf.length == 0:
+            c.in_pump = 0
+            hconn_close(c, False)
+            return
+        if c.close_after and c.stream == NULL and c.out_buf.length == 0:
+            c.in_pump = 0
+            _hconn_finish(c)
+            return
+        if not progress and not c.repump:
+            break
+    c.in_pump = 0
+
+
+cdef void http_drain_listener(Worker* w, ListenSock* sock) noexcept nogil:
+    """The listener is going away: idle keep-alive connections close now, busy ones
+    finish their current response with Connection: close."""
+    cdef HConn* c = w.hconns
+    cdef HConn* nxt
+    while c != NULL:
+        nxt = c.next
+        if c.cfg.sock == sock:
+            if c.stream == NULL and c.out_buf.length == 0:
+                hconn_close(c, False)
+            else:
+                c.close_after = 1
+                if c.stream != NULL and not c.stream.resp_started:
+                    c.stream.keepalive = 0
+        c = nxt
+
+
+cdef void http_serve_waiting(Worker* w) noexcept nogil:
+    """Requests waiting for a connection (max_connections) of the clusters kicked this
+    turn: each takes an idle connection to its host, or connects once the cluster is under
+    max_connections again (or this worker has no connection to the host left). Runs at the
+    end of the loop turn, outside any pump."""
+    cdef WorkerLb* lb
+    cdef ClusterCfg* cl
+    cdef UpConn* u
+    cdef UpConn* nxt
+    cdef UpConn* p
+    cdef UpConn** head
+    cdef HStream* s
+    cdef Host* host
+    while w.kicked != NULL:
+        lb = <WorkerLb*>w.kicked
+        w.kicked = lb.kick_next
+        lb.kick_next = NULL
+        lb.kicked = 0
+        cl = lb.cluster
+        u = <UpConn*>lb.wait_head
+        while u != NULL:
+            if not u.queued:
+                break       # serving the one before ended it (memory is freed after this)
+            nxt = u.wait_next
+            s = u.stream
+            if s == NULL:
+                upconn_close(u)
+                u = nxt
+                continue
+            if u.hosts != lb.hosts:
+                # The host set changed (DNS) while it waited: pick again from the new one.
+                host = cluster_pick(cl, w, 0)
+                if host == NULL:
+                    _wait_unlink(u)
+                    stat_add(cl.stats, w, C_NONE_HEALTHY, 1)
+                    _upconn_failed(u, 503, NO_HEALTHY_UPSTREAM)
+                    u = nxt
+                    continue
+                u.hosts = lb.hosts
+                u.host_index = <int>(host - lb.hosts.hosts)
+                memcpy(&s.upstream_addr, &host.addr, host.addrlen)
+                s.upstream_addrlen = host.addrlen
+            host = &lb.hosts.hosts[u.host_index]
+            head = _pool_list(cl, w, u.host_index)
+            if head != NULL and head[0] != NULL and not s.connect:     # (a tunnel gets its own)
+                # An idle connection to its host: the request (already serialized into u's
+                # out_buf, never sent) moves to it; u, which never had a socket, ends.
+                _wait_unlink(u)
+                p = _pool_pop(head)
+                _upconn_bind(p, s)
+                if chain_move(&p.out_buf, &u.out_buf) < 0:
+                    p.stream = NULL
+                    upconn_close(p)
+                    _upconn_failed(u, 503, UPSTREAM_OVERFLOW)
+                    u = nxt
+                    continue
+                u.stream = NULL
+                s.up = p
+                upconn_close(u)
+                if not _upconn_attach(p):
+                    _upconn_overflowed(p)       # max_requests: p goes back to the pool
+                else:
+                    p.ep.writable = 1
+                    upconn_pump(p)
+            elif not cb_full(&cl.n_cx, cl.max_cx) or lb.pool_conns == NULL \
+                    or u.host_index >= lb.pool_n or lb.pool_conns[u.host_index] == 0:
+                _wait_unlink(u)
+                if _upconn_connect(u, host) < 0:
+                    _upconn_failed(u, 503, UPSTREAM_CONNECT_FAILURE)
+            u = nxt
+        cluster_decref(cl)
+
+
+cdef void http_free_deferred(Worker* w) noexcept nogil:
+    cdef HConn* c
+    cdef UpConn* u
+    http_serve_waiting(w)
+    while w.hconn_deferred != NULL:
+        c = w.hconn_deferred
+        w.hconn_deferred = c.next_deferred
+        listener_cfg_decref(c.cfg)
+        free(c)
+    while w.upconn_deferred != NULL:
+        u = w.upconn_deferred
+        w.upconn_deferred = u.next_deferred
+        cluster_decref(u.cluster)
+        free(u)
+
+
+cdef void http_worker_teardown(Worker* w) noexcept nogil:
+    while w.hconns != NULL:
+        hconn_close(w.hconns, False)
+    while w.upconns != NULL:
+        upconn_close(w.upconns)
+    http_free_deferred(w)

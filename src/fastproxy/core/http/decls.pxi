@@ -1,0 +1,284 @@
+# Declarations of the HTTP connection manager, the router filter and the upstream HTTP pool:
+# their enums, structs, compile-time sizes and C string constants. Included before every
+# implementation file of core/http/ and core/upstream/http_pool.pxi (Cython needs a struct
+# or DEF before its first use; functions may come in any order).
+
+cdef enum:                          # UpConn.state
+    UC_CONNECTING = 0
+    UC_BUSY = 1
+    UC_IDLE = 2
+    UC_CLOSED = 3
+    UC_WAITING = 4                  # no socket yet: the cluster's max_connections is reached
+
+cdef enum:                          # how a head we send frames its body
+    UF_PARSER = 0                   # as the received message was framed (re-chunked if chunked)
+    UF_NONE = 1                     # no body
+    UF_LENGTH = 2                   # Content-Length: the given length
+    UF_MAP_LENGTH = 3               # the Content-Length a filter left in the header map (counted)
+    UF_CHUNKED = 4                  # chunked (close-delimited to an HTTP/1.0 client)
+
+cdef enum:
+    HTTP_IO_LIMIT = 1 << 20         # bytes buffered per direction before reading pauses
+    MAX_IDLE_PER_HOST = 64
+
+cdef enum:                          # HttpCfg.escaped_slashes: path_with_escaped_slashes_action
+    ES_KEEP = 0
+    ES_REJECT = 1
+    ES_REDIRECT = 2
+    ES_FORWARD = 3
+
+cdef enum:                          # HttpCfg.strip_port: strip_port_mode
+    STRIP_PORT_NONE = 0
+    STRIP_PORT_MATCHING = 1
+    STRIP_PORT_ANY = 2
+
+cdef enum:                          # HttpCfg.underscores: headers_with_underscores_action
+    US_ALLOW = 0
+    US_REJECT = 1
+    US_DROP = 2
+
+cdef enum:                          # stream_normalize_path (core/http/hcm_headers.pxi)
+    PN_NOMEM = -2
+    PN_REJECT = -1                  # 400, downstream_rq_failed_path_normalization
+    PN_OK = 0
+    PN_REDIRECT = 1                 # 307 to the new path, downstream_rq_redirected_with_normalized_path
+
+cdef struct HttpCfg:
+    int refcnt                      # atomic
+    RouteTable* routes
+    int nclusters
+    ClusterCfg** clusters           # route cluster index -> cluster (one reference each)
+    StatBlock* stats                # http.<stat_prefix>.*
+    uint64_t idle_timeout_ms        # downstream connection without a stream; 0: none
+    uint64_t request_headers_timeout_ms
+    uint64_t stream_idle_timeout_ms
+    uint64_t request_timeout_ms     # the whole request must arrive within it; 0: none
+    uint8_t allow_connect           # upgrade_configs has CONNECT: tunnel it (else 403)
+    uint8_t allow_websocket         # upgrade_configs has websocket: forward it (else 403)
+    uint8_t accept_http_10          # http_protocol_options.accept_http_10 (else 426)
+    char* default_host_10           # default_host_for_http_10, or NULL
+    size_t default_host_10_len
+    int nlogs
+    AlogSink* logs                  # access logs (core/access_log.pxi)
+    char** cluster_names            # by route cluster index (%UPSTREAM_CLUSTER%)
+    uint32_t max_requests_per_connection
+    uint32_t max_head
+    uint32_t max_fields
+    uint64_t max_request_bytes      # 0: unlimited
+    uint8_t use_remote_address
+    uint8_t generate_request_id
+    uint8_t suppress_envoy_headers  # the router's: no x-envoy-expected-rq-timeout-ms,
+                                    # -original-path, -original-host, -upstream-service-time
+    uint32_t xff_num_trusted_hops
+    uint8_t internal_mode           # IA_*: which client addresses are internal (core/http/stream_extras.pxi)
+    int ninternal
+    InternalCidr* internal_cidrs    # IA_CIDRS: internal_address_config.cidr_ranges
+    char local_ip[48]               # Envoy's local address: what XFF gets for a loopback peer
+    size_t local_ip_len
+    char* server_name
+    size_t server_name_len
+    uint8_t server_mode             # SERVER_*: server_header_transformation
+    char* via                       # via: appended to request and response Via; NULL: none
+    size_t via_len
+    uint8_t skip_xff_append         # use_remote_address without touching x-forwarded-for
+    uint8_t preserve_external_request_id
+    uint8_t always_set_request_id   # always_set_request_id_in_response
+    uint8_t normalize_path          # path normalization (core/http/hcm_headers.pxi)
+    uint8_t merge_slashes
+    uint8_t escaped_slashes         # ES_*: path_with_escaped_slashes_action
+    uint8_t strip_port              # STRIP_PORT_*: strip_matching_host_port / strip_any_host_port
+    uint8_t underscores             # US_*: headers_with_underscores_action
+    StatBlock* http1_stats          # the server-wide http1.* counters (HTTP1_STATS)
+    int nfilters                    # http_filters before the router (core/http/filter_manager.pxi)
+    HttpFilterCfg* filters
+    uint32_t filter_hooks           # union of the filters' HK_* bits
+    uint32_t filter_buffer_limit
+    OwnedCfg* owned_cfgs            # filter configs freed with this HttpCfg
+    int nowned
+    PyObject* py_keep               # a list of the Python objects filters point at, or NULL
+
+cdef struct SplicePipe:             # a pipe that Content-Length bodies go through
+    int r
+    int w
+    size_t bytes                    # in the pipe now
+    size_t cap
+
+cdef struct UpConn:
+    Endp ep
+    Worker* w
+    UpConn* prev                    # the worker's list of upstream connections
+    UpConn* next
+    UpConn* idle_next               # the pool's idle list for its host
+    UpConn** idle_head              # the list it is on, NULL when not idle
+    UpConn* next_deferred
+    ClusterCfg* cluster             # one reference
+    int host_index
+    HostSet* hosts                  # the host set host_index is into (pool key)
+    int state
+    uint8_t eof
+    HStream* stream
+    H1Parser resp
+    Chain in_buf
+    Chain out_buf
+    Timer timer                     # connect timeout, then pooled-idle timeout
+    Timer duration_timer            # the cluster's max_connection_duration
+    uint8_t pending                 # its stream waits for it (upstream_rq_pending_active):
+                                    #   connecting, or UC_WAITING
+    uint8_t rq_attached             # a stream is attached and its response is not complete
+    uint8_t remote_close            # the upstream ended the connection (destroy_remote)
+    uint8_t cx_counted              # has a socket: counted in upstream_cx_active, n_cx, pool_conns
+    uint8_t last_request            # close after this response (max requests or duration reached)
+    uint32_t nrequests              # requests it has carried
+    UpConn* wait_next               # the cluster's per-worker queue of UC_WAITING ones
+    UpConn* wait_prev
+    uint8_t queued                  # on that queue
+    uint8_t host_counted            # counted in its worker's pool_conns (not a CONNECT tunnel's)
+    uint64_t id                     # the debug lines' ConnectionId (shared with HConn's)
+    StatBlock* hstats               # its host's counters (HS_*), NULL: none
+
+cdef struct HStream:
+    HConn* c
+    H1Head head                     # the request head, owned
+    int method
+    int minor
+    const RouteEntry* route
+    ClusterCfg* cluster
+    UpConn* up
+    StatBlock* hstats               # the chosen upstream host's counters (HS_*), NULL: none
+    uint8_t req_chunked             # request body re-framed as chunked upstream
+    uint8_t req_done                # the whole request is in the upstream's out_buf
+    uint8_t resp_started            # the response head went to the downstream
+    uint8_t resp_chunked            # ... with a body we frame as chunked
+    uint8_t keepalive               # the downstream connection may carry another request
+    uint8_t upgrade                 # the request asks to switch protocols (WebSocket)
+    uint8_t tunnel                  # 101 received: both connections are now a byte tunnel
+    uint8_t tunnel_up_eof
+    uint8_t tunnel_down_eof
+    int status
+    uint64_t start_ms
+    uint64_t req_body_bytes         # request body bytes received (tunnels: bytes from the client)
+    Timer timeout                   # the route's timeout (upstream request)
+    char* rewritten_path            # the route's path rewrite, or NULL
+    size_t rewritten_path_len
+    FChain* fc                      # filter instances and state; NULL without http_filters
+    int cluster_override            # a filter chose the cluster (index), or -1
+    uint8_t route_cleared           # a filter asked for the route to be recomputed
+    uint8_t resp_end_fed            # the response end went to the encoder filters
+    uint8_t connect                 # a CONNECT request (tunnelled once the upstream connects)
+    uint8_t expect_continue         # Expect: 100-continue, which we answer (and do not forward)
+    # stream_info: what access logs print (core/access_log.pxi) and later filters read
+    uint8_t resp_from_upstream      # the response head came from s.up (RESP() can read it)
+    uint8_t logged
+    uint32_t response_flags         # RF_* (Envoy's UH, UF, UC, NR, UT, DC, SI, ...)
+    uint64_t start_time_us          # wall clock at the start (CLOCK_REALTIME, microseconds)
+    uint64_t request_end_ms         # monotonic: the whole request was received; 0: not yet
+    uint64_t upstream_start_ms      # an upstream connection was assigned; 0: never
+    uint64_t response_start_ms      # the response head went downstream; 0: not yet
+    uint64_t end_ms
+    uint64_t bytes_sent             # response body bytes sent downstream (tunnels: to the client)
+    int cluster_index               # into HttpCfg.clusters; -1: none
+    sockaddr_storage upstream_addr  # the upstream host chosen (upstream_addrlen 0: none)
+    socklen_t upstream_addrlen
+    char client_ip[48]              # the trusted client address (use_remote_address/XFF)
+    size_t client_ip_len
+    uint16_t client_port            # 0 when the address came from x-forwarded-for
+    uint8_t client_internal         # Envoy's "internal request" (core/http/stream_extras.pxi)
+    uint8_t edge                    # use_remote_address and not internal: an edge request
+    uint8_t envoy_hdrs              # the request has x-envoy-* fields (the codec's H1X_ENVOY_HDR)
+    uint64_t timeout_ms             # the route timeout in force (x-envoy-upstream-rq-timeout-ms)
+    uint64_t expected_timeout_ms    # what x-envoy-expected-rq-timeout-ms says; 0: not sent
+    uint64_t service_time_ms        # the x-envoy-upstream-service-time we sent ...
+    uint8_t service_time_set        # ... if we did
+    char request_id[40]             # the x-request-id we generated, if any
+    size_t request_id_len
+    Timer idle_timer                # stream_idle_timeout (lazy: checks last_active_ms)
+    Timer request_timer             # request_timeout
+    uint64_t last_active_ms
+
+cdef struct HConn:
+    Endp down
+    Worker* w
+    HConn* prev
+    HConn* next
+    HConn* next_deferred
+    ListenerCfg* cfg                # one reference; cfg.http is this connection's config
+    H1Parser req
+    Chain in_buf
+    Chain out_buf
+    HStream* stream
+    uint32_t nrequests
+    uint8_t closed
+    uint8_t down_eof
+    uint8_t close_after             # close once out_buf is flushed and no stream is active
+    uint8_t lingering               # answered and shut for writing: discarding what still comes
+    uint8_t unread_request          # a request ended before all of it was read (_hconn_finish)
+    uint8_t in_pump
+    uint8_t repump
+    Timer idle_timer
+    Timer headers_timer
+    char remote_ip[48]
+    size_t remote_ip_len
+    uint16_t remote_port
+    uint8_t remote_loopback         # the peer is 127/8 or ::1
+    uint64_t req_start_ms           # the first byte of the request being parsed arrived
+    uint64_t req_start_us           # ... (wall clock, START_TIME)
+    SplicePipe req_pipe             # request bodies: downstream -> upstream
+    SplicePipe rsp_pipe             # response bodies: upstream -> downstream
+    uint8_t codec_seen              # bytes arrived: counted in downstream_cx_http1_*
+    uint8_t peer_gone               # a read or write failed: the peer reset (a remote close)
+    uint8_t partial_rq              # the client closed inside a request head (an active stream)
+    uint16_t local_port             # the listener's port (strip_matching_host_port only)
+    uint64_t id                     # the debug lines' ConnectionId (core/debug_log.pxi)
+
+
+# The http.<stat_prefix>.* block (H_*, HTTP_STATS, HTTP_GAUGES): fastproxy/stats_table.py.
+
+
+cdef struct PairList:               # field lines being assembled for a head we send
+    H1Pair* v
+    size_t n
+    size_t cap
+
+
+DEF SERVER_OVERWRITE = 0
+DEF SERVER_APPEND_IF_ABSENT = 1
+DEF SERVER_PASS_THROUGH = 2
+
+
+# Envoy's wording of the local replies for an upstream that failed before the response
+# headers (the text clients and logs know): one prefix, then the reset reason. OVERFLOW is
+# a request a circuit breaker refused (sent with x-envoy-overloaded: true).
+cdef extern from *:
+    """
+    #define FP_UPSTREAM_RESET(reason) \
+        "upstream connect error or disconnect/reset before headers. reset reason: " reason
+    static const char FP_UPSTREAM_PROTOCOL_ERROR[] = FP_UPSTREAM_RESET("protocol error");
+    static const char FP_UPSTREAM_OVERFLOW[] = FP_UPSTREAM_RESET("overflow");
+    static const char FP_UPSTREAM_CONNECT_TIMEOUT[] = FP_UPSTREAM_RESET("connection timeout");
+    static const char FP_UPSTREAM_CONNECT_FAILURE[] = FP_UPSTREAM_RESET("connection failure");
+    static const char FP_UPSTREAM_REMOTE_FAILURE[] = FP_UPSTREAM_RESET("remote connection failure");
+    static const char FP_UPSTREAM_TERMINATION[] = FP_UPSTREAM_RESET("connection termination");
+    static const char FP_NO_HEALTHY_UPSTREAM[] = "no healthy upstream";
+    static const char FP_UPSTREAM_TIMEOUT[] = "upstream request timeout";
+    """
+    const char* UPSTREAM_PROTOCOL_ERROR "FP_UPSTREAM_PROTOCOL_ERROR"
+    const char* UPSTREAM_OVERFLOW "FP_UPSTREAM_OVERFLOW"
+    const char* UPSTREAM_CONNECT_TIMEOUT "FP_UPSTREAM_CONNECT_TIMEOUT"
+    const char* UPSTREAM_CONNECT_FAILURE "FP_UPSTREAM_CONNECT_FAILURE"
+    const char* UPSTREAM_REMOTE_FAILURE "FP_UPSTREAM_REMOTE_FAILURE"
+    const char* UPSTREAM_TERMINATION "FP_UPSTREAM_TERMINATION"
+    const char* NO_HEALTHY_UPSTREAM "FP_NO_HEALTHY_UPSTREAM"
+    const char* UPSTREAM_TIMEOUT "FP_UPSTREAM_TIMEOUT"
+
+
+DEF ROUTE_HEADERS_ON_STACK = 48     # router input entries kept on the stack (most requests)
+
+
+ctypedef ssize_t (*RouteTextFn)(const RouteEntry* e, const RouteInput* r, char* out, size_t cap,
+                                size_t* need) noexcept nogil
+
+DEF ROUTE_TEXT_ON_STACK = 8192      # a rewritten path or a Location this long costs no malloc
+cdef const char* NO_MEMORY_BODY = "out of memory"    # the codec's 503 body too (core/http/codec_h1.pxi)
+
+
+DEF LINGER_MS = 1000                # how long a lingering close reads (Envoy's delayed_close_timeout)

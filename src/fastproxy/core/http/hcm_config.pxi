@@ -1,0 +1,163 @@
+# The HTTP connection manager's config (HttpCfg), built on the main thread with the GIL from
+# an HttpConnectionManager model (make_http_cfg) and shared read-only by the workers; its
+# reference count lets the last snapshot holding it free it on any thread.
+
+cdef void http_cfg_decref(HttpCfg* h) noexcept nogil:
+    cdef int i
+    if h == NULL or fp_atomic_add_int(&h.refcnt, -1) != 0:
+        return
+    route_table_decref(h.routes)
+    http_cfg_free_filters(h)
+    for i in range(h.nclusters):
+        cluster_decref(h.clusters[i])
+        if h.cluster_names != NULL:
+            free(h.cluster_names[i])
+    free(h.clusters)
+    free(h.cluster_names)
+    alog_sinks_free(h.logs, h.nlogs)
+    free(h.server_name)
+    free(h.via)
+    free(h.default_host_10)
+    free(h.internal_cidrs)
+    free(h)
+
+
+cdef class HttpCfgHandle:
+    """The main thread's reference to an HTTP connection manager config."""
+    cdef HttpCfg* h
+    cdef object routes_handle
+
+    def __dealloc__(self):
+        http_cfg_decref(self.h)
+
+
+cdef int _compile_internal_addresses(HttpCfg* h, iac) except -1:
+    """internal_address_config -> h.internal_mode (and h.internal_cidrs)."""
+    import ipaddress
+    from fastproxy.model_http import parse_cidr
+    cdef InternalCidr* r
+    cdef int i
+    if iac is None:
+        h.internal_mode = IA_NONE
+        return 0
+    if not iac.cidr_ranges:
+        h.internal_mode = IA_DEFAULT
+        return 0
+    h.internal_cidrs = <InternalCidr*>calloc(len(iac.cidr_ranges), sizeof(InternalCidr))
+    if h.internal_cidrs == NULL:
+        raise MemoryError()
+    h.internal_mode = IA_CIDRS
+    for i, text in enumerate(iac.cidr_ranges):
+        net = parse_cidr(text, f"internal_address_config.cidr_ranges[{i}]")
+        r = &h.internal_cidrs[i]
+        r.v6 = net.version == 6
+        r.plen = net.prefixlen
+        packed = net.network_address.packed
+        memcpy(r.addr, <char*>packed, len(packed))
+        h.ninternal = i + 1
+    return 0
+
+
+def make_http_cfg(hcm, StatBlockHandle stats, dict clusters, int nworkers, StatBlockHandle http1_stats=None):
+    """Compile a model_http.HttpConnectionManager; clusters: {name: ClusterHandle}."""
+    cdef HttpCfgHandle hh = HttpCfgHandle.__new__(HttpCfgHandle)
+    cdef _FilterCompiler fcomp
+    cdef HttpCfg* h = <HttpCfg*>calloc(1, sizeof(HttpCfg))
+    cdef RouteTableHandle rt
+    cdef ClusterHandle ch
+    cdef bytes server
+    cdef int i
+    if h == NULL:
+        raise MemoryError()
+    h.refcnt = 1
+    hh.h = h
+    names = sorted(clusters)
+    index = {name: i for i, name in enumerate(names)}
+    h.filter_buffer_limit = FILTER_BUFFER_LIMIT_DEFAULT
+    fcomp = _FilterCompiler.__new__(_FilterCompiler)
+    fcomp.h = h
+    fcomp.specs = list(getattr(hcm, "http_filters", None) or [])
+    fcomp.keep = []
+    fcomp.regex_copies = nworkers
+    fcomp.compile("http_connection_manager")
+    rt = compile_route_table(hcm.route_config, index, nworkers,
+                             per_filter=fcomp.route_configs if fcomp.specs else None)
+    if fcomp.keep:
+        Py_INCREF(fcomp.keep)
+        h.py_keep = <PyObject*>fcomp.keep
+    hh.routes_handle = rt
+    h.routes = rt.t
+    route_table_incref(rt.t)
+    h.nclusters = len(names)
+    h.clusters = <ClusterCfg**>calloc(max(1, h.nclusters), sizeof(ClusterCfg*))
+    h.cluster_names = <char**>calloc(max(1, h.nclusters), sizeof(char*))
+    if h.clusters == NULL or h.cluster_names == NULL:
+        raise MemoryError()
+    for i, name in enumerate(names):
+        ch = clusters[name]
+        h.clusters[i] = ch.c
+        fp_atomic_add_int(&ch.c.refcnt, 1)
+        h.cluster_names[i] = _al_dup(name.encode())
+        if h.cluster_names[i] == NULL:
+            raise MemoryError()
+    h.stats = stats.b
+    ms = lambda v: 0 if not v else max(1, int(v * 1000))
+    h.idle_timeout_ms = ms(hcm.idle_timeout)
+    h.request_headers_timeout_ms = ms(hcm.request_headers_timeout)
+    h.stream_idle_timeout_ms = ms(hcm.stream_idle_timeout)
+    h.request_timeout_ms = ms(hcm.request_timeout)
+    h.allow_websocket = any(u.enabled and u.upgrade_type.lower() == "websocket"
+                            for u in getattr(hcm, "upgrade_configs", ()))
+    h.allow_connect = any(u.enabled and u.upgrade_type.lower() == "connect"
+                          for u in getattr(hcm, "upgrade_configs", ()))
+    alog_compile(h, hcm)
+    h.max_requests_per_connection = hcm.max_requests_per_connection or 0
+    h.max_head = hcm.max_request_headers_kb * 1024
+    h.max_fields = hcm.max_headers_count
+    h.max_request_bytes = hcm.max_request_bytes or 0
+    h.use_remote_address = hcm.use_remote_address
+    h.generate_request_id = hcm.generate_request_id
+    h.suppress_envoy_headers = bool(getattr(hcm, "suppress_envoy_headers", False))
+    h.xff_num_trusted_hops = hcm.xff_num_trusted_hops
+    _compile_internal_addresses(h, getattr(hcm, "internal_address_config", None))
+    h.local_ip_len = _envoy_local_address(h.local_ip, sizeof(h.local_ip))
+    server = (hcm.server_name or "").encode()
+    h.server_name = <char*>malloc(len(server) + 1)
+    if h.server_name == NULL:
+        raise MemoryError()
+    memcpy(h.server_name, <char*>server, len(server) + 1)
+    h.server_name_len = len(server)
+    h.server_mode = {"OVERWRITE": SERVER_OVERWRITE, "APPEND_IF_ABSENT": SERVER_APPEND_IF_ABSENT,
+                     "PASS_THROUGH": SERVER_PASS_THROUGH}[getattr(hcm, "server_header_transformation", "OVERWRITE")]
+    h.accept_http_10 = hcm.accept_http_10
+    via = (getattr(hcm, "via", "") or "").encode()
+    if via:
+        h.via = <char*>malloc(len(via))
+        if h.via == NULL:
+            raise MemoryError()
+        memcpy(h.via, <char*>via, len(via))
+        h.via_len = len(via)
+    h.skip_xff_append = getattr(hcm, "skip_xff_append", False)
+    h.preserve_external_request_id = getattr(hcm, "preserve_external_request_id", False)
+    h.always_set_request_id = getattr(hcm, "always_set_request_id_in_response", False)
+    h.normalize_path = getattr(hcm, "normalize_path", False)
+    h.merge_slashes = getattr(hcm, "merge_slashes", False)
+    h.escaped_slashes = {"KEEP_UNCHANGED": ES_KEEP, "REJECT_REQUEST": ES_REJECT,
+                         "UNESCAPE_AND_REDIRECT": ES_REDIRECT, "UNESCAPE_AND_FORWARD": ES_FORWARD}[
+        getattr(hcm, "path_with_escaped_slashes_action", "KEEP_UNCHANGED")]
+    h.strip_port = {"NONE": STRIP_PORT_NONE, "MATCHING": STRIP_PORT_MATCHING, "ANY": STRIP_PORT_ANY}[
+        getattr(hcm, "strip_host_port", "NONE")]
+    h.underscores = {"ALLOW": US_ALLOW, "REJECT_REQUEST": US_REJECT, "DROP_HEADER": US_DROP}[
+        getattr(hcm, "headers_with_underscores_action", "ALLOW")]
+    if http1_stats is not None:
+        h.http1_stats = http1_stats.b
+    elif h.underscores != US_ALLOW:
+        raise ValueError("headers_with_underscores_action needs the http1.* stat block")
+    host10 = (hcm.default_host_for_http_10 or "").encode()
+    if host10:
+        h.default_host_10 = <char*>malloc(len(host10))
+        if h.default_host_10 == NULL:
+            raise MemoryError()
+        memcpy(h.default_host_10, <char*>host10, len(host10))
+        h.default_host_10_len = len(host10)
+    return hh
