@@ -1,4 +1,4 @@
-"""The HTTP/1.1 codec (core/http1.pxi) and its pure-Python twin (fastproxy._testing.http1_reference).
+"""The HTTP/1.1 codec (core/http/codec_h1*.pxi) and its pure-Python twin (fastproxy._testing.http1_reference).
 
 Every test runs against both implementations. Events are compared after joining adjacent
 ("data", ...) events, because how a body is cut into segments depends on how the input was

@@ -762,7 +762,7 @@ def test_request_headers_timeout_is_408_and_counted():
 # ---------------------------------------------------------------- long paths and rewrites
 #
 # A rewritten path or a Location up to ROUTE_TEXT_ON_STACK bytes is built on the worker's
-# stack (core/http_conn.pxi); a longer one in a buffer sized to it. Either way the upstream
+# stack (core/http/router_filter.pxi); a longer one in a buffer sized to it. Either way the upstream
 # gets the rewritten path and the client the Location: never the path as received (a
 # rewrite may confine paths). Checked around that size and at the request head limit
 # (max_request_headers_kb, 60 KiB by default, Envoy's).

@@ -1,4 +1,4 @@
-"""The compiled router (core/router.pxi): virtual host selection, route matching, actions,
+"""The compiled router (core/router/): virtual host selection, route matching, actions,
 rewrites, redirects and header mutations, checked through RouteTableHandle.select(), which
 calls the same nogil C functions a worker calls."""
 from __future__ import annotations
@@ -755,7 +755,7 @@ def mut(req_add=(), req_rm=(), resp_add=(), resp_rm=()):
 
 
 def apply_ops(ops, headers):
-    """The application algorithm documented in core/router.pxi (Envoy's HeaderParser)."""
+    """The application algorithm documented in core/router/match.pxi (Envoy's HeaderParser)."""
     headers = [(k.lower(), v) for k, v in headers]
     levels = []
     for op in ops:
