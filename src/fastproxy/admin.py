@@ -97,7 +97,7 @@ class AdminServer:
         self.proxy = proxy
         self.host = host
         self.port = port
-        self._access_log = list(access_log)     # model_http.AccessLog sinks
+        self._access_log = list(access_log)     # fastproxy.http.AccessLog sinks
         self._sinks: list = []                  # (ops, fd, is_socket), open while serving
         self.state = "PRE_INITIALIZING"
         self._started_at = time.monotonic()

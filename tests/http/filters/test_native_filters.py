@@ -19,11 +19,11 @@ import pytest
 
 from fastproxy import ConfigError, NativeHttpFilter, Proxy, PythonHttpFilter, HttpFilter, FilterStatus
 from fastproxy.config import load_envoy
-from fastproxy.model_filters import (BUFFER, CORS, FAULT, HEADER_MUTATION, HEALTH_CHECK, LOCAL_RATELIMIT, Buffer,
+from fastproxy.http.native_filters import (BUFFER, CORS, FAULT, HEADER_MUTATION, HEALTH_CHECK, LOCAL_RATELIMIT, Buffer,
                                      BufferPerRoute, Cors, CorsPolicy, FaultAbort, FaultDelay, FractionalPercent,
                                      HTTPFault, HealthCheck, HeaderMutation, HeaderMutationOp, LocalRateLimit,
                                      Mutations, TokenBucket)
-from fastproxy.model_http import (HeaderMatcher, HeaderValueOption, Int64Range, Route, RouteAction, RouteMatch,
+from fastproxy.http.model import (HeaderMatcher, HeaderValueOption, Int64Range, Route, RouteAction, RouteMatch,
                                   StringMatch)
 
 from conftest import start_envoy
