@@ -91,7 +91,7 @@ DEFAULT_MAX_REQUEST_HEADERS_KB = 60
 MAX_REQUEST_HEADERS_KB = 8192
 DEFAULT_MAX_DIRECT_RESPONSE_BODY = 4096
 
-PATH_SPECIFIERS = ("prefix", "path", "safe_regex", "path_separated_prefix")
+PATH_SPECIFIERS = mh.PATH_SPECIFIERS
 HEADER_MUTATION_FIELDS = ("request_headers_to_add", "request_headers_to_remove",
                           "response_headers_to_add", "response_headers_to_remove")
 
@@ -322,7 +322,7 @@ def _per_filter_configs(rc: mh.RouteConfiguration, filters: list) -> None:
     by_name = {f.name: f for f in filters}
 
     def parse(obj):
-        raw = getattr(obj, "typed_per_filter_config", None) or {}
+        raw = obj.typed_per_filter_config
         out = {}
         for name, (value, path) in raw.items():
             optional = False

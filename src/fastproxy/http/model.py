@@ -25,6 +25,8 @@ __all__ = [
     "STRIP_HOST_PORT_MODES", "UNDERSCORES_ACTIONS", "validate_http", "parse_cidr",
 ]
 
+# A RouteMatch's path specifiers (exactly one is set, or connect_matcher).
+PATH_SPECIFIERS = ("prefix", "path", "safe_regex", "path_separated_prefix")
 # The StringMatcher kinds a header/query matcher may use (exactly one is set).
 STRING_MATCH_KINDS = ("exact", "prefix", "suffix", "contains", "safe_regex")
 
@@ -36,6 +38,17 @@ class StringMatch:
     kind: str                   # one of STRING_MATCH_KINDS
     value: str
     ignore_case: bool = False
+
+    def validate(self, path: str) -> None:
+        """Check the fields; ``path`` names this matcher in errors."""
+        from ..config.regex import re2_to_posix
+        one_of(self.kind, path + ".kind", STRING_MATCH_KINDS)
+        string(self.value, path + ".value", non_empty=self.kind in ("prefix", "suffix", "contains"))
+        boolean(self.ignore_case, path + ".ignore_case")
+        if self.kind == "safe_regex":
+            if self.ignore_case:
+                fail(path + ".ignore_case", "ignore_case has no effect for safe_regex")
+            re2_to_posix(self.value, path + ".value")
 
 
 @dataclass
@@ -60,6 +73,22 @@ class HeaderMatcher:
     invert_match: bool = False
     treat_missing_header_as_empty: bool = False
 
+    def validate(self, path: str) -> None:
+        """Check the fields; ``path`` names this matcher in errors."""
+        check_header_name(string(self.name, path + ".name", non_empty=True), path + ".name", pseudo=True)
+        if sum(x is not None for x in (self.string_match, self.present_match, self.range_match)) > 1:
+            fail(path, "only one of string_match, range_match and present_match may be set")
+        if self.string_match is not None:
+            typed(self.string_match, StringMatch, path + ".string_match").validate(path + ".string_match")
+        if self.range_match is not None:
+            typed(self.range_match, Int64Range, path + ".range_match")
+            integer(self.range_match.start, path + ".range_match.start", -(1 << 63), (1 << 63) - 1)
+            integer(self.range_match.end, path + ".range_match.end", -(1 << 63), (1 << 63) - 1)
+        if self.present_match is not None:
+            boolean(self.present_match, path + ".present_match")
+        boolean(self.invert_match, path + ".invert_match")
+        boolean(self.treat_missing_header_as_empty, path + ".treat_missing_header_as_empty")
+
 
 @dataclass
 class QueryParameterMatcher:
@@ -68,6 +97,16 @@ class QueryParameterMatcher:
     name: str
     string_match: Optional[StringMatch] = None
     present_match: Optional[bool] = None
+
+    def validate(self, path: str) -> None:
+        """Check the fields; ``path`` names this matcher in errors."""
+        string(self.name, path + ".name", non_empty=True)
+        if self.string_match is not None:
+            if self.present_match is not None:
+                fail(path, "only one of string_match and present_match may be set")
+            typed(self.string_match, StringMatch, path + ".string_match").validate(path + ".string_match")
+        if self.present_match is not None:
+            boolean(self.present_match, path + ".present_match")
 
 
 @dataclass
@@ -83,6 +122,30 @@ class RouteMatch:
     headers: list = field(default_factory=list)             # [HeaderMatcher]
     query_parameters: list = field(default_factory=list)    # [QueryParameterMatcher]
 
+    def validate(self, path: str) -> None:
+        """Check the fields; ``path`` names this match in errors."""
+        from ..config.regex import re2_to_posix
+        given = [k for k in PATH_SPECIFIERS if getattr(self, k) is not None]
+        boolean(self.connect_matcher, path + ".connect_matcher")
+        if self.connect_matcher:
+            given.append("connect_matcher")
+        if len(given) != 1:
+            fail(path, "exactly one of prefix, path, safe_regex, path_separated_prefix, connect_matcher must be set"
+                       + (f" (got {', '.join(given)})" if given else ""))
+        kind = given[0]
+        value = "" if kind == "connect_matcher" else string(getattr(self, kind), f"{path}.{kind}")
+        if kind == "safe_regex":
+            re2_to_posix(value, f"{path}.safe_regex")
+        elif kind == "path_separated_prefix":
+            check_path_separated_prefix(value, f"{path}.path_separated_prefix")
+        boolean(self.case_sensitive, path + ".case_sensitive")
+        if kind == "safe_regex" and not self.case_sensitive:
+            fail(path + ".case_sensitive", "case_sensitive has no effect for safe_regex (Envoy ignores it)")
+        for h, hp in each(self.headers, path + ".headers", HeaderMatcher):
+            h.validate(hp)
+        for q, qp in each(self.query_parameters, path + ".query_parameters", QueryParameterMatcher):
+            q.validate(qp)
+
 
 @dataclass
 class HeaderValueOption:
@@ -94,6 +157,15 @@ class HeaderValueOption:
     append_action: str = "APPEND_IF_EXISTS_OR_ADD"
     keep_empty_value: bool = False          # else an empty value adds nothing (Envoy)
 
+    def validate(self, path: str) -> None:
+        """Check the fields; ``path`` names this option in errors."""
+        check_modifiable(string(self.key, path + ".key", non_empty=True), path + ".key", "modified")
+        check_header_name(self.key, path + ".key")
+        check_header_value(string(self.value, path + ".value"), path + ".value")
+        boolean(self.keep_empty_value, path + ".keep_empty_value")
+        if self.append_action not in APPEND_ACTIONS:
+            fail(path + ".append_action", f"unknown append_action {self.append_action!r}")
+
 
 @dataclass
 class HeaderMutations:
@@ -103,6 +175,16 @@ class HeaderMutations:
     request_headers_to_remove: list = field(default_factory=list)  # [str]
     response_headers_to_add: list = field(default_factory=list)
     response_headers_to_remove: list = field(default_factory=list)
+
+    def validate(self, path: str) -> None:
+        """Check the lists; ``path`` names the object that holds them in errors."""
+        for field_name in ("request_headers_to_add", "response_headers_to_add"):
+            for opt, op in each(getattr(self, field_name), f"{path}.{field_name}", HeaderValueOption):
+                opt.validate(op)
+        for field_name in ("request_headers_to_remove", "response_headers_to_remove"):
+            for name, np in each(getattr(self, field_name), f"{path}.{field_name}"):
+                check_modifiable(string(name, np, non_empty=True), np, "removed")
+                check_header_name(name, np)
 
 
 @dataclass
@@ -121,6 +203,12 @@ class RegexRewrite:
     pattern: str
     substitution: str
 
+    def validate(self, path: str) -> None:
+        """Check that the pattern and substitution translate to POSIX."""
+        from ..config.regex import rewrite_to_posix
+        string(self.substitution, path + ".substitution")
+        rewrite_to_posix(self.pattern, self.substitution, path + ".pattern", path + ".substitution")
+
 
 @dataclass
 class RouteAction:
@@ -133,6 +221,35 @@ class RouteAction:
     host_rewrite_literal: Optional[str] = None
     auto_host_rewrite: bool = False
     timeout: Optional[float] = 15.0                         # Envoy's default; None = 0s = off
+
+    def validate(self, path: str, cluster_names) -> None:
+        """Check the fields and that the clusters named are in ``cluster_names``."""
+        if (self.cluster is None) == (not self.weighted_clusters):
+            fail(path, "exactly one of cluster and weighted_clusters must be set")
+        if self.cluster is not None:
+            if string(self.cluster, path + ".cluster", non_empty=True) not in cluster_names:
+                fail(path + ".cluster", f"unknown cluster {self.cluster!r}")
+        total = 0
+        for wc, wp in each(self.weighted_clusters, path + ".weighted_clusters", WeightedCluster):
+            if string(wc.name, wp + ".name", non_empty=True) not in cluster_names:
+                fail(wp + ".name", f"unknown cluster {wc.name!r}")
+            integer(wc.weight, wp + ".weight", 1)
+            total += wc.weight
+            if total > 0xFFFFFFFF:
+                fail(wp + ".weight", "the sum of the weights exceeds 4294967295")
+        if self.prefix_rewrite is not None:
+            check_header_value(string(self.prefix_rewrite, path + ".prefix_rewrite"), path + ".prefix_rewrite")
+        if self.regex_rewrite is not None:
+            if self.prefix_rewrite is not None:
+                fail(path + ".regex_rewrite", "only one of prefix_rewrite and regex_rewrite may be set")
+            typed(self.regex_rewrite, RegexRewrite, path + ".regex_rewrite").validate(path + ".regex_rewrite")
+        if self.host_rewrite_literal is not None:
+            hp = path + ".host_rewrite_literal"
+            check_header_value(string(self.host_rewrite_literal, hp, non_empty=True), hp)
+        boolean(self.auto_host_rewrite, path + ".auto_host_rewrite")
+        if self.auto_host_rewrite and self.host_rewrite_literal is not None:
+            fail(path + ".auto_host_rewrite", "only one of host_rewrite_literal and auto_host_rewrite may be set")
+        seconds(self.timeout, path + ".timeout")
 
 
 @dataclass
@@ -149,6 +266,34 @@ class RedirectAction:
     response_code: int = 301                                # MOVED_PERMANENTLY
     strip_query: bool = False
 
+    def validate(self, path: str) -> None:
+        """Check the fields; ``path`` names this redirect in errors."""
+        boolean(self.https_redirect, path + ".https_redirect")
+        if string(self.scheme_redirect, path + ".scheme_redirect", non_empty=True, optional=True) is not None:
+            if self.https_redirect:
+                fail(path + ".scheme_redirect", "only one of https_redirect and scheme_redirect may be set")
+            check_scheme(self.scheme_redirect, path + ".scheme_redirect")
+        host = string(self.host_redirect, path + ".host_redirect", non_empty=True, optional=True)
+        if host is not None:
+            check_redirect_host(host, path + ".host_redirect")
+        integer(self.port_redirect, path + ".port_redirect", 1, MAX_PORT, optional=True)
+        if string(self.path_redirect, path + ".path_redirect", optional=True) is not None:
+            if not self.path_redirect.startswith("/"):
+                fail(path + ".path_redirect", f"path_redirect must start with '/', got {self.path_redirect!r}")
+            check_header_value(self.path_redirect, path + ".path_redirect")
+        if string(self.prefix_rewrite, path + ".prefix_rewrite", optional=True) is not None:
+            if self.path_redirect is not None:
+                fail(path + ".prefix_rewrite", "only one of path_redirect and prefix_rewrite may be set")
+            check_header_value(self.prefix_rewrite, path + ".prefix_rewrite")
+        if self.regex_rewrite is not None:
+            rp = path + ".regex_rewrite"
+            if self.path_redirect is not None or self.prefix_rewrite is not None:
+                fail(rp, "only one of path_redirect, prefix_rewrite and regex_rewrite may be set")
+            typed(self.regex_rewrite, RegexRewrite, rp).validate(rp)
+        if self.response_code not in REDIRECT_STATUSES or isinstance(self.response_code, bool):
+            fail(path + ".response_code", f"expected 301, 302, 303, 307 or 308, got {self.response_code!r}")
+        boolean(self.strip_query, path + ".strip_query")
+
 
 @dataclass
 class DirectResponse:
@@ -156,6 +301,11 @@ class DirectResponse:
 
     status: int
     body: bytes = b""
+
+    def validate(self, path: str) -> None:
+        """Check the fields; ``path`` names this response in errors."""
+        integer(self.status, path + ".status", 100, 599)
+        typed(self.body, bytes, path + ".body")
 
 
 @dataclass
@@ -170,6 +320,22 @@ class Route:
     headers: HeaderMutations = field(default_factory=HeaderMutations)
     typed_per_filter_config: dict = field(default_factory=dict)     # HTTP filter name -> config
 
+    def validate(self, path: str, cluster_names) -> None:
+        """Check the match, the one action and the header mutations."""
+        string(self.name, path + ".name")
+        typed(self.match, RouteMatch, path + ".match").validate(path + ".match")
+        actions = [k for k in ("route", "redirect", "direct_response") if getattr(self, k) is not None]
+        if len(actions) != 1:
+            fail(path, "exactly one of route, redirect, direct_response must be set"
+                       + (f" (got {', '.join(actions)})" if actions else ""))
+        if self.route is not None:
+            typed(self.route, RouteAction, path + ".route").validate(path + ".route", cluster_names)
+        elif self.redirect is not None:
+            typed(self.redirect, RedirectAction, path + ".redirect").validate(path + ".redirect")
+        else:
+            typed(self.direct_response, DirectResponse, path + ".direct_response").validate(path + ".direct_response")
+        typed(self.headers, HeaderMutations, path + ".headers").validate(path + ".headers")
+
 
 @dataclass
 class VirtualHost:
@@ -181,6 +347,24 @@ class VirtualHost:
     routes: list = field(default_factory=list)              # [Route]
     headers: HeaderMutations = field(default_factory=HeaderMutations)
     typed_per_filter_config: dict = field(default_factory=dict)
+
+    def validate(self, path: str, cluster_names, domains: Optional[dict] = None) -> None:
+        """Check the fields and routes. ``domains`` (lower-cased domain -> path where it was
+        first seen) is shared by the virtual hosts of one route configuration."""
+        domains = {} if domains is None else domains
+        string(self.name, path + ".name", non_empty=True)
+        if not isinstance(self.domains, (list, tuple)) or not self.domains:
+            fail(path + ".domains", "at least one domain is required")
+        for domain, dp in each(self.domains, path + ".domains"):
+            check_domain(string(domain, dp), dp)
+            key = domain.lower()
+            if key in domains:
+                fail(dp, f"duplicate domain {domain!r} (already in {domains[key]})" if key != "*" else
+                     f"only one virtual host may use the wildcard domain '*' (already in {domains[key]})")
+            domains[key] = dp
+        typed(self.headers, HeaderMutations, path + ".headers").validate(path + ".headers")
+        for r, rp in each(self.routes, path + ".routes", Route):
+            r.validate(rp, cluster_names)
 
 
 @dataclass
@@ -196,6 +380,16 @@ class RouteConfiguration:
     # ("a.com" does not take "a.com:8080"); True cuts it off first.
     ignore_port_in_host_matching: bool = False
 
+    def validate(self, path: str, cluster_names) -> None:
+        """Check the fields and virtual hosts (no domain twice); every cluster a route names
+        must be in ``cluster_names``."""
+        string(self.name, path + ".name")
+        boolean(self.ignore_port_in_host_matching, path + ".ignore_port_in_host_matching")
+        typed(self.headers, HeaderMutations, path + ".headers").validate(path + ".headers")
+        domains: dict = {}
+        for vh, vp in each(self.virtual_hosts, path + ".virtual_hosts", VirtualHost):
+            vh.validate(vp, cluster_names, domains)
+
 
 @dataclass
 class AccessLog:
@@ -205,6 +399,13 @@ class AccessLog:
     path: str
     format: Optional[str] = None
 
+    def validate(self, path: str) -> None:
+        """Check the path and that fastproxy can compile the format."""
+        from ..access_log import compile_format
+        string(self.path, path + ".path", non_empty=True)
+        string(self.format, path + ".format", optional=True)
+        compile_format(self.format, path + ".format")
+
 
 @dataclass
 class UpgradeConfig:
@@ -213,6 +414,14 @@ class UpgradeConfig:
 
     upgrade_type: str
     enabled: bool = True
+
+    def validate(self, path: str) -> None:
+        """Check the fields; ``path`` names this entry in errors."""
+        string(self.upgrade_type, path + ".upgrade_type", non_empty=True)
+        if self.upgrade_type.lower() not in ("connect", "websocket"):
+            fail(path + ".upgrade_type", f"upgrade type {self.upgrade_type!r} is not supported "
+                                         "(fastproxy supports CONNECT and websocket)")
+        boolean(self.enabled, path + ".enabled")
 
 
 @dataclass
@@ -226,6 +435,12 @@ class InternalAddressConfig:
 
     cidr_ranges: list = field(default_factory=list)
     unix_sockets: bool = False
+
+    def validate(self, path: str) -> None:
+        """Check the fields; ``path`` names this config in errors."""
+        boolean(self.unix_sockets, path + ".unix_sockets")
+        for cidr, cp in each(self.cidr_ranges, path + ".cidr_ranges"):
+            parse_cidr(string(cidr, cp, non_empty=True), cp)
 
 
 # The names the model takes (Envoy's enums are in fastproxy.validation; the loader maps
@@ -279,228 +494,56 @@ class HttpConnectionManager:
     strip_host_port: str = "NONE"                           # NONE, MATCHING (the listener's), ANY
     headers_with_underscores_action: str = "ALLOW"          # ALLOW, REJECT_REQUEST, DROP_HEADER
 
+    def validate(self, path: str, cluster_names) -> None:
+        """Check the connection manager, typically one built with the Python API (what the
+        Envoy loader produces always passes): types and ranges, the exactly-one-of rules (a
+        match's path specifier, a route's action, a RouteAction's target), regexes that POSIX
+        can run (see fastproxy.config.regex), header names that may be modified, domains
+        (wildcards, duplicates) and that every cluster a route names is in ``cluster_names``.
+        Errors are ConfigError naming the field, e.g.
+        ``<path>.route_config.virtual_hosts[0].routes[1].match.prefix``."""
+        string(self.stat_prefix, path + ".stat_prefix", non_empty=True)
+        string(self.server_name, path + ".server_name", non_empty=True)
+        one_of(self.server_header_transformation, path + ".server_header_transformation", SERVER_HEADER_TRANSFORMATIONS)
+        boolean(self.use_remote_address, path + ".use_remote_address")
+        boolean(self.accept_http_10, path + ".accept_http_10")
+        string(self.default_host_for_http_10, path + ".default_host_for_http_10")
+        if self.default_host_for_http_10:
+            check_host_value(self.default_host_for_http_10, path + ".default_host_for_http_10")
+        integer(self.xff_num_trusted_hops, path + ".xff_num_trusted_hops", 0)
+        if self.internal_address_config is not None:
+            iap = path + ".internal_address_config"
+            typed(self.internal_address_config, InternalAddressConfig, iap).validate(iap)
+        boolean(self.generate_request_id, path + ".generate_request_id")
+        boolean(self.suppress_envoy_headers, path + ".suppress_envoy_headers")
+        string(self.via, path + ".via")
+        check_header_value(self.via, path + ".via")
+        for name in ("skip_xff_append", "preserve_external_request_id", "always_set_request_id_in_response",
+                     "normalize_path", "merge_slashes"):
+            boolean(getattr(self, name), f"{path}.{name}")
+        for name, allowed in (("path_with_escaped_slashes_action", ESCAPED_SLASHES_ACTIONS),
+                              ("strip_host_port", STRIP_HOST_PORT_MODES),
+                              ("headers_with_underscores_action", UNDERSCORES_ACTIONS)):
+            one_of(getattr(self, name), f"{path}.{name}", allowed)
+        for name in ("request_headers_timeout", "stream_idle_timeout", "request_timeout", "idle_timeout"):
+            seconds(getattr(self, name), f"{path}.{name}")
+        seconds(self.drain_timeout, path + ".drain_timeout", optional=False)
+        integer(self.max_requests_per_connection, path + ".max_requests_per_connection", 1, optional=True)
+        integer(self.max_headers_count, path + ".max_headers_count", 1)
+        integer(self.max_request_headers_kb, path + ".max_request_headers_kb", 1, 8192)
+        integer(self.max_request_bytes, path + ".max_request_bytes", 1, optional=True)
+        for log, lp in each(self.access_log, path + ".access_log", AccessLog):
+            log.validate(lp)
+        for up, upp in each(self.upgrade_configs, path + ".upgrade_configs", UpgradeConfig):
+            up.validate(upp)
+        rcp = path + ".route_config"
+        typed(self.route_config, RouteConfiguration, rcp).validate(rcp, cluster_names)
+        _validate_http_filters(self, path)
+
 
 def validate_http(hcm: "HttpConnectionManager", path: str, cluster_names) -> None:
-    """Check an HttpConnectionManager, typically one built with the Python API (what the Envoy
-    loader produces always passes): types and ranges, the exactly-one-of rules (a match's
-    path specifier, a route's action, a RouteAction's target), regexes that POSIX can run
-    (see fastproxy.config.regex), header names that may be modified, domains (wildcards,
-    duplicates) and that every cluster a route names exists. Errors are ConfigError naming
-    the field, e.g. ``<path>.route_config.virtual_hosts[0].routes[1].match.prefix``."""
-    from ..access_log import compile_format
-    from ..config.regex import re2_to_posix, rewrite_to_posix
-
-    def string_match(sm, p):
-        typed(sm, StringMatch, p)
-        if sm.kind not in STRING_MATCH_KINDS:
-            fail(p + ".kind", f"expected one of {', '.join(STRING_MATCH_KINDS)}, got {sm.kind!r}")
-        string(sm.value, p + ".value", non_empty=sm.kind in ("prefix", "suffix", "contains"))
-        boolean(sm.ignore_case, p + ".ignore_case")
-        if sm.kind == "safe_regex":
-            if sm.ignore_case:
-                fail(p + ".ignore_case", "ignore_case has no effect for safe_regex")
-            re2_to_posix(sm.value, p + ".value")
-
-    def mutations(h, p):
-        typed(h, HeaderMutations, p)
-        for field_name in ("request_headers_to_add", "response_headers_to_add"):
-            for opt, op in each(getattr(h, field_name), f"{p}.{field_name}", HeaderValueOption):
-                check_modifiable(string(opt.key, op + ".key", non_empty=True), op + ".key", "modified")
-                check_header_name(opt.key, op + ".key")
-                check_header_value(string(opt.value, op + ".value"), op + ".value")
-                boolean(opt.keep_empty_value, op + ".keep_empty_value")
-                if opt.append_action not in APPEND_ACTIONS:
-                    fail(op + ".append_action", f"unknown append_action {opt.append_action!r}")
-        for field_name in ("request_headers_to_remove", "response_headers_to_remove"):
-            for name, np in each(getattr(h, field_name), f"{p}.{field_name}"):
-                check_modifiable(string(name, np, non_empty=True), np, "removed")
-                check_header_name(name, np)
-
-    def route_match(m, p):
-        typed(m, RouteMatch, p)
-        given = [k for k in ("prefix", "path", "safe_regex", "path_separated_prefix") if getattr(m, k) is not None]
-        boolean(m.connect_matcher, p + ".connect_matcher")
-        if m.connect_matcher:
-            given.append("connect_matcher")
-        if len(given) != 1:
-            fail(p, "exactly one of prefix, path, safe_regex, path_separated_prefix, connect_matcher must be set"
-                    + (f" (got {', '.join(given)})" if given else ""))
-        kind = given[0]
-        value = "" if kind == "connect_matcher" else string(getattr(m, kind), f"{p}.{kind}")
-        if kind == "safe_regex":
-            re2_to_posix(value, f"{p}.safe_regex")
-        elif kind == "path_separated_prefix":
-            check_path_separated_prefix(value, f"{p}.path_separated_prefix")
-        boolean(m.case_sensitive, p + ".case_sensitive")
-        if kind == "safe_regex" and not m.case_sensitive:
-            fail(p + ".case_sensitive", "case_sensitive has no effect for safe_regex (Envoy ignores it)")
-        for h, hp in each(m.headers, p + ".headers", HeaderMatcher):
-            check_header_name(string(h.name, hp + ".name", non_empty=True), hp + ".name", pseudo=True)
-            if sum(x is not None for x in (h.string_match, h.present_match, h.range_match)) > 1:
-                fail(hp, "only one of string_match, range_match and present_match may be set")
-            if h.string_match is not None:
-                string_match(h.string_match, hp + ".string_match")
-            if h.range_match is not None:
-                typed(h.range_match, Int64Range, hp + ".range_match")
-                integer(h.range_match.start, hp + ".range_match.start", -(1 << 63), (1 << 63) - 1)
-                integer(h.range_match.end, hp + ".range_match.end", -(1 << 63), (1 << 63) - 1)
-            if h.present_match is not None:
-                boolean(h.present_match, hp + ".present_match")
-            boolean(h.invert_match, hp + ".invert_match")
-            boolean(h.treat_missing_header_as_empty, hp + ".treat_missing_header_as_empty")
-        for q, qp in each(m.query_parameters, p + ".query_parameters", QueryParameterMatcher):
-            string(q.name, qp + ".name", non_empty=True)
-            if q.string_match is not None:
-                if q.present_match is not None:
-                    fail(qp, "only one of string_match and present_match may be set")
-                string_match(q.string_match, qp + ".string_match")
-            if q.present_match is not None:
-                boolean(q.present_match, qp + ".present_match")
-
-    def route_action(a, p):
-        typed(a, RouteAction, p)
-        if (a.cluster is None) == (not a.weighted_clusters):
-            fail(p, "exactly one of cluster and weighted_clusters must be set")
-        if a.cluster is not None:
-            if string(a.cluster, p + ".cluster", non_empty=True) not in cluster_names:
-                fail(p + ".cluster", f"unknown cluster {a.cluster!r}")
-        total = 0
-        for wc, wp in each(a.weighted_clusters, p + ".weighted_clusters", WeightedCluster):
-            if string(wc.name, wp + ".name", non_empty=True) not in cluster_names:
-                fail(wp + ".name", f"unknown cluster {wc.name!r}")
-            integer(wc.weight, wp + ".weight", 1)
-            total += wc.weight
-            if total > 0xFFFFFFFF:
-                fail(wp + ".weight", "the sum of the weights exceeds 4294967295")
-        if a.prefix_rewrite is not None:
-            check_header_value(string(a.prefix_rewrite, p + ".prefix_rewrite"), p + ".prefix_rewrite")
-        if a.regex_rewrite is not None:
-            rp = p + ".regex_rewrite"
-            if a.prefix_rewrite is not None:
-                fail(rp, "only one of prefix_rewrite and regex_rewrite may be set")
-            typed(a.regex_rewrite, RegexRewrite, rp)
-            string(a.regex_rewrite.substitution, rp + ".substitution")
-            rewrite_to_posix(a.regex_rewrite.pattern, a.regex_rewrite.substitution, rp + ".pattern",
-                             rp + ".substitution")
-        if a.host_rewrite_literal is not None:
-            hp = p + ".host_rewrite_literal"
-            check_header_value(string(a.host_rewrite_literal, hp, non_empty=True), hp)
-        boolean(a.auto_host_rewrite, p + ".auto_host_rewrite")
-        if a.auto_host_rewrite and a.host_rewrite_literal is not None:
-            fail(p + ".auto_host_rewrite", "only one of host_rewrite_literal and auto_host_rewrite may be set")
-        seconds(a.timeout, p + ".timeout")
-
-    def redirect(r, p):
-        typed(r, RedirectAction, p)
-        boolean(r.https_redirect, p + ".https_redirect")
-        if string(r.scheme_redirect, p + ".scheme_redirect", non_empty=True, optional=True) is not None:
-            if r.https_redirect:
-                fail(p + ".scheme_redirect", "only one of https_redirect and scheme_redirect may be set")
-            check_scheme(r.scheme_redirect, p + ".scheme_redirect")
-        host = string(r.host_redirect, p + ".host_redirect", non_empty=True, optional=True)
-        if host is not None:
-            check_redirect_host(host, p + ".host_redirect")
-        integer(r.port_redirect, p + ".port_redirect", 1, MAX_PORT, optional=True)
-        if string(r.path_redirect, p + ".path_redirect", optional=True) is not None:
-            if not r.path_redirect.startswith("/"):
-                fail(p + ".path_redirect", f"path_redirect must start with '/', got {r.path_redirect!r}")
-            check_header_value(r.path_redirect, p + ".path_redirect")
-        if string(r.prefix_rewrite, p + ".prefix_rewrite", optional=True) is not None:
-            if r.path_redirect is not None:
-                fail(p + ".prefix_rewrite", "only one of path_redirect and prefix_rewrite may be set")
-            check_header_value(r.prefix_rewrite, p + ".prefix_rewrite")
-        if r.regex_rewrite is not None:
-            rp = p + ".regex_rewrite"
-            if r.path_redirect is not None or r.prefix_rewrite is not None:
-                fail(rp, "only one of path_redirect, prefix_rewrite and regex_rewrite may be set")
-            typed(r.regex_rewrite, RegexRewrite, rp)
-            string(r.regex_rewrite.substitution, rp + ".substitution")
-            rewrite_to_posix(r.regex_rewrite.pattern, r.regex_rewrite.substitution, rp + ".pattern",
-                             rp + ".substitution")
-        if r.response_code not in REDIRECT_STATUSES or isinstance(r.response_code, bool):
-            fail(p + ".response_code", f"expected 301, 302, 303, 307 or 308, got {r.response_code!r}")
-        boolean(r.strip_query, p + ".strip_query")
-
-    typed(hcm, HttpConnectionManager, path)
-    string(hcm.stat_prefix, path + ".stat_prefix", non_empty=True)
-    string(hcm.server_name, path + ".server_name", non_empty=True)
-    one_of(hcm.server_header_transformation, path + ".server_header_transformation", SERVER_HEADER_TRANSFORMATIONS)
-    boolean(hcm.use_remote_address, path + ".use_remote_address")
-    boolean(hcm.accept_http_10, path + ".accept_http_10")
-    string(hcm.default_host_for_http_10, path + ".default_host_for_http_10")
-    if hcm.default_host_for_http_10:
-        check_host_value(hcm.default_host_for_http_10, path + ".default_host_for_http_10")
-    integer(hcm.xff_num_trusted_hops, path + ".xff_num_trusted_hops", 0)
-    if hcm.internal_address_config is not None:
-        iap = path + ".internal_address_config"
-        iac = typed(hcm.internal_address_config, InternalAddressConfig, iap)
-        boolean(iac.unix_sockets, iap + ".unix_sockets")
-        for cidr, cp in each(iac.cidr_ranges, iap + ".cidr_ranges"):
-            parse_cidr(string(cidr, cp, non_empty=True), cp)
-    boolean(hcm.generate_request_id, path + ".generate_request_id")
-    boolean(hcm.suppress_envoy_headers, path + ".suppress_envoy_headers")
-    string(hcm.via, path + ".via")
-    check_header_value(hcm.via, path + ".via")
-    for name in ("skip_xff_append", "preserve_external_request_id", "always_set_request_id_in_response",
-                 "normalize_path", "merge_slashes"):
-        boolean(getattr(hcm, name), f"{path}.{name}")
-    for name, allowed in (("path_with_escaped_slashes_action", ESCAPED_SLASHES_ACTIONS),
-                          ("strip_host_port", STRIP_HOST_PORT_MODES),
-                          ("headers_with_underscores_action", UNDERSCORES_ACTIONS)):
-        one_of(getattr(hcm, name), f"{path}.{name}", allowed)
-    for name in ("request_headers_timeout", "stream_idle_timeout", "request_timeout", "idle_timeout"):
-        seconds(getattr(hcm, name), f"{path}.{name}")
-    seconds(hcm.drain_timeout, path + ".drain_timeout", optional=False)
-    integer(hcm.max_requests_per_connection, path + ".max_requests_per_connection", 1, optional=True)
-    integer(hcm.max_headers_count, path + ".max_headers_count", 1)
-    integer(hcm.max_request_headers_kb, path + ".max_request_headers_kb", 1, 8192)
-    integer(hcm.max_request_bytes, path + ".max_request_bytes", 1, optional=True)
-    for log, lp in each(hcm.access_log, path + ".access_log", AccessLog):
-        string(log.path, lp + ".path", non_empty=True)
-        string(log.format, lp + ".format", optional=True)
-        compile_format(log.format, lp + ".format")
-    for up, upp in each(hcm.upgrade_configs, path + ".upgrade_configs", UpgradeConfig):
-        string(up.upgrade_type, upp + ".upgrade_type", non_empty=True)
-        if up.upgrade_type.lower() not in ("connect", "websocket"):
-            fail(upp + ".upgrade_type", f"upgrade type {up.upgrade_type!r} is not supported "
-                                        "(fastproxy supports CONNECT and websocket)")
-        boolean(up.enabled, upp + ".enabled")
-
-    rc = typed(hcm.route_config, RouteConfiguration, path + ".route_config")
-    rcp = path + ".route_config"
-    string(rc.name, rcp + ".name")
-    boolean(rc.ignore_port_in_host_matching, rcp + ".ignore_port_in_host_matching")
-    mutations(rc.headers, rcp + ".headers")
-    domains = {}  # lower-cased domain -> where it was first seen
-    for vh, vp in each(rc.virtual_hosts, rcp + ".virtual_hosts", VirtualHost):
-        string(vh.name, vp + ".name", non_empty=True)
-        if not isinstance(vh.domains, (list, tuple)) or not vh.domains:
-            fail(vp + ".domains", "at least one domain is required")
-        for domain, dp in each(vh.domains, vp + ".domains"):
-            check_domain(string(domain, dp), dp)
-            key = domain.lower()
-            if key in domains:
-                fail(dp, f"duplicate domain {domain!r} (already in {domains[key]})" if key != "*" else
-                     f"only one virtual host may use the wildcard domain '*' (already in {domains[key]})")
-            domains[key] = dp
-        mutations(vh.headers, vp + ".headers")
-        for r, rp in each(vh.routes, vp + ".routes", Route):
-            string(r.name, rp + ".name")
-            route_match(r.match, rp + ".match")
-            actions = [k for k in ("route", "redirect", "direct_response") if getattr(r, k) is not None]
-            if len(actions) != 1:
-                fail(rp, "exactly one of route, redirect, direct_response must be set"
-                         + (f" (got {', '.join(actions)})" if actions else ""))
-            if r.route is not None:
-                route_action(r.route, rp + ".route")
-            elif r.redirect is not None:
-                redirect(r.redirect, rp + ".redirect")
-            else:
-                d = typed(r.direct_response, DirectResponse, rp + ".direct_response")
-                integer(d.status, rp + ".direct_response.status", 100, 599)
-                typed(d.body, bytes, rp + ".direct_response.body")
-            mutations(r.headers, rp + ".headers")
-    _validate_http_filters(hcm, path)
+    """Check ``hcm``, which must be an HttpConnectionManager (see its validate())."""
+    typed(hcm, HttpConnectionManager, path).validate(path, cluster_names)
 
 
 def _validate_http_filters(hcm: "HttpConnectionManager", path: str) -> None:
