@@ -1,8 +1,7 @@
 """Deprecated: the native HTTP filters' configs moved to ``fastproxy.http.native_filters``; import its public names from
-``fastproxy.http``. This module re-exports it and warns on import."""
-import warnings
-
+``fastproxy.http``. This module re-exports it and warns when imported from outside the package."""
+from ._deprecation import warn_moved_module
 from .http.native_filters import *  # noqa: F401,F403
 from .http.native_filters import __all__  # noqa: F401
 
-warnings.warn("fastproxy.model_filters is deprecated; import from fastproxy.http", DeprecationWarning, stacklevel=2)
+warn_moved_module(__name__, "fastproxy.http")

@@ -84,7 +84,7 @@ def only_route(route):
 
 
 def load_hcm(config):
-    return load_envoy(config).listeners[0].http
+    return load_envoy(config).listeners[0].handler
 
 
 def rc_of(*virtual_hosts, **kw):
@@ -836,7 +836,7 @@ def test_http_configs_envoy_rejects_are_rejected_too(tmp_path, changes):
 
 # --- validate_http: the same rules for hand-built models ----------------------------------
 
-P = "listeners[0].http"          # the Python API's names (Bootstrap.validate)
+P = "listeners[0].handler"         # the Python API's names (Bootstrap.validate)
 MP = f"{P}.route_config.virtual_hosts[0].routes[0]"
 
 
@@ -978,9 +978,13 @@ def test_validate_http_names_the_model_field(mutate, path, fragment):
 
 
 def test_validate_http_rejects_a_non_model_object():
+    # Listener(name, handler) refuses one already (TypeError); validate_http is the model's
+    # check for any other caller.
     with pytest.raises(ConfigError) as err:
-        boot_with({"stat_prefix": "x"}).validate()
+        validate_http({"stat_prefix": "x"}, P, {"backend"})
     assert err.value.path == P
+    with pytest.raises(TypeError, match="handler= must be a TcpProxy or an HttpConnectionManager"):
+        boot_with({"stat_prefix": "x"})
 
 
 # --- RE2 -> POSIX: compared with libc's regcomp/regexec -----------------------------------
@@ -1225,6 +1229,6 @@ def test_connect_tunnel_config_is_valid_for_envoy_and_loads(tmp_path):
     path.write_text(json.dumps(config))
     rc, output = envoy_validate(path)
     assert rc == 0, output
-    hcm = load_envoy(path).listeners[0].http
+    hcm = load_envoy(path).listeners[0].handler
     assert [(u.upgrade_type, u.enabled) for u in hcm.upgrade_configs] == [("CONNECT", True)]
     assert hcm.route_config.virtual_hosts[0].routes[0].match.connect_matcher

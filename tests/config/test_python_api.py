@@ -58,7 +58,7 @@ def test_the_old_model_modules_warn_and_re_export(old, new):
             f"warnings.simplefilter('ignore', DeprecationWarning)\n"
             f"import sys; sys.modules.pop('fastproxy.{old}', None)\n"
             f"m = importlib.import_module('fastproxy.{old}'); n = importlib.import_module('{new}')\n"
-            f"assert all(getattr(m, k) is getattr(n, k) for k in vars(n) if not k.startswith('_'))\n")
+            f"assert n.__all__ and all(getattr(m, k) is getattr(n, k) for k in n.__all__)\n")
     out = subprocess.run([sys.executable, "-c", code], check=True, cwd=SRC.parent, env=_env(),
                          capture_output=True, text=True).stdout
     assert f"fastproxy.{old} is deprecated; import from fastproxy.http" in out

@@ -347,7 +347,7 @@ def test_python_api_errors_name_the_python_argument():
     assert "Endpoint(weight=0)" in e.value.message
     with pytest.raises(ConfigError) as e:
         Proxy([Listener("l", TcpProxy("nope"))], [])
-    assert e.value.path == "listeners[0].cluster"
+    assert e.value.path == "listeners[0].handler.cluster"
 
 
 def test_python_api_wrong_container_is_a_clear_type_error():

@@ -8,7 +8,7 @@ float seconds; None means "disabled" where Envoy uses 0s for that.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Collection, Optional
 
 from ..validation import (APPEND_ACTIONS, HEADERS_WITH_UNDERSCORES_ACTIONS, MAX_PORT, PATH_WITH_ESCAPED_SLASHES_ACTIONS,
                           REDIRECT_STATUSES, boolean, check_domain, check_header_name, check_header_value,
@@ -222,7 +222,7 @@ class RouteAction:
     auto_host_rewrite: bool = False
     timeout: Optional[float] = 15.0                         # Envoy's default; None = 0s = off
 
-    def validate(self, path: str, cluster_names) -> None:
+    def validate(self, path: str, cluster_names: Collection[str]) -> None:
         """Check the fields and that the clusters named are in ``cluster_names``."""
         if (self.cluster is None) == (not self.weighted_clusters):
             fail(path, "exactly one of cluster and weighted_clusters must be set")
@@ -320,7 +320,7 @@ class Route:
     headers: HeaderMutations = field(default_factory=HeaderMutations)
     typed_per_filter_config: dict = field(default_factory=dict)     # HTTP filter name -> config
 
-    def validate(self, path: str, cluster_names) -> None:
+    def validate(self, path: str, cluster_names: Collection[str]) -> None:
         """Check the match, the one action and the header mutations."""
         string(self.name, path + ".name")
         typed(self.match, RouteMatch, path + ".match").validate(path + ".match")
@@ -348,7 +348,7 @@ class VirtualHost:
     headers: HeaderMutations = field(default_factory=HeaderMutations)
     typed_per_filter_config: dict = field(default_factory=dict)
 
-    def validate(self, path: str, cluster_names, domains: Optional[dict] = None) -> None:
+    def validate(self, path: str, cluster_names: Collection[str], domains: Optional[dict] = None) -> None:
         """Check the fields and routes. ``domains`` (lower-cased domain -> path where it was
         first seen) is shared by the virtual hosts of one route configuration."""
         domains = {} if domains is None else domains
@@ -380,7 +380,7 @@ class RouteConfiguration:
     # ("a.com" does not take "a.com:8080"); True cuts it off first.
     ignore_port_in_host_matching: bool = False
 
-    def validate(self, path: str, cluster_names) -> None:
+    def validate(self, path: str, cluster_names: Collection[str]) -> None:
         """Check the fields and virtual hosts (no domain twice); every cluster a route names
         must be in ``cluster_names``."""
         string(self.name, path + ".name")
@@ -494,7 +494,7 @@ class HttpConnectionManager:
     strip_host_port: str = "NONE"                           # NONE, MATCHING (the listener's), ANY
     headers_with_underscores_action: str = "ALLOW"          # ALLOW, REJECT_REQUEST, DROP_HEADER
 
-    def validate(self, path: str, cluster_names) -> None:
+    def validate(self, path: str, cluster_names: Collection[str]) -> None:
         """Check the connection manager, typically one built with the Python API (what the
         Envoy loader produces always passes): types and ranges, the exactly-one-of rules (a
         match's path specifier, a route's action, a RouteAction's target), regexes that POSIX
@@ -541,7 +541,7 @@ class HttpConnectionManager:
         _validate_http_filters(self, path)
 
 
-def validate_http(hcm: "HttpConnectionManager", path: str, cluster_names) -> None:
+def validate_http(hcm: "HttpConnectionManager", path: str, cluster_names: Collection[str]) -> None:
     """Check ``hcm``, which must be an HttpConnectionManager (see its validate())."""
     typed(hcm, HttpConnectionManager, path).validate(path, cluster_names)
 

@@ -276,7 +276,7 @@ def test_413_reaches_a_client_that_sends_its_whole_body_before_reading(upstream)
         assert got.startswith(b"HTTP/1.1 413 ")
         assert b"connection: close" in got.lower()
         assert upstream.raw == b""
-        h = "http." + p.config.listeners[0].http.stat_prefix + "."
+        h = "http." + p.config.listeners[0].handler.stat_prefix + "."
         wait_for(lambda: p.stats()[h + "downstream_cx_active"] == 0)
         assert p.stats()[h + "downstream_cx_destroy_local"] == 1   # the proxy's close
 

@@ -897,7 +897,7 @@ def test_envoy_accepts_the_native_filter_yaml(tmp_path):
 def test_native_filter_yaml_loads_and_runs(upstream, tmp_path):
     text = envoy_yaml(upstream.port)
     boot = load_envoy(text)
-    kinds = [f.kind for f in boot.listeners[0].http.http_filters]
+    kinds = [f.kind for f in boot.listeners[0].handler.http_filters]
     assert kinds == [HEALTH_CHECK, CORS, LOCAL_RATELIMIT, FAULT, HEADER_MUTATION, BUFFER]
     with Proxy.from_envoy(text, concurrency=2) as p:
         assert get(p, "/healthz")[0] == 200 and upstream.requests == []
