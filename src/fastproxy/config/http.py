@@ -51,10 +51,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from ..access_log import compile_format
 from ..errors import ConfigError
@@ -63,10 +62,10 @@ from ..validation import (APPEND_ACTIONS, HEADERS_WITH_UNDERSCORES_ACTIONS, MAX_
                           SERVER_HEADER_TRANSFORMATIONS, check_domain, check_header_name, check_header_value,
                           check_host_value, check_modifiable, check_path_separated_prefix, check_redirect_host,
                           check_scheme, literal_header_value)
-from .http_common import (_REGEX_FIELDS, _STRING_MATCH_FIELDS, HttpFilterKind, _any, _bool, _header_matcher,
-                          _oneof, _present, _query_matcher, _regex, _string_match, _timeout)
-from .proto import UINT32_MAX, Message, checked, describe, integer, unsupported_field
-from .regex import re2_to_posix, rewrite_to_posix
+from .http_common import (_REGEX_FIELDS, HttpFilterKind, _any, _bool, _header_matcher, _oneof, _present,
+                          _query_matcher, _regex, _timeout)
+from .proto import UINT32_MAX, Message, checked, describe, unsupported_field
+from .regex import rewrite_to_posix
 
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
