@@ -26,7 +26,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import fastproxy  # noqa: E402
-from fastproxy import Cluster, Endpoint, Listener  # noqa: E402
+from fastproxy import Cluster, Endpoint, Listener, TcpProxy  # noqa: E402
 
 from upstreams import BlackholeServer, EchoServer, ThreadedServer  # noqa: E402
 
@@ -442,7 +442,7 @@ def tcp_proxy(proxy_factory):
                 eps.append(Endpoint("127.0.0.1", u.port))
         cluster = Cluster(name="c", endpoints=eps, lb_policy=lb_policy, **(cluster_kw or {}))
         listener_kw.setdefault("stat_prefix", "t")
-        listener = Listener(name="l", cluster="c", filters=list(filters), **listener_kw)
+        listener = Listener("l", TcpProxy("c"), filters=list(filters), **listener_kw)
         p = proxy_factory([listener], [cluster], concurrency=concurrency)
         return p, p.listener_address("l")
 

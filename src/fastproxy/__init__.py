@@ -9,9 +9,9 @@ from .filters import FilterStatus, NetworkFilter
 from .model import Admin, Bootstrap, Cluster, Endpoint, Listener, TcpProxy
 from ._core import Body, Buffer, Connection, Headers, HttpFilterCallbacks, StreamInfo
 from .http_filter import CHttpFilter, HttpFilter, NativeHttpFilter, PythonHttpFilter, get_include, register_http_filter
-from .model_filters import (Cors, CorsPolicy, FaultAbort, FaultDelay, FractionalPercent, HTTPFault, HealthCheck,
+from .http.native_filters import (Cors, CorsPolicy, FaultAbort, FaultDelay, FractionalPercent, HTTPFault, HealthCheck,
                             HeaderMutation, HeaderMutationOp, LocalRateLimit, Mutations, TokenBucket)
-from .model_filters import Buffer as BufferFilter, BufferPerRoute
+from .http.native_filters import Buffer as BufferFilter, BufferPerRoute
 from .proxy import Proxy
 from . import http
 from .config import load_envoy, load_envoy_json, load_envoy_yaml
@@ -24,7 +24,7 @@ __all__ = [
     "load_envoy", "load_envoy_json", "load_envoy_yaml", "__version__",
     "Body", "CHttpFilter", "Headers", "HttpFilter", "HttpFilterCallbacks", "NativeHttpFilter",
     "PythonHttpFilter", "StreamInfo", "get_include", "register_http_filter",
-    # native HTTP filter configs (fastproxy.model_filters; Buffer there is BufferFilter here)
+    # native HTTP filter configs (fastproxy.http.native_filters; Buffer there is BufferFilter here)
     "BufferFilter", "BufferPerRoute", "Cors", "CorsPolicy", "FaultAbort", "FaultDelay", "FractionalPercent",
     "HTTPFault", "HealthCheck", "HeaderMutation", "HeaderMutationOp", "LocalRateLimit", "Mutations", "TokenBucket",
 ]

@@ -97,7 +97,7 @@ class AdminServer:
         self.proxy = proxy
         self.host = host
         self.port = port
-        self._access_log = list(access_log)     # model_http.AccessLog sinks
+        self._access_log = list(access_log)     # fastproxy.http.AccessLog sinks
         self._sinks: list = []                  # (ops, fd, is_socket), open while serving
         self.state = "PRE_INITIALIZING"
         self._started_at = time.monotonic()
@@ -262,13 +262,11 @@ class AdminServer:
         zero = dict.fromkeys(HOST_COUNTERS + HOST_GAUGES, 0)
         out = []
         for c in self.proxy.config.clusters:
-            limits = {"max_connections": getattr(c, "max_connections", 1024),
-                      "max_pending_requests": getattr(c, "max_pending_requests", 1024),
-                      "max_requests": getattr(c, "max_requests", 1024),
-                      "max_retries": getattr(c, "max_retries", 3)}
+            limits = {"max_connections": c.max_connections, "max_pending_requests": c.max_pending_requests,
+                      "max_requests": c.max_requests, "max_retries": c.max_retries}
             hosts = live.get(c.name)
             if hosts is None:
-                hosts = [(e.address, e.port, getattr(e, "hostname", "") or "", e.weight, dict(zero))
+                hosts = [(e.address, e.port, e.hostname, e.weight, dict(zero))
                          for e in c.endpoints]
             out.append((c.name, limits, hosts))
         return out

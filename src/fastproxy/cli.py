@@ -25,6 +25,7 @@ from typing import Callable, List, Optional
 
 from . import log as _log
 from .admin import package_version
+from .validation import MAX_PORT
 
 logger = logging.getLogger("fastproxy")
 
@@ -48,8 +49,8 @@ def _port(text: str) -> int:
         n = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= n <= 65535:
-        raise argparse.ArgumentTypeError(f"port {n} out of range 0..65535")
+    if not 0 <= n <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"port {n} out of range 0..{MAX_PORT}")
     return n
 
 

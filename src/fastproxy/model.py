@@ -10,27 +10,12 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
+from . import validation as rules
 from .errors import ConfigError
-from .model_http import HttpConnectionManager, validate_http
+from .http.model import HttpConnectionManager, validate_http
 
 LB_POLICIES = ("ROUND_ROBIN", "RANDOM")
 CLUSTER_TYPES = ("STATIC", "STRICT_DNS")
-
-
-def _check_port(path: str, port: Any, allow_zero: bool) -> int:
-    if isinstance(port, bool) or not isinstance(port, int):
-        raise ConfigError(path, f"port must be an integer, got {port!r}")
-    if not (0 if allow_zero else 1) <= port <= 65535:
-        raise ConfigError(path, f"port {port} out of range {0 if allow_zero else 1}..65535")
-    return port
-
-
-def _check_timeout(path: str, value: Any, allow_none: bool = True) -> Optional[float]:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ConfigError(path, f"timeout must be a non-negative number of seconds, got {value!r}")
-    return float(value)
 
 
 def is_ip_literal(address: str) -> bool:
@@ -77,7 +62,7 @@ class Endpoint:
                               f"Endpoint(address={self.address!r}): a STATIC cluster's endpoints must be IP "
                               "addresses (Cluster(type='STRICT_DNS') resolves host names)")
         try:
-            _check_port(path + ".port", self.port, allow_zero=False)
+            rules.port(path + ".port", self.port, allow_zero=False)
         except ConfigError as e:
             raise ConfigError(e.path, f"Endpoint(port={self.port!r}): {e.message}") from None
         if isinstance(self.weight, bool) or not isinstance(self.weight, int) or not 1 <= self.weight <= 128:
@@ -120,12 +105,12 @@ class Cluster:
             raise ConfigError(path + ".type", f"unsupported cluster type {self.type!r} (supported: {', '.join(CLUSTER_TYPES)})")
         if self.lb_policy not in LB_POLICIES:
             raise ConfigError(path + ".lb_policy", f"unsupported lb_policy {self.lb_policy!r} (supported: {', '.join(LB_POLICIES)})")
-        _check_timeout(path + ".connect_timeout", self.connect_timeout, allow_none=False)
-        _check_timeout(path + ".dns_refresh_rate", self.dns_refresh_rate, allow_none=False)
-        if self.dns_lookup_family not in ("V4_ONLY", "V6_ONLY", "AUTO", "V4_PREFERRED", "ALL"):
+        rules.timeout(path + ".connect_timeout", self.connect_timeout, allow_none=False)
+        rules.timeout(path + ".dns_refresh_rate", self.dns_refresh_rate, allow_none=False)
+        if self.dns_lookup_family not in rules.DNS_LOOKUP_FAMILIES:
             raise ConfigError(path + ".dns_lookup_family", f"unsupported dns_lookup_family {self.dns_lookup_family!r}")
-        _check_timeout(path + ".idle_timeout", self.idle_timeout)
-        _check_timeout(path + ".max_connection_duration", self.max_connection_duration)
+        rules.timeout(path + ".idle_timeout", self.idle_timeout)
+        rules.timeout(path + ".max_connection_duration", self.max_connection_duration)
         for name in ("max_requests_per_connection", "max_connections", "max_pending_requests",
                      "max_requests", "max_retries"):
             value = getattr(self, name)
@@ -268,10 +253,10 @@ class Listener:
             ipaddress.ip_address(self.address)
         except (ValueError, TypeError):
             raise ConfigError(path + ".address", f"listener address must be an IP address, got {self.address!r}") from None
-        _check_port(path + ".port", self.port, allow_zero=True)
+        rules.port(path + ".port", self.port, allow_zero=True)
         if isinstance(self.handler, TcpProxy):
             self.handler.validate(self.handler_path(path))
-        _check_timeout(path + ".idle_timeout", self.idle_timeout)
+        rules.timeout(path + ".idle_timeout", self.idle_timeout)
         if isinstance(self.max_connect_attempts, bool) or not isinstance(self.max_connect_attempts, int) or self.max_connect_attempts < 1:
             raise ConfigError(path + ".max_connect_attempts", "must be an integer >= 1")
         if not isinstance(self.backlog, int) or self.backlog < 1:

@@ -19,7 +19,7 @@ from . import _core
 from .errors import ConfigError, ListenerBindError
 from .filters import NetworkFilter
 from .model import Admin, Bootstrap, Cluster, Listener, Node
-from .model_filters import native_filter_stat_blocks
+from .http.native_filters import native_filter_stat_blocks
 
 log = logging.getLogger("fastproxy")
 

@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 
 import fastproxy
-from fastproxy import Admin, Cluster, Endpoint, Listener
+from fastproxy import Admin, Cluster, Endpoint, Listener, TcpProxy
 
 from conftest import (admin_get, echo_roundtrip, envoy_yaml, find_envoy, fragment, http_listener, start_envoy,
                       static_cluster, wait_for)
@@ -51,7 +51,7 @@ def admin_proxy(proxy_factory, servers):
     """(proxy, listener address, admin address, echo server): listener "l" (stat prefix
     "adm") -> cluster "c" -> one echo upstream; admin on an ephemeral port."""
     echo = servers.echo()
-    p = proxy_factory([Listener("l", port=0, cluster="c", stat_prefix="adm")],
+    p = proxy_factory([Listener("l", TcpProxy("c"), port=0, stat_prefix="adm")],
                       [Cluster("c", [Endpoint("127.0.0.1", echo.port)])],
                       concurrency=1, admin=Admin("127.0.0.1", 0))
     assert p.admin_address is not None
@@ -192,8 +192,8 @@ def test_clusters_and_listeners_follow_update(admin_proxy, servers):
     other = servers.echo()
     p.update(clusters=[Cluster("c", [Endpoint("127.0.0.1", echo.port, weight=2),
                                      Endpoint("127.0.0.1", other.port, weight=3)])],
-             listeners=[Listener("l", port=addr[1], cluster="c", stat_prefix="adm"),
-                        Listener("extra", port=0, cluster="c")])
+             listeners=[Listener("l", TcpProxy("c"), port=addr[1], stat_prefix="adm"),
+                        Listener("extra", TcpProxy("c"), port=0)])
     lines = get(admin, "/clusters")[2].splitlines()
     assert f"c::127.0.0.1:{echo.port}::weight::2" in lines
     assert f"c::127.0.0.1:{other.port}::weight::3" in lines
@@ -228,7 +228,7 @@ def test_quitquitquit_marks_draining(admin_proxy):
 
 def test_quitquitquit_makes_run_return(servers):
     echo = servers.echo()
-    p = fastproxy.Proxy([Listener("l", port=0, cluster="c", stat_prefix="q")],
+    p = fastproxy.Proxy([Listener("l", TcpProxy("c"), port=0, stat_prefix="q")],
                         [Cluster("c", [Endpoint("127.0.0.1", echo.port)])],
                         concurrency=1, admin=Admin("127.0.0.1", 0))
     p.start()

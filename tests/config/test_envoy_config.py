@@ -13,9 +13,9 @@ import pytest
 import filters_for_tests
 from conftest import find_envoy
 from fastproxy.config import load_envoy, load_envoy_json, load_envoy_yaml
-from fastproxy.model_http import AccessLog
+from fastproxy.http.model import AccessLog
 from fastproxy.errors import ConfigError
-from fastproxy.model import Admin, Bootstrap, Cluster, Endpoint, Listener
+from fastproxy.model import Admin, Bootstrap, Cluster, Endpoint, Listener, TcpProxy
 
 from conftest import CONFIGS, envoy_bootstrap, static_cluster, tcp_listener  # noqa: E402
 SAMPLES = sorted(CONFIGS.glob("*.yaml")) + sorted(CONFIGS.glob("*.json"))
@@ -83,7 +83,7 @@ def test_minimal_config_uses_envoy_defaults():
     assert isinstance(boot, Bootstrap)
     assert boot.admin is None
     assert boot.listeners == [Listener(
-        name="l0", address="127.0.0.1", port=10000, cluster="backend", stat_prefix="tcp",
+        "l0", TcpProxy("backend"), address="127.0.0.1", port=10000, stat_prefix="tcp",
         idle_timeout=3600.0, max_connect_attempts=1, filters=[], backlog=1024, buffer_limit=1 << 20)]
     assert boot.clusters == [Cluster(
         name="backend", endpoints=[Endpoint("127.0.0.1", 9000, 1)], type="STATIC", lb_policy="ROUND_ROBIN",
@@ -93,7 +93,7 @@ def test_minimal_config_uses_envoy_defaults():
 def test_sample_tcp_proxy():
     boot = load_envoy(CONFIGS / "tcp_proxy.yaml")
     assert boot.listeners == [Listener(
-        name="ingress", address="0.0.0.0", port=10000, cluster="backend", stat_prefix="ingress_tcp",
+        "ingress", TcpProxy("backend"), address="0.0.0.0", port=10000, stat_prefix="ingress_tcp",
         idle_timeout=30.0, max_connect_attempts=3, filters=[], backlog=512, buffer_limit=65536)]
     assert boot.clusters == [Cluster(name="backend", endpoints=[Endpoint("127.0.0.1", 8080)],
                                      connect_timeout=0.25, dns_lookup_family="AUTO")]
@@ -101,7 +101,7 @@ def test_sample_tcp_proxy():
 
 def test_sample_weighted_random():
     boot = load_envoy(str(CONFIGS / "weighted_random.yaml"))
-    assert [(l.name, l.port, l.cluster, l.stat_prefix, l.idle_timeout) for l in boot.listeners] == [
+    assert [(l.name, l.port, l.handler.cluster, l.stat_prefix, l.idle_timeout) for l in boot.listeners] == [
         ("web", 8000, "web", "web", 3600.0), ("db", 5433, "db", "db", 600.0)]
     web, db = boot.clusters
     assert web.lb_policy == "RANDOM" and web.connect_timeout == 1.0
@@ -130,7 +130,7 @@ def test_sample_camel_case_json():
     boot = load_envoy(CONFIGS / "camel_case.json")
     assert boot.admin == Admin("127.0.0.1", 9902, access_log=[AccessLog("/dev/null")])
     assert boot.listeners == [Listener(
-        name="camel", address="127.0.0.1", port=7000, cluster="upstream", stat_prefix="camel",
+        "camel", TcpProxy("upstream"), address="127.0.0.1", port=7000, stat_prefix="camel",
         idle_timeout=1.5, max_connect_attempts=2, backlog=64, buffer_limit=16384, filters=[])]
     assert boot.clusters == [Cluster(name="upstream", endpoints=[Endpoint("127.0.0.1", 7001, 5)],
                                      lb_policy="RANDOM", connect_timeout=3.0, dns_lookup_family="AUTO")]
@@ -442,7 +442,7 @@ def test_python_filter_factory_builds_fresh_instances_with_config():
     assert one.config == {"tag": "a", "n": [1, 2]}
     assert isinstance(inner(), filters_for_tests.Outer.Inner)
     assert inner().config == {}  # an absent Struct is an empty one
-    assert listener.cluster == "backend" and listener.stat_prefix == "tcp"
+    assert listener.handler.cluster == "backend" and listener.stat_prefix == "tcp"
 
 
 def test_python_filter_with_camel_case_and_udpa_typed_struct():

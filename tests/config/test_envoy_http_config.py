@@ -1,5 +1,5 @@
 """The Envoy loader's HTTP part: http_connection_manager and its inline route_config become
-the exact fastproxy.model_http objects, bad configs fail with the Envoy-style path of the
+the exact fastproxy.http.model objects, bad configs fail with the Envoy-style path of the
 offending field, the sample configs are accepted by the real Envoy binary, configs Envoy
 rejects are rejected too, validate_http checks hand-built models the same way, and the RE2
 -> POSIX regex translation matches what the original regex matches (checked with the C
@@ -16,8 +16,8 @@ from fastproxy.config import load_envoy
 from fastproxy.config.proto import to_camel
 from fastproxy.config.regex import re2_to_posix, rewrite_to_posix, translate
 from fastproxy.errors import ConfigError
-from fastproxy.model import Bootstrap, Cluster, Endpoint, Listener
-from fastproxy.model_http import (AccessLog, DirectResponse, HeaderMatcher, HeaderMutations, HeaderValueOption,
+from fastproxy.model import Bootstrap, Cluster, Endpoint, Listener, TcpProxy
+from fastproxy.http.model import (AccessLog, DirectResponse, HeaderMatcher, HeaderMutations, HeaderValueOption,
                                   HttpConnectionManager, InternalAddressConfig, QueryParameterMatcher, RedirectAction,
                                   RegexRewrite, Route, RouteAction, RouteConfiguration, RouteMatch, StringMatch,
                                   VirtualHost, WeightedCluster, validate_http)
@@ -60,7 +60,7 @@ def only_route(route):
 
 
 def load_hcm(config):
-    return load_envoy(config).listeners[0].http
+    return load_envoy(config).listeners[0].handler
 
 
 def rc_of(*virtual_hosts, **kw):
@@ -87,8 +87,8 @@ def test_minimal_http_listener_uses_envoy_defaults():
     boot = load_envoy(base())
     (listener,) = boot.listeners
     assert listener == Listener(
-        name="web", address="127.0.0.1", port=10000, cluster="", stat_prefix="web", idle_timeout=3600.0,
-        filters=[], http=HttpConnectionManager(
+        "web", address="127.0.0.1", port=10000, stat_prefix="web", idle_timeout=3600.0, filters=[],
+        handler=HttpConnectionManager(
             stat_prefix="web",
             route_config=RouteConfiguration(name="local", virtual_hosts=[
                 VirtualHost(name="vh", domains=["*"], routes=[catch_all()])]),
@@ -96,7 +96,7 @@ def test_minimal_http_listener_uses_envoy_defaults():
             request_headers_timeout=None, stream_idle_timeout=300.0, request_timeout=None, idle_timeout=3600.0,
             max_requests_per_connection=None, max_headers_count=100, max_request_headers_kb=60,
             max_request_bytes=None, drain_timeout=5.0, access_log=[]))
-    route = listener.http.route_config.virtual_hosts[0].routes[0]
+    route = listener.handler.route_config.virtual_hosts[0].routes[0]
     assert route.route.timeout == 15.0 and route.name == "" and route.headers == HeaderMutations()
 
 
@@ -104,7 +104,7 @@ def test_sample_http_routing():
     boot = load_envoy(CONFIGS / "http_routing.yaml")
     assert [c.name for c in boot.clusters] == ["api_v1", "api_v2", "api_v3", "static"]
     (listener,) = boot.listeners
-    assert (listener.name, listener.address, listener.port, listener.cluster) == ("web", "127.0.0.1", 8080, "")
+    assert (listener.name, listener.address, listener.port, listener.tcp_proxy) == ("web", "127.0.0.1", 8080, None)
     api = VirtualHost(name="api", domains=["api.example.com", "api.example.com:8080"], routes=[
         Route(name="users", match=RouteMatch(path="/v1/users"), route=RouteAction(cluster="api_v1")),
         Route(match=RouteMatch(safe_regex=r"/v1/users/\d+(/(profile|settings))?"),
@@ -143,7 +143,7 @@ def test_sample_http_routing():
         ]), route=RouteAction(cluster="api_v2")),
     ])
     fallback = VirtualHost(name="fallback", domains=["*"], routes=[catch_all("static")])
-    assert listener.http == HttpConnectionManager(
+    assert listener.handler == HttpConnectionManager(
         stat_prefix="web", route_config=RouteConfiguration(name="web_routes",
                                                            virtual_hosts=[api, static, regional, fallback]))
 
@@ -168,9 +168,8 @@ def test_sample_http_actions():
         Route(match=RouteMatch(path="/teapot"), direct_response=DirectResponse(418, b"I'm a teapot\x00\x01\xff")),
         Route(match=RouteMatch(prefix="/"), direct_response=DirectResponse(404, b"not here")),
     ])
-    assert listener == Listener(name="edge", address="0.0.0.0", port=8000, cluster="", stat_prefix="edge",
-                                filters=[], http=HttpConnectionManager(stat_prefix="edge",
-                                                           route_config=rc_of(redirects, local)))
+    hcm = HttpConnectionManager(stat_prefix="edge", route_config=rc_of(redirects, local))
+    assert listener == Listener("edge", hcm, address="0.0.0.0", port=8000, stat_prefix="edge", filters=[])
 
 
 def test_sample_http_headers():
@@ -199,7 +198,7 @@ def test_sample_http_headers():
         response_headers_to_add=[HeaderValueOption("strict-transport-security", "max-age=31536000",
                                                    "OVERWRITE_IF_EXISTS_OR_ADD")],
         response_headers_to_remove=["server", "x-powered-by"]))
-    assert listener.http == HttpConnectionManager(stat_prefix="api", route_config=table,
+    assert listener.handler == HttpConnectionManager(stat_prefix="api", route_config=table,
                                                   suppress_envoy_headers=True)
 
 
@@ -221,9 +220,9 @@ def test_sample_http_manager():
             AccessLog("/dev/stdout", None),
             AccessLog("/dev/stdout", "%RESPONSE_CODE%\n"),
         ])
-    assert public == Listener(name="public", address="0.0.0.0", port=8443, cluster="", stat_prefix="public_http",
-                              idle_timeout=120.0, buffer_limit=32768, filters=[], http=hcm)
-    assert database == Listener(name="database", address="127.0.0.1", port=5432, cluster="db", stat_prefix="db",
+    assert public == Listener("public", hcm, address="0.0.0.0", port=8443, stat_prefix="public_http",
+                              idle_timeout=120.0, buffer_limit=32768, filters=[])
+    assert database == Listener("database", TcpProxy("db"), address="127.0.0.1", port=5432, stat_prefix="db",
                                 filters=[])
     assert [c.name for c in boot.clusters] == ["app", "db"]
 
@@ -268,7 +267,7 @@ def test_zero_timeouts_disable(field):
 
 def test_zero_idle_timeout_disables_it_on_the_listener_too():
     listener = load_envoy(edited((f"{H0}.common_http_protocol_options", {"idle_timeout": "0s"}))).listeners[0]
-    assert listener.http.idle_timeout is None and listener.idle_timeout is None
+    assert listener.handler.idle_timeout is None and listener.idle_timeout is None
 
 
 def test_max_requests_per_connection_zero_means_unlimited():
@@ -813,7 +812,7 @@ def test_http_configs_envoy_rejects_are_rejected_too(tmp_path, changes):
 
 # --- validate_http: the same rules for hand-built models ----------------------------------
 
-P = "listeners[0].http"          # the Python API's names (Bootstrap.validate)
+P = "listeners[0].handler"         # the Python API's names (Bootstrap.validate)
 MP = f"{P}.route_config.virtual_hosts[0].routes[0]"
 
 
@@ -835,7 +834,7 @@ def good_hcm():
 
 
 def boot_with(hcm):
-    return Bootstrap(listeners=[Listener(name="web", port=0, http=hcm)],
+    return Bootstrap(listeners=[Listener("web", hcm, port=0)],
                      clusters=[Cluster("backend", [Endpoint("127.0.0.1", 9000)]),
                                Cluster("other", [Endpoint("127.0.0.1", 9001)])])
 
@@ -955,9 +954,13 @@ def test_validate_http_names_the_model_field(mutate, path, fragment):
 
 
 def test_validate_http_rejects_a_non_model_object():
+    # Listener(name, handler) refuses one already (TypeError); validate_http is the model's
+    # check for any other caller.
     with pytest.raises(ConfigError) as err:
-        boot_with({"stat_prefix": "x"}).validate()
+        validate_http({"stat_prefix": "x"}, P, {"backend"})
     assert err.value.path == P
+    with pytest.raises(TypeError, match="handler= must be a TcpProxy or an HttpConnectionManager"):
+        boot_with({"stat_prefix": "x"})
 
 
 # --- RE2 -> POSIX: compared with libc's regcomp/regexec -----------------------------------
@@ -1202,6 +1205,6 @@ def test_connect_tunnel_config_is_valid_for_envoy_and_loads(tmp_path):
     path.write_text(json.dumps(config))
     rc, output = envoy_validate(path)
     assert rc == 0, output
-    hcm = load_envoy(path).listeners[0].http
+    hcm = load_envoy(path).listeners[0].handler
     assert [(u.upgrade_type, u.enabled) for u in hcm.upgrade_configs] == [("CONNECT", True)]
     assert hcm.route_config.virtual_hosts[0].routes[0].match.connect_matcher

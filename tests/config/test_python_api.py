@@ -34,17 +34,34 @@ def hcm(cluster="c"):
 # --- fastproxy.http ------------------------------------------------------------------------
 
 def test_the_http_model_has_a_public_namespace():
-    from fastproxy import model_filters, model_http
-    assert fastproxy.http.Route is model_http.Route
-    assert fastproxy.http.HttpConnectionManager is model_http.HttpConnectionManager
-    assert fastproxy.http.BufferFilter is model_filters.Buffer is fastproxy.BufferFilter
+    from fastproxy.http import model, native_filters
+    assert fastproxy.http.Route is model.Route
+    assert fastproxy.http.HttpConnectionManager is model.HttpConnectionManager
+    assert fastproxy.http.BufferFilter is native_filters.Buffer is fastproxy.BufferFilter
     assert sorted(set(fastproxy.http.__all__)) == sorted(fastproxy.http.__all__)
     missing = [n for n in fastproxy.http.__all__ if not hasattr(fastproxy.http, n)]
     assert missing == []
     # every model class an HttpConnectionManager is built from is there
-    model = {n for n, v in vars(model_http).items()
-             if dataclasses.is_dataclass(v) and v.__module__ == model_http.__name__}
-    assert model <= set(fastproxy.http.__all__), model - set(fastproxy.http.__all__)
+    classes = {n for n, v in vars(model).items()
+               if dataclasses.is_dataclass(v) and v.__module__ == model.__name__}
+    assert classes <= set(fastproxy.http.__all__), classes - set(fastproxy.http.__all__)
+
+
+@pytest.mark.parametrize("old, new", [("model_http", "fastproxy.http.model"),
+                                      ("model_filters", "fastproxy.http.native_filters")])
+def test_the_old_model_modules_warn_and_re_export(old, new):
+    # A fresh interpreter: the warning is given when the module is first imported.
+    code = (f"import warnings, importlib; warnings.simplefilter('error', DeprecationWarning)\n"
+            f"import fastproxy\n"
+            f"try:\n    importlib.import_module('fastproxy.{old}')\n"
+            f"except DeprecationWarning as e:\n    print(e)\nelse:\n    raise SystemExit('no warning')\n"
+            f"warnings.simplefilter('ignore', DeprecationWarning)\n"
+            f"import sys; sys.modules.pop('fastproxy.{old}', None)\n"
+            f"m = importlib.import_module('fastproxy.{old}'); n = importlib.import_module('{new}')\n"
+            f"assert n.__all__ and all(getattr(m, k) is getattr(n, k) for k in n.__all__)\n")
+    out = subprocess.run([sys.executable, "-c", code], check=True, cwd=SRC.parent, env=_env(),
+                         capture_output=True, text=True).stdout
+    assert f"fastproxy.{old} is deprecated; import from fastproxy.http" in out
 
 
 def test_import_fastproxy_is_enough_for_fastproxy_http():
@@ -218,15 +235,6 @@ def _cycles(graph: dict) -> list:
     return sorted(out)
 
 
-# Lazy imports (inside functions) that still close a cycle. Issue 12 section 3 moves the
-# validation rules to one module, which removes this one; then the entry goes (the test
-# fails while a listed cycle no longer exists, so the list cannot go stale).
-KNOWN_LAZY_CYCLES = [
-    ["fastproxy.config.http", "fastproxy.config.http_filters_native", "fastproxy.model_filters",
-     "fastproxy.model_http"],
-]
-
-
 def test_no_import_cycle_at_import_time():
     modules = _modules()
     graph = {m: _imports(m, p, modules, lazy=False) for m, p in modules.items()}
@@ -234,10 +242,19 @@ def test_no_import_cycle_at_import_time():
     assert _cycles(graph) == []
 
 
-def test_no_import_cycle_through_lazy_imports_but_the_known_one():
+def test_no_import_cycle_through_lazy_imports():
+    # The model, the Envoy loader and the builders share fastproxy.validation, which imports
+    # nothing of the package but errors: no cycle, not even through imports in functions.
     modules = _modules()
     graph = {m: _imports(m, p, modules, lazy=True) for m, p in modules.items()}
-    assert _cycles(graph) == KNOWN_LAZY_CYCLES
+    assert _cycles(graph) == []
+
+
+def test_nothing_in_the_package_imports_the_deprecated_model_modules():
+    modules = _modules()
+    old = {"fastproxy.model_http", "fastproxy.model_filters"}
+    users = {m: sorted(_imports(m, p, modules, lazy=True) & old) for m, p in modules.items() if m not in old}
+    assert {m: u for m, u in users.items() if u} == {}
 
 
 def test_the_cycle_checker_sees_a_cycle(tmp_path):

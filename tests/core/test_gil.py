@@ -161,7 +161,7 @@ def load(placement):
 def start_proxy(placement, filters=()):
     import fastproxy
     before = {t.ident for t in threading.enumerate()}
-    p = fastproxy.Proxy(listeners=[fastproxy.Listener(name="l", cluster="c", filters=list(filters))],
+    p = fastproxy.Proxy(listeners=[fastproxy.Listener("l", fastproxy.TcpProxy("c"), filters=list(filters))],
                         clusters=[fastproxy.Cluster("c", [fastproxy.Endpoint("127.0.0.1", LOAD_PORT[0])])],
                         concurrency=2)
     p.start()

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from fastproxy import Cluster, Endpoint, Listener
+from fastproxy import Cluster, Endpoint, Listener, TcpProxy
 
 from conftest import (SRC, connect, cpu_seconds, echo_roundtrip, fd_count, listener_stat,
                       recv_exact, wait_closed, wait_for, wait_stalled)
@@ -22,13 +22,13 @@ def test_global_downstream_limit_over_tcp_and_http_listeners(servers, proxy_fact
     """Proxy(max_downstream_connections=N) (Envoy's overload.global_downstream_max_connections)
     counts the connections of every listener together, TCP and HTTP, and frees a slot when
     either kind of connection ends."""
-    from fastproxy.model_http import (HttpConnectionManager, Route, RouteAction, RouteConfiguration,
+    from fastproxy.http.model import (HttpConnectionManager, Route, RouteAction, RouteConfiguration,
                                       RouteMatch, VirtualHost)
     echo = servers.echo()
     rc = RouteConfiguration(virtual_hosts=[VirtualHost("vh", ["*"], routes=[
         Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))])])
-    p = proxy_factory([Listener(name="tcp", cluster="c", stat_prefix="t"),
-                       Listener(name="http", http=HttpConnectionManager("h", rc))],
+    p = proxy_factory([Listener("tcp", TcpProxy("c"), stat_prefix="t"),
+                       Listener("http", HttpConnectionManager("h", rc))],
                       [Cluster("c", [Endpoint("127.0.0.1", echo.port)])], max_downstream_connections=2)
     tcp, http = p.listener_address("tcp"), p.listener_address("http")
     held_tcp = connect(tcp)
@@ -66,7 +66,7 @@ def _admitted(addr):
 
 def test_max_connections_overflow(servers, proxy_factory):
     echo = servers.echo()
-    p = proxy_factory([Listener(name="l", cluster="c", stat_prefix="t", max_connections=2)],
+    p = proxy_factory([Listener("l", TcpProxy("c"), stat_prefix="t", max_connections=2)],
                       [Cluster("c", [Endpoint("127.0.0.1", echo.port)])])
     addr = p.listener_address("l")
     c1, c2 = connect(addr), connect(addr)
@@ -92,8 +92,8 @@ def test_max_connections_overflow(servers, proxy_factory):
 PROXY_SCRIPT = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from fastproxy import Proxy, Listener, Cluster, Endpoint
-p = Proxy(listeners=[Listener(name="l", cluster="c", stat_prefix="t")],
+from fastproxy import Proxy, Listener, Cluster, Endpoint, TcpProxy
+p = Proxy(listeners=[Listener("l", TcpProxy("c"), stat_prefix="t")],
           clusters=[Cluster("c", [Endpoint("127.0.0.1", int(sys.argv[2]))])],
           concurrency=1)
 p.start()

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from fastproxy import Cluster, ConfigError, Endpoint, FilterStatus, Listener, NetworkFilter
+from fastproxy import Cluster, ConfigError, Endpoint, FilterStatus, Listener, NetworkFilter, TcpProxy
 
 from conftest import (connect, echo_roundtrip, free_port, listen_inodes, listening_ports, recv_exact, stat,
                       wait_closed, wait_for)
@@ -80,7 +80,7 @@ class Churn(threading.Thread):
 def test_cluster_swap_under_traffic(servers, proxy_factory):
     a = servers.echo(banner=b"A")
     b = servers.echo(banner=b"B")
-    p = proxy_factory([Listener(name="l", cluster="c", stat_prefix="t")], [_cluster("c", a)])
+    p = proxy_factory([Listener("l", TcpProxy("c"), stat_prefix="t")], [_cluster("c", a)])
     addr = p.listener_address("l")
     longs = [LongLived(addr, b"long%d" % i) for i in range(2)]
     assert [x.banner for x in longs] == [b"A", b"A"]
@@ -130,11 +130,11 @@ def test_cluster_swap_under_traffic(servers, proxy_factory):
 def test_listener_rebound_to_new_cluster_keeps_port_and_old_connections(servers, proxy_factory):
     a = servers.echo(banner=b"A")
     b = servers.echo(banner=b"B")
-    p = proxy_factory([Listener(name="l", cluster="ca", stat_prefix="t")], [_cluster("ca", a)])
+    p = proxy_factory([Listener("l", TcpProxy("ca"), stat_prefix="t")], [_cluster("ca", a)])
     host, port = p.listener_address("l")
     old = connect((host, port))
     assert recv_exact(old, 1) == b"A"
-    p.update(listeners=[Listener(name="l", address=host, port=port, cluster="cb", stat_prefix="t")],
+    p.update(listeners=[Listener("l", TcpProxy("cb"), address=host, port=port, stat_prefix="t")],
              clusters=[_cluster("cb", b)])
     assert p.listener_address("l") == (host, port)
     assert _banner_of_new_connection((host, port)) == b"B"
@@ -163,9 +163,9 @@ def _refuses(addr) -> bool:
 
 def test_listener_added_and_removed_at_runtime(servers, proxy_factory):
     echo = servers.echo()
-    base = Listener(name="base", cluster="c", stat_prefix="base")
+    base = Listener("base", TcpProxy("c"), stat_prefix="base")
     p = proxy_factory([base], [_cluster("c", echo)])
-    extra = Listener(name="extra", cluster="c", stat_prefix="extra")
+    extra = Listener("extra", TcpProxy("c"), stat_prefix="extra")
     p.update(listeners=[base, extra])
     xaddr = p.listener_address("extra")
     assert xaddr[1] != p.listener_address("base")[1]
@@ -191,13 +191,13 @@ def test_listener_added_and_removed_at_runtime(servers, proxy_factory):
 
 def test_invalid_update_rejected_and_old_config_kept(servers, proxy_factory):
     echo = servers.echo()
-    p = proxy_factory([Listener(name="l", cluster="c", stat_prefix="t")], [_cluster("c", echo)])
+    p = proxy_factory([Listener("l", TcpProxy("c"), stat_prefix="t")], [_cluster("c", echo)])
     addr = p.listener_address("l")
     with connect(addr) as s:
         s.sendall(b"one")
         assert recv_exact(s, 3) == b"one"
         with pytest.raises(ConfigError):
-            p.update(listeners=[Listener(name="l", cluster="no-such-cluster")])
+            p.update(listeners=[Listener("l", TcpProxy("no-such-cluster"))])
         with pytest.raises(ConfigError):
             p.update(clusters=[])           # listener "l" would lose its cluster
         s.sendall(b"two")
@@ -209,7 +209,7 @@ def test_invalid_update_rejected_and_old_config_kept(servers, proxy_factory):
 def test_update_adds_endpoint_to_round_robin(servers, proxy_factory):
     a = servers.echo(banner=b"A")
     b = servers.echo(banner=b"B")
-    p = proxy_factory([Listener(name="l", cluster="c")], [_cluster("c", a)])
+    p = proxy_factory([Listener("l", TcpProxy("c"))], [_cluster("c", a)])
     addr = p.listener_address("l")
     assert {_banner_of_new_connection(addr) for _ in range(4)} == {b"A"}
     p.update(clusters=[Cluster("c", [Endpoint("127.0.0.1", a.port), Endpoint("127.0.0.1", b.port)])])
@@ -225,18 +225,18 @@ class Upper(NetworkFilter):
 
 def test_filter_chain_update_applies_to_new_connections_only(servers, proxy_factory):
     echo = servers.echo()
-    p = proxy_factory([Listener(name="l", cluster="c", stat_prefix="t")], [_cluster("c", echo)])
+    p = proxy_factory([Listener("l", TcpProxy("c"), stat_prefix="t")], [_cluster("c", echo)])
     addr = p.listener_address("l")
     old = connect(addr)
     old.sendall(b"plain")
     assert recv_exact(old, 5) == b"plain"
     # Same requested address (port 0): the listening socket is kept, only the chain changes.
-    p.update(listeners=[Listener(name="l", cluster="c", stat_prefix="t", filters=[Upper])])
+    p.update(listeners=[Listener("l", TcpProxy("c"), stat_prefix="t", filters=[Upper])])
     assert p.listener_address("l") == addr
     assert echo_roundtrip(addr, b"shout") == b"SHOUT"
     old.sendall(b"still plain")                 # spliced, no filter: its config is kept
     assert recv_exact(old, 11) == b"still plain"
-    p.update(listeners=[Listener(name="l", cluster="c", stat_prefix="t")])
+    p.update(listeners=[Listener("l", TcpProxy("c"), stat_prefix="t")])
     assert echo_roundtrip(addr, b"quiet") == b"quiet"
     old.close()
     wait_for(lambda: stat(p, "tcp.t.downstream_cx_active") == 0)
@@ -246,7 +246,7 @@ def test_no_connection_refused_during_listener_updates(servers, proxy_factory):
     """Connections opened while the listener set is being replaced over and over (same
     address) are never refused or dropped."""
     echo = servers.echo()
-    lst = Listener(name="l", cluster="c", stat_prefix="t")
+    lst = Listener("l", TcpProxy("c"), stat_prefix="t")
     p = proxy_factory([lst], [_cluster("c", echo)])
     addr = p.listener_address("l")
     stop = threading.Event()
@@ -267,7 +267,7 @@ def test_no_connection_refused_during_listener_updates(servers, proxy_factory):
     try:
         for i in range(30):
             filters = [Upper] if i % 2 else []
-            p.update(listeners=[Listener(name="l", cluster="c", stat_prefix="t", filters=filters)],
+            p.update(listeners=[Listener("l", TcpProxy("c"), stat_prefix="t", filters=filters)],
                      clusters=[Cluster("c", [Endpoint("127.0.0.1", echo.port)], connect_timeout=1.0 + i)])
     finally:
         stop.set()
@@ -284,11 +284,11 @@ def test_restating_the_bound_port_keeps_the_listening_sockets(servers, proxy_fac
     """Deterministic counterpart of the next test: updating a port-0 listener to the port
     it is bound to must keep its listening sockets (same socket inodes), not re-bind."""
     echo = servers.echo()
-    p = proxy_factory([Listener(name="l", cluster="c")], [_cluster("c", echo)])
+    p = proxy_factory([Listener("l", TcpProxy("c"))], [_cluster("c", echo)])
     host, port = p.listener_address("l")
     before = listen_inodes(port)
     assert len(before) >= 1
-    p.update(listeners=[Listener(name="l", address=host, port=port, cluster="c")])
+    p.update(listeners=[Listener("l", TcpProxy("c"), address=host, port=port)])
     assert p.listener_address("l") == (host, port)
     assert listen_inodes(port) == before, "the listening sockets were re-bound"
     assert echo_roundtrip((host, port), b"same socket") == b"same socket"
@@ -303,7 +303,7 @@ def test_restating_the_bound_port_explicitly_does_not_drop_connections(servers):
     echo = servers.echo()
     errors, done = [], [0]
     for trial in range(25):
-        p = fastproxy.Proxy([Listener(name="l", cluster="c")], [_cluster("c", echo)], concurrency=2)
+        p = fastproxy.Proxy([Listener("l", TcpProxy("c"))], [_cluster("c", echo)], concurrency=2)
         p.start()
         try:
             host, port = p.listener_address("l")
@@ -321,7 +321,7 @@ def test_restating_the_bound_port_explicitly_does_not_drop_connections(servers):
             for t in threads:
                 t.start()
             wait_for(lambda: done[0] > trial * 10 + 10, timeout=10)
-            p.update(listeners=[Listener(name="l", address=host, port=port, cluster="c")])
+            p.update(listeners=[Listener("l", TcpProxy("c"), address=host, port=port)])
             assert p.listener_address("l") == (host, port)
             mark = done[0]
             wait_for(lambda: done[0] > mark + 10, timeout=10)
@@ -337,21 +337,21 @@ def test_restating_the_bound_port_explicitly_does_not_drop_connections(servers):
 
 def test_python_api_errors_name_the_python_argument():
     with pytest.raises(ConfigError) as e:
-        Proxy([Listener("l", cluster="c")], [Cluster("c", [Endpoint("127.0.0.1", 8080), Endpoint("127.0.0.1", 70000)])])
+        Proxy([Listener("l", TcpProxy("c"))], [Cluster("c", [Endpoint("127.0.0.1", 8080), Endpoint("127.0.0.1", 70000)])])
     assert e.value.path == "clusters[0].endpoints[1].port"
     assert e.value.message.startswith("Endpoint(port=70000): port 70000 out of range 1..65535")
     assert "port_value" not in str(e.value) and "static_resources" not in str(e.value)
     with pytest.raises(ConfigError) as e:
-        Proxy([Listener("l", cluster="c")], [Cluster("c", [Endpoint("127.0.0.1", 1, weight=0)])])
+        Proxy([Listener("l", TcpProxy("c"))], [Cluster("c", [Endpoint("127.0.0.1", 1, weight=0)])])
     assert e.value.path == "clusters[0].endpoints[0].weight"
     assert "Endpoint(weight=0)" in e.value.message
     with pytest.raises(ConfigError) as e:
-        Proxy([Listener("l", cluster="nope")], [])
-    assert e.value.path == "listeners[0].cluster"
+        Proxy([Listener("l", TcpProxy("nope"))], [])
+    assert e.value.path == "listeners[0].handler.cluster"
 
 
 def test_python_api_wrong_container_is_a_clear_type_error():
-    one = Listener("l", cluster="c")
+    one = Listener("l", TcpProxy("c"))
     clusters = [Cluster("c", [Endpoint("127.0.0.1", 1)])]
     with pytest.raises(TypeError, match=r"takes a list of Listener, got a single Listener: write "
                                         r"listeners=\[Listener\(\.\.\.\)\]"):
@@ -367,11 +367,11 @@ def test_python_api_wrong_container_is_a_clear_type_error():
 def test_ports_are_bound_by_start_not_by_the_constructor(servers):
     echo = servers.echo()
     port = free_port()
-    p = Proxy([Listener("l", port=port, cluster="c")], [_cluster("c", echo)], concurrency=1)
+    p = Proxy([Listener("l", TcpProxy("c"), port=port)], [_cluster("c", echo)], concurrency=1)
     try:
         assert port not in listening_ports()
         # A second proxy for the same port can be built too: nothing is taken yet.
-        Proxy([Listener("l", port=port, cluster="c")], [_cluster("c", echo)], concurrency=1).stop()
+        Proxy([Listener("l", TcpProxy("c"), port=port)], [_cluster("c", echo)], concurrency=1).stop()
         with pytest.raises(RuntimeError, match="bound by start"):
             p.listener_address("l")
         p.start()

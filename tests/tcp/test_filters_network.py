@@ -536,11 +536,11 @@ class BadStatus(NetworkFilter):
 
 @pytest.mark.parametrize("where", ["factory", "on_new_connection", "on_data", "on_write", "bad_status"])
 def test_filter_failures_close_only_their_connection(servers, proxy_factory, where):
-    from fastproxy import Cluster, Endpoint, Listener
+    from fastproxy import Cluster, Endpoint, Listener, TcpProxy
     echo = servers.echo()
     bad = BadStatus if where == "bad_status" else functools.partial(Raiser, where)
-    p = proxy_factory([Listener(name="bad", cluster="c", stat_prefix="bad", filters=[bad]),
-                       Listener(name="good", cluster="c", stat_prefix="good", filters=[Upper])],
+    p = proxy_factory([Listener("bad", TcpProxy("c"), stat_prefix="bad", filters=[bad]),
+                       Listener("good", TcpProxy("c"), stat_prefix="good", filters=[Upper])],
                       [Cluster("c", [Endpoint("127.0.0.1", echo.port)])])
     good = connect(p.listener_address("good"))
     good.sendall(b"a")

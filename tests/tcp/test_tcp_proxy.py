@@ -241,12 +241,12 @@ def test_downstream_reset_while_connecting(servers, tcp_proxy):
 
 @pytest.mark.parametrize("filters", [(), (PassThrough,)], ids=["splice", "filter"])
 def test_upstream_reset_midstream(servers, proxy_factory, filters):
-    from fastproxy import Listener
+    from fastproxy import Listener, TcpProxy
     rst = servers.threaded(reset_after_handler(256 * 1024))
     echo = servers.echo()
     p = proxy_factory(
-        [Listener(name="r", cluster="rst", stat_prefix="r", filters=list(filters)),
-         Listener(name="e", cluster="echo", stat_prefix="e", filters=list(filters))],
+        [Listener("r", TcpProxy("rst"), stat_prefix="r", filters=list(filters)),
+         Listener("e", TcpProxy("echo"), stat_prefix="e", filters=list(filters))],
         [Cluster("rst", [Endpoint("127.0.0.1", rst.port)]),
          Cluster("echo", [Endpoint("127.0.0.1", echo.port)])])
     raddr = p.listener_address("r")
@@ -488,9 +488,9 @@ def test_random_spreads(servers, tcp_proxy):
 
 
 def test_strict_dns_localhost(servers, proxy_factory):
-    from fastproxy import Listener
+    from fastproxy import Listener, TcpProxy
     echo = servers.echo()
-    p = proxy_factory([Listener(name="l", cluster="dns", stat_prefix="t")],
+    p = proxy_factory([Listener("l", TcpProxy("dns"), stat_prefix="t")],
                       [Cluster("dns", [Endpoint("localhost", echo.port)], type="STRICT_DNS",
                                dns_lookup_family="V4_ONLY")])
     addr = p.listener_address("l")
@@ -595,9 +595,9 @@ def test_proxy_sockets_no_delay_and_loopback_tuning(servers, proxy_factory, list
     send buffer. A loopback listener sets them once on the listening socket and the sockets
     it accepts inherit them; a wildcard listener tunes each accepted socket whose peer (as
     accept4 returned it) is a loopback address."""
-    from fastproxy import Listener
+    from fastproxy import Listener, TcpProxy
     up = servers.threaded(hold_handler)
-    p = proxy_factory([Listener(name="l", cluster="c", stat_prefix="t", address=listen, port=0)],
+    p = proxy_factory([Listener("l", TcpProxy("c"), stat_prefix="t", address=listen, port=0)],
                       [Cluster("c", [Endpoint("127.0.0.1", up.port)])])
     port = p.listener_address("l")[1]
     with connect(("127.0.0.1", port)) as s:

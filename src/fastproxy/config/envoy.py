@@ -23,6 +23,7 @@ from typing import Any, Optional, Union
 
 from .. import model
 from ..errors import ConfigError
+from ..validation import DNS_LOOKUP_FAMILIES, MAX_PORT
 from .http import HCM_TYPE, access_log, http_connection_manager
 from .proto import Message, checked, collecting, raise_collected, report, unsupported_field
 from .runtime import layered_runtime
@@ -37,7 +38,6 @@ TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy
 DISCOVERY_TYPES = {"STATIC": 0, "STRICT_DNS": 1, "LOGICAL_DNS": 2, "EDS": 3, "ORIGINAL_DST": 4}
 LB_POLICIES = {"ROUND_ROBIN": 0, "LEAST_REQUEST": 1, "RING_HASH": 2, "RANDOM": 3, "MAGLEV": 5,
                "CLUSTER_PROVIDED": 6, "LOAD_BALANCING_POLICY_CONFIG": 7}
-DNS_LOOKUP_FAMILIES = {"AUTO": 0, "V4_ONLY": 1, "V6_ONLY": 2, "V4_PREFERRED": 3, "ALL": 4}
 SOCKET_PROTOCOLS = {"TCP": 0, "UDP": 1}
 ROUTING_PRIORITIES = {"DEFAULT": 0, "HIGH": 1}
 
@@ -170,8 +170,8 @@ def _socket_address(address: Message, require_ip: bool, min_port: int, ip_hint: 
     if require_ip and not model.is_ip_literal(host):
         raise ConfigError(sock.at("address"), f"malformed IP address: {host!r}{ip_hint}")
     port = sock.uint32("port_value", required=True)
-    if not min_port <= port <= 65535:
-        raise ConfigError(sock.at("port_value"), f"port must be {min_port}..65535, got {port}")
+    if not min_port <= port <= MAX_PORT:
+        raise ConfigError(sock.at("port_value"), f"port must be {min_port}..{MAX_PORT}, got {port}")
     return host, port
 
 

@@ -1,4 +1,4 @@
-"""Envoy's http_connection_manager network filter -> fastproxy.model_http.
+"""Envoy's http_connection_manager network filter -> fastproxy.http.model.
 
 Reads the typed_config of ``envoy.filters.network.http_connection_manager`` (HCM) with its
 inline ``route_config``, the same strict way as the rest of the loader: every field outside
@@ -51,18 +51,21 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
-from .. import model_http as mh
 from ..access_log import compile_format
 from ..errors import ConfigError
-from .proto import UINT32_MAX, Message, checked, describe, integer, unsupported_field
-
-INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
-from .regex import re2_to_posix, rewrite_to_posix
+from ..http import model as mh
+from ..validation import (APPEND_ACTIONS, HEADERS_WITH_UNDERSCORES_ACTIONS, MAX_PORT, PATH_WITH_ESCAPED_SLASHES_ACTIONS,
+                          SERVER_HEADER_TRANSFORMATIONS, check_domain, check_header_name, check_header_value,
+                          check_host_value, check_modifiable, check_path_separated_prefix, check_redirect_host,
+                          check_scheme, literal_header_value)
+from .http_common import (_REGEX_FIELDS, HttpFilterKind, _any, _bool, _header_matcher, _oneof, _present,
+                          _query_matcher, _regex, _timeout)
+from .proto import UINT32_MAX, Message, checked, describe, unsupported_field
+from .regex import rewrite_to_posix
 
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
@@ -72,16 +75,10 @@ STDERR_ACCESS_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.st
 
 # Envoy's enums, name -> number.
 CODEC_TYPES = {"AUTO": 0, "HTTP1": 1, "HTTP2": 2, "HTTP3": 3}
-SERVER_HEADER_TRANSFORMATIONS = {"OVERWRITE": 0, "APPEND_IF_ABSENT": 1, "PASS_THROUGH": 2}
-HEADERS_WITH_UNDERSCORES_ACTIONS = {"ALLOW": 0, "REJECT_REQUEST": 1, "DROP_HEADER": 2}
-PATH_WITH_ESCAPED_SLASHES_ACTIONS = {"IMPLEMENTATION_SPECIFIC_DEFAULT": 0, "KEEP_UNCHANGED": 1, "REJECT_REQUEST": 2,
-                                     "UNESCAPE_AND_REDIRECT": 3, "UNESCAPE_AND_FORWARD": 4}
 REDIRECT_RESPONSE_CODES = {"MOVED_PERMANENTLY": 0, "FOUND": 1, "SEE_OTHER": 2, "TEMPORARY_REDIRECT": 3,
                            "PERMANENT_REDIRECT": 4}
 REDIRECT_STATUS = {"MOVED_PERMANENTLY": 301, "FOUND": 302, "SEE_OTHER": 303, "TEMPORARY_REDIRECT": 307,
                    "PERMANENT_REDIRECT": 308}
-APPEND_ACTIONS = {"APPEND_IF_EXISTS_OR_ADD": 0, "ADD_IF_ABSENT": 1, "OVERWRITE_IF_EXISTS_OR_ADD": 2,
-                  "OVERWRITE_IF_EXISTS": 3}
 
 # Envoy's defaults and limits.
 DEFAULT_STREAM_IDLE_TIMEOUT = 300.0
@@ -93,137 +90,12 @@ DEFAULT_MAX_REQUEST_HEADERS_KB = 60
 MAX_REQUEST_HEADERS_KB = 8192
 DEFAULT_MAX_DIRECT_RESPONSE_BODY = 4096
 
-PATH_SPECIFIERS = ("prefix", "path", "safe_regex", "path_separated_prefix")
+PATH_SPECIFIERS = mh.PATH_SPECIFIERS
 HEADER_MUTATION_FIELDS = ("request_headers_to_add", "request_headers_to_remove",
                           "response_headers_to_add", "response_headers_to_remove")
 
 # (cluster name, path of the field naming it): checked against the bootstrap's clusters.
 ClusterRefs = List[Tuple[str, str]]
-
-
-# --- syntax shared with model_http.validate_http ------------------------------------------
-
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
-# The path_separated_prefix rule of Envoy's proto (at least two characters, no '?' or '#',
-# not ending with '/').
-_PATH_SEPARATED_PREFIX = re.compile(r"[^?#]+[^?#/]")
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs but HTAB
-
-
-def is_token(name: Any) -> bool:
-    """An RFC 9110 token (a valid header field name)."""
-    return isinstance(name, str) and _TOKEN.fullmatch(name) is not None
-
-
-def check_header_name(name: str, path: str, pseudo: bool = False) -> str:
-    """A header name (``pseudo``: a ':method'-style pseudo-header is allowed); returns it
-    lower-cased."""
-    bare = name[1:] if pseudo and name.startswith(":") else name
-    if not is_token(bare):
-        raise ConfigError(path, f"{name!r} is not a valid HTTP header name")
-    return name.lower()
-
-
-def check_modifiable(name: str, path: str, verb: str) -> None:
-    """Envoy refuses to add, set or remove pseudo-headers and Host through header lists."""
-    if name.startswith(":") or name.lower() == "host":
-        raise ConfigError(path, f":-prefixed or host headers may not be {verb} ({name!r})")
-
-
-def check_header_value(value: str, path: str) -> None:
-    if _CONTROL.search(value):
-        raise ConfigError(path, f"control characters are not allowed in a header value: {describe(value)}")
-
-
-def check_host_value(value: str, path: str) -> None:
-    """A Host value the proxy supplies itself: host[:port], no spaces, controls or '/'."""
-    if not value or any(c.isspace() or c in "/?#@" for c in value) or _CONTROL.search(value):
-        raise ConfigError(path, f"{value!r} is not a valid host")
-
-
-def check_domain(domain: str, path: str) -> None:
-    if not domain:
-        raise ConfigError(path, "a domain must not be empty")
-    if any(c.isspace() for c in domain) or _CONTROL.search(domain):
-        raise ConfigError(path, f"{domain!r} is not a valid host")
-    if domain == "*":
-        return
-    stars = domain.count("*")
-    if stars and not (stars == 1 and (domain[0] == "*" or domain[-1] == "*")):
-        raise ConfigError(path, f"invalid wildcard domain {domain!r}: '*' may only be the whole domain, "
-                                "its first character ('*.example.com') or its last ('example.*')")
-
-
-def check_path_separated_prefix(value: str, path: str) -> None:
-    if not _PATH_SEPARATED_PREFIX.fullmatch(value):
-        raise ConfigError(path, "path_separated_prefix must not contain '?' or '#', must not end with '/' "
-                                f"and needs at least two characters, got {value!r}")
-
-
-def check_scheme(value: str, path: str) -> None:
-    if not _SCHEME.fullmatch(value):
-        raise ConfigError(path, f"{value!r} is not a URI scheme")
-
-
-def literal_header_value(value: str, path: str) -> str:
-    """Envoy parses header values as substitution formats: "%%" is a literal percent sign,
-    "%NAME%" a substitution (not supported yet), a lone "%" an error."""
-    if "%" not in value:
-        return value
-    pieces = value.split("%%")
-    if any("%" in piece for piece in pieces):
-        raise ConfigError(path, f"header value substitutions (%...%) are not supported yet; write %% for a "
-                                f"literal percent sign: {describe(value)}")
-    return "%".join(pieces)
-
-
-# --- small readers ------------------------------------------------------------------------
-
-def _bool(msg: Message, name: str, default: bool = False) -> bool:
-    """A bool or google.protobuf.BoolValue field (both are a plain JSON bool)."""
-    value = msg.raw(name)
-    if value is None:
-        return default
-    if isinstance(value, str) and value in ("true", "false"):  # protobuf JSON accepts these too
-        return value == "true"
-    if not isinstance(value, bool):
-        raise ConfigError(msg.at(name), f"expected true or false, got {describe(value)}")
-    return value
-
-
-def _present(msg: Message, name: str) -> bool:
-    return msg.raw(name) is not None
-
-
-def _oneof(msg: Message, names: tuple, required: bool = False, what: str = "") -> Optional[str]:
-    """The one field of a protobuf oneof that is set (an empty string counts as set)."""
-    given = [name for name in names if _present(msg, name)]
-    if len(given) > 1:
-        raise ConfigError(msg.at(given[1]), f"only one of {', '.join(names)} may be set "
-                                            f"({given[0]} is set too)")
-    if not given:
-        if required:
-            raise ConfigError(msg.path, f"one of {', '.join(names)} is required{what}")
-        return None
-    return given[0]
-
-
-def _timeout(msg: Message, name: str, default: Optional[float]) -> Optional[float]:
-    """A Duration where Envoy's 0s means "disabled" (None in the model)."""
-    value = msg.duration(name, default=default)
-    return None if value == 0 else value
-
-
-def _any(msg: Message, name: str) -> Tuple[str, Mapping, str]:
-    """A required google.protobuf.Any: (type URL, its fields, its path)."""
-    value = msg.mapping(name)
-    if value is None:
-        raise ConfigError(msg.at(name), "required field is missing")
-    type_url = value.get("@type")
-    if not isinstance(type_url, str) or not type_url:
-        raise ConfigError(msg.at(name) + ".@type", "an '@type' string is required")
-    return type_url, value, msg.at(name)
 
 
 # --- the connection manager ---------------------------------------------------------------
@@ -349,20 +221,6 @@ def _internal_address_config(hcm: Message) -> Optional[mh.InternalAddressConfig]
 
 # --- HTTP filters -------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class HttpFilterKind:
-    """How to read one HTTP filter's typed_config. ``terminal``: it must be last (the
-    router). ``parse`` gets the typed_config as a Message of ``fields`` and returns what the
-    model should hold for it (nothing yet: the model has no HTTP filter list so far)."""
-
-    terminal: bool
-    fields: tuple
-    parse: Callable[[Message], Any]
-    per_route: Optional[Callable[[Message], Any]] = None    # typed_per_filter_config, if it has one
-    per_route_fields: tuple = ()
-    per_route_types: tuple = ()                             # accepted per-route @type URLs
-
-
 @dataclass
 class _RouterConfig:
     suppress_envoy_headers: bool
@@ -463,7 +321,7 @@ def _per_filter_configs(rc: mh.RouteConfiguration, filters: list) -> None:
     by_name = {f.name: f for f in filters}
 
     def parse(obj):
-        raw = getattr(obj, "typed_per_filter_config", None) or {}
+        raw = obj.typed_per_filter_config
         out = {}
         for name, (value, path) in raw.items():
             optional = False
@@ -624,16 +482,6 @@ def _raw_per_filter(msg: Message) -> dict:
 # --- matching -----------------------------------------------------------------------------
 
 _MATCH_FIELDS = PATH_SPECIFIERS + ("connect_matcher", "case_sensitive", "headers", "query_parameters")
-_STRING_MATCH_FIELDS = mh.STRING_MATCH_KINDS + ("ignore_case",)
-_REGEX_FIELDS = ("regex", "google_re2")
-
-
-def _regex(msg: Message) -> str:
-    """A type.matcher.v3.RegexMatcher: returns its RE2 text, checked to translate to POSIX."""
-    msg.message("google_re2", ())  # the deprecated engine selector: RE2 is the only one anyway
-    regex = msg.string("regex", required=True, non_empty=True)
-    re2_to_posix(regex, msg.at("regex"))
-    return regex
 
 
 def _route_match(m: Message) -> mh.RouteMatch:
@@ -656,58 +504,6 @@ def _route_match(m: Message) -> mh.RouteMatch:
         headers=[_header_matcher(item, path) for item, path in m.repeated("headers")],
         query_parameters=[_query_matcher(item, path) for item, path in m.repeated("query_parameters")],
         **values)
-
-
-def _string_match(sm: Message) -> mh.StringMatch:
-    kind = _oneof(sm, mh.STRING_MATCH_KINDS, required=True)
-    ignore_case = _bool(sm, "ignore_case")
-    if kind == "safe_regex":
-        if ignore_case:
-            raise ConfigError(sm.at("ignore_case"), "ignore_case has no effect for safe_regex (Envoy rejects it too)")
-        return mh.StringMatch("safe_regex", _regex(sm.message("safe_regex", _REGEX_FIELDS)))
-    return mh.StringMatch(kind, sm.string(kind, non_empty=kind != "exact"), ignore_case)
-
-
-# The deprecated HeaderMatcher forms and the StringMatcher kind each stands for.
-_LEGACY_HEADER_MATCHES = {"exact_match": "exact", "prefix_match": "prefix", "suffix_match": "suffix",
-                          "contains_match": "contains", "safe_regex_match": "safe_regex"}
-_HEADER_SPECIFIERS = ("string_match", "present_match", "range_match") + tuple(_LEGACY_HEADER_MATCHES)
-
-
-def _header_matcher(item: Any, path: str) -> mh.HeaderMatcher:
-    h = Message(item, path, ("name",) + _HEADER_SPECIFIERS + ("invert_match", "treat_missing_header_as_empty"))
-    name = check_header_name(h.string("name", required=True, non_empty=True), h.at("name"), pseudo=True)
-    spec = _oneof(h, _HEADER_SPECIFIERS)
-    string_match = present = range_match = None
-    if spec == "string_match":
-        string_match = _string_match(h.message("string_match", _STRING_MATCH_FIELDS))
-    elif spec == "range_match":
-        r = h.message("range_match", ("start", "end"))
-        bounds = [integer(r.raw(k) if r.raw(k) is not None else 0, r.at(k), INT64_MIN, INT64_MAX,
-                          "a signed 64-bit integer") for k in ("start", "end")]
-        range_match = mh.Int64Range(*bounds)
-    elif spec == "present_match":
-        present = _bool(h, "present_match")
-    elif spec == "safe_regex_match":
-        string_match = mh.StringMatch("safe_regex", _regex(h.message(spec, _REGEX_FIELDS)))
-    elif spec is not None:
-        kind = _LEGACY_HEADER_MATCHES[spec]
-        string_match = mh.StringMatch(kind, h.string(spec, non_empty=kind != "exact"))
-    return mh.HeaderMatcher(name=name, string_match=string_match, present_match=present, range_match=range_match,
-                            invert_match=_bool(h, "invert_match"),
-                            treat_missing_header_as_empty=_bool(h, "treat_missing_header_as_empty"))
-
-
-def _query_matcher(item: Any, path: str) -> mh.QueryParameterMatcher:
-    q = Message(item, path, ("name", "string_match", "present_match"))
-    name = q.string("name", required=True, non_empty=True)
-    spec = _oneof(q, ("string_match", "present_match"))
-    string_match = present = None
-    if spec == "string_match":
-        string_match = _string_match(q.message("string_match", _STRING_MATCH_FIELDS))
-    elif spec == "present_match":
-        present = _bool(q, "present_match")
-    return mh.QueryParameterMatcher(name=name, string_match=string_match, present_match=present)
 
 
 # --- actions ------------------------------------------------------------------------------
@@ -780,11 +576,11 @@ def _redirect(r: Message) -> mh.RedirectAction:
     if scheme is not None:
         check_scheme(scheme, r.at("scheme_redirect"))
     host = r.string("host_redirect", default="") or None
-    if host is not None and (any(c.isspace() for c in host) or _CONTROL.search(host) or "/" in host):
-        raise ConfigError(r.at("host_redirect"), f"{host!r} is not a valid host")
+    if host is not None:
+        check_redirect_host(host, r.at("host_redirect"))
     port = r.uint32("port_redirect", default=0) or None
-    if port is not None and port > 65535:
-        raise ConfigError(r.at("port_redirect"), f"port must be 1..65535, got {port}")
+    if port is not None and port > MAX_PORT:
+        raise ConfigError(r.at("port_redirect"), f"port must be 1..{MAX_PORT}, got {port}")
     path_redirect = r.string("path_redirect", default="") or None
     if path_redirect is not None:
         if not path_redirect.startswith("/"):

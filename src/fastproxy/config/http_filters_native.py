@@ -1,4 +1,4 @@
-"""Envoy YAML for the native HTTP filters -> fastproxy.model_filters.
+"""Envoy YAML for the native HTTP filters -> fastproxy.http.native_filters.
 
 Registered into config/http.py's HTTP_FILTERS. Each filter accepts the subset of its
 Envoy v3 config that fastproxy implements; any other field is a ConfigError naming its path
@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from .. import model_filters as mf
-from .. import model_http as mh
 from ..errors import ConfigError
+from ..http import model as mh
+from ..http import native_filters as mf
+from ..validation import APPEND_ACTIONS, check_header_name, check_header_value, literal_header_value
+from .http_common import _STRING_MATCH_FIELDS, HttpFilterKind, _bool, _header_matcher, _oneof, _present, _string_match
 from .proto import Message, describe
 
 T = "type.googleapis.com/envoy.extensions.filters.http."
@@ -49,11 +51,6 @@ STATUS_CODES = {
 MIN_FILL_INTERVAL = 0.05        # Envoy's local rate limiter refuses a shorter fill_interval
 
 
-def _h():
-    from . import http
-    return http
-
-
 # --- shared pieces ----------------------------------------------------------------------------
 
 def _fractional_percent(msg: Optional[Message]) -> mf.FractionalPercent:
@@ -75,24 +72,23 @@ def _runtime_fractional_percent(parent: Message, name: str) -> Optional[mf.Fract
 def _header_value_option(item: Any, path: str) -> Optional[mh.HeaderValueOption]:
     """A config.core.v3.HeaderValueOption; None if its value is empty (Envoy adds nothing
     then, unless keep_empty_value)."""
-    http = _h()
     opt = Message(item, path, ("header", "append", "append_action", "keep_empty_value"))
     header = opt.message("header", ("key", "value"), required=True)
     key = header.string("key", required=True, non_empty=True)
     if key.startswith(":"):
         raise ConfigError(header.at("key"), f":-prefixed headers may not be modified ({key!r})")
-    key = http.check_header_name(key, header.at("key"))
+    key = check_header_name(key, header.at("key"))
     value = header.string("value", default="")
-    http.check_header_value(value, header.at("value"))
-    value = http.literal_header_value(value, header.at("value"))
-    if http._present(opt, "append") and http._present(opt, "append_action"):
+    check_header_value(value, header.at("value"))
+    value = literal_header_value(value, header.at("value"))
+    if _present(opt, "append") and _present(opt, "append_action"):
         raise ConfigError(opt.at("append"), "both append and append_action are set (append is deprecated: "
                                             "use append_action alone)")
-    if http._present(opt, "append"):
-        action = "APPEND_IF_EXISTS_OR_ADD" if http._bool(opt, "append") else "OVERWRITE_IF_EXISTS_OR_ADD"
+    if _present(opt, "append"):
+        action = "APPEND_IF_EXISTS_OR_ADD" if _bool(opt, "append") else "OVERWRITE_IF_EXISTS_OR_ADD"
     else:
-        action = opt.enum("append_action", http.APPEND_ACTIONS, default="APPEND_IF_EXISTS_OR_ADD")
-    if not value and not http._bool(opt, "keep_empty_value"):
+        action = opt.enum("append_action", APPEND_ACTIONS, default="APPEND_IF_EXISTS_OR_ADD")
+    if not value and not _bool(opt, "keep_empty_value"):
         return None
     return mh.HeaderValueOption(key, value, action)
 
@@ -185,9 +181,9 @@ def buffer(msg: Message) -> mf.Buffer:
 
 
 def buffer_per_route(msg: Message) -> mf.BufferPerRoute:
-    kind = _h()._oneof(msg, ("disabled", "buffer"), required=True)
+    kind = _oneof(msg, ("disabled", "buffer"), required=True)
     if kind == "disabled":
-        if not _h()._bool(msg, "disabled"):
+        if not _bool(msg, "disabled"):
             raise ConfigError(msg.at("disabled"), "must be true")
         return mf.BufferPerRoute(disabled=True)
     return mf.BufferPerRoute(buffer=buffer(msg.message("buffer", ("max_request_bytes",))))
@@ -196,11 +192,10 @@ def buffer_per_route(msg: Message) -> mf.BufferPerRoute:
 # --- envoy.filters.http.health_check -----------------------------------------------------------
 
 def health_check(msg: Message) -> mf.HealthCheck:
-    http = _h()
     if msg.raw("pass_through_mode") is None:
         raise ConfigError(msg.at("pass_through_mode"), "required field is missing")
-    return mf.HealthCheck(pass_through_mode=http._bool(msg, "pass_through_mode"),
-                          headers=[http._header_matcher(item, path) for item, path in msg.repeated("headers")])
+    return mf.HealthCheck(pass_through_mode=_bool(msg, "pass_through_mode"),
+                          headers=[_header_matcher(item, path) for item, path in msg.repeated("headers")])
 
 
 # --- envoy.filters.http.cors -------------------------------------------------------------------
@@ -214,36 +209,34 @@ def cors(msg: Message) -> mf.Cors:
 
 
 def cors_policy(msg: Message) -> mf.CorsPolicy:
-    http = _h()
     origins = []
     for item, path in msg.repeated("allow_origin_string_match"):
-        sm = Message(item, path, http._STRING_MATCH_FIELDS)
-        origins.append(http._string_match(sm))
+        sm = Message(item, path, _STRING_MATCH_FIELDS)
+        origins.append(_string_match(sm))
     strings = {}
     for name in ("allow_methods", "allow_headers", "expose_headers", "max_age"):
         value = msg.string(name, default="")
-        http.check_header_value(value, msg.at(name))
+        check_header_value(value, msg.at(name))
         strings[name] = value
-    forward = http._bool(msg, "forward_not_matching_preflights", default=True)
+    forward = _bool(msg, "forward_not_matching_preflights", default=True)
     if not forward:
         raise ConfigError(msg.at("forward_not_matching_preflights"), "only true (Envoy's default) is supported")
-    return mf.CorsPolicy(allow_origin_string_match=origins, allow_credentials=http._bool(msg, "allow_credentials"),
+    return mf.CorsPolicy(allow_origin_string_match=origins, allow_credentials=_bool(msg, "allow_credentials"),
                          forward_not_matching_preflights=True, **strings)
 
 
 # --- envoy.filters.http.header_mutation --------------------------------------------------------
 
 def _mutation_ops(msg: Message, name: str) -> list:
-    http = _h()
     ops = []
     for item, path in msg.repeated(name):
         op = Message(item, path, ("append", "remove"))
-        kind = http._oneof(op, ("append", "remove"), required=True)
+        kind = _oneof(op, ("append", "remove"), required=True)
         if kind == "remove":
             header = op.string("remove", non_empty=True)
             if header.startswith(":"):
                 raise ConfigError(op.at("remove"), f":-prefixed headers may not be removed ({header!r})")
-            ops.append(mf.HeaderMutationOp(remove=http.check_header_name(header, op.at("remove"))))
+            ops.append(mf.HeaderMutationOp(remove=check_header_name(header, op.at("remove"))))
         else:
             opt = _header_value_option(op.raw("append"), op.at("append"))
             if opt is not None:
@@ -262,8 +255,6 @@ def header_mutation(msg: Message) -> mf.HeaderMutation:
 # --- registration --------------------------------------------------------------------------------
 
 def register_native_filters(table: dict) -> None:
-    from .http import HttpFilterKind
-
     def kind(name, type_url, fields, parse, per_route=None, per_route_fields=(), per_route_types=()):
         table[type_url] = HttpFilterKind(
             terminal=False, fields=fields, parse=lambda msg: _native(name, parse(msg)),

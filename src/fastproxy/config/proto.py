@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any, Callable, Iterator, List, Optional
 
 from ..errors import ConfigError, ConfigErrors
+from ..validation import describe
 
 _MISSING = object()
 
@@ -180,12 +181,6 @@ def to_camel(snake: str) -> str:
     """The protobuf json_name of a field: port_value -> portValue."""
     head, *rest = snake.split("_")
     return head + "".join(part[:1].upper() + part[1:] for part in rest)
-
-
-def describe(value: Any) -> str:
-    """A short rendering of a bad value for an error message."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 class Message:

@@ -18,12 +18,12 @@ the configs of the native ones are here (the buffer filter's is ``BufferFilter``
 """
 from __future__ import annotations
 
-from ..model_filters import (BUFFER, CORS, FAULT, HEADER_MUTATION, HEALTH_CHECK, LOCAL_RATELIMIT,
+from .native_filters import (BUFFER, CORS, FAULT, HEADER_MUTATION, HEALTH_CHECK, LOCAL_RATELIMIT,
                              NATIVE_FILTER_KINDS, BufferPerRoute, Cors, CorsPolicy, FaultAbort, FaultDelay,
                              FractionalPercent, HeaderMutation, HeaderMutationOp, HeaderMutationPerRoute,
                              HealthCheck, HTTPFault, LocalRateLimit, Mutations, TokenBucket)
-from ..model_filters import Buffer as BufferFilter
-from ..model_http import (AccessLog, DirectResponse, HeaderMatcher, HeaderMutations, HeaderValueOption,
+from .native_filters import Buffer as BufferFilter
+from .model import (AccessLog, DirectResponse, HeaderMatcher, HeaderMutations, HeaderValueOption,
                           HttpConnectionManager, Int64Range, InternalAddressConfig, QueryParameterMatcher,
                           RedirectAction, RegexRewrite, Route, RouteAction, RouteConfiguration, RouteMatch,
                           StringMatch, UpgradeConfig, VirtualHost, WeightedCluster)

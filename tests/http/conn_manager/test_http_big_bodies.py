@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from fastproxy import Cluster, Endpoint, Listener, Proxy
-from fastproxy.model_http import HttpConnectionManager, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost
+from fastproxy.http.model import HttpConnectionManager, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost
 
 from conftest import recv_head, rss_bytes, wait_for
 
@@ -95,7 +95,7 @@ def setup():
     up = StreamingUpstream()
     rc = RouteConfiguration(virtual_hosts=[VirtualHost("vh", ["*"], routes=[
         Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c", timeout=None))])])
-    p = Proxy([Listener("http", port=0, http=HttpConnectionManager("big", rc))],
+    p = Proxy([Listener("http", HttpConnectionManager("big", rc), port=0)],
               [Cluster("c", [Endpoint("127.0.0.1", up.port)])], concurrency=1)
     with p:
         yield p, up

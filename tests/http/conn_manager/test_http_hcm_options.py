@@ -276,7 +276,7 @@ class SeePath(HttpFilter):
 def test_filters_and_routes_see_the_normalized_path_and_host():
     """Envoy normalizes before the filter chain and the route table."""
     from fastproxy import Cluster, Endpoint, Listener, Proxy
-    from fastproxy.model_http import (DirectResponse, HttpConnectionManager, Route, RouteAction,
+    from fastproxy.http.model import (DirectResponse, HttpConnectionManager, Route, RouteAction,
                                       RouteConfiguration, RouteMatch, VirtualHost)
     up = RawHttpUpstream(lambda m, p, h, b: OK)
     SeePath.seen = []
@@ -286,7 +286,7 @@ def test_filters_and_routes_see_the_normalized_path_and_host():
             VirtualHost("any", ["*"], routes=[Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))])])
         hcm = HttpConnectionManager("hcm", rc, normalize_path=True, merge_slashes=True, strip_host_port="ANY",
                                     http_filters=[PythonHttpFilter("see", SeePath)])
-        with Proxy([Listener("web", port=0, http=hcm)], [Cluster("c", [Endpoint("127.0.0.1", up.port)])],
+        with Proxy([Listener("web", hcm, port=0)], [Cluster("c", [Endpoint("127.0.0.1", up.port)])],
                    concurrency=1) as p:
             out = exchange(p.listener_address("web"), get("/a/..//b", host="h:81"), timeout=5)
             assert out.startswith(b"HTTP/1.1 201 "), out
@@ -407,7 +407,7 @@ class SetId(HttpFilter):
 
 def test_filtered_stream_via_and_request_id():
     from fastproxy import Cluster, Endpoint, Listener, Proxy
-    from fastproxy.model_http import HttpConnectionManager, Route, RouteAction, RouteConfiguration, RouteMatch, \
+    from fastproxy.http.model import HttpConnectionManager, Route, RouteAction, RouteConfiguration, RouteMatch, \
         VirtualHost
     up = RawHttpUpstream(lambda m, p, h, b: OK)
     try:
@@ -415,7 +415,7 @@ def test_filtered_stream_via_and_request_id():
             Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))])])
         hcm = HttpConnectionManager("hcm", rc, via="v1", always_set_request_id_in_response=True,
                                     http_filters=[PythonHttpFilter("id", SetId)])
-        with Proxy([Listener("web", port=0, http=hcm)], [Cluster("c", [Endpoint("127.0.0.1", up.port)])],
+        with Proxy([Listener("web", hcm, port=0)], [Cluster("c", [Endpoint("127.0.0.1", up.port)])],
                    concurrency=1) as p:
             out = Exchange(None, exchange(p.listener_address("web"), get("/", extra="Via: a\r\n"), timeout=5))
         assert out.headers["x-request-id"] == ["from-filter"] and out.headers["via"] == ["v1"]

@@ -16,7 +16,7 @@ import pytest
 
 from fastproxy import Cluster, Endpoint, FilterStatus, HttpFilter, Listener, Proxy, PythonHttpFilter
 from fastproxy.errors import ConfigError
-from fastproxy.model_http import (AccessLog, HeaderMatcher, HttpConnectionManager, InternalAddressConfig,
+from fastproxy.http.model import (AccessLog, HeaderMatcher, HttpConnectionManager, InternalAddressConfig,
                                   Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost)
 
 from conftest import wait_for
@@ -55,7 +55,7 @@ def make_proxy(upstream, routes=None, filters=(), clusters=None, **hcm_kw):
     rc = RouteConfiguration(virtual_hosts=[VirtualHost("vh", ["*"], routes=routes)])
     hcm = HttpConnectionManager("ingress", rc, http_filters=list(filters), **hcm_kw)
     clusters = clusters or [Cluster("c", [Endpoint("127.0.0.1", upstream.port)])]
-    return Proxy([Listener("http", port=0, http=hcm)], clusters, concurrency=1)
+    return Proxy([Listener("http", hcm, port=0)], clusters, concurrency=1)
 
 
 def send(p, headers, path="/p", xff=None):

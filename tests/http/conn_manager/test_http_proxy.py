@@ -12,7 +12,7 @@ import time
 import pytest
 
 from fastproxy import Cluster, Endpoint, Listener, Proxy
-from fastproxy.model_http import (DirectResponse, HeaderMutations, HeaderValueOption,
+from fastproxy.http.model import (DirectResponse, HeaderMutations, HeaderValueOption,
                                   HttpConnectionManager, RedirectAction, RegexRewrite, Route, RouteAction,
                                   RouteConfiguration, RouteMatch, UpgradeConfig, VirtualHost)
 
@@ -24,7 +24,7 @@ from http_upstreams import envoy_local_address
 def make_proxy(routes, clusters, **hcm_kw):
     rc = RouteConfiguration(virtual_hosts=[VirtualHost("vh", ["*"], routes=routes)])
     hcm = HttpConnectionManager("ingress", rc, **hcm_kw)
-    return Proxy([Listener("http", port=0, http=hcm)], clusters, concurrency=2)
+    return Proxy([Listener("http", hcm, port=0)], clusters, concurrency=2)
 
 
 def proxy_to(up, **hcm_kw):
@@ -190,8 +190,7 @@ def test_rewrite_direct_response_redirect_and_404(proxy):
     assert r.getheader("location") == f"http://{addr[0]}:{addr[1]}/new/page?q=1"
     rc = RouteConfiguration(virtual_hosts=[VirtualHost("only", ["example.com"], routes=[
         Route(RouteMatch(prefix="/"), direct_response=DirectResponse(200, b"x"))])])
-    proxy.update(listeners=[Listener("http", address=addr[0], port=addr[1],
-                                     http=HttpConnectionManager("ingress", rc))])
+    proxy.update(listeners=[Listener("http", HttpConnectionManager("ingress", rc), address=addr[0], port=addr[1])])
     out = exchange(addr, b"GET / HTTP/1.1\r\nHost: other.org\r\n\r\n", timeout=0.5)
     assert out.startswith(b"HTTP/1.1 404 ")
 
@@ -391,7 +390,7 @@ def test_route_response_headers_apply_to_local_replies(upstream):
         headers=add("x-rc", "rc"))
     hcm = HttpConnectionManager("ingress", rc)
     try:
-        with Proxy([Listener("http", port=0, http=hcm)],
+        with Proxy([Listener("http", hcm, port=0)],
                    [Cluster("dead", [Endpoint("127.0.0.1", dead.getsockname()[1])])], concurrency=1) as p:
             addr = p.listener_address("http")
             for path, status in (("/direct", 200), ("/redir", 301), ("/dead", 503)):
@@ -437,7 +436,7 @@ def test_server_header_transformation(mode, from_upstream, on_direct):
 def test_server_header_transformation_is_checked():
     rc = RouteConfiguration(virtual_hosts=[VirtualHost("vh", ["*"], routes=[])])
     with pytest.raises(ValueError, match=r"server_header_transformation"):
-        Proxy([Listener("http", port=0, http=HttpConnectionManager("x", rc, server_header_transformation="HIDE"))],
+        Proxy([Listener("http", HttpConnectionManager("x", rc, server_header_transformation="HIDE"), port=0)],
               [], concurrency=1)
 
 
@@ -505,7 +504,7 @@ def test_absolute_form_target_routes_on_its_path_and_authority(upstream, target,
         VirtualHost("other", ["*"], routes=[Route(RouteMatch(prefix="/"),
                                                   direct_response=DirectResponse(421, b"wrong vhost"))])])
     hcm = HttpConnectionManager("ingress", rc)
-    with Proxy([Listener("http", port=0, http=hcm)], [c], concurrency=1) as p:
+    with Proxy([Listener("http", hcm, port=0)], [c], concurrency=1) as p:
         out = exchange(p.listener_address("http"),
                        b"GET " + target + b" HTTP/1.1\r\nHost: decoy.example\r\nConnection: close\r\n\r\n")
         assert out.startswith(b"HTTP/1.1 200"), out
@@ -849,11 +848,11 @@ def test_a_head_over_the_limit_is_431_whatever_the_route(long_path_proxy):
 _OOM_CHILD = r'''
 import resource, sys, time
 from fastproxy import Cluster, Endpoint, Listener, Proxy
-from fastproxy.model_http import *
+from fastproxy.http import *
 rc = RouteConfiguration(virtual_hosts=[VirtualHost("vh", ["*"], routes=[
     Route(RouteMatch(prefix="/blow/"), route=RouteAction(cluster="c", regex_rewrite=RegexRewrite("[a-z]", "x" * 8000))),
     Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))])])
-p = Proxy([Listener("http", port=0, http=HttpConnectionManager("ingress", rc))],
+p = Proxy([Listener("http", HttpConnectionManager("ingress", rc), port=0)],
           [Cluster("c", [Endpoint("127.0.0.1", int(sys.argv[1]))])], concurrency=1)
 p.start()
 vm = int([l for l in open("/proc/self/status") if l.startswith("VmSize:")][0].split()[1]) * 1024

@@ -19,7 +19,7 @@ import pytest
 
 from fastproxy import Admin, Cluster, Endpoint, Listener, Proxy
 from fastproxy.errors import ConfigError
-from fastproxy.model_http import (AccessLog, HttpConnectionManager, Route, RouteAction,
+from fastproxy.http.model import (AccessLog, HttpConnectionManager, Route, RouteAction,
                                   RouteConfiguration, RouteMatch, UpgradeConfig, VirtualHost)
 
 from conftest import free_port, wait_for
@@ -33,7 +33,7 @@ UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
 def make_proxy(routes, clusters, admin=None, **hcm_kw):
     rc = RouteConfiguration(virtual_hosts=[VirtualHost("vh", ["*"], routes=routes)])
     hcm = HttpConnectionManager("ingress", rc, **hcm_kw)
-    return Proxy([Listener("http", port=0, http=hcm)], clusters, concurrency=2, admin=admin)
+    return Proxy([Listener("http", hcm, port=0)], clusters, concurrency=2, admin=admin)
 
 
 def exchange(addr, data: bytes, timeout=5.0) -> bytes:

@@ -18,7 +18,7 @@ import pytest
 
 from fastproxy import CHttpFilter, Cluster, ConfigError, Endpoint, FilterStatus, HttpFilter, Listener, Proxy
 from fastproxy import PythonHttpFilter
-from fastproxy.model_http import (HttpConnectionManager, Route, RouteAction, RouteConfiguration,
+from fastproxy.http.model import (HttpConnectionManager, Route, RouteAction, RouteConfiguration,
                                   RouteMatch, VirtualHost)
 
 from conftest import envoy_bootstrap, free_port, http_listener, static_cluster
@@ -70,7 +70,7 @@ def make_proxy(filters, upstream_port, routes=None, concurrency=2):
     routes = routes or [Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))]
     rc = RouteConfiguration(virtual_hosts=[VirtualHost("vh", ["*"], routes=routes)])
     hcm = HttpConnectionManager("ingress", rc, http_filters=filters)
-    return Proxy([Listener("http", port=0, http=hcm)], [Cluster("c", [Endpoint("127.0.0.1", upstream_port)])],
+    return Proxy([Listener("http", hcm, port=0)], [Cluster("c", [Endpoint("127.0.0.1", upstream_port)])],
                  concurrency=concurrency)
 
 
@@ -183,7 +183,7 @@ def test_local_replies_pass_through_the_c_encoder(c_filter, upstream):
     routes = [Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))]
     rc = RouteConfiguration(virtual_hosts=[VirtualHost("vh", ["app.test"], routes=routes)])
     hcm = HttpConnectionManager("ingress", rc, http_filters=[c_spec(c_filter), PythonHttpFilter("deny", DenyAdmin)])
-    with Proxy([Listener("http", port=0, http=hcm)], [Cluster("c", [Endpoint("127.0.0.1", upstream.port)])],
+    with Proxy([Listener("http", hcm, port=0)], [Cluster("c", [Endpoint("127.0.0.1", upstream.port)])],
                concurrency=1) as p:
         addr = p.listener_address("http")
         r, body = request(addr, path="/x", headers={"x-block": "1", "Host": "app.test"})
@@ -441,8 +441,8 @@ def test_a_c_filter_after_a_delaying_filter_encodes_the_routers_reply(c_filter, 
     then the router answers (no route, a direct response): the reply passes the C
     filter's encoder and is written (it hung before)."""
     from fastproxy import NativeHttpFilter
-    from fastproxy.model_filters import FAULT, FaultDelay, FractionalPercent, HTTPFault
-    from fastproxy.model_http import DirectResponse
+    from fastproxy.http.native_filters import FAULT, FaultDelay, FractionalPercent, HTTPFault
+    from fastproxy.http.model import DirectResponse
     fault = NativeHttpFilter("fault", FAULT, HTTPFault(delay=FaultDelay(0.02, FractionalPercent(100))))
     routes = [Route(RouteMatch(path="/direct"), direct_response=DirectResponse(200, b"d")),
               Route(RouteMatch(path="/up"), route=RouteAction(cluster="c"))]

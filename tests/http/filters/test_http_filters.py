@@ -13,7 +13,7 @@ import time
 import pytest
 
 from fastproxy import Cluster, Endpoint, FilterStatus, HttpFilter, Listener, Proxy, PythonHttpFilter
-from fastproxy.model_http import (HttpConnectionManager, Route, RouteAction, RouteConfiguration,
+from fastproxy.http.model import (HttpConnectionManager, Route, RouteAction, RouteConfiguration,
                                   RouteMatch, VirtualHost)
 
 from conftest import recv_head, wait_for, wait_stalled
@@ -28,7 +28,7 @@ def make_proxy(filters, upstream, routes=None, clusters=None, **hcm_kw):
     rc = RouteConfiguration(virtual_hosts=[VirtualHost("vh", ["*"], routes=routes)])
     hcm = HttpConnectionManager("ingress", rc, http_filters=filters, **hcm_kw)
     clusters = clusters or [Cluster("c", [Endpoint("127.0.0.1", upstream.port)])]
-    return Proxy([Listener("http", port=0, http=hcm)], clusters, concurrency=2)
+    return Proxy([Listener("http", hcm, port=0)], clusters, concurrency=2)
 
 
 def spec(cls, name=None, config=None):
@@ -276,7 +276,7 @@ def test_413_reaches_a_client_that_sends_its_whole_body_before_reading(upstream)
         assert got.startswith(b"HTTP/1.1 413 ")
         assert b"connection: close" in got.lower()
         assert upstream.raw == b""
-        h = "http." + p.config.listeners[0].http.stat_prefix + "."
+        h = "http." + p.config.listeners[0].handler.stat_prefix + "."
         wait_for(lambda: p.stats()[h + "downstream_cx_active"] == 0)
         assert p.stats()[h + "downstream_cx_destroy_local"] == 1   # the proxy's close
 
@@ -959,7 +959,7 @@ class ChangeLocalStatus(HttpFilter):
 
 
 def test_access_log_and_on_log_see_the_status_the_encoders_left(upstream, tmp_path):
-    from fastproxy.model_http import AccessLog
+    from fastproxy.http.model import AccessLog
     Info.infos.clear()
     log = tmp_path / "access.log"
     with make_proxy([spec(Info), spec(ChangeLocalStatus), spec(LocalReply)], upstream,
@@ -1092,7 +1092,7 @@ def test_route_response_headers_are_set_before_the_encoder_filters(upstream):
     _remove) before they go down the encoder chain, for upstream responses and for local
     replies alike; so an encoder filter sees them and can change them, and Server is set by
     the connection manager after all of it (a route cannot replace it)."""
-    from fastproxy.model_http import DirectResponse, HeaderMutations, HeaderValueOption
+    from fastproxy.http.model import DirectResponse, HeaderMutations, HeaderValueOption
     SeeRouteHeaders.seen.clear()
 
     def handler(method, path, headers, body):
@@ -1149,7 +1149,7 @@ def holding_filter(kind):
     """A decoder filter that pauses every request and continues it later."""
     if kind == "native_fault":
         from fastproxy import NativeHttpFilter
-        from fastproxy.model_filters import FAULT, FaultDelay, FractionalPercent, HTTPFault
+        from fastproxy.http.native_filters import FAULT, FaultDelay, FractionalPercent, HTTPFault
         return NativeHttpFilter("fault", FAULT, HTTPFault(delay=FaultDelay(0.02, FractionalPercent(100))))
     return spec({"python_async": AsyncPass, "python_thread": ContinueFromTimer}[kind])
 
@@ -1167,7 +1167,7 @@ CONTINUED_REPLIES = [          # path, status, body, a header that must be there
 @pytest.mark.parametrize("encoders", [False, True], ids=["no_encoder", "with_encoder"])
 @pytest.mark.parametrize("kind", ["native_fault", "python_async", "python_thread"])
 def test_a_local_reply_after_a_continued_request_is_sent(upstream, kind, encoders):
-    from fastproxy.model_http import DirectResponse, RedirectAction
+    from fastproxy.http.model import DirectResponse, RedirectAction
     routes = [Route(RouteMatch(path="/direct"), direct_response=DirectResponse(200, b"direct\n")),
               Route(RouteMatch(path="/redirect"), redirect=RedirectAction(path_redirect="/elsewhere")),
               Route(RouteMatch(path="/empty"), route=RouteAction(cluster="empty")),
@@ -1201,7 +1201,7 @@ def test_a_local_reply_after_a_continued_request_is_sent(upstream, kind, encoder
 def test_pipelined_requests_after_a_continued_local_reply(upstream, kind):
     """The continuation that writes a local reply also starts the next pipelined request
     (waiting in the connection's input): three requests in one write, three answers."""
-    from fastproxy.model_http import DirectResponse
+    from fastproxy.http.model import DirectResponse
     routes = [Route(RouteMatch(path="/direct"), direct_response=DirectResponse(200, b"d")),
               Route(RouteMatch(path="/up"), route=RouteAction(cluster="c"))]
     with make_proxy([holding_filter(kind)], upstream, routes) as p:
@@ -1350,7 +1350,7 @@ def test_a_filters_local_reply_gets_the_route_response_headers(upstream, encoder
     """Envoy picks the route before the filters run: a filter's local reply carries the
     route's response_headers_to_add (checked with Envoy 1.40: a Lua filter's respond()),
     and the encoder filters see them."""
-    from fastproxy.model_http import HeaderMutations, HeaderValueOption
+    from fastproxy.http.model import HeaderMutations, HeaderValueOption
     SeeRouteHeaders.seen.clear()
     mut = HeaderMutations(response_headers_to_add=[HeaderValueOption("x-route", "r")])
     routes = [Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"), headers=mut)]

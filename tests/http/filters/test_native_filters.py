@@ -19,11 +19,11 @@ import pytest
 
 from fastproxy import ConfigError, NativeHttpFilter, Proxy, PythonHttpFilter, HttpFilter, FilterStatus
 from fastproxy.config import load_envoy
-from fastproxy.model_filters import (BUFFER, CORS, FAULT, HEADER_MUTATION, HEALTH_CHECK, LOCAL_RATELIMIT, Buffer,
+from fastproxy.http.native_filters import (BUFFER, CORS, FAULT, HEADER_MUTATION, HEALTH_CHECK, LOCAL_RATELIMIT, Buffer,
                                      BufferPerRoute, Cors, CorsPolicy, FaultAbort, FaultDelay, FractionalPercent,
                                      HTTPFault, HealthCheck, HeaderMutation, HeaderMutationOp, LocalRateLimit,
                                      Mutations, TokenBucket)
-from fastproxy.model_http import (HeaderMatcher, HeaderValueOption, Int64Range, Route, RouteAction, RouteMatch,
+from fastproxy.http.model import (HeaderMatcher, HeaderValueOption, Int64Range, Route, RouteAction, RouteMatch,
                                   StringMatch)
 
 from conftest import envoy_yaml, fragment, http_listener, start_envoy, static_cluster
@@ -806,7 +806,7 @@ def test_envoy_accepts_the_native_filter_yaml(tmp_path):
 def test_native_filter_yaml_loads_and_runs(upstream, tmp_path):
     text = native_filters_yaml(upstream.port)
     boot = load_envoy(text)
-    kinds = [f.kind for f in boot.listeners[0].http.http_filters]
+    kinds = [f.kind for f in boot.listeners[0].handler.http_filters]
     assert kinds == [HEALTH_CHECK, CORS, LOCAL_RATELIMIT, FAULT, HEADER_MUTATION, BUFFER]
     with Proxy.from_envoy(text, concurrency=2) as p:
         assert get(p, "/healthz")[0] == 200 and upstream.requests == []

@@ -16,7 +16,7 @@ if str(SRC) not in sys.path:
 from fastproxy._core import compile_route_table  # noqa: E402
 from fastproxy._testing import route_select_bench  # noqa: E402
 from fastproxy.errors import ConfigError  # noqa: E402
-from fastproxy.model_http import (  # noqa: E402
+from fastproxy.http.model import (  # noqa: E402
     DirectResponse,
     HeaderMatcher,
     HeaderMutations,

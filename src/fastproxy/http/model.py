@@ -1,0 +1,584 @@
+"""The HTTP configuration model: Envoy's http_connection_manager, route_config and router,
+as plain Python objects. The Envoy YAML loader produces these; the core compiles them into
+its route table (core/router.pxi) and connection manager config.
+
+Field names follow Envoy's v3 protos so a reader of Envoy docs finds them. Durations are
+float seconds; None means "disabled" where Envoy uses 0s for that.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Collection, Optional
+
+from ..validation import (APPEND_ACTIONS, HEADERS_WITH_UNDERSCORES_ACTIONS, MAX_PORT, PATH_WITH_ESCAPED_SLASHES_ACTIONS,
+                          REDIRECT_STATUSES, boolean, check_domain, check_header_name, check_header_value,
+                          check_host_value, check_modifiable, check_path_separated_prefix,
+                          check_redirect_host, check_scheme, each, fail, integer, one_of, parse_cidr,
+                          seconds, string, typed)
+from ..validation import SERVER_HEADER_TRANSFORMATIONS as _SERVER_HEADER_TRANSFORMATIONS
+
+__all__ = [
+    "StringMatch", "Int64Range", "HeaderMatcher", "QueryParameterMatcher", "RouteMatch", "HeaderValueOption",
+    "HeaderMutations", "WeightedCluster", "RegexRewrite", "RouteAction", "RedirectAction", "DirectResponse",
+    "Route", "VirtualHost", "RouteConfiguration", "AccessLog", "UpgradeConfig", "InternalAddressConfig",
+    "HttpConnectionManager", "STRING_MATCH_KINDS", "SERVER_HEADER_TRANSFORMATIONS", "ESCAPED_SLASHES_ACTIONS",
+    "STRIP_HOST_PORT_MODES", "UNDERSCORES_ACTIONS", "validate_http", "parse_cidr",
+]
+
+# A RouteMatch's path specifiers (exactly one is set, or connect_matcher).
+PATH_SPECIFIERS = ("prefix", "path", "safe_regex", "path_separated_prefix")
+# The StringMatcher kinds a header/query matcher may use (exactly one is set).
+STRING_MATCH_KINDS = ("exact", "prefix", "suffix", "contains", "safe_regex")
+
+
+@dataclass
+class StringMatch:
+    """Envoy's type.matcher.v3.StringMatcher: exactly one of the kinds, optional ignore_case."""
+
+    kind: str                   # one of STRING_MATCH_KINDS
+    value: str
+    ignore_case: bool = False
+
+    def validate(self, path: str) -> None:
+        """Check the fields; ``path`` names this matcher in errors."""
+        from ..config.regex import re2_to_posix
+        one_of(self.kind, path + ".kind", STRING_MATCH_KINDS)
+        string(self.value, path + ".value", non_empty=self.kind in ("prefix", "suffix", "contains"))
+        boolean(self.ignore_case, path + ".ignore_case")
+        if self.kind == "safe_regex":
+            if self.ignore_case:
+                fail(path + ".ignore_case", "ignore_case has no effect for safe_regex")
+            re2_to_posix(self.value, path + ".value")
+
+
+@dataclass
+class Int64Range:
+    """type.v3.Int64Range: start inclusive, end exclusive."""
+
+    start: int
+    end: int
+
+
+@dataclass
+class HeaderMatcher:
+    """route.v3.HeaderMatcher. With no string_match, range_match and present_match None: the
+    header must be present (Envoy's behaviour for a bare name). range_match: the value is a
+    decimal integer (optional sign) in [start, end). Pseudo-headers (:method, :path,
+    :authority, :scheme) can be matched too."""
+
+    name: str
+    string_match: Optional[StringMatch] = None
+    present_match: Optional[bool] = None
+    range_match: Optional[Int64Range] = None
+    invert_match: bool = False
+    treat_missing_header_as_empty: bool = False
+
+    def validate(self, path: str) -> None:
+        """Check the fields; ``path`` names this matcher in errors."""
+        check_header_name(string(self.name, path + ".name", non_empty=True), path + ".name", pseudo=True)
+        if sum(x is not None for x in (self.string_match, self.present_match, self.range_match)) > 1:
+            fail(path, "only one of string_match, range_match and present_match may be set")
+        if self.string_match is not None:
+            typed(self.string_match, StringMatch, path + ".string_match").validate(path + ".string_match")
+        if self.range_match is not None:
+            typed(self.range_match, Int64Range, path + ".range_match")
+            integer(self.range_match.start, path + ".range_match.start", -(1 << 63), (1 << 63) - 1)
+            integer(self.range_match.end, path + ".range_match.end", -(1 << 63), (1 << 63) - 1)
+        if self.present_match is not None:
+            boolean(self.present_match, path + ".present_match")
+        boolean(self.invert_match, path + ".invert_match")
+        boolean(self.treat_missing_header_as_empty, path + ".treat_missing_header_as_empty")
+
+
+@dataclass
+class QueryParameterMatcher:
+    """route.v3.QueryParameterMatcher: string_match, or present_match (True)."""
+
+    name: str
+    string_match: Optional[StringMatch] = None
+    present_match: Optional[bool] = None
+
+    def validate(self, path: str) -> None:
+        """Check the fields; ``path`` names this matcher in errors."""
+        string(self.name, path + ".name", non_empty=True)
+        if self.string_match is not None:
+            if self.present_match is not None:
+                fail(path, "only one of string_match and present_match may be set")
+            typed(self.string_match, StringMatch, path + ".string_match").validate(path + ".string_match")
+        if self.present_match is not None:
+            boolean(self.present_match, path + ".present_match")
+
+
+@dataclass
+class RouteMatch:
+    """Exactly one of prefix, path, safe_regex, path_separated_prefix."""
+
+    prefix: Optional[str] = None
+    path: Optional[str] = None
+    safe_regex: Optional[str] = None
+    path_separated_prefix: Optional[str] = None
+    connect_matcher: bool = False                           # matches CONNECT requests only
+    case_sensitive: bool = True
+    headers: list = field(default_factory=list)             # [HeaderMatcher]
+    query_parameters: list = field(default_factory=list)    # [QueryParameterMatcher]
+
+    def validate(self, path: str) -> None:
+        """Check the fields; ``path`` names this match in errors."""
+        from ..config.regex import re2_to_posix
+        given = [k for k in PATH_SPECIFIERS if getattr(self, k) is not None]
+        boolean(self.connect_matcher, path + ".connect_matcher")
+        if self.connect_matcher:
+            given.append("connect_matcher")
+        if len(given) != 1:
+            fail(path, "exactly one of prefix, path, safe_regex, path_separated_prefix, connect_matcher must be set"
+                       + (f" (got {', '.join(given)})" if given else ""))
+        kind = given[0]
+        value = "" if kind == "connect_matcher" else string(getattr(self, kind), f"{path}.{kind}")
+        if kind == "safe_regex":
+            re2_to_posix(value, f"{path}.safe_regex")
+        elif kind == "path_separated_prefix":
+            check_path_separated_prefix(value, f"{path}.path_separated_prefix")
+        boolean(self.case_sensitive, path + ".case_sensitive")
+        if kind == "safe_regex" and not self.case_sensitive:
+            fail(path + ".case_sensitive", "case_sensitive has no effect for safe_regex (Envoy ignores it)")
+        for h, hp in each(self.headers, path + ".headers", HeaderMatcher):
+            h.validate(hp)
+        for q, qp in each(self.query_parameters, path + ".query_parameters", QueryParameterMatcher):
+            q.validate(qp)
+
+
+@dataclass
+class HeaderValueOption:
+    """config.core.v3.HeaderValueOption. append_action: APPEND_IF_EXISTS_OR_ADD (default),
+    ADD_IF_ABSENT, OVERWRITE_IF_EXISTS_OR_ADD, OVERWRITE_IF_EXISTS."""
+
+    key: str
+    value: str
+    append_action: str = "APPEND_IF_EXISTS_OR_ADD"
+    keep_empty_value: bool = False          # else an empty value adds nothing (Envoy)
+
+    def validate(self, path: str) -> None:
+        """Check the fields; ``path`` names this option in errors."""
+        check_modifiable(string(self.key, path + ".key", non_empty=True), path + ".key", "modified")
+        check_header_name(self.key, path + ".key")
+        check_header_value(string(self.value, path + ".value"), path + ".value")
+        boolean(self.keep_empty_value, path + ".keep_empty_value")
+        if self.append_action not in APPEND_ACTIONS:
+            fail(path + ".append_action", f"unknown append_action {self.append_action!r}")
+
+
+@dataclass
+class HeaderMutations:
+    """The *_headers_to_add/remove lists shared by route, virtual host and route config."""
+
+    request_headers_to_add: list = field(default_factory=list)     # [HeaderValueOption]
+    request_headers_to_remove: list = field(default_factory=list)  # [str]
+    response_headers_to_add: list = field(default_factory=list)
+    response_headers_to_remove: list = field(default_factory=list)
+
+    def validate(self, path: str) -> None:
+        """Check the lists; ``path`` names the object that holds them in errors."""
+        for field_name in ("request_headers_to_add", "response_headers_to_add"):
+            for opt, op in each(getattr(self, field_name), f"{path}.{field_name}", HeaderValueOption):
+                opt.validate(op)
+        for field_name in ("request_headers_to_remove", "response_headers_to_remove"):
+            for name, np in each(getattr(self, field_name), f"{path}.{field_name}"):
+                check_modifiable(string(name, np, non_empty=True), np, "removed")
+                check_header_name(name, np)
+
+
+@dataclass
+class WeightedCluster:
+    """route.v3.WeightedCluster.ClusterWeight: a cluster and its share of the requests."""
+
+    name: str
+    weight: int
+
+
+@dataclass
+class RegexRewrite:
+    """type.matcher.v3.RegexMatchAndSubstitute: the path's matches of ``pattern`` (RE2
+    syntax) replaced by ``substitution`` (``\\1``.. name the groups)."""
+
+    pattern: str
+    substitution: str
+
+    def validate(self, path: str) -> None:
+        """Check that the pattern and substitution translate to POSIX."""
+        from ..config.regex import rewrite_to_posix
+        string(self.substitution, path + ".substitution")
+        rewrite_to_posix(self.pattern, self.substitution, path + ".pattern", path + ".substitution")
+
+
+@dataclass
+class RouteAction:
+    """route.v3.RouteAction: exactly one of cluster / weighted_clusters."""
+
+    cluster: Optional[str] = None
+    weighted_clusters: list = field(default_factory=list)   # [WeightedCluster]
+    prefix_rewrite: Optional[str] = None
+    regex_rewrite: Optional[RegexRewrite] = None
+    host_rewrite_literal: Optional[str] = None
+    auto_host_rewrite: bool = False
+    timeout: Optional[float] = 15.0                         # Envoy's default; None = 0s = off
+
+    def validate(self, path: str, cluster_names: Collection[str]) -> None:
+        """Check the fields and that the clusters named are in ``cluster_names``."""
+        if (self.cluster is None) == (not self.weighted_clusters):
+            fail(path, "exactly one of cluster and weighted_clusters must be set")
+        if self.cluster is not None:
+            if string(self.cluster, path + ".cluster", non_empty=True) not in cluster_names:
+                fail(path + ".cluster", f"unknown cluster {self.cluster!r}")
+        total = 0
+        for wc, wp in each(self.weighted_clusters, path + ".weighted_clusters", WeightedCluster):
+            if string(wc.name, wp + ".name", non_empty=True) not in cluster_names:
+                fail(wp + ".name", f"unknown cluster {wc.name!r}")
+            integer(wc.weight, wp + ".weight", 1)
+            total += wc.weight
+            if total > 0xFFFFFFFF:
+                fail(wp + ".weight", "the sum of the weights exceeds 4294967295")
+        if self.prefix_rewrite is not None:
+            check_header_value(string(self.prefix_rewrite, path + ".prefix_rewrite"), path + ".prefix_rewrite")
+        if self.regex_rewrite is not None:
+            if self.prefix_rewrite is not None:
+                fail(path + ".regex_rewrite", "only one of prefix_rewrite and regex_rewrite may be set")
+            typed(self.regex_rewrite, RegexRewrite, path + ".regex_rewrite").validate(path + ".regex_rewrite")
+        if self.host_rewrite_literal is not None:
+            hp = path + ".host_rewrite_literal"
+            check_header_value(string(self.host_rewrite_literal, hp, non_empty=True), hp)
+        boolean(self.auto_host_rewrite, path + ".auto_host_rewrite")
+        if self.auto_host_rewrite and self.host_rewrite_literal is not None:
+            fail(path + ".auto_host_rewrite", "only one of host_rewrite_literal and auto_host_rewrite may be set")
+        seconds(self.timeout, path + ".timeout")
+
+
+@dataclass
+class RedirectAction:
+    """route.v3.RedirectAction."""
+
+    scheme_redirect: Optional[str] = None
+    https_redirect: bool = False
+    host_redirect: Optional[str] = None
+    port_redirect: Optional[int] = None
+    path_redirect: Optional[str] = None
+    prefix_rewrite: Optional[str] = None
+    regex_rewrite: Optional[RegexRewrite] = None            # the path (query kept)
+    response_code: int = 301                                # MOVED_PERMANENTLY
+    strip_query: bool = False
+
+    def validate(self, path: str) -> None:
+        """Check the fields; ``path`` names this redirect in errors."""
+        boolean(self.https_redirect, path + ".https_redirect")
+        if string(self.scheme_redirect, path + ".scheme_redirect", non_empty=True, optional=True) is not None:
+            if self.https_redirect:
+                fail(path + ".scheme_redirect", "only one of https_redirect and scheme_redirect may be set")
+            check_scheme(self.scheme_redirect, path + ".scheme_redirect")
+        host = string(self.host_redirect, path + ".host_redirect", non_empty=True, optional=True)
+        if host is not None:
+            check_redirect_host(host, path + ".host_redirect")
+        integer(self.port_redirect, path + ".port_redirect", 1, MAX_PORT, optional=True)
+        if string(self.path_redirect, path + ".path_redirect", optional=True) is not None:
+            if not self.path_redirect.startswith("/"):
+                fail(path + ".path_redirect", f"path_redirect must start with '/', got {self.path_redirect!r}")
+            check_header_value(self.path_redirect, path + ".path_redirect")
+        if string(self.prefix_rewrite, path + ".prefix_rewrite", optional=True) is not None:
+            if self.path_redirect is not None:
+                fail(path + ".prefix_rewrite", "only one of path_redirect and prefix_rewrite may be set")
+            check_header_value(self.prefix_rewrite, path + ".prefix_rewrite")
+        if self.regex_rewrite is not None:
+            rp = path + ".regex_rewrite"
+            if self.path_redirect is not None or self.prefix_rewrite is not None:
+                fail(rp, "only one of path_redirect, prefix_rewrite and regex_rewrite may be set")
+            typed(self.regex_rewrite, RegexRewrite, rp).validate(rp)
+        if self.response_code not in REDIRECT_STATUSES or isinstance(self.response_code, bool):
+            fail(path + ".response_code", f"expected 301, 302, 303, 307 or 308, got {self.response_code!r}")
+        boolean(self.strip_query, path + ".strip_query")
+
+
+@dataclass
+class DirectResponse:
+    """route.v3.DirectResponseAction: the proxy answers with ``status`` and ``body``."""
+
+    status: int
+    body: bytes = b""
+
+    def validate(self, path: str) -> None:
+        """Check the fields; ``path`` names this response in errors."""
+        integer(self.status, path + ".status", 100, 599)
+        typed(self.body, bytes, path + ".body")
+
+
+@dataclass
+class Route:
+    """Exactly one of route, redirect, direct_response."""
+
+    match: RouteMatch
+    route: Optional[RouteAction] = None
+    redirect: Optional[RedirectAction] = None
+    direct_response: Optional[DirectResponse] = None
+    name: str = ""
+    headers: HeaderMutations = field(default_factory=HeaderMutations)
+    typed_per_filter_config: dict = field(default_factory=dict)     # HTTP filter name -> config
+
+    def validate(self, path: str, cluster_names: Collection[str]) -> None:
+        """Check the match, the one action and the header mutations."""
+        string(self.name, path + ".name")
+        typed(self.match, RouteMatch, path + ".match").validate(path + ".match")
+        actions = [k for k in ("route", "redirect", "direct_response") if getattr(self, k) is not None]
+        if len(actions) != 1:
+            fail(path, "exactly one of route, redirect, direct_response must be set"
+                       + (f" (got {', '.join(actions)})" if actions else ""))
+        if self.route is not None:
+            typed(self.route, RouteAction, path + ".route").validate(path + ".route", cluster_names)
+        elif self.redirect is not None:
+            typed(self.redirect, RedirectAction, path + ".redirect").validate(path + ".redirect")
+        else:
+            typed(self.direct_response, DirectResponse, path + ".direct_response").validate(path + ".direct_response")
+        typed(self.headers, HeaderMutations, path + ".headers").validate(path + ".headers")
+
+
+@dataclass
+class VirtualHost:
+    """route.v3.VirtualHost: the routes for the requests whose Host is one of ``domains``
+    (exact, ``*.suffix``, ``prefix.*`` or ``*``), tried in order."""
+
+    name: str
+    domains: list                                           # [str]: exact, *.suffix, prefix.*, *
+    routes: list = field(default_factory=list)              # [Route]
+    headers: HeaderMutations = field(default_factory=HeaderMutations)
+    typed_per_filter_config: dict = field(default_factory=dict)
+
+    def validate(self, path: str, cluster_names: Collection[str], domains: Optional[dict] = None) -> None:
+        """Check the fields and routes. ``domains`` (lower-cased domain -> path where it was
+        first seen) is shared by the virtual hosts of one route configuration."""
+        domains = {} if domains is None else domains
+        string(self.name, path + ".name", non_empty=True)
+        if not isinstance(self.domains, (list, tuple)) or not self.domains:
+            fail(path + ".domains", "at least one domain is required")
+        for domain, dp in each(self.domains, path + ".domains"):
+            check_domain(string(domain, dp), dp)
+            key = domain.lower()
+            if key in domains:
+                fail(dp, f"duplicate domain {domain!r} (already in {domains[key]})" if key != "*" else
+                     f"only one virtual host may use the wildcard domain '*' (already in {domains[key]})")
+            domains[key] = dp
+        typed(self.headers, HeaderMutations, path + ".headers").validate(path + ".headers")
+        for r, rp in each(self.routes, path + ".routes", Route):
+            r.validate(rp, cluster_names)
+
+
+@dataclass
+class RouteConfiguration:
+    """route.v3.RouteConfiguration: the virtual hosts of a connection manager, and the
+    header mutations and per-filter configs that apply to all of them."""
+
+    name: str = ""
+    virtual_hosts: list = field(default_factory=list)       # [VirtualHost]
+    headers: HeaderMutations = field(default_factory=HeaderMutations)
+    typed_per_filter_config: dict = field(default_factory=dict)
+    # Envoy's default False: a Host's port takes part in picking the virtual host
+    # ("a.com" does not take "a.com:8080"); True cuts it off first.
+    ignore_port_in_host_matching: bool = False
+
+    def validate(self, path: str, cluster_names: Collection[str]) -> None:
+        """Check the fields and virtual hosts (no domain twice); every cluster a route names
+        must be in ``cluster_names``."""
+        string(self.name, path + ".name")
+        boolean(self.ignore_port_in_host_matching, path + ".ignore_port_in_host_matching")
+        typed(self.headers, HeaderMutations, path + ".headers").validate(path + ".headers")
+        domains: dict = {}
+        for vh, vp in each(self.virtual_hosts, path + ".virtual_hosts", VirtualHost):
+            vh.validate(vp, cluster_names, domains)
+
+
+@dataclass
+class AccessLog:
+    """An access log sink: path ("/dev/stdout" for stdout) and an Envoy format string
+    (None: Envoy's default format)."""
+
+    path: str
+    format: Optional[str] = None
+
+    def validate(self, path: str) -> None:
+        """Check the path and that fastproxy can compile the format."""
+        from ..access_log import compile_format
+        string(self.path, path + ".path", non_empty=True)
+        string(self.format, path + ".format", optional=True)
+        compile_format(self.format, path + ".format")
+
+
+@dataclass
+class UpgradeConfig:
+    """HttpConnectionManager.UpgradeConfig: "CONNECT" (tunnels to a connect_matcher route's
+    cluster) or "websocket" (Upgrade requests are forwarded in any case)."""
+
+    upgrade_type: str
+    enabled: bool = True
+
+    def validate(self, path: str) -> None:
+        """Check the fields; ``path`` names this entry in errors."""
+        string(self.upgrade_type, path + ".upgrade_type", non_empty=True)
+        if self.upgrade_type.lower() not in ("connect", "websocket"):
+            fail(path + ".upgrade_type", f"upgrade type {self.upgrade_type!r} is not supported "
+                                         "(fastproxy supports CONNECT and websocket)")
+        boolean(self.enabled, path + ".enabled")
+
+
+@dataclass
+class InternalAddressConfig:
+    """HttpConnectionManager.InternalAddressConfig: the client addresses whose requests are
+    "internal" (they keep their x-envoy-* headers and get ``x-envoy-internal: true``).
+    ``cidr_ranges``: "prefix/len" strings ("10.0.0.0/8", "fd00::/8"); empty: Envoy's
+    RFC 1918 set (10/8, 172.16/12, 192.168/16, 127.0.0.1, fd00::/8, ::1). ``unix_sockets``
+    is accepted for Envoy configs; fastproxy listeners are TCP, so it changes nothing.
+    Without this config no address is internal (Envoy's default since 1.33)."""
+
+    cidr_ranges: list = field(default_factory=list)
+    unix_sockets: bool = False
+
+    def validate(self, path: str) -> None:
+        """Check the fields; ``path`` names this config in errors."""
+        boolean(self.unix_sockets, path + ".unix_sockets")
+        for cidr, cp in each(self.cidr_ranges, path + ".cidr_ranges"):
+            parse_cidr(string(cidr, cp, non_empty=True), cp)
+
+
+# The names the model takes (Envoy's enums are in fastproxy.validation; the loader maps
+# IMPLEMENTATION_SPECIFIC_DEFAULT to KEEP_UNCHANGED, as Envoy does).
+SERVER_HEADER_TRANSFORMATIONS = tuple(_SERVER_HEADER_TRANSFORMATIONS)
+ESCAPED_SLASHES_ACTIONS = tuple(a for a in PATH_WITH_ESCAPED_SLASHES_ACTIONS if a != "IMPLEMENTATION_SPECIFIC_DEFAULT")
+STRIP_HOST_PORT_MODES = ("NONE", "MATCHING", "ANY")
+UNDERSCORES_ACTIONS = tuple(HEADERS_WITH_UNDERSCORES_ACTIONS)
+
+
+@dataclass
+class HttpConnectionManager:
+    """network.http_connection_manager.v3.HttpConnectionManager (HTTP/1.1 codec)."""
+
+    stat_prefix: str
+    route_config: RouteConfiguration
+    server_name: str = "fastproxy"
+    # Envoy's server_header_transformation: OVERWRITE (Server is always server_name),
+    # APPEND_IF_ABSENT (only when the response has none) or PASS_THROUGH (never set).
+    server_header_transformation: str = "OVERWRITE"
+    use_remote_address: bool = False
+    xff_num_trusted_hops: int = 0
+    internal_address_config: Optional[InternalAddressConfig] = None     # None: nothing is internal
+    generate_request_id: bool = True
+    # The router filter's suppress_envoy_headers: no x-envoy-expected-rq-timeout-ms,
+    # x-envoy-original-path, x-envoy-original-host nor x-envoy-upstream-service-time.
+    suppress_envoy_headers: bool = False
+    request_headers_timeout: Optional[float] = None         # Envoy default 0s: off
+    stream_idle_timeout: Optional[float] = 300.0            # 5 min
+    request_timeout: Optional[float] = None
+    idle_timeout: Optional[float] = 3600.0                  # common_http_protocol_options
+    max_requests_per_connection: Optional[int] = None
+    max_headers_count: int = 100
+    max_request_headers_kb: int = 60
+    max_request_bytes: Optional[int] = None                 # body limit (413); None: unlimited
+    drain_timeout: float = 5.0
+    access_log: list = field(default_factory=list)          # [AccessLog]
+    http_filters: list = field(default_factory=list)        # before the router: PythonHttpFilter,
+                                                            # NativeHttpFilter, CHttpFilter
+    upgrade_configs: list = field(default_factory=list)     # [UpgradeConfig]
+    accept_http_10: bool = False                            # http_protocol_options: else 426
+    default_host_for_http_10: str = ""                      # Host for HTTP/1.0 without one
+    # Envoy's request/response header options (checked against Envoy 1.40):
+    via: str = ""                                           # appended to request and response Via
+    skip_xff_append: bool = False                           # use_remote_address leaves XFF as received
+    preserve_external_request_id: bool = False              # an edge request keeps its x-request-id
+    always_set_request_id_in_response: bool = False         # responses get the request's x-request-id
+    normalize_path: bool = False                            # RFC 3986 dot segments, unreserved %XX
+    merge_slashes: bool = False                             # "//" -> "/" in the path
+    path_with_escaped_slashes_action: str = "KEEP_UNCHANGED"   # %2F / %5C: ESCAPED_SLASHES_ACTIONS
+    strip_host_port: str = "NONE"                           # NONE, MATCHING (the listener's), ANY
+    headers_with_underscores_action: str = "ALLOW"          # ALLOW, REJECT_REQUEST, DROP_HEADER
+
+    def validate(self, path: str, cluster_names: Collection[str]) -> None:
+        """Check the connection manager, typically one built with the Python API (what the
+        Envoy loader produces always passes): types and ranges, the exactly-one-of rules (a
+        match's path specifier, a route's action, a RouteAction's target), regexes that POSIX
+        can run (see fastproxy.config.regex), header names that may be modified, domains
+        (wildcards, duplicates) and that every cluster a route names is in ``cluster_names``.
+        Errors are ConfigError naming the field, e.g.
+        ``<path>.route_config.virtual_hosts[0].routes[1].match.prefix``."""
+        string(self.stat_prefix, path + ".stat_prefix", non_empty=True)
+        string(self.server_name, path + ".server_name", non_empty=True)
+        one_of(self.server_header_transformation, path + ".server_header_transformation", SERVER_HEADER_TRANSFORMATIONS)
+        boolean(self.use_remote_address, path + ".use_remote_address")
+        boolean(self.accept_http_10, path + ".accept_http_10")
+        string(self.default_host_for_http_10, path + ".default_host_for_http_10")
+        if self.default_host_for_http_10:
+            check_host_value(self.default_host_for_http_10, path + ".default_host_for_http_10")
+        integer(self.xff_num_trusted_hops, path + ".xff_num_trusted_hops", 0)
+        if self.internal_address_config is not None:
+            iap = path + ".internal_address_config"
+            typed(self.internal_address_config, InternalAddressConfig, iap).validate(iap)
+        boolean(self.generate_request_id, path + ".generate_request_id")
+        boolean(self.suppress_envoy_headers, path + ".suppress_envoy_headers")
+        string(self.via, path + ".via")
+        check_header_value(self.via, path + ".via")
+        for name in ("skip_xff_append", "preserve_external_request_id", "always_set_request_id_in_response",
+                     "normalize_path", "merge_slashes"):
+            boolean(getattr(self, name), f"{path}.{name}")
+        for name, allowed in (("path_with_escaped_slashes_action", ESCAPED_SLASHES_ACTIONS),
+                              ("strip_host_port", STRIP_HOST_PORT_MODES),
+                              ("headers_with_underscores_action", UNDERSCORES_ACTIONS)):
+            one_of(getattr(self, name), f"{path}.{name}", allowed)
+        for name in ("request_headers_timeout", "stream_idle_timeout", "request_timeout", "idle_timeout"):
+            seconds(getattr(self, name), f"{path}.{name}")
+        seconds(self.drain_timeout, path + ".drain_timeout", optional=False)
+        integer(self.max_requests_per_connection, path + ".max_requests_per_connection", 1, optional=True)
+        integer(self.max_headers_count, path + ".max_headers_count", 1)
+        integer(self.max_request_headers_kb, path + ".max_request_headers_kb", 1, 8192)
+        integer(self.max_request_bytes, path + ".max_request_bytes", 1, optional=True)
+        for log, lp in each(self.access_log, path + ".access_log", AccessLog):
+            log.validate(lp)
+        for up, upp in each(self.upgrade_configs, path + ".upgrade_configs", UpgradeConfig):
+            up.validate(upp)
+        rcp = path + ".route_config"
+        typed(self.route_config, RouteConfiguration, rcp).validate(rcp, cluster_names)
+        _validate_http_filters(self, path)
+
+
+def validate_http(hcm: "HttpConnectionManager", path: str, cluster_names: Collection[str]) -> None:
+    """Check ``hcm``, which must be an HttpConnectionManager (see its validate())."""
+    typed(hcm, HttpConnectionManager, path).validate(path, cluster_names)
+
+
+def _validate_http_filters(hcm: "HttpConnectionManager", path: str) -> None:
+    """The filter list, and the per-filter configs naming its filters (the route
+    configuration is checked already)."""
+    from ..http_filter import HTTP_FILTER_SPECS, HttpFilter, PythonHttpFilter
+    names = set()
+    if not isinstance(hcm.http_filters, list):
+        fail(path + ".http_filters", "must be a list")
+    for i, spec in enumerate(hcm.http_filters):
+        fp = f"{path}.http_filters[{i}]"
+        if not isinstance(spec, HTTP_FILTER_SPECS):
+            fail(fp, f"must be a PythonHttpFilter, NativeHttpFilter or CHttpFilter, not {spec!r}")
+        if not isinstance(spec.name, str) or not spec.name:
+            fail(fp + ".name", "must be a non-empty string")
+        if spec.name in names:
+            fail(fp + ".name", f"duplicate HTTP filter name {spec.name!r}")
+        names.add(spec.name)
+        if isinstance(spec, PythonHttpFilter) and not (isinstance(spec.cls, type) and issubclass(spec.cls, HttpFilter)):
+            fail(fp + ".cls", f"{spec.cls!r} is not a fastproxy.HttpFilter subclass")
+    rc = hcm.route_config
+
+    def check_tpfc(obj, p):
+        tp = obj.typed_per_filter_config or {}
+        if not isinstance(tp, dict):
+            fail(p + ".typed_per_filter_config", "must be a mapping of HTTP filter name to config")
+        for name in tp:
+            if name not in names:
+                fail(f"{p}.typed_per_filter_config.{name}",
+                     f"no HTTP filter named {name!r} in http_filters")
+
+    check_tpfc(rc, path + ".route_config")
+    for vi, vh in enumerate(rc.virtual_hosts):
+        vp = f"{path}.route_config.virtual_hosts[{vi}]"
+        check_tpfc(vh, vp)
+        for ri, r in enumerate(vh.routes):
+            check_tpfc(r, f"{vp}.routes[{ri}]")
+
