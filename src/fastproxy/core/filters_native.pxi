@@ -2,7 +2,7 @@
 # header_mutation, compiled here. Each is an fp_http_filter table whose hooks are
 # `noexcept nogil` and never touch a Python object; a chain of only these never takes the
 # GIL. Their configs are C structs built once on the main thread (make_config, from the
-# models in fastproxy/model_filters.py) and read-only afterwards, except the atomics of a
+# models in fastproxy/http/native_filters.py) and read-only afterwards, except the atomics of a
 # token bucket and of a fault's active count, which every worker shares.
 #
 # Per-stream state: most of these filters need none, so their `create` returns the stream
@@ -168,8 +168,8 @@ cdef class _NfBuild(_MatchBuilder):
 
     cdef NHdrOp* ops(self, list items, int* n, str path) except? NULL:
         """HeaderMutationOp / HeaderValueOption list -> NHdrOp array."""
-        from fastproxy.model_http import HeaderValueOption
-        from fastproxy.model_filters import HeaderMutationOp
+        from fastproxy.http.model import HeaderValueOption
+        from fastproxy.http.native_filters import HeaderMutationOp
         cdef NHdrOp* out
         cdef int i
         n[0] = len(items)
@@ -202,7 +202,7 @@ cdef class _NfBuild(_MatchBuilder):
 
 
 cdef int _nf_percent(NPercent* p, object fp, str path) except -1:
-    from fastproxy.model_filters import FractionalPercent, DENOMINATORS
+    from fastproxy.http.native_filters import FractionalPercent, DENOMINATORS
     if fp is None:
         p.numerator = 0
         p.denominator = 100
@@ -336,7 +336,7 @@ cdef class _FaultKind(NativeFilterKind):
         self.vt = &NF_FAULT_VT
 
     cdef void* make_config(self, object config, bint per_route, int regex_copies) except NULL:
-        from fastproxy.model_filters import HTTPFault, FaultDelay, FaultAbort
+        from fastproxy.http.native_filters import HTTPFault, FaultDelay, FaultAbort
         cdef _NfBuild b
         cdef NFaultCfg* c
         _nf_expect(config, HTTPFault, "envoy.filters.http.fault")
@@ -417,7 +417,7 @@ cdef class _HeaderMutationKind(NativeFilterKind):
         self.vt = &NF_HMUT_VT
 
     cdef void* make_config(self, object config, bint per_route, int regex_copies) except NULL:
-        from fastproxy.model_filters import HeaderMutation, Mutations
+        from fastproxy.http.native_filters import HeaderMutation, Mutations
         cdef _NfBuild b
         cdef NHdrMutCfg* c
         _nf_expect(config, HeaderMutation, "envoy.filters.http.header_mutation")
@@ -527,7 +527,7 @@ cdef class _LocalRateLimitKind(NativeFilterKind):
         self.vt = &NF_LRL_VT
 
     cdef void* make_config(self, object config, bint per_route, int regex_copies) except NULL:
-        from fastproxy.model_filters import LocalRateLimit, TokenBucket
+        from fastproxy.http.native_filters import LocalRateLimit, TokenBucket
         cdef _NfBuild b
         cdef NRateCfg* c
         cdef StatBlockHandle sb
@@ -617,7 +617,7 @@ cdef class _HealthCheckKind(NativeFilterKind):
         self.vt = &NF_HC_VT
 
     cdef void* make_config(self, object config, bint per_route, int regex_copies) except NULL:
-        from fastproxy.model_filters import HealthCheck
+        from fastproxy.http.native_filters import HealthCheck
         cdef _NfBuild b
         cdef NHealthCfg* c
         cdef int i
@@ -699,7 +699,7 @@ cdef class _BufferKind(NativeFilterKind):
         self.vt = &NF_BUF_VT
 
     cdef void* make_config(self, object config, bint per_route, int regex_copies) except NULL:
-        from fastproxy.model_filters import Buffer, BufferPerRoute
+        from fastproxy.http.native_filters import Buffer, BufferPerRoute
         cdef _NfBuild b
         cdef NBufCfg* c
         if per_route and isinstance(config, BufferPerRoute):
@@ -820,7 +820,7 @@ cdef class _CorsKind(NativeFilterKind):
         self.vt = &NF_CORS_VT
 
     cdef void* make_config(self, object config, bint per_route, int regex_copies) except NULL:
-        from fastproxy.model_filters import Cors, CorsPolicy
+        from fastproxy.http.native_filters import Cors, CorsPolicy
         cdef _NfBuild b
         cdef NCorsCfg* c
         cdef int i

@@ -1,6 +1,6 @@
 """The HTTP configuration model: Envoy's http_connection_manager, route_config and router,
 as plain Python objects. The Envoy YAML loader produces these; the core compiles them into
-its route table (core/router.pxi) and connection manager config.
+its route table (core/router/) and connection manager config.
 
 Field names follow Envoy's v3 protos so a reader of Envoy docs finds them. Durations are
 float seconds; None means "disabled" where Envoy uses 0s for that.

@@ -34,7 +34,7 @@ cdef class HttpCfgHandle:
 cdef int _compile_internal_addresses(HttpCfg* h, iac) except -1:
     """internal_address_config -> h.internal_mode (and h.internal_cidrs)."""
     import ipaddress
-    from fastproxy.model_http import parse_cidr
+    from fastproxy.validation import parse_cidr
     cdef InternalCidr* r
     cdef int i
     if iac is None:
@@ -59,7 +59,7 @@ cdef int _compile_internal_addresses(HttpCfg* h, iac) except -1:
 
 
 def make_http_cfg(hcm, StatBlockHandle stats, dict clusters, int nworkers, StatBlockHandle http1_stats=None):
-    """Compile a model_http.HttpConnectionManager; clusters: {name: ClusterHandle}."""
+    """Compile a fastproxy.http.HttpConnectionManager; clusters: {name: ClusterHandle}."""
     cdef HttpCfgHandle hh = HttpCfgHandle.__new__(HttpCfgHandle)
     cdef _FilterCompiler fcomp
     cdef HttpCfg* h = <HttpCfg*>calloc(1, sizeof(HttpCfg))

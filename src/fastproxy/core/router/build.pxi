@@ -878,7 +878,7 @@ cdef list _rt_ops_list(const RouteHeaderOps* ops):
 
 def compile_route_table(route_config, dict cluster_index, int regex_copies=1,
                         str path="route_config", per_filter=None):
-    """Compile a model_http.RouteConfiguration into a RouteTable (see core/router/decls.pxi).
+    """Compile a fastproxy.http.RouteConfiguration into a RouteTable (see core/router/decls.pxi).
     cluster_index maps every cluster name a route may use to the caller's integer index.
     per_filter(route, vhost, route_config): the route's per-HTTP-filter config addresses
     (a list, 0 for none) or None."""

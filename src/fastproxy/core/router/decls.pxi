@@ -8,7 +8,7 @@
 # Building and lifetime
 # ---------------------
 #   h = compile_route_table(route_config, cluster_index, regex_copies=1, path="route_config")
-# runs on the main thread with the GIL: it validates the model_http.RouteConfiguration
+# runs on the main thread with the GIL: it validates the fastproxy.http.RouteConfiguration
 # (ConfigError names the field), turns cluster names into the caller's integer indexes
 # (cluster_index: {name: index}; the connection manager maps them to ClusterCfgs), compiles
 # every regex, and lays everything out in one RouteTable. All strings and arrays of a table
