@@ -17,6 +17,7 @@ One extension module; each included file has one job (see docs/architecture.md):
   core/http_conn.pxi   the HTTP connection manager and the upstream connection pool
   core/http_filter.pxi HTTP filter chains (the fp_http_filter C ABI, header maps, iteration)
   core/http_pyfilter.pxi Python HTTP filters (the GIL is taken here and in pybridge only)
+  core/http_pyfilter_async.pxi their `async def` hooks: the proxy's asyncio loop, batched handoffs
   core/http_stream.pxi stream timeouts, the trusted client address, CONNECT tunnels
   core/access_log.pxi  access logs and the stream facts they print
   core/bench.pxi       nogil loops for the micro-benchmarks (benchmarks/test_micro.py)
@@ -47,6 +48,7 @@ include "core/router.pxi"
 include "core/http_conn.pxi"
 include "core/http_filter.pxi"
 include "core/http_pyfilter.pxi"
+include "core/http_pyfilter_async.pxi"
 include "core/http_stream.pxi"
 include "core/http_hcm.pxi"
 include "core/access_log.pxi"
