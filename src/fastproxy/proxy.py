@@ -202,7 +202,7 @@ class Proxy:
         self._admin_server = None
         self._loop = loop
         # Where `async def` filter hooks run; bound to its loop by start().
-        self._async = _core.AsyncBridge()
+        self._async = _core.AsyncBridge(concurrency)
         # Nothing is bound nor resolved yet: ports are taken by start().
 
     # ---- HTTP filter registration ----
@@ -302,6 +302,7 @@ class Proxy:
             # Before the workers go: no hook result is posted to a stopped worker.
             self._async.close()
             self._engine.stop()
+            self._async.workers_stopped()
             self._state = "stopped"
             self._dns_stop.set()
             if self._admin_server is not None:

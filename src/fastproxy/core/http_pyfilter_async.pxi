@@ -9,11 +9,13 @@
 # A wake-up of the other thread costs more than the hook itself, so the handoffs are
 # batched both ways:
 #   worker -> loop  a hook that returns a coroutine appends a _HookJob to the bridge's
-#                   inbound list; only the append that finds no drain pending wakes the loop
-#                   (one call_soon_threadsafe), and that one _drain starts every job queued
-#                   meanwhile, from every worker.
+#                   inbound list and arms its worker's end-of-turn timer (a 0 ms Timer: it
+#                   fires after the turn's other events); that timer wakes the loop (one
+#                   call_soon_threadsafe) unless a drain is already pending, and that one
+#                   _drain starts every job queued meanwhile, from every worker.
 #   loop -> worker  a finished hook goes to its worker's outbound list; one _flush per loop
-#                   iteration posts each worker's list as one message (one eventfd write),
+#                   iteration (scheduled by the drain to run right after the hooks' first
+#                   steps) posts each worker's list as one message (one eventfd write),
 #                   which the worker applies under one GIL acquisition.
 # Each hook runs in an asyncio Task of its own, because code in a hook may need one from its
 # first line (asyncio.timeout(), httpx and aiohttp call asyncio.current_task()); the Task
@@ -26,6 +28,11 @@ cdef enum:                          # _HookJob.kind: how the hook ended
     HOOK_RETURNED = 0
     HOOK_RAISED = 1
     HOOK_TIMED_OUT = 2
+
+
+cdef struct WorkerWake:             # per worker of a bridge: its end-of-turn wake-up
+    Timer timer
+    PyObject* bridge                # a strong reference while the timer is armed
 
 
 cdef class _PyFilterFactory:
@@ -123,6 +130,8 @@ cdef class AsyncBridge:
     """Where one Proxy's `async def` filter hooks run: an asyncio loop and the batched
     handoffs between that loop and the proxy's workers (see the top of this file)."""
     cdef readonly object loop       # None until bound; then the loop hooks run on
+    cdef WorkerWake* wakes          # one per worker (Worker.index)
+    cdef int nworkers
     cdef object _own_thread         # the thread running our own loop, if we started one
     cdef object _lock               # guards _inbound, _wake_pending, _closed
     cdef list _inbound              # jobs from the workers, not started yet
@@ -133,7 +142,18 @@ cdef class AsyncBridge:
     cdef set _tasks                 # loop thread only: the hooks running (cancelled at close)
     cdef object _drain_cb, _flush_cb
 
-    def __cinit__(self):
+    def __cinit__(self, int nworkers):
+        cdef int i
+        if nworkers < 1:
+            raise ValueError("nworkers must be >= 1")
+        # Freed in __dealloc__: an armed timer holds a reference to the bridge, and a
+        # worker only arms one from a stream that holds another.
+        self.wakes = <WorkerWake*>calloc(nworkers, sizeof(WorkerWake))
+        if self.wakes == NULL:
+            raise MemoryError()
+        self.nworkers = nworkers
+        for i in range(nworkers):
+            timer_init(&self.wakes[i].timer, _wake_at_turn_end, &self.wakes[i])
         self._lock = _threading.Lock()
         self._inbound = []
         self._outbound = {}
@@ -165,25 +185,69 @@ cdef class AsyncBridge:
             self._own_thread = t
         return self.loop
 
+    def __dealloc__(self):
+        free(self.wakes)
+
     cdef submit(self, _HookJob job):
-        """On a worker: queue the hook; wake the loop unless a wake-up is pending."""
+        """On the job's worker: queue the hook; the loop is woken at the end of the
+        worker's turn (with every other hook of that turn), unless a drain is pending."""
+        cdef Worker* w = job.ps.ref.w
+        cdef WorkerWake* k
         with self._lock:
             if self._closed:
                 raise RuntimeError("the proxy is stopping: the async hook cannot start")
+            if self.loop is not None and self.loop.is_closed():
+                raise RuntimeError("the event loop the proxy's async filter hooks run on is closed")
             self._inbound.append(job)
             if self._wake_pending:
+                return
+        k = &self.wakes[w.index] if w.index < self.nworkers else NULL
+        if k != NULL and on_worker_thread(w):
+            if k.timer.index != TIMER_NONE:
+                return                      # armed earlier this turn
+            if timer_arm(w, &k.timer, 0) == 0:
+                Py_INCREF(self)
+                k.bridge = <PyObject*>self
+                return
+        self._wake_loop()                   # no timer (out of memory): wake it now
+
+    cdef _wake_loop(self):
+        with self._lock:
+            if self._wake_pending or self._closed or not self._inbound:
                 return
             self._wake_pending = True
             loop = self._hook_loop()
         try:
             loop.call_soon_threadsafe(self._drain_cb)
-        except BaseException:
-            # The loop is closed: nothing will drain. Only this job was queued (the
-            # previous drain took the rest), so take it back and let the hook fail.
+        except BaseException as e:
+            # The loop closed meanwhile: nothing will drain; the queued hooks fail.
             with self._lock:
-                self._inbound.clear()
+                jobs = self._inbound
+                self._inbound = []
                 self._wake_pending = False
-            raise
+            self._fail(jobs, e)
+
+    cdef _fail(self, list jobs, object error):
+        cdef _HookJob job
+        cdef dict out = {}
+        for j in jobs:
+            job = <_HookJob>j
+            job.coro.close()
+            job.coro = None
+            job.kind = HOOK_RAISED
+            job.value = error
+            _group_by_worker(out, job)
+        self._post_results(out)
+
+    def workers_stopped(self):
+        """The proxy's workers are joined: timers they had armed never fire; drop the
+        references those held."""
+        cdef int i
+        for i in range(self.nworkers):
+            if self.wakes[i].bridge != NULL:
+                self.wakes[i].timer.index = TIMER_NONE
+                self.wakes[i].bridge = NULL
+                Py_DECREF(self)
 
     def _drain(self):
         """On the loop: start every queued hook."""
@@ -199,27 +263,34 @@ cdef class AsyncBridge:
             job = <_HookJob>j
             job.task = loop.create_task(_run_hook(self, job))
             self._tasks.add(job.task)
+        # After the Tasks' first steps, in the next iteration: the hooks that finish
+        # without suspending go back in that one flush.
+        if not self._flush_pending:
+            self._flush_pending = True
+            loop.call_soon(self._flush_cb)
 
     def _deliver(self, _HookJob job):
         """On the loop: a hook finished; its worker gets it with the next flush."""
-        cdef size_t key = <size_t>job.ps.ref.w
-        batch = self._outbound.get(key)
-        if batch is None:
-            self._outbound[key] = [job]
-        else:
-            batch.append(job)
+        _group_by_worker(self._outbound, job)
         if not self._flush_pending:
             self._flush_pending = True
             self.loop.call_soon(self._flush_cb)
 
+
     def _flush(self):
         """On the loop: one message per worker with every hook that finished since the
         last flush."""
-        cdef size_t key
-        cdef list batch
-        self._flush_pending = False
         out = self._outbound
         self._outbound = {}
+        self._flush_pending = False
+        self._post_results(out)
+
+    cdef _post_results(self, dict out):
+        """One message to each worker with its finished hooks."""
+        cdef size_t key
+        cdef list batch
+        if not out:
+            return
         with self._lock:
             if self._closed:
                 return                      # the workers are stopping; the streams are gone
@@ -260,6 +331,28 @@ cdef class AsyncBridge:
     def _cancel_all(self):
         for t in list(self._tasks):
             t.cancel()
+
+
+cdef inline _group_by_worker(dict out, _HookJob job):
+    cdef size_t key = <size_t>job.ps.ref.w
+    batch = out.get(key)
+    if batch is None:
+        out[key] = [job]
+    else:
+        batch.append(job)
+
+
+cdef void _wake_at_turn_end(Worker* w, void* arg) noexcept with gil:
+    """A worker's end-of-turn timer: wake the loop for the hooks it queued this turn."""
+    cdef WorkerWake* k = <WorkerWake*>arg
+    cdef AsyncBridge bridge = <AsyncBridge>k.bridge
+    k.bridge = NULL
+    Py_DECREF(bridge)                   # the armed timer's reference; `bridge` holds its own
+    try:
+        bridge._wake_loop()
+    except BaseException as e:
+        _log.error("fastproxy: waking the asyncio loop of the async filter hooks failed",
+                   exc_info=(type(e), e, e.__traceback__))
 
 
 def _own_loop_main(loop):
