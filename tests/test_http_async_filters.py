@@ -6,6 +6,7 @@ real event loops."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import http.client
 import threading
 import time
@@ -60,6 +61,9 @@ class LoopThread:
 
 # ---------------------------------------------------------------- which loop
 
+request_var = contextvars.ContextVar("request_var", default=None)
+
+
 def test_async_with_runs_hooks_on_the_loop_that_started_it(upstream):
     seen = []
 
@@ -74,18 +78,22 @@ def test_async_with_runs_hooks_on_the_loop_that_started_it(upstream):
             return CONTINUE
 
         async def encode_headers(self, headers, end_stream):
+            # no await in this hook: it cannot suspend, so it runs without a Task
             seen.append((asyncio.get_running_loop(), asyncio.current_task() is not None))
-            headers["x-encoded"] = "yes"        # returns without awaiting anything
+            assert request_var.get() is None, "each hook runs in its own copy of the context"
+            request_var.set("set by a hook")
+            headers["x-encoded"] = "yes"
             return CONTINUE
 
     async def main():
         async with make_proxy([spec(OnMyLoop)], upstream) as p:
+            await asyncio.to_thread(request, p)
             r, _ = await asyncio.to_thread(request, p)
             return r.status, r.getheader("x-encoded"), asyncio.get_running_loop()
 
     status, encoded, loop = asyncio.run(main())
     assert (status, encoded) == (200, "yes")
-    assert seen == [(loop, True), (loop, True)]
+    assert seen == [(loop, True), (loop, False)] * 2
     assert upstream.requests[-1][2]["x-loop"] == ["mine"]
 
 

@@ -17,12 +17,33 @@
 #                   iteration (scheduled by the drain to run right after the hooks' first
 #                   steps) posts each worker's list as one message (one eventfd write),
 #                   which the worker applies under one GIL acquisition.
-# Each hook runs in an asyncio Task of its own, because code in a hook may need one from its
-# first line (asyncio.timeout(), httpx and aiohttp call asyncio.current_task()); the Task
-# drives the coroutine's first step itself and arms the hook's timeout timer only if that
-# step suspends, so a hook that finishes without awaiting anything costs no timer.
+# A hook whose code has no await (nor async for/with) cannot suspend: the drain runs it at
+# once, in a copy of the context as a Task would, and its result goes back with the same
+# flush; no Task, no timer, one loop iteration. Any other hook runs in an asyncio Task of
+# its own, because code in it may need one from its first line (asyncio.timeout(), httpx
+# and aiohttp call asyncio.current_task()); the Task drives the coroutine's first step
+# itself and arms the hook's timeout timer only if that step suspends.
 
+import contextvars as _contextvars
+import dis as _dis
 import threading as _threading
+
+# Instructions by which a coroutine can suspend (Python 3.10 to 3.13).
+_SUSPENDING_OPS = frozenset(("YIELD_VALUE", "YIELD_FROM", "SEND", "GET_AWAITABLE", "GET_AITER",
+                             "GET_ANEXT", "BEFORE_ASYNC_WITH", "SETUP_ASYNC_WITH"))
+_cannot_suspend_cache = {}          # code object -> bool
+
+
+cdef bint _cannot_suspend(object coro):
+    """Whether `coro` is a Python coroutine whose code has no suspension point."""
+    code = getattr(coro, "cr_code", None)
+    if code is None:
+        return False
+    r = _cannot_suspend_cache.get(code)
+    if r is None:
+        r = _cannot_suspend_cache[code] = not any(
+            i.opname in _SUSPENDING_OPS for i in _dis.get_instructions(code))
+    return r
 
 cdef enum:                          # _HookJob.kind: how the hook ended
     HOOK_RETURNED = 0
@@ -92,6 +113,24 @@ cdef class _Resume:
 
 async def _awaiting(awaitable):
     return await awaitable
+
+
+cdef _run_now(_HookJob job):
+    """A hook that cannot suspend, run to its end in a copy of the context."""
+    coro = job.coro
+    job.coro = None
+    try:
+        _contextvars.copy_context().run(coro.send, None)
+    except StopIteration as e:
+        job.kind = HOOK_RETURNED
+        job.value = e.value
+    except BaseException as e:
+        job.kind = HOOK_RAISED
+        job.value = e
+    else:                               # not possible for code without a suspension point
+        coro.close()
+        job.kind = HOOK_RAISED
+        job.value = RuntimeError(f"{job.name}: the hook suspended")
 
 
 def _expire(_HookJob job):
@@ -259,13 +298,21 @@ cdef class AsyncBridge:
             if self._closed:
                 return
         loop = self.loop
+        tasks = False
         for j in jobs:
             job = <_HookJob>j
+            if _cannot_suspend(job.coro):
+                _run_now(job)
+                _group_by_worker(self._outbound, job)
+                continue
             job.task = loop.create_task(_run_hook(self, job))
             self._tasks.add(job.task)
-        # After the Tasks' first steps, in the next iteration: the hooks that finish
-        # without suspending go back in that one flush.
-        if not self._flush_pending:
+            tasks = True
+        if not tasks:
+            self._flush()
+        elif not self._flush_pending:
+            # After the Tasks' first steps, in the next iteration: those that finish without
+            # suspending go back in that one flush.
             self._flush_pending = True
             loop.call_soon(self._flush_cb)
 
