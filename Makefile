@@ -9,7 +9,7 @@
 #   make wheel        build the manylinux wheel into dist/ (reuses the release core of `make core`)
 #   make clean        remove build outputs (keeps .venv; `make distclean` removes it too)
 #
-# TESTS=tests/test_cli.py (default: tests) and PYTEST_ARGS="-k admin -x" narrow a test run.
+# TESTS=tests/cli/test_cli.py (default: tests) and PYTEST_ARGS="-k admin -x" narrow a test run.
 #
 # The compiled core is built in place (src/fastproxy/_core*.so) by `setup.py build_ext
 # --inplace`: Cython regenerates _core.c only when _core.pyx or an included .pxi/.pxd is
@@ -138,7 +138,7 @@ distclean: clean
 # FUZZ_SECONDS=600 make fuzz for a shorter one. A short run is part of `make test`.
 fuzz: core
 	$(VENV_PATH) $(PY) -m pip --disable-pip-version-check -q install 'atheris>=2.3' || true
-	$(VENV_PATH) $(PY) tests/fuzz_http1.py -max_total_time=$${FUZZ_SECONDS:-3600} -timeout=10 build/fuzz-http1-corpus
+	$(VENV_PATH) $(PY) tests/http/codec/fuzz_http1.py -max_total_time=$${FUZZ_SECONDS:-3600} -timeout=10 build/fuzz-http1-corpus
 
 # HTTP benchmark: wrk through fastproxy, nginx, HAProxy and Envoy (benchmarks/README.md).
 bench-http: core

@@ -54,9 +54,26 @@ def _write(path: str, text: str) -> None:
         f.write(text)
 
 
+def write_stats_table() -> None:
+    """core/stats_table.pxi from src/fastproxy/stats_table.py (the one definition of the
+    core's stat blocks); rewritten only when it changes, so Cython's timestamp check does
+    not regenerate _core.c for nothing. The table is loaded by path: the package itself
+    needs the core it is building."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "_fastproxy_stats_table", os.path.join(ROOT, "src/fastproxy/stats_table.py"))
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    text = table.render_pxi()
+    path = os.path.join(ROOT, "src/fastproxy/core/stats_table.pxi")
+    if _read(path) != text:
+        _write(path, text)
+
+
 def extensions():
     if _flag("FASTPROXY_SKIP_CORE"):
         return []
+    write_stats_table()
     import Cython
     from Cython.Build import cythonize
 

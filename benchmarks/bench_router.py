@@ -2,7 +2,7 @@
 
     PYTHONPATH=src python -m pytest benchmarks/bench_router.py -q
 
-Each benchmark round calls RouteTableHandle.bench_select(), which runs route_select()
+Each benchmark round calls fastproxy._testing.route_select_bench(), which runs route_select()
 SELECTS_PER_ROUND times in C without the GIL, so the Python call overhead is spread over
 thousands of selections; "ns per match" (extra_info, and printed at the end) is the C loop's
 own measurement of one route_select call: virtual host lookup plus route match.
@@ -29,7 +29,8 @@ if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
 from fastproxy._core import compile_route_table  # noqa: E402
-from fastproxy.model_http import (  # noqa: E402
+from fastproxy._testing import route_select_bench  # noqa: E402
+from fastproxy.http import (  # noqa: E402
     HeaderMatcher,
     Route,
     RouteAction,
@@ -85,12 +86,12 @@ def test_route_select(benchmark, case):
     build, (method, path, host, headers) = CASES[case]
     table = build()
     expect_match = case != "no_match"
-    ns, matched = table.bench_select(method, path, host, headers, rounds=1000)    # warm up
+    ns, matched = route_select_bench(table, method, path, host, headers, rounds=1000)    # warm up
     assert matched == expect_match
     samples = []
 
     def run():
-        ns, matched = table.bench_select(method, path, host, headers, rounds=SELECTS_PER_ROUND)
+        ns, matched = route_select_bench(table, method, path, host, headers, rounds=SELECTS_PER_ROUND)
         samples.append(ns)
         return matched
 

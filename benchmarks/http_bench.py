@@ -9,7 +9,9 @@ One upstream nginx (its own prefix, one worker) serves a 13-byte body at /small 
 1 MiB file at /1m. Every proxy runs with one worker on a loopback port and forwards all
 requests to it over keep-alive connections. wrk (one thread; 64 connections for /small,
 8 for /1m) measures requests/s, latency percentiles and transfer rate in several rounds
-whose proxy order alternates. For each run the proxy's CPU time (all threads, all
+whose proxy order alternates. The `close` workload is /small with a new client connection
+per request (`Connection: close`, 16 connections): the proxy's accept and close path, its
+upstream connections still pooled. For each run the proxy's CPU time (all threads, all
 processes of its tree) is read from /proc before and after. The summary is the median per
 proxy and workload, proxy CPU seconds per 100k requests, and ratios vs nginx (requests/s,
 CPU per request, p99) and vs HAProxy (MB/s). See benchmarks/README.md.
@@ -58,6 +60,7 @@ class Workload:
     path: str
     connections: int
     body_len: int
+    close: bool = False         # `Connection: close`: wrk opens a new connection per request
 
 
 # wrk prints this line from its done() hook: exact counts (the text report rounds them).
@@ -312,6 +315,7 @@ def run_wrk(wrk: str, lua: Path, port: int, wl: Workload, seconds: int, threads:
             pin: bool) -> dict:
     argv = taskset(0 if pin else None) + [
         wrk, f"-t{threads}", f"-c{wl.connections}", f"-d{seconds}s", "--latency",
+        *(["-H", "Connection: close"] if wl.close else []),
         "-s", str(lua), f"http://127.0.0.1:{port}{wl.path}"]
     try:
         r = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60,
@@ -533,7 +537,7 @@ def summarize(runs: list[dict], names: list[str], workloads: list[str]) -> dict:
 def goals(summary: dict, who: str = "fastproxy") -> list[dict]:
     """The issue's targets for fastproxy, each with the measured value and a verdict."""
     s = summary.get(who, {})
-    small, big = s.get("small", {}), s.get("1m", {})
+    small, big, close = s.get("small", {}), s.get("1m", {}), s.get("close", {})
     rows = [
         ("requests/s >= 1.5x nginx (/small)", small.get("rps_vs_nginx"), lambda v: v >= 1.5, ".2f"),
         ("proxy CPU per request <= 0.5x nginx (/small)", small.get("cpu_vs_nginx"), lambda v: v <= 0.5, ".2f"),
@@ -541,6 +545,8 @@ def goals(summary: dict, who: str = "fastproxy") -> list[dict]:
         ("1 MiB MB/s >= HAProxy (/1m)", big.get("mb_per_s_vs_haproxy"), lambda v: v >= 1.0, ".2f"),
         ("p99 <= nginx (/small)", small.get("p99_vs_nginx"), lambda v: v <= 1.0, ".2f"),
         ("p99 <= nginx (/1m)", big.get("p99_vs_nginx"), lambda v: v <= 1.0, ".2f"),
+        ("connection per request: req/s >= 1.2x nginx (close)", close.get("rps_vs_nginx"),
+         lambda v: v >= 1.2, ".2f"),
     ]
     return [{"goal": g, "ratio": v, "met": (ok(v) if v is not None else None)}
             for g, v, ok, _ in rows]
@@ -554,12 +560,12 @@ def format_table(summary: dict, failed: dict[str, str]) -> str:
             f"{'p99/ngx':>8}{'MB/s/hap':>9}{'err':>5}{'noisy':>6}  cores busy")
     lines = [head, "-" * len(head)]
     for name, wls in summary.items():
-        for wl in ("small", "1m"):
+        for wl in ("small", "1m", "close"):
             s = wls.get(wl)
             if not s:
                 continue
             lines.append(
-                f"{name:<15}{'/' + wl:<7}{s['rps_median']:>9.0f}{s['rps_min']:>9.0f}{s['rps_max']:>9.0f}"
+                f"{name:<15}{wl if wl == 'close' else '/' + wl:<7}{s['rps_median']:>9.0f}{s['rps_min']:>9.0f}{s['rps_max']:>9.0f}"
                 f"{f(s['p50_ms_median'], '.2f'):>8}{f(s['p99_ms_median'], '.2f'):>8}"
                 f"{f(s['mb_per_s_median'], '.0f'):>8}"
                 f"{f(s['cpu_s_per_100k_median'], '.3f'):>11}{f(s['cpu_user_share_median'], '.0%'):>5}"
@@ -614,8 +620,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--only", default="",
                     help=f"comma-separated subset of: {','.join(PROXIES)} (default: all of these); "
                          f"also accepted: {','.join(VARIANTS)}")
-    ap.add_argument("--workloads", default="small,1m", help="small, 1m or both (default small,1m)")
+    ap.add_argument("--workloads", default="small,1m,close",
+                    help="any of small, 1m, close (/small, a new connection per request); "
+                         "default small,1m,close")
     ap.add_argument("--connections-small", type=int, default=64, help="wrk -c for /small (default 64)")
+    ap.add_argument("--connections-close", type=int, default=16,
+                    help="wrk -c for the close workload (default 16)")
     ap.add_argument("--connections-1m", type=int, default=8, help="wrk -c for /1m (default 8)")
     ap.add_argument("--threads", type=int, default=1, help="wrk -t (default 1)")
     ap.add_argument("--warmup", type=int, default=1,
@@ -638,12 +648,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error(f"unknown proxy name(s) {bad}; choose from {PROXIES + VARIANTS}")
     args.names = list(dict.fromkeys(names))
     wls = [w.strip() for w in args.workloads.split(",") if w.strip()]
-    if not wls or any(w not in ("small", "1m") for w in wls):
-        ap.error("--workloads: small, 1m or small,1m")
-    args.workload_list = [Workload("small", "/small", args.connections_small, len(SMALL_BODY))
-                          if w == "small" else
-                          Workload("1m", "/1m", args.connections_1m, BIG_SIZE)
-                          for w in dict.fromkeys(wls)]
+    known = {"small": Workload("small", "/small", args.connections_small, len(SMALL_BODY)),
+             "1m": Workload("1m", "/1m", args.connections_1m, BIG_SIZE),
+             "close": Workload("close", "/small", args.connections_close, len(SMALL_BODY), close=True)}
+    if not wls or any(w not in known for w in wls):
+        ap.error("--workloads: a comma-separated subset of small, 1m, close")
+    args.workload_list = [known[w] for w in dict.fromkeys(wls)]
     if args.rounds < 1 or args.seconds < 1 or args.warmup < 0:
         ap.error("--rounds and --seconds must be >= 1, --warmup >= 0")
     return args
@@ -777,7 +787,7 @@ def main(argv=None) -> int:
                             if best is None or (res["foreign_cpu_s"] + res["steal_s"]
                                                 < best["foreign_cpu_s"] + best["steal_s"]):
                                 best = res
-                            print(f"round {rnd + 1} {name:<15} {wl.path:<7}{res['rps']:>9.0f} req/s"
+                            print(f"round {rnd + 1} {name:<15} {wl.name:<7}{res['rps']:>9.0f} req/s"
                                   f"  p50 {res['p50_ms']:.2f} ms  p99 {res['p99_ms']:.2f} ms"
                                   f"  {res['mb_per_s']:7.0f} MB/s"
                                   + (f"  proxy cpu {res['cpu_s']:5.2f}s" if res["cpu_s"] is not None else "")
@@ -810,7 +820,7 @@ def main(argv=None) -> int:
                     prof = syscall_profile(strace, wrk, lua, tmp, name, p, wl,
                                            min(args.seconds, 3), args.threads, pin)
                     profiles.append(prof)
-                    print(f"syscalls {name:<15} {wl.path:<7}{prof['syscalls_per_request']:6.2f} per request",
+                    print(f"syscalls {name:<15} {wl.name:<7}{prof['syscalls_per_request']:6.2f} per request",
                           file=sys.stderr)
                 except BenchError as e:
                     print(f"   syscall count of {name} {wl.path} failed: {e}", file=sys.stderr)
@@ -839,7 +849,8 @@ def main(argv=None) -> int:
                  "kernel": platform.release(), "cpus": os.cpu_count(), "pinned": pin,
                  "rounds": args.rounds, "seconds": args.seconds, "threads": args.threads,
                  "workloads": {w.name: {"path": w.path, "connections": w.connections,
-                                        "body_bytes": w.body_len} for w in args.workload_list},
+                                        "body_bytes": w.body_len, "connection_close": w.close}
+                               for w in args.workload_list},
                  "warmup": args.warmup, "idle_wait": args.idle_wait,
                  "idle_threshold": args.idle_threshold, "noise_limit": args.noise_limit,
                  "steal_limit": args.steal_limit, "versions": versions(),

@@ -9,7 +9,13 @@ iperf3 measures both directions (client->server, and -R server->client) in sever
 whose proxy order alternates. For each run the proxy's CPU time (all threads, all
 processes of its tree) is read from /proc before and after. The summary is the median
 Gbit/s per proxy and direction, proxy CPU seconds per GB moved, and ratios vs HAProxy and
-vs the direct (no proxy) path. See benchmarks/README.md.
+vs the direct (no proxy) path.
+
+The `conn` workload measures new connections per second instead: wrk with
+`Connection: close` (one request, then a new connection) through each L4 proxy to an
+nginx origin serving 13 bytes, with the floor relay (floor_relay.c: accept, connect, one
+read and write per message, close) as the least any relay spends per connection. See
+benchmarks/README.md.
 """
 from __future__ import annotations
 
@@ -32,8 +38,12 @@ from benchlib import (add_quiet_host_args, envoy_argv, fastproxy_argv, run_main,
                       cpu_times, fastproxy_env, find_binary, find_envoy, foreign_cpu_seconds,
                       is_listening, proc_snapshot, reserve_ports, taskset, wait_for_quiet)
 from benchlib import on_sigterm as _on_sigterm
+from http_bench import format_syscalls
 
 PROXIES = ["direct", "haproxy", "nginx", "envoy", "fastproxy", "naive-splice-64k", "naive-splice-1m"]
+# The conn workload: these (the naive relays start two threads per connection: no
+# reference for a connection rate), plus the floor relay.
+CONN_PROXIES = ["direct", "floor", "haproxy", "nginx", "envoy", "fastproxy"]
 # Not run by default; pick with --only to see which HAProxy settings matter.
 VARIANTS = ["haproxy-nosplice", "haproxy-pipe64k"]
 DIRECTIONS = ("c2s", "s2c")  # c2s: iperf3 client sends (normal); s2c: iperf3 -R
@@ -291,6 +301,189 @@ def format_table(summary: dict, failed: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- conn workload
+def run_conn_rate(args: argparse.Namespace, pin: bool) -> dict:
+    """New TCP connections per second through each L4 proxy: wrk (one thread,
+    --conn-connections connections, `Connection: close`, so one request per connection) to
+    an nginx origin (http_bench.py's, one worker, 13-byte /small) through each proxy; the
+    proxies on CPU 1, wrk and the origin on CPU 0 when pinned. Each run also gives the
+    proxy's CPU time and its core's busy time per connection, and TCP segments per
+    connection. Rounds alternate the order, as for bulk runs."""
+    import http_bench as hb
+    wrk, nginx = find_binary("wrk"), find_binary("nginx")
+    if not wrk or not nginx:
+        return {"summary": {}, "failed": {"conn": "wrk and nginx are required (run without --no-install)"},
+                "runs": [], "syscalls": []}
+    wl = hb.Workload("conn", "/small", args.conn_connections, len(hb.SMALL_BODY), close=True)
+    tmp = Path(tempfile.mkdtemp(prefix="fastproxy-conn-bench-"))
+    procs: list[Proc] = []
+    origin: Optional[Proc] = None
+    failed: dict[str, str] = {}
+    runs: list[dict] = []
+    profiles: list[dict] = []
+    try:
+        od = tmp / "origin"
+        (od / "www").mkdir(parents=True)
+        origin_port = reserve_ports(1)[0]
+        (od / "nginx.conf").write_text(hb.upstream_conf(od, od / "www", origin_port))
+        origin = Proc("origin", taskset(0 if pin else None) + [
+            nginx, "-p", str(od), "-e", str(od / "error.log"), "-c", str(od / "nginx.conf")],
+            origin_port, od / "output.log", probe=hb.probe_http(origin_port))
+        origin.start()
+        origin.wait_ready()
+        lua = tmp / "done.lua"
+        lua.write_text(hb.WRK_DONE_LUA)
+        l4 = [n for n in args.conn_names if n != "floor"]
+        procs, failed = build_proxies(l4, tmp, origin_port, pin, args)
+        if "floor" in args.conn_names:
+            fl, fl_failed = hb.build_proxies(["floor"], tmp, origin_port, pin)
+            procs += fl
+            failed.update(fl_failed)
+        targets: list[tuple[str, int, Optional[Proc]]] = []
+        if "direct" in args.conn_names:
+            targets.append(("direct", origin_port, None))
+        for p in procs:
+            print(f"starting {p.name} (conn): {' '.join(p.argv)}", file=sys.stderr)
+            p.start()
+        for p in procs:
+            try:
+                p.wait_ready()
+                status, body = hb.http_get(p.port, "/small")
+                if status != 200 or body != hb.SMALL_BODY:
+                    raise BenchError(f"GET /small through it: {status}, {body[:60]!r}")
+                targets.append((p.name, p.port, p))
+            except (BenchError, OSError) as e:
+                failed[p.name] = f"{e}\n{p.log_tail()}"
+                print(f"!! {p.name} (conn): {failed[p.name]}", file=sys.stderr)
+                p.stop()
+        targets.sort(key=lambda t: args.conn_names.index(t[0]))
+        for name, port, p in targets:              # warm-up, unmeasured
+            try:
+                hb.run_wrk(wrk, lua, port, wl, 1, 1, pin)
+            except BenchError as e:
+                print(f"   warm-up of {name} (conn) failed: {e}", file=sys.stderr)
+        budget_end = time.monotonic() + args.budget
+
+        def one_run(name: str, port: int, p: Optional[Proc]) -> dict:
+            if args.idle_wait > 0 and time.monotonic() < budget_end:
+                wait_for_quiet(args.idle_wait, args.idle_threshold)
+            snap0 = proc_snapshot()
+            cpu0 = p.cpu_seconds() if p else None
+            host0, segs0 = cpu_times(), tcp_out_segments()
+            res = hb.run_wrk(wrk, lua, port, wl, max(1, int(args.seconds)), 1, pin)
+            segs, host1 = tcp_out_segments() - segs0, cpu_times()
+            cpu = (p.cpu_seconds() - cpu0) if p else None
+            foreign = foreign_cpu_seconds(snap0, proc_snapshot())
+            n = res["requests"]
+            core = ((host1[1][0] - host0[1][0]) / CLK_TCK
+                    if p is not None and pin and len(host1) > 1 else None)
+            if not res["error_count"]:
+                del res["wrk_output"]
+            res.update(proxy=name, cps=res["rps"],
+                       cpu_us_per_conn=cpu / n * 1e6 if cpu is not None and n else None,
+                       core_us_per_conn=core / n * 1e6 if core is not None and n else None,
+                       segs_per_conn=segs / n if n else None,
+                       host_cpu_busy=busy_fractions(host0, host1), foreign_cpu_s=foreign,
+                       noisy=foreign > args.noise_limit * res["seconds"])
+            return res
+
+        for rnd in range(args.rounds):
+            for name, port, p in (targets if rnd % 2 == 0 else list(reversed(targets))):
+                if name in failed:
+                    continue
+                try:
+                    best = None
+                    for attempt in range(1 + args.retries):
+                        res = one_run(name, port, p)
+                        if best is None or res["foreign_cpu_s"] < best["foreign_cpu_s"]:
+                            best = res
+                        print(f"round {rnd + 1} {name:<15} conn: {res['cps']:8.0f} conn/s"
+                              + (f"  proxy {res['cpu_us_per_conn']:5.1f} us/conn" if res["cpu_us_per_conn"] else "")
+                              + f"  {res['segs_per_conn']:.1f} segs/conn"
+                              + "  cores busy " + "/".join(f"{x:.0%}" for x in res["host_cpu_busy"])
+                              + f"  other procs {res['foreign_cpu_s']:.2f}s"
+                              + (f"  ERRORS {res['errors'] or res['non_2xx']}" if res["error_count"] else "")
+                              + ("  NOISY" if res["noisy"] else ""), file=sys.stderr)
+                        if not res["noisy"] or time.monotonic() >= budget_end:
+                            break
+                except BenchError as e:
+                    failed[name] = f"conn round {rnd + 1}: {e}"
+                    continue
+                best["round"] = rnd + 1
+                runs.append(best)
+        strace = find_binary("strace") if args.syscalls else None
+        for name, port, p in (targets if strace else []):
+            if p is None or name in failed:
+                continue
+            try:
+                profiles.append(hb.syscall_profile(strace, wrk, lua, tmp, name, p, wl,
+                                                   min(max(1, int(args.seconds)), 3), 1, pin))
+            except BenchError as e:
+                print(f"   syscall count of {name} (conn) failed: {e}", file=sys.stderr)
+    finally:
+        for p in procs + ([origin] if origin else []):
+            p.stop()
+        if args.keep_tmp:
+            print(f"conn configs and logs kept in {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    good = [n for n in args.conn_names if n not in failed]
+    return {"summary": summarize_conn(runs, good), "failed": failed, "runs": runs,
+            "syscalls": profiles, "connections": args.conn_connections}
+
+
+def summarize_conn(runs: list[dict], names: list[str]) -> dict:
+    def med(rs, key):
+        v = [r[key] for r in rs if r.get(key) is not None]
+        return statistics.median(v) if v else None
+    out: dict = {}
+    for name in names:
+        rs = [r for r in runs if r["proxy"] == name]
+        if not rs:
+            continue
+        cps = [r["cps"] for r in rs]
+        busy = [r["host_cpu_busy"] for r in rs if r.get("host_cpu_busy")]
+        out[name] = {"cps_median": statistics.median(cps), "cps_min": min(cps), "cps_max": max(cps),
+                     "cpu_us_per_conn_median": med(rs, "cpu_us_per_conn"),
+                     "core_us_per_conn_median": med(rs, "core_us_per_conn"),
+                     "segs_per_conn_median": med(rs, "segs_per_conn"),
+                     "host_cpu_busy_median": [statistics.median(c) for c in zip(*busy)] if busy else None,
+                     "errors": sum(r["error_count"] for r in rs),
+                     "runs": len(rs), "noisy_runs": sum(1 for r in rs if r.get("noisy"))}
+    hap, floor = out.get("haproxy", {}), out.get("floor", {})
+    for s in out.values():
+        s["vs_haproxy"] = (s["cps_median"] / hap["cps_median"]) if hap.get("cps_median") else None
+        s["vs_floor"] = (s["cps_median"] / floor["cps_median"]) if floor.get("cps_median") else None
+        s["cpu_vs_haproxy"] = (s["cpu_us_per_conn_median"] / hap["cpu_us_per_conn_median"]
+                               if hap.get("cpu_us_per_conn_median") and s["cpu_us_per_conn_median"]
+                               else None)
+    return out
+
+
+def format_conn_table(summary: dict, failed: dict[str, str]) -> str:
+    def f(v, fmt):
+        return "-" if v is None else format(v, fmt)
+    head = (f"{'proxy':<18}{'conn/s':>9}{'min':>9}{'max':>9}{'CPU us/conn':>12}{'core us/conn':>13}"
+            f"{'vs haproxy':>11}{'CPU vs hap':>11}{'vs floor':>9}{'segs/conn':>10}{'err':>5}{'noisy':>7}  cores busy")
+    lines = ["new connections per second (wrk, Connection: close, to an nginx origin):",
+             head, "-" * len(head)]
+    for name, s in summary.items():
+        lines.append(f"{name:<18}{s['cps_median']:>9.0f}{s['cps_min']:>9.0f}{s['cps_max']:>9.0f}"
+                     f"{f(s['cpu_us_per_conn_median'], '.1f'):>12}{f(s['core_us_per_conn_median'], '.1f'):>13}"
+                     f"{f(s['vs_haproxy'], '.2f'):>11}{f(s['cpu_vs_haproxy'], '.2f'):>11}"
+                     f"{f(s['vs_floor'], '.2f'):>9}{f(s['segs_per_conn_median'], '.1f'):>10}"
+                     f"{s['errors']:>5}{str(s['noisy_runs']) + '/' + str(s['runs']):>7}  "
+                     + "/".join(f"{b:.0%}" for b in (s["host_cpu_busy_median"] or [])))
+    for name, why in failed.items():
+        text = [ln.strip() for ln in why.strip().splitlines() if ln.strip()] or ["failed"]
+        lines.append(f"{name:<18}FAILED: {text[0][:160]}")
+    fp = summary.get("fastproxy", {}).get("vs_haproxy")
+    if fp is not None:
+        lines.append(f"fastproxy goal: new connections/s >= 1.5x HAProxy: {fp:.2f}x "
+                     + ("met" if fp >= 1.5 else "NOT met"))
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- main
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="L4 proxy throughput benchmark (iperf3 through each proxy)")
@@ -298,7 +491,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--seconds", type=float, default=5, help="iperf3 -t per run (default 5)")
     ap.add_argument("--only", default="",
                     help=f"comma-separated subset of: {','.join(PROXIES)} (default: all of these); "
-                         f"also accepted: {','.join(VARIANTS)}")
+                         f"also accepted: {','.join(VARIANTS)}; floor (conn workload only)")
+    ap.add_argument("--workloads", default="bulk,conn",
+                    help="bulk (iperf3 both ways), conn (new connections/s: wrk with "
+                         "Connection: close to an nginx origin) or both (default bulk,conn)")
+    ap.add_argument("--conn-connections", type=int, default=16,
+                    help="wrk -c for the conn workload (default 16)")
+    ap.add_argument("--syscalls", action="store_true",
+                    help="conn workload: after the rounds, one more run per proxy under `strace -c` "
+                         "to count the proxy's system calls per connection (not used for the table)")
     ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
                     help="taskset: proxy on CPU 1, iperf3 client+server on CPU 0 (default on)")
     ap.add_argument("--json", default=str(HERE / "results" / "tcp_bench.json"),
@@ -310,12 +511,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_quiet_host_args(ap)
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir with configs and logs")
     args = ap.parse_args(argv)
-    names = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else list(PROXIES)
-    bad = [n for n in names if n not in PROXIES + VARIANTS]
+    names = ([n.strip() for n in args.only.split(",") if n.strip()] if args.only
+             else list(dict.fromkeys(PROXIES + CONN_PROXIES)))
+    bad = [n for n in names if n not in PROXIES + VARIANTS + CONN_PROXIES]
     if bad:
-        ap.error(f"unknown proxy name(s) {bad}; choose from {PROXIES + VARIANTS}")
+        ap.error(f"unknown proxy name(s) {bad}; choose from {PROXIES + VARIANTS + ['floor']}")
     names = list(dict.fromkeys(names))
-    args.names = names
+    wls = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    if not wls or any(w not in ("bulk", "conn") for w in wls):
+        ap.error("--workloads: bulk, conn or bulk,conn")
+    args.names = [n for n in names if n in PROXIES + VARIANTS] if "bulk" in wls else []
+    args.conn_names = ([n for n in names if n in CONN_PROXIES or n in VARIANTS] if "conn" in wls
+                       else [])
     if args.rounds < 1 or args.seconds <= 0:
         ap.error("--rounds must be >= 1 and --seconds > 0")
     return args
@@ -325,8 +532,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if not args.no_install:
         env = dict(os.environ, PYTHON=sys.executable)
-        if "envoy" not in args.names:
+        if "envoy" not in args.names + args.conn_names:
             env["SKIP_ENVOY"] = "1"
+        if args.conn_names:
+            env["NEED_WRK"] = "1"
         subprocess.run(["bash", str(HERE / "install.sh")], check=True, env=env)
     pin = args.pin
     if pin and ((os.cpu_count() or 1) < 2 or not shutil.which("taskset")):
@@ -477,8 +686,16 @@ def main(argv=None) -> int:
 
     good = [n for n in args.names if n not in failed]
     summary = summarize([r for r in runs if r["proxy"] in good], good)
-    print()
-    print(format_table(summary, failed))
+    if args.names:
+        print()
+        print(format_table(summary, failed))
+    conn = run_conn_rate(args, pin) if args.conn_names else None
+    if conn:
+        print()
+        print(format_conn_table(conn["summary"], conn["failed"]))
+        if conn["syscalls"]:
+            print()
+            print(format_syscalls(conn["syscalls"]).replace("per request", "per connection"))
     result = {
         "meta": {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(),
                  "kernel": platform.release(), "cpus": os.cpu_count(), "pinned": pin,
@@ -488,9 +705,10 @@ def main(argv=None) -> int:
                  "haproxy_pipesize": args.haproxy_pipesize,
                  "haproxy_splice": not args.haproxy_no_splice},
         "summary": summary, "failed": failed, "runs": runs,
+        "conn": conn,
     }
     write_json(args.json, result, chart="tcp")
-    return 0 if not failed or good else 1
+    return 0 if (not failed or good) and (not conn or conn["summary"] or not conn["failed"]) else 1
 
 
 if __name__ == "__main__":

@@ -23,9 +23,9 @@ SRC = pathlib.Path(__file__).resolve().parents[1] / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
-from fastproxy import _core  # noqa: E402
-from fastproxy.model_http import (HeaderMatcher, Route, RouteAction, RouteConfiguration,  # noqa: E402
-                                  RouteMatch, VirtualHost)
+from fastproxy import _core, _testing  # noqa: E402
+from fastproxy.http import (HeaderMatcher, Route, RouteAction, RouteConfiguration,  # noqa: E402
+                            RouteMatch, VirtualHost)
 
 httptools = pytest.importorskip("httptools")
 
@@ -66,7 +66,7 @@ def test_codec_fastproxy(benchmark, case):
     seconds = []
 
     def run():
-        t, _ = _core._http1_bench(data, ROUNDS)
+        t, _ = _testing.http1_bench(data, ROUNDS)
         seconds.append(t)
 
     benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
@@ -101,7 +101,7 @@ def test_router_match_1000_routes(benchmark, shape):
     result = {}
 
     def run():
-        result["ns"], result["ok"] = table.bench_select(b"GET", b"/service999/api/items?x=1", b"api.example.com",
+        result["ns"], result["ok"] = _testing.route_select_bench(table, b"GET", b"/service999/api/items?x=1", b"api.example.com",
                                                         headers, rounds=20000)
 
     benchmark.pedantic(run, rounds=10, iterations=1, warmup_rounds=1)
@@ -121,7 +121,7 @@ def test_buffer_ops(benchmark, op, chunk, rounds):
     result = {}
 
     def run():
-        result["t"], result["bytes"] = _core._buffer_bench(op, chunk, rounds)
+        result["t"], result["bytes"] = _testing.buffer_bench(op, chunk, rounds)
 
     benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
     benchmark.extra_info["ns per op"] = round(result["t"] / rounds * 1e9, 1)

@@ -21,6 +21,7 @@ SRC = ROOT / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 HERE = pathlib.Path(__file__).resolve().parent
+CONFIGS = HERE / "configs"          # the YAML/JSON configs the config tests load
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 

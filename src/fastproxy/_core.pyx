@@ -5,6 +5,7 @@ One extension module; each included file has one job (see docs/architecture.md):
   core/buffer.pxi      slices and chains
   core/dispatcher.pxi  per-worker epoll loop, timers, cross-thread messages
   core/debug_log.pxi   rate-limited debug lines from the workers (write(2), no GIL)
+  core/stats_table.pxi the stat blocks' indexes and names (generated from stats_table.py)
   core/stats.pxi       per-worker counters
   core/upstream.pxi    clusters, host sets, load balancing
   core/snapshot.pxi    listener config snapshots and their propagation
@@ -36,6 +37,7 @@ from fastproxy.filters import NetworkFilter
 include "core/buffer.pxi"
 include "core/dispatcher.pxi"
 include "core/debug_log.pxi"
+include "core/stats_table.pxi"
 include "core/stats.pxi"
 include "core/upstream.pxi"
 include "core/snapshot.pxi"

@@ -44,6 +44,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
+from .stats_table import COUNTER, GAUGE, block as stat_block
+
 log = logging.getLogger("fastproxy.admin")
 
 HELP = {
@@ -290,9 +292,10 @@ class AdminServer:
         self.proxy.request_shutdown()
 
 
-# A host's counters and gauges, in the order Envoy's /clusters?format=json lists them.
-HOST_COUNTERS = ("cx_connect_fail", "cx_total", "rq_error", "rq_success", "rq_timeout", "rq_total")
-HOST_GAUGES = ("cx_active", "rq_active", "rq_pending_active")
+# A host's counters and gauges, in the order Envoy's /clusters?format=json lists them (the
+# core's HOST block, fastproxy/stats_table.py).
+HOST_COUNTERS = tuple(stat for _, stat, kind in stat_block("HOST").stats if kind == COUNTER)
+HOST_GAUGES = tuple(stat for _, stat, kind in stat_block("HOST").stats if kind == GAUGE)
 
 
 def _host_status_json(ip, port, hostname, weight, stats) -> dict:

@@ -282,8 +282,9 @@ def _startup_lines(proxy, bootstrap) -> None:
             host, port = proxy.listener_address(l.name)[:2]
         except Exception:
             host, port = l.address, l.port
-        target = (f"http_connection_manager '{l.http.stat_prefix}'" if l.http is not None
-                  else f"cluster '{l.cluster}'")
+        hcm = l.http_connection_manager
+        target = (f"http_connection_manager '{hcm.stat_prefix}'" if hcm is not None
+                  else f"cluster '{l.handler.cluster}'")
         _say(f"fastproxy: listener '{l.name}' listening on {_hp(host, port)} -> {target}")
     admin = getattr(proxy, "admin_address", None)
     if admin:

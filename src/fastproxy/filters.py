@@ -16,6 +16,10 @@ bytes, valid only during the call (copy with ``bytes(data)`` to keep them).
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from ._core import Buffer, Connection
 
 
 class FilterStatus(enum.IntEnum):
@@ -43,9 +47,9 @@ class NetworkFilter:
     ``local_address`` and ``id``.
     """
 
-    connection = None
+    connection: Optional[Connection] = None
 
-    def __init__(self, config=None):
+    def __init__(self, config: Any = None) -> None:
         self.config = config
 
     def on_new_connection(self) -> FilterStatus:
@@ -53,11 +57,11 @@ class NetworkFilter:
         connection (and later filters) until ``continue_reading()``."""
         return FilterStatus.CONTINUE
 
-    def on_data(self, data, end_stream: bool) -> FilterStatus:
+    def on_data(self, data: Buffer, end_stream: bool) -> FilterStatus:
         """Bytes read from the downstream, on their way upstream."""
         return FilterStatus.CONTINUE
 
-    def on_write(self, data, end_stream: bool) -> FilterStatus:
+    def on_write(self, data: Buffer, end_stream: bool) -> FilterStatus:
         """Bytes from the upstream, on their way to the downstream."""
         return FilterStatus.CONTINUE
 

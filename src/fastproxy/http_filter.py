@@ -28,9 +28,15 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional, Union
 
 from .filters import FilterStatus
+
+if TYPE_CHECKING:
+    from ._core import Body, Headers, StreamInfo
+
+# What a hook returns: a FilterStatus, or (an ``async def`` hook) a coroutine giving one.
+HookResult = Union[FilterStatus, Awaitable[FilterStatus]]
 
 # Bits of the core's HK_* enum (core/http_filter.pxi): which hooks a filter implements.
 HOOK_BITS = {
@@ -54,28 +60,34 @@ class HttpFilter:
     timeout: Optional[float] = 30.0
     """Seconds an ``async def`` hook may take before the stream gets a 504."""
 
-    def __init__(self, config: Any = None):
+    def __init__(self, config: Any = None) -> None:
         self.config = config
 
-    def decode_headers(self, headers, end_stream: bool):
+    def decode_headers(self, headers: Headers, end_stream: bool) -> HookResult:
+        """The request head (``end_stream``: no body follows)."""
         return FilterStatus.CONTINUE
 
-    def decode_data(self, data, end_stream: bool):
+    def decode_data(self, data: Body, end_stream: bool) -> HookResult:
+        """A piece of the request body (``end_stream``: the last one)."""
         return FilterStatus.CONTINUE
 
-    def decode_trailers(self, trailers):
+    def decode_trailers(self, trailers: Headers) -> HookResult:
+        """The request's trailers (a chunked body's trailer fields)."""
         return FilterStatus.CONTINUE
 
-    def encode_headers(self, headers, end_stream: bool):
+    def encode_headers(self, headers: Headers, end_stream: bool) -> HookResult:
+        """The response head (``:status`` among the headers)."""
         return FilterStatus.CONTINUE
 
-    def encode_data(self, data, end_stream: bool):
+    def encode_data(self, data: Body, end_stream: bool) -> HookResult:
+        """A piece of the response body (``end_stream``: the last one)."""
         return FilterStatus.CONTINUE
 
-    def encode_trailers(self, trailers):
+    def encode_trailers(self, trailers: Headers) -> HookResult:
+        """The response's trailers."""
         return FilterStatus.CONTINUE
 
-    def on_log(self, info) -> None:
+    def on_log(self, info: StreamInfo) -> None:
         """The stream ended (``info`` is its StreamInfo)."""
 
     def on_destroy(self) -> None:
@@ -107,12 +119,15 @@ class PythonHttpFilter:
 
     @property
     def hooks(self) -> int:
+        """The HOOK_BITS of the hooks the class overrides (the core calls only those)."""
         return overridden_hooks(self.cls)
 
     def factory(self) -> Callable[[], HttpFilter]:
+        """Makes the instance of one stream."""
         return functools.partial(self.cls, self.config)
 
     def route_config(self, value: Any) -> Any:
+        """A typed_per_filter_config value as the class turns it (HttpFilter.route_config)."""
         return self.cls.route_config(value)
 
 
@@ -128,6 +143,7 @@ class CHttpFilter:
     keepalive: Any = None
 
     def config_json(self, value: Any) -> Optional[bytes]:
+        """A config value as the JSON bytes the C filter's create hook parses (None: none)."""
         return None if value is None else json.dumps(value).encode()
 
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
 from .errors import ConfigError
+from .model_http import HttpConnectionManager, validate_http
 
 LB_POLICIES = ("ROUND_ROBIN", "RANDOM")
 CLUSTER_TYPES = ("STATIC", "STRICT_DNS")
@@ -64,6 +66,7 @@ class Endpoint:
     hostname: str = ""
 
     def validate(self, path: str, cluster_type: str) -> None:
+        """Check the fields for a cluster of ``cluster_type``; ``path`` names it in errors."""
         # Errors name the Python argument (Endpoint(port=...)): this is the Python API's check.
         if not isinstance(self.address, str) or not self.address:
             raise ConfigError(path + ".address", f"Endpoint(address=...) must be a non-empty string, "
@@ -110,6 +113,7 @@ class Cluster:
     track_remaining: bool = False
 
     def validate(self, path: str = "cluster") -> None:
+        """Check the fields and the endpoints; ``path`` names this cluster in errors."""
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError(path + ".name", "cluster name must be a non-empty string")
         if self.type not in CLUSTER_TYPES:
@@ -140,31 +144,124 @@ FilterFactory = Callable[[], Any]
 
 
 @dataclass
+class TcpProxy:
+    """A listener's handler that proxies each connection's bytes to one endpoint of
+    ``cluster`` (Envoy's ``envoy.filters.network.tcp_proxy``)."""
+
+    cluster: str
+
+    def validate(self, path: str) -> None:
+        """Check the fields; ``path`` names this handler in errors."""
+        if not isinstance(self.cluster, str) or not self.cluster:
+            raise ConfigError(path + ".cluster", "a cluster name is required")
+
+
+# What a listener does with its connections: proxy their bytes, or speak HTTP.
+Handler = Union[TcpProxy, HttpConnectionManager]
+
+
+def _deprecated(what: str, instead: str) -> None:
+    # stacklevel 3: the caller of the method that calls this.
+    warnings.warn(f"{what} is deprecated; use {instead}", DeprecationWarning, stacklevel=3)
+
+
+@dataclass(init=False)
 class Listener:
-    """A listening socket whose connections are proxied (TCP) to ``cluster``.
+    """A listening socket and the handler its connections get: a :class:`TcpProxy`
+    (``Listener("db", TcpProxy("pg"), port=5432)``) or a
+    :class:`fastproxy.http.HttpConnectionManager` (``Listener("web", hcm, port=8080)``).
 
     ``filters`` are network filter factories (a NetworkFilter subclass is one): each new
-    connection gets a fresh instance of each, run in order on reads and in reverse on writes.
+    connection gets a fresh instance of each, run in order on reads and in reverse on writes
+    (TCP proxy listeners only). ``idle_timeout`` and ``max_connect_attempts`` are Envoy's
+    tcp_proxy fields; ``buffer_limit`` bounds the bytes buffered per direction before reading
+    pauses (and sizes the splice pipes). ``cluster=`` and ``http=`` are the deprecated
+    spellings of ``handler``.
     """
 
     name: str
+    handler: Handler
     address: str = "127.0.0.1"
     port: int = 0
-    cluster: str = ""
     stat_prefix: str = ""
     idle_timeout: Optional[float] = 3600.0
     max_connect_attempts: int = 1
     filters: Sequence[FilterFactory] = ()
     backlog: int = 1024
     max_connections: Optional[int] = None
-    # Upper bound of bytes buffered per direction before reading is paused (filter path),
-    # and the kernel pipe size used per direction on the splice path.
     buffer_limit: int = 1 << 20
-    # An HTTP listener (Envoy's http_connection_manager) instead of a TCP proxy: set `http`
-    # and leave `cluster` empty. See fastproxy.model_http.
-    http: Any = None
+
+    def __init__(self, name: str, handler: Optional[Handler] = None, *, address: str = "127.0.0.1",
+                 port: int = 0, stat_prefix: str = "", idle_timeout: Optional[float] = 3600.0,
+                 max_connect_attempts: int = 1, filters: Sequence[FilterFactory] = (), backlog: int = 1024,
+                 max_connections: Optional[int] = None, buffer_limit: int = 1 << 20,
+                 cluster: Optional[str] = None, http: Optional[HttpConnectionManager] = None) -> None:
+        # Which argument named the handler: errors name it as the caller wrote it.
+        self._handler_arg = "handler"
+        if handler is not None:
+            if cluster is not None or http is not None:
+                old = "cluster=" if cluster is not None else "http="
+                raise TypeError(f"Listener({name!r}): give the handler once: handler= and {old} "
+                                f"({old} is the deprecated spelling of handler=)")
+            if not isinstance(handler, (TcpProxy, HttpConnectionManager)):
+                hint = f" (TcpProxy({handler!r}) proxies to that cluster)" if isinstance(handler, str) else ""
+                raise TypeError(f"Listener({name!r}): handler= must be a TcpProxy or an HttpConnectionManager, "
+                                f"got {type(handler).__name__}{hint}")
+        elif http is not None:
+            # The old spelling allowed http= with cluster="" (the field's default).
+            if cluster:
+                raise TypeError(f"Listener({name!r}): cluster= and http= both given; a listener has one "
+                                "handler: handler=TcpProxy(cluster) or handler=HttpConnectionManager(...)")
+            _deprecated("Listener(http=...)", "Listener(name, handler=HttpConnectionManager(...))")
+            handler, self._handler_arg = http, "http"
+        elif cluster is not None:
+            _deprecated("Listener(cluster=...)", "Listener(name, handler=TcpProxy(cluster))")
+            handler, self._handler_arg = TcpProxy(cluster), "cluster"
+        else:
+            raise TypeError(f"Listener({name!r}) needs a handler: handler=TcpProxy(cluster) or "
+                            "handler=HttpConnectionManager(...)")
+        self.name = name
+        self.handler = handler
+        self.address = address
+        self.port = port
+        self.stat_prefix = stat_prefix
+        self.idle_timeout = idle_timeout
+        self.max_connect_attempts = max_connect_attempts
+        self.filters = filters
+        self.backlog = backlog
+        self.max_connections = max_connections
+        self.buffer_limit = buffer_limit
+
+    @property
+    def cluster(self) -> str:
+        """Deprecated: ``handler.cluster`` of a TCP proxy listener ("" for HTTP)."""
+        _deprecated("Listener.cluster", "Listener.handler (a TcpProxy's .cluster)")
+        return self.handler.cluster if isinstance(self.handler, TcpProxy) else ""
+
+    @property
+    def http(self) -> Optional[HttpConnectionManager]:
+        """Deprecated: the handler of an HTTP listener (None for a TCP proxy)."""
+        _deprecated("Listener.http", "Listener.handler")
+        return self.handler if isinstance(self.handler, HttpConnectionManager) else None
+
+    @property
+    def tcp_proxy(self) -> Optional[TcpProxy]:
+        """The handler if this listener proxies TCP, else None."""
+        return self.handler if isinstance(self.handler, TcpProxy) else None
+
+    @property
+    def http_connection_manager(self) -> Optional[HttpConnectionManager]:
+        """The handler if this listener speaks HTTP, else None."""
+        return self.handler if isinstance(self.handler, HttpConnectionManager) else None
+
+    def handler_path(self, path: str) -> str:
+        """The error path of the handler, named as the caller spelled it: ``<path>.handler``,
+        or ``<path>.cluster`` / ``<path>.http`` for the deprecated arguments."""
+        return path if self._handler_arg == "cluster" else f"{path}.{self._handler_arg}"
 
     def validate(self, path: str = "listener") -> None:
+        """Check the fields (not the handler's references to clusters: Bootstrap.validate
+        does that); ``path`` names this listener in errors."""
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError(path + ".name", "listener name must be a non-empty string")
         try:
@@ -172,8 +269,8 @@ class Listener:
         except (ValueError, TypeError):
             raise ConfigError(path + ".address", f"listener address must be an IP address, got {self.address!r}") from None
         _check_port(path + ".port", self.port, allow_zero=True)
-        if self.http is None and (not isinstance(self.cluster, str) or not self.cluster):
-            raise ConfigError(path + ".cluster", "a cluster name is required")
+        if isinstance(self.handler, TcpProxy):
+            self.handler.validate(self.handler_path(path))
         _check_timeout(path + ".idle_timeout", self.idle_timeout)
         if isinstance(self.max_connect_attempts, bool) or not isinstance(self.max_connect_attempts, int) or self.max_connect_attempts < 1:
             raise ConfigError(path + ".max_connect_attempts", "must be an integer >= 1")
@@ -189,13 +286,14 @@ class Listener:
 
     @property
     def effective_stat_prefix(self) -> str:
+        """The TCP proxy's stat prefix: ``stat_prefix``, or the listener's name."""
         return self.stat_prefix or self.name
 
 
 @dataclass
 class Admin:
     """The admin interface (Envoy's ``admin``): serves /stats, /ready, /server_info.
-    ``access_log``: fastproxy.model_http.AccessLog sinks for the admin's own requests."""
+    ``access_log``: fastproxy.http.AccessLog sinks for the admin's own requests."""
 
     address: str = "127.0.0.1"
     port: int = 0
@@ -252,8 +350,9 @@ class Bootstrap:
             if l.port and (l.address, l.port) in addrs:
                 raise ConfigError(f"{prefix}listeners[{i}].address", f"address {l.address}:{l.port} used by two listeners")
             addrs.add((l.address, l.port))
-            if l.http is not None:
-                from .model_http import validate_http
-                validate_http(l.http, f"{prefix}listeners[{i}].http", names)
-            elif l.cluster not in names:
-                raise ConfigError(f"{prefix}listeners[{i}].cluster", f"unknown cluster {l.cluster!r}")
+            handler = l.handler
+            if not isinstance(handler, TcpProxy):      # validate_http names any other type
+                validate_http(handler, l.handler_path(f"{prefix}listeners[{i}]"), names)
+            elif handler.cluster not in names:
+                raise ConfigError(l.handler_path(f"{prefix}listeners[{i}]") + ".cluster",
+                                  f"unknown cluster {handler.cluster!r}")

@@ -92,12 +92,17 @@ class HeaderMutations:
 
 @dataclass
 class WeightedCluster:
+    """route.v3.WeightedCluster.ClusterWeight: a cluster and its share of the requests."""
+
     name: str
     weight: int
 
 
 @dataclass
 class RegexRewrite:
+    """type.matcher.v3.RegexMatchAndSubstitute: the path's matches of ``pattern`` (RE2
+    syntax) replaced by ``substitution`` (``\\1``.. name the groups)."""
+
     pattern: str
     substitution: str
 
@@ -132,6 +137,8 @@ class RedirectAction:
 
 @dataclass
 class DirectResponse:
+    """route.v3.DirectResponseAction: the proxy answers with ``status`` and ``body``."""
+
     status: int
     body: bytes = b""
 
@@ -151,6 +158,9 @@ class Route:
 
 @dataclass
 class VirtualHost:
+    """route.v3.VirtualHost: the routes for the requests whose Host is one of ``domains``
+    (exact, ``*.suffix``, ``prefix.*`` or ``*``), tried in order."""
+
     name: str
     domains: list                                           # [str]: exact, *.suffix, prefix.*, *
     routes: list = field(default_factory=list)              # [Route]
@@ -160,6 +170,9 @@ class VirtualHost:
 
 @dataclass
 class RouteConfiguration:
+    """route.v3.RouteConfiguration: the virtual hosts of a connection manager, and the
+    header mutations and per-filter configs that apply to all of them."""
+
     name: str = ""
     virtual_hosts: list = field(default_factory=list)       # [VirtualHost]
     headers: HeaderMutations = field(default_factory=HeaderMutations)

@@ -160,16 +160,29 @@ def _as_list(value: Any, argument: str, cls: type) -> list:
 
 
 class Proxy:
-    """A running (or ready to run) proxy.
+    """A proxy: listeners, the clusters they send to, and the worker threads that serve them.
 
-    >>> p = Proxy(listeners=[Listener("l", port=0, cluster="c")],
+    ``listeners``: :class:`Listener` objects, each with one handler (a :class:`TcpProxy` or a
+    :class:`fastproxy.http.HttpConnectionManager`); ``clusters``: the :class:`Cluster` objects
+    they name; ``concurrency``: worker threads (default: one per CPU); ``admin``: an
+    :class:`Admin` to serve /stats and /ready; ``node``: the proxy's identity;
+    ``max_downstream_connections``: a limit over all listeners. The configuration is checked
+    here: a mistake raises :class:`ConfigError` naming the argument's path.
+
+    Lifecycle: ``start()`` / ``stop()``, or ``with proxy:``, or ``run()`` (serve until
+    SIGINT/SIGTERM); in asyncio code ``async with proxy:`` or ``await proxy.aclose()``. While it runs: ``update()`` replaces the configuration, ``stats()``,
+    ``histograms()`` and ``listener_address()`` report. ``from_envoy()`` builds one from an
+    Envoy v3 bootstrap.
+
+    >>> p = Proxy(listeners=[Listener("l", TcpProxy("c"), port=0)],
     ...           clusters=[Cluster("c", [Endpoint("127.0.0.1", 8080)])])
     >>> with p:
     ...     host, port = p.listener_address("l")
 
-    In asyncio code, ``async with p:`` (or ``p.start()`` and ``await p.aclose()``): the
-    ``async def`` hooks of its Python filters then run on the loop that started it (or on
-    ``loop``, when given), and stopping waits for them without blocking that loop.
+    ``loop``: the asyncio loop the ``async def`` hooks of Python HTTP filters run on; by
+    default the loop that starts the proxy (``async with proxy:``), else a loop thread of
+    the proxy's own. Stopping from asyncio (``aclose()``) waits for those hooks without
+    blocking that loop.
     """
 
     def __init__(self, listeners: Iterable[Listener] = (), clusters: Iterable[Cluster] = (), *,
@@ -228,6 +241,7 @@ class Proxy:
 
     @classmethod
     def from_bootstrap(cls, bootstrap: Bootstrap, *, concurrency: Optional[int] = None) -> "Proxy":
+        """A proxy for a whole configuration (what load_envoy returns)."""
         return cls(bootstrap.listeners, bootstrap.clusters, concurrency=concurrency, admin=bootstrap.admin,
                    node=bootstrap.node, max_downstream_connections=bootstrap.max_downstream_connections)
 
@@ -387,6 +401,7 @@ class Proxy:
 
     @property
     def config(self) -> Bootstrap:
+        """The configuration in force (the last one given to the constructor or update())."""
         return self._bootstrap
 
     def listener_address(self, name: str) -> tuple[str, int]:
@@ -400,6 +415,7 @@ class Proxy:
 
     @property
     def admin_address(self) -> Optional[tuple[str, int]]:
+        """The admin interface's bound (host, port) while it runs, else None."""
         return self._admin_server.address if self._admin_server is not None else None
 
     def stats(self) -> dict[str, int]:
@@ -425,8 +441,8 @@ class Proxy:
         # native HTTP filters' stats (http_local_rate_limit.<prefix>.*) this config uses
         names = set()
         for l in self._bootstrap.listeners:
-            if l.http is not None:
-                names.update(native_filter_stat_blocks(l.http))
+            if l.http_connection_manager is not None:
+                names.update(native_filter_stat_blocks(l.http_connection_manager))
         if names:
             out.update(_core.native_filter_stats(names))
         return out
@@ -503,14 +519,15 @@ class Proxy:
             ip, port = sock.address
             factories = tuple(l.filters)
             http = None
-            if l.http is not None:
+            hcm = l.http_connection_manager
+            if hcm is not None:
                 http = _core.make_http_cfg(
-                    l.http, self._stat_block("http", f"http.{l.http.stat_prefix}"),
+                    hcm, self._stat_block("http", f"http.{hcm.stat_prefix}"),
                     {name: c.handle for name, c in clusters.items()}, self.concurrency,
                     self._stat_block("http1", "http1"),     # Envoy's server-wide codec stats
                     self._async)
             handles.append(self._engine.make_listener(
-                l.name, sock, clusters[l.cluster].handle if http is None else None,
+                l.name, sock, clusters[l.handler.cluster].handle if http is None else None,
                 self._stat_block("listener", f"listener.{ip}_{port}"),
                 self._stat_block("tcp", f"tcp.{l.effective_stat_prefix}"),
                 l.idle_timeout, l.max_connect_attempts, l.max_connections, l.buffer_limit,
@@ -518,7 +535,7 @@ class Proxy:
                 not any(_reads_bytes(f, "on_data") for f in factories),
                 not any(_reads_bytes(f, "on_write") for f in factories), http,
                 None if http is None else
-                self._stat_block("listener_http", f"listener.{ip}_{port}.http.{l.http.stat_prefix}")))
+                self._stat_block("listener_http", f"listener.{ip}_{port}.http.{hcm.stat_prefix}")))
         self._engine.apply(handles)
         self._clusters = clusters
         self._socks = socks

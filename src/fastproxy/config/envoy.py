@@ -206,12 +206,12 @@ def _listener(item: Any, path: str, index: int) -> tuple:
         hcm, refs = http_connection_manager(value, tpath)
         # The HTTP connection manager's own stat prefix and connection idle timeout are the
         # listener's too, so that nothing reads a TCP default for an HTTP listener.
-        terminal = dict(cluster="", http=hcm, stat_prefix=hcm.stat_prefix, idle_timeout=hcm.idle_timeout)
+        terminal = dict(handler=hcm, stat_prefix=hcm.stat_prefix, idle_timeout=hcm.idle_timeout)
         factories = []
     elif type_url == TCP_PROXY_TYPE:
         factories = [_python_filter(item, fpath) for item, fpath in filters[:-1]]
         terminal, cluster_path = _tcp_proxy(value, tpath)
-        refs = [(terminal["cluster"], cluster_path)]
+        refs = [(terminal["handler"].cluster, cluster_path)]
     else:
         raise ConfigError(tpath + ".@type",
                           f"the last filter must be envoy.filters.network.tcp_proxy ({TCP_PROXY_TYPE}) or "
@@ -254,7 +254,7 @@ def _tcp_proxy(value: Any, tpath: str) -> tuple:
     idle = tcp.duration("idle_timeout", default=DEFAULT_IDLE_TIMEOUT)
     kwargs = dict(
         stat_prefix=tcp.string("stat_prefix", required=True, non_empty=True),
-        cluster=tcp.string("cluster", required=True, non_empty=True),
+        handler=model.TcpProxy(tcp.string("cluster", required=True, non_empty=True)),
         idle_timeout=None if idle == 0 else idle,  # Envoy: 0s disables the idle timeout
         max_connect_attempts=tcp.uint32("max_connect_attempts", default=1, minimum=1),
     )

@@ -1,6 +1,7 @@
 # Micro-benchmark loops for benchmarks/test_micro.py: each runs a buffer operation many
 # times in C without the GIL and returns the seconds it took, so pytest-benchmark measures
-# the operation, not the Python call around it.
+# the operation, not the Python call around it. A private hook: reached through
+# fastproxy._testing (not in the wheel), never from the package.
 
 cdef extern from "<sys/socket.h>" nogil:
     int socketpair(int domain, int type, int protocol, int* sv)

@@ -286,18 +286,33 @@ cdef ssize_t chain_read_fd(Chain* c, int fd, size_t max_bytes, size_t* asked=NUL
     return got
 
 
-cdef ssize_t chain_write_fd(Chain* c, int fd) noexcept nogil:
-    """writev() the front of the chain to fd and drain what was written."""
+cdef ssize_t chain_write_fd(Chain* c, int fd, size_t* offered=NULL, bint more=False) noexcept nogil:
+    """writev() the front of the chain to fd and drain what was written. *offered (if
+    given) is how many bytes writev was offered, so a caller can tell a short write (the
+    socket's buffer is full) from a full one. more (sockets only): sendmsg with MSG_MORE,
+    for a caller that shuts the socket's write side right after, so that the last bytes
+    and the FIN leave in one segment."""
+    cdef msghdr msg
     cdef iovec iov[CHAIN_IOV_MAX]
     cdef int n = c.count if c.count < CHAIN_IOV_MAX else CHAIN_IOV_MAX
     cdef int i
     cdef SliceRef* r
     cdef ssize_t put
+    cdef size_t total = 0
     for i in range(n):
         r = &c.refs[c.head + i]
         iov[i].iov_base = r.s.data + r.off
         iov[i].iov_len = r.len
-    put = writev(fd, iov, n)
+        total += r.len
+    if offered != NULL:
+        offered[0] = total
+    if more:
+        memset(&msg, 0, sizeof(msghdr))
+        msg.msg_iov = iov
+        msg.msg_iovlen = <size_t>n
+        put = sendmsg(fd, &msg, MSG_MORE)
+    else:
+        put = writev(fd, iov, n)
     if put > 0:
         chain_drain(c, <size_t>put)
     return put

@@ -4,12 +4,17 @@
 
 DEF MAX_EVENTS = 256
 DEF TIMER_NONE = -1
+DEF PIPE_POOL_MAX = 32          # drained splice pipes a worker keeps for reuse (2 fds each)
 
-# What an epoll registration points at (epoll_event.data.ptr is always an Endp*).
-DEF EP_WAKE = 1                 # the worker's eventfd
-DEF EP_LISTEN = 2               # a listening socket
-DEF EP_DOWN = 3                 # a session's downstream socket
-DEF EP_UP = 4                   # a session's upstream socket
+# What an epoll registration points at (epoll_event.data.ptr is always an Endp*): every
+# kind of endpoint, in one place.
+cdef enum:
+    EP_WAKE = 1                 # the worker's eventfd
+    EP_LISTEN = 2               # a listening socket
+    EP_DOWN = 3                 # a TCP proxy session's downstream socket
+    EP_UP = 4                   # a TCP proxy session's upstream socket
+    EP_HTTP_DOWN = 5            # an HTTP connection's downstream socket (core/http_conn.pxi)
+    EP_HTTP_UP = 6              # an HTTP upstream connection's socket
 
 ctypedef void (*timer_cb_t)(Worker* w, void* arg) noexcept nogil
 ctypedef void (*msg_fn_t)(Worker* w, void* arg) noexcept nogil
@@ -28,6 +33,12 @@ cdef struct Endp:
     uint8_t writable
     uint8_t hup                 # an event said the peer closed (RDHUP/HUP/ERR): read to the end
     uint32_t events             # epoll interest registered for fd (kept by tcp_proxy sessions)
+
+cdef struct PooledPipe:         # a splice pipe, in use or kept in Worker.pipes
+    int r
+    int w
+    size_t want                 # the capacity asked of F_SETPIPE_SZ (pipes are reused per size)
+    size_t cap                  # the capacity the kernel gave (F_GETPIPE_SZ)
 
 cdef struct Msg:
     msg_fn_t fn
@@ -68,6 +79,11 @@ cdef struct Worker:
     char date[32]
     size_t date_len
     uint64_t date_until_ms      # w.now at which date goes stale (the next wall-clock second)
+    # splice pipes (see "pipe pool" below)
+    PooledPipe pipes[PIPE_POOL_MAX]
+    int npipes
+    uint64_t pipes_created      # pipe2 calls (read by Engine.pipe_stats)
+    uint64_t pipes_reused       # pipes taken from the pool
 
 
 cdef inline uint64_t clock_ms() noexcept nogil:
@@ -169,6 +185,65 @@ cdef void timers_run(Worker* w) noexcept nogil:
         t.cb(w, t.arg)
 
 
+# ---- pipe pool ----
+#
+# A splice pipe costs five system calls to make and two to free (pipe2, F_SETPIPE_SZ,
+# F_GETPIPE_SZ, close x2), plus an inode and two files in the kernel: as much as the rest
+# of a short proxied connection's set-up. A worker keeps up to PIPE_POOL_MAX drained pipes
+# and hands them out again (HAProxy pools its pipes the same way). Only a pipe its user
+# has emptied goes back: a pipe holding bytes of one connection must never carry them into
+# another, so a pipe given back with bytes in it is closed instead.
+
+cdef bint pipe_take(Worker* w, size_t want, PooledPipe* out) noexcept nogil:
+    """A drained pipe with `want` bytes of capacity asked for: from the pool, else a new one.
+    False when none can be made (EMFILE, ENFILE, ENOMEM): the caller copies instead."""
+    cdef int i = w.npipes - 1
+    cdef int p[2]
+    cdef int got
+    while i >= 0:
+        if w.pipes[i].want == want:
+            out[0] = w.pipes[i]
+            w.npipes -= 1
+            w.pipes[i] = w.pipes[w.npipes]
+            w.pipes_reused += 1
+            return True
+        i -= 1
+    if pipe2(p, O_NONBLOCK | O_CLOEXEC) < 0:
+        return False
+    fcntl(p[1], F_SETPIPE_SZ, <int>want)        # best effort: capped by fs.pipe-max-size
+    got = fcntl(p[1], F_GETPIPE_SZ)
+    out.r = p[0]
+    out.w = p[1]
+    out.want = want
+    out.cap = <size_t>got if got > 0 else 65536
+    w.pipes_created += 1
+    return True
+
+
+cdef void pipe_give_back(Worker* w, PooledPipe* p, size_t bytes_left) noexcept nogil:
+    """Done with p (p.r < 0: no pipe). bytes_left is what its user counts still in it: only
+    an empty pipe is kept, and only while the pool has room; any other is closed."""
+    if p.r < 0:
+        return
+    if bytes_left == 0 and w.npipes < PIPE_POOL_MAX:
+        fp_debug_assert_pipe_empty(p.r)         # debug builds: the kernel agrees (FIONREAD)
+        w.pipes[w.npipes] = p[0]
+        w.npipes += 1
+    else:
+        close(p.r)
+        close(p.w)
+    p.r = -1
+    p.w = -1
+
+
+cdef void pipe_pool_drain(Worker* w) noexcept nogil:
+    """Close every pooled pipe: at worker teardown, and when the process runs out of fds."""
+    while w.npipes:
+        w.npipes -= 1
+        close(w.pipes[w.npipes].r)
+        close(w.pipes[w.npipes].w)
+
+
 # ---- cross-thread messages ----
 
 cdef int worker_post(Worker* w, msg_fn_t fn, void* arg) noexcept nogil:
@@ -189,6 +264,13 @@ cdef int worker_post(Worker* w, msg_fn_t fn, void* arg) noexcept nogil:
     pthread_mutex_unlock(&w.qlock)
     write(w.wake.fd, &one, 8)
     return 0
+
+
+cdef void worker_wake(Worker* w) noexcept nogil:
+    """Wake w's loop with no message (it then re-reads its running flag). Unlike
+    worker_post it allocates nothing, so it cannot fail for want of memory."""
+    cdef uint64_t one = 1
+    write(w.wake.fd, &one, 8)
 
 
 cdef void worker_drain_messages(Worker* w) noexcept nogil:
@@ -212,24 +294,25 @@ cdef inline bint on_worker_thread(Worker* w) noexcept nogil:
     return pthread_equal(pthread_self(), w.thread) != 0
 
 
-cdef inline uint64_t worker_random(Worker* w) noexcept nogil:
-    # xorshift64*: cheap, per-worker, good enough to spread load.
-    cdef uint64_t x = w.rng
+cdef inline uint64_t xorshift64s(uint64_t* state) noexcept nogil:
+    """The core's one random generator, xorshift64*: cheap and good enough to spread load
+    and to make request ids; each caller keeps its own state."""
+    cdef uint64_t x = state[0]
     x ^= x >> 12
     x ^= x << 25
     x ^= x >> 27
-    w.rng = x
+    state[0] = x
     return x * <uint64_t>2685821657736338717ULL
+
+
+cdef inline uint64_t worker_random(Worker* w) noexcept nogil:
+    """Load balancing and sampling (a fixed seed per worker)."""
+    return xorshift64s(&w.rng)
 
 
 cdef inline uint64_t worker_id_random(Worker* w) noexcept nogil:
-    """xorshift64* over the worker's request-id state."""
-    cdef uint64_t x = w.id_rng
-    x ^= x >> 12
-    x ^= x << 25
-    x ^= x >> 27
-    w.id_rng = x
-    return x * <uint64_t>2685821657736338717ULL
+    """Request ids (a seed from the kernel, so they differ between processes)."""
+    return xorshift64s(&w.id_rng)
 
 
 cdef int worker_init(Worker* w, int index) noexcept nogil:

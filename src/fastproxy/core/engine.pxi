@@ -20,10 +20,7 @@ cdef void worker_teardown(Worker* w) noexcept nogil:
     w.nlisteners = 0
     worker_drain_messages(w)
     sessions_free_deferred(w)
-
-
-cdef void _msg_noop(Worker* w, void* arg) noexcept nogil:
-    pass
+    pipe_pool_drain(w)                  # after the sessions: they give their pipes back
 
 
 cdef class Engine:
@@ -99,12 +96,13 @@ cdef class Engine:
             return
         for i in range(self.nworkers):
             fp_store_int(&self.workers[i].running, 0)
-            worker_post(&self.workers[i], _msg_noop, NULL)
+            worker_wake(&self.workers[i])     # allocation-free: a stop cannot fail to wake
         for t in self._threads:
             t.join()
-        # A worker that saw running == 0 before the wake-up above was queued has already
-        # drained its queue for the last time: run (and free) what is left here, now that
-        # no worker thread runs. The wake fd is non-blocking, so an empty drain returns.
+        # A message posted to a worker (a filter's continue, a host set swap) after it
+        # drained its queue for the last time was never run: run (and free) what is left
+        # here, now that no worker thread runs. The wake fd is non-blocking, so an empty
+        # drain returns.
         for i in range(self.nworkers):
             worker_drain_messages(&self.workers[i])
         self._stopped = True
@@ -123,6 +121,19 @@ cdef class Engine:
             total += fp_load_int(&self.workers[i].nsessions)
         return total
 
+    def pipe_stats(self):
+        """Splice pipes over all workers: made (pipe2), reused from a worker's pool, and kept
+        in the pools now, with the per-worker bound (racy reads, for tests and debugging)."""
+        cdef int i
+        cdef uint64_t created = 0, reused = 0
+        cdef int pooled = 0
+        for i in range(self.nworkers):
+            created += fp_load_u64(&self.workers[i].pipes_created)
+            reused += fp_load_u64(&self.workers[i].pipes_reused)
+            pooled += fp_load_int(&self.workers[i].npipes)
+        return {"created": created, "reused": reused, "pooled": pooled,
+                "pool_max_per_worker": PIPE_POOL_MAX}
+
     # ---- building config structs ----
 
     def new_stats(self, str kind):
@@ -134,9 +145,9 @@ cdef class Engine:
             return _statblock_handle(CLUSTER_STATS, CLUSTER_GAUGES, self.nworkers,
                                      ("upstream_rq_time",), codes=True)
         if kind == "listener_http":
-            return _statblock_handle(LISTENER_HTTP_STATS, frozenset(), self.nworkers)
+            return _statblock_handle(LISTENER_HTTP_STATS, LISTENER_HTTP_GAUGES, self.nworkers)
         if kind == "http1":
-            return _statblock_handle(HTTP1_STATS, frozenset(), self.nworkers)
+            return _statblock_handle(HTTP1_STATS, HTTP1_GAUGES, self.nworkers)
         if kind == "http":
             return _statblock_handle(HTTP_STATS, HTTP_GAUGES, self.nworkers,
                                      ("downstream_rq_time",))

@@ -30,35 +30,7 @@ cdef struct NOwned:                 # what a config struct allocated (its first 
     void** p
     int n
     int cap
-    regex_t** re
-    int nre
-    int recap
-
-
-cdef enum:                          # NStrMatch.kind
-    NSM_EXACT = 1
-    NSM_PREFIX = 2
-    NSM_SUFFIX = 3
-    NSM_CONTAINS = 4
-    NSM_REGEX = 5
-
-
-cdef struct NStrMatch:
-    int kind
-    uint8_t ignore_case             # value stored lower-case then
-    const char* v
-    size_t n
-    regex_t* re                     # NSM_REGEX: anchored POSIX ERE (glibc: thread-safe regexec)
-
-
-cdef struct NHdrMatch:
-    const char* name                # lower case
-    size_t nn
-    uint8_t presence_only
-    uint8_t present
-    uint8_t invert
-    uint8_t missing_as_empty
-    NStrMatch sm
+    RouteRegex* regexes             # compiled copies to regfree (their memory is in p)
 
 
 cdef struct NHdrOp:                 # action: RHO_* (core/router.pxi)
@@ -79,13 +51,10 @@ cdef void _nf_destroy_config(void* p) noexcept nogil:
     cdef int i
     if o == NULL:
         return
+    regex_list_free(o.regexes)
     for i in range(o.n):
         free(o.p[i])
     free(o.p)
-    for i in range(o.nre):
-        regfree(o.re[i])
-        free(o.re[i])
-    free(o.re)
     free(p)
 
 
@@ -101,17 +70,17 @@ cdef void* _nf_route_cfg(HStream* s) noexcept nogil:
     """This filter's per-route config; picks the route now if no one has yet (Envoy caches
     the route the first time a filter asks for it, too)."""
     cdef RouteInput r
+    cdef RouteHeader stack[ROUTE_HEADERS_ON_STACK]
     cdef RouteHeader* hdrs
     if s.fc == NULL:
         return NULL
     if s.route == NULL:
-        hdrs = <RouteHeader*>malloc(max(1, s.fc.req.l.n) * sizeof(RouteHeader))
+        hdrs = _route_input(s, &r, stack)
         if hdrs == NULL:
             return NULL
-        _fill_route_input(s, &r, hdrs)
         s.route = route_select((<HttpCfg*>s.c.cfg.http).routes, &r)
         s.route_cleared = 0
-        free(hdrs)
+        _route_input_free(hdrs, stack)
     return hf_route_config(s)
 
 
@@ -121,97 +90,6 @@ cdef inline bint _nf_percent_hit(Worker* w, const NPercent* p) noexcept nogil:
     if p.numerator >= p.denominator:
         return True
     return (worker_random(w) % p.denominator) < p.numerator
-
-
-cdef bint _nf_str_match(const NStrMatch* sm, const char* v, size_t n) noexcept nogil:
-    cdef size_t k = sm.n
-    cdef size_t i
-    cdef regmatch_t m[1]
-    cdef char stack[256]
-    cdef char* buf
-    cdef bint ok
-    if sm.kind == NSM_REGEX:
-        # A NUL-terminated copy: REG_STARTEND alone would do for glibc, but not for every
-        # regexec (ASan's interceptor, for one, reads up to the NUL).
-        if n < sizeof(stack):
-            buf = &stack[0]
-        else:
-            buf = <char*>malloc(n + 1)
-        if buf == NULL:
-            return False
-        if n:
-            memcpy(buf, v, n)
-        buf[n] = 0
-        m[0].rm_so = 0
-        m[0].rm_eo = <regoff_t>n
-        ok = regexec(sm.re, buf, 0, m, REG_STARTEND) == 0
-        if buf != &stack[0]:
-            free(buf)
-        return ok
-    if sm.kind == NSM_EXACT:
-        if n != k:
-            return False
-    elif sm.kind == NSM_PREFIX:
-        if n < k:
-            return False
-    elif sm.kind == NSM_SUFFIX:
-        if n < k:
-            return False
-        v = v + (n - k)
-    else:                               # contains
-        if k == 0:
-            return True
-        if n < k:
-            return False
-        for i in range(n - k + 1):
-            if (_rt_ieq(v + i, sm.v, k) if sm.ignore_case else memcmp(v + i, sm.v, k) == 0):
-                return True
-        return False
-    if k == 0:
-        return True
-    if sm.ignore_case:
-        return _rt_ieq(v, sm.v, k)
-    return memcmp(v, sm.v, k) == 0
-
-
-cdef bint _nf_hdr_match(const NHdrMatch* m, const HMap* h) noexcept nogil:
-    """route.v3.HeaderMatcher against a header map (a repeated header's values are joined
-    with ',', as Envoy does)."""
-    cdef size_t i, count = 0, total = 0, w = 0, n = 0
-    cdef const char* v = NULL
-    cdef char* joined = NULL
-    cdef bint ok
-    for i in range(h.l.n):
-        if _rt_ieq2(h.l.v[i].name.p, h.l.v[i].name.n, m.name, m.nn):
-            count += 1
-            if count == 1:
-                v = h.l.v[i].value.p
-                n = h.l.v[i].value.n
-            total += h.l.v[i].value.n + 1
-    if m.presence_only:
-        return ((count > 0) == <bint>m.present) != <bint>m.invert
-    if count == 0:
-        if not m.missing_as_empty:
-            return False
-        v = ""
-        n = 0
-    elif count > 1:
-        joined = <char*>malloc(total)
-        if joined == NULL:
-            return False
-        for i in range(h.l.n):
-            if _rt_ieq2(h.l.v[i].name.p, h.l.v[i].name.n, m.name, m.nn):
-                if w:
-                    joined[w] = 44
-                    w += 1
-                if h.l.v[i].value.n:
-                    memcpy(joined + w, h.l.v[i].value.p, h.l.v[i].value.n)
-                w += h.l.v[i].value.n
-        v = joined
-        n = w
-    ok = _nf_str_match(&m.sm, v, n)
-    free(joined)
-    return ok != <bint>m.invert
 
 
 cdef void _nf_apply_ops(HMap* m, const NHdrOp* ops, int n) noexcept nogil:
@@ -244,12 +122,11 @@ _NF_APPEND_ACTIONS = {"APPEND_IF_EXISTS_OR_ADD": RHO_APPEND_IF_EXISTS_OR_ADD,
                       "ADD_IF_ABSENT": RHO_ADD_IF_ABSENT,
                       "OVERWRITE_IF_EXISTS_OR_ADD": RHO_OVERWRITE_IF_EXISTS_OR_ADD,
                       "OVERWRITE_IF_EXISTS": RHO_OVERWRITE_IF_EXISTS}
-_NF_STRING_KINDS = {"exact": NSM_EXACT, "prefix": NSM_PREFIX, "suffix": NSM_SUFFIX,
-                    "contains": NSM_CONTAINS, "safe_regex": NSM_REGEX}
 
 
-cdef class _NfBuild:
-    """Allocates into one config struct's NOwned; on an error the caller frees it all."""
+cdef class _NfBuild(_MatchBuilder):
+    """Allocates into one config struct's NOwned; on an error the caller frees it all.
+    Matchers are built by _MatchBuilder (core/router.pxi), the same as the routes'."""
     cdef NOwned* o
     cdef str path
 
@@ -288,75 +165,6 @@ cdef class _NfBuild:
         p[len(b)] = 0
         n[0] = len(b)
         return p
-
-    cdef regex_t* regex(self, str pattern, str path) except NULL:
-        cdef regex_t* rx
-        cdef regex_t** nv
-        cdef int rc
-        cdef char err[256]
-        cdef locale_t c_locale
-        cdef locale_t previous
-        from fastproxy.config.regex import re2_to_posix
-        ere = re2_to_posix(pattern, path, full_match=True).encode("utf-8")
-        if b"\0" in ere:
-            raise ConfigError(path, "regex must not contain NUL")
-        if self.o.nre == self.o.recap:
-            nv = <regex_t**>realloc(self.o.re, (self.o.recap * 2 + 4) * sizeof(regex_t*))
-            if nv == NULL:
-                raise MemoryError()
-            self.o.re = nv
-            self.o.recap = self.o.recap * 2 + 4
-        rx = <regex_t*>calloc(1, sizeof(regex_t))
-        if rx == NULL:
-            raise MemoryError()
-        c_locale = newlocale(LC_ALL_MASK, "C", NULL)
-        if c_locale == NULL:
-            free(rx)
-            raise MemoryError()
-        previous = uselocale(c_locale)
-        rc = regcomp(rx, ere, REG_EXTENDED | REG_NOSUB)
-        uselocale(previous)
-        freelocale(c_locale)
-        if rc != 0:
-            regerror(rc, rx, err, sizeof(err))
-            free(rx)
-            raise ConfigError(path, f"regex {pattern!r} does not compile: {err.decode(errors='replace')}")
-        self.o.re[self.o.nre] = rx
-        self.o.nre += 1
-        return rx
-
-    cdef int str_match(self, NStrMatch* sm, object m, str path) except -1:
-        from fastproxy.model_http import StringMatch
-        if not isinstance(m, StringMatch):
-            raise ConfigError(path, f"expected a StringMatch, got {type(m).__name__}")
-        kind = _NF_STRING_KINDS.get(m.kind)
-        if kind is None:
-            raise ConfigError(path + ".kind", f"unknown string match kind {m.kind!r}")
-        sm.kind = kind
-        if kind == NSM_REGEX:
-            if m.ignore_case:
-                raise ConfigError(path + ".ignore_case", "ignore_case has no effect for safe_regex")
-            sm.re = self.regex(m.value, path + ".safe_regex.regex")
-            return 0
-        sm.ignore_case = bool(m.ignore_case)
-        self.path = path
-        sm.v = self.bytes_(m.value, &sm.n, sm.ignore_case)
-        return 0
-
-    cdef int hdr_match(self, NHdrMatch* hm, object m, str path) except -1:
-        from fastproxy.model_http import HeaderMatcher
-        if not isinstance(m, HeaderMatcher):
-            raise ConfigError(path, f"expected a HeaderMatcher, got {type(m).__name__}")
-        self.path = path + ".name"
-        hm.name = self.bytes_(m.name, &hm.nn, True)
-        hm.invert = bool(m.invert_match)
-        hm.missing_as_empty = bool(m.treat_missing_header_as_empty)
-        if m.string_match is not None:
-            self.str_match(&hm.sm, m.string_match, path + ".string_match")
-        else:
-            hm.presence_only = 1
-            hm.present = True if m.present_match is None else bool(m.present_match)
-        return 0
 
     cdef NHdrOp* ops(self, list items, int* n, str path) except? NULL:
         """HeaderMutationOp / HeaderValueOption list -> NHdrOp array."""
@@ -411,8 +219,10 @@ cdef int _nf_percent(NPercent* p, object fp, str path) except -1:
     return 0
 
 
-cdef _NfBuild _nf_new(size_t size):
-    """A zeroed config struct of `size` bytes (its first member an NOwned), at .o."""
+cdef _NfBuild _nf_new(size_t size, int regex_copies):
+    """A zeroed config struct of `size` bytes (its first member an NOwned), at .o; its
+    regexes compiled regex_copies times (one per worker: the router's policy)."""
+    from fastproxy.config.regex import re2_to_posix
     cdef void* p = calloc(1, size)
     cdef _NfBuild b
     if p == NULL:
@@ -420,6 +230,9 @@ cdef _NfBuild _nf_new(size_t size):
     b = _NfBuild.__new__(_NfBuild)
     b.o = <NOwned*>p
     b.path = ""
+    b.regex_copies = max(1, regex_copies)
+    b.regexes = &b.o.regexes
+    b.re2_to_posix = re2_to_posix
     return b
 
 
@@ -522,12 +335,12 @@ cdef class _FaultKind(NativeFilterKind):
     def __cinit__(self):
         self.vt = &NF_FAULT_VT
 
-    cdef void* make_config(self, object config, bint per_route) except NULL:
+    cdef void* make_config(self, object config, bint per_route, int regex_copies) except NULL:
         from fastproxy.model_filters import HTTPFault, FaultDelay, FaultAbort
         cdef _NfBuild b
         cdef NFaultCfg* c
         _nf_expect(config, HTTPFault, "envoy.filters.http.fault")
-        b = _nf_new(sizeof(NFaultCfg))
+        b = _nf_new(sizeof(NFaultCfg), regex_copies)
         c = <NFaultCfg*>b.o
         try:
             c.max_active = -1
@@ -603,12 +416,12 @@ cdef class _HeaderMutationKind(NativeFilterKind):
     def __cinit__(self):
         self.vt = &NF_HMUT_VT
 
-    cdef void* make_config(self, object config, bint per_route) except NULL:
+    cdef void* make_config(self, object config, bint per_route, int regex_copies) except NULL:
         from fastproxy.model_filters import HeaderMutation, Mutations
         cdef _NfBuild b
         cdef NHdrMutCfg* c
         _nf_expect(config, HeaderMutation, "envoy.filters.http.header_mutation")
-        b = _nf_new(sizeof(NHdrMutCfg))
+        b = _nf_new(sizeof(NHdrMutCfg), regex_copies)
         c = <NHdrMutCfg*>b.o
         try:
             m = config.mutations
@@ -624,12 +437,7 @@ cdef class _HeaderMutationKind(NativeFilterKind):
 
 # ---------------------------------------------------------------- envoy.filters.http.local_ratelimit
 
-cdef enum:                          # http_local_rate_limit.<prefix>.*
-    LRL_ENABLED = 0
-    LRL_OK = 1
-    LRL_RATE_LIMITED = 2
-    LRL_ENFORCED = 3
-LOCAL_RATE_LIMIT_STATS = ("enabled", "ok", "rate_limited", "enforced")
+# http_local_rate_limit.<prefix>.* (LRL_*, LOCAL_RATE_LIMIT_STATS): fastproxy/stats_table.py.
 
 
 cdef struct NRateCfg:
@@ -718,7 +526,7 @@ cdef class _LocalRateLimitKind(NativeFilterKind):
     def __cinit__(self):
         self.vt = &NF_LRL_VT
 
-    cdef void* make_config(self, object config, bint per_route) except NULL:
+    cdef void* make_config(self, object config, bint per_route, int regex_copies) except NULL:
         from fastproxy.model_filters import LocalRateLimit, TokenBucket
         cdef _NfBuild b
         cdef NRateCfg* c
@@ -726,13 +534,13 @@ cdef class _LocalRateLimitKind(NativeFilterKind):
         _nf_expect(config, LocalRateLimit, "envoy.filters.http.local_ratelimit")
         if not isinstance(config.stat_prefix, str) or not config.stat_prefix:
             raise ConfigError("stat_prefix", "a non-empty stat_prefix is required")
-        b = _nf_new(sizeof(NRateCfg))
+        b = _nf_new(sizeof(NRateCfg), regex_copies)
         c = <NRateCfg*>b.o
         try:
             name = "http_local_rate_limit." + config.stat_prefix
             sb = _NF_STATS.get(name)
             if sb is None:
-                sb = _NF_STATS[name] = _statblock_handle(LOCAL_RATE_LIMIT_STATS, frozenset(), 1)
+                sb = _NF_STATS[name] = _statblock_handle(LOCAL_RATE_LIMIT_STATS, LOCAL_RATE_LIMIT_GAUGES, 1)
             c.stats = <int64_t*>sb.b.v
             tb = config.token_bucket
             if tb is not None:
@@ -767,18 +575,31 @@ cdef class _LocalRateLimitKind(NativeFilterKind):
 cdef struct NHealthCfg:
     NOwned own
     uint8_t pass_through
-    NHdrMatch* m
+    RouteHeaderMatcher* m
     int nm
 
 
 cdef int _nf_hc_decode_headers(void* self, fp_headers* h, int end_stream) noexcept nogil:
     cdef HStream* s = _nf_stream(self)
     cdef NHealthCfg* c = <NHealthCfg*>_nf_filter_cfg(s)
+    cdef RouteInput r
+    cdef RouteHeader stack[ROUTE_HEADERS_ON_STACK]
+    cdef RouteHeader* hdrs
     cdef int i
+    cdef bint hit = True
     if c == NULL or c.pass_through:
         return FP_CONTINUE
-    for i in range(c.nm):
-        if not _nf_hdr_match(&c.m[i], <HMap*>h):
+    if c.nm:
+        # The headers as the routes see them, matched by the routes' own matcher.
+        hdrs = _route_input(s, &r, stack)
+        if hdrs == NULL:
+            return FP_CONTINUE
+        for i in range(c.nm):
+            if not _rt_header_matches(&c.m[i], &r):
+                hit = False
+                break
+        _route_input_free(hdrs, stack)
+        if not hit:
             return FP_CONTINUE
     hf_request_local_reply(s, 200, NULL, 0)
     return FP_STOP_ITERATION
@@ -795,22 +616,22 @@ cdef class _HealthCheckKind(NativeFilterKind):
     def __cinit__(self):
         self.vt = &NF_HC_VT
 
-    cdef void* make_config(self, object config, bint per_route) except NULL:
+    cdef void* make_config(self, object config, bint per_route, int regex_copies) except NULL:
         from fastproxy.model_filters import HealthCheck
         cdef _NfBuild b
         cdef NHealthCfg* c
         cdef int i
         _nf_expect(config, HealthCheck, "envoy.filters.http.health_check")
-        b = _nf_new(sizeof(NHealthCfg))
+        b = _nf_new(sizeof(NHealthCfg), regex_copies)
         c = <NHealthCfg*>b.o
         try:
             c.pass_through = bool(config.pass_through_mode)
             headers = list(config.headers)
             c.nm = len(headers)
             if headers:
-                c.m = <NHdrMatch*>b.alloc(len(headers) * sizeof(NHdrMatch))
+                c.m = <RouteHeaderMatcher*>b.alloc(len(headers) * sizeof(RouteHeaderMatcher))
             for i, m in enumerate(headers):
-                b.hdr_match(&c.m[i], m, f"headers[{i}]")
+                b.header_matcher(&c.m[i], m, f"headers[{i}]")
         except BaseException:
             _nf_destroy_config(c)
             raise
@@ -877,7 +698,7 @@ cdef class _BufferKind(NativeFilterKind):
     def __cinit__(self):
         self.vt = &NF_BUF_VT
 
-    cdef void* make_config(self, object config, bint per_route) except NULL:
+    cdef void* make_config(self, object config, bint per_route, int regex_copies) except NULL:
         from fastproxy.model_filters import Buffer, BufferPerRoute
         cdef _NfBuild b
         cdef NBufCfg* c
@@ -887,15 +708,15 @@ cdef class _BufferKind(NativeFilterKind):
             if not config.disabled:
                 if config.buffer is None:
                     raise ConfigError("envoy.filters.http.buffer", "BufferPerRoute: one of disabled or buffer is required")
-                return self.make_config(config.buffer, False)
-            b = _nf_new(sizeof(NBufCfg))
+                return self.make_config(config.buffer, False, regex_copies)
+            b = _nf_new(sizeof(NBufCfg), regex_copies)
             c = <NBufCfg*>b.o
             c.disabled = 1
             return c
         _nf_expect(config, Buffer, "envoy.filters.http.buffer")
         if not isinstance(config.max_request_bytes, int) or not 0 < config.max_request_bytes <= 0xffffffff:
             raise ConfigError("max_request_bytes", f"must be > 0, got {config.max_request_bytes!r}")
-        b = _nf_new(sizeof(NBufCfg))
+        b = _nf_new(sizeof(NBufCfg), regex_copies)
         c = <NBufCfg*>b.o
         c.max_bytes = config.max_request_bytes
         return c
@@ -906,7 +727,7 @@ cdef class _BufferKind(NativeFilterKind):
 cdef struct NCorsCfg:
     NOwned own
     uint8_t is_policy               # 0: the filter-level (empty) config
-    NStrMatch* origins
+    RouteStringMatch* origins
     int norigins
     const char* allow_methods
     size_t allow_methods_n
@@ -919,11 +740,13 @@ cdef struct NCorsCfg:
     uint8_t allow_credentials
 
 
-cdef bint _nf_origin_allowed(const NCorsCfg* p, const char* o, size_t n) noexcept nogil:
+cdef bint _nf_origin_allowed(const NCorsCfg* p, const char* o, size_t n,
+                             unsigned int worker) noexcept nogil:
     cdef int i
     for i in range(p.norigins):
         # a matcher that accepts "*" accepts every origin (Envoy's rule)
-        if _nf_str_match(&p.origins[i], "*", 1) or _nf_str_match(&p.origins[i], o, n):
+        if (_rt_string_match(&p.origins[i], "*", 1, worker)
+                or _rt_string_match(&p.origins[i], o, n, worker)):
             return True
     return False
 
@@ -934,7 +757,7 @@ cdef const NCorsCfg* _nf_cors_policy(HStream* s, const char** origin, size_t* on
     if p == NULL or not p.is_policy:
         return NULL
     origin[0] = hm_get(&s.fc.req, "origin", 6, on)
-    if origin[0] == NULL or on[0] == 0 or not _nf_origin_allowed(p, origin[0], on[0]):
+    if origin[0] == NULL or on[0] == 0 or not _nf_origin_allowed(p, origin[0], on[0], <unsigned int>s.c.w.index):
         return NULL
     return p
 
@@ -996,7 +819,7 @@ cdef class _CorsKind(NativeFilterKind):
     def __cinit__(self):
         self.vt = &NF_CORS_VT
 
-    cdef void* make_config(self, object config, bint per_route) except NULL:
+    cdef void* make_config(self, object config, bint per_route, int regex_copies) except NULL:
         from fastproxy.model_filters import Cors, CorsPolicy
         cdef _NfBuild b
         cdef NCorsCfg* c
@@ -1004,22 +827,22 @@ cdef class _CorsKind(NativeFilterKind):
         if not per_route:
             if config is not None:
                 _nf_expect(config, Cors, "envoy.filters.http.cors")
-            b = _nf_new(sizeof(NCorsCfg))
+            b = _nf_new(sizeof(NCorsCfg), regex_copies)
             c = <NCorsCfg*>b.o
             return c
         _nf_expect(config, CorsPolicy, "envoy.filters.http.cors (per route)")
         if not config.forward_not_matching_preflights:
             raise ConfigError("forward_not_matching_preflights", "only true (Envoy's default) is supported")
-        b = _nf_new(sizeof(NCorsCfg))
+        b = _nf_new(sizeof(NCorsCfg), regex_copies)
         c = <NCorsCfg*>b.o
         try:
             c.is_policy = 1
             origins = list(config.allow_origin_string_match)
             c.norigins = len(origins)
             if origins:
-                c.origins = <NStrMatch*>b.alloc(len(origins) * sizeof(NStrMatch))
+                c.origins = <RouteStringMatch*>b.alloc(len(origins) * sizeof(RouteStringMatch))
             for i, m in enumerate(origins):
-                b.str_match(&c.origins[i], m, f"allow_origin_string_match[{i}]")
+                b.string_match(&c.origins[i], m, f"allow_origin_string_match[{i}]")
             b.path = "allow_methods"
             c.allow_methods = b.bytes_(config.allow_methods or "", &c.allow_methods_n)
             b.path = "allow_headers"

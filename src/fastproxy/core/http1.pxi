@@ -505,15 +505,6 @@ cdef inline int _h1_fail(H1Parser* p, int err) noexcept nogil:
 
 # ---------------------------------------------------------------- small scanners
 
-cdef inline bint _h1_ieq(const uint8_t* s, const char* lower, size_t n) noexcept nogil:
-    """s[:n] equals the lowercase literal `lower`, ignoring ASCII case."""
-    cdef size_t i
-    for i in range(n):
-        if _h1_lower[s[i]] != <uint8_t>lower[i]:
-            return False
-    return True
-
-
 cdef inline size_t _h1_span(const uint8_t* s, size_t n, uint8_t k) noexcept nogil:
     """Length of the prefix of s[:n] whose bytes are all in class k."""
     cdef size_t i = 0
@@ -803,18 +794,18 @@ cdef int _h1_transfer_encoding(H1Parser* p, const uint8_t* v, size_t n) noexcept
         k = b - a
         if k == 0 or _h1_span(v + a, k, _K_TCHAR) != k:
             return _h1_fail(p, H1E_BAD_TRANSFER_ENCODING)
-        if k == 7 and _h1_ieq(v + a, b"chunked", 7):
+        if k == 7 and _rt_ieq(<const char*>(v + a), b"chunked", 7):
             if p.te_chunked < 2:
                 p.te_chunked += 1
             p.flags |= H1X_TE_LAST_CHUNKED
             continue
         p.flags &= ~H1X_TE_LAST_CHUNKED
         p.flags |= H1F_TE_CODINGS
-        if not ((k == 4 and _h1_ieq(v + a, b"gzip", 4))
-                or (k == 7 and _h1_ieq(v + a, b"deflate", 7))
-                or (k == 8 and _h1_ieq(v + a, b"compress", 8))
-                or (k == 6 and _h1_ieq(v + a, b"x-gzip", 6))
-                or (k == 10 and _h1_ieq(v + a, b"x-compress", 10))):
+        if not ((k == 4 and _rt_ieq(<const char*>(v + a), b"gzip", 4))
+                or (k == 7 and _rt_ieq(<const char*>(v + a), b"deflate", 7))
+                or (k == 8 and _rt_ieq(<const char*>(v + a), b"compress", 8))
+                or (k == 6 and _rt_ieq(<const char*>(v + a), b"x-gzip", 6))
+                or (k == 10 and _rt_ieq(<const char*>(v + a), b"x-compress", 10))):
             p.flags |= H1X_TE_UNKNOWN
     return 0
 
@@ -823,11 +814,11 @@ cdef void _h1_connection(H1Parser* p, const uint8_t* v, size_t n) noexcept nogil
     cdef size_t pos = 0, a, b, k
     while _h1_list_next(v, n, &pos, &a, &b):
         k = b - a
-        if k == 5 and _h1_ieq(v + a, b"close", 5):
+        if k == 5 and _rt_ieq(<const char*>(v + a), b"close", 5):
             p.flags |= H1X_CONN_CLOSE
-        elif k == 10 and _h1_ieq(v + a, b"keep-alive", 10):
+        elif k == 10 and _rt_ieq(<const char*>(v + a), b"keep-alive", 10):
             p.flags |= H1X_CONN_KEEP_ALIVE
-        elif k == 7 and _h1_ieq(v + a, b"upgrade", 7):
+        elif k == 7 and _rt_ieq(<const char*>(v + a), b"upgrade", 7):
             p.flags |= H1X_CONN_UPGRADE
 
 
@@ -835,32 +826,32 @@ cdef int _h1_known_field(H1Parser* p, const uint8_t* name, size_t nl, const uint
                          size_t n) noexcept nogil:
     """Act on the fields that frame the message or the connection."""
     cdef size_t pos = 0, a, b
-    if nl > 8 and (name[0] | 0x20) == 120 and p.kind == H1_REQUEST and _h1_ieq(name, b"x-envoy-", 8):
+    if nl > 8 and (name[0] | 0x20) == 120 and p.kind == H1_REQUEST and _rt_ieq(<const char*>(name), b"x-envoy-", 8):
         p.flags |= H1X_ENVOY_HDR        # one byte compared for almost every other field
         return 0
     if nl == 4:
-        if p.kind == H1_REQUEST and _h1_ieq(name, b"host", 4):
+        if p.kind == H1_REQUEST and _rt_ieq(<const char*>(name), b"host", 4):
             if p.flags & H1X_HOST:
                 return _h1_fail(p, H1E_DUP_HOST)
             if _h1_host(v, n, False, True) != 0:
                 return _h1_fail(p, H1E_BAD_HOST)
             p.flags |= H1X_HOST
     elif nl == 14:
-        if _h1_ieq(name, b"content-length", 14):
+        if _rt_ieq(<const char*>(name), b"content-length", 14):
             return _h1_content_length(p, v, n)
     elif nl == 17:
-        if _h1_ieq(name, b"transfer-encoding", 17):
+        if _rt_ieq(<const char*>(name), b"transfer-encoding", 17):
             return _h1_transfer_encoding(p, v, n)
     elif nl == 10:
-        if _h1_ieq(name, b"connection", 10):
+        if _rt_ieq(<const char*>(name), b"connection", 10):
             _h1_connection(p, v, n)
     elif nl == 7:
-        if n and _h1_ieq(name, b"upgrade", 7):
+        if n and _rt_ieq(<const char*>(name), b"upgrade", 7):
             p.flags |= H1X_UPGRADE_HDR
     elif nl == 6:
-        if p.kind == H1_REQUEST and _h1_ieq(name, b"expect", 6):
+        if p.kind == H1_REQUEST and _rt_ieq(<const char*>(name), b"expect", 6):
             while _h1_list_next(v, n, &pos, &a, &b):
-                if b - a == 12 and _h1_ieq(v + a, b"100-continue", 12):
+                if b - a == 12 and _rt_ieq(<const char*>(v + a), b"100-continue", 12):
                     p.flags |= H1X_EXPECT_100
     return 0
 
@@ -1461,7 +1452,10 @@ cdef tuple _h1_fields_tuple(H1Head* h):
     return tuple(out)
 
 
-cdef class H1TestParser:
+# Test and benchmark hooks (everything below with a leading underscore): they drive the
+# codec's C functions directly, so they are compiled in; nothing in the package calls them.
+# Tests and benchmarks reach them through fastproxy._testing, which the wheel leaves out.
+cdef class _H1TestParser:
     """Feeds bytes through the compiled codec and reports events:
 
     ("head", dict)  the head: method/target or status/reason, version, headers, flags,
@@ -1656,7 +1650,7 @@ cdef H1Pair* _h1_pairs(list keep, headers, size_t* count) except NULL:
     return f
 
 
-def http1_request_head(method, target, headers=(), version=(1, 1)):
+def _http1_request_head(method, target, headers=(), version=(1, 1)):
     """Serialize a request head; ValueError if any piece could not be sent as is."""
     cdef list keep = []
     cdef bytes m = bytes(method)
@@ -1681,7 +1675,7 @@ def http1_request_head(method, target, headers=(), version=(1, 1)):
         free(f)
 
 
-def http1_response_head(int status, reason=b"", headers=(), version=(1, 1)):
+def _http1_response_head(int status, reason=b"", headers=(), version=(1, 1)):
     """Serialize a response head; ValueError if any piece could not be sent as is."""
     cdef list keep = []
     cdef bytes r = bytes(reason)
@@ -1703,18 +1697,18 @@ def http1_response_head(int status, reason=b"", headers=(), version=(1, 1)):
         free(f)
 
 
-def http1_chunk(data):
+def _http1_chunk(data):
     """One chunk: size line, data, CRLF. Empty data is refused (that is the last-chunk)."""
     cdef bytes d = bytes(data)
     cdef char hdr[H1_CHUNK_HEADER_MAX]
     cdef size_t k
     if not d:
-        raise ValueError("an empty chunk is the last-chunk: use http1_last_chunk")
+        raise ValueError("an empty chunk is the last-chunk: use _http1_last_chunk")
     k = h1_write_chunk_header(hdr, len(d))
     return hdr[:k] + d + b"\r\n"
 
 
-def http1_last_chunk(trailers=()):
+def _http1_last_chunk(trailers=()):
     """The last-chunk, the trailer fields and the final CRLF."""
     cdef list keep = []
     cdef size_t nt = 0

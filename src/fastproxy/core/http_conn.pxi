@@ -17,10 +17,6 @@
 # Re-entrancy: work that finishes a stream may want to parse the next pipelined request;
 # hconn_pump() is the only loop that does so, and a nested call only marks `repump`.
 
-cdef enum:
-    EP_HTTP_DOWN = 5
-    EP_HTTP_UP = 6
-
 cdef enum:                          # UpConn.state
     UC_CONNECTING = 0
     UC_BUSY = 1
@@ -249,57 +245,7 @@ cdef struct HConn:
     uint64_t id                     # the debug lines' ConnectionId (core/debug_log.pxi)
 
 
-# ---------------------------------------------------------------- stats
-
-cdef enum:
-    H_CX_TOTAL = 0
-    H_CX_ACTIVE = 1
-    H_RQ_TOTAL = 2
-    H_RQ_ACTIVE = 3
-    H_RQ_1XX = 4                    # ..5xx follow, then H_RQ_COMPLETED (see _count_status)
-    H_RQ_COMPLETED = 9
-    H_RQ_TIME_MS = 10               # sum of request times
-    H_RQ_TIMEOUT = 11
-    H_CX_PROTOCOL_ERROR = 12
-    H_RQ_RX_RESET = 13
-    H_NO_ROUTE = 14
-    H_RQ_TOO_LARGE = 15
-    H_BYTES_SPLICED = 16            # body bytes moved socket -> pipe -> socket
-    H_BYTES_COPIED = 17             # body bytes that went through user-space buffers
-    H_PY_FILTER_ERROR = 18          # HTTP filter failures: Python exceptions, async timeouts,
-                                    # a filter (of any kind) that could not be created
-    H_RQ_IDLE_TIMEOUT = 19          # streams ended by stream_idle_timeout
-    H_RQ_HEADER_TIMEOUT = 20        # request_headers_timeout fired
-    H_RQ_HTTP1_TOTAL = 21
-    H_CX_HTTP1_TOTAL = 22           # counted when the first read returns (Envoy makes its codec then)
-    H_CX_HTTP1_ACTIVE = 23
-    H_CX_RX_BYTES = 24
-    H_CX_TX_BYTES = 25
-    H_CX_DESTROY = 26
-    H_CX_DESTROY_LOCAL = 27         # + 1: remote
-    H_CX_DESTROY_REMOTE = 28
-    H_CX_DESTROY_ACTIVE_RQ = 29
-    H_CX_DESTROY_LOCAL_ACTIVE_RQ = 30   # + 1: remote
-    H_CX_DESTROY_REMOTE_ACTIVE_RQ = 31
-    H_RQ_FAILED_PATH_NORMALIZATION = 32
-    H_RQ_REDIRECTED_NORMALIZED_PATH = 33
-    H_NSTATS = 34                   # then the downstream_rq_time histogram
-HTTP_STATS = ("downstream_cx_total", "downstream_cx_active", "downstream_rq_total",
-              "downstream_rq_active", "downstream_rq_1xx", "downstream_rq_2xx",
-              "downstream_rq_3xx", "downstream_rq_4xx", "downstream_rq_5xx",
-              "downstream_rq_completed",
-              "downstream_rq_time_ms_total", "downstream_rq_timeout",
-              "downstream_cx_protocol_error", "downstream_rq_rx_reset", "no_route",
-              "downstream_rq_too_large", "bytes_spliced", "bytes_copied", "python_filter_error",
-              "downstream_rq_idle_timeout", "downstream_rq_header_timeout",
-              "downstream_rq_http1_total", "downstream_cx_http1_total",
-              "downstream_cx_http1_active", "downstream_cx_rx_bytes_total",
-              "downstream_cx_tx_bytes_total", "downstream_cx_destroy",
-              "downstream_cx_destroy_local", "downstream_cx_destroy_remote",
-              "downstream_cx_destroy_active_rq", "downstream_cx_destroy_local_active_rq",
-              "downstream_cx_destroy_remote_active_rq", "downstream_rq_failed_path_normalization",
-              "downstream_rq_redirected_with_normalized_path")
-HTTP_GAUGES = frozenset(["downstream_cx_active", "downstream_rq_active", "downstream_cx_http1_active"])
+# The http.<stat_prefix>.* block (H_*, HTTP_STATS, HTTP_GAUGES): fastproxy/stats_table.py.
 
 
 # ---------------------------------------------------------------- small helpers
@@ -332,26 +278,28 @@ cdef int chain_move_bytes(Chain* dst, Chain* src, size_t n) noexcept nogil:
     return 0
 
 
-cdef bint splice_pipe_open(SplicePipe* sp) noexcept nogil:
-    cdef int p[2]
-    cdef int got
+cdef bint splice_pipe_open(Worker* w, SplicePipe* sp) noexcept nogil:
+    """Give sp a pipe (from the worker's pool, dispatcher.pxi) if it has none."""
+    cdef PooledPipe pp
     if sp.r >= 0:
         return True
-    if pipe2(p, O_NONBLOCK | O_CLOEXEC) < 0:
+    if not pipe_take(w, HTTP_IO_LIMIT, &pp):
         return False                    # e.g. EMFILE: the copy path still works
-    fcntl(p[1], F_SETPIPE_SZ, <int>HTTP_IO_LIMIT)
-    got = fcntl(p[1], F_GETPIPE_SZ)
-    sp.r = p[0]
-    sp.w = p[1]
-    sp.cap = <size_t>got if got > 0 else 65536
+    sp.r = pp.r
+    sp.w = pp.w
+    sp.cap = pp.cap
     sp.bytes = 0
     return True
 
 
-cdef void splice_pipe_close(SplicePipe* sp) noexcept nogil:
-    if sp.r >= 0:
-        close(sp.r)
-        close(sp.w)
+cdef void splice_pipe_close(Worker* w, SplicePipe* sp) noexcept nogil:
+    """Give sp's pipe back to the pool (kept only if drained)."""
+    cdef PooledPipe pp
+    pp.r = sp.r
+    pp.w = sp.w
+    pp.want = HTTP_IO_LIMIT
+    pp.cap = sp.cap
+    pipe_give_back(w, &pp, sp.bytes)
     sp.r = -1
     sp.w = -1
     sp.bytes = 0
@@ -397,12 +345,8 @@ cdef int splice_move(SplicePipe* sp, Endp* src, Endp* dst, uint64_t* src_left,
 
 
 cdef inline bint _ieq(const char* a, size_t an, const char* lower) noexcept nogil:
-    """a (any case) equals the lowercase NUL-terminated `lower`."""
-    cdef size_t i
-    for i in range(an):
-        if lower[i] == 0 or _h1_lower[<uint8_t>a[i]] != <uint8_t>lower[i]:
-            return False
-    return lower[an] == 0
+    """a (any case) equals the lowercase NUL-terminated `lower` (_rt_ieq's compare)."""
+    return strlen(lower) == an and _rt_ieq(a, lower, an)
 
 
 cdef const char* _status_reason(int status) noexcept nogil:
@@ -1098,7 +1042,7 @@ cdef void _upconn_idle_timeout(Worker* w, void* arg) noexcept nogil:
         stat_add(u.cluster.stats, w, C_CONNECT_TIMEOUT, 1)
         stat_add(u.cluster.stats, w, C_CONNECT_FAIL, 1)
         host_stat_add(u.hstats, w, HS_CX_CONNECT_FAIL, 1)
-        _upconn_failed(u, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection timeout")
+        _upconn_failed(u, 503, UPSTREAM_CONNECT_TIMEOUT)
     else:
         stat_add(u.cluster.stats, w, C_CX_IDLE_TIMEOUT, 1)
         upconn_close(u)
@@ -1380,10 +1324,30 @@ cdef void _upconn_overflowed(UpConn* u) noexcept nogil:
         stream_upstream_failed(s, 503, UPSTREAM_OVERFLOW)
 
 
-# Envoy's wording for a 502 before the response headers (the text clients and logs know).
-cdef const char* UPSTREAM_PROTOCOL_ERROR = "upstream connect error or disconnect/reset before headers. reset reason: protocol error"
-# ... and for a request a circuit breaker refused (sent with x-envoy-overloaded: true).
-cdef const char* UPSTREAM_OVERFLOW = "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+# Envoy's wording of the local replies for an upstream that failed before the response
+# headers (the text clients and logs know): one prefix, then the reset reason. OVERFLOW is
+# a request a circuit breaker refused (sent with x-envoy-overloaded: true).
+cdef extern from *:
+    """
+    #define FP_UPSTREAM_RESET(reason) \
+        "upstream connect error or disconnect/reset before headers. reset reason: " reason
+    static const char FP_UPSTREAM_PROTOCOL_ERROR[] = FP_UPSTREAM_RESET("protocol error");
+    static const char FP_UPSTREAM_OVERFLOW[] = FP_UPSTREAM_RESET("overflow");
+    static const char FP_UPSTREAM_CONNECT_TIMEOUT[] = FP_UPSTREAM_RESET("connection timeout");
+    static const char FP_UPSTREAM_CONNECT_FAILURE[] = FP_UPSTREAM_RESET("connection failure");
+    static const char FP_UPSTREAM_REMOTE_FAILURE[] = FP_UPSTREAM_RESET("remote connection failure");
+    static const char FP_UPSTREAM_TERMINATION[] = FP_UPSTREAM_RESET("connection termination");
+    static const char FP_NO_HEALTHY_UPSTREAM[] = "no healthy upstream";
+    static const char FP_UPSTREAM_TIMEOUT[] = "upstream request timeout";
+    """
+    const char* UPSTREAM_PROTOCOL_ERROR "FP_UPSTREAM_PROTOCOL_ERROR"
+    const char* UPSTREAM_OVERFLOW "FP_UPSTREAM_OVERFLOW"
+    const char* UPSTREAM_CONNECT_TIMEOUT "FP_UPSTREAM_CONNECT_TIMEOUT"
+    const char* UPSTREAM_CONNECT_FAILURE "FP_UPSTREAM_CONNECT_FAILURE"
+    const char* UPSTREAM_REMOTE_FAILURE "FP_UPSTREAM_REMOTE_FAILURE"
+    const char* UPSTREAM_TERMINATION "FP_UPSTREAM_TERMINATION"
+    const char* NO_HEALTHY_UPSTREAM "FP_NO_HEALTHY_UPSTREAM"
+    const char* UPSTREAM_TIMEOUT "FP_UPSTREAM_TIMEOUT"
 
 
 cdef void upconn_release(UpConn* u, bint reusable) noexcept nogil:
@@ -1452,7 +1416,7 @@ cdef void upconn_on_event(Worker* w, UpConn* u, uint32_t events) noexcept nogil:
             host_stat_add(u.hstats, w, HS_CX_CONNECT_FAIL, 1)
             u.remote_close = 1          # refused or reset: Envoy's RemoteClose
             # Envoy 1.40 names the side that failed: "remote connection failure".
-            _upconn_failed(u, 503, "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure")
+            _upconn_failed(u, 503, UPSTREAM_REMOTE_FAILURE)
             return
         timer_cancel(w, &u.timer)
         if fp_log_level <= LOG_DEBUG:
@@ -1501,7 +1465,7 @@ cdef void upconn_pump(UpConn* u) noexcept nogil:
                 u.ep.writable = 0
             elif n < 0 and errno != EINTR:
                 u.remote_close = 1
-                _upconn_failed(u, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection termination")
+                _upconn_failed(u, 503, UPSTREAM_TERMINATION)
                 return
         s = u.stream
         c = s.c if s != NULL else NULL
@@ -1610,7 +1574,7 @@ cdef void _stream_timeout(Worker* w, void* arg) noexcept nogil:
         host_stat_add(s.hstats, w, HS_RQ_TIMEOUT, 1)
     if s.up != NULL:
         upconn_close(s.up)
-    stream_upstream_failed(s, 504, "upstream request timeout")
+    stream_upstream_failed(s, 504, UPSTREAM_TIMEOUT)
 
 
 cdef size_t _host_text(Host* h, char* out, size_t cap) noexcept nogil:
@@ -2122,7 +2086,7 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
             break                       # an encoder filter holds the response head
         if c.rsp_pipe.bytes or (p.framing == H1_BODY_LENGTH and s.resp_started
                                 and p.state != H1_MESSAGE_DONE and u.in_buf.length == 0
-                                and c.out_buf.length == 0 and splice_pipe_open(&c.rsp_pipe)):
+                                and c.out_buf.length == 0 and splice_pipe_open(c.w, &c.rsp_pipe)):
             # The rest of a Content-Length body: upstream -> pipe -> downstream.
             left = p.body_remaining if p.state != H1_MESSAGE_DONE else 0
             moved = 0
@@ -2159,7 +2123,7 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
                     s.response_flags |= RF_UC       # the upstream ended inside the body
                     hconn_close(c, True)
                 else:
-                    _upconn_failed(u, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection termination")
+                    _upconn_failed(u, 503, UPSTREAM_TERMINATION)
                 return -1
             break
         r = &u.in_buf.refs[u.in_buf.head]
@@ -2190,7 +2154,7 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
             # Closed inside a response head: a malformed message (Envoy: protocol error).
             _upconn_failed(u, 502, UPSTREAM_PROTOCOL_ERROR)
         else:
-            _upconn_failed(u, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection termination")
+            _upconn_failed(u, 503, UPSTREAM_TERMINATION)
         return -1
     return 0
 
@@ -2225,6 +2189,48 @@ cdef int _response_to_filters(HStream* s) noexcept nogil:
     return hf_iterate(s, True)
 
 
+cdef void stream_request_end(HStream* s, bint start_timeout) noexcept nogil:
+    """The whole request is in (and on its way upstream when start_timeout): req_done,
+    the start of the upstream service time (once), and the route timeout, which Envoy
+    starts at the end of the request."""
+    s.req_done = 1
+    if not s.request_end_ms:
+        s.request_end_ms = s.c.w.now
+    if start_timeout and s.timeout_ms:
+        timer_arm(s.c.w, &s.timeout, s.timeout_ms)
+
+
+cdef inline bint _request_too_large(HStream* s, uint64_t n) noexcept nogil:
+    """n request bytes are over the connection manager's max_request_bytes (0: no limit);
+    counts downstream_rq_too_large. The caller answers 413 or resets."""
+    cdef HttpCfg* h = <HttpCfg*>s.c.cfg.http
+    if h.max_request_bytes and n > h.max_request_bytes:
+        stat_add(h.stats, s.c.w, H_RQ_TOO_LARGE, 1)
+        return True
+    return False
+
+
+cdef void _request_body_framing_error(HStream* s) noexcept nogil:
+    """Bad chunk framing in a request body; the stream ends. Bodies are re-framed, so the
+    upstream has only seen a well-formed, unfinished message: reset it, then answer the
+    client (or reset it too when the response has begun)."""
+    cdef HConn* c = s.c
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    cdef int status = c.req.err_status
+    stat_add(h.stats, c.w, H_CX_PROTOCOL_ERROR, 1)
+    s.response_flags |= RF_DPE
+    if s.up != NULL:
+        upconn_close(s.up)
+        s.up = NULL
+    if s.resp_started:
+        hconn_close(c, True)            # counts downstream_rq_rx_reset (the stream is active)
+        return
+    stat_add(h.stats, c.w, H_RQ_RX_RESET, 1)
+    chain_clear(&c.in_buf)
+    hconn_local_reply(c, status, _status_reason(status), strlen(_status_reason(status)), NULL, 0, True)
+    stream_finish(s)
+
+
 cdef int stream_filter_request_body(HStream* s) noexcept nogil:
     """Request body bytes from the downstream's in_buf to the decoder filters.
     -1 when the stream ended."""
@@ -2239,24 +2245,11 @@ cdef int stream_filter_request_body(HStream* s) noexcept nogil:
         r = &c.in_buf.refs[c.in_buf.head]
         n = h1_feed_body(p, r.s.data + r.off, r.len, &off, &seg)
         if n < 0:
-            stat_add(h.stats, c.w, H_CX_PROTOCOL_ERROR, 1)
-            s.response_flags |= RF_DPE
-            if s.up != NULL:
-                upconn_close(s.up)
-                s.up = NULL
-            if s.resp_started:
-                hconn_close(c, True)        # counts downstream_rq_rx_reset (the stream is active)
-                return -1
-            stat_add(h.stats, c.w, H_RQ_RX_RESET, 1)
-            chain_clear(&c.in_buf)
-            hconn_local_reply(c, p.err_status, _status_reason(p.err_status),
-                              strlen(_status_reason(p.err_status)), NULL, 0, True)
-            stream_finish(s)
+            _request_body_framing_error(s)
             return -1
         s.req_body_bytes += seg
         stat_add(h.stats, c.w, H_BYTES_COPIED, seg)
-        if h.max_request_bytes and s.req_body_bytes > h.max_request_bytes:
-            stat_add(h.stats, c.w, H_RQ_TOO_LARGE, 1)
+        if _request_too_large(s, s.req_body_bytes):
             hconn_close(c, True)
             return -1
         chain_drain(&c.in_buf, off)
@@ -2506,8 +2499,7 @@ cdef void stream_start(HConn* c) noexcept nogil:
     s.expect_continue = (c.req.flags & H1F_EXPECT_CONTINUE) != 0
     if c.req.framing == H1_BODY_NONE:
         c.req.state = H1_MESSAGE_DONE
-        s.req_done = 1
-        s.request_end_ms = c.w.now
+        stream_request_end(s, False)
     c.stream = s
     stream_timers_start(s)
     stream_client_address(s)
@@ -2579,8 +2571,7 @@ cdef void stream_start(HConn* c) noexcept nogil:
             s.keepalive = 0
             stream_local_reply(s, 403, "", 0, NULL, 0, True)
             return
-    if h.max_request_bytes and c.req.content_length > <int64_t>h.max_request_bytes:
-        stat_add(h.stats, c.w, H_RQ_TOO_LARGE, 1)
+    if c.req.content_length > 0 and _request_too_large(s, <uint64_t>c.req.content_length):
         stream_local_reply(s, 413, "Payload Too Large", 17, NULL, 0, True)
         return
     if h.nfilters:
@@ -2700,7 +2691,7 @@ cdef int stream_route(HStream* s) noexcept nogil:
             stream_local_reply(s, 503, UPSTREAM_OVERFLOW, strlen(UPSTREAM_OVERFLOW), NULL, 0,
                                c.req.state != H1_MESSAGE_DONE)
         else:
-            stream_local_reply(s, 503, "no healthy upstream", 19, NULL, 0, c.req.state != H1_MESSAGE_DONE)
+            stream_local_reply(s, 503, NO_HEALTHY_UPSTREAM, strlen(NO_HEALTHY_UPSTREAM), NULL, 0, c.req.state != H1_MESSAGE_DONE)
         return -1
     if s.connect:
         _route_input_free(hdrs, stack)                      # the 200 and the tunnel follow the TCP connect
@@ -2743,9 +2734,7 @@ cdef int stream_send_request_head(HStream* s, int framing, uint64_t length) noex
 cdef int hf_sink_headers_decode(HStream* s) noexcept nogil:
     """The request headers passed every decoder filter: route."""
     if s.fc.dec.phase == FP_PH_DONE:
-        s.req_done = 1
-        if not s.request_end_ms:
-            s.request_end_ms = s.c.w.now
+        stream_request_end(s, False)
     return stream_route(s)
 
 
@@ -2811,11 +2800,7 @@ cdef int hf_sink_data_decode(HStream* s) noexcept nogil:
         hf_fail(s, False)
         return -1
     if d.phase == FP_PH_DONE:
-        s.req_done = 1
-        if not s.request_end_ms:
-            s.request_end_ms = c.w.now
-        if s.timeout_ms:
-            timer_arm(c.w, &s.timeout, s.timeout_ms)
+        stream_request_end(s, True)
     if u.state == UC_BUSY and u.out_buf.length:
         u.ep.writable = 1
     return 0
@@ -2903,7 +2888,7 @@ cdef int stream_forward_request_body(HStream* s) noexcept nogil:
     cdef int rc
     if c.req_pipe.bytes or (p.framing == H1_BODY_LENGTH and c.in_buf.length == 0
                             and u.state == UC_BUSY and u.out_buf.length == 0
-                            and p.state != H1_MESSAGE_DONE and splice_pipe_open(&c.req_pipe)):
+                            and p.state != H1_MESSAGE_DONE and splice_pipe_open(c.w, &c.req_pipe)):
         # The rest of a Content-Length body: downstream -> pipe -> upstream.
         left = p.body_remaining if p.state != H1_MESSAGE_DONE else 0
         moved = 0
@@ -2921,37 +2906,20 @@ cdef int stream_forward_request_body(HStream* s) noexcept nogil:
             return -1
         if rc == -2:
             u.remote_close = 1
-            _upconn_failed(u, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection termination")
+            _upconn_failed(u, 503, UPSTREAM_TERMINATION)
             return -1
         if p.state == H1_MESSAGE_DONE and c.req_pipe.bytes == 0:
-            s.req_done = 1
-            s.request_end_ms = c.w.now
-            if s.timeout_ms:
-                timer_arm(c.w, &s.timeout, s.timeout_ms)
+            stream_request_end(s, True)
         return 0
     while not s.req_done and c.in_buf.length and u.out_buf.length < HTTP_IO_LIMIT:
         r = &c.in_buf.refs[c.in_buf.head]
         n = h1_feed_body(p, r.s.data + r.off, r.len, &off, &seg)
         if n < 0:
-            # Bad chunk framing. We re-frame bodies, so the upstream has only seen a
-            # well-formed, unfinished message; reset it and answer the client.
-            stat_add(h.stats, c.w, H_CX_PROTOCOL_ERROR, 1)
-            s.response_flags |= RF_DPE
-            upconn_close(u)
-            s.up = NULL
-            if s.resp_started:
-                hconn_close(c, True)        # counts downstream_rq_rx_reset (the stream is active)
-                return -1
-            stat_add(h.stats, c.w, H_RQ_RX_RESET, 1)
-            chain_clear(&c.in_buf)
-            hconn_local_reply(c, p.err_status, _status_reason(p.err_status),
-                              strlen(_status_reason(p.err_status)), NULL, 0, True)
-            stream_finish(s)
+            _request_body_framing_error(s)
             return -1
         s.req_body_bytes += seg
         stat_add(h.stats, c.w, H_BYTES_COPIED, seg)
-        if h.max_request_bytes and s.req_body_bytes > h.max_request_bytes:
-            stat_add(h.stats, c.w, H_RQ_TOO_LARGE, 1)
+        if _request_too_large(s, s.req_body_bytes):
             hconn_close(c, True)
             return -1
         if seg:
@@ -2968,10 +2936,7 @@ cdef int stream_forward_request_body(HStream* s) noexcept nogil:
             if s.req_chunked and _append_last_chunk(&u.out_buf, &p.trailers) < 0:
                 hconn_close(c, True)
                 return -1
-            s.req_done = 1
-            s.request_end_ms = c.w.now
-            if s.timeout_ms:
-                timer_arm(c.w, &s.timeout, s.timeout_ms)
+            stream_request_end(s, True)
     if not s.req_done and c.down_eof and c.in_buf.length == 0:
         hconn_close(c, False)           # counts downstream_rq_rx_reset (the stream is active)
         return -1
@@ -2994,7 +2959,8 @@ cdef void _hconn_headers_timeout(Worker* w, void* arg) noexcept nogil:
         hconn_pump(c)
 
 
-cdef void hconn_start(Worker* w, ListenerCfg* cfg, int fd) noexcept nogil:
+cdef void hconn_start(Worker* w, ListenerCfg* cfg, int fd, const sockaddr* peer) noexcept nogil:
+    """A new downstream connection; peer is its address as accept4 returned it."""
     cdef HConn* c = <HConn*>calloc(1, sizeof(HConn))
     cdef HttpCfg* h = <HttpCfg*>cfg.http
     cdef epoll_event ev
@@ -3015,17 +2981,15 @@ cdef void hconn_start(Worker* w, ListenerCfg* cfg, int fd) noexcept nogil:
     c.rsp_pipe.r = c.rsp_pipe.w = -1
     timer_init(&c.idle_timer, _hconn_idle, c)
     timer_init(&c.headers_timer, _hconn_headers_timeout, c)
-    ss.ss_family = AF_UNSPEC            # read by _loopback_tune below even if this fails
-    if getpeername(fd, <sockaddr*>&ss, &sl) == 0:
-        if ss.ss_family == AF_INET6:
-            inet_ntop(AF_INET6, &(<sockaddr_in6*>&ss).sin6_addr, c.remote_ip, sizeof(c.remote_ip))
-            c.remote_port = ntohs((<sockaddr_in6*>&ss).sin6_port)
-            c.remote_loopback = memcmp(&(<sockaddr_in6*>&ss).sin6_addr, b"\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\1", 16) == 0
-        else:
-            inet_ntop(AF_INET, &(<sockaddr_in*>&ss).sin_addr, c.remote_ip, sizeof(c.remote_ip))
-            c.remote_port = ntohs((<sockaddr_in*>&ss).sin_port)
-            c.remote_loopback = (<uint8_t*>&(<sockaddr_in*>&ss).sin_addr)[0] == 127
-        c.remote_ip_len = strlen(c.remote_ip)
+    if peer.sa_family == AF_INET6:
+        inet_ntop(AF_INET6, &(<const sockaddr_in6*>peer).sin6_addr, c.remote_ip, sizeof(c.remote_ip))
+        c.remote_port = ntohs((<const sockaddr_in6*>peer).sin6_port)
+        c.remote_loopback = memcmp(&(<const sockaddr_in6*>peer).sin6_addr, b"\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\1", 16) == 0
+    elif peer.sa_family == AF_INET:
+        inet_ntop(AF_INET, &(<const sockaddr_in*>peer).sin_addr, c.remote_ip, sizeof(c.remote_ip))
+        c.remote_port = ntohs((<const sockaddr_in*>peer).sin_port)
+        c.remote_loopback = (<const uint8_t*>&(<const sockaddr_in*>peer).sin_addr)[0] == 127
+    c.remote_ip_len = strlen(c.remote_ip)
     c.id = _next_conn_id(w)
     if fp_log_level <= LOG_DEBUG:
         fp_log(w.index, "conn_handler", c.id, 0, "new connection from %s:%u", c.remote_ip,
@@ -3039,8 +3003,8 @@ cdef void hconn_start(Worker* w, ListenerCfg* cfg, int fd) noexcept nogil:
     stat_add(cfg.lstats, w, L_CX_ACTIVE, 1)
     stat_add(h.stats, w, H_CX_TOTAL, 1)
     stat_add(h.stats, w, H_CX_ACTIVE, 1)
-    _set_nodelay(fd)
-    _loopback_tune(fd, <sockaddr*>&ss)
+    if not cfg.sock.loopback:   # else inherited from the listening socket, as TCP_NODELAY is
+        _loopback_tune(fd, peer)
     if h.strip_port == STRIP_PORT_MATCHING:    # the listener's port: one more syscall, only then
         sl = sizeof(sockaddr_storage)
         if getsockname(fd, <sockaddr*>&ss, &sl) == 0:
@@ -3093,12 +3057,13 @@ cdef void hconn_close(HConn* c, bint rst) noexcept nogil:
             upconn_close(s.up)
         stat_sub(h.stats, w, H_RQ_ACTIVE, 1)
         stream_free(s)
-    _close_fd(c.down.fd, rst)
+    # After a read that drained the socket (and no event since), nothing is left to drop.
+    _close_fd(c.down.fd, rst, c.down_eof or (c.codec_seen and not c.down.readable))
     c.down.fd = -1
     chain_free(&c.in_buf)
     chain_free(&c.out_buf)
-    splice_pipe_close(&c.req_pipe)
-    splice_pipe_close(&c.rsp_pipe)
+    splice_pipe_close(w, &c.req_pipe)
+    splice_pipe_close(w, &c.rsp_pipe)
     h1_free(&c.req)
     stat_sub(c.cfg.lstats, w, L_CX_ACTIVE, 1)
     stat_add(c.cfg.lstats, w, L_CX_DESTROY, 1)
@@ -3310,7 +3275,9 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
         c.repump = 0
         progress = False
         if c.out_buf.length and c.down.writable:
-            n = chain_write_fd(&c.out_buf, c.down.fd)
+            # A connection to close closes as soon as out_buf is out (below): with MSG_MORE
+            # its FIN leaves in the same segment as the last bytes.
+            n = chain_write_fd(&c.out_buf, c.down.fd, NULL, c.close_after and c.stream == NULL)
             if n > 0:
                 progress = True
                 stat_add((<HttpCfg*>c.cfg.http).stats, c.w, H_CX_TX_BYTES, <uint64_t>n)
@@ -3441,7 +3408,7 @@ cdef void http_serve_waiting(Worker* w) noexcept nogil:
                 if host == NULL:
                     _wait_unlink(u)
                     stat_add(cl.stats, w, C_NONE_HEALTHY, 1)
-                    _upconn_failed(u, 503, "no healthy upstream")
+                    _upconn_failed(u, 503, NO_HEALTHY_UPSTREAM)
                     u = nxt
                     continue
                 u.hosts = lb.hosts
@@ -3474,7 +3441,7 @@ cdef void http_serve_waiting(Worker* w) noexcept nogil:
                     or u.host_index >= lb.pool_n or lb.pool_conns[u.host_index] == 0:
                 _wait_unlink(u)
                 if _upconn_connect(u, host) < 0:
-                    _upconn_failed(u, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection failure")
+                    _upconn_failed(u, 503, UPSTREAM_CONNECT_FAILURE)
             u = nxt
         cluster_decref(cl)
 
@@ -3582,6 +3549,7 @@ def make_http_cfg(hcm, StatBlockHandle stats, dict clusters, int nworkers, StatB
     fcomp.specs = list(getattr(hcm, "http_filters", None) or [])
     fcomp.keep = []
     fcomp.bridge = async_bridge
+    fcomp.regex_copies = nworkers
     fcomp.compile("http_connection_manager")
     rt = compile_route_table(hcm.route_config, index, nworkers,
                              per_filter=fcomp.route_configs if fcomp.specs else None)

@@ -1042,7 +1042,7 @@ cdef class NativeFilterKind:
     register themselves in NATIVE_HTTP_FILTERS under their Envoy name."""
     cdef const fp_http_filter* vt
 
-    cdef void* make_config(self, object config, bint per_route) except NULL:
+    cdef void* make_config(self, object config, bint per_route, int regex_copies) except NULL:
         raise NotImplementedError
 
     def hooks(self):
@@ -1070,6 +1070,7 @@ cdef class _FilterCompiler:
     cdef list specs
     cdef list keep                  # Python objects the C side points at
     cdef AsyncBridge bridge         # where Python filters' async hooks run (the proxy's)
+    cdef int regex_copies           # native filters' regexes: one copy per worker
 
     cdef _owned(self, const fp_http_filter* vt, void* cfg):
         cdef OwnedCfg* nv
@@ -1147,7 +1148,7 @@ cdef class _FilterCompiler:
                 if nk is None:
                     raise ConfigError(fpath, f"unknown native HTTP filter {spec.kind!r}")
                 f.vt = nk.vt
-                f.config = nk.make_config(spec.config, False)
+                f.config = nk.make_config(spec.config, False, self.regex_copies)
                 self._owned(nk.vt, f.config)
                 f.hooks = _vt_hooks(nk.vt)
             else:
@@ -1185,7 +1186,7 @@ cdef class _FilterCompiler:
                 out.append(<size_t>p)
             else:
                 nk = NATIVE_HTTP_FILTERS[spec.kind]
-                p = nk.make_config(value, True)
+                p = nk.make_config(value, True, self.regex_copies)
                 self._owned(nk.vt, p)
                 out.append(<size_t>p)
         return out if found else None

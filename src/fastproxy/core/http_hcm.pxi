@@ -4,10 +4,7 @@
 # request path normalization (escaped slashes, dot segments, merged slashes), Host port
 # stripping, and header names with underscores.
 
-DEF H1S_DROPPED_UNDERSCORES = 0     # the server-wide http1.* block
-DEF H1S_REJECTED_UNDERSCORES = 1
-DEF H1S_NSTATS = 2
-HTTP1_STATS = ("dropped_headers_with_underscores", "requests_rejected_with_underscores_in_headers")
+# The server-wide http1.* block (H1S_*, HTTP1_STATS): fastproxy/stats_table.py.
 
 DEF PATH_STACK = 1024               # normalization scratch on the stack up to this size
 

@@ -7,8 +7,11 @@ DEF EMFILE_BACKOFF_MS = 100     # how long accept stays paused when the process 
 cdef void listener_on_accept(Worker* w, WListener* wl) noexcept nogil:
     cdef int i, fd, err
     cdef ListenerCfg* cfg = wl.cfg
+    cdef sockaddr_storage peer          # accept4 returns the peer's address: no getpeername
+    cdef socklen_t plen
     for i in range(ACCEPT_BATCH):
-        fd = accept4(wl.ep.fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)
+        plen = sizeof(peer)
+        fd = accept4(wl.ep.fd, <sockaddr*>&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC)
         if fd < 0:
             err = errno
             if err == EAGAIN or err == EINTR:
@@ -19,7 +22,9 @@ cdef void listener_on_accept(Worker* w, WListener* wl) noexcept nogil:
             if err == EMFILE or err == ENFILE or err == ENOBUFS or err == ENOMEM:
                 # Out of descriptors or memory. The connection stays in the kernel's
                 # backlog; stop watching the socket (level-triggered, it would spin) and
-                # look again shortly, when closing connections may have freed fds.
+                # look again shortly, when closing connections may have freed fds. The
+                # pooled splice pipes hold fds too: they go first.
+                pipe_pool_drain(w)
                 if not wl.paused:
                     epoll_ctl(w.epfd, EPOLL_CTL_DEL, wl.ep.fd, NULL)
                     wl.paused = 1
@@ -38,7 +43,7 @@ cdef void listener_on_accept(Worker* w, WListener* wl) noexcept nogil:
             stat_add(cfg.lstats, w, L_GLOBAL_CX_OVERFLOW, 1)
             close(fd)
             continue
-        session_start(w, cfg, fd)
+        session_start(w, cfg, fd, <sockaddr*>&peer)
 
 
 cdef inline void listener_cx_release(ListenerCfg* cfg) noexcept nogil:
@@ -50,7 +55,11 @@ cdef inline void listener_cx_release(ListenerCfg* cfg) noexcept nogil:
 
 
 cdef int _bind_one(str ip, int port, int backlog) except -1:
-    """One non-blocking SO_REUSEPORT listening socket; returns the fd."""
+    """One non-blocking SO_REUSEPORT listening socket; returns the fd.
+
+    Options set here are inherited by every socket it accepts, which saves each new
+    connection the system calls: TCP_NODELAY always, and the loopback tuning
+    (_loopback_tune) when the address is a loopback one, so every peer is too."""
     cdef Host h
     cdef int one = 1
     cdef int fd, err
@@ -60,6 +69,8 @@ cdef int _bind_one(str ip, int port, int backlog) except -1:
         raise OSError(errno, strerror(errno).decode())
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(int))
     setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(int))
+    _set_nodelay(fd)
+    _loopback_tune(fd, <sockaddr*>&h.addr)
     if bind(fd, <sockaddr*>&h.addr, h.addrlen) < 0 or listen(fd, backlog) < 0:
         err = errno
         close(fd)
@@ -81,6 +92,7 @@ def bind_listener(int nworkers, str ip, int port, int backlog):
     rest to the same port). Raises OSError when the address is unusable."""
     cdef ListenSockHandle h = ListenSockHandle.__new__(ListenSockHandle)
     cdef ListenSock* s = <ListenSock*>calloc(1, sizeof(ListenSock))
+    cdef Host lo
     cdef int i
     if s == NULL:
         raise MemoryError()
@@ -96,6 +108,8 @@ def bind_listener(int nworkers, str ip, int port, int backlog):
     for i in range(nworkers):
         s.fds[i] = -1
     h.s = s
+    _fill_sockaddr(&lo, ip, port)
+    s.loopback = _is_loopback(<sockaddr*>&lo.addr)
     for i in range(nworkers):
         s.fds[i] = _bind_one(ip, port, backlog)
         if port == 0:

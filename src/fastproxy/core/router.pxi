@@ -156,9 +156,12 @@
 # (a full match); rewrite patterns without REG_NOSUB, unanchored. regcomp runs under the C
 # locale (uselocale on this thread): byte semantics and ASCII ranges whatever the
 # environment says, and glibc's fast single-byte regexec. regexec is called with
-# REG_STARTEND, so paths and header values need no NUL terminator. glibc's regexec takes a
-# lock inside each compiled pattern, so with regex_copies=N every pattern is compiled N
-# times and worker w uses copy w % N: pass the worker count to keep regex routes lock-free.
+# REG_STARTEND, so paths need no NUL terminator (string matches copy header values to a
+# NUL-terminated buffer first: see _rt_string_match). glibc's regexec takes a lock inside
+# each compiled pattern, so with regex_copies=N every pattern is compiled N times and worker
+# w uses copy w % N: pass the worker count to keep regex routes lock-free. This is the
+# core's one regex policy: the native filters' matchers are built by the same _MatchBuilder,
+# with one copy per worker too (make_http_cfg passes the worker count to both).
 
 from libc.string cimport memchr, memcmp, memmove
 
@@ -453,15 +456,19 @@ cdef struct RouteTable:
 
 # ---------------------------------------------------------------- lifetime
 
-cdef void _route_table_free(RouteTable* t) noexcept nogil:
-    cdef RouteRegex* rx = t.regexes
-    cdef RouteArenaBlock* b = t.arena
-    cdef RouteArenaBlock* nb
+cdef void regex_list_free(RouteRegex* rx) noexcept nogil:
+    """regfree the compiled copies of a builder's regexes (their memory is the owner's)."""
     cdef int i
     while rx != NULL:
         for i in range(rx.ncompiled):
             regfree(&rx.copies[i])
         rx = rx.next
+
+
+cdef void _route_table_free(RouteTable* t) noexcept nogil:
+    cdef RouteArenaBlock* b = t.arena
+    cdef RouteArenaBlock* nb
+    regex_list_free(t.regexes)
     while b != NULL:
         nb = b.next
         free(b.data)
@@ -518,7 +525,9 @@ cdef inline uint64_t _rt_lower8(uint64_t w) noexcept nogil:
 
 
 cdef inline bint _rt_ieq(const char* a, const char* lower, size_t n) noexcept nogil:
-    """a equals `lower` (already lowercase) ignoring ASCII case."""
+    """a equals `lower` (already lowercase) ignoring ASCII case: the core's one
+    case-insensitive compare (_rt_ieq2 folds both sides the same way; _ieq takes a
+    NUL-terminated literal)."""
     cdef size_t i = 0
     while i + 8 <= n:
         if _rt_lower8(_rt_load(a + i, 8)) != _rt_load(lower + i, 8):
@@ -558,13 +567,16 @@ cdef inline bint _rt_starts(const char* s, const char* key, size_t k, uint64_t l
 
 
 cdef inline bint _rt_ieq2(const char* a, size_t an, const char* b, size_t bn) noexcept nogil:
-    """Both sides may have any case."""
-    cdef size_t i
+    """Both sides may have any case (the same folding as _rt_ieq, both sides folded)."""
+    cdef size_t i = 0
     if an != bn:
         return False
-    for i in range(an):
-        if _rt_lc(<unsigned char>a[i]) != _rt_lc(<unsigned char>b[i]):
+    while i + 8 <= an:
+        if _rt_lower8(_rt_load(a + i, 8)) != _rt_lower8(_rt_load(b + i, 8)):
             return False
+        i += 8
+    if i < an:
+        return _rt_lower8(_rt_load(a + i, an - i)) == _rt_lower8(_rt_load(b + i, an - i))
     return True
 
 
@@ -786,8 +798,22 @@ cdef bint _rt_string_match(const RouteStringMatch* sm, const char* v, size_t n,
                            unsigned int worker) noexcept nogil:
     cdef size_t k = sm.value.n
     cdef size_t i
+    cdef char stack[256]
+    cdef char* buf
+    cdef bint ok
     if sm.kind == RSM_SAFE_REGEX:
-        return _rt_regex_full(sm.regex, v, n, worker)
+        # A NUL-terminated copy: a header value may end its allocation, and REG_STARTEND
+        # alone does not stop every regexec (ASan's interceptor, for one) reading to a NUL.
+        buf = &stack[0] if n < sizeof(stack) else <char*>malloc(n + 1)
+        if buf == NULL:
+            return False
+        if n:
+            memcpy(buf, v, n)
+        buf[n] = 0
+        ok = _rt_regex_full(sm.regex, buf, n, worker)
+        if buf != &stack[0]:
+            free(buf)
+        return ok
     if sm.kind == RSM_EXACT:
         if n != k:
             return False
@@ -848,33 +874,18 @@ cdef inline bint _rt_value_matches(const RouteHeaderMatcher* m, const char* v, s
 
 
 cdef bint _rt_header_matches(const RouteHeaderMatcher* m, const RouteInput* r) noexcept nogil:
+    """route.v3.HeaderMatcher against a request: the one implementation the routes and the
+    native filters (health_check) share. A repeated header matches when one of its field
+    lines does: Envoy 1.40 matches each value on its own ("x: v" twice matches exact "v";
+    "x: v1" + "x: v2" does not match exact "v1,v2"), in routes and filters alike (checked
+    against Envoy in tests/test_native_filters.py); invert_match inverts that outcome."""
     cdef const char* v = NULL
     cdef size_t n = 0
     cdef bint found = False
+    cdef bint ok = False
     cdef int i
     cdef const RouteHeader* h
-    cdef bint ok
-    if m.source == RHS_METHOD:
-        v = r.method
-        n = r.method_len
-        found = r.method != NULL
-    elif m.source == RHS_PATH:
-        v = r.path
-        n = r.path_len
-        found = r.path != NULL
-    elif m.source == RHS_AUTHORITY:
-        v = r.host
-        n = r.host_len
-        found = r.host != NULL
-    elif m.source == RHS_SCHEME:
-        v = r.scheme
-        n = r.scheme_len
-        found = r.scheme != NULL
-    else:
-        # A repeated header matches when one of its field lines does (Envoy 1.40 matches
-        # each value on its own: "x: v" twice matches exact "v", "x: v1" + "x: v2" does
-        # not match exact "v1,v2"); invert_match inverts that outcome.
-        ok = False
+    if m.source == RHS_HEADERS:
         for i in range(r.nheaders):
             h = &r.headers[i]
             if h.name_len == m.name.n and _rt_ieq(h.name, m.name.p, h.name_len):
@@ -884,16 +895,27 @@ cdef bint _rt_header_matches(const RouteHeaderMatcher* m, const RouteInput* r) n
                 if _rt_value_matches(m, h.value, h.value_len, r.worker):
                     ok = True
                     break
-        if found and not m.presence_only:
-            return ok != <bint>m.invert
+    else:
+        if m.source == RHS_METHOD:
+            v = r.method
+            n = r.method_len
+        elif m.source == RHS_PATH:
+            v = r.path
+            n = r.path_len
+        elif m.source == RHS_AUTHORITY:
+            v = r.host
+            n = r.host_len
+        else:
+            v = r.scheme
+            n = r.scheme_len
+        found = v != NULL
+        ok = found and not m.presence_only and _rt_value_matches(m, v, n, r.worker)
     if m.presence_only:
         return (found == <bint>m.present) != <bint>m.invert
     if not found:
         if not m.missing_as_empty:
             return False
-        v = ""
-        n = 0
-    ok = _rt_value_matches(m, v, n, r.worker)
+        ok = _rt_value_matches(m, "", 0, r.worker)
     return ok != <bint>m.invert
 
 
@@ -1402,35 +1424,17 @@ cdef list _rt_substitution_parts(str sub, int ngroups, str path):
     return parts
 
 
-cdef class _RouteBuilder:
-    """Builds one RouteTable; every allocation goes to the table's arena."""
-    cdef RouteTable* t
+cdef class _MatchBuilder:
+    """Builds string and header matchers (RouteStringMatch, RouteHeaderMatcher) into memory
+    that lives as long as the compiled config: the route table's arena (_RouteBuilder) or a
+    native filter's config (_NfBuild, core/filters_native.pxi), which override alloc. Regexes
+    are compiled regex_copies times and linked on *regexes for their owner to regfree."""
+    cdef int regex_copies
+    cdef RouteRegex** regexes
     cdef object re2_to_posix
-    cdef object rewrite_to_posix
-    cdef dict cluster_index
 
     cdef void* alloc(self, size_t n) except NULL:
-        cdef RouteArenaBlock* b = self.t.arena
-        cdef size_t cap
-        cdef void* p
-        n = (n + 15) & ~(<size_t>15)
-        if n == 0:
-            n = 16
-        if b == NULL or b.cap - b.used < n:
-            cap = n if n > 65536 else 65536
-            b = <RouteArenaBlock*>calloc(1, sizeof(RouteArenaBlock))
-            if b == NULL:
-                raise MemoryError()
-            b.data = <char*>calloc(1, cap)
-            if b.data == NULL:
-                free(b)
-                raise MemoryError()
-            b.cap = cap
-            b.next = self.t.arena
-            self.t.arena = b
-        p = b.data + b.used
-        b.used += n
-        return p
+        raise NotImplementedError
 
     cdef int put(self, RouteStr* out, s) except -1:
         """Copy s (str/bytes; None: not set) into the arena, NUL-terminated."""
@@ -1469,7 +1473,8 @@ cdef class _RouteBuilder:
         return rx
 
     cdef RouteRegex* compile_ere(self, str posix, bint nosub, str path, str shown) except NULL:
-        """regcomp a POSIX ERE regex_copies times (REG_NOSUB: no groups needed)."""
+        """regcomp a POSIX ERE regex_copies times (REG_NOSUB: no groups needed): the one regex
+        policy of the core, for routes and native filters alike (see the top of this file)."""
         cdef RouteRegex* rx
         cdef bytes ere
         cdef int i, rc
@@ -1480,10 +1485,10 @@ cdef class _RouteBuilder:
         if b"\0" in ere:
             raise ConfigError(path, "regex must not contain NUL")
         rx = <RouteRegex*>self.alloc(sizeof(RouteRegex))
-        rx.ncopies = self.t.regex_copies
+        rx.ncopies = self.regex_copies
         rx.copies = <regex_t*>self.alloc(sizeof(regex_t) * rx.ncopies)
-        rx.next = self.t.regexes
-        self.t.regexes = rx             # linked first, so a failure frees what compiled
+        rx.next = self.regexes[0]
+        self.regexes[0] = rx            # linked first, so a failure frees what compiled
         # Compile in the C locale (this thread only): byte semantics and ASCII ranges whatever
         # LANG / LC_COLLATE say, so routing does not depend on the environment (and bytes
         # that are not UTF-8 still match '.', as in RE2); glibc's regexec also stays on its
@@ -1514,42 +1519,75 @@ cdef class _RouteBuilder:
             raise ConfigError(path + "." + sm.kind, "must be a string")
         out.kind = kind
         if kind == RSM_SAFE_REGEX:
-            # Envoy: ignore_case has no effect on safe_regex.
+            if sm.ignore_case:          # (the model rejects it first)
+                raise ConfigError(path + ".ignore_case", "ignore_case has no effect for safe_regex")
             out.regex = self.regex(sm.value, True, path + ".safe_regex.regex")
             return 0
         out.ignore_case = bool(sm.ignore_case)
         self.put(&out.value, _rt_lower(sm.value) if sm.ignore_case else sm.value)
         return 0
 
+    cdef int header_matcher(self, RouteHeaderMatcher* m, hm, str hpath) except -1:
+        if not isinstance(hm.name, str) or not hm.name:
+            raise ConfigError(hpath + ".name", "must be a non-empty string")
+        name = _rt_lower(hm.name)
+        self.put(&m.name, name)
+        m.source = _RT_PSEUDO.get(name, RHS_HEADERS)
+        m.invert = bool(hm.invert_match)
+        m.missing_as_empty = bool(hm.treat_missing_header_as_empty)
+        rm = hm.range_match
+        if sum(x is not None for x in (hm.string_match, hm.present_match, rm)) > 1:
+            raise ConfigError(hpath, "only one of string_match, range_match and present_match")
+        if rm is not None:
+            m.is_range = 1
+            m.range_start = rm.start
+            m.range_end = rm.end
+        elif hm.string_match is None:
+            m.presence_only = 1
+            m.present = True if hm.present_match is None else bool(hm.present_match)
+        else:
+            self.string_match(&m.sm, hm.string_match, hpath + ".string_match")
+        return 0
+
+
+
+cdef class _RouteBuilder(_MatchBuilder):
+    """Builds one RouteTable; every allocation goes to the table's arena."""
+    cdef RouteTable* t
+    cdef object rewrite_to_posix
+    cdef dict cluster_index
+
+    cdef void* alloc(self, size_t n) except NULL:
+        cdef RouteArenaBlock* b = self.t.arena
+        cdef size_t cap
+        cdef void* p
+        n = (n + 15) & ~(<size_t>15)
+        if n == 0:
+            n = 16
+        if b == NULL or b.cap - b.used < n:
+            cap = n if n > 65536 else 65536
+            b = <RouteArenaBlock*>calloc(1, sizeof(RouteArenaBlock))
+            if b == NULL:
+                raise MemoryError()
+            b.data = <char*>calloc(1, cap)
+            if b.data == NULL:
+                free(b)
+                raise MemoryError()
+            b.cap = cap
+            b.next = self.t.arena
+            self.t.arena = b
+        p = b.data + b.used
+        b.used += n
+        return p
+
     cdef int header_matchers(self, RouteEntry* e, list hms, str path) except -1:
-        cdef RouteHeaderMatcher* m
         cdef int i
         e.nheader_matchers = len(hms)
         if not hms:
             return 0
         e.header_matchers = <RouteHeaderMatcher*>self.alloc(sizeof(RouteHeaderMatcher) * len(hms))
         for i, hm in enumerate(hms):
-            m = &e.header_matchers[i]
-            hpath = f"{path}[{i}]"
-            if not isinstance(hm.name, str) or not hm.name:
-                raise ConfigError(hpath + ".name", "must be a non-empty string")
-            name = _rt_lower(hm.name)
-            self.put(&m.name, name)
-            m.source = _RT_PSEUDO.get(name, RHS_HEADERS)
-            m.invert = bool(hm.invert_match)
-            m.missing_as_empty = bool(hm.treat_missing_header_as_empty)
-            rm = getattr(hm, "range_match", None)
-            if sum(x is not None for x in (hm.string_match, hm.present_match, rm)) > 1:
-                raise ConfigError(hpath, "only one of string_match, range_match and present_match")
-            if rm is not None:
-                m.is_range = 1
-                m.range_start = rm.start
-                m.range_end = rm.end
-            elif hm.string_match is None:
-                m.presence_only = 1
-                m.present = True if hm.present_match is None else bool(hm.present_match)
-            else:
-                self.string_match(&m.sm, hm.string_match, hpath + ".string_match")
+            self.header_matcher(&e.header_matchers[i], hm, f"{path}[{i}]")
         return 0
 
     cdef int query_matchers(self, RouteEntry* e, list qms, str path) except -1:
@@ -2125,7 +2163,7 @@ cdef class RouteTableHandle:
         finally:
             free(hs)
 
-    def bench_select(self, method, path, host, headers=(), scheme="http", long rounds=100000):
+    def _bench_select(self, method, path, host, headers=(), scheme="http", long rounds=100000):
         """route_select `rounds` times without the GIL. Returns (ns per call, matched)."""
         cdef RouteInput r
         cdef list keep = []
@@ -2180,6 +2218,8 @@ def compile_route_table(route_config, dict cluster_index, int regex_copies=1,
         names[ci] = cname
     h.cluster_names = names
     b.t = t
+    b.regex_copies = t.regex_copies
+    b.regexes = &t.regexes
     b.cluster_index = cluster_index
     try:
         from fastproxy.config.regex import re2_to_posix, rewrite_to_posix

@@ -16,6 +16,7 @@ cdef struct ListenSock:
     int* fds                    # fds[w] is owned (and closed) by worker w once applied
     int64_t active              # atomic: connections open on this listener, all workers
     uint8_t* adopted            # adopted[w]: worker w took ownership of fds[w]
+    uint8_t loopback            # bound to a loopback address: accepted sockets inherit its tuning
 
 cdef struct ListenerCfg:
     int refcnt                  # atomic

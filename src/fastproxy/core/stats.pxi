@@ -4,114 +4,11 @@
 # Blocks are keyed by their stat prefix on the Python side and outlive config snapshots,
 # so counters keep counting across proxy.update().
 
-# listener.<address>_<port>.*
-DEF L_CX_TOTAL = 0
-DEF L_CX_ACTIVE = 1
-DEF L_CX_OVERFLOW = 2
-DEF L_ACCEPT_FAIL = 3
-DEF L_CX_DESTROY = 4
-DEF L_GLOBAL_CX_OVERFLOW = 5
-DEF L_NSTATS = 6
-LISTENER_STATS = ("downstream_cx_total", "downstream_cx_active", "downstream_cx_overflow",
-                  "downstream_cx_accept_fail", "downstream_cx_destroy", "downstream_global_cx_overflow")
-LISTENER_GAUGES = frozenset(["downstream_cx_active"])
-
-# tcp.<stat_prefix>.*
-DEF T_CX_TOTAL = 0
-DEF T_CX_ACTIVE = 1
-DEF T_NO_ROUTE = 2
-DEF T_RX_BYTES = 3
-DEF T_TX_BYTES = 4
-DEF T_IDLE_TIMEOUT = 5
-DEF T_PAUSED = 6
-DEF T_RESUMED = 7
-DEF T_SPLICED = 8
-DEF T_COPIED = 9
-DEF T_FILTER_ERROR = 10
-DEF T_RESET_SENT = 11
-DEF T_NSTATS = 12
-TCP_STATS = ("downstream_cx_total", "downstream_cx_active", "downstream_cx_no_route",
-             "downstream_cx_rx_bytes_total", "downstream_cx_tx_bytes_total", "idle_timeout",
-             "downstream_flow_control_paused_reading_total",
-             "downstream_flow_control_resumed_reading_total", "bytes_spliced", "bytes_copied",
-             "python_filter_error", "reset_sent")
-TCP_GAUGES = frozenset(["downstream_cx_active"])
-
-# cluster.<name>.*
-DEF C_CX_TOTAL = 0
-DEF C_CX_ACTIVE = 1
-DEF C_CONNECT_FAIL = 2
-DEF C_CONNECT_TIMEOUT = 3
-DEF C_RX_BYTES = 4
-DEF C_TX_BYTES = 5
-DEF C_NONE_HEALTHY = 6
-DEF C_DESTROY_LOCAL = 7         # C_DESTROY_LOCAL + 1: remote (the *_REMOTE ones below too)
-DEF C_DESTROY_REMOTE = 8
-DEF C_ATTEMPTS_EXCEEDED = 9
-DEF C_RQ_TOTAL = 10
-DEF C_RQ_1XX = 11               # 2xx..5xx follow, then C_RQ_COMPLETED (see _count_status)
-DEF C_RQ_5XX = 15
-DEF C_RQ_COMPLETED = 16
-DEF C_RQ_TIMEOUT = 17
-DEF C_CX_DESTROY = 18
-DEF C_DESTROY_WITH_ACTIVE_RQ = 19
-DEF C_DESTROY_LOCAL_WITH_ACTIVE_RQ = 20
-DEF C_DESTROY_REMOTE_WITH_ACTIVE_RQ = 21
-DEF C_CX_HTTP1_TOTAL = 22
-DEF C_RQ_ACTIVE = 23
-DEF C_RQ_PENDING_TOTAL = 24
-DEF C_RQ_PENDING_ACTIVE = 25
-DEF C_RQ_PENDING_FAILURE_EJECT = 26
-DEF C_CX_IDLE_TIMEOUT = 27
-DEF C_CX_MAX_REQUESTS = 28
-DEF C_CX_OVERFLOW = 29          # circuit breakers (core/upstream.pxi)
-DEF C_CX_POOL_OVERFLOW = 30
-DEF C_RQ_PENDING_OVERFLOW = 31
-DEF C_RQ_ACTIVE_OVERFLOW = 32
-DEF C_RQ_RETRY_OVERFLOW = 33
-DEF C_CX_MAX_DURATION = 34
-DEF C_NSTATS = 35
-CLUSTER_STATS = ("upstream_cx_total", "upstream_cx_active", "upstream_cx_connect_fail",
-                 "upstream_cx_connect_timeout", "upstream_cx_rx_bytes_total",
-                 "upstream_cx_tx_bytes_total", "upstream_cx_none_healthy",
-                 "upstream_cx_destroy_local", "upstream_cx_destroy_remote",
-                 "upstream_cx_connect_attempts_exceeded", "upstream_rq_total",
-                 "upstream_rq_1xx", "upstream_rq_2xx", "upstream_rq_3xx", "upstream_rq_4xx",
-                 "upstream_rq_5xx", "upstream_rq_completed", "upstream_rq_timeout",
-                 "upstream_cx_destroy", "upstream_cx_destroy_with_active_rq",
-                 "upstream_cx_destroy_local_with_active_rq",
-                 "upstream_cx_destroy_remote_with_active_rq", "upstream_cx_http1_total",
-                 "upstream_rq_active", "upstream_rq_pending_total", "upstream_rq_pending_active",
-                 "upstream_rq_pending_failure_eject", "upstream_cx_idle_timeout",
-                 "upstream_cx_max_requests", "upstream_cx_overflow", "upstream_cx_pool_overflow",
-                 "upstream_rq_pending_overflow", "upstream_rq_active_overflow",
-                 "upstream_rq_retry_overflow", "upstream_cx_max_duration_reached")
-CLUSTER_GAUGES = frozenset(["upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active"])
-
-# A cluster's hosts, as admin /clusters prints them (cluster::<address>::<stat>::<value>), in
-# Envoy's order: the counters, then the gauges. One block per (cluster, host address), kept
-# by the engine for its lifetime, so host sets replaced by DNS and connections that outlive
-# them never point at freed rows.
-DEF HS_CX_CONNECT_FAIL = 0
-DEF HS_CX_TOTAL = 1
-DEF HS_RQ_ERROR = 2
-DEF HS_RQ_SUCCESS = 3
-DEF HS_RQ_TIMEOUT = 4
-DEF HS_RQ_TOTAL = 5
-DEF HS_CX_ACTIVE = 6
-DEF HS_RQ_ACTIVE = 7
-DEF HS_RQ_PENDING_ACTIVE = 8
-DEF HS_NSTATS = 9
-HOST_STATS = ("cx_connect_fail", "cx_total", "rq_error", "rq_success", "rq_timeout", "rq_total",
-              "cx_active", "rq_active", "rq_pending_active")
-HOST_GAUGES = frozenset(["cx_active", "rq_active", "rq_pending_active"])
-
-# listener.<address>_<port>.http.<stat_prefix>.*: the connection manager's per-listener stats
-DEF LH_RQ_1XX = 0               # ..5xx follow
-DEF LH_RQ_COMPLETED = 5
-DEF LH_NSTATS = 6
-LISTENER_HTTP_STATS = ("downstream_rq_1xx", "downstream_rq_2xx", "downstream_rq_3xx",
-                       "downstream_rq_4xx", "downstream_rq_5xx", "downstream_rq_completed")
+# The blocks' index constants (L_*, T_*, C_*, HS_*, LH_*, H_*, H1S_*, LRL_*), their names
+# (LISTENER_STATS, ...) and gauges (LISTENER_GAUGES, ...) come from one table,
+# fastproxy/stats_table.py, through core/stats_table.pxi (generated by build_ext.py and
+# included before this file); _check_stats_table() below refuses a module built from another
+# version of the table.
 
 
 # Histograms (downstream_rq_time, upstream_rq_time) live in the same per-worker rows, after
@@ -127,7 +24,8 @@ HISTOGRAM_BUCKETS = HIST_NBUCKETS
 # reports only the codes seen.
 DEF CODE_FIRST = 100
 DEF CODE_SLOTS = 500
-DEF C_CODES = C_NSTATS + HIST_SLOTS     # a cluster block: its counters, upstream_rq_time, codes
+cdef enum:
+    C_CODES = C_NSTATS + HIST_SLOTS     # a cluster block: its counters, upstream_rq_time, codes
 
 cdef extern from *:
     int __builtin_clzll(unsigned long long x) nogil
@@ -286,3 +184,23 @@ cdef StatBlockHandle _statblock_handle(tuple names, frozenset gauges, int nworke
     h.histograms = histograms
     h.codes = codes
     return h
+
+
+
+def _check_stats_table():
+    """The names, kinds and indexes compiled in are those of fastproxy/stats_table.py (a
+    core built before the table changed fails here, loudly, instead of mislabelling)."""
+    from fastproxy import stats_table
+    index = stats_table.check()
+    for b in stats_table.BLOCKS:
+        names, gauges, n = STAT_BLOCKS[b.name]
+        if (names != stats_table.names(b) or gauges != stats_table.gauges(b)
+                or n != len(b.stats) or len(names) != n):
+            raise ImportError(f"fastproxy._core was built from another stats table (block "
+                              f"{b.name}); rebuild it (make core)")
+    if STAT_INDEX != index:
+        raise ImportError("fastproxy._core was built from another stats table (indexes); "
+                          "rebuild it (make core)")
+
+
+_check_stats_table()

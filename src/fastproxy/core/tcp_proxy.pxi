@@ -3,14 +3,23 @@
 #
 # Each direction moves bytes src -> dst in one of two ways:
 #   splice    socket -> pipe -> socket with splice(2); the bytes never enter user space.
-#             Used when no filter on that direction reads the bytes. The pipe is the
-#             direction's bounded buffer, so flow control is free: a full pipe stops reads.
+#             Used when no filter on that direction reads the bytes, once the direction
+#             has carried SPLICE_AFTER bytes. The pipe is the direction's bounded buffer, so
+#             flow control is free: a full pipe stops reads.
 #   buffered  readv into `rbuf`, the filter chain runs over it, what passes moves (no copy)
 #             to `buf`, writev from `buf`. Reading pauses while rbuf+buf >= buffer_limit.
+# Every direction starts buffered: a short connection (a request and its answer) costs the
+# same reads and writes either way, and a pipe would only add its own set-up. A direction
+# that keeps streaming switches to splice with a pipe from the worker's pool (dispatcher.pxi)
+# as soon as what it copied has gone out; the pipe goes back to the pool, drained, at close.
 # Sockets are edge-triggered; Endp.readable/writable remember readiness we haven't used up.
 # FIN travels one way at a time (half-close): when a direction's source reaches EOF and
 # everything is flushed, the destination gets shutdown(SHUT_WR). The session ends when both
 # directions are shut, on a reset (passed on as a reset), an idle timeout or a filter error.
+
+DEF HUP_FIN = 1                 # Endp.hup: RDHUP or HUP, the peer's FIN is in
+DEF HUP_ERROR = 2               # Endp.hup: EPOLLERR, a reset or an error
+
 
 cdef enum SessionState:
     S_FILTERS = 0               # on_new_connection filters have not all continued
@@ -22,17 +31,17 @@ cdef struct Dir:
     Endp* src
     Endp* dst
     uint8_t upward              # 1: downstream -> upstream (read filters, in order)
-    uint8_t splice
+    uint8_t may_splice          # no filter reads this direction: splice after SPLICE_AFTER bytes
+    uint8_t splice              # moving bytes through `pipe` now
     uint8_t src_eof             # src read returned 0
     uint8_t eof_passed          # filters passed end_stream: the FIN may go out
     uint8_t shut                # FIN sent to dst
     uint8_t paused              # reading paused by the buffer limit
     uint8_t stopped             # a filter returned STOP_ITERATION
     int stop_at                 # ... this one
-    int pipe_r
-    int pipe_w
-    size_t pipe_bytes
-    size_t pipe_cap
+    PooledPipe pipe             # pipe.r < 0: none
+    size_t pipe_bytes           # in the pipe now
+    uint64_t copied             # bytes read by the buffered path
     Chain rbuf                  # read, not yet through the filters
     Chain buf                   # ready for dst
     Chain inj                   # bytes a filter injected on a splice direction
@@ -62,8 +71,8 @@ cdef inline void _dir_init(Dir* d, Endp* src, Endp* dst, uint8_t upward) noexcep
     d.src = src
     d.dst = dst
     d.upward = upward
-    d.pipe_r = -1
-    d.pipe_w = -1
+    d.pipe.r = -1
+    d.pipe.w = -1
     chain_init(&d.rbuf)
     chain_init(&d.buf)
     chain_init(&d.inj)
@@ -84,20 +93,18 @@ cdef inline void _count_tx(Session* s, Dir* d, size_t n, bint spliced) noexcept 
     stat_add(s.cfg.tstats, s.w, T_SPLICED if spliced else T_COPIED, n)
 
 
-cdef void _dir_open_pipe(Dir* d, size_t want) noexcept nogil:
-    """Switch a direction to splice; stays buffered if no pipe can be had (e.g. EMFILE)."""
-    cdef int p[2]
-    cdef int got
-    if pipe2(p, O_NONBLOCK | O_CLOEXEC) < 0:
-        d.splice = 0
-        return
-    fcntl(p[1], F_SETPIPE_SZ, <int>want)     # best effort: capped by fs.pipe-max-size
-    got = fcntl(p[1], F_GETPIPE_SZ)
-    d.pipe_r = p[0]
-    d.pipe_w = p[1]
-    d.pipe_cap = <size_t>got if got > 0 else 65536
+DEF SPLICE_AFTER = 65536        # bytes a direction copies before it switches to splice
+
+
+cdef bint _dir_open_pipe(Session* s, Dir* d) noexcept nogil:
+    """Switch a direction whose buffers are empty to splice, with a pipe from the worker's
+    pool. False when no pipe can be had (e.g. EMFILE): the direction then copies for good."""
+    if not pipe_take(s.w, s.cfg.buffer_limit, &d.pipe):
+        d.may_splice = 0
+        return False
+    d.pipe_bytes = 0
     d.splice = 1
-    chain_move(&d.inj, &d.buf)  # bytes a filter wrote before the upstream was up
+    return True
 
 
 cdef int _dir_pump_splice(Session* s, Dir* d) noexcept nogil:
@@ -107,7 +114,7 @@ cdef int _dir_pump_splice(Session* s, Dir* d) noexcept nogil:
     while True:
         progress = False
         if d.pipe_bytes and d.dst.writable:
-            n = splice(d.pipe_r, NULL, d.dst.fd, NULL, d.pipe_bytes, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+            n = splice(d.pipe.r, NULL, d.dst.fd, NULL, d.pipe_bytes, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
             if n > 0:
                 d.pipe_bytes -= <size_t>n
                 _count_tx(s, d, <size_t>n, True)
@@ -117,14 +124,14 @@ cdef int _dir_pump_splice(Session* s, Dir* d) noexcept nogil:
                     d.dst.writable = 0
                 elif errno != EINTR:
                     return -2
-        if d.inj.length and d.pipe_bytes < d.pipe_cap:
+        if d.inj.length and d.pipe_bytes < d.pipe.cap:
             # Bytes a filter wrote go through the pipe too, so they keep their place.
-            n = chain_write_fd(&d.inj, d.pipe_w)
+            n = chain_write_fd(&d.inj, d.pipe.w)
             if n > 0:
                 d.pipe_bytes += <size_t>n
                 progress = True
-        if not d.src_eof and d.src.readable and d.inj.length == 0 and d.pipe_bytes < d.pipe_cap:
-            n = splice(d.src.fd, NULL, d.pipe_w, NULL, d.pipe_cap - d.pipe_bytes,
+        if not d.src_eof and d.src.readable and d.inj.length == 0 and d.pipe_bytes < d.pipe.cap:
+            n = splice(d.src.fd, NULL, d.pipe.w, NULL, d.pipe.cap - d.pipe_bytes,
                        SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
             if n > 0:
                 d.pipe_bytes += <size_t>n
@@ -146,23 +153,22 @@ cdef int _dir_pump_splice(Session* s, Dir* d) noexcept nogil:
 
 
 cdef int _dir_pump_buffered(Session* s, Dir* d) noexcept nogil:
-    """Returns 0, -1 when src failed, -2 when dst failed, -3 on a filter error."""
+    """Returns 0, 1 when the direction has just switched to splice (pump it with
+    _dir_pump_splice), -1 when src failed, -2 when dst failed, -3 on a filter error."""
     cdef ssize_t n
-    cdef bint progress
+    cdef bint progress, streaming, eof_next
     cdef size_t held, limit = s.cfg.buffer_limit
+    cdef size_t asked = 0, offered = 0
     while True:
         progress = False
-        if d.buf.length and d.dst.writable:
-            n = chain_write_fd(&d.buf, d.dst.fd)
-            if n > 0:
-                _count_tx(s, d, <size_t>n, False)
-                progress = True
-            elif n < 0:
-                if errno == EAGAIN:
-                    d.dst.writable = 0
-                elif errno != EINTR:
-                    return -2
-        if not d.src_eof and d.src.readable:
+        streaming = d.may_splice and d.copied >= SPLICE_AFTER and not d.src_eof
+        if streaming and d.buf.length == 0 and d.rbuf.length == 0 and d.inj.length == 0:
+            # A streaming direction whose copied bytes have all gone out: the rest moves
+            # through a pipe. (Until then it reads no more into buffers.)
+            if _dir_open_pipe(s, d):
+                return 1
+            streaming = False                   # no pipe to be had: copy on
+        if not streaming and not d.src_eof and d.src.readable:
             held = d.rbuf.length + d.buf.length
             if held >= limit:
                 if not d.paused:
@@ -172,10 +178,23 @@ cdef int _dir_pump_buffered(Session* s, Dir* d) noexcept nogil:
                 if d.paused:
                     d.paused = 0
                     stat_add(s.cfg.tstats, s.w, T_RESUMED, 1)
-                n = chain_read_fd(&d.rbuf, d.src.fd, limit - held)
+                eof_next = False
+                n = chain_read_fd(&d.rbuf, d.src.fd, limit - held, &asked)
                 if n > 0:
                     _count_rx(s, d, <size_t>n)
+                    d.copied += <uint64_t>n
                     progress = True
+                    if <size_t>n < asked:
+                        # A short read drained the socket. Without RDHUP the next bytes
+                        # bring a new edge. After RDHUP every byte before the FIN was in
+                        # the queue, so this is the end of the stream: no read for the 0.
+                        # After an error, read on to it.
+                        if d.src.hup == HUP_FIN:
+                            d.src_eof = 1
+                        elif d.src.hup:
+                            eof_next = True
+                        else:
+                            d.src.readable = 0
                 elif n == 0:
                     d.src_eof = 1
                     progress = True
@@ -185,6 +204,23 @@ cdef int _dir_pump_buffered(Session* s, Dir* d) noexcept nogil:
                     return -1
                 if n >= 0 and dir_run_filters(s, d, -1) < 0:
                     return -3
+                if eof_next:
+                    continue                    # read that EOF before writing (below)
+        if d.buf.length and d.dst.writable:
+            # Once the source's EOF has passed, buf holds the last bytes and _dir_pump
+            # sends the FIN as soon as they are out: MSG_MORE lets it leave with them,
+            # in one segment.
+            n = chain_write_fd(&d.buf, d.dst.fd, &offered, d.src_eof and d.eof_passed)
+            if n > 0:
+                _count_tx(s, d, <size_t>n, False)
+                progress = True
+                if <size_t>n < offered:
+                    d.dst.writable = 0  # its send buffer is full; EPOLLOUT says when it has room
+            elif n < 0:
+                if errno == EAGAIN:
+                    d.dst.writable = 0
+                elif errno != EINTR:
+                    return -2
         if not progress:
             break
     return 0
@@ -207,11 +243,20 @@ cdef int dir_run_filters(Session* s, Dir* d, int resume_after) noexcept nogil:
 
 
 cdef inline int _dir_pump(Session* s, Dir* d) noexcept nogil:
-    cdef int r = _dir_pump_splice(s, d) if d.splice else _dir_pump_buffered(s, d)
+    cdef int r
+    if d.splice:
+        r = _dir_pump_splice(s, d)
+    else:
+        r = _dir_pump_buffered(s, d)
+        if r == 1:
+            r = _dir_pump_splice(s, d)
     if r == 0 and d.src_eof and d.eof_passed and not d.shut and d.pipe_bytes == 0 \
             and d.buf.length == 0 and d.inj.length == 0:
-        shutdown(d.dst.fd, SHUT_WR)
         d.shut = 1
+        # When the other direction is shut already, the session closes in this pump and
+        # close() sends the FIN: no shutdown() call needed.
+        if not (s.u2d.shut if d.upward else s.d2u.shut):
+            shutdown(d.dst.fd, SHUT_WR)
     return r
 
 
@@ -275,9 +320,15 @@ cdef void session_on_event(Worker* w, Endp* ep, uint32_t events) noexcept nogil:
     cdef Session* s = <Session*>ep.owner
     if s.state == S_CLOSED:
         return
+    # The peer has closed: no edge will follow, so reads go on to the end (see
+    # _dir_pump_buffered).
+    if events & EPOLLERR:
+        ep.hup = HUP_ERROR
+    elif events & (EPOLLRDHUP | EPOLLHUP) and not ep.hup:
+        ep.hup = HUP_FIN
     if ep.kind == EP_UP and s.state == S_CONNECTING:
         if events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
-            _session_connect_done(s)
+            _session_connect_done(s, events)
         return
     if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
         ep.readable = 1
@@ -317,6 +368,12 @@ cdef bint _is_loopback(const sockaddr* sa) noexcept nogil:
 
 DEF LOOPBACK_SNDBUF = 1048576      # SO_SNDBUF for loopback sockets (the kernel doubles it)
 
+# Whether a new socket's congestion control (the host default) paces: -1 not known yet,
+# 0 no, 1 yes (BBR). Learnt from the first socket tuned, so later sockets need no
+# getsockopt; a worker race only writes the same value twice. A change of the host default
+# takes effect at the next start.
+cdef int _default_cc_paced = -1
+
 
 cdef void _loopback_tune(int fd, const sockaddr* peer) noexcept nogil:
     """Tune the proxy's own socket to a loopback peer for where its kernel work runs.
@@ -337,17 +394,23 @@ cdef void _loopback_tune(int fd, const sockaddr* peer) noexcept nogil:
     Measured with iperf3 through the L4 proxy, pinned (benchmarks/README.md): CUBIC
     1.3-1.6x; the fixed send buffer lifts server-to-client from ~9 to ~12 Gbit/s, about
     the direct path, and costs the iperf3 core ~15 % less CPU per GB. Non-loopback
-    connections keep every host setting."""
+    connections keep every host setting.
+
+    A listening socket bound to a loopback address is tuned once (_bind_one): the sockets
+    it accepts inherit both settings (and TCP_NODELAY), so they need no call here."""
+    global _default_cc_paced
     cdef char name[16]
     cdef socklen_t n = sizeof(name)
     cdef int sndbuf = LOOPBACK_SNDBUF
     if not _is_loopback(peer):
         return
     setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(int))
-    memset(name, 0, sizeof(name))
-    if getsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, name, &n) < 0:
-        return
-    if not (name[0] == b'b' and name[1] == b'b' and name[2] == b'r'):
+    if _default_cc_paced < 0:
+        memset(name, 0, sizeof(name))
+        if getsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, name, &n) < 0:
+            return
+        _default_cc_paced = 1 if name[0] == b'b' and name[1] == b'b' and name[2] == b'r' else 0
+    if not _default_cc_paced:
         return
     if setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, b"cubic", 5) < 0:
         setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, b"reno", 4)
@@ -369,9 +432,10 @@ cdef void _session_connect_timeout(Worker* w, void* arg) noexcept nogil:
     _session_connect_failed(s)
 
 
-cdef void session_start(Worker* w, ListenerCfg* cfg, int fd) noexcept nogil:
+cdef void session_start(Worker* w, ListenerCfg* cfg, int fd, const sockaddr* peer) noexcept nogil:
+    """A new downstream connection; peer is its address as accept4 returned it."""
     if cfg.http != NULL:
-        hconn_start(w, cfg, fd)
+        hconn_start(w, cfg, fd, peer)
         return
     cdef Session* s = <Session*>calloc(1, sizeof(Session))
     if s == NULL:
@@ -403,11 +467,8 @@ cdef void session_start(Worker* w, ListenerCfg* cfg, int fd) noexcept nogil:
     stat_add(cfg.lstats, w, L_CX_ACTIVE, 1)
     stat_add(cfg.tstats, w, T_CX_TOTAL, 1)
     stat_add(cfg.tstats, w, T_CX_ACTIVE, 1)
-    _set_nodelay(fd)
-    cdef sockaddr_storage peer
-    cdef socklen_t plen = sizeof(peer)
-    if getpeername(fd, <sockaddr*>&peer, &plen) == 0:
-        _loopback_tune(fd, <sockaddr*>&peer)
+    if not cfg.sock.loopback:   # else inherited from the listening socket, as TCP_NODELAY is
+        _loopback_tune(fd, peer)
     cdef epoll_event ev
     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
     ev.data.ptr = &s.down
@@ -482,6 +543,7 @@ cdef void _session_connect_failed(Session* s) noexcept nogil:
     timer_cancel(w, &s.connect_timer)
     close(s.up.fd)
     s.up.fd = -1
+    s.up.hup = 0                                # the next attempt's socket starts afresh
     s.up_counted = 0
     fp_atomic_add_i64(&s.cfg.cluster.n_cx, -1)
     stat_sub(s.cfg.cluster.stats, w, C_CX_ACTIVE, 1)
@@ -492,22 +554,24 @@ cdef void _session_connect_failed(Session* s) noexcept nogil:
     session_connect(s)
 
 
-cdef void _session_connect_done(Session* s) noexcept nogil:
+cdef void _session_connect_done(Session* s, uint32_t events) noexcept nogil:
     cdef int err = 0
     cdef socklen_t n = sizeof(int)
-    if getsockopt(s.up.fd, SOL_SOCKET, SO_ERROR, &err, &n) < 0 or err != 0:
+    # A failed connect reports EPOLLERR (the error is in SO_ERROR); EPOLLOUT alone means it
+    # succeeded, and needs no getsockopt.
+    if events & (EPOLLERR | EPOLLHUP) and (
+            getsockopt(s.up.fd, SOL_SOCKET, SO_ERROR, &err, &n) < 0 or err != 0):
         _session_connect_failed(s)
         return
     timer_cancel(s.w, &s.connect_timer)
     s.state = S_ESTABLISHED
-    s.up.readable = 1
+    # Only what came with the connect's completion: later bytes bring their own edge.
+    s.up.readable = (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0
     s.up.writable = 1
     s.down.readable = 1                         # its edge may have come while we connected
     s.down.writable = 1
-    if s.cfg.splice_read:
-        _dir_open_pipe(&s.d2u, s.cfg.buffer_limit)
-    if s.cfg.splice_write:
-        _dir_open_pipe(&s.u2d, s.cfg.buffer_limit)
+    s.d2u.may_splice = s.cfg.splice_read
+    s.u2d.may_splice = s.cfg.splice_write
     if s.cfg.idle_timeout_ms:
         timer_arm(s.w, &s.idle_timer, s.cfg.idle_timeout_ms)
     session_pump(s)
@@ -522,7 +586,9 @@ cdef void _discard_input(int fd) noexcept nogil:
             return
 
 
-cdef void _close_fd(int fd, bint rst) noexcept nogil:
+cdef void _close_fd(int fd, bint rst, bint drained=False) noexcept nogil:
+    """Close a socket: with an RST when rst, else with a FIN, after dropping unread input
+    (unless drained: the caller has read its EOF, so nothing can be left)."""
     cdef linger lg
     if fd < 0:
         return
@@ -530,17 +596,15 @@ cdef void _close_fd(int fd, bint rst) noexcept nogil:
         lg.l_onoff = 1
         lg.l_linger = 0
         setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(linger))
-    else:
+    elif not drained:
         _discard_input(fd)
     close(fd)
 
 
-cdef void _dir_release(Dir* d) noexcept nogil:
-    if d.pipe_r >= 0:
-        close(d.pipe_r)
-        close(d.pipe_w)
-        d.pipe_r = -1
-        d.pipe_w = -1
+cdef void _dir_release(Worker* w, Dir* d) noexcept nogil:
+    pipe_give_back(w, &d.pipe, d.pipe_bytes)   # kept for reuse only if drained
+    d.pipe_bytes = 0
+    d.splice = 0
     chain_free(&d.rbuf)
     chain_free(&d.buf)
     chain_free(&d.inj)
@@ -559,10 +623,10 @@ cdef void session_close(Session* s, bint rst_down, bint rst_up) noexcept nogil:
         _py_session_closed(s)
     if rst_down or rst_up:
         stat_add(s.cfg.tstats, w, T_RESET_SENT, 1)
-    _close_fd(s.down.fd, rst_down)
-    _close_fd(s.up.fd, rst_up)
-    _dir_release(&s.d2u)
-    _dir_release(&s.u2d)
+    _close_fd(s.down.fd, rst_down, s.d2u.src_eof)
+    _close_fd(s.up.fd, rst_up, s.u2d.src_eof)
+    _dir_release(w, &s.d2u)
+    _dir_release(w, &s.u2d)
     stat_sub(s.cfg.lstats, w, L_CX_ACTIVE, 1)
     stat_add(s.cfg.lstats, w, L_CX_DESTROY, 1)
     stat_sub(s.cfg.tstats, w, T_CX_ACTIVE, 1)

@@ -4,6 +4,8 @@
 #define FASTPROXY_FP_C_H
 #include <stdint.h>
 #include <pthread.h>
+#include <assert.h>
+#include <sys/ioctl.h>
 
 static inline int fp_atomic_add_int(int *p, int v) {
     return __atomic_add_fetch(p, v, __ATOMIC_ACQ_REL);
@@ -24,5 +26,19 @@ static inline int fp_load_int(int *p) {
 }
 static inline void fp_store_int(int *p, int v) {
     __atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+/* Debug and ASan builds: abort if the kernel says a pipe still holds bytes (FIONREAD),
+ * i.e. if the byte accounting that lets a pipe be reused is wrong. Release builds trust
+ * the accounting and make no system call. */
+static inline void fp_debug_assert_pipe_empty(int fd) {
+#ifndef NDEBUG
+    int n = -1;
+    int r = ioctl(fd, FIONREAD, &n);
+    assert(r == 0 && n == 0);
+    (void)r;
+    (void)n;
+#else
+    (void)fd;
+#endif
 }
 #endif

@@ -136,6 +136,16 @@ cdef extern from "<sys/socket.h>" nogil:
         SHUT_RDWR
         MSG_DONTWAIT
         MSG_NOSIGNAL
+        MSG_MORE
+    struct msghdr:
+        void* msg_name
+        socklen_t msg_namelen
+        iovec* msg_iov
+        size_t msg_iovlen
+        void* msg_control
+        size_t msg_controllen
+        int msg_flags
+    ssize_t sendmsg(int fd, const msghdr* msg, int flags)
     int socket(int domain, int type, int protocol)
     int bind(int fd, const sockaddr* addr, socklen_t len)
     int listen(int fd, int backlog)
@@ -210,3 +220,4 @@ cdef extern from "fp_c.h" nogil:
     uint64_t fp_load_u64(uint64_t* p)
     int fp_load_int(int* p)
     void fp_store_int(int* p, int v)
+    void fp_debug_assert_pipe_empty(int fd)

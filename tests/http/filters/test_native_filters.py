@@ -23,7 +23,8 @@ from fastproxy.model_filters import (BUFFER, CORS, FAULT, HEADER_MUTATION, HEALT
                                      BufferPerRoute, Cors, CorsPolicy, FaultAbort, FaultDelay, FractionalPercent,
                                      HTTPFault, HealthCheck, HeaderMutation, HeaderMutationOp, LocalRateLimit,
                                      Mutations, TokenBucket)
-from fastproxy.model_http import HeaderMatcher, HeaderValueOption, Route, RouteAction, RouteMatch, StringMatch
+from fastproxy.model_http import (HeaderMatcher, HeaderValueOption, Int64Range, Route, RouteAction, RouteMatch,
+                                  StringMatch)
 
 from conftest import start_envoy
 from test_envoy_config import ENVOY, envoy_validate, needs_envoy
@@ -302,11 +303,109 @@ def test_health_check_header_matchers_all_must_match(upstream):
         assert get(p, "/hc")[2] == b"GET /hc 0"
 
 
+def test_health_check_range_match_and_host(upstream):
+    # the routes' matcher: range_match compares the value as an integer (it was taken for a
+    # presence test), and "host" is the request's authority, as in a route
+    hc = HealthCheck(False, [HeaderMatcher("x-n", range_match=Int64Range(1, 10)),
+                             HeaderMatcher("host", StringMatch("prefix", "probe."))])
+    with make_proxy([nf(HEALTH_CHECK, hc)], upstream) as p:
+        assert get(p, "/hc", headers={"x-n": "5", "host": "probe.local"})[2] == b""
+        assert get(p, "/hc", headers={"x-n": "50", "host": "probe.local"})[2] == b"GET /hc 0"
+        assert get(p, "/hc", headers={"x-n": "5", "host": "other"})[2] == b"GET /hc 0"
+
+
 def test_health_check_pass_through(upstream):
     hc = HealthCheck(True, [HeaderMatcher(":path", StringMatch("exact", "/healthz"))])
     with make_proxy([nf(HEALTH_CHECK, hc)], upstream) as p:
         assert get(p, "/healthz")[2] == b"GET /healthz 0"
     assert len(upstream.requests) == 1
+
+
+REPEATED_HEADER_YAML = """\
+admin:
+  address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+static_resources:
+  listeners:
+  - name: http
+    address:
+      socket_address: {address: 127.0.0.1, port_value: 0}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: web
+          http_filters:
+          - name: envoy.filters.http.health_check
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck
+              pass_through_mode: false
+              headers:
+              - {name: ":path", string_match: {prefix: /hc}}
+              - {name: x-m, string_match: MATCHER}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: /rt, headers: [{name: x-m, string_match: MATCHER}]}
+                direct_response: {status: 200, body: {inline_string: route}}
+              - match: {prefix: /}
+                direct_response: {status: 404, body: {inline_string: other}}
+"""
+
+# (matcher, the x-m field lines of one request)
+REPEATED_HEADER_CASES = [
+    ('{exact: "v1"}', ["v1", "v2"]),
+    ('{exact: "v1"}', ["v2", "v1"]),
+    ('{exact: "v1,v2"}', ["v1", "v2"]),
+    ('{exact: "v1,v2"}', ["v1,v2"]),
+    ('{safe_regex: {regex: "v1,.*"}}', ["v1", "v2"]),
+    ('{suffix: "2"}', ["v2", "v1"]),
+]
+
+
+def _repeated_header_answers(addr, values):
+    """(status, body) of the health check path and of the route path, for a request with
+    one x-m field line per value."""
+    out = []
+    for path in ("/hc", "/rt"):
+        head = f"GET {path} HTTP/1.1\r\nHost: x\r\n" + "".join(f"x-m: {v}\r\n" for v in values)
+        with socket.create_connection(addr, timeout=5) as s:
+            s.sendall((head + "Connection: close\r\n\r\n").encode())
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        status = int(data.split(b" ", 2)[1])
+        out.append((status, data.split(b"\r\n\r\n", 1)[1]))
+    return out
+
+
+def test_a_repeated_header_is_matched_the_same_by_routes_and_filters(tmp_path):
+    """One header matcher for the routes and the native filters, with Envoy 1.40's rule:
+    each field line of a repeated header is matched on its own (never the values joined
+    with ','), in a route and in health_check alike; the same answers as Envoy gives."""
+    ours, theirs = [], []
+    for i, (matcher, values) in enumerate(REPEATED_HEADER_CASES):
+        text = REPEATED_HEADER_YAML.replace("MATCHER", matcher)
+        with Proxy.from_envoy(text, concurrency=1) as p:
+            ours.append(_repeated_header_answers(p.listener_address("http"), values))
+        if ENVOY is not None:
+            (tmp_path / str(i)).mkdir()
+            proc, _, addr = start_envoy(text, tmp_path / str(i))
+            try:
+                theirs.append(_repeated_header_answers(addr, values))
+            finally:
+                proc.terminate()
+                proc.wait()
+    hc, route_ok = (200, b""), (200, b"route")
+    missed = [(404, b"other"), (404, b"other")]
+    assert ours == [[hc, route_ok], [hc, route_ok], missed, [hc, route_ok], missed, [hc, route_ok]]
+    if ENVOY is not None:
+        assert theirs == ours
 
 
 FAULT_DELAY_YAML = """\

@@ -5,7 +5,7 @@ target demands that they produce the same events for every input. It is written 
 next to RFC 9112, not to be fast, and shares no code with the compiled one. The policy it
 implements, including where it is stricter than llhttp, is in docs/http1-policy.md.
 
-The API is the same as ``fastproxy._core``'s: :class:`H1TestParser` (``feed``/``feed_eof``
+The API is the same as the compiled hooks' in ``fastproxy._testing``: :class:`H1TestParser` (``feed``/``feed_eof``
 returning events), ``HTTP1_ERRORS``, and the serializers ``http1_request_head``,
 ``http1_response_head``, ``http1_chunk`` and ``http1_last_chunk``.
 """
@@ -148,7 +148,7 @@ def _list_elements(value: bytes):
 
 
 class H1TestParser:
-    """See ``fastproxy._core.H1TestParser``: the same constructor, properties and events."""
+    """See ``fastproxy._testing.H1TestParser``: the same constructor, properties and events."""
 
     def __init__(self, kind="request", *, max_head=0, max_start_line=0, max_fields=0,
                  request_method=b"GET", take_heads=False):

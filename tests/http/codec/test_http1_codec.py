@@ -1,4 +1,4 @@
-"""The HTTP/1.1 codec (core/http1.pxi) and its pure-Python twin (fastproxy.http1_reference).
+"""The HTTP/1.1 codec (core/http1.pxi) and its pure-Python twin (fastproxy._testing.http1_reference).
 
 Every test runs against both implementations. Events are compared after joining adjacent
 ("data", ...) events, because how a body is cut into segments depends on how the input was
@@ -10,8 +10,8 @@ import random
 
 import pytest
 
-from fastproxy import _core as compiled
-from fastproxy import http1_reference as reference
+from fastproxy import _testing as compiled
+from fastproxy._testing import http1_reference as reference
 
 IMPLS = {"compiled": compiled, "reference": reference}
 
@@ -799,8 +799,8 @@ def test_serializer_refuses_what_cannot_be_sent(impl, call):
 # ---------------------------------------------------------------------------- benchmark helper
 
 def test_bench_helper_parses_a_pipeline():
-    """compiled._http1_bench (the nogil loop used to measure MB/s) parses every message."""
-    seconds, messages = compiled._http1_bench(b"".join(MESSAGES_REQUEST), 3)
+    """compiled.http1_bench (the nogil loop used to measure MB/s) parses every message."""
+    seconds, messages = compiled.http1_bench(b"".join(MESSAGES_REQUEST), 3)
     assert messages == 3 * len(MESSAGES_REQUEST) and seconds >= 0
     with pytest.raises(ValueError):
-        compiled._http1_bench(b"GET / HTTP/1.1\r\n\r\n", 1)
+        compiled.http1_bench(b"GET / HTTP/1.1\r\n\r\n", 1)

@@ -26,7 +26,7 @@ from http_upstreams import http_request as request
 
 cffi = pytest.importorskip("cffi")
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "c_filter"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "c_filter"
 TYPED_STRUCT = "type.googleapis.com/xds.type.v3.TypedStruct"
 C_TYPE_URL = "type.googleapis.com/fastproxy.c.HttpFilter"
 

@@ -1,7 +1,7 @@
 """Fuzz target: the compiled HTTP/1.1 codec against its pure-Python twin.
 
-Every input runs through both implementations (``fastproxy._core`` and
-``fastproxy.http1_reference``), cut into the same pieces; their events must be equal, the
+Every input runs through both implementations (``fastproxy._testing``, the
+core's hooks, and ``fastproxy._testing.http1_reference``), cut into the same pieces; their events must be equal, the
 compiled one's must not depend on how the input was cut, and nothing may crash. The first
 input byte chooses the set-up, the rest is the stream:
 
@@ -15,7 +15,7 @@ input byte chooses the set-up, the rest is the stream:
 Long run with atheris (libFuzzer flags pass through; a corpus directory is created and
 seeded when missing):
 
-    python tests/fuzz_http1.py -max_total_time=3600 build/fuzz-http1-corpus
+    python tests/http/codec/fuzz_http1.py -max_total_time=3600 build/fuzz-http1-corpus
 
 Without atheris, ``run_random`` does the same checks on seeded random mutations.
 """
@@ -27,7 +27,7 @@ import random
 import sys
 import tempfile
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[3]      # tests/http/codec/ -> the repository
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
@@ -38,10 +38,10 @@ except ImportError:                                     # run_random still works
 
 if atheris is not None and __name__ == "__main__":
     with atheris.instrument_imports():
-        from fastproxy import http1_reference as reference
+        from fastproxy._testing import http1_reference as reference
 else:
-    from fastproxy import http1_reference as reference
-from fastproxy import _core as compiled
+    from fastproxy._testing import http1_reference as reference
+from fastproxy import _testing as compiled
 
 METHODS = (b"GET", b"HEAD", b"CONNECT", b"GET")
 TINY = {"max_head": 256, "max_start_line": 64, "max_fields": 4}

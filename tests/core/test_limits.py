@@ -90,7 +90,7 @@ def test_max_connections_overflow(servers, proxy_factory):
 
 
 PROXY_SCRIPT = r"""
-import sys
+import json, sys
 sys.path.insert(0, sys.argv[1])
 from fastproxy import Proxy, Listener, Cluster, Endpoint
 p = Proxy(listeners=[Listener(name="l", cluster="c", stat_prefix="t")],
@@ -98,7 +98,8 @@ p = Proxy(listeners=[Listener(name="l", cluster="c", stat_prefix="t")],
           concurrency=1)
 p.start()
 print(p.listener_address("l")[1], flush=True)
-sys.stdin.read()                      # the test closes stdin to stop us
+for line in sys.stdin:                # a line asks for the splice pipe counts; EOF stops us
+    print(json.dumps(p._engine.pipe_stats()), flush=True)
 p.stop(drain_timeout=0.5)
 print("stopped", flush=True)
 """
@@ -192,3 +193,76 @@ def test_emfile_does_not_kill_or_spin(servers):
                 proc.wait()
                 raise AssertionError("proxy subprocess did not stop on request")
     assert proc.returncode == 0, stderr_text()
+
+
+@pytest.mark.timeout(90)
+def test_emfile_frees_pooled_pipes_and_falls_back_to_copying(servers):
+    """Pooled splice pipes hold descriptors: when accept runs out of them the worker closes
+    its pool first; a direction that can get no pipe copies instead, with the same bytes."""
+    import json
+    import threading
+    from test_tcp_proxy import SPLICE_AFTER, _echo_exchange, _payload
+    echo = servers.echo()
+    err = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen([sys.executable, "-c", PROXY_SCRIPT, str(SRC), str(echo.port)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                            preexec_fn=_limit_fds, text=True)
+
+    def pipes():
+        proc.stdin.write("pipes\n")
+        proc.stdin.flush()
+        return json.loads(_readline(proc, 10))
+
+    clients = []
+    try:
+        addr = ("127.0.0.1", int(_readline(proc, 20)))
+        # Fill the pool: connections that splice both ways, then close.
+        bulk = [connect(addr, timeout=20) for _ in range(4)]
+        for i, s in enumerate(bulk):
+            _echo_exchange(s, _payload(i, 2 * SPLICE_AFTER))
+        for s in bulk:
+            s.close()
+        wait_for(lambda: pipes()["pooled"] == 8, timeout=10, msg="8 pipes pooled")
+        # Run out of descriptors.
+        for i in range(3 * NOFILE):
+            s = connect(addr, timeout=5)
+            s.sendall(b"hello-%03d" % i)
+            clients.append(s)
+        wait_stalled(lambda: echo.accepted, quiet=0.5, timeout=20)
+        assert proc.poll() is None
+        assert pipes()["pooled"] == 0, "EMFILE should have closed the pooled pipes"
+        # While saturated, a streaming connection that got in mostly finds no descriptor
+        # for a pipe: then it copies, and its bytes are the same.
+        done = threading.Event()
+        for s in clients:
+            try:
+                s.settimeout(0.2)
+                if s.recv(64):
+                    s.settimeout(20)
+                    created = pipes()["created"]
+                    _echo_exchange(s, _payload(99, 4 * SPLICE_AFTER))
+                    done.set()
+                    break
+            except OSError:
+                continue
+        assert done.is_set(), "no connection was served"
+        for s in clients:
+            s.close()
+        clients.clear()
+        # Recovered: new streaming connections splice again.
+        wait_for(lambda: _try_echo(addr, b"after the storm"), timeout=20, interval=0.1,
+                 msg="proxy serves again after EMFILE")
+        with connect(addr, timeout=20) as s:
+            _echo_exchange(s, _payload(100, 4 * SPLICE_AFTER))
+        assert pipes()["created"] > created
+    finally:
+        for s in clients:
+            s.close()
+        if proc.poll() is None:
+            proc.stdin.close()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, err.seek(0) or err.read()[-4000:]

@@ -575,7 +575,8 @@ def test_many_requests_on_one_connection_with_filters(upstream):
 
 # ---------------------------------------------------------------- config: YAML, names, entry points
 
-SAMPLE = __import__("pathlib").Path(__file__).parent / "configs" / "http_python_filter.yaml"
+from conftest import CONFIGS  # noqa: E402
+SAMPLE = CONFIGS / "http_python_filter.yaml"
 
 
 def _sample_with_ports(upstream_port):

@@ -14,8 +14,8 @@ import time
 import pytest
 
 from fastproxy import Cluster, Endpoint, FilterStatus, HttpFilter, Listener, Proxy, PythonHttpFilter
-from fastproxy.model_http import (HttpConnectionManager, Route, RouteAction, RouteConfiguration,
-                                  RouteMatch, VirtualHost)
+from fastproxy.http import (HttpConnectionManager, Route, RouteAction, RouteConfiguration, RouteMatch,
+                            VirtualHost)
 
 from conftest import wait_for
 from http_upstreams import http_request
@@ -30,9 +30,9 @@ def make_proxy(filters, upstream, concurrency=2, loop=None, plain_listener=False
         rc = RouteConfiguration(virtual_hosts=[VirtualHost("vh", ["*"], routes=[
             Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))])])
         return HttpConnectionManager(name, rc, http_filters=fs)
-    listeners = [Listener("http", port=0, http=hcm("ingress", filters))]
+    listeners = [Listener("http", hcm("ingress", filters), port=0)]
     if plain_listener:
-        listeners.append(Listener("plain", port=0, http=hcm("plain", [])))
+        listeners.append(Listener("plain", hcm("plain", []), port=0))
     return Proxy(listeners, [Cluster("c", [Endpoint("127.0.0.1", upstream.port)])],
                  concurrency=concurrency, loop=loop)
 

@@ -26,7 +26,7 @@ import pytest
 
 from http_upstreams import RawHttpUpstream, http_request
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from conftest import ROOT  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -166,10 +166,28 @@ def test_wheel_contents(wheel):
     assert any(n.startswith("fastproxy/_core.") and n.endswith(".so") for n in names), names
     for needed in ("fastproxy/__init__.py", "fastproxy/cli.py", "fastproxy/admin.py",
                    "fastproxy/__main__.py", "fastproxy/data/default.yaml", "fastproxy/config/__init__.py",
-                   "fastproxy/py.typed", "fastproxy/include/fastproxy_filter.h"):
+                   "fastproxy/py.typed", "fastproxy/_core.pyi", "fastproxy/include/fastproxy_filter.h"):
         assert needed in names, needed
     entry = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "fastproxy = fastproxy.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+    # The public HTTP model ships; test-only code does not (the codec's pure-Python twin and
+    # the names of the core's test hooks live in fastproxy._testing, left out of the wheel).
+    assert "fastproxy/http/__init__.py" in names, names
+    test_only = [n for n in names if n.startswith("fastproxy/_testing/") or "http1_reference" in n
+                 or n.endswith("bench.pxi")]
+    assert not test_only, test_only
+
+
+def test_the_cores_test_hooks_carry_private_names():
+    """What tests and benchmarks call in the core (the codec's test parser and serializers,
+    the bench loops) has an underscore name there and a public one only in fastproxy._testing."""
+    from fastproxy import _core, _testing
+    exposed = [n for n in dir(_core) if not n.startswith("_")
+               and any(w in n.lower() for w in ("test", "bench", "http1_request_head", "http1_chunk"))]
+    assert exposed == []
+    assert not any("bench" in n for n in dir(_core.RouteTableHandle) if not n.startswith("_"))
+    assert _testing.H1TestParser is _core._H1TestParser
+    assert _testing.http1_bench is _core._http1_bench
 
 
 def test_wheel_installs_and_runs_in_a_fresh_venv(wheel, tmp_path):

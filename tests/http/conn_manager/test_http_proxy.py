@@ -64,6 +64,30 @@ def test_keepalive_requests_reuse_one_upstream_connection(proxy, upstream):
     assert st["cluster.c.upstream_cx_total"] == 1
 
 
+def test_connection_per_request_reuses_the_pool_and_sends_fin_with_the_answer(proxy, upstream):
+    """A client that opens a connection per request (`Connection: close`): the requests
+    share the pooled upstream connections (one per worker at most), and each answer's last
+    bytes leave with the FIN in one segment (MSG_MORE before the close), so the client is
+    woken and ACKs once instead of twice. Proxied and local (direct_response) answers."""
+    import struct
+
+    def segments_received(sock):
+        return struct.unpack_from("<I", sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256), 140)[0]
+
+    addr = proxy.listener_address("http")
+    for path, body in (("/p", b"GET /p 0"), ("/direct", b"direct!")):
+        counts = []
+        for _ in range(10):
+            with socket.create_connection(addr, timeout=5) as s:
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".encode())
+                data = recv_until_eof(s)
+                assert data.startswith(b"HTTP/1.1 200") and data.endswith(body), data
+                counts.append(segments_received(s))
+        # The SYN-ACK, the ACK of the request, then the answer with the FIN.
+        assert min(counts) == 3, (path, counts)
+    assert upstream.connections <= 2, "each request opened an upstream connection"
+
+
 def test_loopback_sockets_are_not_paced(proxy, upstream):
     """As for TCP proxying (test_tcp_proxy): with BBR as the host default, the proxy's own
     loopback sockets, the accepted downstream one and the pooled upstream one, use CUBIC."""

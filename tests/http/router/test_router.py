@@ -9,11 +9,12 @@ import sys
 
 import pytest
 
-SRC = pathlib.Path(__file__).resolve().parents[1] / "src"
+from conftest import SRC  # noqa: E402
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
 from fastproxy._core import compile_route_table  # noqa: E402
+from fastproxy._testing import route_select_bench  # noqa: E402
 from fastproxy.errors import ConfigError  # noqa: E402
 from fastproxy.model_http import (  # noqa: E402
     DirectResponse,
@@ -998,9 +999,9 @@ def test_share_keeps_the_table_alive():
 
 def test_bench_select_runs_without_the_gil():
     t = table(vh("v", ["*"], *[to(prefix=f"/p{i}/") for i in range(50)]))
-    ns, matched = t.bench_select("GET", "/p49/x", "h", rounds=1000)
+    ns, matched = route_select_bench(t, "GET", "/p49/x", "h", rounds=1000)
     assert matched and ns > 0
-    ns, matched = t.bench_select("GET", "/none", "h", rounds=10)
+    ns, matched = route_select_bench(t, "GET", "/none", "h", rounds=10)
     assert not matched
 
 
@@ -1013,7 +1014,7 @@ def test_concurrent_selects_without_the_gil(copies):
     results = []
 
     def work(i):
-        results.append(t.bench_select("GET", f"/r{i % 20}/123", "h", [("x", "vv")], rounds=3000))
+        results.append(route_select_bench(t, "GET", f"/r{i % 20}/123", "h", [("x", "vv")], rounds=3000))
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
     for th in threads:

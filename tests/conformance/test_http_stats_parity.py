@@ -124,7 +124,7 @@ GAUGES = [H + n for n in ("downstream_cx_active", "downstream_cx_http1_active", 
 #    actually received instead.
 #  * upstream_cx_idle_timeout and upstream_cx_max_requests are compared but stay 0 here
 #    (the clusters keep Envoy's defaults: a 1 h pool idle timeout, no per-connection request
-#    limit); tests/test_cluster_options.py fires them and the circuit breakers in both.
+#    limit); tests/upstream/test_cluster_options.py fires them and the circuit breakers in both.
 
 
 class Traffic:

@@ -23,7 +23,7 @@ from fastproxy.model_http import (AccessLog, DirectResponse, HeaderMatcher, Head
                                   VirtualHost, WeightedCluster, validate_http)
 from test_envoy_config import DELETE, edit, envoy_validate, needs_envoy
 
-CONFIGS = Path(__file__).parent / "configs"
+from conftest import CONFIGS  # noqa: E402
 HTTP_SAMPLES = sorted(CONFIGS.glob("http_*.yaml"))
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"

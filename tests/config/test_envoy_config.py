@@ -17,7 +17,7 @@ from fastproxy.model_http import AccessLog
 from fastproxy.errors import ConfigError
 from fastproxy.model import Admin, Bootstrap, Cluster, Endpoint, Listener
 
-CONFIGS = Path(__file__).parent / "configs"
+from conftest import CONFIGS  # noqa: E402
 SAMPLES = sorted(CONFIGS.glob("*.yaml")) + sorted(CONFIGS.glob("*.json"))
 TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 TYPED_STRUCT = "type.googleapis.com/xds.type.v3.TypedStruct"

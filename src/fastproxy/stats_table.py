@@ -1,0 +1,242 @@
+"""Every stat block of the compiled core, defined once (Envoy's stat macros, as a table).
+
+Each block is one row per stat: the index constant the core writes it with, its Envoy name
+and its kind (counter or gauge). build_ext.py turns this table into core/stats_table.pxi
+(the index enum, the names tuple and the gauges set of each block) before Cython runs, so a
+stat is added or removed here and nowhere else; the core checks at import that the module
+was built from this very table (core/stats.pxi), and the Python side (admin, prometheus)
+reads names and kinds from the core's blocks or from here.
+
+Order is layout: a row's index is its position in the block, and some rows are addressed
+by arithmetic (see the notes), which the import-time check also verifies.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+COUNTER = "counter"
+GAUGE = "gauge"
+
+
+class StatBlockDef(NamedTuple):
+    """One block: `name` gives the Python names (NAME_STATS, NAME_GAUGES), `nstats` the C
+    constant of its length, `stats` its rows (constant, Envoy name, kind)."""
+    name: str
+    nstats: str
+    where: str
+    stats: tuple
+
+
+def _xx(prefix: str, first: str) -> tuple:
+    """The 1xx..5xx rows of a status-class counter run: `first` is the 1xx constant; the
+    core adds the class to it (the other four rows have no constant of their own)."""
+    out = [(first, f"{prefix}1xx", COUNTER)]
+    out += [(None, f"{prefix}{k}xx", COUNTER) for k in range(2, 6)]
+    return tuple(out)
+
+
+BLOCKS = (
+    StatBlockDef("LISTENER", "L_NSTATS", "listener.<address>_<port>.*", (
+        ("L_CX_TOTAL", "downstream_cx_total", COUNTER),
+        ("L_CX_ACTIVE", "downstream_cx_active", GAUGE),
+        ("L_CX_OVERFLOW", "downstream_cx_overflow", COUNTER),
+        ("L_ACCEPT_FAIL", "downstream_cx_accept_fail", COUNTER),
+        ("L_CX_DESTROY", "downstream_cx_destroy", COUNTER),
+        ("L_GLOBAL_CX_OVERFLOW", "downstream_global_cx_overflow", COUNTER),
+    )),
+    StatBlockDef("TCP", "T_NSTATS", "tcp.<stat_prefix>.*", (
+        ("T_CX_TOTAL", "downstream_cx_total", COUNTER),
+        ("T_CX_ACTIVE", "downstream_cx_active", GAUGE),
+        ("T_NO_ROUTE", "downstream_cx_no_route", COUNTER),
+        ("T_RX_BYTES", "downstream_cx_rx_bytes_total", COUNTER),
+        ("T_TX_BYTES", "downstream_cx_tx_bytes_total", COUNTER),
+        ("T_IDLE_TIMEOUT", "idle_timeout", COUNTER),
+        ("T_PAUSED", "downstream_flow_control_paused_reading_total", COUNTER),
+        ("T_RESUMED", "downstream_flow_control_resumed_reading_total", COUNTER),
+        ("T_SPLICED", "bytes_spliced", COUNTER),
+        ("T_COPIED", "bytes_copied", COUNTER),
+        ("T_FILTER_ERROR", "python_filter_error", COUNTER),
+        ("T_RESET_SENT", "reset_sent", COUNTER),
+    )),
+    # then the upstream_rq_time histogram and the per-code counters (C_CODES)
+    StatBlockDef("CLUSTER", "C_NSTATS", "cluster.<name>.*", (
+        ("C_CX_TOTAL", "upstream_cx_total", COUNTER),
+        ("C_CX_ACTIVE", "upstream_cx_active", GAUGE),
+        ("C_CONNECT_FAIL", "upstream_cx_connect_fail", COUNTER),
+        ("C_CONNECT_TIMEOUT", "upstream_cx_connect_timeout", COUNTER),
+        ("C_RX_BYTES", "upstream_cx_rx_bytes_total", COUNTER),
+        ("C_TX_BYTES", "upstream_cx_tx_bytes_total", COUNTER),
+        ("C_NONE_HEALTHY", "upstream_cx_none_healthy", COUNTER),
+        ("C_DESTROY_LOCAL", "upstream_cx_destroy_local", COUNTER),      # + 1: remote (so the
+        ("C_DESTROY_REMOTE", "upstream_cx_destroy_remote", COUNTER),    # *_REMOTE ones below)
+        ("C_ATTEMPTS_EXCEEDED", "upstream_cx_connect_attempts_exceeded", COUNTER),
+        ("C_RQ_TOTAL", "upstream_rq_total", COUNTER),
+        *_xx("upstream_rq_", "C_RQ_1XX"),                               # then C_RQ_COMPLETED
+        ("C_RQ_COMPLETED", "upstream_rq_completed", COUNTER),
+        ("C_RQ_TIMEOUT", "upstream_rq_timeout", COUNTER),
+        ("C_CX_DESTROY", "upstream_cx_destroy", COUNTER),
+        ("C_DESTROY_WITH_ACTIVE_RQ", "upstream_cx_destroy_with_active_rq", COUNTER),
+        ("C_DESTROY_LOCAL_WITH_ACTIVE_RQ", "upstream_cx_destroy_local_with_active_rq", COUNTER),
+        ("C_DESTROY_REMOTE_WITH_ACTIVE_RQ", "upstream_cx_destroy_remote_with_active_rq", COUNTER),
+        ("C_CX_HTTP1_TOTAL", "upstream_cx_http1_total", COUNTER),
+        ("C_RQ_ACTIVE", "upstream_rq_active", GAUGE),
+        ("C_RQ_PENDING_TOTAL", "upstream_rq_pending_total", COUNTER),
+        ("C_RQ_PENDING_ACTIVE", "upstream_rq_pending_active", GAUGE),
+        ("C_RQ_PENDING_FAILURE_EJECT", "upstream_rq_pending_failure_eject", COUNTER),
+        ("C_CX_IDLE_TIMEOUT", "upstream_cx_idle_timeout", COUNTER),
+        ("C_CX_MAX_REQUESTS", "upstream_cx_max_requests", COUNTER),
+        ("C_CX_OVERFLOW", "upstream_cx_overflow", COUNTER),             # circuit breakers
+        ("C_CX_POOL_OVERFLOW", "upstream_cx_pool_overflow", COUNTER),
+        ("C_RQ_PENDING_OVERFLOW", "upstream_rq_pending_overflow", COUNTER),
+        ("C_RQ_ACTIVE_OVERFLOW", "upstream_rq_active_overflow", COUNTER),
+        ("C_RQ_RETRY_OVERFLOW", "upstream_rq_retry_overflow", COUNTER),
+        ("C_CX_MAX_DURATION", "upstream_cx_max_duration_reached", COUNTER),
+    )),
+    # A cluster's hosts, as admin /clusters prints them (cluster::<address>::<stat>::<value>),
+    # in Envoy's order: the counters, then the gauges.
+    StatBlockDef("HOST", "HS_NSTATS", "a host of a cluster", (
+        ("HS_CX_CONNECT_FAIL", "cx_connect_fail", COUNTER),
+        ("HS_CX_TOTAL", "cx_total", COUNTER),
+        ("HS_RQ_ERROR", "rq_error", COUNTER),
+        ("HS_RQ_SUCCESS", "rq_success", COUNTER),
+        ("HS_RQ_TIMEOUT", "rq_timeout", COUNTER),
+        ("HS_RQ_TOTAL", "rq_total", COUNTER),
+        ("HS_CX_ACTIVE", "cx_active", GAUGE),
+        ("HS_RQ_ACTIVE", "rq_active", GAUGE),
+        ("HS_RQ_PENDING_ACTIVE", "rq_pending_active", GAUGE),
+    )),
+    StatBlockDef("LISTENER_HTTP", "LH_NSTATS",
+                 "listener.<address>_<port>.http.<stat_prefix>.*: the connection manager's", (
+                     *_xx("downstream_rq_", "LH_RQ_1XX"),
+                     ("LH_RQ_COMPLETED", "downstream_rq_completed", COUNTER),
+                 )),
+    # then the downstream_rq_time histogram
+    StatBlockDef("HTTP", "H_NSTATS", "http.<stat_prefix>.*", (
+        ("H_CX_TOTAL", "downstream_cx_total", COUNTER),
+        ("H_CX_ACTIVE", "downstream_cx_active", GAUGE),
+        ("H_RQ_TOTAL", "downstream_rq_total", COUNTER),
+        ("H_RQ_ACTIVE", "downstream_rq_active", GAUGE),
+        *_xx("downstream_rq_", "H_RQ_1XX"),                             # then H_RQ_COMPLETED
+        ("H_RQ_COMPLETED", "downstream_rq_completed", COUNTER),
+        ("H_RQ_TIME_MS", "downstream_rq_time_ms_total", COUNTER),       # sum of request times
+        ("H_RQ_TIMEOUT", "downstream_rq_timeout", COUNTER),
+        ("H_CX_PROTOCOL_ERROR", "downstream_cx_protocol_error", COUNTER),
+        ("H_RQ_RX_RESET", "downstream_rq_rx_reset", COUNTER),
+        ("H_NO_ROUTE", "no_route", COUNTER),
+        ("H_RQ_TOO_LARGE", "downstream_rq_too_large", COUNTER),
+        ("H_BYTES_SPLICED", "bytes_spliced", COUNTER),                  # socket -> pipe -> socket
+        ("H_BYTES_COPIED", "bytes_copied", COUNTER),                    # through user-space buffers
+        # HTTP filter failures: Python exceptions, async timeouts, a filter (of any kind)
+        # that could not be created
+        ("H_PY_FILTER_ERROR", "python_filter_error", COUNTER),
+        ("H_RQ_IDLE_TIMEOUT", "downstream_rq_idle_timeout", COUNTER),   # stream_idle_timeout
+        ("H_RQ_HEADER_TIMEOUT", "downstream_rq_header_timeout", COUNTER),
+        ("H_RQ_HTTP1_TOTAL", "downstream_rq_http1_total", COUNTER),
+        # counted when the first read returns (Envoy makes its codec then)
+        ("H_CX_HTTP1_TOTAL", "downstream_cx_http1_total", COUNTER),
+        ("H_CX_HTTP1_ACTIVE", "downstream_cx_http1_active", GAUGE),
+        ("H_CX_RX_BYTES", "downstream_cx_rx_bytes_total", COUNTER),
+        ("H_CX_TX_BYTES", "downstream_cx_tx_bytes_total", COUNTER),
+        ("H_CX_DESTROY", "downstream_cx_destroy", COUNTER),
+        ("H_CX_DESTROY_LOCAL", "downstream_cx_destroy_local", COUNTER),     # + 1: remote
+        ("H_CX_DESTROY_REMOTE", "downstream_cx_destroy_remote", COUNTER),
+        ("H_CX_DESTROY_ACTIVE_RQ", "downstream_cx_destroy_active_rq", COUNTER),
+        ("H_CX_DESTROY_LOCAL_ACTIVE_RQ", "downstream_cx_destroy_local_active_rq", COUNTER),  # + 1
+        ("H_CX_DESTROY_REMOTE_ACTIVE_RQ", "downstream_cx_destroy_remote_active_rq", COUNTER),
+        ("H_RQ_FAILED_PATH_NORMALIZATION", "downstream_rq_failed_path_normalization", COUNTER),
+        ("H_RQ_REDIRECTED_NORMALIZED_PATH", "downstream_rq_redirected_with_normalized_path", COUNTER),
+    )),
+    StatBlockDef("HTTP1", "H1S_NSTATS", "http1.*: server-wide", (
+        ("H1S_DROPPED_UNDERSCORES", "dropped_headers_with_underscores", COUNTER),
+        ("H1S_REJECTED_UNDERSCORES", "requests_rejected_with_underscores_in_headers", COUNTER),
+    )),
+    StatBlockDef("LOCAL_RATE_LIMIT", "LRL_NSTATS", "http_local_rate_limit.<stat_prefix>.*", (
+        ("LRL_ENABLED", "enabled", COUNTER),
+        ("LRL_OK", "ok", COUNTER),
+        ("LRL_RATE_LIMITED", "rate_limited", COUNTER),
+        ("LRL_ENFORCED", "enforced", COUNTER),
+    )),
+)
+
+# Index arithmetic the core relies on: (base constant, offset, the stat found there).
+ARITHMETIC = (
+    *(("C_RQ_1XX", k, f"upstream_rq_{k + 1}xx") for k in range(5)),
+    ("C_RQ_1XX", 5, "upstream_rq_completed"),
+    ("C_DESTROY_LOCAL", 1, "upstream_cx_destroy_remote"),
+    ("C_DESTROY_LOCAL_WITH_ACTIVE_RQ", 1, "upstream_cx_destroy_remote_with_active_rq"),
+    *(("LH_RQ_1XX", k, f"downstream_rq_{k + 1}xx") for k in range(5)),
+    ("LH_RQ_1XX", 5, "downstream_rq_completed"),
+    *(("H_RQ_1XX", k, f"downstream_rq_{k + 1}xx") for k in range(5)),
+    ("H_RQ_1XX", 5, "downstream_rq_completed"),
+    ("H_CX_DESTROY_LOCAL", 1, "downstream_cx_destroy_remote"),
+    ("H_CX_DESTROY_LOCAL_ACTIVE_RQ", 1, "downstream_cx_destroy_remote_active_rq"),
+)
+
+
+def block(name: str) -> StatBlockDef:
+    for b in BLOCKS:
+        if b.name == name:
+            return b
+    raise KeyError(name)
+
+
+def names(b: StatBlockDef) -> tuple:
+    return tuple(row[1] for row in b.stats)
+
+
+def gauges(b: StatBlockDef) -> frozenset:
+    return frozenset(row[1] for row in b.stats if row[2] == GAUGE)
+
+
+def check(blocks=BLOCKS, arithmetic=ARITHMETIC) -> dict:
+    """Validate the table; returns {constant: index}. Raises ValueError naming the row of a
+    duplicate constant or name, an unknown kind, or arithmetic that does not hold."""
+    index = {}
+    for b in blocks:
+        seen = set()
+        for i, (const, stat, kind) in enumerate(b.stats):
+            where = f"stats_table {b.name}[{i}] ({stat})"
+            if kind not in (COUNTER, GAUGE):
+                raise ValueError(f"{where}: kind must be COUNTER or GAUGE, got {kind!r}")
+            if stat in seen:
+                raise ValueError(f"{where}: the name {stat!r} is in block {b.name} twice")
+            seen.add(stat)
+            if const is not None:
+                if const in index:
+                    raise ValueError(f"{where}: the constant {const} is defined twice")
+                index[const] = i
+        if b.nstats in index:
+            raise ValueError(f"stats_table {b.name}: {b.nstats} is defined twice")
+        index[b.nstats] = len(b.stats)
+    by_const = {row[0]: b for b in blocks for row in b.stats if row[0] is not None}
+    for const, offset, stat in arithmetic:
+        b = by_const.get(const)
+        i = index.get(const, -1) + offset
+        if b is None or not 0 <= i < len(b.stats) or b.stats[i][1] != stat:
+            raise ValueError(f"stats_table: {const} + {offset} must be {stat!r}")
+    return index
+
+
+def render_pxi(blocks=BLOCKS, arithmetic=ARITHMETIC) -> str:
+    """core/stats_table.pxi: each block's index enum, names tuple and gauges set."""
+    index = check(blocks, arithmetic)
+    out = ["# Generated by build_ext.py from src/fastproxy/stats_table.py: edit the table there,",
+           "# not this file (it is rewritten on every build where the table changed).", ""]
+    for b in blocks:
+        out.append(f"# {b.where}")
+        out.append("cdef enum:")
+        for const, _stat, _kind in b.stats:
+            if const is not None:
+                out.append(f"    {const} = {index[const]}")
+        out.append(f"    {b.nstats} = {len(b.stats)}")
+        out.append(f"{b.name}_STATS = {names(b)!r}")
+        out.append(f"{b.name}_GAUGES = frozenset({tuple(sorted(gauges(b)))!r})")
+        out.append("")
+    out.append("STAT_BLOCKS = {")
+    out += [f"    {b.name!r}: ({b.name}_STATS, {b.name}_GAUGES, {b.nstats})," for b in blocks]
+    out.append("}")
+    out.append("STAT_INDEX = {")
+    out += [f"    {c!r}: {c}," for c in index]
+    out.append("}")
+    out.append("")
+    return "\n".join(out)
