@@ -1,6 +1,7 @@
 # Python HTTP filters: an fp_http_filter table whose hooks take the GIL and call a
-# fastproxy.HttpFilter instance (one per stream). Besides core/pybridge.pxi, the only code
-# on a worker that takes the GIL; a listener without Python HTTP filters never gets here.
+# fastproxy.HttpFilter instance (one per stream). With core/http_pyfilter_async.pxi (async
+# hooks) and core/pybridge.pxi, the only code on a worker that takes the GIL; a listener
+# without Python HTTP filters never gets here.
 #
 # What a hook receives:
 #   Headers  a case-insensitive multi-map over the stream's C header map (no copy); when the
@@ -14,7 +15,6 @@
 # response started). The worker, the connection's other streams and the proxy go on.
 # `async def` hooks go to the proxy's asyncio loop: core/http_pyfilter_async.pxi.
 
-import asyncio as _asyncio
 import time as _time
 
 cdef struct StreamRef:              # lets other threads name a stream that may be gone

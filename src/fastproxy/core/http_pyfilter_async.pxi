@@ -24,6 +24,7 @@
 # and aiohttp call asyncio.current_task()); the Task drives the coroutine's first step
 # itself and arms the hook's timeout timer only if that step suspends.
 
+import asyncio as _asyncio
 import contextvars as _contextvars
 import dis as _dis
 import threading as _threading
