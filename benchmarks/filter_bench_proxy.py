@@ -51,6 +51,31 @@ class AsyncSleep0AddRequestHeader(HttpFilter):
         return CONTINUE
 
 
+class ReqRespHeaders(HttpFilter):
+    """(f): one request header and one response header, plain ``def`` hooks."""
+
+    def decode_headers(self, headers, end_stream):
+        headers["x-py-filter"] = "1"
+        return CONTINUE
+
+    def encode_headers(self, headers, end_stream):
+        headers["x-py-response"] = "1"
+        return CONTINUE
+
+
+class AsyncReqRespHeaders(HttpFilter):
+    """(g): (f) with ``async def`` hooks that do not await: each hook still goes to the
+    asyncio loop and back, so this row is the cost of that handoff."""
+
+    async def decode_headers(self, headers, end_stream):
+        headers["x-async-filter"] = "1"
+        return CONTINUE
+
+    async def encode_headers(self, headers, end_stream):
+        headers["x-async-response"] = "1"
+        return CONTINUE
+
+
 def load_c_filter(directory: str):
     so = next(Path(directory).glob("_c_header_filter*.so"))
     spec = importlib.util.spec_from_file_location("_c_header_filter", so)
@@ -69,6 +94,8 @@ def main(argv=None) -> int:
     Proxy.register_http_filter("bench_add_header", AddRequestHeader)
     Proxy.register_http_filter("bench_async_add_header", AsyncAddRequestHeader)
     Proxy.register_http_filter("bench_async_sleep0_add_header", AsyncSleep0AddRequestHeader)
+    Proxy.register_http_filter("bench_req_resp_header", ReqRespHeaders)
+    Proxy.register_http_filter("bench_async_req_resp_header", AsyncReqRespHeaders)
     if args.c_module_dir:
         ffi, lib = load_c_filter(args.c_module_dir)
         Proxy.register_c_filter("bench_c_header", ffi.addressof(lib, "header_filter_table"), lib)

@@ -32,6 +32,7 @@ layout"). Declaration files (decls.pxi) come before the implementation files of 
   core/http/conn_manager.pxi  the downstream HTTP connection (HConn) and its loop
   core/http/filter_manager.pxi HTTP filter chains (the fp_http_filter C ABI, header maps, iteration)
   core/http_pyfilter.pxi      Python HTTP filters (the GIL is taken here and in pybridge only)
+  core/http_pyfilter_async.pxi their `async def` hooks: the proxy's asyncio loop, batched handoffs
   core/http/stream_extras.pxi stream timeouts, the trusted client address, x-envoy-*, CONNECT
   core/http/hcm_headers.pxi   Date/Server/Via/x-request-id, path normalization, Host ports
   core/access_log.pxi  access logs and the stream facts they print
@@ -76,6 +77,7 @@ include "core/http/hcm_config.pxi"
 include "core/http/conn_manager.pxi"
 include "core/http/filter_manager.pxi"
 include "core/http_pyfilter.pxi"
+include "core/http_pyfilter_async.pxi"
 include "core/http/stream_extras.pxi"
 include "core/http/hcm_headers.pxi"
 include "core/access_log.pxi"

@@ -6,6 +6,7 @@ on it. See docs/architecture.md.
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -37,6 +38,14 @@ def smooth_weighted_schedule(weights: list[int]) -> list[int]:
         current[best] -= total
         order.append(best)
     return order
+
+
+def _running_loop() -> Optional[asyncio.AbstractEventLoop]:
+    """The asyncio loop running in this thread, if any."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _reads_bytes(factory: Any, hook: str) -> bool:
@@ -161,7 +170,7 @@ class Proxy:
     here: a mistake raises :class:`ConfigError` naming the argument's path.
 
     Lifecycle: ``start()`` / ``stop()``, or ``with proxy:``, or ``run()`` (serve until
-    SIGINT/SIGTERM). While it runs: ``update()`` replaces the configuration, ``stats()``,
+    SIGINT/SIGTERM); in asyncio code ``async with proxy:`` or ``await proxy.aclose()``. While it runs: ``update()`` replaces the configuration, ``stats()``,
     ``histograms()`` and ``listener_address()`` report. ``from_envoy()`` builds one from an
     Envoy v3 bootstrap.
 
@@ -169,11 +178,19 @@ class Proxy:
     ...           clusters=[Cluster("c", [Endpoint("127.0.0.1", 8080)])])
     >>> with p:
     ...     host, port = p.listener_address("l")
+
+    ``loop``: the asyncio loop the ``async def`` hooks of Python HTTP filters run on; by
+    default the loop that starts the proxy (``async with proxy:``), else a loop thread of
+    the proxy's own. Stopping from asyncio (``aclose()``) waits for those hooks without
+    blocking that loop.
     """
 
     def __init__(self, listeners: Iterable[Listener] = (), clusters: Iterable[Cluster] = (), *,
                  concurrency: Optional[int] = None, admin: Optional[Admin] = None,
-                 node: Optional[Node] = None, max_downstream_connections: Optional[int] = None):
+                 node: Optional[Node] = None, max_downstream_connections: Optional[int] = None,
+                 loop: Optional[asyncio.AbstractEventLoop] = None):
+        if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):
+            raise TypeError(f"Proxy(loop=...) takes an asyncio event loop, got {type(loop).__name__}")
         bootstrap = Bootstrap(_as_list(listeners, "listeners", Listener), _as_list(clusters, "clusters", Cluster),
                               admin, node if node is not None else Node(), max_downstream_connections)
         bootstrap.validate()
@@ -196,6 +213,9 @@ class Proxy:
         self._dns_stop = threading.Event()
         self._dns_thread: Optional[threading.Thread] = None
         self._admin_server = None
+        self._loop = loop
+        # Where `async def` filter hooks run; bound to its loop by start().
+        self._async = _core.AsyncBridge(concurrency)
         # Nothing is bound nor resolved yet: ports are taken by start().
 
     # ---- HTTP filter registration ----
@@ -217,12 +237,6 @@ class Proxy:
         from .http_filter import register_c_filter
         register_c_filter(name, table, keepalive)
 
-    @staticmethod
-    def use_event_loop(loop: Any) -> None:
-        """Run ``async def`` filter hooks on this running asyncio loop (an app embedding
-        fastproxy) instead of the loop thread fastproxy starts on first use."""
-        _core.set_filter_event_loop(loop)
-
     # ---- construction from files ----
 
     @classmethod
@@ -241,10 +255,18 @@ class Proxy:
 
     def start(self) -> "Proxy":
         """Bind the listeners, resolve the clusters and start the workers (and the admin).
-        Raises ListenerBindError when a listener's address cannot be bound."""
+        Raises ListenerBindError when a listener's address cannot be bound.
+
+        ``async def`` filter hooks run on the ``loop`` given to the constructor, else on
+        the asyncio loop running in the calling thread, else on a loop thread of the
+        proxy's own (started on the first async hook)."""
+        return self._start(self._loop if self._loop is not None else _running_loop())
+
+    def _start(self, hook_loop: Optional[asyncio.AbstractEventLoop]) -> "Proxy":
         with self._lock:
             if self._state != "new":
                 raise RuntimeError(f"proxy is {self._state}; start() works once")
+            self._async.bind(hook_loop)
             self._install(self._bootstrap)
             self._engine.start()
             self._state = "running"
@@ -263,7 +285,23 @@ class Proxy:
 
     def stop(self, drain_timeout: float = 5.0) -> None:
         """Stop accepting, let open connections finish for up to drain_timeout seconds,
-        then close the rest and join the workers."""
+        then close the rest and join the workers.
+
+        Blocks: raises RuntimeError when called on the thread running the loop the
+        proxy's async filter hooks run on, as those hooks (and so the requests waiting for
+        them) could not finish while it waits; use ``await aclose()`` there."""
+        if self._async.runs_on_current_thread():
+            raise RuntimeError("Proxy.stop() blocks, and this thread runs the asyncio loop of "
+                               "the proxy's async filter hooks, which could not finish while "
+                               "it waits: use `await proxy.aclose()` (or `async with proxy:`)")
+        self._stop(drain_timeout)
+
+    async def aclose(self, drain_timeout: float = 5.0) -> None:
+        """stop() for asyncio code: the drain and the joins run on another thread, so the
+        loop goes on (the async filter hooks of in-flight requests finish meanwhile)."""
+        await asyncio.get_running_loop().run_in_executor(None, self._stop, drain_timeout)
+
+    def _stop(self, drain_timeout: float) -> None:
         with self._lock:
             if self._state in ("stopped", "new"):
                 if self._state == "new":
@@ -275,7 +313,10 @@ class Proxy:
             deadline = time.monotonic() + drain_timeout
             while self._engine.active_connections() and time.monotonic() < deadline:
                 time.sleep(0.01)
+            # Before the workers go: no hook result is posted to a stopped worker.
+            self._async.close()
             self._engine.stop()
+            self._async.workers_stopped()
             self._state = "stopped"
             self._dns_stop.set()
             if self._admin_server is not None:
@@ -307,16 +348,32 @@ class Proxy:
 
     def __enter__(self) -> "Proxy":
         if self._state == "new":
-            self.start()
+            hook_loop = self._loop if self._loop is not None else _running_loop()
+            if hook_loop is not None and hook_loop is _running_loop():
+                raise RuntimeError("`with Proxy(...)` would block this asyncio loop when it "
+                                   "stops, and the proxy's async filter hooks run on it: "
+                                   "use `async with Proxy(...)`")
+            self._start(hook_loop)
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop(drain_timeout=0.5)
 
+    async def __aenter__(self) -> "Proxy":
+        """Start (on another thread: binding and DNS may block); the proxy's async filter
+        hooks run on this loop unless the constructor was given another."""
+        if self._state == "new":
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, self._start, self._loop if self._loop is not None else loop)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose(drain_timeout=0.5)
+
     def __del__(self):
         try:
             if getattr(self, "_state", None) == "running":
-                self.stop(drain_timeout=0)
+                self._stop(drain_timeout=0)
         except Exception:
             pass
 
@@ -467,7 +524,8 @@ class Proxy:
                 http = _core.make_http_cfg(
                     hcm, self._stat_block("http", f"http.{hcm.stat_prefix}"),
                     {name: c.handle for name, c in clusters.items()}, self.concurrency,
-                    self._stat_block("http1", "http1"))     # Envoy's server-wide codec stats
+                    self._stat_block("http1", "http1"),     # Envoy's server-wide codec stats
+                    self._async)
             handles.append(self._engine.make_listener(
                 l.name, sock, clusters[l.handler.cluster].handle if http is None else None,
                 self._stat_block("listener", f"listener.{ip}_{port}"),

@@ -1,6 +1,7 @@
 # Python HTTP filters: an fp_http_filter table whose hooks take the GIL and call a
-# fastproxy.HttpFilter instance (one per stream). Besides core/pybridge.pxi, the only code
-# on a worker that takes the GIL; a listener without Python HTTP filters never gets here.
+# fastproxy.HttpFilter instance (one per stream). With core/http_pyfilter_async.pxi (async
+# hooks) and core/pybridge.pxi, the only code on a worker that takes the GIL; a listener
+# without Python HTTP filters never gets here.
 #
 # What a hook receives:
 #   Headers  a case-insensitive multi-map over the stream's C header map (no copy); when the
@@ -12,8 +13,8 @@
 # Every exception is caught here: logged with its traceback, counted
 # (http.<prefix>.python_filter_error), and the stream gets a 500 (or a reset once the
 # response started). The worker, the connection's other streams and the proxy go on.
+# `async def` hooks go to the proxy's asyncio loop: core/http_pyfilter_async.pxi.
 
-import asyncio as _asyncio
 import time as _time
 
 cdef struct StreamRef:              # lets other threads name a stream that may be gone
@@ -31,7 +32,6 @@ cdef enum:                          # StreamMsg.op
     SM_CONTINUE_DECODING = 1
     SM_CONTINUE_ENCODING = 2
     SM_LOCAL_REPLY = 3
-    SM_ASYNC_DONE = 4
 
 cdef struct StreamMsg:
     StreamRef* ref
@@ -324,6 +324,7 @@ cdef class _PyStream:
     cdef public dict filter_state
     cdef list detached              # Headers copies to write back before continuing
     cdef object log
+    cdef AsyncBridge bridge         # where the stream's async hooks run (its proxy's loop)
 
     def __dealloc__(self):
         if self.ref != NULL:
@@ -539,8 +540,6 @@ cdef void _msg_stream_op(Worker* w, void* arg) noexcept nogil:
                 hf_continue(s, m.op == SM_CONTINUE_ENCODING)
         elif m.op == SM_LOCAL_REPLY:
             _py_local_reply_msg(s, m)
-        elif m.op == SM_ASYNC_DONE:
-            _py_async_done(s, m)
     _sref_decref(m.ref)
     if m.payload != NULL:
         _py_decref_with_gil(m.payload)
@@ -556,48 +555,6 @@ cdef void _py_sync_stream(HStream* s) noexcept with gil:
 
 cdef void _py_local_reply_msg(HStream* s, StreamMsg* m) noexcept with gil:
     _apply_local_reply(s, m.status, <object>m.payload)
-
-
-cdef void _py_async_done(HStream* s, StreamMsg* m) noexcept nogil:
-    """An async hook finished (payload: (kind, value, body or None))."""
-    cdef FChain* fc = s.fc
-    cdef FDir* d = &fc.enc if m.encoding else &fc.dec
-    cdef int verdict = _py_async_verdict(s, m)
-    if s.fc != fc or fc.dead:
-        return
-    if verdict == 0:
-        hf_continue(s, m.encoding)
-    elif verdict == 2:
-        hf_fail(s, m.encoding)
-    # else: the coroutine returned a STOP status: the filter continues the stream itself
-
-
-cdef int _py_async_verdict(HStream* s, StreamMsg* m) noexcept with gil:
-    """0: continue, 1: stay stopped, 2: failed (local reply set)."""
-    cdef FChain* fc = s.fc
-    cdef FDir* d = &fc.enc if m.encoding else &fc.dec
-    cdef _PyStream ps = <_PyStream>fc.pyctx
-    kind, value, body = <object>m.payload
-    try:
-        if body is not None:
-            (<Body>body)._give_back(&d.held)
-        ps._sync()
-        if kind == "error":
-            _log_filter_exception(s, value)
-            return 2
-        if kind == "timeout":
-            _log.error("fastproxy: HTTP filter %s timed out", value)
-            if not s.resp_started:
-                fc.local_status = 504
-            return 2
-        if fc.local_status:
-            return 2
-        if value is None or int(value) == 0:
-            return 0
-        return 1
-    except BaseException as e:
-        _log_filter_exception(s, e)
-        return 2
 
 
 cdef void _log_filter_exception(HStream* s, object e) noexcept:
@@ -672,10 +629,13 @@ cdef void py_stream_release(FChain* fc) noexcept with gil:
 cdef void* _pyf_create(void* config, fp_stream* st, const fp_api* api) noexcept with gil:
     cdef HStream* s = <HStream*>st
     cdef HttpFilterCallbacks cb
+    cdef _PyFilterFactory factory = <_PyFilterFactory>config
+    cdef _PyStream ps
     cdef int i = s.fc.current
     try:
         ps = _py_stream(s)
-        inst = (<object>config)()
+        ps.bridge = factory.bridge
+        inst = factory.make()
         cb = HttpFilterCallbacks.__new__(HttpFilterCallbacks)
         cb.ps = ps
         cb.index = i
@@ -717,7 +677,7 @@ cdef int _pyf_call(void* self, int hook, void* target, int end) noexcept with gi
         if r is None:
             st = 0
         elif type(r) is _CoroutineType or hasattr(r, "__await__"):
-            _start_async(cb, s, r, hobj, bobj, <HMap*>target if hobj is not None else NULL,
+            _start_async(cb, r, hobj, bobj, <HMap*>target if hobj is not None else NULL,
                          encoding, type(inst).__name__, getattr(inst, "timeout", None))
             return FP_STOP_ITERATION
         else:
@@ -748,41 +708,6 @@ _c = _never()
 _CoroutineType = type(_c)
 _c.close()
 del _c
-
-
-cdef _start_async(HttpFilterCallbacks cb, HStream* s, object coro, Headers hobj, Body bobj,
-                  HMap* m, bint encoding, str name, object timeout):
-    """Run the coroutine on the proxy's asyncio loop; the stream waits for it."""
-    cdef FDir* d = &s.fc.enc if encoding else &s.fc.dec
-    cdef _PyStream ps = cb.ps
-    if hobj is not None:
-        hobj._detach(True)
-        ps.detached.append((hobj, <size_t>m))
-    if bobj is not None:
-        bobj._take()
-    loop = _async_loop()
-    body = bobj
-
-    async def runner():
-        if timeout:
-            return await _asyncio.wait_for(coro, timeout)
-        return await coro
-
-    def done(fut):
-        try:
-            value = fut.result()
-            payload = ("ok", value, body)
-        except (_asyncio.TimeoutError, TimeoutError):
-            payload = ("timeout", name, body)
-        except BaseException as e:
-            payload = ("error", e, body)
-        try:
-            ps._post(SM_ASYNC_DONE, encoding, 0, payload)
-        except BaseException:
-            pass                            # the proxy stopped
-
-    fut = _asyncio.run_coroutine_threadsafe(runner(), loop)
-    fut.add_done_callback(done)
 
 
 cdef int _pyf_decode_headers(void* self, fp_headers* h, int end) noexcept nogil:
@@ -840,34 +765,3 @@ PY_FILTER_VT.encode_data = _pyf_encode_data
 PY_FILTER_VT.encode_trailers = _pyf_encode_trailers
 PY_FILTER_VT.on_log = _pyf_on_log
 PY_FILTER_VT.destroy = _pyf_destroy
-
-
-# -- the asyncio loop async hooks run on
-
-_async_state = {"loop": None, "thread": None}
-
-
-def set_filter_event_loop(loop):
-    """Run async filter hooks on this (running) loop instead of the proxy's own thread."""
-    _async_state["loop"] = loop
-
-
-cdef object _async_loop():
-    loop = _async_state["loop"]
-    if loop is not None and not loop.is_closed():
-        return loop
-    import threading
-    loop = _asyncio.new_event_loop()
-    ready = threading.Event()
-
-    def run():
-        _asyncio.set_event_loop(loop)
-        loop.call_soon(ready.set)
-        loop.run_forever()
-
-    t = threading.Thread(target=run, name="fastproxy-filters-asyncio", daemon=True)
-    t.start()
-    ready.wait()
-    _async_state["loop"] = loop
-    _async_state["thread"] = t
-    return loop

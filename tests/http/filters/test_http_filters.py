@@ -722,31 +722,6 @@ def test_stream_info_response_flags_on_connect_failure():
         assert "UF" in info.response_flags
 
 
-def test_async_hooks_on_the_users_own_loop(upstream):
-    """An app embedding fastproxy in asyncio: hooks run on its loop."""
-    seen = []
-
-    class OnMyLoop(HttpFilter):
-        async def decode_headers(self, headers, end_stream):
-            seen.append(asyncio.get_running_loop())
-            headers["x-loop"] = "mine"
-            return CONTINUE
-
-    async def main():
-        Proxy.use_event_loop(asyncio.get_running_loop())
-        try:
-            with make_proxy([spec(OnMyLoop)], upstream) as p:
-                r, got = await asyncio.to_thread(request, p)
-                return r.status, asyncio.get_running_loop()
-        finally:
-            Proxy.use_event_loop(None)
-
-    status, loop = asyncio.run(main())
-    assert status == 200
-    assert seen == [loop]
-    assert upstream.requests[-1][2]["x-loop"] == ["mine"]
-
-
 # ---------------------------------------------------------------- local replies through the encoders
 # Envoy's FilterManager::sendLocalReply: before any response entered the encoder filters, a
 # local reply (a filter's, or the router's) is encoded from the first encoder filter, so every

@@ -1069,6 +1069,7 @@ cdef class _FilterCompiler:
     cdef HttpCfg* h
     cdef list specs
     cdef list keep                  # Python objects the C side points at
+    cdef AsyncBridge bridge         # where Python filters' async hooks run (the proxy's)
     cdef int regex_copies           # native filters' regexes: one copy per worker
 
     cdef _owned(self, const fp_http_filter* vt, void* cfg):
@@ -1108,6 +1109,7 @@ cdef class _FilterCompiler:
         cdef NativeFilterKind nk
         cdef int i
         cdef const fp_http_filter* vt
+        cdef _PyFilterFactory factory
         from fastproxy.http_filter import PythonHttpFilter, CHttpFilter, NativeHttpFilter
         n = len(self.specs)
         self.h.nfilters = n
@@ -1123,7 +1125,9 @@ cdef class _FilterCompiler:
                 raise MemoryError()
             memcpy(f.name, <char*>nm, len(nm) + 1)
             if isinstance(spec, PythonHttpFilter):
-                factory = spec.factory()
+                factory = _PyFilterFactory.__new__(_PyFilterFactory)
+                factory.make = spec.factory()
+                factory.bridge = self.bridge
                 self.keep.append(factory)
                 f.vt = &PY_FILTER_VT
                 f.config = <void*>factory

@@ -58,8 +58,10 @@ cdef int _compile_internal_addresses(HttpCfg* h, iac) except -1:
     return 0
 
 
-def make_http_cfg(hcm, StatBlockHandle stats, dict clusters, int nworkers, StatBlockHandle http1_stats=None):
-    """Compile a fastproxy.http.HttpConnectionManager; clusters: {name: ClusterHandle}."""
+def make_http_cfg(hcm, StatBlockHandle stats, dict clusters, int nworkers, StatBlockHandle http1_stats=None,
+                  AsyncBridge async_bridge=None):
+    """Compile a fastproxy.http.HttpConnectionManager; clusters: {name: ClusterHandle};
+    async_bridge: the proxy's, where its Python filters' async hooks run."""
     cdef HttpCfgHandle hh = HttpCfgHandle.__new__(HttpCfgHandle)
     cdef _FilterCompiler fcomp
     cdef HttpCfg* h = <HttpCfg*>calloc(1, sizeof(HttpCfg))
@@ -78,6 +80,7 @@ def make_http_cfg(hcm, StatBlockHandle stats, dict clusters, int nworkers, StatB
     fcomp.h = h
     fcomp.specs = list(getattr(hcm, "http_filters", None) or [])
     fcomp.keep = []
+    fcomp.bridge = async_bridge
     fcomp.regex_copies = nworkers
     fcomp.compile("http_connection_manager")
     rt = compile_route_table(hcm.route_config, index, nworkers,
