@@ -50,6 +50,14 @@ KINDS = {
                  ("cpu_s_per_gb_median", "proxy CPU s per GB (lower is better)"))),
 }
 
+# tcp_bench.py's conn workload keeps its summary apart ({proxy: {metric: value}} under
+# result["conn"]); its reference is the no-proxy path too: wrk straight to the origin, the
+# most new connections/s this machine's load-generating core can make.
+CONN = Kind("direct", "direct: wrk to the origin with no proxy in between",
+            ("conn",), "new connections",
+            (("cps_median", "connections/s (higher is better)"),
+             ("cpu_us_per_conn_median", "proxy CPU us per connection (lower is better)")))
+
 
 def panels(summary: dict, kind: Kind) -> list[Panel]:
     groups = list(kind.groups)
@@ -142,6 +150,9 @@ def chart(result: dict, kind_name: str, title: str = "") -> str:
     kind = KINDS[kind_name]
     meta = result.get("meta") or {}
     ps = panels(result.get("summary") or {}, kind)
+    conn = (result.get("conn") or {}).get("summary") if kind_name == "tcp" else None
+    if conn:
+        ps += panels({name: {"conn": s} for name, s in conn.items()}, CONN)
     if not ps:
         raise ValueError("no proxy in the result has a value to chart")
     bits = [meta.get("time", ""), "pinned" if meta.get("pinned") else ("unpinned" if "pinned" in meta else ""),
@@ -150,6 +161,8 @@ def chart(result: dict, kind_name: str, title: str = "") -> str:
     subtitle = "; ".join(b for b in bits if b)
     default = {"http": "HTTP benchmark", "tcp": "L4 (TCP) benchmark"}[kind_name]
     note = f"dashed line, hatched bar = {kind.reference_note}" if any(p.reference for p in ps) else ""
+    if conn and kind.reference_note != CONN.reference_note:
+        note = f"{note}; for new connections, {CONN.reference_note}" if note else f"dashed line, hatched bar = {CONN.reference_note}"
     return render(title or default, subtitle, ps, note)
 
 
@@ -160,6 +173,8 @@ def kind_of(result: dict) -> str:
                 return "tcp"
             if isinstance(s, dict) and "rps_median" in s:
                 return "http"
+    if (result.get("conn") or {}).get("summary"):
+        return "tcp"
     raise ValueError("not a tcp_bench.py or http_bench.py result (no summary with gbps_median or rps_median)")
 
 

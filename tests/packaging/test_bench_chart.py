@@ -3,6 +3,7 @@ beside their JSON, from summaries made by their own summarize(), and the committ
 that benchmarks/README.md shows. No benchmark is run."""
 from __future__ import annotations
 
+import json
 import pathlib
 import subprocess
 import sys
@@ -119,3 +120,22 @@ def test_committed_chart_is_drawn_from_its_data(tmp_path, name):
                         "-o", str(out)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert out.read_text() == (BENCH / "charts" / f"{name}.svg").read_text()
+
+
+def test_tcp_chart_draws_the_new_connections_workload(tmp_path):
+    """tcp_bench.py keeps the conn workload's summary under result["conn"]: a run of that
+    workload alone still gets its chart, read against the no-proxy path (direct)."""
+    conn = {"direct": {"cps_median": 17016.0, "cpu_us_per_conn_median": None},
+            "haproxy": {"cps_median": 16007.0, "cpu_us_per_conn_median": 60.0},
+            "fastproxy": {"cps_median": 15445.0, "cpu_us_per_conn_median": 60.2}}
+    out = tmp_path / "tcp_bench.json"
+    benchlib.write_json(str(out), {"meta": {"time": "T", "pinned": True, "rounds": 3},
+                                   "summary": {}, "conn": {"summary": conn}}, chart="tcp")
+    root = ET.fromstring((tmp_path / "tcp_bench.svg").read_text())
+    titles = [p.find(f"{SVG}text").text for p in root.iter(f"{SVG}g")]
+    assert titles == ["new connections: connections/s (higher is better)",
+                      "new connections: proxy CPU us per connection (lower is better)"]
+    rate = [b.get("data-proxy") for b in bars(root)]
+    assert rate[:3] == ["direct", "haproxy", "fastproxy"]      # direct has no CPU bar
+    assert any("wrk to the origin with no proxy" in (t or "") for t in texts(root))
+    assert chart.kind_of(json.loads(out.read_text())) == "tcp"
