@@ -150,9 +150,13 @@ def chart(result: dict, kind_name: str, title: str = "") -> str:
     kind = KINDS[kind_name]
     meta = result.get("meta") or {}
     ps = panels(result.get("summary") or {}, kind)
+    notes = [kind.reference_note] if any(p.reference for p in ps) else []
     conn = (result.get("conn") or {}).get("summary") if kind_name == "tcp" else None
     if conn:
-        ps += panels({name: {"conn": s} for name, s in conn.items()}, CONN)
+        cps = panels({name: {"conn": s} for name, s in conn.items()}, CONN)
+        if any(p.reference for p in cps):
+            notes.append(("for new connections, " if notes else "") + CONN.reference_note)
+        ps += cps
     if not ps:
         raise ValueError("no proxy in the result has a value to chart")
     bits = [meta.get("time", ""), "pinned" if meta.get("pinned") else ("unpinned" if "pinned" in meta else ""),
@@ -160,9 +164,7 @@ def chart(result: dict, kind_name: str, title: str = "") -> str:
             (meta.get("note") or "")]
     subtitle = "; ".join(b for b in bits if b)
     default = {"http": "HTTP benchmark", "tcp": "L4 (TCP) benchmark"}[kind_name]
-    note = f"dashed line, hatched bar = {kind.reference_note}" if any(p.reference for p in ps) else ""
-    if conn and kind.reference_note != CONN.reference_note:
-        note = f"{note}; for new connections, {CONN.reference_note}" if note else f"dashed line, hatched bar = {CONN.reference_note}"
+    note = "dashed line, hatched bar = " + "; ".join(notes) if notes else ""
     return render(title or default, subtitle, ps, note)
 
 

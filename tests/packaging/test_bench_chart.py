@@ -111,7 +111,7 @@ def test_names_are_escaped_and_missing_data_is_no_chart(tmp_path, capsys):
     assert not (tmp_path / "x.svg").exists()
 
 
-@pytest.mark.parametrize("name", ["http_latest", "tcp_latest"])
+@pytest.mark.parametrize("name", ["http_latest", "tcp_latest", "conn_latest"])
 def test_committed_chart_is_drawn_from_its_data(tmp_path, name):
     """benchmarks/README.md shows benchmarks/charts/*.svg: each must be what chart.py draws
     from the JSON beside it (re-plot with `python benchmarks/chart.py benchmarks/charts/NAME.json`)."""
@@ -137,5 +137,5 @@ def test_tcp_chart_draws_the_new_connections_workload(tmp_path):
                       "new connections: proxy CPU us per connection (lower is better)"]
     rate = [b.get("data-proxy") for b in bars(root)]
     assert rate[:3] == ["direct", "haproxy", "fastproxy"]      # direct has no CPU bar
-    assert any("wrk to the origin with no proxy" in (t or "") for t in texts(root))
+    assert "dashed line, hatched bar = direct: wrk to the origin with no proxy in between" in texts(root)
     assert chart.kind_of(json.loads(out.read_text())) == "tcp"
