@@ -48,6 +48,7 @@ TINY = {"max_head": 256, "max_start_line": 64, "max_fields": 4}
 
 
 def coalesce(events):
+    """Join adjacent data (and tunnel) events; drop empty ones (the codec tests use it too)."""
     out = []
     for ev in events:
         if ev[0] in ("data", "tunnel"):

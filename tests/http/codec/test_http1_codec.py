@@ -21,18 +21,7 @@ def impl(request):
     return IMPLS[request.param]
 
 
-def coalesce(events):
-    """Join adjacent data (and tunnel) events; drop empty ones."""
-    out = []
-    for ev in events:
-        if ev[0] in ("data", "tunnel"):
-            if not ev[1]:
-                continue
-            if out and out[-1][0] == ev[0]:
-                out[-1] = (ev[0], out[-1][1] + ev[1])
-                continue
-        out.append(ev)
-    return out
+from fuzz_http1 import coalesce  # noqa: E402  (join adjacent data/tunnel events; one home)
 
 
 def parse(impl, data: bytes, kind="request", *, splits=None, eof=False, **kw):
