@@ -31,10 +31,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[3]      # tests/http/codec/ -> t
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
-try:
-    import atheris
-except ImportError:                                     # run_random still works
-    atheris = None
+# atheris only when run as the fuzz target: the codec tests import this module for
+# run_random and coalesce, and an imported atheris leaves objects LSan reports at exit.
+atheris = None
+if __name__ == "__main__":
+    try:
+        import atheris
+    except ImportError:                                 # main() says so
+        atheris = None
 
 if atheris is not None and __name__ == "__main__":
     with atheris.instrument_imports():
