@@ -81,10 +81,28 @@ class Placement:
         self.pressure_cpus = {cpus[0]} if self.enabled else self.all
         self.load_cpus = set(cpus[1:]) if self.enabled else self.all
 
-    def preexec(self):
-        """For subprocesses of the load."""
+    def popen(self, args, **kw) -> subprocess.Popen:
+        """Start a process of the load and pin it to the load CPUs from outside. Not with
+        preexec_fn: that runs Python between fork and exec in a process whose worker
+        threads may hold an allocator lock at the fork (under ASan the child hung there)."""
+        p = subprocess.Popen(args, **kw)
         if self.enabled:
-            os.sched_setaffinity(0, self.load_cpus)
+            try:
+                os.sched_setaffinity(p.pid, self.load_cpus)
+            except ProcessLookupError:      # already gone: its exit status says why
+                pass
+        return p
+
+    def run(self, args, timeout) -> subprocess.CompletedProcess:
+        """subprocess.run for a process of the load (pinned as popen does)."""
+        p = self.popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate()
+            raise
+        return subprocess.CompletedProcess(args, p.returncode, out, err)
 
     def pin_workers(self, proxy_threads_before: set):
         """Pin the proxy's worker threads (the threads it started) to the load CPUs."""
@@ -108,9 +126,8 @@ class Iperf3Load:
     def __init__(self, placement):
         self.placement = placement
         self.port = free_port()
-        self.server = subprocess.Popen([IPERF3, "-s", "-B", "127.0.0.1", "-p", str(self.port)],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                       preexec_fn=placement.preexec)
+        self.server = placement.popen([IPERF3, "-s", "-B", "127.0.0.1", "-p", str(self.port)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: self.port in listening_ports() or self.server.poll() is not None, timeout=10)
         assert self.server.poll() is None, "iperf3 server exited"
 
@@ -118,9 +135,8 @@ class Iperf3Load:
         """One timed transfer through ``target_port``: bytes per second received."""
         last = None
         for _ in range(5):
-            r = subprocess.run([IPERF3, "-c", "127.0.0.1", "-p", str(target_port), "-t", str(SECONDS), "-J"],
-                               capture_output=True, text=True, timeout=SECONDS + 20,
-                               preexec_fn=self.placement.preexec)
+            r = self.placement.run([IPERF3, "-c", "127.0.0.1", "-p", str(target_port), "-t", str(SECONDS), "-J"],
+                                   timeout=SECONDS + 20)
             if r.returncode == 0:
                 return json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 8
             last = r.stdout[-1500:] + r.stderr[-500:]
@@ -135,14 +151,12 @@ class Iperf3Load:
 class PythonLoad:
     def __init__(self, placement):
         self.placement = placement
-        self.server = subprocess.Popen([sys.executable, "-c", SINK_SCRIPT], stdout=subprocess.PIPE, text=True,
-                                       preexec_fn=placement.preexec)
+        self.server = placement.popen([sys.executable, "-c", SINK_SCRIPT], stdout=subprocess.PIPE, text=True)
         self.port = int(self.server.stdout.readline())
 
     def run(self, target_port):
-        r = subprocess.run([sys.executable, "-c", SOURCE_SCRIPT, str(target_port), str(SECONDS)],
-                           capture_output=True, text=True, timeout=SECONDS + 20,
-                           preexec_fn=self.placement.preexec)
+        r = self.placement.run([sys.executable, "-c", SOURCE_SCRIPT, str(target_port), str(SECONDS)],
+                               timeout=SECONDS + 20)
         assert r.returncode == 0, r.stderr
         return float(r.stdout)
 
