@@ -78,7 +78,7 @@ def make_http_cfg(hcm, StatBlockHandle stats, dict clusters, int nworkers, StatB
     h.filter_buffer_limit = FILTER_BUFFER_LIMIT_DEFAULT
     fcomp = _FilterCompiler.__new__(_FilterCompiler)
     fcomp.h = h
-    fcomp.specs = list(getattr(hcm, "http_filters", None) or [])
+    fcomp.specs = list(hcm.http_filters)
     fcomp.keep = []
     fcomp.bridge = async_bridge
     fcomp.regex_copies = nworkers
@@ -110,9 +110,9 @@ def make_http_cfg(hcm, StatBlockHandle stats, dict clusters, int nworkers, StatB
     h.stream_idle_timeout_ms = ms(hcm.stream_idle_timeout)
     h.request_timeout_ms = ms(hcm.request_timeout)
     h.allow_websocket = any(u.enabled and u.upgrade_type.lower() == "websocket"
-                            for u in getattr(hcm, "upgrade_configs", ()))
+                            for u in hcm.upgrade_configs)
     h.allow_connect = any(u.enabled and u.upgrade_type.lower() == "connect"
-                          for u in getattr(hcm, "upgrade_configs", ()))
+                          for u in hcm.upgrade_configs)
     alog_compile(h, hcm)
     h.max_requests_per_connection = hcm.max_requests_per_connection or 0
     h.max_head = hcm.max_request_headers_kb * 1024
@@ -120,9 +120,9 @@ def make_http_cfg(hcm, StatBlockHandle stats, dict clusters, int nworkers, StatB
     h.max_request_bytes = hcm.max_request_bytes or 0
     h.use_remote_address = hcm.use_remote_address
     h.generate_request_id = hcm.generate_request_id
-    h.suppress_envoy_headers = bool(getattr(hcm, "suppress_envoy_headers", False))
+    h.suppress_envoy_headers = bool(hcm.suppress_envoy_headers)
     h.xff_num_trusted_hops = hcm.xff_num_trusted_hops
-    _compile_internal_addresses(h, getattr(hcm, "internal_address_config", None))
+    _compile_internal_addresses(h, hcm.internal_address_config)
     h.local_ip_len = _envoy_local_address(h.local_ip, sizeof(h.local_ip))
     server = (hcm.server_name or "").encode()
     h.server_name = <char*>malloc(len(server) + 1)
@@ -131,27 +131,27 @@ def make_http_cfg(hcm, StatBlockHandle stats, dict clusters, int nworkers, StatB
     memcpy(h.server_name, <char*>server, len(server) + 1)
     h.server_name_len = len(server)
     h.server_mode = {"OVERWRITE": SERVER_OVERWRITE, "APPEND_IF_ABSENT": SERVER_APPEND_IF_ABSENT,
-                     "PASS_THROUGH": SERVER_PASS_THROUGH}[getattr(hcm, "server_header_transformation", "OVERWRITE")]
+                     "PASS_THROUGH": SERVER_PASS_THROUGH}[hcm.server_header_transformation]
     h.accept_http_10 = hcm.accept_http_10
-    via = (getattr(hcm, "via", "") or "").encode()
+    via = (hcm.via or "").encode()
     if via:
         h.via = <char*>malloc(len(via))
         if h.via == NULL:
             raise MemoryError()
         memcpy(h.via, <char*>via, len(via))
         h.via_len = len(via)
-    h.skip_xff_append = getattr(hcm, "skip_xff_append", False)
-    h.preserve_external_request_id = getattr(hcm, "preserve_external_request_id", False)
-    h.always_set_request_id = getattr(hcm, "always_set_request_id_in_response", False)
-    h.normalize_path = getattr(hcm, "normalize_path", False)
-    h.merge_slashes = getattr(hcm, "merge_slashes", False)
+    h.skip_xff_append = hcm.skip_xff_append
+    h.preserve_external_request_id = hcm.preserve_external_request_id
+    h.always_set_request_id = hcm.always_set_request_id_in_response
+    h.normalize_path = hcm.normalize_path
+    h.merge_slashes = hcm.merge_slashes
     h.escaped_slashes = {"KEEP_UNCHANGED": ES_KEEP, "REJECT_REQUEST": ES_REJECT,
                          "UNESCAPE_AND_REDIRECT": ES_REDIRECT, "UNESCAPE_AND_FORWARD": ES_FORWARD}[
-        getattr(hcm, "path_with_escaped_slashes_action", "KEEP_UNCHANGED")]
+        hcm.path_with_escaped_slashes_action]
     h.strip_port = {"NONE": STRIP_PORT_NONE, "MATCHING": STRIP_PORT_MATCHING, "ANY": STRIP_PORT_ANY}[
-        getattr(hcm, "strip_host_port", "NONE")]
+        hcm.strip_host_port]
     h.underscores = {"ALLOW": US_ALLOW, "REJECT_REQUEST": US_REJECT, "DROP_HEADER": US_DROP}[
-        getattr(hcm, "headers_with_underscores_action", "ALLOW")]
+        hcm.headers_with_underscores_action]
     if http1_stats is not None:
         h.http1_stats = http1_stats.b
     elif h.underscores != US_ALLOW:

@@ -300,7 +300,7 @@ cdef class _RouteBuilder(_MatchBuilder):
         kinds = [(k, getattr(mt, k)) for k in ("prefix", "path", "safe_regex",
                                                 "path_separated_prefix")
                  if getattr(mt, k) is not None]
-        if getattr(mt, "connect_matcher", False):
+        if mt.connect_matcher:
             kinds.append(("connect_matcher", ""))
         if len(kinds) != 1:
             raise ConfigError(path, "exactly one of prefix, path, safe_regex, "
@@ -445,7 +445,7 @@ cdef class _RouteBuilder(_MatchBuilder):
                 e.path_redirect_has_query = "?" in rd.path_redirect
             if rd.prefix_rewrite:
                 self.put(&e.prefix_rewrite, rd.prefix_rewrite)
-            rr = getattr(rd, "regex_rewrite", None)
+            rr = rd.regex_rewrite
             if rr is not None:
                 if rd.path_redirect or rd.prefix_rewrite:
                     raise ConfigError(rpath, "only one of path_redirect, prefix_rewrite, regex_rewrite")
@@ -510,7 +510,7 @@ cdef list _rt_level_ops(hm, str path, str which):
             raise ConfigError(p + ".append_action", f"unknown append_action {hv.append_action!r}")
         if not isinstance(hv.value, str):
             raise ConfigError(p + ".header.value", "must be a string")
-        if hv.value == "" and not getattr(hv, "keep_empty_value", False):
+        if hv.value == "" and not hv.keep_empty_value:
             continue                    # keep_empty_value false: Envoy skips empty values
         out.append((action, low, hv.value))
     return out
@@ -894,7 +894,7 @@ def compile_route_table(route_config, dict cluster_index, int regex_copies=1,
     t.default_vhost = -1
     t.regex_copies = max(1, regex_copies)
     h.t = t                             # from here on the handle frees it on failure
-    h.name = getattr(route_config, "name", "") or ""
+    h.name = route_config.name or ""
     for cname, ci in cluster_index.items():
         if not isinstance(ci, int) or ci < 0:
             raise ValueError(f"cluster_index[{cname!r}] must be a non-negative int")
@@ -923,7 +923,7 @@ def compile_route_table(route_config, dict cluster_index, int regex_copies=1,
     t.vhosts = <RouteVhost*>b.alloc(sizeof(RouteVhost) * max(1, len(vhosts)))
     seen = {}
     exact, suffix, prefix = {}, {}, {}
-    t.ignore_port = bool(getattr(route_config, "ignore_port_in_host_matching", False))
+    t.ignore_port = bool(route_config.ignore_port_in_host_matching)
     for vi, vhm in enumerate(vhosts):
         vpath = f"{path}.virtual_hosts[{vi}]"
         vh = &t.vhosts[vi]
