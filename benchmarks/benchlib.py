@@ -379,6 +379,18 @@ def add_quiet_host_args(ap, *, idle_wait: float = 20.0, steal: bool = False, ret
                         help="seconds after which no more idle waits or retries happen (default 1200)")
 
 
+def stop_all(procs, tmp, keep_tmp: bool, what: str = "configs and logs") -> None:
+    """End of a run: stop every process started (proxies, origins, load servers), then keep
+    the temp dir (--keep-tmp, printed) or remove it."""
+    for p in procs:
+        if p is not None:
+            p.stop()
+    if keep_tmp:
+        print(f"{what} kept in {tmp}", file=sys.stderr)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_json(path: str, result: dict, chart: str = "") -> None:
     """The result file (none when path is empty), and with chart="http" or "tcp" its SVG chart
     beside it (benchmarks/chart.py)."""

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from benchlib import (add_quiet_host_args, run_main, write_json,
+from benchlib import (add_quiet_host_args, stop_all, run_main, write_json,
                       HERE, REPO, BenchError, Proc, fastproxy_env, find_binary,
                       foreign_cpu_seconds, install_signal_handlers, proc_snapshot,
                       reserve_ports, taskset, wait_for_quiet)
@@ -335,12 +335,7 @@ def main(argv=None) -> int:
                       + (f"  ERRORS {res['errors'] or res['non_2xx']}" if res["error_count"] else "")
                       + ("  NOISY" if res["noisy"] else ""), file=sys.stderr)
     finally:
-        for p in procs + ([upstream] if upstream else []):
-            p.stop()
-        if args.keep_tmp:
-            print(f"configs and logs kept in {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        stop_all(procs + [upstream], tmp, args.keep_tmp, "configs and logs")
 
     summary = summarize(runs, [n for n in args.names if n not in failed])
     gs = goals(summary)

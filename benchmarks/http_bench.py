@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from benchlib import (add_quiet_host_args, envoy_argv, fastproxy_argv, run_main, write_json,
+from benchlib import (add_quiet_host_args, stop_all, envoy_argv, fastproxy_argv, run_main, write_json,
                       CLK_TCK, HERE, REPO, BenchError, Proc, busy_fractions, cpu_times,
                       fastproxy_env, find_binary, find_envoy, foreign_cpu_seconds,
                       install_signal_handlers, proc_snapshot, reserve_ports, run_install,
@@ -825,12 +825,7 @@ def main(argv=None) -> int:
                 except BenchError as e:
                     print(f"   syscall count of {name} {wl.path} failed: {e}", file=sys.stderr)
     finally:
-        for p in procs + ([upstream] if upstream else []):
-            p.stop()
-        if args.keep_tmp:
-            print(f"configs and logs kept in {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        stop_all(procs + [upstream], tmp, args.keep_tmp, "configs and logs")
 
     good = [n for n in args.names if n not in failed]
     wl_names = [w.name for w in args.workload_list]

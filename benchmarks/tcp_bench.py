@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from benchlib import (add_quiet_host_args, envoy_argv, fastproxy_argv, run_main, write_json,
+from benchlib import (add_quiet_host_args, stop_all, envoy_argv, fastproxy_argv, run_main, write_json,
                       CLK_TCK, HERE, READY_TIMEOUT, BenchError, Proc, busy_fractions,
                       cpu_times, fastproxy_env, find_binary, find_envoy, foreign_cpu_seconds,
                       is_listening, proc_snapshot, reserve_ports, taskset, wait_for_quiet)
@@ -421,12 +421,7 @@ def run_conn_rate(args: argparse.Namespace, pin: bool) -> dict:
             except BenchError as e:
                 print(f"   syscall count of {name} (conn) failed: {e}", file=sys.stderr)
     finally:
-        for p in procs + ([origin] if origin else []):
-            p.stop()
-        if args.keep_tmp:
-            print(f"conn configs and logs kept in {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        stop_all(procs + [origin], tmp, args.keep_tmp, "conn configs and logs")
     good = [n for n in args.conn_names if n not in failed]
     return {"summary": summarize_conn(runs, good), "failed": failed, "runs": runs,
             "syscalls": profiles, "connections": args.conn_connections}
@@ -677,12 +672,7 @@ def main(argv=None) -> int:
                     best["round"] = rnd + 1
                     runs.append(best)
     finally:
-        for p in procs + ([iperf_server] if iperf_server else []):
-            p.stop()
-        if args.keep_tmp:
-            print(f"configs and logs kept in {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        stop_all(procs + [iperf_server], tmp, args.keep_tmp, "configs and logs")
 
     good = [n for n in args.names if n not in failed]
     summary = summarize([r for r in runs if r["proxy"] in good], good)
