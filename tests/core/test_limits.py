@@ -125,6 +125,21 @@ def _try_echo(addr, msg):
         return False
 
 
+def _stop_child(proc, clients) -> None:
+    """Close the test's clients, then ask the proxy subprocess to stop (EOF on its stdin)
+    and fail if it does not."""
+    for s in clients:
+        s.close()
+    if proc.poll() is None:
+        proc.stdin.close()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError("proxy subprocess did not stop on request")
+
+
 @pytest.mark.timeout(90)
 def test_emfile_does_not_kill_or_spin(servers):
     echo = servers.echo()
@@ -182,16 +197,7 @@ def test_emfile_does_not_kill_or_spin(servers):
             assert _try_echo(addr, b"again-%d" % i)
         assert proc.poll() is None
     finally:
-        for s in clients:
-            s.close()
-        if proc.poll() is None:
-            proc.stdin.close()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                raise AssertionError("proxy subprocess did not stop on request")
+        _stop_child(proc, clients)
     assert proc.returncode == 0, stderr_text()
 
 
@@ -256,13 +262,5 @@ def test_emfile_frees_pooled_pipes_and_falls_back_to_copying(servers):
             _echo_exchange(s, _payload(100, 4 * SPLICE_AFTER))
         assert pipes()["created"] > created
     finally:
-        for s in clients:
-            s.close()
-        if proc.poll() is None:
-            proc.stdin.close()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _stop_child(proc, clients)
     assert proc.returncode == 0, err.seek(0) or err.read()[-4000:]
