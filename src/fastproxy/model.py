@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 from . import validation as rules
 from .errors import ConfigError
-from .http.model import HttpConnectionManager, validate_http
+from .http.model import AccessLog, HttpConnectionManager, validate_http
 
 LB_POLICIES = ("ROUND_ROBIN", "RANDOM")
 CLUSTER_TYPES = ("STATIC", "STRICT_DNS")
@@ -284,6 +284,15 @@ class Admin:
     port: int = 0
     access_log: list = field(default_factory=list)
 
+    def validate(self, path: str = "admin") -> None:
+        """Address, port and access-log sinks, checked before anything starts (the admin
+        server opens its sinks only after the workers run)."""
+        if not is_ip_literal(self.address):
+            raise ConfigError(path + ".address", f"admin address must be an IP address, got {self.address!r}")
+        rules.port(path + ".port", self.port, allow_zero=True)
+        for entry, entry_path in rules.each(self.access_log, path + ".access_log", AccessLog):
+            entry.validate(entry_path)
+
 
 @dataclass
 class Node:
@@ -319,6 +328,10 @@ class Bootstrap:
         limit = self.max_downstream_connections
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise ConfigError("max_downstream_connections", f"must be an integer >= 1 or None, got {limit!r}")
+        if self.admin is not None:
+            if not isinstance(self.admin, Admin):
+                raise TypeError(f"admin must be an Admin, got {type(self.admin).__name__}")
+            self.admin.validate("admin")          # top level in Envoy's bootstrap and in Python
         names = set()
         for i, c in enumerate(self.clusters):
             c.validate(f"{prefix}clusters[{i}]")

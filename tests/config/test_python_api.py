@@ -10,6 +10,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import threading
 import warnings
 
 import pytest
@@ -396,3 +397,23 @@ def test_help_of_proxy_reads_well():
     rendered = __import__("pydoc").render_doc(fastproxy.Proxy, renderer=__import__("pydoc").plaintext)
     for method in ("start", "stop", "update", "stats", "listener_address"):
         assert f"{method}(self" in rendered, method
+
+
+
+@pytest.mark.parametrize("admin, path", [
+    (lambda: fastproxy.Admin(port=-1), "admin.port"),
+    (lambda: fastproxy.Admin(address="localhost"), "admin.address"),
+    (lambda: fastproxy.Admin(access_log=["/tmp/x"]), "admin.access_log[0]"),
+    (lambda: fastproxy.Admin(access_log=[fastproxy.http.AccessLog("/tmp/x", "%NOPE%")]),
+     "admin.access_log[0].format"),
+], ids=["port", "address", "not-an-AccessLog", "format"])
+def test_a_bad_admin_is_refused_before_anything_starts(admin, path):
+    """The admin is validated with the rest of the configuration, naming the field, before
+    any worker starts (the admin server opens its access-log sinks only after the workers
+    run: before, a bad admin left a started engine behind)."""
+    from fastproxy import Cluster, ConfigError, Endpoint, Listener, Proxy, TcpProxy
+    before = set(threading.enumerate())
+    with pytest.raises(ConfigError) as e:
+        Proxy([Listener("l", TcpProxy("c"))], [Cluster("c", [Endpoint("127.0.0.1", 1)])], admin=admin())
+    assert e.value.path == path
+    assert not [t for t in threading.enumerate() if t not in before and t.name.startswith("fastproxy")]
