@@ -456,8 +456,9 @@ cdef void _msg_async_results(Worker* w, void* arg) noexcept nogil:
 
 
 cdef void _py_async_results(PyObject* arg) noexcept with gil:
-    """A batch of finished hooks, all of this worker's streams. The GIL is held for the
-    whole batch: each stream continues (its next filters, the router) from here."""
+    """A batch of finished hooks, all of this worker's streams: each verdict is read with
+    the GIL, then each stream continues (its next filters, the router, the socket writes)
+    without it, so the event loop's thread is not held off by C work."""
     cdef list batch = <list>arg
     Py_DECREF(batch)                    # the message's reference; `batch` holds its own
     for job in batch:
@@ -468,16 +469,21 @@ cdef void _py_async_done(_HookJob job) noexcept:
     cdef HStream* s = job.ps.ref.s
     cdef FChain* fc
     cdef int verdict
+    cdef bint encoding = job.encoding
     if s == NULL or s.fc == NULL or s.fc.dead:
         return                          # the stream ended meanwhile
     fc = s.fc
     verdict = _py_async_verdict(s, job)
     if s.fc != fc or fc.dead:
         return
+    # This runs on the stream's own worker (a worker message), so nothing else can end the
+    # stream while the GIL is let go; a Python filter further on takes it back itself.
     if verdict == 0:
-        hf_continue(s, job.encoding)
+        with nogil:
+            hf_continue(s, encoding)
     elif verdict == 2:
-        hf_fail(s, job.encoding)
+        with nogil:
+            hf_fail(s, encoding)
     # else: the coroutine returned a STOP status: the filter continues the stream itself
 
 
