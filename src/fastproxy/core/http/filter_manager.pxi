@@ -814,6 +814,11 @@ cdef int _call_hook(HStream* s, int i, bint encoding) noexcept nogil:
     cdef bint end_headers = d.end_seen and d.held.length == 0 and not d.has_trailers
     cdef bint end_data = d.end_seen and not d.has_trailers
     cdef int st
+    # A hook can continue the other direction, whose hooks then run inside this one: the
+    # outer hook's "inside a hook" state is put back after, not cleared (a local reply the
+    # outer hook sends must still wait for it to return).
+    cdef uint8_t outer_in_hook = fc.in_hook
+    cdef uint8_t outer_encoding = fc.hook_encoding
     fc.current = i
     fc.in_hook = 1
     fc.hook_encoding = encoding
@@ -832,7 +837,8 @@ cdef int _call_hook(HStream* s, int i, bint encoding) noexcept nogil:
             st = vt.decode_data(fc.selfs[i], <fp_body*>&d.held, end_data)
         else:
             st = vt.decode_trailers(fc.selfs[i], <fp_headers*>&fc.req_trailers)
-    fc.in_hook = 0
+    fc.in_hook = outer_in_hook
+    fc.hook_encoding = outer_encoding
     st = _hook_status(st)
     if st != FP_CONTINUE and d.cont_pending:
         st = FP_CONTINUE                # it continued itself from inside the hook
