@@ -28,7 +28,9 @@ HEALTH_CHECK_TYPE = T + "health_check.v3.HealthCheck"
 HEADER_MUTATION_TYPE = T + "header_mutation.v3.HeaderMutation"
 HEADER_MUTATION_PER_ROUTE_TYPE = T + "header_mutation.v3.HeaderMutationPerRoute"
 
-DENOMINATORS = {"HUNDRED": 0, "TEN_THOUSAND": 1, "MILLION": 2}
+# envoy.type.v3.FractionalPercent.DenominatorType: name -> proto number (the model keeps
+# the names and their meaning, in proto order).
+DENOMINATORS = {name: number for number, name in enumerate(mf.DENOMINATORS)}
 
 # envoy.type.v3.StatusCode (HttpStatus.code), name -> number.
 STATUS_CODES = {
