@@ -63,7 +63,8 @@ cdef void upconn_close(UpConn* u) noexcept nogil:
         u.stream = NULL
     chain_free(&u.in_buf)
     chain_free(&u.out_buf)
-    h1_free(&u.resp)
+    if u.codec != NULL:
+        u.codec.release(u)
     if u.prev != NULL:
         u.prev.next = u.next
     else:
@@ -193,8 +194,7 @@ cdef inline void _upconn_bind(UpConn* u, HStream* s) noexcept nogil:
     timer_cancel(u.w, &u.timer)
     u.state = UC_BUSY
     u.stream = s
-    h1_reset(&u.resp)
-    h1_response_for(&u.resp, s.method)
+    u.codec.start(u, s.method)
 
 
 cdef inline UpConn* _pool_pop(UpConn** head) noexcept nogil:
@@ -221,8 +221,8 @@ cdef UpConn* _upconn_new(HStream* s, ClusterCfg* cl, int host_index) noexcept no
     u.hstats = u.hosts.hosts[host_index].stats
     u.state = UC_WAITING
     u.stream = s
-    h1_init(&u.resp, H1_RESPONSE, 0, 0, 0)
-    h1_response_for(&u.resp, s.method)     # HEAD and CONNECT change how the response ends
+    u.codec = &H1_CLIENT_CODEC          # (an HTTP/2 pool will hand out its own streams)
+    u.codec.start(u, s.method)          # HEAD and CONNECT change how the response ends
     timer_init(&u.timer, _upconn_idle_timeout, u)
     timer_init(&u.duration_timer, _upconn_max_duration, u)
     u.next = w.upconns
@@ -368,7 +368,7 @@ cdef void upconn_release(UpConn* u, bint reusable) noexcept nogil:
     cdef UpConn* x
     cdef int n = 0
     u.stream = NULL
-    if u.rq_attached and u.resp.state == H1_MESSAGE_DONE:
+    if u.rq_attached and u.codec.response_complete(u):
         u.rq_attached = 0               # (an incomplete response stays: a destroy with active rq)
         stat_sub(u.cluster.stats, u.w, C_RQ_ACTIVE, 1)
         host_stat_add(u.hstats, u.w, HS_RQ_ACTIVE, -1)
@@ -394,7 +394,6 @@ cdef void upconn_release(UpConn* u, bint reusable) noexcept nogil:
     u.idle_next = head[0]
     head[0] = u
     u.idle_head = head
-    h1_reset(&u.resp)
     if u.cluster.pool_idle_ms:
         timer_arm(u.w, &u.timer, u.cluster.pool_idle_ms)
     if u.cluster.per_worker[u.w.index].wait_head != NULL:
@@ -487,8 +486,8 @@ cdef void upconn_pump(UpConn* u) noexcept nogil:
         if u.ep.readable and not u.eof and u.in_buf.length < HTTP_IO_LIMIT \
                 and (c == NULL or c.out_buf.length < HTTP_IO_LIMIT) \
                 and not (c != NULL and (c.rsp_pipe.bytes or (s.resp_started and not _enc_body_filtered(s)
-                         and u.resp.framing == H1_BODY_LENGTH and u.in_buf.length == 0
-                         and u.resp.state != H1_MESSAGE_DONE))):
+                         and u.in_buf.length == 0 and u.codec.raw_body_left(u) != 0
+                         and c.codec.raw_data_ok(c)))):
             n = chain_read_fd(&u.in_buf, u.ep.fd, HTTP_IO_LIMIT - u.in_buf.length, &asked)
             if n > 0:
                 stat_add(u.cluster.stats, u.w, C_RX_BYTES, <uint64_t>n)
