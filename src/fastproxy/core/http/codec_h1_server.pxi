@@ -189,6 +189,12 @@ cdef int _h1s_encode_headers(HConn* c, HStream* s, int status, StrRef reason, Pa
     if h1_framing_fields(w, l, f, minor == 1, lenbuf, sizeof(lenbuf)) < 0:
         return -1
     w.head_only = s != NULL and s.method == METHOD_HEAD
+    if w.head_only and f.kind == BODY_NONE and f.length_text.p == NULL and status >= 200 \
+            and status != 204 and status != 304:
+        # Envoy's codec announces an answer to HEAD that gives no length as chunked (no
+        # body follows either way); checked against Envoy 1.40, proxied and local.
+        if _pl_add(l, _cs("transfer-encoding"), _cs("chunked")) < 0:
+            return -1
     if f.kind == BODY_STREAM and minor == 0:
         close = True
         if s != NULL:

@@ -1,24 +1,24 @@
-# The HTTP connection manager (Envoy's http_connection_manager) for HTTP/1.1: the downstream
-# connection (HConn): its start, events, the loop that parses pipelined requests into
-# streams, idle/headers timeouts, close and lingering close, draining, and the per-worker
-# hooks (waiting requests, deferred frees, teardown). The rest of the HTTP data path:
-#   core/http/active_stream.pxi  one request/response exchange (HStream)
-#   core/http/router_filter.pxi  routing, the upstream request, stream_on_upstream
-#   core/upstream/http_pool.pxi  the upstream connections (UpConn) and their pool
-#   core/http/head_writer.pxi    heads and body framing as bytes
+# The HTTP connection manager (Envoy's http_connection_manager): the downstream connection
+# (HConn): its start, socket events, the loop that has the codec decode pipelined requests
+# into streams, idle/headers timeouts, close and lingering close, draining, and the
+# per-worker hooks (waiting requests, deferred frees, teardown). It knows the protocol only
+# through c.codec (ServerCodecApi, core/http/decls.pxi) and the events the codec calls
+# (cm_on_*, below and in active_stream.pxi); docs/architecture.md, "The codec seam".
+# The rest of the HTTP data path:
+#   core/http/codec_h1_server.pxi  the HTTP/1.1 server codec (bytes <-> stream events)
+#   core/http/active_stream.pxi    one request/response exchange (HStream)
+#   core/http/router_filter.pxi    routing, the upstream request, the response events
+#   core/upstream/http_pool.pxi    the upstream connections (UpConn) and their pool
 #
 #   downstream HConn --(one HStream at a time; pipelined requests wait in in_buf)--
-#        request:  parse head -> route -> upstream head -> body (Content-Length: moved
-#                  slice by slice, no copy; chunked: re-framed) -> UpConn.out_buf
-#        response: UpConn.in_buf -> parse head -> downstream head -> body -> HConn.out_buf
-#   UpConn: one upstream HTTP/1.1 connection; idle ones wait in a per-worker, per-host list
-#           (the pool) and are reused for the next stream to that host.
+#        request:  codec: head event -> route -> upstream request head -> body events
+#                  (moved slice by slice, no copy; or spliced) -> the upstream's codec
+#        response: the upstream's codec: head event -> downstream head -> body events
+#                  -> this connection's codec -> HConn.out_buf
 #
 # Nothing is ever forwarded for a request the codec rejects: the head is complete and valid
-# before routing begins, and a body framing error resets the stream. Responses are re-framed
-# for the downstream: Content-Length kept, chunked re-chunked, close-delimited bodies sent
-# chunked to HTTP/1.1 clients (so the downstream connection survives) and close-delimited
-# to HTTP/1.0 ones.
+# before routing begins, and a body framing error resets the stream. Bodies are re-framed
+# by the codec of the side they leave on.
 #
 # Re-entrancy: work that finishes a stream may want to parse the next pipelined request;
 # hconn_pump() is the only loop that does so, and a nested call only marks `repump`.

@@ -25,9 +25,7 @@ cdef void hconn_local_reply_ex(HConn* c, int status, const char* body, size_t bo
     if status == 204:
         bf.kind = BODY_NONE             # a 204 has no body and no Content-Length (Envoy)
     elif st != NULL and st.method == METHOD_HEAD and body_len == 0:
-        # Envoy's codec frames a HEAD answer without Content-Length as chunked (no body
-        # follows either way); checked against Envoy 1.40 on redirects and empty replies.
-        bf.kind = BODY_STREAM
+        bf.kind = BODY_NONE             # the codec announces it as Envoy's does (chunked)
     else:
         bf.kind = BODY_LENGTH
         bf.length = body_len
@@ -146,7 +144,8 @@ cdef int _local_response_head(HStream* s, int framing, uint64_t length) noexcept
         if framing != UF_PARSER and _body_framing(s, True, framing, length, &fc.resp, &bf) < 0:
             return -1
         # Envoy's framing of local replies, as on the unfiltered path (hconn_local_reply_ex):
-        # a 204 has no Content-Length; an empty reply to HEAD is announced chunked.
+        # a 204 has no Content-Length; an empty reply to HEAD gives none (the codec then
+        # announces it chunked).
         if status == 204:
             _pl_remove(&l, "content-length", 14)
             _pl_remove(&l, "transfer-encoding", 17)
@@ -155,7 +154,7 @@ cdef int _local_response_head(HStream* s, int framing, uint64_t length) noexcept
             clv = _pl_take(&l, "content-length", 14)
             _pl_remove(&l, "transfer-encoding", 17)
             if clv.p == NULL or (clv.n == 1 and clv.p[0] == b'0'):
-                bf.kind = BODY_STREAM
+                bf.kind = BODY_NONE
             else:
                 bf.kind = BODY_NONE
                 bf.length_text = clv
