@@ -258,18 +258,18 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
             r = &u.in_buf.refs[u.in_buf.head]
             n = h1_feed_head(p, r.s.data + r.off, r.len)
             if n < 0:
-                _upconn_failed(u, 502, UPSTREAM_PROTOCOL_ERROR)     # counts the 5xx
+                http_pool_fail(u, 502, UPSTREAM_PROTOCOL_ERROR)     # counts the 5xx
                 return -1
             chain_drain(&u.in_buf, <size_t>n)
             if p.state != H1_HEAD_DONE:
                 continue
             if p.flags & H1F_TE_CODINGS:
                 # gzip, chunked etc.: the coding would be lost when re-framing (Envoy: 502).
-                _upconn_failed(u, 502, UPSTREAM_PROTOCOL_ERROR)
+                http_pool_fail(u, 502, UPSTREAM_PROTOCOL_ERROR)
                 return -1
             if p.head.status == 101 and s.upgrade:
                 if _tunnel_response_head(s) < 0:
-                    _upconn_failed(u, 502, UPSTREAM_PROTOCOL_ERROR)
+                    http_pool_fail(u, 502, UPSTREAM_PROTOCOL_ERROR)
                     return -1
                 s.status = 101
                 s.resp_started = 1
@@ -282,14 +282,14 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
                 # A switch the request did not ask for (RFC 9110 section 15.2.2: a server
                 # switches only to a protocol the client offered). The parser stops at a
                 # 101, so whatever follows is not HTTP: the connection is unusable.
-                _upconn_failed(u, 502, UPSTREAM_PROTOCOL_ERROR)
+                http_pool_fail(u, 502, UPSTREAM_PROTOCOL_ERROR)
                 return -1
             if (p.head.status < 200 or p.head.status == 204) and (
                     (p.flags & H1X_TE) or p.content_length > 0):
                 # Envoy's codec: a 1xx or 204 cannot frame a body, so Transfer-Encoding or a
                 # non-zero Content-Length there means the upstream and we disagree on where
                 # the message ends; the connection cannot be trusted for the next response.
-                _upconn_failed(u, 502, UPSTREAM_PROTOCOL_ERROR)
+                http_pool_fail(u, 502, UPSTREAM_PROTOCOL_ERROR)
                 return -1
             if p.flags & H1F_INTERIM:
                 # 1xx: we already answered any Expect ourselves; drop it.
@@ -310,7 +310,7 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
                     return -1
                 continue
             if _downstream_response_head(s, UF_PARSER, 0) < 0:
-                _upconn_failed(u, 502, UPSTREAM_PROTOCOL_ERROR)
+                http_pool_fail(u, 502, UPSTREAM_PROTOCOL_ERROR)
                 return -1
             s.resp_started = 1
             s.resp_from_upstream = 1
@@ -339,7 +339,7 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
                     if s.resp_started:
                         hconn_close(c, True)
                     else:
-                        _upconn_failed(u, 502, UPSTREAM_PROTOCOL_ERROR)
+                        http_pool_fail(u, 502, UPSTREAM_PROTOCOL_ERROR)
                     return -1
                 break
             r = &u.in_buf.refs[u.in_buf.head]
@@ -348,7 +348,7 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
                 if s.resp_started:
                     hconn_close(c, True)
                 else:
-                    _upconn_failed(u, 502, UPSTREAM_PROTOCOL_ERROR)
+                    http_pool_fail(u, 502, UPSTREAM_PROTOCOL_ERROR)
                 return -1
             stat_add(h.stats, c.w, H_BYTES_COPIED, seg)
             chain_drain(&u.in_buf, off)
@@ -404,7 +404,7 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
                     s.response_flags |= RF_UC       # the upstream ended inside the body
                     hconn_close(c, True)
                 else:
-                    _upconn_failed(u, 503, UPSTREAM_TERMINATION)
+                    http_pool_fail(u, 503, UPSTREAM_TERMINATION)
                 return -1
             break
         r = &u.in_buf.refs[u.in_buf.head]
@@ -433,9 +433,9 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
             hconn_close(c, True)
         elif p.head.len:
             # Closed inside a response head: a malformed message (Envoy: protocol error).
-            _upconn_failed(u, 502, UPSTREAM_PROTOCOL_ERROR)
+            http_pool_fail(u, 502, UPSTREAM_PROTOCOL_ERROR)
         else:
-            _upconn_failed(u, 503, UPSTREAM_TERMINATION)
+            http_pool_fail(u, 503, UPSTREAM_TERMINATION)
         return -1
     return 0
 
@@ -610,7 +610,7 @@ cdef int stream_route(HStream* s) noexcept nogil:
                _pick(path != NULL, ", rewritten to ", ""), <int>path_len,
                _pick(path != NULL, path, ""))
     stream_route_timeout(s)
-    s.up = upconn_acquire(s, s.cluster)
+    s.up = http_pool_acquire(s, s.cluster)
     if s.up == NULL:
         free(path)
         _route_input_free(hdrs, stack)
@@ -648,7 +648,7 @@ cdef int stream_send_request_head(HStream* s, int framing, uint64_t length) noex
     """Serialize the request head into the upstream's out_buf. -1: the stream ended."""
     cdef HConn* c = s.c
     if _upstream_request_head(s, framing, length) < 0:
-        upconn_close(s.up)
+        http_pool_cancel(s.up)
         s.up = NULL
         stream_local_reply(s, 400, "invalid request after header mutation", 37, NULL, 0, True)
         return -1
@@ -720,7 +720,7 @@ cdef int stream_forward_request_body(HStream* s) noexcept nogil:
             return -1
         if rc == -2:
             u.remote_close = 1
-            _upconn_failed(u, 503, UPSTREAM_TERMINATION)
+            http_pool_fail(u, 503, UPSTREAM_TERMINATION)
             return -1
         if p.state == H1_MESSAGE_DONE and c.req_pipe.bytes == 0:
             stream_request_end(s, True)
