@@ -113,7 +113,8 @@ cdef struct UpConn:
     UpConn* next_deferred
     ClusterCfg* cluster             # one reference
     int host_index
-    HostSet* hosts                  # the host set host_index is into (pool key)
+    HostSet* hosts                  # the host set host_index is into (pool key), one
+                                    #   reference: it outlives a DNS change under a request
     int state
     uint8_t eof
     HStream* stream

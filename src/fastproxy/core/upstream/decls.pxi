@@ -33,8 +33,8 @@ cdef struct UpConn              # core/http/decls.pxi: an upstream HTTP/1.1 conn
 
 cdef struct HttpPool:           # one per cluster per worker, touched only by that worker
     ClusterCfg* cluster         # back pointer (no reference): serving the waiting requests
-    HostSet* hosts              # the host set `idle` and `nconns` are indexed by (no
-                                #   reference: compared with the load balancer's, never read)
+    HostSet* hosts              # the host set `idle` and `nconns` are indexed by (one
+                                #   reference, so a new set never reuses its address)
     int nhosts
     UpConn** idle               # per host: idle connections, most recently used first
     int* nconns                 # per host: this worker's connections (connecting, busy,

@@ -72,6 +72,7 @@ cdef void http_pools_free(ClusterCfg* cl) noexcept nogil:
     for i in range(cl.nworkers):
         free(cl.http_pools[i].idle)
         free(cl.http_pools[i].nconns)
+        hostset_decref(cl.http_pools[i].hosts)
     free(cl.http_pools)
     cl.http_pools = NULL
 
@@ -233,15 +234,19 @@ cdef UpConn** _pool_list(HttpPool* p, Worker* w, int host_index) noexcept nogil:
                     upconn_close(p.idle[i])
             free(p.idle)
         free(p.nconns)
+        hostset_decref(p.hosts)
         p.nhosts = current.nhosts if current != NULL else 0
         p.idle = <UpConn**>calloc(max(1, p.nhosts), sizeof(UpConn*))
         p.nconns = <int*>calloc(max(1, p.nhosts), sizeof(int))
         p.hosts = current
+        if current != NULL:
+            fp_atomic_add_int(&current.refcnt, 1)
         if p.idle == NULL or p.nconns == NULL:
             free(p.idle)
             free(p.nconns)
             p.idle = NULL
             p.nconns = NULL
+            hostset_decref(p.hosts)
             p.hosts = NULL              # try again next time
             return NULL
     if p.idle == NULL or host_index >= p.nhosts:
@@ -307,6 +312,7 @@ cdef UpConn* _upconn_new(HStream* s, ClusterCfg* cl, int host_index) noexcept no
     u.host_index = host_index
     u.id = _next_conn_id(w)
     u.hosts = lb_hosts(cl, w)
+    fp_atomic_add_int(&u.hosts.refcnt, 1)      # Host* into it outlive a DNS change
     u.hstats = u.hosts.hosts[host_index].stats
     u.state = UC_WAITING
     u.stream = s
@@ -654,6 +660,8 @@ cdef void http_serve_waiting(Worker* w) noexcept nogil:
                     http_pool_fail(u, 503, NO_HEALTHY_UPSTREAM)
                     u = nxt
                     continue
+                fp_atomic_add_int(&hosts.refcnt, 1)
+                hostset_decref(u.hosts)
                 u.hosts = hosts
                 u.host_index = <int>(host - hosts.hosts)
                 memcpy(&s.upstream_addr, &host.addr, host.addrlen)
@@ -694,6 +702,7 @@ cdef void http_pool_free_deferred(Worker* w) noexcept nogil:
     while w.upconn_deferred != NULL:
         u = w.upconn_deferred
         w.upconn_deferred = u.next_deferred
+        hostset_decref(u.hosts)
         cluster_decref(u.cluster)
         free(u)
 
