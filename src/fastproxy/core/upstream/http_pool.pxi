@@ -312,7 +312,7 @@ cdef UpConn* _upconn_new(HStream* s, ClusterCfg* cl, int host_index) noexcept no
     u.host_index = host_index
     u.id = _next_conn_id(w)
     u.hosts = lb_hosts(cl, w)
-    fp_atomic_add_int(&u.hosts.refcnt, 1)      # Host* into it outlive a DNS change
+    fp_atomic_add_int(&u.hosts.refcnt, 1)      # so pointers into it outlive a DNS change
     u.hstats = u.hosts.hosts[host_index].stats
     u.state = UC_WAITING
     u.stream = s
