@@ -74,7 +74,7 @@ cdef struct Worker:
     HConn* hconn_deferred
     UpConn* upconns             # every upstream HTTP connection (busy, idle, connecting)
     UpConn* upconn_deferred
-    void* kicked                # WorkerLb*: clusters whose waiting requests to serve this turn
+    void* kicked                # HttpPool*: pools whose waiting requests to serve this turn
     # the Date header value, formatted once per second (core/http/hcm_headers.pxi)
     char date[32]
     size_t date_len

@@ -178,13 +178,13 @@ cdef class Engine:
         c.stats = stats.b
         c.nworkers = self.nworkers
         c.per_worker = <WorkerLb*>calloc(self.nworkers, sizeof(WorkerLb))
-        if c.per_worker == NULL:
+        if c.per_worker == NULL or http_pools_new(c) < 0:
+            free(c.per_worker)
             free(c)
             raise MemoryError()
         for i in range(self.nworkers):
             # Spread the workers' round-robin starting points over the schedule.
             c.per_worker[i].next = <uint32_t>(i * max(1, hosts.hs.nschedule) // self.nworkers)
-            c.per_worker[i].cluster = c
         h.c = c
         h.engine = self
         h.stats = stats

@@ -28,7 +28,7 @@ cdef void stream_finish(HStream* s) noexcept nogil:
                                             sizeof(s.fc.upstream_host))
     stream_log(s)
     if s.up != NULL:
-        upconn_release(s.up, s.req_done and s.up.codec.reusable(s.up))
+        http_pool_release(s.up, s.req_done and s.up.codec.reusable(s.up))
         s.up = NULL
     stat_sub(h.stats, c.w, H_RQ_ACTIVE, 1)
     stat_add(h.stats, c.w, H_RQ_TIME_MS, c.w.now - s.start_ms)
@@ -70,7 +70,7 @@ cdef void _stream_timeout(Worker* w, void* arg) noexcept nogil:
         stat_add(s.cluster.stats, w, C_RQ_TIMEOUT, 1)
         host_stat_add(s.hstats, w, HS_RQ_TIMEOUT, 1)
     if s.up != NULL:
-        upconn_close(s.up)
+        http_pool_cancel(s.up)
     stream_upstream_failed(s, 504, UPSTREAM_TIMEOUT)
 
 
@@ -235,7 +235,7 @@ cdef void _request_body_framing_error(HStream* s, int status) noexcept nogil:
     stat_add(h.stats, c.w, H_CX_PROTOCOL_ERROR, 1)
     s.response_flags |= RF_DPE
     if s.up != NULL:
-        upconn_close(s.up)
+        http_pool_cancel(s.up)
         s.up = NULL
     if s.resp_started:
         hconn_close(c, True)            # counts downstream_rq_rx_reset (the stream is active)
@@ -486,7 +486,7 @@ cdef int stream_send_response_head(HStream* s, int framing, uint64_t length) noe
     cdef bint local = s.fc != NULL and s.fc.local_encoding
     if (_local_response_head(s, framing, length) if local else _downstream_response_head(s, framing, length)) < 0:
         if s.up != NULL:
-            _upconn_failed(s.up, 502, UPSTREAM_PROTOCOL_ERROR)
+            http_pool_fail(s.up, 502, UPSTREAM_PROTOCOL_ERROR)
         elif local and not s.resp_started:
             # A filter left the local reply without a valid :status: as Envoy, 502 straight
             # to the client (the encoder chain holds a response now, so it is not re-run).

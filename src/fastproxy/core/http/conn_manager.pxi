@@ -171,7 +171,7 @@ cdef void hconn_close(HConn* c, bint rst) noexcept nogil:
         c.stream = NULL
         if s.up != NULL:
             s.up.stream = NULL
-            upconn_close(s.up)
+            http_pool_cancel(s.up)
         stat_sub(h.stats, w, H_RQ_ACTIVE, 1)
         stream_free(s)
     # After a read that drained the socket (and no event since), nothing is left to drop.
@@ -497,98 +497,19 @@ cdef void http_drain_listener(Worker* w, ListenSock* sock) noexcept nogil:
         c = nxt
 
 
-cdef void http_serve_waiting(Worker* w) noexcept nogil:
-    """Requests waiting for a connection (max_connections) of the clusters kicked this
-    turn: each takes an idle connection to its host, or connects once the cluster is under
-    max_connections again (or this worker has no connection to the host left). Runs at the
-    end of the loop turn, outside any pump."""
-    cdef WorkerLb* lb
-    cdef ClusterCfg* cl
-    cdef UpConn* u
-    cdef UpConn* nxt
-    cdef UpConn* p
-    cdef UpConn** head
-    cdef HStream* s
-    cdef Host* host
-    while w.kicked != NULL:
-        lb = <WorkerLb*>w.kicked
-        w.kicked = lb.kick_next
-        lb.kick_next = NULL
-        lb.kicked = 0
-        cl = lb.cluster
-        u = <UpConn*>lb.wait_head
-        while u != NULL:
-            if not u.queued:
-                break       # serving the one before ended it (memory is freed after this)
-            nxt = u.wait_next
-            s = u.stream
-            if s == NULL:
-                upconn_close(u)
-                u = nxt
-                continue
-            if u.hosts != lb.hosts:
-                # The host set changed (DNS) while it waited: pick again from the new one.
-                host = cluster_pick(cl, w, 0)
-                if host == NULL:
-                    _wait_unlink(u)
-                    stat_add(cl.stats, w, C_NONE_HEALTHY, 1)
-                    _upconn_failed(u, 503, NO_HEALTHY_UPSTREAM)
-                    u = nxt
-                    continue
-                u.hosts = lb.hosts
-                u.host_index = <int>(host - lb.hosts.hosts)
-                memcpy(&s.upstream_addr, &host.addr, host.addrlen)
-                s.upstream_addrlen = host.addrlen
-            host = &lb.hosts.hosts[u.host_index]
-            head = _pool_list(cl, w, u.host_index)
-            if head != NULL and head[0] != NULL and not s.connect:     # (a tunnel gets its own)
-                # An idle connection to its host: the request (already serialized into u's
-                # out_buf, never sent) moves to it; u, which never had a socket, ends.
-                _wait_unlink(u)
-                p = _pool_pop(head)
-                _upconn_bind(p, s)
-                if chain_move(&p.out_buf, &u.out_buf) < 0:
-                    p.stream = NULL
-                    upconn_close(p)
-                    _upconn_failed(u, 503, UPSTREAM_OVERFLOW)
-                    u = nxt
-                    continue
-                u.stream = NULL
-                s.up = p
-                upconn_close(u)
-                if not _upconn_attach(p):
-                    _upconn_overflowed(p)       # max_requests: p goes back to the pool
-                else:
-                    p.ep.writable = 1
-                    upconn_pump(p)
-            elif not cb_full(&cl.n_cx, cl.max_cx) or lb.pool_conns == NULL \
-                    or u.host_index >= lb.pool_n or lb.pool_conns[u.host_index] == 0:
-                _wait_unlink(u)
-                if _upconn_connect(u, host) < 0:
-                    _upconn_failed(u, 503, UPSTREAM_CONNECT_FAILURE)
-            u = nxt
-        cluster_decref(cl)
-
-
 cdef void http_free_deferred(Worker* w) noexcept nogil:
     cdef HConn* c
-    cdef UpConn* u
     http_serve_waiting(w)
     while w.hconn_deferred != NULL:
         c = w.hconn_deferred
         w.hconn_deferred = c.next_deferred
         listener_cfg_decref(c.cfg)
         free(c)
-    while w.upconn_deferred != NULL:
-        u = w.upconn_deferred
-        w.upconn_deferred = u.next_deferred
-        cluster_decref(u.cluster)
-        free(u)
+    http_pool_free_deferred(w)
 
 
 cdef void http_worker_teardown(Worker* w) noexcept nogil:
     while w.hconns != NULL:
         hconn_close(w.hconns, False)
-    while w.upconns != NULL:
-        upconn_close(w.upconns)
+    http_pool_close_all(w)
     http_free_deferred(w)

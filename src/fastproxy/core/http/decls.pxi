@@ -118,7 +118,8 @@ cdef struct UpConn:
     UpConn* next_deferred
     ClusterCfg* cluster             # one reference
     int host_index
-    HostSet* hosts                  # the host set host_index is into (pool key)
+    HostSet* hosts                  # the host set host_index is into (pool key), one
+                                    #   reference: it outlives a DNS change under a request
     int state
     uint8_t eof
     HStream* stream
@@ -132,13 +133,13 @@ cdef struct UpConn:
                                     #   connecting, or UC_WAITING
     uint8_t rq_attached             # a stream is attached and its response is not complete
     uint8_t remote_close            # the upstream ended the connection (destroy_remote)
-    uint8_t cx_counted              # has a socket: counted in upstream_cx_active, n_cx, pool_conns
+    uint8_t cx_counted              # has a socket: counted in upstream_cx_active and n_cx
     uint8_t last_request            # close after this response (max requests or duration reached)
     uint32_t nrequests              # requests it has carried
-    UpConn* wait_next               # the cluster's per-worker queue of UC_WAITING ones
+    UpConn* wait_next               # its pool's queue of UC_WAITING ones
     UpConn* wait_prev
     uint8_t queued                  # on that queue
-    uint8_t host_counted            # counted in its worker's pool_conns (not a CONNECT tunnel's)
+    uint8_t host_counted            # counted in its pool's nconns (not a CONNECT tunnel's)
     uint64_t id                     # the debug lines' ConnectionId (shared with HConn's)
     StatBlock* hstats               # its host's counters (HS_*), NULL: none
 

@@ -705,7 +705,7 @@ cdef bint _hf_flush_local_reply(HStream* s) noexcept nogil:
         hconn_pump(c)                       # (see hf_continue: a reply asked for outside a hook)
         return True
     if s.up != NULL:
-        upconn_close(s.up)
+        http_pool_cancel(s.up)
         s.up = NULL
     s.status = status
     fc.dead = 1
@@ -742,7 +742,7 @@ cdef int hf_local_reply_start(HStream* s, int status, const char* body, size_t n
     cdef const char* p
     cdef bint ok
     if s.up != NULL:
-        upconn_close(s.up)
+        http_pool_cancel(s.up)
         s.up = NULL
     timer_cancel(c.w, &s.timeout)
     fc.dec.phase = FP_PH_DONE

@@ -297,10 +297,10 @@ cdef int ur_on_response_headers(HStream* s, const HttpHead* head, const Response
             # A switch the request did not ask for (RFC 9110 section 15.2.2: a server
             # switches only to a protocol the client offered). The parser stops at a 101,
             # so whatever follows is not HTTP: the connection is unusable.
-            _upconn_failed(u, 502, UPSTREAM_PROTOCOL_ERROR)
+            http_pool_fail(u, 502, UPSTREAM_PROTOCOL_ERROR)
             return -1
         if _tunnel_response_head(s) < 0:
-            _upconn_failed(u, 502, UPSTREAM_PROTOCOL_ERROR)
+            http_pool_fail(u, 502, UPSTREAM_PROTOCOL_ERROR)
             return -1
         s.status = 101
         s.resp_started = 1
@@ -320,7 +320,7 @@ cdef int ur_on_response_headers(HStream* s, const HttpHead* head, const Response
     if _enc_filtered(s):
         return _response_to_filters(s)
     if _downstream_response_head(s, UF_PARSER, 0) < 0:
-        _upconn_failed(u, 502, UPSTREAM_PROTOCOL_ERROR)
+        http_pool_fail(u, 502, UPSTREAM_PROTOCOL_ERROR)
         return -1
     s.resp_started = 1
     s.resp_from_upstream = 1
@@ -384,7 +384,7 @@ cdef void ur_on_response_error(HStream* s, int kind) noexcept nogil:
     cdef HConn* c = s.c
     cdef bint filtered = _enc_body_filtered(s)
     if kind == UE_PROTOCOL:
-        _upconn_failed(u, 502, UPSTREAM_PROTOCOL_ERROR)     # counts the 5xx
+        http_pool_fail(u, 502, UPSTREAM_PROTOCOL_ERROR)     # counts the 5xx
     elif s.resp_started:
         if kind == UE_BODY_FRAMING and not filtered:
             s.response_flags |= RF_UPE              # bad body framing from the upstream
@@ -392,11 +392,11 @@ cdef void ur_on_response_error(HStream* s, int kind) noexcept nogil:
             s.response_flags |= RF_UC               # the upstream ended inside the response
         hconn_close(c, True)
     elif kind == UE_CLOSED_BEFORE_HEAD or (kind == UE_CLOSED_IN_BODY and not filtered):
-        _upconn_failed(u, 503, UPSTREAM_TERMINATION)
+        http_pool_fail(u, 503, UPSTREAM_TERMINATION)
     else:
         # Closed inside a response head, or a filtered body that broke before its head
         # went out: a malformed message (Envoy: protocol error).
-        _upconn_failed(u, 502, UPSTREAM_PROTOCOL_ERROR)
+        http_pool_fail(u, 502, UPSTREAM_PROTOCOL_ERROR)
 
 
 cdef RouteHeader* _route_input(HStream* s, RouteInput* r, RouteHeader* stack) noexcept nogil:
@@ -569,7 +569,7 @@ cdef int stream_route(HStream* s) noexcept nogil:
                _pick(path != NULL, ", rewritten to ", ""), <int>path_len,
                _pick(path != NULL, path, ""))
     stream_route_timeout(s)
-    s.up = upconn_acquire(s, s.cluster)
+    s.up = http_pool_acquire(s, s.cluster)
     if s.up == NULL:
         free(path)
         _route_input_free(hdrs, stack)
@@ -608,7 +608,7 @@ cdef int stream_send_request_head(HStream* s, int framing, uint64_t length) noex
     """Serialize the request head into the upstream's out_buf. -1: the stream ended."""
     cdef HConn* c = s.c
     if _upstream_request_head(s, framing, length) < 0:
-        upconn_close(s.up)
+        http_pool_cancel(s.up)
         s.up = NULL
         stream_local_reply(s, 400, "invalid request after header mutation", 37, NULL, 0, True)
         return -1
@@ -685,7 +685,7 @@ cdef int stream_forward_request_body(HStream* s) noexcept nogil:
             return -1
         if rc == -2:
             u.remote_close = 1
-            _upconn_failed(u, 503, UPSTREAM_TERMINATION)
+            http_pool_fail(u, 503, UPSTREAM_TERMINATION)
             return -1
         if done:
             s.req_received = 1

@@ -41,7 +41,7 @@ cdef void _stream_end_locally(HStream* s, int status, const char* body) noexcept
     upstream connection, or reset the downstream if the response is under way."""
     cdef HConn* c = s.c
     if s.up != NULL:
-        upconn_close(s.up)
+        http_pool_cancel(s.up)
         s.up = NULL
     if s.resp_started:
         hconn_close(c, True)
