@@ -1,8 +1,6 @@
 # envoy.filters.http.local_ratelimit: a token bucket every worker shares (atomics), its
-# http_local_rate_limit.<stat_prefix>.* stats and the 429 it answers with. Config struct:
-# native_decls.pxi.
-
-# http_local_rate_limit.<prefix>.* (LRL_*, LOCAL_RATE_LIMIT_STATS): fastproxy/stats_table.py.
+# http_local_rate_limit.<stat_prefix>.* stats (LRL_*, LOCAL_RATE_LIMIT_STATS: defined in
+# fastproxy/stats_table.py) and the 429 it answers with. Config struct: native_decls.pxi.
 
 
 cdef bint _nf_take_token(NRateCfg* c) noexcept nogil:

@@ -1,5 +1,6 @@
 # The compiled router's declarations and its contract (what follows is the design of all
-# three files: core/router/decls.pxi, match.pxi on the workers, build.pxi on the main thread).
+# its files: core/router/decls.pxi; match.pxi and matchers.pxi on the workers, the matchers
+# shared with the native filters; build.pxi on the main thread).
 #
 # The compiled router: Envoy's route table (envoy.filters.http.router with an inline
 # route_config) as immutable C structs, built once on the main thread and read by every

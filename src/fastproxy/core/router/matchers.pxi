@@ -95,7 +95,8 @@ cdef bint _rt_header_matches(const RouteHeaderMatcher* m, const RouteInput* r) n
     native filters (health_check) share. A repeated header matches when one of its field
     lines does: Envoy 1.40 matches each value on its own ("x: v" twice matches exact "v";
     "x: v1" + "x: v2" does not match exact "v1,v2"), in routes and filters alike (checked
-    against Envoy in tests/test_native_filters.py); invert_match inverts that outcome."""
+    against Envoy in tests/http/filters/test_native_filters.py); invert_match inverts that
+    outcome."""
     cdef const char* v = NULL
     cdef size_t n = 0
     cdef bint found = False
