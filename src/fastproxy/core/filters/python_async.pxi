@@ -293,7 +293,7 @@ cdef class AsyncBridge:
     def _drain(self):
         """On the loop: start every queued hook."""
         cdef _HookJob job
-        cdef bint closed
+        cdef bint closed = False
         with self._lock:
             jobs = self._inbound
             self._inbound = []
