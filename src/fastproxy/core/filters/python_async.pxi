@@ -300,7 +300,7 @@ cdef class AsyncBridge:
             self._wake_pending = False
             closed = self._closed
         if closed:
-            _close_unstarted(jobs)          # (close() took them first; nothing is left behind)
+            _close_unstarted(jobs)          # (close() empties the queue itself: none, in practice)
             return
         loop = self.loop
         tasks = False

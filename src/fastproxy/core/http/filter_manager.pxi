@@ -1,7 +1,7 @@
 # HTTP filter chains (Envoy's StreamDecoderFilter/StreamEncoderFilter), for every kind of
 # filter: native ones compiled into the core (core/filters/), C filters loaded through cffi,
-# and Python filters (core/filters/python.pxi). All of them are an `fp_http_filter` table (the C ABI in
-# include/fastproxy_filter.h); this file runs the tables without the GIL.
+# and Python filters (core/filters/python.pxi). All of them are an `fp_http_filter` table
+# (the C ABI in include/fastproxy_filter.h); this file runs the tables without the GIL.
 #
 #   request:  head -> decode_headers 0..n-1 -> router (route, upstream, head out)
 #             body -> decode_data    0..n-1 -> router (framed for the upstream)
