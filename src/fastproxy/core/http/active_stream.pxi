@@ -387,7 +387,7 @@ cdef void stream_start(HConn* c, HttpHead* head, const RequestFacts* f) noexcept
     if h.max_requests_per_connection and c.nrequests >= h.max_requests_per_connection:
         s.keepalive = 0
     stat_add(h.stats, c.w, H_RQ_TOTAL, 1)
-    stat_add(h.stats, c.w, H_RQ_HTTP1_TOTAL, 1)
+    stat_add(h.stats, c.w, c.codec.stat_rq_total, 1)
     stat_add(h.stats, c.w, H_RQ_ACTIVE, 1)
     # Requests the codec takes but the proxy refuses, as protocol errors (Envoy's codec
     # reports them so): no filter chain exists yet, so the replies go out directly.

@@ -161,7 +161,7 @@ cdef void hconn_close(HConn* c, bint rst) noexcept nogil:
         if s != NULL:
             stat_add(h.stats, w, H_RQ_RX_RESET, 1)
     if c.codec_seen:
-        stat_sub(h.stats, w, H_CX_HTTP1_ACTIVE, 1)
+        stat_sub(h.stats, w, c.codec.stat_cx_active, 1)
     timer_cancel(w, &c.idle_timer)
     timer_cancel(w, &c.headers_timer)
     if s != NULL:
@@ -336,14 +336,6 @@ cdef void cm_on_peer_closed(HConn* c, bint inside_request) noexcept nogil:
 
 cdef void cm_on_request_headers(HConn* c, HttpHead* head, const RequestFacts* f) noexcept nogil:
     """A complete, valid request head (ours now) and what the codec knows of it."""
-    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
-    if h.underscores != US_ALLOW and head_underscores(c, head, h) < 0:
-        # Envoy's codec refuses the request (a protocol error, like the codec's own)
-        http_head_free(head)
-        stat_add(h.stats, c.w, H_CX_PROTOCOL_ERROR, 1)
-        hconn_unparsed_request(c, 400, RF_DPE, False)
-        chain_clear(&c.in_buf)
-        return
     stream_start(c, head, f)
 
 
@@ -367,7 +359,7 @@ cdef void hconn_unparsed_request(HConn* c, int status, uint32_t flags, bint empt
     s.client_ip_len = c.remote_ip_len
     s.client_port = c.remote_port
     stat_add(h.stats, c.w, H_RQ_TOTAL, 1)
-    stat_add(h.stats, c.w, H_RQ_HTTP1_TOTAL, 1)
+    stat_add(h.stats, c.w, c.codec.stat_rq_total, 1)
     stat_add(h.stats, c.w, H_RQ_RX_RESET, 1)
     if status:
         c.stream = &s                   # the reply's status and bytes go to this stream
@@ -425,8 +417,8 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
                     # Envoy creates the HTTP/1 codec with the first bytes read (a client
                     # that closes without sending any is not an HTTP/1 connection).
                     c.codec_seen = 1
-                    stat_add((<HttpCfg*>c.cfg.http).stats, c.w, H_CX_HTTP1_TOTAL, 1)
-                    stat_add((<HttpCfg*>c.cfg.http).stats, c.w, H_CX_HTTP1_ACTIVE, 1)
+                    stat_add((<HttpCfg*>c.cfg.http).stats, c.w, c.codec.stat_cx_total, 1)
+                    stat_add((<HttpCfg*>c.cfg.http).stats, c.w, c.codec.stat_cx_active, 1)
                 progress = True
                 stat_add((<HttpCfg*>c.cfg.http).stats, c.w, H_CX_RX_BYTES, <uint64_t>n)
                 stream_touch(c)

@@ -196,7 +196,7 @@ cdef struct HStream:
     uint16_t client_port            # 0 when the address came from x-forwarded-for
     uint8_t client_internal         # Envoy's "internal request" (core/http/stream_extras.pxi)
     uint8_t edge                    # use_remote_address and not internal: an edge request
-    uint8_t envoy_hdrs              # the request has x-envoy-* fields (the codec's H1X_ENVOY_HDR)
+    uint8_t envoy_hdrs              # the request has x-envoy-* fields (RequestFacts.envoy_hdrs)
     uint64_t timeout_ms             # the route timeout in force (x-envoy-upstream-rq-timeout-ms)
     uint64_t expected_timeout_ms    # what x-envoy-expected-rq-timeout-ms says; 0: not sent
     uint64_t service_time_ms        # the x-envoy-upstream-service-time we sent ...
@@ -257,6 +257,9 @@ cdef struct HConn:
 
 cdef struct ServerCodecApi:
     const char* name
+    int stat_cx_total               # its http.<prefix>.downstream_cx_<protocol>_total (H_*)
+    int stat_cx_active              # ... _active
+    int stat_rq_total               # ... downstream_rq_<protocol>_total
     void (*start)(HConn* c) noexcept nogil              # a new connection
     void (*release)(HConn* c) noexcept nogil            # the connection closes
     int (*decode)(HConn* c) noexcept nogil              # decode c.in_buf into events; -1: the
