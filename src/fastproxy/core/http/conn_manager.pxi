@@ -572,6 +572,7 @@ cdef void http_free_deferred(Worker* w) noexcept nogil:
         u = w.upconn_deferred
         w.upconn_deferred = u.next_deferred
         cluster_decref(u.cluster)
+        host_stats_release(&u.hstats)
         free(u)
 
 

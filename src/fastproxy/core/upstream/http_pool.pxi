@@ -218,7 +218,7 @@ cdef UpConn* _upconn_new(HStream* s, ClusterCfg* cl, int host_index) noexcept no
     u.host_index = host_index
     u.id = _next_conn_id(w)
     u.hosts = cl.per_worker[w.index].hosts
-    u.hstats = u.hosts.hosts[host_index].stats
+    host_stats_hold(&u.hstats, u.hosts.hosts[host_index].stats)
     u.state = UC_WAITING
     u.stream = s
     h1_init(&u.resp, H1_RESPONSE, 0, 0, 0)
@@ -300,7 +300,7 @@ cdef UpConn* upconn_acquire(HStream* s, ClusterCfg* cl) noexcept nogil:
         return NULL
     memcpy(&s.upstream_addr, &host.addr, host.addrlen)
     s.upstream_addrlen = host.addrlen
-    s.hstats = host.stats
+    host_stats_hold(&s.hstats, host.stats)
     s.upstream_start_ms = w.now
     idx = <int>(host - lb.hosts.hosts)
     head = _pool_list(cl, w, idx)
