@@ -54,9 +54,9 @@ cdef inline void listener_cx_release(ListenerCfg* cfg) noexcept nogil:
         fp_atomic_add_i64(cfg.global_active, -1)
 
 
-cdef int _bind_one(Host* h, str ip, int backlog) except -1:
-    """One non-blocking SO_REUSEPORT listening socket on h's address (ip: its text, for
-    the error); returns the fd.
+cdef int _bind_one(Host* h, str ip, int port, int backlog) except -1:
+    """One non-blocking SO_REUSEPORT listening socket on h's address (ip:port, the same
+    as text for the error); returns the fd.
 
     Options set here are inherited by every socket it accepts, which saves each new
     connection the system calls: TCP_NODELAY always, and the loopback tuning
@@ -73,14 +73,8 @@ cdef int _bind_one(Host* h, str ip, int backlog) except -1:
     if bind(fd, <sockaddr*>&h.addr, h.addrlen) < 0 or listen(fd, backlog) < 0:
         err = errno
         close(fd)
-        raise OSError(err, f"cannot listen on {ip}:{_host_port(h)}: {strerror(err).decode()}")
+        raise OSError(err, f"cannot listen on {ip}:{port}: {strerror(err).decode()}")
     return fd
-
-
-cdef int _host_port(Host* h) noexcept:
-    if h.addr.ss_family == AF_INET6:
-        return ntohs((<sockaddr_in6*>&h.addr).sin6_port)
-    return ntohs((<sockaddr_in*>&h.addr).sin_port)
 
 
 cdef void _set_host_port(Host* h, int port) noexcept:
@@ -91,10 +85,12 @@ cdef void _set_host_port(Host* h, int port) noexcept:
 
 
 cdef int _bound_port(int fd):
-    cdef Host h
-    h.addrlen = sizeof(sockaddr_storage)
-    getsockname(fd, <sockaddr*>&h.addr, &h.addrlen)
-    return _host_port(&h)
+    cdef sockaddr_storage ss
+    cdef socklen_t n = sizeof(sockaddr_storage)
+    getsockname(fd, <sockaddr*>&ss, &n)
+    if ss.ss_family == AF_INET6:
+        return ntohs((<sockaddr_in6*>&ss).sin6_port)
+    return ntohs((<sockaddr_in*>&ss).sin_port)
 
 
 def bind_listener(int nworkers, str ip, int port, int backlog):
@@ -123,7 +119,7 @@ def bind_listener(int nworkers, str ip, int port, int backlog):
     _fill_sockaddr(&addr, ip, port)
     s.loopback = _is_loopback(<sockaddr*>&addr.addr)
     for i in range(nworkers):
-        s.fds[i] = _bind_one(&addr, ip, backlog)
+        s.fds[i] = _bind_one(&addr, ip, port, backlog)
         if port == 0:
             port = _bound_port(s.fds[i])
             _set_host_port(&addr, port)     # the other workers' sockets share the port
