@@ -12,6 +12,7 @@ cdef void stream_free(HStream* s) noexcept nogil:
         hf_stream_end(s)
     free(s.rewritten_path)
     http_head_free(&s.head)
+    host_stats_release(&s.hstats)
     free(s)
 
 

@@ -193,6 +193,16 @@ cdef void stream_client_address(HStream* s) noexcept nogil:
     s.edge = h.use_remote_address and not s.client_internal
 
 
+cdef size_t stream_forwarded_xff_size(HStream* s) noexcept nogil:
+    """The bytes stream_forwarded_xff needs to write the whole value."""
+    cdef HConn* c = s.c
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    cdef size_t n = 0
+    cdef const char* v = _req_field(s, "x-forwarded-for", 15, &n)
+    cdef size_t an = h.local_ip_len if c.remote_loopback else c.remote_ip_len
+    return n + 1 + an if v != NULL and n else an
+
+
 cdef size_t stream_forwarded_xff(HStream* s, char* out, size_t cap) noexcept nogil:
     """The x-forwarded-for the upstream gets under use_remote_address (Utility::appendXff):
     the received value, if any, then "," and the peer (Envoy's local address instead of a

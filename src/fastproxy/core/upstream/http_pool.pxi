@@ -130,7 +130,7 @@ cdef void upconn_close(UpConn* u) noexcept nogil:
     if u.cx_counted:
         u.cx_counted = 0
         stat_sub(cl.stats, w, C_CX_ACTIVE, 1)
-        host_stat_add(u.hstats, w, HS_CX_ACTIVE, -1)
+        host_stat_sub(u.hstats, w, HS_CX_ACTIVE, 1)
         stat_add(cl.stats, w, C_CX_DESTROY, 1)
         stat_add(cl.stats, w, C_DESTROY_LOCAL + remote, 1)
         fp_atomic_add_i64(&cl.n_cx, -1)
@@ -142,14 +142,14 @@ cdef void upconn_close(UpConn* u) noexcept nogil:
     if u.rq_attached:
         u.rq_attached = 0
         stat_sub(cl.stats, w, C_RQ_ACTIVE, 1)
-        host_stat_add(u.hstats, w, HS_RQ_ACTIVE, -1)
+        host_stat_sub(u.hstats, w, HS_RQ_ACTIVE, 1)
         fp_atomic_add_i64(&cl.n_rq, -1)
         stat_add(cl.stats, w, C_DESTROY_WITH_ACTIVE_RQ, 1)
         stat_add(cl.stats, w, C_DESTROY_LOCAL_WITH_ACTIVE_RQ + remote, 1)
     if u.pending:
         u.pending = 0
         stat_sub(cl.stats, w, C_RQ_PENDING_ACTIVE, 1)
-        host_stat_add(u.hstats, w, HS_RQ_PENDING_ACTIVE, -1)
+        host_stat_sub(u.hstats, w, HS_RQ_PENDING_ACTIVE, 1)
         fp_atomic_add_i64(&cl.n_pending, -1)
     if u.stream != NULL:
         u.stream.up = NULL
@@ -313,7 +313,7 @@ cdef UpConn* _upconn_new(HStream* s, ClusterCfg* cl, int host_index) noexcept no
     u.id = _next_conn_id(w)
     u.hosts = lb_hosts(cl, w)
     fp_atomic_add_int(&u.hosts.refcnt, 1)      # so pointers into it outlive a DNS change
-    u.hstats = u.hosts.hosts[host_index].stats
+    host_stats_hold(&u.hstats, u.hosts.hosts[host_index].stats)
     u.state = UC_WAITING
     u.stream = s
     u.codec = &H1_CLIENT_CODEC          # (an HTTP/2 pool will hand out its own streams)
@@ -394,7 +394,7 @@ cdef UpConn* http_pool_acquire(HStream* s, ClusterCfg* cl) noexcept nogil:
         return NULL
     memcpy(&s.upstream_addr, &host.addr, host.addrlen)
     s.upstream_addrlen = host.addrlen
-    s.hstats = host.stats
+    host_stats_hold(&s.hstats, host.stats)
     s.upstream_start_ms = w.now
     idx = <int>(host - lb_hosts(cl, w).hosts)
     head = _pool_list(p, w, idx)
@@ -466,7 +466,7 @@ cdef void http_pool_release(UpConn* u, bint reusable) noexcept nogil:
     if u.rq_attached and u.codec.response_complete(u):
         u.rq_attached = 0               # (an incomplete response stays: a destroy with active rq)
         stat_sub(u.cluster.stats, u.w, C_RQ_ACTIVE, 1)
-        host_stat_add(u.hstats, u.w, HS_RQ_ACTIVE, -1)
+        host_stat_sub(u.hstats, u.w, HS_RQ_ACTIVE, 1)
         fp_atomic_add_i64(&u.cluster.n_rq, -1)
     # ep.hup: the upstream's FIN came with (or right behind) the response it answered; a
     # short read never reads on to see it, so the event flag is all there is.
@@ -536,7 +536,7 @@ cdef void upconn_on_event(Worker* w, UpConn* u, uint32_t events) noexcept nogil:
         u.state = UC_BUSY
         u.pending = 0
         stat_sub(u.cluster.stats, w, C_RQ_PENDING_ACTIVE, 1)
-        host_stat_add(u.hstats, w, HS_RQ_PENDING_ACTIVE, -1)
+        host_stat_sub(u.hstats, w, HS_RQ_PENDING_ACTIVE, 1)
         fp_atomic_add_i64(&u.cluster.n_pending, -1)
         if u.cluster.max_duration_ms:
             timer_arm(w, &u.duration_timer, u.cluster.max_duration_ms)
@@ -663,6 +663,13 @@ cdef void http_serve_waiting(Worker* w) noexcept nogil:
                 hostset_decref(u.hosts)
                 u.hosts = hosts
                 u.host_index = <int>(host - hosts.hosts)
+                # The new host's counters from now on (its pending request moves with it).
+                if u.pending:
+                    host_stat_sub(u.hstats, w, HS_RQ_PENDING_ACTIVE, 1)
+                host_stats_hold(&u.hstats, host.stats)
+                if u.pending:
+                    host_stat_add(u.hstats, w, HS_RQ_PENDING_ACTIVE, 1)
+                host_stats_hold(&s.hstats, host.stats)
                 memcpy(&s.upstream_addr, &host.addr, host.addrlen)
                 s.upstream_addrlen = host.addrlen
             host = &hosts.hosts[u.host_index]
@@ -703,6 +710,7 @@ cdef void http_pool_free_deferred(Worker* w) noexcept nogil:
         w.upconn_deferred = u.next_deferred
         hostset_decref(u.hosts)
         cluster_decref(u.cluster)
+        host_stats_release(&u.hstats)
         free(u)
 
 
