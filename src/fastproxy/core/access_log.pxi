@@ -298,10 +298,10 @@ cdef size_t alog_format(AlogSink* k, HStream* s, char* buf, size_t cap) noexcept
             elif s.service_time_set and _ieq(op.text, op.text_len, "x-envoy-upstream-service-time"):
                 n = _u64_text(s.service_time_ms, scratch)
                 v = scratch
-            elif s.resp_from_upstream and s.up != NULL:
-                v = _head_field(s.resp_head, op.text, &n)
+            elif s.resp_from_upstream and s.upstream.conn != NULL:
+                v = _head_field(s.upstream.resp_head, op.text, &n)
                 if v == NULL and op.alt != NULL:
-                    v = _head_field(s.resp_head, op.alt, &n)
+                    v = _head_field(s.upstream.resp_head, op.alt, &n)
             _al_value(&o, v, n, op.max_len)
             free(owned)
         elif op.kind == AL_START_TIME:
@@ -342,8 +342,8 @@ cdef size_t alog_format(AlogSink* k, HStream* s, char* buf, size_t cap) noexcept
             else:
                 _al_put(&o, "-", 1)
         elif op.kind == AL_UPSTREAM_HOST:
-            if s.upstream_addrlen:
-                _al_sockaddr(&o, &s.upstream_addr, True)
+            if s.upstream.addrlen:
+                _al_sockaddr(&o, &s.upstream.addr, True)
             else:
                 _al_put(&o, "-", 1)
         elif op.kind == AL_UPSTREAM_CLUSTER:
@@ -385,8 +385,8 @@ cdef void stream_log(HStream* s) noexcept nogil:
     s.end_ms = c.w.now
     if s.status:
         hist_record(h.stats, c.w, H_NSTATS, s.end_ms - s.start_ms)
-    if s.cluster != NULL and s.resp_from_upstream and s.upstream_start_ms:
-        hist_record(s.cluster.stats, c.w, C_NSTATS, s.end_ms - s.upstream_start_ms)
+    if s.cluster != NULL and s.resp_from_upstream and s.upstream.start_ms:
+        hist_record(s.cluster.stats, c.w, C_NSTATS, s.end_ms - s.upstream.start_ms)
     for i in range(h.nlogs):
         n = alog_format(&h.logs[i], s, buf, sizeof(buf))
         if n == 0:
