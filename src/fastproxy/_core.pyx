@@ -42,6 +42,7 @@ layout"). Declaration files (decls.pxi) come before the implementation files of 
   core/http/hcm_config.pxi    the connection manager's config (main thread, GIL)
   core/http/conn_manager.pxi  the downstream HTTP connection (HConn) and its loop
   core/http/filter_manager.pxi HTTP filter chains (the fp_http_filter C ABI, header maps, iteration)
+  core/http/filter_abi.pxi    the fp_api callback table C and native filters call
   core/filters/python.pxi     Python HTTP filters (takes the GIL, as python_async and pybridge)
   core/filters/python_async.pxi their `async def` hooks: the proxy's asyncio loop, batched handoffs
   core/http/stream_extras.pxi stream timeouts, the trusted client address, x-envoy-*, CONNECT
@@ -99,6 +100,7 @@ include "core/http/router_filter.pxi"
 include "core/http/hcm_config.pxi"
 include "core/http/conn_manager.pxi"
 include "core/http/filter_manager.pxi"
+include "core/http/filter_abi.pxi"
 include "core/filters/python.pxi"
 include "core/filters/python_async.pxi"
 include "core/http/stream_extras.pxi"
