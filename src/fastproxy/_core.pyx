@@ -4,7 +4,8 @@
 One extension module; each included file has one job (see docs/architecture.md, "Source
 layout"). Declaration files (decls.pxi) come before the implementation files of their unit.
   core/buffer.pxi      slices and chains
-  core/dispatcher.pxi  per-worker epoll loop, timers, cross-thread messages
+  core/dispatcher.pxi  per-worker epoll loop, timers, cross-thread messages, the hooks
+                       (endpoint callbacks, end-of-turn/teardown) subsystems plug in by
   core/debug_log.pxi   rate-limited debug lines from the workers (write(2), no GIL)
   core/stats_table.pxi the stat blocks' indexes and names (generated from stats_table.py)
   core/stats.pxi       per-worker counters
@@ -23,6 +24,7 @@ layout"). Declaration files (decls.pxi) come before the implementation files of 
   core/router/match.pxi       route matching, rewrites, redirects (workers, no GIL)
   core/router/build.pxi       building route tables (main thread, GIL)
   core/http/decls.pxi         structs and enums of the connection manager, router filter, pool
+  core/http/hcm_worker.pxi    the connection manager's per-worker state and its worker hooks
   core/http/head_writer.pxi   heads and body framing as bytes, header operations
   core/http/local_reply.pxi   responses the proxy writes itself; status counters
   core/upstream/http_pool.pxi upstream HTTP connections and their per-host pool
@@ -68,6 +70,7 @@ include "core/router/decls.pxi"
 include "core/router/match.pxi"
 include "core/router/build.pxi"
 include "core/http/decls.pxi"
+include "core/http/hcm_worker.pxi"
 include "core/http/head_writer.pxi"
 include "core/http/local_reply.pxi"
 include "core/upstream/http_pool.pxi"

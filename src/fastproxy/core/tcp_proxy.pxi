@@ -326,7 +326,7 @@ cdef void session_on_event(Worker* w, Endp* ep, uint32_t events) noexcept nogil:
         ep.hup = HUP_ERROR
     elif events & (EPOLLRDHUP | EPOLLHUP) and not ep.hup:
         ep.hup = HUP_FIN
-    if ep.kind == EP_UP and s.state == S_CONNECTING:
+    if ep == &s.up and s.state == S_CONNECTING:
         if events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
             _session_connect_done(s, events)
         return
@@ -335,7 +335,7 @@ cdef void session_on_event(Worker* w, Endp* ep, uint32_t events) noexcept nogil:
     if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
         ep.writable = 1
     if s.state != S_ESTABLISHED:
-        if ep.kind == EP_DOWN and events & EPOLLERR:
+        if ep == &s.down and events & EPOLLERR:
             session_close(s, False, False)      # the client went away before we connected
         return
     session_pump(s)
@@ -433,10 +433,8 @@ cdef void _session_connect_timeout(Worker* w, void* arg) noexcept nogil:
 
 
 cdef void session_start(Worker* w, ListenerCfg* cfg, int fd, const sockaddr* peer) noexcept nogil:
-    """A new downstream connection; peer is its address as accept4 returned it."""
-    if cfg.http != NULL:
-        hconn_start(w, cfg, fd, peer)
-        return
+    """A new downstream connection; peer is its address as accept4 returned it (the
+    ListenerCfg.start of a TCP proxy listener)."""
     cdef Session* s = <Session*>calloc(1, sizeof(Session))
     if s == NULL:
         close(fd)
@@ -447,10 +445,10 @@ cdef void session_start(Worker* w, ListenerCfg* cfg, int fd, const sockaddr* pee
     s.cfg = cfg
     s.id = (w.next_session_id << 8) | <uint64_t>w.index
     w.next_session_id += 1
-    s.down.kind = EP_DOWN
+    s.down.on_event = session_on_event
     s.down.fd = fd
     s.down.owner = s
-    s.up.kind = EP_UP
+    s.up.on_event = session_on_event
     s.up.fd = -1
     s.up.owner = s
     _dir_init(&s.d2u, &s.down, &s.up, 1)
@@ -650,18 +648,32 @@ cdef void session_close(Session* s, bint rst_down, bint rst_up) noexcept nogil:
     w.deferred = s
 
 
-cdef void sessions_free_deferred(Worker* w) noexcept nogil:
+cdef void sessions_free_deferred(Worker* w, void* arg) noexcept nogil:
+    """End of turn: free the sessions closed during it (an event fetched in the same turn
+    may still point at one)."""
     cdef Session* s = w.deferred
     cdef Session* nxt
-    cdef WListener* wl
     w.deferred = NULL
     while s != NULL:
         nxt = s.next_deferred
         listener_cfg_decref(s.cfg)
         free(s)
         s = nxt
-    http_free_deferred(w)
-    while w.dead_listeners != NULL:
-        wl = w.dead_listeners
-        w.dead_listeners = wl.next_deferred
-        free(wl)
+
+
+cdef void _sessions_teardown(Worker* w, void* arg) noexcept nogil:
+    while w.sessions != NULL:
+        session_close(w.sessions, False, False)
+
+
+cdef int _sessions_worker_init(Worker* w) noexcept nogil:
+    if worker_add_end_of_turn(w, sessions_free_deferred, NULL) < 0:
+        return -1
+    return worker_add_teardown(w, _sessions_teardown, NULL)
+
+
+cdef void _sessions_worker_fini(Worker* w) noexcept nogil:
+    pass                        # the session lists live in Worker; teardown closed them
+
+
+worker_subsystem_add(_sessions_worker_init, _sessions_worker_fini, NULL)

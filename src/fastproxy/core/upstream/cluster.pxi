@@ -40,7 +40,7 @@ cdef struct WorkerLb:           # one per worker, touched only by that worker
     void* wait_head             # UpConn*: requests waiting for a connection (circuit breaker),
     void* wait_tail             #   oldest first
     ClusterCfg* cluster         # back pointer, for the worker's list of clusters to serve
-    WorkerLb* kick_next         # Worker.kicked: serve wait_head at the end of the loop turn
+    WorkerLb* kick_next         # HttpWorker.kicked: serve wait_head at the end of the loop turn
     uint8_t kicked
 
 cdef struct ClusterCfg:

@@ -67,11 +67,11 @@ cdef void upconn_close(UpConn* u) noexcept nogil:
     if u.prev != NULL:
         u.prev.next = u.next
     else:
-        w.upconns = u.next
+        http_worker(w).upconns = u.next
     if u.next != NULL:
         u.next.prev = u.prev
-    u.next_deferred = w.upconn_deferred
-    w.upconn_deferred = u
+    u.next_deferred = http_worker(w).upconn_deferred
+    http_worker(w).upconn_deferred = u
 
 
 cdef void _upconn_idle_timeout(Worker* w, void* arg) noexcept nogil:
@@ -126,8 +126,8 @@ cdef void _cluster_kick(ClusterCfg* cl, Worker* w) noexcept nogil:
         return
     lb.kicked = 1
     fp_atomic_add_int(&cl.refcnt, 1)    # the kick list's reference
-    lb.kick_next = <WorkerLb*>w.kicked
-    w.kicked = lb
+    lb.kick_next = http_worker(w).kicked
+    http_worker(w).kicked = lb
 
 
 cdef UpConn** _pool_list(ClusterCfg* cl, Worker* w, int host_index) noexcept nogil:
@@ -209,7 +209,7 @@ cdef UpConn* _upconn_new(HStream* s, ClusterCfg* cl, int host_index) noexcept no
     cdef UpConn* u = <UpConn*>calloc(1, sizeof(UpConn))
     if u == NULL:
         return NULL
-    u.ep.kind = EP_HTTP_UP
+    u.ep.on_event = _upconn_endp_event
     u.ep.fd = -1
     u.ep.owner = u
     u.w = w
@@ -225,10 +225,10 @@ cdef UpConn* _upconn_new(HStream* s, ClusterCfg* cl, int host_index) noexcept no
     h1_response_for(&u.resp, s.method)     # HEAD and CONNECT change how the response ends
     timer_init(&u.timer, _upconn_idle_timeout, u)
     timer_init(&u.duration_timer, _upconn_max_duration, u)
-    u.next = w.upconns
-    if w.upconns != NULL:
-        w.upconns.prev = u
-    w.upconns = u
+    u.next = http_worker(w).upconns
+    if http_worker(w).upconns != NULL:
+        http_worker(w).upconns.prev = u
+    http_worker(w).upconns = u
     # The stream waits for the connection: Envoy's pending request.
     u.pending = 1
     fp_atomic_add_i64(&cl.n_pending, 1)
