@@ -79,9 +79,6 @@ cdef struct Worker:
     # downstream connections open on this worker, every protocol (Engine.active_connections)
     int nsessions
     uint64_t next_session_id    # per-worker sequence of connection ids
-    # the TCP proxy's sessions (tcp_proxy.pxi)
-    Session* sessions           # intrusive list of live sessions
-    Session* deferred           # closed sessions freed at the end of the loop turn
     uint64_t rng                # xorshift state for RANDOM load balancing
     uint64_t id_rng             # xorshift state for x-request-id, seeded from getrandom(2)
     # listeners in the worker's current snapshot (snapshot.pxi)

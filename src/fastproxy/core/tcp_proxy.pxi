@@ -67,6 +67,18 @@ cdef struct Session:
     PyObject* pyconn            # the Python Connection (owns the filter instances) or NULL
 
 
+cdef struct TcpWorker:          # the TCP proxy's per-worker state, in Worker.state[_TCP_SLOT]
+    Session* sessions           # intrusive list of live sessions
+    Session* deferred           # closed sessions freed at the end of the loop turn
+
+
+cdef int _TCP_SLOT              # set at import (worker_subsystem_add, at the end of this file)
+
+
+cdef inline TcpWorker* tcp_worker(Worker* w) noexcept nogil:
+    return <TcpWorker*>w.state[_TCP_SLOT]
+
+
 cdef inline void _dir_init(Dir* d, Endp* src, Endp* dst, uint8_t upward) noexcept nogil:
     d.src = src
     d.dst = dst
@@ -456,10 +468,11 @@ cdef void session_start(Worker* w, ListenerCfg* cfg, int fd, const sockaddr* pee
     timer_init(&s.connect_timer, _session_connect_timeout, s)
     timer_init(&s.idle_timer, _session_idle, s)
     s.last_active = w.now
-    s.next = w.sessions
-    if w.sessions != NULL:
-        w.sessions.prev = s
-    w.sessions = s
+    cdef TcpWorker* tw = tcp_worker(w)
+    s.next = tw.sessions
+    if tw.sessions != NULL:
+        tw.sessions.prev = s
+    tw.sessions = s
     w.nsessions += 1
     stat_add(cfg.lstats, w, L_CX_TOTAL, 1)
     stat_add(cfg.lstats, w, L_CX_ACTIVE, 1)
@@ -640,20 +653,21 @@ cdef void session_close(Session* s, bint rst_down, bint rst_up) noexcept nogil:
     if s.prev != NULL:
         s.prev.next = s.next
     else:
-        w.sessions = s.next
+        tcp_worker(w).sessions = s.next
     if s.next != NULL:
         s.next.prev = s.prev
     w.nsessions -= 1
-    s.next_deferred = w.deferred
-    w.deferred = s
+    s.next_deferred = tcp_worker(w).deferred
+    tcp_worker(w).deferred = s
 
 
 cdef void sessions_free_deferred(Worker* w, void* arg) noexcept nogil:
     """End of turn: free the sessions closed during it (an event fetched in the same turn
     may still point at one)."""
-    cdef Session* s = w.deferred
+    cdef TcpWorker* tw = <TcpWorker*>arg
+    cdef Session* s = tw.deferred
     cdef Session* nxt
-    w.deferred = NULL
+    tw.deferred = NULL
     while s != NULL:
         nxt = s.next_deferred
         listener_cfg_decref(s.cfg)
@@ -662,18 +676,24 @@ cdef void sessions_free_deferred(Worker* w, void* arg) noexcept nogil:
 
 
 cdef void _sessions_teardown(Worker* w, void* arg) noexcept nogil:
-    while w.sessions != NULL:
-        session_close(w.sessions, False, False)
+    cdef TcpWorker* tw = <TcpWorker*>arg
+    while tw.sessions != NULL:
+        session_close(tw.sessions, False, False)
 
 
-cdef int _sessions_worker_init(Worker* w) noexcept nogil:
-    if worker_add_end_of_turn(w, sessions_free_deferred, NULL) < 0:
+cdef int _tcp_worker_init(Worker* w) noexcept nogil:
+    cdef TcpWorker* tw = <TcpWorker*>calloc(1, sizeof(TcpWorker))
+    if tw == NULL:
         return -1
-    return worker_add_teardown(w, _sessions_teardown, NULL)
+    w.state[_TCP_SLOT] = tw
+    if worker_add_end_of_turn(w, sessions_free_deferred, tw) < 0:
+        return -1
+    return worker_add_teardown(w, _sessions_teardown, tw)
 
 
-cdef void _sessions_worker_fini(Worker* w) noexcept nogil:
-    pass                        # the session lists live in Worker; teardown closed them
+cdef void _tcp_worker_fini(Worker* w) noexcept nogil:
+    free(w.state[_TCP_SLOT])
+    w.state[_TCP_SLOT] = NULL
 
 
-worker_subsystem_add(_sessions_worker_init, _sessions_worker_fini, NULL)
+_TCP_SLOT = worker_subsystem_add(_tcp_worker_init, _tcp_worker_fini, NULL)

@@ -42,9 +42,9 @@ cdef int _http_worker_init(Worker* w) noexcept nogil:
     if hw == NULL:
         return -1
     w.state[_HTTP_SLOT] = hw
-    if worker_add_end_of_turn(w, _http_end_of_turn, NULL) < 0:
+    if worker_add_end_of_turn(w, _http_end_of_turn, hw) < 0:
         return -1
-    return worker_add_teardown(w, _http_teardown, NULL)
+    return worker_add_teardown(w, _http_teardown, hw)
 
 
 cdef void _http_worker_fini(Worker* w) noexcept nogil:
