@@ -20,7 +20,7 @@ ctypedef void (*msg_fn_t)(Worker* w, void* arg) noexcept nogil
 ctypedef void (*EndpFn)(Worker* w, Endp* ep, uint32_t events) noexcept nogil
 # A worker hook: run at the end of every loop turn, or once at teardown.
 ctypedef void (*worker_hook_t)(Worker* w, void* arg) noexcept nogil
-# A subsystem's per-worker life: init makes its state (worker_state_set) and adds its
+# A subsystem's per-worker life: init makes its state (in Worker.state[its slot]) and adds its
 # hooks, and returns -1 when out of memory; fini frees the state (NULL-safe: it also runs
 # for a worker whose init failed).
 ctypedef int (*subsys_init_t)(Worker* w) noexcept nogil
