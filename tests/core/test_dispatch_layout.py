@@ -1,4 +1,4 @@
-"""The core's layout rules that a build cannot check: the worker loop, the engine and the
+"""Dispatch is generic, a layout rule a build cannot check: the worker loop, the engine and the
 TCP proxy know no HTTP. The HTTP connection manager plugs in through the generic hooks
 (endpoint callbacks, worker hooks and state slots, ListenerCfg.start, stat kinds), so a
 second protocol (HTTP/2, TLS) plugs in the same way without touching these files."""
