@@ -9,7 +9,9 @@ layout"). Declaration files (decls.pxi) come before the implementation files of 
   core/debug_log.pxi   rate-limited debug lines from the workers (write(2), no GIL)
   core/stats_table.pxi the stat blocks' indexes and names (generated from stats_table.py)
   core/stats.pxi       per-worker counters
-  core/upstream/cluster.pxi   clusters, host sets, load balancing
+  core/upstream/decls.pxi     structs of clusters, host sets, load balancer and HTTP pool
+  core/upstream/load_balancer.pxi which host a new upstream connection goes to
+  core/upstream/cluster.pxi   clusters, host sets, circuit breakers (and their Python handles)
   core/snapshot.pxi    listener config snapshots and their propagation
   core/listener.pxi    binding and accepting
   core/tcp_proxy.pxi   the L4 session: splice and buffered paths, half-close, resets
@@ -23,11 +25,13 @@ layout"). Declaration files (decls.pxi) come before the implementation files of 
   core/router/decls.pxi       the route table's structs and contract
   core/router/match.pxi       route matching, rewrites, redirects (workers, no GIL)
   core/router/build.pxi       building route tables (main thread, GIL)
-  core/http/decls.pxi         structs and enums of the connection manager, router filter, pool
+  core/http/decls.pxi         structs and enums of the connection manager, router filter,
+                              upstream connection (UpConn)
   core/http/hcm_worker.pxi    the connection manager's per-worker state and its worker hooks
   core/http/head_writer.pxi   heads and body framing as bytes, header operations
   core/http/local_reply.pxi   responses the proxy writes itself; status counters
-  core/upstream/http_pool.pxi upstream HTTP connections and their per-host pool
+  core/upstream/http_pool.pxi the upstream HTTP pool: its interface (acquire, release,
+                              cancel, fail), connections, per-host idle lists, queues
   core/http/active_stream.pxi one request/response exchange (HStream)
   core/http/router_filter.pxi routing, the upstream request, the upstream response
   core/http/hcm_config.pxi    the connection manager's config (main thread, GIL)
@@ -56,13 +60,17 @@ include "core/dispatcher.pxi"
 include "core/debug_log.pxi"
 include "core/stats_table.pxi"
 include "core/stats.pxi"
+include "core/upstream/decls.pxi"
+include "core/upstream/load_balancer.pxi"
 include "core/upstream/cluster.pxi"
 include "core/snapshot.pxi"
 include "core/listener.pxi"
 include "core/tcp_proxy.pxi"
 include "core/pybridge.pxi"
 include "core/engine.pxi"
+include "core/http/message_decls.pxi"
 include "core/http/codec_h1_decls.pxi"
+include "core/http/message.pxi"
 include "core/http/codec_h1.pxi"
 include "core/http/codec_h1_writer.pxi"
 include "core/http/codec_h1_testing.pxi"
@@ -72,6 +80,9 @@ include "core/router/build.pxi"
 include "core/http/decls.pxi"
 include "core/http/hcm_worker.pxi"
 include "core/http/head_writer.pxi"
+include "core/http/codec_h1_framing.pxi"
+include "core/http/codec_h1_server.pxi"
+include "core/http/codec_h1_client.pxi"
 include "core/http/local_reply.pxi"
 include "core/upstream/http_pool.pxi"
 include "core/http/active_stream.pxi"

@@ -481,6 +481,60 @@ def test_max_connection_duration():
         up.close()
 
 
+class UpstreamHostLog(fastproxy.HttpFilter):
+    """Records (path, upstream host) of every stream from its on_log."""
+    seen = []
+
+    def decode_headers(self, headers, end_stream):
+        self.callbacks.filter_state["path"] = headers[":path"]
+        return fastproxy.FilterStatus.CONTINUE
+
+    def on_log(self, info):
+        UpstreamHostLog.seen.append((self.callbacks.filter_state.get("path"), info.upstream_host))
+
+
+def test_dns_changes_hosts_under_a_request_in_flight(monkeypatch):
+    """DNS replaces the cluster's hosts while a request is in flight to the old host: that
+    connection keeps the host set it was made for (its filters and log still name the host
+    it went to; the set used to be freed under it), it is not pooled for the new set, and
+    the new host takes the next requests."""
+    from fastproxy.http import (HttpConnectionManager, Route, RouteAction, RouteConfiguration,
+                                RouteMatch, VirtualHost)
+    old, new = HoldUpstream(), HoldUpstream()
+    resolved = [old]
+    monkeypatch.setattr(fastproxy.proxy, "resolve_endpoints",
+                        lambda cluster: [("127.0.0.1", resolved[0].port, 1, "localhost")])
+    UpstreamHostLog.seen.clear()
+    rc = RouteConfiguration(virtual_hosts=[VirtualHost("vh", ["*"], routes=[
+        Route(RouteMatch(prefix="/"), route=RouteAction(cluster="backend", timeout=0))])])
+    hcm = HttpConnectionManager("web", rc, http_filters=[fastproxy.PythonHttpFilter("log", UpstreamHostLog)])
+    cluster = fastproxy.Cluster("backend", [fastproxy.Endpoint("localhost", old.port)], type="STRICT_DNS",
+                                dns_refresh_rate=0.05)
+    p = fastproxy.Proxy([fastproxy.Listener("web", hcm, port=0)], [cluster], concurrency=1)
+    p.start()
+    try:
+        addr = p.listener_address("web")
+        held = send(addr, "/hold/a")
+        wait_for(lambda: old.seen("/hold/a") == 1)
+        resolved[0] = new
+        # The worker has the new host set once a request reaches the new host.
+        wait_for(lambda: request(addr, "/b")[0] == 200 and new.seen("/b"), timeout=10,
+                 msg="requests go to the new host")
+        old.release()
+        assert read_response(held)[2] == b"GET /hold/a 0"
+        held.close()
+        logged = wait_for(lambda: dict(UpstreamHostLog.seen).get("/hold/a", "") != "" and dict(UpstreamHostLog.seen))
+        assert logged["/hold/a"] == f"127.0.0.1:{old.port}"
+        assert logged["/b"] == f"127.0.0.1:{new.port}"
+        # The old host's connection closed after its response; the new host's stays idle.
+        st = until(p, upstream_cx_active=1)
+        assert st[B + "upstream_cx_destroy_with_active_rq"] == 0
+    finally:
+        p.stop(drain_timeout=0.5)
+        old.close()
+        new.close()
+
+
 # --------------------------------------------------------------------------- parity with Envoy
 
 def _envoy_parity():

@@ -205,7 +205,7 @@ cdef const char* _al_request_field(HStream* s, const char* name, size_t n, size_
     the request as Envoy's access log sees it, i.e. after the connection manager's and the
     router's mutations (x-forwarded-for, x-request-id, x-envoy-*). A request the codec
     rejected has no headers at all. `scratch` (cap bytes) may hold the value."""
-    cdef H1Head* h = &s.head
+    cdef HttpHead* h = &s.head
     cdef HttpCfg* hc = <HttpCfg*>s.c.cfg.http
     cdef int cls
     if h.buf == NULL:
@@ -287,9 +287,9 @@ cdef size_t alog_format(AlogSink* k, HStream* s, char* buf, size_t cap) noexcept
                 n = _u64_text(s.service_time_ms, scratch)
                 v = scratch
             elif s.resp_from_upstream and s.up != NULL:
-                v = _head_field(&s.up.resp.head, op.text, &n)
+                v = _head_field(s.resp_head, op.text, &n)
                 if v == NULL and op.alt != NULL:
-                    v = _head_field(&s.up.resp.head, op.alt, &n)
+                    v = _head_field(s.resp_head, op.alt, &n)
             _al_value(&o, v, n, op.max_len)
         elif op.kind == AL_START_TIME:
             _al_time(&o, op.text, op.text_len, s.start_time_us)
@@ -310,7 +310,7 @@ cdef size_t alog_format(AlogSink* k, HStream* s, char* buf, size_t cap) noexcept
         elif op.kind == AL_BYTES_SENT:
             _al_u64(&o, s.bytes_sent)
         elif op.kind == AL_PROTOCOL:
-            _al_put(&o, "HTTP/1.1" if s.minor == 1 else "HTTP/1.0", 8)
+            _al_put(&o, http_protocol_name(s.protocol), 8)
         elif op.kind == AL_DURATION:
             _al_u64(&o, s.end_ms - s.start_ms)
         elif op.kind == AL_REQUEST_DURATION:

@@ -147,14 +147,12 @@ cdef class Engine:
         c.max_retries = max_retries
         c.stats = stats.b
         c.nworkers = self.nworkers
-        c.per_worker = <WorkerLb*>calloc(self.nworkers, sizeof(WorkerLb))
-        if c.per_worker == NULL:
+        if cluster_per_worker_new(c) < 0:
             free(c)
             raise MemoryError()
         for i in range(self.nworkers):
             # Spread the workers' round-robin starting points over the schedule.
             c.per_worker[i].next = <uint32_t>(i * max(1, hosts.hs.nschedule) // self.nworkers)
-            c.per_worker[i].cluster = c
         h.c = c
         h.engine = self
         h.stats = stats

@@ -666,7 +666,7 @@ cdef int _nf_buf_decode_headers(void* self, fp_headers* h, int end_stream) noexc
     cdef NBufCfg* c = _nf_buf_cfg(s)
     if c == NULL or end_stream:
         return FP_CONTINUE
-    if s.c.req.content_length > <int64_t>c.max_bytes or s.fc.dec.held.length > c.max_bytes:
+    if s.req_content_length > <int64_t>c.max_bytes or s.fc.dec.held.length > c.max_bytes:
         # (held: body that arrived while an earlier filter held the headers)
         return _nf_buf_too_large(s)
     # Body bytes held past this filter count against the stream's buffer limit (413 beyond).

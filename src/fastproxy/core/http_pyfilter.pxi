@@ -296,7 +296,7 @@ cdef StreamInfo _stream_info(HStream* s):
     i.bytes_sent = s.bytes_sent
     flags = [(<bytes>_rf_names[b]).decode() for b in range(RF_COUNT) if s.response_flags & (1 << b)]
     i.response_flags = ",".join(flags) if flags else "-"
-    i.protocol = "HTTP/1.%d" % s.minor
+    i.protocol = http_protocol_name(s.protocol).decode()
     if s.up != NULL and s.up.hosts != NULL:
         k = _host_text(&s.up.hosts.hosts[s.up.host_index], buf, sizeof(buf))
         i.upstream_host = _latin1(buf, k) if k else None

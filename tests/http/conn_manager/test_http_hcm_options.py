@@ -507,3 +507,31 @@ def test_same_as_envoy(tmp_path, extra, requests, filters):
         assert _comparable(a) == _comparable(b), req
     for name in COMPARED_STATS:
         assert theirs_stats.get(name, 0) == ours_stats.get(name, 0), name
+
+
+# ---------------------------------------------------------------- bodiless response framing
+
+# (request, upstream response): answers without a body keep the length their head gave,
+# as Envoy's codec does (a 200 with Content-Length: 0 once lost it, and an HTTP/1.1 client
+# then read until the close).
+BODILESS = [
+    (get("/a"), b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+    (get("/a"), b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"),
+    (get("/a"), b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n"),
+    (b"HEAD /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+     b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"),
+    (b"HEAD /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n"),
+]
+
+
+def _framing(ex):
+    return (ex.status, ex.headers.get("content-length"), ex.headers.get("transfer-encoding"), ex.body)
+
+
+@pytest.mark.parametrize("request_, response", BODILESS, ids=lambda v: v.split(b"\r\n")[0].decode())
+def test_bodiless_responses_keep_their_length(request_, response, tmp_path):
+    (ours,), _ = run("fastproxy", "", [request_], response=response)
+    if ENVOY is None:
+        pytest.skip("envoy binary not on PATH nor next to sys.executable")
+    (envoys,), _ = run("envoy", "", [request_], response=response, tmp_path=tmp_path)
+    assert _framing(ours) == _framing(envoys)

@@ -11,7 +11,7 @@ cdef void stream_free(HStream* s) noexcept nogil:
     if s.fc != NULL:
         hf_stream_end(s)
     free(s.rewritten_path)
-    h1_head_free(&s.head)
+    http_head_free(&s.head)
     free(s)
 
 
@@ -28,20 +28,19 @@ cdef void stream_finish(HStream* s) noexcept nogil:
                                             sizeof(s.fc.upstream_host))
     stream_log(s)
     if s.up != NULL:
-        upconn_release(s.up, s.req_done and s.up.resp.state == H1_MESSAGE_DONE
-                       and (s.up.resp.flags & H1F_KEEP_ALIVE))
+        http_pool_release(s.up, s.req_done and s.up.codec.reusable(s.up))
         s.up = NULL
     stat_sub(h.stats, c.w, H_RQ_ACTIVE, 1)
     stat_add(h.stats, c.w, H_RQ_TIME_MS, c.w.now - s.start_ms)
-    if not s.keepalive or c.req.state != H1_MESSAGE_DONE:
+    if not s.keepalive or not s.req_received:
         # Either we said Connection: close, or the request body was never read (a local
         # reply came first): the bytes that follow can't be trusted as a next request.
         c.close_after = 1
-        if c.req.state != H1_MESSAGE_DONE:
-            c.unread_request = 1        # the parser is reset below; _hconn_finish must know
+        if not s.req_received:
+            c.unread_request = 1        # the codec is reset below; _hconn_finish must know
     c.stream = NULL
     stream_free(s)
-    h1_reset(&c.req)
+    c.codec.stream_done(c)
     if h.idle_timeout_ms:
         timer_arm(c.w, &c.idle_timer, h.idle_timeout_ms)
 
@@ -71,25 +70,24 @@ cdef void _stream_timeout(Worker* w, void* arg) noexcept nogil:
         stat_add(s.cluster.stats, w, C_RQ_TIMEOUT, 1)
         host_stat_add(s.hstats, w, HS_RQ_TIMEOUT, 1)
     if s.up != NULL:
-        upconn_close(s.up)
+        http_pool_cancel(s.up)
     stream_upstream_failed(s, 504, UPSTREAM_TIMEOUT)
 
 
 cdef int _downstream_response_head(HStream* s, int framing, uint64_t length) noexcept nogil:
-    """Serialize the upstream's response head for the downstream into c.out_buf."""
+    """Encode the upstream's response head (as the encoder filters left it, if they saw it)
+    for the downstream."""
     cdef HConn* c = s.c
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
-    cdef H1Parser* p = &s.up.resp
-    cdef H1Head* rh = &p.head
+    cdef const HttpHead* rh = s.resp_head
     cdef PairList l
+    cdef BodyFraming bf
     cdef const char* v
     cdef size_t n
-    cdef char lenbuf[24]
     cdef char svc[24]
     cdef char* owned = NULL
-    cdef uint8_t chunked = 0
     cdef int status = rh.status
-    cdef H1Str reason
+    cdef StrRef reason = _s(NULL, 0)
     memset(&l, 0, sizeof(PairList))
     try:
         if s.fc != NULL and s.fc.resp.used:
@@ -117,59 +115,37 @@ cdef int _downstream_response_head(HStream* s, int framing, uint64_t length) noe
                 return -1
         if status == rh.status and rh.reason_len:
             reason = _s(rh.buf + rh.reason_off, rh.reason_len)
-        else:
-            reason = _cs(_status_reason(status))
-        if framing == UF_PARSER:
-            v = _head_field(rh, "content-length", &n)
-            if p.framing == H1_BODY_LENGTH or (v != NULL and (s.method == H1M_HEAD or rh.status == 304)):
-                _pl_add(&l, _cs("content-length"), _s(v, n))
-            elif s.minor == 1 and (p.framing == H1_BODY_CHUNKED or p.framing == H1_BODY_EOF):
-                _pl_add(&l, _cs("transfer-encoding"), _cs("chunked"))
-                s.resp_chunked = 1
-            elif p.framing == H1_BODY_CHUNKED or p.framing == H1_BODY_EOF:
-                # An HTTP/1.0 client knows no chunked coding: the body goes as it is and the
-                # close ends it (Envoy 1.40 does the same, even to a keep-alive request).
-                s.keepalive = 0
-        else:
-            if framing == UF_CHUNKED and s.minor == 0:
-                framing = UF_NONE               # HTTP/1.0: the close delimits the body
-                s.keepalive = 0
-            if _framing_fields(s, &l, &s.fc.resp, framing, length, lenbuf, sizeof(lenbuf),
-                               &chunked, &s.fc.enc) < 0:
-                return -1
+        if _body_framing(s, True, framing, length, &s.fc.resp if s.fc != NULL else NULL, &bf) < 0:
+            return -1
         if pl_finish_response(&l, s, c, &owned) < 0:   # last, after the filters and the route
             return -1
-        if not s.keepalive:
-            _pl_add(&l, _cs("connection"), _cs("close"))
-        elif s.minor == 0:
-            _pl_add(&l, _cs("connection"), _cs("keep-alive"))
-        if _append_head(&c.out_buf, &l, False, _s(NULL, 0), _s(NULL, 0), status, reason, s.minor) < 0:
-            return -1
-        return 0
+        return c.codec.encode_headers(c, s, status, reason, &l, &bf, not s.keepalive)
     finally:
         free(l.v)
         free(owned)
 
 
 cdef int _tunnel_response_head(HStream* s) noexcept nogil:
-    """The 101 head for the downstream: the upstream's fields plus Upgrade/Connection."""
-    cdef H1Head* rh = &s.up.resp.head
+    """The 101 head for the downstream: the upstream's fields plus its Upgrade."""
+    cdef const HttpHead* rh = s.resp_head
     cdef PairList l
+    cdef BodyFraming bf
     cdef const char* v
     cdef size_t n
     cdef char* owned = NULL
     memset(&l, 0, sizeof(PairList))
+    memset(&bf, 0, sizeof(BodyFraming))
+    bf.kind = BODY_TUNNEL
+    bf.upgrade = 1
     try:
         if _pl_from_head(&l, rh) < 0:
             return -1
         v = _head_field(rh, "upgrade", &n)
         if v != NULL:
             _pl_add(&l, _cs("upgrade"), _s(v, n))
-        _pl_add(&l, _cs("connection"), _cs("upgrade"))
         if pl_finish_response(&l, s, s.c, &owned) < 0:     # Envoy encodes a 101 like any response
             return -1
-        return _append_head(&s.c.out_buf, &l, False, _s(NULL, 0), _s(NULL, 0), 101,
-                            _cs("Switching Protocols"))
+        return s.c.codec.encode_headers(s.c, s, 101, _cs("Switching Protocols"), &l, &bf, False)
     finally:
         free(l.v)
         free(owned)
@@ -202,15 +178,15 @@ cdef int _tunnel_pump(HStream* s) noexcept nogil:
 cdef int _response_to_filters(HStream* s) noexcept nogil:
     """A response head (not 1xx) for the encoder filters. -1: the stream ended."""
     cdef FChain* fc = s.fc
-    cdef H1Parser* p = &s.up.resp
+    cdef const HttpHead* rh = s.resp_head
     cdef char* st = fc.status_text
     cdef char svc[24]
     cdef size_t n
-    st[0] = <char>(48 + (p.head.status // 100) % 10)     # the codec guarantees 100..999
-    st[1] = <char>(48 + (p.head.status // 10) % 10)
-    st[2] = <char>(48 + p.head.status % 10)
+    st[0] = <char>(48 + (rh.status // 100) % 10)     # the codec guarantees 100..999
+    st[1] = <char>(48 + (rh.status // 10) % 10)
+    st[2] = <char>(48 + rh.status % 10)
     if hm_append_raw(&fc.resp, _cs(":status"), _s(st, 3)) < 0 \
-            or hm_from_head(&fc.resp, &p.head, True, False) < 0:
+            or hm_from_head(&fc.resp, rh, True, False) < 0:
         hconn_close(s.c, True)
         return -1
     if s.request_end_ms and not (<HttpCfg*>s.c.cfg.http).suppress_envoy_headers:
@@ -225,7 +201,7 @@ cdef int _response_to_filters(HStream* s) noexcept nogil:
     if s.route != NULL and _hm_apply_ops(&fc.resp, &s.route.response_headers) < 0:
         hconn_close(s.c, True)
         return -1
-    fc.enc.end_seen = p.framing == H1_BODY_NONE
+    fc.enc.end_seen = s.resp_facts.end_stream
     return hf_iterate(s, True)
 
 
@@ -250,17 +226,16 @@ cdef inline bint _request_too_large(HStream* s, uint64_t n) noexcept nogil:
     return False
 
 
-cdef void _request_body_framing_error(HStream* s) noexcept nogil:
-    """Bad chunk framing in a request body; the stream ends. Bodies are re-framed, so the
-    upstream has only seen a well-formed, unfinished message: reset it, then answer the
-    client (or reset it too when the response has begun)."""
+cdef void _request_body_framing_error(HStream* s, int status) noexcept nogil:
+    """Bad framing in a request body (the codec's error event); the stream ends. Bodies are
+    re-framed, so the upstream has only seen a well-formed, unfinished message: reset it,
+    then answer the client (or reset it too when the response has begun)."""
     cdef HConn* c = s.c
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
-    cdef int status = c.req.err_status
     stat_add(h.stats, c.w, H_CX_PROTOCOL_ERROR, 1)
     s.response_flags |= RF_DPE
     if s.up != NULL:
-        upconn_close(s.up)
+        http_pool_cancel(s.up)
         s.up = NULL
     if s.resp_started:
         hconn_close(c, True)            # counts downstream_rq_rx_reset (the stream is active)
@@ -271,40 +246,38 @@ cdef void _request_body_framing_error(HStream* s) noexcept nogil:
     stream_finish(s)
 
 
-cdef int stream_filter_request_body(HStream* s) noexcept nogil:
-    """Request body bytes from the downstream's in_buf to the decoder filters.
-    -1 when the stream ended."""
+cdef bint cm_request_data_wanted(HStream* s) noexcept nogil:
+    """May the codec deliver more request body now? The decoder filters' buffer, or the
+    upstream connection's, is the stream's flow control (HTTP_IO_LIMIT)."""
+    if s.c.stream != s or s.c.closed:
+        return False
+    if _dec_body_filtered(s):
+        return hf_wants_more(s, False)
+    return s.up != NULL and not s.req_done and s.up.out_buf.length < HTTP_IO_LIMIT
+
+
+cdef int cm_on_request_data(HStream* s, Chain* src, size_t n, bint end,
+                            HttpHead* trailers) noexcept nogil:
+    """The codec's data event: n request body bytes at the front of src (the receiver takes
+    them), `end` with the last; trailers (or NULL) come with the end. To the decoder
+    filters, or straight to the upstream request. -1: the stream ended."""
     cdef HConn* c = s.c
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
-    cdef H1Parser* p = &c.req
-    cdef SliceRef* r
-    cdef ssize_t n
-    cdef size_t off, seg
-    cdef bint end
-    while c.in_buf.length and p.state != H1_MESSAGE_DONE and hf_wants_more(s, False):
-        r = &c.in_buf.refs[c.in_buf.head]
-        n = h1_feed_body(p, r.s.data + r.off, r.len, &off, &seg)
-        if n < 0:
-            _request_body_framing_error(s)
-            return -1
-        s.req_body_bytes += seg
-        stat_add(h.stats, c.w, H_BYTES_COPIED, seg)
-        if _request_too_large(s, s.req_body_bytes):
-            hconn_close(c, True)
-            return -1
-        chain_drain(&c.in_buf, off)
-        end = p.state == H1_MESSAGE_DONE
-        if end and p.trailers.nfields and hm_from_head(&s.fc.req_trailers, &p.trailers, True, False) < 0:
-            hconn_close(c, True)
-            return -1
-        if seg or end:
-            if hf_body_in(s, False, &c.in_buf, seg, end, end and p.trailers.nfields > 0) < 0:
-                return -1
-            if c.closed or c.stream != s:
-                return -1
-        chain_drain(&c.in_buf, <size_t>n - off - seg)
-    if p.state != H1_MESSAGE_DONE and c.down_eof and c.in_buf.length == 0:
-        hconn_close(c, False)           # counts downstream_rq_rx_reset (the stream is active)
+    s.req_body_bytes += n
+    stat_add(h.stats, c.w, H_BYTES_COPIED, n)
+    if _request_too_large(s, s.req_body_bytes):
+        hconn_close(c, True)
+        return -1
+    if end:
+        s.req_received = 1
+    if not _dec_body_filtered(s):
+        return upstream_request_data(s, src, n, end, trailers)
+    if trailers != NULL and hm_from_head(&s.fc.req_trailers, trailers, True, False) < 0:
+        hconn_close(c, True)
+        return -1
+    if hf_body_in(s, False, src, n, end, trailers != NULL) < 0:
+        return -1
+    if c.closed or c.stream != s:
         return -1
     return 0
 
@@ -342,61 +315,6 @@ cdef bint _head_has_route(HStream* s) noexcept nogil:
     return found
 
 
-cdef int _request_target_normalize(HStream* s, HttpCfg* h) noexcept nogil:
-    """Bring the taken request head to origin-form with a Host, before anything reads it.
-
-    * absolute-form (RFC 9112 3.2.2, "GET http://a.example/p HTTP/1.1"): routed and sent
-      upstream as its path ("/p"), and its authority replaces the Host field's value, as
-      RFC 9112 3.2.2 and Envoy do. Only http and https; an empty path becomes "/".
-    * HTTP/1.0 without Host: default_host_for_http_10 if configured, else refused (Envoy).
-    Returns -1 for a request to refuse with 400, -2 for an HTTP/1.0 request without Host
-    nor default_host_for_http_10 (400 too, with Envoy's empty body)."""
-    cdef H1Head* hd = &s.head
-    cdef char* t = hd.buf + hd.target_off
-    cdef size_t n = hd.target_len
-    cdef size_t a, e
-    cdef uint32_t i
-    cdef int host = -1
-    for i in range(hd.nfields):
-        if hd.fields[i].name_len == 4 and _ieq(hd.buf + hd.fields[i].name_off, 4, "host"):
-            host = <int>i
-            break
-    if s.method != H1M_CONNECT and n and t[0] != b"/" and not (n == 1 and t[0] == b"*"):
-        if n > 7 and _ieq(t, 7, "http://"):
-            a = 7
-        elif n > 8 and _ieq(t, 8, "https://"):
-            a = 8
-        else:
-            return -1
-        e = a
-        while e < n and t[e] != b'/' and t[e] != b'?':
-            e += 1
-        if e == a:
-            return -1
-        if e == n or t[e] != b'/':
-            # No path: slide the authority one byte left over the second '/' of "://"
-            # and put the path's "/" after it, so both stay inside the received bytes.
-            memmove(t + a - 1, t + a, e - a)
-            a -= 1
-            e -= 1
-            t[e] = b'/'
-        if host < 0:                    # HTTP/1.0: no Host; the field's value is set below
-            if h1_head_add_field(hd, "host", 4, "", 0) < 0:
-                return -1
-            host = <int>hd.nfields - 1
-        hd.fields[host].value_off = hd.target_off + <uint32_t>a
-        hd.fields[host].value_len = <uint32_t>(e - a)
-        hd.target_off += <uint32_t>e
-        hd.target_len -= <uint32_t>e
-        return 0
-    if host < 0 and s.minor == 0:
-        if h.default_host_10 == NULL:
-            return -2                   # no Host and no default_host_for_http_10
-        if h1_head_add_field(hd, "host", 4, h.default_host_10, h.default_host_10_len) < 0:
-            return -1
-    return 0
-
-
 cdef int _stream_path(HStream* s, HttpCfg* h) noexcept nogil:
     """Normalize the request path (core/http/hcm_headers.pxi); -1 when the stream was answered: 400
     for a path refused, 307 to the path with its escaped slashes decoded (Envoy's
@@ -417,7 +335,7 @@ cdef int _stream_path(HStream* s, HttpCfg* h) noexcept nogil:
     elif rc == PN_REDIRECT:
         stat_add(h.stats, c.w, H_RQ_REDIRECTED_NORMALIZED_PATH, 1)
         stream_local_reply(s, 307, "", 0, s.head.buf + s.head.target_off, s.head.target_len,
-                           c.req.state != H1_MESSAGE_DONE)
+                           not s.req_received)
     else:
         hconn_close(c, True)
     return -1
@@ -429,15 +347,16 @@ cdef inline void _stream_refuse(HStream* s, int status, const char* body) noexce
     stream_local_reply(s, status, body, strlen(body), NULL, 0, True)
 
 
-cdef void stream_start(HConn* c) noexcept nogil:
-    """A complete, valid request head is in c.req: run the decoder filters (if any), then
-    route it."""
+cdef void stream_start(HConn* c, HttpHead* head, const RequestFacts* f) noexcept nogil:
+    """A complete, valid request head (the stream takes it) and the codec's facts about the
+    request: run the decoder filters (if any), then route it."""
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
     cdef const char* v
     cdef size_t un = 0
     cdef int k, k2
     cdef HStream* s = <HStream*>calloc(1, sizeof(HStream))
     if s == NULL:
+        http_head_free(head)
         hconn_close(c, True)
         return
     timer_cancel(c.w, &c.idle_timer)
@@ -448,15 +367,16 @@ cdef void stream_start(HConn* c) noexcept nogil:
     s.start_time_us = c.req_start_us
     s.cluster_index = -1
     timer_init(&s.timeout, _stream_timeout, s)
-    h1_head_take(&c.req, &s.head)
-    s.envoy_hdrs = (c.req.flags & H1X_ENVOY_HDR) != 0
+    s.head = head[0]
+    s.envoy_hdrs = f.envoy_hdrs
     s.method = s.head.method
-    s.minor = s.head.minor
-    s.keepalive = (c.req.flags & H1F_KEEP_ALIVE) != 0
-    s.req_chunked = c.req.framing == H1_BODY_CHUNKED
-    s.expect_continue = (c.req.flags & H1F_EXPECT_CONTINUE) != 0
-    if c.req.framing == H1_BODY_NONE:
-        c.req.state = H1_MESSAGE_DONE
+    s.protocol = f.protocol
+    s.keepalive = f.keepalive
+    s.req_has_body = not f.end_stream
+    s.req_content_length = f.content_length
+    s.expect_continue = f.expect_continue
+    if f.end_stream:
+        s.req_received = 1
         stream_request_end(s, False)
     c.stream = s
     stream_timers_start(s)
@@ -471,23 +391,23 @@ cdef void stream_start(HConn* c) noexcept nogil:
     stat_add(h.stats, c.w, H_RQ_ACTIVE, 1)
     # Requests the codec takes but the proxy refuses, as protocol errors (Envoy's codec
     # reports them so): no filter chain exists yet, so the replies go out directly.
-    if s.minor == 0 and not h.accept_http_10:
+    if s.protocol == HTTP_PROTO_10 and not h.accept_http_10:
         # Envoy: HTTP/1.0 only with http_protocol_options.accept_http_10.
         _stream_refuse(s, 426, "Upgrade Required")
         return
-    if c.req.flags & H1F_TE_CODINGS:
+    if f.unsupported_coding:
         # A coding besides chunked (gzip, chunked) would have to be kept when the body is
         # re-framed; like Envoy, the proxy does not take such bodies.
         _stream_refuse(s, 501, "unsupported transfer coding")
         return
-    k = _request_target_normalize(s, h)
+    k = f.target
     if k == -1:
         _stream_refuse(s, 400, "invalid request target or host")
         return
-    if not _connection_nominations_ok(&s.head, (c.req.flags & H1F_UPGRADE) != 0):
+    if not _connection_nominations_ok(&s.head, f.upgrade):
         _stream_refuse(s, 400, "Bad Request")
         return
-    if (h.normalize_path or h.merge_slashes or h.escaped_slashes != ES_KEEP) and not (c.req.flags & H1F_CONNECT):
+    if (h.normalize_path or h.merge_slashes or h.escaped_slashes != ES_KEEP) and not f.connect:
         if _stream_path(s, h) < 0:
             return
     if h.strip_port != STRIP_PORT_NONE:
@@ -502,14 +422,14 @@ cdef void stream_start(HConn* c) noexcept nogil:
         # A filter could not be created: fail closed (a missing filter could be the one
         # that denies the request), through the encoder filters that were, as a hook's
         # failure (hf_fail) is answered.
-        stream_local_reply(s, 500, "", 0, NULL, 0, c.req.state != H1_MESSAGE_DONE)
+        stream_local_reply(s, 500, "", 0, NULL, 0, not s.req_received)
         return
     if k == -2:
         # HTTP/1.0 without Host nor default_host_for_http_10: Envoy's connection manager
         # refuses it after creating the filter chain, with an empty body.
         _stream_refuse(s, 400, "")
         return
-    if c.req.flags & H1F_CONNECT:
+    if f.connect:
         s.keepalive = 0
         s.connect = 1
         if not h.allow_connect:
@@ -517,7 +437,7 @@ cdef void stream_start(HConn* c) noexcept nogil:
             # takes the request, 404 when none does.
             stream_local_reply(s, 403 if _head_has_route(s) else 404, "", 0, NULL, 0, True)
             return
-    if c.req.flags & H1F_UPGRADE:
+    if f.upgrade:
         v = _head_field(&s.head, "upgrade", &un)
         if v != NULL and _is_upgrade_token(v, un, "h2c"):
             pass                        # Envoy drops h2c upgrades: plain HTTP/1.1 from here
@@ -529,14 +449,14 @@ cdef void stream_start(HConn* c) noexcept nogil:
             s.keepalive = 0
             stream_local_reply(s, 403, "", 0, NULL, 0, True)
             return
-    if c.req.content_length > 0 and _request_too_large(s, <uint64_t>c.req.content_length):
+    if f.content_length > 0 and _request_too_large(s, <uint64_t>f.content_length):
         stream_local_reply(s, 413, "Payload Too Large", 17, NULL, 0, True)
         return
     if h.nfilters:
-        if c.req.flags & H1F_EXPECT_CONTINUE:
+        if f.expect_continue:
             # Answered before the filters run: a filter that waits for the body must get it.
-            chain_append(&c.out_buf, "HTTP/1.1 100 Continue\r\n\r\n", 25)
-        s.fc.dec.end_seen = c.req.framing == H1_BODY_NONE
+            c.codec.encode_continue(c)
+        s.fc.dec.end_seen = f.end_stream
         hf_iterate(s, False)
         return
     stream_route(s)
@@ -550,7 +470,7 @@ cdef int hf_sink_headers_encode(HStream* s) noexcept nogil:
         # sends the head with the body's exact length. Without one, the head goes now.
         if s.fc.enc.phase != FP_PH_DONE:
             return 0
-        if stream_send_response_head(s, UF_PARSER if s.method == H1M_HEAD else UF_LENGTH, 0) < 0:
+        if stream_send_response_head(s, UF_PARSER if s.method == METHOD_HEAD else UF_LENGTH, 0) < 0:
             return -1
         return _stream_response_done(s)
     if not _enc_body_filtered(s):
@@ -566,7 +486,7 @@ cdef int stream_send_response_head(HStream* s, int framing, uint64_t length) noe
     cdef bint local = s.fc != NULL and s.fc.local_encoding
     if (_local_response_head(s, framing, length) if local else _downstream_response_head(s, framing, length)) < 0:
         if s.up != NULL:
-            _upconn_failed(s.up, 502, UPSTREAM_PROTOCOL_ERROR)
+            http_pool_fail(s.up, 502, UPSTREAM_PROTOCOL_ERROR)
         elif local and not s.resp_started:
             # A filter left the local reply without a valid :status: as Envoy, 502 straight
             # to the client (the encoder chain holds a response now, so it is not re-run).
@@ -583,7 +503,7 @@ cdef int stream_send_response_head(HStream* s, int framing, uint64_t length) noe
 cdef int _stream_response_done(HStream* s) noexcept nogil:
     """The filtered response is complete downstream: end the stream."""
     cdef HConn* c = s.c
-    if s.up != NULL and s.up.resp.state != H1_MESSAGE_DONE:
+    if s.up != NULL and not s.resp_received:
         return 0                        # the upstream still owes bytes; it finishes then
     stream_finish(s)
     hconn_pump(c)
@@ -594,7 +514,7 @@ cdef int hf_sink_data_encode(HStream* s) noexcept nogil:
     """Filtered response body (and the end) to the downstream, framed."""
     cdef FChain* fc = s.fc
     cdef FDir* d = &fc.enc
-    cdef bint local_head = fc.local_encoding and s.method == H1M_HEAD
+    cdef bint local_head = fc.local_encoding and s.method == METHOD_HEAD
     if local_head:
         chain_clear(&d.held)            # a filter added body to a HEAD reply: not sent
     if not d.sink_started:
@@ -602,9 +522,23 @@ cdef int hf_sink_data_encode(HStream* s) noexcept nogil:
                                      d.held.length) < 0 or s.fc != fc:
             return -1
     s.bytes_sent += d.held.length
-    if _sink_frame(d, &s.c.out_buf, &fc.resp_trailers) < 0:
+    if s.c.codec.encode_data(s.c, &d.held, d.held.length) < 0 \
+            or (d.phase == FP_PH_DONE and _encode_end_server(s.c, &fc.resp_trailers) < 0):
         hconn_close(s.c, True)          # the response has started: a reset is all that is left
         return -1
     if d.phase == FP_PH_DONE:
         return _stream_response_done(s)
     return 0
+
+
+cdef int _encode_end_server(HConn* c, const HMap* trailers) noexcept nogil:
+    """The end of a response body the encoder filters passed, with their trailers."""
+    cdef PairList tl
+    cdef int rc
+    memset(&tl, 0, sizeof(PairList))
+    if trailers.used and hm_to_pairs(trailers, &tl, True) < 0:
+        free(tl.v)
+        return -1
+    rc = c.codec.encode_end(c, &tl)
+    free(tl.v)
+    return rc

@@ -3,85 +3,13 @@
 
 # ---------------------------------------------------------------- set-up and teardown
 
-cdef void h1_head_free(H1Head* h) noexcept nogil:
-    free(h.buf)
-    free(h.fields)
-    memset(h, 0, sizeof(H1Head))
-
-
-cdef inline int _h1_head_reserve(H1Head* h, size_t need) noexcept nogil:
-    """Room for need bytes plus a NUL after them. The head's bytes are always followed by a
-    NUL (h.buf[h.len] == 0), so a C function that reads a field up to a terminator it was
-    not given stops inside the block: regexec is called with REG_STARTEND, which glibc
-    honours, but ASan's regexec interceptor (and other libcs) read to the NUL. -1: no memory."""
-    cdef size_t cap
-    cdef char* nb
-    if need + 1 <= h.cap:
-        return 0
-    cap = <size_t>h.cap * 2 if h.cap else H1_BLOCK_MIN
-    while cap < need + 1:
-        cap *= 2
-    nb = <char*>realloc(h.buf, cap)
-    if nb == NULL:
-        return -1
-    h.buf = nb
-    h.cap = <uint32_t>cap
-    return 0
-
-
-cdef int h1_head_add_field(H1Head* h, const char* name, size_t nn, const char* value,
-                          size_t vn) noexcept nogil:
-    """Append a field the proxy supplies (e.g. a default Host) to a taken head: its bytes go
-    after the received ones, so offsets already handed out stay valid. -1: out of memory."""
-    cdef size_t need = <size_t>h.len + nn + vn
-    cdef H1Field* nf
-    cdef uint32_t ncap
-    if need > 0xFFFFFFF0u or _h1_head_reserve(h, need) < 0:
-        return -1
-    if h.nfields == h.fields_cap:
-        ncap = h.fields_cap * 2 if h.fields_cap else H1_FIELDS_MIN
-        nf = <H1Field*>realloc(h.fields, ncap * sizeof(H1Field))
-        if nf == NULL:
-            return -1
-        h.fields = nf
-        h.fields_cap = ncap
-    memcpy(h.buf + h.len, name, nn)
-    memcpy(h.buf + h.len + nn, value, vn)
-    h.fields[h.nfields].name_off = h.len
-    h.fields[h.nfields].name_len = <uint32_t>nn
-    h.fields[h.nfields].value_off = h.len + <uint32_t>nn
-    h.fields[h.nfields].value_len = <uint32_t>vn
-    h.nfields += 1
-    h.len = <uint32_t>need
-    h.buf[h.len] = 0
-    return 0
-
-
-cdef int h1_head_set_target(H1Head* h, const char* t, size_t n) noexcept nogil:
-    """Replace a taken request head's target (a normalized path): in place when it is not
-    longer, else its bytes go after the received ones (offsets stay valid). -1: no memory."""
-    cdef size_t need = <size_t>h.len + n
-    if n <= h.target_len:
-        memmove(h.buf + h.target_off, t, n)
-        h.target_len = <uint32_t>n
-        return 0
-    if need > 0xFFFFFFF0u or _h1_head_reserve(h, need) < 0:
-        return -1
-    memcpy(h.buf + h.len, t, n)
-    h.target_off = h.len
-    h.target_len = <uint32_t>n
-    h.len = <uint32_t>need
-    h.buf[h.len] = 0
-    return 0
-
-
-cdef inline void _h1_head_clear(H1Head* h) noexcept nogil:
+cdef inline void _h1_head_clear(HttpHead* h) noexcept nogil:
     """Forget the contents, keep the memory for the next message."""
     cdef char* buf = h.buf
     cdef uint32_t cap = h.cap
-    cdef H1Field* fields = h.fields
+    cdef HttpField* fields = h.fields
     cdef uint32_t fields_cap = h.fields_cap
-    memset(h, 0, sizeof(H1Head))
+    memset(h, 0, sizeof(HttpHead))
     h.buf = buf
     h.cap = cap
     h.fields = fields
@@ -128,19 +56,19 @@ cdef void h1_reset(H1Parser* p) noexcept nogil:
 
 
 cdef void h1_free(H1Parser* p) noexcept nogil:
-    h1_head_free(&p.head)
-    h1_head_free(&p.trailers)
+    http_head_free(&p.head)
+    http_head_free(&p.trailers)
 
 
 cdef inline void h1_response_for(H1Parser* p, int req_method) noexcept nogil:
     p.req_method = <uint8_t>req_method
 
 
-cdef void h1_head_take(H1Parser* p, H1Head* out) noexcept nogil:
-    """Move the head block and its fields to `out` (the caller frees it with h1_head_free).
+cdef void h1_head_take(H1Parser* p, HttpHead* out) noexcept nogil:
+    """Move the head block and its fields to `out` (the caller frees it with http_head_free).
     The parser starts a new block for its next head."""
     out[0] = p.head
-    memset(&p.head, 0, sizeof(H1Head))
+    memset(&p.head, 0, sizeof(HttpHead))
 
 
 cdef inline const char* h1_err_reason(int err) noexcept nogil:
@@ -280,41 +208,41 @@ cdef int _h1_method_id(const uint8_t* m, size_t n) noexcept nogil:
     # Methods are case-sensitive (RFC 9110 9.1): "get" is some other method.
     if n == 3:
         if memcmp(m, b"GET", 3) == 0:
-            return H1M_GET
+            return METHOD_GET
         if memcmp(m, b"PUT", 3) == 0:
-            return H1M_PUT
+            return METHOD_PUT
     elif n == 4:
         if memcmp(m, b"HEAD", 4) == 0:
-            return H1M_HEAD
+            return METHOD_HEAD
         if memcmp(m, b"POST", 4) == 0:
-            return H1M_POST
+            return METHOD_POST
     elif n == 5:
         if memcmp(m, b"TRACE", 5) == 0:
-            return H1M_TRACE
+            return METHOD_TRACE
         if memcmp(m, b"PATCH", 5) == 0:
-            return H1M_PATCH
+            return METHOD_PATCH
     elif n == 6:
         if memcmp(m, b"DELETE", 6) == 0:
-            return H1M_DELETE
+            return METHOD_DELETE
     elif n == 7:
         if memcmp(m, b"CONNECT", 7) == 0:
-            return H1M_CONNECT
+            return METHOD_CONNECT
         if memcmp(m, b"OPTIONS", 7) == 0:
-            return H1M_OPTIONS
-    return H1M_OTHER
+            return METHOD_OPTIONS
+    return METHOD_OTHER
 
 
 # ---------------------------------------------------------------- start lines
 
-cdef int _h1_target_form(H1Head* h, const uint8_t* t, size_t n) noexcept nogil:
+cdef int _h1_target_form(HttpHead* h, const uint8_t* t, size_t n) noexcept nogil:
     """RFC 9112 3.2: which target forms each method may use. Returns an H1E_* (0: ok)."""
     cdef size_t i, a
-    if h.method == H1M_CONNECT:                         # authority-form, port required
+    if h.method == METHOD_CONNECT:                         # authority-form, port required
         return H1E_OK if _h1_host(t, n, True, False) == 0 else H1E_BAD_TARGET_FORM
     if t[0] == 47:                                      # origin-form
         return H1E_OK
     if n == 1 and t[0] == 42:                           # asterisk-form
-        return H1E_OK if h.method == H1M_OPTIONS else H1E_BAD_TARGET_FORM
+        return H1E_OK if h.method == METHOD_OPTIONS else H1E_BAD_TARGET_FORM
     # absolute-form: scheme "://" authority [path-abempty] ["?" query]
     if not (65 <= t[0] <= 90 or 97 <= t[0] <= 122):
         return H1E_BAD_TARGET
@@ -330,7 +258,7 @@ cdef int _h1_target_form(H1Head* h, const uint8_t* t, size_t n) noexcept nogil:
     return H1E_OK
 
 
-cdef int _h1_request_line(H1Parser* p, H1Head* h, uint32_t off, uint32_t n) noexcept nogil:
+cdef int _h1_request_line(H1Parser* p, HttpHead* h, uint32_t off, uint32_t n) noexcept nogil:
     """method SP request-target SP HTTP-version, exactly one SP each (RFC 9112 3)."""
     cdef const uint8_t* s = <const uint8_t*>h.buf + off
     cdef uint32_t m = <uint32_t>_h1_span(s, n, _K_TCHAR)
@@ -365,7 +293,7 @@ cdef int _h1_request_line(H1Parser* p, H1Head* h, uint32_t off, uint32_t n) noex
     return 0
 
 
-cdef int _h1_status_line(H1Parser* p, H1Head* h, uint32_t off, uint32_t n) noexcept nogil:
+cdef int _h1_status_line(H1Parser* p, HttpHead* h, uint32_t off, uint32_t n) noexcept nogil:
     """HTTP-version SP 3DIGIT [SP reason-phrase]. A missing reason (with or without its SP)
     is accepted: the reason means nothing (RFC 9112 4) and servers do omit it."""
     cdef const uint8_t* s = <const uint8_t*>h.buf + off
@@ -510,17 +438,17 @@ cdef int _h1_known_field(H1Parser* p, const uint8_t* name, size_t nl, const uint
     return 0
 
 
-cdef int _h1_add_field(H1Parser* p, H1Head* h, uint32_t off, uint32_t name_len,
+cdef int _h1_add_field(H1Parser* p, HttpHead* h, uint32_t off, uint32_t name_len,
                        uint32_t v, uint32_t e, bint in_head) noexcept nogil:
     """Record a checked field line at h.buf[off:]: its name is [0, name_len) and its value
     [v, e) relative to off."""
-    cdef H1Field* f
-    cdef H1Field* nf
+    cdef HttpField* f
+    cdef HttpField* nf
     cdef uint32_t ncap
     cdef const uint8_t* s
     if h.nfields == h.fields_cap:
-        ncap = h.fields_cap * 2 if h.fields_cap else H1_FIELDS_MIN
-        nf = <H1Field*>realloc(h.fields, ncap * sizeof(H1Field))
+        ncap = h.fields_cap * 2 if h.fields_cap else HEAD_FIELDS_MIN
+        nf = <HttpField*>realloc(h.fields, ncap * sizeof(HttpField))
         if nf == NULL:
             return _h1_fail(p, H1E_NO_MEMORY)
         h.fields = nf
@@ -537,7 +465,7 @@ cdef int _h1_add_field(H1Parser* p, H1Head* h, uint32_t off, uint32_t name_len,
     return 0
 
 
-cdef int _h1_field_line(H1Parser* p, H1Head* h, uint32_t off, uint32_t n, bint in_head) noexcept nogil:
+cdef int _h1_field_line(H1Parser* p, HttpHead* h, uint32_t off, uint32_t n, bint in_head) noexcept nogil:
     """field-name ":" OWS field-value OWS (RFC 9112 5). The checks run in a fixed order so
     that every implementation names the same error for the same line."""
     cdef const uint8_t* s = <const uint8_t*>h.buf + off
@@ -566,7 +494,7 @@ cdef int _h1_field_line(H1Parser* p, H1Head* h, uint32_t off, uint32_t n, bint i
     return _h1_add_field(p, h, off, i, v, e, in_head)
 
 
-cdef ssize_t _h1_quick_line(H1Parser* p, H1Head* h, const char* data, size_t len) noexcept nogil:
+cdef ssize_t _h1_quick_line(H1Parser* p, HttpHead* h, const char* data, size_t len) noexcept nogil:
     """The common case in one pass over the input: a whole, valid field line or the empty
     line, with no partial line pending. Returns the line's length once taken, -1 on an
     error, or 0 to let the careful path (_h1_line) judge the line, so both always agree:
@@ -609,7 +537,7 @@ cdef ssize_t _h1_quick_line(H1Parser* p, H1Head* h, const char* data, size_t len
 cdef int _h1_head_end(H1Parser* p) noexcept nogil:
     """The empty line: check the message as a whole and decide the framing (RFC 9112 6.3)."""
     cdef uint32_t fl = p.flags
-    cdef H1Head* h = &p.head
+    cdef HttpHead* h = &p.head
     cdef uint16_t st
     if p.kind == H1_REQUEST:
         if h.minor == 1 and not (fl & H1X_HOST):
@@ -625,7 +553,7 @@ cdef int _h1_head_end(H1Parser* p) noexcept nogil:
                 return _h1_fail(p, H1E_BAD_TRANSFER_ENCODING)
             if not (fl & H1X_TE_LAST_CHUNKED):
                 return _h1_fail(p, H1E_TE_NOT_CHUNKED)
-        if h.method == H1M_CONNECT:
+        if h.method == METHOD_CONNECT:
             if (fl & H1X_TE) or p.content_length > 0:
                 return _h1_fail(p, H1E_CONNECT_BODY)
             p.framing = H1_BODY_NONE
@@ -653,9 +581,9 @@ cdef int _h1_head_end(H1Parser* p) noexcept nogil:
         if st < 200:
             p.framing = H1_BODY_NONE
             p.flags |= H1F_UPGRADE if st == 101 else H1F_INTERIM
-        elif st == 204 or st == 304 or p.req_method == H1M_HEAD:
+        elif st == 204 or st == 304 or p.req_method == METHOD_HEAD:
             p.framing = H1_BODY_NONE
-        elif p.req_method == H1M_CONNECT and st < 300:
+        elif p.req_method == METHOD_CONNECT and st < 300:
             p.framing = H1_BODY_NONE
             p.flags |= H1F_CONNECT
         elif fl & H1X_TE:
@@ -681,7 +609,7 @@ cdef int _h1_head_end(H1Parser* p) noexcept nogil:
 
 # ---------------------------------------------------------------- lines of a section
 
-cdef inline int _h1_take(H1Parser* p, H1Head* h, const char* src, size_t n) noexcept nogil:
+cdef inline int _h1_take(H1Parser* p, HttpHead* h, const char* src, size_t n) noexcept nogil:
     """Copy n received bytes of the current section into its block, within the limits."""
     cdef size_t need
     if (p.state == H1_HEAD and not (p.flags & H1X_START_DONE)
@@ -690,16 +618,16 @@ cdef inline int _h1_take(H1Parser* p, H1Head* h, const char* src, size_t n) noex
     if <size_t>p.section_bytes + n > p.max_head:
         return _h1_fail(p, H1E_HEAD_TOO_LARGE)
     need = <size_t>h.len + n
-    if _h1_head_reserve(h, need) < 0:
+    if _head_reserve(h, need) < 0:
         return _h1_fail(p, H1E_NO_MEMORY)
     memcpy(h.buf + h.len, src, n)
     h.len += <uint32_t>n
-    h.buf[h.len] = 0                                    # see _h1_head_reserve
+    h.buf[h.len] = 0                                    # see _head_reserve
     p.section_bytes += <uint32_t>n
     return 0
 
 
-cdef int _h1_line(H1Parser* p, H1Head* h) noexcept nogil:
+cdef int _h1_line(H1Parser* p, HttpHead* h) noexcept nogil:
     """A complete line (ending in LF) sits at h.buf[p.line_start:h.len]."""
     cdef uint32_t off = p.line_start
     cdef uint32_t n = h.len - off                       # >= 1, LF included
@@ -733,7 +661,7 @@ cdef int _h1_line(H1Parser* p, H1Head* h) noexcept nogil:
     return _h1_field_line(p, h, off, n, True)
 
 
-cdef ssize_t _h1_lines(H1Parser* p, H1Head* h, const char* data, size_t len) noexcept nogil:
+cdef ssize_t _h1_lines(H1Parser* p, HttpHead* h, const char* data, size_t len) noexcept nogil:
     """Take lines into h until the section's empty line (the state changes) or the input
     ends. Returns bytes taken, or -1."""
     cdef size_t pos = 0, n

@@ -27,8 +27,8 @@
 #   h1_reset(&p) and feed the bytes after the message to parse the next (pipelining).
 #   h1_feed_eof(&p) when the peer closes: 0 = clean (EOF-delimited body done, or between
 #   messages), -1 = H1E_INCOMPLETE.
-# A response parser must be told which request it answers: h1_response_for(&p, H1M_HEAD)
-# (no body) or H1M_CONNECT (2xx is a tunnel); it stays set across h1_reset. A response
+# A response parser must be told which request it answers: h1_response_for(&p, METHOD_HEAD)
+# (no body) or METHOD_CONNECT (2xx is a tunnel); it stays set across h1_reset. A response
 # with H1F_INTERIM (1xx but 101) is complete at its head: h1_reset and read the next one.
 # After a message with H1F_CONNECT or H1F_UPGRADE the caller decides whether the connection
 # becomes a tunnel (CONNECT request + 2xx, Upgrade + 101); the parser stops at the message.
@@ -37,9 +37,9 @@
 # --------------
 # The head's bytes are copied, as received, into p.head.buf (malloc'd, grows by doubling up
 # to max_head). Start-line pieces and fields are (offset, length) pairs into that block
-# (H1Field), with optional whitespace trimmed from values. h1_head_take() moves the block
+# (HttpField), with optional whitespace trimmed from values. h1_head_take() moves the block
 # and field array out (to keep per stream and show to Python filters without a copy); the
-# parser allocates a fresh one for its next head. Trailers use their own H1Head the same way.
+# parser allocates a fresh one for its next head. Trailers use their own HttpHead the same way.
 #
 # Limits (bytes counted as received, CRLFs included)
 # --------------------------------------------------
@@ -86,18 +86,6 @@ cdef enum:                          # H1Parser.framing
     H1_BODY_LENGTH = 1
     H1_BODY_CHUNKED = 2
     H1_BODY_EOF = 3
-
-cdef enum:                          # H1Head.method: the methods whose semantics we act on
-    H1M_OTHER = 0
-    H1M_GET = 1
-    H1M_HEAD = 2
-    H1M_POST = 3
-    H1M_PUT = 4
-    H1M_DELETE = 5
-    H1M_CONNECT = 6
-    H1M_OPTIONS = 7
-    H1M_TRACE = 8
-    H1M_PATCH = 9
 
 cdef enum:                          # H1Parser.flags, valid from H1_HEAD_DONE on
     H1F_KEEP_ALIVE = 0x1            # the connection may carry another message after this
@@ -213,8 +201,6 @@ cdef enum:
     H1_MAX_HEAD_CAP = 64 * 1024 * 1024  # keeps every offset in a uint32_t with room to spare
     H1_MAX_CHUNK_LINE = 4096            # chunk-size line incl. extensions (they are ignored)
     H1_CHUNK_HEADER_MAX = 18            # 16 hex digits + CRLF, plus one spare
-    H1_BLOCK_MIN = 1024                 # first head block: most heads fit
-    H1_FIELDS_MIN = 16
 
 cdef enum:
     _HT = 9
@@ -296,29 +282,6 @@ _h1_init_tables()
 
 # ---------------------------------------------------------------- structs
 
-cdef struct H1Field:
-    uint32_t name_off               # offsets into the H1Head's buf
-    uint32_t name_len
-    uint32_t value_off              # the value without leading/trailing SP and HTAB
-    uint32_t value_len
-
-cdef struct H1Head:
-    char* buf                       # the head's bytes as received (malloc'd, owned)
-    uint32_t len
-    uint32_t cap
-    H1Field* fields                 # malloc'd, owned
-    uint32_t nfields
-    uint32_t fields_cap
-    uint32_t method_off             # request line pieces (offsets into buf)
-    uint32_t method_len
-    uint32_t target_off
-    uint32_t target_len
-    uint32_t reason_off             # status line pieces
-    uint32_t reason_len
-    uint16_t status
-    uint8_t method                  # H1M_*
-    uint8_t minor                   # HTTP/1.<minor>: 0 or 1
-
 cdef struct H1Parser:
     uint8_t kind                    # H1_REQUEST / H1_RESPONSE
     uint8_t state                   # H1_HEAD ... H1_ERROR
@@ -337,13 +300,26 @@ cdef struct H1Parser:
     uint32_t max_head
     uint32_t max_start_line
     uint32_t max_fields
-    H1Head head
-    H1Head trailers
+    HttpHead head
+    HttpHead trailers
 
-cdef struct H1Str:                  # serializer input: a byte string the caller owns
-    const char* p
-    size_t n
 
-cdef struct H1Pair:                 # serializer input: one field line
-    H1Str name
-    H1Str value
+# ---------------------------------------------------------------- the codec's connection state
+# Kept in the connection structs (HConn.h1, UpConn.h1) and read only by codec_h1_server.pxi
+# and codec_h1_client.pxi: the connection manager and the router see a codec through its
+# ServerCodecApi / ClientCodecApi (core/http/decls.pxi).
+
+cdef struct H1BodyWriter:           # how the body of the head we sent last is framed
+    uint8_t chunked                 # chunked: each piece becomes a chunk, the end a last-chunk
+    uint8_t counted                 # a length a filter set: the body must come to exactly it
+    uint8_t head_only               # an answer to HEAD: the head announces a body never sent
+    uint64_t left                   # counted: bytes still owed
+
+cdef struct H1ServerConn:           # a downstream HTTP/1.1 connection
+    H1Parser req                    # the request being read
+    H1BodyWriter resp               # the response being written
+
+cdef struct H1ClientConn:           # an upstream HTTP/1.1 connection
+    H1Parser resp                   # the response being read
+    H1BodyWriter req                # the request being written
+    uint8_t end_delivered           # the response's end went to the stream

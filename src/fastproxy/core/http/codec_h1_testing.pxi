@@ -8,9 +8,9 @@
 cdef tuple _H1_FRAMING = ("none", "length", "chunked", "eof")
 
 
-cdef tuple _h1_fields_tuple(H1Head* h):
+cdef tuple _h1_fields_tuple(HttpHead* h):
     cdef uint32_t i
-    cdef H1Field* f
+    cdef HttpField* f
     out = []
     for i in range(h.nfields):
         f = &h.fields[i]
@@ -92,7 +92,7 @@ cdef class _H1TestParser:
         return events
 
     cdef dict _head(self):
-        cdef H1Head taken
+        cdef HttpHead taken
         cdef dict d
         if not self.take_heads:
             return self._head_dict(&self.p.head)
@@ -100,9 +100,9 @@ cdef class _H1TestParser:
         try:
             return self._head_dict(&taken)
         finally:
-            h1_head_free(&taken)
+            http_head_free(&taken)
 
-    cdef dict _head_dict(self, H1Head* h):
+    cdef dict _head_dict(self, HttpHead* h):
         cdef uint32_t fl = self.p.flags
         d = {}
         if self.p.kind == H1_REQUEST:
@@ -197,13 +197,13 @@ cdef class _H1TestParser:
         return events
 
 
-cdef H1Pair* _h1_pairs(list keep, headers, size_t* count) except NULL:
+cdef FieldPair* _h1_pairs(list keep, headers, size_t* count) except NULL:
     """Borrow (name, value) byte strings as H1Pairs; `keep` holds the bytes alive."""
-    cdef H1Pair* f
+    cdef FieldPair* f
     cdef Py_ssize_t i
     items = [(bytes(k), bytes(v)) for k, v in headers]
     count[0] = len(items)
-    f = <H1Pair*>calloc(len(items) + 1, sizeof(H1Pair))
+    f = <FieldPair*>calloc(len(items) + 1, sizeof(FieldPair))
     if f == NULL:
         raise MemoryError()
     for i in range(len(items)):
@@ -223,10 +223,10 @@ def _http1_request_head(method, target, headers=(), version=(1, 1)):
     cdef bytes m = bytes(method)
     cdef bytes t = bytes(target)
     cdef size_t nf = 0
-    cdef H1Str ms, ts
+    cdef StrRef ms, ts
     cdef ssize_t size
     cdef int minor = version[1] if tuple(version[:1]) == (1,) else -1
-    cdef H1Pair* f = _h1_pairs(keep, headers, &nf)
+    cdef FieldPair* f = _h1_pairs(keep, headers, &nf)
     try:
         ms.p = m
         ms.n = len(m)
@@ -247,10 +247,10 @@ def _http1_response_head(int status, reason=b"", headers=(), version=(1, 1)):
     cdef list keep = []
     cdef bytes r = bytes(reason)
     cdef size_t nf = 0
-    cdef H1Str rs
+    cdef StrRef rs
     cdef ssize_t size
     cdef int minor = version[1] if tuple(version[:1]) == (1,) else -1
-    cdef H1Pair* f = _h1_pairs(keep, headers, &nf)
+    cdef FieldPair* f = _h1_pairs(keep, headers, &nf)
     try:
         rs.p = r
         rs.n = len(r)
@@ -280,7 +280,7 @@ def _http1_last_chunk(trailers=()):
     cdef list keep = []
     cdef size_t nt = 0
     cdef ssize_t size
-    cdef H1Pair* f = _h1_pairs(keep, trailers, &nt)
+    cdef FieldPair* f = _h1_pairs(keep, trailers, &nt)
     try:
         size = h1_last_chunk_size(f, nt)
         if size < 0:

@@ -1,4 +1,4 @@
-# The HTTP/1.1 serializer: request and response heads and chunk framing from H1Str/H1Pair
+# The HTTP/1.1 serializer: request and response heads and chunk framing from StrRef/FieldPair
 # input the caller owns (the contract is in codec_h1_decls.pxi; noexcept nogil).
 
 # ---------------------------------------------------------------- serializer
@@ -7,7 +7,7 @@ cdef inline bint _h1_all(const char* s, size_t n, uint8_t k) noexcept nogil:
     return _h1_span(<const uint8_t*>s, n, k) == n
 
 
-cdef ssize_t _h1_fields_size(const H1Pair* f, size_t nf) noexcept nogil:
+cdef ssize_t _h1_fields_size(const FieldPair* f, size_t nf) noexcept nogil:
     cdef size_t i
     cdef size_t total = 0
     for i in range(nf):
@@ -19,7 +19,7 @@ cdef ssize_t _h1_fields_size(const H1Pair* f, size_t nf) noexcept nogil:
     return <ssize_t>total
 
 
-cdef char* _h1_put_fields(char* o, const H1Pair* f, size_t nf) noexcept nogil:
+cdef char* _h1_put_fields(char* o, const FieldPair* f, size_t nf) noexcept nogil:
     cdef size_t i
     for i in range(nf):
         memcpy(o, f[i].name.p, f[i].name.n)
@@ -35,7 +35,7 @@ cdef char* _h1_put_fields(char* o, const H1Pair* f, size_t nf) noexcept nogil:
     return o
 
 
-cdef ssize_t h1_request_head_size(H1Str method, H1Str target, int minor, const H1Pair* f,
+cdef ssize_t h1_request_head_size(StrRef method, StrRef target, int minor, const FieldPair* f,
                                   size_t nf) noexcept nogil:
     """Bytes h1_write_request_head will write, or -1 if any piece is invalid."""
     cdef ssize_t fs
@@ -51,8 +51,8 @@ cdef ssize_t h1_request_head_size(H1Str method, H1Str target, int minor, const H
     return <ssize_t>(method.n + 1 + target.n + 1 + 8 + 2) + fs + 2
 
 
-cdef size_t h1_write_request_head(char* out, H1Str method, H1Str target, int minor,
-                                  const H1Pair* f, size_t nf) noexcept nogil:
+cdef size_t h1_write_request_head(char* out, StrRef method, StrRef target, int minor,
+                                  const FieldPair* f, size_t nf) noexcept nogil:
     cdef char* o = out
     memcpy(o, method.p, method.n)
     o += method.n
@@ -70,7 +70,7 @@ cdef size_t h1_write_request_head(char* out, H1Str method, H1Str target, int min
     return <size_t>(o + 2 - out)
 
 
-cdef ssize_t h1_response_head_size(int status, H1Str reason, int minor, const H1Pair* f,
+cdef ssize_t h1_response_head_size(int status, StrRef reason, int minor, const FieldPair* f,
                                    size_t nf) noexcept nogil:
     cdef ssize_t fs
     if status < 100 or status > 599 or (minor != 0 and minor != 1):
@@ -83,8 +83,8 @@ cdef ssize_t h1_response_head_size(int status, H1Str reason, int minor, const H1
     return <ssize_t>(13 + reason.n + 2) + fs + 2
 
 
-cdef size_t h1_write_response_head(char* out, int status, H1Str reason, int minor,
-                                   const H1Pair* f, size_t nf) noexcept nogil:
+cdef size_t h1_write_response_head(char* out, int status, StrRef reason, int minor,
+                                   const FieldPair* f, size_t nf) noexcept nogil:
     cdef char* o = out
     memcpy(o, b"HTTP/1.", 7)
     o[7] = <char>(48 + minor)
@@ -124,12 +124,12 @@ cdef size_t h1_write_chunk_header(char* out, uint64_t size) noexcept nogil:
     return <size_t>(n + 2)
 
 
-cdef ssize_t h1_last_chunk_size(const H1Pair* trailers, size_t nt) noexcept nogil:
+cdef ssize_t h1_last_chunk_size(const FieldPair* trailers, size_t nt) noexcept nogil:
     cdef ssize_t fs = _h1_fields_size(trailers, nt)
     return -1 if fs < 0 else 3 + fs + 2
 
 
-cdef size_t h1_write_last_chunk(char* out, const H1Pair* trailers, size_t nt) noexcept nogil:
+cdef size_t h1_write_last_chunk(char* out, const FieldPair* trailers, size_t nt) noexcept nogil:
     cdef char* o
     out[0] = 48
     out[1] = _CR

@@ -1,24 +1,24 @@
-# The HTTP connection manager (Envoy's http_connection_manager) for HTTP/1.1: the downstream
-# connection (HConn): its start, events, the loop that parses pipelined requests into
-# streams, idle/headers timeouts, close and lingering close, draining, and the per-worker
-# hooks (waiting requests, deferred frees, teardown). The rest of the HTTP data path:
-#   core/http/active_stream.pxi  one request/response exchange (HStream)
-#   core/http/router_filter.pxi  routing, the upstream request, stream_on_upstream
-#   core/upstream/http_pool.pxi  the upstream connections (UpConn) and their pool
-#   core/http/head_writer.pxi    heads and body framing as bytes
+# The HTTP connection manager (Envoy's http_connection_manager): the downstream connection
+# (HConn): its start, socket events, the loop that has the codec decode pipelined requests
+# into streams, idle/headers timeouts, close and lingering close, draining, and the
+# per-worker hooks (waiting requests, deferred frees, teardown). It knows the protocol only
+# through c.codec (ServerCodecApi, core/http/decls.pxi) and the events the codec calls
+# (cm_on_*, below and in active_stream.pxi); docs/architecture.md, "The codec seam".
+# The rest of the HTTP data path:
+#   core/http/codec_h1_server.pxi  the HTTP/1.1 server codec (bytes <-> stream events)
+#   core/http/active_stream.pxi    one request/response exchange (HStream)
+#   core/http/router_filter.pxi    routing, the upstream request, the response events
+#   core/upstream/http_pool.pxi    the upstream connections (UpConn) and their pool
 #
 #   downstream HConn --(one HStream at a time; pipelined requests wait in in_buf)--
-#        request:  parse head -> route -> upstream head -> body (Content-Length: moved
-#                  slice by slice, no copy; chunked: re-framed) -> UpConn.out_buf
-#        response: UpConn.in_buf -> parse head -> downstream head -> body -> HConn.out_buf
-#   UpConn: one upstream HTTP/1.1 connection; idle ones wait in a per-worker, per-host list
-#           (the pool) and are reused for the next stream to that host.
+#        request:  codec: head event -> route -> upstream request head -> body events
+#                  (moved slice by slice, no copy; or spliced) -> the upstream's codec
+#        response: the upstream's codec: head event -> downstream head -> body events
+#                  -> this connection's codec -> HConn.out_buf
 #
 # Nothing is ever forwarded for a request the codec rejects: the head is complete and valid
-# before routing begins, and a body framing error resets the stream. Responses are re-framed
-# for the downstream: Content-Length kept, chunked re-chunked, close-delimited bodies sent
-# chunked to HTTP/1.1 clients (so the downstream connection survives) and close-delimited
-# to HTTP/1.0 ones.
+# before routing begins, and a body framing error resets the stream. Bodies are re-framed
+# by the codec of the side they leave on.
 #
 # Re-entrancy: work that finishes a stream may want to parse the next pipelined request;
 # hconn_pump() is the only loop that does so, and a nested call only marks `repump`.
@@ -44,7 +44,7 @@ cdef void _log_request_headers(HStream* s) noexcept nogil:
     cdef const char* host = _head_field(&s.head, "host", &hn)
     fp_log(c.w.index, "http", c.id, c.nrequests,
            "request headers complete (end_stream=%s): %.*s %.*s, host '%.*s'",
-           _pick(c.req.state == H1_MESSAGE_DONE, "true", "false"),
+           _pick(s.req_received, "true", "false"),
            <int>s.head.method_len, s.head.buf + s.head.method_off,
            <int>s.head.target_len, s.head.buf + s.head.target_off,
            <int>(hn if host != NULL else 0), _pick(host != NULL, host, ""))
@@ -92,7 +92,8 @@ cdef void hconn_start(Worker* w, ListenerCfg* cfg, int fd, const sockaddr* peer)
     c.down.on_event = _hconn_endp_event
     c.down.fd = fd
     c.down.owner = c
-    h1_init(&c.req, H1_REQUEST, h.max_head, 0, h.max_fields)
+    c.codec = &H1_SERVER_CODEC          # (HTTP/2 will be chosen here: codec_type, ALPN, preface)
+    c.codec.start(c)
     c.req_pipe.r = c.req_pipe.w = -1
     c.rsp_pipe.r = c.rsp_pipe.w = -1
     timer_init(&c.idle_timer, _hconn_idle, c)
@@ -170,7 +171,7 @@ cdef void hconn_close(HConn* c, bint rst) noexcept nogil:
         c.stream = NULL
         if s.up != NULL:
             s.up.stream = NULL
-            upconn_close(s.up)
+            http_pool_cancel(s.up)
         stat_sub(h.stats, w, H_RQ_ACTIVE, 1)
         stream_free(s)
     # After a read that drained the socket (and no event since), nothing is left to drop.
@@ -180,7 +181,7 @@ cdef void hconn_close(HConn* c, bint rst) noexcept nogil:
     chain_free(&c.out_buf)
     splice_pipe_close(w, &c.req_pipe)
     splice_pipe_close(w, &c.rsp_pipe)
-    h1_free(&c.req)
+    c.codec.release(c)
     stat_sub(c.cfg.lstats, w, L_CX_ACTIVE, 1)
     stat_add(c.cfg.lstats, w, L_CX_DESTROY, 1)
     stat_sub(h.stats, w, H_CX_ACTIVE, 1)
@@ -223,8 +224,7 @@ cdef void _hconn_finish(HConn* c) noexcept nogil:
     LINGER_MS: closing with unread bytes makes the kernel send an RST, which can reach the
     client before it has read the answer (nginx's lingering close; Envoy's delayed close
     also waits 1 s). The close still counts as the proxy's (local)."""
-    cdef bint clean = not c.unread_request and c.in_buf.length == 0 and (
-        c.req.state == H1_MESSAGE_DONE or (c.req.state == H1_HEAD and c.req.head.len == 0))
+    cdef bint clean = not c.unread_request and c.in_buf.length == 0 and not c.codec.mid_message(c)
     if clean or c.down_eof or c.peer_gone:
         hconn_close(c, False)
         return
@@ -254,11 +254,10 @@ cdef void hconn_on_event(Worker* w, HConn* c, uint32_t events) noexcept nogil:
 
 
 cdef int _hconn_process(HConn* c) noexcept nogil:
-    """Parse and route what the downstream sent. -1 when the connection closed."""
-    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
-    cdef SliceRef* r
-    cdef ssize_t n
+    """Decode what the downstream sent (the codec turns it into the events below) and move
+    the active stream along. -1 when the connection closed."""
     cdef HStream* s
+    cdef int rc
     while True:
         if c.stream != NULL:
             s = c.stream
@@ -270,17 +269,16 @@ cdef int _hconn_process(HConn* c) noexcept nogil:
                     if c.closed:
                         return -1
                 return 0
+            rc = 0
             if _dec_body_filtered(s):
-                if c.req.state != H1_MESSAGE_DONE or (c.down_eof and not s.req_done):
-                    if stream_filter_request_body(s) < 0:
-                        if c.closed:
-                            return -1
-                        continue
+                if not s.req_received:
+                    rc = c.codec.decode(c)
             elif s.up != NULL and not s.req_done:
-                if stream_forward_request_body(s) < 0:
-                    if c.closed:
-                        return -1
-                    continue                # the stream ended with a local reply
+                rc = stream_forward_request_body(s)
+            if rc < 0:
+                if c.closed:
+                    return -1
+                continue                    # the stream ended (a local reply, say)
             if c.down_eof and c.stream == s and not (s.connect or s.upgrade):
                 # The client ended its side with its request in flight. As in Envoy (an HTTP
                 # connection is not half-closed), it is gone: the stream is reset (DC) and
@@ -300,42 +298,56 @@ cdef int _hconn_process(HConn* c) noexcept nogil:
                 if c.closed:
                     return -1
             return 0
-        if c.close_after:
+        if c.close_after or (c.in_buf.length == 0 and not c.down_eof):
             return 0
-        if c.in_buf.length == 0:
-            if c.down_eof:
-                if h1_feed_eof(&c.req) < 0:
-                    # The client closed inside a request head: Envoy's stream for it ends
-                    # "downstream connection termination" (DC), unanswered.
-                    hconn_unparsed_request(c, 0, RF_DC)
-                    c.partial_rq = 1        # Envoy's stream was active when the connection closed
-                hconn_close(c, False)
-                return -1
-            return 0
-        if c.req.state == H1_HEAD and c.req.head.len == 0:
-            c.req_start_ms = c.w.now            # a new request begins
-            c.req_start_us = wall_clock_us()
-        r = &c.in_buf.refs[c.in_buf.head]
-        n = h1_feed_head(&c.req, r.s.data + r.off, r.len)
-        if n < 0:
-            stat_add(h.stats, c.w, H_CX_PROTOCOL_ERROR, 1)
-            hconn_unparsed_request(c, c.req.err_status, RF_DPE)
-            chain_clear(&c.in_buf)
-            return 0
-        chain_drain(&c.in_buf, <size_t>n)
-        if c.req.state == H1_HEAD_DONE:
-            if h.underscores != US_ALLOW and hconn_underscores(c, h) < 0:
-                # Envoy's codec refuses the request (a protocol error, like the codec's own)
-                stat_add(h.stats, c.w, H_CX_PROTOCOL_ERROR, 1)
-                hconn_unparsed_request(c, 400, RF_DPE)
-                chain_clear(&c.in_buf)
-                return 0
-            stream_start(c)
-            if c.closed:
-                return -1
+        c.codec.decode(c)                   # a head: cm_on_request_headers starts its stream
+        if c.closed:
+            return -1
 
 
-cdef void hconn_unparsed_request(HConn* c, int status, uint32_t flags) noexcept nogil:
+# ---------------------------------------------------------------- the server codec's events
+# (core/http/codec_h1_server.pxi says when each comes)
+
+cdef void cm_on_request_begin(HConn* c) noexcept nogil:
+    """The first byte of a request: Envoy's stream begins here (downstream_rq_time)."""
+    c.req_start_ms = c.w.now
+    c.req_start_us = wall_clock_us()
+
+
+cdef void cm_on_codec_error(HConn* c, int status, bint empty_body) noexcept nogil:
+    """The codec refused what the client sent: a request head (no stream yet: answered with
+    `status` and the connection closed) or the active stream's body."""
+    if c.stream != NULL:
+        _request_body_framing_error(c.stream, status)
+        return
+    stat_add((<HttpCfg*>c.cfg.http).stats, c.w, H_CX_PROTOCOL_ERROR, 1)
+    hconn_unparsed_request(c, status, RF_DPE, empty_body)
+    chain_clear(&c.in_buf)
+
+
+cdef void cm_on_peer_closed(HConn* c, bint inside_request) noexcept nogil:
+    """The client closed with no stream active; inside_request: inside a request head."""
+    if inside_request:
+        # Envoy's stream for it ends "downstream connection termination" (DC), unanswered.
+        hconn_unparsed_request(c, 0, RF_DC, False)
+        c.partial_rq = 1                # Envoy's stream was active when the connection closed
+    hconn_close(c, False)
+
+
+cdef void cm_on_request_headers(HConn* c, HttpHead* head, const RequestFacts* f) noexcept nogil:
+    """A complete, valid request head (ours now) and what the codec knows of it."""
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    if h.underscores != US_ALLOW and head_underscores(c, head, h) < 0:
+        # Envoy's codec refuses the request (a protocol error, like the codec's own)
+        http_head_free(head)
+        stat_add(h.stats, c.w, H_CX_PROTOCOL_ERROR, 1)
+        hconn_unparsed_request(c, 400, RF_DPE, False)
+        chain_clear(&c.in_buf)
+        return
+    stream_start(c, head, f)
+
+
+cdef void hconn_unparsed_request(HConn* c, int status, uint32_t flags, bint empty_body) noexcept nogil:
     """A request that never became a stream: the codec rejected its head (status: the
     answer), or the client closed inside it (status 0: no answer). As in Envoy, it is a
     request all the same: counted (downstream_rq_total, downstream_rq_rx_reset, the status
@@ -349,7 +361,7 @@ cdef void hconn_unparsed_request(HConn* c, int status, uint32_t flags) noexcept 
     s.start_ms = c.req_start_ms if c.req_start_ms else c.w.now
     s.start_time_us = c.req_start_us if c.req_start_us else wall_clock_us()
     s.cluster_index = -1
-    s.minor = 1
+    s.protocol = HTTP_PROTO_11
     s.response_flags = flags
     memcpy(s.client_ip, c.remote_ip, c.remote_ip_len + 1)
     s.client_ip_len = c.remote_ip_len
@@ -359,8 +371,8 @@ cdef void hconn_unparsed_request(HConn* c, int status, uint32_t flags) noexcept 
     stat_add(h.stats, c.w, H_RQ_RX_RESET, 1)
     if status:
         c.stream = &s                   # the reply's status and bytes go to this stream
-        if c.req.err == H1E_MISSING_HOST:
-            hconn_local_reply(c, status, "", 0, NULL, 0, True)     # Envoy: an empty body
+        if empty_body:
+            hconn_local_reply(c, status, "", 0, NULL, 0, True)     # Envoy's, for a missing Host
         else:
             hconn_local_reply(c, status, _status_reason(status), strlen(_status_reason(status)),
                               NULL, 0, True)
@@ -405,9 +417,8 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
         s = c.stream
         if c.down.readable and not c.down_eof and c.in_buf.length < HTTP_IO_LIMIT \
                 and (s == NULL or s.up == NULL or s.up.out_buf.length < HTTP_IO_LIMIT) \
-                and not (s != NULL and s.up != NULL and not s.req_done and not _dec_body_filtered(s) and (c.req_pipe.bytes
-                         or (c.req.framing == H1_BODY_LENGTH and c.in_buf.length == 0
-                             and s.up.state == UC_BUSY and c.req.state != H1_MESSAGE_DONE))):
+                and not (s != NULL and s.up != NULL and not s.req_done and not _dec_body_filtered(s)
+                         and (c.req_pipe.bytes or _request_splice_ready(c, s))):
             n = chain_read_fd(&c.in_buf, c.down.fd, HTTP_IO_LIMIT - c.in_buf.length, &asked)
             if n > 0:
                 if not c.codec_seen:
@@ -486,98 +497,19 @@ cdef void http_drain_listener(Worker* w, ListenSock* sock) noexcept nogil:
         c = nxt
 
 
-cdef void http_serve_waiting(Worker* w) noexcept nogil:
-    """Requests waiting for a connection (max_connections) of the clusters kicked this
-    turn: each takes an idle connection to its host, or connects once the cluster is under
-    max_connections again (or this worker has no connection to the host left). Runs at the
-    end of the loop turn, outside any pump."""
-    cdef WorkerLb* lb
-    cdef ClusterCfg* cl
-    cdef UpConn* u
-    cdef UpConn* nxt
-    cdef UpConn* p
-    cdef UpConn** head
-    cdef HStream* s
-    cdef Host* host
-    while http_worker(w).kicked != NULL:
-        lb = http_worker(w).kicked
-        http_worker(w).kicked = lb.kick_next
-        lb.kick_next = NULL
-        lb.kicked = 0
-        cl = lb.cluster
-        u = <UpConn*>lb.wait_head
-        while u != NULL:
-            if not u.queued:
-                break       # serving the one before ended it (memory is freed after this)
-            nxt = u.wait_next
-            s = u.stream
-            if s == NULL:
-                upconn_close(u)
-                u = nxt
-                continue
-            if u.hosts != lb.hosts:
-                # The host set changed (DNS) while it waited: pick again from the new one.
-                host = cluster_pick(cl, w, 0)
-                if host == NULL:
-                    _wait_unlink(u)
-                    stat_add(cl.stats, w, C_NONE_HEALTHY, 1)
-                    _upconn_failed(u, 503, NO_HEALTHY_UPSTREAM)
-                    u = nxt
-                    continue
-                u.hosts = lb.hosts
-                u.host_index = <int>(host - lb.hosts.hosts)
-                memcpy(&s.upstream_addr, &host.addr, host.addrlen)
-                s.upstream_addrlen = host.addrlen
-            host = &lb.hosts.hosts[u.host_index]
-            head = _pool_list(cl, w, u.host_index)
-            if head != NULL and head[0] != NULL and not s.connect:     # (a tunnel gets its own)
-                # An idle connection to its host: the request (already serialized into u's
-                # out_buf, never sent) moves to it; u, which never had a socket, ends.
-                _wait_unlink(u)
-                p = _pool_pop(head)
-                _upconn_bind(p, s)
-                if chain_move(&p.out_buf, &u.out_buf) < 0:
-                    p.stream = NULL
-                    upconn_close(p)
-                    _upconn_failed(u, 503, UPSTREAM_OVERFLOW)
-                    u = nxt
-                    continue
-                u.stream = NULL
-                s.up = p
-                upconn_close(u)
-                if not _upconn_attach(p):
-                    _upconn_overflowed(p)       # max_requests: p goes back to the pool
-                else:
-                    p.ep.writable = 1
-                    upconn_pump(p)
-            elif not cb_full(&cl.n_cx, cl.max_cx) or lb.pool_conns == NULL \
-                    or u.host_index >= lb.pool_n or lb.pool_conns[u.host_index] == 0:
-                _wait_unlink(u)
-                if _upconn_connect(u, host) < 0:
-                    _upconn_failed(u, 503, UPSTREAM_CONNECT_FAILURE)
-            u = nxt
-        cluster_decref(cl)
-
-
 cdef void http_free_deferred(Worker* w) noexcept nogil:
     cdef HConn* c
-    cdef UpConn* u
     http_serve_waiting(w)
     while http_worker(w).hconn_deferred != NULL:
         c = http_worker(w).hconn_deferred
         http_worker(w).hconn_deferred = c.next_deferred
         listener_cfg_decref(c.cfg)
         free(c)
-    while http_worker(w).upconn_deferred != NULL:
-        u = http_worker(w).upconn_deferred
-        http_worker(w).upconn_deferred = u.next_deferred
-        cluster_decref(u.cluster)
-        free(u)
+    http_pool_free_deferred(w)
 
 
 cdef void http_worker_teardown(Worker* w) noexcept nogil:
     while http_worker(w).hconns != NULL:
         hconn_close(http_worker(w).hconns, False)
-    while http_worker(w).upconns != NULL:
-        upconn_close(http_worker(w).upconns)
+    http_pool_close_all(w)
     http_free_deferred(w)

@@ -10,12 +10,13 @@ cdef enum:                          # UpConn.state
     UC_CLOSED = 3
     UC_WAITING = 4                  # no socket yet: the cluster's max_connections is reached
 
-cdef enum:                          # how a head we send frames its body
-    UF_PARSER = 0                   # as the received message was framed (re-chunked if chunked)
+cdef enum:                          # how a head we send frames its body (_body_framing
+                                    #   turns these into the codec's BodyFraming)
+    UF_PARSER = 0                   # as the received message was (its length, or streamed)
     UF_NONE = 1                     # no body
-    UF_LENGTH = 2                   # Content-Length: the given length
+    UF_LENGTH = 2                   # the given length (counted: a filter's body)
     UF_MAP_LENGTH = 3               # the Content-Length a filter left in the header map (counted)
-    UF_CHUNKED = 4                  # chunked (close-delimited to an HTTP/1.0 client)
+    UF_STREAM = 4                   # length not known (HTTP/1.1: chunked)
 
 cdef enum:
     HTTP_IO_LIMIT = 1 << 20         # bytes buffered per direction before reading pauses
@@ -97,6 +98,10 @@ cdef struct HttpCfg:
     int nowned
     PyObject* py_keep               # a list of the Python objects filters point at, or NULL
 
+cdef struct ServerCodecApi
+cdef struct ClientCodecApi
+
+
 cdef struct SplicePipe:             # a pipe that Content-Length bodies go through
     int r
     int w
@@ -113,11 +118,13 @@ cdef struct UpConn:
     UpConn* next_deferred
     ClusterCfg* cluster             # one reference
     int host_index
-    HostSet* hosts                  # the host set host_index is into (pool key)
+    HostSet* hosts                  # the host set host_index is into (pool key), one
+                                    #   reference: it outlives a DNS change under a request
     int state
     uint8_t eof
     HStream* stream
-    H1Parser resp
+    const ClientCodecApi* codec     # the protocol it speaks (its state: h1)
+    H1ClientConn h1                 # the HTTP/1.1 codec's state (codec_h1_client.pxi only)
     Chain in_buf
     Chain out_buf
     Timer timer                     # connect timeout, then pooled-idle timeout
@@ -126,29 +133,34 @@ cdef struct UpConn:
                                     #   connecting, or UC_WAITING
     uint8_t rq_attached             # a stream is attached and its response is not complete
     uint8_t remote_close            # the upstream ended the connection (destroy_remote)
-    uint8_t cx_counted              # has a socket: counted in upstream_cx_active, n_cx, pool_conns
+    uint8_t cx_counted              # has a socket: counted in upstream_cx_active and n_cx
     uint8_t last_request            # close after this response (max requests or duration reached)
     uint32_t nrequests              # requests it has carried
-    UpConn* wait_next               # the cluster's per-worker queue of UC_WAITING ones
+    UpConn* wait_next               # its pool's queue of UC_WAITING ones
     UpConn* wait_prev
     uint8_t queued                  # on that queue
-    uint8_t host_counted            # counted in its worker's pool_conns (not a CONNECT tunnel's)
+    uint8_t host_counted            # counted in its pool's nconns (not a CONNECT tunnel's)
     uint64_t id                     # the debug lines' ConnectionId (shared with HConn's)
     StatBlock* hstats               # its host's counters (HS_*), NULL: none
 
 cdef struct HStream:
     HConn* c
-    H1Head head                     # the request head, owned
+    HttpHead head                   # the request head, owned
     int method
-    int minor
+    uint8_t protocol                # HTTP_PROTO_*: the request's protocol (the codec's)
     const RouteEntry* route
     ClusterCfg* cluster
     UpConn* up
     StatBlock* hstats               # the chosen upstream host's counters (HS_*), NULL: none
-    uint8_t req_chunked             # request body re-framed as chunked upstream
+    uint8_t req_has_body            # a body follows the request head
+    uint8_t req_received            # the whole request came from the downstream (its end event)
     uint8_t req_done                # the whole request is in the upstream's out_buf
     uint8_t resp_started            # the response head went to the downstream
-    uint8_t resp_chunked            # ... with a body we frame as chunked
+    uint8_t resp_received           # the whole response came from the upstream (its end event)
+    int64_t req_content_length      # the request body's length as its head gave it; -1: unknown
+    const HttpHead* resp_head       # the upstream's response head, owned by s.up's codec
+                                    #   (valid while s.up is attached: access logs read it)
+    ResponseFacts resp_facts        # ... and what its codec said of it
     uint8_t keepalive               # the downstream connection may carry another request
     uint8_t upgrade                 # the request asks to switch protocols (WebSocket)
     uint8_t tunnel                  # 101 received: both connections are now a byte tunnel
@@ -202,7 +214,8 @@ cdef struct HConn:
     HConn* next
     HConn* next_deferred
     ListenerCfg* cfg                # one reference; cfg.http is this connection's config
-    H1Parser req
+    const ServerCodecApi* codec     # the protocol it speaks (its state: h1)
+    H1ServerConn h1                 # the HTTP/1.1 codec's state (codec_h1_server.pxi only)
     Chain in_buf
     Chain out_buf
     HStream* stream
@@ -231,11 +244,67 @@ cdef struct HConn:
     uint64_t id                     # the debug lines' ConnectionId (core/debug_log.pxi)
 
 
+# ---------------------------------------------------------------- the codec seam
+# A codec turns a connection's bytes into stream events and stream events back into bytes;
+# the connection manager (downstream) and the upstream request (upstream) see it only
+# through these tables. Decoding pushes events: server codecs call cm_on_request_begin,
+# cm_on_request_headers, cm_on_request_data (while cm_request_data_wanted), cm_on_codec_error
+# and cm_on_peer_closed (core/http/conn_manager.pxi, active_stream.pxi); client codecs call
+# ur_on_response_headers, ur_on_response_data (while ur_response_data_wanted) and
+# ur_on_response_error (core/http/router_filter.pxi). Encoding takes a head as a field list
+# plus a BodyFraming, then body bytes and an end (with trailers). raw_* let bytes no filter
+# reads bypass user space (splice) where the codec frames them as they are.
+
+cdef struct ServerCodecApi:
+    const char* name
+    void (*start)(HConn* c) noexcept nogil              # a new connection
+    void (*release)(HConn* c) noexcept nogil            # the connection closes
+    int (*decode)(HConn* c) noexcept nogil              # decode c.in_buf into events; -1: the
+                                                        #   connection closed or the stream ended
+    bint (*mid_message)(HConn* c) noexcept nogil        # part of a request has been read
+    void (*stream_done)(HConn* c) noexcept nogil        # the stream ended: read the next request
+    uint64_t (*raw_body_left)(HConn* c) noexcept nogil  # request body bytes still on the socket
+                                                        #   that may be moved unread (0: none)
+    bint (*raw_body_moved)(HConn* c, uint64_t n) noexcept nogil    # n of them were: True when
+                                                        #   that completed the request
+    int (*encode_headers)(HConn* c, HStream* s, int status, StrRef reason, PairList* l,
+                          const BodyFraming* f, bint close) noexcept nogil
+    int (*encode_data)(HConn* c, Chain* src, size_t n) noexcept nogil   # moves n bytes of src
+    int (*encode_bytes)(HConn* c, const char* p, size_t n) noexcept nogil
+    int (*encode_end)(HConn* c, PairList* trailers) noexcept nogil      # trailers may be NULL
+    int (*encode_continue)(HConn* c) noexcept nogil     # 100 Continue
+    bint (*raw_data_ok)(HConn* c) noexcept nogil        # response body bytes may go out as they are
+
+cdef struct ClientCodecApi:
+    const char* name
+    void (*start)(UpConn* u, int method) noexcept nogil     # a request of `method` will be sent
+    void (*release)(UpConn* u) noexcept nogil
+    int (*decode)(UpConn* u) noexcept nogil             # decode u.in_buf into events; -1: the
+                                                        #   stream ended (u may be gone)
+    bint (*response_complete)(UpConn* u) noexcept nogil
+    bint (*reusable)(UpConn* u) noexcept nogil          # may carry another request after this one
+    uint64_t (*raw_body_left)(UpConn* u) noexcept nogil
+    bint (*raw_body_moved)(UpConn* u, uint64_t n) noexcept nogil
+    int (*encode_headers)(UpConn* u, StrRef method, StrRef target, PairList* l,
+                          const BodyFraming* f) noexcept nogil
+    int (*encode_data)(UpConn* u, Chain* src, size_t n) noexcept nogil
+    int (*encode_end)(UpConn* u, PairList* trailers) noexcept nogil
+    bint (*raw_data_ok)(UpConn* u) noexcept nogil
+
+
+cdef enum:                          # ur_on_response_error: how an upstream response failed
+    UE_PROTOCOL = 1                 # a malformed or unacceptable head
+    UE_CLOSED_IN_HEAD = 2           # the upstream closed inside a response head
+    UE_CLOSED_BEFORE_HEAD = 3       # ... before any byte of one
+    UE_BODY_FRAMING = 4             # bad body framing
+    UE_CLOSED_IN_BODY = 5           # the upstream closed before the body's end
+
+
 # The http.<stat_prefix>.* block (H_*, HTTP_STATS, HTTP_GAUGES): fastproxy/stats_table.py.
 
 
 cdef struct PairList:               # field lines being assembled for a head we send
-    H1Pair* v
+    FieldPair* v
     size_t n
     size_t cap
 

@@ -126,13 +126,10 @@ cdef struct FDir:                   # one direction's iteration state
     int stopped
     uint8_t end_seen                # the last body byte is in `held` (or there is no body)
     uint8_t has_trailers
-    uint8_t sink_started            # the head went out (framing decided)
-    uint8_t sink_chunked
-    uint8_t sink_counted            # framing is Content-Length: check the count
+    uint8_t sink_started            # the head went out (the codec frames what follows)
     uint8_t cont_pending            # the running hook asked to continue before returning
     uint8_t resume_at_end           # the headers held (FS_HELD) resume when the body is
                                     # complete (hf_hold_until_body_end)
-    uint64_t sink_left              # Content-Length bytes still to send
     Chain held
 
 
@@ -262,22 +259,22 @@ cdef void hm_free(HMap* m) noexcept nogil:
 cdef int _hm_reserve(HMap* m, size_t cap) noexcept nogil:
     """Room for `cap` fields. The array comes from the stream's arena (never realloc'd
     or freed on its own), so a map costs no malloc of its own."""
-    cdef H1Pair* nv
+    cdef FieldPair* nv
     if m.l.cap >= cap:
         return 0
     if m.ar == NULL:
         return -1
-    nv = <H1Pair*>arena_alloc(m.ar, cap * sizeof(H1Pair))
+    nv = <FieldPair*>arena_alloc(m.ar, cap * sizeof(FieldPair))
     if nv == NULL:
         return -1
     if m.l.n:
-        memcpy(nv, m.l.v, m.l.n * sizeof(H1Pair))
+        memcpy(nv, m.l.v, m.l.n * sizeof(FieldPair))
     m.l.v = nv
     m.l.cap = cap
     return 0
 
 
-cdef inline int _hm_push(HMap* m, H1Str name, H1Str value) noexcept nogil:
+cdef inline int _hm_push(HMap* m, StrRef name, StrRef value) noexcept nogil:
     if m.l.n == m.l.cap and _hm_reserve(m, m.l.cap * 2 + 8) < 0:
         return -1
     m.l.v[m.l.n].name = name
@@ -286,7 +283,7 @@ cdef inline int _hm_push(HMap* m, H1Str name, H1Str value) noexcept nogil:
     return 0
 
 
-cdef int hm_append_raw(HMap* m, H1Str name, H1Str value) noexcept nogil:
+cdef int hm_append_raw(HMap* m, StrRef name, StrRef value) noexcept nogil:
     """Add a field whose strings outlive the map (a received head, a literal)."""
     return _hm_push(m, name, value)
 
@@ -311,7 +308,7 @@ cdef int hm_add(HMap* m, const char* name, size_t nn, const char* value, size_t 
 
 cdef void _hm_bubble_pseudo(HMap* m) noexcept nogil:
     cdef size_t i = m.l.n - 1
-    cdef H1Pair t
+    cdef FieldPair t
     while i > 0 and m.l.v[i - 1].name.n and m.l.v[i - 1].name.p[0] != b':':
         t = m.l.v[i - 1]
         m.l.v[i - 1] = m.l.v[i]
@@ -351,7 +348,7 @@ cdef int hm_set(HMap* m, const char* name, size_t nn, const char* value, size_t 
 
 cdef const char* hm_get(const HMap* m, const char* name, size_t nn, size_t* vn) noexcept nogil:
     cdef size_t i
-    cdef const H1Pair* f
+    cdef const FieldPair* f
     if nn and name[0] == b':':
         # Pseudo-headers are in front: stop at the first regular field.
         for i in range(m.l.n):
@@ -370,10 +367,10 @@ cdef const char* hm_get(const HMap* m, const char* name, size_t nn, size_t* vn) 
     return NULL
 
 
-cdef int hm_from_head(HMap* m, H1Head* h, bint keep_length, bint skip_host) noexcept nogil:
+cdef int hm_from_head(HMap* m, const HttpHead* h, bint keep_length, bint skip_host) noexcept nogil:
     """The end-to-end fields of a received head (the head must outlive the map)."""
     cdef uint32_t i
-    cdef H1Field* f
+    cdef const HttpField* f
     cdef const char* name
     cdef bint conn = _has_connection_field(h)
     if _hm_reserve(m, m.l.n + h.nfields + 8) < 0:
@@ -396,7 +393,7 @@ cdef int hm_to_pairs(const HMap* m, PairList* l, bint drop_framing) noexcept nog
     """The map's regular fields (no pseudo-headers, no hop-by-hop ones a filter may have
     added; Content-Length only if not drop_framing), for a head we serialize."""
     cdef size_t i
-    cdef const H1Pair* f
+    cdef const FieldPair* f
     if _pl_reserve(l, l.n + m.l.n + 8) < 0:
         return -1
     for i in range(m.l.n):
@@ -708,12 +705,12 @@ cdef bint _hf_flush_local_reply(HStream* s) noexcept nogil:
         hconn_pump(c)                       # (see hf_continue: a reply asked for outside a hook)
         return True
     if s.up != NULL:
-        upconn_close(s.up)
+        http_pool_cancel(s.up)
         s.up = NULL
     s.status = status
     fc.dead = 1
     hconn_local_reply_ex(c, status, fc.local_body, fc.local_body_len, NULL, 0,
-                         c.req.state != H1_MESSAGE_DONE, &fc.local_headers)
+                         not s.req_received, &fc.local_headers)
     stream_finish(s)
     hconn_pump(c)
     return True
@@ -741,11 +738,11 @@ cdef int hf_local_reply_start(HStream* s, int status, const char* body, size_t n
     cdef char clen[24]
     cdef int k
     cdef size_t i, vn
-    cdef const H1Pair* f
+    cdef const FieldPair* f
     cdef const char* p
     cdef bint ok
     if s.up != NULL:
-        upconn_close(s.up)
+        http_pool_cancel(s.up)
         s.up = NULL
     timer_cancel(c.w, &s.timeout)
     fc.dec.phase = FP_PH_DONE
@@ -780,7 +777,7 @@ cdef int hf_local_reply_start(HStream* s, int status, const char* body, size_t n
         ok = ok and _hm_apply_ops(&fc.resp, &s.route.response_headers) == 0
     fc.resp.used = 1
     chain_clear(&d.held)
-    if n and s.method != H1M_HEAD:
+    if n and s.method != METHOD_HEAD:
         ok = ok and chain_append(&d.held, body, n) == 0
     if not ok:
         fc.dead = 1

@@ -30,7 +30,7 @@ cdef size_t _http_date_at(int64_t secs, char* out) noexcept nogil:
                                  t.tm_hour, t.tm_min, t.tm_sec)
 
 
-cdef H1Str worker_date(Worker* w) noexcept nogil:
+cdef StrRef worker_date(Worker* w) noexcept nogil:
     """The current Date value, formatted once per second per worker (the worker's own
     cache, so no lock). Most responses read no clock either: the cache is good until the
     loop-turn time w.now passes the end of the second it was formatted in."""
@@ -288,7 +288,7 @@ cdef size_t _merge_slashes(char* b, size_t n) noexcept nogil:
 cdef int stream_normalize_path(HStream* s, HttpCfg* h) noexcept nogil:
     """Steps 1-3 above on the stream's request target (origin-form by now), which is
     replaced in the head when it changes. Returns PN_*."""
-    cdef H1Head* hd = &s.head
+    cdef HttpHead* hd = &s.head
     cdef const char* t = hd.buf + hd.target_off
     cdef size_t n = hd.target_len
     cdef size_t plen = 0, qlen, m, i
@@ -334,7 +334,7 @@ cdef int stream_normalize_path(HStream* s, HttpCfg* h) noexcept nogil:
             plen = _merge_slashes(a, plen)
         memcpy(a + plen, t + (n - qlen), qlen)
         if plen + qlen != n or memcmp(a, t, n) != 0:
-            if h1_head_set_target(hd, a, plen + qlen) < 0:
+            if http_head_set_target(hd, a, plen + qlen) < 0:
                 return PN_NOMEM
         if escaped and h.escaped_slashes == ES_REDIRECT:
             rc = PN_REDIRECT
@@ -350,8 +350,8 @@ cdef void stream_strip_host_port(HStream* s, HttpCfg* h) noexcept nogil:
     """strip_any_host_port / strip_matching_host_port (the listener's port): "host:port"
     loses ":port" before routing and forwarding. An empty port ("h:") and a bracketed IPv6
     literal without one stay as they are."""
-    cdef H1Head* hd = &s.head
-    cdef H1Field* f = NULL
+    cdef HttpHead* hd = &s.head
+    cdef HttpField* f = NULL
     cdef const char* v
     cdef size_t n, i, colon
     cdef uint32_t port = 0
@@ -384,12 +384,11 @@ cdef void stream_strip_host_port(HStream* s, HttpCfg* h) noexcept nogil:
 
 # ---------------------------------------------------------------- underscores
 
-cdef int hconn_underscores(HConn* c, HttpCfg* h) noexcept nogil:
+cdef int head_underscores(HConn* c, HttpHead* hd, HttpCfg* h) noexcept nogil:
     """headers_with_underscores_action on a request head just parsed (Envoy's HTTP/1 codec
     does it while parsing). DROP_HEADER removes such fields (http1.dropped_headers_with_
     underscores); REJECT_REQUEST refuses the request as a codec error (400, http1.requests_
     rejected_with_underscores_in_headers): returns -1 then."""
-    cdef H1Head* hd = &c.req.head
     cdef uint32_t i, k = 0
     cdef uint64_t dropped = 0
     for i in range(hd.nfields):

@@ -7,7 +7,7 @@ cdef struct HttpWorker:
     HConn* hconn_deferred       # closed ones, freed at the end of the loop turn
     UpConn* upconns             # every upstream HTTP connection: busy, idle, connecting (http_pool.pxi)
     UpConn* upconn_deferred
-    WorkerLb* kicked            # clusters whose waiting requests to serve this turn (http_serve_waiting)
+    HttpPool* kicked            # pools whose waiting requests to serve this turn (http_serve_waiting)
     # the Date header value, formatted once per second (worker_date in hcm_headers.pxi)
     char date[32]
     size_t date_len

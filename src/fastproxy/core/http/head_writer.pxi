@@ -1,7 +1,8 @@
-# Heads and bodies as bytes on the wire: the field lines of a head being assembled (PairList),
-# the header operations of routes and the connection manager applied to them, hop-by-hop and
-# Connection-nominated fields, x-request-id, the head serializer and the chunked framing of
-# the bodies that leave the filter chain. Nothing here decides what to send.
+# The heads the proxy sends, before a codec encodes them: the field lines being assembled
+# (PairList), the header operations of routes and the connection manager applied to them,
+# hop-by-hop and Connection-nominated fields, x-request-id, and how a body is announced
+# (_body_framing: a BodyFraming for the codec). No wire format here: the codecs
+# (core/http/codec_h1_*.pxi) write bytes.
 
 cdef inline bint _ieq(const char* a, size_t an, const char* lower) noexcept nogil:
     """a (any case) equals the lowercase NUL-terminated `lower` (_rt_ieq's compare)."""
@@ -79,21 +80,21 @@ cdef const char* _status_reason(int status) noexcept nogil:
     return "Unknown"
 
 
-cdef inline H1Str _s(const char* p, size_t n) noexcept nogil:
-    cdef H1Str s
+cdef inline StrRef _s(const char* p, size_t n) noexcept nogil:
+    cdef StrRef s
     s.p = p
     s.n = n
     return s
 
 
-cdef inline H1Str _cs(const char* p) noexcept nogil:
+cdef inline StrRef _cs(const char* p) noexcept nogil:
     return _s(p, strlen(p))
 
 
-cdef int _pl_add(PairList* l, H1Str name, H1Str value) noexcept nogil:
-    cdef H1Pair* nv
+cdef int _pl_add(PairList* l, StrRef name, StrRef value) noexcept nogil:
+    cdef FieldPair* nv
     if l.n == l.cap:
-        nv = <H1Pair*>realloc(l.v, (l.cap * 2 + 16) * sizeof(H1Pair))
+        nv = <FieldPair*>realloc(l.v, (l.cap * 2 + 16) * sizeof(FieldPair))
         if nv == NULL:
             return -1
         l.v = nv
@@ -113,9 +114,9 @@ cdef void _pl_remove(PairList* l, const char* name, size_t n) noexcept nogil:
     l.n = k
 
 
-cdef H1Str _pl_take(PairList* l, const char* name, size_t n) noexcept nogil:
+cdef StrRef _pl_take(PairList* l, const char* name, size_t n) noexcept nogil:
     """Remove every field `name`; return the first one's value (p NULL: there was none)."""
-    cdef H1Str first = _s(NULL, 0)
+    cdef StrRef first = _s(NULL, 0)
     cdef size_t i
     for i in range(l.n):
         if _rt_ieq2(l.v[i].name.p, l.v[i].name.n, name, n):
@@ -133,7 +134,7 @@ cdef bint _pl_has(PairList* l, const char* name, size_t n) noexcept nogil:
     return False
 
 
-cdef int _pl_overwrite(PairList* l, H1Str name, H1Str value) noexcept nogil:
+cdef int _pl_overwrite(PairList* l, StrRef name, StrRef value) noexcept nogil:
     """Replace every field `name` by one `name: value` where the first one stood (or add it)."""
     cdef size_t i, k = 0
     cdef bint placed = False
@@ -297,11 +298,11 @@ cdef size_t _u64_text(uint64_t v, char* out) noexcept nogil:
     return n
 
 
-cdef bint _named_by_connection(H1Head* h, const char* name, size_t n) noexcept nogil:
+cdef bint _named_by_connection(const HttpHead* h, const char* name, size_t n) noexcept nogil:
     """Is `name` one of the tokens of the message's Connection header(s)?"""
     cdef uint32_t i
     cdef size_t pos, a, b
-    cdef H1Field* f
+    cdef const HttpField* f
     for i in range(h.nfields):
         f = &h.fields[i]
         if not _ieq(h.buf + f.name_off, f.name_len, "connection"):
@@ -313,7 +314,7 @@ cdef bint _named_by_connection(H1Head* h, const char* name, size_t n) noexcept n
     return False
 
 
-cdef bint _connection_nominations_ok(H1Head* h, bint upgrade) noexcept nogil:
+cdef bint _connection_nominations_ok(const HttpHead* h, bint upgrade) noexcept nogil:
     """Envoy's check of the fields a request's Connection header nominates for removal
     (Utility::sanitizeConnectionHeader), before any is removed: refused when it names Host
     (its removal would leave an HTTP/1.1 request without one), an X-Forwarded-For, -Host or
@@ -323,7 +324,7 @@ cdef bint _connection_nominations_ok(H1Head* h, bint upgrade) noexcept nogil:
     cdef size_t pos, a, b, n
     cdef size_t count = 0
     cdef const char* t
-    cdef H1Field* f
+    cdef const HttpField* f
     for i in range(h.nfields):
         f = &h.fields[i]
         if not _ieq(h.buf + f.name_off, f.name_len, "connection"):
@@ -345,7 +346,7 @@ cdef bint _connection_nominations_ok(H1Head* h, bint upgrade) noexcept nogil:
     return upgrade or count < 10
 
 
-cdef bint _has_connection_field(H1Head* h) noexcept nogil:
+cdef bint _has_connection_field(const HttpHead* h) noexcept nogil:
     cdef uint32_t i
     for i in range(h.nfields):
         if h.fields[i].name_len == 10 and _ieq(h.buf + h.fields[i].name_off, 10, "connection"):
@@ -354,10 +355,10 @@ cdef bint _has_connection_field(H1Head* h) noexcept nogil:
 
 
 cdef int _pl_reserve(PairList* l, size_t n) noexcept nogil:
-    cdef H1Pair* nv
+    cdef FieldPair* nv
     if l.cap >= n:
         return 0
-    nv = <H1Pair*>realloc(l.v, n * sizeof(H1Pair))
+    nv = <FieldPair*>realloc(l.v, n * sizeof(FieldPair))
     if nv == NULL:
         return -1
     l.v = nv
@@ -365,10 +366,10 @@ cdef int _pl_reserve(PairList* l, size_t n) noexcept nogil:
     return 0
 
 
-cdef int _pl_from_head(PairList* l, H1Head* h) noexcept nogil:
+cdef int _pl_from_head(PairList* l, const HttpHead* h) noexcept nogil:
     """The end-to-end fields of a received head (hop-by-hop ones dropped)."""
     cdef uint32_t i
-    cdef H1Field* f
+    cdef const HttpField* f
     cdef const char* name
     cdef bint conn = _has_connection_field(h)
     if _pl_reserve(l, l.n + h.nfields + 8) < 0:
@@ -383,79 +384,15 @@ cdef int _pl_from_head(PairList* l, H1Head* h) noexcept nogil:
     return 0
 
 
-cdef const char* _head_field(H1Head* h, const char* lower, size_t* n) noexcept nogil:
+cdef const char* _head_field(const HttpHead* h, const char* lower, size_t* n) noexcept nogil:
     cdef uint32_t i
-    cdef H1Field* f
+    cdef const HttpField* f
     for i in range(h.nfields):
         f = &h.fields[i]
         if _ieq(h.buf + f.name_off, f.name_len, lower):
             n[0] = f.value_len
             return h.buf + f.value_off
     return NULL
-
-
-cdef int _append_head(Chain* out, PairList* l, bint request, H1Str method, H1Str target,
-                      int status, H1Str reason, int minor=1) noexcept nogil:
-    """Serialize a head straight into a fresh slice at the end of `out`. `minor`: the
-    response's HTTP/1.x version, the request's own (Envoy answers an HTTP/1.0 request with
-    an HTTP/1.0 status line); requests upstream are always HTTP/1.1."""
-    cdef ssize_t n
-    cdef Slice* s
-    if request:
-        n = h1_request_head_size(method, target, 1, l.v, l.n)
-    else:
-        n = h1_response_head_size(status, reason, minor, l.v, l.n)
-    if n < 0:
-        return -1
-    s = slice_new(<size_t>n)
-    if s == NULL:
-        return -1
-    if request:
-        h1_write_request_head(s.data, method, target, 1, l.v, l.n)
-    else:
-        h1_write_response_head(s.data, status, reason, minor, l.v, l.n)
-    s.fill = <size_t>n
-    return chain_append_slice(out, s, 0, <size_t>n)
-
-
-cdef int _append_chunk(Chain* out, const char* p, size_t n) noexcept nogil:
-    cdef char hdr[H1_CHUNK_HEADER_MAX]
-    cdef size_t k = h1_write_chunk_header(hdr, n)
-    if chain_append(out, hdr, k) < 0 or chain_append(out, p, n) < 0:
-        return -1
-    return chain_append(out, "\r\n", 2)
-
-
-cdef int _append_chunk_header(Chain* out, size_t n) noexcept nogil:
-    cdef char hdr[H1_CHUNK_HEADER_MAX]
-    cdef size_t k = h1_write_chunk_header(hdr, n)
-    return chain_append(out, hdr, k)
-
-
-cdef int _append_last_chunk(Chain* out, H1Head* trailers) noexcept nogil:
-    """0 CRLF, the trailer fields (minus hop-by-hop ones), CRLF."""
-    cdef PairList l
-    cdef int rc
-    memset(&l, 0, sizeof(PairList))
-    if trailers != NULL and _pl_from_head(&l, trailers) < 0:
-        free(l.v)
-        return -1
-    rc = _append_last_chunk_pairs(out, &l)
-    free(l.v)
-    return rc
-
-
-cdef int _append_last_chunk_pairs(Chain* out, PairList* l) noexcept nogil:
-    cdef ssize_t n = h1_last_chunk_size(l.v, l.n)
-    cdef Slice* s
-    if n < 0:
-        return -1
-    s = slice_new(<size_t>n)
-    if s == NULL:
-        return -1
-    h1_write_last_chunk(s.data, l.v, l.n)
-    s.fill = <size_t>n
-    return chain_append_slice(out, s, 0, <size_t>n)
 
 
 cdef size_t _host_text(Host* h, char* out, size_t cap) noexcept nogil:
@@ -486,76 +423,62 @@ cdef uint64_t _parse_u64(const char* p, size_t n) noexcept nogil:
     return x
 
 
-cdef int _framing_fields(HStream* s, PairList* l, const HMap* m, int framing, uint64_t length,
-                         char* buf, size_t cap, uint8_t* chunked, FDir* d) noexcept nogil:
-    """The Content-Length/Transfer-Encoding a head we send gets (UF_* other than PARSER)."""
-    cdef size_t n
+cdef int _body_framing(HStream* s, bint response, int framing, uint64_t length, const HMap* m,
+                       BodyFraming* out) noexcept nogil:
+    """The BodyFraming of a head we send (UF_*: what the caller knows of its body). UF_PARSER
+    announces the body as it was received: its length (and the Content-Length text, also on
+    a HEAD or 304 answer and a body-less request that had one), or streamed. -1: a filter
+    left a Content-Length that is not a number."""
+    cdef size_t n = 0
     cdef const char* v
-    cdef int k
-    chunked[0] = 0
-    if framing == UF_LENGTH:
-        k = snprintf(buf, cap, "%llu", <unsigned long long>length)
-        if d != NULL:
-            d.sink_counted = 1
-            d.sink_left = length
-        return _pl_add(l, _cs("content-length"), _s(buf, <size_t>k))
-    if framing == UF_MAP_LENGTH:
+    memset(out, 0, sizeof(BodyFraming))
+    if framing == UF_NONE:
+        out.kind = BODY_NONE
+    elif framing == UF_LENGTH:
+        out.kind = BODY_LENGTH
+        out.length = length
+        out.check_length = 1
+    elif framing == UF_MAP_LENGTH:
         v = hm_get(m, "content-length", 14, &n)
         if v == NULL or n == 0 or n > 19 or not _all_digits(v, n):
             return -1
-        if d != NULL:
-            d.sink_counted = 1
-            d.sink_left = _parse_u64(v, n)
-        return _pl_add(l, _cs("content-length"), _s(v, n))
-    if framing == UF_CHUNKED:
-        chunked[0] = 1
-        if d != NULL:
-            d.sink_chunked = 1
-        return _pl_add(l, _cs("transfer-encoding"), _cs("chunked"))
+        out.kind = BODY_LENGTH
+        out.length = _parse_u64(v, n)
+        out.length_text = _s(v, n)
+        out.check_length = 1
+    elif framing == UF_STREAM:
+        out.kind = BODY_STREAM
+    elif response:
+        out.length_text = s.resp_facts.length_text
+        if s.resp_facts.end_stream:
+            out.kind = BODY_NONE
+        elif s.resp_facts.content_length >= 0:
+            out.kind = BODY_LENGTH
+            out.length = <uint64_t>s.resp_facts.content_length
+        else:
+            out.kind = BODY_STREAM
+    else:
+        v = _head_field(&s.head, "content-length", &n)
+        if v != NULL:
+            out.length_text = _s(v, n)
+        if not s.req_has_body:
+            out.kind = BODY_NONE
+        elif s.req_content_length >= 0:
+            out.kind = BODY_LENGTH
+            out.length = <uint64_t>s.req_content_length
+        else:
+            out.kind = BODY_STREAM
+            out.length_text = _s(NULL, 0)
     return 0
 
 
 cdef inline int _sink_framing(FDir* d, const HMap* m) noexcept nogil:
     """How a filtered body is framed, decided when its first bytes leave the chain: the
     exact length if the whole body is here, else the Content-Length a filter left in the
-    headers (counted), else chunked."""
+    headers (counted), else streamed."""
     cdef size_t n
     if d.phase == FP_PH_DONE:
         return UF_LENGTH
     if hm_get(m, "content-length", 14, &n) != NULL:
         return UF_MAP_LENGTH
-    return UF_CHUNKED
-
-
-cdef int _sink_frame(FDir* d, Chain* out, const HMap* trailers) noexcept nogil:
-    """Move the body the filters passed (and, at the end, the last chunk) to `out` in the
-    framing the head announced. -1: the body disagrees with a declared Content-Length (the
-    peer must never read extra or missing bytes as the next message), or no memory."""
-    cdef size_t n = d.held.length
-    cdef PairList tl
-    cdef int rc
-    if n:
-        if d.sink_counted:
-            if n > d.sink_left:
-                return -1
-            d.sink_left -= n
-        if d.sink_chunked:
-            if _append_chunk_header(out, n) < 0:
-                return -1
-            chain_move(out, &d.held)
-            if chain_append(out, "\r\n", 2) < 0:
-                return -1
-        else:
-            chain_move(out, &d.held)
-    if d.phase == FP_PH_DONE:
-        if d.sink_counted and d.sink_left:
-            return -1
-        if d.sink_chunked:
-            memset(&tl, 0, sizeof(PairList))
-            if trailers.used and hm_to_pairs(trailers, &tl, True) < 0:
-                free(tl.v)
-                return -1
-            rc = _append_last_chunk_pairs(out, &tl)
-            free(tl.v)
-            return rc
-    return 0
+    return UF_STREAM

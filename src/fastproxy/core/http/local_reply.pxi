@@ -15,25 +15,23 @@ cdef void hconn_local_reply_ex(HConn* c, int status, const char* body, size_t bo
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
     cdef HStream* st = c.stream
     cdef PairList l
-    cdef char clen[24]
+    cdef BodyFraming bf
     cdef char* owned = NULL
-    cdef int k
-    # The client's HTTP/1.x version, as Envoy answers; but the 426 that refuses HTTP/1.0
-    # comes from Envoy's codec, which never took the request as HTTP/1.0: HTTP/1.1.
-    cdef int minor = st.minor if st != NULL and status != 426 else 1
+    cdef size_t k
+    cdef bint close = close_conn
+    cdef int rc
     memset(&l, 0, sizeof(PairList))
+    memset(&bf, 0, sizeof(BodyFraming))
     if status == 204:
-        pass                            # a 204 has no body and no Content-Length (Envoy)
-    elif st != NULL and st.method == H1M_HEAD and body_len == 0:
-        # Envoy's codec frames a HEAD answer without Content-Length as chunked (no body
-        # follows either way); checked against Envoy 1.40 on redirects and empty replies.
-        _pl_add(&l, _cs("transfer-encoding"), _cs("chunked"))
+        bf.kind = BODY_NONE             # a 204 has no body and no Content-Length (Envoy)
+    elif st != NULL and st.method == METHOD_HEAD and body_len == 0:
+        bf.kind = BODY_NONE             # the codec announces it as Envoy's does (chunked)
     else:
-        k = snprintf(clen, sizeof(clen), "%zu", body_len)
-        _pl_add(&l, _cs("content-length"), _s(clen, <size_t>k))
+        bf.kind = BODY_LENGTH
+        bf.length = body_len
     if extra != NULL:
         hm_to_pairs(extra, &l, True)
-    if body_len and (extra == NULL or hm_get(extra, "content-type", 12, <size_t*>&k) == NULL):
+    if body_len and (extra == NULL or hm_get(extra, "content-type", 12, &k) == NULL):
         _pl_add(&l, _cs("content-type"), _cs("text/plain"))
     if location != NULL:
         _pl_add(&l, _cs("location"), _s(location, location_len))
@@ -45,26 +43,24 @@ cdef void hconn_local_reply_ex(HConn* c, int status, const char* body, size_t bo
         _pl_apply_ops(&l, &c.stream.route.response_headers)
     pl_finish_response(&l, c.stream, c, &owned)             # Date, Server, Via, x-request-id
     if close_conn:
-        _pl_add(&l, _cs("connection"), _cs("close"))
         c.close_after = 1
-    elif st != NULL and (not st.keepalive or c.req.state != H1_MESSAGE_DONE
-                         or (minor == 0 and body_len == 0 and status != 204)):
+    elif st != NULL and (not st.keepalive or not st.req_received
+                         or (st.protocol == HTTP_PROTO_10 and status != 426 and body_len == 0
+                             and status != 204)):
         # The connection ends after this reply (stream_finish): the client asked for it,
         # or its request is HTTP/1.0 without keep-alive, or its body was not read. Envoy
         # says so in the reply. Envoy 1.40 also ends an HTTP/1.0 keep-alive connection
         # after an empty local reply (a redirect), so the proxy does too.
         st.keepalive = 0
-        _pl_add(&l, _cs("connection"), _cs("close"))
-    elif minor == 0:
-        _pl_add(&l, _cs("connection"), _cs("keep-alive"))
-    _append_head(&c.out_buf, &l, False, _s(NULL, 0), _s(NULL, 0), status, _cs(_status_reason(status)),
-                 minor)
+        close = True
+    rc = c.codec.encode_headers(c, st, status, _s(NULL, 0), &l, &bf, close)
     free(l.v)
     free(owned)
-    if body_len and (c.stream == NULL or c.stream.method != H1M_HEAD):
-        chain_append(&c.out_buf, body, body_len)
-        if c.stream != NULL:
-            c.stream.bytes_sent += body_len
+    if rc == 0 and body_len and c.codec.encode_bytes(c, body, body_len) == 0 \
+            and st != NULL and st.method != METHOD_HEAD:
+        st.bytes_sent += body_len
+    if rc == 0:
+        c.codec.encode_end(c, NULL)
     if c.stream != NULL:
         c.stream.status = status
         c.stream.resp_started = 1
@@ -122,21 +118,20 @@ cdef inline void _count_downstream(HConn* c, int status) noexcept nogil:
 
 
 cdef int _local_response_head(HStream* s, int framing, uint64_t length) noexcept nogil:
-    """Serialize a local reply that passed the encoder filters into c.out_buf: :status and
-    the fields as the filters left them, framing from the body that passed them (UF_PARSER:
-    a HEAD reply, whose Content-Length the map carries). -1: no valid :status."""
+    """Encode a local reply that passed the encoder filters: :status and the fields as the
+    filters left them, framing from the body that passed them (UF_PARSER: a HEAD reply,
+    whose Content-Length the map carries). -1: no valid :status."""
     cdef HConn* c = s.c
-    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
     cdef FChain* fc = s.fc
     cdef PairList l
+    cdef BodyFraming bf
     cdef const char* v
     cdef size_t n
-    cdef char lenbuf[24]
     cdef char* owned = NULL
-    cdef uint8_t chunked = 0
     cdef int status
-    cdef H1Str clv
+    cdef StrRef clv
     memset(&l, 0, sizeof(PairList))
+    memset(&bf, 0, sizeof(BodyFraming))
     try:
         v = hm_get(&fc.resp, ":status", 7, &n)
         if v == NULL or n != 3 or not _all_digits(v, 3):
@@ -146,32 +141,30 @@ cdef int _local_response_head(HStream* s, int framing, uint64_t length) noexcept
             return -1
         if hm_to_pairs(&fc.resp, &l, framing != UF_PARSER) < 0:
             return -1
-        if framing != UF_PARSER and _framing_fields(s, &l, &fc.resp, framing, length, lenbuf,
-                                                    sizeof(lenbuf), &chunked, &fc.enc) < 0:
+        if framing != UF_PARSER and _body_framing(s, True, framing, length, &fc.resp, &bf) < 0:
             return -1
         # Envoy's framing of local replies, as on the unfiltered path (hconn_local_reply_ex):
-        # a 204 has no Content-Length; an empty reply to HEAD is announced chunked.
+        # a 204 has no Content-Length; an empty reply to HEAD gives none (the codec then
+        # announces it chunked).
         if status == 204:
             _pl_remove(&l, "content-length", 14)
             _pl_remove(&l, "transfer-encoding", 17)
+            memset(&bf, 0, sizeof(BodyFraming))
         elif framing == UF_PARSER:
             clv = _pl_take(&l, "content-length", 14)
+            _pl_remove(&l, "transfer-encoding", 17)
             if clv.p == NULL or (clv.n == 1 and clv.p[0] == b'0'):
-                _pl_add(&l, _cs("transfer-encoding"), _cs("chunked"))
+                bf.kind = BODY_NONE
             else:
-                _pl_add(&l, _cs("content-length"), clv)
-        if fc.local_close or c.req.state != H1_MESSAGE_DONE:
+                bf.kind = BODY_NONE
+                bf.length_text = clv
+        if fc.local_close or not s.req_received:
             s.keepalive = 0             # the rest of the request was never read
-        elif s.minor == 0 and framing == UF_LENGTH and length == 0 and status != 204:
+        elif s.protocol == HTTP_PROTO_10 and framing == UF_LENGTH and length == 0 and status != 204:
             s.keepalive = 0             # Envoy ends HTTP/1.0 keep-alive after an empty reply
         if pl_finish_response(&l, s, c, &owned) < 0:
             return -1
-        if not s.keepalive:
-            _pl_add(&l, _cs("connection"), _cs("close"))
-        elif s.minor == 0:
-            _pl_add(&l, _cs("connection"), _cs("keep-alive"))
-        if _append_head(&c.out_buf, &l, False, _s(NULL, 0), _s(NULL, 0), status,
-                        _cs(_status_reason(status)), s.minor) < 0:
+        if c.codec.encode_headers(c, s, status, _s(NULL, 0), &l, &bf, not s.keepalive) < 0:
             return -1
         s.status = status
         _count_downstream(c, status)

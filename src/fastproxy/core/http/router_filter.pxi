@@ -100,22 +100,21 @@ cdef int splice_move(SplicePipe* sp, Endp* src, Endp* dst, uint64_t* src_left,
 
 
 cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexcept nogil:
-    """Serialize the request head for the upstream into s.up.out_buf."""
+    """Encode the request head for the upstream (s.up's codec)."""
     cdef HConn* c = s.c
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
     cdef const RouteEntry* e = s.route
     cdef PairList l
     cdef char xff[1024]
     cdef Host* uhost
-    cdef char lenbuf[24]
     cdef char tobuf[24]
     cdef size_t n, k
     cdef const char* v
-    cdef H1Str target = _s(s.head.buf + s.head.target_off, s.head.target_len)
-    cdef H1Str method = _s(s.head.buf + s.head.method_off, s.head.method_len)
-    cdef H1Str orig_target
-    cdef H1Str orig_host = _s(NULL, 0)     # the Host a host rewrite replaced
-    cdef uint8_t chunked = 0
+    cdef StrRef target = _s(s.head.buf + s.head.target_off, s.head.target_len)
+    cdef StrRef method = _s(s.head.buf + s.head.method_off, s.head.method_len)
+    cdef StrRef orig_target
+    cdef StrRef orig_host = _s(NULL, 0)     # the Host a host rewrite replaced
+    cdef BodyFraming bf
     cdef char* owned = NULL
     cdef char* xff_owned = NULL             # the x-forwarded-for when xff[] is too small
     cdef char* xffp = xff
@@ -141,18 +140,8 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
         orig_target = target
         if s.rewritten_path != NULL:
             target = _s(s.rewritten_path, s.rewritten_path_len)
-        if framing == UF_PARSER:
-            if s.req_chunked:
-                _pl_add(&l, _cs("transfer-encoding"), _cs("chunked"))
-            else:
-                v = _head_field(&s.head, "content-length", &n)
-                if v != NULL:
-                    _pl_add(&l, _cs("content-length"), _s(v, n))
-        else:
-            if _framing_fields(s, &l, &s.fc.req, framing, length, lenbuf, sizeof(lenbuf), &chunked,
-                               &s.fc.dec) < 0:
-                return -1
-            s.req_chunked = chunked
+        if _body_framing(s, False, framing, length, &s.fc.req if s.fc != NULL else NULL, &bf) < 0:
+            return -1
         if s.expect_continue:
             _pl_remove(&l, "expect", 6)     # we answered 100-continue ourselves (Envoy too);
                                             # other expectations go on, as in Envoy
@@ -160,7 +149,7 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
             v = _head_field(&s.head, "upgrade", &n)
             if v != NULL:
                 _pl_add(&l, _cs("upgrade"), _s(v, n))
-                _pl_add(&l, _cs("connection"), _cs("upgrade"))
+                bf.upgrade = 1                  # the codec adds its Connection: upgrade
         if e.host_rewrite_literal.p != NULL:
             orig_host = _pl_take(&l, "host", 4)
             _pl_add(&l, _cs("host"), _s(e.host_rewrite_literal.p, e.host_rewrite_literal.n))
@@ -226,218 +215,188 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
             _pl_add(&l, _cs("x-envoy-original-host"), orig_host)    # the Host it replaced
         if _pl_apply_ops(&l, &e.request_headers) < 0:
             return -1
-        if _append_head(&s.up.out_buf, &l, True, method, target, 0, _s(NULL, 0)) < 0:
-            return -1
-        return 0
+        return s.up.codec.encode_headers(s.up, method, target, &l, &bf)
     finally:
         free(l.v)
         free(owned)
         free(xff_owned)
 
 
-cdef int stream_on_upstream(HStream* s) noexcept nogil:
-    """Parse what the upstream sent and forward it. -1: the stream or connection ended."""
+cdef bint _response_splice_ready(HStream* s) noexcept nogil:
+    """Can the rest of the response body go upstream -> pipe -> downstream unread? Only a
+    body both codecs pass as it is (a Content-Length one), no encoder filter reads, and
+    nothing buffered on either side."""
+    cdef UpConn* u = s.up
+    cdef HConn* c = s.c
+    return (s.resp_started and not _enc_body_filtered(s) and u.in_buf.length == 0
+            and c.out_buf.length == 0 and u.codec.raw_body_left(u) != 0
+            and c.codec.raw_data_ok(c) and splice_pipe_open(c.w, &c.rsp_pipe))
+
+
+cdef int _response_splice(HStream* s) noexcept nogil:
+    """Move response body bytes with splice(2). -1: the stream or connection ended; 0: wait
+    for the sockets; 1: the body is complete (the codec delivers its end)."""
     cdef UpConn* u = s.up
     cdef HConn* c = s.c
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
-    cdef H1Parser* p = &u.resp
-    cdef SliceRef* r
-    cdef ssize_t n
-    cdef size_t off, seg
-    cdef uint64_t left, moved
-    cdef int rc
+    cdef uint64_t before = u.codec.raw_body_left(u)
+    cdef uint64_t left = before
+    cdef uint64_t moved = 0
+    cdef bint done
+    cdef int rc = splice_move(&c.rsp_pipe, &u.ep, &c.down, &left, &moved)
+    stat_add(h.stats, c.w, H_BYTES_SPLICED, moved)
+    stat_add(h.stats, c.w, H_CX_TX_BYTES, moved)
+    stat_add(s.cluster.stats, c.w, C_RX_BYTES, before - left)
+    s.bytes_sent += moved
+    if moved or left != before:
+        s.last_active_ms = c.w.now
+    done = u.codec.raw_body_moved(u, before - left)
+    if rc < 0:
+        if rc == -1:
+            u.remote_close = 1          # the upstream ended or failed
+        else:
+            c.peer_gone = 1
+        hconn_close(c, True)
+        return -1
+    if c.rsp_pipe.bytes or not done:
+        return 0
+    return 1
+
+
+cdef int stream_on_upstream(HStream* s) noexcept nogil:
+    """The upstream connection has news for s: its codec decodes the response into the
+    events below (or, for a tunnel, bytes flow). -1: the stream or connection ended."""
+    cdef UpConn* u = s.up
+    cdef HConn* c = s.c
     if s.connect and not s.tunnel and stream_connect_established(s) < 0:
         hconn_close(c, True)
         return -1
     while True:
         if s.tunnel:
             return _tunnel_pump(s)
-        if p.state == H1_HEAD:
-            if u.in_buf.length == 0:
-                break
-            r = &u.in_buf.refs[u.in_buf.head]
-            n = h1_feed_head(p, r.s.data + r.off, r.len)
-            if n < 0:
-                _upconn_failed(u, 502, UPSTREAM_PROTOCOL_ERROR)     # counts the 5xx
-                return -1
-            chain_drain(&u.in_buf, <size_t>n)
-            if p.state != H1_HEAD_DONE:
-                continue
-            if p.flags & H1F_TE_CODINGS:
-                # gzip, chunked etc.: the coding would be lost when re-framing (Envoy: 502).
-                _upconn_failed(u, 502, UPSTREAM_PROTOCOL_ERROR)
-                return -1
-            if p.head.status == 101 and s.upgrade:
-                if _tunnel_response_head(s) < 0:
-                    _upconn_failed(u, 502, UPSTREAM_PROTOCOL_ERROR)
-                    return -1
-                s.status = 101
-                s.resp_started = 1
-                s.tunnel = 1
-                timer_cancel(c.w, &s.timeout)
-                _count_downstream(c, 101)
-                chain_move(&u.out_buf, &c.in_buf)       # bytes the client sent early
-                continue
-            if p.head.status == 101:
-                # A switch the request did not ask for (RFC 9110 section 15.2.2: a server
-                # switches only to a protocol the client offered). The parser stops at a
-                # 101, so whatever follows is not HTTP: the connection is unusable.
-                _upconn_failed(u, 502, UPSTREAM_PROTOCOL_ERROR)
-                return -1
-            if (p.head.status < 200 or p.head.status == 204) and (
-                    (p.flags & H1X_TE) or p.content_length > 0):
-                # Envoy's codec: a 1xx or 204 cannot frame a body, so Transfer-Encoding or a
-                # non-zero Content-Length there means the upstream and we disagree on where
-                # the message ends; the connection cannot be trusted for the next response.
-                _upconn_failed(u, 502, UPSTREAM_PROTOCOL_ERROR)
-                return -1
-            if p.flags & H1F_INTERIM:
-                # 1xx: we already answered any Expect ourselves; drop it.
-                h1_reset(p)
-                continue
-            s.status = p.head.status
-            if fp_log_level <= LOG_DEBUG:
-                fp_log(c.w.index, "router", c.id, c.nrequests,
-                       "upstream headers complete: status %d from connection %llu", s.status,
-                       <unsigned long long>u.id)
-            _count_upstream(s.cluster.stats, c.w, s.status)
-            _count_host(s, s.status)
-            _count_downstream(c, s.status)
-            if _enc_filtered(s):
-                if p.framing == H1_BODY_NONE:
-                    p.state = H1_MESSAGE_DONE
-                if _response_to_filters(s) < 0:
-                    return -1
-                continue
-            if _downstream_response_head(s, UF_PARSER, 0) < 0:
-                _upconn_failed(u, 502, UPSTREAM_PROTOCOL_ERROR)
-                return -1
-            s.resp_started = 1
-            s.resp_from_upstream = 1
-            s.response_start_ms = c.w.now
-            if p.framing == H1_BODY_NONE:
-                p.state = H1_MESSAGE_DONE
-            continue
-        if _enc_body_filtered(s):
-            # The body goes through the encoder filters; their sink frames it.
-            if p.state == H1_MESSAGE_DONE:
-                if not s.resp_end_fed:
-                    s.resp_end_fed = 1
-                    if p.trailers.nfields and hm_from_head(&s.fc.resp_trailers, &p.trailers, True, False) < 0:
-                        hconn_close(c, True)
-                        return -1
-                    if hf_body_in(s, True, &u.in_buf, 0, True, p.trailers.nfields > 0) < 0:
-                        return -1
-                    continue
-                break
-            if not hf_wants_more(s, True):
-                break
-            if u.in_buf.length == 0:
-                if u.eof:
-                    if h1_feed_eof(p) == 0:
-                        continue
-                    if s.resp_started:
-                        hconn_close(c, True)
-                    else:
-                        _upconn_failed(u, 502, UPSTREAM_PROTOCOL_ERROR)
-                    return -1
-                break
-            r = &u.in_buf.refs[u.in_buf.head]
-            n = h1_feed_body(p, r.s.data + r.off, r.len, &off, &seg)
-            if n < 0:
-                if s.resp_started:
-                    hconn_close(c, True)
-                else:
-                    _upconn_failed(u, 502, UPSTREAM_PROTOCOL_ERROR)
-                return -1
-            stat_add(h.stats, c.w, H_BYTES_COPIED, seg)
-            chain_drain(&u.in_buf, off)
-            if seg or p.state == H1_MESSAGE_DONE:
-                if p.state == H1_MESSAGE_DONE:
-                    s.resp_end_fed = 1
-                    if p.trailers.nfields and hm_from_head(&s.fc.resp_trailers, &p.trailers, True, False) < 0:
-                        hconn_close(c, True)
-                        return -1
-                if hf_body_in(s, True, &u.in_buf, seg, p.state == H1_MESSAGE_DONE,
-                              p.state == H1_MESSAGE_DONE and p.trailers.nfields > 0) < 0:
-                    return -1
-            chain_drain(&u.in_buf, <size_t>n - off - seg)
-            continue
-        if not s.resp_started:
-            break                       # an encoder filter holds the response head
-        if c.rsp_pipe.bytes or (p.framing == H1_BODY_LENGTH and s.resp_started
-                                and p.state != H1_MESSAGE_DONE and u.in_buf.length == 0
-                                and c.out_buf.length == 0 and splice_pipe_open(c.w, &c.rsp_pipe)):
-            # The rest of a Content-Length body: upstream -> pipe -> downstream.
-            left = p.body_remaining if p.state != H1_MESSAGE_DONE else 0
-            moved = 0
-            rc = splice_move(&c.rsp_pipe, &u.ep, &c.down, &left, &moved)
-            stat_add(h.stats, c.w, H_BYTES_SPLICED, moved)
-            stat_add(h.stats, c.w, H_CX_TX_BYTES, moved)
-            stat_add(s.cluster.stats, c.w, C_RX_BYTES, p.body_remaining - left)
-            s.bytes_sent += moved
-            if moved or left != p.body_remaining:
-                s.last_active_ms = c.w.now
-            h1_body_skipped(p, p.body_remaining - left)
-            if rc < 0:
-                if rc == -1:
-                    u.remote_close = 1      # the upstream ended or failed
-                else:
-                    c.peer_gone = 1
-                hconn_close(c, True)
-                return -1
-            if c.rsp_pipe.bytes or p.state != H1_MESSAGE_DONE:
-                break
-            continue
-        if p.state == H1_MESSAGE_DONE:
-            if s.resp_chunked and _append_last_chunk(&c.out_buf, &p.trailers) < 0:
-                hconn_close(c, True)
-                return -1
-            stream_finish(s)
+        if c.rsp_pipe.bytes or _response_splice_ready(s):
+            if _response_splice(s) <= 0:
+                return -1 if c.closed or c.stream != s else 0
+        if u.codec.decode(u) < 0:
             return -1
-        # body
-        if u.in_buf.length == 0:
-            if u.eof:
-                if h1_feed_eof(p) == 0:
-                    continue
-                if s.resp_started:
-                    s.response_flags |= RF_UC       # the upstream ended inside the body
-                    hconn_close(c, True)
-                else:
-                    _upconn_failed(u, 503, UPSTREAM_TERMINATION)
-                return -1
-            break
-        r = &u.in_buf.refs[u.in_buf.head]
-        n = h1_feed_body(p, r.s.data + r.off, r.len, &off, &seg)
-        if n < 0:
-            s.response_flags |= RF_UPE              # bad body framing from the upstream
-            hconn_close(c, True)
+        if not s.tunnel and not _response_splice_ready(s):
+            return 0
+
+
+# -- the client codec's events (core/http/codec_h1_client.pxi says when each comes)
+
+cdef int ur_on_response_headers(HStream* s, const HttpHead* head, const ResponseFacts* f) noexcept nogil:
+    """A final response head (the codec keeps it; s.resp_head borrows it). -1: the stream
+    ended."""
+    cdef UpConn* u = s.up
+    cdef HConn* c = s.c
+    s.resp_head = head
+    s.resp_facts = f[0]
+    if head.status == 101:
+        if not s.upgrade:
+            # A switch the request did not ask for (RFC 9110 section 15.2.2: a server
+            # switches only to a protocol the client offered). The parser stops at a 101,
+            # so whatever follows is not HTTP: the connection is unusable.
+            http_pool_fail(u, 502, UPSTREAM_PROTOCOL_ERROR)
             return -1
-        if seg:
-            stat_add(h.stats, c.w, H_BYTES_COPIED, seg)
-            s.bytes_sent += seg
-            if p.framing == H1_BODY_LENGTH or (p.framing == H1_BODY_EOF and not s.resp_chunked):
-                chain_move_bytes(&c.out_buf, &u.in_buf, <size_t>n)    # off == 0, seg == n
-                continue
-            if s.resp_chunked:
-                if _append_chunk(&c.out_buf, r.s.data + r.off + off, seg) < 0:
-                    hconn_close(c, True)
-                    return -1
-            elif chain_append(&c.out_buf, r.s.data + r.off + off, seg) < 0:
-                hconn_close(c, True)            # chunked to an HTTP/1.0 client: data only
-                return -1
-        chain_drain(&u.in_buf, <size_t>n)
-    if u.eof and p.state == H1_HEAD:
-        if s.resp_started:
-            s.response_flags |= RF_UC
-            hconn_close(c, True)
-        elif p.head.len:
-            # Closed inside a response head: a malformed message (Envoy: protocol error).
-            _upconn_failed(u, 502, UPSTREAM_PROTOCOL_ERROR)
-        else:
-            _upconn_failed(u, 503, UPSTREAM_TERMINATION)
+        if _tunnel_response_head(s) < 0:
+            http_pool_fail(u, 502, UPSTREAM_PROTOCOL_ERROR)
+            return -1
+        s.status = 101
+        s.resp_started = 1
+        s.tunnel = 1
+        timer_cancel(c.w, &s.timeout)
+        _count_downstream(c, 101)
+        chain_move(&u.out_buf, &c.in_buf)       # bytes the client sent early
+        return 0
+    s.status = head.status
+    if fp_log_level <= LOG_DEBUG:
+        fp_log(c.w.index, "router", c.id, c.nrequests,
+               "upstream headers complete: status %d from connection %llu", s.status,
+               <unsigned long long>u.id)
+    _count_upstream(s.cluster.stats, c.w, s.status)
+    _count_host(s, s.status)
+    _count_downstream(c, s.status)
+    if _enc_filtered(s):
+        return _response_to_filters(s)
+    if _downstream_response_head(s, UF_PARSER, 0) < 0:
+        http_pool_fail(u, 502, UPSTREAM_PROTOCOL_ERROR)
         return -1
+    s.resp_started = 1
+    s.resp_from_upstream = 1
+    s.response_start_ms = c.w.now
     return 0
+
+
+cdef bint ur_response_data_wanted(HStream* s, bint at_end) noexcept nogil:
+    """May the codec deliver response body (at_end: the response's end) now? Not while an
+    encoder filter holds the head (its continue restarts this), nor body beyond what the
+    encoder filters will buffer (their end always)."""
+    if _enc_body_filtered(s):
+        return at_end or hf_wants_more(s, True)
+    return s.resp_started != 0
+
+
+cdef int ur_on_response_data(HStream* s, Chain* src, size_t n, bint end,
+                             const HttpHead* trailers) noexcept nogil:
+    """n response body bytes at the front of src (the receiver takes them), `end` with the
+    last, trailers (or NULL) with the end. -1: the stream ended."""
+    cdef HConn* c = s.c
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    cdef PairList tl
+    cdef int rc
+    stat_add(h.stats, c.w, H_BYTES_COPIED, n)
+    if end:
+        s.resp_received = 1
+    if _enc_body_filtered(s):
+        # The body goes through the encoder filters; their sink frames it.
+        if end:
+            s.resp_end_fed = 1
+            if trailers != NULL and hm_from_head(&s.fc.resp_trailers, trailers, True, False) < 0:
+                hconn_close(c, True)
+                return -1
+        return hf_body_in(s, True, src, n, end, trailers != NULL)
+    if n:
+        s.bytes_sent += n
+        if c.codec.encode_data(c, src, n) < 0:
+            hconn_close(c, True)
+            return -1
+    if not end:
+        return 0
+    memset(&tl, 0, sizeof(PairList))
+    rc = 0
+    if trailers != NULL:
+        rc = _pl_from_head(&tl, trailers)
+    if rc == 0:
+        rc = c.codec.encode_end(c, &tl)
+    free(tl.v)
+    if rc < 0:
+        hconn_close(c, True)
+        return -1
+    stream_finish(s)
+    return -1
+
+
+cdef void ur_on_response_error(HStream* s, int kind) noexcept nogil:
+    """The upstream's response cannot be completed (UE_*): Envoy's answers, a 502 or 503
+    while nothing went downstream yet, else a reset with its response flag."""
+    cdef UpConn* u = s.up
+    cdef HConn* c = s.c
+    cdef bint filtered = _enc_body_filtered(s)
+    if kind == UE_PROTOCOL:
+        http_pool_fail(u, 502, UPSTREAM_PROTOCOL_ERROR)     # counts the 5xx
+    elif s.resp_started:
+        if kind == UE_BODY_FRAMING and not filtered:
+            s.response_flags |= RF_UPE              # bad body framing from the upstream
+        elif not filtered or kind == UE_CLOSED_IN_HEAD or kind == UE_CLOSED_BEFORE_HEAD:
+            s.response_flags |= RF_UC               # the upstream ended inside the response
+        hconn_close(c, True)
+    elif kind == UE_CLOSED_BEFORE_HEAD or (kind == UE_CLOSED_IN_BODY and not filtered):
+        http_pool_fail(u, 503, UPSTREAM_TERMINATION)
+    else:
+        # Closed inside a response head, or a filtered body that broke before its head
+        # went out: a malformed message (Envoy: protocol error).
+        http_pool_fail(u, 502, UPSTREAM_PROTOCOL_ERROR)
 
 
 cdef RouteHeader* _route_input(HStream* s, RouteInput* r, RouteHeader* stack) noexcept nogil:
@@ -460,7 +419,7 @@ cdef inline void _route_input_free(RouteHeader* hdrs, RouteHeader* stack) noexce
 
 
 cdef void _fill_route_input(HStream* s, RouteInput* r, RouteHeader* hdrs) noexcept nogil:
-    cdef H1Head* hd = &s.head
+    cdef HttpHead* hd = &s.head
     cdef uint32_t i
     cdef size_t n, k
     cdef HMap* m
@@ -570,7 +529,7 @@ cdef int stream_route(HStream* s) noexcept nogil:
         _route_input_free(hdrs, stack)
         stat_add(h.stats, c.w, H_NO_ROUTE, 1)
         s.response_flags |= RF_NR
-        stream_local_reply(s, 404, "", 0, NULL, 0, c.req.state != H1_MESSAGE_DONE)
+        stream_local_reply(s, 404, "", 0, NULL, 0, not s.req_received)
         return -1
     if e.action == ROUTE_DIRECT_RESPONSE or e.action == ROUTE_REDIRECT:
         n = route_text(route_redirect_location, e, &r, loc, sizeof(loc), &text)
@@ -579,7 +538,7 @@ cdef int stream_route(HStream* s) noexcept nogil:
             stream_local_reply(s, 503, NO_MEMORY_BODY, strlen(NO_MEMORY_BODY), NULL, 0, True)
             return -1
         stream_local_reply(s, e.status, e.body.p, e.body.n, text if n >= 0 else NULL,
-                           <size_t>n if n >= 0 else 0, c.req.state != H1_MESSAGE_DONE)
+                           <size_t>n if n >= 0 else 0, not s.req_received)
         if text != loc:
             free(text)                  # the reply holds its own copy
         return -1
@@ -610,22 +569,23 @@ cdef int stream_route(HStream* s) noexcept nogil:
                _pick(path != NULL, ", rewritten to ", ""), <int>path_len,
                _pick(path != NULL, path, ""))
     stream_route_timeout(s)
-    s.up = upconn_acquire(s, s.cluster)
+    s.up = http_pool_acquire(s, s.cluster)
     if s.up == NULL:
         free(path)
         _route_input_free(hdrs, stack)
         _count_upstream(s.cluster.stats, c.w, 503)
         if s.response_flags & RF_UO:
             stream_local_reply(s, 503, UPSTREAM_OVERFLOW, strlen(UPSTREAM_OVERFLOW), NULL, 0,
-                               c.req.state != H1_MESSAGE_DONE)
+                               not s.req_received)
         else:
-            stream_local_reply(s, 503, NO_HEALTHY_UPSTREAM, strlen(NO_HEALTHY_UPSTREAM), NULL, 0, c.req.state != H1_MESSAGE_DONE)
+            stream_local_reply(s, 503, NO_HEALTHY_UPSTREAM, strlen(NO_HEALTHY_UPSTREAM), NULL, 0,
+                               not s.req_received)
         return -1
     if s.connect:
         _route_input_free(hdrs, stack)                      # the 200 and the tunnel follow the TCP connect
         return 0
-    if s.fc == NULL and c.req.flags & H1F_EXPECT_CONTINUE:
-        chain_append(&c.out_buf, "HTTP/1.1 100 Continue\r\n\r\n", 25)
+    if s.fc == NULL and s.expect_continue:
+        c.codec.encode_continue(c)
     if path != NULL:
         free(s.rewritten_path)
         s.rewritten_path = path
@@ -635,7 +595,7 @@ cdef int stream_route(HStream* s) noexcept nogil:
         if stream_send_request_head(s, UF_PARSER, 0) < 0:
             return -1
     elif s.fc.dec.phase == FP_PH_DONE:
-        if stream_send_request_head(s, UF_LENGTH if c.req.framing != H1_BODY_NONE else UF_NONE, 0) < 0:
+        if stream_send_request_head(s, UF_LENGTH if s.req_has_body else UF_NONE, 0) < 0:
             return -1
     if s.req_done and s.timeout_ms:
         timer_arm(c.w, &s.timeout, s.timeout_ms)
@@ -648,7 +608,7 @@ cdef int stream_send_request_head(HStream* s, int framing, uint64_t length) noex
     """Serialize the request head into the upstream's out_buf. -1: the stream ended."""
     cdef HConn* c = s.c
     if _upstream_request_head(s, framing, length) < 0:
-        upconn_close(s.up)
+        http_pool_cancel(s.up)
         s.up = NULL
         stream_local_reply(s, 400, "invalid request after header mutation", 37, NULL, 0, True)
         return -1
@@ -678,7 +638,8 @@ cdef int hf_sink_data_decode(HStream* s) noexcept nogil:
         return 0
     if not d.sink_started and stream_send_request_head(s, _sink_framing(d, &fc.req), d.held.length) < 0:
         return -1
-    if _sink_frame(d, &u.out_buf, &fc.req_trailers) < 0:
+    if u.codec.encode_data(u, &d.held, d.held.length) < 0 \
+            or (d.phase == FP_PH_DONE and _encode_end_client(u, &fc.req_trailers) < 0):
         hf_fail(s, False)
         return -1
     if d.phase == FP_PH_DONE:
@@ -688,70 +649,88 @@ cdef int hf_sink_data_decode(HStream* s) noexcept nogil:
     return 0
 
 
+cdef inline bint _request_splice_ready(HConn* c, HStream* s) noexcept nogil:
+    """Could the rest of the request body go downstream -> pipe -> upstream unread (a body
+    both codecs pass as it is, nothing buffered downstream, the upstream connected)?"""
+    return (c.in_buf.length == 0 and s.up.state == UC_BUSY and c.codec.raw_body_left(c) != 0
+            and s.up.codec.raw_data_ok(s.up))
+
+
 cdef int stream_forward_request_body(HStream* s) noexcept nogil:
-    """Move request body bytes from the downstream's in_buf to the upstream's out_buf.
+    """Move the request body on to the upstream: through a pipe when it can go unread,
+    else through the codec's data events (cm_on_request_data -> upstream_request_data).
     -1 when the stream ended."""
     cdef HConn* c = s.c
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
-    cdef H1Parser* p = &c.req
-    cdef SliceRef* r
-    cdef ssize_t n
-    cdef size_t off, seg
     cdef UpConn* u = s.up
-    cdef uint64_t left, moved
+    cdef uint64_t before, left, moved
+    cdef bint done
     cdef int rc
-    if c.req_pipe.bytes or (p.framing == H1_BODY_LENGTH and c.in_buf.length == 0
-                            and u.state == UC_BUSY and u.out_buf.length == 0
-                            and p.state != H1_MESSAGE_DONE and splice_pipe_open(c.w, &c.req_pipe)):
-        # The rest of a Content-Length body: downstream -> pipe -> upstream.
-        left = p.body_remaining if p.state != H1_MESSAGE_DONE else 0
+    if c.req_pipe.bytes or (_request_splice_ready(c, s) and u.out_buf.length == 0
+                            and splice_pipe_open(c.w, &c.req_pipe)):
+        before = c.codec.raw_body_left(c)
+        left = before
         moved = 0
         rc = splice_move(&c.req_pipe, &c.down, &u.ep, &left, &moved)
         stat_add(h.stats, c.w, H_BYTES_SPLICED, moved)
-        stat_add(h.stats, c.w, H_CX_RX_BYTES, p.body_remaining - left)
+        stat_add(h.stats, c.w, H_CX_RX_BYTES, before - left)
         stat_add(s.cluster.stats, c.w, C_TX_BYTES, moved)
-        if moved or left != p.body_remaining:
+        if moved or left != before:
             s.last_active_ms = c.w.now
-        s.req_body_bytes += p.body_remaining - left
-        h1_body_skipped(p, p.body_remaining - left)
+        s.req_body_bytes += before - left
+        done = c.codec.raw_body_moved(c, before - left)
         if rc == -1:
             c.peer_gone = 1                 # the client ended or failed (hconn_close counts the reset)
             hconn_close(c, False)
             return -1
         if rc == -2:
             u.remote_close = 1
-            _upconn_failed(u, 503, UPSTREAM_TERMINATION)
+            http_pool_fail(u, 503, UPSTREAM_TERMINATION)
             return -1
-        if p.state == H1_MESSAGE_DONE and c.req_pipe.bytes == 0:
-            stream_request_end(s, True)
+        if done:
+            s.req_received = 1
+            if c.req_pipe.bytes == 0:
+                stream_request_end(s, True)
         return 0
-    while not s.req_done and c.in_buf.length and u.out_buf.length < HTTP_IO_LIMIT:
-        r = &c.in_buf.refs[c.in_buf.head]
-        n = h1_feed_body(p, r.s.data + r.off, r.len, &off, &seg)
-        if n < 0:
-            _request_body_framing_error(s)
-            return -1
-        s.req_body_bytes += seg
-        stat_add(h.stats, c.w, H_BYTES_COPIED, seg)
-        if _request_too_large(s, s.req_body_bytes):
+    return c.codec.decode(c)
+
+
+cdef int upstream_request_data(HStream* s, Chain* src, size_t n, bint end,
+                               HttpHead* trailers) noexcept nogil:
+    """Unfiltered request body (cm_on_request_data) to the upstream's codec. -1: the stream
+    ended."""
+    cdef HConn* c = s.c
+    cdef UpConn* u = s.up
+    cdef PairList tl
+    cdef int rc = 0
+    if u == NULL:
+        chain_drain(src, n)
+        return 0
+    if n and u.codec.encode_data(u, src, n) < 0:
+        hconn_close(c, True)
+        return -1
+    if end:
+        memset(&tl, 0, sizeof(PairList))
+        if trailers != NULL:
+            rc = _pl_from_head(&tl, trailers)
+        if rc == 0:
+            rc = u.codec.encode_end(u, &tl)
+        free(tl.v)
+        if rc < 0:
             hconn_close(c, True)
             return -1
-        if seg:
-            if p.framing == H1_BODY_LENGTH:
-                chain_move_bytes(&u.out_buf, &c.in_buf, <size_t>n)
-            else:
-                if _append_chunk(&u.out_buf, r.s.data + r.off + off, seg) < 0:
-                    hconn_close(c, True)
-                    return -1
-                chain_drain(&c.in_buf, <size_t>n)
-        else:
-            chain_drain(&c.in_buf, <size_t>n)
-        if p.state == H1_MESSAGE_DONE:
-            if s.req_chunked and _append_last_chunk(&u.out_buf, &p.trailers) < 0:
-                hconn_close(c, True)
-                return -1
-            stream_request_end(s, True)
-    if not s.req_done and c.down_eof and c.in_buf.length == 0:
-        hconn_close(c, False)           # counts downstream_rq_rx_reset (the stream is active)
-        return -1
+        stream_request_end(s, True)
     return 0
+
+
+cdef int _encode_end_client(UpConn* u, const HMap* trailers) noexcept nogil:
+    """The end of a request body the decoder filters passed, with their trailers."""
+    cdef PairList tl
+    cdef int rc
+    memset(&tl, 0, sizeof(PairList))
+    if trailers.used and hm_to_pairs(trailers, &tl, True) < 0:
+        free(tl.v)
+        return -1
+    rc = u.codec.encode_end(u, &tl)
+    free(tl.v)
+    return rc

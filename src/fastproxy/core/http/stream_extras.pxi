@@ -41,7 +41,7 @@ cdef void _stream_end_locally(HStream* s, int status, const char* body) noexcept
     upstream connection, or reset the downstream if the response is under way."""
     cdef HConn* c = s.c
     if s.up != NULL:
-        upconn_close(s.up)
+        http_pool_cancel(s.up)
         s.up = NULL
     if s.resp_started:
         hconn_close(c, True)
@@ -405,12 +405,15 @@ cdef int stream_connect_established(HStream* s) noexcept nogil:
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
     cdef UpConn* u = s.up
     cdef PairList l
+    cdef BodyFraming bf
     cdef char* owned = NULL
     cdef int rc
     memset(&l, 0, sizeof(PairList))
+    memset(&bf, 0, sizeof(BodyFraming))
+    bf.kind = BODY_TUNNEL
     rc = pl_finish_response(&l, s, c, &owned)
     if rc == 0:
-        rc = _append_head(&c.out_buf, &l, False, _s(NULL, 0), _s(NULL, 0), 200, _cs("OK"))
+        rc = c.codec.encode_headers(c, s, 200, _cs("OK"), &l, &bf, False)
     free(l.v)
     free(owned)
     if rc < 0:

@@ -1,70 +1,7 @@
-# Clusters: a set of upstream hosts and how to pick one.
-#
-# A HostSet is immutable once built (by the main thread). Each worker holds its own
-# reference to its cluster's current HostSet, replaced by a posted message when DNS
-# changes the membership, so picking a host takes no lock. Weighted round robin uses a
-# schedule precomputed on the main thread (smooth weighted interleaving), so the worker
-# only advances an index; RANDOM draws an index into the same schedule, which weights it.
-
-cdef enum LbPolicy:
-    LB_ROUND_ROBIN = 0
-    LB_RANDOM = 1
-
-DEF HOST_NAME_MAX_LEN = 255         # model.MAX_ENDPOINT_HOSTNAME
-
-cdef struct Host:
-    sockaddr_storage addr
-    socklen_t addrlen
-    uint32_t weight                 # load_balancing_weight (admin /clusters)
-    StatBlock* stats                # HS_* per worker (stats.pxi), owned by the engine; NULL
-                                    #   until ClusterHandle.set_hosts
-    uint16_t hostname_len           # 0: none (auto_host_rewrite leaves the Host alone)
-    char hostname[HOST_NAME_MAX_LEN + 1]    # endpoint.hostname, or a DNS endpoint's name
-
-cdef struct HostSet:
-    int refcnt                  # atomic
-    int nhosts
-    Host* hosts
-    int nschedule
-    int* schedule               # host indexes, weighted and interleaved
-
-cdef struct ClusterCfg
-
-cdef struct WorkerLb:           # one per worker, touched only by that worker
-    HostSet* hosts
-    uint32_t next               # round-robin cursor
-    HostSet* pool_hosts         # the host set `pool` is indexed by (HTTP connection pool)
-    void* pool                  # UpConn* idle list heads, one per host
-    int* pool_conns             # per host: this worker's connections (connecting, busy, idle)
-    int pool_n
-    void* wait_head             # UpConn*: requests waiting for a connection (circuit breaker),
-    void* wait_tail             #   oldest first
-    ClusterCfg* cluster         # back pointer, for the worker's list of clusters to serve
-    WorkerLb* kick_next         # HttpWorker.kicked: serve wait_head at the end of the loop turn
-    uint8_t kicked
-
-cdef struct ClusterCfg:
-    int refcnt                  # atomic
-    int lb
-    uint64_t connect_timeout_ms
-    StatBlock* stats
-    int nworkers
-    WorkerLb* per_worker
-    # HTTP connection pool options (Envoy's HttpProtocolOptions)
-    uint64_t pool_idle_ms       # an idle pooled connection is closed after this; 0: never
-    uint64_t max_duration_ms    # max_connection_duration; 0: none
-    uint32_t max_rq_per_cx      # max_requests_per_connection; 0: none
-    # Circuit breakers (DEFAULT priority). Like Envoy's, they count over every worker: the
-    # counts are atomics shared by the workers, checked (a load) before a connection or
-    # request is admitted and moved (an atomic add) when one starts or ends, no lock. As in
-    # Envoy, check-then-add can overshoot a limit by the number of workers racing for it.
-    uint32_t max_cx
-    uint32_t max_pending
-    uint32_t max_rq
-    uint32_t max_retries
-    int64_t n_cx                # open upstream connections (HTTP and TCP)
-    int64_t n_pending           # requests waiting for a connection (connecting or queued)
-    int64_t n_rq                # requests bound to a connection
+# Clusters: the cluster config a worker reads (connect timeout, pool options, circuit
+# breakers), host sets built on the main thread and handed to the workers (DNS refresh),
+# and the Python handles that own them. Which host a connection goes to:
+# load_balancer.pxi; the structs: decls.pxi.
 
 
 cdef inline bint cb_full(int64_t* count, uint32_t limit) noexcept nogil:
@@ -78,36 +15,25 @@ cdef void hostset_decref(HostSet* h) noexcept nogil:
         free(h)
 
 
+cdef int cluster_per_worker_new(ClusterCfg* c) noexcept nogil:
+    """c's per-worker parts (for c.nworkers): its load balancer state and HTTP pools; -1,
+    with nothing kept, when out of memory. cluster_decref frees them."""
+    c.per_worker = <WorkerLb*>calloc(c.nworkers, sizeof(WorkerLb))
+    if c.per_worker == NULL or http_pools_new(c) < 0:
+        free(c.per_worker)
+        c.per_worker = NULL
+        return -1
+    return 0
+
+
 cdef void cluster_decref(ClusterCfg* c) noexcept nogil:
     cdef int i
     if c != NULL and fp_atomic_add_int(&c.refcnt, -1) == 0:
         for i in range(c.nworkers):
             hostset_decref(c.per_worker[i].hosts)
-            free(c.per_worker[i].pool)
-            free(c.per_worker[i].pool_conns)
         free(c.per_worker)
+        http_pools_free(c)
         free(c)
-
-
-cdef Host* cluster_pick(ClusterCfg* c, Worker* w, int attempt) noexcept nogil:
-    """Choose the host for a new upstream connection; NULL when the cluster is empty."""
-    cdef WorkerLb* lb = &c.per_worker[w.index]
-    cdef HostSet* hs = lb.hosts
-    cdef uint32_t i
-    if hs == NULL or hs.nschedule == 0:
-        return NULL
-    if c.lb == LB_RANDOM and attempt == 0:
-        i = <uint32_t>(worker_random(w) % <uint64_t>hs.nschedule)
-    else:
-        # Round robin; a retry after a failed connect also moves on to the next host.
-        i = lb.next % <uint32_t>hs.nschedule
-        lb.next += 1
-    return &hs.hosts[hs.schedule[i]]
-
-
-cdef struct HostSetSwap:
-    ClusterCfg* cluster
-    HostSet* hosts
 
 
 cdef void _msg_hostset_swap(Worker* w, void* arg) noexcept nogil:

@@ -1,7 +1,99 @@
-# The upstream HTTP/1.1 connection pool: one UpConn per upstream connection; idle ones wait
-# in a per-worker, per-host list and are reused for the next stream to that host. Acquire,
-# release, connect, idle and max-duration timers, circuit-breaker queues, and the I/O of
-# an upstream connection (its bytes go to the stream bound to it: stream_on_upstream).
+# The upstream HTTP connection pool: where the router's upstream request gets a stream to
+# a host of a cluster, and the only way it reaches upstream connections. One pool
+# (HttpPool, decls.pxi) per cluster per worker, touched only by that worker. For HTTP/1.1
+# a stream is a whole connection (UpConn); idle ones wait in a per-host list and are reused
+# for the next stream to that host. Here too: connect, idle and max-duration timers, the
+# circuit breakers' waiting queue, and the I/O of an upstream connection (its bytes go to
+# the stream bound to it: stream_on_upstream).
+#
+# The interface
+# -------------
+# What an HTTP/2 pool (many streams per connection) implements too. The owner is an
+# HStream s; its handle is s.up (UpConn*: for HTTP/1.1 the connection itself).
+#
+#   u = http_pool_acquire(s, cluster)
+#       The cluster's load balancer picks the host (cluster_pick); s gets its upstream
+#       facts (address, host stats, upstream start time). Three outcomes:
+#       ready    u.state == UC_BUSY: an idle connection to the host, bound to s and counted
+#                as an active request (upstream_rq_active). The owner writes its request
+#                into u.out_buf and sets u.ep.writable to send it at once.
+#       pending  u.state == UC_CONNECTING (a new connection), or UC_WAITING (no socket yet:
+#                the cluster is at max_connections and this worker has a connection to the
+#                host that may free up). The owner writes its request into u.out_buf all
+#                the same; it goes out once a connection carries it. Then the pool either
+#                binds s to u when u connects, or moves the request to an idle connection
+#                that freed up (s.up becomes that one; u ends), or fails s (below). Binding
+#                can still be refused by max_requests: s fails with 503 overflow (RF_UO) and
+#                the connection, which sent nothing, stays in the pool.
+#       failure  NULL: nothing to release. s.response_flags says why: RF_UH no host,
+#                RF_UO a circuit breaker refused it (max_pending_requests, max_requests),
+#                RF_UF the connect failed at once (or no memory). The owner answers
+#                locally.
+#   http_pool_release(u, reusable)
+#       The owner is done with u. reusable: the request went out whole and the response
+#       came back whole and allows keep-alive; the pool keeps the connection idle unless
+#       something forbids it (bytes left over, EOF, max_requests_per_connection,
+#       max_connection_duration, a host-set change, 64 idle to the host), else closes it.
+#   http_pool_cancel(u)
+#       The owner goes away before or while u carries its exchange (reset, timeout, a local
+#       reply, the downstream closed). HTTP/1.1 cannot abandon a request half-way, so the
+#       connection closes (a destroy "with active rq" when the response was incomplete).
+#       s.up is cleared; nothing is called back.
+#   http_pool_fail(u, status, reason)
+#       u broke before s got a complete response: an invalid response, an upstream that
+#       ended early. The connection closes, s gets the response flag (UF, UC or UPE) and
+#       stream_upstream_failed(s, status, reason) with s.up already NULL. The pool calls
+#       it itself for connect failures and timeouts and write errors.
+#
+# Towards the owner the pool calls stream_on_upstream(s) whenever u moved bytes (response
+# bytes in u.in_buf, room in u.out_buf) and stream_upstream_failed as above. Requests that
+# wait (UC_WAITING) are served at the end of the loop turn by http_serve_waiting, outside
+# any pump; freed UpConns are released by http_pool_free_deferred after it.
+
+# ---------------------------------------------------------------- the pools
+
+cdef int http_pools_new(ClusterCfg* cl) noexcept nogil:
+    """cl's pools, one per worker (empty: each sizes itself to its worker's host set on
+    first use). -1: no memory."""
+    cdef int i
+    cl.http_pools = <HttpPool*>calloc(max(1, cl.nworkers), sizeof(HttpPool))
+    if cl.http_pools == NULL:
+        return -1
+    for i in range(cl.nworkers):
+        cl.http_pools[i].cluster = cl
+    return 0
+
+
+cdef void http_pools_free(ClusterCfg* cl) noexcept nogil:
+    """With the cluster's last reference: every UpConn held one, so the pools are empty."""
+    cdef int i
+    if cl.http_pools == NULL:
+        return
+    for i in range(cl.nworkers):
+        free(cl.http_pools[i].idle)
+        free(cl.http_pools[i].nconns)
+        hostset_decref(cl.http_pools[i].hosts)
+    free(cl.http_pools)
+    cl.http_pools = NULL
+
+
+cdef inline HttpPool* _pool_of(ClusterCfg* cl, Worker* w) noexcept nogil:
+    return &cl.http_pools[w.index]
+
+
+cdef inline int* _pool_host_conns(HttpPool* p, HostSet* hosts, int host_index) noexcept nogil:
+    """This worker's count of connections to hosts[host_index]; NULL when hosts is not the
+    set the pool is sized for (DNS replaced it: the old hosts are no longer counted)."""
+    if hosts != p.hosts or p.nconns == NULL or host_index >= p.nhosts:
+        return NULL
+    return &p.nconns[host_index]
+
+
+cdef inline bint _pool_has_conn_to(HttpPool* p, HostSet* hosts, int host_index) noexcept nogil:
+    """This worker has a connection to the host that may free up for a waiting request."""
+    cdef int* nconns = _pool_host_conns(p, hosts, host_index)
+    return nconns != NULL and nconns[0] > 0
+
 
 # ---------------------------------------------------------------- upstream connections
 
@@ -10,7 +102,8 @@ cdef void upconn_close(UpConn* u) noexcept nogil:
     cdef UpConn** pp
     cdef int remote
     cdef ClusterCfg* cl = u.cluster
-    cdef WorkerLb* lb = &cl.per_worker[w.index]
+    cdef HttpPool* p = _pool_of(cl, w)
+    cdef int* nconns
     if u.state == UC_CLOSED:
         return
     if u.idle_head != NULL:
@@ -41,11 +134,11 @@ cdef void upconn_close(UpConn* u) noexcept nogil:
         stat_add(cl.stats, w, C_CX_DESTROY, 1)
         stat_add(cl.stats, w, C_DESTROY_LOCAL + remote, 1)
         fp_atomic_add_i64(&cl.n_cx, -1)
-        if u.host_counted and u.hosts == lb.pool_hosts and lb.pool_conns != NULL \
-                and u.host_index < lb.pool_n:
-            lb.pool_conns[u.host_index] -= 1
-        if lb.wait_head != NULL:
-            _cluster_kick(cl, w)        # room for a request that waits (served this turn)
+        nconns = _pool_host_conns(p, u.hosts, u.host_index)
+        if u.host_counted and nconns != NULL:
+            nconns[0] -= 1
+        if p.wait_head != NULL:
+            _pool_kick(p, w)            # room for a request that waits (served this turn)
     if u.rq_attached:
         u.rq_attached = 0
         stat_sub(cl.stats, w, C_RQ_ACTIVE, 1)
@@ -63,7 +156,8 @@ cdef void upconn_close(UpConn* u) noexcept nogil:
         u.stream = NULL
     chain_free(&u.in_buf)
     chain_free(&u.out_buf)
-    h1_free(&u.resp)
+    if u.codec != NULL:
+        u.codec.release(u)
     if u.prev != NULL:
         u.prev.next = u.next
     else:
@@ -80,7 +174,7 @@ cdef void _upconn_idle_timeout(Worker* w, void* arg) noexcept nogil:
         stat_add(u.cluster.stats, w, C_CONNECT_TIMEOUT, 1)
         stat_add(u.cluster.stats, w, C_CONNECT_FAIL, 1)
         host_stat_add(u.hstats, w, HS_CX_CONNECT_FAIL, 1)
-        _upconn_failed(u, 503, UPSTREAM_CONNECT_TIMEOUT)
+        http_pool_fail(u, 503, UPSTREAM_CONNECT_TIMEOUT)
     else:
         stat_add(u.cluster.stats, w, C_CX_IDLE_TIMEOUT, 1)
         upconn_close(u)
@@ -98,66 +192,67 @@ cdef void _upconn_max_duration(Worker* w, void* arg) noexcept nogil:
 
 
 # -- circuit breakers: requests that wait for a connection (UC_WAITING UpConns, holding
-# their stream's request bytes in out_buf) are queued per cluster and worker, oldest first.
-# A connection of that worker going idle or closing kicks the cluster: at the end of the
-# loop turn (http_serve_waiting, outside any pump) the waiting requests take idle
-# connections to their host, or connect once the limit allows it.
+# their stream's request bytes in out_buf) are queued in their pool, oldest first. A
+# connection of that pool going idle or closing kicks the pool: at the end of the loop
+# turn (http_serve_waiting, outside any pump) the waiting requests take idle connections
+# to their host, or connect once the limit allows it.
 
 cdef inline void _wait_unlink(UpConn* u) noexcept nogil:
-    cdef WorkerLb* lb = &u.cluster.per_worker[u.w.index]
+    cdef HttpPool* p = _pool_of(u.cluster, u.w)
     if not u.queued:
         return
     u.queued = 0
     if u.wait_prev != NULL:
         u.wait_prev.wait_next = u.wait_next
     else:
-        lb.wait_head = u.wait_next
+        p.wait_head = u.wait_next
     if u.wait_next != NULL:
         u.wait_next.wait_prev = u.wait_prev
     else:
-        lb.wait_tail = u.wait_prev
+        p.wait_tail = u.wait_prev
     u.wait_next = NULL
     u.wait_prev = NULL
 
 
-cdef void _cluster_kick(ClusterCfg* cl, Worker* w) noexcept nogil:
-    cdef WorkerLb* lb = &cl.per_worker[w.index]
-    if lb.kicked:
+cdef void _pool_kick(HttpPool* p, Worker* w) noexcept nogil:
+    if p.kicked:
         return
-    lb.kicked = 1
-    fp_atomic_add_int(&cl.refcnt, 1)    # the kick list's reference
-    lb.kick_next = http_worker(w).kicked
-    http_worker(w).kicked = lb
+    p.kicked = 1
+    fp_atomic_add_int(&p.cluster.refcnt, 1)     # the kick list's reference
+    p.kick_next = http_worker(w).kicked
+    http_worker(w).kicked = p
 
 
-cdef UpConn** _pool_list(ClusterCfg* cl, Worker* w, int host_index) noexcept nogil:
-    """The idle list of host_index in this worker's pool, for the current host set."""
-    cdef WorkerLb* lb = &cl.per_worker[w.index]
-    cdef UpConn** lists
+cdef UpConn** _pool_list(HttpPool* p, Worker* w, int host_index) noexcept nogil:
+    """The idle list of host_index in the pool, for the worker's current host set."""
+    cdef HostSet* current = lb_hosts(p.cluster, w)
     cdef int i
-    if lb.pool_hosts != lb.hosts:
+    if p.hosts != current:
         # The host set changed (DNS): connections to the old hosts are not reused.
-        if lb.pool != NULL:
-            lists = <UpConn**>lb.pool
-            for i in range(lb.pool_n):
-                while lists[i] != NULL:
-                    upconn_close(lists[i])
-            free(lb.pool)
-        free(lb.pool_conns)
-        lb.pool_n = lb.hosts.nhosts if lb.hosts != NULL else 0
-        lb.pool = calloc(max(1, lb.pool_n), sizeof(UpConn*))
-        lb.pool_conns = <int*>calloc(max(1, lb.pool_n), sizeof(int))
-        lb.pool_hosts = lb.hosts
-        if lb.pool == NULL or lb.pool_conns == NULL:
-            free(lb.pool)
-            free(lb.pool_conns)
-            lb.pool = NULL
-            lb.pool_conns = NULL
-            lb.pool_hosts = NULL        # try again next time
+        if p.idle != NULL:
+            for i in range(p.nhosts):
+                while p.idle[i] != NULL:
+                    upconn_close(p.idle[i])
+            free(p.idle)
+        free(p.nconns)
+        hostset_decref(p.hosts)
+        p.nhosts = current.nhosts if current != NULL else 0
+        p.idle = <UpConn**>calloc(max(1, p.nhosts), sizeof(UpConn*))
+        p.nconns = <int*>calloc(max(1, p.nhosts), sizeof(int))
+        p.hosts = current
+        if current != NULL:
+            fp_atomic_add_int(&current.refcnt, 1)
+        if p.idle == NULL or p.nconns == NULL:
+            free(p.idle)
+            free(p.nconns)
+            p.idle = NULL
+            p.nconns = NULL
+            hostset_decref(p.hosts)
+            p.hosts = NULL              # try again next time
             return NULL
-    if lb.pool == NULL or host_index >= lb.pool_n:
+    if p.idle == NULL or host_index >= p.nhosts:
         return NULL
-    return &(<UpConn**>lb.pool)[host_index]
+    return &p.idle[host_index]
 
 
 cdef inline bint _upconn_attach(UpConn* u) noexcept nogil:
@@ -193,8 +288,7 @@ cdef inline void _upconn_bind(UpConn* u, HStream* s) noexcept nogil:
     timer_cancel(u.w, &u.timer)
     u.state = UC_BUSY
     u.stream = s
-    h1_reset(&u.resp)
-    h1_response_for(&u.resp, s.method)
+    u.codec.start(u, s.method)
 
 
 cdef inline UpConn* _pool_pop(UpConn** head) noexcept nogil:
@@ -217,12 +311,13 @@ cdef UpConn* _upconn_new(HStream* s, ClusterCfg* cl, int host_index) noexcept no
     fp_atomic_add_int(&cl.refcnt, 1)
     u.host_index = host_index
     u.id = _next_conn_id(w)
-    u.hosts = cl.per_worker[w.index].hosts
+    u.hosts = lb_hosts(cl, w)
+    fp_atomic_add_int(&u.hosts.refcnt, 1)      # so pointers into it outlive a DNS change
     u.hstats = u.hosts.hosts[host_index].stats
     u.state = UC_WAITING
     u.stream = s
-    h1_init(&u.resp, H1_RESPONSE, 0, 0, 0)
-    h1_response_for(&u.resp, s.method)     # HEAD and CONNECT change how the response ends
+    u.codec = &H1_CLIENT_CODEC          # (an HTTP/2 pool will hand out its own streams)
+    u.codec.start(u, s.method)          # HEAD and CONNECT change how the response ends
     timer_init(&u.timer, _upconn_idle_timeout, u)
     timer_init(&u.duration_timer, _upconn_max_duration, u)
     u.next = http_worker(w).upconns
@@ -243,7 +338,7 @@ cdef int _upconn_connect(UpConn* u, Host* host) noexcept nogil:
     Envoy counts a refused connection; the caller closes u)."""
     cdef Worker* w = u.w
     cdef ClusterCfg* cl = u.cluster
-    cdef WorkerLb* lb = &cl.per_worker[w.index]
+    cdef int* nconns = _pool_host_conns(_pool_of(cl, w), u.hosts, u.host_index)
     cdef epoll_event ev
     cdef int fd = socket(host.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
     if fd < 0:
@@ -257,9 +352,8 @@ cdef int _upconn_connect(UpConn* u, Host* host) noexcept nogil:
     u.cx_counted = 1
     fp_atomic_add_i64(&cl.n_cx, 1)
     # A tunnel never returns to the pool, so it could not serve a request that waits.
-    if (u.stream == NULL or not u.stream.connect) and u.hosts == lb.pool_hosts \
-            and lb.pool_conns != NULL and u.host_index < lb.pool_n:
-        lb.pool_conns[u.host_index] += 1
+    if (u.stream == NULL or not u.stream.connect) and nconns != NULL:
+        nconns[0] += 1
         u.host_counted = 1
     stat_add(cl.stats, w, C_CX_TOTAL, 1)
     stat_add(cl.stats, w, C_CX_ACTIVE, 1)
@@ -283,13 +377,13 @@ cdef int _upconn_connect(UpConn* u, Host* host) noexcept nogil:
     return 0
 
 
-cdef UpConn* upconn_acquire(HStream* s, ClusterCfg* cl) noexcept nogil:
-    """A pooled idle connection to the chosen host, or a new one (connecting, or waiting
-    for the cluster's max_connections to allow it). NULL: s gets a local reply, which
-    s.response_flags tells (RF_UO: a circuit breaker overflowed; else no host or the
-    connection failed at once)."""
+cdef UpConn* http_pool_acquire(HStream* s, ClusterCfg* cl) noexcept nogil:
+    """A pooled idle connection to the chosen host (ready), or a new one (pending:
+    connecting, or waiting for the cluster's max_connections to allow it). NULL: s gets a
+    local reply, which s.response_flags tells (RF_UO: a circuit breaker overflowed; else
+    no host or the connection failed at once). See the contract at the top."""
     cdef Worker* w = s.c.w
-    cdef WorkerLb* lb = &cl.per_worker[w.index]
+    cdef HttpPool* p = _pool_of(cl, w)
     cdef Host* host = cluster_pick(cl, w, 0)
     cdef int idx
     cdef UpConn** head
@@ -302,8 +396,8 @@ cdef UpConn* upconn_acquire(HStream* s, ClusterCfg* cl) noexcept nogil:
     s.upstream_addrlen = host.addrlen
     s.hstats = host.stats
     s.upstream_start_ms = w.now
-    idx = <int>(host - lb.hosts.hosts)
-    head = _pool_list(cl, w, idx)
+    idx = <int>(host - lb_hosts(cl, w).hosts)
+    head = _pool_list(p, w, idx)
     if head != NULL and head[0] != NULL and not s.connect:     # a tunnel gets its own
         if cb_full(&cl.n_rq, cl.max_rq):
             # Envoy binds the request to the idle connection, which refuses it and stays idle.
@@ -330,14 +424,14 @@ cdef UpConn* upconn_acquire(HStream* s, ClusterCfg* cl) noexcept nogil:
         # for one of this worker's connections to the host; with none (they are all on other
         # workers or hosts) it connects anyway, or the request could wait forever.
         stat_add(cl.stats, w, C_CX_OVERFLOW, 1)
-        if lb.pool_conns != NULL and idx < lb.pool_n and lb.pool_conns[idx] > 0:
+        if _pool_has_conn_to(p, u.hosts, idx):
             u.queued = 1
-            u.wait_prev = <UpConn*>lb.wait_tail
-            if lb.wait_tail != NULL:
-                (<UpConn*>lb.wait_tail).wait_next = u
+            u.wait_prev = p.wait_tail
+            if p.wait_tail != NULL:
+                p.wait_tail.wait_next = u
             else:
-                lb.wait_head = u
-            lb.wait_tail = u
+                p.wait_head = u
+            p.wait_tail = u
             return u
     if _upconn_connect(u, host) < 0:
         stat_add(cl.stats, w, C_RQ_PENDING_FAILURE_EJECT, 1)
@@ -357,18 +451,19 @@ cdef void _upconn_overflowed(UpConn* u) noexcept nogil:
     chain_clear(&u.out_buf)
     if s != NULL:
         s.up = NULL
-    upconn_release(u, s == NULL or not s.connect)
+    http_pool_release(u, s == NULL or not s.connect)
     if s != NULL:
         stream_upstream_failed(s, 503, UPSTREAM_OVERFLOW)
 
 
-cdef void upconn_release(UpConn* u, bint reusable) noexcept nogil:
+cdef void http_pool_release(UpConn* u, bint reusable) noexcept nogil:
     """The stream is done with u: keep it in the pool or close it."""
+    cdef HttpPool* p = _pool_of(u.cluster, u.w)
     cdef UpConn** head
     cdef UpConn* x
     cdef int n = 0
     u.stream = NULL
-    if u.rq_attached and u.resp.state == H1_MESSAGE_DONE:
+    if u.rq_attached and u.codec.response_complete(u):
         u.rq_attached = 0               # (an incomplete response stays: a destroy with active rq)
         stat_sub(u.cluster.stats, u.w, C_RQ_ACTIVE, 1)
         host_stat_add(u.hstats, u.w, HS_RQ_ACTIVE, -1)
@@ -376,10 +471,10 @@ cdef void upconn_release(UpConn* u, bint reusable) noexcept nogil:
     # ep.hup: the upstream's FIN came with (or right behind) the response it answered; a
     # short read never reads on to see it, so the event flag is all there is.
     if not reusable or u.eof or u.ep.hup or u.in_buf.length or u.out_buf.length \
-            or u.last_request or u.cluster.per_worker[u.w.index].hosts != u.hosts:
+            or u.last_request or lb_hosts(u.cluster, u.w) != u.hosts:
         upconn_close(u)
         return
-    head = _pool_list(u.cluster, u.w, u.host_index)
+    head = _pool_list(p, u.w, u.host_index)
     if head == NULL:
         upconn_close(u)
         return
@@ -394,14 +489,19 @@ cdef void upconn_release(UpConn* u, bint reusable) noexcept nogil:
     u.idle_next = head[0]
     head[0] = u
     u.idle_head = head
-    h1_reset(&u.resp)
     if u.cluster.pool_idle_ms:
         timer_arm(u.w, &u.timer, u.cluster.pool_idle_ms)
-    if u.cluster.per_worker[u.w.index].wait_head != NULL:
-        _cluster_kick(u.cluster, u.w)   # a request waits for a connection: this one
+    if p.wait_head != NULL:
+        _pool_kick(p, u.w)              # a request waits for a connection: this one
 
 
-cdef void _upconn_failed(UpConn* u, int status, const char* reason) noexcept nogil:
+cdef inline void http_pool_cancel(UpConn* u) noexcept nogil:
+    """The stream that owns u goes away before or while u carries its exchange: an HTTP/1.1
+    connection cannot drop a request half-way, so it closes (u.stream.up is cleared)."""
+    upconn_close(u)
+
+
+cdef void http_pool_fail(UpConn* u, int status, const char* reason) noexcept nogil:
     """u broke before its stream got a complete response."""
     cdef HStream* s = u.stream
     if fp_log_level <= LOG_DEBUG:
@@ -428,7 +528,7 @@ cdef void upconn_on_event(Worker* w, UpConn* u, uint32_t events) noexcept nogil:
             host_stat_add(u.hstats, w, HS_CX_CONNECT_FAIL, 1)
             u.remote_close = 1          # refused or reset: Envoy's RemoteClose
             # Envoy 1.40 names the side that failed: "remote connection failure".
-            _upconn_failed(u, 503, UPSTREAM_REMOTE_FAILURE)
+            http_pool_fail(u, 503, UPSTREAM_REMOTE_FAILURE)
             return
         timer_cancel(w, &u.timer)
         if fp_log_level <= LOG_DEBUG:
@@ -477,7 +577,7 @@ cdef void upconn_pump(UpConn* u) noexcept nogil:
                 u.ep.writable = 0
             elif n < 0 and errno != EINTR:
                 u.remote_close = 1
-                _upconn_failed(u, 503, UPSTREAM_TERMINATION)
+                http_pool_fail(u, 503, UPSTREAM_TERMINATION)
                 return
         s = u.stream
         c = s.c if s != NULL else NULL
@@ -487,8 +587,8 @@ cdef void upconn_pump(UpConn* u) noexcept nogil:
         if u.ep.readable and not u.eof and u.in_buf.length < HTTP_IO_LIMIT \
                 and (c == NULL or c.out_buf.length < HTTP_IO_LIMIT) \
                 and not (c != NULL and (c.rsp_pipe.bytes or (s.resp_started and not _enc_body_filtered(s)
-                         and u.resp.framing == H1_BODY_LENGTH and u.in_buf.length == 0
-                         and u.resp.state != H1_MESSAGE_DONE))):
+                         and u.in_buf.length == 0 and u.codec.raw_body_left(u) != 0
+                         and c.codec.raw_data_ok(c)))):
             n = chain_read_fd(&u.in_buf, u.ep.fd, HTTP_IO_LIMIT - u.in_buf.length, &asked)
             if n > 0:
                 stat_add(u.cluster.stats, u.w, C_RX_BYTES, <uint64_t>n)
@@ -515,3 +615,99 @@ cdef void upconn_pump(UpConn* u) noexcept nogil:
             break
     if c != NULL:
         hconn_pump(c)
+
+
+# ---------------------------------------------------------------- the end of a loop turn
+
+cdef void http_serve_waiting(Worker* w) noexcept nogil:
+    """Requests waiting for a connection (max_connections) in the pools kicked this
+    turn: each takes an idle connection to its host, or connects once the cluster is under
+    max_connections again (or this worker has no connection to the host left). Runs at the
+    end of the loop turn, outside any pump."""
+    cdef HttpPool* pool
+    cdef ClusterCfg* cl
+    cdef HostSet* hosts
+    cdef UpConn* u
+    cdef UpConn* nxt
+    cdef UpConn* p
+    cdef UpConn** head
+    cdef HStream* s
+    cdef Host* host
+    while http_worker(w).kicked != NULL:
+        pool = http_worker(w).kicked
+        http_worker(w).kicked = pool.kick_next
+        pool.kick_next = NULL
+        pool.kicked = 0
+        cl = pool.cluster
+        u = pool.wait_head
+        while u != NULL:
+            if not u.queued:
+                break       # serving the one before ended it (memory is freed after this)
+            nxt = u.wait_next
+            s = u.stream
+            if s == NULL:
+                upconn_close(u)
+                u = nxt
+                continue
+            hosts = lb_hosts(cl, w)
+            if u.hosts != hosts:
+                # The host set changed (DNS) while it waited: pick again from the new one.
+                host = cluster_pick(cl, w, 0)
+                if host == NULL:
+                    _wait_unlink(u)
+                    stat_add(cl.stats, w, C_NONE_HEALTHY, 1)
+                    http_pool_fail(u, 503, NO_HEALTHY_UPSTREAM)
+                    u = nxt
+                    continue
+                fp_atomic_add_int(&hosts.refcnt, 1)
+                hostset_decref(u.hosts)
+                u.hosts = hosts
+                u.host_index = <int>(host - hosts.hosts)
+                memcpy(&s.upstream_addr, &host.addr, host.addrlen)
+                s.upstream_addrlen = host.addrlen
+            host = &hosts.hosts[u.host_index]
+            head = _pool_list(pool, w, u.host_index)
+            if head != NULL and head[0] != NULL and not s.connect:     # (a tunnel gets its own)
+                # An idle connection to its host: the request (already serialized into u's
+                # out_buf, never sent) moves to it; u, which never had a socket, ends.
+                _wait_unlink(u)
+                p = _pool_pop(head)
+                _upconn_bind(p, s)
+                if chain_move(&p.out_buf, &u.out_buf) < 0:
+                    p.stream = NULL
+                    upconn_close(p)
+                    http_pool_fail(u, 503, UPSTREAM_OVERFLOW)
+                    u = nxt
+                    continue
+                u.stream = NULL
+                s.up = p
+                upconn_close(u)
+                if not _upconn_attach(p):
+                    _upconn_overflowed(p)       # max_requests: p goes back to the pool
+                else:
+                    p.ep.writable = 1
+                    upconn_pump(p)
+            elif not cb_full(&cl.n_cx, cl.max_cx) or not _pool_has_conn_to(pool, u.hosts, u.host_index):
+                _wait_unlink(u)
+                if _upconn_connect(u, host) < 0:
+                    http_pool_fail(u, 503, UPSTREAM_CONNECT_FAILURE)
+            u = nxt
+        cluster_decref(cl)
+
+
+cdef void http_pool_free_deferred(Worker* w) noexcept nogil:
+    """Free the UpConns closed this turn (a pump up the stack may still have held them)."""
+    cdef UpConn* u
+    while http_worker(w).upconn_deferred != NULL:
+        u = http_worker(w).upconn_deferred
+        http_worker(w).upconn_deferred = u.next_deferred
+        hostset_decref(u.hosts)
+        cluster_decref(u.cluster)
+        free(u)
+
+
+cdef void http_pool_close_all(Worker* w) noexcept nogil:
+    """The worker stops: close every upstream connection it has (idle, busy, connecting,
+    waiting). Their streams have gone first."""
+    while http_worker(w).upconns != NULL:
+        upconn_close(http_worker(w).upconns)

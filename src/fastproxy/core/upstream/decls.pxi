@@ -1,0 +1,73 @@
+# Upstream declarations: clusters and their host sets (cluster.pxi), the per-worker load
+# balancer state (load_balancer.pxi) and the per-worker HTTP connection pool
+# (http_pool.pxi, whose contract is at its top). Included before any of them.
+
+cdef enum LbPolicy:
+    LB_ROUND_ROBIN = 0
+    LB_RANDOM = 1
+
+DEF HOST_NAME_MAX_LEN = 255         # model.MAX_ENDPOINT_HOSTNAME
+
+cdef struct Host:
+    sockaddr_storage addr
+    socklen_t addrlen
+    uint32_t weight                 # load_balancing_weight (admin /clusters)
+    StatBlock* stats                # HS_* per worker (stats.pxi), owned by the engine; NULL
+                                    #   until ClusterHandle.set_hosts
+    uint16_t hostname_len           # 0: none (auto_host_rewrite leaves the Host alone)
+    char hostname[HOST_NAME_MAX_LEN + 1]    # endpoint.hostname, or a DNS endpoint's name
+
+cdef struct HostSet:
+    int refcnt                  # atomic
+    int nhosts
+    Host* hosts
+    int nschedule
+    int* schedule               # host indexes, weighted and interleaved
+
+cdef struct WorkerLb:           # one per worker, touched only by that worker
+    HostSet* hosts              # the worker's current host set (one reference)
+    uint32_t next               # round-robin cursor
+
+cdef struct ClusterCfg
+cdef struct UpConn              # core/http/decls.pxi: an upstream HTTP/1.1 connection
+
+cdef struct HttpPool:           # one per cluster per worker, touched only by that worker
+    ClusterCfg* cluster         # back pointer (no reference): serving the waiting requests
+    HostSet* hosts              # the host set `idle` and `nconns` are indexed by (one
+                                #   reference, so a new set never reuses its address)
+    int nhosts
+    UpConn** idle               # per host: idle connections, most recently used first
+    int* nconns                 # per host: this worker's connections (connecting, busy,
+                                #   idle; not CONNECT tunnels, which never come back)
+    UpConn* wait_head           # requests waiting for a connection (circuit breaker),
+    UpConn* wait_tail           #   oldest first
+    HttpPool* kick_next         # HttpWorker.kicked: serve wait_head at the end of the loop turn
+    uint8_t kicked
+
+cdef struct ClusterCfg:
+    int refcnt                  # atomic
+    int lb
+    uint64_t connect_timeout_ms
+    StatBlock* stats
+    int nworkers
+    WorkerLb* per_worker        # the load balancer's state, one per worker
+    HttpPool* http_pools        # the HTTP connection pool, one per worker (http_pools_new)
+    # HTTP connection pool options (Envoy's HttpProtocolOptions)
+    uint64_t pool_idle_ms       # an idle pooled connection is closed after this; 0: never
+    uint64_t max_duration_ms    # max_connection_duration; 0: none
+    uint32_t max_rq_per_cx      # max_requests_per_connection; 0: none
+    # Circuit breakers (DEFAULT priority). Like Envoy's, they count over every worker: the
+    # counts are atomics shared by the workers, checked (a load) before a connection or
+    # request is admitted and moved (an atomic add) when one starts or ends, no lock. As in
+    # Envoy, check-then-add can overshoot a limit by the number of workers racing for it.
+    uint32_t max_cx
+    uint32_t max_pending
+    uint32_t max_rq
+    uint32_t max_retries
+    int64_t n_cx                # open upstream connections (HTTP and TCP)
+    int64_t n_pending           # requests waiting for a connection (connecting or queued)
+    int64_t n_rq                # requests bound to a connection
+
+cdef struct HostSetSwap:        # a worker message: the worker's new host set
+    ClusterCfg* cluster
+    HostSet* hosts

@@ -1,0 +1,29 @@
+# The load balancer: which host of a cluster a new upstream connection goes to. It knows
+# hosts, not connections (the HTTP pool, http_pool.pxi, keeps those).
+#
+# A HostSet is immutable once built (by the main thread). Each worker holds its own
+# reference to its cluster's current HostSet, replaced by a posted message when DNS
+# changes the membership, so picking a host takes no lock. Weighted round robin uses a
+# schedule precomputed on the main thread (smooth weighted interleaving), so the worker
+# only advances an index; RANDOM draws an index into the same schedule, which weights it.
+
+
+cdef inline HostSet* lb_hosts(ClusterCfg* c, Worker* w) noexcept nogil:
+    """The worker's current host set of c (NULL before the first one)."""
+    return c.per_worker[w.index].hosts
+
+
+cdef Host* cluster_pick(ClusterCfg* c, Worker* w, int attempt) noexcept nogil:
+    """Choose the host for a new upstream connection; NULL when the cluster is empty."""
+    cdef WorkerLb* lb = &c.per_worker[w.index]
+    cdef HostSet* hs = lb.hosts
+    cdef uint32_t i
+    if hs == NULL or hs.nschedule == 0:
+        return NULL
+    if c.lb == LB_RANDOM and attempt == 0:
+        i = <uint32_t>(worker_random(w) % <uint64_t>hs.nschedule)
+    else:
+        # Round robin; a retry after a failed connect also moves on to the next host.
+        i = lb.next % <uint32_t>hs.nschedule
+        lb.next += 1
+    return &hs.hosts[hs.schedule[i]]
