@@ -15,20 +15,27 @@ layout"). Declaration files (decls.pxi) come before the implementation files of 
   core/snapshot.pxi    listener config snapshots and their propagation
   core/listener.pxi    binding and accepting
   core/tcp_proxy.pxi   the L4 session: splice and buffered paths, half-close, resets
-  core/pybridge.pxi    Python network filters (with core/http_pyfilter.pxi, the only code
+  core/pybridge.pxi    Python network filters (with core/filters/python*.pxi, the only code
                        on a worker that takes the GIL)
   core/engine.pxi      the Python-facing control surface
+  core/http/message_decls.pxi the codec-neutral message: heads, request/response facts, framing
   core/http/codec_h1_decls.pxi the HTTP/1.1 codec's contract, enums and structs
+  core/http/message.pxi       operations on a head any codec produced
   core/http/codec_h1.pxi      HTTP/1.1 parser (strict, incremental)
-  core/http/codec_h1_writer.pxi HTTP/1.1 serializer (heads, chunk framing)
+  core/http/codec_h1_writer.pxi HTTP/1.1 serializer (heads, chunk lines)
   core/http/codec_h1_testing.pxi the codec's test and benchmark hooks (Python, GIL)
   core/router/decls.pxi       the route table's structs and contract
   core/router/match.pxi       route matching, rewrites, redirects (workers, no GIL)
+  core/router/matchers.pxi    string/header/query matchers: the routes' and the native filters'
   core/router/build.pxi       building route tables (main thread, GIL)
   core/http/decls.pxi         structs and enums of the connection manager, router filter,
-                              upstream connection (UpConn)
+                              upstream connection (UpConn); the codec seam (ServerCodecApi,
+                              ClientCodecApi)
   core/http/hcm_worker.pxi    the connection manager's per-worker state and its worker hooks
-  core/http/head_writer.pxi   heads and body framing as bytes, header operations
+  core/http/head_writer.pxi   heads being assembled, header operations, body framing announced
+  core/http/codec_h1_framing.pxi HTTP/1.1 on the way out: heads into chains, the body writer
+  core/http/codec_h1_server.pxi the HTTP/1.1 server codec: downstream bytes <-> stream events
+  core/http/codec_h1_client.pxi the HTTP/1.1 client codec: upstream bytes <-> response events
   core/http/local_reply.pxi   responses the proxy writes itself; status counters
   core/upstream/http_pool.pxi the upstream HTTP pool: its interface (acquire, release,
                               cancel, fail), connections, per-host idle lists, queues
@@ -37,13 +44,17 @@ layout"). Declaration files (decls.pxi) come before the implementation files of 
   core/http/hcm_config.pxi    the connection manager's config (main thread, GIL)
   core/http/conn_manager.pxi  the downstream HTTP connection (HConn) and its loop
   core/http/filter_manager.pxi HTTP filter chains (the fp_http_filter C ABI, header maps, iteration)
-  core/http_pyfilter.pxi      Python HTTP filters (the GIL is taken here and in pybridge only)
-  core/http_pyfilter_async.pxi their `async def` hooks: the proxy's asyncio loop, batched handoffs
+  core/filters/python.pxi     Python HTTP filters (takes the GIL, as python_async and pybridge)
+  core/filters/python_async.pxi their `async def` hooks: the proxy's asyncio loop, batched handoffs
   core/http/stream_extras.pxi stream timeouts, the trusted client address, x-envoy-*, CONNECT
   core/http/hcm_headers.pxi   Date/Server/Via/x-request-id, path normalization, Host ports
   core/access_log.pxi  access logs and the stream facts they print
   core/bench.pxi       nogil loops for the micro-benchmarks (benchmarks/test_micro.py)
-  core/filters_native.pxi native HTTP filters (fault, cors, local_ratelimit, ...; no GIL)
+  core/filters/native_decls.pxi  native HTTP filters' config and stream structs, atomics
+  core/filters/native_common.pxi what they share on the workers (no GIL)
+  core/filters/native_build.pxi  building their configs (main thread, GIL)
+  core/filters/fault.pxi, header_mutation.pxi, local_ratelimit.pxi, health_check.pxi,
+    buffer.pxi, cors.pxi        one native HTTP filter each: hooks (no GIL), make_config
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, calloc, realloc, free
@@ -76,6 +87,7 @@ include "core/http/codec_h1_writer.pxi"
 include "core/http/codec_h1_testing.pxi"
 include "core/router/decls.pxi"
 include "core/router/match.pxi"
+include "core/router/matchers.pxi"
 include "core/router/build.pxi"
 include "core/http/decls.pxi"
 include "core/http/hcm_worker.pxi"
@@ -90,10 +102,18 @@ include "core/http/router_filter.pxi"
 include "core/http/hcm_config.pxi"
 include "core/http/conn_manager.pxi"
 include "core/http/filter_manager.pxi"
-include "core/http_pyfilter.pxi"
-include "core/http_pyfilter_async.pxi"
+include "core/filters/python.pxi"
+include "core/filters/python_async.pxi"
 include "core/http/stream_extras.pxi"
 include "core/http/hcm_headers.pxi"
 include "core/access_log.pxi"
 include "core/bench.pxi"
-include "core/filters_native.pxi"
+include "core/filters/native_decls.pxi"
+include "core/filters/native_common.pxi"
+include "core/filters/native_build.pxi"
+include "core/filters/fault.pxi"
+include "core/filters/header_mutation.pxi"
+include "core/filters/local_ratelimit.pxi"
+include "core/filters/health_check.pxi"
+include "core/filters/buffer.pxi"
+include "core/filters/cors.pxi"

@@ -1,6 +1,6 @@
 # Python network filters: the calls a worker makes into user Python network filters, with
-# the GIL. The data path takes the GIL here and in core/http_pyfilter.pxi (Python HTTP
-# filters), nowhere else.
+# the GIL. A worker takes the GIL in three files only: here, and for Python HTTP filters in
+# core/filters/python.pxi and core/filters/python_async.pxi (their `async def` hooks' results).
 #
 # A session whose listener has Python filters owns a Connection object (s.pyconn, one
 # strong reference). Every function here that the worker calls is `noexcept with gil`,

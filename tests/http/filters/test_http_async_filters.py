@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import http.client
 import threading
 import time
+import warnings
 
 import pytest
 
@@ -302,6 +304,94 @@ def test_stop_cancels_hooks_still_running(upstream):
         conn.close()
     finally:
         app.close()
+
+
+class DrainMeetsClose(asyncio.SelectorEventLoop):
+    """Makes the race of a drain with the proxy's close certain: once armed, the drain's
+    first create_task waits until another thread queues a callback on the loop (the
+    stopping proxy's cancel), so that cancel runs before the drain's Tasks take a step."""
+
+    def __init__(self):
+        super().__init__()
+        self.armed = False
+        self.in_drain = threading.Event()
+        self.cancel_queued = threading.Event()
+
+    def create_task(self, coro, **kwargs):
+        if self.armed:
+            self.armed = False
+            self.in_drain.set()
+            self.cancel_queued.wait(20)
+        return super().create_task(coro, **kwargs)
+
+    def call_soon_threadsafe(self, *args, **kwargs):
+        handle = super().call_soon_threadsafe(*args, **kwargs)
+        if self.in_drain.is_set():
+            self.cancel_queued.set()
+        return handle
+
+
+def test_closing_while_a_drain_starts_hooks_closes_them_and_resets_the_streams(upstream):
+    """The proxy stops while the loop is starting a batch of hooks: the Tasks the batch
+    made are cancelled before their first step, and the hooks they would have run are
+    closed (no "coroutine ... was never awaited"); the streams are reset, none hangs."""
+    app = LoopThread(DrainMeetsClose)
+    arrived, started, outcomes = [], [], []
+    busy, release = threading.Event(), threading.Event()
+
+    class Count(HttpFilter):
+        def decode_headers(self, headers, end_stream):
+            arrived.append(1)                   # on the worker, just before the async hook
+            return CONTINUE
+
+    class Queued(HttpFilter):
+        async def decode_headers(self, headers, end_stream):
+            started.append(1)
+            await asyncio.sleep(0)
+            return CONTINUE
+
+    def block():
+        busy.set()
+        release.wait(20)
+
+    def client(addr, i):
+        try:
+            outcomes.append(http_request(addr, "GET", f"/q{i}", timeout=10)[0].status)
+        except (http.client.HTTPException, OSError) as e:
+            outcomes.append(type(e).__name__)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            p = make_proxy([spec(Count), spec(Queued)], upstream, concurrency=1, loop=app.loop,
+                           plain_listener=True).start()
+            app.loop.call_soon_threadsafe(block)
+            busy.wait(5)
+            addr = p.listener_address("http")
+            clients = [threading.Thread(target=client, args=(addr, i)) for i in range(5)]
+            for t in clients:
+                t.start()
+            wait_for(lambda: len(arrived) == 5)
+            assert request(p, listener="plain")[0].status == 200     # the worker queued all 5
+            app.loop.armed = True
+            release.set()
+            assert app.loop.in_drain.wait(5)
+            stopper = threading.Thread(target=p.stop, kwargs={"drain_timeout": 0.1})
+            stopper.start()
+            stopper.join(20)
+            assert not stopper.is_alive()
+            for t in clients:
+                t.join(10)
+            assert not any(t.is_alive() for t in clients)
+            assert started == []
+            assert len(outcomes) == 5 and 200 not in outcomes, outcomes
+            del p
+            gc.collect()
+        finally:
+            release.set()
+            app.close()
+    unawaited = [str(w.message) for w in caught if "never awaited" in str(w.message)]
+    assert unawaited == []
 
 
 # ---------------------------------------------------------------- batching

@@ -303,6 +303,24 @@ def test_health_check_header_matchers_all_must_match(upstream):
         assert get(p, "/hc")[2] == b"GET /hc 0"
 
 
+def test_regex_matchers_read_header_values_where_they_lie(upstream):
+    """A safe_regex header matcher matches a value in place (no copy) whatever its length,
+    whether the value is in the received head or in the header map a filter wrote (`make
+    test-asan` checks that regexec reads nothing outside either)."""
+    class SetProbe(HttpFilter):
+        def decode_headers(self, headers, end_stream):
+            if "x-set" in headers:
+                headers["x-probe"] = headers["x-set"]
+            return FilterStatus.CONTINUE
+
+    hc = HealthCheck(False, [HeaderMatcher("x-probe", StringMatch("safe_regex", "kube-[a-z]+"))])
+    long_hit, long_miss = "kube-" + "a" * 5000, "kube-" + "a" * 5000 + "1"
+    with make_proxy([PythonHttpFilter("set", SetProbe), nf(HEALTH_CHECK, hc)], upstream) as p:
+        for value, hit in (("kube-probe", True), ("kube-", False), (long_hit, True), (long_miss, False)):
+            for name in ("x-probe", "x-set"):
+                assert (get(p, "/x", headers={name: value})[2] == b"") == hit, (name, len(value))
+
+
 def test_health_check_range_match_and_host(upstream):
     # the routes' matcher: range_match compares the value as an integer (it was taken for a
     # presence test), and "host" is the request's authority, as in a route

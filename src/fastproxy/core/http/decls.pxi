@@ -343,9 +343,6 @@ cdef extern from *:
 DEF ROUTE_HEADERS_ON_STACK = 48     # router input entries kept on the stack (most requests)
 
 
-ctypedef ssize_t (*RouteTextFn)(const RouteEntry* e, const RouteInput* r, char* out, size_t cap,
-                                size_t* need) noexcept nogil
-
 DEF ROUTE_TEXT_ON_STACK = 8192      # a rewritten path or a Location this long costs no malloc
 cdef const char* NO_MEMORY_BODY = "out of memory"    # the codec's 503 body too (core/http/codec_h1.pxi)
 

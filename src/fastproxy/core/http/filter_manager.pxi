@@ -1,7 +1,7 @@
 # HTTP filter chains (Envoy's StreamDecoderFilter/StreamEncoderFilter), for every kind of
-# filter: native ones compiled here, C filters loaded through cffi, and Python filters
-# (core/http_pyfilter.pxi). All of them are an `fp_http_filter` table (the C ABI in
-# include/fastproxy_filter.h); this file runs the tables without the GIL.
+# filter: native ones compiled into the core (core/filters/), C filters loaded through cffi,
+# and Python filters (core/filters/python.pxi). All of them are an `fp_http_filter` table
+# (the C ABI in include/fastproxy_filter.h); this file runs the tables without the GIL.
 #
 #   request:  head -> decode_headers 0..n-1 -> router (route, upstream, head out)
 #             body -> decode_data    0..n-1 -> router (framed for the upstream)
@@ -152,7 +152,7 @@ cdef struct FChain:                 # a stream's filter instances and iteration 
     uint8_t local_close             # ... and asked for Connection: close
     uint32_t buffer_limit
     PyObject* pyctx                 # per-stream Python state (filter_state, ...); NULL if no Python filter
-    void* stream_ref                # StreamRef* for cross-thread continues (see http_pyfilter)
+    void* stream_ref                # StreamRef* for cross-thread continues (core/filters/python.pxi)
     HMap local_headers              # ... its extra headers
     char upstream_host[64]          # "ip:port" of the upstream, kept for on_log
     size_t upstream_host_len
@@ -1020,6 +1020,22 @@ cdef void hf_continue(HStream* s, bint encoding) noexcept nogil:
     # continue from a hook of the other direction) this only marks it to go round again;
     # after a close it does nothing (c is freed after the event loop's turn).
     hconn_pump(c)
+
+
+cdef void _ensure_route(HStream* s) noexcept nogil:
+    """Pick the route now if no one has (a filter asked for it before the router), from the
+    router's own input (_route_input: on the stack for most requests)."""
+    cdef RouteInput r
+    cdef RouteHeader stack[ROUTE_HEADERS_ON_STACK]
+    cdef RouteHeader* hdrs
+    if s.route != NULL or s.fc == NULL:
+        return
+    hdrs = _route_input(s, &r, stack)
+    if hdrs == NULL:
+        return
+    s.route = route_select((<HttpCfg*>s.c.cfg.http).routes, &r)
+    s.route_cleared = 0
+    _route_input_free(hdrs, stack)
 
 
 cdef void* hf_route_config(HStream* s) noexcept nogil:

@@ -478,29 +478,6 @@ cdef void _fill_route_input(HStream* s, RouteInput* r, RouteHeader* hdrs) noexce
     r.nheaders = <int>k
 
 
-cdef ssize_t route_text(RouteTextFn fn, const RouteEntry* e, const RouteInput* r, char* stack,
-                        size_t cap, char** text) noexcept nogil:
-    """The text fn writes (route_rewrite_path, route_redirect_location), whatever its
-    length: in `stack` (cap bytes) when it fits, else in a buffer malloc'd to its size.
-    *text is where it is (the caller frees it when it is not `stack`). Returns its length,
-    ROUTE_NONE, or ROUTE_NO_ROOM when no buffer could be had: the caller must then refuse
-    the request, never go on without the text (a rewrite may confine the path)."""
-    cdef size_t need = 0
-    cdef ssize_t n = fn(e, r, stack, cap, &need)
-    text[0] = stack
-    if n != ROUTE_NO_ROOM:
-        return n
-    text[0] = <char*>malloc(need + 1)
-    if text[0] == NULL:
-        text[0] = stack
-        return ROUTE_NO_ROOM
-    n = fn(e, r, text[0], need, NULL)
-    if n == ROUTE_NO_ROOM:          # (need is an upper bound: not reached)
-        free(text[0])
-        text[0] = stack
-    return n
-
-
 cdef int stream_route(HStream* s) noexcept nogil:
     """The router: pick the route and the upstream, send the request head (unless a filter
     may still change the body: then the first body bytes send it). -1: the stream ended."""

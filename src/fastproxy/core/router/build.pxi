@@ -1,6 +1,7 @@
 # Building the route table on the main thread, with the GIL, from a RouteConfiguration model:
 # validation, domain maps, run indexes, regexes, header operations (compile_route_table,
-# RouteTableHandle), and _MatchBuilder, which the native filters' matchers use too.
+# RouteTableHandle), and _MatchBuilder, which builds the native filters' matchers too
+# (the worker side of both: matchers.pxi).
 
 # ---------------------------------------------------------------- building (main thread)
 
@@ -110,9 +111,10 @@ cdef list _rt_substitution_parts(str sub, int ngroups, str path):
 
 
 cdef class _MatchBuilder:
-    """Builds string and header matchers (RouteStringMatch, RouteHeaderMatcher) into memory
-    that lives as long as the compiled config: the route table's arena (_RouteBuilder) or a
-    native filter's config (_NfBuild, core/filters_native.pxi), which override alloc. Regexes
+    """Builds string and header matchers (RouteStringMatch, RouteHeaderMatcher; matched on
+    the workers by core/router/matchers.pxi) into memory that lives as long as the compiled
+    config: the route table's arena (_RouteBuilder) or a native filter's config (_NfBuild,
+    core/filters/native_build.pxi), which override alloc. Regexes
     are compiled regex_copies times and linked on *regexes for their owner to regfree."""
     cdef int regex_copies
     cdef RouteRegex** regexes
@@ -775,10 +777,6 @@ cdef class RouteTableHandle:
         cdef list keep = []
         cdef RouteHeader* hs = self._fill(&r, keep, method, path, host, headers, scheme)
         cdef const RouteEntry* e
-        cdef char small[256]
-        cdef char* buf
-        cdef ssize_t n
-        cdef size_t need = 0
         try:
             r.worker = <unsigned int>worker
             e = route_select(self.t, &r)
@@ -813,37 +811,8 @@ cdef class RouteTableHandle:
                 out["status"] = e.status
             if e.action == ROUTE_DIRECT_RESPONSE:
                 out["body"] = _rt_pybytes(e.body)
-            # Start small so the "buffer too small" answer is exercised, then grow.
-            # Start small so the "buffer too small" answer is exercised, then take the
-            # room it asks for, as a worker does (core/http/router_filter.pxi, route_text).
-            buf = small
-            n = route_rewrite_path(e, &r, buf, 16, &need)
-            if n == ROUTE_NO_ROOM:
-                buf = <char*>malloc(max(<size_t>1, need))
-                if buf == NULL:
-                    raise MemoryError()
-                n = route_rewrite_path(e, &r, buf, need, NULL)
-                if n == ROUTE_NO_ROOM:
-                    free(buf)
-                    raise AssertionError("route_rewrite_path: the room it asked for is too small")
-            if n >= 0:
-                out["path"] = buf[:n].decode("utf-8", "surrogateescape")
-            if buf != small:
-                free(buf)
-            buf = small
-            n = route_redirect_location(e, &r, buf, 16, &need)
-            if n == ROUTE_NO_ROOM:
-                buf = <char*>malloc(max(<size_t>1, need))
-                if buf == NULL:
-                    raise MemoryError()
-                n = route_redirect_location(e, &r, buf, need, NULL)
-                if n == ROUTE_NO_ROOM:
-                    free(buf)
-                    raise AssertionError("route_redirect_location: the room it asked for is too small")
-            if n >= 0:
-                out["location"] = buf[:n].decode("utf-8", "surrogateescape")
-            if buf != small:
-                free(buf)
+            out["path"] = _rt_text(route_rewrite_path, e, &r)
+            out["location"] = _rt_text(route_redirect_location, e, &r)
             return out
         finally:
             free(hs)
@@ -868,6 +837,22 @@ cdef class RouteTableHandle:
             return ns, hits == rounds
         finally:
             free(hs)
+
+
+cdef object _rt_text(RouteTextFn fn, const RouteEntry* e, const RouteInput* r):
+    """What fn writes for this request (None: nothing), through the workers' route_text
+    (match.pxi) from 16 bytes of room, so its retry with the room fn asks for is exercised
+    by every test that inspects a route."""
+    cdef char small[16]
+    cdef char* text
+    cdef ssize_t n = route_text(fn, e, r, small, sizeof(small), &text)
+    if n == ROUTE_NO_ROOM:
+        raise MemoryError("route_text: no room for the text (or less room asked for than it needs)")
+    try:
+        return text[:n].decode("utf-8", "surrogateescape") if n >= 0 else None
+    finally:
+        if text != small:
+            free(text)
 
 
 cdef list _rt_ops_list(const RouteHeaderOps* ops):

@@ -1,5 +1,6 @@
 # The compiled router's declarations and its contract (what follows is the design of all
-# three files: core/router/decls.pxi, match.pxi on the workers, build.pxi on the main thread).
+# its files: core/router/decls.pxi; match.pxi and matchers.pxi on the workers, the matchers
+# shared with the native filters; build.pxi on the main thread).
 #
 # The compiled router: Envoy's route table (envoy.filters.http.router with an inline
 # route_config) as immutable C structs, built once on the main thread and read by every
@@ -35,7 +36,7 @@
 #   route_redirect_location(e, &r, out, cap, &need)  the Location value; -1: the entry has none
 #       both return the length written, or -2 when cap is too small (nothing useful written;
 #       need, unless NULL, is then set to a capacity that holds the text: call again with
-#       that much room, as core/http/router_filter.pxi's route_text does for long paths)
+#       that much room: route_text(fn, e, &r, stack, cap, &text) does that, in match.pxi)
 #   e.request_headers / e.response_headers   header mutations (RouteHeaderOps), see below
 #   The same RouteInput must be passed to the rewrite/redirect functions as to route_select.
 #
@@ -159,8 +160,13 @@
 # (a full match); rewrite patterns without REG_NOSUB, unanchored. regcomp runs under the C
 # locale (uselocale on this thread): byte semantics and ASCII ranges whatever the
 # environment says, and glibc's fast single-byte regexec. regexec is called with
-# REG_STARTEND, so paths need no NUL terminator (string matches copy header values to a
-# NUL-terminated buffer first: see _rt_string_match). glibc's regexec takes a lock inside
+# REG_STARTEND: glibc reads only the bytes in those bounds, so a path or header value is
+# matched where it lies, never copied. ASan's regexec interceptor, though, checks
+# strlen(string) + 1 bytes whatever the flags, so every string a worker matches must have
+# a NUL after it in its own allocation, and does: a received head is followed by one
+# (_h1_head_reserve, core/http/codec_h1.pxi), each string of a filter's header map is
+# NUL-terminated (_hm_own, core/http/filter_manager.pxi), the rest are C literals, the
+# client address array, or Python bytes (RouteTableHandle.select). glibc's regexec takes a lock inside
 # each compiled pattern, so with regex_copies=N every pattern is compiled N times and worker
 # w uses copy w % N: pass the worker count to keep regex routes lock-free. This is the
 # core's one regex policy: the native filters' matchers are built by the same _MatchBuilder,
@@ -456,3 +462,9 @@ cdef struct RouteTable:
     int regex_copies
     RouteRegex* regexes
     RouteArenaBlock* arena
+
+
+# The writers of a route's text (route_rewrite_path, route_redirect_location), as route_text
+# (match.pxi) takes them: it retries with the room the first call asked for.
+ctypedef ssize_t (*RouteTextFn)(const RouteEntry* e, const RouteInput* r, char* out, size_t cap,
+                                size_t* need) noexcept nogil

@@ -1,6 +1,9 @@
-# The route table read on the workers (no GIL, no allocation): table lifetime, virtual host
-# selection, route matching, weighted picks, and the rewritten path and redirect Location
-# writers. The contract is in core/router/decls.pxi; the table is built by build.pxi.
+# The route table read on the workers (no GIL): table lifetime, virtual host selection,
+# route matching, weighted picks, and the rewritten path and redirect Location writers
+# (no allocation; route_text gives them a buffer of the size they ask for when the caller's
+# is too small). A route's header, query and regex tests are the matchers the native
+# filters share: matchers.pxi. The contract is in core/router/decls.pxi; the table is built
+# by build.pxi.
 
 # ---------------------------------------------------------------- lifetime
 
@@ -178,19 +181,6 @@ cdef inline size_t _rt_path_end(const char* path, size_t n) noexcept nogil:
         n = <size_t>(q - path)
     return n
 
-
-cdef inline bint _rt_regex_full(const RouteRegex* rx, const char* s, size_t n,
-                                unsigned int worker) noexcept nogil:
-    cdef regmatch_t m[1]
-    if rx.literal.n and (n < rx.literal.n or not _rt_starts(s, rx.literal.p, rx.literal.n,
-                                                             rx.literal_last, False)):
-        return False                # the pattern's literal start is not there: no regexec
-    m[0].rm_so = 0
-    m[0].rm_eo = <regoff_t>n
-    if s == NULL:
-        s = ""
-    return regexec(&rx.copies[worker % <unsigned int>rx.ncopies], s, 0, m, REG_STARTEND) == 0
-
 # ---------------------------------------------------------------- virtual host selection
 
 cdef int _rt_domain_find(const RouteDomainMap* m, const char* s, size_t n) noexcept nogil:
@@ -340,159 +330,6 @@ cdef int _rt_run_find(const RouteRunIndex* x, const char* path, size_t noq) noex
             hci = _rt_hmix(hci, _rt_lower8(w))
         b += 8
     return -1 if best == 0x7fffffff else best
-
-
-cdef bint _rt_string_match(const RouteStringMatch* sm, const char* v, size_t n,
-                           unsigned int worker) noexcept nogil:
-    cdef size_t k = sm.value.n
-    cdef size_t i
-    cdef char stack[256]
-    cdef char* buf
-    cdef bint ok
-    if sm.kind == RSM_SAFE_REGEX:
-        # A NUL-terminated copy: a header value may end its allocation, and REG_STARTEND
-        # alone does not stop every regexec (ASan's interceptor, for one) reading to a NUL.
-        buf = &stack[0] if n < sizeof(stack) else <char*>malloc(n + 1)
-        if buf == NULL:
-            return False
-        if n:
-            memcpy(buf, v, n)
-        buf[n] = 0
-        ok = _rt_regex_full(sm.regex, buf, n, worker)
-        if buf != &stack[0]:
-            free(buf)
-        return ok
-    if sm.kind == RSM_EXACT:
-        if n != k:
-            return False
-    elif sm.kind == RSM_PREFIX:
-        if n < k:
-            return False
-    elif sm.kind == RSM_SUFFIX:
-        if n < k:
-            return False
-        v = v + (n - k)
-    elif sm.kind == RSM_CONTAINS:
-        if k == 0:
-            return True
-        if n < k:
-            return False
-        if not sm.ignore_case:
-            return memmem(v, n, sm.value.p, k) != NULL
-        for i in range(n - k + 1):
-            if _rt_ieq(v + i, sm.value.p, k):
-                return True
-        return False
-    if k == 0:
-        return True
-    if sm.ignore_case:
-        return _rt_ieq(v, sm.value.p, k)
-    return memcmp(v, sm.value.p, k) == 0
-
-
-cdef bint _rt_int64(const char* v, size_t n, int64_t* out) noexcept nogil:
-    """A whole value that is a decimal integer with an optional sign, within int64."""
-    cdef size_t i = 0
-    cdef bint neg = False
-    cdef uint64_t acc = 0
-    cdef uint64_t limit
-    if n and (v[0] == 43 or v[0] == 45):        # '+' / '-'
-        neg = v[0] == 45
-        i = 1
-    if i == n:
-        return False
-    limit = (<uint64_t>1 << 63) if neg else (<uint64_t>1 << 63) - 1
-    while i < n:
-        if not 48 <= v[i] <= 57:
-            return False
-        if acc > (limit - <uint64_t>(v[i] - 48)) // 10:
-            return False
-        acc = acc * 10 + <uint64_t>(v[i] - 48)
-        i += 1
-    out[0] = -<int64_t>(acc - 1) - 1 if neg and acc else <int64_t>acc
-    return True
-
-
-cdef inline bint _rt_value_matches(const RouteHeaderMatcher* m, const char* v, size_t n,
-                                   unsigned int worker) noexcept nogil:
-    cdef int64_t x
-    if m.is_range:
-        return _rt_int64(v, n, &x) and m.range_start <= x < m.range_end
-    return _rt_string_match(&m.sm, v, n, worker)
-
-
-cdef bint _rt_header_matches(const RouteHeaderMatcher* m, const RouteInput* r) noexcept nogil:
-    """route.v3.HeaderMatcher against a request: the one implementation the routes and the
-    native filters (health_check) share. A repeated header matches when one of its field
-    lines does: Envoy 1.40 matches each value on its own ("x: v" twice matches exact "v";
-    "x: v1" + "x: v2" does not match exact "v1,v2"), in routes and filters alike (checked
-    against Envoy in tests/test_native_filters.py); invert_match inverts that outcome."""
-    cdef const char* v = NULL
-    cdef size_t n = 0
-    cdef bint found = False
-    cdef bint ok = False
-    cdef int i
-    cdef const RouteHeader* h
-    if m.source == RHS_HEADERS:
-        for i in range(r.nheaders):
-            h = &r.headers[i]
-            if h.name_len == m.name.n and _rt_ieq(h.name, m.name.p, h.name_len):
-                found = True
-                if m.presence_only:
-                    break
-                if _rt_value_matches(m, h.value, h.value_len, r.worker):
-                    ok = True
-                    break
-    else:
-        if m.source == RHS_METHOD:
-            v = r.method
-            n = r.method_len
-        elif m.source == RHS_PATH:
-            v = r.path
-            n = r.path_len
-        elif m.source == RHS_AUTHORITY:
-            v = r.host
-            n = r.host_len
-        else:
-            v = r.scheme
-            n = r.scheme_len
-        found = v != NULL
-        ok = found and not m.presence_only and _rt_value_matches(m, v, n, r.worker)
-    if m.presence_only:
-        return (found == <bint>m.present) != <bint>m.invert
-    if not found:
-        if not m.missing_as_empty:
-            return False
-        ok = _rt_value_matches(m, "", 0, r.worker)
-    return ok != <bint>m.invert
-
-
-cdef bint _rt_query_matches(const RouteQueryMatcher* m, const char* path, size_t path_len,
-                            size_t noq, unsigned int worker) noexcept nogil:
-    cdef size_t q, end, pe, ne
-    cdef const char* amp
-    cdef const char* eq
-    cdef const char* hashmark
-    if noq >= path_len or path[noq] != 63:      # no '?': no query
-        return False
-    q = noq + 1
-    end = path_len
-    hashmark = <const char*>memchr(path + q, 35, end - q)
-    if hashmark != NULL:
-        end = <size_t>(hashmark - path)
-    while q < end:
-        amp = <const char*>memchr(path + q, 38, end - q)    # '&'
-        pe = end if amp == NULL else <size_t>(amp - path)
-        eq = <const char*>memchr(path + q, 61, pe - q)      # '='
-        ne = pe if eq == NULL else <size_t>(eq - path)
-        if ne - q == m.name.n and memcmp(path + q, m.name.p, m.name.n) == 0:
-            if m.presence_only:
-                return True
-            if eq == NULL:
-                return _rt_string_match(&m.sm, "", 0, worker)
-            return _rt_string_match(&m.sm, path + ne + 1, pe - ne - 1, worker)
-        q = pe + 1
-    return False
 
 
 cdef inline bint _rt_scan_path(const RouteScan* sc, const char* path, size_t noq) noexcept nogil:
@@ -864,3 +701,26 @@ cdef ssize_t route_redirect_location(const RouteEntry* e, const RouteInput* r, c
     if o.full:
         return _rt_no_room(&o, need)
     return <ssize_t>o.n
+
+
+cdef ssize_t route_text(RouteTextFn fn, const RouteEntry* e, const RouteInput* r, char* stack,
+                        size_t cap, char** text) noexcept nogil:
+    """The text fn writes (route_rewrite_path, route_redirect_location), whatever its
+    length: in `stack` (cap bytes) when it fits, else in a buffer malloc'd to its size.
+    *text is where it is (the caller frees it when it is not `stack`). Returns its length,
+    ROUTE_NONE, or ROUTE_NO_ROOM when no buffer could be had: the caller must then refuse
+    the request, never go on without the text (a rewrite may confine the path)."""
+    cdef size_t need = 0
+    cdef ssize_t n = fn(e, r, stack, cap, &need)
+    text[0] = stack
+    if n != ROUTE_NO_ROOM:
+        return n
+    text[0] = <char*>malloc(need + 1)
+    if text[0] == NULL:
+        text[0] = stack
+        return ROUTE_NO_ROOM
+    n = fn(e, r, text[0], need, NULL)
+    if n == ROUTE_NO_ROOM:          # (need is an upper bound: not reached)
+        free(text[0])
+        text[0] = stack
+    return n

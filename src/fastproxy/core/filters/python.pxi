@@ -1,7 +1,7 @@
 # Python HTTP filters: an fp_http_filter table whose hooks take the GIL and call a
-# fastproxy.HttpFilter instance (one per stream). With core/http_pyfilter_async.pxi (async
-# hooks) and core/pybridge.pxi, the only code on a worker that takes the GIL; a listener
-# without Python HTTP filters never gets here.
+# fastproxy.HttpFilter instance (one per stream). With python_async.pxi (async hooks) and
+# core/pybridge.pxi (network filters), the only code on a worker that takes the GIL; a
+# listener without Python HTTP filters never gets here.
 #
 # What a hook receives:
 #   Headers  a case-insensitive multi-map over the stream's C header map (no copy); when the
@@ -13,7 +13,7 @@
 # Every exception is caught here: logged with its traceback, counted
 # (http.<prefix>.python_filter_error), and the stream gets a 500 (or a reset once the
 # response started). The worker, the connection's other streams and the proxy go on.
-# `async def` hooks go to the proxy's asyncio loop: core/http_pyfilter_async.pxi.
+# `async def` hooks go to the proxy's asyncio loop: python_async.pxi.
 
 import time as _time
 
@@ -501,22 +501,6 @@ cdef class HttpFilterCallbacks:
         cdef bytes b = _as_field_bytes(data, "data")
         if chain_append(&s.fc.enc.held, b, len(b)) < 0:
             raise MemoryError()
-
-
-cdef void _ensure_route(HStream* s) noexcept nogil:
-    """Pick the route now if no one has (a filter asked for it before the router). No GIL
-    needed: C filters reach it through api->route_config."""
-    cdef RouteInput r
-    cdef RouteHeader* hdrs
-    if s.route != NULL or s.fc == NULL:
-        return
-    hdrs = <RouteHeader*>malloc(max(1, s.fc.req.l.n) * sizeof(RouteHeader))
-    if hdrs == NULL:
-        return
-    _fill_route_input(s, &r, hdrs)
-    s.route = route_select((<HttpCfg*>s.c.cfg.http).routes, &r)
-    s.route_cleared = 0
-    free(hdrs)
 
 
 cdef void _apply_local_reply(HStream* s, int status, object payload) noexcept:

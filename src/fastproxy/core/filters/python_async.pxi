@@ -161,7 +161,7 @@ async def _run_hook(AsyncBridge bridge, _HookJob job):
     finally:
         if timer is not None:
             timer.cancel()
-        bridge._tasks.discard(job.task)
+        bridge._tasks.pop(job.task, None)
         job.task = None
     bridge._deliver(job)
 
@@ -179,7 +179,8 @@ cdef class AsyncBridge:
     cdef bint _closed
     cdef dict _outbound             # loop thread only: {Worker address: [finished jobs]}
     cdef bint _flush_pending        # loop thread only: a _flush is scheduled
-    cdef set _tasks                 # loop thread only: the hooks running (cancelled at close)
+    cdef dict _tasks                # loop thread only: {Task: _HookJob} of the hooks running
+                                    # (cancelled at close)
     cdef object _drain_cb, _flush_cb
 
     def __cinit__(self, int nworkers):
@@ -197,7 +198,7 @@ cdef class AsyncBridge:
         self._lock = _threading.Lock()
         self._inbound = []
         self._outbound = {}
-        self._tasks = set()
+        self._tasks = {}
         self._drain_cb = self._drain
         self._flush_cb = self._flush
 
@@ -292,12 +293,15 @@ cdef class AsyncBridge:
     def _drain(self):
         """On the loop: start every queued hook."""
         cdef _HookJob job
+        cdef bint closed = False
         with self._lock:
             jobs = self._inbound
             self._inbound = []
             self._wake_pending = False
-            if self._closed:
-                return
+            closed = self._closed
+        if closed:
+            _close_unstarted(jobs)          # (close() empties the queue itself: none, in practice)
+            return
         loop = self.loop
         tasks = False
         for j in jobs:
@@ -307,7 +311,7 @@ cdef class AsyncBridge:
                 _group_by_worker(self._outbound, job)
                 continue
             job.task = loop.create_task(_run_hook(self, job))
-            self._tasks.add(job.task)
+            self._tasks[job.task] = job
             tasks = True
         if not tasks:
             self._flush()
@@ -360,9 +364,11 @@ cdef class AsyncBridge:
             self._inbound = []
             loop = self.loop
             own = self._own_thread
-        for j in dropped:
-            (<_HookJob>j).coro.close()
+        _close_unstarted(dropped)
         if loop is None or loop.is_closed():
+            # No loop will run the Tasks a drain made: their hooks never start.
+            _close_unstarted(list(self._tasks.values()))
+            self._tasks.clear()
             return
         try:
             if _asyncio._get_running_loop() is loop:
@@ -377,8 +383,24 @@ cdef class AsyncBridge:
             own.join(5.0)
 
     def _cancel_all(self):
-        for t in list(self._tasks):
+        """On the loop, at close: cancel every hook's Task. A Task cancelled before its
+        first step never runs _run_hook, so the hook it would have started is closed here
+        (else it is never awaited and warns when collected)."""
+        tasks = self._tasks
+        self._tasks = {}
+        for t, job in tasks.items():
             t.cancel()
+        _close_unstarted(list(tasks.values()))
+
+
+cdef _close_unstarted(list jobs):
+    """Close the coroutines of hooks that were never started (any thread: nothing runs them)."""
+    cdef _HookJob job
+    for j in jobs:
+        job = <_HookJob>j
+        if job.coro is not None:
+            job.coro.close()
+            job.coro = None
 
 
 cdef inline _group_by_worker(dict out, _HookJob job):
