@@ -14,8 +14,10 @@
 # The compiled core is built in place (src/fastproxy/_core*.so) by `setup.py build_ext
 # --inplace`: Cython regenerates _core.c only when _core.pyx or an included .pxi/.pxd is
 # newer, and the C compiler runs only when _core.c is newer than the module. A change of
-# build flavour (release / debug / asan) or of build flags forces a full rebuild (build_ext.py
-# keeps the key of each build under build/). `make wheel` packs the module of that same build.
+# build flavour (release / debug / asan) or of C flags recompiles the module; Cython runs
+# again only for other Cython directives (release vs debug/asan) when no _core.c made with
+# them is kept under build/cython/ (build_ext.py keeps the keys and those files under
+# build/). `make wheel` packs the module of that same build.
 
 SHELL       := /bin/bash
 PYTHON      ?= python3

@@ -11,9 +11,16 @@ Switches (environment variables):
 One build serves the in-place module (`setup.py build_ext --inplace`, `make core`) and the
 wheel: setuptools compiles into build/lib.*, then copies the module into src/ when in place,
 and a wheel built from the same tree finds that module up to date and reuses it. What decides
-"up to date" besides timestamps is the build key (flavour, flags, Cython directives and
-version): stamps under build/ record the key _core.c was generated with and the key the
-module was compiled with, and a different key regenerates or recompiles.
+"up to date" besides timestamps are two keys, recorded in stamps under build/:
+
+  the Cython key (directives and Cython version): what _core.c depends on besides its
+      sources. A different one regenerates _core.c, unless build/cython/<key>/ keeps the
+      _core.c made with it (each one made is kept there), which is put back in place and
+      regenerated only if a source is newer: switching flavours back and forth runs Cython
+      once per source change and flavour, not at every switch.
+  the compile key (C flags, link flags, macros, include dirs, and the Cython key): a
+      different one recompiles the module from _core.c, without running Cython when only
+      C flags changed (debug <-> asan have the same directives).
 
 A release module is stripped (--strip-unneeded) when it is installed into a wheel; the
 in-place module keeps its symbols for perf and gdb.
@@ -29,7 +36,9 @@ from setuptools.command.build_ext import build_ext as _build_ext
 from setuptools.command.install_lib import install_lib as _install_lib
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-C_STAMP = os.path.join(ROOT, "build", "core-c.key")
+C_SOURCE = os.path.join(ROOT, "src", "fastproxy", "_core.c")
+C_STAMP = os.path.join(ROOT, "build", "core-c.key")         # the Cython key of C_SOURCE
+C_CACHE = os.path.join(ROOT, "build", "cython")             # <Cython key>/_core.c
 
 
 def _flag(name: str) -> bool:
@@ -70,6 +79,41 @@ def write_stats_table() -> None:
         _write(path, text)
 
 
+def _key(*parts) -> str:
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+def _c_source_for(cython_key: str) -> bool:
+    """Put the _core.c generated with cython_key in place (from C_CACHE if it is not the
+    one there). False: there is none (Cython must run)."""
+    if _read(C_STAMP) == cython_key and os.path.exists(C_SOURCE):
+        return True
+    kept = os.path.join(C_CACHE, cython_key, "_core.c")
+    if not os.path.exists(kept):
+        return False
+    shutil.copy2(kept, C_SOURCE)            # with its time: Cython's check still applies
+    _write(C_STAMP, cython_key)
+    print(f"core: reusing the _core.c generated with these Cython directives ({cython_key})",
+          file=sys.stderr)
+    return True
+
+
+def _keep_c_source(cython_key: str) -> None:
+    """Keep a copy of _core.c under its Cython key (if it is not already the same file)."""
+    kept = os.path.join(C_CACHE, cython_key, "_core.c")
+    try:
+        src = os.stat(C_SOURCE)
+        dst = os.stat(kept)
+        if (src.st_mtime_ns, src.st_size) == (dst.st_mtime_ns, dst.st_size):
+            return
+    except FileNotFoundError:
+        if not os.path.exists(C_SOURCE):
+            return
+    os.makedirs(os.path.dirname(kept), exist_ok=True)
+    shutil.copy2(C_SOURCE, kept + ".tmp")
+    os.replace(kept + ".tmp", kept)
+
+
 def extensions():
     if _flag("FASTPROXY_SKIP_CORE"):
         return []
@@ -98,8 +142,8 @@ def extensions():
         "embedsignature": True,
         "freethreading_compatible": False,
     }
-    key = hashlib.sha256(repr((cflags, ldflags, macros, include_dirs, sorted(directives.items()),
-                               Cython.__version__)).encode()).hexdigest()[:16]
+    cython_key = _key(sorted(directives.items()), Cython.__version__)
+    key = _key(cflags, ldflags, macros, include_dirs, cython_key)
     ext = Extension(
         "fastproxy._core",
         ["src/fastproxy/_core.pyx"],
@@ -109,8 +153,10 @@ def extensions():
         include_dirs=include_dirs,
     )
     # Cython regenerates _core.c when a source is newer; other directives also need it
-    # regenerated, which timestamps cannot tell.
-    regenerate = _read(C_STAMP) != key or not os.path.exists(os.path.join(ROOT, "src/fastproxy/_core.c"))
+    # regenerated, which timestamps cannot tell: the _core.c generated with these
+    # directives before, if kept, comes back with its own time (so a source changed since
+    # still regenerates it), else Cython runs.
+    regenerate = not _c_source_for(cython_key)
     exts = cythonize(
         [ext],
         compiler_directives=directives,
@@ -118,7 +164,8 @@ def extensions():
         include_path=["src"],
         force=regenerate,
     )
-    _write(C_STAMP, key)
+    _write(C_STAMP, cython_key)
+    _keep_c_source(cython_key)
     for e in exts:
         e.fastproxy_key = key
     return exts

@@ -48,7 +48,9 @@ PROXIES = ["direct", "floor", "nginx", "haproxy", "envoy", "fastproxy"]
 # Not run by default; pick with --only.
 #   haproxy-splice: HAProxy with option splice-auto/-request/-response and tune.pipesize
 #                   1 MiB: bodies move socket -> pipe -> socket with splice(2)
-VARIANTS = ["haproxy-splice"]
+#   fastproxy-base: another fastproxy build (--base: that checkout's src/, its core built
+#                   in place), run the same way beside this one: the before/after of a change
+VARIANTS = ["haproxy-splice", "fastproxy-base"]
 
 SMALL_BODY = b"Hello, world\n"  # 13 bytes
 BIG_SIZE = 1 << 20
@@ -348,7 +350,7 @@ def run_wrk(wrk: str, lua: Path, port: int, wl: Workload, seconds: int, threads:
 
 
 # ----------------------------------------------------------------------------- proxies
-def build_proxies(names: list[str], tmp: Path, upstream_port: int, pin: bool
+def build_proxies(names: list[str], tmp: Path, upstream_port: int, pin: bool, base: str = ""
                   ) -> tuple[list[Proc], dict[str, str]]:
     """Write each proxy's config and describe how to run it. Returns (procs, skipped)."""
     ports = iter(reserve_ports(2 * len(names) + 2))
@@ -403,11 +405,16 @@ def build_proxies(names: list[str], tmp: Path, upstream_port: int, pin: bool
                 continue
             procs.append(Proc(name, cpu + [str(exe), "127.0.0.1", str(port), "127.0.0.1",
                                            str(upstream_port)], port, log, probe=probe))
-        elif name == "fastproxy":
+        elif name in ("fastproxy", "fastproxy-base"):
             admin = next(ports)
             cfg = d / "fastproxy.yaml"
             cfg.write_text(envoy_yaml(port, upstream_port, admin))
             env = fastproxy_env()
+            if name == "fastproxy-base":
+                if not base:
+                    skipped[name] = "no --base checkout given"
+                    continue
+                env["PYTHONPATH"] = base
             # Refuse early, with the loader's own message, when the config is not accepted.
             v = subprocess.run([sys.executable, "-m", "fastproxy", "--mode", "validate",
                                 "-c", str(cfg)], capture_output=True, text=True, env=env,
@@ -617,6 +624,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                              "to one nginx upstream)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds; proxy order alternates (default 3)")
     ap.add_argument("--seconds", type=int, default=5, help="wrk -d per run, whole seconds (default 5)")
+    ap.add_argument("--base", default="",
+                    help="another fastproxy checkout's src/ directory (its core built in place), "
+                         "run as 'fastproxy-base' (pick it with --only)")
     ap.add_argument("--only", default="",
                     help=f"comma-separated subset of: {','.join(PROXIES)} (default: all of these); "
                          f"also accepted: {','.join(VARIANTS)}")
@@ -701,7 +711,7 @@ def main(argv=None) -> int:
         lua = tmp / "done.lua"
         lua.write_text(WRK_DONE_LUA)
 
-        procs, failed = build_proxies(args.names, tmp, upstream_port, pin)
+        procs, failed = build_proxies(args.names, tmp, upstream_port, pin, args.base)
         for name, why in failed.items():
             print(f"!! {name}: {why}", file=sys.stderr)
         for p in procs:

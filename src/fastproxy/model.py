@@ -8,7 +8,7 @@ import ipaddress
 import socket
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, ClassVar, Optional, Sequence, Union
 
 from . import validation as rules
 from .errors import ConfigError
@@ -315,6 +315,8 @@ class Bootstrap:
     # Downstream connections allowed over all listeners together (Envoy's runtime key
     # overload.global_downstream_max_connections); None: no limit.
     max_downstream_connections: Optional[int] = None
+    # The repr of the last configuration validate() passed (see validate_once).
+    _last_valid: ClassVar[str] = ""
 
     def validate(self, prefix: str = "") -> None:
         """Check the whole configuration. Paths name the Python arguments (``clusters[0].
@@ -354,3 +356,12 @@ class Bootstrap:
             elif handler.cluster not in names:
                 raise ConfigError(l.handler_path(f"{prefix}listeners[{i}]") + ".cluster",
                                   f"unknown cluster {handler.cluster!r}")
+        Bootstrap._last_valid = repr(self)
+
+    def validate_once(self) -> None:
+        """validate(), unless the configuration that last passed it is this one, field by
+        field: Proxy.from_bootstrap(load_envoy(...)) validates once, in the loader (whose
+        errors name the Envoy fields), while a configuration built or changed by hand since
+        is validated by Proxy."""
+        if repr(self) != Bootstrap._last_valid:
+            self.validate()

@@ -193,7 +193,7 @@ class Proxy:
             raise TypeError(f"Proxy(loop=...) takes an asyncio event loop, got {type(loop).__name__}")
         bootstrap = Bootstrap(_as_list(listeners, "listeners", Listener), _as_list(clusters, "clusters", Cluster),
                               admin, node if node is not None else Node(), max_downstream_connections)
-        bootstrap.validate()
+        bootstrap.validate_once()       # (what load_envoy validated is not validated again)
         if concurrency is None or concurrency == 0:
             concurrency = os.cpu_count() or 1
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
@@ -241,7 +241,8 @@ class Proxy:
 
     @classmethod
     def from_bootstrap(cls, bootstrap: Bootstrap, *, concurrency: Optional[int] = None) -> "Proxy":
-        """A proxy for a whole configuration (what load_envoy returns)."""
+        """A proxy for a whole configuration (what load_envoy returns: validated there, and
+        not again here unless changed since)."""
         return cls(bootstrap.listeners, bootstrap.clusters, concurrency=concurrency, admin=bootstrap.admin,
                    node=bootstrap.node, max_downstream_connections=bootstrap.max_downstream_connections)
 

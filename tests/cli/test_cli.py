@@ -549,6 +549,62 @@ def test_debug_lines_are_rate_limited_and_absent_at_info(tmp_path, cli):
     up.close()
 
 
+def _fds_open_on(path) -> list:
+    out = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == str(path):
+                out.append(int(name))
+        except OSError:
+            continue
+    return out
+
+
+def test_debug_lines_go_to_the_cores_own_descriptor(tmp_path):
+    """The workers write debug lines to a duplicate of the logger's descriptor: when the
+    caller closes its log file and the number is reused, the lines keep going to the file
+    the caller gave (never into whatever now has that number); the duplicate is closed
+    when the proxy stops."""
+    from http_upstreams import RawHttpUpstream
+    from fastproxy import Cluster, Endpoint, Listener, Proxy
+    from fastproxy.http.model import HttpConnectionManager, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost
+    up = RawHttpUpstream()
+    given, other = tmp_path / "given.log", tmp_path / "other.log"
+    logger = logging.getLogger("fastproxy")
+    stream = open(given, "w")
+    handler = logging.StreamHandler(stream)
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    rc = RouteConfiguration(virtual_hosts=[VirtualHost("vh", ["*"], routes=[
+        Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))])])
+    p = Proxy([Listener("http", HttpConnectionManager("ingress", rc), port=0)],
+              [Cluster("c", [Endpoint("127.0.0.1", up.port)])], concurrency=1)
+    try:
+        p.start()
+        number = stream.fileno()
+        logger.removeHandler(handler)
+        stream.close()
+        # Something else gets the number (the lowest free one, else dup2 puts it there).
+        fd = os.open(other, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        if fd != number:
+            os.dup2(fd, number)
+            os.close(fd)
+        try:
+            assert _get(p.listener_address("http"), "/after-close")[0] == 200
+            wait_for(lambda: "/after-close" in given.read_text(), msg="debug lines in the given file")
+            assert other.read_text() == "", "debug lines went to the reused descriptor"
+        finally:
+            os.close(number)
+        assert _fds_open_on(given), "the core's duplicate is open while the proxy runs"
+        p.stop(drain_timeout=0.5)
+        assert _fds_open_on(given) == [], "the duplicate is closed when the proxy stops"
+    finally:
+        p.stop(drain_timeout=0.5)
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+        up.close()
+
+
 # --------------------------------------------------------------------------- operating it (issue 11)
 
 def http_stdout_log_yaml(upstream_port: int, logger: str = "StdoutAccessLog") -> str:

@@ -343,6 +343,58 @@ def test_empty_document_is_an_empty_bootstrap():
     assert load_envoy("") == Bootstrap(listeners=[], clusters=[], admin=None)
 
 
+@pytest.fixture
+def validations(monkeypatch):
+    """The prefixes Bootstrap.validate ran with, in order (a spy: the validation still runs)."""
+    calls = []
+    real = Bootstrap.validate
+
+    def spy(self, prefix=""):
+        calls.append(prefix)
+        return real(self, prefix)
+
+    monkeypatch.setattr(Bootstrap, "validate", spy)
+    return calls
+
+
+@pytest.mark.parametrize("path, change, named", [
+    (f"{SOCK0}.port_value", 70000, f"{SOCK0}.port_value"),               # a field's own rule
+    ("static_resources.clusters[1]", static_cluster("backend", [9001]),   # a rule over the bootstrap
+     "static_resources.clusters[1].name"),
+])
+def test_a_bad_field_in_yaml_gives_one_error_naming_it_once(validations, path, change, named):
+    """A bad field in YAML is reported once, by the loader, with its Envoy path; building
+    the proxy from the same YAML gives that same error (the path named once), and Proxy
+    adds no validation of its own to the loader's."""
+    import yaml
+    from fastproxy import Proxy
+    text = yaml.safe_dump(edited((path, change)))
+    with pytest.raises(ConfigError) as loaded:
+        load_envoy(text)
+    loader_runs = len(validations)      # 0: the field's rule failed first; 1: Bootstrap.validate's
+    with pytest.raises(ConfigError) as built:
+        Proxy.from_envoy(text)
+    assert len(validations) == 2 * loader_runs
+    assert (built.value.path, str(built.value)) == (loaded.value.path, str(loaded.value))
+    assert built.value.path == named and str(built.value).count(named) == 1
+
+
+def test_a_loaded_bootstrap_is_validated_once_and_again_only_when_changed(validations):
+    import yaml
+    from fastproxy import Proxy
+    text = yaml.safe_dump(base())
+    Proxy.from_envoy(text, concurrency=1)
+    assert validations == ["static_resources."], "validated by the loader only"
+    boot = load_envoy(text)
+    boot.clusters[0].endpoints[0].port = 70000              # changed by hand after loading
+    with pytest.raises(ConfigError) as err:
+        Proxy.from_bootstrap(boot, concurrency=1)
+    assert err.value.path == "clusters[0].endpoints[0].port"
+    del validations[:]
+    Proxy([Listener("l", TcpProxy("c"))], [Cluster("c", [Endpoint("127.0.0.1", 9000)])], concurrency=1)
+    assert validations == [""], "a hand-built configuration is validated by Proxy, once"
+
+
 # --- sources and syntax errors ------------------------------------------------------------
 
 def test_sources_path_text_dict_bytes(tmp_path):

@@ -498,6 +498,57 @@ def test_strict_dns_localhost(servers, proxy_factory):
     assert echo.accepted >= 1
 
 
+def test_dns_churn_keeps_host_stat_blocks_bounded(servers, proxy_factory, monkeypatch):
+    """A STRICT_DNS cluster whose name resolves to a new address at every refresh: the
+    per-host stat blocks of addresses that left every host set are freed, so they do not
+    grow with the churn; a host that left while a connection to it is open keeps its
+    block (and counts into it) until that connection ends."""
+    from fastproxy import Listener, TcpProxy
+    from fastproxy._testing import host_stat_blocks, stat_blocks_alive
+    echo = servers.echo()
+    real_getaddrinfo = socket.getaddrinfo
+    lookups = []
+
+    def churning_getaddrinfo(host, port, *args, **kw):
+        # The control plane's resolver for one made-up name: 127.0.0.1 first (the echo
+        # server), then another loopback address at each lookup (nothing listens there).
+        if host != "churn.test":
+            return real_getaddrinfo(host, port, *args, **kw)
+        lookups.append(host)
+        ip = "127.0.0.1" if len(lookups) == 1 else f"127.0.{len(lookups) // 250}.{len(lookups) % 250 + 2}"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", churning_getaddrinfo)
+    before = stat_blocks_alive()
+    p = proxy_factory([Listener("l", TcpProxy("dns"), stat_prefix="t")],
+                      [Cluster("dns", [Endpoint("churn.test", echo.port)], type="STRICT_DNS",
+                               dns_refresh_rate=0.05)])
+    addr = p.listener_address("l")
+
+    def current_ip():
+        return [h[0] for h in p.cluster_hosts()["dns"]]
+
+    held = connect(addr, timeout=10)          # to 127.0.0.1, the first resolution
+    held.sendall(b"held")
+    assert recv_exact(held, 4) == b"held"
+    churn = 60
+    wait_for(lambda: len(lookups) > churn, timeout=30, msg=f"{churn} DNS refreshes")
+    # The current host, the one the workers may still hold from the refresh before, and
+    # 127.0.0.1 (the open connection's) at most; one block per address ever seen before.
+    assert host_stat_blocks(p) <= 3, host_stat_blocks(p)
+    held.sendall(b"still counting")           # its host left every host set long ago
+    assert recv_exact(held, 14) == b"still counting"
+    held.close()
+    wait_for(lambda: listener_stat(p, "l", "downstream_cx_active") == 0, msg="held connection gone")
+    n = len(lookups)
+    wait_for(lambda: len(lookups) > n + 3 and host_stat_blocks(p) <= 2, timeout=10,
+             msg="the closed connection's host block freed")
+    assert "127.0.0.1" not in current_ip()
+    # Freed, not only forgotten: the process holds no more blocks than this proxy's own
+    # (listener, tcp, cluster) and those two hosts' beyond what it had before.
+    assert stat_blocks_alive() - before <= 3 + 2, (before, stat_blocks_alive())
+
+
 # --------------------------------------------------------------------------- socket options
 
 def _ss(*args):

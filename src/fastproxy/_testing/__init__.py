@@ -24,6 +24,17 @@ http1_bench = _core._http1_bench        # (data, rounds, kind="request") -> (sec
 buffer_bench = _core._buffer_bench      # (op, chunk, rounds) -> (seconds, bytes)
 
 
+def host_stat_blocks(proxy) -> int:
+    """How many per-host stat blocks the proxy's engine keeps (one per upstream address
+    still referred to)."""
+    return _core._host_stat_blocks(proxy._engine)
+
+
+def stat_blocks_alive() -> int:
+    """How many stat blocks exist in the process (every engine, every kind)."""
+    return _core._statblocks_alive()
+
+
 def route_select_bench(table, method, path, host, headers=(), scheme="http", rounds=100000):
     """route_select `rounds` times without the GIL over a compiled RouteTableHandle.
     Returns (ns per call, matched)."""
@@ -31,4 +42,4 @@ def route_select_bench(table, method, path, host, headers=(), scheme="http", rou
 
 
 __all__ = ["H1TestParser", "HTTP1_ERRORS", "http1_request_head", "http1_response_head", "http1_chunk",
-           "http1_last_chunk", "http1_bench", "buffer_bench", "route_select_bench"]
+           "http1_last_chunk", "http1_bench", "buffer_bench", "route_select_bench", "host_stat_blocks", "stat_blocks_alive"]

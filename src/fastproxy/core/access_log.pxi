@@ -200,11 +200,14 @@ cdef void _al_sockaddr(_AlOut* o, sockaddr_storage* ss, bint with_port) noexcept
 
 
 cdef const char* _al_request_field(HStream* s, const char* name, size_t n, size_t* out,
-                                   char* scratch, size_t cap) noexcept nogil:
+                                   char* scratch, size_t cap, char** owned) noexcept nogil:
     """A request header (lower-case name) or pseudo-header of the stream, NULL if absent:
     the request as Envoy's access log sees it, i.e. after the connection manager's and the
     router's mutations (x-forwarded-for, x-request-id, x-envoy-*). A request the codec
-    rejected has no headers at all. `scratch` (cap bytes) may hold the value."""
+    rejected has no headers at all. `scratch` (cap bytes) may hold the value; a built
+    value longer than that (a long x-forwarded-for) goes into memory allocated for it,
+    returned in owned[0] for the caller to free."""
+    cdef size_t need
     cdef HttpHead* h = &s.head
     cdef HttpCfg* hc = <HttpCfg*>s.c.cfg.http
     cdef int cls
@@ -233,6 +236,13 @@ cdef const char* _al_request_field(HStream* s, const char* name, size_t n, size_
         return s.request_id
     if n > 8 and (name[0] | 0x20) == 120:      # 'x'
         if hc.use_remote_address and not hc.skip_xff_append and _ieq(name, n, "x-forwarded-for"):
+            need = stream_forwarded_xff_size(s)
+            if need > cap:
+                owned[0] = <char*>malloc(need)
+                if owned[0] == NULL:
+                    return NULL                 # no memory: "-" rather than a cut value
+                scratch = owned[0]
+                cap = need
             out[0] = stream_forwarded_xff(s, scratch, cap)
             return scratch
         cls = _xe_class(name, n)
@@ -269,7 +279,8 @@ cdef size_t alog_format(AlogSink* k, HStream* s, char* buf, size_t cap) noexcept
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
     cdef sockaddr_storage ss
     cdef socklen_t sl
-    cdef char scratch[1024]
+    cdef char scratch[256]              # a value built for the log: numbers, a short x-forwarded-for
+    cdef char* owned
     o.p = buf
     o.cap = cap
     o.n = 0
@@ -279,18 +290,20 @@ cdef size_t alog_format(AlogSink* k, HStream* s, char* buf, size_t cap) noexcept
             _al_put(&o, op.text, op.text_len)
         elif op.kind == AL_REQ or op.kind == AL_RESP:
             v = NULL
+            owned = NULL
             if op.kind == AL_REQ:
-                v = _al_request_field(s, op.text, op.text_len, &n, scratch, sizeof(scratch))
+                v = _al_request_field(s, op.text, op.text_len, &n, scratch, sizeof(scratch), &owned)
                 if v == NULL and op.alt != NULL:
-                    v = _al_request_field(s, op.alt, op.alt_len, &n, scratch, sizeof(scratch))
+                    v = _al_request_field(s, op.alt, op.alt_len, &n, scratch, sizeof(scratch), &owned)
             elif s.service_time_set and _ieq(op.text, op.text_len, "x-envoy-upstream-service-time"):
                 n = _u64_text(s.service_time_ms, scratch)
                 v = scratch
-            elif s.resp_from_upstream and s.up != NULL:
-                v = _head_field(s.resp_head, op.text, &n)
+            elif s.resp_from_upstream and s.upstream.conn != NULL:
+                v = _head_field(s.upstream.resp_head, op.text, &n)
                 if v == NULL and op.alt != NULL:
-                    v = _head_field(s.resp_head, op.alt, &n)
+                    v = _head_field(s.upstream.resp_head, op.alt, &n)
             _al_value(&o, v, n, op.max_len)
+            free(owned)
         elif op.kind == AL_START_TIME:
             _al_time(&o, op.text, op.text_len, s.start_time_us)
         elif op.kind == AL_RESPONSE_CODE:
@@ -329,8 +342,8 @@ cdef size_t alog_format(AlogSink* k, HStream* s, char* buf, size_t cap) noexcept
             else:
                 _al_put(&o, "-", 1)
         elif op.kind == AL_UPSTREAM_HOST:
-            if s.upstream_addrlen:
-                _al_sockaddr(&o, &s.upstream_addr, True)
+            if s.upstream.addrlen:
+                _al_sockaddr(&o, &s.upstream.addr, True)
             else:
                 _al_put(&o, "-", 1)
         elif op.kind == AL_UPSTREAM_CLUSTER:
@@ -372,8 +385,8 @@ cdef void stream_log(HStream* s) noexcept nogil:
     s.end_ms = c.w.now
     if s.status:
         hist_record(h.stats, c.w, H_NSTATS, s.end_ms - s.start_ms)
-    if s.cluster != NULL and s.resp_from_upstream and s.upstream_start_ms:
-        hist_record(s.cluster.stats, c.w, C_NSTATS, s.end_ms - s.upstream_start_ms)
+    if s.cluster != NULL and s.resp_from_upstream and s.upstream.start_ms:
+        hist_record(s.cluster.stats, c.w, C_NSTATS, s.end_ms - s.upstream.start_ms)
     for i in range(h.nlogs):
         n = alog_format(&h.logs[i], s, buf, sizeof(buf))
         if n == 0:

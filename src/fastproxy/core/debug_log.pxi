@@ -16,6 +16,13 @@
 #
 # Python sets the level, the descriptor and the rate with set_core_log() (Engine.start
 # reads them from the `fastproxy` logger: `fastproxy -l debug` turns the lines on).
+#
+# The workers write to a duplicate of the given descriptor that the core owns, never to
+# the caller's: a log file the caller closes (or rotates) would otherwise leave the
+# workers writing to whatever the process opens next under that number (a socket, a
+# file). A new descriptor is put in place with dup2 onto the same duplicate, so a worker
+# writing at that moment writes to the old file or the new one, never to a closed or
+# reused number; the duplicate is closed when the last engine using it stops.
 
 cdef extern from *:
     """
@@ -122,12 +129,22 @@ cdef extern from *:
 DEF LOG_DEBUG = 10                  # Python's logging.DEBUG; fp_log_level <= it: lines on
 
 
+cdef int _log_own_fd = -1           # the core's duplicate of the log's descriptor; -1: none
+cdef int _log_engines = 0           # started engines whose workers write to it
+
+
 def set_core_log(int level, int fd=-1, unsigned int rate=0):
     """The workers' debug lines: on when level <= logging.DEBUG; fd: where they go (-1:
-    keep); rate: lines per second per worker (0: keep; default 200)."""
-    global fp_log_level, fp_log_fd, fp_log_rate
-    if fd >= 0:
-        fp_log_fd = fd
+    keep; the core writes to a duplicate of its own, so the caller may close fd);
+    rate: lines per second per worker (0: keep; default 200)."""
+    global fp_log_level, fp_log_fd, fp_log_rate, _log_own_fd
+    import os
+    if fd >= 0 and fd != _log_own_fd:
+        if _log_own_fd < 0:
+            _log_own_fd = os.dup(fd)                    # close-on-exec, as Python makes it
+        else:
+            os.dup2(fd, _log_own_fd, inheritable=False)  # atomic: no moment without a file
+        fp_log_fd = _log_own_fd
     if rate:
         fp_log_rate = rate
     fp_log_level = level
@@ -140,7 +157,8 @@ def core_log_settings():
 
 def _core_log_from_logging():
     """Set the core's log from the `fastproxy` logger: its level, and the descriptor of its
-    first handler that writes to a file or a terminal (stderr otherwise)."""
+    first handler that writes to a file or a terminal (stderr otherwise). Called by
+    Engine.start, paired with _core_log_release() in Engine.stop."""
     import logging
     logger = logging.getLogger("fastproxy")
     fd = -1
@@ -153,4 +171,19 @@ def _core_log_from_logging():
             except Exception:       # no stream, or one without a descriptor (StringIO)
                 continue
         lg = lg.parent if lg.propagate else None
+    global _log_engines
     set_core_log(logger.getEffectiveLevel(), fd if fd >= 0 else 2)
+    _log_engines += 1
+
+
+def _core_log_release():
+    """An engine's workers have stopped: when no started engine is left, close the core's
+    duplicate (stderr until the next set_core_log)."""
+    global _log_engines, _log_own_fd, fp_log_fd
+    import os
+    if _log_engines > 0:
+        _log_engines -= 1
+    if _log_engines == 0 and _log_own_fd >= 0:
+        fp_log_fd = 2
+        os.close(_log_own_fd)
+        _log_own_fd = -1

@@ -85,6 +85,7 @@ cdef class Engine:
         for i in range(self.nworkers):
             worker_drain_messages(&self.workers[i])
         self._stopped = True
+        _core_log_release()             # no worker of this engine writes debug lines any more
 
     def set_global_max_connections(self, int64_t limit):
         """Refuse downstream connections beyond `limit` over all listeners (0: no limit);

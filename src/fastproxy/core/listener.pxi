@@ -58,16 +58,15 @@ cdef inline void listener_cx_release(ListenerCfg* cfg) noexcept nogil:
         fp_atomic_add_i64(cfg.global_active, -1)
 
 
-cdef int _bind_one(str ip, int port, int backlog) except -1:
-    """One non-blocking SO_REUSEPORT listening socket; returns the fd.
+cdef int _bind_one(Host* h, str ip, int port, int backlog) except -1:
+    """One non-blocking SO_REUSEPORT listening socket on h's address (ip:port, the same
+    as text for the error); returns the fd.
 
     Options set here are inherited by every socket it accepts, which saves each new
     connection the system calls: TCP_NODELAY always, and the loopback tuning
     (_loopback_tune) when the address is a loopback one, so every peer is too."""
-    cdef Host h
     cdef int one = 1
     cdef int fd, err
-    _fill_sockaddr(&h, ip, port)
     fd = socket(h.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
     if fd < 0:
         raise OSError(errno, strerror(errno).decode())
@@ -80,6 +79,13 @@ cdef int _bind_one(str ip, int port, int backlog) except -1:
         close(fd)
         raise OSError(err, f"cannot listen on {ip}:{port}: {strerror(err).decode()}")
     return fd
+
+
+cdef void _set_host_port(Host* h, int port) noexcept:
+    if h.addr.ss_family == AF_INET6:
+        (<sockaddr_in6*>&h.addr).sin6_port = htons(port)
+    else:
+        (<sockaddr_in*>&h.addr).sin_port = htons(port)
 
 
 cdef int _bound_port(int fd):
@@ -96,7 +102,7 @@ def bind_listener(int nworkers, str ip, int port, int backlog):
     rest to the same port). Raises OSError when the address is unusable."""
     cdef ListenSockHandle h = ListenSockHandle.__new__(ListenSockHandle)
     cdef ListenSock* s = <ListenSock*>calloc(1, sizeof(ListenSock))
-    cdef Host lo
+    cdef Host addr
     cdef int i
     if s == NULL:
         raise MemoryError()
@@ -112,11 +118,14 @@ def bind_listener(int nworkers, str ip, int port, int backlog):
     for i in range(nworkers):
         s.fds[i] = -1
     h.s = s
-    _fill_sockaddr(&lo, ip, port)
-    s.loopback = _is_loopback(<sockaddr*>&lo.addr)
+    # The address is parsed once: every worker's socket binds it, and whether it is a
+    # loopback one (accepted sockets inherit the tuning) is read from it.
+    _fill_sockaddr(&addr, ip, port)
+    s.loopback = _is_loopback(<sockaddr*>&addr.addr)
     for i in range(nworkers):
-        s.fds[i] = _bind_one(ip, port, backlog)
+        s.fds[i] = _bind_one(&addr, ip, port, backlog)
         if port == 0:
             port = _bound_port(s.fds[i])
+            _set_host_port(&addr, port)     # the other workers' sockets share the port
     h.address = (ip, port)
     return h

@@ -140,12 +140,13 @@ cdef void _listeners_worker_fini(Worker* w) noexcept nogil:
 worker_subsystem_add(_listeners_worker_init, _listeners_worker_fini, NULL)
 
 
-cdef WListener* _wl_find(Worker* w, ListenSock* sock) noexcept nogil:
+cdef int _wl_index(Worker* w, ListenSock* sock) noexcept nogil:
+    """The index of the worker's slot for sock in w.listeners, -1 if it has none."""
     cdef int j
     for j in range(w.nlisteners):
         if w.listeners[j] != NULL and w.listeners[j].sock == sock:
-            return w.listeners[j]
-    return NULL
+            return j
+    return -1
 
 
 cdef void _msg_apply_snapshot(Worker* w, void* arg) noexcept nogil:
@@ -159,7 +160,7 @@ cdef void _msg_apply_snapshot(Worker* w, void* arg) noexcept nogil:
     # The memory first (a slot for each listener this worker does not serve yet), so that
     # when some cannot be had the worker keeps its listener set as it was.
     for i in range(snap.nlisteners):
-        if ok and _wl_find(w, snap.listeners[i].sock) == NULL:
+        if ok and _wl_index(w, snap.listeners[i].sock) < 0:
             nl[i] = <WListener*>calloc(1, sizeof(WListener))
             ok = nl[i] != NULL
     if not ok:
@@ -177,11 +178,10 @@ cdef void _msg_apply_snapshot(Worker* w, void* arg) noexcept nogil:
         fp_atomic_add_int(&cfg.refcnt, 1)
         wl = nl[i]
         if wl == NULL:
-            for j in range(w.nlisteners):
-                if w.listeners[j] != NULL and w.listeners[j].sock == cfg.sock:
-                    wl = w.listeners[j]
-                    w.listeners[j] = NULL
-                    break
+            # A listener the worker serves already: its slot moves to the new list.
+            j = _wl_index(w, cfg.sock)
+            wl = w.listeners[j]
+            w.listeners[j] = NULL
             listener_cfg_decref(wl.cfg)
             wl.cfg = cfg
         else:

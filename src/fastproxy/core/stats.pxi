@@ -57,6 +57,8 @@ def histogram_bucket_of(uint64_t v):
 
 
 cdef struct StatBlock:
+    int refcnt                  # atomic: its handle, plus (a host's block) each host set and
+                                #   each stream or connection that counts into it
     int nstats
     int nworkers
     int stride                  # uint64s per worker row, a multiple of 8 (64 bytes)
@@ -78,16 +80,27 @@ cdef inline void stat_sub(StatBlock* b, Worker* w, int i, uint64_t n) noexcept n
     b.v[w.index * b.stride + i] -= n
 
 
-cdef inline void host_stat_add(StatBlock* b, Worker* w, int i, int64_t n) noexcept nogil:
-    """A host's counter or gauge (HS_*); b is NULL for a host without a block."""
+cdef inline void host_stat_add(StatBlock* b, Worker* w, int i, uint64_t n) noexcept nogil:
+    """Raise a host's counter or gauge (HS_*); b is NULL for a host without a block."""
     if b != NULL:
-        b.v[w.index * b.stride + i] += <uint64_t>n
+        b.v[w.index * b.stride + i] += n
+
+
+cdef inline void host_stat_sub(StatBlock* b, Worker* w, int i, uint64_t n) noexcept nogil:
+    """Lower a host's gauge (HS_*_ACTIVE), as stat_sub does a block's."""
+    if b != NULL:
+        b.v[w.index * b.stride + i] -= n
+
+
+# Stat blocks alive in the process (a figure for tests: host blocks must not pile up).
+cdef int _statblocks_live = 0
 
 
 cdef StatBlock* statblock_new(int nstats, int nworkers) noexcept nogil:
     cdef StatBlock* b = <StatBlock*>malloc(sizeof(StatBlock))
     if b == NULL:
         return NULL
+    b.refcnt = 1
     b.nstats = nstats
     b.nworkers = nworkers
     b.stride = (nstats + 7) // 8 * 8
@@ -95,7 +108,21 @@ cdef StatBlock* statblock_new(int nstats, int nworkers) noexcept nogil:
     if b.v == NULL:
         free(b)
         return NULL
+    fp_atomic_add_int(&_statblocks_live, 1)
     return b
+
+
+cdef void statblock_decref(StatBlock* b) noexcept nogil:
+    """Drop one reference; the last one frees the block (on whichever thread drops it)."""
+    if b != NULL and fp_atomic_add_int(&b.refcnt, -1) == 0:
+        free(b.v)
+        free(b)
+        fp_atomic_add_int(&_statblocks_live, -1)
+
+
+def _statblocks_alive():
+    """How many stat blocks exist in the process (fastproxy._testing)."""
+    return fp_load_int(&_statblocks_live)
 
 
 cdef class StatBlockHandle:
@@ -107,9 +134,7 @@ cdef class StatBlockHandle:
     cdef readonly bint codes            # CODE_SLOTS per-code counters follow the histograms
 
     def __dealloc__(self):
-        if self.b != NULL:
-            free(self.b.v)
-            free(self.b)
+        statblock_decref(self.b)
 
     def read(self):
         """Sum the per-worker rows: {name: value}. Gauges are read as signed."""

@@ -514,7 +514,7 @@ cdef void session_connect(Session* s) noexcept nogil:
             session_close(s, False, False)
             return
         s.attempts += 1
-        s.hstats = h.stats
+        host_stats_hold(&s.hstats, h.stats)
         fd = socket(h.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
         if fd < 0:
             stat_add(c.stats, w, C_CONNECT_FAIL, 1)
@@ -559,7 +559,7 @@ cdef void _session_connect_failed(Session* s) noexcept nogil:
     fp_atomic_add_i64(&s.cfg.cluster.n_cx, -1)
     stat_sub(s.cfg.cluster.stats, w, C_CX_ACTIVE, 1)
     stat_add(s.cfg.cluster.stats, w, C_CONNECT_FAIL, 1)
-    host_stat_add(s.hstats, w, HS_CX_ACTIVE, -1)
+    host_stat_sub(s.hstats, w, HS_CX_ACTIVE, 1)
     host_stat_add(s.hstats, w, HS_CX_CONNECT_FAIL, 1)
     s.state = S_FILTERS
     session_connect(s)
@@ -645,7 +645,7 @@ cdef void session_close(Session* s, bint rst_down, bint rst_up) noexcept nogil:
         s.up_counted = 0
         fp_atomic_add_i64(&s.cfg.cluster.n_cx, -1)
         stat_sub(s.cfg.cluster.stats, w, C_CX_ACTIVE, 1)
-        host_stat_add(s.hstats, w, HS_CX_ACTIVE, -1)
+        host_stat_sub(s.hstats, w, HS_CX_ACTIVE, 1)
         stat_add(s.cfg.cluster.stats, w, C_DESTROY_REMOTE if rst_down else C_DESTROY_LOCAL, 1)
         stat_add(s.cfg.cluster.stats, w, C_CX_DESTROY, 1)
     listener_cx_release(s.cfg)
@@ -671,6 +671,7 @@ cdef void sessions_free_deferred(Worker* w, void* arg) noexcept nogil:
     while s != NULL:
         nxt = s.next_deferred
         listener_cfg_decref(s.cfg)
+        host_stats_release(&s.hstats)
         free(s)
         s = nxt
 

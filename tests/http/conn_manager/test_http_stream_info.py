@@ -83,6 +83,27 @@ def test_access_log_default_format_matches_envoy(tmp_path, upstream):
     assert abs(logged - time.time()) < 60, "START_TIME is the current UTC time"
 
 
+def test_access_log_long_x_forwarded_for_is_logged_whole(tmp_path, upstream):
+    """%REQ(X-FORWARDED-FOR)% is the value sent upstream (the received list, then the
+    address appended): a 4 KiB list is logged whole, as the upstream got it, neither cut
+    nor replaced by the address alone."""
+    log = tmp_path / "xff.log"
+    received = ",".join(f"10.{i // 250}.{i % 250}.1" for i in range(400))
+    assert len(received) > 4096
+    p = make_proxy([Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))],
+                   [Cluster("c", [Endpoint("127.0.0.1", upstream.port)])],
+                   use_remote_address=True,
+                   access_log=[AccessLog(str(log), "[%REQ(X-FORWARDED-FOR)%]\n")])
+    with p:
+        conn = http.client.HTTPConnection(*p.listener_address("http"), timeout=5)
+        conn.request("GET", "/", headers={"X-Forwarded-For": received})
+        assert conn.getresponse().status == 200
+        line, = log_lines(log, 1)
+    sent = upstream.requests[-1][2]["x-forwarded-for"][-1]
+    assert sent == received + "," + envoy_local_address()
+    assert line == f"[{sent}]"
+
+
 FORMAT = ("%RESPONSE_CODE% %RESPONSE_FLAGS% %REQ(:METHOD)% %REQ(:PATH):6% %REQ(X-MISSING?:AUTHORITY)% "
           "%RESP(X-UP)% %BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_CLUSTER% %ROUTE_NAME% "
           "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT% %START_TIME(%Y|%E3S|%s)% %PROTOCOL%\n")

@@ -297,8 +297,8 @@ cdef StreamInfo _stream_info(HStream* s):
     flags = [(<bytes>_rf_names[b]).decode() for b in range(RF_COUNT) if s.response_flags & (1 << b)]
     i.response_flags = ",".join(flags) if flags else "-"
     i.protocol = http_protocol_name(s.protocol).decode()
-    if s.up != NULL and s.up.hosts != NULL:
-        k = _host_text(&s.up.hosts.hosts[s.up.host_index], buf, sizeof(buf))
+    if s.upstream.conn != NULL and s.upstream.conn.hosts != NULL:
+        k = _host_text(&s.upstream.conn.hosts.hosts[s.upstream.conn.host_index], buf, sizeof(buf))
         i.upstream_host = _latin1(buf, k) if k else None
     elif s.fc != NULL and s.fc.upstream_host_len:
         i.upstream_host = _latin1(s.fc.upstream_host, s.fc.upstream_host_len)
@@ -475,7 +475,7 @@ cdef class HttpFilterCallbacks:
         cdef HttpCfg* h = <HttpCfg*>s.c.cfg.http
         cdef int i
         cdef bytes b = name.encode() if isinstance(name, str) else bytes(name)
-        if s.up != NULL:
+        if s.upstream.conn != NULL:
             raise RuntimeError("the upstream request has already started")
         for i in range(h.nclusters):
             if h.cluster_names[i] == b:

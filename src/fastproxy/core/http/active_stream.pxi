@@ -12,6 +12,7 @@ cdef void stream_free(HStream* s) noexcept nogil:
         hf_stream_end(s)
     free(s.rewritten_path)
     http_head_free(&s.head)
+    host_stats_release(&s.upstream.hstats)
     free(s)
 
 
@@ -23,13 +24,13 @@ cdef void stream_finish(HStream* s) noexcept nogil:
     if fp_log_level <= LOG_DEBUG:
         fp_log(c.w.index, "http", c.id, c.nrequests, "stream complete: status %d, %llu ms", s.status,
                <unsigned long long>(c.w.now - s.start_ms))
-    if s.fc != NULL and s.up != NULL and s.up.hosts != NULL and (h.filter_hooks & HK_LOG):
-        s.fc.upstream_host_len = _host_text(&s.up.hosts.hosts[s.up.host_index], s.fc.upstream_host,
+    if s.fc != NULL and s.upstream.conn != NULL and s.upstream.conn.hosts != NULL and (h.filter_hooks & HK_LOG):
+        s.fc.upstream_host_len = _host_text(&s.upstream.conn.hosts.hosts[s.upstream.conn.host_index], s.fc.upstream_host,
                                             sizeof(s.fc.upstream_host))
     stream_log(s)
-    if s.up != NULL:
-        http_pool_release(s.up, s.req_done and s.up.codec.reusable(s.up))
-        s.up = NULL
+    if s.upstream.conn != NULL:
+        http_pool_release(s.upstream.conn, s.upstream.req_done and s.upstream.conn.codec.reusable(s.upstream.conn))
+        s.upstream.conn = NULL
     stat_sub(h.stats, c.w, H_RQ_ACTIVE, 1)
     stat_add(h.stats, c.w, H_RQ_TIME_MS, c.w.now - s.start_ms)
     if not s.keepalive or not s.req_received:
@@ -48,7 +49,7 @@ cdef void stream_finish(HStream* s) noexcept nogil:
 cdef void stream_upstream_failed(HStream* s, int status, const char* reason) noexcept nogil:
     cdef HConn* c = s.c
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
-    s.up = NULL
+    s.upstream.conn = NULL
     if s.resp_started:
         # Part of the response is out: the only honest signal left is an abrupt close.
         hconn_close(c, True)
@@ -56,7 +57,7 @@ cdef void stream_upstream_failed(HStream* s, int status, const char* reason) noe
     if s.cluster != NULL:
         _count_upstream(s.cluster.stats, c.w, status)     # Envoy charges the router's reply
         _count_host(s, status)
-    stream_local_reply(s, status, reason, strlen(reason), NULL, 0, not s.req_done)
+    stream_local_reply(s, status, reason, strlen(reason), NULL, 0, not s.upstream.req_done)
     hconn_pump(c)
 
 
@@ -68,9 +69,9 @@ cdef void _stream_timeout(Worker* w, void* arg) noexcept nogil:
     s.response_flags |= RF_UT
     if s.cluster != NULL:
         stat_add(s.cluster.stats, w, C_RQ_TIMEOUT, 1)
-        host_stat_add(s.hstats, w, HS_RQ_TIMEOUT, 1)
-    if s.up != NULL:
-        http_pool_cancel(s.up)
+        host_stat_add(s.upstream.hstats, w, HS_RQ_TIMEOUT, 1)
+    if s.upstream.conn != NULL:
+        http_pool_cancel(s.upstream.conn)
     stream_upstream_failed(s, 504, UPSTREAM_TIMEOUT)
 
 
@@ -79,7 +80,7 @@ cdef int _downstream_response_head(HStream* s, int framing, uint64_t length) noe
     for the downstream."""
     cdef HConn* c = s.c
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
-    cdef const HttpHead* rh = s.resp_head
+    cdef const HttpHead* rh = s.upstream.resp_head
     cdef PairList l
     cdef BodyFraming bf
     cdef const char* v
@@ -127,7 +128,7 @@ cdef int _downstream_response_head(HStream* s, int framing, uint64_t length) noe
 
 cdef int _tunnel_response_head(HStream* s) noexcept nogil:
     """The 101 head for the downstream: the upstream's fields plus its Upgrade."""
-    cdef const HttpHead* rh = s.resp_head
+    cdef const HttpHead* rh = s.upstream.resp_head
     cdef PairList l
     cdef BodyFraming bf
     cdef const char* v
@@ -155,7 +156,7 @@ cdef int _tunnel_pump(HStream* s) noexcept nogil:
     """After a 101: bytes flow both ways untouched. When one side ends, what it sent is
     flushed to the other and the whole tunnel closes. -1 when it closed."""
     cdef HConn* c = s.c
-    cdef UpConn* u = s.up
+    cdef UpConn* u = s.upstream.conn
     if u == NULL:
         hconn_close(c, False)
         return -1
@@ -178,7 +179,7 @@ cdef int _tunnel_pump(HStream* s) noexcept nogil:
 cdef int _response_to_filters(HStream* s) noexcept nogil:
     """A response head (not 1xx) for the encoder filters. -1: the stream ended."""
     cdef FChain* fc = s.fc
-    cdef const HttpHead* rh = s.resp_head
+    cdef const HttpHead* rh = s.upstream.resp_head
     cdef char* st = fc.status_text
     cdef char svc[24]
     cdef size_t n
@@ -201,7 +202,7 @@ cdef int _response_to_filters(HStream* s) noexcept nogil:
     if s.route != NULL and _hm_apply_ops(&fc.resp, &s.route.response_headers) < 0:
         hconn_close(s.c, True)
         return -1
-    fc.enc.end_seen = s.resp_facts.end_stream
+    fc.enc.end_seen = s.upstream.resp_facts.end_stream
     return hf_iterate(s, True)
 
 
@@ -209,7 +210,7 @@ cdef void stream_request_end(HStream* s, bint start_timeout) noexcept nogil:
     """The whole request is in (and on its way upstream when start_timeout): req_done,
     the start of the upstream service time (once), and the route timeout, which Envoy
     starts at the end of the request."""
-    s.req_done = 1
+    s.upstream.req_done = 1
     if not s.request_end_ms:
         s.request_end_ms = s.c.w.now
     if start_timeout and s.timeout_ms:
@@ -234,9 +235,9 @@ cdef void _request_body_framing_error(HStream* s, int status) noexcept nogil:
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
     stat_add(h.stats, c.w, H_CX_PROTOCOL_ERROR, 1)
     s.response_flags |= RF_DPE
-    if s.up != NULL:
-        http_pool_cancel(s.up)
-        s.up = NULL
+    if s.upstream.conn != NULL:
+        http_pool_cancel(s.upstream.conn)
+        s.upstream.conn = NULL
     if s.resp_started:
         hconn_close(c, True)            # counts downstream_rq_rx_reset (the stream is active)
         return
@@ -253,7 +254,7 @@ cdef bint cm_request_data_wanted(HStream* s) noexcept nogil:
         return False
     if _dec_body_filtered(s):
         return hf_wants_more(s, False)
-    return s.up != NULL and not s.req_done and s.up.out_buf.length < HTTP_IO_LIMIT
+    return s.upstream.conn != NULL and not s.upstream.req_done and s.upstream.conn.out_buf.length < HTTP_IO_LIMIT
 
 
 cdef int cm_on_request_data(HStream* s, Chain* src, size_t n, bint end,
@@ -387,7 +388,7 @@ cdef void stream_start(HConn* c, HttpHead* head, const RequestFacts* f) noexcept
     if h.max_requests_per_connection and c.nrequests >= h.max_requests_per_connection:
         s.keepalive = 0
     stat_add(h.stats, c.w, H_RQ_TOTAL, 1)
-    stat_add(h.stats, c.w, H_RQ_HTTP1_TOTAL, 1)
+    stat_add(h.stats, c.w, c.codec.stat_rq_total, 1)
     stat_add(h.stats, c.w, H_RQ_ACTIVE, 1)
     # Requests the codec takes but the proxy refuses, as protocol errors (Envoy's codec
     # reports them so): no filter chain exists yet, so the replies go out directly.
@@ -485,8 +486,8 @@ cdef int hf_sink_headers_encode(HStream* s) noexcept nogil:
 cdef int stream_send_response_head(HStream* s, int framing, uint64_t length) noexcept nogil:
     cdef bint local = s.fc != NULL and s.fc.local_encoding
     if (_local_response_head(s, framing, length) if local else _downstream_response_head(s, framing, length)) < 0:
-        if s.up != NULL:
-            http_pool_fail(s.up, 502, UPSTREAM_PROTOCOL_ERROR)
+        if s.upstream.conn != NULL:
+            http_pool_fail(s.upstream.conn, 502, UPSTREAM_PROTOCOL_ERROR)
         elif local and not s.resp_started:
             # A filter left the local reply without a valid :status: as Envoy, 502 straight
             # to the client (the encoder chain holds a response now, so it is not re-run).
@@ -503,7 +504,7 @@ cdef int stream_send_response_head(HStream* s, int framing, uint64_t length) noe
 cdef int _stream_response_done(HStream* s) noexcept nogil:
     """The filtered response is complete downstream: end the stream."""
     cdef HConn* c = s.c
-    if s.up != NULL and not s.resp_received:
+    if s.upstream.conn != NULL and not s.upstream.resp_received:
         return 0                        # the upstream still owes bytes; it finishes then
     stream_finish(s)
     hconn_pump(c)

@@ -6,7 +6,7 @@
 #   ur_on_response_headers(s, head, &facts)   a final response head (1xx other than 101 are
 #                                             dropped here: the proxy answers Expect itself);
 #                                             the head stays the codec's until the next
-#                                             request (s.resp_head borrows it)
+#                                             request (s.upstream.resp_head borrows it)
 #   ur_on_response_data(s, src, n, end, tr)   n body bytes at the front of src (de-framed);
 #                                             the end (with trailers) is always delivered,
 #                                             also after a head without a body; only while

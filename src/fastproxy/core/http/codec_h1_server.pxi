@@ -102,9 +102,32 @@ cdef int _h1_request_target(HttpHead* hd, const HttpCfg* h) noexcept nogil:
     return 0
 
 
+cdef int _h1_underscores(HConn* c, HttpHead* hd, HttpCfg* h) noexcept nogil:
+    """headers_with_underscores_action on a request head just parsed (Envoy's HTTP/1 codec
+    does it while parsing). DROP_HEADER removes such fields (http1.dropped_headers_with_
+    underscores); REJECT_REQUEST refuses the request as a codec error (400, http1.requests_
+    rejected_with_underscores_in_headers): returns -1 then."""
+    cdef uint32_t i, k = 0
+    cdef uint64_t dropped = 0
+    for i in range(hd.nfields):
+        if memchr(hd.buf + hd.fields[i].name_off, b'_', hd.fields[i].name_len) != NULL:
+            if h.underscores == US_REJECT:
+                stat_add(h.http1_stats, c.w, H1S_REJECTED_UNDERSCORES, 1)
+                return -1
+            dropped += 1
+            continue
+        hd.fields[k] = hd.fields[i]
+        k += 1
+    hd.nfields = k
+    if dropped:
+        stat_add(h.http1_stats, c.w, H1S_DROPPED_UNDERSCORES, dropped)
+    return 0
+
+
 cdef int _h1s_headers(HConn* c) noexcept nogil:
     """The parser holds a complete request head: hand it over as the headers event."""
     cdef H1Parser* p = &c.h1.req
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
     cdef RequestFacts f
     cdef HttpHead head
     memset(&f, 0, sizeof(RequestFacts))
@@ -119,8 +142,13 @@ cdef int _h1s_headers(HConn* c) noexcept nogil:
     if f.end_stream:
         p.state = H1_MESSAGE_DONE
     h1_head_take(p, &head)
+    if h.underscores != US_ALLOW and _h1_underscores(c, &head, h) < 0:
+        # Envoy's codec refuses the request (a protocol error, like the codec's own)
+        http_head_free(&head)
+        cm_on_codec_error(c, 400, False)
+        return -1 if c.closed else 0
     f.protocol = HTTP_PROTO_10 if head.minor == 0 else HTTP_PROTO_11
-    f.target = _h1_request_target(&head, <HttpCfg*>c.cfg.http)
+    f.target = _h1_request_target(&head, h)
     cm_on_request_headers(c, &head, &f)
     return -1 if c.closed else 0
 
@@ -235,6 +263,9 @@ cdef bint _h1s_raw_data_ok(HConn* c) noexcept nogil:
 
 
 H1_SERVER_CODEC.name = "http1"
+H1_SERVER_CODEC.stat_cx_total = H_CX_HTTP1_TOTAL
+H1_SERVER_CODEC.stat_cx_active = H_CX_HTTP1_ACTIVE
+H1_SERVER_CODEC.stat_rq_total = H_RQ_HTTP1_TOTAL
 H1_SERVER_CODEC.start = _h1s_start
 H1_SERVER_CODEC.release = _h1s_release
 H1_SERVER_CODEC.decode = _h1s_decode

@@ -161,17 +161,17 @@ cdef void hconn_close(HConn* c, bint rst) noexcept nogil:
         if s != NULL:
             stat_add(h.stats, w, H_RQ_RX_RESET, 1)
     if c.codec_seen:
-        stat_sub(h.stats, w, H_CX_HTTP1_ACTIVE, 1)
+        stat_sub(h.stats, w, c.codec.stat_cx_active, 1)
     timer_cancel(w, &c.idle_timer)
     timer_cancel(w, &c.headers_timer)
     if s != NULL:
         if not s.logged and not s.tunnel and s.response_flags == 0:
             s.response_flags |= RF_DC    # ended before its response was complete
-        stream_log(s)                   # while s.up still holds the response head
+        stream_log(s)                   # while s.upstream.conn still holds the response head
         c.stream = NULL
-        if s.up != NULL:
-            s.up.stream = NULL
-            http_pool_cancel(s.up)
+        if s.upstream.conn != NULL:
+            s.upstream.conn.stream = NULL
+            http_pool_cancel(s.upstream.conn)
         stat_sub(h.stats, w, H_RQ_ACTIVE, 1)
         stream_free(s)
     # After a read that drained the socket (and no event since), nothing is left to drop.
@@ -264,8 +264,8 @@ cdef int _hconn_process(HConn* c) noexcept nogil:
             if s.tunnel:
                 if _tunnel_pump(s) < 0:
                     return -1
-                if s.up.out_buf.length and s.up.ep.writable:
-                    upconn_pump(s.up)
+                if s.upstream.conn.out_buf.length and s.upstream.conn.ep.writable:
+                    upconn_pump(s.upstream.conn)
                     if c.closed:
                         return -1
                 return 0
@@ -273,7 +273,7 @@ cdef int _hconn_process(HConn* c) noexcept nogil:
             if _dec_body_filtered(s):
                 if not s.req_received:
                     rc = c.codec.decode(c)
-            elif s.up != NULL and not s.req_done:
+            elif s.upstream.conn != NULL and not s.upstream.req_done:
                 rc = stream_forward_request_body(s)
             if rc < 0:
                 if c.closed:
@@ -287,14 +287,14 @@ cdef int _hconn_process(HConn* c) noexcept nogil:
                 # hconn_close counts the reset (downstream_rq_rx_reset).
                 hconn_close(c, False)
                 return -1
-            if c.stream == s and s.up != NULL and s.up.state == UC_BUSY and s.up.out_buf.length \
-                    and s.up.ep.writable:
+            if c.stream == s and s.upstream.conn != NULL and s.upstream.conn.state == UC_BUSY and s.upstream.conn.out_buf.length \
+                    and s.upstream.conn.ep.writable:
                 # A pooled connection has no event coming to start it. Not while the upstream
                 # is unwritable: its EPOLLOUT will come, and upconn_pump's own hconn_pump(c)
                 # would set c.repump, so the hconn_pump that called us would go round forever
                 # without returning to epoll (an upload to an upstream that reads slowly spun
                 # the worker and stalled it for good).
-                upconn_pump(s.up)
+                upconn_pump(s.upstream.conn)
                 if c.closed:
                     return -1
             return 0
@@ -336,14 +336,6 @@ cdef void cm_on_peer_closed(HConn* c, bint inside_request) noexcept nogil:
 
 cdef void cm_on_request_headers(HConn* c, HttpHead* head, const RequestFacts* f) noexcept nogil:
     """A complete, valid request head (ours now) and what the codec knows of it."""
-    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
-    if h.underscores != US_ALLOW and head_underscores(c, head, h) < 0:
-        # Envoy's codec refuses the request (a protocol error, like the codec's own)
-        http_head_free(head)
-        stat_add(h.stats, c.w, H_CX_PROTOCOL_ERROR, 1)
-        hconn_unparsed_request(c, 400, RF_DPE, False)
-        chain_clear(&c.in_buf)
-        return
     stream_start(c, head, f)
 
 
@@ -367,7 +359,7 @@ cdef void hconn_unparsed_request(HConn* c, int status, uint32_t flags, bint empt
     s.client_ip_len = c.remote_ip_len
     s.client_port = c.remote_port
     stat_add(h.stats, c.w, H_RQ_TOTAL, 1)
-    stat_add(h.stats, c.w, H_RQ_HTTP1_TOTAL, 1)
+    stat_add(h.stats, c.w, c.codec.stat_rq_total, 1)
     stat_add(h.stats, c.w, H_RQ_RX_RESET, 1)
     if status:
         c.stream = &s                   # the reply's status and bytes go to this stream
@@ -416,8 +408,8 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
                 return
         s = c.stream
         if c.down.readable and not c.down_eof and c.in_buf.length < HTTP_IO_LIMIT \
-                and (s == NULL or s.up == NULL or s.up.out_buf.length < HTTP_IO_LIMIT) \
-                and not (s != NULL and s.up != NULL and not s.req_done and not _dec_body_filtered(s)
+                and (s == NULL or s.upstream.conn == NULL or s.upstream.conn.out_buf.length < HTTP_IO_LIMIT) \
+                and not (s != NULL and s.upstream.conn != NULL and not s.upstream.req_done and not _dec_body_filtered(s)
                          and (c.req_pipe.bytes or _request_splice_ready(c, s))):
             n = chain_read_fd(&c.in_buf, c.down.fd, HTTP_IO_LIMIT - c.in_buf.length, &asked)
             if n > 0:
@@ -425,8 +417,8 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
                     # Envoy creates the HTTP/1 codec with the first bytes read (a client
                     # that closes without sending any is not an HTTP/1 connection).
                     c.codec_seen = 1
-                    stat_add((<HttpCfg*>c.cfg.http).stats, c.w, H_CX_HTTP1_TOTAL, 1)
-                    stat_add((<HttpCfg*>c.cfg.http).stats, c.w, H_CX_HTTP1_ACTIVE, 1)
+                    stat_add((<HttpCfg*>c.cfg.http).stats, c.w, c.codec.stat_cx_total, 1)
+                    stat_add((<HttpCfg*>c.cfg.http).stats, c.w, c.codec.stat_cx_active, 1)
                 progress = True
                 stat_add((<HttpCfg*>c.cfg.http).stats, c.w, H_CX_RX_BYTES, <uint64_t>n)
                 stream_touch(c)
@@ -445,8 +437,8 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
         if _hconn_process(c) < 0:
             c.in_pump = 0
             return
-        if c.stream != NULL and c.stream.up != NULL and c.stream.up.state == UC_BUSY \
-                and (c.stream.up.in_buf.length or c.rsp_pipe.bytes or c.stream.up.ep.readable) \
+        if c.stream != NULL and c.stream.upstream.conn != NULL and c.stream.upstream.conn.state == UC_BUSY \
+                and (c.stream.upstream.conn.in_buf.length or c.rsp_pipe.bytes or c.stream.upstream.conn.ep.readable) \
                 and c.out_buf.length < HTTP_IO_LIMIT \
                 and not (c.stream.fc != NULL and c.stream.fc.enc.stopped == FS_HELD):
             # (While an encoder filter holds the response, its continue restarts this.)
@@ -459,7 +451,7 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
             out_len = c.out_buf.length
             pipe_bytes = c.rsp_pipe.bytes
             repump = c.repump
-            upconn_pump(s.up)
+            upconn_pump(s.upstream.conn)
             if c.closed:
                 c.in_pump = 0
                 return

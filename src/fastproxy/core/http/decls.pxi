@@ -143,6 +143,22 @@ cdef struct UpConn:
     uint64_t id                     # the debug lines' ConnectionId (shared with HConn's)
     StatBlock* hstats               # its host's counters (HS_*), NULL: none
 
+cdef struct UpstreamRequest:        # the router filter's request to one upstream host
+                                    # (Envoy's UpstreamRequest): what it holds from the pool
+                                    # and what the client codec's events told it
+    UpConn* conn                    # the pool's handle (HTTP/1: the connection), NULL: none
+    StatBlock* hstats               # the chosen host's counters (HS_*), one reference; NULL: none
+    sockaddr_storage addr           # the host chosen (addrlen 0: none)
+    socklen_t addrlen
+    uint64_t start_ms               # a connection was assigned (monotonic); 0: never
+    uint8_t req_done                # the whole request is in the connection's out_buf
+    uint8_t resp_received           # the response's end event came
+    uint8_t resp_end_fed            # ... and went to the encoder filters
+    const HttpHead* resp_head       # the response head, owned by conn's codec (valid while
+                                    #   conn is attached: access logs read it)
+    ResponseFacts resp_facts        # ... and what the codec said of it
+
+
 cdef struct HStream:
     HConn* c
     HttpHead head                   # the request head, owned
@@ -150,17 +166,11 @@ cdef struct HStream:
     uint8_t protocol                # HTTP_PROTO_*: the request's protocol (the codec's)
     const RouteEntry* route
     ClusterCfg* cluster
-    UpConn* up
-    StatBlock* hstats               # the chosen upstream host's counters (HS_*), NULL: none
+    UpstreamRequest upstream        # the router filter's (core/http/router_filter.pxi)
     uint8_t req_has_body            # a body follows the request head
     uint8_t req_received            # the whole request came from the downstream (its end event)
-    uint8_t req_done                # the whole request is in the upstream's out_buf
     uint8_t resp_started            # the response head went to the downstream
-    uint8_t resp_received           # the whole response came from the upstream (its end event)
     int64_t req_content_length      # the request body's length as its head gave it; -1: unknown
-    const HttpHead* resp_head       # the upstream's response head, owned by s.up's codec
-                                    #   (valid while s.up is attached: access logs read it)
-    ResponseFacts resp_facts        # ... and what its codec said of it
     uint8_t keepalive               # the downstream connection may carry another request
     uint8_t upgrade                 # the request asks to switch protocols (WebSocket)
     uint8_t tunnel                  # 101 received: both connections are now a byte tunnel
@@ -175,28 +185,24 @@ cdef struct HStream:
     FChain* fc                      # filter instances and state; NULL without http_filters
     int cluster_override            # a filter chose the cluster (index), or -1
     uint8_t route_cleared           # a filter asked for the route to be recomputed
-    uint8_t resp_end_fed            # the response end went to the encoder filters
     uint8_t connect                 # a CONNECT request (tunnelled once the upstream connects)
     uint8_t expect_continue         # Expect: 100-continue, which we answer (and do not forward)
     # stream_info: what access logs print (core/access_log.pxi) and later filters read
-    uint8_t resp_from_upstream      # the response head came from s.up (RESP() can read it)
+    uint8_t resp_from_upstream      # the response head came from s.upstream.conn (RESP() can read it)
     uint8_t logged
     uint32_t response_flags         # RF_* (Envoy's UH, UF, UC, NR, UT, DC, SI, ...)
     uint64_t start_time_us          # wall clock at the start (CLOCK_REALTIME, microseconds)
     uint64_t request_end_ms         # monotonic: the whole request was received; 0: not yet
-    uint64_t upstream_start_ms      # an upstream connection was assigned; 0: never
     uint64_t response_start_ms      # the response head went downstream; 0: not yet
     uint64_t end_ms
     uint64_t bytes_sent             # response body bytes sent downstream (tunnels: to the client)
     int cluster_index               # into HttpCfg.clusters; -1: none
-    sockaddr_storage upstream_addr  # the upstream host chosen (upstream_addrlen 0: none)
-    socklen_t upstream_addrlen
     char client_ip[48]              # the trusted client address (use_remote_address/XFF)
     size_t client_ip_len
     uint16_t client_port            # 0 when the address came from x-forwarded-for
     uint8_t client_internal         # Envoy's "internal request" (core/http/stream_extras.pxi)
     uint8_t edge                    # use_remote_address and not internal: an edge request
-    uint8_t envoy_hdrs              # the request has x-envoy-* fields (the codec's H1X_ENVOY_HDR)
+    uint8_t envoy_hdrs              # the request has x-envoy-* fields (RequestFacts.envoy_hdrs)
     uint64_t timeout_ms             # the route timeout in force (x-envoy-upstream-rq-timeout-ms)
     uint64_t expected_timeout_ms    # what x-envoy-expected-rq-timeout-ms says; 0: not sent
     uint64_t service_time_ms        # the x-envoy-upstream-service-time we sent ...
@@ -257,6 +263,9 @@ cdef struct HConn:
 
 cdef struct ServerCodecApi:
     const char* name
+    int stat_cx_total               # its http.<prefix>.downstream_cx_<protocol>_total (H_*)
+    int stat_cx_active              # ... _active
+    int stat_rq_total               # ... downstream_rq_<protocol>_total
     void (*start)(HConn* c) noexcept nogil              # a new connection
     void (*release)(HConn* c) noexcept nogil            # the connection closes
     int (*decode)(HConn* c) noexcept nogil              # decode c.in_buf into events; -1: the

@@ -704,9 +704,9 @@ cdef bint _hf_flush_local_reply(HStream* s) noexcept nogil:
         free(body)
         hconn_pump(c)                       # (see hf_continue: a reply asked for outside a hook)
         return True
-    if s.up != NULL:
-        http_pool_cancel(s.up)
-        s.up = NULL
+    if s.upstream.conn != NULL:
+        http_pool_cancel(s.upstream.conn)
+        s.upstream.conn = NULL
     s.status = status
     fc.dead = 1
     hconn_local_reply_ex(c, status, fc.local_body, fc.local_body_len, NULL, 0,
@@ -741,9 +741,9 @@ cdef int hf_local_reply_start(HStream* s, int status, const char* body, size_t n
     cdef const FieldPair* f
     cdef const char* p
     cdef bint ok
-    if s.up != NULL:
-        http_pool_cancel(s.up)
-        s.up = NULL
+    if s.upstream.conn != NULL:
+        http_pool_cancel(s.upstream.conn)
+        s.upstream.conn = NULL
     timer_cancel(c.w, &s.timeout)
     fc.dec.phase = FP_PH_DONE
     fc.dec.stopped = FS_RUNNING

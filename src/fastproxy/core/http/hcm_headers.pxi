@@ -1,8 +1,8 @@
 # The connection manager's own header work that is configured per HttpConnectionManager
 # (checked against Envoy 1.40, see docs/http1-policy.md): the Date every response gets
 # (cached per worker per second), Server/Via/x-request-id on responses, Via on requests,
-# request path normalization (escaped slashes, dot segments, merged slashes), Host port
-# stripping, and header names with underscores.
+# request path normalization (escaped slashes, dot segments, merged slashes) and Host port
+# stripping. (Header names with underscores are the HTTP/1 codec's: codec_h1_server.pxi.)
 
 # The server-wide http1.* block (H1S_*, HTTP1_STATS): fastproxy/stats_table.py.
 
@@ -380,27 +380,3 @@ cdef void stream_strip_host_port(HStream* s, HttpCfg* h) noexcept nogil:
         if port != s.c.local_port:
             return
     f.value_len = <uint32_t>colon
-
-
-# ---------------------------------------------------------------- underscores
-
-cdef int head_underscores(HConn* c, HttpHead* hd, HttpCfg* h) noexcept nogil:
-    """headers_with_underscores_action on a request head just parsed (Envoy's HTTP/1 codec
-    does it while parsing). DROP_HEADER removes such fields (http1.dropped_headers_with_
-    underscores); REJECT_REQUEST refuses the request as a codec error (400, http1.requests_
-    rejected_with_underscores_in_headers): returns -1 then."""
-    cdef uint32_t i, k = 0
-    cdef uint64_t dropped = 0
-    for i in range(hd.nfields):
-        if memchr(hd.buf + hd.fields[i].name_off, b'_', hd.fields[i].name_len) != NULL:
-            if h.underscores == US_REJECT:
-                stat_add(h.http1_stats, c.w, H1S_REJECTED_UNDERSCORES, 1)
-                return -1
-            dropped += 1
-            continue
-        hd.fields[k] = hd.fields[i]
-        k += 1
-    hd.nfields = k
-    if dropped:
-        stat_add(h.http1_stats, c.w, H1S_DROPPED_UNDERSCORES, dropped)
-    return 0

@@ -449,12 +449,12 @@ cdef int _body_framing(HStream* s, bint response, int framing, uint64_t length, 
     elif framing == UF_STREAM:
         out.kind = BODY_STREAM
     elif response:
-        out.length_text = s.resp_facts.length_text
-        if s.resp_facts.end_stream:
+        out.length_text = s.upstream.resp_facts.length_text
+        if s.upstream.resp_facts.end_stream:
             out.kind = BODY_NONE
-        elif s.resp_facts.content_length >= 0:
+        elif s.upstream.resp_facts.content_length >= 0:
             out.kind = BODY_LENGTH
-            out.length = <uint64_t>s.resp_facts.content_length
+            out.length = <uint64_t>s.upstream.resp_facts.content_length
         else:
             out.kind = BODY_STREAM
     else:

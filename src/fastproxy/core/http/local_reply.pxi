@@ -74,7 +74,7 @@ cdef void stream_local_reply(HStream* s, int status, const char* body, size_t n,
     response has entered them yet, the reply goes through them as Envoy's local replies do
     (hf_local_reply_start); otherwise (no filters: the fast path, which allocates nothing)
     it is written as it is. The stream ends, or waits for a filter that holds its reply:
-    the caller must not touch s afterwards. The caller has dealt with s.up."""
+    the caller must not touch s afterwards. The caller has dealt with s.upstream.conn."""
     cdef HConn* c = s.c
     cdef FChain* fc = s.fc
     if fp_log_level <= LOG_DEBUG:
@@ -106,7 +106,7 @@ cdef inline void _count_upstream(StatBlock* b, Worker* w, int status) noexcept n
 cdef inline void _count_host(HStream* s, int status) noexcept nogil:
     """The chosen host's answer (or the router's in its place): rq_error for a 5xx, else
     rq_success, as Envoy's router charges the host."""
-    host_stat_add(s.hstats, s.c.w, HS_RQ_ERROR if status >= 500 else HS_RQ_SUCCESS, 1)
+    host_stat_add(s.upstream.hstats, s.c.w, HS_RQ_ERROR if status >= 500 else HS_RQ_SUCCESS, 1)
 
 
 cdef inline void _count_downstream(HConn* c, int status) noexcept nogil:

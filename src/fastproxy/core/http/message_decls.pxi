@@ -46,7 +46,7 @@ cdef struct HttpHead:
     uint32_t reason_off             # status line pieces
     uint32_t reason_len
     uint16_t status
-    uint8_t method                  # H1M_*
+    uint8_t method                  # METHOD_*
     uint8_t minor                   # HTTP/1.<minor>: 0 or 1
 
 cdef struct StrRef:                  # serializer input: a byte string the caller owns

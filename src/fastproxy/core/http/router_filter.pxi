@@ -100,7 +100,7 @@ cdef int splice_move(SplicePipe* sp, Endp* src, Endp* dst, uint64_t* src_left,
 
 
 cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexcept nogil:
-    """Encode the request head for the upstream (s.up's codec)."""
+    """Encode the request head for the upstream (s.upstream.conn's codec)."""
     cdef HConn* c = s.c
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
     cdef const RouteEntry* e = s.route
@@ -156,7 +156,7 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
         elif e.auto_host_rewrite:
             # Envoy 1.40: the host's name (endpoint.hostname, else a STRICT_DNS endpoint's
             # DNS name), without a port; a STATIC endpoint without a hostname keeps the Host.
-            uhost = &s.up.hosts.hosts[s.up.host_index]
+            uhost = &s.upstream.conn.hosts.hosts[s.upstream.conn.host_index]
             if uhost.hostname_len:
                 orig_host = _pl_take(&l, "host", 4)
                 _pl_add(&l, _cs("host"), _s(uhost.hostname, uhost.hostname_len))
@@ -215,7 +215,7 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
             _pl_add(&l, _cs("x-envoy-original-host"), orig_host)    # the Host it replaced
         if _pl_apply_ops(&l, &e.request_headers) < 0:
             return -1
-        return s.up.codec.encode_headers(s.up, method, target, &l, &bf)
+        return s.upstream.conn.codec.encode_headers(s.upstream.conn, method, target, &l, &bf)
     finally:
         free(l.v)
         free(owned)
@@ -226,7 +226,7 @@ cdef bint _response_splice_ready(HStream* s) noexcept nogil:
     """Can the rest of the response body go upstream -> pipe -> downstream unread? Only a
     body both codecs pass as it is (a Content-Length one), no encoder filter reads, and
     nothing buffered on either side."""
-    cdef UpConn* u = s.up
+    cdef UpConn* u = s.upstream.conn
     cdef HConn* c = s.c
     return (s.resp_started and not _enc_body_filtered(s) and u.in_buf.length == 0
             and c.out_buf.length == 0 and u.codec.raw_body_left(u) != 0
@@ -236,7 +236,7 @@ cdef bint _response_splice_ready(HStream* s) noexcept nogil:
 cdef int _response_splice(HStream* s) noexcept nogil:
     """Move response body bytes with splice(2). -1: the stream or connection ended; 0: wait
     for the sockets; 1: the body is complete (the codec delivers its end)."""
-    cdef UpConn* u = s.up
+    cdef UpConn* u = s.upstream.conn
     cdef HConn* c = s.c
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
     cdef uint64_t before = u.codec.raw_body_left(u)
@@ -266,7 +266,7 @@ cdef int _response_splice(HStream* s) noexcept nogil:
 cdef int stream_on_upstream(HStream* s) noexcept nogil:
     """The upstream connection has news for s: its codec decodes the response into the
     events below (or, for a tunnel, bytes flow). -1: the stream or connection ended."""
-    cdef UpConn* u = s.up
+    cdef UpConn* u = s.upstream.conn
     cdef HConn* c = s.c
     if s.connect and not s.tunnel and stream_connect_established(s) < 0:
         hconn_close(c, True)
@@ -286,12 +286,12 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
 # -- the client codec's events (core/http/codec_h1_client.pxi says when each comes)
 
 cdef int ur_on_response_headers(HStream* s, const HttpHead* head, const ResponseFacts* f) noexcept nogil:
-    """A final response head (the codec keeps it; s.resp_head borrows it). -1: the stream
+    """A final response head (the codec keeps it; s.upstream.resp_head borrows it). -1: the stream
     ended."""
-    cdef UpConn* u = s.up
+    cdef UpConn* u = s.upstream.conn
     cdef HConn* c = s.c
-    s.resp_head = head
-    s.resp_facts = f[0]
+    s.upstream.resp_head = head
+    s.upstream.resp_facts = f[0]
     if head.status == 101:
         if not s.upgrade:
             # A switch the request did not ask for (RFC 9110 section 15.2.2: a server
@@ -347,11 +347,11 @@ cdef int ur_on_response_data(HStream* s, Chain* src, size_t n, bint end,
     cdef int rc
     stat_add(h.stats, c.w, H_BYTES_COPIED, n)
     if end:
-        s.resp_received = 1
+        s.upstream.resp_received = 1
     if _enc_body_filtered(s):
         # The body goes through the encoder filters; their sink frames it.
         if end:
-            s.resp_end_fed = 1
+            s.upstream.resp_end_fed = 1
             if trailers != NULL and hm_from_head(&s.fc.resp_trailers, trailers, True, False) < 0:
                 hconn_close(c, True)
                 return -1
@@ -380,7 +380,7 @@ cdef int ur_on_response_data(HStream* s, Chain* src, size_t n, bint end,
 cdef void ur_on_response_error(HStream* s, int kind) noexcept nogil:
     """The upstream's response cannot be completed (UE_*): Envoy's answers, a 502 or 503
     while nothing went downstream yet, else a reset with its response flag."""
-    cdef UpConn* u = s.up
+    cdef UpConn* u = s.upstream.conn
     cdef HConn* c = s.c
     cdef bint filtered = _enc_body_filtered(s)
     if kind == UE_PROTOCOL:
@@ -546,8 +546,8 @@ cdef int stream_route(HStream* s) noexcept nogil:
                _pick(path != NULL, ", rewritten to ", ""), <int>path_len,
                _pick(path != NULL, path, ""))
     stream_route_timeout(s)
-    s.up = http_pool_acquire(s, s.cluster)
-    if s.up == NULL:
+    s.upstream.conn = http_pool_acquire(s, s.cluster)
+    if s.upstream.conn == NULL:
         free(path)
         _route_input_free(hdrs, stack)
         _count_upstream(s.cluster.stats, c.w, 503)
@@ -574,10 +574,10 @@ cdef int stream_route(HStream* s) noexcept nogil:
     elif s.fc.dec.phase == FP_PH_DONE:
         if stream_send_request_head(s, UF_LENGTH if s.req_has_body else UF_NONE, 0) < 0:
             return -1
-    if s.req_done and s.timeout_ms:
+    if s.upstream.req_done and s.timeout_ms:
         timer_arm(c.w, &s.timeout, s.timeout_ms)
-    if s.up.state == UC_BUSY:
-        s.up.ep.writable = 1            # a pooled connection: try to write at once
+    if s.upstream.conn.state == UC_BUSY:
+        s.upstream.conn.ep.writable = 1            # a pooled connection: try to write at once
     return 0
 
 
@@ -585,8 +585,8 @@ cdef int stream_send_request_head(HStream* s, int framing, uint64_t length) noex
     """Serialize the request head into the upstream's out_buf. -1: the stream ended."""
     cdef HConn* c = s.c
     if _upstream_request_head(s, framing, length) < 0:
-        http_pool_cancel(s.up)
-        s.up = NULL
+        http_pool_cancel(s.upstream.conn)
+        s.upstream.conn = NULL
         stream_local_reply(s, 400, "invalid request after header mutation", 37, NULL, 0, True)
         return -1
     if s.fc != NULL:
@@ -607,11 +607,11 @@ cdef int hf_sink_data_decode(HStream* s) noexcept nogil:
     """Filtered request body (and the end) to the upstream, framed."""
     cdef FChain* fc = s.fc
     cdef FDir* d = &fc.dec
-    cdef UpConn* u = s.up
+    cdef UpConn* u = s.upstream.conn
     cdef HConn* c = s.c
     if u == NULL:
         return -1
-    if s.req_done:
+    if s.upstream.req_done:
         return 0
     if not d.sink_started and stream_send_request_head(s, _sink_framing(d, &fc.req), d.held.length) < 0:
         return -1
@@ -629,8 +629,8 @@ cdef int hf_sink_data_decode(HStream* s) noexcept nogil:
 cdef inline bint _request_splice_ready(HConn* c, HStream* s) noexcept nogil:
     """Could the rest of the request body go downstream -> pipe -> upstream unread (a body
     both codecs pass as it is, nothing buffered downstream, the upstream connected)?"""
-    return (c.in_buf.length == 0 and s.up.state == UC_BUSY and c.codec.raw_body_left(c) != 0
-            and s.up.codec.raw_data_ok(s.up))
+    return (c.in_buf.length == 0 and s.upstream.conn.state == UC_BUSY and c.codec.raw_body_left(c) != 0
+            and s.upstream.conn.codec.raw_data_ok(s.upstream.conn))
 
 
 cdef int stream_forward_request_body(HStream* s) noexcept nogil:
@@ -639,7 +639,7 @@ cdef int stream_forward_request_body(HStream* s) noexcept nogil:
     -1 when the stream ended."""
     cdef HConn* c = s.c
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
-    cdef UpConn* u = s.up
+    cdef UpConn* u = s.upstream.conn
     cdef uint64_t before, left, moved
     cdef bint done
     cdef int rc
@@ -677,7 +677,7 @@ cdef int upstream_request_data(HStream* s, Chain* src, size_t n, bint end,
     """Unfiltered request body (cm_on_request_data) to the upstream's codec. -1: the stream
     ended."""
     cdef HConn* c = s.c
-    cdef UpConn* u = s.up
+    cdef UpConn* u = s.upstream.conn
     cdef PairList tl
     cdef int rc = 0
     if u == NULL:

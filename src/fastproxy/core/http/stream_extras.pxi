@@ -21,7 +21,7 @@ cdef void stream_timers_start(HStream* s) noexcept nogil:
     timer_init(&s.request_timer, _stream_request_timeout_fired, s)
     if h.stream_idle_timeout_ms:
         timer_arm(c.w, &s.idle_timer, h.stream_idle_timeout_ms)
-    if h.request_timeout_ms and not s.req_done:
+    if h.request_timeout_ms and not s.upstream.req_done:
         timer_arm(c.w, &s.request_timer, h.request_timeout_ms)
 
 
@@ -40,13 +40,13 @@ cdef void _stream_end_locally(HStream* s, int status, const char* body) noexcept
     """Answer the stream from the proxy (the response has not started), dropping its
     upstream connection, or reset the downstream if the response is under way."""
     cdef HConn* c = s.c
-    if s.up != NULL:
-        http_pool_cancel(s.up)
-        s.up = NULL
+    if s.upstream.conn != NULL:
+        http_pool_cancel(s.upstream.conn)
+        s.upstream.conn = NULL
     if s.resp_started:
         hconn_close(c, True)
         return
-    stream_local_reply(s, status, body, strlen(body), NULL, 0, not s.req_done)
+    stream_local_reply(s, status, body, strlen(body), NULL, 0, not s.upstream.req_done)
     hconn_pump(c)
 
 
@@ -62,13 +62,13 @@ cdef void _stream_idle_fired(Worker* w, void* arg) noexcept nogil:
         return
     stat_add(h.stats, w, H_RQ_IDLE_TIMEOUT, 1)
     s.response_flags |= RF_SI
-    _stream_end_locally(s, 504 if s.req_done else 408, "stream timeout")
+    _stream_end_locally(s, 504 if s.upstream.req_done else 408, "stream timeout")
 
 
 cdef void _stream_request_timeout_fired(Worker* w, void* arg) noexcept nogil:
     """request_timeout: the whole request was not received in time: 408."""
     cdef HStream* s = <HStream*>arg
-    if s.req_done:
+    if s.upstream.req_done:
         return
     stat_add((<HttpCfg*>s.c.cfg.http).stats, w, H_RQ_TIMEOUT, 1)
     _stream_end_locally(s, 408, "request timeout")
@@ -191,6 +191,16 @@ cdef void stream_client_address(HStream* s) noexcept nogil:
             s.client_internal = (from_xff and k == 1 and memchr(v, 44, n) == NULL
                                  and _ip_is_internal(h, s.client_ip))
     s.edge = h.use_remote_address and not s.client_internal
+
+
+cdef size_t stream_forwarded_xff_size(HStream* s) noexcept nogil:
+    """The bytes stream_forwarded_xff needs to write the whole value."""
+    cdef HConn* c = s.c
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    cdef size_t n = 0
+    cdef const char* v = _req_field(s, "x-forwarded-for", 15, &n)
+    cdef size_t an = h.local_ip_len if c.remote_loopback else c.remote_ip_len
+    return n + 1 + an if v != NULL and n else an
 
 
 cdef size_t stream_forwarded_xff(HStream* s, char* out, size_t cap) noexcept nogil:
@@ -403,7 +413,7 @@ cdef int stream_connect_established(HStream* s) noexcept nogil:
     connections into a byte tunnel (the WebSocket tunnel machinery). -1 on failure."""
     cdef HConn* c = s.c
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
-    cdef UpConn* u = s.up
+    cdef UpConn* u = s.upstream.conn
     cdef PairList l
     cdef BodyFraming bf
     cdef char* owned = NULL

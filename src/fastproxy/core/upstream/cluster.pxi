@@ -9,7 +9,10 @@ cdef inline bint cb_full(int64_t* count, uint32_t limit) noexcept nogil:
 
 
 cdef void hostset_decref(HostSet* h) noexcept nogil:
+    cdef int i
     if h != NULL and fp_atomic_add_int(&h.refcnt, -1) == 0:
+        for i in range(h.nhosts):
+            statblock_decref(h.hosts[i].stats)
         free(h.hosts)
         free(h.schedule)
         free(h)
@@ -24,6 +27,31 @@ cdef int cluster_per_worker_new(ClusterCfg* c) noexcept nogil:
         c.per_worker = NULL
         return -1
     return 0
+
+
+# A host's stat block lives while something may count into it: the engine's table of
+# blocks (so a host that stays across a DNS refresh keeps its counters), each host set
+# that has the host, and each stream or upstream connection that chose the host (it counts
+# into the block after DNS has moved the host out of every set: a request's end, a
+# connection's close). When only the table's reference is left, nothing can take a new one
+# (a new reference comes from a host set), so set_hosts drops the block from the table and
+# it is freed; a host that comes back later starts from zero, as a new host does in Envoy.
+# The cluster's own totals (the cluster block) are counted beside the host's, so nothing
+# is lost from /stats; /clusters lists the current hosts only.
+
+cdef inline void host_stats_hold(StatBlock** slot, StatBlock* b) noexcept nogil:
+    """slot (a stream's or upstream connection's hstats) refers to b from now on, with a
+    reference of its own; the block it referred to before is released."""
+    if b != NULL:
+        fp_atomic_add_int(&b.refcnt, 1)
+    statblock_decref(slot[0])
+    slot[0] = b
+
+
+cdef inline void host_stats_release(StatBlock** slot) noexcept nogil:
+    """The stream or connection that owned slot is done counting."""
+    statblock_decref(slot[0])
+    slot[0] = NULL
 
 
 cdef void cluster_decref(ClusterCfg* c) noexcept nogil:
@@ -114,6 +142,21 @@ def make_hostset(list hosts, list schedule):
     return h
 
 
+cdef void _host_stats_prune(Engine engine):
+    """Drop the blocks of hosts that no host set, stream or connection refers to any more
+    (only the table's reference is left). A host set replaced by this refresh still has
+    its workers' references until they swap it: its hosts go at the next refresh."""
+    cdef StatBlockHandle sb
+    for key, sb in list(engine.host_stats.items()):
+        if fp_load_int(&sb.b.refcnt) == 1:
+            del engine.host_stats[key]
+
+
+def _host_stat_blocks(Engine engine):
+    """How many host stat blocks the engine keeps (fastproxy._testing)."""
+    return len(engine.host_stats)
+
+
 cdef class ClusterHandle:
     """Python owner of one reference to a ClusterCfg."""
     cdef ClusterCfg* c
@@ -180,7 +223,9 @@ cdef class ClusterHandle:
                 if sb is None:
                     sb = _statblock_handle(HOST_STATS, HOST_GAUGES, self.engine.nworkers)
                     self.engine.host_stats[key] = sb
+                fp_atomic_add_int(&sb.b.refcnt, 1)     # the host set's reference
                 hst.stats = sb.b
+        _host_stats_prune(self.engine)
         self.current = hosts
         for i in range(self.c.nworkers):
             m = <HostSetSwap*>malloc(sizeof(HostSetSwap))

@@ -12,8 +12,8 @@ cdef struct Host:
     sockaddr_storage addr
     socklen_t addrlen
     uint32_t weight                 # load_balancing_weight (admin /clusters)
-    StatBlock* stats                # HS_* per worker (stats.pxi), owned by the engine; NULL
-                                    #   until ClusterHandle.set_hosts
+    StatBlock* stats                # HS_* per worker (stats.pxi), one reference held by the
+                                    #   host set; NULL until ClusterHandle.set_hosts
     uint16_t hostname_len           # 0: none (auto_host_rewrite leaves the Host alone)
     char hostname[HOST_NAME_MAX_LEN + 1]    # endpoint.hostname, or a DNS endpoint's name
 

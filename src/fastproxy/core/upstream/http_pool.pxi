@@ -9,7 +9,7 @@
 # The interface
 # -------------
 # What an HTTP/2 pool (many streams per connection) implements too. The owner is an
-# HStream s; its handle is s.up (UpConn*: for HTTP/1.1 the connection itself).
+# HStream s; its handle is s.upstream.conn (UpConn*: for HTTP/1.1 the connection itself).
 #
 #   u = http_pool_acquire(s, cluster)
 #       The cluster's load balancer picks the host (cluster_pick); s gets its upstream
@@ -22,7 +22,7 @@
 #                host that may free up). The owner writes its request into u.out_buf all
 #                the same; it goes out once a connection carries it. Then the pool either
 #                binds s to u when u connects, or moves the request to an idle connection
-#                that freed up (s.up becomes that one; u ends), or fails s (below). Binding
+#                that freed up (s.upstream.conn becomes that one; u ends), or fails s (below). Binding
 #                can still be refused by max_requests: s fails with 503 overflow (RF_UO) and
 #                the connection, which sent nothing, stays in the pool.
 #       failure  NULL: nothing to release. s.response_flags says why: RF_UH no host,
@@ -38,11 +38,11 @@
 #       The owner goes away before or while u carries its exchange (reset, timeout, a local
 #       reply, the downstream closed). HTTP/1.1 cannot abandon a request half-way, so the
 #       connection closes (a destroy "with active rq" when the response was incomplete).
-#       s.up is cleared; nothing is called back.
+#       s.upstream.conn is cleared; nothing is called back.
 #   http_pool_fail(u, status, reason)
 #       u broke before s got a complete response: an invalid response, an upstream that
 #       ended early. The connection closes, s gets the response flag (UF, UC or UPE) and
-#       stream_upstream_failed(s, status, reason) with s.up already NULL. The pool calls
+#       stream_upstream_failed(s, status, reason) with s.upstream.conn already NULL. The pool calls
 #       it itself for connect failures and timeouts and write errors.
 #
 # Towards the owner the pool calls stream_on_upstream(s) whenever u moved bytes (response
@@ -130,7 +130,7 @@ cdef void upconn_close(UpConn* u) noexcept nogil:
     if u.cx_counted:
         u.cx_counted = 0
         stat_sub(cl.stats, w, C_CX_ACTIVE, 1)
-        host_stat_add(u.hstats, w, HS_CX_ACTIVE, -1)
+        host_stat_sub(u.hstats, w, HS_CX_ACTIVE, 1)
         stat_add(cl.stats, w, C_CX_DESTROY, 1)
         stat_add(cl.stats, w, C_DESTROY_LOCAL + remote, 1)
         fp_atomic_add_i64(&cl.n_cx, -1)
@@ -142,17 +142,17 @@ cdef void upconn_close(UpConn* u) noexcept nogil:
     if u.rq_attached:
         u.rq_attached = 0
         stat_sub(cl.stats, w, C_RQ_ACTIVE, 1)
-        host_stat_add(u.hstats, w, HS_RQ_ACTIVE, -1)
+        host_stat_sub(u.hstats, w, HS_RQ_ACTIVE, 1)
         fp_atomic_add_i64(&cl.n_rq, -1)
         stat_add(cl.stats, w, C_DESTROY_WITH_ACTIVE_RQ, 1)
         stat_add(cl.stats, w, C_DESTROY_LOCAL_WITH_ACTIVE_RQ + remote, 1)
     if u.pending:
         u.pending = 0
         stat_sub(cl.stats, w, C_RQ_PENDING_ACTIVE, 1)
-        host_stat_add(u.hstats, w, HS_RQ_PENDING_ACTIVE, -1)
+        host_stat_sub(u.hstats, w, HS_RQ_PENDING_ACTIVE, 1)
         fp_atomic_add_i64(&cl.n_pending, -1)
     if u.stream != NULL:
-        u.stream.up = NULL
+        u.stream.upstream.conn = NULL
         u.stream = NULL
     chain_free(&u.in_buf)
     chain_free(&u.out_buf)
@@ -313,7 +313,7 @@ cdef UpConn* _upconn_new(HStream* s, ClusterCfg* cl, int host_index) noexcept no
     u.id = _next_conn_id(w)
     u.hosts = lb_hosts(cl, w)
     fp_atomic_add_int(&u.hosts.refcnt, 1)      # so pointers into it outlive a DNS change
-    u.hstats = u.hosts.hosts[host_index].stats
+    host_stats_hold(&u.hstats, u.hosts.hosts[host_index].stats)
     u.state = UC_WAITING
     u.stream = s
     u.codec = &H1_CLIENT_CODEC          # (an HTTP/2 pool will hand out its own streams)
@@ -392,10 +392,10 @@ cdef UpConn* http_pool_acquire(HStream* s, ClusterCfg* cl) noexcept nogil:
         stat_add(cl.stats, w, C_NONE_HEALTHY, 1)
         s.response_flags |= RF_UH
         return NULL
-    memcpy(&s.upstream_addr, &host.addr, host.addrlen)
-    s.upstream_addrlen = host.addrlen
-    s.hstats = host.stats
-    s.upstream_start_ms = w.now
+    memcpy(&s.upstream.addr, &host.addr, host.addrlen)
+    s.upstream.addrlen = host.addrlen
+    host_stats_hold(&s.upstream.hstats, host.stats)
+    s.upstream.start_ms = w.now
     idx = <int>(host - lb_hosts(cl, w).hosts)
     head = _pool_list(p, w, idx)
     if head != NULL and head[0] != NULL and not s.connect:     # a tunnel gets its own
@@ -450,7 +450,7 @@ cdef void _upconn_overflowed(UpConn* u) noexcept nogil:
     u.stream = NULL
     chain_clear(&u.out_buf)
     if s != NULL:
-        s.up = NULL
+        s.upstream.conn = NULL
     http_pool_release(u, s == NULL or not s.connect)
     if s != NULL:
         stream_upstream_failed(s, 503, UPSTREAM_OVERFLOW)
@@ -466,7 +466,7 @@ cdef void http_pool_release(UpConn* u, bint reusable) noexcept nogil:
     if u.rq_attached and u.codec.response_complete(u):
         u.rq_attached = 0               # (an incomplete response stays: a destroy with active rq)
         stat_sub(u.cluster.stats, u.w, C_RQ_ACTIVE, 1)
-        host_stat_add(u.hstats, u.w, HS_RQ_ACTIVE, -1)
+        host_stat_sub(u.hstats, u.w, HS_RQ_ACTIVE, 1)
         fp_atomic_add_i64(&u.cluster.n_rq, -1)
     # ep.hup: the upstream's FIN came with (or right behind) the response it answered; a
     # short read never reads on to see it, so the event flag is all there is.
@@ -497,7 +497,7 @@ cdef void http_pool_release(UpConn* u, bint reusable) noexcept nogil:
 
 cdef inline void http_pool_cancel(UpConn* u) noexcept nogil:
     """The stream that owns u goes away before or while u carries its exchange: an HTTP/1.1
-    connection cannot drop a request half-way, so it closes (u.stream.up is cleared)."""
+    connection cannot drop a request half-way, so it closes (u.stream.upstream.conn is cleared)."""
     upconn_close(u)
 
 
@@ -536,7 +536,7 @@ cdef void upconn_on_event(Worker* w, UpConn* u, uint32_t events) noexcept nogil:
         u.state = UC_BUSY
         u.pending = 0
         stat_sub(u.cluster.stats, w, C_RQ_PENDING_ACTIVE, 1)
-        host_stat_add(u.hstats, w, HS_RQ_PENDING_ACTIVE, -1)
+        host_stat_sub(u.hstats, w, HS_RQ_PENDING_ACTIVE, 1)
         fp_atomic_add_i64(&u.cluster.n_pending, -1)
         if u.cluster.max_duration_ms:
             timer_arm(w, &u.duration_timer, u.cluster.max_duration_ms)
@@ -581,7 +581,7 @@ cdef void upconn_pump(UpConn* u) noexcept nogil:
                 return
         s = u.stream
         c = s.c if s != NULL else NULL
-        if s != NULL and not s.req_done and c.req_pipe.bytes:
+        if s != NULL and not s.upstream.req_done and c.req_pipe.bytes:
             if stream_forward_request_body(s) < 0:
                 break
         if u.ep.readable and not u.eof and u.in_buf.length < HTTP_IO_LIMIT \
@@ -663,8 +663,15 @@ cdef void http_serve_waiting(Worker* w) noexcept nogil:
                 hostset_decref(u.hosts)
                 u.hosts = hosts
                 u.host_index = <int>(host - hosts.hosts)
-                memcpy(&s.upstream_addr, &host.addr, host.addrlen)
-                s.upstream_addrlen = host.addrlen
+                # The new host's counters from now on (its pending request moves with it).
+                if u.pending:
+                    host_stat_sub(u.hstats, w, HS_RQ_PENDING_ACTIVE, 1)
+                host_stats_hold(&u.hstats, host.stats)
+                if u.pending:
+                    host_stat_add(u.hstats, w, HS_RQ_PENDING_ACTIVE, 1)
+                host_stats_hold(&s.upstream.hstats, host.stats)
+                memcpy(&s.upstream.addr, &host.addr, host.addrlen)
+                s.upstream.addrlen = host.addrlen
             host = &hosts.hosts[u.host_index]
             head = _pool_list(pool, w, u.host_index)
             if head != NULL and head[0] != NULL and not s.connect:     # (a tunnel gets its own)
@@ -680,7 +687,7 @@ cdef void http_serve_waiting(Worker* w) noexcept nogil:
                     u = nxt
                     continue
                 u.stream = NULL
-                s.up = p
+                s.upstream.conn = p
                 upconn_close(u)
                 if not _upconn_attach(p):
                     _upconn_overflowed(p)       # max_requests: p goes back to the pool
@@ -703,6 +710,7 @@ cdef void http_pool_free_deferred(Worker* w) noexcept nogil:
         http_worker(w).upconn_deferred = u.next_deferred
         hostset_decref(u.hosts)
         cluster_decref(u.cluster)
+        host_stats_release(&u.hstats)
         free(u)
 
 
