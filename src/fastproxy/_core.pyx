@@ -4,7 +4,8 @@
 One extension module; each included file has one job (see docs/architecture.md, "Source
 layout"). Declaration files (decls.pxi) come before the implementation files of their unit.
   core/buffer.pxi      slices and chains
-  core/dispatcher.pxi  per-worker epoll loop, timers, cross-thread messages
+  core/dispatcher.pxi  per-worker epoll loop, timers, cross-thread messages, the hooks
+                       (endpoint callbacks, end-of-turn/teardown) subsystems plug in by
   core/debug_log.pxi   rate-limited debug lines from the workers (write(2), no GIL)
   core/stats_table.pxi the stat blocks' indexes and names (generated from stats_table.py)
   core/stats.pxi       per-worker counters
@@ -30,6 +31,7 @@ layout"). Declaration files (decls.pxi) come before the implementation files of 
   core/http/decls.pxi         structs and enums of the connection manager, router filter,
                               upstream connection (UpConn); the codec seam (ServerCodecApi,
                               ClientCodecApi)
+  core/http/hcm_worker.pxi    the connection manager's per-worker state and its worker hooks
   core/http/head_writer.pxi   heads being assembled, header operations, body framing announced
   core/http/codec_h1_framing.pxi HTTP/1.1 on the way out: heads into chains, the body writer
   core/http/codec_h1_server.pxi the HTTP/1.1 server codec: downstream bytes <-> stream events
@@ -89,6 +91,7 @@ include "core/router/match.pxi"
 include "core/router/matchers.pxi"
 include "core/router/build.pxi"
 include "core/http/decls.pxi"
+include "core/http/hcm_worker.pxi"
 include "core/http/head_writer.pxi"
 include "core/http/codec_h1_framing.pxi"
 include "core/http/codec_h1_server.pxi"

@@ -9,8 +9,8 @@ import pytest
 
 from fastproxy import Cluster, ConfigError, Endpoint, FilterStatus, Listener, NetworkFilter, TcpProxy
 
-from conftest import (connect, echo_roundtrip, free_port, listen_inodes, listening_ports, recv_exact, stat,
-                      wait_closed, wait_for)
+from conftest import (connect, echo_roundtrip, free_port, listen_inodes, listening_ports, recv_exact, recv_head,
+                      recv_until_eof, stat, wait_closed, wait_for)
 from fastproxy import Proxy
 
 
@@ -380,3 +380,50 @@ def test_ports_are_bound_by_start_not_by_the_constructor(servers):
         assert echo_roundtrip(("127.0.0.1", port), b"hello") == b"hello"
     finally:
         p.stop()
+
+
+def test_http_listener_removed_drains_its_connections(proxy_factory):
+    """A removed HTTP listener drains the connections it accepted (the HTTP connection
+    manager's listener_gone hook): an idle keep-alive connection is closed at once, a busy
+    one gets its response, with Connection: close, and then ends."""
+    from fastproxy.http import HttpConnectionManager, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost
+    from http_upstreams import RawHttpUpstream
+
+    release = threading.Event()
+
+    def handler(method, path, headers, body):
+        if path == "/slow":
+            release.wait(10)
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+    up = RawHttpUpstream(handler)
+
+    def web(name):
+        hcm = HttpConnectionManager(name, RouteConfiguration(virtual_hosts=[VirtualHost("vh", ["*"], routes=[
+            Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))])]))
+        return Listener(name, hcm)
+
+    try:
+        keep, gone = web("keep"), web("gone")
+        p = proxy_factory([keep, gone], [Cluster("c", [Endpoint("127.0.0.1", up.port)])], concurrency=1)
+        addr = p.listener_address("gone")
+        idle = connect(addr)
+        idle.sendall(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n")
+        head, rest = recv_head(idle)
+        assert head.startswith(b"HTTP/1.1 200") and b"connection: close" not in head.lower()
+        assert rest + recv_exact(idle, 2 - len(rest)) == b"ok"
+        busy = connect(addr)
+        busy.sendall(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
+        wait_for(lambda: any(r[1] == "/slow" for r in up.requests))
+
+        p.update(listeners=[keep])
+        assert wait_closed(idle) == "eof"
+        release.set()
+        head, rest = recv_head(busy)
+        assert head.startswith(b"HTTP/1.1 200") and b"connection: close" in head.lower()
+        assert rest + recv_until_eof(busy) == b"ok"
+        idle.close()
+        busy.close()
+    finally:
+        release.set()
+        up.close()

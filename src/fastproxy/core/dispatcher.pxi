@@ -1,23 +1,32 @@
 # The per-worker event loop: epoll, a timer heap, a cross-thread message queue woken by an
-# eventfd, and deferred deletion. A worker's loop runs with the GIL released; nothing in
-# this file touches a Python object.
+# eventfd, and the hooks through which the subsystems plug in (each endpoint's event
+# callback; per-worker end-of-turn and teardown hooks; per-subsystem worker state). The
+# loop knows no protocol: the TCP proxy and the HTTP connection manager register
+# themselves. A worker's loop runs with the GIL released; nothing in this file touches a
+# Python object.
 
 DEF MAX_EVENTS = 256
 DEF TIMER_NONE = -1
 DEF PIPE_POOL_MAX = 32          # drained splice pipes a worker keeps for reuse (2 fds each)
 
-# What an epoll registration points at (epoll_event.data.ptr is always an Endp*): every
-# kind of endpoint, in one place.
-cdef enum:
-    EP_WAKE = 1                 # the worker's eventfd
-    EP_LISTEN = 2               # a listening socket
-    EP_DOWN = 3                 # a TCP proxy session's downstream socket
-    EP_UP = 4                   # a TCP proxy session's upstream socket
-    EP_HTTP_DOWN = 5            # an HTTP connection's downstream socket (core/http/conn_manager.pxi)
-    EP_HTTP_UP = 6              # an HTTP upstream connection's socket
+DEF WORKER_HOOKS_MAX = 8        # end-of-turn / teardown hooks a worker can hold (one per subsystem)
+DEF WORKER_SUBSYS_MAX = 8       # subsystems with per-worker state (worker_subsystem_add)
 
 ctypedef void (*timer_cb_t)(Worker* w, void* arg) noexcept nogil
 ctypedef void (*msg_fn_t)(Worker* w, void* arg) noexcept nogil
+# What the dispatcher calls for an epoll event on an endpoint. Whoever makes the Endp sets
+# it (the TCP proxy, the HTTP connection manager, the listener, the worker's own eventfd),
+# so the loop knows no kind of endpoint.
+ctypedef void (*EndpFn)(Worker* w, Endp* ep, uint32_t events) noexcept nogil
+# A worker hook: run at the end of every loop turn, or once at teardown.
+ctypedef void (*worker_hook_t)(Worker* w, void* arg) noexcept nogil
+# A subsystem's per-worker life: init makes its state (in Worker.state[its slot]) and adds its
+# hooks, and returns -1 when out of memory; fini frees the state (NULL-safe: it also runs
+# for a worker whose init failed).
+ctypedef int (*subsys_init_t)(Worker* w) noexcept nogil
+ctypedef void (*subsys_fini_t)(Worker* w) noexcept nogil
+# A listening socket leaves the worker's listener set: the subsystem drains its connections.
+ctypedef void (*subsys_listener_gone_t)(Worker* w, ListenSock* sock) noexcept nogil
 
 cdef struct Timer:
     uint64_t deadline           # CLOCK_MONOTONIC milliseconds
@@ -26,9 +35,9 @@ cdef struct Timer:
     void* arg
 
 cdef struct Endp:
-    int kind
+    EndpFn on_event             # called with the epoll events; endp_ignore once the owner is gone
     int fd
-    void* owner                 # Session*, WListener* or Worker*
+    void* owner                 # the object on_event works on (its creator's type: only it reads this)
     uint8_t readable            # edge-triggered readiness we have not consumed yet
     uint8_t writable
     uint8_t hup                 # an event said the peer closed (RDHUP/HUP/ERR): read to the end
@@ -39,6 +48,15 @@ cdef struct PooledPipe:         # a splice pipe, in use or kept in Worker.pipes
     int w
     size_t want                 # the capacity asked of F_SETPIPE_SZ (pipes are reused per size)
     size_t cap                  # the capacity the kernel gave (F_GETPIPE_SZ)
+
+cdef struct WorkerHook:
+    worker_hook_t fn
+    void* arg
+
+cdef struct WorkerSubsystem:    # one per subsystem, registered at import (worker_subsystem_add)
+    subsys_init_t init
+    subsys_fini_t fini
+    subsys_listener_gone_t listener_gone    # or NULL
 
 cdef struct Msg:
     msg_fn_t fn
@@ -58,27 +76,23 @@ cdef struct Worker:
     int heap_cap
     uint64_t now
     int running                 # cleared to leave the loop
-    # sessions
-    Session* sessions           # intrusive list of live sessions
-    Session* deferred           # closed sessions freed at the end of the loop turn
+    # downstream connections open on this worker, every protocol (Engine.active_connections)
     int nsessions
-    uint64_t next_session_id
+    uint64_t next_session_id    # per-worker sequence of connection ids
     uint64_t rng                # xorshift state for RANDOM load balancing
     uint64_t id_rng             # xorshift state for x-request-id, seeded from getrandom(2)
-    # listeners in the worker's current snapshot
+    # listeners in the worker's current snapshot (snapshot.pxi)
     WListener** listeners
     int nlisteners
     WListener* dead_listeners   # removed listener slots, freed at the end of the loop turn
-    # HTTP (core/http/conn_manager.pxi, core/upstream/http_pool.pxi)
-    HConn* hconns               # live downstream HTTP connections
-    HConn* hconn_deferred
-    UpConn* upconns             # every upstream HTTP connection (busy, idle, connecting)
-    UpConn* upconn_deferred
-    void* kicked                # HttpPool*: pools whose waiting requests to serve this turn
-    # the Date header value, formatted once per second (core/http/hcm_headers.pxi)
-    char date[32]
-    size_t date_len
-    uint64_t date_until_ms      # w.now at which date goes stale (the next wall-clock second)
+    # Subsystems' per-worker state, indexed by their registration slot. void* because the
+    # dispatcher comes first and knows no subsystem: each one reads its slot through its own
+    # typed accessor, and no one else's.
+    void* state[WORKER_SUBSYS_MAX]
+    WorkerHook end_of_turn[WORKER_HOOKS_MAX]    # after each epoll batch and its timers
+    int n_end_of_turn
+    WorkerHook teardown[WORKER_HOOKS_MAX]       # once, after the loop: close what you own
+    int n_teardown
     # splice pipes (see "pipe pool" below)
     PooledPipe pipes[PIPE_POOL_MAX]
     int npipes
@@ -315,7 +329,99 @@ cdef inline uint64_t worker_id_random(Worker* w) noexcept nogil:
     return xorshift64s(&w.id_rng)
 
 
+# ---- endpoints, hooks, subsystems ----
+
+cdef void endp_ignore(Worker* w, Endp* ep, uint32_t events) noexcept nogil:
+    """on_event of an endpoint whose owner is gone: an event already fetched in this loop
+    turn finds nothing to do."""
+    pass
+
+
+cdef void _wake_on_event(Worker* w, Endp* ep, uint32_t events) noexcept nogil:
+    worker_drain_messages(w)
+
+
+cdef WorkerSubsystem _subsystems[WORKER_SUBSYS_MAX]
+cdef int _nsubsystems = 0
+
+
+cdef int worker_subsystem_add(subsys_init_t init, subsys_fini_t fini,
+                              subsys_listener_gone_t listener_gone) except -1:
+    """Register a subsystem (at import, before any worker exists); every worker made from
+    then on runs its init. Returns its slot in Worker.state."""
+    global _nsubsystems
+    if _nsubsystems == WORKER_SUBSYS_MAX:
+        raise RuntimeError("too many worker subsystems: raise WORKER_SUBSYS_MAX")
+    _subsystems[_nsubsystems].init = init
+    _subsystems[_nsubsystems].fini = fini
+    _subsystems[_nsubsystems].listener_gone = listener_gone
+    _nsubsystems += 1
+    return _nsubsystems - 1
+
+
+cdef int worker_add_end_of_turn(Worker* w, worker_hook_t fn, void* arg) noexcept nogil:
+    """Run fn(w, arg) after every batch of events (and the timers), in the order added:
+    deferred frees, work kept for outside any handler. -1 when the list is full."""
+    if w.n_end_of_turn == WORKER_HOOKS_MAX:
+        return -1
+    w.end_of_turn[w.n_end_of_turn].fn = fn
+    w.end_of_turn[w.n_end_of_turn].arg = arg
+    w.n_end_of_turn += 1
+    return 0
+
+
+cdef int worker_add_teardown(Worker* w, worker_hook_t fn, void* arg) noexcept nogil:
+    """Run fn(w, arg) once when the worker stops: close everything it owns (what it frees
+    at the end of a turn is freed by its end-of-turn hook, which runs after). -1 when full."""
+    if w.n_teardown == WORKER_HOOKS_MAX:
+        return -1
+    w.teardown[w.n_teardown].fn = fn
+    w.teardown[w.n_teardown].arg = arg
+    w.n_teardown += 1
+    return 0
+
+
+cdef inline void worker_end_of_turn(Worker* w) noexcept nogil:
+    cdef int i
+    for i in range(w.n_end_of_turn):
+        w.end_of_turn[i].fn(w, w.end_of_turn[i].arg)
+
+
+cdef void worker_listener_gone(Worker* w, ListenSock* sock) noexcept nogil:
+    """sock leaves w's listener set: each subsystem drains the connections it accepted."""
+    cdef int i
+    for i in range(_nsubsystems):
+        if _subsystems[i].listener_gone != NULL:
+            _subsystems[i].listener_gone(w, sock)
+
+
+cdef void worker_teardown(Worker* w) noexcept nogil:
+    """Close everything the worker owns. Runs on the worker thread after its loop ends (or
+    on the main thread for a worker never started)."""
+    cdef int i
+    worker_drain_messages(w)
+    for i in range(w.n_teardown):
+        w.teardown[i].fn(w, w.teardown[i].arg)
+    worker_drain_messages(w)
+    worker_end_of_turn(w)
+    pipe_pool_drain(w)                  # after the connections: they give their pipes back
+
+
+cdef void worker_destroy(Worker* w) noexcept nogil:
+    """Free what worker_init made, once no thread runs w and its last messages have run."""
+    cdef int i
+    for i in range(_nsubsystems):
+        _subsystems[i].fini(w)
+    free(w.heap)
+    w.heap = NULL
+    close(w.epfd)
+    close(w.wake.fd)
+    pthread_mutex_destroy(&w.qlock)
+
+
 cdef int worker_init(Worker* w, int index) noexcept nogil:
+    """Make w's epoll set, eventfd and subsystem states; -1 (errno set) when it cannot."""
+    cdef int i
     memset(w, 0, sizeof(Worker))
     w.index = index
     w.rng = <uint64_t>11400714819323198485ULL ^ (<uint64_t>(index + 1) * <uint64_t>13787848793156543929ULL)
@@ -330,7 +436,7 @@ cdef int worker_init(Worker* w, int index) noexcept nogil:
     w.epfd = epoll_create1(EPOLL_CLOEXEC)
     if w.epfd < 0:
         return -1
-    w.wake.kind = EP_WAKE
+    w.wake.on_event = _wake_on_event
     w.wake.owner = w
     w.wake.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
     if w.wake.fd < 0:
@@ -342,11 +448,16 @@ cdef int worker_init(Worker* w, int index) noexcept nogil:
     ev.data.ptr = &w.wake
     epoll_ctl(w.epfd, EPOLL_CTL_ADD, w.wake.fd, &ev)
     w.now = clock_ms()
+    for i in range(_nsubsystems):
+        if _subsystems[i].init(w) < 0:
+            worker_destroy(w)           # each fini frees what its init made, if anything
+            errno = ENOMEM
+            return -1
     return 0
 
 
 cdef void worker_loop(Worker* w) noexcept nogil:
-    """The worker's whole life: wait, dispatch, run timers, free what closed."""
+    """The worker's whole life: wait, dispatch, run timers, then the end-of-turn hooks."""
     cdef epoll_event events[MAX_EVENTS]
     cdef int n, i
     cdef Endp* ep
@@ -357,16 +468,7 @@ cdef void worker_loop(Worker* w) noexcept nogil:
         w.now = clock_ms()
         for i in range(n):
             ep = <Endp*>events[i].data.ptr
-            if ep.kind == EP_DOWN or ep.kind == EP_UP:
-                session_on_event(w, ep, events[i].events)
-            elif ep.kind == EP_LISTEN:
-                listener_on_accept(w, <WListener*>ep.owner)
-            elif ep.kind == EP_HTTP_DOWN:
-                hconn_on_event(w, <HConn*>ep.owner, events[i].events)
-            elif ep.kind == EP_HTTP_UP:
-                upconn_on_event(w, <UpConn*>ep.owner, events[i].events)
-            elif ep.kind == EP_WAKE:
-                worker_drain_messages(w)
+            ep.on_event(w, ep, events[i].events)
         timers_run(w)
-        sessions_free_deferred(w)
+        worker_end_of_turn(w)
     worker_teardown(w)

@@ -5,24 +5,6 @@
 import threading as _threading
 
 
-cdef void worker_teardown(Worker* w) noexcept nogil:
-    """Close everything the worker owns. Runs on the worker thread after its loop ends."""
-    cdef int i
-    worker_drain_messages(w)
-    while w.sessions != NULL:
-        session_close(w.sessions, False, False)
-    http_worker_teardown(w)
-    for i in range(w.nlisteners):
-        if w.listeners[i] != NULL:
-            _wlistener_remove(w, w.listeners[i])
-    free(w.listeners)
-    w.listeners = NULL
-    w.nlisteners = 0
-    worker_drain_messages(w)
-    sessions_free_deferred(w)
-    pipe_pool_drain(w)                  # after the sessions: they give their pipes back
-
-
 cdef class Engine:
     cdef Worker* workers
     cdef readonly int nworkers
@@ -44,7 +26,7 @@ cdef class Engine:
         for i in range(nworkers):
             if worker_init(&self.workers[i], i) < 0:
                 self.nworkers = i
-                raise OSError(errno, "cannot create the worker's epoll/eventfd")
+                raise OSError(errno, "cannot create a worker (epoll, eventfd or its state)")
         self.nworkers = nworkers
         self._threads = []
         self.global_active = <int64_t*>calloc(1, sizeof(int64_t))
@@ -61,10 +43,7 @@ cdef class Engine:
         for i in range(self.nworkers):
             if not self.started:
                 worker_teardown(&self.workers[i])
-            free(self.workers[i].heap)
-            close(self.workers[i].epfd)
-            close(self.workers[i].wake.fd)
-            pthread_mutex_destroy(&self.workers[i].qlock)
+            worker_destroy(&self.workers[i])
         free(self.workers)
         self.workers = NULL
         free(self.global_active)        # no listener config of this engine is in use any more
@@ -138,21 +117,12 @@ cdef class Engine:
     # ---- building config structs ----
 
     def new_stats(self, str kind):
-        if kind == "listener":
-            return _statblock_handle(LISTENER_STATS, LISTENER_GAUGES, self.nworkers)
-        if kind == "tcp":
-            return _statblock_handle(TCP_STATS, TCP_GAUGES, self.nworkers)
-        if kind == "cluster":
-            return _statblock_handle(CLUSTER_STATS, CLUSTER_GAUGES, self.nworkers,
-                                     ("upstream_rq_time",), codes=True)
-        if kind == "listener_http":
-            return _statblock_handle(LISTENER_HTTP_STATS, LISTENER_HTTP_GAUGES, self.nworkers)
-        if kind == "http1":
-            return _statblock_handle(HTTP1_STATS, HTTP1_GAUGES, self.nworkers)
-        if kind == "http":
-            return _statblock_handle(HTTP_STATS, HTTP_GAUGES, self.nworkers,
-                                     ("downstream_rq_time",))
-        raise ValueError(kind)
+        """A stat block of `kind` ("listener", "tcp", "cluster" or one a subsystem
+        registered with stat_kind_add), one row per worker."""
+        spec = _STAT_KINDS.get(kind)
+        if spec is None:
+            raise ValueError(kind)
+        return _statblock_handle(spec[0], spec[1], self.nworkers, spec[2], spec[3])
 
     def bind(self, str ip, int port, int backlog):
         return bind_listener(self.nworkers, ip, port, backlog)
@@ -178,9 +148,7 @@ cdef class Engine:
         c.max_retries = max_retries
         c.stats = stats.b
         c.nworkers = self.nworkers
-        c.per_worker = <WorkerLb*>calloc(self.nworkers, sizeof(WorkerLb))
-        if c.per_worker == NULL or http_pools_new(c) < 0:
-            free(c.per_worker)
+        if cluster_per_worker_new(c) < 0:
             free(c)
             raise MemoryError()
         for i in range(self.nworkers):
@@ -196,15 +164,19 @@ cdef class Engine:
                       StatBlockHandle lstats, StatBlockHandle tstats, idle_timeout,
                       int max_connect_attempts, max_connections, size_t buffer_limit,
                       tuple filter_factories, bint splice_read, bint splice_write,
-                      HttpCfgHandle http=None, StatBlockHandle lhstats=None):
+                      ConnHandler handler=None, StatBlockHandle handler_stats=None):
+        """A listener's config. Its connections go to the TCP proxy (to `cluster`), or to
+        `handler` when given (an HTTP connection manager's config), which gets
+        `handler_stats`, its per-listener stat block, if it has one."""
         cdef ListenerCfgHandle h = ListenerCfgHandle.__new__(ListenerCfgHandle)
         cdef ListenerCfg* c = <ListenerCfg*>calloc(1, sizeof(ListenerCfg))
         if c == NULL:
             raise MemoryError()
         c.refcnt = 1
+        c.start = session_start
         c.sock = sock.s
         fp_atomic_add_int(&sock.s.refcnt, 1)
-        if cluster is not None:                     # HTTP listeners route per request
+        if cluster is not None:                     # a handler may route per request
             c.cluster = cluster.c
             fp_atomic_add_int(&cluster.c.refcnt, 1)
         c.lstats = lstats.b
@@ -222,13 +194,10 @@ cdef class Engine:
             c.filter_factories = <PyObject*>filter_factories
         c.splice_read = splice_read
         c.splice_write = splice_write
-        if http is not None:
-            c.http = http.h
-            fp_atomic_add_int(&http.h.refcnt, 1)
-            if lhstats is not None:
-                c.lhstats = lhstats.b
-        h.c = c
+        h.c = c                                     # frees c if attach raises
         h.name = name
+        if handler is not None:
+            handler.attach(c, handler_stats)
         return h
 
     def apply(self, list listeners):

@@ -4,6 +4,10 @@ DEF ACCEPT_BATCH = 64           # accepts per readiness event, so one busy liste
 DEF EMFILE_BACKOFF_MS = 100     # how long accept stays paused when the process is out of fds
 
 
+cdef void listener_on_event(Worker* w, Endp* ep, uint32_t events) noexcept nogil:
+    listener_on_accept(w, <WListener*>ep.owner)
+
+
 cdef void listener_on_accept(Worker* w, WListener* wl) noexcept nogil:
     cdef int i, fd, err
     cdef ListenerCfg* cfg = wl.cfg
@@ -43,7 +47,7 @@ cdef void listener_on_accept(Worker* w, WListener* wl) noexcept nogil:
             stat_add(cfg.lstats, w, L_GLOBAL_CX_OVERFLOW, 1)
             close(fd)
             continue
-        session_start(w, cfg, fd, <sockaddr*>&peer)
+        cfg.start(w, cfg, fd, <sockaddr*>&peer)
 
 
 cdef inline void listener_cx_release(ListenerCfg* cfg) noexcept nogil:

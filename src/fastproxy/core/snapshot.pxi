@@ -5,10 +5,16 @@
 #                kept across snapshots while the address stays, so no connection is
 #                refused during an update.
 #   ListenerCfg  everything a new connection on that listener needs (cluster, timeouts,
-#                filters, stats); reference-counted.
+#                filters, stats) and the function that starts it: the listener decides
+#                which subsystem serves its connections (the TCP proxy's session_start, or
+#                a ConnHandler's, e.g. the HTTP connection manager's); reference-counted.
 # A snapshot is the list of ListenerCfgs; applying it is a message to each worker. A
 # connection holds a reference to the ListenerCfg it was accepted under, so old config
 # lives exactly as long as its last connection (Envoy's drain of old listeners).
+
+# Takes an accepted connection (fd, peer as accept4 gave it, counted in cfg.sock.active):
+# owns fd from then on, and calls listener_cx_release(cfg) when the connection ends.
+ctypedef void (*conn_start_t)(Worker* w, ListenerCfg* cfg, int fd, const sockaddr* peer) noexcept nogil
 
 cdef struct ListenSock:
     int refcnt                  # atomic: main thread's handle + each worker's slot
@@ -21,6 +27,7 @@ cdef struct ListenSock:
 cdef struct ListenerCfg:
     int refcnt                  # atomic
     ListenSock* sock
+    conn_start_t start          # who serves an accepted connection
     ClusterCfg* cluster
     StatBlock* lstats
     StatBlock* tstats
@@ -95,9 +102,42 @@ cdef void _wlistener_remove(Worker* w, WListener* wl) noexcept nogil:
     listensock_decref(wl.sock)
     listener_cfg_decref(wl.cfg)
     wl.cfg = NULL
-    wl.ep.kind = 0              # an event already fetched this turn now finds nothing
+    wl.ep.on_event = endp_ignore    # an event already fetched this turn now finds nothing
     wl.next_deferred = w.dead_listeners
     w.dead_listeners = wl
+
+
+cdef void _listeners_free_dead(Worker* w, void* arg) noexcept nogil:
+    """End of turn: free the removed listener slots (an event fetched in the turn that
+    removed one may still point at it)."""
+    cdef WListener* wl
+    while w.dead_listeners != NULL:
+        wl = w.dead_listeners
+        w.dead_listeners = wl.next_deferred
+        free(wl)
+
+
+cdef void _listeners_teardown(Worker* w, void* arg) noexcept nogil:
+    cdef int i
+    for i in range(w.nlisteners):
+        if w.listeners[i] != NULL:
+            _wlistener_remove(w, w.listeners[i])
+    free(w.listeners)
+    w.listeners = NULL
+    w.nlisteners = 0
+
+
+cdef int _listeners_worker_init(Worker* w) noexcept nogil:
+    if worker_add_end_of_turn(w, _listeners_free_dead, NULL) < 0:
+        return -1
+    return worker_add_teardown(w, _listeners_teardown, NULL)
+
+
+cdef void _listeners_worker_fini(Worker* w) noexcept nogil:
+    pass                        # the listener slots live in Worker; teardown closed them
+
+
+worker_subsystem_add(_listeners_worker_init, _listeners_worker_fini, NULL)
 
 
 cdef int _wl_index(Worker* w, ListenSock* sock) noexcept nogil:
@@ -145,7 +185,7 @@ cdef void _msg_apply_snapshot(Worker* w, void* arg) noexcept nogil:
             listener_cfg_decref(wl.cfg)
             wl.cfg = cfg
         else:
-            wl.ep.kind = EP_LISTEN
+            wl.ep.on_event = listener_on_event
             wl.ep.fd = cfg.sock.fds[w.index]
             wl.ep.owner = wl
             wl.sock = cfg.sock
@@ -159,7 +199,7 @@ cdef void _msg_apply_snapshot(Worker* w, void* arg) noexcept nogil:
         nl[i] = wl
     for j in range(w.nlisteners):
         if w.listeners[j] != NULL:
-            http_drain_listener(w, w.listeners[j].sock)
+            worker_listener_gone(w, w.listeners[j].sock)
             _wlistener_remove(w, w.listeners[j])
     free(w.listeners)
     w.listeners = nl
@@ -192,6 +232,15 @@ cdef class ListenSockHandle:
 
     def __dealloc__(self):
         listensock_decref(self.s)
+
+
+cdef class ConnHandler:
+    """What a listener hands its connections to when it is not the TCP proxy (the HTTP
+    connection manager's HttpCfgHandle): Engine.make_listener calls attach, which sets
+    cfg.start and takes the references the handler's connections need."""
+
+    cdef int attach(self, ListenerCfg* cfg, StatBlockHandle stats) except -1:
+        raise NotImplementedError
 
 
 cdef class ListenerCfgHandle:

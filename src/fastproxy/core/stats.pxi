@@ -211,6 +211,18 @@ cdef StatBlockHandle _statblock_handle(tuple names, frozenset gauges, int nworke
     return h
 
 
+_STAT_KINDS = {}    # Engine.new_stats kind -> (names, gauges, histograms, per-code counters)
+
+
+cdef stat_kind_add(str kind, tuple names, frozenset gauges, tuple histograms=(), bint codes=False):
+    """Let Engine.new_stats make blocks of `kind`: each subsystem registers its own."""
+    _STAT_KINDS[kind] = (names, gauges, histograms, codes)
+
+
+stat_kind_add("listener", LISTENER_STATS, LISTENER_GAUGES)
+stat_kind_add("tcp", TCP_STATS, TCP_GAUGES)
+stat_kind_add("cluster", CLUSTER_STATS, CLUSTER_GAUGES, ("upstream_rq_time",), codes=True)
+
 
 def _check_stats_table():
     """The names, kinds and indexes compiled in are those of fastproxy/stats_table.py (a

@@ -67,6 +67,18 @@ cdef struct Session:
     PyObject* pyconn            # the Python Connection (owns the filter instances) or NULL
 
 
+cdef struct TcpWorker:          # the TCP proxy's per-worker state, in Worker.state[_TCP_SLOT]
+    Session* sessions           # intrusive list of live sessions
+    Session* deferred           # closed sessions freed at the end of the loop turn
+
+
+cdef int _TCP_SLOT              # set at import (worker_subsystem_add, at the end of this file)
+
+
+cdef inline TcpWorker* tcp_worker(Worker* w) noexcept nogil:
+    return <TcpWorker*>w.state[_TCP_SLOT]
+
+
 cdef inline void _dir_init(Dir* d, Endp* src, Endp* dst, uint8_t upward) noexcept nogil:
     d.src = src
     d.dst = dst
@@ -326,7 +338,7 @@ cdef void session_on_event(Worker* w, Endp* ep, uint32_t events) noexcept nogil:
         ep.hup = HUP_ERROR
     elif events & (EPOLLRDHUP | EPOLLHUP) and not ep.hup:
         ep.hup = HUP_FIN
-    if ep.kind == EP_UP and s.state == S_CONNECTING:
+    if ep == &s.up and s.state == S_CONNECTING:
         if events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
             _session_connect_done(s, events)
         return
@@ -335,7 +347,7 @@ cdef void session_on_event(Worker* w, Endp* ep, uint32_t events) noexcept nogil:
     if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
         ep.writable = 1
     if s.state != S_ESTABLISHED:
-        if ep.kind == EP_DOWN and events & EPOLLERR:
+        if ep == &s.down and events & EPOLLERR:
             session_close(s, False, False)      # the client went away before we connected
         return
     session_pump(s)
@@ -433,10 +445,8 @@ cdef void _session_connect_timeout(Worker* w, void* arg) noexcept nogil:
 
 
 cdef void session_start(Worker* w, ListenerCfg* cfg, int fd, const sockaddr* peer) noexcept nogil:
-    """A new downstream connection; peer is its address as accept4 returned it."""
-    if cfg.http != NULL:
-        hconn_start(w, cfg, fd, peer)
-        return
+    """A new downstream connection; peer is its address as accept4 returned it (the
+    ListenerCfg.start of a TCP proxy listener)."""
     cdef Session* s = <Session*>calloc(1, sizeof(Session))
     if s == NULL:
         close(fd)
@@ -447,10 +457,10 @@ cdef void session_start(Worker* w, ListenerCfg* cfg, int fd, const sockaddr* pee
     s.cfg = cfg
     s.id = (w.next_session_id << 8) | <uint64_t>w.index
     w.next_session_id += 1
-    s.down.kind = EP_DOWN
+    s.down.on_event = session_on_event
     s.down.fd = fd
     s.down.owner = s
-    s.up.kind = EP_UP
+    s.up.on_event = session_on_event
     s.up.fd = -1
     s.up.owner = s
     _dir_init(&s.d2u, &s.down, &s.up, 1)
@@ -458,10 +468,11 @@ cdef void session_start(Worker* w, ListenerCfg* cfg, int fd, const sockaddr* pee
     timer_init(&s.connect_timer, _session_connect_timeout, s)
     timer_init(&s.idle_timer, _session_idle, s)
     s.last_active = w.now
-    s.next = w.sessions
-    if w.sessions != NULL:
-        w.sessions.prev = s
-    w.sessions = s
+    cdef TcpWorker* tw = tcp_worker(w)
+    s.next = tw.sessions
+    if tw.sessions != NULL:
+        tw.sessions.prev = s
+    tw.sessions = s
     w.nsessions += 1
     stat_add(cfg.lstats, w, L_CX_TOTAL, 1)
     stat_add(cfg.lstats, w, L_CX_ACTIVE, 1)
@@ -642,27 +653,48 @@ cdef void session_close(Session* s, bint rst_down, bint rst_up) noexcept nogil:
     if s.prev != NULL:
         s.prev.next = s.next
     else:
-        w.sessions = s.next
+        tcp_worker(w).sessions = s.next
     if s.next != NULL:
         s.next.prev = s.prev
     w.nsessions -= 1
-    s.next_deferred = w.deferred
-    w.deferred = s
+    s.next_deferred = tcp_worker(w).deferred
+    tcp_worker(w).deferred = s
 
 
-cdef void sessions_free_deferred(Worker* w) noexcept nogil:
-    cdef Session* s = w.deferred
+cdef void sessions_free_deferred(Worker* w, void* arg) noexcept nogil:
+    """End of turn: free the sessions closed during it (an event fetched in the same turn
+    may still point at one)."""
+    cdef TcpWorker* tw = <TcpWorker*>arg
+    cdef Session* s = tw.deferred
     cdef Session* nxt
-    cdef WListener* wl
-    w.deferred = NULL
+    tw.deferred = NULL
     while s != NULL:
         nxt = s.next_deferred
         listener_cfg_decref(s.cfg)
         host_stats_release(&s.hstats)
         free(s)
         s = nxt
-    http_free_deferred(w)
-    while w.dead_listeners != NULL:
-        wl = w.dead_listeners
-        w.dead_listeners = wl.next_deferred
-        free(wl)
+
+
+cdef void _sessions_teardown(Worker* w, void* arg) noexcept nogil:
+    cdef TcpWorker* tw = <TcpWorker*>arg
+    while tw.sessions != NULL:
+        session_close(tw.sessions, False, False)
+
+
+cdef int _tcp_worker_init(Worker* w) noexcept nogil:
+    cdef TcpWorker* tw = <TcpWorker*>calloc(1, sizeof(TcpWorker))
+    if tw == NULL:
+        return -1
+    w.state[_TCP_SLOT] = tw
+    if worker_add_end_of_turn(w, sessions_free_deferred, tw) < 0:
+        return -1
+    return worker_add_teardown(w, _sessions_teardown, tw)
+
+
+cdef void _tcp_worker_fini(Worker* w) noexcept nogil:
+    free(w.state[_TCP_SLOT])
+    w.state[_TCP_SLOT] = NULL
+
+
+_TCP_SLOT = worker_subsystem_add(_tcp_worker_init, _tcp_worker_fini, NULL)

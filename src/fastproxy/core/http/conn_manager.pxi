@@ -89,7 +89,7 @@ cdef void hconn_start(Worker* w, ListenerCfg* cfg, int fd, const sockaddr* peer)
     fp_atomic_add_int(&cfg.refcnt, 1)
     c.w = w
     c.cfg = cfg
-    c.down.kind = EP_HTTP_DOWN
+    c.down.on_event = _hconn_endp_event
     c.down.fd = fd
     c.down.owner = c
     c.codec = &H1_SERVER_CODEC          # (HTTP/2 will be chosen here: codec_type, ALPN, preface)
@@ -111,10 +111,10 @@ cdef void hconn_start(Worker* w, ListenerCfg* cfg, int fd, const sockaddr* peer)
     if fp_log_level <= LOG_DEBUG:
         fp_log(w.index, "conn_handler", c.id, 0, "new connection from %s:%u", c.remote_ip,
                <unsigned int>c.remote_port)
-    c.next = w.hconns
-    if w.hconns != NULL:
-        w.hconns.prev = c
-    w.hconns = c
+    c.next = http_worker(w).hconns
+    if http_worker(w).hconns != NULL:
+        http_worker(w).hconns.prev = c
+    http_worker(w).hconns = c
     w.nsessions += 1
     stat_add(cfg.lstats, w, L_CX_TOTAL, 1)
     stat_add(cfg.lstats, w, L_CX_ACTIVE, 1)
@@ -189,12 +189,12 @@ cdef void hconn_close(HConn* c, bint rst) noexcept nogil:
     if c.prev != NULL:
         c.prev.next = c.next
     else:
-        w.hconns = c.next
+        http_worker(w).hconns = c.next
     if c.next != NULL:
         c.next.prev = c.prev
     w.nsessions -= 1
-    c.next_deferred = w.hconn_deferred
-    w.hconn_deferred = c
+    c.next_deferred = http_worker(w).hconn_deferred
+    http_worker(w).hconn_deferred = c
 
 
 cdef void _hconn_linger_end(Worker* w, void* arg) noexcept nogil:
@@ -475,7 +475,7 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
 cdef void http_drain_listener(Worker* w, ListenSock* sock) noexcept nogil:
     """The listener is going away: idle keep-alive connections close now, busy ones
     finish their current response with Connection: close."""
-    cdef HConn* c = w.hconns
+    cdef HConn* c = http_worker(w).hconns
     cdef HConn* nxt
     while c != NULL:
         nxt = c.next
@@ -492,16 +492,16 @@ cdef void http_drain_listener(Worker* w, ListenSock* sock) noexcept nogil:
 cdef void http_free_deferred(Worker* w) noexcept nogil:
     cdef HConn* c
     http_serve_waiting(w)
-    while w.hconn_deferred != NULL:
-        c = w.hconn_deferred
-        w.hconn_deferred = c.next_deferred
+    while http_worker(w).hconn_deferred != NULL:
+        c = http_worker(w).hconn_deferred
+        http_worker(w).hconn_deferred = c.next_deferred
         listener_cfg_decref(c.cfg)
         free(c)
     http_pool_free_deferred(w)
 
 
 cdef void http_worker_teardown(Worker* w) noexcept nogil:
-    while w.hconns != NULL:
-        hconn_close(w.hconns, False)
+    while http_worker(w).hconns != NULL:
+        hconn_close(http_worker(w).hconns, False)
     http_pool_close_all(w)
     http_free_deferred(w)

@@ -22,13 +22,28 @@ cdef void http_cfg_decref(HttpCfg* h) noexcept nogil:
     free(h)
 
 
-cdef class HttpCfgHandle:
-    """The main thread's reference to an HTTP connection manager config."""
+cdef class HttpCfgHandle(ConnHandler):
+    """The main thread's reference to an HTTP connection manager config; given to
+    Engine.make_listener, it makes the listener's connections HTTP ones."""
     cdef HttpCfg* h
     cdef object routes_handle
 
     def __dealloc__(self):
         http_cfg_decref(self.h)
+
+    cdef int attach(self, ListenerCfg* cfg, StatBlockHandle stats) except -1:
+        """stats: the listener's listener.<address>.http.<stat_prefix>.* block, or None."""
+        cfg.start = hconn_start
+        cfg.http = self.h
+        fp_atomic_add_int(&self.h.refcnt, 1)
+        if stats is not None:
+            cfg.lhstats = stats.b
+        return 0
+
+
+stat_kind_add("listener_http", LISTENER_HTTP_STATS, LISTENER_HTTP_GAUGES)
+stat_kind_add("http1", HTTP1_STATS, HTTP1_GAUGES)
+stat_kind_add("http", HTTP_STATS, HTTP_GAUGES, ("downstream_rq_time",))
 
 
 cdef int _compile_internal_addresses(HttpCfg* h, iac) except -1:

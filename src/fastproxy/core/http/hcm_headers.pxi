@@ -35,11 +35,12 @@ cdef StrRef worker_date(Worker* w) noexcept nogil:
     cache, so no lock). Most responses read no clock either: the cache is good until the
     loop-turn time w.now passes the end of the second it was formatted in."""
     cdef uint64_t us
-    if w.date_len == 0 or w.now >= w.date_until_ms:
+    cdef HttpWorker* hw = http_worker(w)
+    if hw.date_len == 0 or w.now >= hw.date_until_ms:
         us = wall_clock_us()
-        w.date_len = _http_date_at(<int64_t>(us // 1000000), w.date)
-        w.date_until_ms = w.now + 1000 - (us // 1000) % 1000
-    return _s(w.date, w.date_len)
+        hw.date_len = _http_date_at(<int64_t>(us // 1000000), hw.date)
+        hw.date_until_ms = w.now + 1000 - (us // 1000) % 1000
+    return _s(hw.date, hw.date_len)
 
 
 # ---------------------------------------------------------------- appended list values

@@ -18,6 +18,17 @@ cdef void hostset_decref(HostSet* h) noexcept nogil:
         free(h)
 
 
+cdef int cluster_per_worker_new(ClusterCfg* c) noexcept nogil:
+    """c's per-worker parts (for c.nworkers): its load balancer state and HTTP pools; -1,
+    with nothing kept, when out of memory. cluster_decref frees them."""
+    c.per_worker = <WorkerLb*>calloc(c.nworkers, sizeof(WorkerLb))
+    if c.per_worker == NULL or http_pools_new(c) < 0:
+        free(c.per_worker)
+        c.per_worker = NULL
+        return -1
+    return 0
+
+
 # A host's stat block lives while something may count into it: the engine's table of
 # blocks (so a host that stays across a DNS refresh keeps its counters), each host set
 # that has the host, and each stream or upstream connection that chose the host (it counts

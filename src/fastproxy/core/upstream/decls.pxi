@@ -41,7 +41,7 @@ cdef struct HttpPool:           # one per cluster per worker, touched only by th
                                 #   idle; not CONNECT tunnels, which never come back)
     UpConn* wait_head           # requests waiting for a connection (circuit breaker),
     UpConn* wait_tail           #   oldest first
-    HttpPool* kick_next         # Worker.kicked: serve wait_head at the end of the loop turn
+    HttpPool* kick_next         # HttpWorker.kicked: serve wait_head at the end of the loop turn
     uint8_t kicked
 
 cdef struct ClusterCfg:

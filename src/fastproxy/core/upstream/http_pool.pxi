@@ -161,11 +161,11 @@ cdef void upconn_close(UpConn* u) noexcept nogil:
     if u.prev != NULL:
         u.prev.next = u.next
     else:
-        w.upconns = u.next
+        http_worker(w).upconns = u.next
     if u.next != NULL:
         u.next.prev = u.prev
-    u.next_deferred = w.upconn_deferred
-    w.upconn_deferred = u
+    u.next_deferred = http_worker(w).upconn_deferred
+    http_worker(w).upconn_deferred = u
 
 
 cdef void _upconn_idle_timeout(Worker* w, void* arg) noexcept nogil:
@@ -219,8 +219,8 @@ cdef void _pool_kick(HttpPool* p, Worker* w) noexcept nogil:
         return
     p.kicked = 1
     fp_atomic_add_int(&p.cluster.refcnt, 1)     # the kick list's reference
-    p.kick_next = <HttpPool*>w.kicked
-    w.kicked = p
+    p.kick_next = http_worker(w).kicked
+    http_worker(w).kicked = p
 
 
 cdef UpConn** _pool_list(HttpPool* p, Worker* w, int host_index) noexcept nogil:
@@ -303,7 +303,7 @@ cdef UpConn* _upconn_new(HStream* s, ClusterCfg* cl, int host_index) noexcept no
     cdef UpConn* u = <UpConn*>calloc(1, sizeof(UpConn))
     if u == NULL:
         return NULL
-    u.ep.kind = EP_HTTP_UP
+    u.ep.on_event = _upconn_endp_event
     u.ep.fd = -1
     u.ep.owner = u
     u.w = w
@@ -320,10 +320,10 @@ cdef UpConn* _upconn_new(HStream* s, ClusterCfg* cl, int host_index) noexcept no
     u.codec.start(u, s.method)          # HEAD and CONNECT change how the response ends
     timer_init(&u.timer, _upconn_idle_timeout, u)
     timer_init(&u.duration_timer, _upconn_max_duration, u)
-    u.next = w.upconns
-    if w.upconns != NULL:
-        w.upconns.prev = u
-    w.upconns = u
+    u.next = http_worker(w).upconns
+    if http_worker(w).upconns != NULL:
+        http_worker(w).upconns.prev = u
+    http_worker(w).upconns = u
     # The stream waits for the connection: Envoy's pending request.
     u.pending = 1
     fp_atomic_add_i64(&cl.n_pending, 1)
@@ -633,9 +633,9 @@ cdef void http_serve_waiting(Worker* w) noexcept nogil:
     cdef UpConn** head
     cdef HStream* s
     cdef Host* host
-    while w.kicked != NULL:
-        pool = <HttpPool*>w.kicked
-        w.kicked = pool.kick_next
+    while http_worker(w).kicked != NULL:
+        pool = http_worker(w).kicked
+        http_worker(w).kicked = pool.kick_next
         pool.kick_next = NULL
         pool.kicked = 0
         cl = pool.cluster
@@ -705,9 +705,9 @@ cdef void http_serve_waiting(Worker* w) noexcept nogil:
 cdef void http_pool_free_deferred(Worker* w) noexcept nogil:
     """Free the UpConns closed this turn (a pump up the stack may still have held them)."""
     cdef UpConn* u
-    while w.upconn_deferred != NULL:
-        u = w.upconn_deferred
-        w.upconn_deferred = u.next_deferred
+    while http_worker(w).upconn_deferred != NULL:
+        u = http_worker(w).upconn_deferred
+        http_worker(w).upconn_deferred = u.next_deferred
         hostset_decref(u.hosts)
         cluster_decref(u.cluster)
         host_stats_release(&u.hstats)
@@ -717,5 +717,5 @@ cdef void http_pool_free_deferred(Worker* w) noexcept nogil:
 cdef void http_pool_close_all(Worker* w) noexcept nogil:
     """The worker stops: close every upstream connection it has (idle, busy, connecting,
     waiting). Their streams have gone first."""
-    while w.upconns != NULL:
-        upconn_close(w.upconns)
+    while http_worker(w).upconns != NULL:
+        upconn_close(http_worker(w).upconns)
