@@ -306,6 +306,15 @@ def test_stop_cancels_hooks_still_running(upstream):
         app.close()
 
 
+def arrival_counter(arrived: list):
+    """A filter that notes each request on the worker, just before the async hook after it."""
+    class Count(HttpFilter):
+        def decode_headers(self, headers, end_stream):
+            arrived.append(1)
+            return CONTINUE
+    return Count
+
+
 class DrainMeetsClose(asyncio.SelectorEventLoop):
     """Makes the race of a drain with the proxy's close certain: once armed, the drain's
     first create_task waits until another thread queues a callback on the loop (the
@@ -339,10 +348,7 @@ def test_closing_while_a_drain_starts_hooks_closes_them_and_resets_the_streams(u
     arrived, started, outcomes = [], [], []
     busy, release = threading.Event(), threading.Event()
 
-    class Count(HttpFilter):
-        def decode_headers(self, headers, end_stream):
-            arrived.append(1)                   # on the worker, just before the async hook
-            return CONTINUE
+    Count = arrival_counter(arrived)
 
     class Queued(HttpFilter):
         async def decode_headers(self, headers, end_stream):
@@ -413,10 +419,7 @@ def test_hooks_queued_meanwhile_share_one_wakeup(upstream):
     busy = threading.Event()
     release = threading.Event()
 
-    class Count(HttpFilter):
-        def decode_headers(self, headers, end_stream):
-            arrived.append(1)                   # on the worker, just before the async hook
-            return CONTINUE
+    Count = arrival_counter(arrived)
 
     class Later(HttpFilter):
         async def decode_headers(self, headers, end_stream):
