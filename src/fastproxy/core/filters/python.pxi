@@ -598,7 +598,7 @@ cdef _PyStream _py_stream(HStream* s):
 
 
 cdef void py_stream_release(FChain* fc) noexcept with gil:
-    cdef StreamRef* r = <StreamRef*>fc.stream_ref
+    cdef StreamRef* r = fc.stream_ref
     if r != NULL:
         r.s = NULL
         _sref_decref(r)

@@ -133,6 +133,9 @@ cdef struct FDir:                   # one direction's iteration state
     Chain held
 
 
+cdef struct StreamRef                # core/filters/python.pxi
+
+
 cdef struct FChain:                 # a stream's filter instances and iteration state
     int n
     const HttpFilterCfg* cfgs       # the listener's filter configs (lifetime: the HttpCfg)
@@ -152,7 +155,7 @@ cdef struct FChain:                 # a stream's filter instances and iteration 
     uint8_t local_close             # ... and asked for Connection: close
     uint32_t buffer_limit
     PyObject* pyctx                 # per-stream Python state (filter_state, ...); NULL if no Python filter
-    void* stream_ref                # StreamRef* for cross-thread continues (core/filters/python.pxi)
+    StreamRef* stream_ref           # for cross-thread continues (core/filters/python.pxi)
     HMap local_headers              # ... its extra headers
     char upstream_host[64]          # "ip:port" of the upstream, kept for on_log
     size_t upstream_host_len
