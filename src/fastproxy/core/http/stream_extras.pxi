@@ -235,7 +235,7 @@ cdef size_t stream_forwarded_xff(HStream* s, char* out, size_t cap) noexcept nog
 # requests. Later the router consumes the retry and timeout headers of whatever request
 # reaches it and sets x-envoy-expected-rq-timeout-ms to the route timeout in force.
 #
-# The codec flags a request that has any field named x-envoy-* (H1X_ENVOY_HDR), so a request
+# The codec flags a request that has any field named x-envoy-* (RequestFacts.envoy_hdrs), so a request
 # without one costs a single flag test here.
 
 cdef enum:                          # what Envoy does with a received x-envoy-* request field
