@@ -75,7 +75,7 @@ def start_envoy(text, tmp_path, ready=None):
 
         def listener():
             try:
-                status = json.loads(admin_get(addr, "/listeners?format=json"))["listener_statuses"]
+                status = json.loads(admin_get(addr, "/listeners?format=json")).get("listener_statuses", [])
             except OSError:
                 return None
             sa = status[0]["local_address"]["socket_address"] if status else {}
