@@ -80,7 +80,10 @@ class _Stream:
         self.delta = delta
         self.outbox: queue.Queue = queue.Queue()
         self.subscribed: dict[str, set[str] | None] = {}    # type -> names (None: wildcard)
-        self.sent_versions: dict[str, dict[str, str]] = {}   # delta: type -> name -> version
+        self.sent_versions: dict[str, dict[str, str]] = {}   # delta: type -> name -> version the
+                                                             #   client ACKed holding
+        self.pending: dict[str, tuple[str, dict[str, str]]] = {}   # nonce -> (type, what it holds
+                                                                     #   if it ACKs that response)
         self.closed = threading.Event()
 
 
@@ -165,16 +168,20 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         if names is not None and type_url in (ROUTE, ENDPOINT):
             held = {n: r for n, r in held.items() if n in names}
         if s.delta:
+            # The difference from what the client ACKed holding (a NACKed response changed
+            # nothing on its side, so the next one is computed from the same state).
             sent = s.sent_versions.setdefault(type_url, {})
+            after = dict(sent)
             resp = discovery_pb2.DeltaDiscoveryResponse(type_url=type_url, nonce=nonce,
                                                         system_version_info=version)
             for n, r in held.items():
                 if sent.get(n) != version:
                     resp.resources.add(name=n, version=version, resource=pack(type_url, r))
-                    sent[n] = version
+                    after[n] = version
             for n in [n for n in sent if n not in held]:
                 resp.removed_resources.append(n)
-                del sent[n]
+                del after[n]
+            s.pending[nonce] = (type_url, after)
         else:
             resp = discovery_pb2.DiscoveryResponse(type_url=type_url, version_info=version, nonce=nonce,
                                                    resources=[pack(type_url, r) for r in held.values()])
@@ -204,6 +211,10 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             try:
                 for req in request_iterator:
                     self._record(s, req, delta)
+                    if delta and req.response_nonce in s.pending:
+                        t, after = s.pending.pop(req.response_nonce)
+                        if not req.error_detail.message:
+                            s.sent_versions[t] = after
                     first = req.type_url not in s.subscribed
                     if delta:
                         names = s.subscribed.get(req.type_url) or set()
