@@ -62,10 +62,8 @@ def timestamp(epoch: float) -> str:
 
 
 def _socket_address(host: str, port: int) -> dict:
-    sa: Dict[str, Any] = {"address": host}
-    if port:
-        sa["port_value"] = port
-    return {"socket_address": sa}
+    # port_value is in a oneof, so proto3 JSON writes it even when 0 (as Envoy's dump does).
+    return {"socket_address": {"address": host, "port_value": port}}
 
 
 def _put(out: dict, key: str, value: Any, default: Any) -> None:
@@ -493,7 +491,7 @@ def build(bootstrap: model.Bootstrap, started: float, node: dict, listeners: lis
 
 # --- ?resource= and ?mask= ----------------------------------------------------------------
 
-class DumpQueryError(Exception):
+class DumpQueryError(ValueError):
     """A ?resource= or ?mask= Envoy refuses: ``status`` (400 or 404) and Envoy's message."""
 
     def __init__(self, status: int, message: str):
