@@ -8,9 +8,12 @@ JSON writes them (Envoy's ``/config_dump`` is proto3 JSON): a field at its defau
 out, durations are ``"1.500s"``, enums by name. ``load_envoy(bootstrap_json(b))`` gives back
 ``b`` for every bootstrap the loader can read, except:
 
-- Python network and HTTP filters, and the native HTTP filters, are written by name only
-  (``{"name": ...}``): their Python factories have no Envoy form;
-- a route's ``typed_per_filter_config`` is left out for the same reason.
+- the native HTTP filters (fault, cors, local_ratelimit, ...) and C filters are written by
+  name and "@type" only, and their per-route configs are left out;
+- a Python filter is written as the loader's TypedStruct (``class: module:Qualname``, its
+  config) when it is a class with a config (what the loader builds); a factory of another
+  kind has no Envoy form and is written by name only. Python HTTP filters are marked
+  ``is_optional`` (as the samples do) so that Envoy, which has none, accepts the dump.
 
 Dump shape (envoy.admin.v3.ConfigDump): ``{"configs": [BootstrapConfigDump,
 ClustersConfigDump, ListenersConfigDump, ScopedRoutesConfigDump, RoutesConfigDump,
@@ -120,10 +123,56 @@ def cluster_json(c: model.Cluster) -> dict:
 
 # --- listeners ----------------------------------------------------------------------------
 
-def _named_filter(factory: Any) -> dict:
-    """A filter whose config lives in Python: its name only (see the module's note)."""
+TYPED_STRUCT_TYPE = TYPE + "xds.type.v3.TypedStruct"
+PYTHON_NETWORK_FILTER_TYPE = TYPE + "fastproxy.python.NetworkFilter"
+PYTHON_HTTP_FILTER_TYPE = TYPE + "fastproxy.python.HttpFilter"
+FILTER_CONFIG_TYPE = TYPE + "envoy.config.route.v3.FilterConfig"
+
+
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _network_filter(factory: Any) -> dict:
+    """A Python network filter: the loader's TypedStruct for what the loader builds (a
+    partial of the class with its config), else its name only (see the module's note)."""
+    import functools
+    if isinstance(factory, functools.partial) and isinstance(factory.func, type) \
+            and len(factory.args) == 1 and not factory.keywords:
+        return {"name": factory.func.__qualname__, "typed_config": {
+            "@type": TYPED_STRUCT_TYPE, "type_url": PYTHON_NETWORK_FILTER_TYPE,
+            "value": {"class": _class_path(factory.func), "config": factory.args[0]}}}
     f = getattr(factory, "func", factory)
     return {"name": getattr(f, "__qualname__", None) or type(f).__name__}
+
+
+def _http_filter(spec: Any) -> dict:
+    from ..http_filter import PythonHttpFilter
+    if isinstance(spec, PythonHttpFilter):
+        value: Dict[str, Any] = {"class": _class_path(spec.cls)}
+        if spec.config:
+            value["config"] = spec.config
+        return {"name": spec.name, "is_optional": True, "typed_config": {
+            "@type": TYPED_STRUCT_TYPE, "type_url": PYTHON_HTTP_FILTER_TYPE, "value": value}}
+    from .http import HTTP_FILTERS
+    kind = getattr(spec, "_kind", None)
+    urls = [url for url, k in HTTP_FILTERS.items() if k is kind]
+    out: Dict[str, Any] = {"name": getattr(spec, "name", type(spec).__name__)}
+    if urls:
+        out["typed_config"] = {"@type": urls[0]}
+    return out
+
+
+def _per_filter(obj: Any, http_filters: dict) -> dict:
+    """typed_per_filter_config of a route, virtual host or route table: the Python filters'
+    (the loader keeps their TypedStruct value as is)."""
+    from ..http_filter import PythonHttpFilter
+    out = {}
+    for name, value in obj.typed_per_filter_config.items():
+        if isinstance(http_filters.get(name), PythonHttpFilter):
+            out[name] = {"@type": FILTER_CONFIG_TYPE, "is_optional": True, "config": {
+                "@type": TYPED_STRUCT_TYPE, "type_url": PYTHON_HTTP_FILTER_TYPE, "value": value}}
+    return out
 
 
 def listener_json(l: model.Listener) -> dict:
@@ -139,7 +188,7 @@ def listener_json(l: model.Listener) -> dict:
         if l.idle_timeout != 3600.0:
             tcp["idle_timeout"] = duration(l.idle_timeout)
         _put(tcp, "max_connect_attempts", l.max_connect_attempts, 1)
-        filters = [_named_filter(f) for f in l.filters]
+        filters = [_network_filter(f) for f in l.filters]
         filters.append({"name": "envoy.filters.network.tcp_proxy", "typed_config": tcp})
     out["filter_chains"] = [{"filters": filters}]
     _put(out, "per_connection_buffer_limit_bytes", l.buffer_limit, 1 << 20)
@@ -157,8 +206,9 @@ def _access_log(entry: mh.AccessLog) -> dict:
 def hcm_json(h: mh.HttpConnectionManager) -> dict:
     """An HttpConnectionManager's fields (without "@type")."""
     d = mh.HttpConnectionManager
-    out: Dict[str, Any] = {"stat_prefix": h.stat_prefix, "route_config": route_config_json(h.route_config)}
-    filters = [_named_filter(f) for f in h.http_filters]
+    out: Dict[str, Any] = {"stat_prefix": h.stat_prefix,
+                           "route_config": route_config_json(h.route_config, h.http_filters)}
+    filters = [_http_filter(f) for f in h.http_filters]
     router: Dict[str, Any] = {"@type": ROUTER_TYPE}
     if h.suppress_envoy_headers:
         router["suppress_envoy_headers"] = True
@@ -337,8 +387,10 @@ def _header_mutations(out: dict, m: mh.HeaderMutations) -> None:
             out[name] = list(getattr(m, name))
 
 
-def route_config_json(rc: mh.RouteConfiguration) -> dict:
-    """An envoy.config.route.v3.RouteConfiguration (without "@type")."""
+def route_config_json(rc: mh.RouteConfiguration, http_filters: Iterable = ()) -> dict:
+    """An envoy.config.route.v3.RouteConfiguration (without "@type"); ``http_filters``: its
+    connection manager's, whose per-route configs it may hold."""
+    by_name = {getattr(f, "name", None): f for f in http_filters}
     out: Dict[str, Any] = {}
     if rc.name:
         out["name"] = rc.name
@@ -365,14 +417,20 @@ def route_config_json(rc: mh.RouteConfiguration) -> dict:
                         direct["body"] = {"inline_bytes": base64.b64encode(r.direct_response.body).decode()}
                 route["direct_response"] = direct
             _header_mutations(route, r.headers)
+            if _per_filter(r, by_name):
+                route["typed_per_filter_config"] = _per_filter(r, by_name)
             routes.append(route)
         if routes:
             host["routes"] = routes
         _header_mutations(host, vh.headers)
+        if _per_filter(vh, by_name):
+            host["typed_per_filter_config"] = _per_filter(vh, by_name)
         hosts.append(host)
     if hosts:
         out["virtual_hosts"] = hosts
     _header_mutations(out, rc.headers)
+    if _per_filter(rc, by_name):
+        out["typed_per_filter_config"] = _per_filter(rc, by_name)
     if rc.ignore_port_in_host_matching:
         out["ignore_port_in_host_matching"] = True
     return out
@@ -483,7 +541,8 @@ def build(bootstrap: model.Bootstrap, started: float, node: dict, listeners: lis
     for l, rc in route_configs(listeners):
         st = route_states[l.name]
         key = "dynamic_route_configs" if st.dynamic else "static_route_configs"
-        rdump.setdefault(key, []).append(_entry("route_config", route_config_json(rc), ROUTE_CONFIG_TYPE, st))
+        rdump.setdefault(key, []).append(_entry("route_config", route_config_json(rc, l.http_connection_manager.http_filters),
+                                                      ROUTE_CONFIG_TYPE, st))
     configs.append(rdump)
     configs.append({"@type": ADMIN + "SecretsConfigDump"})
     return {"configs": configs}
