@@ -437,8 +437,17 @@ class Proxy:
         name) came from it at ``version_info``; /config_dump lists it among the dynamic
         resources (a listener's ``state``: active, warming or draining; a cluster's: active
         or warming) with that version. Call after the update() that installed it."""
+        states = {"listener": ("active", "warming", "draining"), "cluster": ("active", "warming"),
+                  "route": ("active",)}
+        if kind not in states:
+            raise ValueError(f"kind must be one of {', '.join(states)}, got {kind!r}")
+        if state not in states[kind]:
+            raise ValueError(f"a {kind}'s state is one of {', '.join(states[kind])}, got {state!r}")
         with self._lock:
-            _, st = self._resource_states[kind][name]
+            entry = self._resource_states[kind].get(name)
+            if entry is None:
+                raise KeyError(f"no {kind} named {name!r} in force")
+            st = entry[1]
             st.dynamic, st.version_info, st.state = True, version_info, state
 
     def note_discovery_version(self, type_name: str, version_info: str) -> None:

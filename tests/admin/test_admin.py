@@ -634,3 +634,35 @@ def test_config_dump_matches_envoys(servers, tmp_path):
             assert _comparable(json.loads(body)) == _comparable(json.loads(envoy_body)), q
         elif "FieldMask" not in envoy_body or "applied" in envoy_body:
             assert body.strip() == envoy_body.strip(), q
+
+
+def test_config_dump_lists_discovered_resources_as_dynamic(dump_proxy):
+    """The hook a discovery service uses: a resource noted as discovered moves to Envoy's
+    dynamic lists with its version_info (a listener in its active/warming/draining state),
+    the dump messages carry the last accepted version, and ?resource= finds them there."""
+    p, admin, given, _ = dump_proxy
+    p.note_discovered("cluster", "c", "v7")
+    p.note_discovered("listener", "tcp", "v3", state="warming")
+    p.note_discovery_version("clusters", "v7")
+    p.note_discovery_version("listeners", "v3")
+    doc = json.loads(get(admin, "/config_dump")[2])
+    clusters, listeners = doc["configs"][1], doc["configs"][2]
+    assert set(clusters) == {"@type", "version_info", "dynamic_active_clusters"}
+    assert clusters["version_info"] == "v7"
+    [c] = clusters["dynamic_active_clusters"]
+    assert list(c) == ["version_info", "cluster", "last_updated"] and c["version_info"] == "v7"
+    assert listeners["version_info"] == "v3"
+    assert [e["listener"]["name"] for e in listeners["static_listeners"]] == ["web"]
+    [dynamic] = listeners["dynamic_listeners"]
+    assert set(dynamic) == {"name", "warming_state"} and dynamic["name"] == "tcp"
+    assert dynamic["warming_state"]["version_info"] == "v3"
+    assert dynamic["warming_state"]["listener"]["name"] == "tcp"
+    found = json.loads(get(admin, "/config_dump?resource=dynamic_active_clusters&mask=version_info")[2])
+    assert found == {"configs": [{"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump.DynamicCluster",
+                                  "version_info": "v7"}]}
+    doc = json.loads(get(admin, "/config_dump?resource=dynamic_listeners&mask=warming_state.version_info")[2])
+    assert doc["configs"][0]["warming_state"] == {"version_info": "v3"}
+    with pytest.raises(KeyError, match="no cluster named 'nope'"):
+        p.note_discovered("cluster", "nope", "v1")
+    with pytest.raises(ValueError, match="state is one of active, warming"):
+        p.note_discovered("cluster", "c", "v1", state="draining")
