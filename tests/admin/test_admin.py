@@ -597,7 +597,10 @@ DUMP_QUERIES = ["", "?resource=static_clusters", "?resource=static_listeners", "
                 "?mask=static_clusters", "?mask=bootstrap.static_resources", "?mask=name",
                 "?mask=static_clusters,static_listeners", "?mask=static_clusters.cluster.name",
                 "?resource=nonsense", "?resource=bootstrap", "?resource=static_listeners&mask=bogus",
-                "?resource=static_clusters&include_eds"]
+                "?resource=static_clusters&include_eds", "?resource=static_clusters&mask=cluster.lb_policy",
+                "?resource=static_clusters&mask=cluster.load_assignment.endpoints.lb_endpoints",
+                "?resource=static_listeners&mask=listener.filter_chains.filters",
+                "?resource=static_clusters&mask=cluster,cluster.name", "?mask=version_info"]
 
 
 def _comparable(doc):

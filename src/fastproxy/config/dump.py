@@ -617,8 +617,7 @@ def _valid_path(fields: dict, parts: list) -> bool:
 
 def _trim(value: Any, paths: list) -> Any:
     """The fields of ``value`` the paths name (a path's last field whole); "@type" of an Any
-    stays, as Envoy keeps it. A path through a repeated field inside a resource keeps
-    nothing (protobuf cannot go through one)."""
+    stays, as Envoy keeps it."""
     if not isinstance(value, dict):
         return value
     out: Dict[str, Any] = {}
@@ -633,10 +632,19 @@ def _trim(value: Any, paths: list) -> Any:
         if key in whole:
             out[key] = item
         elif key in deeper and isinstance(item, dict):
-            trimmed = _trim(item, deeper[key])
-            if set(trimmed) - {"@type"}:
-                out[key] = trimmed
+            out[key] = _trim(item, deeper[key])     # a message that is set stays, maybe empty
     return out
+
+
+def _through_a_list(value: Any, parts: list) -> bool:
+    """Whether the path goes through a repeated field of ``value`` (protobuf refuses it)."""
+    for part in parts[:-1]:
+        if not isinstance(value, dict):
+            return False
+        value = value.get(part)
+        if isinstance(value, list):
+            return True
+    return False
 
 
 def _mask_paths(mask: str) -> list:
@@ -662,17 +670,20 @@ def apply_query(dump: dict, resource: Optional[str] = None, mask: Optional[str] 
                 break
         if entry_type is None:
             raise DumpQueryError(404, f"{resource} not found in config dump")
-        if paths and not all(_valid_path(_ENTRY[entry_type], p) for p in paths):
-            listed = "".join(f'paths: "{".".join(p)}"\n' for p in paths)
-            raise DumpQueryError(400, f"FieldMask {listed} could not be successfully used.")
         owner = ADMIN + dump_type
-        out = []
-        for config in dump["configs"]:
-            if config["@type"] != owner:
-                continue
-            for item in config.get(resource, ()):
-                entry = {"@type": f"{owner}.{entry_type}", **item}
-                out.append(_trim(entry, paths) if paths else entry)
+        entries = [{"@type": f"{owner}.{entry_type}", **item} for config in dump["configs"]
+                   if config["@type"] == owner for item in config.get(resource, ())]
+        # Envoy refuses a path its entry type lacks, one through a repeated field, and one
+        # that another path extends. Inside a resource the names are not checked against
+        # Envoy's schema (fastproxy has none): a path through a list is found where the
+        # entries have one.
+        joined = [".".join(p) for p in paths]
+        if paths and (not all(_valid_path(_ENTRY[entry_type], p) for p in paths)
+                      or any(_through_a_list(e, p) for e in entries for p in paths)
+                      or any(b.startswith(a + ".") for a in joined for b in joined)):
+            listed = "".join(f'paths: "{j}"\n' for j in joined)
+            raise DumpQueryError(400, f"FieldMask {listed} could not be successfully used.")
+        out = [_trim(e, paths) if paths else e for e in entries]
         return {"configs": out} if out else {}
     if not paths:
         return dump
