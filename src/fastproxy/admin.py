@@ -538,7 +538,9 @@ class _AdminHandler(BaseHTTPRequestHandler):
         except DumpQueryError as e:
             self._send(e.status, e.message)
             return
-        self._send(HTTPStatus.OK, json.dumps(dump, indent=1) + "\n", "application/json")
+        # A Python filter's config given in Python may hold objects JSON has no form for:
+        # shown as their repr rather than failing the page.
+        self._send(HTTPStatus.OK, json.dumps(dump, indent=1, default=repr) + "\n", "application/json")
 
     def _h_quitquitquit(self, query) -> None:
         # DRAINING before the answer: a client that reads "OK" and asks /ready at once must
