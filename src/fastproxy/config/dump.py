@@ -10,15 +10,17 @@ out, durations are ``"1.500s"``, enums by name. ``load_envoy(bootstrap_json(b))`
 
 - the native HTTP filters (fault, cors, local_ratelimit, ...) and C filters are written by
   name and "@type" only, and their per-route configs are left out;
-- a Python filter is written as the loader's TypedStruct (``class: module:Qualname``, its
-  config) when it is a class with a config (what the loader builds); a factory of another
-  kind has no Envoy form and is written by name only. Python HTTP filters are marked
-  ``is_optional`` (as the samples do) so that Envoy, which has none, accepts the dump.
+- a Python network filter factory other than the loader's (a class with its config) has no
+  Envoy form and is written by name only.
+
+Python filters are written as the loader's TypedStruct (``class: module:Qualname``, their
+config); Python HTTP filters are marked ``is_optional`` (as the samples do) so that Envoy,
+which has none, accepts the dump.
 
 Dump shape (envoy.admin.v3.ConfigDump): ``{"configs": [BootstrapConfigDump,
 ClustersConfigDump, ListenersConfigDump, ScopedRoutesConfigDump, RoutesConfigDump,
 SecretsConfigDump]}`` in Envoy's order; ``?resource=`` and ``?mask=`` as
-:func:`config_dump` documents.
+:func:`apply_query` documents.
 """
 from __future__ import annotations
 
