@@ -6,16 +6,16 @@ model the proxy runs (never from the text it was loaded from), so a proxy built 
 dumps the same Envoy-shaped resources as one loaded from YAML. Fields are written as proto3
 JSON writes them (Envoy's ``/config_dump`` is proto3 JSON): a field at its default is left
 out, durations are ``"1.500s"``, enums by name. ``load_envoy(bootstrap_json(b))`` gives back
-``b`` for every bootstrap the loader can read, except:
+``b`` for every bootstrap the loader can read (the sample configs are checked), except:
 
-- the native HTTP filters (fault, cors, local_ratelimit, ...) and C filters are written by
-  name and "@type" only, and their per-route configs are left out;
 - a Python network filter factory other than the loader's (a class with its config) has no
-  Envoy form and is written by name only.
+  Envoy form and is written by name only;
+- a C filter whose table is no longer registered under a name is written by name only.
 
-Python filters are written as the loader's TypedStruct (``class: module:Qualname``, their
-config); Python HTTP filters are marked ``is_optional`` (as the samples do) so that Envoy,
-which has none, accepts the dump.
+Python and C filters are written as the loader's TypedStruct; Python and C HTTP filters are
+marked ``is_optional`` (as the samples do) so that Envoy, which has neither, accepts the
+dump. Fields Envoy takes and fastproxy accepts without using (a RuntimeFractionalPercent's
+runtime_key, a filter chain's name, ...) are not in the model, so not written.
 
 Dump shape (envoy.admin.v3.ConfigDump): ``{"configs": [BootstrapConfigDump,
 ClustersConfigDump, ListenersConfigDump, ScopedRoutesConfigDump, RoutesConfigDump,
@@ -30,6 +30,7 @@ from typing import Any, Dict, Iterable, Optional
 
 from .. import model
 from ..http import model as mh
+from ..http import native_filters as nf
 
 TYPE = "type.googleapis.com/"
 ADMIN = TYPE + "envoy.admin.v3."
@@ -128,6 +129,7 @@ def cluster_json(c: model.Cluster) -> dict:
 TYPED_STRUCT_TYPE = TYPE + "xds.type.v3.TypedStruct"
 PYTHON_NETWORK_FILTER_TYPE = TYPE + "fastproxy.python.NetworkFilter"
 PYTHON_HTTP_FILTER_TYPE = TYPE + "fastproxy.python.HttpFilter"
+C_HTTP_FILTER_TYPE = TYPE + "fastproxy.c.HttpFilter"
 FILTER_CONFIG_TYPE = TYPE + "envoy.config.route.v3.FilterConfig"
 
 
@@ -149,32 +151,153 @@ def _network_filter(factory: Any) -> dict:
 
 
 def _http_filter(spec: Any) -> dict:
-    from ..http_filter import PythonHttpFilter
+    """An http_filters entry: the TypedStruct of a Python or C filter, a native filter's
+    Envoy config."""
+    from ..http_filter import CHttpFilter, NativeHttpFilter, PythonHttpFilter
     if isinstance(spec, PythonHttpFilter):
         value: Dict[str, Any] = {"class": _class_path(spec.cls)}
         if spec.config:
             value["config"] = spec.config
         return {"name": spec.name, "is_optional": True, "typed_config": {
             "@type": TYPED_STRUCT_TYPE, "type_url": PYTHON_HTTP_FILTER_TYPE, "value": value}}
-    from .http import HTTP_FILTERS
-    kind = getattr(spec, "_kind", None)
-    urls = [url for url, k in HTTP_FILTERS.items() if k is kind]
-    out: Dict[str, Any] = {"name": getattr(spec, "name", type(spec).__name__)}
-    if urls:
-        out["typed_config"] = {"@type": urls[0]}
-    return out
+    if isinstance(spec, CHttpFilter):
+        registered = _c_filter_name(spec)
+        if registered is None:
+            return {"name": spec.name}
+        value = {"filter": registered}
+        if spec.config is not None:
+            value["config"] = spec.config
+        return {"name": spec.name, "is_optional": True, "typed_config": {
+            "@type": TYPED_STRUCT_TYPE, "type_url": C_HTTP_FILTER_TYPE, "value": value}}
+    if isinstance(spec, NativeHttpFilter):
+        type_url, write, _, _ = _native(spec.kind)
+        return {"name": spec.name, "typed_config": {"@type": type_url, **write(spec.config)}}
+    return {"name": getattr(spec, "name", type(spec).__name__)}
+
+
+def _c_filter_name(spec: Any) -> Optional[str]:
+    """The name a C filter's table is registered under (what the loader looks up)."""
+    from ..http_filter import _c_registry
+    return next((name for name, (table, _) in _c_registry.items() if table == spec.table), None)
 
 
 def _per_filter(obj: Any, http_filters: dict) -> dict:
-    """typed_per_filter_config of a route, virtual host or route table: the Python filters'
-    (the loader keeps their TypedStruct value as is)."""
-    from ..http_filter import PythonHttpFilter
-    out = {}
+    """typed_per_filter_config of a route, virtual host or route table, by the kind of the
+    filter each names."""
+    from ..http_filter import CHttpFilter, NativeHttpFilter, PythonHttpFilter
+    out: Dict[str, Any] = {}
     for name, value in obj.typed_per_filter_config.items():
-        if isinstance(http_filters.get(name), PythonHttpFilter):
+        spec = http_filters.get(name)
+        if isinstance(spec, NativeHttpFilter):
+            _, _, type_url, write = _native(spec.kind)
+            out[name] = {"@type": type_url, **write(value)}
+        elif isinstance(spec, (PythonHttpFilter, CHttpFilter)):
+            type_url = PYTHON_HTTP_FILTER_TYPE if isinstance(spec, PythonHttpFilter) else C_HTTP_FILTER_TYPE
             out[name] = {"@type": FILTER_CONFIG_TYPE, "is_optional": True, "config": {
-                "@type": TYPED_STRUCT_TYPE, "type_url": PYTHON_HTTP_FILTER_TYPE, "value": value}}
+                "@type": TYPED_STRUCT_TYPE, "type_url": type_url,
+                **({} if value is None else {"value": value})}}
     return out
+
+
+# --- the native HTTP filters (what config/http_filters_native.py reads) ---------------------
+
+def _fraction(f: nf.FractionalPercent) -> dict:
+    out: Dict[str, Any] = {}
+    _put(out, "numerator", f.numerator, 0)
+    _put(out, "denominator", f.denominator, "HUNDRED")
+    return out
+
+
+def _runtime_fraction(out: dict, name: str, f: Optional[nf.FractionalPercent]) -> None:
+    if f is not None:
+        out[name] = {"default_value": _fraction(f)}
+
+
+def _local_rate_limit(c: nf.LocalRateLimit) -> dict:
+    from .http_filters_native import STATUS_CODES
+    out: Dict[str, Any] = {"stat_prefix": c.stat_prefix}
+    if c.status != 429:
+        out["status"] = {"code": next(n for n, code in STATUS_CODES.items() if code == c.status)}
+    if c.token_bucket is not None:
+        tb: Dict[str, Any] = {"max_tokens": c.token_bucket.max_tokens}
+        _put(tb, "tokens_per_fill", c.token_bucket.tokens_per_fill, 1)
+        tb["fill_interval"] = duration(c.token_bucket.fill_interval)
+        out["token_bucket"] = tb
+    _runtime_fraction(out, "filter_enabled", c.filter_enabled)
+    _runtime_fraction(out, "filter_enforced", c.filter_enforced)
+    if c.response_headers_to_add:
+        out["response_headers_to_add"] = [_header_value_option(o) for o in c.response_headers_to_add]
+    return out
+
+
+def _fault(c: nf.HTTPFault) -> dict:
+    out: Dict[str, Any] = {}
+    if c.delay is not None:
+        out["delay"] = {"fixed_delay": duration(c.delay.fixed_delay)}
+    if c.abort is not None:
+        out["abort"] = {"http_status": c.abort.http_status}
+    for name, part in (("delay", c.delay), ("abort", c.abort)):
+        if part is not None and part.percentage != nf.FractionalPercent():
+            out[name]["percentage"] = _fraction(part.percentage)
+    if c.max_active_faults is not None:
+        out["max_active_faults"] = c.max_active_faults
+    return out
+
+
+def _buffer(c: nf.Buffer) -> dict:
+    return {"max_request_bytes": c.max_request_bytes}
+
+
+def _buffer_per_route(c: nf.BufferPerRoute) -> dict:
+    return {"disabled": True} if c.disabled else {"buffer": _buffer(c.buffer)}
+
+
+def _health_check(c: nf.HealthCheck) -> dict:
+    out: Dict[str, Any] = {"pass_through_mode": c.pass_through_mode}    # a BoolValue: always written
+    if c.headers:
+        out["headers"] = [_header_matcher(h) for h in c.headers]
+    return out
+
+
+def _cors(c: nf.Cors) -> dict:
+    return {}
+
+
+def _cors_policy(c: nf.CorsPolicy) -> dict:
+    out: Dict[str, Any] = {}
+    if c.allow_origin_string_match:
+        out["allow_origin_string_match"] = [_string_match(m) for m in c.allow_origin_string_match]
+    for name in ("allow_methods", "allow_headers", "expose_headers", "max_age"):
+        _put(out, name, getattr(c, name), "")
+    if c.allow_credentials:
+        out["allow_credentials"] = True
+    return out
+
+
+def _header_mutation(c: nf.HeaderMutation) -> dict:
+    mutations: Dict[str, Any] = {}
+    for name in ("request_mutations", "response_mutations"):
+        ops = [{"remove": op.remove} if op.remove is not None else {"append": _header_value_option(op.append)}
+               for op in getattr(c.mutations, name)]
+        if ops:
+            mutations[name] = ops
+    return {"mutations": mutations} if mutations else {}
+
+
+def _native(kind: str) -> tuple:
+    """(filter @type, its writer, per-route @type, its writer) of a native filter kind.
+    config/http_filters_native.py is imported here, not at the top: it imports
+    config/http.py, which the writer needs only when there are HTTP filters to write."""
+    from . import http_filters_native as n
+    return {
+        nf.LOCAL_RATELIMIT: (n.LOCAL_RATELIMIT_TYPE, _local_rate_limit, n.LOCAL_RATELIMIT_TYPE, _local_rate_limit),
+        nf.FAULT: (n.FAULT_TYPE, _fault, n.FAULT_TYPE, _fault),
+        nf.BUFFER: (n.BUFFER_TYPE, _buffer, n.BUFFER_PER_ROUTE_TYPE, _buffer_per_route),
+        nf.HEALTH_CHECK: (n.HEALTH_CHECK_TYPE, _health_check, None, None),
+        nf.CORS: (n.CORS_TYPE, _cors, n.CORS_POLICY_TYPE, _cors_policy),
+        nf.HEADER_MUTATION: (n.HEADER_MUTATION_TYPE, _header_mutation,
+                             n.HEADER_MUTATION_PER_ROUTE_TYPE, _header_mutation),
+    }[kind]
 
 
 def listener_json(l: model.Listener) -> dict:
@@ -372,16 +495,18 @@ def _redirect(r: mh.RedirectAction) -> dict:
     return out
 
 
+def _header_value_option(o: mh.HeaderValueOption) -> dict:
+    # Envoy reads a header value as a substitution format: "%%" is one "%".
+    entry: Dict[str, Any] = {"header": {"key": o.key, "value": o.value.replace("%", "%%")}}
+    _put(entry, "append_action", o.append_action, "APPEND_IF_EXISTS_OR_ADD")
+    if o.keep_empty_value:
+        entry["keep_empty_value"] = True
+    return entry
+
+
 def _header_mutations(out: dict, m: mh.HeaderMutations) -> None:
     for name in ("request_headers_to_add", "response_headers_to_add"):
-        options = []
-        for o in getattr(m, name):
-            # Envoy reads a header value as a substitution format: "%%" is one "%".
-            entry: Dict[str, Any] = {"header": {"key": o.key, "value": o.value.replace("%", "%%")}}
-            _put(entry, "append_action", o.append_action, "APPEND_IF_EXISTS_OR_ADD")
-            if o.keep_empty_value:
-                entry["keep_empty_value"] = True
-            options.append(entry)
+        options = [_header_value_option(o) for o in getattr(m, name)]
         if options:
             out[name] = options
     for name in ("request_headers_to_remove", "response_headers_to_remove"):
