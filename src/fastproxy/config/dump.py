@@ -153,7 +153,7 @@ def _network_filter(factory: Any) -> dict:
 def _http_filter(spec: Any) -> dict:
     """An http_filters entry: the TypedStruct of a Python or C filter, a native filter's
     Envoy config."""
-    from ..http_filter import CHttpFilter, NativeHttpFilter, PythonHttpFilter
+    from ..http_filter import CHttpFilter, NativeHttpFilter, PythonHttpFilter, c_filter_name
     if isinstance(spec, PythonHttpFilter):
         value: Dict[str, Any] = {"class": _class_path(spec.cls)}
         if spec.config:
@@ -161,7 +161,7 @@ def _http_filter(spec: Any) -> dict:
         return {"name": spec.name, "is_optional": True, "typed_config": {
             "@type": TYPED_STRUCT_TYPE, "type_url": PYTHON_HTTP_FILTER_TYPE, "value": value}}
     if isinstance(spec, CHttpFilter):
-        registered = _c_filter_name(spec)
+        registered = c_filter_name(spec.table)     # the name the loader looks up
         if registered is None:
             return {"name": spec.name}
         value = {"filter": registered}
@@ -173,12 +173,6 @@ def _http_filter(spec: Any) -> dict:
         type_url, write, _, _ = _native(spec.kind)
         return {"name": spec.name, "typed_config": {"@type": type_url, **write(spec.config)}}
     return {"name": getattr(spec, "name", type(spec).__name__)}
-
-
-def _c_filter_name(spec: Any) -> Optional[str]:
-    """The name a C filter's table is registered under (what the loader looks up)."""
-    from ..http_filter import _c_registry
-    return next((name for name, (table, _) in _c_registry.items() if table == spec.table), None)
 
 
 def _per_filter(obj: Any, http_filters: dict) -> dict:
@@ -544,20 +538,23 @@ def route_config_json(rc: mh.RouteConfiguration, http_filters: Iterable = ()) ->
                         direct["body"] = {"inline_bytes": base64.b64encode(r.direct_response.body).decode()}
                 route["direct_response"] = direct
             _header_mutations(route, r.headers)
-            if _per_filter(r, by_name):
-                route["typed_per_filter_config"] = _per_filter(r, by_name)
+            per_filter = _per_filter(r, by_name)
+            if per_filter:
+                route["typed_per_filter_config"] = per_filter
             routes.append(route)
         if routes:
             host["routes"] = routes
         _header_mutations(host, vh.headers)
-        if _per_filter(vh, by_name):
-            host["typed_per_filter_config"] = _per_filter(vh, by_name)
+        per_filter = _per_filter(vh, by_name)
+        if per_filter:
+            host["typed_per_filter_config"] = per_filter
         hosts.append(host)
     if hosts:
         out["virtual_hosts"] = hosts
     _header_mutations(out, rc.headers)
-    if _per_filter(rc, by_name):
-        out["typed_per_filter_config"] = _per_filter(rc, by_name)
+    per_filter = _per_filter(rc, by_name)
+    if per_filter:
+        out["typed_per_filter_config"] = per_filter
     if rc.ignore_port_in_host_matching:
         out["ignore_port_in_host_matching"] = True
     return out
