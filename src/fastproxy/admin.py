@@ -18,6 +18,11 @@ thread of the main process; the data plane never sees it. Endpoints:
 ``GET  /clusters``          Envoy's lines: circuit breaker limits, then per host its counters
                             (``cluster::host:port::rq_total::N``, ...), hostname,
                             health flags and weight
+``GET  /config_dump``       the configuration as Envoy's envoy.admin.v3.ConfigDump JSON:
+                            bootstrap, clusters, listeners, route configurations, each with
+                            last_updated (``?resource=``, ``?mask=``; see
+                            :mod:`fastproxy.config.dump`); ``?include_eds`` is accepted
+                            and changes nothing (no EDS: endpoints are in the clusters)
 ``POST /quitquitquit``      ask the proxy to drain and exit
 ``GET  /`` or ``/help``     this list
 ==========================  ================================================================
@@ -26,8 +31,8 @@ thread of the main process; the data plane never sees it. Endpoints:
 
 What it needs from the proxy: ``stats()``, ``gauge_names()`` (optional: without it every
 stat is a counter on the Prometheus page), ``histograms()`` (optional), ``concurrency``, ``config`` (the current
-:class:`fastproxy.model.Bootstrap`), ``listener_address(name)`` and
-``request_shutdown()``.
+:class:`fastproxy.model.Bootstrap`), ``listener_address(name)``, ``config_dump(resource,
+mask)`` and ``request_shutdown()``.
 """
 from __future__ import annotations
 
@@ -57,6 +62,7 @@ HELP = {
     "/server_info": "print server version, state, uptime and concurrency",
     "/listeners": "print listener names and bound addresses (?format=json)",
     "/clusters": "print upstream clusters and their endpoints (?format=json)",
+    "/config_dump": "dump the current configuration as Envoy's ConfigDump JSON (?resource=, ?mask=)",
     "/quitquitquit": "(POST) drain and exit the server",
 }
 POST_ONLY = {"/quitquitquit"}
@@ -521,6 +527,20 @@ class _AdminHandler(BaseHTTPRequestHandler):
                           f"{hp}::sub_zone::", f"{hp}::canary::false", f"{hp}::priority::0",
                           f"{hp}::success_rate::-1", f"{hp}::local_origin_success_rate::-1"]
         self._send(HTTPStatus.OK, "".join(l + "\n" for l in lines))
+
+    def _h_config_dump(self, query) -> None:
+        """Envoy's /config_dump: JSON with a one-space indent as Envoy's; an empty result
+        (a resource list with no entries) is ``{}``; what Envoy refuses gets its status
+        and message as text."""
+        from .config.dump import DumpQueryError
+        try:
+            dump = self.admin.proxy.config_dump(query.get("resource") or None, query.get("mask") or None)
+        except DumpQueryError as e:
+            self._send(e.status, e.message)
+            return
+        # A Python filter's config given in Python may hold objects JSON has no form for:
+        # shown as their repr rather than failing the page.
+        self._send(HTTPStatus.OK, json.dumps(dump, indent=1, default=repr) + "\n", "application/json")
 
     def _h_quitquitquit(self, query) -> None:
         # DRAINING before the answer: a client that reads "OK" and asks /ready at once must

@@ -215,6 +215,11 @@ def lookup_c_filter(name: str):
     return _c_registry.get(name)
 
 
+def c_filter_name(table: int):
+    """The name the C filter table at address ``table`` is registered under, or None."""
+    return next((name for name, (addr, _) in _c_registry.items() if addr == table), None)
+
+
 def get_include() -> str:
     """The directory holding fastproxy_filter.h (the C filter ABI), for cffi/C builds."""
     import os

@@ -208,6 +208,14 @@ class Proxy:
         self._clusters: dict[str, _ClusterState] = {}
         self._listeners: dict[str, Any] = {}                        # name -> ListenerCfgHandle
         self._bootstrap = bootstrap
+        # What /config_dump shows: the bootstrap the proxy was made with, and per listener,
+        # cluster and route configuration (by its listener's name) a ResourceState with
+        # the model it describes, stamped when that model last changed.
+        self._initial_bootstrap = bootstrap
+        self._created = time.time()
+        self._resource_states: dict[str, dict[str, Any]] = {"listener": {}, "cluster": {}, "route": {}}
+        self._discovery_versions: dict[str, str] = {}
+        self._track(bootstrap)
         self._state = "new"
         self._shutdown = threading.Event()
         self._dns_stop = threading.Event()
@@ -396,9 +404,77 @@ class Proxy:
             if self._state == "running":
                 self._install(b)
             self._bootstrap = b
+            self._track(b)
             if self._state == "running" and self._dns_thread is None and \
                     any(c.model.type == "STRICT_DNS" for c in self._clusters.values()):
                 self._start_dns()
+
+    # ---- the config dump (admin /config_dump) ----
+
+    def _track(self, b: Bootstrap) -> None:
+        """Stamp every listener, cluster and route configuration of ``b`` that is new or
+        differs from the one in force (Envoy's last_updated); forget the removed ones."""
+        from .config.dump import ResourceState
+        now = time.time()
+        current = {"listener": {l.name: l for l in b.listeners},
+                   "cluster": {c.name: c for c in b.clusters},
+                   "route": {l.name: l.http_connection_manager.route_config for l in b.listeners
+                             if l.http_connection_manager is not None}}
+        for kind, models in current.items():
+            old = self._resource_states[kind]
+            new = {}
+            for name, m in models.items():
+                st = old.get(name)
+                if st is None or st[0] != m:
+                    prev = st[1] if st is not None else ResourceState(now)
+                    st = (m, ResourceState(now, prev.dynamic, prev.version_info, prev.state))
+                new[name] = st
+            self._resource_states[kind] = new
+
+    def note_discovered(self, kind: str, name: str, version_info: str, state: str = "active") -> None:
+        """For a discovery service (xDS): listener, cluster or route configuration ``name``
+        (``kind``: "listener", "cluster", "route"; a route configuration by its listener's
+        name) came from it at ``version_info``; /config_dump lists it among the dynamic
+        resources (a listener's ``state``: active, warming or draining; a cluster's: active
+        or warming) with that version. Call after the update() that installed it."""
+        states = {"listener": ("active", "warming", "draining"), "cluster": ("active", "warming"),
+                  "route": ("active",)}
+        if kind not in states:
+            raise ValueError(f"kind must be one of {', '.join(states)}, got {kind!r}")
+        if state not in states[kind]:
+            raise ValueError(f"a {kind}'s state is one of {', '.join(states[kind])}, got {state!r}")
+        with self._lock:
+            entry = self._resource_states[kind].get(name)
+            if entry is None:
+                raise KeyError(f"no {kind} named {name!r} in force")
+            st = entry[1]
+            st.dynamic, st.version_info, st.state = True, version_info, state
+
+    def note_discovery_version(self, type_name: str, version_info: str) -> None:
+        """The last version a discovery service's ``type_name`` ("clusters", "listeners")
+        was accepted at: the version_info of /config_dump's ClustersConfigDump /
+        ListenersConfigDump."""
+        with self._lock:
+            self._discovery_versions[type_name] = version_info
+
+    def config_dump(self, resource: Optional[str] = None, mask: Optional[str] = None) -> dict:
+        """The configuration in Envoy's ``/config_dump`` shape (envoy.admin.v3.ConfigDump,
+        as JSON types): the bootstrap the proxy was made with, then the clusters, listeners
+        and route configurations in force, each with its last_updated (and, for one from
+        a discovery service, its version_info). ``resource`` and ``mask`` are the admin's
+        ``?resource=`` and ``?mask=`` (see fastproxy.config.dump.apply_query); what Envoy
+        refuses raises fastproxy.config.dump.DumpQueryError (a ValueError)."""
+        from .admin import package_version
+        from .config import dump
+        with self._lock:
+            b = self._bootstrap
+            states = {kind: {name: st for name, (_, st) in entries.items()}
+                      for kind, entries in self._resource_states.items()}
+            node = {"user_agent_name": "fastproxy", "user_agent_version": package_version()}
+            full = dump.build(self._initial_bootstrap, self._created, node, list(b.listeners),
+                              list(b.clusters), states["listener"], states["cluster"], states["route"],
+                              dict(self._discovery_versions))
+        return dump.apply_query(full, resource, mask)
 
     @property
     def config(self) -> Bootstrap:

@@ -19,7 +19,7 @@ import fastproxy
 from fastproxy import Admin, Cluster, Endpoint, Listener, TcpProxy
 
 from conftest import (admin_get, echo_roundtrip, envoy_yaml, find_envoy, fragment, http_listener, start_envoy,
-                      static_cluster, wait_for)
+                      static_cluster, tcp_listener, wait_for)
 
 
 def http(method: str, addr, path: str, timeout=10.0):
@@ -418,3 +418,254 @@ def test_stats_usedonly_lists_only_stats_ever_written(admin_proxy):
     doc = json.loads(get(admin, "/stats?usedonly&format=json")[2])
     names = {s["name"] for s in doc["stats"] if "name" in s}
     assert names - {"server.uptime"} == set(used) - {"server.uptime"}
+
+
+# --------------------------------------------------------------------------- /config_dump
+
+def _config_dump_yaml(upstream_port: int) -> str:
+    """An HTTP listener (its route table inline), a TCP listener and one cluster, every
+    field written as Envoy's dump writes it (proto3 JSON: defaults left out, durations
+    "2.500s"), so the dump must give back exactly these resources."""
+    return envoy_yaml(
+        [http_listener("""
+            - match: {prefix: /}
+              route: {cluster: c, timeout: 2.500s}
+            """, route_config=None),
+         tcp_listener("c", name="tcp", stat_prefix="t", idle_timeout="30s", max_connect_attempts=2)],
+        [static_cluster("c", [upstream_port], connect_timeout="0.250s")],
+        node={"id": "edge-1", "cluster": "edge"})
+
+
+def _dump_of(source: str) -> dict:
+    import yaml
+    return yaml.safe_load(source)
+
+
+def _without_type(resource: dict) -> dict:
+    return {k: v for k, v in resource.items() if k != "@type"}
+
+
+@pytest.fixture
+def dump_proxy(servers):
+    """(proxy, admin address, YAML text as a dict, echo upstream): a proxy started from an
+    Envoy YAML bootstrap, its admin on an ephemeral port."""
+    echo = servers.echo()
+    text = _config_dump_yaml(echo.port)
+    p = fastproxy.Proxy.from_envoy(text, concurrency=1)
+    p.start()
+    try:
+        yield p, p.admin_address, _dump_of(text), echo
+    finally:
+        p.stop(drain_timeout=0.5)
+
+
+DUMP_TYPES = ["BootstrapConfigDump", "ClustersConfigDump", "ListenersConfigDump", "ScopedRoutesConfigDump",
+              "RoutesConfigDump", "SecretsConfigDump"]
+RFC3339_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+def test_config_dump_shows_the_configured_resources(dump_proxy):
+    """GET /config_dump: Envoy's ConfigDump, its clusters, listeners and route table exactly
+    the YAML's, and the same document as proxy.config_dump()."""
+    p, admin, given, echo = dump_proxy
+    assert echo_roundtrip(p.listener_address("tcp"), b"live") == b"live"
+    status, ctype, body = get(admin, "/config_dump")
+    assert status == 200 and ctype.startswith("application/json")
+    doc = json.loads(body)
+    assert [c["@type"] for c in doc["configs"]] == [f"type.googleapis.com/envoy.admin.v3.{t}" for t in DUMP_TYPES]
+    boot, clusters, listeners, scoped, routes, secrets = doc["configs"]
+    static = given["static_resources"]
+
+    assert boot["bootstrap"]["static_resources"] == static
+    assert boot["bootstrap"]["admin"] == given["admin"]
+    assert {k: boot["bootstrap"]["node"][k] for k in ("id", "cluster")} == given["node"]
+    assert boot["bootstrap"]["node"]["user_agent_name"] == "fastproxy"
+    assert RFC3339_MS.fullmatch(boot["last_updated"])
+
+    assert set(clusters) == {"@type", "static_clusters"}
+    [c] = clusters["static_clusters"]
+    assert c["cluster"]["@type"] == "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+    assert _without_type(c["cluster"]) == static["clusters"][0]
+    assert RFC3339_MS.fullmatch(c["last_updated"])
+
+    assert set(listeners) == {"@type", "static_listeners"}
+    assert [_without_type(entry["listener"]) for entry in listeners["static_listeners"]] == static["listeners"]
+    assert all(entry["listener"]["@type"] == "type.googleapis.com/envoy.config.listener.v3.Listener"
+               for entry in listeners["static_listeners"])
+
+    [rc] = routes["static_route_configs"]
+    hcm = static["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert _without_type(rc["route_config"]) == hcm["route_config"]
+    assert set(scoped) == {"@type"} and set(secrets) == {"@type"}
+    assert p.config_dump() == doc
+    # The dump's bootstrap is one fastproxy reads back as the configuration it runs.
+    reread = dict(boot["bootstrap"], node=given["node"])
+    assert fastproxy.load_envoy(reread) == p.config
+
+
+def test_config_dump_of_a_proxy_built_in_python(admin_proxy):
+    """A proxy built from Python objects dumps the Envoy resources those objects mean."""
+    p, addr, admin, echo = admin_proxy
+    doc = json.loads(get(admin, "/config_dump")[2])
+    [entry] = doc["configs"][2]["static_listeners"]
+    [chain] = entry["listener"]["filter_chains"]
+    assert entry["listener"]["name"] == "l"
+    assert chain["filters"][-1]["typed_config"] == {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        "stat_prefix": "adm", "cluster": "c"}
+    [cluster] = doc["configs"][1]["static_clusters"]
+    [[lb]] = [e["lb_endpoints"] for e in cluster["cluster"]["load_assignment"]["endpoints"]]
+    assert lb == {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": echo.port}}}}
+    assert fastproxy.load_envoy(doc["configs"][0]["bootstrap"] | {"node": {}}).clusters == p.config.clusters
+
+
+def _next_millisecond(stamp: str) -> None:
+    """Wait until the clock reads a later millisecond than the dump's ``stamp``."""
+    from fastproxy.config.dump import timestamp
+    wait_for(lambda: timestamp(time.time()) > stamp, timeout=1, interval=0.0005)
+
+
+def test_config_dump_last_updated_follows_update(dump_proxy):
+    """update(): a changed cluster, and a listener added, get a newer last_updated; what did
+    not change keeps its own; a removed listener leaves the dump."""
+    import dataclasses
+    p, admin, given, echo = dump_proxy
+
+    def entries():
+        doc = json.loads(get(admin, "/config_dump")[2])
+        clusters = {e["cluster"]["name"]: e for e in doc["configs"][1].get("static_clusters", [])}
+        listeners = {e["listener"]["name"]: e for e in doc["configs"][2].get("static_listeners", [])}
+        return doc, clusters, listeners
+
+    before, clusters, listeners = entries()
+    _next_millisecond(max(e["last_updated"] for e in [*clusters.values(), *listeners.values()]))
+    [c] = p.config.clusters
+    web, tcp = p.config.listeners
+    p.update(clusters=[dataclasses.replace(c, connect_timeout=1.5)],
+             listeners=[tcp, Listener("more", TcpProxy("c"), port=0)])
+    after, clusters2, listeners2 = entries()
+    assert clusters2["c"]["cluster"]["connect_timeout"] == "1.500s"
+    assert clusters2["c"]["last_updated"] > clusters["c"]["last_updated"]
+    assert listeners2["tcp"] == listeners["tcp"]
+    assert set(listeners2) == {"tcp", "more"}
+    assert listeners2["more"]["last_updated"] > listeners["tcp"]["last_updated"]
+    # The route table went with its listener; the bootstrap is still the one started with.
+    assert "static_route_configs" not in after["configs"][4]
+    assert after["configs"][0] == before["configs"][0]
+
+
+def test_config_dump_resource_and_mask(dump_proxy):
+    """?resource= lists one field's entries with their entry type; ?mask= trims each as a
+    FieldMask; what Envoy refuses gets Envoy's status and words."""
+    p, admin, given, _ = dump_proxy
+    status, _, body = get(admin, "/config_dump?resource=static_clusters&mask=cluster.name,last_updated")
+    assert status == 200
+    [entry] = json.loads(body)["configs"]
+    assert entry["@type"] == "type.googleapis.com/envoy.admin.v3.ClustersConfigDump.StaticCluster"
+    assert set(entry) == {"@type", "cluster", "last_updated"}
+    assert entry["cluster"] == {"@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster", "name": "c"}
+
+    doc = json.loads(get(admin, "/config_dump?resource=static_listeners")[2])
+    assert [e["listener"]["name"] for e in doc["configs"]] == ["web", "tcp"]
+    assert json.loads(get(admin, "/config_dump?resource=dynamic_active_clusters")[2]) == {}
+    doc = json.loads(get(admin, "/config_dump?mask=bootstrap.node.id")[2])
+    assert doc == {"configs": [{"@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
+                                "bootstrap": {"node": {"id": "edge-1"}}}]}
+    assert p.config_dump("static_route_configs") == json.loads(get(admin, "/config_dump?resource=static_route_configs")[2])
+
+    assert get(admin, "/config_dump?resource=nonsense")[0::2] == (404, "nonsense not found in config dump")
+    assert get(admin, "/config_dump?resource=bootstrap")[0::2] == (
+        400, "bootstrap is not a repeated field. Use ?mask=bootstrap to get only this field")
+    assert get(admin, "/config_dump?mask=name")[0::2] == (
+        400, "FieldMask name could not be successfully applied to any configs.")
+    # A path may end at a repeated field but not go through one (protobuf's FieldMask rule).
+    assert get(admin, "/config_dump?mask=static_clusters.cluster.name")[0] == 400
+    status, _, body = get(admin, "/config_dump?resource=static_listeners&mask=listener.name,bogus")
+    assert status == 400 and body.endswith("could not be successfully used.") and '"bogus"' in body
+    with pytest.raises(ValueError, match="nonsense not found"):
+        p.config_dump("nonsense")
+
+
+# The queries compared with Envoy's answers: the same status, and for a 200 the same
+# document bar the times and the bootstrap's node (Envoy lists its build and extensions).
+DUMP_QUERIES = ["", "?resource=static_clusters", "?resource=static_listeners", "?resource=static_route_configs",
+                "?resource=dynamic_active_clusters", "?resource=dynamic_listeners",
+                "?resource=static_clusters&mask=cluster.name,last_updated",
+                "?resource=static_listeners&mask=listener.name",
+                "?resource=static_clusters&mask=cluster.load_assignment.endpoints",
+                "?resource=static_route_configs&mask=route_config.virtual_hosts",
+                "?mask=static_clusters", "?mask=bootstrap.static_resources", "?mask=name",
+                "?mask=static_clusters,static_listeners", "?mask=static_clusters.cluster.name",
+                "?resource=nonsense", "?resource=bootstrap", "?resource=static_listeners&mask=bogus",
+                "?resource=static_clusters&include_eds", "?resource=static_clusters&mask=cluster.lb_policy",
+                "?resource=static_clusters&mask=cluster.load_assignment.endpoints.lb_endpoints",
+                "?resource=static_listeners&mask=listener.filter_chains.filters",
+                "?resource=static_clusters&mask=cluster,cluster.name", "?mask=version_info"]
+
+
+def _comparable(doc):
+    """The document without what differs by nature: times, and the node's build facts."""
+    if isinstance(doc, dict):
+        out = {k: _comparable(v) for k, v in doc.items() if k != "last_updated"}
+        if "node" in out and isinstance(out["node"], dict):
+            out["node"] = {k: v for k, v in out["node"].items() if k in ("id", "cluster")}
+        return out
+    if isinstance(doc, list):
+        return [_comparable(v) for v in doc]
+    return doc
+
+
+@pytest.mark.skipif(find_envoy() is None, reason="envoy binary not found")
+def test_config_dump_matches_envoys(servers, tmp_path):
+    """The same YAML through real Envoy 1.40: each query's status, and its document key for
+    key (times and the node's build facts aside), equal Envoy's."""
+    echo = servers.echo()
+    text = _config_dump_yaml(echo.port)
+    proc, envoy_admin, _ = start_envoy(text, tmp_path)
+    try:
+        theirs = {q: get(envoy_admin, "/config_dump" + q) for q in DUMP_QUERIES}
+    finally:
+        proc.terminate()
+        proc.wait()
+    p = fastproxy.Proxy.from_envoy(text, concurrency=1)
+    with p:
+        ours = {q: get(p.admin_address, "/config_dump" + q) for q in DUMP_QUERIES}
+    for q in DUMP_QUERIES:
+        (status, _, body), (envoy_status, _, envoy_body) = ours[q], theirs[q]
+        assert status == envoy_status, q
+        if status == 200:
+            assert _comparable(json.loads(body)) == _comparable(json.loads(envoy_body)), q
+        elif "FieldMask" not in envoy_body or "applied" in envoy_body:
+            assert body.strip() == envoy_body.strip(), q
+
+
+def test_config_dump_lists_discovered_resources_as_dynamic(dump_proxy):
+    """The hook a discovery service uses: a resource noted as discovered moves to Envoy's
+    dynamic lists with its version_info (a listener in its active/warming/draining state),
+    the dump messages carry the last accepted version, and ?resource= finds them there."""
+    p, admin, given, _ = dump_proxy
+    p.note_discovered("cluster", "c", "v7")
+    p.note_discovered("listener", "tcp", "v3", state="warming")
+    p.note_discovery_version("clusters", "v7")
+    p.note_discovery_version("listeners", "v3")
+    doc = json.loads(get(admin, "/config_dump")[2])
+    clusters, listeners = doc["configs"][1], doc["configs"][2]
+    assert set(clusters) == {"@type", "version_info", "dynamic_active_clusters"}
+    assert clusters["version_info"] == "v7"
+    [c] = clusters["dynamic_active_clusters"]
+    assert list(c) == ["version_info", "cluster", "last_updated"] and c["version_info"] == "v7"
+    assert listeners["version_info"] == "v3"
+    assert [e["listener"]["name"] for e in listeners["static_listeners"]] == ["web"]
+    [dynamic] = listeners["dynamic_listeners"]
+    assert set(dynamic) == {"name", "warming_state"} and dynamic["name"] == "tcp"
+    assert dynamic["warming_state"]["version_info"] == "v3"
+    assert dynamic["warming_state"]["listener"]["name"] == "tcp"
+    found = json.loads(get(admin, "/config_dump?resource=dynamic_active_clusters&mask=version_info")[2])
+    assert found == {"configs": [{"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump.DynamicCluster",
+                                  "version_info": "v7"}]}
+    doc = json.loads(get(admin, "/config_dump?resource=dynamic_listeners&mask=warming_state.version_info")[2])
+    assert doc["configs"][0]["warming_state"] == {"version_info": "v3"}
+    with pytest.raises(KeyError, match="no cluster named 'nope'"):
+        p.note_discovered("cluster", "nope", "v1")
+    with pytest.raises(ValueError, match="state is one of active, warming"):
+        p.note_discovered("cluster", "c", "v1", state="draining")

@@ -417,3 +417,39 @@ def test_a_bad_admin_is_refused_before_anything_starts(admin, path):
         Proxy([Listener("l", TcpProxy("c"))], [Cluster("c", [Endpoint("127.0.0.1", 1)])], admin=admin())
     assert e.value.path == path
     assert not [t for t in threading.enumerate() if t not in before and t.name.startswith("fastproxy")]
+
+
+def test_a_python_built_configuration_dumps_as_envoy_resources():
+    """What admin /config_dump writes for a configuration built in Python is Envoy's form
+    of it: the loader reads it back as the same clusters and connection manager, and
+    writing that again gives the same JSON (the listener's implicit stat prefix is made
+    explicit, as the loader does)."""
+    import json
+    from fastproxy import Admin, NativeHttpFilter
+    from fastproxy.config import load_envoy
+    from fastproxy.config.dump import bootstrap_json
+    from fastproxy.http import DirectResponse, HeaderMatcher, RedirectAction, StringMatch
+    from fastproxy.model import Node
+    from fastproxy.http.native_filters import FAULT, FaultAbort, FractionalPercent, HTTPFault
+    routes = [Route(RouteMatch(prefix="/api", headers=[HeaderMatcher("x-a", StringMatch("exact", "1"))]),
+                    route=RouteAction(cluster="c", timeout=3.0, prefix_rewrite="/")),
+              Route(RouteMatch(path="/r"), redirect=RedirectAction(https_redirect=True, response_code=302)),
+              Route(RouteMatch(prefix="/"), direct_response=DirectResponse(200, b"hi"))]
+    hcm = HttpConnectionManager("web", RouteConfiguration("rc", [VirtualHost("v", ["*"], routes=routes)]),
+                                http_filters=[NativeHttpFilter("f", FAULT, HTTPFault(abort=FaultAbort(
+                                    503, FractionalPercent(100))))],
+                                use_remote_address=True, stream_idle_timeout=None)
+    boot = Bootstrap([Listener("web", hcm, port=8080), Listener("t", TcpProxy("c"), port=9000, idle_timeout=None,
+                                                                max_connections=5)],
+                     [Cluster("c", [Endpoint("127.0.0.1", 80, weight=3)], lb_policy="RANDOM", max_connections=10,
+                              idle_timeout=None, max_requests_per_connection=7)],
+                     Admin("127.0.0.1", 9901), Node("n", "c", "z"), 1000)
+    boot.validate()
+    written = json.loads(json.dumps(bootstrap_json(boot)))
+    back = load_envoy(written)
+    assert back.clusters == boot.clusters
+    assert back.listeners[0].handler == hcm
+    assert (back.admin, back.node, back.max_downstream_connections) == (boot.admin, boot.node, 1000)
+    assert [(l.effective_stat_prefix, l.idle_timeout, l.max_connections) for l in back.listeners] == \
+        [(l.effective_stat_prefix, l.idle_timeout, l.max_connections) for l in boot.listeners]
+    assert bootstrap_json(back) == written

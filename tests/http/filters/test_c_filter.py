@@ -226,6 +226,24 @@ def test_envoy_typed_struct_with_per_route_config(c_filter, upstream):
         assert len(upstream.requests) == 2
 
 
+def test_envoy_typed_struct_comes_back_from_the_config_dump(c_filter):
+    """The writer of admin /config_dump gives a C filter, and its per-route config, as the
+    TypedStruct the loader reads back as the same model."""
+    import json
+    from fastproxy.config import load_envoy
+    from fastproxy.config.dump import bootstrap_json
+    ffi, lib = c_filter
+    Proxy.register_c_filter("example_c_header", ffi.addressof(lib, "header_filter_table"), lib)
+    per_route = {"@type": TYPED_STRUCT, "type_url": C_TYPE_URL, "value": {"value": "special"}}
+    boot = load_envoy(envoy_config(0, 9999, {"filter": "example_c_header", "config": {"header": "x-yaml"}},
+                                   per_route))
+    written = json.loads(json.dumps(bootstrap_json(boot)))
+    [entry, _router] = written["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"]["http_filters"]
+    assert entry["typed_config"]["value"] == {"filter": "example_c_header", "config": {"header": "x-yaml"}}
+    assert load_envoy(written) == boot
+
+
 def test_envoy_config_errors(c_filter):
     ffi, lib = c_filter
     Proxy.register_c_filter("example_c_header", ffi.addressof(lib, "header_filter_table"), lib)
