@@ -19,7 +19,7 @@ from typing import Any, Iterable, Optional
 from . import _core
 from .errors import ConfigError, ListenerBindError
 from .filters import NetworkFilter
-from .model import Admin, Bootstrap, Cluster, Listener, Node
+from .model import Admin, Bootstrap, Cluster, DynamicResources, Listener, Node
 from .http.native_filters import native_filter_stat_blocks
 
 log = logging.getLogger("fastproxy")
@@ -188,11 +188,16 @@ class Proxy:
     def __init__(self, listeners: Iterable[Listener] = (), clusters: Iterable[Cluster] = (), *,
                  concurrency: Optional[int] = None, admin: Optional[Admin] = None,
                  node: Optional[Node] = None, max_downstream_connections: Optional[int] = None,
-                 loop: Optional[asyncio.AbstractEventLoop] = None):
+                 loop: Optional[asyncio.AbstractEventLoop] = None,
+                 dynamic_resources: Optional[DynamicResources] = None):
         if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):
             raise TypeError(f"Proxy(loop=...) takes an asyncio event loop, got {type(loop).__name__}")
+        if dynamic_resources is not None and not isinstance(dynamic_resources, DynamicResources):
+            raise TypeError("Proxy(dynamic_resources=...) takes a fastproxy.model.DynamicResources, "
+                            f"got {type(dynamic_resources).__name__}")
         bootstrap = Bootstrap(_as_list(listeners, "listeners", Listener), _as_list(clusters, "clusters", Cluster),
-                              admin, node if node is not None else Node(), max_downstream_connections)
+                              admin, node if node is not None else Node(), max_downstream_connections,
+                              dynamic_resources)
         bootstrap.validate_once()       # (what load_envoy validated is not validated again)
         if concurrency is None or concurrency == 0:
             concurrency = os.cpu_count() or 1
@@ -213,6 +218,7 @@ class Proxy:
         self._dns_stop = threading.Event()
         self._dns_thread: Optional[threading.Thread] = None
         self._admin_server = None
+        self._xds = None        # xds.files.FileDiscovery while it runs
         self._loop = loop
         # Where `async def` filter hooks run; bound to its loop by start().
         self._async = _core.AsyncBridge(concurrency)
@@ -244,7 +250,8 @@ class Proxy:
         """A proxy for a whole configuration (what load_envoy returns: validated there, and
         not again here unless changed since)."""
         return cls(bootstrap.listeners, bootstrap.clusters, concurrency=concurrency, admin=bootstrap.admin,
-                   node=bootstrap.node, max_downstream_connections=bootstrap.max_downstream_connections)
+                   node=bootstrap.node, max_downstream_connections=bootstrap.max_downstream_connections,
+                   dynamic_resources=bootstrap.dynamic_resources)
 
     @classmethod
     def from_envoy(cls, source: Any, *, concurrency: Optional[int] = None) -> "Proxy":
@@ -273,6 +280,12 @@ class Proxy:
             self._state = "running"
             if any(c.model.type == "STRICT_DNS" for c in self._clusters.values()):
                 self._start_dns()
+            dynamic = self._bootstrap.dynamic_resources
+            if dynamic is not None and (dynamic.lds is not None or dynamic.cds is not None):
+                # The initial fetch is done when this returns (the files are read here).
+                from .xds.files import FileDiscovery
+                self._xds = FileDiscovery(self, dynamic)
+                self._xds.start()
             if self._bootstrap.admin is not None:
                 from .admin import AdminServer
                 a = self._bootstrap.admin
@@ -303,6 +316,10 @@ class Proxy:
         await asyncio.get_running_loop().run_in_executor(None, self._stop, drain_timeout)
 
     def _stop(self, drain_timeout: float) -> None:
+        # Before the lock: a reload in progress holds it (Proxy.update) and is let finish.
+        xds, self._xds = self._xds, None
+        if xds is not None:
+            xds.stop()
         with self._lock:
             if self._state in ("stopped", "new"):
                 if self._state == "new":
@@ -391,7 +408,8 @@ class Proxy:
                           else list(self._bootstrap.listeners),
                           _as_list(clusters, "clusters", Cluster) if clusters is not None
                           else list(self._bootstrap.clusters),
-                          self._bootstrap.admin, self._bootstrap.node, self._bootstrap.max_downstream_connections)
+                          self._bootstrap.admin, self._bootstrap.node, self._bootstrap.max_downstream_connections,
+                          self._bootstrap.dynamic_resources)
             b.validate()
             if self._state == "running":
                 self._install(b)
@@ -439,6 +457,9 @@ class Proxy:
         for name, c in list(self._clusters.items()):
             out[f"cluster.{name}.membership_total"] = len(c.hosts)
             out.update(_circuit_breaker_gauges(f"cluster.{name}.circuit_breakers.", c))
+        xds = self._xds
+        if xds is not None:     # listener_manager.lds.*, cluster_manager.cds.*
+            out.update(xds.read_stats())
         # native HTTP filters' stats (http_local_rate_limit.<prefix>.*) this config uses
         names = set()
         for l in self._bootstrap.listeners:
@@ -466,6 +487,9 @@ class Proxy:
         for name, c in list(self._clusters.items()):
             out.add(f"cluster.{name}.membership_total")
             out.update(_circuit_breaker_gauges(f"cluster.{name}.circuit_breakers.", c))
+        xds = self._xds
+        if xds is not None:
+            out |= xds.gauge_names()
         return out
 
     def histograms(self) -> dict:
