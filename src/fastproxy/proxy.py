@@ -199,6 +199,9 @@ class Proxy:
                               admin, node if node is not None else Node(), max_downstream_connections,
                               dynamic_resources)
         bootstrap.validate_once()       # (what load_envoy validated is not validated again)
+        if dynamic_resources is not None:
+            from .xds.resources import check_node
+            check_node(bootstrap.node, dynamic_resources)
         if concurrency is None or concurrency == 0:
             concurrency = os.cpu_count() or 1
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:

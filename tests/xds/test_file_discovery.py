@@ -28,6 +28,16 @@ from http_upstreams import RawHttpUpstream, http_request
 
 # --------------------------------------------------------------------------- helpers
 
+NODE = {"id": "fp-test", "cluster": "tests"}
+
+
+def with_node(**kw):
+    """A bootstrap with the node identity Envoy requires of any dynamic_resources."""
+    return envoy_bootstrap(node=NODE, **kw)
+
+
+boot = with_node
+
 def named_upstream(name: str) -> RawHttpUpstream:
     """An HTTP upstream whose every response body is its name."""
     body = name.encode()
@@ -136,7 +146,7 @@ def test_lds_file_adds_changes_and_removes_a_listener(tmp_path, upstreams, run_p
     a, b = upstreams("A"), upstreams("B")
     lds = tmp_path / "lds.yaml"
     publish(lds, "1", [lds_listener("dyn", "a")])
-    p = run_proxy(envoy_bootstrap(clusters=[static_cluster("a", [a.port]), static_cluster("b", [b.port])],
+    p = run_proxy(boot(clusters=[static_cluster("a", [a.port]), static_cluster("b", [b.port])],
                                   dynamic_resources={"lds_config": source(lds)}))
     # The initial fetch is done when start() returns.
     addr = dyn_addr(p, "dyn")
@@ -171,7 +181,7 @@ def test_static_and_dynamic_listeners_mixed(tmp_path, upstreams, run_proxy):
     a, b = upstreams("A"), upstreams("B")
     lds = tmp_path / "lds.json"         # JSON by its extension, as Envoy reads it
     publish(lds, "v1", [lds_listener("dyn", "b")])
-    p = run_proxy(envoy_bootstrap(listeners=[http_listener([{"match": {"prefix": "/"}, "route": {"cluster": "a"}}],
+    p = run_proxy(boot(listeners=[http_listener([{"match": {"prefix": "/"}, "route": {"cluster": "a"}}],
                                                            name="static")],
                                   clusters=[static_cluster("a", [a.port]), static_cluster("b", [b.port])],
                                   dynamic_resources={"lds_config": source(lds)}))
@@ -194,7 +204,7 @@ def test_cds_file_adds_and_changes_a_cluster_a_listener_routes_to(tmp_path, upst
     cds, lds = tmp_path / "cds.yaml", tmp_path / "lds.yaml"
     publish(cds, "c1", [cds_cluster("svc", a.port)])
     publish(lds, "l1", [lds_listener("dyn", "svc")])
-    p = run_proxy(envoy_bootstrap(dynamic_resources={"cds_config": source(cds), "lds_config": source(lds)}))
+    p = run_proxy(boot(dynamic_resources={"cds_config": source(cds), "lds_config": source(lds)}))
     addr = dyn_addr(p, "dyn")
     assert get(addr) == (200, b"A")            # CDS was read before LDS
     s = p.stats()
@@ -217,7 +227,7 @@ def test_unknown_cluster_in_lds_names_its_path(tmp_path, upstreams, run_proxy, c
     publish(lds, "1", [lds_listener("ok", "a"), {"@type": LISTENER_TYPE, **http_listener(
         [{"match": {"prefix": "/"}, "route": {"cluster": "nope"}}], name="bad")}])
     with caplog.at_level(logging.WARNING, logger="fastproxy.config"):
-        p = run_proxy(envoy_bootstrap(clusters=[static_cluster("a", [a.port])],
+        p = run_proxy(boot(clusters=[static_cluster("a", [a.port])],
                                       dynamic_resources={"lds_config": source(lds)}))
     # The whole response is refused: not even the good listener is added.
     assert [l.name for l in p.config.listeners] == []
@@ -234,7 +244,7 @@ def test_configmap_symlink_swap_in_watched_directory_reloads(tmp_path, upstreams
     root.mkdir()
     lds = root / "lds.yaml"
     cm = ConfigMapDir(root, {"lds.yaml": response_text("1", [lds_listener("dyn", "a")], lds)})
-    p = run_proxy(envoy_bootstrap(clusters=[static_cluster("a", [a.port]), static_cluster("b", [b.port])],
+    p = run_proxy(boot(clusters=[static_cluster("a", [a.port]), static_cluster("b", [b.port])],
                                   dynamic_resources={"lds_config": source(lds, watched=root)}))
     addr = dyn_addr(p, "dyn")
     assert get(addr) == (200, b"A")
@@ -249,7 +259,7 @@ def test_a_write_in_place_is_not_a_reload(tmp_path, upstreams, run_proxy):
     a, b = upstreams("A"), upstreams("B")
     lds = tmp_path / "lds.yaml"
     publish(lds, "1", [lds_listener("dyn", "a")])
-    p = run_proxy(envoy_bootstrap(clusters=[static_cluster("a", [a.port]), static_cluster("b", [b.port])],
+    p = run_proxy(boot(clusters=[static_cluster("a", [a.port]), static_cluster("b", [b.port])],
                                   dynamic_resources={"lds_config": source(lds)}))
     addr = dyn_addr(p, "dyn")
     lds.write_text(response_text("2", [lds_listener("dyn", "b")], lds))
@@ -278,7 +288,7 @@ def test_invalid_file_keeps_the_old_config(tmp_path, upstreams, run_proxy, caplo
     a = upstreams("A")
     lds = tmp_path / "lds.yaml"
     publish(lds, "1", [lds_listener("dyn", "a")])
-    p = run_proxy(envoy_bootstrap(clusters=[static_cluster("a", [a.port])],
+    p = run_proxy(boot(clusters=[static_cluster("a", [a.port])],
                                   dynamic_resources={"lds_config": source(lds)}))
     addr = dyn_addr(p, "dyn")
     with caplog.at_level(logging.WARNING, logger="fastproxy.config"):
@@ -302,7 +312,7 @@ def test_xds_stats_on_the_admin_pages(tmp_path, upstreams, run_proxy):
     a = upstreams("A")
     lds = tmp_path / "lds.yaml"
     publish(lds, "1", [lds_listener("dyn", "a")])
-    p = run_proxy(envoy_bootstrap(clusters=[static_cluster("a", [a.port])],
+    p = run_proxy(boot(clusters=[static_cluster("a", [a.port])],
                                   dynamic_resources={"lds_config": source(lds)}))
     text = admin_get(p.admin_address, "/stats")
     assert "listener_manager.lds.update_success: 1" in text
@@ -359,6 +369,17 @@ def test_rds_and_eds_are_refused_by_path():
     assert "EDS" in str(e.value)
 
 
+def test_dynamic_resources_need_the_node_identity(tmp_path):
+    f = tmp_path / "lds.yaml"
+    publish(f, "1", [])
+    b = load_envoy(envoy_bootstrap(dynamic_resources={"lds_config": source(f)}))
+    with pytest.raises(ConfigError) as e:
+        fastproxy.Proxy.from_bootstrap(b)
+    assert e.value.path == "node" and "node 'id' and 'cluster' are required" in str(e.value)
+    b.node.id, b.node.cluster = "n", "c"        # what --service-node/--service-cluster do
+    fastproxy.Proxy.from_bootstrap(b, concurrency=1).stop()
+
+
 def test_xxh64_matches_the_published_vectors():
     assert xxh64(b"") == 0xEF46DB3751D8E999
     assert xxh64(b"a") == 0xD24EC4F1A98C6E5B
@@ -392,7 +413,7 @@ def test_same_swap_sequence_same_outcome_as_envoy(tmp_path, upstreams, run_proxy
         lds = root / "lds.yaml"
         sequence = steps(ports[who])
         cm = ConfigMapDir(root, {"lds.yaml": sequence[0][1]})
-        boot = envoy_bootstrap(clusters=[static_cluster("a", [a.port]), static_cluster("b", [b.port])],
+        boot = with_node(clusters=[static_cluster("a", [a.port]), static_cluster("b", [b.port])],
                                dynamic_resources={"lds_config": source(lds, watched=root)})
         addr = ("127.0.0.1", ports[who])
         if who == "fp":

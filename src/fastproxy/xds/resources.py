@@ -53,6 +53,19 @@ def parse_discovery_response(data: Any, type_url: str) -> tuple:
     return version, [item for item, _ in msg.repeated("resources")]
 
 
+def check_node(node: Any, dynamic: Any) -> None:
+    """Envoy refuses to subscribe to anything without the node's id and cluster (a
+    management server tells its clients apart by them), files included; so does fastproxy.
+    Checked when the proxy is built, after the command line's --service-node and
+    --service-cluster have had their say."""
+    if dynamic is None or (dynamic.lds is None and dynamic.cds is None):
+        return
+    if not node.id or not node.cluster:
+        url = LISTENER_TYPE if dynamic.lds is not None else CLUSTER_TYPE
+        raise ConfigError("node", f"{url}: node 'id' and 'cluster' are required. Set it either in 'node' "
+                                  "config or via --service-node and --service-cluster options.")
+
+
 class SubscriptionStats:
     """Envoy's per-subscription stats (<prefix>.update_attempt, update_success,
     update_rejected, update_failure counters; version, the XXH64 of the last accepted
