@@ -236,6 +236,24 @@ def test_unknown_cluster_in_lds_names_its_path(tmp_path, upstreams, run_proxy, c
     assert "unknown cluster 'nope'" in caplog.text
 
 
+def test_listener_that_cannot_bind_is_rejected(tmp_path, upstreams, run_proxy, caplog):
+    a = upstreams("A")
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    taken = holder.getsockname()[1]
+    lds = tmp_path / "lds.yaml"
+    publish(lds, "1", [lds_listener("dyn", "a")])
+    p = run_proxy(boot(clusters=[static_cluster("a", [a.port])], dynamic_resources={"lds_config": source(lds)}))
+    addr = dyn_addr(p, "dyn")
+    with caplog.at_level(logging.WARNING, logger="fastproxy.config"):
+        publish(lds, "2", [lds_listener("dyn", "a"), lds_listener("clash", "a", port=taken)])
+        wait_for(lambda: p.stats()["listener_manager.lds.update_rejected"] == 1)
+    holder.close()
+    assert "resources[1].address: cannot bind" in caplog.text
+    assert [l.name for l in p.config.listeners] == ["dyn"] and get(addr) == (200, b"A")
+
+
 # --------------------------------------------------------------------------- watched directory
 
 def test_configmap_symlink_swap_in_watched_directory_reloads(tmp_path, upstreams, run_proxy):
@@ -281,6 +299,8 @@ def test_a_write_in_place_is_not_a_reload(tmp_path, upstreams, run_proxy):
     ("version_info: '2'\nresources:\n- '@type': " + LISTENER_TYPE + "\n  name: dyn\n"
      "  address: {socket_address: {address: 127.0.0.1, port_value: 70000}}\n",
      "update_rejected", "resources[0].address.socket_address.port_value: port must be"),
+    ("version_info: '2'\ntype_url: " + CLUSTER_TYPE + "\nresources: []\n",
+     "update_rejected", "type_url: expected '" + LISTENER_TYPE + "'"),
     ("version_info: '2'\nresources:\n- '@type': " + CLUSTER_TYPE + "\n  name: dyn\n",
      "update_rejected", "resources[0].@type: expected '" + LISTENER_TYPE + "'"),
 ])

@@ -109,10 +109,15 @@ class FileSubscription:
         try:
             text = read_file(path)
             data = parse_json(text, path) if path.lower().endswith(".json") else parse_yaml(text, path)
-            version, items = parse_discovery_response(data, self.type_url)
         except ConfigError as e:
             stats.count("update_failure")
             log.warning("%s update failed: %s: %s", self.kind, path, e)
+            return False
+        try:
+            version, items = parse_discovery_response(data, self.type_url)
+        except ConfigError as e:
+            stats.count("update_rejected")
+            log.warning("%s update rejected: %s: %s", self.kind, path, e)
             return False
         try:
             self.resources.apply(self.type_url, version, items)
@@ -142,10 +147,14 @@ class FileDiscovery:
         start() returns), then the watching thread. Watches are set first, so that a swap
         during the initial read is not missed."""
         self._inotify = Inotify()
-        for sub in self.subscriptions:
-            directory, name = sub.watch()
-            wd = self._inotify.add_watch(directory)
-            self._watches.setdefault(wd, []).append((sub, name))
+        try:
+            for sub in self.subscriptions:
+                directory, name = sub.watch()
+                wd = self._inotify.add_watch(directory)
+                self._watches.setdefault(wd, []).append((sub, name))
+        except OSError:
+            self.stop()
+            raise
         self._stop_r, self._stop_w = os.pipe()
         for sub in self.subscriptions:
             sub.refresh()

@@ -189,7 +189,11 @@ class XdsResources:
             self.proxy.update(listeners=self.static["listeners"] + dynamic["listeners"],
                               clusters=self.static["clusters"] + dynamic["clusters"])
         except ListenerBindError as e:
-            raise ConfigError("resources", str(e)) from None
+            # As Envoy: a listener that cannot bind fails the whole update.
+            failed = next((i for i, l in enumerate(items) if field == "listeners" and f"({l.name})" in str(e)), None)
+            detail = str(e).split(": ", 1)[-1]
+            raise ConfigError("resources" if failed is None else f"resources[{failed}].address",
+                              f"cannot bind: {detail}") from None
         self.dynamic[field] = items
 
     def _rebase(self, error: ConfigError, field: str, n: int, lists: dict) -> ConfigError:
