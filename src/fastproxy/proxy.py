@@ -166,7 +166,9 @@ class Proxy:
     :class:`fastproxy.http.HttpConnectionManager`); ``clusters``: the :class:`Cluster` objects
     they name; ``concurrency``: worker threads (default: one per CPU); ``admin``: an
     :class:`Admin` to serve /stats and /ready; ``node``: the proxy's identity;
-    ``max_downstream_connections``: a limit over all listeners. The configuration is checked
+    ``max_downstream_connections``: a limit over all listeners; ``dynamic_resources``: where
+    more listeners and clusters are discovered (fastproxy.xds: files today; they need the
+    node's id and cluster, as in Envoy). The configuration is checked
     here: a mistake raises :class:`ConfigError` naming the argument's path.
 
     Lifecycle: ``start()`` / ``stop()``, or ``with proxy:``, or ``run()`` (serve until
@@ -403,7 +405,9 @@ class Proxy:
     def update(self, listeners: Optional[Iterable[Listener]] = None,
                clusters: Optional[Iterable[Cluster]] = None) -> None:
         """Replace the listeners and/or clusters. New connections use the new config as
-        soon as this returns; open connections keep the config they started with."""
+        soon as this returns; open connections keep the config they started with. (With
+        dynamic_resources, the next discovered update sets the static resources the proxy
+        started with beside the discovered ones again.)"""
         with self._lock:
             if self._state in ("draining", "stopped"):
                 raise RuntimeError("proxy is stopped")

@@ -2,7 +2,8 @@
 
 fastproxy reads a strict subset of Envoy's bootstrap: static listeners that end in tcp_proxy
 (optionally preceded by Python network filters) or in http_connection_manager (see
-config/http.py), STATIC / STRICT_DNS clusters, an admin address, the node's identity and
+config/http.py), STATIC / STRICT_DNS clusters, an admin address, the node's identity, dynamic_resources
+whose lds_config / cds_config are files (path_config_source; fastproxy.xds reads them) and
 the runtime keys of config/runtime.py (connection limits). A cluster takes name, type, connect_timeout, lb_policy,
 load_assignment, dns_refresh_rate, dns_lookup_family, per_connection_buffer_limit_bytes,
 circuit_breakers.thresholds (priority, max_connections, max_pending_requests, max_requests,
