@@ -271,6 +271,26 @@ def test_configmap_symlink_swap_in_watched_directory_reloads(tmp_path, upstreams
     assert p.stats()["listener_manager.lds.version"] == xxh64(b"2")
 
 
+def test_one_swap_of_cds_and_lds_applies_clusters_first(tmp_path, upstreams, run_proxy):
+    """One ConfigMap holding both files: a swap that adds a cluster and a listener routing
+    to it is taken whole, because CDS is applied before LDS (Envoy's order)."""
+    a, b = upstreams("A"), upstreams("B")
+    root = tmp_path / "cm"
+    root.mkdir()
+    cds, lds = root / "cds.yaml", root / "lds.yaml"
+    cm = ConfigMapDir(root, {"cds.yaml": response_text("c1", [cds_cluster("ca", a.port)], cds),
+                             "lds.yaml": response_text("l1", [lds_listener("one", "ca")], lds)})
+    p = run_proxy(boot(dynamic_resources={"cds_config": source(cds, watched=root),
+                                          "lds_config": source(lds, watched=root)}))
+    cm.publish({"cds.yaml": response_text("c2", [cds_cluster("ca", a.port), cds_cluster("cb", b.port)], cds),
+                "lds.yaml": response_text("l2", [lds_listener("one", "ca"), lds_listener("two", "cb")], lds)})
+    wait_for(lambda: p.stats()["listener_manager.lds.update_success"] == 2)
+    s = p.stats()
+    assert s["cluster_manager.cds.update_success"] == 2 and s["listener_manager.lds.update_rejected"] == 0
+    assert get(p.listener_address("two")) == (200, b"B") and get(p.listener_address("one")) == (200, b"A")
+    assert s["cluster_manager.active_clusters"] == 2 and s["listener_manager.total_listeners_active"] == 2
+
+
 def test_a_write_in_place_is_not_a_reload(tmp_path, upstreams, run_proxy):
     """Only moves are watched (Envoy's rule: only a rename is atomic); the next move picks
     up the latest content."""
