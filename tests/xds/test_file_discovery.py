@@ -113,11 +113,15 @@ def source(path, watched=None):
 
 
 def get(addr, path="/"):
-    """(status, body) of one request, or None when the connection is refused."""
+    """(status, body) of one request, None when the connection is refused, "reset" when
+    it was reset (queued on a listener that was being removed: the engine refuses what it
+    had not accepted)."""
     try:
         r, body = http_request(addr, path=path, timeout=3)
     except ConnectionRefusedError:
         return None
+    except ConnectionResetError:
+        return "reset"
     return r.status, body
 
 
@@ -343,7 +347,8 @@ def test_invalid_file_keeps_the_old_config(tmp_path, upstreams, run_proxy, caplo
     assert "lds update" in caplog.text and reason in caplog.text
     # A good file afterwards is taken.
     publish(lds, "3", [])
-    wait_for(lambda: get(addr) is None)
+    wait_for(lambda: p.stats()["listener_manager.lds.update_success"] == 2)
+    assert get(addr) is None
 
 
 # --------------------------------------------------------------------------- stats pages

@@ -110,14 +110,14 @@ class FileSubscription:
             text = read_file(path)
             data = parse_json(text, path) if path.lower().endswith(".json") else parse_yaml(text, path)
         except ConfigError as e:
-            stats.count("update_failure")
             log.warning("%s update failed: %s: %s", self.kind, path, e)
+            stats.count("update_failure")
             return False
         try:
             version, items = parse_discovery_response(data, self.type_url)
         except ConfigError as e:
-            stats.count("update_rejected")
             log.warning("%s update rejected: %s: %s", self.kind, path, e)
+            stats.count("update_rejected")
             return False
         try:
             self.resources.apply(self.type_url, version, items)

@@ -126,12 +126,13 @@ class XdsResources:
                 items = self._decode(type_url, resources)
                 self._install(field, items)
             except ConfigError as e:
-                stats.count("update_rejected")
+                # Logged before counted: whoever sees the count can read the reason.
                 log.warning("%s update rejected: version %r, %d resource(s): %s", kind, version_info,
                             len(resources) if isinstance(resources, list) else 0, e)
+                stats.count("update_rejected")
                 raise
-            stats.accepted(version_info)
             log.info("%s update accepted: version %r, %d resource(s)", kind, version_info, len(items))
+            stats.accepted(version_info)
 
     # -- decoding ------------------------------------------------------------------------
 
