@@ -493,3 +493,41 @@ def test_same_swap_sequence_same_outcome_as_envoy(tmp_path, upstreams, run_proxy
                 proc.terminate()
                 proc.wait()
     assert outcomes["fp"] == outcomes["envoy"]
+
+
+# --------------------------------------------------------------------------- the command line
+
+def test_command_line_serves_discovered_listeners(tmp_path, upstreams):
+    """``fastproxy -c`` with dynamic_resources: the node identity may come from the command
+    line (--service-node/--service-cluster, as in Envoy), and a reload is logged under
+    [config]."""
+    import subprocess
+    import sys
+    from conftest import SRC
+    a, b = upstreams("A"), upstreams("B")
+    port = free_port()
+    lds = tmp_path / "lds.yaml"
+    publish(lds, "1", [lds_listener("dyn", "a", port=port)])
+    cfg = tmp_path / "boot.yaml"
+    cfg.write_text(yaml.safe_dump(envoy_bootstrap(
+        clusters=[static_cluster("a", [a.port]), static_cluster("b", [b.port])],
+        dynamic_resources={"lds_config": source(lds)}), sort_keys=False))
+    env = dict(os.environ, PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "fastproxy", "-c", str(cfg), "--concurrency", "1", "-l", "info"]
+
+    refused = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "node: type.googleapis.com/envoy.config.listener.v3.Listener: " \
+                                       "node 'id' and 'cluster' are required" in refused.stderr
+
+    proc = subprocess.Popen(cmd + ["--service-node", "n1", "--service-cluster", "c1"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        addr = ("127.0.0.1", port)
+        wait_for(lambda: get(addr) == (200, b"A"), timeout=30, msg="discovered listener serves")
+        publish(lds, "2", [lds_listener("dyn", "b", port=port)])
+        wait_for(lambda: get(addr) == (200, b"B"), timeout=10, msg="reloaded")
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "[info][config] lds update accepted: version '2', 1 resource(s)" in err
