@@ -440,6 +440,13 @@ class Proxy:
             raise KeyError(f"no listener named {name!r}") from None
 
     @property
+    def xds(self):
+        """The discovered resources while dynamic_resources are in use (a
+        fastproxy.xds.XdsResources: ``static``, ``discovered()``, ``version_info()``), else None."""
+        xds = self._xds
+        return xds.resources if xds is not None else None
+
+    @property
     def admin_address(self) -> Optional[tuple[str, int]]:
         """The admin interface's bound (host, port) while it runs, else None."""
         return self._admin_server.address if self._admin_server is not None else None

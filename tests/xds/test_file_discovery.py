@@ -175,6 +175,9 @@ def test_lds_file_adds_changes_and_removes_a_listener(tmp_path, upstreams, run_p
     assert get(addr) is None
     with pytest.raises(KeyError):
         p.listener_address("dyn")
+    [(listener, version, _)] = p.xds.discovered("listeners")
+    assert (listener.name, version) == ("dyn2", "3")          # unchanged since version 3
+    assert p.xds.version_info(LISTENER_TYPE) == "4" and p.xds.discovered("clusters") == []
     s = p.stats()
     assert s["listener_manager.lds.update_success"] == 4 and s["listener_manager.lds.update_rejected"] == 0
     assert s["listener_manager.lds.version"] == xxh64(b"4")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from typing import Any, Optional
 
 from ..config.envoy import _cluster, _listener
@@ -107,6 +108,9 @@ class XdsResources:
         self.proxy = proxy
         self.static = {"listeners": list(static.listeners), "clusters": list(static.clusters)}
         self.dynamic: dict = {"listeners": [], "clusters": []}       # in the order last received
+        # name -> (version_info, last_updated: time.time()) of the response that last changed
+        # each discovered resource (what Envoy's config dump shows per resource).
+        self.updated: dict = {"listeners": {}, "clusters": {}}
         self.stats = {url: SubscriptionStats(prefix) for url, (_, prefix, _) in TYPES.items()}
         # One update at a time, whichever transport it comes from.
         self._lock = threading.Lock()
@@ -122,6 +126,7 @@ class XdsResources:
         kind, _, field = TYPES[type_url]
         stats = self.stats[type_url]
         with self._lock:
+            previous = list(self.dynamic[field])
             try:
                 items = self._decode(type_url, resources)
                 self._install(field, items)
@@ -131,6 +136,10 @@ class XdsResources:
                             len(resources) if isinstance(resources, list) else 0, e)
                 stats.count("update_rejected")
                 raise
+            now = time.time()
+            before = self.updated[field]
+            self.updated[field] = {r.name: before[r.name] if r.name in before and r in previous else (version_info, now)
+                                   for r in items}
             log.info("%s update accepted: version %r, %d resource(s)", kind, version_info, len(items))
             stats.accepted(version_info)
 
@@ -228,7 +237,14 @@ class XdsResources:
         return out
 
     def version_info(self, type_url: str) -> str:
+        """The version_info of the last accepted response of that type ("" before one)."""
         return self.stats[type_url].version_info
+
+    def discovered(self, field: str) -> list:
+        """[(model object, version_info, last_updated)] of the discovered "listeners" or
+        "clusters" (for a config dump: static ones are in ``static``)."""
+        with self._lock:
+            return [(r, *self.updated[field][r.name]) for r in self.dynamic[field]]
 
 
 __all__ = ["LISTENER_TYPE", "CLUSTER_TYPE", "TYPES", "parse_discovery_response", "SubscriptionStats",
