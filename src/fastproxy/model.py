@@ -302,6 +302,30 @@ class Node:
     id: str = ""
     cluster: str = ""
     zone: str = ""
+    # The rest of what an xDS client sends a management server about itself.
+    region: str = ""
+    sub_zone: str = ""
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass
+class ConfigSource:
+    """Where a dynamic resource type comes from (Envoy's core.v3.ConfigSource). Today only a
+    file (``path_config_source``): ``path`` holds a DiscoveryResponse, reloaded when a file
+    is moved onto it, or, with ``watched_directory``, when anything is moved into that
+    directory (the Kubernetes ConfigMap ``..data`` symlink swap)."""
+
+    path: str
+    watched_directory: Optional[str] = None
+
+
+@dataclass
+class DynamicResources:
+    """The bootstrap's dynamic_resources: a ConfigSource for listeners (LDS) and clusters
+    (CDS); None: that type is static only."""
+
+    lds: Optional[ConfigSource] = None
+    cds: Optional[ConfigSource] = None
 
 
 @dataclass
@@ -315,6 +339,8 @@ class Bootstrap:
     # Downstream connections allowed over all listeners together (Envoy's runtime key
     # overload.global_downstream_max_connections); None: no limit.
     max_downstream_connections: Optional[int] = None
+    # Listeners and clusters discovered at run time, beside the static ones (fastproxy.xds).
+    dynamic_resources: Optional[DynamicResources] = None
     # The repr of the last configuration validate() passed (see validate_once).
     _last_valid: ClassVar[str] = ""
 

@@ -2,7 +2,8 @@
 
 fastproxy reads a strict subset of Envoy's bootstrap: static listeners that end in tcp_proxy
 (optionally preceded by Python network filters) or in http_connection_manager (see
-config/http.py), STATIC / STRICT_DNS clusters, an admin address, the node's identity and
+config/http.py), STATIC / STRICT_DNS clusters, an admin address, the node's identity, dynamic_resources
+whose lds_config / cds_config are files (path_config_source; fastproxy.xds reads them) and
 the runtime keys of config/runtime.py (connection limits). A cluster takes name, type, connect_timeout, lb_policy,
 load_assignment, dns_refresh_rate, dns_lookup_family, per_connection_buffer_limit_bytes,
 circuit_breakers.thresholds (priority, max_connections, max_pending_requests, max_requests,
@@ -90,8 +91,9 @@ def bootstrap_from_data(data: Any) -> model.Bootstrap:
 def _bootstrap(data: Any) -> Optional[model.Bootstrap]:
     if data is None:  # an empty file is an empty bootstrap, as in Envoy
         data = {}
-    top = Message(data, "", ("static_resources", "admin", "node", "layered_runtime"))
+    top = Message(data, "", ("static_resources", "dynamic_resources", "admin", "node", "layered_runtime"))
     node = checked(_node, top)
+    dynamic = checked(_dynamic_resources, top)
     admin = checked(_admin, top)
 
     listeners, clusters, refs = [], [], []
@@ -117,7 +119,8 @@ def _bootstrap(data: Any) -> Optional[model.Bootstrap]:
     if runtime is not None and listeners:
         checked(runtime.apply_listener_limits, listeners)
     return model.Bootstrap(listeners=listeners, clusters=clusters, admin=admin, node=node or model.Node(),
-                           max_downstream_connections=runtime.global_max_connections if runtime else None)
+                           max_downstream_connections=runtime.global_max_connections if runtime else None,
+                           dynamic_resources=dynamic)
 
 
 # --- node, admin -------------------------------------------------------------------------
@@ -125,12 +128,67 @@ def _bootstrap(data: Any) -> Optional[model.Bootstrap]:
 def _node(top: Message) -> model.Node:
     # The identity a management server would see; shown on /server_info. The command line's
     # --service-node/--service-cluster/--service-zone override it (Envoy's rule).
-    node = top.message("node", ("id", "cluster", "locality"))
+    node = top.message("node", ("id", "cluster", "locality", "metadata"))
     if node is None:
         return model.Node()
     locality = node.message("locality", ("region", "zone", "sub_zone"))
+    where = {f: locality.string(f, default="") if locality is not None else ""
+             for f in ("region", "zone", "sub_zone")}
+    # A google.protobuf.Struct: free-form, sent to the management server as it is.
+    metadata = node.mapping("metadata")
     return model.Node(id=node.string("id", default=""), cluster=node.string("cluster", default=""),
-                      zone=locality.string("zone", default="") if locality is not None else "")
+                      metadata=dict(metadata or {}), **where)
+
+
+# --- dynamic_resources ---------------------------------------------------------------------
+
+# envoy.config.core.v3.ApiVersion: V2 is gone from Envoy; AUTO (the default) means V3.
+API_VERSIONS = {"AUTO": 0, "V2": 1, "V3": 2}
+
+
+def _dynamic_resources(top: Message) -> Optional[model.DynamicResources]:
+    """lds_config / cds_config from files (path_config_source). Every other way of getting
+    resources (ads_config, api_config_source over gRPC or REST) is refused by name, as an
+    unsupported field, until its transport exists (config/proto.py UNSUPPORTED_FIELDS)."""
+    dyn = top.message("dynamic_resources", ("lds_config", "cds_config"))
+    if dyn is None:
+        return None
+    return model.DynamicResources(lds=checked(_config_source, dyn, "lds_config"),
+                                  cds=checked(_config_source, dyn, "cds_config"))
+
+
+def _config_source(parent: Message, name: str) -> Optional[model.ConfigSource]:
+    src = parent.message(name, ("path", "path_config_source", "resource_api_version",
+                                "initial_fetch_timeout"))
+    if src is None:
+        return None
+    version = src.enum("resource_api_version", API_VERSIONS, default="AUTO")
+    if version == "V2":
+        raise ConfigError(src.at("resource_api_version"), "the V2 xDS API is not supported (as in "
+                                                          "Envoy 1.40): use V3")
+    # A file is read when the proxy starts, before it serves: the initial fetch never waits.
+    src.duration("initial_fetch_timeout")
+    legacy = src.string("path")      # deprecated in Envoy's v3 API, still accepted by 1.40
+    pcs = src.message("path_config_source", ("path", "watched_directory"))
+    if legacy is not None and pcs is not None:
+        raise ConfigError(src.at("path_config_source"), "only one of path and path_config_source may be set")
+    if pcs is None and legacy is None:
+        raise ConfigError(src.path, "a config source is required: path_config_source (fastproxy reads "
+                                    "LDS/CDS from files; ads and api_config_source are not supported yet)")
+    if pcs is not None:
+        path, path_at = pcs.string("path", required=True, non_empty=True), pcs.at("path")
+        watched = pcs.message("watched_directory", ("path",))
+        directory = watched.string("path", required=True, non_empty=True) if watched is not None else None
+    else:
+        if not legacy:
+            raise ConfigError(src.at("path"), "must not be empty")
+        path, path_at, directory = legacy, src.at("path"), None
+    # Envoy: "paths must refer to an existing path in the system" when the config loads.
+    if not os.path.exists(path):
+        raise ConfigError(path_at, f"paths must refer to an existing path in the system: {path!r} does not exist")
+    if directory is not None and not os.path.isdir(directory):
+        raise ConfigError(pcs.at("watched_directory.path"), f"{directory!r} is not a directory")
+    return model.ConfigSource(path=path, watched_directory=directory)
 
 
 def _admin(top: Message) -> Optional[model.Admin]:
