@@ -96,6 +96,10 @@ class Cluster:
     max_retries: int = 3
     # Emit circuit_breakers.default.remaining_* gauges (Envoy's track_remaining).
     track_remaining: bool = False
+    # The upstreams speak HTTP/2 (explicit_http_config.http2_protocol_options). Until HTTP/2
+    # upstreams exist in the data plane (issue 15), only the xDS client reaches such a
+    # cluster (ads_config's gRPC channel); the loader refuses an HTTP route to it.
+    http2: bool = False
 
     def validate(self, path: str = "cluster") -> None:
         """Check the fields and the endpoints; ``path`` names this cluster in errors."""
@@ -310,22 +314,37 @@ class Node:
 
 @dataclass
 class ConfigSource:
-    """Where a dynamic resource type comes from (Envoy's core.v3.ConfigSource). Today only a
-    file (``path_config_source``): ``path`` holds a DiscoveryResponse, reloaded when a file
-    is moved onto it, or, with ``watched_directory``, when anything is moved into that
-    directory (the Kubernetes ConfigMap ``..data`` symlink swap)."""
+    """Where a dynamic resource type comes from (Envoy's core.v3.ConfigSource): a file
+    (``path_config_source``: ``path`` holds a DiscoveryResponse, reloaded when a file is
+    moved onto it, or, with ``watched_directory``, when anything is moved into that
+    directory, the Kubernetes ConfigMap ``..data`` symlink swap), or the bootstrap's ADS
+    stream (``ads``: DynamicResources.ads says where the management server is)."""
 
-    path: str
+    path: Optional[str] = None
     watched_directory: Optional[str] = None
+    ads: bool = False
+    initial_fetch_timeout: float = 15.0     # seconds; 0: do not wait (Envoy's default: 15 s)
+
+
+@dataclass
+class AdsConfig:
+    """dynamic_resources.ads_config: one gRPC stream to a management server for every type
+    whose ConfigSource is ``ads`` (Envoy's aggregated discovery service). ``cluster_name``
+    names the static cluster whose endpoint is the server; ``delta``: DELTA_GRPC
+    (incremental) instead of GRPC (state of the world)."""
+
+    cluster_name: str
+    delta: bool = False
 
 
 @dataclass
 class DynamicResources:
     """The bootstrap's dynamic_resources: a ConfigSource for listeners (LDS) and clusters
-    (CDS); None: that type is static only."""
+    (CDS), None: that type is static only; and the ADS stream they may share."""
 
     lds: Optional[ConfigSource] = None
     cds: Optional[ConfigSource] = None
+    ads: Optional[AdsConfig] = None
 
 
 @dataclass
