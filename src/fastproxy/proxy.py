@@ -14,13 +14,15 @@ import signal
 import socket
 import threading
 import time
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from . import _core
 from .errors import ConfigError, ListenerBindError
 from .filters import NetworkFilter
 from .model import Admin, Bootstrap, Cluster, DynamicResources, Listener, Node
 from .http.native_filters import native_filter_stat_blocks
+if TYPE_CHECKING:
+    from .xds.resources import XdsResources
 
 log = logging.getLogger("fastproxy")
 
@@ -516,7 +518,7 @@ class Proxy:
             raise KeyError(f"no listener named {name!r}") from None
 
     @property
-    def xds(self):
+    def xds(self) -> "Optional[XdsResources]":
         """The discovered resources while dynamic_resources are in use (a
         fastproxy.xds.XdsResources: ``static``, ``discovered()``, ``version_info()``), else None."""
         xds = self._xds

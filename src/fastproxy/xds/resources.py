@@ -14,7 +14,7 @@ import logging
 import re
 import threading
 import time
-from typing import Any, Optional
+from typing import Any
 
 from ..config.envoy import _cluster, _listener
 from ..config.proto import Message, checked, collecting, raise_collected, report
