@@ -298,14 +298,16 @@ class Proxy:
             dynamic = self._bootstrap.dynamic_resources
             if dynamic is not None and (dynamic.lds is not None or dynamic.cds is not None):
                 # The initial fetch is done when this returns (the files are read here).
-                from .xds.files import FileDiscovery
-                self._xds = FileDiscovery(self, dynamic)
+                from .xds.ads import Discovery
+                self._xds = Discovery(self, dynamic)
                 self._xds.start()
             if self._bootstrap.admin is not None:
                 from .admin import AdminServer
                 a = self._bootstrap.admin
                 self._admin_server = AdminServer(self, a.address, a.port, a.access_log)
                 self._admin_server.start()
+        if self._xds is not None:
+            self._xds.wait_initial()        # ADS: the initial fetch (files were read above)
         for name in self._listeners:
             host, port = self.listener_address(name)
             # debug: the command line prints these addresses itself, once

@@ -388,8 +388,9 @@ def test_bootstrap_dynamic_resources_fields(tmp_path):
 
 
 @pytest.mark.parametrize("dynamic, path, words", [
-    ({"ads_config": {"api_type": "GRPC"}}, "dynamic_resources.ads_config", "ADS"),
-    ({"lds_config": {"ads": {}}}, "dynamic_resources.lds_config.ads", "planned"),
+    ({"ads_config": {"api_type": "GRPC"}}, "dynamic_resources.ads_config.grpc_services", "exactly one"),
+    ({"ads_config": {"api_type": "REST"}}, "dynamic_resources.ads_config.api_type", "GRPC"),
+    ({"lds_config": {"ads": {}}}, "dynamic_resources.lds_config.ads", "requires dynamic_resources.ads_config"),
     ({"cds_config": {"api_config_source": {"api_type": "DELTA_GRPC"}}},
      "dynamic_resources.cds_config.api_config_source", "api_config_source"),
     ({"lds_config": {"path": "/nonexistent/lds.yaml"}}, "dynamic_resources.lds_config.path", "does not exist"),

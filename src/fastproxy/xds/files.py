@@ -132,11 +132,13 @@ class FileSubscription:
 class FileDiscovery:
     """Every file subscription of a proxy, and the thread that reloads them."""
 
-    def __init__(self, proxy: Any, dynamic: DynamicResources):
-        self.resources = XdsResources(proxy, proxy.config)
-        # CDS before LDS: a discovered listener may route to a discovered cluster.
+    def __init__(self, proxy: Any, dynamic: DynamicResources, resources: Optional[XdsResources] = None):
+        self.resources = resources if resources is not None else XdsResources(proxy, proxy.config)
+        # CDS before LDS: a discovered listener may route to a discovered cluster. (A type
+        # whose source is ads comes over the ADS stream: xds/ads.py.)
         self.subscriptions = [FileSubscription(self.resources, url, src) for url, src in
-                              ((CLUSTER_TYPE, dynamic.cds), (LISTENER_TYPE, dynamic.lds)) if src is not None]
+                              ((CLUSTER_TYPE, dynamic.cds), (LISTENER_TYPE, dynamic.lds))
+                              if src is not None and not src.ads]
         self._inotify: Optional[Inotify] = None
         self._watches: dict = {}        # wd -> [(subscription, name or None)]
         self._stop_r = self._stop_w = -1
