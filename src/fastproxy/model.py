@@ -96,6 +96,10 @@ class Cluster:
     max_retries: int = 3
     # Emit circuit_breakers.default.remaining_* gauges (Envoy's track_remaining).
     track_remaining: bool = False
+    # The upstreams speak HTTP/2 (explicit_http_config.http2_protocol_options). Until HTTP/2
+    # upstreams exist in the data plane (issue 15), only the xDS client reaches such a
+    # cluster (ads_config's gRPC channel); the loader refuses an HTTP route to it.
+    http2: bool = False
 
     def validate(self, path: str = "cluster") -> None:
         """Check the fields and the endpoints; ``path`` names this cluster in errors."""
@@ -302,6 +306,45 @@ class Node:
     id: str = ""
     cluster: str = ""
     zone: str = ""
+    # The rest of what an xDS client sends a management server about itself.
+    region: str = ""
+    sub_zone: str = ""
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass
+class ConfigSource:
+    """Where a dynamic resource type comes from (Envoy's core.v3.ConfigSource): a file
+    (``path_config_source``: ``path`` holds a DiscoveryResponse, reloaded when a file is
+    moved onto it, or, with ``watched_directory``, when anything is moved into that
+    directory, the Kubernetes ConfigMap ``..data`` symlink swap), or the bootstrap's ADS
+    stream (``ads``: DynamicResources.ads says where the management server is)."""
+
+    path: Optional[str] = None
+    watched_directory: Optional[str] = None
+    ads: bool = False
+    initial_fetch_timeout: float = 15.0     # seconds; 0: do not wait (Envoy's default: 15 s)
+
+
+@dataclass
+class AdsConfig:
+    """dynamic_resources.ads_config: one gRPC stream to a management server for every type
+    whose ConfigSource is ``ads`` (Envoy's aggregated discovery service). ``cluster_name``
+    names the static cluster whose endpoint is the server; ``delta``: DELTA_GRPC
+    (incremental) instead of GRPC (state of the world)."""
+
+    cluster_name: str
+    delta: bool = False
+
+
+@dataclass
+class DynamicResources:
+    """The bootstrap's dynamic_resources: a ConfigSource for listeners (LDS) and clusters
+    (CDS), None: that type is static only; and the ADS stream they may share."""
+
+    lds: Optional[ConfigSource] = None
+    cds: Optional[ConfigSource] = None
+    ads: Optional[AdsConfig] = None
 
 
 @dataclass
@@ -315,6 +358,8 @@ class Bootstrap:
     # Downstream connections allowed over all listeners together (Envoy's runtime key
     # overload.global_downstream_max_connections); None: no limit.
     max_downstream_connections: Optional[int] = None
+    # Listeners and clusters discovered at run time, beside the static ones (fastproxy.xds).
+    dynamic_resources: Optional[DynamicResources] = None
     # The repr of the last configuration validate() passed (see validate_once).
     _last_valid: ClassVar[str] = ""
 

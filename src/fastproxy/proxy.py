@@ -14,13 +14,15 @@ import signal
 import socket
 import threading
 import time
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from . import _core
 from .errors import ConfigError, ListenerBindError
 from .filters import NetworkFilter
-from .model import Admin, Bootstrap, Cluster, Listener, Node
+from .model import Admin, Bootstrap, Cluster, DynamicResources, Listener, Node
 from .http.native_filters import native_filter_stat_blocks
+if TYPE_CHECKING:
+    from .xds.resources import XdsResources
 
 log = logging.getLogger("fastproxy")
 
@@ -166,7 +168,9 @@ class Proxy:
     :class:`fastproxy.http.HttpConnectionManager`); ``clusters``: the :class:`Cluster` objects
     they name; ``concurrency``: worker threads (default: one per CPU); ``admin``: an
     :class:`Admin` to serve /stats and /ready; ``node``: the proxy's identity;
-    ``max_downstream_connections``: a limit over all listeners. The configuration is checked
+    ``max_downstream_connections``: a limit over all listeners; ``dynamic_resources``: where
+    more listeners and clusters are discovered (fastproxy.xds: files today; they need the
+    node's id and cluster, as in Envoy). The configuration is checked
     here: a mistake raises :class:`ConfigError` naming the argument's path.
 
     Lifecycle: ``start()`` / ``stop()``, or ``with proxy:``, or ``run()`` (serve until
@@ -188,12 +192,20 @@ class Proxy:
     def __init__(self, listeners: Iterable[Listener] = (), clusters: Iterable[Cluster] = (), *,
                  concurrency: Optional[int] = None, admin: Optional[Admin] = None,
                  node: Optional[Node] = None, max_downstream_connections: Optional[int] = None,
-                 loop: Optional[asyncio.AbstractEventLoop] = None):
+                 loop: Optional[asyncio.AbstractEventLoop] = None,
+                 dynamic_resources: Optional[DynamicResources] = None):
         if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):
             raise TypeError(f"Proxy(loop=...) takes an asyncio event loop, got {type(loop).__name__}")
+        if dynamic_resources is not None and not isinstance(dynamic_resources, DynamicResources):
+            raise TypeError("Proxy(dynamic_resources=...) takes a fastproxy.model.DynamicResources, "
+                            f"got {type(dynamic_resources).__name__}")
         bootstrap = Bootstrap(_as_list(listeners, "listeners", Listener), _as_list(clusters, "clusters", Cluster),
-                              admin, node if node is not None else Node(), max_downstream_connections)
+                              admin, node if node is not None else Node(), max_downstream_connections,
+                              dynamic_resources)
         bootstrap.validate_once()       # (what load_envoy validated is not validated again)
+        if dynamic_resources is not None:
+            from .xds.resources import check_node
+            check_node(bootstrap.node, dynamic_resources)
         if concurrency is None or concurrency == 0:
             concurrency = os.cpu_count() or 1
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
@@ -221,6 +233,7 @@ class Proxy:
         self._dns_stop = threading.Event()
         self._dns_thread: Optional[threading.Thread] = None
         self._admin_server = None
+        self._xds = None        # xds.files.FileDiscovery while it runs
         self._loop = loop
         # Where `async def` filter hooks run; bound to its loop by start().
         self._async = _core.AsyncBridge(concurrency)
@@ -252,7 +265,8 @@ class Proxy:
         """A proxy for a whole configuration (what load_envoy returns: validated there, and
         not again here unless changed since)."""
         return cls(bootstrap.listeners, bootstrap.clusters, concurrency=concurrency, admin=bootstrap.admin,
-                   node=bootstrap.node, max_downstream_connections=bootstrap.max_downstream_connections)
+                   node=bootstrap.node, max_downstream_connections=bootstrap.max_downstream_connections,
+                   dynamic_resources=bootstrap.dynamic_resources)
 
     @classmethod
     def from_envoy(cls, source: Any, *, concurrency: Optional[int] = None) -> "Proxy":
@@ -281,11 +295,19 @@ class Proxy:
             self._state = "running"
             if any(c.model.type == "STRICT_DNS" for c in self._clusters.values()):
                 self._start_dns()
+            dynamic = self._bootstrap.dynamic_resources
+            if dynamic is not None and (dynamic.lds is not None or dynamic.cds is not None):
+                # The initial fetch is done when this returns (the files are read here).
+                from .xds.ads import Discovery
+                self._xds = Discovery(self, dynamic)
+                self._xds.start()
             if self._bootstrap.admin is not None:
                 from .admin import AdminServer
                 a = self._bootstrap.admin
                 self._admin_server = AdminServer(self, a.address, a.port, a.access_log)
                 self._admin_server.start()
+        if self._xds is not None:
+            self._xds.wait_initial()        # ADS: the initial fetch (files were read above)
         for name in self._listeners:
             host, port = self.listener_address(name)
             # debug: the command line prints these addresses itself, once
@@ -311,6 +333,10 @@ class Proxy:
         await asyncio.get_running_loop().run_in_executor(None, self._stop, drain_timeout)
 
     def _stop(self, drain_timeout: float) -> None:
+        # Before the lock: a reload in progress holds it (Proxy.update) and is let finish.
+        xds, self._xds = self._xds, None
+        if xds is not None:
+            xds.stop()
         with self._lock:
             if self._state in ("stopped", "new"):
                 if self._state == "new":
@@ -391,7 +417,9 @@ class Proxy:
     def update(self, listeners: Optional[Iterable[Listener]] = None,
                clusters: Optional[Iterable[Cluster]] = None) -> None:
         """Replace the listeners and/or clusters. New connections use the new config as
-        soon as this returns; open connections keep the config they started with."""
+        soon as this returns; open connections keep the config they started with. (With
+        dynamic_resources, the next discovered update sets the static resources the proxy
+        started with beside the discovered ones again.)"""
         with self._lock:
             if self._state in ("draining", "stopped"):
                 raise RuntimeError("proxy is stopped")
@@ -399,7 +427,8 @@ class Proxy:
                           else list(self._bootstrap.listeners),
                           _as_list(clusters, "clusters", Cluster) if clusters is not None
                           else list(self._bootstrap.clusters),
-                          self._bootstrap.admin, self._bootstrap.node, self._bootstrap.max_downstream_connections)
+                          self._bootstrap.admin, self._bootstrap.node, self._bootstrap.max_downstream_connections,
+                          self._bootstrap.dynamic_resources)
             b.validate()
             if self._state == "running":
                 self._install(b)
@@ -491,6 +520,13 @@ class Proxy:
             raise KeyError(f"no listener named {name!r}") from None
 
     @property
+    def xds(self) -> "Optional[XdsResources]":
+        """The discovered resources while dynamic_resources are in use (a
+        fastproxy.xds.XdsResources: ``static``, ``discovered()``, ``version_info()``), else None."""
+        xds = self._xds
+        return xds.resources if xds is not None else None
+
+    @property
     def admin_address(self) -> Optional[tuple[str, int]]:
         """The admin interface's bound (host, port) while it runs, else None."""
         return self._admin_server.address if self._admin_server is not None else None
@@ -515,6 +551,9 @@ class Proxy:
         for name, c in list(self._clusters.items()):
             out[f"cluster.{name}.membership_total"] = len(c.hosts)
             out.update(_circuit_breaker_gauges(f"cluster.{name}.circuit_breakers.", c))
+        xds = self._xds
+        if xds is not None:     # listener_manager.lds.*, cluster_manager.cds.*
+            out.update(xds.read_stats())
         # native HTTP filters' stats (http_local_rate_limit.<prefix>.*) this config uses
         names = set()
         for l in self._bootstrap.listeners:
@@ -542,6 +581,9 @@ class Proxy:
         for name, c in list(self._clusters.items()):
             out.add(f"cluster.{name}.membership_total")
             out.update(_circuit_breaker_gauges(f"cluster.{name}.circuit_breakers.", c))
+        xds = self._xds
+        if xds is not None:
+            out |= xds.gauge_names()
         return out
 
     def histograms(self) -> dict:

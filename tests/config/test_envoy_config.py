@@ -208,7 +208,8 @@ def test_bad_durations_are_rejected_with_their_path(bad):
 BAD = [
     # (changes, expected path, fragment of the message)
     ([("overload_manager", {})], "overload_manager", "is unsupported in fastproxy (not planned)"),
-    ([("dynamic_resources", {})], "dynamic_resources", "xDS (dynamic_resources) is unsupported in fastproxy (planned"),
+    ([("dynamic_resources", {"ads_config": {}})], "dynamic_resources.ads_config",
+     "xDS over gRPC (ADS, ads_config) is unsupported in fastproxy (planned"),
     ([("static_resources.secrets", [])], "static_resources.secrets", "TLS secrets (static_resources.secrets) is unsupported"),
     ([(f"{TCP0}.foo", 1)], f"{TCP0}.foo", "unsupported field 'foo': not an Envoy field, or one that fastproxy does not"),
     ([(f"{TCP0}.access_log", [])], f"{TCP0}.access_log", "unsupported"),
@@ -277,7 +278,7 @@ BAD = [
     ([(f"{SOCK0}.portValue", 9001)], f"{SOCK0}.port_value", "given twice"),
     ([("static_resources.clusters[1]", base()["static_resources"]["clusters"][0])],
      "static_resources.clusters[1].name", "duplicate cluster name"),
-    ([("node", {"id": "n", "metadata": {}})], "node.metadata", "unsupported"),
+    ([("node", {"id": "n", "client_features": []})], "node.client_features", "unsupported"),
     ([("node", {"id": 1})], "node.id", "expected a string"),
     ([("admin", {"access_log_path": "/dev/null"})], "admin.access_log_path", "unsupported"),
     ([("admin", {"address": {"socket_address": {"address": "localhost", "port_value": 9901}}})],

@@ -104,10 +104,12 @@ def cluster_json(c: model.Cluster) -> dict:
         common["max_requests_per_connection"] = c.max_requests_per_connection
     if c.max_connection_duration is not None:
         common["max_connection_duration"] = duration(c.max_connection_duration)
-    if common:
-        out["typed_extension_protocol_options"] = {HTTP_PROTOCOL_OPTIONS: {
-            "@type": TYPE + HTTP_PROTOCOL_OPTIONS, "common_http_protocol_options": common,
-            "explicit_http_config": {"http_protocol_options": {}}}}
+    if common or c.http2:
+        options: Dict[str, Any] = {"@type": TYPE + HTTP_PROTOCOL_OPTIONS}
+        if common:
+            options["common_http_protocol_options"] = common
+        options["explicit_http_config"] = {"http2_protocol_options" if c.http2 else "http_protocol_options": {}}
+        out["typed_extension_protocol_options"] = {HTTP_PROTOCOL_OPTIONS: options}
     assignment: Dict[str, Any] = {"cluster_name": c.name}
     if c.endpoints:
         lb = []

@@ -2,7 +2,8 @@
 
 fastproxy reads a strict subset of Envoy's bootstrap: static listeners that end in tcp_proxy
 (optionally preceded by Python network filters) or in http_connection_manager (see
-config/http.py), STATIC / STRICT_DNS clusters, an admin address, the node's identity and
+config/http.py), STATIC / STRICT_DNS clusters, an admin address, the node's identity, dynamic_resources
+whose lds_config / cds_config are files (path_config_source; fastproxy.xds reads them) and
 the runtime keys of config/runtime.py (connection limits). A cluster takes name, type, connect_timeout, lb_policy,
 load_assignment, dns_refresh_rate, dns_lookup_family, per_connection_buffer_limit_bytes,
 circuit_breakers.thresholds (priority, max_connections, max_pending_requests, max_requests,
@@ -90,8 +91,9 @@ def bootstrap_from_data(data: Any) -> model.Bootstrap:
 def _bootstrap(data: Any) -> Optional[model.Bootstrap]:
     if data is None:  # an empty file is an empty bootstrap, as in Envoy
         data = {}
-    top = Message(data, "", ("static_resources", "admin", "node", "layered_runtime"))
+    top = Message(data, "", ("static_resources", "dynamic_resources", "admin", "node", "layered_runtime"))
     node = checked(_node, top)
+    dynamic = checked(_dynamic_resources, top)
     admin = checked(_admin, top)
 
     listeners, clusters, refs = [], [], []
@@ -104,6 +106,7 @@ def _bootstrap(data: Any) -> Optional[model.Bootstrap]:
         # Checked here, not only in Bootstrap.validate, to point at the tcp_proxy or route field.
         # A cluster with errors of its own still counts as defined.
         names = {item.get("name") for item, _ in items if isinstance(item, dict)}
+        h2 = {c.name for c in clusters if c is not None and c.http2}
         for item in parsed:
             if item is None:
                 continue
@@ -112,12 +115,21 @@ def _bootstrap(data: Any) -> Optional[model.Bootstrap]:
             for cluster, cluster_path in listener_refs:
                 if cluster not in names:
                     report(ConfigError(cluster_path, f"unknown cluster {cluster!r}"))
+                elif cluster in h2 and ".route" in cluster_path:
+                    report(ConfigError(cluster_path, f"cluster {cluster!r} speaks HTTP/2 "
+                                                     "(http2_protocol_options): HTTP routes to HTTP/2 "
+                                                     "upstreams are not supported yet (issue 15)"))
         clusters = [c for c in clusters if c is not None]
+        if dynamic is not None and dynamic.ads is not None and dynamic.ads.cluster_name not in names:
+            # Envoy: the ADS server's cluster must be static (it is needed before discovery).
+            report(ConfigError("dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name",
+                               f"unknown static cluster {dynamic.ads.cluster_name!r}"))
     runtime = checked(layered_runtime, top)
     if runtime is not None and listeners:
         checked(runtime.apply_listener_limits, listeners)
     return model.Bootstrap(listeners=listeners, clusters=clusters, admin=admin, node=node or model.Node(),
-                           max_downstream_connections=runtime.global_max_connections if runtime else None)
+                           max_downstream_connections=runtime.global_max_connections if runtime else None,
+                           dynamic_resources=dynamic)
 
 
 # --- node, admin -------------------------------------------------------------------------
@@ -125,12 +137,113 @@ def _bootstrap(data: Any) -> Optional[model.Bootstrap]:
 def _node(top: Message) -> model.Node:
     # The identity a management server would see; shown on /server_info. The command line's
     # --service-node/--service-cluster/--service-zone override it (Envoy's rule).
-    node = top.message("node", ("id", "cluster", "locality"))
+    node = top.message("node", ("id", "cluster", "locality", "metadata"))
     if node is None:
         return model.Node()
     locality = node.message("locality", ("region", "zone", "sub_zone"))
+    where = {f: locality.string(f, default="") if locality is not None else ""
+             for f in ("region", "zone", "sub_zone")}
+    # A google.protobuf.Struct: free-form, sent to the management server as it is.
+    metadata = node.mapping("metadata")
     return model.Node(id=node.string("id", default=""), cluster=node.string("cluster", default=""),
-                      zone=locality.string("zone", default="") if locality is not None else "")
+                      metadata=dict(metadata or {}), **where)
+
+
+# --- dynamic_resources ---------------------------------------------------------------------
+
+# envoy.config.core.v3.ApiVersion: V2 is gone from Envoy; AUTO (the default) means V3.
+API_VERSIONS = {"AUTO": 0, "V2": 1, "V3": 2}
+
+
+def _dynamic_resources(top: Message) -> Optional[model.DynamicResources]:
+    """lds_config / cds_config from files (path_config_source) or over the ADS stream of
+    ads_config. The other ways of getting resources (api_config_source over gRPC or REST,
+    one stream per type) are refused by name, as an
+    unsupported field, until its transport exists (config/proto.py UNSUPPORTED_FIELDS)."""
+    dyn = top.message("dynamic_resources", ("lds_config", "cds_config", "ads_config"))
+    if dyn is None:
+        return None
+    out = model.DynamicResources(lds=checked(_config_source, dyn, "lds_config"),
+                                 cds=checked(_config_source, dyn, "cds_config"),
+                                 ads=checked(_ads_config, dyn))
+    for name, src in (("lds_config", out.lds), ("cds_config", out.cds)):
+        if src is not None and src.ads and out.ads is None:
+            # Envoy: the ads config source needs the bootstrap's ads_config.
+            report(ConfigError(dyn.at(name) + ".ads", "ads requires dynamic_resources.ads_config"))
+    return out
+
+
+# envoy.config.core.v3.ApiConfigSource.ApiType: how an xDS server is reached.
+API_TYPES = {"DEPRECATED_AND_UNAVAILABLE_DO_NOT_USE": 0, "REST": 1, "GRPC": 2, "DELTA_GRPC": 3,
+             "AGGREGATED_GRPC": 5, "AGGREGATED_DELTA_GRPC": 6}
+
+
+def _ads_config(dyn: Message) -> Optional[model.AdsConfig]:
+    """ads_config: GRPC (state of the world) or DELTA_GRPC, V3, one grpc_services entry whose
+    envoy_grpc names the cluster of the management server (static: Envoy needs it before
+    any discovery; checked with the clusters, by Bootstrap.validate)."""
+    ads = dyn.message("ads_config", ("api_type", "transport_api_version", "grpc_services",
+                                     "set_node_on_first_message_only", "request_timeout"))
+    if ads is None:
+        return None
+    api_type = ads.enum("api_type", API_TYPES, default="DEPRECATED_AND_UNAVAILABLE_DO_NOT_USE")
+    if api_type not in ("GRPC", "DELTA_GRPC"):
+        raise ConfigError(ads.at("api_type"), f"{api_type} is not supported for ads_config: use GRPC "
+                                              "(state of the world) or DELTA_GRPC (incremental)")
+    if ads.enum("transport_api_version", API_VERSIONS, default="AUTO") == "V2":
+        raise ConfigError(ads.at("transport_api_version"), "the V2 xDS API is not supported (as in "
+                                                           "Envoy 1.40): use V3")
+    ads.raw("set_node_on_first_message_only")       # the node goes on a stream's first message only
+    ads.duration("request_timeout")
+    services = list(ads.repeated("grpc_services"))
+    if len(services) != 1:
+        raise ConfigError(ads.at("grpc_services"), f"exactly one grpc service is needed, got {len(services)}")
+    item, path = services[0]
+    service = Message(item, path, ("envoy_grpc", "timeout", "initial_metadata", "retry_policy"))
+    service.duration("timeout")
+    grpc = service.message("envoy_grpc", ("cluster_name", "authority", "retry_policy"), required=True)
+    cluster = grpc.string("cluster_name", required=True, non_empty=True)
+    return model.AdsConfig(cluster_name=cluster, delta=api_type == "DELTA_GRPC")
+
+
+def _config_source(parent: Message, name: str) -> Optional[model.ConfigSource]:
+    src = parent.message(name, ("path", "path_config_source", "resource_api_version",
+                                "initial_fetch_timeout", "ads"))
+    if src is None:
+        return None
+    version = src.enum("resource_api_version", API_VERSIONS, default="AUTO")
+    if version == "V2":
+        raise ConfigError(src.at("resource_api_version"), "the V2 xDS API is not supported (as in "
+                                                          "Envoy 1.40): use V3")
+    # A file is read when the proxy starts, before it serves: the initial fetch never waits.
+    fetch_timeout = src.duration("initial_fetch_timeout", default=15.0)
+    if src.raw("ads") is not None:
+        if src.raw("path") is not None or src.raw("path_config_source") is not None:
+            raise ConfigError(src.path, "only one of ads, path and path_config_source may be set")
+        Message(src.mapping("ads"), src.at("ads"), ())         # AggregatedConfigSource: no fields
+        return model.ConfigSource(ads=True, initial_fetch_timeout=fetch_timeout)
+    legacy = src.string("path")      # deprecated in Envoy's v3 API, still accepted by 1.40
+    pcs = src.message("path_config_source", ("path", "watched_directory"))
+    if legacy is not None and pcs is not None:
+        raise ConfigError(src.at("path_config_source"), "only one of path and path_config_source may be set")
+    if pcs is None and legacy is None:
+        raise ConfigError(src.path, "a config source is required: ads or path_config_source (fastproxy "
+                                    "reads LDS/CDS over ADS or from files; api_config_source is not "
+                                    "supported yet)")
+    if pcs is not None:
+        path, path_at = pcs.string("path", required=True, non_empty=True), pcs.at("path")
+        watched = pcs.message("watched_directory", ("path",))
+        directory = watched.string("path", required=True, non_empty=True) if watched is not None else None
+    else:
+        if not legacy:
+            raise ConfigError(src.at("path"), "must not be empty")
+        path, path_at, directory = legacy, src.at("path"), None
+    # Envoy: "paths must refer to an existing path in the system" when the config loads.
+    if not os.path.exists(path):
+        raise ConfigError(path_at, f"paths must refer to an existing path in the system: {path!r} does not exist")
+    if directory is not None and not os.path.isdir(directory):
+        raise ConfigError(pcs.at("watched_directory.path"), f"{directory!r} is not a directory")
+    return model.ConfigSource(path=path, watched_directory=directory)
 
 
 def _admin(top: Message) -> Optional[model.Admin]:
@@ -351,11 +464,16 @@ def _http_protocol_options(cluster: Message) -> dict:
                                                            "http2_protocol_options or "
                                                            "http3_protocol_options is required")
         for f in given:
-            if f != "http_protocol_options":
+            if f == "http2_protocol_options":
+                # A gRPC server's cluster (ads_config) is declared so; nothing else of HTTP/2
+                # upstreams exists yet, so only its defaults are taken.
+                proto.message(f, ())
+                out["http2"] = True
+            elif f != "http_protocol_options":
                 # The same words as for the legacy Cluster.http2_protocol_options.
                 raise unsupported_field(proto.at(f), f)
         # HTTP/1.1 as it is: none of Http1ProtocolOptions' knobs is implemented upstream.
-        proto.message("http_protocol_options", ())
+        proto.message("http_protocol_options", ()) if "http2" not in out else None
         common = hpo.message("common_http_protocol_options",
                              ("idle_timeout", "max_requests_per_connection", "max_connection_duration"))
         if common is not None:
