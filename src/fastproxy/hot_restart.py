@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import socket
+import struct
 import threading
 import time
 from typing import Any, Callable, Optional
@@ -207,6 +208,7 @@ class HotRestart:
                 return                  # closed
             with conn:
                 try:
+                    self._check_peer(conn)
                     self._answer(conn)
                 except (OSError, HotRestartError) as e:
                     log.warning("hot restart: a new process's request failed: %s", e)
@@ -216,6 +218,15 @@ class HotRestart:
                 server.close()
                 self._drain_then_exit()
                 return
+
+    @staticmethod
+    def _check_peer(conn: socket.socket) -> None:
+        """Only a process of this user may take the sockets over: an abstract-namespace
+        socket has no file permissions to keep other users out."""
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, _gid = struct.unpack("3i", creds)
+        if uid != os.geteuid():
+            raise HotRestartError(f"refused: process {pid} runs as uid {uid}, this one as {os.geteuid()}")
 
     def _answer(self, conn: socket.socket) -> None:
         conn.settimeout(PARENT_TIMEOUT_S)
