@@ -6,7 +6,8 @@ implements (TCP proxy and HTTP/1.1 listeners, static clusters, the admin)::
     fastproxy -c envoy.yaml [--config-yaml YAML] [--concurrency N] [-l LEVEL]
               [--mode serve|validate|init_only] [--log-path FILE] [--log-format FMT]
               [--component-log-level C:LEVEL,...] [--service-node ID] [--service-cluster NAME]
-              [--service-zone ZONE] [--drain-time-s N] [Envoy's hot-restart flags, accepted]
+              [--service-zone ZONE] [--drain-time-s N] [--restart-epoch N] [--base-id N]
+              [--use-dynamic-base-id] [--base-id-path FILE] [--parent-shutdown-time-s N]
     fastproxy demo [--port P] [--upstream-port P] [--admin-port P] [--concurrency N]
     fastproxy --version
 
@@ -32,6 +33,8 @@ logger = logging.getLogger("fastproxy")
 MODES = ("serve", "validate", "init_only")
 #: Seconds open connections get to finish on shutdown (--drain-time-s).
 DEFAULT_DRAIN_TIME_S = 5
+#: Seconds a process that handed its sockets over waits for its connections (Envoy's default).
+DEFAULT_PARENT_SHUTDOWN_TIME_S = 900
 
 
 def _positive_int(text: str) -> int:
@@ -134,16 +137,29 @@ def build_parser() -> argparse.ArgumentParser:
     drain.add_argument("--drain-strategy", choices=("gradual", "immediate"), default="gradual",
                        help="accepted as Envoy's; fastproxy stops accepting at once and lets open "
                             "connections finish within the drain time in either case")
+    hot = p.add_argument_group(
+        "hot restart (a new process takes the listening sockets over from the running one; "
+        "on when --restart-epoch, --base-id or --use-dynamic-base-id is given)")
+    hot.add_argument("--restart-epoch", type=_uint32, default=None, metavar="N",
+                     help="0: start afresh; N > 0: take over from the fastproxy of epoch N-1 "
+                          "with the same base id, which then drains and exits")
+    hot.add_argument("--base-id", type=_uint32, default=None, metavar="N",
+                     help="names the Unix domain socket hot restart uses (default: 0); "
+                          "fastproxies that run side by side need different ones")
+    hot.add_argument("--use-dynamic-base-id", action="store_true",
+                     help="epoch 0: pick an unused base id (from --base-id up); see --base-id-path")
+    hot.add_argument("--base-id-path", default=None, metavar="FILE",
+                     help="write the base id in use to FILE (for --use-dynamic-base-id)")
+    hot.add_argument("--parent-shutdown-time-s", type=_uint32, default=None, metavar="N",
+                     help="after a hand-over the previous process exits when its last connection "
+                          "ends, or after N seconds, closing what is left (default: "
+                          f"{DEFAULT_PARENT_SHUTDOWN_TIME_S})")
+    hot.add_argument("--disable-hot-restart", action="store_true",
+                     help="never open the hot restart socket (the default without the flags above)")
     compat = p.add_argument_group("accepted for Envoy command lines, without effect here "
-                                  "(fastproxy has no hot restart and writes each access log "
-                                  "record unbuffered)")
-    compat.add_argument("--disable-hot-restart", action="store_true", help="(no hot restart: always so)")
-    compat.add_argument("--parent-shutdown-time-s", type=_uint32, default=None, metavar="N",
-                        help="(hot restart only)")
+                                  "(fastproxy writes each access log record unbuffered)")
     compat.add_argument("--file-flush-interval-msec", type=_uint32, default=None, metavar="MS",
                         help="(access log records are written as each stream ends)")
-    compat.add_argument("--base-id", type=_uint32, default=None, metavar="N", help="(hot restart only)")
-    compat.add_argument("--use-dynamic-base-id", action="store_true", help="(hot restart only)")
     p.add_argument("--version", action="store_true", help="print the version and exit")
     return p
 
@@ -293,9 +309,12 @@ def _startup_lines(proxy, bootstrap) -> None:
 
 
 def serve(proxy, bootstrap, banner: Optional[Callable[[], None]] = None, init_only: bool = False,
-          drain_timeout: float = DEFAULT_DRAIN_TIME_S) -> int:
+          drain_timeout: float = DEFAULT_DRAIN_TIME_S, hot_restart=None) -> int:
     """Start ``proxy``, print where it listens, then block in ``proxy.run()`` until
-    SIGINT/SIGTERM or /quitquitquit, drain and return 0."""
+    SIGINT/SIGTERM or /quitquitquit, drain and return 0. With ``hot_restart`` (a
+    fastproxy.hot_restart.HotRestart): take the listening sockets over from the previous
+    epoch before starting, have it drain once this process accepts, and hand this one's
+    over to the next epoch when it asks."""
     # SIGINT/SIGTERM ask for a drain from here on, not only once run() is inside its loop:
     # someone who saw the startup lines may signal right away.
     previous = {}
@@ -303,17 +322,24 @@ def serve(proxy, bootstrap, banner: Optional[Callable[[], None]] = None, init_on
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda *_: proxy.request_shutdown())
     try:
+        if hot_restart is not None and hot_restart.epoch > 0:
+            hot_restart.connect_parent()
+            proxy._adopt_listen_sockets(hot_restart.take_sockets(bootstrap.listeners))
         proxy.start()
         try:
             _startup_lines(proxy, bootstrap)
             if banner is not None:
                 banner()
+            if hot_restart is not None and hot_restart.epoch > 0 and not init_only:
+                hot_restart.drain_parent()
         except BaseException:
             proxy.stop()
             raise
         if init_only:
             proxy.stop()
             return 0
+        if hot_restart is not None:
+            hot_restart.serve(proxy, on_drained=lambda: proxy.stop(drain_timeout=0))
         logger.info("fastproxy %s serving (concurrency %s); SIGINT/SIGTERM to stop",
                     package_version(), proxy.concurrency)
         proxy.run(drain_timeout)
@@ -353,17 +379,56 @@ def main_config(argv: List[str]) -> int:
         return 0
 
     from . import Proxy
+    from .hot_restart import HotRestartError
 
+    hot = None
     try:
+        hot = _hot_restart(args)
         proxy = Proxy.from_bootstrap(bootstrap, concurrency=args.concurrency)
         logger.info("fastproxy %s starting: %d listener(s), %d cluster(s)", package_version(),
                     len(bootstrap.listeners), len(bootstrap.clusters))
         drain = DEFAULT_DRAIN_TIME_S if args.drain_time_s is None else args.drain_time_s
-        return serve(proxy, bootstrap, init_only=args.mode == "init_only", drain_timeout=drain)
+        return serve(proxy, bootstrap, init_only=args.mode == "init_only", drain_timeout=drain,
+                     hot_restart=hot)
     except ConfigError as e:
         return _fail(f"error initializing configuration '{shown}': {e}")
+    except HotRestartError as e:
+        return _fail(f"error: hot restart: {e}")
     except (ListenerBindError, OSError) as e:
         return _fail(f"error: {e}")
+    finally:
+        if hot is not None:
+            hot.close()
+
+
+def _hot_restart(args):
+    """The process's hot restart side, or None when hot restart is off (Envoy turns it on
+    by default; fastproxy only when asked, so that fastproxies started without the flags
+    never contend for base id 0)."""
+    from .hot_restart import HotRestart, HotRestartError
+
+    asked = args.restart_epoch is not None or args.base_id is not None or args.use_dynamic_base_id
+    if not asked:
+        return None
+    if args.disable_hot_restart:
+        raise HotRestartError("--disable-hot-restart contradicts --restart-epoch/--base-id/"
+                              "--use-dynamic-base-id")
+    epoch = args.restart_epoch or 0
+    if args.use_dynamic_base_id and epoch:
+        raise HotRestartError("--use-dynamic-base-id starts afresh (epoch 0); a later epoch "
+                              "takes the base id the first one picked (--base-id-path)")
+    shutdown = (DEFAULT_PARENT_SHUTDOWN_TIME_S if args.parent_shutdown_time_s is None
+                else args.parent_shutdown_time_s)
+    hot = HotRestart(args.base_id or 0, epoch, shutdown, args.use_dynamic_base_id)
+    if args.base_id_path:
+        try:
+            with open(args.base_id_path, "w", encoding="utf-8") as f:
+                f.write(f"{hot.base_id}\n")
+        except OSError:
+            hot.close()
+            raise
+    logger.info("hot restart: base id %d, epoch %d", hot.base_id, epoch)
+    return hot
 
 
 def main_demo(argv: List[str]) -> int:

@@ -235,6 +235,9 @@ class Proxy:
         self._admin_server = None
         self._xds = None        # xds.files.FileDiscovery while it runs
         self._loop = loop
+        # Hot restart: listening sockets taken over from the previous process, by listener
+        # name (fastproxy.hot_restart); bound in their place by start().
+        self._adopt: dict[str, list[int]] = {}
         # Where `async def` filter hooks run; bound to its loop by start().
         self._async = _core.AsyncBridge(concurrency)
         # Nothing is bound nor resolved yet: ports are taken by start().
@@ -338,6 +341,10 @@ class Proxy:
         if xds is not None:
             xds.stop()
         with self._lock:
+            for fds in self._adopt.values():    # taken over for a listener never bound
+                for fd in fds:
+                    os.close(fd)
+            self._adopt.clear()
             if self._state in ("stopped", "new"):
                 if self._state == "new":
                     self._engine.apply([])
@@ -505,6 +512,39 @@ class Proxy:
                               dict(self._discovery_versions))
         return dump.apply_query(full, resource, mask)
 
+    # ---- hot restart (fastproxy.hot_restart drives these) ----
+
+    def _adopt_listen_sockets(self, fds: dict[str, list[int]]) -> None:
+        """Before start(): listener name -> listening fds to accept on instead of binding
+        (owned by the proxy from here on)."""
+        with self._lock:
+            if self._state != "new":
+                raise RuntimeError("listening sockets are adopted before start()")
+            self._adopt.update(fds)
+
+    def _listen_fds(self, name: str, address: Optional[tuple]) -> list[int]:
+        """Duplicates of the listening fds of listener `name` when it is configured with
+        (or bound to) `address`, for a new process; [] when there is no such listener."""
+        with self._lock:            # no apply (the only time a worker closes its fd) meanwhile
+            entry = self._socks.get(name) if self._state == "running" else None
+            if entry is None or address not in (entry[0], entry[1].address):
+                return []
+            return [os.dup(fd) for fd in entry[1].fds() if fd >= 0]
+
+    def _hand_over_listeners(self) -> None:
+        """Another process accepts on our sockets now: stop accepting and drain (no update
+        may bind again)."""
+        with self._lock:
+            if self._state != "running":
+                return
+            for _requested, sock in self._socks.values():
+                sock.hand_over()
+            self._engine.apply([])
+            self._state = "draining"
+
+    def _active_connections(self) -> int:
+        return self._engine.active_connections()
+
     @property
     def config(self) -> Bootstrap:
         """The configuration in force (the last one given to the constructor or update())."""
@@ -630,7 +670,7 @@ class Proxy:
                 sock = old[1]       # same address (also: port 0 restated as the port it got)
             else:
                 try:
-                    sock = self._engine.bind(l.address, l.port, l.backlog)
+                    sock = self._engine.bind(l.address, l.port, l.backlog, self._adopt.pop(l.name, None))
                 except OSError as e:
                     raise ListenerBindError(
                         f"static_resources.listeners[{i}] ({l.name}): {e.strerror or e}") from None

@@ -1027,3 +1027,133 @@ def test_console_script_imports_filter_classes_like_python_m(tmp_path, where):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip() == f"configuration '{cfg}' OK"
+
+
+# --------------------------------------------------------------------------- hot restart
+
+def _hot_restart_yaml(upstream_port: int) -> str:
+    return envoy_yaml([http_listener('[{ match: { prefix: "/" }, route: { cluster: backend } }]', name="web")],
+                      [static_cluster("backend", [upstream_port], type="STATIC", connect_timeout="1s")])
+
+
+class _Traffic:
+    """Requests without pause on two threads until stopped: one on a keep-alive connection
+    (a new one whenever a response says Connection: close), one on a new connection per
+    request. Each outcome is counted; a refused or reset connection, or any other failure,
+    is recorded with its error."""
+
+    def __init__(self, addr):
+        self.addr = addr
+        self.ok = 0
+        self.closes = 0                 # responses that said Connection: close on keep-alive
+        self.refused: list = []
+        self.reset: list = []
+        self.failed: list = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(keep,), daemon=True) for keep in (True, False)]
+
+    def start(self):
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=30)
+
+    def _count(self, kind, value=1):
+        with self._lock:
+            if kind == "ok":
+                self.ok += value
+            elif kind == "close":
+                self.closes += value
+            else:
+                getattr(self, kind).append(value)
+
+    def _run(self, keep_alive: bool):
+        import http.client
+        conn = None
+        while not self._stop.is_set():
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection(*self.addr, timeout=10)
+                conn.request("GET", "/", headers={} if keep_alive else {"Connection": "close"})
+                r = conn.getresponse()
+                body = r.read()
+                if r.status != 200 or body != b"GET / 0":
+                    self._count("failed", f"status {r.status}: {body[:80]!r}")
+                else:
+                    self._count("ok")
+                if not keep_alive or r.will_close:
+                    if keep_alive:
+                        self._count("close")
+                    conn.close()
+                    conn = None
+            except ConnectionRefusedError as e:
+                self._count("refused", repr(e))
+                conn = None
+            except ConnectionResetError as e:
+                self._count("reset", repr(e))
+                conn = None
+            except Exception as e:      # RemoteDisconnected, BrokenPipe, timeouts: all failures
+                self._count("failed", repr(e))
+                conn = None
+        if conn is not None:
+            conn.close()
+
+
+def test_hot_restart_hands_over_without_dropping_a_connection(tmp_path, upstream, cli):
+    """Epoch 1 takes the listening sockets of epoch 0 over (SCM_RIGHTS) under continuous
+    traffic: no connection is refused or reset and no request fails; epoch 0 drains and
+    exits 0 well before --parent-shutdown-time-s; epoch 1 serves on the same port."""
+    cfg = tmp_path / "proxy.yaml"
+    cfg.write_text(_hot_restart_yaml(upstream.port))
+    base_id_path = tmp_path / "base_id"
+    # A base id of its own, picked by epoch 0 (tests run side by side).
+    parent = cli("-c", cfg, "--concurrency", "2", "--restart-epoch", "0", "--use-dynamic-base-id",
+                 "--base-id", str(10000 + os.getpid() % 50000), "--base-id-path", base_id_path,
+                 "--parent-shutdown-time-s", "20", "--drain-time-s", "5")
+    addr = parent.address(LISTENER_RE.format(name="web"))
+    base_id = int(base_id_path.read_text())
+    traffic = _Traffic(addr).start()
+    try:
+        wait_for(lambda: traffic.ok >= 200, timeout=30, msg="traffic through epoch 0")
+        child = cli("-c", cfg, "--concurrency", "2", "--restart-epoch", "1", "--base-id", str(base_id),
+                    "--parent-shutdown-time-s", "20")
+        assert child.address(LISTENER_RE.format(name="web")) == addr
+        t0 = time.monotonic()
+        rc = parent.proc.wait(timeout=30)
+        waited = time.monotonic() - t0
+        served_before_exit = traffic.ok
+        # The child alone serves from here on.
+        wait_for(lambda: traffic.ok >= served_before_exit + 200, timeout=30, msg="traffic through epoch 1")
+    finally:
+        traffic.stop()
+    assert rc == 0, parent.stderr
+    assert waited < 20 + 5, f"epoch 0 took {waited:.1f}s to exit"
+    assert (traffic.refused, traffic.reset, traffic.failed) == ([], [], []), (parent.stderr, child.stderr)
+    assert traffic.closes >= 1          # the keep-alive connection on epoch 0 was told to close
+    assert "passed 2 socket(s) of listener 'web'" in parent.stderr
+    # Epoch 1 hands over in turn: it answers on the same socket name scheme, and stops cleanly.
+    assert child.stop() == 0, child.stderr
+
+
+def test_hot_restart_without_a_parent_is_a_clear_error(tmp_path, upstream, cli):
+    cfg = tmp_path / "proxy.yaml"
+    cfg.write_text(_hot_restart_yaml(upstream.port))
+    base_id = 60000 + os.getpid() % 5000
+    r = run_cli("-c", cfg, "--restart-epoch", "3", "--base-id", base_id, timeout=30)
+    assert r.returncode == 1, r.stderr
+    assert (f"error: hot restart: --restart-epoch 3: no fastproxy of epoch 2 with base id {base_id} "
+            "to take over from") in r.stderr
+    # Epoch 0 twice on one base id: the second is refused, naming the base id.
+    first = cli("-c", cfg, "--concurrency", "1", "--restart-epoch", "0", "--base-id", base_id)
+    first.address(LISTENER_RE.format(name="web"))
+    r = run_cli("-c", cfg, "--restart-epoch", "0", "--base-id", base_id, timeout=30)
+    assert r.returncode == 1, r.stderr
+    assert f"cannot bind the hot restart domain socket for base id {base_id}, epoch 0" in r.stderr
+    r = run_cli("-c", cfg, "--restart-epoch", "1", "--use-dynamic-base-id", timeout=30)
+    assert r.returncode == 1 and "--use-dynamic-base-id starts afresh" in r.stderr
+    assert first.stop() == 0

@@ -124,8 +124,8 @@ cdef class Engine:
             raise ValueError(kind)
         return _statblock_handle(spec[0], spec[1], self.nworkers, spec[2], spec[3])
 
-    def bind(self, str ip, int port, int backlog):
-        return bind_listener(self.nworkers, ip, port, backlog)
+    def bind(self, str ip, int port, int backlog, list fds=None):
+        return bind_listener(self.nworkers, ip, port, backlog, fds)
 
     def make_cluster(self, StatBlockHandle stats, str lb_policy, double connect_timeout,
                      HostSetHandle hosts, pool_idle_timeout=None, max_connection_duration=None,

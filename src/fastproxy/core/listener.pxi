@@ -97,9 +97,15 @@ cdef int _bound_port(int fd):
     return ntohs((<sockaddr_in*>&ss).sin_port)
 
 
-def bind_listener(int nworkers, str ip, int port, int backlog):
+def bind_listener(int nworkers, str ip, int port, int backlog, list fds=None):
     """Bind one listening socket per worker on ip:port (port 0: pick one, then bind the
-    rest to the same port). Raises OSError when the address is unusable."""
+    rest to the same port). Raises OSError when the address is unusable.
+
+    fds: listening sockets on that address to take over instead of binding (a hot
+    restart's, passed by the previous process; non-blocking, close-on-exec), worker i
+    getting fds[i]; workers beyond them bind their own (SO_REUSEPORT). Owned from the call
+    on, closed on error too. Taking the very sockets keeps the connections waiting in
+    their accept queues, which closing them would reset."""
     cdef ListenSockHandle h = ListenSockHandle.__new__(ListenSockHandle)
     cdef ListenSock* s = <ListenSock*>calloc(1, sizeof(ListenSock))
     cdef Host addr
@@ -115,14 +121,23 @@ def bind_listener(int nworkers, str ip, int port, int backlog):
         free(s.adopted)
         free(s)
         raise MemoryError()
+    cdef int nadopt = 0 if fds is None else len(fds)
     for i in range(nworkers):
         s.fds[i] = -1
     h.s = s
+    for i in range(nadopt):
+        if i < nworkers:
+            s.fds[i] = fds[i]
+        else:
+            close(fds[i])               # more than workers: a socket no one would accept on
     # The address is parsed once: every worker's socket binds it, and whether it is a
     # loopback one (accepted sockets inherit the tuning) is read from it.
     _fill_sockaddr(&addr, ip, port)
     s.loopback = _is_loopback(<sockaddr*>&addr.addr)
-    for i in range(nworkers):
+    if nadopt and port == 0:
+        port = _bound_port(s.fds[0])
+        _set_host_port(&addr, port)
+    for i in range(nadopt, nworkers):
         s.fds[i] = _bind_one(&addr, ip, port, backlog)
         if port == 0:
             port = _bound_port(s.fds[i])

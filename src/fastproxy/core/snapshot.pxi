@@ -23,6 +23,9 @@ cdef struct ListenSock:
     int64_t active              # atomic: connections open on this listener, all workers
     uint8_t* adopted            # adopted[w]: worker w took ownership of fds[w]
     uint8_t loopback            # bound to a loopback address: accepted sockets inherit its tuning
+    uint8_t handed_over         # its fds went to a new process (hot restart): when it leaves a
+                                # worker's set, idle HTTP connections are not closed at once (a
+                                # client may be sending on one); their next response says close
 
 cdef struct ListenerCfg:
     int refcnt                  # atomic
@@ -232,6 +235,19 @@ cdef class ListenSockHandle:
 
     def __dealloc__(self):
         listensock_decref(self.s)
+
+    def fds(self):
+        """The listening fds, one per worker (-1 where a worker has closed its own). Call
+        on the thread that applies snapshots, between applies: a worker closes its fd only
+        while it applies one (or stops). Dup them before use; they stay the workers'."""
+        return [self.s.fds[i] for i in range(self.s.nworkers)]
+
+    def hand_over(self):
+        """Another process now accepts on these sockets (hot restart): when this address
+        leaves the listener set, its idle HTTP connections stay open until their next
+        request, which is answered with Connection: close (closing an idle connection
+        would reset a request the client is sending on it at that moment)."""
+        self.s.handed_over = 1
 
 
 cdef class ConnHandler:

@@ -385,7 +385,7 @@ cdef void stream_start(HConn* c, HttpHead* head, const RequestFacts* f) noexcept
     c.nrequests += 1
     if fp_log_level <= LOG_DEBUG:
         _log_request_headers(s)
-    if h.max_requests_per_connection and c.nrequests >= h.max_requests_per_connection:
+    if c.drain_next or (h.max_requests_per_connection and c.nrequests >= h.max_requests_per_connection):
         s.keepalive = 0
     stat_add(h.stats, c.w, H_RQ_TOTAL, 1)
     stat_add(h.stats, c.w, c.codec.stat_rq_total, 1)

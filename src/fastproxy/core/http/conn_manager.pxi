@@ -473,14 +473,17 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
 
 
 cdef void http_drain_listener(Worker* w, ListenSock* sock) noexcept nogil:
-    """The listener is going away: idle keep-alive connections close now, busy ones
-    finish their current response with Connection: close."""
+    """The listener is going away: idle keep-alive connections close now (or, when another
+    process took its sockets over, answer their next request with Connection: close), busy
+    ones finish their current response with Connection: close."""
     cdef HConn* c = http_worker(w).hconns
     cdef HConn* nxt
     while c != NULL:
         nxt = c.next
         if c.cfg.sock == sock:
-            if c.stream == NULL and c.out_buf.length == 0:
+            if c.stream == NULL and c.out_buf.length == 0 and sock.handed_over:
+                c.drain_next = 1        # its next response says Connection: close
+            elif c.stream == NULL and c.out_buf.length == 0:
                 hconn_close(c, False)
             else:
                 c.close_after = 1

@@ -229,6 +229,7 @@ cdef struct HConn:
     uint8_t closed
     uint8_t down_eof
     uint8_t close_after             # close once out_buf is flushed and no stream is active
+    uint8_t drain_next              # draining: the next response says Connection: close
     uint8_t lingering               # answered and shut for writing: discarding what still comes
     uint8_t unread_request          # a request ended before all of it was read (_hconn_finish)
     uint8_t in_pump
