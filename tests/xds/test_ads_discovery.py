@@ -146,3 +146,21 @@ def test_ads_config_errors_name_their_field():
     del boot["dynamic_resources"]["ads_config"]
     with pytest.raises(ConfigError, match=r"dynamic_resources\.lds_config\.ads"):
         load_envoy(yaml.safe_dump(boot))
+
+
+def test_discovered_resources_in_the_config_dump(upstreams):
+    a, _ = upstreams
+    with xcp.ControlPlane() as cp:
+        cp.set(xcp.CLUSTER, [static_cluster("up-a", [a.port])], "c7")
+        cp.set(xcp.LISTENER, [web("up-a")], "l7")
+        with fastproxy.Proxy.from_envoy(ads_bootstrap(cp.port), concurrency=1) as p:
+            dump = p.config_dump()
+            by_type = {c["@type"].rsplit(".", 1)[1]: c for c in dump["configs"]}
+            clusters = by_type["ClustersConfigDump"]
+            assert [c["cluster"]["name"] for c in clusters["static_clusters"]] == ["xds"]
+            active = clusters["dynamic_active_clusters"]
+            assert [(c["cluster"]["name"], c["version_info"]) for c in active] == [("up-a", "c7")]
+            assert clusters["version_info"] == "c7"
+            listeners = by_type["ListenersConfigDump"]
+            dyn = listeners["dynamic_listeners"]
+            assert [(l["name"], l["active_state"]["version_info"]) for l in dyn] == [("web", "l7")]

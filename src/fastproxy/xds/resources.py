@@ -142,6 +142,24 @@ class XdsResources:
                                    for r in items}
             log.info("%s update accepted: version %r, %d resource(s)", kind, version_info, len(items))
             stats.accepted(version_info)
+            self._note_dump(field, version_info)
+
+    def _note_dump(self, field: str, version_info: str) -> None:
+        """Tell the proxy's config dump which resources are discovered and at which version
+        (Proxy.note_discovered: dynamic_active_listeners / _clusters and, for a discovered
+        listener's inline routes, dynamic_route_configs)."""
+        note = getattr(self.proxy, "note_discovered", None)
+        if note is None:
+            return
+        kind = "listener" if field == "listeners" else "cluster"
+        for name, (version, _) in self.updated[field].items():
+            try:
+                note(kind, name, version)
+                if kind == "listener":
+                    note("route", name, version)
+            except KeyError:
+                pass            # a TCP listener has no route configuration
+        self.proxy.note_discovery_version(field, version_info)
 
     # -- decoding ------------------------------------------------------------------------
 
