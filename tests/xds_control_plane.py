@@ -138,6 +138,16 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             if type_url in s.subscribed:
                 self._push(s, type_url)
 
+    def send_unrequested(self, type_url: str, resources: list[dict], version: str):
+        """Push a response of `type_url` to every stream, subscribed or not (a server that
+        sends what nobody asked for)."""
+        with self._lock:
+            self._resources[type_url] = {resource_name(type_url, r): r for r in resources}
+            self._versions[type_url] = version
+            streams = list(self._streams)
+        for s in streams:
+            self._push(s, type_url)
+
     def drop_streams(self):
         """End every open stream (the client sees the stream fail and reconnects)."""
         with self._lock:

@@ -164,3 +164,32 @@ def test_discovered_resources_in_the_config_dump(upstreams):
             listeners = by_type["ListenersConfigDump"]
             dyn = listeners["dynamic_listeners"]
             assert [(l["name"], l["active_state"]["version_info"]) for l in dyn] == [("web", "l7")]
+
+
+def test_a_type_nobody_asked_for_is_ignored_as_envoy_does(upstreams, tmp_path):
+    """A response of a type the client did not subscribe to (routes, here): Envoy 1.40
+    answers nothing and keeps serving; fastproxy the same."""
+    a, _ = upstreams
+    route = {"name": "r", "virtual_hosts": []}
+    outcomes = {}
+    for kind in ("fastproxy", "envoy"):
+        if kind == "envoy" and ENVOY is None:
+            continue
+        with xcp.ControlPlane() as cp:
+            cp.set(xcp.CLUSTER, [static_cluster("up-a", [a.port])], "c1")
+            cp.set(xcp.LISTENER, [web("up-a")], "l1")
+            text = ads_bootstrap(cp.port)
+            server = Fastproxy(text) if kind == "fastproxy" else Envoy(text, tmp_path)
+            try:
+                cp.wait_for(lambda rs: sum(1 for r in rs if r.response_nonce) >= 2)
+                cp.send_unrequested(xcp.ROUTE, [route], "r1")
+                # A marker after it on the same stream: once its ACK is in, anything the
+                # client said about the route response would be too.
+                cp.set(xcp.CLUSTER, [static_cluster("up-a", [a.port])], "c2")
+                cp.wait_for(lambda rs: any(r.type_url == xcp.CLUSTER and r.version_info == "c2" for r in rs))
+                outcomes[kind] = ([r for r in cp.requests if r.type_url == xcp.ROUTE], body(server.address()))
+            finally:
+                server.stop()
+    assert outcomes["fastproxy"] == ([], b"a")
+    if "envoy" in outcomes:
+        assert outcomes["envoy"] == outcomes["fastproxy"]

@@ -140,7 +140,9 @@ class AdsClient:
                 for resp in self._call:
                     self.connected.set()
                     failures = 0
-                    out.put(self._answer(resp))
+                    req = self._answer(resp)
+                    if req is not None:
+                        out.put(req)
             except grpc.RpcError as e:
                 if not self._stop.is_set():
                     log.warning("xds: stream to %s failed: %s", self.target, e.code())
@@ -155,11 +157,15 @@ class AdsClient:
             self._stop.wait(delay)
 
     def _answer(self, resp):
-        """Apply one response and build its ACK or NACK."""
+        """Apply one response and build its ACK or NACK (None: a type not subscribed to)."""
         from envoy.service.discovery.v3 import discovery_pb2
         from google.protobuf import json_format
         type_url = resp.type_url
-        st = self.types.setdefault(type_url, TypeState())
+        st = self.types.get(type_url)
+        if st is None:
+            # Nobody subscribed to it: Envoy ignores such a response (no ACK, no NACK).
+            log.warning("xds: ignoring a response of type %s, which is not subscribed to", type_url)
+            return None
         st.attempts += 1
         st.nonce = resp.nonce
 
