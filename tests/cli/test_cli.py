@@ -758,7 +758,9 @@ def test_validate_reports_every_error_in_one_run(tmp_path):
     assert "port_value: port must be 1..65535, got 70000" in err
 
 
-def test_legacy_and_new_spelling_of_a_feature_get_one_message():
+def test_legacy_and_new_spelling_of_a_feature_get_one_outcome():
+    """A cluster declared HTTP/2 either way is the same cluster: taken (a tcp_proxy, or the
+    ADS server, may use it), and refused with one message by an HTTP route."""
     from fastproxy.config import load_envoy
 
     legacy = tcp_proxy_yaml(upstream_port=9, http2_protocol_options={})
@@ -768,13 +770,17 @@ def test_legacy_and_new_spelling_of_a_feature_get_one_message():
             "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
             explicit_http_config: {http2_protocol_options: {}}
         """))
+    assert load_envoy(legacy).clusters == load_envoy(new).clusters
+    assert load_envoy(new).clusters[0].http2
     messages = []
     for text in (legacy, new):
+        boot = yaml.safe_load(text)
+        boot["static_resources"]["listeners"] = [http_listener([{"match": {"prefix": "/"},
+                                                                 "route": {"cluster": "backend"}}])]
         with pytest.raises(fastproxy.ConfigError) as e:
-            load_envoy(text)
+            load_envoy(yaml.safe_dump(boot))
         messages.append(e.value.message)
-    assert messages[0] == messages[1] == \
-        "HTTP/2 is unsupported in fastproxy (planned, not implemented yet); remove 'http2_protocol_options'"
+    assert messages[0] == messages[1] and "speaks HTTP/2" in messages[0]
 
 
 def test_config_path_directory_and_config_yaml_names(tmp_path):

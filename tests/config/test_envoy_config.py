@@ -208,8 +208,8 @@ def test_bad_durations_are_rejected_with_their_path(bad):
 BAD = [
     # (changes, expected path, fragment of the message)
     ([("overload_manager", {})], "overload_manager", "is unsupported in fastproxy (not planned)"),
-    ([("dynamic_resources", {"ads_config": {}})], "dynamic_resources.ads_config",
-     "xDS over gRPC (ADS, ads_config) is unsupported in fastproxy (planned"),
+    ([("dynamic_resources", {"lds_config": {"api_config_source": {}}})], "dynamic_resources.lds_config.api_config_source",
+     "xDS from a management server (api_config_source: GRPC, DELTA_GRPC, REST) is unsupported in fastproxy (planned"),
     ([("static_resources.secrets", [])], "static_resources.secrets", "TLS secrets (static_resources.secrets) is unsupported"),
     ([(f"{TCP0}.foo", 1)], f"{TCP0}.foo", "unsupported field 'foo': not an Envoy field, or one that fastproxy does not"),
     ([(f"{TCP0}.access_log", [])], f"{TCP0}.access_log", "unsupported"),

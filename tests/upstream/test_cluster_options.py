@@ -124,8 +124,10 @@ def test_circuit_breakers_first_default_threshold_wins():
 
 
 BAD = [
+    # An HTTP/2 cluster is taken (the ADS server's is one), but no HTTP route may use it yet.
     (protocol_options("", "explicit_http_config: {http2_protocol_options: {}}"),
-     f"{HPO0}.explicit_http_config.http2_protocol_options", "HTTP/2"),
+     "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config"
+     ".virtual_hosts[0].routes[0].route.cluster", "speaks HTTP/2"),
     (protocol_options("", "use_downstream_protocol_config: {http3_protocol_options: {}}"),
      f"{HPO0}.use_downstream_protocol_config.http3_protocol_options", "HTTP/3"),
     (protocol_options("", "auto_config: {http_protocol_options: {}}"), f"{HPO0}.auto_config", "ALPN"),

@@ -118,7 +118,8 @@ def _bootstrap(data: Any) -> Optional[model.Bootstrap]:
                 elif cluster in h2 and ".route" in cluster_path:
                     report(ConfigError(cluster_path, f"cluster {cluster!r} speaks HTTP/2 "
                                                      "(http2_protocol_options): HTTP routes to HTTP/2 "
-                                                     "upstreams are not supported yet (issue 15)"))
+                                                     "upstreams are not supported yet; a tcp_proxy or "
+                                                     "ads_config may use the cluster"))
         clusters = [c for c in clusters if c is not None]
         if dynamic is not None and dynamic.ads is not None and dynamic.ads.cluster_name not in names:
             # Envoy: the ADS server's cluster must be static (it is needed before discovery).
@@ -380,7 +381,7 @@ def _cluster(item: Any, path: str) -> model.Cluster:
     msg = Message(item, path, ("name", "type", "connect_timeout", "lb_policy", "load_assignment",
                                "dns_refresh_rate", "dns_lookup_family",
                                "per_connection_buffer_limit_bytes", "typed_extension_protocol_options",
-                               "max_requests_per_connection", "circuit_breakers"))
+                               "max_requests_per_connection", "circuit_breakers", "http2_protocol_options"))
     name = msg.string("name", required=True, non_empty=True)
     ctype = _supported(msg, "type", DISCOVERY_TYPES, model.CLUSTER_TYPES, "STATIC")
     lb_policy = _supported(msg, "lb_policy", LB_POLICIES, model.LB_POLICIES, "ROUND_ROBIN")
@@ -403,6 +404,14 @@ def _cluster(item: Any, path: str) -> model.Cluster:
             endpoints.extend(_endpoint(ep, epath, ctype) for ep, epath in group.repeated("lb_endpoints"))
 
     pool = _http_protocol_options(msg)
+    if msg.raw("http2_protocol_options") is not None:
+        # The deprecated cluster-level spelling of explicit_http_config.http2_protocol_options
+        # (Envoy 1.40 still takes it, but not beside the protocol options' own choice).
+        if msg.raw("typed_extension_protocol_options"):
+            raise ConfigError(msg.at("http2_protocol_options"), "only one of http2_protocol_options and "
+                                                               "typed_extension_protocol_options may be set")
+        msg.message("http2_protocol_options", ())
+        pool["http2"] = True
     # The deprecated cluster-level field (Envoy 1.40 still takes it, but not together with
     # the protocol options' own).
     legacy = msg.uint32("max_requests_per_connection")

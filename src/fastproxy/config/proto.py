@@ -36,7 +36,7 @@ UNSUPPORTED_FIELDS = {
     "transport_socket": ("TLS (transport_socket)", True),
     "transport_socket_matches": ("TLS (transport_socket_matches)", True),
     "upstream_tls_context": ("TLS", True),
-    "http2_protocol_options": ("HTTP/2", True),
+    "http2_protocol_options": ("HTTP/2", True),     # (a cluster's: config/envoy.py takes it)
     "http3_protocol_options": ("HTTP/3", False),
     "api_config_source": ("xDS from a management server (api_config_source: GRPC, DELTA_GRPC, REST)", True),
     "self": ("the 'self' config source", False),
