@@ -7,21 +7,12 @@ import pytest
 
 import fastproxy
 from conftest import find_envoy, start_envoy, static_cluster, wait_for
-from http_upstreams import RawHttpUpstream, http_request
+from http_upstreams import http_request
 
 xcp = pytest.importorskip("xds_control_plane", reason="grpcio and xds-protos (the xds extra) are not installed")
-from test_ads_reference_envoy import ads_bootstrap, web  # noqa: E402
+from test_ads_reference_envoy import ads_bootstrap, upstreams, web  # noqa: E402,F401  (upstreams: a fixture)
 
 ENVOY = find_envoy()
-
-
-@pytest.fixture
-def upstreams():
-    ups = [RawHttpUpstream(lambda m, p, h, b, tag=tag: b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n" + tag)
-           for tag in (b"a", b"b")]
-    yield ups
-    for u in ups:
-        u.close()
 
 
 class Fastproxy:

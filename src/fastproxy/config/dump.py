@@ -32,16 +32,13 @@ from .. import model
 from ..http import model as mh
 from ..http import native_filters as nf
 
+# Type URLs: each has one home, in the loader that reads it.
+from .envoy import (CLUSTER_TYPE, HTTP_PROTOCOL_OPTIONS, LISTENER_TYPE, ROUTE_CONFIG_TYPE,
+                    TCP_PROXY_TYPE)
+from .http import FILE_ACCESS_LOG_TYPE, FILTER_CONFIG_TYPE, HCM_TYPE, ROUTER_TYPE
+
 TYPE = "type.googleapis.com/"
 ADMIN = TYPE + "envoy.admin.v3."
-CLUSTER_TYPE = TYPE + "envoy.config.cluster.v3.Cluster"
-LISTENER_TYPE = TYPE + "envoy.config.listener.v3.Listener"
-ROUTE_CONFIG_TYPE = TYPE + "envoy.config.route.v3.RouteConfiguration"
-TCP_PROXY_TYPE = TYPE + "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
-HCM_TYPE = TYPE + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-ROUTER_TYPE = TYPE + "envoy.extensions.filters.http.router.v3.Router"
-FILE_ACCESS_LOG_TYPE = TYPE + "envoy.extensions.access_loggers.file.v3.FileAccessLog"
-HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
 # --- proto3 JSON scalars ------------------------------------------------------------------
@@ -128,11 +125,12 @@ def cluster_json(c: model.Cluster) -> dict:
 
 # --- listeners ----------------------------------------------------------------------------
 
-TYPED_STRUCT_TYPE = TYPE + "xds.type.v3.TypedStruct"
-PYTHON_NETWORK_FILTER_TYPE = TYPE + "fastproxy.python.NetworkFilter"
-PYTHON_HTTP_FILTER_TYPE = TYPE + "fastproxy.python.HttpFilter"
-C_HTTP_FILTER_TYPE = TYPE + "fastproxy.c.HttpFilter"
-FILTER_CONFIG_TYPE = TYPE + "envoy.config.route.v3.FilterConfig"
+from .c_filter import C_HTTP_FILTER_TYPE_URL as C_HTTP_FILTER_TYPE
+from .python_filter import PYTHON_FILTER_TYPE_URL as PYTHON_NETWORK_FILTER_TYPE
+from .python_filter import PYTHON_HTTP_FILTER_TYPE_URL as PYTHON_HTTP_FILTER_TYPE
+from .python_filter import TYPED_STRUCT_TYPES
+
+TYPED_STRUCT_TYPE = TYPED_STRUCT_TYPES[0]       # the current spelling, which a dump writes
 
 
 def _class_path(cls: type) -> str:

@@ -32,6 +32,10 @@ from .python_filter import TYPED_STRUCT_TYPES, python_filter_factory
 from .source import Source, load_source, parse_json, parse_yaml, read_file
 
 TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+# The resource types a bootstrap holds and a discovery service sends (their type URLs).
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ROUTE_CONFIG_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 
 
 # Envoy's enums (name -> number) so that every spelling Envoy accepts is understood and a

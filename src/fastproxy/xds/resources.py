@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any
 
-from ..config.envoy import _cluster, _listener
+from ..config.envoy import CLUSTER_TYPE, LISTENER_TYPE, _cluster, _listener
 from ..config.proto import Message, checked, collecting, raise_collected, report
 from ..errors import ConfigError, ListenerBindError
 from ..model import Bootstrap
@@ -25,8 +25,6 @@ from .xxhash64 import xxh64
 
 log = logging.getLogger("fastproxy.config")   # Envoy logs xDS updates under [config]
 
-LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
-CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 
 # type URL -> (short name, stat prefix Envoy uses for the subscription, Bootstrap field).
 TYPES = {
