@@ -12,7 +12,8 @@ thread of the main process; the data plane never sees it. Endpoints:
 ``GET  /stats/prometheus``  the stats in Prometheus text format, named and labelled as
                             Envoy's (also ``/stats?format=prometheus``; ``?filter=RE``,
                             ``?usedonly``); see :mod:`fastproxy.prometheus`
-``GET  /ready``             ``LIVE`` (200) while serving, ``DRAINING`` (503) once stopping
+``GET  /ready``             ``LIVE`` (200) while serving, ``INITIALIZING`` (503) during the
+                            initial fetch of dynamic resources, ``DRAINING`` (503) once stopping
 ``GET  /server_info``       JSON: version, state, uptime, concurrency
 ``GET  /listeners``         ``name::host:port`` per listener (actual bound address)
 ``GET  /clusters``          Envoy's lines: circuit breaker limits, then per host its counters

@@ -310,7 +310,14 @@ class Proxy:
                 self._admin_server = AdminServer(self, a.address, a.port, a.access_log)
                 self._admin_server.start()
         if self._xds is not None:
-            self._xds.wait_initial()        # ADS: the initial fetch (files were read above)
+            # ADS: the initial fetch (files were read above). Meanwhile the admin's /ready
+            # says INITIALIZING (503), as Envoy's does until its initial fetch is done.
+            admin = self._admin_server
+            if admin is not None:
+                admin.state = "INITIALIZING"
+            self._xds.wait_initial()
+            if admin is not None and admin.state == "INITIALIZING":
+                admin.state = "LIVE"
         for name in self._listeners:
             host, port = self.listener_address(name)
             # debug: the command line prints these addresses itself, once

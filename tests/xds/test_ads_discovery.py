@@ -184,3 +184,40 @@ def test_a_type_nobody_asked_for_is_ignored_as_envoy_does(upstreams, tmp_path):
     assert outcomes["fastproxy"] == ([], b"a")
     if "envoy" in outcomes:
         assert outcomes["envoy"] == outcomes["fastproxy"]
+
+
+def test_ready_says_initializing_until_the_initial_fetch(upstreams):
+    """The control plane has nothing yet: start() waits (initial_fetch_timeout) and /ready
+    answers 503 INITIALIZING, as Envoy's; the first responses make it LIVE and start() return."""
+    import threading
+    import urllib.error
+    import urllib.request
+    a, _ = upstreams
+    with xcp.ControlPlane() as cp:
+        p = fastproxy.Proxy.from_envoy(ads_bootstrap(cp.port), concurrency=1)
+        started = threading.Thread(target=p.start, daemon=True)
+        started.start()
+        try:
+            admin = wait_for(lambda: p.admin_address if p.admin_address and p.admin_address[1] else None,
+                             msg="admin up")
+
+            def ready():
+                try:
+                    with urllib.request.urlopen(f"http://{admin[0]}:{admin[1]}/ready", timeout=2) as r:
+                        return r.status, r.read().decode().strip()
+                except urllib.error.HTTPError as e:
+                    return e.code, e.read().decode().strip()
+                except urllib.error.URLError:
+                    return None                                 # the admin is not listening yet
+            cp.wait_for(lambda rs: len(rs) >= 2)               # it asked, and waits
+            assert wait_for(ready, msg="admin answers") == (503, "INITIALIZING")
+            assert started.is_alive()
+            cp.set(xcp.CLUSTER, [static_cluster("up-a", [a.port])], "c1")
+            cp.set(xcp.LISTENER, [web("up-a")], "l1")
+            started.join(timeout=10)
+            assert not started.is_alive()
+            assert ready() == (200, "LIVE")
+            assert body(p.listener_address("web")) == b"a"
+        finally:
+            started.join(timeout=20)
+            p.stop()
