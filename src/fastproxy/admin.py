@@ -136,7 +136,8 @@ class AdminServer:
                 raise
             self._httpd = httpd
             self._started_at = time.monotonic()
-            self.state = "LIVE"
+            if self.state == "PRE_INITIALIZING":     # (the proxy may have said INITIALIZING)
+                self.state = "LIVE"
             self._thread = threading.Thread(
                 target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
                 name="fastproxy-admin", daemon=True)

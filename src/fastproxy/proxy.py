@@ -308,13 +308,14 @@ class Proxy:
                 from .admin import AdminServer
                 a = self._bootstrap.admin
                 self._admin_server = AdminServer(self, a.address, a.port, a.access_log)
+                if self._xds is not None:
+                    # ADS: until the initial fetch is done (below) /ready says so, as Envoy's.
+                    self._admin_server.state = "INITIALIZING"
                 self._admin_server.start()
         if self._xds is not None:
             # ADS: the initial fetch (files were read above). Meanwhile the admin's /ready
             # says INITIALIZING (503), as Envoy's does until its initial fetch is done.
             admin = self._admin_server
-            if admin is not None:
-                admin.state = "INITIALIZING"
             self._xds.wait_initial()
             if admin is not None and admin.state == "INITIALIZING":
                 admin.state = "LIVE"
