@@ -175,6 +175,15 @@ def _http_filter(spec: Any) -> dict:
     return {"name": getattr(spec, "name", type(spec).__name__)}
 
 
+def _level_fields(out: Dict[str, Any], level: Any, by_name: Dict[str, Any]) -> None:
+    """What a route, a virtual host and a route configuration each carry: their header
+    mutations and their typed_per_filter_config."""
+    _header_mutations(out, level.headers)
+    per_filter = _per_filter(level, by_name)
+    if per_filter:
+        out["typed_per_filter_config"] = per_filter
+
+
 def _per_filter(obj: Any, http_filters: dict) -> dict:
     """typed_per_filter_config of a route, virtual host or route table, by the kind of the
     filter each names."""
@@ -537,24 +546,15 @@ def route_config_json(rc: mh.RouteConfiguration, http_filters: Iterable = ()) ->
                         import base64
                         direct["body"] = {"inline_bytes": base64.b64encode(r.direct_response.body).decode()}
                 route["direct_response"] = direct
-            _header_mutations(route, r.headers)
-            per_filter = _per_filter(r, by_name)
-            if per_filter:
-                route["typed_per_filter_config"] = per_filter
+            _level_fields(route, r, by_name)
             routes.append(route)
         if routes:
             host["routes"] = routes
-        _header_mutations(host, vh.headers)
-        per_filter = _per_filter(vh, by_name)
-        if per_filter:
-            host["typed_per_filter_config"] = per_filter
+        _level_fields(host, vh, by_name)
         hosts.append(host)
     if hosts:
         out["virtual_hosts"] = hosts
-    _header_mutations(out, rc.headers)
-    per_filter = _per_filter(rc, by_name)
-    if per_filter:
-        out["typed_per_filter_config"] = per_filter
+    _level_fields(out, rc, by_name)
     if rc.ignore_port_in_host_matching:
         out["ignore_port_in_host_matching"] = True
     return out
