@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass, field
 
@@ -68,6 +69,7 @@ class Request:
     unsubscribe: list[str] = field(default_factory=list)
     node_id: str = ""
     initial_versions: dict[str, str] = field(default_factory=dict)   # delta, on a new stream
+    at: float = 0.0                 # time.monotonic() when it arrived
 
     @property
     def nack(self) -> bool:
@@ -99,6 +101,7 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self._nonces = itertools.count(1)
         self.requests: list[Request] = []
         self.responses: list[tuple[int, str, str, str]] = []   # (stream, type, version, nonce)
+        self.sent_at: dict[str, float] = {}     # nonce -> time.monotonic() it went to grpc
         self._changed = threading.Condition(self._lock)
         self._server = None
         self.port = 0
@@ -205,11 +208,11 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 self.requests.append(Request(s.id, True, req.type_url, "", req.response_nonce,
                                              req.error_detail.message, list(req.resource_names_subscribe),
                                              list(req.resource_names_unsubscribe), req.node.id,
-                                             dict(req.initial_resource_versions)))
+                                             dict(req.initial_resource_versions), time.monotonic()))
             else:
                 self.requests.append(Request(s.id, False, req.type_url, req.version_info, req.response_nonce,
                                              req.error_detail.message, list(req.resource_names),
-                                             node_id=req.node.id))
+                                             node_id=req.node.id, at=time.monotonic()))
             self._changed.notify_all()
 
     def _serve(self, request_iterator, context, delta: bool):
@@ -249,8 +252,9 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         threading.Thread(target=read, daemon=True).start()
         while True:
             resp = s.outbox.get()
-            if resp is None or s.closed.is_set() and s.outbox.empty() and resp is None:
+            if resp is None:
                 return
+            self.sent_at[resp.nonce] = time.monotonic()
             yield resp
 
     def StreamAggregatedResources(self, request_iterator, context):

@@ -221,3 +221,38 @@ def test_ready_says_initializing_until_the_initial_fetch(upstreams):
         finally:
             started.join(timeout=20)
             p.stop()
+
+
+def test_the_command_line_serves_what_ads_sends(upstreams, tmp_path):
+    """`fastproxy -c` in its own process (whose protobuf knows only what fastproxy imports
+    itself, unlike this test's, which the control plane fills): the listener and cluster
+    the control plane sends are unpacked, installed and serve."""
+    import json
+    import re
+    import subprocess
+    import sys
+    import urllib.request
+    a, _ = upstreams
+    with xcp.ControlPlane() as cp:
+        cp.set(xcp.CLUSTER, [static_cluster("up-a", [a.port])], "c1")
+        cp.set(xcp.LISTENER, [web("up-a")], "l1")
+        cfg = tmp_path / "ads.yaml"
+        cfg.write_text(ads_bootstrap(cp.port))
+        proc = subprocess.Popen([sys.executable, "-m", "fastproxy", "-c", str(cfg), "--concurrency", "1"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            admin = None
+            for line in proc.stdout:
+                m = re.search(r"admin listening on http://([\d.]+):(\d+)/", line)
+                if m:
+                    admin = (m.group(1), int(m.group(2)))
+                    break
+            assert admin, "no admin line"
+            with urllib.request.urlopen(f"http://{admin[0]}:{admin[1]}/listeners?format=json", timeout=5) as r:
+                (st,) = json.loads(r.read())["listener_statuses"]
+            sa = st["local_address"]["socket_address"]
+            assert body((sa["address"], sa["port_value"])) == b"a"
+            assert not any(r.nack for r in cp.requests)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)

@@ -35,10 +35,39 @@ log = logging.getLogger("fastproxy.xds")
 ApplyFn = Callable[[str, list, str, list], Optional[str]]   # (type_url, resources, version, removed)
 
 
+# The messages a received resource may hold, by module: the resources themselves and every
+# typed_config fastproxy reads (the loader's own list). A resource's Any is unpacked through
+# protobuf's descriptor pool, which knows a type only once its module is imported; a type
+# outside this list is refused (NACKed) with its name, as the loader would refuse it.
+MESSAGE_MODULES = (
+    "envoy.config.cluster.v3.cluster_pb2",
+    "envoy.config.listener.v3.listener_pb2",
+    "envoy.config.route.v3.route_pb2",
+    "envoy.config.endpoint.v3.endpoint_pb2",
+    "envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2",
+    "envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2",
+    "envoy.extensions.filters.http.router.v3.router_pb2",
+    "envoy.extensions.upstreams.http.v3.http_protocol_options_pb2",
+    "envoy.extensions.access_loggers.file.v3.file_pb2",
+    "envoy.extensions.access_loggers.stream.v3.stream_pb2",
+    "envoy.extensions.filters.http.fault.v3.fault_pb2",
+    "envoy.extensions.filters.http.cors.v3.cors_pb2",
+    "envoy.extensions.filters.http.local_ratelimit.v3.local_rate_limit_pb2",
+    "envoy.extensions.filters.http.health_check.v3.health_check_pb2",
+    "envoy.extensions.filters.http.buffer.v3.buffer_pb2",
+    "envoy.extensions.filters.http.header_mutation.v3.header_mutation_pb2",
+    "xds.type.v3.typed_struct_pb2",
+    "udpa.type.v1.typed_struct_pb2",
+)
+
+
 def _require_grpc():
+    import importlib
     try:
         import grpc  # noqa: F401
         from envoy.service.discovery.v3 import ads_pb2_grpc  # noqa: F401
+        for name in MESSAGE_MODULES:
+            importlib.import_module(name)
     except ImportError as e:            # pragma: no cover (the test environment has both)
         raise ImportError("xDS needs grpcio and xds-protos: pip install 'fastproxy[xds]'") from e
 
@@ -172,19 +201,21 @@ class AdsClient:
         def as_dict(any_msg):
             return json_format.MessageToDict(any_msg, preserving_proto_field_name=True)
 
-        if self.delta:
-            resources = [as_dict(r.resource) for r in resp.resources]
-            removed = list(resp.removed_resources)
-            version = resp.system_version_info
-        else:
-            resources = [as_dict(r) for r in resp.resources]
-            removed = []
-            version = resp.version_info
+        version = resp.system_version_info if self.delta else resp.version_info
+        removed = list(resp.removed_resources) if self.delta else []
+        error = None
         try:
-            error = self.apply(type_url, resources, version, removed)
-        except Exception as e:          # a bug in apply must not end the stream: NACK it
-            log.exception("xds: applying %s version %s failed", type_url, version)
-            error = f"{type(e).__name__}: {e}"
+            resources = [as_dict(r.resource if self.delta else r) for r in resp.resources]
+        except (TypeError, ValueError) as e:
+            # A type (a resource's, or a typed_config's inside it) this build cannot read.
+            resources = []
+            error = f"resources: cannot unpack: {e}"
+        if error is None:
+            try:
+                error = self.apply(type_url, resources, version, removed)
+            except Exception as e:      # a bug in apply must not end the stream: NACK it
+                log.exception("xds: applying %s version %s failed", type_url, version)
+                error = f"{type(e).__name__}: {e}"
         if error is None:
             st.successes += 1
             if self.delta:
