@@ -19,11 +19,29 @@ CLUSTER_TYPES = ("STATIC", "STRICT_DNS")
 
 
 def is_ip_literal(address: str) -> bool:
+    """An IPv4 or IPv6 address literal, as ipaddress.ip_address accepts it. inet_pton does
+    the work (validating 10,000 endpoints of an xDS push spent most of its time in
+    ipaddress); its answers are ipaddress's but for the forms ipaddress refuses and
+    inet_pton takes (IPv4 with fewer than four parts), which are checked here."""
+    if ":" in address:
+        family = socket.AF_INET6
+        if "%" in address:              # a scope id: ipaddress's business
+            try:
+                ipaddress.ip_address(address)
+                return True
+            except ValueError:
+                return False
+    else:
+        family = socket.AF_INET
+        if address.count(".") != 3:
+            return False
     try:
-        ipaddress.ip_address(address)
-        return True
-    except ValueError:
+        socket.inet_pton(family, address)
+    except (OSError, ValueError):
         return False
+    if family == socket.AF_INET and any(len(p) > 1 and p[0] == "0" for p in address.split(".")):
+        return False                    # leading zeros: ipaddress refuses them (ambiguous octal)
+    return True
 
 
 MAX_ENDPOINT_HOSTNAME = 255     # bytes the core keeps per host (core/upstream/cluster.pxi Host.hostname)

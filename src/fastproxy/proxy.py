@@ -430,7 +430,7 @@ class Proxy:
     # ---- runtime changes ----
 
     def update(self, listeners: Optional[Iterable[Listener]] = None,
-               clusters: Optional[Iterable[Cluster]] = None) -> None:
+               clusters: Optional[Iterable[Cluster]] = None, *, _validated: bool = False) -> None:
         """Replace the listeners and/or clusters. New connections use the new config as
         soon as this returns; open connections keep the config they started with. (With
         dynamic_resources, the next discovered update sets the static resources the proxy
@@ -444,7 +444,8 @@ class Proxy:
                           else list(self._bootstrap.clusters),
                           self._bootstrap.admin, self._bootstrap.node, self._bootstrap.max_downstream_connections,
                           self._bootstrap.dynamic_resources)
-            b.validate()
+            if not _validated:          # (the xDS layer validated these lists itself)
+                b.validate()
             if self._state == "running":
                 self._install(b)
             self._bootstrap = b

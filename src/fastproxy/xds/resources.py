@@ -212,8 +212,10 @@ class XdsResources:
             raise self._rebase(e, field, len(items), lists) from None
         dynamic = dict(self.dynamic, **{field: items})
         try:
+            # Validated above, as a whole, in another order (which validation does not
+            # depend on): not again.
             self.proxy.update(listeners=self.static["listeners"] + dynamic["listeners"],
-                              clusters=self.static["clusters"] + dynamic["clusters"])
+                              clusters=self.static["clusters"] + dynamic["clusters"], _validated=True)
         except ListenerBindError as e:
             # As Envoy: a listener that cannot bind fails the whole update.
             failed = next((i for i, l in enumerate(items) if field == "listeners" and f"({l.name})" in str(e)), None)
