@@ -301,7 +301,7 @@ class Proxy:
             dynamic = self._bootstrap.dynamic_resources
             if dynamic is not None and (dynamic.lds is not None or dynamic.cds is not None):
                 # The initial fetch is done when this returns (the files are read here).
-                from .xds.ads import Discovery
+                from .xds.discovery import Discovery
                 self._xds = Discovery(self, dynamic)
                 self._xds.start()
             if self._bootstrap.admin is not None:
