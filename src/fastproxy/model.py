@@ -378,12 +378,15 @@ class Bootstrap:
     max_downstream_connections: Optional[int] = None
     # Listeners and clusters discovered at run time, beside the static ones (fastproxy.xds).
     dynamic_resources: Optional[DynamicResources] = None
-    # The repr of the last configuration validate() passed (see validate_once).
+    # The repr of the last configuration the loader validated (see mark_valid, validate_once).
     _last_valid: ClassVar[str] = ""
 
-    def validate(self, prefix: str = "") -> None:
+    def validate(self, prefix: str = "", trusted: frozenset = frozenset()) -> None:
         """Check the whole configuration. Paths name the Python arguments (``clusters[0].
-        endpoints[1].port``); the Envoy loader passes ``static_resources.`` as prefix."""
+        endpoints[1].port``); the Envoy loader passes ``static_resources.`` as prefix.
+        ``trusted``: ids of listeners and clusters that passed their own validation before
+        and have not changed since (an xDS update re-checks the resources it brings and the
+        references between all of them, not every resource it leaves alone)."""
         for what, items, cls in (("listeners", self.listeners, Listener), ("clusters", self.clusters, Cluster)):
             if not isinstance(items, (list, tuple)):
                 raise TypeError(f"{what} must be a list of {cls.__name__}, got {type(items).__name__}")
@@ -399,14 +402,16 @@ class Bootstrap:
             self.admin.validate("admin")          # top level in Envoy's bootstrap and in Python
         names = set()
         for i, c in enumerate(self.clusters):
-            c.validate(f"{prefix}clusters[{i}]")
+            if id(c) not in trusted:
+                c.validate(f"{prefix}clusters[{i}]")
             if c.name in names:
                 raise ConfigError(f"{prefix}clusters[{i}].name", f"duplicate cluster name {c.name!r}")
             names.add(c.name)
         lnames = set()
         addrs = set()
         for i, l in enumerate(self.listeners):
-            l.validate(f"{prefix}listeners[{i}]")
+            if id(l) not in trusted:
+                l.validate(f"{prefix}listeners[{i}]")
             if l.name in lnames:
                 raise ConfigError(f"{prefix}listeners[{i}].name", f"duplicate listener name {l.name!r}")
             lnames.add(l.name)
@@ -419,6 +424,11 @@ class Bootstrap:
             elif handler.cluster not in names:
                 raise ConfigError(l.handler_path(f"{prefix}listeners[{i}]") + ".cluster",
                                   f"unknown cluster {handler.cluster!r}")
+
+    def mark_valid(self) -> None:
+        """Remember this configuration, field by field, as validated (the loader calls it,
+        so that Proxy does not validate it again). Not done by validate() itself: the repr
+        of a 10,000-endpoint configuration costs as much as checking it."""
         Bootstrap._last_valid = repr(self)
 
     def validate_once(self) -> None:

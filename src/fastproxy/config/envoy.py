@@ -89,6 +89,7 @@ def bootstrap_from_data(data: Any) -> model.Bootstrap:
     raise_collected(errors)
     assert bootstrap is not None
     bootstrap.validate("static_resources.")
+    bootstrap.mark_valid()
     return bootstrap
 
 

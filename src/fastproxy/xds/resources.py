@@ -206,8 +206,11 @@ class XdsResources:
         lists = {field: items + self.static[field],
                  other: self.static[other] + self.dynamic[other]}
         candidate = Bootstrap(lists["listeners"], lists["clusters"])
+        # The resources this update leaves alone passed validation when they came (static
+        # ones with the bootstrap): only the references between them are checked again.
+        trusted = frozenset(map(id, self.static[field] + lists[other]))
         try:
-            candidate.validate()
+            candidate.validate(trusted=trusted)
         except ConfigError as e:
             raise self._rebase(e, field, len(items), lists) from None
         dynamic = dict(self.dynamic, **{field: items})
