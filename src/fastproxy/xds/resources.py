@@ -136,8 +136,9 @@ class XdsResources:
                 raise
             now = time.time()
             before = self.updated[field]
-            self.updated[field] = {r.name: before[r.name] if r.name in before and r in previous else (version_info, now)
-                                   for r in items}
+            previous_by_name = {r.name: r for r in previous}
+            self.updated[field] = {r.name: before[r.name] if r.name in before and previous_by_name.get(r.name) == r
+                                   else (version_info, now) for r in items}
             log.info("%s update accepted: version %r, %d resource(s)", kind, version_info, len(items))
             stats.accepted(version_info)
             self._note_dump(field, version_info)
