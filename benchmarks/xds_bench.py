@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "xds"), str(HERE)]
 
-from benchlib import fastproxy_env, find_envoy  # noqa: E402
+from benchlib import fastproxy_env, find_envoy, taskset  # noqa: E402
 from conftest import static_cluster  # noqa: E402
 from http_upstreams import RawHttpUpstream  # noqa: E402
 import xds_control_plane as xcp  # noqa: E402
@@ -85,18 +85,18 @@ def listener_port_from_admin(admin_file: Path, timeout=20.0) -> tuple:
     raise RuntimeError("no listener address from the admin")
 
 
-def start(kind: str, text: str, tmp: Path):
+def start(kind: str, text: str, tmp: Path, pin=None):
     cfg = tmp / "bootstrap.yaml"
     cfg.write_text(text)
     admin_file = tmp / "admin.txt"
     if kind == "envoy":
-        argv = [find_envoy(), "-c", str(cfg), "--concurrency", "1", "--disable-hot-restart",
+        argv = taskset(pin) + [find_envoy(), "-c", str(cfg), "--concurrency", "1", "--disable-hot-restart",
                 "--log-level", "critical", "--admin-address-path", str(admin_file)]
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return proc, listener_port_from_admin(admin_file)
     # fastproxy prints "admin listening on http://host:port/"; its /listeners?format=json is
     # Envoy's shape, so the discovered listener is found the same way.
-    argv = [sys.executable, "-m", "fastproxy", "-c", str(cfg), "--concurrency", "1", "-l", "warning"]
+    argv = taskset(pin) + [sys.executable, "-m", "fastproxy", "-c", str(cfg), "--concurrency", "1", "-l", "warning"]
     proc = subprocess.Popen(argv, env=fastproxy_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
         m = re.search(r"admin listening on http://([\d.]+):(\d+)/", line)
@@ -151,6 +151,115 @@ def one_round(kind: str, n_clusters: int, n_endpoints: int, n_vhosts: int, up_po
             proc.wait()
 
 
+# --- requests/s while the control plane pushes -------------------------------------------
+
+ADS_SOURCE = {"ads": {}, "resource_api_version": "V3"}
+
+
+def churn_resources(up_port: int, alt_port: int, step: int) -> dict:
+    """The configuration at push number ``step``: an EDS cluster "c0" whose endpoints
+    alternate between the upstream alone and the upstream beside a second one, a CDS
+    cluster "c1" whose connect timeout changes, an RDS route table whose response header
+    changes, and a listener (LDS) that names the route table; each push changes one type,
+    in turn EDS, RDS, CDS, LDS (every 4th push changes the listener, which drains its
+    old connections)."""
+    kinds = ("eds", "rds", "cds", "lds")
+    n = {k: sum(1 for i in range(step) if kinds[i % 4] == k) for k in kinds}     # pushes of each kind so far
+    endpoints = [up_port] if n["eds"] % 2 == 0 else [up_port, alt_port]
+    assignment = static_cluster("c0", endpoints)["load_assignment"]
+    c0 = {"name": "c0", "type": "EDS", "connect_timeout": "1s",
+          "eds_cluster_config": {"eds_config": ADS_SOURCE}}
+    c1 = static_cluster("c1", [up_port], connect_timeout=f"{1 + n['cds'] % 2}s")
+    route = {"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/"}, "route": {"cluster": "c0"}}]}],
+             "response_headers_to_add": [{"header": {"key": "x-push", "value": str(n["rds"])}}]}
+    listener = web("c0")
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    del hcm["route_config"]
+    hcm["rds"] = {"route_config_name": "r", "config_source": ADS_SOURCE}
+    hcm["stat_prefix"] = f"web{n['lds'] % 2}"
+    return {xcp.CLUSTER: [c0, c1], xcp.ENDPOINT: [assignment], xcp.ROUTE: [route], xcp.LISTENER: [listener]}
+
+
+def wrk(addr, seconds: float, connections: int, cpu) -> dict:
+    out = subprocess.run(taskset(cpu) + ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s",
+                                         f"http://{addr[0]}:{addr[1]}/"],
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0)
+    return {"rps": rps, "errors": errors, "raw": out}
+
+
+def churn_round(kind: str, up_port: int, alt_port: int, seconds: float, interval: float, connections: int) -> dict:
+    """wrk for ``seconds`` without pushes, then for ``seconds`` with one push every
+    ``interval``: requests/s of each and the errors (non-2xx and socket errors) of each."""
+    with xcp.ControlPlane() as cp, tempfile.TemporaryDirectory() as d:
+        versions = iter(range(1, 1 << 30))
+
+        def push(step: int) -> None:
+            for type_url, res in churn_resources(up_port, alt_port, step).items():
+                cp.set(type_url, res, f"v{next(versions)}")
+
+        push(0)
+        proc, addr = start(kind, ads_bootstrap(cp.port), Path(d), pin=0)
+        try:
+            while status(addr, "x") != 200:
+                time.sleep(0.01)
+            quiet = wrk(addr, seconds, connections, 1)
+            stop = threading.Event()
+            pushes = [0]
+
+            def pusher():
+                step = 0
+                while not stop.wait(interval):
+                    step += 1
+                    changed = churn_resources(up_port, alt_port, step)
+                    before = churn_resources(up_port, alt_port, step - 1)
+                    for type_url, res in changed.items():
+                        if res != before[type_url]:
+                            cp.set(type_url, res, f"v{next(versions)}")
+                    pushes[0] = step
+            t = threading.Thread(target=pusher, daemon=True)
+            t.start()
+            try:
+                busy = wrk(addr, seconds, connections, 1)
+            finally:
+                stop.set()
+                t.join()
+            return {"rps_quiet": quiet["rps"], "rps_pushing": busy["rps"], "ratio": busy["rps"] / quiet["rps"],
+                    "errors_quiet": quiet["errors"], "errors_pushing": busy["errors"], "pushes": pushes[0]}
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+def churn_main(args, kinds) -> int:
+    up = RawHttpUpstream(lambda m, p, h, b: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    alt = RawHttpUpstream(lambda m, p, h, b: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    results: dict = {k: [] for k in kinds}
+    try:
+        for r in range(args.rounds):
+            for kind in (kinds if r % 2 == 0 else list(reversed(kinds))):
+                res = churn_round(kind, up.port, alt.port, args.churn_seconds, args.churn_interval, args.connections)
+                results[kind].append(res)
+                print(f"round {r + 1} {kind:9s} " + "  ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+                                                            for k, v in res.items()), flush=True)
+    finally:
+        up.close()
+        alt.close()
+    summary = {k: {m: statistics.median(x[m] for x in v) for m in v[0]} for k, v in results.items() if v}
+    print()
+    print(f"{'proxy':10s} {'rq/s quiet':>11s} {'rq/s pushing':>13s} {'ratio':>6s} {'errors':>7s} {'pushes':>7s}")
+    for k, s in summary.items():
+        print(f"{k:10s} {s['rps_quiet']:11.0f} {s['rps_pushing']:13.0f} {s['ratio']:6.2f} "
+              f"{s['errors_quiet'] + s['errors_pushing']:7.0f} {s['pushes']:7.0f}")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"args": vars(args), "rounds": results, "summary": summary}, indent=1))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clusters", type=int, default=1000)
@@ -158,12 +267,21 @@ def main(argv=None) -> int:
     ap.add_argument("--vhosts", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", default="fastproxy,envoy")
-    ap.add_argument("--json", default=str(HERE / "results" / "xds_bench.json"))
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--churn", action="store_true",
+                    help="measure requests/s during a push every --churn-interval instead of push times")
+    ap.add_argument("--churn-seconds", type=float, default=20.0)
+    ap.add_argument("--churn-interval", type=float, default=0.1)
+    ap.add_argument("--connections", type=int, default=32)
     args = ap.parse_args(argv)
     kinds = [k for k in args.only.split(",") if k]
     if "envoy" in kinds and find_envoy() is None:
         print("envoy not found: measuring fastproxy only")
         kinds.remove("envoy")
+    if args.json is None:
+        args.json = str(HERE / "results" / ("xds_churn.json" if args.churn else "xds_bench.json"))
+    if args.churn:
+        return churn_main(args, kinds)
     up = RawHttpUpstream(lambda m, p, h, b: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     results: dict = {k: [] for k in kinds}
     try:
