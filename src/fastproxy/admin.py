@@ -50,6 +50,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
+from .memory import memory_stats
 from .stats_table import COUNTER, GAUGE, block as stat_block
 
 log = logging.getLogger("fastproxy.admin")
@@ -64,6 +65,7 @@ HELP = {
     "/listeners": "print listener names and bound addresses (?format=json)",
     "/clusters": "print upstream clusters and their endpoints (?format=json)",
     "/config_dump": "dump the current configuration as Envoy's ConfigDump JSON (?resource=, ?mask=)",
+    "/memory": "print current allocation and heap usage, in bytes",
     "/quitquitquit": "(POST) drain and exit the server",
 }
 POST_ONLY = {"/quitquitquit"}
@@ -490,6 +492,10 @@ class _AdminHandler(BaseHTTPRequestHandler):
             "command_line_options": {"concurrency": concurrency},
             "node": _node_json(self.admin.proxy),
         })
+
+    def _h_memory(self, query) -> None:
+        # admin.v3.Memory in proto JSON: its uint64 fields are strings.
+        self._json(HTTPStatus.OK, {k: str(v) for k, v in memory_stats().items()})
 
     def _h_listeners(self, query) -> None:
         rows = self.admin.listeners()

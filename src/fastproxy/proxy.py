@@ -21,6 +21,7 @@ from .errors import ConfigError, ListenerBindError
 from .filters import NetworkFilter
 from .model import Admin, Bootstrap, Cluster, DynamicResources, Listener, Node
 from .http.native_filters import native_filter_stat_blocks
+from .memory import SERVER_GAUGES as MEMORY_GAUGES, memory_stats
 if TYPE_CHECKING:
     from .xds.resources import XdsResources
 
@@ -587,6 +588,8 @@ class Proxy:
             "listener_manager.total_listeners_active": len(self._listeners),
             "cluster_manager.active_clusters": len(self._clusters),
         }
+        memory = memory_stats()
+        out.update({name: memory[field] for name, field in MEMORY_GAUGES.items()})
         for (kind, name), block in list(self._stats.items()):
             for stat, value in block.read().items():
                 out[f"{name}.{stat}"] = value
@@ -621,7 +624,8 @@ class Proxy:
 
     def gauge_names(self) -> set[str]:
         """Which names in :meth:`stats` are gauges (Envoy's type); the others are counters."""
-        out = {"server.concurrency", "listener_manager.total_listeners_active", "cluster_manager.active_clusters"}
+        out = {"server.concurrency", "listener_manager.total_listeners_active", "cluster_manager.active_clusters",
+               *MEMORY_GAUGES}
         for (kind, name), block in list(self._stats.items()):
             out.update(f"{name}.{g}" for g in block.gauges)
             if kind == "listener":

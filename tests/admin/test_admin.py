@@ -202,6 +202,53 @@ def test_clusters_and_listeners_follow_update(admin_proxy, servers):
     assert body.splitlines() == [f"l::127.0.0.1:{addr[1]}", f"extra::127.0.0.1:{extra[1]}"]
 
 
+def test_memory_follows_the_configuration(admin_proxy, servers):
+    """/memory (Envoy's admin.v3.Memory) and the server.memory_* gauges: what a big host
+    set takes is allocated while it is configured and given back when it goes."""
+    p, addr, admin, echo = admin_proxy
+    status, ctype, body = get(admin, "/memory")
+    assert status == 200 and ctype.startswith("application/json")
+    doc = json.loads(body)
+    assert set(doc) == {"allocated", "heap_size", "pageheap_unmapped", "pageheap_free", "total_thread_cache",
+                        "total_physical_bytes"}
+    assert all(isinstance(v, str) and v.isdigit() for v in doc.values())     # uint64 in proto JSON
+    st = p.stats()
+    assert {"server.memory_allocated", "server.memory_heap_size", "server.memory_physical_size"} <= p.gauge_names()
+    assert st["server.memory_physical_size"] > 0
+
+    def allocated():
+        return int(json.loads(get(admin, "/memory")[2])["allocated"])
+    small = p.config.clusters
+    before = allocated()
+    # 10,000 hosts (each Host keeps its address and a 256-byte name): megabytes of C heap.
+    big = [Cluster(f"b{i}", [Endpoint("127.0.0.1", 10000 + j) for j in range(100)]) for i in range(100)]
+    p.update(clusters=list(small) + big)
+    grown = allocated()
+    assert grown - before > 2_000_000
+    p.update(clusters=list(small))
+    wait_for(lambda: allocated() - before < (grown - before) // 2, timeout=10,
+             msg="the removed clusters' memory given back")
+
+
+def test_memory_has_envoys_shape(tmp_path):
+    if find_envoy() is None:
+        pytest.skip("envoy not installed")
+    text = envoy_yaml(listeners=[tcp_listener("c")], clusters=[static_cluster("c", [1])])
+    proc, admin, _ = start_envoy(text, tmp_path)
+    try:
+        envoy_doc = json.loads(get(admin, "/memory")[2])
+    finally:
+        proc.kill()
+        proc.wait()
+    proxy = fastproxy.Proxy.from_envoy(text, concurrency=1).start()
+    try:
+        doc = json.loads(get(proxy.admin_address, "/memory")[2])
+    finally:
+        proxy.stop()
+    assert set(doc) == set(envoy_doc)
+    assert all(isinstance(v, str) for v in envoy_doc.values()) and all(isinstance(v, str) for v in doc.values())
+
+
 def test_unknown_path_and_wrong_method(admin_proxy):
     p, addr, admin, _ = admin_proxy
     status, _, body = get(admin, "/no/such/page")
