@@ -38,6 +38,7 @@ from benchlib import fastproxy_env, find_envoy, taskset  # noqa: E402
 from conftest import static_cluster  # noqa: E402
 from http_upstreams import RawHttpUpstream  # noqa: E402
 import xds_control_plane as xcp  # noqa: E402
+import push_mix  # noqa: E402
 from test_ads_reference_envoy import ads_bootstrap, web  # noqa: E402
 
 
@@ -153,34 +154,6 @@ def one_round(kind: str, n_clusters: int, n_endpoints: int, n_vhosts: int, up_po
 
 # --- requests/s while the control plane pushes -------------------------------------------
 
-ADS_SOURCE = {"ads": {}, "resource_api_version": "V3"}
-
-
-def churn_resources(up_port: int, alt_port: int, step: int) -> dict:
-    """The configuration at push number ``step``: an EDS cluster "c0" whose endpoints
-    alternate between the upstream alone and the upstream beside a second one, a CDS
-    cluster "c1" whose connect timeout changes, an RDS route table whose response header
-    changes, and a listener (LDS) that names the route table; each push changes one type,
-    in turn EDS, RDS, CDS, LDS (every 4th push changes the listener, which drains its
-    old connections)."""
-    kinds = ("eds", "rds", "cds", "lds")
-    n = {k: sum(1 for i in range(step) if kinds[i % 4] == k) for k in kinds}     # pushes of each kind so far
-    endpoints = [up_port] if n["eds"] % 2 == 0 else [up_port, alt_port]
-    assignment = static_cluster("c0", endpoints)["load_assignment"]
-    c0 = {"name": "c0", "type": "EDS", "connect_timeout": "1s",
-          "eds_cluster_config": {"eds_config": ADS_SOURCE}}
-    c1 = static_cluster("c1", [up_port], connect_timeout=f"{1 + n['cds'] % 2}s")
-    route = {"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
-        {"match": {"prefix": "/"}, "route": {"cluster": "c0"}}]}],
-             "response_headers_to_add": [{"header": {"key": "x-push", "value": str(n["rds"])}}]}
-    listener = web("c0")
-    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    del hcm["route_config"]
-    hcm["rds"] = {"route_config_name": "r", "config_source": ADS_SOURCE}
-    hcm["stat_prefix"] = f"web{n['lds'] % 2}"
-    return {xcp.CLUSTER: [c0, c1], xcp.ENDPOINT: [assignment], xcp.ROUTE: [route], xcp.LISTENER: [listener]}
-
-
 def wrk(addr, seconds: float, connections: int, cpu) -> dict:
     out = subprocess.run(taskset(cpu) + ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s",
                                          f"http://{addr[0]}:{addr[1]}/"],
@@ -199,7 +172,7 @@ def churn_round(kind: str, up_port: int, alt_port: int, seconds: float, interval
         versions = iter(range(1, 1 << 30))
 
         def push(step: int) -> None:
-            for type_url, res in churn_resources(up_port, alt_port, step).items():
+            for type_url, res in push_mix.resources(step, up_port, alt_port).items():
                 cp.set(type_url, res, f"v{next(versions)}")
 
         push(0)
@@ -215,11 +188,8 @@ def churn_round(kind: str, up_port: int, alt_port: int, seconds: float, interval
                 step = 0
                 while not stop.wait(interval):
                     step += 1
-                    changed = churn_resources(up_port, alt_port, step)
-                    before = churn_resources(up_port, alt_port, step - 1)
-                    for type_url, res in changed.items():
-                        if res != before[type_url]:
-                            cp.set(type_url, res, f"v{next(versions)}")
+                    for type_url, res in push_mix.changed(step, up_port, alt_port).items():
+                        cp.set(type_url, res, f"v{next(versions)}")
                     pushes[0] = step
             t = threading.Thread(target=pusher, daemon=True)
             t.start()

@@ -49,29 +49,46 @@ def admin_get(admin, path):
         return r.read().decode()
 
 
-def start_envoy(text, tmp_path, ready=None):
+def start_envoy(text, tmp_path, ready=None, args=()):
     """Run the real Envoy (one worker) on the YAML ``text``; returns (process, admin
     address, first listener's address) once it listens and ``ready(admin)``, if given, is
-    true. The caller terminates the process."""
-    import json
-    import subprocess
+    true. ``args``: more command-line arguments. The caller terminates the process."""
     envoy = find_envoy()
     assert envoy, "envoy binary not found"
-    cfg = tmp_path / "envoy.yaml"
+    return start_server_process([envoy, "--disable-hot-restart", "--log-level", "critical", *args],
+                                text, tmp_path, ready)
+
+
+def start_fastproxy_process(text, tmp_path, ready=None, args=()):
+    """start_envoy's twin: the fastproxy command line, in a process of its own, on the
+    same bootstrap and the same flags."""
+    import sys
+    return start_server_process([sys.executable, "-m", "fastproxy", "--log-level", "critical", *args],
+                                text, tmp_path, ready, keep_preload=True)
+
+
+def start_server_process(argv, text, tmp_path, ready=None, keep_preload=False):
+    """argv + ``-c <bootstrap> --concurrency 1 --admin-address-path <file>`` (Envoy's
+    command line, which fastproxy's takes too); returns (process, admin address, first
+    listener's address)."""
+    import json
+    import subprocess
+    cfg = tmp_path / "bootstrap.yaml"
     cfg.write_text(text)
     admin_file = tmp_path / "admin.txt"
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}   # an ASan run's
-    proc = subprocess.Popen([envoy, "-c", str(cfg), "--concurrency", "1", "--disable-hot-restart",
-                             "--log-level", "critical", "--admin-address-path", str(admin_file)],
+    admin_file.unlink(missing_ok=True)
+    # An ASan run's LD_PRELOAD is for this interpreter (and a fastproxy child), not Envoy.
+    env = dict(os.environ) if keep_preload else {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    proc = subprocess.Popen([*argv, "-c", str(cfg), "--concurrency", "1", "--admin-address-path", str(admin_file)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def admin():
-        assert proc.poll() is None, "envoy exited (bad config?)"
+        assert proc.poll() is None, f"{argv[0]} exited (bad config?)"
         t = admin_file.read_text().strip() if admin_file.exists() else ""
         return t and (t.rsplit(":", 1)[0], int(t.rsplit(":", 1)[1]))
 
     try:
-        addr = wait_for(admin, timeout=20, msg="envoy admin address")
+        addr = wait_for(admin, timeout=20, msg="admin address")
 
         def listener():
             try:
@@ -81,8 +98,8 @@ def start_envoy(text, tmp_path, ready=None):
             sa = status[0]["local_address"]["socket_address"] if status else {}
             return sa.get("port_value") and (sa["address"], sa["port_value"])
         if ready is not None:
-            wait_for(lambda: ready(addr), timeout=20, msg="envoy ready")
-        return proc, addr, wait_for(listener, timeout=20, msg="envoy listener")
+            wait_for(lambda: ready(addr), timeout=20, msg="ready")
+        return proc, addr, wait_for(listener, timeout=20, msg="listener")
     except BaseException:
         proc.kill()
         proc.wait()

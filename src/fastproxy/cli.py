@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config-yaml", dest="config_yaml", metavar="YAML",
                    help="bootstrap as inline YAML; merged over --config-path when both are given "
                         "(maps merged, lists appended, as Envoy does)")
+    p.add_argument("--admin-address-path", default=None, metavar="FILE",
+                   help="once the admin listens, write its address (host:port) to FILE, as Envoy does")
     p.add_argument("--mode", choices=MODES, default="serve",
                    help="serve (default); validate: check the configuration, report every error, "
                         "and exit; init_only: start everything, then exit")
@@ -309,7 +311,7 @@ def _startup_lines(proxy, bootstrap) -> None:
 
 
 def serve(proxy, bootstrap, banner: Optional[Callable[[], None]] = None, init_only: bool = False,
-          drain_timeout: float = DEFAULT_DRAIN_TIME_S, hot_restart=None) -> int:
+          drain_timeout: float = DEFAULT_DRAIN_TIME_S, hot_restart=None, admin_address_path: Optional[str] = None) -> int:
     """Start ``proxy``, print where it listens, then block in ``proxy.run()`` until
     SIGINT/SIGTERM or /quitquitquit, drain and return 0. With ``hot_restart`` (a
     fastproxy.hot_restart.HotRestart): take the listening sockets over from the previous
@@ -328,6 +330,10 @@ def serve(proxy, bootstrap, banner: Optional[Callable[[], None]] = None, init_on
         proxy.start()
         try:
             _startup_lines(proxy, bootstrap)
+            admin = getattr(proxy, "admin_address", None)
+            if admin_address_path and admin:
+                with open(admin_address_path, "w") as f:
+                    f.write(_hp(admin[0], admin[1]))
             if banner is not None:
                 banner()
             if hot_restart is not None and hot_restart.epoch > 0 and not init_only:
@@ -389,7 +395,7 @@ def main_config(argv: List[str]) -> int:
                     len(bootstrap.listeners), len(bootstrap.clusters))
         drain = DEFAULT_DRAIN_TIME_S if args.drain_time_s is None else args.drain_time_s
         return serve(proxy, bootstrap, init_only=args.mode == "init_only", drain_timeout=drain,
-                     hot_restart=hot)
+                     hot_restart=hot, admin_address_path=args.admin_address_path)
     except ConfigError as e:
         return _fail(f"error initializing configuration '{shown}': {e}")
     except HotRestartError as e:
