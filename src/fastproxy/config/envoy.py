@@ -532,6 +532,9 @@ def _supported(msg: Message, name: str, values: dict, supported: tuple, default:
 
 
 def _endpoint(item: Any, path: str, cluster_type: str) -> model.Endpoint:
+    plain = _plain_endpoint(item, cluster_type)
+    if plain is not None:
+        return plain
     lb = Message(item, path, ("endpoint", "load_balancing_weight"))
     endpoint = lb.message("endpoint", ("address", "hostname"), required=True)
     address = endpoint.message("address", ("socket_address",), required=True)
@@ -545,6 +548,35 @@ def _endpoint(item: Any, path: str, cluster_type: str) -> model.Endpoint:
     hostname = endpoint.string("hostname", default="")
     model.check_endpoint_hostname(hostname, endpoint.at("hostname"))
     return model.Endpoint(address=host, port=port, weight=weight, hostname=hostname)
+
+
+_PLAIN_SOCKET_FIELDS = frozenset(("address", "port_value", "protocol"))
+
+
+def _plain_endpoint(item: Any, cluster_type: str) -> Optional[model.Endpoint]:
+    """The shape nearly every endpoint has ({endpoint: {address: {socket_address: {address,
+    port_value}}}}, a load_balancing_weight perhaps), valid, read with plain dict lookups:
+    an xDS push of 10,000 endpoints spent most of its time in the generic Message walk.
+    None for anything else, valid or not: the generic reading decides, naming the field."""
+    if type(item) is not dict or not 1 <= len(item) <= 2:
+        return None
+    endpoint = item.get("endpoint")
+    weight = item.get("load_balancing_weight", 1) if len(item) == 2 else 1
+    if type(endpoint) is not dict or len(endpoint) != 1 or type(weight) is not int \
+            or not 1 <= weight <= MAX_ENDPOINT_WEIGHT:
+        return None
+    address = endpoint.get("address")
+    if type(address) is not dict or len(address) != 1:
+        return None
+    sock = address.get("socket_address")
+    if type(sock) is not dict or not sock.keys() <= _PLAIN_SOCKET_FIELDS or sock.get("protocol", "TCP") != "TCP":
+        return None
+    host, port = sock.get("address"), sock.get("port_value")
+    if type(host) is not str or not host or type(port) is not int or not 1 <= port <= MAX_PORT:
+        return None
+    if cluster_type == "STATIC" and not model.is_ip_literal(host):
+        return None
+    return model.Endpoint(address=host, port=port, weight=weight)
 
 
 __all__ = ["load_envoy", "load_envoy_yaml", "load_envoy_json", "bootstrap_from_data"]
