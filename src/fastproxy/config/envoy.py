@@ -550,6 +550,7 @@ def _endpoint(item: Any, path: str, cluster_type: str) -> model.Endpoint:
     return model.Endpoint(address=host, port=port, weight=weight, hostname=hostname)
 
 
+_PLAIN_LB_FIELDS = frozenset(("endpoint", "load_balancing_weight"))
 _PLAIN_SOCKET_FIELDS = frozenset(("address", "port_value", "protocol"))
 
 
@@ -558,10 +559,10 @@ def _plain_endpoint(item: Any, cluster_type: str) -> Optional[model.Endpoint]:
     port_value}}}}, a load_balancing_weight perhaps), valid, read with plain dict lookups:
     an xDS push of 10,000 endpoints spent most of its time in the generic Message walk.
     None for anything else, valid or not: the generic reading decides, naming the field."""
-    if type(item) is not dict or not 1 <= len(item) <= 2:
+    if type(item) is not dict or not item.keys() <= _PLAIN_LB_FIELDS:
         return None
     endpoint = item.get("endpoint")
-    weight = item.get("load_balancing_weight", 1) if len(item) == 2 else 1
+    weight = item.get("load_balancing_weight", 1)
     if type(endpoint) is not dict or len(endpoint) != 1 or type(weight) is not int \
             or not 1 <= weight <= MAX_ENDPOINT_WEIGHT:
         return None
