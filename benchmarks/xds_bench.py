@@ -4,17 +4,18 @@ on the same machine.
 
     python benchmarks/xds_bench.py [--clusters 1000] [--endpoints 10] [--vhosts 1000]
                                    [--rounds 3] [--only fastproxy,envoy] [--json FILE]
+    python benchmarks/xds_bench.py --churn [--churn-seconds 20] [--churn-interval 0.1]
 
-Per proxy and round, from a small configuration in force:
-  * CDS push: `--clusters` clusters with `--endpoints` endpoints each (inline load
-    assignments: fastproxy has no EDS yet; 1000 x 10 = the issue's 10,000 endpoints), timed
-    from the response leaving the control plane (handed to grpc) to the ACK;
-  * LDS push: one listener whose route configuration has `--vhosts` virtual hosts, each
-    routing to one of the pushed clusters, timed to the ACK and to the first request served
-    on the new configuration (the last virtual host answers 201 itself; a request for its
-    domain is sent every millisecond until one gets the 201);
-  * RSS of the proxy process after both (VmRSS; fastproxy's includes its Python runtime).
-Medians over the rounds; the proxy restarts for each round.
+Push times (see one_round): a CDS push of `--clusters` EDS clusters whose
+`--endpoints`-endpoint assignments come by EDS (1000 x 10: the issue's 10,000 endpoints),
+and an RDS push of `--vhosts` virtual hosts, each timed from the response leaving the
+control plane (handed to grpc) to the ACK and to the first request served on the new
+configuration; then the proxy's RSS (VmRSS; fastproxy's includes its Python runtime).
+Medians over the rounds; the proxy restarts for each round, the order alternates.
+
+--churn: requests/s (wrk, pinned apart from the proxy) for `--churn-seconds` without pushes,
+then with one push every `--churn-interval` (EDS, RDS, CDS, LDS changes in turn:
+tests/xds/push_mix.py); the ratio and the errors of each.
 """
 from __future__ import annotations
 
@@ -40,22 +41,6 @@ from http_upstreams import RawHttpUpstream  # noqa: E402
 import xds_control_plane as xcp  # noqa: E402
 import push_mix  # noqa: E402
 from test_ads_reference_envoy import ads_bootstrap, web  # noqa: E402
-
-
-def clusters(n: int, endpoints: int, port: int) -> list:
-    # Every endpoint is the one test upstream (the addresses must answer for routing checks);
-    # the proxy still builds n x endpoints hosts.
-    return [static_cluster(f"c{i}", [port] * endpoints) for i in range(n)]
-
-
-def big_listener(n: int) -> dict:
-    vhosts = [{"name": f"v{i}", "domains": [f"h{i}.example"],
-               "routes": [{"match": {"prefix": "/"}, "route": {"cluster": f"c{i}"}}]} for i in range(n)]
-    # The last one answers 201 itself: the mark that the new routes are in force.
-    vhosts[-1]["routes"] = [{"match": {"prefix": "/"}, "direct_response": {"status": 201}}]
-    listener = web("c0")
-    listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"] = {"virtual_hosts": vhosts}
-    return listener
 
 
 def rss_kb(pid: int) -> int:
@@ -121,32 +106,88 @@ def status(addr, host: str) -> int:
         c.close()
 
 
+def eds_clusters(n: int) -> list:
+    return [{"name": f"e{i}", "type": "EDS", "connect_timeout": "1s",
+             "eds_cluster_config": {"eds_config": push_mix.ADS_SOURCE}} for i in range(n)]
+
+
+def assignments(n: int, endpoints: int, port: int) -> list:
+    # Every endpoint is the one test upstream (the addresses must answer for routing checks);
+    # the proxy still builds n x endpoints hosts.
+    return [{**static_cluster(f"e{i}", [port] * endpoints)["load_assignment"]} for i in range(n)]
+
+
+def route_table(vhosts: list) -> dict:
+    return {"name": "r", "virtual_hosts": vhosts}
+
+
+def rds_listener() -> dict:
+    listener = web("c0")
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    del hcm["route_config"]
+    hcm["rds"] = {"route_config_name": "r", "config_source": push_mix.ADS_SOURCE}
+    return listener
+
+
+def big_routes(n: int) -> dict:
+    vhosts = [{"name": f"v{i}", "domains": [f"h{i}.example"],
+               "routes": [{"match": {"prefix": "/"}, "route": {"cluster": f"e{i}"}}]} for i in range(n)]
+    # The last one answers 201 itself: the mark that the new routes are in force.
+    vhosts[-1]["routes"] = [{"match": {"prefix": "/"}, "direct_response": {"status": 201}}]
+    return route_table(vhosts)
+
+
 def one_round(kind: str, n_clusters: int, n_endpoints: int, n_vhosts: int, up_port: int) -> dict:
+    """From a small configuration (static cluster c0, listener "web" whose routes come from
+    RDS "r": everything to c0, and host "last.example" to cluster e<n-1>, not there yet):
+      1. CDS push of n EDS clusters; their ClusterLoadAssignments (n x endpoints) are held
+         ready, so the EDS response goes out as soon as the proxy subscribes: times to the
+         CDS ACK, to the EDS ACK (from the EDS response), and to the first request that
+         reaches e<n-1> (from the CDS response: the new clusters warm until their endpoints
+         arrive);
+      2. RDS push of ``n_vhosts`` virtual hosts: time to its ACK, and to the first request
+         answered by its last virtual host;
+      3. RSS of the proxy process."""
     with xcp.ControlPlane() as cp, tempfile.TemporaryDirectory() as d:
+        first = {"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "c0"}}]}
+        last = {"name": "last", "domains": ["last.example"],
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": f"e{n_clusters - 1}"}}]}
         cp.set(xcp.CLUSTER, [static_cluster("c0", [up_port])], "c1")
-        cp.set(xcp.LISTENER, [web("c0")], "l1")
+        cp.set(xcp.ENDPOINT, assignments(n_clusters, n_endpoints, up_port), "e1")
+        cp.set(xcp.LISTENER, [rds_listener()], "l1")
+        cp.set(xcp.ROUTE, [route_table([last, first])], "r1")
         proc, addr = start(kind, ads_bootstrap(cp.port), Path(d))
         try:
-            cp.wait_for(lambda rs: sum(1 for r in rs if r.response_nonce) >= 2, timeout=30)
+            cp.wait_for(lambda rs: {r.type_url for r in rs if r.response_nonce} >= {xcp.CLUSTER, xcp.LISTENER, xcp.ROUTE},
+                        timeout=30)
+            while status(addr, "x.example") != 200:
+                time.sleep(0.001)
 
-            def acked(version):
-                rs = cp.wait_for(lambda rs: any(r.version_info == version and r.response_nonce for r in rs), timeout=120)
-                ack = next(r for r in rs if r.version_info == version and r.response_nonce)
+            def sent(type_url, version):
+                nonce = next(n for _, t, v, n in cp.responses if t == type_url and v == version)
+                return cp.sent_at[nonce]
+
+            def acked(type_url, version):
+                rs = cp.wait_for(lambda rs: any(r.type_url == type_url and r.version_info == version
+                                                and r.response_nonce for r in rs), timeout=120)
+                ack = next(r for r in rs if r.type_url == type_url and r.version_info == version and r.response_nonce)
                 assert not ack.nack, ack.error_detail
                 return ack.at - cp.sent_at[ack.response_nonce]
 
-            cp.set(xcp.CLUSTER, clusters(n_clusters, n_endpoints, up_port), "c2")
-            cds_ack = acked("c2")
-            last = f"h{n_vhosts - 1}.example"
-            assert status(addr, last) == 200         # the first listener's "*" virtual host
-            cp.set(xcp.LISTENER, [big_listener(n_vhosts)], "l2")
-            lds_ack = acked("l2")
-            sent = cp.sent_at[next(n for _, t, v, n in cp.responses if v == "l2")]
-            while status(addr, last) != 201:
+            cp.set(xcp.CLUSTER, [static_cluster("c0", [up_port])] + eds_clusters(n_clusters), "c2")
+            while status(addr, "last.example") != 200:
                 time.sleep(0.001)
-            first = time.monotonic() - sent
-            return {"cds_ack_ms": cds_ack * 1e3, "lds_ack_ms": lds_ack * 1e3,
-                    "lds_first_request_ms": first * 1e3, "rss_mb": rss_kb(proc.pid) / 1024}
+            cds_first = time.monotonic() - sent(xcp.CLUSTER, "c2")
+            cds_ack = acked(xcp.CLUSTER, "c2")
+            eds_ack = acked(xcp.ENDPOINT, "e1")
+            cp.set(xcp.ROUTE, [big_routes(n_vhosts)], "r2")
+            rds_ack = acked(xcp.ROUTE, "r2")
+            while status(addr, f"h{n_vhosts - 1}.example") != 201:
+                time.sleep(0.001)
+            rds_first = time.monotonic() - sent(xcp.ROUTE, "r2")
+            return {"cds_ack_ms": cds_ack * 1e3, "eds_ack_ms": eds_ack * 1e3, "cds_first_request_ms": cds_first * 1e3,
+                    "rds_ack_ms": rds_ack * 1e3, "rds_first_request_ms": rds_first * 1e3,
+                    "rss_mb": rss_kb(proc.pid) / 1024}
         finally:
             proc.kill()
             proc.wait()
@@ -264,9 +305,10 @@ def main(argv=None) -> int:
         up.close()
     summary = {k: {m: statistics.median(x[m] for x in v) for m in v[0]} for k, v in results.items() if v}
     print()
-    print(f"{'proxy':10s} {'CDS ACK ms':>11s} {'LDS ACK ms':>11s} {'LDS first rq ms':>16s} {'RSS MB':>8s}")
+    cols = ("cds_ack_ms", "eds_ack_ms", "cds_first_request_ms", "rds_ack_ms", "rds_first_request_ms", "rss_mb")
+    print(f"{'proxy':10s} " + " ".join(f"{c:>20s}" for c in cols))
     for k, s in summary.items():
-        print(f"{k:10s} {s['cds_ack_ms']:11.1f} {s['lds_ack_ms']:11.1f} {s['lds_first_request_ms']:16.1f} {s['rss_mb']:8.1f}")
+        print(f"{k:10s} " + " ".join(f"{s[c]:20.1f}" for c in cols))
     if "envoy" in summary and "fastproxy" in summary:
         f, e = summary["fastproxy"], summary["envoy"]
         print("fastproxy / envoy: " + "  ".join(f"{m} {f[m] / e[m]:.2f}x" for m in f))
