@@ -1208,3 +1208,36 @@ def test_connect_tunnel_config_is_valid_for_envoy_and_loads(tmp_path):
     hcm = load_envoy(path).listeners[0].handler
     assert [(u.upgrade_type, u.enabled) for u in hcm.upgrade_configs] == [("CONNECT", True)]
     assert hcm.route_config.virtual_hosts[0].routes[0].match.connect_matcher
+
+
+@pytest.mark.parametrize("route", [
+    {"match": {"prefix": "/"}, "route": {"cluster": "c"}},
+    {"match": {"path": "/exact"}, "route": {"cluster": "c"}, "name": "named"},
+    {"match": {"prefix": ""}, "route": {"cluster": "c"}},
+])
+def test_plain_routes_read_as_the_general_reading_does(route):
+    """config/http.py reads the common route shape with plain lookups; the result, and the
+    cluster reference it records, are the general reading's (forced here by a field the
+    plain reading leaves to it: an empty typed_per_filter_config changes nothing)."""
+    from fastproxy.config.http import _Context, _route
+    plain_ctx, general_ctx = _Context([], 4096), _Context([], 4096)
+    plain = _route(route, "r", plain_ctx)
+    general = _route({**route, "typed_per_filter_config": {}}, "r", general_ctx)
+    assert plain == general
+    assert plain_ctx.refs == general_ctx.refs == [("c", "r.route.cluster")]
+
+
+@pytest.mark.parametrize("route, path", [
+    ({"match": {"prefix": "/", "headerz": []}, "route": {"cluster": "c"}}, "r.match.headerz"),
+    ({"match": {"prefix": "/"}, "route": {"cluster": ""}}, "r.route.cluster"),
+    ({"match": {"prefix": 3}, "route": {"cluster": "c"}}, "r.match.prefix"),
+    ({"match": {"prefix": "/"}, "route": {"cluster": "c"}, "nme": "x"}, "r.nme"),
+])
+def test_routes_the_plain_reading_leaves_are_named_by_the_general_one(route, path):
+    from fastproxy.config.http import _Context, _route
+    from fastproxy.config.proto import collecting, raise_collected
+    with pytest.raises(ConfigError) as e:
+        with collecting() as errors:
+            _route(route, "r", _Context([], 4096))
+        raise_collected(errors)
+    assert e.value.path == path

@@ -451,6 +451,9 @@ def _virtual_host(item: Any, path: str, ctx: _Context, seen: dict) -> mh.Virtual
 
 
 def _route(item: Any, path: str, ctx: _Context) -> mh.Route:
+    plain = _plain_route(item, path, ctx)
+    if plain is not None:
+        return plain
     msg = Message(item, path, ("name", "match", "route", "redirect", "direct_response", "typed_per_filter_config")
                   + HEADER_MUTATION_FIELDS)
     name = msg.string("name", default="")
@@ -465,6 +468,30 @@ def _route(item: Any, path: str, ctx: _Context) -> mh.Route:
         direct = _direct_response(msg.message("direct_response", ("status", "body")), ctx)
     return mh.Route(match=match, route=route, redirect=redirect, direct_response=direct, name=name,
                     headers=_header_mutations(msg), typed_per_filter_config=_raw_per_filter(msg))
+
+
+def _plain_route(item: Any, path: str, ctx: _Context) -> Optional[mh.Route]:
+    """The route most route tables are made of ({match: {prefix or path}, route: {cluster}},
+    a name perhaps), valid, read with plain dict lookups: an RDS push of 1,000 virtual
+    hosts spent most of its time in the generic Message walk. None for anything else,
+    valid or not: the generic reading decides, naming the field. The result is the one
+    the generic reading gives (tests/config/test_route_config.py compares them)."""
+    if type(item) is not dict or not item.keys() <= _PLAIN_ROUTE_FIELDS:
+        return None
+    match, action, name = item.get("match"), item.get("route"), item.get("name", "")
+    if type(match) is not dict or len(match) != 1 or type(action) is not dict or len(action) != 1 \
+            or type(name) is not str:
+        return None
+    kind, value = next(iter(match.items()))
+    cluster = action.get("cluster")
+    if kind not in ("prefix", "path") or type(value) is not str or type(cluster) is not str or not cluster:
+        return None
+    ctx.refs.append((cluster, f"{path}.route.cluster"))
+    return mh.Route(match=mh.RouteMatch(**{kind: value}), route=mh.RouteAction(cluster=cluster, timeout=DEFAULT_ROUTE_TIMEOUT),
+                    name=name)
+
+
+_PLAIN_ROUTE_FIELDS = frozenset(("name", "match", "route"))
 
 
 def _raw_per_filter(msg: Message) -> dict:
