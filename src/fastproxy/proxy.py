@@ -147,10 +147,11 @@ class _ListenerBuild:
     and its ListenerCfgHandle. An update keeps the handle, and so the listener's open
     connections, when model and socket are equal and every ref is the very same object."""
 
-    __slots__ = ("model", "sock", "refs", "handle")
+    __slots__ = ("model", "sock", "refs", "handle", "retired")
 
     def __init__(self, model: Listener, sock, refs: dict, handle):
         self.model, self.sock, self.refs, self.handle = model, sock, refs, handle
+        self.retired = False        # its drain has started (once, even if that apply failed)
 
     def unchanged(self, model: Listener, sock, refs: dict) -> bool:
         return (self.sock is sock and self.model == model and self.refs.keys() == refs.keys()
@@ -809,11 +810,14 @@ class Proxy:
         start their drain (the workers arm its end as they apply), and are counted."""
         now = time.monotonic()
         states = self._resource_states["listener"]
+        # Forget the drains that are over (each holds its version's config until then).
+        self._draining = [d for d in self._draining if not d.over()]
         for name, old in self._listener_builds.items():
             new = builds.get(name)
-            if new is old:
+            if new is old or old.retired:
                 continue
             self._listener_counts["modified" if new is not None else "removed"] += 1
+            old.retired = True
             old.handle.start_drain(self.drain_time_s, self.drain_strategy == "immediate")
             st = states.get(name)
             self._draining.append(_Draining(name, old.model, old.handle, now + self.drain_time_s,
