@@ -305,3 +305,75 @@ def test_config_dump_shows_a_discovered_listeners_draining_version(ab, proxy_fac
     wait_for(lambda: p.draining_listeners() == [], msg="drained with its last connection")
     entry = p.config_dump(resource="dynamic_listeners")["configs"][0]
     assert "draining_state" not in entry
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("who", ["fastproxy", "envoy"])
+def test_command_line_drain_of_a_listener_changed_by_lds_as_envoy(tmp_path, who):
+    """The same bootstrap (LDS from a file) and the same flags, --drain-time-s 2
+    --drain-strategy immediate, on the fastproxy command line and on Envoy 1.40: once the
+    file changes the listener, new connections get the new version; an old keep-alive
+    connection's next response is the old version's, with Connection: close; an old idle
+    one is closed at the drain end, about 2 s after the change, not before."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    from conftest import SRC, envoy_bootstrap, find_envoy, free_port, http_listener, static_cluster
+
+    if who == "envoy" and not find_envoy():
+        pytest.skip("envoy binary not found")
+    a, b = _named_upstream(b"A"), _named_upstream(b"B")
+    port = free_port()
+    lds = tmp_path / "lds.yaml"
+
+    def publish(version, cluster):
+        listener = {"@type": "type.googleapis.com/envoy.config.listener.v3.Listener",
+                    **http_listener([{"match": {"prefix": "/"}, "route": {"cluster": cluster}}],
+                                    name="dyn", stat_prefix="dyn", port=port)}
+        (tmp_path / "lds.tmp").write_text(yaml.safe_dump({"version_info": version, "resources": [listener]}))
+        os.replace(tmp_path / "lds.tmp", lds)
+
+    publish("1", "a")
+    cfg = tmp_path / "boot.yaml"
+    cfg.write_text(yaml.safe_dump(envoy_bootstrap(
+        [], [static_cluster("a", [a.port]), static_cluster("b", [b.port])], admin=False,
+        node={"id": "node-1", "cluster": "tests"},
+        dynamic_resources={"lds_config": {"path_config_source": {"path": str(lds)},
+                                          "resource_api_version": "V3"}}), sort_keys=False))
+    flags = ["--concurrency", "1", "--drain-time-s", "2", "--drain-strategy", "immediate"]
+    if who == "envoy":
+        cmd = [find_envoy(), "-c", str(cfg), "--disable-hot-restart", "--log-level", "critical", *flags]
+        env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}   # an ASan run's
+    else:
+        cmd = [sys.executable, "-m", "fastproxy", "-c", str(cfg), "-l", "critical", *flags]
+        env = dict(os.environ, PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    addr = ("127.0.0.1", port)
+
+    def fresh():
+        try:
+            return _fresh_get(addr)
+        except OSError:
+            return None
+
+    try:
+        wait_for(lambda: fresh() == b"A", timeout=30, msg=f"{who} serves the listener")
+        busy, idle = connect(addr, timeout=10), connect(addr, timeout=10)
+        assert _get(busy) == (b"A", False) and _get(idle) == (b"A", False)
+        publish("2", "b")
+        wait_for(lambda: fresh() == b"B", timeout=10, msg=f"{who} took the change")
+        changed = time.monotonic()
+        assert _get(busy) == (b"A", True)
+        assert wait_closed(idle, timeout=10) == "eof"
+        elapsed = time.monotonic() - changed
+        assert 1.0 < elapsed < 2 + 1.5, (who, elapsed)
+        assert wait_closed(busy, timeout=5) == "eof"
+        busy.close()
+        idle.close()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        a.close()
+        b.close()
