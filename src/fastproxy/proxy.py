@@ -272,6 +272,8 @@ class Proxy:
         self._listeners: dict[str, Any] = {}                        # name -> ListenerCfgHandle
         self._listener_builds: dict[str, _ListenerBuild] = {}
         self._draining: list[_Draining] = []        # retired versions, oldest first
+        # Guards _draining alone: stats() (the admin's thread) must not wait for an update.
+        self._draining_lock = threading.Lock()
         self.drain_time_s = float(drain_time_s)
         self.drain_strategy = drain_strategy
         # Envoy's listener_manager.listener_added / _modified / _removed
@@ -684,7 +686,7 @@ class Proxy:
     def _still_draining(self) -> list[_Draining]:
         """The retired listener versions still draining (the others are forgotten here: the
         workers drop them with their last connection or at their drain end)."""
-        with self._lock:
+        with self._draining_lock:
             self._draining = [d for d in self._draining if not d.over()]
             return list(self._draining)
 
@@ -810,8 +812,7 @@ class Proxy:
         start their drain (the workers arm its end as they apply), and are counted."""
         now = time.monotonic()
         states = self._resource_states["listener"]
-        # Forget the drains that are over (each holds its version's config until then).
-        self._draining = [d for d in self._draining if not d.over()]
+        retired = []
         for name, old in self._listener_builds.items():
             new = builds.get(name)
             if new is old or old.retired:
@@ -820,8 +821,10 @@ class Proxy:
             old.retired = True
             old.handle.start_drain(self.drain_time_s, self.drain_strategy == "immediate")
             st = states.get(name)
-            self._draining.append(_Draining(name, old.model, old.handle, now + self.drain_time_s,
-                                            dataclasses.replace(st[1]) if st is not None else None))
+            retired.append(_Draining(name, old.model, old.handle, now + self.drain_time_s,
+                                     dataclasses.replace(st[1]) if st is not None else None))
+        with self._draining_lock:       # (the drains that are over go: each holds its config)
+            self._draining = [d for d in self._draining if not d.over()] + retired
         self._listener_counts["added"] += sum(1 for name in builds if name not in self._listener_builds)
 
     # ---- DNS: resolved here, on a control-plane thread, never on a worker ----
