@@ -132,13 +132,17 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--service-node", default=None, metavar="ID", help="node id")
     node.add_argument("--service-cluster", default=None, metavar="NAME", help="node cluster")
     node.add_argument("--service-zone", default=None, metavar="ZONE", help="node locality zone")
-    drain = p.add_argument_group("shutdown")
+    drain = p.add_argument_group("draining")
     drain.add_argument("--drain-time-s", type=_uint32, default=None, metavar="N",
                        help="on SIGINT/SIGTERM or /quitquitquit, let open connections finish for up "
-                            f"to N seconds before closing them (default: {DEFAULT_DRAIN_TIME_S})")
+                            "to N seconds before closing them; the connections of a listener an "
+                            "update changed or removed are closed after N seconds too "
+                            f"(default: {DEFAULT_DRAIN_TIME_S})")
     drain.add_argument("--drain-strategy", choices=("gradual", "immediate"), default="gradual",
-                       help="accepted as Envoy's; fastproxy stops accepting at once and lets open "
-                            "connections finish within the drain time in either case")
+                       help="how the connections of a changed or removed listener are asked to "
+                            "close: gradual (each response says Connection: close with a "
+                            "probability rising over the drain time) or immediate (every next "
+                            "response); on shutdown fastproxy stops accepting at once either way")
     hot = p.add_argument_group(
         "hot restart (a new process takes the listening sockets over from the running one; "
         "on when --restart-epoch, --base-id or --use-dynamic-base-id is given)")
@@ -390,10 +394,11 @@ def main_config(argv: List[str]) -> int:
     hot = None
     try:
         hot = _hot_restart(args)
-        proxy = Proxy.from_bootstrap(bootstrap, concurrency=args.concurrency)
+        drain = DEFAULT_DRAIN_TIME_S if args.drain_time_s is None else args.drain_time_s
+        proxy = Proxy.from_bootstrap(bootstrap, concurrency=args.concurrency, drain_time_s=drain,
+                                     drain_strategy=args.drain_strategy)
         logger.info("fastproxy %s starting: %d listener(s), %d cluster(s)", package_version(),
                     len(bootstrap.listeners), len(bootstrap.clusters))
-        drain = DEFAULT_DRAIN_TIME_S if args.drain_time_s is None else args.drain_time_s
         return serve(proxy, bootstrap, init_only=args.mode == "init_only", drain_timeout=drain,
                      hot_restart=hot, admin_address_path=args.admin_address_path)
     except ConfigError as e:

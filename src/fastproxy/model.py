@@ -172,6 +172,10 @@ def _deprecated(what: str, instead: str) -> None:
     warnings.warn(f"{what} is deprecated; use {instead}", DeprecationWarning, stacklevel=3)
 
 
+#: Envoy's Listener.DrainType values.
+LISTENER_DRAIN_TYPES = ("DEFAULT", "MODIFY_ONLY")
+
+
 @dataclass(init=False)
 class Listener:
     """A listening socket and the handler its connections get: a :class:`TcpProxy`
@@ -182,8 +186,11 @@ class Listener:
     connection gets a fresh instance of each, run in order on reads and in reverse on writes
     (TCP proxy listeners only). ``idle_timeout`` and ``max_connect_attempts`` are Envoy's
     tcp_proxy fields; ``buffer_limit`` bounds the bytes buffered per direction before reading
-    pauses (and sizes the splice pipes). ``cluster=`` and ``http=`` are the deprecated
-    spellings of ``handler``.
+    pauses (and sizes the splice pipes). ``drain_type`` is Envoy's: "DEFAULT" or
+    "MODIFY_ONLY"; both drain when an update changes or removes the listener (and on a hot
+    restart); they differ only for Envoy's /healthcheck/fail, which DEFAULT listeners also
+    drain on and which fastproxy does not have. ``cluster=`` and ``http=`` are the
+    deprecated spellings of ``handler``.
     """
 
     name: str
@@ -197,11 +204,13 @@ class Listener:
     backlog: int = 1024
     max_connections: Optional[int] = None
     buffer_limit: int = 1 << 20
+    drain_type: str = "DEFAULT"
 
     def __init__(self, name: str, handler: Optional[Handler] = None, *, address: str = "127.0.0.1",
                  port: int = 0, stat_prefix: str = "", idle_timeout: Optional[float] = 3600.0,
                  max_connect_attempts: int = 1, filters: Sequence[FilterFactory] = (), backlog: int = 1024,
                  max_connections: Optional[int] = None, buffer_limit: int = 1 << 20,
+                 drain_type: str = "DEFAULT",
                  cluster: Optional[str] = None, http: Optional[HttpConnectionManager] = None) -> None:
         # Which argument named the handler: errors name it as the caller wrote it.
         self._handler_arg = "handler"
@@ -238,6 +247,7 @@ class Listener:
         self.backlog = backlog
         self.max_connections = max_connections
         self.buffer_limit = buffer_limit
+        self.drain_type = drain_type
 
     @property
     def cluster(self) -> str:
@@ -287,6 +297,9 @@ class Listener:
             raise ConfigError(path + ".max_connections", "must be an integer >= 1 or None")
         if not isinstance(self.buffer_limit, int) or self.buffer_limit < 4096:
             raise ConfigError(path + ".buffer_limit", "must be an integer >= 4096")
+        if self.drain_type not in LISTENER_DRAIN_TYPES:
+            raise ConfigError(path + ".drain_type", f"must be one of {', '.join(LISTENER_DRAIN_TYPES)}, "
+                                                    f"got {self.drain_type!r}")
         for i, f in enumerate(self.filters):
             if not callable(f):
                 raise ConfigError(f"{path}.filters[{i}]", f"a filter must be a NetworkFilter class or factory, got {f!r}")

@@ -7,6 +7,7 @@ on it. See docs/architecture.md.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import gc
 import logging
@@ -161,6 +162,42 @@ class _ClusterState:
         self.next_refresh = time.monotonic() + model.dns_refresh_rate
 
 
+class _ListenerBuild:
+    """A listener as compiled into the core: its model, its listening socket, the core
+    objects it was built from (``refs``: cluster handles, HTTP configuration references)
+    and its ListenerCfgHandle. An update keeps the handle, and so the listener's open
+    connections, when model and socket are equal and every ref is the very same object."""
+
+    __slots__ = ("model", "sock", "refs", "handle", "retired")
+
+    def __init__(self, model: Listener, sock, refs: dict, handle):
+        self.model, self.sock, self.refs, self.handle = model, sock, refs, handle
+        self.retired = False        # its drain has started (once, even if that apply failed)
+
+    def unchanged(self, model: Listener, sock, refs: dict) -> bool:
+        return (self.sock is sock and self.model == model and self.refs.keys() == refs.keys()
+                and all(self.refs[k] is v for k, v in refs.items()))
+
+
+class _Draining:
+    """A retired listener version whose connections drain until ``end`` (monotonic)."""
+
+    __slots__ = ("name", "model", "handle", "end", "state")
+
+    def __init__(self, name: str, model: Listener, handle, end: float, state):
+        self.name, self.model, self.handle, self.end, self.state = name, model, handle, end, state
+
+    def over(self) -> bool:
+        # Envoy lists a draining listener for the whole drain time; this one goes as soon
+        # as its last connection has (nothing is left to drain).
+        return time.monotonic() >= self.end or self.handle.connections() == 0
+
+
+DRAIN_STRATEGIES = ("gradual", "immediate")
+#: Envoy's --drain-time-s default.
+DEFAULT_DRAIN_TIME_S = 600.0
+
+
 def _as_list(value: Any, argument: str, cls: type) -> list:
     """The list a Proxy argument takes, with a TypeError naming the argument for what is
     easy to pass by mistake: one object instead of a list, or an Envoy-style dict."""
@@ -194,6 +231,13 @@ class Proxy:
     node's id and cluster, as in Envoy). The configuration is checked
     here: a mistake raises :class:`ConfigError` naming the argument's path.
 
+    ``drain_time_s`` and ``drain_strategy`` (Envoy's ``--drain-time-s`` and
+    ``--drain-strategy``): when ``update()`` changes or removes a listener, the connections
+    of its old version drain: each HTTP response on one says ``Connection: close`` with a
+    probability rising from 0 to 1 over ``drain_time_s`` ("gradual"), or always
+    ("immediate"), and whatever is still open after ``drain_time_s`` (HTTP or TCP proxy) is
+    closed. :meth:`draining_listeners` names the listeners with a version draining.
+
     Lifecycle: ``start()`` / ``stop()``, or ``with proxy:``, or ``run()`` (serve until
     SIGINT/SIGTERM); in asyncio code ``async with proxy:`` or ``await proxy.aclose()``. While it runs: ``update()`` replaces the configuration, ``stats()``,
     ``histograms()`` and ``listener_address()`` report. ``from_envoy()`` builds one from an
@@ -214,7 +258,14 @@ class Proxy:
                  concurrency: Optional[int] = None, admin: Optional[Admin] = None,
                  node: Optional[Node] = None, max_downstream_connections: Optional[int] = None,
                  loop: Optional[asyncio.AbstractEventLoop] = None,
-                 dynamic_resources: Optional[DynamicResources] = None):
+                 dynamic_resources: Optional[DynamicResources] = None,
+                 drain_time_s: float = DEFAULT_DRAIN_TIME_S, drain_strategy: str = "gradual"):
+        if isinstance(drain_time_s, bool) or not isinstance(drain_time_s, (int, float)) \
+                or not 0 <= drain_time_s < float("inf"):
+            raise ConfigError("drain_time_s", f"must be a number of seconds >= 0, got {drain_time_s!r}")
+        if drain_strategy not in DRAIN_STRATEGIES:
+            raise ConfigError("drain_strategy", f"must be one of {', '.join(DRAIN_STRATEGIES)}, "
+                                                f"got {drain_strategy!r}")
         if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):
             raise TypeError(f"Proxy(loop=...) takes an asyncio event loop, got {type(loop).__name__}")
         if dynamic_resources is not None and not isinstance(dynamic_resources, DynamicResources):
@@ -240,6 +291,14 @@ class Proxy:
         self._socks: dict[str, tuple[tuple[str, int], Any]] = {}   # listener name -> (requested, sock)
         self._clusters: dict[str, _ClusterState] = {}
         self._listeners: dict[str, Any] = {}                        # name -> ListenerCfgHandle
+        self._listener_builds: dict[str, _ListenerBuild] = {}
+        self._draining: list[_Draining] = []        # retired versions, oldest first
+        # Guards _draining alone: stats() (the admin's thread) must not wait for an update.
+        self._draining_lock = threading.Lock()
+        self.drain_time_s = float(drain_time_s)
+        self.drain_strategy = drain_strategy
+        # Envoy's listener_manager.listener_added / _modified / _removed
+        self._listener_counts = {"added": 0, "modified": 0, "removed": 0}
         self._bootstrap = bootstrap
         # What /config_dump shows: the bootstrap the proxy was made with, and per listener,
         # cluster and route configuration (by its listener's name) a ResourceState with
@@ -285,18 +344,22 @@ class Proxy:
     # ---- construction from files ----
 
     @classmethod
-    def from_bootstrap(cls, bootstrap: Bootstrap, *, concurrency: Optional[int] = None) -> "Proxy":
+    def from_bootstrap(cls, bootstrap: Bootstrap, *, concurrency: Optional[int] = None,
+                       drain_time_s: float = DEFAULT_DRAIN_TIME_S, drain_strategy: str = "gradual") -> "Proxy":
         """A proxy for a whole configuration (what load_envoy returns: validated there, and
         not again here unless changed since)."""
         return cls(bootstrap.listeners, bootstrap.clusters, concurrency=concurrency, admin=bootstrap.admin,
                    node=bootstrap.node, max_downstream_connections=bootstrap.max_downstream_connections,
-                   dynamic_resources=bootstrap.dynamic_resources)
+                   dynamic_resources=bootstrap.dynamic_resources, drain_time_s=drain_time_s,
+                   drain_strategy=drain_strategy)
 
     @classmethod
-    def from_envoy(cls, source: Any, *, concurrency: Optional[int] = None) -> "Proxy":
+    def from_envoy(cls, source: Any, *, concurrency: Optional[int] = None,
+                   drain_time_s: float = DEFAULT_DRAIN_TIME_S, drain_strategy: str = "gradual") -> "Proxy":
         """From an Envoy v3 bootstrap: a path, YAML/JSON text, or a dict."""
         from .config import load_envoy
-        return cls.from_bootstrap(load_envoy(source), concurrency=concurrency)
+        return cls.from_bootstrap(load_envoy(source), concurrency=concurrency, drain_time_s=drain_time_s,
+                                  drain_strategy=drain_strategy)
 
     # ---- lifecycle ----
 
@@ -453,7 +516,9 @@ class Proxy:
     def update(self, listeners: Optional[Iterable[Listener]] = None,
                clusters: Optional[Iterable[Cluster]] = None, *, _validated: bool = False) -> None:
         """Replace the listeners and/or clusters. New connections use the new config as
-        soon as this returns; open connections keep the config they started with. (With
+        soon as this returns. A listener that is equal and built from the same clusters
+        keeps its connections as they are; the connections of a changed or removed one
+        drain over ``drain_time_s`` (see the class). (With
         dynamic_resources, the next discovered update sets the static resources the proxy
         started with beside the discovered ones again.)"""
         with self._lock:
@@ -538,9 +603,12 @@ class Proxy:
             states = {kind: {name: st for name, (_, st) in entries.items()}
                       for kind, entries in self._resource_states.items()}
             node = {"user_agent_name": "fastproxy", "user_agent_version": package_version()}
+            # (Envoy's DynamicListener has a draining_state; a StaticListener has none.)
+            draining = [(d.model, d.state) for d in self._still_draining()
+                        if d.state is not None and d.state.dynamic]
             full = dump.build(self._initial_bootstrap, self._created, node, list(b.listeners),
                               list(b.clusters), states["listener"], states["cluster"], states["route"],
-                              dict(self._discovery_versions))
+                              dict(self._discovery_versions), draining)
         return dump.apply_query(full, resource, mask)
 
     # ---- hot restart (fastproxy.hot_restart drives these) ----
@@ -607,10 +675,13 @@ class Proxy:
         out: dict[str, int] = {
             "server.concurrency": self.concurrency,
             "listener_manager.total_listeners_active": len(self._listeners),
+            "listener_manager.total_listeners_draining": len(self._still_draining()),
             "cluster_manager.active_clusters": len(self._clusters),
         }
         memory = memory_stats()
         out.update({name: memory[field] for name, field in MEMORY_GAUGES.items()})
+        for what, n in self._listener_counts.items():
+            out[f"listener_manager.listener_{what}"] = n
         for (kind, name), block in list(self._stats.items()):
             for stat, value in block.read().items():
                 out[f"{name}.{stat}"] = value
@@ -636,6 +707,18 @@ class Proxy:
             out.update(_core.native_filter_stats(names))
         return out
 
+    def _still_draining(self) -> list[_Draining]:
+        """The retired listener versions still draining (the others are forgotten here: the
+        workers drop them with their last connection or at their drain end)."""
+        with self._draining_lock:
+            self._draining = [d for d in self._draining if not d.over()]
+            return list(self._draining)
+
+    def draining_listeners(self) -> list[str]:
+        """The names of the listeners an old version of which is draining (changed or
+        removed by update(), with connections open and drain time left), sorted."""
+        return sorted({d.name for d in self._still_draining()})
+
     def cluster_hosts(self) -> dict[str, list[tuple[str, int, str, int, dict]]]:
         """Each cluster's current hosts (what admin /clusters prints): {cluster: [(ip, port,
         hostname, weight, {stat: value})]}, the per-host counters summed over the workers
@@ -645,8 +728,8 @@ class Proxy:
 
     def gauge_names(self) -> set[str]:
         """Which names in :meth:`stats` are gauges (Envoy's type); the others are counters."""
-        out = {"server.concurrency", "listener_manager.total_listeners_active", "cluster_manager.active_clusters",
-               *MEMORY_GAUGES}
+        out = {"server.concurrency", "listener_manager.total_listeners_active",
+               "listener_manager.total_listeners_draining", "cluster_manager.active_clusters", *MEMORY_GAUGES}
         for (kind, name), block in list(self._stats.items()):
             out.update(f"{name}.{g}" for g in block.gauges)
             if kind == "listener":
@@ -697,6 +780,7 @@ class Proxy:
 
         socks: dict[str, tuple[tuple[str, int], Any]] = {}
         handles = []
+        builds: dict[str, _ListenerBuild] = {}
         for i, l in enumerate(b.listeners):
             requested = (l.address, l.port)
             old = self._socks.get(l.name)
@@ -710,13 +794,23 @@ class Proxy:
                         f"static_resources.listeners[{i}] ({l.name}): {e.strerror or e}") from None
             socks[l.name] = (requested, sock)
             ip, port = sock.address
+            hcm = l.http_connection_manager
+            # What the listener's core config is built from besides its model: when these
+            # are the same objects (and the model is equal), the built one is kept.
+            cluster_refs = {name: c.handle for name, c in clusters.items()} if hcm is not None else None
+            refs = {"cluster": clusters[l.handler.cluster].handle} if hcm is None else {
+                ("cluster", name): handle for name, handle in cluster_refs.items()}
+            old_build = self._listener_builds.get(l.name)
+            if old_build is not None and old_build.unchanged(l, sock, refs):
+                builds[l.name] = old_build
+                handles.append(old_build.handle)
+                continue
             factories = tuple(l.filters)
             http = None
-            hcm = l.http_connection_manager
             if hcm is not None:
                 http = _core.make_http_cfg(
                     hcm, self._stat_block("http", f"http.{hcm.stat_prefix}"),
-                    {name: c.handle for name, c in clusters.items()}, self.concurrency,
+                    cluster_refs, self.concurrency,
                     self._stat_block("http1", "http1"),     # Envoy's server-wide codec stats
                     self._async)
             handles.append(self._engine.make_listener(
@@ -729,10 +823,33 @@ class Proxy:
                 not any(_reads_bytes(f, "on_write") for f in factories), http,
                 None if http is None else
                 self._stat_block("listener_http", f"listener.{ip}_{port}.http.{hcm.stat_prefix}")))
+            builds[l.name] = _ListenerBuild(l, sock, refs, handles[-1])
+        self._retire_listeners(builds)
         self._engine.apply(handles)
         self._clusters = clusters
         self._socks = socks
         self._listeners = {h.name: h for h in handles}
+        self._listener_builds = builds
+
+    def _retire_listeners(self, builds: dict[str, "_ListenerBuild"]) -> None:
+        """Before the apply that installs ``builds``: the versions it replaces or removes
+        start their drain (the workers arm its end as they apply), and are counted."""
+        now = time.monotonic()
+        states = self._resource_states["listener"]
+        retired = []
+        for name, old in self._listener_builds.items():
+            new = builds.get(name)
+            if new is old or old.retired:
+                continue
+            self._listener_counts["modified" if new is not None else "removed"] += 1
+            old.retired = True
+            old.handle.start_drain(self.drain_time_s, self.drain_strategy == "immediate")
+            st = states.get(name)
+            retired.append(_Draining(name, old.model, old.handle, now + self.drain_time_s,
+                                     dataclasses.replace(st[1]) if st is not None else None))
+        with self._draining_lock:       # (the drains that are over go: each holds its config)
+            self._draining = [d for d in self._draining if not d.over()] + retired
+        self._listener_counts["added"] += sum(1 for name in builds if name not in self._listener_builds)
 
     # ---- DNS: resolved here, on a control-plane thread, never on a worker ----
 

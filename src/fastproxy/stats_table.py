@@ -145,6 +145,8 @@ BLOCKS = (
         ("H_CX_DESTROY_REMOTE_ACTIVE_RQ", "downstream_cx_destroy_remote_active_rq", COUNTER),
         ("H_RQ_FAILED_PATH_NORMALIZATION", "downstream_rq_failed_path_normalization", COUNTER),
         ("H_RQ_REDIRECTED_NORMALIZED_PATH", "downstream_rq_redirected_with_normalized_path", COUNTER),
+        # a response that said Connection: close because its listener version is draining
+        ("H_CX_DRAIN_CLOSE", "downstream_cx_drain_close", COUNTER),
     )),
     StatBlockDef("HTTP1", "H1S_NSTATS", "http1.*: server-wide", (
         ("H1S_DROPPED_UNDERSCORES", "dropped_headers_with_underscores", COUNTER),

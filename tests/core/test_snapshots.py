@@ -383,9 +383,9 @@ def test_ports_are_bound_by_start_not_by_the_constructor(servers):
 
 
 def test_http_listener_removed_drains_its_connections(proxy_factory):
-    """A removed HTTP listener drains the connections it accepted (the HTTP connection
-    manager's listener_gone hook): an idle keep-alive connection is closed at once, a busy
-    one gets its response, with Connection: close, and then ends."""
+    """A removed HTTP listener drains the connections it accepted (immediate strategy): a
+    busy one gets its response, with Connection: close, and then ends; an idle keep-alive
+    connection is closed at the drain end (tests/core/test_listener_drain.py has the rest)."""
     from fastproxy.http import HttpConnectionManager, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost
     from http_upstreams import RawHttpUpstream
 
@@ -405,7 +405,8 @@ def test_http_listener_removed_drains_its_connections(proxy_factory):
 
     try:
         keep, gone = web("keep"), web("gone")
-        p = proxy_factory([keep, gone], [Cluster("c", [Endpoint("127.0.0.1", up.port)])], concurrency=1)
+        p = proxy_factory([keep, gone], [Cluster("c", [Endpoint("127.0.0.1", up.port)])], concurrency=1,
+                          drain_time_s=1, drain_strategy="immediate")
         addr = p.listener_address("gone")
         idle = connect(addr)
         idle.sendall(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n")
@@ -417,11 +418,11 @@ def test_http_listener_removed_drains_its_connections(proxy_factory):
         wait_for(lambda: any(r[1] == "/slow" for r in up.requests))
 
         p.update(listeners=[keep])
-        assert wait_closed(idle) == "eof"
         release.set()
         head, rest = recv_head(busy)
         assert head.startswith(b"HTTP/1.1 200") and b"connection: close" in head.lower()
         assert rest + recv_until_eof(busy) == b"ok"
+        assert wait_closed(idle) == "eof"
         idle.close()
         busy.close()
     finally:

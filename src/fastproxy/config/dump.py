@@ -321,6 +321,7 @@ def listener_json(l: model.Listener) -> dict:
     out["filter_chains"] = [{"filters": filters}]
     _put(out, "per_connection_buffer_limit_bytes", l.buffer_limit, 1 << 20)
     _put(out, "tcp_backlog_size", l.backlog, 1024)
+    _put(out, "drain_type", l.drain_type, "DEFAULT")
     return out
 
 
@@ -627,11 +628,13 @@ def route_configs(listeners: Iterable[model.Listener]) -> list:
 
 def build(bootstrap: model.Bootstrap, started: float, node: dict, listeners: list, clusters: list,
           listener_states: dict, cluster_states: dict, route_states: dict,
-          versions: Optional[dict] = None) -> dict:
+          versions: Optional[dict] = None, draining: Iterable = ()) -> dict:
     """The full ConfigDump. ``bootstrap``: what the proxy started with; ``listeners`` /
     ``clusters``: those in force; ``*_states``: name -> ResourceState (route configurations
     by their listener's name); ``versions``: the last accepted version per discovery type
-    ("clusters", "listeners"), the ClustersConfigDump / ListenersConfigDump version_info."""
+    ("clusters", "listeners"), the ClustersConfigDump / ListenersConfigDump version_info;
+    ``draining``: (listener, ResourceState) of the old versions of discovered listeners
+    still draining (a DynamicListener's draining_state)."""
     versions = versions or {}
     boot = bootstrap_json(bootstrap)
     boot["node"] = {**boot.get("node", {}), **node}
@@ -658,6 +661,14 @@ def build(bootstrap: model.Bootstrap, started: float, node: dict, listeners: lis
             ldump.setdefault("static_listeners", []).append(entry)
         else:
             ldump.setdefault("dynamic_listeners", []).append({"name": l.name, f"{st.state}_state": entry})
+    for l, st in draining:
+        entry = _entry("listener", listener_json(l), LISTENER_TYPE, st)
+        dynamic = ldump.setdefault("dynamic_listeners", [])
+        same = next((d for d in dynamic if d["name"] == l.name and "draining_state" not in d), None)
+        if same is None:
+            dynamic.append({"name": l.name, "draining_state": entry})
+        else:
+            same["draining_state"] = entry
     configs.append(ldump)
     configs.append({"@type": ADMIN + "ScopedRoutesConfigDump"})
 

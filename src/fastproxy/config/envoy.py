@@ -299,7 +299,7 @@ def _socket_address(address: Message, require_ip: bool, min_port: int, ip_hint: 
 def _listener(item: Any, path: str, index: int) -> tuple:
     """Returns (model.Listener, [(cluster name, path of the field naming it)...])."""
     msg = Message(item, path, ("name", "address", "filter_chains",
-                               "per_connection_buffer_limit_bytes", "tcp_backlog_size"))
+                               "per_connection_buffer_limit_bytes", "tcp_backlog_size", "drain_type"))
     # Envoy generates a name for an unnamed (or empty-named) listener; a stable one is
     # easier to find in stats and logs.
     name = msg.string("name") or f"listener_{index}"
@@ -341,6 +341,7 @@ def _listener(item: Any, path: str, index: int) -> tuple:
         buffer_limit=msg.uint32("per_connection_buffer_limit_bytes", default=model.Listener.buffer_limit,
                                 minimum=MIN_BUFFER_LIMIT),
         backlog=msg.uint32("tcp_backlog_size", default=model.Listener.backlog, minimum=1),
+        drain_type=msg.enum("drain_type", {"DEFAULT": 0, "MODIFY_ONLY": 1}, default="DEFAULT"),
         **terminal)
     return listener, refs
 

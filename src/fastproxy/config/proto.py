@@ -85,7 +85,6 @@ UNSUPPORTED_FIELDS = {
     "connection_balance_config": ("connection balancing", False),
     "enable_reuse_port": ("enable_reuse_port (fastproxy always uses SO_REUSEPORT)", False),
     "bind_to_port": ("listeners that do not bind", False),
-    "drain_type": ("listener drain types", False),
     "listener_filters_timeout": ("listener filters", False),
     "upstream_connection_options": ("upstream TCP keepalive", False),
     "close_connections_on_host_health_failure": ("active health checking", True),

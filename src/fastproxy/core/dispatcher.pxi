@@ -85,6 +85,7 @@ cdef struct Worker:
     WListener** listeners
     int nlisteners
     WListener* dead_listeners   # removed listener slots, freed at the end of the loop turn
+    ListenerDrain* draining     # retired listener configs with connections here (snapshot.pxi)
     # Subsystems' per-worker state, indexed by their registration slot. void* because the
     # dispatcher comes first and knows no subsystem: each one reads its slot through its own
     # typed accessor, and no one else's.

@@ -194,7 +194,12 @@ cdef class Engine:
             c.filter_factories = <PyObject*>filter_factories
         c.splice_read = splice_read
         c.splice_write = splice_write
+        c.nworkers = self.nworkers
+        c.conns = <CfgConn**>calloc(self.nworkers, sizeof(CfgConn*))
+        c.drains = <ListenerDrain*>calloc(self.nworkers, sizeof(ListenerDrain))
         h.c = c                                     # frees c if attach raises
+        if c.conns == NULL or c.drains == NULL:
+            raise MemoryError()
         h.name = name
         if handler is not None:
             handler.attach(c, handler_stats)

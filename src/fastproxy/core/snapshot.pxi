@@ -10,11 +10,37 @@
 #                a ConnHandler's, e.g. the HTTP connection manager's); reference-counted.
 # A snapshot is the list of ListenerCfgs; applying it is a message to each worker. A
 # connection holds a reference to the ListenerCfg it was accepted under, so old config
-# lives exactly as long as its last connection (Envoy's drain of old listeners).
+# lives exactly as long as its last connection.
+#
+# Drain of a retired version (Envoy's listener drain, DrainManagerImpl): when an update
+# changes or removes a listener, the main thread stamps the old ListenerCfg's drain window
+# (drain_start_ms .. drain_end_ms) before it posts the snapshot that retires it. From then
+# on its connections are asked to close (listener_drain_close: an HTTP response says
+# Connection: close with a probability rising from 0 to 1 over the window, or always with
+# the immediate strategy), and each worker that still has connections of it arms one
+# timer (ListenerDrain) that closes whatever is left at drain_end_ms. Each ListenerCfg
+# keeps, per worker, the list of the connections accepted under it (CfgConn), so that
+# end costs O(its connections), and the timer goes (with its reference) as soon as the
+# last of them closes.
 
 # Takes an accepted connection (fd, peer as accept4 gave it, counted in cfg.sock.active):
 # owns fd from then on, and calls listener_cx_release(cfg) when the connection ends.
 ctypedef void (*conn_start_t)(Worker* w, ListenerCfg* cfg, int fd, const sockaddr* peer) noexcept nogil
+# Closes a connection now (its owner's close: it unlinks its CfgConn on the way).
+ctypedef void (*cfgconn_close_t)(void* owner) noexcept nogil
+
+cdef struct CfgConn:            # a connection's link in its ListenerCfg's list on its worker
+    CfgConn* prev
+    CfgConn* next
+    void* owner                 # the HConn or Session
+    cfgconn_close_t force_close
+
+cdef struct ListenerDrain:      # a worker's drain-end timer for one retired ListenerCfg
+    Timer timer
+    ListenerCfg* cfg            # one reference while armed
+    ListenerDrain* prev         # in Worker.draining
+    ListenerDrain* next
+    uint8_t armed
 
 cdef struct ListenSock:
     int refcnt                  # atomic: main thread's handle + each worker's slot
@@ -46,6 +72,15 @@ cdef struct ListenerCfg:
     uint8_t splice_write        # no filter reads upstream bytes
     HttpCfg* http               # an HTTP listener's connection manager, else NULL
     StatBlock* lhstats          # listener.<address>.http.<prefix>.* (HTTP listeners), else NULL
+    int nworkers
+    CfgConn** conns             # conns[w]: worker w's open connections accepted under this config
+    ListenerDrain* drains       # drains[w]: worker w's drain-end timer (ListenerCfgHandle.start_drain)
+    int64_t nconns              # atomic: its open connections, all workers
+    # The drain window, set once by the main thread before the snapshot that retires this
+    # version is posted; drain_end_ms is published last (0: not draining).
+    uint64_t drain_start_ms     # CLOCK_MONOTONIC milliseconds
+    uint64_t drain_end_ms       # every connection still open then is closed
+    uint8_t drain_immediate     # every next response closes (else the gradual ramp)
 
 cdef struct WListener:          # a worker's slot for one listener of its snapshot
     Endp ep
@@ -83,7 +118,110 @@ cdef void listener_cfg_decref(ListenerCfg* c) noexcept nogil:
     cluster_decref(c.cluster)
     http_cfg_decref(c.http)
     listensock_decref(c.sock)
+    free(c.conns)
+    free(c.drains)
     free(c)
+
+
+# ---- the drain of a retired listener version (see the top of this file)
+
+cdef void listener_conn_add(Worker* w, ListenerCfg* cfg, CfgConn* l, void* owner,
+                            cfgconn_close_t force_close) noexcept nogil:
+    """A connection accepted under cfg on w: linked so that cfg's drain can end it."""
+    l.owner = owner
+    l.force_close = force_close
+    l.prev = NULL
+    l.next = cfg.conns[w.index]
+    if l.next != NULL:
+        l.next.prev = l
+    cfg.conns[w.index] = l
+    fp_atomic_add_i64(&cfg.nconns, 1)
+
+
+cdef void _listener_drain_disarm(Worker* w, ListenerDrain* d) noexcept nogil:
+    cdef ListenerCfg* cfg = d.cfg
+    timer_cancel(w, &d.timer)
+    d.armed = 0
+    if d.prev != NULL:
+        d.prev.next = d.next
+    else:
+        w.draining = d.next
+    if d.next != NULL:
+        d.next.prev = d.prev
+    d.prev = d.next = NULL
+    d.cfg = NULL
+    listener_cfg_decref(cfg)            # the connections hold their own references
+
+
+cdef void listener_conn_remove(Worker* w, ListenerCfg* cfg, CfgConn* l) noexcept nogil:
+    """The connection closed (on w, where it was added)."""
+    if l.prev != NULL:
+        l.prev.next = l.next
+    else:
+        cfg.conns[w.index] = l.next
+    if l.next != NULL:
+        l.next.prev = l.prev
+    l.prev = l.next = NULL
+    fp_atomic_add_i64(&cfg.nconns, -1)
+    if cfg.conns[w.index] == NULL and cfg.drains[w.index].armed:
+        # Its last connection here is gone: the retired config need not live to the drain end.
+        _listener_drain_disarm(w, &cfg.drains[w.index])
+
+
+cdef void _listener_drain_end(Worker* w, void* arg) noexcept nogil:
+    """The drain time is over: close every connection w still has under the retired config."""
+    cdef ListenerDrain* d = <ListenerDrain*>arg
+    cdef ListenerCfg* cfg = d.cfg
+    cdef CfgConn* l
+    fp_atomic_add_int(&cfg.refcnt, 1)   # the timer's reference goes first; this one holds cfg
+    _listener_drain_disarm(w, d)
+    while cfg.conns[w.index] != NULL:
+        l = cfg.conns[w.index]
+        l.force_close(l.owner)
+        if cfg.conns[w.index] == l:     # its close did not unlink it: never spin on it
+            break
+    listener_cfg_decref(cfg)
+
+
+cdef bint listener_drain_start(Worker* w, ListenerCfg* cfg) noexcept nogil:
+    """cfg leaves w's listener set (its listener changed or was removed). False when no
+    drain was set on it (a stop or a hand-over: the caller drains the old way); else w's
+    connections under it, if any, are closed at its drain end."""
+    cdef uint64_t end = fp_load_acquire_u64(&cfg.drain_end_ms)
+    cdef ListenerDrain* d = &cfg.drains[w.index]
+    if end == 0:
+        return False
+    if cfg.conns[w.index] == NULL or d.armed:
+        return True
+    fp_atomic_add_int(&cfg.refcnt, 1)
+    d.cfg = cfg
+    d.armed = 1
+    d.prev = NULL
+    d.next = w.draining
+    if d.next != NULL:
+        d.next.prev = d
+    w.draining = d
+    timer_init(&d.timer, _listener_drain_end, d)
+    if timer_arm(w, &d.timer, end - w.now if end > w.now else 0) < 0:
+        _listener_drain_end(w, d)       # no memory for the timer: end the drain now, not never
+    return True
+
+
+cdef bint listener_drain_close(Worker* w, ListenerCfg* cfg) noexcept nogil:
+    """Should the connection of cfg answering now end after this response (Envoy's
+    DrainManagerImpl::drainClose)? Not unless cfg is draining; then always with the
+    immediate strategy or past the drain end, else with probability elapsed / drain time."""
+    cdef uint64_t end = fp_load_acquire_u64(&cfg.drain_end_ms)
+    cdef uint64_t start, span
+    if end == 0:
+        return False
+    if cfg.drain_immediate or w.now >= end:
+        return True
+    start = cfg.drain_start_ms
+    span = end - start
+    if span == 0 or w.now <= start:
+        return span == 0
+    return worker_random(w) % span < w.now - start
 
 
 cdef void _listener_resume(Worker* w, void* arg) noexcept nogil:
@@ -122,6 +260,8 @@ cdef void _listeners_free_dead(Worker* w, void* arg) noexcept nogil:
 
 cdef void _listeners_teardown(Worker* w, void* arg) noexcept nogil:
     cdef int i
+    while w.draining != NULL:           # the connections close in their own subsystems' teardown
+        _listener_drain_disarm(w, w.draining)
     for i in range(w.nlisteners):
         if w.listeners[i] != NULL:
             _wlistener_remove(w, w.listeners[i])
@@ -185,6 +325,8 @@ cdef void _msg_apply_snapshot(Worker* w, void* arg) noexcept nogil:
             j = _wl_index(w, cfg.sock)
             wl = w.listeners[j]
             w.listeners[j] = NULL
+            if wl.cfg != cfg:           # a new version on the same socket: the old one drains
+                listener_drain_start(w, wl.cfg)
             listener_cfg_decref(wl.cfg)
             wl.cfg = cfg
         else:
@@ -202,7 +344,8 @@ cdef void _msg_apply_snapshot(Worker* w, void* arg) noexcept nogil:
         nl[i] = wl
     for j in range(w.nlisteners):
         if w.listeners[j] != NULL:
-            worker_listener_gone(w, w.listeners[j].sock)
+            if not listener_drain_start(w, w.listeners[j].cfg):
+                worker_listener_gone(w, w.listeners[j].sock)
             _wlistener_remove(w, w.listeners[j])
     free(w.listeners)
     w.listeners = nl
@@ -265,3 +408,26 @@ cdef class ListenerCfgHandle:
 
     def __dealloc__(self):
         listener_cfg_decref(self.c)
+
+    def start_drain(self, double drain_time_s, bint immediate):
+        """This version is retired by the next apply(): from now its connections are asked
+        to close (immediately, or gradually over drain_time_s) and those still open
+        drain_time_s from now are closed. Call before that apply(); once."""
+        cdef uint64_t now = clock_ms()
+        if self.c.drain_end_ms:
+            raise RuntimeError(f"listener {self.name!r}: this version is draining already")
+        if not drain_time_s >= 0:
+            raise ValueError("drain_time_s must be >= 0")
+        self.c.drain_start_ms = now
+        self.c.drain_immediate = immediate
+        fp_store_u64(&self.c.drain_end_ms, now + <uint64_t>(drain_time_s * 1000))
+
+    @property
+    def draining(self):
+        """start_drain was called and its drain time has not run out."""
+        cdef uint64_t end = fp_load_acquire_u64(&self.c.drain_end_ms)
+        return end != 0 and clock_ms() < end
+
+    def connections(self):
+        """Connections open under this version, all workers (racy, untorn)."""
+        return fp_atomic_load_i64(&self.c.nconns)

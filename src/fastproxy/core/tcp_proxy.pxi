@@ -61,6 +61,7 @@ cdef struct Session:
     Dir d2u
     Dir u2d
     ListenerCfg* cfg
+    CfgConn cfg_link            # in cfg's list of its connections (its drain closes them)
     Timer connect_timer
     Timer idle_timer
     uint64_t last_active
@@ -444,6 +445,12 @@ cdef void _session_connect_timeout(Worker* w, void* arg) noexcept nogil:
     _session_connect_failed(s)
 
 
+cdef void _session_drain_end(void* owner) noexcept nogil:
+    """Its listener version's drain time is over (snapshot.pxi): the session ends (a TCP
+    proxy has no way to ask its client to leave earlier)."""
+    session_close(<Session*>owner, False, False)
+
+
 cdef void session_start(Worker* w, ListenerCfg* cfg, int fd, const sockaddr* peer) noexcept nogil:
     """A new downstream connection; peer is its address as accept4 returned it (the
     ListenerCfg.start of a TCP proxy listener)."""
@@ -473,6 +480,7 @@ cdef void session_start(Worker* w, ListenerCfg* cfg, int fd, const sockaddr* pee
     if tw.sessions != NULL:
         tw.sessions.prev = s
     tw.sessions = s
+    listener_conn_add(w, cfg, &s.cfg_link, s, _session_drain_end)
     w.nsessions += 1
     stat_add(cfg.lstats, w, L_CX_TOTAL, 1)
     stat_add(cfg.lstats, w, L_CX_ACTIVE, 1)
@@ -649,6 +657,7 @@ cdef void session_close(Session* s, bint rst_down, bint rst_up) noexcept nogil:
         stat_add(s.cfg.cluster.stats, w, C_DESTROY_REMOTE if rst_down else C_DESTROY_LOCAL, 1)
         stat_add(s.cfg.cluster.stats, w, C_CX_DESTROY, 1)
     listener_cx_release(s.cfg)
+    listener_conn_remove(w, s.cfg, &s.cfg_link)
     # unlink from the live list, link into the deferred list
     if s.prev != NULL:
         s.prev.next = s.next

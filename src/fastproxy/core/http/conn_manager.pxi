@@ -75,6 +75,12 @@ cdef void _hconn_headers_timeout(Worker* w, void* arg) noexcept nogil:
         hconn_pump(c)
 
 
+cdef void _hconn_drain_end(void* owner) noexcept nogil:
+    """Its listener version's drain time is over (snapshot.pxi): closed, idle or busy, so
+    that no client stays on a retired configuration past the drain time."""
+    hconn_close(<HConn*>owner, False)
+
+
 cdef void hconn_start(Worker* w, ListenerCfg* cfg, int fd, const sockaddr* peer) noexcept nogil:
     """A new downstream connection; peer is its address as accept4 returned it."""
     cdef HConn* c = <HConn*>calloc(1, sizeof(HConn))
@@ -115,6 +121,7 @@ cdef void hconn_start(Worker* w, ListenerCfg* cfg, int fd, const sockaddr* peer)
     if http_worker(w).hconns != NULL:
         http_worker(w).hconns.prev = c
     http_worker(w).hconns = c
+    listener_conn_add(w, cfg, &c.cfg_link, c, _hconn_drain_end)
     w.nsessions += 1
     stat_add(cfg.lstats, w, L_CX_TOTAL, 1)
     stat_add(cfg.lstats, w, L_CX_ACTIVE, 1)
@@ -186,6 +193,7 @@ cdef void hconn_close(HConn* c, bint rst) noexcept nogil:
     stat_add(c.cfg.lstats, w, L_CX_DESTROY, 1)
     stat_sub(h.stats, w, H_CX_ACTIVE, 1)
     listener_cx_release(c.cfg)
+    listener_conn_remove(w, c.cfg, &c.cfg_link)
     if c.prev != NULL:
         c.prev.next = c.next
     else:

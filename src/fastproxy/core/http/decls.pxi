@@ -220,6 +220,7 @@ cdef struct HConn:
     HConn* next
     HConn* next_deferred
     ListenerCfg* cfg                # one reference; cfg.http is this connection's config
+    CfgConn cfg_link                # in cfg's list of its connections (its drain closes them)
     const ServerCodecApi* codec     # the protocol it speaks (its state: h1)
     H1ServerConn h1                 # the HTTP/1.1 codec's state (codec_h1_server.pxi only)
     Chain in_buf

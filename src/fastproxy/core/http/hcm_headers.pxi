@@ -124,6 +124,12 @@ cdef int pl_finish_response(PairList* l, HStream* s, HConn* c, char** owned) noe
         v = stream_request_id(s, &n)
         if v != NULL and _pl_overwrite(l, _cs("x-request-id"), _s(v, n)) < 0:
             return -1
+    if s != NULL and s.keepalive and not (s.upgrade or s.connect) and listener_drain_close(c.w, c.cfg):
+        # The listener version this connection was accepted under is draining (changed or
+        # removed): as Envoy's connection manager, this response ends the connection
+        # (HTTP/1.1: Connection: close, said by the codec when keepalive is off).
+        s.keepalive = 0
+        stat_add(h.stats, c.w, H_CX_DRAIN_CLOSE, 1)
     return 0
 
 

@@ -21,6 +21,14 @@ static inline int64_t fp_atomic_load_i64(int64_t *p) {
 static inline uint64_t fp_load_u64(uint64_t *p) {
     return __atomic_load_n(p, __ATOMIC_RELAXED);
 }
+/* A value one thread publishes for others to read, with what it wrote before it (a
+ * listener's drain deadline, after its start and strategy). */
+static inline void fp_store_u64(uint64_t *p, uint64_t v) {
+    __atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+static inline uint64_t fp_load_acquire_u64(uint64_t *p) {
+    return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
 static inline int fp_load_int(int *p) {
     return __atomic_load_n(p, __ATOMIC_ACQUIRE);
 }

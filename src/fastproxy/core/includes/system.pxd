@@ -218,6 +218,8 @@ cdef extern from "fp_c.h" nogil:
     int64_t fp_atomic_add_i64(int64_t* p, int64_t v)
     int64_t fp_atomic_load_i64(int64_t* p)
     uint64_t fp_load_u64(uint64_t* p)
+    void fp_store_u64(uint64_t* p, uint64_t v)
+    uint64_t fp_load_acquire_u64(uint64_t* p)
     int fp_load_int(int* p)
     void fp_store_int(int* p, int v)
     void fp_debug_assert_pipe_empty(int fd)
