@@ -8,11 +8,14 @@
 #
 # Building and lifetime
 # ---------------------
-#   h = compile_route_table(route_config, cluster_index, regex_copies=1, path="route_config")
+#   h = compile_route_table(route_config, cluster_index, regex_copies=1, path="route_config",
+#                           per_filter=None, cluster_ref=None)
 # runs on the main thread with the GIL: it validates the fastproxy.http.RouteConfiguration
-# (ConfigError names the field), turns cluster names into the caller's integer indexes
-# (cluster_index: {name: index}; the connection manager maps them to ClusterCfgs), compiles
-# every regex, and lays everything out in one RouteTable. All strings and arrays of a table
+# (ConfigError names the field), turns cluster names into integer indexes (cluster_index:
+# {name: index}, or with cluster_ref every name in order of use, the table then holding a
+# reference to the ClusterCfg of cluster_ref(name): t.clusters[index], NULL for a name with
+# no cluster), compiles every regex, and lays everything out in one RouteTable (which also
+# owns its routes' per-filter configs: make_route_table in core/http/hcm_config.pxi). All strings and arrays of a table
 # live in an arena of a few large blocks, so freeing a table is: regfree each regex, free the
 # blocks. h (RouteTableHandle) owns one reference (h.t); a snapshot or a stream that outlives
 # it takes its own with route_table_incref(t) and drops it with route_table_decref(t) (both
