@@ -826,10 +826,12 @@ class Proxy:
         pending: list = []              # (entry, model, table, refs) to set once all is built
         listener_rds: dict = {}         # listener name -> the key of its RDS provider
         for l in b.listeners:
-            # Every listener's provider (a listener kept as it is uses it too).
+            # Every listener's provider, built or kept as it is (with the same rds and
+            # filters, a listener kept as it is uses the same one).
             hcm = l.http_connection_manager
-            if hcm is not None and hcm.rds is not None:
-                self._rds_entry(self._rds_key(hcm), hcm.http_filters, routes, providers, pending)
+            if hcm is not None and hcm.rds is not None and \
+                    self._rds_entry(self._rds_key(hcm), hcm.http_filters, routes, providers, pending) is not None:
+                listener_rds[l.name] = self._rds_key(hcm)
         for i, l in enumerate(b.listeners):
             hcm = l.http_connection_manager
             route_config = None
@@ -864,7 +866,6 @@ class Proxy:
             http = None
             if hcm is not None:
                 if hcm.rds is not None:
-                    listener_rds[l.name] = self._rds_key(hcm)
                     provider = providers[listener_rds[l.name]].provider
                 else:
                     provider = _core.make_route_provider(
