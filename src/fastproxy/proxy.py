@@ -22,6 +22,7 @@ from . import _core
 from .errors import ConfigError, ListenerBindError
 from .filters import NetworkFilter
 from .model import Admin, Bootstrap, Cluster, DynamicResources, Listener, Node
+from .http.model import ANY_CLUSTER, RouteConfiguration
 from .http.native_filters import native_filter_stat_blocks
 from .memory import SERVER_GAUGES as MEMORY_GAUGES, memory_stats
 if TYPE_CHECKING:
@@ -152,6 +153,38 @@ def _circuit_breaker_gauges(prefix: str, c: "_ClusterState") -> dict:
             used, limit = state[key]
             out[prefix + "default." + gauge] = max(0, limit - used)
     return out
+
+
+def _route_cluster_names(rc: RouteConfiguration) -> set:
+    """The clusters a route configuration names (route.cluster and weighted clusters)."""
+    names = set()
+    for vh in rc.virtual_hosts:
+        for r in vh.routes:
+            if r.route is not None:
+                if r.route.cluster is not None:
+                    names.add(r.route.cluster)
+                names.update(wc.name for wc in r.route.weighted_clusters)
+    return names
+
+
+class _RdsRoutes:
+    """An RDS route configuration's RouteProvider, shared by the listeners naming it (with
+    the same HTTP filters), and the model and cluster handles of its current table."""
+
+    def __init__(self, provider, http_filters: list, model: RouteConfiguration, table, refs: tuple):
+        self.provider = provider
+        self.http_filters = http_filters
+        self.model, self.table, self.refs = model, table, refs
+
+    def current(self, model: RouteConfiguration, cluster_ref) -> bool:
+        """Is the table built from ``model``, with the clusters cluster_ref gives now?"""
+        return model == self.model and all(
+            cluster_ref(name) is ref for name, ref in zip(self.table.cluster_names, self.refs))
+
+    def set(self, model: RouteConfiguration, table, refs: tuple) -> None:
+        """The workers take ``table`` (built from ``model``) from here on."""
+        self.provider.set(table)
+        self.model, self.table, self.refs = model, table, refs
 
 
 class _ClusterState:
@@ -299,6 +332,13 @@ class Proxy:
         self.drain_strategy = drain_strategy
         # Envoy's listener_manager.listener_added / _modified / _removed
         self._listener_counts = {"added": 0, "modified": 0, "removed": 0}
+        # The route configurations given by update(routes=...) (RDS), by name; a listener
+        # whose rds names one not here is warming (see warming_listeners).
+        self._routes: dict[str, RouteConfiguration] = {}
+        self._rds_providers: dict[tuple[str, str], _RdsRoutes] = {}   # in use, by (name, filters)
+        self._listener_rds: dict[str, tuple[str, str]] = {}          # listener -> its provider's key
+        self._installing_clusters: Optional[dict[str, _ClusterState]] = None   # (in _install)
+        self._warming: list[str] = self._warming_names(bootstrap, self._routes)
         self._bootstrap = bootstrap
         # What /config_dump shows: the bootstrap the proxy was made with, and per listener,
         # cluster and route configuration (by its listener's name) a ResourceState with
@@ -377,7 +417,7 @@ class Proxy:
             if self._state != "new":
                 raise RuntimeError(f"proxy is {self._state}; start() works once")
             self._async.bind(hook_loop)
-            self._install(self._bootstrap)
+            self._install(self._bootstrap, self._routes)
             self._engine.start()
             self._state = "running"
             if any(c.model.type == "STRICT_DNS" for c in self._clusters.values()):
@@ -514,16 +554,26 @@ class Proxy:
     # ---- runtime changes ----
 
     def update(self, listeners: Optional[Iterable[Listener]] = None,
-               clusters: Optional[Iterable[Cluster]] = None, *, _validated: bool = False) -> None:
-        """Replace the listeners and/or clusters. New connections use the new config as
-        soon as this returns. A listener that is equal and built from the same clusters
-        keeps its connections as they are; the connections of a changed or removed one
-        drain over ``drain_time_s`` (see the class). (With
+               clusters: Optional[Iterable[Cluster]] = None,
+               routes: Optional[Iterable[RouteConfiguration]] = None, *, _validated: bool = False) -> None:
+        """Replace the listeners, clusters and/or route configurations. New connections use
+        the new config as soon as this returns. A listener that is equal and built from the
+        same clusters and route providers keeps its connections as they are; the connections
+        of a changed or removed one drain over ``drain_time_s`` (see the class). (With
         dynamic_resources, the next discovered update sets the static resources the proxy
-        started with beside the discovered ones again.)"""
+        started with beside the discovered ones again.)
+
+        ``routes``: the named RouteConfigurations that listeners whose connection manager has
+        ``rds`` use (RDS); they replace the set given before (None: keep it). A routes-only
+        change reaches the next request of every open connection, and drains nothing. A
+        route may name a cluster that does not exist: its requests are answered 503 (flag
+        NC). A listener whose route configuration is not there is warming
+        (warming_listeners()): a new one is not bound, a changed one goes on serving its
+        previous version."""
         with self._lock:
             if self._state in ("draining", "stopped"):
                 raise RuntimeError("proxy is stopped")
+            new_routes = self._routes if routes is None else self._route_map(routes, not _validated)
             b = Bootstrap(_as_list(listeners, "listeners", Listener) if listeners is not None
                           else list(self._bootstrap.listeners),
                           _as_list(clusters, "clusters", Cluster) if clusters is not None
@@ -533,13 +583,56 @@ class Proxy:
             if not _validated:          # (the xDS layer validated these lists itself)
                 b.validate()
             if self._state == "running":
-                self._install(b)
+                if listeners is None and clusters is None and not any(
+                        self._rds_name(l) in new_routes for l in b.listeners if l.name in self._warming):
+                    # Routes only, and no warming listener is ready: the RDS providers get
+                    # their new tables, no listener is rebuilt (none drains).
+                    self._set_routes(new_routes)
+                    self._warming = self._warming_names(b, new_routes)
+                else:
+                    self._install(b, new_routes)
+            else:
+                self._warming = self._warming_names(b, new_routes)
+            self._routes = new_routes
             self._bootstrap = b
             self._track(b)
             _settle_collector()
             if self._state == "running" and self._dns_thread is None and \
                     any(c.model.type == "STRICT_DNS" for c in self._clusters.values()):
                 self._start_dns()
+
+    @staticmethod
+    def _route_map(routes: Iterable[RouteConfiguration], validate: bool) -> dict[str, RouteConfiguration]:
+        """update(routes=...) as {name: RouteConfiguration}; names must be unique and
+        non-empty. Their clusters need not exist (RDS's validate_clusters is false)."""
+        out: dict[str, RouteConfiguration] = {}
+        for i, rc in enumerate(_as_list(routes, "routes", RouteConfiguration)):
+            if validate:
+                rc.validate(f"routes[{i}]", ANY_CLUSTER)
+            if not isinstance(rc.name, str) or not rc.name:
+                raise ConfigError(f"routes[{i}].name", "a route configuration given by routes= needs a name "
+                                                       "(what a connection manager's rds.route_config_name names)")
+            if rc.name in out:
+                raise ConfigError(f"routes[{i}].name", f"duplicate route configuration name {rc.name!r}")
+            out[rc.name] = rc
+        return out
+
+    @staticmethod
+    def _rds_name(l: Listener) -> Optional[str]:
+        """The route configuration name listener ``l``'s connection manager has from RDS."""
+        hcm = l.http_connection_manager
+        return hcm.rds.route_config_name if hcm is not None and hcm.rds is not None else None
+
+    @classmethod
+    def _warming_names(cls, b: Bootstrap, routes: dict) -> list[str]:
+        return [l.name for l in b.listeners if cls._rds_name(l) is not None and cls._rds_name(l) not in routes]
+
+    def warming_listeners(self) -> list[str]:
+        """The listeners waiting for their route configuration (rds names one that
+        update(routes=...) has not given): a new one is not bound yet, a changed one
+        serves its previous version meanwhile (Envoy's warming listeners)."""
+        with self._lock:
+            return list(self._warming)
 
     # ---- the config dump (admin /config_dump) ----
 
@@ -548,10 +641,14 @@ class Proxy:
         differs from the one in force (Envoy's last_updated); forget the removed ones."""
         from .config.dump import ResourceState
         now = time.time()
+        # Route configurations: a listener's inline one by the listener's name, those of
+        # update(routes=...) (RDS) by their own.
+        routes = {l.name: l.http_connection_manager.route_config for l in b.listeners
+                  if l.http_connection_manager is not None and l.http_connection_manager.route_config is not None}
+        routes.update(self._routes)
         current = {"listener": {l.name: l for l in b.listeners},
                    "cluster": {c.name: c for c in b.clusters},
-                   "route": {l.name: l.http_connection_manager.route_config for l in b.listeners
-                             if l.http_connection_manager is not None}}
+                   "route": routes}
         for kind, models in current.items():
             old = self._resource_states[kind]
             new = {}
@@ -608,7 +705,7 @@ class Proxy:
                         if d.state is not None and d.state.dynamic]
             full = dump.build(self._initial_bootstrap, self._created, node, list(b.listeners),
                               list(b.clusters), states["listener"], states["cluster"], states["route"],
-                              dict(self._discovery_versions), draining)
+                              dict(self._discovery_versions), dict(self._routes), draining)
         return dump.apply_query(full, resource, mask)
 
     # ---- hot restart (fastproxy.hot_restart drives these) ----
@@ -656,6 +753,8 @@ class Proxy:
         except KeyError:
             if self._state == "new" and any(l.name == name for l in self._bootstrap.listeners):
                 raise RuntimeError(f"listener {name!r} is bound by start(); the proxy is not started") from None
+            if name in self._warming:
+                raise KeyError(f"listener {name!r} is warming (its rds route configuration has not come)") from None
             raise KeyError(f"no listener named {name!r}") from None
 
     @property
@@ -701,8 +800,10 @@ class Proxy:
         # native HTTP filters' stats (http_local_rate_limit.<prefix>.*) this config uses
         names = set()
         for l in self._bootstrap.listeners:
-            if l.http_connection_manager is not None:
-                names.update(native_filter_stat_blocks(l.http_connection_manager))
+            hcm = l.http_connection_manager
+            if hcm is not None:
+                names.update(native_filter_stat_blocks(
+                    hcm, self._routes.get(hcm.rds.route_config_name) if hcm.rds is not None else None))
         if names:
             out.update(_core.native_filter_stats(names))
         return out
@@ -763,7 +864,62 @@ class Proxy:
             block = self._stats[key] = self._engine.new_stats(kind)
         return block
 
-    def _install(self, b: Bootstrap) -> None:
+    def _cluster_ref(self, name: str):
+        # Stub until the clusters branch (which owns this method) is merged: the handle of
+        # the configured cluster, None (503 NC) for a name with none.
+        for configured in (self._installing_clusters, self._clusters):
+            st = configured.get(name) if configured is not None else None
+            if st is not None:
+                return st.handle
+        return None
+
+    def _route_table(self, rc: RouteConfiguration, http_filters: list):
+        """A route table for connection managers with these HTTP filters, and the cluster
+        handles it refers to (by its cluster index)."""
+        table = _core.make_route_table(rc, http_filters, self._cluster_ref, self.concurrency)
+        return table, tuple(self._cluster_ref(name) for name in table.cluster_names)
+
+    @staticmethod
+    def _rds_key(hcm) -> tuple[str, str]:
+        """Which RouteProvider a connection manager with rds uses: one per route
+        configuration name and filter chain (whose per-route configs a table holds)."""
+        return hcm.rds.route_config_name, repr(hcm.http_filters)
+
+    def _rds_entry(self, key: tuple[str, str], http_filters: list, routes: dict, providers: dict,
+                   pending: list) -> Optional[_RdsRoutes]:
+        """The RDS provider ``key`` with the table of ``routes[key[0]]``, shared by every
+        listener (and listener version) naming it, into ``providers``; a changed table of
+        a provider in use is set (into ``pending``, done once the whole update is built).
+        None: that route configuration is not there (and the provider not in use)."""
+        entry = providers.get(key)
+        if entry is not None:
+            return entry
+        rc = routes.get(key[0])
+        entry = self._rds_providers.get(key)
+        if entry is None:
+            if rc is None:
+                return None
+            table, refs = self._route_table(rc, http_filters)
+            entry = _RdsRoutes(_core.make_route_provider(self._engine, table), list(http_filters), rc, table, refs)
+        elif rc is not None and not entry.current(rc, self._cluster_ref):
+            pending.append((entry, rc, *self._route_table(rc, entry.http_filters)))
+        providers[key] = entry
+        return entry
+
+    def _set_routes(self, routes: dict) -> None:
+        """Give the RDS providers whose route configuration changed their new tables: the
+        next request on every connection (open ones too) routes with it."""
+        pending = []
+        for (name, _), entry in self._rds_providers.items():
+            rc = routes.get(name)
+            if rc is not None and not entry.current(rc, self._cluster_ref):
+                pending.append((entry, rc, *self._route_table(rc, entry.http_filters)))
+        for entry, rc, table, refs in pending:     # all built: now the workers get them
+            entry.set(rc, table, refs)
+
+    def _install(self, b: Bootstrap, routes: dict) -> None:
+        """Compile ``b`` (with the RDS route configurations ``routes``) and give it to the
+        workers."""
         clusters: dict[str, _ClusterState] = {}
         for c in b.clusters:
             old = self._clusters.get(c.name)
@@ -778,10 +934,47 @@ class Proxy:
                 c.max_requests, c.max_retries)
             clusters[c.name] = _ClusterState(c, handle, hosts)
 
+        self._installing_clusters = clusters
+        try:
+            self._install_listeners(b, routes, clusters)
+        finally:
+            self._installing_clusters = None
+
+    def _install_listeners(self, b: Bootstrap, routes: dict, clusters: dict[str, _ClusterState]) -> None:
         socks: dict[str, tuple[tuple[str, int], Any]] = {}
         handles = []
         builds: dict[str, _ListenerBuild] = {}
+        warming = []
+        providers: dict = {}            # the RDS providers in use, by (name, filters)
+        pending: list = []              # (entry, model, table, refs) to set once all is built
+        listener_rds: dict = {}         # listener name -> the key of its RDS provider
+        for l in b.listeners:
+            # Every listener's provider, built or kept as it is (with the same rds and
+            # filters, a listener kept as it is uses the same one).
+            hcm = l.http_connection_manager
+            if hcm is not None and hcm.rds is not None and \
+                    self._rds_entry(self._rds_key(hcm), hcm.http_filters, routes, providers, pending) is not None:
+                listener_rds[l.name] = self._rds_key(hcm)
         for i, l in enumerate(b.listeners):
+            hcm = l.http_connection_manager
+            route_config = None
+            if hcm is not None:
+                route_config = hcm.route_config if hcm.rds is None else routes.get(hcm.rds.route_config_name)
+                if route_config is None:
+                    # Warming: a new listener is not bound until its routes come; a changed one
+                    # goes on serving its previous version (its socket and config) meanwhile.
+                    warming.append(l.name)
+                    old_handle = self._listeners.get(l.name)
+                    if old_handle is not None:
+                        socks[l.name] = self._socks[l.name]
+                        handles.append(old_handle)
+                        if l.name in self._listener_builds:     # kept, not retired
+                            builds[l.name] = self._listener_builds[l.name]
+                        key = self._listener_rds.get(l.name)
+                        if key is not None:     # its routes go on taking updates
+                            self._rds_entry(key, (), routes, providers, pending)
+                            listener_rds[l.name] = key
+                    continue
             requested = (l.address, l.port)
             old = self._socks.get(l.name)
             if old is not None and (old[0] == requested or old[1].address == requested):
@@ -796,10 +989,15 @@ class Proxy:
             ip, port = sock.address
             hcm = l.http_connection_manager
             # What the listener's core config is built from besides its model: when these
-            # are the same objects (and the model is equal), the built one is kept.
-            cluster_refs = {name: c.handle for name, c in clusters.items()} if hcm is not None else None
-            refs = {"cluster": clusters[l.handler.cluster].handle} if hcm is None else {
-                ("cluster", name): handle for name, handle in cluster_refs.items()}
+            # are the same objects (and the model is equal), the built one is kept. An RDS
+            # listener's routes come from its provider (a new table there changes nothing
+            # here); inline routes from the clusters they name.
+            if hcm is None:
+                refs = {"cluster": clusters[l.handler.cluster].handle}
+            elif hcm.rds is not None:
+                refs = {"rds": providers[listener_rds[l.name]].provider}
+            else:
+                refs = {("cluster", name): self._cluster_ref(name) for name in _route_cluster_names(route_config)}
             old_build = self._listener_builds.get(l.name)
             if old_build is not None and old_build.unchanged(l, sock, refs):
                 builds[l.name] = old_build
@@ -808,9 +1006,13 @@ class Proxy:
             factories = tuple(l.filters)
             http = None
             if hcm is not None:
+                if hcm.rds is not None:
+                    provider = providers[listener_rds[l.name]].provider
+                else:
+                    provider = _core.make_route_provider(
+                        self._engine, self._route_table(route_config, hcm.http_filters)[0])
                 http = _core.make_http_cfg(
-                    hcm, self._stat_block("http", f"http.{hcm.stat_prefix}"),
-                    cluster_refs, self.concurrency,
+                    hcm, self._stat_block("http", f"http.{hcm.stat_prefix}"), provider, self.concurrency,
                     self._stat_block("http1", "http1"),     # Envoy's server-wide codec stats
                     self._async)
             handles.append(self._engine.make_listener(
@@ -824,12 +1026,17 @@ class Proxy:
                 None if http is None else
                 self._stat_block("listener_http", f"listener.{ip}_{port}.http.{hcm.stat_prefix}")))
             builds[l.name] = _ListenerBuild(l, sock, refs, handles[-1])
+        for entry, rc, table, refs in pending:  # before the snapshot: each worker's queue is in order
+            entry.set(rc, table, refs)
         self._retire_listeners(builds)
         self._engine.apply(handles)
+        self._rds_providers = providers
+        self._listener_rds = listener_rds
         self._clusters = clusters
         self._socks = socks
         self._listeners = {h.name: h for h in handles}
         self._listener_builds = builds
+        self._warming = warming
 
     def _retire_listeners(self, builds: dict[str, "_ListenerBuild"]) -> None:
         """Before the apply that installs ``builds``: the versions it replaces or removes

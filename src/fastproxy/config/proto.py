@@ -45,7 +45,6 @@ UNSUPPORTED_FIELDS = {
     "lds_resources_locator": ("xdstp:// resource locators", False),
     "cds_resources_locator": ("xdstp:// resource locators", False),
     "eds_cluster_config": ("xDS (EDS)", True),
-    "rds": ("xDS (RDS)", True),
     "scoped_routes": ("scoped routes (SRDS)", False),
     "health_checks": ("active health checking (health_checks)", True),
     "outlier_detection": ("outlier detection", True),
