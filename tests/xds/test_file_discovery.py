@@ -480,7 +480,11 @@ def test_same_swap_sequence_same_outcome_as_envoy(tmp_path, upstreams, run_proxy
             for i, (_, text, expect) in enumerate(sequence):
                 if i:
                     cm.publish({"lds.yaml": text})
-                wait_for(lambda: read().get("listener_manager.lds.update_attempt") == i + 1, timeout=10)
+                # The attempt is over once it has counted its outcome (a removed listener's
+                # port refuses before the success is counted).
+                wait_for(lambda: (lambda st: st.get("listener_manager.lds.update_attempt") == i + 1 == sum(
+                    st.get(f"listener_manager.lds.{k}", 0) for k in ("update_success", "update_rejected",
+                                                                      "update_failure")))(read()), timeout=10)
                 wait_for(lambda: get(addr) == expect, timeout=10, msg=f"{who} step {i}")
                 snapshot = read()
                 seen.append((get(addr), tuple(snapshot.get(f"listener_manager.lds.{s}") for s in stats)))
