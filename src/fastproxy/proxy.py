@@ -78,7 +78,7 @@ def resolve_endpoints(cluster: Cluster) -> list[tuple[str, int, int, str]]:
     "" (a STATIC endpoint: the Host stays). Blocking: main thread only."""
     out = []
     for ep in cluster.endpoints:
-        if cluster.type == "STATIC":
+        if cluster.type != "STRICT_DNS":       # STATIC, EDS: IP addresses
             out.append((ep.address, ep.port, ep.weight, ep.hostname))
             continue
         try:
@@ -313,12 +313,13 @@ class Proxy:
                     self._admin_server.state = "INITIALIZING"
                 self._admin_server.start()
         if self._xds is not None:
-            # ADS: the initial fetch (files were read above). Meanwhile the admin's /ready
-            # says INITIALIZING (503), as Envoy's does until its initial fetch is done.
+            # The initial fetch (CDS, EDS, LDS, RDS; files were read above). Meanwhile the
+            # admin's /ready says INITIALIZING (503), as Envoy's does until it is done.
             admin = self._admin_server
             self._xds.wait_initial()
-            if admin is not None and admin.state == "INITIALIZING":
-                admin.state = "LIVE"
+            if admin is not None:
+                self._xds.when_initialized(lambda: setattr(admin, "state", "LIVE")
+                                           if admin.state == "INITIALIZING" else None)
         for name in self._listeners:
             host, port = self.listener_address(name)
             # debug: the command line prints these addresses itself, once

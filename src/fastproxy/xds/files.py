@@ -138,7 +138,7 @@ class FileDiscovery:
         # whose source is ads comes over the ADS stream: xds/ads.py.)
         self.subscriptions = [FileSubscription(self.resources, url, src) for url, src in
                               ((CLUSTER_TYPE, dynamic.cds), (LISTENER_TYPE, dynamic.lds))
-                              if src is not None and not src.ads]
+                              if src is not None and src.path is not None]
         self._inotify: Optional[Inotify] = None
         self._watches: dict = {}        # wd -> [(subscription, name or None)]
         self._stop_r = self._stop_w = -1
