@@ -432,6 +432,9 @@ class Bootstrap:
             handler = l.handler
             if not isinstance(handler, TcpProxy):      # validate_http names any other type
                 validate_http(handler, l.handler_path(f"{prefix}listeners[{i}]"), names)
+                if handler.rds is not None and not isinstance(handler.rds.config_source, ConfigSource):
+                    raise ConfigError(l.handler_path(f"{prefix}listeners[{i}]") + ".rds.config_source",
+                                      f"expected ConfigSource, got {type(handler.rds.config_source).__name__}")
             elif handler.cluster not in names:
                 raise ConfigError(l.handler_path(f"{prefix}listeners[{i}]") + ".cluster",
                                   f"unknown cluster {handler.cluster!r}")

@@ -7,6 +7,7 @@ on it. See docs/architecture.md.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
@@ -20,6 +21,7 @@ from . import _core
 from .errors import ConfigError, ListenerBindError
 from .filters import NetworkFilter
 from .model import Admin, Bootstrap, Cluster, DynamicResources, Listener, Node
+from .http.model import ANY_CLUSTER, RouteConfiguration
 from .http.native_filters import native_filter_stat_blocks
 if TYPE_CHECKING:
     from .xds.resources import XdsResources
@@ -219,6 +221,10 @@ class Proxy:
         self._socks: dict[str, tuple[tuple[str, int], Any]] = {}   # listener name -> (requested, sock)
         self._clusters: dict[str, _ClusterState] = {}
         self._listeners: dict[str, Any] = {}                        # name -> ListenerCfgHandle
+        # The route configurations given by update(routes=...) (RDS), by name; a listener
+        # whose rds names one not here is warming (see warming_listeners).
+        self._routes: dict[str, RouteConfiguration] = {}
+        self._warming: list[str] = self._warming_names(bootstrap, self._routes)
         self._bootstrap = bootstrap
         # What /config_dump shows: the bootstrap the proxy was made with, and per listener,
         # cluster and route configuration (by its listener's name) a ResourceState with
@@ -293,7 +299,7 @@ class Proxy:
             if self._state != "new":
                 raise RuntimeError(f"proxy is {self._state}; start() works once")
             self._async.bind(hook_loop)
-            self._install(self._bootstrap)
+            self._install(self._bootstrap, self._routes)
             self._engine.start()
             self._state = "running"
             if any(c.model.type == "STRICT_DNS" for c in self._clusters.values()):
@@ -431,14 +437,22 @@ class Proxy:
     # ---- runtime changes ----
 
     def update(self, listeners: Optional[Iterable[Listener]] = None,
-               clusters: Optional[Iterable[Cluster]] = None, *, _validated: bool = False) -> None:
-        """Replace the listeners and/or clusters. New connections use the new config as
-        soon as this returns; open connections keep the config they started with. (With
-        dynamic_resources, the next discovered update sets the static resources the proxy
-        started with beside the discovered ones again.)"""
+               clusters: Optional[Iterable[Cluster]] = None,
+               routes: Optional[Iterable[RouteConfiguration]] = None, *, _validated: bool = False) -> None:
+        """Replace the listeners, clusters and/or route configurations. New connections use
+        the new config as soon as this returns; open connections keep the config they
+        started with. (With dynamic_resources, the next discovered update sets the static
+        resources the proxy started with beside the discovered ones again.)
+
+        ``routes``: the named RouteConfigurations that listeners whose connection manager has
+        ``rds`` use (RDS); they replace the set given before (None: keep it). A route may
+        name a cluster that does not exist: its requests are answered 503 (flag NC). A
+        listener whose route configuration is not there is warming (warming_listeners()):
+        a new one is not bound, a changed one goes on serving its previous version."""
         with self._lock:
             if self._state in ("draining", "stopped"):
                 raise RuntimeError("proxy is stopped")
+            new_routes = self._routes if routes is None else self._route_map(routes, not _validated)
             b = Bootstrap(_as_list(listeners, "listeners", Listener) if listeners is not None
                           else list(self._bootstrap.listeners),
                           _as_list(clusters, "clusters", Cluster) if clusters is not None
@@ -448,12 +462,44 @@ class Proxy:
             if not _validated:          # (the xDS layer validated these lists itself)
                 b.validate()
             if self._state == "running":
-                self._install(b)
+                self._install(b, new_routes)
+            else:
+                self._warming = self._warming_names(b, new_routes)
+            self._routes = new_routes
             self._bootstrap = b
             self._track(b)
             if self._state == "running" and self._dns_thread is None and \
                     any(c.model.type == "STRICT_DNS" for c in self._clusters.values()):
                 self._start_dns()
+
+    @staticmethod
+    def _route_map(routes: Iterable[RouteConfiguration], validate: bool) -> dict[str, RouteConfiguration]:
+        """update(routes=...) as {name: RouteConfiguration}; names must be unique and
+        non-empty. Their clusters need not exist (RDS's validate_clusters is false)."""
+        out: dict[str, RouteConfiguration] = {}
+        for i, rc in enumerate(_as_list(routes, "routes", RouteConfiguration)):
+            if validate:
+                rc.validate(f"routes[{i}]", ANY_CLUSTER)
+            if not isinstance(rc.name, str) or not rc.name:
+                raise ConfigError(f"routes[{i}].name", "a route configuration given by routes= needs a name "
+                                                       "(what a connection manager's rds.route_config_name names)")
+            if rc.name in out:
+                raise ConfigError(f"routes[{i}].name", f"duplicate route configuration name {rc.name!r}")
+            out[rc.name] = rc
+        return out
+
+    @staticmethod
+    def _warming_names(b: Bootstrap, routes: dict) -> list[str]:
+        return [l.name for l in b.listeners if l.http_connection_manager is not None
+                and l.http_connection_manager.rds is not None
+                and l.http_connection_manager.rds.route_config_name not in routes]
+
+    def warming_listeners(self) -> list[str]:
+        """The listeners waiting for their route configuration (rds names one that
+        update(routes=...) has not given): a new one is not bound yet, a changed one
+        serves its previous version meanwhile (Envoy's warming listeners)."""
+        with self._lock:
+            return list(self._warming)
 
     # ---- the config dump (admin /config_dump) ----
 
@@ -462,10 +508,14 @@ class Proxy:
         differs from the one in force (Envoy's last_updated); forget the removed ones."""
         from .config.dump import ResourceState
         now = time.time()
+        # Route configurations: a listener's inline one by the listener's name, those of
+        # update(routes=...) (RDS) by their own.
+        routes = {l.name: l.http_connection_manager.route_config for l in b.listeners
+                  if l.http_connection_manager is not None and l.http_connection_manager.route_config is not None}
+        routes.update(self._routes)
         current = {"listener": {l.name: l for l in b.listeners},
                    "cluster": {c.name: c for c in b.clusters},
-                   "route": {l.name: l.http_connection_manager.route_config for l in b.listeners
-                             if l.http_connection_manager is not None}}
+                   "route": routes}
         for kind, models in current.items():
             old = self._resource_states[kind]
             new = {}
@@ -519,7 +569,7 @@ class Proxy:
             node = {"user_agent_name": "fastproxy", "user_agent_version": package_version()}
             full = dump.build(self._initial_bootstrap, self._created, node, list(b.listeners),
                               list(b.clusters), states["listener"], states["cluster"], states["route"],
-                              dict(self._discovery_versions))
+                              dict(self._discovery_versions), dict(self._routes))
         return dump.apply_query(full, resource, mask)
 
     # ---- hot restart (fastproxy.hot_restart drives these) ----
@@ -567,6 +617,8 @@ class Proxy:
         except KeyError:
             if self._state == "new" and any(l.name == name for l in self._bootstrap.listeners):
                 raise RuntimeError(f"listener {name!r} is bound by start(); the proxy is not started") from None
+            if name in self._warming:
+                raise KeyError(f"listener {name!r} is warming (its rds route configuration has not come)") from None
             raise KeyError(f"no listener named {name!r}") from None
 
     @property
@@ -607,8 +659,10 @@ class Proxy:
         # native HTTP filters' stats (http_local_rate_limit.<prefix>.*) this config uses
         names = set()
         for l in self._bootstrap.listeners:
-            if l.http_connection_manager is not None:
-                names.update(native_filter_stat_blocks(l.http_connection_manager))
+            hcm = l.http_connection_manager
+            if hcm is not None:
+                names.update(native_filter_stat_blocks(
+                    hcm, self._routes.get(hcm.rds.route_config_name) if hcm.rds is not None else None))
         if names:
             out.update(_core.native_filter_stats(names))
         return out
@@ -656,7 +710,9 @@ class Proxy:
             block = self._stats[key] = self._engine.new_stats(kind)
         return block
 
-    def _install(self, b: Bootstrap) -> None:
+    def _install(self, b: Bootstrap, routes: dict) -> None:
+        """Compile ``b`` (with the RDS route configurations ``routes``) and give it to the
+        workers."""
         clusters: dict[str, _ClusterState] = {}
         for c in b.clusters:
             old = self._clusters.get(c.name)
@@ -673,7 +729,21 @@ class Proxy:
 
         socks: dict[str, tuple[tuple[str, int], Any]] = {}
         handles = []
+        warming = []
         for i, l in enumerate(b.listeners):
+            hcm = l.http_connection_manager
+            route_config = None
+            if hcm is not None:
+                route_config = hcm.route_config if hcm.rds is None else routes.get(hcm.rds.route_config_name)
+                if route_config is None:
+                    # Warming: a new listener is not bound until its routes come; a changed one
+                    # goes on serving its previous version (its socket and config) meanwhile.
+                    warming.append(l.name)
+                    old_handle = self._listeners.get(l.name)
+                    if old_handle is not None:
+                        socks[l.name] = self._socks[l.name]
+                        handles.append(old_handle)
+                    continue
             requested = (l.address, l.port)
             old = self._socks.get(l.name)
             if old is not None and (old[0] == requested or old[1].address == requested):
@@ -688,8 +758,9 @@ class Proxy:
             ip, port = sock.address
             factories = tuple(l.filters)
             http = None
-            hcm = l.http_connection_manager
             if hcm is not None:
+                if hcm.rds is not None:
+                    hcm = dataclasses.replace(hcm, route_config=route_config, rds=None)
                 http = _core.make_http_cfg(
                     hcm, self._stat_block("http", f"http.{hcm.stat_prefix}"),
                     {name: c.handle for name, c in clusters.items()}, self.concurrency,
@@ -709,6 +780,7 @@ class Proxy:
         self._clusters = clusters
         self._socks = socks
         self._listeners = {h.name: h for h in handles}
+        self._warming = warming
 
     # ---- DNS: resolved here, on a control-plane thread, never on a worker ----
 

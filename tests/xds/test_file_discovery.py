@@ -410,14 +410,6 @@ def test_unsupported_dynamic_resources_are_refused_by_path(dynamic, path, words)
     assert e.value.path == path and words in str(e.value)
 
 
-def test_rds_and_eds_are_refused_by_path():
-    hcm = http_listener(route_config={"virtual_hosts": []})
-    tc = hcm["filter_chains"][0]["filters"][0]["typed_config"]
-    del tc["route_config"]
-    tc["rds"] = {"route_config_name": "r", "config_source": {"ads": {}}}
-    with pytest.raises(ConfigError) as e:
-        load_envoy(envoy_bootstrap(listeners=[hcm]))
-    assert e.value.path.endswith("typed_config.rds") and "RDS" in str(e.value)
 
 
 def test_dynamic_resources_need_the_node_identity(tmp_path):

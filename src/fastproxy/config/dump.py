@@ -324,6 +324,21 @@ def listener_json(l: model.Listener) -> dict:
     return out
 
 
+def config_source_json(src: model.ConfigSource) -> dict:
+    """An envoy.config.core.v3.ConfigSource."""
+    out: Dict[str, Any] = {"resource_api_version": "V3"}
+    if src.ads:
+        out["ads"] = {}
+    else:
+        pcs: Dict[str, Any] = {"path": src.path}
+        if src.watched_directory is not None:
+            pcs["watched_directory"] = {"path": src.watched_directory}
+        out["path_config_source"] = pcs
+    if src.initial_fetch_timeout != 15.0:
+        out["initial_fetch_timeout"] = f"{src.initial_fetch_timeout:g}s"
+    return out
+
+
 def _access_log(entry: mh.AccessLog) -> dict:
     config: Dict[str, Any] = {"@type": FILE_ACCESS_LOG_TYPE, "path": entry.path}
     if entry.format is not None:
@@ -334,8 +349,12 @@ def _access_log(entry: mh.AccessLog) -> dict:
 def hcm_json(h: mh.HttpConnectionManager) -> dict:
     """An HttpConnectionManager's fields (without "@type")."""
     d = mh.HttpConnectionManager
-    out: Dict[str, Any] = {"stat_prefix": h.stat_prefix,
-                           "route_config": route_config_json(h.route_config, h.http_filters)}
+    out: Dict[str, Any] = {"stat_prefix": h.stat_prefix}
+    if h.rds is not None:
+        out["rds"] = {"route_config_name": h.rds.route_config_name,
+                      "config_source": config_source_json(h.rds.config_source)}
+    else:
+        out["route_config"] = route_config_json(h.route_config, h.http_filters)
     filters = [_http_filter(f) for f in h.http_filters]
     router: Dict[str, Any] = {"@type": ROUTER_TYPE}
     if h.suppress_envoy_headers:
@@ -620,18 +639,20 @@ def _entry(kind: str, resource: dict, type_url: str, st: ResourceState) -> dict:
 
 
 def route_configs(listeners: Iterable[model.Listener]) -> list:
-    """(listener, route configuration) for every HTTP listener, in listener order."""
+    """(listener, route configuration) for every HTTP listener with its routes inline, in
+    listener order."""
     return [(l, l.http_connection_manager.route_config) for l in listeners
-            if l.http_connection_manager is not None]
+            if l.http_connection_manager is not None and l.http_connection_manager.route_config is not None]
 
 
 def build(bootstrap: model.Bootstrap, started: float, node: dict, listeners: list, clusters: list,
           listener_states: dict, cluster_states: dict, route_states: dict,
-          versions: Optional[dict] = None) -> dict:
+          versions: Optional[dict] = None, routes: Optional[dict] = None) -> dict:
     """The full ConfigDump. ``bootstrap``: what the proxy started with; ``listeners`` /
     ``clusters``: those in force; ``*_states``: name -> ResourceState (route configurations
-    by their listener's name); ``versions``: the last accepted version per discovery type
-    ("clusters", "listeners"), the ClustersConfigDump / ListenersConfigDump version_info."""
+    inline in a listener by that listener's name, those of ``routes`` (RDS: name ->
+    RouteConfiguration) by their own); ``versions``: the last accepted version per discovery
+    type ("clusters", "listeners"), the ClustersConfigDump / ListenersConfigDump version_info."""
     versions = versions or {}
     boot = bootstrap_json(bootstrap)
     boot["node"] = {**boot.get("node", {}), **node}
@@ -667,6 +688,15 @@ def build(bootstrap: model.Bootstrap, started: float, node: dict, listeners: lis
         key = "dynamic_route_configs" if st.dynamic else "static_route_configs"
         rdump.setdefault(key, []).append(_entry("route_config", route_config_json(rc, l.http_connection_manager.http_filters),
                                                       ROUTE_CONFIG_TYPE, st))
+    for name, rc in (routes or {}).items():
+        st = route_states[name]
+        # Per-route filter configs are written with the filters of a listener naming it.
+        filters = next((l.http_connection_manager.http_filters for l in listeners
+                        if l.http_connection_manager is not None and l.http_connection_manager.rds is not None
+                        and l.http_connection_manager.rds.route_config_name == name), ())
+        key = "dynamic_route_configs" if st.dynamic else "static_route_configs"
+        rdump.setdefault(key, []).append(_entry("route_config", route_config_json(rc, filters),
+                                                ROUTE_CONFIG_TYPE, st))
     configs.append(rdump)
     configs.append({"@type": ADMIN + "SecretsConfigDump"})
     return {"configs": configs}
@@ -821,5 +851,5 @@ def apply_query(dump: dict, resource: Optional[str] = None, mask: Optional[str] 
     return {"configs": out}
 
 
-__all__ = ["bootstrap_json", "cluster_json", "listener_json", "route_config_json", "hcm_json",
+__all__ = ["bootstrap_json", "cluster_json", "listener_json", "route_config_json", "hcm_json", "config_source_json",
            "build", "apply_query", "ResourceState", "DumpQueryError", "duration", "timestamp"]

@@ -361,7 +361,7 @@ def _listener(item: Any, path: str, index: int) -> tuple:
         if len(filters) > 1:
             raise ConfigError(filters[0][1], "network filters before http_connection_manager are not "
                                              "supported yet")
-        hcm, refs = http_connection_manager(value, tpath)
+        hcm, refs = http_connection_manager(value, tpath, _config_source)
         # The HTTP connection manager's own stat prefix and connection idle timeout are the
         # listener's too, so that nothing reads a TCP default for an HTTP listener.
         terminal = dict(handler=hcm, stat_prefix=hcm.stat_prefix, idle_timeout=hcm.idle_timeout)

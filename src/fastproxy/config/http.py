@@ -53,7 +53,7 @@ import base64
 import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 from ..access_log import compile_format
 from ..errors import ConfigError
@@ -111,9 +111,12 @@ _HCM_FIELDS = ("stat_prefix", "codec_type", "route_config", "rds", "scoped_route
                "upgrade_configs")
 
 
-def http_connection_manager(config: Mapping, path: str) -> Tuple[mh.HttpConnectionManager, ClusterRefs]:
+def http_connection_manager(config: Mapping, path: str, config_source: Optional[Callable] = None
+                            ) -> Tuple[mh.HttpConnectionManager, ClusterRefs]:
     """``config`` is the HCM typed_config (with its "@type"), ``path`` its path. Returns the
-    model and the clusters its routes name (the caller checks they exist)."""
+    model and the clusters its routes name (the caller checks they exist). ``config_source``
+    (message, field name) -> fastproxy.model.ConfigSource reads rds.config_source (the Envoy
+    loader's, which reads lds_config and cds_config: config/envoy.py)."""
     hcm = Message(config, path, _HCM_FIELDS, ignore=("@type",))
     stat_prefix = hcm.string("stat_prefix", required=True, non_empty=True)
     codec = hcm.enum("codec_type", CODEC_TYPES, default="AUTO")
@@ -121,18 +124,23 @@ def http_connection_manager(config: Mapping, path: str) -> Tuple[mh.HttpConnecti
         # The words of http2_protocol_options / http3_protocol_options: the same feature.
         raise unsupported_field(hcm.at("codec_type"), f"{codec.lower()}_protocol_options",
                                 fix=f"codec_type {codec}: use AUTO or HTTP1 (fastproxy speaks HTTP/1.1)")
-    for dynamic in ("rds", "scoped_routes"):
-        if _present(hcm, dynamic):
-            raise unsupported_field(hcm.at(dynamic), dynamic, fix="give the route table inline as route_config")
+    if _present(hcm, "scoped_routes"):
+        raise unsupported_field(hcm.at("scoped_routes"), "scoped_routes",
+                                fix="give the route table inline as route_config, or by rds")
     refs: ClusterRefs = []
-    rc = hcm.message("route_config", _ROUTE_CONFIG_FIELDS)
-    if rc is None:
-        raise ConfigError(hcm.at("route_config"), "required field is missing (fastproxy needs the route "
-                                                  "table inline)")
-    route_config = _route_config(rc, refs)
+    route_config, rds = None, None
+    if _oneof(hcm, ("route_config", "rds")) == "rds":
+        rds = _rds(hcm, config_source)
+    else:
+        rc = hcm.message("route_config", _ROUTE_CONFIG_FIELDS)
+        if rc is None:
+            raise ConfigError(hcm.at("route_config"), "required field is missing (one of route_config and "
+                                                      "rds is required)")
+        route_config = _route_config(rc, refs)
     router = [None]
     http_filters = _http_filters(hcm, router)
-    _per_filter_configs(route_config, http_filters)
+    if route_config is not None:
+        _per_filter_configs(route_config, http_filters)
 
     server_name = hcm.string("server_name", default="")
     kb = hcm.uint32("max_request_headers_kb", default=DEFAULT_MAX_REQUEST_HEADERS_KB, minimum=1)
@@ -182,6 +190,7 @@ def http_connection_manager(config: Mapping, path: str) -> Tuple[mh.HttpConnecti
         path_with_escaped_slashes_action="KEEP_UNCHANGED" if escaped == "IMPLEMENTATION_SPECIFIC_DEFAULT"
         else escaped,
         route_config=route_config,
+        rds=rds,
         server_name=server_name or mh.HttpConnectionManager.server_name,
         server_header_transformation=hcm.enum("server_header_transformation", SERVER_HEADER_TRANSFORMATIONS,
                                               default="OVERWRITE"),
@@ -351,6 +360,31 @@ def _per_filter_configs(rc: mh.RouteConfiguration, filters: list) -> None:
         parse(vh)
         for r in vh.routes:
             parse(r)
+def _rds(hcm: Message, config_source: Optional[Callable]) -> mh.Rds:
+    """rds: the route configuration's name and where it comes from (a ConfigSource read as
+    the bootstrap's lds_config / cds_config are)."""
+    rds = hcm.message("rds", ("route_config_name", "config_source"), required=True)
+    name = rds.string("route_config_name", required=True, non_empty=True)
+    if config_source is None:
+        raise ConfigError(rds.at("config_source"), "rds is read only within a bootstrap or a listener")
+    source = config_source(rds, "config_source")
+    if source is None:
+        raise ConfigError(rds.at("config_source"), "required field is missing")
+    return mh.Rds(route_config_name=name, config_source=source)
+
+
+def route_configuration(config: Mapping, path: str, http_filters: Optional[list] = None) -> mh.RouteConfiguration:
+    """A RouteConfiguration resource (RDS): ``config`` without "@type" checks, ``path`` its
+    path. Its clusters need not exist (RDS's validate_clusters defaults to false: a route
+    to a missing cluster is answered 503). ``http_filters``: the filters of a connection
+    manager whose per-route configs it may hold (the model's HTTP filter specs); without
+    them a typed_per_filter_config is refused."""
+    rc = Message(config, path, _ROUTE_CONFIG_FIELDS, ignore=("@type",))
+    route_config = _route_config(rc, [])
+    _per_filter_configs(route_config, list(http_filters or []))
+    return route_config
+
+
 def _upgrade_config(item: Any, path: str) -> mh.UpgradeConfig:
     msg = Message(item, path, ("upgrade_type", "filters", "enabled"))
     upgrade_type = msg.string("upgrade_type", required=True, non_empty=True)

@@ -47,7 +47,6 @@ UNSUPPORTED_FIELDS = {
     "endpoint_stale_after": ("endpoint_stale_after", False),
     "health_check_config": ("active health checking (health_check_config)", True),
     "rate_limit_settings": ("xDS rate limiting (rate_limit_settings)", False),
-    "rds": ("xDS (RDS)", True),
     "scoped_routes": ("scoped routes (SRDS)", False),
     "health_checks": ("active health checking (health_checks)", True),
     "outlier_detection": ("outlier detection", True),

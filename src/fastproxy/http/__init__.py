@@ -25,7 +25,7 @@ from .native_filters import (BUFFER, CORS, FAULT, HEADER_MUTATION, HEALTH_CHECK,
 from .native_filters import Buffer as BufferFilter
 from .model import (AccessLog, DirectResponse, HeaderMatcher, HeaderMutations, HeaderValueOption,
                           HttpConnectionManager, Int64Range, InternalAddressConfig, QueryParameterMatcher,
-                          RedirectAction, RegexRewrite, Route, RouteAction, RouteConfiguration, RouteMatch,
+                          Rds, RedirectAction, RegexRewrite, Route, RouteAction, RouteConfiguration, RouteMatch,
                           StringMatch, UpgradeConfig, VirtualHost, WeightedCluster)
 
 __all__ = [
@@ -33,7 +33,7 @@ __all__ = [
     "HttpConnectionManager", "RouteConfiguration", "VirtualHost", "Route", "RouteMatch", "RouteAction",
     "RedirectAction", "DirectResponse", "WeightedCluster", "RegexRewrite", "HeaderMatcher",
     "QueryParameterMatcher", "StringMatch", "Int64Range", "HeaderValueOption", "HeaderMutations",
-    "AccessLog", "UpgradeConfig", "InternalAddressConfig",
+    "AccessLog", "UpgradeConfig", "InternalAddressConfig", "Rds",
     # the native HTTP filters: their names (NativeHttpFilter's kind) and configs
     "LOCAL_RATELIMIT", "CORS", "FAULT", "BUFFER", "HEALTH_CHECK", "HEADER_MUTATION", "NATIVE_FILTER_KINDS",
     "LocalRateLimit", "TokenBucket", "Cors", "CorsPolicy", "HTTPFault", "FaultDelay", "FaultAbort",

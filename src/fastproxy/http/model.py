@@ -8,7 +8,7 @@ float seconds; None means "disabled" where Envoy uses 0s for that.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Collection, Optional
+from typing import Any, Collection, Optional
 
 from ..validation import (APPEND_ACTIONS, HEADERS_WITH_UNDERSCORES_ACTIONS, MAX_PORT, PATH_WITH_ESCAPED_SLASHES_ACTIONS,
                           REDIRECT_STATUSES, boolean, check_domain, check_header_name, check_header_value,
@@ -21,7 +21,7 @@ __all__ = [
     "StringMatch", "Int64Range", "HeaderMatcher", "QueryParameterMatcher", "RouteMatch", "HeaderValueOption",
     "HeaderMutations", "WeightedCluster", "RegexRewrite", "RouteAction", "RedirectAction", "DirectResponse",
     "Route", "VirtualHost", "RouteConfiguration", "AccessLog", "UpgradeConfig", "InternalAddressConfig",
-    "HttpConnectionManager", "STRING_MATCH_KINDS", "SERVER_HEADER_TRANSFORMATIONS", "ESCAPED_SLASHES_ACTIONS",
+    "Rds", "HttpConnectionManager", "ANY_CLUSTER", "STRING_MATCH_KINDS", "SERVER_HEADER_TRANSFORMATIONS", "ESCAPED_SLASHES_ACTIONS",
     "STRIP_HOST_PORT_MODES", "UNDERSCORES_ACTIONS", "validate_http", "parse_cidr",
 ]
 
@@ -391,6 +391,33 @@ class RouteConfiguration:
             vh.validate(vp, cluster_names, domains)
 
 
+class _AnyCluster:
+    """A cluster_names that holds every name: a route configuration from RDS may name
+    clusters that do not exist (yet); their requests are answered 503 (NC), as Envoy's
+    (RDS's validate_clusters defaults to false)."""
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+
+ANY_CLUSTER: Collection[str] = _AnyCluster()     # type: ignore[assignment]
+
+
+@dataclass
+class Rds:
+    """HttpConnectionManager.rds: the route configuration named ``route_config_name`` comes
+    from a discovery service (``config_source``, a fastproxy.model.ConfigSource) or from
+    Proxy.update(routes=...). Until it is there the listener is warming (not serving)."""
+
+    route_config_name: str
+    config_source: Any              # a fastproxy.model.ConfigSource (which imports this module)
+
+    def validate(self, path: str) -> None:
+        """Check the name; ``path`` names this rds in errors. (The config_source's type is
+        checked with the bootstrap, fastproxy.model, where ConfigSource is.)"""
+        string(self.route_config_name, path + ".route_config_name", non_empty=True)
+
+
 @dataclass
 class AccessLog:
     """An access log sink: path ("/dev/stdout" for stdout) and an Envoy format string
@@ -456,7 +483,7 @@ class HttpConnectionManager:
     """network.http_connection_manager.v3.HttpConnectionManager (HTTP/1.1 codec)."""
 
     stat_prefix: str
-    route_config: RouteConfiguration
+    route_config: Optional[RouteConfiguration] = None       # exactly one of route_config and rds
     server_name: str = "fastproxy"
     # Envoy's server_header_transformation: OVERWRITE (Server is always server_name),
     # APPEND_IF_ABSENT (only when the response has none) or PASS_THROUGH (never set).
@@ -493,6 +520,7 @@ class HttpConnectionManager:
     path_with_escaped_slashes_action: str = "KEEP_UNCHANGED"   # %2F / %5C: ESCAPED_SLASHES_ACTIONS
     strip_host_port: str = "NONE"                           # NONE, MATCHING (the listener's), ANY
     headers_with_underscores_action: str = "ALLOW"          # ALLOW, REJECT_REQUEST, DROP_HEADER
+    rds: Optional[Rds] = None                               # the route configuration comes from RDS
 
     def validate(self, path: str, cluster_names: Collection[str]) -> None:
         """Check the connection manager, typically one built with the Python API (what the
@@ -536,8 +564,13 @@ class HttpConnectionManager:
             log.validate(lp)
         for up, upp in each(self.upgrade_configs, path + ".upgrade_configs", UpgradeConfig):
             up.validate(upp)
-        rcp = path + ".route_config"
-        typed(self.route_config, RouteConfiguration, rcp).validate(rcp, cluster_names)
+        if self.rds is not None:
+            if self.route_config is not None:
+                fail(path + ".rds", "only one of route_config and rds may be set")
+            typed(self.rds, Rds, path + ".rds").validate(path + ".rds")
+        else:
+            rcp = path + ".route_config"
+            typed(self.route_config, RouteConfiguration, rcp).validate(rcp, cluster_names)
         _validate_http_filters(self, path)
 
 
@@ -565,6 +598,8 @@ def _validate_http_filters(hcm: "HttpConnectionManager", path: str) -> None:
         if isinstance(spec, PythonHttpFilter) and not (isinstance(spec.cls, type) and issubclass(spec.cls, HttpFilter)):
             fail(fp + ".cls", f"{spec.cls!r} is not a fastproxy.HttpFilter subclass")
     rc = hcm.route_config
+    if rc is None:      # rds: a route configuration is checked when it comes (Proxy.update)
+        return
 
     def check_tpfc(obj, p):
         tp = obj.typed_per_filter_config or {}

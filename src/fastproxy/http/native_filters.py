@@ -179,16 +179,17 @@ class HeaderMutation:
 
 HeaderMutationPerRoute = HeaderMutation
 
-def native_filter_stat_blocks(hcm) -> set:
+def native_filter_stat_blocks(hcm, route_config=None) -> set:
     """The stat block names ("http_local_rate_limit.<stat_prefix>") the native filters of an
-    HttpConnectionManager use, filter level and per route."""
+    HttpConnectionManager use, filter level and per route (``route_config``: the one its
+    rds names, if any)."""
     names = set()
     # Only a NativeHttpFilter has a kind; the config is validated, so the fields are there.
     kinds = {f.name: getattr(f, "kind", None) for f in hcm.http_filters}
     configs = [f.config for f in hcm.http_filters if kinds[f.name] == LOCAL_RATELIMIT]
-    rc = hcm.route_config
-    levels = [rc]
-    for vh in rc.virtual_hosts:
+    rc = hcm.route_config if route_config is None else route_config
+    levels = [rc] if rc is not None else []
+    for vh in rc.virtual_hosts if rc is not None else ():
         levels.append(vh)
         levels.extend(vh.routes)
     for level in levels:
