@@ -245,7 +245,7 @@ def config_source(parent: Message, name: str) -> Optional[model.ConfigSource]:
     fetch_timeout = src.duration("initial_fetch_timeout", default=15.0)
     given = [f for f in ("ads", "api_config_source", "path", "path_config_source") if src.raw(f) is not None]
     if len(given) > 1:
-        raise ConfigError(src.at(given[1]), f"only one of {', '.join(given)} may be set")
+        raise ConfigError(src.path, f"only one of {', '.join(given)} may be set")
     if src.raw("ads") is not None:
         Message(src.mapping("ads"), src.at("ads"), ())         # AggregatedConfigSource: no fields
         return model.ConfigSource(ads=True, initial_fetch_timeout=fetch_timeout)

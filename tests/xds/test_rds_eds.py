@@ -1,0 +1,225 @@
+"""RDS and EDS: route configurations and cluster load assignments subscribed by name over
+ADS (state of the world and delta) and over per-type streams (api_config_source), with
+fastproxy and real Envoy 1.40 driven by the same scripted control plane
+(tests/xds_control_plane.py): the same requests in the same order (initialization: CDS,
+EDS, LDS, RDS), the same ACK/NACK sequence, and the same routing after each push."""
+from __future__ import annotations
+
+import http.client
+
+import pytest
+
+import fastproxy
+from conftest import admin_get, envoy_yaml, find_envoy, http_listener, start_envoy, static_cluster, wait_for
+from http_upstreams import RawHttpUpstream, http_request
+
+xcp = pytest.importorskip("xds_control_plane", reason="grpcio and xds-protos (the xds extra) are not installed")
+from test_ads_reference_envoy import H2  # noqa: E402
+
+ENVOY = find_envoy()
+ADS = {"ads": {}, "resource_api_version": "V3"}
+
+
+def api_source(api_type: str) -> dict:
+    return {"api_config_source": {"api_type": api_type, "transport_api_version": "V3",
+                                  "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}]},
+            "resource_api_version": "V3"}
+
+
+def bootstrap(cp_port: int, api_type: str = "GRPC", aggregated: bool = True) -> str:
+    """CDS and LDS over ADS (or each on its own stream: aggregated=False)."""
+    dynamic: dict = {"cds_config": ADS if aggregated else api_source(api_type),
+                     "lds_config": ADS if aggregated else api_source(api_type)}
+    if aggregated:
+        dynamic["ads_config"] = {"api_type": api_type, "transport_api_version": "V3",
+                                 "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}]}
+    return envoy_yaml(clusters=[static_cluster("xds", [cp_port], typed_extension_protocol_options=H2)],
+                      node={"id": "node-1", "cluster": "test-cluster"}, dynamic_resources=dynamic)
+
+
+def source(api_type: str, aggregated: bool) -> dict:
+    return ADS if aggregated else api_source(api_type)
+
+
+def eds_cluster(name: str, src: dict) -> dict:
+    return {"name": name, "type": "EDS", "connect_timeout": "1s",
+            "eds_cluster_config": {"service_name": name, "eds_config": src}}
+
+
+def assignment(name: str, *ports: int) -> dict:
+    return {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}} for p in ports]}]}
+
+
+def rds_listener(route_name: str, src: dict) -> dict:
+    listener = http_listener([{"match": {"prefix": "/"}, "route": {"cluster": "svc"}}])
+    tc = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    del tc["route_config"]
+    tc["rds"] = {"route_config_name": route_name, "config_source": src}
+    return listener
+
+
+def route_config(name: str, cluster: str, domains=("*",)) -> dict:
+    return {"name": name, "virtual_hosts": [{"name": f"v{i}", "domains": [d], "routes": [
+        {"match": {"prefix": "/"}, "route": {"cluster": cluster}}]} for i, d in enumerate(domains)]}
+
+
+@pytest.fixture
+def upstreams():
+    ups = [RawHttpUpstream(lambda m, p, h, b, tag=tag: b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n" + tag)
+           for tag in (b"a", b"b", b"c")]
+    yield ups
+    for u in ups:
+        u.close()
+
+
+class Fastproxy:
+    def __init__(self, text):
+        self.proxy = fastproxy.Proxy.from_envoy(text, concurrency=1).start()
+
+    def address(self):
+        return self.proxy.listener_address("web")
+
+    def stop(self):
+        self.proxy.stop()
+
+
+class Envoy:
+    def __init__(self, text, tmp_path):
+        self.proc, self.admin, self.addr = start_envoy(text, tmp_path)
+
+    def address(self):
+        return self.addr
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def get(conn: http.client.HTTPConnection) -> bytes:
+    conn.request("GET", "/x")
+    return conn.getresponse().read()
+
+
+def body(addr):
+    try:
+        return http_request(addr, path="/x", timeout=2)[1]
+    except OSError:
+        return None
+
+
+def script(cp, start, ports, api_type, aggregated):
+    """The scripted sequence; returns (what the requests answered, the request sequence)."""
+    a, b, c = ports
+    src = source(api_type, aggregated)
+    cp.set(xcp.CLUSTER, [eds_cluster("svc", src), static_cluster("fixed", [c])], "c1")
+    cp.set(xcp.ENDPOINT, [assignment("svc", a)], "e1")
+    cp.set(xcp.LISTENER, [rds_listener("rt", src)], "l1")
+    cp.set(xcp.ROUTE, [route_config("rt", "svc"), route_config("rt2", "fixed")], "r1")
+    server = start()
+    seen = []
+    try:
+        addr = server.address()
+        # (Envoy names a listener's address while it still warms: until its routes came.)
+        wait_for(lambda: body(addr) is not None, timeout=20, msg="the listener serves")
+        conn = http.client.HTTPConnection(*addr, timeout=5)
+        seen.append(get(conn))                                          # a: EDS svc -> a
+        cp.wait_for(lambda rs: {r.type_url for r in rs if r.response_nonce} >= set(xcp.MESSAGES))
+        # EDS push: traffic moves to the new endpoint.
+        cp.set(xcp.ENDPOINT, [assignment("svc", b)], "e2")
+        wait_for(lambda: body(addr) == b"b", timeout=10, msg="e2 in force")
+        seen.append(body(addr))
+        # RDS push: the next request on the already open connection takes the new routes.
+        cp.set(xcp.ROUTE, [route_config("rt", "fixed"), route_config("rt2", "fixed")], "r2")
+        cp.wait_for(lambda rs: any(r.type_url == xcp.ROUTE and r.response_nonce and not r.nack
+                                   and (r.delta or r.version_info == "r2") for r in rs[-2:]))
+        wait_for(lambda: body(addr) == b"c", timeout=10, msg="r2 in force")
+        seen.append(body(addr))
+        conn.close()
+        # A bad route configuration (a domain twice): NACKed, nothing changes.
+        cp.set(xcp.ROUTE, [route_config("rt", "svc", domains=("*", "*")), route_config("rt2", "fixed")], "r3")
+        cp.wait_for(lambda rs: any(r.type_url == xcp.ROUTE and r.nack for r in rs))
+        seen.append(body(addr))
+        # The listener now names rt2: rt2 is subscribed (and rt, once nothing uses it, not).
+        cut = len(cp.requests)
+        cp.set(xcp.LISTENER, [rds_listener("rt2", src)], "l2")
+        cp.wait_for(lambda rs: any(r.type_url == xcp.ROUTE and "rt2" in r.resource_names for r in rs[cut:]))
+        cp.wait_for(lambda rs: any(r.type_url == xcp.LISTENER and r.response_nonce and not r.nack
+                                   and (r.delta or r.version_info == "l2") for r in rs[cut:]))
+    finally:
+        server.stop()
+    short = {xcp.CLUSTER: "CDS", xcp.ENDPOINT: "EDS", xcp.LISTENER: "LDS", xcp.ROUTE: "RDS"}
+    seq = [(short[r.type_url], "nack" if r.nack else "ack" if r.response_nonce else "request",
+            r.version_info, tuple(r.resource_names), tuple(r.unsubscribe), r.service) for r in cp.requests]
+    nacks = [r.error_detail for r in cp.requests if r.nack]
+    return seen, seq[:cut], seq[cut:], nacks
+
+
+CASES = [("GRPC", True), ("DELTA_GRPC", True), ("GRPC", False), ("DELTA_GRPC", False)]
+IDS = ["ads-sotw", "ads-delta", "per-type-sotw", "per-type-delta"]
+
+
+@pytest.mark.parametrize("api_type, aggregated", CASES, ids=IDS)
+def test_rds_and_eds_as_envoy(api_type, aggregated, upstreams, tmp_path):
+    ports = [u.port for u in upstreams]
+    with xcp.ControlPlane() as cp:
+        text = bootstrap(cp.port, api_type, aggregated)
+        ours, our_seq, our_after, our_nacks = script(cp, lambda: Fastproxy(text), ports, api_type, aggregated)
+    assert ours == [b"a", b"b", b"c", b"c"]
+    # The NACK names the refused field by its path in the response.
+    assert len(our_nacks) == 1 and "resources[0].virtual_hosts[1].domains" in our_nacks[0], our_nacks
+    if not aggregated:
+        assert {s[5] for s in our_seq} == {"cds", "eds", "lds", "rds"}
+    # The listener's route configuration changed: rt2 subscribed, rt (used by nothing) not.
+    rds = [s for s in our_after if s[0] == "RDS"]
+    assert rds and ("rt2",) in [s[3] for s in rds] and all("rt" not in s[3] for s in rds)
+    assert api_type == "GRPC" or ("rt",) in [s[4] for s in rds]     # delta: an explicit unsubscribe
+    if ENVOY is None:
+        pytest.skip("envoy binary not on PATH nor next to sys.executable")
+    with xcp.ControlPlane() as cp:
+        text = bootstrap(cp.port, api_type, aggregated)
+        theirs, their_seq, their_after, their_nacks = script(cp, lambda: Envoy(text, tmp_path), ports,
+                                                             api_type, aggregated)
+    assert ours == theirs
+    assert len(their_nacks) == 1
+    if aggregated:
+        # One stream: the order of every request is Envoy's (the initialization's CDS, EDS,
+        # LDS, RDS and where each ACK falls).
+        assert our_seq == their_seq, (our_seq, their_seq)
+    else:
+        # One stream per type: each type's own sequence is Envoy's.
+        for t in ("CDS", "EDS", "LDS", "RDS"):
+            assert [s for s in our_seq if s[0] == t] == [s for s in their_seq if s[0] == t], t
+    # A difference: Envoy keeps rt subscribed while the listener's previous version drains
+    # (--drain-time-s), and asks for rt2 beside it; fastproxy drops rt at once.
+    assert any("rt2" in s[3] for s in their_after if s[0] == "RDS")
+
+
+@pytest.mark.parametrize("server", [
+    pytest.param("fastproxy", marks=pytest.mark.xfail(
+        reason="the per-worker RouteProvider swap comes with the routes helper's branch (i13-routes); "
+               "until then an open connection keeps the table it started with", strict=False)),
+    "envoy"])
+def test_an_rds_push_reaches_an_open_connection(server, upstreams, tmp_path):
+    """As in Envoy, the next request on a keep-alive connection opened before an RDS push
+    uses the new routes."""
+    if server == "envoy" and ENVOY is None:
+        pytest.skip("envoy binary not on PATH nor next to sys.executable")
+    a, _, c = (u.port for u in upstreams)
+    with xcp.ControlPlane() as cp:
+        cp.set(xcp.CLUSTER, [static_cluster("svc", [a]), static_cluster("fixed", [c])], "c1")
+        cp.set(xcp.LISTENER, [rds_listener("rt", ADS)], "l1")
+        cp.set(xcp.ROUTE, [route_config("rt", "svc")], "r1")
+        text = bootstrap(cp.port)
+        proc = Fastproxy(text) if server == "fastproxy" else Envoy(text, tmp_path)
+        try:
+            wait_for(lambda: body(proc.address()) is not None, timeout=20, msg="the listener serves")
+            conn = http.client.HTTPConnection(*proc.address(), timeout=5)
+            assert get(conn) == b"a"
+            cp.set(xcp.ROUTE, [route_config("rt", "fixed")], "r2")
+            cp.wait_for(lambda rs: any(r.type_url == xcp.ROUTE and r.version_info == "r2" for r in rs))
+            wait_for(lambda: body(proc.address()) == b"c", timeout=10, msg="r2 in force")
+            assert get(conn) == b"c"
+            conn.close()
+        finally:
+            proc.stop()
