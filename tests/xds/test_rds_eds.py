@@ -223,3 +223,95 @@ def test_an_rds_push_reaches_an_open_connection(server, upstreams, tmp_path):
             conn.close()
         finally:
             proc.stop()
+
+
+# --------------------------------------------------------------------------- failure paths
+
+def test_a_bad_assignment_is_nacked_by_path_and_changes_nothing(upstreams):
+    a, b, _ = (u.port for u in upstreams)
+    with xcp.ControlPlane() as cp:
+        cp.set(xcp.CLUSTER, [eds_cluster("svc", ADS)], "c1")
+        cp.set(xcp.ENDPOINT, [assignment("svc", a)], "e1")
+        cp.set(xcp.LISTENER, [http_listener([{"match": {"prefix": "/"}, "route": {"cluster": "svc"}}])], "l1")
+        with fastproxy.Proxy.from_envoy(bootstrap(cp.port), concurrency=1) as p:
+            addr = p.listener_address("web")
+            assert body(addr) == b"a"
+            st = p.stats()
+            assert st["cluster.svc.update_success"] == 1 and st["cluster.svc.update_rejected"] == 0
+            assert st["cluster_manager.warming_clusters"] == 0
+            bad = assignment("svc", b)
+            bad["endpoints"][0]["priority"] = 1         # fastproxy has one priority level
+            cp.set(xcp.ENDPOINT, [bad], "e2")
+            nack = cp.wait_for(lambda rs: any(r.type_url == xcp.ENDPOINT and r.nack for r in rs))
+            nack = next(r for r in nack if r.type_url == xcp.ENDPOINT and r.nack)
+            assert "resources[0].endpoints[0].priority" in nack.error_detail and nack.version_info == "e1"
+            assert p.stats()["cluster.svc.update_rejected"] == 1
+            assert body(addr) == b"a"
+
+
+def test_an_eds_cluster_warms_until_its_assignment_or_the_timeout(upstreams):
+    """No assignment for the cluster: it warms, /ready says INITIALIZING, until the EDS
+    initial_fetch_timeout; then the listener is fetched and the proxy is LIVE."""
+    a = upstreams[0].port
+    src = dict(ADS, initial_fetch_timeout="0.5s")
+    with xcp.ControlPlane() as cp:
+        cp.set(xcp.CLUSTER, [eds_cluster("svc", src)], "c1")
+        cp.set(xcp.LISTENER, [http_listener([{"match": {"prefix": "/"}, "route": {"cluster": "svc"}}])], "l1")
+        p = fastproxy.Proxy.from_envoy(bootstrap(cp.port), concurrency=1)
+        try:
+            p.start()
+            # start() returned after the timeout: the cluster is warm (empty), LDS was fetched.
+            order = [(r.type_url, bool(r.response_nonce)) for r in cp.requests]
+            assert order.index((xcp.LISTENER, False)) > order.index((xcp.ENDPOINT, False))
+            assert p.stats()["cluster_manager.warming_clusters"] == 0
+            assert admin_get(p.admin_address, "/ready").strip() == "LIVE"
+            assert http_request(p.listener_address("web"), path="/x")[0].status == 503
+            # The assignment comes later: traffic flows.
+            cp.set(xcp.ENDPOINT, [assignment("svc", a)], "e1")
+            wait_for(lambda: body(p.listener_address("web")) == b"a", timeout=10, msg="e1 in force")
+        finally:
+            p.stop()
+
+
+def test_a_delta_removal_of_a_route_configuration_is_ignored_as_envoy_does(upstreams):
+    a = upstreams[0].port
+    with xcp.ControlPlane() as cp:
+        cp.set(xcp.CLUSTER, [static_cluster("svc", [a])], "c1")
+        cp.set(xcp.LISTENER, [rds_listener("rt", ADS)], "l1")
+        cp.set(xcp.ROUTE, [route_config("rt", "svc")], "r1")
+        with fastproxy.Proxy.from_envoy(bootstrap(cp.port, "DELTA_GRPC"), concurrency=1) as p:
+            addr = p.listener_address("web")
+            assert body(addr) == b"a"
+            assert p.stats()["http.web.rds.rt.update_success"] == 1
+            cp.set(xcp.ROUTE, [], "r2")             # removed_resources: ["rt"]
+            cp.wait_for(lambda rs: sum(1 for r in rs if r.type_url == xcp.ROUTE and r.response_nonce) >= 2)
+            assert body(addr) == b"a" and p.warming_listeners() == []
+
+
+def test_eds_and_api_config_source_loader_errors_name_the_field():
+    from fastproxy.config import load_envoy
+    from fastproxy.errors import ConfigError
+    from conftest import envoy_bootstrap
+    cases = [
+        ({"name": "e", "type": "EDS"}, "static_resources.clusters[0].eds_cluster_config", "needs eds_cluster_config"),
+        (dict(static_cluster("e", [1]), eds_cluster_config={"eds_config": ADS}),
+         "static_resources.clusters[0].eds_cluster_config", "only a cluster of type EDS"),
+        (eds_cluster("e", {"path_config_source": {"path": "/"}}),
+         "static_resources.clusters[0].eds_cluster_config.eds_config", "not supported"),
+        (eds_cluster("e", ADS), "static_resources.clusters[0].eds_cluster_config.eds_config.ads",
+         "requires dynamic_resources.ads_config"),
+        (eds_cluster("e", api_source("REST")),
+         "static_resources.clusters[0].eds_cluster_config.eds_config.api_config_source.api_type", "REST"),
+        (eds_cluster("e", api_source("GRPC")),
+         "static_resources.clusters[0].eds_cluster_config.eds_config.api_config_source.grpc_services[0]"
+         ".envoy_grpc.cluster_name", "unknown static cluster 'xds'"),
+    ]
+    for cluster, path, words in cases:
+        with pytest.raises(ConfigError) as e:
+            load_envoy(envoy_bootstrap(clusters=[cluster]))
+        assert e.value.path == path and words in str(e.value), (path, e.value)
+    bad = static_cluster("s", [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}}},
+                                "health_status": "DEGRADED"}])
+    with pytest.raises(ConfigError) as e:
+        load_envoy(envoy_bootstrap(clusters=[bad]))
+    assert e.value.path.endswith("lb_endpoints[0].health_status")
