@@ -315,3 +315,15 @@ def test_eds_and_api_config_source_loader_errors_name_the_field():
     with pytest.raises(ConfigError) as e:
         load_envoy(envoy_bootstrap(clusters=[bad]))
     assert e.value.path.endswith("lb_endpoints[0].health_status")
+
+
+def test_config_dump_shows_discovered_route_configurations(upstreams):
+    a = upstreams[0].port
+    with xcp.ControlPlane() as cp:
+        cp.set(xcp.CLUSTER, [static_cluster("svc", [a])], "c1")
+        cp.set(xcp.LISTENER, [rds_listener("rt", ADS)], "l1")
+        cp.set(xcp.ROUTE, [route_config("rt", "svc")], "r1")
+        with fastproxy.Proxy.from_envoy(bootstrap(cp.port), concurrency=1) as p:
+            dump = p.config_dump(resource="dynamic_route_configs")
+            [entry] = [c for c in dump["configs"] if c["route_config"]["name"] == "rt"]
+            assert entry["version_info"] == "r1" and "last_updated" in entry

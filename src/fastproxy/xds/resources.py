@@ -355,8 +355,18 @@ class XdsResources:
                     st.count("update_no_rebuild")
             log.info("%s update accepted: version %r, %d resource(s) (%s)", kind, version_info, len(got),
                      ", ".join(sorted(got)))
-            self._note_dump("clusters", self.version_info(CLUSTER_TYPE)) if type_url == ENDPOINT_TYPE \
-                else self._note_dump("listeners", self.version_info(LISTENER_TYPE))
+            if type_url == ENDPOINT_TYPE:
+                self._note_dump("clusters", self.version_info(CLUSTER_TYPE))
+            else:
+                # /config_dump's dynamic_route_configs: each by its name, at its version.
+                note = getattr(self.proxy, "note_discovered", None)
+                for n, (version, _) in self.updated[field].items():
+                    if note is not None:
+                        try:
+                            note("route", n, version)
+                        except KeyError:
+                            pass
+                self._note_dump("listeners", self.version_info(LISTENER_TYPE))
             self._changed()
 
     def _decode_named(self, type_url: str, item: Any, path: str) -> tuple:
