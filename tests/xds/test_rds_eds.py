@@ -151,7 +151,9 @@ def script(cp, start, ports, api_type, aggregated):
     short = {xcp.CLUSTER: "CDS", xcp.ENDPOINT: "EDS", xcp.LISTENER: "LDS", xcp.ROUTE: "RDS"}
     seq = [(short[r.type_url], "nack" if r.nack else "ack" if r.response_nonce else "request",
             r.version_info, tuple(r.resource_names), tuple(r.unsubscribe), r.service) for r in cp.requests]
-    nacks = [r.error_detail for r in cp.requests if r.nack]
+    # (The NACKs before the listener change: after it, delta may send the refused rt again
+    # with rt2, which Envoy NACKs again.)
+    nacks = [r.error_detail for r in cp.requests[:cut] if r.nack]
     return seen, seq[:cut], seq[cut:], nacks
 
 
@@ -327,3 +329,68 @@ def test_config_dump_shows_discovered_route_configurations(upstreams):
             dump = p.config_dump(resource="dynamic_route_configs")
             [entry] = [c for c in dump["configs"] if c["route_config"]["name"] == "rt"]
             assert entry["version_info"] == "r1" and "last_updated" in entry
+
+
+STAT_NAMES = [f"cluster.svc.{s}" for s in ("update_attempt", "update_success", "update_rejected", "update_empty",
+                                          "update_failure", "update_no_rebuild", "version")] + \
+    [f"http.web.rds.rt.{s}" for s in ("update_attempt", "update_success", "update_rejected", "update_empty",
+                                       "update_failure", "config_reload", "version")] + \
+    [f"{p}.{s}" for p in ("cluster_manager.cds", "listener_manager.lds")
+     for s in ("update_attempt", "update_success", "update_rejected", "version")] + \
+    ["cluster_manager.warming_clusters", "listener_manager.total_listeners_warming",
+     "control_plane.connected_state", "control_plane.pending_requests", "cluster_manager.active_clusters"]
+
+
+def envoy_stats(admin) -> dict:
+    out = {}
+    for line in admin_get(admin, "/stats").splitlines():
+        k, _, v = line.partition(": ")
+        if v.strip().lstrip("-").isdigit():
+            out[k] = int(v)
+    return out
+
+
+@pytest.mark.parametrize("server", ["fastproxy", "envoy"])
+def test_eds_and_rds_stats_as_envoy(server, upstreams, tmp_path, request):
+    """The same pushes (a refused assignment, new endpoints, the same routes again, the
+    same endpoints again) give the same per-cluster EDS and per-route RDS counters."""
+    if server == "envoy" and ENVOY is None:
+        pytest.skip("envoy binary not on PATH nor next to sys.executable")
+    a, b, _ = (u.port for u in upstreams)
+    with xcp.ControlPlane() as cp:
+        cp.set(xcp.CLUSTER, [eds_cluster("svc", ADS)], "c1")
+        cp.set(xcp.ENDPOINT, [assignment("svc", a)], "e1")
+        cp.set(xcp.LISTENER, [rds_listener("rt", ADS)], "l1")
+        cp.set(xcp.ROUTE, [route_config("rt", "svc")], "r1")
+        proc = Fastproxy(bootstrap(cp.port)) if server == "fastproxy" else Envoy(bootstrap(cp.port), tmp_path)
+        try:
+            wait_for(lambda: body(proc.address()) == b"a", timeout=20, msg="serves")
+            bad = assignment("svc", b)
+            bad["endpoints"][0]["lb_endpoints"][0]["load_balancing_weight"] = 0
+            cp.set(xcp.ENDPOINT, [bad], "e2")
+            cp.set(xcp.ENDPOINT, [assignment("svc", b)], "e3")
+            cp.set(xcp.ROUTE, [route_config("rt", "svc")], "r2")
+            cp.set(xcp.ENDPOINT, [assignment("svc", b)], "e4")
+            cp.wait_for(lambda rs: [(r.version_info, r.nack) for r in rs if r.type_url == xcp.ENDPOINT][-1] == ("e4", False)
+                        and any(r.type_url == xcp.ROUTE and r.version_info == "r2" for r in rs))
+            st = proc.proxy.stats() if server == "fastproxy" else envoy_stats(proc.admin)
+            got = {k: st.get(k) for k in STAT_NAMES}
+        finally:
+            proc.stop()
+    # Recorded from Envoy 1.40 on this sequence (the envoy case checks it still says so).
+    from fastproxy.xds.xxhash64 import xxh64
+    assert got == {
+        "cluster.svc.update_attempt": 5, "cluster.svc.update_success": 3, "cluster.svc.update_rejected": 1,
+        "cluster.svc.update_empty": 0, "cluster.svc.update_failure": 0, "cluster.svc.update_no_rebuild": 1,
+        "cluster.svc.version": xxh64(b"e4"),
+        "http.web.rds.rt.update_attempt": 3, "http.web.rds.rt.update_success": 2,
+        "http.web.rds.rt.update_rejected": 0, "http.web.rds.rt.update_empty": 0,
+        "http.web.rds.rt.update_failure": 0, "http.web.rds.rt.config_reload": 1,
+        "http.web.rds.rt.version": xxh64(b"r2"),
+        "cluster_manager.cds.update_attempt": 2, "cluster_manager.cds.update_success": 1,
+        "cluster_manager.cds.update_rejected": 0, "cluster_manager.cds.version": xxh64(b"c1"),
+        "listener_manager.lds.update_attempt": 2, "listener_manager.lds.update_success": 1,
+        "listener_manager.lds.update_rejected": 0, "listener_manager.lds.version": xxh64(b"l1"),
+        "cluster_manager.warming_clusters": 0, "listener_manager.total_listeners_warming": 0,
+        "control_plane.connected_state": 1, "control_plane.pending_requests": 0,
+        "cluster_manager.active_clusters": 2}, got

@@ -76,6 +76,11 @@ class GrpcTransport:
     def subscribed(self, type_url: str) -> bool:
         return type_url in self.client.types
 
+    def names(self, type_url: str) -> set:
+        """The names subscribed to (a wildcard or nothing: none)."""
+        st = self.client.types.get(type_url)
+        return set(st.names or ()) if st is not None else set()
+
     def responded(self, type_url: str) -> bool:
         st = self.client.types.get(type_url)
         return st is not None and st.responded.is_set()

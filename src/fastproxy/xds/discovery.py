@@ -141,9 +141,7 @@ class Discovery:
                 return
             dyn = self.dynamic
             if _grpc(dyn.cds):
-                t = self._transport(dyn.cds, CLUSTER_TYPE)
-                if not t.subscribed(CLUSTER_TYPE):
-                    t.subscribe(CLUSTER_TYPE)
+                self._start_type(self._transport(dyn.cds, CLUSTER_TYPE), CLUSTER_TYPE)
             wanted = self.resources.wanted()
             self._follow(ENDPOINT_TYPE, wanted[ENDPOINT_TYPE])
             stage = self.stage
@@ -153,9 +151,7 @@ class Discovery:
             if stage == "eds" and ("eds" in self._timed_out or not self.resources.warming_clusters()):
                 stage = "lds"
             if stage in ("lds", "rds", "done") and _grpc(dyn.lds):
-                t = self._transport(dyn.lds, LISTENER_TYPE)
-                if not t.subscribed(LISTENER_TYPE):
-                    t.subscribe(LISTENER_TYPE)
+                self._start_type(self._transport(dyn.lds, LISTENER_TYPE), LISTENER_TYPE)
             if stage == "lds" and (not _grpc(dyn.lds) or "lds" in self._timed_out
                                    or self._transport(dyn.lds, LISTENER_TYPE).responded(LISTENER_TYPE)):
                 stage = "rds"
@@ -172,6 +168,12 @@ class Discovery:
                     for cb in callbacks:
                         cb()
 
+    def _start_type(self, transport: Any, type_url: str) -> None:
+        if not transport.subscribed(type_url):
+            # Envoy counts a subscription's start as an update_attempt.
+            self.resources.stats[type_url].count("update_attempt")
+            transport.subscribe(type_url)
+
     def _follow(self, type_url: str, wanted: dict) -> None:
         """Subscribe each transport to the names of ``type_url`` it serves now (a name no
         longer named is unsubscribed)."""
@@ -182,6 +184,9 @@ class Discovery:
         for t in list(self.grpc.values()):
             names = by.get(id(t), set())
             if names or t.subscribed(type_url):
+                new = names - t.names(type_url)
+                if new:
+                    self.resources.count_attempt(type_url, new)     # (a subscription's start)
                 t.subscribe(type_url, names)
 
     # ------------------------------------------------------------------ stats

@@ -317,6 +317,7 @@ class XdsResources:
                 names = {r.get("name", r.get("cluster_name")) for r in resources if isinstance(r, dict)} \
                     if isinstance(resources, list) else set()
                 for st in self._subscribers(type_url, (names & set(wanted)) or wanted):
+                    st.count("update_attempt")
                     st.count("update_rejected")
                 raise
             # A name nobody subscribed to is not taken (as Envoy's multiplexer drops it).
@@ -324,6 +325,14 @@ class XdsResources:
             if ignored:
                 log.info("%s update: ignoring %s, not subscribed", kind, ", ".join(map(repr, ignored)))
             got = {n: v for n, v in decoded if n in wanted}
+            # Envoy tells a subscription of a response that holds its resource (or removes
+            # it); a lone subscription, of every response of its type (then update_empty).
+            touched = set(got) | {n for n in removed if n in wanted}
+            if not touched and len(wanted) == 1:
+                touched = set(wanted)
+                removed = list(wanted)
+            for st in self._subscribers(type_url, touched):
+                st.count("update_attempt")
             if removed:
                 # Envoy 1.40 ignores a delta removal of a route configuration or an assignment
                 # (the resource stays as it was); so does fastproxy.
