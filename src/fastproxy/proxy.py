@@ -7,7 +7,6 @@ on it. See docs/architecture.md.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
 import os
@@ -134,6 +133,26 @@ def _circuit_breaker_gauges(prefix: str, c: "_ClusterState") -> dict:
     return out
 
 
+class _RdsRoutes:
+    """An RDS route configuration's RouteProvider, shared by the listeners naming it (with
+    the same HTTP filters), and the model and cluster handles of its current table."""
+
+    def __init__(self, provider, http_filters: list, model: RouteConfiguration, table, refs: tuple):
+        self.provider = provider
+        self.http_filters = http_filters
+        self.model, self.table, self.refs = model, table, refs
+
+    def current(self, model: RouteConfiguration, cluster_ref) -> bool:
+        """Is the table built from ``model``, with the clusters cluster_ref gives now?"""
+        return model == self.model and all(
+            cluster_ref(name) is ref for name, ref in zip(self.table.cluster_names, self.refs))
+
+    def set(self, model: RouteConfiguration, table, refs: tuple) -> None:
+        """The workers take ``table`` (built from ``model``) from here on."""
+        self.provider.set(table)
+        self.model, self.table, self.refs = model, table, refs
+
+
 class _ClusterState:
     def __init__(self, model: Cluster, handle, hosts):
         self.model = model
@@ -224,6 +243,8 @@ class Proxy:
         # The route configurations given by update(routes=...) (RDS), by name; a listener
         # whose rds names one not here is warming (see warming_listeners).
         self._routes: dict[str, RouteConfiguration] = {}
+        self._rds_providers: dict[tuple[str, str], _RdsRoutes] = {}   # in use, by (name, filters)
+        self._installing_clusters: Optional[dict[str, _ClusterState]] = None   # (in _install)
         self._warming: list[str] = self._warming_names(bootstrap, self._routes)
         self._bootstrap = bootstrap
         # What /config_dump shows: the bootstrap the proxy was made with, and per listener,
@@ -462,7 +483,14 @@ class Proxy:
             if not _validated:          # (the xDS layer validated these lists itself)
                 b.validate()
             if self._state == "running":
-                self._install(b, new_routes)
+                if listeners is None and clusters is None and not any(
+                        self._rds_name(l) in new_routes for l in b.listeners if l.name in self._warming):
+                    # Routes only, and no warming listener is ready: the RDS providers get
+                    # their new tables, no listener is rebuilt (none drains).
+                    self._set_routes(new_routes)
+                    self._warming = self._warming_names(b, new_routes)
+                else:
+                    self._install(b, new_routes)
             else:
                 self._warming = self._warming_names(b, new_routes)
             self._routes = new_routes
@@ -489,10 +517,14 @@ class Proxy:
         return out
 
     @staticmethod
-    def _warming_names(b: Bootstrap, routes: dict) -> list[str]:
-        return [l.name for l in b.listeners if l.http_connection_manager is not None
-                and l.http_connection_manager.rds is not None
-                and l.http_connection_manager.rds.route_config_name not in routes]
+    def _rds_name(l: Listener) -> Optional[str]:
+        """The route configuration name listener ``l``'s connection manager has from RDS."""
+        hcm = l.http_connection_manager
+        return hcm.rds.route_config_name if hcm is not None and hcm.rds is not None else None
+
+    @classmethod
+    def _warming_names(cls, b: Bootstrap, routes: dict) -> list[str]:
+        return [l.name for l in b.listeners if cls._rds_name(l) is not None and cls._rds_name(l) not in routes]
 
     def warming_listeners(self) -> list[str]:
         """The listeners waiting for their route configuration (rds names one that
@@ -710,6 +742,51 @@ class Proxy:
             block = self._stats[key] = self._engine.new_stats(kind)
         return block
 
+    def _cluster_ref(self, name: str):
+        # Stub until the clusters branch (which owns this method) is merged: the handle of
+        # the configured cluster, None (503 NC) for a name with none.
+        for configured in (self._installing_clusters, self._clusters):
+            st = configured.get(name) if configured is not None else None
+            if st is not None:
+                return st.handle
+        return None
+
+    def _route_table(self, rc: RouteConfiguration, http_filters: list):
+        """A route table for connection managers with these HTTP filters, and the cluster
+        handles it refers to (by its cluster index)."""
+        table = _core.make_route_table(rc, http_filters, self._cluster_ref, self.concurrency)
+        return table, tuple(self._cluster_ref(name) for name in table.cluster_names)
+
+    def _rds_provider(self, hcm, rc: RouteConfiguration, providers: dict, pending: list):
+        """The RouteProvider of ``hcm``'s rds route configuration ``rc``: one per name (and
+        filter chain, whose per-route configs a table holds), shared by every listener
+        naming it. A changed table is set (into ``pending``, done once the whole update is
+        built) in the provider that listeners already use."""
+        key = (hcm.rds.route_config_name, repr(hcm.http_filters))
+        entry = providers.get(key)
+        if entry is not None:
+            return entry.provider
+        entry = self._rds_providers.get(key)
+        if entry is None:
+            table, refs = self._route_table(rc, hcm.http_filters)
+            entry = _RdsRoutes(_core.make_route_provider(self._engine, table), list(hcm.http_filters),
+                               rc, table, refs)
+        elif not entry.current(rc, self._cluster_ref):
+            pending.append((entry, rc, *self._route_table(rc, entry.http_filters)))
+        providers[key] = entry
+        return entry.provider
+
+    def _set_routes(self, routes: dict) -> None:
+        """Give the RDS providers whose route configuration changed their new tables: the
+        next request on every connection (open ones too) routes with it."""
+        pending = []
+        for (name, _), entry in self._rds_providers.items():
+            rc = routes.get(name)
+            if rc is not None and not entry.current(rc, self._cluster_ref):
+                pending.append((entry, rc, *self._route_table(rc, entry.http_filters)))
+        for entry, rc, table, refs in pending:     # all built: now the workers get them
+            entry.set(rc, table, refs)
+
     def _install(self, b: Bootstrap, routes: dict) -> None:
         """Compile ``b`` (with the RDS route configurations ``routes``) and give it to the
         workers."""
@@ -727,9 +804,18 @@ class Proxy:
                 c.max_requests, c.max_retries)
             clusters[c.name] = _ClusterState(c, handle, hosts)
 
+        self._installing_clusters = clusters
+        try:
+            self._install_listeners(b, routes, clusters)
+        finally:
+            self._installing_clusters = None
+
+    def _install_listeners(self, b: Bootstrap, routes: dict, clusters: dict[str, _ClusterState]) -> None:
         socks: dict[str, tuple[tuple[str, int], Any]] = {}
         handles = []
         warming = []
+        providers: dict = {}            # the RDS providers in use, by (name, filters)
+        pending: list = []              # (entry, model, table, refs) to set once all is built
         for i, l in enumerate(b.listeners):
             hcm = l.http_connection_manager
             route_config = None
@@ -760,10 +846,12 @@ class Proxy:
             http = None
             if hcm is not None:
                 if hcm.rds is not None:
-                    hcm = dataclasses.replace(hcm, route_config=route_config, rds=None)
+                    provider = self._rds_provider(hcm, route_config, providers, pending)
+                else:
+                    provider = _core.make_route_provider(
+                        self._engine, self._route_table(route_config, hcm.http_filters)[0])
                 http = _core.make_http_cfg(
-                    hcm, self._stat_block("http", f"http.{hcm.stat_prefix}"),
-                    {name: c.handle for name, c in clusters.items()}, self.concurrency,
+                    hcm, self._stat_block("http", f"http.{hcm.stat_prefix}"), provider, self.concurrency,
                     self._stat_block("http1", "http1"),     # Envoy's server-wide codec stats
                     self._async)
             handles.append(self._engine.make_listener(
@@ -776,7 +864,10 @@ class Proxy:
                 not any(_reads_bytes(f, "on_write") for f in factories), http,
                 None if http is None else
                 self._stat_block("listener_http", f"listener.{ip}_{port}.http.{hcm.stat_prefix}")))
+        for entry, rc, table, refs in pending:  # before the snapshot: each worker's queue is in order
+            entry.set(rc, table, refs)
         self._engine.apply(handles)
+        self._rds_providers = providers
         self._clusters = clusters
         self._socks = socks
         self._listeners = {h.name: h for h in handles}

@@ -197,11 +197,7 @@ def test_rds_and_eds_as_envoy(api_type, aggregated, upstreams, tmp_path):
     assert any("rt2" in s[3] for s in their_after if s[0] == "RDS")
 
 
-@pytest.mark.parametrize("server", [
-    pytest.param("fastproxy", marks=pytest.mark.xfail(
-        reason="the per-worker RouteProvider swap comes with the routes helper's branch (i13-routes); "
-               "until then an open connection keeps the table it started with", strict=False)),
-    "envoy"])
+@pytest.mark.parametrize("server", ["fastproxy", "envoy"])
 def test_an_rds_push_reaches_an_open_connection(server, upstreams, tmp_path):
     """As in Envoy, the next request on a keep-alive connection opened before an RDS push
     uses the new routes."""

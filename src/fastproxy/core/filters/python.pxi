@@ -310,11 +310,12 @@ cdef StreamInfo _stream_info(HStream* s):
 
 
 cdef object _cluster_name(HStream* s, ClusterCfg* cl):
-    cdef HttpCfg* h = <HttpCfg*>s.c.cfg.http
     cdef int i
-    for i in range(h.nclusters):
-        if h.clusters[i] == cl:
-            return h.cluster_names[i].decode()
+    if s.cluster_index >= 0 and s.routes.clusters[s.cluster_index] == cl:
+        return s.routes.cluster_names[s.cluster_index].decode()
+    for i in range(s.routes.nclusters if s.routes != NULL else 0):
+        if s.routes.clusters[i] == cl:
+            return s.routes.cluster_names[i].decode()
     return None
 
 
@@ -458,27 +459,24 @@ cdef class HttpFilterCallbacks:
         """The cluster the request goes to (None: no route / a direct response). Settable
         (by name) in a decode hook before the router runs."""
         cdef HStream* s = self._stream()
-        cdef HttpCfg* h = <HttpCfg*>s.c.cfg.http
-        cdef int ci
         if s.cluster != NULL:
             return _cluster_name(s, s.cluster)
         if s.cluster_override >= 0:
-            return h.cluster_names[s.cluster_override].decode()
+            return s.routes.cluster_names[s.cluster_override].decode()
         _ensure_route(s)
         if s.route == NULL or s.route.action != ROUTE_CLUSTER:
             return None
-        return h.cluster_names[s.route.cluster].decode()
+        return s.routes.cluster_names[s.route.cluster].decode()
 
     @cluster.setter
     def cluster(self, name):
         cdef HStream* s = self._stream()
-        cdef HttpCfg* h = <HttpCfg*>s.c.cfg.http
         cdef int i
         cdef bytes b = name.encode() if isinstance(name, str) else bytes(name)
         if s.upstream.conn != NULL:
             raise RuntimeError("the upstream request has already started")
-        for i in range(h.nclusters):
-            if h.cluster_names[i] == b:
+        for i in range(s.routes.nclusters):
+            if s.routes.cluster_names[i] == b:
                 s.cluster_override = i
                 return
         raise ValueError(f"unknown cluster {name!r} (a filter can pick one of the clusters "

@@ -13,6 +13,7 @@ cdef void stream_free(HStream* s) noexcept nogil:
     free(s.rewritten_path)
     http_head_free(&s.head)
     host_stats_release(&s.upstream.hstats)
+    route_table_decref(s.routes)
     free(s)
 
 
@@ -311,7 +312,7 @@ cdef bint _head_has_route(HStream* s) noexcept nogil:
     cdef bint found
     if hdrs == NULL:
         return False
-    found = route_select((<HttpCfg*>s.c.cfg.http).routes, &r) != NULL
+    found = route_select(s.routes, &r) != NULL
     _route_input_free(hdrs, stack)
     return found
 
@@ -363,6 +364,7 @@ cdef void stream_start(HConn* c, HttpHead* head, const RequestFacts* f) noexcept
     timer_cancel(c.w, &c.idle_timer)
     timer_cancel(c.w, &c.headers_timer)
     s.c = c
+    s.routes = route_provider_take(h.routes, c.w.index)     # its routes until it ends
     s.start_ms = c.req_start_ms         # Envoy's stream begins with the request's first byte
     s.cluster_override = -1
     s.start_time_us = c.req_start_us

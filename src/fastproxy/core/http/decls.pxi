@@ -46,9 +46,8 @@ cdef enum:                          # stream_normalize_path (core/http/hcm_heade
 
 cdef struct HttpCfg:
     int refcnt                      # atomic
-    RouteTable* routes
-    int nclusters
-    ClusterCfg** clusters           # route cluster index -> cluster (one reference each)
+    RouteProvider* routes           # its route table per worker (one reference); a stream
+                                    #   routes with the table it took at its start (HStream.routes)
     StatBlock* stats                # http.<stat_prefix>.*
     uint64_t idle_timeout_ms        # downstream connection without a stream; 0: none
     uint64_t request_headers_timeout_ms
@@ -61,7 +60,6 @@ cdef struct HttpCfg:
     size_t default_host_10_len
     int nlogs
     AlogSink* logs                  # access logs (core/access_log.pxi)
-    char** cluster_names            # by route cluster index (%UPSTREAM_CLUSTER%)
     uint32_t max_requests_per_connection
     uint32_t max_head
     uint32_t max_fields
@@ -164,6 +162,8 @@ cdef struct HStream:
     HttpHead head                   # the request head, owned
     int method
     uint8_t protocol                # HTTP_PROTO_*: the request's protocol (the codec's)
+    RouteTable* routes              # its worker's route table when it started (one reference):
+                                    #   route, clusters, per-route configs for its whole life
     const RouteEntry* route
     ClusterCfg* cluster
     UpstreamRequest upstream        # the router filter's (core/http/router_filter.pxi)
@@ -183,7 +183,7 @@ cdef struct HStream:
     char* rewritten_path            # the route's path rewrite, or NULL
     size_t rewritten_path_len
     FChain* fc                      # filter instances and state; NULL without http_filters
-    int cluster_override            # a filter chose the cluster (index), or -1
+    int cluster_override            # a filter chose the cluster (index into routes.clusters), or -1
     uint8_t route_cleared           # a filter asked for the route to be recomputed
     uint8_t connect                 # a CONNECT request (tunnelled once the upstream connects)
     uint8_t expect_continue         # Expect: 100-continue, which we answer (and do not forward)
@@ -196,7 +196,7 @@ cdef struct HStream:
     uint64_t response_start_ms      # the response head went downstream; 0: not yet
     uint64_t end_ms
     uint64_t bytes_sent             # response body bytes sent downstream (tunnels: to the client)
-    int cluster_index               # into HttpCfg.clusters; -1: none
+    int cluster_index               # into routes.clusters; -1: none
     char client_ip[48]              # the trusted client address (use_remote_address/XFF)
     size_t client_ip_len
     uint16_t client_port            # 0 when the address came from x-forwarded-for

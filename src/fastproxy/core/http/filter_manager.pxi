@@ -951,7 +951,7 @@ cdef void _ensure_route(HStream* s) noexcept nogil:
     hdrs = _route_input(s, &r, stack)
     if hdrs == NULL:
         return
-    s.route = route_select((<HttpCfg*>s.c.cfg.http).routes, &r)
+    s.route = route_select(s.routes, &r)
     s.route_cleared = 0
     _route_input_free(hdrs, stack)
 
@@ -1002,12 +1002,48 @@ cdef uint32_t _vt_hooks(const fp_http_filter* vt):
 
 
 cdef class _FilterCompiler:
-    """Fills an HttpCfg's filter array; owns what it allocates until the HttpCfg takes it."""
+    """Fills an HttpCfg's filter array; owns what it allocates until the HttpCfg takes it.
+    The per-route configs (route_configs) it keeps apart, for the route table that points
+    at them (give_route_configs): a table outlives the HttpCfg it was first built for."""
     cdef HttpCfg* h
     cdef list specs
     cdef list keep                  # Python objects the C side points at
     cdef AsyncBridge bridge         # where Python filters' async hooks run (the proxy's)
     cdef int regex_copies           # native filters' regexes: one copy per worker
+    cdef RouteOwnedCfg* route_owned # per-route configs, until a table takes them
+    cdef int route_nowned
+    cdef list route_keep            # Python per-route configs, likewise
+
+    def __dealloc__(self):
+        cdef int i
+        for i in range(self.route_nowned):
+            self.route_owned[i].destroy(self.route_owned[i].config)
+        free(self.route_owned)
+
+    cdef _route_owned(self, const fp_http_filter* vt, void* cfg):
+        cdef RouteOwnedCfg* nv
+        if cfg == NULL or vt.destroy_config == NULL:
+            return
+        nv = <RouteOwnedCfg*>realloc(self.route_owned, (self.route_nowned + 1) * sizeof(RouteOwnedCfg))
+        if nv == NULL:
+            vt.destroy_config(cfg)
+            raise MemoryError()
+        self.route_owned = nv
+        nv[self.route_nowned].destroy = vt.destroy_config
+        nv[self.route_nowned].config = cfg
+        self.route_nowned += 1
+
+    def give_route_configs(self, RouteTableHandle rt not None):
+        """The per-route configs compiled so far now belong to rt's table (which was built
+        with route_configs as its per_filter)."""
+        rt.t.owned = self.route_owned
+        rt.t.nowned = self.route_nowned
+        self.route_owned = NULL
+        self.route_nowned = 0
+        if self.route_keep:
+            Py_INCREF(self.route_keep)
+            rt.t.py_keep = <PyObject*>self.route_keep
+            self.route_keep = []
 
     cdef _owned(self, const fp_http_filter* vt, void* cfg):
         cdef OwnedCfg* nv
@@ -1022,7 +1058,8 @@ cdef class _FilterCompiler:
         nv[self.h.nowned].config = cfg
         self.h.nowned += 1
 
-    cdef void* _c_config(self, const fp_http_filter* vt, object spec, object value, str path) except? NULL:
+    cdef void* _c_config(self, const fp_http_filter* vt, object spec, object value, str path,
+                         bint per_route=False) except? NULL:
         cdef bytes js
         cdef char err[256]
         cdef void* cfg
@@ -1038,7 +1075,10 @@ cdef class _FilterCompiler:
         cfg = vt.create_config(jp, jn, err, sizeof(err))
         if cfg == NULL and err[0]:
             raise ConfigError(path, f"the C filter rejected its config: {err.decode(errors='replace')}")
-        self._owned(vt, cfg)
+        if per_route:
+            self._route_owned(vt, cfg)
+        else:
+            self._owned(vt, cfg)
         return cfg
 
     cdef compile(self, str path):
@@ -1095,7 +1135,7 @@ cdef class _FilterCompiler:
     def route_configs(self, route, vhost, rc):
         """The per-filter configs for one route (most specific: route, virtual host, route
         configuration), as addresses the route entry keeps; None if there are none."""
-        cdef HttpFilterCfg* f
+        cdef const fp_http_filter* vt
         cdef NativeFilterKind nk
         cdef void* p
         cdef int i
@@ -1113,18 +1153,24 @@ cdef class _FilterCompiler:
                 out.append(0)
                 continue
             found = True
-            f = &self.h.filters[i]
             if isinstance(spec, PythonHttpFilter):
                 obj = spec.route_config(value)
-                self.keep.append(obj)
+                self.route_keep.append(obj)
                 out.append(<size_t><void*>obj)
             elif isinstance(spec, CHttpFilter):
-                p = self._c_config(f.vt, spec, value, "typed_per_filter_config." + spec.name)
+                vt = <const fp_http_filter*><size_t>spec.table
+                if vt == NULL or vt.abi_version != FP_FILTER_ABI_VERSION:
+                    raise ConfigError("typed_per_filter_config." + spec.name,
+                                      f"not an fp_http_filter table of ABI version {FP_FILTER_ABI_VERSION}")
+                p = self._c_config(vt, spec, value, "typed_per_filter_config." + spec.name, True)
                 out.append(<size_t>p)
             else:
-                nk = NATIVE_HTTP_FILTERS[spec.kind]
+                nk = NATIVE_HTTP_FILTERS.get(spec.kind)
+                if nk is None:
+                    raise ConfigError("typed_per_filter_config." + spec.name,
+                                      f"unknown native HTTP filter {spec.kind!r}")
                 p = nk.make_config(value, True, self.regex_copies)
-                self._owned(nk.vt, p)
+                self._route_owned(nk.vt, p)
                 out.append(<size_t>p)
         return out if found else None
 

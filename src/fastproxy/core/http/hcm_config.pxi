@@ -3,17 +3,10 @@
 # reference count lets the last snapshot holding it free it on any thread.
 
 cdef void http_cfg_decref(HttpCfg* h) noexcept nogil:
-    cdef int i
     if h == NULL or fp_atomic_add_int(&h.refcnt, -1) != 0:
         return
-    route_table_decref(h.routes)
+    route_provider_decref(h.routes)
     http_cfg_free_filters(h)
-    for i in range(h.nclusters):
-        cluster_decref(h.clusters[i])
-        if h.cluster_names != NULL:
-            free(h.cluster_names[i])
-    free(h.clusters)
-    free(h.cluster_names)
     alog_sinks_free(h.logs, h.nlogs)
     free(h.server_name)
     free(h.via)
@@ -26,7 +19,7 @@ cdef class HttpCfgHandle(ConnHandler):
     """The main thread's reference to an HTTP connection manager config; given to
     Engine.make_listener, it makes the listener's connections HTTP ones."""
     cdef HttpCfg* h
-    cdef object routes_handle
+    cdef readonly RouteProviderHandle routes    # its routes (a provider RDS may share)
 
     def __dealloc__(self):
         http_cfg_decref(self.h)
@@ -73,23 +66,40 @@ cdef int _compile_internal_addresses(HttpCfg* h, iac) except -1:
     return 0
 
 
-def make_http_cfg(hcm, StatBlockHandle stats, dict clusters, int nworkers, StatBlockHandle http1_stats=None,
-                  AsyncBridge async_bridge=None):
-    """Compile a fastproxy.http.HttpConnectionManager; clusters: {name: ClusterHandle};
-    async_bridge: the proxy's, where its Python filters' async hooks run."""
+def make_route_table(route_config, http_filters, cluster_ref, int nworkers, str path="route_config"):
+    """Compile a fastproxy.http.RouteConfiguration for connection managers with these
+    http_filters (their per-route configs are compiled into the table, which owns them);
+    cluster_ref(name) -> ClusterHandle, or None for a name with no cluster (503 NC)."""
+    cdef _FilterCompiler fcomp = _FilterCompiler.__new__(_FilterCompiler)
+    cdef RouteTableHandle rt
+    fcomp.h = NULL                      # per-route configs only
+    fcomp.specs = list(http_filters)
+    fcomp.keep = []
+    fcomp.route_keep = []
+    fcomp.regex_copies = nworkers
+    rt = compile_route_table(route_config, {}, nworkers, path,
+                             per_filter=fcomp.route_configs if fcomp.specs else None,
+                             cluster_ref=cluster_ref)
+    fcomp.give_route_configs(rt)
+    return rt
+
+
+def make_http_cfg(hcm, StatBlockHandle stats, RouteProviderHandle routes not None, int nworkers,
+                  StatBlockHandle http1_stats=None, AsyncBridge async_bridge=None):
+    """Compile a fastproxy.http.HttpConnectionManager (but its routes: `routes`, a
+    RouteProvider with tables from make_route_table for the same http_filters); async_bridge:
+    the proxy's, where its Python filters' async hooks run."""
     cdef HttpCfgHandle hh = HttpCfgHandle.__new__(HttpCfgHandle)
     cdef _FilterCompiler fcomp
     cdef HttpCfg* h = <HttpCfg*>calloc(1, sizeof(HttpCfg))
-    cdef RouteTableHandle rt
-    cdef ClusterHandle ch
     cdef bytes server
-    cdef int i
     if h == NULL:
         raise MemoryError()
     h.refcnt = 1
     hh.h = h
-    names = sorted(clusters)
-    index = {name: i for i, name in enumerate(names)}
+    h.routes = routes.p
+    fp_atomic_add_int(&routes.p.refcnt, 1)
+    hh.routes = routes
     h.filter_buffer_limit = FILTER_BUFFER_LIMIT_DEFAULT
     fcomp = _FilterCompiler.__new__(_FilterCompiler)
     fcomp.h = h
@@ -98,26 +108,9 @@ def make_http_cfg(hcm, StatBlockHandle stats, dict clusters, int nworkers, StatB
     fcomp.bridge = async_bridge
     fcomp.regex_copies = nworkers
     fcomp.compile("http_connection_manager")
-    rt = compile_route_table(hcm.route_config, index, nworkers,
-                             per_filter=fcomp.route_configs if fcomp.specs else None)
     if fcomp.keep:
         Py_INCREF(fcomp.keep)
         h.py_keep = <PyObject*>fcomp.keep
-    hh.routes_handle = rt
-    h.routes = rt.t
-    route_table_incref(rt.t)
-    h.nclusters = len(names)
-    h.clusters = <ClusterCfg**>calloc(max(1, h.nclusters), sizeof(ClusterCfg*))
-    h.cluster_names = <char**>calloc(max(1, h.nclusters), sizeof(char*))
-    if h.clusters == NULL or h.cluster_names == NULL:
-        raise MemoryError()
-    for i, name in enumerate(names):
-        ch = clusters[name]
-        h.clusters[i] = ch.c
-        fp_atomic_add_int(&ch.c.refcnt, 1)
-        h.cluster_names[i] = _al_dup(name.encode())
-        if h.cluster_names[i] == NULL:
-            raise MemoryError()
     h.stats = stats.b
     ms = lambda v: 0 if not v else max(1, int(v * 1000))
     h.idle_timeout_ms = ms(hcm.idle_timeout)

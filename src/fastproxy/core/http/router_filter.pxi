@@ -497,7 +497,7 @@ cdef int stream_route(HStream* s) noexcept nogil:
         hconn_close(c, True)
         return -1
     if s.route == NULL or s.route_cleared or s.fc == NULL:
-        s.route = route_select(h.routes, &r)
+        s.route = route_select(s.routes, &r)
         s.route_cleared = 0
     e = s.route
     if e == NULL:
@@ -538,13 +538,25 @@ cdef int stream_route(HStream* s) noexcept nogil:
         ci = s.cluster_override
     else:
         ci = e.cluster if e.action == ROUTE_CLUSTER else route_pick_weighted(e, worker_random(c.w))
-    s.cluster = h.clusters[ci]
+    s.cluster = s.routes.clusters[ci]
     s.cluster_index = ci
     if fp_log_level <= LOG_DEBUG:
         fp_log(c.w.index, "router", c.id, c.nrequests, "cluster '%s' match for URL '%.*s'%s%.*s",
-               h.cluster_names[ci], <int>r.path_len, r.path,
+               s.routes.cluster_names[ci], <int>r.path_len, r.path,
                _pick(path != NULL, ", rewritten to ", ""), <int>path_len,
                _pick(path != NULL, path, ""))
+    if s.cluster == NULL:
+        # The route names a cluster that is not configured (an RDS table may): Envoy's 503
+        # with an empty body, flag NC, http.<prefix>.no_cluster.
+        if fp_log_level <= LOG_DEBUG:
+            fp_log(c.w.index, "router", c.id, c.nrequests, "unknown cluster '%s'", s.routes.cluster_names[ci])
+        s.cluster_index = -1            # no upstream cluster: %UPSTREAM_CLUSTER% is "-"
+        free(path)
+        _route_input_free(hdrs, stack)
+        stat_add(h.stats, c.w, H_NO_CLUSTER, 1)
+        s.response_flags |= RF_NC
+        stream_local_reply(s, 503, "", 0, NULL, 0, not s.req_received)
+        return -1
     stream_route_timeout(s)
     s.upstream.conn = http_pool_acquire(s, s.cluster)
     if s.upstream.conn == NULL:

@@ -243,6 +243,7 @@ cdef class _RouteBuilder(_MatchBuilder):
     cdef RouteTable* t
     cdef object rewrite_to_posix
     cdef dict cluster_index
+    cdef object cluster_ref             # None: only the names of cluster_index are known
 
     cdef void* alloc(self, size_t n) except NULL:
         cdef RouteArenaBlock* b = self.t.arena
@@ -335,9 +336,41 @@ cdef class _RouteBuilder(_MatchBuilder):
         return 0
 
     cdef int cluster(self, str name, str path) except -1:
+        if self.cluster_ref is not None and isinstance(name, str) and name:
+            # Every name is taken (RDS: a cluster may come later); indexes in order of use.
+            return <int>self.cluster_index.setdefault(name, len(self.cluster_index))
         if not isinstance(name, str) or name not in self.cluster_index:
             raise ConfigError(path, f"unknown cluster {name!r}")
         return <int>self.cluster_index[name]
+
+    cdef int resolve_clusters(self, list names) except -1:
+        """The table's clusters (cluster_ref(name): a ClusterHandle, or None: no such
+        cluster, 503 NC) and their names, by index."""
+        cdef RouteTable* t = self.t
+        cdef ClusterHandle ch
+        cdef int i
+        cdef ClusterCfg** clusters = <ClusterCfg**>calloc(max(1, len(names)), sizeof(ClusterCfg*))
+        cdef char** cnames = <char**>calloc(max(1, len(names)), sizeof(char*))
+        if clusters == NULL or cnames == NULL:
+            free(clusters)
+            free(cnames)
+            raise MemoryError()
+        t.clusters = clusters           # the table frees them (and what they hold) from here
+        t.cluster_names = cnames
+        t.nclusters = len(names)
+        for i, name in enumerate(names):
+            cnames[i] = _al_dup(name.encode())
+            if cnames[i] == NULL:
+                raise MemoryError()
+            ref = self.cluster_ref(name) if self.cluster_ref is not None else None
+            if ref is not None:
+                if not isinstance(ref, ClusterHandle):
+                    raise TypeError(f"cluster_ref({name!r}) must return a ClusterHandle or None, "
+                                    f"got {type(ref).__name__}")
+                ch = <ClusterHandle>ref
+                clusters[i] = ch.c
+                fp_atomic_add_int(&ch.c.refcnt, 1)
+        return 0
 
     cdef int rewrite(self, RouteEntry* e, rr, str path) except -1:
         """regex_rewrite: the unanchored pattern and its substitution as parts (literal text
@@ -862,11 +895,13 @@ cdef list _rt_ops_list(const RouteHeaderOps* ops):
 
 
 def compile_route_table(route_config, dict cluster_index, int regex_copies=1,
-                        str path="route_config", per_filter=None):
+                        str path="route_config", per_filter=None, cluster_ref=None):
     """Compile a fastproxy.http.RouteConfiguration into a RouteTable (see core/router/decls.pxi).
-    cluster_index maps every cluster name a route may use to the caller's integer index.
-    per_filter(route, vhost, route_config): the route's per-HTTP-filter config addresses
-    (a list, 0 for none) or None."""
+    cluster_index maps every cluster name a route may use to the caller's integer index;
+    with cluster_ref instead (cluster_index empty), the table takes every name and holds a
+    reference to cluster_ref(name), a ClusterHandle (None: no such cluster: its requests
+    get 503 NC). per_filter(route, vhost, route_config): the route's per-HTTP-filter config
+    addresses (a list, 0 for none) or None."""
     cdef RouteTableHandle h = RouteTableHandle.__new__(RouteTableHandle)
     cdef _RouteBuilder b = _RouteBuilder.__new__(_RouteBuilder)
     cdef RouteTable* t = <RouteTable*>calloc(1, sizeof(RouteTable))
@@ -890,7 +925,10 @@ def compile_route_table(route_config, dict cluster_index, int regex_copies=1,
     b.t = t
     b.regex_copies = t.regex_copies
     b.regexes = &t.regexes
-    b.cluster_index = cluster_index
+    if cluster_ref is not None and cluster_index:
+        raise ValueError("compile_route_table takes cluster_index or cluster_ref, not both")
+    b.cluster_index = dict(cluster_index)
+    b.cluster_ref = cluster_ref
     try:
         from fastproxy.config.regex import re2_to_posix, rewrite_to_posix
         b.re2_to_posix = re2_to_posix
@@ -970,4 +1008,71 @@ def compile_route_table(route_config, dict cluster_index, int regex_copies=1,
         _rt_build_segments(b, vh)
     _rt_build_domainset(b, &t.domains, exact, suffix, prefix)
     t.only_default = t.default_vhost >= 0 and not (exact or suffix or prefix)
+    if cluster_ref is not None:
+        names = [None] * len(b.cluster_index)
+        for cname, ci in b.cluster_index.items():
+            names[ci] = cname
+        h.cluster_names = names
+    b.resolve_clusters([n if n is not None else "" for n in h.cluster_names])
     return h
+
+
+cdef class RouteProviderHandle:
+    """The main thread's reference to a RouteProvider: a connection manager's routes, per
+    worker (see core/router/decls.pxi). Made by make_route_provider."""
+    cdef RouteProvider* p
+    cdef Engine engine
+    cdef readonly RouteTableHandle table        # the table last set (what new streams get)
+
+    def __dealloc__(self):
+        route_provider_decref(self.p)
+        self.p = NULL
+
+    def set(self, RouteTableHandle table not None):
+        """Make `table` the routes of every worker: each swaps it in by a message and drops
+        its old table (streams that took it keep it to their end). Returns at once."""
+        cdef RouteTableSwap* m
+        cdef int i
+        running = self.engine.started and not self.engine._stopped
+        for i in range(self.p.nworkers):
+            m = <RouteTableSwap*>malloc(sizeof(RouteTableSwap))
+            if m == NULL:
+                raise MemoryError()
+            route_table_incref(table.t)
+            fp_atomic_add_int(&self.p.refcnt, 1)
+            m.provider = self.p
+            m.table = table.t
+            if not running:             # no worker runs: the slot is the main thread's
+                _msg_route_table_swap(&self.engine.workers[i], m)
+            elif worker_post(&self.engine.workers[i], _msg_route_table_swap, m) < 0:
+                route_table_decref(m.table)     # that worker keeps its table
+                route_provider_decref(m.provider)
+                free(m)
+                raise MemoryError()
+        self.table = table
+
+    @property
+    def refcnt(self):
+        return fp_load_int(&self.p.refcnt)
+
+
+def make_route_provider(Engine engine, RouteTableHandle table not None):
+    """A RouteProvider whose every worker starts with `table`."""
+    cdef RouteProviderHandle ph = RouteProviderHandle.__new__(RouteProviderHandle)
+    cdef RouteProvider* p = <RouteProvider*>calloc(1, sizeof(RouteProvider))
+    cdef int i
+    if p == NULL:
+        raise MemoryError()
+    p.slots = <RouteTable**>calloc(max(1, engine.nworkers), sizeof(RouteTable*))
+    if p.slots == NULL:
+        free(p)
+        raise MemoryError()
+    p.refcnt = 1
+    p.nworkers = engine.nworkers
+    for i in range(p.nworkers):
+        route_table_incref(table.t)
+        p.slots[i] = table.t
+    ph.p = p
+    ph.engine = engine
+    ph.table = table
+    return ph

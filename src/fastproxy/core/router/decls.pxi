@@ -8,11 +8,14 @@
 #
 # Building and lifetime
 # ---------------------
-#   h = compile_route_table(route_config, cluster_index, regex_copies=1, path="route_config")
+#   h = compile_route_table(route_config, cluster_index, regex_copies=1, path="route_config",
+#                           per_filter=None, cluster_ref=None)
 # runs on the main thread with the GIL: it validates the fastproxy.http.RouteConfiguration
-# (ConfigError names the field), turns cluster names into the caller's integer indexes
-# (cluster_index: {name: index}; the connection manager maps them to ClusterCfgs), compiles
-# every regex, and lays everything out in one RouteTable. All strings and arrays of a table
+# (ConfigError names the field), turns cluster names into integer indexes (cluster_index:
+# {name: index}, or with cluster_ref every name in order of use, the table then holding a
+# reference to the ClusterCfg of cluster_ref(name): t.clusters[index], NULL for a name with
+# no cluster), compiles every regex, and lays everything out in one RouteTable (which also
+# owns its routes' per-filter configs: make_route_table in core/http/hcm_config.pxi). All strings and arrays of a table
 # live in an arena of a few large blocks, so freeing a table is: regfree each regex, free the
 # blocks. h (RouteTableHandle) owns one reference (h.t); a snapshot or a stream that outlives
 # it takes its own with route_table_incref(t) and drops it with route_table_decref(t) (both
@@ -451,6 +454,12 @@ cdef struct RouteArenaBlock:
     size_t cap
     char* data
 
+ctypedef void (*RouteCfgDestroy)(void* config) noexcept nogil
+
+cdef struct RouteOwnedCfg:          # a per-route HTTP filter config the table frees
+    RouteCfgDestroy destroy
+    void* config
+
 cdef struct RouteTable:
     int refcnt                      # atomic
     int nvhosts
@@ -462,6 +471,29 @@ cdef struct RouteTable:
     int regex_copies
     RouteRegex* regexes
     RouteArenaBlock* arena
+    # What the table refers to, so that it can outlive the config it was built with (an
+    # RDS table serves every connection manager naming it, across their versions):
+    int nclusters
+    ClusterCfg** clusters           # cluster index -> the cluster (one reference each);
+                                    #   NULL: no cluster of that name (503, flag NC)
+    char** cluster_names            # cluster index -> its name (%UPSTREAM_CLUSTER%, filters)
+    int nowned
+    RouteOwnedCfg* owned            # the entries' per_filter configs (C and native filters)
+    PyObject* py_keep               # a list of the Python objects they point at, or NULL
+
+
+# A connection manager's routes, per worker (Envoy's RouteConfigProvider with its
+# thread-local slot): one provider per RDS route configuration name, shared by every
+# connection manager (of any listener version) that names it, or a private one for an
+# inline route_config. The main thread builds a new table and set() posts it to every
+# worker, which swaps its slot and drops the old table's reference; a stream takes its
+# worker's current table (route_provider_take) when its request starts and keeps it to its
+# end, so the next request on an open connection uses the new routes and a request in
+# flight keeps its own. The slots are read and written only on their worker.
+cdef struct RouteProvider:
+    int refcnt                      # atomic
+    int nworkers
+    RouteTable** slots              # worker index -> its current table (one reference each)
 
 
 # The writers of a route's text (route_rewrite_path, route_redirect_location), as route_text

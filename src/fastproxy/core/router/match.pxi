@@ -19,7 +19,18 @@ cdef void regex_list_free(RouteRegex* rx) noexcept nogil:
 cdef void _route_table_free(RouteTable* t) noexcept nogil:
     cdef RouteArenaBlock* b = t.arena
     cdef RouteArenaBlock* nb
+    cdef int i
     regex_list_free(t.regexes)
+    for i in range(t.nclusters):
+        cluster_decref(t.clusters[i])
+        free(t.cluster_names[i])
+    free(t.clusters)
+    free(t.cluster_names)
+    for i in range(t.nowned):
+        t.owned[i].destroy(t.owned[i].config)
+    free(t.owned)
+    if t.py_keep != NULL:
+        _py_decref_with_gil(t.py_keep)
     while b != NULL:
         nb = b.next
         free(b.data)
@@ -36,6 +47,37 @@ cdef void route_table_incref(RouteTable* t) noexcept nogil:
 cdef void route_table_decref(RouteTable* t) noexcept nogil:
     if t != NULL and fp_atomic_add_int(&t.refcnt, -1) == 0:
         _route_table_free(t)
+
+
+cdef void route_provider_decref(RouteProvider* p) noexcept nogil:
+    cdef int i
+    if p == NULL or fp_atomic_add_int(&p.refcnt, -1) != 0:
+        return
+    for i in range(p.nworkers):
+        route_table_decref(p.slots[i])
+    free(p.slots)
+    free(p)
+
+
+cdef RouteTable* route_provider_take(RouteProvider* p, int worker) noexcept nogil:
+    """Worker `worker`'s current table, with a reference for the caller (a stream)."""
+    cdef RouteTable* t = p.slots[worker]
+    route_table_incref(t)
+    return t
+
+
+cdef struct RouteTableSwap:         # a worker message: this provider's slot gets this table
+    RouteProvider* provider         # one reference each
+    RouteTable* table
+
+
+cdef void _msg_route_table_swap(Worker* w, void* arg) noexcept nogil:
+    cdef RouteTableSwap* m = <RouteTableSwap*>arg
+    cdef RouteTable* old = m.provider.slots[w.index]
+    m.provider.slots[w.index] = m.table     # the message's reference moves into the slot
+    route_table_decref(old)                 # streams that took it keep their own
+    route_provider_decref(m.provider)
+    free(m)
 
 # ---------------------------------------------------------------- small helpers
 
