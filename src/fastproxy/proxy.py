@@ -585,15 +585,22 @@ class Proxy:
         with self._lock:
             self._discovery_versions[type_name] = version_info
 
-    def config_dump(self, resource: Optional[str] = None, mask: Optional[str] = None) -> dict:
+    def config_dump(self, resource: Optional[str] = None, mask: Optional[str] = None,
+                    include_eds: bool = False) -> dict:
         """The configuration in Envoy's ``/config_dump`` shape (envoy.admin.v3.ConfigDump,
         as JSON types): the bootstrap the proxy was made with, then the clusters, listeners
         and route configurations in force, each with its last_updated (and, for one from
         a discovery service, its version_info). ``resource`` and ``mask`` are the admin's
         ``?resource=`` and ``?mask=`` (see fastproxy.config.dump.apply_query); what Envoy
-        refuses raises fastproxy.config.dump.DumpQueryError (a ValueError)."""
+        refuses raises fastproxy.config.dump.DumpQueryError (a ValueError). ``include_eds``
+        adds the EDS assignments (EndpointsConfigDump), as the admin's ``?include_eds``."""
         from .admin import package_version
         from .config import dump
+        xds = self._xds
+        endpoints = None
+        if include_eds:
+            endpoints = [(name, eps, version, updated) for (name, eps), version, updated in
+                         (xds.resources.discovered("endpoints") if xds is not None else [])]
         with self._lock:
             b = self._bootstrap
             states = {kind: {name: st for name, (_, st) in entries.items()}
@@ -601,7 +608,7 @@ class Proxy:
             node = {"user_agent_name": "fastproxy", "user_agent_version": package_version()}
             full = dump.build(self._initial_bootstrap, self._created, node, list(b.listeners),
                               list(b.clusters), states["listener"], states["cluster"], states["route"],
-                              dict(self._discovery_versions), dict(self._routes))
+                              dict(self._discovery_versions), dict(self._routes), endpoints)
         return dump.apply_query(full, resource, mask)
 
     # ---- hot restart (fastproxy.hot_restart drives these) ----

@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 import dataclasses
 
-from ..config.envoy import CLUSTER_TYPE, LISTENER_TYPE, _cluster, _listener, grpc_source_errors, load_assignment
+from ..config.envoy import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_CONFIG_TYPE, _cluster, _listener, grpc_source_errors, load_assignment
 from ..config.proto import Message, checked, collecting, raise_collected, report
 from ..errors import ConfigError, ListenerBindError
 from ..model import Bootstrap
@@ -36,8 +36,7 @@ from .xxhash64 import xxh64
 log = logging.getLogger("fastproxy.config")   # Envoy logs xDS updates under [config]
 
 
-ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+ROUTE_TYPE = ROUTE_CONFIG_TYPE
 
 # type URL -> (short name, stat prefix Envoy uses for the subscription, Bootstrap field).
 # RDS and EDS subscriptions have stats per resource (http.<prefix>.rds.<name>.*,
