@@ -183,6 +183,12 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 raise AssertionError(f"control plane: condition not met in {timeout}s; requests: {self.requests}")
             return list(self.requests)
 
+    def wait_answered(self, timeout=20.0) -> list[Request]:
+        """Wait until every response sent so far has been ACKed or NACKed."""
+        def answered(rs):       # (called with the lock held, by wait_for)
+            return {n for _, _, _, n in self.responses} <= {r.response_nonce for r in rs}
+        return self.wait_for(answered, timeout)
+
     def acks(self, type_url: str) -> list[Request]:
         """The requests of a type that answer a response (ACK or NACK), in order."""
         with self._lock:

@@ -148,6 +148,7 @@ def script(cp, start, ports, api_type, aggregated):
         cp.wait_for(lambda rs: {r.type_url for r in rs[before:] if r.response_nonce} >= set(xcp.MESSAGES), timeout=30)
         seen.append(body(addr))
         # The listener now names rt2: rt2 is subscribed (and rt, once nothing uses it, not).
+        cp.wait_answered()
         cut = len(cp.requests)
         cp.set(xcp.LISTENER, [rds_listener("rt2", src)], "l2")
         cp.wait_for(lambda rs: any(r.type_url == xcp.ROUTE and "rt2" in r.resource_names for r in rs[cut:]))
@@ -432,3 +433,61 @@ def test_config_dump_of_eds_as_envoy(server, upstreams, tmp_path):
     [svc] = [c["cluster"] for c in clusters["configs"] if c["cluster"]["name"] == "svc"]
     assert svc["type"] == "EDS" and svc["eds_cluster_config"]["service_name"] == "svc"
     assert "ads" in svc["eds_cluster_config"]["eds_config"] and "load_assignment" not in svc
+
+
+def test_a_listener_warms_until_its_routes_come(upstreams):
+    """Its route configuration does not come: the listener is warming (not accepting,
+    listed as warming in the stats and the config dump) until the RDS initial_fetch_timeout
+    has passed (/ready LIVE); it accepts once the routes come."""
+    import json
+    a = upstreams[0].port
+    src = dict(ADS, initial_fetch_timeout="0.5s")
+    with xcp.ControlPlane() as cp:
+        cp.set(xcp.CLUSTER, [static_cluster("svc", [a])], "c1")
+        cp.set(xcp.LISTENER, [rds_listener("rt", src)], "l1")
+        with fastproxy.Proxy.from_envoy(bootstrap(cp.port), concurrency=1) as p:
+            assert p.warming_listeners() == ["web"]
+            assert p.stats()["listener_manager.total_listeners_warming"] == 1
+            assert admin_get(p.admin_address, "/ready").strip() == "LIVE"
+            dump = json.loads(admin_get(p.admin_address, "/config_dump?resource=dynamic_listeners"))
+            [entry] = dump["configs"]
+            assert entry["name"] == "web" and "warming_state" in entry and "active_state" not in entry
+            cp.set(xcp.ROUTE, [route_config("rt", "svc")], "r1")
+            wait_for(lambda: p.warming_listeners() == [], timeout=10, msg="routes came")
+            assert body(p.listener_address("web")) == b"a"
+            assert p.stats()["listener_manager.total_listeners_warming"] == 0
+            dump = json.loads(admin_get(p.admin_address, "/config_dump?resource=dynamic_listeners"))
+            assert "active_state" in dump["configs"][0]
+
+
+@pytest.mark.parametrize("api_type", ["GRPC", "DELTA_GRPC"])
+def test_a_removed_cluster_unsubscribes_its_assignment_as_envoy(api_type, upstreams, tmp_path):
+    a, _, c = (u.port for u in upstreams)
+
+    def run(start):
+        with xcp.ControlPlane() as cp:
+            cp.set(xcp.CLUSTER, [eds_cluster("svc", ADS), eds_cluster("other", ADS)], "c1")
+            cp.set(xcp.ENDPOINT, [assignment("svc", a), assignment("other", c)], "e1")
+            cp.set(xcp.LISTENER, [http_listener([{"match": {"prefix": "/"}, "route": {"cluster": "svc"}}])], "l1")
+            server = start(bootstrap(cp.port, api_type))
+            try:
+                wait_for(lambda: body(server.address()) == b"a", timeout=20, msg="serves")
+                cp.wait_answered()
+                cut = len(cp.requests)
+                cp.set(xcp.CLUSTER, [eds_cluster("svc", ADS)], "c2")
+                cp.wait_for(lambda rs: any(r.type_url == xcp.CLUSTER and r.response_nonce
+                                           and (r.delta or r.version_info == "c2") for r in rs[cut:]))
+                cp.wait_for(lambda rs: any(r.type_url == xcp.ENDPOINT for r in rs[cut:]))
+                cp.wait_answered()
+                assert body(server.address()) == b"a"
+            finally:
+                server.stop()
+            return [(r.type_url.rsplit(".", 1)[1], r.version_info, r.resource_names, r.unsubscribe,
+                     bool(r.response_nonce)) for r in cp.requests[cut:]]
+    ours = run(lambda t: Fastproxy(t))
+    eds = [r for r in ours if r[0] == "ClusterLoadAssignment"]
+    assert eds[0][2:4] == ((["svc"], []) if api_type == "GRPC" else ([], ["other"]))
+    if ENVOY is None:
+        pytest.skip("envoy binary not on PATH nor next to sys.executable")
+    theirs = run(lambda t: Envoy(t, tmp_path))
+    assert ours == theirs, (ours, theirs)
