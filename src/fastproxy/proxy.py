@@ -224,9 +224,8 @@ class Proxy:
                               admin, node if node is not None else Node(), max_downstream_connections,
                               dynamic_resources)
         bootstrap.validate_once()       # (what load_envoy validated is not validated again)
-        if dynamic_resources is not None:
-            from .xds.resources import check_node
-            check_node(bootstrap.node, dynamic_resources)
+        from .xds.resources import check_node
+        check_node(bootstrap.node, dynamic_resources, bootstrap.listeners, bootstrap.clusters)
         if concurrency is None or concurrency == 0:
             concurrency = os.cpu_count() or 1
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
@@ -325,11 +324,11 @@ class Proxy:
             self._state = "running"
             if any(c.model.type == "STRICT_DNS" for c in self._clusters.values()):
                 self._start_dns()
-            dynamic = self._bootstrap.dynamic_resources
-            if dynamic is not None and (dynamic.lds is not None or dynamic.cds is not None):
+            from .xds.discovery import needs_discovery
+            if needs_discovery(self._bootstrap):
                 # The initial fetch is done when this returns (the files are read here).
                 from .xds.discovery import Discovery
-                self._xds = Discovery(self, dynamic)
+                self._xds = Discovery(self, self._bootstrap.dynamic_resources)
                 self._xds.start()
             if self._bootstrap.admin is not None:
                 from .admin import AdminServer

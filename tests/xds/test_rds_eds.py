@@ -304,10 +304,8 @@ def test_eds_and_api_config_source_loader_errors_name_the_field():
         ({"name": "e", "type": "EDS"}, "static_resources.clusters[0].eds_cluster_config", "needs eds_cluster_config"),
         (dict(static_cluster("e", [1]), eds_cluster_config={"eds_config": ADS}),
          "static_resources.clusters[0].eds_cluster_config", "only a cluster of type EDS"),
-        (eds_cluster("e", {"path_config_source": {"path": "/"}}),
-         "static_resources.clusters[0].eds_cluster_config.eds_config", "not supported"),
-        (eds_cluster("e", ADS), "static_resources.clusters[0].eds_cluster_config.eds_config.ads",
-         "requires dynamic_resources.ads_config"),
+        (eds_cluster("e", {"path_config_source": {"path": "/nonexistent"}}),
+         "static_resources.clusters[0].eds_cluster_config.eds_config.path_config_source.path", "does not exist"),
         (eds_cluster("e", api_source("REST")),
          "static_resources.clusters[0].eds_cluster_config.eds_config.api_config_source.api_type", "REST"),
         (eds_cluster("e", api_source("GRPC")),
@@ -491,3 +489,40 @@ def test_a_removed_cluster_unsubscribes_its_assignment_as_envoy(api_type, upstre
         pytest.skip("envoy binary not on PATH nor next to sys.executable")
     theirs = run(lambda t: Envoy(t, tmp_path))
     assert ours == theirs, (ours, theirs)
+
+
+def test_rds_and_eds_from_files(tmp_path, upstreams):
+    """path_config_source for a static listener's RDS and a static EDS cluster: read at
+    start, reloaded when a file is moved into place; a file that does not parse keeps what
+    is in force and counts a failure."""
+    from test_file_discovery import publish, source as file_source
+    a, b, _ = (u.port for u in upstreams)
+    rds, eds = tmp_path / "rds.yaml", tmp_path / "eds.yaml"
+    route_type, endpoint_type = xcp.ROUTE, xcp.ENDPOINT
+    publish(rds, "r1", [{"@type": route_type, **route_config("rt", "svc")}])
+    publish(eds, "e1", [{"@type": endpoint_type, **assignment("svc", a)}])
+    listeners, clusters = [rds_listener("rt", file_source(rds))], [eds_cluster("svc", file_source(eds))]
+    # As Envoy, a subscription (files too) needs the node's identity.
+    with pytest.raises(fastproxy.ConfigError) as e:
+        fastproxy.Proxy.from_envoy(envoy_yaml(listeners=listeners, clusters=clusters))
+    assert str(e.value) == ("node: type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment: node 'id' "
+                            "and 'cluster' are required. Set it either in 'node' config or via --service-node "
+                            "and --service-cluster options.")
+    text = envoy_yaml(listeners=listeners, clusters=clusters, node={"id": "node-1", "cluster": "c"})
+    with fastproxy.Proxy.from_envoy(text, concurrency=1) as p:
+        addr = p.listener_address("web")
+        assert body(addr) == b"a"
+        publish(eds, "e2", [{"@type": endpoint_type, **assignment("svc", b)}])
+        wait_for(lambda: body(addr) == b"b", timeout=10, msg="e2 in force")
+        publish(rds, "r2", [{"@type": route_type, **route_config("rt", "nope")}])
+        wait_for(lambda: http_request(addr, path="/x")[0].status == 503, timeout=10, msg="r2: no cluster")
+        st = p.stats()
+        assert st["cluster.svc.update_success"] == 2 and st["http.web.rds.rt.update_success"] == 2
+        tmp = f"{eds}.tmp"
+        with open(tmp, "w") as f:
+            f.write("{not yaml: [")
+        import os
+        os.replace(tmp, eds)
+        wait_for(lambda: p.stats()["cluster.svc.update_failure"] == 1, timeout=10, msg="failure counted")
+        publish(rds, "r3", [{"@type": route_type, **route_config("rt", "svc")}])
+        wait_for(lambda: body(addr) == b"b", timeout=10, msg="r3, with e2's endpoints")

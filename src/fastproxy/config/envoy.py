@@ -135,8 +135,11 @@ def _bootstrap(data: Any) -> Optional[model.Bootstrap]:
     sources = [(f"dynamic_resources.{f}_config", getattr(dynamic, f)) for f in ("lds", "cds")] if dynamic else []
     sources += [(f"static_resources.clusters[{i}].eds_cluster_config.eds_config", c.eds_config)
                 for i, c in enumerate(clusters)]
+    sources += [(f"static_resources.listeners[{i}].filter_chains[0].filters[0].typed_config.rds.config_source",
+                 l.http_connection_manager.rds.config_source) for i, l in enumerate(listeners)
+                if l.http_connection_manager is not None and l.http_connection_manager.rds is not None]
     for path, src in sources:
-        for e in grpc_source_errors(src, path, names, ads):
+        for e in grpc_source_errors(src, path, names, ads, require_ads=path.startswith("dynamic_resources")):
             report(e)
     runtime = checked(layered_runtime, top)
     if runtime is not None and listeners:
@@ -278,13 +281,15 @@ _config_source = config_source
 
 
 def grpc_source_errors(source: Optional[model.ConfigSource], path: str, static_clusters: set,
-                       ads: Optional[model.AdsConfig]) -> list:
+                       ads: Optional[model.AdsConfig], require_ads: bool = True) -> list:
     """What is wrong with where ``source`` (at ``path``) says its server is: ads without
-    ads_config, or an api_config_source whose cluster is not a static one (Envoy needs it
-    before any discovery)."""
+    ads_config (for LDS/CDS: ``require_ads``; an RDS connection manager's or an EDS
+    cluster's ads source without one is taken, as Envoy 1.40 validates it, and then
+    subscribes nothing: its routes or endpoints come from Proxy.update), or an
+    api_config_source whose cluster is not a static one (Envoy needs it before any discovery)."""
     if source is None:
         return []
-    if source.ads and ads is None:
+    if source.ads and ads is None and require_ads:
         return [ConfigError(path + ".ads", "ads requires dynamic_resources.ads_config")]
     if source.api is not None and source.api.cluster_name not in static_clusters:
         return [ConfigError(f"{path}.api_config_source.{GRPC_CLUSTER_PATH}",
@@ -451,9 +456,6 @@ def _cluster(item: Any, path: str) -> model.Cluster:
         eds["eds_config"] = config_source(eds_msg, "eds_config")
         if eds["eds_config"] is None:
             raise ConfigError(eds_msg.at("eds_config"), "required field is missing")
-        if eds["eds_config"].path is not None:
-            raise ConfigError(eds_msg.at("eds_config"), "EDS from a file (path_config_source) is not "
-                                                        "supported: use ads or api_config_source")
     elif eds_msg is not None:
         raise ConfigError(msg.at("eds_cluster_config"), f"only a cluster of type EDS takes it (type is {ctype})")
 
@@ -617,8 +619,8 @@ def load_assignment(item: Any, path: str, cluster_type: str) -> list:
         # does not take: accepted and, as in Envoy then, not used.
         group.uint32("load_balancing_weight", minimum=1)
         if group.uint32("priority", default=0):
-            raise ConfigError(group.at("priority"), "fastproxy has one priority level (0): "
-                                                    "priorities are not supported")
+            raise ConfigError(group.at("priority"), "priorities other than 0 are unsupported in "
+                                                    "fastproxy (it has one priority level)")
         for ep, epath in group.repeated("lb_endpoints"):
             endpoint = _endpoint(ep, epath, cluster_type)
             if endpoint is not None:
@@ -631,8 +633,8 @@ def _endpoint(item: Any, path: str, cluster_type: str) -> Optional[model.Endpoin
     lb.mapping("metadata")
     health = lb.enum("health_status", HEALTH_STATUSES, default="UNKNOWN")
     if health == "DEGRADED":
-        raise ConfigError(lb.at("health_status"), "DEGRADED hosts are not supported (fastproxy has no "
-                                                  "degraded host tier)")
+        raise ConfigError(lb.at("health_status"), "DEGRADED hosts are unsupported in fastproxy (it has "
+                                                  "no degraded host tier)")
     endpoint = lb.message("endpoint", ("address", "hostname", "health_check_config"), required=True)
     if endpoint.raw("health_check_config") is not None:
         raise unsupported_field(endpoint.at("health_check_config"), "health_check_config")

@@ -18,11 +18,22 @@ import time
 from typing import Any, Callable, Optional
 
 from ..model import ConfigSource, DynamicResources
-from .resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, XdsResources
+from .resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, XdsResources, subscribes
 
 log = logging.getLogger("fastproxy.config")
 
 _STAGES = ("cds", "eds", "lds", "rds")
+
+
+def needs_discovery(bootstrap: Any) -> bool:
+    """Whether a proxy made from ``bootstrap`` subscribes to anything: LDS or CDS, or a
+    static listener's RDS, or a static EDS cluster."""
+    dyn = bootstrap.dynamic_resources
+    if dyn is not None and (dyn.lds is not None or dyn.cds is not None):
+        return True
+    return any(c.type == "EDS" and subscribes(c.eds_config, dyn) for c in bootstrap.clusters) or any(
+        l.http_connection_manager is not None and l.http_connection_manager.rds is not None
+        and subscribes(l.http_connection_manager.rds.config_source, dyn) for l in bootstrap.listeners)
 
 
 def _grpc(source: Optional[ConfigSource]) -> bool:
@@ -32,9 +43,9 @@ def _grpc(source: Optional[ConfigSource]) -> bool:
 class Discovery:
     """See the module docstring."""
 
-    def __init__(self, proxy: Any, dynamic: DynamicResources):
+    def __init__(self, proxy: Any, dynamic: Optional[DynamicResources]):
         self.proxy = proxy
-        self.dynamic = dynamic
+        self.dynamic = dynamic = dynamic if dynamic is not None else DynamicResources()
         self.resources = XdsResources(proxy, proxy.config)
         self.resources.on_change = self.advance
         self.files = None
@@ -178,9 +189,20 @@ class Discovery:
         """Subscribe each transport to the names of ``type_url`` it serves now (a name no
         longer named is unsubscribed)."""
         by: dict = {}
+        files: dict = {}
         for name, source in wanted.items():
             if _grpc(source):
                 by.setdefault(id(self._transport(source, type_url)), set()).add(name)
+            elif source is not None and source.path is not None:
+                files.setdefault(source.path, source)
+        if files or self.files is not None:
+            if self.files is None:
+                from .files import FileDiscovery
+                self.files = FileDiscovery(self.proxy, self.dynamic, self.resources)
+                self.files.start()
+            self.files.keep(type_url, set(files))
+            for source in files.values():
+                self.files.add(type_url, source)
         for t in list(self.grpc.values()):
             names = by.get(id(t), set())
             if names or t.subscribed(type_url):
@@ -213,4 +235,4 @@ class Discovery:
         return out
 
 
-__all__ = ["Discovery"]
+__all__ = ["Discovery", "needs_discovery"]

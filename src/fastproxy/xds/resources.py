@@ -70,17 +70,33 @@ def parse_discovery_response(data: Any, type_url: str) -> tuple:
     return version, [item for item, _ in msg.repeated("resources")]
 
 
-def check_node(node: Any, dynamic: Any) -> None:
+def check_node(node: Any, dynamic: Any, listeners: Any = (), clusters: Any = ()) -> None:
     """Envoy refuses to subscribe to anything without the node's id and cluster (a
     management server tells its clients apart by them), files included; so does fastproxy.
     Checked when the proxy is built, after the command line's --service-node and
-    --service-cluster have had their say."""
-    if dynamic is None or (dynamic.lds is None and dynamic.cds is None):
+    --service-cluster have had their say. ``listeners`` and ``clusters`` (static) may
+    subscribe too: RDS, EDS."""
+    if dynamic is not None and dynamic.lds is not None:
+        url = LISTENER_TYPE
+    elif dynamic is not None and dynamic.cds is not None:
+        url = CLUSTER_TYPE
+    elif any(c.type == "EDS" and subscribes(c.eds_config, dynamic) for c in clusters):
+        url = ENDPOINT_TYPE
+    elif any(_rds(l) is not None and subscribes(_rds(l).config_source, dynamic) for l in listeners):
+        url = ROUTE_TYPE
+    else:
         return
     if not node.id or not node.cluster:
-        url = LISTENER_TYPE if dynamic.lds is not None else CLUSTER_TYPE
         raise ConfigError("node", f"{url}: node 'id' and 'cluster' are required. Set it either in 'node' "
                                   "config or via --service-node and --service-cluster options.")
+
+
+def subscribes(source: Any, dynamic: Any) -> bool:
+    """Whether a config source leads anywhere: a file, a per-type stream, or ads with the
+    bootstrap's ads_config (an RDS or EDS source of ads without one subscribes nothing:
+    Proxy.update gives those routes or endpoints)."""
+    return source is not None and (source.path is not None or source.api is not None
+                                   or (source.ads and dynamic is not None and dynamic.ads is not None))
 
 
 class SubscriptionStats:
@@ -216,14 +232,15 @@ class XdsResources:
         configuration name: its ConfigSource}}: what the clusters and listeners in force name
         (the first source given for a name wins, as Envoy shares one subscription per name)."""
         with self._lock:
+            dyn = self.proxy.config.dynamic_resources
             eds: dict = {}
             for c in self.clusters_in_force():
-                if c.type == "EDS":
+                if c.type == "EDS" and subscribes(c.eds_config, dyn):
                     eds.setdefault(c.eds_name, c.eds_config)
             rds: dict = {}
             for l in self.listeners_in_force():
                 r = _rds(l)
-                if r is not None:
+                if r is not None and subscribes(r.config_source, dyn):
                     rds.setdefault(r.route_config_name, r.config_source)
             return {ENDPOINT_TYPE: eds, ROUTE_TYPE: rds}
 
@@ -298,6 +315,12 @@ class XdsResources:
                 names = self.wanted()[type_url]
             for st in self._subscribers(type_url, names):
                 st.count("update_attempt")
+
+    def count_named(self, type_url: str, counter: str, names: Any) -> None:
+        """``counter`` for each subscription ``names`` (RDS or EDS) feed."""
+        with self._lock:
+            for st in self._subscribers(type_url, names):
+                st.count(counter)
 
     def _apply_named(self, type_url: str, version_info: str, resources: list, removed: list) -> None:
         kind, _, field = TYPES[type_url]
@@ -449,13 +472,14 @@ class XdsResources:
         if type_url == CLUSTER_TYPE:
             cluster = _cluster(body, path)
             for e in grpc_source_errors(cluster.eds_config, path + ".eds_cluster_config.eds_config",
-                                        static_clusters, ads):
+                                        static_clusters, ads, require_ads=False):
                 raise e
             return cluster
         listener, refs = _listener(body, path, index)
         r = _rds(listener)
         if r is not None:
-            for e in grpc_source_errors(r.config_source, f"{path}.{_RDS_PATH}.config_source", static_clusters, ads):
+            for e in grpc_source_errors(r.config_source, f"{path}.{_RDS_PATH}.config_source", static_clusters, ads,
+                                        require_ads=False):
                 raise e
         # As the bootstrap loader does, to point at the field naming a missing cluster.
         known = {c.name for c in self.static["clusters"] + self.dynamic["clusters"]}
