@@ -526,3 +526,41 @@ def test_rds_and_eds_from_files(tmp_path, upstreams):
         wait_for(lambda: p.stats()["cluster.svc.update_failure"] == 1, timeout=10, msg="failure counted")
         publish(rds, "r3", [{"@type": route_type, **route_config("rt", "svc")}])
         wait_for(lambda: body(addr) == b"b", timeout=10, msg="r3, with e2's endpoints")
+
+
+def ready(admin) -> tuple:
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"http://{admin[0]}:{admin[1]}/ready", timeout=5) as r:
+            return r.status, r.read().decode().strip()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode().strip()
+
+
+def test_a_warming_cluster_in_the_config_dump(upstreams):
+    """initial_fetch_timeout 0: start() does not wait; the EDS cluster is listed among the
+    warming clusters until its assignment comes, and LDS is asked for only then (Envoy's
+    order: the listeners after the clusters are warm)."""
+    import json
+    a = upstreams[0].port
+    src = dict(ADS, initial_fetch_timeout="0s")
+    with xcp.ControlPlane() as cp:
+        cp.set(xcp.CLUSTER, [eds_cluster("svc", src)], "c1")
+        cp.set(xcp.LISTENER, [http_listener([{"match": {"prefix": "/"}, "route": {"cluster": "svc"}}])], "l1")
+        with fastproxy.Proxy.from_envoy(bootstrap(cp.port), concurrency=1) as p:
+            cp.wait_for(lambda rs: any(r.type_url == xcp.ENDPOINT for r in rs))
+            wait_for(lambda: p.stats()["cluster_manager.warming_clusters"] == 1, msg="warming")
+            dump = json.loads(admin_get(p.admin_address, "/config_dump?resource=dynamic_warming_clusters"))
+            assert [c["cluster"]["name"] for c in dump["configs"]] == ["svc"]
+            assert ready(p.admin_address) == (503, "INITIALIZING")
+            assert not any(r.type_url == xcp.LISTENER for r in cp.requests)
+            cp.set(xcp.ENDPOINT, [assignment("svc", a)], "e1")
+            wait_for(lambda: "web" in p.config_dump()["configs"][2].get("dynamic_listeners", [{}])[0].get("name", ""),
+                     timeout=10, msg="LDS after the cluster warmed")
+            wait_for(lambda: body(p.listener_address("web")) == b"a", timeout=10, msg="serves")
+            dump = json.loads(admin_get(p.admin_address, "/config_dump?resource=dynamic_active_clusters"))
+            assert [c["cluster"]["name"] for c in dump["configs"]] == ["svc"]
+            wait_for(lambda: ready(p.admin_address) == (200, "LIVE"), msg="LIVE")
+            order = [r.type_url for r in cp.requests if not r.response_nonce]
+            assert order == [xcp.CLUSTER, xcp.ENDPOINT, xcp.LISTENER]
