@@ -243,6 +243,7 @@ class Proxy:
         # whose rds names one not here is warming (see warming_listeners).
         self._routes: dict[str, RouteConfiguration] = {}
         self._rds_providers: dict[tuple[str, str], _RdsRoutes] = {}   # in use, by (name, filters)
+        self._listener_rds: dict[str, tuple[str, str]] = {}          # listener -> its provider's key
         self._installing_clusters: Optional[dict[str, _ClusterState]] = None   # (in _install)
         self._warming: list[str] = self._warming_names(bootstrap, self._routes)
         self._bootstrap = bootstrap
@@ -763,24 +764,32 @@ class Proxy:
         table = _core.make_route_table(rc, http_filters, self._cluster_ref, self.concurrency)
         return table, tuple(self._cluster_ref(name) for name in table.cluster_names)
 
-    def _rds_provider(self, hcm, rc: RouteConfiguration, providers: dict, pending: list):
-        """The RouteProvider of ``hcm``'s rds route configuration ``rc``: one per name (and
-        filter chain, whose per-route configs a table holds), shared by every listener
-        naming it. A changed table is set (into ``pending``, done once the whole update is
-        built) in the provider that listeners already use."""
-        key = (hcm.rds.route_config_name, repr(hcm.http_filters))
+    @staticmethod
+    def _rds_key(hcm) -> tuple[str, str]:
+        """Which RouteProvider a connection manager with rds uses: one per route
+        configuration name and filter chain (whose per-route configs a table holds)."""
+        return hcm.rds.route_config_name, repr(hcm.http_filters)
+
+    def _rds_entry(self, key: tuple[str, str], http_filters: list, routes: dict, providers: dict,
+                   pending: list) -> Optional[_RdsRoutes]:
+        """The RDS provider ``key`` with the table of ``routes[key[0]]``, shared by every
+        listener (and listener version) naming it, into ``providers``; a changed table of
+        a provider in use is set (into ``pending``, done once the whole update is built).
+        None: that route configuration is not there (and the provider not in use)."""
         entry = providers.get(key)
         if entry is not None:
-            return entry.provider
+            return entry
+        rc = routes.get(key[0])
         entry = self._rds_providers.get(key)
         if entry is None:
-            table, refs = self._route_table(rc, hcm.http_filters)
-            entry = _RdsRoutes(_core.make_route_provider(self._engine, table), list(hcm.http_filters),
-                               rc, table, refs)
-        elif not entry.current(rc, self._cluster_ref):
+            if rc is None:
+                return None
+            table, refs = self._route_table(rc, http_filters)
+            entry = _RdsRoutes(_core.make_route_provider(self._engine, table), list(http_filters), rc, table, refs)
+        elif rc is not None and not entry.current(rc, self._cluster_ref):
             pending.append((entry, rc, *self._route_table(rc, entry.http_filters)))
         providers[key] = entry
-        return entry.provider
+        return entry
 
     def _set_routes(self, routes: dict) -> None:
         """Give the RDS providers whose route configuration changed their new tables: the
@@ -822,6 +831,14 @@ class Proxy:
         warming = []
         providers: dict = {}            # the RDS providers in use, by (name, filters)
         pending: list = []              # (entry, model, table, refs) to set once all is built
+        listener_rds: dict = {}         # listener name -> the key of its RDS provider
+        for l in b.listeners:
+            # Every listener's provider, built or kept as it is (with the same rds and
+            # filters, a listener kept as it is uses the same one).
+            hcm = l.http_connection_manager
+            if hcm is not None and hcm.rds is not None and \
+                    self._rds_entry(self._rds_key(hcm), hcm.http_filters, routes, providers, pending) is not None:
+                listener_rds[l.name] = self._rds_key(hcm)
         for i, l in enumerate(b.listeners):
             hcm = l.http_connection_manager
             route_config = None
@@ -835,6 +852,10 @@ class Proxy:
                     if old_handle is not None:
                         socks[l.name] = self._socks[l.name]
                         handles.append(old_handle)
+                        key = self._listener_rds.get(l.name)
+                        if key is not None:     # its routes go on taking updates
+                            self._rds_entry(key, (), routes, providers, pending)
+                            listener_rds[l.name] = key
                     continue
             requested = (l.address, l.port)
             old = self._socks.get(l.name)
@@ -852,7 +873,7 @@ class Proxy:
             http = None
             if hcm is not None:
                 if hcm.rds is not None:
-                    provider = self._rds_provider(hcm, route_config, providers, pending)
+                    provider = providers[listener_rds[l.name]].provider
                 else:
                     provider = _core.make_route_provider(
                         self._engine, self._route_table(route_config, hcm.http_filters)[0])
@@ -874,6 +895,7 @@ class Proxy:
             entry.set(rc, table, refs)
         self._engine.apply(handles)
         self._rds_providers = providers
+        self._listener_rds = listener_rds
         self._clusters = clusters
         self._socks = socks
         self._listeners = {h.name: h for h in handles}

@@ -73,6 +73,34 @@ def test_envoy_bootstrap_with_rds_loads_without_its_route_configuration():
         assert tc["rds"] == {"route_config_name": "r1", "config_source": {"resource_api_version": "V3", "ads": {}}}
 
 
+def test_an_rds_route_configuration_resource_loads_with_clusters_unchecked():
+    """What the xDS layer reads an RDS resource with: Envoy's RouteConfiguration, whose
+    clusters need not exist; a per-filter config is read with the connection manager's
+    filters (those the loader read)."""
+    from fastproxy.config.http import route_configuration
+    rc = route_configuration({
+        "@type": "type.googleapis.com/envoy.config.route.v3.RouteConfiguration", "name": "r1",
+        "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/"}, "route": {"cluster": "not-yet"},
+             "typed_per_filter_config": {"hm": {
+                 "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3."
+                          "HeaderMutationPerRoute",
+                 "mutations": {"response_mutations": [{"append": {"header": {"key": "x-a", "value": "1"}}}]}}}}]}]},
+        "resources[0]", http_filters=_loaded_filters())
+    assert rc.name == "r1" and rc.virtual_hosts[0].routes[0].route.cluster == "not-yet"
+    assert isinstance(rc.virtual_hosts[0].routes[0].typed_per_filter_config["hm"], HeaderMutation)
+    with pytest.raises(ConfigError) as e:
+        route_configuration({"name": "r1", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/"}, "route": {"cluster": ""}}]}]}, "resources[0]")
+    assert e.value.path == "resources[0].virtual_hosts[0].routes[0].route.cluster"
+
+
+def _loaded_filters():
+    l = http_listener(http_filters=[{"name": "hm", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"}}])
+    return load_envoy(envoy_bootstrap(listeners=[l])).listeners[0].handler.http_filters
+
+
 @pytest.mark.parametrize("hcm, path, words", [
     (HttpConnectionManager("i", direct("", b"x"), rds=Rds("r", ADS)), "listeners[0].handler.rds", "only one of"),
     (HttpConnectionManager("i"), "listeners[0].handler.route_config", "expected RouteConfiguration"),
@@ -221,6 +249,24 @@ def test_changed_listener_keeps_serving_its_old_version_while_the_new_one_warms(
         conn = http.client.HTTPConnection(*addr, timeout=5)
         assert get(conn)[:2] == (200, b"new")
         conn.close()
+
+
+def test_warming_listeners_old_version_goes_on_taking_its_route_updates():
+    with Proxy([rds_listener("r1")], [], concurrency=1) as p:
+        p.update(routes=[direct("r1", b"a")])
+        addr = p.listener_address("l")
+        p.update(listeners=[rds_listener("r2", port=addr[1])])
+        assert p.warming_listeners() == ["l"]
+        conn = http.client.HTTPConnection(*addr, timeout=5)
+        assert get(conn)[1] == b"a"
+        p.update(routes=[direct("r1", b"b")])           # the old version's routes change
+        assert get(conn)[1] == b"b"
+        p.update(routes=[direct("r1", b"b"), direct("r2", b"c")])
+        assert p.warming_listeners() == []
+        c2 = http.client.HTTPConnection(*addr, timeout=5)
+        assert get(c2)[1] == b"c"
+        conn.close()
+        c2.close()
 
 
 # ---------------------------------------------------------------- routes to missing clusters
