@@ -414,7 +414,12 @@ class XdsResources:
         name = body.get("name")
         if not isinstance(name, str) or not name:
             raise ConfigError(path + ".name", "a discovered resource needs a non-empty name")
-        return name, _route_configuration(body, path)
+        # Per-route filter configs are read with the filters of a connection manager naming
+        # the table (a filter config without such a filter is refused with its path).
+        from ..config.http import route_configuration
+        filters = next((l.http_connection_manager.http_filters for l in self.listeners_in_force()
+                        if _rds(l) is not None and _rds(l).route_config_name == name), ())
+        return name, route_configuration(body, path, list(filters))
 
     def _install_named(self, type_url: str, changed: dict) -> None:
         """Apply new route configurations or assignments (validated as a whole first, as
@@ -592,22 +597,3 @@ def _rds(listener: Any) -> Any:
     """The listener's HTTP connection manager's ``rds`` (model.Rds), or None."""
     hcm = getattr(listener, "http_connection_manager", None)
     return getattr(hcm, "rds", None) if hcm is not None else None
-
-
-def _route_configuration(body: dict, path: str) -> Any:
-    """An RDS resource through the loader's route table walk (config/http.py), so that its
-    errors read as a static route_config's, rooted at ``resources[i]``. Routes to clusters
-    that do not exist are taken (Envoy's RDS does not validate clusters by default: such a
-    route answers 503)."""
-    from ..config import http
-    refs: list = []
-    rc = http._route_config(Message(body, path, http._ROUTE_CONFIG_FIELDS), refs)
-    # typed_per_filter_config needs the filters of the connection manager using the table,
-    # which an RDS resource does not know: resolved against no filter, so that one naming
-    # a filter is refused with its path.
-    http._per_filter_configs(rc, [])
-    return rc
-
-
-__all__ = ["LISTENER_TYPE", "CLUSTER_TYPE", "ROUTE_TYPE", "ENDPOINT_TYPE", "ORDER", "TYPES", "parse_discovery_response", "SubscriptionStats",
-           "XdsResources"]
