@@ -533,6 +533,13 @@ class Proxy:
         with self._lock:
             return list(self._warming)
 
+    def route_configs_in_use(self) -> set[str]:
+        """The names of the RDS route configurations some listener version serving now
+        takes its routes from (also a changed listener's previous version while its new
+        one warms): what an RDS subscription must keep (fastproxy.xds)."""
+        with self._lock:
+            return {name for name, _ in self._rds_providers}
+
     # ---- the config dump (admin /config_dump) ----
 
     def _track(self, b: Bootstrap) -> None:

@@ -66,9 +66,9 @@ class GrpcTransport:
             self._started = True
             self.client.start()
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
         if self._started:
-            self.client.stop()
+            self.client.stop(wait)
 
     def subscribe(self, type_url: str, names: Optional[Any] = None) -> None:
         self.client.subscribe(type_url, names)

@@ -139,11 +139,15 @@ class AdsClient:
         self._thread.start()
         return self
 
-    def stop(self):
+    def stop(self, wait: bool = True):
+        """End the stream. ``wait``: join the client's thread (not from a thread that holds
+        what its last response's `apply` may be waiting for)."""
         self._stop.set()
         call = self._call
         if call is not None:
             call.cancel()
+        if not wait:
+            return                      # (the thread closes nothing more; the channel is dropped with it)
         if self._thread is not None:
             self._thread.join(timeout=10)
         if self._channel is not None:

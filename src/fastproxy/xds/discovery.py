@@ -68,13 +68,16 @@ class Discovery:
                 self._transport(src, CLUSTER_TYPE if src is dynamic.cds else LISTENER_TYPE)
 
     # ------------------------------------------------------------------ transports
-    def _transport(self, source: ConfigSource, type_url: str):
+    def _transport(self, source: ConfigSource, type_url: str, name: Optional[str] = None):
+        """The stream ``source`` says ``type_url`` (resource ``name`` of RDS, EDS) comes on:
+        the ADS one, or, for an api_config_source, one of its own: as Envoy, one per
+        subscription (LDS, CDS; each route configuration, each cluster's assignment)."""
         if source.ads:
             key: tuple = ("ads",)
             api, path, own = self.dynamic.ads, "dynamic_resources.ads_config", None
         else:
             api = source.api
-            key = ("api", type_url, api.cluster_name, api.delta)
+            key = ("api", type_url, api.cluster_name, api.delta, name)
             path, own = "api_config_source.grpc_services[0].envoy_grpc.cluster_name", type_url
         t = self.grpc.get(key)
         if t is None:
@@ -192,7 +195,7 @@ class Discovery:
         files: dict = {}
         for name, source in wanted.items():
             if _grpc(source):
-                by.setdefault(id(self._transport(source, type_url)), set()).add(name)
+                by.setdefault(id(self._transport(source, type_url, name)), set()).add(name)
             elif source is not None and source.path is not None:
                 files.setdefault(source.path, source)
         if files or self.files is not None:
@@ -203,8 +206,14 @@ class Discovery:
             self.files.keep(type_url, set(files))
             for source in files.values():
                 self.files.add(type_url, source)
-        for t in list(self.grpc.values()):
+        for key, t in list(self.grpc.items()):
             names = by.get(id(t), set())
+            if not names and key[0] == "api" and key[1] == type_url:
+                # A per-subscription stream no longer used: closed, as Envoy ends it with
+                # its subscription (not joined: its reader may wait for this lock).
+                del self.grpc[key]
+                t.stop(wait=False)
+                continue
             if names or t.subscribed(type_url):
                 new = names - t.names(type_url)
                 if new:

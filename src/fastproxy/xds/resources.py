@@ -28,7 +28,7 @@ import dataclasses
 
 from ..config.envoy import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_CONFIG_TYPE, _cluster, _listener, grpc_source_errors, load_assignment
 from ..config.proto import Message, checked, collecting, raise_collected, report
-from ..errors import ConfigError, ListenerBindError
+from ..errors import ConfigError, ConfigErrors, ListenerBindError
 from ..model import Bootstrap
 from ..validation import describe
 from .xxhash64 import xxh64
@@ -159,6 +159,7 @@ class XdsResources:
         self.endpoint_stats: dict = {}
         # EDS clusters whose initial fetch timed out: warm (with no endpoints) from then on.
         self.timed_out: set = set()
+        self._rds_sources: dict = {}    # route configuration name -> the source it was subscribed from
         self.on_change = None
         # One update at a time, whichever transport it comes from.
         self._lock = threading.RLock()
@@ -242,6 +243,14 @@ class XdsResources:
                 r = _rds(l)
                 if r is not None and subscribes(r.config_source, dyn):
                     rds.setdefault(r.route_config_name, r.config_source)
+            # As Envoy, a route configuration stays subscribed while a listener version still
+            # serving takes its routes from it (a changed listener's old version while the
+            # new one warms), from the source it was subscribed from.
+            in_use = getattr(self.proxy, "route_configs_in_use", None)
+            for name in (in_use() if in_use is not None else ()):
+                if name not in rds and name in self._rds_sources:
+                    rds[name] = self._rds_sources[name]
+            self._rds_sources = dict(rds)
             return {ENDPOINT_TYPE: eds, ROUTE_TYPE: rds}
 
     def warming_clusters(self) -> list:
@@ -323,25 +332,27 @@ class XdsResources:
                 st.count(counter)
 
     def _apply_named(self, type_url: str, version_info: str, resources: list, removed: list) -> None:
+        """RDS, EDS: each named resource on its own, as Envoy's per-resource watches take
+        them: a good one is applied even when another of the same response is refused (the
+        response is then NACKed with the refused ones' errors)."""
         kind, _, field = TYPES[type_url]
         with self._lock:
             wanted = self.wanted()[type_url]
-            try:
-                if not isinstance(resources, list):
-                    raise ConfigError("resources", f"expected a list, got {describe(resources)}")
-                with collecting() as errors:
-                    decoded = [checked(self._decode_named, type_url, item, f"resources[{i}]")
-                               for i, item in enumerate(resources)]
-                raise_collected(errors)
-            except ConfigError as e:
-                log.warning("%s update rejected: version %r, %d resource(s): %s", kind, version_info,
-                            len(resources) if isinstance(resources, list) else 0, e)
-                names = {r.get("name", r.get("cluster_name")) for r in resources if isinstance(r, dict)} \
-                    if isinstance(resources, list) else set()
-                for st in self._subscribers(type_url, (names & set(wanted)) or wanted):
-                    st.count("update_attempt")
-                    st.count("update_rejected")
-                raise
+            if not isinstance(resources, list):
+                error = ConfigError("resources", f"expected a list, got {describe(resources)}")
+                self._rejected(type_url, version_info, wanted, error, 0)
+                raise error
+            decoded, refused = [], {}
+            with collecting() as errors:
+                for i, item in enumerate(resources):
+                    before = len(errors)
+                    # (The loader reports some errors to this collection and goes on: a
+                    # resource with any is refused.)
+                    one = checked(self._decode_named, type_url, item, f"resources[{i}]")
+                    if len(errors) > before:
+                        refused[_resource_name(item)] = errors[before:]
+                    elif one is not None:
+                        decoded.append(one)
             # A name nobody subscribed to is not taken (as Envoy's multiplexer drops it).
             ignored = [n for n, _ in decoded if n not in wanted]
             if ignored:
@@ -349,56 +360,75 @@ class XdsResources:
             got = {n: v for n, v in decoded if n in wanted}
             # Envoy tells a subscription of a response that holds its resource (or removes
             # it); a lone subscription, of every response of its type (then update_empty).
-            touched = set(got) | {n for n in removed if n in wanted}
-            if not touched and len(wanted) == 1:
+            touched = set(got) | {n for n in removed if n in wanted} | (set(refused) & set(wanted))
+            if not touched and len(wanted) == 1 and not refused:
                 touched = set(wanted)
                 removed = list(wanted)
-            for st in self._subscribers(type_url, touched):
+            for st in self._subscribers(type_url, touched if not (refused and not touched) else wanted):
                 st.count("update_attempt")
             if removed:
                 # Envoy 1.40 ignores a delta removal of a route configuration or an assignment
                 # (the resource stays as it was); so does fastproxy.
                 log.warning("%s update: ignoring the removal of %s (as Envoy does)", kind,
                             ", ".join(map(repr, removed)))
-            if not got:
+            if got:
+                held = self.routes if type_url == ROUTE_TYPE else self.assignments
+                changed = {n: v for n, v in got.items() if held.get(n) != v}
+                if changed:
+                    try:
+                        self._install_named(type_url, changed)
+                    except ConfigError as e:
+                        self._rejected(type_url, version_info, set(got) | set(refused) or wanted, e, len(resources))
+                        raise
+                now = time.time()
+                for n in changed:
+                    self.updated[field][n] = (version_info, now)
+                for st in self._subscribers(type_url, got):
+                    st.accepted(version_info)
+                    if type_url == ROUTE_TYPE and st.prefix in changed:
+                        st.count("config_reload")
+                    elif type_url == ENDPOINT_TYPE and not any(c.name == st.prefix[len("cluster."):]
+                                                               and c.eds_name in changed
+                                                               for c in self.clusters_in_force()):
+                        st.count("update_no_rebuild")
+                log.info("%s update accepted: version %r, %d resource(s) (%s)", kind, version_info, len(got),
+                         ", ".join(sorted(got)))
+                self._noted(type_url)
+            elif not refused:
                 # Envoy: a response without this subscription's resource is update_empty (and
                 # ends an EDS cluster's warming, with no endpoints).
                 for st in self._subscribers(type_url, [n for n in removed if n in wanted]):
                     st.count("update_empty")
                 if type_url == ENDPOINT_TYPE:
                     self.timed_out |= {n for n in removed if n in wanted}
-                    self._changed()
-                return
-            held = self.routes if type_url == ROUTE_TYPE else self.assignments
-            changed = {n: v for n, v in got.items() if held.get(n) != v}
-            if changed:
-                self._install_named(type_url, changed)
-            now = time.time()
-            for n in changed:
-                self.updated[field][n] = (version_info, now)
-            for st in self._subscribers(type_url, got):
-                st.accepted(version_info)
-                if type_url == ROUTE_TYPE and st.prefix in changed:
-                    st.count("config_reload")
-                elif type_url == ENDPOINT_TYPE and not any(c.name == st.prefix[len("cluster."):]
-                                                           and c.eds_name in changed
-                                                           for c in self.clusters_in_force()):
-                    st.count("update_no_rebuild")
-            log.info("%s update accepted: version %r, %d resource(s) (%s)", kind, version_info, len(got),
-                     ", ".join(sorted(got)))
-            if type_url == ENDPOINT_TYPE:
-                self._note_dump("clusters", self.version_info(CLUSTER_TYPE))
-            else:
-                # /config_dump's dynamic_route_configs: each by its name, at its version.
-                note = getattr(self.proxy, "note_discovered", None)
-                for n, (version, _) in self.updated[field].items():
-                    if note is not None:
-                        try:
-                            note("route", n, version)
-                        except KeyError:
-                            pass
-                self._note_dump("listeners", self.version_info(LISTENER_TYPE))
-            self._changed()
+            if got or not refused:
+                self._changed()
+            if refused:
+                flat = [e for errs in refused.values() for e in errs]
+                error = flat[0] if len(flat) == 1 else ConfigErrors(flat)
+                self._rejected(type_url, version_info, set(refused) & set(wanted) or wanted, error, len(resources))
+                raise error
+
+    def _rejected(self, type_url: str, version_info: str, names: Any, error: ConfigError, n: int) -> None:
+        # Logged before counted: whoever sees the count can read the reason.
+        log.warning("%s update rejected: version %r, %d resource(s): %s", TYPES[type_url][0], version_info, n, error)
+        for st in self._subscribers(type_url, names):
+            st.count("update_rejected")
+
+    def _noted(self, type_url: str) -> None:
+        """The config dump's view after an RDS or EDS update."""
+        if type_url == ENDPOINT_TYPE:
+            self._note_dump("clusters", self.version_info(CLUSTER_TYPE))
+            return
+        # /config_dump's dynamic_route_configs: each by its name, at its version.
+        note = getattr(self.proxy, "note_discovered", None)
+        for n, (version, _) in self.updated["routes"].items():
+            if note is not None:
+                try:
+                    note("route", n, version)
+                except KeyError:
+                    pass
+        self._note_dump("listeners", self.version_info(LISTENER_TYPE))
 
     def _decode_named(self, type_url: str, item: Any, path: str) -> tuple:
         """(name, decoded) of one RDS or EDS resource."""
@@ -591,6 +621,11 @@ class XdsResources:
 
 
 _RDS_PATH = "filter_chains[0].filters[0].typed_config.rds"
+
+
+def _resource_name(item: Any) -> Any:
+    """The name an RDS (name) or EDS (cluster_name) resource gives itself, if any."""
+    return item.get("name", item.get("cluster_name")) if isinstance(item, dict) else None
 
 
 def _rds(listener: Any) -> Any:
