@@ -590,3 +590,26 @@ def test_a_warming_cluster_in_the_config_dump(upstreams):
             wait_for(lambda: ready(p.admin_address) == (200, "LIVE"), msg="LIVE")
             order = [r.type_url for r in cp.requests if not r.response_nonce]
             assert order == [xcp.CLUSTER, xcp.ENDPOINT, xcp.LISTENER]
+
+
+def test_a_refused_route_configuration_does_not_hold_back_a_good_one(upstreams):
+    """One RDS response with a refused table and a good one: the good one is applied (as
+    Envoy's per-resource watches take them), the response NACKed naming the refused one."""
+    a, b, _ = (u.port for u in upstreams)
+    two = [rds_listener("rt", ADS), dict(rds_listener("rt2", ADS), name="web2")]
+    two[1]["filter_chains"][0]["filters"][0]["typed_config"]["stat_prefix"] = "web2"
+    with xcp.ControlPlane() as cp:
+        cp.set(xcp.CLUSTER, [static_cluster("svc", [a]), static_cluster("fixed", [b])], "c1")
+        cp.set(xcp.LISTENER, two, "l1")
+        cp.set(xcp.ROUTE, [route_config("rt", "svc"), route_config("rt2", "svc")], "r1")
+        with fastproxy.Proxy.from_envoy(bootstrap(cp.port), concurrency=1) as p:
+            web, web2 = p.listener_address("web"), p.listener_address("web2")
+            assert body(web) == body(web2) == b"a"
+            cp.set(xcp.ROUTE, [route_config("rt", "fixed", domains=("*", "*")), route_config("rt2", "fixed")], "r2")
+            rs = cp.wait_for(lambda rs: any(r.type_url == xcp.ROUTE and r.nack for r in rs))
+            nack = next(r for r in rs if r.type_url == xcp.ROUTE and r.nack)
+            assert nack.error_detail.startswith("resources[0].virtual_hosts[1].domains") and nack.version_info == "r1"
+            wait_for(lambda: body(web2) == b"b", timeout=10, msg="rt2 applied")
+            assert body(web) == b"a"
+            st = p.stats()
+            assert (st["http.web.rds.rt.update_rejected"], st["http.web2.rds.rt2.update_success"]) == (1, 2)
