@@ -578,7 +578,9 @@ class XdsResources:
             for st in self.endpoint_stats.values():
                 out.update(st.read())
             for prefix, name in self._rds_prefixes():
-                out.update({f"http.{prefix}.rds.{k}": v for k, v in self.rds_stats(name).read().items()})
+                # Envoy: a ':' of the route configuration's name is '_' in its stat names.
+                out.update({f"http.{prefix}.rds.{k.replace(':', '_')}": v
+                            for k, v in self.rds_stats(name).read().items()})
             out["cluster_manager.warming_clusters"] = len(self.warming_clusters())
             out["listener_manager.total_listeners_warming"] = len(self.warming_listeners())
         return out
@@ -589,7 +591,7 @@ class XdsResources:
             for st in self.endpoint_stats.values():
                 out |= st.gauge_names()
             for prefix, name in self._rds_prefixes():
-                out |= {f"http.{prefix}.rds.{g}" for g in self.rds_stats(name).gauge_names()}
+                out |= {f"http.{prefix}.rds.{g.replace(':', '_')}" for g in self.rds_stats(name).gauge_names()}
         return out
 
     def _rds_prefixes(self) -> list:
