@@ -3,12 +3,14 @@ tests' control plane (tests/xds_control_plane.py, a grpcio ADS server), one afte
 on the same machine.
 
     python benchmarks/xds_bench.py [--clusters 1000] [--endpoints 10] [--vhosts 1000]
-                                   [--rounds 3] [--only fastproxy,envoy] [--json FILE]
+                                   [--rounds 3] [--only fastproxy,envoy] [--eds] [--json FILE]
 
 Per proxy and round, from a small configuration in force:
   * CDS push: `--clusters` clusters with `--endpoints` endpoints each (inline load
-    assignments: fastproxy has no EDS yet; 1000 x 10 = the issue's 10,000 endpoints), timed
-    from the response leaving the control plane (handed to grpc) to the ACK;
+    assignments; 1000 x 10 = the issue's 10,000 endpoints), timed from the response leaving
+    the control plane (handed to grpc) to the ACK; with `--eds` the clusters are of type
+    EDS (but c0) and their endpoints come in one EDS response (ClusterLoadAssignments, over
+    the same ADS stream), timed from that response to its ACK (eds_ack_ms);
   * LDS push: one listener whose route configuration has `--vhosts` virtual hosts, each
     routing to one of the pushed clusters, timed to the ACK and to the first request served
     on the new configuration (the last virtual host answers 201 itself; a request for its
@@ -45,6 +47,15 @@ def clusters(n: int, endpoints: int, port: int) -> list:
     # Every endpoint is the one test upstream (the addresses must answer for routing checks);
     # the proxy still builds n x endpoints hosts.
     return [static_cluster(f"c{i}", [port] * endpoints) for i in range(n)]
+
+
+def eds_clusters(n: int) -> list:
+    return [{"name": f"c{i}", "type": "EDS", "connect_timeout": "1s",
+             "eds_cluster_config": {"eds_config": {"ads": {}, "resource_api_version": "V3"}}} for i in range(n)]
+
+
+def assignments(n: int, endpoints: int, port: int) -> list:
+    return [static_cluster(f"c{i}", [port] * endpoints)["load_assignment"] for i in range(n)]
 
 
 def big_listener(n: int) -> dict:
@@ -120,7 +131,7 @@ def status(addr, host: str) -> int:
         c.close()
 
 
-def one_round(kind: str, n_clusters: int, n_endpoints: int, n_vhosts: int, up_port: int) -> dict:
+def one_round(kind: str, n_clusters: int, n_endpoints: int, n_vhosts: int, up_port: int, eds: bool = False) -> dict:
     with xcp.ControlPlane() as cp, tempfile.TemporaryDirectory() as d:
         cp.set(xcp.CLUSTER, [static_cluster("c0", [up_port])], "c1")
         cp.set(xcp.LISTENER, [web("c0")], "l1")
@@ -134,8 +145,24 @@ def one_round(kind: str, n_clusters: int, n_endpoints: int, n_vhosts: int, up_po
                 assert not ack.nack, ack.error_detail
                 return ack.at - cp.sent_at[ack.response_nonce]
 
-            cp.set(xcp.CLUSTER, clusters(n_clusters, n_endpoints, up_port), "c2")
-            cds_ack = acked("c2")
+            out: dict = {}
+            if not eds:
+                cp.set(xcp.CLUSTER, clusters(n_clusters, n_endpoints, up_port), "c2")
+                out["cds_ack_ms"] = acked("c2") * 1e3
+            else:
+                # The assignments wait at the control plane; the EDS request the CDS push
+                # makes gets them (SotW: every subscribed one in one response).
+                cp.set(xcp.ENDPOINT, assignments(n_clusters, n_endpoints, up_port), "e2")
+                cp.set(xcp.CLUSTER, [static_cluster("c0", [up_port])] + eds_clusters(n_clusters)[1:], "c2")
+                out["cds_ack_ms"] = acked("c2") * 1e3
+
+                def full(rs):           # the ACK of the EDS response naming every cluster
+                    return [r for r in rs if r.type_url == xcp.ENDPOINT and r.version_info == "e2"
+                            and r.response_nonce and len(r.resource_names) == n_clusters - 1]
+                ack = cp.wait_for(full, timeout=120)
+                ack = full(ack)[0]
+                assert not ack.nack, ack.error_detail
+                out["eds_ack_ms"] = (ack.at - cp.sent_at[ack.response_nonce]) * 1e3
             last = f"h{n_vhosts - 1}.example"
             assert status(addr, last) == 200         # the first listener's "*" virtual host
             cp.set(xcp.LISTENER, [big_listener(n_vhosts)], "l2")
@@ -144,7 +171,7 @@ def one_round(kind: str, n_clusters: int, n_endpoints: int, n_vhosts: int, up_po
             while status(addr, last) != 201:
                 time.sleep(0.001)
             first = time.monotonic() - sent
-            return {"cds_ack_ms": cds_ack * 1e3, "lds_ack_ms": lds_ack * 1e3,
+            return {**out, "lds_ack_ms": lds_ack * 1e3,
                     "lds_first_request_ms": first * 1e3, "rss_mb": rss_kb(proc.pid) / 1024}
         finally:
             proc.kill()
@@ -158,6 +185,7 @@ def main(argv=None) -> int:
     ap.add_argument("--vhosts", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", default="fastproxy,envoy")
+    ap.add_argument("--eds", action="store_true", help="the clusters' endpoints over EDS")
     ap.add_argument("--json", default=str(HERE / "results" / "xds_bench.json"))
     args = ap.parse_args(argv)
     kinds = [k for k in args.only.split(",") if k]
@@ -169,16 +197,15 @@ def main(argv=None) -> int:
     try:
         for r in range(args.rounds):
             for kind in (kinds if r % 2 == 0 else list(reversed(kinds))):     # alternate the order
-                res = one_round(kind, args.clusters, args.endpoints, args.vhosts, up.port)
+                res = one_round(kind, args.clusters, args.endpoints, args.vhosts, up.port, args.eds)
                 results[kind].append(res)
                 print(f"round {r + 1} {kind:9s} " + "  ".join(f"{k} {v:8.1f}" for k, v in res.items()), flush=True)
     finally:
         up.close()
     summary = {k: {m: statistics.median(x[m] for x in v) for m in v[0]} for k, v in results.items() if v}
     print()
-    print(f"{'proxy':10s} {'CDS ACK ms':>11s} {'LDS ACK ms':>11s} {'LDS first rq ms':>16s} {'RSS MB':>8s}")
     for k, s in summary.items():
-        print(f"{k:10s} {s['cds_ack_ms']:11.1f} {s['lds_ack_ms']:11.1f} {s['lds_first_request_ms']:16.1f} {s['rss_mb']:8.1f}")
+        print(f"{k:10s} " + "  ".join(f"{m} {v:.1f}" for m, v in s.items()))
     if "envoy" in summary and "fastproxy" in summary:
         f, e = summary["fastproxy"], summary["envoy"]
         print("fastproxy / envoy: " + "  ".join(f"{m} {f[m] / e[m]:.2f}x" for m in f))

@@ -625,3 +625,25 @@ def test_a_refused_route_configuration_does_not_hold_back_a_good_one(upstreams):
             assert body(web) == b"a"
             st = p.stats()
             assert (st["http.web.rds.rt.update_rejected"], st["http.web2.rds.rt2.update_success"]) == (1, 2)
+
+
+def test_the_plain_endpoint_reading_is_the_general_one():
+    """config/envoy.py reads the usual lb_endpoint with plain lookups; anything else, valid
+    or not, takes the general reading: both give the same endpoints."""
+    from fastproxy.config.envoy import _endpoint_read, _plain_endpoint
+
+    def lb(address="127.0.0.1", port=80, **extra):
+        return {"endpoint": {"address": {"socket_address": {"address": address, "port_value": port}}}, **extra}
+    cases = [("STATIC", lb()), ("EDS", lb("::1", 8080)), ("EDS", lb(load_balancing_weight=7)),
+             ("STRICT_DNS", lb("backend.local", 443)), ("STATIC", lb(port=65535)),
+             ("EDS", lb(load_balancing_weight=128))]
+    for ctype, item in cases:
+        plain = _plain_endpoint(item, ctype)
+        assert plain is not None and plain == _endpoint_read(item, "e", ctype), item
+    # Not the plain shape (or not valid): left to the general reading.
+    for ctype, item in [("STATIC", lb("backend.local")), ("EDS", lb(port=0)), ("EDS", lb(port="80")),
+                        ("EDS", lb(load_balancing_weight=0)), ("EDS", lb(load_balancing_weight=129)),
+                        ("EDS", lb(health_status="HEALTHY")), ("EDS", {"endpoint": {"address": {
+                            "socket_address": {"address": "127.0.0.1", "portValue": 80}}}}),
+                        ("STRICT_DNS", lb(""))]:
+        assert _plain_endpoint(item, ctype) is None, item

@@ -629,6 +629,39 @@ def load_assignment(item: Any, path: str, cluster_type: str) -> list:
 
 
 def _endpoint(item: Any, path: str, cluster_type: str) -> Optional[model.Endpoint]:
+    plain = _plain_endpoint(item, cluster_type)
+    return plain if plain is not None else _endpoint_read(item, path, cluster_type)
+
+
+def _plain_endpoint(item: Any, cluster_type: str) -> Optional[model.Endpoint]:
+    """The usual lb_endpoint ({endpoint: {address: {socket_address: {address, port_value}}}},
+    maybe a load_balancing_weight), valid, read with plain lookups: an EDS push of 10,000
+    endpoints spent most of its time in the general reading. None for anything else, which
+    the general reading (_endpoint_read) takes and, if wrong, names by its path. The same
+    result as the general reading (tested side by side)."""
+    if type(item) is not dict or not item.keys() <= {"endpoint", "load_balancing_weight"}:
+        return None
+    endpoint = item.get("endpoint")
+    if type(endpoint) is not dict or endpoint.keys() != {"address"}:
+        return None
+    address = endpoint["address"]
+    if type(address) is not dict or address.keys() != {"socket_address"}:
+        return None
+    sock = address["socket_address"]
+    if type(sock) is not dict or sock.keys() != {"address", "port_value"}:
+        return None
+    host, port = sock["address"], sock["port_value"]
+    if type(host) is not str or not host or type(port) is not int or not 1 <= port <= MAX_PORT:
+        return None
+    if cluster_type != "STRICT_DNS" and not model.is_ip_literal(host):
+        return None
+    weight = item.get("load_balancing_weight", 1)
+    if type(weight) is not int or not 1 <= weight <= MAX_ENDPOINT_WEIGHT:
+        return None
+    return model.Endpoint(address=host, port=port, weight=weight)
+
+
+def _endpoint_read(item: Any, path: str, cluster_type: str) -> Optional[model.Endpoint]:
     lb = Message(item, path, ("endpoint", "load_balancing_weight", "health_status", "metadata"))
     lb.mapping("metadata")
     health = lb.enum("health_status", HEALTH_STATUSES, default="UNKNOWN")

@@ -383,13 +383,13 @@ class XdsResources:
                 now = time.time()
                 for n in changed:
                     self.updated[field][n] = (version_info, now)
+                rebuilt = {f"cluster.{c.name}" for c in self.clusters_in_force()
+                           if c.type == "EDS" and c.eds_name in changed}
                 for st in self._subscribers(type_url, got):
                     st.accepted(version_info)
                     if type_url == ROUTE_TYPE and st.prefix in changed:
                         st.count("config_reload")
-                    elif type_url == ENDPOINT_TYPE and not any(c.name == st.prefix[len("cluster."):]
-                                                               and c.eds_name in changed
-                                                               for c in self.clusters_in_force()):
+                    elif type_url == ENDPOINT_TYPE and st.prefix not in rebuilt:
                         st.count("update_no_rebuild")
                 log.info("%s update accepted: version %r, %d resource(s) (%s)", kind, version_info, len(got),
                          ", ".join(sorted(got)))
@@ -458,10 +458,13 @@ class XdsResources:
         (routes if type_url == ROUTE_TYPE else assignments).update(changed)
         clusters = self._with_endpoints(self.clusters_in_force(), assignments)
         listeners = self.listeners_in_force()
-        try:
-            Bootstrap(listeners, clusters).validate()
-        except ConfigError as e:
-            raise ConfigError("resources", f"the configuration it makes is invalid: {e}") from None
+        if type_url == ROUTE_TYPE:
+            # (EDS: the loader checked each endpoint as it read it, by the model's rules, and
+            # nothing else changes; validating the whole again was most of a large push.)
+            try:
+                Bootstrap(listeners, clusters).validate()
+            except ConfigError as e:
+                raise ConfigError("resources", f"the configuration it makes is invalid: {e}") from None
         if type_url == ROUTE_TYPE:
             self.proxy.update(listeners, clusters, routes=list(routes.values()), _validated=True)
         else:
