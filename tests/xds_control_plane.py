@@ -33,13 +33,18 @@ from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401  (t
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2  # noqa: F401
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
+from envoy.service.cluster.v3 import cds_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.endpoint.v3 import eds_pb2_grpc
+from envoy.service.listener.v3 import lds_pb2_grpc
+from envoy.service.route.v3 import rds_pb2_grpc
 
 TYPE_PREFIX = "type.googleapis.com/"
 CLUSTER = TYPE_PREFIX + "envoy.config.cluster.v3.Cluster"
 LISTENER = TYPE_PREFIX + "envoy.config.listener.v3.Listener"
 ROUTE = TYPE_PREFIX + "envoy.config.route.v3.RouteConfiguration"
 ENDPOINT = TYPE_PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
+NAMED = (ROUTE, ENDPOINT)      # subscribed by name (an empty list: none); the others: wildcard
 MESSAGES = {CLUSTER: cluster_pb2.Cluster, LISTENER: listener_pb2.Listener,
             ROUTE: route_pb2.RouteConfiguration, ENDPOINT: endpoint_pb2.ClusterLoadAssignment}
 
@@ -70,6 +75,7 @@ class Request:
     node_id: str = ""
     initial_versions: dict[str, str] = field(default_factory=dict)   # delta, on a new stream
     at: float = 0.0                 # time.monotonic() when it arrived
+    service: str = "ads"            # the stream's service: "ads", or the type's own ("cds", "lds", ...)
 
     @property
     def nack(self) -> bool:
@@ -77,9 +83,10 @@ class Request:
 
 
 class _Stream:
-    def __init__(self, sid: int, delta: bool):
+    def __init__(self, sid: int, delta: bool, service: str):
         self.id = sid
         self.delta = delta
+        self.service = service
         self.outbox: queue.Queue = queue.Queue()
         self.subscribed: dict[str, set[str] | None] = {}    # type -> names (None: wildcard)
         self.sent_versions: dict[str, dict[str, str]] = {}   # delta: type -> name -> version the
@@ -108,8 +115,18 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "ControlPlane":
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, self._server)
+        # The per-type services (a client's api_config_source): the same server, one stream per type.
+        for add, servicer in ((lds_pb2_grpc.add_ListenerDiscoveryServiceServicer_to_server,
+                               _TypeService(self, "lds", "StreamListeners", "DeltaListeners")),
+                              (cds_pb2_grpc.add_ClusterDiscoveryServiceServicer_to_server,
+                               _TypeService(self, "cds", "StreamClusters", "DeltaClusters")),
+                              (rds_pb2_grpc.add_RouteDiscoveryServiceServicer_to_server,
+                               _TypeService(self, "rds", "StreamRoutes", "DeltaRoutes")),
+                              (eds_pb2_grpc.add_EndpointDiscoveryServiceServicer_to_server,
+                               _TypeService(self, "eds", "StreamEndpoints", "DeltaEndpoints"))):
+            add(servicer, self._server)
         self.port = self._server.add_insecure_port("127.0.0.1:0")
         self._server.start()
         return self
@@ -138,7 +155,7 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             self._versions[type_url] = version
             streams = list(self._streams)
         for s in streams:
-            if type_url in s.subscribed:
+            if type_url in s.subscribed and s.subscribed[type_url] != set():
                 self._push(s, type_url)
 
     def send_unrequested(self, type_url: str, resources: list[dict], version: str):
@@ -166,6 +183,12 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 raise AssertionError(f"control plane: condition not met in {timeout}s; requests: {self.requests}")
             return list(self.requests)
 
+    def wait_answered(self, timeout=20.0) -> list[Request]:
+        """Wait until every response sent so far has been ACKed or NACKed."""
+        def answered(rs):       # (called with the lock held, by wait_for)
+            return {n for _, _, _, n in self.responses} <= {r.response_nonce for r in rs}
+        return self.wait_for(answered, timeout)
+
     def acks(self, type_url: str) -> list[Request]:
         """The requests of a type that answer a response (ACK or NACK), in order."""
         with self._lock:
@@ -178,7 +201,7 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             version = self._versions.get(type_url, "")
             names = s.subscribed.get(type_url)
             nonce = str(next(self._nonces))
-        if names is not None and type_url in (ROUTE, ENDPOINT):
+        if names is not None and type_url in NAMED:
             held = {n: r for n, r in held.items() if n in names}
         if s.delta:
             # The difference from what the client ACKed holding (a NACKed response changed
@@ -208,15 +231,15 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 self.requests.append(Request(s.id, True, req.type_url, "", req.response_nonce,
                                              req.error_detail.message, list(req.resource_names_subscribe),
                                              list(req.resource_names_unsubscribe), req.node.id,
-                                             dict(req.initial_resource_versions), time.monotonic()))
+                                             dict(req.initial_resource_versions), time.monotonic(), s.service))
             else:
                 self.requests.append(Request(s.id, False, req.type_url, req.version_info, req.response_nonce,
                                              req.error_detail.message, list(req.resource_names),
-                                             node_id=req.node.id, at=time.monotonic()))
+                                             node_id=req.node.id, at=time.monotonic(), service=s.service))
             self._changed.notify_all()
 
-    def _serve(self, request_iterator, context, delta: bool):
-        s = _Stream(next(self._ids), delta)
+    def _serve(self, request_iterator, context, delta: bool, service: str = "ads"):
+        s = _Stream(next(self._ids), delta, service)
         with self._lock:
             self._streams.append(s)
 
@@ -233,15 +256,16 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                         names = s.subscribed.get(req.type_url) or set()
                         names |= set(req.resource_names_subscribe)
                         names -= set(req.resource_names_unsubscribe)
-                        s.subscribed[req.type_url] = names or None
+                        s.subscribed[req.type_url] = names if names or req.type_url in NAMED else None
                         if first and req.initial_resource_versions:
                             s.sent_versions[req.type_url] = dict(req.initial_resource_versions)
                         changed = first or req.resource_names_subscribe
                     else:
                         old = s.subscribed.get(req.type_url)
-                        s.subscribed[req.type_url] = set(req.resource_names) or None
+                        s.subscribed[req.type_url] = set(req.resource_names) \
+                            if req.resource_names or req.type_url in NAMED else None
                         changed = first or (old != s.subscribed[req.type_url] and not req.error_detail.message)
-                    if changed and req.type_url in self._resources:
+                    if changed and req.type_url in self._resources and s.subscribed[req.type_url] != set():
                         self._push(s, req.type_url)
             except grpc.RpcError:
                 pass
@@ -262,3 +286,14 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
     def DeltaAggregatedResources(self, request_iterator, context):
         return self._serve(request_iterator, context, delta=True)
+
+
+class _TypeService:
+    """One type's own discovery service (e.g. ListenerDiscoveryService: StreamListeners,
+    DeltaListeners) on the control plane's streams."""
+
+    def __init__(self, cp: ControlPlane, name: str, sotw: str, delta: str):
+        setattr(self, sotw, lambda it, ctx: cp._serve(it, ctx, delta=False, service=name))
+        setattr(self, delta, lambda it, ctx: cp._serve(it, ctx, delta=True, service=name))
+        # (REST-style Fetch*: not served; grpcio wants the method to exist.)
+        setattr(self, sotw.replace("Stream", "Fetch"), lambda req, ctx: ctx.abort(grpc.StatusCode.UNIMPLEMENTED, "no"))

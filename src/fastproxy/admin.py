@@ -22,8 +22,8 @@ thread of the main process; the data plane never sees it. Endpoints:
 ``GET  /config_dump``       the configuration as Envoy's envoy.admin.v3.ConfigDump JSON:
                             bootstrap, clusters, listeners, route configurations, each with
                             last_updated (``?resource=``, ``?mask=``; see
-                            :mod:`fastproxy.config.dump`); ``?include_eds`` is accepted
-                            and changes nothing (no EDS: endpoints are in the clusters)
+                            :mod:`fastproxy.config.dump`); ``?include_eds`` adds the
+                            EDS assignments (EndpointsConfigDump)
 ``POST /quitquitquit``      ask the proxy to drain and exit
 ``GET  /`` or ``/help``     this list
 ==========================  ================================================================
@@ -542,7 +542,8 @@ class _AdminHandler(BaseHTTPRequestHandler):
         and message as text."""
         from .config.dump import DumpQueryError
         try:
-            dump = self.admin.proxy.config_dump(query.get("resource") or None, query.get("mask") or None)
+            dump = self.admin.proxy.config_dump(query.get("resource") or None, query.get("mask") or None,
+                                                include_eds="include_eds" in query)
         except DumpQueryError as e:
             self._send(e.status, e.message)
             return

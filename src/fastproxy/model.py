@@ -15,7 +15,7 @@ from .errors import ConfigError
 from .http.model import AccessLog, HttpConnectionManager, validate_http
 
 LB_POLICIES = ("ROUND_ROBIN", "RANDOM")
-CLUSTER_TYPES = ("STATIC", "STRICT_DNS")
+CLUSTER_TYPES = ("STATIC", "STRICT_DNS", "EDS")
 
 
 def is_ip_literal(address: str) -> bool:
@@ -75,7 +75,7 @@ class Endpoint:
             raise ConfigError(path + ".address", f"Endpoint(address=...) must be a non-empty string, "
                                                  f"got {self.address!r}")
         check_endpoint_hostname(self.hostname, path + ".hostname")
-        if cluster_type == "STATIC" and not is_ip_literal(self.address):
+        if cluster_type in ("STATIC", "EDS") and not is_ip_literal(self.address):
             raise ConfigError(path + ".address",
                               f"Endpoint(address={self.address!r}): a STATIC cluster's endpoints must be IP "
                               "addresses (Cluster(type='STRICT_DNS') resolves host names)")
@@ -118,6 +118,16 @@ class Cluster:
     # upstreams exist in the data plane (issue 15), only the xDS client reaches such a
     # cluster (ads_config's gRPC channel); the loader refuses an HTTP route to it.
     http2: bool = False
+    # type EDS: the endpoints come from a discovery service (Envoy's eds_cluster_config):
+    # the ClusterLoadAssignment named eds_service_name (""; the cluster's name) from
+    # eds_config. Until it arrives the cluster has no endpoints (fastproxy.xds fills them).
+    eds_service_name: str = ""
+    eds_config: Optional["ConfigSource"] = None
+
+    @property
+    def eds_name(self) -> str:
+        """The name of the ClusterLoadAssignment an EDS cluster takes its endpoints from."""
+        return self.eds_service_name or self.name
 
     def validate(self, path: str = "cluster") -> None:
         """Check the fields and the endpoints; ``path`` names this cluster in errors."""
@@ -127,6 +137,9 @@ class Cluster:
             raise ConfigError(path + ".type", f"unsupported cluster type {self.type!r} (supported: {', '.join(CLUSTER_TYPES)})")
         if self.lb_policy not in LB_POLICIES:
             raise ConfigError(path + ".lb_policy", f"unsupported lb_policy {self.lb_policy!r} (supported: {', '.join(LB_POLICIES)})")
+        if (self.type == "EDS") != isinstance(self.eds_config, ConfigSource):
+            raise ConfigError(path + ".eds_config", "a cluster of type EDS needs eds_config (a ConfigSource), "
+                                                    "and only such a cluster takes one")
         rules.timeout(path + ".connect_timeout", self.connect_timeout, allow_none=False)
         rules.timeout(path + ".dns_refresh_rate", self.dns_refresh_rate, allow_none=False)
         if self.dns_lookup_family not in rules.DNS_LOOKUP_FAMILIES:
@@ -355,12 +368,15 @@ class ConfigSource:
     watched_directory: Optional[str] = None
     ads: bool = False
     initial_fetch_timeout: float = 15.0     # seconds; 0: do not wait (Envoy's default: 15 s)
+    # api_config_source: a stream of this type's own (not aggregated) to a management server.
+    api: Optional["AdsConfig"] = None
 
 
 @dataclass
 class AdsConfig:
     """dynamic_resources.ads_config: one gRPC stream to a management server for every type
-    whose ConfigSource is ``ads`` (Envoy's aggregated discovery service). ``cluster_name``
+    whose ConfigSource is ``ads`` (Envoy's aggregated discovery service); also, as a
+    ConfigSource's ``api``, one type's own stream (api_config_source). ``cluster_name``
     names the static cluster whose endpoint is the server; ``delta``: DELTA_GRPC
     (incremental) instead of GRPC (state of the world)."""
 

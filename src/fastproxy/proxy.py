@@ -101,7 +101,7 @@ def resolve_endpoints(cluster: Cluster) -> list[tuple[str, int, int, str]]:
     "" (a STATIC endpoint: the Host stays). Blocking: main thread only."""
     out = []
     for ep in cluster.endpoints:
-        if cluster.type == "STATIC":
+        if cluster.type != "STRICT_DNS":       # STATIC, EDS: IP addresses
             out.append((ep.address, ep.port, ep.weight, ep.hostname))
             continue
         try:
@@ -308,9 +308,8 @@ class Proxy:
                               admin, node if node is not None else Node(), max_downstream_connections,
                               dynamic_resources)
         bootstrap.validate_once()       # (what load_envoy validated is not validated again)
-        if dynamic_resources is not None:
-            from .xds.resources import check_node
-            check_node(bootstrap.node, dynamic_resources)
+        from .xds.resources import check_node
+        check_node(bootstrap.node, dynamic_resources, bootstrap.listeners, bootstrap.clusters)
         if concurrency is None or concurrency == 0:
             concurrency = os.cpu_count() or 1
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
@@ -422,11 +421,11 @@ class Proxy:
             self._state = "running"
             if any(c.model.type == "STRICT_DNS" for c in self._clusters.values()):
                 self._start_dns()
-            dynamic = self._bootstrap.dynamic_resources
-            if dynamic is not None and (dynamic.lds is not None or dynamic.cds is not None):
+            from .xds.discovery import needs_discovery
+            if needs_discovery(self._bootstrap):
                 # The initial fetch is done when this returns (the files are read here).
                 from .xds.discovery import Discovery
-                self._xds = Discovery(self, dynamic)
+                self._xds = Discovery(self, self._bootstrap.dynamic_resources)
                 self._xds.start()
             if self._bootstrap.admin is not None:
                 from .admin import AdminServer
@@ -437,12 +436,13 @@ class Proxy:
                     self._admin_server.state = "INITIALIZING"
                 self._admin_server.start()
         if self._xds is not None:
-            # ADS: the initial fetch (files were read above). Meanwhile the admin's /ready
-            # says INITIALIZING (503), as Envoy's does until its initial fetch is done.
+            # The initial fetch (CDS, EDS, LDS, RDS; files were read above). Meanwhile the
+            # admin's /ready says INITIALIZING (503), as Envoy's does until it is done.
             admin = self._admin_server
             self._xds.wait_initial()
-            if admin is not None and admin.state == "INITIALIZING":
-                admin.state = "LIVE"
+            if admin is not None:
+                self._xds.when_initialized(lambda: setattr(admin, "state", "LIVE")
+                                           if admin.state == "INITIALIZING" else None)
         for name in self._listeners:
             host, port = self.listener_address(name)
             # debug: the command line prints these addresses itself, once
@@ -634,6 +634,13 @@ class Proxy:
         with self._lock:
             return list(self._warming)
 
+    def route_configs_in_use(self) -> set[str]:
+        """The names of the RDS route configurations some listener version serving now
+        takes its routes from (also a changed listener's previous version while its new
+        one warms): what an RDS subscription must keep (fastproxy.xds)."""
+        with self._lock:
+            return {name for name, _ in self._rds_providers}
+
     # ---- the config dump (admin /config_dump) ----
 
     def _track(self, b: Bootstrap) -> None:
@@ -686,15 +693,22 @@ class Proxy:
         with self._lock:
             self._discovery_versions[type_name] = version_info
 
-    def config_dump(self, resource: Optional[str] = None, mask: Optional[str] = None) -> dict:
+    def config_dump(self, resource: Optional[str] = None, mask: Optional[str] = None,
+                    include_eds: bool = False) -> dict:
         """The configuration in Envoy's ``/config_dump`` shape (envoy.admin.v3.ConfigDump,
         as JSON types): the bootstrap the proxy was made with, then the clusters, listeners
         and route configurations in force, each with its last_updated (and, for one from
         a discovery service, its version_info). ``resource`` and ``mask`` are the admin's
         ``?resource=`` and ``?mask=`` (see fastproxy.config.dump.apply_query); what Envoy
-        refuses raises fastproxy.config.dump.DumpQueryError (a ValueError)."""
+        refuses raises fastproxy.config.dump.DumpQueryError (a ValueError). ``include_eds``
+        adds the EDS assignments (EndpointsConfigDump), as the admin's ``?include_eds``."""
         from .admin import package_version
         from .config import dump
+        xds = self._xds
+        endpoints = None
+        if include_eds:
+            endpoints = [(name, eps, version, updated) for (name, eps), version, updated in
+                         (xds.resources.discovered("endpoints") if xds is not None else [])]
         with self._lock:
             b = self._bootstrap
             states = {kind: {name: st for name, (_, st) in entries.items()}
@@ -705,7 +719,7 @@ class Proxy:
                         if d.state is not None and d.state.dynamic]
             full = dump.build(self._initial_bootstrap, self._created, node, list(b.listeners),
                               list(b.clusters), states["listener"], states["cluster"], states["route"],
-                              dict(self._discovery_versions), dict(self._routes), draining)
+                              dict(self._discovery_versions), dict(self._routes), endpoints, draining)
         return dump.apply_query(full, resource, mask)
 
     # ---- hot restart (fastproxy.hot_restart drives these) ----

@@ -392,7 +392,13 @@ def test_bootstrap_dynamic_resources_fields(tmp_path):
     ({"ads_config": {"api_type": "REST"}}, "dynamic_resources.ads_config.api_type", "GRPC"),
     ({"lds_config": {"ads": {}}}, "dynamic_resources.lds_config.ads", "requires dynamic_resources.ads_config"),
     ({"cds_config": {"api_config_source": {"api_type": "DELTA_GRPC"}}},
-     "dynamic_resources.cds_config.api_config_source", "api_config_source"),
+     "dynamic_resources.cds_config.api_config_source.grpc_services", "exactly one"),
+    ({"cds_config": {"api_config_source": {"api_type": "REST"}}},
+     "dynamic_resources.cds_config.api_config_source.api_type", "REST is not supported"),
+    ({"lds_config": {"api_config_source": {"api_type": "GRPC", "grpc_services": [
+        {"envoy_grpc": {"cluster_name": "nope"}}]}}},
+     "dynamic_resources.lds_config.api_config_source.grpc_services[0].envoy_grpc.cluster_name",
+     "unknown static cluster 'nope'"),
     ({"lds_config": {"path": "/nonexistent/lds.yaml"}}, "dynamic_resources.lds_config.path", "does not exist"),
     ({"lds_config": {"resource_api_version": "V2", "path": "."}},
      "dynamic_resources.lds_config.resource_api_version", "V3"),
@@ -404,11 +410,6 @@ def test_unsupported_dynamic_resources_are_refused_by_path(dynamic, path, words)
     assert e.value.path == path and words in str(e.value)
 
 
-def test_eds_is_refused_by_path():
-    eds = {"name": "e", "type": "EDS", "eds_cluster_config": {"service_name": "e"}}
-    with pytest.raises(ConfigError) as e:
-        load_envoy(envoy_bootstrap(clusters=[eds]))
-    assert "EDS" in str(e.value)
 
 
 def test_dynamic_resources_need_the_node_identity(tmp_path):

@@ -33,7 +33,7 @@ from ..http import model as mh
 from ..http import native_filters as nf
 
 # Type URLs: each has one home, in the loader that reads it.
-from .envoy import (CLUSTER_TYPE, HTTP_PROTOCOL_OPTIONS, LISTENER_TYPE, ROUTE_CONFIG_TYPE,
+from .envoy import (CLUSTER_TYPE, ENDPOINT_TYPE, HTTP_PROTOCOL_OPTIONS, LISTENER_TYPE, ROUTE_CONFIG_TYPE,
                     TCP_PROXY_TYPE)
 from .http import FILE_ACCESS_LOG_TYPE, FILTER_CONFIG_TYPE, HCM_TYPE, ROUTER_TYPE
 
@@ -107,10 +107,22 @@ def cluster_json(c: model.Cluster) -> dict:
             options["common_http_protocol_options"] = common
         options["explicit_http_config"] = {"http2_protocol_options" if c.http2 else "http_protocol_options": {}}
         out["typed_extension_protocol_options"] = {HTTP_PROTOCOL_OPTIONS: options}
-    assignment: Dict[str, Any] = {"cluster_name": c.name}
-    if c.endpoints:
+    if c.type == "EDS":
+        # Its endpoints are EDS's (EndpointsConfigDump, ?include_eds), not the cluster's.
+        eds: Dict[str, Any] = {"eds_config": config_source_json(c.eds_config)}
+        _put(eds, "service_name", c.eds_service_name, "")
+        out["eds_cluster_config"] = eds
+        return out
+    out["load_assignment"] = load_assignment_json(c.name, c.endpoints)
+    return out
+
+
+def load_assignment_json(name: str, endpoints: Iterable[model.Endpoint]) -> dict:
+    """An envoy.config.endpoint.v3.ClusterLoadAssignment."""
+    assignment: Dict[str, Any] = {"cluster_name": name}
+    if endpoints:
         lb = []
-        for e in c.endpoints:
+        for e in endpoints:
             endpoint: Dict[str, Any] = {"address": _socket_address(e.address, e.port)}
             if e.hostname:
                 endpoint["hostname"] = e.hostname
@@ -119,8 +131,7 @@ def cluster_json(c: model.Cluster) -> dict:
                 entry["load_balancing_weight"] = e.weight
             lb.append(entry)
         assignment["endpoints"] = [{"lb_endpoints": lb}]
-    out["load_assignment"] = assignment
-    return out
+    return assignment
 
 
 # --- listeners ----------------------------------------------------------------------------
@@ -330,6 +341,8 @@ def config_source_json(src: model.ConfigSource) -> dict:
     out: Dict[str, Any] = {"resource_api_version": "V3"}
     if src.ads:
         out["ads"] = {}
+    elif src.api is not None:
+        out["api_config_source"] = api_config_source_json(src.api)
     else:
         pcs: Dict[str, Any] = {"path": src.path}
         if src.watched_directory is not None:
@@ -338,6 +351,12 @@ def config_source_json(src: model.ConfigSource) -> dict:
     if src.initial_fetch_timeout != 15.0:
         out["initial_fetch_timeout"] = f"{src.initial_fetch_timeout:g}s"
     return out
+
+
+def api_config_source_json(api: model.AdsConfig) -> dict:
+    """An envoy.config.core.v3.ApiConfigSource (ads_config, api_config_source)."""
+    return {"api_type": "DELTA_GRPC" if api.delta else "GRPC", "transport_api_version": "V3",
+            "grpc_services": [{"envoy_grpc": {"cluster_name": api.cluster_name}}]}
 
 
 def _access_log(entry: mh.AccessLog) -> dict:
@@ -612,6 +631,15 @@ def bootstrap_json(b: model.Bootstrap) -> dict:
             runtime[f"envoy.resource_limits.listener.{l.name}.connection_limit"] = l.max_connections
     if runtime:
         out["layered_runtime"] = {"layers": [{"name": "static", "static_layer": runtime}]}
+    dyn = b.dynamic_resources
+    if dyn is not None:
+        dynamic: Dict[str, Any] = {}
+        for key, src in (("lds_config", dyn.lds), ("cds_config", dyn.cds)):
+            if src is not None:
+                dynamic[key] = config_source_json(src)
+        if dyn.ads is not None:
+            dynamic["ads_config"] = api_config_source_json(dyn.ads)
+        out["dynamic_resources"] = dynamic
     return out
 
 
@@ -648,14 +676,17 @@ def route_configs(listeners: Iterable[model.Listener]) -> list:
 
 def build(bootstrap: model.Bootstrap, started: float, node: dict, listeners: list, clusters: list,
           listener_states: dict, cluster_states: dict, route_states: dict,
-          versions: Optional[dict] = None, routes: Optional[dict] = None, draining: Iterable = ()) -> dict:
+          versions: Optional[dict] = None, routes: Optional[dict] = None,
+          endpoints: Optional[list] = None, draining: Iterable = ()) -> dict:
     """The full ConfigDump. ``bootstrap``: what the proxy started with; ``listeners`` /
     ``clusters``: those in force; ``*_states``: name -> ResourceState (route configurations
     inline in a listener by that listener's name, those of ``routes`` (RDS: name ->
     RouteConfiguration) by their own); ``versions``: the last accepted version per discovery
     type ("clusters", "listeners"), the ClustersConfigDump / ListenersConfigDump version_info;
-    ``draining``: (listener, ResourceState) of the old versions of discovered listeners
-    still draining (a DynamicListener's draining_state)."""
+    ``endpoints`` (``?include_eds``): [(assignment name, [model.Endpoint], version_info,
+    last_updated)] of EDS, the EndpointsConfigDump's dynamic_endpoint_configs; ``draining``:
+    (listener, ResourceState) of the old versions of discovered listeners still draining (a
+    DynamicListener's draining_state)."""
     versions = versions or {}
     boot = bootstrap_json(bootstrap)
     boot["node"] = {**boot.get("node", {}), **node}
@@ -710,6 +741,20 @@ def build(bootstrap: model.Bootstrap, started: float, node: dict, listeners: lis
                                                 ROUTE_CONFIG_TYPE, st))
     configs.append(rdump)
     configs.append({"@type": ADMIN + "SecretsConfigDump"})
+    if endpoints is not None:
+        # As Envoy 1.40's: every cluster's endpoints, a static (or DNS) cluster's as static
+        # entries without a time; an EDS one's as dynamic entries, here also with the
+        # version and time of the response that gave them (Envoy leaves those out).
+        edump: Dict[str, Any] = {"@type": ADMIN + "EndpointsConfigDump"}
+        for c in clusters:
+            if c.type != "EDS":
+                edump.setdefault("static_endpoint_configs", []).append(
+                    {"endpoint_config": {"@type": ENDPOINT_TYPE, **load_assignment_json(c.name, c.endpoints)}})
+        for name, eps, version, updated in endpoints:
+            entry = _entry("endpoint_config", load_assignment_json(name, eps), ENDPOINT_TYPE,
+                           ResourceState(updated, True, version))
+            edump.setdefault("dynamic_endpoint_configs", []).append(entry)
+        configs.append(edump)
     return {"configs": configs}
 
 
@@ -741,6 +786,9 @@ _ENTRY = {"StaticCluster": {"cluster": "any", "last_updated": "scalar"},
                                        "last_updated": "scalar"},
           "DynamicScopedRouteConfigs": {"name": "scalar", "version_info": "scalar",
                                         "scoped_route_configs": "repeated", "last_updated": "scalar"},
+          "DynamicEndpointConfig": {"version_info": "scalar", "endpoint_config": "any", "last_updated": "scalar",
+                                    "error_state": "message", "client_status": "scalar"},
+          "StaticEndpointConfig": {"endpoint_config": "any", "last_updated": "scalar"},
           "StaticSecret": {"name": "scalar", "last_updated": "scalar", "secret": "any"},
           "DynamicSecret": {"name": "scalar", "version_info": "scalar", "last_updated": "scalar",
                             "secret": "any", "error_state": "message", "client_status": "scalar"}}
@@ -757,6 +805,8 @@ _DUMPS = {
                                "dynamic_scoped_route_configs": ("repeated", "DynamicScopedRouteConfigs")},
     "RoutesConfigDump": {"static_route_configs": ("repeated", "StaticRouteConfig"),
                          "dynamic_route_configs": ("repeated", "DynamicRouteConfig")},
+    "EndpointsConfigDump": {"static_endpoint_configs": ("repeated", "StaticEndpointConfig"),
+                            "dynamic_endpoint_configs": ("repeated", "DynamicEndpointConfig")},
     "SecretsConfigDump": {"static_secrets": ("repeated", "StaticSecret"),
                           "dynamic_active_secrets": ("repeated", "DynamicSecret"),
                           "dynamic_warming_secrets": ("repeated", "DynamicSecret")},
@@ -862,5 +912,5 @@ def apply_query(dump: dict, resource: Optional[str] = None, mask: Optional[str] 
     return {"configs": out}
 
 
-__all__ = ["bootstrap_json", "cluster_json", "listener_json", "route_config_json", "hcm_json", "config_source_json",
+__all__ = ["bootstrap_json", "cluster_json", "load_assignment_json", "api_config_source_json", "listener_json", "route_config_json", "hcm_json", "config_source_json",
            "build", "apply_query", "ResourceState", "DumpQueryError", "duration", "timestamp"]

@@ -1,20 +1,15 @@
-"""ads_config: the ADS transport (ads_client.AdsClient) on the resource layer
-(resources.XdsResources), for every type whose config source is ``ads``.
+"""The gRPC transports (ads_client.AdsClient) on the resource layer (resources.XdsResources):
+the bootstrap's ADS stream (ads_config: every type whose config source is ``ads``) and the
+non-aggregated ones (a config source's api_config_source: one stream per type, on the
+type's own discovery service, e.g. ListenerDiscoveryService.StreamListeners). Both are the
+same client with another service; what they receive is applied the same way.
 
-The management server is the first endpoint of the static cluster ads_config names. Each
+The management server is the first endpoint of the static cluster the source names. Each
 response goes to XdsResources.apply(): ACKed when it is installed, NACKed with the
 ConfigError's text (the offending field's path, rooted at ``resources[i]``) when it is
-refused. Delta responses carry changes only: the resources held are kept here and the
-resource layer, which works on whole sets, gets the set they make.
-
-Stats: the subscription's (listener_manager.lds.*, cluster_manager.cds.*: update_attempt
-per response, update_failure for a stream that fails, success and rejection counted by the
-resource layer) and Envoy's ``control_plane.connected_state`` gauge.
-
-Initial fetch: Proxy.start() waits (after releasing the proxy's lock, which applying a
-response takes) for the first response of each type, at most the
-longest initial_fetch_timeout of the types (Envoy's default 15 s; 0: no wait), so that a
-proxy serves the discovered configuration as soon as start() returns, as with files.
+refused. Delta LDS/CDS responses carry changes only: the resources held are kept here and
+the resource layer, which works on whole sets there, gets the set they make (RDS and EDS
+responses update the named resources they hold, delta or not).
 """
 from __future__ import annotations
 
@@ -22,8 +17,8 @@ import logging
 from typing import Any, Optional
 
 from ..errors import ConfigError
-from ..model import DynamicResources
-from .ads_client import AdsClient
+from ..model import AdsConfig
+from .ads_client import ADS_SERVICE, TYPE_SERVICES, AdsClient
 from .resources import CLUSTER_TYPE, LISTENER_TYPE, XdsResources
 
 log = logging.getLogger("fastproxy.config")
@@ -41,72 +36,82 @@ def node_dict(node: Any) -> dict:
     return out
 
 
-class AdsDiscovery:
-    """The ADS subscriptions of a proxy."""
+def grpc_target(proxy: Any, source: AdsConfig, path: str) -> str:
+    """host:port of the management server: the first endpoint of the source's cluster."""
+    cluster = next((c for c in proxy.config.clusters if c.name == source.cluster_name), None)
+    if cluster is None or not cluster.endpoints:
+        raise ConfigError(path, f"cluster {source.cluster_name!r} has no endpoint to reach the "
+                                "management server at")
+    e = cluster.endpoints[0]
+    host = f"[{e.address}]" if ":" in e.address else e.address
+    return f"{host}:{e.port}"
 
-    def __init__(self, proxy: Any, dynamic: DynamicResources, resources: Optional[XdsResources] = None):
-        assert dynamic.ads is not None
-        self.resources = resources if resources is not None else XdsResources(proxy, proxy.config)
-        sources = [(url, src) for url, src in ((CLUSTER_TYPE, dynamic.cds), (LISTENER_TYPE, dynamic.lds))
-                   if src is not None and src.ads]
-        self.types = [url for url, _ in sources]                # CDS before LDS, as Envoy asks
-        self.fetch_timeout = max((src.initial_fetch_timeout for _, src in sources), default=0.0)
-        self.delta = dynamic.ads.delta
-        cluster = next(c for c in proxy.config.clusters if c.name == dynamic.ads.cluster_name)
-        if not cluster.endpoints:
-            raise ConfigError("dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name",
-                              f"cluster {cluster.name!r} has no endpoint to reach the management server at")
-        e = cluster.endpoints[0]
-        host = f"[{e.address}]" if ":" in e.address else e.address
-        self.client = AdsClient(f"{host}:{e.port}", node_dict(proxy.config.node), self.types,
-                                self._apply, delta=self.delta)
-        self._held: dict = {t: {} for t in self.types}          # delta: name -> resource
+
+class GrpcTransport:
+    """One stream to a management server: ADS (``type_url`` None) or one type's own."""
+
+    def __init__(self, proxy: Any, resources: XdsResources, source: AdsConfig, path: str,
+                 type_url: Optional[str] = None):
+        self.resources = resources
+        self.delta = source.delta
+        self.aggregated = type_url is None
+        service = ADS_SERVICE if type_url is None else TYPE_SERVICES[type_url]
+        self.client = AdsClient(grpc_target(proxy, source, path), node_dict(proxy.config.node), [],
+                                self._apply, delta=self.delta, service=service)
+        self._held: dict = {}           # delta LDS/CDS: type -> name -> resource
+        self._started = False
 
     def start(self) -> None:
-        self.client.start()
+        if not self._started:
+            self._started = True
+            self.client.start()
 
-    def wait_initial(self) -> None:
-        """Called without the proxy's lock held: applying a response takes it."""
-        if self.fetch_timeout > 0 and not self.client.wait_initial(self.fetch_timeout):
-            log.warning("xds: the initial fetch did not finish in %gs; serving what there is",
-                        self.fetch_timeout)
+    def stop(self, wait: bool = True) -> None:
+        if self._started:
+            self.client.stop(wait)
 
-    def stop(self) -> None:
-        self.client.stop()
+    def subscribe(self, type_url: str, names: Optional[Any] = None) -> None:
+        self.client.subscribe(type_url, names)
+
+    def subscribed(self, type_url: str) -> bool:
+        return type_url in self.client.types
+
+    def names(self, type_url: str) -> set:
+        """The names subscribed to (a wildcard or nothing: none)."""
+        st = self.client.types.get(type_url)
+        return set(st.names or ()) if st is not None else set()
+
+    def responded(self, type_url: str) -> bool:
+        st = self.client.types.get(type_url)
+        return st is not None and st.responded.is_set()
 
     def _apply(self, type_url: str, resources: list, version: str, removed: list) -> Optional[str]:
-        stats = self.resources.stats[type_url]
-        stats.count("update_attempt")
-        if self.delta:
-            held = dict(self._held[type_url])
+        whole = type_url in (LISTENER_TYPE, CLUSTER_TYPE)
+        if whole:
+            self.resources.stats[type_url].count("update_attempt")
+        held = None
+        if self.delta and whole:
+            held = dict(self._held.get(type_url, {}))
             for r in resources:
                 held[r.get("name", "")] = r
             for name in removed:
                 held.pop(name, None)
-            full = list(held.values())
+            full, removed = list(held.values()), []
         else:
             full = resources
         try:
-            self.resources.apply(type_url, version, full)
+            self.resources.apply(type_url, version, full, removed)
         except ConfigError as e:
-            return str(e)               # logged and counted (update_rejected) by apply()
+            # Logged and counted (update_rejected) by apply(). A refused response still ends
+            # its step of the initialization (Envoy's onConfigUpdateFailed).
+            if self.resources.on_change is not None:
+                self.resources.on_change()
+            return str(e)
         except RuntimeError as e:       # the proxy stopped meanwhile
             return f"not applied: {e}"
-        if self.delta:
+        if held is not None:
             self._held[type_url] = held
         return None
 
-    def read_stats(self) -> dict:
-        out: dict = {"control_plane.connected_state": 1 if self.client.connected.is_set() else 0}
-        for t in self.types:
-            out.update(self.resources.stats[t].read())
-        return out
 
-    def gauge_names(self) -> set:
-        names = {"control_plane.connected_state"}
-        for t in self.types:
-            names |= self.resources.stats[t].gauge_names()
-        return names
-
-
-__all__ = ["AdsDiscovery", "node_dict"]
+__all__ = ["GrpcTransport", "grpc_target", "node_dict"]

@@ -28,7 +28,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 log = logging.getLogger("fastproxy.xds")
 
@@ -72,31 +72,55 @@ def _require_grpc():
         raise ImportError("xDS needs grpcio and xds-protos: pip install 'fastproxy[xds]'") from e
 
 
+# Where each type is served: the aggregated service (ADS, every type on one stream) or the
+# type's own (api_config_source): (module, stub, state-of-the-world method, delta method).
+ADS_SERVICE = ("envoy.service.discovery.v3.ads_pb2_grpc", "AggregatedDiscoveryServiceStub",
+               "StreamAggregatedResources", "DeltaAggregatedResources")
+TYPE_SERVICES = {
+    "type.googleapis.com/envoy.config.listener.v3.Listener":
+        ("envoy.service.listener.v3.lds_pb2_grpc", "ListenerDiscoveryServiceStub", "StreamListeners", "DeltaListeners"),
+    "type.googleapis.com/envoy.config.cluster.v3.Cluster":
+        ("envoy.service.cluster.v3.cds_pb2_grpc", "ClusterDiscoveryServiceStub", "StreamClusters", "DeltaClusters"),
+    "type.googleapis.com/envoy.config.route.v3.RouteConfiguration":
+        ("envoy.service.route.v3.rds_pb2_grpc", "RouteDiscoveryServiceStub", "StreamRoutes", "DeltaRoutes"),
+    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment":
+        ("envoy.service.endpoint.v3.eds_pb2_grpc", "EndpointDiscoveryServiceStub", "StreamEndpoints", "DeltaEndpoints"),
+}
+
+
 @dataclass
 class TypeState:
     """What the client holds of one resource type."""
     version: str = ""                   # the last version applied (ACKed)
     nonce: str = ""                     # the last response's nonce
-    names: list = field(default_factory=list)       # SotW: subscribed names ([]: wildcard)
+    names: Optional[set] = None         # subscribed names (None: wildcard, every resource)
+    sent: set = field(default_factory=set)          # delta: names subscribed on this stream
     resource_versions: dict = field(default_factory=dict)   # delta: name -> version held
     attempts: int = 0                   # responses received (update_attempt)
     successes: int = 0                  # ... applied (update_success)
     rejections: int = 0                 # ... refused (update_rejected)
+    responded: threading.Event = field(default_factory=threading.Event)    # a first response came
 
 
 class AdsClient:
-    """One ADS stream to `target` ("host:port") for `type_urls`, in that order (Envoy asks
-    for clusters before listeners). `node` is a dict in Envoy's JSON shape (id, cluster,
-    metadata, locality)."""
+    """One stream to `target` ("host:port"): the aggregated service (ADS) for `type_urls`
+    (wildcard subscriptions, in that order: Envoy asks for clusters before listeners), or,
+    with `service` (a TYPE_SERVICES entry), the one type's own discovery service. More
+    types and names are subscribed with subscribe(). `node` is a dict in Envoy's JSON
+    shape (id, cluster, metadata, locality)."""
 
     def __init__(self, target: str, node: dict, type_urls: list, apply: ApplyFn, *,
-                 delta: bool = False, backoff_base: float = 0.5, backoff_max: float = 30.0):
+                 delta: bool = False, backoff_base: float = 0.5, backoff_max: float = 30.0,
+                 service: tuple = ADS_SERVICE):
         _require_grpc()
         self.target = target
         self.node = node
         self.delta = delta
         self.apply = apply
-        self.types = {t: TypeState() for t in type_urls}
+        self.service = service
+        self.types: dict = {}
+        for t in type_urls:
+            self.types[t] = TypeState()
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.connected = threading.Event()      # control_plane.connected_state
@@ -105,8 +129,9 @@ class AdsClient:
         self._thread: Optional[threading.Thread] = None
         self._channel = None
         self._call = None
-        self._first_applied: dict = {t: threading.Event() for t in type_urls}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._out: Optional[queue.Queue] = None     # the open stream's requests
+        self._node_sent = False                     # ... its first one carried the node
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "AdsClient":
@@ -114,21 +139,62 @@ class AdsClient:
         self._thread.start()
         return self
 
-    def stop(self):
+    def stop(self, wait: bool = True):
+        """End the stream. ``wait``: join the client's thread (not from a thread that holds
+        what its last response's `apply` may be waiting for)."""
         self._stop.set()
         call = self._call
         if call is not None:
             call.cancel()
+        if not wait:
+            return                      # (the thread closes nothing more; the channel is dropped with it)
         if self._thread is not None:
             self._thread.join(timeout=10)
         if self._channel is not None:
             self._channel.close()
 
     def wait_initial(self, timeout: float) -> bool:
-        """Every type has had a response (applied or not) within `timeout` seconds: Envoy's
-        initial fetch, after which /ready may say LIVE."""
+        """Every type subscribed so far has had a response (applied or not) within
+        `timeout` seconds."""
         end = time.monotonic() + timeout
-        return all(ev.wait(max(0.0, end - time.monotonic())) for ev in self._first_applied.values())
+        return all(st.responded.wait(max(0.0, end - time.monotonic())) for st in list(self.types.values()))
+
+    def pending_requests(self) -> int:
+        """Requests waiting to go out on the stream (Envoy's control_plane.pending_requests)."""
+        out = self._out
+        return out.qsize() if out is not None else 0
+
+    # ------------------------------------------------------------------ subscriptions
+    def subscribe(self, type_url: str, names: Optional[Any] = None) -> None:
+        """Subscribe to `type_url`'s resources `names` (None: all of them, a wildcard), or
+        change the names of a subscription: a request goes out at once on an open stream
+        (when called from `apply`, before that response's ACK: as Envoy, which sends the
+        EDS request a CDS response makes before the CDS ACK, and RDS's before LDS's)."""
+        with self._lock:
+            names = None if names is None else set(names)
+            st = self.types.get(type_url)
+            if st is None:
+                st = self.types[type_url] = TypeState(names=names)
+                req = self._first_request(type_url)
+            elif st.names == names:
+                return
+            else:
+                st.names = names
+                if names is not None:           # what is no longer subscribed is forgotten
+                    for n in [n for n in st.resource_versions if n not in names]:
+                        del st.resource_versions[n]
+                req = self._change_request(type_url)
+            if self._out is None:
+                return                          # the next stream asks for it
+            self._send(req)
+
+    def _send(self, req) -> None:
+        from google.protobuf import json_format
+        if not self._node_sent:
+            json_format.ParseDict(self.node, req.node)
+            self._node_sent = True
+        assert self._out is not None
+        self._out.put(req)
 
     # ------------------------------------------------------------------ the stream
     def _requests(self, out: "queue.Queue"):
@@ -138,31 +204,50 @@ class AdsClient:
                 return
             yield req
 
-    def _first_request(self, type_url: str, first_of_stream: bool):
+    def _first_request(self, type_url: str):
+        """A type's first request on a stream: what it subscribes to, and what it holds."""
         from envoy.service.discovery.v3 import discovery_pb2
-        from google.protobuf import json_format
         st = self.types[type_url]
+        names = sorted(st.names) if st.names is not None else []
         if self.delta:
-            req = discovery_pb2.DeltaDiscoveryRequest(type_url=type_url)
+            req = discovery_pb2.DeltaDiscoveryRequest(type_url=type_url, resource_names_subscribe=names)
             req.initial_resource_versions.update(st.resource_versions)
+            st.sent = set(names)
         else:
             req = discovery_pb2.DiscoveryRequest(type_url=type_url, version_info=st.version,
-                                                 resource_names=st.names)
-        if first_of_stream:
-            json_format.ParseDict(self.node, req.node)
+                                                 resource_names=names)
         return req
+
+    def _change_request(self, type_url: str):
+        """The request that changes a subscription's names on an open stream."""
+        from envoy.service.discovery.v3 import discovery_pb2
+        st = self.types[type_url]
+        names = st.names if st.names is not None else set()
+        if self.delta:
+            req = discovery_pb2.DeltaDiscoveryRequest(
+                type_url=type_url, resource_names_subscribe=sorted(names - st.sent),
+                resource_names_unsubscribe=sorted(st.sent - names))
+            st.sent = set(names)
+            return req
+        return discovery_pb2.DiscoveryRequest(type_url=type_url, version_info=st.version,
+                                              response_nonce=st.nonce, resource_names=sorted(names))
 
     def _run(self):
         import grpc
-        from envoy.service.discovery.v3 import ads_pb2_grpc
+        import importlib
         failures = 0
+        module, stub_name, sotw, delta = self.service
         self._channel = grpc.insecure_channel(self.target)
-        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self._channel)
+        stub = getattr(importlib.import_module(module), stub_name)(self._channel)
         while not self._stop.is_set():
             out: queue.Queue = queue.Queue()
-            for i, t in enumerate(self.types):
-                out.put(self._first_request(t, i == 0))
-            method = stub.DeltaAggregatedResources if self.delta else stub.StreamAggregatedResources
+            with self._lock:
+                self._out, self._node_sent = out, False
+                for t in list(self.types):
+                    st = self.types[t]
+                    st.nonce = ""
+                    self._send(self._first_request(t))
+            method = getattr(stub, delta if self.delta else sotw)
             self._call = method(self._requests(out))
             self.streams += 1
             try:
@@ -176,6 +261,8 @@ class AdsClient:
                 if not self._stop.is_set():
                     log.warning("xds: stream to %s failed: %s", self.target, e.code())
             finally:
+                with self._lock:
+                    self._out = None
                 out.put(None)
                 self.connected.clear()
             if self._stop.is_set():
@@ -197,6 +284,7 @@ class AdsClient:
             return None
         st.attempts += 1
         st.nonce = resp.nonce
+        st.responded.set()              # (before apply: what it subscribes may depend on it)
 
         def as_dict(any_msg):
             return json_format.MessageToDict(any_msg, preserving_proto_field_name=True)
@@ -230,14 +318,12 @@ class AdsClient:
         else:
             st.rejections += 1
             log.warning("xds: rejected %s version %s: %s", type_url, version, error)
-        ev = self._first_applied.get(type_url)
-        if ev is not None:
-            ev.set()
         if self.delta:
             req = discovery_pb2.DeltaDiscoveryRequest(type_url=type_url, response_nonce=resp.nonce)
         else:
             req = discovery_pb2.DiscoveryRequest(type_url=type_url, version_info=st.version,
-                                                 response_nonce=resp.nonce, resource_names=st.names)
+                                                 response_nonce=resp.nonce,
+                                                 resource_names=sorted(st.names) if st.names is not None else [])
         if error is not None:
             req.error_detail.code = 3   # INVALID_ARGUMENT, as Envoy sends
             req.error_detail.message = error

@@ -100,24 +100,38 @@ class FileSubscription:
         directory, name = os.path.split(os.path.abspath(self.source.path))
         return directory, name
 
+    def count(self, counter: str) -> None:
+        """A subscription counter: the type's (LDS, CDS), or each named resource's this
+        file feeds (RDS, EDS)."""
+        if self.type_url in self.resources.stats:
+            self.resources.stats[self.type_url].count(counter)
+        else:
+            self.resources.count_named(self.type_url, counter, self.names())
+
+    def names(self) -> list:
+        """RDS, EDS: the names in force that this file is the source of."""
+        return [n for n, src in self.resources.wanted()[self.type_url].items()
+                if src is not None and src.path == self.source.path]
+
     def refresh(self) -> bool:
         """Read the file and apply it; False when it failed or was rejected (logged and
         counted; the configuration in force stays)."""
-        stats = self.resources.stats[self.type_url]
-        stats.count("update_attempt")
+        named = self.type_url not in self.resources.stats
+        if not named:                   # (RDS/EDS: apply() counts each name's attempt)
+            self.count("update_attempt")
         path = self.source.path
         try:
             text = read_file(path)
             data = parse_json(text, path) if path.lower().endswith(".json") else parse_yaml(text, path)
         except ConfigError as e:
             log.warning("%s update failed: %s: %s", self.kind, path, e)
-            stats.count("update_failure")
+            self.count("update_failure")
             return False
         try:
             version, items = parse_discovery_response(data, self.type_url)
         except ConfigError as e:
             log.warning("%s update rejected: %s: %s", self.kind, path, e)
-            stats.count("update_rejected")
+            self.count("update_rejected")
             return False
         try:
             self.resources.apply(self.type_url, version, items)
@@ -138,9 +152,10 @@ class FileDiscovery:
         # whose source is ads comes over the ADS stream: xds/ads.py.)
         self.subscriptions = [FileSubscription(self.resources, url, src) for url, src in
                               ((CLUSTER_TYPE, dynamic.cds), (LISTENER_TYPE, dynamic.lds))
-                              if src is not None and not src.ads]
+                              if src is not None and src.path is not None]
         self._inotify: Optional[Inotify] = None
         self._watches: dict = {}        # wd -> [(subscription, name or None)]
+        self._lock = threading.Lock()
         self._stop_r = self._stop_w = -1
         self._thread: Optional[threading.Thread] = None
 
@@ -158,10 +173,30 @@ class FileDiscovery:
             self.stop()
             raise
         self._stop_r, self._stop_w = os.pipe()
-        for sub in self.subscriptions:
+        for sub in list(self.subscriptions):    # (a reload may name more files: add())
             sub.refresh()
         self._thread = threading.Thread(target=self._run, name="fastproxy-xds-files", daemon=True)
         self._thread.start()
+
+    def add(self, type_url: str, source: ConfigSource) -> None:
+        """A file named by a resource in force (an RDS connection manager's or an EDS
+        cluster's config source): watched and read now, if not already."""
+        with self._lock:
+            if any(s.type_url == type_url and s.source.path == source.path for s in self.subscriptions):
+                return
+            sub = FileSubscription(self.resources, type_url, source)
+            self.subscriptions.append(sub)
+            if self._inotify is None:
+                return                  # start() watches and reads it
+            directory, name = sub.watch()
+            self._watches.setdefault(self._inotify.add_watch(directory), []).append((sub, name))
+        sub.refresh()
+
+    def keep(self, type_url: str, paths: set) -> None:
+        """Drop the ``type_url`` files whose path is not in ``paths`` (nothing names them)."""
+        with self._lock:
+            self.subscriptions = [s for s in self.subscriptions
+                                  if s.type_url != type_url or s.source.path in paths]
 
     def stop(self) -> None:
         if self._thread is not None:
@@ -193,7 +228,7 @@ class FileDiscovery:
                     if (wanted is None or wanted == name) and sub not in due:
                         due.append(sub)
             # In subscription order (CDS first), once per burst of events.
-            for sub in self.subscriptions:
+            for sub in list(self.subscriptions):
                 if sub in due:
                     sub.refresh()
 
@@ -201,11 +236,13 @@ class FileDiscovery:
     def read_stats(self) -> dict:
         out: dict = {}
         for sub in self.subscriptions:
-            out.update(self.resources.stats[sub.type_url].read())
+            if sub.type_url in self.resources.stats:
+                out.update(self.resources.stats[sub.type_url].read())
         return out
 
     def gauge_names(self) -> set:
-        return set().union(*(self.resources.stats[s.type_url].gauge_names() for s in self.subscriptions))
+        return set().union(*(self.resources.stats[s.type_url].gauge_names() for s in self.subscriptions
+                             if s.type_url in self.resources.stats))
 
 
 __all__ = ["FileDiscovery", "FileSubscription", "Inotify"]
