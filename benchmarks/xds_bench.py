@@ -298,7 +298,7 @@ def main(argv=None) -> int:
     try:
         for r in range(args.rounds):
             for kind in (kinds if r % 2 == 0 else list(reversed(kinds))):     # alternate the order
-                res = one_round(kind, args.clusters, args.endpoints, args.vhosts, up.port, args.eds)
+                res = one_round(kind, args.clusters, args.endpoints, args.vhosts, up.port)
                 results[kind].append(res)
                 print(f"round {r + 1} {kind:9s} " + "  ".join(f"{k} {v:8.1f}" for k, v in res.items()), flush=True)
     finally:
