@@ -123,6 +123,7 @@ BLOCKS = (
         ("H_CX_PROTOCOL_ERROR", "downstream_cx_protocol_error", COUNTER),
         ("H_RQ_RX_RESET", "downstream_rq_rx_reset", COUNTER),
         ("H_NO_ROUTE", "no_route", COUNTER),
+        ("H_NO_CLUSTER", "no_cluster", COUNTER),                        # the route's cluster is not configured
         ("H_RQ_TOO_LARGE", "downstream_rq_too_large", COUNTER),
         ("H_BYTES_SPLICED", "bytes_spliced", COUNTER),                  # socket -> pipe -> socket
         ("H_BYTES_COPIED", "bytes_copied", COUNTER),                    # through user-space buffers

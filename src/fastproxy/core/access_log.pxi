@@ -25,11 +25,12 @@ cdef enum:                          # HStream.response_flags: Envoy's short code
     RF_SI = 1 << 10
     RF_DPE = 1 << 11
     RF_UPE = 1 << 12
-    RF_COUNT = 13
+    RF_NC = 1 << 13                 # the route's cluster is not configured
+    RF_COUNT = 14
 
-cdef const char* _rf_names[13]
+cdef const char* _rf_names[14]
 _rf_names[:] = [b"UH", b"UT", b"LR", b"UR", b"UF", b"UC", b"UO", b"NR", b"DC", b"URX", b"SI",
-                b"DPE", b"UPE"]
+                b"DPE", b"UPE", b"NC"]
 
 cdef enum:                          # AlogOp.kind
     AL_LIT = 0
