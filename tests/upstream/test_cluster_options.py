@@ -763,6 +763,34 @@ def test_cluster_change_keeps_the_connections_to_hosts_that_stay():
         b.close()
 
 
+def test_a_10000_endpoint_host_set_swaps_cheaply_and_keeps_the_host_that_stays():
+    """EDS-sized host sets: replacing 9,999 of 10,000 endpoints is an update of well under a
+    second (the weighted schedule and the pool's remapping are linear in the hosts), and the
+    host that stays, now at another index, is served on the connection it had."""
+    import time
+    up = HoldUpstream()
+
+    def endpoints(net, real_at):
+        # 9,999 addresses nothing listens on (round robin never reaches them below)
+        fake = [fastproxy.Endpoint(f"127.{net}.{i // 250}.{i % 250 + 1}", 80) for i in range(9999)]
+        return fake[:real_at] + [fastproxy.Endpoint("127.0.0.1", up.port)] + fake[real_at:]
+
+    p = _http_proxy(fastproxy.Cluster("backend", endpoints(1, 0)))
+    try:
+        addr = p.listener_address("web")
+        assert request(addr, "/1")[0] == 200            # round robin: host 0, then 1 next
+        start = time.monotonic()
+        p.update(clusters=[fastproxy.Cluster("backend", endpoints(2, 1))])
+        took = time.monotonic() - start
+        assert took < 2.0, f"update took {took:.2f}s"
+        assert request(addr, "/2")[0] == 200
+        assert (up.seen("/"), up.server.connections) == (2, 1)
+        assert p.stats()[B + "membership_total"] == 10000
+    finally:
+        p.stop(drain_timeout=0.5)
+        up.close()
+
+
 def test_request_in_flight_to_a_host_the_update_removes_completes():
     """The endpoints change under a request in flight to a host that leaves: it completes
     (200), its connection closes afterwards instead of staying pooled, and the new host's

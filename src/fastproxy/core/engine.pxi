@@ -11,7 +11,7 @@ cdef class Engine:
     cdef readonly bint started
     cdef list _threads
     cdef bint _stopped
-    cdef dict host_stats                # (cluster block, address bytes): StatBlockHandle
+    cdef dict host_stats                # cluster block: {address bytes: StatBlockHandle}
     cdef int64_t* global_active     # downstream connections over all listeners
     cdef int64_t global_max         # 0: no global limit
 

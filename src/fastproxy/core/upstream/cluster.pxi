@@ -194,19 +194,20 @@ def make_hostset(list hosts, list schedule):
     return h
 
 
-cdef void _host_stats_prune(Engine engine):
-    """Drop the blocks of hosts that no host set, stream or connection refers to any more
-    (only the table's reference is left). A host set replaced by this refresh still has
-    its workers' references until they swap it: its hosts go at the next refresh."""
+cdef void _host_stats_prune(dict table):
+    """Drop the blocks of a cluster's hosts that no host set, stream or connection refers
+    to any more (only the table's reference is left). A host set replaced by this refresh
+    still has its workers' references until they swap it: its hosts go at the cluster's
+    next refresh. One cluster's table only: an EDS push of many clusters stays linear."""
     cdef StatBlockHandle sb
-    for key, sb in list(engine.host_stats.items()):
+    for key, sb in list(table.items()):
         if fp_load_int(&sb.b.refcnt) == 1:
-            del engine.host_stats[key]
+            del table[key]
 
 
 def _host_stat_blocks(Engine engine):
     """How many host stat blocks the engine keeps (fastproxy._testing)."""
-    return len(engine.host_stats)
+    return sum(len(table) for table in engine.host_stats.values())
 
 
 cdef ClusterParams _cluster_params(str lb_policy, double connect_timeout, pool_idle_timeout,
@@ -339,23 +340,25 @@ cdef class ClusterHandle:
         connections; connections to hosts that left finish what they carry and close."""
         cdef int i
         cdef HostSetSwap* m
+        cdef dict table
         cdef StatBlockHandle sb
         cdef Host* hst
         # Each host's counters: the block of that address in this cluster, kept by the
         # engine (a host that stays across a DNS refresh or a config update keeps counting).
+        table = self.engine.host_stats.setdefault(<size_t>self.c.stats, {})
         for i in range(hosts.hs.nhosts):
             hst = &hosts.hs.hosts[i]
             if hst.stats == NULL:
-                key = (<size_t>self.c.stats, (<char*>&hst.addr)[:hst.addrlen])
-                sb = self.engine.host_stats.get(key)
+                key = (<char*>&hst.addr)[:hst.addrlen]
+                sb = table.get(key)
                 if sb is None:
                     sb = _statblock_handle(HOST_STATS, HOST_GAUGES, self.engine.nworkers)
-                    self.engine.host_stats[key] = sb
+                    table[key] = sb
                 fp_atomic_add_int(&sb.b.refcnt, 1)     # the host set's reference
                 hst.stats = sb.b
         if hosts.hs.by_stats == NULL and hostset_index(hosts.hs) < 0:
             raise MemoryError()
-        _host_stats_prune(self.engine)
+        _host_stats_prune(table)
         self.current = hosts
         for i in range(self.c.nworkers):
             m = <HostSetSwap*>malloc(sizeof(HostSetSwap))
