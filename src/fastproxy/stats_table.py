@@ -123,6 +123,7 @@ BLOCKS = (
         ("H_CX_PROTOCOL_ERROR", "downstream_cx_protocol_error", COUNTER),
         ("H_RQ_RX_RESET", "downstream_rq_rx_reset", COUNTER),
         ("H_NO_ROUTE", "no_route", COUNTER),
+        ("H_NO_CLUSTER", "no_cluster", COUNTER),                        # the route's cluster is not configured
         ("H_RQ_TOO_LARGE", "downstream_rq_too_large", COUNTER),
         ("H_BYTES_SPLICED", "bytes_spliced", COUNTER),                  # socket -> pipe -> socket
         ("H_BYTES_COPIED", "bytes_copied", COUNTER),                    # through user-space buffers
@@ -145,7 +146,6 @@ BLOCKS = (
         ("H_CX_DESTROY_REMOTE_ACTIVE_RQ", "downstream_cx_destroy_remote_active_rq", COUNTER),
         ("H_RQ_FAILED_PATH_NORMALIZATION", "downstream_rq_failed_path_normalization", COUNTER),
         ("H_RQ_REDIRECTED_NORMALIZED_PATH", "downstream_rq_redirected_with_normalized_path", COUNTER),
-        ("H_NO_CLUSTER", "no_cluster", COUNTER),                        # the route's cluster is not configured
     )),
     StatBlockDef("HTTP1", "H1S_NSTATS", "http1.*: server-wide", (
         ("H1S_DROPPED_UNDERSCORES", "dropped_headers_with_underscores", COUNTER),
