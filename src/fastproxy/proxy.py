@@ -7,6 +7,7 @@ on it. See docs/architecture.md.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
@@ -250,9 +251,12 @@ class Proxy:
         # them (_forget_unreferenced_clusters).
         self._absent_clusters: dict[str, Any] = {}
         self._installing_clusters: Optional[dict[str, _ClusterState]] = None   # (in _install)
-        # cluster_manager.cluster_added|cluster_modified|cluster_removed (Envoy's counters;
-        # the bootstrap's clusters count as added, as Envoy's static clusters do)
-        self._cluster_counts = {"cluster_added": 0, "cluster_modified": 0, "cluster_removed": 0}
+        # cluster_manager.cluster_added|cluster_modified|cluster_removed|cluster_updated,
+        # counted as Envoy counts them: the bootstrap's clusters are added; a changed
+        # cluster is modified, unless only an EDS cluster's endpoints or a DNS cluster's
+        # addresses changed, which is a membership update.
+        self._cluster_counts = {"cluster_added": 0, "cluster_modified": 0, "cluster_removed": 0,
+                                "cluster_updated": 0}
         self._listeners: dict[str, Any] = {}                        # name -> ListenerCfgHandle
         self._bootstrap = bootstrap
         # What /config_dump shows: the bootstrap the proxy was made with, and per listener,
@@ -732,7 +736,8 @@ class Proxy:
                 continue
             hosts = resolve_endpoints(c)
             if old is not None:
-                commit.append((old.handle, c, hosts, old, "cluster_modified"))
+                membership = c.type == "EDS" and dataclasses.replace(old.model, endpoints=c.endpoints) == c
+                commit.append((old.handle, c, hosts, old, "cluster_updated" if membership else "cluster_modified"))
                 clusters[c.name] = _ClusterState(c, old.handle, hosts)
                 continue
             handle = self._absent_clusters.get(c.name)
@@ -836,5 +841,6 @@ class Proxy:
                                 log.info("cluster %s: hosts now %s", c.model.name, hosts)
                                 c.hosts = hosts
                                 c.handle.set_hosts(_host_set(hosts))
+                                self._cluster_counts["cluster_updated"] += 1
                 wait = min(wait, max(0.05, c.next_refresh - now))
             self._dns_stop.wait(wait)
