@@ -717,9 +717,11 @@ class Proxy:
     def _forget_unreferenced_clusters(self) -> None:
         """Drop the removed clusters nothing refers to any more (no listener, route table,
         connection or request): a cluster added under such a name later starts afresh."""
-        for name, handle in list(self._absent_clusters.items()):
-            if not handle.in_use:
-                del self._absent_clusters[name]
+        forgotten = [name for name, handle in self._absent_clusters.items() if not handle.in_use]
+        for name in forgotten:
+            del self._absent_clusters[name]     # (the last reference: the cluster is freed)
+        if forgotten:
+            _core.prune_host_stats(self._engine)
 
     def _install(self, b: Bootstrap) -> None:
         # Clusters first, without touching the workers: what is in force stays until the

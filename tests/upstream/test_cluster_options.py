@@ -22,6 +22,7 @@ from http_upstreams import RawHttpUpstream
 from upstreams import EchoServer
 
 import fastproxy
+from fastproxy._testing import host_stat_blocks
 from fastproxy.config import load_envoy
 from fastproxy.errors import ConfigError
 
@@ -920,6 +921,14 @@ def test_tcp_proxy_to_a_removed_or_missing_cluster_closes_the_connection():
         st = p.stats()
         assert (st["cluster_manager.cluster_added"], st["cluster_manager.cluster_removed"],
                 st["cluster_manager.active_clusters"]) == (3, 1, 2)
+        # Nothing refers to a cluster removed with its listeners: it is forgotten, and its
+        # hosts' counters with it.
+        assert host_stat_blocks(p) == 2          # (per cluster: the same address in both)
+        del handle
+        p.update(listeners=[], clusters=[])
+        wait_for(lambda: p.update(listeners=[], clusters=[]) or host_stat_blocks(p) == 0,
+                 msg="the removed clusters' host blocks freed")
+        assert p._absent_clusters == {}
     finally:
         p.stop(drain_timeout=0.5)
         a.close()

@@ -205,6 +205,15 @@ cdef void _host_stats_prune(dict table):
             del table[key]
 
 
+def prune_host_stats(Engine engine):
+    """Drop the host blocks nothing counts into any more, of every cluster (after clusters
+    were freed: a removed cluster's hosts go with it)."""
+    for key, table in list(engine.host_stats.items()):
+        _host_stats_prune(table)
+        if not table:
+            del engine.host_stats[key]
+
+
 def _host_stat_blocks(Engine engine):
     """How many host stat blocks the engine keeps (fastproxy._testing)."""
     return sum(len(table) for table in engine.host_stats.values())
@@ -345,7 +354,11 @@ cdef class ClusterHandle:
         cdef Host* hst
         # Each host's counters: the block of that address in this cluster, kept by the
         # engine (a host that stays across a DNS refresh or a config update keeps counting).
-        table = self.engine.host_stats.setdefault(<size_t>self.c.stats, {})
+        table = self.engine.host_stats.get(<size_t>self.c.stats)
+        if table is None:
+            table = {}
+            if hosts.hs.nhosts:
+                self.engine.host_stats[<size_t>self.c.stats] = table
         for i in range(hosts.hs.nhosts):
             hst = &hosts.hs.hosts[i]
             if hst.stats == NULL:
