@@ -54,6 +54,10 @@ def smooth_weighted_schedule(weights: list[int]) -> list[int]:
     """The pick order for weighted round robin: each host i appears weights[i] times,
     spread out rather than in runs (the 'smooth' interleaving nginx popularised)."""
     total = sum(weights)
+    if weights and min(weights) == max(weights):
+        # Equal weights interleave as 0..n-1, weights[0] times over (what the loop below
+        # gives, in O(total) rather than O(total * n): a 10,000-endpoint EDS set).
+        return list(range(len(weights))) * weights[0]
     current = [0] * len(weights)
     order = []
     for _ in range(total):
@@ -185,6 +189,14 @@ class _RdsRoutes:
         """The workers take ``table`` (built from ``model``) from here on."""
         self.provider.set(table)
         self.model, self.table, self.refs = model, table, refs
+
+
+def _cluster_params(c: Cluster) -> tuple:
+    """ClusterHandle.set_params's arguments for cluster ``c`` (make_cluster's after the
+    host set): what a worker's copy of the cluster's params holds."""
+    return (c.lb_policy, c.connect_timeout, c.idle_timeout, c.max_connection_duration,
+            c.max_requests_per_connection, c.max_connections, c.max_pending_requests,
+            c.max_requests, c.max_retries)
 
 
 class _ClusterState:
@@ -321,7 +333,19 @@ class Proxy:
         self._lock = threading.RLock()
         self._stats: dict[tuple[str, str], Any] = {}
         self._socks: dict[str, tuple[tuple[str, int], Any]] = {}   # listener name -> (requested, sock)
-        self._clusters: dict[str, _ClusterState] = {}
+        self._clusters: dict[str, _ClusterState] = {}                # configured ones
+        # Handles of names referenced (by a listener or route table) with no cluster
+        # configured: removed, or not added yet. Requests to them get 503 NC; a cluster
+        # added under the name revives the same handle. Forgotten once nothing refers to
+        # them (_forget_unreferenced_clusters).
+        self._absent_clusters: dict[str, Any] = {}
+        self._installing_clusters: Optional[dict[str, _ClusterState]] = None   # (in _install)
+        # cluster_manager.cluster_added|cluster_modified|cluster_removed|cluster_updated,
+        # counted as Envoy counts them: the bootstrap's clusters are added; a changed
+        # cluster is modified, unless only an EDS cluster's endpoints or a DNS cluster's
+        # addresses changed, which is a membership update.
+        self._cluster_counts = {"cluster_added": 0, "cluster_modified": 0, "cluster_removed": 0,
+                                "cluster_updated": 0}
         self._listeners: dict[str, Any] = {}                        # name -> ListenerCfgHandle
         self._listener_builds: dict[str, _ListenerBuild] = {}
         self._draining: list[_Draining] = []        # retired versions, oldest first
@@ -336,7 +360,6 @@ class Proxy:
         self._routes: dict[str, RouteConfiguration] = {}
         self._rds_providers: dict[tuple[str, str], _RdsRoutes] = {}   # in use, by (name, filters)
         self._listener_rds: dict[str, tuple[str, str]] = {}          # listener -> its provider's key
-        self._installing_clusters: Optional[dict[str, _ClusterState]] = None   # (in _install)
         self._warming: list[str] = self._warming_names(bootstrap, self._routes)
         self._bootstrap = bootstrap
         # What /config_dump shows: the bootstrap the proxy was made with, and per listener,
@@ -795,6 +818,8 @@ class Proxy:
         out.update({name: memory[field] for name, field in MEMORY_GAUGES.items()})
         for what, n in self._listener_counts.items():
             out[f"listener_manager.listener_{what}"] = n
+        for stat, value in self._cluster_counts.items():
+            out[f"cluster_manager.{stat}"] = value
         for (kind, name), block in list(self._stats.items()):
             for stat, value in block.read().items():
                 out[f"{name}.{stat}"] = value
@@ -879,13 +904,22 @@ class Proxy:
         return block
 
     def _cluster_ref(self, name: str):
-        # Stub until the clusters branch (which owns this method) is merged: the handle of
-        # the configured cluster, None (503 NC) for a name with none.
-        for configured in (self._installing_clusters, self._clusters):
-            st = configured.get(name) if configured is not None else None
-            if st is not None:
-                return st.handle
-        return None
+        """The ClusterHandle that a route table or TCP listener refers to for cluster
+        ``name``: the same one for as long as the name is configured or referenced. With
+        no cluster of that name configured it is a removed one (503 NC, TCP connections
+        closed), made here if needed, which a cluster added later under that name revives."""
+        with self._lock:
+            for configured in (self._installing_clusters, self._clusters):
+                st = configured.get(name) if configured is not None else None
+                if st is not None:
+                    return st.handle
+            handle = self._absent_clusters.get(name)
+            if handle is None:
+                # Its counters are those of cluster.<name> once it exists (not listed before).
+                block = self._stats.get(("cluster", f"cluster.{name}")) or self._engine.new_stats("cluster")
+                handle = self._engine.make_cluster(block, "ROUND_ROBIN", 5.0, _host_set([]), removed=True)
+                self._absent_clusters[name] = handle
+            return handle
 
     def _route_table(self, rc: RouteConfiguration, http_filters: list):
         """A route table for connection managers with these HTTP filters, and the cluster
@@ -931,30 +965,73 @@ class Proxy:
         for entry, rc, table, refs in pending:     # all built: now the workers get them
             entry.set(rc, table, refs)
 
+    def _forget_unreferenced_clusters(self) -> None:
+        """Drop the removed clusters nothing refers to any more (no listener, route table,
+        connection or request): a cluster added under such a name later starts afresh."""
+        forgotten = [name for name, handle in self._absent_clusters.items() if not handle.in_use]
+        for name in forgotten:
+            del self._absent_clusters[name]     # (the last reference: the cluster is freed)
+        if forgotten:
+            _core.prune_host_stats(self._engine)
+
     def _install(self, b: Bootstrap, routes: dict) -> None:
         """Compile ``b`` (with the RDS route configurations ``routes``) and give it to the
         workers."""
+        # Clusters first, without touching the workers: what is in force stays until the
+        # listeners are built too (a bind can still fail). A cluster keeps its handle (its
+        # ClusterCfg) across updates; a changed one gets its new params and hosts by worker
+        # messages at the commit below, so listeners and routes that are not rebuilt see the
+        # change, and its pools keep their connections to the hosts that stay.
         clusters: dict[str, _ClusterState] = {}
+        commit = []                     # (what changes in place, in order, once it all built)
         for c in b.clusters:
             old = self._clusters.get(c.name)
             if old is not None and old.model == c:
                 clusters[c.name] = old          # unchanged: keep its LB state and DNS schedule
                 continue
             hosts = resolve_endpoints(c)
-            handle = self._engine.make_cluster(
-                self._stat_block("cluster", f"cluster.{c.name}"), c.lb_policy, c.connect_timeout,
-                _host_set(hosts), c.idle_timeout, c.max_connection_duration,
-                c.max_requests_per_connection, c.max_connections, c.max_pending_requests,
-                c.max_requests, c.max_retries)
+            if old is not None:
+                membership = c.type == "EDS" and dataclasses.replace(old.model, endpoints=c.endpoints) == c
+                commit.append((old.handle, c, hosts, old, "cluster_updated" if membership else "cluster_modified"))
+                clusters[c.name] = _ClusterState(c, old.handle, hosts)
+                continue
+            handle = self._absent_clusters.get(c.name)
+            if handle is not None:              # a referenced name comes (back) alive
+                commit.append((handle, c, hosts, None, "cluster_added"))
+            else:
+                handle = self._engine.make_cluster(
+                    self._stat_block("cluster", f"cluster.{c.name}"), c.lb_policy, c.connect_timeout,
+                    _host_set(hosts), *_cluster_params(c)[2:])
+                commit.append((None, c, hosts, None, "cluster_added"))
             clusters[c.name] = _ClusterState(c, handle, hosts)
-
         self._installing_clusters = clusters
         try:
-            self._install_listeners(b, routes, clusters)
+            self._install_listeners(b, routes, clusters, commit)
         finally:
             self._installing_clusters = None
 
-    def _install_listeners(self, b: Bootstrap, routes: dict, clusters: dict[str, _ClusterState]) -> None:
+    def _commit_clusters(self, clusters: dict[str, _ClusterState], commit: list) -> None:
+        """Apply the cluster changes _install prepared (worker messages, ahead of the
+        listener snapshot in each worker's queue) and count them."""
+        for handle, c, hosts, old, stat in commit:
+            if handle is not None:
+                if old is None or _cluster_params(old.model) != _cluster_params(c):
+                    handle.set_params(*_cluster_params(c))
+                if old is None or hosts != old.hosts:
+                    handle.set_hosts(_host_set(hosts))
+                if old is None:
+                    del self._absent_clusters[c.name]
+                    self._stats.setdefault(("cluster", f"cluster.{c.name}"), handle.stats)
+            self._cluster_counts[stat] += 1
+        for name, st in self._clusters.items():
+            if name not in clusters:
+                st.handle.remove()
+                self._absent_clusters[name] = st.handle
+                self._cluster_counts["cluster_removed"] += 1
+        self._clusters = clusters
+
+    def _install_listeners(self, b: Bootstrap, routes: dict, clusters: dict[str, _ClusterState],
+                           commit: list) -> None:
         socks: dict[str, tuple[tuple[str, int], Any]] = {}
         handles = []
         builds: dict[str, _ListenerBuild] = {}
@@ -1007,7 +1084,7 @@ class Proxy:
             # listener's routes come from its provider (a new table there changes nothing
             # here); inline routes from the clusters they name.
             if hcm is None:
-                refs = {"cluster": clusters[l.handler.cluster].handle}
+                refs = {"cluster": self._cluster_ref(l.handler.cluster)}
             elif hcm.rds is not None:
                 refs = {"rds": providers[listener_rds[l.name]].provider}
             else:
@@ -1030,7 +1107,7 @@ class Proxy:
                     self._stat_block("http1", "http1"),     # Envoy's server-wide codec stats
                     self._async)
             handles.append(self._engine.make_listener(
-                l.name, sock, clusters[l.handler.cluster].handle if http is None else None,
+                l.name, sock, self._cluster_ref(l.handler.cluster) if http is None else None,
                 self._stat_block("listener", f"listener.{ip}_{port}"),
                 self._stat_block("tcp", f"tcp.{l.effective_stat_prefix}"),
                 l.idle_timeout, l.max_connect_attempts, l.max_connections, l.buffer_limit,
@@ -1040,17 +1117,20 @@ class Proxy:
                 None if http is None else
                 self._stat_block("listener_http", f"listener.{ip}_{port}.http.{hcm.stat_prefix}")))
             builds[l.name] = _ListenerBuild(l, sock, refs, handles[-1])
-        for entry, rc, table, refs in pending:  # before the snapshot: each worker's queue is in order
+        # Clusters first (one revived here is alive before a table naming it), then the
+        # tables, then the snapshot: each worker's queue runs them in this order.
+        self._commit_clusters(clusters, commit)
+        for entry, rc, table, refs in pending:
             entry.set(rc, table, refs)
         self._retire_listeners(builds)
         self._engine.apply(handles)
         self._rds_providers = providers
         self._listener_rds = listener_rds
-        self._clusters = clusters
         self._socks = socks
         self._listeners = {h.name: h for h in handles}
         self._listener_builds = builds
         self._warming = warming
+        self._forget_unreferenced_clusters()
 
     def _retire_listeners(self, builds: dict[str, "_ListenerBuild"]) -> None:
         """Before the apply that installs ``builds``: the versions it replaces or removes
@@ -1089,8 +1169,13 @@ class Proxy:
                     hosts = resolve_endpoints(c.model)
                     c.next_refresh = now + c.model.dns_refresh_rate
                     if hosts and hosts != c.hosts:
-                        log.info("cluster %s: hosts now %s", c.model.name, hosts)
-                        c.hosts = hosts
-                        c.handle.set_hosts(_host_set(hosts))
+                        with self._lock:
+                            # (An update may have changed the cluster meanwhile: its
+                            # endpoints are what the update resolved.)
+                            if self._clusters.get(c.model.name) is c:
+                                log.info("cluster %s: hosts now %s", c.model.name, hosts)
+                                c.hosts = hosts
+                                c.handle.set_hosts(_host_set(hosts))
+                                self._cluster_counts["cluster_updated"] += 1
                 wait = min(wait, max(0.05, c.next_refresh - now))
             self._dns_stop.wait(wait)

@@ -16,11 +16,13 @@ import threading
 import pytest
 
 from conftest import (admin_get, connect, echo_roundtrip, envoy_yaml, find_envoy, fragment, http_listener,
-                      recv_exact, recv_head, recv_until_eof, start_envoy, static_cluster, tcp_listener, wait_for)
+                      recv_exact, recv_head, recv_until_eof, start_envoy, static_cluster, tcp_listener, wait_closed,
+                      wait_for)
 from http_upstreams import RawHttpUpstream
 from upstreams import EchoServer
 
 import fastproxy
+from fastproxy._testing import host_stat_blocks
 from fastproxy.config import load_envoy
 from fastproxy.errors import ConfigError
 
@@ -531,6 +533,8 @@ def test_dns_changes_hosts_under_a_request_in_flight(monkeypatch):
         # The old host's connection closed after its response; the new host's stays idle.
         st = until(p, upstream_cx_active=1)
         assert st[B + "upstream_cx_destroy_with_active_rq"] == 0
+        # A membership update, as Envoy counts a DNS cluster's new addresses.
+        assert (st["cluster_manager.cluster_updated"], st["cluster_manager.cluster_modified"]) == (1, 0)
     finally:
         p.stop(drain_timeout=0.5)
         old.close()
@@ -703,3 +707,257 @@ def test_tcp_proxy_max_connections_matches_envoy(tmp_path):
     names = [B + n for n in ("upstream_cx_total", "upstream_cx_active", "upstream_cx_overflow")] + \
         [CB + "cx_open", CB + "rq_open", CB + "rq_pending_open"]
     assert {n: envoy.get(n) for n in names} == {n: ours.get(n) for n in names}
+
+
+# --------------------------------------------------------------------------- a cluster changed at run time
+
+def _backend(*ups, **options):
+    return fastproxy.Cluster("backend", [fastproxy.Endpoint("127.0.0.1", u.port) for u in ups], **options)
+
+
+def _http_proxy(cluster, access_log=None):
+    """One worker (so round robin and pools are deterministic), listener "web" routing
+    everything to cluster "backend"."""
+    from fastproxy.http import (AccessLog, HttpConnectionManager, Route, RouteAction, RouteConfiguration,
+                                RouteMatch, VirtualHost)
+    rc = RouteConfiguration(virtual_hosts=[VirtualHost("vh", ["*"], routes=[
+        Route(RouteMatch(prefix="/"), route=RouteAction(cluster="backend", timeout=0))])])
+    logs = [AccessLog(str(access_log), "%RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_CLUSTER%\n")] if access_log else []
+    hcm = HttpConnectionManager("web", rc, access_log=logs)
+    p = fastproxy.Proxy([fastproxy.Listener("web", hcm, port=0)], clusters=[cluster], concurrency=1)
+    p.start()
+    return p
+
+
+def ask(s, path):
+    """One request on an open keep-alive connection."""
+    s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+    return read_response(s)
+
+
+def test_cluster_change_keeps_the_connections_to_hosts_that_stay():
+    """A changed cluster keeps its pool: after a change of its params (connect timeout,
+    circuit breakers) and of its endpoints (one host stays, one comes, then one goes), the
+    host that stayed is still served on the upstream connection it had."""
+    a, b = HoldUpstream(), HoldUpstream()
+    p = _http_proxy(_backend(a))
+    try:
+        addr = p.listener_address("web")
+        assert request(addr, "/1")[0] == 200
+        until(p, upstream_cx_active=1)
+        p.update(clusters=[_backend(a, connect_timeout=2.0, max_requests=100)])     # params only
+        assert request(addr, "/2")[0] == 200
+        assert a.server.connections == 1
+        p.update(clusters=[_backend(a, b, connect_timeout=2.0, max_requests=100)])  # b added
+        assert [request(addr, f"/3-{i}")[0] for i in range(4)] == [200] * 4
+        assert (a.seen("/3-"), b.seen("/3-")) == (2, 2)
+        assert (a.server.connections, b.server.connections) == (1, 1)
+        p.update(clusters=[_backend(b, connect_timeout=2.0, max_requests=100)])     # a removed
+        assert [request(addr, f"/4-{i}")[0] for i in range(2)] == [200] * 2
+        assert (a.seen("/4-"), b.seen("/4-"), b.server.connections) == (0, 2, 1)
+        # a's idle connection closed with its host's removal; b's stays pooled.
+        st = until(p, upstream_cx_active=1, upstream_cx_total=2)
+        assert st[B + "upstream_cx_destroy_with_active_rq"] == 0
+        assert (st["cluster_manager.cluster_added"], st["cluster_manager.cluster_modified"],
+                st["cluster_manager.cluster_removed"], st["cluster_manager.active_clusters"]) == (1, 3, 0, 1)
+    finally:
+        p.stop(drain_timeout=0.5)
+        a.close()
+        b.close()
+
+
+def test_a_10000_endpoint_host_set_swaps_cheaply_and_keeps_the_host_that_stays():
+    """EDS-sized host sets: replacing 9,999 of 10,000 endpoints is an update of well under a
+    second (the weighted schedule and the pool's remapping are linear in the hosts), and the
+    host that stays, now at another index, is served on the connection it had."""
+    import time
+    up = HoldUpstream()
+
+    def endpoints(net, real_at):
+        # 9,999 addresses nothing listens on (round robin never reaches them below)
+        fake = [fastproxy.Endpoint(f"127.{net}.{i // 250}.{i % 250 + 1}", 80) for i in range(9999)]
+        return fake[:real_at] + [fastproxy.Endpoint("127.0.0.1", up.port)] + fake[real_at:]
+
+    p = _http_proxy(fastproxy.Cluster("backend", endpoints(1, 0)))
+    try:
+        addr = p.listener_address("web")
+        assert request(addr, "/1")[0] == 200            # round robin: host 0, then 1 next
+        start = time.monotonic()
+        p.update(clusters=[fastproxy.Cluster("backend", endpoints(2, 1))])
+        took = time.monotonic() - start
+        assert took < 2.0, f"update took {took:.2f}s"
+        assert request(addr, "/2")[0] == 200
+        assert (up.seen("/"), up.server.connections) == (2, 1)
+        assert p.stats()[B + "membership_total"] == 10000
+    finally:
+        p.stop(drain_timeout=0.5)
+        up.close()
+
+
+def test_request_in_flight_to_a_host_the_update_removes_completes():
+    """The endpoints change under a request in flight to a host that leaves: it completes
+    (200), its connection closes afterwards instead of staying pooled, and the new host's
+    connection is pooled and reused."""
+    old, new = HoldUpstream(), HoldUpstream()
+    p = _http_proxy(_backend(old))
+    try:
+        addr = p.listener_address("web")
+        held = send(addr, "/hold/a")
+        wait_for(lambda: old.seen("/hold/a") == 1)
+        p.update(clusters=[_backend(new)])
+        status, _, body = request(addr, "/b")
+        assert (status, body, new.seen("/b")) == (200, b"GET /b 0", 1)
+        old.release()
+        status, _, body = read_response(held)
+        held.close()
+        assert (status, body) == (200, b"GET /hold/a 0")
+        st = until(p, upstream_cx_active=1)
+        assert st[B + "upstream_cx_destroy_with_active_rq"] == 0
+        assert request(addr, "/c")[0] == 200
+        assert new.server.connections == 1
+    finally:
+        p.stop(drain_timeout=0.5)
+        old.close()
+        new.close()
+
+
+def test_open_connection_sees_the_changed_circuit_breaker():
+    """An open downstream connection (its listener config not rebuilt) uses the cluster's
+    new limits from the update on: max_requests lowered to 1 under a request in flight
+    refuses the next request with Envoy's overflow reply."""
+    up = HoldUpstream()
+    p = _http_proxy(_backend(up))
+    keep = connect(p.listener_address("web"))
+    try:
+        addr = p.listener_address("web")
+        assert ask(keep, "/x")[0] == 200
+        held = send(addr, "/hold/1")
+        wait_for(lambda: up.seen("/hold/1") == 1)
+        p.update(clusters=[_backend(up, max_requests=1)])
+        status, _, body = ask(keep, "/y")
+        assert (status, body) == (503, OVERFLOW_BODY)
+        assert p.stats()[CB + "rq_open"] == 1
+        up.release()
+        assert read_response(held)[0] == 200
+        held.close()
+        until(p, upstream_rq_active=0)
+        assert ask(keep, "/z")[0] == 200
+    finally:
+        keep.close()
+        p.stop(drain_timeout=0.5)
+        up.close()
+
+
+def test_removed_cluster_answers_503_nc_and_comes_back(tmp_path):
+    """A route whose cluster is removed gets what Envoy gives for a cluster not found: 503,
+    an empty body, flag NC, http.<prefix>.no_cluster; the cluster's idle connections close.
+    Adding a cluster of that name again serves the route again."""
+    up = HoldUpstream()
+    log = tmp_path / "access.log"
+    p = _http_proxy(_backend(up), access_log=log)
+    try:
+        addr = p.listener_address("web")
+        assert request(addr, "/a")[0] == 200
+        until(p, upstream_cx_active=1)
+        # What a CDS update removing a cluster that routes still name leaves (Envoy accepts
+        # it; the route then finds no cluster). Proxy.update's own validation refuses a
+        # route to an unknown cluster, so it is given as validated.
+        p.update(clusters=[], _validated=True)
+        status, headers, body = request(addr, "/b")
+        assert (status, headers.get("content-length"), body) == (503, "0", b"")
+        assert up.seen("/b") == 0
+        st = until(p, upstream_cx_active=0)
+        assert st["http.web.no_cluster"] == 1
+        assert (st["cluster_manager.active_clusters"], st["cluster_manager.cluster_removed"]) == (0, 1)
+        assert "cluster.backend.membership_total" not in st
+        p.update(clusters=[_backend(up)])
+        status, _, body = request(addr, "/c")
+        assert (status, body) == (200, b"GET /c 0")
+        st = p.stats()
+        assert (st["cluster_manager.active_clusters"], st["cluster_manager.cluster_added"]) == (1, 2)
+        assert st["http.web.no_cluster"] == 1
+        wait_for(lambda: len(log.read_text().splitlines()) == 3)
+        assert log.read_text().splitlines() == ["200 - backend", "503 NC -", "200 - backend"]
+    finally:
+        p.stop(drain_timeout=0.5)
+        up.close()
+
+
+def test_tcp_proxy_to_a_removed_or_missing_cluster_closes_the_connection():
+    """Envoy's tcp_proxy with no cluster of its name: downstream_cx_no_route, the client's
+    connection closed. Connections already open keep their upstream; a cluster added under
+    the name (back, or for the first time) serves new connections, with the same handle."""
+    a = EchoServer(banner=b"A")
+    c = fastproxy.Cluster("c", [fastproxy.Endpoint("127.0.0.1", a.port)])
+    t = fastproxy.Listener("t", fastproxy.TcpProxy("c"), stat_prefix="t", port=0)
+    p = fastproxy.Proxy([t], [c], concurrency=1)
+    p.start()
+    try:
+        addr = p.listener_address("t")
+        open_one = connect(addr)
+        assert recv_exact(open_one, 1) == b"A"
+        p.update(clusters=[], _validated=True)          # (see the HTTP test above)
+        with connect(addr) as s:
+            assert wait_closed(s) == "eof"
+        assert p.stats()["tcp.t.downstream_cx_no_route"] == 1
+        open_one.sendall(b"still")
+        assert recv_exact(open_one, 5) == b"still"
+        open_one.close()
+        # A listener naming a cluster that was never configured.
+        later = fastproxy.Listener("later", fastproxy.TcpProxy("later"), stat_prefix="later", port=0)
+        p.update(listeners=[t, later], _validated=True)
+        handle = p._cluster_ref("later")
+        assert handle.removed
+        with connect(p.listener_address("later")) as s:
+            assert wait_closed(s) == "eof"
+        assert p.stats()["tcp.later.downstream_cx_no_route"] == 1
+        p.update(clusters=[c, fastproxy.Cluster("later", [fastproxy.Endpoint("127.0.0.1", a.port)])])
+        assert p._cluster_ref("later") is handle and not handle.removed
+        for name in ("t", "later"):
+            with connect(p.listener_address(name)) as s:
+                assert recv_exact(s, 1) == b"A"
+                s.sendall(b"back")
+                assert recv_exact(s, 4) == b"back"
+        st = p.stats()
+        assert (st["cluster_manager.cluster_added"], st["cluster_manager.cluster_removed"],
+                st["cluster_manager.active_clusters"]) == (3, 1, 2)
+        # Nothing refers to a cluster removed with its listeners: it is forgotten, and its
+        # hosts' counters with it.
+        assert host_stat_blocks(p) == 2          # (per cluster: the same address in both)
+        del handle
+        p.update(listeners=[], clusters=[])
+        wait_for(lambda: p.update(listeners=[], clusters=[]) or host_stat_blocks(p) == 0,
+                 msg="the removed clusters' host blocks freed")
+        assert p._absent_clusters == {}
+    finally:
+        p.stop(drain_timeout=0.5)
+        a.close()
+
+
+def test_cluster_removed_under_an_rds_table_answers_nc_on_an_open_connection():
+    """A CDS removal of a cluster an RDS route table names (no listener or table rebuilt):
+    the next request on an open keep-alive connection gets 503 NC; the cluster added back
+    serves it again, on the same connection."""
+    from fastproxy.http import Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost
+    from fastproxy.http.model import Rds
+    from fastproxy.model import ConfigSource
+    up = HoldUpstream()
+    rc = RouteConfiguration(name="r", virtual_hosts=[VirtualHost("vh", ["*"], routes=[
+        Route(RouteMatch(prefix="/"), route=RouteAction(cluster="backend", timeout=0))])])
+    hcm = fastproxy.http.HttpConnectionManager("web", rds=Rds("r", ConfigSource(ads=True)))
+    p = fastproxy.Proxy([fastproxy.Listener("web", hcm, port=0)], [_backend(up)], concurrency=1)
+    p.start()
+    try:
+        p.update(routes=[rc])
+        keep = connect(p.listener_address("web"))
+        assert ask(keep, "/a")[0] == 200
+        p.update(clusters=[])
+        status, headers, body = ask(keep, "/b")
+        assert (status, headers.get("content-length"), body) == (503, "0", b"")
+        assert p.stats()["http.web.no_cluster"] == 1
+        p.update(clusters=[_backend(up)])
+        assert ask(keep, "/c")[:3:2] == (200, b"GET /c 0")
+        keep.close()
+    finally:
+        p.stop(drain_timeout=0.5)
+        up.close()

@@ -11,7 +11,7 @@ cdef class Engine:
     cdef readonly bint started
     cdef list _threads
     cdef bint _stopped
-    cdef dict host_stats                # (cluster block, address bytes): StatBlockHandle
+    cdef dict host_stats                # cluster block: {address bytes: StatBlockHandle}
     cdef int64_t* global_active     # downstream connections over all listeners
     cdef int64_t global_max         # 0: no global limit
 
@@ -131,21 +131,18 @@ cdef class Engine:
                      HostSetHandle hosts, pool_idle_timeout=None, max_connection_duration=None,
                      uint32_t max_requests_per_connection=0, uint32_t max_connections=1024,
                      uint32_t max_pending_requests=1024, uint32_t max_requests=1024,
-                     uint32_t max_retries=3):
+                     uint32_t max_retries=3, bint removed=False):
+        """A cluster (ClusterHandle). removed: a name referenced with no cluster configured
+        (Proxy._cluster_ref), whose requests get 503 NC until set_params revives it."""
         cdef ClusterHandle h = ClusterHandle.__new__(ClusterHandle)
+        cdef ClusterParams params = _cluster_params(
+            lb_policy, connect_timeout, pool_idle_timeout, max_connection_duration,
+            max_requests_per_connection, max_connections, max_pending_requests, max_requests,
+            max_retries, removed)
         cdef ClusterCfg* c = <ClusterCfg*>calloc(1, sizeof(ClusterCfg))
         if c == NULL:
             raise MemoryError()
         c.refcnt = 1
-        c.lb = LB_RANDOM if lb_policy == "RANDOM" else LB_ROUND_ROBIN
-        c.connect_timeout_ms = max(1, <uint64_t>(connect_timeout * 1000))
-        c.pool_idle_ms = 0 if not pool_idle_timeout else max(1, <uint64_t>(pool_idle_timeout * 1000))
-        c.max_duration_ms = 0 if not max_connection_duration else max(1, <uint64_t>(max_connection_duration * 1000))
-        c.max_rq_per_cx = max_requests_per_connection
-        c.max_cx = max_connections
-        c.max_pending = max_pending_requests
-        c.max_rq = max_requests
-        c.max_retries = max_retries
         c.stats = stats.b
         c.nworkers = self.nworkers
         if cluster_per_worker_new(c) < 0:
@@ -154,9 +151,11 @@ cdef class Engine:
         for i in range(self.nworkers):
             # Spread the workers' round-robin starting points over the schedule.
             c.per_worker[i].next = <uint32_t>(i * max(1, hosts.hs.nschedule) // self.nworkers)
+            c.per_worker[i].params = params     # (no worker knows c yet)
         h.c = c
         h.engine = self
         h.stats = stats
+        h.params = params
         h.set_hosts(hosts)
         return h
 

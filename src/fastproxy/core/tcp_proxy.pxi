@@ -509,13 +509,20 @@ cdef void session_connect(Session* s) noexcept nogil:
     cdef Host* h
     cdef int fd, r
     cdef epoll_event ev
+    cdef ClusterParams* prm = cluster_params(c, w)
+    if prm.removed:
+        # No cluster of that name (removed, or never added): Envoy's tcp_proxy counts
+        # downstream_cx_no_route and closes the connection.
+        stat_add(s.cfg.tstats, w, T_NO_ROUTE, 1)
+        session_close(s, False, False)
+        return
     while s.attempts < s.cfg.max_connect_attempts:
         h = cluster_pick(c, w, s.attempts)
         if h == NULL:
             stat_add(c.stats, w, C_NONE_HEALTHY, 1)
             session_close(s, False, False)
             return
-        if cb_full(&c.n_cx, c.max_cx):
+        if cb_full(&c.n_cx, prm.max_cx):
             # The cluster's max_connections (over every worker): Envoy's tcp_proxy counts
             # the overflow and closes the client's connection; nothing waits.
             stat_add(c.stats, w, C_CX_OVERFLOW, 1)
@@ -551,7 +558,7 @@ cdef void session_connect(Session* s) noexcept nogil:
         stat_add(c.stats, w, C_CX_ACTIVE, 1)
         host_stat_add(s.hstats, w, HS_CX_ACTIVE, 1)
         s.state = S_CONNECTING
-        timer_arm(w, &s.connect_timer, c.connect_timeout_ms)
+        timer_arm(w, &s.connect_timer, prm.connect_timeout_ms)
         return
     stat_add(c.stats, w, C_ATTEMPTS_EXCEEDED, 1)
     session_close(s, False, False)

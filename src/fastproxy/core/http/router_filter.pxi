@@ -545,11 +545,12 @@ cdef int stream_route(HStream* s) noexcept nogil:
                s.routes.cluster_names[ci], <int>r.path_len, r.path,
                _pick(path != NULL, ", rewritten to ", ""), <int>path_len,
                _pick(path != NULL, path, ""))
-    if s.cluster == NULL:
-        # The route names a cluster that is not configured (an RDS table may): Envoy's 503
-        # with an empty body, flag NC, http.<prefix>.no_cluster.
+    if s.cluster == NULL or cluster_params(s.cluster, c.w).removed:
+        # The route names a cluster that is not configured (removed, or not added yet; an
+        # RDS table may): Envoy's 503 with an empty body, flag NC, http.<prefix>.no_cluster.
         if fp_log_level <= LOG_DEBUG:
             fp_log(c.w.index, "router", c.id, c.nrequests, "unknown cluster '%s'", s.routes.cluster_names[ci])
+        s.cluster = NULL                # (not this stream's cluster: nothing is charged to it)
         s.cluster_index = -1            # no upstream cluster: %UPSTREAM_CLUSTER% is "-"
         free(path)
         _route_input_free(hdrs, stack)

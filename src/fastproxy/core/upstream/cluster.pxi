@@ -15,7 +15,48 @@ cdef void hostset_decref(HostSet* h) noexcept nogil:
             statblock_decref(h.hosts[i].stats)
         free(h.hosts)
         free(h.schedule)
+        free(h.by_stats)
         free(h)
+
+
+cdef inline uint32_t _stats_hash(StatBlock* b) noexcept nogil:
+    return <uint32_t>(((<uint64_t><size_t>b) >> 4) * <uint64_t>11400714819323198485ULL >> 32)
+
+
+cdef int hostset_index(HostSet* hs) noexcept nogil:
+    """Build hs.by_stats (its hosts have their stat blocks). -1: no memory."""
+    cdef uint32_t size = 8, k
+    cdef int i
+    while size < <uint32_t>hs.nhosts * 2:
+        size <<= 1
+    hs.by_stats = <int*>malloc(size * sizeof(int))
+    if hs.by_stats == NULL:
+        return -1
+    memset(hs.by_stats, 0xff, size * sizeof(int))      # -1: empty
+    hs.by_stats_mask = size - 1
+    for i in range(hs.nhosts):
+        k = _stats_hash(hs.hosts[i].stats) & hs.by_stats_mask
+        while hs.by_stats[k] >= 0:
+            if hs.hosts[hs.by_stats[k]].stats == hs.hosts[i].stats:
+                break                   # the same address twice: the first one is found
+            k = (k + 1) & hs.by_stats_mask
+        if hs.by_stats[k] < 0:
+            hs.by_stats[k] = i
+    return 0
+
+
+cdef int hostset_find(HostSet* hs, StatBlock* b) noexcept nogil:
+    """The index in hs of the host whose stat block is b (the same address in the same
+    cluster), -1 when hs has no such host."""
+    cdef uint32_t k
+    if hs == NULL or hs.by_stats == NULL or b == NULL:
+        return -1
+    k = _stats_hash(b) & hs.by_stats_mask
+    while hs.by_stats[k] >= 0:
+        if hs.hosts[hs.by_stats[k]].stats == b:
+            return hs.by_stats[k]
+        k = (k + 1) & hs.by_stats_mask
+    return -1
 
 
 cdef int cluster_per_worker_new(ClusterCfg* c) noexcept nogil:
@@ -70,6 +111,17 @@ cdef void _msg_hostset_swap(Worker* w, void* arg) noexcept nogil:
     cdef HostSet* old = lb.hosts
     lb.hosts = m.hosts          # the message's reference moves into the slot
     hostset_decref(old)
+    cluster_decref(m.cluster)
+    free(m)
+
+
+cdef void _msg_params_swap(Worker* w, void* arg) noexcept nogil:
+    cdef ParamsSwap* m = <ParamsSwap*>arg
+    m.cluster.per_worker[w.index].params = m.params
+    if m.params.removed:
+        # The cluster is gone: its idle connections close (busy ones finish their request
+        # and close then, http_pool_release).
+        http_pool_close_idle(&m.cluster.http_pools[w.index])
     cluster_decref(m.cluster)
     free(m)
 
@@ -142,30 +194,114 @@ def make_hostset(list hosts, list schedule):
     return h
 
 
-cdef void _host_stats_prune(Engine engine):
-    """Drop the blocks of hosts that no host set, stream or connection refers to any more
-    (only the table's reference is left). A host set replaced by this refresh still has
-    its workers' references until they swap it: its hosts go at the next refresh."""
+cdef void _host_stats_prune(dict table):
+    """Drop the blocks of a cluster's hosts that no host set, stream or connection refers
+    to any more (only the table's reference is left). A host set replaced by this refresh
+    still has its workers' references until they swap it: its hosts go at the cluster's
+    next refresh. One cluster's table only: an EDS push of many clusters stays linear."""
     cdef StatBlockHandle sb
-    for key, sb in list(engine.host_stats.items()):
+    for key, sb in list(table.items()):
         if fp_load_int(&sb.b.refcnt) == 1:
+            del table[key]
+
+
+def prune_host_stats(Engine engine):
+    """Drop the host blocks nothing counts into any more, of every cluster (after clusters
+    were freed: a removed cluster's hosts go with it)."""
+    for key, table in list(engine.host_stats.items()):
+        _host_stats_prune(table)
+        if not table:
             del engine.host_stats[key]
 
 
 def _host_stat_blocks(Engine engine):
     """How many host stat blocks the engine keeps (fastproxy._testing)."""
-    return len(engine.host_stats)
+    return sum(len(table) for table in engine.host_stats.values())
+
+
+cdef ClusterParams _cluster_params(str lb_policy, double connect_timeout, pool_idle_timeout,
+                                   max_connection_duration, uint32_t max_requests_per_connection,
+                                   uint32_t max_connections, uint32_t max_pending_requests,
+                                   uint32_t max_requests, uint32_t max_retries, bint removed) except *:
+    cdef ClusterParams p
+    memset(&p, 0, sizeof(ClusterParams))
+    if lb_policy not in ("ROUND_ROBIN", "RANDOM"):
+        raise ValueError(f"lb_policy must be ROUND_ROBIN or RANDOM, got {lb_policy!r}")
+    p.lb = LB_RANDOM if lb_policy == "RANDOM" else LB_ROUND_ROBIN
+    p.removed = removed
+    p.connect_timeout_ms = max(1, <uint64_t>(connect_timeout * 1000))
+    p.pool_idle_ms = 0 if not pool_idle_timeout else max(1, <uint64_t>(pool_idle_timeout * 1000))
+    p.max_duration_ms = 0 if not max_connection_duration else max(1, <uint64_t>(max_connection_duration * 1000))
+    p.max_rq_per_cx = max_requests_per_connection
+    p.max_cx = max_connections
+    p.max_pending = max_pending_requests
+    p.max_rq = max_requests
+    p.max_retries = max_retries
+    return p
 
 
 cdef class ClusterHandle:
-    """Python owner of one reference to a ClusterCfg."""
+    """Python owner of one reference to a ClusterCfg: a cluster's identity while its name
+    is configured or referenced (Proxy._cluster_ref). Its config changes in place:
+    set_params, set_hosts, remove."""
     cdef ClusterCfg* c
     cdef Engine engine
     cdef readonly StatBlockHandle stats
     cdef HostSetHandle current          # the host set last given to the workers
+    cdef ClusterParams params           # the params last given to the workers
 
     def __dealloc__(self):
         cluster_decref(self.c)
+
+    @property
+    def in_use(self):
+        """Something besides this handle refers to the cluster: a listener or route
+        table, a connection, a request, a worker message."""
+        return fp_load_int(&self.c.refcnt) > 1
+
+    @property
+    def removed(self):
+        """No cluster of this name is configured: requests get 503 NC."""
+        return bool(self.params.removed)
+
+    def set_params(self, str lb_policy, double connect_timeout, pool_idle_timeout=None,
+                   max_connection_duration=None, uint32_t max_requests_per_connection=0,
+                   uint32_t max_connections=1024, uint32_t max_pending_requests=1024,
+                   uint32_t max_requests=1024, uint32_t max_retries=3):
+        """Give every worker the cluster's new params (a config update; the cluster is
+        configured, so no longer removed). Returns at once; each worker's new requests and
+        connections use them from its next loop turn."""
+        self._post_params(_cluster_params(
+            lb_policy, connect_timeout, pool_idle_timeout, max_connection_duration,
+            max_requests_per_connection, max_connections, max_pending_requests, max_requests,
+            max_retries, False))
+
+    def remove(self):
+        """No cluster of this name is configured any more: new HTTP requests to it get 503
+        NC, new TCP connections are closed, idle pooled connections close. In-flight ones
+        finish. set_params revives it."""
+        cdef ClusterParams p = self.params
+        p.removed = 1
+        self._post_params(p)
+
+    cdef _post_params(self, ClusterParams params):
+        cdef int i
+        cdef ParamsSwap* m
+        self.params = params
+        for i in range(self.c.nworkers):
+            m = <ParamsSwap*>malloc(sizeof(ParamsSwap))
+            if m == NULL:
+                raise MemoryError()
+            fp_atomic_add_int(&self.c.refcnt, 1)
+            m.cluster = self.c
+            m.params = params
+            if self.engine.started:
+                if worker_post(&self.engine.workers[i], _msg_params_swap, m) < 0:
+                    cluster_decref(m.cluster)       # that worker keeps its params
+                    free(m)
+                    raise MemoryError()
+            else:
+                _msg_params_swap(&self.engine.workers[i], m)
 
     def host_statuses(self):
         """The current hosts: [(ip, port, hostname, weight, {stat: value})], the stats
@@ -202,30 +338,40 @@ cdef class ClusterHandle:
     def circuit_breakers(self):
         """{name: (in use, limit)} for connections, pending requests and requests, over
         every worker (what Envoy's circuit_breakers.* gauges are computed from)."""
-        return {"cx": (fp_atomic_load_i64(&self.c.n_cx), self.c.max_cx),
-                "pending": (fp_atomic_load_i64(&self.c.n_pending), self.c.max_pending),
-                "rq": (fp_atomic_load_i64(&self.c.n_rq), self.c.max_rq),
-                "retries": (0, self.c.max_retries)}
+        return {"cx": (fp_atomic_load_i64(&self.c.n_cx), self.params.max_cx),
+                "pending": (fp_atomic_load_i64(&self.c.n_pending), self.params.max_pending),
+                "rq": (fp_atomic_load_i64(&self.c.n_rq), self.params.max_rq),
+                "retries": (0, self.params.max_retries)}
 
     def set_hosts(self, HostSetHandle hosts):
-        """Give every worker the new host set (DNS refresh). Returns at once."""
+        """Give every worker the new host set (DNS refresh, a config update, EDS). Returns
+        at once. A host that stays (same address) keeps its counters and its pooled
+        connections; connections to hosts that left finish what they carry and close."""
         cdef int i
         cdef HostSetSwap* m
+        cdef dict table
         cdef StatBlockHandle sb
         cdef Host* hst
         # Each host's counters: the block of that address in this cluster, kept by the
         # engine (a host that stays across a DNS refresh or a config update keeps counting).
+        table = self.engine.host_stats.get(<size_t>self.c.stats)
+        if table is None:
+            table = {}
+            if hosts.hs.nhosts:
+                self.engine.host_stats[<size_t>self.c.stats] = table
         for i in range(hosts.hs.nhosts):
             hst = &hosts.hs.hosts[i]
             if hst.stats == NULL:
-                key = (<size_t>self.c.stats, (<char*>&hst.addr)[:hst.addrlen])
-                sb = self.engine.host_stats.get(key)
+                key = (<char*>&hst.addr)[:hst.addrlen]
+                sb = table.get(key)
                 if sb is None:
                     sb = _statblock_handle(HOST_STATS, HOST_GAUGES, self.engine.nworkers)
-                    self.engine.host_stats[key] = sb
+                    table[key] = sb
                 fp_atomic_add_int(&sb.b.refcnt, 1)     # the host set's reference
                 hst.stats = sb.b
-        _host_stats_prune(self.engine)
+        if hosts.hs.by_stats == NULL and hostset_index(hosts.hs) < 0:
+            raise MemoryError()
+        _host_stats_prune(table)
         self.current = hosts
         for i in range(self.c.nworkers):
             m = <HostSetSwap*>malloc(sizeof(HostSetSwap))

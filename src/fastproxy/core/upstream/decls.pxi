@@ -23,10 +23,30 @@ cdef struct HostSet:
     Host* hosts
     int nschedule
     int* schedule               # host indexes, weighted and interleaved
+    int* by_stats               # open-addressing table: a host's stat block -> its index
+    uint32_t by_stats_mask      #   (hostset_find), built by ClusterHandle.set_hosts. A
+                                #   host's block is its identity (cluster, address): the
+                                #   pool finds the hosts that stay across a swap with it.
+
+cdef struct ClusterParams:      # what a cluster's config sets; one copy per worker
+    int lb
+    uint8_t removed             # no cluster of this name is configured (any more): new
+                                #   requests get 503 NC, TCP connections are closed
+    uint64_t connect_timeout_ms
+    # HTTP connection pool options (Envoy's HttpProtocolOptions)
+    uint64_t pool_idle_ms       # an idle pooled connection is closed after this; 0: never
+    uint64_t max_duration_ms    # max_connection_duration; 0: none
+    uint32_t max_rq_per_cx      # max_requests_per_connection; 0: none
+    # Circuit breakers (DEFAULT priority): the limits; the counts are in ClusterCfg.
+    uint32_t max_cx
+    uint32_t max_pending
+    uint32_t max_rq
+    uint32_t max_retries
 
 cdef struct WorkerLb:           # one per worker, touched only by that worker
     HostSet* hosts              # the worker's current host set (one reference)
     uint32_t next               # round-robin cursor
+    ClusterParams params        # the worker's copy, replaced by a message (set_params)
 
 cdef struct ClusterCfg
 cdef struct UpConn              # core/http/decls.pxi: an upstream HTTP/1.1 connection
@@ -45,25 +65,20 @@ cdef struct HttpPool:           # one per cluster per worker, touched only by th
     uint8_t kicked
 
 cdef struct ClusterCfg:
+    # A cluster keeps its ClusterCfg for as long as its name is configured or referenced:
+    # a config update changes what it points to (host sets, params: worker messages), never
+    # the pointer, so listeners and route tables that are not rebuilt see the change and
+    # pools keep their connections to the hosts that stay.
     int refcnt                  # atomic
-    int lb
-    uint64_t connect_timeout_ms
     StatBlock* stats
     int nworkers
-    WorkerLb* per_worker        # the load balancer's state, one per worker
+    WorkerLb* per_worker        # the load balancer's state and params, one per worker
     HttpPool* http_pools        # the HTTP connection pool, one per worker (http_pools_new)
-    # HTTP connection pool options (Envoy's HttpProtocolOptions)
-    uint64_t pool_idle_ms       # an idle pooled connection is closed after this; 0: never
-    uint64_t max_duration_ms    # max_connection_duration; 0: none
-    uint32_t max_rq_per_cx      # max_requests_per_connection; 0: none
-    # Circuit breakers (DEFAULT priority). Like Envoy's, they count over every worker: the
-    # counts are atomics shared by the workers, checked (a load) before a connection or
-    # request is admitted and moved (an atomic add) when one starts or ends, no lock. As in
-    # Envoy, check-then-add can overshoot a limit by the number of workers racing for it.
-    uint32_t max_cx
-    uint32_t max_pending
-    uint32_t max_rq
-    uint32_t max_retries
+    # Circuit breakers (DEFAULT priority; the limits are in the params). Like Envoy's, they
+    # count over every worker: the counts are atomics shared by the workers, checked (a
+    # load) before a connection or request is admitted and moved (an atomic add) when one
+    # starts or ends, no lock. As in Envoy, check-then-add can overshoot a limit by the
+    # number of workers racing for it.
     int64_t n_cx                # open upstream connections (HTTP and TCP)
     int64_t n_pending           # requests waiting for a connection (connecting or queued)
     int64_t n_rq                # requests bound to a connection
@@ -71,3 +86,7 @@ cdef struct ClusterCfg:
 cdef struct HostSetSwap:        # a worker message: the worker's new host set
     ClusterCfg* cluster
     HostSet* hosts
+
+cdef struct ParamsSwap:         # a worker message: the worker's new params
+    ClusterCfg* cluster
+    ClusterParams params

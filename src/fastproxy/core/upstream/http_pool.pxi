@@ -33,7 +33,8 @@
 #       The owner is done with u. reusable: the request went out whole and the response
 #       came back whole and allows keep-alive; the pool keeps the connection idle unless
 #       something forbids it (bytes left over, EOF, max_requests_per_connection,
-#       max_connection_duration, a host-set change, 64 idle to the host), else closes it.
+#       max_connection_duration, its host left the host set, the cluster was removed, 64
+#       idle to the host), else closes it.
 #   http_pool_cancel(u)
 #       The owner goes away before or while u carries its exchange (reset, timeout, a local
 #       reply, the downstream closed). HTTP/1.1 cannot abandon a request half-way, so the
@@ -81,9 +82,16 @@ cdef inline HttpPool* _pool_of(ClusterCfg* cl, Worker* w) noexcept nogil:
     return &cl.http_pools[w.index]
 
 
+# A host-set swap (DNS, a config update, EDS) keeps the connections to the hosts that stay:
+# the pool follows the worker's new set on its next use (_pool_sync), moving the idle lists
+# and counts of the hosts that stay to their index in the new set (found by their stat
+# block, hostset_find: O(hosts), no address compares) and closing the idle connections to
+# hosts that left. A busy or waiting connection still points into an older set; it is
+# moved to the pool's set when it comes back (_upconn_rehome), or closed if its host left.
+
 cdef inline int* _pool_host_conns(HttpPool* p, HostSet* hosts, int host_index) noexcept nogil:
     """This worker's count of connections to hosts[host_index]; NULL when hosts is not the
-    set the pool is sized for (DNS replaced it: the old hosts are no longer counted)."""
+    set the pool is sized for (the host left in a swap: it is no longer counted)."""
     if hosts != p.hosts or p.nconns == NULL or host_index >= p.nhosts:
         return NULL
     return &p.nconns[host_index]
@@ -134,8 +142,10 @@ cdef void upconn_close(UpConn* u) noexcept nogil:
         stat_add(cl.stats, w, C_CX_DESTROY, 1)
         stat_add(cl.stats, w, C_DESTROY_LOCAL + remote, 1)
         fp_atomic_add_i64(&cl.n_cx, -1)
+        _upconn_rehome(p, u)
         nconns = _pool_host_conns(p, u.hosts, u.host_index)
-        if u.host_counted and nconns != NULL:
+        # (> 0: a host that left and came back again starts its count afresh.)
+        if u.host_counted and nconns != NULL and nconns[0] > 0:
             nconns[0] -= 1
         if p.wait_head != NULL:
             _pool_kick(p, w)            # room for a request that waits (served this turn)
@@ -223,36 +233,94 @@ cdef void _pool_kick(HttpPool* p, Worker* w) noexcept nogil:
     http_worker(w).kicked = p
 
 
-cdef UpConn** _pool_list(HttpPool* p, Worker* w, int host_index) noexcept nogil:
-    """The idle list of host_index in the pool, for the worker's current host set."""
+cdef bint _upconn_rehome(HttpPool* p, UpConn* u) noexcept nogil:
+    """u points into the pool's host set (moved there from an older one if its host
+    stayed). False: its host is not in the pool's set."""
+    cdef int j
+    if u.hosts == p.hosts:
+        return True
+    j = hostset_find(p.hosts, u.hstats)
+    if j < 0:
+        return False
+    fp_atomic_add_int(&p.hosts.refcnt, 1)
+    hostset_decref(u.hosts)
+    u.hosts = p.hosts
+    u.host_index = j
+    return True
+
+
+cdef int _pool_sync(HttpPool* p, Worker* w) noexcept nogil:
+    """Size the pool for the worker's current host set, keeping what it has for the hosts
+    that stay (see above). -1: no memory (the pool stays as it was)."""
     cdef HostSet* current = lb_hosts(p.cluster, w)
-    cdef int i
-    if p.hosts != current:
-        # The host set changed (DNS): connections to the old hosts are not reused.
-        if p.idle != NULL:
-            for i in range(p.nhosts):
+    cdef UpConn** idle
+    cdef int* nconns
+    cdef UpConn* u
+    cdef UpConn* tail
+    cdef int i, j, n
+    if p.hosts == current and p.idle != NULL:
+        return 0
+    n = current.nhosts if current != NULL else 0
+    idle = <UpConn**>calloc(max(1, n), sizeof(UpConn*))
+    nconns = <int*>calloc(max(1, n), sizeof(int))
+    if idle == NULL or nconns == NULL:
+        free(idle)
+        free(nconns)
+        return -1
+    if p.idle != NULL:
+        # The hosts that left: their idle connections close (before the lists move, while
+        # they are still linked where upconn_close looks for them).
+        for i in range(p.nhosts):
+            if p.idle[i] != NULL and hostset_find(current, p.hosts.hosts[i].stats) < 0:
                 while p.idle[i] != NULL:
                     upconn_close(p.idle[i])
-            free(p.idle)
-        free(p.nconns)
-        hostset_decref(p.hosts)
-        p.nhosts = current.nhosts if current != NULL else 0
-        p.idle = <UpConn**>calloc(max(1, p.nhosts), sizeof(UpConn*))
-        p.nconns = <int*>calloc(max(1, p.nhosts), sizeof(int))
-        p.hosts = current
-        if current != NULL:
-            fp_atomic_add_int(&current.refcnt, 1)
-        if p.idle == NULL or p.nconns == NULL:
-            free(p.idle)
-            free(p.nconns)
-            p.idle = NULL
-            p.nconns = NULL
-            hostset_decref(p.hosts)
-            p.hosts = NULL              # try again next time
-            return NULL
-    if p.idle == NULL or host_index >= p.nhosts:
+        for i in range(p.nhosts):
+            j = hostset_find(current, p.hosts.hosts[i].stats)
+            if j < 0:
+                continue
+            nconns[j] += p.nconns[i]
+            if p.idle[i] == NULL:
+                continue
+            u = p.idle[i]
+            tail = NULL
+            while u != NULL:
+                u.idle_head = &idle[j]
+                fp_atomic_add_int(&current.refcnt, 1)
+                hostset_decref(u.hosts)
+                u.hosts = current
+                u.host_index = j
+                tail = u
+                u = u.idle_next
+            tail.idle_next = idle[j]        # (an address listed twice: one list)
+            idle[j] = p.idle[i]
+            p.idle[i] = NULL
+    free(p.idle)
+    free(p.nconns)
+    hostset_decref(p.hosts)
+    p.idle = idle
+    p.nconns = nconns
+    p.nhosts = n
+    p.hosts = current
+    if current != NULL:
+        fp_atomic_add_int(&current.refcnt, 1)
+    return 0
+
+
+cdef UpConn** _pool_list(HttpPool* p, Worker* w, int host_index) noexcept nogil:
+    """The idle list of host_index in the pool, for the worker's current host set."""
+    if _pool_sync(p, w) < 0 or host_index >= p.nhosts:
         return NULL
     return &p.idle[host_index]
+
+
+cdef void http_pool_close_idle(HttpPool* p) noexcept nogil:
+    """Close the pool's idle connections (its cluster was removed)."""
+    cdef int i
+    if p.idle == NULL:
+        return
+    for i in range(p.nhosts):
+        while p.idle[i] != NULL:
+            upconn_close(p.idle[i])
 
 
 cdef inline bint _upconn_attach(UpConn* u) noexcept nogil:
@@ -261,7 +329,8 @@ cdef inline bint _upconn_attach(UpConn* u) noexcept nogil:
     counted but upstream_rq_active_overflow) when the cluster's max_requests is reached:
     Envoy checks that limit here, when a request is bound to a connection."""
     cdef ClusterCfg* cl = u.cluster
-    if cb_full(&cl.n_rq, cl.max_rq):
+    cdef ClusterParams* prm = cluster_params(cl, u.w)
+    if cb_full(&cl.n_rq, prm.max_rq):
         stat_add(cl.stats, u.w, C_RQ_ACTIVE_OVERFLOW, 1)
         if u.stream != NULL:
             u.stream.response_flags |= RF_UO
@@ -273,7 +342,7 @@ cdef inline bint _upconn_attach(UpConn* u) noexcept nogil:
     host_stat_add(u.hstats, u.w, HS_RQ_TOTAL, 1)
     host_stat_add(u.hstats, u.w, HS_RQ_ACTIVE, 1)
     u.nrequests += 1
-    if cl.max_rq_per_cx and u.nrequests >= cl.max_rq_per_cx:
+    if prm.max_rq_per_cx and u.nrequests >= prm.max_rq_per_cx:
         # Counted when the last request the connection may carry is bound to it, as
         # Envoy; the connection closes after that response.
         stat_add(cl.stats, u.w, C_CX_MAX_REQUESTS, 1)
@@ -373,7 +442,7 @@ cdef int _upconn_connect(UpConn* u, Host* host) noexcept nogil:
     ev.data.ptr = &u.ep
     if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
         return -1
-    timer_arm(w, &u.timer, cl.connect_timeout_ms)
+    timer_arm(w, &u.timer, cluster_params(cl, w).connect_timeout_ms)
     return 0
 
 
@@ -384,6 +453,7 @@ cdef UpConn* http_pool_acquire(HStream* s, ClusterCfg* cl) noexcept nogil:
     no host or the connection failed at once). See the contract at the top."""
     cdef Worker* w = s.c.w
     cdef HttpPool* p = _pool_of(cl, w)
+    cdef ClusterParams* prm = cluster_params(cl, w)
     cdef Host* host = cluster_pick(cl, w, 0)
     cdef int idx
     cdef UpConn** head
@@ -399,7 +469,7 @@ cdef UpConn* http_pool_acquire(HStream* s, ClusterCfg* cl) noexcept nogil:
     idx = <int>(host - lb_hosts(cl, w).hosts)
     head = _pool_list(p, w, idx)
     if head != NULL and head[0] != NULL and not s.connect:     # a tunnel gets its own
-        if cb_full(&cl.n_rq, cl.max_rq):
+        if cb_full(&cl.n_rq, prm.max_rq):
             # Envoy binds the request to the idle connection, which refuses it and stays idle.
             stat_add(cl.stats, w, C_RQ_ACTIVE_OVERFLOW, 1)
             s.response_flags |= RF_UO
@@ -412,14 +482,14 @@ cdef UpConn* http_pool_acquire(HStream* s, ClusterCfg* cl) noexcept nogil:
                    s.c.nrequests, <unsigned long long>s.c.id)
         return u
     # A new connection: Envoy first refuses a request beyond max_pending_requests...
-    if cb_full(&cl.n_pending, cl.max_pending):
+    if cb_full(&cl.n_pending, prm.max_pending):
         stat_add(cl.stats, w, C_RQ_PENDING_OVERFLOW, 1)
         s.response_flags |= RF_UO
         return NULL
     u = _upconn_new(s, cl, idx)
     if u == NULL:
         return NULL
-    if cb_full(&cl.n_cx, cl.max_cx):
+    if cb_full(&cl.n_cx, prm.max_cx):
         # ...then, at max_connections, counts upstream_cx_overflow and lets the request wait
         # for one of this worker's connections to the host; with none (they are all on other
         # workers or hosts) it connects anyway, or the request could wait forever.
@@ -471,13 +541,14 @@ cdef void http_pool_release(UpConn* u, bint reusable) noexcept nogil:
     # ep.hup: the upstream's FIN came with (or right behind) the response it answered; a
     # short read never reads on to see it, so the event flag is all there is.
     if not reusable or u.eof or u.ep.hup or u.in_buf.length or u.out_buf.length \
-            or u.last_request or lb_hosts(u.cluster, u.w) != u.hosts:
+            or u.last_request or cluster_params(u.cluster, u.w).removed:
         upconn_close(u)
         return
-    head = _pool_list(p, u.w, u.host_index)
-    if head == NULL:
+    # After a host-set swap: kept if its host stayed, else closed.
+    if _pool_sync(p, u.w) < 0 or not _upconn_rehome(p, u):
         upconn_close(u)
         return
+    head = &p.idle[u.host_index]
     x = head[0]
     while x != NULL:
         n += 1
@@ -489,8 +560,8 @@ cdef void http_pool_release(UpConn* u, bint reusable) noexcept nogil:
     u.idle_next = head[0]
     head[0] = u
     u.idle_head = head
-    if u.cluster.pool_idle_ms:
-        timer_arm(u.w, &u.timer, u.cluster.pool_idle_ms)
+    if cluster_params(u.cluster, u.w).pool_idle_ms:
+        timer_arm(u.w, &u.timer, cluster_params(u.cluster, u.w).pool_idle_ms)
     if p.wait_head != NULL:
         _pool_kick(p, u.w)              # a request waits for a connection: this one
 
@@ -538,8 +609,8 @@ cdef void upconn_on_event(Worker* w, UpConn* u, uint32_t events) noexcept nogil:
         stat_sub(u.cluster.stats, w, C_RQ_PENDING_ACTIVE, 1)
         host_stat_sub(u.hstats, w, HS_RQ_PENDING_ACTIVE, 1)
         fp_atomic_add_i64(&u.cluster.n_pending, -1)
-        if u.cluster.max_duration_ms:
-            timer_arm(w, &u.duration_timer, u.cluster.max_duration_ms)
+        if cluster_params(u.cluster, w).max_duration_ms:
+            timer_arm(w, &u.duration_timer, cluster_params(u.cluster, w).max_duration_ms)
         if u.stream != NULL and not _upconn_attach(u):
             _upconn_overflowed(u)
             return
@@ -650,8 +721,8 @@ cdef void http_serve_waiting(Worker* w) noexcept nogil:
                 u = nxt
                 continue
             hosts = lb_hosts(cl, w)
-            if u.hosts != hosts:
-                # The host set changed (DNS) while it waited: pick again from the new one.
+            if u.hosts != hosts and not (_pool_sync(pool, w) == 0 and _upconn_rehome(pool, u)):
+                # Its host left the host set while it waited: pick again from the new one.
                 host = cluster_pick(cl, w, 0)
                 if host == NULL:
                     _wait_unlink(u)
@@ -672,7 +743,7 @@ cdef void http_serve_waiting(Worker* w) noexcept nogil:
                 host_stats_hold(&s.upstream.hstats, host.stats)
                 memcpy(&s.upstream.addr, &host.addr, host.addrlen)
                 s.upstream.addrlen = host.addrlen
-            host = &hosts.hosts[u.host_index]
+            host = &u.hosts.hosts[u.host_index]
             head = _pool_list(pool, w, u.host_index)
             if head != NULL and head[0] != NULL and not s.connect:     # (a tunnel gets its own)
                 # An idle connection to its host: the request (already serialized into u's
@@ -694,7 +765,8 @@ cdef void http_serve_waiting(Worker* w) noexcept nogil:
                 else:
                     p.ep.writable = 1
                     upconn_pump(p)
-            elif not cb_full(&cl.n_cx, cl.max_cx) or not _pool_has_conn_to(pool, u.hosts, u.host_index):
+            elif not cb_full(&cl.n_cx, cluster_params(cl, w).max_cx) \
+                    or not _pool_has_conn_to(pool, u.hosts, u.host_index):
                 _wait_unlink(u)
                 if _upconn_connect(u, host) < 0:
                     http_pool_fail(u, 503, UPSTREAM_CONNECT_FAILURE)

@@ -6,11 +6,18 @@
 # changes the membership, so picking a host takes no lock. Weighted round robin uses a
 # schedule precomputed on the main thread (smooth weighted interleaving), so the worker
 # only advances an index; RANDOM draws an index into the same schedule, which weights it.
+# The cluster's params (policy, timeouts, limits) are per worker too (WorkerLb.params),
+# replaced the same way when the cluster's config changes.
 
 
 cdef inline HostSet* lb_hosts(ClusterCfg* c, Worker* w) noexcept nogil:
     """The worker's current host set of c (NULL before the first one)."""
     return c.per_worker[w.index].hosts
+
+
+cdef inline ClusterParams* cluster_params(ClusterCfg* c, Worker* w) noexcept nogil:
+    """The worker's copy of c's params (what its config sets: timeouts, limits, policy)."""
+    return &c.per_worker[w.index].params
 
 
 cdef Host* cluster_pick(ClusterCfg* c, Worker* w, int attempt) noexcept nogil:
@@ -20,7 +27,7 @@ cdef Host* cluster_pick(ClusterCfg* c, Worker* w, int attempt) noexcept nogil:
     cdef uint32_t i
     if hs == NULL or hs.nschedule == 0:
         return NULL
-    if c.lb == LB_RANDOM and attempt == 0:
+    if lb.params.lb == LB_RANDOM and attempt == 0:
         i = <uint32_t>(worker_random(w) % <uint64_t>hs.nschedule)
     else:
         # Round robin; a retry after a failed connect also moves on to the next host.
