@@ -227,15 +227,27 @@ class _ListenerBuild:
 class _Draining:
     """A retired listener version whose connections drain until ``end`` (monotonic)."""
 
-    __slots__ = ("name", "model", "handle", "end", "state")
+    __slots__ = ("name", "model", "handle", "end", "state", "in_place")
 
-    def __init__(self, name: str, model: Listener, handle, end: float, state):
+    def __init__(self, name: str, model: Listener, handle, end: float, state, in_place: bool = False):
         self.name, self.model, self.handle, self.end, self.state = name, model, handle, end, state
+        self.in_place = in_place    # replaced by a version that differs in its filter chain only
 
     def over(self) -> bool:
         # Envoy lists a draining listener for the whole drain time; this one goes as soon
         # as its last connection has (nothing is left to drain).
         return time.monotonic() >= self.end or self.handle.connections() == 0
+
+
+# What a Listener has beside its filter chain (Envoy's Listener fields outside
+# filter_chains): a version that changes none of them is, in Envoy's words, updated in
+# place (listener_in_place_updated): the same socket, new filter chains, the old ones
+# draining (total_filter_chains_draining). The connections drain alike either way.
+_LISTENER_SOCKET_FIELDS = ("address", "port", "backlog", "max_connections", "buffer_limit", "drain_type")
+
+
+def _same_listener_socket(a: Listener, b: Listener) -> bool:
+    return all(getattr(a, f) == getattr(b, f) for f in _LISTENER_SOCKET_FIELDS)
 
 
 DRAIN_STRATEGIES = ("gradual", "immediate")
@@ -354,7 +366,7 @@ class Proxy:
         self.drain_time_s = float(drain_time_s)
         self.drain_strategy = drain_strategy
         # Envoy's listener_manager.listener_added / _modified / _removed
-        self._listener_counts = {"added": 0, "modified": 0, "removed": 0}
+        self._listener_counts = {"added": 0, "modified": 0, "in_place_updated": 0, "removed": 0}
         # The route configurations given by update(routes=...) (RDS), by name; a listener
         # whose rds names one not here is warming (see warming_listeners).
         self._routes: dict[str, RouteConfiguration] = {}
@@ -808,10 +820,14 @@ class Proxy:
 
     def stats(self) -> dict[str, int]:
         """Counters and gauges with Envoy's names, summed over the workers."""
+        draining = self._still_draining()
         out: dict[str, int] = {
             "server.concurrency": self.concurrency,
             "listener_manager.total_listeners_active": len(self._listeners),
-            "listener_manager.total_listeners_draining": len(self._still_draining()),
+            # Envoy drains a listener changed only in its filter chains in place: its old
+            # filter chains drain, the listener does not.
+            "listener_manager.total_listeners_draining": sum(1 for d in draining if not d.in_place),
+            "listener_manager.total_filter_chains_draining": sum(1 for d in draining if d.in_place),
             "cluster_manager.active_clusters": len(self._clusters),
         }
         memory = memory_stats()
@@ -869,7 +885,8 @@ class Proxy:
     def gauge_names(self) -> set[str]:
         """Which names in :meth:`stats` are gauges (Envoy's type); the others are counters."""
         out = {"server.concurrency", "listener_manager.total_listeners_active",
-               "listener_manager.total_listeners_draining", "cluster_manager.active_clusters", *MEMORY_GAUGES}
+               "listener_manager.total_listeners_draining", "listener_manager.total_filter_chains_draining",
+               "cluster_manager.active_clusters", *MEMORY_GAUGES}
         for (kind, name), block in list(self._stats.items()):
             out.update(f"{name}.{g}" for g in block.gauges)
             if kind == "listener":
@@ -1143,11 +1160,14 @@ class Proxy:
             if new is old or old.retired:
                 continue
             self._listener_counts["modified" if new is not None else "removed"] += 1
+            in_place = new is not None and _same_listener_socket(old.model, new.model)
+            if in_place:
+                self._listener_counts["in_place_updated"] += 1
             old.retired = True
             old.handle.start_drain(self.drain_time_s, self.drain_strategy == "immediate")
             st = states.get(name)
             retired.append(_Draining(name, old.model, old.handle, now + self.drain_time_s,
-                                     dataclasses.replace(st[1]) if st is not None else None))
+                                     dataclasses.replace(st[1]) if st is not None else None, in_place))
         with self._draining_lock:       # (the drains that are over go: each holds its config)
             self._draining = [d for d in self._draining if not d.over()] + retired
         self._listener_counts["added"] += sum(1 for name in builds if name not in self._listener_builds)

@@ -93,7 +93,10 @@ def test_changed_listener_drains_old_connections_and_serves_new_ones(ab, proxy_f
     p.update(listeners=[_web("web", "b")])
     assert p.listener_address("web") == addr
     assert p.draining_listeners() == ["web"]
-    assert stat(p, "listener_manager.total_listeners_draining") == 1
+    # Only the filter chain changed (its routes): as Envoy's, an update in place, whose
+    # old filter chains drain, not the listener.
+    assert stat(p, "listener_manager.total_filter_chains_draining") == 1
+    assert stat(p, "listener_manager.total_listeners_draining") == 0
     assert _fresh_get(addr) == b"B"
     n = len(churn.bodies)
     wait_for(lambda: churn.errors or len(churn.bodies) >= n + 5, msg="churn after the update")
@@ -115,9 +118,27 @@ def test_changed_listener_drains_old_connections_and_serves_new_ones(ab, proxy_f
     assert stat(p, "http.web.downstream_cx_drain_close") == 1
     assert stat(p, "listener_manager.listener_added") == 1
     assert stat(p, "listener_manager.listener_modified") == 1
+    assert stat(p, "listener_manager.listener_in_place_updated") == 1
     assert stat(p, "listener_manager.listener_removed") == 0
     wait_for(lambda: p.draining_listeners() == [], msg="drain over")
-    assert stat(p, "listener_manager.total_listeners_draining") == 0
+    assert stat(p, "listener_manager.total_filter_chains_draining") == 0
+
+
+def test_a_change_beside_the_filter_chain_drains_the_listener(ab, proxy_factory):
+    """A listener-level field (here its per-connection buffer limit) changed: not an update
+    in place; the old listener version drains (total_listeners_draining), as Envoy's."""
+    p = proxy_factory([_web("web", "a")], ab, drain_time_s=30)
+    addr = p.listener_address("web")
+    old = connect(addr)
+    assert _get(old) == (b"A", False)
+    changed = _web("web", "a")
+    changed.buffer_limit = 1 << 19
+    p.update(listeners=[changed])
+    assert stat(p, "listener_manager.total_listeners_draining") == 1
+    assert stat(p, "listener_manager.total_filter_chains_draining") == 0
+    assert stat(p, "listener_manager.listener_modified") == 1
+    assert stat(p, "listener_manager.listener_in_place_updated") == 0
+    old.close()
 
 
 @pytest.mark.timeout(30)
