@@ -414,8 +414,10 @@ class Bootstrap:
         """Check the whole configuration. Paths name the Python arguments (``clusters[0].
         endpoints[1].port``); the Envoy loader passes ``static_resources.`` as prefix.
         ``trusted``: ids of listeners and clusters that passed their own validation before
-        and have not changed since (an xDS update re-checks the resources it brings and the
-        references between all of them, not every resource it leaves alone)."""
+        and have not changed since, or that the Envoy loader read (it checks each field as
+        it reads it, and a listener's cluster references against the clusters it knows):
+        only names and addresses are checked across them (an xDS update does not check
+        again every resource it leaves alone)."""
         for what, items, cls in (("listeners", self.listeners, Listener), ("clusters", self.clusters, Cluster)):
             if not isinstance(items, (list, tuple)):
                 raise TypeError(f"{what} must be a list of {cls.__name__}, got {type(items).__name__}")
@@ -448,6 +450,11 @@ class Bootstrap:
                 raise ConfigError(f"{prefix}listeners[{i}].address", f"address {l.address}:{l.port} used by two listeners")
             addrs.add((l.address, l.port))
             handler = l.handler
+            if id(l) in trusted:
+                # Checked when it came, its routes' clusters too. A cluster removed since
+                # (CDS) is no reason to refuse the update, as in Envoy: its requests get 503
+                # (flag NC), its TCP connections are closed (no_route).
+                continue
             if not isinstance(handler, TcpProxy):      # validate_http names any other type
                 validate_http(handler, l.handler_path(f"{prefix}listeners[{i}]"), names)
                 if handler.rds is not None and not isinstance(handler.rds.config_source, ConfigSource):

@@ -220,12 +220,15 @@ def test_cds_file_adds_and_changes_a_cluster_a_listener_routes_to(tmp_path, upst
     publish(cds, "c2", [cds_cluster("svc", b.port)])
     wait_for(lambda: get(addr) == (200, b"B"), msg="cluster svc now at b")
     assert p.stats()["cluster_manager.cds.version"] == xxh64(b"c2")
-    # Removing a cluster a listener still routes to is refused (fastproxy checks every
-    # route's cluster; see README "Dynamic configuration"): nothing changes.
+    # Removing a cluster a listener still routes to is accepted, as by Envoy: its requests
+    # get 503 (flag NC) until a cluster of that name comes back.
     publish(cds, "c3", [])
-    wait_for(lambda: p.stats()["cluster_manager.cds.update_rejected"] == 1)
-    assert get(addr) == (200, b"B")
-    assert p.stats()["cluster_manager.cds.version"] == xxh64(b"c2")
+    wait_for(lambda: p.stats()["cluster_manager.cds.update_success"] == 3)
+    assert get(addr)[0] == 503
+    assert p.stats()["http.dyn.no_cluster"] >= 1
+    publish(cds, "c4", [cds_cluster("svc", a.port)])
+    wait_for(lambda: get(addr) == (200, b"A"), msg="cluster svc back, at a")
+    assert p.stats()["cluster_manager.cds.update_rejected"] == 0
 
 
 def test_unknown_cluster_in_lds_names_its_path(tmp_path, upstreams, run_proxy, caplog):

@@ -533,8 +533,10 @@ class XdsResources:
         lists["clusters"] = self._with_endpoints(lists["clusters"])
         candidate = Bootstrap(lists["listeners"], lists["clusters"])
         # The resources this update leaves alone passed validation when they came (static
-        # ones with the bootstrap): only the references between them are checked again.
-        trusted = frozenset(map(id, self.static[field] + lists[other]))
+        # ones with the bootstrap), and the loader checked those it brings as it read them
+        # (their cluster references too, in _decode_one): only names and addresses are
+        # checked across them all.
+        trusted = frozenset(map(id, self.static[field] + lists[other] + lists[field]))
         try:
             candidate.validate(trusted=trusted)
         except ConfigError as e:
