@@ -30,6 +30,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from .proto_dict import ASSIGNMENT as ASSIGNMENT_MESSAGE, CLUSTER as CLUSTER_MESSAGE, resource_dict
+
 log = logging.getLogger("fastproxy.xds")
 
 ApplyFn = Callable[[str, list, str, list], Optional[str]]   # (type_url, resources, version, removed)
@@ -59,6 +61,13 @@ MESSAGE_MODULES = (
     "xds.type.v3.typed_struct_pb2",
     "udpa.type.v1.typed_struct_pb2",
 )
+
+
+def _fast_read_classes() -> dict:
+    """The generated classes xds/proto_dict.py reads endpoints from directly."""
+    from envoy.config.cluster.v3 import cluster_pb2
+    from envoy.config.endpoint.v3 import endpoint_pb2
+    return {CLUSTER_MESSAGE: cluster_pb2.Cluster, ASSIGNMENT_MESSAGE: endpoint_pb2.ClusterLoadAssignment}
 
 
 def _require_grpc():
@@ -275,7 +284,6 @@ class AdsClient:
     def _answer(self, resp):
         """Apply one response and build its ACK or NACK (None: a type not subscribed to)."""
         from envoy.service.discovery.v3 import discovery_pb2
-        from google.protobuf import json_format
         type_url = resp.type_url
         st = self.types.get(type_url)
         if st is None:
@@ -287,7 +295,7 @@ class AdsClient:
         st.responded.set()              # (before apply: what it subscribes may depend on it)
 
         def as_dict(any_msg):
-            return json_format.MessageToDict(any_msg, preserving_proto_field_name=True)
+            return resource_dict(any_msg, _fast_read_classes())
 
         version = resp.system_version_info if self.delta else resp.version_info
         removed = list(resp.removed_resources) if self.delta else []
