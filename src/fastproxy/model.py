@@ -5,6 +5,7 @@ them into an immutable snapshot (see docs/architecture.md).
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import warnings
 from dataclasses import dataclass, field
@@ -16,6 +17,9 @@ from .http.model import AccessLog, HttpConnectionManager, validate_http
 
 LB_POLICIES = ("ROUND_ROBIN", "RANDOM")
 CLUSTER_TYPES = ("STATIC", "STRICT_DNS", "EDS")
+
+
+_LEADING_ZERO = re.compile(r"(?:^|\.)0\d")
 
 
 def is_ip_literal(address: str) -> bool:
@@ -39,7 +43,7 @@ def is_ip_literal(address: str) -> bool:
         socket.inet_pton(family, address)
     except (OSError, ValueError):
         return False
-    if family == socket.AF_INET and any(len(p) > 1 and p[0] == "0" for p in address.split(".")):
+    if family == socket.AF_INET and _LEADING_ZERO.search(address):
         return False                    # leading zeros: ipaddress refuses them (ambiguous octal)
     return True
 

@@ -33,6 +33,14 @@ SHAPES = {
     "port 0": [{"lb_endpoints": [ep(0)]}],
     "health": [{"lb_endpoints": [ep(1, health_status="DRAINING")]}],
     "none": [],
+    "big weight, high port": [{"lb_endpoints": [ep(65535, load_balancing_weight=300), ep(128)]}],
+    "weight 0": [{"lb_endpoints": [ep(1, load_balancing_weight=0)]}],
+    "ipv6": [{"lb_endpoints": [ep(80, sock={"address": "2001:db8::1"})]}],
+    "long name": [{"lb_endpoints": [ep(80, sock={"address": "h" * 200 + ".example"})]}],
+    "ipv4 compat": [{"lb_endpoints": [ep(80, sock={"ipv4_compat": True})]}],
+    "endpoint name": [{"lb_endpoints": [{"endpoint_name": "named"}]}],
+    "metadata": [{"lb_endpoints": [ep(1, metadata={"filter_metadata": {"a": {"b": 1}}})]}],
+    "non-ascii": [{"lb_endpoints": [ep(1, sock={"address": "h\u00e9.example"})]}],
 }
 
 

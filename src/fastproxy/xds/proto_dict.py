@@ -14,8 +14,29 @@ from typing import Any, Optional
 CLUSTER = "envoy.config.cluster.v3.Cluster"
 ASSIGNMENT = "envoy.config.endpoint.v3.ClusterLoadAssignment"
 
-_LB_FIELDS = frozenset(("endpoint", "load_balancing_weight"))
-_SOCKET_FIELDS = frozenset(("address", "port_value"))
+
+
+def _varint_size(n: int) -> int:
+    size = 1
+    while n >= 0x80:
+        n >>= 7
+        size += 1
+    return size
+
+
+def _field_size(payload: int) -> int:
+    """A length-delimited field numbered below 16 (a one-byte tag) of ``payload`` bytes."""
+    return 1 + _varint_size(payload) + payload
+
+
+def _plain_size(address: str, port: int, weight: Optional[int]) -> int:
+    """The encoded size of LbEndpoint{endpoint: {address: {socket_address: {address: (2),
+    port_value: (3)}}}, load_balancing_weight: (4)}: every field number below 16."""
+    sock = _field_size(len(address)) + 1 + _varint_size(port)
+    size = _field_size(_field_size(_field_size(sock)))
+    if weight is not None:
+        size += _field_size(1 + _varint_size(weight) if weight else 0)
+    return size
 
 
 def _names(msg) -> set:
@@ -31,16 +52,18 @@ def plain_endpoints(assignment) -> Optional[list]:
             return None                 # locality, priority, weights: the general reading
         out = []
         for lb in group.lb_endpoints:
-            if not _names(lb) <= _LB_FIELDS or _names(lb.endpoint) != {"address"} \
-                    or _names(lb.endpoint.address) != {"socket_address"}:
-                return None
             sock = lb.endpoint.address.socket_address
-            if _names(sock) != _SOCKET_FIELDS:
+            address, port = sock.address, sock.port_value
+            weighted = lb.HasField("load_balancing_weight")
+            weight = lb.load_balancing_weight.value if weighted else None
+            # One size check instead of a look at each message's fields: the wire size of
+            # an LbEndpoint holding this address, port and weight and nothing else. If it
+            # has anything more (a hostname, health, metadata, a protocol), its size differs.
+            if not address or not port or not address.isascii() or lb.ByteSize() != _plain_size(address, port, weight):
                 return None
-            item = {"endpoint": {"address": {"socket_address": {"address": sock.address,
-                                                                "port_value": sock.port_value}}}}
-            if lb.HasField("load_balancing_weight"):
-                item["load_balancing_weight"] = lb.load_balancing_weight.value
+            item = {"endpoint": {"address": {"socket_address": {"address": address, "port_value": port}}}}
+            if weighted:
+                item["load_balancing_weight"] = weight
             out.append(item)
         groups.append({"lb_endpoints": out} if out else {})
     return groups
