@@ -17,25 +17,20 @@ ASSIGNMENT = "envoy.config.endpoint.v3.ClusterLoadAssignment"
 
 
 def _varint_size(n: int) -> int:
-    size = 1
-    while n >= 0x80:
-        n >>= 7
-        size += 1
-    return size
-
-
-def _field_size(payload: int) -> int:
-    """A length-delimited field numbered below 16 (a one-byte tag) of ``payload`` bytes."""
-    return 1 + _varint_size(payload) + payload
+    return 1 if n < 0x80 else 2 if n < 0x4000 else 3 if n < 0x200000 else 4 if n < 0x10000000 else 5
 
 
 def _plain_size(address: str, port: int, weight: Optional[int]) -> int:
     """The encoded size of LbEndpoint{endpoint: {address: {socket_address: {address: (2),
-    port_value: (3)}}}, load_balancing_weight: (4)}: every field number below 16."""
-    sock = _field_size(len(address)) + 1 + _varint_size(port)
-    size = _field_size(_field_size(_field_size(sock)))
+    port_value: (3)}}}, load_balancing_weight: (4)}: every field number below 16, so every
+    tag one byte; a length-delimited field is tag, length varint, payload."""
+    sock = 1 + _varint_size(len(address)) + len(address) + 1 + _varint_size(port)
+    address_msg = 1 + _varint_size(sock) + sock
+    endpoint = 1 + _varint_size(address_msg) + address_msg
+    size = 1 + _varint_size(endpoint) + endpoint
     if weight is not None:
-        size += _field_size(1 + _varint_size(weight) if weight else 0)
+        wrapper = 1 + _varint_size(weight) if weight else 0
+        size += 1 + _varint_size(wrapper) + wrapper
     return size
 
 
