@@ -220,6 +220,8 @@ def test_memory_follows_the_configuration(admin_proxy, servers):
         return int(json.loads(get(admin, "/memory")[2])["allocated"])
     small = p.config.clusters
     before = allocated()
+    if before == 0:
+        pytest.skip("this allocator gives no mallinfo2 figures (an ASan build's)")
     # 10,000 hosts (each Host keeps its address and a 256-byte name): megabytes of C heap.
     big = [Cluster(f"b{i}", [Endpoint("127.0.0.1", 10000 + j) for j in range(100)]) for i in range(100)]
     p.update(clusters=list(small) + big)
