@@ -93,10 +93,10 @@ def start(kind: str, text: str, tmp: Path, pin=None):
     raise RuntimeError("fastproxy exited before its admin was up")
 
 
-def status(addr, host: str) -> int:
+def status(addr, host: str, path: str = "/") -> int:
     c = http.client.HTTPConnection(*addr, timeout=2)
     try:
-        c.request("GET", "/", headers={"Host": host})
+        c.request("GET", path, headers={"Host": host})
         r = c.getresponse()
         r.read()
         return r.status
@@ -197,7 +197,7 @@ def one_round(kind: str, n_clusters: int, n_endpoints: int, n_vhosts: int, up_po
 
 def wrk(addr, seconds: float, connections: int, cpu) -> dict:
     out = subprocess.run(taskset(cpu) + ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s",
-                                         f"http://{addr[0]}:{addr[1]}/"],
+                                         f"http://{addr[0]}:{addr[1]}/small"],
                          capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
@@ -219,7 +219,7 @@ def churn_round(kind: str, up_port: int, alt_port: int, seconds: float, interval
         push(0)
         proc, addr = start(kind, ads_bootstrap(cp.port), Path(d), pin=0)
         try:
-            while status(addr, "x") != 200:
+            while status(addr, "x", "/small") != 200:
                 time.sleep(0.01)
             quiet = wrk(addr, seconds, connections, 1)
             stop = threading.Event()
@@ -246,20 +246,41 @@ def churn_round(kind: str, up_port: int, alt_port: int, seconds: float, interval
             proc.wait()
 
 
+def nginx_upstreams(tmp: Path, n: int) -> tuple:
+    """n nginx origins (http_bench.py's: /small is 13 bytes), pinned beside wrk on CPU 1, so
+    that the origin is never what limits the rate; returns (Procs, ports)."""
+    from benchlib import Proc, find_binary, reserve_ports
+    from http_bench import upstream_conf
+    nginx = find_binary("nginx")
+    if nginx is None:
+        raise SystemExit("nginx not found (benchmarks/install.sh installs it)")
+    procs, ports = [], reserve_ports(n)
+    for i, port in enumerate(ports):
+        d = tmp / f"up{i}"
+        (d / "www").mkdir(parents=True)
+        (d / "nginx.conf").write_text(upstream_conf(d, d / "www", port))
+        p = Proc(f"upstream{i}", taskset(1) + [nginx, "-p", str(d), "-e", str(d / "error.log"),
+                                               "-c", str(d / "nginx.conf")], port, d / "log")
+        p.start()
+        p.wait_ready(10)
+        procs.append(p)
+    return procs, ports
+
+
 def churn_main(args, kinds) -> int:
-    up = RawHttpUpstream(lambda m, p, h, b: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-    alt = RawHttpUpstream(lambda m, p, h, b: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     results: dict = {k: [] for k in kinds}
-    try:
-        for r in range(args.rounds):
-            for kind in (kinds if r % 2 == 0 else list(reversed(kinds))):
-                res = churn_round(kind, up.port, alt.port, args.churn_seconds, args.churn_interval, args.connections)
-                results[kind].append(res)
-                print(f"round {r + 1} {kind:9s} " + "  ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
-                                                            for k, v in res.items()), flush=True)
-    finally:
-        up.close()
-        alt.close()
+    with tempfile.TemporaryDirectory() as d:
+        procs, (up, alt) = nginx_upstreams(Path(d), 2)
+        try:
+            for r in range(args.rounds):
+                for kind in (kinds if r % 2 == 0 else list(reversed(kinds))):
+                    res = churn_round(kind, up, alt, args.churn_seconds, args.churn_interval, args.connections)
+                    results[kind].append(res)
+                    print(f"round {r + 1} {kind:9s} " + "  ".join(
+                        f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in res.items()), flush=True)
+        finally:
+            for p in procs:
+                p.stop()
     summary = {k: {m: statistics.median(x[m] for x in v) for m in v[0]} for k, v in results.items() if v}
     print()
     print(f"{'proxy':10s} {'rq/s quiet':>11s} {'rq/s pushing':>13s} {'ratio':>6s} {'errors':>7s} {'pushes':>7s}")

@@ -10,7 +10,6 @@ import json
 import re
 import signal
 import subprocess
-import threading
 
 import pytest
 

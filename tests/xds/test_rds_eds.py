@@ -10,11 +10,12 @@ import http.client
 import pytest
 
 import fastproxy
-from conftest import admin_get, envoy_yaml, find_envoy, http_listener, start_envoy, static_cluster, wait_for
+from conftest import admin_get, envoy_yaml, find_envoy, http_listener, static_cluster, wait_for
 from http_upstreams import RawHttpUpstream, http_request
 
 xcp = pytest.importorskip("xds_control_plane", reason="grpcio and xds-protos (the xds extra) are not installed")
 from test_ads_reference_envoy import H2  # noqa: E402
+from test_ads_discovery import Envoy, Fastproxy  # noqa: E402  (the two servers under one script)
 
 ENVOY = find_envoy()
 ADS = {"ads": {}, "resource_api_version": "V3"}
@@ -71,29 +72,6 @@ def upstreams():
     yield ups
     for u in ups:
         u.close()
-
-
-class Fastproxy:
-    def __init__(self, text):
-        self.proxy = fastproxy.Proxy.from_envoy(text, concurrency=1).start()
-
-    def address(self):
-        return self.proxy.listener_address("web")
-
-    def stop(self):
-        self.proxy.stop()
-
-
-class Envoy:
-    def __init__(self, text, tmp_path):
-        self.proc, self.admin, self.addr = start_envoy(text, tmp_path)
-
-    def address(self):
-        return self.addr
-
-    def stop(self):
-        self.proc.kill()
-        self.proc.wait()
 
 
 def get(conn: http.client.HTTPConnection) -> bytes:

@@ -19,7 +19,6 @@ warming (no endpoints); until its route configuration arrives a listener is warm
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import re
 import threading
@@ -132,6 +131,16 @@ class SubscriptionStats:
 
     def gauge_names(self) -> set:
         return {f"{self.prefix}.version"}
+
+
+def _body(item: Any, type_url: str, path: str) -> dict:
+    """A received resource (an Any as a mapping) of ``type_url``, without its "@type"."""
+    if not isinstance(item, dict):
+        raise ConfigError(path, f"expected a mapping (google.protobuf.Any), got {describe(item)}")
+    given = item.get("@type")
+    if given != type_url:
+        raise ConfigError(path + ".@type", f"expected {type_url!r}, got {given!r}")
+    return {k: v for k, v in item.items() if k != "@type"}
 
 
 def _with(cluster: Any, endpoints: list) -> Any:
@@ -441,12 +450,7 @@ class XdsResources:
 
     def _decode_named(self, type_url: str, item: Any, path: str) -> tuple:
         """(name, decoded) of one RDS or EDS resource."""
-        if not isinstance(item, dict):
-            raise ConfigError(path, f"expected a mapping (google.protobuf.Any), got {describe(item)}")
-        given = item.get("@type")
-        if given != type_url:
-            raise ConfigError(path + ".@type", f"expected {type_url!r}, got {given!r}")
-        body = {k: v for k, v in item.items() if k != "@type"}
+        body = _body(item, type_url, path)
         if type_url == ENDPOINT_TYPE:
             name = body.get("cluster_name")
             return name, load_assignment(body, path, "EDS")
@@ -494,12 +498,7 @@ class XdsResources:
         return out
 
     def _decode_one(self, type_url: str, item: Any, path: str, index: int) -> Any:
-        if not isinstance(item, dict):
-            raise ConfigError(path, f"expected a mapping (google.protobuf.Any), got {describe(item)}")
-        given = item.get("@type")
-        if given != type_url:
-            raise ConfigError(path + ".@type", f"expected {type_url!r}, got {given!r}")
-        body = {k: v for k, v in item.items() if k != "@type"}
+        body = _body(item, type_url, path)
         # A discovered resource is known by its name: it must have one.
         name = body.get("name")
         if not isinstance(name, str) or not name:
