@@ -386,6 +386,10 @@ class AdsConfig:
 
     cluster_name: str
     delta: bool = False
+    # envoy_grpc.max_receive_message_length: the largest response taken (a bigger one ends
+    # the stream, RESOURCE_EXHAUSTED); 0, Envoy's default, is no limit (grpcio's own
+    # default, 4 MiB, would refuse a push Envoy takes).
+    max_receive_message_length: int = 0
 
 
 @dataclass

@@ -257,3 +257,57 @@ def test_the_command_line_serves_what_ads_sends(upstreams, tmp_path):
         finally:
             proc.terminate()
             proc.wait(timeout=20)
+
+
+def big_push(port: int) -> list:
+    """Clusters whose CDS response is over grpcio's default 4 MiB receive limit: 150
+    clusters of 100 endpoints, each with a 255-byte hostname."""
+    name = "h" * 243 + ".example.com"
+    return [static_cluster(f"big{i}", [{"endpoint": {"address": {"socket_address": {
+        "address": "127.0.0.1", "port_value": port}}, "hostname": name}}] * 100) for i in range(150)]
+
+
+@pytest.mark.parametrize("server", ["fastproxy", "envoy"])
+def test_a_push_over_4_mib_is_taken_as_by_envoy(server, upstreams, tmp_path):
+    """envoy_grpc.max_receive_message_length: unset, a response of any size is taken (Envoy's
+    default; grpcio's own would end the stream at 4 MiB)."""
+    if server == "envoy" and ENVOY is None:
+        pytest.skip("envoy not installed")
+    a, _ = upstreams
+    with xcp.ControlPlane() as cp:
+        cp.set(xcp.CLUSTER, [static_cluster("up-a", [a.port])], "c1")
+        cp.set(xcp.LISTENER, [web("up-a")], "l1")
+        s = Fastproxy(ads_bootstrap(cp.port)) if server == "fastproxy" else Envoy(ads_bootstrap(cp.port), tmp_path)
+        try:
+            cp.wait_for(lambda rs: sum(1 for r in rs if r.response_nonce) >= 2)
+            clusters = [static_cluster("up-a", [a.port])] + big_push(a.port)
+            assert sum(len(xcp.pack(xcp.CLUSTER, c).SerializeToString()) for c in clusters) > 4 << 20
+            cp.set(xcp.CLUSTER, clusters, "c2")
+            acks = cp.wait_for(lambda rs: any(r.version_info == "c2" and r.response_nonce for r in rs), timeout=60)
+            assert not any(r.nack for r in acks)
+            assert body(s.address()) == b"a"
+        finally:
+            s.stop()
+
+
+def test_max_receive_message_length_ends_a_stream_with_a_bigger_response(upstreams):
+    """Set, a bigger response ends the stream (as Envoy's RESOURCE_EXHAUSTED): it is not
+    applied, and the last good configuration serves meanwhile."""
+    import yaml
+    a, _ = upstreams
+    with xcp.ControlPlane() as cp:
+        cp.set(xcp.CLUSTER, [static_cluster("up-a", [a.port])], "c1")
+        cp.set(xcp.LISTENER, [web("up-a")], "l1")
+        boot = yaml.safe_load(ads_bootstrap(cp.port))
+        grpc = boot["dynamic_resources"]["ads_config"]["grpc_services"][0]["envoy_grpc"]
+        grpc["max_receive_message_length"] = 1 << 20
+        with fastproxy.Proxy.from_envoy(yaml.safe_dump(boot), concurrency=1) as p:
+            assert p.config_dump()["configs"][0]["bootstrap"]["dynamic_resources"]["ads_config"][
+                "grpc_services"][0]["envoy_grpc"]["max_receive_message_length"] == 1 << 20
+            streams = {r.stream for r in cp.requests}
+            cp.set(xcp.CLUSTER, [static_cluster("up-a", [a.port])] + big_push(a.port), "c2")
+            # The stream ends and the client opens a new one (which gets the same response).
+            cp.wait_for(lambda rs: {r.stream for r in rs} - streams, timeout=30)
+            assert not any(r.version_info == "c2" and r.response_nonce for r in cp.requests)
+            assert p.stats()["cluster_manager.cds.update_success"] == 1
+            assert body(p.listener_address("web")) == b"a"

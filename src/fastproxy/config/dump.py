@@ -355,8 +355,11 @@ def config_source_json(src: model.ConfigSource) -> dict:
 
 def api_config_source_json(api: model.AdsConfig) -> dict:
     """An envoy.config.core.v3.ApiConfigSource (ads_config, api_config_source)."""
+    grpc: Dict[str, Any] = {"cluster_name": api.cluster_name}
+    if api.max_receive_message_length:
+        grpc["max_receive_message_length"] = api.max_receive_message_length
     return {"api_type": "DELTA_GRPC" if api.delta else "GRPC", "transport_api_version": "V3",
-            "grpc_services": [{"envoy_grpc": {"cluster_name": api.cluster_name}}]}
+            "grpc_services": [{"envoy_grpc": grpc}]}
 
 
 def _access_log(entry: mh.AccessLog) -> dict:

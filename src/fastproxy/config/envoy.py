@@ -226,9 +226,11 @@ def _grpc_api_source(api: Message, what: str) -> model.AdsConfig:
     item, path = services[0]
     service = Message(item, path, ("envoy_grpc", "timeout", "initial_metadata", "retry_policy"))
     service.duration("timeout")
-    grpc = service.message("envoy_grpc", ("cluster_name", "authority", "retry_policy"), required=True)
+    grpc = service.message("envoy_grpc", ("cluster_name", "authority", "retry_policy", "max_receive_message_length"),
+                           required=True)
     cluster = grpc.string("cluster_name", required=True, non_empty=True)
-    return model.AdsConfig(cluster_name=cluster, delta=api_type == "DELTA_GRPC")
+    return model.AdsConfig(cluster_name=cluster, delta=api_type == "DELTA_GRPC",
+                           max_receive_message_length=grpc.uint32("max_receive_message_length", default=0))
 
 
 GRPC_CLUSTER_PATH = "grpc_services[0].envoy_grpc.cluster_name"

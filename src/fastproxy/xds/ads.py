@@ -57,7 +57,8 @@ class GrpcTransport:
         self.aggregated = type_url is None
         service = ADS_SERVICE if type_url is None else TYPE_SERVICES[type_url]
         self.client = AdsClient(grpc_target(proxy, source, path), node_dict(proxy.config.node), [],
-                                self._apply, delta=self.delta, service=service)
+                                self._apply, delta=self.delta, service=service,
+                                max_receive_message_length=source.max_receive_message_length)
         self._held: dict = {}           # delta LDS/CDS: type -> name -> resource
         self._started = False
 

@@ -120,8 +120,9 @@ class AdsClient:
 
     def __init__(self, target: str, node: dict, type_urls: list, apply: ApplyFn, *,
                  delta: bool = False, backoff_base: float = 0.5, backoff_max: float = 30.0,
-                 service: tuple = ADS_SERVICE):
+                 service: tuple = ADS_SERVICE, max_receive_message_length: int = 0):
         _require_grpc()
+        self.max_receive_message_length = max_receive_message_length     # 0: no limit
         self.target = target
         self.node = node
         self.delta = delta
@@ -246,7 +247,8 @@ class AdsClient:
         import importlib
         failures = 0
         module, stub_name, sotw, delta = self.service
-        self._channel = grpc.insecure_channel(self.target)
+        limit = self.max_receive_message_length or -1       # grpcio: -1 is no limit
+        self._channel = grpc.insecure_channel(self.target, options=[("grpc.max_receive_message_length", limit)])
         stub = getattr(importlib.import_module(module), stub_name)(self._channel)
         while not self._stop.is_set():
             out: queue.Queue = queue.Queue()
