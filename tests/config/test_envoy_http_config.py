@@ -1247,3 +1247,38 @@ def test_routes_the_plain_reading_leaves_are_named_by_the_general_one(route, pat
             _route(route, "r", _Context([], 4096))
         raise_collected(errors)
     assert e.value.path == path
+
+
+@pytest.mark.parametrize("vhost", [
+    {"name": "v", "domains": ["a.example", "*.b.example"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "c"}}]},
+    {"name": "v", "domains": ["x"]},
+    {"name": "v", "domains": ["x"], "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200}}]},
+])
+def test_plain_virtual_hosts_read_as_the_general_reading_does(vhost):
+    """The usual virtual host (name, domains, routes) is read without the generic walk; the
+    result is the general reading's (forced by an empty typed_per_filter_config)."""
+    from fastproxy.config.http import _Context, _virtual_host
+    plain_ctx, general_ctx = _Context([], 4096), _Context([], 4096)
+    plain_seen, general_seen = {}, {}
+    plain = _virtual_host(vhost, "v", plain_ctx, plain_seen)
+    general = _virtual_host({**vhost, "typed_per_filter_config": {}}, "v", general_ctx, general_seen)
+    assert plain == general
+    assert plain_ctx.refs == general_ctx.refs and plain_seen == general_seen
+
+
+@pytest.mark.parametrize("vhost, seen, path", [
+    ({"name": "v", "domains": []}, {}, "v.domains"),
+    ({"name": "v", "domains": [3]}, {}, "v.domains[0]"),
+    ({"name": "v", "domains": ["a", "A"]}, {}, "v.domains[1]"),
+    ({"name": "v", "domains": ["*"]}, {"*": "w.domains[0]"}, "v.domains[0]"),
+    ({"name": "v", "domains": ["a"], "routes": [{"match": {}, "route": {"cluster": "c"}}]}, {}, "v.routes[0].match"),
+])
+def test_virtual_host_errors_name_the_field_on_either_reading(vhost, seen, path):
+    from fastproxy.config.http import _Context, _virtual_host
+    from fastproxy.config.proto import collecting, raise_collected
+    for item in (vhost, {**vhost, "typed_per_filter_config": {}}):
+        with pytest.raises(ConfigError) as e:
+            with collecting() as errors:
+                _virtual_host(item, "v", _Context([], 4096), dict(seen))
+            raise_collected(errors)
+        assert e.value.path == path
