@@ -1,0 +1,483 @@
+"""Compiling a configuration into the core and replacing it while the proxy runs: the
+half of Proxy that turns models into core objects (clusters, route tables and their
+per-worker providers, listener configs) and decides what an update keeps, changes in
+place, warms or drains.
+
+``ConfigInstaller`` is a mixin of fastproxy.proxy.Proxy (the state it works on is the
+proxy's: its engine, clusters, listeners, route providers and draining versions); Proxy
+calls ``_install`` (or ``_set_routes`` for a routes-only update) under its lock.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import gc
+import logging
+import socket
+import time
+from typing import Any, Optional
+
+from . import _core
+from .errors import ListenerBindError
+from .filters import NetworkFilter
+from .model import Bootstrap, Cluster, Listener
+from .http.model import RouteConfiguration
+
+log = logging.getLogger("fastproxy")
+
+
+# The configuration objects an update installs (models, host lists) live until a later
+# update replaces them, and a big one is hundreds of thousands of objects: a full cyclic
+# collection scanning them (60-70 ms for 1,000 clusters of 10 endpoints) would land in the
+# middle of whichever push came next. After an update they move to the collector's
+# permanent generation (replaced ones are still freed by reference counting); every
+# GC_THAW_EVERY updates they come back once, so that a cycle among replaced ones is found.
+GC_THAW_EVERY = 64
+_updates_since_thaw = 0
+
+
+def _settle_collector() -> None:
+    global _updates_since_thaw
+    _updates_since_thaw += 1
+    if _updates_since_thaw >= GC_THAW_EVERY:
+        _updates_since_thaw = 0
+        gc.unfreeze()
+    gc.freeze()
+
+
+def smooth_weighted_schedule(weights: list[int]) -> list[int]:
+    """The pick order for weighted round robin: each host i appears weights[i] times,
+    spread out rather than in runs (the 'smooth' interleaving nginx popularised)."""
+    total = sum(weights)
+    if weights and min(weights) == max(weights):
+        # Equal weights interleave as 0..n-1, weights[0] times over (what the loop below
+        # gives, in O(total) rather than O(total * n): a 10,000-endpoint EDS set).
+        return list(range(len(weights))) * weights[0]
+    current = [0] * len(weights)
+    order = []
+    for _ in range(total):
+        for i, w in enumerate(weights):
+            current[i] += w
+        best = max(range(len(weights)), key=lambda i: current[i])
+        current[best] -= total
+        order.append(best)
+    return order
+
+
+def _reads_bytes(factory: Any, hook: str) -> bool:
+    """Whether filters made by `factory` override `hook` (and so must see the bytes).
+    Unknown factories are assumed to read, which only costs the splice fast path."""
+    cls = factory.func if isinstance(factory, functools.partial) else factory
+    if not isinstance(cls, type):
+        return True
+    return getattr(cls, hook) is not getattr(NetworkFilter, hook)
+
+
+_FAMILIES = {
+    "V4_ONLY": (socket.AF_INET,),
+    "V6_ONLY": (socket.AF_INET6,),
+    "AUTO": (socket.AF_INET6, socket.AF_INET),        # v6 if any, else v4
+    "V4_PREFERRED": (socket.AF_INET, socket.AF_INET6),  # v4 if any, else v6
+    "ALL": None,
+}
+
+
+def resolve_endpoints(cluster: Cluster) -> list[tuple[str, int, int, str]]:
+    """(ip, port, weight, hostname) for every host of the cluster. STRICT_DNS endpoints
+    expand to every address their name resolves to (Envoy's strict DNS). hostname is what
+    auto_host_rewrite sends: the endpoint's own hostname, else a DNS endpoint's name, else
+    "" (a STATIC endpoint: the Host stays). Blocking: main thread only."""
+    out = []
+    for ep in cluster.endpoints:
+        if cluster.type != "STRICT_DNS":       # STATIC, EDS: IP addresses
+            out.append((ep.address, ep.port, ep.weight, ep.hostname))
+            continue
+        try:
+            infos = socket.getaddrinfo(ep.address, ep.port, type=socket.SOCK_STREAM)
+        except OSError as e:
+            log.warning("cluster %s: cannot resolve %s: %s", cluster.name, ep.address, e)
+            continue
+        by_family: dict[int, list[str]] = {}
+        for fam, _, _, _, addr in infos:
+            lst = by_family.setdefault(fam, [])
+            if addr[0] not in lst:
+                lst.append(addr[0])
+        prefs = _FAMILIES[cluster.dns_lookup_family]
+        if prefs is None:
+            ips = by_family.get(socket.AF_INET, []) + by_family.get(socket.AF_INET6, [])
+        else:
+            ips = []
+            for fam in prefs:
+                if by_family.get(fam):
+                    ips = by_family[fam]
+                    break
+        out.extend((ip, ep.port, ep.weight, ep.hostname or ep.address) for ip in ips)
+    return out
+
+
+def _host_set(hosts: list[tuple[str, int, int, str]]):
+    return _core.make_hostset([(ip, port, name, weight) for ip, port, weight, name in hosts],
+                              smooth_weighted_schedule([w for _, _, w, _ in hosts]))
+
+
+def _route_cluster_names(rc: RouteConfiguration) -> set:
+    """The clusters a route configuration names (route.cluster and weighted clusters)."""
+    names = set()
+    for vh in rc.virtual_hosts:
+        for r in vh.routes:
+            if r.route is not None:
+                if r.route.cluster is not None:
+                    names.add(r.route.cluster)
+                names.update(wc.name for wc in r.route.weighted_clusters)
+    return names
+
+
+class _RdsRoutes:
+    """An RDS route configuration's RouteProvider, shared by the listeners naming it (with
+    the same HTTP filters), and the model and cluster handles of its current table."""
+
+    def __init__(self, provider, http_filters: list, model: RouteConfiguration, table, refs: tuple):
+        self.provider = provider
+        self.http_filters = http_filters
+        self.model, self.table, self.refs = model, table, refs
+
+    def current(self, model: RouteConfiguration, cluster_ref) -> bool:
+        """Is the table built from ``model``, with the clusters cluster_ref gives now?"""
+        return model == self.model and all(
+            cluster_ref(name) is ref for name, ref in zip(self.table.cluster_names, self.refs))
+
+    def set(self, model: RouteConfiguration, table, refs: tuple) -> None:
+        """The workers take ``table`` (built from ``model``) from here on."""
+        self.provider.set(table)
+        self.model, self.table, self.refs = model, table, refs
+
+
+def _cluster_params(c: Cluster) -> tuple:
+    """ClusterHandle.set_params's arguments for cluster ``c`` (make_cluster's after the
+    host set): what a worker's copy of the cluster's params holds."""
+    return (c.lb_policy, c.connect_timeout, c.idle_timeout, c.max_connection_duration,
+            c.max_requests_per_connection, c.max_connections, c.max_pending_requests,
+            c.max_requests, c.max_retries)
+
+
+class _ClusterState:
+    def __init__(self, model: Cluster, handle, hosts):
+        self.model = model
+        self.handle = handle
+        self.hosts = hosts
+        self.next_refresh = time.monotonic() + model.dns_refresh_rate
+
+
+class _ListenerBuild:
+    """A listener as compiled into the core: its model, its listening socket, the core
+    objects it was built from (``refs``: cluster handles, HTTP configuration references)
+    and its ListenerCfgHandle. An update keeps the handle, and so the listener's open
+    connections, when model and socket are equal and every ref is the very same object."""
+
+    __slots__ = ("model", "sock", "refs", "handle", "retired")
+
+    def __init__(self, model: Listener, sock, refs: dict, handle):
+        self.model, self.sock, self.refs, self.handle = model, sock, refs, handle
+        self.retired = False        # its drain has started (once, even if that apply failed)
+
+    def unchanged(self, model: Listener, sock, refs: dict) -> bool:
+        return (self.sock is sock and self.model == model and self.refs.keys() == refs.keys()
+                and all(self.refs[k] is v for k, v in refs.items()))
+
+
+class _Draining:
+    """A retired listener version whose connections drain until ``end`` (monotonic)."""
+
+    __slots__ = ("name", "model", "handle", "end", "state", "in_place")
+
+    def __init__(self, name: str, model: Listener, handle, end: float, state, in_place: bool = False):
+        self.name, self.model, self.handle, self.end, self.state = name, model, handle, end, state
+        self.in_place = in_place    # replaced by a version that differs in its filter chain only
+
+    def over(self) -> bool:
+        # Envoy lists a draining listener for the whole drain time; this one goes as soon
+        # as its last connection has (nothing is left to drain).
+        return time.monotonic() >= self.end or self.handle.connections() == 0
+
+
+# What a Listener has beside its filter chain (Envoy's Listener fields outside
+# filter_chains): a version that changes none of them is, in Envoy's words, updated in
+# place (listener_in_place_updated): the same socket, new filter chains, the old ones
+# draining (total_filter_chains_draining). The connections drain alike either way.
+_LISTENER_SOCKET_FIELDS = ("address", "port", "backlog", "max_connections", "buffer_limit", "drain_type")
+
+
+def _same_listener_socket(a: Listener, b: Listener) -> bool:
+    return all(getattr(a, f) == getattr(b, f) for f in _LISTENER_SOCKET_FIELDS)
+
+
+class ConfigInstaller:
+    """The compiling half of Proxy (see the module docstring)."""
+
+    # ---- compiling config into the core ----
+
+    def _stat_block(self, kind: str, name: str):
+        key = (kind, name)
+        block = self._stats.get(key)
+        if block is None:
+            block = self._stats[key] = self._engine.new_stats(kind)
+        return block
+
+    def _cluster_ref(self, name: str):
+        """The ClusterHandle that a route table or TCP listener refers to for cluster
+        ``name``: the same one for as long as the name is configured or referenced. With
+        no cluster of that name configured it is a removed one (503 NC, TCP connections
+        closed), made here if needed, which a cluster added later under that name revives."""
+        with self._lock:
+            for configured in (self._installing_clusters, self._clusters):
+                st = configured.get(name) if configured is not None else None
+                if st is not None:
+                    return st.handle
+            handle = self._absent_clusters.get(name)
+            if handle is None:
+                # Its counters are those of cluster.<name> once it exists (not listed before).
+                block = self._stats.get(("cluster", f"cluster.{name}")) or self._engine.new_stats("cluster")
+                handle = self._engine.make_cluster(block, "ROUND_ROBIN", 5.0, _host_set([]), removed=True)
+                self._absent_clusters[name] = handle
+            return handle
+
+    def _route_table(self, rc: RouteConfiguration, http_filters: list):
+        """A route table for connection managers with these HTTP filters, and the cluster
+        handles it refers to (by its cluster index)."""
+        table = _core.make_route_table(rc, http_filters, self._cluster_ref, self.concurrency)
+        return table, tuple(self._cluster_ref(name) for name in table.cluster_names)
+
+    @staticmethod
+    def _rds_key(hcm) -> tuple[str, str]:
+        """Which RouteProvider a connection manager with rds uses: one per route
+        configuration name and filter chain (whose per-route configs a table holds)."""
+        return hcm.rds.route_config_name, repr(hcm.http_filters)
+
+    def _rds_entry(self, key: tuple[str, str], http_filters: list, routes: dict, providers: dict,
+                   pending: list) -> Optional[_RdsRoutes]:
+        """The RDS provider ``key`` with the table of ``routes[key[0]]``, shared by every
+        listener (and listener version) naming it, into ``providers``; a changed table of
+        a provider in use is set (into ``pending``, done once the whole update is built).
+        None: that route configuration is not there (and the provider not in use)."""
+        entry = providers.get(key)
+        if entry is not None:
+            return entry
+        rc = routes.get(key[0])
+        entry = self._rds_providers.get(key)
+        if entry is None:
+            if rc is None:
+                return None
+            table, refs = self._route_table(rc, http_filters)
+            entry = _RdsRoutes(_core.make_route_provider(self._engine, table), list(http_filters), rc, table, refs)
+        elif rc is not None and not entry.current(rc, self._cluster_ref):
+            pending.append((entry, rc, *self._route_table(rc, entry.http_filters)))
+        providers[key] = entry
+        return entry
+
+    def _set_routes(self, routes: dict) -> None:
+        """Give the RDS providers whose route configuration changed their new tables: the
+        next request on every connection (open ones too) routes with it."""
+        pending = []
+        for (name, _), entry in self._rds_providers.items():
+            rc = routes.get(name)
+            if rc is not None and not entry.current(rc, self._cluster_ref):
+                pending.append((entry, rc, *self._route_table(rc, entry.http_filters)))
+        for entry, rc, table, refs in pending:     # all built: now the workers get them
+            entry.set(rc, table, refs)
+
+    def _forget_unreferenced_clusters(self) -> None:
+        """Drop the removed clusters nothing refers to any more (no listener, route table,
+        connection or request): a cluster added under such a name later starts afresh."""
+        forgotten = [name for name, handle in self._absent_clusters.items() if not handle.in_use]
+        for name in forgotten:
+            del self._absent_clusters[name]     # (the last reference: the cluster is freed)
+        if forgotten:
+            _core.prune_host_stats(self._engine)
+
+    def _install(self, b: Bootstrap, routes: dict) -> None:
+        """Compile ``b`` (with the RDS route configurations ``routes``) and give it to the
+        workers."""
+        # Clusters first, without touching the workers: what is in force stays until the
+        # listeners are built too (a bind can still fail). A cluster keeps its handle (its
+        # ClusterCfg) across updates; a changed one gets its new params and hosts by worker
+        # messages at the commit below, so listeners and routes that are not rebuilt see the
+        # change, and its pools keep their connections to the hosts that stay.
+        clusters: dict[str, _ClusterState] = {}
+        commit = []                     # (what changes in place, in order, once it all built)
+        for c in b.clusters:
+            old = self._clusters.get(c.name)
+            if old is not None and old.model == c:
+                clusters[c.name] = old          # unchanged: keep its LB state and DNS schedule
+                continue
+            hosts = resolve_endpoints(c)
+            if old is not None:
+                membership = c.type == "EDS" and dataclasses.replace(old.model, endpoints=c.endpoints) == c
+                commit.append((old.handle, c, hosts, old, "cluster_updated" if membership else "cluster_modified"))
+                clusters[c.name] = _ClusterState(c, old.handle, hosts)
+                continue
+            handle = self._absent_clusters.get(c.name)
+            if handle is not None:              # a referenced name comes (back) alive
+                commit.append((handle, c, hosts, None, "cluster_added"))
+            else:
+                handle = self._engine.make_cluster(
+                    self._stat_block("cluster", f"cluster.{c.name}"), c.lb_policy, c.connect_timeout,
+                    _host_set(hosts), *_cluster_params(c)[2:])
+                commit.append((None, c, hosts, None, "cluster_added"))
+            clusters[c.name] = _ClusterState(c, handle, hosts)
+        self._installing_clusters = clusters
+        try:
+            self._install_listeners(b, routes, clusters, commit)
+        finally:
+            self._installing_clusters = None
+
+    def _commit_clusters(self, clusters: dict[str, _ClusterState], commit: list) -> None:
+        """Apply the cluster changes _install prepared (worker messages, ahead of the
+        listener snapshot in each worker's queue) and count them."""
+        for handle, c, hosts, old, stat in commit:
+            if handle is not None:
+                if old is None or _cluster_params(old.model) != _cluster_params(c):
+                    handle.set_params(*_cluster_params(c))
+                if old is None or hosts != old.hosts:
+                    handle.set_hosts(_host_set(hosts))
+                if old is None:
+                    del self._absent_clusters[c.name]
+                    self._stats.setdefault(("cluster", f"cluster.{c.name}"), handle.stats)
+            self._cluster_counts[stat] += 1
+        for name, st in self._clusters.items():
+            if name not in clusters:
+                st.handle.remove()
+                self._absent_clusters[name] = st.handle
+                self._cluster_counts["cluster_removed"] += 1
+        self._clusters = clusters
+
+    def _install_listeners(self, b: Bootstrap, routes: dict, clusters: dict[str, _ClusterState],
+                           commit: list) -> None:
+        socks: dict[str, tuple[tuple[str, int], Any]] = {}
+        handles = []
+        builds: dict[str, _ListenerBuild] = {}
+        warming = []
+        providers: dict = {}            # the RDS providers in use, by (name, filters)
+        pending: list = []              # (entry, model, table, refs) to set once all is built
+        listener_rds: dict = {}         # listener name -> the key of its RDS provider
+        for l in b.listeners:
+            # Every listener's provider, built or kept as it is (with the same rds and
+            # filters, a listener kept as it is uses the same one).
+            hcm = l.http_connection_manager
+            if hcm is not None and hcm.rds is not None and \
+                    self._rds_entry(self._rds_key(hcm), hcm.http_filters, routes, providers, pending) is not None:
+                listener_rds[l.name] = self._rds_key(hcm)
+        for i, l in enumerate(b.listeners):
+            hcm = l.http_connection_manager
+            route_config = None
+            if hcm is not None:
+                route_config = hcm.route_config if hcm.rds is None else routes.get(hcm.rds.route_config_name)
+                if route_config is None:
+                    # Warming: a new listener is not bound until its routes come; a changed one
+                    # goes on serving its previous version (its socket and config) meanwhile.
+                    warming.append(l.name)
+                    old_handle = self._listeners.get(l.name)
+                    if old_handle is not None:
+                        socks[l.name] = self._socks[l.name]
+                        handles.append(old_handle)
+                        if l.name in self._listener_builds:     # kept, not retired
+                            builds[l.name] = self._listener_builds[l.name]
+                        key = self._listener_rds.get(l.name)
+                        if key is not None:     # its routes go on taking updates
+                            self._rds_entry(key, (), routes, providers, pending)
+                            listener_rds[l.name] = key
+                    continue
+            requested = (l.address, l.port)
+            old = self._socks.get(l.name)
+            if old is not None and (old[0] == requested or old[1].address == requested):
+                sock = old[1]       # same address (also: port 0 restated as the port it got)
+            else:
+                try:
+                    sock = self._engine.bind(l.address, l.port, l.backlog, self._adopt.pop(l.name, None))
+                except OSError as e:
+                    raise ListenerBindError(
+                        f"static_resources.listeners[{i}] ({l.name}): {e.strerror or e}") from None
+            socks[l.name] = (requested, sock)
+            ip, port = sock.address
+            hcm = l.http_connection_manager
+            # What the listener's core config is built from besides its model: when these
+            # are the same objects (and the model is equal), the built one is kept. An RDS
+            # listener's routes come from its provider (a new table there changes nothing
+            # here); inline routes from the clusters they name.
+            if hcm is None:
+                refs = {"cluster": self._cluster_ref(l.handler.cluster)}
+            elif hcm.rds is not None:
+                refs = {"rds": providers[listener_rds[l.name]].provider}
+            else:
+                refs = {("cluster", name): self._cluster_ref(name) for name in _route_cluster_names(route_config)}
+            old_build = self._listener_builds.get(l.name)
+            if old_build is not None and old_build.unchanged(l, sock, refs):
+                builds[l.name] = old_build
+                handles.append(old_build.handle)
+                continue
+            factories = tuple(l.filters)
+            http = None
+            if hcm is not None:
+                if hcm.rds is not None:
+                    provider = providers[listener_rds[l.name]].provider
+                else:
+                    provider = _core.make_route_provider(
+                        self._engine, self._route_table(route_config, hcm.http_filters)[0])
+                http = _core.make_http_cfg(
+                    hcm, self._stat_block("http", f"http.{hcm.stat_prefix}"), provider, self.concurrency,
+                    self._stat_block("http1", "http1"),     # Envoy's server-wide codec stats
+                    self._async)
+            handles.append(self._engine.make_listener(
+                l.name, sock, self._cluster_ref(l.handler.cluster) if http is None else None,
+                self._stat_block("listener", f"listener.{ip}_{port}"),
+                self._stat_block("tcp", f"tcp.{l.effective_stat_prefix}"),
+                l.idle_timeout, l.max_connect_attempts, l.max_connections, l.buffer_limit,
+                factories,
+                not any(_reads_bytes(f, "on_data") for f in factories),
+                not any(_reads_bytes(f, "on_write") for f in factories), http,
+                None if http is None else
+                self._stat_block("listener_http", f"listener.{ip}_{port}.http.{hcm.stat_prefix}")))
+            builds[l.name] = _ListenerBuild(l, sock, refs, handles[-1])
+        # Clusters first (one revived here is alive before a table naming it), then the
+        # tables, then the snapshot: each worker's queue runs them in this order.
+        self._commit_clusters(clusters, commit)
+        for entry, rc, table, refs in pending:
+            entry.set(rc, table, refs)
+        self._retire_listeners(builds)
+        self._engine.apply(handles)
+        self._rds_providers = providers
+        self._listener_rds = listener_rds
+        self._socks = socks
+        self._listeners = {h.name: h for h in handles}
+        self._listener_builds = builds
+        self._warming = warming
+        self._forget_unreferenced_clusters()
+
+    def _retire_listeners(self, builds: dict[str, "_ListenerBuild"]) -> None:
+        """Before the apply that installs ``builds``: the versions it replaces or removes
+        start their drain (the workers arm its end as they apply), and are counted."""
+        now = time.monotonic()
+        states = self._resource_states["listener"]
+        retired = []
+        for name, old in self._listener_builds.items():
+            new = builds.get(name)
+            if new is old or old.retired:
+                continue
+            self._listener_counts["modified" if new is not None else "removed"] += 1
+            in_place = new is not None and _same_listener_socket(old.model, new.model)
+            if in_place:
+                self._listener_counts["in_place_updated"] += 1
+            old.retired = True
+            old.handle.start_drain(self.drain_time_s, self.drain_strategy == "immediate")
+            st = states.get(name)
+            retired.append(_Draining(name, old.model, old.handle, now + self.drain_time_s,
+                                     dataclasses.replace(st[1]) if st is not None else None, in_place))
+        with self._draining_lock:       # (the drains that are over go: each holds its config)
+            self._draining = [d for d in self._draining if not d.over()] + retired
+        self._listener_counts["added"] += sum(1 for name in builds if name not in self._listener_builds)
+
+    def _still_draining(self) -> list[_Draining]:
+        """The retired listener versions still draining (the others are forgotten here: the
+        workers drop them with their last connection or at their drain end)."""
+        with self._draining_lock:
+            self._draining = [d for d in self._draining if not d.over()]
+            return list(self._draining)
