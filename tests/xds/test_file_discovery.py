@@ -140,10 +140,6 @@ def run_proxy():
         p.stop(drain_timeout=0.2)
 
 
-def dyn_addr(p, name):
-    return p.listener_address(name)
-
-
 # --------------------------------------------------------------------------- LDS
 
 def test_lds_file_adds_changes_and_removes_a_listener(tmp_path, upstreams, run_proxy):
@@ -153,7 +149,7 @@ def test_lds_file_adds_changes_and_removes_a_listener(tmp_path, upstreams, run_p
     p = run_proxy(boot(clusters=[static_cluster("a", [a.port]), static_cluster("b", [b.port])],
                                   dynamic_resources={"lds_config": source(lds)}))
     # The initial fetch is done when start() returns.
-    addr = dyn_addr(p, "dyn")
+    addr = p.listener_address("dyn")
     assert get(addr) == (200, b"A")
     s = p.stats()
     assert s["listener_manager.lds.update_attempt"] == 1 and s["listener_manager.lds.update_success"] == 1
@@ -163,11 +159,11 @@ def test_lds_file_adds_changes_and_removes_a_listener(tmp_path, upstreams, run_p
     # Changed: the same listener now routes to b, on the same socket.
     publish(lds, "2", [lds_listener("dyn", "b")])
     wait_for(lambda: get(addr) == (200, b"B"), msg="listener routes to b")
-    assert dyn_addr(p, "dyn") == addr
+    assert p.listener_address("dyn") == addr
     # Added beside it.
     publish(lds, "3", [lds_listener("dyn", "b"), lds_listener("dyn2", "a")])
     wait_for(lambda: p.stats()["listener_manager.lds.update_success"] == 3)
-    assert get(dyn_addr(p, "dyn2")) == (200, b"A")
+    assert get(p.listener_address("dyn2")) == (200, b"A")
     assert p.stats()["listener_manager.total_listeners_active"] == 2
     # Removed (state of the world: absent from the file): its port refuses connections.
     publish(lds, "4", [lds_listener("dyn2", "a")])
@@ -193,7 +189,7 @@ def test_static_and_dynamic_listeners_mixed(tmp_path, upstreams, run_proxy):
                                   clusters=[static_cluster("a", [a.port]), static_cluster("b", [b.port])],
                                   dynamic_resources={"lds_config": source(lds)}))
     static = p.listener_address("static")
-    assert get(static) == (200, b"A") and get(dyn_addr(p, "dyn")) == (200, b"B")
+    assert get(static) == (200, b"A") and get(p.listener_address("dyn")) == (200, b"B")
     # An empty response removes every discovered listener; the static one stays.
     publish(lds, "v2", [])
     wait_for(lambda: "dyn" not in {l.name for l in p.config.listeners})
@@ -212,7 +208,7 @@ def test_cds_file_adds_and_changes_a_cluster_a_listener_routes_to(tmp_path, upst
     publish(cds, "c1", [cds_cluster("svc", a.port)])
     publish(lds, "l1", [lds_listener("dyn", "svc")])
     p = run_proxy(boot(dynamic_resources={"cds_config": source(cds), "lds_config": source(lds)}))
-    addr = dyn_addr(p, "dyn")
+    addr = p.listener_address("dyn")
     assert get(addr) == (200, b"A")            # CDS was read before LDS
     s = p.stats()
     assert s["cluster_manager.cds.update_success"] == 1 and s["cluster_manager.active_clusters"] == 1
@@ -255,7 +251,7 @@ def test_listener_that_cannot_bind_is_rejected(tmp_path, upstreams, run_proxy, c
     lds = tmp_path / "lds.yaml"
     publish(lds, "1", [lds_listener("dyn", "a")])
     p = run_proxy(boot(clusters=[static_cluster("a", [a.port])], dynamic_resources={"lds_config": source(lds)}))
-    addr = dyn_addr(p, "dyn")
+    addr = p.listener_address("dyn")
     with caplog.at_level(logging.WARNING, logger="fastproxy.config"):
         publish(lds, "2", [lds_listener("dyn", "a"), lds_listener("clash", "a", port=taken)])
         wait_for(lambda: p.stats()["listener_manager.lds.update_rejected"] == 1)
@@ -274,7 +270,7 @@ def test_configmap_symlink_swap_in_watched_directory_reloads(tmp_path, upstreams
     cm = ConfigMapDir(root, {"lds.yaml": response_text("1", [lds_listener("dyn", "a")], lds)})
     p = run_proxy(boot(clusters=[static_cluster("a", [a.port]), static_cluster("b", [b.port])],
                                   dynamic_resources={"lds_config": source(lds, watched=root)}))
-    addr = dyn_addr(p, "dyn")
+    addr = p.listener_address("dyn")
     assert get(addr) == (200, b"A")
     cm.publish({"lds.yaml": response_text("2", [lds_listener("dyn", "b")], lds)})
     wait_for(lambda: get(addr) == (200, b"B"), msg="..data swap reloads")
@@ -309,7 +305,7 @@ def test_a_write_in_place_is_not_a_reload(tmp_path, upstreams, run_proxy):
     publish(lds, "1", [lds_listener("dyn", "a")])
     p = run_proxy(boot(clusters=[static_cluster("a", [a.port]), static_cluster("b", [b.port])],
                                   dynamic_resources={"lds_config": source(lds)}))
-    addr = dyn_addr(p, "dyn")
+    addr = p.listener_address("dyn")
     lds.write_text(response_text("2", [lds_listener("dyn", "b")], lds))
     # A move of another file in the same directory is no reload of this one either.
     other = tmp_path / "other.yaml"
@@ -340,7 +336,7 @@ def test_invalid_file_keeps_the_old_config(tmp_path, upstreams, run_proxy, caplo
     publish(lds, "1", [lds_listener("dyn", "a")])
     p = run_proxy(boot(clusters=[static_cluster("a", [a.port])],
                                   dynamic_resources={"lds_config": source(lds)}))
-    addr = dyn_addr(p, "dyn")
+    addr = p.listener_address("dyn")
     with caplog.at_level(logging.WARNING, logger="fastproxy.config"):
         tmp = tmp_path / "next"
         tmp.write_text(text)
@@ -349,7 +345,7 @@ def test_invalid_file_keeps_the_old_config(tmp_path, upstreams, run_proxy, caplo
     s = p.stats()
     assert s["listener_manager.lds.update_attempt"] == 2 and s["listener_manager.lds.update_success"] == 1
     assert s["listener_manager.lds.version"] == xxh64(b"1")
-    assert get(addr) == (200, b"A") and dyn_addr(p, "dyn") == addr
+    assert get(addr) == (200, b"A") and p.listener_address("dyn") == addr
     assert "lds update" in caplog.text and reason in caplog.text
     # A good file afterwards is taken.
     publish(lds, "3", [])
