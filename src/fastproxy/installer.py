@@ -269,19 +269,24 @@ class ConfigInstaller:
                 return None
             table, refs = self._route_table(rc, http_filters)
             entry = _RdsRoutes(_core.make_route_provider(self._engine, table), list(http_filters), rc, table, refs)
-        elif rc is not None and not entry.current(rc, self._cluster_ref):
-            pending.append((entry, rc, *self._route_table(rc, entry.http_filters)))
+        else:
+            self._rebuild_if_stale(entry, rc, pending)
         providers[key] = entry
         return entry
+
+    def _rebuild_if_stale(self, entry: _RdsRoutes, rc: Optional[RouteConfiguration], pending: list) -> None:
+        """When ``rc`` (the route configuration now given for ``entry``'s name, None: none)
+        is not what its table was built from, with the clusters in force, build the new
+        table into ``pending``: (entry, rc, table, refs), set once everything is built."""
+        if rc is not None and not entry.current(rc, self._cluster_ref):
+            pending.append((entry, rc, *self._route_table(rc, entry.http_filters)))
 
     def _set_routes(self, routes: dict) -> None:
         """Give the RDS providers whose route configuration changed their new tables: the
         next request on every connection (open ones too) routes with it."""
-        pending = []
+        pending: list = []
         for (name, _), entry in self._rds_providers.items():
-            rc = routes.get(name)
-            if rc is not None and not entry.current(rc, self._cluster_ref):
-                pending.append((entry, rc, *self._route_table(rc, entry.http_filters)))
+            self._rebuild_if_stale(entry, routes.get(name), pending)
         for entry, rc, table, refs in pending:     # all built: now the workers get them
             entry.set(rc, table, refs)
 
@@ -311,7 +316,7 @@ class ConfigInstaller:
                 continue
             hosts = resolve_endpoints(c)
             if old is not None:
-                membership = c.type == "EDS" and dataclasses.replace(old.model, endpoints=c.endpoints) == c
+                membership = c.type == "EDS" and old.model.with_endpoints(c.endpoints) == c
                 commit.append((old.handle, c, hosts, old, "cluster_updated" if membership else "cluster_modified"))
                 clusters[c.name] = _ClusterState(c, old.handle, hosts)
                 continue

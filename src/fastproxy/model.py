@@ -4,6 +4,7 @@ them into an immutable snapshot (see docs/architecture.md).
 """
 from __future__ import annotations
 
+import copy
 import ipaddress
 import re
 import socket
@@ -132,6 +133,13 @@ class Cluster:
     def eds_name(self) -> str:
         """The name of the ClusterLoadAssignment an EDS cluster takes its endpoints from."""
         return self.eds_service_name or self.name
+
+    def with_endpoints(self, endpoints: list) -> "Cluster":
+        """This cluster with ``endpoints`` (an EDS assignment's): a shallow copy, without
+        the __init__ and checks dataclasses.replace runs (most of an EDS push of 1,000)."""
+        out = copy.copy(self)
+        out.endpoints = endpoints
+        return out
 
     def validate(self, path: str = "cluster") -> None:
         """Check the fields and the endpoints; ``path`` names this cluster in errors."""
