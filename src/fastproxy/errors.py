@@ -28,4 +28,9 @@ class ConfigErrors(ConfigError):
 
 
 class ListenerBindError(FastProxyError, OSError):
-    """A listener could not bind its address (port in use, address not local...)."""
+    """A listener could not bind its address (port in use, address not local...);
+    ``listener`` names it."""
+
+    def __init__(self, message: str, listener: str = ""):
+        super().__init__(message)
+        self.listener = listener

@@ -397,10 +397,11 @@ class ConfigInstaller:
                 sock = old[1]       # same address (also: port 0 restated as the port it got)
             else:
                 try:
+                    # (Adopted fds are the bind's from the call on, closed if it fails.)
                     sock = self._engine.bind(l.address, l.port, l.backlog, self._adopt.pop(l.name, None))
                 except OSError as e:
                     raise ListenerBindError(
-                        f"static_resources.listeners[{i}] ({l.name}): {e.strerror or e}") from None
+                        f"static_resources.listeners[{i}] ({l.name}): {e.strerror or e}", l.name) from None
             socks[l.name] = (requested, sock)
             ip, port = sock.address
             hcm = l.http_connection_manager

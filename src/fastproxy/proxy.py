@@ -199,7 +199,7 @@ class Proxy(ConfigInstaller):
         self._dns_stop = threading.Event()
         self._dns_thread: Optional[threading.Thread] = None
         self._admin_server = None
-        self._xds = None        # xds.files.FileDiscovery while it runs
+        self._xds = None        # xds.discovery.Discovery while it runs
         self._loop = loop
         # Hot restart: listening sockets taken over from the previous process, by listener
         # name (fastproxy.hot_restart); bound in their place by start().
@@ -270,10 +270,8 @@ class Proxy(ConfigInstaller):
                 self._start_dns()
             from .xds.discovery import needs_discovery
             if needs_discovery(self._bootstrap):
-                # The initial fetch is done when this returns (the files are read here).
                 from .xds.discovery import Discovery
                 self._xds = Discovery(self, self._bootstrap.dynamic_resources)
-                self._xds.start()
             if self._bootstrap.admin is not None:
                 from .admin import AdminServer
                 a = self._bootstrap.admin
@@ -283,9 +281,12 @@ class Proxy(ConfigInstaller):
                     self._admin_server.state = "INITIALIZING"
                 self._admin_server.start()
         if self._xds is not None:
-            # The initial fetch (CDS, EDS, LDS, RDS; files were read above). Meanwhile the
-            # admin's /ready says INITIALIZING (503), as Envoy's does until it is done.
+            # Started outside the proxy's lock: its threads take their own lock, then the
+            # proxy's (an update), never the other way round. The files are read here; then
+            # the initial fetch (CDS, EDS, LDS, RDS), while the admin's /ready says
+            # INITIALIZING (503), as Envoy's does until it is done.
             admin = self._admin_server
+            self._xds.start()
             self._xds.wait_initial()
             if admin is not None:
                 self._xds.when_initialized(lambda: setattr(admin, "state", "LIVE")
@@ -590,7 +591,10 @@ class Proxy(ConfigInstaller):
 
     def _hand_over_listeners(self) -> None:
         """Another process accepts on our sockets now: stop accepting and drain (no update
-        may bind again)."""
+        may bind again, so discovery stops: the new process has its own streams)."""
+        xds, self._xds = self._xds, None     # (before the lock, as in _stop)
+        if xds is not None:
+            xds.stop()
         with self._lock:
             if self._state != "running":
                 return

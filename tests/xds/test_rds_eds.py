@@ -625,3 +625,30 @@ def test_the_plain_endpoint_reading_is_the_general_one():
                             "socket_address": {"address": "127.0.0.1", "portValue": 80}}}}),
                         ("STRICT_DNS", lb(""))]:
         assert _plain_endpoint(item, ctype) is None, item
+
+
+def test_a_listener_that_cannot_bind_when_its_routes_come_is_a_refused_update(tmp_path, upstreams):
+    """A warming listener binds when its routes arrive; if its port is taken then, the RDS
+    update is refused (counted, the listener still warming) and the file watcher goes on:
+    the next route file, once the port is free, is taken."""
+    import socket
+    from test_file_discovery import publish, source as file_source
+    a = upstreams[0].port
+    rds = tmp_path / "rds.yaml"
+    publish(rds, "r0", [])
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    listener = rds_listener("rt", {**file_source(rds), "initial_fetch_timeout": "0s"})   # (start() waits not)
+    listener["address"]["socket_address"]["port_value"] = port
+    text = envoy_yaml(listeners=[listener], clusters=[static_cluster("svc", [a])], node={"id": "n", "cluster": "c"})
+    with fastproxy.Proxy.from_envoy(text, concurrency=1) as p:
+        assert p.warming_listeners() == ["web"]
+        publish(rds, "r1", [{"@type": xcp.ROUTE, **route_config("rt", "svc")}])
+        wait_for(lambda: p.stats()["http.web.rds.rt.update_rejected"] == 1, timeout=10, msg="bind refused")
+        assert p.warming_listeners() == ["web"]
+        holder.close()
+        publish(rds, "r2", [{"@type": xcp.ROUTE, **route_config("rt", "svc", domains=("*", "x"))}])
+        wait_for(lambda: body(("127.0.0.1", port)) == b"a", timeout=10, msg="bound once the port is free")
+        assert p.warming_listeners() == []

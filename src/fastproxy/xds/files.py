@@ -140,6 +140,10 @@ class FileSubscription:
         except RuntimeError as e:   # the proxy stopped meanwhile
             log.debug("%s update of %s not applied: %s", self.kind, path, e)
             return False
+        except Exception:           # a bug must not end the watcher: the next move is read
+            log.exception("%s update of %s failed", self.kind, path)
+            self.count("update_failure")
+            return False
         return True
 
 

@@ -142,6 +142,14 @@ def _body(item: Any, type_url: str, path: str) -> dict:
     return {k: v for k, v in item.items() if k != "@type"}
 
 
+def _bind_refusal(error: ListenerBindError, listeners: list) -> ConfigError:
+    """As Envoy: a listener that cannot bind fails the whole update, which is refused with
+    the listener's address as its path when the update brought it (``listeners``)."""
+    failed = next((i for i, l in enumerate(listeners) if l.name == error.listener), None)
+    detail = str(error).split(": ", 1)[-1]
+    return ConfigError("resources" if failed is None else f"resources[{failed}].address", f"cannot bind: {detail}")
+
+
 class XdsResources:
     """The discovered resources of one Proxy, beside its static ones.
 
@@ -370,9 +378,10 @@ class XdsResources:
             # Envoy tells a subscription of a response that holds its resource (or removes
             # it); a lone subscription, of every response of its type (then update_empty).
             touched = set(got) | {n for n in removed if n in wanted} | (set(refused) & set(wanted))
+            empty = [n for n in removed if n in wanted]      # subscriptions told "nothing for you"
             if not touched and len(wanted) == 1 and not refused:
                 touched = set(wanted)
-                removed = list(wanted)
+                empty = list(wanted)
             for st in self._subscribers(type_url, touched if not (refused and not touched) else wanted):
                 st.count("update_attempt")
             if removed:
@@ -406,7 +415,7 @@ class XdsResources:
             elif not refused:
                 # Envoy: a response without this subscription's resource is update_empty (and
                 # ends an EDS cluster's warming, with no endpoints).
-                for st in self._subscribers(type_url, [n for n in removed if n in wanted]):
+                for st in self._subscribers(type_url, empty):
                     st.count("update_empty")
                 if type_url == ENDPOINT_TYPE:
                     self.timed_out |= {n for n in removed if n in wanted}
@@ -464,10 +473,15 @@ class XdsResources:
         # read it (a route configuration's clusters need not exist: RDS's validate_clusters
         # is false); validating the whole configuration again was most of a large push. A
         # routes-only update gives the providers their new tables and rebuilds nothing.
-        if type_url == ROUTE_TYPE:
-            self.proxy.update(routes=list(routes.values()), _validated=True)
-        else:
-            self.proxy.update(clusters=self._with_endpoints(self.clusters_in_force(), assignments), _validated=True)
+        try:
+            if type_url == ROUTE_TYPE:
+                # (A listener warming for these routes is bound now: that can fail.)
+                self.proxy.update(routes=list(routes.values()), _validated=True)
+            else:
+                self.proxy.update(clusters=self._with_endpoints(self.clusters_in_force(), assignments),
+                                  _validated=True)
+        except ListenerBindError as e:
+            raise _bind_refusal(e, []) from None
         self.routes, self.assignments = routes, assignments
 
     def _with_endpoints(self, clusters: list, assignments: Optional[dict] = None) -> list:
@@ -546,11 +560,7 @@ class XdsResources:
                               clusters=self._with_endpoints(self.static["clusters"] + dynamic["clusters"]),
                               _validated=True)
         except ListenerBindError as e:
-            # As Envoy: a listener that cannot bind fails the whole update.
-            failed = next((i for i, l in enumerate(items) if field == "listeners" and f"({l.name})" in str(e)), None)
-            detail = str(e).split(": ", 1)[-1]
-            raise ConfigError("resources" if failed is None else f"resources[{failed}].address",
-                              f"cannot bind: {detail}") from None
+            raise _bind_refusal(e, items if field == "listeners" else []) from None
         self.dynamic[field] = items
 
     def _rebase(self, error: ConfigError, field: str, n: int, lists: dict) -> ConfigError:
