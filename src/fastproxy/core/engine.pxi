@@ -15,6 +15,20 @@ cdef class Engine:
     cdef int64_t* global_active     # downstream connections over all listeners
     cdef int64_t global_max         # 0: no global limit
 
+    cdef bint workers_run(self):
+        """Whether worker threads run the messages posted to them (started, not stopped):
+        otherwise the main thread owns every worker's state and runs a message itself."""
+        return self.started and not self._stopped
+
+    cdef int post(self, int i, msg_fn_t fn, void* arg):
+        """fn(worker i, arg) on worker i's thread, or here when no worker runs (a message
+        posted to a stopped worker would never run, nor be freed). -1: no memory for the
+        message (fn did not run; the caller undoes what arg holds)."""
+        if not self.workers_run():
+            fn(&self.workers[i], arg)
+            return 0
+        return worker_post(&self.workers[i], fn, arg)
+
     def __cinit__(self, int nworkers):
         cdef int i
         if nworkers < 1 or nworkers > 1024:
@@ -223,12 +237,12 @@ cdef class Engine:
             snap.listeners[i] = lh.c
             fp_atomic_add_int(&lh.c.refcnt, 1)
         snap.pending = self.nworkers
-        if not self.started or self._stopped:
+        if not self.workers_run():
             for i in range(self.nworkers):
                 _msg_apply_snapshot(&self.workers[i], snap)
         else:
             for i in range(self.nworkers):
-                if worker_post(&self.workers[i], _msg_apply_snapshot, snap) < 0:
+                if self.post(i, _msg_apply_snapshot, snap) < 0:
                     # No memory for the message: that worker keeps its listener set.
                     pthread_mutex_lock(&snap.lock)
                     snap.failed += 1

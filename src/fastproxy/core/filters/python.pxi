@@ -303,20 +303,18 @@ cdef StreamInfo _stream_info(HStream* s):
     elif s.fc != NULL and s.fc.upstream_host_len:
         i.upstream_host = _latin1(s.fc.upstream_host, s.fc.upstream_host_len)
     if s.cluster != NULL:
-        i.upstream_cluster = _cluster_name(s, s.cluster)
+        i.upstream_cluster = _cluster_name(s)
     if s.route != NULL and s.route.name.p != NULL:
         i.route_name = _latin1(s.route.name.p, s.route.name.n)
     return i
 
 
-cdef object _cluster_name(HStream* s, ClusterCfg* cl):
-    cdef int i
-    if s.cluster_index >= 0 and s.routes.clusters[s.cluster_index] == cl:
-        return s.routes.cluster_names[s.cluster_index].decode()
-    for i in range(s.routes.nclusters if s.routes != NULL else 0):
-        if s.routes.clusters[i] == cl:
-            return s.routes.cluster_names[i].decode()
-    return None
+cdef object _cluster_name(HStream* s):
+    """The name of the cluster the router chose (it sets s.cluster and s.cluster_index
+    together, from the stream's route table), or None."""
+    if s.cluster_index < 0 or s.routes == NULL:
+        return None
+    return s.routes.cluster_names[s.cluster_index].decode()
 
 
 cdef class _PyStream:
@@ -460,7 +458,7 @@ cdef class HttpFilterCallbacks:
         (by name) in a decode hook before the router runs."""
         cdef HStream* s = self._stream()
         if s.cluster != NULL:
-            return _cluster_name(s, s.cluster)
+            return _cluster_name(s)
         if s.cluster_override >= 0:
             return s.routes.cluster_names[s.cluster_override].decode()
         _ensure_route(s)

@@ -1163,6 +1163,9 @@ cdef class _FilterCompiler:
                     raise ConfigError("typed_per_filter_config." + spec.name,
                                       f"not an fp_http_filter table of ABI version {FP_FILTER_ABI_VERSION}")
                 p = self._c_config(vt, spec, value, "typed_per_filter_config." + spec.name, True)
+                if spec.keepalive is not None:
+                    # The table may outlive every HttpCfg: it keeps the filter's library too.
+                    self.route_keep.append(spec.keepalive)
                 out.append(<size_t>p)
             else:
                 nk = NATIVE_HTTP_FILTERS.get(spec.kind)

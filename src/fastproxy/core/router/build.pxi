@@ -1033,7 +1033,6 @@ cdef class RouteProviderHandle:
         its old table (streams that took it keep it to their end). Returns at once."""
         cdef RouteTableSwap* m
         cdef int i
-        running = self.engine.started and not self.engine._stopped
         for i in range(self.p.nworkers):
             m = <RouteTableSwap*>malloc(sizeof(RouteTableSwap))
             if m == NULL:
@@ -1042,9 +1041,7 @@ cdef class RouteProviderHandle:
             fp_atomic_add_int(&self.p.refcnt, 1)
             m.provider = self.p
             m.table = table.t
-            if not running:             # no worker runs: the slot is the main thread's
-                _msg_route_table_swap(&self.engine.workers[i], m)
-            elif worker_post(&self.engine.workers[i], _msg_route_table_swap, m) < 0:
+            if self.engine.post(i, _msg_route_table_swap, m) < 0:
                 route_table_decref(m.table)     # that worker keeps its table
                 route_provider_decref(m.provider)
                 free(m)

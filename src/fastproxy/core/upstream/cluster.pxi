@@ -295,13 +295,10 @@ cdef class ClusterHandle:
             fp_atomic_add_int(&self.c.refcnt, 1)
             m.cluster = self.c
             m.params = params
-            if self.engine.started:
-                if worker_post(&self.engine.workers[i], _msg_params_swap, m) < 0:
-                    cluster_decref(m.cluster)       # that worker keeps its params
-                    free(m)
-                    raise MemoryError()
-            else:
-                _msg_params_swap(&self.engine.workers[i], m)
+            if self.engine.post(i, _msg_params_swap, m) < 0:
+                cluster_decref(m.cluster)           # that worker keeps its params
+                free(m)
+                raise MemoryError()
 
     def host_statuses(self):
         """The current hosts: [(ip, port, hostname, weight, {stat: value})], the stats
@@ -381,11 +378,8 @@ cdef class ClusterHandle:
             fp_atomic_add_int(&self.c.refcnt, 1)
             m.cluster = self.c
             m.hosts = hosts.hs
-            if self.engine.started:
-                if worker_post(&self.engine.workers[i], _msg_hostset_swap, m) < 0:
-                    hostset_decref(m.hosts)     # that worker keeps its hosts
-                    cluster_decref(m.cluster)
-                    free(m)
-                    raise MemoryError()
-            else:
-                _msg_hostset_swap(&self.engine.workers[i], m)
+            if self.engine.post(i, _msg_hostset_swap, m) < 0:
+                hostset_decref(m.hosts)         # that worker keeps its hosts
+                cluster_decref(m.cluster)
+                free(m)
+                raise MemoryError()
