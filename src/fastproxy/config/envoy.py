@@ -102,7 +102,7 @@ def _bootstrap(data: Any) -> Optional[model.Bootstrap]:
     dynamic = checked(_dynamic_resources, top)
     admin = checked(_admin, top)
 
-    listeners, clusters, refs = [], [], []
+    listeners, clusters = [], []
     static = checked(top.message, "static_resources", ("listeners", "clusters"))
     if static is not None:
         parsed = [checked(_listener, item, path, i) for i, (item, path) in
@@ -174,15 +174,14 @@ API_VERSIONS = {"AUTO": 0, "V2": 1, "V3": 2}
 
 
 def _dynamic_resources(top: Message) -> Optional[model.DynamicResources]:
-    """lds_config / cds_config from files (path_config_source) or over the ADS stream of
-    ads_config. The other ways of getting resources (api_config_source over gRPC or REST,
-    one stream per type) are refused by name, as an
-    unsupported field, until its transport exists (config/proto.py UNSUPPORTED_FIELDS)."""
+    """lds_config / cds_config: files (path_config_source), the ADS stream of ads_config, or
+    a stream of their own (api_config_source, gRPC; REST is refused by its path); see
+    config_source."""
     dyn = top.message("dynamic_resources", ("lds_config", "cds_config", "ads_config"))
     if dyn is None:
         return None
-    return model.DynamicResources(lds=checked(_config_source, dyn, "lds_config"),
-                                  cds=checked(_config_source, dyn, "cds_config"),
+    return model.DynamicResources(lds=checked(config_source, dyn, "lds_config"),
+                                  cds=checked(config_source, dyn, "cds_config"),
                                   ads=checked(_ads_config, dyn))
 
 
@@ -280,7 +279,6 @@ def config_source(parent: Message, name: str) -> Optional[model.ConfigSource]:
     return model.ConfigSource(path=path, watched_directory=directory)
 
 
-_config_source = config_source
 
 
 def grpc_source_errors(source: Optional[model.ConfigSource], path: str, static_clusters: set,
@@ -370,7 +368,7 @@ def _listener(item: Any, path: str, index: int) -> tuple:
         if len(filters) > 1:
             raise ConfigError(filters[0][1], "network filters before http_connection_manager are not "
                                              "supported yet")
-        hcm, refs = http_connection_manager(value, tpath, _config_source)
+        hcm, refs = http_connection_manager(value, tpath, config_source)
         # The HTTP connection manager's own stat prefix and connection idle timeout are the
         # listener's too, so that nothing reads a TCP default for an HTTP listener.
         terminal = dict(handler=hcm, stat_prefix=hcm.stat_prefix, idle_timeout=hcm.idle_timeout)
@@ -389,7 +387,8 @@ def _listener(item: Any, path: str, index: int) -> tuple:
         buffer_limit=msg.uint32("per_connection_buffer_limit_bytes", default=model.Listener.buffer_limit,
                                 minimum=MIN_BUFFER_LIMIT),
         backlog=msg.uint32("tcp_backlog_size", default=model.Listener.backlog, minimum=1),
-        drain_type=msg.enum("drain_type", {"DEFAULT": 0, "MODIFY_ONLY": 1}, default="DEFAULT"),
+        drain_type=msg.enum("drain_type", {t: i for i, t in enumerate(model.LISTENER_DRAIN_TYPES)},
+                            default="DEFAULT"),
         **terminal)
     return listener, refs
 

@@ -150,8 +150,8 @@ class FileSubscription:
 class FileDiscovery:
     """Every file subscription of a proxy, and the thread that reloads them."""
 
-    def __init__(self, proxy: Any, dynamic: DynamicResources, resources: Optional[XdsResources] = None):
-        self.resources = resources if resources is not None else XdsResources(proxy, proxy.config)
+    def __init__(self, proxy: Any, dynamic: DynamicResources, resources: XdsResources):
+        self.resources = resources
         # CDS before LDS: a discovered listener may route to a discovered cluster. (A type
         # whose source is ads comes over the ADS stream: xds/ads.py.)
         self.subscriptions = [FileSubscription(self.resources, url, src) for url, src in
@@ -235,18 +235,6 @@ class FileDiscovery:
             for sub in list(self.subscriptions):
                 if sub in due:
                     sub.refresh()
-
-    # Only the subscribed types' stats exist, as in Envoy (no lds.* without lds_config).
-    def read_stats(self) -> dict:
-        out: dict = {}
-        for sub in self.subscriptions:
-            if sub.type_url in self.resources.stats:
-                out.update(self.resources.stats[sub.type_url].read())
-        return out
-
-    def gauge_names(self) -> set:
-        return set().union(*(self.resources.stats[s.type_url].gauge_names() for s in self.subscriptions
-                             if s.type_url in self.resources.stats))
 
 
 __all__ = ["FileDiscovery", "FileSubscription", "Inotify"]
