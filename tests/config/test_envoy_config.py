@@ -652,3 +652,15 @@ def test_a_directory_is_not_taken_for_yaml_text(tmp_path):
         load_envoy(str(tmp_path))
     with pytest.raises(ConfigError, match="is a directory, not a bootstrap file"):
         load_envoy(tmp_path)
+
+
+def test_dump_writes_the_whole_node_back():
+    """The node's region, zone, sub_zone and metadata (what an xDS client sends about
+    itself) come back from the dump as the loader read them."""
+    from fastproxy.config.dump import bootstrap_json
+    node = {"id": "n", "cluster": "c", "locality": {"region": "r", "zone": "z", "sub_zone": "s"},
+            "metadata": {"team": "edge", "n": 1}}
+    boot = load_envoy(json.dumps({"node": node, "static_resources": {}}))
+    written = json.loads(json.dumps(bootstrap_json(boot)))
+    assert written["node"] == node
+    assert load_envoy(written).node == boot.node

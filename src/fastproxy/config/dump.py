@@ -604,16 +604,25 @@ def route_config_json(rc: mh.RouteConfiguration, http_filters: Iterable = ()) ->
 
 # --- the bootstrap ------------------------------------------------------------------------
 
+def node_json(node: model.Node) -> dict:
+    """An envoy.config.core.v3.Node (what the bootstrap's node says; an xDS client adds its
+    user agent)."""
+    out: Dict[str, Any] = {}
+    _put(out, "id", node.id, "")
+    _put(out, "cluster", node.cluster, "")
+    locality = {k: v for k, v in (("region", node.region), ("zone", node.zone), ("sub_zone", node.sub_zone)) if v}
+    if locality:
+        out["locality"] = locality
+    if node.metadata:
+        out["metadata"] = node.metadata
+    return out
+
+
 def bootstrap_json(b: model.Bootstrap) -> dict:
     """An envoy.config.bootstrap.v3.Bootstrap the loader reads back as ``b``."""
     out: Dict[str, Any] = {}
-    node = b.node
-    if node.id or node.cluster or node.zone:
-        n: Dict[str, Any] = {}
-        _put(n, "id", node.id, "")
-        _put(n, "cluster", node.cluster, "")
-        if node.zone:
-            n["locality"] = {"zone": node.zone}
+    n = node_json(b.node)
+    if n:
         out["node"] = n
     static: Dict[str, Any] = {}
     if b.listeners:

@@ -26,14 +26,8 @@ log = logging.getLogger("fastproxy.config")
 
 def node_dict(node: Any) -> dict:
     """The bootstrap's node as Envoy sends it (envoy.config.core.v3.Node, JSON shape)."""
-    out: dict = {"id": node.id, "cluster": node.cluster}
-    locality = {k: v for k, v in (("region", node.region), ("zone", node.zone), ("sub_zone", node.sub_zone)) if v}
-    if locality:
-        out["locality"] = locality
-    if node.metadata:
-        out["metadata"] = node.metadata
-    out["user_agent_name"] = "fastproxy"
-    return out
+    from ..config.dump import node_json
+    return {"id": node.id, "cluster": node.cluster, **node_json(node), "user_agent_name": "fastproxy"}
 
 
 def grpc_target(proxy: Any, source: AdsConfig, path: str) -> str:
