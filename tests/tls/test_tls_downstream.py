@@ -13,8 +13,9 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from conftest import (HttpUpstream, client_ctx, https_get, raw_get, server_spec, tls_connect,
-                      wait_for)
+from tls_harness import (core, pki, upstream,  # noqa: F401 (fixtures)
+                         HttpUpstream, client_ctx, https_get, raw_get, server_spec, tls_connect,
+                         wait_for)
 
 CURL = shutil.which("curl")
 OPENSSL = shutil.which("openssl")
