@@ -192,10 +192,10 @@ def sds_secret_config(item: Any, path: str) -> t.SdsSecretConfig:
     msg = Message(item, path, ("name", "sds_config"))
     name = msg.string("name", required=True, non_empty=True)
     source = config_source(msg, "sds_config")
-    if source is not None and source.api is not None:
-        raise ConfigError(msg.at("sds_config.api_config_source"),
-                          "SDS over a stream of its own is unsupported in fastproxy; use ads or a file "
-                          "(path_config_source)")
+    if source is not None and (source.api is not None or source.ads):
+        raise ConfigError(msg.at("sds_config." + ("ads" if source.ads else "api_config_source")),
+                          "SDS over xDS streams is not supported yet in fastproxy; use a static secret "
+                          "(static_resources.secrets) or a file (path_config_source)")
     return t.SdsSecretConfig(name, source)
 
 
