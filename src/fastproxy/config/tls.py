@@ -238,6 +238,16 @@ def common_tls_context(parent: Message) -> t.CommonTlsContext:
                               validation_context_sds_secret_config=validation_sds)
 
 
+def _ticket_key(item: Any, path: str) -> t.DataSource:
+    """A session ticket key: 80 bytes (checked now, as Envoy does when it loads them)."""
+    source = data_source_at(item, path)
+    if source.environment_variable is None:
+        n = len(source.read(path))
+        if n != t.SESSION_TICKET_KEY_LEN:
+            raise ConfigError(path, f"a session ticket key is {t.SESSION_TICKET_KEY_LEN} bytes, got {n}")
+    return source
+
+
 def _model(path: str, build):
     """Build a model_tls object; its own check's error is put at ``path``."""
     try:
@@ -257,7 +267,7 @@ def downstream_tls_context(value: Any, path: str) -> t.DownstreamTlsContext:
     keys: tuple = ()
     tk = msg.message("session_ticket_keys", ("keys",))
     if tk is not None:
-        keys = tuple(data_source_at(item, p) for item, p in tk.repeated("keys"))
+        keys = tuple(_ticket_key(item, p) for item, p in tk.repeated("keys"))
         if not keys:
             raise ConfigError(tk.at("keys"), "at least one key is needed")
     tk_sds = None
@@ -301,6 +311,10 @@ def upstream_tls_context(value: Any, path: str, auto_sni: bool = False,
         raise ConfigError(msg.at("common_tls_context.tls_certificates"),
                           "a client context takes at most one certificate (Envoy: multiple TLS "
                           "certificates are not supported for client contexts)")
+    if _bool(msg, "auto_sni_san_validation") and common.validation_context is None and \
+            common.validation_context_sds_secret_config is None:
+        raise ConfigError(msg.at("auto_sni_san_validation"), "auto_sni_san_validation needs a validation "
+                                                              "context (Envoy refuses it too)")
     sni = msg.string("sni", default="")
     if len(sni) > 255:
         raise ConfigError(msg.at("sni"), "at most 255 characters")
@@ -354,7 +368,7 @@ def secret(item: Any, path: str) -> t.Secret:
     if kind == "validation_context":
         return t.Secret(name, validation_context=validation_context(msg.raw(kind), msg.at(kind)))
     tk = msg.message(kind, ("keys",))
-    keys = tuple(data_source_at(entry, kpath) for entry, kpath in tk.repeated("keys"))
+    keys = tuple(_ticket_key(entry, kpath) for entry, kpath in tk.repeated("keys"))
     if not keys:
         raise ConfigError(tk.at("keys"), "at least one key is needed")
     return t.Secret(name, session_ticket_keys=keys)
