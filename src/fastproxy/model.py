@@ -15,6 +15,7 @@ from typing import Any, Callable, ClassVar, Optional, Sequence, Union
 from . import validation as rules
 from .errors import ConfigError
 from .http.model import AccessLog, HttpConnectionManager, validate_http
+from .model_tls import UpstreamTlsContext, check_static_secrets
 
 LB_POLICIES = ("ROUND_ROBIN", "RANDOM")
 CLUSTER_TYPES = ("STATIC", "STRICT_DNS", "EDS")
@@ -169,7 +170,6 @@ class Cluster:
         if not isinstance(self.track_remaining, bool):
             raise ConfigError(path + ".track_remaining", f"must be a bool, got {self.track_remaining!r}")
         if self.tls is not None:
-            from .model_tls import UpstreamTlsContext
             if not isinstance(self.tls, UpstreamTlsContext):
                 raise ConfigError(path + ".tls", f"expected fastproxy.model_tls.UpstreamTlsContext or None, "
                                                  f"got {type(self.tls).__name__}")
@@ -467,7 +467,6 @@ class Bootstrap:
             names.add(c.name)
         if self.secrets or any(c.tls is not None for c in self.clusters) or \
                 any(getattr(l, "tls", None) is not None or getattr(l, "filter_chains", None) for l in self.listeners):
-            from .model_tls import check_static_secrets
             check_static_secrets(self.secrets, self.listeners, self.clusters, prefix)
         lnames = set()
         addrs = set()

@@ -11,13 +11,15 @@ when it builds its context, so a rotated file is read again when its secret is u
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import os
+import re
 from dataclasses import dataclass
 from typing import Optional
 
 from .errors import ConfigError
 from .http.model import StringMatch
-from .model import ConfigSource
 
 #: Envoy's TlsParameters.TlsProtocol names and their TLS wire numbers (TLS_AUTO: Envoy's
 #: default for the side, see fastproxy.tls_spec).
@@ -28,6 +30,31 @@ SAN_TYPES = ("EMAIL", "DNS", "URI", "IP_ADDRESS", "OTHER_NAME")
 TRUST_CHAIN_VERIFICATIONS = ("VERIFY_TRUST_CHAIN", "ACCEPT_UNTRUSTED")
 #: A session ticket key is 80 bytes (Envoy's TlsSessionTicketKeys: 16 name, 32 HMAC, 32 AES).
 SESSION_TICKET_KEY_LEN = 80
+
+
+_HEX_HASH = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def certificate_hash(text: str, path: str) -> bytes:
+    """verify_certificate_hash: a SHA-256 fingerprint in hex, bytes optionally separated by
+    colons (as ``openssl x509 -fingerprint -sha256`` prints it)."""
+    plain = text.replace(":", "") if isinstance(text, str) else ""
+    if not _HEX_HASH.fullmatch(plain) or (":" in text and len(text) != 95):
+        raise ConfigError(path, f"invalid certificate hash {text!r}: expected the SHA-256 fingerprint "
+                                "as 64 hex digits (colons between bytes allowed)")
+    return bytes.fromhex(plain)
+
+
+def spki_hash(text: str, path: str) -> bytes:
+    """verify_certificate_spki: the base64 SHA-256 of the certificate's SubjectPublicKeyInfo."""
+    try:
+        raw = base64.b64decode(text, validate=True) if isinstance(text, str) else b""
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise ConfigError(path, f"invalid SPKI hash {text!r}: expected the base64 SHA-256 of the "
+                                "SubjectPublicKeyInfo (44 characters)")
+    return raw
 
 
 def _fail(path: str, message: str) -> None:
@@ -179,7 +206,6 @@ class CertificateValidationContext:
                   "CertificateValidationContext.match_typed_subject_alt_names")
         _tuple_of(self.verify_certificate_hash, str, "CertificateValidationContext.verify_certificate_hash")
         _tuple_of(self.verify_certificate_spki, str, "CertificateValidationContext.verify_certificate_spki")
-        from .tls_spec import certificate_hash, spki_hash      # (the one reading of each form)
         for i, h in enumerate(self.verify_certificate_hash):
             certificate_hash(h, f"CertificateValidationContext.verify_certificate_hash[{i}]")
         for i, h in enumerate(self.verify_certificate_spki):
@@ -205,7 +231,8 @@ class SdsSecretConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             _fail("SdsSecretConfig.name", f"must be a non-empty string, got {self.name!r}")
-        if self.sds_config is not None and not isinstance(self.sds_config, ConfigSource):
+        # (fastproxy.model.ConfigSource; by its type's name: the model imports this module)
+        if self.sds_config is not None and type(self.sds_config).__name__ != "ConfigSource":
             _fail("SdsSecretConfig.sds_config", f"expected ConfigSource, got {type(self.sds_config).__name__}")
 
 

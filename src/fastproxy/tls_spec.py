@@ -12,19 +12,15 @@ BoringSSL's).
 """
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 from typing import Callable, Optional
 
 from .errors import ConfigError
-from .model_tls import (TLS_VERSIONS, CertificateValidationContext, DataSource, DownstreamTlsContext,
-                        SdsSecretConfig, Secret, TlsCertificate, UpstreamTlsContext)
+from .model_tls import (TLS_VERSIONS, CertificateValidationContext, DownstreamTlsContext, SdsSecretConfig,
+                        Secret, TlsCertificate, UpstreamTlsContext, certificate_hash, spki_hash)
 
 SERVER_DEFAULT_VERSIONS = (0x0303, 0x0304)
 CLIENT_DEFAULT_VERSIONS = (0x0303, 0x0303)
 
-_HEX_HASH = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class SecretMissing(Exception):
@@ -34,28 +30,6 @@ class SecretMissing(Exception):
     def __init__(self, config: SdsSecretConfig):
         super().__init__(f"secret {config.name!r} has not arrived")
         self.config = config
-
-
-def certificate_hash(text: str, path: str) -> bytes:
-    """verify_certificate_hash: a SHA-256 fingerprint in hex, bytes optionally separated by
-    colons (as ``openssl x509 -fingerprint -sha256`` prints it)."""
-    plain = text.replace(":", "") if isinstance(text, str) else ""
-    if not _HEX_HASH.fullmatch(plain) or (":" in text and len(text) != 95):
-        raise ConfigError(path, f"invalid certificate hash {text!r}: expected the SHA-256 fingerprint "
-                                "as 64 hex digits (colons between bytes allowed)")
-    return bytes.fromhex(plain)
-
-
-def spki_hash(text: str, path: str) -> bytes:
-    """verify_certificate_spki: the base64 SHA-256 of the certificate's SubjectPublicKeyInfo."""
-    try:
-        raw = base64.b64decode(text, validate=True) if isinstance(text, str) else b""
-    except (binascii.Error, ValueError):
-        raw = b""
-    if len(raw) != 32:
-        raise ConfigError(path, f"invalid SPKI hash {text!r}: expected the base64 SHA-256 of the "
-                                "SubjectPublicKeyInfo (44 characters)")
-    return raw
 
 
 def flatten_ciphers(suites: tuple) -> Optional[list]:

@@ -29,7 +29,7 @@ from .http import HCM_TYPE, access_log, http_connection_manager
 from .proto import Message, checked, collecting, raise_collected, report, unsupported_field
 from .http_common import _bool
 from .runtime import layered_runtime
-from .tls import secret, transport_socket
+from .tls import secret, transport_socket, use_config_source_reader
 from .python_filter import TYPED_STRUCT_TYPES, python_filter_factory
 from .source import Source, load_source, parse_json, parse_yaml, read_file
 
@@ -303,6 +303,9 @@ def config_source(parent: Message, name: str) -> Optional[model.ConfigSource]:
     return model.ConfigSource(path=path, watched_directory=directory)
 
 
+
+
+use_config_source_reader(config_source)
 
 
 def grpc_source_errors(source: Optional[model.ConfigSource], path: str, static_clusters: set,

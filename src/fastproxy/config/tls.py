@@ -169,11 +169,10 @@ def validation_context(item: Any, path: str) -> t.CertificateValidationContext:
         sans.append(t.SanMatcher(san, _string_match(m.message("matcher", _STRING_MATCH_FIELDS, required=True))))
     hashes = _strings(msg, "verify_certificate_hash")
     spkis = _strings(msg, "verify_certificate_spki")
-    from ..tls_spec import certificate_hash, spki_hash
     for i, h in enumerate(hashes):
-        certificate_hash(h, f"{msg.at('verify_certificate_hash')}[{i}]")
+        t.certificate_hash(h, f"{msg.at('verify_certificate_hash')}[{i}]")
     for i, h in enumerate(spkis):
-        spki_hash(h, f"{msg.at('verify_certificate_spki')}[{i}]")
+        t.spki_hash(h, f"{msg.at('verify_certificate_spki')}[{i}]")
     trusted = data_source(msg, "trusted_ca")
     crl = data_source(msg, "crl")
     if crl is not None and trusted is None:
@@ -185,13 +184,22 @@ def validation_context(item: Any, path: str) -> t.CertificateValidationContext:
         allow_expired_certificate=_bool(msg, "allow_expired_certificate"))
 
 
+# The reader of a ConfigSource (config/envoy.py's config_source, which registers itself:
+# that module imports this one).
+_config_source: list = [None]
+
+
+def use_config_source_reader(reader) -> None:
+    """Set the function (message, field) -> model.ConfigSource that reads sds_config."""
+    _config_source[0] = reader
+
+
 def sds_secret_config(item: Any, path: str) -> t.SdsSecretConfig:
     """An SdsSecretConfig: a name, and sds_config (a ConfigSource: a file or ADS); without
     sds_config the name is a static secret's."""
-    from .envoy import config_source
     msg = Message(item, path, ("name", "sds_config"))
     name = msg.string("name", required=True, non_empty=True)
-    source = config_source(msg, "sds_config")
+    source = _config_source[0](msg, "sds_config") if msg.raw("sds_config") is not None else None
     if source is not None and (source.api is not None or source.ads):
         raise ConfigError(msg.at("sds_config." + ("ads" if source.ads else "api_config_source")),
                           "SDS over xDS streams is not supported yet in fastproxy; use a static secret "
