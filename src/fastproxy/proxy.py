@@ -585,9 +585,11 @@ class Proxy(ConfigInstaller):
             # (Envoy's DynamicListener has a draining_state; a StaticListener has none.)
             draining = [(d.model, d.state) for d in self._still_draining()
                         if d.state is not None and d.state.dynamic]
+            store = self._secret_store
             full = dump.build(self._initial_bootstrap, self._created, node, list(b.listeners),
                               list(b.clusters), states["listener"], states["cluster"], states["route"],
-                              dict(self._discovery_versions), dict(self._routes), endpoints, draining)
+                              dict(self._discovery_versions), dict(self._routes), endpoints, draining,
+                              list(b.secrets), store.dynamic_secrets())
         return dump.apply_query(full, resource, mask)
 
     # ---- hot restart (fastproxy.hot_restart drives these) ----

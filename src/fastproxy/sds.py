@@ -53,6 +53,7 @@ class _SecretFile:
         self.secrets: dict[str, Secret] = {}
         self.version_info = ""
         self.loaded = False
+        self.loaded_at = 0.0
 
     def read(self) -> tuple:
         """(version_info, {name: Secret}) of the file now; raises ConfigError (its path
@@ -128,6 +129,7 @@ class SecretStore:
                 self._count_names(None, "update_failure", f)
                 raise
             f.loaded = True
+            f.loaded_at = time.time()
             for name in f.secrets:
                 self._count(name, "update_attempt")
                 self._count(name, "update_success")
@@ -290,6 +292,15 @@ class SecretStore:
         if self._inotify is not None:
             self._inotify.close()
             self._inotify = None
+
+    def dynamic_secrets(self) -> list:
+        """(Secret, version_info, last_updated) of every secret from a file (the dump's
+        dynamic_active_secrets), by name."""
+        out = []
+        for f in self.files.values():
+            for name, secret in f.secrets.items():
+                out.append((secret, f.version_info, self.updated.get(name, f.loaded_at)))
+        return sorted(out, key=lambda e: e[0].name)
 
     def read_stats(self) -> dict:
         return {f"sds.{name}.{k}": v for name, st in self.stats.items() for k, v in st.items()}
