@@ -45,6 +45,11 @@ class _Use:
         self.ctx, self.server, self.stats, self.owner, self.handle, self.spec = ctx, server, stats, owner, handle, spec
 
 
+class _FetchFailure(ConfigError):
+    """The file could not be read or parsed as a DiscoveryResponse (Envoy: update_failure;
+    a response whose resources are refused is update_rejected)."""
+
+
 class _SecretFile:
     """One SDS file: its secrets by name, and the version_info it came with."""
 
@@ -62,9 +67,12 @@ class _SecretFile:
         from .config.tls import SECRET_TYPE, secret
         from .xds.resources import _body, parse_discovery_response
         path = self.source.path
-        text = read_file(path)
-        data = parse_json(text, path) if path.lower().endswith(".json") else parse_yaml(text, path)
-        version, items = parse_discovery_response(data, SECRET_TYPE)
+        try:
+            text = read_file(path)
+            data = parse_json(text, path) if path.lower().endswith(".json") else parse_yaml(text, path)
+            version, items = parse_discovery_response(data, SECRET_TYPE)
+        except ConfigError as e:
+            raise _FetchFailure(e.path, e.message) from None
         out: dict[str, Secret] = {}
         for i, item in enumerate(items):
             try:
@@ -125,8 +133,8 @@ class SecretStore:
             self._count_names(None, "update_attempt", f)
             try:
                 f.version_info, f.secrets = f.read()
-            except ConfigError:
-                self._count_names(None, "update_failure", f)
+            except ConfigError as e:
+                self._count_names(None, "update_failure" if isinstance(e, _FetchFailure) else "update_rejected", f)
                 raise
             f.loaded = True
             f.loaded_at = time.time()
@@ -235,9 +243,13 @@ class SecretStore:
             self._count_names(None, "update_attempt", f)
             try:
                 version, secrets = f.read()
-            except ConfigError as e:
+            except _FetchFailure as e:
                 log.warning("sds update failed: %s", e)
                 self._count_names(None, "update_failure", f)
+                return False
+            except ConfigError as e:
+                log.warning("sds update rejected: %s", e)
+                self._count_names(None, "update_rejected", f)
                 return False
             changed = [n for n in set(secrets) | set(f.secrets) if secrets.get(n) != f.secrets.get(n)]
             old = f.secrets
