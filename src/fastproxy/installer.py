@@ -21,6 +21,7 @@ from . import _core
 from .errors import ListenerBindError
 from .filters import NetworkFilter
 from .model import Bootstrap, Cluster, Listener
+from .model_tls import listener_contexts
 from .http.model import RouteConfiguration
 
 log = logging.getLogger("fastproxy")
@@ -469,8 +470,9 @@ class ConfigInstaller:
         self._listener_builds = builds
         self._warming = warming
         self._forget_unreferenced_clusters()
-        # (a context's owner: its cluster's or listener's name)
-        self._secret_store.keep({c.name for c in b.clusters if c.tls is not None} | {l.name for l in b.listeners})
+        # The contexts in force (owner: the cluster's or listener's name) go on rotating.
+        self._secret_store.keep({(c.name, False, c.tls) for c in b.clusters if c.tls is not None} |
+                                {(l.name, True, ctx) for l in b.listeners for ctx, _ in listener_contexts(l, "")})
 
     def _retire_listeners(self, builds: dict[str, "_ListenerBuild"]) -> None:
         """Before the apply that installs ``builds``: the versions it replaces or removes

@@ -159,7 +159,8 @@ class SecretStore:
         built before for this owner and side when the model and what it compiles to are
         the same; updated in place when only the compiled data changed (a file's new
         contents); else a new one. Raises ConfigError naming ``owner``."""
-        key = (owner, server, stats_name)
+        # (a listener's filter chains share its owner and stats name: the model tells them apart)
+        key = (owner, server, stats_name, repr(ctx))
         spec = compile_context(ctx, self.lookup, owner)
         use = self.uses.get(key)
         if use is not None and use.ctx == ctx:
@@ -181,10 +182,12 @@ class SecretStore:
             raise ConfigError(what, f"TLS context: {e}") from None
         use.spec = spec
 
-    def keep(self, owners: set) -> None:
-        """Forget the contexts of owners no longer configured (their handles live on in
-        the core while a draining listener uses them, without rotation)."""
-        for key in [k for k in self.uses if k[0] not in owners]:
+    def keep(self, live: set) -> None:
+        """Forget the contexts no longer configured (``live``: (owner, server, ctx) of those
+        in force); their handles live on in the core while a draining listener version
+        uses them, without rotation."""
+        wanted = {(owner, server, repr(ctx)) for owner, server, ctx in live}
+        for key in [k for k in self.uses if (k[0], k[1], k[3]) not in wanted]:
             del self.uses[key]
 
     def set_static(self, secrets: list) -> list:

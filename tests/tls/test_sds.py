@@ -294,3 +294,27 @@ def test_rotated_client_certificate_end_to_end(ca, tmp_path):
     finally:
         proxy.stop(0.5)
         upstream.close()
+
+
+def test_filter_chains_of_one_listener_keep_their_own_contexts(store, ca, tmp_path):
+    """Two chains of one listener (same owner, same ssl stats) with their own secrets:
+    each has its handle, a rotated secret updates only the one naming it, and the
+    contexts no longer in force are forgotten."""
+    def secret(name, files):
+        return t.Secret(name, tls_certificate=t.TlsCertificate(t.DataSource(filename=str(files[0])),
+                                                               t.DataSource(filename=str(files[1]))))
+
+    def server(name):
+        return t.DownstreamTlsContext(common_tls_context=t.CommonTlsContext(
+            tls_certificate_sds_secret_configs=(t.SdsSecretConfig(name),)))
+    a1, a2, b1 = (write_pem(tmp_path, n, ca.issue_cert(f"{n}.test")) for n in ("a1", "a2", "b1"))
+    store.static = {"a": secret("a", a1), "b": secret("b", b1)}
+    ha = store.context(server("a"), True, "listener.127.0.0.1_443.ssl", "l")
+    hb = store.context(server("b"), True, "listener.127.0.0.1_443.ssl", "l")
+    assert ha is not hb
+    store.set_static([secret("a", a2), secret("b", b1)])
+    assert sans(ha.specs[-1]) == ["a2.test"] and len(hb.specs) == 1
+    store.keep({("l", True, server("a")), ("l", True, server("b"))})
+    assert len(store.uses) == 2
+    store.keep({("l", True, server("a"))})
+    assert [k[3] for k in store.uses] == [repr(server("a"))]
