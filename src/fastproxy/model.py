@@ -285,14 +285,16 @@ class FilterChainMatch:
         two chains of a listener must not share one (Envoy's "multiple filter chains with
         the same matching rules are defined")."""
         import itertools
+        # No ranges is Envoy's catch-all: 0.0.0.0/0 and ::/0, the same as given explicitly.
+        anywhere = ("0.0.0.0/0", "::/0")
         return list(itertools.product(
             (self.destination_port or 0,),
-            tuple(_cidr(r, "") for r in self.prefix_ranges) or (None,),
+            tuple(_cidr(r, "") for r in self.prefix_ranges) or anywhere,
             tuple(n.lower() for n in self.server_names) or (None,),
             (self.transport_protocol,),
             tuple(self.application_protocols) or (None,),
             (self.source_type,),
-            tuple(_cidr(r, "") for r in self.source_prefix_ranges) or (None,),
+            tuple(_cidr(r, "") for r in self.source_prefix_ranges) or anywhere,
             tuple(self.source_ports) or (None,)))
 
     def needs_inspector(self) -> bool:

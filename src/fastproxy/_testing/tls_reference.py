@@ -197,6 +197,7 @@ class FilterChainTree:
 
     def find(self, local: tuple, remote: tuple, transport: str, server_name: str = "",
              application_protocols=()) -> Optional[int]:
+        application_protocols = [p.decode() if isinstance(p, bytes) else p for p in application_protocols]
         lip, lport = ipaddress.ip_address(local[0]), local[1]
         rip, rport = ipaddress.ip_address(remote[0]), remote[1]
         if lport in self.root:
