@@ -161,6 +161,15 @@ def _cluster_params(c: Cluster) -> tuple:
             c.max_requests, c.max_retries)
 
 
+def _match_spec(m) -> dict:
+    """A FilterChainMatch as _core.make_chain_table takes it."""
+    return {"dport": m.destination_port or 0, "prefix_ranges": list(m.prefix_ranges),
+            "server_names": [n.lower() for n in m.server_names], "transport": m.transport_protocol,
+            "application_protocols": [p.encode() for p in m.application_protocols],
+            "source_type": m.source_type, "source_prefix_ranges": list(m.source_prefix_ranges),
+            "source_ports": list(m.source_ports)}
+
+
 class _ClusterState:
     def __init__(self, model: Cluster, handle, hosts):
         self.model = model
@@ -205,7 +214,8 @@ class _Draining:
 # filter_chains): a version that changes none of them is, in Envoy's words, updated in
 # place (listener_in_place_updated): the same socket, new filter chains, the old ones
 # draining (total_filter_chains_draining). The connections drain alike either way.
-_LISTENER_SOCKET_FIELDS = ("address", "port", "backlog", "max_connections", "buffer_limit", "drain_type")
+_LISTENER_SOCKET_FIELDS = ("address", "port", "backlog", "max_connections", "buffer_limit", "drain_type",
+                           "tls_inspector", "listener_filters_timeout", "continue_on_listener_filters_timeout")
 
 
 def _same_listener_socket(a: Listener, b: Listener) -> bool:
@@ -422,7 +432,9 @@ class ConfigInstaller:
             # are the same objects (and the model is equal), the built one is kept. An RDS
             # listener's routes come from its provider (a new table there changes nothing
             # here); inline routes from the clusters they name.
-            if hcm is None:
+            if l.selects_chain:
+                refs = self._chains_refs(l)
+            elif hcm is None:
                 refs = {"cluster": self._cluster_ref(l.handler.cluster)}
             elif hcm.rds is not None:
                 refs = {"rds": providers[listener_rds[l.name]].provider}
@@ -433,28 +445,15 @@ class ConfigInstaller:
                 builds[l.name] = old_build
                 handles.append(old_build.handle)
                 continue
-            factories = tuple(l.filters)
-            http = None
-            if hcm is not None:
-                if hcm.rds is not None:
-                    provider = providers[listener_rds[l.name]].provider
-                else:
-                    provider = _core.make_route_provider(
-                        self._engine, self._route_table(route_config, hcm.http_filters)[0])
-                http = _core.make_http_cfg(
-                    hcm, self._stat_block("http", f"http.{hcm.stat_prefix}"), provider, self.concurrency,
-                    self._stat_block("http1", "http1"),     # Envoy's server-wide codec stats
-                    self._async)
-            handles.append(self._engine.make_listener(
-                l.name, sock, self._cluster_ref(l.handler.cluster) if http is None else None,
-                self._stat_block("listener", f"listener.{ip}_{port}"),
-                self._stat_block("tcp", f"tcp.{l.effective_stat_prefix}"),
-                l.idle_timeout, l.max_connect_attempts, l.max_connections, l.buffer_limit,
-                factories,
-                not any(_reads_bytes(f, "on_data") for f in factories),
-                not any(_reads_bytes(f, "on_write") for f in factories), http,
-                None if http is None else
-                self._stat_block("listener_http", f"listener.{ip}_{port}.http.{hcm.stat_prefix}")))
+            if l.selects_chain:
+                handles.append(self._chain_listener(l, sock))
+            else:
+                provider = None
+                if hcm is not None:
+                    provider = (providers[listener_rds[l.name]].provider if hcm.rds is not None
+                                else _core.make_route_provider(
+                                    self._engine, self._route_table(route_config, hcm.http_filters)[0]))
+                handles.append(self._chain_cfg(l, l.chains[0], sock, provider))
             builds[l.name] = _ListenerBuild(l, sock, refs, handles[-1])
         # Clusters first (one revived here is alive before a table naming it), then the
         # tables, then the snapshot: each worker's queue runs them in this order.
@@ -473,6 +472,72 @@ class ConfigInstaller:
         # The contexts in force (owner: the cluster's or listener's name) go on rotating.
         self._secret_store.keep({(c.name, False, c.tls) for c in b.clusters if c.tls is not None} |
                                 {(l.name, True, ctx) for l in b.listeners for ctx, _ in listener_contexts(l, "")})
+
+    def _chains_refs(self, l: Listener) -> dict:
+        """The core objects the chains of a listener with filter chains are built from
+        (see _ListenerBuild): the clusters each chain's tcp_proxy or inline routes name."""
+        refs: dict = {}
+        for chain, j in l.all_chains():
+            hcm = chain.http_connection_manager
+            if hcm is None:
+                refs[(j, "cluster")] = self._cluster_ref(chain.handler.cluster)
+            else:
+                refs.update({(j, "cluster", name): self._cluster_ref(name)
+                             for name in _route_cluster_names(hcm.route_config)})
+        return refs
+
+    def _chain_cfg(self, l: Listener, chain, sock, provider):
+        """One filter chain's ListenerCfg on ``sock`` (for a connection manager, with the
+        RouteProvider ``provider``): a listener's only one, or one of a parent's."""
+        ip, port = sock.address
+        hcm = chain.http_connection_manager
+        factories = tuple(chain.filters)
+        http = None
+        if hcm is not None:
+            http = _core.make_http_cfg(
+                hcm, self._stat_block("http", f"http.{hcm.stat_prefix}"), provider, self.concurrency,
+                self._stat_block("http1", "http1"),     # Envoy's server-wide codec stats
+                self._async)
+        tls = {}
+        if chain.tls is not None:       # (the keywords exist with TLS in the core)
+            tls = dict(tls=self._tls_context(chain.tls, True, f"listener.{ip}_{port}.ssl", l.name),
+                       transport_socket_connect_timeout=chain.transport_socket_connect_timeout)
+        return self._engine.make_listener(
+            l.name, sock, self._cluster_ref(chain.handler.cluster) if http is None else None,
+            self._stat_block("listener", f"listener.{ip}_{port}"),
+            self._stat_block("tcp", f"tcp.{chain.stat_prefix or chain.effective_stat_prefix}"),
+            chain.idle_timeout, chain.max_connect_attempts, l.max_connections, l.buffer_limit,
+            factories,
+            not any(_reads_bytes(f, "on_data") for f in factories),
+            not any(_reads_bytes(f, "on_write") for f in factories), http,
+            None if http is None else
+            self._stat_block("listener_http", f"listener.{ip}_{port}.http.{hcm.stat_prefix}"), **tls)
+
+    def _chain_listener(self, l: Listener, sock):
+        """A listener whose connections pick their filter chain (core/listener_filters.pxi):
+        each chain's ListenerCfg, then the parent that chooses among them."""
+        ip, port = sock.address
+
+        def build(chain):
+            hcm = chain.http_connection_manager
+            provider = None if hcm is None else _core.make_route_provider(
+                self._engine, self._route_table(hcm.route_config, hcm.http_filters)[0])
+            return self._chain_cfg(l, chain, sock, provider)
+
+        chains = [build(chain) for chain in l.chains]
+        default = build(l.default_filter_chain) if l.default_filter_chain is not None else None
+        table = _core.make_chain_table([_match_spec(chain.match) for chain in l.chains])
+        return self._engine.make_chain_listener(
+            l.name, sock, self._stat_block("listener", f"listener.{ip}_{port}"), chains, table, default,
+            l.tls_inspector, l.listener_filters_timeout, l.continue_on_listener_filters_timeout,
+            self._stat_block("tls_inspector", "tls_inspector") if l.tls_inspector else None)
+
+    def _tls_context(self, ctx, server: bool, stats_name: str, owner: str):
+        """A TlsContextHandle for the model_tls context ``ctx``. Stub of this branch: TLS
+        contexts come with the TLS engine and configuration (issue 14, tls-engine and
+        tls-config), which replace it."""
+        raise NotImplementedError(f"listener {owner!r}: TLS termination (a filter chain's tls) needs "
+                                  "fastproxy's TLS engine, not in this build")
 
     def _retire_listeners(self, builds: dict[str, "_ListenerBuild"]) -> None:
         """Before the apply that installs ``builds``: the versions it replaces or removes
