@@ -532,13 +532,6 @@ class ConfigInstaller:
             l.tls_inspector, l.listener_filters_timeout, l.continue_on_listener_filters_timeout,
             self._stat_block("tls_inspector", "tls_inspector") if l.tls_inspector else None)
 
-    def _tls_context(self, ctx, server: bool, stats_name: str, owner: str):
-        """A TlsContextHandle for the model_tls context ``ctx``. Stub of this branch: TLS
-        contexts come with the TLS engine and configuration (issue 14, tls-engine and
-        tls-config), which replace it."""
-        raise NotImplementedError(f"listener {owner!r}: TLS termination (a filter chain's tls) needs "
-                                  "fastproxy's TLS engine, not in this build")
-
     def _retire_listeners(self, builds: dict[str, "_ListenerBuild"]) -> None:
         """Before the apply that installs ``builds``: the versions it replaces or removes
         start their drain (the workers arm its end as they apply), and are counted."""

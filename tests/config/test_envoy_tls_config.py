@@ -1,6 +1,5 @@
 """The TLS configuration loader (fastproxy.config.tls): a cluster's transport_socket
-(UpstreamTlsContext), a filter chain's (DownstreamTlsContext, read by the function the
-listener loader calls), static_resources.secrets. Every field fastproxy reads, and every
+(UpstreamTlsContext), a filter chain's (DownstreamTlsContext), static_resources.secrets. Every field fastproxy reads, and every
 refusal with its path; each YAML is also given to the real Envoy 1.40 (`envoy --mode
 validate`): accepted by both, or refused by both (the fields fastproxy does not implement,
 which Envoy takes, are in a list of their own)."""
@@ -98,15 +97,8 @@ def envoy_says(tmp_path, boot):
 
 
 def load_downstream(boot):
-    """The listener's DownstreamTlsContext, read by the function the listener loader calls
-    for a filter chain (its static secrets checked as load_envoy checks a cluster's)."""
-    chain = boot["static_resources"]["listeners"][0]["filter_chains"][0]
-    ctx = transport_socket(chain["transport_socket"], L0_TS, downstream=True)
-    names = {s["name"] for s in boot["static_resources"].get("secrets", [])}
-    for sds, path in t.sds_refs(ctx, L0_TS + ".typed_config"):
-        if sds.sds_config is None and sds.name not in names:
-            raise ConfigError(path + ".name", f"unknown static secret {sds.name!r}")
-    return ctx
+    """The listener's DownstreamTlsContext as load_envoy reads it (its filter chain's)."""
+    return load_envoy(boot).listeners[0].filter_chains[0].tls
 
 
 # --- upstream: every field read ------------------------------------------------------------
@@ -344,6 +336,9 @@ BOTH_REFUSE = [
          "certificate_chain": {"inline_bytes": "***"}, "private_key": {"filename": str(p["server_key"])}}]}),
      f"{L0_TS}.typed_config.common_tls_context.tls_certificates[0].certificate_chain.inline_bytes"),
     ("upstream_type_on_listener", "listener", lambda p: upstream(), f"{L0_TS}.typed_config.@type"),
+    ("unknown_static_secret_on_listener", "listener", lambda p: downstream(common_tls_context={
+        "tls_certificate_sds_secret_configs": [{"name": "nope"}]}),
+     f"{L0_TS}.typed_config.common_tls_context.tls_certificate_sds_secret_configs[0].name"),
     ("tickets_and_disable", "listener",
      lambda p: downstream(session_ticket_keys={"keys": [{"inline_bytes": base64.b64encode(b"k" * 80).decode()}]},
                           disable_stateless_session_resumption=True, common_tls_context={"tls_certificates": _cert(p)}),

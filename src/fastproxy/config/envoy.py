@@ -114,8 +114,6 @@ def _bootstrap(data: Any) -> Optional[model.Bootstrap]:
         secrets = [checked(secret, item, path) for item, path in
                    checked(lambda: list(static.repeated("secrets"))) or ()]
         secrets = [s for s in secrets if s is not None]
-        _check_static_secrets(secrets, [(c, f"static_resources.clusters[{i}].transport_socket.typed_config")
-                                        for i, c in enumerate(clusters) if c is not None and c.tls is not None])
         # Checked here, not only in Bootstrap.validate, to point at the tcp_proxy or route field.
         # A cluster with errors of its own still counts as defined.
         names = {item.get("name") for item, _ in items if isinstance(item, dict)}
@@ -134,6 +132,7 @@ def _bootstrap(data: Any) -> Optional[model.Bootstrap]:
                                                      "upstreams are not supported yet; a tcp_proxy or "
                                                      "ads_config may use the cluster"))
         clusters = [c for c in clusters if c is not None]
+        _check_static_secrets(secrets, _tls_contexts(listeners, clusters))
         if dynamic is not None and dynamic.ads is not None and dynamic.ads.cluster_name not in names:
             # Envoy: the ADS server's cluster must be static (it is needed before discovery).
             report(ConfigError("dynamic_resources.ads_config." + GRPC_CLUSTER_PATH,
@@ -157,6 +156,18 @@ def _bootstrap(data: Any) -> Optional[model.Bootstrap]:
                            dynamic_resources=dynamic, secrets=secrets)
 
 
+def _tls_contexts(listeners: list, clusters: list) -> list:
+    """[(TLS context, the path of its typed_config)] of the clusters and listeners read."""
+    from ..model_tls import listener_contexts
+    out = [(c.tls, f"static_resources.clusters[{i}].transport_socket.typed_config")
+           for i, c in enumerate(clusters) if c.tls is not None]
+    for i, l in enumerate(listeners):
+        for ctx, path in listener_contexts(l, f"static_resources.listeners[{i}]"):
+            # (the model's chain.tls is the chain's transport_socket)
+            out.append((ctx, path[:-len(".tls")] + ".transport_socket.typed_config"))
+    return out
+
+
 def _check_static_secrets(secrets: list, contexts: list) -> None:
     """Duplicate secret names, and static secret names (an SdsSecretConfig without
     sds_config) that no secret has (Envoy refuses both when the configuration loads).
@@ -167,8 +178,8 @@ def _check_static_secrets(secrets: list, contexts: list) -> None:
             report(ConfigError(f"static_resources.secrets[{i}].name", f"duplicate static secret name {s.name!r}"))
         names.add(s.name)
     from ..model_tls import sds_refs
-    for owner, path in contexts:
-        for sds, spath in sds_refs(owner.tls, path):
+    for ctx, path in contexts:
+        for sds, spath in sds_refs(ctx, path):
             if sds.sds_config is None and sds.name not in names:
                 report(ConfigError(spath + ".name", f"unknown static secret {sds.name!r} (not in "
                                                     "static_resources.secrets)"))
