@@ -549,3 +549,17 @@ def test_sni_routing_is_the_same_through_envoy_and_fastproxy(upstreams, tmp_path
     finally:
         p.stop(drain_timeout=0.2)
     assert ours == envoy == (b"a a.example.com -\n", b"b q.b.example.com h2\n", b"plain\n")
+
+
+def test_the_config_dump_writes_the_chains_back(upstreams):
+    """listener_json writes filter chains, matches and the inspector that the loader
+    reads back to the same model."""
+    from fastproxy.config.dump import listener_json
+    boot = load_envoy(sni_yaml(1, 2, 3))
+    l = boot.listeners[0]
+    dumped = listener_json(l)
+    assert dumped["listener_filters"][0]["name"] == "envoy.filters.listener.tls_inspector"
+    import yaml
+    again = yaml.safe_load(sni_yaml(1, 2, 3))
+    again["static_resources"]["listeners"] = [dumped]
+    assert load_envoy(again).listeners[0] == l
