@@ -21,6 +21,7 @@ from . import _core
 from .errors import ListenerBindError
 from .filters import NetworkFilter
 from .model import Bootstrap, Cluster, Listener
+from .model_tls import listener_contexts
 from .http.model import RouteConfiguration
 
 log = logging.getLogger("fastproxy")
@@ -233,6 +234,15 @@ class ConfigInstaller:
             block = self._stats[key] = self._engine.new_stats(kind)
         return block
 
+    def _tls_context(self, ctx, server: bool, stats_name: str, owner: str):
+        """The core TLS context (TlsContextHandle) for the model ``ctx`` (a
+        DownstreamTlsContext when ``server``, else an UpstreamTlsContext) of ``owner`` (a
+        listener's or cluster's name), its handshakes counted in the "ssl" stat block
+        ``stats_name`` (listener.<ip>_<port>.ssl, cluster.<name>.ssl). The same handle
+        while the model is the same (its secrets' rotation updates it in place: see
+        fastproxy.sds). Raises ConfigError naming ``owner`` when it does not compile."""
+        return self._secret_store.context(ctx, server, stats_name, owner)
+
     def _cluster_ref(self, name: str):
         """The ClusterHandle that a route table or TCP listener refers to for cluster
         ``name``: the same one for as long as the name is configured or referenced. With
@@ -325,19 +335,21 @@ class ConfigInstaller:
                 clusters[c.name] = old          # unchanged: keep its LB state and DNS schedule
                 continue
             hosts = resolve_endpoints(c)
+            tls = self._tls_context(c.tls, False, f"cluster.{c.name}.ssl", c.name) if c.tls is not None else None
             if old is not None:
                 membership = c.type == "EDS" and old.model.with_endpoints(c.endpoints) == c
-                commit.append((old.handle, c, hosts, old, "cluster_updated" if membership else "cluster_modified"))
+                commit.append((old.handle, c, hosts, old, "cluster_updated" if membership else "cluster_modified", tls))
                 clusters[c.name] = _ClusterState(c, old.handle, hosts)
                 continue
             handle = self._absent_clusters.get(c.name)
             if handle is not None:              # a referenced name comes (back) alive
-                commit.append((handle, c, hosts, None, "cluster_added"))
+                commit.append((handle, c, hosts, None, "cluster_added", tls))
             else:
+                # (tls= only when there is one: a core without TLS takes no such argument)
                 handle = self._engine.make_cluster(
                     self._stat_block("cluster", f"cluster.{c.name}"), c.lb_policy, c.connect_timeout,
-                    _host_set(hosts), *_cluster_params(c)[2:])
-                commit.append((None, c, hosts, None, "cluster_added"))
+                    _host_set(hosts), *_cluster_params(c)[2:], **({"tls": tls} if tls is not None else {}))
+                commit.append((None, c, hosts, None, "cluster_added", tls))
             clusters[c.name] = _ClusterState(c, handle, hosts)
         self._installing_clusters = clusters
         try:
@@ -348,10 +360,11 @@ class ConfigInstaller:
     def _commit_clusters(self, clusters: dict[str, _ClusterState], commit: list) -> None:
         """Apply the cluster changes _install prepared (worker messages, ahead of the
         listener snapshot in each worker's queue) and count them."""
-        for handle, c, hosts, old, stat in commit:
+        for handle, c, hosts, old, stat, tls in commit:
             if handle is not None:
-                if old is None or _cluster_params(old.model) != _cluster_params(c):
-                    handle.set_params(*_cluster_params(c))
+                if old is None or _cluster_params(old.model) != _cluster_params(c) or old.model.tls != c.tls:
+                    handle.set_params(*_cluster_params(c), **({"tls": tls} if tls is not None or
+                                                              (old is not None and old.model.tls is not None) else {}))
                 if old is None or hosts != old.hosts:
                     handle.set_hosts(_host_set(hosts))
                 if old is None:
@@ -456,6 +469,9 @@ class ConfigInstaller:
         self._listener_builds = builds
         self._warming = warming
         self._forget_unreferenced_clusters()
+        # The contexts in force (owner: the cluster's or listener's name) go on rotating.
+        self._secret_store.keep({(c.name, False, c.tls) for c in b.clusters if c.tls is not None} |
+                                {(l.name, True, ctx) for l in b.listeners for ctx, _ in listener_contexts(l, "")})
 
     def _chains_refs(self, l: Listener) -> dict:
         """The core objects the chains of a listener with filter chains are built from
@@ -515,13 +531,6 @@ class ConfigInstaller:
             l.name, sock, self._stat_block("listener", f"listener.{ip}_{port}"), chains, table, default,
             l.tls_inspector, l.listener_filters_timeout, l.continue_on_listener_filters_timeout,
             self._stat_block("tls_inspector", "tls_inspector") if l.tls_inspector else None)
-
-    def _tls_context(self, ctx, server: bool, stats_name: str, owner: str):
-        """A TlsContextHandle for the model_tls context ``ctx``. Stub of this branch: TLS
-        contexts come with the TLS engine and configuration (issue 14, tls-engine and
-        tls-config), which replace it."""
-        raise NotImplementedError(f"listener {owner!r}: TLS termination (a filter chain's tls) needs "
-                                  "fastproxy's TLS engine, not in this build")
 
     def _retire_listeners(self, builds: dict[str, "_ListenerBuild"]) -> None:
         """Before the apply that installs ``builds``: the versions it replaces or removes

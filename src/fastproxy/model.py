@@ -15,6 +15,7 @@ from typing import Any, Callable, ClassVar, Optional, Sequence, Union
 from . import validation as rules
 from .errors import ConfigError
 from .http.model import AccessLog, HttpConnectionManager, validate_http
+from .model_tls import UpstreamTlsContext, check_static_secrets
 
 LB_POLICIES = ("ROUND_ROBIN", "RANDOM")
 CLUSTER_TYPES = ("STATIC", "STRICT_DNS", "EDS")
@@ -128,6 +129,9 @@ class Cluster:
     # eds_config. Until it arrives the cluster has no endpoints (fastproxy.xds fills them).
     eds_service_name: str = ""
     eds_config: Optional["ConfigSource"] = None
+    # TLS to the upstreams (Envoy's transport_socket envoy.transport_sockets.tls with an
+    # UpstreamTlsContext; fastproxy.model_tls). None: plain TCP.
+    tls: Optional[Any] = None
 
     @property
     def eds_name(self) -> str:
@@ -165,6 +169,10 @@ class Cluster:
                 raise ConfigError(f"{path}.{name}", f"must be an integer 0..4294967295, got {value!r}")
         if not isinstance(self.track_remaining, bool):
             raise ConfigError(path + ".track_remaining", f"must be a bool, got {self.track_remaining!r}")
+        if self.tls is not None:
+            if not isinstance(self.tls, UpstreamTlsContext):
+                raise ConfigError(path + ".tls", f"expected fastproxy.model_tls.UpstreamTlsContext or None, "
+                                                 f"got {type(self.tls).__name__}")
         for i, ep in enumerate(self.endpoints):
             if not isinstance(ep, Endpoint):
                 raise ConfigError(f"{path}.endpoints[{i}]", f"expected Endpoint, got {type(ep).__name__}")
@@ -696,6 +704,9 @@ class Bootstrap:
     max_downstream_connections: Optional[int] = None
     # Listeners and clusters discovered at run time, beside the static ones (fastproxy.xds).
     dynamic_resources: Optional[DynamicResources] = None
+    # TLS secrets (fastproxy.model_tls.Secret) that contexts name by SdsSecretConfig
+    # without an sds_config (Envoy's static_resources.secrets).
+    secrets: list = field(default_factory=list)
     # The repr of the last configuration the loader validated (see mark_valid, validate_once).
     _last_valid: ClassVar[str] = ""
 
@@ -727,6 +738,9 @@ class Bootstrap:
             if c.name in names:
                 raise ConfigError(f"{prefix}clusters[{i}].name", f"duplicate cluster name {c.name!r}")
             names.add(c.name)
+        if self.secrets or any(c.tls is not None for c in self.clusters) or \
+                any(getattr(l, "tls", None) is not None or getattr(l, "filter_chains", None) for l in self.listeners):
+            check_static_secrets(self.secrets, self.listeners, self.clusters, prefix)
         lnames = set()
         addrs = set()
         for i, l in enumerate(self.listeners):

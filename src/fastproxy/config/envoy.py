@@ -27,7 +27,9 @@ from ..errors import ConfigError
 from ..validation import DNS_LOOKUP_FAMILIES, MAX_PORT
 from .http import HCM_TYPE, access_log, http_connection_manager
 from .proto import Message, checked, collecting, raise_collected, report, unsupported_field
+from .http_common import _bool
 from .runtime import layered_runtime
+from .tls import secret, transport_socket, use_config_source_reader
 from .python_filter import TYPED_STRUCT_TYPES, python_filter_factory
 from .source import Source, load_source, parse_json, parse_yaml, read_file
 
@@ -102,13 +104,16 @@ def _bootstrap(data: Any) -> Optional[model.Bootstrap]:
     dynamic = checked(_dynamic_resources, top)
     admin = checked(_admin, top)
 
-    listeners, clusters = [], []
-    static = checked(top.message, "static_resources", ("listeners", "clusters"))
+    listeners, clusters, secrets = [], [], []
+    static = checked(top.message, "static_resources", ("listeners", "clusters", "secrets"))
     if static is not None:
         parsed = [checked(_listener, item, path, i) for i, (item, path) in
                   enumerate(checked(lambda: list(static.repeated("listeners"))) or ())]
         items = checked(lambda: list(static.repeated("clusters"))) or ()
         clusters = [checked(_cluster, item, path) for item, path in items]
+        secrets = [checked(secret, item, path) for item, path in
+                   checked(lambda: list(static.repeated("secrets"))) or ()]
+        secrets = [s for s in secrets if s is not None]
         # Checked here, not only in Bootstrap.validate, to point at the tcp_proxy or route field.
         # A cluster with errors of its own still counts as defined.
         names = {item.get("name") for item, _ in items if isinstance(item, dict)}
@@ -127,6 +132,7 @@ def _bootstrap(data: Any) -> Optional[model.Bootstrap]:
                                                      "upstreams are not supported yet; a tcp_proxy or "
                                                      "ads_config may use the cluster"))
         clusters = [c for c in clusters if c is not None]
+        _check_static_secrets(secrets, _tls_contexts(listeners, clusters))
         if dynamic is not None and dynamic.ads is not None and dynamic.ads.cluster_name not in names:
             # Envoy: the ADS server's cluster must be static (it is needed before discovery).
             report(ConfigError("dynamic_resources.ads_config." + GRPC_CLUSTER_PATH,
@@ -147,7 +153,36 @@ def _bootstrap(data: Any) -> Optional[model.Bootstrap]:
         checked(runtime.apply_listener_limits, listeners)
     return model.Bootstrap(listeners=listeners, clusters=clusters, admin=admin, node=node or model.Node(),
                            max_downstream_connections=runtime.global_max_connections if runtime else None,
-                           dynamic_resources=dynamic)
+                           dynamic_resources=dynamic, secrets=secrets)
+
+
+def _tls_contexts(listeners: list, clusters: list) -> list:
+    """[(TLS context, the path of its typed_config)] of the clusters and listeners read."""
+    from ..model_tls import listener_contexts
+    out = [(c.tls, f"static_resources.clusters[{i}].transport_socket.typed_config")
+           for i, c in enumerate(clusters) if c.tls is not None]
+    for i, l in enumerate(listeners):
+        for ctx, path in listener_contexts(l, f"static_resources.listeners[{i}]"):
+            # (the model's chain.tls is the chain's transport_socket)
+            out.append((ctx, path[:-len(".tls")] + ".transport_socket.typed_config"))
+    return out
+
+
+def _check_static_secrets(secrets: list, contexts: list) -> None:
+    """Duplicate secret names, and static secret names (an SdsSecretConfig without
+    sds_config) that no secret has (Envoy refuses both when the configuration loads).
+    ``contexts``: [(the model with .tls, the path of its TLS context)]."""
+    names: set = set()
+    for i, s in enumerate(secrets):
+        if s.name in names:
+            report(ConfigError(f"static_resources.secrets[{i}].name", f"duplicate static secret name {s.name!r}"))
+        names.add(s.name)
+    from ..model_tls import sds_refs
+    for ctx, path in contexts:
+        for sds, spath in sds_refs(ctx, path):
+            if sds.sds_config is None and sds.name not in names:
+                report(ConfigError(spath + ".name", f"unknown static secret {sds.name!r} (not in "
+                                                    "static_resources.secrets)"))
 
 
 # --- node, admin -------------------------------------------------------------------------
@@ -279,6 +314,9 @@ def config_source(parent: Message, name: str) -> Optional[model.ConfigSource]:
     return model.ConfigSource(path=path, watched_directory=directory)
 
 
+
+
+use_config_source_reader(config_source)
 
 
 def grpc_source_errors(source: Optional[model.ConfigSource], path: str, static_clusters: set,
@@ -587,7 +625,7 @@ def _cluster(item: Any, path: str) -> model.Cluster:
                                "dns_refresh_rate", "dns_lookup_family",
                                "per_connection_buffer_limit_bytes", "typed_extension_protocol_options",
                                "max_requests_per_connection", "circuit_breakers", "http2_protocol_options",
-                               "eds_cluster_config"))
+                               "eds_cluster_config", "transport_socket"))
     name = msg.string("name", required=True, non_empty=True)
     ctype = _supported(msg, "type", DISCOVERY_TYPES, model.CLUSTER_TYPES, "STATIC")
     lb_policy = _supported(msg, "lb_policy", LB_POLICIES, model.LB_POLICIES, "ROUND_ROBIN")
@@ -639,10 +677,17 @@ def _cluster(item: Any, path: str) -> model.Cluster:
         pool["max_requests_per_connection"] = legacy
     if pool.get("max_requests_per_connection") is None:
         pool.pop("max_requests_per_connection", None)
+    # TLS to the upstreams; auto_sni / auto_san_validation are HttpProtocolOptions' fields
+    # in Envoy, and mean something only with TLS: the model keeps them in the TLS context.
+    upstream_options = pool.pop("upstream_tls_options", {})
+    tls = None
+    if msg.raw("transport_socket") is not None:
+        tls = transport_socket(msg.raw("transport_socket"), msg.at("transport_socket"), downstream=False,
+                               **upstream_options)
 
     return model.Cluster(name=name, endpoints=endpoints, type=ctype, lb_policy=lb_policy,
                          connect_timeout=connect_timeout, dns_refresh_rate=dns_refresh_rate,
-                         dns_lookup_family=family, **eds, **pool, **_circuit_breakers(msg))
+                         dns_lookup_family=family, tls=tls, **eds, **pool, **_circuit_breakers(msg))
 
 
 def _http_protocol_options(cluster: Message) -> dict:
@@ -660,8 +705,17 @@ def _http_protocol_options(cluster: Message) -> dict:
         if not isinstance(value, dict) or value.get("@type") != HTTP_PROTOCOL_OPTIONS_TYPE:
             raise ConfigError(kpath + ".@type", f"expected '@type: {HTTP_PROTOCOL_OPTIONS_TYPE}'")
         hpo = Message(value, kpath, ("common_http_protocol_options", "explicit_http_config",
-                                     "use_downstream_protocol_config", "auto_config"),
+                                     "use_downstream_protocol_config", "auto_config",
+                                     "upstream_http_protocol_options"),
                       ignore=("@type",))
+        upstream = hpo.message("upstream_http_protocol_options",
+                               ("auto_sni", "auto_san_validation", "override_auto_sni_header"))
+        if upstream is not None:
+            if upstream.raw("override_auto_sni_header") is not None:
+                raise ConfigError(upstream.at("override_auto_sni_header"),
+                                  "override_auto_sni_header is unsupported in fastproxy (auto_sni takes "
+                                  "the request's Host); remove it")
+            out["upstream_tls_options"] = {f: _bool(upstream, f) for f in ("auto_sni", "auto_san_validation")}
         chosen = [f for f in ("explicit_http_config", "use_downstream_protocol_config", "auto_config")
                   if hpo.raw(f) is not None]
         if not chosen:
