@@ -486,7 +486,7 @@ def test_the_loader_reads_filter_chains(upstreams):
     (lambda l: l["filter_chains"][0]["filter_chain_match"].update(server_names=["a*.example.com"]),
      "static_resources.listeners[0].filter_chains[0].filter_chain_match.server_names[0]", "partial wildcards"),
     (lambda l: l["filter_chains"][0].update(transport_socket={"name": "envoy.transport_sockets.tls"}),
-     "static_resources.listeners[0].filter_chains[0].transport_socket", "TLS"),
+     "static_resources.listeners[0].filter_chains[0].transport_socket.typed_config", "required"),
     (lambda l: l["filter_chains"][0]["filter_chain_match"].update(
         direct_source_prefix_ranges=[{"address_prefix": "10.0.0.0", "prefix_len": 8}]),
      "static_resources.listeners[0].filter_chains[0].filter_chain_match.direct_source_prefix_ranges",
@@ -563,3 +563,59 @@ def test_the_config_dump_writes_the_chains_back(upstreams):
     again = yaml.safe_load(sni_yaml(1, 2, 3))
     again["static_resources"]["listeners"] = [dumped]
     assert load_envoy(again).listeners[0] == l
+
+
+# --------------------------------------------------------------------------- TLS termination
+
+def test_tls_terminating_chains_chosen_by_sni(upstreams, tmp_path):
+    """Each SNI gets its chain's certificate and its chain's cluster: TLS ends at the
+    proxy (the upstreams speak plain TCP); plaintext on the same port goes its own way."""
+    trustme = pytest.importorskip("trustme")
+    import yaml
+    ca = trustme.CA()
+    files = {}
+    for name in ("a.example.com", "b.example.com"):
+        leaf = ca.issue_cert(name)
+        files[name] = (tmp_path / f"{name}.crt", tmp_path / f"{name}.key")
+        leaf.private_key_pem.write_to_path(str(files[name][1]))
+        files[name][0].write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+
+    def tls_chain(name, cluster):
+        crt, key = files[name]
+        return {"filter_chain_match": {"server_names": [name]},
+                "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": typed(
+                    "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                    common_tls_context={"tls_certificates": [{"certificate_chain": {"filename": str(crt)},
+                                                              "private_key": {"filename": str(key)}}]})},
+                "filters": [{"name": "envoy.filters.network.tcp_proxy",
+                             "typed_config": typed(TCP_PROXY, stat_prefix=cluster, cluster=cluster)}]}
+    listener = {"name": "tls", "address": socket_address(0),
+                "listener_filters": [{"name": "envoy.filters.listener.tls_inspector",
+                                      "typed_config": typed(TLS_INSPECTOR)}],
+                "filter_chains": [tls_chain("a.example.com", "plain"), tls_chain("b.example.com", "other"),
+                                  {"filter_chain_match": {"transport_protocol": "raw_buffer"},
+                                   "filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": typed(
+                                       TCP_PROXY, stat_prefix="raw", cluster="other")}]}]}
+    boot = {"static_resources": {"listeners": [listener], "clusters": [
+        static_cluster("plain", [upstreams["plain"].port]), static_cluster("other", [upstreams["other"].port])]}}
+    p = fastproxy.Proxy.from_bootstrap(load_envoy(yaml.safe_dump(boot)))
+    p.start()
+    try:
+        addr = p.listener_address("tls")
+        client = ssl.create_default_context()
+        ca.configure_trust(client)
+        for name, want in (("a.example.com", b"plain\n"), ("b.example.com", b"other\n")):
+            with client.wrap_socket(socket.create_connection(addr, timeout=5), server_hostname=name) as t:
+                # verified against the chain's own certificate for that name
+                assert t.getpeercert()["subjectAltName"] == (("DNS", name),)
+                assert t.recv(100) == want
+        with socket.create_connection(addr, timeout=5) as s:
+            s.sendall(b"plain text")
+            assert s.recv(100) == b"other\n"
+        st = p.stats()
+        assert st["tcp.plain.downstream_cx_total"] == 1 and st["tcp.other.downstream_cx_total"] == 1
+        assert st["tcp.raw.downstream_cx_total"] == 1
+        host, port = addr
+        assert st[f"listener.{host}_{port}.ssl.handshake"] == 2
+    finally:
+        p.stop(drain_timeout=0.2)
