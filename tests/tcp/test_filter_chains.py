@@ -619,3 +619,35 @@ def test_tls_terminating_chains_chosen_by_sni(upstreams, tmp_path):
         assert st[f"listener.{host}_{port}.ssl.handshake"] == 2
     finally:
         p.stop(drain_timeout=0.2)
+
+
+def test_an_http_chain_and_a_tls_passthrough_chain_share_one_port(upstreams):
+    """The connection manager serves the plaintext connections; TLS ones with a known
+    SNI pass through to their TLS upstream."""
+    import yaml
+    from conftest import http_listener
+    from http_upstreams import RawHttpUpstream, http_request
+    web = RawHttpUpstream()
+    try:
+        listener = http_listener("[{match: {prefix: /}, route: {cluster: web}}]", name="mixed")
+        listener["filter_chains"][0]["filter_chain_match"] = {"transport_protocol": "raw_buffer"}
+        listener["filter_chains"].append(
+            {"filter_chain_match": {"server_names": ["a.example.com"]},
+             "filters": [{"name": "envoy.filters.network.tcp_proxy",
+                          "typed_config": typed(TCP_PROXY, stat_prefix="a", cluster="a")}]})
+        listener["listener_filters"] = [{"name": "envoy.filters.listener.tls_inspector",
+                                         "typed_config": typed(TLS_INSPECTOR)}]
+        boot = {"static_resources": {"listeners": [listener], "clusters": [
+            static_cluster("web", [web.port]), static_cluster("a", [upstreams["a"].port])]}}
+        p = fastproxy.Proxy.from_bootstrap(load_envoy(yaml.safe_dump(boot)))
+        p.start()
+        try:
+            addr = p.listener_address("mixed")
+            r, body = http_request(addr, path="/x")
+            assert r.status == 200 and body == b"GET /x 0"
+            assert tls_hello_via(addr, "a.example.com") == b"a a.example.com -\n"
+            assert stat(p, "http.web.downstream_rq_total") == 1
+        finally:
+            p.stop(drain_timeout=0.2)
+    finally:
+        web.close()
