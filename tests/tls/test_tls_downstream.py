@@ -222,8 +222,8 @@ def test_stalled_handshake_times_out(core, tls_http):
     with socket.create_connection(tls_http) as s:
         s.sendall(b"\x16\x03\x01")              # a record header, and nothing more
         assert _closed(s, timeout=5)
-    assert core.stats("listener.x.ssl")["connection_error"] == 1
-    assert core.engine.active_connections() == 0
+    assert core.stats("listener.x.ssl")["connection_error"] == 1     # counted before the close
+    wait_for(lambda: core.engine.active_connections() == 0, what="connection gone")
 
 
 def test_renegotiation_refused(core, tls_http, pki):
@@ -301,3 +301,26 @@ def test_slow_tls_reader_pauses_the_upstream(core, pki):
     finally:
         s.close()
         lst.close()
+
+
+def test_tcp_proxy_stalled_and_bad_handshakes(core, pki):
+    from upstreams import EchoServer
+    echo = EchoServer()
+    try:
+        ctx = core.tls(server_spec(pki.leaf("localhost")), True, "listener.t.ssl")
+        core.cluster("echo", [echo.address[:2]])
+        addr = core.tcp_listener("echo", tls=ctx, handshake_timeout=0.5)
+        core.start()
+        with socket.create_connection(addr) as s:
+            s.sendall(b"\x16\x03\x01")           # stalls: closed at the timeout
+            assert _closed(s)
+        with socket.create_connection(addr) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")   # not TLS
+            assert _closed(s)
+        wait_for(lambda: core.stats("listener.t.ssl")["connection_error"] == 2, what="connection_error")
+        wait_for(lambda: core.engine.active_connections() == 0, what="closed")
+        with tls_connect(addr, client_ctx(pki)) as s:           # and a good one still works
+            s.sendall(b"ping")
+            assert s.recv(4) == b"ping"
+    finally:
+        echo.close()
