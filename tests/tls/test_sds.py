@@ -26,7 +26,7 @@ from fastproxy._core import Engine
 from fastproxy.errors import ConfigError
 from fastproxy.model import Cluster, ConfigSource, Endpoint, Listener, TcpProxy
 from fastproxy import model_tls as t
-from upstreams import ThreadedServer
+from upstreams import EchoServer, ThreadedServer
 
 trustme = pytest.importorskip("trustme")
 from cryptography import x509  # noqa: E402
@@ -141,7 +141,7 @@ def test_file_secret_rotation_updates_the_context_in_place(store, ca, tmp_path):
     assert store.read_stats()["sds.client.update_success"] == 1
 
     publish(sds, sds_document("v2", {"client": second}))
-    wait_for(lambda: len(handle.specs) == 2, msg="the rotated secret reached the context")
+    wait_for(lambda: len(handle.specs) == 2)
     assert sans(handle.specs[-1]) == ["two.test"]
     assert store.read_stats()["sds.client.update_success"] == 2
     # the same handle (the listener or cluster using it is not rebuilt, nothing drains)
@@ -314,7 +314,64 @@ def test_filter_chains_of_one_listener_keep_their_own_contexts(store, ca, tmp_pa
     assert ha is not hb
     store.set_static([secret("a", a2), secret("b", b1)])
     assert sans(ha.specs[-1]) == ["a2.test"] and len(hb.specs) == 1
-    store.keep({("l", True, server("a")), ("l", True, server("b"))})
+    store.keep([("l", True, server("a")), ("l", True, server("b"))])
     assert len(store.uses) == 2
-    store.keep({("l", True, server("a"))})
+    store.keep([("l", True, server("a"))])
     assert [k[3] for k in store.uses] == [repr(server("a"))]
+
+
+def server_name_seen(addr, ca, session=None):
+    """A TLS connection to the proxy (Python's ssl, trusting ``ca``): (the socket, the
+    first DNS SAN of the certificate the proxy presented)."""
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    context.check_hostname = False
+    s = context.wrap_socket(socket.create_connection(addr, timeout=5), server_hostname="localhost")
+    der = s.getpeercert(binary_form=True)
+    cert = x509.load_der_x509_certificate(der)
+    return s, cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName)[0]
+
+
+@needs_core_tls
+def test_rotated_server_certificate_end_to_end(ca, tmp_path):
+    """A listener's certificate from an SDS file: after the file is replaced, a new
+    handshake gets the new certificate while a connection made before goes on; a bad file
+    keeps the certificate in force; nothing drains."""
+    echo = EchoServer()
+    first = write_pem(tmp_path, "one", ca.issue_cert("one.test"))
+    second = write_pem(tmp_path, "two", ca.issue_cert("two.test"))
+    sds = tmp_path / "sds.yaml"
+    publish(sds, sds_document("v1", {"server": first}))
+    tls = t.DownstreamTlsContext(common_tls_context=t.CommonTlsContext(
+        tls_certificate_sds_secret_configs=(t.SdsSecretConfig("server", ConfigSource(path=str(sds))),)))
+    proxy = Proxy([Listener("l", TcpProxy("c"), stat_prefix="t", tls=tls)],
+                  [Cluster("c", [Endpoint("127.0.0.1", echo.port)])], concurrency=1)
+    proxy.start()
+    try:
+        addr = proxy.listener_address("l")
+        before, name = server_name_seen(addr, ca)
+        assert name == "one.test"
+        before.sendall(b"ping")
+        assert before.recv(64) == b"ping"
+
+        publish(sds, sds_document("v2", {"server": second}))
+        wait_for(lambda: proxy.stats().get("sds.server.update_success") == 2)
+        after, name = server_name_seen(addr, ca)
+        assert name == "two.test"
+        after.sendall(b"new")
+        assert after.recv(64) == b"new"
+        before.sendall(b"old")                  # opened before the rotation: still served
+        assert before.recv(64) == b"old"
+        after.close()
+
+        publish(sds, sds_document("v3", {"server": (first[0], second[1])}))     # key of another cert
+        wait_for(lambda: proxy.stats().get("sds.server.update_rejected") == 1)
+        again, name = server_name_seen(addr, ca)
+        assert name == "two.test"
+        again.close()
+        before.close()
+        assert proxy.draining_listeners() == [] and proxy.stats()["listener_manager.listener_modified"] == 0
+    finally:
+        proxy.stop(0.5)
+        echo.close()
