@@ -306,8 +306,11 @@ def _startup_lines(proxy, bootstrap) -> None:
         except Exception:
             host, port = l.address, l.port
         hcm = l.http_connection_manager
-        target = (f"http_connection_manager '{hcm.stat_prefix}'" if hcm is not None
-                  else f"cluster '{l.handler.cluster}'")
+        if l.handler is None:
+            target = f"{len(l.all_chains())} filter chains"
+        else:
+            target = (f"http_connection_manager '{hcm.stat_prefix}'" if hcm is not None
+                      else f"cluster '{l.handler.cluster}'")
         _say(f"fastproxy: listener '{l.name}' listening on {_hp(host, port)} -> {target}")
     admin = getattr(proxy, "admin_address", None)
     if admin:

@@ -11,7 +11,8 @@ import ssl
 import pytest
 
 from fastproxy import _core
-from conftest import Pki, client_ctx, https_get, raw_get, server_spec, tls_connect, wait_for
+from tls_harness import (core, pki, upstream,  # noqa: F401 (fixtures)
+                         Pki, client_ctx, https_get, raw_get, server_spec, tls_connect, wait_for)
 
 
 @pytest.fixture
@@ -169,7 +170,7 @@ def test_rotation_new_handshakes_use_the_new_certificate(core, pki, upstream):
 
 
 def test_rotation_of_a_client_context(core, pki, tmp_path):
-    from conftest import HttpUpstream, tls_server_ctx
+    from tls_harness import HttpUpstream, tls_server_ctx
     up = HttpUpstream(tls_server_ctx(pki.leaf("upstream.test"), tmp_path), label="u")
     try:
         other = Pki()
