@@ -468,8 +468,8 @@ class ConfigInstaller:
         self._warming = warming
         self._forget_unreferenced_clusters()
         # The contexts in force (owner: the cluster's or listener's name) go on rotating.
-        self._secret_store.keep({(c.name, False, c.tls) for c in b.clusters if c.tls is not None} |
-                                {(l.name, True, ctx) for l in b.listeners for ctx, _ in listener_contexts(l, "")})
+        self._secret_store.keep([(c.name, False, c.tls) for c in b.clusters if c.tls is not None] +
+                                [(l.name, True, ctx) for l in b.listeners for ctx, _ in listener_contexts(l, "")])
 
     def _chains_refs(self, l: Listener) -> dict:
         """The core objects the chains of a listener with filter chains are built from
