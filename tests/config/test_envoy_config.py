@@ -232,7 +232,7 @@ BAD = [
     ([(f"{L0}.filter_chains[0].filters", [])], f"{L0}.filter_chains[0].filters", "must end with"),
     ([(f"{L0}.filter_chains[0].filter_chain_match", {"direct_source_prefix_ranges": [{"address_prefix": "::"}]})],
      f"{L0}.filter_chains[0].filter_chain_match.direct_source_prefix_ranges", "unsupported"),
-    ([(f"{L0}.filter_chains[0].transport_socket", {})], f"{L0}.filter_chains[0].transport_socket", "unsupported"),
+    ([(f"{L0}.filter_chains[0].transport_socket", {})], f"{L0}.filter_chains[0].transport_socket.name", "required"),
     ([(f"{L0}.filter_chains", [])], f"{L0}.filter_chains", "no filter chains specified"),
     ([(f"{L0}.filter_chains", DELETE)], f"{L0}.filter_chains", "no filter chains specified"),
     ([(f"{L0}.filter_chains", {"filters": []})], f"{L0}.filter_chains", "expected a list"),
