@@ -61,13 +61,18 @@ def rerecord(hello: bytes, sizes) -> bytes:
     return out
 
 
-def big_hello(padding: int) -> bytes:
-    """A ClientHello record with a padding extension (RFC 7685) of ``padding`` bytes."""
-    ext = (21).to_bytes(2, "big") + padding.to_bytes(2, "big") + bytes(padding)
+def hello_with(extensions: list) -> bytes:
+    """A minimal ClientHello record with these (type, content) extensions."""
+    ext = b"".join(t.to_bytes(2, "big") + len(c).to_bytes(2, "big") + c for t, c in extensions)
     body = b"\x03\x03" + bytes(32) + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00" + \
         len(ext).to_bytes(2, "big") + ext
     message = b"\x01" + len(body).to_bytes(3, "big") + body
     return b"\x16\x03\x01" + len(message).to_bytes(2, "big") + message
+
+
+def big_hello(padding: int) -> bytes:
+    """A ClientHello record with a padding extension (RFC 7685) of ``padding`` bytes."""
+    return hello_with([(21, bytes(padding))])
 
 
 def parse(data: bytes):
@@ -87,6 +92,18 @@ def test_real_client_hellos_parse_with_their_sni_and_alpn():
     hello = client_hello("split.example", ["h2"])
     for sizes in ([1], [7, 3], [100], [len(hello)]):
         assert parse(rerecord(hello, sizes)) == ("tls", b"split.example", [b"h2"]), sizes
+
+
+def test_extensions_each_once():
+    many = [(t, b"") for t in range(100, 4100)]         # 16 KiB of empty extensions
+    assert parse(hello_with(many)) == ("tls", None, None)
+    assert parse(hello_with(many[:3000] + [(1000, b"")])) == ("not_tls",)
+    sni = (0, b"\x00\x06\x00\x00\x03a.b")
+    assert parse(hello_with([sni])) == ("tls", b"a.b", None)
+    assert parse(hello_with([sni, sni])) == ("not_tls",)
+    assert parse(hello_with([(0, b"\x00\x06\x01\x00\x03a.b")])) == ("not_tls",)    # not a host_name
+    assert parse(hello_with([(16, b"\x00\x03\x00h2")])) == ("tls", None, None)       # an empty name
+    assert parse(hello_with([(43, b"\x02\x03\x00")])) == ("not_tls",)                # SSL 3.0 only
 
 
 def test_every_truncation_of_a_client_hello_asks_for_more():

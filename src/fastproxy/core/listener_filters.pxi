@@ -117,6 +117,7 @@ cdef struct Pending:        # an accepted connection in its listener filter
     Pending* next
     sockaddr_storage peer
     size_t peeked           # bytes seen at the last look
+    uint8_t rcvbuf_raised
 
 cdef struct ChainWorker:    # this subsystem's per-worker state
     Pending* pending
@@ -143,24 +144,20 @@ cdef inline uint32_t _u16(const uint8_t* p) noexcept nogil:
 
 
 cdef bint _hello_extensions_unique(const uint8_t* p, size_t n) noexcept nogil:
-    """The extension block parses, each extension once (BoringSSL refuses duplicates)."""
-    cdef size_t i = 0, j, elen
+    """The extension block parses, each extension once (BoringSSL refuses duplicates):
+    one bit per extension type, so thousands of tiny extensions cost one pass."""
+    cdef uint8_t seen[8192]
+    cdef size_t i = 0, elen
     cdef uint32_t t
-    cdef const uint8_t* q
-    cdef size_t k
+    memset(seen, 0, sizeof(seen))
     while i < n:
         if n - i < 4:
             return False
         t = _u16(p + i)
         elen = _u16(p + i + 2)
-        if n - i - 4 < elen:
+        if n - i - 4 < elen or seen[t >> 3] & (1 << (t & 7)):
             return False
-        # an earlier extension of the same type?
-        k = 0
-        while k < i:
-            if _u16(p + k) == t:
-                return False
-            k += 4 + _u16(p + k + 2)
+        seen[t >> 3] |= <uint8_t>(1 << (t & 7))
         i += 4 + elen
     return True
 
@@ -712,6 +709,7 @@ cdef void _pending_inspect(Worker* w, Pending* p, bint hup) noexcept nogil:
     cdef HelloInfo hello
     cdef ssize_t n = recv(p.ep.fd, cw.peek_buf, TLS_MAX_CLIENT_HELLO, MSG_PEEK)
     cdef int r
+    cdef int rcvbuf = 4 * TLS_MAX_CLIENT_HELLO
     if n < 0:
         if errno == EAGAIN or errno == EINTR:
             return
@@ -731,6 +729,12 @@ cdef void _pending_inspect(Worker* w, Pending* p, bint hup) noexcept nogil:
             _pending_close(w, p)
         elif hup:                       # the peer sends no more: it can never complete
             _pending_close(w, p)
+        elif n >= TLS_MAX_CLIENT_HELLO // 2 and not p.rcvbuf_raised:
+            # Nothing is read, so the kernel's window does not grow: 64 KiB unread may not
+            # fit. Only a ClientHello in tiny records gets this far (a real one is < 17 KiB);
+            # room for the whole limit lets it reach client_hello_too_large, not the timeout.
+            p.rcvbuf_raised = 1
+            setsockopt(p.ep.fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(int))
         return
     if r == HELLO_NOT_TLS:
         if st != NULL:
