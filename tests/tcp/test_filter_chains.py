@@ -548,7 +548,8 @@ def test_sni_routing_is_the_same_through_envoy_and_fastproxy(upstreams, tmp_path
     text = sni_yaml(upstreams["a"].port, upstreams["b"].port, upstreams["plain"].port)
     proc, admin, addr = start_envoy(text, tmp_path)
     try:
-        envoy = (tls_hello_via(addr, "a.example.com"), tls_hello_via(addr, "q.b.example.com", ["h2"]))
+        envoy = (tls_hello_via(addr, "a.example.com"), tls_hello_via(addr, "q.b.example.com", ["h2"]),
+                 tls_hello_via(addr, "A.Example.COM"))         # server names match in any case
         with socket.create_connection(addr, timeout=5) as s:
             s.sendall(b"hello")             # (Envoy's inspector decides on 5 bytes, a record header)
             envoy += (s.recv(100),)
@@ -559,13 +560,15 @@ def test_sni_routing_is_the_same_through_envoy_and_fastproxy(upstreams, tmp_path
     p.start()
     try:
         addr = p.listener_address("sni")
-        ours = (tls_hello_via(addr, "a.example.com"), tls_hello_via(addr, "q.b.example.com", ["h2"]))
+        ours = (tls_hello_via(addr, "a.example.com"), tls_hello_via(addr, "q.b.example.com", ["h2"]),
+                tls_hello_via(addr, "A.Example.COM"))
         with socket.create_connection(addr, timeout=5) as s:
             s.sendall(b"hello")
             ours += (s.recv(100),)
     finally:
         p.stop(drain_timeout=0.2)
-    assert ours == envoy == (b"a a.example.com -\n", b"b q.b.example.com h2\n", b"plain\n")
+    assert ours == envoy == (b"a a.example.com -\n", b"b q.b.example.com h2\n", b"a A.Example.COM -\n",
+                             b"plain\n")
 
 
 def test_the_config_dump_writes_the_chains_back(upstreams):
