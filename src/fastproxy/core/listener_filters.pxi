@@ -32,6 +32,7 @@ cdef enum:
     HELLO_MORE = 0          # a ClientHello so far: more bytes are needed
     HELLO_TLS = 1           # a whole, well-formed ClientHello
     HELLO_NOT_TLS = 2       # not (the start of) a TLS ClientHello
+    HELLO_TOO_LARGE = 3     # a ClientHello so far, that cannot end within TLS_MAX_CLIENT_HELLO bytes
 
 # FilterChainMatch.transport_protocol, compiled.
 cdef enum:
@@ -242,8 +243,9 @@ cdef int _hello_body(const uint8_t* b, size_t n, HelloInfo* out) noexcept nogil:
 
 
 cdef int tls_hello_parse(const uint8_t* data, size_t n, uint8_t* msg, HelloInfo* out) noexcept nogil:
-    """The first n bytes a client sent: HELLO_MORE, HELLO_TLS (out: SNI, ALPN, pointing
-    into msg, TLS_MAX_HELLO_BODY + 4 bytes the message is reassembled in) or HELLO_NOT_TLS.
+    """The first n bytes a client sent: HELLO_MORE, HELLO_TOO_LARGE (its records need more
+    than TLS_MAX_CLIENT_HELLO bytes), HELLO_TLS (out: SNI, ALPN, pointing into msg,
+    TLS_MAX_HELLO_BODY + 4 bytes the message is reassembled in) or HELLO_NOT_TLS.
     Records must be handshake records (type 22, version 3.x, at most 16 KiB); the message
     a ClientHello of at most 16 KiB, which may span records and must end its record."""
     cdef size_t pos = 0, mlen = 0, rlen, take, need = 0
@@ -261,8 +263,8 @@ cdef int tls_hello_parse(const uint8_t* data, size_t n, uint8_t* msg, HelloInfo*
         rlen = _u16(data + pos + 3)
         if rlen > TLS_MAX_RECORD:
             return HELLO_NOT_TLS
-        if n - pos - 5 < rlen:
-            return HELLO_MORE                   # a record is read whole
+        if n - pos - 5 < rlen:                  # a record is read whole
+            return HELLO_TOO_LARGE if pos + 5 + rlen > TLS_MAX_CLIENT_HELLO else HELLO_MORE
         take = rlen
         if take > TLS_MAX_HELLO_BODY + 4 - mlen:
             take = TLS_MAX_HELLO_BODY + 4 - mlen
@@ -279,6 +281,10 @@ cdef int tls_hello_parse(const uint8_t* data, size_t n, uint8_t* msg, HelloInfo*
                     return HELLO_NOT_TLS
                 return _hello_body(msg + 4, need - 4, out)
         pos += 5 + rlen
+        if mlen >= 4 and pos + 5 + (need - mlen) > TLS_MAX_CLIENT_HELLO:
+            # (the rest of the message needs at least one more record) Envoy would peek
+            # 64 KiB and find it unfinished; this is known now
+            return HELLO_TOO_LARGE
 
 
 # ---- the match table (built on the main thread, read by the workers) ----
@@ -583,7 +589,8 @@ def _chain_table_match(ChainTableHandle table, dict conn):
 
 def _tls_hello_parse(bytes data):
     """What the inspector makes of a client's first bytes (fastproxy._testing): ("more",),
-    ("not_tls",) or ("tls", server name bytes or None, [ALPN protocol bytes] or None)."""
+    ("too_large",), ("not_tls",) or ("tls", server name bytes or None, [ALPN protocol
+    bytes] or None)."""
     cdef HelloInfo info
     cdef uint8_t* msg = <uint8_t*>malloc(TLS_MAX_HELLO_BODY + 4)
     cdef int r
@@ -596,6 +603,8 @@ def _tls_hello_parse(bytes data):
             return ("more",)
         if r == HELLO_NOT_TLS:
             return ("not_tls",)
+        if r == HELLO_TOO_LARGE:
+            return ("too_large",)
         sni = (<const char*>info.sni)[:info.sni_len] if info.sni != NULL else None
         alpn = None
         if info.alpn != NULL:
@@ -722,8 +731,8 @@ cdef void _pending_inspect(Worker* w, Pending* p, bint hup) noexcept nogil:
         return                          # nothing new
     p.peeked = n
     r = tls_hello_parse(cw.peek_buf, n, cw.msg_buf, &hello)
-    if r == HELLO_MORE:
-        if n >= TLS_MAX_CLIENT_HELLO:
+    if r == HELLO_MORE or r == HELLO_TOO_LARGE:
+        if r == HELLO_TOO_LARGE or n >= TLS_MAX_CLIENT_HELLO:
             if st != NULL:
                 stat_add(st, w, TI_CLIENT_HELLO_TOO_LARGE, 1)
             _pending_close(w, p)
