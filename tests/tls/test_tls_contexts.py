@@ -259,3 +259,26 @@ def test_mtls_with_curl_client_certificate(core, pki, mtls, tmp_path):
     r = subprocess.run([*base, url], capture_output=True, timeout=10)       # no certificate
     assert r.stdout != b"200"
     wait_for(lambda: core.stats("listener.m.ssl")["fail_verify_no_cert"] == 1, what="fail_verify_no_cert")
+
+
+def test_rotation_reaches_every_worker(pki, upstream):
+    """Two workers: update() posts the new context to each; every new handshake, whichever
+    worker accepts it, uses the new certificate."""
+    from cryptography import x509
+    from tls_harness import Core
+    c = Core(nworkers=2)
+    try:
+        ctx = c.tls(server_spec(pki.leaf("localhost", cn="old")), True, "listener.x.ssl")
+        c.cluster("up", [upstream.addr])
+        addr = c.http_listener("up", tls=ctx)
+        c.start()
+        ctx.update(server_spec(pki.leaf("localhost", cn="new")))
+
+        def cn():
+            der = https_get(addr, client_ctx(pki))[1]["cert"]
+            return x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(
+                x509.oid.NameOID.COMMON_NAME)[0].value
+        wait_for(lambda: cn() == "new", what="the new certificate")
+        assert all(cn() == "new" for _ in range(20))       # (the kernel spreads them over both)
+    finally:
+        c.stop()
