@@ -10,8 +10,9 @@ import time
 
 import pytest
 
-from conftest import (HttpUpstream, client_ctx, https_get, raw_get, server_spec, tls_connect,
-                      tls_server_ctx, wait_for)
+from tls_harness import (core, pki, upstream,  # noqa: F401 (fixtures)
+                         HttpUpstream, client_ctx, https_get, raw_get, server_spec, tls_connect,
+                         tls_server_ctx, wait_for)
 
 
 def http_get(addr, host="localhost", path="/"):
