@@ -123,7 +123,7 @@ def extensions():
 
     debug = _debug()
     cflags = ["-std=gnu11", "-Wno-unused-function", "-Wno-unreachable-code"]
-    ldflags = ["-lpthread"]
+    ldflags = ["-lpthread", "-lssl", "-lcrypto"]
     macros = []
     if debug:
         cflags += ["-O0", "-g3", "-UNDEBUG", "-fno-omit-frame-pointer"]

@@ -64,6 +64,7 @@ from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF, Py_XDECREF
 from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES
 
 from fastproxy.core.includes.system cimport *
+from fastproxy.core.includes.openssl_info cimport *
 
 from fastproxy.filters import NetworkFilter
 
@@ -80,6 +81,8 @@ include "core/listener.pxi"
 include "core/tcp_proxy.pxi"
 include "core/pybridge.pxi"
 include "core/engine.pxi"
+include "core/tls/endp_ssl_stub.pxi"
+include "core/tls/info.pxi"
 include "core/http/message_decls.pxi"
 include "core/http/codec_h1_decls.pxi"
 include "core/http/message.pxi"
