@@ -123,6 +123,8 @@ def extensions():
 
     debug = _debug()
     cflags = ["-std=gnu11", "-Wno-unused-function", "-Wno-unreachable-code"]
+    # OpenSSL 3 from the system (libssl-dev: the Makefile installs it when missing); a
+    # wheel gets libssl/libcrypto bundled by auditwheel.
     ldflags = ["-lpthread", "-lssl", "-lcrypto"]
     macros = []
     if debug:

@@ -42,6 +42,7 @@ cdef struct Endp:
     uint8_t writable
     uint8_t hup                 # an event said the peer closed (RDHUP/HUP/ERR): read to the end
     uint32_t events             # epoll interest registered for fd (kept by tcp_proxy sessions)
+    void* tls                   # its TLS transport (TlsConn*, core/tls/transport.pxi); NULL: plaintext
 
 cdef struct PooledPipe:         # a splice pipe, in use or kept in Worker.pipes
     int r

@@ -145,14 +145,16 @@ cdef class Engine:
                      HostSetHandle hosts, pool_idle_timeout=None, max_connection_duration=None,
                      uint32_t max_requests_per_connection=0, uint32_t max_connections=1024,
                      uint32_t max_pending_requests=1024, uint32_t max_requests=1024,
-                     uint32_t max_retries=3, bint removed=False):
+                     uint32_t max_retries=3, bint removed=False, TlsContextHandle tls=None):
         """A cluster (ClusterHandle). removed: a name referenced with no cluster configured
-        (Proxy._cluster_ref), whose requests get 503 NC until set_params revives it."""
+        (Proxy._cluster_ref), whose requests get 503 NC until set_params revives it. tls:
+        upstream TLS with that client context (make_tls_context)."""
         cdef ClusterHandle h = ClusterHandle.__new__(ClusterHandle)
         cdef ClusterParams params = _cluster_params(
             lb_policy, connect_timeout, pool_idle_timeout, max_connection_duration,
             max_requests_per_connection, max_connections, max_pending_requests, max_requests,
             max_retries, removed)
+        params.tls = _client_tls(tls)
         cdef ClusterCfg* c = <ClusterCfg*>calloc(1, sizeof(ClusterCfg))
         if c == NULL:
             raise MemoryError()
@@ -166,10 +168,14 @@ cdef class Engine:
             # Spread the workers' round-robin starting points over the schedule.
             c.per_worker[i].next = <uint32_t>(i * max(1, hosts.hs.nschedule) // self.nworkers)
             c.per_worker[i].params = params     # (no worker knows c yet)
+            if params.tls != NULL:
+                fp_atomic_add_int(&params.tls.refcnt, 1)
         h.c = c
         h.engine = self
         h.stats = stats
         h.params = params
+        if params.tls != NULL:
+            fp_atomic_add_int(&params.tls.refcnt, 1)    # the handle's copy
         h.set_hosts(hosts)
         return h
 
@@ -177,10 +183,17 @@ cdef class Engine:
                       StatBlockHandle lstats, StatBlockHandle tstats, idle_timeout,
                       int max_connect_attempts, max_connections, size_t buffer_limit,
                       tuple filter_factories, bint splice_read, bint splice_write,
-                      ConnHandler handler=None, StatBlockHandle handler_stats=None):
+                      ConnHandler handler=None, StatBlockHandle handler_stats=None,
+                      TlsContextHandle tls=None, transport_socket_connect_timeout=None):
         """A listener's config. Its connections go to the TCP proxy (to `cluster`), or to
         `handler` when given (an HTTP connection manager's config), which gets
-        `handler_stats`, its per-listener stat block, if it has one."""
+        `handler_stats`, its per-listener stat block, if it has one. tls: its connections
+        are TLS with that server context; transport_socket_connect_timeout (seconds): a
+        connection whose handshake has not completed by then is closed."""
+        if tls is not None and not tls.server:
+            raise ValueError(f"tls: {tls.name!r} is a client context; a listener needs a server one")
+        if transport_socket_connect_timeout is not None and not transport_socket_connect_timeout >= 0:
+            raise ValueError("transport_socket_connect_timeout: must be >= 0")
         cdef ListenerCfgHandle h = ListenerCfgHandle.__new__(ListenerCfgHandle)
         cdef ListenerCfg* c = <ListenerCfg*>calloc(1, sizeof(ListenerCfg))
         if c == NULL:
@@ -210,6 +223,11 @@ cdef class Engine:
         c.nworkers = self.nworkers
         c.conns = <CfgConn**>calloc(self.nworkers, sizeof(CfgConn*))
         c.drains = <ListenerDrain*>calloc(self.nworkers, sizeof(ListenerDrain))
+        if tls is not None:
+            c.tls = tls.p
+            fp_atomic_add_int(&tls.p.refcnt, 1)
+            if transport_socket_connect_timeout:
+                c.tls_timeout_ms = max(1, <uint64_t>(transport_socket_connect_timeout * 1000))
         h.c = c                                     # frees c if attach raises
         if c.conns == NULL or c.drains == NULL:
             raise MemoryError()
@@ -217,6 +235,12 @@ cdef class Engine:
         if handler is not None:
             handler.attach(c, handler_stats)
         return h
+
+    def make_tls_context(self, dict spec, bint server, StatBlockHandle ssl_stats, str name):
+        """A TLS context (TlsContextHandle) for listeners (server) or clusters (client),
+        built from `spec` (API14.md); its handshakes count into ssl_stats (a block of
+        kind "ssl"). Raises ValueError naming the spec key on a bad spec."""
+        return _make_tls_context(self, spec, server, ssl_stats, name)
 
     def apply(self, list listeners):
         """Make `listeners` (ListenerCfgHandles) the workers' listener set. Returns when

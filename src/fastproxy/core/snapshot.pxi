@@ -72,6 +72,8 @@ cdef struct ListenerCfg:
     uint8_t splice_write        # no filter reads upstream bytes
     HttpCfg* http               # an HTTP listener's connection manager, else NULL
     StatBlock* lhstats          # listener.<address>.http.<prefix>.* (HTTP listeners), else NULL
+    TlsProvider* tls            # its connections are TLS with this server context (one reference), else NULL
+    uint64_t tls_timeout_ms     # transport_socket_connect_timeout: the handshake's limit; 0: none
     int nworkers
     CfgConn** conns             # conns[w]: worker w's open connections accepted under this config
     ListenerDrain* drains       # drains[w]: worker w's drain-end timer (ListenerCfgHandle.start_drain)
@@ -117,6 +119,7 @@ cdef void listener_cfg_decref(ListenerCfg* c) noexcept nogil:
         _py_decref_with_gil(c.filter_factories)
     cluster_decref(c.cluster)
     http_cfg_decref(c.http)
+    tls_provider_decref(c.tls)
     listensock_decref(c.sock)
     free(c.conns)
     free(c.drains)

@@ -235,7 +235,8 @@ cdef bint _response_splice_ready(HStream* s) noexcept nogil:
     cdef HConn* c = s.c
     return (s.resp_started and not _enc_body_filtered(s) and u.in_buf.length == 0
             and c.out_buf.length == 0 and u.codec.raw_body_left(u) != 0
-            and c.codec.raw_data_ok(c) and splice_pipe_open(c.w, &c.rsp_pipe))
+            and c.codec.raw_data_ok(c) and endp_splice_ok(&u.ep, &c.down)
+            and splice_pipe_open(c.w, &c.rsp_pipe))
 
 
 cdef int _response_splice(HStream* s) noexcept nogil:
@@ -648,7 +649,8 @@ cdef inline bint _request_splice_ready(HConn* c, HStream* s) noexcept nogil:
     """Could the rest of the request body go downstream -> pipe -> upstream unread (a body
     both codecs pass as it is, nothing buffered downstream, the upstream connected)?"""
     return (c.in_buf.length == 0 and s.upstream.conn.state == UC_BUSY and c.codec.raw_body_left(c) != 0
-            and s.upstream.conn.codec.raw_data_ok(s.upstream.conn))
+            and s.upstream.conn.codec.raw_data_ok(s.upstream.conn)
+            and endp_splice_ok(&c.down, &s.upstream.conn.ep))
 
 
 cdef int stream_forward_request_body(HStream* s) noexcept nogil:

@@ -126,6 +126,7 @@ cdef void upconn_close(UpConn* u) noexcept nogil:
     timer_cancel(w, &u.timer)
     timer_cancel(w, &u.duration_timer)
     if u.ep.fd >= 0:
+        endp_tls_close(&u.ep, not u.remote_close)
         close(u.ep.fd)
         u.ep.fd = -1
     # Envoy's pool: every close is a destroy, remote when the upstream ended it (EOF, reset,
@@ -586,21 +587,57 @@ cdef void http_pool_fail(UpConn* u, int status, const char* reason) noexcept nog
         stream_upstream_failed(s, status, reason)
 
 
+cdef int _upconn_tls_start(UpConn* u, TlsProvider* tls) noexcept nogil:
+    """The TCP connection is up: start its TLS handshake, with the server name of the
+    request it was opened for (auto_sni). -1: no memory."""
+    cdef size_t hn = 0
+    cdef const char* host = NULL
+    u.ep.tls = tls_conn_new(u.w, tls, u.ep.fd)
+    if u.ep.tls == NULL:
+        return -1
+    if u.stream != NULL:
+        host = _head_field(&u.stream.head, "host", &hn)
+    tls_client_prepare(<TlsConn*>u.ep.tls, host, hn if host != NULL else 0)
+    return 0
+
+
 cdef void upconn_on_event(Worker* w, UpConn* u, uint32_t events) noexcept nogil:
     cdef int err = 0
     cdef socklen_t n = sizeof(int)
+    cdef TlsProvider* tls
+    cdef int r
     if u.state == UC_CLOSED:
         return
     if u.state == UC_CONNECTING:
-        if not events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
-            return
-        if getsockopt(u.ep.fd, SOL_SOCKET, SO_ERROR, &err, &n) < 0 or err != 0:
-            stat_add(u.cluster.stats, w, C_CONNECT_FAIL, 1)
-            host_stat_add(u.hstats, w, HS_CX_CONNECT_FAIL, 1)
-            u.remote_close = 1          # refused or reset: Envoy's RemoteClose
-            # Envoy 1.40 names the side that failed: "remote connection failure".
-            http_pool_fail(u, 503, UPSTREAM_REMOTE_FAILURE)
-            return
+        if u.ep.tls == NULL:
+            if not events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
+                return
+            if getsockopt(u.ep.fd, SOL_SOCKET, SO_ERROR, &err, &n) < 0 or err != 0:
+                stat_add(u.cluster.stats, w, C_CONNECT_FAIL, 1)
+                host_stat_add(u.hstats, w, HS_CX_CONNECT_FAIL, 1)
+                u.remote_close = 1          # refused or reset: Envoy's RemoteClose
+                # Envoy 1.40 names the side that failed: "remote connection failure".
+                http_pool_fail(u, 503, UPSTREAM_REMOTE_FAILURE)
+                return
+            tls = cluster_params(u.cluster, w).tls
+            if tls != NULL and _upconn_tls_start(u, tls) < 0:
+                stat_add(u.cluster.stats, w, C_CONNECT_FAIL, 1)
+                host_stat_add(u.hstats, w, HS_CX_CONNECT_FAIL, 1)
+                http_pool_fail(u, 503, UPSTREAM_CONNECT_FAILURE)
+                return
+        if u.ep.tls != NULL:
+            # Upstream TLS: the connection is connected once the handshake completes (the
+            # connect timer covers both); a handshake or verification failure is a connect
+            # failure (503 UF), as Envoy's.
+            r = tls_handshake(&u.ep)
+            if r == 0:
+                return
+            if r < 0:
+                stat_add(u.cluster.stats, w, C_CONNECT_FAIL, 1)
+                host_stat_add(u.hstats, w, HS_CX_CONNECT_FAIL, 1)
+                http_pool_fail(u, 503, UPSTREAM_CONNECT_FAILURE)
+                return
+            events |= EPOLLIN               # records may have come with the handshake's last flight
         timer_cancel(w, &u.timer)
         if fp_log_level <= LOG_DEBUG:
             fp_log(w.index, "connection", u.id, 0, "connected")
@@ -620,9 +657,16 @@ cdef void upconn_on_event(Worker* w, UpConn* u, uint32_t events) noexcept nogil:
         u.ep.hup = 1
     if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
         u.ep.writable = 1
+    endp_tls_event(&u.ep, events)
     if u.state == UC_IDLE:
         # An idle pooled connection has nothing to say; data or EOF means it is done.
         if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+            # (Under TLS a record that carries no data, a TLS 1.3 session ticket, may
+            # come after the response: read through TLS, only data or EOF ends it.)
+            if u.ep.tls != NULL and not events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR) \
+                    and endp_discard(&u.ep) < 0 and errno == EAGAIN:
+                u.ep.readable = 0
+                return
             u.remote_close = (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0
             upconn_close(u)
         return
@@ -638,7 +682,7 @@ cdef void upconn_pump(UpConn* u) noexcept nogil:
     while u.state == UC_BUSY:
         progress = False
         if u.out_buf.length and u.ep.writable:
-            n = chain_write_fd(&u.out_buf, u.ep.fd)
+            n = endp_write(&u.ep, &u.out_buf, NULL, False)
             if n > 0:
                 stat_add(u.cluster.stats, u.w, C_TX_BYTES, <uint64_t>n)
                 progress = True
@@ -659,8 +703,8 @@ cdef void upconn_pump(UpConn* u) noexcept nogil:
                 and (c == NULL or c.out_buf.length < HTTP_IO_LIMIT) \
                 and not (c != NULL and (c.rsp_pipe.bytes or (s.resp_started and not _enc_body_filtered(s)
                          and u.in_buf.length == 0 and u.codec.raw_body_left(u) != 0
-                         and c.codec.raw_data_ok(c)))):
-            n = chain_read_fd(&u.in_buf, u.ep.fd, HTTP_IO_LIMIT - u.in_buf.length, &asked)
+                         and c.codec.raw_data_ok(c) and endp_splice_ok(&u.ep, &c.down)))):
+            n = endp_read(&u.ep, &u.in_buf, HTTP_IO_LIMIT - u.in_buf.length, &asked)
             if n > 0:
                 stat_add(u.cluster.stats, u.w, C_RX_BYTES, <uint64_t>n)
                 progress = True
