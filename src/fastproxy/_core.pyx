@@ -15,6 +15,8 @@ layout"). Declaration files (decls.pxi) come before the implementation files of 
   core/upstream/cluster.pxi   clusters, host sets, circuit breakers (and their Python handles)
   core/snapshot.pxi    listener config snapshots and their propagation
   core/listener.pxi    binding and accepting
+  core/listener_filters.pxi several filter chains per listener: the tls_inspector's
+                       ClientHello peek, the filter_chain_match table and its matcher
   core/tcp_proxy.pxi   the L4 session: splice and buffered paths, half-close, resets
   core/pybridge.pxi    Python network filters (with core/filters/python*.pxi, the only code
                        on a worker that takes the GIL)
@@ -85,6 +87,7 @@ include "core/upstream/load_balancer.pxi"
 include "core/upstream/cluster.pxi"
 include "core/snapshot.pxi"
 include "core/listener.pxi"
+include "core/listener_filters.pxi"
 include "core/tcp_proxy.pxi"
 include "core/pybridge.pxi"
 include "core/engine.pxi"

@@ -64,6 +64,21 @@ BLOCKS = (
         ("L_ACCEPT_FAIL", "downstream_cx_accept_fail", COUNTER),
         ("L_CX_DESTROY", "downstream_cx_destroy", COUNTER),
         ("L_GLOBAL_CX_OVERFLOW", "downstream_global_cx_overflow", COUNTER),
+        # filter chains (core/listener_filters.pxi): no chain matched and no default one;
+        # connections in their listener filter, and those its timeout ended
+        ("L_NO_FILTER_CHAIN_MATCH", "no_filter_chain_match", COUNTER),
+        ("L_PRE_CX_ACTIVE", "downstream_pre_cx_active", GAUGE),
+        ("L_PRE_CX_TIMEOUT", "downstream_pre_cx_timeout", COUNTER),
+    )),
+    # server-wide, as Envoy's listener filter scope has it
+    StatBlockDef("TLS_INSPECTOR", "TI_NSTATS", "tls_inspector.*", (
+        ("TI_CLIENT_HELLO_TOO_LARGE", "client_hello_too_large", COUNTER),
+        ("TI_TLS_FOUND", "tls_found", COUNTER),
+        ("TI_TLS_NOT_FOUND", "tls_not_found", COUNTER),
+        ("TI_ALPN_FOUND", "alpn_found", COUNTER),
+        ("TI_ALPN_NOT_FOUND", "alpn_not_found", COUNTER),
+        ("TI_SNI_FOUND", "sni_found", COUNTER),
+        ("TI_SNI_NOT_FOUND", "sni_not_found", COUNTER),
     )),
     StatBlockDef("TCP", "T_NSTATS", "tcp.<stat_prefix>.*", (
         ("T_CX_TOTAL", "downstream_cx_total", COUNTER),

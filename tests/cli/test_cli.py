@@ -766,8 +766,8 @@ def test_validate_reports_every_error_in_one_run(tmp_path):
     cfg = tmp_path / "bad.yaml"
     boot = envoy_bootstrap([tcp_listener("backend", name="front")],
                            [static_cluster("backend", [70000], lb_polcy="RANDOM", outlier_detection={},
-                                           transport_socket={})], admin=False)
-    boot["static_resources"]["secrets"] = []
+                                           health_checks=[{}])], admin=False)
+    boot["static_resources"]["secrets"] = [{"name": "s"}]
     text = yaml.safe_dump(boot, sort_keys=False)
     cfg.write_text(text)
     r = run_cli("--mode", "validate", "-c", cfg)
@@ -778,8 +778,8 @@ def test_validate_reports_every_error_in_one_run(tmp_path):
     # An unknown field gets the nearest valid name; a known Envoy feature is named, with its plan.
     assert f"{c0}.lb_polcy: unknown field 'lb_polcy' (did you mean 'lb_policy'?)" in err
     assert f"{c0}.outlier_detection: outlier detection is unsupported in fastproxy (planned" in err
-    assert f"{c0}.transport_socket: TLS (transport_socket) is unsupported in fastproxy (planned" in err
-    assert "static_resources.secrets: TLS secrets" in err
+    assert f"{c0}.health_checks: active health checking (health_checks) is unsupported in fastproxy (planned" in err
+    assert "static_resources.secrets[0]: one of tls_certificate" in err
     assert "port_value: port must be 1..65535, got 70000" in err
 
 

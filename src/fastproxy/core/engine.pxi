@@ -242,6 +242,73 @@ cdef class Engine:
         kind "ssl"). Raises ValueError naming the spec key on a bad spec."""
         return _make_tls_context(self, spec, server, ssl_stats, name)
 
+    def make_chain_listener(self, str name, ListenSockHandle sock, StatBlockHandle lstats, list chains,
+                            ChainTableHandle table, ListenerCfgHandle default, bint inspect_tls,
+                            listener_filters_timeout, bint continue_on_listener_filters_timeout,
+                            StatBlockHandle inspector_stats):
+        """A listener with filter chains (core/listener_filters.pxi): `chains`
+        (ListenerCfgHandles made by make_listener on `sock`) in the order of `table`'s
+        matches, `default` the default_filter_chain or None. With inspect_tls its
+        connections wait in the tls_inspector (at most listener_filters_timeout seconds;
+        None or 0: no limit) for their first bytes before a chain is picked. Limits
+        (max_connections, the global one) are the first chain's."""
+        cdef ListenerCfgHandle h = ListenerCfgHandle.__new__(ListenerCfgHandle)
+        cdef ListenerCfgHandle ch
+        cdef ListenerCfg* c
+        cdef ListenerCfg* like
+        cdef ChainSet* cs
+        cdef int i
+        if len(chains) != len(table):
+            raise ValueError(f"listener {name!r}: {len(chains)} chains for {len(table)} matches")
+        if not chains and default is None:
+            raise ValueError(f"listener {name!r}: a filter chain or a default one is needed")
+        for ch in chains + ([default] if default is not None else []):
+            if ch.c.sock != sock.s:
+                raise ValueError(f"listener {name!r}: filter chain {ch.name!r} is on another socket")
+        like = (<ListenerCfgHandle>(chains[0] if chains else default)).c
+        c = <ListenerCfg*>calloc(1, sizeof(ListenerCfg))
+        if c == NULL:
+            raise MemoryError()
+        c.refcnt = 1
+        c.start = chain_listener_start
+        c.sock = sock.s
+        fp_atomic_add_int(&sock.s.refcnt, 1)
+        c.lstats = lstats.b
+        c.tstats = like.tstats
+        c.max_connections = like.max_connections
+        c.global_active = like.global_active
+        c.global_max = like.global_max
+        c.buffer_limit = like.buffer_limit
+        c.nworkers = self.nworkers
+        h.c = c                                     # frees c (and what it holds) on error
+        h.name = name
+        c.conns = <CfgConn**>calloc(self.nworkers, sizeof(CfgConn*))
+        c.drains = <ListenerDrain*>calloc(self.nworkers, sizeof(ListenerDrain))
+        cs = <ChainSet*>calloc(1, sizeof(ChainSet))
+        if c.conns == NULL or c.drains == NULL or cs == NULL:
+            free(cs)
+            raise MemoryError()
+        c.chains = cs
+        cs.chains = <ListenerCfg**>calloc(max(1, len(chains)), sizeof(ListenerCfg*))
+        if cs.chains == NULL:
+            raise MemoryError()
+        for i, ch in enumerate(chains):
+            cs.chains[i] = ch.c
+            fp_atomic_add_int(&ch.c.refcnt, 1)
+            cs.nchains = i + 1
+        if default is not None:
+            cs.dflt = default.c
+            fp_atomic_add_int(&default.c.refcnt, 1)
+        cs.table = table.t
+        fp_atomic_add_int(&table.t.refcnt, 1)
+        if inspector_stats is not None:
+            cs.istats = inspector_stats.b
+            fp_atomic_add_int(&inspector_stats.b.refcnt, 1)
+        cs.inspect_tls = inspect_tls
+        cs.continue_on_timeout = continue_on_listener_filters_timeout
+        cs.timeout_ms = 0 if not listener_filters_timeout else max(1, <uint64_t>(listener_filters_timeout * 1000))
+        return h
+
     def apply(self, list listeners):
         """Make `listeners` (ListenerCfgHandles) the workers' listener set. Returns when
         every worker has switched: new connections from then on use the new config."""

@@ -83,6 +83,10 @@ cdef struct ListenerCfg:
     uint64_t drain_start_ms     # CLOCK_MONOTONIC milliseconds
     uint64_t drain_end_ms       # every connection still open then is closed
     uint8_t drain_immediate     # every next response closes (else the gradual ramp)
+    # A listener with filter chains (listener_filters.pxi): start picks one of these per
+    # connection, each a ListenerCfg of its own that owns the connection from then on;
+    # this one's conns are the connections still in its listener filter. Else NULL.
+    ChainSet* chains
 
 cdef struct WListener:          # a worker's slot for one listener of its snapshot
     Endp ep
@@ -120,6 +124,7 @@ cdef void listener_cfg_decref(ListenerCfg* c) noexcept nogil:
     cluster_decref(c.cluster)
     http_cfg_decref(c.http)
     tls_provider_decref(c.tls)
+    chain_set_free(c.chains)
     listensock_decref(c.sock)
     free(c.conns)
     free(c.drains)
@@ -194,6 +199,8 @@ cdef bint listener_drain_start(Worker* w, ListenerCfg* cfg) noexcept nogil:
     cdef ListenerDrain* d = &cfg.drains[w.index]
     if end == 0:
         return False
+    if cfg.chains != NULL:              # its chains hold its connections (stamped alike)
+        chain_set_drain_start(w, cfg.chains)
     if cfg.conns[w.index] == NULL or d.armed:
         return True
     fp_atomic_add_int(&cfg.refcnt, 1)
@@ -421,9 +428,7 @@ cdef class ListenerCfgHandle:
             raise RuntimeError(f"listener {self.name!r}: this version is draining already")
         if not drain_time_s >= 0:
             raise ValueError("drain_time_s must be >= 0")
-        self.c.drain_start_ms = now
-        self.c.drain_immediate = immediate
-        fp_store_u64(&self.c.drain_end_ms, now + <uint64_t>(drain_time_s * 1000))
+        _listener_cfg_stamp_drain(self.c, now, now + <uint64_t>(drain_time_s * 1000), immediate)
 
     @property
     def draining(self):
@@ -432,5 +437,29 @@ cdef class ListenerCfgHandle:
         return end != 0 and clock_ms() < end
 
     def connections(self):
-        """Connections open under this version, all workers (racy, untorn)."""
-        return fp_atomic_load_i64(&self.c.nconns)
+        """Connections open under this version, all workers (racy, untorn); a listener
+        with filter chains: those of its chains and those still in its listener filter."""
+        cdef int i
+        cdef int64_t n = fp_atomic_load_i64(&self.c.nconns)
+        cdef ChainSet* cs = self.c.chains
+        if cs != NULL:
+            for i in range(cs.nchains):
+                n += fp_atomic_load_i64(&cs.chains[i].nconns)
+            if cs.dflt != NULL:
+                n += fp_atomic_load_i64(&cs.dflt.nconns)
+        return n
+
+
+cdef void _listener_cfg_stamp_drain(ListenerCfg* c, uint64_t start, uint64_t end, bint immediate) noexcept:
+    """The drain window of a retired version, and of its filter chains (their connections
+    ask listener_drain_close of their own ListenerCfg)."""
+    cdef int i
+    cdef ChainSet* cs = c.chains
+    if cs != NULL:
+        for i in range(cs.nchains):
+            _listener_cfg_stamp_drain(cs.chains[i], start, end, immediate)
+        if cs.dflt != NULL:
+            _listener_cfg_stamp_drain(cs.dflt, start, end, immediate)
+    c.drain_start_ms = start
+    c.drain_immediate = immediate
+    fp_store_u64(&c.drain_end_ms, end)      # published last
