@@ -586,10 +586,14 @@ class Listener:
             for leaf in chain.match.leaves():
                 if leaf in claimed:
                     # Envoy's words (and its check: any combination two chains both claim)
+                    other = self.filter_chains[claimed[leaf]]
+                    if other.match == chain.match:
+                        raise ConfigError(cpath + ".filter_chain_match",
+                                          f"filter chain {chain.name!r} has the same matching rules defined "
+                                          f"as {other.name!r} (filter_chains[{claimed[leaf]}])")
                     raise ConfigError(cpath + ".filter_chain_match",
-                                      f"multiple filter chains with the same matching rules are "
-                                      f"defined (filter_chains[{claimed[leaf]}] matches the same "
-                                      f"connections)")
+                                      f"multiple filter chains with overlapping matching rules are defined "
+                                      f"(filter_chains[{claimed[leaf]}] matches some of the same connections)")
                 claimed[leaf] = j
         if self.default_filter_chain is not None:
             if not isinstance(self.default_filter_chain, FilterChain):

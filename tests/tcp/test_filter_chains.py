@@ -61,6 +61,15 @@ def rerecord(hello: bytes, sizes) -> bytes:
     return out
 
 
+def big_hello(padding: int) -> bytes:
+    """A ClientHello record with a padding extension (RFC 7685) of ``padding`` bytes."""
+    ext = (21).to_bytes(2, "big") + padding.to_bytes(2, "big") + bytes(padding)
+    body = b"\x03\x03" + bytes(32) + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00" + \
+        len(ext).to_bytes(2, "big") + ext
+    message = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x01" + len(message).to_bytes(2, "big") + message
+
+
 def parse(data: bytes):
     got = _core._tls_hello_parse(data)
     assert got == parse_client_hello(data), data[:80]
@@ -71,6 +80,8 @@ def test_real_client_hellos_parse_with_their_sni_and_alpn():
     assert parse(client_hello("a.example.com")) == ("tls", b"a.example.com", None)
     assert parse(client_hello("b.example", ["h2", "http/1.1"])) == ("tls", b"b.example", [b"h2", b"http/1.1"])
     assert parse(client_hello(None, ["x"])) == ("tls", None, [b"x"])
+    assert parse(big_hello(15000)) == ("tls", None, None)
+    assert parse(big_hello(16384)) == ("not_tls",)          # a record over 16 KiB
     assert parse(client_hello("c.example", maximum=ssl.TLSVersion.TLSv1_2))[:2] == ("tls", b"c.example")
     # a ClientHello over several records (TLS allows it; Envoy's BoringSSL reads it)
     hello = client_hello("split.example", ["h2"])
@@ -155,7 +166,7 @@ def test_the_matcher_agrees_with_envoys_tree_on_random_tables():
             tree = FilterChainTree(matches)
         except DuplicateMatch:
             # the model refuses the same tables (Envoy's duplicate check)
-            with pytest.raises(ConfigError, match="multiple filter chains with the same matching rules"):
+            with pytest.raises(ConfigError, match="same matching rules|overlapping matching rules"):
                 Listener("l", filter_chains=[FilterChain(TcpProxy("c"), match=m) for m in matches]).validate()
             continue
         Listener("l", filter_chains=[FilterChain(TcpProxy("c"), match=m) for m in matches]).validate()
@@ -240,7 +251,8 @@ def tls_hello_via(addr, server_name, alpn=None, source=None) -> bytes:
 
 @pytest.fixture
 def upstreams(cert):
-    made = {"a": tls_named_server(b"a", cert), "b": tls_named_server(b"b", cert), "plain": named_server(b"plain"),
+    made = {"a": tls_named_server(b"a", cert), "b": tls_named_server(b"b", cert),
+            "c": tls_named_server(b"c", cert), "plain": named_server(b"plain"),
             "other": named_server(b"other")}
     yield made
     for s in made.values():
@@ -286,12 +298,12 @@ def test_alpn_picks_the_first_client_protocol_a_chain_names(proxy_factory, upstr
     p, addr = chains_proxy(proxy_factory, upstreams, [
         chain("a", application_protocols=["http/1.1"]),
         chain("b", application_protocols=["h2"]),
-        chain("other"),
+        chain("c"),
     ], tls_inspector=True)
-    assert tls_hello_via(addr, "s", ["h2", "http/1.1"]).startswith(b"b ")
-    assert tls_hello_via(addr, "s", ["http/1.1", "h2"]).startswith(b"a ")
-    assert tls_hello_via(addr, "s", ["x"]) == b"other\n"
-    assert tls_hello_via(addr, "s") == b"other\n"
+    assert tls_hello_via(addr, "s", ["h2", "http/1.1"]) == b"b s h2\n"
+    assert tls_hello_via(addr, "s", ["http/1.1", "h2"]).startswith(b"a ")    # (the upstream picks h2)
+    assert tls_hello_via(addr, "s", ["x"]) == b"c s x\n"
+    assert tls_hello_via(addr, "s") == b"c s -\n"
 
 
 def test_source_prefix_and_port_and_type(proxy_factory, upstreams):
@@ -381,7 +393,7 @@ def test_bad_client_hellos(proxy_factory, upstreams):
     wait_for(lambda: listener_stat(p, "l", "downstream_pre_cx_timeout") == 1)
     # a ClientHello still incomplete after 64 KiB (one-byte records): too large, closed
     with socket.create_connection(addr, timeout=5) as s:
-        s.sendall(rerecord(hello, [1])[:65536 + 100])
+        s.sendall(rerecord(big_hello(15000), [1])[:65536 + 100])
         assert wait_closed(s) in ("eof", "reset")
     wait_for(lambda: stat(p, "tls_inspector.client_hello_too_large") == 1)
     wait_for(lambda: listener_stat(p, "l", "downstream_cx_active") == 0)
@@ -408,7 +420,7 @@ def test_pending_inspections_are_bounded_and_released(proxy_factory, upstreams):
 
 def test_stop_and_update_release_pending_connections(proxy_factory, upstreams):
     p, addr = chains_proxy(proxy_factory, upstreams, [chain("plain")], tls_inspector=True,
-                           listener_filters_timeout=None)
+                           listener_filters_timeout=None, port=free_port())
     socks = [socket.create_connection(addr, timeout=5) for _ in range(4)]
     wait_for(lambda: listener_stat(p, "l", "downstream_pre_cx_active") == 4)
     # a changed chain (the listener's socket stays): an in-place update, the pending
@@ -462,7 +474,12 @@ def test_the_loader_reads_filter_chains(upstreams):
 @pytest.mark.parametrize("edit, path, words", [
     (lambda l: l["filter_chains"].append(l["filter_chains"][0]),
      "static_resources.listeners[0].filter_chains[3].filter_chain_match",
-     "multiple filter chains with the same matching rules are defined"),
+     "filter chain '' has the same matching rules defined as ''"),
+    (lambda l: [l["filter_chains"][k]["filter_chain_match"]["server_names"].append("q.example.com") for k in (0, 1)],
+     "static_resources.listeners[0].filter_chains[1].filter_chain_match",
+     "multiple filter chains with overlapping matching rules are defined"),
+    (lambda l: l.update(filter_chains=[]), "static_resources.listeners[0].filter_chains",
+     "no filter chains specified"),
     (lambda l: l["listener_filters"].append({"name": "envoy.filters.listener.proxy_protocol",
                                             "typed_config": typed("x.ProxyProtocol")}),
      "static_resources.listeners[0].listener_filters[1].typed_config", "unsupported listener filter"),
@@ -484,19 +501,28 @@ def test_the_loader_refuses_with_the_field_path(edit, path, words):
     assert e.value.path == path and words in str(e.value), str(e.value)
 
 
-def test_envoy_refuses_the_duplicate_match_as_fastproxy_does(tmp_path):
+@pytest.mark.parametrize("edit, words", [
+    (lambda ch: ch.append(dict(ch[0], name="second")),
+     "filter chain 'second' has the same matching rules defined as 'first'"),
+    (lambda ch: [ch[k]["filter_chain_match"]["server_names"].append("q.example.com") for k in (0, 1)],
+     "multiple filter chains with overlapping matching rules are defined"),
+])
+def test_envoy_refuses_duplicate_matches_as_fastproxy_does(tmp_path, edit, words):
     envoy = find_envoy()
     if envoy is None:
         pytest.skip("envoy not installed (make test-tools)")
     import yaml
     boot = yaml.safe_load(sni_yaml(1, 2, 3))
     chains = boot["static_resources"]["listeners"][0]["filter_chains"]
-    chains.append(chains[0])
+    chains[0]["name"] = "first"
+    edit(chains)
     f = tmp_path / "dup.yaml"
     f.write_text(yaml.safe_dump(boot))
     r = subprocess.run([envoy, "--mode", "validate", "-c", str(f)], capture_output=True, text=True)
-    assert r.returncode != 0
-    assert "multiple filter chains with the same matching rules are defined" in r.stdout + r.stderr
+    assert r.returncode != 0 and words in r.stdout + r.stderr
+    with pytest.raises(ConfigError) as e:
+        load_envoy(boot)
+    assert words in str(e.value)
 
 
 def test_sni_routing_is_the_same_through_envoy_and_fastproxy(upstreams, tmp_path):
@@ -507,7 +533,7 @@ def test_sni_routing_is_the_same_through_envoy_and_fastproxy(upstreams, tmp_path
     try:
         envoy = (tls_hello_via(addr, "a.example.com"), tls_hello_via(addr, "q.b.example.com", ["h2"]))
         with socket.create_connection(addr, timeout=5) as s:
-            s.sendall(b"hi")
+            s.sendall(b"hello")             # (Envoy's inspector decides on 5 bytes, a record header)
             envoy += (s.recv(100),)
     finally:
         proc.terminate()
@@ -518,7 +544,7 @@ def test_sni_routing_is_the_same_through_envoy_and_fastproxy(upstreams, tmp_path
         addr = p.listener_address("sni")
         ours = (tls_hello_via(addr, "a.example.com"), tls_hello_via(addr, "q.b.example.com", ["h2"]))
         with socket.create_connection(addr, timeout=5) as s:
-            s.sendall(b"hi")
+            s.sendall(b"hello")
             ours += (s.recv(100),)
     finally:
         p.stop(drain_timeout=0.2)
