@@ -252,7 +252,13 @@ def _server_cert(key: str, name: str) -> Leaf:
 
 def client_cert(name: str = "client", uri: str = "spiffe://fastproxy.test/client",
                 dns: Sequence[str] = ("client.fastproxy.test",), key: str = "ec") -> Leaf:
-    """A client certificate from default_ca() with a URI and DNS SAN."""
+    """A client certificate from default_ca() with a URI and DNS SAN (the same one for the
+    same arguments, for the whole session)."""
+    return _client_cert(name, uri, tuple(dns), key)
+
+
+@functools.lru_cache(maxsize=None)
+def _client_cert(name: str, uri: str, dns: tuple, key: str) -> Leaf:
     return default_ca().issue(name, uris=[uri] if uri else [], dns=list(dns), key=key,
                               key_slot="client", client=True, server=False,
                               org="fastproxy clients")

