@@ -309,9 +309,20 @@ def _startup_lines(proxy, bootstrap) -> None:
             host, port = proxy.listener_address(l.name)[:2]
         except Exception:
             host, port = l.address, l.port
-        hcm = l.http_connection_manager
-        target = (f"http_connection_manager '{hcm.stat_prefix}'" if hcm is not None
-                  else f"cluster '{l.handler.cluster}'")
+        # A listener of filter chains (one with TLS is one) says what its first chain does.
+        chains = l.chains or ((l.default_filter_chain,) if l.default_filter_chain is not None else ())
+        chain = chains[0] if chains else None
+        hcm = chain.http_connection_manager if chain is not None else None
+        if hcm is not None:
+            target = f"http_connection_manager '{hcm.stat_prefix}'"
+        elif chain is not None and getattr(chain.handler, "cluster", None):
+            target = f"cluster '{chain.handler.cluster}'"
+        else:
+            target = "filter chains"
+        if chain is not None and chain.tls is not None:
+            target += " (TLS)"
+        if len(chains) > 1:
+            target += f" and {len(chains) - 1} more filter chain(s)"
         _say(f"fastproxy: listener '{l.name}' listening on {_hp(host, port)} -> {target}")
     admin = getattr(proxy, "admin_address", None)
     if admin:
