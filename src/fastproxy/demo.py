@@ -163,6 +163,9 @@ def https_listener(port: int, cert: str, key: str) -> dict:
     return {
         "name": HTTPS_LISTENER_NAME,
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        # The tls_inspector reads the SNI from the ClientHello: %REQUESTED_SERVER_NAME%.
+        "listener_filters": [{"name": "envoy.filters.listener.tls_inspector", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}],
         "filter_chains": [{
             "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}],
             "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls},

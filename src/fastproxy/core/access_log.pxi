@@ -221,7 +221,7 @@ cdef void _al_sockaddr(_AlOut* o, sockaddr_storage* ss, bint with_port) noexcept
     _al_addr(o, ip, strlen(ip), port, with_port)
 
 
-cdef void _al_tls(_AlOut* o, AlogOp* op, oi_SSL* ssl) noexcept nogil:
+cdef void _al_tls(_AlOut* o, AlogOp* op, oi_SSL* ssl, HConn* c) noexcept nogil:
     """A TLS operator's value: "-" on plaintext and for what the connection lacks (no
     client certificate, no SNI, no SAN of the kind), as Envoy prints them."""
     cdef TlsText t
@@ -236,7 +236,10 @@ cdef void _al_tls(_AlOut* o, AlogOp* op, oi_SSL* ssl) noexcept nogil:
     elif op.kind == AL_TLS_CIPHER:
         v = tls_cipher(ssl)
     elif op.kind == AL_SNI:
-        v = tls_sni(ssl)
+        v = hconn_requested_server_name(c)
+        if v == NULL:
+            _al_put(o, "-", 1)
+            return
     elif op.kind == AL_PEER_V_START or op.kind == AL_PEER_V_END:
         us = tls_cert_time_us(tls_peer_cert(ssl), op.kind == AL_PEER_V_END)
         if us < 0:
@@ -446,7 +449,7 @@ cdef size_t alog_format(AlogSink* k, HStream* s, char* buf, size_t cap) noexcept
             else:
                 _al_sockaddr(&o, &ss, op.kind == AL_DS_LOCAL)
         elif AL_TLS_VERSION <= op.kind <= AL_PEER_V_END:
-            _al_tls(&o, op, <oi_SSL*>endp_ssl(&c.down))
+            _al_tls(&o, op, <oi_SSL*>endp_ssl(&c.down), c)
     if o.n == cap and cap:
         buf[cap - 1] = 10                       # a cut record still ends its line
     return o.n

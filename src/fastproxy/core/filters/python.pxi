@@ -390,7 +390,7 @@ cdef StreamInfo _stream_info(HStream* s):
     if s.route != NULL and s.route.name.p != NULL:
         i.route_name = _latin1(s.route.name.p, s.route.name.n)
     ssl = <oi_SSL*>endp_ssl(&s.c.down)
-    sni = tls_sni(ssl)
+    sni = hconn_requested_server_name(s.c)
     i.requested_server_name = (<bytes>sni).decode("ascii", "replace") if sni != NULL else None
     i.ssl_connection = _ssl_connection(ssl)
     return i

@@ -435,6 +435,14 @@ cdef inline oi_SSL* hconn_ssl(HConn* c) noexcept nogil:
     return <oi_SSL*>endp_ssl(&c.down)
 
 
+cdef inline const char* hconn_requested_server_name(HConn* c) noexcept nogil:
+    """%REQUESTED_SERVER_NAME%: the SNI when the listener's tls_inspector read it (Envoy
+    sets it there only: a TLS listener without the inspector logs "-"), else NULL."""
+    if not c.cfg.sni_inspected:
+        return NULL
+    return tls_sni(<oi_SSL*>endp_ssl(&c.down))
+
+
 cdef inline StrRef hconn_scheme(HConn* c) noexcept nogil:
     """"https" on a TLS connection, else "http" (x-forwarded-proto, :scheme)."""
     if endp_ssl(&c.down) != NULL:
