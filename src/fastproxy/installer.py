@@ -345,10 +345,9 @@ class ConfigInstaller:
             if handle is not None:              # a referenced name comes (back) alive
                 commit.append((handle, c, hosts, None, "cluster_added", tls))
             else:
-                # (tls= only when there is one: a core without TLS takes no such argument)
                 handle = self._engine.make_cluster(
                     self._stat_block("cluster", f"cluster.{c.name}"), c.lb_policy, c.connect_timeout,
-                    _host_set(hosts), *_cluster_params(c)[2:], **({"tls": tls} if tls is not None else {}))
+                    _host_set(hosts), *_cluster_params(c)[2:], tls=tls)
                 commit.append((None, c, hosts, None, "cluster_added", tls))
             clusters[c.name] = _ClusterState(c, handle, hosts)
         self._installing_clusters = clusters
@@ -363,8 +362,7 @@ class ConfigInstaller:
         for handle, c, hosts, old, stat, tls in commit:
             if handle is not None:
                 if old is None or _cluster_params(old.model) != _cluster_params(c) or old.model.tls != c.tls:
-                    handle.set_params(*_cluster_params(c), **({"tls": tls} if tls is not None or
-                                                              (old is not None and old.model.tls is not None) else {}))
+                    handle.set_params(*_cluster_params(c), tls=tls)
                 if old is None or hosts != old.hosts:
                     handle.set_hosts(_host_set(hosts))
                 if old is None:
@@ -470,8 +468,8 @@ class ConfigInstaller:
         self._warming = warming
         self._forget_unreferenced_clusters()
         # The contexts in force (owner: the cluster's or listener's name) go on rotating.
-        self._secret_store.keep({(c.name, False, c.tls) for c in b.clusters if c.tls is not None} |
-                                {(l.name, True, ctx) for l in b.listeners for ctx, _ in listener_contexts(l, "")})
+        self._secret_store.keep([(c.name, False, c.tls) for c in b.clusters if c.tls is not None] +
+                                [(l.name, True, ctx) for l in b.listeners for ctx, _ in listener_contexts(l, "")])
 
     def _chains_refs(self, l: Listener) -> dict:
         """The core objects the chains of a listener with filter chains are built from

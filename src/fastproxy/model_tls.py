@@ -234,6 +234,10 @@ class SdsSecretConfig:
         # (fastproxy.model.ConfigSource; by its type's name: the model imports this module)
         if self.sds_config is not None and type(self.sds_config).__name__ != "ConfigSource":
             _fail("SdsSecretConfig.sds_config", f"expected ConfigSource, got {type(self.sds_config).__name__}")
+        if self.sds_config is not None and self.sds_config.path is None:
+            _fail("SdsSecretConfig.sds_config", "SDS over xDS streams (ads, api) is not supported yet: "
+                                                "give the secret in a file (ConfigSource(path=...)) or "
+                                                "as a static secret (sds_config None)")
 
 
 @dataclass(frozen=True)
@@ -302,7 +306,8 @@ class CommonTlsContext:
                 not isinstance(self.validation_context, CertificateValidationContext):
             _fail("CommonTlsContext.validation_context",
                   f"expected CertificateValidationContext, got {type(self.validation_context).__name__}")
-        if self.validation_context_sds_secret_config is not None and not isinstance(self.validation_context_sds_secret_config, SdsSecretConfig):
+        vsds = self.validation_context_sds_secret_config
+        if vsds is not None and not isinstance(vsds, SdsSecretConfig):
             _fail("CommonTlsContext.validation_context_sds_secret_config",
                   f"expected SdsSecretConfig, got {type(self.validation_context_sds_secret_config).__name__}")
 
@@ -401,21 +406,25 @@ class DownstreamTlsContext:
                   "disable_stateful_session_resumption"):
             _bool_field(self, f, "DownstreamTlsContext")
         _tuple_of(self.session_ticket_keys, DataSource, "DownstreamTlsContext.session_ticket_keys")
-        if self.session_ticket_keys_sds_secret_config is not None and not isinstance(self.session_ticket_keys_sds_secret_config, SdsSecretConfig):
+        ksds = self.session_ticket_keys_sds_secret_config
+        if ksds is not None and not isinstance(ksds, SdsSecretConfig):
             _fail("DownstreamTlsContext.session_ticket_keys_sds_secret_config", "expected SdsSecretConfig or None")
-        given = [f for f in ("session_ticket_keys", "session_ticket_keys_sds_secret_config", "disable_stateless_session_resumption")
+        given = [f for f in ("session_ticket_keys", "session_ticket_keys_sds_secret_config",
+                             "disable_stateless_session_resumption")
                  if getattr(self, f)]
         if len(given) > 1:
             # Envoy's session_ticket_keys_type oneof.
             _fail(f"DownstreamTlsContext.{given[1]}", f"only one of {', '.join(given)} may be set")
-        if self.require_client_certificate and c.validation_context is None and c.validation_context_sds_secret_config is None:
+        if self.require_client_certificate and c.validation_context is None and \
+                c.validation_context_sds_secret_config is None:
             # Envoy refuses it: a client certificate that cannot be verified.
             _fail("DownstreamTlsContext.require_client_certificate",
                   "requiring a client certificate needs a validation context with trusted_ca")
         if self.session_timeout is not None and (isinstance(self.session_timeout, bool) or
                                                  not isinstance(self.session_timeout, (int, float)) or
                                                  not 0 <= self.session_timeout < 1 << 32):
-            _fail("DownstreamTlsContext.session_timeout", f"must be seconds 0..4294967295, got {self.session_timeout!r}")
+            _fail("DownstreamTlsContext.session_timeout",
+                  f"must be seconds 0..4294967295, got {self.session_timeout!r}")
 
     def secret_names(self) -> list:
         """The SdsSecretConfigs this context names."""
@@ -454,7 +463,8 @@ class UpstreamTlsContext:
             _bool_field(self, f, "UpstreamTlsContext")
         if isinstance(self.max_session_keys, bool) or not isinstance(self.max_session_keys, int) or \
                 not 0 <= self.max_session_keys < 1 << 32:
-            _fail("UpstreamTlsContext.max_session_keys", f"must be an integer 0..4294967295, got {self.max_session_keys!r}")
+            _fail("UpstreamTlsContext.max_session_keys",
+                  f"must be an integer 0..4294967295, got {self.max_session_keys!r}")
 
     def secret_names(self) -> list:
         """The SdsSecretConfigs this context names."""

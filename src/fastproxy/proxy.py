@@ -694,10 +694,11 @@ class Proxy(ConfigInstaller):
         # native HTTP filters' stats (http_local_rate_limit.<prefix>.*) this config uses
         names = set()
         for l in self._bootstrap.listeners:
-            hcm = l.http_connection_manager
-            if hcm is not None:
-                names.update(native_filter_stat_blocks(
-                    hcm, self._routes.get(hcm.rds.route_config_name) if hcm.rds is not None else None))
+            for chain, _ in l.all_chains():
+                hcm = chain.http_connection_manager
+                if hcm is not None:
+                    names.update(native_filter_stat_blocks(
+                        hcm, self._routes.get(hcm.rds.route_config_name) if hcm.rds is not None else None))
         if names:
             out.update(_core.native_filter_stats(names))
         return out

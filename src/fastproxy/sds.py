@@ -25,7 +25,7 @@ import os
 import select
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from .errors import ConfigError
 from .model import ConfigSource
@@ -182,7 +182,7 @@ class SecretStore:
             raise ConfigError(what, f"TLS context: {e}") from None
         use.spec = spec
 
-    def keep(self, live: set) -> None:
+    def keep(self, live: Iterable) -> None:
         """Forget the contexts no longer configured (``live``: (owner, server, ctx) of those
         in force); their handles live on in the core while a draining listener version
         uses them, without rotation."""

@@ -13,8 +13,9 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from conftest import (HttpUpstream, client_ctx, https_get, raw_get, server_spec, tls_connect,
-                      wait_for)
+from tls_harness import (core, pki, upstream,  # noqa: F401 (fixtures)
+                         HttpUpstream, client_ctx, https_get, raw_get, server_spec, tls_connect,
+                         wait_for)
 
 CURL = shutil.which("curl")
 OPENSSL = shutil.which("openssl")
@@ -221,8 +222,8 @@ def test_stalled_handshake_times_out(core, tls_http):
     with socket.create_connection(tls_http) as s:
         s.sendall(b"\x16\x03\x01")              # a record header, and nothing more
         assert _closed(s, timeout=5)
-    assert core.stats("listener.x.ssl")["connection_error"] == 1
-    assert core.engine.active_connections() == 0
+    assert core.stats("listener.x.ssl")["connection_error"] == 1     # counted before the close
+    wait_for(lambda: core.engine.active_connections() == 0, what="connection gone")
 
 
 def test_renegotiation_refused(core, tls_http, pki):
@@ -245,3 +246,81 @@ def test_renegotiation_refused(core, tls_http, pki):
     wait_for(lambda: core.engine.active_connections() == 0, what="connection closed")
     st = core.stats("listener.x.ssl")
     assert st["handshake"] == 1
+
+
+def test_slow_tls_reader_pauses_the_upstream(core, pki):
+    """A TLS client that does not read a large response: the proxy's buffers stay bounded
+    and the upstream is paused (its sends block), as for a slow plaintext client; then the
+    client reads everything, intact."""
+    import threading
+    import time
+    total = 256 << 20
+    sent = [0]
+    lst = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        c, _ = lst.accept()
+        with c:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += c.recv(4096)
+            c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % total)
+            chunk = b"z" * 65536
+            while sent[0] < total:
+                c.sendall(chunk)
+                sent[0] += len(chunk)
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    ctx = core.tls(server_spec(pki.leaf("localhost")), True, "listener.x.ssl")
+    core.cluster("up", [lst.getsockname()])
+    addr = core.http_listener("up", tls=ctx)
+    core.start()
+    s = tls_connect(addr, client_ctx(pki), timeout=30)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s.sendall(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        # The upstream's sends stop: what it sent stays put, far below the response.
+        wait_for(lambda: sent[0] > 0, what="upstream sending")
+        last = -1
+        for _ in range(50):
+            if sent[0] == last:
+                break
+            last = sent[0]
+            time.sleep(0.1)                 # (a plateau: there is no event to await)
+        assert sent[0] == last and sent[0] < 32 << 20, sent[0]
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += s.recv(65536)
+        got = len(data.partition(b"\r\n\r\n")[2])
+        while got < total:
+            chunk = s.recv(1 << 20)
+            assert chunk
+            got += len(chunk)
+        assert got == total
+        assert sent[0] == total
+    finally:
+        s.close()
+        lst.close()
+
+
+def test_tcp_proxy_stalled_and_bad_handshakes(core, pki):
+    from upstreams import EchoServer
+    echo = EchoServer()
+    try:
+        ctx = core.tls(server_spec(pki.leaf("localhost")), True, "listener.t.ssl")
+        core.cluster("echo", [echo.address[:2]])
+        addr = core.tcp_listener("echo", tls=ctx, handshake_timeout=0.5)
+        core.start()
+        with socket.create_connection(addr) as s:
+            s.sendall(b"\x16\x03\x01")           # stalls: closed at the timeout
+            assert _closed(s)
+        with socket.create_connection(addr) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")   # not TLS
+            assert _closed(s)
+        wait_for(lambda: core.stats("listener.t.ssl")["connection_error"] == 2, what="connection_error")
+        wait_for(lambda: core.engine.active_connections() == 0, what="closed")
+        with tls_connect(addr, client_ctx(pki)) as s:           # and a good one still works
+            s.sendall(b"ping")
+            assert s.recv(4) == b"ping"
+    finally:
+        echo.close()

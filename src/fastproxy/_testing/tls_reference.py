@@ -49,8 +49,12 @@ class _Reader:
         return None if n is None else self.take(n)
 
 
+MAX_CLIENT_HELLO = 65536     # Envoy's max_client_hello_size
+
+
 def parse_client_hello(data: bytes) -> tuple:
-    """("more",), ("not_tls",) or ("tls", server name or None, [ALPN names] or None)."""
+    """("more",), ("too_large",) (it cannot end within MAX_CLIENT_HELLO bytes), ("not_tls",)
+    or ("tls", server name or None, [ALPN names] or None)."""
     message = b""
     rest = data
     while True:
@@ -67,8 +71,9 @@ def parse_client_hello(data: bytes) -> tuple:
         length = int.from_bytes(rest[3:5], "big")
         if length > MAX_RECORD:
             return ("not_tls",)
+        start = len(data) - len(rest)           # where this record begins
         if len(rest) < 5 + length:
-            return ("more",)
+            return ("too_large",) if start + 5 + length > MAX_CLIENT_HELLO else ("more",)
         message += rest[5:5 + length]
         rest = rest[5 + length:]
         if len(message) < 4:
@@ -79,6 +84,9 @@ def parse_client_hello(data: bytes) -> tuple:
         if body_len > MAX_HELLO_BODY:
             return ("not_tls",)
         if len(message) < 4 + body_len:
+            # what is missing needs one more record header at least
+            if len(data) - len(rest) + 5 + (4 + body_len - len(message)) > MAX_CLIENT_HELLO:
+                return ("too_large",)
             continue
         if len(message) > 4 + body_len:         # more handshake data in the hello's record
             return ("not_tls",)

@@ -36,7 +36,7 @@ from ..http import native_filters as nf
 
 # Type URLs: each has one home, in the loader that reads it.
 from .envoy import (CLUSTER_TYPE, ENDPOINT_TYPE, HTTP_PROTOCOL_OPTIONS, LISTENER_TYPE, ROUTE_CONFIG_TYPE,
-                    TCP_PROXY_TYPE)
+                    TCP_PROXY_TYPE, TLS_INSPECTOR_TYPE)
 from .tls import DOWNSTREAM_TLS_TYPE, SECRET_TYPE, TLS_SOCKET, UPSTREAM_TLS_TYPE
 from .http import FILE_ACCESS_LOG_TYPE, FILTER_CONFIG_TYPE, HCM_TYPE, ROUTER_TYPE
 
@@ -437,25 +437,81 @@ def _native(kind: str) -> tuple:
     }[kind]
 
 
-def listener_json(l: model.Listener) -> dict:
-    """An envoy.config.listener.v3.Listener (without "@type")."""
+def listener_json(l: model.Listener, redact: bool = False) -> dict:
+    """An envoy.config.listener.v3.Listener (without "@type"); ``redact``: its TLS keys
+    as the admin shows them (transport_socket_json)."""
     out: Dict[str, Any] = {"name": l.name, "address": _socket_address(l.address, l.port)}
-    hcm = l.http_connection_manager
+    if l.handler is None:
+        out["filter_chains"] = [_filter_chain_json(c, redact) for c in l.filter_chains]
+        if l.default_filter_chain is not None:
+            out["default_filter_chain"] = _filter_chain_json(l.default_filter_chain, redact)
+    else:
+        hcm = l.http_connection_manager
+        if hcm is not None:
+            filters = [{"name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {"@type": HCM_TYPE, **hcm_json(hcm)}}]
+        else:
+            filters = _tcp_filters(l.filters, l.effective_stat_prefix, l.handler.cluster, l.idle_timeout,
+                                   l.max_connect_attempts)
+        out["filter_chains"] = [{"filters": filters}]
+        if l.tls is not None:
+            out["filter_chains"][0]["transport_socket"] = transport_socket_json(l.tls, redact)
+    if l.tls_inspector:
+        out["listener_filters"] = [{"name": "envoy.filters.listener.tls_inspector",
+                                    "typed_config": {"@type": TLS_INSPECTOR_TYPE}}]
+        _put(out, "listener_filters_timeout",
+             duration(l.listener_filters_timeout or 0), duration(15.0))
+        _put(out, "continue_on_listener_filters_timeout", l.continue_on_listener_filters_timeout, False)
+    _put(out, "per_connection_buffer_limit_bytes", l.buffer_limit, 1 << 20)
+    _put(out, "tcp_backlog_size", l.backlog, 1024)
+    _put(out, "drain_type", l.drain_type, "DEFAULT")
+    return out
+
+
+def _tcp_filters(factories, stat_prefix: str, cluster: str, idle_timeout, max_connect_attempts: int) -> list:
+    tcp: Dict[str, Any] = {"@type": TCP_PROXY_TYPE, "stat_prefix": stat_prefix, "cluster": cluster}
+    if idle_timeout != 3600.0:
+        tcp["idle_timeout"] = duration(idle_timeout)
+    _put(tcp, "max_connect_attempts", max_connect_attempts, 1)
+    filters = [_network_filter(f) for f in factories]
+    filters.append({"name": "envoy.filters.network.tcp_proxy", "typed_config": tcp})
+    return filters
+
+
+def _filter_chain_json(c: model.FilterChain, redact: bool) -> dict:
+    """An envoy.config.listener.v3.FilterChain."""
+    hcm = c.http_connection_manager
     if hcm is not None:
         filters = [{"name": "envoy.filters.network.http_connection_manager",
                     "typed_config": {"@type": HCM_TYPE, **hcm_json(hcm)}}]
     else:
-        tcp: Dict[str, Any] = {"@type": TCP_PROXY_TYPE, "stat_prefix": l.effective_stat_prefix,
-                               "cluster": l.handler.cluster}
-        if l.idle_timeout != 3600.0:
-            tcp["idle_timeout"] = duration(l.idle_timeout)
-        _put(tcp, "max_connect_attempts", l.max_connect_attempts, 1)
-        filters = [_network_filter(f) for f in l.filters]
-        filters.append({"name": "envoy.filters.network.tcp_proxy", "typed_config": tcp})
-    out["filter_chains"] = [{"filters": filters}]
-    _put(out, "per_connection_buffer_limit_bytes", l.buffer_limit, 1 << 20)
-    _put(out, "tcp_backlog_size", l.backlog, 1024)
-    _put(out, "drain_type", l.drain_type, "DEFAULT")
+        filters = _tcp_filters(c.filters, c.stat_prefix, c.handler.cluster, c.idle_timeout,
+                               c.max_connect_attempts)
+    out: Dict[str, Any] = {"filters": filters}
+    m = c.match
+    match: Dict[str, Any] = {}
+    if m.destination_port:
+        match["destination_port"] = m.destination_port
+    for name in ("prefix_ranges", "source_prefix_ranges"):
+        ranges = []
+        for r in getattr(m, name):
+            prefix, _, plen = r.partition("/")
+            ranges.append({"address_prefix": prefix, "prefix_len": int(plen or 0)})
+        if ranges:
+            match[name] = ranges
+    for name in ("server_names", "application_protocols", "source_ports"):
+        if getattr(m, name):
+            match[name] = list(getattr(m, name))
+    _put(match, "transport_protocol", m.transport_protocol, "")
+    _put(match, "source_type", m.source_type, "ANY")
+    if match:
+        out["filter_chain_match"] = match
+    if c.name:
+        out["name"] = c.name
+    if c.tls is not None:
+        out["transport_socket"] = transport_socket_json(c.tls, redact)
+    if c.transport_socket_connect_timeout:
+        out["transport_socket_connect_timeout"] = duration(c.transport_socket_connect_timeout)
     return out
 
 
@@ -755,7 +811,7 @@ def bootstrap_json(b: model.Bootstrap, redact: bool = False) -> dict:
         out["node"] = n
     static: Dict[str, Any] = {}
     if b.listeners:
-        static["listeners"] = [listener_json(l) for l in b.listeners]
+        static["listeners"] = [listener_json(l, redact) for l in b.listeners]
     if b.clusters:
         static["clusters"] = [cluster_json(c, redact) for c in b.clusters]
     if b.secrets:
@@ -854,13 +910,13 @@ def build(bootstrap: model.Bootstrap, started: float, node: dict, listeners: lis
         ldump["version_info"] = versions["listeners"]
     for l in listeners:
         st = listener_states[l.name]
-        entry = _entry("listener", listener_json(l), LISTENER_TYPE, st)
+        entry = _entry("listener", listener_json(l, redact=True), LISTENER_TYPE, st)
         if not st.dynamic:
             ldump.setdefault("static_listeners", []).append(entry)
         else:
             ldump.setdefault("dynamic_listeners", []).append({"name": l.name, f"{st.state}_state": entry})
     for l, st in draining:
-        entry = _entry("listener", listener_json(l), LISTENER_TYPE, st)
+        entry = _entry("listener", listener_json(l, redact=True), LISTENER_TYPE, st)
         dynamic = ldump.setdefault("dynamic_listeners", [])
         same = next((d for d in dynamic if d["name"] == l.name and "draining_state" not in d), None)
         if same is None:

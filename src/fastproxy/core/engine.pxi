@@ -236,12 +236,6 @@ cdef class Engine:
             handler.attach(c, handler_stats)
         return h
 
-    def make_tls_context(self, dict spec, bint server, StatBlockHandle ssl_stats, str name):
-        """A TLS context (TlsContextHandle) for listeners (server) or clusters (client),
-        built from `spec` (API14.md); its handshakes count into ssl_stats (a block of
-        kind "ssl"). Raises ValueError naming the spec key on a bad spec."""
-        return _make_tls_context(self, spec, server, ssl_stats, name)
-
     def make_chain_listener(self, str name, ListenSockHandle sock, StatBlockHandle lstats, list chains,
                             ChainTableHandle table, ListenerCfgHandle default, bint inspect_tls,
                             listener_filters_timeout, bint continue_on_listener_filters_timeout,
@@ -310,6 +304,12 @@ cdef class Engine:
         cs.continue_on_timeout = continue_on_listener_filters_timeout
         cs.timeout_ms = 0 if not listener_filters_timeout else max(1, <uint64_t>(listener_filters_timeout * 1000))
         return h
+
+    def make_tls_context(self, dict spec, bint server, StatBlockHandle ssl_stats, str name):
+        """A TLS context (TlsContextHandle) for listeners (server) or clusters (client),
+        built from `spec` (API14.md); its handshakes count into ssl_stats (a block of
+        kind "ssl"). Raises ValueError naming the spec key on a bad spec."""
+        return _make_tls_context(self, spec, server, ssl_stats, name)
 
     def apply(self, list listeners):
         """Make `listeners` (ListenerCfgHandles) the workers' listener set. Returns when

@@ -32,6 +32,7 @@ cdef enum:
     HELLO_MORE = 0          # a ClientHello so far: more bytes are needed
     HELLO_TLS = 1           # a whole, well-formed ClientHello
     HELLO_NOT_TLS = 2       # not (the start of) a TLS ClientHello
+    HELLO_TOO_LARGE = 3     # a ClientHello so far, that cannot end within TLS_MAX_CLIENT_HELLO bytes
 
 # FilterChainMatch.transport_protocol, compiled.
 cdef enum:
@@ -117,6 +118,7 @@ cdef struct Pending:        # an accepted connection in its listener filter
     Pending* next
     sockaddr_storage peer
     size_t peeked           # bytes seen at the last look
+    uint8_t rcvbuf_raised
 
 cdef struct ChainWorker:    # this subsystem's per-worker state
     Pending* pending
@@ -143,24 +145,20 @@ cdef inline uint32_t _u16(const uint8_t* p) noexcept nogil:
 
 
 cdef bint _hello_extensions_unique(const uint8_t* p, size_t n) noexcept nogil:
-    """The extension block parses, each extension once (BoringSSL refuses duplicates)."""
-    cdef size_t i = 0, j, elen
+    """The extension block parses, each extension once (BoringSSL refuses duplicates):
+    one bit per extension type, so thousands of tiny extensions cost one pass."""
+    cdef uint8_t seen[8192]
+    cdef size_t i = 0, elen
     cdef uint32_t t
-    cdef const uint8_t* q
-    cdef size_t k
+    memset(seen, 0, sizeof(seen))
     while i < n:
         if n - i < 4:
             return False
         t = _u16(p + i)
         elen = _u16(p + i + 2)
-        if n - i - 4 < elen:
+        if n - i - 4 < elen or seen[t >> 3] & (1 << (t & 7)):
             return False
-        # an earlier extension of the same type?
-        k = 0
-        while k < i:
-            if _u16(p + k) == t:
-                return False
-            k += 4 + _u16(p + k + 2)
+        seen[t >> 3] |= <uint8_t>(1 << (t & 7))
         i += 4 + elen
     return True
 
@@ -245,8 +243,9 @@ cdef int _hello_body(const uint8_t* b, size_t n, HelloInfo* out) noexcept nogil:
 
 
 cdef int tls_hello_parse(const uint8_t* data, size_t n, uint8_t* msg, HelloInfo* out) noexcept nogil:
-    """The first n bytes a client sent: HELLO_MORE, HELLO_TLS (out: SNI, ALPN, pointing
-    into msg, TLS_MAX_HELLO_BODY + 4 bytes the message is reassembled in) or HELLO_NOT_TLS.
+    """The first n bytes a client sent: HELLO_MORE, HELLO_TOO_LARGE (its records need more
+    than TLS_MAX_CLIENT_HELLO bytes), HELLO_TLS (out: SNI, ALPN, pointing into msg,
+    TLS_MAX_HELLO_BODY + 4 bytes the message is reassembled in) or HELLO_NOT_TLS.
     Records must be handshake records (type 22, version 3.x, at most 16 KiB); the message
     a ClientHello of at most 16 KiB, which may span records and must end its record."""
     cdef size_t pos = 0, mlen = 0, rlen, take, need = 0
@@ -264,8 +263,8 @@ cdef int tls_hello_parse(const uint8_t* data, size_t n, uint8_t* msg, HelloInfo*
         rlen = _u16(data + pos + 3)
         if rlen > TLS_MAX_RECORD:
             return HELLO_NOT_TLS
-        if n - pos - 5 < rlen:
-            return HELLO_MORE                   # a record is read whole
+        if n - pos - 5 < rlen:                  # a record is read whole
+            return HELLO_TOO_LARGE if pos + 5 + rlen > TLS_MAX_CLIENT_HELLO else HELLO_MORE
         take = rlen
         if take > TLS_MAX_HELLO_BODY + 4 - mlen:
             take = TLS_MAX_HELLO_BODY + 4 - mlen
@@ -282,6 +281,10 @@ cdef int tls_hello_parse(const uint8_t* data, size_t n, uint8_t* msg, HelloInfo*
                     return HELLO_NOT_TLS
                 return _hello_body(msg + 4, need - 4, out)
         pos += 5 + rlen
+        if mlen >= 4 and pos + 5 + (need - mlen) > TLS_MAX_CLIENT_HELLO:
+            # (the rest of the message needs at least one more record) Envoy would peek
+            # 64 KiB and find it unfinished; this is known now
+            return HELLO_TOO_LARGE
 
 
 # ---- the match table (built on the main thread, read by the workers) ----
@@ -586,7 +589,8 @@ def _chain_table_match(ChainTableHandle table, dict conn):
 
 def _tls_hello_parse(bytes data):
     """What the inspector makes of a client's first bytes (fastproxy._testing): ("more",),
-    ("not_tls",) or ("tls", server name bytes or None, [ALPN protocol bytes] or None)."""
+    ("too_large",), ("not_tls",) or ("tls", server name bytes or None, [ALPN protocol
+    bytes] or None)."""
     cdef HelloInfo info
     cdef uint8_t* msg = <uint8_t*>malloc(TLS_MAX_HELLO_BODY + 4)
     cdef int r
@@ -599,6 +603,8 @@ def _tls_hello_parse(bytes data):
             return ("more",)
         if r == HELLO_NOT_TLS:
             return ("not_tls",)
+        if r == HELLO_TOO_LARGE:
+            return ("too_large",)
         sni = (<const char*>info.sni)[:info.sni_len] if info.sni != NULL else None
         alpn = None
         if info.alpn != NULL:
@@ -712,6 +718,7 @@ cdef void _pending_inspect(Worker* w, Pending* p, bint hup) noexcept nogil:
     cdef HelloInfo hello
     cdef ssize_t n = recv(p.ep.fd, cw.peek_buf, TLS_MAX_CLIENT_HELLO, MSG_PEEK)
     cdef int r
+    cdef int rcvbuf = 4 * TLS_MAX_CLIENT_HELLO
     if n < 0:
         if errno == EAGAIN or errno == EINTR:
             return
@@ -724,13 +731,19 @@ cdef void _pending_inspect(Worker* w, Pending* p, bint hup) noexcept nogil:
         return                          # nothing new
     p.peeked = n
     r = tls_hello_parse(cw.peek_buf, n, cw.msg_buf, &hello)
-    if r == HELLO_MORE:
-        if n >= TLS_MAX_CLIENT_HELLO:
+    if r == HELLO_MORE or r == HELLO_TOO_LARGE:
+        if r == HELLO_TOO_LARGE or n >= TLS_MAX_CLIENT_HELLO:
             if st != NULL:
                 stat_add(st, w, TI_CLIENT_HELLO_TOO_LARGE, 1)
             _pending_close(w, p)
         elif hup:                       # the peer sends no more: it can never complete
             _pending_close(w, p)
+        elif n >= TLS_MAX_CLIENT_HELLO // 2 and not p.rcvbuf_raised:
+            # Nothing is read, so the kernel's window does not grow: 64 KiB unread may not
+            # fit. Only a ClientHello in tiny records gets this far (a real one is < 17 KiB);
+            # room for the whole limit lets it reach client_hello_too_large, not the timeout.
+            p.rcvbuf_raised = 1
+            setsockopt(p.ep.fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(int))
         return
     if r == HELLO_NOT_TLS:
         if st != NULL:

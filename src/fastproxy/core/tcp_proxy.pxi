@@ -353,6 +353,10 @@ cdef void session_on_event(Worker* w, Endp* ep, uint32_t events) noexcept nogil:
     if s.state != S_ESTABLISHED:
         if ep == &s.down and events & EPOLLERR:
             session_close(s, False, False)      # the client went away before we connected
+        elif ep == &s.down and s.down.tls != NULL and tls_handshake(&s.down) < 0:
+            # The downstream handshake runs while the upstream connects (as Envoy's
+            # transport socket does); its failure ends the session.
+            session_close(s, False, False)
         return
     session_pump(s)
 

@@ -150,17 +150,15 @@ cdef void tls_conn_arm_timeout(TlsConn* t, uint64_t ms, tls_timeout_t on_timeout
     timer_arm(t.w, &t.timer, ms)
 
 
-cdef void tls_client_prepare(TlsConn* t, const char* host, size_t host_len) noexcept nogil:
-    """Client: the server name (the context's sni, else with auto_sni the request's host
-    without its port), for SNI, auto_san_validation and the session to resume."""
-    cdef TlsCtx* c = t.ctx
-    cdef TlsWorkerCtx* slot
+cdef void tls_server_name(TlsCtx* c, const char* host, size_t host_len, char* out) noexcept nogil:
+    """A client's server name into out (256 bytes; "" for none): the context's sni, else
+    with auto_sni the request's host without its port (not an IP literal's brackets)."""
     cdef size_t n = 0
     cdef int i
-    t.host[0] = 0
+    out[0] = 0
     if c.sni != NULL:
         n = strlen(c.sni)
-        memcpy(t.host, c.sni, n + 1)
+        memcpy(out, c.sni, n + 1)
     elif c.auto_sni and host != NULL and host_len:
         n = host_len
         if host[0] == b'[':
@@ -170,10 +168,19 @@ cdef void tls_client_prepare(TlsConn* t, const char* host, size_t host_len) noex
                 if host[i] == b':':
                     n = <size_t>i
                     break
-        if n >= sizeof(t.host):
+        if n >= 256:
             n = 0
-        memcpy(t.host, host, n)
-        t.host[n] = 0
+        memcpy(out, host, n)
+        out[n] = 0
+
+
+cdef void tls_client_prepare(TlsConn* t, const char* host, size_t host_len) noexcept nogil:
+    """Client: the server name (tls_server_name), for SNI, auto_san_validation and the
+    session to resume."""
+    cdef TlsCtx* c = t.ctx
+    cdef TlsWorkerCtx* slot
+    cdef int i
+    tls_server_name(c, host, host_len, t.host)
     if t.host[0]:
         SSL_set_tlsext_host_name(t.ssl, t.host)
     if c.max_session_keys > 0:

@@ -361,6 +361,29 @@ cdef inline void _upconn_bind(UpConn* u, HStream* s) noexcept nogil:
     u.codec.start(u, s.method)
 
 
+cdef UpConn** _pool_find_for(UpConn** head, HStream* s) noexcept nogil:
+    """Where in an idle list the connection for s's request is linked (_pool_pop takes it
+    from there): the first one, but under auto_sni the first made for the request's server
+    name, as a TLS connection's SNI is fixed at its handshake (NULL link: none fits)."""
+    cdef TlsConn* t
+    cdef char name[256]
+    cdef size_t hn = 0
+    cdef const char* host
+    if head[0] == NULL or head[0].ep.tls == NULL:
+        return head
+    t = <TlsConn*>head[0].ep.tls
+    if t.ctx.sni != NULL or not t.ctx.auto_sni:
+        return head
+    host = _head_field(&s.head, "host", &hn)
+    tls_server_name(t.ctx, host, hn if host != NULL else 0, name)
+    while head[0] != NULL:
+        t = <TlsConn*>head[0].ep.tls
+        if t != NULL and strcmp(t.host, name) == 0:
+            return head
+        head = &head[0].idle_next
+    return head
+
+
 cdef inline UpConn* _pool_pop(UpConn** head) noexcept nogil:
     cdef UpConn* u = head[0]
     head[0] = u.idle_next
@@ -469,7 +492,9 @@ cdef UpConn* http_pool_acquire(HStream* s, ClusterCfg* cl) noexcept nogil:
     s.upstream.start_ms = w.now
     idx = <int>(host - lb_hosts(cl, w).hosts)
     head = _pool_list(p, w, idx)
-    if head != NULL and head[0] != NULL and not s.connect:     # a tunnel gets its own
+    if head != NULL and not s.connect:                     # a tunnel gets its own
+        head = _pool_find_for(head, s)
+    if head != NULL and head[0] != NULL and not s.connect:
         if cb_full(&cl.n_rq, prm.max_rq):
             # Envoy binds the request to the idle connection, which refuses it and stays idle.
             stat_add(cl.stats, w, C_RQ_ACTIVE_OVERFLOW, 1)
@@ -789,6 +814,8 @@ cdef void http_serve_waiting(Worker* w) noexcept nogil:
                 s.upstream.addrlen = host.addrlen
             host = &u.hosts.hosts[u.host_index]
             head = _pool_list(pool, w, u.host_index)
+            if head != NULL and not s.connect:
+                head = _pool_find_for(head, s)
             if head != NULL and head[0] != NULL and not s.connect:     # (a tunnel gets its own)
                 # An idle connection to its host: the request (already serialized into u's
                 # out_buf, never sent) moves to it; u, which never had a socket, ends.

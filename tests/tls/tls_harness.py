@@ -1,4 +1,5 @@
-"""The TLS engine tests' harness: the compiled core driven through its control surface
+"""The TLS tests' harness (imported by the test modules, fixtures included: a conftest.py
+here would take the name `conftest` from tests/conftest.py, which other folders import): the compiled core driven through its control surface
 (Engine.make_tls_context, make_listener(tls=...), make_cluster(tls=...)) with the real
 HTTP connection manager and TCP proxy, real sockets, real clients (curl, openssl, Python's
 ssl) and real TLS upstreams. Until the model has Listener(tls=)/Cluster(tls=) (CONFIG's
