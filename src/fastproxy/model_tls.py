@@ -5,7 +5,7 @@ frozen dataclasses checked when made (a mistake raises ConfigError naming the fi
 The Envoy loader (fastproxy.config.tls) and the Python API both build these. A certificate
 or validation context is given inline or named by an :class:`SdsSecretConfig`: a secret of
 the bootstrap (``static_resources.secrets``, ``Proxy(secrets=...)``), of a file
-(``sds_config`` with a path) or of the ADS stream. Files named by a :class:`DataSource` are
+(``sds_config`` with a path; SDS over xDS streams is not built yet). Files named by a :class:`DataSource` are
 read when the context is compiled into the core (fastproxy.tls_spec), as Envoy reads them
 when it builds its context, so a rotated file is read again when its secret is updated.
 """
@@ -223,7 +223,7 @@ class CertificateValidationContext:
 @dataclass(frozen=True)
 class SdsSecretConfig:
     """A secret by name: from the static secrets (``sds_config`` None) or from where
-    ``sds_config`` says (a file's DiscoveryResponse of Secrets, or the ADS stream)."""
+    ``sds_config`` says (a file holding a DiscoveryResponse of Secrets)."""
 
     name: str
     sds_config: Optional[ConfigSource] = None

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Optional
 from .errors import ConfigError
 from .model import ConfigSource
 from .model_tls import SdsSecretConfig, Secret
-from .tls_spec import SecretMissing, compile_context
+from .tls_spec import compile_context
 
 log = logging.getLogger("fastproxy.config")
 
@@ -114,9 +114,6 @@ class SecretStore:
             if s is None:
                 raise ConfigError(f"secrets[{sds.name}]", f"unknown static secret {sds.name!r}")
             return s
-        if source.path is None:
-            # (SDS over ADS: not wired yet; the loader and Proxy refuse such a source)
-            raise SecretMissing(sds)
         f = self._file(source)
         s = f.secrets.get(sds.name)
         if s is None:

@@ -23,15 +23,6 @@ CLIENT_DEFAULT_VERSIONS = (0x0303, 0x0303)
 
 
 
-class SecretMissing(Exception):
-    """A context names an SDS secret that has not arrived (a file or ADS secret): its
-    listener or cluster warms until it comes. ``name``: the secret's."""
-
-    def __init__(self, config: SdsSecretConfig):
-        super().__init__(f"secret {config.name!r} has not arrived")
-        self.config = config
-
-
 def flatten_ciphers(suites: tuple) -> Optional[list]:
     """Envoy's cipher_suites with its equal-preference groups ``[A|B]`` as plain names in
     order (OpenSSL's server preference has no groups); None when none is given."""
@@ -93,8 +84,8 @@ def _secret(lookup: Lookup, config: SdsSecretConfig, kind: str, path: str) -> Se
 
 def compile_context(ctx, lookup: Lookup, path: str) -> dict:
     """The spec dict of a DownstreamTlsContext (server) or UpstreamTlsContext (client).
-    ``lookup(SdsSecretConfig)`` returns the Secret of that name or raises (ConfigError for
-    a static name that does not exist, SecretMissing for one still to come). Errors name
+    ``lookup(SdsSecretConfig)`` returns the Secret of that name or raises ConfigError (a
+    static name that does not exist, a file without it). Errors name
     ``path`` (the context's) and the field, or the secret."""
     server = isinstance(ctx, DownstreamTlsContext)
     if not server and not isinstance(ctx, UpstreamTlsContext):
@@ -157,10 +148,5 @@ def compile_context(ctx, lookup: Lookup, path: str) -> dict:
     return spec
 
 
-def secret_names(ctx) -> list:
-    """The SdsSecretConfigs a context (or None) names."""
-    return ctx.secret_names() if ctx is not None else []
-
-
-__all__ = ["compile_context", "flatten_ciphers", "certificate_hash", "spki_hash", "SecretMissing",
-           "SERVER_DEFAULT_VERSIONS", "CLIENT_DEFAULT_VERSIONS", "secret_names"]
+__all__ = ["compile_context", "flatten_ciphers", "certificate_hash", "spki_hash",
+           "SERVER_DEFAULT_VERSIONS", "CLIENT_DEFAULT_VERSIONS"]

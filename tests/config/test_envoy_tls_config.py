@@ -234,9 +234,23 @@ def test_file_sds_source_is_read(pki, tmp_path):
     sock = downstream(common_tls_context={"tls_certificate_sds_secret_configs": [{
         "name": "server", "sds_config": {"path_config_source": {"path": str(sds_file),
                                                                 "watched_directory": {"path": str(tmp_path)}}}}]})
-    ctx = load_downstream(boot_with(listener_socket=sock))
+    boot = boot_with(listener_socket=sock)
+    if ENVOY:
+        rc, out = envoy_says(tmp_path, {**boot, "node": {"id": "n", "cluster": "c"}})
+        assert rc == 0, out
+    ctx = load_downstream(boot)
     (sds,) = ctx.common_tls_context.tls_certificate_sds_secret_configs
     assert sds == t.SdsSecretConfig("server", ConfigSource(path=str(sds_file), watched_directory=str(tmp_path)))
+
+
+def test_sds_over_xds_streams_is_refused_by_its_path():
+    """Not built yet: SDS over ADS or a stream of its own (a file or a static secret is)."""
+    sock = downstream(common_tls_context={"tls_certificate_sds_secret_configs": [
+        {"name": "s", "sds_config": {"ads": {}}}]})
+    with pytest.raises(ConfigError) as e:
+        load_downstream(boot_with(listener_socket=sock))
+    assert e.value.path == f"{L0_TS}.typed_config.common_tls_context.tls_certificate_sds_secret_configs[0].sds_config.ads"
+    assert "not supported yet" in e.value.message
 
 
 # --- downstream ----------------------------------------------------------------------------

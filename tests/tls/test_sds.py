@@ -462,3 +462,53 @@ def test_rotated_trusted_ca_for_client_certificates(ca, tmp_path):
     finally:
         proxy.stop(0.5)
         echo.close()
+
+
+@needs_core_tls
+def test_envoy_yaml_with_file_sds_end_to_end(ca, tmp_path):
+    """The same path from an Envoy bootstrap: a TLS filter chain whose certificate is an
+    SDS file secret (path_config_source with watched_directory), rotated by a move into
+    the directory; the config dump lists the secret as a dynamic one, its key redacted."""
+    echo = EchoServer()
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    first = write_pem(tmp_path, "one", ca.issue_cert("one.test"))
+    second = write_pem(tmp_path, "two", ca.issue_cert("two.test"))
+    sds = vol / "sds.yaml"
+    publish(sds, sds_document("v1", {"server": first}))
+    boot = {
+        "static_resources": {
+            "listeners": [{"name": "tls", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                           "filter_chains": [{
+                               "filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+                                   "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                                   "stat_prefix": "t", "cluster": "echo"}}],
+                               "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+                                   "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+                                            "DownstreamTlsContext",
+                                   "common_tls_context": {"tls_certificate_sds_secret_configs": [{
+                                       "name": "server", "sds_config": {"path_config_source": {
+                                           "path": str(sds), "watched_directory": {"path": str(vol)}}}}]}}}}]}],
+            "clusters": [{"name": "echo", "load_assignment": {"cluster_name": "echo", "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": echo.port}}}}]}]}}]}}
+    proxy = Proxy.from_envoy(boot, concurrency=1)
+    proxy.start()
+    try:
+        addr = proxy.listener_address("tls")
+        s, name = server_name_seen(addr, ca)
+        assert name == "one.test"
+        s.close()
+        tmp = vol / "next.yaml"
+        tmp.write_text(yaml.safe_dump(sds_document("v2", {"server": second})))
+        os.rename(tmp, sds)
+        wait_for(lambda: proxy.stats().get("sds.server.update_success") == 2)
+        s, name = server_name_seen(addr, ca)
+        assert name == "two.test"
+        s.close()
+        secrets = proxy.config_dump()["configs"][-1]
+        (entry,) = secrets["dynamic_active_secrets"]
+        assert (entry["name"], entry["version_info"]) == ("server", "v2")
+        assert entry["secret"]["tls_certificate"]["private_key"] == {"filename": "[redacted]"}
+    finally:
+        proxy.stop(0.5)
+        echo.close()
