@@ -72,6 +72,7 @@ from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES
 
 from fastproxy.core.includes.system cimport *
 from fastproxy.core.includes.openssl cimport *
+from fastproxy.core.includes.openssl_info cimport *
 
 from fastproxy.filters import NetworkFilter
 
@@ -90,6 +91,7 @@ include "core/listener_filters.pxi"
 include "core/tcp_proxy.pxi"
 include "core/pybridge.pxi"
 include "core/engine.pxi"
+include "core/tls/info.pxi"
 include "core/http/message_decls.pxi"
 include "core/http/codec_h1_decls.pxi"
 include "core/http/message.pxi"

@@ -565,6 +565,11 @@ def hcm_json(h: mh.HttpConnectionManager) -> dict:
     if h.server_name != d.server_name:
         out["server_name"] = h.server_name
     _put(out, "server_header_transformation", h.server_header_transformation, "OVERWRITE")
+    _put(out, "forward_client_cert_details", h.forward_client_cert_details, "SANITIZE")
+    details = h.set_current_client_cert_details
+    if details is not None:
+        out["set_current_client_cert_details"] = {name: True for name in ("subject", "cert", "chain", "dns", "uri")
+                                                  if getattr(details, name)}
     for name in ("use_remote_address", "skip_xff_append", "preserve_external_request_id",
                  "always_set_request_id_in_response", "normalize_path", "merge_slashes"):
         if getattr(h, name):

@@ -290,7 +290,9 @@ cdef class Engine:
             cs.chains[i] = ch.c
             fp_atomic_add_int(&ch.c.refcnt, 1)
             cs.nchains = i + 1
+            ch.c.sni_inspected = inspect_tls
         if default is not None:
+            default.c.sni_inspected = inspect_tls
             cs.dflt = default.c
             fp_atomic_add_int(&default.c.refcnt, 1)
         cs.table = table.t

@@ -87,6 +87,9 @@ cdef struct ListenerCfg:
     # connection, each a ListenerCfg of its own that owns the connection from then on;
     # this one's conns are the connections still in its listener filter. Else NULL.
     ChainSet* chains
+    # A chain of a listener with the tls_inspector: its connections' SNI is their requested
+    # server name (Envoy's %REQUESTED_SERVER_NAME%, set by that listener filter only).
+    uint8_t sni_inspected
 
 cdef struct WListener:          # a worker's slot for one listener of its snapshot
     Endp ep

@@ -119,6 +119,7 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
     cdef char* xff_owned = NULL             # the x-forwarded-for when xff[] is too small
     cdef char* xffp = xff
     cdef size_t xff_cap = sizeof(xff)
+    cdef char* xfcc_owned = NULL
     memset(&l, 0, sizeof(PairList))
     try:
         if s.fc != NULL:
@@ -181,13 +182,16 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
             _pl_remove(&l, "x-forwarded-for", 15)
             _pl_add(&l, _cs("x-forwarded-for"), _s(xffp, k))
         if h.use_remote_address:
-            # A trusted hop's x-forwarded-proto is kept (Envoy: only with xff_num_trusted_hops).
+            # A trusted hop's x-forwarded-proto is kept (Envoy: only with xff_num_trusted_hops);
+            # otherwise it says how the client reached us (https on TLS).
             if h.xff_num_trusted_hops == 0 or not _pl_has(&l, "x-forwarded-proto", 17):
                 _pl_remove(&l, "x-forwarded-proto", 17)
-                _pl_add(&l, _cs("x-forwarded-proto"), _cs("http"))
+                _pl_add(&l, _cs("x-forwarded-proto"), hconn_scheme(c))
         elif not _pl_has(&l, "x-forwarded-proto", 17):
-            _pl_add(&l, _cs("x-forwarded-proto"), _cs("http"))
+            _pl_add(&l, _cs("x-forwarded-proto"), hconn_scheme(c))
         if s.fc == NULL:
+            if pl_apply_xfcc(s, &l, &xfcc_owned) < 0:
+                return -1
             if s.client_internal:
                 _pl_add(&l, _cs("x-envoy-internal"), _cs("true"))
             elif s.edge:
@@ -220,6 +224,7 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
         free(l.v)
         free(owned)
         free(xff_owned)
+        free(xfcc_owned)
 
 
 cdef bint _response_splice_ready(HStream* s) noexcept nogil:
