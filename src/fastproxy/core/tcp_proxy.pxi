@@ -587,6 +587,7 @@ cdef void _session_connect_failed(Session* s) noexcept nogil:
     cdef Worker* w = s.w
     timer_cancel(w, &s.connect_timer)
     endp_tls_close(&s.up, False)
+    endp_forget(w, &s.up)
     close(s.up.fd)
     s.up.fd = -1
     s.up.hup = 0                                # the next attempt's socket starts afresh
@@ -697,6 +698,8 @@ cdef void session_close(Session* s, bint rst_down, bint rst_up) noexcept nogil:
         stat_add(s.cfg.tstats, w, T_RESET_SENT, 1)
     endp_tls_close(&s.down, not rst_down)
     endp_tls_close(&s.up, not rst_up)
+    endp_forget(w, &s.down)
+    endp_forget(w, &s.up)
     _close_fd(s.down.fd, rst_down, s.d2u.src_eof)
     _close_fd(s.up.fd, rst_up, s.u2d.src_eof)
     _dir_release(w, &s.d2u)

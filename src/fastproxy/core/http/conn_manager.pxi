@@ -196,6 +196,7 @@ cdef void hconn_close(HConn* c, bint rst) noexcept nogil:
         stream_free(s)
     endp_tls_close(&c.down, not rst and not c.peer_gone)
     # After a read that drained the socket (and no event since), nothing is left to drop.
+    endp_forget(w, &c.down)
     _close_fd(c.down.fd, rst, c.down_eof or (c.codec_seen and not c.down.readable))
     c.down.fd = -1
     chain_free(&c.in_buf)

@@ -127,6 +127,7 @@ cdef void upconn_close(UpConn* u) noexcept nogil:
     timer_cancel(w, &u.duration_timer)
     if u.ep.fd >= 0:
         endp_tls_close(&u.ep, not u.remote_close)
+        endp_forget(w, &u.ep)
         close(u.ep.fd)
         u.ep.fd = -1
     # Envoy's pool: every close is a destroy, remote when the upstream ended it (EOF, reset,
