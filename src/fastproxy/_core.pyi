@@ -111,6 +111,32 @@ class StreamInfo:
     @property
     def protocol(self) -> str:
         """The downstream protocol ("HTTP/1.1", "HTTP/1.0")."""
+    @property
+    def requested_server_name(self) -> Optional[str]:
+        """The SNI of a TLS connection, or None."""
+    @property
+    def ssl_connection(self) -> Optional["SslConnectionInfo"]:
+        """The downstream connection's TLS facts; None on plaintext."""
+
+
+class SslConnectionInfo:
+    """A TLS connection's facts (Envoy's Ssl::ConnectionInfo); certificate facts are None
+    (lists empty) when that certificate is absent."""
+    tls_version: str
+    ciphersuite: str
+    session_id: Optional[str]
+    peer_certificate_presented: bool
+    subject_peer_certificate: Optional[str]
+    subject_local_certificate: Optional[str]
+    uri_san_peer_certificate: list[str]
+    uri_san_local_certificate: list[str]
+    dns_sans_peer_certificate: list[str]
+    dns_sans_local_certificate: list[str]
+    sha256_peer_certificate_digest: Optional[str]
+    serial_number_peer_certificate: Optional[str]
+    valid_from_peer_certificate: Optional[int]
+    expiration_peer_certificate: Optional[int]
+    url_encoded_pem_encoded_peer_certificate: Optional[str]
 
 class HttpFilterCallbacks:
     """``self.callbacks`` of an HttpFilter: what a filter can do to its stream."""

@@ -9,11 +9,15 @@ layout"). Declaration files (decls.pxi) come before the implementation files of 
   core/debug_log.pxi   rate-limited debug lines from the workers (write(2), no GIL)
   core/stats_table.pxi the stat blocks' indexes and names (generated from stats_table.py)
   core/stats.pxi       per-worker counters
+  core/tls/decls.pxi   structs of TLS contexts, their per-worker providers, TLS connections
+  core/tls/info.pxi    a TLS connection's facts (version, cipher, SNI, peer certificate)
   core/upstream/decls.pxi     structs of clusters, host sets, load balancer and HTTP pool
   core/upstream/load_balancer.pxi which host a new upstream connection goes to
   core/upstream/cluster.pxi   clusters, host sets, circuit breakers (and their Python handles)
   core/snapshot.pxi    listener config snapshots and their propagation
   core/listener.pxi    binding and accepting
+  core/listener_filters.pxi several filter chains per listener: the tls_inspector's
+                       ClientHello peek, the filter_chain_match table and its matcher
   core/tcp_proxy.pxi   the L4 session: splice and buffered paths, half-close, resets
   core/pybridge.pxi    Python network filters (with core/filters/python*.pxi, the only code
                        on a worker that takes the GIL)
@@ -56,6 +60,10 @@ layout"). Declaration files (decls.pxi) come before the implementation files of 
   core/filters/native_build.pxi  building their configs (main thread, GIL)
   core/filters/fault.pxi, header_mutation.pxi, local_ratelimit.pxi, health_check.pxi,
     buffer.pxi, cors.pxi        one native HTTP filter each: hooks (no GIL), make_config
+  core/tls/context.pxi  TLS contexts: SSL_CTX from a spec (main thread), their handshake
+                        callbacks (workers), rotation (TlsContextHandle.update), kTLS probe
+  core/tls/transport.pxi one connection's TLS on its worker: the I/O seam (endp_read,
+                        endp_write), handshake, close_notify (no GIL)
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, calloc, realloc, free
@@ -64,6 +72,8 @@ from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF, Py_XDECREF
 from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES
 
 from fastproxy.core.includes.system cimport *
+from fastproxy.core.includes.openssl cimport *
+from fastproxy.core.includes.openssl_info cimport *
 
 from fastproxy.filters import NetworkFilter
 
@@ -72,14 +82,17 @@ include "core/dispatcher.pxi"
 include "core/debug_log.pxi"
 include "core/stats_table.pxi"
 include "core/stats.pxi"
+include "core/tls/decls.pxi"
 include "core/upstream/decls.pxi"
 include "core/upstream/load_balancer.pxi"
 include "core/upstream/cluster.pxi"
 include "core/snapshot.pxi"
 include "core/listener.pxi"
+include "core/listener_filters.pxi"
 include "core/tcp_proxy.pxi"
 include "core/pybridge.pxi"
 include "core/engine.pxi"
+include "core/tls/info.pxi"
 include "core/http/message_decls.pxi"
 include "core/http/codec_h1_decls.pxi"
 include "core/http/message.pxi"
@@ -119,3 +132,5 @@ include "core/filters/local_ratelimit.pxi"
 include "core/filters/health_check.pxi"
 include "core/filters/buffer.pxi"
 include "core/filters/cors.pxi"
+include "core/tls/context.pxi"
+include "core/tls/transport.pxi"

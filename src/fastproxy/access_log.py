@@ -16,6 +16,15 @@ meaning; anything else is a ConfigError naming the field that holds the format):
   %DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%
   %DOWNSTREAM_DIRECT_REMOTE_ADDRESS% %DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%
   %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%
+  TLS (core/tls/info.pxi; "-" on a plaintext connection):
+  %DOWNSTREAM_TLS_VERSION% (TLSv1.3) %DOWNSTREAM_TLS_CIPHER% (TLS_AES_128_GCM_SHA256,
+  ECDHE-RSA-AES128-GCM-SHA256) %DOWNSTREAM_TLS_SESSION_ID% %REQUESTED_SERVER_NAME% (the
+  SNI, as in Envoy only on a listener with the tls_inspector)
+  %DOWNSTREAM_PEER_SUBJECT% %DOWNSTREAM_LOCAL_SUBJECT% (RFC 2253)
+  %DOWNSTREAM_PEER_URI_SAN% %DOWNSTREAM_LOCAL_URI_SAN% %DOWNSTREAM_PEER_DNS_SAN%
+  %DOWNSTREAM_LOCAL_DNS_SAN% (comma-separated) %DOWNSTREAM_PEER_FINGERPRINT_256% (SHA-256 hex)
+  %DOWNSTREAM_PEER_SERIAL% (hex) %DOWNSTREAM_PEER_CERT_V_START(strftime)%
+  %DOWNSTREAM_PEER_CERT_V_END(strftime)% (the format as %START_TIME%'s, optional)
 
 Values that are not available print as "-", as in Envoy.
 """
@@ -43,7 +52,14 @@ SIMPLE = ("RESPONSE_CODE", "RESPONSE_FLAGS", "BYTES_RECEIVED", "BYTES_SENT", "PR
           "UPSTREAM_HOST", "UPSTREAM_CLUSTER", "ROUTE_NAME",
           "DOWNSTREAM_REMOTE_ADDRESS", "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT",
           "DOWNSTREAM_DIRECT_REMOTE_ADDRESS", "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT",
-          "DOWNSTREAM_LOCAL_ADDRESS", "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT")
+          "DOWNSTREAM_LOCAL_ADDRESS", "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT",
+          "DOWNSTREAM_TLS_VERSION", "DOWNSTREAM_TLS_CIPHER", "DOWNSTREAM_TLS_SESSION_ID",
+          "REQUESTED_SERVER_NAME", "DOWNSTREAM_PEER_SUBJECT", "DOWNSTREAM_LOCAL_SUBJECT",
+          "DOWNSTREAM_PEER_URI_SAN", "DOWNSTREAM_LOCAL_URI_SAN", "DOWNSTREAM_PEER_DNS_SAN",
+          "DOWNSTREAM_LOCAL_DNS_SAN", "DOWNSTREAM_PEER_FINGERPRINT_256", "DOWNSTREAM_PEER_SERIAL")
+
+# Operators with an optional strftime argument, formatted like %START_TIME%.
+TIMES = ("START_TIME", "DOWNSTREAM_PEER_CERT_V_START", "DOWNSTREAM_PEER_CERT_V_END")
 
 _COMMAND = re.compile(r"%([A-Z][A-Z0-9_]*)(?:\(([^)]*)\))?(?::([0-9]+))?%")
 _HEADER = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -103,11 +119,11 @@ def compile_format(fmt: Optional[str], path: str) -> List[Op]:
             alt = _header_name(parts[1], path, name == "REQ") if len(parts) == 2 else b""
             flush()
             ops.append((name, main, alt, limit))
-        elif name == "START_TIME":
+        elif name in TIMES:
             if max_len is not None:
-                raise ConfigError(path, "%START_TIME% takes no length limit")
+                raise ConfigError(path, f"%{name}% takes no length limit")
             flush()
-            ops.append(("START_TIME", (arg or "").encode(), b"", -1))
+            ops.append((name, (arg or "").encode(), b"", -1))
         elif name == "HOSTNAME" and arg is None:
             lit.append(socket.gethostname()[:limit] if limit >= 0 else socket.gethostname())
         elif name in SIMPLE:
@@ -157,6 +173,8 @@ def format_record(ops: List[Op], start: float, request: dict, response: dict, fa
             continue
         if kind == "START_TIME":
             value = _start_time(text, start)
+        elif kind in TIMES:
+            value = None                # the admin's own requests are not TLS
         elif kind in ("REQ", "RESP"):
             headers = request if kind == "REQ" else response
             value = headers.get(text.decode())

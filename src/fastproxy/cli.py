@@ -8,7 +8,7 @@ implements (TCP proxy and HTTP/1.1 listeners, static clusters, the admin)::
               [--component-log-level C:LEVEL,...] [--service-node ID] [--service-cluster NAME]
               [--service-zone ZONE] [--drain-time-s N] [--restart-epoch N] [--base-id N]
               [--use-dynamic-base-id] [--base-id-path FILE] [--parent-shutdown-time-s N]
-    fastproxy demo [--port P] [--upstream-port P] [--admin-port P] [--concurrency N]
+    fastproxy demo [--port P] [--https-port P] [--no-https] [--upstream-port P] [--admin-port P] [--concurrency N]
     fastproxy --version
 
 Exit status: 0 on success (and after a drain on SIGINT/SIGTERM or ``POST /quitquitquit``),
@@ -185,6 +185,10 @@ def build_demo_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-port", type=_port, default=demo.DEFAULT_ADMIN_PORT,
                    help=f"admin interface port (default: {demo.DEFAULT_ADMIN_PORT})")
     p.add_argument("--no-admin", action="store_true", help="do not start the admin interface")
+    p.add_argument("--https-port", type=_port, default=demo.DEFAULT_HTTPS_PORT,
+                   help=f"HTTPS listener port (default: {demo.DEFAULT_HTTPS_PORT}; its self-signed "
+                        "certificate is made at start-up)")
+    p.add_argument("--no-https", action="store_true", help="do not start the HTTPS listener")
     _add_common(p)
     return p
 
@@ -305,9 +309,20 @@ def _startup_lines(proxy, bootstrap) -> None:
             host, port = proxy.listener_address(l.name)[:2]
         except Exception:
             host, port = l.address, l.port
-        hcm = l.http_connection_manager
-        target = (f"http_connection_manager '{hcm.stat_prefix}'" if hcm is not None
-                  else f"cluster '{l.handler.cluster}'")
+        # A listener of filter chains (one with TLS is one) says what its first chain does.
+        chains = l.chains or ((l.default_filter_chain,) if l.default_filter_chain is not None else ())
+        chain = chains[0] if chains else None
+        hcm = chain.http_connection_manager if chain is not None else None
+        if hcm is not None:
+            target = f"http_connection_manager '{hcm.stat_prefix}'"
+        elif chain is not None and getattr(chain.handler, "cluster", None):
+            target = f"cluster '{chain.handler.cluster}'"
+        else:
+            target = "filter chains"
+        if chain is not None and chain.tls is not None:
+            target += " (TLS)"
+        if len(chains) > 1:
+            target += f" and {len(chains) - 1} more filter chain(s)"
         _say(f"fastproxy: listener '{l.name}' listening on {_hp(host, port)} -> {target}")
     admin = getattr(proxy, "admin_address", None)
     if admin:
@@ -452,25 +467,50 @@ def main_demo(argv: List[str]) -> int:
         upstream = demo.DemoUpstream("127.0.0.1", args.upstream_port).start()
     except OSError as e:
         return _fail(f"error: cannot start the demo upstream on 127.0.0.1:{args.upstream_port}: {e}")
+    certificate = None
+    if not args.no_https:
+        try:
+            certificate = demo.DemoCertificate()
+        except OSError as e:
+            _say(f"fastproxy: demo runs without its HTTPS listener: {e}")
     try:
         from . import Proxy
 
-        bootstrap = demo.demo_bootstrap(port=args.port, upstream_port=upstream.address[1],
-                                        admin_port=None if args.no_admin else args.admin_port)
+        def bootstrap_with(cert):
+            return demo.demo_bootstrap(port=args.port, upstream_port=upstream.address[1],
+                                       admin_port=None if args.no_admin else args.admin_port,
+                                       https_port=args.https_port, certificate=cert)
+
+        try:
+            bootstrap = bootstrap_with(certificate)
+        except ConfigError as e:
+            if certificate is None:
+                raise
+            # A build without TLS refuses the HTTPS listener's transport_socket: the
+            # plaintext demo still runs.
+            _say(f"fastproxy: demo runs without its HTTPS listener: {e}")
+            certificate.remove()
+            certificate = None
+            bootstrap = bootstrap_with(None)
         proxy = Proxy.from_bootstrap(bootstrap, concurrency=args.concurrency)
         _say(f"fastproxy: demo upstream (HTTP) listening on {_hp(*upstream.address)}")
 
         def banner():
+            https = proxy.listener_address(demo.HTTPS_LISTENER_NAME)[:2] if certificate else None
             _say(demo.instructions(proxy.listener_address(demo.LISTENER_NAME)[:2], upstream.address,
-                                   getattr(proxy, "admin_address", None)))
+                                   getattr(proxy, "admin_address", None), https,
+                                   certificate.cert if certificate else None))
 
         return serve(proxy, bootstrap, banner=banner)
     except ConfigError as e:
         return _fail(f"error in the bundled demo configuration: {e}")
     except (ListenerBindError, OSError) as e:
-        return _fail(f"error: {e} (choose other ports with --port/--upstream-port/--admin-port, 0 = any free port)")
+        return _fail(f"error: {e} (choose other ports with --port/--https-port/--upstream-port/--admin-port, "
+                     "0 = any free port)")
     finally:
         upstream.stop()
+        if certificate is not None:
+            certificate.remove()
 
 
 def main(argv: Optional[List[str]] = None) -> int:

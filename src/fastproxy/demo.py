@@ -4,11 +4,22 @@ It starts a tiny HTTP/1.1 server (standard library, one thread per connection) a
 upstream of the default configuration, then the proxy in front of it, and prints what to
 try. Every request to the upstream gets a short text page saying it came through
 fastproxy, so ``curl http://127.0.0.1:10000/`` shows the whole path working.
+
+Beside it, an HTTPS listener (127.0.0.1:10443, "demo_https": TLS termination and the HTTP
+connection manager, routing to the same upstream) with a self-signed ECDSA P-256 certificate
+made on the fly for localhost / 127.0.0.1 in a temporary directory. The certificate comes
+from the ``openssl`` command line tool (``openssl req -x509``): it is there wherever the
+OpenSSL library the core links is, so the base install needs no Python package for it
+(``cryptography`` is a test dependency only), and a subprocess at start-up costs the core
+no code. Without ``openssl`` the demo runs plaintext only and says why.
 """
 from __future__ import annotations
 
 import copy
 import os
+import shutil
+import subprocess
+import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -17,7 +28,9 @@ from typing import Optional, Tuple
 DEFAULT_LISTENER_PORT = 10000
 DEFAULT_UPSTREAM_PORT = 10001
 DEFAULT_ADMIN_PORT = 9901
+DEFAULT_HTTPS_PORT = 10443
 LISTENER_NAME = "demo"
+HTTPS_LISTENER_NAME = "demo_https"
 CLUSTER_NAME = "demo_upstream"
 
 
@@ -96,16 +109,89 @@ class DemoUpstream(ThreadingHTTPServer):
         self.server_close()
 
 
+class DemoCertificate:
+    """A self-signed certificate for localhost and 127.0.0.1 (ECDSA P-256, 30 days) in a
+    temporary directory of its own, made by ``openssl req``; ``remove()`` deletes it."""
+
+    def __init__(self) -> None:
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            raise OSError("the openssl command is not installed (apt-get install openssl)")
+        self.directory = tempfile.mkdtemp(prefix="fastproxy-demo-")
+        self.cert = os.path.join(self.directory, "demo.crt")
+        self.key = os.path.join(self.directory, "demo.key")
+        try:
+            r = subprocess.run(
+                [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                 "-nodes", "-days", "30", "-subj", "/O=fastproxy demo/CN=localhost",
+                 "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                 "-keyout", self.key, "-out", self.cert],
+                capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError) as e:
+            self.remove()
+            raise OSError(f"openssl req failed: {e}") from None
+        if r.returncode != 0:
+            self.remove()
+            raise OSError(f"openssl req failed: {r.stderr.strip() or r.returncode}")
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def https_listener(port: int, cert: str, key: str) -> dict:
+    """The demo's HTTPS listener as Envoy v3 JSON: TLS with ``cert``/``key`` (files), then
+    the HTTP connection manager routing everything to the demo upstream. An access log on
+    stdout shows the TLS facts of each request."""
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "demo_https",
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/"}, "route": {"cluster": CLUSTER_NAME}}]}]},
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+        "access_log": [{"name": "envoy.access_loggers.stdout", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+            "log_format": {"text_format_source": {"inline_string":
+                "[%START_TIME%] https \"%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL%\" %RESPONSE_CODE% "
+                "%DOWNSTREAM_TLS_VERSION% %DOWNSTREAM_TLS_CIPHER% sni=%REQUESTED_SERVER_NAME%\n"}}}}],
+    }
+    tls = {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "common_tls_context": {"tls_certificates": [{"certificate_chain": {"filename": cert},
+                                                     "private_key": {"filename": key}}]},
+    }
+    return {
+        "name": HTTPS_LISTENER_NAME,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        # The tls_inspector reads the SNI from the ClientHello: %REQUESTED_SERVER_NAME%.
+        "listener_filters": [{"name": "envoy.filters.listener.tls_inspector", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}],
+        "filter_chains": [{
+            "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}],
+            "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls},
+        }],
+    }
+
+
 def demo_bootstrap(port: int = DEFAULT_LISTENER_PORT, upstream_port: int = DEFAULT_UPSTREAM_PORT,
-                   admin_port: Optional[int] = DEFAULT_ADMIN_PORT):
+                   admin_port: Optional[int] = DEFAULT_ADMIN_PORT, https_port: Optional[int] = None,
+                   certificate: Optional[DemoCertificate] = None):
     """The bundled default as a :class:`fastproxy.model.Bootstrap`, ports replaced.
 
-    ``admin_port=None`` drops the admin interface; ``0`` picks a free port.
+    ``admin_port=None`` drops the admin interface; ``0`` picks a free port. With
+    ``certificate`` (a DemoCertificate), the HTTPS listener is added on ``https_port``
+    (default 10443; ``0``: a free port).
     """
+    import yaml
+
     from .config import load_envoy
     from .model import Admin
 
-    b = copy.deepcopy(load_envoy(default_config_text()))
+    data = yaml.safe_load(default_config_text())
+    if certificate is not None:
+        data["static_resources"]["listeners"].append(https_listener(
+            DEFAULT_HTTPS_PORT if https_port is None else https_port, certificate.cert, certificate.key))
+    b = copy.deepcopy(load_envoy(data))
     for l in b.listeners:
         if l.name == LISTENER_NAME:
             l.port = port
@@ -126,14 +212,19 @@ def _hp(host: str, port: int) -> str:
 
 
 def instructions(listener: Tuple[str, int], upstream: Tuple[str, int],
-                 admin: Optional[Tuple[str, int]]) -> str:
-    """What the demo prints once it is up."""
+                 admin: Optional[Tuple[str, int]], https: Optional[Tuple[str, int]] = None,
+                 cacert: Optional[str] = None) -> str:
+    """What the demo prints once it is up (``https``: the HTTPS listener's address and
+    ``cacert`` its certificate file, if it runs)."""
     lh = _hp(*listener)
     lines = [
         "",
         "fastproxy demo is running:",
         f"  {lh}  (listener '{LISTENER_NAME}', tcp_proxy)  ->  {_hp(*upstream)}  (cluster '{CLUSTER_NAME}', the bundled upstream)",
     ]
+    if https:
+        lines.append(f"  https://localhost:{https[1]}/  (listener '{HTTPS_LISTENER_NAME}', TLS + HTTP)  ->  "
+                     f"{_hp(*upstream)}  (self-signed certificate: {cacert})")
     if admin:
         lines.append(f"  admin: http://{_hp(*admin)}/")
     lines += [
@@ -142,6 +233,11 @@ def instructions(listener: Tuple[str, int], upstream: Tuple[str, int],
         f"  curl http://{lh}/",
         f"  printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc {listener[0]} {listener[1]}",
     ]
+    if https:
+        lines += [
+            f"  curl --cacert {cacert} https://localhost:{https[1]}/   # verifies the demo's certificate",
+            f"  curl -k https://{_hp(*https)}/        # -k: without verifying it",
+        ]
     if admin:
         ah = _hp(*admin)
         lines += [

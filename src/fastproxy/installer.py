@@ -21,6 +21,7 @@ from . import _core
 from .errors import ListenerBindError
 from .filters import NetworkFilter
 from .model import Bootstrap, Cluster, Listener
+from .model_tls import listener_contexts
 from .http.model import RouteConfiguration
 
 log = logging.getLogger("fastproxy")
@@ -160,6 +161,15 @@ def _cluster_params(c: Cluster) -> tuple:
             c.max_requests, c.max_retries)
 
 
+def _match_spec(m) -> dict:
+    """A FilterChainMatch as _core.make_chain_table takes it."""
+    return {"dport": m.destination_port or 0, "prefix_ranges": list(m.prefix_ranges),
+            "server_names": [n.lower() for n in m.server_names], "transport": m.transport_protocol,
+            "application_protocols": [p.encode() for p in m.application_protocols],
+            "source_type": m.source_type, "source_prefix_ranges": list(m.source_prefix_ranges),
+            "source_ports": list(m.source_ports)}
+
+
 class _ClusterState:
     def __init__(self, model: Cluster, handle, hosts):
         self.model = model
@@ -204,7 +214,8 @@ class _Draining:
 # filter_chains): a version that changes none of them is, in Envoy's words, updated in
 # place (listener_in_place_updated): the same socket, new filter chains, the old ones
 # draining (total_filter_chains_draining). The connections drain alike either way.
-_LISTENER_SOCKET_FIELDS = ("address", "port", "backlog", "max_connections", "buffer_limit", "drain_type")
+_LISTENER_SOCKET_FIELDS = ("address", "port", "backlog", "max_connections", "buffer_limit", "drain_type",
+                           "tls_inspector", "listener_filters_timeout", "continue_on_listener_filters_timeout")
 
 
 def _same_listener_socket(a: Listener, b: Listener) -> bool:
@@ -222,6 +233,15 @@ class ConfigInstaller:
         if block is None:
             block = self._stats[key] = self._engine.new_stats(kind)
         return block
+
+    def _tls_context(self, ctx, server: bool, stats_name: str, owner: str):
+        """The core TLS context (TlsContextHandle) for the model ``ctx`` (a
+        DownstreamTlsContext when ``server``, else an UpstreamTlsContext) of ``owner`` (a
+        listener's or cluster's name), its handshakes counted in the "ssl" stat block
+        ``stats_name`` (listener.<ip>_<port>.ssl, cluster.<name>.ssl). The same handle
+        while the model is the same (its secrets' rotation updates it in place: see
+        fastproxy.sds). Raises ConfigError naming ``owner`` when it does not compile."""
+        return self._secret_store.context(ctx, server, stats_name, owner)
 
     def _cluster_ref(self, name: str):
         """The ClusterHandle that a route table or TCP listener refers to for cluster
@@ -315,19 +335,20 @@ class ConfigInstaller:
                 clusters[c.name] = old          # unchanged: keep its LB state and DNS schedule
                 continue
             hosts = resolve_endpoints(c)
+            tls = self._tls_context(c.tls, False, f"cluster.{c.name}.ssl", c.name) if c.tls is not None else None
             if old is not None:
                 membership = c.type == "EDS" and old.model.with_endpoints(c.endpoints) == c
-                commit.append((old.handle, c, hosts, old, "cluster_updated" if membership else "cluster_modified"))
+                commit.append((old.handle, c, hosts, old, "cluster_updated" if membership else "cluster_modified", tls))
                 clusters[c.name] = _ClusterState(c, old.handle, hosts)
                 continue
             handle = self._absent_clusters.get(c.name)
             if handle is not None:              # a referenced name comes (back) alive
-                commit.append((handle, c, hosts, None, "cluster_added"))
+                commit.append((handle, c, hosts, None, "cluster_added", tls))
             else:
                 handle = self._engine.make_cluster(
                     self._stat_block("cluster", f"cluster.{c.name}"), c.lb_policy, c.connect_timeout,
-                    _host_set(hosts), *_cluster_params(c)[2:])
-                commit.append((None, c, hosts, None, "cluster_added"))
+                    _host_set(hosts), *_cluster_params(c)[2:], tls=tls)
+                commit.append((None, c, hosts, None, "cluster_added", tls))
             clusters[c.name] = _ClusterState(c, handle, hosts)
         self._installing_clusters = clusters
         try:
@@ -338,10 +359,10 @@ class ConfigInstaller:
     def _commit_clusters(self, clusters: dict[str, _ClusterState], commit: list) -> None:
         """Apply the cluster changes _install prepared (worker messages, ahead of the
         listener snapshot in each worker's queue) and count them."""
-        for handle, c, hosts, old, stat in commit:
+        for handle, c, hosts, old, stat, tls in commit:
             if handle is not None:
-                if old is None or _cluster_params(old.model) != _cluster_params(c):
-                    handle.set_params(*_cluster_params(c))
+                if old is None or _cluster_params(old.model) != _cluster_params(c) or old.model.tls != c.tls:
+                    handle.set_params(*_cluster_params(c), tls=tls)
                 if old is None or hosts != old.hosts:
                     handle.set_hosts(_host_set(hosts))
                 if old is None:
@@ -409,7 +430,9 @@ class ConfigInstaller:
             # are the same objects (and the model is equal), the built one is kept. An RDS
             # listener's routes come from its provider (a new table there changes nothing
             # here); inline routes from the clusters they name.
-            if hcm is None:
+            if l.selects_chain:
+                refs = self._chains_refs(l)
+            elif hcm is None:
                 refs = {"cluster": self._cluster_ref(l.handler.cluster)}
             elif hcm.rds is not None:
                 refs = {"rds": providers[listener_rds[l.name]].provider}
@@ -420,28 +443,15 @@ class ConfigInstaller:
                 builds[l.name] = old_build
                 handles.append(old_build.handle)
                 continue
-            factories = tuple(l.filters)
-            http = None
-            if hcm is not None:
-                if hcm.rds is not None:
-                    provider = providers[listener_rds[l.name]].provider
-                else:
-                    provider = _core.make_route_provider(
-                        self._engine, self._route_table(route_config, hcm.http_filters)[0])
-                http = _core.make_http_cfg(
-                    hcm, self._stat_block("http", f"http.{hcm.stat_prefix}"), provider, self.concurrency,
-                    self._stat_block("http1", "http1"),     # Envoy's server-wide codec stats
-                    self._async)
-            handles.append(self._engine.make_listener(
-                l.name, sock, self._cluster_ref(l.handler.cluster) if http is None else None,
-                self._stat_block("listener", f"listener.{ip}_{port}"),
-                self._stat_block("tcp", f"tcp.{l.effective_stat_prefix}"),
-                l.idle_timeout, l.max_connect_attempts, l.max_connections, l.buffer_limit,
-                factories,
-                not any(_reads_bytes(f, "on_data") for f in factories),
-                not any(_reads_bytes(f, "on_write") for f in factories), http,
-                None if http is None else
-                self._stat_block("listener_http", f"listener.{ip}_{port}.http.{hcm.stat_prefix}")))
+            if l.selects_chain:
+                handles.append(self._chain_listener(l, sock))
+            else:
+                provider = None
+                if hcm is not None:
+                    provider = (providers[listener_rds[l.name]].provider if hcm.rds is not None
+                                else _core.make_route_provider(
+                                    self._engine, self._route_table(route_config, hcm.http_filters)[0]))
+                handles.append(self._chain_cfg(l, l.chains[0], sock, provider))
             builds[l.name] = _ListenerBuild(l, sock, refs, handles[-1])
         # Clusters first (one revived here is alive before a table naming it), then the
         # tables, then the snapshot: each worker's queue runs them in this order.
@@ -457,6 +467,68 @@ class ConfigInstaller:
         self._listener_builds = builds
         self._warming = warming
         self._forget_unreferenced_clusters()
+        # The contexts in force (owner: the cluster's or listener's name) go on rotating.
+        self._secret_store.keep([(c.name, False, c.tls) for c in b.clusters if c.tls is not None] +
+                                [(l.name, True, ctx) for l in b.listeners for ctx, _ in listener_contexts(l, "")])
+
+    def _chains_refs(self, l: Listener) -> dict:
+        """The core objects the chains of a listener with filter chains are built from
+        (see _ListenerBuild): the clusters each chain's tcp_proxy or inline routes name."""
+        refs: dict = {}
+        for chain, j in l.all_chains():
+            hcm = chain.http_connection_manager
+            if hcm is None:
+                refs[(j, "cluster")] = self._cluster_ref(chain.handler.cluster)
+            else:
+                refs.update({(j, "cluster", name): self._cluster_ref(name)
+                             for name in _route_cluster_names(hcm.route_config)})
+        return refs
+
+    def _chain_cfg(self, l: Listener, chain, sock, provider):
+        """One filter chain's ListenerCfg on ``sock`` (for a connection manager, with the
+        RouteProvider ``provider``): a listener's only one, or one of a parent's."""
+        ip, port = sock.address
+        hcm = chain.http_connection_manager
+        factories = tuple(chain.filters)
+        http = None
+        if hcm is not None:
+            http = _core.make_http_cfg(
+                hcm, self._stat_block("http", f"http.{hcm.stat_prefix}"), provider, self.concurrency,
+                self._stat_block("http1", "http1"),     # Envoy's server-wide codec stats
+                self._async)
+        tls = {}
+        if chain.tls is not None:       # (the keywords exist with TLS in the core)
+            tls = dict(tls=self._tls_context(chain.tls, True, f"listener.{ip}_{port}.ssl", l.name),
+                       transport_socket_connect_timeout=chain.transport_socket_connect_timeout)
+        return self._engine.make_listener(
+            l.name, sock, self._cluster_ref(chain.handler.cluster) if http is None else None,
+            self._stat_block("listener", f"listener.{ip}_{port}"),
+            self._stat_block("tcp", f"tcp.{chain.stat_prefix or chain.effective_stat_prefix}"),
+            chain.idle_timeout, chain.max_connect_attempts, l.max_connections, l.buffer_limit,
+            factories,
+            not any(_reads_bytes(f, "on_data") for f in factories),
+            not any(_reads_bytes(f, "on_write") for f in factories), http,
+            None if http is None else
+            self._stat_block("listener_http", f"listener.{ip}_{port}.http.{hcm.stat_prefix}"), **tls)
+
+    def _chain_listener(self, l: Listener, sock):
+        """A listener whose connections pick their filter chain (core/listener_filters.pxi):
+        each chain's ListenerCfg, then the parent that chooses among them."""
+        ip, port = sock.address
+
+        def build(chain):
+            hcm = chain.http_connection_manager
+            provider = None if hcm is None else _core.make_route_provider(
+                self._engine, self._route_table(hcm.route_config, hcm.http_filters)[0])
+            return self._chain_cfg(l, chain, sock, provider)
+
+        chains = [build(chain) for chain in l.chains]
+        default = build(l.default_filter_chain) if l.default_filter_chain is not None else None
+        table = _core.make_chain_table([_match_spec(chain.match) for chain in l.chains])
+        return self._engine.make_chain_listener(
+            l.name, sock, self._stat_block("listener", f"listener.{ip}_{port}"), chains, table, default,
+            l.tls_inspector, l.listener_filters_timeout, l.continue_on_listener_filters_timeout,
+            self._stat_block("tls_inspector", "tls_inspector") if l.tls_inspector else None)
 
     def _retire_listeners(self, builds: dict[str, "_ListenerBuild"]) -> None:
         """Before the apply that installs ``builds``: the versions it replaces or removes

@@ -15,6 +15,7 @@ from typing import Any, Callable, ClassVar, Optional, Sequence, Union
 from . import validation as rules
 from .errors import ConfigError
 from .http.model import AccessLog, HttpConnectionManager, validate_http
+from .model_tls import UpstreamTlsContext, check_static_secrets
 
 LB_POLICIES = ("ROUND_ROBIN", "RANDOM")
 CLUSTER_TYPES = ("STATIC", "STRICT_DNS", "EDS")
@@ -128,6 +129,9 @@ class Cluster:
     # eds_config. Until it arrives the cluster has no endpoints (fastproxy.xds fills them).
     eds_service_name: str = ""
     eds_config: Optional["ConfigSource"] = None
+    # TLS to the upstreams (Envoy's transport_socket envoy.transport_sockets.tls with an
+    # UpstreamTlsContext; fastproxy.model_tls). None: plain TCP.
+    tls: Optional[Any] = None
 
     @property
     def eds_name(self) -> str:
@@ -165,6 +169,10 @@ class Cluster:
                 raise ConfigError(f"{path}.{name}", f"must be an integer 0..4294967295, got {value!r}")
         if not isinstance(self.track_remaining, bool):
             raise ConfigError(path + ".track_remaining", f"must be a bool, got {self.track_remaining!r}")
+        if self.tls is not None:
+            if not isinstance(self.tls, UpstreamTlsContext):
+                raise ConfigError(path + ".tls", f"expected fastproxy.model_tls.UpstreamTlsContext or None, "
+                                                 f"got {type(self.tls).__name__}")
         for i, ep in enumerate(self.endpoints):
             if not isinstance(ep, Endpoint):
                 raise ConfigError(f"{path}.endpoints[{i}]", f"expected Endpoint, got {type(ep).__name__}")
@@ -197,6 +205,174 @@ def _deprecated(what: str, instead: str) -> None:
     warnings.warn(f"{what} is deprecated; use {instead}", DeprecationWarning, stacklevel=3)
 
 
+#: FilterChainMatch.source_type values (Envoy's ConnectionSourceType).
+SOURCE_TYPES = ("ANY", "SAME_IP_OR_LOOPBACK", "EXTERNAL")
+#: What a listener filter detects as FilterChainMatch.transport_protocol (tls_inspector:
+#: "tls"; a connection it did not find TLS in, or with no such filter: "raw_buffer").
+TRANSPORT_PROTOCOLS = ("", "raw_buffer", "tls")
+
+
+def _cidr(value, path: str) -> str:
+    """A CIDR range as Envoy's CidrRange takes it ("10.0.0.0/8", or an address alone: all
+    its bits); returned as ip_network's text with the host bits cleared."""
+    if not isinstance(value, str):
+        raise ConfigError(path, f"expected a CIDR range string like '10.0.0.0/8', got {value!r}")
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        raise ConfigError(path, f"malformed CIDR range {value!r}") from None
+
+
+def _string_tuple(value, path: str) -> tuple:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise ConfigError(path, f"expected a list of strings, got {value!r}")
+    for i, v in enumerate(value):
+        if not isinstance(v, str) or not v:
+            raise ConfigError(f"{path}[{i}]", f"expected a non-empty string, got {v!r}")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class FilterChainMatch:
+    """Which connections a filter chain takes (Envoy's FilterChainMatch). Empty criteria
+    match anything; among the chains a connection meets, the most specific wins, level by
+    level in Envoy's order: destination_port, prefix_ranges (destination IP, the longest
+    prefix), server_names (exact, then the longest "*.suffix" wildcard), transport_protocol
+    ("raw_buffer" or "tls", what the tls_inspector found), application_protocols (ALPN),
+    source_type ("ANY", "SAME_IP_OR_LOOPBACK", "EXTERNAL"), source_prefix_ranges,
+    source_ports. server_names, transport_protocol "tls" and application_protocols need
+    the listener's tls_inspector."""
+
+    destination_port: Optional[int] = None
+    prefix_ranges: Sequence[str] = ()
+    server_names: Sequence[str] = ()
+    transport_protocol: str = ""
+    application_protocols: Sequence[str] = ()
+    source_type: str = "ANY"
+    source_prefix_ranges: Sequence[str] = ()
+    source_ports: Sequence[int] = ()
+
+    def __post_init__(self):
+        # Lists are kept as tuples: the match is hashable and compares by value.
+        for name in ("prefix_ranges", "server_names", "application_protocols",
+                     "source_prefix_ranges", "source_ports"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+
+    def validate(self, path: str) -> None:
+        """Check the fields; ``path`` names this match in errors."""
+        if self.destination_port is not None:
+            rules.port(path + ".destination_port", self.destination_port, allow_zero=False)
+        for name in ("prefix_ranges", "source_prefix_ranges"):
+            for i, r in enumerate(_string_tuple(getattr(self, name), f"{path}.{name}")):
+                _cidr(r, f"{path}.{name}[{i}]")
+        for i, n in enumerate(_string_tuple(self.server_names, path + ".server_names")):
+            # Envoy: "partial wildcards are not supported in \"server_names\""
+            if "*" in n and not (n.startswith("*.") and "*" not in n[1:]):
+                raise ConfigError(f"{path}.server_names[{i}]",
+                                  f"partial wildcards are not supported in server_names: {n!r} "
+                                  "(a wildcard is '*.' followed by a domain)")
+        if self.transport_protocol not in TRANSPORT_PROTOCOLS:
+            raise ConfigError(path + ".transport_protocol",
+                              f"must be 'raw_buffer' or 'tls' (what the tls_inspector detects), "
+                              f"got {self.transport_protocol!r}")
+        for i, p in enumerate(_string_tuple(self.application_protocols, path + ".application_protocols")):
+            if len(p.encode()) > 255:
+                raise ConfigError(f"{path}.application_protocols[{i}]", "an ALPN name is at most 255 bytes")
+        if self.source_type not in SOURCE_TYPES:
+            raise ConfigError(path + ".source_type", f"must be one of {', '.join(SOURCE_TYPES)}, "
+                                                     f"got {self.source_type!r}")
+        if isinstance(self.source_ports, (str, bytes)) or not isinstance(self.source_ports, (list, tuple)):
+            raise ConfigError(path + ".source_ports", f"expected a list of ports, got {self.source_ports!r}")
+        for i, p in enumerate(self.source_ports):
+            rules.port(f"{path}.source_ports[{i}]", p, allow_zero=False)
+
+    def leaves(self) -> list:
+        """Every combination of one value per criterion (None: any) this match claims:
+        two chains of a listener must not share one (Envoy's "multiple filter chains with
+        the same matching rules are defined")."""
+        import itertools
+        # No ranges is Envoy's catch-all: 0.0.0.0/0 and ::/0, the same as given explicitly.
+        anywhere = ("0.0.0.0/0", "::/0")
+        return list(itertools.product(
+            (self.destination_port or 0,),
+            tuple(_cidr(r, "") for r in self.prefix_ranges) or anywhere,
+            tuple(n.lower() for n in self.server_names) or (None,),
+            (self.transport_protocol,),
+            tuple(self.application_protocols) or (None,),
+            (self.source_type,),
+            tuple(_cidr(r, "") for r in self.source_prefix_ranges) or anywhere,
+            tuple(self.source_ports) or (None,)))
+
+    def needs_inspector(self) -> bool:
+        """Whether only a tls_inspector gives what this match asks of a connection."""
+        return bool(self.server_names or self.application_protocols or self.transport_protocol == "tls")
+
+
+@dataclass(frozen=True)
+class FilterChain:
+    """One of a listener's filter chains (Envoy's FilterChain): the handler its
+    connections get (a TcpProxy or an HttpConnectionManager), the network filter
+    factories before it (TCP proxy only), the connections it takes (``match``), and a
+    DownstreamTlsContext (``tls``: fastproxy.model_tls) when its connections are TLS.
+    ``stat_prefix``, ``idle_timeout`` and ``max_connect_attempts`` are its tcp_proxy's
+    (for a connection manager: its stat prefix and idle timeout)."""
+
+    handler: Handler
+    filters: Sequence[FilterFactory] = field(default=(), kw_only=True)
+    match: FilterChainMatch = field(default_factory=FilterChainMatch, kw_only=True)
+    tls: Any = field(default=None, kw_only=True)
+    name: str = field(default="", kw_only=True)
+    transport_socket_connect_timeout: Optional[float] = field(default=None, kw_only=True)
+    stat_prefix: str = field(default="", kw_only=True)
+    idle_timeout: Optional[float] = field(default=3600.0, kw_only=True)
+    max_connect_attempts: int = field(default=1, kw_only=True)
+
+    def __post_init__(self):
+        if isinstance(self.filters, list):
+            object.__setattr__(self, "filters", tuple(self.filters))
+
+    @property
+    def http_connection_manager(self) -> Optional[HttpConnectionManager]:
+        """The handler if this chain speaks HTTP, else None."""
+        return self.handler if isinstance(self.handler, HttpConnectionManager) else None
+
+    @property
+    def effective_stat_prefix(self) -> str:
+        """The stat prefix of its tcp_proxy (or connection manager)."""
+        if isinstance(self.handler, HttpConnectionManager):
+            return self.handler.stat_prefix
+        return self.stat_prefix
+
+    def validate(self, path: str) -> None:
+        """Check the fields (not the handler's cluster references: Bootstrap.validate)."""
+        if not isinstance(self.handler, (TcpProxy, HttpConnectionManager)):
+            raise ConfigError(path + ".handler", f"must be a TcpProxy or an HttpConnectionManager, "
+                                                 f"got {type(self.handler).__name__}")
+        if isinstance(self.handler, TcpProxy):
+            self.handler.validate(path + ".handler")
+        elif self.filters:
+            raise ConfigError(path + ".filters", "network filters before http_connection_manager are "
+                                                 "not supported yet")
+        if not isinstance(self.match, FilterChainMatch):
+            raise ConfigError(path + ".match", f"expected FilterChainMatch, got {type(self.match).__name__}")
+        self.match.validate(path + ".match")
+        if self.tls is not None and type(self.tls).__name__ != "DownstreamTlsContext":
+            raise ConfigError(path + ".tls", f"expected a model_tls.DownstreamTlsContext, "
+                                             f"got {type(self.tls).__name__}")
+        if not isinstance(self.name, str):
+            raise ConfigError(path + ".name", f"must be a string, got {self.name!r}")
+        rules.timeout(path + ".transport_socket_connect_timeout", self.transport_socket_connect_timeout)
+        rules.timeout(path + ".idle_timeout", self.idle_timeout)
+        if isinstance(self.max_connect_attempts, bool) or not isinstance(self.max_connect_attempts, int) \
+                or self.max_connect_attempts < 1:
+            raise ConfigError(path + ".max_connect_attempts", "must be an integer >= 1")
+        for i, f in enumerate(self.filters):
+            if not callable(f):
+                raise ConfigError(f"{path}.filters[{i}]", f"a filter must be a NetworkFilter class or factory, got {f!r}")
+
+
 #: Envoy's Listener.DrainType values.
 LISTENER_DRAIN_TYPES = ("DEFAULT", "MODIFY_ONLY")
 
@@ -215,7 +391,17 @@ class Listener:
     "MODIFY_ONLY"; both drain when an update changes or removes the listener (and on a hot
     restart); they differ only for Envoy's /healthcheck/fail, which DEFAULT listeners also
     drain on and which fastproxy does not have. ``cluster=`` and ``http=`` are the
-    deprecated spellings of ``handler``.
+    deprecated spellings of ``handler``. ``tls`` (a model_tls.DownstreamTlsContext) makes
+    its connections TLS.
+
+    Several filter chains instead of one handler: ``filter_chains`` (FilterChain, each
+    with its FilterChainMatch) and/or ``default_filter_chain`` (for the connections no
+    chain matches; without one they are closed, counted in no_filter_chain_match).
+    ``tls_inspector`` (Envoy's listener filter envoy.filters.listener.tls_inspector)
+    peeks at each connection's first bytes for a TLS ClientHello, its SNI and ALPN,
+    waiting at most ``listener_filters_timeout`` seconds (None: no limit), after which
+    the connection is closed, or with ``continue_on_listener_filters_timeout`` matched
+    as not TLS.
     """
 
     name: str
@@ -230,16 +416,35 @@ class Listener:
     max_connections: Optional[int] = None
     buffer_limit: int = 1 << 20
     drain_type: str = "DEFAULT"
+    filter_chains: Sequence[FilterChain] = ()
+    default_filter_chain: Optional[FilterChain] = None
+    tls_inspector: bool = False
+    listener_filters_timeout: Optional[float] = 15.0
+    continue_on_listener_filters_timeout: bool = False
+    tls: Any = None
 
     def __init__(self, name: str, handler: Optional[Handler] = None, *, address: str = "127.0.0.1",
                  port: int = 0, stat_prefix: str = "", idle_timeout: Optional[float] = 3600.0,
                  max_connect_attempts: int = 1, filters: Sequence[FilterFactory] = (), backlog: int = 1024,
                  max_connections: Optional[int] = None, buffer_limit: int = 1 << 20,
                  drain_type: str = "DEFAULT",
+                 filter_chains: Sequence[FilterChain] = (), default_filter_chain: Optional[FilterChain] = None,
+                 tls_inspector: bool = False, listener_filters_timeout: Optional[float] = 15.0,
+                 continue_on_listener_filters_timeout: bool = False, tls: Any = None,
                  cluster: Optional[str] = None, http: Optional[HttpConnectionManager] = None) -> None:
         # Which argument named the handler: errors name it as the caller wrote it.
         self._handler_arg = "handler"
-        if handler is not None:
+        self.filter_chains = tuple(filter_chains) if isinstance(filter_chains, list) else filter_chains
+        self.default_filter_chain = default_filter_chain
+        self.tls_inspector = tls_inspector
+        self.listener_filters_timeout = listener_filters_timeout
+        self.continue_on_listener_filters_timeout = continue_on_listener_filters_timeout
+        self.tls = tls
+        if filter_chains or default_filter_chain is not None:
+            if handler is not None or cluster is not None or http is not None or tls is not None or filters:
+                raise TypeError(f"Listener({name!r}): with filter_chains or default_filter_chain, the "
+                                "handler, network filters and tls go in each FilterChain")
+        elif handler is not None:
             if cluster is not None or http is not None:
                 old = "cluster=" if cluster is not None else "http="
                 raise TypeError(f"Listener({name!r}): give the handler once: handler= and {old} "
@@ -260,7 +465,7 @@ class Listener:
             handler, self._handler_arg = TcpProxy(cluster), "cluster"
         else:
             raise TypeError(f"Listener({name!r}) needs a handler: handler=TcpProxy(cluster) or "
-                            "handler=HttpConnectionManager(...)")
+                            "handler=HttpConnectionManager(...), or filter_chains")
         self.name = name
         self.handler = handler
         self.address = address
@@ -296,6 +501,30 @@ class Listener:
         """The handler if this listener speaks HTTP, else None."""
         return self.handler if isinstance(self.handler, HttpConnectionManager) else None
 
+    @property
+    def chains(self) -> tuple:
+        """Its filter chains: ``filter_chains``, or the one chain its handler, filters and
+        tls make (not the default_filter_chain)."""
+        if self.filter_chains or self.default_filter_chain is not None:
+            return tuple(self.filter_chains)
+        return (FilterChain(self.handler, filters=tuple(self.filters), tls=self.tls,
+                            stat_prefix=self.stat_prefix or self.name, idle_timeout=self.idle_timeout,
+                            max_connect_attempts=self.max_connect_attempts),)
+
+    @property
+    def selects_chain(self) -> bool:
+        """Whether a connection's chain is chosen per connection (several chains, a
+        match, a default chain or a listener filter), not one handler for all."""
+        return bool(self.filter_chains) or self.default_filter_chain is not None or bool(self.tls_inspector)
+
+    def chain_path(self, path: str, j: int) -> str:
+        """The error path of chain j of chains (the default chain: j == -1)."""
+        if j < 0:
+            return path + ".default_filter_chain"
+        if self.filter_chains:
+            return f"{path}.filter_chains[{j}]"
+        return path
+
     def handler_path(self, path: str) -> str:
         """The error path of the handler, named as the caller spelled it: ``<path>.handler``,
         or ``<path>.cluster`` / ``<path>.http`` for the deprecated arguments."""
@@ -313,6 +542,7 @@ class Listener:
         rules.port(path + ".port", self.port, allow_zero=True)
         if isinstance(self.handler, TcpProxy):
             self.handler.validate(self.handler_path(path))
+        self._validate_chains(path)
         rules.timeout(path + ".idle_timeout", self.idle_timeout)
         if isinstance(self.max_connect_attempts, bool) or not isinstance(self.max_connect_attempts, int) or self.max_connect_attempts < 1:
             raise ConfigError(path + ".max_connect_attempts", "must be an integer >= 1")
@@ -333,6 +563,57 @@ class Listener:
     def effective_stat_prefix(self) -> str:
         """The TCP proxy's stat prefix: ``stat_prefix``, or the listener's name."""
         return self.stat_prefix or self.name
+
+    def _validate_chains(self, path: str) -> None:
+        if self.tls is not None and type(self.tls).__name__ != "DownstreamTlsContext":
+            raise ConfigError(path + ".tls", f"expected a model_tls.DownstreamTlsContext, "
+                                             f"got {type(self.tls).__name__}")
+        if not isinstance(self.tls_inspector, bool):
+            raise ConfigError(path + ".tls_inspector", f"must be a bool, got {self.tls_inspector!r}")
+        if not isinstance(self.continue_on_listener_filters_timeout, bool):
+            raise ConfigError(path + ".continue_on_listener_filters_timeout",
+                              f"must be a bool, got {self.continue_on_listener_filters_timeout!r}")
+        rules.timeout(path + ".listener_filters_timeout", self.listener_filters_timeout)
+        if not isinstance(self.filter_chains, (list, tuple)):
+            raise ConfigError(path + ".filter_chains", f"expected a list of FilterChain, "
+                                                       f"got {type(self.filter_chains).__name__}")
+        claimed: dict = {}
+        for j, chain in enumerate(self.filter_chains):
+            cpath = f"{path}.filter_chains[{j}]"
+            if not isinstance(chain, FilterChain):
+                raise ConfigError(cpath, f"expected FilterChain, got {type(chain).__name__}")
+            chain.validate(cpath)
+            for leaf in chain.match.leaves():
+                if leaf in claimed:
+                    # Envoy's words (and its check: any combination two chains both claim)
+                    other = self.filter_chains[claimed[leaf]]
+                    if other.match == chain.match:
+                        raise ConfigError(cpath + ".filter_chain_match",
+                                          f"filter chain {chain.name!r} has the same matching rules defined "
+                                          f"as {other.name!r} (filter_chains[{claimed[leaf]}])")
+                    raise ConfigError(cpath + ".filter_chain_match",
+                                      f"multiple filter chains with overlapping matching rules are defined "
+                                      f"(filter_chains[{claimed[leaf]}] matches some of the same connections)")
+                claimed[leaf] = j
+        if self.default_filter_chain is not None:
+            if not isinstance(self.default_filter_chain, FilterChain):
+                raise ConfigError(path + ".default_filter_chain",
+                                  f"expected FilterChain, got {type(self.default_filter_chain).__name__}")
+            self.default_filter_chain.validate(path + ".default_filter_chain")
+        if self.selects_chain:
+            for chain, j in self.all_chains():
+                hcm = chain.http_connection_manager
+                if hcm is not None and hcm.rds is not None:
+                    raise ConfigError(self.chain_path(path, j) + ".handler.rds",
+                                      "rds in a listener with filter chains chosen per connection is not "
+                                      "supported yet: give the route_config inline")
+
+    def all_chains(self) -> list:
+        """(chain, index) for each chain and the default one (index -1)."""
+        out = list(zip(self.chains, range(len(self.chains))))
+        if self.default_filter_chain is not None:
+            out.append((self.default_filter_chain, -1))
+        return out
 
 
 @dataclass
@@ -423,6 +704,9 @@ class Bootstrap:
     max_downstream_connections: Optional[int] = None
     # Listeners and clusters discovered at run time, beside the static ones (fastproxy.xds).
     dynamic_resources: Optional[DynamicResources] = None
+    # TLS secrets (fastproxy.model_tls.Secret) that contexts name by SdsSecretConfig
+    # without an sds_config (Envoy's static_resources.secrets).
+    secrets: list = field(default_factory=list)
     # The repr of the last configuration the loader validated (see mark_valid, validate_once).
     _last_valid: ClassVar[str] = ""
 
@@ -454,6 +738,9 @@ class Bootstrap:
             if c.name in names:
                 raise ConfigError(f"{prefix}clusters[{i}].name", f"duplicate cluster name {c.name!r}")
             names.add(c.name)
+        if self.secrets or any(c.tls is not None for c in self.clusters) or \
+                any(getattr(l, "tls", None) is not None or getattr(l, "filter_chains", None) for l in self.listeners):
+            check_static_secrets(self.secrets, self.listeners, self.clusters, prefix)
         lnames = set()
         addrs = set()
         for i, l in enumerate(self.listeners):
@@ -465,20 +752,22 @@ class Bootstrap:
             if l.port and (l.address, l.port) in addrs:
                 raise ConfigError(f"{prefix}listeners[{i}].address", f"address {l.address}:{l.port} used by two listeners")
             addrs.add((l.address, l.port))
-            handler = l.handler
             if id(l) in trusted:
                 # Checked when it came, its routes' clusters too. A cluster removed since
                 # (CDS) is no reason to refuse the update, as in Envoy: its requests get 503
                 # (flag NC), its TCP connections are closed (no_route).
                 continue
-            if not isinstance(handler, TcpProxy):      # validate_http names any other type
-                validate_http(handler, l.handler_path(f"{prefix}listeners[{i}]"), names)
-                if handler.rds is not None and not isinstance(handler.rds.config_source, ConfigSource):
-                    raise ConfigError(l.handler_path(f"{prefix}listeners[{i}]") + ".rds.config_source",
-                                      f"expected ConfigSource, got {type(handler.rds.config_source).__name__}")
-            elif handler.cluster not in names:
-                raise ConfigError(l.handler_path(f"{prefix}listeners[{i}]") + ".cluster",
-                                  f"unknown cluster {handler.cluster!r}")
+            for chain, j in l.all_chains():
+                handler = chain.handler
+                hpath = (l.handler_path(f"{prefix}listeners[{i}]") if l.handler is not None
+                         else l.chain_path(f"{prefix}listeners[{i}]", j) + ".handler")
+                if not isinstance(handler, TcpProxy):      # validate_http names any other type
+                    validate_http(handler, hpath, names)
+                    if handler.rds is not None and not isinstance(handler.rds.config_source, ConfigSource):
+                        raise ConfigError(hpath + ".rds.config_source",
+                                          f"expected ConfigSource, got {type(handler.rds.config_source).__name__}")
+                elif handler.cluster not in names:
+                    raise ConfigError(hpath + ".cluster", f"unknown cluster {handler.cluster!r}")
 
     def mark_valid(self) -> None:
         """Remember this configuration, field by field, as validated (the loader calls it,

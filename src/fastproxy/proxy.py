@@ -128,7 +128,8 @@ class Proxy(ConfigInstaller):
                  node: Optional[Node] = None, max_downstream_connections: Optional[int] = None,
                  loop: Optional[asyncio.AbstractEventLoop] = None,
                  dynamic_resources: Optional[DynamicResources] = None,
-                 drain_time_s: float = DEFAULT_DRAIN_TIME_S, drain_strategy: str = "gradual"):
+                 drain_time_s: float = DEFAULT_DRAIN_TIME_S, drain_strategy: str = "gradual",
+                 secrets: Iterable[Any] = ()):
         if isinstance(drain_time_s, bool) or not isinstance(drain_time_s, (int, float)) \
                 or not 0 <= drain_time_s < float("inf"):
             raise ConfigError("drain_time_s", f"must be a number of seconds >= 0, got {drain_time_s!r}")
@@ -140,9 +141,10 @@ class Proxy(ConfigInstaller):
         if dynamic_resources is not None and not isinstance(dynamic_resources, DynamicResources):
             raise TypeError("Proxy(dynamic_resources=...) takes a fastproxy.model.DynamicResources, "
                             f"got {type(dynamic_resources).__name__}")
+        from .model_tls import Secret
         bootstrap = Bootstrap(_as_list(listeners, "listeners", Listener), _as_list(clusters, "clusters", Cluster),
                               admin, node if node is not None else Node(), max_downstream_connections,
-                              dynamic_resources)
+                              dynamic_resources, _as_list(secrets, "secrets", Secret))
         bootstrap.validate_once()       # (what load_envoy validated is not validated again)
         from .xds.resources import check_node
         check_node(bootstrap.node, dynamic_resources, bootstrap.listeners, bootstrap.clusters)
@@ -156,6 +158,10 @@ class Proxy(ConfigInstaller):
             self._engine.set_global_max_connections(bootstrap.max_downstream_connections)
         self._lock = threading.RLock()
         self._stats: dict[tuple[str, str], Any] = {}
+        # TLS secrets and the core contexts built from them (rotation: fastproxy.sds).
+        from .sds import SecretStore
+        self._secret_store = SecretStore(self._engine, self._lock, self._stat_block)
+        self._secret_store.static = {s.name: s for s in bootstrap.secrets}
         self._socks: dict[str, tuple[tuple[str, int], Any]] = {}   # listener name -> (requested, sock)
         self._clusters: dict[str, _ClusterState] = {}                # configured ones
         # Handles of names referenced (by a listener or route table) with no cluster
@@ -237,7 +243,7 @@ class Proxy(ConfigInstaller):
         return cls(bootstrap.listeners, bootstrap.clusters, concurrency=concurrency, admin=bootstrap.admin,
                    node=bootstrap.node, max_downstream_connections=bootstrap.max_downstream_connections,
                    dynamic_resources=bootstrap.dynamic_resources, drain_time_s=drain_time_s,
-                   drain_strategy=drain_strategy)
+                   drain_strategy=drain_strategy, secrets=bootstrap.secrets)
 
     @classmethod
     def from_envoy(cls, source: Any, *, concurrency: Optional[int] = None,
@@ -320,6 +326,7 @@ class Proxy(ConfigInstaller):
         xds, self._xds = self._xds, None
         if xds is not None:
             xds.stop()
+        self._secret_store.stop()       # (its watcher takes the lock for a reload)
         with self._lock:
             for fds in self._adopt.values():    # taken over for a listener never bound
                 for fd in fds:
@@ -403,7 +410,8 @@ class Proxy(ConfigInstaller):
 
     def update(self, listeners: Optional[Iterable[Listener]] = None,
                clusters: Optional[Iterable[Cluster]] = None,
-               routes: Optional[Iterable[RouteConfiguration]] = None, *, _validated: bool = False) -> None:
+               routes: Optional[Iterable[RouteConfiguration]] = None, *,
+               secrets: Optional[Iterable[Any]] = None, _validated: bool = False) -> None:
         """Replace the listeners, clusters and/or route configurations. New connections use
         the new config as soon as this returns. A listener that is equal and built from the
         same clusters and route providers keeps its connections as they are; the connections
@@ -417,19 +425,31 @@ class Proxy(ConfigInstaller):
         route may name a cluster that does not exist: its requests are answered 503 (flag
         NC). A listener whose route configuration is not there is warming
         (warming_listeners()): a new one is not bound, a changed one goes on serving its
-        previous version."""
+        previous version.
+
+        ``secrets``: the static TLS secrets (fastproxy.model_tls.Secret) that contexts name
+        by SdsSecretConfig without sds_config; they replace the set given before (None:
+        keep it). A changed secret reaches the contexts using it in place: new handshakes
+        take the new certificate or CA, open connections keep theirs, nothing drains."""
         with self._lock:
             if self._state in ("draining", "stopped"):
                 raise RuntimeError("proxy is stopped")
+            from .model_tls import Secret
             new_routes = self._routes if routes is None else self._route_map(routes, not _validated)
             b = Bootstrap(_as_list(listeners, "listeners", Listener) if listeners is not None
                           else list(self._bootstrap.listeners),
                           _as_list(clusters, "clusters", Cluster) if clusters is not None
                           else list(self._bootstrap.clusters),
                           self._bootstrap.admin, self._bootstrap.node, self._bootstrap.max_downstream_connections,
-                          self._bootstrap.dynamic_resources)
-            if not _validated:          # (the xDS layer validated these lists itself)
+                          self._bootstrap.dynamic_resources,
+                          _as_list(secrets, "secrets", Secret) if secrets is not None
+                          else list(self._bootstrap.secrets))
+            if not _validated or secrets is not None:      # (the xDS layer validated its lists itself)
                 b.validate()
+            if secrets is not None:
+                # The contexts in force that use a changed secret are updated first (all
+                # or nothing): those the install below builds take the new ones.
+                self._secret_store.set_static(b.secrets)
             if self._state == "running":
                 if listeners is None and clusters is None and not any(
                         self._rds_name(l) in new_routes for l in b.listeners if l.name in self._warming):
@@ -565,9 +585,11 @@ class Proxy(ConfigInstaller):
             # (Envoy's DynamicListener has a draining_state; a StaticListener has none.)
             draining = [(d.model, d.state) for d in self._still_draining()
                         if d.state is not None and d.state.dynamic]
+            store = self._secret_store
             full = dump.build(self._initial_bootstrap, self._created, node, list(b.listeners),
                               list(b.clusters), states["listener"], states["cluster"], states["route"],
-                              dict(self._discovery_versions), dict(self._routes), endpoints, draining)
+                              dict(self._discovery_versions), dict(self._routes), endpoints, draining,
+                              list(b.secrets), store.dynamic_secrets())
         return dump.apply_query(full, resource, mask)
 
     # ---- hot restart (fastproxy.hot_restart drives these) ----
@@ -668,13 +690,15 @@ class Proxy(ConfigInstaller):
         xds = self._xds
         if xds is not None:     # listener_manager.lds.*, cluster_manager.cds.*
             out.update(xds.read_stats())
+        out.update(self._secret_store.read_stats())     # sds.<secret>.*
         # native HTTP filters' stats (http_local_rate_limit.<prefix>.*) this config uses
         names = set()
         for l in self._bootstrap.listeners:
-            hcm = l.http_connection_manager
-            if hcm is not None:
-                names.update(native_filter_stat_blocks(
-                    hcm, self._routes.get(hcm.rds.route_config_name) if hcm.rds is not None else None))
+            for chain, _ in l.all_chains():
+                hcm = chain.http_connection_manager
+                if hcm is not None:
+                    names.update(native_filter_stat_blocks(
+                        hcm, self._routes.get(hcm.rds.route_config_name) if hcm.rds is not None else None))
         if names:
             out.update(_core.native_filter_stats(names))
         return out

@@ -35,6 +35,27 @@ def _xx(prefix: str, first: str) -> tuple:
     return tuple(out)
 
 
+# The cipher suites and groups an SSL block has a row for (Envoy prints OpenSSL's names for
+# TLS <= 1.2 suites and the IANA names for TLS 1.3 ones, as SSL_CIPHER_get_name does; the
+# groups as Envoy names them). The IANA id of each suite is what the core maps from.
+SSL_CIPHERS = (
+    "TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256",
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+    "ECDHE-ECDSA-AES128-SHA", "ECDHE-RSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA", "ECDHE-RSA-AES256-SHA",
+    "AES128-GCM-SHA256", "AES256-GCM-SHA384", "AES128-SHA", "AES256-SHA",
+    "DHE-RSA-AES128-GCM-SHA256", "DHE-RSA-AES256-GCM-SHA384", "DHE-RSA-CHACHA20-POLY1305",
+)
+SSL_CIPHER_IDS = (
+    0x1301, 0x1302, 0x1303,
+    0xC02B, 0xC02F, 0xC02C, 0xC030, 0xCCA9, 0xCCA8,
+    0xC009, 0xC013, 0xC00A, 0xC014,
+    0x009C, 0x009D, 0x002F, 0x0035,
+    0x009E, 0x009F, 0xCCAA,
+)
+SSL_CURVES = ("X25519", "P-256", "P-384", "P-521", "X448")
+
 BLOCKS = (
     StatBlockDef("LISTENER", "L_NSTATS", "listener.<address>_<port>.*", (
         ("L_CX_TOTAL", "downstream_cx_total", COUNTER),
@@ -43,6 +64,21 @@ BLOCKS = (
         ("L_ACCEPT_FAIL", "downstream_cx_accept_fail", COUNTER),
         ("L_CX_DESTROY", "downstream_cx_destroy", COUNTER),
         ("L_GLOBAL_CX_OVERFLOW", "downstream_global_cx_overflow", COUNTER),
+        # filter chains (core/listener_filters.pxi): no chain matched and no default one;
+        # connections in their listener filter, and those its timeout ended
+        ("L_NO_FILTER_CHAIN_MATCH", "no_filter_chain_match", COUNTER),
+        ("L_PRE_CX_ACTIVE", "downstream_pre_cx_active", GAUGE),
+        ("L_PRE_CX_TIMEOUT", "downstream_pre_cx_timeout", COUNTER),
+    )),
+    # server-wide, as Envoy's listener filter scope has it
+    StatBlockDef("TLS_INSPECTOR", "TI_NSTATS", "tls_inspector.*", (
+        ("TI_CLIENT_HELLO_TOO_LARGE", "client_hello_too_large", COUNTER),
+        ("TI_TLS_FOUND", "tls_found", COUNTER),
+        ("TI_TLS_NOT_FOUND", "tls_not_found", COUNTER),
+        ("TI_ALPN_FOUND", "alpn_found", COUNTER),
+        ("TI_ALPN_NOT_FOUND", "alpn_not_found", COUNTER),
+        ("TI_SNI_FOUND", "sni_found", COUNTER),
+        ("TI_SNI_NOT_FOUND", "sni_not_found", COUNTER),
     )),
     StatBlockDef("TCP", "T_NSTATS", "tcp.<stat_prefix>.*", (
         ("T_CX_TOTAL", "downstream_cx_total", COUNTER),
@@ -153,6 +189,26 @@ BLOCKS = (
         ("H1S_DROPPED_UNDERSCORES", "dropped_headers_with_underscores", COUNTER),
         ("H1S_REJECTED_UNDERSCORES", "requests_rejected_with_underscores_in_headers", COUNTER),
     )),
+    # TLS on a listener or a cluster (listener.<address>_<port>.ssl.*, cluster.<name>.ssl.*):
+    # Envoy's names. versions/ciphers/curves are fixed rows, one per name OpenSSL 3 can
+    # negotiate (core/tls/transport.pxi maps the negotiated one to its row; a name not
+    # listed is not counted there).
+    StatBlockDef("SSL", "SSL_NSTATS", "listener.<address>_<port>.ssl.*, cluster.<name>.ssl.*", (
+        ("SSL_CONNECTION_ERROR", "connection_error", COUNTER),
+        ("SSL_HANDSHAKE", "handshake", COUNTER),
+        ("SSL_SESSION_REUSED", "session_reused", COUNTER),
+        ("SSL_NO_CERTIFICATE", "no_certificate", COUNTER),
+        ("SSL_FAIL_VERIFY_NO_CERT", "fail_verify_no_cert", COUNTER),
+        ("SSL_FAIL_VERIFY_ERROR", "fail_verify_error", COUNTER),
+        ("SSL_FAIL_VERIFY_SAN", "fail_verify_san", COUNTER),
+        ("SSL_FAIL_VERIFY_CERT_HASH", "fail_verify_cert_hash", COUNTER),
+        ("SSL_VERSION_TLS10", "versions.TLSv1", COUNTER),              # + (wire version - 0x0301)
+        (None, "versions.TLSv1.1", COUNTER),
+        (None, "versions.TLSv1.2", COUNTER),
+        (None, "versions.TLSv1.3", COUNTER),
+        *((f"SSL_CIPHER_{i}", f"ciphers.{name}", COUNTER) for i, name in enumerate(SSL_CIPHERS)),
+        *((f"SSL_CURVE_{i}", f"curves.{name}", COUNTER) for i, name in enumerate(SSL_CURVES)),
+    )),
     StatBlockDef("LOCAL_RATE_LIMIT", "LRL_NSTATS", "http_local_rate_limit.<stat_prefix>.*", (
         ("LRL_ENABLED", "enabled", COUNTER),
         ("LRL_OK", "ok", COUNTER),
@@ -173,6 +229,7 @@ ARITHMETIC = (
     ("H_RQ_1XX", 5, "downstream_rq_completed"),
     ("H_CX_DESTROY_LOCAL", 1, "downstream_cx_destroy_remote"),
     ("H_CX_DESTROY_LOCAL_ACTIVE_RQ", 1, "downstream_cx_destroy_remote_active_rq"),
+    *(("SSL_VERSION_TLS10", k, f"versions.TLSv1{'' if k == 0 else '.' + str(k)}") for k in range(4)),
 )
 
 

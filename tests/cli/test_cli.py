@@ -362,7 +362,8 @@ def test_init_only_starts_and_exits(tmp_path, servers):
 # --------------------------------------------------------------------------- demo
 
 def _demo(cli, *extra):
-    p = cli("demo", "--port", "0", "--upstream-port", "0", "--admin-port", "0", "--concurrency", "1", *extra)
+    p = cli("demo", "--port", "0", "--https-port", "0", "--upstream-port", "0", "--admin-port", "0",
+            "--concurrency", "1", *extra)
     addr = p.address(LISTENER_RE.format(name="demo"))
     p.wait_line(r"Press Ctrl-C to stop")
     return p, addr
@@ -390,6 +391,29 @@ def test_demo_answers_curl_through_the_proxy(cli):
     assert p.stop(signal.SIGINT) == 0, p.stderr
 
 
+def test_demo_https_answers_curl_with_its_own_certificate(cli):
+    """The HTTPS listener terminates TLS with the certificate the demo made at start-up:
+    curl verifies it with --cacert (the path the demo prints) for localhost, and the
+    upstream's page comes back through the HTTP connection manager."""
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl not installed (make test installs it)")
+    p, _ = _demo(cli)
+    out = "".join(p.out)
+    assert "without its HTTPS listener" not in out, out
+    m = re.search(r"curl --cacert (\S+) https://localhost:(\d+)/", out)
+    assert m, out
+    cacert, port = m.group(1), m.group(2)
+    r = subprocess.run([curl, "-sS", "--max-time", "20", "--cacert", cacert, "-o", "-",
+                        "-w", "\n%{http_code} %{ssl_verify_result}", f"https://localhost:{port}/tls/path"],
+                       capture_output=True, text=True, timeout=60, env=tool_env())
+    assert r.returncode == 0, r.stderr
+    assert "through fastproxy" in r.stdout and "GET /tls/path" in r.stdout
+    assert r.stdout.rstrip().endswith("200 0"), r.stdout
+    assert p.stop(signal.SIGINT) == 0, p.stderr
+    assert not os.path.exists(cacert), "the demo removes its certificate when it stops"
+
+
 def test_demo_stats_count_the_request(cli):
     p, addr = _demo(cli)
     admin = p.address(ADMIN_RE, timeout=1)  # printed before the instructions
@@ -414,7 +438,8 @@ def test_demo_port_in_use_says_how_to_fix(cli):
     taken.bind(("127.0.0.1", 0))
     taken.listen(1)
     try:
-        r = run_cli("demo", "--port", taken.getsockname()[1], "--upstream-port", "0", "--admin-port", "0",
+        r = run_cli("demo", "--port", taken.getsockname()[1], "--https-port", "0", "--upstream-port", "0",
+                    "--admin-port", "0",
                     "--concurrency", "1")
         assert r.returncode == 1
         assert "--port" in r.stderr
@@ -741,8 +766,8 @@ def test_validate_reports_every_error_in_one_run(tmp_path):
     cfg = tmp_path / "bad.yaml"
     boot = envoy_bootstrap([tcp_listener("backend", name="front")],
                            [static_cluster("backend", [70000], lb_polcy="RANDOM", outlier_detection={},
-                                           transport_socket={})], admin=False)
-    boot["static_resources"]["secrets"] = []
+                                           health_checks=[{}])], admin=False)
+    boot["static_resources"]["secrets"] = [{"name": "s"}]
     text = yaml.safe_dump(boot, sort_keys=False)
     cfg.write_text(text)
     r = run_cli("--mode", "validate", "-c", cfg)
@@ -753,8 +778,8 @@ def test_validate_reports_every_error_in_one_run(tmp_path):
     # An unknown field gets the nearest valid name; a known Envoy feature is named, with its plan.
     assert f"{c0}.lb_polcy: unknown field 'lb_polcy' (did you mean 'lb_policy'?)" in err
     assert f"{c0}.outlier_detection: outlier detection is unsupported in fastproxy (planned" in err
-    assert f"{c0}.transport_socket: TLS (transport_socket) is unsupported in fastproxy (planned" in err
-    assert "static_resources.secrets: TLS secrets" in err
+    assert f"{c0}.health_checks: active health checking (health_checks) is unsupported in fastproxy (planned" in err
+    assert "static_resources.secrets[0]: one of tls_certificate" in err
     assert "port_value: port must be 1..65535, got 70000" in err
 
 

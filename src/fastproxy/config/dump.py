@@ -24,17 +24,20 @@ SecretsConfigDump]}`` in Envoy's order; ``?resource=`` and ``?mask=`` as
 """
 from __future__ import annotations
 
+import base64
 import datetime
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Optional
 
 from .. import model
+from .. import model_tls as tls
 from ..http import model as mh
 from ..http import native_filters as nf
 
 # Type URLs: each has one home, in the loader that reads it.
 from .envoy import (CLUSTER_TYPE, ENDPOINT_TYPE, HTTP_PROTOCOL_OPTIONS, LISTENER_TYPE, ROUTE_CONFIG_TYPE,
-                    TCP_PROXY_TYPE)
+                    TCP_PROXY_TYPE, TLS_INSPECTOR_TYPE)
+from .tls import DOWNSTREAM_TLS_TYPE, SECRET_TYPE, TLS_SOCKET, UPSTREAM_TLS_TYPE
 from .http import FILE_ACCESS_LOG_TYPE, FILTER_CONFIG_TYPE, HCM_TYPE, ROUTER_TYPE
 
 TYPE = "type.googleapis.com/"
@@ -76,8 +79,9 @@ def _put(out: dict, key: str, value: Any, default: Any) -> None:
 
 # --- clusters -----------------------------------------------------------------------------
 
-def cluster_json(c: model.Cluster) -> dict:
-    """An envoy.config.cluster.v3.Cluster (without "@type")."""
+def cluster_json(c: model.Cluster, redact: bool = False) -> dict:
+    """An envoy.config.cluster.v3.Cluster (without "@type"); ``redact``: inline private
+    keys as "[redacted]" (what /config_dump shows, as Envoy's)."""
     out: Dict[str, Any] = {"name": c.name}
     _put(out, "type", c.type, "STATIC")
     if c.connect_timeout != 5.0:
@@ -101,12 +105,18 @@ def cluster_json(c: model.Cluster) -> dict:
         common["max_requests_per_connection"] = c.max_requests_per_connection
     if c.max_connection_duration is not None:
         common["max_connection_duration"] = duration(c.max_connection_duration)
-    if common or c.http2:
+    auto = {k: True for k, v in (("auto_sni", c.tls is not None and c.tls.auto_sni),
+                                 ("auto_san_validation", c.tls is not None and c.tls.auto_san_validation)) if v}
+    if common or c.http2 or auto:
         options: Dict[str, Any] = {"@type": TYPE + HTTP_PROTOCOL_OPTIONS}
         if common:
             options["common_http_protocol_options"] = common
+        if auto:        # (Envoy's home of these two; the model keeps them in the TLS context)
+            options["upstream_http_protocol_options"] = auto
         options["explicit_http_config"] = {"http2_protocol_options" if c.http2 else "http_protocol_options": {}}
         out["typed_extension_protocol_options"] = {HTTP_PROTOCOL_OPTIONS: options}
+    if c.tls is not None:
+        out["transport_socket"] = transport_socket_json(c.tls, redact)
     if c.type == "EDS":
         # Its endpoints are EDS's (EndpointsConfigDump, ?include_eds), not the cluster's.
         eds: Dict[str, Any] = {"eds_config": config_source_json(c.eds_config)}
@@ -114,6 +124,119 @@ def cluster_json(c: model.Cluster) -> dict:
         out["eds_cluster_config"] = eds
         return out
     out["load_assignment"] = load_assignment_json(c.name, c.endpoints)
+    return out
+
+
+# --- TLS --------------------------------------------------------------------------------
+
+_REDACTED = "[redacted]"
+
+
+def data_source_json(d: tls.DataSource, redact: str = "") -> dict:
+    """A DataSource; ``redact``: "inline" replaces inline data by "[redacted]" (Envoy's
+    dump of a listener or cluster), "all" every field (its SecretsConfigDump)."""
+    for field in ("filename", "inline_string", "environment_variable"):
+        value = getattr(d, field)
+        if value is not None:
+            secret = redact == "all" or (redact == "inline" and field == "inline_string")
+            return {field: _REDACTED if secret else value}
+    data = _REDACTED.encode() if redact else d.inline_bytes
+    return {"inline_bytes": base64.b64encode(data).decode()}
+
+
+def _tls_certificate_json(c: tls.TlsCertificate, redact: str) -> dict:
+    out = {"certificate_chain": data_source_json(c.certificate_chain),
+           "private_key": data_source_json(c.private_key, redact)}
+    if c.password is not None:
+        out["password"] = data_source_json(c.password, redact)
+    return out
+
+
+def _validation_json(v: tls.CertificateValidationContext) -> dict:
+    out: Dict[str, Any] = {}
+    if v.trusted_ca is not None:
+        out["trusted_ca"] = data_source_json(v.trusted_ca)
+    if v.match_typed_subject_alt_names:
+        out["match_typed_subject_alt_names"] = [{"san_type": m.san_type, "matcher": _string_match(m.matcher)}
+                                                for m in v.match_typed_subject_alt_names]
+    _put(out, "verify_certificate_hash", list(v.verify_certificate_hash), [])
+    _put(out, "verify_certificate_spki", list(v.verify_certificate_spki), [])
+    if v.crl is not None:
+        out["crl"] = data_source_json(v.crl)
+    _put(out, "trust_chain_verification", v.trust_chain_verification, "VERIFY_TRUST_CHAIN")
+    _put(out, "allow_expired_certificate", v.allow_expired_certificate, False)
+    return out
+
+
+def _sds_json(s: tls.SdsSecretConfig) -> dict:
+    out: Dict[str, Any] = {"name": s.name}
+    if s.sds_config is not None:
+        out["sds_config"] = config_source_json(s.sds_config)
+    return out
+
+
+def _common_tls_json(c: tls.CommonTlsContext, redact: str) -> dict:
+    out: Dict[str, Any] = {}
+    p = c.tls_params
+    params: Dict[str, Any] = {}
+    _put(params, "tls_minimum_protocol_version", p.minimum_protocol_version, "TLS_AUTO")
+    _put(params, "tls_maximum_protocol_version", p.maximum_protocol_version, "TLS_AUTO")
+    for f in ("cipher_suites", "ecdh_curves", "signature_algorithms"):
+        _put(params, f, list(getattr(p, f)), [])
+    if params:
+        out["tls_params"] = params
+    if c.tls_certificates:
+        out["tls_certificates"] = [_tls_certificate_json(x, redact) for x in c.tls_certificates]
+    if c.tls_certificate_sds_secret_configs:
+        out["tls_certificate_sds_secret_configs"] = [_sds_json(x) for x in c.tls_certificate_sds_secret_configs]
+    v, vs = c.validation_context, c.validation_context_sds_secret_config
+    if v is not None and vs is not None:
+        out["combined_validation_context"] = {"default_validation_context": _validation_json(v),
+                                              "validation_context_sds_secret_config": _sds_json(vs)}
+    elif v is not None:
+        out["validation_context"] = _validation_json(v)
+    elif vs is not None:
+        out["validation_context_sds_secret_config"] = _sds_json(vs)
+    _put(out, "alpn_protocols", list(c.alpn_protocols), [])
+    return out
+
+
+def transport_socket_json(ctx: Any, redact: bool = False) -> dict:
+    """A listener's filter chain's or a cluster's transport_socket for a
+    DownstreamTlsContext or UpstreamTlsContext (auto_sni and auto_san_validation are the
+    cluster's protocol options: cluster_json writes them)."""
+    mode = "inline" if redact else ""
+    body: Dict[str, Any] = {}
+    common = _common_tls_json(ctx.common_tls_context, mode)
+    if common:
+        body["common_tls_context"] = common
+    if isinstance(ctx, tls.DownstreamTlsContext):
+        type_url = DOWNSTREAM_TLS_TYPE
+        _put(body, "require_client_certificate", ctx.require_client_certificate, False)
+        if ctx.session_ticket_keys:
+            body["session_ticket_keys"] = {"keys": [data_source_json(k, mode) for k in ctx.session_ticket_keys]}
+        if ctx.session_ticket_keys_sds_secret_config is not None:
+            body["session_ticket_keys_sds_secret_config"] = _sds_json(ctx.session_ticket_keys_sds_secret_config)
+        _put(body, "disable_stateless_session_resumption", ctx.disable_stateless_session_resumption, False)
+        _put(body, "disable_stateful_session_resumption", ctx.disable_stateful_session_resumption, False)
+        if ctx.session_timeout is not None:
+            body["session_timeout"] = duration(ctx.session_timeout)
+    else:
+        type_url = UPSTREAM_TLS_TYPE
+        _put(body, "sni", ctx.sni, "")
+        _put(body, "max_session_keys", ctx.max_session_keys, 1)
+    return {"name": TLS_SOCKET, "typed_config": {"@type": type_url, **body}}
+
+
+def secret_json(s: tls.Secret, redact: str = "") -> dict:
+    """An envoy.extensions.transport_sockets.tls.v3.Secret (without "@type")."""
+    out: Dict[str, Any] = {"name": s.name}
+    if s.tls_certificate is not None:
+        out["tls_certificate"] = _tls_certificate_json(s.tls_certificate, redact)
+    elif s.validation_context is not None:
+        out["validation_context"] = _validation_json(s.validation_context)
+    else:
+        out["session_ticket_keys"] = {"keys": [data_source_json(k, redact) for k in s.session_ticket_keys]}
     return out
 
 
@@ -314,25 +437,81 @@ def _native(kind: str) -> tuple:
     }[kind]
 
 
-def listener_json(l: model.Listener) -> dict:
-    """An envoy.config.listener.v3.Listener (without "@type")."""
+def listener_json(l: model.Listener, redact: bool = False) -> dict:
+    """An envoy.config.listener.v3.Listener (without "@type"); ``redact``: its TLS keys
+    as the admin shows them (transport_socket_json)."""
     out: Dict[str, Any] = {"name": l.name, "address": _socket_address(l.address, l.port)}
-    hcm = l.http_connection_manager
+    if l.handler is None:
+        out["filter_chains"] = [_filter_chain_json(c, redact) for c in l.filter_chains]
+        if l.default_filter_chain is not None:
+            out["default_filter_chain"] = _filter_chain_json(l.default_filter_chain, redact)
+    else:
+        hcm = l.http_connection_manager
+        if hcm is not None:
+            filters = [{"name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {"@type": HCM_TYPE, **hcm_json(hcm)}}]
+        else:
+            filters = _tcp_filters(l.filters, l.effective_stat_prefix, l.handler.cluster, l.idle_timeout,
+                                   l.max_connect_attempts)
+        out["filter_chains"] = [{"filters": filters}]
+        if l.tls is not None:
+            out["filter_chains"][0]["transport_socket"] = transport_socket_json(l.tls, redact)
+    if l.tls_inspector:
+        out["listener_filters"] = [{"name": "envoy.filters.listener.tls_inspector",
+                                    "typed_config": {"@type": TLS_INSPECTOR_TYPE}}]
+        _put(out, "listener_filters_timeout",
+             duration(l.listener_filters_timeout or 0), duration(15.0))
+        _put(out, "continue_on_listener_filters_timeout", l.continue_on_listener_filters_timeout, False)
+    _put(out, "per_connection_buffer_limit_bytes", l.buffer_limit, 1 << 20)
+    _put(out, "tcp_backlog_size", l.backlog, 1024)
+    _put(out, "drain_type", l.drain_type, "DEFAULT")
+    return out
+
+
+def _tcp_filters(factories, stat_prefix: str, cluster: str, idle_timeout, max_connect_attempts: int) -> list:
+    tcp: Dict[str, Any] = {"@type": TCP_PROXY_TYPE, "stat_prefix": stat_prefix, "cluster": cluster}
+    if idle_timeout != 3600.0:
+        tcp["idle_timeout"] = duration(idle_timeout)
+    _put(tcp, "max_connect_attempts", max_connect_attempts, 1)
+    filters = [_network_filter(f) for f in factories]
+    filters.append({"name": "envoy.filters.network.tcp_proxy", "typed_config": tcp})
+    return filters
+
+
+def _filter_chain_json(c: model.FilterChain, redact: bool) -> dict:
+    """An envoy.config.listener.v3.FilterChain."""
+    hcm = c.http_connection_manager
     if hcm is not None:
         filters = [{"name": "envoy.filters.network.http_connection_manager",
                     "typed_config": {"@type": HCM_TYPE, **hcm_json(hcm)}}]
     else:
-        tcp: Dict[str, Any] = {"@type": TCP_PROXY_TYPE, "stat_prefix": l.effective_stat_prefix,
-                               "cluster": l.handler.cluster}
-        if l.idle_timeout != 3600.0:
-            tcp["idle_timeout"] = duration(l.idle_timeout)
-        _put(tcp, "max_connect_attempts", l.max_connect_attempts, 1)
-        filters = [_network_filter(f) for f in l.filters]
-        filters.append({"name": "envoy.filters.network.tcp_proxy", "typed_config": tcp})
-    out["filter_chains"] = [{"filters": filters}]
-    _put(out, "per_connection_buffer_limit_bytes", l.buffer_limit, 1 << 20)
-    _put(out, "tcp_backlog_size", l.backlog, 1024)
-    _put(out, "drain_type", l.drain_type, "DEFAULT")
+        filters = _tcp_filters(c.filters, c.stat_prefix, c.handler.cluster, c.idle_timeout,
+                               c.max_connect_attempts)
+    out: Dict[str, Any] = {"filters": filters}
+    m = c.match
+    match: Dict[str, Any] = {}
+    if m.destination_port:
+        match["destination_port"] = m.destination_port
+    for name in ("prefix_ranges", "source_prefix_ranges"):
+        ranges = []
+        for r in getattr(m, name):
+            prefix, _, plen = r.partition("/")
+            ranges.append({"address_prefix": prefix, "prefix_len": int(plen or 0)})
+        if ranges:
+            match[name] = ranges
+    for name in ("server_names", "application_protocols", "source_ports"):
+        if getattr(m, name):
+            match[name] = list(getattr(m, name))
+    _put(match, "transport_protocol", m.transport_protocol, "")
+    _put(match, "source_type", m.source_type, "ANY")
+    if match:
+        out["filter_chain_match"] = match
+    if c.name:
+        out["name"] = c.name
+    if c.tls is not None:
+        out["transport_socket"] = transport_socket_json(c.tls, redact)
+    if c.transport_socket_connect_timeout:
+        out["transport_socket_connect_timeout"] = duration(c.transport_socket_connect_timeout)
     return out
 
 
@@ -386,6 +565,11 @@ def hcm_json(h: mh.HttpConnectionManager) -> dict:
     if h.server_name != d.server_name:
         out["server_name"] = h.server_name
     _put(out, "server_header_transformation", h.server_header_transformation, "OVERWRITE")
+    _put(out, "forward_client_cert_details", h.forward_client_cert_details, "SANITIZE")
+    details = h.set_current_client_cert_details
+    if details is not None:
+        out["set_current_client_cert_details"] = {name: True for name in ("subject", "cert", "chain", "dns", "uri")
+                                                  if getattr(details, name)}
     for name in ("use_remote_address", "skip_xff_append", "preserve_external_request_id",
                  "always_set_request_id_in_response", "normalize_path", "merge_slashes"):
         if getattr(h, name):
@@ -618,17 +802,20 @@ def node_json(node: model.Node) -> dict:
     return out
 
 
-def bootstrap_json(b: model.Bootstrap) -> dict:
-    """An envoy.config.bootstrap.v3.Bootstrap the loader reads back as ``b``."""
+def bootstrap_json(b: model.Bootstrap, redact: bool = False) -> dict:
+    """An envoy.config.bootstrap.v3.Bootstrap the loader reads back as ``b`` (``redact``:
+    inline private keys and ticket keys as "[redacted]", as /config_dump shows them)."""
     out: Dict[str, Any] = {}
     n = node_json(b.node)
     if n:
         out["node"] = n
     static: Dict[str, Any] = {}
     if b.listeners:
-        static["listeners"] = [listener_json(l) for l in b.listeners]
+        static["listeners"] = [listener_json(l, redact) for l in b.listeners]
     if b.clusters:
-        static["clusters"] = [cluster_json(c) for c in b.clusters]
+        static["clusters"] = [cluster_json(c, redact) for c in b.clusters]
+    if b.secrets:
+        static["secrets"] = [secret_json(s, "inline" if redact else "") for s in b.secrets]
     out["static_resources"] = static
     if b.admin is not None:
         admin: Dict[str, Any] = {"address": _socket_address(b.admin.address, b.admin.port)}
@@ -689,7 +876,8 @@ def route_configs(listeners: Iterable[model.Listener]) -> list:
 def build(bootstrap: model.Bootstrap, started: float, node: dict, listeners: list, clusters: list,
           listener_states: dict, cluster_states: dict, route_states: dict,
           versions: Optional[dict] = None, routes: Optional[dict] = None,
-          endpoints: Optional[list] = None, draining: Iterable = ()) -> dict:
+          endpoints: Optional[list] = None, draining: Iterable = (),
+          secrets: Iterable = (), dynamic_secrets: Iterable = ()) -> dict:
     """The full ConfigDump. ``bootstrap``: what the proxy started with; ``listeners`` /
     ``clusters``: those in force; ``*_states``: name -> ResourceState (route configurations
     inline in a listener by that listener's name, those of ``routes`` (RDS: name ->
@@ -698,9 +886,11 @@ def build(bootstrap: model.Bootstrap, started: float, node: dict, listeners: lis
     ``endpoints`` (``?include_eds``): [(assignment name, [model.Endpoint], version_info,
     last_updated)] of EDS, the EndpointsConfigDump's dynamic_endpoint_configs; ``draining``:
     (listener, ResourceState) of the old versions of discovered listeners still draining (a
-    DynamicListener's draining_state)."""
+    DynamicListener's draining_state); ``secrets``: the static TLS secrets in force;
+    ``dynamic_secrets``: (Secret, version_info, last_updated) of SDS. Private keys, key
+    passwords and session ticket keys are "[redacted]", as in Envoy's dump."""
     versions = versions or {}
-    boot = bootstrap_json(bootstrap)
+    boot = bootstrap_json(bootstrap, redact=True)
     boot["node"] = {**boot.get("node", {}), **node}
     configs: list = [{"@type": ADMIN + "BootstrapConfigDump", "bootstrap": boot,
                       "last_updated": timestamp(started)}]
@@ -712,7 +902,7 @@ def build(bootstrap: model.Bootstrap, started: float, node: dict, listeners: lis
         st = cluster_states[c.name]
         key = "static_clusters" if not st.dynamic else \
             ("dynamic_warming_clusters" if st.state == "warming" else "dynamic_active_clusters")
-        cdump.setdefault(key, []).append(_entry("cluster", cluster_json(c), CLUSTER_TYPE, st))
+        cdump.setdefault(key, []).append(_entry("cluster", cluster_json(c, redact=True), CLUSTER_TYPE, st))
     configs.append(cdump)
 
     ldump: Dict[str, Any] = {"@type": ADMIN + "ListenersConfigDump"}
@@ -720,13 +910,13 @@ def build(bootstrap: model.Bootstrap, started: float, node: dict, listeners: lis
         ldump["version_info"] = versions["listeners"]
     for l in listeners:
         st = listener_states[l.name]
-        entry = _entry("listener", listener_json(l), LISTENER_TYPE, st)
+        entry = _entry("listener", listener_json(l, redact=True), LISTENER_TYPE, st)
         if not st.dynamic:
             ldump.setdefault("static_listeners", []).append(entry)
         else:
             ldump.setdefault("dynamic_listeners", []).append({"name": l.name, f"{st.state}_state": entry})
     for l, st in draining:
-        entry = _entry("listener", listener_json(l), LISTENER_TYPE, st)
+        entry = _entry("listener", listener_json(l, redact=True), LISTENER_TYPE, st)
         dynamic = ldump.setdefault("dynamic_listeners", [])
         same = next((d for d in dynamic if d["name"] == l.name and "draining_state" not in d), None)
         if same is None:
@@ -752,7 +942,18 @@ def build(bootstrap: model.Bootstrap, started: float, node: dict, listeners: lis
         rdump.setdefault(key, []).append(_entry("route_config", route_config_json(rc, filters),
                                                 ROUTE_CONFIG_TYPE, st))
     configs.append(rdump)
-    configs.append({"@type": ADMIN + "SecretsConfigDump"})
+    sdump: Dict[str, Any] = {"@type": ADMIN + "SecretsConfigDump"}
+    for s in secrets:
+        sdump.setdefault("static_secrets", []).append(
+            {"name": s.name, "secret": {"@type": SECRET_TYPE, **secret_json(s, "all")}})
+    for s, version, updated in dynamic_secrets:
+        entry: Dict[str, Any] = {"name": s.name}
+        if version:
+            entry["version_info"] = version
+        entry["last_updated"] = timestamp(updated)
+        entry["secret"] = {"@type": SECRET_TYPE, **secret_json(s, "all")}
+        sdump.setdefault("dynamic_active_secrets", []).append(entry)
+    configs.append(sdump)
     if endpoints is not None:
         # As Envoy 1.40's: every cluster's endpoints, a static (or DNS) cluster's as static
         # entries without a time; an EDS one's as dynamic entries, here also with the

@@ -27,7 +27,9 @@ from ..errors import ConfigError
 from ..validation import DNS_LOOKUP_FAMILIES, MAX_PORT
 from .http import HCM_TYPE, access_log, http_connection_manager
 from .proto import Message, checked, collecting, raise_collected, report, unsupported_field
+from .http_common import _bool
 from .runtime import layered_runtime
+from .tls import secret, transport_socket, use_config_source_reader
 from .python_filter import TYPED_STRUCT_TYPES, python_filter_factory
 from .source import Source, load_source, parse_json, parse_yaml, read_file
 
@@ -102,13 +104,16 @@ def _bootstrap(data: Any) -> Optional[model.Bootstrap]:
     dynamic = checked(_dynamic_resources, top)
     admin = checked(_admin, top)
 
-    listeners, clusters = [], []
-    static = checked(top.message, "static_resources", ("listeners", "clusters"))
+    listeners, clusters, secrets = [], [], []
+    static = checked(top.message, "static_resources", ("listeners", "clusters", "secrets"))
     if static is not None:
         parsed = [checked(_listener, item, path, i) for i, (item, path) in
                   enumerate(checked(lambda: list(static.repeated("listeners"))) or ())]
         items = checked(lambda: list(static.repeated("clusters"))) or ()
         clusters = [checked(_cluster, item, path) for item, path in items]
+        secrets = [checked(secret, item, path) for item, path in
+                   checked(lambda: list(static.repeated("secrets"))) or ()]
+        secrets = [s for s in secrets if s is not None]
         # Checked here, not only in Bootstrap.validate, to point at the tcp_proxy or route field.
         # A cluster with errors of its own still counts as defined.
         names = {item.get("name") for item, _ in items if isinstance(item, dict)}
@@ -127,6 +132,7 @@ def _bootstrap(data: Any) -> Optional[model.Bootstrap]:
                                                      "upstreams are not supported yet; a tcp_proxy or "
                                                      "ads_config may use the cluster"))
         clusters = [c for c in clusters if c is not None]
+        _check_static_secrets(secrets, _tls_contexts(listeners, clusters))
         if dynamic is not None and dynamic.ads is not None and dynamic.ads.cluster_name not in names:
             # Envoy: the ADS server's cluster must be static (it is needed before discovery).
             report(ConfigError("dynamic_resources.ads_config." + GRPC_CLUSTER_PATH,
@@ -147,7 +153,36 @@ def _bootstrap(data: Any) -> Optional[model.Bootstrap]:
         checked(runtime.apply_listener_limits, listeners)
     return model.Bootstrap(listeners=listeners, clusters=clusters, admin=admin, node=node or model.Node(),
                            max_downstream_connections=runtime.global_max_connections if runtime else None,
-                           dynamic_resources=dynamic)
+                           dynamic_resources=dynamic, secrets=secrets)
+
+
+def _tls_contexts(listeners: list, clusters: list) -> list:
+    """[(TLS context, the path of its typed_config)] of the clusters and listeners read."""
+    from ..model_tls import listener_contexts
+    out = [(c.tls, f"static_resources.clusters[{i}].transport_socket.typed_config")
+           for i, c in enumerate(clusters) if c.tls is not None]
+    for i, l in enumerate(listeners):
+        for ctx, path in listener_contexts(l, f"static_resources.listeners[{i}]"):
+            # (the model's chain.tls is the chain's transport_socket)
+            out.append((ctx, path[:-len(".tls")] + ".transport_socket.typed_config"))
+    return out
+
+
+def _check_static_secrets(secrets: list, contexts: list) -> None:
+    """Duplicate secret names, and static secret names (an SdsSecretConfig without
+    sds_config) that no secret has (Envoy refuses both when the configuration loads).
+    ``contexts``: [(the model with .tls, the path of its TLS context)]."""
+    names: set = set()
+    for i, s in enumerate(secrets):
+        if s.name in names:
+            report(ConfigError(f"static_resources.secrets[{i}].name", f"duplicate static secret name {s.name!r}"))
+        names.add(s.name)
+    from ..model_tls import sds_refs
+    for ctx, path in contexts:
+        for sds, spath in sds_refs(ctx, path):
+            if sds.sds_config is None and sds.name not in names:
+                report(ConfigError(spath + ".name", f"unknown static secret {sds.name!r} (not in "
+                                                    "static_resources.secrets)"))
 
 
 # --- node, admin -------------------------------------------------------------------------
@@ -281,6 +316,9 @@ def config_source(parent: Message, name: str) -> Optional[model.ConfigSource]:
 
 
 
+use_config_source_reader(config_source)
+
+
 def grpc_source_errors(source: Optional[model.ConfigSource], path: str, static_clusters: set,
                        ads: Optional[model.AdsConfig], require_ads: bool = True) -> list:
     """What is wrong with where ``source`` (at ``path``) says its server is: ads without
@@ -342,22 +380,180 @@ def _socket_address(address: Message, require_ip: bool, min_port: int, ip_hint: 
 
 # --- listeners ---------------------------------------------------------------------------
 
+TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
+TLS_INSPECTOR_TYPE = "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+# envoy.config.listener.v3.FilterChainMatch.ConnectionSourceType
+SOURCE_TYPES = {"ANY": 0, "SAME_IP_OR_LOOPBACK": 1, "EXTERNAL": 2}
+_CHAIN_FIELDS = ("filters", "name", "filter_chain_match", "transport_socket",
+                 "transport_socket_connect_timeout")
+
+
 def _listener(item: Any, path: str, index: int) -> tuple:
     """Returns (model.Listener, [(cluster name, path of the field naming it)...])."""
-    msg = Message(item, path, ("name", "address", "filter_chains",
+    msg = Message(item, path, ("name", "address", "filter_chains", "default_filter_chain",
+                               "listener_filters", "listener_filters_timeout",
+                               "continue_on_listener_filters_timeout",
                                "per_connection_buffer_limit_bytes", "tcp_backlog_size", "drain_type"))
     # Envoy generates a name for an unnamed (or empty-named) listener; a stable one is
     # easier to find in stats and logs.
     name = msg.string("name") or f"listener_{index}"
     host, port = _socket_address(msg.message("address", ("socket_address",), required=True),
                                  require_ip=True, min_port=0)
+    common = dict(
+        name=name, address=host, port=port,
+        buffer_limit=msg.uint32("per_connection_buffer_limit_bytes", default=model.Listener.buffer_limit,
+                                minimum=MIN_BUFFER_LIMIT),
+        backlog=msg.uint32("tcp_backlog_size", default=model.Listener.backlog, minimum=1),
+        drain_type=msg.enum("drain_type", {t: i for i, t in enumerate(model.LISTENER_DRAIN_TYPES)},
+                            default="DEFAULT"))
+    inspector = _listener_filters(msg)
+    timeout = msg.duration("listener_filters_timeout", default=15.0)
+    cont = msg.raw("continue_on_listener_filters_timeout", False)
+    if not isinstance(cont, bool):
+        raise ConfigError(msg.at("continue_on_listener_filters_timeout"), f"expected a bool, got {cont!r}")
 
-    chains = list(msg.repeated("filter_chains"))
-    if len(chains) != 1:
-        raise ConfigError(msg.at("filter_chains"),
-                          f"exactly one filter chain is supported, got {len(chains)}")
-    chain = Message(chains[0][0], chains[0][1], ("filters", "name"))
-    chain.string("name")
+    items = list(msg.repeated("filter_chains"))
+    default_item = msg.raw("default_filter_chain")
+    plain = (len(items) == 1 and default_item is None and not inspector and isinstance(items[0][0], dict)
+             and not {"filter_chain_match", "filterChainMatch", "transport_socket", "transportSocket",
+                      "transport_socket_connect_timeout", "transportSocketConnectTimeout"} & items[0][0].keys())
+    if plain:
+        # One chain for every connection: the listener's own handler, as it always was.
+        chain, refs = _filter_chain(*items[0])
+        terminal = dict(handler=chain.handler, filters=list(chain.filters))
+        if chain.http_connection_manager is not None:
+            # The HTTP connection manager's own stat prefix and connection idle timeout are the
+            # listener's too, so that nothing reads a TCP default for an HTTP listener.
+            terminal.update(stat_prefix=chain.handler.stat_prefix, idle_timeout=chain.handler.idle_timeout)
+        else:
+            terminal.update(stat_prefix=chain.stat_prefix, idle_timeout=chain.idle_timeout,
+                            max_connect_attempts=chain.max_connect_attempts)
+        return model.Listener(**common, **terminal), refs
+    if not items and default_item is None:
+        # Envoy: "error adding listener ...: no filter chains specified"
+        raise ConfigError(msg.at("filter_chains"), "no filter chains specified")
+    chains, refs = [], []
+    for chain_item, chain_path in items:
+        chain, chain_refs = _filter_chain(chain_item, chain_path)
+        chains.append(chain)
+        refs += chain_refs
+    default = None
+    if default_item is not None:
+        default, chain_refs = _filter_chain(default_item, msg.at("default_filter_chain"))
+        if default.match != model.FilterChainMatch():
+            raise ConfigError(msg.at("default_filter_chain.filter_chain_match"),
+                              "the default filter chain takes the connections no chain matches: it "
+                              "has no filter_chain_match")
+        refs += chain_refs
+    listener = model.Listener(**common, filter_chains=chains, default_filter_chain=default,
+                              tls_inspector=inspector, listener_filters_timeout=timeout or None,
+                              continue_on_listener_filters_timeout=cont)
+    # Envoy's checks of the chains together (duplicate matches), with the listener's path.
+    listener._validate_chains(path)
+    return listener, refs
+
+
+def _listener_filters(msg: Message) -> bool:
+    """listener_filters: only envoy.filters.listener.tls_inspector (its TlsInspector
+    without options). Returns whether it is there."""
+    found = False
+    for item, fpath in msg.repeated("listener_filters"):
+        entry = Message(item, fpath, ("name", "typed_config"))
+        fname = entry.string("name", default="")
+        value = entry.mapping("typed_config")
+        type_url = value.get("@type") if value is not None else None
+        if type_url == TLS_INSPECTOR_TYPE or (type_url is None and fname == TLS_INSPECTOR):
+            if value is not None:
+                Message(value, entry.at("typed_config"), (), ignore=("@type",))
+            if found:
+                raise ConfigError(fpath, "the tls_inspector is given twice")
+            found = True
+            continue
+        what = type_url or fname or "a listener filter without a name or typed_config"
+        raise ConfigError(entry.at("typed_config") if type_url else fpath,
+                          f"unsupported listener filter {what!r} (fastproxy supports "
+                          f"{TLS_INSPECTOR}, typed_config {TLS_INSPECTOR_TYPE})")
+    return found
+
+
+def _cidr_ranges(match: Message, name: str) -> list:
+    """Repeated envoy.config.core.v3.CidrRange: ["10.0.0.0/8", ...] (prefix_len absent: 0)."""
+    out = []
+    for item, rpath in match.repeated(name):
+        r = Message(item, rpath, ("address_prefix", "prefix_len"))
+        prefix = r.string("address_prefix", required=True, non_empty=True)
+        if not model.is_ip_literal(prefix):
+            raise ConfigError(r.at("address_prefix"), f"malformed IP address: {prefix!r}")
+        plen = r.uint32("prefix_len", default=0)
+        if plen > (128 if ":" in prefix else 32):
+            raise ConfigError(r.at("prefix_len"), f"prefix_len {plen} is too long for {prefix!r}")
+        out.append(f"{prefix}/{plen}")
+    return out
+
+
+def _strings(msg: Message, name: str) -> list:
+    out = []
+    for item, ipath in msg.repeated(name):
+        if not isinstance(item, str):
+            raise ConfigError(ipath, f"expected a string, got {item!r}")
+        out.append(item)
+    return out
+
+
+def _filter_chain_match(chain: Message) -> model.FilterChainMatch:
+    match = chain.message("filter_chain_match", (
+        "destination_port", "prefix_ranges", "server_names", "transport_protocol",
+        "application_protocols", "source_type", "source_prefix_ranges", "source_ports",
+        "direct_source_prefix_ranges", "address_suffix", "suffix_len"))
+    if match is None:
+        return model.FilterChainMatch()
+    for f in ("direct_source_prefix_ranges", "address_suffix", "suffix_len"):
+        if match.raw(f):
+            raise ConfigError(match.at(f), f"{f} is unsupported in fastproxy (not planned); remove it")
+    ports = []
+    for item, ppath in match.repeated("source_ports"):
+        port = Message({"p": item}, ppath, ("p",)).uint32("p")
+        if not 1 <= port <= MAX_PORT:
+            raise ConfigError(ppath, f"port must be 1..{MAX_PORT}, got {port}")
+        ports.append(port)
+    dport = match.uint32("destination_port")
+    if dport is not None and not 1 <= dport <= MAX_PORT:
+        raise ConfigError(match.at("destination_port"), f"port must be 1..{MAX_PORT}, got {dport}")
+    server_names = _strings(match, "server_names")
+    for i, n in enumerate(server_names):
+        if "*" in n and not (n.startswith("*.") and "*" not in n[1:]):
+            raise ConfigError(f"{match.at('server_names')}[{i}]",
+                              'partial wildcards are not supported in "server_names"')
+    transport = match.string("transport_protocol", default="")
+    if transport not in model.TRANSPORT_PROTOCOLS:
+        raise ConfigError(match.at("transport_protocol"), f"fastproxy detects 'raw_buffer' and 'tls' "
+                                                          f"(tls_inspector), got {transport!r}")
+    return model.FilterChainMatch(
+        destination_port=dport, prefix_ranges=tuple(_cidr_ranges(match, "prefix_ranges")),
+        server_names=tuple(n.lower() for n in server_names), transport_protocol=transport,
+        application_protocols=tuple(_strings(match, "application_protocols")),
+        source_type=match.enum("source_type", SOURCE_TYPES, default="ANY"),
+        source_prefix_ranges=tuple(_cidr_ranges(match, "source_prefix_ranges")),
+        source_ports=tuple(ports))
+
+
+def _chain_tls(chain: Message) -> Any:
+    """A chain's transport_socket through config/tls.py (its DownstreamTlsContext), None
+    for none or raw_buffer; refused as before while TLS is not in this build."""
+    value = chain.mapping("transport_socket")
+    if value is None:
+        return None
+    try:
+        from . import tls as tls_config
+    except ImportError:
+        raise unsupported_field(chain.at("transport_socket"), "transport_socket") from None
+    return tls_config.transport_socket(value, chain.at("transport_socket"), downstream=True)
+
+
+def _filter_chain(item: Any, path: str) -> tuple:
+    """A FilterChain: returns (model.FilterChain, [(cluster, path naming it)...])."""
+    chain = Message(item, path, _CHAIN_FIELDS)
+    chain_name = chain.string("name", default="")
     filters = list(chain.repeated("filters"))
     if not filters:
         raise ConfigError(chain.at("filters"), "the filter chain must end with envoy.filters.network.tcp_proxy "
@@ -369,8 +565,6 @@ def _listener(item: Any, path: str, index: int) -> tuple:
             raise ConfigError(filters[0][1], "network filters before http_connection_manager are not "
                                              "supported yet")
         hcm, refs = http_connection_manager(value, tpath, config_source)
-        # The HTTP connection manager's own stat prefix and connection idle timeout are the
-        # listener's too, so that nothing reads a TCP default for an HTTP listener.
         terminal = dict(handler=hcm, stat_prefix=hcm.stat_prefix, idle_timeout=hcm.idle_timeout)
         factories = []
     elif type_url == TCP_PROXY_TYPE:
@@ -381,16 +575,12 @@ def _listener(item: Any, path: str, index: int) -> tuple:
         raise ConfigError(tpath + ".@type",
                           f"the last filter must be envoy.filters.network.tcp_proxy ({TCP_PROXY_TYPE}) or "
                           f"envoy.filters.network.http_connection_manager ({HCM_TYPE}), got {type_url!r}")
-
-    listener = model.Listener(
-        name=name, address=host, port=port, filters=factories,
-        buffer_limit=msg.uint32("per_connection_buffer_limit_bytes", default=model.Listener.buffer_limit,
-                                minimum=MIN_BUFFER_LIMIT),
-        backlog=msg.uint32("tcp_backlog_size", default=model.Listener.backlog, minimum=1),
-        drain_type=msg.enum("drain_type", {t: i for i, t in enumerate(model.LISTENER_DRAIN_TYPES)},
-                            default="DEFAULT"),
-        **terminal)
-    return listener, refs
+    connect_timeout = chain.duration("transport_socket_connect_timeout")
+    tls = _chain_tls(chain)
+    handler = terminal.pop("handler")
+    return model.FilterChain(handler, filters=tuple(factories), match=_filter_chain_match(chain), tls=tls,
+                             name=chain_name, transport_socket_connect_timeout=connect_timeout or None,
+                             **terminal), refs
 
 
 def _filter_typed_config(item: Any, path: str) -> tuple:
@@ -435,7 +625,7 @@ def _cluster(item: Any, path: str) -> model.Cluster:
                                "dns_refresh_rate", "dns_lookup_family",
                                "per_connection_buffer_limit_bytes", "typed_extension_protocol_options",
                                "max_requests_per_connection", "circuit_breakers", "http2_protocol_options",
-                               "eds_cluster_config"))
+                               "eds_cluster_config", "transport_socket"))
     name = msg.string("name", required=True, non_empty=True)
     ctype = _supported(msg, "type", DISCOVERY_TYPES, model.CLUSTER_TYPES, "STATIC")
     lb_policy = _supported(msg, "lb_policy", LB_POLICIES, model.LB_POLICIES, "ROUND_ROBIN")
@@ -487,10 +677,17 @@ def _cluster(item: Any, path: str) -> model.Cluster:
         pool["max_requests_per_connection"] = legacy
     if pool.get("max_requests_per_connection") is None:
         pool.pop("max_requests_per_connection", None)
+    # TLS to the upstreams; auto_sni / auto_san_validation are HttpProtocolOptions' fields
+    # in Envoy, and mean something only with TLS: the model keeps them in the TLS context.
+    upstream_options = pool.pop("upstream_tls_options", {})
+    tls = None
+    if msg.raw("transport_socket") is not None:
+        tls = transport_socket(msg.raw("transport_socket"), msg.at("transport_socket"), downstream=False,
+                               **upstream_options)
 
     return model.Cluster(name=name, endpoints=endpoints, type=ctype, lb_policy=lb_policy,
                          connect_timeout=connect_timeout, dns_refresh_rate=dns_refresh_rate,
-                         dns_lookup_family=family, **eds, **pool, **_circuit_breakers(msg))
+                         dns_lookup_family=family, tls=tls, **eds, **pool, **_circuit_breakers(msg))
 
 
 def _http_protocol_options(cluster: Message) -> dict:
@@ -508,8 +705,17 @@ def _http_protocol_options(cluster: Message) -> dict:
         if not isinstance(value, dict) or value.get("@type") != HTTP_PROTOCOL_OPTIONS_TYPE:
             raise ConfigError(kpath + ".@type", f"expected '@type: {HTTP_PROTOCOL_OPTIONS_TYPE}'")
         hpo = Message(value, kpath, ("common_http_protocol_options", "explicit_http_config",
-                                     "use_downstream_protocol_config", "auto_config"),
+                                     "use_downstream_protocol_config", "auto_config",
+                                     "upstream_http_protocol_options"),
                       ignore=("@type",))
+        upstream = hpo.message("upstream_http_protocol_options",
+                               ("auto_sni", "auto_san_validation", "override_auto_sni_header"))
+        if upstream is not None:
+            if upstream.raw("override_auto_sni_header") is not None:
+                raise ConfigError(upstream.at("override_auto_sni_header"),
+                                  "override_auto_sni_header is unsupported in fastproxy (auto_sni takes "
+                                  "the request's Host); remove it")
+            out["upstream_tls_options"] = {f: _bool(upstream, f) for f in ("auto_sni", "auto_san_validation")}
         chosen = [f for f in ("explicit_http_config", "use_downstream_protocol_config", "auto_config")
                   if hpo.raw(f) is not None]
         if not chosen:

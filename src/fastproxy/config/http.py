@@ -108,7 +108,7 @@ _HCM_FIELDS = ("stat_prefix", "codec_type", "route_config", "rds", "scoped_route
                "add_user_agent",
                "request_headers_timeout", "stream_idle_timeout", "request_timeout", "drain_timeout",
                "common_http_protocol_options", "max_request_headers_kb", "http_protocol_options", "access_log",
-               "upgrade_configs")
+               "upgrade_configs", "forward_client_cert_details", "set_current_client_cert_details")
 
 
 def http_connection_manager(config: Mapping, path: str, config_source: Optional[Callable] = None
@@ -207,9 +207,22 @@ def http_connection_manager(config: Mapping, path: str, config_source: Optional[
         access_log=[access_log(item, ipath) for item, ipath in hcm.repeated("access_log")],
         http_filters=http_filters,
         upgrade_configs=[_upgrade_config(item, upath) for item, upath in hcm.repeated("upgrade_configs")],
+        forward_client_cert_details=hcm.enum("forward_client_cert_details",
+                                             {n: i for i, n in enumerate(mh.FORWARD_CLIENT_CERT_DETAILS)},
+                                             default="SANITIZE"),
+        set_current_client_cert_details=_client_cert_details(hcm),
         **options,
     )
     return manager, refs
+
+
+def _client_cert_details(hcm: Message) -> Optional[mh.SetCurrentClientCertDetails]:
+    """set_current_client_cert_details (subject is a BoolValue in Envoy's proto, the rest bools)."""
+    msg = hcm.message("set_current_client_cert_details", ("subject", "cert", "chain", "dns", "uri"))
+    if msg is None:
+        return None
+    return mh.SetCurrentClientCertDetails(**{name: _bool(msg, name) for name in
+                                             ("subject", "cert", "chain", "dns", "uri")})
 
 
 def _internal_address_config(hcm: Message) -> Optional[mh.InternalAddressConfig]:

@@ -55,6 +55,20 @@ cdef enum:                          # AlogOp.kind
     AL_DS_DIRECT_NOPORT = 19
     AL_DS_LOCAL = 20
     AL_DS_LOCAL_NOPORT = 21
+    AL_TLS_VERSION = 22             # the TLS facts of the downstream connection
+    AL_TLS_CIPHER = 23              # (core/tls/info.pxi)
+    AL_TLS_SESSION_ID = 24
+    AL_SNI = 25
+    AL_PEER_SUBJECT = 26
+    AL_LOCAL_SUBJECT = 27
+    AL_PEER_URI_SAN = 28
+    AL_LOCAL_URI_SAN = 29
+    AL_PEER_DNS_SAN = 30
+    AL_LOCAL_DNS_SAN = 31
+    AL_PEER_FP256 = 32
+    AL_PEER_SERIAL = 33
+    AL_PEER_V_START = 34
+    AL_PEER_V_END = 35
 
 _ALOG_KINDS = {"LIT": AL_LIT, "REQ": AL_REQ, "RESP": AL_RESP, "START_TIME": AL_START_TIME,
                "RESPONSE_CODE": AL_RESPONSE_CODE, "RESPONSE_FLAGS": AL_RESPONSE_FLAGS,
@@ -68,7 +82,14 @@ _ALOG_KINDS = {"LIT": AL_LIT, "REQ": AL_REQ, "RESP": AL_RESP, "START_TIME": AL_S
                "DOWNSTREAM_DIRECT_REMOTE_ADDRESS": AL_DS_DIRECT,
                "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT": AL_DS_DIRECT_NOPORT,
                "DOWNSTREAM_LOCAL_ADDRESS": AL_DS_LOCAL,
-               "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": AL_DS_LOCAL_NOPORT}
+               "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": AL_DS_LOCAL_NOPORT,
+               "DOWNSTREAM_TLS_VERSION": AL_TLS_VERSION, "DOWNSTREAM_TLS_CIPHER": AL_TLS_CIPHER,
+               "DOWNSTREAM_TLS_SESSION_ID": AL_TLS_SESSION_ID, "REQUESTED_SERVER_NAME": AL_SNI,
+               "DOWNSTREAM_PEER_SUBJECT": AL_PEER_SUBJECT, "DOWNSTREAM_LOCAL_SUBJECT": AL_LOCAL_SUBJECT,
+               "DOWNSTREAM_PEER_URI_SAN": AL_PEER_URI_SAN, "DOWNSTREAM_LOCAL_URI_SAN": AL_LOCAL_URI_SAN,
+               "DOWNSTREAM_PEER_DNS_SAN": AL_PEER_DNS_SAN, "DOWNSTREAM_LOCAL_DNS_SAN": AL_LOCAL_DNS_SAN,
+               "DOWNSTREAM_PEER_FINGERPRINT_256": AL_PEER_FP256, "DOWNSTREAM_PEER_SERIAL": AL_PEER_SERIAL,
+               "DOWNSTREAM_PEER_CERT_V_START": AL_PEER_V_START, "DOWNSTREAM_PEER_CERT_V_END": AL_PEER_V_END}
 
 DEF ALOG_RECORD_MAX = 16384         # a longer record is cut (and still ends with its newline)
 
@@ -200,6 +221,61 @@ cdef void _al_sockaddr(_AlOut* o, sockaddr_storage* ss, bint with_port) noexcept
     _al_addr(o, ip, strlen(ip), port, with_port)
 
 
+cdef void _al_tls(_AlOut* o, AlogOp* op, oi_SSL* ssl, HConn* c) noexcept nogil:
+    """A TLS operator's value: "-" on plaintext and for what the connection lacks (no
+    client certificate, no SNI, no SAN of the kind), as Envoy prints them."""
+    cdef TlsText t
+    cdef bint have = False
+    cdef const char* v = NULL
+    cdef int64_t us
+    if ssl == NULL:
+        _al_put(o, "-", 1)
+        return
+    if op.kind == AL_TLS_VERSION:
+        v = tls_version(ssl)
+    elif op.kind == AL_TLS_CIPHER:
+        v = tls_cipher(ssl)
+    elif op.kind == AL_SNI:
+        v = hconn_requested_server_name(c)
+        if v == NULL:
+            _al_put(o, "-", 1)
+            return
+    elif op.kind == AL_PEER_V_START or op.kind == AL_PEER_V_END:
+        us = tls_cert_time_us(tls_peer_cert(ssl), op.kind == AL_PEER_V_END)
+        if us < 0:
+            _al_put(o, "-", 1)
+        else:
+            _al_time(o, op.text, op.text_len, <uint64_t>us)
+        return
+    if v != NULL:
+        _al_value(o, v, strlen(v), op.max_len)
+        return
+    memset(&t, 0, sizeof(TlsText))
+    if op.kind == AL_TLS_SESSION_ID:
+        have = tls_session_id(ssl, &t)
+    elif op.kind == AL_PEER_SUBJECT:
+        have = tls_subject(tls_peer_cert(ssl), &t)
+    elif op.kind == AL_LOCAL_SUBJECT:
+        have = tls_subject(tls_local_cert(ssl), &t)
+    elif op.kind == AL_PEER_URI_SAN:
+        have = tls_sans(tls_peer_cert(ssl), OI_GEN_URI, &t, "", ",") > 0
+    elif op.kind == AL_LOCAL_URI_SAN:
+        have = tls_sans(tls_local_cert(ssl), OI_GEN_URI, &t, "", ",") > 0
+    elif op.kind == AL_PEER_DNS_SAN:
+        have = tls_sans(tls_peer_cert(ssl), OI_GEN_DNS, &t, "", ",") > 0
+    elif op.kind == AL_LOCAL_DNS_SAN:
+        have = tls_sans(tls_local_cert(ssl), OI_GEN_DNS, &t, "", ",") > 0
+    elif op.kind == AL_PEER_FP256:
+        have = tls_sha256_hex(tls_peer_cert(ssl), &t)
+    elif op.kind == AL_PEER_SERIAL:
+        have = tls_serial_hex(tls_peer_cert(ssl), &t)
+    if have and t.n and not t.failed:
+        _al_value(o, t.p, t.n, op.max_len)
+    else:
+        _al_put(o, "-", 1)
+    tt_free(&t)
+
+
 cdef const char* _al_request_field(HStream* s, const char* name, size_t n, size_t* out,
                                    char* scratch, size_t cap, char** owned) noexcept nogil:
     """A request header (lower-case name) or pseudo-header of the stream, NULL if absent:
@@ -229,6 +305,9 @@ cdef const char* _al_request_field(HStream* s, const char* name, size_t n, size_
         if _ieq(name, n, ":authority"):
             return _head_field(h, "host", out)
         if _ieq(name, n, ":scheme"):
+            if endp_ssl(&s.c.down) != NULL:
+                out[0] = 5
+                return "https"
             out[0] = 4
             return "http"
         return NULL
@@ -369,6 +448,8 @@ cdef size_t alog_format(AlogSink* k, HStream* s, char* buf, size_t cap) noexcept
                 _al_put(&o, "-", 1)
             else:
                 _al_sockaddr(&o, &ss, op.kind == AL_DS_LOCAL)
+        elif AL_TLS_VERSION <= op.kind <= AL_PEER_V_END:
+            _al_tls(&o, op, <oi_SSL*>endp_ssl(&c.down), c)
     if o.n == cap and cap:
         buf[cap - 1] = 10                       # a cut record still ends its line
     return o.n

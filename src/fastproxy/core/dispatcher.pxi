@@ -42,6 +42,7 @@ cdef struct Endp:
     uint8_t writable
     uint8_t hup                 # an event said the peer closed (RDHUP/HUP/ERR): read to the end
     uint32_t events             # epoll interest registered for fd (kept by tcp_proxy sessions)
+    void* tls                   # its TLS transport (TlsConn*, core/tls/transport.pxi); NULL: plaintext
 
 cdef struct PooledPipe:         # a splice pipe, in use or kept in Worker.pipes
     int r
@@ -331,6 +332,15 @@ cdef inline uint64_t worker_id_random(Worker* w) noexcept nogil:
 
 
 # ---- endpoints, hooks, subsystems ----
+
+cdef inline void endp_forget(Worker* w, Endp* ep) noexcept nogil:
+    """Take ep's socket out of the epoll set before it is closed. close() alone removes it
+    only when no other descriptor refers to the same open file, and a fork (a subprocess
+    started by the process that runs the proxy) holds copies until its exec: events would
+    then still come for an endpoint whose owner has been freed."""
+    if ep.fd >= 0:
+        epoll_ctl(w.epfd, EPOLL_CTL_DEL, ep.fd, NULL)
+
 
 cdef void endp_ignore(Worker* w, Endp* ep, uint32_t events) noexcept nogil:
     """on_event of an endpoint whose owner is gone: an event already fetched in this loop

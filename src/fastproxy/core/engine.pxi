@@ -145,14 +145,16 @@ cdef class Engine:
                      HostSetHandle hosts, pool_idle_timeout=None, max_connection_duration=None,
                      uint32_t max_requests_per_connection=0, uint32_t max_connections=1024,
                      uint32_t max_pending_requests=1024, uint32_t max_requests=1024,
-                     uint32_t max_retries=3, bint removed=False):
+                     uint32_t max_retries=3, bint removed=False, TlsContextHandle tls=None):
         """A cluster (ClusterHandle). removed: a name referenced with no cluster configured
-        (Proxy._cluster_ref), whose requests get 503 NC until set_params revives it."""
+        (Proxy._cluster_ref), whose requests get 503 NC until set_params revives it. tls:
+        upstream TLS with that client context (make_tls_context)."""
         cdef ClusterHandle h = ClusterHandle.__new__(ClusterHandle)
         cdef ClusterParams params = _cluster_params(
             lb_policy, connect_timeout, pool_idle_timeout, max_connection_duration,
             max_requests_per_connection, max_connections, max_pending_requests, max_requests,
             max_retries, removed)
+        params.tls = _client_tls(tls)
         cdef ClusterCfg* c = <ClusterCfg*>calloc(1, sizeof(ClusterCfg))
         if c == NULL:
             raise MemoryError()
@@ -166,10 +168,14 @@ cdef class Engine:
             # Spread the workers' round-robin starting points over the schedule.
             c.per_worker[i].next = <uint32_t>(i * max(1, hosts.hs.nschedule) // self.nworkers)
             c.per_worker[i].params = params     # (no worker knows c yet)
+            if params.tls != NULL:
+                fp_atomic_add_int(&params.tls.refcnt, 1)
         h.c = c
         h.engine = self
         h.stats = stats
         h.params = params
+        if params.tls != NULL:
+            fp_atomic_add_int(&params.tls.refcnt, 1)    # the handle's copy
         h.set_hosts(hosts)
         return h
 
@@ -177,10 +183,17 @@ cdef class Engine:
                       StatBlockHandle lstats, StatBlockHandle tstats, idle_timeout,
                       int max_connect_attempts, max_connections, size_t buffer_limit,
                       tuple filter_factories, bint splice_read, bint splice_write,
-                      ConnHandler handler=None, StatBlockHandle handler_stats=None):
+                      ConnHandler handler=None, StatBlockHandle handler_stats=None,
+                      TlsContextHandle tls=None, transport_socket_connect_timeout=None):
         """A listener's config. Its connections go to the TCP proxy (to `cluster`), or to
         `handler` when given (an HTTP connection manager's config), which gets
-        `handler_stats`, its per-listener stat block, if it has one."""
+        `handler_stats`, its per-listener stat block, if it has one. tls: its connections
+        are TLS with that server context; transport_socket_connect_timeout (seconds): a
+        connection whose handshake has not completed by then is closed."""
+        if tls is not None and not tls.server:
+            raise ValueError(f"tls: {tls.name!r} is a client context; a listener needs a server one")
+        if transport_socket_connect_timeout is not None and not transport_socket_connect_timeout >= 0:
+            raise ValueError("transport_socket_connect_timeout: must be >= 0")
         cdef ListenerCfgHandle h = ListenerCfgHandle.__new__(ListenerCfgHandle)
         cdef ListenerCfg* c = <ListenerCfg*>calloc(1, sizeof(ListenerCfg))
         if c == NULL:
@@ -210,6 +223,11 @@ cdef class Engine:
         c.nworkers = self.nworkers
         c.conns = <CfgConn**>calloc(self.nworkers, sizeof(CfgConn*))
         c.drains = <ListenerDrain*>calloc(self.nworkers, sizeof(ListenerDrain))
+        if tls is not None:
+            c.tls = tls.p
+            fp_atomic_add_int(&tls.p.refcnt, 1)
+            if transport_socket_connect_timeout:
+                c.tls_timeout_ms = max(1, <uint64_t>(transport_socket_connect_timeout * 1000))
         h.c = c                                     # frees c if attach raises
         if c.conns == NULL or c.drains == NULL:
             raise MemoryError()
@@ -217,6 +235,81 @@ cdef class Engine:
         if handler is not None:
             handler.attach(c, handler_stats)
         return h
+
+    def make_chain_listener(self, str name, ListenSockHandle sock, StatBlockHandle lstats, list chains,
+                            ChainTableHandle table, ListenerCfgHandle default, bint inspect_tls,
+                            listener_filters_timeout, bint continue_on_listener_filters_timeout,
+                            StatBlockHandle inspector_stats):
+        """A listener with filter chains (core/listener_filters.pxi): `chains`
+        (ListenerCfgHandles made by make_listener on `sock`) in the order of `table`'s
+        matches, `default` the default_filter_chain or None. With inspect_tls its
+        connections wait in the tls_inspector (at most listener_filters_timeout seconds;
+        None or 0: no limit) for their first bytes before a chain is picked. Limits
+        (max_connections, the global one) are the first chain's."""
+        cdef ListenerCfgHandle h = ListenerCfgHandle.__new__(ListenerCfgHandle)
+        cdef ListenerCfgHandle ch
+        cdef ListenerCfg* c
+        cdef ListenerCfg* like
+        cdef ChainSet* cs
+        cdef int i
+        if len(chains) != len(table):
+            raise ValueError(f"listener {name!r}: {len(chains)} chains for {len(table)} matches")
+        if not chains and default is None:
+            raise ValueError(f"listener {name!r}: a filter chain or a default one is needed")
+        for ch in chains + ([default] if default is not None else []):
+            if ch.c.sock != sock.s:
+                raise ValueError(f"listener {name!r}: filter chain {ch.name!r} is on another socket")
+        like = (<ListenerCfgHandle>(chains[0] if chains else default)).c
+        c = <ListenerCfg*>calloc(1, sizeof(ListenerCfg))
+        if c == NULL:
+            raise MemoryError()
+        c.refcnt = 1
+        c.start = chain_listener_start
+        c.sock = sock.s
+        fp_atomic_add_int(&sock.s.refcnt, 1)
+        c.lstats = lstats.b
+        c.tstats = like.tstats
+        c.max_connections = like.max_connections
+        c.global_active = like.global_active
+        c.global_max = like.global_max
+        c.buffer_limit = like.buffer_limit
+        c.nworkers = self.nworkers
+        h.c = c                                     # frees c (and what it holds) on error
+        h.name = name
+        c.conns = <CfgConn**>calloc(self.nworkers, sizeof(CfgConn*))
+        c.drains = <ListenerDrain*>calloc(self.nworkers, sizeof(ListenerDrain))
+        cs = <ChainSet*>calloc(1, sizeof(ChainSet))
+        if c.conns == NULL or c.drains == NULL or cs == NULL:
+            free(cs)
+            raise MemoryError()
+        c.chains = cs
+        cs.chains = <ListenerCfg**>calloc(max(1, len(chains)), sizeof(ListenerCfg*))
+        if cs.chains == NULL:
+            raise MemoryError()
+        for i, ch in enumerate(chains):
+            cs.chains[i] = ch.c
+            fp_atomic_add_int(&ch.c.refcnt, 1)
+            cs.nchains = i + 1
+            ch.c.sni_inspected = inspect_tls
+        if default is not None:
+            default.c.sni_inspected = inspect_tls
+            cs.dflt = default.c
+            fp_atomic_add_int(&default.c.refcnt, 1)
+        cs.table = table.t
+        fp_atomic_add_int(&table.t.refcnt, 1)
+        if inspector_stats is not None:
+            cs.istats = inspector_stats.b
+            fp_atomic_add_int(&inspector_stats.b.refcnt, 1)
+        cs.inspect_tls = inspect_tls
+        cs.continue_on_timeout = continue_on_listener_filters_timeout
+        cs.timeout_ms = 0 if not listener_filters_timeout else max(1, <uint64_t>(listener_filters_timeout * 1000))
+        return h
+
+    def make_tls_context(self, dict spec, bint server, StatBlockHandle ssl_stats, str name):
+        """A TLS context (TlsContextHandle) for listeners (server) or clusters (client),
+        built from `spec` (API14.md); its handshakes count into ssl_stats (a block of
+        kind "ssl"). Raises ValueError naming the spec key on a bad spec."""
+        return _make_tls_context(self, spec, server, ssl_stats, name)
 
     def apply(self, list listeners):
         """Make `listeners` (ListenerCfgHandles) the workers' listener set. Returns when

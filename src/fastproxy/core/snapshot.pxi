@@ -72,6 +72,8 @@ cdef struct ListenerCfg:
     uint8_t splice_write        # no filter reads upstream bytes
     HttpCfg* http               # an HTTP listener's connection manager, else NULL
     StatBlock* lhstats          # listener.<address>.http.<prefix>.* (HTTP listeners), else NULL
+    TlsProvider* tls            # its connections are TLS with this server context (one reference), else NULL
+    uint64_t tls_timeout_ms     # transport_socket_connect_timeout: the handshake's limit; 0: none
     int nworkers
     CfgConn** conns             # conns[w]: worker w's open connections accepted under this config
     ListenerDrain* drains       # drains[w]: worker w's drain-end timer (ListenerCfgHandle.start_drain)
@@ -81,6 +83,13 @@ cdef struct ListenerCfg:
     uint64_t drain_start_ms     # CLOCK_MONOTONIC milliseconds
     uint64_t drain_end_ms       # every connection still open then is closed
     uint8_t drain_immediate     # every next response closes (else the gradual ramp)
+    # A listener with filter chains (listener_filters.pxi): start picks one of these per
+    # connection, each a ListenerCfg of its own that owns the connection from then on;
+    # this one's conns are the connections still in its listener filter. Else NULL.
+    ChainSet* chains
+    # A chain of a listener with the tls_inspector: its connections' SNI is their requested
+    # server name (Envoy's %REQUESTED_SERVER_NAME%, set by that listener filter only).
+    uint8_t sni_inspected
 
 cdef struct WListener:          # a worker's slot for one listener of its snapshot
     Endp ep
@@ -117,6 +126,8 @@ cdef void listener_cfg_decref(ListenerCfg* c) noexcept nogil:
         _py_decref_with_gil(c.filter_factories)
     cluster_decref(c.cluster)
     http_cfg_decref(c.http)
+    chain_set_free(c.chains)
+    tls_provider_decref(c.tls)
     listensock_decref(c.sock)
     free(c.conns)
     free(c.drains)
@@ -191,6 +202,8 @@ cdef bint listener_drain_start(Worker* w, ListenerCfg* cfg) noexcept nogil:
     cdef ListenerDrain* d = &cfg.drains[w.index]
     if end == 0:
         return False
+    if cfg.chains != NULL:              # its chains hold its connections (stamped alike)
+        chain_set_drain_start(w, cfg.chains)
     if cfg.conns[w.index] == NULL or d.armed:
         return True
     fp_atomic_add_int(&cfg.refcnt, 1)
@@ -418,9 +431,7 @@ cdef class ListenerCfgHandle:
             raise RuntimeError(f"listener {self.name!r}: this version is draining already")
         if not drain_time_s >= 0:
             raise ValueError("drain_time_s must be >= 0")
-        self.c.drain_start_ms = now
-        self.c.drain_immediate = immediate
-        fp_store_u64(&self.c.drain_end_ms, now + <uint64_t>(drain_time_s * 1000))
+        _listener_cfg_stamp_drain(self.c, now, now + <uint64_t>(drain_time_s * 1000), immediate)
 
     @property
     def draining(self):
@@ -429,5 +440,29 @@ cdef class ListenerCfgHandle:
         return end != 0 and clock_ms() < end
 
     def connections(self):
-        """Connections open under this version, all workers (racy, untorn)."""
-        return fp_atomic_load_i64(&self.c.nconns)
+        """Connections open under this version, all workers (racy, untorn); a listener
+        with filter chains: those of its chains and those still in its listener filter."""
+        cdef int i
+        cdef int64_t n = fp_atomic_load_i64(&self.c.nconns)
+        cdef ChainSet* cs = self.c.chains
+        if cs != NULL:
+            for i in range(cs.nchains):
+                n += fp_atomic_load_i64(&cs.chains[i].nconns)
+            if cs.dflt != NULL:
+                n += fp_atomic_load_i64(&cs.dflt.nconns)
+        return n
+
+
+cdef void _listener_cfg_stamp_drain(ListenerCfg* c, uint64_t start, uint64_t end, bint immediate) noexcept:
+    """The drain window of a retired version, and of its filter chains (their connections
+    ask listener_drain_close of their own ListenerCfg)."""
+    cdef int i
+    cdef ChainSet* cs = c.chains
+    if cs != NULL:
+        for i in range(cs.nchains):
+            _listener_cfg_stamp_drain(cs.chains[i], start, end, immediate)
+        if cs.dflt != NULL:
+            _listener_cfg_stamp_drain(cs.dflt, start, end, immediate)
+    c.drain_start_ms = start
+    c.drain_immediate = immediate
+    fp_store_u64(&c.drain_end_ms, end)      # published last

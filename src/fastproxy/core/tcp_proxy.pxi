@@ -192,7 +192,7 @@ cdef int _dir_pump_buffered(Session* s, Dir* d) noexcept nogil:
                     d.paused = 0
                     stat_add(s.cfg.tstats, s.w, T_RESUMED, 1)
                 eof_next = False
-                n = chain_read_fd(&d.rbuf, d.src.fd, limit - held, &asked)
+                n = endp_read(d.src, &d.rbuf, limit - held, &asked)
                 if n > 0:
                     _count_rx(s, d, <size_t>n)
                     d.copied += <uint64_t>n
@@ -223,7 +223,7 @@ cdef int _dir_pump_buffered(Session* s, Dir* d) noexcept nogil:
             # Once the source's EOF has passed, buf holds the last bytes and _dir_pump
             # sends the FIN as soon as they are out: MSG_MORE lets it leave with them,
             # in one segment.
-            n = chain_write_fd(&d.buf, d.dst.fd, &offered, d.src_eof and d.eof_passed)
+            n = endp_write(d.dst, &d.buf, &offered, d.src_eof and d.eof_passed)
             if n > 0:
                 _count_tx(s, d, <size_t>n, False)
                 progress = True
@@ -269,7 +269,7 @@ cdef inline int _dir_pump(Session* s, Dir* d) noexcept nogil:
         # When the other direction is shut already, the session closes in this pump and
         # close() sends the FIN: no shutdown() call needed.
         if not (s.u2d.shut if d.upward else s.d2u.shut):
-            shutdown(d.dst.fd, SHUT_WR)
+            endp_shutdown_wr(d.dst)
     return r
 
 
@@ -289,7 +289,8 @@ cdef void _endp_watch_in(Session* s, Endp* ep, bint src_eof) noexcept nogil:
     cdef bint want
     if src_eof or ep.fd < 0:
         return
-    want = not ep.readable
+    # (A TLS write that waits for the peer's bytes needs EPOLLIN whatever the readiness.)
+    want = not ep.readable or (ep.tls != NULL and (<TlsConn*>ep.tls).write_wants_read)
     if want == ((ep.events & EPOLLIN) != 0):
         return
     ev.events = (ep.events | EPOLLIN) if want else (ep.events & ~(<uint32_t>EPOLLIN))
@@ -340,16 +341,23 @@ cdef void session_on_event(Worker* w, Endp* ep, uint32_t events) noexcept nogil:
     elif events & (EPOLLRDHUP | EPOLLHUP) and not ep.hup:
         ep.hup = HUP_FIN
     if ep == &s.up and s.state == S_CONNECTING:
-        if events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
+        if s.up.tls != NULL:
+            _session_tls_step(s)                # the upstream handshake
+        elif events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
             _session_connect_done(s, events)
         return
     if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
         ep.readable = 1
     if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
         ep.writable = 1
+    endp_tls_event(ep, events)
     if s.state != S_ESTABLISHED:
         if ep == &s.down and events & EPOLLERR:
             session_close(s, False, False)      # the client went away before we connected
+        elif ep == &s.down and s.down.tls != NULL and tls_handshake(&s.down) < 0:
+            # The downstream handshake runs while the upstream connects (as Envoy's
+            # transport socket does); its failure ends the session.
+            session_close(s, False, False)
         return
     session_pump(s)
 
@@ -488,6 +496,13 @@ cdef void session_start(Worker* w, ListenerCfg* cfg, int fd, const sockaddr* pee
     stat_add(cfg.tstats, w, T_CX_ACTIVE, 1)
     if not cfg.sock.loopback:   # else inherited from the listening socket, as TCP_NODELAY is
         _loopback_tune(fd, peer)
+    if cfg.tls != NULL:
+        s.down.tls = tls_conn_new(w, cfg.tls, fd)
+        if s.down.tls == NULL:
+            session_close(s, True, False)
+            return
+        if cfg.tls_timeout_ms:
+            tls_conn_arm_timeout(<TlsConn*>s.down.tls, cfg.tls_timeout_ms, _session_tls_timeout, s)
     cdef epoll_event ev
     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
     ev.data.ptr = &s.down
@@ -564,9 +579,15 @@ cdef void session_connect(Session* s) noexcept nogil:
     session_close(s, False, False)
 
 
+cdef void _session_tls_timeout(void* owner) noexcept nogil:
+    session_close(<Session*>owner, False, False)
+
+
 cdef void _session_connect_failed(Session* s) noexcept nogil:
     cdef Worker* w = s.w
     timer_cancel(w, &s.connect_timer)
+    endp_tls_close(&s.up, False)
+    endp_forget(w, &s.up)
     close(s.up.fd)
     s.up.fd = -1
     s.up.hup = 0                                # the next attempt's socket starts afresh
@@ -589,15 +610,41 @@ cdef void _session_connect_done(Session* s, uint32_t events) noexcept nogil:
             getsockopt(s.up.fd, SOL_SOCKET, SO_ERROR, &err, &n) < 0 or err != 0):
         _session_connect_failed(s)
         return
+    cdef TlsProvider* tls = cluster_params(s.cfg.cluster, s.w).tls
+    if tls != NULL:
+        # Upstream TLS: connected once its handshake completes, within the connect timeout.
+        s.up.tls = tls_conn_new(s.w, tls, s.up.fd)
+        if s.up.tls == NULL:
+            _session_connect_failed(s)
+            return
+        tls_client_prepare(<TlsConn*>s.up.tls, NULL, 0)
+        _session_tls_step(s)
+        return
+    _session_established(s, (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0)
+
+
+cdef void _session_tls_step(Session* s) noexcept nogil:
+    """Drive the upstream handshake; a failure is a connect failure (the next attempt)."""
+    cdef int r = tls_handshake(&s.up)
+    if r == 0:
+        return
+    if r < 0:
+        _session_connect_failed(s)
+        return
+    _session_established(s, True)           # (records may have come with the handshake)
+
+
+cdef void _session_established(Session* s, bint up_readable) noexcept nogil:
     timer_cancel(s.w, &s.connect_timer)
     s.state = S_ESTABLISHED
     # Only what came with the connect's completion: later bytes bring their own edge.
-    s.up.readable = (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0
+    s.up.readable = up_readable
     s.up.writable = 1
     s.down.readable = 1                         # its edge may have come while we connected
     s.down.writable = 1
-    s.d2u.may_splice = s.cfg.splice_read
-    s.u2d.may_splice = s.cfg.splice_write
+    # Never through a pipe where user-space TLS has to see the bytes.
+    s.d2u.may_splice = s.cfg.splice_read and endp_splice_ok(&s.down, &s.up)
+    s.u2d.may_splice = s.cfg.splice_write and endp_splice_ok(&s.up, &s.down)
     if s.cfg.idle_timeout_ms:
         timer_arm(s.w, &s.idle_timer, s.cfg.idle_timeout_ms)
     session_pump(s)
@@ -649,6 +696,10 @@ cdef void session_close(Session* s, bint rst_down, bint rst_up) noexcept nogil:
         _py_session_closed(s)
     if rst_down or rst_up:
         stat_add(s.cfg.tstats, w, T_RESET_SENT, 1)
+    endp_tls_close(&s.down, not rst_down)
+    endp_tls_close(&s.up, not rst_up)
+    endp_forget(w, &s.down)
+    endp_forget(w, &s.up)
     _close_fd(s.down.fd, rst_down, s.d2u.src_eof)
     _close_fd(s.up.fd, rst_up, s.u2d.src_eof)
     _dir_release(w, &s.d2u)

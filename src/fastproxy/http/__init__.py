@@ -26,14 +26,14 @@ from .native_filters import Buffer as BufferFilter
 from .model import (AccessLog, DirectResponse, HeaderMatcher, HeaderMutations, HeaderValueOption,
                           HttpConnectionManager, Int64Range, InternalAddressConfig, QueryParameterMatcher,
                           Rds, RedirectAction, RegexRewrite, Route, RouteAction, RouteConfiguration, RouteMatch,
-                          StringMatch, UpgradeConfig, VirtualHost, WeightedCluster)
+                          SetCurrentClientCertDetails, StringMatch, UpgradeConfig, VirtualHost, WeightedCluster)
 
 __all__ = [
     # the connection manager and its routes
     "HttpConnectionManager", "RouteConfiguration", "VirtualHost", "Route", "RouteMatch", "RouteAction",
     "RedirectAction", "DirectResponse", "WeightedCluster", "RegexRewrite", "HeaderMatcher",
     "QueryParameterMatcher", "StringMatch", "Int64Range", "HeaderValueOption", "HeaderMutations",
-    "AccessLog", "UpgradeConfig", "InternalAddressConfig", "Rds",
+    "AccessLog", "UpgradeConfig", "InternalAddressConfig", "Rds", "SetCurrentClientCertDetails",
     # the native HTTP filters: their names (NativeHttpFilter's kind) and configs
     "LOCAL_RATELIMIT", "CORS", "FAULT", "BUFFER", "HEALTH_CHECK", "HEADER_MUTATION", "NATIVE_FILTER_KINDS",
     "LocalRateLimit", "TokenBucket", "Cors", "CorsPolicy", "HTTPFault", "FaultDelay", "FaultAbort",

@@ -470,6 +470,30 @@ class InternalAddressConfig:
             parse_cidr(string(cidr, cp, non_empty=True), cp)
 
 
+@dataclass
+class SetCurrentClientCertDetails:
+    """HttpConnectionManager.SetCurrentClientCertDetails: what this hop's element of
+    x-forwarded-client-cert carries besides By= and Hash= (with forward_client_cert_details
+    APPEND_FORWARD or SANITIZE_SET). Envoy writes them in the order cert, chain, subject,
+    uri, dns whatever the order here."""
+
+    subject: bool = False           # Subject="<RFC 2253>"
+    cert: bool = False              # Cert="<url-encoded PEM of the client certificate>"
+    chain: bool = False             # Chain="<url-encoded PEMs, the client certificate first>"
+    dns: bool = False               # DNS=<name> for each DNS SAN
+    uri: bool = False               # URI=<uri> for each URI SAN (one empty URI= if none)
+
+    def validate(self, path: str) -> None:
+        """Check the fields; ``path`` names this config in errors."""
+        for name in ("subject", "cert", "chain", "dns", "uri"):
+            boolean(getattr(self, name), f"{path}.{name}")
+
+
+# Envoy's ForwardClientCertDetails (x-forwarded-client-cert), SANITIZE the default.
+FORWARD_CLIENT_CERT_DETAILS = ("SANITIZE", "FORWARD_ONLY", "APPEND_FORWARD", "SANITIZE_SET",
+                               "ALWAYS_FORWARD_ONLY")
+
+
 # The names the model takes (Envoy's enums are in fastproxy.validation; the loader maps
 # IMPLEMENTATION_SPECIFIC_DEFAULT to KEEP_UNCHANGED, as Envoy does).
 SERVER_HEADER_TRANSFORMATIONS = tuple(_SERVER_HEADER_TRANSFORMATIONS)
@@ -520,6 +544,10 @@ class HttpConnectionManager:
     path_with_escaped_slashes_action: str = "KEEP_UNCHANGED"   # %2F / %5C: ESCAPED_SLASHES_ACTIONS
     strip_host_port: str = "NONE"                           # NONE, MATCHING (the listener's), ANY
     headers_with_underscores_action: str = "ALLOW"          # ALLOW, REJECT_REQUEST, DROP_HEADER
+    # x-forwarded-client-cert (Envoy's forward_client_cert_details, FORWARD_CLIENT_CERT_DETAILS;
+    # core/http/hcm_headers.pxi says what each does) and what this hop's element carries.
+    forward_client_cert_details: str = "SANITIZE"
+    set_current_client_cert_details: Optional[SetCurrentClientCertDetails] = None
     rds: Optional[Rds] = None                               # the route configuration comes from RDS
 
     def validate(self, path: str, cluster_names: Collection[str]) -> None:
@@ -553,6 +581,11 @@ class HttpConnectionManager:
                               ("strip_host_port", STRIP_HOST_PORT_MODES),
                               ("headers_with_underscores_action", UNDERSCORES_ACTIONS)):
             one_of(getattr(self, name), f"{path}.{name}", allowed)
+        one_of(self.forward_client_cert_details, path + ".forward_client_cert_details",
+               FORWARD_CLIENT_CERT_DETAILS)
+        if self.set_current_client_cert_details is not None:
+            sp = path + ".set_current_client_cert_details"
+            typed(self.set_current_client_cert_details, SetCurrentClientCertDetails, sp).validate(sp)
         for name in ("request_headers_timeout", "stream_idle_timeout", "request_timeout", "idle_timeout"):
             seconds(getattr(self, name), f"{path}.{name}")
         seconds(self.drain_timeout, path + ".drain_timeout", optional=False)

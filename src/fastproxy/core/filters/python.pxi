@@ -277,14 +277,97 @@ cdef class StreamInfo:
     cdef readonly uint64_t bytes_sent         # response body bytes sent downstream
     cdef readonly str response_flags          # Envoy's short codes ("UF,URX"), "-" if none
     cdef readonly str protocol
+    cdef readonly object requested_server_name   # the TLS SNI, or None
+    cdef readonly object ssl_connection          # an SslConnectionInfo on TLS, else None
 
     def __repr__(self):
         return (f"<StreamInfo {self.downstream_remote_address} code={self.response_code} "
                 f"upstream={self.upstream_host}>")
 
 
+cdef class SslConnectionInfo:
+    """The downstream connection's TLS facts (Envoy's Ssl::ConnectionInfo), read when the
+    StreamInfo is taken. Certificate facts are None (lists empty) when that certificate is
+    absent (no client certificate)."""
+    cdef readonly str tls_version                # "TLSv1.3"
+    cdef readonly str ciphersuite                # "TLS_AES_128_GCM_SHA256"
+    cdef readonly object session_id              # hex, or None
+    cdef readonly bint peer_certificate_presented
+    cdef readonly object subject_peer_certificate    # RFC 2253
+    cdef readonly object subject_local_certificate
+    cdef readonly list uri_san_peer_certificate
+    cdef readonly list uri_san_local_certificate
+    cdef readonly list dns_sans_peer_certificate
+    cdef readonly list dns_sans_local_certificate
+    cdef readonly object sha256_peer_certificate_digest     # hex
+    cdef readonly object serial_number_peer_certificate     # hex
+    cdef readonly object valid_from_peer_certificate        # seconds since the epoch
+    cdef readonly object expiration_peer_certificate
+    cdef readonly object url_encoded_pem_encoded_peer_certificate
+
+    def __repr__(self):
+        return (f"<SslConnectionInfo {self.tls_version} {self.ciphersuite} "
+                f"peer={self.subject_peer_certificate!r}>")
+
+
+cdef object _tt_str(TlsText* t, bint have):
+    """A TlsText as str (and freed); None when not `have` or memory ran out."""
+    try:
+        if not have or t.failed:
+            return None
+        return t.p[:t.n].decode("utf-8", "replace") if t.n else ""
+    finally:
+        tt_free(t)
+
+
+cdef list _san_list(oi_X509* x, int kind):
+    cdef TlsText t
+    memset(&t, 0, sizeof(TlsText))
+    # A DNS name or URI has no line break (IA5 text of a host or URI): it separates them.
+    n = tls_sans(x, kind, &t, "", "\n")
+    text = _tt_str(&t, n > 0)
+    return text.split("\n") if text else []
+
+
+cdef object _ssl_connection(oi_SSL* ssl):
+    cdef SslConnectionInfo i
+    cdef TlsText t
+    cdef oi_X509* peer
+    cdef oi_X509* local
+    cdef int64_t us
+    cdef const char* v
+    if ssl == NULL:
+        return None
+    i = SslConnectionInfo.__new__(SslConnectionInfo)
+    peer = tls_peer_cert(ssl)
+    local = tls_local_cert(ssl)
+    v = tls_version(ssl)
+    i.tls_version = (<bytes>v).decode() if v != NULL else ""
+    v = tls_cipher(ssl)
+    i.ciphersuite = (<bytes>v).decode() if v != NULL else ""
+    memset(&t, 0, sizeof(TlsText))
+    i.session_id = _tt_str(&t, tls_session_id(ssl, &t))
+    i.peer_certificate_presented = peer != NULL
+    i.subject_peer_certificate = _tt_str(&t, tls_subject(peer, &t))
+    i.subject_local_certificate = _tt_str(&t, tls_subject(local, &t))
+    i.uri_san_peer_certificate = _san_list(peer, OI_GEN_URI)
+    i.uri_san_local_certificate = _san_list(local, OI_GEN_URI)
+    i.dns_sans_peer_certificate = _san_list(peer, OI_GEN_DNS)
+    i.dns_sans_local_certificate = _san_list(local, OI_GEN_DNS)
+    i.sha256_peer_certificate_digest = _tt_str(&t, tls_sha256_hex(peer, &t))
+    i.serial_number_peer_certificate = _tt_str(&t, tls_serial_hex(peer, &t))
+    i.url_encoded_pem_encoded_peer_certificate = _tt_str(&t, tls_pem_urlencoded(peer, &t))
+    us = tls_cert_time_us(peer, False)
+    i.valid_from_peer_certificate = us // 1000000 if us >= 0 else None
+    us = tls_cert_time_us(peer, True)
+    i.expiration_peer_certificate = us // 1000000 if us >= 0 else None
+    return i
+
+
 cdef StreamInfo _stream_info(HStream* s):
     cdef StreamInfo i = StreamInfo.__new__(StreamInfo)
+    cdef oi_SSL* ssl
+    cdef const char* sni
     cdef char buf[64]
     cdef size_t k
     cdef uint64_t now = s.c.w.now
@@ -306,6 +389,10 @@ cdef StreamInfo _stream_info(HStream* s):
         i.upstream_cluster = _cluster_name(s)
     if s.route != NULL and s.route.name.p != NULL:
         i.route_name = _latin1(s.route.name.p, s.route.name.n)
+    ssl = <oi_SSL*>endp_ssl(&s.c.down)
+    sni = hconn_requested_server_name(s.c)
+    i.requested_server_name = (<bytes>sni).decode("ascii", "replace") if sni != NULL else None
+    i.ssl_connection = _ssl_connection(ssl)
     return i
 
 

@@ -134,6 +134,15 @@ cdef void hconn_start(Worker* w, ListenerCfg* cfg, int fd, const sockaddr* peer)
         if getsockname(fd, <sockaddr*>&ss, &sl) == 0:
             c.local_port = ntohs((<sockaddr_in6*>&ss).sin6_port if ss.ss_family == AF_INET6
                                  else (<sockaddr_in*>&ss).sin_port)
+    if cfg.tls != NULL:
+        # TLS: the handshake runs through the first reads and writes (the client speaks
+        # first); transport_socket_connect_timeout bounds it.
+        c.down.tls = tls_conn_new(w, cfg.tls, fd)
+        if c.down.tls == NULL:
+            hconn_close(c, True)
+            return
+        if cfg.tls_timeout_ms:
+            tls_conn_arm_timeout(<TlsConn*>c.down.tls, cfg.tls_timeout_ms, _hconn_tls_timeout, c)
     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
     ev.data.ptr = &c.down
     if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
@@ -143,6 +152,10 @@ cdef void hconn_start(Worker* w, ListenerCfg* cfg, int fd, const sockaddr* peer)
         timer_arm(w, &c.idle_timer, h.idle_timeout_ms)
     if h.request_headers_timeout_ms:
         timer_arm(w, &c.headers_timer, h.request_headers_timeout_ms)
+
+
+cdef void _hconn_tls_timeout(void* owner) noexcept nogil:
+    hconn_close(<HConn*>owner, False)
 
 
 cdef void hconn_close(HConn* c, bint rst) noexcept nogil:
@@ -181,7 +194,9 @@ cdef void hconn_close(HConn* c, bint rst) noexcept nogil:
             http_pool_cancel(s.upstream.conn)
         stat_sub(h.stats, w, H_RQ_ACTIVE, 1)
         stream_free(s)
+    endp_tls_close(&c.down, not rst and not c.peer_gone)
     # After a read that drained the socket (and no event since), nothing is left to drop.
+    endp_forget(w, &c.down)
     _close_fd(c.down.fd, rst, c.down_eof or (c.codec_seen and not c.down.readable))
     c.down.fd = -1
     chain_free(&c.in_buf)
@@ -211,10 +226,9 @@ cdef void _hconn_linger_end(Worker* w, void* arg) noexcept nogil:
 
 cdef void _hconn_linger_read(HConn* c) noexcept nogil:
     """Read and drop what the client still sends; close at its EOF or on an error."""
-    cdef char scratch[16384]
     cdef ssize_t n
     while True:
-        n = read(c.down.fd, scratch, sizeof(scratch))
+        n = endp_discard(&c.down)       # (through TLS on a TLS connection)
         if n > 0:
             continue
         if n < 0 and errno == EINTR:
@@ -238,7 +252,7 @@ cdef void _hconn_finish(HConn* c) noexcept nogil:
         return
     c.lingering = 1
     chain_clear(&c.in_buf)
-    shutdown(c.down.fd, SHUT_WR)
+    endp_shutdown_wr(&c.down)
     timer_cancel(c.w, &c.headers_timer)
     timer_cancel(c.w, &c.idle_timer)
     timer_init(&c.idle_timer, _hconn_linger_end, c)
@@ -258,6 +272,7 @@ cdef void hconn_on_event(Worker* w, HConn* c, uint32_t events) noexcept nogil:
         c.down.hup = 1
     if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
         c.down.writable = 1
+    endp_tls_event(&c.down, events)
     hconn_pump(c)
 
 
@@ -402,7 +417,7 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
         if c.out_buf.length and c.down.writable:
             # A connection to close closes as soon as out_buf is out (below): with MSG_MORE
             # its FIN leaves in the same segment as the last bytes.
-            n = chain_write_fd(&c.out_buf, c.down.fd, NULL, c.close_after and c.stream == NULL)
+            n = endp_write(&c.down, &c.out_buf, NULL, c.close_after and c.stream == NULL)
             if n > 0:
                 progress = True
                 stat_add((<HttpCfg*>c.cfg.http).stats, c.w, H_CX_TX_BYTES, <uint64_t>n)
@@ -419,7 +434,7 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
                 and (s == NULL or s.upstream.conn == NULL or s.upstream.conn.out_buf.length < HTTP_IO_LIMIT) \
                 and not (s != NULL and s.upstream.conn != NULL and not s.upstream.req_done and not _dec_body_filtered(s)
                          and (c.req_pipe.bytes or _request_splice_ready(c, s))):
-            n = chain_read_fd(&c.in_buf, c.down.fd, HTTP_IO_LIMIT - c.in_buf.length, &asked)
+            n = endp_read(&c.down, &c.in_buf, HTTP_IO_LIMIT - c.in_buf.length, &asked)
             if n > 0:
                 if not c.codec_seen:
                     # Envoy creates the HTTP/1 codec with the first bytes read (a client
@@ -440,7 +455,8 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
             elif errno != EINTR:
                 c.in_pump = 0
                 c.peer_gone = 1
-                hconn_close(c, True)
+                # (A TLS error has sent its alert: a FIN lets the client read it.)
+                hconn_close(c, errno != EPROTO)
                 return
         if _hconn_process(c) < 0:
             c.in_pump = 0

@@ -80,6 +80,8 @@ cdef struct HttpCfg:
     char* via                       # via: appended to request and response Via; NULL: none
     size_t via_len
     uint8_t skip_xff_append         # use_remote_address without touching x-forwarded-for
+    uint8_t xfcc_mode               # XFCC_*: forward_client_cert_details (core/http/hcm_headers.pxi)
+    uint8_t xfcc_details            # XD_* bits: set_current_client_cert_details
     uint8_t preserve_external_request_id
     uint8_t always_set_request_id   # always_set_request_id_in_response
     uint8_t normalize_path          # path normalization (core/http/hcm_headers.pxi)

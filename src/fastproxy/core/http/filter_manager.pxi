@@ -459,8 +459,10 @@ cdef int hf_stream_create(HStream* s) noexcept nogil:
     v = _head_field(&s.head, "host", &n)
     if v != NULL:
         hm_append_raw(&fc.req, _cs(":authority"), _s(v, n))
-    hm_append_raw(&fc.req, _cs(":scheme"), _cs("http"))
+    hm_append_raw(&fc.req, _cs(":scheme"), hconn_scheme(s.c))
     if hm_from_head(&fc.req, &s.head, True, True) < 0:
+        return -1
+    if hm_apply_xfcc(s, &fc.req) < 0:
         return -1
     # Envoy's connection manager mutates the request before the filters see it
     # (core/http/stream_extras.pxi): x-envoy-* sanitizing, x-envoy-internal / x-envoy-external-address,

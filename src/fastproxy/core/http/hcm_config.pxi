@@ -149,6 +149,13 @@ def make_http_cfg(hcm, StatBlockHandle stats, RouteProviderHandle routes not Non
         memcpy(h.via, <char*>via, len(via))
         h.via_len = len(via)
     h.skip_xff_append = hcm.skip_xff_append
+    h.xfcc_mode = XFCC_MODES[hcm.forward_client_cert_details]
+    details = hcm.set_current_client_cert_details
+    h.xfcc_details = 0
+    if details is not None:
+        for name, bit in XFCC_DETAILS.items():
+            if getattr(details, name):
+                h.xfcc_details |= bit
     h.preserve_external_request_id = hcm.preserve_external_request_id
     h.always_set_request_id = hcm.always_set_request_id_in_response
     h.normalize_path = hcm.normalize_path

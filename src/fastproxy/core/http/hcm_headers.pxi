@@ -386,3 +386,164 @@ cdef void stream_strip_host_port(HStream* s, HttpCfg* h) noexcept nogil:
         if port != s.c.local_port:
             return
     f.value_len = <uint32_t>colon
+
+
+# ---------------------------------------------------------------- TLS facts of the request
+#
+# x-forwarded-proto and :scheme say "https" on a TLS connection (Envoy's mutateRequestHeaders:
+# connection.ssl()), and x-forwarded-client-cert follows forward_client_cert_details
+# (mutateXfccRequestHeader, Envoy 1.40):
+#   ALWAYS_FORWARD_ONLY  the client's XFCC goes on as received
+#   SANITIZE (default)   removed; also in every other mode when the connection did not
+#                        present a client certificate (plaintext, or TLS without one)
+#   FORWARD_ONLY         a mutual-TLS request's XFCC goes on as received
+#   APPEND_FORWARD       ",<this hop's element>" appended to it (or the element alone)
+#   SANITIZE_SET         replaced by this hop's element
+# This hop's element: By=<each URI SAN of our certificate>;Hash=<SHA-256 hex of the peer's>,
+# then what set_current_client_cert_details selects, in Envoy's order: Cert="<url-encoded
+# PEM>", Chain="<url-encoded PEMs, leaf first>", Subject="<RFC 2253>", URI=<each URI SAN, or
+# one empty "URI=">, DNS=<each DNS SAN>; all joined by ';'.
+
+cdef enum:                          # HttpCfg.xfcc_mode
+    XFCC_SANITIZE = 0
+    XFCC_FORWARD_ONLY = 1
+    XFCC_APPEND_FORWARD = 2
+    XFCC_SANITIZE_SET = 3
+    XFCC_ALWAYS_FORWARD_ONLY = 4
+
+cdef enum:                          # HttpCfg.xfcc_details
+    XD_CERT = 1
+    XD_CHAIN = 2
+    XD_SUBJECT = 4
+    XD_URI = 8
+    XD_DNS = 16
+
+XFCC_MODES = {"SANITIZE": XFCC_SANITIZE, "FORWARD_ONLY": XFCC_FORWARD_ONLY,
+              "APPEND_FORWARD": XFCC_APPEND_FORWARD, "SANITIZE_SET": XFCC_SANITIZE_SET,
+              "ALWAYS_FORWARD_ONLY": XFCC_ALWAYS_FORWARD_ONLY}
+XFCC_DETAILS = {"cert": XD_CERT, "chain": XD_CHAIN, "subject": XD_SUBJECT, "uri": XD_URI,
+                "dns": XD_DNS}
+
+cdef enum:                          # xfcc_decide
+    XFCC_KEEP = 0                   # leave the request's XFCC as it is
+    XFCC_REMOVE = 1
+    XFCC_SET = 2                    # replace every XFCC field by the built value
+
+
+cdef inline oi_SSL* hconn_ssl(HConn* c) noexcept nogil:
+    """The downstream connection's SSL, NULL on plaintext."""
+    return <oi_SSL*>endp_ssl(&c.down)
+
+
+cdef inline const char* hconn_requested_server_name(HConn* c) noexcept nogil:
+    """%REQUESTED_SERVER_NAME%: the SNI when the listener's tls_inspector read it (Envoy
+    sets it there only: a TLS listener without the inspector logs "-"), else NULL."""
+    if not c.cfg.sni_inspected:
+        return NULL
+    return tls_sni(<oi_SSL*>endp_ssl(&c.down))
+
+
+cdef inline StrRef hconn_scheme(HConn* c) noexcept nogil:
+    """"https" on a TLS connection, else "http" (x-forwarded-proto, :scheme)."""
+    if endp_ssl(&c.down) != NULL:
+        return _cs("https")
+    return _cs("http")
+
+
+cdef void _xfcc_element(oi_SSL* ssl, uint8_t details, TlsText* t) noexcept nogil:
+    """This hop's XFCC element (see above) appended to t."""
+    cdef oi_X509* peer = tls_peer_cert(ssl)
+    cdef size_t mark = t.n
+    tls_sans(tls_local_cert(ssl), OI_GEN_URI, t, "By=", ";")
+    if t.n > mark:
+        tt_put(t, ";", 1)
+    tt_put(t, "Hash=", 5)
+    tls_sha256_hex(peer, t)
+    if details & XD_CERT:
+        tt_put(t, ";Cert=\"", 7)
+        tls_pem_urlencoded(peer, t)
+        tt_put(t, "\"", 1)
+    if details & XD_CHAIN:
+        tt_put(t, ";Chain=\"", 8)
+        tls_peer_chain_urlencoded(ssl, t)
+        tt_put(t, "\"", 1)
+    if details & XD_SUBJECT:
+        tt_put(t, ";Subject=\"", 10)
+        tls_subject(peer, t)
+        tt_put(t, "\"", 1)
+    if details & XD_URI:
+        tt_put(t, ";", 1)
+        if tls_sans(peer, OI_GEN_URI, t, "URI=", ";") == 0:
+            tt_put(t, "URI=", 4)
+    if details & XD_DNS:
+        mark = t.n
+        tt_put(t, ";", 1)
+        if tls_sans(peer, OI_GEN_DNS, t, "DNS=", ";") == 0:
+            t.n = mark                  # no DNS SAN: no DNS key at all
+
+
+cdef int xfcc_decide(HStream* s, PairList* l, TlsText* out) noexcept nogil:
+    """What forward_client_cert_details does to the request's XFCC fields in l. XFCC_SET:
+    out holds the new value (the caller frees it); -1: no memory."""
+    cdef HttpCfg* h = <HttpCfg*>s.c.cfg.http
+    cdef oi_SSL* ssl
+    cdef size_t i
+    cdef bint first = True
+    if h.xfcc_mode == XFCC_ALWAYS_FORWARD_ONLY:
+        return XFCC_KEEP
+    ssl = hconn_ssl(s.c)
+    if h.xfcc_mode == XFCC_SANITIZE or tls_peer_cert(ssl) == NULL:
+        return XFCC_REMOVE if _pl_has(l, "x-forwarded-client-cert", 23) else XFCC_KEEP
+    if h.xfcc_mode == XFCC_FORWARD_ONLY:
+        return XFCC_KEEP
+    if h.xfcc_mode == XFCC_APPEND_FORWARD:
+        # Envoy appends to the one header it keeps (repeated fields joined by ',').
+        for i in range(l.n):
+            if _rt_ieq2(l.v[i].name.p, l.v[i].name.n, "x-forwarded-client-cert", 23):
+                if l.v[i].value.n == 0:
+                    continue
+                if not first:
+                    tt_put(out, ",", 1)
+                tt_put(out, l.v[i].value.p, l.v[i].value.n)
+                first = False
+        if not first:
+            tt_put(out, ",", 1)
+    _xfcc_element(ssl, h.xfcc_details, out)
+    if out.failed:
+        return -1
+    return XFCC_SET
+
+
+cdef int pl_apply_xfcc(HStream* s, PairList* l, char** owned) noexcept nogil:
+    """forward_client_cert_details on a request's field list; owned[0]: the new value's
+    memory, for the caller to free once l is serialized. -1: no memory."""
+    cdef TlsText t
+    cdef int rc
+    memset(&t, 0, sizeof(TlsText))
+    rc = xfcc_decide(s, l, &t)
+    if rc == XFCC_KEEP:
+        return 0
+    _pl_remove(l, "x-forwarded-client-cert", 23)
+    if rc == XFCC_REMOVE:
+        return 0
+    if rc < 0:
+        tt_free(&t)
+        return -1
+    owned[0] = t.p
+    return _pl_add(l, _cs("x-forwarded-client-cert"), _s(t.p, t.n))
+
+
+cdef int hm_apply_xfcc(HStream* s, HMap* m) noexcept nogil:
+    """forward_client_cert_details on a filtered stream's request map, before its filters
+    run (as Envoy's connection manager does): they see what the upstream will get. -1: no
+    memory."""
+    cdef TlsText t
+    cdef int rc
+    memset(&t, 0, sizeof(TlsText))
+    rc = xfcc_decide(s, &m.l, &t)
+    if rc == XFCC_REMOVE:
+        hm_remove(m, "x-forwarded-client-cert", 23)
+    elif rc == XFCC_SET:
+        rc = hm_set(m, "x-forwarded-client-cert", 23, t.p, t.n)     # copies into the map's arena
+    tt_free(&t)
+    return -1 if rc < 0 else 0

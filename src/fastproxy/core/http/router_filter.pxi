@@ -119,6 +119,7 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
     cdef char* xff_owned = NULL             # the x-forwarded-for when xff[] is too small
     cdef char* xffp = xff
     cdef size_t xff_cap = sizeof(xff)
+    cdef char* xfcc_owned = NULL
     memset(&l, 0, sizeof(PairList))
     try:
         if s.fc != NULL:
@@ -181,13 +182,16 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
             _pl_remove(&l, "x-forwarded-for", 15)
             _pl_add(&l, _cs("x-forwarded-for"), _s(xffp, k))
         if h.use_remote_address:
-            # A trusted hop's x-forwarded-proto is kept (Envoy: only with xff_num_trusted_hops).
+            # A trusted hop's x-forwarded-proto is kept (Envoy: only with xff_num_trusted_hops);
+            # otherwise it says how the client reached us (https on TLS).
             if h.xff_num_trusted_hops == 0 or not _pl_has(&l, "x-forwarded-proto", 17):
                 _pl_remove(&l, "x-forwarded-proto", 17)
-                _pl_add(&l, _cs("x-forwarded-proto"), _cs("http"))
+                _pl_add(&l, _cs("x-forwarded-proto"), hconn_scheme(c))
         elif not _pl_has(&l, "x-forwarded-proto", 17):
-            _pl_add(&l, _cs("x-forwarded-proto"), _cs("http"))
+            _pl_add(&l, _cs("x-forwarded-proto"), hconn_scheme(c))
         if s.fc == NULL:
+            if pl_apply_xfcc(s, &l, &xfcc_owned) < 0:
+                return -1
             if s.client_internal:
                 _pl_add(&l, _cs("x-envoy-internal"), _cs("true"))
             elif s.edge:
@@ -220,6 +224,7 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
         free(l.v)
         free(owned)
         free(xff_owned)
+        free(xfcc_owned)
 
 
 cdef bint _response_splice_ready(HStream* s) noexcept nogil:
@@ -230,7 +235,8 @@ cdef bint _response_splice_ready(HStream* s) noexcept nogil:
     cdef HConn* c = s.c
     return (s.resp_started and not _enc_body_filtered(s) and u.in_buf.length == 0
             and c.out_buf.length == 0 and u.codec.raw_body_left(u) != 0
-            and c.codec.raw_data_ok(c) and splice_pipe_open(c.w, &c.rsp_pipe))
+            and c.codec.raw_data_ok(c) and endp_splice_ok(&u.ep, &c.down)
+            and splice_pipe_open(c.w, &c.rsp_pipe))
 
 
 cdef int _response_splice(HStream* s) noexcept nogil:
@@ -643,7 +649,8 @@ cdef inline bint _request_splice_ready(HConn* c, HStream* s) noexcept nogil:
     """Could the rest of the request body go downstream -> pipe -> upstream unread (a body
     both codecs pass as it is, nothing buffered downstream, the upstream connected)?"""
     return (c.in_buf.length == 0 and s.upstream.conn.state == UC_BUSY and c.codec.raw_body_left(c) != 0
-            and s.upstream.conn.codec.raw_data_ok(s.upstream.conn))
+            and s.upstream.conn.codec.raw_data_ok(s.upstream.conn)
+            and endp_splice_ok(&c.down, &s.upstream.conn.ep))
 
 
 cdef int stream_forward_request_body(HStream* s) noexcept nogil:

@@ -100,6 +100,7 @@ cdef void cluster_decref(ClusterCfg* c) noexcept nogil:
     if c != NULL and fp_atomic_add_int(&c.refcnt, -1) == 0:
         for i in range(c.nworkers):
             hostset_decref(c.per_worker[i].hosts)
+            tls_provider_decref(c.per_worker[i].params.tls)
         free(c.per_worker)
         http_pools_free(c)
         free(c)
@@ -117,7 +118,9 @@ cdef void _msg_hostset_swap(Worker* w, void* arg) noexcept nogil:
 
 cdef void _msg_params_swap(Worker* w, void* arg) noexcept nogil:
     cdef ParamsSwap* m = <ParamsSwap*>arg
-    m.cluster.per_worker[w.index].params = m.params
+    cdef TlsProvider* old_tls = m.cluster.per_worker[w.index].params.tls
+    m.cluster.per_worker[w.index].params = m.params     # (its TLS reference moves in)
+    tls_provider_decref(old_tls)
     if m.params.removed:
         # The cluster is gone: its idle connections close (busy ones finish their request
         # and close then, http_pool_release).
@@ -240,6 +243,15 @@ cdef ClusterParams _cluster_params(str lb_policy, double connect_timeout, pool_i
     return p
 
 
+cdef TlsProvider* _client_tls(TlsContextHandle tls) except? NULL:
+    """A cluster's TLS: a client context's provider (borrowed), or NULL."""
+    if tls is None:
+        return NULL
+    if tls.server:
+        raise ValueError(f"tls: {tls.name!r} is a server context; a cluster needs a client one")
+    return tls.p
+
+
 cdef class ClusterHandle:
     """Python owner of one reference to a ClusterCfg: a cluster's identity while its name
     is configured or referenced (Proxy._cluster_ref). Its config changes in place:
@@ -248,9 +260,10 @@ cdef class ClusterHandle:
     cdef Engine engine
     cdef readonly StatBlockHandle stats
     cdef HostSetHandle current          # the host set last given to the workers
-    cdef ClusterParams params           # the params last given to the workers
+    cdef ClusterParams params           # the params last given to the workers (its tls: a reference)
 
     def __dealloc__(self):
+        tls_provider_decref(self.params.tls)
         cluster_decref(self.c)
 
     @property
@@ -267,14 +280,17 @@ cdef class ClusterHandle:
     def set_params(self, str lb_policy, double connect_timeout, pool_idle_timeout=None,
                    max_connection_duration=None, uint32_t max_requests_per_connection=0,
                    uint32_t max_connections=1024, uint32_t max_pending_requests=1024,
-                   uint32_t max_requests=1024, uint32_t max_retries=3):
+                   uint32_t max_requests=1024, uint32_t max_retries=3, TlsContextHandle tls=None):
         """Give every worker the cluster's new params (a config update; the cluster is
         configured, so no longer removed). Returns at once; each worker's new requests and
-        connections use them from its next loop turn."""
-        self._post_params(_cluster_params(
+        connections use them from its next loop turn. tls: upstream TLS with that client
+        context (None: plaintext)."""
+        cdef ClusterParams p = _cluster_params(
             lb_policy, connect_timeout, pool_idle_timeout, max_connection_duration,
             max_requests_per_connection, max_connections, max_pending_requests, max_requests,
-            max_retries, False))
+            max_retries, False)
+        p.tls = _client_tls(tls)
+        self._post_params(p)
 
     def remove(self):
         """No cluster of this name is configured any more: new HTTP requests to it get 503
@@ -287,16 +303,23 @@ cdef class ClusterHandle:
     cdef _post_params(self, ClusterParams params):
         cdef int i
         cdef ParamsSwap* m
+        cdef TlsProvider* old_tls = self.params.tls
+        if params.tls != NULL:
+            fp_atomic_add_int(&params.tls.refcnt, 1)    # the handle's copy
         self.params = params
+        tls_provider_decref(old_tls)
         for i in range(self.c.nworkers):
             m = <ParamsSwap*>malloc(sizeof(ParamsSwap))
             if m == NULL:
                 raise MemoryError()
             fp_atomic_add_int(&self.c.refcnt, 1)
+            if params.tls != NULL:
+                fp_atomic_add_int(&params.tls.refcnt, 1)    # the worker's copy
             m.cluster = self.c
             m.params = params
             if self.engine.post(i, _msg_params_swap, m) < 0:
                 cluster_decref(m.cluster)           # that worker keeps its params
+                tls_provider_decref(params.tls)
                 free(m)
                 raise MemoryError()
 

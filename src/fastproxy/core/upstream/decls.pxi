@@ -42,6 +42,7 @@ cdef struct ClusterParams:      # what a cluster's config sets; one copy per wor
     uint32_t max_pending
     uint32_t max_rq
     uint32_t max_retries
+    TlsProvider* tls            # upstream TLS (client context), else NULL; each copy holds a reference
 
 cdef struct WorkerLb:           # one per worker, touched only by that worker
     HostSet* hosts              # the worker's current host set (one reference)

@@ -126,6 +126,8 @@ cdef void upconn_close(UpConn* u) noexcept nogil:
     timer_cancel(w, &u.timer)
     timer_cancel(w, &u.duration_timer)
     if u.ep.fd >= 0:
+        endp_tls_close(&u.ep, not u.remote_close)
+        endp_forget(w, &u.ep)
         close(u.ep.fd)
         u.ep.fd = -1
     # Envoy's pool: every close is a destroy, remote when the upstream ended it (EOF, reset,
@@ -360,6 +362,29 @@ cdef inline void _upconn_bind(UpConn* u, HStream* s) noexcept nogil:
     u.codec.start(u, s.method)
 
 
+cdef UpConn** _pool_find_for(UpConn** head, HStream* s) noexcept nogil:
+    """Where in an idle list the connection for s's request is linked (_pool_pop takes it
+    from there): the first one, but under auto_sni the first made for the request's server
+    name, as a TLS connection's SNI is fixed at its handshake (NULL link: none fits)."""
+    cdef TlsConn* t
+    cdef char name[256]
+    cdef size_t hn = 0
+    cdef const char* host
+    if head[0] == NULL or head[0].ep.tls == NULL:
+        return head
+    t = <TlsConn*>head[0].ep.tls
+    if t.ctx.sni != NULL or not t.ctx.auto_sni:
+        return head
+    host = _head_field(&s.head, "host", &hn)
+    tls_server_name(t.ctx, host, hn if host != NULL else 0, name)
+    while head[0] != NULL:
+        t = <TlsConn*>head[0].ep.tls
+        if t != NULL and strcmp(t.host, name) == 0:
+            return head
+        head = &head[0].idle_next
+    return head
+
+
 cdef inline UpConn* _pool_pop(UpConn** head) noexcept nogil:
     cdef UpConn* u = head[0]
     head[0] = u.idle_next
@@ -468,7 +493,9 @@ cdef UpConn* http_pool_acquire(HStream* s, ClusterCfg* cl) noexcept nogil:
     s.upstream.start_ms = w.now
     idx = <int>(host - lb_hosts(cl, w).hosts)
     head = _pool_list(p, w, idx)
-    if head != NULL and head[0] != NULL and not s.connect:     # a tunnel gets its own
+    if head != NULL and not s.connect:                     # a tunnel gets its own
+        head = _pool_find_for(head, s)
+    if head != NULL and head[0] != NULL and not s.connect:
         if cb_full(&cl.n_rq, prm.max_rq):
             # Envoy binds the request to the idle connection, which refuses it and stays idle.
             stat_add(cl.stats, w, C_RQ_ACTIVE_OVERFLOW, 1)
@@ -586,21 +613,59 @@ cdef void http_pool_fail(UpConn* u, int status, const char* reason) noexcept nog
         stream_upstream_failed(s, status, reason)
 
 
+cdef int _upconn_tls_start(UpConn* u, TlsProvider* tls) noexcept nogil:
+    """The TCP connection is up: start its TLS handshake, with the server name of the
+    request it was opened for (auto_sni). -1: no memory."""
+    cdef size_t hn = 0
+    cdef const char* host = NULL
+    u.ep.tls = tls_conn_new(u.w, tls, u.ep.fd)
+    if u.ep.tls == NULL:
+        return -1
+    if u.stream != NULL:
+        host = _head_field(&u.stream.head, "host", &hn)
+    tls_client_prepare(<TlsConn*>u.ep.tls, host, hn if host != NULL else 0)
+    return 0
+
+
 cdef void upconn_on_event(Worker* w, UpConn* u, uint32_t events) noexcept nogil:
     cdef int err = 0
     cdef socklen_t n = sizeof(int)
+    cdef TlsProvider* tls
+    cdef int r
     if u.state == UC_CLOSED:
         return
     if u.state == UC_CONNECTING:
-        if not events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
-            return
-        if getsockopt(u.ep.fd, SOL_SOCKET, SO_ERROR, &err, &n) < 0 or err != 0:
-            stat_add(u.cluster.stats, w, C_CONNECT_FAIL, 1)
-            host_stat_add(u.hstats, w, HS_CX_CONNECT_FAIL, 1)
-            u.remote_close = 1          # refused or reset: Envoy's RemoteClose
-            # Envoy 1.40 names the side that failed: "remote connection failure".
-            http_pool_fail(u, 503, UPSTREAM_REMOTE_FAILURE)
-            return
+        if u.ep.tls == NULL:
+            if not events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
+                return
+            if getsockopt(u.ep.fd, SOL_SOCKET, SO_ERROR, &err, &n) < 0 or err != 0:
+                stat_add(u.cluster.stats, w, C_CONNECT_FAIL, 1)
+                host_stat_add(u.hstats, w, HS_CX_CONNECT_FAIL, 1)
+                u.remote_close = 1          # refused or reset: Envoy's RemoteClose
+                # Envoy 1.40 names the side that failed: "remote connection failure".
+                http_pool_fail(u, 503, UPSTREAM_REMOTE_FAILURE)
+                return
+            tls = cluster_params(u.cluster, w).tls
+            if tls != NULL and _upconn_tls_start(u, tls) < 0:
+                stat_add(u.cluster.stats, w, C_CONNECT_FAIL, 1)
+                host_stat_add(u.hstats, w, HS_CX_CONNECT_FAIL, 1)
+                http_pool_fail(u, 503, UPSTREAM_CONNECT_FAILURE)
+                return
+        if u.ep.tls != NULL:
+            # Upstream TLS: the connection is connected once the handshake completes (the
+            # connect timer covers both); a handshake or verification failure is a connect
+            # failure (503 UF), as Envoy's.
+            r = tls_handshake(&u.ep)
+            if r == 0:
+                return
+            if r < 0:
+                stat_add(u.cluster.stats, w, C_CONNECT_FAIL, 1)
+                host_stat_add(u.hstats, w, HS_CX_CONNECT_FAIL, 1)
+                http_pool_fail(u, 503, UPSTREAM_CONNECT_FAILURE)
+                return
+            # Records may have come with the handshake's last flight, and the request waits
+            # to go: whichever event ended the handshake, try both (an EAGAIN at worst).
+            events |= EPOLLIN | EPOLLOUT
         timer_cancel(w, &u.timer)
         if fp_log_level <= LOG_DEBUG:
             fp_log(w.index, "connection", u.id, 0, "connected")
@@ -620,9 +685,16 @@ cdef void upconn_on_event(Worker* w, UpConn* u, uint32_t events) noexcept nogil:
         u.ep.hup = 1
     if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
         u.ep.writable = 1
+    endp_tls_event(&u.ep, events)
     if u.state == UC_IDLE:
         # An idle pooled connection has nothing to say; data or EOF means it is done.
         if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+            # (Under TLS a record that carries no data, a TLS 1.3 session ticket, may
+            # come after the response: read through TLS, only data or EOF ends it.)
+            if u.ep.tls != NULL and not events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR) \
+                    and endp_discard(&u.ep) < 0 and errno == EAGAIN:
+                u.ep.readable = 0
+                return
             u.remote_close = (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0
             upconn_close(u)
         return
@@ -638,7 +710,7 @@ cdef void upconn_pump(UpConn* u) noexcept nogil:
     while u.state == UC_BUSY:
         progress = False
         if u.out_buf.length and u.ep.writable:
-            n = chain_write_fd(&u.out_buf, u.ep.fd)
+            n = endp_write(&u.ep, &u.out_buf, NULL, False)
             if n > 0:
                 stat_add(u.cluster.stats, u.w, C_TX_BYTES, <uint64_t>n)
                 progress = True
@@ -659,8 +731,8 @@ cdef void upconn_pump(UpConn* u) noexcept nogil:
                 and (c == NULL or c.out_buf.length < HTTP_IO_LIMIT) \
                 and not (c != NULL and (c.rsp_pipe.bytes or (s.resp_started and not _enc_body_filtered(s)
                          and u.in_buf.length == 0 and u.codec.raw_body_left(u) != 0
-                         and c.codec.raw_data_ok(c)))):
-            n = chain_read_fd(&u.in_buf, u.ep.fd, HTTP_IO_LIMIT - u.in_buf.length, &asked)
+                         and c.codec.raw_data_ok(c) and endp_splice_ok(&u.ep, &c.down)))):
+            n = endp_read(&u.ep, &u.in_buf, HTTP_IO_LIMIT - u.in_buf.length, &asked)
             if n > 0:
                 stat_add(u.cluster.stats, u.w, C_RX_BYTES, <uint64_t>n)
                 progress = True
@@ -745,6 +817,8 @@ cdef void http_serve_waiting(Worker* w) noexcept nogil:
                 s.upstream.addrlen = host.addrlen
             host = &u.hosts.hosts[u.host_index]
             head = _pool_list(pool, w, u.host_index)
+            if head != NULL and not s.connect:
+                head = _pool_find_for(head, s)
             if head != NULL and head[0] != NULL and not s.connect:     # (a tunnel gets its own)
                 # An idle connection to its host: the request (already serialized into u's
                 # out_buf, never sent) moves to it; u, which never had a socket, ends.

@@ -1,0 +1,257 @@
+# What a TLS connection shows its users, as Envoy's Ssl::ConnectionInfo prints it: protocol
+# version, cipher, SNI, the peer's and our certificate's subject, SANs, SHA-256, serial,
+# validity, the peer's PEM (url-encoded, for x-forwarded-client-cert) and the session id.
+# Functions over an SSL* (ENGINE's endp_ssl(&c.down); NULL: plaintext), callable on a
+# worker without the GIL. The access log (core/access_log.pxi), x-forwarded-client-cert
+# (core/http/hcm_headers.pxi) and the Python filters' StreamInfo.ssl_connection read them;
+# nothing is computed unless one of those asks (no cost on a connection nobody logs).
+#
+# Text is built in a TlsText: a growable buffer (malloc/realloc), its failure sticky in
+# .failed so callers check once at the end.
+
+cdef struct TlsText:
+    char* p
+    size_t n
+    size_t cap
+    bint failed                     # an allocation failed: p holds what fit before it
+
+
+cdef void tt_put(TlsText* t, const char* s, size_t n) noexcept nogil:
+    cdef size_t cap
+    cdef char* np
+    if t.failed or n == 0:
+        return
+    if t.n + n > t.cap:
+        cap = t.cap * 2 if t.cap else 256
+        while cap < t.n + n:
+            cap *= 2
+        np = <char*>realloc(t.p, cap)
+        if np == NULL:
+            t.failed = True
+            return
+        t.p = np
+        t.cap = cap
+    memcpy(t.p + t.n, s, n)
+    t.n += n
+
+
+cdef inline void tt_puts(TlsText* t, const char* s) noexcept nogil:
+    if s != NULL:
+        tt_put(t, s, strlen(s))
+
+
+cdef inline void tt_free(TlsText* t) noexcept nogil:
+    free(t.p)
+    t.p = NULL
+    t.n = t.cap = 0
+
+
+cdef const char* _HEX_LOWER = "0123456789abcdef"
+
+
+cdef void _tt_hex(TlsText* t, const unsigned char* b, size_t n) noexcept nogil:
+    """Lower-case hex, as Envoy's Hex::encode."""
+    cdef char pair[2]
+    cdef size_t i
+    for i in range(n):
+        pair[0] = _HEX_LOWER[b[i] >> 4]
+        pair[1] = _HEX_LOWER[b[i] & 15]
+        tt_put(t, pair, 2)
+
+
+# ---------------------------------------------------------------- the connection
+
+cdef inline const char* tls_version(oi_SSL* ssl) noexcept nogil:
+    """"TLSv1.3", "TLSv1.2", ... (Envoy's %DOWNSTREAM_TLS_VERSION%); NULL on plaintext."""
+    return oi_SSL_get_version(ssl) if ssl != NULL else NULL
+
+
+cdef const char* tls_cipher(oi_SSL* ssl) noexcept nogil:
+    """The negotiated suite as Envoy prints it: TLS 1.3's standard names
+    ("TLS_AES_128_GCM_SHA256"), OpenSSL's for the older ones ("ECDHE-RSA-AES128-GCM-SHA256")."""
+    cdef const oi_SSL_CIPHER* c
+    if ssl == NULL:
+        return NULL
+    c = oi_SSL_get_current_cipher(ssl)
+    return oi_SSL_CIPHER_get_name(c) if c != NULL else NULL
+
+
+cdef inline const char* tls_sni(oi_SSL* ssl) noexcept nogil:
+    """The server name the client asked for (%REQUESTED_SERVER_NAME%), NULL if none."""
+    return oi_SSL_get_servername(ssl, OI_TLSEXT_NAMETYPE_host_name) if ssl != NULL else NULL
+
+
+cdef inline oi_X509* tls_peer_cert(oi_SSL* ssl) noexcept nogil:
+    """The certificate the peer presented (owned by the SSL), NULL if none."""
+    return oi_SSL_get0_peer_certificate(ssl) if ssl != NULL else NULL
+
+
+cdef inline oi_X509* tls_local_cert(oi_SSL* ssl) noexcept nogil:
+    """The certificate we presented (owned by the SSL), NULL if none."""
+    return oi_SSL_get_certificate(ssl) if ssl != NULL else NULL
+
+
+cdef bint tls_session_id(oi_SSL* ssl, TlsText* t) noexcept nogil:
+    """The session id in lower-case hex (%DOWNSTREAM_TLS_SESSION_ID%); False if none."""
+    cdef oi_SSL_SESSION* sess
+    cdef const unsigned char* id
+    cdef unsigned int n = 0
+    if ssl == NULL:
+        return False
+    sess = oi_SSL_get_session(ssl)
+    if sess == NULL:
+        return False
+    id = oi_SSL_SESSION_get_id(sess, &n)
+    if n == 0:
+        return False
+    _tt_hex(t, id, n)
+    return True
+
+
+# ---------------------------------------------------------------- a certificate
+
+cdef bint tls_subject(oi_X509* x, TlsText* t) noexcept nogil:
+    """The subject in RFC 2253 form (most significant RDN last, as Envoy's
+    subjectPeerCertificate). False: no certificate (an empty subject is True, "")."""
+    cdef oi_BIO* b
+    cdef char* data = NULL
+    cdef long n
+    if x == NULL:
+        return False
+    b = oi_BIO_new(oi_BIO_s_mem())
+    if b == NULL:
+        t.failed = True
+        return False
+    oi_X509_NAME_print_ex(b, oi_X509_get_subject_name(x), 0, OI_XN_FLAG_RFC2253)
+    n = oi_BIO_get_mem_data(b, &data)
+    if n > 0:
+        tt_put(t, data, <size_t>n)
+    oi_BIO_free(b)
+    return True
+
+
+cdef int tls_sans(oi_X509* x, int gen_type, TlsText* t, const char* prefix, const char* sep) noexcept nogil:
+    """Append the certificate's subjectAltNames of gen_type (OI_GEN_DNS, OI_GEN_URI), each
+    as prefix + name, separated by sep. Returns how many."""
+    cdef oi_GENERAL_NAMES* names
+    cdef oi_GENERAL_NAME* g
+    cdef int i, count = 0
+    if x == NULL:
+        return 0
+    names = <oi_GENERAL_NAMES*>oi_X509_get_ext_d2i(x, OI_NID_subject_alt_name, NULL, NULL)
+    if names == NULL:
+        return 0
+    for i in range(oi_sk_num(<oi_STACK*>names)):
+        g = <oi_GENERAL_NAME*>oi_sk_value(<oi_STACK*>names, i)
+        if g == NULL or g.type != gen_type or g.d.ia5 == NULL:
+            continue
+        if count:
+            tt_puts(t, sep)
+        tt_puts(t, prefix)
+        tt_put(t, <const char*>oi_ASN1_STRING_get0_data(g.d.ia5),
+               <size_t>oi_ASN1_STRING_length(g.d.ia5))
+        count += 1
+    oi_GENERAL_NAMES_free(names)
+    return count
+
+
+cdef bint tls_sha256_hex(oi_X509* x, TlsText* t) noexcept nogil:
+    """SHA-256 of the DER in lower-case hex (Hash= of XFCC, %DOWNSTREAM_PEER_FINGERPRINT_256%)."""
+    cdef unsigned char md[64]
+    cdef unsigned int n = 0
+    if x == NULL or oi_X509_digest(x, oi_EVP_sha256(), md, &n) != 1:
+        return False
+    _tt_hex(t, md, n)
+    return True
+
+
+cdef bint tls_serial_hex(oi_X509* x, TlsText* t) noexcept nogil:
+    """The serial number in lower-case hex, whole bytes (Envoy's %DOWNSTREAM_PEER_SERIAL%)."""
+    cdef oi_BIGNUM* bn
+    cdef char* h
+    cdef size_t i, n
+    if x == NULL:
+        return False
+    bn = oi_ASN1_INTEGER_to_BN(oi_X509_get_serialNumber(x), NULL)
+    if bn == NULL:
+        return False
+    h = oi_BN_bn2hex(bn)
+    oi_BN_free(bn)
+    if h == NULL:
+        return False
+    n = strlen(h)
+    for i in range(n):
+        if 65 <= h[i] <= 70:            # 'A'..'F'
+            h[i] = h[i] + 32
+    tt_put(t, h, n)
+    oi_OPENSSL_free(h)
+    return True
+
+
+cdef int64_t tls_cert_time_us(oi_X509* x, bint not_after) noexcept nogil:
+    """notBefore / notAfter in microseconds since the epoch; -1 if unknown."""
+    cdef oi_tm tmv
+    cdef const oi_ASN1_TIME* at
+    if x == NULL:
+        return -1
+    at = oi_X509_get0_notAfter(x) if not_after else oi_X509_get0_notBefore(x)
+    memset(&tmv, 0, sizeof(tmv))
+    if at == NULL or oi_ASN1_TIME_to_tm(at, &tmv) != 1:
+        return -1
+    return <int64_t>oi_timegm(&tmv) * 1000000
+
+
+cdef inline bint _url_keeps(unsigned char ch) noexcept nogil:
+    """RFC 3986 unreserved: what Envoy's PercentEncoding::urlEncode leaves as it is."""
+    return (48 <= ch <= 57 or 65 <= ch <= 90 or 97 <= ch <= 122 or ch == 45 or ch == 46
+            or ch == 95 or ch == 126)
+
+
+cdef bint tls_pem_urlencoded(oi_X509* x, TlsText* t) noexcept nogil:
+    """The certificate as PEM, url-encoded (XFCC's Cert= and Chain=): '\\n' is %0A, '+' %2B,
+    '/' %2F, '=' %3D, ' ' %20; letters, digits and '-' stay."""
+    cdef oi_BIO* b
+    cdef char* data = NULL
+    cdef long n, i
+    cdef char esc[3]
+    cdef unsigned char ch
+    if x == NULL:
+        return False
+    b = oi_BIO_new(oi_BIO_s_mem())
+    if b == NULL:
+        t.failed = True
+        return False
+    if oi_PEM_write_bio_X509(b, x) != 1:
+        oi_BIO_free(b)
+        return False
+    n = oi_BIO_get_mem_data(b, &data)
+    esc[0] = 37                         # '%'
+    for i in range(n):
+        ch = <unsigned char>data[i]
+        if _url_keeps(ch):
+            tt_put(t, data + i, 1)
+        else:
+            esc[1] = b"0123456789ABCDEF"[ch >> 4]
+            esc[2] = b"0123456789ABCDEF"[ch & 15]
+            tt_put(t, esc, 3)
+    oi_BIO_free(b)
+    return True
+
+
+cdef bint tls_peer_chain_urlencoded(oi_SSL* ssl, TlsText* t) noexcept nogil:
+    """The peer's leaf then the certificates it sent after it, each url-encoded PEM (XFCC's
+    Chain=). On a server, OpenSSL's peer chain leaves the leaf out; it is put first."""
+    cdef oi_X509* leaf = tls_peer_cert(ssl)
+    cdef oi_STACK* st
+    cdef oi_X509* x
+    cdef int i
+    if leaf == NULL:
+        return False
+    tls_pem_urlencoded(leaf, t)
+    st = <oi_STACK*>oi_SSL_get_peer_cert_chain(ssl)
+    if st != NULL:
+        for i in range(oi_sk_num(st)):
+            x = <oi_X509*>oi_sk_value(st, i)
+            if x != leaf and x != NULL:
+                tls_pem_urlencoded(x, t)
+    return True

@@ -1,0 +1,321 @@
+"""TLS secrets and the core TLS contexts that use them: static secrets (the bootstrap's
+``static_resources.secrets``, ``Proxy.update(secrets=...)``), file-based SDS (an
+SdsSecretConfig whose ``sds_config`` has a path: the file holds a DiscoveryResponse of
+Secret resources, YAML or JSON as Envoy reads it) and the compiled contexts
+(``TlsContextHandle``) built from them.
+
+Rotation: when a secret changes (a file moved into place, a new static secret given by
+update()), every context that names it is compiled again and its handle updated
+(``TlsContextHandle.update``): new handshakes use the new certificate or CA, connections
+open already keep theirs, and no listener drains. A file that cannot be read or parsed, or
+whose new secret does not compile (a key that does not match its certificate, a file it
+names that is missing), changes nothing: the old secret stays, counted as Envoy counts SDS
+updates (``sds.<secret name>.update_attempt / update_success / update_rejected /
+update_failure``) and logged with the reason.
+
+Files are watched as Envoy watches path_config_source: a move onto the path, or with
+``watched_directory`` a move into that directory (inotify, xds/files.py's Inotify), on one
+daemon thread per proxy.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import threading
+import time
+from typing import Any, Callable, Iterable, Optional
+
+from .errors import ConfigError
+from .model import ConfigSource
+from .model_tls import SdsSecretConfig, Secret
+from .tls_spec import compile_context
+
+log = logging.getLogger("fastproxy.config")
+
+
+class _Use:
+    """One compiled context: its model, side, stats name, owner and handle, and the spec
+    the handle was built from."""
+
+    __slots__ = ("ctx", "server", "stats", "owner", "handle", "spec")
+
+    def __init__(self, ctx, server: bool, stats: str, owner: str, handle, spec: dict):
+        self.ctx, self.server, self.stats, self.owner, self.handle, self.spec = ctx, server, stats, owner, handle, spec
+
+
+class _FetchFailure(ConfigError):
+    """The file could not be read or parsed as a DiscoveryResponse (Envoy: update_failure;
+    a response whose resources are refused is update_rejected)."""
+
+
+class _SecretFile:
+    """One SDS file: its secrets by name, and the version_info it came with."""
+
+    def __init__(self, source: ConfigSource):
+        self.source = source
+        self.secrets: dict[str, Secret] = {}
+        self.version_info = ""
+        self.loaded = False
+        self.loaded_at = 0.0
+
+    def read(self) -> tuple:
+        """(version_info, {name: Secret}) of the file now; raises ConfigError (its path
+        the field's, prefixed by the file's name)."""
+        from .config.source import parse_json, parse_yaml, read_file
+        from .config.tls import SECRET_TYPE, secret
+        from .xds.resources import _body, parse_discovery_response
+        path = self.source.path
+        try:
+            text = read_file(path)
+            data = parse_json(text, path) if path.lower().endswith(".json") else parse_yaml(text, path)
+            version, items = parse_discovery_response(data, SECRET_TYPE)
+        except ConfigError as e:
+            raise _FetchFailure(e.path, e.message) from None
+        out: dict[str, Secret] = {}
+        for i, item in enumerate(items):
+            try:
+                s = secret(_body(item, SECRET_TYPE, f"resources[{i}]"), f"resources[{i}]")
+            except ConfigError as e:
+                raise ConfigError(f"{path}: {e.path}", e.message) from None
+            if s.name in out:
+                raise ConfigError(f"{path}: resources[{i}].name", f"duplicate secret name {s.name!r}")
+            out[s.name] = s
+        return version, out
+
+
+class SecretStore:
+    """The secrets of one proxy and the contexts built from them (see the module)."""
+
+    def __init__(self, engine: Any, lock: Any, stat_block: Callable[[str, str], Any]):
+        self._engine = engine
+        self._lock = lock                   # the proxy's: updates of handles take it
+        self._stat_block = stat_block
+        self.static: dict[str, Secret] = {}
+        self.files: dict[str, _SecretFile] = {}
+        self.uses: dict[tuple, _Use] = {}
+        # Envoy's sds.<name>.* subscription counters, per secret name from a file.
+        self.stats: dict[str, dict[str, int]] = {}
+        self.updated: dict[str, float] = {}     # secret name -> when its version came (dump)
+        self._inotify = None
+        self._watches: dict = {}            # wd -> [(file, entry name or None)]
+        self._thread: Optional[threading.Thread] = None
+        self._stop_r = self._stop_w = -1
+
+    # ---- looking secrets up ----
+
+    def lookup(self, sds: SdsSecretConfig) -> Secret:
+        """The secret ``sds`` names: a static one, or one of its file (read, and watched,
+        the first time). Raises ConfigError naming the secret when it is not there."""
+        source = sds.sds_config
+        if source is None:
+            s = self.static.get(sds.name)
+            if s is None:
+                raise ConfigError(f"secrets[{sds.name}]", f"unknown static secret {sds.name!r}")
+            return s
+        f = self._file(source)
+        s = f.secrets.get(sds.name)
+        if s is None:
+            raise ConfigError(f"sds[{source.path}]", f"secret {sds.name!r} is not in {source.path!r} "
+                                                     f"(it has {', '.join(sorted(f.secrets)) or 'none'})")
+        return s
+
+    def _file(self, source: ConfigSource) -> _SecretFile:
+        f = self.files.get(source.path)
+        if f is None:
+            f = self.files[source.path] = _SecretFile(source)
+            self._watch(f)
+        if not f.loaded:
+            self._count_names(None, "update_attempt", f)
+            try:
+                f.version_info, f.secrets = f.read()
+            except ConfigError as e:
+                self._count_names(None, "update_failure" if isinstance(e, _FetchFailure) else "update_rejected", f)
+                raise
+            f.loaded = True
+            f.loaded_at = time.time()
+            for name in f.secrets:
+                self._count(name, "update_attempt")
+                self._count(name, "update_success")
+        return f
+
+    def _count(self, name: str, counter: str) -> None:
+        st = self.stats.setdefault(name, dict.fromkeys(("update_attempt", "update_success", "update_rejected",
+                                                        "update_failure"), 0))
+        st[counter] += 1
+
+    def _count_names(self, names: Optional[list], counter: str, f: _SecretFile) -> None:
+        for name in (names if names is not None else list(f.secrets)):
+            self._count(name, counter)
+
+    # ---- contexts ----
+
+    def context(self, ctx, server: bool, stats_name: str, owner: str):
+        """The TlsContextHandle for ``ctx`` (a DownstreamTlsContext when ``server``): the one
+        built before for this owner and side when the model and what it compiles to are
+        the same; updated in place when only the compiled data changed (a file's new
+        contents); else a new one. Raises ConfigError naming ``owner``."""
+        # (a listener's filter chains share its owner and stats name: the model tells them apart)
+        key = (owner, server, stats_name, repr(ctx))
+        spec = compile_context(ctx, self.lookup, owner)
+        use = self.uses.get(key)
+        if use is not None and use.ctx == ctx:
+            if use.spec != spec:
+                self._update_handle(use, spec, owner)
+            return use.handle
+        try:
+            handle = self._engine.make_tls_context(spec, server, self._stat_block("ssl", stats_name), owner)
+        except ValueError as e:
+            raise ConfigError(owner, f"TLS context: {e}") from None
+        self.uses[key] = _Use(ctx, server, stats_name, owner, handle, spec)
+        return handle
+
+    @staticmethod
+    def _update_handle(use: _Use, spec: dict, what: str) -> None:
+        try:
+            use.handle.update(spec)
+        except ValueError as e:
+            raise ConfigError(what, f"TLS context: {e}") from None
+        use.spec = spec
+
+    def keep(self, live: Iterable) -> None:
+        """Forget the contexts no longer configured (``live``: (owner, server, ctx) of those
+        in force); their handles live on in the core while a draining listener version
+        uses them, without rotation."""
+        wanted = {(owner, server, repr(ctx)) for owner, server, ctx in live}
+        for key in [k for k in self.uses if (k[0], k[1], k[3]) not in wanted]:
+            del self.uses[key]
+
+    def set_static(self, secrets: list) -> list:
+        """Static secrets replaced (Proxy.update(secrets=...)): the contexts naming one that
+        changed are compiled again and updated. Returns the names that changed. On an
+        error nothing is changed (the handles updated so far get their old spec back)."""
+        new = {s.name: s for s in secrets}
+        changed = [n for n in set(new) | set(self.static) if new.get(n) != self.static.get(n)]
+        if changed:
+            old = self.static
+            self.static = new
+            try:
+                self._recompile(lambda sds: sds.sds_config is None and sds.name in changed)
+            except ConfigError:
+                self.static = old
+                raise
+        return changed
+
+    def _recompile(self, names: Callable[[SdsSecretConfig], bool]) -> None:
+        """Compile again every context one of whose secrets ``names`` selects, and update
+        its handle; all or nothing."""
+        todo = [(u, compile_context(u.ctx, self.lookup, u.owner)) for u in self.uses.values()
+                if any(names(s) for s in u.ctx.secret_names())]
+        done: list = []
+        try:
+            for use, spec in todo:
+                if spec != use.spec:
+                    old = use.spec
+                    self._update_handle(use, spec, use.owner)
+                    done.append((use, old))
+        except ConfigError:
+            for use, old in done:
+                use.handle.update(old)
+                use.spec = old
+            raise
+
+    # ---- file watching ----
+
+    def _watch(self, f: _SecretFile) -> None:
+        from .xds.files import Inotify
+        if self._inotify is None:
+            self._inotify = Inotify()
+            self._stop_r, self._stop_w = os.pipe()
+            self._thread = threading.Thread(target=self._run, name="fastproxy-sds-files", daemon=True)
+            self._thread.start()
+        if f.source.watched_directory is not None:
+            directory, entry = f.source.watched_directory, None
+        else:
+            directory, entry = os.path.split(os.path.abspath(f.source.path))
+        self._watches.setdefault(self._inotify.add_watch(directory), []).append((f, entry))
+
+    def reload(self, f: _SecretFile) -> bool:
+        """Read ``f`` again and apply the secrets that changed (see the module); False when
+        the file or a new secret was refused (the old ones stay)."""
+        with self._lock:
+            self._count_names(None, "update_attempt", f)
+            try:
+                version, secrets = f.read()
+            except _FetchFailure as e:
+                log.warning("sds update failed: %s", e)
+                self._count_names(None, "update_failure", f)
+                return False
+            except ConfigError as e:
+                log.warning("sds update rejected: %s", e)
+                self._count_names(None, "update_rejected", f)
+                return False
+            changed = [n for n in set(secrets) | set(f.secrets) if secrets.get(n) != f.secrets.get(n)]
+            old = f.secrets
+            f.secrets = {**old, **secrets}      # a secret left out of the file stays (in use)
+            try:
+                self._recompile(lambda sds: sds.sds_config is not None and sds.sds_config.path == f.source.path
+                                and sds.name in changed)
+            except ConfigError as e:
+                f.secrets = old
+                log.warning("sds update rejected: %s version %r: %s", f.source.path, version, e)
+                self._count_names(changed, "update_rejected", f)
+                return False
+            f.version_info = version
+            for name in changed:
+                self.updated[name] = time.time()
+            self._count_names(list(secrets), "update_success", f)
+            return True
+
+    def _run(self) -> None:
+        while True:
+            inotify = self._inotify
+            if inotify is None:
+                return
+            try:
+                ready, _, _ = select.select([inotify.fd, self._stop_r], [], [])
+            except OSError as e:
+                if e.errno == errno.EINTR:
+                    continue
+                return
+            if self._stop_r in ready:
+                return
+            due: list = []
+            for wd, name in inotify.read():
+                for f, wanted in self._watches.get(wd, ()):
+                    if (wanted is None or wanted == name) and f not in due:
+                        due.append(f)
+            for f in due:
+                try:
+                    self.reload(f)
+                except Exception:       # a bug must not end the watcher
+                    log.exception("sds update of %s failed", f.source.path)
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            os.write(self._stop_w, b"x")
+            self._thread.join()
+            self._thread = None
+        for fd in (self._stop_r, self._stop_w):
+            if fd >= 0:
+                os.close(fd)
+        self._stop_r = self._stop_w = -1
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
+
+    def dynamic_secrets(self) -> list:
+        """(Secret, version_info, last_updated) of every secret from a file (the dump's
+        dynamic_active_secrets), by name."""
+        out = []
+        for f in self.files.values():
+            for name, secret in f.secrets.items():
+                out.append((secret, f.version_info, self.updated.get(name, f.loaded_at)))
+        return sorted(out, key=lambda e: e[0].name)
+
+    def read_stats(self) -> dict:
+        return {f"sds.{name}.{k}": v for name, st in self.stats.items() for k, v in st.items()}
+
+
+__all__ = ["SecretStore"]
