@@ -10,6 +10,7 @@ layout"). Declaration files (decls.pxi) come before the implementation files of 
   core/stats_table.pxi the stat blocks' indexes and names (generated from stats_table.py)
   core/stats.pxi       per-worker counters
   core/tls/decls.pxi   structs of TLS contexts, their per-worker providers, TLS connections
+  core/tls/info.pxi    a TLS connection's facts (version, cipher, SNI, peer certificate)
   core/upstream/decls.pxi     structs of clusters, host sets, load balancer and HTTP pool
   core/upstream/load_balancer.pxi which host a new upstream connection goes to
   core/upstream/cluster.pxi   clusters, host sets, circuit breakers (and their Python handles)

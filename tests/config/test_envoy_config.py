@@ -234,7 +234,6 @@ BAD = [
      f"{L0}.filter_chains[0].filter_chain_match.direct_source_prefix_ranges", "unsupported"),
     ([(f"{L0}.filter_chains[0].transport_socket", {"name": "envoy.transport_sockets.tls"})],
      f"{L0}.filter_chains[0].transport_socket.typed_config", "required field is missing"),
-    ([(f"{L0}.filter_chains[0].transport_socket", {})], f"{L0}.filter_chains[0].transport_socket.name", "required"),
     ([(f"{L0}.filter_chains", [])], f"{L0}.filter_chains", "no filter chains specified"),
     ([(f"{L0}.filter_chains", DELETE)], f"{L0}.filter_chains", "no filter chains specified"),
     ([(f"{L0}.filter_chains", {"filters": []})], f"{L0}.filter_chains", "expected a list"),

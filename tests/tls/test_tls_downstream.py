@@ -324,3 +324,65 @@ def test_tcp_proxy_stalled_and_bad_handshakes(core, pki):
             assert s.recv(4) == b"ping"
     finally:
         echo.close()
+
+
+def test_response_head_and_small_body_leave_in_one_record(core, pki):
+    """The writes coalesce small slices: a response's head and its small body (two slices in
+    the connection's chain) go out as one TLS record, not one per slice. Counted on the
+    wire: the client runs TLS over memory BIOs and reads the raw records itself."""
+    import threading
+    lst = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        c, _ = lst.accept()
+        with c:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += c.recv(4096)
+            c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")    # one segment
+            c.recv(1)
+    threading.Thread(target=serve, daemon=True).start()
+    # TLS 1.2 without tickets: after the handshake only application records flow.
+    ctx = core.tls(server_spec(pki.leaf("localhost"), max_version=0x0303,
+                               disable_stateless_session_resumption=True), True, "listener.x.ssl")
+    core.cluster("up", [lst.getsockname()])
+    addr = core.http_listener("up", tls=ctx)
+    core.start()
+    sock = socket.create_connection(addr, timeout=5)
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = client_ctx(pki).wrap_bio(inc, out, server_hostname="localhost")
+
+    def flush():
+        data = out.read()
+        if data:
+            sock.sendall(data)
+
+    while True:
+        try:
+            obj.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            flush()
+            inc.write(sock.recv(65536))
+    flush()
+    obj.write(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")
+    flush()
+    raw = b""
+    records = []
+    plain = b""
+    while not plain.endswith(b"hello"):
+        raw += sock.recv(65536)
+        while len(raw) >= 5 and len(raw) >= 5 + int.from_bytes(raw[3:5], "big"):
+            n = 5 + int.from_bytes(raw[3:5], "big")
+            records.append(raw[0])
+            inc.write(raw[:n])
+            raw = raw[n:]
+        try:
+            while True:
+                plain += obj.read(65536)
+        except ssl.SSLWantReadError:
+            pass
+    sock.close()
+    lst.close()
+    assert plain.startswith(b"HTTP/1.1 200 OK") and plain.endswith(b"\r\n\r\nhello")
+    assert records == [23], records             # one application-data record

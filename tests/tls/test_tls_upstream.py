@@ -177,3 +177,20 @@ def test_tcp_proxy_upstream_verify_failure_tries_next_then_closes(core, pki, tls
         assert s.recv(100) == b""
     assert core.stats("cluster.up.ssl")["fail_verify_error"] == 1
     assert core.stats("cluster.up")["upstream_cx_connect_fail"] == 1
+
+
+def test_set_params_turns_a_cluster_to_tls(core, pki, tls_upstream, upstream):
+    """ClusterHandle.set_params(tls=...): the cluster's new connections use TLS from then on
+    (a config update), and tls=None turns it back to plaintext."""
+    h = core.cluster("up", [upstream.addr])
+    addr = core.http_listener("up")
+    core.start()
+    assert http_get(addr) == (200, b"hello upstream host=localhost")
+    ctx = core.tls({"trusted_ca": pki.ca_pem, "sni": "upstream.test"}, False, "cluster.up.ssl")
+    h.set_hosts(__import__("fastproxy")._core.make_hostset([(*tls_upstream.addr, "")], [0]))
+    h.set_params("ROUND_ROBIN", 5.0, max_requests_per_connection=1, tls=ctx)
+    wait_for(lambda: http_get(addr)[1] == b"hello tls-upstream host=localhost", what="TLS upstream")
+    assert core.stats("cluster.up.ssl")["handshake"] >= 1
+    with pytest.raises(ValueError, match="is a server context"):
+        h.set_params("ROUND_ROBIN", 5.0, tls=core.tls(
+            {"certificates": [pki.leaf("x")]}, True, "listener.y.ssl"))

@@ -289,7 +289,8 @@ cdef void _endp_watch_in(Session* s, Endp* ep, bint src_eof) noexcept nogil:
     cdef bint want
     if src_eof or ep.fd < 0:
         return
-    want = not ep.readable
+    # (A TLS write that waits for the peer's bytes needs EPOLLIN whatever the readiness.)
+    want = not ep.readable or (ep.tls != NULL and (<TlsConn*>ep.tls).write_wants_read)
     if want == ((ep.events & EPOLLIN) != 0):
         return
     ev.events = (ep.events | EPOLLIN) if want else (ep.events & ~(<uint32_t>EPOLLIN))

@@ -662,7 +662,9 @@ cdef void upconn_on_event(Worker* w, UpConn* u, uint32_t events) noexcept nogil:
                 host_stat_add(u.hstats, w, HS_CX_CONNECT_FAIL, 1)
                 http_pool_fail(u, 503, UPSTREAM_CONNECT_FAILURE)
                 return
-            events |= EPOLLIN               # records may have come with the handshake's last flight
+            # Records may have come with the handshake's last flight, and the request waits
+            # to go: whichever event ended the handshake, try both (an EAGAIN at worst).
+            events |= EPOLLIN | EPOLLOUT
         timer_cancel(w, &u.timer)
         if fp_log_level <= LOG_DEBUG:
             fp_log(w.index, "connection", u.id, 0, "connected")
