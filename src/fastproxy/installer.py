@@ -340,9 +340,14 @@ class ConfigInstaller:
             if old is not None and old.model == c and old.waiting == waiting:
                 clusters[c.name] = old          # unchanged: keep its LB state and DNS schedule
                 continue
+            if waiting and old is not None and not old.waiting:
+                # A changed cluster warming for its new secrets: its previous version serves
+                # meanwhile (Envoy's warming cluster).
+                clusters[c.name] = old
+                continue
             if waiting:
-                # Warming for its secrets (SDS over xDS), as an EDS cluster warms for its
-                # assignment: no hosts (503 UH) until they come; never a plaintext connection.
+                # A new one warms for its secrets (SDS over xDS) as an EDS cluster warms for
+                # its assignment: no hosts until they come; never a plaintext connection.
                 hosts, tls = [], None
             else:
                 hosts = resolve_endpoints(c)
@@ -480,9 +485,12 @@ class ConfigInstaller:
         self._listener_builds = builds
         self._warming = warming
         self._forget_unreferenced_clusters()
-        # The contexts in force (owner: the cluster's or listener's name) go on rotating.
-        self._secret_store.keep([(c.name, False, c.tls) for c in b.clusters if c.tls is not None] +
-                                [(l.name, True, ctx) for l in b.listeners for ctx, _ in listener_contexts(l, "")])
+        # The contexts in force (owner: the cluster's or listener's name) go on rotating,
+        # those of a listener or cluster version still serving while its successor warms too.
+        self._secret_store.keep([(c.model.name, False, c.model.tls) for c in self._clusters.values()
+                                 if c.model.tls is not None] +
+                                [(name, True, ctx) for name, build in builds.items()
+                                 for ctx, _ in listener_contexts(build.model, "")])
 
     def _chains_refs(self, l: Listener) -> dict:
         """The core objects the chains of a listener with filter chains are built from

@@ -159,6 +159,58 @@ def test_listener_certificate_over_xds(api_type, kind, ca):
             echo.close()
 
 
+def named_tls_listener(secret, source):
+    listener = tls_listener("echo", source)
+    sds = listener["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"]
+    sds["tls_certificate_sds_secret_configs"][0]["name"] = secret
+    return listener
+
+
+@pytest.mark.parametrize("api_type", ["GRPC", "DELTA_GRPC"])
+def test_discovered_listener_warms_for_its_new_secret(api_type, ca):
+    """A listener from LDS whose certificate is a secret over ADS: a new version naming a
+    secret that has not come warms while the previous version serves (its secret still
+    subscribed); when the secret comes the new version serves it."""
+    echo = EchoServer()
+    source = sds_source("ads", api_type, "2s")
+    with xcp.ControlPlane() as cp:
+        text = bootstrap(cp.port, listeners=[], clusters=[static_cluster("echo", [echo.port])], api_type=api_type)
+        boot = yaml.safe_load(text)
+        boot["dynamic_resources"]["lds_config"] = {"ads": {}, "resource_api_version": "V3"}
+        cp.set(xcp.SECRET, [cert_secret("server", ca.issue_cert("one.test"))], "s1")
+        cp.set(xcp.LISTENER, [named_tls_listener("server", source)], "l1")
+        proxy = Proxy.from_envoy(yaml.safe_dump(boot), concurrency=1).start()
+        try:
+            addr = proxy.listener_address("tls")
+            s, name = server_name_seen(addr, ca)
+            assert name == "one.test"
+            s.close()
+
+            cp.set(xcp.LISTENER, [named_tls_listener("next", source)], "l2")
+            cp.wait_for(lambda rs: any(r.type_url == xcp.SECRET and "next" in r.resource_names for r in rs))
+            assert proxy.warming_listeners() == ["tls"]
+            s, name = server_name_seen(addr, ca)          # the previous version serves meanwhile
+            assert name == "one.test"
+            s.close()
+            if api_type == "GRPC":                       # (SotW: every name subscribed, in each request)
+                last = [r for r in cp.requests if r.type_url == xcp.SECRET][-1]
+                assert sorted(last.resource_names) == ["next", "server"]
+            states = {e["name"]: e for e in proxy.config_dump()["configs"][2]["dynamic_listeners"]}
+            assert "warming_state" in states["tls"], states
+
+            cp.set(xcp.SECRET, [cert_secret("server", ca.issue_cert("one.test")),
+                                cert_secret("next", ca.issue_cert("two.test"))], "s2")
+            wait_for(lambda: proxy.warming_listeners() == [], msg="l2 warm")
+            s, name = server_name_seen(proxy.listener_address("tls"), ca)
+            assert name == "two.test"
+            s.sendall(b"ping")
+            assert s.recv(64) == b"ping"
+            s.close()
+        finally:
+            proxy.stop(0.5)
+            echo.close()
+
+
 def test_cluster_client_certificate_and_ca_over_ads(ca, tmp_path):
     """A cluster's client certificate and trusted CA over ADS, to a real mutual-TLS
     upstream: the cluster warms (no hosts) until both come, then the upstream sees the

@@ -670,8 +670,12 @@ class XdsResources:
             for e in grpc_source_errors(cluster.eds_config, path + ".eds_cluster_config.eds_config",
                                         static_clusters, ads, require_ads=False):
                 raise e
+            self._check_sds_sources([(cluster.tls, path + ".transport_socket.typed_config")], static_clusters, ads)
             return cluster
         listener, refs = _listener(body, path, index)
+        # (the model's chain.tls is the chain's transport_socket)
+        self._check_sds_sources([(ctx, p[:-len(".tls")] + ".transport_socket.typed_config")
+                                 for ctx, p in listener_contexts(listener, path)], static_clusters, ads)
         r = _rds(listener)
         if r is not None:
             for e in grpc_source_errors(r.config_source, f"{path}.{_RDS_PATH}.config_source", static_clusters, ads,
@@ -683,6 +687,16 @@ class XdsResources:
             if cluster not in known:
                 report(ConfigError(cluster_path, f"unknown cluster {cluster!r}"))
         return listener
+
+    @staticmethod
+    def _check_sds_sources(contexts: list, static_clusters: set, ads: Any) -> None:
+        """A discovered TLS context's secrets over xDS lead somewhere (as the bootstrap
+        loader checks a static one's)."""
+        from ..model_tls import sds_refs
+        for ctx, path in contexts:
+            for sds, spath in sds_refs(ctx, path):
+                for e in grpc_source_errors(sds.sds_config, spath + ".sds_config", static_clusters, ads):
+                    raise e
 
     # -- applying ------------------------------------------------------------------------
 
