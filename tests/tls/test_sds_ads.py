@@ -262,34 +262,50 @@ def test_cluster_client_certificate_and_ca_over_ads(ca, tmp_path):
             upstream.close()
 
 
+def serves(addr, ca, expected):
+    """Whether a TLS handshake with ``addr`` now gets the certificate of ``expected``."""
+    try:
+        s, name = server_name_seen(addr, ca)
+    except OSError:
+        return False
+    s.close()
+    return name == expected
+
+
 @pytest.mark.skipif(ENVOY is None, reason="envoy binary not on PATH nor next to sys.executable")
-def test_envoy_and_fastproxy_serve_the_pushed_certificate(ca, tmp_path):
+@pytest.mark.parametrize("api_type", ["GRPC", "DELTA_GRPC"])
+def test_envoy_and_fastproxy_serve_the_pushed_certificate(api_type, ca, tmp_path):
     """The same bootstrap on real Envoy 1.40 and on fastproxy, one control plane: both
-    serve the certificate pushed over ADS, then the one pushed after it."""
+    serve the certificate pushed over ADS, then the one pushed after it; both NACK a
+    secret whose key is not its certificate's and keep the one they have, and both keep
+    it when the server removes it (delta) or leaves it out (state of the world)."""
     echo = EchoServer()
     with xcp.ControlPlane() as cp:
-        text = bootstrap(cp.port, listeners=[tls_listener("echo", sds_source("ads", "GRPC", "5s"))],
-                         clusters=[static_cluster("echo", [echo.port])])
+        text = bootstrap(cp.port, listeners=[tls_listener("echo", sds_source("ads", api_type, "5s"))],
+                         clusters=[static_cluster("echo", [echo.port])], api_type=api_type)
         cp.set(xcp.SECRET, [cert_secret("server", ca.issue_cert("one.test"))], "s1")
         proc, _, envoy_addr = start_envoy(text, tmp_path)
         proxy = Proxy.from_envoy(text, concurrency=1).start()
         try:
-            ours = proxy.listener_address("tls")
-            for addr in (envoy_addr, ours):
-                s, name = server_name_seen(addr, ca)
-                assert name == "one.test"
-                s.close()
+            both = (envoy_addr, proxy.listener_address("tls"))
+            for addr in both:       # (Envoy lists its listener before it accepts)
+                wait_for(lambda addr=addr: serves(addr, ca, "one.test"), timeout=10, msg=f"{addr} serves one.test")
             cp.set(xcp.SECRET, [cert_secret("server", ca.issue_cert("two.test"))], "s2")
+            for addr in both:
+                wait_for(lambda addr=addr: serves(addr, ca, "two.test"), timeout=10, msg=f"{addr} serves two.test")
+            streams = {r.stream for r in cp.requests if r.type_url == xcp.SECRET}
+            assert len(streams) == 2
+
+            cp.set(xcp.SECRET, [cert_secret("server", ca.issue_cert("x.test"), key_of=ca.issue_cert("y.test"))],
+                   "bad")
+            nacks = cp.wait_for(lambda rs: {r.stream for r in rs if r.type_url == xcp.SECRET and r.nack} == streams)
+            if api_type == "GRPC":
+                assert {r.version_info for r in nacks if r.type_url == xcp.SECRET and r.nack} == {"s2"}
+            cp.set(xcp.SECRET, [], "empty")
             cp.wait_answered()
-            for addr in (envoy_addr, ours):
-                def rotated(addr=addr):
-                    s, name = server_name_seen(addr, ca)
-                    s.close()
-                    return name == "two.test"
-                wait_for(rotated, timeout=10, msg=f"{addr} serves two.test")
-            # Both ACKed both versions.
-            acked = {(r.node_id, r.version_info) for r in cp.acks(xcp.SECRET) if not r.nack}
-            assert {v for _, v in acked} >= {"s1", "s2"}
+            answers = [r for r in cp.acks(xcp.SECRET)][-2:]
+            assert not any(r.nack for r in answers)
+            assert all(serves(addr, ca, "two.test") for addr in both)
         finally:
             proxy.stop(0.5)
             proc.kill()
