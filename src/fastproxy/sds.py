@@ -297,7 +297,8 @@ class SecretStore:
         keep = set(wanted)
         for name in [n for n in self.xds if n not in keep]:
             del self.xds[name]
-            self.stats.pop(name, None)
+            if not any(name in f.secrets for f in self.files.values()):    # (a file's own stats stay)
+                self.stats.pop(name, None)
 
     def count(self, name: str, counter: str) -> None:
         """An SDS subscription counter (sds.<name>.update_*)."""

@@ -262,6 +262,56 @@ def test_cluster_client_certificate_and_ca_over_ads(ca, tmp_path):
             upstream.close()
 
 
+def test_discovered_cluster_warms_for_its_new_client_certificate(ca, tmp_path):
+    """A cluster from CDS whose client certificate is a secret over ADS: a new version
+    naming a secret that has not come warms while the previous version serves (its
+    connections present the old certificate); when the secret comes the new one is used."""
+    upstream = tls_upstream(ca, tmp_path)
+    source = sds_source("ads", "GRPC", "2s")
+
+    def cluster(secret):
+        return static_cluster("up", [upstream.port], transport_socket={
+            "name": "envoy.transport_sockets.tls", "typed_config": {
+                "@type": TLS + "UpstreamTlsContext", "sni": "localhost",
+                "common_tls_context": {
+                    "tls_certificate_sds_secret_configs": [{"name": secret, "sds_config": source}],
+                    "validation_context_sds_secret_config": {"name": "ca", "sds_config": source}}}})
+    listener = {"name": "plain", "address": socket_address(0), "filter_chains": [{"filters": [{
+        "name": "envoy.filters.network.tcp_proxy", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": "t", "cluster": "up"}}]}]}
+    with xcp.ControlPlane() as cp:
+        boot = yaml.safe_load(bootstrap(cp.port, listeners=[], clusters=[]))
+        for t in ("cds_config", "lds_config"):
+            boot["dynamic_resources"][t] = {"ads": {}, "resource_api_version": "V3"}
+        cp.set(xcp.SECRET, [cert_secret("one", ca.issue_cert("one.test")), ca_secret("ca", ca)], "s1")
+        cp.set(xcp.CLUSTER, [cluster("one")], "c1")
+        cp.set(xcp.LISTENER, [listener], "l1")
+        proxy = Proxy.from_envoy(yaml.safe_dump(boot), concurrency=1).start()
+        try:
+            addr = proxy.listener_address("plain")
+            s = socket.create_connection(addr, timeout=5)
+            assert read_line(s) == "one.test"
+            s.close()
+
+            cp.set(xcp.CLUSTER, [cluster("two")], "c2")
+            cp.wait_for(lambda rs: any(r.type_url == xcp.SECRET and "two" in r.resource_names for r in rs))
+            wait_for(lambda: proxy.stats()["cluster_manager.warming_clusters"] == 1, msg="c2 warming")
+            s = socket.create_connection(addr, timeout=5)
+            assert read_line(s) == "one.test"           # the previous version serves meanwhile
+            s.close()
+
+            cp.set(xcp.SECRET, [cert_secret("one", ca.issue_cert("one.test")), ca_secret("ca", ca),
+                                cert_secret("two", ca.issue_cert("two.test"))], "s2")
+            wait_for(lambda: proxy.stats()["cluster_manager.warming_clusters"] == 0, msg="c2 warm")
+            s = socket.create_connection(addr, timeout=5)
+            assert read_line(s) == "two.test"
+            s.close()
+        finally:
+            proxy.stop(0.5)
+            upstream.close()
+
+
 def serves(addr, ca, expected):
     """Whether a TLS handshake with ``addr`` now gets the certificate of ``expected``."""
     try:
