@@ -239,6 +239,11 @@ class SdsSecretConfig:
             _fail("SdsSecretConfig.sds_config", f"expected ConfigSource, got {type(self.sds_config).__name__}")
 
 
+def over_xds(sds: SdsSecretConfig) -> bool:
+    """Whether ``sds`` names a secret of a management server (ADS or a stream of its own)."""
+    return sds.sds_config is not None and (sds.sds_config.ads or sds.sds_config.api is not None)
+
+
 @dataclass(frozen=True)
 class Secret:
     """Envoy's tls.v3.Secret: a name and exactly one of a certificate, a validation
@@ -471,5 +476,5 @@ class UpstreamTlsContext:
 
 
 __all__ = ["DataSource", "TlsCertificate", "TlsParams", "SanMatcher", "CertificateValidationContext",
-           "SdsSecretConfig", "Secret", "CommonTlsContext", "DownstreamTlsContext", "UpstreamTlsContext",
+           "SdsSecretConfig", "over_xds", "Secret", "CommonTlsContext", "DownstreamTlsContext", "UpstreamTlsContext",
            "TLS_VERSIONS", "SAN_TYPES", "TRUST_CHAIN_VERIFICATIONS"]

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Optional
 
 from .errors import ConfigError
 from .model import ConfigSource
-from .model_tls import SdsSecretConfig, Secret
+from .model_tls import SdsSecretConfig, Secret, over_xds
 from .tls_spec import compile_context
 
 log = logging.getLogger("fastproxy.config")
@@ -50,11 +50,6 @@ class _Use:
 
     def __init__(self, ctx, server: bool, stats: str, owner: str, handle, spec: dict):
         self.ctx, self.server, self.stats, self.owner, self.handle, self.spec = ctx, server, stats, owner, handle, spec
-
-
-def over_xds(sds: SdsSecretConfig) -> bool:
-    """Whether ``sds`` names a secret of a management server (ADS or a stream of its own)."""
-    return sds.sds_config is not None and (sds.sds_config.ads or sds.sds_config.api is not None)
 
 
 class SecretMissing(ConfigError):
@@ -402,4 +397,4 @@ class SecretStore:
         return {f"sds.{name}.{k}": v for name, st in self.stats.items() for k, v in st.items()}
 
 
-__all__ = ["SecretMissing", "SecretStore", "over_xds"]
+__all__ = ["SecretMissing", "SecretStore"]

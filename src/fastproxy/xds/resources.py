@@ -34,7 +34,7 @@ from ..config.proto import Message, checked, collecting, raise_collected, report
 from ..config.tls import SECRET_TYPE, secret as decode_secret
 from ..errors import ConfigError, ConfigErrors, ListenerBindError
 from ..model import Bootstrap
-from ..model_tls import listener_contexts
+from ..model_tls import listener_contexts, over_xds
 from ..validation import describe
 from .xxhash64 import xxh64
 
@@ -110,8 +110,6 @@ def subscribes(source: Any, dynamic: Any) -> bool:
 def secret_sources(listeners: Any, clusters: Any, dynamic: Any) -> dict:
     """{secret name: its ConfigSource} of the SDS-over-xDS secrets the TLS contexts of
     ``listeners`` and ``clusters`` name (the first source given for a name wins)."""
-    from ..model_tls import listener_contexts
-    from ..sds import over_xds
     contexts = [c.tls for c in clusters if getattr(c, "tls", None) is not None]
     contexts += [ctx for l in listeners for ctx, _ in listener_contexts(l, "")]
     out: dict = {}
