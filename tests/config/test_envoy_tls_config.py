@@ -243,7 +243,7 @@ def test_file_sds_source_is_read(pki, tmp_path):
     assert sds == t.SdsSecretConfig("server", ConfigSource(path=str(sds_file), watched_directory=str(tmp_path)))
 
 
-def test_sds_over_ads_needs_ads_config():
+def test_sds_over_ads_needs_ads_config(tmp_path):
     """SDS over ADS (fastproxy.xds subscribes the secret by name): without
     dynamic_resources.ads_config it is refused by its path (Envoy 1.40's --mode validate
     takes it, and the running Envoy aborts); with one it is read; an api_config_source's
@@ -259,6 +259,9 @@ def test_sds_over_ads_needs_ads_config():
                                                 "grpc_services": [{"envoy_grpc": {"cluster_name": "backend"}}]}}
     (sds,) = load_downstream(boot).common_tls_context.tls_certificate_sds_secret_configs
     assert sds == t.SdsSecretConfig("s", ConfigSource(ads=True, initial_fetch_timeout=2.0))
+    if ENVOY:
+        rc, out = envoy_says(tmp_path, {**boot, "node": {"id": "n", "cluster": "c"}})
+        assert rc == 0, out
     del boot["dynamic_resources"]
     sock["typed_config"]["common_tls_context"]["tls_certificate_sds_secret_configs"][0]["sds_config"] = {
         "api_config_source": {"api_type": "GRPC", "transport_api_version": "V3",
