@@ -187,7 +187,7 @@ class XdsResources:
         self.dynamic: dict = {"listeners": [], "clusters": []}       # in the order last received
         # name -> (version_info, last_updated: time.time()) of the response that last changed
         # each discovered resource (what Envoy's config dump shows per resource).
-        self.updated: dict = {"listeners": {}, "clusters": {}, "routes": {}, "endpoints": {}, "secrets": {}}
+        self.updated: dict = {"listeners": {}, "clusters": {}, "routes": {}, "endpoints": {}}
         self.stats = {url: SubscriptionStats(prefix) for url, (_, prefix, _) in TYPES.items() if prefix}
         # RDS: route configuration name -> model.RouteConfiguration; EDS: assignment name ->
         # [model.Endpoint]. Kept while subscribed; a name no longer used is forgotten.
@@ -556,10 +556,8 @@ class XdsResources:
                     for name in names:
                         store.count(name, "update_rejected")
                     raise error from None
-                now = time.time()
-                for n in changed:
-                    self.updated["secrets"][n] = (version_info, now)
                 if waited:
+                    # What warmed for them is active now (the config dump's states).
                     for field, url in (("clusters", CLUSTER_TYPE), ("listeners", LISTENER_TYPE)):
                         if self.updated[field]:
                             self._note_dump(field, self.version_info(url))
