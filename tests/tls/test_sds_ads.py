@@ -39,8 +39,8 @@ def ca():
 
 def cert_secret(name, cert, key_of=None):
     """A Secret resource holding ``cert`` inline (its key, or ``key_of``'s: a mismatch)."""
-    key = (key_of or cert).private_key_pem.bytes().decode()
-    return {"name": name, "tls_certificate": {"certificate_chain": {"inline_string": cert.cert_chain_pems[0].bytes().decode()},
+    chain, key = cert.cert_chain_pems[0].bytes().decode(), (key_of or cert).private_key_pem.bytes().decode()
+    return {"name": name, "tls_certificate": {"certificate_chain": {"inline_string": chain},
                                               "private_key": {"inline_string": key}}}
 
 
@@ -76,11 +76,8 @@ def tls_listener(echo_port_cluster, source):
             "stat_prefix": "t", "cluster": echo_port_cluster}}],
         "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
             "@type": TLS + "DownstreamTlsContext",
-            "common_tls_context": {"tls_certificate_sds_secret_configs": [{"name": "server", "sds_config": source}]}}}}]}
-
-
-def secret_answers(cp):
-    return [r for r in cp.acks(xcp.SECRET)]
+            "common_tls_context": {"tls_certificate_sds_secret_configs": [
+                {"name": "server", "sds_config": source}]}}}}]}
 
 
 @pytest.mark.parametrize("api_type,kind", [("GRPC", "ads"), ("DELTA_GRPC", "ads"), ("GRPC", "api")])
@@ -95,7 +92,8 @@ def test_listener_certificate_over_xds(api_type, kind, ca):
             # Warming: subscribed by name, not bound until the secret comes (start() went on
             # after the initial_fetch_timeout).
             cp.wait_for(lambda rs: any(r.type_url == xcp.SECRET and r.resource_names == ["server"] for r in rs))
-            assert all(r.service == ("ads" if kind == "ads" else "sds") for r in cp.requests if r.type_url == xcp.SECRET)
+            service = "ads" if kind == "ads" else "sds"     # (api: the SecretDiscoveryService's own stream)
+            assert all(r.service == service for r in cp.requests if r.type_url == xcp.SECRET)
             assert proxy.warming_listeners() == ["tls"]
             with pytest.raises(KeyError):
                 proxy.listener_address("tls")
@@ -109,7 +107,7 @@ def test_listener_certificate_over_xds(api_type, kind, ca):
             before.sendall(b"ping")
             assert before.recv(64) == b"ping"
             cp.wait_answered()
-            assert not any(r.nack for r in secret_answers(cp))
+            assert not any(r.nack for r in cp.acks(xcp.SECRET))
 
             # Rotation: a new handshake gets the new certificate, the old connection goes on.
             cp.set(xcp.SECRET, [cert_secret("server", two)], "s2")
@@ -353,7 +351,7 @@ def test_envoy_and_fastproxy_serve_the_pushed_certificate(api_type, ca, tmp_path
                 assert {r.version_info for r in nacks if r.type_url == xcp.SECRET and r.nack} == {"s2"}
             cp.set(xcp.SECRET, [], "empty")
             cp.wait_answered()
-            answers = [r for r in cp.acks(xcp.SECRET)][-2:]
+            answers = cp.acks(xcp.SECRET)[-2:]
             assert not any(r.nack for r in answers)
             assert all(serves(addr, ca, "two.test") for addr in both)
         finally:
