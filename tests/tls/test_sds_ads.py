@@ -140,6 +140,15 @@ def test_listener_certificate_over_xds(api_type, kind, ca):
             assert name == "two.test"
             again.close()
 
+            # The stream fails: the secret is asked for again on the next one, and kept meanwhile.
+            n = len(cp.requests)
+            cp.drop_streams()
+            cp.wait_for(lambda rs: any(r.type_url == xcp.SECRET and not r.response_nonce
+                                       and r.resource_names == ["server"] for r in rs[n:]), timeout=30)
+            again, name = server_name_seen(addr, ca)
+            assert name == "two.test"
+            again.close()
+
             before.sendall(b"still")
             assert before.recv(64) == b"still"
             before.close()
