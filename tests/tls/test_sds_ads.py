@@ -12,7 +12,10 @@ certificate and trusted CA over ADS reach a real mutual-TLS upstream. Real Envoy
 the same bootstrap and control plane serves the same pushed certificates."""
 from __future__ import annotations
 
+import base64
+import os
 import socket
+import ssl
 
 import pytest
 import yaml
@@ -161,6 +164,64 @@ def test_listener_certificate_over_xds(api_type, kind, ca):
             (entry,) = secrets["dynamic_active_secrets"]
             assert (entry["name"], entry["version_info"]) == ("server", "s2")
             assert entry["secret"]["tls_certificate"]["private_key"] == {"inline_string": "[redacted]"}
+        finally:
+            proxy.stop(0.5)
+            echo.close()
+
+
+def ticket_keys_secret(name, *keys):
+    return {"name": name, "session_ticket_keys": {"keys": [{"inline_bytes": base64.b64encode(k).decode()}
+                                                           for k in keys]}}
+
+
+def test_session_ticket_keys_over_ads(ca):
+    """session_ticket_keys_sds_secret_config over ADS: the listener warms until both its
+    certificate and its ticket keys come; a ticket of those keys resumes; once new keys
+    are pushed an old ticket no longer does (a full handshake), and nothing drains."""
+    echo = EchoServer()
+    source = sds_source("ads", "GRPC", "0.3s")
+    listener = tls_listener("echo", source)
+    ctx = listener["filter_chains"][0]["transport_socket"]["typed_config"]
+    ctx["session_ticket_keys_sds_secret_config"] = {"name": "tickets", "sds_config": source}
+    ctx["disable_stateful_session_resumption"] = True       # tickets only
+    with xcp.ControlPlane() as cp:
+        text = bootstrap(cp.port, listeners=[listener], clusters=[static_cluster("echo", [echo.port])])
+        proxy = Proxy.from_envoy(text, concurrency=1).start()
+        try:
+            cp.wait_for(lambda rs: any(r.type_url == xcp.SECRET and sorted(r.resource_names) == ["server", "tickets"]
+                                       for r in rs))
+            cp.set(xcp.SECRET, [cert_secret("server", ca.issue_cert("one.test"))], "s1")
+            cp.wait_answered()
+            assert proxy.warming_listeners() == ["tls"]          # the ticket keys have not come
+            cp.set(xcp.SECRET, [cert_secret("server", ca.issue_cert("one.test")),
+                                ticket_keys_secret("tickets", os.urandom(80))], "s2")
+            wait_for(lambda: proxy.warming_listeners() == [], msg="listener warm")
+            addr = proxy.listener_address("tls")
+            client = ssl.create_default_context()
+            ca.configure_trust(client)
+
+            def connect(session=None):
+                s = client.wrap_socket(socket.create_connection(addr, timeout=5), server_hostname="one.test",
+                                       session=session)
+                s.sendall(b"x")
+                assert s.recv(8) == b"x"        # (TLS 1.3: the ticket comes after the handshake)
+                return s
+
+            first = connect()
+            session = first.session
+            resumed = connect(session)
+            assert resumed.session_reused
+            resumed.close()
+            cp.set(xcp.SECRET, [cert_secret("server", ca.issue_cert("one.test")),
+                                ticket_keys_secret("tickets", os.urandom(80))], "s3")
+            wait_for(lambda: proxy.stats().get("sds.tickets.update_success") == 2, msg="s3 applied")
+            full = connect(session)
+            assert not full.session_reused
+            full.close()
+            first.sendall(b"y")
+            assert first.recv(8) == b"y"
+            first.close()
+            assert proxy.draining_listeners() == []
         finally:
             proxy.stop(0.5)
             echo.close()
