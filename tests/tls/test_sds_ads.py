@@ -7,9 +7,12 @@ End to end, with real TLS clients and servers (Python's ssl) and the proxy's cor
 a listener whose certificate comes over xDS warms (is not bound) until the secret comes,
 then serves it; a pushed certificate is what a new handshake gets while a connection
 opened before goes on; a secret whose key does not match its certificate is NACKed with
-the reason and the old one stays; a secret the server removes stays; a cluster's client
-certificate and trusted CA over ADS reach a real mutual-TLS upstream. Real Envoy 1.40 on
-the same bootstrap and control plane serves the same pushed certificates."""
+the reason and the old one stays; a secret the server removes stays, and is asked for
+again on a new stream; a cluster's client certificate and trusted CA over ADS reach a real
+mutual-TLS upstream; session ticket keys over ADS; a listener (LDS) or cluster (CDS) whose
+new version names a secret not there yet warms while its previous version serves. Real
+Envoy 1.40 on the same bootstrap and control plane serves the same pushed certificates,
+NACKs the same bad secret and keeps a removed one, state of the world and delta."""
 from __future__ import annotations
 
 import base64
