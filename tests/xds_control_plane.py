@@ -32,21 +32,25 @@ from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401  (typed_config)
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2  # noqa: F401
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: F401
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2  # noqa: F401  (SDS; transport_socket)
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from envoy.service.cluster.v3 import cds_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from envoy.service.endpoint.v3 import eds_pb2_grpc
 from envoy.service.listener.v3 import lds_pb2_grpc
 from envoy.service.route.v3 import rds_pb2_grpc
+from envoy.service.secret.v3 import sds_pb2_grpc
 
 TYPE_PREFIX = "type.googleapis.com/"
 CLUSTER = TYPE_PREFIX + "envoy.config.cluster.v3.Cluster"
 LISTENER = TYPE_PREFIX + "envoy.config.listener.v3.Listener"
 ROUTE = TYPE_PREFIX + "envoy.config.route.v3.RouteConfiguration"
 ENDPOINT = TYPE_PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
-NAMED = (ROUTE, ENDPOINT)      # subscribed by name (an empty list: none); the others: wildcard
+SECRET = TYPE_PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
+NAMED = (ROUTE, ENDPOINT, SECRET)  # subscribed by name (an empty list: none); the others: wildcard
 MESSAGES = {CLUSTER: cluster_pb2.Cluster, LISTENER: listener_pb2.Listener,
-            ROUTE: route_pb2.RouteConfiguration, ENDPOINT: endpoint_pb2.ClusterLoadAssignment}
+            ROUTE: route_pb2.RouteConfiguration, ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
+            SECRET: secret_pb2.Secret}
 
 
 def pack(type_url: str, resource: dict) -> any_pb2.Any:
@@ -125,7 +129,9 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                               (rds_pb2_grpc.add_RouteDiscoveryServiceServicer_to_server,
                                _TypeService(self, "rds", "StreamRoutes", "DeltaRoutes")),
                               (eds_pb2_grpc.add_EndpointDiscoveryServiceServicer_to_server,
-                               _TypeService(self, "eds", "StreamEndpoints", "DeltaEndpoints"))):
+                               _TypeService(self, "eds", "StreamEndpoints", "DeltaEndpoints")),
+                              (sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server,
+                               _TypeService(self, "sds", "StreamSecrets", "DeltaSecrets"))):
             add(servicer, self._server)
         self.port = self._server.add_insecure_port("127.0.0.1:0")
         self._server.start()

@@ -171,10 +171,11 @@ def _match_spec(m) -> dict:
 
 
 class _ClusterState:
-    def __init__(self, model: Cluster, handle, hosts):
+    def __init__(self, model: Cluster, handle, hosts, waiting: bool = False):
         self.model = model
         self.handle = handle
         self.hosts = hosts
+        self.waiting = waiting      # for its TLS secrets (SDS over xDS): no hosts meanwhile
         self.next_refresh = time.monotonic() + model.dns_refresh_rate
 
 
@@ -242,6 +243,10 @@ class ConfigInstaller:
         while the model is the same (its secrets' rotation updates it in place: see
         fastproxy.sds). Raises ConfigError naming ``owner`` when it does not compile."""
         return self._secret_store.context(ctx, server, stats_name, owner)
+
+    def _listener_secrets_missing(self, l: Listener) -> list:
+        """The SDS-over-xDS secrets listener ``l``'s TLS contexts name that have not come."""
+        return self._secret_store.missing(ctx for ctx, _ in listener_contexts(l, ""))
 
     def _cluster_ref(self, name: str):
         """The ClusterHandle that a route table or TCP listener refers to for cluster
@@ -331,15 +336,26 @@ class ConfigInstaller:
         commit = []                     # (what changes in place, in order, once it all built)
         for c in b.clusters:
             old = self._clusters.get(c.name)
-            if old is not None and old.model == c:
+            waiting = bool(self._secret_store.missing([c.tls]))
+            if old is not None and old.model == c and old.waiting == waiting:
                 clusters[c.name] = old          # unchanged: keep its LB state and DNS schedule
                 continue
-            hosts = resolve_endpoints(c)
-            tls = self._tls_context(c.tls, False, f"cluster.{c.name}.ssl", c.name) if c.tls is not None else None
+            if waiting and old is not None and not old.waiting:
+                # A changed cluster warming for its new secrets: its previous version serves
+                # meanwhile (Envoy's warming cluster).
+                clusters[c.name] = old
+                continue
+            if waiting:
+                # A new one warms for its secrets (SDS over xDS) as an EDS cluster warms for
+                # its assignment: no hosts until they come; never a plaintext connection.
+                hosts, tls = [], None
+            else:
+                hosts = resolve_endpoints(c)
+                tls = self._tls_context(c.tls, False, f"cluster.{c.name}.ssl", c.name) if c.tls is not None else None
             if old is not None:
                 membership = c.type == "EDS" and old.model.with_endpoints(c.endpoints) == c
                 commit.append((old.handle, c, hosts, old, "cluster_updated" if membership else "cluster_modified", tls))
-                clusters[c.name] = _ClusterState(c, old.handle, hosts)
+                clusters[c.name] = _ClusterState(c, old.handle, hosts, waiting)
                 continue
             handle = self._absent_clusters.get(c.name)
             if handle is not None:              # a referenced name comes (back) alive
@@ -349,7 +365,7 @@ class ConfigInstaller:
                     self._stat_block("cluster", f"cluster.{c.name}"), c.lb_policy, c.connect_timeout,
                     _host_set(hosts), *_cluster_params(c)[2:], tls=tls)
                 commit.append((None, c, hosts, None, "cluster_added", tls))
-            clusters[c.name] = _ClusterState(c, handle, hosts)
+            clusters[c.name] = _ClusterState(c, handle, hosts, waiting)
         self._installing_clusters = clusters
         try:
             self._install_listeners(b, routes, clusters, commit)
@@ -361,7 +377,8 @@ class ConfigInstaller:
         listener snapshot in each worker's queue) and count them."""
         for handle, c, hosts, old, stat, tls in commit:
             if handle is not None:
-                if old is None or _cluster_params(old.model) != _cluster_params(c) or old.model.tls != c.tls:
+                if old is None or _cluster_params(old.model) != _cluster_params(c) or old.model.tls != c.tls \
+                        or old.waiting:
                     handle.set_params(*_cluster_params(c), tls=tls)
                 if old is None or hosts != old.hosts:
                     handle.set_hosts(_host_set(hosts))
@@ -397,21 +414,22 @@ class ConfigInstaller:
             route_config = None
             if hcm is not None:
                 route_config = hcm.route_config if hcm.rds is None else routes.get(hcm.rds.route_config_name)
-                if route_config is None:
-                    # Warming: a new listener is not bound until its routes come; a changed one
-                    # goes on serving its previous version (its socket and config) meanwhile.
-                    warming.append(l.name)
-                    old_handle = self._listeners.get(l.name)
-                    if old_handle is not None:
-                        socks[l.name] = self._socks[l.name]
-                        handles.append(old_handle)
-                        if l.name in self._listener_builds:     # kept, not retired
-                            builds[l.name] = self._listener_builds[l.name]
-                        key = self._listener_rds.get(l.name)
-                        if key is not None:     # its routes go on taking updates
-                            self._rds_entry(key, (), routes, providers, pending)
-                            listener_rds[l.name] = key
-                    continue
+            if (hcm is not None and route_config is None) or self._listener_secrets_missing(l):
+                # Warming: a new listener is not bound until its routes (RDS) and its
+                # secrets (SDS over xDS) come; a changed one goes on serving its previous
+                # version (its socket and config) meanwhile.
+                warming.append(l.name)
+                old_handle = self._listeners.get(l.name)
+                if old_handle is not None:
+                    socks[l.name] = self._socks[l.name]
+                    handles.append(old_handle)
+                    if l.name in self._listener_builds:     # kept, not retired
+                        builds[l.name] = self._listener_builds[l.name]
+                    key = self._listener_rds.get(l.name)
+                    if key is not None:     # its routes go on taking updates
+                        self._rds_entry(key, (), routes, providers, pending)
+                        listener_rds[l.name] = key
+                continue
             requested = (l.address, l.port)
             old = self._socks.get(l.name)
             if old is not None and (old[0] == requested or old[1].address == requested):
@@ -467,9 +485,12 @@ class ConfigInstaller:
         self._listener_builds = builds
         self._warming = warming
         self._forget_unreferenced_clusters()
-        # The contexts in force (owner: the cluster's or listener's name) go on rotating.
-        self._secret_store.keep([(c.name, False, c.tls) for c in b.clusters if c.tls is not None] +
-                                [(l.name, True, ctx) for l in b.listeners for ctx, _ in listener_contexts(l, "")])
+        # The contexts in force (owner: the cluster's or listener's name) go on rotating,
+        # those of a listener or cluster version still serving while its successor warms too.
+        self._secret_store.keep([(c.model.name, False, c.model.tls) for c in self._clusters.values()
+                                 if c.model.tls is not None] +
+                                [(name, True, ctx) for name, build in builds.items()
+                                 for ctx, _ in listener_contexts(build.model, "")])
 
     def _chains_refs(self, l: Listener) -> dict:
         """The core objects the chains of a listener with filter chains are built from

@@ -5,7 +5,8 @@ frozen dataclasses checked when made (a mistake raises ConfigError naming the fi
 The Envoy loader (fastproxy.config.tls) and the Python API both build these. A certificate
 or validation context is given inline or named by an :class:`SdsSecretConfig`: a secret of
 the bootstrap (``static_resources.secrets``, ``Proxy(secrets=...)``), of a file
-(``sds_config`` with a path; SDS over xDS streams is not built yet). Files named by a :class:`DataSource` are
+(``sds_config`` with a path) or of a management server (``sds_config`` with ``ads`` or an
+``api``: fastproxy.xds subscribes the Secret by name). Files named by a :class:`DataSource` are
 read when the context is compiled into the core (fastproxy.tls_spec), as Envoy reads them
 when it builds its context, so a rotated file is read again when its secret is updated.
 """
@@ -223,7 +224,9 @@ class CertificateValidationContext:
 @dataclass(frozen=True)
 class SdsSecretConfig:
     """A secret by name: from the static secrets (``sds_config`` None) or from where
-    ``sds_config`` says (a file holding a DiscoveryResponse of Secrets)."""
+    ``sds_config`` says: a file holding a DiscoveryResponse of Secrets (``path``), or a
+    management server (``ads``: the bootstrap's ADS stream; ``api``: a stream of the
+    Secret type's own), which the proxy subscribes to by this name."""
 
     name: str
     sds_config: Optional[ConfigSource] = None
@@ -234,10 +237,11 @@ class SdsSecretConfig:
         # (fastproxy.model.ConfigSource; by its type's name: the model imports this module)
         if self.sds_config is not None and type(self.sds_config).__name__ != "ConfigSource":
             _fail("SdsSecretConfig.sds_config", f"expected ConfigSource, got {type(self.sds_config).__name__}")
-        if self.sds_config is not None and self.sds_config.path is None:
-            _fail("SdsSecretConfig.sds_config", "SDS over xDS streams (ads, api) is not supported yet: "
-                                                "give the secret in a file (ConfigSource(path=...)) or "
-                                                "as a static secret (sds_config None)")
+
+
+def over_xds(sds: SdsSecretConfig) -> bool:
+    """Whether ``sds`` names a secret of a management server (ADS or a stream of its own)."""
+    return sds.sds_config is not None and (sds.sds_config.ads or sds.sds_config.api is not None)
 
 
 @dataclass(frozen=True)
@@ -472,5 +476,5 @@ class UpstreamTlsContext:
 
 
 __all__ = ["DataSource", "TlsCertificate", "TlsParams", "SanMatcher", "CertificateValidationContext",
-           "SdsSecretConfig", "Secret", "CommonTlsContext", "DownstreamTlsContext", "UpstreamTlsContext",
+           "SdsSecretConfig", "over_xds", "Secret", "CommonTlsContext", "DownstreamTlsContext", "UpstreamTlsContext",
            "TLS_VERSIONS", "SAN_TYPES", "TRUST_CHAIN_VERIFICATIONS"]

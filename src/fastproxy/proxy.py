@@ -491,16 +491,23 @@ class Proxy(ConfigInstaller):
         hcm = l.http_connection_manager
         return hcm.rds.route_config_name if hcm is not None and hcm.rds is not None else None
 
-    @classmethod
-    def _warming_names(cls, b: Bootstrap, routes: dict) -> list[str]:
-        return [l.name for l in b.listeners if cls._rds_name(l) is not None and cls._rds_name(l) not in routes]
+    def _warming_names(self, b: Bootstrap, routes: dict) -> list[str]:
+        return [l.name for l in b.listeners if (self._rds_name(l) is not None and self._rds_name(l) not in routes)
+                or self._listener_secrets_missing(l)]
 
     def warming_listeners(self) -> list[str]:
         """The listeners waiting for their route configuration (rds names one that
-        update(routes=...) has not given): a new one is not bound yet, a changed one
-        serves its previous version meanwhile (Envoy's warming listeners)."""
+        update(routes=...) has not given) or for a TLS secret of a management server (SDS
+        over xDS): a new one is not bound yet, a changed one serves its previous version
+        meanwhile (Envoy's warming listeners)."""
         with self._lock:
             return list(self._warming)
+
+    @property
+    def secret_store(self) -> Any:
+        """The TLS secrets and the contexts built from them (fastproxy.sds.SecretStore):
+        fastproxy.xds gives it the secrets of SDS over xDS."""
+        return self._secret_store
 
     def route_configs_in_use(self) -> set[str]:
         """The names of the RDS route configurations some listener version serving now
@@ -641,7 +648,8 @@ class Proxy(ConfigInstaller):
             if self._state == "new" and any(l.name == name for l in self._bootstrap.listeners):
                 raise RuntimeError(f"listener {name!r} is bound by start(); the proxy is not started") from None
             if name in self._warming:
-                raise KeyError(f"listener {name!r} is warming (its rds route configuration has not come)") from None
+                raise KeyError(f"listener {name!r} is warming (its rds route configuration or an SDS "
+                               "secret has not come)") from None
             raise KeyError(f"no listener named {name!r}") from None
 
     @property
@@ -753,7 +761,7 @@ class Proxy(ConfigInstaller):
     def _dns_loop(self) -> None:
         while not self._dns_stop.is_set():
             with self._lock:
-                due = [c for c in self._clusters.values() if c.model.type == "STRICT_DNS"]
+                due = [c for c in self._clusters.values() if c.model.type == "STRICT_DNS" and not c.waiting]
             now = time.monotonic()
             wait = 5.0
             for c in due:

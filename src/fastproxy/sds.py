@@ -13,6 +13,13 @@ names that is missing), changes nothing: the old secret stays, counted as Envoy 
 updates (``sds.<secret name>.update_attempt / update_success / update_rejected /
 update_failure``) and logged with the reason.
 
+Over xDS (an SdsSecretConfig whose ``sds_config`` is ``ads`` or an api_config_source):
+fastproxy.xds subscribes the Secret type by name and hands what comes to ``set_xds``.
+Until a secret has come, what uses it warms (``missing``: a listener is not bound, a
+cluster has no endpoints); a new version rotates the contexts in place as above, a refused
+one (NACKed) keeps the old, and one the server removes stays (Envoy keeps the last good
+secret while something names it).
+
 Files are watched as Envoy watches path_config_source: a move onto the path, or with
 ``watched_directory`` a move into that directory (inotify, xds/files.py's Inotify), on one
 daemon thread per proxy.
@@ -29,7 +36,7 @@ from typing import Any, Callable, Iterable, Optional
 
 from .errors import ConfigError
 from .model import ConfigSource
-from .model_tls import SdsSecretConfig, Secret
+from .model_tls import SdsSecretConfig, Secret, over_xds
 from .tls_spec import compile_context
 
 log = logging.getLogger("fastproxy.config")
@@ -43,6 +50,10 @@ class _Use:
 
     def __init__(self, ctx, server: bool, stats: str, owner: str, handle, spec: dict):
         self.ctx, self.server, self.stats, self.owner, self.handle, self.spec = ctx, server, stats, owner, handle, spec
+
+
+class SecretMissing(ConfigError):
+    """A secret from xDS that has not come yet (what names it warms)."""
 
 
 class _FetchFailure(ConfigError):
@@ -98,6 +109,8 @@ class SecretStore:
         # Envoy's sds.<name>.* subscription counters, per secret name from a file.
         self.stats: dict[str, dict[str, int]] = {}
         self.updated: dict[str, float] = {}     # secret name -> when its version came (dump)
+        # Secrets from xDS: name -> (Secret, version_info, last_updated), while subscribed.
+        self.xds: dict[str, tuple] = {}
         self._inotify = None
         self._watches: dict = {}            # wd -> [(file, entry name or None)]
         self._thread: Optional[threading.Thread] = None
@@ -109,6 +122,12 @@ class SecretStore:
         """The secret ``sds`` names: a static one, or one of its file (read, and watched,
         the first time). Raises ConfigError naming the secret when it is not there."""
         source = sds.sds_config
+        if over_xds(sds):
+            got = self.xds.get(sds.name)
+            if got is None:
+                raise SecretMissing(f"sds[{sds.name}]", f"secret {sds.name!r} has not come from the "
+                                                        "management server yet")
+            return got[0]
         if source is None:
             s = self.static.get(sds.name)
             if s is None:
@@ -216,10 +235,69 @@ class SecretStore:
                     self._update_handle(use, spec, use.owner)
                     done.append((use, old))
         except ConfigError:
-            for use, old in done:
-                use.handle.update(old)
-                use.spec = old
+            self._undo(done)
             raise
+        return done
+
+    @staticmethod
+    def _undo(done: list) -> None:
+        """The handles _recompile updated get their old specs back."""
+        for use, old in done:
+            use.handle.update(old)
+            use.spec = old
+
+    # ---- SDS over xDS ----
+
+    def missing(self, contexts: Iterable) -> list:
+        """The names of the xDS secrets the TLS ``contexts`` (models, None skipped) name
+        that have not come: while there are any, what uses the contexts warms."""
+        out: list = []
+        for ctx in contexts:
+            if ctx is None:
+                continue
+            for sds in ctx.secret_names():
+                if over_xds(sds) and sds.name not in self.xds and sds.name not in out:
+                    out.append(sds.name)
+        return out
+
+    def xds_in_use(self) -> list:
+        """The xDS SdsSecretConfigs of the contexts built (a listener version still serving
+        keeps its secrets subscribed while its successor warms)."""
+        return [sds for u in self.uses.values() for sds in u.ctx.secret_names() if over_xds(sds)]
+
+    def set_xds(self, secrets: dict, version_info: str, reinstall: Callable[[], None]) -> None:
+        """New secrets from xDS ({name: Secret}, of a response at ``version_info``): the
+        contexts built that name one are compiled again and updated in place; then
+        ``reinstall`` (the proxy's update) builds what was warming for them. All or nothing:
+        raises ConfigError (the response is NACKed) and keeps the old secrets."""
+        with self._lock:
+            now = time.time()
+            old = dict(self.xds)
+            for name, s in secrets.items():
+                self.xds[name] = (s, version_info, now)
+            try:
+                done = self._recompile(lambda sds: over_xds(sds) and sds.name in secrets)
+            except ConfigError:
+                self.xds = old
+                raise
+            try:
+                reinstall()
+            except BaseException:
+                self.xds = old
+                self._undo(done)
+                raise
+
+    def forget_xds(self, wanted: Iterable[str]) -> None:
+        """xDS secrets no longer named by anything are dropped (Envoy ends the subscription)."""
+        keep = set(wanted)
+        for name in [n for n in self.xds if n not in keep]:
+            del self.xds[name]
+            if not any(name in f.secrets for f in self.files.values()):    # (a file's own stats stay)
+                self.stats.pop(name, None)
+
+    def count(self, name: str, counter: str) -> None:
+        """An SDS subscription counter (sds.<name>.update_*)."""
+        self._count(name, counter)
 
     # ---- file watching ----
 
@@ -306,16 +384,17 @@ class SecretStore:
             self._inotify = None
 
     def dynamic_secrets(self) -> list:
-        """(Secret, version_info, last_updated) of every secret from a file (the dump's
+        """(Secret, version_info, last_updated) of every secret from a file or xDS (the dump's
         dynamic_active_secrets), by name."""
         out = []
         for f in self.files.values():
             for name, secret in f.secrets.items():
                 out.append((secret, f.version_info, self.updated.get(name, f.loaded_at)))
+        out += list(self.xds.values())
         return sorted(out, key=lambda e: e[0].name)
 
     def read_stats(self) -> dict:
         return {f"sds.{name}.{k}": v for name, st in self.stats.items() for k, v in st.items()}
 
 
-__all__ = ["SecretStore"]
+__all__ = ["SecretMissing", "SecretStore"]

@@ -243,14 +243,33 @@ def test_file_sds_source_is_read(pki, tmp_path):
     assert sds == t.SdsSecretConfig("server", ConfigSource(path=str(sds_file), watched_directory=str(tmp_path)))
 
 
-def test_sds_over_xds_streams_is_refused_by_its_path():
-    """Not built yet: SDS over ADS or a stream of its own (a file or a static secret is)."""
+def test_sds_over_ads_needs_ads_config(tmp_path):
+    """SDS over ADS (fastproxy.xds subscribes the secret by name): without
+    dynamic_resources.ads_config it is refused by its path (Envoy 1.40's --mode validate
+    takes it, and the running Envoy aborts); with one it is read; an api_config_source's
+    cluster must be a static one, as for every other source."""
     sock = downstream(common_tls_context={"tls_certificate_sds_secret_configs": [
-        {"name": "s", "sds_config": {"ads": {}}}]})
+        {"name": "s", "sds_config": {"ads": {}, "initial_fetch_timeout": "2s"}}]})
+    boot = boot_with(listener_socket=sock)
+    sds_path = f"{L0_TS}.typed_config.common_tls_context.tls_certificate_sds_secret_configs[0].sds_config"
     with pytest.raises(ConfigError) as e:
-        load_downstream(boot_with(listener_socket=sock))
-    assert e.value.path == f"{L0_TS}.typed_config.common_tls_context.tls_certificate_sds_secret_configs[0].sds_config.ads"
-    assert "not supported yet" in e.value.message
+        load_envoy(boot)
+    assert (e.value.path, e.value.message) == (sds_path + ".ads", "ads requires dynamic_resources.ads_config")
+    boot["dynamic_resources"] = {"ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
+                                                "grpc_services": [{"envoy_grpc": {"cluster_name": "backend"}}]}}
+    (sds,) = load_downstream(boot).common_tls_context.tls_certificate_sds_secret_configs
+    assert sds == t.SdsSecretConfig("s", ConfigSource(ads=True, initial_fetch_timeout=2.0))
+    if ENVOY:
+        rc, out = envoy_says(tmp_path, {**boot, "node": {"id": "n", "cluster": "c"}})
+        assert rc == 0, out
+    del boot["dynamic_resources"]
+    sock["typed_config"]["common_tls_context"]["tls_certificate_sds_secret_configs"][0]["sds_config"] = {
+        "api_config_source": {"api_type": "GRPC", "transport_api_version": "V3",
+                              "grpc_services": [{"envoy_grpc": {"cluster_name": "nope"}}]}}
+    with pytest.raises(ConfigError) as e:
+        load_envoy(boot)
+    assert e.value.path == sds_path + ".api_config_source.grpc_services[0].envoy_grpc.cluster_name"
+    assert "unknown static cluster 'nope'" in e.value.message
 
 
 # --- downstream ----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from conftest import admin_get, envoy_yaml, find_envoy, http_listener, static_cl
 from http_upstreams import RawHttpUpstream, http_request
 
 xcp = pytest.importorskip("xds_control_plane", reason="grpcio and xds-protos (the xds extra) are not installed")
+XDS_TYPES = {xcp.CLUSTER, xcp.ENDPOINT, xcp.LISTENER, xcp.ROUTE}     # what these bootstraps subscribe
 from test_ads_reference_envoy import H2  # noqa: E402
 from test_ads_discovery import Envoy, Fastproxy  # noqa: E402  (the two servers under one script)
 
@@ -112,7 +113,7 @@ def script(cp, start, ports, api_type, aggregated, settle=None):
         wait_for(lambda: body(addr) is not None, timeout=20, msg="the listener serves")
         conn = http.client.HTTPConnection(*addr, timeout=5)
         seen.append(get(conn))                                          # a: EDS svc -> a
-        cp.wait_for(lambda rs: {r.type_url for r in rs if r.response_nonce} >= set(xcp.MESSAGES))
+        cp.wait_for(lambda rs: {r.type_url for r in rs if r.response_nonce} >= XDS_TYPES)
         # EDS push: traffic moves to the new endpoint.
         cp.set(xcp.ENDPOINT, [assignment("svc", b)], "e2")
         wait_for(lambda: body(addr) == b"b", timeout=10, msg="e2 in force")
@@ -133,7 +134,7 @@ def script(cp, start, ports, api_type, aggregated, settle=None):
         # and the last good configuration serves meanwhile.
         before = len(cp.requests)
         cp.drop_streams()
-        cp.wait_for(lambda rs: {r.type_url for r in rs[before:] if r.response_nonce} >= set(xcp.MESSAGES), timeout=30)
+        cp.wait_for(lambda rs: {r.type_url for r in rs[before:] if r.response_nonce} >= XDS_TYPES, timeout=30)
         seen.append(body(addr))
         # The listener now names rt2: rt2 is subscribed (and rt, once nothing uses it, not).
         cp.wait_answered()

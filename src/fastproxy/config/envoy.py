@@ -145,8 +145,13 @@ def _bootstrap(data: Any) -> Optional[model.Bootstrap]:
     sources += [(f"static_resources.listeners[{i}].filter_chains[0].filters[0].typed_config.rds.config_source",
                  l.http_connection_manager.rds.config_source) for i, l in enumerate(listeners)
                 if l.http_connection_manager is not None and l.http_connection_manager.rds is not None]
-    for path, src in sources:
-        for e in grpc_source_errors(src, path, names, ads, require_ads=path.startswith("dynamic_resources")):
+    # A secret's sds_config (SDS over ADS needs ads_config, as Envoy's LDS/CDS do).
+    from ..model_tls import sds_refs
+    sds_sources = [(spath + ".sds_config", sds.sds_config) for ctx, cpath in _tls_contexts(listeners, clusters)
+                   for sds, spath in sds_refs(ctx, cpath) if sds.sds_config is not None]
+    for path, src in sources + sds_sources:
+        for e in grpc_source_errors(src, path, names, ads,
+                                    require_ads=path.startswith("dynamic_resources") or path.endswith(".sds_config")):
             report(e)
     runtime = checked(layered_runtime, top)
     if runtime is not None and listeners:

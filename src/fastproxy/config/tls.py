@@ -196,14 +196,11 @@ def use_config_source_reader(reader) -> None:
 
 def sds_secret_config(item: Any, path: str) -> t.SdsSecretConfig:
     """An SdsSecretConfig: a name, and sds_config (a ConfigSource: a file or ADS); without
-    sds_config the name is a static secret's."""
+    sds_config the name is a static secret's. (Where an ads or api_config_source leads is
+    checked with the bootstrap's other sources: config/envoy.py.)"""
     msg = Message(item, path, ("name", "sds_config"))
     name = msg.string("name", required=True, non_empty=True)
     source = _config_source[0](msg, "sds_config") if msg.raw("sds_config") is not None else None
-    if source is not None and (source.api is not None or source.ads):
-        raise ConfigError(msg.at("sds_config." + ("ads" if source.ads else "api_config_source")),
-                          "SDS over xDS streams is not supported yet in fastproxy; use a static secret "
-                          "(static_resources.secrets) or a file (path_config_source)")
     return t.SdsSecretConfig(name, source)
 
 

@@ -58,6 +58,9 @@ MESSAGE_MODULES = (
     "envoy.extensions.filters.http.health_check.v3.health_check_pb2",
     "envoy.extensions.filters.http.buffer.v3.buffer_pb2",
     "envoy.extensions.filters.http.header_mutation.v3.header_mutation_pb2",
+    "envoy.extensions.transport_sockets.tls.v3.tls_pb2",
+    "envoy.extensions.transport_sockets.tls.v3.secret_pb2",
+    "envoy.extensions.transport_sockets.raw_buffer.v3.raw_buffer_pb2",
     "xds.type.v3.typed_struct_pb2",
     "udpa.type.v1.typed_struct_pb2",
 )
@@ -94,6 +97,8 @@ TYPE_SERVICES = {
         ("envoy.service.route.v3.rds_pb2_grpc", "RouteDiscoveryServiceStub", "StreamRoutes", "DeltaRoutes"),
     "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment":
         ("envoy.service.endpoint.v3.eds_pb2_grpc", "EndpointDiscoveryServiceStub", "StreamEndpoints", "DeltaEndpoints"),
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret":
+        ("envoy.service.secret.v3.sds_pb2_grpc", "SecretDiscoveryServiceStub", "StreamSecrets", "DeltaSecrets"),
 }
 
 

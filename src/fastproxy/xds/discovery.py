@@ -9,7 +9,12 @@ that are warming (until their route configuration arrives). Each step waits at m
 config source's initial_fetch_timeout (wait_initial(), on the thread that starts the
 proxy); when the last is done the proxy is initialized (/ready: LIVE). After that,
 subscriptions simply follow what is in force: an EDS cluster or an RDS listener that comes
-subscribes its name, one that goes unsubscribes it (advance(), after every update)."""
+subscribes its name, one that goes unsubscribes it (advance(), after every update).
+
+TLS secrets over xDS (SDS) are subscribed by name as soon as a listener or cluster in
+force names one (Envoy subscribes them as it creates the listener or cluster, which then
+warms): a cluster waiting for its secrets holds up the EDS step, a listener the RDS step,
+each bounded by the secret's initial_fetch_timeout."""
 from __future__ import annotations
 
 import logging
@@ -18,7 +23,8 @@ import time
 from typing import Any, Callable, Optional
 
 from ..model import ConfigSource, DynamicResources
-from .resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, XdsResources, subscribes
+from .resources import (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE, XdsResources,
+                        secret_sources, subscribes)
 
 log = logging.getLogger("fastproxy.config")
 
@@ -27,13 +33,15 @@ _STAGES = ("cds", "eds", "lds", "rds")
 
 def needs_discovery(bootstrap: Any) -> bool:
     """Whether a proxy made from ``bootstrap`` subscribes to anything: LDS or CDS, or a
-    static listener's RDS, or a static EDS cluster."""
+    static listener's RDS, or a static EDS cluster, or a static TLS context's secret over
+    xDS."""
     dyn = bootstrap.dynamic_resources
     if dyn is not None and (dyn.lds is not None or dyn.cds is not None):
         return True
     return any(c.type == "EDS" and subscribes(c.eds_config, dyn) for c in bootstrap.clusters) or any(
         l.http_connection_manager is not None and l.http_connection_manager.rds is not None
-        and subscribes(l.http_connection_manager.rds.config_source, dyn) for l in bootstrap.listeners)
+        and subscribes(l.http_connection_manager.rds.config_source, dyn) for l in bootstrap.listeners) or bool(
+        secret_sources(bootstrap.listeners, bootstrap.clusters, dyn))
 
 
 def _grpc(source: Optional[ConfigSource]) -> bool:
@@ -133,14 +141,28 @@ class Discovery:
                     self._timed_out.add(stage)
                     if stage == "eds":
                         self.resources.fetch_timed_out(self._warming_assignments())
+                        self.resources.secrets_fetch_timed_out(self._waiting_secrets("eds"))
                     self.advance()
 
     def _stage_timeout(self, stage: str) -> float:
         if stage in ("cds", "lds"):
             src = self.dynamic.cds if stage == "cds" else self.dynamic.lds
             return src.initial_fetch_timeout if _grpc(src) else 0.0
-        wanted = self.resources.wanted()[ENDPOINT_TYPE if stage == "eds" else ROUTE_TYPE]
-        return max((s.initial_fetch_timeout for s in wanted.values() if s is not None), default=0.0)
+        wanted = self.resources.wanted()
+        sources = list(wanted[ENDPOINT_TYPE if stage == "eds" else ROUTE_TYPE].values())
+        sources += [wanted[SECRET_TYPE][n] for n in self._waiting_secrets(stage) if n in wanted[SECRET_TYPE]]
+        return max((s.initial_fetch_timeout for s in sources if s is not None), default=0.0)
+
+    def _waiting_secrets(self, stage: str) -> set:
+        """The secrets (SDS over xDS) the clusters ("eds": they warm in that step) or the
+        listeners ("rds") in force are waiting for."""
+        store = self.proxy.secret_store
+        if stage == "eds":
+            contexts = [c.tls for c in self.resources.clusters_in_force()]
+        else:
+            from ..model_tls import listener_contexts
+            contexts = [ctx for l in self.resources.listeners_in_force() for ctx, _ in listener_contexts(l, "")]
+        return set(store.missing(contexts))
 
     def _warming_assignments(self) -> set:
         names = set(self.resources.warming_clusters())
@@ -158,6 +180,8 @@ class Discovery:
                 self._start_type(self._transport(dyn.cds, CLUSTER_TYPE), CLUSTER_TYPE)
             wanted = self.resources.wanted()
             self._follow(ENDPOINT_TYPE, wanted[ENDPOINT_TYPE])
+            # (SDS files are the secret store's own: only the streams are followed here.)
+            self._follow(SECRET_TYPE, {n: s for n, s in wanted[SECRET_TYPE].items() if _grpc(s)})
             stage = self.stage
             if stage == "cds" and (not _grpc(dyn.cds) or "cds" in self._timed_out
                                    or self._transport(dyn.cds, CLUSTER_TYPE).responded(CLUSTER_TYPE)):
@@ -198,7 +222,7 @@ class Discovery:
                 by.setdefault(id(self._transport(source, type_url, name)), set()).add(name)
             elif source is not None and source.path is not None:
                 files.setdefault(source.path, source)
-        if files or self.files is not None:
+        if type_url != SECRET_TYPE and (files or self.files is not None):
             if self.files is None:
                 from .files import FileDiscovery
                 self.files = FileDiscovery(self.proxy, self.dynamic, self.resources)

@@ -15,6 +15,11 @@ come and go (``wanted()``), and, as in Envoy, a response updates the named resou
 holds and leaves the others as they are (an RDS or EDS response is not "the whole set":
 a name missing from it is not removed). Until its assignment arrives an EDS cluster is
 warming (no endpoints); until its route configuration arrives a listener is warming.
+
+TLS secrets (SDS over xDS) are named resources too: an SdsSecretConfig whose sds_config is
+``ads`` or an api_config_source, in a listener's or cluster's TLS context. A listener or
+cluster warms until its secrets come (fastproxy.sds); a new version rotates the contexts
+using it in place; a secret the server removes (or leaves out) stays, as in Envoy.
 """
 from __future__ import annotations
 
@@ -26,8 +31,10 @@ from typing import Any, Optional
 
 from ..config.envoy import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_CONFIG_TYPE, _cluster, _listener, grpc_source_errors, load_assignment
 from ..config.proto import Message, checked, collecting, raise_collected, report
+from ..config.tls import SECRET_TYPE, secret as decode_secret
 from ..errors import ConfigError, ConfigErrors, ListenerBindError
 from ..model import Bootstrap
+from ..model_tls import listener_contexts, over_xds
 from ..validation import describe
 from .xxhash64 import xxh64
 
@@ -44,6 +51,7 @@ TYPES = {
     CLUSTER_TYPE: ("cds", "cluster_manager.cds", "clusters"),
     ROUTE_TYPE: ("rds", "", "routes"),
     ENDPOINT_TYPE: ("eds", "", "endpoints"),
+    SECRET_TYPE: ("sds", "", "secrets"),       # (stats per secret: sds.<name>.*, fastproxy.sds)
 }
 # Envoy's order of the initial fetch (and of the requests on a new stream).
 ORDER = (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE)
@@ -82,6 +90,8 @@ def check_node(node: Any, dynamic: Any, listeners: Any = (), clusters: Any = ())
         url = ENDPOINT_TYPE
     elif any(_rds(l) is not None and subscribes(_rds(l).config_source, dynamic) for l in listeners):
         url = ROUTE_TYPE
+    elif secret_sources(listeners, clusters, dynamic):
+        url = SECRET_TYPE
     else:
         return
     if not node.id or not node.cluster:
@@ -95,6 +105,19 @@ def subscribes(source: Any, dynamic: Any) -> bool:
     Proxy.update gives those routes or endpoints)."""
     return source is not None and (source.path is not None or source.api is not None
                                    or (source.ads and dynamic is not None and dynamic.ads is not None))
+
+
+def secret_sources(listeners: Any, clusters: Any, dynamic: Any) -> dict:
+    """{secret name: its ConfigSource} of the SDS-over-xDS secrets the TLS contexts of
+    ``listeners`` and ``clusters`` name (the first source given for a name wins)."""
+    contexts = [c.tls for c in clusters if getattr(c, "tls", None) is not None]
+    contexts += [ctx for l in listeners for ctx, _ in listener_contexts(l, "")]
+    out: dict = {}
+    for ctx in contexts:
+        for sds in ctx.secret_names():
+            if over_xds(sds) and subscribes(sds.sds_config, dynamic):
+                out.setdefault(sds.name, sds.sds_config)
+    return out
 
 
 class SubscriptionStats:
@@ -175,6 +198,10 @@ class XdsResources:
         self.endpoint_stats: dict = {}
         # EDS clusters whose initial fetch timed out: warm (with no endpoints) from then on.
         self.timed_out: set = set()
+        # SDS: secrets whose initial fetch timed out (a cluster waiting only for those is
+        # no longer counted warming; it has no hosts until they come).
+        self.secrets_timed_out: set = set()
+        self._sds_sources: dict = {}    # secret name -> the source it was subscribed from
         self._rds_sources: dict = {}    # route configuration name -> the source it was subscribed from
         self.on_change = None
         # One update at a time, whichever transport it comes from.
@@ -189,6 +216,8 @@ class XdsResources:
         if type_url not in TYPES:
             raise ConfigError("type_url", f"unsupported resource type {type_url!r} (fastproxy "
                                           f"discovers {', '.join(TYPES)})")
+        if type_url == SECRET_TYPE:
+            return self._apply_secrets(version_info, resources, list(removed))
         if type_url in (ROUTE_TYPE, ENDPOINT_TYPE):
             return self._apply_named(type_url, version_info, resources, list(removed))
         kind, _, field = TYPES[type_url]
@@ -268,13 +297,27 @@ class XdsResources:
                 if name not in rds and name in self._rds_sources:
                     rds[name] = self._rds_sources[name]
             self._rds_sources = dict(rds)
-            return {ENDPOINT_TYPE: eds, ROUTE_TYPE: rds}
+            sds = secret_sources(self.listeners_in_force(), self.clusters_in_force(), dyn)
+            store = self._store()
+            # As for routes: a listener version still serving keeps its secrets subscribed.
+            for ref in (store.xds_in_use() if store is not None else ()):
+                if ref.name not in sds and ref.name in self._sds_sources:
+                    sds[ref.name] = self._sds_sources[ref.name]
+            self._sds_sources = dict(sds)
+            return {ENDPOINT_TYPE: eds, ROUTE_TYPE: rds, SECRET_TYPE: sds}
+
+    def _store(self) -> Any:
+        """The proxy's secrets (fastproxy.sds.SecretStore), if it keeps any."""
+        return getattr(self.proxy, "secret_store", None)
 
     def warming_clusters(self) -> list:
-        """EDS clusters whose assignment has not arrived (nor timed out)."""
+        """EDS clusters whose assignment has not arrived (nor timed out), and clusters whose
+        TLS secrets (SDS over xDS) have not (nor timed out)."""
+        store = self._store()
         with self._lock:
-            return [c.name for c in self.clusters_in_force() if c.type == "EDS"
-                    and c.eds_name not in self.assignments and c.eds_name not in self.timed_out]
+            return [c.name for c in self.clusters_in_force() if (
+                c.type == "EDS" and c.eds_name not in self.assignments and c.eds_name not in self.timed_out)
+                or (store is not None and set(store.missing([c.tls])) - self.secrets_timed_out)]
 
     def warming_listeners(self) -> list:
         """Listeners whose route configuration (RDS) has not arrived: the proxy's own count
@@ -307,6 +350,10 @@ class XdsResources:
         for name in [n for n in self.route_stats if n not in wanted[ROUTE_TYPE]]:
             del self.route_stats[name]
         self.timed_out &= set(wanted[ENDPOINT_TYPE])
+        self.secrets_timed_out &= set(wanted[SECRET_TYPE])
+        store = self._store()
+        if store is not None:
+            store.forget_xds(wanted[SECRET_TYPE])
 
     # -- RDS and EDS ----------------------------------------------------------------------
 
@@ -339,12 +386,22 @@ class XdsResources:
                 return
             if names is None:
                 names = self.wanted()[type_url]
+            if type_url == SECRET_TYPE:
+                store = self._store()
+                for name in (names if store is not None else ()):
+                    store.count(name, "update_attempt")
+                return
             for st in self._subscribers(type_url, names):
                 st.count("update_attempt")
 
     def count_named(self, type_url: str, counter: str, names: Any) -> None:
-        """``counter`` for each subscription ``names`` (RDS or EDS) feed."""
+        """``counter`` for each subscription ``names`` (RDS, EDS or SDS) feed."""
         with self._lock:
+            if type_url == SECRET_TYPE:
+                store = self._store()
+                for name in (names if store is not None else ()):
+                    store.count(name, counter)
+                return
             for st in self._subscribers(type_url, names):
                 st.count(counter)
 
@@ -426,6 +483,96 @@ class XdsResources:
                 error = flat[0] if len(flat) == 1 else ConfigErrors(flat)
                 self._rejected(type_url, version_info, set(refused) & set(wanted) or wanted, error, len(resources))
                 raise error
+
+    # -- SDS -------------------------------------------------------------------------------
+
+    def secrets_fetch_timed_out(self, names: Any) -> None:
+        """The initial fetch of these secrets timed out: initialization goes on without
+        them (what names them stays without them: a listener unbound, a cluster without
+        hosts, until they come)."""
+        with self._lock:
+            self.secrets_timed_out |= set(names)
+            self._changed()
+
+    def _missing_secrets(self) -> set:
+        store = self._store()
+        if store is None:
+            return set()
+        contexts = [c.tls for c in self.clusters_in_force()]
+        contexts += [ctx for l in self.listeners_in_force() for ctx, _ in listener_contexts(l, "")]
+        return set(store.missing(contexts))
+
+    def _apply_secrets(self, version_info: str, resources: list, removed: list) -> None:
+        """SDS: each named secret on its own, as Envoy's per-secret subscriptions take them.
+        A new one rotates the contexts that use it (fastproxy.sds) and, when something
+        warmed for it, builds that (a listener bound, a cluster given its hosts). A secret
+        that does not compile (a key that does not match its certificate) is refused with
+        the reason and the old one stays; a removal is ignored (the last good one stays,
+        as Envoy keeps it while a listener or cluster names it)."""
+        store = self._store()
+        with self._lock:
+            wanted = self.wanted()[SECRET_TYPE]
+            if not isinstance(resources, list):
+                raise ConfigError("resources", f"expected a list, got {describe(resources)}")
+            decoded, refused, index = [], {}, {}
+            with collecting() as errors:
+                for i, item in enumerate(resources):
+                    before = len(errors)
+                    one = checked(lambda: decode_secret(_body(item, SECRET_TYPE, f"resources[{i}]"),
+                                                        f"resources[{i}]"))
+                    if len(errors) > before:
+                        refused[_resource_name(item)] = errors[before:]
+                    elif one is not None:
+                        decoded.append(one)
+                        index[one.name] = i
+            ignored = [x.name for x in decoded if x.name not in wanted]
+            if ignored:
+                log.info("sds update: ignoring %s, not subscribed", ", ".join(map(repr, ignored)))
+            got = {x.name: x for x in decoded if x.name in wanted}
+            for name in sorted(set(got) | (set(refused) & set(wanted))):
+                store.count(name, "update_attempt")
+            if removed:
+                log.warning("sds update: ignoring the removal of %s (the last good secret stays, as in Envoy)",
+                            ", ".join(map(repr, removed)))
+            changed = {n: x for n, x in got.items() if store.xds.get(n, (None,))[0] != x}
+            if changed:
+                waited = self._missing_secrets() & set(changed)
+
+                def reinstall() -> None:
+                    if not waited:
+                        return              # rotated in place: nothing to build
+                    try:
+                        self.proxy.update(listeners=self.listeners_in_force(),
+                                          clusters=self._with_endpoints(self.clusters_in_force()), _validated=True)
+                    except ListenerBindError as e:
+                        raise _bind_refusal(e, []) from None
+                try:
+                    store.set_xds(changed, version_info, reinstall)
+                except ConfigError as e:
+                    names = sorted(changed)
+                    error = ConfigError(f"resources[{index[names[0]]}]" if len(names) == 1 else "resources",
+                                        f"secret {', '.join(map(repr, names))}: {e}")
+                    log.warning("sds update rejected: version %r: %s", version_info, error)
+                    for name in names:
+                        store.count(name, "update_rejected")
+                    raise error from None
+                if waited:
+                    # What warmed for them is active now (the config dump's states).
+                    for field, url in (("clusters", CLUSTER_TYPE), ("listeners", LISTENER_TYPE)):
+                        if self.updated[field]:
+                            self._note_dump(field, self.version_info(url))
+            for name in got:
+                store.count(name, "update_success")
+            if got:
+                log.info("sds update accepted: version %r, %d secret(s) (%s)", version_info, len(got),
+                         ", ".join(sorted(got)))
+            self._changed()
+            if refused:
+                flat = [e for errs in refused.values() for e in errs]
+                log.warning("sds update rejected: version %r: %s", version_info, "; ".join(map(str, flat)))
+                for name in set(refused) & set(wanted):
+                    store.count(name, "update_rejected")
+                raise flat[0] if len(flat) == 1 else ConfigErrors(flat)
 
     def _rejected(self, type_url: str, version_info: str, names: Any, error: ConfigError, n: int) -> None:
         # Logged before counted: whoever sees the count can read the reason.
@@ -519,8 +666,12 @@ class XdsResources:
             for e in grpc_source_errors(cluster.eds_config, path + ".eds_cluster_config.eds_config",
                                         static_clusters, ads, require_ads=False):
                 raise e
+            self._check_sds_sources([(cluster.tls, path + ".transport_socket.typed_config")], static_clusters, ads)
             return cluster
         listener, refs = _listener(body, path, index)
+        # (the model's chain.tls is the chain's transport_socket)
+        self._check_sds_sources([(ctx, p[:-len(".tls")] + ".transport_socket.typed_config")
+                                 for ctx, p in listener_contexts(listener, path)], static_clusters, ads)
         r = _rds(listener)
         if r is not None:
             for e in grpc_source_errors(r.config_source, f"{path}.{_RDS_PATH}.config_source", static_clusters, ads,
@@ -532,6 +683,16 @@ class XdsResources:
             if cluster not in known:
                 report(ConfigError(cluster_path, f"unknown cluster {cluster!r}"))
         return listener
+
+    @staticmethod
+    def _check_sds_sources(contexts: list, static_clusters: set, ads: Any) -> None:
+        """A discovered TLS context's secrets over xDS lead somewhere (as the bootstrap
+        loader checks a static one's)."""
+        from ..model_tls import sds_refs
+        for ctx, path in contexts:
+            for sds, spath in sds_refs(ctx, path):
+                for e in grpc_source_errors(sds.sds_config, spath + ".sds_config", static_clusters, ads):
+                    raise e
 
     # -- applying ------------------------------------------------------------------------
 
@@ -618,7 +779,8 @@ class XdsResources:
 
     def version_info(self, type_url: str) -> str:
         """The version_info of the last accepted response of that type ("" before one)."""
-        return self.stats[type_url].version_info
+        st = self.stats.get(type_url)
+        return st.version_info if st is not None else ""
 
     def discovered(self, field: str) -> list:
         """[(model object, version_info, last_updated)] of the discovered "listeners" or
