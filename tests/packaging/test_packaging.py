@@ -33,7 +33,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 # Build outputs and local state never belong in the copy the wheel is built from.
 IGNORE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "__pycache__", "*.egg-info",
                                 "*.so", ".pytest_cache", "*.html")
-WHEEL_LIMIT = 2_000_000  # bytes
+# The module itself is under 1 MB; auditwheel bundles the OpenSSL 3 it links (libssl and
+# libcrypto, ~2.1 MB compressed), as manylinux wheels must: a wheel cannot count on the target
+# having libssl.so.3.
+WHEEL_LIMIT = 3_500_000  # bytes
 
 
 def clean_env() -> dict:
