@@ -131,11 +131,15 @@ class DataSource:
 
 @dataclass(frozen=True)
 class TlsCertificate:
-    """A certificate chain and its private key (PEM), with the key's password if any."""
+    """A certificate chain and its private key (PEM), with the key's password if any.
+    ``watched_directory``: when this certificate comes by SDS, a move into that directory
+    (a Kubernetes secret volume's ``..data`` swap) reads its files again; without it, a
+    file moved onto one of the paths does."""
 
     certificate_chain: DataSource
     private_key: DataSource
     password: Optional[DataSource] = None
+    watched_directory: Optional[str] = None
 
     def __post_init__(self) -> None:
         for f in ("certificate_chain", "private_key"):
@@ -143,6 +147,12 @@ class TlsCertificate:
                 _fail(f"TlsCertificate.{f}", f"expected DataSource, got {type(getattr(self, f)).__name__}")
         if self.password is not None and not isinstance(self.password, DataSource):
             _fail("TlsCertificate.password", f"expected DataSource or None, got {type(self.password).__name__}")
+        _optional_str(self.watched_directory, "TlsCertificate.watched_directory")
+
+    def files(self) -> list:
+        """The file names its data sources read."""
+        return [d.filename for d in (self.certificate_chain, self.private_key, self.password)
+                if d is not None and d.filename is not None]
 
 
 @dataclass(frozen=True)
@@ -197,8 +207,14 @@ class CertificateValidationContext:
     crl: Optional[DataSource] = None
     trust_chain_verification: str = "VERIFY_TRUST_CHAIN"
     allow_expired_certificate: bool = False
+    watched_directory: Optional[str] = None     # as TlsCertificate's
+
+    def files(self) -> list:
+        """The file names its data sources read."""
+        return [d.filename for d in (self.trusted_ca, self.crl) if d is not None and d.filename is not None]
 
     def __post_init__(self) -> None:
+        _optional_str(self.watched_directory, "CertificateValidationContext.watched_directory")
         for f in ("trusted_ca", "crl"):
             v = getattr(self, f)
             if v is not None and not isinstance(v, DataSource):
@@ -272,6 +288,20 @@ class Secret:
             _tuple_of(self.session_ticket_keys, DataSource, "Secret.session_ticket_keys")
             if not self.session_ticket_keys:
                 _fail("Secret.session_ticket_keys", "at least one key is needed")
+
+    def watched_paths(self) -> list:
+        """[(directory, entry)] whose change means this secret's data must be read again, as
+        Envoy watches an SDS-delivered secret's files: the parent directory of each file
+        it names, for a move onto that file's name (entry), or, with the certificate's or
+        validation context's ``watched_directory``, for a move of anything into that
+        directory (entry None)."""
+        part = self.tls_certificate or self.validation_context
+        if part is None:
+            return [os.path.split(os.path.abspath(k.filename)) for k in self.session_ticket_keys or ()
+                    if k.filename is not None]
+        if part.watched_directory is not None:
+            return [(os.path.abspath(part.watched_directory), None)]
+        return [os.path.split(os.path.abspath(f)) for f in part.files()]
 
 
 def _sds_tuple(value, path: str) -> None:

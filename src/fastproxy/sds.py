@@ -22,7 +22,12 @@ secret while something names it).
 
 Files are watched as Envoy watches path_config_source: a move onto the path, or with
 ``watched_directory`` a move into that directory (inotify, xds/files.py's Inotify), on one
-daemon thread per proxy.
+daemon thread per proxy. The files a secret from SDS (a file or xDS) names are watched as
+Envoy watches them: a move onto one of their paths, or into the certificate's (validation
+context's) own ``watched_directory``, compiles the contexts using the secret again. The
+secret itself is then the same model (the same file names): what tells a rotation is the
+compiled data, so a reload compiles every context naming any secret of the file and
+updates the handles whose spec changed.
 """
 from __future__ import annotations
 
@@ -112,7 +117,8 @@ class SecretStore:
         # Secrets from xDS: name -> (Secret, version_info, last_updated), while subscribed.
         self.xds: dict[str, tuple] = {}
         self._inotify = None
-        self._watches: dict = {}            # wd -> [(file, entry name or None)]
+        self._watches: dict = {}            # wd -> [(SDS file or None: secrets' files, entry name or None)]
+        self._watched: dict = {}            # (directory, entry, SDS file or None) -> wd
         self._thread: Optional[threading.Thread] = None
         self._stop_r = self._stop_w = -1
 
@@ -154,6 +160,7 @@ class SecretStore:
                 raise
             f.loaded = True
             f.loaded_at = time.time()
+            self._watch_secrets(f.secrets.values(), f.source.path)
             for name in f.secrets:
                 self._count(name, "update_attempt")
                 self._count(name, "update_success")
@@ -206,21 +213,22 @@ class SecretStore:
         for key in [k for k in self.uses if (k[0], k[1], k[3]) not in wanted]:
             del self.uses[key]
 
-    def set_static(self, secrets: list) -> list:
-        """Static secrets replaced (Proxy.update(secrets=...)): the contexts naming one that
-        changed are compiled again and updated. Returns the names that changed. On an
-        error nothing is changed (the handles updated so far get their old spec back)."""
+    def set_static(self, secrets: list) -> tuple:
+        """Static secrets replaced (Proxy.update(secrets=...)): the contexts naming one
+        are compiled again and updated where their data changed. Returns (the names that
+        changed, what undo_static needs to put things back). On an error nothing is
+        changed (the handles updated so far get their old spec back)."""
         new = {s.name: s for s in secrets}
         changed = [n for n in set(new) | set(self.static) if new.get(n) != self.static.get(n)]
-        if changed:
-            old = self.static
-            self.static = new
-            try:
-                self._recompile(lambda sds: sds.sds_config is None and sds.name in changed)
-            except ConfigError:
-                self.static = old
-                raise
-        return changed
+        old = self.static
+        self.static = new
+        try:
+            # Every context naming a static secret, not only a changed one: the same file
+            # name may hold new data (compiled specs tell; unchanged handles are left alone).
+            return changed, self._recompile(lambda sds: sds.sds_config is None)
+        except ConfigError:
+            self.static = old
+            raise
 
     def _recompile(self, names: Callable[[SdsSecretConfig], bool]) -> None:
         """Compile again every context one of whose secrets ``names`` selects, and update
@@ -238,6 +246,12 @@ class SecretStore:
             self._undo(done)
             raise
         return done
+
+    def undo_static(self, secrets: list, done: list) -> None:
+        """Put back the static secrets and handle specs set_static replaced (an install
+        after it failed)."""
+        self.static = {s.name: s for s in secrets}
+        self._undo(done)
 
     @staticmethod
     def _undo(done: list) -> None:
@@ -286,6 +300,7 @@ class SecretStore:
                 self.xds = old
                 self._undo(done)
                 raise
+            self._watch_secrets(secrets.values(), None)
 
     def forget_xds(self, wanted: Iterable[str]) -> None:
         """xDS secrets no longer named by anything are dropped (Envoy ends the subscription)."""
@@ -301,18 +316,55 @@ class SecretStore:
 
     # ---- file watching ----
 
-    def _watch(self, f: _SecretFile) -> None:
+    def _start_watcher(self) -> None:
         from .xds.files import Inotify
+        self._inotify = Inotify()
+        self._stop_r, self._stop_w = os.pipe()
+        self._thread = threading.Thread(target=self._run, name="fastproxy-sds-files", daemon=True)
+        self._thread.start()
+
+    def _watch(self, f: _SecretFile) -> None:
         if self._inotify is None:
-            self._inotify = Inotify()
-            self._stop_r, self._stop_w = os.pipe()
-            self._thread = threading.Thread(target=self._run, name="fastproxy-sds-files", daemon=True)
-            self._thread.start()
+            self._start_watcher()
         if f.source.watched_directory is not None:
             directory, entry = f.source.watched_directory, None
         else:
             directory, entry = os.path.split(os.path.abspath(f.source.path))
-        self._watches.setdefault(self._inotify.add_watch(directory), []).append((f, entry))
+        self._add_watch(directory, entry, f)
+
+    def _add_watch(self, directory: str, entry: Optional[str], f: Optional[_SecretFile]) -> None:
+        key = (directory, entry, f)
+        if key in self._watched:
+            return
+        wd = self._inotify.add_watch(directory)
+        self._watched[key] = wd
+        self._watches.setdefault(wd, []).append((f, entry))
+
+    def _watch_secrets(self, secrets: Iterable, where: Optional[str]) -> None:
+        """Watch the files the SDS ``secrets`` name (those of the SDS file ``where``, or from
+        xDS: None). A directory that cannot be watched is logged: the secret still works,
+        and rotates when its SDS source sends it again."""
+        for secret in secrets:
+            for directory, entry in secret.watched_paths():
+                try:
+                    if self._inotify is None:
+                        self._start_watcher()
+                    self._add_watch(directory, entry, None)
+                except OSError as e:
+                    log.warning("sds: cannot watch %s for secret %r%s: %s", directory, secret.name,
+                                f" of {where}" if where else "", e)
+
+    def files_changed(self) -> bool:
+        """A file an SDS secret names was replaced: compile again every context naming a
+        secret from a file or xDS, and update the handles whose data changed (all or
+        nothing; a refusal, e.g. a certificate moved in before its key, keeps the old)."""
+        with self._lock:
+            try:
+                self._recompile(lambda sds: sds.sds_config is not None)
+            except ConfigError as e:
+                log.warning("sds update rejected (a certificate file changed): %s", e)
+                return False
+            return True
 
     def reload(self, f: _SecretFile) -> bool:
         """Read ``f`` again and apply the secrets that changed (see the module); False when
@@ -333,14 +385,17 @@ class SecretStore:
             old = f.secrets
             f.secrets = {**old, **secrets}      # a secret left out of the file stays (in use)
             try:
+                # Every context naming a secret of the file: a secret the same as before
+                # may name files whose contents changed (compiled specs tell).
                 self._recompile(lambda sds: sds.sds_config is not None and sds.sds_config.path == f.source.path
-                                and sds.name in changed)
+                                and sds.name in f.secrets)
             except ConfigError as e:
                 f.secrets = old
                 log.warning("sds update rejected: %s version %r: %s", f.source.path, version, e)
                 self._count_names(changed, "update_rejected", f)
                 return False
             f.version_info = version
+            self._watch_secrets(secrets.values(), f.source.path)
             for name in changed:
                 self.updated[name] = time.time()
             self._count_names(list(secrets), "update_success", f)
@@ -366,9 +421,12 @@ class SecretStore:
                         due.append(f)
             for f in due:
                 try:
-                    self.reload(f)
+                    if f is None:
+                        self.files_changed()
+                    else:
+                        self.reload(f)
                 except Exception:       # a bug must not end the watcher
-                    log.exception("sds update of %s failed", f.source.path)
+                    log.exception("sds update of %s failed", "certificate files" if f is None else f.source.path)
 
     def stop(self) -> None:
         if self._thread is not None:
@@ -382,6 +440,8 @@ class SecretStore:
         if self._inotify is not None:
             self._inotify.close()
             self._inotify = None
+        self._watches.clear()
+        self._watched.clear()
 
     def dynamic_secrets(self) -> list:
         """(Secret, version_info, last_updated) of every secret from a file or xDS (the dump's

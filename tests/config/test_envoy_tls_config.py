@@ -498,12 +498,15 @@ def test_python_api_cluster_tls_and_static_secret_names():
 
 def _secrets_boot(pki):
     key = pki["client_key"].read_text()
-    secrets = [{"name": "by_file", "tls_certificate": cert_files(pki, "client")},
+    # (watched_directory: read again on a move into that directory, when delivered by SDS)
+    secrets = [{"name": "by_file", "tls_certificate": {**cert_files(pki, "client"),
+                                                       "watched_directory": {"path": str(pki["ca"].parent)}}},
                {"name": "inline", "tls_certificate": {"certificate_chain": {"filename": str(pki["client_cert"])},
                                                       "private_key": {"inline_string": key}}},
                {"name": "tickets", "session_ticket_keys": {"keys": [
                    {"inline_bytes": base64.b64encode(b"k" * 80).decode()}]}},
-               {"name": "ca", "validation_context": {"trusted_ca": {"filename": str(pki["ca"])}}}]
+               {"name": "ca", "validation_context": {"trusted_ca": {"filename": str(pki["ca"])},
+                                                     "watched_directory": {"path": str(pki["ca"].parent)}}}]
     sock = upstream(sni="backend.test", common_tls_context={
         "tls_certificates": [{"certificate_chain": {"filename": str(pki["client_cert"])},
                               "private_key": {"inline_string": key}}],
@@ -539,10 +542,12 @@ def test_config_dump_shows_secrets_redacted(pki):
     secrets = {s["name"]: s["secret"] for s in sdump["static_secrets"]}
     assert list(secrets) == ["by_file", "inline", "tickets", "ca"]
     assert secrets["by_file"]["tls_certificate"] == {
-        "certificate_chain": {"filename": str(pki["client_cert"])}, "private_key": {"filename": "[redacted]"}}
+        "certificate_chain": {"filename": str(pki["client_cert"])}, "private_key": {"filename": "[redacted]"},
+        "watched_directory": {"path": str(pki["ca"].parent)}}
     assert secrets["inline"]["tls_certificate"]["private_key"] == {"inline_string": "[redacted]"}
     assert secrets["tickets"]["session_ticket_keys"] == {"keys": [{"inline_bytes": "W3JlZGFjdGVkXQ=="}]}
-    assert secrets["ca"]["validation_context"] == {"trusted_ca": {"filename": str(pki["ca"])}}
+    assert secrets["ca"]["validation_context"] == {"trusted_ca": {"filename": str(pki["ca"])},
+                                                   "watched_directory": {"path": str(pki["ca"].parent)}}
     assert all(s["@type"].endswith("tls.v3.Secret") for s in secrets.values())
     text = json.dumps(configs)
     assert "PRIVATE KEY" not in text

@@ -43,12 +43,12 @@ _COMMON_REFUSED = ("tls_certificate_provider_instance", "custom_tls_certificate_
                    "tls_certificate_certificate_provider", "tls_certificate_certificate_provider_instance",
                    "validation_context_certificate_provider", "validation_context_certificate_provider_instance",
                    "custom_handshaker", "key_log")
-_CERT = ("certificate_chain", "private_key", "password")
-_CERT_REFUSED = ("pkcs12", "watched_directory", "private_key_provider", "ocsp_staple",
+_CERT = ("certificate_chain", "private_key", "password", "watched_directory")
+_CERT_REFUSED = ("pkcs12", "private_key_provider", "ocsp_staple",
                  "signed_certificate_timestamp")
 _VALIDATION = ("trusted_ca", "verify_certificate_spki", "verify_certificate_hash", "match_typed_subject_alt_names",
-               "crl", "allow_expired_certificate", "trust_chain_verification")
-_VALIDATION_REFUSED = ("ca_certificate_provider_instance", "system_root_certs", "watched_directory",
+               "crl", "allow_expired_certificate", "trust_chain_verification", "watched_directory")
+_VALIDATION_REFUSED = ("ca_certificate_provider_instance", "system_root_certs",
                        "match_subject_alt_names", "require_signed_certificate_timestamp", "custom_validator_config",
                        "only_verify_leaf_cert_crl", "max_verify_depth")
 _PARAMS = ("tls_minimum_protocol_version", "tls_maximum_protocol_version", "cipher_suites", "ecdh_curves",
@@ -78,8 +78,8 @@ def _refuse(msg: Message, names: tuple, defaults: Optional[dict] = None) -> None
 _WHY = {
     "allow_renegotiation": "TLS renegotiation is always refused",
     "match_subject_alt_names": "deprecated in Envoy: use match_typed_subject_alt_names",
-    "watched_directory": "a certificate file is read again when its SDS secret is updated; "
-                         "watch the SDS file (sds_config.path_config_source.watched_directory)",
+    "watched_directory": "a DataSource's own watch is not implemented; set watched_directory on the "
+                         "TlsCertificate or CertificateValidationContext delivered by SDS",
     "system_root_certs": "give the CA bundle as trusted_ca",
     "require_sni": "use a filter chain match on server_names",
     "private_key_provider": "private keys are PEM data",
@@ -146,11 +146,24 @@ def tls_params(parent: Message) -> t.TlsParams:
         raise ConfigError(msg.at("tls_minimum_protocol_version"), e.message) from None
 
 
+def watched_directory(msg: Message) -> Optional[str]:
+    """A TlsCertificate's or CertificateValidationContext's watched_directory (a
+    config.core.v3.WatchedDirectory: its path), or None."""
+    if msg.raw("watched_directory") is None:
+        return None
+    wd = msg.message("watched_directory", ("path",))
+    directory = wd.string("path", required=True, non_empty=True)
+    if not os.path.isdir(directory):
+        raise ConfigError(wd.at("path"), f"{directory!r} is not a directory")
+    return directory
+
+
 def tls_certificate(item: Any, path: str) -> t.TlsCertificate:
     msg = Message(item, path, _CERT + _CERT_REFUSED)
     _refuse(msg, _CERT_REFUSED)
     return t.TlsCertificate(data_source(msg, "certificate_chain", required=True),
-                            data_source(msg, "private_key", required=True), data_source(msg, "password"))
+                            data_source(msg, "private_key", required=True), data_source(msg, "password"),
+                            watched_directory=watched_directory(msg))
 
 
 def validation_context(item: Any, path: str) -> t.CertificateValidationContext:
@@ -181,7 +194,8 @@ def validation_context(item: Any, path: str) -> t.CertificateValidationContext:
         trusted_ca=trusted, match_typed_subject_alt_names=tuple(sans), verify_certificate_hash=hashes,
         verify_certificate_spki=spkis, crl=crl,
         trust_chain_verification=msg.enum("trust_chain_verification", TRUST_CHAIN, default="VERIFY_TRUST_CHAIN"),
-        allow_expired_certificate=_bool(msg, "allow_expired_certificate"))
+        allow_expired_certificate=_bool(msg, "allow_expired_certificate"),
+        watched_directory=watched_directory(msg))
 
 
 # The reader of a ConfigSource (config/envoy.py's config_source, which registers itself:
