@@ -237,6 +237,15 @@ class CertificateValidationContext:
             _fail("CertificateValidationContext.crl", "a CRL needs trusted_ca")
 
 
+def check_san_needs_ca(v: CertificateValidationContext, path: str) -> None:
+    """Envoy refuses SAN matchers without a trusted CA (a SAN of a certificate nobody
+    vouches for proves nothing); certificate and SPKI hashes alone it takes (pinning)."""
+    if v.match_typed_subject_alt_names and v.trusted_ca is None:
+        raise ConfigError(f"{path}.match_typed_subject_alt_names",
+                          "SAN-based verification of peer certificates without trusted CA is insecure "
+                          "and not allowed (Envoy refuses it too)")
+
+
 @dataclass(frozen=True)
 class SdsSecretConfig:
     """A secret by name: from the static secrets (``sds_config`` None) or from where
@@ -344,6 +353,9 @@ class CommonTlsContext:
         if vsds is not None and not isinstance(vsds, SdsSecretConfig):
             _fail("CommonTlsContext.validation_context_sds_secret_config",
                   f"expected SdsSecretConfig, got {type(self.validation_context_sds_secret_config).__name__}")
+        if vsds is None and self.validation_context is not None:
+            # (combined with an SDS secret, the secret may bring the CA: checked once merged)
+            check_san_needs_ca(self.validation_context, "CommonTlsContext.validation_context")
 
     def secret_names(self) -> list:
         """The SdsSecretConfigs this context names, in order."""

@@ -16,7 +16,8 @@ from typing import Callable, Optional
 
 from .errors import ConfigError
 from .model_tls import (TLS_VERSIONS, CertificateValidationContext, DownstreamTlsContext, SdsSecretConfig,
-                        Secret, TlsCertificate, UpstreamTlsContext, certificate_hash, spki_hash)
+                        Secret, TlsCertificate, UpstreamTlsContext, certificate_hash, check_san_needs_ca,
+                        spki_hash)
 
 SERVER_DEFAULT_VERSIONS = (0x0303, 0x0304)
 CLIENT_DEFAULT_VERSIONS = (0x0303, 0x0303)
@@ -103,6 +104,7 @@ def compile_context(ctx, lookup: Lookup, path: str) -> dict:
         secret = _secret(lookup, sds, "validation_context", cpath + ".validation_context_sds_secret_config")
         validation = _merge_validation(validation, secret.validation_context)
         vpath = f"secrets[{sds.name}].validation_context"
+        check_san_needs_ca(validation, vpath)
     params = common.tls_params
     low_default, high_default = SERVER_DEFAULT_VERSIONS if server else CLIENT_DEFAULT_VERSIONS
     low = TLS_VERSIONS[params.minimum_protocol_version] or low_default

@@ -352,6 +352,10 @@ BOTH_REFUSE = [
                                                                   "match_typed_subject_alt_names": [
                                                                       {"matcher": {"exact": "a"}}]}}),
      f"{CTX}.validation_context.match_typed_subject_alt_names[0].san_type"),
+    ("san_matcher_without_ca", "cluster",
+     lambda p: upstream(common_tls_context={"validation_context": {"match_typed_subject_alt_names": [
+         {"san_type": "DNS", "matcher": {"exact": "a"}}]}}),
+     f"{CTX}.validation_context.match_typed_subject_alt_names"),
     ("auto_sni_san_validation_without_ca", "cluster", lambda p: upstream(auto_sni_san_validation=True),
      f"{TS}.auto_sni_san_validation"),
     ("downstream_type_on_cluster", "cluster", lambda p: downstream(common_tls_context={"tls_certificates": _cert(p)}),
@@ -456,6 +460,36 @@ def test_unimplemented_fields_refused_with_their_path(pki, tmp_path, case):
 
 
 # --- the Python API checks its arguments -----------------------------------------------------
+
+def test_pinned_hashes_without_ca_are_taken(pki, tmp_path):
+    """Certificate and SPKI hashes need no trusted CA (pinning); Envoy takes them too."""
+    sock = upstream(common_tls_context={"validation_context": {
+        "verify_certificate_hash": ["a" * 64], "verify_certificate_spki": [base64.b64encode(b"k" * 32).decode()]}})
+    boot = boot_with(tls_cluster(sock))
+    assert load_envoy(boot).clusters[0].tls.common_tls_context.validation_context.verify_certificate_hash == ("a" * 64,)
+    if ENVOY:
+        rc, out = envoy_says(tmp_path, boot)
+        assert rc == 0, out
+
+
+def test_san_matchers_need_a_ca_in_the_model_and_once_combined(pki):
+    """The Python API refuses SAN matchers without trusted_ca; combined with an SDS
+    secret the check is made on the merged context (the secret may bring the CA)."""
+    san = (t.SanMatcher("DNS", StringMatch("exact", "a")),)
+    with pytest.raises(ConfigError, match="without trusted CA") as err:
+        t.CommonTlsContext(validation_context=t.CertificateValidationContext(match_typed_subject_alt_names=san))
+    assert err.value.path == "CommonTlsContext.validation_context.match_typed_subject_alt_names"
+    common = t.CommonTlsContext(validation_context=t.CertificateValidationContext(match_typed_subject_alt_names=san),
+                                validation_context_sds_secret_config=t.SdsSecretConfig("v"))
+    ctx = t.UpstreamTlsContext(common_tls_context=common)
+    with_ca = t.Secret("v", validation_context=t.CertificateValidationContext(
+        trusted_ca=t.DataSource(filename=str(pki["ca"]))))
+    assert compile_context(ctx, lambda sds: with_ca, "c")["san_matchers"]
+    no_ca = t.Secret("v", validation_context=t.CertificateValidationContext(allow_expired_certificate=True))
+    with pytest.raises(ConfigError, match="without trusted CA") as err:
+        compile_context(ctx, lambda sds: no_ca, "c")
+    assert err.value.path == "secrets[v].validation_context.match_typed_subject_alt_names"
+
 
 def test_model_checks():
     with pytest.raises(ConfigError, match="exactly one"):

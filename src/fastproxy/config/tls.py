@@ -232,6 +232,7 @@ def common_tls_context(parent: Message) -> t.CommonTlsContext:
     validation = validation_sds = None
     if kind == "validation_context":
         validation = validation_context(msg.raw(kind), msg.at(kind))
+        t.check_san_needs_ca(validation, msg.at(kind))
     elif kind == "validation_context_sds_secret_config":
         validation_sds = sds_secret_config(msg.raw(kind), msg.at(kind))
     elif kind == "combined_validation_context":
