@@ -167,10 +167,11 @@ def test_upstream_defaults_are_envoys(pki):
 
 @pytest.mark.parametrize("where", ["protocol_options", "context"])
 def test_auto_sni_and_auto_san_validation(pki, tmp_path, where):
-    """Envoy has them in the cluster's HttpProtocolOptions.upstream_http_protocol_options,
-    and (auto_host_sni, auto_sni_san_validation) in the UpstreamTlsContext: both read."""
+    """Envoy has them in the cluster's HttpProtocolOptions.upstream_http_protocol_options;
+    the UpstreamTlsContext's auto_sni_san_validation (checked against the SNI sent) is read
+    as auto_san_validation. (Its auto_host_sni is another thing: see FASTPROXY_REFUSES.)"""
     if where == "context":
-        cluster = tls_cluster(upstream(auto_host_sni=True, auto_sni_san_validation=True, common_tls_context={
+        cluster = tls_cluster(upstream(auto_sni_san_validation=True, common_tls_context={
             "validation_context": {"trusted_ca": {"filename": str(pki["ca"])}}}))
     else:
         cluster = tls_cluster(upstream(), typed_extension_protocol_options={HPO: {
@@ -181,7 +182,7 @@ def test_auto_sni_and_auto_san_validation(pki, tmp_path, where):
         rc, out = envoy_says(tmp_path, boot)
         assert rc == 0, out
     ctx = load_envoy(boot).clusters[0].tls
-    assert (ctx.auto_sni, ctx.auto_san_validation) == (True, True)
+    assert (ctx.auto_sni, ctx.auto_san_validation) == (where == "protocol_options", True)
 
 
 def test_raw_buffer_is_plain_tcp():
@@ -438,6 +439,9 @@ FASTPROXY_REFUSES = [
         "tls_certificates": _cert(p)}), f"{L0_TS}.typed_config.ocsp_staple_policy"),
     ("prefer_client_ciphers", "listener", lambda p: downstream(prefer_client_ciphers=True, common_tls_context={
         "tls_certificates": _cert(p)}), f"{L0_TS}.typed_config.prefer_client_ciphers"),
+    # Envoy's auto_host_sni names the upstream host's hostname (endpoint hostname, DNS
+    # name), not the request's host as upstream_http_protocol_options.auto_sni does.
+    ("auto_host_sni", "cluster", lambda p: upstream(auto_host_sni=True), f"{TS}.auto_host_sni"),
     ("override_auto_sni_header", "cluster", None, f"{C0}.typed_extension_protocol_options.{HPO}"
                                                   ".upstream_http_protocol_options.override_auto_sni_header"),
 ]
@@ -553,7 +557,8 @@ def _secrets_boot(pki):
 
 def test_dump_writer_is_the_loaders_inverse_for_tls(pki, tmp_path):
     from fastproxy.config.dump import bootstrap_json
-    for boot in (_secrets_boot(pki), boot_with(tls_cluster(upstream(auto_host_sni=True)))):
+    for boot in (_secrets_boot(pki), boot_with(tls_cluster(upstream(auto_sni_san_validation=True, common_tls_context={
+            "validation_context": {"trusted_ca": {"filename": str(pki["ca"])}}})))):
         b = load_envoy(boot)
         written = json.loads(json.dumps(bootstrap_json(b)))
         assert load_envoy(written) == b

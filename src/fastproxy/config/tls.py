@@ -59,8 +59,8 @@ _DOWNSTREAM = ("common_tls_context", "require_client_certificate", "session_tick
                "disable_stateful_session_resumption", "session_timeout")
 _DOWNSTREAM_REFUSED = ("require_sni", "ocsp_staple_policy", "full_scan_certs_on_sni_mismatch",
                        "prefer_client_ciphers")
-_UPSTREAM = ("common_tls_context", "sni", "auto_host_sni", "auto_sni_san_validation", "max_session_keys")
-_UPSTREAM_REFUSED = ("allow_renegotiation", "enforce_rsa_key_usage")
+_UPSTREAM = ("common_tls_context", "sni", "auto_sni_san_validation", "max_session_keys")
+_UPSTREAM_REFUSED = ("allow_renegotiation", "enforce_rsa_key_usage", "auto_host_sni")
 
 
 def _refuse(msg: Message, names: tuple, defaults: Optional[dict] = None) -> None:
@@ -77,6 +77,8 @@ def _refuse(msg: Message, names: tuple, defaults: Optional[dict] = None) -> None
 
 _WHY = {
     "allow_renegotiation": "TLS renegotiation is always refused",
+    "auto_host_sni": "the SNI from the upstream host's hostname is not built; the cluster's "
+                     "upstream_http_protocol_options.auto_sni takes it from the request's host",
     "match_subject_alt_names": "deprecated in Envoy: use match_typed_subject_alt_names",
     "watched_directory": "a DataSource's own watch is not implemented; set watched_directory on the "
                          "TlsCertificate or CertificateValidationContext delivered by SDS",
@@ -322,10 +324,13 @@ def downstream_tls_context(value: Any, path: str) -> t.DownstreamTlsContext:
 def upstream_tls_context(value: Any, path: str, auto_sni: bool = False,
                          auto_san_validation: bool = False) -> t.UpstreamTlsContext:
     """An UpstreamTlsContext; ``auto_sni`` / ``auto_san_validation`` from the cluster's
-    HttpProtocolOptions.upstream_http_protocol_options (the context's own auto_host_sni /
-    auto_sni_san_validation mean the same)."""
+    HttpProtocolOptions.upstream_http_protocol_options. The context's auto_sni_san_validation
+    (the peer's DNS SAN checked against the SNI sent) is read as auto_san_validation, whose
+    check is against that name; its auto_host_sni (SNI from the upstream host's hostname,
+    not the request's host) is refused until built."""
     msg = Message(value, path, _UPSTREAM + _UPSTREAM_REFUSED, ignore=("@type",))
-    _refuse(msg, _UPSTREAM_REFUSED, {"allow_renegotiation": (False,), "enforce_rsa_key_usage": (True,)})
+    _refuse(msg, _UPSTREAM_REFUSED, {"allow_renegotiation": (False,), "enforce_rsa_key_usage": (True,),
+                                     "auto_host_sni": (False,)})
     common = common_tls_context(msg)
     if len(common.tls_certificates) + len(common.tls_certificate_sds_secret_configs) > 1:
         raise ConfigError(msg.at("common_tls_context.tls_certificates"),
@@ -340,7 +345,7 @@ def upstream_tls_context(value: Any, path: str, auto_sni: bool = False,
         raise ConfigError(msg.at("sni"), "at most 255 characters")
     return _model(path, lambda: t.UpstreamTlsContext(
         common_tls_context=common, sni=sni,
-        auto_sni=auto_sni or _bool(msg, "auto_host_sni"),
+        auto_sni=auto_sni,
         auto_san_validation=auto_san_validation or _bool(msg, "auto_sni_san_validation"),
         max_session_keys=msg.uint32("max_session_keys", default=1)))
 
