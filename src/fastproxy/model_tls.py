@@ -155,6 +155,27 @@ class TlsCertificate:
                 if d is not None and d.filename is not None]
 
 
+def check_cipher_suite(entry: str, path: str) -> None:
+    """One cipher_suites entry (a name, an OpenSSL alias such as HIGH, or Envoy's
+    ``[A|B]`` group) must name ciphers TLS 1.2 has: Envoy refuses a configuration with an
+    unknown one ("The following ciphers were rejected when tried individually"), where
+    OpenSSL's SSL_CTX_set_cipher_list would drop it silently if another name is known.
+    Each name is tried alone, as ``openssl ciphers <name>`` does (TLS 1.3 suites are not
+    in this list, in Envoy either); a rule (``!x``, ``-x``, ``+x``, ``@x``) is taken."""
+    import ssl
+    names = entry[1:-1].split("|") if entry.startswith("[") and entry.endswith("]") else [entry]
+    for name in names:
+        if not name or ":" in name or "," in name or " " in name:
+            _fail(path, f"not a cipher suite name: {entry!r} (one name, or [A|B], per entry)")
+        if name[0] in "!-+@":
+            continue
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).set_ciphers(name)
+        except ssl.SSLError:
+            _fail(path, f"unknown cipher suite {name!r} (OpenSSL names, TLS 1.2 and below; Envoy refuses "
+                        "it too)")
+
+
 @dataclass(frozen=True)
 class TlsParams:
     """Envoy's TlsParameters: protocol versions (names of TLS_VERSIONS; TLS_AUTO: Envoy's
@@ -173,6 +194,8 @@ class TlsParams:
                 _fail(f"TlsParams.{f}", f"must be one of {', '.join(TLS_VERSIONS)}, got {getattr(self, f)!r}")
         for f in ("cipher_suites", "ecdh_curves", "signature_algorithms"):
             _tuple_of(getattr(self, f), str, f"TlsParams.{f}")
+        for i, suite in enumerate(self.cipher_suites):
+            check_cipher_suite(suite, f"TlsParams.cipher_suites[{i}]")
         low, high = (TLS_VERSIONS[self.minimum_protocol_version], TLS_VERSIONS[self.maximum_protocol_version])
         if low is not None and high is not None and low > high:
             _fail("TlsParams.minimum_protocol_version", f"{self.minimum_protocol_version} is above the "

@@ -7,8 +7,8 @@ Envoy 1.40's defaults, which fastproxy keeps: a server speaks TLS 1.2 to 1.3, a 
 (upstream) TLS 1.2 only (TlsParameters: "TLSv1_2 for clients and TLSv1_3 for servers";
 envoyproxy/envoy#9300, TLS 1.3 by default upstream, is still open). An upstream context
 keeps one session per host for resumption (max_session_keys 1). Cipher suites, curves and
-signature algorithms left empty are the core's defaults (OpenSSL's, where Envoy has
-BoringSSL's).
+signature algorithms left empty are Envoy's defaults (TlsParameters in Envoy's
+tls/v3/common.proto, non-FIPS builds), not OpenSSL's wider ones.
 """
 from __future__ import annotations
 
@@ -21,6 +21,14 @@ from .model_tls import (TLS_VERSIONS, CertificateValidationContext, DownstreamTl
 
 SERVER_DEFAULT_VERSIONS = (0x0303, 0x0304)
 CLIENT_DEFAULT_VERSIONS = (0x0303, 0x0303)
+# Envoy's defaults, the same for servers and clients ([A|B]: equal preference in BoringSSL).
+DEFAULT_CIPHER_SUITES = ("[ECDHE-ECDSA-AES128-GCM-SHA256|ECDHE-ECDSA-CHACHA20-POLY1305]",
+                         "[ECDHE-RSA-AES128-GCM-SHA256|ECDHE-RSA-CHACHA20-POLY1305]",
+                         "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384")
+DEFAULT_ECDH_CURVES = ("X25519", "P-256")
+DEFAULT_SIGNATURE_ALGORITHMS = ("ecdsa_secp256r1_sha256", "rsa_pss_rsae_sha256", "rsa_pkcs1_sha256",
+                                "ecdsa_secp384r1_sha384", "rsa_pss_rsae_sha384", "rsa_pkcs1_sha384",
+                                "rsa_pss_rsae_sha512", "rsa_pkcs1_sha512", "rsa_pkcs1_sha1")
 
 
 
@@ -115,9 +123,9 @@ def compile_context(ctx, lookup: Lookup, path: str) -> dict:
     spec = {
         "certificates": certificates,
         "min_version": low, "max_version": high,
-        "cipher_suites": flatten_ciphers(params.cipher_suites),
-        "ecdh_curves": list(params.ecdh_curves) or None,
-        "signature_algorithms": list(params.signature_algorithms) or None,
+        "cipher_suites": flatten_ciphers(params.cipher_suites or DEFAULT_CIPHER_SUITES),
+        "ecdh_curves": list(params.ecdh_curves or DEFAULT_ECDH_CURVES),
+        "signature_algorithms": list(params.signature_algorithms or DEFAULT_SIGNATURE_ALGORITHMS),
         "alpn": [p.encode() for p in common.alpn_protocols],
         **_validation(validation, vpath),
     }
@@ -151,4 +159,5 @@ def compile_context(ctx, lookup: Lookup, path: str) -> dict:
 
 
 __all__ = ["compile_context", "flatten_ciphers", "certificate_hash", "spki_hash",
-           "SERVER_DEFAULT_VERSIONS", "CLIENT_DEFAULT_VERSIONS"]
+           "SERVER_DEFAULT_VERSIONS", "CLIENT_DEFAULT_VERSIONS", "DEFAULT_CIPHER_SUITES", "DEFAULT_ECDH_CURVES",
+           "DEFAULT_SIGNATURE_ALGORITHMS"]

@@ -156,13 +156,25 @@ def test_upstream_context_every_field(pki, tmp_path):
 
 def test_upstream_defaults_are_envoys(pki):
     """No tls_params: a client speaks TLS 1.2 only (Envoy 1.40's client default), keeps one
-    session per upstream; the core's cipher and curve defaults."""
+    session per upstream; Envoy's cipher suites, curves and signature algorithms (its
+    TlsParameters documentation), not OpenSSL's."""
     ctx = load_envoy(boot_with(tls_cluster(upstream()))).clusters[0].tls
     assert ctx == t.UpstreamTlsContext()
     spec = compile_context(ctx, lambda sds: None, "c")
     assert (spec["min_version"], spec["max_version"]) == (0x0303, 0x0303)
     assert spec["certificates"] == [] and spec["trusted_ca"] is None
-    assert (spec["cipher_suites"], spec["ecdh_curves"], spec["sni"], spec["max_session_keys"]) == (None, None, None, 1)
+    assert (spec["sni"], spec["max_session_keys"]) == (None, 1)
+    assert_envoy_default_algorithms(spec)
+
+
+def assert_envoy_default_algorithms(spec):
+    assert spec["cipher_suites"] == ["ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305",
+                                     "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-CHACHA20-POLY1305",
+                                     "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384"]
+    assert spec["ecdh_curves"] == ["X25519", "P-256"]
+    assert spec["signature_algorithms"] == [
+        "ecdsa_secp256r1_sha256", "rsa_pss_rsae_sha256", "rsa_pkcs1_sha256", "ecdsa_secp384r1_sha384",
+        "rsa_pss_rsae_sha384", "rsa_pkcs1_sha384", "rsa_pss_rsae_sha512", "rsa_pkcs1_sha512", "rsa_pkcs1_sha1"]
 
 
 @pytest.mark.parametrize("where", ["protocol_options", "context"])
@@ -311,6 +323,7 @@ def test_downstream_defaults_are_envoys(pki):
     assert (spec["min_version"], spec["max_version"]) == (0x0303, 0x0304)
     assert spec["require_client_certificate"] is False and spec["session_ticket_keys"] is None
     assert spec["disable_stateless_session_resumption"] is False
+    assert_envoy_default_algorithms(spec)
 
 
 def test_disable_stateless_session_resumption(pki, tmp_path):
@@ -353,6 +366,15 @@ BOTH_REFUSE = [
                                                                   "match_typed_subject_alt_names": [
                                                                       {"matcher": {"exact": "a"}}]}}),
      f"{CTX}.validation_context.match_typed_subject_alt_names[0].san_type"),
+    ("unknown_cipher", "cluster",
+     lambda p: upstream(common_tls_context={"tls_params": {"cipher_suites": ["ECDHE-RSA-AES128-GCM-SHA256", "NOPE"]}}),
+     f"{CTX}.tls_params.cipher_suites[1]"),
+    ("unknown_cipher_in_group", "cluster",
+     lambda p: upstream(common_tls_context={"tls_params": {"cipher_suites": ["[ECDHE-RSA-AES128-GCM-SHA256|NOPE]"]}}),
+     f"{CTX}.tls_params.cipher_suites[0]"),
+    ("tls13_suite_as_cipher", "cluster",
+     lambda p: upstream(common_tls_context={"tls_params": {"cipher_suites": ["TLS_AES_128_GCM_SHA256"]}}),
+     f"{CTX}.tls_params.cipher_suites[0]"),
     ("san_matcher_without_ca", "cluster",
      lambda p: upstream(common_tls_context={"validation_context": {"match_typed_subject_alt_names": [
          {"san_type": "DNS", "matcher": {"exact": "a"}}]}}),

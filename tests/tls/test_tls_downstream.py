@@ -386,3 +386,39 @@ def test_response_head_and_small_body_leave_in_one_record(core, pki):
     lst.close()
     assert plain.startswith(b"HTTP/1.1 200 OK") and plain.endswith(b"\r\n\r\nhello")
     assert records == [23], records             # one application-data record
+
+
+def test_envoy_default_ciphers_and_curves_on_a_proxy_listener(pki):
+    """A listener whose context sets no tls_params gets Envoy's cipher suites, not
+    OpenSSL's: a TLS 1.2 client offering only suites outside Envoy's list (CBC ones) is
+    refused; Envoy's AEAD ECDHE suites are taken."""
+    from fastproxy import Proxy
+    from fastproxy import model_tls as t
+    from fastproxy.model import Cluster, Endpoint, Listener, TcpProxy
+    from upstreams import EchoServer
+    leaf = pki.leaf("localhost")
+    tls = t.DownstreamTlsContext(common_tls_context=t.CommonTlsContext(tls_certificates=(t.TlsCertificate(
+        t.DataSource(inline_bytes=leaf["chain"]), t.DataSource(inline_bytes=leaf["key"])),)))
+    echo = EchoServer()
+    proxy = Proxy([Listener("l", TcpProxy("c"), stat_prefix="t", tls=tls)],
+                  [Cluster("c", [Endpoint("127.0.0.1", echo.port)])], concurrency=1)
+    proxy.start()
+    try:
+        addr = proxy.listener_address("l")
+
+        def tls12(ciphers=None):
+            ctx = client_ctx(pki)
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+            if ciphers:
+                ctx.set_ciphers(ciphers)
+            with tls_connect(addr, ctx) as s:
+                return s.cipher()[0]
+        assert tls12() in ("ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305",
+                           "ECDHE-ECDSA-AES256-GCM-SHA384")
+        assert tls12("ECDHE-ECDSA-AES256-GCM-SHA384") == "ECDHE-ECDSA-AES256-GCM-SHA384"
+        for ciphers in ("ECDHE-ECDSA-AES128-SHA256", "ECDHE-ECDSA-AES256-SHA"):
+            with pytest.raises(ssl.SSLError):
+                tls12(ciphers)
+    finally:
+        proxy.stop(0.5)
+        echo.close()

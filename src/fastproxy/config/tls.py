@@ -141,8 +141,11 @@ def tls_params(parent: Message) -> t.TlsParams:
     for f, v in (("tls_minimum_protocol_version", low), ("tls_maximum_protocol_version", high)):
         if v in ("TLSv1_0", "TLSv1_1"):
             raise ConfigError(msg.at(f), f"{v} is unsupported in fastproxy (TLS 1.2 and 1.3 only)")
+    suites = _strings(msg, "cipher_suites")
+    for i, suite in enumerate(suites):
+        t.check_cipher_suite(suite, f"{msg.at('cipher_suites')}[{i}]")
     try:
-        return t.TlsParams(low, high, _strings(msg, "cipher_suites"), _strings(msg, "ecdh_curves"),
+        return t.TlsParams(low, high, suites, _strings(msg, "ecdh_curves"),
                            _strings(msg, "signature_algorithms"))
     except ConfigError as e:
         raise ConfigError(msg.at("tls_minimum_protocol_version"), e.message) from None
