@@ -121,6 +121,9 @@ class SecretStore:
         self._watched: dict = {}            # (directory, entry, SDS file or None) -> wd
         self._thread: Optional[threading.Thread] = None
         self._stop_r = self._stop_w = -1
+        # While an update installs (begin .. commit / rollback): what it changed here, undone
+        # if the install fails, so Proxy.update is all or nothing.
+        self._journal: Optional[list] = None
 
     # ---- looking secrets up ----
 
@@ -188,14 +191,50 @@ class SecretStore:
         use = self.uses.get(key)
         if use is not None and use.ctx == ctx:
             if use.spec != spec:
+                old = use.spec
                 self._update_handle(use, spec, owner)
+                self._note(("update", use, old))
             return use.handle
         try:
             handle = self._engine.make_tls_context(spec, server, self._stat_block("ssl", stats_name), owner)
         except ValueError as e:
             raise ConfigError(owner, f"TLS context: {e}") from None
+        self._note(("use", key, use))
         self.uses[key] = _Use(ctx, server, stats_name, owner, handle, spec)
         return handle
+
+    # ---- an update's changes, all or nothing ----
+
+    def begin(self) -> None:
+        """An update starts: what set_static and context change is recorded until
+        commit() or rollback()."""
+        self._journal = []
+
+    def commit(self) -> None:
+        self._journal = None
+
+    def rollback(self) -> None:
+        """The update failed: the static secrets, the handles updated in place and the
+        contexts added since begin() are put back as they were (a context built for the
+        failed install is dropped; the core frees it with the objects that held it)."""
+        journal, self._journal = self._journal or [], None
+        for entry in reversed(journal):
+            if entry[0] == "use":
+                _, key, previous = entry
+                if previous is None:
+                    self.uses.pop(key, None)
+                else:
+                    self.uses[key] = previous
+            elif entry[0] == "update":
+                _, use, old = entry
+                use.handle.update(old)
+                use.spec = old
+            else:
+                self.static = entry[1]
+
+    def _note(self, entry: tuple) -> None:
+        if self._journal is not None:
+            self._journal.append(entry)
 
     @staticmethod
     def _update_handle(use: _Use, spec: dict, what: str) -> None:
@@ -213,11 +252,11 @@ class SecretStore:
         for key in [k for k in self.uses if (k[0], k[1], k[3]) not in wanted]:
             del self.uses[key]
 
-    def set_static(self, secrets: list) -> tuple:
+    def set_static(self, secrets: list) -> list:
         """Static secrets replaced (Proxy.update(secrets=...)): the contexts naming one
-        are compiled again and updated where their data changed. Returns (the names that
-        changed, what undo_static needs to put things back). On an error nothing is
-        changed (the handles updated so far get their old spec back)."""
+        are compiled again and updated where their data changed. Returns the names that
+        changed. On an error nothing is changed (the handles updated so far get their old
+        spec back); after begin(), rollback() undoes it too."""
         new = {s.name: s for s in secrets}
         changed = [n for n in set(new) | set(self.static) if new.get(n) != self.static.get(n)]
         old = self.static
@@ -225,10 +264,14 @@ class SecretStore:
         try:
             # Every context naming a static secret, not only a changed one: the same file
             # name may hold new data (compiled specs tell; unchanged handles are left alone).
-            return changed, self._recompile(lambda sds: sds.sds_config is None)
+            done = self._recompile(lambda sds: sds.sds_config is None)
         except ConfigError:
             self.static = old
             raise
+        self._note(("static", old))
+        for use, old_spec in done:
+            self._note(("update", use, old_spec))
+        return changed
 
     def _recompile(self, names: Callable[[SdsSecretConfig], bool]) -> None:
         """Compile again every context one of whose secrets ``names`` selects, and update
@@ -246,12 +289,6 @@ class SecretStore:
             self._undo(done)
             raise
         return done
-
-    def undo_static(self, secrets: list, done: list) -> None:
-        """Put back the static secrets and handle specs set_static replaced (an install
-        after it failed)."""
-        self.static = {s.name: s for s in secrets}
-        self._undo(done)
 
     @staticmethod
     def _undo(done: list) -> None:

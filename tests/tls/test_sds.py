@@ -292,7 +292,7 @@ def test_static_secret_replaced_all_or_nothing(store, ca, tmp_path):
         tls_certificate_sds_secret_configs=(t.SdsSecretConfig("client"),)))
     a = store.context(ctx, False, "cluster.a.ssl", "a")
     b = store.context(ctx, False, "cluster.b.ssl", "b")
-    assert store.set_static([secret(two)])[0] == ["client"]
+    assert store.set_static([secret(two)]) == ["client"]
     assert sans(a.specs[-1]) == sans(b.specs[-1]) == ["two.test"]
     with pytest.raises(ConfigError, match="key does not match"):
         store.set_static([secret((one[0], two[1]))])
@@ -533,6 +533,43 @@ def test_static_secret_replaced_by_update_end_to_end(ca, tmp_path):
         assert proxy.stats()["listener_manager.listener_modified"] == 0
         assert proxy.config_dump()["configs"][-1]["static_secrets"][0]["name"] == "server"
     finally:
+        proxy.stop(0.5)
+        echo.close()
+
+
+@needs_core_tls
+def test_update_with_new_secret_and_a_listener_that_fails_changes_nothing(ca, tmp_path):
+    """Proxy.update(secrets=..., listeners=...) is all or nothing: a good new certificate
+    with a listener that cannot bind raises, and the old certificate is still served (and
+    the secret store keeps no context of the failed install)."""
+    echo = EchoServer()
+    one, two = write_pem(tmp_path, "one", ca.issue_cert("one.test")), write_pem(tmp_path, "two", ca.issue_cert("two.test"))
+    tls = t.DownstreamTlsContext(common_tls_context=t.CommonTlsContext(
+        tls_certificate_sds_secret_configs=(t.SdsSecretConfig("server"),)))
+    cluster = Cluster("c", [Endpoint("127.0.0.1", echo.port)])
+    listener = Listener("l", TcpProxy("c"), stat_prefix="t", tls=tls)
+    proxy = Proxy([listener], [cluster], concurrency=1, secrets=[file_secret("server", one)])
+    proxy.start()
+    taken = socket.create_server(("127.0.0.1", 0))
+    try:
+        addr = proxy.listener_address("l")
+        uses = set(proxy.secret_store.uses)
+        other_tls = t.DownstreamTlsContext(common_tls_context=t.CommonTlsContext(
+            tls_certificate_sds_secret_configs=(t.SdsSecretConfig("server"),), alpn_protocols=("x",)))
+        bad = Listener("bad", TcpProxy("c"), stat_prefix="b", port=taken.getsockname()[1], tls=other_tls)
+        with pytest.raises(Exception, match="(?i)address|bind|in use"):
+            proxy.update(secrets=[file_secret("server", two)], listeners=[listener, bad])
+        s, name = server_name_seen(addr, ca)
+        s.close()
+        assert name == "one.test"
+        assert set(proxy.secret_store.uses) == uses
+        assert [x.name for x in proxy.secret_store.static.values()] == ["server"]
+        proxy.update(secrets=[file_secret("server", two)])
+        s, name = server_name_seen(addr, ca)
+        s.close()
+        assert name == "two.test"
+    finally:
+        taken.close()
         proxy.stop(0.5)
         echo.close()
 
