@@ -346,7 +346,7 @@ class CommonTlsContext:
     parameters, ALPN protocols (preference order), and the peer's validation: inline
     ``validation_context``, by SDS (``validation_context_sds_secret_config``), or both combined (Envoy's
     combined_validation_context: the inline one is the default, fields the SDS secret sets
-    win)."""
+    win, repeated ones (SAN matchers, hashes) are both's)."""
 
     tls_certificates: tuple = ()
     tls_certificate_sds_secret_configs: tuple = ()

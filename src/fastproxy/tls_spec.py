@@ -74,13 +74,19 @@ def _validation(v: Optional[CertificateValidationContext], path: str) -> dict:
 
 def _merge_validation(default: Optional[CertificateValidationContext],
                       dynamic: CertificateValidationContext) -> CertificateValidationContext:
-    """Envoy's combined_validation_context: the SDS secret's fields over the default's
-    (a field the secret leaves at its default takes the default context's)."""
+    """Envoy's combined_validation_context, protobuf's MergeFrom of the SDS secret into the
+    default context: a repeated field (SAN matchers, hashes) is the default's entries then
+    the secret's; any other field is the secret's where it sets one, else the default's."""
     if default is None:
         return dynamic
     fresh = CertificateValidationContext()
-    kw = {f: getattr(dynamic, f) if getattr(dynamic, f) != getattr(fresh, f) else getattr(default, f)
-          for f in CertificateValidationContext.__dataclass_fields__}
+    kw = {}
+    for f in CertificateValidationContext.__dataclass_fields__:
+        mine, theirs = getattr(default, f), getattr(dynamic, f)
+        if isinstance(mine, tuple):
+            kw[f] = mine + theirs
+        else:
+            kw[f] = theirs if theirs != getattr(fresh, f) else mine
     return CertificateValidationContext(**kw)
 
 

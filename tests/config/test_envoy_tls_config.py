@@ -241,6 +241,23 @@ def test_static_secrets_by_name(pki, tmp_path):
     assert spec["certificates"][0]["chain"] == pki["client_cert"].read_bytes()
 
 
+def test_combined_validation_context_concatenates_repeated_fields(pki):
+    """Envoy merges the SDS secret into the default context with protobuf's MergeFrom: SAN
+    matchers and hashes of both apply (the default's first), not the secret's alone."""
+    san = lambda name: t.SanMatcher("DNS", StringMatch("exact", name))  # noqa: E731
+    default = t.CertificateValidationContext(match_typed_subject_alt_names=(san("a"),),
+                                             verify_certificate_hash=("aa" * 32,))
+    secret = t.Secret("v", validation_context=t.CertificateValidationContext(
+        trusted_ca=t.DataSource(filename=str(pki["ca"])), match_typed_subject_alt_names=(san("b"),),
+        verify_certificate_hash=("bb" * 32,)))
+    ctx = t.UpstreamTlsContext(common_tls_context=t.CommonTlsContext(
+        validation_context=default, validation_context_sds_secret_config=t.SdsSecretConfig("v")))
+    spec = compile_context(ctx, lambda sds: secret, "c")
+    assert [m["match"]["exact"] for m in spec["san_matchers"]] == ["a", "b"]
+    assert spec["cert_hashes"] == [b"\xaa" * 32, b"\xbb" * 32]
+    assert spec["trusted_ca"] == pki["ca"].read_bytes()
+
+
 def test_file_sds_source_is_read(pki, tmp_path):
     sds_file = tmp_path / "sds.yaml"
     sds_file.write_text("resources: []\n")
