@@ -152,8 +152,12 @@ class SecretStore:
     def _file(self, source: ConfigSource) -> _SecretFile:
         f = self.files.get(source.path)
         if f is None:
-            f = self.files[source.path] = _SecretFile(source)
-            self._watch(f)
+            f = _SecretFile(source)
+            try:
+                self._watch(f)
+            except OSError as e:
+                raise ConfigError(f"sds[{source.path}]", f"cannot watch the SDS file: {e.strerror or e}") from None
+            self.files[source.path] = f
         if not f.loaded:
             self._count_names(None, "update_attempt", f)
             try:
@@ -231,6 +235,7 @@ class SecretStore:
                 use.spec = old
             else:
                 self.static = entry[1]
+        self._release_files()
 
     def _note(self, entry: tuple) -> None:
         if self._journal is not None:
@@ -251,6 +256,40 @@ class SecretStore:
         wanted = {(owner, server, repr(ctx)) for owner, server, ctx in live}
         for key in [k for k in self.uses if (k[0], k[1], k[3]) not in wanted]:
             del self.uses[key]
+        self._release_files()
+
+    def _release_files(self) -> None:
+        """SDS files no context built names any more are dropped: their watches, their
+        secrets' counters and dump entries (Envoy ends a subscription nothing uses)."""
+        named = {sds.sds_config.path for u in self.uses.values() for sds in u.ctx.secret_names()
+                 if sds.sds_config is not None and not over_xds(sds)}
+        for path in [p for p in self.files if p not in named]:
+            f = self.files.pop(path)
+            for wd, entries in list(self._watches.items()):
+                entries[:] = [e for e in entries if e[0] is not f]
+                if not entries:
+                    self._unwatch(wd)
+            for key in [k for k in self._watched if k[2] is f]:
+                del self._watched[key]
+            kept = {n for g in self.files.values() for n in g.secrets} | set(self.xds)
+            for name in f.secrets:
+                if name not in kept:
+                    self.stats.pop(name, None)
+                    self.updated.pop(name, None)
+        # The certificate files' watches follow the secrets still held.
+        held = [s for g in self.files.values() for s in g.secrets.values()] + [e[0] for e in self.xds.values()]
+        wanted_paths = {p for s in held for p in s.watched_paths()}
+        for key in [k for k in self._watched if k[2] is None and (k[0], k[1]) not in wanted_paths]:
+            wd = self._watched.pop(key)
+            entries = self._watches.get(wd, [])
+            entries[:] = [e for e in entries if not (e[0] is None and e[1] == key[1])]
+            if not entries:
+                self._unwatch(wd)
+
+    def _unwatch(self, wd: int) -> None:
+        self._watches.pop(wd, None)
+        if self._inotify is not None:
+            self._inotify.rm_watch(wd)
 
     def set_static(self, secrets: list) -> list:
         """Static secrets replaced (Proxy.update(secrets=...)): the contexts naming one

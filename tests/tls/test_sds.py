@@ -274,6 +274,36 @@ def test_static_secret_given_again_with_new_file_contents(store, ca, tmp_path):
     assert sans(handle.specs[-1]) == ["two.test"]
 
 
+def test_a_file_nothing_uses_is_released(store, ca, tmp_path):
+    """When no context names an SDS file any more, its watch, its secrets' counters and
+    dump entries go (and the watches of the certificate files it named)."""
+    first = write_pem(tmp_path, "one", ca.issue_cert("one.test"))
+    sds = tmp_path / "sds.yaml"
+    publish(sds, sds_document("v1", {"client": first}))
+    ctx = client_context(sds)
+    store.context(ctx, False, "cluster.c.ssl", "c")
+    store.keep([("c", False, ctx)])
+    assert list(store.files) == [str(sds)] and store.read_stats()["sds.client.update_success"] == 1
+    assert store._watches
+    store.keep([])
+    assert store.files == {} and store.read_stats() == {} and store.dynamic_secrets() == []
+    assert store._watches == {} and store._watched == {}
+    # used again later: read again from the start
+    store.context(ctx, False, "cluster.c.ssl", "c")
+    assert store.read_stats()["sds.client.update_success"] == 1
+
+
+def test_an_sds_file_whose_directory_cannot_be_watched_is_a_config_error(store, ca, tmp_path):
+    sds = tmp_path / "sds.yaml"
+    publish(sds, sds_document("v1", {"client": write_pem(tmp_path, "one", ca.issue_cert("one.test"))}))
+    ctx = t.UpstreamTlsContext(common_tls_context=t.CommonTlsContext(tls_certificate_sds_secret_configs=(
+        t.SdsSecretConfig("client", ConfigSource(path=str(sds), watched_directory=str(tmp_path / "gone"))),)))
+    with pytest.raises(ConfigError, match="cannot watch") as err:
+        store.context(ctx, False, "cluster.c.ssl", "c")
+    assert err.value.path == f"sds[{sds}]"
+    assert store.files == {}
+
+
 def test_a_missing_secret_name_is_a_config_error(store, ca, tmp_path):
     sds = tmp_path / "sds.yaml"
     publish(sds, sds_document("v1", {"other": write_pem(tmp_path, "o", ca.issue_cert("o.test"))}))
@@ -454,6 +484,12 @@ def test_rotated_server_certificate_end_to_end(ca, tmp_path):
         again.close()
         before.close()
         assert proxy.draining_listeners() == [] and proxy.stats()["listener_manager.listener_modified"] == 0
+        # No listener uses the file any more: its counters and dump entry go (Envoy ends
+        # a subscription nothing uses).
+        proxy.update(listeners=[])
+        assert not [k for k in proxy.stats() if k.startswith("sds.server.")]
+        secrets_dump = [c for c in proxy.config_dump()["configs"] if c["@type"].endswith("SecretsConfigDump")]
+        assert not secrets_dump or not secrets_dump[0].get("dynamic_active_secrets")
     finally:
         proxy.stop(0.5)
         echo.close()
