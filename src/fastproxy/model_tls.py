@@ -163,9 +163,11 @@ def check_cipher_suite(entry: str, path: str) -> None:
     Each name is tried alone, as ``openssl ciphers <name>`` does (TLS 1.3 suites are not
     in this list, in Envoy either); a rule (``!x``, ``-x``, ``+x``, ``@x``) is taken."""
     import ssl
-    names = entry[1:-1].split("|") if entry.startswith("[") and entry.endswith("]") else [entry]
+    names = []
+    for part in entry.split(":"):       # (Envoy joins the entries with ':': one may hold several)
+        names += part[1:-1].split("|") if part.startswith("[") and part.endswith("]") else [part]
     for name in names:
-        if not name or ":" in name or "," in name or " " in name:
+        if not name or "," in name or " " in name:
             _fail(path, f"not a cipher suite name: {entry!r} (one name, or [A|B], per entry)")
         if name[0] in "!-+@":
             continue

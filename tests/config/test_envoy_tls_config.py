@@ -504,6 +504,18 @@ def test_unimplemented_fields_refused_with_their_path(pki, tmp_path, case):
 
 # --- the Python API checks its arguments -----------------------------------------------------
 
+def test_cipher_suites_entries_envoy_takes(pki, tmp_path):
+    """Envoy joins cipher_suites with ':': an entry holding several names, an alias
+    (HIGH) and [A|B] groups are taken."""
+    suites = ["ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384", "HIGH",
+              "[ECDHE-ECDSA-AES128-GCM-SHA256|ECDHE-ECDSA-CHACHA20-POLY1305]"]
+    boot = boot_with(tls_cluster(upstream(common_tls_context={"tls_params": {"cipher_suites": suites}})))
+    assert load_envoy(boot).clusters[0].tls.common_tls_context.tls_params.cipher_suites == tuple(suites)
+    if ENVOY:
+        rc, out = envoy_says(tmp_path, boot)
+        assert rc == 0, out
+
+
 def test_pinned_hashes_without_ca_are_taken(pki, tmp_path):
     """Certificate and SPKI hashes need no trusted CA (pinning); Envoy takes them too."""
     sock = upstream(common_tls_context={"validation_context": {
