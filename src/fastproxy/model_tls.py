@@ -131,11 +131,15 @@ class DataSource:
 
 @dataclass(frozen=True)
 class TlsCertificate:
-    """A certificate chain and its private key (PEM), with the key's password if any."""
+    """A certificate chain and its private key (PEM), with the key's password if any.
+    ``watched_directory``: when this certificate comes by SDS, a move into that directory
+    (a Kubernetes secret volume's ``..data`` swap) reads its files again; without it, a
+    file moved onto one of the paths does."""
 
     certificate_chain: DataSource
     private_key: DataSource
     password: Optional[DataSource] = None
+    watched_directory: Optional[str] = None
 
     def __post_init__(self) -> None:
         for f in ("certificate_chain", "private_key"):
@@ -143,6 +147,35 @@ class TlsCertificate:
                 _fail(f"TlsCertificate.{f}", f"expected DataSource, got {type(getattr(self, f)).__name__}")
         if self.password is not None and not isinstance(self.password, DataSource):
             _fail("TlsCertificate.password", f"expected DataSource or None, got {type(self.password).__name__}")
+        _optional_str(self.watched_directory, "TlsCertificate.watched_directory")
+
+    def files(self) -> list:
+        """The file names its data sources read."""
+        return [d.filename for d in (self.certificate_chain, self.private_key, self.password)
+                if d is not None and d.filename is not None]
+
+
+def check_cipher_suite(entry: str, path: str) -> None:
+    """One cipher_suites entry (a name, an OpenSSL alias such as HIGH, or Envoy's
+    ``[A|B]`` group) must name ciphers TLS 1.2 has: Envoy refuses a configuration with an
+    unknown one ("The following ciphers were rejected when tried individually"), where
+    OpenSSL's SSL_CTX_set_cipher_list would drop it silently if another name is known.
+    Each name is tried alone, as ``openssl ciphers <name>`` does (TLS 1.3 suites are not
+    in this list, in Envoy either); a rule (``!x``, ``-x``, ``+x``, ``@x``) is taken."""
+    import ssl
+    names = []
+    for part in entry.split(":"):       # (Envoy joins the entries with ':': one may hold several)
+        names += part[1:-1].split("|") if part.startswith("[") and part.endswith("]") else [part]
+    for name in names:
+        if not name or "," in name or " " in name:
+            _fail(path, f"not a cipher suite name: {entry!r} (one name, or [A|B], per entry)")
+        if name[0] in "!-+@":
+            continue
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).set_ciphers(name)
+        except ssl.SSLError:
+            _fail(path, f"unknown cipher suite {name!r} (OpenSSL names, TLS 1.2 and below; Envoy refuses "
+                        "it too)")
 
 
 @dataclass(frozen=True)
@@ -163,6 +196,8 @@ class TlsParams:
                 _fail(f"TlsParams.{f}", f"must be one of {', '.join(TLS_VERSIONS)}, got {getattr(self, f)!r}")
         for f in ("cipher_suites", "ecdh_curves", "signature_algorithms"):
             _tuple_of(getattr(self, f), str, f"TlsParams.{f}")
+        for i, suite in enumerate(self.cipher_suites):
+            check_cipher_suite(suite, f"TlsParams.cipher_suites[{i}]")
         low, high = (TLS_VERSIONS[self.minimum_protocol_version], TLS_VERSIONS[self.maximum_protocol_version])
         if low is not None and high is not None and low > high:
             _fail("TlsParams.minimum_protocol_version", f"{self.minimum_protocol_version} is above the "
@@ -197,8 +232,14 @@ class CertificateValidationContext:
     crl: Optional[DataSource] = None
     trust_chain_verification: str = "VERIFY_TRUST_CHAIN"
     allow_expired_certificate: bool = False
+    watched_directory: Optional[str] = None     # as TlsCertificate's
+
+    def files(self) -> list:
+        """The file names its data sources read."""
+        return [d.filename for d in (self.trusted_ca, self.crl) if d is not None and d.filename is not None]
 
     def __post_init__(self) -> None:
+        _optional_str(self.watched_directory, "CertificateValidationContext.watched_directory")
         for f in ("trusted_ca", "crl"):
             v = getattr(self, f)
             if v is not None and not isinstance(v, DataSource):
@@ -219,6 +260,15 @@ class CertificateValidationContext:
         if self.crl is not None and self.trusted_ca is None:
             # Envoy: "Failed to load CRL from <inline>without trusted_ca"
             _fail("CertificateValidationContext.crl", "a CRL needs trusted_ca")
+
+
+def check_san_needs_ca(v: CertificateValidationContext, path: str) -> None:
+    """Envoy refuses SAN matchers without a trusted CA (a SAN of a certificate nobody
+    vouches for proves nothing); certificate and SPKI hashes alone it takes (pinning)."""
+    if v.match_typed_subject_alt_names and v.trusted_ca is None:
+        raise ConfigError(f"{path}.match_typed_subject_alt_names",
+                          "SAN-based verification of peer certificates without trusted CA is insecure "
+                          "and not allowed (Envoy refuses it too)")
 
 
 @dataclass(frozen=True)
@@ -273,6 +323,20 @@ class Secret:
             if not self.session_ticket_keys:
                 _fail("Secret.session_ticket_keys", "at least one key is needed")
 
+    def watched_paths(self) -> list:
+        """[(directory, entry)] whose change means this secret's data must be read again, as
+        Envoy watches an SDS-delivered secret's files: the parent directory of each file
+        it names, for a move onto that file's name (entry), or, with the certificate's or
+        validation context's ``watched_directory``, for a move of anything into that
+        directory (entry None)."""
+        part = self.tls_certificate or self.validation_context
+        if part is None:
+            return [os.path.split(os.path.abspath(k.filename)) for k in self.session_ticket_keys or ()
+                    if k.filename is not None]
+        if part.watched_directory is not None:
+            return [(os.path.abspath(part.watched_directory), None)]
+        return [os.path.split(os.path.abspath(f)) for f in part.files()]
+
 
 def _sds_tuple(value, path: str) -> None:
     _tuple_of(value, SdsSecretConfig, path)
@@ -284,7 +348,7 @@ class CommonTlsContext:
     parameters, ALPN protocols (preference order), and the peer's validation: inline
     ``validation_context``, by SDS (``validation_context_sds_secret_config``), or both combined (Envoy's
     combined_validation_context: the inline one is the default, fields the SDS secret sets
-    win)."""
+    win, repeated ones (SAN matchers, hashes) are both's)."""
 
     tls_certificates: tuple = ()
     tls_certificate_sds_secret_configs: tuple = ()
@@ -314,6 +378,9 @@ class CommonTlsContext:
         if vsds is not None and not isinstance(vsds, SdsSecretConfig):
             _fail("CommonTlsContext.validation_context_sds_secret_config",
                   f"expected SdsSecretConfig, got {type(self.validation_context_sds_secret_config).__name__}")
+        if vsds is None and self.validation_context is not None:
+            # (combined with an SDS secret, the secret may bring the CA: checked once merged)
+            check_san_needs_ca(self.validation_context, "CommonTlsContext.validation_context")
 
     def secret_names(self) -> list:
         """The SdsSecretConfigs this context names, in order."""

@@ -446,21 +446,31 @@ class Proxy(ConfigInstaller):
                           else list(self._bootstrap.secrets))
             if not _validated or secrets is not None:      # (the xDS layer validated its lists itself)
                 b.validate()
-            if secrets is not None:
-                # The contexts in force that use a changed secret are updated first (all
-                # or nothing): those the install below builds take the new ones.
-                self._secret_store.set_static(b.secrets)
-            if self._state == "running":
-                if listeners is None and clusters is None and not any(
-                        self._rds_name(l) in new_routes for l in b.listeners if l.name in self._warming):
-                    # Routes only, and no warming listener is ready: the RDS providers get
-                    # their new tables, no listener is rebuilt (none drains).
-                    self._set_routes(new_routes)
-                    self._warming = self._warming_names(b, new_routes)
+            store = self._secret_store
+            store.begin()
+            try:
+                if secrets is not None:
+                    # The contexts in force that use a changed secret are updated first:
+                    # those the install below builds take the new ones.
+                    store.set_static(b.secrets)
+                if self._state == "running":
+                    if listeners is None and clusters is None and not any(
+                            self._rds_name(l) in new_routes for l in b.listeners if l.name in self._warming):
+                        # Routes only, and no warming listener is ready: the RDS providers get
+                        # their new tables, no listener is rebuilt (none drains).
+                        self._set_routes(new_routes)
+                        self._warming = self._warming_names(b, new_routes)
+                    else:
+                        self._install(b, new_routes)
                 else:
-                    self._install(b, new_routes)
-            else:
-                self._warming = self._warming_names(b, new_routes)
+                    self._warming = self._warming_names(b, new_routes)
+            except BaseException:
+                # All or nothing: when the install fails (a listener that does not build),
+                # the secrets and the contexts they updated are put back: the certificate
+                # in force goes on being served.
+                store.rollback()
+                raise
+            store.commit()
             self._routes = new_routes
             self._bootstrap = b
             self._track(b)

@@ -22,7 +22,12 @@ secret while something names it).
 
 Files are watched as Envoy watches path_config_source: a move onto the path, or with
 ``watched_directory`` a move into that directory (inotify, xds/files.py's Inotify), on one
-daemon thread per proxy.
+daemon thread per proxy. The files a secret from SDS (a file or xDS) names are watched as
+Envoy watches them: a move onto one of their paths, or into the certificate's (validation
+context's) own ``watched_directory``, compiles the contexts using the secret again. The
+secret itself is then the same model (the same file names): what tells a rotation is the
+compiled data, so a reload compiles every context naming any secret of the file and
+updates the handles whose spec changed.
 """
 from __future__ import annotations
 
@@ -112,9 +117,13 @@ class SecretStore:
         # Secrets from xDS: name -> (Secret, version_info, last_updated), while subscribed.
         self.xds: dict[str, tuple] = {}
         self._inotify = None
-        self._watches: dict = {}            # wd -> [(file, entry name or None)]
+        self._watches: dict = {}            # wd -> [(SDS file or None: secrets' files, entry name or None)]
+        self._watched: dict = {}            # (directory, entry, SDS file or None) -> wd
         self._thread: Optional[threading.Thread] = None
         self._stop_r = self._stop_w = -1
+        # While an update installs (begin .. commit / rollback): what it changed here, undone
+        # if the install fails, so Proxy.update is all or nothing.
+        self._journal: Optional[list] = None
 
     # ---- looking secrets up ----
 
@@ -143,8 +152,12 @@ class SecretStore:
     def _file(self, source: ConfigSource) -> _SecretFile:
         f = self.files.get(source.path)
         if f is None:
-            f = self.files[source.path] = _SecretFile(source)
-            self._watch(f)
+            f = _SecretFile(source)
+            try:
+                self._watch(f)
+            except OSError as e:
+                raise ConfigError(f"sds[{source.path}]", f"cannot watch the SDS file: {e.strerror or e}") from None
+            self.files[source.path] = f
         if not f.loaded:
             self._count_names(None, "update_attempt", f)
             try:
@@ -154,6 +167,7 @@ class SecretStore:
                 raise
             f.loaded = True
             f.loaded_at = time.time()
+            self._watch_secrets(f.secrets.values(), f.source.path)
             for name in f.secrets:
                 self._count(name, "update_attempt")
                 self._count(name, "update_success")
@@ -181,14 +195,51 @@ class SecretStore:
         use = self.uses.get(key)
         if use is not None and use.ctx == ctx:
             if use.spec != spec:
+                old = use.spec
                 self._update_handle(use, spec, owner)
+                self._note(("update", use, old))
             return use.handle
         try:
             handle = self._engine.make_tls_context(spec, server, self._stat_block("ssl", stats_name), owner)
         except ValueError as e:
             raise ConfigError(owner, f"TLS context: {e}") from None
+        self._note(("use", key, use))
         self.uses[key] = _Use(ctx, server, stats_name, owner, handle, spec)
         return handle
+
+    # ---- an update's changes, all or nothing ----
+
+    def begin(self) -> None:
+        """An update starts: what set_static and context change is recorded until
+        commit() or rollback()."""
+        self._journal = []
+
+    def commit(self) -> None:
+        self._journal = None
+
+    def rollback(self) -> None:
+        """The update failed: the static secrets, the handles updated in place and the
+        contexts added since begin() are put back as they were (a context built for the
+        failed install is dropped; the core frees it with the objects that held it)."""
+        journal, self._journal = self._journal or [], None
+        for entry in reversed(journal):
+            if entry[0] == "use":
+                _, key, previous = entry
+                if previous is None:
+                    self.uses.pop(key, None)
+                else:
+                    self.uses[key] = previous
+            elif entry[0] == "update":
+                _, use, old = entry
+                use.handle.update(old)
+                use.spec = old
+            else:
+                self.static = entry[1]
+        self._release_files()
+
+    def _note(self, entry: tuple) -> None:
+        if self._journal is not None:
+            self._journal.append(entry)
 
     @staticmethod
     def _update_handle(use: _Use, spec: dict, what: str) -> None:
@@ -205,21 +256,60 @@ class SecretStore:
         wanted = {(owner, server, repr(ctx)) for owner, server, ctx in live}
         for key in [k for k in self.uses if (k[0], k[1], k[3]) not in wanted]:
             del self.uses[key]
+        self._release_files()
+
+    def _release_files(self) -> None:
+        """SDS files no context built names any more are dropped: their watches, their
+        secrets' counters and dump entries (Envoy ends a subscription nothing uses)."""
+        named = {sds.sds_config.path for u in self.uses.values() for sds in u.ctx.secret_names()
+                 if sds.sds_config is not None and not over_xds(sds)}
+        for path in [p for p in self.files if p not in named]:
+            f = self.files.pop(path)
+            for wd, entries in list(self._watches.items()):
+                entries[:] = [e for e in entries if e[0] is not f]
+                if not entries:
+                    self._unwatch(wd)
+            for key in [k for k in self._watched if k[2] is f]:
+                del self._watched[key]
+            kept = {n for g in self.files.values() for n in g.secrets} | set(self.xds)
+            for name in f.secrets:
+                if name not in kept:
+                    self.stats.pop(name, None)
+                    self.updated.pop(name, None)
+        # The certificate files' watches follow the secrets still held.
+        held = [s for g in self.files.values() for s in g.secrets.values()] + [e[0] for e in self.xds.values()]
+        wanted_paths = {p for s in held for p in s.watched_paths()}
+        for key in [k for k in self._watched if k[2] is None and (k[0], k[1]) not in wanted_paths]:
+            wd = self._watched.pop(key)
+            entries = self._watches.get(wd, [])
+            entries[:] = [e for e in entries if not (e[0] is None and e[1] == key[1])]
+            if not entries:
+                self._unwatch(wd)
+
+    def _unwatch(self, wd: int) -> None:
+        self._watches.pop(wd, None)
+        if self._inotify is not None:
+            self._inotify.rm_watch(wd)
 
     def set_static(self, secrets: list) -> list:
-        """Static secrets replaced (Proxy.update(secrets=...)): the contexts naming one that
-        changed are compiled again and updated. Returns the names that changed. On an
-        error nothing is changed (the handles updated so far get their old spec back)."""
+        """Static secrets replaced (Proxy.update(secrets=...)): the contexts naming one
+        are compiled again and updated where their data changed. Returns the names that
+        changed. On an error nothing is changed (the handles updated so far get their old
+        spec back); after begin(), rollback() undoes it too."""
         new = {s.name: s for s in secrets}
         changed = [n for n in set(new) | set(self.static) if new.get(n) != self.static.get(n)]
-        if changed:
-            old = self.static
-            self.static = new
-            try:
-                self._recompile(lambda sds: sds.sds_config is None and sds.name in changed)
-            except ConfigError:
-                self.static = old
-                raise
+        old = self.static
+        self.static = new
+        try:
+            # Every context naming a static secret, not only a changed one: the same file
+            # name may hold new data (compiled specs tell; unchanged handles are left alone).
+            done = self._recompile(lambda sds: sds.sds_config is None)
+        except ConfigError:
+            self.static = old
+            raise
+        self._note(("static", old))
+        for use, old_spec in done:
+            self._note(("update", use, old_spec))
         return changed
 
     def _recompile(self, names: Callable[[SdsSecretConfig], bool]) -> None:
@@ -286,6 +376,7 @@ class SecretStore:
                 self.xds = old
                 self._undo(done)
                 raise
+            self._watch_secrets(secrets.values(), None)
 
     def forget_xds(self, wanted: Iterable[str]) -> None:
         """xDS secrets no longer named by anything are dropped (Envoy ends the subscription)."""
@@ -301,18 +392,55 @@ class SecretStore:
 
     # ---- file watching ----
 
-    def _watch(self, f: _SecretFile) -> None:
+    def _start_watcher(self) -> None:
         from .xds.files import Inotify
+        self._inotify = Inotify()
+        self._stop_r, self._stop_w = os.pipe()
+        self._thread = threading.Thread(target=self._run, name="fastproxy-sds-files", daemon=True)
+        self._thread.start()
+
+    def _watch(self, f: _SecretFile) -> None:
         if self._inotify is None:
-            self._inotify = Inotify()
-            self._stop_r, self._stop_w = os.pipe()
-            self._thread = threading.Thread(target=self._run, name="fastproxy-sds-files", daemon=True)
-            self._thread.start()
+            self._start_watcher()
         if f.source.watched_directory is not None:
             directory, entry = f.source.watched_directory, None
         else:
             directory, entry = os.path.split(os.path.abspath(f.source.path))
-        self._watches.setdefault(self._inotify.add_watch(directory), []).append((f, entry))
+        self._add_watch(directory, entry, f)
+
+    def _add_watch(self, directory: str, entry: Optional[str], f: Optional[_SecretFile]) -> None:
+        key = (directory, entry, f)
+        if key in self._watched:
+            return
+        wd = self._inotify.add_watch(directory)
+        self._watched[key] = wd
+        self._watches.setdefault(wd, []).append((f, entry))
+
+    def _watch_secrets(self, secrets: Iterable, where: Optional[str]) -> None:
+        """Watch the files the SDS ``secrets`` name (those of the SDS file ``where``, or from
+        xDS: None). A directory that cannot be watched is logged: the secret still works,
+        and rotates when its SDS source sends it again."""
+        for secret in secrets:
+            for directory, entry in secret.watched_paths():
+                try:
+                    if self._inotify is None:
+                        self._start_watcher()
+                    self._add_watch(directory, entry, None)
+                except OSError as e:
+                    log.warning("sds: cannot watch %s for secret %r%s: %s", directory, secret.name,
+                                f" of {where}" if where else "", e)
+
+    def files_changed(self) -> bool:
+        """A file an SDS secret names was replaced: compile again every context naming a
+        secret from a file or xDS, and update the handles whose data changed (all or
+        nothing; a refusal, e.g. a certificate moved in before its key, keeps the old)."""
+        with self._lock:
+            try:
+                self._recompile(lambda sds: sds.sds_config is not None)
+            except ConfigError as e:
+                log.warning("sds update rejected (a certificate file changed): %s", e)
+                return False
+            return True
 
     def reload(self, f: _SecretFile) -> bool:
         """Read ``f`` again and apply the secrets that changed (see the module); False when
@@ -333,14 +461,17 @@ class SecretStore:
             old = f.secrets
             f.secrets = {**old, **secrets}      # a secret left out of the file stays (in use)
             try:
+                # Every context naming a secret of the file: a secret the same as before
+                # may name files whose contents changed (compiled specs tell).
                 self._recompile(lambda sds: sds.sds_config is not None and sds.sds_config.path == f.source.path
-                                and sds.name in changed)
+                                and sds.name in f.secrets)
             except ConfigError as e:
                 f.secrets = old
                 log.warning("sds update rejected: %s version %r: %s", f.source.path, version, e)
                 self._count_names(changed, "update_rejected", f)
                 return False
             f.version_info = version
+            self._watch_secrets(secrets.values(), f.source.path)
             for name in changed:
                 self.updated[name] = time.time()
             self._count_names(list(secrets), "update_success", f)
@@ -366,9 +497,12 @@ class SecretStore:
                         due.append(f)
             for f in due:
                 try:
-                    self.reload(f)
+                    if f is None:
+                        self.files_changed()
+                    else:
+                        self.reload(f)
                 except Exception:       # a bug must not end the watcher
-                    log.exception("sds update of %s failed", f.source.path)
+                    log.exception("sds update of %s failed", "certificate files" if f is None else f.source.path)
 
     def stop(self) -> None:
         if self._thread is not None:
@@ -382,6 +516,8 @@ class SecretStore:
         if self._inotify is not None:
             self._inotify.close()
             self._inotify = None
+        self._watches.clear()
+        self._watched.clear()
 
     def dynamic_secrets(self) -> list:
         """(Secret, version_info, last_updated) of every secret from a file or xDS (the dump's

@@ -7,8 +7,8 @@ Envoy 1.40's defaults, which fastproxy keeps: a server speaks TLS 1.2 to 1.3, a 
 (upstream) TLS 1.2 only (TlsParameters: "TLSv1_2 for clients and TLSv1_3 for servers";
 envoyproxy/envoy#9300, TLS 1.3 by default upstream, is still open). An upstream context
 keeps one session per host for resumption (max_session_keys 1). Cipher suites, curves and
-signature algorithms left empty are the core's defaults (OpenSSL's, where Envoy has
-BoringSSL's).
+signature algorithms left empty are Envoy's defaults (TlsParameters in Envoy's
+tls/v3/common.proto, non-FIPS builds), not OpenSSL's wider ones.
 """
 from __future__ import annotations
 
@@ -16,10 +16,19 @@ from typing import Callable, Optional
 
 from .errors import ConfigError
 from .model_tls import (TLS_VERSIONS, CertificateValidationContext, DownstreamTlsContext, SdsSecretConfig,
-                        Secret, TlsCertificate, UpstreamTlsContext, certificate_hash, spki_hash)
+                        Secret, TlsCertificate, UpstreamTlsContext, certificate_hash, check_san_needs_ca,
+                        spki_hash)
 
 SERVER_DEFAULT_VERSIONS = (0x0303, 0x0304)
 CLIENT_DEFAULT_VERSIONS = (0x0303, 0x0303)
+# Envoy's defaults, the same for servers and clients ([A|B]: equal preference in BoringSSL).
+DEFAULT_CIPHER_SUITES = ("[ECDHE-ECDSA-AES128-GCM-SHA256|ECDHE-ECDSA-CHACHA20-POLY1305]",
+                         "[ECDHE-RSA-AES128-GCM-SHA256|ECDHE-RSA-CHACHA20-POLY1305]",
+                         "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384")
+DEFAULT_ECDH_CURVES = ("X25519", "P-256")
+DEFAULT_SIGNATURE_ALGORITHMS = ("ecdsa_secp256r1_sha256", "rsa_pss_rsae_sha256", "rsa_pkcs1_sha256",
+                                "ecdsa_secp384r1_sha384", "rsa_pss_rsae_sha384", "rsa_pkcs1_sha384",
+                                "rsa_pss_rsae_sha512", "rsa_pkcs1_sha512", "rsa_pkcs1_sha1")
 
 
 
@@ -65,13 +74,19 @@ def _validation(v: Optional[CertificateValidationContext], path: str) -> dict:
 
 def _merge_validation(default: Optional[CertificateValidationContext],
                       dynamic: CertificateValidationContext) -> CertificateValidationContext:
-    """Envoy's combined_validation_context: the SDS secret's fields over the default's
-    (a field the secret leaves at its default takes the default context's)."""
+    """Envoy's combined_validation_context, protobuf's MergeFrom of the SDS secret into the
+    default context: a repeated field (SAN matchers, hashes) is the default's entries then
+    the secret's; any other field is the secret's where it sets one, else the default's."""
     if default is None:
         return dynamic
     fresh = CertificateValidationContext()
-    kw = {f: getattr(dynamic, f) if getattr(dynamic, f) != getattr(fresh, f) else getattr(default, f)
-          for f in CertificateValidationContext.__dataclass_fields__}
+    kw = {}
+    for f in CertificateValidationContext.__dataclass_fields__:
+        mine, theirs = getattr(default, f), getattr(dynamic, f)
+        if isinstance(mine, tuple):
+            kw[f] = mine + theirs
+        else:
+            kw[f] = theirs if theirs != getattr(fresh, f) else mine
     return CertificateValidationContext(**kw)
 
 
@@ -103,6 +118,7 @@ def compile_context(ctx, lookup: Lookup, path: str) -> dict:
         secret = _secret(lookup, sds, "validation_context", cpath + ".validation_context_sds_secret_config")
         validation = _merge_validation(validation, secret.validation_context)
         vpath = f"secrets[{sds.name}].validation_context"
+        check_san_needs_ca(validation, vpath)
     params = common.tls_params
     low_default, high_default = SERVER_DEFAULT_VERSIONS if server else CLIENT_DEFAULT_VERSIONS
     low = TLS_VERSIONS[params.minimum_protocol_version] or low_default
@@ -113,9 +129,9 @@ def compile_context(ctx, lookup: Lookup, path: str) -> dict:
     spec = {
         "certificates": certificates,
         "min_version": low, "max_version": high,
-        "cipher_suites": flatten_ciphers(params.cipher_suites),
-        "ecdh_curves": list(params.ecdh_curves) or None,
-        "signature_algorithms": list(params.signature_algorithms) or None,
+        "cipher_suites": flatten_ciphers(params.cipher_suites or DEFAULT_CIPHER_SUITES),
+        "ecdh_curves": list(params.ecdh_curves or DEFAULT_ECDH_CURVES),
+        "signature_algorithms": list(params.signature_algorithms or DEFAULT_SIGNATURE_ALGORITHMS),
         "alpn": [p.encode() for p in common.alpn_protocols],
         **_validation(validation, vpath),
     }
@@ -149,4 +165,5 @@ def compile_context(ctx, lookup: Lookup, path: str) -> dict:
 
 
 __all__ = ["compile_context", "flatten_ciphers", "certificate_hash", "spki_hash",
-           "SERVER_DEFAULT_VERSIONS", "CLIENT_DEFAULT_VERSIONS"]
+           "SERVER_DEFAULT_VERSIONS", "CLIENT_DEFAULT_VERSIONS", "DEFAULT_CIPHER_SUITES", "DEFAULT_ECDH_CURVES",
+           "DEFAULT_SIGNATURE_ALGORITHMS"]

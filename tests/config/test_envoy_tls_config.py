@@ -156,21 +156,34 @@ def test_upstream_context_every_field(pki, tmp_path):
 
 def test_upstream_defaults_are_envoys(pki):
     """No tls_params: a client speaks TLS 1.2 only (Envoy 1.40's client default), keeps one
-    session per upstream; the core's cipher and curve defaults."""
+    session per upstream; Envoy's cipher suites, curves and signature algorithms (its
+    TlsParameters documentation), not OpenSSL's."""
     ctx = load_envoy(boot_with(tls_cluster(upstream()))).clusters[0].tls
     assert ctx == t.UpstreamTlsContext()
     spec = compile_context(ctx, lambda sds: None, "c")
     assert (spec["min_version"], spec["max_version"]) == (0x0303, 0x0303)
     assert spec["certificates"] == [] and spec["trusted_ca"] is None
-    assert (spec["cipher_suites"], spec["ecdh_curves"], spec["sni"], spec["max_session_keys"]) == (None, None, None, 1)
+    assert (spec["sni"], spec["max_session_keys"]) == (None, 1)
+    assert_envoy_default_algorithms(spec)
+
+
+def assert_envoy_default_algorithms(spec):
+    assert spec["cipher_suites"] == ["ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305",
+                                     "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-CHACHA20-POLY1305",
+                                     "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384"]
+    assert spec["ecdh_curves"] == ["X25519", "P-256"]
+    assert spec["signature_algorithms"] == [
+        "ecdsa_secp256r1_sha256", "rsa_pss_rsae_sha256", "rsa_pkcs1_sha256", "ecdsa_secp384r1_sha384",
+        "rsa_pss_rsae_sha384", "rsa_pkcs1_sha384", "rsa_pss_rsae_sha512", "rsa_pkcs1_sha512", "rsa_pkcs1_sha1"]
 
 
 @pytest.mark.parametrize("where", ["protocol_options", "context"])
 def test_auto_sni_and_auto_san_validation(pki, tmp_path, where):
-    """Envoy has them in the cluster's HttpProtocolOptions.upstream_http_protocol_options,
-    and (auto_host_sni, auto_sni_san_validation) in the UpstreamTlsContext: both read."""
+    """Envoy has them in the cluster's HttpProtocolOptions.upstream_http_protocol_options;
+    the UpstreamTlsContext's auto_sni_san_validation (checked against the SNI sent) is read
+    as auto_san_validation. (Its auto_host_sni is another thing: see FASTPROXY_REFUSES.)"""
     if where == "context":
-        cluster = tls_cluster(upstream(auto_host_sni=True, auto_sni_san_validation=True, common_tls_context={
+        cluster = tls_cluster(upstream(auto_sni_san_validation=True, common_tls_context={
             "validation_context": {"trusted_ca": {"filename": str(pki["ca"])}}}))
     else:
         cluster = tls_cluster(upstream(), typed_extension_protocol_options={HPO: {
@@ -181,7 +194,7 @@ def test_auto_sni_and_auto_san_validation(pki, tmp_path, where):
         rc, out = envoy_says(tmp_path, boot)
         assert rc == 0, out
     ctx = load_envoy(boot).clusters[0].tls
-    assert (ctx.auto_sni, ctx.auto_san_validation) == (True, True)
+    assert (ctx.auto_sni, ctx.auto_san_validation) == (where == "protocol_options", True)
 
 
 def test_raw_buffer_is_plain_tcp():
@@ -226,6 +239,23 @@ def test_static_secrets_by_name(pki, tmp_path):
     assert spec["trusted_ca"] == pki["ca"].read_bytes()
     assert spec["san_matchers"] == [{"type": "DNS", "match": {"exact": "localhost", "ignore_case": False}}]
     assert spec["certificates"][0]["chain"] == pki["client_cert"].read_bytes()
+
+
+def test_combined_validation_context_concatenates_repeated_fields(pki):
+    """Envoy merges the SDS secret into the default context with protobuf's MergeFrom: SAN
+    matchers and hashes of both apply (the default's first), not the secret's alone."""
+    san = lambda name: t.SanMatcher("DNS", StringMatch("exact", name))  # noqa: E731
+    default = t.CertificateValidationContext(match_typed_subject_alt_names=(san("a"),),
+                                             verify_certificate_hash=("aa" * 32,))
+    secret = t.Secret("v", validation_context=t.CertificateValidationContext(
+        trusted_ca=t.DataSource(filename=str(pki["ca"])), match_typed_subject_alt_names=(san("b"),),
+        verify_certificate_hash=("bb" * 32,)))
+    ctx = t.UpstreamTlsContext(common_tls_context=t.CommonTlsContext(
+        validation_context=default, validation_context_sds_secret_config=t.SdsSecretConfig("v")))
+    spec = compile_context(ctx, lambda sds: secret, "c")
+    assert [m["match"]["exact"] for m in spec["san_matchers"]] == ["a", "b"]
+    assert spec["cert_hashes"] == [b"\xaa" * 32, b"\xbb" * 32]
+    assert spec["trusted_ca"] == pki["ca"].read_bytes()
 
 
 def test_file_sds_source_is_read(pki, tmp_path):
@@ -310,6 +340,7 @@ def test_downstream_defaults_are_envoys(pki):
     assert (spec["min_version"], spec["max_version"]) == (0x0303, 0x0304)
     assert spec["require_client_certificate"] is False and spec["session_ticket_keys"] is None
     assert spec["disable_stateless_session_resumption"] is False
+    assert_envoy_default_algorithms(spec)
 
 
 def test_disable_stateless_session_resumption(pki, tmp_path):
@@ -352,6 +383,19 @@ BOTH_REFUSE = [
                                                                   "match_typed_subject_alt_names": [
                                                                       {"matcher": {"exact": "a"}}]}}),
      f"{CTX}.validation_context.match_typed_subject_alt_names[0].san_type"),
+    ("unknown_cipher", "cluster",
+     lambda p: upstream(common_tls_context={"tls_params": {"cipher_suites": ["ECDHE-RSA-AES128-GCM-SHA256", "NOPE"]}}),
+     f"{CTX}.tls_params.cipher_suites[1]"),
+    ("unknown_cipher_in_group", "cluster",
+     lambda p: upstream(common_tls_context={"tls_params": {"cipher_suites": ["[ECDHE-RSA-AES128-GCM-SHA256|NOPE]"]}}),
+     f"{CTX}.tls_params.cipher_suites[0]"),
+    ("tls13_suite_as_cipher", "cluster",
+     lambda p: upstream(common_tls_context={"tls_params": {"cipher_suites": ["TLS_AES_128_GCM_SHA256"]}}),
+     f"{CTX}.tls_params.cipher_suites[0]"),
+    ("san_matcher_without_ca", "cluster",
+     lambda p: upstream(common_tls_context={"validation_context": {"match_typed_subject_alt_names": [
+         {"san_type": "DNS", "matcher": {"exact": "a"}}]}}),
+     f"{CTX}.validation_context.match_typed_subject_alt_names"),
     ("auto_sni_san_validation_without_ca", "cluster", lambda p: upstream(auto_sni_san_validation=True),
      f"{TS}.auto_sni_san_validation"),
     ("downstream_type_on_cluster", "cluster", lambda p: downstream(common_tls_context={"tls_certificates": _cert(p)}),
@@ -434,6 +478,9 @@ FASTPROXY_REFUSES = [
         "tls_certificates": _cert(p)}), f"{L0_TS}.typed_config.ocsp_staple_policy"),
     ("prefer_client_ciphers", "listener", lambda p: downstream(prefer_client_ciphers=True, common_tls_context={
         "tls_certificates": _cert(p)}), f"{L0_TS}.typed_config.prefer_client_ciphers"),
+    # Envoy's auto_host_sni names the upstream host's hostname (endpoint hostname, DNS
+    # name), not the request's host as upstream_http_protocol_options.auto_sni does.
+    ("auto_host_sni", "cluster", lambda p: upstream(auto_host_sni=True), f"{TS}.auto_host_sni"),
     ("override_auto_sni_header", "cluster", None, f"{C0}.typed_extension_protocol_options.{HPO}"
                                                   ".upstream_http_protocol_options.override_auto_sni_header"),
 ]
@@ -456,6 +503,48 @@ def test_unimplemented_fields_refused_with_their_path(pki, tmp_path, case):
 
 
 # --- the Python API checks its arguments -----------------------------------------------------
+
+def test_cipher_suites_entries_envoy_takes(pki, tmp_path):
+    """Envoy joins cipher_suites with ':': an entry holding several names, an alias
+    (HIGH) and [A|B] groups are taken."""
+    suites = ["ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384", "HIGH",
+              "[ECDHE-ECDSA-AES128-GCM-SHA256|ECDHE-ECDSA-CHACHA20-POLY1305]"]
+    boot = boot_with(tls_cluster(upstream(common_tls_context={"tls_params": {"cipher_suites": suites}})))
+    assert load_envoy(boot).clusters[0].tls.common_tls_context.tls_params.cipher_suites == tuple(suites)
+    if ENVOY:
+        rc, out = envoy_says(tmp_path, boot)
+        assert rc == 0, out
+
+
+def test_pinned_hashes_without_ca_are_taken(pki, tmp_path):
+    """Certificate and SPKI hashes need no trusted CA (pinning); Envoy takes them too."""
+    sock = upstream(common_tls_context={"validation_context": {
+        "verify_certificate_hash": ["a" * 64], "verify_certificate_spki": [base64.b64encode(b"k" * 32).decode()]}})
+    boot = boot_with(tls_cluster(sock))
+    assert load_envoy(boot).clusters[0].tls.common_tls_context.validation_context.verify_certificate_hash == ("a" * 64,)
+    if ENVOY:
+        rc, out = envoy_says(tmp_path, boot)
+        assert rc == 0, out
+
+
+def test_san_matchers_need_a_ca_in_the_model_and_once_combined(pki):
+    """The Python API refuses SAN matchers without trusted_ca; combined with an SDS
+    secret the check is made on the merged context (the secret may bring the CA)."""
+    san = (t.SanMatcher("DNS", StringMatch("exact", "a")),)
+    with pytest.raises(ConfigError, match="without trusted CA") as err:
+        t.CommonTlsContext(validation_context=t.CertificateValidationContext(match_typed_subject_alt_names=san))
+    assert err.value.path == "CommonTlsContext.validation_context.match_typed_subject_alt_names"
+    common = t.CommonTlsContext(validation_context=t.CertificateValidationContext(match_typed_subject_alt_names=san),
+                                validation_context_sds_secret_config=t.SdsSecretConfig("v"))
+    ctx = t.UpstreamTlsContext(common_tls_context=common)
+    with_ca = t.Secret("v", validation_context=t.CertificateValidationContext(
+        trusted_ca=t.DataSource(filename=str(pki["ca"]))))
+    assert compile_context(ctx, lambda sds: with_ca, "c")["san_matchers"]
+    no_ca = t.Secret("v", validation_context=t.CertificateValidationContext(allow_expired_certificate=True))
+    with pytest.raises(ConfigError, match="without trusted CA") as err:
+        compile_context(ctx, lambda sds: no_ca, "c")
+    assert err.value.path == "secrets[v].validation_context.match_typed_subject_alt_names"
+
 
 def test_model_checks():
     with pytest.raises(ConfigError, match="exactly one"):
@@ -498,12 +587,15 @@ def test_python_api_cluster_tls_and_static_secret_names():
 
 def _secrets_boot(pki):
     key = pki["client_key"].read_text()
-    secrets = [{"name": "by_file", "tls_certificate": cert_files(pki, "client")},
+    # (watched_directory: read again on a move into that directory, when delivered by SDS)
+    secrets = [{"name": "by_file", "tls_certificate": {**cert_files(pki, "client"),
+                                                       "watched_directory": {"path": str(pki["ca"].parent)}}},
                {"name": "inline", "tls_certificate": {"certificate_chain": {"filename": str(pki["client_cert"])},
                                                       "private_key": {"inline_string": key}}},
                {"name": "tickets", "session_ticket_keys": {"keys": [
                    {"inline_bytes": base64.b64encode(b"k" * 80).decode()}]}},
-               {"name": "ca", "validation_context": {"trusted_ca": {"filename": str(pki["ca"])}}}]
+               {"name": "ca", "validation_context": {"trusted_ca": {"filename": str(pki["ca"])},
+                                                     "watched_directory": {"path": str(pki["ca"].parent)}}}]
     sock = upstream(sni="backend.test", common_tls_context={
         "tls_certificates": [{"certificate_chain": {"filename": str(pki["client_cert"])},
                               "private_key": {"inline_string": key}}],
@@ -516,7 +608,8 @@ def _secrets_boot(pki):
 
 def test_dump_writer_is_the_loaders_inverse_for_tls(pki, tmp_path):
     from fastproxy.config.dump import bootstrap_json
-    for boot in (_secrets_boot(pki), boot_with(tls_cluster(upstream(auto_host_sni=True)))):
+    for boot in (_secrets_boot(pki), boot_with(tls_cluster(upstream(auto_sni_san_validation=True, common_tls_context={
+            "validation_context": {"trusted_ca": {"filename": str(pki["ca"])}}})))):
         b = load_envoy(boot)
         written = json.loads(json.dumps(bootstrap_json(b)))
         assert load_envoy(written) == b
@@ -539,10 +632,12 @@ def test_config_dump_shows_secrets_redacted(pki):
     secrets = {s["name"]: s["secret"] for s in sdump["static_secrets"]}
     assert list(secrets) == ["by_file", "inline", "tickets", "ca"]
     assert secrets["by_file"]["tls_certificate"] == {
-        "certificate_chain": {"filename": str(pki["client_cert"])}, "private_key": {"filename": "[redacted]"}}
+        "certificate_chain": {"filename": str(pki["client_cert"])}, "private_key": {"filename": "[redacted]"},
+        "watched_directory": {"path": str(pki["ca"].parent)}}
     assert secrets["inline"]["tls_certificate"]["private_key"] == {"inline_string": "[redacted]"}
     assert secrets["tickets"]["session_ticket_keys"] == {"keys": [{"inline_bytes": "W3JlZGFjdGVkXQ=="}]}
-    assert secrets["ca"]["validation_context"] == {"trusted_ca": {"filename": str(pki["ca"])}}
+    assert secrets["ca"]["validation_context"] == {"trusted_ca": {"filename": str(pki["ca"])},
+                                                   "watched_directory": {"path": str(pki["ca"].parent)}}
     assert all(s["@type"].endswith("tls.v3.Secret") for s in secrets.values())
     text = json.dumps(configs)
     assert "PRIVATE KEY" not in text

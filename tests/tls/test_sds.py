@@ -192,6 +192,118 @@ def test_watched_directory_reload(store, ca, tmp_path):
     assert sans(handle.specs[-1]) == ["two.test"]
 
 
+def kube_volume(directory, files):
+    """A Kubernetes secret volume: the files in a timestamped directory, ``..data`` a
+    symlink to it and each file a symlink through ``..data``; ``files``: {file name: bytes}.
+    Called again, it swaps ``..data`` atomically to a new directory (as the kubelet does)."""
+    n = len([p for p in directory.iterdir() if p.name.startswith("..2")]) if directory.exists() else 0
+    directory.mkdir(exist_ok=True)
+    stamp = directory / f"..2026_{n}"
+    stamp.mkdir()
+    for name, data in files.items():
+        (stamp / name).write_bytes(data)
+        if not (directory / name).is_symlink():
+            os.symlink(f"..data/{name}", directory / name)
+    os.symlink(stamp.name, directory / "..data_tmp")
+    os.rename(directory / "..data_tmp", directory / "..data")
+
+
+def pem_files(cert):
+    return {"tls.crt": cert.cert_chain_pems[0].bytes(), "tls.key": cert.private_key_pem.bytes()}
+
+
+def test_kubernetes_volume_swap_rotates_a_certificate_of_the_same_path(store, ca, tmp_path):
+    """The SDS file and the certificate files in one Kubernetes volume, the SDS source's
+    watched_directory the volume: the ``..data`` swap leaves the SDS file the same (same
+    secret, same file names) but the certificate files hold the new certificate, and the
+    context is compiled again with it."""
+    vol = tmp_path / "vol"
+    doc = yaml.safe_dump(sds_document("v1", {"client": (vol / "tls.crt", vol / "tls.key")})).encode()
+    kube_volume(vol, {**pem_files(ca.issue_cert("one.test")), "sds.yaml": doc})
+    ctx = t.UpstreamTlsContext(common_tls_context=t.CommonTlsContext(tls_certificate_sds_secret_configs=(
+        t.SdsSecretConfig("client", ConfigSource(path=str(vol / "sds.yaml"), watched_directory=str(vol))),)))
+    handle = store.context(ctx, False, "cluster.c.ssl", "c")
+    assert sans(handle.specs[-1]) == ["one.test"]
+    kube_volume(vol, {**pem_files(ca.issue_cert("two.test")), "sds.yaml": doc})
+    wait_for(lambda: len(handle.specs) == 2)
+    assert sans(handle.specs[-1]) == ["two.test"]
+
+
+def test_certificate_watched_directory_of_a_secret(store, ca, tmp_path):
+    """A TlsCertificate from SDS with its own watched_directory (the certificate files in
+    a Kubernetes volume, the SDS file elsewhere): the ``..data`` swap rotates it."""
+    vol = tmp_path / "vol"
+    kube_volume(vol, pem_files(ca.issue_cert("one.test")))
+    sds = tmp_path / "sds.yaml"
+    doc = sds_document("v1", {"client": (vol / "tls.crt", vol / "tls.key")})
+    doc["resources"][0]["tls_certificate"]["watched_directory"] = {"path": str(vol)}
+    publish(sds, doc)
+    handle = store.context(client_context(sds), False, "cluster.c.ssl", "c")
+    assert sans(handle.specs[-1]) == ["one.test"]
+    kube_volume(vol, pem_files(ca.issue_cert("two.test")))
+    wait_for(lambda: len(handle.specs) == 2)
+    assert sans(handle.specs[-1]) == ["two.test"]
+    assert store.read_stats()["sds.client.update_success"] == 1     # the SDS file was not read again
+
+
+def test_a_certificate_file_moved_onto_its_path_rotates(store, ca, tmp_path):
+    """Without watched_directory the certificate files' directory is watched for a move
+    onto their names (Envoy's default): the certificate moved in first does not match the
+    old key (refused, the old stays), the key after it completes the new pair."""
+    chain, key = write_pem(tmp_path, "server", ca.issue_cert("one.test"))
+    sds = tmp_path / "sds.yaml"
+    publish(sds, sds_document("v1", {"client": (chain, key)}))
+    handle = store.context(client_context(sds), False, "cluster.c.ssl", "c")
+    new_chain, new_key = write_pem(tmp_path, "new", ca.issue_cert("two.test"))
+    os.rename(new_chain, chain)
+    os.rename(new_key, key)
+    wait_for(lambda: len(handle.specs) == 2)
+    assert sans(handle.specs[-1]) == ["two.test"]
+
+
+def test_static_secret_given_again_with_new_file_contents(store, ca, tmp_path):
+    """update(secrets=...) with the same secret (the same file names) after the files
+    changed: the context takes the new data."""
+    one = write_pem(tmp_path, "server", ca.issue_cert("one.test"))
+    store.set_static([file_secret("server", one)])
+    ctx = t.DownstreamTlsContext(common_tls_context=t.CommonTlsContext(
+        tls_certificate_sds_secret_configs=(t.SdsSecretConfig("server"),)))
+    handle = store.context(ctx, True, "listener.x.ssl", "l")
+    write_pem(tmp_path, "server", ca.issue_cert("two.test"))
+    store.set_static([file_secret("server", one)])
+    assert sans(handle.specs[-1]) == ["two.test"]
+
+
+def test_a_file_nothing_uses_is_released(store, ca, tmp_path):
+    """When no context names an SDS file any more, its watch, its secrets' counters and
+    dump entries go (and the watches of the certificate files it named)."""
+    first = write_pem(tmp_path, "one", ca.issue_cert("one.test"))
+    sds = tmp_path / "sds.yaml"
+    publish(sds, sds_document("v1", {"client": first}))
+    ctx = client_context(sds)
+    store.context(ctx, False, "cluster.c.ssl", "c")
+    store.keep([("c", False, ctx)])
+    assert list(store.files) == [str(sds)] and store.read_stats()["sds.client.update_success"] == 1
+    assert store._watches
+    store.keep([])
+    assert store.files == {} and store.read_stats() == {} and store.dynamic_secrets() == []
+    assert store._watches == {} and store._watched == {}
+    # used again later: read again from the start
+    store.context(ctx, False, "cluster.c.ssl", "c")
+    assert store.read_stats()["sds.client.update_success"] == 1
+
+
+def test_an_sds_file_whose_directory_cannot_be_watched_is_a_config_error(store, ca, tmp_path):
+    sds = tmp_path / "sds.yaml"
+    publish(sds, sds_document("v1", {"client": write_pem(tmp_path, "one", ca.issue_cert("one.test"))}))
+    ctx = t.UpstreamTlsContext(common_tls_context=t.CommonTlsContext(tls_certificate_sds_secret_configs=(
+        t.SdsSecretConfig("client", ConfigSource(path=str(sds), watched_directory=str(tmp_path / "gone"))),)))
+    with pytest.raises(ConfigError, match="cannot watch") as err:
+        store.context(ctx, False, "cluster.c.ssl", "c")
+    assert err.value.path == f"sds[{sds}]"
+    assert store.files == {}
+
+
 def test_a_missing_secret_name_is_a_config_error(store, ca, tmp_path):
     sds = tmp_path / "sds.yaml"
     publish(sds, sds_document("v1", {"other": write_pem(tmp_path, "o", ca.issue_cert("o.test"))}))
@@ -372,6 +484,48 @@ def test_rotated_server_certificate_end_to_end(ca, tmp_path):
         again.close()
         before.close()
         assert proxy.draining_listeners() == [] and proxy.stats()["listener_manager.listener_modified"] == 0
+        # No listener uses the file any more: its counters and dump entry go (Envoy ends
+        # a subscription nothing uses).
+        proxy.update(listeners=[])
+        assert not [k for k in proxy.stats() if k.startswith("sds.server.")]
+        secrets_dump = [c for c in proxy.config_dump()["configs"] if c["@type"].endswith("SecretsConfigDump")]
+        assert not secrets_dump or not secrets_dump[0].get("dynamic_active_secrets")
+    finally:
+        proxy.stop(0.5)
+        echo.close()
+
+
+@needs_core_tls
+def test_certificate_file_replaced_at_its_path_end_to_end(ca, tmp_path):
+    """The SDS file names the same certificate and key paths before and after; new files
+    moved onto those paths: a new TLS connection gets the new certificate, one made
+    before goes on, nothing drains."""
+    echo = EchoServer()
+    chain, key = write_pem(tmp_path, "server", ca.issue_cert("one.test"))
+    sds = tmp_path / "sds.yaml"
+    publish(sds, sds_document("v1", {"server": (chain, key)}))
+    tls = t.DownstreamTlsContext(common_tls_context=t.CommonTlsContext(
+        tls_certificate_sds_secret_configs=(t.SdsSecretConfig("server", ConfigSource(path=str(sds))),)))
+    proxy = Proxy([Listener("l", TcpProxy("c"), stat_prefix="t", tls=tls)],
+                  [Cluster("c", [Endpoint("127.0.0.1", echo.port)])], concurrency=1)
+    proxy.start()
+    try:
+        addr = proxy.listener_address("l")
+        before, name = server_name_seen(addr, ca)
+        assert name == "one.test"
+        new_chain, new_key = write_pem(tmp_path, "new", ca.issue_cert("two.test"))
+        os.rename(new_chain, chain)
+        os.rename(new_key, key)
+
+        def seen():
+            s, name = server_name_seen(addr, ca)
+            s.close()
+            return name == "two.test"
+        wait_for(seen)
+        before.sendall(b"old")
+        assert before.recv(64) == b"old"
+        before.close()
+        assert proxy.stats()["listener_manager.listener_modified"] == 0
     finally:
         proxy.stop(0.5)
         echo.close()
@@ -415,6 +569,43 @@ def test_static_secret_replaced_by_update_end_to_end(ca, tmp_path):
         assert proxy.stats()["listener_manager.listener_modified"] == 0
         assert proxy.config_dump()["configs"][-1]["static_secrets"][0]["name"] == "server"
     finally:
+        proxy.stop(0.5)
+        echo.close()
+
+
+@needs_core_tls
+def test_update_with_new_secret_and_a_listener_that_fails_changes_nothing(ca, tmp_path):
+    """Proxy.update(secrets=..., listeners=...) is all or nothing: a good new certificate
+    with a listener that cannot bind raises, and the old certificate is still served (and
+    the secret store keeps no context of the failed install)."""
+    echo = EchoServer()
+    one, two = write_pem(tmp_path, "one", ca.issue_cert("one.test")), write_pem(tmp_path, "two", ca.issue_cert("two.test"))
+    tls = t.DownstreamTlsContext(common_tls_context=t.CommonTlsContext(
+        tls_certificate_sds_secret_configs=(t.SdsSecretConfig("server"),)))
+    cluster = Cluster("c", [Endpoint("127.0.0.1", echo.port)])
+    listener = Listener("l", TcpProxy("c"), stat_prefix="t", tls=tls)
+    proxy = Proxy([listener], [cluster], concurrency=1, secrets=[file_secret("server", one)])
+    proxy.start()
+    taken = socket.create_server(("127.0.0.1", 0))
+    try:
+        addr = proxy.listener_address("l")
+        uses = set(proxy.secret_store.uses)
+        other_tls = t.DownstreamTlsContext(common_tls_context=t.CommonTlsContext(
+            tls_certificate_sds_secret_configs=(t.SdsSecretConfig("server"),), alpn_protocols=("x",)))
+        bad = Listener("bad", TcpProxy("c"), stat_prefix="b", port=taken.getsockname()[1], tls=other_tls)
+        with pytest.raises(Exception, match="(?i)address|bind|in use"):
+            proxy.update(secrets=[file_secret("server", two)], listeners=[listener, bad])
+        s, name = server_name_seen(addr, ca)
+        s.close()
+        assert name == "one.test"
+        assert set(proxy.secret_store.uses) == uses
+        assert [x.name for x in proxy.secret_store.static.values()] == ["server"]
+        proxy.update(secrets=[file_secret("server", two)])
+        s, name = server_name_seen(addr, ca)
+        s.close()
+        assert name == "two.test"
+    finally:
+        taken.close()
         proxy.stop(0.5)
         echo.close()
 

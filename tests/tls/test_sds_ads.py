@@ -29,7 +29,7 @@ from upstreams import EchoServer
 
 xcp = pytest.importorskip("xds_control_plane", reason="grpcio and xds-protos (the xds extra) are not installed")
 trustme = pytest.importorskip("trustme")
-from test_sds import read_line, server_name_seen, tls_upstream  # noqa: E402
+from test_sds import read_line, server_name_seen, tls_upstream, write_pem  # noqa: E402
 
 ENVOY = find_envoy()
 H2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -167,6 +167,41 @@ def test_listener_certificate_over_xds(api_type, kind, ca):
             (entry,) = secrets["dynamic_active_secrets"]
             assert (entry["name"], entry["version_info"]) == ("server", "s2")
             assert entry["secret"]["tls_certificate"]["private_key"] == {"inline_string": "[redacted]"}
+        finally:
+            proxy.stop(0.5)
+            echo.close()
+
+
+def test_secret_over_ads_naming_files_rotates_when_they_change(ca, tmp_path):
+    """A secret from the management server that names certificate files: its files are
+    watched as Envoy watches them (a move onto their paths rotates, no new response), and
+    the same secret sent again at a new version after the files changed rotates too."""
+    echo = EchoServer()
+    chain, key = write_pem(tmp_path, "server", ca.issue_cert("one.test"))
+    by_files = {"name": "server", "tls_certificate": {"certificate_chain": {"filename": str(chain)},
+                                                      "private_key": {"filename": str(key)}}}
+    with xcp.ControlPlane() as cp:
+        cp.set(xcp.SECRET, [by_files], "s1")
+        text = bootstrap(cp.port, listeners=[tls_listener("echo", sds_source("ads", "GRPC", "5s"))],
+                         clusters=[static_cluster("echo", [echo.port])])
+        proxy = Proxy.from_envoy(text, concurrency=1).start()
+        try:
+            wait_for(lambda: proxy.warming_listeners() == [], msg="listener warm")
+            addr = proxy.listener_address("tls")
+
+            def seen(expected):
+                s, name = server_name_seen(addr, ca)
+                s.close()
+                return name == expected
+            assert seen("one.test")
+            new_chain, new_key = write_pem(tmp_path, "new", ca.issue_cert("two.test"))
+            os.rename(new_chain, chain)
+            os.rename(new_key, key)
+            wait_for(lambda: seen("two.test"), msg="rotated by the file watch")
+            # In place (no move: not watched), then the same secret at a new version.
+            write_pem(tmp_path, "server", ca.issue_cert("three.test"))
+            cp.set(xcp.SECRET, [by_files], "s2")
+            wait_for(lambda: seen("three.test"), msg="rotated by the response")
         finally:
             proxy.stop(0.5)
             echo.close()

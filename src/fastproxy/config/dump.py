@@ -149,6 +149,8 @@ def _tls_certificate_json(c: tls.TlsCertificate, redact: str) -> dict:
            "private_key": data_source_json(c.private_key, redact)}
     if c.password is not None:
         out["password"] = data_source_json(c.password, redact)
+    if c.watched_directory is not None:
+        out["watched_directory"] = {"path": c.watched_directory}
     return out
 
 
@@ -165,6 +167,8 @@ def _validation_json(v: tls.CertificateValidationContext) -> dict:
         out["crl"] = data_source_json(v.crl)
     _put(out, "trust_chain_verification", v.trust_chain_verification, "VERIFY_TRUST_CHAIN")
     _put(out, "allow_expired_certificate", v.allow_expired_certificate, False)
+    if v.watched_directory is not None:
+        out["watched_directory"] = {"path": v.watched_directory}
     return out
 
 

@@ -43,12 +43,12 @@ _COMMON_REFUSED = ("tls_certificate_provider_instance", "custom_tls_certificate_
                    "tls_certificate_certificate_provider", "tls_certificate_certificate_provider_instance",
                    "validation_context_certificate_provider", "validation_context_certificate_provider_instance",
                    "custom_handshaker", "key_log")
-_CERT = ("certificate_chain", "private_key", "password")
-_CERT_REFUSED = ("pkcs12", "watched_directory", "private_key_provider", "ocsp_staple",
+_CERT = ("certificate_chain", "private_key", "password", "watched_directory")
+_CERT_REFUSED = ("pkcs12", "private_key_provider", "ocsp_staple",
                  "signed_certificate_timestamp")
 _VALIDATION = ("trusted_ca", "verify_certificate_spki", "verify_certificate_hash", "match_typed_subject_alt_names",
-               "crl", "allow_expired_certificate", "trust_chain_verification")
-_VALIDATION_REFUSED = ("ca_certificate_provider_instance", "system_root_certs", "watched_directory",
+               "crl", "allow_expired_certificate", "trust_chain_verification", "watched_directory")
+_VALIDATION_REFUSED = ("ca_certificate_provider_instance", "system_root_certs",
                        "match_subject_alt_names", "require_signed_certificate_timestamp", "custom_validator_config",
                        "only_verify_leaf_cert_crl", "max_verify_depth")
 _PARAMS = ("tls_minimum_protocol_version", "tls_maximum_protocol_version", "cipher_suites", "ecdh_curves",
@@ -59,8 +59,8 @@ _DOWNSTREAM = ("common_tls_context", "require_client_certificate", "session_tick
                "disable_stateful_session_resumption", "session_timeout")
 _DOWNSTREAM_REFUSED = ("require_sni", "ocsp_staple_policy", "full_scan_certs_on_sni_mismatch",
                        "prefer_client_ciphers")
-_UPSTREAM = ("common_tls_context", "sni", "auto_host_sni", "auto_sni_san_validation", "max_session_keys")
-_UPSTREAM_REFUSED = ("allow_renegotiation", "enforce_rsa_key_usage")
+_UPSTREAM = ("common_tls_context", "sni", "auto_sni_san_validation", "max_session_keys")
+_UPSTREAM_REFUSED = ("allow_renegotiation", "enforce_rsa_key_usage", "auto_host_sni")
 
 
 def _refuse(msg: Message, names: tuple, defaults: Optional[dict] = None) -> None:
@@ -77,9 +77,11 @@ def _refuse(msg: Message, names: tuple, defaults: Optional[dict] = None) -> None
 
 _WHY = {
     "allow_renegotiation": "TLS renegotiation is always refused",
+    "auto_host_sni": "the SNI from the upstream host's hostname is not built; the cluster's "
+                     "upstream_http_protocol_options.auto_sni takes it from the request's host",
     "match_subject_alt_names": "deprecated in Envoy: use match_typed_subject_alt_names",
-    "watched_directory": "a certificate file is read again when its SDS secret is updated; "
-                         "watch the SDS file (sds_config.path_config_source.watched_directory)",
+    "watched_directory": "a DataSource's own watch is not implemented; set watched_directory on the "
+                         "TlsCertificate or CertificateValidationContext delivered by SDS",
     "system_root_certs": "give the CA bundle as trusted_ca",
     "require_sni": "use a filter chain match on server_names",
     "private_key_provider": "private keys are PEM data",
@@ -139,18 +141,34 @@ def tls_params(parent: Message) -> t.TlsParams:
     for f, v in (("tls_minimum_protocol_version", low), ("tls_maximum_protocol_version", high)):
         if v in ("TLSv1_0", "TLSv1_1"):
             raise ConfigError(msg.at(f), f"{v} is unsupported in fastproxy (TLS 1.2 and 1.3 only)")
+    suites = _strings(msg, "cipher_suites")
+    for i, suite in enumerate(suites):
+        t.check_cipher_suite(suite, f"{msg.at('cipher_suites')}[{i}]")
     try:
-        return t.TlsParams(low, high, _strings(msg, "cipher_suites"), _strings(msg, "ecdh_curves"),
+        return t.TlsParams(low, high, suites, _strings(msg, "ecdh_curves"),
                            _strings(msg, "signature_algorithms"))
     except ConfigError as e:
         raise ConfigError(msg.at("tls_minimum_protocol_version"), e.message) from None
+
+
+def watched_directory(msg: Message) -> Optional[str]:
+    """A TlsCertificate's or CertificateValidationContext's watched_directory (a
+    config.core.v3.WatchedDirectory: its path), or None."""
+    if msg.raw("watched_directory") is None:
+        return None
+    wd = msg.message("watched_directory", ("path",))
+    directory = wd.string("path", required=True, non_empty=True)
+    if not os.path.isdir(directory):
+        raise ConfigError(wd.at("path"), f"{directory!r} is not a directory")
+    return directory
 
 
 def tls_certificate(item: Any, path: str) -> t.TlsCertificate:
     msg = Message(item, path, _CERT + _CERT_REFUSED)
     _refuse(msg, _CERT_REFUSED)
     return t.TlsCertificate(data_source(msg, "certificate_chain", required=True),
-                            data_source(msg, "private_key", required=True), data_source(msg, "password"))
+                            data_source(msg, "private_key", required=True), data_source(msg, "password"),
+                            watched_directory=watched_directory(msg))
 
 
 def validation_context(item: Any, path: str) -> t.CertificateValidationContext:
@@ -181,7 +199,8 @@ def validation_context(item: Any, path: str) -> t.CertificateValidationContext:
         trusted_ca=trusted, match_typed_subject_alt_names=tuple(sans), verify_certificate_hash=hashes,
         verify_certificate_spki=spkis, crl=crl,
         trust_chain_verification=msg.enum("trust_chain_verification", TRUST_CHAIN, default="VERIFY_TRUST_CHAIN"),
-        allow_expired_certificate=_bool(msg, "allow_expired_certificate"))
+        allow_expired_certificate=_bool(msg, "allow_expired_certificate"),
+        watched_directory=watched_directory(msg))
 
 
 # The reader of a ConfigSource (config/envoy.py's config_source, which registers itself:
@@ -218,6 +237,7 @@ def common_tls_context(parent: Message) -> t.CommonTlsContext:
     validation = validation_sds = None
     if kind == "validation_context":
         validation = validation_context(msg.raw(kind), msg.at(kind))
+        t.check_san_needs_ca(validation, msg.at(kind))
     elif kind == "validation_context_sds_secret_config":
         validation_sds = sds_secret_config(msg.raw(kind), msg.at(kind))
     elif kind == "combined_validation_context":
@@ -307,10 +327,13 @@ def downstream_tls_context(value: Any, path: str) -> t.DownstreamTlsContext:
 def upstream_tls_context(value: Any, path: str, auto_sni: bool = False,
                          auto_san_validation: bool = False) -> t.UpstreamTlsContext:
     """An UpstreamTlsContext; ``auto_sni`` / ``auto_san_validation`` from the cluster's
-    HttpProtocolOptions.upstream_http_protocol_options (the context's own auto_host_sni /
-    auto_sni_san_validation mean the same)."""
+    HttpProtocolOptions.upstream_http_protocol_options. The context's auto_sni_san_validation
+    (the peer's DNS SAN checked against the SNI sent) is read as auto_san_validation, whose
+    check is against that name; its auto_host_sni (SNI from the upstream host's hostname,
+    not the request's host) is refused until built."""
     msg = Message(value, path, _UPSTREAM + _UPSTREAM_REFUSED, ignore=("@type",))
-    _refuse(msg, _UPSTREAM_REFUSED, {"allow_renegotiation": (False,), "enforce_rsa_key_usage": (True,)})
+    _refuse(msg, _UPSTREAM_REFUSED, {"allow_renegotiation": (False,), "enforce_rsa_key_usage": (True,),
+                                     "auto_host_sni": (False,)})
     common = common_tls_context(msg)
     if len(common.tls_certificates) + len(common.tls_certificate_sds_secret_configs) > 1:
         raise ConfigError(msg.at("common_tls_context.tls_certificates"),
@@ -325,7 +348,7 @@ def upstream_tls_context(value: Any, path: str, auto_sni: bool = False,
         raise ConfigError(msg.at("sni"), "at most 255 characters")
     return _model(path, lambda: t.UpstreamTlsContext(
         common_tls_context=common, sni=sni,
-        auto_sni=auto_sni or _bool(msg, "auto_host_sni"),
+        auto_sni=auto_sni,
         auto_san_validation=auto_san_validation or _bool(msg, "auto_sni_san_validation"),
         max_session_keys=msg.uint32("max_session_keys", default=1)))
 

@@ -51,6 +51,8 @@ class Inotify:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
         self._add = libc.inotify_add_watch
         self._add.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
+        self._rm = libc.inotify_rm_watch
+        self._rm.argtypes = (ctypes.c_int, ctypes.c_int)
         fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
         if fd < 0:
             e = ctypes.get_errno()
@@ -63,6 +65,10 @@ class Inotify:
             e = ctypes.get_errno()
             raise OSError(e, f"inotify_add_watch({directory!r}): {os.strerror(e)}")
         return wd
+
+    def rm_watch(self, wd: int) -> None:
+        """Stop watching ``wd`` (already gone, e.g. its directory removed: nothing to do)."""
+        self._rm(self.fd, wd)
 
     def read(self) -> list:
         """[(wd, name)] of the events queued now (none: [])."""

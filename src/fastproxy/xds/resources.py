@@ -534,7 +534,9 @@ class XdsResources:
             if removed:
                 log.warning("sds update: ignoring the removal of %s (the last good secret stays, as in Envoy)",
                             ", ".join(map(repr, removed)))
-            changed = {n: x for n, x in got.items() if store.xds.get(n, (None,))[0] != x}
+            # A secret naming files is applied even when it is the same model: the files
+            # may hold new data (the store compiles again and updates only what changed).
+            changed = {n: x for n, x in got.items() if store.xds.get(n, (None,))[0] != x or x.watched_paths()}
             if changed:
                 waited = self._missing_secrets() & set(changed)
 
