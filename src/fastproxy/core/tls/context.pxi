@@ -568,6 +568,11 @@ cdef TlsCtx* _tls_ctx_build(dict spec, bint server, StatBlockHandle stats, int n
             opts |= SSL_OP_ENABLE_KTLS
         SSL_CTX_set_options(ctx, opts)
         SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER)
+        if server:
+            # An idle keep-alive connection gives its read and write buffers back (tens of
+            # KiB each with read-ahead). Measured on keep-alive TLS (wrk -c50, one worker):
+            # no measurable CPU per request (13.91 vs 13.93 us), lower peak RSS.
+            SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS)
         if not ktls_available():
             # One read() takes a record's header and body (and the records behind it) in
             # one go. (kTLS receive needs OpenSSL to read record by record: not with it.)
