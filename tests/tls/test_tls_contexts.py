@@ -85,9 +85,35 @@ def test_mtls_wrong_san(core, pki, mtls, tmp_path):
 
 
 def test_mtls_accept_untrusted(core, pki, mtls, tmp_path):
+    """Envoy's DefaultCertValidator: the untrusted chain is counted (fail_verify_error) and
+    the certificate accepted."""
     addr = mtls(trust_chain_verification="ACCEPT_UNTRUSTED")
     out, _ = https_get(addr, client_ctx(pki, Pki().leaf("client.test"), tmp_path))
     assert out[0][0] == 200
+    st = core.stats("listener.m.ssl")
+    assert st["fail_verify_error"] == 1 and st["handshake"] == 1
+
+
+def test_mtls_intermediate_in_trusted_ca_is_an_anchor(core, upstream, tmp_path):
+    """As Envoy (X509_V_FLAG_PARTIAL_CHAIN): trusted_ca holding only an intermediate trusts
+    the clients it issued, without their root."""
+    from tls_certs import CA, cert_pem, key_pem
+    root = CA("partial-chain root")
+    inter = root.intermediate("partial-chain intermediate")
+    server = Pki()
+    spec = server_spec(server.leaf("localhost"), trusted_ca=inter.cert_pem,
+                       require_client_certificate=True)
+    core.cluster("up", [upstream.addr])
+    addr = core.http_listener("up", tls=core.tls(spec, True, "listener.m.ssl"))
+    core.start()
+    leaf = inter.issue("client.test", dns=["client.test"], client=True)
+    (tmp_path / "c.pem").write_bytes(cert_pem(leaf.cert) + inter.cert_pem)
+    (tmp_path / "c.key").write_bytes(key_pem(leaf.key))
+    ctx = client_ctx(server)
+    ctx.load_cert_chain(str(tmp_path / "c.pem"), str(tmp_path / "c.key"))
+    out, _ = https_get(addr, ctx)
+    assert out[0][0] == 200
+    assert core.stats("listener.m.ssl")["fail_verify_error"] == 0
 
 
 # ---------------------------------------------------------------- resumption
@@ -114,10 +140,12 @@ def test_session_resumption_default(core, pki, upstream, version):
 
 
 def test_session_ticket_keys_shared_by_two_listeners(core, pki, upstream):
+    """Two listeners of the same certificate and validation resume each other's sessions."""
     keys = [os.urandom(80)]
-    a = core.tls(server_spec(pki.leaf("localhost"), session_ticket_keys=keys,
+    leaf = pki.leaf("localhost")
+    a = core.tls(server_spec(leaf, session_ticket_keys=keys,
                              disable_stateful_session_resumption=True), True, "listener.a.ssl")
-    b = core.tls(server_spec(pki.leaf("localhost"), session_ticket_keys=keys,
+    b = core.tls(server_spec(leaf, session_ticket_keys=keys,
                              disable_stateful_session_resumption=True), True, "listener.b.ssl")
     core.cluster("up", [upstream.addr])
     addr_a = core.http_listener("up", tls=a, name="a")
@@ -131,6 +159,48 @@ def test_session_ticket_keys_shared_by_two_listeners(core, pki, upstream):
         raw_get(s)
         assert s.session_reused
     assert core.stats("listener.b.ssl")["session_reused"] == 1
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_session_ticket_keys_do_not_carry_a_session_to_other_validation(core, pki, upstream, version):
+    """The same certificate and ticket keys, but B trusts another CA: a session made on A
+    (whose client certificate was checked against A's CA, or not asked for) must not
+    resume on B, which would skip B's verification (the session ID context differs)."""
+    keys = [os.urandom(80)]
+    leaf = pki.leaf("localhost")
+    a = core.tls(server_spec(leaf, session_ticket_keys=keys, trusted_ca=pki.ca_pem,
+                             disable_stateful_session_resumption=True), True, "listener.a.ssl")
+    b = core.tls(server_spec(leaf, session_ticket_keys=keys, trusted_ca=Pki().ca_pem,
+                             disable_stateful_session_resumption=True), True, "listener.b.ssl")
+    core.cluster("up", [upstream.addr])
+    addr_a = core.http_listener("up", tls=a, name="a")
+    addr_b = core.http_listener("up", tls=b, name="b")
+    core.start()
+    c = client_ctx(pki)
+    c.maximum_version = version
+    with tls_connect(addr_a, c) as s:
+        raw_get(s)
+        session = s.session
+    with tls_connect(addr_a, c, session=session) as s:       # the session is good on A
+        raw_get(s)
+        assert s.session_reused
+    with tls_connect(addr_b, c, session=session) as s:
+        raw_get(s)
+        assert not s.session_reused
+    assert core.stats("listener.b.ssl")["session_reused"] == 0
+
+
+def test_san_checks_need_a_trusted_ca(core, pki):
+    """Without trusted_ca nobody verified the chain, so a SAN proves nothing: refused (as
+    Envoy refuses it); hash pins alone stay allowed."""
+    with pytest.raises(ValueError, match="san_matchers/auto_san_validation: .*without trusted_ca"):
+        core.tls(server_spec(pki.leaf("localhost"),
+                             san_matchers=[{"type": "DNS", "match": {"exact": "client.test"}}]),
+                 True, "listener.x.ssl")
+    with pytest.raises(ValueError, match="without trusted_ca"):
+        core.tls({"auto_san_validation": True, "sni": "localhost"}, False, "cluster.x.ssl")
+    core.tls(server_spec(pki.leaf("localhost"), cert_hashes=[b"\0" * 32]), True, "listener.y.ssl")
+    core.tls({"auto_san_validation": True, "trusted_ca": pki.ca_pem}, False, "cluster.y.ssl")
 
 
 def test_resumption_disabled(core, pki, upstream):

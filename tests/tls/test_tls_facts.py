@@ -405,3 +405,25 @@ def test_python_filter_sees_no_tls_on_plaintext(upstream, certs):
         exchange(p.listener_address("tls"), b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", timeout=5)
     headers = upstream.requests[-1][2]
     assert headers["x-facts-tls"] == ["none"] and headers["x-facts-sni"] == ["None"]
+
+
+# ---------------------------------------------------------------- hostile certificate names
+
+def test_xfcc_and_access_log_escape_a_san_that_holds_a_line_break(upstream, certs, tmp_path):
+    """An IA5String SAN can hold any byte: a client certificate whose URI SAN carries
+    "\\r\\nx-evil: 1" must not inject a header into the upstream request (nor a line into the
+    access log); the SAN's CR, LF, space and XFCC separators arrive percent-encoded."""
+    evil = client_cert(name="evil", uri='spiffe://evil\r\nx-evil: 1;By="x",', dns=("a b.test",))
+    certs = dict(certs, client=evil.write(tmp_path, "evil"))
+    log = tmp_path / "access.log"
+    with Proxy.from_bootstrap(load_envoy(bootstrap(
+            upstream.port, certs, forward_client_cert_details="SANITIZE_SET",
+            set_current_client_cert_details={"uri": True, "dns": True},
+            log_path=log, log_format="uri=%DOWNSTREAM_PEER_URI_SAN% dns=%DOWNSTREAM_PEER_DNS_SAN%\n")),
+            concurrency=1) as p:
+        curl(p.listener_address("tls")[1], certs)
+    assert received(upstream, "x-evil") is None
+    xfcc = received(upstream, XFCC)
+    assert xfcc == [f"By={SERVER_URI};Hash={evil.sha256_hex};URI=spiffe://evil%0D%0Ax-evil:%201%3BBy=%22x%22%2C;DNS=a%20b.test"], xfcc
+    wait_for(lambda: log.exists() and log.read_text().endswith("\n"), what="the access log line")
+    assert log.read_text() == "uri=spiffe://evil%0D%0Ax-evil:%201%3BBy=%22x%22%2C dns=a%20b.test\n"

@@ -194,3 +194,44 @@ def test_set_params_turns_a_cluster_to_tls(core, pki, tls_upstream, upstream):
     with pytest.raises(ValueError, match="is a server context"):
         h.set_params("ROUND_ROBIN", 5.0, tls=core.tls(
             {"certificates": [pki.leaf("x")]}, True, "listener.y.ssl"))
+
+
+class SniffingUpstream(HttpUpstream):
+    """One address that speaks both: TLS when the client's first byte is a handshake record
+    (0x16), plaintext HTTP otherwise."""
+
+    def finish_request(self, request, client_address):
+        try:
+            first = request.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return
+        if first == b"\x16":
+            HttpUpstream.finish_request(self, request, client_address)
+        else:
+            super(HttpUpstream, self).finish_request(request, client_address)
+
+
+def test_tls_change_retires_pooled_plaintext_connections(core, pki, tmp_path):
+    """A cluster turned from plaintext to TLS on the same endpoint: its keep-alive connection
+    in the pool is plaintext, so the next request must not take it, but go over a new TLS
+    connection (the upstream sees a handshake)."""
+    up = SniffingUpstream(tls_server_ctx(pki.leaf("upstream.test"), tmp_path), label="sniff")
+    try:
+        h = core.cluster("up", [up.addr])
+        addr = core.http_listener("up")
+        core.start()
+        assert http_get(addr)[0] == 200
+        assert http_get(addr)[0] == 200
+        assert up.handshakes == 0
+        assert core.stats("cluster.up")["upstream_cx_total"] == 1      # (pooled, reused)
+        ctx = core.tls({"trusted_ca": pki.ca_pem, "sni": "upstream.test"}, False, "cluster.up.ssl")
+        h.set_params("ROUND_ROBIN", 5.0, tls=ctx)
+        # (the workers take the new params from a message: the first requests may precede it)
+        wait_for(lambda: http_get(addr)[0] == 200 and up.handshakes >= 1, timeout=3,
+                 what="a request over TLS")
+        n = up.handshakes
+        assert http_get(addr)[0] == 200
+        assert up.handshakes == n                   # the TLS connection is pooled in turn
+        assert core.stats("cluster.up.ssl")["handshake"] == n
+    finally:
+        up.close()

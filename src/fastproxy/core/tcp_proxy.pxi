@@ -502,7 +502,9 @@ cdef void session_start(Worker* w, ListenerCfg* cfg, int fd, const sockaddr* pee
             session_close(s, True, False)
             return
         if cfg.tls_timeout_ms:
-            tls_conn_arm_timeout(<TlsConn*>s.down.tls, cfg.tls_timeout_ms, _session_tls_timeout, s)
+            if tls_conn_arm_timeout(<TlsConn*>s.down.tls, cfg.tls_timeout_ms, _session_tls_timeout, s) < 0:
+                session_close(s, True, False)
+                return
     cdef epoll_event ev
     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
     ev.data.ptr = &s.down

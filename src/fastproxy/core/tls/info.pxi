@@ -130,9 +130,29 @@ cdef bint tls_subject(oi_X509* x, TlsText* t) noexcept nogil:
     return True
 
 
+cdef void _tt_san(TlsText* t, const unsigned char* b, size_t n) noexcept nogil:
+    """A SAN as text that stays one field of a header or a log line: an IA5String can hold
+    any byte, so CR/LF (a header injected into x-forwarded-client-cert), controls, non-ASCII
+    and the separators of XFCC and of these lists (" , ; \\ and space) become %XX."""
+    cdef size_t i, start = 0
+    cdef unsigned char ch
+    cdef char esc[3]
+    esc[0] = 37                         # '%'
+    for i in range(n):
+        ch = b[i]
+        if 0x21 <= ch <= 0x7E and ch != 34 and ch != 44 and ch != 59 and ch != 92:
+            continue
+        tt_put(t, <const char*>b + start, i - start)
+        esc[1] = b"0123456789ABCDEF"[ch >> 4]
+        esc[2] = b"0123456789ABCDEF"[ch & 15]
+        tt_put(t, esc, 3)
+        start = i + 1
+    tt_put(t, <const char*>b + start, n - start)
+
+
 cdef int tls_sans(oi_X509* x, int gen_type, TlsText* t, const char* prefix, const char* sep) noexcept nogil:
     """Append the certificate's subjectAltNames of gen_type (OI_GEN_DNS, OI_GEN_URI), each
-    as prefix + name, separated by sep. Returns how many."""
+    as prefix + name (escaped by _tt_san), separated by sep. Returns how many."""
     cdef oi_GENERAL_NAMES* names
     cdef oi_GENERAL_NAME* g
     cdef int i, count = 0
@@ -148,8 +168,8 @@ cdef int tls_sans(oi_X509* x, int gen_type, TlsText* t, const char* prefix, cons
         if count:
             tt_puts(t, sep)
         tt_puts(t, prefix)
-        tt_put(t, <const char*>oi_ASN1_STRING_get0_data(g.d.ia5),
-               <size_t>oi_ASN1_STRING_length(g.d.ia5))
+        _tt_san(t, <const unsigned char*>oi_ASN1_STRING_get0_data(g.d.ia5),
+                <size_t>oi_ASN1_STRING_length(g.d.ia5))
         count += 1
     oi_GENERAL_NAMES_free(names)
     return count

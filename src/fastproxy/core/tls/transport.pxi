@@ -34,10 +34,11 @@ cdef inline bint endp_handshake_done(Endp* ep) noexcept nogil:
 
 
 cdef inline bint endp_splice_ok(Endp* src, Endp* dst) noexcept nogil:
-    """May bytes go src -> pipe -> dst unread: plaintext both, or the kernel does the TLS
-    of each side that has it (kTLS took the keys of that direction)."""
-    return (src.tls == NULL or (<TlsConn*>src.tls).ktls_rx) and \
-           (dst.tls == NULL or (<TlsConn*>dst.tls).ktls_tx)
+    """May bytes go src -> pipe -> dst unread: from a plaintext source to a plaintext
+    destination, or to one whose kernel encrypts (kTLS took the keys of that direction).
+    Never from a kTLS-rx source: splice fails on its non-data records (close_notify,
+    KeyUpdate, tickets), which only SSL_read handles."""
+    return src.tls == NULL and (dst.tls == NULL or (<TlsConn*>dst.tls).ktls_tx)
 
 
 cdef inline void endp_tls_event(Endp* ep, uint32_t events) noexcept nogil:
@@ -53,6 +54,10 @@ cdef inline void endp_tls_event(Endp* ep, uint32_t events) noexcept nogil:
     if t.write_wants_read and events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP):
         t.write_wants_read = 0
         ep.writable = 1
+    if t.notify_pending and events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
+        # The half-close's close_notify has now left OpenSSL: the FIN may follow it.
+        if _tls_notify(t):
+            shutdown(ep.fd, SHUT_WR)
 
 
 cdef inline ssize_t endp_read(Endp* ep, Chain* c, size_t max_bytes, size_t* asked) noexcept nogil:
@@ -68,9 +73,11 @@ cdef inline ssize_t endp_write(Endp* ep, Chain* c, size_t* offered, bint more) n
 
 
 cdef void endp_shutdown_wr(Endp* ep) noexcept nogil:
-    """The FIN of a half-close: close_notify first under TLS."""
-    if ep.tls != NULL:
-        _tls_notify(<TlsConn*>ep.tls)
+    """The FIN of a half-close: close_notify first under TLS. A socket too full to take the
+    alert gets its FIN from endp_tls_event once EPOLLOUT lets the alert out (a FIN sent
+    now would cut it off: the peer would see a truncation, not a clean close)."""
+    if ep.tls != NULL and not _tls_notify(<TlsConn*>ep.tls):
+        return
     shutdown(ep.fd, SHUT_WR)
 
 
@@ -85,6 +92,7 @@ cdef ssize_t endp_discard(Endp* ep) noexcept nogil:
     if t.eof:
         return 0
     ERR_clear_error()
+    fp_set_errno(0)
     r = SSL_read(t.ssl, scratch, sizeof(scratch))
     if r > 0:
         return r
@@ -143,11 +151,13 @@ cdef TlsConn* tls_conn_new(Worker* w, TlsProvider* p, int fd) noexcept nogil:
     return t
 
 
-cdef void tls_conn_arm_timeout(TlsConn* t, uint64_t ms, tls_timeout_t on_timeout, void* owner) noexcept nogil:
-    """Close the connection (on_timeout(owner)) if its handshake has not completed in ms."""
+cdef int tls_conn_arm_timeout(TlsConn* t, uint64_t ms, tls_timeout_t on_timeout, void* owner) noexcept nogil:
+    """Close the connection (on_timeout(owner)) if its handshake has not completed in ms.
+    -1: the timer could not be armed (no memory): the caller closes the connection, which
+    would otherwise wait for a handshake without a bound."""
     t.on_timeout = on_timeout
     t.owner = owner
-    timer_arm(t.w, &t.timer, ms)
+    return timer_arm(t.w, &t.timer, ms)
 
 
 cdef void tls_server_name(TlsCtx* c, const char* host, size_t host_len, char* out) noexcept nogil:
@@ -200,14 +210,20 @@ cdef void tls_conn_free(TlsConn* t) noexcept nogil:
     free(t)
 
 
-cdef void _tls_notify(TlsConn* t) noexcept nogil:
-    """Send close_notify once (only after a completed handshake; a failed write is let be:
-    the connection is closing)."""
-    if t.shut or not t.done or t.failed:
-        return
+cdef bint _tls_notify(TlsConn* t) noexcept nogil:
+    """Send close_notify once (only after a completed handshake). False: the socket did not
+    take it yet (notify_pending; call again when it is writable); True: sent, or nothing to
+    send, or a failed write (let be: the connection is closing)."""
+    cdef int r
+    if not t.done or t.failed or (t.shut and not t.notify_pending):
+        return True
     t.shut = 1
-    SSL_shutdown(t.ssl)
     ERR_clear_error()
+    fp_set_errno(0)
+    r = SSL_shutdown(t.ssl)
+    t.notify_pending = r < 0 and SSL_get_error(t.ssl, r) == SSL_ERROR_WANT_WRITE
+    ERR_clear_error()
+    return not t.notify_pending
 
 
 # ---------------------------------------------------------------- handshake
@@ -304,6 +320,7 @@ cdef int tls_handshake(Endp* ep) noexcept nogil:
     if t.done:
         return 1
     ERR_clear_error()
+    fp_set_errno(0)         # (_tls_result reads errno after SSL_ERROR_SYSCALL: not a stale one)
     r = SSL_do_handshake(t.ssl)
     if r == 1:
         return 1 if _tls_handshake_done(t) == 0 else -1
@@ -360,6 +377,7 @@ cdef ssize_t tls_read(Endp* ep, TlsConn* t, Chain* c, size_t max_bytes, size_t* 
         if k > 0x40000000:
             k = 0x40000000
         ERR_clear_error()
+        fp_set_errno(0)
         r = SSL_read(t.ssl, p, <int>k)
         if r > 0:
             if fresh != NULL and p == fresh.data + fresh.fill:
@@ -421,7 +439,13 @@ cdef ssize_t tls_write(Endp* ep, TlsConn* t, Chain* c, size_t* offered) noexcept
         return -1
     while c.length:
         r = &c.refs[c.head]
-        if t.wpending:
+        if t.ktls_tx:
+            # kTLS: OpenSSL hands the kernel our pointer without a copy and a retry re-reads
+            # it, so the bytes must stay where they were: the head slice, never the scratch.
+            n = <size_t>t.wpending if t.wpending and <size_t>t.wpending <= r.len else r.len
+            if n > 0x40000000:
+                n = 0x40000000
+        elif t.wpending:
             n = <size_t>t.wpending
             if n > c.length:            # the chain lost bytes since (OpenSSL refuses the retry)
                 n = c.length
@@ -442,6 +466,7 @@ cdef ssize_t tls_write(Endp* ep, TlsConn* t, Chain* c, size_t* offered) noexcept
                 i += 1
             p = scratch
         ERR_clear_error()
+        fp_set_errno(0)
         rc = SSL_write(t.ssl, p, <int>n)
         if rc > 0:
             t.wpending = 0

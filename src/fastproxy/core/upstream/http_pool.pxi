@@ -362,14 +362,35 @@ cdef inline void _upconn_bind(UpConn* u, HStream* s) noexcept nogil:
     u.codec.start(u, s.method)
 
 
+cdef inline bint _upconn_tls_stale(UpConn* u) noexcept nogil:
+    """u's transport is not what its cluster now asks for (plaintext made before the cluster
+    took TLS, TLS made before it dropped it, or another TLS provider): a request must not go
+    over it."""
+    cdef TlsProvider* want = cluster_params(u.cluster, u.w).tls
+    if u.ep.tls == NULL:
+        return want != NULL
+    return (<TlsConn*>u.ep.tls).provider != want
+
+
 cdef UpConn** _pool_find_for(UpConn** head, HStream* s) noexcept nogil:
     """Where in an idle list the connection for s's request is linked (_pool_pop takes it
     from there): the first one, but under auto_sni the first made for the request's server
-    name, as a TLS connection's SNI is fixed at its handshake (NULL link: none fits)."""
+    name, as a TLS connection's SNI is fixed at its handshake (NULL link: none fits). Idle
+    connections of a transport the cluster no longer uses are closed on the way."""
     cdef TlsConn* t
     cdef char name[256]
     cdef size_t hn = 0
     cdef const char* host
+    cdef UpConn** pp = head
+    cdef UpConn* x
+    while pp[0] != NULL:
+        x = pp[0]
+        if _upconn_tls_stale(x):
+            pp[0] = x.idle_next
+            x.idle_head = NULL
+            upconn_close(x)
+        else:
+            pp = &x.idle_next
     if head[0] == NULL or head[0].ep.tls == NULL:
         return head
     t = <TlsConn*>head[0].ep.tls
@@ -568,7 +589,7 @@ cdef void http_pool_release(UpConn* u, bint reusable) noexcept nogil:
     # ep.hup: the upstream's FIN came with (or right behind) the response it answered; a
     # short read never reads on to see it, so the event flag is all there is.
     if not reusable or u.eof or u.ep.hup or u.in_buf.length or u.out_buf.length \
-            or u.last_request or cluster_params(u.cluster, u.w).removed:
+            or u.last_request or cluster_params(u.cluster, u.w).removed or _upconn_tls_stale(u):
         upconn_close(u)
         return
     # After a host-set swap: kept if its host stayed, else closed.
