@@ -432,3 +432,19 @@ def test_envoy_default_ciphers_and_curves_on_a_proxy_listener(pki):
     finally:
         proxy.stop(0.5)
         echo.close()
+
+
+def test_server_order_of_cipher_suites_decides(core, pki, upstream):
+    """As in Envoy (unless prefer_client_ciphers): a TLS 1.2 client that prefers AES-256
+    gets the listener's first suite, AES-128, both being on both lists."""
+    spec = server_spec(pki.leaf("localhost"))
+    spec["cipher_suites"] = ["ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384"]
+    ctx = core.tls(spec, True, "listener.x.ssl")
+    core.cluster("up", [upstream.addr])
+    addr = core.http_listener("up", tls=ctx)
+    core.start()
+    c = client_ctx(pki)
+    c.maximum_version = ssl.TLSVersion.TLSv1_2
+    c.set_ciphers("ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256")
+    with tls_connect(addr, c) as s:
+        assert s.cipher()[0] == "ECDHE-ECDSA-AES128-GCM-SHA256"

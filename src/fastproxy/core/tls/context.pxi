@@ -566,6 +566,10 @@ cdef TlsCtx* _tls_ctx_build(dict spec, bint server, StatBlockHandle stats, int n
         opts = SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_COMPRESSION
         if ktls_available():
             opts |= SSL_OP_ENABLE_KTLS
+        if server:
+            # The server's order of cipher_suites decides, as in Envoy unless its
+            # prefer_client_ciphers (refused by the loader: only false is built).
+            opts |= SSL_OP_CIPHER_SERVER_PREFERENCE
         SSL_CTX_set_options(ctx, opts)
         SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER)
         if server:
