@@ -216,6 +216,11 @@ def test_session_ticket_keys_over_ads(ca):
     """session_ticket_keys_sds_secret_config over ADS: the listener warms until both its
     certificate and its ticket keys come; a ticket of those keys resumes; once new keys
     are pushed an old ticket no longer does (a full handshake), and nothing drains."""
+    if "asan" in os.environ.get("LD_PRELOAD", ""):
+        # Its client reads SSLSocket.session, which CPython 3.11 leaks (_ssl.c
+        # _ssl_session_dup): LeakSanitizer would fail the run at exit. The core's
+        # ticket paths run under ASan in tests/tls/test_tls_contexts.py (openssl s_client).
+        pytest.skip("CPython 3.11 leaks the SSL_SESSION its SSLSocket.session returns")
     echo = EchoServer()
     source = sds_source("ads", "GRPC", "0.3s")
     listener = tls_listener("echo", source)

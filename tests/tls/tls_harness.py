@@ -261,6 +261,31 @@ def tls_connect(addr, ctx, server_hostname="localhost", session=None, timeout=5)
     return ctx.wrap_socket(raw, server_hostname=server_hostname, session=session)
 
 
+def openssl_get(addr, ca_pem, tmp_path, version="1.3", sess_out=None, sess_in=None):
+    """One GET (then close) through `openssl s_client` (a real client of its own process);
+    returns whether its handshake resumed the session read from sess_in. sess_out: where
+    the session (TLS 1.3: the ticket, which comes after the handshake) is saved.
+
+    Resumption tests use this rather than Python's ssl: CPython 3.11's SSLSocket.session
+    getter leaks the SSL_SESSION it duplicates (_ssl.c _ssl_session_dup), which
+    LeakSanitizer reports at exit under `make test-asan`."""
+    import subprocess
+    ca = tmp_path / "openssl-ca.pem"
+    ca.write_bytes(ca_pem)
+    cmd = ["openssl", "s_client", "-connect", f"{addr[0]}:{addr[1]}", "-servername", "localhost",
+           "-CAfile", str(ca), "-verify_return_error", "-ign_eof",
+           "-tls1_3" if version == "1.3" else "-tls1_2"]
+    if sess_out is not None:
+        cmd += ["-sess_out", str(sess_out)]
+    if sess_in is not None:
+        cmd += ["-sess_in", str(sess_in)]
+    out = subprocess.run(cmd, input=b"GET / HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
+                         capture_output=True, timeout=20).stdout.decode(errors="replace")
+    assert "HTTP/1.1 200" in out, out[-2000:]
+    assert ("Reused, " in out) != ("New, " in out), out[-2000:]
+    return "Reused, " in out
+
+
 def raw_get(sock, host="localhost", path="/"):
     sock.sendall(f"GET {path} HTTP/1.1\r\nhost: {host}\r\n\r\n".encode())
     data = b""
