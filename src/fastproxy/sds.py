@@ -43,6 +43,7 @@ from .errors import ConfigError
 from .model import ConfigSource
 from .model_tls import SdsSecretConfig, Secret, over_xds
 from .tls_spec import compile_context
+from .xds.files import InotifyWatcher
 
 log = logging.getLogger("fastproxy.config")
 
@@ -101,7 +102,7 @@ class _SecretFile:
         return version, out
 
 
-class SecretStore:
+class SecretStore(InotifyWatcher):
     """The secrets of one proxy and the contexts built from them (see the module)."""
 
     def __init__(self, engine: Any, lock: Any, stat_block: Callable[[str, str], Any]):
@@ -505,17 +506,7 @@ class SecretStore:
                     log.exception("sds update of %s failed", "certificate files" if f is None else f.source.path)
 
     def stop(self) -> None:
-        if self._thread is not None:
-            os.write(self._stop_w, b"x")
-            self._thread.join()
-            self._thread = None
-        for fd in (self._stop_r, self._stop_w):
-            if fd >= 0:
-                os.close(fd)
-        self._stop_r = self._stop_w = -1
-        if self._inotify is not None:
-            self._inotify.close()
-            self._inotify = None
+        super().stop()
         self._watches.clear()
         self._watched.clear()
 

@@ -153,7 +153,32 @@ class FileSubscription:
         return True
 
 
-class FileDiscovery:
+class InotifyWatcher:
+    """What a class whose thread waits on an Inotify shares (FileDiscovery here, the secret
+    store's file SDS): its ``_run`` selects on ``_inotify.fd`` and ``_stop_r``; ``stop()``
+    wakes it through the pipe, joins it and closes the descriptors. Subclasses set the four
+    attributes (None / -1 until started)."""
+
+    _inotify: Optional[Inotify]
+    _thread: Optional[threading.Thread]
+    _stop_r: int
+    _stop_w: int
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            os.write(self._stop_w, b"x")
+            self._thread.join()
+            self._thread = None
+        for fd in (self._stop_r, self._stop_w):
+            if fd >= 0:
+                os.close(fd)
+        self._stop_r = self._stop_w = -1
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
+
+
+class FileDiscovery(InotifyWatcher):
     """Every file subscription of a proxy, and the thread that reloads them."""
 
     def __init__(self, proxy: Any, dynamic: DynamicResources, resources: XdsResources):
@@ -208,18 +233,6 @@ class FileDiscovery:
             self.subscriptions = [s for s in self.subscriptions
                                   if s.type_url != type_url or s.source.path in paths]
 
-    def stop(self) -> None:
-        if self._thread is not None:
-            os.write(self._stop_w, b"x")
-            self._thread.join()
-            self._thread = None
-        for fd in (self._stop_r, self._stop_w):
-            if fd >= 0:
-                os.close(fd)
-        self._stop_r = self._stop_w = -1
-        if self._inotify is not None:
-            self._inotify.close()
-            self._inotify = None
 
     def _run(self) -> None:
         assert self._inotify is not None
