@@ -42,6 +42,13 @@ TAG_RULES: Tuple[Tuple[str, "re.Pattern[str]"], ...] = tuple((label, re.compile(
     ("envoy_response_code", r"^cluster\.[^.]+\.(?:external\.)?upstream_rq(_(\d{3}))$"),
     # downstream_rq_2xx / upstream_rq_2xx keep "xx"; only the digit moves
     ("envoy_response_code_class", r"(?:^|\.)(?:up|down)stream_rq_((\d))xx$"),
+    # listener.<address>.ssl.ciphers.<cipher>, <listener or cluster>.ssl.{curves,sigalgs,versions}.<x>,
+    # cluster.<name>.ssl.ciphers.<cipher> (the TLS stat block's per-value counters)
+    ("envoy_ssl_cipher", r"^listener\..*?\.ssl\.ciphers(\.([^.]+))$"),
+    ("envoy_ssl_curve", r"^(?:listener|cluster)\..*?\.ssl\.curves(\.([^.]+))$"),
+    ("envoy_ssl_sigalg", r"^(?:listener|cluster)\..*?\.ssl\.sigalgs(\.([^.]+))$"),
+    ("envoy_ssl_version", r"^(?:listener|cluster)\..*?\.ssl\.versions(\.(TLSv\d(?:\.\d)?))$"),
+    ("envoy_ssl_cipher_suite", r"^cluster\.[^.]+\.ssl\.ciphers(\.([^.]+))$"),
     ("envoy_worker_id", rf"^listener\.(?:{_ADDRESS}\.)?worker_((\d+)\.)"),
     ("envoy_http_conn_manager_prefix", rf"^(?:listener\.{_ADDRESS}\.)?http\.(({_PART})\.)"),
     ("envoy_cluster_name", rf"^cluster\.(({_PART})\.)"),
