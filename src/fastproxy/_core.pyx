@@ -73,7 +73,6 @@ from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES
 
 from fastproxy.core.includes.system cimport *
 from fastproxy.core.includes.openssl cimport *
-from fastproxy.core.includes.openssl_info cimport *
 
 from fastproxy.filters import NetworkFilter
 

@@ -221,7 +221,7 @@ cdef void _al_sockaddr(_AlOut* o, sockaddr_storage* ss, bint with_port) noexcept
     _al_addr(o, ip, strlen(ip), port, with_port)
 
 
-cdef void _al_tls(_AlOut* o, AlogOp* op, oi_SSL* ssl, HConn* c) noexcept nogil:
+cdef void _al_tls(_AlOut* o, AlogOp* op, SSL* ssl, HConn* c) noexcept nogil:
     """A TLS operator's value: "-" on plaintext and for what the connection lacks (no
     client certificate, no SNI, no SAN of the kind), as Envoy prints them."""
     cdef TlsText t
@@ -258,13 +258,13 @@ cdef void _al_tls(_AlOut* o, AlogOp* op, oi_SSL* ssl, HConn* c) noexcept nogil:
     elif op.kind == AL_LOCAL_SUBJECT:
         have = tls_subject(tls_local_cert(ssl), &t)
     elif op.kind == AL_PEER_URI_SAN:
-        have = tls_sans(tls_peer_cert(ssl), OI_GEN_URI, &t, "", ",") > 0
+        have = tls_sans(tls_peer_cert(ssl), GEN_URI, &t, "", ",") > 0
     elif op.kind == AL_LOCAL_URI_SAN:
-        have = tls_sans(tls_local_cert(ssl), OI_GEN_URI, &t, "", ",") > 0
+        have = tls_sans(tls_local_cert(ssl), GEN_URI, &t, "", ",") > 0
     elif op.kind == AL_PEER_DNS_SAN:
-        have = tls_sans(tls_peer_cert(ssl), OI_GEN_DNS, &t, "", ",") > 0
+        have = tls_sans(tls_peer_cert(ssl), GEN_DNS, &t, "", ",") > 0
     elif op.kind == AL_LOCAL_DNS_SAN:
-        have = tls_sans(tls_local_cert(ssl), OI_GEN_DNS, &t, "", ",") > 0
+        have = tls_sans(tls_local_cert(ssl), GEN_DNS, &t, "", ",") > 0
     elif op.kind == AL_PEER_FP256:
         have = tls_sha256_hex(tls_peer_cert(ssl), &t)
     elif op.kind == AL_PEER_SERIAL:
@@ -449,7 +449,7 @@ cdef size_t alog_format(AlogSink* k, HStream* s, char* buf, size_t cap) noexcept
             else:
                 _al_sockaddr(&o, &ss, op.kind == AL_DS_LOCAL)
         elif AL_TLS_VERSION <= op.kind <= AL_PEER_V_END:
-            _al_tls(&o, op, <oi_SSL*>endp_ssl(&c.down), c)
+            _al_tls(&o, op, <SSL*>endp_ssl(&c.down), c)
     if o.n == cap and cap:
         buf[cap - 1] = 10                       # a cut record still ends its line
     return o.n

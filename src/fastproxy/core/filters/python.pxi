@@ -320,7 +320,7 @@ cdef object _tt_str(TlsText* t, bint have):
         tt_free(t)
 
 
-cdef list _san_list(oi_X509* x, int kind):
+cdef list _san_list(X509* x, int kind):
     cdef TlsText t
     memset(&t, 0, sizeof(TlsText))
     # A DNS name or URI has no line break (IA5 text of a host or URI): it separates them.
@@ -329,11 +329,11 @@ cdef list _san_list(oi_X509* x, int kind):
     return text.split("\n") if text else []
 
 
-cdef object _ssl_connection(oi_SSL* ssl):
+cdef object _ssl_connection(SSL* ssl):
     cdef SslConnectionInfo i
     cdef TlsText t
-    cdef oi_X509* peer
-    cdef oi_X509* local
+    cdef X509* peer
+    cdef X509* local
     cdef int64_t us
     cdef const char* v
     if ssl == NULL:
@@ -350,10 +350,10 @@ cdef object _ssl_connection(oi_SSL* ssl):
     i.peer_certificate_presented = peer != NULL
     i.subject_peer_certificate = _tt_str(&t, tls_subject(peer, &t))
     i.subject_local_certificate = _tt_str(&t, tls_subject(local, &t))
-    i.uri_san_peer_certificate = _san_list(peer, OI_GEN_URI)
-    i.uri_san_local_certificate = _san_list(local, OI_GEN_URI)
-    i.dns_sans_peer_certificate = _san_list(peer, OI_GEN_DNS)
-    i.dns_sans_local_certificate = _san_list(local, OI_GEN_DNS)
+    i.uri_san_peer_certificate = _san_list(peer, GEN_URI)
+    i.uri_san_local_certificate = _san_list(local, GEN_URI)
+    i.dns_sans_peer_certificate = _san_list(peer, GEN_DNS)
+    i.dns_sans_local_certificate = _san_list(local, GEN_DNS)
     i.sha256_peer_certificate_digest = _tt_str(&t, tls_sha256_hex(peer, &t))
     i.serial_number_peer_certificate = _tt_str(&t, tls_serial_hex(peer, &t))
     i.url_encoded_pem_encoded_peer_certificate = _tt_str(&t, tls_pem_urlencoded(peer, &t))
@@ -366,7 +366,7 @@ cdef object _ssl_connection(oi_SSL* ssl):
 
 cdef StreamInfo _stream_info(HStream* s):
     cdef StreamInfo i = StreamInfo.__new__(StreamInfo)
-    cdef oi_SSL* ssl
+    cdef SSL* ssl
     cdef const char* sni
     cdef char buf[64]
     cdef size_t k
@@ -389,7 +389,7 @@ cdef StreamInfo _stream_info(HStream* s):
         i.upstream_cluster = _cluster_name(s)
     if s.route != NULL and s.route.name.p != NULL:
         i.route_name = _latin1(s.route.name.p, s.route.name.n)
-    ssl = <oi_SSL*>endp_ssl(&s.c.down)
+    ssl = <SSL*>endp_ssl(&s.c.down)
     sni = hconn_requested_server_name(s.c)
     i.requested_server_name = (<bytes>sni).decode("ascii", "replace") if sni != NULL else None
     i.ssl_connection = _ssl_connection(ssl)

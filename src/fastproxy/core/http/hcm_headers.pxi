@@ -430,9 +430,9 @@ cdef enum:                          # xfcc_decide
     XFCC_SET = 2                    # replace every XFCC field by the built value
 
 
-cdef inline oi_SSL* hconn_ssl(HConn* c) noexcept nogil:
+cdef inline SSL* hconn_ssl(HConn* c) noexcept nogil:
     """The downstream connection's SSL, NULL on plaintext."""
-    return <oi_SSL*>endp_ssl(&c.down)
+    return <SSL*>endp_ssl(&c.down)
 
 
 cdef inline const char* hconn_requested_server_name(HConn* c) noexcept nogil:
@@ -440,7 +440,7 @@ cdef inline const char* hconn_requested_server_name(HConn* c) noexcept nogil:
     sets it there only: a TLS listener without the inspector logs "-"), else NULL."""
     if not c.cfg.sni_inspected:
         return NULL
-    return tls_sni(<oi_SSL*>endp_ssl(&c.down))
+    return tls_sni(<SSL*>endp_ssl(&c.down))
 
 
 cdef inline StrRef hconn_scheme(HConn* c) noexcept nogil:
@@ -450,11 +450,11 @@ cdef inline StrRef hconn_scheme(HConn* c) noexcept nogil:
     return _cs("http")
 
 
-cdef void _xfcc_element(oi_SSL* ssl, uint8_t details, TlsText* t) noexcept nogil:
+cdef void _xfcc_element(SSL* ssl, uint8_t details, TlsText* t) noexcept nogil:
     """This hop's XFCC element (see above) appended to t."""
-    cdef oi_X509* peer = tls_peer_cert(ssl)
+    cdef X509* peer = tls_peer_cert(ssl)
     cdef size_t mark = t.n
-    tls_sans(tls_local_cert(ssl), OI_GEN_URI, t, "By=", ";")
+    tls_sans(tls_local_cert(ssl), GEN_URI, t, "By=", ";")
     if t.n > mark:
         tt_put(t, ";", 1)
     tt_put(t, "Hash=", 5)
@@ -473,12 +473,12 @@ cdef void _xfcc_element(oi_SSL* ssl, uint8_t details, TlsText* t) noexcept nogil
         tt_put(t, "\"", 1)
     if details & XD_URI:
         tt_put(t, ";", 1)
-        if tls_sans(peer, OI_GEN_URI, t, "URI=", ";") == 0:
+        if tls_sans(peer, GEN_URI, t, "URI=", ";") == 0:
             tt_put(t, "URI=", 4)
     if details & XD_DNS:
         mark = t.n
         tt_put(t, ";", 1)
-        if tls_sans(peer, OI_GEN_DNS, t, "DNS=", ";") == 0:
+        if tls_sans(peer, GEN_DNS, t, "DNS=", ";") == 0:
             t.n = mark                  # no DNS SAN: no DNS key at all
 
 
@@ -486,7 +486,7 @@ cdef int xfcc_decide(HStream* s, PairList* l, TlsText* out) noexcept nogil:
     """What forward_client_cert_details does to the request's XFCC fields in l. XFCC_SET:
     out holds the new value (the caller frees it); -1: no memory."""
     cdef HttpCfg* h = <HttpCfg*>s.c.cfg.http
-    cdef oi_SSL* ssl
+    cdef SSL* ssl
     cdef size_t i
     cdef bint first = True
     if h.xfcc_mode == XFCC_ALWAYS_FORWARD_ONLY:

@@ -2,9 +2,10 @@
 # contexts are built on the main thread (core/tls/context.pxi), connections run on the
 # workers without the GIL (core/tls/transport.pxi). Several names below are macros in
 # the headers (SSL_CTX_set_mode, SSL_set_tlsext_host_name, BIO_get_ktls_send...): Cython
-# emits the call text, so declaring them as functions is enough. USERS' connection facts
-# (subjects, SANs, digests for the access log) are in openssl_info.pxd.
+# emits the call text, so declaring them as functions is enough. The connection facts
+# (core/tls/info.pxi: subjects, SANs, digests, PEM) use the last section.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from fastproxy.core.includes.system cimport tm
 
 cdef extern from "<openssl/ssl.h>" nogil:
     ctypedef struct SSL_CTX
@@ -262,3 +263,51 @@ cdef extern from *:
     static inline void fp_set_errno(int e) { errno = e; }
     """
     void fp_set_errno(int e) nogil
+
+
+# ---- what a connection shows its users (core/tls/info.pxi): names, SANs, digests, PEM
+
+cdef extern from "<openssl/ssl.h>" nogil:
+    ctypedef struct OPENSSL_STACK
+    ctypedef struct STACK_OF_X509 "STACK_OF(X509)"
+    const char* SSL_get_version(const SSL* s)
+    X509* SSL_get_certificate(const SSL* s)
+    STACK_OF_X509* SSL_get_peer_cert_chain(const SSL* s)
+    SSL_SESSION* SSL_get_session(const SSL* s)
+    const unsigned char* SSL_SESSION_get_id(const SSL_SESSION* s, unsigned int* len)
+
+cdef extern from "<openssl/stack.h>" nogil:
+    int OPENSSL_sk_num(const OPENSSL_STACK* st)
+    void* OPENSSL_sk_value(const OPENSSL_STACK* st, int i)
+
+cdef extern from "<openssl/bio.h>" nogil:
+    ctypedef struct BIO_METHOD
+    const BIO_METHOD* BIO_s_mem()
+    BIO* BIO_new(const BIO_METHOD* t)
+    long BIO_get_mem_data(BIO* b, char** pp)
+
+cdef extern from "<openssl/x509.h>" nogil:
+    ctypedef struct ASN1_INTEGER
+    ctypedef struct ASN1_TIME
+    enum:
+        XN_FLAG_RFC2253
+    X509_NAME* X509_get_subject_name(const X509* x)
+    int X509_NAME_print_ex(BIO* out, const X509_NAME* nm, int indent, unsigned long flags)
+    ASN1_INTEGER* X509_get_serialNumber(X509* x)
+    const ASN1_TIME* X509_get0_notBefore(const X509* x)
+    const ASN1_TIME* X509_get0_notAfter(const X509* x)
+
+cdef extern from "<openssl/asn1.h>" nogil:
+    ctypedef struct BIGNUM
+    BIGNUM* ASN1_INTEGER_to_BN(const ASN1_INTEGER* ai, BIGNUM* bn)
+    int ASN1_TIME_to_tm(const ASN1_TIME* s, tm* out)
+
+cdef extern from "<openssl/bn.h>" nogil:
+    char* BN_bn2hex(const BIGNUM* a)
+    void BN_free(BIGNUM* a)
+
+cdef extern from "<openssl/crypto.h>" nogil:
+    void OPENSSL_free(void* p)
+
+cdef extern from "<openssl/pem.h>" nogil:
+    int PEM_write_bio_X509(BIO* bp, X509* x)

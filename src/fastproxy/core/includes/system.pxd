@@ -52,6 +52,7 @@ cdef extern from "<time.h>" nogil:
         int tm_year
         int tm_wday
     tm* gmtime_r(const time_t* t, tm* out)
+    time_t timegm(tm* t)
     size_t strftime(char* s, size_t max, const char* fmt, const tm* t)
 
 cdef extern from "<sys/random.h>" nogil:

@@ -61,47 +61,47 @@ cdef void _tt_hex(TlsText* t, const unsigned char* b, size_t n) noexcept nogil:
 
 # ---------------------------------------------------------------- the connection
 
-cdef inline const char* tls_version(oi_SSL* ssl) noexcept nogil:
+cdef inline const char* tls_version(SSL* ssl) noexcept nogil:
     """"TLSv1.3", "TLSv1.2", ... (Envoy's %DOWNSTREAM_TLS_VERSION%); NULL on plaintext."""
-    return oi_SSL_get_version(ssl) if ssl != NULL else NULL
+    return SSL_get_version(ssl) if ssl != NULL else NULL
 
 
-cdef const char* tls_cipher(oi_SSL* ssl) noexcept nogil:
+cdef const char* tls_cipher(SSL* ssl) noexcept nogil:
     """The negotiated suite as Envoy prints it: TLS 1.3's standard names
     ("TLS_AES_128_GCM_SHA256"), OpenSSL's for the older ones ("ECDHE-RSA-AES128-GCM-SHA256")."""
-    cdef const oi_SSL_CIPHER* c
+    cdef const SSL_CIPHER* c
     if ssl == NULL:
         return NULL
-    c = oi_SSL_get_current_cipher(ssl)
-    return oi_SSL_CIPHER_get_name(c) if c != NULL else NULL
+    c = SSL_get_current_cipher(ssl)
+    return SSL_CIPHER_get_name(c) if c != NULL else NULL
 
 
-cdef inline const char* tls_sni(oi_SSL* ssl) noexcept nogil:
+cdef inline const char* tls_sni(SSL* ssl) noexcept nogil:
     """The server name the client asked for (%REQUESTED_SERVER_NAME%), NULL if none."""
-    return oi_SSL_get_servername(ssl, OI_TLSEXT_NAMETYPE_host_name) if ssl != NULL else NULL
+    return SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name) if ssl != NULL else NULL
 
 
-cdef inline oi_X509* tls_peer_cert(oi_SSL* ssl) noexcept nogil:
+cdef inline X509* tls_peer_cert(SSL* ssl) noexcept nogil:
     """The certificate the peer presented (owned by the SSL), NULL if none."""
-    return oi_SSL_get0_peer_certificate(ssl) if ssl != NULL else NULL
+    return SSL_get0_peer_certificate(ssl) if ssl != NULL else NULL
 
 
-cdef inline oi_X509* tls_local_cert(oi_SSL* ssl) noexcept nogil:
+cdef inline X509* tls_local_cert(SSL* ssl) noexcept nogil:
     """The certificate we presented (owned by the SSL), NULL if none."""
-    return oi_SSL_get_certificate(ssl) if ssl != NULL else NULL
+    return SSL_get_certificate(ssl) if ssl != NULL else NULL
 
 
-cdef bint tls_session_id(oi_SSL* ssl, TlsText* t) noexcept nogil:
+cdef bint tls_session_id(SSL* ssl, TlsText* t) noexcept nogil:
     """The session id in lower-case hex (%DOWNSTREAM_TLS_SESSION_ID%); False if none."""
-    cdef oi_SSL_SESSION* sess
+    cdef SSL_SESSION* sess
     cdef const unsigned char* id
     cdef unsigned int n = 0
     if ssl == NULL:
         return False
-    sess = oi_SSL_get_session(ssl)
+    sess = SSL_get_session(ssl)
     if sess == NULL:
         return False
-    id = oi_SSL_SESSION_get_id(sess, &n)
+    id = SSL_SESSION_get_id(sess, &n)
     if n == 0:
         return False
     _tt_hex(t, id, n)
@@ -110,23 +110,23 @@ cdef bint tls_session_id(oi_SSL* ssl, TlsText* t) noexcept nogil:
 
 # ---------------------------------------------------------------- a certificate
 
-cdef bint tls_subject(oi_X509* x, TlsText* t) noexcept nogil:
+cdef bint tls_subject(X509* x, TlsText* t) noexcept nogil:
     """The subject in RFC 2253 form (most significant RDN last, as Envoy's
     subjectPeerCertificate). False: no certificate (an empty subject is True, "")."""
-    cdef oi_BIO* b
+    cdef BIO* b
     cdef char* data = NULL
     cdef long n
     if x == NULL:
         return False
-    b = oi_BIO_new(oi_BIO_s_mem())
+    b = BIO_new(BIO_s_mem())
     if b == NULL:
         t.failed = True
         return False
-    oi_X509_NAME_print_ex(b, oi_X509_get_subject_name(x), 0, OI_XN_FLAG_RFC2253)
-    n = oi_BIO_get_mem_data(b, &data)
+    X509_NAME_print_ex(b, X509_get_subject_name(x), 0, XN_FLAG_RFC2253)
+    n = BIO_get_mem_data(b, &data)
     if n > 0:
         tt_put(t, data, <size_t>n)
-    oi_BIO_free(b)
+    BIO_free(b)
     return True
 
 
@@ -150,53 +150,53 @@ cdef void _tt_san(TlsText* t, const unsigned char* b, size_t n) noexcept nogil:
     tt_put(t, <const char*>b + start, n - start)
 
 
-cdef int tls_sans(oi_X509* x, int gen_type, TlsText* t, const char* prefix, const char* sep) noexcept nogil:
-    """Append the certificate's subjectAltNames of gen_type (OI_GEN_DNS, OI_GEN_URI), each
+cdef int tls_sans(X509* x, int gen_type, TlsText* t, const char* prefix, const char* sep) noexcept nogil:
+    """Append the certificate's subjectAltNames of gen_type (GEN_DNS, GEN_URI), each
     as prefix + name (escaped by _tt_san), separated by sep. Returns how many."""
-    cdef oi_GENERAL_NAMES* names
-    cdef oi_GENERAL_NAME* g
+    cdef GENERAL_NAMES* names
+    cdef GENERAL_NAME* g
     cdef int i, count = 0
     if x == NULL:
         return 0
-    names = <oi_GENERAL_NAMES*>oi_X509_get_ext_d2i(x, OI_NID_subject_alt_name, NULL, NULL)
+    names = <GENERAL_NAMES*>X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL)
     if names == NULL:
         return 0
-    for i in range(oi_sk_num(<oi_STACK*>names)):
-        g = <oi_GENERAL_NAME*>oi_sk_value(<oi_STACK*>names, i)
+    for i in range(OPENSSL_sk_num(<OPENSSL_STACK*>names)):
+        g = <GENERAL_NAME*>OPENSSL_sk_value(<OPENSSL_STACK*>names, i)
         if g == NULL or g.type != gen_type or g.d.ia5 == NULL:
             continue
         if count:
             tt_puts(t, sep)
         tt_puts(t, prefix)
-        _tt_san(t, <const unsigned char*>oi_ASN1_STRING_get0_data(g.d.ia5),
-                <size_t>oi_ASN1_STRING_length(g.d.ia5))
+        _tt_san(t, <const unsigned char*>ASN1_STRING_get0_data(g.d.ia5),
+                <size_t>ASN1_STRING_length(g.d.ia5))
         count += 1
-    oi_GENERAL_NAMES_free(names)
+    GENERAL_NAMES_free(names)
     return count
 
 
-cdef bint tls_sha256_hex(oi_X509* x, TlsText* t) noexcept nogil:
+cdef bint tls_sha256_hex(X509* x, TlsText* t) noexcept nogil:
     """SHA-256 of the DER in lower-case hex (Hash= of XFCC, %DOWNSTREAM_PEER_FINGERPRINT_256%)."""
     cdef unsigned char md[64]
     cdef unsigned int n = 0
-    if x == NULL or oi_X509_digest(x, oi_EVP_sha256(), md, &n) != 1:
+    if x == NULL or X509_digest(x, EVP_sha256(), md, &n) != 1:
         return False
     _tt_hex(t, md, n)
     return True
 
 
-cdef bint tls_serial_hex(oi_X509* x, TlsText* t) noexcept nogil:
+cdef bint tls_serial_hex(X509* x, TlsText* t) noexcept nogil:
     """The serial number in lower-case hex, whole bytes (Envoy's %DOWNSTREAM_PEER_SERIAL%)."""
-    cdef oi_BIGNUM* bn
+    cdef BIGNUM* bn
     cdef char* h
     cdef size_t i, n
     if x == NULL:
         return False
-    bn = oi_ASN1_INTEGER_to_BN(oi_X509_get_serialNumber(x), NULL)
+    bn = ASN1_INTEGER_to_BN(X509_get_serialNumber(x), NULL)
     if bn == NULL:
         return False
-    h = oi_BN_bn2hex(bn)
-    oi_BN_free(bn)
+    h = BN_bn2hex(bn)
+    BN_free(bn)
     if h == NULL:
         return False
     n = strlen(h)
@@ -204,21 +204,21 @@ cdef bint tls_serial_hex(oi_X509* x, TlsText* t) noexcept nogil:
         if 65 <= h[i] <= 70:            # 'A'..'F'
             h[i] = h[i] + 32
     tt_put(t, h, n)
-    oi_OPENSSL_free(h)
+    OPENSSL_free(h)
     return True
 
 
-cdef int64_t tls_cert_time_us(oi_X509* x, bint not_after) noexcept nogil:
+cdef int64_t tls_cert_time_us(X509* x, bint not_after) noexcept nogil:
     """notBefore / notAfter in microseconds since the epoch; -1 if unknown."""
-    cdef oi_tm tmv
-    cdef const oi_ASN1_TIME* at
+    cdef tm tmv
+    cdef const ASN1_TIME* at
     if x == NULL:
         return -1
-    at = oi_X509_get0_notAfter(x) if not_after else oi_X509_get0_notBefore(x)
+    at = X509_get0_notAfter(x) if not_after else X509_get0_notBefore(x)
     memset(&tmv, 0, sizeof(tmv))
-    if at == NULL or oi_ASN1_TIME_to_tm(at, &tmv) != 1:
+    if at == NULL or ASN1_TIME_to_tm(at, &tmv) != 1:
         return -1
-    return <int64_t>oi_timegm(&tmv) * 1000000
+    return <int64_t>timegm(&tmv) * 1000000
 
 
 cdef inline bint _url_keeps(unsigned char ch) noexcept nogil:
@@ -227,24 +227,24 @@ cdef inline bint _url_keeps(unsigned char ch) noexcept nogil:
             or ch == 95 or ch == 126)
 
 
-cdef bint tls_pem_urlencoded(oi_X509* x, TlsText* t) noexcept nogil:
+cdef bint tls_pem_urlencoded(X509* x, TlsText* t) noexcept nogil:
     """The certificate as PEM, url-encoded (XFCC's Cert= and Chain=): '\\n' is %0A, '+' %2B,
     '/' %2F, '=' %3D, ' ' %20; letters, digits and '-' stay."""
-    cdef oi_BIO* b
+    cdef BIO* b
     cdef char* data = NULL
     cdef long n, i
     cdef char esc[3]
     cdef unsigned char ch
     if x == NULL:
         return False
-    b = oi_BIO_new(oi_BIO_s_mem())
+    b = BIO_new(BIO_s_mem())
     if b == NULL:
         t.failed = True
         return False
-    if oi_PEM_write_bio_X509(b, x) != 1:
-        oi_BIO_free(b)
+    if PEM_write_bio_X509(b, x) != 1:
+        BIO_free(b)
         return False
-    n = oi_BIO_get_mem_data(b, &data)
+    n = BIO_get_mem_data(b, &data)
     esc[0] = 37                         # '%'
     for i in range(n):
         ch = <unsigned char>data[i]
@@ -254,24 +254,24 @@ cdef bint tls_pem_urlencoded(oi_X509* x, TlsText* t) noexcept nogil:
             esc[1] = b"0123456789ABCDEF"[ch >> 4]
             esc[2] = b"0123456789ABCDEF"[ch & 15]
             tt_put(t, esc, 3)
-    oi_BIO_free(b)
+    BIO_free(b)
     return True
 
 
-cdef bint tls_peer_chain_urlencoded(oi_SSL* ssl, TlsText* t) noexcept nogil:
+cdef bint tls_peer_chain_urlencoded(SSL* ssl, TlsText* t) noexcept nogil:
     """The peer's leaf then the certificates it sent after it, each url-encoded PEM (XFCC's
     Chain=). On a server, OpenSSL's peer chain leaves the leaf out; it is put first."""
-    cdef oi_X509* leaf = tls_peer_cert(ssl)
-    cdef oi_STACK* st
-    cdef oi_X509* x
+    cdef X509* leaf = tls_peer_cert(ssl)
+    cdef OPENSSL_STACK* st
+    cdef X509* x
     cdef int i
     if leaf == NULL:
         return False
     tls_pem_urlencoded(leaf, t)
-    st = <oi_STACK*>oi_SSL_get_peer_cert_chain(ssl)
+    st = <OPENSSL_STACK*>SSL_get_peer_cert_chain(ssl)
     if st != NULL:
-        for i in range(oi_sk_num(st)):
-            x = <oi_X509*>oi_sk_value(st, i)
+        for i in range(OPENSSL_sk_num(st)):
+            x = <X509*>OPENSSL_sk_value(st, i)
             if x != leaf and x != NULL:
                 tls_pem_urlencoded(x, t)
     return True
