@@ -445,21 +445,10 @@ def listener_json(l: model.Listener, redact: bool = False) -> dict:
     """An envoy.config.listener.v3.Listener (without "@type"); ``redact``: its TLS keys
     as the admin shows them (transport_socket_json)."""
     out: Dict[str, Any] = {"name": l.name, "address": _socket_address(l.address, l.port)}
-    if l.handler is None:
-        out["filter_chains"] = [_filter_chain_json(c, redact) for c in l.filter_chains]
-        if l.default_filter_chain is not None:
-            out["default_filter_chain"] = _filter_chain_json(l.default_filter_chain, redact)
-    else:
-        hcm = l.http_connection_manager
-        if hcm is not None:
-            filters = [{"name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": {"@type": HCM_TYPE, **hcm_json(hcm)}}]
-        else:
-            filters = _tcp_filters(l.filters, l.effective_stat_prefix, l.handler.cluster, l.idle_timeout,
-                                   l.max_connect_attempts)
-        out["filter_chains"] = [{"filters": filters}]
-        if l.tls is not None:
-            out["filter_chains"][0]["transport_socket"] = transport_socket_json(l.tls, redact)
+    # (A listener given one handler is its one chain: Listener.chains makes it.)
+    out["filter_chains"] = [_filter_chain_json(c, redact) for c in l.chains]
+    if l.default_filter_chain is not None:
+        out["default_filter_chain"] = _filter_chain_json(l.default_filter_chain, redact)
     if l.tls_inspector:
         out["listener_filters"] = [{"name": "envoy.filters.listener.tls_inspector",
                                     "typed_config": {"@type": TLS_INSPECTOR_TYPE}}]
