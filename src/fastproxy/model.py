@@ -134,9 +134,9 @@ class Cluster:
     # TLS to the upstreams (Envoy's transport_socket envoy.transport_sockets.tls with an
     # UpstreamTlsContext; fastproxy.model_tls). None: plain TCP.
     tls: Optional[Any] = None
-    # The protocol to the upstreams: UPSTREAM_PROTOCOLS. "auto" picks by ALPN over TLS and
-    # is HTTP/1.1 without it, as Envoy's auto_config. Given http2=True or
-    # http2_protocol_options, the default "http1" becomes "http2".
+    # The protocol to the upstreams: UPSTREAM_PROTOCOLS. "auto" picks h2 or http/1.1 by ALPN,
+    # so it needs tls (Envoy's auto_config, refused without TLS by Envoy too). Given
+    # http2=True or http2_protocol_options, the default "http1" becomes "http2".
     upstream_protocol: str = "http1"
     # HTTP/2's settings for "http2" and "auto" (None: Envoy's defaults).
     http2_protocol_options: Optional[Http2ProtocolOptions] = None
@@ -193,6 +193,9 @@ class Cluster:
         if self.upstream_protocol not in UPSTREAM_PROTOCOLS:
             raise ConfigError(path + ".upstream_protocol", f"must be one of {', '.join(UPSTREAM_PROTOCOLS)}, "
                                                            f"got {self.upstream_protocol!r}")
+        if self.upstream_protocol == "auto" and self.tls is None:
+            raise ConfigError(path + ".upstream_protocol", "'auto' chooses the protocol by ALPN, so it needs tls "
+                                                           "(an UpstreamTlsContext); use 'http1' or 'http2'")
         if not isinstance(self.http2, bool) or self.http2 != (self.upstream_protocol == "http2"):
             raise ConfigError(path + ".http2", f"http2={self.http2!r} disagrees with upstream_protocol="
                                                f"{self.upstream_protocol!r} (http2=True is upstream_protocol 'http2')")
