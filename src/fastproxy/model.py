@@ -138,7 +138,7 @@ class Cluster:
     # so it needs tls (Envoy's auto_config, refused without TLS by Envoy too). Given
     # http2=True or http2_protocol_options, the default "http1" becomes "http2".
     upstream_protocol: str = "http1"
-    # HTTP/2's settings for "http2" and "auto" (None: Envoy's defaults).
+    # HTTP/2's settings for "http2" and "auto" (given None: Envoy's defaults); None for "http1".
     http2_protocol_options: Optional[Http2ProtocolOptions] = None
 
     def __post_init__(self):
@@ -146,13 +146,15 @@ class Cluster:
             self.upstream_protocol = "http2"
         if self.upstream_protocol == "http2":
             self.http2 = True
+        if self.upstream_protocol in ("http2", "auto") and self.http2_protocol_options is None:
+            self.http2_protocol_options = Http2ProtocolOptions()
 
     @property
     def h2_options(self) -> Optional[Http2ProtocolOptions]:
         """The HTTP/2 settings the core gets: None for an HTTP/1.1 cluster."""
         if self.upstream_protocol == "http1":
             return None
-        return self.http2_protocol_options or Http2ProtocolOptions()
+        return self.http2_protocol_options or Http2ProtocolOptions()    # (None if set so after __init__)
 
     @property
     def eds_name(self) -> str:
