@@ -1075,19 +1075,29 @@ def test_cluster_removed_under_an_rds_table_answers_nc_on_an_open_connection():
         up.close()
 
 
-@pytest.mark.skipif(not (installer._CORE_HTTP2_CLUSTERS and installer._CORE_HTTP2_SERVER),
-                    reason="this core has no HTTP/2 (issue 15's core is not merged into it)")
-def test_http2_stat_blocks_have_envoys_names():
-    """An HTTP/2 cluster gets its cluster.<name>.http2.* block and the connection managers
-    the server-wide http2.* one (Envoy's names); a cluster turned HTTP/1.1 by an update
-    keeps serving (its protocol keywords reach the core)."""
+@pytest.mark.skipif(not installer._CORE_HTTP2_CLUSTERS,
+                    reason="this core has no HTTP/2 upstreams (issue 15's core is not merged into it)")
+def test_http2_cluster_stat_block_has_envoys_names():
+    """An HTTP/2 cluster gets its cluster.<name>.http2.* block (Envoy's names), an HTTP/1.1
+    one none; a cluster turned HTTP/1.1 and back by updates goes on serving."""
     boot = load_envoy(envoy_yaml([http_listener(ROUTES)], [backend([protocol_options("", H2_EXPLICIT)], 9),
                                                             static_cluster("other", [9])]))
     with fastproxy.Proxy.from_bootstrap(boot, concurrency=1) as p:
         stats = p.stats()
-        assert "http2.rx_reset" in stats and "cluster.backend.http2.rx_reset" in stats
-        assert "cluster.other.http2.rx_reset" not in stats
+        assert "cluster.backend.http2.rx_reset" in stats and "cluster.other.http2.rx_reset" not in stats
         assert "cluster.backend.http2.streams_active" in p.gauge_names()
-        p.update(clusters=[dataclasses.replace(c, upstream_protocol="http1", http2=False, http2_protocol_options=None)
-                           if c.name == "backend" else c for c in boot.clusters])
+        http1 = [dataclasses.replace(c, upstream_protocol="http1", http2=False, http2_protocol_options=None)
+                 if c.name == "backend" else c for c in boot.clusters]
+        p.update(clusters=http1)
         assert p.config.clusters[0].upstream_protocol == "http1"
+        p.update(clusters=boot.clusters)
+        assert p.config.clusters[0].h2_options.max_concurrent_streams == 8
+
+
+@pytest.mark.skipif(not installer._CORE_HTTP2_SERVER,
+                    reason="this core has no HTTP/2 server codec (issue 15's core is not merged into it)")
+def test_http2_server_stat_block_has_envoys_names():
+    """The connection managers' codec counters are the server-wide http2.* block, as Envoy's."""
+    boot = load_envoy(envoy_yaml([http_listener(ROUTES)], [backend([], 9), static_cluster("other", [9])]))
+    with fastproxy.Proxy.from_bootstrap(boot, concurrency=1) as p:
+        assert "http2.rx_reset" in p.stats() and "http2.streams_active" in p.gauge_names()
