@@ -129,7 +129,10 @@ def check_counters(p: ProxyUnderTest, before: dict, counters: dict):
     except AssertionError:
         pass
     d = deltas()
-    assert ok(d), f"{p.name}: counter changes {d}, expected {counters}"
+    if not ok(d):
+        st = p.stats()
+        moved = {k: v - before.get(k, 0) for k, v in st.items() if v != before.get(k, 0) and ".admin." not in k}
+        raise AssertionError(f"{p.name}: counter changes {d}, expected {counters}; all that moved: {moved}")
 
 
 def exchange(p: ProxyUnderTest, expect: Expect, *frames_of, **client_kw):
@@ -464,8 +467,13 @@ def control_flood(proxy, one: bytes, name: str):
     """``one`` frame that asks for an answer (SETTINGS -> ACK, PING -> ACK), 1100 of them in
     one write (over max_outbound_control_frames 1000 answers queued at once), then 50000
     more, from a client that reads nothing (4 KiB receive buffer) until it stops sending.
-    Envoy counts outbound_control_flood and closes; the proxy's memory for the connection
-    stays bounded (an unbounded queue would hold every answer)."""
+    Envoy closes the connection, no GOAWAY (the peer is not reading). It counts
+    outbound_control_flood when the answers reached its own output queue; when they are
+    still in nghttp2's (its max_outbound_ack, 1000 too) nghttp2 ends the session and Envoy
+    closes without counting (seen in about a third of the runs). fastproxy counts both
+    (one count per flooded connection). The proxy's memory for the connection stays
+    bounded: an unbounded queue would hold every answer (~1 MB per 50000 ACKs and more in
+    the codec's frame objects)."""
     before = idle(proxy)
     rss0 = proxy.rss_bytes()
     with H2Client(proxy.addr, rcvbuf=4096, timeout=3) as c:
@@ -476,7 +484,8 @@ def control_flood(proxy, one: bytes, name: str):
                 break
         peak = proxy.rss_bytes()
         a = c.read_until_closed(8)
-    check(proxy, before, a, Expect(closed=True, counters={"http2.outbound_control_flood": 1}))
+    flood = 1 if proxy.name == "fastproxy" else (0, 1)
+    check(proxy, before, a, Expect(closed=True, counters={"http2.outbound_control_flood": flood}))
     assert peak - rss0 < 32 * MiB, f"{proxy.name} grew {(peak - rss0) >> 20} MiB during the {name} flood"
 
 
