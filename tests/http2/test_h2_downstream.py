@@ -408,6 +408,7 @@ def test_a_slow_reader_stalls_only_its_own_stream(up):
             c.pump()
         assert not c.done(a)
         assert len(c.responses[a]["data"]) == 65535       # its window, nothing more
+        assert p.stats()["http2.pending_send_bytes"] > 0    # A's response waits in the proxy
         # A's window opens: A completes too
         c.conn.acknowledge_received_data(65535, a)
         slow.clear()
@@ -637,6 +638,8 @@ class RawFrames:
             self.buf += d
         except socket.timeout:
             pass
+        except ConnectionResetError:
+            self.eof = True
         while len(self.buf) >= 9:
             f, length = Frame.parse_frame_header(memoryview(self.buf[:9]))
             if len(self.buf) < 9 + length:
@@ -700,6 +703,7 @@ def test_http2_stats_block_and_protocol_counters(up):
         c.until(lambda: all(c.done(s) for s in sids))
         st = p.stats()
         assert st["http2.streams_active"] == 0
+        assert st["http2.pending_send_bytes"] == 0
         assert st["http.ingress.downstream_cx_http2_active"] == 1
         conn = __import__("http.client").client.HTTPConnection(*p.listener_address("http"), timeout=5)
         conn.request("GET", "/h1")
@@ -746,3 +750,186 @@ def test_alpn_h2_over_tls_and_http11_on_the_same_listener(up, tmp_path):
         assert st["http.ingress.downstream_rq_http2_total"] == 1
         assert st["http.ingress.downstream_rq_http1_total"] == 1
     assert up.requests[0][2]["x-forwarded-proto"] == ["https"]
+
+
+# ---------------------------------------------------------------- limits (ABUSE's suite has the rest)
+
+def _raw_h2(addr):
+    """A socket after the client preface and an empty SETTINGS, and an hpack encoder."""
+    import hpack
+    from hyperframe.frame import SettingsFrame
+    s = socket.create_connection(addr, timeout=5)
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SettingsFrame(0).serialize())
+    return s, hpack.Encoder()
+
+
+def _req_headers(enc, sid, path="/", extra=(), end=True):
+    from hyperframe.frame import HeadersFrame
+    f = HeadersFrame(sid)
+    f.data = enc.encode([(":method", "GET"), (":path", path), (":scheme", "http"),
+                         (":authority", "x"), *extra])
+    f.flags.add("END_HEADERS")
+    if end:
+        f.flags.add("END_STREAM")
+    return f.serialize()
+
+
+def test_empty_data_frame_flood_ends_the_connection(up):
+    """DATA frames without payload nor END_STREAM, more in a row than
+    max_consecutive_inbound_frames_with_empty_payload: GOAWAY ENHANCE_YOUR_CALM, counted."""
+    from hyperframe.frame import DataFrame
+    with make_proxy([cluster(up)]) as p:
+        s, enc = _raw_h2(p.listener_address("http"))
+        frames = _req_headers(enc, 1, "/up", end=False) + b"".join(DataFrame(1).serialize() for _ in range(5))
+        s.sendall(frames)
+        raw = RawFrames(s)
+        raw.until(lambda: raw.of("GoAwayFrame"), what="the GOAWAY")
+        assert raw.of("GoAwayFrame")[0].error_code == 11            # ENHANCE_YOUR_CALM
+        raw.until(lambda: raw.eof, what="the close")
+        assert p.stats()["http2.inbound_empty_frames_flood"] == 1
+        s.close()
+
+
+def test_ping_flood_from_a_client_that_does_not_read_is_bounded(up):
+    """PINGs from a client that reads nothing: the ACKs nghttp2 queues are bounded by
+    max_outbound_control_frames; past it the connection ends (outbound_control_flood)."""
+    from hyperframe.frame import PingFrame
+    with make_proxy([cluster(up)], http2_protocol_options=Http2ProtocolOptions(max_outbound_control_frames=100)) as p:
+        s, _ = _raw_h2(p.listener_address("http"))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        ping = PingFrame(0)
+        ping.opaque_data = b"12345678"
+        blob = ping.serialize() * 2000
+        try:
+            for _ in range(50):
+                s.sendall(blob)
+        except OSError:
+            pass                        # (the proxy closed on us)
+        wait_for(lambda: p.stats()["http2.outbound_control_flood"] + p.stats()["http2.outbound_flood"] >= 1,
+                 msg="the flood counted")
+        wait_for(lambda: p.stats()["http.ingress.downstream_cx_active"] == 0, timeout=5,
+                 msg="the connection closed")
+        s.close()
+
+
+@pytest.mark.parametrize("override", [False, True])
+def test_invalid_http_message_ends_the_connection_unless_overridden(up, override):
+    """A request with an uppercase field name (malformed in HTTP/2): Envoy's default ends
+    the connection (GOAWAY PROTOCOL_ERROR); override_stream_error_on_invalid_http_message
+    resets only that stream and the next one is served. http2.rx_messaging_error both ways."""
+    with make_proxy([cluster(up)], http2_protocol_options=Http2ProtocolOptions(
+            override_stream_error_on_invalid_http_message=override)) as p:
+        s, enc = _raw_h2(p.listener_address("http"))
+        s.sendall(_req_headers(enc, 1, "/bad", extra=[("X-Upper", "1")]))
+        raw = RawFrames(s)
+        if override:
+            raw.until(lambda: raw.of("RstStreamFrame"), what="the reset")
+            assert raw.of("RstStreamFrame")[0].stream_id == 1
+            s.sendall(_req_headers(enc, 3, "/good"))
+            raw.until(lambda: any("END_STREAM" in f.flags for f in raw.of("DataFrame")), what="the answer")
+            assert b"".join(f.data for f in raw.of("DataFrame")) == b"GET /good 0"
+            assert not raw.of("GoAwayFrame")
+        else:
+            raw.until(lambda: raw.of("GoAwayFrame"), what="the GOAWAY")
+            assert raw.of("GoAwayFrame")[0].error_code == 1         # PROTOCOL_ERROR
+            raw.until(lambda: raw.eof, what="the close")
+        assert p.stats()["http2.rx_messaging_error"] == 1
+        s.close()
+    assert [r[1] for r in up.requests] == (["/good"] if override else [])
+
+
+def test_keepalive_ping_timeout_closes_a_silent_connection(up):
+    """connection_keepalive: a PING every interval; no ACK within the timeout closes the
+    connection (http2.keepalive_timeout)."""
+    from fastproxy.http.model import KeepaliveSettings
+    with make_proxy([cluster(up)], http2_protocol_options=Http2ProtocolOptions(
+            connection_keepalive=KeepaliveSettings(interval=0.1, timeout=0.2))) as p:
+        s, _ = _raw_h2(p.listener_address("http"))      # never answers a PING
+        raw = RawFrames(s)
+        raw.until(lambda: raw.of("PingFrame"), what="a PING")
+        raw.until(lambda: raw.eof, timeout=5, what="the close")
+        assert p.stats()["http2.keepalive_timeout"] == 1
+        s.close()
+        # a client that answers stays
+        c = H2Client(p.listener_address("http"))
+        for _ in range(12):
+            c.pump()
+        assert not c.closed
+        sid = c.request("/alive")
+        c.until(lambda: c.done(sid))
+        assert bytes(c.responses[sid]["data"]) == b"GET /alive 0"
+        c.close()
+
+
+class _UpperBoth(HttpFilter):
+    """Buffers and rewrites both bodies; an async hook in between."""
+
+    def decode_data(self, data, end_stream):
+        if not end_stream:
+            return FilterStatus.STOP_AND_BUFFER
+        data.replace(bytes(data).upper() + b"!")
+        return FilterStatus.CONTINUE
+
+    async def encode_headers(self, headers, end_stream):
+        import asyncio
+        await asyncio.sleep(0.01)
+        headers["x-async"] = "yes"
+        return FilterStatus.CONTINUE
+
+    def encode_data(self, data, end_stream):
+        if not end_stream:
+            return FilterStatus.STOP_AND_BUFFER
+        data.replace(bytes(data).upper())
+        self.callbacks.add_encoded_data(b"<end>")
+        return FilterStatus.CONTINUE
+
+
+class _Deny(HttpFilter):
+    def decode_headers(self, headers, end_stream):
+        if headers[":path"].startswith("/deny"):
+            self.callbacks.send_local_reply(403, b"denied by filter")
+            return FilterStatus.STOP_ITERATION
+        return FilterStatus.CONTINUE
+
+
+def test_body_filters_async_hooks_and_local_replies_on_concurrent_streams(up):
+    """Filters that buffer and rewrite both bodies, an async hook, and a filter's local
+    reply, on 20 streams at once on one connection: each stream gets what an HTTP/1.1
+    request gets through the same chain (checked against one)."""
+    with make_proxy([cluster(up)], http_filters=[PythonHttpFilter("deny", _Deny),
+                                                 PythonHttpFilter("upper", _UpperBoth)]) as p:
+        c = H2Client(p.listener_address("http"))
+        bodies = {}
+        for i in range(10):
+            b = os.urandom(50_000 + i).hex().encode()
+            bodies[c.request(f"/echo/{i}", method="POST", body=b)] = b
+        denied = [c.request(f"/deny/{i}") for i in range(10)]
+        c.until(lambda: all(c.done(s) for s in [*bodies, *denied]), timeout=20)
+        for sid, b in bodies.items():
+            r = c.responses[sid]
+            assert r["headers"][":status"] == "200" and r["headers"]["x-async"] == "yes"
+            assert bytes(r["data"]) == (b"%d:%s" % (len(b) + 1, (b.upper() + b"!")[-16:])).upper() + b"<end>"
+            assert r["headers"]["content-length"] == str(len(r["data"]))
+        for sid in denied:
+            r = c.responses[sid]
+            assert r["headers"][":status"] == "403" and bytes(r["data"]).upper() == b"DENIED BY FILTER<END>"
+        c.close()
+        conn = __import__("http.client").client.HTTPConnection(*p.listener_address("http"), timeout=5)
+        conn.request("GET", "/deny/h1")
+        r = conn.getresponse()
+        assert (r.status, r.read().upper()) == (403, b"DENIED BY FILTER<END>")
+        conn.close()
+    assert sorted(len(r[3]) for r in up.requests) == sorted(len(b) + 1 for b in bodies.values())
+
+
+def test_idle_timeout_drains_with_goaway(up):
+    """idle_timeout on an HTTP/2 connection without streams: the two GOAWAYs (drain_timeout
+    apart), then the close."""
+    with make_proxy([cluster(up)], idle_timeout=0.2, drain_timeout=0.1) as p:
+        c = H2Client(p.listener_address("http"))
+        sid = c.request("/before-idle")
+        c.until(lambda: c.done(sid))
+        raw = RawFrames(c.sock)
+        raw.until(lambda: raw.eof, timeout=5, what="the close")
+        assert [(g.last_stream_id, g.error_code) for g in raw.of("GoAwayFrame")] == [(2 ** 31 - 1, 0), (sid, 0)]
+        c.close()
