@@ -457,23 +457,56 @@ def test_empty_data_frames_flood(proxy):
 
 
 def test_priority_flood(proxy):
-    """PRIORITY frames past max_inbound_priority_frames_per_stream x (1 + streams opened)
-    = 100 on a connection without streams: the 101st closes it (inbound_priority_frames_flood);
-    100 are accepted."""
+    """PRIORITY frames past max_inbound_priority_frames_per_stream x (1 + streams open)
+    = 100 on a connection without streams: the 101st closes it (inbound_priority_frames_flood,
+    no GOAWAY); 100 are accepted."""
     exchange(proxy, Expect(counters={"http2.inbound_priority_frames_flood": 0}), lambda c: priority_frame(1) * 100)
     exchange(proxy, Expect(closed=True, counters={"http2.inbound_priority_frames_flood": 1}, rfc="ENHANCE_YOUR_CALM"),
              lambda c: priority_frame(1) * 101)
 
 
+def test_priority_flood_counts_open_streams_only(proxy):
+    """Envoy 1.40's allowance grows with the streams open now, not with every stream the
+    connection ever had: with a POST open, 200 PRIORITY frames pass and the 201st floods;
+    after a finished GET, the 101st floods again."""
+    def post_open(c):
+        return headers(c, stream=1, method="POST", end_stream=False)
+    exchange(proxy, Expect(counters={"http2.inbound_priority_frames_flood": 0}),
+             post_open, lambda c: priority_frame(99) * 200)
+    exchange(proxy, Expect(closed=True, counters={"http2.inbound_priority_frames_flood": 1,
+                                                  "http.h2.downstream_rq_rx_reset": 1}, rfc="ENHANCE_YOUR_CALM"),
+             post_open, lambda c: priority_frame(99) * 201)
+    before = idle(proxy)
+    with H2Client(proxy.addr) as c:
+        c.send(headers(c))
+        c.read(5, until=lambda a: 1 in a.ended)
+        c.send(priority_frame(99) * 101)
+        a = c.read_until_closed(6)
+    check(proxy, before, a, Expect(status=200, closed=True, counters={"http2.inbound_priority_frames_flood": 1},
+                                   rfc="ENHANCE_YOUR_CALM"))
+
+
 def test_window_update_flood(proxy):
-    """WINDOW_UPDATEs past 5 + 2 x (streams opened + max_inbound_window_update_frames_per_
+    """WINDOW_UPDATEs past 5 + 2 x (streams open + max_inbound_window_update_frames_per_
     data_frame_sent x DATA frames sent) = 5 on a fresh connection: the 6th closes it
-    (inbound_window_update_frames_flood); 5 are accepted."""
+    (inbound_window_update_frames_flood, no GOAWAY); 5 are accepted."""
     exchange(proxy, Expect(counters={"http2.inbound_window_update_frames_flood": 0}),
              lambda c: window_update_frame(0, 1) * 5)
     exchange(proxy, Expect(closed=True, counters={"http2.inbound_window_update_frames_flood": 1},
                            rfc="ENHANCE_YOUR_CALM"),
              lambda c: window_update_frame(0, 1) * 6)
+
+
+def test_window_update_flood_with_a_stream_open(proxy):
+    """An open stream adds 2 to the allowance: 7 pass with a POST open, the 8th floods (a
+    client opening many streams at once, each with its WINDOW_UPDATE, stays under it)."""
+    def post_open(c):
+        return headers(c, stream=1, method="POST", end_stream=False)
+    exchange(proxy, Expect(counters={"http2.inbound_window_update_frames_flood": 0}),
+             post_open, lambda c: window_update_frame(0, 1) * 7)
+    exchange(proxy, Expect(closed=True, counters={"http2.inbound_window_update_frames_flood": 1,
+                                                  "http.h2.downstream_rq_rx_reset": 1}, rfc="ENHANCE_YOUR_CALM"),
+             post_open, lambda c: window_update_frame(0, 1) * 8)
 
 
 # --------------------------------------------------------------------------- outbound (control) floods
