@@ -382,6 +382,11 @@ cdef int hm_from_head(HMap* m, const HttpHead* h, bint keep_length, bint skip_ho
         f = &h.fields[i]
         name = h.buf + f.name_off
         if _is_hop_by_hop(name, f.name_len) or (conn and _named_by_connection(h, name, f.name_len)):
+            if not (conn and _named_by_connection(h, name, f.name_len)) \
+                    and te_trailers(name, f.name_len, h.buf + f.value_off, f.value_len):
+                if _hm_push(m, _cs("te"), _cs("trailers")) < 0:
+                    return -1
+                continue
             if not (keep_length and _ieq(name, f.name_len, "content-length")):
                 continue
         if skip_host and _ieq(name, f.name_len, "host"):
@@ -403,8 +408,9 @@ cdef int hm_to_pairs(const HMap* m, PairList* l, bint drop_framing) noexcept nog
         f = &m.l.v[i]
         if f.name.n and f.name.p[0] == b':':
             continue
-        if _is_hop_by_hop(f.name.p, f.name.n):
-            # (transfer-encoding is always re-framed by us; content-length kept on request)
+        if _is_hop_by_hop(f.name.p, f.name.n) and not (f.value.n == 8 and te_trailers(f.name.p, f.name.n, f.value.p, 8)):
+            # (transfer-encoding is always re-framed by us; content-length kept on request;
+            # `te: trailers` is the map's own, from hm_from_head)
             if drop_framing or f.name.n != 14 or not _ieq(f.name.p, 14, "content-length"):
                 continue
         l.v[l.n] = f[0]                 # room reserved above
@@ -609,7 +615,7 @@ cdef bint _hf_flush_local_reply(HStream* s) noexcept nogil:
     fc.local_status = 0
     if status == LOCAL_RESET or s.resp_started:
         fc.dead = 1
-        hconn_close(c, True)
+        stream_reset(s)
         return True
     # Envoy's connection manager picks the route before the first filter runs, so a
     # filter's reply carries the route's response header mutations even when no filter
@@ -629,7 +635,7 @@ cdef bint _hf_flush_local_reply(HStream* s) noexcept nogil:
         s.upstream.conn = NULL
     s.status = status
     fc.dead = 1
-    hconn_local_reply_ex(c, status, fc.local_body, fc.local_body_len, NULL, 0,
+    hconn_local_reply_ex(c, s, status, fc.local_body, fc.local_body_len, NULL, 0,
                          not s.req_received, &fc.local_headers)
     stream_finish(s)
     hconn_pump(c)
@@ -701,7 +707,7 @@ cdef int hf_local_reply_start(HStream* s, int status, const char* body, size_t n
         ok = ok and chain_append(&d.held, body, n) == 0
     if not ok:
         fc.dead = 1
-        hconn_close(c, True)
+        stream_reset(s)
         return -1
     d.phase = FP_PH_HEADERS
     d.index = fc.n - 1
