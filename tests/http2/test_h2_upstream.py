@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import socket
+import ssl
 import threading
 import time
 
@@ -52,8 +53,10 @@ class H2Upstream:
     /goaway sends GOAWAY naming the streams before it; /drop closes the connection;
     anything else answers a JSON description of the request."""
 
-    def __init__(self, max_concurrent_streams=None):
+    def __init__(self, max_concurrent_streams=None, tls=None):
         self.max_concurrent_streams = max_concurrent_streams
+        self.tls = tls                  # an ssl.SSLContext (ALPN set by the caller), or None
+        self.alpn = []                  # what each TLS handshake selected
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -85,6 +88,12 @@ class H2Upstream:
                 s, _ = self.sock.accept()
             except OSError:
                 return
+            if self.tls is not None:
+                try:
+                    s = self.tls.wrap_socket(s, server_side=True)
+                except (OSError, ssl.SSLError):
+                    continue
+                self.alpn.append(s.selected_alpn_protocol())
             with self.lock:
                 index = len(self.connections)
                 self.connections.append(0)
@@ -232,7 +241,7 @@ def h2_upstream():
         s.close()
 
 
-def h2_proxy(port, concurrency=1, cluster_kw=None, h2=None, log=None):
+def h2_proxy(port, concurrency=1, cluster_kw=None, h2=None, log=None, protocol="http2"):
     """A proxy whose route sends everything to cluster "c", an HTTP/2 cluster to port."""
     rc = RouteConfiguration(virtual_hosts=[VirtualHost("vh", ["*"], routes=[
         Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))])])
@@ -243,18 +252,21 @@ def h2_proxy(port, concurrency=1, cluster_kw=None, h2=None, log=None):
     cluster = Cluster("c", [Endpoint("127.0.0.1", port)], **(cluster_kw or {}))
     p = Proxy([Listener("http", hcm, port=0)], [cluster], concurrency=concurrency)
     p.start()
-    _make_h2(p, "c", cluster, h2)
+    _make_h2(p, "c", cluster, h2, protocol)
     return p
 
 
-def _make_h2(p, name, cluster, h2=None):
-    """Make the cluster speak HTTP/2 (prior knowledge): ClusterHandle.set_params as the
-    installer calls it, with the spec Http2ProtocolOptions.to_spec() gives."""
+def _make_h2(p, name, cluster, h2=None, protocol="http2"):
+    """Make the cluster speak HTTP/2 (prior knowledge, or ALPN over TLS): ClusterHandle.
+    set_params as the installer calls it, with the spec Http2ProtocolOptions.to_spec()
+    gives."""
     from fastproxy.installer import _cluster_params
     spec = dict(H2_SPEC, **(h2 or {}))
     block = p._engine.new_stats("http2")
     p._h2_stats = block
-    p._clusters[name].handle.set_params(*_cluster_params(cluster), protocol="http2", h2=spec, h2_stats=block)
+    tls = p._tls_context(cluster.tls, False, f"cluster.{name}.ssl", name) if cluster.tls is not None else None
+    p._clusters[name].handle.set_params(*_cluster_params(cluster), protocol=protocol, h2=spec, h2_stats=block,
+                                        tls=tls)
     time.sleep(0.05)        # (the workers take the params at their next loop turn)
 
 
@@ -513,6 +525,79 @@ def test_connection_loss_fails_every_stream_on_it(h2_upstream):
         assert all(r[2].endswith(b"reset reason: connection termination") for r in results)
         assert get(p, "/again")[0] == 200
         assert len(up.connections) == 2
+
+
+# ------------------------------------------------------------------ TLS: ALPN h2, auto_config
+
+
+def _tls_cluster_kw(tmp_path):
+    from fastproxy import model_tls as t
+    from tls_certs import default_ca
+    ca = default_ca()
+    ca_file = ca.write(tmp_path).cert
+    return {"tls": t.UpstreamTlsContext(sni="localhost", common_tls_context=t.CommonTlsContext(
+        validation_context=t.CertificateValidationContext(trusted_ca=t.DataSource(filename=str(ca_file)))))}
+
+
+def _server_tls(tmp_path, alpn):
+    from tls_certs import server_cert
+    files = server_cert().write(tmp_path)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(files.cert), str(files.key))
+    ctx.set_alpn_protocols(alpn)
+    return ctx
+
+
+@pytest.mark.parametrize("protocol", ["http2", "auto"])
+def test_http2_over_tls_with_alpn_h2(h2_upstream, tmp_path, protocol):
+    up = h2_upstream(tls=_server_tls(tmp_path, ["h2"]))
+    with h2_proxy(up.port, cluster_kw=_tls_cluster_kw(tmp_path), protocol=protocol) as p:
+        ts, results = _concurrent(p, [f"/s{i}" for i in range(5)])
+        for t in ts:
+            t.join(20)
+        assert all(r[0] == 200 for r in results)
+        assert dict(json.loads(results[0][2])["headers"])[":scheme"] == "https"
+        assert up.alpn == ["h2"] and up.connections == [5]
+        assert cstat(p, "upstream_cx_http2_total") == 1 and cstat(p, "upstream_cx_http1_total") == 0
+
+
+def test_auto_config_falls_back_to_http1_when_the_server_chooses_it(tmp_path):
+    """auto_config over TLS: the server selects http/1.1, so the request goes as HTTP/1.1
+    on that connection, and idle HTTP/1.1 connections are reused after it."""
+    import http.server
+    import socketserver
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            out = f"{self.command} {self.path} {self.request_version} {len(body)}".encode()
+            self.send_response(200)
+            self.send_header("content-length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        do_GET = do_POST
+
+        def log_message(self, *a):
+            pass
+
+    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    srv.socket = _server_tls(tmp_path, ["http/1.1"]).wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        with h2_proxy(srv.server_address[1], cluster_kw=_tls_cluster_kw(tmp_path), protocol="auto") as p:
+            status, _, body = get(p, "/a", "POST", body=b"hello")
+            assert (status, body) == (200, b"POST /a HTTP/1.1 5")
+            status, _, body = get(p, "/b")
+            assert (status, body) == (200, b"GET /b HTTP/1.1 0")
+            assert cstat(p, "upstream_cx_http2_total") == 0
+            assert cstat(p, "upstream_cx_http1_total") == cstat(p, "upstream_cx_total") == 1     # reused
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 # ------------------------------------------------------------------ real Envoy as the upstream

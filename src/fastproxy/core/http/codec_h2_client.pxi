@@ -74,6 +74,7 @@ cdef struct H2Conn:
     uint8_t in_pump
     uint8_t repump
     uint8_t proto_error             # nghttp2 refused the peer's bytes
+    uint8_t auto                    # auto_config: HTTP/2 only if TLS's ALPN selects h2
     StatBlock* stats                # cluster.<name>.http2.* (one reference), or NULL
 
 cdef struct H2Stream:
@@ -809,6 +810,7 @@ cdef UpConn* _h2_conn_new(HStream* s, ClusterCfg* cl, int host_index) noexcept n
         upconn_close(u)
         return NULL
     u.h2.max_streams = prm.h2.max_concurrent_streams or 1
+    u.h2.auto = prm.protocol == UP_AUTO
     u.h2.stats = prm.h2_stats
     if u.h2.stats != NULL:
         fp_atomic_add_int(&u.h2.stats.refcnt, 1)
@@ -1015,6 +1017,8 @@ cdef void _h2_conn_connected(UpConn* conn) noexcept nogil:
     if _h2_session_new(conn) < 0:
         http_pool_fail(conn, 503, UPSTREAM_CONNECT_FAILURE)
         return
+    if hc.auto:
+        stat_add(conn.cluster.stats, conn.w, C_CX_HTTP2_TOTAL, 1)     # (ALPN chose it)
     while hc.waiting != NULL and conn.state == UC_BUSY:
         h = hc.waiting
         _h2_unwait(h)
@@ -1306,3 +1310,124 @@ cdef void h2_serve_waiting(HttpPool* p, UpConn* h) noexcept nogil:
     _h2_handle_end(h)
     if s != NULL:
         stream_upstream_failed(s, 503, UPSTREAM_CONNECT_FAILURE)
+
+
+# ---------------------------------------------------------------- auto_config over TLS
+
+cdef bint h2_alpn_selected(UpConn* conn) noexcept nogil:
+    """The TLS handshake's ALPN chose h2."""
+    cdef const unsigned char* p = NULL
+    cdef unsigned int n = 0
+    if conn.ep.tls == NULL:
+        return False
+    SSL_get0_alpn_selected((<TlsConn*>conn.ep.tls).ssl, &p, &n)
+    return n == 2 and p[0] == b'h' and p[1] == b'2'
+
+
+cdef void h2_offer_alpn(UpConn* conn) noexcept nogil:
+    """What a new HTTP/2 connection offers in its TLS handshake, unless the cluster's TLS
+    context names its own protocols (as Envoy): h2, or h2 and http/1.1 under auto_config."""
+    cdef TlsConn* t = <TlsConn*>conn.ep.tls
+    if t == NULL or t.ctx.alpn_len:
+        return
+    if conn.h2.auto:
+        SSL_set_alpn_protos(t.ssl, <const unsigned char*>b"\x02h2\x08http/1.1", 12)
+    else:
+        SSL_set_alpn_protos(t.ssl, <const unsigned char*>b"\x02h2", 3)
+
+
+cdef int _h2_request_as_h1(UpConn* conn, UpConn* h) noexcept nogil:
+    """Write what h holds of its request (the head, as HEADERS would have carried it; the
+    body; its end) as HTTP/1.1 into conn. -1: no memory."""
+    cdef H2Stream* st = h.h2s
+    cdef PairList l
+    cdef PairList tl
+    cdef BodyFraming bf
+    cdef StrRef method, target, name, value
+    cdef size_t i, k
+    cdef int rc = 0
+    memset(&l, 0, sizeof(PairList))
+    memset(&tl, 0, sizeof(PairList))
+    memset(&bf, 0, sizeof(BodyFraming))
+    method = _s(NULL, 0)
+    target = _s(NULL, 0)
+    bf.kind = BODY_STREAM if st.has_body else BODY_NONE
+    for i in range(st.nvlen):
+        name = _s(<const char*>st.nva[i].name, st.nva[i].namelen)
+        value = _s(<const char*>st.nva[i].value, st.nva[i].valuelen)
+        if _ieq(name.p, name.n, ":method"):
+            method = value
+        elif _ieq(name.p, name.n, ":path"):
+            target = value
+        elif _ieq(name.p, name.n, ":authority"):
+            rc |= _pl_add(&l, _cs("host"), value)
+        elif _ieq(name.p, name.n, "content-length"):
+            if st.has_body:
+                bf.kind = BODY_LENGTH
+                bf.length_text = value
+                bf.length = 0
+                for k in range(value.n):
+                    bf.length = bf.length * 10 + <uint64_t>(value.p[k] - 48)
+        elif name.n and name.p[0] != b':' and not _ieq(name.p, name.n, "te"):
+            rc |= _pl_add(&l, name, value)
+    for i in range(st.tnvlen):
+        rc |= _pl_add(&tl, _s(<const char*>st.tnva[i].name, st.tnva[i].namelen),
+                      _s(<const char*>st.tnva[i].value, st.tnva[i].valuelen))
+    if rc == 0:
+        rc = conn.codec.encode_headers(conn, method, target, &l, &bf)
+    if rc == 0 and h.out_buf.length:
+        rc = conn.codec.encode_data(conn, &h.out_buf, h.out_buf.length)
+    if rc == 0 and st.req_end:
+        rc = conn.codec.encode_end(conn, &tl)
+    free(l.v)
+    free(tl.v)
+    return rc
+
+
+cdef void h2_conn_fallback_h1(UpConn* conn) noexcept nogil:
+    """auto_config: the server did not choose h2. The connection becomes an HTTP/1.1 one
+    for the first request waiting on it (its request, held as HEADERS and body bytes, is
+    written as HTTP/1.1; the stream's handle becomes this connection); the others wait in
+    the pool again for connections of their own."""
+    cdef H2Conn* hc = conn.h2
+    cdef HttpPool* p = _pool_of(conn.cluster, conn.w)
+    cdef UpConn* first = NULL
+    cdef UpConn* h
+    cdef HStream* s
+    _h2_conn_drain(conn)
+    while hc.waiting != NULL:
+        h = hc.waiting
+        _h2_unwait(h)
+        h.h2_conn = NULL
+        if first == NULL:
+            first = h
+        else:
+            h.state = UC_WAITING
+            _h2_queue(p, h)
+            _pool_kick(p, conn.w)
+    stat_add(conn.cluster.stats, conn.w, C_CX_HTTP1_TOTAL, 1)
+    _h2_conn_release(conn)
+    conn.h2_role = H2R_NONE
+    conn.codec = &H1_CLIENT_CODEC
+    free(conn.h2)
+    conn.h2 = NULL
+    if first == NULL:
+        conn.codec.start(conn, METHOD_GET)
+        http_pool_release(conn, True)   # an idle HTTP/1.1 connection
+        return
+    s = first.stream
+    conn.codec.start(conn, s.method if s != NULL else METHOD_GET)
+    if s == NULL or (first.h2s.head_encoded and _h2_request_as_h1(conn, first) < 0):
+        first.stream = NULL
+        _h2_handle_end(first)
+        http_pool_release(conn, s == NULL)
+        if s != NULL:
+            s.upstream.conn = NULL
+            stream_upstream_failed(s, 503, UPSTREAM_CONNECT_FAILURE)
+        return
+    first.stream = NULL
+    _h2_handle_end(first)               # (its pending request: counted off)
+    conn.stream = s
+    s.upstream.conn = conn
+    if not _upconn_attach(conn):
+        _upconn_overflowed(conn)
