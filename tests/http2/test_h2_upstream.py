@@ -29,7 +29,7 @@ from fastproxy import Cluster, Endpoint, Listener, Proxy  # noqa: E402
 from fastproxy.http.model import (AccessLog, HttpConnectionManager, Route, RouteAction,  # noqa: E402
                                   RouteConfiguration, RouteMatch, VirtualHost)
 
-from conftest import envoy_yaml, find_envoy, recv_head, recv_until_eof, start_envoy, wait_for  # noqa: E402
+from conftest import envoy_yaml, find_envoy, recv_head, start_envoy, wait_for, wait_stalled  # noqa: E402
 
 # Envoy 1.40's Http2ProtocolOptions defaults (what Http2ProtocolOptions.to_spec() gives).
 H2_SPEC = {
@@ -68,6 +68,7 @@ class H2Upstream:
         self.requests = []              # (connection index, stream id, headers, body, trailers)
         self.resets = []                # stream ids the client reset
         self.max_open = 0               # the most streams open at once on one connection
+        self.unsent = {}                # (connection index, stream id) -> response bytes not sent yet
         self.closing = False
         self.threads = []
         t = threading.Thread(target=self._accept, daemon=True)
@@ -182,6 +183,7 @@ class H2Upstream:
                         conn.send_data(sid, rest[:room])
                         rest = rest[room:]
                     sending[sid][0] = rest
+                    self.unsent[(index, sid)] = len(rest)
                     if not rest:
                         if trailers == "reset":
                             conn.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
@@ -220,6 +222,12 @@ class H2Upstream:
                                "trailers": st["trailers"]}).encode()
         if path == "/trailers":
             trailers = [("grpc-status", "0"), ("x-t", "done")]
+        if path == "/204":
+            conn.send_headers(sid, [(":status", "204")], end_stream=True)
+            return
+        if hdrs.get(":method") == "HEAD":
+            conn.send_headers(sid, [(":status", "200"), ("content-length", "1234")], end_stream=True)
+            return
         head = [(":status", "200"), ("content-type", "application/octet-stream")]
         if path != "/trailers" and trailers != "reset":
             head.append(("content-length", str(len(body))))
@@ -367,6 +375,50 @@ def test_response_trailers_and_large_bodies_both_ways(h2_upstream):
         payload = os.urandom(5 << 20)
         status, _, body = get(p, "/echo", "POST", body=payload, timeout=30)
         assert status == 200 and body == payload
+
+
+def test_head_and_204_responses_have_no_body(h2_upstream):
+    up = h2_upstream()
+    with h2_proxy(up.port) as p:
+        conn = http.client.HTTPConnection(*p.listener_address("http"), timeout=10)
+        conn.request("HEAD", "/h")
+        r = conn.getresponse()
+        assert (r.status, r.getheader("content-length"), r.read()) == (200, "1234", b"")
+        conn.request("GET", "/204")             # the same client connection: framing held
+        r = conn.getresponse()
+        assert (r.status, r.read()) == (204, b"")
+        conn.request("GET", "/after")
+        assert conn.getresponse().status == 200
+        conn.close()
+
+
+def test_slow_reader_stalls_only_its_own_stream(h2_upstream):
+    """A client that does not read: its stream's window stays shut (the upstream stops
+    sending on it), while another stream on the same connection completes."""
+    up = h2_upstream()
+    with h2_proxy(up.port) as p:
+        assert get(p, "/warm")[0] == 200
+        size = 32 << 20
+        slow = socket.socket()
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        slow.connect(p.listener_address("http"))
+        slow.sendall(f"GET /big/{size} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+        wait_for(lambda: (0, 3) in up.unsent)
+        left = wait_stalled(lambda: up.unsent[(0, 3)])
+        assert left > size // 2                 # stalled: the stream's window is not reopened
+        status, _, body = get(p, "/other")       # ... but the connection's is
+        assert status == 200
+        assert up.connections == [3]
+        got = 0
+        head, rest = recv_head(slow)
+        got = len(rest)
+        slow.settimeout(20)
+        while got < size:
+            chunk = slow.recv(1 << 20)
+            assert chunk
+            got += len(chunk)
+        assert got == size and up.unsent[(0, 3)] == 0
+        slow.close()
 
 
 # ------------------------------------------------------------------ multiplexing
