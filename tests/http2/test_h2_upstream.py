@@ -10,8 +10,10 @@ import hashlib
 import http.client
 import json
 import os
+import shutil
 import socket
 import ssl
+import subprocess
 import threading
 import time
 
@@ -463,6 +465,25 @@ def test_circuit_breaker_max_requests_bounds_streams(h2_upstream):
         for t in ts:
             t.join(20)
         assert [r[0] for r in results] == [200, 200]
+
+
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load not installed")
+def test_http2_clients_to_an_http2_upstream(h2_upstream, tmp_path):
+    """HTTP/2 on both sides: h2load's streams (2 connections x 20) and curl's upload all
+    share one upstream connection."""
+    up = h2_upstream()
+    with h2_proxy(up.port) as p:
+        host, port = p.listener_address("http")
+        out = subprocess.run(["h2load", "-n", "400", "-c", "2", "-m", "20", f"http://{host}:{port}/load"],
+                             capture_output=True, text=True, timeout=60).stdout
+        assert "400 succeeded" in out and "400 2xx" in out, out
+        payload = tmp_path / "up.bin"
+        payload.write_bytes(os.urandom(3 << 20))
+        out = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "--data-binary", f"@{payload}",
+                              f"http://{host}:{port}/echo"], capture_output=True, timeout=30).stdout
+        assert out == payload.read_bytes()
+        assert up.connections == [401]
+        assert p.stats()["http.ingress.downstream_rq_http2_total"] == 401
 
 
 # ------------------------------------------------------------------ resets, GOAWAY, loss

@@ -323,7 +323,7 @@ cdef int _h2c_decode(UpConn* h) noexcept nogil:
     if not ur_response_data_wanted(s, end and h.in_buf.length == 0):
         return 0
     n = h.in_buf.length
-    if not _enc_body_filtered(s) and s.c.out_buf.length >= HTTP_IO_LIMIT:
+    if not _enc_body_filtered(s) and not s.c.codec.send_ok(s.c, s):
         return 0                        # the client reads slowly: the stream's window stays shut
     if n == 0 and not end:
         return 0
