@@ -448,9 +448,7 @@ cdef int _h2cb_frame_recv(nghttp2_session* session, const nghttp2_frame* frame,
                 http_head_free(&st.resp)    # 1xx: dropped, as HTTP/1.1's (we answer Expect)
                 return 0
             st.head_done = 1
-        elif conn.h2.stats != NULL:
-            stat_add(conn.h2.stats, conn.w, H2_TRAILERS, 1)
-        _h2_news(conn, h)
+        _h2_news(conn, h)              # (http2.trailers counts requests' trailers: the server side's)
     if frame.hd.flags & NGHTTP2_FLAG_END_STREAM:
         st.end_rx = 1
         _h2_news(conn, h)
@@ -802,12 +800,18 @@ cdef UpConn* _h2_handle_new(HStream* s, ClusterCfg* cl, int host_index) noexcept
     h.codec.start(h, s.method)
     timer_init(&h.timer, _upconn_idle_timeout, h)
     timer_init(&h.duration_timer, _upconn_max_duration, h)
-    h.pending = 1
-    fp_atomic_add_i64(&cl.n_pending, 1)
-    stat_add(cl.stats, w, C_RQ_PENDING_TOTAL, 1)
-    stat_add(cl.stats, w, C_RQ_PENDING_ACTIVE, 1)
-    host_stat_add(h.hstats, w, HS_RQ_PENDING_ACTIVE, 1)
     return h
+
+
+cdef inline void _h2_pend(UpConn* h) noexcept nogil:
+    """h waits for a connection (one connecting, or room in the pool): Envoy's pending
+    request. A stream that starts at once on a connection with room never is one."""
+    if not h.pending:
+        h.pending = 1
+        fp_atomic_add_i64(&h.cluster.n_pending, 1)
+        stat_add(h.cluster.stats, h.w, C_RQ_PENDING_TOTAL, 1)
+        stat_add(h.cluster.stats, h.w, C_RQ_PENDING_ACTIVE, 1)
+        host_stat_add(h.hstats, h.w, HS_RQ_PENDING_ACTIVE, 1)
 
 
 cdef inline void _h2_unpend(UpConn* h) noexcept nogil:
@@ -821,6 +825,7 @@ cdef inline void _h2_unpend(UpConn* h) noexcept nogil:
 cdef void _h2_wait_on(UpConn* conn, UpConn* h) noexcept nogil:
     """h waits for conn to connect."""
     cdef H2Stream* st = h.h2s
+    _h2_pend(h)
     h.h2_conn = conn
     h.state = UC_CONNECTING
     st.waiting = 1
@@ -992,6 +997,7 @@ cdef void _h2_conn_connected(UpConn* conn) noexcept nogil:
 
 
 cdef void _h2_queue(HttpPool* p, UpConn* h) noexcept nogil:
+    _h2_pend(h)
     h.queued = 1
     h.wait_next = NULL
     h.wait_prev = p.wait_tail
@@ -1234,9 +1240,10 @@ cdef void h2_pool_fail(UpConn* h, int status, const char* reason) noexcept nogil
     if s != NULL:
         if st.reset_rx and not st.bad:
             s.response_flags |= RF_UR
-            stat_add(h.cluster.stats, h.w, C_RQ_RX_RESET, 1)
             if st.reset_code == NGHTTP2_REFUSED_STREAM and status == 503:
-                reason = UPSTREAM_REFUSED
+                reason = UPSTREAM_REFUSED   # (a refusal is not counted as a reset: Envoy 1.40)
+            else:
+                stat_add(h.cluster.stats, h.w, C_RQ_RX_RESET, 1)
         elif h.state == UC_CONNECTING:
             s.response_flags |= RF_UF
         else:
