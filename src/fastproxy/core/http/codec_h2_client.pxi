@@ -54,6 +54,8 @@
 # on it that has not received its end; a stream whose whole response was received keeps
 # delivering it from its own in_buf after the connection is gone.
 
+DEF H2C_REF_MIN = 4096              # DATA payloads at least this long are referenced, not copied
+
 cdef nghttp2_session_callbacks* H2C_CALLBACKS = NULL
 cdef ClientCodecApi H2_STREAM_CODEC        # a stream handle's codec
 cdef ClientCodecApi H2_CONN_CODEC          # a connection's (release only: the session)
@@ -76,6 +78,8 @@ cdef struct H2Conn:
     uint8_t proto_error             # nghttp2 refused the peer's bytes
     uint8_t auto                    # auto_config: HTTP/2 only if TLS's ALPN selects h2
     StatBlock* stats                # cluster.<name>.http2.* (one reference), or NULL
+    Slice* feeding                  # the slice of in_buf nghttp2 is reading (DATA payloads
+                                    #   point into it: a stream's in_buf references them)
 
 cdef struct H2Stream:
     int32_t id                      # 0: not submitted yet
@@ -459,13 +463,23 @@ cdef int _h2cb_data_chunk(nghttp2_session* session, uint8_t flags, int32_t strea
                           const uint8_t* data, size_t len, void* user_data) noexcept nogil:
     cdef UpConn* conn = <UpConn*>user_data
     cdef UpConn* h = _h2_stream_of(session, stream_id)
+    cdef Slice* sl
     # The connection's window reopens as bytes leave the session for a stream's buffer.
     nghttp2_session_consume_connection(session, len)
     if h == NULL or h.h2s.method_head:
         nghttp2_session_consume_stream(session, stream_id, len)     # nobody reads them
         return 0
-    if chain_append(&h.in_buf, <const char*>data, len) < 0:
-        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE                # (resets the stream)
+    sl = conn.h2.feeding
+    if len >= H2C_REF_MIN and sl != NULL and <const char*>data >= sl.data \
+            and <const char*>data + len <= sl.data + sl.fill:
+        # No copy: the stream's buffer references the received bytes (a shared slice is
+        # never appended to, so the connection's next read goes to a fresh one). Small
+        # chunks are copied: a slow stream must not pin a whole read slice for a few bytes.
+        slice_incref(sl)
+        if chain_append_slice(&h.in_buf, sl, <size_t>(<const char*>data - sl.data), len) < 0:
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE            # (resets the stream)
+    elif chain_append(&h.in_buf, <const char*>data, len) < 0:
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
     _h2_news(conn, h)
     return 0
 
@@ -1043,7 +1057,9 @@ cdef void h2_conn_pump(UpConn* u) noexcept nogil:
                 u.remote_close = 1
         while u.in_buf.length and not hc.proto_error:
             r = &u.in_buf.refs[u.in_buf.head]
+            hc.feeding = r.s
             n = nghttp2_session_mem_recv(hc.session, <const uint8_t*>(r.s.data + r.off), r.len)
+            hc.feeding = NULL
             if n < 0:
                 if fp_log_level <= LOG_DEBUG:
                     fp_log(u.w.index, "http2", u.id, 0, "upstream HTTP/2 error: %s", nghttp2_strerror(<int>n))
