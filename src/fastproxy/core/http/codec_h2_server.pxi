@@ -50,6 +50,7 @@ cdef struct H2SStream:
     uint32_t ncookies
     int64_t content_length
     uint8_t authority               # :authority came (a Host field is then not taken)
+    uint8_t expect_continue         # expect: 100-continue (answered by the router, as HTTP/1's)
     uint8_t in_trailers             # a second header block: trailers
     uint8_t envoy_hdrs
     uint8_t head_ready              # the head is complete, to hand over
@@ -192,6 +193,7 @@ cdef void _h2s_stream_free(H2SConn* h2, H2SStream* cs) noexcept nogil:
     if cs.next != NULL:
         cs.next.prev = cs.prev
     h2.rx_buffered -= cs.rx.length
+    _h2s_gauge_sub(h2.c, H2_PENDING_SEND_BYTES, cs.tx.length)
     http_head_free(&cs.head)
     http_head_free(&cs.trailers)
     chain_free(&cs.rx)
@@ -268,6 +270,7 @@ cdef int _h2s_send_data_cb(nghttp2_session* session, nghttp2_frame* frame, const
     if chain_append(&c.out_buf, <const char*>framehd, H2_FRAME_HEADER) < 0 \
             or chain_move_bytes(&c.out_buf, &cs.tx, length) < 0:
         return NGHTTP2_ERR_CALLBACK_FAILURE
+    _h2s_gauge_sub(c, H2_PENDING_SEND_BYTES, length)
     if cs.s != NULL:
         cs.s.last_active_ms = c.w.now
     return 0
@@ -313,6 +316,7 @@ cdef int _h2s_begin_headers_cb(nghttp2_session* session, const nghttp2_frame* fr
         h2.streams.prev = cs
     h2.streams = cs
     _h2s_stat(h2.c, H2_STREAMS_ACTIVE, 1)
+    h2_flood_stream_open(&h2.fl)
     return 0
 
 
@@ -373,6 +377,8 @@ cdef int _h2s_header_cb(nghttp2_session* session, const nghttp2_frame* frame, co
             cs.ncookies += 1
         elif namelen == 14 and memcmp(nm, b"content-length", 14) == 0:
             cs.content_length = _h2s_parse_length(vl, valuelen)
+        elif namelen == 6 and memcmp(nm, b"expect", 6) == 0 and _ieq(vl, valuelen, "100-continue"):
+            cs.expect_continue = 1
         if namelen > 8 and memcmp(nm, b"x-envoy-", 8) == 0:
             cs.envoy_hdrs = 1
     if http_head_add_field(hd, nm, namelen, vl, valuelen) < 0:
@@ -390,6 +396,16 @@ cdef int64_t _h2s_parse_length(const char* v, size_t n) noexcept nogil:
             return -1
         x = x * 10 + (v[i] - 48)
     return x
+
+
+cdef int _h2s_begin_frame_cb(nghttp2_session* session, const nghttp2_frame_hd* hd, void* ud) noexcept nogil:
+    """Every inbound frame header, for the flood limits (the section in codec_h2.pxi)."""
+    cdef H2SConn* h2 = <H2SConn*>ud
+    cdef int flood = h2_flood_frame_begin(&h2.fl, h2.o, hd)
+    if flood != H2F_NONE:
+        h2.flood = flood
+        return NGHTTP2_ERR_CALLBACK_FAILURE
+    return 0
 
 
 cdef int _h2s_frame_recv_cb(nghttp2_session* session, const nghttp2_frame* frame, void* ud) noexcept nogil:
@@ -461,7 +477,11 @@ cdef int _h2s_stream_close_cb(nghttp2_session* session, int32_t stream_id, uint3
     if cs == NULL:
         return 0
     cs.closed = 1
+    # (nghttp2 may keep the closed stream a while, for priorities: it must not hand cs out
+    # any more, which _h2s_sweep frees)
+    nghttp2_session_set_stream_user_data(session, stream_id, NULL)
     _h2s_gauge_sub(h2.c, H2_STREAMS_ACTIVE, 1)
+    h2_flood_stream_closed(&h2.fl)
     if not cs.started or (cs.s != NULL and not (error_code == NGHTTP2_NO_ERROR and cs.tx_end)):
         # A stream the connection manager has, whose response did not go out whole: reset
         # (by the client, or by nghttp2 for a stream error). (A response sent whole while
@@ -548,6 +568,7 @@ cdef void _h2s_head_over(HConn* c, H2SConn* h2, H2SStream* cs) noexcept nogil:
     cdef HttpHead head
     cdef HStream* s
     cdef size_t hn = 0
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
     cs.started = 1
     cs.head_ready = 0
     memset(&f, 0, sizeof(RequestFacts))
@@ -559,6 +580,7 @@ cdef void _h2s_head_over(HConn* c, H2SConn* h2, H2SStream* cs) noexcept nogil:
     f.connect = cs.head.method == METHOD_CONNECT
     f.envoy_hdrs = cs.envoy_hdrs
     f.content_length = cs.content_length
+    f.expect_continue = cs.expect_continue and not f.end_stream
     if _h2s_join_cookies(&cs.head, cs.ncookies) < 0:
         nghttp2_submit_rst_stream(h2.session, NGHTTP2_FLAG_NONE, cs.id, NGHTTP2_INTERNAL_ERROR)
         return
@@ -574,6 +596,8 @@ cdef void _h2s_head_over(HConn* c, H2SConn* h2, H2SStream* cs) noexcept nogil:
         return
     if not s.ended:
         cs.s = s
+    if h.max_requests_per_connection and c.nrequests >= h.max_requests_per_connection:
+        _h2s_drain(c)                   # Envoy: the connection drains (GOAWAY) at the limit
 
 
 cdef int _h2s_join_cookies(HttpHead* hd, uint32_t ncookies) noexcept nogil:
@@ -651,6 +675,8 @@ cdef void _h2s_sweep(H2SConn* h2) noexcept nogil:
     while cs != NULL:
         nxt = cs.next
         if cs.closed and cs.s == NULL and not cs.pending and not cs.reset_pending:
+            _h2s_consumed(h2, cs, cs.rx.length)     # (what the connection window holds back)
+            chain_clear(&cs.rx)
             _h2s_stream_free(h2, cs)
         cs = nxt
 
@@ -811,6 +837,7 @@ cdef int _h2s_encode_data(HConn* c, HStream* s, Chain* src, size_t n) noexcept n
         return 0 if cs != NULL else -1
     if chain_move_bytes(&cs.tx, src, n) < 0:
         return -1
+    _h2s_stat(c, H2_PENDING_SEND_BYTES, n)
     _h2s_resume(_h2(c), cs)
     return 0
 
@@ -823,6 +850,7 @@ cdef int _h2s_encode_bytes(HConn* c, HStream* s, const char* p, size_t n) noexce
         return 0
     if chain_append(&cs.tx, p, n) < 0:
         return -1
+    _h2s_stat(c, H2_PENDING_SEND_BYTES, n)
     _h2s_resume(_h2(c), cs)
     return 0
 
@@ -915,6 +943,7 @@ cdef void _h2s_stream_reset(HConn* c, HStream* s, bint refused) noexcept nogil:
     cs.s = NULL
     _h2s_consumed(h2, cs, cs.rx.length)
     chain_clear(&cs.rx)
+    _h2s_gauge_sub(c, H2_PENDING_SEND_BYTES, cs.tx.length)
     chain_clear(&cs.tx)
     if not cs.closed:
         nghttp2_submit_rst_stream(h2.session, NGHTTP2_FLAG_NONE, cs.id,
@@ -988,7 +1017,7 @@ cdef void _h2s_ping_timeout(Worker* w, void* arg) noexcept nogil:
     _h2s_stat(c, H2_KEEPALIVE_TIMEOUT, 1)
     if fp_log_level <= LOG_DEBUG:
         fp_log(w.index, "http2", c.id, 0, "keepalive timeout: closing")
-    hconn_close(c, True)
+    hconn_close(c, False)
 
 
 cdef uint64_t _h2s_raw_body_left(HConn* c, HStream* s) noexcept nogil:
@@ -1013,6 +1042,7 @@ cdef int h2_callbacks_init() except -1:
         raise MemoryError()
     nghttp2_session_callbacks_set_send_callback(cb, _h2s_send_cb)
     nghttp2_session_callbacks_set_send_data_callback(cb, _h2s_send_data_cb)
+    nghttp2_session_callbacks_set_on_begin_frame_callback(cb, _h2s_begin_frame_cb)
     nghttp2_session_callbacks_set_on_begin_headers_callback(cb, _h2s_begin_headers_cb)
     nghttp2_session_callbacks_set_on_header_callback(cb, _h2s_header_cb)
     nghttp2_session_callbacks_set_on_frame_recv_callback(cb, _h2s_frame_recv_cb)
