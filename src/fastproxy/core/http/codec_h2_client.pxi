@@ -491,6 +491,9 @@ cdef int _h2cb_stream_close(nghttp2_session* session, int32_t stream_id, uint32_
     cdef H2Stream* st
     if h == NULL:
         return 0
+    # nghttp2 may keep a closed stream a while (priorities): nothing may find h through it
+    # once h is freed.
+    nghttp2_session_set_stream_user_data(session, stream_id, NULL)
     st = h.h2s
     st.closed = 1
     if not st.end_rx:
