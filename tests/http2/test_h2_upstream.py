@@ -727,6 +727,9 @@ PARITY_COUNTERS = ["cluster.up." + n for n in (
     "upstream_rq_completed", "upstream_rq_2xx", "upstream_rq_5xx", "upstream_rq_200", "upstream_rq_503",
     "upstream_rq_504", "upstream_rq_timeout", "upstream_rq_rx_reset", "upstream_rq_tx_reset",
     "upstream_rq_pending_total", "upstream_cx_destroy", "upstream_cx_max_requests",
+    "upstream_cx_destroy_local", "upstream_cx_destroy_remote", "upstream_cx_destroy_with_active_rq",
+    "upstream_cx_destroy_local_with_active_rq", "upstream_cx_destroy_remote_with_active_rq",
+    "upstream_rq_pending_failure_eject",
     "http2.rx_reset", "http2.tx_reset", "http2.trailers")]
 PARITY_GAUGES = ["cluster.up." + n for n in (
     "upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active", "http2.streams_active")]
@@ -736,8 +739,10 @@ PARITY_GAUGES = ["cluster.up." + n for n in (
 def test_stats_and_answers_match_envoy(h2_upstream, tmp_path):
     """The same Envoy v3 YAML (an HTTP/2 cluster: explicit_http_config) in Envoy 1.40 and in
     fastproxy, the same traffic to an HTTP/2 server each: requests, trailers, an upstream
-    reset and a refusal, a route timeout, max_requests_per_connection. The answers and the
-    cluster's counters agree."""
+    reset and a refusal, a route timeout, a connection the server drops with a stream on it,
+    max_requests_per_connection. The answers and the cluster's counters agree
+    (upstream_cx_protocol_error is not compared: Envoy counts one for each connection it
+    closes after max_requests_per_connection here; fastproxy does not keep that counter)."""
     routes = """
 - match: {prefix: /hold}
   route: {cluster: up, timeout: 0.3s}
@@ -758,7 +763,7 @@ def test_stats_and_answers_match_envoy(h2_upstream, tmp_path):
         try:
             answers = []
             conn = http.client.HTTPConnection(*addr, timeout=10)
-            for path in ("/a", "/trailers", "/reset", "/refuse", "/hold", "/b", "/c", "/d"):
+            for path in ("/a", "/trailers", "/reset", "/refuse", "/hold", "/b", "/drop", "/c", "/d"):
                 conn.request("GET", path, headers={"TE": "trailers"})
                 r = conn.getresponse()
                 body = r.read()
@@ -776,8 +781,8 @@ def test_stats_and_answers_match_envoy(h2_upstream, tmp_path):
             wait_for(lambda: stats().get("cluster.up.upstream_rq_active", 1) == 0 and up.resets, timeout=10,
                      msg=f"{name}: the held stream reset")
             up.gate.set()
-            wait_for(lambda: stats().get("cluster.up.upstream_cx_active") == 0, timeout=10,
-                     msg=f"{name}: the full connections closed")
+            wait_for(lambda: stats().get("cluster.up.upstream_cx_active") == 1, timeout=10,
+                     msg=f"{name}: the full connection closed")
             results[name] = (answers, stats(), list(up.connections))
         finally:
             proc.terminate()
@@ -785,6 +790,6 @@ def test_stats_and_answers_match_envoy(h2_upstream, tmp_path):
     e_answers, e_stats, e_conns = results["envoy"]
     f_answers, f_stats, f_conns = results["fastproxy"]
     assert f_answers == e_answers
-    assert f_conns == e_conns == [4, 4]
+    assert f_conns == e_conns == [4, 3, 2]      # max_requests_per_connection; /drop ends the second
     assert {k: f_stats.get(k) for k in PARITY_COUNTERS + PARITY_GAUGES} == \
         {k: e_stats.get(k) for k in PARITY_COUNTERS + PARITY_GAUGES}

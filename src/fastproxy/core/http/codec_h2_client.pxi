@@ -951,6 +951,7 @@ cdef void _h2_conn_close_streams(UpConn* conn, int status, const char* reason) n
     cdef UpConn* h
     cdef HStream* s
     cdef HConn* c
+    cdef int remote
     cdef bint connecting = conn.state == UC_CONNECTING
     if hc.closing:
         return
@@ -969,6 +970,13 @@ cdef void _h2_conn_close_streams(UpConn* conn, int status, const char* reason) n
         _h2_handle_end(h)
         if s != NULL:
             stream_upstream_failed(s, status, reason)
+    if hc.nstreams:
+        # Envoy's pool: a destroy "with active rq", and each stream it cuts is a pending
+        # failure eject (its HTTP/2 pool's count for a ConnectionTermination reset).
+        remote = conn.remote_close or conn.eof
+        stat_add(conn.cluster.stats, conn.w, C_DESTROY_WITH_ACTIVE_RQ, 1)
+        stat_add(conn.cluster.stats, conn.w, C_DESTROY_LOCAL_WITH_ACTIVE_RQ + remote, 1)
+        stat_add(conn.cluster.stats, conn.w, C_RQ_PENDING_FAILURE_EJECT, hc.nstreams)
     while hc.streams != NULL:
         h = hc.streams
         h.h2s.conn_lost = 1
