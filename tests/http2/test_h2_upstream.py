@@ -729,7 +729,7 @@ PARITY_COUNTERS = ["cluster.up." + n for n in (
     "upstream_rq_pending_total", "upstream_cx_destroy", "upstream_cx_max_requests",
     "upstream_cx_destroy_local", "upstream_cx_destroy_remote", "upstream_cx_destroy_with_active_rq",
     "upstream_cx_destroy_local_with_active_rq", "upstream_cx_destroy_remote_with_active_rq",
-    "upstream_rq_pending_failure_eject",
+    "upstream_rq_pending_failure_eject", "upstream_cx_close_notify",
     "http2.rx_reset", "http2.tx_reset", "http2.trailers")]
 PARITY_GAUGES = ["cluster.up." + n for n in (
     "upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active", "http2.streams_active")]
@@ -740,7 +740,7 @@ def test_stats_and_answers_match_envoy(h2_upstream, tmp_path):
     """The same Envoy v3 YAML (an HTTP/2 cluster: explicit_http_config) in Envoy 1.40 and in
     fastproxy, the same traffic to an HTTP/2 server each: requests, trailers, an upstream
     reset and a refusal, a route timeout, a connection the server drops with a stream on it,
-    max_requests_per_connection. The answers and the cluster's counters agree
+    a GOAWAY that refuses the stream after it, max_requests_per_connection. The answers and the cluster's counters agree
     (upstream_cx_protocol_error is not compared: Envoy counts one for each connection it
     closes after max_requests_per_connection here; fastproxy does not keep that counter)."""
     routes = """
@@ -763,7 +763,7 @@ def test_stats_and_answers_match_envoy(h2_upstream, tmp_path):
         try:
             answers = []
             conn = http.client.HTTPConnection(*addr, timeout=10)
-            for path in ("/a", "/trailers", "/reset", "/refuse", "/hold", "/b", "/drop", "/c", "/d"):
+            for path in ("/a", "/trailers", "/reset", "/refuse", "/hold", "/b", "/drop", "/c", "/goaway", "/d"):
                 conn.request("GET", path, headers={"TE": "trailers"})
                 r = conn.getresponse()
                 body = r.read()
@@ -790,6 +790,6 @@ def test_stats_and_answers_match_envoy(h2_upstream, tmp_path):
     e_answers, e_stats, e_conns = results["envoy"]
     f_answers, f_stats, f_conns = results["fastproxy"]
     assert f_answers == e_answers
-    assert f_conns == e_conns == [4, 3, 2]      # max_requests_per_connection; /drop ends the second
+    assert f_conns == e_conns == [4, 3, 2, 1]   # max_requests_per_connection; /drop, /goaway end theirs
     assert {k: f_stats.get(k) for k in PARITY_COUNTERS + PARITY_GAUGES} == \
         {k: e_stats.get(k) for k in PARITY_COUNTERS + PARITY_GAUGES}

@@ -73,6 +73,7 @@ cdef struct H2Conn:
     uint8_t flush_queued
     uint8_t draining                # takes no new stream (GOAWAY, max requests, duration)
     uint8_t closing                 # its streams are being ended; then it closes
+    uint8_t goaway_rx               # the peer sent GOAWAY (upstream_cx_close_notify)
     uint8_t in_pump
     uint8_t repump
     uint8_t proto_error             # nghttp2 refused the peer's bytes
@@ -433,6 +434,9 @@ cdef int _h2cb_frame_recv(nghttp2_session* session, const nghttp2_frame* frame,
     if frame.hd.type == NGHTTP2_SETTINGS or frame.hd.type == NGHTTP2_GOAWAY:
         if frame.hd.type == NGHTTP2_GOAWAY:
             # No new stream on it; nghttp2 closes those above last_stream_id as refused.
+            if not conn.h2.goaway_rx:
+                conn.h2.goaway_rx = 1
+                stat_add(conn.cluster.stats, conn.w, C_CX_CLOSE_NOTIFY, 1)
             _h2_conn_drain(conn)
         _h2_pool_room(conn)             # its room changed: requests may wait for it
         return 0
