@@ -29,8 +29,9 @@ import h2.settings  # noqa: E402
 import hyperframe.frame  # noqa: E402
 
 from fastproxy import Cluster, Endpoint, Listener, Proxy  # noqa: E402
-from fastproxy.http.model import (AccessLog, Http2ProtocolOptions, HttpConnectionManager, Route,  # noqa: E402
-                                  RouteAction, RouteConfiguration, RouteMatch, VirtualHost)
+from fastproxy.http.model import (AccessLog, Http2ProtocolOptions, HttpConnectionManager,  # noqa: E402
+                                  KeepaliveSettings, Route, RouteAction, RouteConfiguration, RouteMatch,
+                                  VirtualHost)
 
 from conftest import (admin_get, envoy_yaml, find_envoy, http_listener, recv_head, start_envoy,  # noqa: E402
                       start_fastproxy_process, static_cluster, wait_for, wait_stalled)
@@ -60,6 +61,7 @@ class H2Upstream:
         self.max_open = 0               # the most streams open at once on one connection
         self.unsent = {}                # (connection index, stream id) -> response bytes not sent yet
         self.errors = []                # why a connection's thread ended early
+        self.pings = 0                  # PINGs received (not ACKs)
         self.closing = False
         self.threads = []
         t = threading.Thread(target=self._accept, daemon=True)
@@ -131,6 +133,10 @@ class H2Upstream:
                         elif path == "/drop":
                             sock.close()
                             return
+                        elif path == "/mute":
+                            sock.sendall(conn.data_to_send())
+                            self.gate.wait()            # deaf and dumb: PINGs go unanswered
+                            return
                         elif path == "/goaway":
                             # A GOAWAY naming the stream before this one, written beside h2's
                             # state machine so the streams before it can still complete.
@@ -161,6 +167,8 @@ class H2Upstream:
                             self.resets.append(ev.stream_id)
                         streams.pop(ev.stream_id, None)
                         sending.pop(ev.stream_id, None)
+                    elif isinstance(ev, h2.events.PingReceived):
+                        self.pings += 1                 # (h2 answers it)
                     elif isinstance(ev, h2.events.ConnectionTerminated):
                         sock.sendall(conn.data_to_send())
                         return
@@ -578,6 +586,21 @@ def test_connect_failure_fails_the_waiting_requests(tmp_path):
         assert cstat(p, "upstream_rq_pending_active") == 0
         wait_for(lambda: log.exists() and log.read_text())
         assert " UF " in log.read_text()
+
+
+def test_keepalive_pings_and_their_timeout(h2_upstream):
+    """connection_keepalive: PINGs every interval; an upstream that stops answering them is
+    gone after the timeout (its streams fail, http2.keepalive_timeout)."""
+    up = h2_upstream()
+    ka = KeepaliveSettings(timeout=0.3, interval=0.1, interval_jitter=0)
+    with h2_proxy(up.port, h2={"connection_keepalive": ka}) as p:
+        assert get(p, "/warm")[0] == 200
+        wait_for(lambda: up.pings >= 3)             # PINGs, answered: the connection stays
+        assert get(p, "/again")[0] == 200 and up.connections == [2]
+        status, _, body = get(p, "/mute")
+        assert status == 503 and body.endswith(b"reset reason: connection termination")
+        assert cstat(p, "http2.keepalive_timeout") == 1
+        up.gate.set()
 
 
 def test_goaway_refuses_later_streams_and_the_connection_drains(h2_upstream):

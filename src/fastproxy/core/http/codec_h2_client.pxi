@@ -74,6 +74,9 @@ cdef struct H2Conn:
     uint8_t draining                # takes no new stream (GOAWAY, max requests, duration)
     uint8_t closing                 # its streams are being ended; then it closes
     uint8_t goaway_rx               # the peer sent GOAWAY (upstream_cx_close_notify)
+    uint8_t ping_outstanding
+    Timer ping_timer                # connection_keepalive.interval
+    Timer ping_timeout              # connection_keepalive.timeout
     uint8_t in_pump
     uint8_t repump
     uint8_t proto_error             # nghttp2 refused the peer's bytes
@@ -444,6 +447,10 @@ cdef int _h2cb_frame_recv(nghttp2_session* session, const nghttp2_frame* frame,
         if conn.h2.stats != NULL:
             stat_add(conn.h2.stats, conn.w, H2_RX_RESET, 1)
         return 0
+    if frame.hd.type == NGHTTP2_PING and frame.hd.flags & NGHTTP2_FLAG_ACK and conn.h2.ping_outstanding:
+        conn.h2.ping_outstanding = 0
+        timer_cancel(conn.w, &conn.h2.ping_timeout)
+        return 0
     if frame.hd.type != NGHTTP2_HEADERS and frame.hd.type != NGHTTP2_DATA:
         return 0
     h = _h2_stream_of(session, frame.hd.stream_id)
@@ -585,6 +592,8 @@ cdef void _h2_conn_release(UpConn* conn) noexcept nogil:
     cdef H2Conn* hc = conn.h2
     if hc == NULL:
         return
+    timer_cancel(conn.w, &hc.ping_timer)
+    timer_cancel(conn.w, &hc.ping_timeout)
     if hc.session != NULL:
         nghttp2_session_del(hc.session)
         hc.session = NULL
@@ -741,6 +750,44 @@ cdef void _h2_resume(UpConn* h) noexcept nogil:
     _h2_flush_later(conn)
 
 
+cdef uint64_t _h2_ping_interval(UpConn* conn) noexcept nogil:
+    """connection_keepalive.interval plus up to interval_jitter percent of it."""
+    cdef const H2Options* o = &cluster_params(conn.cluster, conn.w).h2
+    cdef uint64_t jitter = o.keepalive_interval_ms * o.keepalive_interval_jitter_pct // 100
+    if jitter:
+        return o.keepalive_interval_ms + worker_random(conn.w) % (jitter + 1)
+    return o.keepalive_interval_ms
+
+
+cdef void _h2_ping_timer(Worker* w, void* arg) noexcept nogil:
+    """connection_keepalive: a PING every interval; no ACK within the timeout ends the
+    connection (_h2_ping_timeout), as Envoy's."""
+    cdef UpConn* conn = <UpConn*>arg
+    cdef H2Conn* hc = conn.h2
+    cdef const H2Options* o = &cluster_params(conn.cluster, w).h2
+    cdef uint8_t opaque[8]
+    if conn.state != UC_BUSY or hc.session == NULL or hc.closing or not o.keepalive_interval_ms:
+        return
+    if not hc.ping_outstanding:
+        memset(opaque, 0, 8)
+        if nghttp2_submit_ping(hc.session, NGHTTP2_FLAG_NONE, opaque) == 0:
+            hc.ping_outstanding = 1
+            timer_arm(w, &hc.ping_timeout, o.keepalive_timeout_ms if o.keepalive_timeout_ms else 1)
+            _h2_flush_later(conn)
+    timer_arm(w, &hc.ping_timer, _h2_ping_interval(conn))
+
+
+cdef void _h2_ping_timeout(Worker* w, void* arg) noexcept nogil:
+    cdef UpConn* conn = <UpConn*>arg
+    if conn.state != UC_BUSY:
+        return
+    if conn.h2.stats != NULL:
+        stat_add(conn.h2.stats, w, H2_KEEPALIVE_TIMEOUT, 1)
+    if fp_log_level <= LOG_DEBUG:
+        fp_log(w.index, "http2", conn.id, 0, "upstream HTTP/2 keepalive timeout")
+    _h2_conn_close_streams(conn, 503, UPSTREAM_TERMINATION)
+
+
 cdef int _h2_session_new(UpConn* conn) noexcept nogil:
     """The connection is up (TCP, TLS): its client session, our SETTINGS and connection
     window (codec_h2.pxi's, as the server side's). -1: no memory."""
@@ -781,6 +828,8 @@ cdef UpConn* _h2_conn_new(HStream* s, ClusterCfg* cl, int host_index) noexcept n
     u.codec.release(u)
     u.codec = &H2_CONN_CODEC
     u.h2_role = H2R_CONN
+    timer_init(&u.h2.ping_timer, _h2_ping_timer, u)
+    timer_init(&u.h2.ping_timeout, _h2_ping_timeout, u)
     u.h2.max_streams = prm.h2.max_concurrent_streams or 1
     u.h2.auto = prm.protocol == UP_AUTO
     u.h2.stats = prm.h2_stats
@@ -1006,6 +1055,8 @@ cdef void _h2_conn_connected(UpConn* conn) noexcept nogil:
         return
     if hc.auto:
         stat_add(conn.cluster.stats, conn.w, C_CX_HTTP2_TOTAL, 1)     # (ALPN chose it)
+    if cluster_params(conn.cluster, conn.w).h2.keepalive_interval_ms:
+        timer_arm(conn.w, &hc.ping_timer, _h2_ping_interval(conn))
     while hc.waiting != NULL and conn.state == UC_BUSY:
         h = hc.waiting
         _h2_unwait(h)
