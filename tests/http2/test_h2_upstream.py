@@ -443,6 +443,18 @@ def test_concurrent_requests_share_one_connection(h2_upstream):
         assert cstat(p, "http2.streams_active") == 0
 
 
+def test_one_connection_per_worker(h2_upstream):
+    up = h2_upstream()
+    with h2_proxy(up.port, concurrency=2) as p:
+        ts, results = _concurrent(p, ["/hold"] * 16)
+        wait_for(lambda: len(up.requests) == 16, timeout=10)
+        up.gate.set()
+        for t in ts:
+            t.join(20)
+        assert all(r[0] == 200 for r in results)
+        assert len(up.connections) <= 2 and sum(up.connections) == 16      # (each worker its own pool)
+
+
 def test_peer_max_concurrent_streams_opens_a_second_connection(h2_upstream):
     up = h2_upstream(max_concurrent_streams=3)
     with h2_proxy(up.port) as p:

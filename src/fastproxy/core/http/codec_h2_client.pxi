@@ -1102,6 +1102,8 @@ cdef void h2_conn_pump(UpConn* u) noexcept nogil:
     if hc.in_pump:
         hc.repump = 1
         return
+    if hc.closing:
+        return                          # (its streams are being ended: it closes after them)
     hc.in_pump = 1
     while u.state == UC_BUSY and hc.session != NULL:
         hc.repump = 0
