@@ -714,6 +714,13 @@ def test_auto_config_falls_back_to_http1_when_the_server_chooses_it(tmp_path):
             assert (status, body) == (200, b"GET /b HTTP/1.1 0")
             assert cstat(p, "upstream_cx_http2_total") == 0
             assert cstat(p, "upstream_cx_http1_total") == cstat(p, "upstream_cx_total") == 1     # reused
+            # Requests that waited on a connection the server made HTTP/1.1 get their own.
+            ts, results = _concurrent(p, [f"/c{i}" for i in range(6)])
+            for t in ts:
+                t.join(20)
+            assert sorted(r[2] for r in results) == [f"GET /c{i} HTTP/1.1 0".encode() for i in range(6)]
+            assert cstat(p, "upstream_cx_http2_total") == 0
+            assert cstat(p, "upstream_rq_total") == 8
     finally:
         srv.shutdown()
         srv.server_close()
