@@ -331,9 +331,12 @@ cdef int _h2c_decode(UpConn* h) noexcept nogil:
     if not ur_response_data_wanted(s, end and h.in_buf.length == 0):
         return 0
     n = h.in_buf.length
-    if not _enc_body_filtered(s) and not s.c.codec.send_ok(s.c, s):
-        return 0                        # the client reads slowly: the stream's window stays shut
     if n == 0 and not end:
+        return 0
+    if n and not _enc_body_filtered(s) and not s.c.codec.send_ok(s.c, s):
+        # The client reads slowly: the stream's window stays shut. (The connection manager
+        # pumps the handle again when there is room, as it sees bytes in its in_buf; an end
+        # without bytes always goes, or nothing would.)
         return 0
     conn = h.h2_conn
     if n and conn != NULL and conn.h2.session != NULL and st.id > 0 and not st.closed:
