@@ -353,6 +353,16 @@ def test_stream_id_reuse_is_ignored(proxy):
     check_counters(proxy, before, {"http.h2.downstream_cx_protocol_error": 0, "http.h2.downstream_rq_rx_reset": 0})
 
 
+def test_streams_over_max_concurrent_streams(proxy):
+    """1025 request streams kept open (POSTs without their body) where SETTINGS allows 1024,
+    the SETTINGS acknowledged: a connection error (RFC 9113 5.1.2 lets it be one). Envoy
+    closes the connection, the 1024 open streams reset (no GOAWAY)."""
+    exchange(proxy, Expect(closed=True, counters={**PROTOCOL_ERROR_CX, "http.h2.downstream_rq_rx_reset": 1024},
+                           rfc="PROTOCOL_ERROR"),
+             lambda c: b"".join(headers_frame(2 * j + 1, c.encode(request_headers(method="POST")), end_stream=False)
+                                for j in range(1025)))
+
+
 # --------------------------------------------------------------------------- frames on closed streams
 
 def test_data_on_a_completed_stream_is_ignored(proxy):
