@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from conftest import find_envoy, wait_for
+from conftest import find_envoy, wait_for, wait_stalled
 from h2_harness import (ACK, DATA, ENABLE_PUSH, END_HEADERS, END_STREAM, INITIAL_WINDOW_SIZE, MAX_CONCURRENT_STREAMS,
                         MAX_FRAME_SIZE, MAX_WINDOW, PADDED, PING, PUSH_PROMISE, RST_STREAM, SETTINGS, WINDOW_UPDATE,
                         ErrorCodes, H2Client, ProxyUnderTest, continuation_frame, data_frame, frame, goaway_frame,
@@ -46,9 +46,19 @@ MiB = 1 << 20
 
 # --------------------------------------------------------------------------- proxies
 
+BIG = b"z" * (4 << 20)
+
+
+def big_or_default(method, path, headers, body):
+    """/big: a 4 MiB response (the slow reader's); anything else the default echo line."""
+    if path.startswith("/big"):
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BIG) + BIG
+    return RawHttpUpstream.default(method, path, headers, body)
+
+
 @pytest.fixture(scope="module")
 def upstream():
-    u = RawHttpUpstream()
+    u = RawHttpUpstream(big_or_default)
     yield u
     u.close()
 
@@ -677,6 +687,25 @@ def test_settings_flood(proxy):
 
 def test_ping_flood(proxy):
     control_flood(proxy, ping_frame(), "PING")
+
+
+def test_slow_reader_memory_is_bounded(proxy):
+    """A client that opens every window to the maximum, asks for 50 responses of 4 MiB and
+    reads none of them: the proxy holds a bounded part of the 200 MB, not all of it (Envoy:
+    ~53 MiB, its per-stream buffer limits; fastproxy: ~16 MiB, its per-stream send buffers
+    and out_buf limit), and it still serves others meanwhile."""
+    rss0 = proxy.rss_bytes()
+    peak = [0]
+
+    def rss():
+        peak[0] = max(peak[0], proxy.rss_bytes() - rss0)
+        return peak[0] >> 20
+    with H2Client(proxy.addr, rcvbuf=4096, settings=[(INITIAL_WINDOW_SIZE, MAX_WINDOW)]) as c:
+        c.send(window_update_frame(0, MAX_WINDOW - 65535))
+        c.send(b"".join(c.request(2 * j + 1, request_headers(path=f"/big/{j}")) for j in range(50)))
+        wait_stalled(rss, quiet=1.0, timeout=20)
+        assert proxy.serves() == 200
+    assert peak[0] < 100 * MiB, f"{proxy.name} grew {peak[0] >> 20} MiB for a client that reads nothing"
 
 
 def test_control_frames_below_the_limit_are_answered(proxy):
