@@ -75,19 +75,10 @@ def proxy(request, upstream, tmp_path_factory):
 # in the API15.md, outside the flood accounting ABUSE may edit. The test runs for
 # fastproxy and must fail (a strict xfail: it turns red the day the gap closes, to be removed here).
 # Keys: the test's name, or (name, case) for one case of a parametrized test.
-HPACK_RQ_RESET = ("a header block that fails HPACK decoding (COMPRESSION_ERROR) is not counted in "
-                  "http.<p>.downstream_rq_rx_reset; Envoy counts its stream as a request reset [API15 ABUSE 08:40 #9]")
-TRAILERS_RQ_RESET = ("malformed trailers count http.<p>.downstream_rq_rx_reset twice for one stream; Envoy once "
-                     "[#10]")
 FASTPROXY_GAPS = {
-    ("test_malformed_frames", "HPACK index past the table"): HPACK_RQ_RESET,
-    ("test_malformed_frames", "HPACK table size update past SETTINGS"): HPACK_RQ_RESET,
     ("test_malformed_frames", "PRIORITY depending on itself"): (
-        "a PRIORITY frame depending on its own stream gets GOAWAY PROTOCOL_ERROR; Envoy ignores PRIORITY [#7]"),
-    ("test_malformed_frames", "client GOAWAY, then a request"): (
-        "after the client's GOAWAY the connection is closed once its streams are done (nghttp2_session_want_read "
-        "0); Envoy keeps it open and still answers PING [#8]"),
-    "test_malformed_trailers": TRAILERS_RQ_RESET,
+        "a PRIORITY frame depending on its own stream: nghttp2 ends the session itself (GOAWAY PROTOCOL_ERROR, "
+        "RFC 7540 5.3.1); Envoy ignores PRIORITY [#7]"),
 }
 
 

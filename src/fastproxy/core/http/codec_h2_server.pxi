@@ -537,11 +537,13 @@ cdef int _h2s_invalid_frame_cb(nghttp2_session* session, const nghttp2_frame* fr
     cdef H2SStream* cs
     if lib_error_code == NGHTTP2_ERR_HTTP_HEADER or lib_error_code == NGHTTP2_ERR_HTTP_MESSAGING:
         _h2s_stat(h2.c, H2_RX_MESSAGING_ERROR, 1)
-        if frame.hd.type == NGHTTP2_HEADERS:
-            cs = _h2s_cs(h2, frame.hd.stream_id)
-            if cs == NULL or not cs.started:
-                stat_add((<HttpCfg*>h2.c.cfg.http).stats, h2.c.w, H_RQ_RX_RESET, 1)
         if h2.o.override_stream_error_on_invalid_http_message:
+            # (only the stream is reset; one whose head never became a stream is counted
+            # here, _h2s_fail counts them on a connection error)
+            cs = _h2s_cs(h2, frame.hd.stream_id) if frame.hd.type == NGHTTP2_HEADERS else NULL
+            if cs != NULL and not cs.started:
+                cs.started = 1
+                stat_add((<HttpCfg*>h2.c.cfg.http).stats, h2.c.w, H_RQ_RX_RESET, 1)
             return 0
     if lib_error_code == NGHTTP2_ERR_FLOW_CONTROL:
         h2.fail_code = NGHTTP2_FLOW_CONTROL_ERROR
@@ -720,6 +722,14 @@ cdef void _h2s_fail(HConn* c, int lib_error) noexcept nogil:
     a flood), written out, then the connection closes with its streams reset."""
     cdef H2SConn* h2 = _h2(c)
     cdef uint32_t code = h2.fail_code if h2.fail_code else NGHTTP2_PROTOCOL_ERROR
+    cdef H2SStream* cs = h2.streams
+    while cs != NULL:
+        # A request whose head never became a stream (malformed, or cut by the error) is
+        # a request reset all the same: Envoy made its stream at the first HEADERS frame.
+        if not cs.started and not cs.closed:
+            cs.started = 1
+            stat_add((<HttpCfg*>c.cfg.http).stats, c.w, H_RQ_RX_RESET, 1)
+        cs = cs.next
     if h2.flood != H2F_NONE:
         _h2s_stat(c, h2_flood_stat(h2.flood), 1)
         code = NGHTTP2_ENHANCE_YOUR_CALM
@@ -789,8 +799,8 @@ cdef int _h2s_decode(HConn* c) noexcept nogil:
     if c.down_eof and c.in_buf.length == 0:
         cm_on_peer_closed(c, False)     # streams still open end with the connection (DC)
         return -1
-    if nghttp2_session_want_read(h2.session) == 0 and nghttp2_session_want_write(h2.session) == 0:
-        c.close_after = 1               # after a GOAWAY both ways: nothing more to do
+    # (A client's GOAWAY does not close the connection: as Envoy, it stays until the
+    # client closes it or the idle timeout drains it; PINGs are still answered.)
     return 0
 
 
