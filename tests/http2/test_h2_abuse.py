@@ -26,7 +26,6 @@ What Envoy 1.40 does, in short (measured; its codec is nghttp2 here too):
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import pytest
@@ -134,7 +133,7 @@ def answer(c: H2Client, expect: Expect, timeout: float = 6.0):
     return c.read(timeout, until=lambda a: a.ping_acks > 0)
 
 
-def check(p: ProxyUnderTest, before: dict, a, expect: Expect, upstream_seen=None):
+def check(p: ProxyUnderTest, before: dict, a, expect: Expect):
     """Assert the answer ``a`` is ``expect``'s class and the counters moved as Envoy's did;
     then that the proxy is up and serves an ordinary request."""
     s = expect.stream
@@ -207,7 +206,8 @@ def test_data_on_stream_0(proxy):
 
 def test_even_stream_id(proxy):
     """A client stream with an even id (RFC 9113 5.1.1): Envoy closes, no GOAWAY."""
-    exchange(proxy, Expect(closed=True, counters=PROTOCOL_ERROR_CX, rfc="PROTOCOL_ERROR"), lambda c: headers(c, stream=2))
+    exchange(proxy, Expect(closed=True, counters=PROTOCOL_ERROR_CX, rfc="PROTOCOL_ERROR"),
+             lambda c: headers(c, stream=2))
 
 
 @pytest.mark.parametrize("name,pairs,expect", [
@@ -217,7 +217,8 @@ def test_even_stream_id(proxy):
     ("initial_window=2^31", [(INITIAL_WINDOW_SIZE, 1 << 31)],
      Expect(closed=True, counters=PROTOCOL_ERROR_CX, rfc="FLOW_CONTROL_ERROR")),
     # SETTINGS_MAX_FRAME_SIZE below 16384 or above 2^24-1: Envoy closes, no GOAWAY.
-    ("max_frame_size=100", [(MAX_FRAME_SIZE, 100)], Expect(closed=True, counters=PROTOCOL_ERROR_CX, rfc="PROTOCOL_ERROR")),
+    ("max_frame_size=100", [(MAX_FRAME_SIZE, 100)],
+     Expect(closed=True, counters=PROTOCOL_ERROR_CX, rfc="PROTOCOL_ERROR")),
     ("max_frame_size=2^24", [(MAX_FRAME_SIZE, 1 << 24)],
      Expect(closed=True, counters=PROTOCOL_ERROR_CX, rfc="PROTOCOL_ERROR")),
     # An unknown identifier is ignored (RFC 9113 6.5.2): the request is served.
@@ -251,7 +252,8 @@ FRAME_CASES = {
     # (frames after the preface, Envoy 1.40's answer)
     "HEADERS on stream 0": (lambda c: headers_frame(0, c.encode(request_headers())),
                             Expect(closed=True, counters=PROTOCOL_ERROR_CX, rfc="PROTOCOL_ERROR")),
-    "PUSH_PROMISE from a client": (lambda c: frame(PUSH_PROMISE, END_HEADERS, 1, b"\0\0\0\x02" + c.encode(request_headers())),
+    "PUSH_PROMISE from a client": (lambda c: frame(PUSH_PROMISE, END_HEADERS, 1,
+                                                   b"\0\0\0\x02" + c.encode(request_headers())),
                                    Expect(closed=True, counters=PROTOCOL_ERROR_CX, rfc="PROTOCOL_ERROR")),
     "RST_STREAM on an idle stream": (lambda c: rst_stream_frame(5),
                                      Expect(closed=True, counters=PROTOCOL_ERROR_CX, rfc="PROTOCOL_ERROR")),
@@ -668,7 +670,8 @@ def control_flood(proxy, one: bytes, name: str):
         peak = proxy.rss_bytes()
         a = c.read_until_closed(8)
     flood = 1 if proxy.name == "fastproxy" else (0, 1)
-    check(proxy, before, a, Expect(closed=True, counters={"http2.outbound_control_flood": flood}, rfc="ENHANCE_YOUR_CALM"))
+    check(proxy, before, a, Expect(closed=True, counters={"http2.outbound_control_flood": flood},
+                                   rfc="ENHANCE_YOUR_CALM"))
     assert peak - rss0 < 32 * MiB, f"{proxy.name} grew {(peak - rss0) >> 20} MiB during the {name} flood"
 
 
