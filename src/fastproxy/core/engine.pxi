@@ -146,11 +146,12 @@ cdef class Engine:
                      uint32_t max_requests_per_connection=0, uint32_t max_connections=1024,
                      uint32_t max_pending_requests=1024, uint32_t max_requests=1024,
                      uint32_t max_retries=3, bint removed=False, TlsContextHandle tls=None,
-                     str protocol="http1", dict h2=None, StatBlockHandle h2_stats=None):
+                     str protocol=None, dict h2=None, StatBlockHandle h2_stats=None):
         """A cluster (ClusterHandle). removed: a name referenced with no cluster configured
         (Proxy._cluster_ref), whose requests get 503 NC until set_params revives it. tls:
-        upstream TLS with that client context (make_tls_context). protocol, h2, h2_stats:
-        the upstream protocol (ClusterHandle.set_params)."""
+        upstream TLS with that client context (make_tls_context). protocol (None: the
+        default), h2, h2_stats: the upstream protocol, as ClusterHandle.set_params takes
+        them (the engine passes them on unread)."""
         cdef ClusterHandle h = ClusterHandle.__new__(ClusterHandle)
         cdef ClusterParams params = _cluster_params(
             lb_policy, connect_timeout, pool_idle_timeout, max_connection_duration,

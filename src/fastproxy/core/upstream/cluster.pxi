@@ -229,7 +229,7 @@ cdef ClusterParams _cluster_params(str lb_policy, double connect_timeout, pool_i
                                    max_connection_duration, uint32_t max_requests_per_connection,
                                    uint32_t max_connections, uint32_t max_pending_requests,
                                    uint32_t max_requests, uint32_t max_retries, bint removed,
-                                   str protocol="http1", dict h2=None) except *:
+                                   str protocol=None, dict h2=None) except *:
     cdef ClusterParams p
     memset(&p, 0, sizeof(ClusterParams))
     if lb_policy not in ("ROUND_ROBIN", "RANDOM"):
@@ -244,6 +244,8 @@ cdef ClusterParams _cluster_params(str lb_policy, double connect_timeout, pool_i
     p.max_pending = max_pending_requests
     p.max_rq = max_requests
     p.max_retries = max_retries
+    if protocol is None:
+        protocol = "http1"
     if protocol not in ("http1", "http2", "auto"):
         raise ValueError(f"protocol must be http1, http2 or auto, got {protocol!r}")
     p.protocol = UP_HTTP2 if protocol == "http2" else (UP_AUTO if protocol == "auto" else UP_HTTP1)
