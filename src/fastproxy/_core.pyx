@@ -45,6 +45,8 @@ layout"). Declaration files (decls.pxi) come before the implementation files of 
   core/http/codec_h2_server.pxi the HTTP/2 server codec, and the codec choice (codec_type,
                               ALPN, the client preface)
   core/http/codec_h1_client.pxi the HTTP/1.1 client codec: upstream bytes <-> response events
+  core/http/codec_h2_client.pxi the HTTP/2 client codec: a multiplexed upstream connection, its
+                              streams' handles, and the HTTP/2 half of the pool
   core/http/local_reply.pxi   responses the proxy writes itself; status counters
   core/http/grpc.pxi          gRPC answers for local replies to gRPC requests
   core/upstream/http_pool.pxi the upstream HTTP pool: its interface (acquire, release,
