@@ -1222,7 +1222,7 @@ cdef int _h2_place(HttpPool* p, UpConn* h, bint first) noexcept nogil:
     cdef UpConn* conn
     cdef HStream* s = h.stream
     if head != NULL:
-        head = _pool_find_for(head, s)
+        head = _pool_find_for(p, head, s)
     conn = _h2_pick(head)
     if conn != NULL:
         _wait_unlink(h)
@@ -1268,7 +1268,7 @@ cdef UpConn* h2_pool_acquire(HStream* s, ClusterCfg* cl, int idx) noexcept nogil
     cdef UpConn* h
     cdef int r
     if head != NULL:
-        head = _pool_find_for(head, s)
+        head = _pool_find_for(p, head, s)
     conn = _h2_pick(head)
     if conn != NULL and conn.state == UC_BUSY:
         if cb_full(&cl.n_rq, prm.max_rq):
