@@ -14,10 +14,13 @@ from typing import Any, Callable, ClassVar, Optional, Sequence, Union
 
 from . import validation as rules
 from .errors import ConfigError
-from .http.model import AccessLog, HttpConnectionManager, validate_http
+from .http.model import AccessLog, Http2ProtocolOptions, HttpConnectionManager, validate_http
 from .model_tls import UpstreamTlsContext, check_static_secrets
 
 LB_POLICIES = ("ROUND_ROBIN", "RANDOM")
+# What a cluster speaks to its upstreams (Envoy's HttpProtocolOptions): explicit HTTP/1.1,
+# explicit HTTP/2, or auto_config (ALPN h2 or http/1.1 over TLS; HTTP/1.1 in plain text).
+UPSTREAM_PROTOCOLS = ("http1", "http2", "auto")
 CLUSTER_TYPES = ("STATIC", "STRICT_DNS", "EDS")
 
 
@@ -120,9 +123,8 @@ class Cluster:
     max_retries: int = 3
     # Emit circuit_breakers.default.remaining_* gauges (Envoy's track_remaining).
     track_remaining: bool = False
-    # The upstreams speak HTTP/2 (explicit_http_config.http2_protocol_options). Until HTTP/2
-    # upstreams exist in the data plane (issue 15), only the xDS client reaches such a
-    # cluster (ads_config's gRPC channel); the loader refuses an HTTP route to it.
+    # The upstreams speak HTTP/2 (explicit_http_config.http2_protocol_options): shorthand
+    # for upstream_protocol "http2", kept equal to it (see __post_init__).
     http2: bool = False
     # type EDS: the endpoints come from a discovery service (Envoy's eds_cluster_config):
     # the ClusterLoadAssignment named eds_service_name (""; the cluster's name) from
@@ -132,6 +134,25 @@ class Cluster:
     # TLS to the upstreams (Envoy's transport_socket envoy.transport_sockets.tls with an
     # UpstreamTlsContext; fastproxy.model_tls). None: plain TCP.
     tls: Optional[Any] = None
+    # The protocol to the upstreams: UPSTREAM_PROTOCOLS. "auto" picks by ALPN over TLS and
+    # is HTTP/1.1 without it, as Envoy's auto_config. Given http2=True or
+    # http2_protocol_options, the default "http1" becomes "http2".
+    upstream_protocol: str = "http1"
+    # HTTP/2's settings for "http2" and "auto" (None: Envoy's defaults).
+    http2_protocol_options: Optional[Http2ProtocolOptions] = None
+
+    def __post_init__(self):
+        if self.upstream_protocol == "http1" and (self.http2 is True or self.http2_protocol_options is not None):
+            self.upstream_protocol = "http2"
+        if self.upstream_protocol == "http2":
+            self.http2 = True
+
+    @property
+    def h2_options(self) -> Optional[Http2ProtocolOptions]:
+        """The HTTP/2 settings the core gets: None for an HTTP/1.1 cluster."""
+        if self.upstream_protocol == "http1":
+            return None
+        return self.http2_protocol_options or Http2ProtocolOptions()
 
     @property
     def eds_name(self) -> str:
@@ -169,6 +190,18 @@ class Cluster:
                 raise ConfigError(f"{path}.{name}", f"must be an integer 0..4294967295, got {value!r}")
         if not isinstance(self.track_remaining, bool):
             raise ConfigError(path + ".track_remaining", f"must be a bool, got {self.track_remaining!r}")
+        if self.upstream_protocol not in UPSTREAM_PROTOCOLS:
+            raise ConfigError(path + ".upstream_protocol", f"must be one of {', '.join(UPSTREAM_PROTOCOLS)}, "
+                                                           f"got {self.upstream_protocol!r}")
+        if not isinstance(self.http2, bool) or self.http2 != (self.upstream_protocol == "http2"):
+            raise ConfigError(path + ".http2", f"http2={self.http2!r} disagrees with upstream_protocol="
+                                               f"{self.upstream_protocol!r} (http2=True is upstream_protocol 'http2')")
+        if self.http2_protocol_options is not None:
+            hp = path + ".http2_protocol_options"
+            if self.upstream_protocol == "http1":
+                raise ConfigError(hp, "HTTP/2 options on an HTTP/1.1 cluster: set upstream_protocol "
+                                      "'http2' or 'auto'")
+            rules.typed(self.http2_protocol_options, Http2ProtocolOptions, hp).validate(hp)
         if self.tls is not None:
             if not isinstance(self.tls, UpstreamTlsContext):
                 raise ConfigError(path + ".tls", f"expected fastproxy.model_tls.UpstreamTlsContext or None, "

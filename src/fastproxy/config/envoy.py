@@ -10,8 +10,10 @@ circuit_breakers.thresholds (priority, max_connections, max_pending_requests, ma
 max_retries, track_remaining), the deprecated max_requests_per_connection, and
 typed_extension_protocol_options with Envoy's upstream HttpProtocolOptions
 (common_http_protocol_options.idle_timeout / max_requests_per_connection /
-max_connection_duration; explicit_http_config or use_downstream_protocol_config meaning
-HTTP/1.1); an endpoint takes address, load_balancing_weight and hostname (the Host
+max_connection_duration; explicit_http_config with http_protocol_options (HTTP/1.1) or
+http2_protocol_options (HTTP/2, also as the deprecated Cluster.http2_protocol_options), or
+auto_config (ALPN, so only with a TLS transport_socket, as in Envoy);
+use_downstream_protocol_config is refused); an endpoint takes address, load_balancing_weight and hostname (the Host
 auto_host_rewrite sends). Every field outside that subset is an error naming its path,
 because silently ignoring a field would run a proxy that behaves differently from the config
 its author wrote; a known Envoy feature is named as such (config/proto.py UNSUPPORTED_FIELDS),
@@ -25,7 +27,7 @@ from typing import Any, Optional, Union
 from .. import model
 from ..errors import ConfigError
 from ..validation import DNS_LOOKUP_FAMILIES, MAX_PORT
-from .http import HCM_TYPE, access_log, http_connection_manager
+from .http import _H2_FIELDS, HCM_TYPE, access_log, http2_protocol_options, http_connection_manager
 from .proto import Message, checked, collecting, raise_collected, report, unsupported_field
 from .http_common import _bool
 from .runtime import layered_runtime
@@ -117,7 +119,6 @@ def _bootstrap(data: Any) -> Optional[model.Bootstrap]:
         # Checked here, not only in Bootstrap.validate, to point at the tcp_proxy or route field.
         # A cluster with errors of its own still counts as defined.
         names = {item.get("name") for item, _ in items if isinstance(item, dict)}
-        h2 = {c.name for c in clusters if c is not None and c.http2}
         for item in parsed:
             if item is None:
                 continue
@@ -126,11 +127,6 @@ def _bootstrap(data: Any) -> Optional[model.Bootstrap]:
             for cluster, cluster_path in listener_refs:
                 if cluster not in names:
                     report(ConfigError(cluster_path, f"unknown cluster {cluster!r}"))
-                elif cluster in h2 and ".route" in cluster_path:
-                    report(ConfigError(cluster_path, f"cluster {cluster!r} speaks HTTP/2 "
-                                                     "(http2_protocol_options): HTTP routes to HTTP/2 "
-                                                     "upstreams are not supported yet; a tcp_proxy or "
-                                                     "ads_config may use the cluster"))
         clusters = [c for c in clusters if c is not None]
         _check_static_secrets(secrets, _tls_contexts(listeners, clusters))
         if dynamic is not None and dynamic.ads is not None and dynamic.ads.cluster_name not in names:
@@ -669,8 +665,9 @@ def _cluster(item: Any, path: str) -> model.Cluster:
         if msg.raw("typed_extension_protocol_options"):
             raise ConfigError(msg.at("http2_protocol_options"), "only one of http2_protocol_options and "
                                                                "typed_extension_protocol_options may be set")
-        msg.message("http2_protocol_options", ())
-        pool["http2"] = True
+        pool["upstream_protocol"] = "http2"
+        pool["http2_protocol_options"] = http2_protocol_options(msg.message("http2_protocol_options",
+                                                                            _H2_FIELDS))
     # The deprecated cluster-level field (Envoy 1.40 still takes it, but not together with
     # the protocol options' own).
     legacy = msg.uint32("max_requests_per_connection")
@@ -689,6 +686,11 @@ def _cluster(item: Any, path: str) -> model.Cluster:
     if msg.raw("transport_socket") is not None:
         tls = transport_socket(msg.raw("transport_socket"), msg.at("transport_socket"), downstream=False,
                                **upstream_options)
+    if pool.get("upstream_protocol") == "auto" and tls is None:
+        # Envoy 1.40's words: auto_config needs ALPN, so a TLS transport socket.
+        raise ConfigError(pool.pop("auto_path"), f"ALPN configured for cluster {name} which has a "
+                                                 "non-ALPN transport socket (auto_config needs TLS)")
+    pool.pop("auto_path", None)
 
     return model.Cluster(name=name, endpoints=endpoints, type=ctype, lb_policy=lb_policy,
                          connect_timeout=connect_timeout, dns_refresh_rate=dns_refresh_rate,
@@ -696,8 +698,9 @@ def _cluster(item: Any, path: str) -> model.Cluster:
 
 
 def _http_protocol_options(cluster: Message) -> dict:
-    """typed_extension_protocol_options: only Envoy's upstream HttpProtocolOptions, and of
-    it what HTTP/1.1 to the upstream means. Returns model.Cluster keyword arguments."""
+    """typed_extension_protocol_options: only Envoy's upstream HttpProtocolOptions, with
+    explicit_http_config (HTTP/1.1 or HTTP/2) or auto_config (by ALPN). Returns
+    model.Cluster keyword arguments (and "auto_path", auto_config's path, for _cluster)."""
     options = cluster.mapping("typed_extension_protocol_options")
     if not options:
         return {}
@@ -731,33 +734,40 @@ def _http_protocol_options(cluster: Message) -> dict:
                               "auto_config is required")
         if len(chosen) > 1:
             raise ConfigError(hpo.at(chosen[1]), f"only one of {', '.join(chosen)} may be set")
-        if chosen[0] == "auto_config":
-            # Envoy 1.40 refuses it on a cluster without TLS ("ALPN configured for cluster
-            # ... which has a non-ALPN transport socket"), and fastproxy has no TLS.
-            raise ConfigError(hpo.at("auto_config"), "auto_config needs ALPN (a TLS transport "
-                                                     "socket); fastproxy speaks HTTP/1.1 in plain "
-                                                     "text: use explicit_http_config.http_protocol_options")
+        if chosen[0] == "use_downstream_protocol_config":
+            # Envoy's: each request goes up in its downstream's protocol. The upstream
+            # protocol is a cluster's, not a request's, in fastproxy.
+            raise ConfigError(hpo.at(chosen[0]), "use_downstream_protocol_config (the upstream protocol "
+                                                 "chosen per request) is not supported; use "
+                                                 "explicit_http_config or auto_config")
+        auto = chosen[0] == "auto_config"
         proto = hpo.message(chosen[0], ("http_protocol_options", "http2_protocol_options",
-                                        "http3_protocol_options"))
+                                        "http3_protocol_options") +
+                            (("alternate_protocols_cache_options",) if auto else ()))
         given = [f for f in ("http_protocol_options", "http2_protocol_options", "http3_protocol_options")
                  if proto.raw(f) is not None]
-        if len(given) > 1:
+        if not auto and len(given) > 1:
             raise ConfigError(proto.at(given[1]), f"only one of {', '.join(given)} may be set")
-        if chosen[0] == "explicit_http_config" and not given:
+        if not auto and not given:
             raise ConfigError(proto.at("protocol_config"), "one of http_protocol_options, "
                                                            "http2_protocol_options or "
                                                            "http3_protocol_options is required")
-        for f in given:
-            if f == "http2_protocol_options":
-                # A gRPC server's cluster (ads_config) is declared so; nothing else of HTTP/2
-                # upstreams exists yet, so only its defaults are taken.
-                proto.message(f, ())
-                out["http2"] = True
-            elif f != "http_protocol_options":
-                # The same words as for the legacy Cluster.http2_protocol_options.
-                raise unsupported_field(proto.at(f), f)
+        for f in ("http3_protocol_options", "alternate_protocols_cache_options"):
+            if proto.raw(f) is not None:
+                # (http3: the same words as for the HCM's codec_type HTTP3)
+                raise (unsupported_field(proto.at(f), f) if f.startswith("http3") else
+                       ConfigError(proto.at(f), "alternate protocols (HTTP/3 discovery) are not supported; "
+                                                "remove it"))
         # HTTP/1.1 as it is: none of Http1ProtocolOptions' knobs is implemented upstream.
-        proto.message("http_protocol_options", ()) if "http2" not in out else None
+        proto.message("http_protocol_options", ())
+        if auto:
+            out["upstream_protocol"] = "auto"
+            out["auto_path"] = hpo.at("auto_config")
+        elif given == ["http2_protocol_options"]:
+            out["upstream_protocol"] = "http2"
+        if "http2_protocol_options" in given:
+            out["http2_protocol_options"] = http2_protocol_options(proto.message("http2_protocol_options",
+                                                                                 _H2_FIELDS))
         common = hpo.message("common_http_protocol_options",
                              ("idle_timeout", "max_requests_per_connection", "max_connection_duration"))
         if common is not None:

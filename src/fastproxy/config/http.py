@@ -8,7 +8,11 @@ direct response body over the limit, ...) is rejected here too, with the field's
 
 Choices where Envoy and fastproxy differ, or where Envoy leaves room:
 
-* codec_type: AUTO and HTTP1 (fastproxy speaks HTTP/1.1; AUTO does not sniff HTTP/2).
+* codec_type: AUTO (HTTP/2 for a client that opens with the HTTP/2 preface or picks h2 by
+  ALPN, HTTP/1.1 otherwise), HTTP1 and HTTP2; HTTP3 is refused. http2_protocol_options:
+  every field of Envoy 1.40 with its defaults (fastproxy.http.Http2ProtocolOptions), but
+  allow_metadata, custom_settings_parameters, use_oghttp2_codec true and
+  enable_huffman_encoding false, which are refused (nghttp2 is the codec).
 * http_filters must end with envoy.filters.http.router. An empty list is an error: Envoy
   1.40 accepts it but then answers no request at all. Other filters are "not supported yet";
   ``HTTP_FILTERS`` below is where they plug in.
@@ -100,7 +104,7 @@ ClusterRefs = List[Tuple[str, str]]
 
 # --- the connection manager ---------------------------------------------------------------
 
-_HCM_FIELDS = ("stat_prefix", "codec_type", "route_config", "rds", "scoped_routes", "http_filters",
+_HCM_FIELDS = ("stat_prefix", "codec_type", "http2_protocol_options", "route_config", "rds", "scoped_routes", "http_filters",
                "server_name", "server_header_transformation", "use_remote_address", "xff_num_trusted_hops", "internal_address_config",
                "generate_request_id", "via", "skip_xff_append", "preserve_external_request_id",
                "always_set_request_id_in_response", "normalize_path", "merge_slashes",
@@ -120,10 +124,11 @@ def http_connection_manager(config: Mapping, path: str, config_source: Optional[
     hcm = Message(config, path, _HCM_FIELDS, ignore=("@type",))
     stat_prefix = hcm.string("stat_prefix", required=True, non_empty=True)
     codec = hcm.enum("codec_type", CODEC_TYPES, default="AUTO")
-    if codec not in ("AUTO", "HTTP1"):
-        # The words of http2_protocol_options / http3_protocol_options: the same feature.
-        raise unsupported_field(hcm.at("codec_type"), f"{codec.lower()}_protocol_options",
-                                fix=f"codec_type {codec}: use AUTO or HTTP1 (fastproxy speaks HTTP/1.1)")
+    if codec == "HTTP3":
+        # The words of http3_protocol_options: the same feature.
+        raise unsupported_field(hcm.at("codec_type"), "http3_protocol_options",
+                                fix="codec_type HTTP3: use AUTO, HTTP1 or HTTP2")
+    h2_options = http2_protocol_options(hcm.message("http2_protocol_options", _H2_FIELDS))
     if _present(hcm, "scoped_routes"):
         raise unsupported_field(hcm.at("scoped_routes"), "scoped_routes",
                                 fix="give the route table inline as route_config, or by rds")
@@ -180,6 +185,8 @@ def http_connection_manager(config: Mapping, path: str, config_source: Optional[
                        default="IMPLEMENTATION_SPECIFIC_DEFAULT")
     manager = mh.HttpConnectionManager(
         stat_prefix=stat_prefix,
+        codec_type=codec,
+        http2_protocol_options=h2_options,
         via=via,
         skip_xff_append=_bool(hcm, "skip_xff_append"),
         preserve_external_request_id=_bool(hcm, "preserve_external_request_id"),
@@ -214,6 +221,84 @@ def http_connection_manager(config: Mapping, path: str, config_source: Optional[
         **options,
     )
     return manager, refs
+
+
+# --- HTTP/2 options (a connection manager's, a cluster's) ---------------------------------
+
+_H2_FIELDS = ("hpack_table_size", "max_concurrent_streams", "initial_stream_window_size",
+              "initial_connection_window_size", "allow_connect", "allow_metadata", "max_outbound_frames",
+              "max_outbound_control_frames", "max_consecutive_inbound_frames_with_empty_payload",
+              "max_inbound_priority_frames_per_stream", "max_inbound_window_update_frames_per_data_frame_sent",
+              "stream_error_on_invalid_http_messaging", "override_stream_error_on_invalid_http_message",
+              "custom_settings_parameters", "connection_keepalive", "use_oghttp2_codec", "max_metadata_size",
+              "enable_huffman_encoding")
+# (field, lowest, highest): Envoy's proto ranges (UInt32Values otherwise unbounded).
+_H2_UINT32 = (("hpack_table_size", 0, UINT32_MAX),
+              ("max_concurrent_streams", 1, mh.H2_MAX_31),
+              ("initial_stream_window_size", mh.H2_MIN_WINDOW_SIZE, mh.H2_MAX_31),
+              ("initial_connection_window_size", mh.H2_MIN_WINDOW_SIZE, mh.H2_MAX_31),
+              ("max_outbound_frames", 1, UINT32_MAX),
+              ("max_outbound_control_frames", 1, UINT32_MAX),
+              ("max_consecutive_inbound_frames_with_empty_payload", 0, UINT32_MAX),
+              ("max_inbound_priority_frames_per_stream", 0, UINT32_MAX),
+              ("max_inbound_window_update_frames_per_data_frame_sent", 1, UINT32_MAX))
+
+
+def http2_protocol_options(msg: Optional[Message]) -> mh.Http2ProtocolOptions:
+    """config.core.v3.Http2ProtocolOptions (``msg`` of _H2_FIELDS; None: all defaults, as
+    Envoy's). What fastproxy does not build is refused with its path: allow_metadata,
+    custom_settings_parameters, use_oghttp2_codec (nghttp2 is the codec) and
+    enable_huffman_encoding false."""
+    if msg is None:
+        return mh.Http2ProtocolOptions()
+    kwargs: dict = {}
+    for name, low, high in _H2_UINT32:
+        value = msg.uint32(name)
+        if value is None:
+            continue
+        if not low <= value <= high:
+            raise ConfigError(msg.at(name), f"must be {low}..{high}, got {value}")
+        kwargs[name] = value
+    for name in ("allow_connect", "stream_error_on_invalid_http_messaging"):
+        kwargs[name] = _bool(msg, name)
+    if _present(msg, "override_stream_error_on_invalid_http_message"):
+        kwargs["override_stream_error_on_invalid_http_message"] = _bool(
+            msg, "override_stream_error_on_invalid_http_message")
+    for name, refused, why in (("allow_metadata", True, "METADATA frames are not supported"),
+                               ("use_oghttp2_codec", True, "fastproxy's HTTP/2 codec is nghttp2"),
+                               ("enable_huffman_encoding", False,
+                                "nghttp2 always Huffman-encodes where that is shorter")):
+        if _present(msg, name) and _bool(msg, name) is refused:
+            raise ConfigError(msg.at(name), f"{name}: {str(refused).lower()} is not supported ({why}); "
+                                            f"remove it")
+    # Envoy takes the limit on METADATA frames; with none accepted it holds trivially.
+    msg.uint32("max_metadata_size")
+    for _item, ipath in msg.repeated("custom_settings_parameters"):
+        raise ConfigError(ipath, "custom SETTINGS parameters are not supported; remove "
+                                 "custom_settings_parameters (the named fields set the standard ones)")
+    kwargs["connection_keepalive"] = _keepalive(msg.message(
+        "connection_keepalive", ("interval", "timeout", "interval_jitter", "connection_idle_interval")))
+    return mh.Http2ProtocolOptions(**kwargs)
+
+
+def _keepalive(msg: Optional[Message]) -> Optional[mh.KeepaliveSettings]:
+    """config.core.v3.KeepaliveSettings: timeout required; each duration >= 1ms (Envoy's
+    rules); interval_jitter a type.v3.Percent (default 15)."""
+    if msg is None:
+        return None
+    out: dict = {}
+    for name in ("timeout", "interval", "connection_idle_interval"):
+        value = msg.duration(name, required=name == "timeout")
+        if value is not None and value < mh.H2_MIN_KEEPALIVE:
+            raise ConfigError(msg.at(name), f"must be at least 1ms, got {value}s")
+        out[name] = value
+    jitter = msg.message("interval_jitter", ("value",))
+    if jitter is not None:
+        value = jitter.raw("value", 0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+            raise ConfigError(jitter.at("value"), f"expected a percentage 0..100, got {describe(value)}")
+        out["interval_jitter"] = float(value)
+    return mh.KeepaliveSettings(**out)
 
 
 def _client_cert_details(hcm: Message) -> Optional[mh.SetCurrentClientCertDetails]:
@@ -605,7 +690,9 @@ def _route_match(m: Message) -> mh.RouteMatch:
 # --- actions ------------------------------------------------------------------------------
 
 _ROUTE_ACTION_FIELDS = ("cluster", "weighted_clusters", "prefix_rewrite", "regex_rewrite",
-                        "host_rewrite_literal", "auto_host_rewrite", "timeout")
+                        "host_rewrite_literal", "auto_host_rewrite", "timeout", "max_grpc_timeout",
+                        "grpc_timeout_offset", "max_stream_duration")
+_MAX_STREAM_DURATION_FIELDS = ("max_stream_duration", "grpc_timeout_header_max", "grpc_timeout_header_offset")
 _REDIRECT_FIELDS = ("https_redirect", "scheme_redirect", "host_redirect", "port_redirect", "path_redirect",
                     "prefix_rewrite", "regex_rewrite", "response_code", "strip_query")
 
@@ -639,7 +726,24 @@ def _route_action(a: Message, ctx: _Context) -> mh.RouteAction:
     return mh.RouteAction(cluster=cluster, weighted_clusters=weighted, prefix_rewrite=prefix_rewrite,
                           regex_rewrite=regex_rewrite, host_rewrite_literal=host_literal,
                           auto_host_rewrite=_bool(a, "auto_host_rewrite"),
-                          timeout=_timeout(a, "timeout", DEFAULT_ROUTE_TIMEOUT))
+                          timeout=_timeout(a, "timeout", DEFAULT_ROUTE_TIMEOUT),
+                          # gRPC: 0s is kept (a grpc-timeout cap of 0 is "no cap", unset is
+                          # "grpc-timeout is not read"), so no _timeout here.
+                          max_grpc_timeout=a.duration("max_grpc_timeout"),
+                          grpc_timeout_offset=a.duration("grpc_timeout_offset"),
+                          max_stream_duration=_max_stream_duration(
+                              a.message("max_stream_duration", _MAX_STREAM_DURATION_FIELDS)))
+
+
+def _max_stream_duration(m: Optional[Message]) -> Optional[mh.MaxStreamDuration]:
+    """RouteAction.max_stream_duration: the grpc_timeout_* Durations as given (0s
+    included), max_stream_duration's 0s is none (Envoy: "0 ... is not set")."""
+    if m is None:
+        return None
+    out = mh.MaxStreamDuration(**{name: m.duration(name) for name in _MAX_STREAM_DURATION_FIELDS})
+    if out.max_stream_duration == 0:
+        out.max_stream_duration = None
+    return out
 
 
 def _weighted_clusters(w: Message, ctx: _Context) -> list:

@@ -37,7 +37,6 @@ UNSUPPORTED_FIELDS = {
     "transport_socket": ("TLS (transport_socket)", True),
     "transport_socket_matches": ("TLS (transport_socket_matches)", True),
     "upstream_tls_context": ("TLS", True),
-    "http2_protocol_options": ("HTTP/2", True),     # (a cluster's: config/envoy.py takes it)
     "http3_protocol_options": ("HTTP/3", False),
     "self": ("the 'self' config source", False),
     "authorities": ("xDS authorities", False),

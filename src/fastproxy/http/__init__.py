@@ -24,8 +24,9 @@ from .native_filters import (BUFFER, CORS, FAULT, HEADER_MUTATION, HEALTH_CHECK,
                              HealthCheck, HTTPFault, LocalRateLimit, Mutations, TokenBucket)
 from .native_filters import Buffer as BufferFilter
 from .model import (AccessLog, DirectResponse, HeaderMatcher, HeaderMutations, HeaderValueOption,
-                          HttpConnectionManager, Int64Range, InternalAddressConfig, QueryParameterMatcher,
-                          Rds, RedirectAction, RegexRewrite, Route, RouteAction, RouteConfiguration, RouteMatch,
+                          Http2ProtocolOptions, HttpConnectionManager, Int64Range, InternalAddressConfig,
+                          KeepaliveSettings, MaxStreamDuration, QueryParameterMatcher, Rds, RedirectAction,
+                          RegexRewrite, Route, RouteAction, RouteConfiguration, RouteMatch,
                           SetCurrentClientCertDetails, StringMatch, UpgradeConfig, VirtualHost, WeightedCluster)
 
 __all__ = [
@@ -34,6 +35,9 @@ __all__ = [
     "RedirectAction", "DirectResponse", "WeightedCluster", "RegexRewrite", "HeaderMatcher",
     "QueryParameterMatcher", "StringMatch", "Int64Range", "HeaderValueOption", "HeaderMutations",
     "AccessLog", "UpgradeConfig", "InternalAddressConfig", "Rds", "SetCurrentClientCertDetails",
+    "MaxStreamDuration",
+    # HTTP/2 (a connection manager's and a cluster's http2_protocol_options)
+    "Http2ProtocolOptions", "KeepaliveSettings",
     # the native HTTP filters: their names (NativeHttpFilter's kind) and configs
     "LOCAL_RATELIMIT", "CORS", "FAULT", "BUFFER", "HEALTH_CHECK", "HEADER_MUTATION", "NATIVE_FILTER_KINDS",
     "LocalRateLimit", "TokenBucket", "Cors", "CorsPolicy", "HTTPFault", "FaultDelay", "FaultAbort",

@@ -23,6 +23,7 @@ __all__ = [
     "Route", "VirtualHost", "RouteConfiguration", "AccessLog", "UpgradeConfig", "InternalAddressConfig",
     "Rds", "HttpConnectionManager", "ANY_CLUSTER", "STRING_MATCH_KINDS", "SERVER_HEADER_TRANSFORMATIONS", "ESCAPED_SLASHES_ACTIONS",
     "STRIP_HOST_PORT_MODES", "UNDERSCORES_ACTIONS", "validate_http", "parse_cidr",
+    "Http2ProtocolOptions", "KeepaliveSettings", "CODEC_TYPES", "MaxStreamDuration",
 ]
 
 # A RouteMatch's path specifiers (exactly one is set, or connect_matcher).
@@ -211,8 +212,28 @@ class RegexRewrite:
 
 
 @dataclass
+class MaxStreamDuration:
+    """route.v3.RouteAction.MaxStreamDuration (seconds; None: unset). ``max_stream_duration``:
+    the stream's whole life on this route. ``grpc_timeout_header_max``: the request's
+    grpc-timeout header sets the route's timeout, capped by it (0: no cap); unset: the
+    header is not used. ``grpc_timeout_header_offset``: subtracted from that timeout."""
+
+    max_stream_duration: Optional[float] = None
+    grpc_timeout_header_max: Optional[float] = None
+    grpc_timeout_header_offset: Optional[float] = None
+
+    def validate(self, path: str) -> None:
+        """Check the fields; ``path`` names this message in errors."""
+        for name in ("max_stream_duration", "grpc_timeout_header_max", "grpc_timeout_header_offset"):
+            seconds(getattr(self, name), f"{path}.{name}")
+
+
+@dataclass
 class RouteAction:
-    """route.v3.RouteAction: exactly one of cluster / weighted_clusters."""
+    """route.v3.RouteAction: exactly one of cluster / weighted_clusters. The gRPC fields
+    (seconds; None: unset): ``max_grpc_timeout`` (the deprecated spelling of
+    max_stream_duration.grpc_timeout_header_max: 0 is "no cap"), ``grpc_timeout_offset``
+    (of grpc_timeout_header_offset)."""
 
     cluster: Optional[str] = None
     weighted_clusters: list = field(default_factory=list)   # [WeightedCluster]
@@ -221,6 +242,9 @@ class RouteAction:
     host_rewrite_literal: Optional[str] = None
     auto_host_rewrite: bool = False
     timeout: Optional[float] = 15.0                         # Envoy's default; None = 0s = off
+    max_grpc_timeout: Optional[float] = None
+    grpc_timeout_offset: Optional[float] = None
+    max_stream_duration: Optional[MaxStreamDuration] = None
 
     def validate(self, path: str, cluster_names: Collection[str]) -> None:
         """Check the fields and that the clusters named are in ``cluster_names``."""
@@ -250,6 +274,11 @@ class RouteAction:
         if self.auto_host_rewrite and self.host_rewrite_literal is not None:
             fail(path + ".auto_host_rewrite", "only one of host_rewrite_literal and auto_host_rewrite may be set")
         seconds(self.timeout, path + ".timeout")
+        seconds(self.max_grpc_timeout, path + ".max_grpc_timeout")
+        seconds(self.grpc_timeout_offset, path + ".grpc_timeout_offset")
+        if self.max_stream_duration is not None:
+            mp = path + ".max_stream_duration"
+            typed(self.max_stream_duration, MaxStreamDuration, mp).validate(mp)
 
 
 @dataclass
@@ -494,6 +523,137 @@ FORWARD_CLIENT_CERT_DETAILS = ("SANITIZE", "FORWARD_ONLY", "APPEND_FORWARD", "SA
                                "ALWAYS_FORWARD_ONLY")
 
 
+# --- HTTP/2 ---------------------------------------------------------------------------------
+
+# Envoy 1.40's Http2ProtocolOptions limits (source/common/http/http_option_limits.h) and
+# the ranges its proto allows; a default here is what Envoy uses when the field is unset.
+H2_DEFAULT_HPACK_TABLE_SIZE = 4096
+H2_DEFAULT_MAX_CONCURRENT_STREAMS = 1024
+H2_DEFAULT_WINDOW_SIZE = 1 << 20                       # 1 MiB, stream and connection alike
+H2_MIN_WINDOW_SIZE = 65535                             # RFC 9113's initial window: only larger ones
+H2_MAX_31 = (1 << 31) - 1                              # the largest window; the most streams
+H2_MAX_32 = (1 << 32) - 1
+H2_MIN_KEEPALIVE = 0.001                               # Envoy's gte 1ms on each keepalive duration
+H2_DEFAULT_KEEPALIVE_JITTER = 15.0                     # percent of the interval
+
+
+def _ms(value: Optional[float]) -> int:
+    """Seconds -> whole milliseconds for the core (None: 0, which the core reads as unset);
+    a duration that is set never becomes 0."""
+    if value is None:
+        return 0
+    return max(1, int(round(value * 1000)))
+
+
+@dataclass
+class KeepaliveSettings:
+    """config.core.v3.KeepaliveSettings: HTTP/2 PINGs that check a connection is alive.
+    ``interval``: a PING every interval (plus up to ``interval_jitter`` percent of it, at
+    random); None: no periodic PINGs. ``timeout``: a PING unanswered this long closes the
+    connection (required, as in Envoy). ``connection_idle_interval``: a connection idle this
+    long is PINGed before it carries a new stream; None: never. Durations in seconds, each
+    at least 1 ms (Envoy's range)."""
+
+    timeout: float
+    interval: Optional[float] = None
+    interval_jitter: float = H2_DEFAULT_KEEPALIVE_JITTER
+    connection_idle_interval: Optional[float] = None
+
+    def validate(self, path: str) -> None:
+        """Check the fields; ``path`` names these settings in errors."""
+        for name, optional in (("timeout", False), ("interval", True), ("connection_idle_interval", True)):
+            value = getattr(self, name)
+            seconds(value, f"{path}.{name}", optional=optional)
+            if value is not None and value < H2_MIN_KEEPALIVE:
+                fail(f"{path}.{name}", f"must be at least 1ms, got {value!r}s")
+        jitter = self.interval_jitter
+        if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter <= 100:
+            fail(path + ".interval_jitter", f"expected a percentage 0..100, got {jitter!r}")
+
+
+@dataclass
+class Http2ProtocolOptions:
+    """config.core.v3.Http2ProtocolOptions: the HTTP/2 codec's settings, for a connection
+    manager's downstream connections (HttpConnectionManager.http2_protocol_options) or a
+    cluster's upstream ones (Cluster.http2_protocol_options). Field names and defaults are
+    Envoy 1.40's. ``override_stream_error_on_invalid_http_message`` (None: unset) wins over
+    the deprecated ``stream_error_on_invalid_http_messaging``; True resets only the
+    offending stream of an invalid message, False (the default) ends the connection."""
+
+    hpack_table_size: int = H2_DEFAULT_HPACK_TABLE_SIZE
+    max_concurrent_streams: int = H2_DEFAULT_MAX_CONCURRENT_STREAMS
+    initial_stream_window_size: int = H2_DEFAULT_WINDOW_SIZE
+    initial_connection_window_size: int = H2_DEFAULT_WINDOW_SIZE
+    allow_connect: bool = False                             # extended CONNECT (RFC 8441)
+    max_outbound_frames: int = 10000
+    max_outbound_control_frames: int = 1000
+    max_consecutive_inbound_frames_with_empty_payload: int = 1
+    max_inbound_priority_frames_per_stream: int = 100
+    max_inbound_window_update_frames_per_data_frame_sent: int = 10
+    override_stream_error_on_invalid_http_message: Optional[bool] = None
+    stream_error_on_invalid_http_messaging: bool = False    # deprecated in Envoy's API
+    connection_keepalive: Optional[KeepaliveSettings] = None
+
+    @property
+    def stream_error_on_invalid_http_message(self) -> bool:
+        """What an invalid message resets: True the stream, False the connection."""
+        if self.override_stream_error_on_invalid_http_message is not None:
+            return self.override_stream_error_on_invalid_http_message
+        return self.stream_error_on_invalid_http_messaging
+
+    def validate(self, path: str) -> None:
+        """Check types and Envoy's ranges; ``path`` names these options in errors."""
+        for name, low, high in (
+                ("hpack_table_size", 0, H2_MAX_32),
+                ("max_concurrent_streams", 1, H2_MAX_31),
+                ("initial_stream_window_size", H2_MIN_WINDOW_SIZE, H2_MAX_31),
+                ("initial_connection_window_size", H2_MIN_WINDOW_SIZE, H2_MAX_31),
+                ("max_outbound_frames", 1, H2_MAX_32),
+                ("max_outbound_control_frames", 1, H2_MAX_32),
+                ("max_consecutive_inbound_frames_with_empty_payload", 0, H2_MAX_32),
+                ("max_inbound_priority_frames_per_stream", 0, H2_MAX_32),
+                ("max_inbound_window_update_frames_per_data_frame_sent", 1, H2_MAX_32)):
+            integer(getattr(self, name), f"{path}.{name}", low, high)
+        boolean(self.allow_connect, path + ".allow_connect")
+        boolean(self.stream_error_on_invalid_http_messaging, path + ".stream_error_on_invalid_http_messaging")
+        if self.override_stream_error_on_invalid_http_message is not None:
+            boolean(self.override_stream_error_on_invalid_http_message,
+                    path + ".override_stream_error_on_invalid_http_message")
+        if self.connection_keepalive is not None:
+            kp = path + ".connection_keepalive"
+            typed(self.connection_keepalive, KeepaliveSettings, kp).validate(kp)
+
+    def to_spec(self) -> dict:
+        """The dict core/http/codec_h2_decls.pxi's h2_options_compile reads: integers,
+        durations in milliseconds (0: unset)."""
+        ka = self.connection_keepalive
+        return {
+            "hpack_table_size": self.hpack_table_size,
+            "max_concurrent_streams": self.max_concurrent_streams,
+            "initial_stream_window_size": self.initial_stream_window_size,
+            "initial_connection_window_size": self.initial_connection_window_size,
+            "max_outbound_frames": self.max_outbound_frames,
+            "max_outbound_control_frames": self.max_outbound_control_frames,
+            "max_consecutive_inbound_frames_with_empty_payload":
+                self.max_consecutive_inbound_frames_with_empty_payload,
+            "max_inbound_priority_frames_per_stream": self.max_inbound_priority_frames_per_stream,
+            "max_inbound_window_update_frames_per_data_frame_sent":
+                self.max_inbound_window_update_frames_per_data_frame_sent,
+            "override_stream_error_on_invalid_http_message": int(self.stream_error_on_invalid_http_message),
+            "allow_connect": int(self.allow_connect),
+            "keepalive_interval_ms": _ms(ka.interval) if ka is not None else 0,
+            "keepalive_timeout_ms": _ms(ka.timeout) if ka is not None else 0,
+            # (the core keeps whole percents: Envoy's Percent is a double)
+            "keepalive_interval_jitter_pct": int(round(ka.interval_jitter)) if ka is not None else 0,
+            "keepalive_idle_interval_ms": _ms(ka.connection_idle_interval) if ka is not None else 0,
+        }
+
+
+# A connection manager's codec_type (Envoy's, but HTTP3): AUTO picks HTTP/2 for a client
+# that starts with the HTTP/2 preface (or ALPN h2 over TLS), else HTTP/1.1.
+CODEC_TYPES = ("AUTO", "HTTP1", "HTTP2")
+
+
 # The names the model takes (Envoy's enums are in fastproxy.validation; the loader maps
 # IMPLEMENTATION_SPECIFIC_DEFAULT to KEEP_UNCHANGED, as Envoy does).
 SERVER_HEADER_TRANSFORMATIONS = tuple(_SERVER_HEADER_TRANSFORMATIONS)
@@ -504,10 +664,14 @@ UNDERSCORES_ACTIONS = tuple(HEADERS_WITH_UNDERSCORES_ACTIONS)
 
 @dataclass
 class HttpConnectionManager:
-    """network.http_connection_manager.v3.HttpConnectionManager (HTTP/1.1 codec)."""
+    """network.http_connection_manager.v3.HttpConnectionManager."""
 
     stat_prefix: str
     route_config: Optional[RouteConfiguration] = None       # exactly one of route_config and rds
+    # The codec (CODEC_TYPES): AUTO serves HTTP/1.1 and HTTP/2 (by the client's preface, or
+    # ALPN over TLS), HTTP1 or HTTP2 only that one; and HTTP/2's settings.
+    codec_type: str = "AUTO"
+    http2_protocol_options: Http2ProtocolOptions = field(default_factory=Http2ProtocolOptions)
     server_name: str = "fastproxy"
     # Envoy's server_header_transformation: OVERWRITE (Server is always server_name),
     # APPEND_IF_ABSENT (only when the response has none) or PASS_THROUGH (never set).
@@ -559,6 +723,11 @@ class HttpConnectionManager:
         Errors are ConfigError naming the field, e.g.
         ``<path>.route_config.virtual_hosts[0].routes[1].match.prefix``."""
         string(self.stat_prefix, path + ".stat_prefix", non_empty=True)
+        if self.codec_type == "HTTP3":
+            fail(path + ".codec_type", "HTTP/3 is not supported (fastproxy speaks HTTP/1.1 and HTTP/2)")
+        one_of(self.codec_type, path + ".codec_type", CODEC_TYPES)
+        h2p = path + ".http2_protocol_options"
+        typed(self.http2_protocol_options, Http2ProtocolOptions, h2p).validate(h2p)
         string(self.server_name, path + ".server_name", non_empty=True)
         one_of(self.server_header_transformation, path + ".server_header_transformation", SERVER_HEADER_TRANSFORMATIONS)
         boolean(self.use_remote_address, path + ".use_remote_address")
