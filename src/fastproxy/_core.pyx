@@ -41,6 +41,7 @@ layout"). Declaration files (decls.pxi) come before the implementation files of 
   core/http/codec_h1_server.pxi the HTTP/1.1 server codec: downstream bytes <-> stream events
   core/http/codec_h1_client.pxi the HTTP/1.1 client codec: upstream bytes <-> response events
   core/http/local_reply.pxi   responses the proxy writes itself; status counters
+  core/http/grpc.pxi          gRPC answers for local replies to gRPC requests
   core/upstream/http_pool.pxi the upstream HTTP pool: its interface (acquire, release,
                               cancel, fail), connections, per-host idle lists, queues
   core/http/active_stream.pxi one request/response exchange (HStream)
@@ -111,6 +112,7 @@ include "core/http/codec_h1_framing.pxi"
 include "core/http/codec_h1_server.pxi"
 include "core/http/codec_h1_client.pxi"
 include "core/http/local_reply.pxi"
+include "core/http/grpc.pxi"
 include "core/upstream/http_pool.pxi"
 include "core/http/active_stream.pxi"
 include "core/http/router_filter.pxi"
@@ -122,7 +124,6 @@ include "core/filters/python.pxi"
 include "core/filters/python_async.pxi"
 include "core/http/stream_extras.pxi"
 include "core/http/hcm_headers.pxi"
-include "core/http/grpc.pxi"
 include "core/access_log.pxi"
 include "core/bench.pxi"
 include "core/filters/native_decls.pxi"

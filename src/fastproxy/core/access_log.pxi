@@ -26,11 +26,12 @@ cdef enum:                          # HStream.response_flags: Envoy's short code
     RF_DPE = 1 << 11
     RF_UPE = 1 << 12
     RF_NC = 1 << 13                 # the route's cluster is not configured
-    RF_COUNT = 14
+    RF_DR = 1 << 14                 # downstream remote reset (HTTP/2 RST_STREAM from the client)
+    RF_COUNT = 15
 
-cdef const char* _rf_names[14]
+cdef const char* _rf_names[15]
 _rf_names[:] = [b"UH", b"UT", b"LR", b"UR", b"UF", b"UC", b"UO", b"NR", b"DC", b"URX", b"SI",
-                b"DPE", b"UPE", b"NC"]
+                b"DPE", b"UPE", b"NC", b"DR"]
 
 cdef enum:                          # AlogOp.kind
     AL_LIT = 0
@@ -403,7 +404,7 @@ cdef size_t alog_format(AlogSink* k, HStream* s, char* buf, size_t cap) noexcept
         elif op.kind == AL_BYTES_SENT:
             _al_u64(&o, s.bytes_sent)
         elif op.kind == AL_PROTOCOL:
-            _al_put(&o, http_protocol_name(s.protocol), 8)
+            _al_put(&o, http_protocol_name(s.protocol), strlen(http_protocol_name(s.protocol)))
         elif op.kind == AL_DURATION:
             _al_u64(&o, s.end_ms - s.start_ms)
         elif op.kind == AL_REQUEST_DURATION:

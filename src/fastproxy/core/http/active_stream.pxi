@@ -6,15 +6,23 @@
 # ---------------------------------------------------------------- streams
 
 cdef void stream_free(HStream* s) noexcept nogil:
-    timer_cancel(s.c.w, &s.timeout)
+    """Release what s holds and take it off its connection; its memory is freed at the end
+    of the loop turn (http_free_deferred), so code that may have ended it tests s.ended."""
+    cdef Worker* w = s.c.w
+    timer_cancel(w, &s.timeout)
     stream_timers_stop(s)
     if s.fc != NULL:
         hf_stream_end(s)
     free(s.rewritten_path)
+    s.rewritten_path = NULL
     http_head_free(&s.head)
     host_stats_release(&s.upstream.hstats)
     route_table_decref(s.routes)
-    free(s)
+    s.routes = NULL
+    hconn_unlink_stream(s.c, s)
+    s.ended = 1
+    s.next_deferred = http_worker(w).stream_deferred
+    http_worker(w).stream_deferred = s
 
 
 cdef void stream_finish(HStream* s) noexcept nogil:
@@ -34,17 +42,9 @@ cdef void stream_finish(HStream* s) noexcept nogil:
         s.upstream.conn = NULL
     stat_sub(h.stats, c.w, H_RQ_ACTIVE, 1)
     stat_add(h.stats, c.w, H_RQ_TIME_MS, c.w.now - s.start_ms)
-    if not s.keepalive or not s.req_received:
-        # Either we said Connection: close, or the request body was never read (a local
-        # reply came first): the bytes that follow can't be trusted as a next request.
-        c.close_after = 1
-        if not s.req_received:
-            c.unread_request = 1        # the codec is reset below; _hconn_finish must know
-    c.stream = NULL
+    c.codec.stream_done(c, s)           # (HTTP/1: whether the connection may carry another)
     stream_free(s)
-    c.codec.stream_done(c)
-    if h.idle_timeout_ms:
-        timer_arm(c.w, &c.idle_timer, h.idle_timeout_ms)
+    hconn_stream_gone(c)
 
 
 cdef void stream_upstream_failed(HStream* s, int status, const char* reason) noexcept nogil:
@@ -52,8 +52,10 @@ cdef void stream_upstream_failed(HStream* s, int status, const char* reason) noe
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
     s.upstream.conn = NULL
     if s.resp_started:
-        # Part of the response is out: the only honest signal left is an abrupt close.
-        hconn_close(c, True)
+        # Part of the response is out: the only honest signal left is a reset (HTTP/1: an
+        # abrupt close).
+        stream_reset(s)
+        hconn_pump(c)
         return
     if s.cluster != NULL:
         _count_upstream(s.cluster.stats, c.w, status)     # Envoy charges the router's reply
@@ -189,19 +191,19 @@ cdef int _response_to_filters(HStream* s) noexcept nogil:
     st[2] = <char>(48 + rh.status % 10)
     if hm_append_raw(&fc.resp, _cs(":status"), _s(st, 3)) < 0 \
             or hm_from_head(&fc.resp, rh, True, False) < 0:
-        hconn_close(s.c, True)
+        stream_reset(s)
         return -1
     if s.request_end_ms and not (<HttpCfg*>s.c.cfg.http).suppress_envoy_headers:
         s.service_time_ms = s.c.w.now - s.request_end_ms
         s.service_time_set = 1
         n = _u64_text(s.service_time_ms, svc)
         if hm_set(&fc.resp, "x-envoy-upstream-service-time", 29, svc, n) < 0:
-            hconn_close(s.c, True)
+            stream_reset(s)
             return -1
     # The router's part of the response head, so the encoder filters see it (Envoy's
     # router finalizes the response headers before they go down the encoder chain).
     if s.route != NULL and _hm_apply_ops(&fc.resp, &s.route.response_headers) < 0:
-        hconn_close(s.c, True)
+        stream_reset(s)
         return -1
     fc.enc.end_seen = s.upstream.resp_facts.end_stream
     return hf_iterate(s, True)
@@ -244,14 +246,14 @@ cdef void _request_body_framing_error(HStream* s, int status) noexcept nogil:
         return
     stat_add(h.stats, c.w, H_RQ_RX_RESET, 1)
     chain_clear(&c.in_buf)
-    hconn_local_reply(c, status, _status_reason(status), strlen(_status_reason(status)), NULL, 0, True)
+    hconn_local_reply(c, s, status, _status_reason(status), strlen(_status_reason(status)), NULL, 0, True)
     stream_finish(s)
 
 
 cdef bint cm_request_data_wanted(HStream* s) noexcept nogil:
     """May the codec deliver more request body now? The decoder filters' buffer, or the
     upstream connection's, is the stream's flow control (HTTP_IO_LIMIT)."""
-    if s.c.stream != s or s.c.closed:
+    if s.ended or s.c.closed:
         return False
     if _dec_body_filtered(s):
         return hf_wants_more(s, False)
@@ -268,18 +270,18 @@ cdef int cm_on_request_data(HStream* s, Chain* src, size_t n, bint end,
     s.req_body_bytes += n
     stat_add(h.stats, c.w, H_BYTES_COPIED, n)
     if _request_too_large(s, s.req_body_bytes):
-        hconn_close(c, True)
+        stream_reset(s)
         return -1
     if end:
         s.req_received = 1
     if not _dec_body_filtered(s):
         return upstream_request_data(s, src, n, end, trailers)
     if trailers != NULL and hm_from_head(&s.fc.req_trailers, trailers, True, False) < 0:
-        hconn_close(c, True)
+        stream_reset(s)
         return -1
     if hf_body_in(s, False, src, n, end, trailers != NULL) < 0:
         return -1
-    if c.closed or c.stream != s:
+    if c.closed or s.ended:
         return -1
     return 0
 
@@ -339,7 +341,7 @@ cdef int _stream_path(HStream* s, HttpCfg* h) noexcept nogil:
         stream_local_reply(s, 307, "", 0, s.head.buf + s.head.target_off, s.head.target_len,
                            not s.req_received)
     else:
-        hconn_close(c, True)
+        stream_reset(s)
     return -1
 
 
@@ -349,9 +351,12 @@ cdef inline void _stream_refuse(HStream* s, int status, const char* body) noexce
     stream_local_reply(s, status, body, strlen(body), NULL, 0, True)
 
 
-cdef void stream_start(HConn* c, HttpHead* head, const RequestFacts* f) noexcept nogil:
+cdef HStream* stream_start(HConn* c, HttpHead* head, const RequestFacts* f, void* codec_stream) noexcept nogil:
     """A complete, valid request head (the stream takes it) and the codec's facts about the
-    request: run the decoder filters (if any), then route it."""
+    request: run the decoder filters (if any), then route it. codec_stream: the codec's own
+    state for it (HStream.codec_stream). Returns the stream, which may have ended already
+    (s.ended: answered at once; its memory lasts until the end of the loop turn), or NULL
+    when the connection closed."""
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
     cdef const char* v
     cdef size_t un = 0
@@ -360,7 +365,7 @@ cdef void stream_start(HConn* c, HttpHead* head, const RequestFacts* f) noexcept
     if s == NULL:
         http_head_free(head)
         hconn_close(c, True)
-        return
+        return NULL
     timer_cancel(c.w, &c.idle_timer)
     timer_cancel(c.w, &c.headers_timer)
     s.c = c
@@ -378,10 +383,12 @@ cdef void stream_start(HConn* c, HttpHead* head, const RequestFacts* f) noexcept
     s.req_has_body = not f.end_stream
     s.req_content_length = f.content_length
     s.expect_continue = f.expect_continue
+    s.codec_stream = codec_stream
+    s.grpc = _is_grpc_request(&s.head)
     if f.end_stream:
         s.req_received = 1
         stream_request_end(s, False)
-    c.stream = s
+    hconn_link_stream(c, s)
     stream_timers_start(s)
     stream_client_address(s)
     c.nrequests += 1
@@ -397,41 +404,41 @@ cdef void stream_start(HConn* c, HttpHead* head, const RequestFacts* f) noexcept
     if s.protocol == HTTP_PROTO_10 and not h.accept_http_10:
         # Envoy: HTTP/1.0 only with http_protocol_options.accept_http_10.
         _stream_refuse(s, 426, "Upgrade Required")
-        return
+        return s
     if f.unsupported_coding:
         # A coding besides chunked (gzip, chunked) would have to be kept when the body is
         # re-framed; like Envoy, the proxy does not take such bodies.
         _stream_refuse(s, 501, "unsupported transfer coding")
-        return
+        return s
     k = f.target
     if k == -1:
         _stream_refuse(s, 400, "invalid request target or host")
-        return
+        return s
     if not _connection_nominations_ok(&s.head, f.upgrade):
         _stream_refuse(s, 400, "Bad Request")
-        return
+        return s
     if (h.normalize_path or h.merge_slashes or h.escaped_slashes != ES_KEEP) and not f.connect:
         if _stream_path(s, h) < 0:
-            return
+            return s
     if h.strip_port != STRIP_PORT_NONE:
         stream_strip_host_port(s, h)
     # The filter chain first (Envoy creates it before it refuses an upgrade): the proxy's
     # own answers below go through its encoder filters.
     k2 = hf_stream_create(s) if h.nfilters else 0
     if k2 < 0:
-        hconn_close(c, True)
-        return
+        stream_reset(s)
+        return s
     if k2 > 0:
         # A filter could not be created: fail closed (a missing filter could be the one
         # that denies the request), through the encoder filters that were, as a hook's
         # failure (hf_fail) is answered.
         stream_local_reply(s, 500, "", 0, NULL, 0, not s.req_received)
-        return
+        return s
     if k == -2:
         # HTTP/1.0 without Host nor default_host_for_http_10: Envoy's connection manager
         # refuses it after creating the filter chain, with an empty body.
         _stream_refuse(s, 400, "")
-        return
+        return s
     if f.connect:
         s.keepalive = 0
         s.connect = 1
@@ -439,7 +446,7 @@ cdef void stream_start(HConn* c, HttpHead* head, const RequestFacts* f) noexcept
             # Envoy, without a CONNECT upgrade config: 403 when a route (connect_matcher)
             # takes the request, 404 when none does.
             stream_local_reply(s, 403 if _head_has_route(s) else 404, "", 0, NULL, 0, True)
-            return
+            return s
     if f.upgrade:
         v = _head_field(&s.head, "upgrade", &un)
         if v != NULL and _is_upgrade_token(v, un, "h2c"):
@@ -451,18 +458,19 @@ cdef void stream_start(HConn* c, HttpHead* head, const RequestFacts* f) noexcept
             # Envoy: an upgrade type not in upgrade_configs is refused.
             s.keepalive = 0
             stream_local_reply(s, 403, "", 0, NULL, 0, True)
-            return
+            return s
     if f.content_length > 0 and _request_too_large(s, <uint64_t>f.content_length):
         stream_local_reply(s, 413, "Payload Too Large", 17, NULL, 0, True)
-        return
+        return s
     if h.nfilters:
         if f.expect_continue:
             # Answered before the filters run: a filter that waits for the body must get it.
-            c.codec.encode_continue(c)
+            c.codec.encode_continue(c, s)
         s.fc.dec.end_seen = f.end_stream
         hf_iterate(s, False)
-        return
+        return s
     stream_route(s)
+    return s
 
 
 cdef int hf_sink_headers_encode(HStream* s) noexcept nogil:
@@ -495,7 +503,7 @@ cdef int stream_send_response_head(HStream* s, int framing, uint64_t length) noe
             # to the client (the encoder chain holds a response now, so it is not re-run).
             stream_local_reply(s, 502, "filter removed required response headers", 40, NULL, 0, True)
         else:
-            hconn_close(s.c, True)
+            stream_reset(s)
         return -1
     s.resp_started = 1
     if s.fc != NULL:
@@ -525,23 +533,31 @@ cdef int hf_sink_data_encode(HStream* s) noexcept nogil:
                                      d.held.length) < 0 or s.fc != fc:
             return -1
     s.bytes_sent += d.held.length
-    if s.c.codec.encode_data(s.c, &d.held, d.held.length) < 0 \
-            or (d.phase == FP_PH_DONE and _encode_end_server(s.c, &fc.resp_trailers) < 0):
-        hconn_close(s.c, True)          # the response has started: a reset is all that is left
+    if s.c.codec.encode_data(s.c, s, &d.held, d.held.length) < 0 \
+            or (d.phase == FP_PH_DONE and _encode_end_server(s, &fc.resp_trailers) < 0):
+        stream_reset(s)                 # the response has started: a reset is all that is left
         return -1
     if d.phase == FP_PH_DONE:
         return _stream_response_done(s)
     return 0
 
 
-cdef int _encode_end_server(HConn* c, const HMap* trailers) noexcept nogil:
+cdef int _encode_end_server(HStream* s, const HMap* trailers) noexcept nogil:
     """The end of a response body the encoder filters passed, with their trailers."""
+    cdef HConn* c = s.c
     cdef PairList tl
     cdef int rc
     memset(&tl, 0, sizeof(PairList))
     if trailers.used and hm_to_pairs(trailers, &tl, True) < 0:
         free(tl.v)
         return -1
-    rc = c.codec.encode_end(c, &tl)
+    rc = c.codec.encode_end(c, s, &tl)
     free(tl.v)
     return rc
+
+
+cdef bint _is_grpc_request(const HttpHead* head) noexcept nogil:
+    """Is the request's content-type application/grpc (core/http/grpc.pxi's rule)?"""
+    cdef size_t n = 0
+    cdef const char* v = _head_field(head, "content-type", &n)
+    return v != NULL and grpc_content_type(v, n)

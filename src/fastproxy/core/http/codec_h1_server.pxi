@@ -32,18 +32,32 @@ cdef bint _h1s_mid_message(HConn* c) noexcept nogil:
     return not (p.state == H1_MESSAGE_DONE or (p.state == H1_HEAD and p.head.len == 0))
 
 
-cdef void _h1s_stream_done(HConn* c) noexcept nogil:
+cdef void _h1s_stream_done(HConn* c, HStream* s) noexcept nogil:
+    if not s.keepalive or not s.req_received:
+        # Either we said Connection: close, or the request body was never read (a local
+        # reply came first): the bytes that follow can't be trusted as a next request.
+        c.close_after = 1
+        if not s.req_received:
+            c.unread_request = 1        # the parser is reset below; _hconn_finish must know
     h1_reset(&c.h1.req)
 
 
-cdef uint64_t _h1s_raw_body_left(HConn* c) noexcept nogil:
+cdef void _h1s_stream_reset(HConn* c, HStream* s, bint refused) noexcept nogil:
+    pass                                # (HTTP/1 resets a stream by closing: stream_reset)
+
+
+cdef bint _h1s_send_ok(HConn* c, HStream* s) noexcept nogil:
+    return c.out_buf.length < HTTP_IO_LIMIT
+
+
+cdef uint64_t _h1s_raw_body_left(HConn* c, HStream* s) noexcept nogil:
     cdef H1Parser* p = &c.h1.req
     if p.framing == H1_BODY_LENGTH and (p.state == H1_HEAD_DONE or p.state == H1_BODY):
         return p.body_remaining
     return 0
 
 
-cdef bint _h1s_raw_body_moved(HConn* c, uint64_t n) noexcept nogil:
+cdef bint _h1s_raw_body_moved(HConn* c, HStream* s, uint64_t n) noexcept nogil:
     h1_body_skipped(&c.h1.req, n)
     return c.h1.req.state == H1_MESSAGE_DONE
 
@@ -149,7 +163,7 @@ cdef int _h1s_headers(HConn* c) noexcept nogil:
         return -1 if c.closed else 0
     f.protocol = HTTP_PROTO_10 if head.minor == 0 else HTTP_PROTO_11
     f.target = _h1_request_target(&head, h)
-    cm_on_request_headers(c, &head, &f)
+    cm_on_request_headers(c, &head, &f, NULL)
     return -1 if c.closed else 0
 
 
@@ -182,8 +196,8 @@ cdef int _h1s_decode(HConn* c) noexcept nogil:
     cdef H1Parser* p = &c.h1.req
     cdef SliceRef* r
     cdef ssize_t n
-    if c.stream != NULL:
-        return _h1s_decode_body(c, c.stream)
+    if c.streams != NULL:
+        return _h1s_decode_body(c, c.streams)
     while True:
         if c.in_buf.length == 0:
             if c.down_eof:
@@ -241,23 +255,23 @@ cdef int _h1s_encode_headers(HConn* c, HStream* s, int status, StrRef reason, Pa
     return _append_head(&c.out_buf, l, False, _s(NULL, 0), _s(NULL, 0), status, reason, minor)
 
 
-cdef int _h1s_encode_data(HConn* c, Chain* src, size_t n) noexcept nogil:
+cdef int _h1s_encode_data(HConn* c, HStream* s, Chain* src, size_t n) noexcept nogil:
     return h1_write_body(&c.h1.resp, &c.out_buf, src, n)
 
 
-cdef int _h1s_encode_bytes(HConn* c, const char* p, size_t n) noexcept nogil:
+cdef int _h1s_encode_bytes(HConn* c, HStream* s, const char* p, size_t n) noexcept nogil:
     return h1_write_body_bytes(&c.h1.resp, &c.out_buf, p, n)
 
 
-cdef int _h1s_encode_end(HConn* c, PairList* trailers) noexcept nogil:
+cdef int _h1s_encode_end(HConn* c, HStream* s, PairList* trailers) noexcept nogil:
     return h1_write_end(&c.h1.resp, &c.out_buf, trailers)
 
 
-cdef int _h1s_encode_continue(HConn* c) noexcept nogil:
+cdef int _h1s_encode_continue(HConn* c, HStream* s) noexcept nogil:
     return chain_append(&c.out_buf, "HTTP/1.1 100 Continue\r\n\r\n", 25)
 
 
-cdef bint _h1s_raw_data_ok(HConn* c) noexcept nogil:
+cdef bint _h1s_raw_data_ok(HConn* c, HStream* s) noexcept nogil:
     cdef H1BodyWriter* w = &c.h1.resp
     return not (w.chunked or w.counted or w.head_only)
 
@@ -270,7 +284,12 @@ H1_SERVER_CODEC.start = _h1s_start
 H1_SERVER_CODEC.release = _h1s_release
 H1_SERVER_CODEC.decode = _h1s_decode
 H1_SERVER_CODEC.mid_message = _h1s_mid_message
+H1_SERVER_CODEC.multiplexed = 0
 H1_SERVER_CODEC.stream_done = _h1s_stream_done
+H1_SERVER_CODEC.stream_reset = _h1s_stream_reset
+H1_SERVER_CODEC.flush = NULL
+H1_SERVER_CODEC.drain = NULL
+H1_SERVER_CODEC.send_ok = _h1s_send_ok
 H1_SERVER_CODEC.raw_body_left = _h1s_raw_body_left
 H1_SERVER_CODEC.raw_body_moved = _h1s_raw_body_moved
 H1_SERVER_CODEC.encode_headers = _h1s_encode_headers

@@ -61,18 +61,101 @@ cdef void _log_connecting(UpConn* u, Host* host) noexcept nogil:
 
 # ---------------------------------------------------------------- downstream connections
 
+cdef const ServerCodecApi* hconn_pick_codec(HConn* c, HttpCfg* h) noexcept nogil:
+    return &H1_SERVER_CODEC
+
 cdef void _hconn_idle(Worker* w, void* arg) noexcept nogil:
     cdef HConn* c = <HConn*>arg
-    if c.stream == NULL:
+    if c.nstreams == 0:
+        if c.codec.drain != NULL and c.codec_seen:
+            c.codec.drain(c)            # HTTP/2: GOAWAY, then the close (codec_h2_server.pxi)
+            hconn_pump(c)
+            return
         hconn_close(c, False)
 
 
 cdef void _hconn_headers_timeout(Worker* w, void* arg) noexcept nogil:
     cdef HConn* c = <HConn*>arg
-    if c.stream == NULL:
+    if c.nstreams == 0 and not c.codec.multiplexed:
         stat_add((<HttpCfg*>c.cfg.http).stats, w, H_RQ_HEADER_TIMEOUT, 1)    # Envoy's name
-        hconn_local_reply(c, 408, "request header timeout", 22, NULL, 0, True)
+        hconn_local_reply(c, NULL, 408, "request header timeout", 22, NULL, 0, True)
         hconn_pump(c)
+
+
+# ---------------------------------------------------------------- the connection's streams
+
+cdef inline void hconn_link_stream(HConn* c, HStream* s) noexcept nogil:
+    s.conn_prev = NULL
+    s.conn_next = c.streams
+    if c.streams != NULL:
+        c.streams.conn_prev = s
+    c.streams = s
+    c.nstreams += 1
+
+
+cdef inline void hconn_unlink_stream(HConn* c, HStream* s) noexcept nogil:
+    if s.conn_prev != NULL:
+        s.conn_prev.conn_next = s.conn_next
+    elif c.streams == s:
+        c.streams = s.conn_next
+    else:
+        return                          # not linked (never started, or already unlinked)
+    if s.conn_next != NULL:
+        s.conn_next.conn_prev = s.conn_prev
+    s.conn_next = s.conn_prev = NULL
+    c.nstreams -= 1
+
+
+cdef void _stream_abort(HStream* s, uint32_t flag) noexcept nogil:
+    """s ends before its response completed (a reset either way, or its connection's
+    close): logged with `flag` (DC, DR) unless it has a response flag already, its upstream
+    request abandoned, freed. The codec has forgotten it already."""
+    cdef HConn* c = s.c
+    if not s.logged and not s.tunnel and s.response_flags == 0:
+        s.response_flags |= flag
+    stream_log(s)                       # while s.upstream.conn still holds the response head
+    if s.upstream.conn != NULL:
+        s.upstream.conn.stream = NULL
+        http_pool_cancel(s.upstream.conn)
+        s.upstream.conn = NULL
+    stat_sub((<HttpCfg*>c.cfg.http).stats, c.w, H_RQ_ACTIVE, 1)
+    stream_free(s)
+
+
+cdef void stream_reset(HStream* s) noexcept nogil:
+    """The proxy abandons s (its response cannot be completed: an upstream reset after the
+    head, a filter's failure, no memory). HTTP/1: the connection closes, the only signal
+    left; a multiplexed codec resets the stream alone (HTTP/2: RST_STREAM) and the
+    connection's other streams go on."""
+    cdef HConn* c = s.c
+    if not c.codec.multiplexed:
+        hconn_close(c, True)
+        return
+    if fp_log_level <= LOG_DEBUG:
+        fp_log(c.w.index, "http", c.id, c.nrequests, "stream reset by the proxy")
+    c.codec.stream_reset(c, s, False)
+    _stream_abort(s, RF_DC if not s.resp_started else 0)
+    hconn_stream_gone(c)
+
+
+cdef void cm_on_stream_reset(HStream* s, bint remote) noexcept nogil:
+    """The codec's event: the peer reset s (HTTP/2 RST_STREAM; remote), or the codec did
+    (a protocol error on that stream). Its upstream request is cancelled and it is logged
+    (DR: downstream remote reset)."""
+    cdef HConn* c = s.c
+    stat_add((<HttpCfg*>c.cfg.http).stats, c.w, H_RQ_RX_RESET, 1)
+    if fp_log_level <= LOG_DEBUG:
+        fp_log(c.w.index, "http", c.id, c.nrequests, "stream reset by the %s",
+               _pick(remote, "client", "codec"))
+    _stream_abort(s, RF_DR if remote else RF_DPE)
+    hconn_stream_gone(c)
+
+
+cdef void hconn_stream_gone(HConn* c) noexcept nogil:
+    """A stream ended: with none left, the connection's idle timeout runs."""
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    if c.nstreams == 0 and not c.closed and h.idle_timeout_ms:
+        timer_arm(c.w, &c.idle_timer, h.idle_timeout_ms)
 
 
 cdef void _hconn_drain_end(void* owner) noexcept nogil:
@@ -98,7 +181,7 @@ cdef void hconn_start(Worker* w, ListenerCfg* cfg, int fd, const sockaddr* peer)
     c.down.on_event = _hconn_endp_event
     c.down.fd = fd
     c.down.owner = c
-    c.codec = &H1_SERVER_CODEC          # (HTTP/2 will be chosen here: codec_type, ALPN, preface)
+    c.codec = hconn_pick_codec(c, h)    # codec_type; AUTO settles on the first bytes (codec_h2_server.pxi)
     c.codec.start(c)
     c.req_pipe.r = c.req_pipe.w = -1
     c.rsp_pipe.r = c.rsp_pipe.w = -1
@@ -163,39 +246,29 @@ cdef void _hconn_tls_timeout(void* owner) noexcept nogil:
 cdef void hconn_close(HConn* c, bint rst) noexcept nogil:
     cdef Worker* w = c.w
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
-    cdef HStream* s = c.stream
     cdef int remote
     if c.closed:
         return
     c.closed = 1
     # Envoy's connection manager: remote when the client ended it (EOF, reset, an I/O
-    # error); "active rq" when a stream was open, and then that stream was reset too.
+    # error); "active rq" when a stream was open, and then every open stream was reset too.
     remote = c.down_eof or c.peer_gone
     if fp_log_level <= LOG_DEBUG:
         fp_log(w.index, "connection", c.id, 0, "closing connection: %s%s",
                _pick(remote, "remote close", _pick(rst, "reset", "local close")),
-               _pick(s != NULL, ", resetting its open stream", ""))
+               _pick(c.nstreams != 0, ", resetting its open streams", ""))
     stat_add(h.stats, w, H_CX_DESTROY, 1)
     stat_add(h.stats, w, H_CX_DESTROY_LOCAL + remote, 1)
-    if s != NULL or c.partial_rq:
+    if c.nstreams != 0 or c.partial_rq:
         stat_add(h.stats, w, H_CX_DESTROY_ACTIVE_RQ, 1)
         stat_add(h.stats, w, H_CX_DESTROY_LOCAL_ACTIVE_RQ + remote, 1)
-        if s != NULL:
-            stat_add(h.stats, w, H_RQ_RX_RESET, 1)
     if c.codec_seen:
         stat_sub(h.stats, w, c.codec.stat_cx_active, 1)
     timer_cancel(w, &c.idle_timer)
     timer_cancel(w, &c.headers_timer)
-    if s != NULL:
-        if not s.logged and not s.tunnel and s.response_flags == 0:
-            s.response_flags |= RF_DC    # ended before its response was complete
-        stream_log(s)                   # while s.upstream.conn still holds the response head
-        c.stream = NULL
-        if s.upstream.conn != NULL:
-            s.upstream.conn.stream = NULL
-            http_pool_cancel(s.upstream.conn)
-        stat_sub(h.stats, w, H_RQ_ACTIVE, 1)
-        stream_free(s)
+    while c.streams != NULL:            # each ended before its response was complete
+        stat_add(h.stats, w, H_RQ_RX_RESET, 1)
+        _stream_abort(c.streams, RF_DC)
     endp_tls_close(&c.down, not rst and not c.peer_gone)
     # After a read that drained the socket (and no event since), nothing is left to drop.
     endp_forget(w, &c.down)
@@ -283,9 +356,11 @@ cdef int _hconn_process(HConn* c) noexcept nogil:
     the active stream along. -1 when the connection closed."""
     cdef HStream* s
     cdef int rc
+    if c.codec.multiplexed:
+        return _hconn_process_mux(c)
     while True:
-        if c.stream != NULL:
-            s = c.stream
+        if c.streams != NULL:
+            s = c.streams
             if s.tunnel:
                 if _tunnel_pump(s) < 0:
                     return -1
@@ -304,7 +379,7 @@ cdef int _hconn_process(HConn* c) noexcept nogil:
                 if c.closed:
                     return -1
                 continue                    # the stream ended (a local reply, say)
-            if c.down_eof and c.stream == s and not (s.connect or s.upgrade):
+            if c.down_eof and not s.ended and not (s.connect or s.upgrade):
                 # The client ended its side with its request in flight. As in Envoy (an HTTP
                 # connection is not half-closed), it is gone: the stream is reset (DC) and
                 # its upstream connection closed now, not held until an answer nobody reads
@@ -312,7 +387,7 @@ cdef int _hconn_process(HConn* c) noexcept nogil:
                 # hconn_close counts the reset (downstream_rq_rx_reset).
                 hconn_close(c, False)
                 return -1
-            if c.stream == s and s.upstream.conn != NULL and s.upstream.conn.state == UC_BUSY and s.upstream.conn.out_buf.length \
+            if not s.ended and s.upstream.conn != NULL and s.upstream.conn.state == UC_BUSY and s.upstream.conn.out_buf.length \
                     and s.upstream.conn.ep.writable:
                 # A pooled connection has no event coming to start it. Not while the upstream
                 # is unwritable: its EPOLLOUT will come, and upconn_pump's own hconn_pump(c)
@@ -330,6 +405,31 @@ cdef int _hconn_process(HConn* c) noexcept nogil:
             return -1
 
 
+cdef int _hconn_process_mux(HConn* c) noexcept nogil:
+    """_hconn_process for a multiplexed codec: it decodes what came and delivers every
+    stream's request body itself (as far as each stream's receiver wants it); then the
+    streams whose upstream connection has request bytes to write get a start, as above.
+    -1 when the connection closed."""
+    cdef HStream* s
+    cdef HStream* nxt
+    cdef UpConn* u
+    if c.close_after and c.in_buf.length == 0 and not c.down_eof and c.nstreams == 0:
+        return 0
+    c.codec.decode(c)
+    if c.closed:
+        return -1
+    s = c.streams
+    while s != NULL:
+        nxt = s.conn_next               # (streams end only through the deferred free)
+        u = s.upstream.conn
+        if not s.ended and u != NULL and u.state == UC_BUSY and u.out_buf.length and u.ep.writable:
+            upconn_pump(u)
+            if c.closed:
+                return -1
+        s = nxt
+    return 0
+
+
 # ---------------------------------------------------------------- the server codec's events
 # (core/http/codec_h1_server.pxi says when each comes)
 
@@ -341,9 +441,10 @@ cdef void cm_on_request_begin(HConn* c) noexcept nogil:
 
 cdef void cm_on_codec_error(HConn* c, int status, bint empty_body) noexcept nogil:
     """The codec refused what the client sent: a request head (no stream yet: answered with
-    `status` and the connection closed) or the active stream's body."""
-    if c.stream != NULL:
-        _request_body_framing_error(c.stream, status)
+    `status` and the connection closed) or the active stream's body (HTTP/1 only: a
+    multiplexed codec resets the stream, cm_on_stream_reset)."""
+    if c.streams != NULL:
+        _request_body_framing_error(c.streams, status)
         return
     stat_add((<HttpCfg*>c.cfg.http).stats, c.w, H_CX_PROTOCOL_ERROR, 1)
     hconn_unparsed_request(c, status, RF_DPE, empty_body)
@@ -359,9 +460,12 @@ cdef void cm_on_peer_closed(HConn* c, bint inside_request) noexcept nogil:
     hconn_close(c, False)
 
 
-cdef void cm_on_request_headers(HConn* c, HttpHead* head, const RequestFacts* f) noexcept nogil:
-    """A complete, valid request head (ours now) and what the codec knows of it."""
-    stream_start(c, head, f)
+cdef HStream* cm_on_request_headers(HConn* c, HttpHead* head, const RequestFacts* f,
+                                   void* codec_stream) noexcept nogil:
+    """A complete, valid request head (ours now) and what the codec knows of it; codec_stream:
+    the codec's state for the stream (HStream.codec_stream; HTTP/1: NULL). Returns the
+    stream (it may have ended already: s.ended), or NULL when the connection closed."""
+    return stream_start(c, head, f, codec_stream)
 
 
 cdef void hconn_unparsed_request(HConn* c, int status, uint32_t flags, bint empty_body) noexcept nogil:
@@ -387,13 +491,11 @@ cdef void hconn_unparsed_request(HConn* c, int status, uint32_t flags, bint empt
     stat_add(h.stats, c.w, c.codec.stat_rq_total, 1)
     stat_add(h.stats, c.w, H_RQ_RX_RESET, 1)
     if status:
-        c.stream = &s                   # the reply's status and bytes go to this stream
         if empty_body:
-            hconn_local_reply(c, status, "", 0, NULL, 0, True)     # Envoy's, for a missing Host
+            hconn_local_reply(c, &s, status, "", 0, NULL, 0, True)     # Envoy's, for a missing Host
         else:
-            hconn_local_reply(c, status, _status_reason(status), strlen(_status_reason(status)),
+            hconn_local_reply(c, &s, status, _status_reason(status), strlen(_status_reason(status)),
                               NULL, 0, True)
-        c.stream = NULL
     stream_log(&s)
     c.req_start_ms = 0
     c.req_start_us = 0
@@ -407,6 +509,8 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
     cdef uint64_t sent
     cdef size_t out_len, pipe_bytes
     cdef uint8_t repump
+    cdef HStream* nxt
+    cdef UpConn* u
     if c.closed or c.lingering:         # a lingering connection only drops input (_hconn_finish)
         return
     if c.in_pump:
@@ -416,10 +520,15 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
     while True:
         c.repump = 0
         progress = False
+        if c.codec.flush != NULL:
+            c.codec.flush(c)            # frames queued since (HTTP/2), into out_buf
+            if c.closed:
+                c.in_pump = 0
+                return
         if c.out_buf.length and c.down.writable:
             # A connection to close closes as soon as out_buf is out (below): with MSG_MORE
             # its FIN leaves in the same segment as the last bytes.
-            n = endp_write(&c.down, &c.out_buf, NULL, c.close_after and c.stream == NULL)
+            n = endp_write(&c.down, &c.out_buf, NULL, c.close_after and c.nstreams == 0)
             if n > 0:
                 progress = True
                 stat_add((<HttpCfg*>c.cfg.http).stats, c.w, H_CX_TX_BYTES, <uint64_t>n)
@@ -431,7 +540,7 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
                 c.peer_gone = 1
                 hconn_close(c, True)
                 return
-        s = c.stream
+        s = NULL if c.codec.multiplexed else c.streams
         if c.down.readable and not c.down_eof and c.in_buf.length < HTTP_IO_LIMIT \
                 and (s == NULL or s.upstream.conn == NULL or s.upstream.conn.out_buf.length < HTTP_IO_LIMIT) \
                 and not (s != NULL and s.upstream.conn != NULL and not s.upstream.req_done and not _dec_body_filtered(s)
@@ -463,33 +572,39 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
         if _hconn_process(c) < 0:
             c.in_pump = 0
             return
-        if c.stream != NULL and c.stream.upstream.conn != NULL and c.stream.upstream.conn.state == UC_BUSY \
-                and (c.stream.upstream.conn.in_buf.length or c.rsp_pipe.bytes or c.stream.upstream.conn.ep.readable) \
-                and c.out_buf.length < HTTP_IO_LIMIT \
-                and not (c.stream.fc != NULL and c.stream.fc.enc.stopped == FS_HELD):
-            # (While an encoder filter holds the response, its continue restarts this.)
-            # The upstream paused on our full out_buf; let it continue now. in_pump stays
-            # set, so upconn_pump's own hconn_pump(c) does not nest (one nested pump per
-            # splice round overflowed the stack on a 1 GiB download whose client kept
-            # up); this loop goes round again only if that moved something.
-            s = c.stream
-            sent = s.bytes_sent
-            out_len = c.out_buf.length
-            pipe_bytes = c.rsp_pipe.bytes
-            repump = c.repump
-            upconn_pump(s.upstream.conn)
-            if c.closed:
-                c.in_pump = 0
-                return
-            c.repump = repump
-            if c.stream != s or s.bytes_sent != sent or c.out_buf.length != out_len \
-                    or c.rsp_pipe.bytes != pipe_bytes:
-                progress = True
-        if c.stream != NULL and c.stream.tunnel and c.stream.tunnel_up_eof and c.out_buf.length == 0:
+        s = c.streams
+        while s != NULL:
+            nxt = s.conn_next           # (streams end only through the deferred free)
+            u = s.upstream.conn
+            if not s.ended and u != NULL and u.state == UC_BUSY \
+                    and (u.in_buf.length or c.rsp_pipe.bytes or u.ep.readable) \
+                    and c.codec.send_ok(c, s) \
+                    and not (s.fc != NULL and s.fc.enc.stopped == FS_HELD):
+                # (While an encoder filter holds the response, its continue restarts this.)
+                # The upstream paused on our full out_buf (HTTP/2: the stream's send
+                # buffer); let it continue now. in_pump stays set, so upconn_pump's own
+                # hconn_pump(c) does not nest (one nested pump per splice round overflowed
+                # the stack on a 1 GiB download whose client kept up); this loop goes round
+                # again only if that moved something.
+                sent = s.bytes_sent
+                out_len = c.out_buf.length
+                pipe_bytes = c.rsp_pipe.bytes
+                repump = c.repump
+                upconn_pump(u)
+                if c.closed:
+                    c.in_pump = 0
+                    return
+                c.repump = repump
+                if s.ended or s.bytes_sent != sent or c.out_buf.length != out_len \
+                        or c.rsp_pipe.bytes != pipe_bytes:
+                    progress = True
+            s = nxt
+        s = c.streams
+        if s != NULL and s.tunnel and s.tunnel_up_eof and c.out_buf.length == 0:
             c.in_pump = 0
             hconn_close(c, False)
             return
-        if c.close_after and c.stream == NULL and c.out_buf.length == 0:
+        if c.close_after and c.nstreams == 0 and c.out_buf.length == 0:
             c.in_pump = 0
             _hconn_finish(c)
             return
@@ -507,20 +622,29 @@ cdef void http_drain_listener(Worker* w, ListenSock* sock) noexcept nogil:
     while c != NULL:
         nxt = c.next
         if c.cfg.sock == sock:
-            if c.stream == NULL and c.out_buf.length == 0 and sock.handed_over:
+            if c.codec.drain != NULL and c.codec_seen:
+                # HTTP/2: GOAWAY (in two steps); the open streams finish, then it closes.
+                c.codec.drain(c)
+                hconn_pump(c)
+            elif c.nstreams == 0 and c.out_buf.length == 0 and sock.handed_over:
                 c.drain_next = 1        # its next response says Connection: close
-            elif c.stream == NULL and c.out_buf.length == 0:
+            elif c.nstreams == 0 and c.out_buf.length == 0:
                 hconn_close(c, False)
             else:
                 c.close_after = 1
-                if c.stream != NULL and not c.stream.resp_started:
-                    c.stream.keepalive = 0
+                if c.streams != NULL and not c.streams.resp_started:
+                    c.streams.keepalive = 0
         c = nxt
 
 
 cdef void http_free_deferred(Worker* w) noexcept nogil:
     cdef HConn* c
+    cdef HStream* s
     http_serve_waiting(w)
+    while http_worker(w).stream_deferred != NULL:
+        s = http_worker(w).stream_deferred
+        http_worker(w).stream_deferred = s.next_deferred
+        free(s)
     while http_worker(w).hconn_deferred != NULL:
         c = http_worker(w).hconn_deferred
         http_worker(w).hconn_deferred = c.next_deferred

@@ -161,6 +161,13 @@ cdef struct UpstreamRequest:        # the router filter's request to one upstrea
 
 cdef struct HStream:
     HConn* c
+    HStream* conn_next              # the connection's active streams (HConn.streams)
+    HStream* conn_prev
+    void* codec_stream              # the server codec's per-stream state (HTTP/2), or NULL
+    uint8_t ended                   # finished or reset: its memory waits for the end of the
+                                    #   loop turn (stream_free), so `s.ended` is a safe test
+    uint8_t grpc                    # the request's content-type is application/grpc*
+    HStream* next_deferred
     HttpHead head                   # the request head, owned
     int method
     uint8_t protocol                # HTTP_PROTO_*: the request's protocol (the codec's)
@@ -233,7 +240,9 @@ cdef struct HConn:
     H1ServerConn h1                 # the HTTP/1.1 codec's state (codec_h1_server.pxi only)
     Chain in_buf
     Chain out_buf
-    HStream* stream
+    HStream* streams                # its active streams (HTTP/1: at most one), newest first
+    uint32_t nstreams
+    void* h2                        # the HTTP/2 server codec's state (codec_h2_server.pxi), or NULL
     uint32_t nrequests
     uint8_t closed
     uint8_t down_eof
@@ -276,23 +285,33 @@ cdef struct ServerCodecApi:
     int stat_cx_total               # its http.<prefix>.downstream_cx_<protocol>_total (H_*)
     int stat_cx_active              # ... _active
     int stat_rq_total               # ... downstream_rq_<protocol>_total
+    uint8_t multiplexed             # many streams at once (HTTP/2): decode delivers every
+                                    #   stream's body itself; no splice, no tunnels
     void (*start)(HConn* c) noexcept nogil              # a new connection
     void (*release)(HConn* c) noexcept nogil            # the connection closes
     int (*decode)(HConn* c) noexcept nogil              # decode c.in_buf into events; -1: the
                                                         #   connection closed or the stream ended
     bint (*mid_message)(HConn* c) noexcept nogil        # part of a request has been read
-    void (*stream_done)(HConn* c) noexcept nogil        # the stream ended: read the next request
-    uint64_t (*raw_body_left)(HConn* c) noexcept nogil  # request body bytes still on the socket
-                                                        #   that may be moved unread (0: none)
-    bint (*raw_body_moved)(HConn* c, uint64_t n) noexcept nogil    # n of them were: True when
-                                                        #   that completed the request
+    void (*stream_done)(HConn* c, HStream* s) noexcept nogil    # s ended (HTTP/1: read the next
+                                                        #   request; it decides on close_after)
+    void (*stream_reset)(HConn* c, HStream* s, bint refused) noexcept nogil   # the proxy abandons s
+                                                        #   (HTTP/2: RST_STREAM; HTTP/1: unused)
+    void (*flush)(HConn* c) noexcept nogil              # serialize what is queued into out_buf
+                                                        #   (HTTP/2: frames; NULL: encode_* write directly)
+    void (*drain)(HConn* c) noexcept nogil              # the listener drains (HTTP/2: GOAWAY); NULL:
+                                                        #   the connection manager's HTTP/1 rule
+    bint (*send_ok)(HConn* c, HStream* s) noexcept nogil    # may s queue more response body now?
+    uint64_t (*raw_body_left)(HConn* c, HStream* s) noexcept nogil  # request body bytes still on
+                                                        #   the socket that may be moved unread (0: none)
+    bint (*raw_body_moved)(HConn* c, HStream* s, uint64_t n) noexcept nogil    # n of them were:
+                                                        #   True when that completed the request
     int (*encode_headers)(HConn* c, HStream* s, int status, StrRef reason, PairList* l,
                           const BodyFraming* f, bint close) noexcept nogil
-    int (*encode_data)(HConn* c, Chain* src, size_t n) noexcept nogil   # moves n bytes of src
-    int (*encode_bytes)(HConn* c, const char* p, size_t n) noexcept nogil
-    int (*encode_end)(HConn* c, PairList* trailers) noexcept nogil      # trailers may be NULL
-    int (*encode_continue)(HConn* c) noexcept nogil     # 100 Continue
-    bint (*raw_data_ok)(HConn* c) noexcept nogil        # response body bytes may go out as they are
+    int (*encode_data)(HConn* c, HStream* s, Chain* src, size_t n) noexcept nogil   # moves n bytes of src
+    int (*encode_bytes)(HConn* c, HStream* s, const char* p, size_t n) noexcept nogil
+    int (*encode_end)(HConn* c, HStream* s, PairList* trailers) noexcept nogil      # trailers may be NULL
+    int (*encode_continue)(HConn* c, HStream* s) noexcept nogil     # 100 Continue
+    bint (*raw_data_ok)(HConn* c, HStream* s) noexcept nogil        # response body bytes may go out as they are
 
 cdef struct ClientCodecApi:
     const char* name

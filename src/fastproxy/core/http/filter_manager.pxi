@@ -609,7 +609,7 @@ cdef bint _hf_flush_local_reply(HStream* s) noexcept nogil:
     fc.local_status = 0
     if status == LOCAL_RESET or s.resp_started:
         fc.dead = 1
-        hconn_close(c, True)
+        stream_reset(s)
         return True
     # Envoy's connection manager picks the route before the first filter runs, so a
     # filter's reply carries the route's response header mutations even when no filter
@@ -629,7 +629,7 @@ cdef bint _hf_flush_local_reply(HStream* s) noexcept nogil:
         s.upstream.conn = NULL
     s.status = status
     fc.dead = 1
-    hconn_local_reply_ex(c, status, fc.local_body, fc.local_body_len, NULL, 0,
+    hconn_local_reply_ex(c, s, status, fc.local_body, fc.local_body_len, NULL, 0,
                          not s.req_received, &fc.local_headers)
     stream_finish(s)
     hconn_pump(c)
@@ -703,7 +703,7 @@ cdef int hf_local_reply_start(HStream* s, int status, const char* body, size_t n
         ok = ok and chain_append(&d.held, body, n) == 0
     if not ok:
         fc.dead = 1
-        hconn_close(c, True)
+        stream_reset(s)
         return -1
     d.phase = FP_PH_HEADERS
     d.index = fc.n - 1

@@ -123,14 +123,13 @@ cdef inline int _grpc_reply_status(HStream* s, int status) noexcept nogil:
     return grpc_status_from_http(status)
 
 
-cdef int grpc_local_reply(HConn* c, HStream* s, int status, const char* body, size_t n,
-                          const char* location, size_t location_len, bint close_conn,
-                          const HMap* extra) noexcept nogil:
+cdef void grpc_local_reply(HConn* c, HStream* s, int status, const char* body, size_t n,
+                           bint close_conn, const HMap* extra) noexcept nogil:
     """Answer the gRPC request s from the proxy (hconn_local_reply_ex's gRPC form, called from
     it for a stream whose HStream.grpc is set): status is what the proxy meant; what goes out
     is a trailers-only 200 with grpc-status and grpc-message (Envoy's prepareLocalReply with
     is_grpc). The fields of `extra` (a filter's) come first, and a grpc-status among them is
-    kept, as Envoy keeps one its modify_headers set. -1: the codec failed."""
+    kept, as Envoy keeps one its modify_headers set."""
     cdef PairList l
     cdef BodyFraming bf
     cdef char* owned = NULL
@@ -161,18 +160,17 @@ cdef int grpc_local_reply(HConn* c, HStream* s, int status, const char* body, si
         else:
             mn = grpc_percent_encode(body, n, msg)
             rc = rc or _pl_overwrite(&l, _cs("grpc-message"), _s(msg, mn))
-    if location != NULL:
-        rc = rc or _pl_add(&l, _cs("location"), _s(location, location_len))
     if s.response_flags & RF_UO:
         rc = rc or _pl_add(&l, _cs("x-envoy-overloaded"), _cs("true"))
     if s.route != NULL:
         rc = rc or _pl_apply_ops(&l, &s.route.response_headers)
     rc = rc or pl_finish_response(&l, s, c, &owned)
-    if close_conn:
+    if close_conn and not c.codec.multiplexed:
         c.close_after = 1
     elif not s.keepalive or not s.req_received or s.protocol == HTTP_PROTO_10:
-        # As hconn_local_reply_ex: the connection ends after the reply when the client asked
-        # for it or its request was not read whole; an HTTP/1.0 one after an empty reply.
+        # As local_reply_write: the connection ends after the reply when the client asked for
+        # it or its request was not read whole; an HTTP/1.0 one after an empty reply. (HTTP/2:
+        # the stream alone ends.)
         s.keepalive = 0
         close = True
     if rc == 0:
@@ -185,7 +183,6 @@ cdef int grpc_local_reply(HConn* c, HStream* s, int status, const char* body, si
     s.status = 200
     s.resp_started = 1
     _count_downstream(c, 200)
-    return rc
 
 
 cdef int grpc_local_reply_map(HStream* s, HMap* m, size_t n, const char* body) noexcept nogil:

@@ -5,6 +5,7 @@
 cdef struct HttpWorker:
     HConn* hconns               # live downstream HTTP connections (conn_manager.pxi)
     HConn* hconn_deferred       # closed ones, freed at the end of the loop turn
+    HStream* stream_deferred    # ended streams, freed at the end of the loop turn (HStream.ended)
     UpConn* upconns             # every upstream HTTP connection: busy, idle, connecting (http_pool.pxi)
     UpConn* upconn_deferred
     HttpPool* kicked            # pools whose waiting requests to serve this turn (http_serve_waiting)

@@ -3,17 +3,31 @@
 
 # ---------------------------------------------------------------- local replies
 
-cdef void hconn_local_reply(HConn* c, int status, const char* body, size_t body_len,
+cdef void hconn_local_reply(HConn* c, HStream* st, int status, const char* body, size_t body_len,
                             const char* location, size_t location_len, bint close_conn) noexcept nogil:
-    """Answer the current request (if any) from the proxy itself."""
-    hconn_local_reply_ex(c, status, body, body_len, location, location_len, close_conn, NULL)
+    """Write a reply of the proxy's own for st (a stream, or a request that never became
+    one: the stack stream of hconn_unparsed_request; NULL: none, a connection-level answer
+    such as the 408 of request_headers_timeout)."""
+    hconn_local_reply_ex(c, st, status, body, body_len, location, location_len, close_conn, NULL)
 
 
-cdef void hconn_local_reply_ex(HConn* c, int status, const char* body, size_t body_len,
+cdef void hconn_local_reply_ex(HConn* c, HStream* st, int status, const char* body, size_t body_len,
                                const char* location, size_t location_len, bint close_conn,
                                const HMap* extra) noexcept nogil:
+    """The one place a local reply's head is built (unfiltered replies; a filtered one is
+    built by _local_response_head from what the encoder filters left)."""
+    # GRPC's hook: a gRPC request gets a gRPC answer (core/http/grpc.pxi).
+    if st != NULL and st.grpc:
+        grpc_local_reply(c, st, status, body, body_len, close_conn, extra)
+        return
+    local_reply_write(c, st, status, body, body_len, location, location_len, close_conn, extra)
+
+
+cdef void local_reply_write(HConn* c, HStream* st, int status, const char* body, size_t body_len,
+                            const char* location, size_t location_len, bint close_conn,
+                            const HMap* extra) noexcept nogil:
+    """A plain local reply: status, text body, Envoy's fields, through st's codec."""
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
-    cdef HStream* st = c.stream
     cdef PairList l
     cdef BodyFraming bf
     cdef char* owned = NULL
@@ -35,14 +49,14 @@ cdef void hconn_local_reply_ex(HConn* c, int status, const char* body, size_t bo
         _pl_add(&l, _cs("content-type"), _cs("text/plain"))
     if location != NULL:
         _pl_add(&l, _cs("location"), _s(location, location_len))
-    if c.stream != NULL and c.stream.response_flags & RF_UO:
+    if st != NULL and st.response_flags & RF_UO:
         _pl_add(&l, _cs("x-envoy-overloaded"), _cs("true"))     # Envoy's circuit-breaker reply
-    if c.stream != NULL and c.stream.route != NULL:
+    if st != NULL and st.route != NULL:
         # Envoy applies the chosen route's response_headers_to_add/remove (route, virtual
         # host, route configuration) to its direct responses, redirects and router errors.
-        _pl_apply_ops(&l, &c.stream.route.response_headers)
-    pl_finish_response(&l, c.stream, c, &owned)             # Date, Server, Via, x-request-id
-    if close_conn:
+        _pl_apply_ops(&l, &st.route.response_headers)
+    pl_finish_response(&l, st, c, &owned)                   # Date, Server, Via, x-request-id
+    if close_conn and not c.codec.multiplexed:
         c.close_after = 1
     elif st != NULL and (not st.keepalive or not st.req_received
                          or (st.protocol == HTTP_PROTO_10 and status != 426 and body_len == 0
@@ -50,20 +64,21 @@ cdef void hconn_local_reply_ex(HConn* c, int status, const char* body, size_t bo
         # The connection ends after this reply (stream_finish): the client asked for it,
         # or its request is HTTP/1.0 without keep-alive, or its body was not read. Envoy
         # says so in the reply. Envoy 1.40 also ends an HTTP/1.0 keep-alive connection
-        # after an empty local reply (a redirect), so the proxy does too.
+        # after an empty local reply (a redirect), so the proxy does too. (HTTP/2: the
+        # stream alone ends; its codec resets it if the request was not read to its end.)
         st.keepalive = 0
         close = True
     rc = c.codec.encode_headers(c, st, status, _s(NULL, 0), &l, &bf, close)
     free(l.v)
     free(owned)
-    if rc == 0 and body_len and c.codec.encode_bytes(c, body, body_len) == 0 \
+    if rc == 0 and body_len and c.codec.encode_bytes(c, st, body, body_len) == 0 \
             and st != NULL and st.method != METHOD_HEAD:
         st.bytes_sent += body_len
     if rc == 0:
-        c.codec.encode_end(c, NULL)
-    if c.stream != NULL:
-        c.stream.status = status
-        c.stream.resp_started = 1
+        c.codec.encode_end(c, st, NULL)
+    if st != NULL:
+        st.status = status
+        st.resp_started = 1
     _count_downstream(c, status)
 
 
@@ -83,7 +98,7 @@ cdef void stream_local_reply(HStream* s, int status, const char* body, size_t n,
     if fc != NULL and not fc.resp.used and not fc.dead and _enc_filtered(s):
         hf_local_reply_start(s, status, body, n, location, location_len, close_conn)
         return
-    hconn_local_reply(c, status, body, n, location, location_len, close_conn)
+    hconn_local_reply(c, s, status, body, n, location, location_len, close_conn)
     stream_finish(s)
 
 

@@ -2,7 +2,9 @@
 # a field the proxy supplies, replace the target. Offsets already handed out stay valid.
 
 cdef const char* http_protocol_name(int protocol) noexcept nogil:
-    """%PROTOCOL% as Envoy prints it (8 bytes each)."""
+    """%PROTOCOL% as Envoy prints it."""
+    if protocol == HTTP_PROTO_20:
+        return "HTTP/2"
     return "HTTP/1.0" if protocol == HTTP_PROTO_10 else "HTTP/1.1"
 
 

@@ -21,6 +21,7 @@ cdef enum:                          # HttpHead.method: the methods whose semanti
 cdef enum:                          # HStream.protocol (%PROTOCOL%, a filter's stream info)
     HTTP_PROTO_10 = 0
     HTTP_PROTO_11 = 1
+    HTTP_PROTO_20 = 2
 
 cdef enum:
     HEAD_BLOCK_MIN = 1024           # a head's first block: most heads fit

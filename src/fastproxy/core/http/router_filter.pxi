@@ -238,7 +238,7 @@ cdef bint _response_splice_ready(HStream* s) noexcept nogil:
     cdef HConn* c = s.c
     return (s.resp_started and not _enc_body_filtered(s) and u.in_buf.length == 0
             and c.out_buf.length == 0 and u.codec.raw_body_left(u) != 0
-            and c.codec.raw_data_ok(c) and endp_splice_ok(&u.ep, &c.down)
+            and c.codec.raw_data_ok(c, s) and endp_splice_ok(&u.ep, &c.down)
             and splice_pipe_open(c.w, &c.rsp_pipe))
 
 
@@ -278,14 +278,14 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
     cdef UpConn* u = s.upstream.conn
     cdef HConn* c = s.c
     if s.connect and not s.tunnel and stream_connect_established(s) < 0:
-        hconn_close(c, True)
+        stream_reset(s)
         return -1
     while True:
         if s.tunnel:
             return _tunnel_pump(s)
         if c.rsp_pipe.bytes or _response_splice_ready(s):
             if _response_splice(s) <= 0:
-                return -1 if c.closed or c.stream != s else 0
+                return -1 if c.closed or s.ended else 0
         if u.codec.decode(u) < 0:
             return -1
         if not s.tunnel and not _response_splice_ready(s):
@@ -362,13 +362,13 @@ cdef int ur_on_response_data(HStream* s, Chain* src, size_t n, bint end,
         if end:
             s.upstream.resp_end_fed = 1
             if trailers != NULL and hm_from_head(&s.fc.resp_trailers, trailers, True, False) < 0:
-                hconn_close(c, True)
+                stream_reset(s)
                 return -1
         return hf_body_in(s, True, src, n, end, trailers != NULL)
     if n:
         s.bytes_sent += n
-        if c.codec.encode_data(c, src, n) < 0:
-            hconn_close(c, True)
+        if c.codec.encode_data(c, s, src, n) < 0:
+            stream_reset(s)
             return -1
     if not end:
         return 0
@@ -377,10 +377,10 @@ cdef int ur_on_response_data(HStream* s, Chain* src, size_t n, bint end,
     if trailers != NULL:
         rc = _pl_from_head(&tl, trailers)
     if rc == 0:
-        rc = c.codec.encode_end(c, &tl)
+        rc = c.codec.encode_end(c, s, &tl)
     free(tl.v)
     if rc < 0:
-        hconn_close(c, True)
+        stream_reset(s)
         return -1
     stream_finish(s)
     return -1
@@ -399,7 +399,7 @@ cdef void ur_on_response_error(HStream* s, int kind) noexcept nogil:
             s.response_flags |= RF_UPE              # bad body framing from the upstream
         elif not filtered or kind == UE_CLOSED_IN_HEAD or kind == UE_CLOSED_BEFORE_HEAD:
             s.response_flags |= RF_UC               # the upstream ended inside the response
-        hconn_close(c, True)
+        stream_reset(s)
     elif kind == UE_CLOSED_BEFORE_HEAD or (kind == UE_CLOSED_IN_BODY and not filtered):
         http_pool_fail(u, 503, UPSTREAM_TERMINATION)
     else:
@@ -503,7 +503,7 @@ cdef int stream_route(HStream* s) noexcept nogil:
     cdef ssize_t n
     cdef int ci
     if hdrs == NULL:
-        hconn_close(c, True)
+        stream_reset(s)
         return -1
     if s.route == NULL or s.route_cleared or s.fc == NULL:
         s.route = route_select(s.routes, &r)
@@ -584,7 +584,7 @@ cdef int stream_route(HStream* s) noexcept nogil:
         _route_input_free(hdrs, stack)                      # the 200 and the tunnel follow the TCP connect
         return 0
     if s.fc == NULL and s.expect_continue:
-        c.codec.encode_continue(c)
+        c.codec.encode_continue(c, s)
     if path != NULL:
         free(s.rewritten_path)
         s.rewritten_path = path
@@ -651,7 +651,7 @@ cdef int hf_sink_data_decode(HStream* s) noexcept nogil:
 cdef inline bint _request_splice_ready(HConn* c, HStream* s) noexcept nogil:
     """Could the rest of the request body go downstream -> pipe -> upstream unread (a body
     both codecs pass as it is, nothing buffered downstream, the upstream connected)?"""
-    return (c.in_buf.length == 0 and s.upstream.conn.state == UC_BUSY and c.codec.raw_body_left(c) != 0
+    return (c.in_buf.length == 0 and s.upstream.conn.state == UC_BUSY and c.codec.raw_body_left(c, s) != 0
             and s.upstream.conn.codec.raw_data_ok(s.upstream.conn)
             and endp_splice_ok(&c.down, &s.upstream.conn.ep))
 
@@ -668,7 +668,7 @@ cdef int stream_forward_request_body(HStream* s) noexcept nogil:
     cdef int rc
     if c.req_pipe.bytes or (_request_splice_ready(c, s) and u.out_buf.length == 0
                             and splice_pipe_open(c.w, &c.req_pipe)):
-        before = c.codec.raw_body_left(c)
+        before = c.codec.raw_body_left(c, s)
         left = before
         moved = 0
         rc = splice_move(&c.req_pipe, &c.down, &u.ep, &left, &moved)
@@ -678,7 +678,7 @@ cdef int stream_forward_request_body(HStream* s) noexcept nogil:
         if moved or left != before:
             s.last_active_ms = c.w.now
         s.req_body_bytes += before - left
-        done = c.codec.raw_body_moved(c, before - left)
+        done = c.codec.raw_body_moved(c, s, before - left)
         if rc == -1:
             c.peer_gone = 1                 # the client ended or failed (hconn_close counts the reset)
             hconn_close(c, False)
@@ -707,7 +707,7 @@ cdef int upstream_request_data(HStream* s, Chain* src, size_t n, bint end,
         chain_drain(src, n)
         return 0
     if n and u.codec.encode_data(u, src, n) < 0:
-        hconn_close(c, True)
+        stream_reset(s)
         return -1
     if end:
         memset(&tl, 0, sizeof(PairList))
@@ -717,7 +717,7 @@ cdef int upstream_request_data(HStream* s, Chain* src, size_t n, bint end,
             rc = u.codec.encode_end(u, &tl)
         free(tl.v)
         if rc < 0:
-            hconn_close(c, True)
+            stream_reset(s)
             return -1
         stream_request_end(s, True)
     return 0

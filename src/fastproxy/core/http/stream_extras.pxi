@@ -34,8 +34,8 @@ cdef void stream_timers_stop(HStream* s) noexcept nogil:
 
 cdef inline void stream_touch(HConn* c) noexcept nogil:
     """Bytes moved for the connection's stream (either direction): it is not idle."""
-    if c.stream != NULL:
-        c.stream.last_active_ms = c.w.now
+    if c.nstreams == 1:                 # (a multiplexed codec touches its streams itself)
+        c.streams.last_active_ms = c.w.now
 
 
 cdef void _stream_end_locally(HStream* s, int status, const char* body) noexcept nogil:
@@ -46,7 +46,8 @@ cdef void _stream_end_locally(HStream* s, int status, const char* body) noexcept
         http_pool_cancel(s.upstream.conn)
         s.upstream.conn = NULL
     if s.resp_started:
-        hconn_close(c, True)
+        stream_reset(s)
+        hconn_pump(c)
         return
     stream_local_reply(s, status, body, strlen(body), NULL, 0, not s.upstream.req_done)
     hconn_pump(c)

@@ -749,10 +749,10 @@ cdef void upconn_pump(UpConn* u) noexcept nogil:
             if stream_forward_request_body(s) < 0:
                 break
         if u.ep.readable and not u.eof and u.in_buf.length < HTTP_IO_LIMIT \
-                and (c == NULL or c.out_buf.length < HTTP_IO_LIMIT) \
+                and (c == NULL or c.codec.send_ok(c, s)) \
                 and not (c != NULL and (c.rsp_pipe.bytes or (s.resp_started and not _enc_body_filtered(s)
                          and u.in_buf.length == 0 and u.codec.raw_body_left(u) != 0
-                         and c.codec.raw_data_ok(c) and endp_splice_ok(&u.ep, &c.down)))):
+                         and c.codec.raw_data_ok(c, s) and endp_splice_ok(&u.ep, &c.down)))):
             n = endp_read(&u.ep, &u.in_buf, HTTP_IO_LIMIT - u.in_buf.length, &asked)
             if n > 0:
                 stat_add(u.cluster.stats, u.w, C_RX_BYTES, <uint64_t>n)
