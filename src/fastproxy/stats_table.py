@@ -127,6 +127,9 @@ BLOCKS = (
         ("C_RQ_ACTIVE_OVERFLOW", "upstream_rq_active_overflow", COUNTER),
         ("C_RQ_RETRY_OVERFLOW", "upstream_rq_retry_overflow", COUNTER),
         ("C_CX_MAX_DURATION", "upstream_cx_max_duration_reached", COUNTER),
+        ("C_CX_HTTP2_TOTAL", "upstream_cx_http2_total", COUNTER),
+        ("C_RQ_RX_RESET", "upstream_rq_rx_reset", COUNTER),
+        ("C_RQ_TX_RESET", "upstream_rq_tx_reset", COUNTER),
     )),
     # A cluster's hosts, as admin /clusters prints them (cluster::<address>::<stat>::<value>),
     # in Envoy's order: the counters, then the gauges.
@@ -186,6 +189,15 @@ BLOCKS = (
         ("H_RQ_REDIRECTED_NORMALIZED_PATH", "downstream_rq_redirected_with_normalized_path", COUNTER),
         # a response that said Connection: close because its listener version is draining
         ("H_CX_DRAIN_CLOSE", "downstream_cx_drain_close", COUNTER),
+    )),
+    # HTTP/2 codec counters: the server-wide http2.* block and each HTTP/2 cluster's
+    # cluster.<name>.http2.* (Envoy's names).
+    StatBlockDef("HTTP2", "H2_NSTATS", "http2.*: server-wide; cluster.<name>.http2.*", (
+        ("H2_RX_MESSAGING_ERROR", "rx_messaging_error", COUNTER),
+        ("H2_RX_RESET", "rx_reset", COUNTER),
+        ("H2_TRAILERS", "trailers", COUNTER),
+        ("H2_TX_RESET", "tx_reset", COUNTER),
+        ("H2_STREAMS_ACTIVE", "streams_active", GAUGE),
     )),
     StatBlockDef("HTTP1", "H1S_NSTATS", "http1.*: server-wide", (
         ("H1S_DROPPED_UNDERSCORES", "dropped_headers_with_underscores", COUNTER),

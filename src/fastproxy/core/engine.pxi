@@ -145,16 +145,19 @@ cdef class Engine:
                      HostSetHandle hosts, pool_idle_timeout=None, max_connection_duration=None,
                      uint32_t max_requests_per_connection=0, uint32_t max_connections=1024,
                      uint32_t max_pending_requests=1024, uint32_t max_requests=1024,
-                     uint32_t max_retries=3, bint removed=False, TlsContextHandle tls=None):
+                     uint32_t max_retries=3, bint removed=False, TlsContextHandle tls=None,
+                     str protocol="http1", dict h2=None, StatBlockHandle h2_stats=None):
         """A cluster (ClusterHandle). removed: a name referenced with no cluster configured
         (Proxy._cluster_ref), whose requests get 503 NC until set_params revives it. tls:
-        upstream TLS with that client context (make_tls_context)."""
+        upstream TLS with that client context (make_tls_context). protocol, h2, h2_stats:
+        the upstream protocol (ClusterHandle.set_params)."""
         cdef ClusterHandle h = ClusterHandle.__new__(ClusterHandle)
         cdef ClusterParams params = _cluster_params(
             lb_policy, connect_timeout, pool_idle_timeout, max_connection_duration,
             max_requests_per_connection, max_connections, max_pending_requests, max_requests,
-            max_retries, removed)
+            max_retries, removed, protocol, h2)
         params.tls = _client_tls(tls)
+        params.h2_stats = _h2_stats_block(h2_stats)
         cdef ClusterCfg* c = <ClusterCfg*>calloc(1, sizeof(ClusterCfg))
         if c == NULL:
             raise MemoryError()
@@ -170,12 +173,16 @@ cdef class Engine:
             c.per_worker[i].params = params     # (no worker knows c yet)
             if params.tls != NULL:
                 fp_atomic_add_int(&params.tls.refcnt, 1)
+            if params.h2_stats != NULL:
+                fp_atomic_add_int(&params.h2_stats.refcnt, 1)
         h.c = c
         h.engine = self
         h.stats = stats
         h.params = params
         if params.tls != NULL:
             fp_atomic_add_int(&params.tls.refcnt, 1)    # the handle's copy
+        if params.h2_stats != NULL:
+            fp_atomic_add_int(&params.h2_stats.refcnt, 1)
         h.set_hosts(hosts)
         return h
 

@@ -102,6 +102,15 @@ cdef struct ServerCodecApi
 cdef struct ClientCodecApi
 
 
+cdef enum:                          # UpConn.h2_role
+    H2R_NONE = 0
+    H2R_CONN = 1
+    H2R_STREAM = 2
+
+cdef struct H2Conn                  # core/http/codec_h2_client.pxi
+cdef struct H2Stream
+
+
 cdef struct SplicePipe:             # a pipe that Content-Length bodies go through
     int r
     int w
@@ -142,6 +151,13 @@ cdef struct UpConn:
     uint8_t host_counted            # counted in its pool's nconns (not a CONNECT tunnel's)
     uint64_t id                     # the debug lines' ConnectionId (shared with HConn's)
     StatBlock* hstats               # its host's counters (HS_*), NULL: none
+    # HTTP/2 (core/http/codec_h2_client.pxi: the design is at its top)
+    uint8_t h2_role                 # H2R_NONE: an HTTP/1.1 connection; H2R_CONN: a shared HTTP/2
+                                    #   connection; H2R_STREAM: one stream's handle on one
+    H2Conn* h2                      # H2R_CONN: the session and its streams (freed with u)
+    H2Stream* h2s                   # H2R_STREAM: the stream's state (freed with u)
+    UpConn* h2_conn                 # H2R_STREAM: the connection that carries it (or will, once
+                                    #   it connects); NULL: none (waiting, or its stream closed)
 
 cdef struct UpstreamRequest:        # the router filter's request to one upstream host
                                     # (Envoy's UpstreamRequest): what it holds from the pool
@@ -336,6 +352,8 @@ cdef enum:                          # ur_on_response_error: how an upstream resp
     UE_CLOSED_BEFORE_HEAD = 3       # ... before any byte of one
     UE_BODY_FRAMING = 4             # bad body framing
     UE_CLOSED_IN_BODY = 5           # the upstream closed before the body's end
+    UE_RESET = 6                    # the upstream reset the stream (HTTP/2 RST_STREAM, or a
+                                    #   GOAWAY that refused it): 503 UR, or a reset after the head
 
 
 # The http.<stat_prefix>.* block (H_*, HTTP_STATS, HTTP_GAUGES): fastproxy/stats_table.py.
@@ -365,6 +383,8 @@ cdef extern from *:
     static const char FP_UPSTREAM_CONNECT_FAILURE[] = FP_UPSTREAM_RESET("connection failure");
     static const char FP_UPSTREAM_REMOTE_FAILURE[] = FP_UPSTREAM_RESET("remote connection failure");
     static const char FP_UPSTREAM_TERMINATION[] = FP_UPSTREAM_RESET("connection termination");
+    static const char FP_UPSTREAM_REMOTE_RESET[] = FP_UPSTREAM_RESET("remote reset");
+    static const char FP_UPSTREAM_REFUSED[] = FP_UPSTREAM_RESET("remote refused stream reset");
     static const char FP_NO_HEALTHY_UPSTREAM[] = "no healthy upstream";
     static const char FP_UPSTREAM_TIMEOUT[] = "upstream request timeout";
     """
@@ -374,6 +394,8 @@ cdef extern from *:
     const char* UPSTREAM_CONNECT_FAILURE "FP_UPSTREAM_CONNECT_FAILURE"
     const char* UPSTREAM_REMOTE_FAILURE "FP_UPSTREAM_REMOTE_FAILURE"
     const char* UPSTREAM_TERMINATION "FP_UPSTREAM_TERMINATION"
+    const char* UPSTREAM_REMOTE_RESET "FP_UPSTREAM_REMOTE_RESET"
+    const char* UPSTREAM_REFUSED "FP_UPSTREAM_REFUSED"
     const char* NO_HEALTHY_UPSTREAM "FP_NO_HEALTHY_UPSTREAM"
     const char* UPSTREAM_TIMEOUT "FP_UPSTREAM_TIMEOUT"
 

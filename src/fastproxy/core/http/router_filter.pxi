@@ -394,6 +394,15 @@ cdef void ur_on_response_error(HStream* s, int kind) noexcept nogil:
     cdef bint filtered = _enc_body_filtered(s)
     if kind == UE_PROTOCOL:
         http_pool_fail(u, 502, UPSTREAM_PROTOCOL_ERROR)     # counts the 5xx
+    elif kind == UE_RESET:
+        # The upstream reset the stream (HTTP/2): Envoy's 503 "remote reset" (flag UR)
+        # before the response head, a reset of the downstream stream after it.
+        if s.resp_started:
+            s.response_flags |= RF_UR
+            stat_add(s.cluster.stats, c.w, C_RQ_RX_RESET, 1)
+            hconn_close(c, True)
+        else:
+            http_pool_fail(u, 503, UPSTREAM_REMOTE_RESET)
     elif s.resp_started:
         if kind == UE_BODY_FRAMING and not filtered:
             s.response_flags |= RF_UPE              # bad body framing from the upstream

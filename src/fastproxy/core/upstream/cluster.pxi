@@ -101,6 +101,7 @@ cdef void cluster_decref(ClusterCfg* c) noexcept nogil:
         for i in range(c.nworkers):
             hostset_decref(c.per_worker[i].hosts)
             tls_provider_decref(c.per_worker[i].params.tls)
+            statblock_decref(c.per_worker[i].params.h2_stats)
         free(c.per_worker)
         http_pools_free(c)
         free(c)
@@ -119,8 +120,10 @@ cdef void _msg_hostset_swap(Worker* w, void* arg) noexcept nogil:
 cdef void _msg_params_swap(Worker* w, void* arg) noexcept nogil:
     cdef ParamsSwap* m = <ParamsSwap*>arg
     cdef TlsProvider* old_tls = m.cluster.per_worker[w.index].params.tls
-    m.cluster.per_worker[w.index].params = m.params     # (its TLS reference moves in)
+    cdef StatBlock* old_h2 = m.cluster.per_worker[w.index].params.h2_stats
+    m.cluster.per_worker[w.index].params = m.params     # (its TLS and stats references move in)
     tls_provider_decref(old_tls)
+    statblock_decref(old_h2)
     if m.params.removed:
         # The cluster is gone: its idle connections close (busy ones finish their request
         # and close then, http_pool_release).
@@ -225,7 +228,8 @@ def _host_stat_blocks(Engine engine):
 cdef ClusterParams _cluster_params(str lb_policy, double connect_timeout, pool_idle_timeout,
                                    max_connection_duration, uint32_t max_requests_per_connection,
                                    uint32_t max_connections, uint32_t max_pending_requests,
-                                   uint32_t max_requests, uint32_t max_retries, bint removed) except *:
+                                   uint32_t max_requests, uint32_t max_retries, bint removed,
+                                   str protocol="http1", dict h2=None) except *:
     cdef ClusterParams p
     memset(&p, 0, sizeof(ClusterParams))
     if lb_policy not in ("ROUND_ROBIN", "RANDOM"):
@@ -240,7 +244,23 @@ cdef ClusterParams _cluster_params(str lb_policy, double connect_timeout, pool_i
     p.max_pending = max_pending_requests
     p.max_rq = max_requests
     p.max_retries = max_retries
+    if protocol not in ("http1", "http2", "auto"):
+        raise ValueError(f"protocol must be http1, http2 or auto, got {protocol!r}")
+    p.protocol = UP_HTTP2 if protocol == "http2" else (UP_AUTO if protocol == "auto" else UP_HTTP1)
+    if p.protocol != UP_HTTP1:
+        if h2 is None:
+            raise ValueError(f"h2: the http2_protocol_options spec is required with protocol {protocol!r}")
+        h2_options_compile(h2, &p.h2)
     return p
+
+
+cdef StatBlock* _h2_stats_block(StatBlockHandle h2_stats) except? NULL:
+    """A cluster's cluster.<name>.http2.* block (borrowed), or NULL."""
+    if h2_stats is None:
+        return NULL
+    if h2_stats.names != HTTP2_STATS:
+        raise ValueError("h2_stats: a block of kind 'http2' is required")
+    return h2_stats.b
 
 
 cdef TlsProvider* _client_tls(TlsContextHandle tls) except? NULL:
@@ -264,6 +284,7 @@ cdef class ClusterHandle:
 
     def __dealloc__(self):
         tls_provider_decref(self.params.tls)
+        statblock_decref(self.params.h2_stats)
         cluster_decref(self.c)
 
     @property
@@ -280,16 +301,21 @@ cdef class ClusterHandle:
     def set_params(self, str lb_policy, double connect_timeout, pool_idle_timeout=None,
                    max_connection_duration=None, uint32_t max_requests_per_connection=0,
                    uint32_t max_connections=1024, uint32_t max_pending_requests=1024,
-                   uint32_t max_requests=1024, uint32_t max_retries=3, TlsContextHandle tls=None):
+                   uint32_t max_requests=1024, uint32_t max_retries=3, TlsContextHandle tls=None,
+                   str protocol="http1", dict h2=None, StatBlockHandle h2_stats=None):
         """Give every worker the cluster's new params (a config update; the cluster is
         configured, so no longer removed). Returns at once; each worker's new requests and
         connections use them from its next loop turn. tls: upstream TLS with that client
-        context (None: plaintext)."""
+        context (None: plaintext). protocol: "http1", "http2" (h2c with prior knowledge on
+        plaintext, ALPN h2 over TLS) or "auto" (ALPN over TLS, HTTP/1.1 on plaintext); h2:
+        Http2ProtocolOptions.to_spec(); h2_stats: its cluster.<name>.http2.* block. A
+        connection keeps the protocol it was made with."""
         cdef ClusterParams p = _cluster_params(
             lb_policy, connect_timeout, pool_idle_timeout, max_connection_duration,
             max_requests_per_connection, max_connections, max_pending_requests, max_requests,
-            max_retries, False)
+            max_retries, False, protocol, h2)
         p.tls = _client_tls(tls)
+        p.h2_stats = _h2_stats_block(h2_stats)
         self._post_params(p)
 
     def remove(self):
@@ -304,10 +330,14 @@ cdef class ClusterHandle:
         cdef int i
         cdef ParamsSwap* m
         cdef TlsProvider* old_tls = self.params.tls
+        cdef StatBlock* old_h2 = self.params.h2_stats
         if params.tls != NULL:
             fp_atomic_add_int(&params.tls.refcnt, 1)    # the handle's copy
+        if params.h2_stats != NULL:
+            fp_atomic_add_int(&params.h2_stats.refcnt, 1)
         self.params = params
         tls_provider_decref(old_tls)
+        statblock_decref(old_h2)
         for i in range(self.c.nworkers):
             m = <ParamsSwap*>malloc(sizeof(ParamsSwap))
             if m == NULL:
@@ -315,11 +345,14 @@ cdef class ClusterHandle:
             fp_atomic_add_int(&self.c.refcnt, 1)
             if params.tls != NULL:
                 fp_atomic_add_int(&params.tls.refcnt, 1)    # the worker's copy
+            if params.h2_stats != NULL:
+                fp_atomic_add_int(&params.h2_stats.refcnt, 1)
             m.cluster = self.c
             m.params = params
             if self.engine.post(i, _msg_params_swap, m) < 0:
                 cluster_decref(m.cluster)           # that worker keeps its params
                 tls_provider_decref(params.tls)
+                statblock_decref(params.h2_stats)
                 free(m)
                 raise MemoryError()
 

@@ -28,6 +28,11 @@ cdef struct HostSet:
                                 #   host's block is its identity (cluster, address): the
                                 #   pool finds the hosts that stay across a swap with it.
 
+cdef enum:                      # ClusterParams.protocol
+    UP_HTTP1 = 0
+    UP_HTTP2 = 1
+    UP_AUTO = 2
+
 cdef struct ClusterParams:      # what a cluster's config sets; one copy per worker
     int lb
     uint8_t removed             # no cluster of this name is configured (any more): new
@@ -43,6 +48,10 @@ cdef struct ClusterParams:      # what a cluster's config sets; one copy per wor
     uint32_t max_rq
     uint32_t max_retries
     TlsProvider* tls            # upstream TLS (client context), else NULL; each copy holds a reference
+    uint8_t protocol            # UP_HTTP1, UP_HTTP2 (prior knowledge h2c, or ALPN h2 over TLS),
+                                #   UP_AUTO (ALPN h2,http/1.1 over TLS; HTTP/1.1 on plaintext)
+    H2Options h2                # http2_protocol_options (UP_HTTP2 / UP_AUTO)
+    StatBlock* h2_stats         # cluster.<name>.http2.* (H2_*), or NULL; each copy holds a reference
 
 cdef struct WorkerLb:           # one per worker, touched only by that worker
     HostSet* hosts              # the worker's current host set (one reference)
@@ -64,6 +73,8 @@ cdef struct HttpPool:           # one per cluster per worker, touched only by th
     UpConn* wait_tail           #   oldest first
     HttpPool* kick_next         # HttpWorker.kicked: serve wait_head at the end of the loop turn
     uint8_t kicked
+    UpConn* h2_flush            # HTTP/2 connections with frames to send (streams' requests,
+                                #   resets, window updates), sent at the end of the loop turn
 
 cdef struct ClusterCfg:
     # A cluster keeps its ClusterCfg for as long as its name is configured or referenced:

@@ -114,6 +114,12 @@ cdef void upconn_close(UpConn* u) noexcept nogil:
     cdef int* nconns
     if u.state == UC_CLOSED:
         return
+    if u.h2_role == H2R_STREAM:
+        _h2_handle_end(u)
+        return
+    if u.h2_role == H2R_CONN and not u.h2.closing:
+        _h2_conn_close_streams(u, 503, UPSTREAM_TERMINATION)     # (which closes u)
+        return
     if u.idle_head != NULL:
         pp = u.idle_head
         while pp[0] != NULL and pp[0] != u:
@@ -197,6 +203,11 @@ cdef void _upconn_max_duration(Worker* w, void* arg) noexcept nogil:
     response (Envoy drains it)."""
     cdef UpConn* u = <UpConn*>arg
     stat_add(u.cluster.stats, w, C_CX_MAX_DURATION, 1)
+    if u.h2_role == H2R_CONN:
+        _h2_conn_drain(u)               # no new stream; it closes after its last one
+        if u.h2.nstreams == 0 and u.h2.nwaiting == 0:
+            upconn_close(u)
+        return
     if u.state == UC_IDLE:
         upconn_close(u)
     else:
@@ -322,7 +333,10 @@ cdef void http_pool_close_idle(HttpPool* p) noexcept nogil:
         return
     for i in range(p.nhosts):
         while p.idle[i] != NULL:
-            upconn_close(p.idle[i])
+            if p.idle[i].h2_role == H2R_CONN and (p.idle[i].h2.nstreams or p.idle[i].h2.nwaiting):
+                _h2_conn_drain(p.idle[i])   # its streams finish; then it closes
+            else:
+                upconn_close(p.idle[i])
 
 
 cdef inline bint _upconn_attach(UpConn* u) noexcept nogil:
@@ -368,7 +382,7 @@ cdef inline bint _upconn_tls_stale(UpConn* u) noexcept nogil:
     over it."""
     cdef TlsProvider* want = cluster_params(u.cluster, u.w).tls
     if u.ep.tls == NULL:
-        return want != NULL
+        return want != NULL and u.state != UC_CONNECTING     # (TLS starts once TCP is up)
     return (<TlsConn*>u.ep.tls).provider != want
 
 
@@ -474,7 +488,9 @@ cdef int _upconn_connect(UpConn* u, Host* host) noexcept nogil:
     stat_add(cl.stats, w, C_CX_ACTIVE, 1)
     host_stat_add(u.hstats, w, HS_CX_TOTAL, 1)
     host_stat_add(u.hstats, w, HS_CX_ACTIVE, 1)
-    if u.stream == NULL or not u.stream.connect:   # (a CONNECT's upstream is TCP in Envoy)
+    if u.h2_role == H2R_CONN:
+        stat_add(cl.stats, w, C_CX_HTTP2_TOTAL, 1)
+    elif u.stream == NULL or not u.stream.connect:   # (a CONNECT's upstream is TCP in Envoy)
         stat_add(cl.stats, w, C_CX_HTTP1_TOTAL, 1)
     if fp_log_level <= LOG_DEBUG:
         _log_connecting(u, host)
@@ -513,6 +529,8 @@ cdef UpConn* http_pool_acquire(HStream* s, ClusterCfg* cl) noexcept nogil:
     host_stats_hold(&s.upstream.hstats, host.stats)
     s.upstream.start_ms = w.now
     idx = <int>(host - lb_hosts(cl, w).hosts)
+    if prm.protocol == UP_HTTP2 and not s.connect:
+        return h2_pool_acquire(s, cl, idx)      # streams on shared connections (codec_h2_client.pxi)
     head = _pool_list(p, w, idx)
     if head != NULL and not s.connect:                     # a tunnel gets its own
         head = _pool_find_for(head, s)
@@ -580,6 +598,9 @@ cdef void http_pool_release(UpConn* u, bint reusable) noexcept nogil:
     cdef UpConn** head
     cdef UpConn* x
     cdef int n = 0
+    if u.h2_role == H2R_STREAM:
+        h2_pool_release(u)
+        return
     u.stream = NULL
     if u.rq_attached and u.codec.response_complete(u):
         u.rq_attached = 0               # (an incomplete response stays: a destroy with active rq)
@@ -616,7 +637,11 @@ cdef void http_pool_release(UpConn* u, bint reusable) noexcept nogil:
 
 cdef inline void http_pool_cancel(UpConn* u) noexcept nogil:
     """The stream that owns u goes away before or while u carries its exchange: an HTTP/1.1
-    connection cannot drop a request half-way, so it closes (u.stream.upstream.conn is cleared)."""
+    connection cannot drop a request half-way, so it closes (u.stream.upstream.conn is cleared).
+    An HTTP/2 stream is reset (CANCEL); its connection stays."""
+    if u.h2_role == H2R_STREAM:
+        h2_pool_release(u)
+        return
     upconn_close(u)
 
 
@@ -625,6 +650,12 @@ cdef void http_pool_fail(UpConn* u, int status, const char* reason) noexcept nog
     cdef HStream* s = u.stream
     if fp_log_level <= LOG_DEBUG:
         fp_log(u.w.index, "pool", u.id, 0, "upstream connection failed: %s", reason)
+    if u.h2_role == H2R_STREAM:
+        h2_pool_fail(u, status, reason)     # the stream fails; its connection stays
+        return
+    if u.h2_role == H2R_CONN:
+        _h2_conn_close_streams(u, status, reason)   # every stream on it, then it closes
+        return
     if s != NULL:
         s.response_flags |= RF_UF if u.state == UC_CONNECTING else (RF_UPE if status == 502 else RF_UC)
     if u.pending:
@@ -644,6 +675,8 @@ cdef int _upconn_tls_start(UpConn* u, TlsProvider* tls) noexcept nogil:
         return -1
     if u.stream != NULL:
         host = _head_field(&u.stream.head, "host", &hn)
+    elif u.h2_role == H2R_CONN and u.h2.waiting != NULL and u.h2.waiting.stream != NULL:
+        host = _head_field(&u.h2.waiting.stream.head, "host", &hn)    # (the first request's)
     tls_client_prepare(<TlsConn*>u.ep.tls, host, hn if host != NULL else 0)
     return 0
 
@@ -691,13 +724,18 @@ cdef void upconn_on_event(Worker* w, UpConn* u, uint32_t events) noexcept nogil:
         if fp_log_level <= LOG_DEBUG:
             fp_log(w.index, "connection", u.id, 0, "connected")
         u.state = UC_BUSY
-        u.pending = 0
-        stat_sub(u.cluster.stats, w, C_RQ_PENDING_ACTIVE, 1)
-        host_stat_sub(u.hstats, w, HS_RQ_PENDING_ACTIVE, 1)
-        fp_atomic_add_i64(&u.cluster.n_pending, -1)
+        if u.pending:
+            u.pending = 0
+            stat_sub(u.cluster.stats, w, C_RQ_PENDING_ACTIVE, 1)
+            host_stat_sub(u.hstats, w, HS_RQ_PENDING_ACTIVE, 1)
+            fp_atomic_add_i64(&u.cluster.n_pending, -1)
         if cluster_params(u.cluster, w).max_duration_ms:
             timer_arm(w, &u.duration_timer, cluster_params(u.cluster, w).max_duration_ms)
-        if u.stream != NULL and not _upconn_attach(u):
+        if u.h2_role == H2R_CONN:
+            _h2_conn_connected(u)       # the session starts; the requests waiting on it go
+            if u.state != UC_BUSY:
+                return
+        elif u.stream != NULL and not _upconn_attach(u):
             _upconn_overflowed(u)
             return
     if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
@@ -728,6 +766,12 @@ cdef void upconn_pump(UpConn* u) noexcept nogil:
     cdef HStream* s
     cdef HConn* c = NULL
     cdef size_t asked = 0
+    if u.h2_role == H2R_CONN:
+        h2_conn_pump(u)
+        return
+    if u.h2_role == H2R_STREAM:
+        h2_handle_pump(u)
+        return
     while u.state == UC_BUSY:
         progress = False
         if u.out_buf.length and u.ep.writable:
@@ -837,6 +881,10 @@ cdef void http_serve_waiting(Worker* w) noexcept nogil:
                 memcpy(&s.upstream.addr, &host.addr, host.addrlen)
                 s.upstream.addrlen = host.addrlen
             host = &u.hosts.hosts[u.host_index]
+            if u.h2_role == H2R_STREAM:
+                h2_serve_waiting(pool, u)       # a connection with room, or a new one
+                u = nxt
+                continue
             head = _pool_list(pool, w, u.host_index)
             if head != NULL and not s.connect:
                 head = _pool_find_for(head, s)
@@ -866,6 +914,7 @@ cdef void http_serve_waiting(Worker* w) noexcept nogil:
                 if _upconn_connect(u, host) < 0:
                     http_pool_fail(u, 503, UPSTREAM_CONNECT_FAILURE)
             u = nxt
+        h2_flush_pool(pool)
         cluster_decref(cl)
 
 
@@ -875,6 +924,10 @@ cdef void http_pool_free_deferred(Worker* w) noexcept nogil:
     while http_worker(w).upconn_deferred != NULL:
         u = http_worker(w).upconn_deferred
         http_worker(w).upconn_deferred = u.next_deferred
+        if u.h2_role == H2R_STREAM:
+            u.codec.release(u)          # (its response head: a log may read it until now)
+        free(u.h2)
+        free(u.h2s)
         hostset_decref(u.hosts)
         cluster_decref(u.cluster)
         host_stats_release(&u.hstats)

@@ -1,0 +1,553 @@
+"""Upstream HTTP/2 (core/http/codec_h2_client.pxi): HTTP/1.1 clients through fastproxy to
+real HTTP/2 servers: a Python `h2` server started by the test (it records every stream and
+connection it sees, and can reset, refuse, GOAWAY or drop) and the real Envoy 1.40 as an
+h2c upstream. Streams of many downstream requests share one connection per host and worker;
+the peer's SETTINGS_MAX_CONCURRENT_STREAMS, max_requests_per_connection and the circuit
+breakers bound it; resets and GOAWAY map to Envoy's answers (503 UR)."""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+h2 = pytest.importorskip("h2")
+import h2.config  # noqa: E402
+import h2.connection  # noqa: E402
+import h2.errors  # noqa: E402
+import h2.events  # noqa: E402
+import h2.settings  # noqa: E402
+import hyperframe.frame  # noqa: E402
+
+from fastproxy import Cluster, Endpoint, Listener, Proxy  # noqa: E402
+from fastproxy.http.model import (AccessLog, HttpConnectionManager, Route, RouteAction,  # noqa: E402
+                                  RouteConfiguration, RouteMatch, VirtualHost)
+
+from conftest import envoy_yaml, find_envoy, recv_head, recv_until_eof, start_envoy, wait_for  # noqa: E402
+
+# Envoy 1.40's Http2ProtocolOptions defaults (what Http2ProtocolOptions.to_spec() gives).
+H2_SPEC = {
+    "hpack_table_size": 4096, "max_concurrent_streams": 1024,
+    "initial_stream_window_size": 1 << 20, "initial_connection_window_size": 1 << 20,
+    "max_outbound_frames": 10000, "max_outbound_control_frames": 1000,
+    "max_consecutive_inbound_frames_with_empty_payload": 1,
+    "max_inbound_priority_frames_per_stream": 100,
+    "max_inbound_window_update_frames_per_data_frame_sent": 10,
+    "override_stream_error_on_invalid_http_message": 0, "allow_connect": 0,
+    "keepalive_interval_ms": 0, "keepalive_timeout_ms": 0, "keepalive_interval_jitter_pct": 0,
+    "keepalive_idle_interval_ms": 0,
+}
+
+
+class H2Upstream:
+    """An HTTP/2 (h2c prior knowledge) server on loopback, one thread per connection. Per
+    path: /big/<n> answers n bytes; /echo answers the request body; /trailers answers with
+    trailers; /reset and /refuse reset the stream (INTERNAL_ERROR, REFUSED_STREAM) at its
+    head; /reset-mid resets it after the head and some body; /hold waits for `gate`;
+    /goaway sends GOAWAY naming the streams before it; /drop closes the connection;
+    anything else answers a JSON description of the request."""
+
+    def __init__(self, max_concurrent_streams=None):
+        self.max_concurrent_streams = max_concurrent_streams
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.gate = threading.Event()
+        self.lock = threading.Lock()
+        self.connections = []           # per connection: the number of streams it carried
+        self.requests = []              # (connection index, stream id, headers, body, trailers)
+        self.resets = []                # stream ids the client reset
+        self.max_open = 0               # the most streams open at once on one connection
+        self.closing = False
+        self.threads = []
+        t = threading.Thread(target=self._accept, daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def close(self):
+        self.closing = True
+        self.gate.set()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def _accept(self):
+        while not self.closing:
+            try:
+                s, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                index = len(self.connections)
+                self.connections.append(0)
+            t = threading.Thread(target=self._serve, args=(s, index), daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def _serve(self, sock, index):
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        conn.initiate_connection()
+        if self.max_concurrent_streams is not None:
+            conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_concurrent_streams})
+        sock.sendall(conn.data_to_send())
+        sock.settimeout(0.01)
+        streams = {}        # id -> {"headers", "body", "trailers"}
+        held = []           # ids waiting for the gate
+        sending = {}        # id -> [remaining bytes, trailers]
+        try:
+            while not self.closing:
+                try:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                except socket.timeout:
+                    data = b""
+                events = conn.receive_data(data) if data else []
+                for ev in events:
+                    if isinstance(ev, h2.events.RequestReceived):
+                        streams[ev.stream_id] = {"headers": ev.headers, "body": bytearray(), "trailers": None}
+                        with self.lock:
+                            self.connections[index] += 1
+                            self.max_open = max(self.max_open, conn.open_inbound_streams)
+                        path = dict(ev.headers).get(":path", "")
+                        if path == "/reset" or path == "/refuse":
+                            code = h2.errors.ErrorCodes.REFUSED_STREAM if path == "/refuse" \
+                                else h2.errors.ErrorCodes.INTERNAL_ERROR
+                            conn.reset_stream(ev.stream_id, code)
+                            streams.pop(ev.stream_id)
+                        elif path == "/drop":
+                            sock.close()
+                            return
+                        elif path == "/goaway":
+                            # A GOAWAY naming the stream before this one, written beside h2's
+                            # state machine so the streams before it can still complete.
+                            sock.sendall(conn.data_to_send())
+                            sock.sendall(hyperframe.frame.GoAwayFrame(
+                                0, last_stream_id=ev.stream_id - 2, error_code=0).serialize())
+                            streams.pop(ev.stream_id)
+                    elif isinstance(ev, h2.events.DataReceived):
+                        if ev.stream_id in streams:
+                            streams[ev.stream_id]["body"] += ev.data
+                        conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    elif isinstance(ev, h2.events.TrailersReceived):
+                        if ev.stream_id in streams:
+                            streams[ev.stream_id]["trailers"] = ev.headers
+                    elif isinstance(ev, h2.events.StreamEnded):
+                        st = streams.get(ev.stream_id)
+                        if st is None:
+                            continue
+                        with self.lock:
+                            self.requests.append((index, ev.stream_id, st["headers"], bytes(st["body"]),
+                                                  st["trailers"]))
+                        if dict(st["headers"]).get(":path") == "/hold":
+                            held.append(ev.stream_id)
+                        else:
+                            self._answer(conn, ev.stream_id, st, sending)
+                    elif isinstance(ev, h2.events.StreamReset):
+                        with self.lock:
+                            self.resets.append(ev.stream_id)
+                        streams.pop(ev.stream_id, None)
+                        sending.pop(ev.stream_id, None)
+                    elif isinstance(ev, h2.events.ConnectionTerminated):
+                        sock.sendall(conn.data_to_send())
+                        return
+                if held and self.gate.is_set():
+                    for sid in held:
+                        if sid in streams:
+                            self._answer(conn, sid, streams[sid], sending)
+                    held = []
+                for sid in list(sending):
+                    rest, trailers = sending[sid]
+                    while rest:
+                        room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size, len(rest))
+                        if room <= 0:
+                            break
+                        conn.send_data(sid, rest[:room])
+                        rest = rest[room:]
+                    sending[sid][0] = rest
+                    if not rest:
+                        if trailers == "reset":
+                            conn.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+                        elif trailers:
+                            conn.send_headers(sid, trailers, end_stream=True)
+                        else:
+                            conn.end_stream(sid)
+                        del sending[sid]
+                        streams.pop(sid, None)
+                out = conn.data_to_send()
+                if out:
+                    sock.sendall(out)
+        except (OSError, h2.exceptions.ProtocolError):
+            return
+        finally:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _answer(self, conn, sid, st, sending):
+        hdrs = dict(st["headers"])
+        path = hdrs.get(":path", "")
+        trailers = None
+        if path.startswith("/big/"):
+            body = bytes(i % 251 for i in range(256)) * (int(path[5:]) // 256 + 1)
+            body = body[:int(path[5:])]
+        elif path == "/echo":
+            body = bytes(st["body"])
+        elif path == "/reset-mid":
+            body = b"x" * 1000
+            trailers = "reset"
+        else:
+            body = json.dumps({"headers": st["headers"], "body_len": len(st["body"]),
+                               "body_sha": hashlib.sha256(st["body"]).hexdigest(),
+                               "trailers": st["trailers"]}).encode()
+        if path == "/trailers":
+            trailers = [("grpc-status", "0"), ("x-t", "done")]
+        head = [(":status", "200"), ("content-type", "application/octet-stream")]
+        if path != "/trailers" and trailers != "reset":
+            head.append(("content-length", str(len(body))))
+        conn.send_headers(sid, head)
+        sending[sid] = [body, trailers]
+
+
+@pytest.fixture
+def h2_upstream():
+    made = []
+
+    def make(**kw):
+        s = H2Upstream(**kw)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def h2_proxy(port, concurrency=1, cluster_kw=None, h2=None, log=None):
+    """A proxy whose route sends everything to cluster "c", an HTTP/2 cluster to port."""
+    rc = RouteConfiguration(virtual_hosts=[VirtualHost("vh", ["*"], routes=[
+        Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))])])
+    hcm_kw = {}
+    if log is not None:
+        hcm_kw["access_log"] = [AccessLog(path=str(log))]
+    hcm = HttpConnectionManager("ingress", rc, **hcm_kw)
+    cluster = Cluster("c", [Endpoint("127.0.0.1", port)], **(cluster_kw or {}))
+    p = Proxy([Listener("http", hcm, port=0)], [cluster], concurrency=concurrency)
+    p.start()
+    _make_h2(p, "c", cluster, h2)
+    return p
+
+
+def _make_h2(p, name, cluster, h2=None):
+    """Make the cluster speak HTTP/2 (prior knowledge): ClusterHandle.set_params as the
+    installer calls it, with the spec Http2ProtocolOptions.to_spec() gives."""
+    from fastproxy.installer import _cluster_params
+    spec = dict(H2_SPEC, **(h2 or {}))
+    block = p._engine.new_stats("http2")
+    p._h2_stats = block
+    p._clusters[name].handle.set_params(*_cluster_params(cluster), protocol="http2", h2=spec, h2_stats=block)
+    time.sleep(0.05)        # (the workers take the params at their next loop turn)
+
+
+def get(p, path, method="GET", body=None, headers=None, timeout=10):
+    conn = http.client.HTTPConnection(*p.listener_address("http"), timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, dict(r.getheaders()), r.read()
+    finally:
+        conn.close()
+
+
+def cstat(p, name):
+    return p.stats().get(f"cluster.c.{name}", 0)
+
+
+# ------------------------------------------------------------------ translation
+
+
+def test_get_translates_to_headers_with_pseudo_headers(h2_upstream):
+    up = h2_upstream()
+    with h2_proxy(up.port) as p:
+        status, hdrs, body = get(p, "/hello?x=1", headers={"Host": "svc.example", "X-Mixed-Case": "v",
+                                                            "Connection": "keep-alive, x-hop", "X-Hop": "1",
+                                                            "Keep-Alive": "timeout=5", "TE": "trailers, deflate"})
+        assert status == 200
+        seen = json.loads(body)["headers"]
+        names = [k for k, _ in seen]
+        d = dict(seen)
+        assert (d[":method"], d[":scheme"], d[":authority"], d[":path"]) == ("GET", "http", "svc.example", "/hello?x=1")
+        assert names[:4] == [":method", ":scheme", ":path", ":authority"]     # pseudo-headers first
+        assert d["x-mixed-case"] == "v"                                        # lowercased
+        assert d["te"] == "trailers"                                           # only TE: trailers passes
+        for hop in ("connection", "keep-alive", "x-hop", "host", "transfer-encoding", "upgrade"):
+            assert hop not in d
+        assert "x-forwarded-proto" in d and "x-request-id" in d
+        assert cstat(p, "upstream_cx_http2_total") == 1
+        assert cstat(p, "upstream_cx_http1_total") == 0
+
+
+def test_post_with_content_length_and_chunked_bodies(h2_upstream):
+    up = h2_upstream()
+    with h2_proxy(up.port) as p:
+        payload = os.urandom(300_000)
+        status, _, body = get(p, "/post", "POST", body=payload)
+        info = json.loads(body)
+        assert status == 200 and info["body_len"] == len(payload)
+        assert info["body_sha"] == hashlib.sha256(payload).hexdigest()
+        assert dict(info["headers"])["content-length"] == str(len(payload))
+        # chunked: streamed as DATA frames, no content-length, the chunks' bytes only
+        conn = http.client.HTTPConnection(*p.listener_address("http"), timeout=10)
+        conn.request("POST", "/post", body=iter([b"abc", b"defgh", b"x" * 70000]), encode_chunked=True,
+                     headers={"Transfer-Encoding": "chunked"})
+        r = conn.getresponse()
+        info = json.loads(r.read())
+        conn.close()
+        assert r.status == 200 and info["body_len"] == 3 + 5 + 70000
+        assert "content-length" not in dict(info["headers"])
+        assert "transfer-encoding" not in dict(info["headers"])
+
+
+def test_request_trailers_become_a_trailing_headers_frame(h2_upstream):
+    up = h2_upstream()
+    with h2_proxy(up.port) as p:
+        s = socket.create_connection(p.listener_address("http"), timeout=10)
+        s.sendall(b"POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\n\r\n"
+                  b"5\r\nhello\r\n0\r\nX-Checksum: 42\r\nGrpc-Thing: y\r\n\r\n")
+        head, rest = recv_head(s)
+        assert head.startswith(b"HTTP/1.1 200")
+        wait_for(lambda: up.requests)
+        _, _, headers, body, trailers = up.requests[0]
+        assert body == b"hello"
+        assert dict(trailers) == {"x-checksum": "42", "grpc-thing": "y"}
+        s.close()
+
+
+def test_response_trailers_and_large_bodies_both_ways(h2_upstream):
+    up = h2_upstream()
+    with h2_proxy(up.port) as p:
+        s = socket.create_connection(p.listener_address("http"), timeout=10)
+        s.sendall(b"GET /trailers HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n")
+        data = b""
+        while not data.endswith(b"\r\n\r\n") or b"0\r\n" not in data:
+            chunk = s.recv(65536)
+            assert chunk
+            data += chunk
+        head = data.split(b"\r\n\r\n", 1)[0].lower()
+        assert b"transfer-encoding: chunked" in head         # no length: re-framed chunked
+        assert b"grpc-status: 0\r\n" in data and b"x-t: done\r\n" in data
+        s.close()
+        # 8 MiB down (the stream and connection windows are 1 MiB: WINDOW_UPDATEs flow)
+        status, hdrs, body = get(p, f"/big/{8 << 20}", timeout=30)
+        assert status == 200 and len(body) == 8 << 20
+        assert hdrs["content-length"] == str(8 << 20)
+        assert body == (bytes(i % 251 for i in range(256)) * ((8 << 20) // 256))
+        # 5 MiB up, echoed back
+        payload = os.urandom(5 << 20)
+        status, _, body = get(p, "/echo", "POST", body=payload, timeout=30)
+        assert status == 200 and body == payload
+
+
+# ------------------------------------------------------------------ multiplexing
+
+
+def _concurrent(p, paths, timeout=20):
+    results = [None] * len(paths)
+
+    def one(i, path):
+        results[i] = get(p, path, timeout=timeout)
+
+    ts = [threading.Thread(target=one, args=(i, path)) for i, path in enumerate(paths)]
+    for t in ts:
+        t.start()
+    return ts, results
+
+
+def test_concurrent_requests_share_one_connection(h2_upstream):
+    up = h2_upstream()
+    with h2_proxy(up.port) as p:
+        assert get(p, "/warm")[0] == 200
+        ts, results = _concurrent(p, ["/hold"] * 20)
+        wait_for(lambda: len(up.requests) == 21, timeout=10)
+        assert cstat(p, "upstream_rq_active") == 20
+        up.gate.set()
+        for t in ts:
+            t.join(20)
+        assert all(r is not None and r[0] == 200 for r in results)
+        assert up.connections == [21]            # 21 streams, one connection
+        assert cstat(p, "upstream_cx_total") == 1 and cstat(p, "upstream_rq_total") == 21
+        assert p._h2_stats.read()["streams_active"] == 0
+
+
+def test_peer_max_concurrent_streams_opens_a_second_connection(h2_upstream):
+    up = h2_upstream(max_concurrent_streams=3)
+    with h2_proxy(up.port) as p:
+        assert get(p, "/warm")[0] == 200         # its SETTINGS are known from here on
+        ts, results = _concurrent(p, ["/hold"] * 5)
+        wait_for(lambda: len(up.requests) == 6, timeout=10)
+        assert sorted(up.connections) == [2, 4]  # 3 at once on the first, 2 on a new one
+        up.gate.set()
+        for t in ts:
+            t.join(20)
+        assert all(r[0] == 200 for r in results)
+        assert cstat(p, "upstream_cx_http2_total") == 2
+
+
+def test_max_requests_per_connection_moves_to_a_new_connection(h2_upstream):
+    up = h2_upstream()
+    with h2_proxy(up.port, cluster_kw={"max_requests_per_connection": 3}) as p:
+        for i in range(7):
+            assert get(p, f"/r{i}")[0] == 200
+        assert up.connections == [3, 3, 1]
+        assert cstat(p, "upstream_cx_max_requests") == 2
+        wait_for(lambda: cstat(p, "upstream_cx_active") == 1)   # the full ones drained and closed
+
+
+def test_circuit_breaker_max_requests_bounds_streams(h2_upstream):
+    up = h2_upstream()
+    with h2_proxy(up.port, cluster_kw={"max_requests": 2}) as p:
+        assert get(p, "/warm")[0] == 200
+        ts, results = _concurrent(p, ["/hold"] * 2)
+        wait_for(lambda: len(up.requests) == 3)
+        status, hdrs, body = get(p, "/third")
+        assert status == 503 and hdrs.get("x-envoy-overloaded") == "true"
+        assert body == b"upstream connect error or disconnect/reset before headers. reset reason: overflow"
+        assert cstat(p, "upstream_rq_active_overflow") == 1
+        up.gate.set()
+        for t in ts:
+            t.join(20)
+        assert [r[0] for r in results] == [200, 200]
+
+
+# ------------------------------------------------------------------ resets, GOAWAY, loss
+
+
+def test_upstream_reset_is_503_ur(h2_upstream, tmp_path):
+    up = h2_upstream()
+    log = tmp_path / "access.log"
+    with h2_proxy(up.port, log=log) as p:
+        status, _, body = get(p, "/reset")
+        assert status == 503
+        assert body == b"upstream connect error or disconnect/reset before headers. reset reason: remote reset"
+        status, _, body = get(p, "/refuse")
+        assert status == 503
+        assert body.endswith(b"reset reason: remote refused stream reset")
+        assert cstat(p, "upstream_rq_rx_reset") == 2
+        assert p._h2_stats.read()["rx_reset"] == 2
+        # the connection stays: the next request uses it
+        assert get(p, "/after")[0] == 200
+        assert up.connections == [3]
+        wait_for(lambda: len(log.read_text().splitlines()) == 3)
+        flags = [line.split('"')[2].split()[1] for line in log.read_text().splitlines()]
+        assert flags[:2] == ["UR", "UR"]
+
+
+def test_upstream_reset_after_the_head_resets_the_client(h2_upstream):
+    up = h2_upstream()
+    with h2_proxy(up.port) as p:
+        s = socket.create_connection(p.listener_address("http"), timeout=10)
+        s.sendall(b"GET /reset-mid HTTP/1.1\r\nHost: a\r\n\r\n")
+        data = b""
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except ConnectionResetError:
+            pass                                            # (the close may be abortive)
+        assert data == b"" or data.startswith(b"HTTP/1.1 200")
+        assert not data.endswith(b"0\r\n\r\n")               # never completed: the close says so
+        assert cstat(p, "upstream_rq_rx_reset") == 1
+
+
+def test_cancel_resets_the_stream_and_keeps_the_connection(h2_upstream):
+    up = h2_upstream()
+    with h2_proxy(up.port) as p:
+        assert get(p, "/warm")[0] == 200
+        s = socket.create_connection(p.listener_address("http"), timeout=10)
+        s.sendall(b"GET /hold HTTP/1.1\r\nHost: a\r\n\r\n")
+        wait_for(lambda: len(up.requests) == 2)
+        s.close()                                   # the client goes: RST_STREAM CANCEL
+        wait_for(lambda: up.resets, timeout=5)
+        assert cstat(p, "upstream_rq_tx_reset") == 1
+        assert get(p, "/next")[0] == 200
+        assert up.connections == [3]
+
+
+def test_goaway_refuses_later_streams_and_the_connection_drains(h2_upstream):
+    up = h2_upstream()
+    with h2_proxy(up.port) as p:
+        assert get(p, "/warm")[0] == 200            # stream 1
+        ts, results = _concurrent(p, ["/hold"])     # stream 3, below the GOAWAY's last id
+        wait_for(lambda: len(up.requests) == 2)
+        status, _, body = get(p, "/goaway")         # stream 5: GOAWAY(last_stream_id=3)
+        assert status == 503 and body.endswith(b"reset reason: remote refused stream reset")
+        up.gate.set()
+        ts[0].join(10)
+        assert results[0][0] == 200                 # the stream before it completes
+        assert get(p, "/fresh")[0] == 200           # a new connection
+        assert len(up.connections) == 2
+
+
+def test_connection_loss_fails_every_stream_on_it(h2_upstream):
+    up = h2_upstream()
+    with h2_proxy(up.port) as p:
+        assert get(p, "/warm")[0] == 200
+        ts, results = _concurrent(p, ["/hold"] * 3)
+        wait_for(lambda: len(up.requests) == 4)
+        status, _, body = get(p, "/drop")
+        assert status == 503
+        for t in ts:
+            t.join(10)
+        assert [r[0] for r in results] == [503, 503, 503]
+        assert all(r[2].endswith(b"reset reason: connection termination") for r in results)
+        assert get(p, "/again")[0] == 200
+        assert len(up.connections) == 2
+
+
+# ------------------------------------------------------------------ real Envoy as the upstream
+
+
+@pytest.mark.skipif(find_envoy() is None, reason="envoy not installed")
+def test_envoy_as_http2_upstream(tmp_path):
+    """Envoy 1.40 serving h2c (codec_type HTTP2) with a direct response: many requests,
+    one connection, and Envoy's own counters say it saw HTTP/2 streams."""
+    listener = {
+        "name": "h2", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                        "typed_config": {
+                                            "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                                                     "http_connection_manager.v3.HttpConnectionManager",
+                                            "stat_prefix": "h2", "codec_type": "HTTP2",
+                                            "route_config": {"virtual_hosts": [{
+                                                "name": "vh", "domains": ["*"],
+                                                "routes": [{"match": {"prefix": "/"},
+                                                            "direct_response": {"status": 200,
+                                                                                "body": {"inline_string": "from envoy"}}}]}]},
+                                            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                                                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}],
+    }
+    proc, admin, addr = start_envoy(envoy_yaml([listener]), tmp_path)
+    try:
+        with h2_proxy(addr[1]) as p:
+            ts, results = _concurrent(p, [f"/e{i}" for i in range(10)])
+            for t in ts:
+                t.join(20)
+            assert all(r[0] == 200 and r[2] == b"from envoy" for r in results)
+            stats = dict(line.split(": ", 1) for line in
+                         __import__("conftest").admin_get(admin, "/stats?filter=http.h2.downstream_").splitlines())
+            assert int(stats["http.h2.downstream_rq_http2_total"]) == 10
+            assert int(stats["http.h2.downstream_cx_http2_total"]) == cstat(p, "upstream_cx_total")
+    finally:
+        proc.terminate()
+        proc.wait(10)
