@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gc
+import inspect
 import logging
 import socket
 import time
@@ -161,6 +162,19 @@ def _cluster_params(c: Cluster) -> tuple:
             c.max_requests, c.max_retries)
 
 
+def _protocol(c: Cluster) -> tuple:
+    """What a cluster speaks upstream, as compared across updates: (protocol, HTTP/2 spec)."""
+    h2 = c.h2_options
+    return c.upstream_protocol, None if h2 is None else h2.to_spec()
+
+
+# Whether the core takes issue 15's HTTP/2 keywords (its server codec's http2_stats; its
+# clusters' protocol, h2 and h2_stats): the Python side landed before the core did, and a
+# core without them is given none (it serves HTTP/1.1 only). Both hold once it is merged.
+_CORE_HTTP2_SERVER = "http2_stats" in inspect.signature(_core.make_http_cfg).parameters
+_CORE_HTTP2_CLUSTERS = "protocol" in inspect.signature(_core.Engine.make_cluster).parameters
+
+
 def _match_spec(m) -> dict:
     """A FilterChainMatch as _core.make_chain_table takes it."""
     return {"dport": m.destination_port or 0, "prefix_ranges": list(m.prefix_ranges),
@@ -234,6 +248,18 @@ class ConfigInstaller:
         if block is None:
             block = self._stats[key] = self._engine.new_stats(kind)
         return block
+
+    def _protocol_params(self, c: Cluster, old: Optional[Cluster] = None) -> dict:
+        """make_cluster's / set_params's upstream protocol keywords for cluster ``c`` (which
+        replaces ``old``): the protocol, HTTP/2's settings (the to_spec() dict) and its
+        cluster.<name>.http2.* stat block. Nothing for an HTTP/1.1 cluster that was one
+        before (the core's defaults are HTTP/1.1)."""
+        if not _CORE_HTTP2_CLUSTERS or \
+                (c.upstream_protocol == "http1" and (old is None or old.upstream_protocol == "http1")):
+            return {}
+        protocol, h2 = _protocol(c)
+        return dict(protocol=protocol, h2=h2,
+                    h2_stats=None if h2 is None else self._stat_block("http2", f"cluster.{c.name}.http2"))
 
     def _tls_context(self, ctx, server: bool, stats_name: str, owner: str):
         """The core TLS context (TlsContextHandle) for the model ``ctx`` (a
@@ -363,7 +389,7 @@ class ConfigInstaller:
             else:
                 handle = self._engine.make_cluster(
                     self._stat_block("cluster", f"cluster.{c.name}"), c.lb_policy, c.connect_timeout,
-                    _host_set(hosts), *_cluster_params(c)[2:], tls=tls)
+                    _host_set(hosts), *_cluster_params(c)[2:], tls=tls, **self._protocol_params(c))
                 commit.append((None, c, hosts, None, "cluster_added", tls))
             clusters[c.name] = _ClusterState(c, handle, hosts, waiting)
         self._installing_clusters = clusters
@@ -378,8 +404,9 @@ class ConfigInstaller:
         for handle, c, hosts, old, stat, tls in commit:
             if handle is not None:
                 if old is None or _cluster_params(old.model) != _cluster_params(c) or old.model.tls != c.tls \
-                        or old.waiting:
-                    handle.set_params(*_cluster_params(c), tls=tls)
+                        or _protocol(old.model) != _protocol(c) or old.waiting:
+                    handle.set_params(*_cluster_params(c), tls=tls,
+                                      **self._protocol_params(c, None if old is None else old.model))
                 if old is None or hosts != old.hosts:
                     handle.set_hosts(_host_set(hosts))
                 if old is None:
@@ -513,10 +540,11 @@ class ConfigInstaller:
         factories = tuple(chain.filters)
         http = None
         if hcm is not None:
+            # Envoy's server-wide codec stats: http1.*, http2.*
+            h2 = dict(http2_stats=self._stat_block("http2", "http2")) if _CORE_HTTP2_SERVER else {}
             http = _core.make_http_cfg(
                 hcm, self._stat_block("http", f"http.{hcm.stat_prefix}"), provider, self.concurrency,
-                self._stat_block("http1", "http1"),     # Envoy's server-wide codec stats
-                self._async)
+                self._stat_block("http1", "http1"), self._async, **h2)
         tls = {}
         if chain.tls is not None:       # (the keywords exist with TLS in the core)
             tls = dict(tls=self._tls_context(chain.tls, True, f"listener.{ip}_{port}.ssl", l.name),

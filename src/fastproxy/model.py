@@ -134,11 +134,11 @@ class Cluster:
     # TLS to the upstreams (Envoy's transport_socket envoy.transport_sockets.tls with an
     # UpstreamTlsContext; fastproxy.model_tls). None: plain TCP.
     tls: Optional[Any] = None
-    # The protocol to the upstreams: UPSTREAM_PROTOCOLS. "auto" picks by ALPN over TLS and
-    # is HTTP/1.1 without it, as Envoy's auto_config. Given http2=True or
-    # http2_protocol_options, the default "http1" becomes "http2".
+    # The protocol to the upstreams: UPSTREAM_PROTOCOLS. "auto" picks h2 or http/1.1 by ALPN,
+    # so it needs tls (Envoy's auto_config, refused without TLS by Envoy too). Given
+    # http2=True or http2_protocol_options, the default "http1" becomes "http2".
     upstream_protocol: str = "http1"
-    # HTTP/2's settings for "http2" and "auto" (None: Envoy's defaults).
+    # HTTP/2's settings for "http2" and "auto" (given None: Envoy's defaults); None for "http1".
     http2_protocol_options: Optional[Http2ProtocolOptions] = None
 
     def __post_init__(self):
@@ -146,13 +146,15 @@ class Cluster:
             self.upstream_protocol = "http2"
         if self.upstream_protocol == "http2":
             self.http2 = True
+        if self.upstream_protocol in ("http2", "auto") and self.http2_protocol_options is None:
+            self.http2_protocol_options = Http2ProtocolOptions()
 
     @property
     def h2_options(self) -> Optional[Http2ProtocolOptions]:
         """The HTTP/2 settings the core gets: None for an HTTP/1.1 cluster."""
         if self.upstream_protocol == "http1":
             return None
-        return self.http2_protocol_options or Http2ProtocolOptions()
+        return self.http2_protocol_options or Http2ProtocolOptions()    # (None if set so after __init__)
 
     @property
     def eds_name(self) -> str:
@@ -193,6 +195,9 @@ class Cluster:
         if self.upstream_protocol not in UPSTREAM_PROTOCOLS:
             raise ConfigError(path + ".upstream_protocol", f"must be one of {', '.join(UPSTREAM_PROTOCOLS)}, "
                                                            f"got {self.upstream_protocol!r}")
+        if self.upstream_protocol == "auto" and self.tls is None:
+            raise ConfigError(path + ".upstream_protocol", "'auto' chooses the protocol by ALPN, so it needs tls "
+                                                           "(an UpstreamTlsContext); use 'http1' or 'http2'")
         if not isinstance(self.http2, bool) or self.http2 != (self.upstream_protocol == "http2"):
             raise ConfigError(path + ".http2", f"http2={self.http2!r} disagrees with upstream_protocol="
                                                f"{self.upstream_protocol!r} (http2=True is upstream_protocol 'http2')")

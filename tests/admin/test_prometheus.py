@@ -3,8 +3,11 @@ emits, and histogram buckets at Envoy's bounds from the core's log-linear bucket
 as a whole is checked against real Envoy's in test_http_stats_parity.py."""
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
+from conftest import admin_get, envoy_yaml, find_envoy, http_listener, start_envoy, static_cluster
 from fastproxy import _core
 from fastproxy.histogram import Histogram
 from fastproxy.prometheus import BUCKET_BOUNDS, cumulative_buckets, render, tag
@@ -47,9 +50,54 @@ from fastproxy.prometheus import BUCKET_BOUNDS, cumulative_buckets, render, tag
      [("envoy_listener_address", "127.0.0.1_8443")]),
     ("cluster_manager.active_clusters", "envoy_cluster_manager_active_clusters", []),
     ("cluster.a-b.upstream_cx_total", "envoy_cluster_upstream_cx_total", [("envoy_cluster_name", "a-b")]),
+    # HTTP/2 codec stats: the server-wide block has no tag, a cluster's its name (as Envoy 1.40
+    # prints them: test_http2_names_are_envoys below)
+    ("http2.rx_reset", "envoy_http2_rx_reset", []),
+    ("http2.streams_active", "envoy_http2_streams_active", []),
+    ("cluster.up.http2.rx_reset", "envoy_cluster_http2_rx_reset", [("envoy_cluster_name", "up")]),
+    ("cluster.up.x.http2.pending_send_bytes", "envoy_cluster_x_http2_pending_send_bytes",
+     [("envoy_cluster_name", "up")]),
+    ("http.ing.downstream_cx_http2_total", "envoy_http_downstream_cx_http2_total",
+     [("envoy_http_conn_manager_prefix", "ing")]),
+    ("cluster.up.upstream_cx_http2_total", "envoy_cluster_upstream_cx_http2_total", [("envoy_cluster_name", "up")]),
 ])
 def test_tag_extraction(name, metric, labels):
     assert tag(name) == (metric, tuple(labels))
+
+
+@pytest.mark.skipif(find_envoy() is None or shutil.which("curl") is None, reason="needs envoy and curl")
+def test_http2_names_are_envoys(tmp_path):
+    """Every HTTP/2 stat the real Envoy 1.40 has after an HTTP/2 request through an HTTP/2
+    cluster (http2.*, cluster.<name>.http2.*, *_http2_*) gets from tag() the metric name and
+    labels Envoy's own /stats/prometheus gives it."""
+    import json
+    import subprocess
+    cluster = {"name": "up.x", "typed_extension_protocol_options": {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}}}
+    text = envoy_yaml([http_listener("[{match: {prefix: /}, route: {cluster: up.x}}]", stat_prefix="ing",
+                                     codec_type="HTTP2")],
+                      [static_cluster(cluster.pop("name"), [9], **cluster)])
+    proc, admin, (host, port) = start_envoy(text, tmp_path)
+    try:
+        # (the upstream port is closed: the answer is a 503, the stats are made all the same)
+        subprocess.run(["curl", "-s", "-o", "/dev/null", "--http2-prior-knowledge", f"http://{host}:{port}/"],
+                       timeout=20, check=True)
+        names = [s["name"] for s in json.loads(admin_get(admin, "/stats?format=json"))["stats"] if "name" in s]
+        page = admin_get(admin, "/stats/prometheus")
+    finally:
+        proc.terminate()
+        proc.wait()
+    series = set()
+    for line in page.splitlines():
+        if line and not line.startswith("#"):
+            series.add(line.rsplit(" ", 1)[0])
+    h2 = [n for n in names if "http2" in n and not n.startswith("http.admin.")]
+    assert any(n.startswith("http2.") for n in h2) and any(n.startswith("cluster.up.x.http2.") for n in h2)
+    for name in h2:
+        metric, labels = tag(name)
+        assert metric + "{" + ",".join(f'{k}="{v}"' for k, v in labels) + "}" in series, name
 
 
 def hist(values):

@@ -7,6 +7,7 @@ and ``fastproxy demo`` answering curl through the proxy. Every port is ephemeral
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import pathlib
@@ -784,28 +785,34 @@ def test_validate_reports_every_error_in_one_run(tmp_path):
 
 
 def test_legacy_and_new_spelling_of_a_feature_get_one_outcome():
-    """A cluster declared HTTP/2 either way is the same cluster: taken (a tcp_proxy, or the
-    ADS server, may use it), and refused with one message by an HTTP route."""
+    """A cluster declared HTTP/2 either way is the same cluster, for a tcp_proxy or an HTTP
+    route alike; a bad HTTP/2 option is refused with one message either way."""
     from fastproxy.config import load_envoy
 
-    legacy = tcp_proxy_yaml(upstream_port=9, http2_protocol_options={})
-    new = tcp_proxy_yaml(upstream_port=9, **fragment("""\
-        typed_extension_protocol_options:
-          envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-            "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-            explicit_http_config: {http2_protocol_options: {}}
-        """))
+    def both(options):
+        legacy = tcp_proxy_yaml(upstream_port=9, http2_protocol_options=options)
+        new = tcp_proxy_yaml(upstream_port=9, **fragment(f"""\
+            typed_extension_protocol_options:
+              envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+                "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+                explicit_http_config: {{http2_protocol_options: {json.dumps(options)}}}
+            """))
+        return legacy, new
+
+    legacy, new = both({})
     assert load_envoy(legacy).clusters == load_envoy(new).clusters
     assert load_envoy(new).clusters[0].http2
-    messages = []
     for text in (legacy, new):
         boot = yaml.safe_load(text)
         boot["static_resources"]["listeners"] = [http_listener([{"match": {"prefix": "/"},
                                                                  "route": {"cluster": "backend"}}])]
+        assert load_envoy(yaml.safe_dump(boot)).clusters[0].upstream_protocol == "http2"
+    messages = []
+    for text in both({"max_concurrent_streams": 0}):
         with pytest.raises(fastproxy.ConfigError) as e:
-            load_envoy(yaml.safe_dump(boot))
+            load_envoy(text)
         messages.append(e.value.message)
-    assert messages[0] == messages[1] and "speaks HTTP/2" in messages[0]
+    assert messages[0] == messages[1] and "1..2147483647" in messages[0]
 
 
 def test_config_path_directory_and_config_yaml_names(tmp_path):

@@ -6,8 +6,10 @@ rejects are rejected too, validate_http checks hand-built models the same way, a
 library's regcomp/regexec through ctypes)."""
 import ctypes
 import ctypes.util
+import dataclasses
 import json
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,9 +20,10 @@ from fastproxy.config.regex import re2_to_posix, rewrite_to_posix, translate
 from fastproxy.errors import ConfigError
 from fastproxy.model import Bootstrap, Cluster, Endpoint, Listener, TcpProxy
 from fastproxy.http.model import (AccessLog, DirectResponse, HeaderMatcher, HeaderMutations, HeaderValueOption,
-                                  HttpConnectionManager, InternalAddressConfig, QueryParameterMatcher, RedirectAction,
-                                  RegexRewrite, Route, RouteAction, RouteConfiguration, RouteMatch, StringMatch,
-                                  VirtualHost, WeightedCluster, validate_http)
+                                  Http2ProtocolOptions, HttpConnectionManager, InternalAddressConfig, KeepaliveSettings,
+                                  MaxStreamDuration, QueryParameterMatcher, RedirectAction, RegexRewrite, Route,
+                                  RouteAction, RouteConfiguration, RouteMatch, StringMatch, VirtualHost,
+                                  WeightedCluster, validate_http)
 from test_envoy_config import DELETE, edit, envoy_validate, needs_envoy
 
 from conftest import CONFIGS, envoy_bootstrap, http_listener, router_filter, static_cluster  # noqa: E402
@@ -168,7 +171,7 @@ def test_sample_http_actions():
         Route(match=RouteMatch(path="/teapot"), direct_response=DirectResponse(418, b"I'm a teapot\x00\x01\xff")),
         Route(match=RouteMatch(prefix="/"), direct_response=DirectResponse(404, b"not here")),
     ])
-    hcm = HttpConnectionManager(stat_prefix="edge", route_config=rc_of(redirects, local))
+    hcm = HttpConnectionManager(stat_prefix="edge", codec_type="HTTP1", route_config=rc_of(redirects, local))
     assert listener == Listener("edge", hcm, address="0.0.0.0", port=8000, stat_prefix="edge", filters=[])
 
 
@@ -300,7 +303,8 @@ def test_server_header_transformation_by_name_or_number():
 
 def test_http1_codec_and_empty_http_protocol_options():
     hcm = load_hcm(edited((f"{H0}.codec_type", "HTTP1"), (f"{H0}.http_protocol_options", {})))
-    assert hcm == load_hcm(base())
+    assert hcm.codec_type == "HTTP1"
+    assert dataclasses.replace(hcm, codec_type="AUTO") == load_hcm(base())
 
 
 def test_route_config_may_be_empty():
@@ -402,7 +406,6 @@ BAD = [
     ([(f"{H0}.foo", 1)], f"{H0}.foo", "unsupported field 'foo'"),
     ([(f"{H0}.stat_prefix", DELETE)], f"{H0}.stat_prefix", "required"),
     ([(f"{H0}.stat_prefix", "")], f"{H0}.stat_prefix", "empty"),
-    ([(f"{H0}.codec_type", "HTTP2")], f"{H0}.codec_type", "HTTP/2 is unsupported in fastproxy (planned"),
     ([(f"{H0}.codec_type", "HTTP3")], f"{H0}.codec_type", "HTTP/3 is unsupported in fastproxy (not planned)"),
     ([(f"{H0}.codec_type", "SPDY")], f"{H0}.codec_type", "unknown enum"),
     ([(f"{H0}.route_config", DELETE)], f"{H0}.route_config", "required"),
@@ -1282,3 +1285,348 @@ def test_virtual_host_errors_name_the_field_on_either_reading(vhost, seen, path)
                 _virtual_host(item, "v", _Context([], 4096), dict(seen))
             raise_collected(errors)
         assert e.value.path == path
+
+
+# --- HTTP/2 and gRPC fields ---------------------------------------------------------------
+
+H2 = f"{H0}.http2_protocol_options"
+KA = f"{H2}.connection_keepalive"
+# Envoy 1.40's defaults (what the real one announces: the SETTINGS tests below read them off
+# the wire, as a server and as a client).
+ENVOY_H2_DEFAULTS = dict(hpack_table_size=4096, max_concurrent_streams=1024, initial_stream_window_size=16 << 20,
+                         initial_connection_window_size=24 << 20, allow_connect=False, max_outbound_frames=10000,
+                         max_outbound_control_frames=1000, max_consecutive_inbound_frames_with_empty_payload=1,
+                         max_inbound_priority_frames_per_stream=100,
+                         max_inbound_window_update_frames_per_data_frame_sent=10,
+                         override_stream_error_on_invalid_http_message=None,
+                         stream_error_on_invalid_http_messaging=False, connection_keepalive=None)
+# Every field, none at its default.
+H2_ALL = {"hpack_table_size": 0, "max_concurrent_streams": 7, "initial_stream_window_size": 65535,
+          "initial_connection_window_size": 2147483647, "allow_connect": True, "max_outbound_frames": 1,
+          "max_outbound_control_frames": 2, "max_consecutive_inbound_frames_with_empty_payload": 0,
+          "max_inbound_priority_frames_per_stream": 0, "max_inbound_window_update_frames_per_data_frame_sent": 1,
+          "override_stream_error_on_invalid_http_message": False, "stream_error_on_invalid_http_messaging": True,
+          "connection_keepalive": {"interval": "0.5s", "timeout": "0.001s", "interval_jitter": {"value": 2.5},
+                                   "connection_idle_interval": "90s"},
+          "max_metadata_size": 1024, "allow_metadata": False, "use_oghttp2_codec": False,
+          "enable_huffman_encoding": True, "custom_settings_parameters": []}
+
+
+def test_codec_type_and_http2_defaults_are_envoys():
+    hcm = load_hcm(base())
+    assert hcm.codec_type == "AUTO"
+    assert hcm.http2_protocol_options == Http2ProtocolOptions() == Http2ProtocolOptions(**ENVOY_H2_DEFAULTS)
+    assert load_hcm(edited((H2, {}))).http2_protocol_options == Http2ProtocolOptions()
+    assert load_hcm(edited((f"{H0}.codec_type", "HTTP2"))).codec_type == "HTTP2"
+    assert load_hcm(edited((f"{H0}.codec_type", 2))).codec_type == "HTTP2"       # by number, as protobuf
+    assert Http2ProtocolOptions().to_spec() == {
+        "hpack_table_size": 4096, "max_concurrent_streams": 1024, "initial_stream_window_size": 16777216,
+        "initial_connection_window_size": 25165824, "max_outbound_frames": 10000, "max_outbound_control_frames": 1000,
+        "max_consecutive_inbound_frames_with_empty_payload": 1, "max_inbound_priority_frames_per_stream": 100,
+        "max_inbound_window_update_frames_per_data_frame_sent": 10,
+        "override_stream_error_on_invalid_http_message": 0, "allow_connect": 0, "keepalive_interval_ms": 0,
+        "keepalive_timeout_ms": 0, "keepalive_interval_jitter_pct": 0, "keepalive_idle_interval_ms": 0}
+
+
+def test_every_http2_field_is_read():
+    o = load_hcm(edited((H2, H2_ALL))).http2_protocol_options
+    assert o == Http2ProtocolOptions(
+        hpack_table_size=0, max_concurrent_streams=7, initial_stream_window_size=65535,
+        initial_connection_window_size=2147483647, allow_connect=True, max_outbound_frames=1,
+        max_outbound_control_frames=2, max_consecutive_inbound_frames_with_empty_payload=0,
+        max_inbound_priority_frames_per_stream=0, max_inbound_window_update_frames_per_data_frame_sent=1,
+        override_stream_error_on_invalid_http_message=False, stream_error_on_invalid_http_messaging=True,
+        connection_keepalive=KeepaliveSettings(timeout=0.001, interval=0.5, interval_jitter=2.5,
+                                               connection_idle_interval=90.0))
+    assert o.to_spec() == {
+        "hpack_table_size": 0, "max_concurrent_streams": 7, "initial_stream_window_size": 65535,
+        "initial_connection_window_size": 2147483647, "max_outbound_frames": 1, "max_outbound_control_frames": 2,
+        "max_consecutive_inbound_frames_with_empty_payload": 0, "max_inbound_priority_frames_per_stream": 0,
+        "max_inbound_window_update_frames_per_data_frame_sent": 1,
+        "override_stream_error_on_invalid_http_message": 0,     # the override wins over the deprecated field
+        "allow_connect": 1, "keepalive_interval_ms": 500, "keepalive_timeout_ms": 1,
+        "keepalive_interval_jitter_pct": 2, "keepalive_idle_interval_ms": 90000}
+    # camelCase, and the keepalive's own default jitter (15%)
+    o = load_hcm(edited((f"{H0}.http2ProtocolOptions", {"maxConcurrentStreams": "9", "connectionKeepalive":
+                                                        {"timeout": "2s"}}))).http2_protocol_options
+    assert o.max_concurrent_streams == 9 and o.connection_keepalive == KeepaliveSettings(timeout=2.0)
+    assert o.connection_keepalive.interval_jitter == 15.0
+    assert o.to_spec()["keepalive_interval_jitter_pct"] == 15 and o.to_spec()["keepalive_interval_ms"] == 0
+
+
+@pytest.mark.parametrize("options, reset_stream", [
+    ({}, False),
+    ({"stream_error_on_invalid_http_messaging": True}, True),
+    ({"override_stream_error_on_invalid_http_message": True}, True),
+    ({"stream_error_on_invalid_http_messaging": True, "override_stream_error_on_invalid_http_message": False}, False),
+])
+def test_stream_error_override_wins_over_the_deprecated_field(options, reset_stream):
+    o = load_hcm(edited((H2, options))).http2_protocol_options
+    assert o.stream_error_on_invalid_http_message is reset_stream
+    assert o.to_spec()["override_stream_error_on_invalid_http_message"] == int(reset_stream)
+
+
+def test_route_grpc_timeouts_are_read():
+    route = load_hcm(only_route({"match": {"prefix": "/"}, "route": {
+        "cluster": "backend", "max_grpc_timeout": "0s", "grpc_timeout_offset": "0.1s",
+        "max_stream_duration": {"max_stream_duration": "0s", "grpc_timeout_header_max": "2.5s",
+                                "grpc_timeout_header_offset": "0s"}}})).route_config.virtual_hosts[0].routes[0]
+    # 0s stays 0 where it means "no cap"; a stream duration of 0s is none (Envoy's docs).
+    assert route.route == RouteAction(cluster="backend", timeout=15.0, max_grpc_timeout=0.0, grpc_timeout_offset=0.1,
+                                      max_stream_duration=MaxStreamDuration(None, 2.5, 0.0))
+    plain = load_hcm(base()).route_config.virtual_hosts[0].routes[0].route
+    assert (plain.max_grpc_timeout, plain.grpc_timeout_offset, plain.max_stream_duration) == (None, None, None)
+
+
+H2_BAD = [
+    # (changes, path, fragment): Envoy refuses these too (test_envoy_agrees_on_the_http2_fields)
+    ([(H2, {"max_concurrent_streams": 0})], f"{H2}.max_concurrent_streams", "1..2147483647"),
+    ([(H2, {"max_concurrent_streams": 2147483648})], f"{H2}.max_concurrent_streams", "1..2147483647"),
+    ([(H2, {"initial_stream_window_size": 65534})], f"{H2}.initial_stream_window_size", "65535..2147483647"),
+    ([(H2, {"initial_connection_window_size": 2147483648})], f"{H2}.initial_connection_window_size",
+     "65535..2147483647"),
+    ([(H2, {"hpack_table_size": 4294967296})], f"{H2}.hpack_table_size", "out of range"),
+    ([(H2, {"hpack_table_size": -1})], f"{H2}.hpack_table_size", "out of range"),
+    ([(H2, {"max_outbound_frames": 0})], f"{H2}.max_outbound_frames", "1..4294967295"),
+    ([(H2, {"max_outbound_control_frames": 0})], f"{H2}.max_outbound_control_frames", "1..4294967295"),
+    ([(H2, {"max_inbound_window_update_frames_per_data_frame_sent": 0})],
+     f"{H2}.max_inbound_window_update_frames_per_data_frame_sent", "1..4294967295"),
+    ([(H2, {"allow_connect": [True]})], f"{H2}.allow_connect", "true or false"),
+    ([(H2, {"max_frame_size": 16384})], f"{H2}.max_frame_size", "unsupported field"),
+    ([(H2, {"connection_keepalive": {}})], f"{KA}.timeout", "required"),
+    ([(H2, {"connection_keepalive": {"interval": "10s"}})], f"{KA}.timeout", "required"),
+    ([(H2, {"connection_keepalive": {"timeout": "0.0009s"}})], f"{KA}.timeout", "at least 1ms"),
+    ([(H2, {"connection_keepalive": {"timeout": "1s", "interval": "0s"}})], f"{KA}.interval", "at least 1ms"),
+    ([(H2, {"connection_keepalive": {"timeout": "1s", "connection_idle_interval": "0s"}})],
+     f"{KA}.connection_idle_interval", "at least 1ms"),
+    ([(H2, {"connection_keepalive": {"timeout": "1s", "interval_jitter": {"value": 100.5}}})],
+     f"{KA}.interval_jitter.value", "0..100"),
+    ([(H2, {"connection_keepalive": {"timeout": "-1s"}})], f"{KA}.timeout", "negative"),
+    ([(f"{H0}.codec_type", "HTTP3")], f"{H0}.codec_type", "HTTP/3 is unsupported in fastproxy (not planned)"),
+    ([(f"{A0}.max_grpc_timeout", "-1s")], f"{A0}.max_grpc_timeout", "negative"),
+    ([(f"{A0}.max_stream_duration", {"grpc_timeout_header_max": "soon"})],
+     f"{A0}.max_stream_duration.grpc_timeout_header_max", "invalid Duration"),
+]
+# Envoy takes these; fastproxy has not built what they ask for, and says so at the field.
+H2_NOT_BUILT = [
+    ([(H2, {"allow_metadata": True})], f"{H2}.allow_metadata", "METADATA frames are not supported"),
+    ([(H2, {"custom_settings_parameters": [{"identifier": 9, "value": 1}]})],
+     f"{H2}.custom_settings_parameters[0]", "custom SETTINGS parameters are not supported"),
+    ([(H2, {"use_oghttp2_codec": True})], f"{H2}.use_oghttp2_codec", "nghttp2"),
+    ([(H2, {"enable_huffman_encoding": False})], f"{H2}.enable_huffman_encoding", "Huffman"),
+]
+
+
+@pytest.mark.parametrize("changes, path, fragment", H2_BAD + H2_NOT_BUILT,
+                         ids=[f"{i}:{case[1].rsplit('.', 1)[-1]}" for i, case in enumerate(H2_BAD + H2_NOT_BUILT)])
+def test_bad_http2_and_grpc_fields_name_the_field(changes, path, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_envoy(edited(*changes))
+    assert err.value.path == path, err.value
+    assert fragment in err.value.message
+
+
+@needs_envoy
+def test_envoy_agrees_on_the_http2_fields(tmp_path):
+    """Envoy 1.40 refuses each of H2_BAD, and takes H2_ALL and each of H2_NOT_BUILT."""
+    def rc_of_envoy(changes, name):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(edited(*changes)))
+        return envoy_validate(path)
+    for i, (changes, path, _) in enumerate(H2_BAD):
+        if path.endswith(".max_frame_size"):
+            continue        # (an unknown field: Envoy's own error, tested elsewhere)
+        rc, output = rc_of_envoy(changes, f"bad{i}")
+        assert rc != 0, f"envoy accepted {changes}: {output}"
+    for i, (changes, _, _) in enumerate(H2_NOT_BUILT + [([(H2, H2_ALL), (f"{H0}.codec_type", "HTTP2")], "", "")]):
+        rc, output = rc_of_envoy(changes, f"good{i}")
+        assert rc == 0, output
+    rc, output = rc_of_envoy([(f"{A0}.max_stream_duration", {"grpc_timeout_header_max": "1s"}),
+                              (f"{A0}.max_grpc_timeout", "0s"), (f"{A0}.grpc_timeout_offset", "0.1s")], "grpc")
+    assert rc == 0, output
+
+
+def _read_settings(sock) -> tuple:
+    """Read HTTP/2 frames from ``sock`` (after the connection preface) until the peer's first
+    SETTINGS and its WINDOW_UPDATE of the connection have come: ({id: value}, the
+    connection window it opened)."""
+    import struct
+    settings, window, data = None, None, b""
+    while settings is None or window is None:
+        while len(data) < 9 or len(data) < 9 + int.from_bytes(data[:3], "big"):
+            chunk = sock.recv(65536)
+            assert chunk, f"closed before SETTINGS and WINDOW_UPDATE (got {settings}, {window})"
+            data += chunk
+        length, kind, flags, stream = int.from_bytes(data[:3], "big"), data[3], data[4], \
+            int.from_bytes(data[5:9], "big")
+        payload, data = data[9:9 + length], data[9 + length:]
+        if kind == 0x4 and not flags & 0x1 and settings is None:    # SETTINGS, not an ACK
+            settings = dict(struct.unpack(">HI", payload[i:i + 6]) for i in range(0, len(payload), 6))
+        elif kind == 0x8 and stream == 0:                           # WINDOW_UPDATE of the connection
+            window = 65535 + (int.from_bytes(payload, "big") & 0x7FFFFFFF)
+    return settings, window
+
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def _assert_announced(settings, window, spec):
+    assert settings[0x3] == spec["max_concurrent_streams"]                 # SETTINGS_MAX_CONCURRENT_STREAMS
+    assert settings[0x4] == spec["initial_stream_window_size"]             # SETTINGS_INITIAL_WINDOW_SIZE
+    assert settings.get(0x1, 4096) == spec["hpack_table_size"]             # SETTINGS_HEADER_TABLE_SIZE
+    assert window == spec["initial_connection_window_size"]
+
+
+H2_ANNOUNCED = [None, {"max_concurrent_streams": 77, "initial_stream_window_size": 70000,
+                       "initial_connection_window_size": 5000000, "hpack_table_size": 1000}]
+
+
+@needs_envoy
+@pytest.mark.parametrize("options", H2_ANNOUNCED)
+def test_http2_settings_are_what_envoy_announces_as_a_server(tmp_path, options):
+    """The real Envoy, given the same http2_protocol_options (or none) on its connection
+    manager, announces the SETTINGS and connection window the model says: its defaults are
+    the model's, and the fields mean the same numbers."""
+    import socket
+    import yaml
+    from conftest import start_envoy
+    changes = [(f"{L0}.address.socket_address.port_value", 0), (f"{H0}.codec_type", "HTTP2")]
+    if options is not None:
+        changes.append((H2, options))
+    config = edited(*changes)
+    config["admin"] = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}
+    spec = load_hcm(config).http2_protocol_options.to_spec()
+    proc, _admin, address = start_envoy(yaml.safe_dump(config), tmp_path)
+    try:
+        with socket.create_connection(address, timeout=10) as s:
+            s.sendall(PREFACE + EMPTY_SETTINGS)
+            settings, window = _read_settings(s)
+    finally:
+        proc.terminate()
+        proc.wait()
+    _assert_announced(settings, window, spec)
+
+
+@needs_envoy
+@pytest.mark.parametrize("options", H2_ANNOUNCED)
+def test_http2_settings_are_what_envoy_announces_as_a_client(tmp_path, options):
+    """The same for a cluster's explicit_http_config.http2_protocol_options: what the real
+    Envoy sends an HTTP/2 upstream (a listening socket of the test's) is the model's."""
+    import socket
+    import yaml
+    from conftest import start_envoy
+    upstream = socket.create_server(("127.0.0.1", 0))
+    with upstream:
+        protocol = {"typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": options or {}}}}}
+        config = envoy_bootstrap([http_listener("[{match: {prefix: /}, route: {cluster: backend}}]")],
+                                 [static_cluster("backend", [upstream.getsockname()[1]], **protocol)])
+        spec = load_envoy(config).clusters[0].h2_options.to_spec()
+        proc, _admin, address = start_envoy(yaml.safe_dump(config), tmp_path)
+        try:
+            # A request makes Envoy connect upstream (its answer does not matter here).
+            threading.Thread(target=_request_ignoring_errors, args=(f"http://{address[0]}:{address[1]}/",),
+                             daemon=True).start()
+            upstream.settimeout(10)
+            conn, _ = upstream.accept()
+            with conn:
+                conn.settimeout(10)
+                preface = b""
+                while len(preface) < len(PREFACE):
+                    chunk = conn.recv(len(PREFACE) - len(preface))
+                    assert chunk, "closed before the preface"
+                    preface += chunk
+                assert preface == PREFACE
+                settings, window = _read_settings(conn)
+        finally:
+            proc.terminate()
+            proc.wait()
+    _assert_announced(settings, window, spec)
+
+
+def _request_ignoring_errors(url):
+    import urllib.request
+    try:
+        urllib.request.urlopen(url, timeout=10).read()
+    except OSError:
+        pass
+
+
+MODEL_BAD_H2 = [
+    (lambda h: _set(h, "codec_type", "HTTP3"), f"{P}.codec_type", "HTTP/3 is not supported"),
+    (lambda h: _set(h, "codec_type", "http2"), f"{P}.codec_type", "AUTO, HTTP1, HTTP2"),
+    (lambda h: _set(h, "http2_protocol_options", None), f"{P}.http2_protocol_options",
+     "expected Http2ProtocolOptions"),
+    (lambda h: _set(h.http2_protocol_options, "max_concurrent_streams", 0),
+     f"{P}.http2_protocol_options.max_concurrent_streams", "1..2147483647"),
+    (lambda h: _set(h.http2_protocol_options, "initial_connection_window_size", 1 << 31),
+     f"{P}.http2_protocol_options.initial_connection_window_size", "65535..2147483647"),
+    (lambda h: _set(h.http2_protocol_options, "hpack_table_size", True),
+     f"{P}.http2_protocol_options.hpack_table_size", "0..4294967295"),
+    (lambda h: _set(h.http2_protocol_options, "override_stream_error_on_invalid_http_message", 1),
+     f"{P}.http2_protocol_options.override_stream_error_on_invalid_http_message", "True or False"),
+    (lambda h: _set(h.http2_protocol_options, "connection_keepalive", {"timeout": 1}),
+     f"{P}.http2_protocol_options.connection_keepalive", "expected KeepaliveSettings"),
+    (lambda h: _set(h.http2_protocol_options, "connection_keepalive", KeepaliveSettings(timeout=None)),
+     f"{P}.http2_protocol_options.connection_keepalive.timeout", "non-negative number of seconds"),
+    (lambda h: _set(h.http2_protocol_options, "connection_keepalive", KeepaliveSettings(1.0, interval=0.0001)),
+     f"{P}.http2_protocol_options.connection_keepalive.interval", "at least 1ms"),
+    (lambda h: _set(h.http2_protocol_options, "connection_keepalive", KeepaliveSettings(1.0, interval_jitter=-1)),
+     f"{P}.http2_protocol_options.connection_keepalive.interval_jitter", "0..100"),
+    (lambda h: _set(route0(h).route, "max_grpc_timeout", -1), f"{MP}.route.max_grpc_timeout", "non-negative"),
+    (lambda h: _set(route0(h).route, "grpc_timeout_offset", "1s"), f"{MP}.route.grpc_timeout_offset",
+     "non-negative"),
+    (lambda h: _set(route0(h).route, "max_stream_duration", 5), f"{MP}.route.max_stream_duration",
+     "expected MaxStreamDuration"),
+    (lambda h: _set(route0(h).route, "max_stream_duration", MaxStreamDuration(grpc_timeout_header_max=-2)),
+     f"{MP}.route.max_stream_duration.grpc_timeout_header_max", "non-negative"),
+]
+
+
+@pytest.mark.parametrize("mutate, path, fragment", MODEL_BAD_H2,
+                         ids=[f"{i}:{case[1].rsplit('.', 1)[-1]}" for i, case in enumerate(MODEL_BAD_H2)])
+def test_validate_http_names_the_http2_model_field(mutate, path, fragment):
+    hcm = good_hcm()
+    mutate(hcm)
+    with pytest.raises(ConfigError) as err:
+        boot_with(hcm).validate()
+    assert err.value.path == path, err.value
+    assert fragment in err.value.message
+
+
+def test_http2_model_built_in_python_passes():
+    hcm = good_hcm()
+    hcm.codec_type = "HTTP2"
+    hcm.http2_protocol_options = Http2ProtocolOptions(max_concurrent_streams=10, connection_keepalive=KeepaliveSettings(
+        timeout=1.0, interval=5.0, interval_jitter=0, connection_idle_interval=0.001))
+    route0(hcm).route.max_stream_duration = MaxStreamDuration(grpc_timeout_header_max=0.0)
+    boot_with(hcm).validate()
+    assert hcm.http2_protocol_options.to_spec()["keepalive_idle_interval_ms"] == 1
+
+
+def test_http2_dump_writes_what_differs_from_envoys_defaults():
+    """/config_dump's HCM: codec_type and http2_protocol_options as Envoy's fields, only
+    those away from the defaults; the route's gRPC fields; and they load back the same."""
+    from fastproxy.config.dump import bootstrap_json, http2_options_json
+    assert http2_options_json(Http2ProtocolOptions()) == {}
+    assert http2_options_json(Http2ProtocolOptions(max_concurrent_streams=5, override_stream_error_on_invalid_http_message=False,
+                                                   connection_keepalive=KeepaliveSettings(timeout=1.5))) == \
+        {"max_concurrent_streams": 5, "override_stream_error_on_invalid_http_message": False,
+         "connection_keepalive": {"timeout": "1.500s"}}
+    config = edited((f"{H0}.codec_type", "HTTP2"), (H2, H2_ALL),
+                    (f"{A0}.max_stream_duration", {"grpc_timeout_header_max": "0s", "max_stream_duration": "3s"}),
+                    (f"{A0}.max_grpc_timeout", "1s"))
+    boot = load_envoy(config)
+    written = json.loads(json.dumps(bootstrap_json(boot)))
+    hcm = written["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert hcm["codec_type"] == "HTTP2"
+    assert hcm["http2_protocol_options"]["connection_keepalive"] == {
+        "timeout": "0.001s", "interval": "0.500s", "connection_idle_interval": "90s", "interval_jitter": {"value": 2.5}}
+    action = hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+    assert action["max_stream_duration"] == {"max_stream_duration": "3s", "grpc_timeout_header_max": "0s"}
+    assert action["max_grpc_timeout"] == "1s"
+    assert load_envoy(written) == boot
+    assert "codec_type" not in json.dumps(bootstrap_json(load_envoy(base())))

@@ -77,6 +77,35 @@ def _put(out: dict, key: str, value: Any, default: Any) -> None:
         out[key] = value
 
 
+# --- HTTP/2 options (a connection manager's, a cluster's) ---------------------------------
+
+_H2_DEFAULTS = mh.Http2ProtocolOptions()
+
+
+def http2_options_json(o: mh.Http2ProtocolOptions) -> dict:
+    """A config.core.v3.Http2ProtocolOptions: the fields away from Envoy's defaults."""
+    out: Dict[str, Any] = {}
+    for name in ("hpack_table_size", "max_concurrent_streams", "initial_stream_window_size",
+                 "initial_connection_window_size", "max_outbound_frames", "max_outbound_control_frames",
+                 "max_consecutive_inbound_frames_with_empty_payload", "max_inbound_priority_frames_per_stream",
+                 "max_inbound_window_update_frames_per_data_frame_sent"):
+        _put(out, name, getattr(o, name), getattr(_H2_DEFAULTS, name))
+    for name in ("allow_connect", "stream_error_on_invalid_http_messaging"):
+        _put(out, name, getattr(o, name), False)
+    if o.override_stream_error_on_invalid_http_message is not None:     # a BoolValue: set is set
+        out["override_stream_error_on_invalid_http_message"] = o.override_stream_error_on_invalid_http_message
+    ka = o.connection_keepalive
+    if ka is not None:
+        keepalive: Dict[str, Any] = {"timeout": duration(ka.timeout)}
+        for name in ("interval", "connection_idle_interval"):
+            if getattr(ka, name) is not None:
+                keepalive[name] = duration(getattr(ka, name))
+        if ka.interval_jitter != mh.H2_DEFAULT_KEEPALIVE_JITTER:
+            keepalive["interval_jitter"] = {"value": ka.interval_jitter}
+        out["connection_keepalive"] = keepalive
+    return out
+
+
 # --- clusters -----------------------------------------------------------------------------
 
 def cluster_json(c: model.Cluster, redact: bool = False) -> dict:
@@ -107,13 +136,20 @@ def cluster_json(c: model.Cluster, redact: bool = False) -> dict:
         common["max_connection_duration"] = duration(c.max_connection_duration)
     auto = {k: True for k, v in (("auto_sni", c.tls is not None and c.tls.auto_sni),
                                  ("auto_san_validation", c.tls is not None and c.tls.auto_san_validation)) if v}
-    if common or c.http2 or auto:
+    if common or c.upstream_protocol != "http1" or auto:
         options: Dict[str, Any] = {"@type": TYPE + HTTP_PROTOCOL_OPTIONS}
         if common:
             options["common_http_protocol_options"] = common
         if auto:        # (Envoy's home of these two; the model keeps them in the TLS context)
             options["upstream_http_protocol_options"] = auto
-        options["explicit_http_config"] = {"http2_protocol_options" if c.http2 else "http_protocol_options": {}}
+        h2 = c.h2_options
+        if c.upstream_protocol == "auto":
+            # (auto_config's http_protocol_options has no field the model keeps)
+            options["auto_config"] = {"http_protocol_options": {}, "http2_protocol_options": http2_options_json(h2)}
+        elif h2 is not None:
+            options["explicit_http_config"] = {"http2_protocol_options": http2_options_json(h2)}
+        else:
+            options["explicit_http_config"] = {"http_protocol_options": {}}
         out["typed_extension_protocol_options"] = {HTTP_PROTOCOL_OPTIONS: options}
     if c.tls is not None:
         out["transport_socket"] = transport_socket_json(c.tls, redact)
@@ -545,6 +581,10 @@ def hcm_json(h: mh.HttpConnectionManager) -> dict:
     """An HttpConnectionManager's fields (without "@type")."""
     d = mh.HttpConnectionManager
     out: Dict[str, Any] = {"stat_prefix": h.stat_prefix}
+    _put(out, "codec_type", h.codec_type, "AUTO")
+    h2 = http2_options_json(h.http2_protocol_options)
+    if h2:
+        out["http2_protocol_options"] = h2
     if h.rds is not None:
         out["rds"] = {"route_config_name": h.rds.route_config_name,
                       "config_source": config_source_json(h.rds.config_source)}
@@ -693,6 +733,14 @@ def _route_action(a: mh.RouteAction) -> dict:
         out["auto_host_rewrite"] = True
     if a.timeout != mh.RouteAction.timeout:
         out["timeout"] = duration(a.timeout)
+    for name in ("max_grpc_timeout", "grpc_timeout_offset"):
+        if getattr(a, name) is not None:
+            out[name] = duration(getattr(a, name))
+    msd = a.max_stream_duration
+    if msd is not None:
+        out["max_stream_duration"] = {name: duration(getattr(msd, name)) for name in
+                                      ("max_stream_duration", "grpc_timeout_header_max", "grpc_timeout_header_offset")
+                                      if getattr(msd, name) is not None}
     return out
 
 

@@ -525,11 +525,14 @@ FORWARD_CLIENT_CERT_DETAILS = ("SANITIZE", "FORWARD_ONLY", "APPEND_FORWARD", "SA
 
 # --- HTTP/2 ---------------------------------------------------------------------------------
 
-# Envoy 1.40's Http2ProtocolOptions limits (source/common/http/http_option_limits.h) and
-# the ranges its proto allows; a default here is what Envoy uses when the field is unset.
+# Envoy 1.40's Http2ProtocolOptions defaults and the ranges its proto allows. The windows
+# are what the real Envoy 1.40 announces, downstream and upstream alike (SETTINGS_INITIAL_
+# WINDOW_SIZE 16 MiB; a connection WINDOW_UPDATE to 24 MiB), not the 1 MiB of its source's
+# http_option_limits.h: tests/config/test_envoy_http_config.py reads them off the wire.
 H2_DEFAULT_HPACK_TABLE_SIZE = 4096
 H2_DEFAULT_MAX_CONCURRENT_STREAMS = 1024
-H2_DEFAULT_WINDOW_SIZE = 1 << 20                       # 1 MiB, stream and connection alike
+H2_DEFAULT_STREAM_WINDOW_SIZE = 16 << 20
+H2_DEFAULT_CONNECTION_WINDOW_SIZE = 24 << 20
 H2_MIN_WINDOW_SIZE = 65535                             # RFC 9113's initial window: only larger ones
 H2_MAX_31 = (1 << 31) - 1                              # the largest window; the most streams
 H2_MAX_32 = (1 << 32) - 1
@@ -582,8 +585,8 @@ class Http2ProtocolOptions:
 
     hpack_table_size: int = H2_DEFAULT_HPACK_TABLE_SIZE
     max_concurrent_streams: int = H2_DEFAULT_MAX_CONCURRENT_STREAMS
-    initial_stream_window_size: int = H2_DEFAULT_WINDOW_SIZE
-    initial_connection_window_size: int = H2_DEFAULT_WINDOW_SIZE
+    initial_stream_window_size: int = H2_DEFAULT_STREAM_WINDOW_SIZE
+    initial_connection_window_size: int = H2_DEFAULT_CONNECTION_WINDOW_SIZE
     allow_connect: bool = False                             # extended CONNECT (RFC 8441)
     max_outbound_frames: int = 10000
     max_outbound_control_frames: int = 1000
