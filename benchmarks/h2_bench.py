@@ -48,7 +48,7 @@ from benchlib import (add_quiet_host_args, stop_all, envoy_argv, fastproxy_argv,
                       find_envoy, foreign_cpu_seconds, install_signal_handlers, is_listening,
                       proc_snapshot, reserve_ports, run_install, steal_seconds, taskset, wait_for_quiet)
 from http_bench import (SMALL_BODY, nginx_common, nginx_http_common, probe_http, upstream_conf,
-                        versions)
+                        versions, worker_pid)
 from tls_bench import CLIENT_OPENSSL_CONF, SUITE, Cert, make_cert
 
 PROXIES = ["nginx", "haproxy", "envoy", "fastproxy"]
@@ -467,6 +467,56 @@ def build_proxies(names: list[str], workloads: list[str], tmp: Path, upstream_po
     return out, skipped
 
 
+# ----------------------------------------------------------------------------- profile
+def parse_perf_report(text: str) -> list[tuple[float, str]]:
+    """`perf report --stdio --no-children --sort ...` lines -> [(percent, key)], key the
+    sort columns joined by a space."""
+    out = []
+    for line in text.splitlines():
+        m = re.match(r"^\s+([\d.]+)%\s+(.*\S)\s*$", line)
+        if m:
+            out.append((float(m.group(1)), " ".join(m.group(2).split())))
+    return out
+
+
+def profile_run(perf: str, h2load: str, t: "Target", url: str, seconds: int, args, pin: bool,
+                tmp: Path) -> dict:
+    """One unmeasured h2load run with `perf record` (cpu-clock, all threads of the proxy's
+    worker process): where its CPU goes, by shared object (the codec library, the proxy's
+    own code, the kernel, libc, ...) and the top symbols."""
+    data = tmp / f"perf-{t.proc.name}.data"
+    rec = subprocess.Popen([perf, "record", "-F", "999", "-g", "-o", str(data), "-p", str(worker_pid(t.proc))],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.3)     # perf attaches (no readiness signal to wait on; the run is unmeasured)
+        run_h2load(h2load, url, args.connections, args.streams, seconds, pin)
+    finally:
+        rec.send_signal(2)
+        try:
+            rec.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            rec.kill()
+            rec.communicate()
+    if not data.exists():
+        raise BenchError("perf record wrote nothing")
+
+    def report(sort: str) -> list:
+        r = subprocess.run([perf, "report", "-i", str(data), "--stdio", "--no-children", "--sort", sort,
+                            "-g", "none", "--percent-limit", "0.5"],
+                           capture_output=True, text=True, timeout=300)
+        return parse_perf_report(r.stdout)
+    return {"proxy": t.proc.name, "by_dso": report("dso"), "top_symbols": report("dso,sym")[:25]}
+
+
+def format_profiles(profiles: list[dict]) -> str:
+    lines = ["where the proxy's CPU goes under h2load (perf record, cpu-clock; share of its samples):"]
+    for p in profiles:
+        lines.append(f"  {p['proxy']}: " + ", ".join(f"{k} {v:.1f}%" for v, k in p["by_dso"][:8]))
+        for v, k in p["top_symbols"][:12]:
+            lines.append(f"      {v:5.1f}%  {k}")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- summary
 def _median(rs: list[dict], key: str):
     v = [r[key] for r in rs if r.get(key) is not None]
@@ -556,6 +606,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--json", default=str(HERE / "results" / "h2_bench.json"))
     ap.add_argument("--no-install", action="store_true", help="skip benchmarks/install.sh")
     ap.add_argument("--keep-tmp", action="store_true")
+    ap.add_argument("--profile", action="store_true",
+                    help="after the rounds, one more (unmeasured) h2c run per proxy under `perf record`: "
+                         "its CPU by shared object and the top symbols (needs perf)")
     add_quiet_host_args(ap, steal=True)
     # The gRPC peers: this file run again by the benchmark.
     ap.add_argument("--grpc-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -612,6 +665,7 @@ def main(argv=None) -> int:
     targets: list[Target] = []
     failed: dict[str, str] = {}
     runs: list[dict] = []
+    profiles: list[dict] = []
     try:
         up_dir = tmp / "upstream"
         www = up_dir / "www"
@@ -738,6 +792,16 @@ def main(argv=None) -> int:
                         break
                     best["round"] = rnd + 1
                     runs.append(best)
+        perf = find_binary("perf") if args.profile else None
+        if args.profile and not perf:
+            print("note: --profile needs perf (Debian linux-perf); skipped", file=sys.stderr)
+        for t in (live if perf else []):
+            if t.proc.name in failed or "h2c" not in t.workloads or t.proc.popen.poll() is not None:
+                continue
+            try:
+                profiles.append(profile_run(perf, h2load, t, url(t, "h2c"), min(args.seconds, 5), args, pin, tmp))
+            except (BenchError, OSError, subprocess.TimeoutExpired) as e:
+                print(f"   profile of {t.proc.name} failed: {e}", file=sys.stderr)
     finally:
         stop_all([t.proc for t in targets] + upstreams, tmp, args.keep_tmp, "configs and logs")
 
@@ -756,6 +820,9 @@ def main(argv=None) -> int:
         for g in gs:
             verdict = {True: "met", False: "NOT met", None: "not measured"}[g["met"]]
             print(f"  {g['goal']:<40}{'-' if g['ratio'] is None else format(g['ratio'], '.2f') + 'x':>8}  {verdict}")
+    if profiles:
+        print()
+        print(format_profiles(profiles))
     result = {"meta": {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(),
                        "kernel": platform.release(), "cpus": os.cpu_count(), "pinned": pin,
                        "rounds": args.rounds, "seconds": args.seconds, "connections": args.connections,
@@ -763,7 +830,8 @@ def main(argv=None) -> int:
                        "grpc_inflight": args.grpc_inflight, "versions": versions(),
                        "h2load": (subprocess.run([h2load, "--version"], capture_output=True, text=True)
                                   .stdout.strip())},
-              "summary": summary, "goals": gs, "failed": failed, "negotiated": tls, "runs": runs}
+              "summary": summary, "goals": gs, "failed": failed, "negotiated": tls, "runs": runs,
+              "profiles": profiles}
     write_json(args.json, result)
     return 0 if runs else 1
 
