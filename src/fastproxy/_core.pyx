@@ -39,6 +39,10 @@ layout"). Declaration files (decls.pxi) come before the implementation files of 
   core/http/head_writer.pxi   heads being assembled, header operations, body framing announced
   core/http/codec_h1_framing.pxi HTTP/1.1 on the way out: heads into chains, the body writer
   core/http/codec_h1_server.pxi the HTTP/1.1 server codec: downstream bytes <-> stream events
+  core/http/codec_h2.pxi      HTTP/2 (nghttp2) plumbing both sides share: options, SETTINGS,
+                              field lists <-> nghttp2_nv, flood accounting
+  core/http/codec_h2_server.pxi the HTTP/2 server codec, and the codec choice (codec_type,
+                              ALPN, the client preface)
   core/http/codec_h1_client.pxi the HTTP/1.1 client codec: upstream bytes <-> response events
   core/http/local_reply.pxi   responses the proxy writes itself; status counters
   core/http/grpc.pxi          gRPC answers for local replies to gRPC requests
@@ -110,6 +114,8 @@ include "core/http/hcm_worker.pxi"
 include "core/http/head_writer.pxi"
 include "core/http/codec_h1_framing.pxi"
 include "core/http/codec_h1_server.pxi"
+include "core/http/codec_h2.pxi"
+include "core/http/codec_h2_server.pxi"
 include "core/http/codec_h1_client.pxi"
 include "core/http/codec_h2_client.pxi"
 include "core/http/local_reply.pxi"

@@ -177,6 +177,9 @@ BLOCKS = (
         # counted when the first read returns (Envoy makes its codec then)
         ("H_CX_HTTP1_TOTAL", "downstream_cx_http1_total", COUNTER),
         ("H_CX_HTTP1_ACTIVE", "downstream_cx_http1_active", GAUGE),
+        ("H_RQ_HTTP2_TOTAL", "downstream_rq_http2_total", COUNTER),
+        ("H_CX_HTTP2_TOTAL", "downstream_cx_http2_total", COUNTER),     # (when the codec is chosen)
+        ("H_CX_HTTP2_ACTIVE", "downstream_cx_http2_active", GAUGE),
         ("H_CX_RX_BYTES", "downstream_cx_rx_bytes_total", COUNTER),
         ("H_CX_TX_BYTES", "downstream_cx_tx_bytes_total", COUNTER),
         ("H_CX_DESTROY", "downstream_cx_destroy", COUNTER),
@@ -202,6 +205,31 @@ BLOCKS = (
     StatBlockDef("HTTP1", "H1S_NSTATS", "http1.*: server-wide", (
         ("H1S_DROPPED_UNDERSCORES", "dropped_headers_with_underscores", COUNTER),
         ("H1S_REJECTED_UNDERSCORES", "requests_rejected_with_underscores_in_headers", COUNTER),
+    )),
+    # The HTTP/2 codec's counters (Envoy's names): the server-wide http2.* block of the
+    # downstream codec (core/http/codec_h2_server.pxi), and cluster.<name>.http2.* of the
+    # upstream one.
+    StatBlockDef("HTTP2", "H2_NSTATS", "http2.*: server-wide; cluster.<name>.http2.*", (
+        ("H2_DROPPED_UNDERSCORES", "dropped_headers_with_underscores", COUNTER),
+        ("H2_GOAWAY_SENT", "goaway_sent", COUNTER),
+        ("H2_HEADER_OVERFLOW", "header_overflow", COUNTER),
+        ("H2_HEADERS_CB_NO_STREAM", "headers_cb_no_stream", COUNTER),
+        ("H2_INBOUND_EMPTY_FRAMES_FLOOD", "inbound_empty_frames_flood", COUNTER),
+        ("H2_INBOUND_PRIORITY_FRAMES_FLOOD", "inbound_priority_frames_flood", COUNTER),
+        ("H2_INBOUND_WINDOW_UPDATE_FRAMES_FLOOD", "inbound_window_update_frames_flood", COUNTER),
+        ("H2_KEEPALIVE_TIMEOUT", "keepalive_timeout", COUNTER),
+        ("H2_METADATA_EMPTY_FRAMES", "metadata_empty_frames", COUNTER),
+        ("H2_OUTBOUND_CONTROL_FLOOD", "outbound_control_flood", COUNTER),
+        ("H2_OUTBOUND_FLOOD", "outbound_flood", COUNTER),
+        ("H2_REJECTED_UNDERSCORES", "requests_rejected_with_underscores_in_headers", COUNTER),
+        ("H2_RX_MESSAGING_ERROR", "rx_messaging_error", COUNTER),
+        ("H2_RX_RESET", "rx_reset", COUNTER),
+        ("H2_STREAM_REFUSED_ERRORS", "stream_refused_errors", COUNTER),
+        ("H2_TRAILERS", "trailers", COUNTER),
+        ("H2_TX_FLUSH_TIMEOUT", "tx_flush_timeout", COUNTER),
+        ("H2_TX_RESET", "tx_reset", COUNTER),
+        ("H2_STREAMS_ACTIVE", "streams_active", GAUGE),
+        ("H2_PENDING_SEND_BYTES", "pending_send_bytes", GAUGE),
     )),
     # TLS on a listener or a cluster (listener.<address>_<port>.ssl.*, cluster.<name>.ssl.*):
     # Envoy's names. versions/ciphers/curves are fixed rows, one per name OpenSSL 3 can

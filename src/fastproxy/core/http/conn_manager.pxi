@@ -61,9 +61,6 @@ cdef void _log_connecting(UpConn* u, Host* host) noexcept nogil:
 
 # ---------------------------------------------------------------- downstream connections
 
-cdef const ServerCodecApi* hconn_pick_codec(HConn* c, HttpCfg* h) noexcept nogil:
-    return &H1_SERVER_CODEC
-
 cdef void _hconn_idle(Worker* w, void* arg) noexcept nogil:
     cdef HConn* c = <HConn*>arg
     if c.nstreams == 0:
@@ -356,6 +353,8 @@ cdef int _hconn_process(HConn* c) noexcept nogil:
     the active stream along. -1 when the connection closed."""
     cdef HStream* s
     cdef int rc
+    if not c.codec_seen and c.in_buf.length and not c.down_eof:
+        return 0                        # the first bytes do not say which protocol yet
     if c.codec.multiplexed:
         return _hconn_process_mux(c)
     while True:
@@ -547,9 +546,10 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
                          and (c.req_pipe.bytes or _request_splice_ready(c, s))):
             n = endp_read(&c.down, &c.in_buf, HTTP_IO_LIMIT - c.in_buf.length, &asked)
             if n > 0:
-                if not c.codec_seen:
-                    # Envoy creates the HTTP/1 codec with the first bytes read (a client
-                    # that closes without sending any is not an HTTP/1 connection).
+                if not c.codec_seen and hconn_settle_codec(c):
+                    # Envoy creates its codec with the first bytes read (a client that
+                    # closes without sending any is no HTTP/1 connection), and AUTO
+                    # chooses it then (codec_h2_server.pxi).
                     c.codec_seen = 1
                     stat_add((<HttpCfg*>c.cfg.http).stats, c.w, c.codec.stat_cx_total, 1)
                     stat_add((<HttpCfg*>c.cfg.http).stats, c.w, c.codec.stat_cx_active, 1)
@@ -604,7 +604,8 @@ cdef void hconn_pump(HConn* c) noexcept nogil:
             c.in_pump = 0
             hconn_close(c, False)
             return
-        if c.close_after and c.nstreams == 0 and c.out_buf.length == 0:
+        if c.close_after and c.nstreams == 0 and c.out_buf.length == 0 \
+                and not (c.codec.multiplexed and c.codec.mid_message(c)):
             c.in_pump = 0
             _hconn_finish(c)
             return

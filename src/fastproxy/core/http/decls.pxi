@@ -90,6 +90,11 @@ cdef struct HttpCfg:
     uint8_t strip_port              # STRIP_PORT_*: strip_matching_host_port / strip_any_host_port
     uint8_t underscores             # US_*: headers_with_underscores_action
     StatBlock* http1_stats          # the server-wide http1.* counters (HTTP1_STATS)
+    uint8_t codec_type              # CODEC_*: codec_type (core/http/codec_h2_server.pxi)
+    H2Options h2                    # http2_protocol_options
+    void* h2_option                 # ... as the nghttp2_option of its sessions (owned)
+    StatBlock* http2_stats          # the server-wide http2.* counters (HTTP2_STATS); NULL: none
+    uint64_t drain_timeout_ms       # drain_timeout: HTTP/2's shutdown notice to its final GOAWAY
     int nfilters                    # http_filters before the router (core/http/filter_manager.pxi)
     HttpFilterCfg* filters
     uint32_t filter_hooks           # union of the filters' HK_* bits
@@ -314,7 +319,7 @@ cdef struct ServerCodecApi:
                                                         #   (HTTP/2: RST_STREAM; HTTP/1: unused)
     void (*flush)(HConn* c) noexcept nogil              # serialize what is queued into out_buf
                                                         #   (HTTP/2: frames; NULL: encode_* write directly)
-    void (*drain)(HConn* c) noexcept nogil              # the listener drains (HTTP/2: GOAWAY); NULL:
+    void (*drain)(HConn* c) noexcept nogil              # drain or idle (HTTP/2: GOAWAY twice); NULL:
                                                         #   the connection manager's HTTP/1 rule
     bint (*send_ok)(HConn* c, HStream* s) noexcept nogil    # may s queue more response body now?
     uint64_t (*raw_body_left)(HConn* c, HStream* s) noexcept nogil  # request body bytes still on

@@ -12,6 +12,8 @@ cdef void http_cfg_decref(HttpCfg* h) noexcept nogil:
     free(h.via)
     free(h.default_host_10)
     free(h.internal_cidrs)
+    if h.h2_option != NULL:
+        nghttp2_option_del(<nghttp2_option*>h.h2_option)
     free(h)
 
 
@@ -36,6 +38,7 @@ cdef class HttpCfgHandle(ConnHandler):
 
 stat_kind_add("listener_http", LISTENER_HTTP_STATS, LISTENER_HTTP_GAUGES)
 stat_kind_add("http1", HTTP1_STATS, HTTP1_GAUGES)
+stat_kind_add("http2", HTTP2_STATS, HTTP2_GAUGES)
 stat_kind_add("http", HTTP_STATS, HTTP_GAUGES, ("downstream_rq_time",))
 
 
@@ -85,10 +88,12 @@ def make_route_table(route_config, http_filters, cluster_ref, int nworkers, str 
 
 
 def make_http_cfg(hcm, StatBlockHandle stats, RouteProviderHandle routes not None, int nworkers,
-                  StatBlockHandle http1_stats=None, AsyncBridge async_bridge=None):
+                  StatBlockHandle http1_stats=None, AsyncBridge async_bridge=None,
+                  StatBlockHandle http2_stats=None):
     """Compile a fastproxy.http.HttpConnectionManager (but its routes: `routes`, a
     RouteProvider with tables from make_route_table for the same http_filters); async_bridge:
-    the proxy's, where its Python filters' async hooks run."""
+    the proxy's, where its Python filters' async hooks run; http1_stats / http2_stats: the
+    server-wide http1.* / http2.* blocks (None: not counted)."""
     cdef HttpCfgHandle hh = HttpCfgHandle.__new__(HttpCfgHandle)
     cdef _FilterCompiler fcomp
     cdef HttpCfg* h = <HttpCfg*>calloc(1, sizeof(HttpCfg))
@@ -171,6 +176,14 @@ def make_http_cfg(hcm, StatBlockHandle stats, RouteProviderHandle routes not Non
         h.http1_stats = http1_stats.b
     elif h.underscores != US_ALLOW:
         raise ValueError("headers_with_underscores_action needs the http1.* stat block")
+    h.codec_type = {"AUTO": CODEC_AUTO, "HTTP1": CODEC_HTTP1, "HTTP2": CODEC_HTTP2}[hcm.codec_type]
+    h2_options_compile(hcm.http2_protocol_options.to_spec(), &h.h2)
+    h.h2_option = h2_option_new(&h.h2, True)
+    if h.h2_option == NULL:
+        raise MemoryError()
+    if http2_stats is not None:
+        h.http2_stats = http2_stats.b
+    h.drain_timeout_ms = ms(hcm.drain_timeout)
     host10 = (hcm.default_host_for_http_10 or "").encode()
     if host10:
         h.default_host_10 = <char*>malloc(len(host10))
