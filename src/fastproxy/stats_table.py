@@ -193,15 +193,6 @@ BLOCKS = (
         # a response that said Connection: close because its listener version is draining
         ("H_CX_DRAIN_CLOSE", "downstream_cx_drain_close", COUNTER),
     )),
-    # HTTP/2 codec counters: the server-wide http2.* block and each HTTP/2 cluster's
-    # cluster.<name>.http2.* (Envoy's names).
-    StatBlockDef("HTTP2", "H2_NSTATS", "http2.*: server-wide; cluster.<name>.http2.*", (
-        ("H2_RX_MESSAGING_ERROR", "rx_messaging_error", COUNTER),
-        ("H2_RX_RESET", "rx_reset", COUNTER),
-        ("H2_TRAILERS", "trailers", COUNTER),
-        ("H2_TX_RESET", "tx_reset", COUNTER),
-        ("H2_STREAMS_ACTIVE", "streams_active", GAUGE),
-    )),
     StatBlockDef("HTTP1", "H1S_NSTATS", "http1.*: server-wide", (
         ("H1S_DROPPED_UNDERSCORES", "dropped_headers_with_underscores", COUNTER),
         ("H1S_REJECTED_UNDERSCORES", "requests_rejected_with_underscores_in_headers", COUNTER),
