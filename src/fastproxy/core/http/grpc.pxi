@@ -123,6 +123,14 @@ cdef inline int _grpc_reply_status(HStream* s, int status) noexcept nogil:
     return grpc_status_from_http(status)
 
 
+cdef inline void grpc_local_framing(HConn* c, BodyFraming* bf) noexcept nogil:
+    """A gRPC local reply without a body is trailers-only: HTTP/2 ends the stream on its
+    HEADERS frame, without content-length (as Envoy's H2 codec sends it); HTTP/1.1 says
+    content-length: 0."""
+    if bf.kind == BODY_LENGTH and bf.length == 0 and bf.length_text.p == NULL and c.codec.multiplexed:
+        bf.kind = BODY_NONE
+
+
 cdef void grpc_local_reply(HConn* c, HStream* s, int status, const char* body, size_t n,
                            bint close_conn, const HMap* extra) noexcept nogil:
     """Answer the gRPC request s from the proxy (hconn_local_reply_ex's gRPC form, called from
@@ -140,10 +148,8 @@ cdef void grpc_local_reply(HConn* c, HStream* s, int status, const char* body, s
     cdef int rc
     memset(&l, 0, sizeof(PairList))
     memset(&bf, 0, sizeof(BodyFraming))
-    # Nothing follows the head: HTTP/2 ends the stream on HEADERS (no content-length, as
-    # Envoy's H2 codec); HTTP/1.1 says content-length: 0.
     bf.kind = BODY_LENGTH
-    bf.length = 0
+    grpc_local_framing(c, &bf)
     rc = 0
     if extra != NULL:
         rc = hm_to_pairs(extra, &l, True)
