@@ -345,8 +345,11 @@ def run_h2load(h2load: str, url: str, connections: int, streams: int, seconds: i
                env: Optional[dict] = None, requests: int = 0) -> dict:
     """h2load with one thread on the load core; -D seconds, or -n requests when given."""
     amount = ["-n", str(requests)] if requests else ["-D", str(seconds)]
+    # TLS: h2load sets its own TLS 1.3 suites (OPENSSL_CONF does not narrow them): one suite
+    # for every server, as tls_bench.py's clients.
+    tls = [f"--tls13-ciphers={SUITE}"] if url.startswith("https://") else []
     argv = taskset(0 if pin else None) + [h2load, "-t", "1", "-c", str(connections), "-m", str(streams),
-                                          *amount, url]
+                                          *tls, *amount, url]
     try:
         r = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60,
                            stdin=subprocess.DEVNULL, env=env)

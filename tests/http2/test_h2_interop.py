@@ -260,7 +260,7 @@ def _h1(addr, method, path, body=None):
 
 def test_client_reset_reaches_the_h2_upstream_as_cancel(proxies):
     """The client resets a stream in flight (RST_STREAM CANCEL): the proxy resets the
-    upstream stream with CANCEL, as Envoy does; the connection goes on serving."""
+    upstream stream with CANCEL; the client's connection goes on serving."""
     up = H2Upstream(lambda req: None if req.get(":path") == "/hold" else Reply(200, (), b"ok"))
     try:
         px = proxies(h1_to_h2_yaml(up.port))
@@ -279,7 +279,10 @@ def test_client_reset_reaches_the_h2_upstream_as_cancel(proxies):
                 c.send(c.request(3, request_headers("GET", "/after", "x")))
                 a = c.read(5, until=lambda a: 3 in a.ended)
                 assert a.status(3) == 200 and a.bodies.get(3) == b"ok", (name, a)
-        assert codes == {"envoy": ErrorCodes.CANCEL, "fastproxy": ErrorCodes.CANCEL}, codes
+        # gRPC's cancellation: CANCEL. (The real Envoy 1.40 sends INTERNAL_ERROR here, from its
+        # oghttp2 codec; docs/http2.md lists the difference.)
+        assert codes["fastproxy"] == ErrorCodes.CANCEL, codes
+        assert codes["envoy"] in (ErrorCodes.CANCEL, ErrorCodes.INTERNAL_ERROR), codes
     finally:
         up.close()
 
