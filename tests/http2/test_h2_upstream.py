@@ -10,7 +10,10 @@ import hashlib
 import http.client
 import json
 import os
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 
@@ -25,24 +28,10 @@ import h2.settings  # noqa: E402
 import hyperframe.frame  # noqa: E402
 
 from fastproxy import Cluster, Endpoint, Listener, Proxy  # noqa: E402
-from fastproxy.http.model import (AccessLog, HttpConnectionManager, Route, RouteAction,  # noqa: E402
-                                  RouteConfiguration, RouteMatch, VirtualHost)
+from fastproxy.http.model import (AccessLog, Http2ProtocolOptions, HttpConnectionManager, Route,  # noqa: E402
+                                  RouteAction, RouteConfiguration, RouteMatch, VirtualHost)
 
-from conftest import envoy_yaml, find_envoy, recv_head, recv_until_eof, start_envoy, wait_for  # noqa: E402
-
-# Envoy 1.40's Http2ProtocolOptions defaults (what Http2ProtocolOptions.to_spec() gives).
-H2_SPEC = {
-    "hpack_table_size": 4096, "max_concurrent_streams": 1024,
-    "initial_stream_window_size": 1 << 20, "initial_connection_window_size": 1 << 20,
-    "max_outbound_frames": 10000, "max_outbound_control_frames": 1000,
-    "max_consecutive_inbound_frames_with_empty_payload": 1,
-    "max_inbound_priority_frames_per_stream": 100,
-    "max_inbound_window_update_frames_per_data_frame_sent": 10,
-    "override_stream_error_on_invalid_http_message": 0, "allow_connect": 0,
-    "keepalive_interval_ms": 0, "keepalive_timeout_ms": 0, "keepalive_interval_jitter_pct": 0,
-    "keepalive_idle_interval_ms": 0,
-}
-
+from conftest import envoy_yaml, find_envoy, recv_head, start_envoy, wait_for, wait_stalled  # noqa: E402
 
 class H2Upstream:
     """An HTTP/2 (h2c prior knowledge) server on loopback, one thread per connection. Per
@@ -52,8 +41,10 @@ class H2Upstream:
     /goaway sends GOAWAY naming the streams before it; /drop closes the connection;
     anything else answers a JSON description of the request."""
 
-    def __init__(self, max_concurrent_streams=None):
+    def __init__(self, max_concurrent_streams=None, tls=None):
         self.max_concurrent_streams = max_concurrent_streams
+        self.tls = tls                  # an ssl.SSLContext (ALPN set by the caller), or None
+        self.alpn = []                  # what each TLS handshake selected
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -65,6 +56,7 @@ class H2Upstream:
         self.requests = []              # (connection index, stream id, headers, body, trailers)
         self.resets = []                # stream ids the client reset
         self.max_open = 0               # the most streams open at once on one connection
+        self.unsent = {}                # (connection index, stream id) -> response bytes not sent yet
         self.closing = False
         self.threads = []
         t = threading.Thread(target=self._accept, daemon=True)
@@ -85,6 +77,12 @@ class H2Upstream:
                 s, _ = self.sock.accept()
             except OSError:
                 return
+            if self.tls is not None:
+                try:
+                    s = self.tls.wrap_socket(s, server_side=True)
+                except (OSError, ssl.SSLError):
+                    continue
+                self.alpn.append(s.selected_alpn_protocol())
             with self.lock:
                 index = len(self.connections)
                 self.connections.append(0)
@@ -173,6 +171,7 @@ class H2Upstream:
                         conn.send_data(sid, rest[:room])
                         rest = rest[room:]
                     sending[sid][0] = rest
+                    self.unsent[(index, sid)] = len(rest)
                     if not rest:
                         if trailers == "reset":
                             conn.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
@@ -211,6 +210,12 @@ class H2Upstream:
                                "trailers": st["trailers"]}).encode()
         if path == "/trailers":
             trailers = [("grpc-status", "0"), ("x-t", "done")]
+        if path == "/204":
+            conn.send_headers(sid, [(":status", "204")], end_stream=True)
+            return
+        if hdrs.get(":method") == "HEAD":
+            conn.send_headers(sid, [(":status", "200"), ("content-length", "1234")], end_stream=True)
+            return
         head = [(":status", "200"), ("content-type", "application/octet-stream")]
         if path != "/trailers" and trailers != "reset":
             head.append(("content-length", str(len(body))))
@@ -232,30 +237,20 @@ def h2_upstream():
         s.close()
 
 
-def h2_proxy(port, concurrency=1, cluster_kw=None, h2=None, log=None):
-    """A proxy whose route sends everything to cluster "c", an HTTP/2 cluster to port."""
+def h2_proxy(port, concurrency=1, cluster_kw=None, h2=None, log=None, protocol="http2"):
+    """A proxy whose route sends everything to cluster "c", which speaks HTTP/2 to port
+    (protocol "http2": prior knowledge, or ALPN h2 over TLS; "auto": auto_config)."""
     rc = RouteConfiguration(virtual_hosts=[VirtualHost("vh", ["*"], routes=[
         Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))])])
     hcm_kw = {}
     if log is not None:
         hcm_kw["access_log"] = [AccessLog(path=str(log))]
     hcm = HttpConnectionManager("ingress", rc, **hcm_kw)
-    cluster = Cluster("c", [Endpoint("127.0.0.1", port)], **(cluster_kw or {}))
+    cluster = Cluster("c", [Endpoint("127.0.0.1", port)], upstream_protocol=protocol,
+                      http2_protocol_options=Http2ProtocolOptions(**(h2 or {})), **(cluster_kw or {}))
     p = Proxy([Listener("http", hcm, port=0)], [cluster], concurrency=concurrency)
     p.start()
-    _make_h2(p, "c", cluster, h2)
     return p
-
-
-def _make_h2(p, name, cluster, h2=None):
-    """Make the cluster speak HTTP/2 (prior knowledge): ClusterHandle.set_params as the
-    installer calls it, with the spec Http2ProtocolOptions.to_spec() gives."""
-    from fastproxy.installer import _cluster_params
-    spec = dict(H2_SPEC, **(h2 or {}))
-    block = p._engine.new_stats("http2")
-    p._h2_stats = block
-    p._clusters[name].handle.set_params(*_cluster_params(cluster), protocol="http2", h2=spec, h2_stats=block)
-    time.sleep(0.05)        # (the workers take the params at their next loop turn)
 
 
 def get(p, path, method="GET", body=None, headers=None, timeout=10):
@@ -357,6 +352,50 @@ def test_response_trailers_and_large_bodies_both_ways(h2_upstream):
         assert status == 200 and body == payload
 
 
+def test_head_and_204_responses_have_no_body(h2_upstream):
+    up = h2_upstream()
+    with h2_proxy(up.port) as p:
+        conn = http.client.HTTPConnection(*p.listener_address("http"), timeout=10)
+        conn.request("HEAD", "/h")
+        r = conn.getresponse()
+        assert (r.status, r.getheader("content-length"), r.read()) == (200, "1234", b"")
+        conn.request("GET", "/204")             # the same client connection: framing held
+        r = conn.getresponse()
+        assert (r.status, r.read()) == (204, b"")
+        conn.request("GET", "/after")
+        assert conn.getresponse().status == 200
+        conn.close()
+
+
+def test_slow_reader_stalls_only_its_own_stream(h2_upstream):
+    """A client that does not read: its stream's window stays shut (the upstream stops
+    sending on it), while another stream on the same connection completes."""
+    up = h2_upstream()
+    with h2_proxy(up.port) as p:
+        assert get(p, "/warm")[0] == 200
+        size = 32 << 20
+        slow = socket.socket()
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        slow.connect(p.listener_address("http"))
+        slow.sendall(f"GET /big/{size} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+        wait_for(lambda: (0, 3) in up.unsent)
+        left = wait_stalled(lambda: up.unsent[(0, 3)])
+        assert left > 0                         # stalled: the stream's window is not reopened
+        status, _, body = get(p, "/other")       # ... but the connection's is
+        assert status == 200
+        assert up.connections == [3]
+        got = 0
+        head, rest = recv_head(slow)
+        got = len(rest)
+        slow.settimeout(20)
+        while got < size:
+            chunk = slow.recv(1 << 20)
+            assert chunk
+            got += len(chunk)
+        assert got == size and up.unsent[(0, 3)] == 0
+        slow.close()
+
+
 # ------------------------------------------------------------------ multiplexing
 
 
@@ -385,7 +424,7 @@ def test_concurrent_requests_share_one_connection(h2_upstream):
         assert all(r is not None and r[0] == 200 for r in results)
         assert up.connections == [21]            # 21 streams, one connection
         assert cstat(p, "upstream_cx_total") == 1 and cstat(p, "upstream_rq_total") == 21
-        assert p._h2_stats.read()["streams_active"] == 0
+        assert cstat(p, "http2.streams_active") == 0
 
 
 def test_peer_max_concurrent_streams_opens_a_second_connection(h2_upstream):
@@ -428,6 +467,25 @@ def test_circuit_breaker_max_requests_bounds_streams(h2_upstream):
         assert [r[0] for r in results] == [200, 200]
 
 
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load not installed")
+def test_http2_clients_to_an_http2_upstream(h2_upstream, tmp_path):
+    """HTTP/2 on both sides: h2load's streams (2 connections x 20) and curl's upload all
+    share one upstream connection."""
+    up = h2_upstream()
+    with h2_proxy(up.port) as p:
+        host, port = p.listener_address("http")
+        out = subprocess.run(["h2load", "-n", "400", "-c", "2", "-m", "20", f"http://{host}:{port}/load"],
+                             capture_output=True, text=True, timeout=60).stdout
+        assert "400 succeeded" in out and "400 2xx" in out, out
+        payload = tmp_path / "up.bin"
+        payload.write_bytes(os.urandom(3 << 20))
+        out = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "--data-binary", f"@{payload}",
+                              f"http://{host}:{port}/echo"], capture_output=True, timeout=30).stdout
+        assert out == payload.read_bytes()
+        assert up.connections == [401]
+        assert p.stats()["http.ingress.downstream_rq_http2_total"] == 401
+
+
 # ------------------------------------------------------------------ resets, GOAWAY, loss
 
 
@@ -442,7 +500,7 @@ def test_upstream_reset_is_503_ur(h2_upstream, tmp_path):
         assert status == 503
         assert body.endswith(b"reset reason: remote refused stream reset")
         assert cstat(p, "upstream_rq_rx_reset") == 2
-        assert p._h2_stats.read()["rx_reset"] == 2
+        assert cstat(p, "http2.rx_reset") == 2
         # the connection stays: the next request uses it
         assert get(p, "/after")[0] == 200
         assert up.connections == [3]
@@ -513,6 +571,79 @@ def test_connection_loss_fails_every_stream_on_it(h2_upstream):
         assert all(r[2].endswith(b"reset reason: connection termination") for r in results)
         assert get(p, "/again")[0] == 200
         assert len(up.connections) == 2
+
+
+# ------------------------------------------------------------------ TLS: ALPN h2, auto_config
+
+
+def _tls_cluster_kw(tmp_path):
+    from fastproxy import model_tls as t
+    from tls_certs import default_ca
+    ca = default_ca()
+    ca_file = ca.write(tmp_path).cert
+    return {"tls": t.UpstreamTlsContext(sni="localhost", common_tls_context=t.CommonTlsContext(
+        validation_context=t.CertificateValidationContext(trusted_ca=t.DataSource(filename=str(ca_file)))))}
+
+
+def _server_tls(tmp_path, alpn):
+    from tls_certs import server_cert
+    files = server_cert().write(tmp_path)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(files.cert), str(files.key))
+    ctx.set_alpn_protocols(alpn)
+    return ctx
+
+
+@pytest.mark.parametrize("protocol", ["http2", "auto"])
+def test_http2_over_tls_with_alpn_h2(h2_upstream, tmp_path, protocol):
+    up = h2_upstream(tls=_server_tls(tmp_path, ["h2"]))
+    with h2_proxy(up.port, cluster_kw=_tls_cluster_kw(tmp_path), protocol=protocol) as p:
+        ts, results = _concurrent(p, [f"/s{i}" for i in range(5)])
+        for t in ts:
+            t.join(20)
+        assert all(r[0] == 200 for r in results)
+        assert dict(json.loads(results[0][2])["headers"])[":scheme"] == "https"
+        assert up.alpn == ["h2"] and up.connections == [5]
+        assert cstat(p, "upstream_cx_http2_total") == 1 and cstat(p, "upstream_cx_http1_total") == 0
+
+
+def test_auto_config_falls_back_to_http1_when_the_server_chooses_it(tmp_path):
+    """auto_config over TLS: the server selects http/1.1, so the request goes as HTTP/1.1
+    on that connection, and idle HTTP/1.1 connections are reused after it."""
+    import http.server
+    import socketserver
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            out = f"{self.command} {self.path} {self.request_version} {len(body)}".encode()
+            self.send_response(200)
+            self.send_header("content-length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        do_GET = do_POST
+
+        def log_message(self, *a):
+            pass
+
+    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    srv.socket = _server_tls(tmp_path, ["http/1.1"]).wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        with h2_proxy(srv.server_address[1], cluster_kw=_tls_cluster_kw(tmp_path), protocol="auto") as p:
+            status, _, body = get(p, "/a", "POST", body=b"hello")
+            assert (status, body) == (200, b"POST /a HTTP/1.1 5")
+            status, _, body = get(p, "/b")
+            assert (status, body) == (200, b"GET /b HTTP/1.1 0")
+            assert cstat(p, "upstream_cx_http2_total") == 0
+            assert cstat(p, "upstream_cx_http1_total") == cstat(p, "upstream_cx_total") == 1     # reused
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 # ------------------------------------------------------------------ real Envoy as the upstream

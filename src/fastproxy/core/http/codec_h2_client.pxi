@@ -74,6 +74,7 @@ cdef struct H2Conn:
     uint8_t in_pump
     uint8_t repump
     uint8_t proto_error             # nghttp2 refused the peer's bytes
+    uint8_t auto                    # auto_config: HTTP/2 only if TLS's ALPN selects h2
     StatBlock* stats                # cluster.<name>.http2.* (one reference), or NULL
 
 cdef struct H2Stream:
@@ -110,25 +111,6 @@ cdef struct H2Stream:
 
 # ---------------------------------------------------------------- request heads -> nv
 
-cdef inline bint _h2_conn_specific(const char* name, size_t n) noexcept nogil:
-    """Fields HTTP/2 forbids (RFC 9113 8.2.2) and the ones the codec writes itself."""
-    if n == 2:
-        return _ieq(name, n, "te")
-    if n == 4:
-        return _ieq(name, n, "host")
-    if n == 7:
-        return _ieq(name, n, "upgrade")
-    if n == 10:
-        return _ieq(name, n, "connection") or _ieq(name, n, "keep-alive")
-    if n == 14:
-        return _ieq(name, n, "content-length")
-    if n == 16:
-        return _ieq(name, n, "proxy-connection")
-    if n == 17:
-        return _ieq(name, n, "transfer-encoding")
-    return n > 0 and name[0] == b':'
-
-
 cdef bint _h2_te_trailers(const HttpHead* h) noexcept nogil:
     """The request's TE names "trailers" (the only TE HTTP/2 carries; gRPC needs it)."""
     cdef uint32_t i
@@ -144,50 +126,40 @@ cdef bint _h2_te_trailers(const HttpHead* h) noexcept nogil:
     return False
 
 
-cdef int _h2_nv_build(FieldPair* first, size_t nfirst, PairList* l, FieldPair* last, size_t nlast,
-                      char** out_buf, nghttp2_nv** out_nva, size_t* out_n) noexcept nogil:
-    """One malloc'd block: the nv array and the bytes it points at: `first` (the
-    pseudo-headers), l's fields but the connection-specific ones, then `last` (the codec's
-    own); names lowercased, as HTTP/2 requires. -1: no memory."""
-    cdef size_t i, j, k, n = nfirst + nlast, total = nfirst + l.n + nlast, bytes_ = 0
+cdef int _h2_nv_take(PairList* l, const FieldPair* first, size_t nfirst, bint keep_te_trailers,
+                     char** out_buf, nghttp2_nv** out_nva, size_t* out_n) noexcept nogil:
+    """h2_nv_from_pairs (codec_h2.pxi: pseudo-headers first, names lowercased,
+    connection-specific fields dropped), copied into one malloc'd block the stream owns
+    (the nv array, then the bytes it points at): a request may wait for its connection
+    longer than the router's field values live. -1: no memory."""
+    cdef H2Nv a
+    cdef size_t i, bytes_ = 0
     cdef char* buf
     cdef char* p
     cdef nghttp2_nv* nva
-    cdef FieldPair* f
-    cdef char ch
-    for i in range(total):
-        f = &first[i] if i < nfirst else (&l.v[i - nfirst] if i < nfirst + l.n else &last[i - nfirst - l.n])
-        if nfirst <= i < nfirst + l.n:
-            if _h2_conn_specific(f.name.p, f.name.n):
-                continue
-            n += 1
-        bytes_ += f.name.n + f.value.n
-    buf = <char*>malloc(n * sizeof(nghttp2_nv) + bytes_ + 1)
+    if h2_nv_from_pairs(&a, first, nfirst, l, keep_te_trailers) < 0:
+        return -1
+    for i in range(a.n):
+        bytes_ += a.nv[i].namelen + a.nv[i].valuelen
+    buf = <char*>malloc(a.n * sizeof(nghttp2_nv) + bytes_ + 1)
     if buf == NULL:
+        h2_nv_free(&a)
         return -1
     nva = <nghttp2_nv*>buf
-    p = buf + n * sizeof(nghttp2_nv)
-    k = 0
-    for i in range(total):
-        f = &first[i] if i < nfirst else (&l.v[i - nfirst] if i < nfirst + l.n else &last[i - nfirst - l.n])
-        if nfirst <= i < nfirst + l.n and _h2_conn_specific(f.name.p, f.name.n):
-            continue
-        nva[k].name = <uint8_t*>p
-        nva[k].namelen = f.name.n
-        for j in range(f.name.n):
-            ch = f.name.p[j]
-            p[j] = ch + 32 if b'A' <= ch <= b'Z' else ch
-        p += f.name.n
-        nva[k].value = <uint8_t*>p
-        nva[k].valuelen = f.value.n
-        if f.value.n:
-            memcpy(p, f.value.p, f.value.n)
-        p += f.value.n
-        nva[k].flags = NGHTTP2_NV_FLAG_NONE
-        k += 1
+    p = buf + a.n * sizeof(nghttp2_nv)
+    for i in range(a.n):
+        nva[i] = a.nv[i]
+        nva[i].name = <uint8_t*>p
+        memcpy(p, a.nv[i].name, a.nv[i].namelen)
+        p += a.nv[i].namelen
+        nva[i].value = <uint8_t*>p
+        if a.nv[i].valuelen:
+            memcpy(p, a.nv[i].value, a.nv[i].valuelen)
+        p += a.nv[i].valuelen
     out_buf[0] = buf
     out_nva[0] = nva
-    out_n[0] = k
+    out_n[0] = a.n
+    h2_nv_free(&a)
     return 0
 
 
@@ -237,11 +209,10 @@ cdef int _h2c_encode_headers(UpConn* h, StrRef method, StrRef target, PairList* 
     -1: no memory."""
     cdef H2Stream* st = h.h2s
     cdef FieldPair ps[4]
-    cdef FieldPair own[2]
-    cdef size_t np = 3, nown = 0
+    cdef size_t np = 3
     cdef char lenbuf[24]
     cdef int k
-    cdef size_t i
+    cdef StrRef authority = _pl_take(l, "host", 4)
     cdef HStream* s = h.stream
     ps[0].name = _cs(":method")
     ps[0].value = method
@@ -249,28 +220,26 @@ cdef int _h2c_encode_headers(UpConn* h, StrRef method, StrRef target, PairList* 
     ps[1].value = _cs("https" if cluster_params(h.cluster, h.w).tls != NULL else "http")
     ps[2].name = _cs(":path")
     ps[2].value = target
-    for i in range(l.n):
-        if _ieq(l.v[i].name.p, l.v[i].name.n, "host"):
-            ps[3].name = _cs(":authority")
-            ps[3].value = l.v[i].value
-            np = 4
-            break
+    if authority.p != NULL:
+        ps[3].name = _cs(":authority")
+        ps[3].value = authority
+        np = 4
     st.has_body = (f.kind == BODY_LENGTH and f.length > 0) or f.kind == BODY_STREAM
     if f.kind == BODY_LENGTH:
-        own[nown].name = _cs("content-length")
         if f.length_text.p != NULL:
-            own[nown].value = f.length_text
+            k = _pl_add(l, _cs("content-length"), f.length_text)
         else:
             k = snprintf(lenbuf, sizeof(lenbuf), "%llu", <unsigned long long>f.length)
-            own[nown].value = _s(lenbuf, <size_t>k)
-        nown += 1
-    if s != NULL and _h2_te_trailers(&s.head):
-        own[nown].name = _cs("te")
-        own[nown].value = _cs("trailers")
-        nown += 1
+            k = _pl_add(l, _cs("content-length"), _s(lenbuf, <size_t>k))
+        if k < 0:
+            return -1
+    # TE is hop-by-hop (the router dropped it); HTTP/2 carries it only as "trailers",
+    # which gRPC needs.
+    if s != NULL and _h2_te_trailers(&s.head) and _pl_add(l, _cs("te"), _cs("trailers")) < 0:
+        return -1
     free(st.nvbuf)
     st.nvbuf = NULL
-    if _h2_nv_build(ps, np, l, own, nown, &st.nvbuf, &st.nva, &st.nvlen) < 0:
+    if _h2_nv_take(l, ps, np, True, &st.nvbuf, &st.nva, &st.nvlen) < 0:
         return -1
     st.head_encoded = 1
     _h2_try_submit(h)
@@ -293,7 +262,7 @@ cdef int _h2c_encode_end(UpConn* h, PairList* trailers) noexcept nogil:
     if not st.has_body:
         return 0
     if trailers != NULL and trailers.n and st.tbuf == NULL:
-        if _h2_nv_build(NULL, 0, trailers, NULL, 0, &st.tbuf, &st.tnva, &st.tnvlen) < 0:
+        if _h2_nv_take(trailers, NULL, 0, False, &st.tbuf, &st.tnva, &st.tnvlen) < 0:
             return -1
     _h2_resume(h)
     return 0
@@ -354,7 +323,7 @@ cdef int _h2c_decode(UpConn* h) noexcept nogil:
     if not ur_response_data_wanted(s, end and h.in_buf.length == 0):
         return 0
     n = h.in_buf.length
-    if not _enc_body_filtered(s) and s.c.out_buf.length >= HTTP_IO_LIMIT:
+    if not _enc_body_filtered(s) and not s.c.codec.send_ok(s.c, s):
         return 0                        # the client reads slowly: the stream's window stays shut
     if n == 0 and not end:
         return 0
@@ -588,7 +557,6 @@ cdef void _h2_callbacks_init():
 
 
 _h2_callbacks_init()
-stat_kind_add("http2", HTTP2_STATS, HTTP2_GAUGES)
 
 
 # ---------------------------------------------------------------- the connection
@@ -756,33 +724,19 @@ cdef void _h2_resume(UpConn* h) noexcept nogil:
 
 cdef int _h2_session_new(UpConn* conn) noexcept nogil:
     """The connection is up (TCP, TLS): its client session, our SETTINGS and connection
-    window. -1: no memory."""
+    window (codec_h2.pxi's, as the server side's). -1: no memory."""
     cdef H2Conn* hc = conn.h2
     cdef ClusterParams* prm = cluster_params(conn.cluster, conn.w)
-    cdef nghttp2_option* opt
-    cdef nghttp2_settings_entry iv[4]
-    if nghttp2_option_new(&opt) != 0:
+    cdef nghttp2_option* opt = h2_option_new(&prm.h2, False)
+    if opt == NULL:
         return -1
-    nghttp2_option_set_no_auto_window_update(opt, 1)
-    nghttp2_option_set_max_outbound_ack(opt, prm.h2.max_outbound_control_frames or 1000)
     if nghttp2_session_client_new2(&hc.session, H2C_CALLBACKS, conn, opt) != 0:
         nghttp2_option_del(opt)
         hc.session = NULL
         return -1
     nghttp2_option_del(opt)
-    iv[0].settings_id = NGHTTP2_SETTINGS_ENABLE_PUSH
-    iv[0].value = 0
-    iv[1].settings_id = NGHTTP2_SETTINGS_HEADER_TABLE_SIZE
-    iv[1].value = prm.h2.hpack_table_size
-    iv[2].settings_id = NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE
-    iv[2].value = prm.h2.initial_stream_window_size
-    iv[3].settings_id = NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS
-    iv[3].value = prm.h2.max_concurrent_streams
-    if nghttp2_submit_settings(hc.session, NGHTTP2_FLAG_NONE, iv, 4) != 0:
+    if h2_submit_settings(hc.session, &prm.h2, False) != 0:
         return -1
-    if prm.h2.initial_connection_window_size > 65535:
-        nghttp2_session_set_local_window_size(hc.session, NGHTTP2_FLAG_NONE, 0,
-                                              <int32_t>prm.h2.initial_connection_window_size)
     return 0
 
 
@@ -809,6 +763,7 @@ cdef UpConn* _h2_conn_new(HStream* s, ClusterCfg* cl, int host_index) noexcept n
         upconn_close(u)
         return NULL
     u.h2.max_streams = prm.h2.max_concurrent_streams or 1
+    u.h2.auto = prm.protocol == UP_AUTO
     u.h2.stats = prm.h2_stats
     if u.h2.stats != NULL:
         fp_atomic_add_int(&u.h2.stats.refcnt, 1)
@@ -1015,6 +970,8 @@ cdef void _h2_conn_connected(UpConn* conn) noexcept nogil:
     if _h2_session_new(conn) < 0:
         http_pool_fail(conn, 503, UPSTREAM_CONNECT_FAILURE)
         return
+    if hc.auto:
+        stat_add(conn.cluster.stats, conn.w, C_CX_HTTP2_TOTAL, 1)     # (ALPN chose it)
     while hc.waiting != NULL and conn.state == UC_BUSY:
         h = hc.waiting
         _h2_unwait(h)
@@ -1306,3 +1263,124 @@ cdef void h2_serve_waiting(HttpPool* p, UpConn* h) noexcept nogil:
     _h2_handle_end(h)
     if s != NULL:
         stream_upstream_failed(s, 503, UPSTREAM_CONNECT_FAILURE)
+
+
+# ---------------------------------------------------------------- auto_config over TLS
+
+cdef bint h2_alpn_selected(UpConn* conn) noexcept nogil:
+    """The TLS handshake's ALPN chose h2."""
+    cdef const unsigned char* p = NULL
+    cdef unsigned int n = 0
+    if conn.ep.tls == NULL:
+        return False
+    SSL_get0_alpn_selected((<TlsConn*>conn.ep.tls).ssl, &p, &n)
+    return n == 2 and p[0] == b'h' and p[1] == b'2'
+
+
+cdef void h2_offer_alpn(UpConn* conn) noexcept nogil:
+    """What a new HTTP/2 connection offers in its TLS handshake, unless the cluster's TLS
+    context names its own protocols (as Envoy): h2, or h2 and http/1.1 under auto_config."""
+    cdef TlsConn* t = <TlsConn*>conn.ep.tls
+    if t == NULL or t.ctx.alpn_len:
+        return
+    if conn.h2.auto:
+        SSL_set_alpn_protos(t.ssl, <const unsigned char*>b"\x02h2\x08http/1.1", 12)
+    else:
+        SSL_set_alpn_protos(t.ssl, <const unsigned char*>b"\x02h2", 3)
+
+
+cdef int _h2_request_as_h1(UpConn* conn, UpConn* h) noexcept nogil:
+    """Write what h holds of its request (the head, as HEADERS would have carried it; the
+    body; its end) as HTTP/1.1 into conn. -1: no memory."""
+    cdef H2Stream* st = h.h2s
+    cdef PairList l
+    cdef PairList tl
+    cdef BodyFraming bf
+    cdef StrRef method, target, name, value
+    cdef size_t i, k
+    cdef int rc = 0
+    memset(&l, 0, sizeof(PairList))
+    memset(&tl, 0, sizeof(PairList))
+    memset(&bf, 0, sizeof(BodyFraming))
+    method = _s(NULL, 0)
+    target = _s(NULL, 0)
+    bf.kind = BODY_STREAM if st.has_body else BODY_NONE
+    for i in range(st.nvlen):
+        name = _s(<const char*>st.nva[i].name, st.nva[i].namelen)
+        value = _s(<const char*>st.nva[i].value, st.nva[i].valuelen)
+        if _ieq(name.p, name.n, ":method"):
+            method = value
+        elif _ieq(name.p, name.n, ":path"):
+            target = value
+        elif _ieq(name.p, name.n, ":authority"):
+            rc |= _pl_add(&l, _cs("host"), value)
+        elif _ieq(name.p, name.n, "content-length"):
+            if st.has_body:
+                bf.kind = BODY_LENGTH
+                bf.length_text = value
+                bf.length = 0
+                for k in range(value.n):
+                    bf.length = bf.length * 10 + <uint64_t>(value.p[k] - 48)
+        elif name.n and name.p[0] != b':' and not _ieq(name.p, name.n, "te"):
+            rc |= _pl_add(&l, name, value)
+    for i in range(st.tnvlen):
+        rc |= _pl_add(&tl, _s(<const char*>st.tnva[i].name, st.tnva[i].namelen),
+                      _s(<const char*>st.tnva[i].value, st.tnva[i].valuelen))
+    if rc == 0:
+        rc = conn.codec.encode_headers(conn, method, target, &l, &bf)
+    if rc == 0 and h.out_buf.length:
+        rc = conn.codec.encode_data(conn, &h.out_buf, h.out_buf.length)
+    if rc == 0 and st.req_end:
+        rc = conn.codec.encode_end(conn, &tl)
+    free(l.v)
+    free(tl.v)
+    return rc
+
+
+cdef void h2_conn_fallback_h1(UpConn* conn) noexcept nogil:
+    """auto_config: the server did not choose h2. The connection becomes an HTTP/1.1 one
+    for the first request waiting on it (its request, held as HEADERS and body bytes, is
+    written as HTTP/1.1; the stream's handle becomes this connection); the others wait in
+    the pool again for connections of their own."""
+    cdef H2Conn* hc = conn.h2
+    cdef HttpPool* p = _pool_of(conn.cluster, conn.w)
+    cdef UpConn* first = NULL
+    cdef UpConn* h
+    cdef HStream* s
+    _h2_conn_drain(conn)
+    while hc.waiting != NULL:
+        h = hc.waiting
+        _h2_unwait(h)
+        h.h2_conn = NULL
+        if first == NULL:
+            first = h
+        else:
+            h.state = UC_WAITING
+            _h2_queue(p, h)
+            _pool_kick(p, conn.w)
+    stat_add(conn.cluster.stats, conn.w, C_CX_HTTP1_TOTAL, 1)
+    _h2_conn_release(conn)
+    conn.h2_role = H2R_NONE
+    conn.codec = &H1_CLIENT_CODEC
+    free(conn.h2)
+    conn.h2 = NULL
+    if first == NULL:
+        conn.codec.start(conn, METHOD_GET)
+        http_pool_release(conn, True)   # an idle HTTP/1.1 connection
+        return
+    s = first.stream
+    conn.codec.start(conn, s.method if s != NULL else METHOD_GET)
+    if s == NULL or (first.h2s.head_encoded and _h2_request_as_h1(conn, first) < 0):
+        first.stream = NULL
+        _h2_handle_end(first)
+        http_pool_release(conn, s == NULL)
+        if s != NULL:
+            s.upstream.conn = NULL
+            stream_upstream_failed(s, 503, UPSTREAM_CONNECT_FAILURE)
+        return
+    first.stream = NULL
+    _h2_handle_end(first)               # (its pending request: counted off)
+    conn.stream = s
+    s.upstream.conn = conn
+    if not _upconn_attach(conn):
+        _upconn_overflowed(conn)

@@ -400,7 +400,7 @@ cdef void ur_on_response_error(HStream* s, int kind) noexcept nogil:
         if s.resp_started:
             s.response_flags |= RF_UR
             stat_add(s.cluster.stats, c.w, C_RQ_RX_RESET, 1)
-            hconn_close(c, True)
+            stream_reset(s)
         else:
             http_pool_fail(u, 503, UPSTREAM_REMOTE_RESET)
     elif s.resp_started:

@@ -94,6 +94,7 @@ cdef extern from "<openssl/ssl.h>" nogil:
     void SSL_CTX_set_cert_cb(SSL_CTX* c, int (*cb)(SSL* ssl, void* arg) noexcept nogil, void* arg)
     void SSL_CTX_set_alpn_select_cb(SSL_CTX* ctx, int (*cb)(SSL* ssl, const unsigned char** out, unsigned char* outlen, const unsigned char* inp, unsigned int inlen, void* arg) noexcept nogil, void* arg)
     int SSL_CTX_set_alpn_protos(SSL_CTX* ctx, const unsigned char* protos, unsigned int len)
+    int SSL_set_alpn_protos(SSL* ssl, const unsigned char* protos, unsigned int len)
     long SSL_CTX_set_session_cache_mode(SSL_CTX* ctx, long mode)
     long SSL_CTX_set_timeout(SSL_CTX* ctx, long t)
     int SSL_CTX_set_session_id_context(SSL_CTX* ctx, const unsigned char* sid, unsigned int len)

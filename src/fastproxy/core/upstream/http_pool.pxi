@@ -420,6 +420,14 @@ cdef UpConn** _pool_find_for(UpConn** head, HStream* s) noexcept nogil:
     return head
 
 
+cdef inline UpConn** _pool_skip_h2(UpConn** head) noexcept nogil:
+    """The link of the first HTTP/1.1 connection of an idle list (HTTP/2 connections share
+    the list: codec_h2_client.pxi)."""
+    while head != NULL and head[0] != NULL and head[0].h2_role != H2R_NONE:
+        head = &head[0].idle_next
+    return head
+
+
 cdef inline UpConn* _pool_pop(UpConn** head) noexcept nogil:
     cdef UpConn* u = head[0]
     head[0] = u.idle_next
@@ -489,7 +497,8 @@ cdef int _upconn_connect(UpConn* u, Host* host) noexcept nogil:
     host_stat_add(u.hstats, w, HS_CX_TOTAL, 1)
     host_stat_add(u.hstats, w, HS_CX_ACTIVE, 1)
     if u.h2_role == H2R_CONN:
-        stat_add(cl.stats, w, C_CX_HTTP2_TOTAL, 1)
+        if not u.h2.auto:               # (auto_config: counted once ALPN has chosen)
+            stat_add(cl.stats, w, C_CX_HTTP2_TOTAL, 1)
     elif u.stream == NULL or not u.stream.connect:   # (a CONNECT's upstream is TCP in Envoy)
         stat_add(cl.stats, w, C_CX_HTTP1_TOTAL, 1)
     if fp_log_level <= LOG_DEBUG:
@@ -529,11 +538,14 @@ cdef UpConn* http_pool_acquire(HStream* s, ClusterCfg* cl) noexcept nogil:
     host_stats_hold(&s.upstream.hstats, host.stats)
     s.upstream.start_ms = w.now
     idx = <int>(host - lb_hosts(cl, w).hosts)
-    if prm.protocol == UP_HTTP2 and not s.connect:
-        return h2_pool_acquire(s, cl, idx)      # streams on shared connections (codec_h2_client.pxi)
     head = _pool_list(p, w, idx)
     if head != NULL and not s.connect:                     # a tunnel gets its own
-        head = _pool_find_for(head, s)
+        head = _pool_skip_h2(_pool_find_for(head, s))
+    if not s.connect and (prm.protocol == UP_HTTP2 or (prm.protocol == UP_AUTO and prm.tls != NULL
+                                                       and (head == NULL or head[0] == NULL))):
+        # Streams on shared connections (codec_h2_client.pxi); under auto_config an idle
+        # HTTP/1.1 connection (the server chose it) is used first.
+        return h2_pool_acquire(s, cl, idx)
     if head != NULL and head[0] != NULL and not s.connect:
         if cb_full(&cl.n_rq, prm.max_rq):
             # Envoy binds the request to the idle connection, which refuses it and stays idle.
@@ -678,6 +690,8 @@ cdef int _upconn_tls_start(UpConn* u, TlsProvider* tls) noexcept nogil:
     elif u.h2_role == H2R_CONN and u.h2.waiting != NULL and u.h2.waiting.stream != NULL:
         host = _head_field(&u.h2.waiting.stream.head, "host", &hn)    # (the first request's)
     tls_client_prepare(<TlsConn*>u.ep.tls, host, hn if host != NULL else 0)
+    if u.h2_role == H2R_CONN:
+        h2_offer_alpn(u)
     return 0
 
 
@@ -731,7 +745,11 @@ cdef void upconn_on_event(Worker* w, UpConn* u, uint32_t events) noexcept nogil:
             fp_atomic_add_i64(&u.cluster.n_pending, -1)
         if cluster_params(u.cluster, w).max_duration_ms:
             timer_arm(w, &u.duration_timer, cluster_params(u.cluster, w).max_duration_ms)
-        if u.h2_role == H2R_CONN:
+        if u.h2_role == H2R_CONN and u.h2.auto and not h2_alpn_selected(u):
+            h2_conn_fallback_h1(u)      # auto_config: the server speaks HTTP/1.1
+            if u.state != UC_BUSY or u.stream == NULL:
+                return
+        elif u.h2_role == H2R_CONN:
             _h2_conn_connected(u)       # the session starts; the requests waiting on it go
             if u.state != UC_BUSY:
                 return
@@ -887,7 +905,7 @@ cdef void http_serve_waiting(Worker* w) noexcept nogil:
                 continue
             head = _pool_list(pool, w, u.host_index)
             if head != NULL and not s.connect:
-                head = _pool_find_for(head, s)
+                head = _pool_skip_h2(_pool_find_for(head, s))
             if head != NULL and head[0] != NULL and not s.connect:     # (a tunnel gets its own)
                 # An idle connection to its host: the request (already serialized into u's
                 # out_buf, never sent) moves to it; u, which never had a socket, ends.
