@@ -149,8 +149,9 @@ def test_alpn_server_preference_and_no_overlap(core, pki, upstream):
     core.cluster("up", [upstream.addr])
     addr = core.http_listener("up", tls=ctx)
     core.start()
-    _, facts = https_get(addr, client_ctx(pki, alpn=["http/1.1", "h2"]))
-    assert facts["alpn"] == "h2"                # the server's preference
+    with tls_connect(addr, client_ctx(pki, alpn=["http/1.1", "h2"])) as s:
+        # the server's preference (and the connection speaks HTTP/2 then: codec_type AUTO)
+        assert s.selected_alpn_protocol() == "h2"
     out, facts = https_get(addr, client_ctx(pki, alpn=["spdy/3"]))
     assert facts["alpn"] is None and out[0][0] == 200      # no overlap: on without ALPN
 

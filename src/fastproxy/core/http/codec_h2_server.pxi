@@ -50,6 +50,7 @@ cdef struct H2SStream:
     uint32_t ncookies
     int64_t content_length
     uint8_t authority               # :authority came (a Host field is then not taken)
+    uint8_t expect_continue         # expect: 100-continue (answered by the router, as HTTP/1's)
     uint8_t in_trailers             # a second header block: trailers
     uint8_t envoy_hdrs
     uint8_t head_ready              # the head is complete, to hand over
@@ -192,6 +193,7 @@ cdef void _h2s_stream_free(H2SConn* h2, H2SStream* cs) noexcept nogil:
     if cs.next != NULL:
         cs.next.prev = cs.prev
     h2.rx_buffered -= cs.rx.length
+    _h2s_gauge_sub(h2.c, H2_PENDING_SEND_BYTES, cs.tx.length)
     http_head_free(&cs.head)
     http_head_free(&cs.trailers)
     chain_free(&cs.rx)
@@ -268,6 +270,7 @@ cdef int _h2s_send_data_cb(nghttp2_session* session, nghttp2_frame* frame, const
     if chain_append(&c.out_buf, <const char*>framehd, H2_FRAME_HEADER) < 0 \
             or chain_move_bytes(&c.out_buf, &cs.tx, length) < 0:
         return NGHTTP2_ERR_CALLBACK_FAILURE
+    _h2s_gauge_sub(c, H2_PENDING_SEND_BYTES, length)
     if cs.s != NULL:
         cs.s.last_active_ms = c.w.now
     return 0
@@ -373,6 +376,8 @@ cdef int _h2s_header_cb(nghttp2_session* session, const nghttp2_frame* frame, co
             cs.ncookies += 1
         elif namelen == 14 and memcmp(nm, b"content-length", 14) == 0:
             cs.content_length = _h2s_parse_length(vl, valuelen)
+        elif namelen == 6 and memcmp(nm, b"expect", 6) == 0 and _ieq(vl, valuelen, "100-continue"):
+            cs.expect_continue = 1
         if namelen > 8 and memcmp(nm, b"x-envoy-", 8) == 0:
             cs.envoy_hdrs = 1
     if http_head_add_field(hd, nm, namelen, vl, valuelen) < 0:
@@ -548,6 +553,7 @@ cdef void _h2s_head_over(HConn* c, H2SConn* h2, H2SStream* cs) noexcept nogil:
     cdef HttpHead head
     cdef HStream* s
     cdef size_t hn = 0
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
     cs.started = 1
     cs.head_ready = 0
     memset(&f, 0, sizeof(RequestFacts))
@@ -559,6 +565,7 @@ cdef void _h2s_head_over(HConn* c, H2SConn* h2, H2SStream* cs) noexcept nogil:
     f.connect = cs.head.method == METHOD_CONNECT
     f.envoy_hdrs = cs.envoy_hdrs
     f.content_length = cs.content_length
+    f.expect_continue = cs.expect_continue and not f.end_stream
     if _h2s_join_cookies(&cs.head, cs.ncookies) < 0:
         nghttp2_submit_rst_stream(h2.session, NGHTTP2_FLAG_NONE, cs.id, NGHTTP2_INTERNAL_ERROR)
         return
@@ -574,6 +581,8 @@ cdef void _h2s_head_over(HConn* c, H2SConn* h2, H2SStream* cs) noexcept nogil:
         return
     if not s.ended:
         cs.s = s
+    if h.max_requests_per_connection and c.nrequests >= h.max_requests_per_connection:
+        _h2s_drain(c)                   # Envoy: the connection drains (GOAWAY) at the limit
 
 
 cdef int _h2s_join_cookies(HttpHead* hd, uint32_t ncookies) noexcept nogil:
@@ -811,6 +820,7 @@ cdef int _h2s_encode_data(HConn* c, HStream* s, Chain* src, size_t n) noexcept n
         return 0 if cs != NULL else -1
     if chain_move_bytes(&cs.tx, src, n) < 0:
         return -1
+    _h2s_stat(c, H2_PENDING_SEND_BYTES, n)
     _h2s_resume(_h2(c), cs)
     return 0
 
@@ -823,6 +833,7 @@ cdef int _h2s_encode_bytes(HConn* c, HStream* s, const char* p, size_t n) noexce
         return 0
     if chain_append(&cs.tx, p, n) < 0:
         return -1
+    _h2s_stat(c, H2_PENDING_SEND_BYTES, n)
     _h2s_resume(_h2(c), cs)
     return 0
 
@@ -915,6 +926,7 @@ cdef void _h2s_stream_reset(HConn* c, HStream* s, bint refused) noexcept nogil:
     cs.s = NULL
     _h2s_consumed(h2, cs, cs.rx.length)
     chain_clear(&cs.rx)
+    _h2s_gauge_sub(c, H2_PENDING_SEND_BYTES, cs.tx.length)
     chain_clear(&cs.tx)
     if not cs.closed:
         nghttp2_submit_rst_stream(h2.session, NGHTTP2_FLAG_NONE, cs.id,
@@ -988,7 +1000,7 @@ cdef void _h2s_ping_timeout(Worker* w, void* arg) noexcept nogil:
     _h2s_stat(c, H2_KEEPALIVE_TIMEOUT, 1)
     if fp_log_level <= LOG_DEBUG:
         fp_log(w.index, "http2", c.id, 0, "keepalive timeout: closing")
-    hconn_close(c, True)
+    hconn_close(c, False)
 
 
 cdef uint64_t _h2s_raw_body_left(HConn* c, HStream* s) noexcept nogil:
