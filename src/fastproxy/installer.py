@@ -253,7 +253,7 @@ class ConfigInstaller:
         """make_cluster's / set_params's upstream protocol keywords for cluster ``c`` (which
         replaces ``old``): the protocol, HTTP/2's settings (the to_spec() dict) and its
         cluster.<name>.http2.* stat block. Nothing for an HTTP/1.1 cluster that was one
-        before (the core's defaults are HTTP/1.1)."""
+        before (the core's defaults are HTTP/1.1), nor for a core without HTTP/2 upstreams."""
         if not _CORE_HTTP2_CLUSTERS or \
                 (c.upstream_protocol == "http1" and (old is None or old.upstream_protocol == "http1")):
             return {}

@@ -19,7 +19,7 @@ from .model_tls import UpstreamTlsContext, check_static_secrets
 
 LB_POLICIES = ("ROUND_ROBIN", "RANDOM")
 # What a cluster speaks to its upstreams (Envoy's HttpProtocolOptions): explicit HTTP/1.1,
-# explicit HTTP/2, or auto_config (ALPN h2 or http/1.1 over TLS; HTTP/1.1 in plain text).
+# explicit HTTP/2, or auto_config (h2 or http/1.1 by ALPN, so over TLS only).
 UPSTREAM_PROTOCOLS = ("http1", "http2", "auto")
 CLUSTER_TYPES = ("STATIC", "STRICT_DNS", "EDS")
 

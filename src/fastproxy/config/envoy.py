@@ -13,8 +13,8 @@ typed_extension_protocol_options with Envoy's upstream HttpProtocolOptions
 max_connection_duration; explicit_http_config with http_protocol_options (HTTP/1.1) or
 http2_protocol_options (HTTP/2, also as the deprecated Cluster.http2_protocol_options), or
 auto_config (ALPN, so only with a TLS transport_socket, as in Envoy);
-use_downstream_protocol_config is refused); an endpoint takes address, load_balancing_weight and hostname (the Host
-auto_host_rewrite sends). Every field outside that subset is an error naming its path,
+use_downstream_protocol_config is refused); an endpoint takes address,
+load_balancing_weight and hostname (the Host auto_host_rewrite sends). Every field outside that subset is an error naming its path,
 because silently ignoring a field would run a proxy that behaves differently from the config
 its author wrote; a known Envoy feature is named as such (config/proto.py UNSUPPORTED_FIELDS),
 and every error of a file is reported in one run. Defaults are Envoy's.
