@@ -391,11 +391,14 @@ class H2Client:
 
 def h2_proxy_yaml(upstream_port: int, stat_prefix: str = "h2", hcm: dict | None = None) -> str:
     """The bootstrap both proxies run: one listener "web" with an HTTP connection manager
-    (codec_type AUTO: HTTP/1.1, or HTTP/2 with prior knowledge) routing every path to the
+    (codec_type AUTO: HTTP/1.1, or HTTP/2 with prior knowledge) answering /direct itself (a
+    204: one HEADERS frame per request, no upstream) and routing every other path to the
     HTTP/1.1 cluster "up"; ``hcm``: further HttpConnectionManager fields
     (http2_protocol_options, common_http_protocol_options, ...)."""
     fields = {"codec_type": "AUTO", **(hcm or {})}
-    return envoy_yaml([http_listener([{"match": {"prefix": "/"}, "route": {"cluster": "up"}}],
+    routes = [{"match": {"prefix": "/direct"}, "direct_response": {"status": 204}},
+              {"match": {"prefix": "/"}, "route": {"cluster": "up"}}]
+    return envoy_yaml([http_listener(routes,
                                      stat_prefix=stat_prefix, **fields)],
                       [static_cluster("up", [upstream_port], connect_timeout="1s")])
 
