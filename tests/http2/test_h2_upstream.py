@@ -10,6 +10,7 @@ import hashlib
 import http.client
 import json
 import os
+import select
 import shutil
 import socket
 import ssl
@@ -57,6 +58,7 @@ class H2Upstream:
         self.resets = []                # stream ids the client reset
         self.max_open = 0               # the most streams open at once on one connection
         self.unsent = {}                # (connection index, stream id) -> response bytes not sent yet
+        self.errors = []                # why a connection's thread ended early
         self.closing = False
         self.threads = []
         t = threading.Thread(target=self._accept, daemon=True)
@@ -67,9 +69,12 @@ class H2Upstream:
         self.closing = True
         self.gate.set()
         try:
-            self.sock.close()
+            self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        self.sock.close()
+        for t in self.threads:
+            t.join(5)               # (their sockets, TLS ones included, closed with them)
 
     def _accept(self):
         while not self.closing:
@@ -96,17 +101,18 @@ class H2Upstream:
         if self.max_concurrent_streams is not None:
             conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_concurrent_streams})
         sock.sendall(conn.data_to_send())
-        sock.settimeout(0.01)
+        sock.settimeout(10)             # (sends block: a peer that reads slowly is waited for)
         streams = {}        # id -> {"headers", "body", "trailers"}
         held = []           # ids waiting for the gate
         sending = {}        # id -> [remaining bytes, trailers]
         try:
             while not self.closing:
-                try:
+                pending = isinstance(sock, ssl.SSLSocket) and sock.pending()
+                if pending or select.select([sock], [], [], 0.01)[0]:
                     data = sock.recv(65536)
                     if not data:
                         return
-                except socket.timeout:
+                else:
                     data = b""
                 events = conn.receive_data(data) if data else []
                 for ev in events:
@@ -168,7 +174,7 @@ class H2Upstream:
                         room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size, len(rest))
                         if room <= 0:
                             break
-                        conn.send_data(sid, rest[:room])
+                        conn.send_data(sid, bytes(rest[:room]))
                         rest = rest[room:]
                     sending[sid][0] = rest
                     self.unsent[(index, sid)] = len(rest)
@@ -184,7 +190,8 @@ class H2Upstream:
                 out = conn.data_to_send()
                 if out:
                     sock.sendall(out)
-        except (OSError, h2.exceptions.ProtocolError):
+        except (OSError, h2.exceptions.ProtocolError) as e:
+            self.errors.append(repr(e))
             return
         finally:
             try:
@@ -220,7 +227,7 @@ class H2Upstream:
         if path != "/trailers" and trailers != "reset":
             head.append(("content-length", str(len(body))))
         conn.send_headers(sid, head)
-        sending[sid] = [body, trailers]
+        sending[sid] = [memoryview(body), trailers]
 
 
 @pytest.fixture
@@ -237,11 +244,11 @@ def h2_upstream():
         s.close()
 
 
-def h2_proxy(port, concurrency=1, cluster_kw=None, h2=None, log=None, protocol="http2"):
+def h2_proxy(port, concurrency=1, cluster_kw=None, h2=None, log=None, protocol="http2", timeout=15.0):
     """A proxy whose route sends everything to cluster "c", which speaks HTTP/2 to port
     (protocol "http2": prior knowledge, or ALPN h2 over TLS; "auto": auto_config)."""
     rc = RouteConfiguration(virtual_hosts=[VirtualHost("vh", ["*"], routes=[
-        Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))])])
+        Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c", timeout=timeout))])])
     hcm_kw = {}
     if log is not None:
         hcm_kw["access_log"] = [AccessLog(path=str(log))]
@@ -542,6 +549,36 @@ def test_cancel_resets_the_stream_and_keeps_the_connection(h2_upstream):
         assert up.connections == [3]
 
 
+def test_route_timeout_resets_the_stream(h2_upstream):
+    up = h2_upstream()
+    with h2_proxy(up.port, timeout=0.3) as p:
+        status, _, body = get(p, "/hold")
+        assert (status, body) == (504, b"upstream request timeout")
+        wait_for(lambda: up.resets == [1])          # RST_STREAM CANCEL; the connection stays
+        up.gate.set()
+        assert get(p, "/next")[0] == 200
+        assert up.connections == [2]
+        assert cstat(p, "upstream_rq_timeout") == 1 and cstat(p, "upstream_rq_tx_reset") == 1
+
+
+def test_connect_failure_fails_the_waiting_requests(tmp_path):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()                                       # nothing listens there
+    log = tmp_path / "access.log"
+    with h2_proxy(port, log=log) as p:
+        status, _, body = get(p, "/x")
+        assert status == 503
+        assert body == b"upstream connect error or disconnect/reset before headers. reset reason: " \
+                       b"remote connection failure"
+        assert cstat(p, "upstream_cx_connect_fail") == 1
+        wait_for(lambda: cstat(p, "upstream_cx_active") == 0)     # (it closes right after the reply)
+        assert cstat(p, "upstream_rq_pending_active") == 0
+        wait_for(lambda: log.exists() and log.read_text())
+        assert " UF " in log.read_text()
+
+
 def test_goaway_refuses_later_streams_and_the_connection_drains(h2_upstream):
     up = h2_upstream()
     with h2_proxy(up.port) as p:
@@ -630,7 +667,7 @@ def test_auto_config_falls_back_to_http1_when_the_server_chooses_it(tmp_path):
             pass
 
     srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-    srv.daemon_threads = True
+    srv.block_on_close = True                       # server_close joins the handlers
     srv.socket = _server_tls(tmp_path, ["http/1.1"]).wrap_socket(srv.socket, server_side=True)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:

@@ -755,13 +755,13 @@ cdef UpConn* _h2_conn_new(HStream* s, ClusterCfg* cl, int host_index) noexcept n
     stat_sub(cl.stats, u.w, C_RQ_PENDING_ACTIVE, 1)
     stat_sub(cl.stats, u.w, C_RQ_PENDING_TOTAL, 1)
     host_stat_sub(u.hstats, u.w, HS_RQ_PENDING_ACTIVE, 1)
+    u.h2 = <H2Conn*>calloc(1, sizeof(H2Conn))
+    if u.h2 == NULL:
+        upconn_close(u)                 # (still an HTTP/1.1 connection object, without a socket)
+        return NULL
     u.codec.release(u)
     u.codec = &H2_CONN_CODEC
     u.h2_role = H2R_CONN
-    u.h2 = <H2Conn*>calloc(1, sizeof(H2Conn))
-    if u.h2 == NULL:
-        upconn_close(u)
-        return NULL
     u.h2.max_streams = prm.h2.max_concurrent_streams or 1
     u.h2.auto = prm.protocol == UP_AUTO
     u.h2.stats = prm.h2_stats

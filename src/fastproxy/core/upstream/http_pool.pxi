@@ -286,7 +286,7 @@ cdef int _pool_sync(HttpPool* p, Worker* w) noexcept nogil:
         for i in range(p.nhosts):
             if p.idle[i] != NULL and hostset_find(current, p.hosts.hosts[i].stats) < 0:
                 while p.idle[i] != NULL:
-                    upconn_close(p.idle[i])
+                    _pool_drop(p.idle[i])
         for i in range(p.nhosts):
             j = hostset_find(current, p.hosts.hosts[i].stats)
             if j < 0:
@@ -326,6 +326,16 @@ cdef UpConn** _pool_list(HttpPool* p, Worker* w, int host_index) noexcept nogil:
     return &p.idle[host_index]
 
 
+cdef void _pool_drop(UpConn* u) noexcept nogil:
+    """u leaves its pool's list for good: an idle connection closes; an HTTP/2 one that
+    carries streams (or requests waiting for its connect) drains (it closes after them),
+    so no stream fails here, where the caller may be acquiring for another one."""
+    if u.h2_role == H2R_CONN and (u.h2.nstreams or u.h2.nwaiting):
+        _h2_conn_drain(u)
+    else:
+        upconn_close(u)
+
+
 cdef void http_pool_close_idle(HttpPool* p) noexcept nogil:
     """Close the pool's idle connections (its cluster was removed)."""
     cdef int i
@@ -333,10 +343,7 @@ cdef void http_pool_close_idle(HttpPool* p) noexcept nogil:
         return
     for i in range(p.nhosts):
         while p.idle[i] != NULL:
-            if p.idle[i].h2_role == H2R_CONN and (p.idle[i].h2.nstreams or p.idle[i].h2.nwaiting):
-                _h2_conn_drain(p.idle[i])   # its streams finish; then it closes
-            else:
-                upconn_close(p.idle[i])
+            _pool_drop(p.idle[i])
 
 
 cdef inline bint _upconn_attach(UpConn* u) noexcept nogil:
@@ -400,9 +407,7 @@ cdef UpConn** _pool_find_for(UpConn** head, HStream* s) noexcept nogil:
     while pp[0] != NULL:
         x = pp[0]
         if _upconn_tls_stale(x):
-            pp[0] = x.idle_next
-            x.idle_head = NULL
-            upconn_close(x)
+            _pool_drop(x)               # (unlinks x)
         else:
             pp = &x.idle_next
     if head[0] == NULL or head[0].ep.tls == NULL:
