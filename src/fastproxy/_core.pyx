@@ -28,6 +28,7 @@ layout"). Declaration files (decls.pxi) come before the implementation files of 
   core/http/codec_h1.pxi      HTTP/1.1 parser (strict, incremental)
   core/http/codec_h1_writer.pxi HTTP/1.1 serializer (heads, chunk lines)
   core/http/codec_h1_testing.pxi the codec's test and benchmark hooks (Python, GIL)
+  core/http/codec_h2_decls.pxi the HTTP/2 codec's compiled options (H2Options), both sides'
   core/router/decls.pxi       the route table's structs and contract
   core/router/match.pxi       route matching, rewrites, redirects (workers, no GIL)
   core/router/matchers.pxi    string/header/query matchers: the routes' and the native filters'

@@ -466,6 +466,9 @@ cdef int _h2s_stream_close_cb(nghttp2_session* session, int32_t stream_id, uint3
     if cs == NULL:
         return 0
     cs.closed = 1
+    # (nghttp2 may keep the closed stream a while, for priorities: it must not hand cs out
+    # any more, which _h2s_sweep frees)
+    nghttp2_session_set_stream_user_data(session, stream_id, NULL)
     _h2s_gauge_sub(h2.c, H2_STREAMS_ACTIVE, 1)
     if not cs.started or (cs.s != NULL and not (error_code == NGHTTP2_NO_ERROR and cs.tx_end)):
         # A stream the connection manager has, whose response did not go out whole: reset
