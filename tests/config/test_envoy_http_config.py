@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from fastproxy import installer
 from fastproxy.config import load_envoy
 from fastproxy.config.proto import to_camel
 from fastproxy.config.regex import re2_to_posix, rewrite_to_posix, translate
@@ -1471,6 +1472,33 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 
 
+def _h2_cluster_bootstrap(port, options) -> dict:
+    """A listener routing everything to "backend", an HTTP/2 cluster (explicit_http_config
+    with the http2_protocol_options ``options``) of one endpoint at ``port``."""
+    protocol = {"typed_extension_protocol_options": {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": options or {}}}}}
+    return envoy_bootstrap([http_listener("[{match: {prefix: /}, route: {cluster: backend}}]")],
+                           [static_cluster("backend", [port], **protocol)])
+
+
+def _client_settings(listening) -> tuple:
+    """Accept the HTTP/2 client's connection on ``listening``, check its preface and read
+    its SETTINGS and connection window (_read_settings)."""
+    listening.settimeout(10)
+    conn, _ = listening.accept()
+    with conn:
+        conn.settimeout(10)
+        preface = b""
+        while len(preface) < len(PREFACE):
+            chunk = conn.recv(len(PREFACE) - len(preface))
+            assert chunk, "closed before the preface"
+            preface += chunk
+        assert preface == PREFACE
+        return _read_settings(conn)
+
+
 def _assert_announced(settings, window, spec):
     assert settings[0x3] == spec["max_concurrent_streams"]                 # SETTINGS_MAX_CONCURRENT_STREAMS
     assert settings[0x4] == spec["initial_stream_window_size"]             # SETTINGS_INITIAL_WINDOW_SIZE
@@ -1518,32 +1546,56 @@ def test_http2_settings_are_what_envoy_announces_as_a_client(tmp_path, options):
     from conftest import start_envoy
     upstream = socket.create_server(("127.0.0.1", 0))
     with upstream:
-        protocol = {"typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": options or {}}}}}
-        config = envoy_bootstrap([http_listener("[{match: {prefix: /}, route: {cluster: backend}}]")],
-                                 [static_cluster("backend", [upstream.getsockname()[1]], **protocol)])
+        config = _h2_cluster_bootstrap(upstream.getsockname()[1], options)
         spec = load_envoy(config).clusters[0].h2_options.to_spec()
         proc, _admin, address = start_envoy(yaml.safe_dump(config), tmp_path)
         try:
             # A request makes Envoy connect upstream (its answer does not matter here).
             threading.Thread(target=_request_ignoring_errors, args=(f"http://{address[0]}:{address[1]}/",),
                              daemon=True).start()
-            upstream.settimeout(10)
-            conn, _ = upstream.accept()
-            with conn:
-                conn.settimeout(10)
-                preface = b""
-                while len(preface) < len(PREFACE):
-                    chunk = conn.recv(len(PREFACE) - len(preface))
-                    assert chunk, "closed before the preface"
-                    preface += chunk
-                assert preface == PREFACE
-                settings, window = _read_settings(conn)
+            settings, window = _client_settings(upstream)
         finally:
             proc.terminate()
             proc.wait()
+    _assert_announced(settings, window, spec)
+
+
+@pytest.mark.skipif(not installer._CORE_HTTP2_SERVER,
+                    reason="this core has no HTTP/2 server codec (issue 15's core is not merged into it)")
+@pytest.mark.parametrize("options", H2_ANNOUNCED)
+def test_fastproxy_announces_the_same_http2_settings(options):
+    """fastproxy, given the config of the Envoy test above, announces the same SETTINGS and
+    connection window (the model's to_spec(), through the core)."""
+    import socket
+    from fastproxy import Proxy
+    changes = [(f"{L0}.address.socket_address.port_value", 0), (f"{H0}.codec_type", "HTTP2")]
+    if options is not None:
+        changes.append((H2, options))
+    boot = load_envoy(edited(*changes))
+    spec = boot.listeners[0].handler.http2_protocol_options.to_spec()
+    with Proxy.from_bootstrap(boot, concurrency=1) as p:
+        with socket.create_connection(p.listener_address("web"), timeout=10) as s:
+            s.sendall(PREFACE + EMPTY_SETTINGS)
+            settings, window = _read_settings(s)
+    _assert_announced(settings, window, spec)
+
+
+@pytest.mark.skipif(not installer._CORE_HTTP2_CLUSTERS,
+                    reason="this core has no HTTP/2 upstreams (issue 15's core is not merged into it)")
+@pytest.mark.parametrize("options", H2_ANNOUNCED)
+def test_fastproxy_announces_the_same_http2_settings_upstream(options):
+    """The client side of the same: what fastproxy sends an HTTP/2 cluster's upstream."""
+    import socket
+    from fastproxy import Proxy
+    upstream = socket.create_server(("127.0.0.1", 0))
+    with upstream:
+        boot = load_envoy(_h2_cluster_bootstrap(upstream.getsockname()[1], options))
+        spec = boot.clusters[0].h2_options.to_spec()
+        with Proxy.from_bootstrap(boot, concurrency=1) as p:
+            address = p.listener_address("web")
+            threading.Thread(target=_request_ignoring_errors, args=(f"http://{address[0]}:{address[1]}/",),
+                             daemon=True).start()
+            settings, window = _client_settings(upstream)
     _assert_announced(settings, window, spec)
 
 
