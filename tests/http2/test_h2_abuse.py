@@ -60,6 +60,60 @@ def proxy(request, upstream, tmp_path_factory):
     p.close()
 
 
+# Where fastproxy does not (yet) answer as Envoy: each an item of ABUSE's note for H2S under "Changes"
+# in the issue's API15.md (08:10), outside the flood accounting ABUSE may edit. The test runs for
+# fastproxy and must fail (a strict xfail: it turns red the day the gap closes, to be removed here).
+# Keys: the test's name, or (name, case) for one case of a parametrized test.
+CX_PROTOCOL_ERROR_UNCOUNTED = ("http.<p>.downstream_cx_protocol_error is not counted when nghttp2 ends the session "
+                               "itself with its GOAWAY (Envoy counts 1) [API15 ABUSE 08:10 #1]")
+RQ_RESET_UNCOUNTED = ("a malformed request's stream is not counted in http.<p>.downstream_rq_rx_reset (Envoy "
+                      "counts 1) [#1]")
+CLOSED_STREAMS = ("frames for a closed stream get GOAWAY STREAM_CLOSED; Envoy's nghttp2 keeps no closed streams "
+                  "and ignores them (nghttp2_option_set_no_closed_streams) [#3]")
+CONTINUATIONS = "H2_MAX_CONTINUATIONS is 8 CONTINUATIONs per header block; Envoy 1.40 takes 512 [#4]"
+HEADER_LIST = ("a header list past max_request_headers_kb is counted as http2.header_overflow; Envoy: "
+               "http2.header_list_size_too_large (header_overflow is max_headers_count only) [#5]")
+FASTPROXY_GAPS = {
+    "test_data_on_stream_0": CX_PROTOCOL_ERROR_UNCOUNTED,
+    "test_even_stream_id": CX_PROTOCOL_ERROR_UNCOUNTED,
+    **{("test_settings_with_invalid_values", k): CX_PROTOCOL_ERROR_UNCOUNTED
+       for k in ("enable_push=2", "initial_window=2^31", "max_frame_size=100", "max_frame_size=2^24")},
+    "test_malformed_settings_frame": CX_PROTOCOL_ERROR_UNCOUNTED,
+    "test_connection_window_overflow": CX_PROTOCOL_ERROR_UNCOUNTED,
+    "test_zero_window_increment": CX_PROTOCOL_ERROR_UNCOUNTED,
+    "test_stream_window_overflow": ("WINDOW_UPDATE past 2^31-1 on a stream resets the stream (RST_STREAM "
+                                    "FLOW_CONTROL_ERROR) and keeps the connection; Envoy closes it [#2]"),
+    "test_zero_window_increment_on_stream": ("a zero WINDOW_UPDATE increment on an open stream: nghttp2's GOAWAY "
+                                             "PROTOCOL_ERROR goes out but the connection stays open [#2]"),
+    "test_stream_id_reuse_is_ignored": CLOSED_STREAMS,
+    "test_data_on_a_completed_stream_is_ignored": CLOSED_STREAMS,
+    "test_data_after_the_clients_own_reset_is_ignored": CLOSED_STREAMS,
+    "test_invalid_pseudo_headers": RQ_RESET_UNCOUNTED,
+    "test_uppercase_header_name": RQ_RESET_UNCOUNTED,
+    "test_connection_specific_header": RQ_RESET_UNCOUNTED,
+    "test_header_list_over_max_request_headers_kb": HEADER_LIST,
+    "test_hpack_bomb_counted_as_envoy": HEADER_LIST,
+    "test_continuation_flood_of_headers": CONTINUATIONS,
+    "test_512_continuations_are_accepted": CONTINUATIONS,
+    "test_rapid_reset_answered_as_envoy": (
+        "no premature-reset check: nghttp2's reset rate limit answers GOAWAY INTERNAL_ERROR after 1000 streams; "
+        "Envoy closes after 500 mostly reset streams, counting http.<p>.downstream_rq_too_many_premature_resets "
+        "and downstream_cx_protocol_error [#6]"),
+}
+
+
+@pytest.fixture(autouse=True)
+def known_gap(request):
+    """A strict xfail on fastproxy's run of a test listed in FASTPROXY_GAPS."""
+    if "proxy" not in request.fixturenames or request.node.callspec.params.get("proxy") != "fastproxy":
+        return
+    params = request.node.callspec.params
+    case = params.get("name", params.get("case"))
+    reason = FASTPROXY_GAPS.get((request.node.originalname, case)) or FASTPROXY_GAPS.get(request.node.originalname)
+    if reason:
+        request.node.add_marker(pytest.mark.xfail(strict=True, reason=reason))
+
+
 def idle(p: ProxyUnderTest) -> dict:
     """Wait until the proxy has no downstream connection left (the last test's are closed and
     accounted: a stream left open is counted as reset when its connection goes), then return
@@ -188,7 +242,7 @@ def test_even_stream_id(proxy):
      Expect(closed=True, counters=PROTOCOL_ERROR_CX, rfc="PROTOCOL_ERROR")),
     # An unknown identifier is ignored (RFC 9113 6.5.2): the request is served.
     ("unknown id", [(0x99, 5)], Expect(status=200)),
-])
+], ids=lambda v: v if isinstance(v, str) else "")
 def test_settings_with_invalid_values(proxy, name, pairs, expect):
     exchange(proxy, expect, lambda c: settings_frame(pairs), lambda c: headers(c))
 
@@ -202,7 +256,7 @@ def test_settings_with_invalid_values(proxy, name, pairs, expect):
      Expect(goaway="FRAME_SIZE_ERROR", closed=True, counters=PROTOCOL_ERROR_CX)),
     # SETTINGS on a stream: Envoy closes, no GOAWAY.
     ("on stream 1", frame(SETTINGS, 0, 1, b""), Expect(closed=True, counters=PROTOCOL_ERROR_CX, rfc="PROTOCOL_ERROR")),
-])
+], ids=lambda v: v if isinstance(v, str) else "")
 def test_malformed_settings_frame(proxy, name, raw, expect):
     exchange(proxy, expect, lambda c: raw)
 
@@ -360,21 +414,28 @@ def test_headers_over_max_headers_count(proxy):
              lambda c: headers(c, [(f"x-h{k}", "v") for k in range(101)]))
 
 
-def test_hpack_bomb(proxy):
+def hpack_bomb(c):
     """One 4000-byte value put in the HPACK dynamic table, then referenced 60000 times (one
-    byte each): 240 MB of headers from 64 KB on the wire. Envoy stops at the header list
-    limit: RST_STREAM INTERNAL_ERROR (header_list_size_too_large), the connection stays, and
-    the proxy's memory does not follow the inflated size."""
+    byte each): 240 MB of headers from 64 KB on the wire."""
     block = hpack_literal(b"x-bomb", b"a" * 4000, index=True) + hpack_indexed(62) * 60000
     chunks = [block[k:k + 16000] for k in range(0, len(block), 16000)]
+    return headers_frame(1, chunks[0], end_headers=False) + b"".join(
+        continuation_frame(1, ch, end_headers=i == len(chunks) - 1) for i, ch in enumerate(chunks[1:], 1))
 
-    def bomb(c):
-        return headers_frame(1, chunks[0], end_headers=False) + b"".join(
-            continuation_frame(1, ch, end_headers=i == len(chunks) - 1) for i, ch in enumerate(chunks[1:], 1))
+
+def test_hpack_bomb(proxy):
+    """Envoy stops at the header list limit: RST_STREAM INTERNAL_ERROR, the connection stays,
+    and the proxy's memory does not follow the inflated size (an unbounded decoder would
+    hold the 240 MB)."""
     rss0 = proxy.rss_bytes()
-    exchange(proxy, Expect(reset="INTERNAL_ERROR", counters={"http2.header_list_size_too_large": 1,
-                                                             "http2.tx_reset": 1}), bomb)
+    exchange(proxy, Expect(reset="INTERNAL_ERROR", counters={"http2.tx_reset": 1}), hpack_bomb)
     assert proxy.rss_bytes() - rss0 < 16 * MiB, f"{proxy.name} grew {(proxy.rss_bytes() - rss0) >> 20} MiB"
+
+
+def test_hpack_bomb_counted_as_envoy(proxy):
+    """... counted in http2.header_list_size_too_large."""
+    exchange(proxy, Expect(reset="INTERNAL_ERROR", counters={"http2.header_list_size_too_large": 1,
+                                                             "http2.header_overflow": 0}), hpack_bomb)
 
 
 # --------------------------------------------------------------------------- CONTINUATION floods
@@ -457,23 +518,56 @@ def test_empty_data_frames_flood(proxy):
 
 
 def test_priority_flood(proxy):
-    """PRIORITY frames past max_inbound_priority_frames_per_stream x (1 + streams opened)
-    = 100 on a connection without streams: the 101st closes it (inbound_priority_frames_flood);
-    100 are accepted."""
+    """PRIORITY frames past max_inbound_priority_frames_per_stream x (1 + streams open)
+    = 100 on a connection without streams: the 101st closes it (inbound_priority_frames_flood,
+    no GOAWAY); 100 are accepted."""
     exchange(proxy, Expect(counters={"http2.inbound_priority_frames_flood": 0}), lambda c: priority_frame(1) * 100)
     exchange(proxy, Expect(closed=True, counters={"http2.inbound_priority_frames_flood": 1}, rfc="ENHANCE_YOUR_CALM"),
              lambda c: priority_frame(1) * 101)
 
 
+def test_priority_flood_counts_open_streams_only(proxy):
+    """Envoy 1.40's allowance grows with the streams open now, not with every stream the
+    connection ever had: with a POST open, 200 PRIORITY frames pass and the 201st floods;
+    after a finished GET, the 101st floods again."""
+    def post_open(c):
+        return headers(c, stream=1, method="POST", end_stream=False)
+    exchange(proxy, Expect(counters={"http2.inbound_priority_frames_flood": 0}),
+             post_open, lambda c: priority_frame(99) * 200)
+    exchange(proxy, Expect(closed=True, counters={"http2.inbound_priority_frames_flood": 1,
+                                                  "http.h2.downstream_rq_rx_reset": 1}, rfc="ENHANCE_YOUR_CALM"),
+             post_open, lambda c: priority_frame(99) * 201)
+    before = idle(proxy)
+    with H2Client(proxy.addr) as c:
+        c.send(headers(c))
+        c.read(5, until=lambda a: 1 in a.ended)
+        c.send(priority_frame(99) * 101)
+        a = c.read_until_closed(6)
+    check(proxy, before, a, Expect(status=200, closed=True, counters={"http2.inbound_priority_frames_flood": 1},
+                                   rfc="ENHANCE_YOUR_CALM"))
+
+
 def test_window_update_flood(proxy):
-    """WINDOW_UPDATEs past 5 + 2 x (streams opened + max_inbound_window_update_frames_per_
+    """WINDOW_UPDATEs past 5 + 2 x (streams open + max_inbound_window_update_frames_per_
     data_frame_sent x DATA frames sent) = 5 on a fresh connection: the 6th closes it
-    (inbound_window_update_frames_flood); 5 are accepted."""
+    (inbound_window_update_frames_flood, no GOAWAY); 5 are accepted."""
     exchange(proxy, Expect(counters={"http2.inbound_window_update_frames_flood": 0}),
              lambda c: window_update_frame(0, 1) * 5)
     exchange(proxy, Expect(closed=True, counters={"http2.inbound_window_update_frames_flood": 1},
                            rfc="ENHANCE_YOUR_CALM"),
              lambda c: window_update_frame(0, 1) * 6)
+
+
+def test_window_update_flood_with_a_stream_open(proxy):
+    """An open stream adds 2 to the allowance: 7 pass with a POST open, the 8th floods (a
+    client opening many streams at once, each with its WINDOW_UPDATE, stays under it)."""
+    def post_open(c):
+        return headers(c, stream=1, method="POST", end_stream=False)
+    exchange(proxy, Expect(counters={"http2.inbound_window_update_frames_flood": 0}),
+             post_open, lambda c: window_update_frame(0, 1) * 7)
+    exchange(proxy, Expect(closed=True, counters={"http2.inbound_window_update_frames_flood": 1,
+                                                  "http.h2.downstream_rq_rx_reset": 1}, rfc="ENHANCE_YOUR_CALM"),
+             post_open, lambda c: window_update_frame(0, 1) * 8)
 
 
 # --------------------------------------------------------------------------- outbound (control) floods
@@ -524,20 +618,16 @@ def test_control_frames_below_the_limit_are_answered(proxy):
 
 # --------------------------------------------------------------------------- rapid reset
 
-def test_rapid_reset(proxy, upstream):
-    """CVE-2023-44487: HEADERS + RST_STREAM pairs in a tight loop, up to 100000 streams.
-    Envoy stops after 500 streams most of them reset early (overload.premature_reset_total_
-    stream_count): the connection is closed without a GOAWAY, downstream_rq_too_many_
-    premature_resets counted. The work is bounded: few streams reach the codec's reset
-    count and the upstream, and the proxy's CPU time for 100000 streams stays small."""
+def rapid_reset(proxy, streams=100000):
+    """HEADERS + RST_STREAM pairs in a tight loop, 1000 pairs a write, up to ``streams``,
+    until the proxy closes: (answer, streams sent, proxy CPU seconds spent, counters before)."""
     before = idle(proxy)
     cpu0 = proxy.cpu_seconds()
-    seen0 = len(upstream.requests)
     sent = 0
     with H2Client(proxy.addr, timeout=3) as c:
         c.read(2, until=lambda a: a.settings_acks > 0)
         block = c.encode(request_headers(path="/rapid"))
-        for k in range(0, 100000, 1000):
+        for k in range(0, streams, 1000):
             if not c.send(b"".join(headers_frame(2 * j + 1, block) + rst_stream_frame(2 * j + 1)
                                    for j in range(k, k + 1000))):
                 break
@@ -545,9 +635,28 @@ def test_rapid_reset(proxy, upstream):
             if c.read(0.001).closed:
                 break
         a = c.read_until_closed(6)
+    return a, sent, proxy.cpu_seconds() - cpu0, before
+
+
+def test_rapid_reset_work_is_bounded(proxy, upstream):
+    """CVE-2023-44487: up to 100000 streams opened and reset at once. The proxy closes the
+    connection after at most 2000 of them reach its codec's reset count (an unprotected one
+    takes all 100000: 100000 rx_reset), none of them costs an upstream request, and the
+    proxy's CPU time for the connection stays small."""
+    seen0 = len(upstream.requests)
+    a, sent, cpu, before = rapid_reset(proxy)
+    assert a.closed, f"{proxy.name} kept the connection after {sent} reset streams: {a.summary()}"
+    check_counters(proxy, before, {"http2.rx_reset": (1, 2000)})
+    assert cpu < 0.5, f"{proxy.name} spent {cpu:.2f} s of CPU on the rapid resets ({sent} streams sent)"
+    assert len(upstream.requests) - seen0 < 100, f"{proxy.name} sent {len(upstream.requests) - seen0} upstream"
+    assert proxy.serves() == 200
+
+
+def test_rapid_reset_answered_as_envoy(proxy):
+    """Envoy stops once 500 streams closed and more than half were reset before 1 s of life
+    (overload.premature_reset_total_stream_count): the connection is closed without a GOAWAY,
+    downstream_rq_too_many_premature_resets counted."""
+    a, sent, cpu, before = rapid_reset(proxy)
     check(proxy, before, a, Expect(closed=True, counters={
         "http.h2.downstream_rq_too_many_premature_resets": 1, **PROTOCOL_ERROR_CX,
-        "http2.rx_reset": (1, 2000), "http.h2.downstream_rq_rx_reset": (1, 2000)}, rfc="ENHANCE_YOUR_CALM"))
-    cpu = proxy.cpu_seconds() - cpu0
-    assert cpu < 0.5, f"{proxy.name} spent {cpu:.2f} s of CPU on the rapid resets ({sent} streams sent)"
-    assert len(upstream.requests) - seen0 < 1000, f"{proxy.name} sent {len(upstream.requests) - seen0} upstream"
+        "http.h2.downstream_rq_rx_reset": (1, 1000)}, rfc="ENHANCE_YOUR_CALM"))

@@ -316,6 +316,7 @@ cdef int _h2s_begin_headers_cb(nghttp2_session* session, const nghttp2_frame* fr
         h2.streams.prev = cs
     h2.streams = cs
     _h2s_stat(h2.c, H2_STREAMS_ACTIVE, 1)
+    h2_flood_stream_open(&h2.fl)
     return 0
 
 
@@ -397,6 +398,16 @@ cdef int64_t _h2s_parse_length(const char* v, size_t n) noexcept nogil:
     return x
 
 
+cdef int _h2s_begin_frame_cb(nghttp2_session* session, const nghttp2_frame_hd* hd, void* ud) noexcept nogil:
+    """Every inbound frame header, for the flood limits (the section in codec_h2.pxi)."""
+    cdef H2SConn* h2 = <H2SConn*>ud
+    cdef int flood = h2_flood_frame_begin(&h2.fl, h2.o, hd)
+    if flood != H2F_NONE:
+        h2.flood = flood
+        return NGHTTP2_ERR_CALLBACK_FAILURE
+    return 0
+
+
 cdef int _h2s_frame_recv_cb(nghttp2_session* session, const nghttp2_frame* frame, void* ud) noexcept nogil:
     cdef H2SConn* h2 = <H2SConn*>ud
     cdef HConn* c = h2.c
@@ -470,6 +481,7 @@ cdef int _h2s_stream_close_cb(nghttp2_session* session, int32_t stream_id, uint3
     # any more, which _h2s_sweep frees)
     nghttp2_session_set_stream_user_data(session, stream_id, NULL)
     _h2s_gauge_sub(h2.c, H2_STREAMS_ACTIVE, 1)
+    h2_flood_stream_closed(&h2.fl)
     if not cs.started or (cs.s != NULL and not (error_code == NGHTTP2_NO_ERROR and cs.tx_end)):
         # A stream the connection manager has, whose response did not go out whole: reset
         # (by the client, or by nghttp2 for a stream error). (A response sent whole while
@@ -1028,6 +1040,7 @@ cdef int h2_callbacks_init() except -1:
         raise MemoryError()
     nghttp2_session_callbacks_set_send_callback(cb, _h2s_send_cb)
     nghttp2_session_callbacks_set_send_data_callback(cb, _h2s_send_data_cb)
+    nghttp2_session_callbacks_set_on_begin_frame_callback(cb, _h2s_begin_frame_cb)
     nghttp2_session_callbacks_set_on_begin_headers_callback(cb, _h2s_begin_headers_cb)
     nghttp2_session_callbacks_set_on_header_callback(cb, _h2s_header_cb)
     nghttp2_session_callbacks_set_on_frame_recv_callback(cb, _h2s_frame_recv_cb)
