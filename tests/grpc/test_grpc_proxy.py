@@ -307,6 +307,18 @@ def test_grpc_timeout_expiry_answers_as_envoy(pair, proto, path, grpc_timeout, l
     assert got["fastproxy"]["grpc-status"] == status and got["fastproxy"]["grpc-message"] == message
 
 
+def test_grpc_timeout_bounds_a_plain_request_on_a_stream_duration_route(pair):
+    """Envoy reads grpc-timeout for max_stream_duration on any request, gRPC or not (its
+    refreshDurationTimeout): a text/plain request with grpc-timeout 300m ends at ~0.28 s."""
+    got = {}
+    for name in ("envoy", "fastproxy"):
+        r = h1_grpc_call(pair.addrs[name]["web"], "/stream/hole", (("grpc-timeout", "300m"),),
+                         content_type="text/plain")
+        assert 0.2 <= r["seconds"] <= 0.55, (name, r)
+        got[name] = (r["head"][":status"], r["data"])
+    assert got["fastproxy"] == got["envoy"] == ("504", b"downstream duration timeout")
+
+
 def test_stream_duration_counts_and_ends_plain_requests_too(pair):
     """max_stream_duration bounds any request on the route, gRPC or not (504 once the
     request is complete), and is counted in downstream_rq_max_duration_reached."""

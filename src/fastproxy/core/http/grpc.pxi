@@ -231,7 +231,7 @@ cdef void grpc_route_timeouts(HStream* s) noexcept nogil:
     grpc-timeout. RG_STREAM (the route has max_stream_duration): the route timeout is not
     used; the stream's whole life is bounded by max_stream_duration, or by the gRPC request's
     grpc-timeout capped by grpc_timeout_header_max (0: no cap) minus
-    grpc_timeout_header_offset, when grpc_timeout_header_max is set (stream_duration_arm)."""
+    grpc_timeout_header_offset, when grpc_timeout_header_max is set (_stream_duration_fired)."""
     cdef const RouteEntry* e = s.route
     cdef const char* v
     cdef size_t n = 0
@@ -239,14 +239,16 @@ cdef void grpc_route_timeouts(HStream* s) noexcept nogil:
     cdef uint64_t t
     s.timeout_ms = s.expected_timeout_ms = e.timeout_ms
     s.grpc_timeout_set = 0
+    timer_cancel(s.c.w, &s.duration_timer)     # a route chosen again decides afresh (Envoy too)
     if e.grpc_timeouts == RG_NONE:
         return
-    if s.grpc:
-        v = _req_field(s, "grpc-timeout", 12, &n)
-        hdr = grpc_timeout_parse(v, n)
+    if e.grpc_timeouts == RG_LEGACY and not s.grpc:
+        return
+    # (RG_STREAM reads the header on any request, as Envoy's refreshDurationTimeout does;
+    # only a gRPC request is told the result.)
+    v = _req_field(s, "grpc-timeout", 12, &n)
+    hdr = grpc_timeout_parse(v, n)
     if e.grpc_timeouts == RG_LEGACY:
-        if not s.grpc:
-            return
         t = <uint64_t>hdr if hdr >= 0 else 0
         if e.grpc_timeout_offset_ms < t:
             t -= e.grpc_timeout_offset_ms
@@ -270,7 +272,6 @@ cdef void grpc_route_timeouts(HStream* s) noexcept nogil:
         s.grpc_timeout_ms = t           # before the time already spent, as Envoy
         s.grpc_timeout_set = 1
     t = t - (s.c.w.now - s.start_ms) if t > s.c.w.now - s.start_ms else 0
-    timer_init(&s.duration_timer, _stream_duration_fired, s)
     timer_arm(s.c.w, &s.duration_timer, t)
 
 
