@@ -19,6 +19,7 @@ with `ProxyUnderTest.stats()` reading the admin's /stats as JSON (the same names
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 import time
@@ -410,7 +411,19 @@ class ProxyUnderTest:
     def __init__(self, name: str, yaml_text: str, tmp_path):
         self.name = name
         start = start_envoy if name == "envoy" else start_fastproxy_process
-        self.proc, self.admin, self.addr = start(yaml_text, tmp_path)
+        # Under `make test-asan` the fastproxy child inherits the sanitizer; its stderr is not
+        # kept, so its reports go to files here, read by close().
+        self.asan_log = tmp_path / "asan"
+        saved = os.environ.get("ASAN_OPTIONS")
+        if name != "envoy" and "libasan" in os.environ.get("LD_PRELOAD", ""):
+            os.environ["ASAN_OPTIONS"] = f"{saved or ''}:log_path={self.asan_log}".lstrip(":")
+        try:
+            self.proc, self.admin, self.addr = start(yaml_text, tmp_path)
+        finally:
+            if saved is None:
+                os.environ.pop("ASAN_OPTIONS", None)
+            else:
+                os.environ["ASAN_OPTIONS"] = saved
         self.pid = self.proc.pid
 
     def stats(self, pattern: str = r"^(http2\.|http\.)") -> dict:
@@ -441,6 +454,7 @@ class ProxyUnderTest:
             return a.status(1)
 
     def close(self):
+        """Stop the process; AssertionError if it left a sanitizer report."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -448,6 +462,9 @@ class ProxyUnderTest:
             except Exception:
                 self.proc.kill()
                 self.proc.wait()
+        reports = [f.read_text() for f in self.asan_log.parent.glob(self.asan_log.name + ".*")]
+        bad = [r for r in reports if "ERROR: AddressSanitizer" in r or "ERROR: LeakSanitizer" in r]
+        assert not bad, f"{self.name}: sanitizer report:\n{bad[0][:4000]}"
 
 
 def wait_stat(p: ProxyUnderTest, name: str, at_least: int, timeout: float = 5.0) -> int:

@@ -640,13 +640,14 @@ def rapid_reset(proxy, streams=100000):
 
 def test_rapid_reset_work_is_bounded(proxy, upstream):
     """CVE-2023-44487: up to 100000 streams opened and reset at once. The proxy closes the
-    connection after at most 2000 of them reach its codec's reset count (an unprotected one
-    takes all 100000: 100000 rx_reset), none of them costs an upstream request, and the
-    proxy's CPU time for the connection stays small."""
+    connection after a few thousand of them at most reach its codec's reset count (Envoy:
+    250; fastproxy: nghttp2's limit, 1000 streams, plus the RST_STREAMs of the read it
+    stops in: 2000 to 2700 seen under ASan; an unprotected proxy takes all 100000), none
+    of them costs an upstream request, and the proxy's CPU time for it stays small."""
     seen0 = len(upstream.requests)
     a, sent, cpu, before = rapid_reset(proxy)
     assert a.closed, f"{proxy.name} kept the connection after {sent} reset streams: {a.summary()}"
-    check_counters(proxy, before, {"http2.rx_reset": (1, 2000)})
+    check_counters(proxy, before, {"http2.rx_reset": (1, 5000)})
     assert cpu < 0.5, f"{proxy.name} spent {cpu:.2f} s of CPU on the rapid resets ({sent} streams sent)"
     assert len(upstream.requests) - seen0 < 100, f"{proxy.name} sent {len(upstream.requests) - seen0} upstream"
     assert proxy.serves() == 200

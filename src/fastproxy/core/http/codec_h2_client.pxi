@@ -54,6 +54,8 @@
 # on it that has not received its end; a stream whose whole response was received keeps
 # delivering it from its own in_buf after the connection is gone.
 
+DEF H2C_REF_MIN = 4096              # DATA payloads at least this long are referenced, not copied
+
 cdef nghttp2_session_callbacks* H2C_CALLBACKS = NULL
 cdef ClientCodecApi H2_STREAM_CODEC        # a stream handle's codec
 cdef ClientCodecApi H2_CONN_CODEC          # a connection's (release only: the session)
@@ -76,6 +78,8 @@ cdef struct H2Conn:
     uint8_t proto_error             # nghttp2 refused the peer's bytes
     uint8_t auto                    # auto_config: HTTP/2 only if TLS's ALPN selects h2
     StatBlock* stats                # cluster.<name>.http2.* (one reference), or NULL
+    Slice* feeding                  # the slice of in_buf nghttp2 is reading (DATA payloads
+                                    #   point into it: a stream's in_buf references them)
 
 cdef struct H2Stream:
     int32_t id                      # 0: not submitted yet
@@ -448,9 +452,7 @@ cdef int _h2cb_frame_recv(nghttp2_session* session, const nghttp2_frame* frame,
                 http_head_free(&st.resp)    # 1xx: dropped, as HTTP/1.1's (we answer Expect)
                 return 0
             st.head_done = 1
-        elif conn.h2.stats != NULL:
-            stat_add(conn.h2.stats, conn.w, H2_TRAILERS, 1)
-        _h2_news(conn, h)
+        _h2_news(conn, h)              # (http2.trailers counts requests' trailers: the server side's)
     if frame.hd.flags & NGHTTP2_FLAG_END_STREAM:
         st.end_rx = 1
         _h2_news(conn, h)
@@ -461,13 +463,23 @@ cdef int _h2cb_data_chunk(nghttp2_session* session, uint8_t flags, int32_t strea
                           const uint8_t* data, size_t len, void* user_data) noexcept nogil:
     cdef UpConn* conn = <UpConn*>user_data
     cdef UpConn* h = _h2_stream_of(session, stream_id)
+    cdef Slice* sl
     # The connection's window reopens as bytes leave the session for a stream's buffer.
     nghttp2_session_consume_connection(session, len)
     if h == NULL or h.h2s.method_head:
         nghttp2_session_consume_stream(session, stream_id, len)     # nobody reads them
         return 0
-    if chain_append(&h.in_buf, <const char*>data, len) < 0:
-        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE                # (resets the stream)
+    sl = conn.h2.feeding
+    if len >= H2C_REF_MIN and sl != NULL and <const char*>data >= sl.data \
+            and <const char*>data + len <= sl.data + sl.fill:
+        # No copy: the stream's buffer references the received bytes (a shared slice is
+        # never appended to, so the connection's next read goes to a fresh one). Small
+        # chunks are copied: a slow stream must not pin a whole read slice for a few bytes.
+        slice_incref(sl)
+        if chain_append_slice(&h.in_buf, sl, <size_t>(<const char*>data - sl.data), len) < 0:
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE            # (resets the stream)
+    elif chain_append(&h.in_buf, <const char*>data, len) < 0:
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
     _h2_news(conn, h)
     return 0
 
@@ -479,6 +491,9 @@ cdef int _h2cb_stream_close(nghttp2_session* session, int32_t stream_id, uint32_
     cdef H2Stream* st
     if h == NULL:
         return 0
+    # nghttp2 may keep a closed stream a while (priorities): nothing may find h through it
+    # once h is freed.
+    nghttp2_session_set_stream_user_data(session, stream_id, NULL)
     st = h.h2s
     st.closed = 1
     if not st.end_rx:
@@ -802,12 +817,18 @@ cdef UpConn* _h2_handle_new(HStream* s, ClusterCfg* cl, int host_index) noexcept
     h.codec.start(h, s.method)
     timer_init(&h.timer, _upconn_idle_timeout, h)
     timer_init(&h.duration_timer, _upconn_max_duration, h)
-    h.pending = 1
-    fp_atomic_add_i64(&cl.n_pending, 1)
-    stat_add(cl.stats, w, C_RQ_PENDING_TOTAL, 1)
-    stat_add(cl.stats, w, C_RQ_PENDING_ACTIVE, 1)
-    host_stat_add(h.hstats, w, HS_RQ_PENDING_ACTIVE, 1)
     return h
+
+
+cdef inline void _h2_pend(UpConn* h) noexcept nogil:
+    """h waits for a connection (one connecting, or room in the pool): Envoy's pending
+    request. A stream that starts at once on a connection with room never is one."""
+    if not h.pending:
+        h.pending = 1
+        fp_atomic_add_i64(&h.cluster.n_pending, 1)
+        stat_add(h.cluster.stats, h.w, C_RQ_PENDING_TOTAL, 1)
+        stat_add(h.cluster.stats, h.w, C_RQ_PENDING_ACTIVE, 1)
+        host_stat_add(h.hstats, h.w, HS_RQ_PENDING_ACTIVE, 1)
 
 
 cdef inline void _h2_unpend(UpConn* h) noexcept nogil:
@@ -821,6 +842,7 @@ cdef inline void _h2_unpend(UpConn* h) noexcept nogil:
 cdef void _h2_wait_on(UpConn* conn, UpConn* h) noexcept nogil:
     """h waits for conn to connect."""
     cdef H2Stream* st = h.h2s
+    _h2_pend(h)
     h.h2_conn = conn
     h.state = UC_CONNECTING
     st.waiting = 1
@@ -992,6 +1014,7 @@ cdef void _h2_conn_connected(UpConn* conn) noexcept nogil:
 
 
 cdef void _h2_queue(HttpPool* p, UpConn* h) noexcept nogil:
+    _h2_pend(h)
     h.queued = 1
     h.wait_next = NULL
     h.wait_prev = p.wait_tail
@@ -1037,7 +1060,9 @@ cdef void h2_conn_pump(UpConn* u) noexcept nogil:
                 u.remote_close = 1
         while u.in_buf.length and not hc.proto_error:
             r = &u.in_buf.refs[u.in_buf.head]
+            hc.feeding = r.s
             n = nghttp2_session_mem_recv(hc.session, <const uint8_t*>(r.s.data + r.off), r.len)
+            hc.feeding = NULL
             if n < 0:
                 if fp_log_level <= LOG_DEBUG:
                     fp_log(u.w.index, "http2", u.id, 0, "upstream HTTP/2 error: %s", nghttp2_strerror(<int>n))
@@ -1234,9 +1259,10 @@ cdef void h2_pool_fail(UpConn* h, int status, const char* reason) noexcept nogil
     if s != NULL:
         if st.reset_rx and not st.bad:
             s.response_flags |= RF_UR
-            stat_add(h.cluster.stats, h.w, C_RQ_RX_RESET, 1)
             if st.reset_code == NGHTTP2_REFUSED_STREAM and status == 503:
-                reason = UPSTREAM_REFUSED
+                reason = UPSTREAM_REFUSED   # (a refusal is not counted as a reset: Envoy 1.40)
+            else:
+                stat_add(h.cluster.stats, h.w, C_RQ_RX_RESET, 1)
         elif h.state == UC_CONNECTING:
             s.response_flags |= RF_UF
         else:

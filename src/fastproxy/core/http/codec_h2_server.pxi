@@ -675,6 +675,8 @@ cdef void _h2s_sweep(H2SConn* h2) noexcept nogil:
     while cs != NULL:
         nxt = cs.next
         if cs.closed and cs.s == NULL and not cs.pending and not cs.reset_pending:
+            _h2s_consumed(h2, cs, cs.rx.length)     # (what the connection window holds back)
+            chain_clear(&cs.rx)
             _h2s_stream_free(h2, cs)
         cs = nxt
 
