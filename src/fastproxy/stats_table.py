@@ -192,6 +192,9 @@ BLOCKS = (
         ("H_RQ_REDIRECTED_NORMALIZED_PATH", "downstream_rq_redirected_with_normalized_path", COUNTER),
         # a response that said Connection: close because its listener version is draining
         ("H_CX_DRAIN_CLOSE", "downstream_cx_drain_close", COUNTER),
+        # a connection closed because most of its streams were reset by the client right
+        # after they began (Envoy's premature-reset check, the rapid reset attack)
+        ("H_RQ_TOO_MANY_PREMATURE_RESETS", "downstream_rq_too_many_premature_resets", COUNTER),
     )),
     StatBlockDef("HTTP1", "H1S_NSTATS", "http1.*: server-wide", (
         ("H1S_DROPPED_UNDERSCORES", "dropped_headers_with_underscores", COUNTER),
@@ -201,15 +204,22 @@ BLOCKS = (
     # downstream codec (core/http/codec_h2_server.pxi), and cluster.<name>.http2.* of the
     # upstream one.
     StatBlockDef("HTTP2", "H2_NSTATS", "http2.*: server-wide; cluster.<name>.http2.*", (
+        ("H2_COOKIES_TOO_LARGE", "cookies_total_bytes_too_large", COUNTER),
+        ("H2_DEFERRED_STREAM_CLOSE", "deferred_stream_close", COUNTER),
         ("H2_DROPPED_UNDERSCORES", "dropped_headers_with_underscores", COUNTER),
         ("H2_GOAWAY_SENT", "goaway_sent", COUNTER),
-        ("H2_HEADER_OVERFLOW", "header_overflow", COUNTER),
+        ("H2_HEADER_LIST_TOO_LARGE", "header_list_size_too_large", COUNTER),    # max_request_headers_kb
+        ("H2_HEADER_OVERFLOW", "header_overflow", COUNTER),                     # max_headers_count
         ("H2_HEADERS_CB_NO_STREAM", "headers_cb_no_stream", COUNTER),
         ("H2_INBOUND_EMPTY_FRAMES_FLOOD", "inbound_empty_frames_flood", COUNTER),
         ("H2_INBOUND_PRIORITY_FRAMES_FLOOD", "inbound_priority_frames_flood", COUNTER),
         ("H2_INBOUND_WINDOW_UPDATE_FRAMES_FLOOD", "inbound_window_update_frames_flood", COUNTER),
         ("H2_KEEPALIVE_TIMEOUT", "keepalive_timeout", COUNTER),
         ("H2_METADATA_EMPTY_FRAMES", "metadata_empty_frames", COUNTER),
+        ("H2_NGHTTP2_DOWNSTREAM_CX", "nghttp2_downstream_connections", COUNTER),
+        ("H2_NGHTTP2_UPSTREAM_CX", "nghttp2_upstream_connections", COUNTER),
+        ("H2_OGHTTP2_DOWNSTREAM_CX", "oghttp2_downstream_connections", COUNTER),     # (never: nghttp2 only)
+        ("H2_OGHTTP2_UPSTREAM_CX", "oghttp2_upstream_connections", COUNTER),
         ("H2_OUTBOUND_CONTROL_FLOOD", "outbound_control_flood", COUNTER),
         ("H2_OUTBOUND_FLOOD", "outbound_flood", COUNTER),
         ("H2_REJECTED_UNDERSCORES", "requests_rejected_with_underscores_in_headers", COUNTER),
@@ -221,6 +231,8 @@ BLOCKS = (
         ("H2_TX_RESET", "tx_reset", COUNTER),
         ("H2_STREAMS_ACTIVE", "streams_active", GAUGE),
         ("H2_PENDING_SEND_BYTES", "pending_send_bytes", GAUGE),
+        ("H2_OUTBOUND_FRAMES_ACTIVE", "outbound_frames_active", GAUGE),
+        ("H2_OUTBOUND_CONTROL_FRAMES_ACTIVE", "outbound_control_frames_active", GAUGE),
     )),
     # TLS on a listener or a cluster (listener.<address>_<port>.ssl.*, cluster.<name>.ssl.*):
     # Envoy's names. versions/ciphers/curves are fixed rows, one per name OpenSSL 3 can

@@ -64,42 +64,7 @@ def proxy(request, upstream, tmp_path_factory):
 # in the issue's API15.md (08:10), outside the flood accounting ABUSE may edit. The test runs for
 # fastproxy and must fail (a strict xfail: it turns red the day the gap closes, to be removed here).
 # Keys: the test's name, or (name, case) for one case of a parametrized test.
-CX_PROTOCOL_ERROR_UNCOUNTED = ("http.<p>.downstream_cx_protocol_error is not counted when nghttp2 ends the session "
-                               "itself with its GOAWAY (Envoy counts 1) [API15 ABUSE 08:10 #1]")
-RQ_RESET_UNCOUNTED = ("a malformed request's stream is not counted in http.<p>.downstream_rq_rx_reset (Envoy "
-                      "counts 1) [#1]")
-CLOSED_STREAMS = ("frames for a closed stream get GOAWAY STREAM_CLOSED; Envoy's nghttp2 keeps no closed streams "
-                  "and ignores them (nghttp2_option_set_no_closed_streams) [#3]")
-CONTINUATIONS = "H2_MAX_CONTINUATIONS is 8 CONTINUATIONs per header block; Envoy 1.40 takes 512 [#4]"
-HEADER_LIST = ("a header list past max_request_headers_kb is counted as http2.header_overflow; Envoy: "
-               "http2.header_list_size_too_large (header_overflow is max_headers_count only) [#5]")
-FASTPROXY_GAPS = {
-    "test_data_on_stream_0": CX_PROTOCOL_ERROR_UNCOUNTED,
-    "test_even_stream_id": CX_PROTOCOL_ERROR_UNCOUNTED,
-    **{("test_settings_with_invalid_values", k): CX_PROTOCOL_ERROR_UNCOUNTED
-       for k in ("enable_push=2", "initial_window=2^31", "max_frame_size=100", "max_frame_size=2^24")},
-    "test_malformed_settings_frame": CX_PROTOCOL_ERROR_UNCOUNTED,
-    "test_connection_window_overflow": CX_PROTOCOL_ERROR_UNCOUNTED,
-    "test_zero_window_increment": CX_PROTOCOL_ERROR_UNCOUNTED,
-    "test_stream_window_overflow": ("WINDOW_UPDATE past 2^31-1 on a stream resets the stream (RST_STREAM "
-                                    "FLOW_CONTROL_ERROR) and keeps the connection; Envoy closes it [#2]"),
-    "test_zero_window_increment_on_stream": ("a zero WINDOW_UPDATE increment on an open stream: nghttp2's GOAWAY "
-                                             "PROTOCOL_ERROR goes out but the connection stays open [#2]"),
-    "test_stream_id_reuse_is_ignored": CLOSED_STREAMS,
-    "test_data_on_a_completed_stream_is_ignored": CLOSED_STREAMS,
-    "test_data_after_the_clients_own_reset_is_ignored": CLOSED_STREAMS,
-    "test_invalid_pseudo_headers": RQ_RESET_UNCOUNTED,
-    "test_uppercase_header_name": RQ_RESET_UNCOUNTED,
-    "test_connection_specific_header": RQ_RESET_UNCOUNTED,
-    "test_header_list_over_max_request_headers_kb": HEADER_LIST,
-    "test_hpack_bomb_counted_as_envoy": HEADER_LIST,
-    "test_continuation_flood_of_headers": CONTINUATIONS,
-    "test_512_continuations_are_accepted": CONTINUATIONS,
-    "test_rapid_reset_answered_as_envoy": (
-        "no premature-reset check: nghttp2's reset rate limit answers GOAWAY INTERNAL_ERROR after 1000 streams; "
-        "Envoy closes after 500 mostly reset streams, counting http.<p>.downstream_rq_too_many_premature_resets "
-        "and downstream_cx_protocol_error [#6]"),
-}
+FASTPROXY_GAPS: dict = {}     # (H2S closed ABUSE's 08:10 list: none left)
 
 
 @pytest.fixture(autouse=True)

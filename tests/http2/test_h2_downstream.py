@@ -455,7 +455,7 @@ def test_response_trailers_and_request_trailers(tmp_path):
     try:
         with make_proxy([cluster(up)]) as p:
             c = H2Client(p.listener_address("http"))
-            sid = c.request("/t", method="POST", body=b"abc", end=False)
+            sid = c.request("/t", method="POST", body=b"abc", end=False, headers=[("te", "trailers")])
             c.conn.send_headers(sid, [("x-req-trailer", "42")], end_stream=True)
             c.flush()
             c.until(lambda: c.done(sid), what="the response")
@@ -466,6 +466,7 @@ def test_response_trailers_and_request_trailers(tmp_path):
             c.close()
         raw = bytes(up.raw)
         assert b"x-req-trailer: 42" in raw.lower()
+        assert up.requests[0][2]["te"] == ["trailers"]          # forwarded, as Envoy does
         assert up.requests[0][3] == b"abc"
     finally:
         up.close()
@@ -601,17 +602,23 @@ def test_max_concurrent_streams_refuses_the_extra_stream(hold):
 
 
 def test_oversized_header_list_resets_the_stream(up):
-    """A request head over max_request_headers_kb: that stream is reset (Envoy's
-    http2.header_overflow), the connection serves the next one."""
-    with make_proxy([cluster(up)], max_request_headers_kb=2) as p:
+    """A request head over max_request_headers_kb, or with more fields than
+    max_headers_count (pseudo-headers not counted): that stream is reset (RST_STREAM
+    INTERNAL_ERROR, Envoy's http2.header_list_size_too_large / header_overflow), the
+    connection serves the next one; exactly max_headers_count fields are served."""
+    with make_proxy([cluster(up)], max_request_headers_kb=2, max_headers_count=20) as p:
         c = H2Client(p.listener_address("http"))
         a = c.request("/big-head", headers=[("x-big", "v" * 4000)])
         c.until(lambda: c.done(a))
         assert c.responses[a]["reset"] == 2 and c.responses[a]["headers"] is None   # as Envoy
-        b = c.request("/fine")
+        n = c.request("/many", headers=[(f"x-h{k}", "v") for k in range(21)])
+        c.until(lambda: c.done(n))
+        assert c.responses[n]["reset"] == 2
+        b = c.request("/fine", headers=[(f"x-h{k}", "v") for k in range(20)])
         c.until(lambda: c.done(b))
         assert bytes(c.responses[b]["data"]) == b"GET /fine 0"
-        assert p.stats()["http2.header_overflow"] == 1
+        st = p.stats()
+        assert (st["http2.header_list_size_too_large"], st["http2.header_overflow"]) == (1, 1)
         c.close()
     assert [r[1] for r in up.requests] == ["/fine"]
 
@@ -933,3 +940,25 @@ def test_idle_timeout_drains_with_goaway(up):
         raw.until(lambda: raw.eof, timeout=5, what="the close")
         assert [(g.last_stream_id, g.error_code) for g in raw.of("GoAwayFrame")] == [(2 ** 31 - 1, 0), (sid, 0)]
         c.close()
+
+
+def test_an_empty_local_reply_ends_the_stream_on_its_headers(up):
+    """A reply known to be empty (a direct_response without body) is one HEADERS frame
+    with END_STREAM and content-length: 0, as Envoy sends it; no DATA frame."""
+    from fastproxy.http.model import DirectResponse
+    routes = [Route(RouteMatch(prefix="/empty"), direct_response=DirectResponse(200, b"")),
+              Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))]
+    with make_proxy([cluster(up)], routes=routes) as p:
+        s, enc = _raw_h2(p.listener_address("http"))
+        s.sendall(_req_headers(enc, 1, "/empty"))
+        raw = RawFrames(s)
+        raw.until(lambda: any(f.stream_id == 1 for f in raw.of("HeadersFrame")), what="the reply")
+        for _ in range(5):
+            raw.read()
+        h = [f for f in raw.of("HeadersFrame") if f.stream_id == 1]
+        assert len(h) == 1 and "END_STREAM" in h[0].flags
+        import hpack
+        fields = dict(hpack.Decoder().decode(h[0].data))
+        assert fields[":status"] == "200" and fields["content-length"] == "0"
+        assert not [f for f in raw.of("DataFrame") if f.stream_id == 1]
+        s.close()

@@ -44,6 +44,7 @@ cdef void stream_finish(HStream* s) noexcept nogil:
     stat_add(h.stats, c.w, H_RQ_TIME_MS, c.w.now - s.start_ms)
     c.codec.stream_done(c, s)           # (HTTP/1: whether the connection may carry another)
     stream_free(s)
+    c.streams_closed += 1
     hconn_stream_gone(c)
 
 

@@ -11,7 +11,7 @@
 DEF H2_FRAME_HEADER = 9
 DEF H2_STREAM_RESET_BURST = 1000    # nghttp2's rapid-reset limit (CVE-2023-44487): its own
 DEF H2_STREAM_RESET_RATE = 33       #   defaults, set explicitly so they do not move under us
-DEF H2_MAX_CONTINUATIONS = 8        # CONTINUATION frames per header block (nghttp2's default)
+DEF H2_MAX_CONTINUATIONS = 512      # CONTINUATION frames per header block (Envoy 1.40 takes 512)
 DEF H2_MAX_SETTINGS = 32            # entries per SETTINGS frame (nghttp2's default)
 
 
@@ -29,6 +29,9 @@ cdef nghttp2_option* h2_option_new(const H2Options* o, bint server) noexcept nog
     # with max_outbound_control_frames too.
     nghttp2_option_set_max_outbound_ack(opt, o.max_outbound_control_frames)
     nghttp2_option_set_max_settings(opt, H2_MAX_SETTINGS)
+    # No closed streams kept (they serve RFC 7540 priorities only): frames for a stream that
+    # is over are then ignored, as Envoy's nghttp2 ignores them, not a connection error.
+    nghttp2_option_set_no_closed_streams(opt, 1)
     nghttp2_option_set_max_deflate_dynamic_table_size(opt, o.hpack_table_size)
     return opt
 

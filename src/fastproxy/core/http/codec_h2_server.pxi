@@ -47,6 +47,7 @@ cdef struct H2SStream:
     HttpHead head                   # the request head being received
     HttpHead trailers               # the request's trailers (kept until the stream is freed)
     uint32_t hdr_bytes              # field bytes of the header block (max_request_headers_kb)
+    uint32_t nregular               # its fields but the pseudo-headers (max_headers_count)
     uint32_t ncookies
     int64_t content_length
     uint8_t authority               # :authority came (a Host field is then not taken)
@@ -80,6 +81,8 @@ cdef struct H2SConn:
     uint64_t conn_unconsumed        # ... not yet given back to the connection window
     uint8_t goaway_phase            # 0; 1: shutdown notice sent; 2: the final GOAWAY
     uint8_t failed                  # a connection error: the session ends
+    uint8_t goaway_error            # nghttp2 sent a GOAWAY with an error code of its own accord
+    uint32_t fail_code              # the GOAWAY code of a connection error our callbacks found
     int flood                       # H2F_*: a flood limit was passed
     H2Flood fl
     Timer drain_timer               # the shutdown notice's drain time, then the final GOAWAY
@@ -177,6 +180,7 @@ cdef void _h2s_start(HConn* c) noexcept nogil:
                                            <nghttp2_option*>h.h2_option) != 0:
         h2.session = NULL
         return
+    _h2s_stat(c, H2_NGHTTP2_DOWNSTREAM_CX, 1)
     if h2_submit_settings(h2.session, h2.o, True) != 0:
         nghttp2_session_del(h2.session)
         h2.session = NULL
@@ -341,7 +345,13 @@ cdef int _h2s_header_cb(nghttp2_session* session, const nghttp2_frame* frame, co
         cs.in_trailers = 1
     hd = &cs.trailers if cs.in_trailers else &cs.head
     cs.hdr_bytes += <uint32_t>(namelen + valuelen)
-    if cs.hdr_bytes > h.max_head or hd.nfields >= h.max_fields:
+    if not (namelen and nm[0] == b':'):
+        cs.nregular += 1
+    # (Envoy's names: header_list_size_too_large for the size, header_overflow for the count)
+    if cs.hdr_bytes > h.max_head:
+        _h2s_stat(c, H2_HEADER_LIST_TOO_LARGE, 1)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
+    if cs.nregular > h.max_fields:
         _h2s_stat(c, H2_HEADER_OVERFLOW, 1)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
     if namelen and nm[0] == b':':
@@ -501,6 +511,8 @@ cdef int _h2s_frame_send_cb(nghttp2_session* session, const nghttp2_frame* frame
         h2.flood = flood
     if t == NGHTTP2_GOAWAY:
         _h2s_stat(c, H2_GOAWAY_SENT, 1)
+        if frame.goaway.error_code != NGHTTP2_NO_ERROR and not h2.failed:
+            h2.goaway_error = 1         # nghttp2 ended the session itself (_h2s_flush)
     elif t == NGHTTP2_RST_STREAM:
         _h2s_stat(c, H2_TX_RESET, 1)
         if frame.rst_stream.error_code == NGHTTP2_REFUSED_STREAM:
@@ -517,15 +529,29 @@ cdef int _h2s_frame_send_cb(nghttp2_session* session, const nghttp2_frame* frame
 
 cdef int _h2s_invalid_frame_cb(nghttp2_session* session, const nghttp2_frame* frame,
                                int lib_error_code, void* ud) noexcept nogil:
-    """A frame nghttp2 refused. An invalid HTTP message (malformed fields, a content-length
-    the DATA disagrees with) ends the connection as Envoy does, unless
-    override_stream_error_on_invalid_http_message: then only its stream (nghttp2's reset)."""
+    """A frame nghttp2 refused. As Envoy, the connection ends (GOAWAY with the RFC's code),
+    but for an invalid HTTP message (malformed fields) under
+    override_stream_error_on_invalid_http_message: then only its stream (nghttp2's reset).
+    A malformed request counts as a request reset (Envoy had made its stream)."""
     cdef H2SConn* h2 = <H2SConn*>ud
+    cdef H2SStream* cs
     if lib_error_code == NGHTTP2_ERR_HTTP_HEADER or lib_error_code == NGHTTP2_ERR_HTTP_MESSAGING:
         _h2s_stat(h2.c, H2_RX_MESSAGING_ERROR, 1)
-        if not h2.o.override_stream_error_on_invalid_http_message:
-            return NGHTTP2_ERR_CALLBACK_FAILURE
-    return 0
+        if frame.hd.type == NGHTTP2_HEADERS:
+            cs = _h2s_cs(h2, frame.hd.stream_id)
+            if cs == NULL or not cs.started:
+                stat_add((<HttpCfg*>h2.c.cfg.http).stats, h2.c.w, H_RQ_RX_RESET, 1)
+        if h2.o.override_stream_error_on_invalid_http_message:
+            return 0
+    if lib_error_code == NGHTTP2_ERR_FLOW_CONTROL:
+        h2.fail_code = NGHTTP2_FLOW_CONTROL_ERROR
+    elif lib_error_code == NGHTTP2_ERR_FRAME_SIZE_ERROR:
+        h2.fail_code = NGHTTP2_FRAME_SIZE_ERROR
+    elif lib_error_code == NGHTTP2_ERR_STREAM_CLOSED:
+        h2.fail_code = NGHTTP2_STREAM_CLOSED
+    elif lib_error_code == NGHTTP2_ERR_REFUSED_STREAM:
+        return 0                        # (over max_concurrent_streams before our SETTINGS' ACK)
+    return NGHTTP2_ERR_CALLBACK_FAILURE
 
 
 # ---------------------------------------------------------------- handing events over
@@ -651,6 +677,14 @@ cdef void _h2s_dispatch(HConn* c) noexcept nogil:
                 return
         if cs.reset_pending:
             cs.reset_pending = 0
+            if not cs.started and cs.got_rst:
+                # Reset by the client before its head was handed over (the same read):
+                # no stream was made, but it counts as a request reset, and a premature one
+                # (the rapid reset attack: hconn_premature_resets).
+                cs.started = 1
+                cm_on_early_reset(c)
+                if c.closed:
+                    return
             cs.started = 1
             s = cs.s
             cs.s = NULL
@@ -685,7 +719,7 @@ cdef void _h2s_fail(HConn* c, int lib_error) noexcept nogil:
     """A connection error: GOAWAY (nghttp2's own for protocol errors, ENHANCE_YOUR_CALM for
     a flood), written out, then the connection closes with its streams reset."""
     cdef H2SConn* h2 = _h2(c)
-    cdef uint32_t code = NGHTTP2_PROTOCOL_ERROR
+    cdef uint32_t code = h2.fail_code if h2.fail_code else NGHTTP2_PROTOCOL_ERROR
     if h2.flood != H2F_NONE:
         _h2s_stat(c, h2_flood_stat(h2.flood), 1)
         code = NGHTTP2_ENHANCE_YOUR_CALM
@@ -695,7 +729,8 @@ cdef void _h2s_fail(HConn* c, int lib_error) noexcept nogil:
     if fp_log_level <= LOG_DEBUG:
         fp_log(c.w.index, "http2", c.id, 0, "connection error: %s", nghttp2_strerror(lib_error))
     h2.failed = 1
-    if h2.flood != H2F_NONE or lib_error == NGHTTP2_ERR_FLOODED or lib_error == NGHTTP2_ERR_CALLBACK_FAILURE:
+    if not h2.goaway_error and (h2.flood != H2F_NONE or lib_error == NGHTTP2_ERR_FLOODED
+                                or lib_error == NGHTTP2_ERR_CALLBACK_FAILURE):
         nghttp2_session_terminate_session(h2.session, code)
     nghttp2_session_send(h2.session)    # the GOAWAY (failed: past the out_buf limit too)
     chain_clear(&c.in_buf)
@@ -769,7 +804,9 @@ cdef void _h2s_flush(HConn* c) noexcept nogil:
     if c.out_buf.length == 0:
         h2_flood_out_drained(&h2.fl)
     rv = nghttp2_session_send(h2.session)
-    if rv < 0 or h2.flood != H2F_NONE:
+    if rv < 0 or h2.flood != H2F_NONE or h2.goaway_error:
+        # (nghttp2's own GOAWAY for a protocol error it found: the connection ends as for
+        # one our callbacks found; it is out already)
         _h2s_fail(c, rv if rv < 0 else NGHTTP2_ERR_CALLBACK_FAILURE)
         return
     if h2.pending != NULL:
@@ -816,7 +853,10 @@ cdef int _h2s_encode_headers(HConn* c, HStream* s, int status, StrRef reason, Pa
         nfirst = 2
     if h2_nv_from_pairs(&nv, first, nfirst, l, False) < 0:
         return -1
-    cs.has_provider = f.kind != BODY_NONE and s.method != METHOD_HEAD and status != 204 and status != 304
+    # (a known empty body too: Envoy ends the stream on the HEADERS, content-length: 0)
+    cs.has_provider = f.kind != BODY_NONE and s.method != METHOD_HEAD and status != 204 and status != 304 \
+        and not (f.kind == BODY_LENGTH and f.length == 0 and (f.length_text.p == NULL or
+                                                              (f.length_text.n == 1 and f.length_text.p[0] == b'0')))
     prd.source.ptr = cs
     prd.read_callback = _h2s_data_read_cb
     rv = nghttp2_submit_response(h2.session, cs.id, nv.nv, nv.n, &prd if cs.has_provider else NULL)

@@ -138,14 +138,46 @@ cdef void stream_reset(HStream* s) noexcept nogil:
 cdef void cm_on_stream_reset(HStream* s, bint remote) noexcept nogil:
     """The codec's event: the peer reset s (HTTP/2 RST_STREAM; remote), or the codec did
     (a protocol error on that stream). Its upstream request is cancelled and it is logged
-    (DR: downstream remote reset)."""
+    (DR: downstream remote reset). The connection may close (hconn_premature_resets)."""
     cdef HConn* c = s.c
+    cdef bint premature = remote and c.w.now - s.start_ms < PREMATURE_RESET_MS
     stat_add((<HttpCfg*>c.cfg.http).stats, c.w, H_RQ_RX_RESET, 1)
     if fp_log_level <= LOG_DEBUG:
         fp_log(c.w.index, "http", c.id, c.nrequests, "stream reset by the %s",
                _pick(remote, "client", "codec"))
     _stream_abort(s, RF_DR if remote else RF_DPE)
-    hconn_stream_gone(c)
+    if not hconn_premature_resets(c, premature):
+        hconn_stream_gone(c)
+
+
+cdef void cm_on_early_reset(HConn* c) noexcept nogil:
+    """The codec's event: the client reset a request before its head was handed over (in
+    the same read): no stream was made, but it is a request reset, and a premature one."""
+    stat_add((<HttpCfg*>c.cfg.http).stats, c.w, H_RQ_RX_RESET, 1)
+    hconn_premature_resets(c, True)
+
+
+cdef bint hconn_premature_resets(HConn* c, bint premature) noexcept nogil:
+    """A stream ended (premature: the client reset it within PREMATURE_RESET_MS of its
+    start). Envoy's defence against the rapid reset attack: once half of the streams (of at
+    least 500, or of 500 to come) were reset prematurely, the connection is aborted
+    (downstream_rq_too_many_premature_resets). True when it was."""
+    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    c.streams_closed += 1
+    if not premature:
+        return False                    # (only a premature reset can newly pass the bar)
+    c.premature_resets += 1
+    if c.streams_closed < PREMATURE_RESET_STREAMS:
+        if <uint64_t>c.premature_resets * 2 < PREMATURE_RESET_STREAMS:
+            return False
+    elif <uint64_t>c.premature_resets * 2 < c.streams_closed:
+        return False
+    stat_add(h.stats, c.w, H_RQ_TOO_MANY_PREMATURE_RESETS, 1)
+    stat_add(h.stats, c.w, H_CX_PROTOCOL_ERROR, 1)
+    if fp_log_level <= LOG_DEBUG:
+        fp_log(c.w.index, "http", c.id, 0, "too many premature resets: closing")
+    hconn_close(c, True)
+    return True
 
 
 cdef void hconn_stream_gone(HConn* c) noexcept nogil:

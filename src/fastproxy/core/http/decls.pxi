@@ -288,6 +288,8 @@ cdef struct HConn:
     uint8_t partial_rq              # the client closed inside a request head (an active stream)
     uint16_t local_port             # the listener's port (strip_matching_host_port only)
     uint64_t id                     # the debug lines' ConnectionId (core/debug_log.pxi)
+    uint32_t streams_closed         # streams ended on it (Envoy's premature-reset check:
+    uint32_t premature_resets       #   ... and of them, reset by the client within 1 s)
 
 
 # ---------------------------------------------------------------- the codec seam
@@ -412,4 +414,6 @@ DEF ROUTE_TEXT_ON_STACK = 8192      # a rewritten path or a Location this long c
 cdef const char* NO_MEMORY_BODY = "out of memory"    # the codec's 503 body too (core/http/codec_h1.pxi)
 
 
+DEF PREMATURE_RESET_STREAMS = 500   # Envoy's overload.premature_reset_total_stream_count
+DEF PREMATURE_RESET_MS = 1000       # ... premature_reset_min_stream_lifetime_seconds
 DEF LINGER_MS = 1000                # how long a lingering close reads (Envoy's delayed_close_timeout)

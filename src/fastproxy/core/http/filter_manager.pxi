@@ -382,6 +382,11 @@ cdef int hm_from_head(HMap* m, const HttpHead* h, bint keep_length, bint skip_ho
         f = &h.fields[i]
         name = h.buf + f.name_off
         if _is_hop_by_hop(name, f.name_len) or (conn and _named_by_connection(h, name, f.name_len)):
+            if not (conn and _named_by_connection(h, name, f.name_len)) \
+                    and te_trailers(name, f.name_len, h.buf + f.value_off, f.value_len):
+                if _hm_push(m, _cs("te"), _cs("trailers")) < 0:
+                    return -1
+                continue
             if not (keep_length and _ieq(name, f.name_len, "content-length")):
                 continue
         if skip_host and _ieq(name, f.name_len, "host"):
@@ -403,8 +408,9 @@ cdef int hm_to_pairs(const HMap* m, PairList* l, bint drop_framing) noexcept nog
         f = &m.l.v[i]
         if f.name.n and f.name.p[0] == b':':
             continue
-        if _is_hop_by_hop(f.name.p, f.name.n):
-            # (transfer-encoding is always re-framed by us; content-length kept on request)
+        if _is_hop_by_hop(f.name.p, f.name.n) and not (f.value.n == 8 and te_trailers(f.name.p, f.name.n, f.value.p, 8)):
+            # (transfer-encoding is always re-framed by us; content-length kept on request;
+            # `te: trailers` is the map's own, from hm_from_head)
             if drop_framing or f.name.n != 14 or not _ieq(f.name.p, 14, "content-length"):
                 continue
         l.v[l.n] = f[0]                 # room reserved above

@@ -366,8 +366,30 @@ cdef int _pl_reserve(PairList* l, size_t n) noexcept nogil:
     return 0
 
 
+cdef bint te_trailers(const char* name, size_t n, const char* v, size_t vn) noexcept nogil:
+    """A TE field that lists "trailers": forwarded as `te: trailers` alone (its other
+    codings dropped), as Envoy 1.40 does for HTTP/1.1 and HTTP/2 clients (gRPC's trailers
+    need it end to end); any other TE is hop-by-hop."""
+    cdef size_t i = 0, k
+    if n != 2 or not _ieq(name, 2, "te"):
+        return False
+    while i < vn:
+        while i < vn and (v[i] == b' ' or v[i] == b'\t' or v[i] == b','):
+            i += 1
+        k = i
+        while k < vn and v[k] != b',' and v[k] != b';' and v[k] != b' ' and v[k] != b'\t':
+            k += 1
+        if _ieq(v + i, k - i, "trailers"):
+            return True
+        while k < vn and v[k] != b',':
+            k += 1
+        i = k
+    return False
+
+
 cdef int _pl_from_head(PairList* l, const HttpHead* h) noexcept nogil:
-    """The end-to-end fields of a received head (hop-by-hop ones dropped)."""
+    """The end-to-end fields of a received head (hop-by-hop ones dropped; `te: trailers`
+    kept, see te_trailers)."""
     cdef uint32_t i
     cdef const HttpField* f
     cdef const char* name
@@ -378,6 +400,10 @@ cdef int _pl_from_head(PairList* l, const HttpHead* h) noexcept nogil:
         f = &h.fields[i]
         name = h.buf + f.name_off
         if _is_hop_by_hop(name, f.name_len) or (conn and _named_by_connection(h, name, f.name_len)):
+            if not (conn and _named_by_connection(h, name, f.name_len)) \
+                    and te_trailers(name, f.name_len, h.buf + f.value_off, f.value_len):
+                if _pl_add(l, _cs("te"), _cs("trailers")) < 0:
+                    return -1
             continue
         if _pl_add(l, _s(name, f.name_len), _s(h.buf + f.value_off, f.value_len)) < 0:
             return -1
