@@ -501,3 +501,31 @@ def test_unknown_method_is_unimplemented_from_the_server(stub):
     with pytest.raises(grpc.RpcError) as ei:
         stub.unary_unary("/test.Svc/Nope")(b"x", timeout=10)
     assert ei.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_grpc_through_envoy_then_fastproxy(grpc_server, tmp_path):
+    """grpcio -> Envoy (HTTP/2 both sides) -> fastproxy (HTTP/2 both sides) -> grpcio:
+    fastproxy as the HTTP/2 server of Envoy's client codec, trailers and statuses intact."""
+    (tmp_path / "f").mkdir()
+    (tmp_path / "e").mkdir()
+    fast = ProxyUnderTest("fastproxy", grpc_yaml(grpc_server.port), tmp_path / "f")
+    try:
+        envoy = ProxyUnderTest("envoy", grpc_yaml(fast.addr[1]), tmp_path / "e")
+        try:
+            ch = channel(envoy.addr)
+            try:
+                reply, c = method(ch, "Unary").with_call(b"chain", metadata=(("x-echo", "e"),), timeout=10)
+                assert reply == b"chain" and ("x-trail", "done") in c.trailing_metadata()
+                got = list(method(ch, "ServerStream", "unary_stream")(b"20:5000", timeout=20))
+                assert got == [bytes([i]) * 5000 for i in range(20)]
+                with pytest.raises(grpc.RpcError) as ei:
+                    method(ch, "Abort")(b"NOT_FOUND:gone", timeout=10)
+                assert ei.value.code() == grpc.StatusCode.NOT_FOUND and ei.value.details() == "gone"
+                assert ("x-why", "aborted") in ei.value.trailing_metadata()
+            finally:
+                ch.close()
+            assert fast.stat("http.web.downstream_cx_http2_total") == 1
+        finally:
+            envoy.close()
+    finally:
+        fast.close()
