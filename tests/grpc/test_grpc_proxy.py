@@ -464,16 +464,23 @@ def test_client_cancel_cancels_the_upstream_call(stub, grpc_server):
     assert rec["ended"] == "cancelled"
 
 
+# The proxy tells the server the timeout it enforces (grpc-timeout), so the server's own
+# deadline (DEADLINE_EXCEEDED, "Deadline Exceeded") and the proxy's answer race, through
+# Envoy as through fastproxy; the proxy's answer alone is checked deterministically above
+# (test_grpc_timeout_expiry_answers_as_envoy, against a silent upstream).
+SERVER_DEADLINE = (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+
+
 def test_proxy_timeout_answers_the_grpc_client(stub, grpc_server):
     """max_grpc_timeout 0.3s caps a 20 s deadline: the proxy's own answer (504 -> UNAVAILABLE,
-    "upstream request timeout"), and the server's call is cancelled."""
+    "upstream request timeout") or the server's deadline, and the server's call ends."""
     n0 = len(grpc_server.slow_calls)
     t0 = time.monotonic()
     with pytest.raises(grpc.RpcError) as ei:
         method(stub, "SlowLegacy")(b"x", timeout=20)
     assert 0.25 < time.monotonic() - t0 < 5
-    assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert ei.value.details() == "upstream request timeout"
+    assert (ei.value.code(), ei.value.details()) in (
+        (grpc.StatusCode.UNAVAILABLE, "upstream request timeout"), SERVER_DEADLINE)
     rec = wait_for(lambda: len(grpc_server.slow_calls) > n0 and grpc_server.slow_calls[n0]["ended"]
                    and grpc_server.slow_calls[n0], timeout=10)
     assert rec["remaining"] is not None and rec["remaining"] <= 0.3     # told grpc-timeout 300m
@@ -485,8 +492,8 @@ def test_stream_duration_answers_deadline_exceeded(stub):
     with pytest.raises(grpc.RpcError) as ei:
         method(stub, "SlowStream")(b"x", timeout=20)
     assert 0.25 < time.monotonic() - t0 < 5
-    assert ei.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert ei.value.details() == "downstream duration timeout"
+    assert (ei.value.code(), ei.value.details()) in (
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "downstream duration timeout"), SERVER_DEADLINE)
 
 
 def test_no_healthy_upstream_is_unavailable(stub):
