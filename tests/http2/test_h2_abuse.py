@@ -32,9 +32,10 @@ from dataclasses import dataclass, field
 import pytest
 
 from conftest import find_envoy, wait_for
-from h2_harness import (ENABLE_PUSH, H2Client, INITIAL_WINDOW_SIZE, MAX_CONCURRENT_STREAMS, MAX_FRAME_SIZE,
-                        MAX_WINDOW, ACK, SETTINGS, ErrorCodes, ProxyUnderTest, continuation_frame, data_frame,
-                        frame, h2_proxy_yaml, headers_frame, hpack_indexed, hpack_literal, ping_frame,
+from h2_harness import (ACK, DATA, ENABLE_PUSH, END_HEADERS, END_STREAM, INITIAL_WINDOW_SIZE, MAX_CONCURRENT_STREAMS,
+                        MAX_FRAME_SIZE, MAX_WINDOW, PADDED, PING, PUSH_PROMISE, RST_STREAM, SETTINGS, WINDOW_UPDATE,
+                        ErrorCodes, H2Client, ProxyUnderTest, continuation_frame, data_frame, frame, goaway_frame,
+                        h2_proxy_yaml, headers_frame, hpack_indexed, hpack_int, hpack_literal, ping_frame,
                         priority_frame, request_headers, rst_stream_frame, settings_frame, window_update_frame)
 from http_upstreams import RawHttpUpstream
 
@@ -64,7 +65,11 @@ def proxy(request, upstream, tmp_path_factory):
 # in the issue's API15.md (08:10), outside the flood accounting ABUSE may edit. The test runs for
 # fastproxy and must fail (a strict xfail: it turns red the day the gap closes, to be removed here).
 # Keys: the test's name, or (name, case) for one case of a parametrized test.
-FASTPROXY_GAPS: dict = {}     # (H2S closed ABUSE's 08:10 list: none left)
+FASTPROXY_GAPS = {
+    ("test_malformed_frames", "PRIORITY depending on itself"): (
+        "a PRIORITY frame depending on its own stream: nghttp2 ends the session itself (GOAWAY PROTOCOL_ERROR, "
+        "RFC 7540 5.3.1); Envoy ignores PRIORITY [#7]"),
+}
 
 
 @pytest.fixture(autouse=True)
@@ -226,6 +231,57 @@ def test_malformed_settings_frame(proxy, name, raw, expect):
     exchange(proxy, expect, lambda c: raw)
 
 
+def post_open(c):
+    """A POST on stream 1 whose body has not come (the stream stays open)."""
+    return headers(c, method="POST", end_stream=False)
+
+
+CX_RQ = {**PROTOCOL_ERROR_CX, "http.h2.downstream_rq_rx_reset": 1}
+FRAME_CASES = {
+    # (frames after the preface, Envoy 1.40's answer)
+    "HEADERS on stream 0": (lambda c: headers_frame(0, c.encode(request_headers())),
+                            Expect(closed=True, counters=PROTOCOL_ERROR_CX, rfc="PROTOCOL_ERROR")),
+    "PUSH_PROMISE from a client": (lambda c: frame(PUSH_PROMISE, END_HEADERS, 1, b"\0\0\0\x02" + c.encode(request_headers())),
+                                   Expect(closed=True, counters=PROTOCOL_ERROR_CX, rfc="PROTOCOL_ERROR")),
+    "RST_STREAM on an idle stream": (lambda c: rst_stream_frame(5),
+                                     Expect(closed=True, counters=PROTOCOL_ERROR_CX, rfc="PROTOCOL_ERROR")),
+    "PING on stream 1": (lambda c: frame(PING, 0, 1, b"12345678"),
+                         Expect(closed=True, counters=PROTOCOL_ERROR_CX, rfc="PROTOCOL_ERROR")),
+    "PING of 7 bytes": (lambda c: frame(PING, 0, 0, b"1234567"),
+                        Expect(goaway="FRAME_SIZE_ERROR", closed=True, counters=PROTOCOL_ERROR_CX)),
+    "WINDOW_UPDATE of 3 bytes": (lambda c: frame(WINDOW_UPDATE, 0, 0, b"\0\0\x01"),
+                                 Expect(goaway="FRAME_SIZE_ERROR", closed=True, counters=PROTOCOL_ERROR_CX)),
+    "RST_STREAM of 3 bytes": (lambda c: post_open(c) + frame(RST_STREAM, 0, 1, b"\0\0\x08"),
+                              Expect(goaway="FRAME_SIZE_ERROR", closed=True, counters=CX_RQ)),
+    "DATA over SETTINGS_MAX_FRAME_SIZE": (lambda c: post_open(c) + data_frame(1, b"x" * 20000, True),
+                                          Expect(goaway="FRAME_SIZE_ERROR", closed=True, counters=CX_RQ)),
+    "padding longer than the frame": (lambda c: post_open(c) + frame(DATA, PADDED | END_STREAM, 1, b"\x10abc"),
+                                      Expect(goaway="PROTOCOL_ERROR", closed=True, counters=CX_RQ)),
+    "SETTINGS of 33 entries": (lambda c: settings_frame([(MAX_CONCURRENT_STREAMS, 100)] * 33),
+                               Expect(goaway="ENHANCE_YOUR_CALM", closed=True, counters=PROTOCOL_ERROR_CX)),
+    "HPACK index past the table": (lambda c: headers_frame(1, c.encode(request_headers()) + hpack_indexed(200)),
+                                   Expect(goaway="COMPRESSION_ERROR", closed=True, counters=CX_RQ)),
+    "HPACK table size update past SETTINGS": (
+        lambda c: headers_frame(1, hpack_int(8192, 5, 0x20) + c.encode(request_headers())),
+        Expect(goaway="COMPRESSION_ERROR", closed=True, counters=CX_RQ)),
+    "HEADERS depending on itself": (lambda c: headers_frame(1, c.encode(request_headers()), priority=(1, 16, False)),
+                                    Expect(closed=True, counters=PROTOCOL_ERROR_CX, rfc="PROTOCOL_ERROR")),
+    # Envoy ignores PRIORITY (RFC 9113 deprecates its scheme), a self-dependency included.
+    "PRIORITY depending on itself": (lambda c: priority_frame(1, depends_on=1),
+                                     Expect(counters={"http.h2.downstream_cx_protocol_error": 0})),
+    "unknown frame type": (lambda c: frame(0x42, 0, 0, b"hello") + headers(c), Expect(status=200)),
+    "client GOAWAY, then a request": (lambda c: goaway_frame(0) + headers(c), Expect(status=200)),
+}
+
+
+@pytest.mark.parametrize("case", list(FRAME_CASES))
+def test_malformed_frames(proxy, case):
+    """Frames RFC 9113 makes connection errors (section 6, per frame type), or leaves to be
+    ignored, and what Envoy answers to each."""
+    frames_of, expect = FRAME_CASES[case]
+    exchange(proxy, expect, frames_of)
+
+
 # --------------------------------------------------------------------------- flow control
 
 def test_connection_window_overflow(proxy):
@@ -331,6 +387,39 @@ def test_invalid_pseudo_headers(proxy, case):
     false) closes the connection, no GOAWAY, counting rx_messaging_error."""
     exchange(proxy, Expect(closed=True, counters=MESSAGING_ERROR, rfc="PROTOCOL_ERROR"),
              lambda c: headers_frame(1, c.encode(PSEUDO[case])))
+
+
+FIELD_CASES = {
+    "a name with a space": lambda c: hpack_literal(b"x bad", b"v"),
+    "a value with CR LF": lambda c: hpack_literal(b"x-bad", b"a\r\nb: c"),
+    "a value with NUL": lambda c: hpack_literal(b"x-bad", b"a\0b"),
+}
+
+
+@pytest.mark.parametrize("case", list(FIELD_CASES))
+def test_invalid_field_characters(proxy, case):
+    """Characters RFC 9113 8.2.1 forbids in names and values make the request malformed:
+    closed, rx_messaging_error (a value with CR LF must never become a second field)."""
+    exchange(proxy, Expect(closed=True, counters=MESSAGING_ERROR, rfc="PROTOCOL_ERROR"),
+             lambda c: headers_frame(1, c.encode(request_headers()) + FIELD_CASES[case](c)))
+
+
+def test_invalid_request_lines(proxy):
+    """An empty :path, and CONNECT without :authority (RFC 9113 8.3, 8.5): malformed."""
+    for fields in ([(":method", "GET"), (":scheme", "http"), (":authority", "h"), (":path", "")],
+                   [(":method", "CONNECT")]):
+        exchange(proxy, Expect(closed=True, counters=MESSAGING_ERROR, rfc="PROTOCOL_ERROR"),
+                 lambda c: headers_frame(1, c.encode(fields)))
+
+
+@pytest.mark.parametrize("case", ["pseudo-header in trailers", "trailers without END_STREAM"])
+def test_malformed_trailers(proxy, case):
+    """Trailers (a second header block) with a pseudo-header, or not ending the stream
+    (RFC 9113 8.1): malformed, the connection closed."""
+    end = case != "trailers without END_STREAM"
+    trailer = [(":path", "/t")] if case == "pseudo-header in trailers" else [("x-t", "1")]
+    exchange(proxy, Expect(closed=True, counters=MESSAGING_ERROR, rfc="PROTOCOL_ERROR"),
+             lambda c: post_open(c) + data_frame(1, b"x") + headers_frame(1, c.encode(trailer), end_stream=end))
 
 
 def test_uppercase_header_name(proxy):

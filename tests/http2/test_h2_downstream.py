@@ -962,3 +962,40 @@ def test_an_empty_local_reply_ends_the_stream_on_its_headers(up):
         assert fields[":status"] == "200" and fields["content-length"] == "0"
         assert not [f for f in raw.of("DataFrame") if f.stream_id == 1]
         s.close()
+
+
+def test_a_reset_while_the_client_is_not_reading_keeps_the_framing():
+    """A client that stops reading (out_buf full, DATA of two streams waiting) while one
+    stream's upstream breaks mid-body: that stream is reset, and every frame the client
+    reads afterwards is well formed (a reset never drops bytes a DATA frame announced);
+    the other stream's 16 MiB arrive whole."""
+    n = 16 << 20
+
+    def handler(method, path, headers, body):
+        if path == "/cut":
+            def cut(c):
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (4 << 20))
+                c.sendall(b"x" * (1 << 20))
+                time.sleep(0.3)
+                c.close()
+            return cut
+        payload = bytes(range(256)) * (n // 256)
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (n, payload)
+    up = RawHttpUpstream(handler)
+    try:
+        with make_proxy([cluster(up)]) as p:
+            c = H2Client(p.listener_address("http"), window=(1 << 24))
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            c.conn.increment_flow_control_window(1 << 26)
+            c.flush()
+            b = c.request("/big")
+            a = c.request("/cut")
+            time.sleep(0.8)                 # not reading: the proxy's buffers fill, A breaks
+            c.until(lambda: c.done(a) and c.done(b), timeout=30, what="both streams")
+            assert c.responses[a]["reset"] == 2
+            got = bytes(c.responses[b]["data"])
+            assert len(got) == n and got == bytes(range(256)) * (n // 256)
+            assert p.stats()["http2.tx_reset"] == 1
+            c.close()
+    finally:
+        up.close()

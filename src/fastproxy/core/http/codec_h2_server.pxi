@@ -63,6 +63,7 @@ cdef struct H2SStream:
     uint8_t tx_end                  # encode_end came
     uint8_t has_provider            # the response was submitted with a data provider
     uint8_t deferred                # the provider said NGHTTP2_ERR_DEFERRED (resume on data)
+    uint8_t out_deferred            # ... because out_buf was full (resume when it drains)
     H2Nv trailers_out               # response trailers to send after the last DATA
     char* trailer_bytes             # ... the values they point at (owned copies)
     uint8_t reset_pending           # nghttp2 closed it with an error while cs.s was set
@@ -89,6 +90,7 @@ cdef struct H2SConn:
     Timer ping_timer                # connection_keepalive.interval
     Timer ping_timeout              # connection_keepalive.timeout
     uint8_t ping_outstanding
+    uint8_t out_deferred            # some stream waits for room in out_buf (H2SStream.out_deferred)
 
 
 cdef nghttp2_session_callbacks* _h2s_callbacks = NULL
@@ -265,12 +267,13 @@ cdef ssize_t _h2s_send_cb(nghttp2_session* session, const uint8_t* data, size_t 
 
 cdef int _h2s_send_data_cb(nghttp2_session* session, nghttp2_frame* frame, const uint8_t* framehd,
                            size_t length, nghttp2_data_source* source, void* ud) noexcept nogil:
-    """A DATA frame: its header, then `length` bytes moved (not copied) from the stream's tx."""
+    """A DATA frame: its header, then `length` bytes moved (not copied) from the stream's tx.
+    Never NGHTTP2_ERR_WOULDBLOCK: nghttp2 would call again later for the same bytes, which a
+    reset of the stream may have dropped from tx meanwhile; out_buf is bounded by the data
+    provider instead (_h2s_data_read_cb), one frame past H2_OUT_LIMIT at most."""
     cdef H2SConn* h2 = <H2SConn*>ud
     cdef HConn* c = h2.c
     cdef H2SStream* cs = <H2SStream*>source.ptr
-    if c.out_buf.length >= H2_OUT_LIMIT:
-        return NGHTTP2_ERR_WOULDBLOCK
     if chain_append(&c.out_buf, <const char*>framehd, H2_FRAME_HEADER) < 0 \
             or chain_move_bytes(&c.out_buf, &cs.tx, length) < 0:
         return NGHTTP2_ERR_CALLBACK_FAILURE
@@ -283,9 +286,16 @@ cdef int _h2s_send_data_cb(nghttp2_session* session, nghttp2_frame* frame, const
 cdef ssize_t _h2s_data_read_cb(nghttp2_session* session, int32_t stream_id, uint8_t* buf,
                                size_t length, uint32_t* data_flags, nghttp2_data_source* source,
                                void* ud) noexcept nogil:
-    """How much of the stream's tx the next DATA frame carries (sent by _h2s_send_data_cb)."""
+    """How much of the stream's tx the next DATA frame carries (sent by _h2s_send_data_cb).
+    None while out_buf is full: the stream waits (_h2s_flush resumes it)."""
+    cdef H2SConn* h2 = <H2SConn*>ud
     cdef H2SStream* cs = <H2SStream*>source.ptr
     cdef size_t n = cs.tx.length if cs.tx.length < length else length
+    if h2.c.out_buf.length >= H2_OUT_LIMIT and not h2.failed:
+        cs.deferred = 1
+        cs.out_deferred = 1
+        h2.out_deferred = 1
+        return NGHTTP2_ERR_DEFERRED
     if n == 0 and not cs.tx_end:
         cs.deferred = 1
         return NGHTTP2_ERR_DEFERRED
@@ -537,11 +547,13 @@ cdef int _h2s_invalid_frame_cb(nghttp2_session* session, const nghttp2_frame* fr
     cdef H2SStream* cs
     if lib_error_code == NGHTTP2_ERR_HTTP_HEADER or lib_error_code == NGHTTP2_ERR_HTTP_MESSAGING:
         _h2s_stat(h2.c, H2_RX_MESSAGING_ERROR, 1)
-        if frame.hd.type == NGHTTP2_HEADERS:
-            cs = _h2s_cs(h2, frame.hd.stream_id)
-            if cs == NULL or not cs.started:
-                stat_add((<HttpCfg*>h2.c.cfg.http).stats, h2.c.w, H_RQ_RX_RESET, 1)
         if h2.o.override_stream_error_on_invalid_http_message:
+            # (only the stream is reset; one whose head never became a stream is counted
+            # here, _h2s_fail counts them on a connection error)
+            cs = _h2s_cs(h2, frame.hd.stream_id) if frame.hd.type == NGHTTP2_HEADERS else NULL
+            if cs != NULL and not cs.started:
+                cs.started = 1
+                stat_add((<HttpCfg*>h2.c.cfg.http).stats, h2.c.w, H_RQ_RX_RESET, 1)
             return 0
     if lib_error_code == NGHTTP2_ERR_FLOW_CONTROL:
         h2.fail_code = NGHTTP2_FLOW_CONTROL_ERROR
@@ -720,6 +732,14 @@ cdef void _h2s_fail(HConn* c, int lib_error) noexcept nogil:
     a flood), written out, then the connection closes with its streams reset."""
     cdef H2SConn* h2 = _h2(c)
     cdef uint32_t code = h2.fail_code if h2.fail_code else NGHTTP2_PROTOCOL_ERROR
+    cdef H2SStream* cs = h2.streams
+    while cs != NULL:
+        # A request whose head never became a stream (malformed, or cut by the error) is
+        # a request reset all the same: Envoy made its stream at the first HEADERS frame.
+        if not cs.started and not cs.closed:
+            cs.started = 1
+            stat_add((<HttpCfg*>c.cfg.http).stats, c.w, H_RQ_RX_RESET, 1)
+        cs = cs.next
     if h2.flood != H2F_NONE:
         _h2s_stat(c, h2_flood_stat(h2.flood), 1)
         code = NGHTTP2_ENHANCE_YOUR_CALM
@@ -789,8 +809,8 @@ cdef int _h2s_decode(HConn* c) noexcept nogil:
     if c.down_eof and c.in_buf.length == 0:
         cm_on_peer_closed(c, False)     # streams still open end with the connection (DC)
         return -1
-    if nghttp2_session_want_read(h2.session) == 0 and nghttp2_session_want_write(h2.session) == 0:
-        c.close_after = 1               # after a GOAWAY both ways: nothing more to do
+    # (A client's GOAWAY does not close the connection: as Envoy, it stays until the
+    # client closes it or the idle timeout drains it; PINGs are still answered.)
     return 0
 
 
@@ -803,6 +823,8 @@ cdef void _h2s_flush(HConn* c) noexcept nogil:
         return
     if c.out_buf.length == 0:
         h2_flood_out_drained(&h2.fl)
+    if h2.out_deferred and c.out_buf.length < H2_OUT_LIMIT:
+        _h2s_resume_out_deferred(h2)
     rv = nghttp2_session_send(h2.session)
     if rv < 0 or h2.flood != H2F_NONE or h2.goaway_error:
         # (nghttp2's own GOAWAY for a protocol error it found: the connection ends as for
@@ -862,6 +884,18 @@ cdef int _h2s_encode_headers(HConn* c, HStream* s, int status, StrRef reason, Pa
     rv = nghttp2_submit_response(h2.session, cs.id, nv.nv, nv.n, &prd if cs.has_provider else NULL)
     h2_nv_free(&nv)
     return 0 if rv == 0 else -1
+
+
+cdef void _h2s_resume_out_deferred(H2SConn* h2) noexcept nogil:
+    """out_buf has room again: the streams whose DATA waited for it go on."""
+    cdef H2SStream* cs = h2.streams
+    h2.out_deferred = 0
+    while cs != NULL:
+        if cs.out_deferred:
+            cs.out_deferred = 0
+            if not cs.closed:
+                _h2s_resume(h2, cs)
+        cs = cs.next
 
 
 cdef inline void _h2s_resume(H2SConn* h2, H2SStream* cs) noexcept nogil:
