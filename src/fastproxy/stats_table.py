@@ -130,6 +130,7 @@ BLOCKS = (
         ("C_CX_HTTP2_TOTAL", "upstream_cx_http2_total", COUNTER),
         ("C_RQ_RX_RESET", "upstream_rq_rx_reset", COUNTER),
         ("C_RQ_TX_RESET", "upstream_rq_tx_reset", COUNTER),
+        ("C_CX_CLOSE_NOTIFY", "upstream_cx_close_notify", COUNTER),     # (HTTP/2: a GOAWAY)
     )),
     # A cluster's hosts, as admin /clusters prints them (cluster::<address>::<stat>::<value>),
     # in Envoy's order: the counters, then the gauges.

@@ -73,6 +73,10 @@ cdef struct H2Conn:
     uint8_t flush_queued
     uint8_t draining                # takes no new stream (GOAWAY, max requests, duration)
     uint8_t closing                 # its streams are being ended; then it closes
+    uint8_t goaway_rx               # the peer sent GOAWAY (upstream_cx_close_notify)
+    uint8_t ping_outstanding
+    Timer ping_timer                # connection_keepalive.interval
+    Timer ping_timeout              # connection_keepalive.timeout
     uint8_t in_pump
     uint8_t repump
     uint8_t proto_error             # nghttp2 refused the peer's bytes
@@ -327,9 +331,12 @@ cdef int _h2c_decode(UpConn* h) noexcept nogil:
     if not ur_response_data_wanted(s, end and h.in_buf.length == 0):
         return 0
     n = h.in_buf.length
-    if not _enc_body_filtered(s) and not s.c.codec.send_ok(s.c, s):
-        return 0                        # the client reads slowly: the stream's window stays shut
     if n == 0 and not end:
+        return 0
+    if n and not _enc_body_filtered(s) and not s.c.codec.send_ok(s.c, s):
+        # The client reads slowly: the stream's window stays shut. (The connection manager
+        # pumps the handle again when there is room, as it sees bytes in its in_buf; an end
+        # without bytes always goes, or nothing would.)
         return 0
     conn = h.h2_conn
     if n and conn != NULL and conn.h2.session != NULL and st.id > 0 and not st.closed:
@@ -433,12 +440,19 @@ cdef int _h2cb_frame_recv(nghttp2_session* session, const nghttp2_frame* frame,
     if frame.hd.type == NGHTTP2_SETTINGS or frame.hd.type == NGHTTP2_GOAWAY:
         if frame.hd.type == NGHTTP2_GOAWAY:
             # No new stream on it; nghttp2 closes those above last_stream_id as refused.
+            if not conn.h2.goaway_rx:
+                conn.h2.goaway_rx = 1
+                stat_add(conn.cluster.stats, conn.w, C_CX_CLOSE_NOTIFY, 1)
             _h2_conn_drain(conn)
         _h2_pool_room(conn)             # its room changed: requests may wait for it
         return 0
     if frame.hd.type == NGHTTP2_RST_STREAM:
         if conn.h2.stats != NULL:
             stat_add(conn.h2.stats, conn.w, H2_RX_RESET, 1)
+        return 0
+    if frame.hd.type == NGHTTP2_PING and frame.hd.flags & NGHTTP2_FLAG_ACK and conn.h2.ping_outstanding:
+        conn.h2.ping_outstanding = 0
+        timer_cancel(conn.w, &conn.h2.ping_timeout)
         return 0
     if frame.hd.type != NGHTTP2_HEADERS and frame.hd.type != NGHTTP2_DATA:
         return 0
@@ -581,6 +595,8 @@ cdef void _h2_conn_release(UpConn* conn) noexcept nogil:
     cdef H2Conn* hc = conn.h2
     if hc == NULL:
         return
+    timer_cancel(conn.w, &hc.ping_timer)
+    timer_cancel(conn.w, &hc.ping_timeout)
     if hc.session != NULL:
         nghttp2_session_del(hc.session)
         hc.session = NULL
@@ -737,6 +753,44 @@ cdef void _h2_resume(UpConn* h) noexcept nogil:
     _h2_flush_later(conn)
 
 
+cdef uint64_t _h2_ping_interval(UpConn* conn) noexcept nogil:
+    """connection_keepalive.interval plus up to interval_jitter percent of it."""
+    cdef const H2Options* o = &cluster_params(conn.cluster, conn.w).h2
+    cdef uint64_t jitter = o.keepalive_interval_ms * o.keepalive_interval_jitter_pct // 100
+    if jitter:
+        return o.keepalive_interval_ms + worker_random(conn.w) % (jitter + 1)
+    return o.keepalive_interval_ms
+
+
+cdef void _h2_ping_timer(Worker* w, void* arg) noexcept nogil:
+    """connection_keepalive: a PING every interval; no ACK within the timeout ends the
+    connection (_h2_ping_timeout), as Envoy's."""
+    cdef UpConn* conn = <UpConn*>arg
+    cdef H2Conn* hc = conn.h2
+    cdef const H2Options* o = &cluster_params(conn.cluster, w).h2
+    cdef uint8_t opaque[8]
+    if conn.state != UC_BUSY or hc.session == NULL or hc.closing or not o.keepalive_interval_ms:
+        return
+    if not hc.ping_outstanding:
+        memset(opaque, 0, 8)
+        if nghttp2_submit_ping(hc.session, NGHTTP2_FLAG_NONE, opaque) == 0:
+            hc.ping_outstanding = 1
+            timer_arm(w, &hc.ping_timeout, o.keepalive_timeout_ms if o.keepalive_timeout_ms else 1)
+            _h2_flush_later(conn)
+    timer_arm(w, &hc.ping_timer, _h2_ping_interval(conn))
+
+
+cdef void _h2_ping_timeout(Worker* w, void* arg) noexcept nogil:
+    cdef UpConn* conn = <UpConn*>arg
+    if conn.state != UC_BUSY:
+        return
+    if conn.h2.stats != NULL:
+        stat_add(conn.h2.stats, w, H2_KEEPALIVE_TIMEOUT, 1)
+    if fp_log_level <= LOG_DEBUG:
+        fp_log(w.index, "http2", conn.id, 0, "upstream HTTP/2 keepalive timeout")
+    _h2_conn_close_streams(conn, 503, UPSTREAM_TERMINATION)
+
+
 cdef int _h2_session_new(UpConn* conn) noexcept nogil:
     """The connection is up (TCP, TLS): its client session, our SETTINGS and connection
     window (codec_h2.pxi's, as the server side's). -1: no memory."""
@@ -777,6 +831,8 @@ cdef UpConn* _h2_conn_new(HStream* s, ClusterCfg* cl, int host_index) noexcept n
     u.codec.release(u)
     u.codec = &H2_CONN_CODEC
     u.h2_role = H2R_CONN
+    timer_init(&u.h2.ping_timer, _h2_ping_timer, u)
+    timer_init(&u.h2.ping_timeout, _h2_ping_timeout, u)
     u.h2.max_streams = prm.h2.max_concurrent_streams or 1
     u.h2.auto = prm.protocol == UP_AUTO
     u.h2.stats = prm.h2_stats
@@ -951,6 +1007,7 @@ cdef void _h2_conn_close_streams(UpConn* conn, int status, const char* reason) n
     cdef UpConn* h
     cdef HStream* s
     cdef HConn* c
+    cdef int remote
     cdef bint connecting = conn.state == UC_CONNECTING
     if hc.closing:
         return
@@ -969,6 +1026,13 @@ cdef void _h2_conn_close_streams(UpConn* conn, int status, const char* reason) n
         _h2_handle_end(h)
         if s != NULL:
             stream_upstream_failed(s, status, reason)
+    if hc.nstreams:
+        # Envoy's pool: a destroy "with active rq", and each stream it cuts is a pending
+        # failure eject (its HTTP/2 pool's count for a ConnectionTermination reset).
+        remote = conn.remote_close or conn.eof
+        stat_add(conn.cluster.stats, conn.w, C_DESTROY_WITH_ACTIVE_RQ, 1)
+        stat_add(conn.cluster.stats, conn.w, C_DESTROY_LOCAL_WITH_ACTIVE_RQ + remote, 1)
+        stat_add(conn.cluster.stats, conn.w, C_RQ_PENDING_FAILURE_EJECT, hc.nstreams)
     while hc.streams != NULL:
         h = hc.streams
         h.h2s.conn_lost = 1
@@ -994,6 +1058,8 @@ cdef void _h2_conn_connected(UpConn* conn) noexcept nogil:
         return
     if hc.auto:
         stat_add(conn.cluster.stats, conn.w, C_CX_HTTP2_TOTAL, 1)     # (ALPN chose it)
+    if cluster_params(conn.cluster, conn.w).h2.keepalive_interval_ms:
+        timer_arm(conn.w, &hc.ping_timer, _h2_ping_interval(conn))
     while hc.waiting != NULL and conn.state == UC_BUSY:
         h = hc.waiting
         _h2_unwait(h)
@@ -1039,6 +1105,8 @@ cdef void h2_conn_pump(UpConn* u) noexcept nogil:
     if hc.in_pump:
         hc.repump = 1
         return
+    if hc.closing:
+        return                          # (its streams are being ended: it closes after them)
     hc.in_pump = 1
     while u.state == UC_BUSY and hc.session != NULL:
         hc.repump = 0
