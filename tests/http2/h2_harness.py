@@ -29,7 +29,7 @@ import hpack
 from h2.errors import ErrorCodes
 
 from conftest import admin_get, cpu_seconds, envoy_yaml, http_listener, rss_bytes, start_envoy, \
-    start_fastproxy_process, static_cluster, wait_for
+    start_fastproxy_process, static_cluster
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -466,8 +466,3 @@ class ProxyUnderTest:
         bad = [r for r in reports if "ERROR: AddressSanitizer" in r or "ERROR: LeakSanitizer" in r]
         assert not bad, f"{self.name}: sanitizer report:\n{bad[0][:4000]}"
 
-
-def wait_stat(p: ProxyUnderTest, name: str, at_least: int, timeout: float = 5.0) -> int:
-    """Wait until the proxy's counter ``name`` reaches ``at_least``; its value."""
-    return wait_for(lambda: (lambda v: v if v >= at_least else None)(p.stat(name)), timeout=timeout,
-                    msg=f"{p.name} {name} >= {at_least}") if at_least > 0 else p.stat(name)

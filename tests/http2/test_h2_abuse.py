@@ -26,12 +26,11 @@ What Envoy 1.40 does, in short (measured; its codec is nghttp2 here too):
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import pytest
 
-from conftest import find_envoy, wait_for
+from conftest import find_envoy, wait_for, wait_stalled
 from h2_harness import (ACK, DATA, ENABLE_PUSH, END_HEADERS, END_STREAM, INITIAL_WINDOW_SIZE, MAX_CONCURRENT_STREAMS,
                         MAX_FRAME_SIZE, MAX_WINDOW, PADDED, PING, PUSH_PROMISE, RST_STREAM, SETTINGS, WINDOW_UPDATE,
                         ErrorCodes, H2Client, ProxyUnderTest, continuation_frame, data_frame, frame, goaway_frame,
@@ -46,9 +45,19 @@ MiB = 1 << 20
 
 # --------------------------------------------------------------------------- proxies
 
+BIG = b"z" * (4 << 20)
+
+
+def big_or_default(method, path, headers, body):
+    """/big: a 4 MiB response (the slow reader's); anything else the default echo line."""
+    if path.startswith("/big"):
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BIG) + BIG
+    return RawHttpUpstream.default(method, path, headers, body)
+
+
 @pytest.fixture(scope="module")
 def upstream():
-    u = RawHttpUpstream()
+    u = RawHttpUpstream(big_or_default)
     yield u
     u.close()
 
@@ -61,8 +70,8 @@ def proxy(request, upstream, tmp_path_factory):
     p.close()
 
 
-# Where fastproxy does not (yet) answer as Envoy: each an item of ABUSE's note for H2S under "Changes"
-# in the issue's API15.md (08:10), outside the flood accounting ABUSE may edit. The test runs for
+# Where fastproxy does not (yet) answer as Envoy: each an item of ABUSE's notes for H2S under "Changes"
+# in the issue's API15.md, outside the flood accounting ABUSE may edit. The test runs for
 # fastproxy and must fail (a strict xfail: it turns red the day the gap closes, to be removed here).
 # Keys: the test's name, or (name, case) for one case of a parametrized test.
 FASTPROXY_GAPS = {
@@ -124,7 +133,7 @@ def answer(c: H2Client, expect: Expect, timeout: float = 6.0):
     return c.read(timeout, until=lambda a: a.ping_acks > 0)
 
 
-def check(p: ProxyUnderTest, before: dict, a, expect: Expect, upstream_seen=None):
+def check(p: ProxyUnderTest, before: dict, a, expect: Expect):
     """Assert the answer ``a`` is ``expect``'s class and the counters moved as Envoy's did;
     then that the proxy is up and serves an ordinary request."""
     s = expect.stream
@@ -197,7 +206,8 @@ def test_data_on_stream_0(proxy):
 
 def test_even_stream_id(proxy):
     """A client stream with an even id (RFC 9113 5.1.1): Envoy closes, no GOAWAY."""
-    exchange(proxy, Expect(closed=True, counters=PROTOCOL_ERROR_CX, rfc="PROTOCOL_ERROR"), lambda c: headers(c, stream=2))
+    exchange(proxy, Expect(closed=True, counters=PROTOCOL_ERROR_CX, rfc="PROTOCOL_ERROR"),
+             lambda c: headers(c, stream=2))
 
 
 @pytest.mark.parametrize("name,pairs,expect", [
@@ -207,7 +217,8 @@ def test_even_stream_id(proxy):
     ("initial_window=2^31", [(INITIAL_WINDOW_SIZE, 1 << 31)],
      Expect(closed=True, counters=PROTOCOL_ERROR_CX, rfc="FLOW_CONTROL_ERROR")),
     # SETTINGS_MAX_FRAME_SIZE below 16384 or above 2^24-1: Envoy closes, no GOAWAY.
-    ("max_frame_size=100", [(MAX_FRAME_SIZE, 100)], Expect(closed=True, counters=PROTOCOL_ERROR_CX, rfc="PROTOCOL_ERROR")),
+    ("max_frame_size=100", [(MAX_FRAME_SIZE, 100)],
+     Expect(closed=True, counters=PROTOCOL_ERROR_CX, rfc="PROTOCOL_ERROR")),
     ("max_frame_size=2^24", [(MAX_FRAME_SIZE, 1 << 24)],
      Expect(closed=True, counters=PROTOCOL_ERROR_CX, rfc="PROTOCOL_ERROR")),
     # An unknown identifier is ignored (RFC 9113 6.5.2): the request is served.
@@ -241,7 +252,8 @@ FRAME_CASES = {
     # (frames after the preface, Envoy 1.40's answer)
     "HEADERS on stream 0": (lambda c: headers_frame(0, c.encode(request_headers())),
                             Expect(closed=True, counters=PROTOCOL_ERROR_CX, rfc="PROTOCOL_ERROR")),
-    "PUSH_PROMISE from a client": (lambda c: frame(PUSH_PROMISE, END_HEADERS, 1, b"\0\0\0\x02" + c.encode(request_headers())),
+    "PUSH_PROMISE from a client": (lambda c: frame(PUSH_PROMISE, END_HEADERS, 1,
+                                                   b"\0\0\0\x02" + c.encode(request_headers())),
                                    Expect(closed=True, counters=PROTOCOL_ERROR_CX, rfc="PROTOCOL_ERROR")),
     "RST_STREAM on an idle stream": (lambda c: rst_stream_frame(5),
                                      Expect(closed=True, counters=PROTOCOL_ERROR_CX, rfc="PROTOCOL_ERROR")),
@@ -342,6 +354,16 @@ def test_stream_id_reuse_is_ignored(proxy):
     assert a.status(3) == 200 and not a.goaways and not a.resets, a.summary()
     assert len(a.heads) == 2, f"stream 1 answered twice: {a.summary()}"
     check_counters(proxy, before, {"http.h2.downstream_cx_protocol_error": 0, "http.h2.downstream_rq_rx_reset": 0})
+
+
+def test_streams_over_max_concurrent_streams(proxy):
+    """1025 request streams kept open (POSTs without their body) where SETTINGS allows 1024,
+    the SETTINGS acknowledged: a connection error (RFC 9113 5.1.2 lets it be one). Envoy
+    closes the connection, the 1024 open streams reset (no GOAWAY)."""
+    exchange(proxy, Expect(closed=True, counters={**PROTOCOL_ERROR_CX, "http.h2.downstream_rq_rx_reset": 1024},
+                           rfc="PROTOCOL_ERROR"),
+             lambda c: b"".join(headers_frame(2 * j + 1, c.encode(request_headers(method="POST")), end_stream=False)
+                                for j in range(1025)))
 
 
 # --------------------------------------------------------------------------- frames on closed streams
@@ -648,7 +670,8 @@ def control_flood(proxy, one: bytes, name: str):
         peak = proxy.rss_bytes()
         a = c.read_until_closed(8)
     flood = 1 if proxy.name == "fastproxy" else (0, 1)
-    check(proxy, before, a, Expect(closed=True, counters={"http2.outbound_control_flood": flood}, rfc="ENHANCE_YOUR_CALM"))
+    check(proxy, before, a, Expect(closed=True, counters={"http2.outbound_control_flood": flood},
+                                   rfc="ENHANCE_YOUR_CALM"))
     assert peak - rss0 < 32 * MiB, f"{proxy.name} grew {(peak - rss0) >> 20} MiB during the {name} flood"
 
 
@@ -658,6 +681,25 @@ def test_settings_flood(proxy):
 
 def test_ping_flood(proxy):
     control_flood(proxy, ping_frame(), "PING")
+
+
+def test_slow_reader_memory_is_bounded(proxy):
+    """A client that opens every window to the maximum, asks for 50 responses of 4 MiB and
+    reads none of them: the proxy holds a bounded part of the 200 MB, not all of it (Envoy:
+    ~53 MiB, its per-stream buffer limits; fastproxy: ~16 MiB, its per-stream send buffers
+    and out_buf limit), and it still serves others meanwhile."""
+    rss0 = proxy.rss_bytes()
+    peak = [0]
+
+    def rss():
+        peak[0] = max(peak[0], proxy.rss_bytes() - rss0)
+        return peak[0] >> 20
+    with H2Client(proxy.addr, rcvbuf=4096, settings=[(INITIAL_WINDOW_SIZE, MAX_WINDOW)]) as c:
+        c.send(window_update_frame(0, MAX_WINDOW - 65535))
+        c.send(b"".join(c.request(2 * j + 1, request_headers(path=f"/big/{j}")) for j in range(50)))
+        wait_stalled(rss, quiet=1.0, timeout=20)
+        assert proxy.serves() == 200
+    assert peak[0] < 100 * MiB, f"{proxy.name} grew {peak[0] >> 20} MiB for a client that reads nothing"
 
 
 def test_control_frames_below_the_limit_are_answered(proxy):
@@ -696,14 +738,16 @@ def test_rapid_reset_work_is_bounded(proxy, upstream):
     """CVE-2023-44487: up to 100000 streams opened and reset at once. The proxy closes the
     connection after a few thousand of them at most reach its codec's reset count (Envoy:
     250; fastproxy: nghttp2's limit, 1000 streams, plus the RST_STREAMs of the read it
-    stops in: 2000 to 2700 seen under ASan; an unprotected proxy takes all 100000), none
-    of them costs an upstream request, and the proxy's CPU time for it stays small."""
+    stops in: 2000 to 2700 seen under ASan; an unprotected proxy takes all 100000), fewer
+    than 1000 reach the upstream, and the proxy's CPU time for it stays small."""
     seen0 = len(upstream.requests)
     a, sent, cpu, before = rapid_reset(proxy)
     assert a.closed, f"{proxy.name} kept the connection after {sent} reset streams: {a.summary()}"
     check_counters(proxy, before, {"http2.rx_reset": (1, 5000)})
     assert cpu < 0.5, f"{proxy.name} spent {cpu:.2f} s of CPU on the rapid resets ({sent} streams sent)"
-    assert len(upstream.requests) - seen0 < 100, f"{proxy.name} sent {len(upstream.requests) - seen0} upstream"
+    # (Envoy forwards the heads of the streams it took, 250, when warm upstream connections
+    # wait in its pool: the bound is on the attack's reach, not 0.)
+    assert len(upstream.requests) - seen0 < 1000, f"{proxy.name} sent {len(upstream.requests) - seen0} upstream"
     assert proxy.serves() == 200
 
 
