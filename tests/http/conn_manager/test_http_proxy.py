@@ -64,6 +64,57 @@ def test_keepalive_requests_reuse_one_upstream_connection(proxy, upstream):
     assert st["cluster.c.upstream_cx_total"] == 1
 
 
+def test_a_burst_of_concurrent_requests_keeps_every_upstream_connection():
+    """N requests in flight at once to one host need N upstream connections; when they come
+    back idle the pool keeps them all (no idle cap: Envoy bounds connections with
+    max_connections only), so the next rounds reuse them instead of paying a connect and
+    a close each. The upstream answers a round only once all N requests of it arrived,
+    which forces N connections in use at the same time, and the next round starts once
+    every answer is in (every connection back in the pool)."""
+    n, rounds = 100, 3
+    barrier = threading.Barrier(n, timeout=20)
+    round_done = threading.Barrier(n, timeout=20)     # clients: every answer of a round is in
+
+    def all_at_once(method, path, headers, body):
+        barrier.wait()
+        return RawHttpUpstream.default(method, path, headers, body)
+
+    up = RawHttpUpstream(all_at_once)
+    rc = RouteConfiguration(virtual_hosts=[VirtualHost("vh", ["*"], routes=[
+        Route(RouteMatch(prefix="/"), route=RouteAction(cluster="c"))])])
+    failures = []
+    try:
+        # One worker: the pool is per worker, so all N connections are in one pool.
+        with Proxy([Listener("http", HttpConnectionManager("ingress", rc), port=0)],
+                   [Cluster("c", [Endpoint("127.0.0.1", up.port)])], concurrency=1) as p:
+            addr = p.listener_address("http")
+
+            def client(i):
+                try:
+                    conn = http.client.HTTPConnection(*addr, timeout=30)
+                    for r in range(rounds):
+                        conn.request("GET", f"/c{i}r{r}")
+                        resp = conn.getresponse()
+                        assert (resp.status, resp.read()) == (200, f"GET /c{i}r{r} 0".encode())
+                        round_done.wait()
+                    conn.close()
+                except Exception as e:          # reported below, with the counters
+                    failures.append((i, repr(e)))
+
+            threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join(60)
+            st = p.stats()
+            assert not failures, failures[:3]
+            assert st["cluster.c.upstream_rq_total"] == n * rounds
+            assert (st["cluster.c.upstream_cx_total"], st["cluster.c.upstream_cx_destroy"]) == (n, 0)
+            assert up.connections == n
+    finally:
+        up.close()
+
+
 def test_connection_per_request_reuses_the_pool_and_sends_fin_with_the_answer(proxy, upstream):
     """A client that opens a connection per request (`Connection: close`): the requests
     share the pooled upstream connections (one per worker at most), and each answer's last

@@ -119,21 +119,6 @@ cdef struct H2Stream:
 
 # ---------------------------------------------------------------- request heads -> nv
 
-cdef bint _h2_te_trailers(const HttpHead* h) noexcept nogil:
-    """The request's TE names "trailers" (the only TE HTTP/2 carries; gRPC needs it)."""
-    cdef uint32_t i
-    cdef const HttpField* f
-    cdef size_t j
-    for i in range(h.nfields):
-        f = &h.fields[i]
-        if not _ieq(h.buf + f.name_off, f.name_len, "te") or f.value_len < 8:
-            continue
-        for j in range(f.value_len - 7):
-            if _ieq(h.buf + f.value_off + j, 8, "trailers"):
-                return True
-    return False
-
-
 cdef int _h2_nv_take(PairList* l, const FieldPair* first, size_t nfirst, bint keep_te_trailers,
                      char** out_buf, nghttp2_nv** out_nva, size_t* out_n) noexcept nogil:
     """h2_nv_from_pairs (codec_h2.pxi: pseudo-headers first, names lowercased,
@@ -221,7 +206,6 @@ cdef int _h2c_encode_headers(UpConn* h, StrRef method, StrRef target, PairList* 
     cdef char lenbuf[24]
     cdef int k
     cdef StrRef authority = _pl_take(l, "host", 4)
-    cdef HStream* s = h.stream
     ps[0].name = _cs(":method")
     ps[0].value = method
     ps[1].name = _cs(":scheme")
@@ -241,10 +225,8 @@ cdef int _h2c_encode_headers(UpConn* h, StrRef method, StrRef target, PairList* 
             k = _pl_add(l, _cs("content-length"), _s(lenbuf, <size_t>k))
         if k < 0:
             return -1
-    # TE is hop-by-hop (the router dropped it); HTTP/2 carries it only as "trailers",
-    # which gRPC needs.
-    if s != NULL and _h2_te_trailers(&s.head) and _pl_add(l, _cs("te"), _cs("trailers")) < 0:
-        return -1
+    # `te: trailers` (gRPC needs it) is already in `l`: the router's head keeps it
+    # (head_writer.pxi te_trailers); h2_nv_from_pairs keeps it and drops any other TE.
     free(st.nvbuf)
     st.nvbuf = NULL
     if _h2_nv_take(l, ps, np, True, &st.nvbuf, &st.nva, &st.nvlen) < 0:
@@ -1240,7 +1222,7 @@ cdef int _h2_place(HttpPool* p, UpConn* h, bint first) noexcept nogil:
     cdef UpConn* conn
     cdef HStream* s = h.stream
     if head != NULL:
-        head = _pool_find_for(head, s)
+        head = _pool_find_for(p, head, s)
     conn = _h2_pick(head)
     if conn != NULL:
         _wait_unlink(h)
@@ -1286,7 +1268,7 @@ cdef UpConn* h2_pool_acquire(HStream* s, ClusterCfg* cl, int idx) noexcept nogil
     cdef UpConn* h
     cdef int r
     if head != NULL:
-        head = _pool_find_for(head, s)
+        head = _pool_find_for(p, head, s)
     conn = _h2_pick(head)
     if conn != NULL and conn.state == UC_BUSY:
         if cb_full(&cl.n_rq, prm.max_rq):

@@ -20,7 +20,6 @@ cdef enum:                          # how a head we send frames its body (_body_
 
 cdef enum:
     HTTP_IO_LIMIT = 1 << 20         # bytes buffered per direction before reading pauses
-    MAX_IDLE_PER_HOST = 64
 
 cdef enum:                          # HttpCfg.escaped_slashes: path_with_escaped_slashes_action
     ES_KEEP = 0

@@ -805,8 +805,12 @@ cdef class TlsContextHandle:
         return sum(self.p.per_worker[i].nsessions for i in range(self.p.nworkers))
 
 
+cdef uint64_t _tls_provider_gens = 0    # the last TlsProvider.gen given
+
+
 cdef TlsContextHandle _make_tls_context(Engine engine, dict spec, bint server,
                                         StatBlockHandle ssl_stats, str name):
+    global _tls_provider_gens
     cdef TlsContextHandle h = TlsContextHandle.__new__(TlsContextHandle)
     cdef TlsProvider* p
     cdef TlsCtx* c = _tls_ctx_build(spec, server, ssl_stats, engine.nworkers)
@@ -823,6 +827,8 @@ cdef TlsContextHandle _make_tls_context(Engine engine, dict spec, bint server,
     p.refcnt = 1
     p.nworkers = engine.nworkers
     p.server = server
+    _tls_provider_gens += 1             # (under the GIL)
+    p.gen = _tls_provider_gens
     for i in range(engine.nworkers):
         fp_atomic_add_int(&c.refcnt, 1)
         p.per_worker[i].ctx = c

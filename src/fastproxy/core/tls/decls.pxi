@@ -79,6 +79,8 @@ cdef struct TlsProvider:
     int refcnt                      # atomic: its handle, listener configs, cluster params
     int nworkers
     uint8_t server
+    uint64_t gen                    # unique per provider, never 0: a pool sees its cluster's
+                                    #   TLS change by it (addresses are reused)
     TlsWorkerCtx* per_worker
 
 # Closes a connection whose handshake did not complete in time (its owner's close).

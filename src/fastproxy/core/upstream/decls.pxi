@@ -73,6 +73,8 @@ cdef struct HttpPool:           # one per cluster per worker, touched only by th
     UpConn* wait_tail           #   oldest first
     HttpPool* kick_next         # HttpWorker.kicked: serve wait_head at the end of the loop turn
     uint8_t kicked
+    uint64_t tls_gen            # the cluster's TLS provider generation (0: plaintext) the
+                                #   idle lists were last checked against (_pool_sweep_tls)
     UpConn* h2_flush            # HTTP/2 connections with frames to send (streams' requests,
                                 #   resets, window updates), sent at the end of the loop turn
 

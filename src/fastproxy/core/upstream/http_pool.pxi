@@ -33,8 +33,9 @@
 #       The owner is done with u. reusable: the request went out whole and the response
 #       came back whole and allows keep-alive; the pool keeps the connection idle unless
 #       something forbids it (bytes left over, EOF, max_requests_per_connection,
-#       max_connection_duration, its host left the host set, the cluster was removed, 64
-#       idle to the host), else closes it.
+#       max_connection_duration, its host left the host set, the cluster was removed, a
+#       transport the cluster no longer uses), else closes it. There is no idle cap: the
+#       circuit breakers' max_connections bounds connections, as Envoy's pool.
 #   http_pool_cancel(u)
 #       The owner goes away before or while u carries its exchange (reset, timeout, a local
 #       reply, the downstream closed). HTTP/1.1 cannot abandon a request half-way, so the
@@ -383,6 +384,10 @@ cdef inline void _upconn_bind(UpConn* u, HStream* s) noexcept nogil:
     u.codec.start(u, s.method)
 
 
+cdef inline uint64_t _tls_gen(TlsProvider* tls) noexcept nogil:
+    return tls.gen if tls != NULL else 0
+
+
 cdef inline bint _upconn_tls_stale(UpConn* u) noexcept nogil:
     """u's transport is not what its cluster now asks for (plaintext made before the cluster
     took TLS, TLS made before it dropped it, or another TLS provider): a request must not go
@@ -393,23 +398,43 @@ cdef inline bint _upconn_tls_stale(UpConn* u) noexcept nogil:
     return (<TlsConn*>u.ep.tls).provider != want
 
 
-cdef UpConn** _pool_find_for(UpConn** head, HStream* s) noexcept nogil:
-    """Where in an idle list the connection for s's request is linked (_pool_pop takes it
-    from there): the first one, but under auto_sni the first made for the request's server
-    name, as a TLS connection's SNI is fixed at its handshake (NULL link: none fits). Idle
-    connections of a transport the cluster no longer uses are closed on the way."""
+cdef void _pool_sweep_tls(HttpPool* p, Worker* w) noexcept nogil:
+    """Once per change of the cluster's TLS provider (its generation, not its address,
+    which a later provider may reuse): close the idle connections, to every host, of a
+    transport the cluster no longer uses. Between changes none can be in the lists: a
+    released connection is checked on its way in (http_pool_release) and a new one starts
+    TLS with the provider of its connect time."""
+    cdef uint64_t gen = _tls_gen(cluster_params(p.cluster, w).tls)
+    cdef UpConn** pp
+    cdef UpConn* x
+    cdef int i
+    if p.tls_gen == gen:
+        return
+    p.tls_gen = gen
+    for i in range(p.nhosts):
+        pp = &p.idle[i]
+        while pp[0] != NULL:
+            x = pp[0]
+            if _upconn_tls_stale(x):
+                _pool_drop(x)           # (unlinks x)
+            else:
+                pp = &x.idle_next
+
+
+cdef UpConn** _pool_find_for(HttpPool* p, UpConn** head, HStream* s) noexcept nogil:
+    """Where in an idle list (of p's current host set: _pool_list) the connection for s's
+    request is linked (_pool_pop takes it from there): the first one, but under auto_sni
+    the first made for the request's server name, as a TLS connection's SNI is fixed at
+    its handshake (NULL link: none fits). Connections of a transport the cluster no longer
+    uses are closed first (_pool_sweep_tls: only after a change, not per request)."""
     cdef TlsConn* t
     cdef char name[256]
     cdef size_t hn = 0
     cdef const char* host
-    cdef UpConn** pp = head
-    cdef UpConn* x
-    while pp[0] != NULL:
-        x = pp[0]
-        if _upconn_tls_stale(x):
-            _pool_drop(x)               # (unlinks x)
-        else:
-            pp = &x.idle_next
+    _pool_sweep_tls(p, s.c.w)
+    # (the sweep's rule, checked once more where a request is about to go)
+    while head[0] != NULL and _upconn_tls_stale(head[0]):
+        _pool_drop(head[0])
     if head[0] == NULL or head[0].ep.tls == NULL:
         return head
     t = <TlsConn*>head[0].ep.tls
@@ -545,7 +570,7 @@ cdef UpConn* http_pool_acquire(HStream* s, ClusterCfg* cl) noexcept nogil:
     idx = <int>(host - lb_hosts(cl, w).hosts)
     head = _pool_list(p, w, idx)
     if head != NULL and not s.connect:                     # a tunnel gets its own
-        head = _pool_skip_h2(_pool_find_for(head, s))
+        head = _pool_skip_h2(_pool_find_for(p, head, s))
     if not s.connect and (prm.protocol == UP_HTTP2 or (prm.protocol == UP_AUTO and prm.tls != NULL
                                                        and (head == NULL or head[0] == NULL))):
         # Streams on shared connections (codec_h2_client.pxi); under auto_config an idle
@@ -613,8 +638,6 @@ cdef void http_pool_release(UpConn* u, bint reusable) noexcept nogil:
     """The stream is done with u: keep it in the pool or close it."""
     cdef HttpPool* p = _pool_of(u.cluster, u.w)
     cdef UpConn** head
-    cdef UpConn* x
-    cdef int n = 0
     if u.h2_role == H2R_STREAM:
         h2_pool_release(u)
         return
@@ -635,13 +658,6 @@ cdef void http_pool_release(UpConn* u, bint reusable) noexcept nogil:
         upconn_close(u)
         return
     head = &p.idle[u.host_index]
-    x = head[0]
-    while x != NULL:
-        n += 1
-        x = x.idle_next
-    if n >= MAX_IDLE_PER_HOST:
-        upconn_close(u)
-        return
     u.state = UC_IDLE
     u.idle_next = head[0]
     head[0] = u
@@ -910,7 +926,7 @@ cdef void http_serve_waiting(Worker* w) noexcept nogil:
                 continue
             head = _pool_list(pool, w, u.host_index)
             if head != NULL and not s.connect:
-                head = _pool_skip_h2(_pool_find_for(head, s))
+                head = _pool_skip_h2(_pool_find_for(pool, head, s))
             if head != NULL and head[0] != NULL and not s.connect:     # (a tunnel gets its own)
                 # An idle connection to its host: the request (already serialized into u's
                 # out_buf, never sent) moves to it; u, which never had a socket, ends.
