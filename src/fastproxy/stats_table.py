@@ -160,6 +160,8 @@ BLOCKS = (
         ("H_RQ_COMPLETED", "downstream_rq_completed", COUNTER),
         ("H_RQ_TIME_MS", "downstream_rq_time_ms_total", COUNTER),       # sum of request times
         ("H_RQ_TIMEOUT", "downstream_rq_timeout", COUNTER),
+        # a route's max_stream_duration (or the grpc-timeout it lets set it) ended a stream
+        ("H_RQ_MAX_DURATION", "downstream_rq_max_duration_reached", COUNTER),
         ("H_CX_PROTOCOL_ERROR", "downstream_cx_protocol_error", COUNTER),
         ("H_RQ_RX_RESET", "downstream_rq_rx_reset", COUNTER),
         ("H_NO_ROUTE", "no_route", COUNTER),

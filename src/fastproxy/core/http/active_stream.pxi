@@ -558,10 +558,7 @@ cdef int _encode_end_server(HStream* s, const HMap* trailers) noexcept nogil:
 
 
 cdef bint _is_grpc_request(const HttpHead* head) noexcept nogil:
-    """Is the request's content-type application/grpc, alone or with a suffix
-    (application/grpc+proto, application/grpc;...), as Envoy's Grpc::Common::isGrpcRequestHeaders?"""
+    """Is the request's content-type application/grpc (core/http/grpc.pxi's rule)?"""
     cdef size_t n = 0
     cdef const char* v = _head_field(head, "content-type", &n)
-    if v == NULL or n < 16 or not _ieq(v, 16, "application/grpc"):
-        return False
-    return n == 16 or v[16] == b'+' or v[16] == b';'
+    return v != NULL and grpc_content_type(v, n)

@@ -241,6 +241,12 @@ cdef struct HStream:
     Timer idle_timer                # stream_idle_timeout (lazy: checks last_active_ms)
     Timer request_timer             # request_timeout
     uint64_t last_active_ms
+    # gRPC and the route's stream duration (core/http/grpc.pxi)
+    Timer duration_timer            # the route's max_stream_duration, or the grpc-timeout it allows
+    uint64_t grpc_timeout_ms        # the grpc-timeout sent upstream in place of the request's ...
+    uint8_t grpc_timeout_set        # ... when set
+    uint8_t local_grpc_status       # a local reply's grpc-status + 1, chosen by its sender;
+                                    #   0: mapped from the HTTP status
 
 cdef struct HConn:
     Endp down

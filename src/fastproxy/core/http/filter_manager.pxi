@@ -701,9 +701,11 @@ cdef int hf_local_reply_start(HStream* s, int status, const char* body, size_t n
         # As on the unfiltered path (hconn_local_reply_ex): the route's response header
         # mutations, which Envoy applies before the reply enters the encoder filters.
         ok = ok and _hm_apply_ops(&fc.resp, &s.route.response_headers) == 0
+    if s.grpc:                          # a gRPC request: a trailers-only gRPC reply (core/http/grpc.pxi)
+        ok = ok and grpc_local_reply_map(s, &fc.resp, n, body) == 0
     fc.resp.used = 1
     chain_clear(&d.held)
-    if n and s.method != METHOD_HEAD:
+    if n and s.method != METHOD_HEAD and not s.grpc:
         ok = ok and chain_append(&d.held, body, n) == 0
     if not ok:
         fc.dead = 1

@@ -158,6 +158,8 @@ cdef int _local_response_head(HStream* s, int framing, uint64_t length) noexcept
             return -1
         if framing != UF_PARSER and _body_framing(s, True, framing, length, &fc.resp, &bf) < 0:
             return -1
+        if s.grpc:
+            grpc_local_framing(c, &bf)      # trailers-only (core/http/grpc.pxi)
         # Envoy's framing of local replies, as on the unfiltered path (hconn_local_reply_ex):
         # a 204 has no Content-Length; an empty reply to HEAD gives none (the codec then
         # announces it chunked).

@@ -108,6 +108,7 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
     cdef char xff[1024]
     cdef Host* uhost
     cdef char tobuf[24]
+    cdef char grpc_to[24]
     cdef size_t n, k
     cdef const char* v
     cdef StrRef target = _s(s.head.buf + s.head.target_off, s.head.target_len)
@@ -213,6 +214,8 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
         if s.expected_timeout_ms and not h.suppress_envoy_headers:
             k = _u64_text(s.expected_timeout_ms, tobuf)
             _pl_add(&l, _cs("x-envoy-expected-rq-timeout-ms"), _s(tobuf, k))
+        if grpc_timeout_header(s, &l, grpc_to) < 0:        # core/http/grpc.pxi
+            return -1
         if s.rewritten_path != NULL and not h.suppress_envoy_headers:   # finalizePathHeader
             _pl_add(&l, _cs("x-envoy-original-path"), orig_target)
         if orig_host.p != NULL and not h.suppress_envoy_headers:

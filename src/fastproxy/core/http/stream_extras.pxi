@@ -19,6 +19,7 @@ cdef void stream_timers_start(HStream* s) noexcept nogil:
     s.last_active_ms = c.w.now
     timer_init(&s.idle_timer, _stream_idle_fired, s)
     timer_init(&s.request_timer, _stream_request_timeout_fired, s)
+    timer_init(&s.duration_timer, _stream_duration_fired, s)       # armed by the route (grpc.pxi)
     if h.stream_idle_timeout_ms:
         timer_arm(c.w, &s.idle_timer, h.stream_idle_timeout_ms)
     if h.request_timeout_ms and not s.upstream.req_done:
@@ -28,6 +29,7 @@ cdef void stream_timers_start(HStream* s) noexcept nogil:
 cdef void stream_timers_stop(HStream* s) noexcept nogil:
     timer_cancel(s.c.w, &s.idle_timer)
     timer_cancel(s.c.w, &s.request_timer)
+    timer_cancel(s.c.w, &s.duration_timer)
 
 
 cdef inline void stream_touch(HConn* c) noexcept nogil:
@@ -366,20 +368,22 @@ cdef void stream_route_timeout(HStream* s) noexcept nogil:
     a filter). s.timeout_ms: when the request times out (fastproxy does not retry, so a
     per-try timeout ends it); s.expected_timeout_ms: what x-envoy-expected-rq-timeout-ms
     tells the upstream (the per-try timeout, or the whole one when the request asks for
-    hedging). 0: none."""
-    cdef uint64_t whole = s.route.timeout_ms, per_try
+    hedging). 0: none. The route's gRPC timeouts (grpc-timeout, max_stream_duration) decide
+    the route's part first (core/http/grpc.pxi)."""
+    cdef uint64_t whole, per_try
     cdef const char* v
     cdef size_t n = 0
-    s.timeout_ms = s.expected_timeout_ms = whole
-    if not ((s.envoy_hdrs and s.client_internal) or s.fc != NULL):
-        return
-    whole = _xe_ms(s, "x-envoy-upstream-rq-timeout-ms", 30, whole)
-    per_try = _xe_ms(s, "x-envoy-upstream-rq-per-try-timeout-ms", 38, 0)
-    if per_try >= whole and whole:
-        per_try = 0
-    v = _req_field(s, "x-envoy-hedge-on-per-try-timeout", 32, &n)
-    s.timeout_ms = per_try if per_try else whole
-    s.expected_timeout_ms = whole if (per_try == 0 or (v != NULL and n == 4 and _ieq(v, 4, "true"))) else per_try
+    grpc_route_timeouts(s)
+    whole = s.timeout_ms
+    if (s.envoy_hdrs and s.client_internal) or s.fc != NULL:
+        whole = _xe_ms(s, "x-envoy-upstream-rq-timeout-ms", 30, whole)
+        per_try = _xe_ms(s, "x-envoy-upstream-rq-per-try-timeout-ms", 38, 0)
+        if per_try >= whole and whole:
+            per_try = 0
+        v = _req_field(s, "x-envoy-hedge-on-per-try-timeout", 32, &n)
+        s.timeout_ms = per_try if per_try else whole
+        s.expected_timeout_ms = whole if (per_try == 0 or (v != NULL and n == 4 and _ieq(v, 4, "true"))) else per_try
+    grpc_route_timeouts_sent(s)
 
 
 cdef size_t _envoy_local_address(char* out, size_t cap) noexcept nogil:

@@ -46,6 +46,27 @@ cdef inline object _rt_pybytes(RouteStr s):
     return s.p[:s.n] if s.p != NULL else None
 
 
+cdef uint64_t _rt_ms(v, str path) except? 0:
+    """A duration of the model (seconds, None: unset) in whole milliseconds (0 when unset)."""
+    if v is None:
+        return 0
+    if v < 0:
+        raise ConfigError(path, "must not be negative")
+    return <uint64_t>round(v * 1000.0)
+
+
+cdef object _rt_grpc_timeouts(const RouteEntry* e):
+    """route_debug's view of a route's gRPC timeouts (None: neither kind)."""
+    if e.grpc_timeouts == RG_LEGACY:
+        return {"max_grpc_timeout_ms": e.max_grpc_timeout_ms,
+                "grpc_timeout_offset_ms": e.grpc_timeout_offset_ms}
+    if e.grpc_timeouts == RG_STREAM:
+        return {"max_stream_duration_ms": e.max_stream_duration_ms,
+                "grpc_timeout_header_max_ms": e.grpc_header_max_ms if e.grpc_header_max_set else None,
+                "grpc_timeout_header_offset_ms": e.grpc_header_offset_ms}
+    return None
+
+
 def _rt_literal_prefix(str pattern):
     """The literal text every full match of an RE2 pattern starts with ("" if unsure): the
     leading plain or escaped-punctuation ASCII characters, stopping before any character a
@@ -405,6 +426,26 @@ cdef class _RouteBuilder(_MatchBuilder):
                 self.put(&e.rewrite_parts[i].text, part)
         return 0
 
+    cdef int grpc_timeouts(self, RouteEntry* e, a, str apath) except -1:
+        """RouteAction.max_grpc_timeout / grpc_timeout_offset and max_stream_duration (its
+        presence, even empty, is Envoy's usingNewTimeouts: the route timeout then is not
+        used); seconds in the model, milliseconds here."""
+        msd = getattr(a, "max_stream_duration", None)
+        if msd is not None:
+            e.grpc_timeouts = RG_STREAM
+            e.max_stream_duration_ms = _rt_ms(msd.max_stream_duration,
+                                              apath + ".max_stream_duration.max_stream_duration")
+            e.grpc_header_max_set = msd.grpc_timeout_header_max is not None
+            e.grpc_header_max_ms = _rt_ms(msd.grpc_timeout_header_max,
+                                          apath + ".max_stream_duration.grpc_timeout_header_max")
+            e.grpc_header_offset_ms = _rt_ms(msd.grpc_timeout_header_offset,
+                                             apath + ".max_stream_duration.grpc_timeout_header_offset")
+        elif getattr(a, "max_grpc_timeout", None) is not None:
+            e.grpc_timeouts = RG_LEGACY
+            e.max_grpc_timeout_ms = _rt_ms(a.max_grpc_timeout, apath + ".max_grpc_timeout")
+            e.grpc_timeout_offset_ms = _rt_ms(a.grpc_timeout_offset, apath + ".grpc_timeout_offset")
+        return 0
+
     cdef int action(self, RouteEntry* e, route, str path) except -1:
         cdef uint64_t total = 0
         cdef int i
@@ -442,6 +483,7 @@ cdef class _RouteBuilder(_MatchBuilder):
                 if a.timeout < 0:
                     raise ConfigError(apath + ".timeout", "must not be negative")
                 e.timeout_ms = <uint64_t>round(a.timeout * 1000.0)
+            self.grpc_timeouts(e, a, apath)
             if a.prefix_rewrite and a.regex_rewrite is not None:
                 raise ConfigError(apath, "only one of prefix_rewrite, regex_rewrite")
             if a.prefix_rewrite:        # "" is no rewrite (Envoy)
@@ -825,6 +867,7 @@ cdef class RouteTableHandle:
                 "cluster": None,
                 "weighted_clusters": None,
                 "timeout_ms": e.timeout_ms,
+                "grpc_timeouts": _rt_grpc_timeouts(e),
                 "host_rewrite_literal": _rt_pystr(e.host_rewrite_literal),
                 "auto_host_rewrite": bool(e.auto_host_rewrite),
                 "path": None,

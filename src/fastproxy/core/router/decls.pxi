@@ -338,6 +338,14 @@ cdef struct RouteHeaderOps:
     int n
     RouteHeaderOp* ops              # grouped by level in application order; removes first
 
+cdef enum:                          # RouteEntry.grpc_timeouts (Envoy's RouteEntry::usingNewTimeouts)
+    RG_NONE = 0                     # neither: the route timeout
+    RG_LEGACY = 1                   # max_grpc_timeout set (no max_stream_duration): a gRPC
+                                    #   request's grpc-timeout, capped, is the route timeout
+    RG_STREAM = 2                   # max_stream_duration set: the route timeout is not used; the
+                                    #   stream's life is bounded (grpc-timeout may set the bound)
+
+
 cdef struct RouteEntry:
     RouteStr name
     void** per_filter               # typed_per_filter_config by HTTP filter index, or NULL
@@ -362,6 +370,14 @@ cdef struct RouteEntry:
     RouteWeightedCluster* weighted
     uint64_t total_weight
     uint64_t timeout_ms             # 0: no timeout
+    # gRPC timeouts (applied by core/http/grpc.pxi, grpc_route_timeouts)
+    uint8_t grpc_timeouts           # RG_*
+    uint64_t max_grpc_timeout_ms    # RG_LEGACY: max_grpc_timeout (0: no cap)
+    uint64_t grpc_timeout_offset_ms # RG_LEGACY: grpc_timeout_offset (0: none)
+    uint64_t max_stream_duration_ms # RG_STREAM: max_stream_duration.max_stream_duration (0: none)
+    uint8_t grpc_header_max_set     # RG_STREAM: grpc_timeout_header_max given: grpc-timeout counts
+    uint64_t grpc_header_max_ms     # ... capped by it (0: no cap)
+    uint64_t grpc_header_offset_ms  # RG_STREAM: grpc_timeout_header_offset (0: none)
     RouteStr host_rewrite_literal
     uint8_t auto_host_rewrite
     RouteStr prefix_rewrite         # the route action's, or the redirect's
