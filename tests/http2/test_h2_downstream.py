@@ -359,6 +359,65 @@ def test_many_concurrent_streams_on_one_connection(up):
         c.close()
 
 
+def _worker_write_syscalls():
+    """The write system calls (write, writev: /proc's `syscw`) the proxy's worker threads
+    have made so far; the proxy runs in this process."""
+    total = 0
+    for t in threading.enumerate():
+        if t.name.startswith("fastproxy-worker-") and t.native_id is not None:
+            with open(f"/proc/self/task/{t.native_id}/io") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("syscw:"))
+    return total
+
+
+def test_responses_arriving_together_leave_in_few_writes():
+    """64 streams on one connection whose upstream responses all arrive at once (one
+    thread sends them back to back once every request is in and the test says go): the
+    worker writes what one loop turn brought for the connection's streams together
+    (hconn_pump_later), not one write per upstream response. Counted as the worker
+    thread's write system calls while the responses go through: one write per response
+    gives 64; a batch per loop turn far fewer (a wake-up may still see only some of the
+    responses, hence the margin)."""
+    n = 64
+    lock = threading.Lock()
+    held = []
+    go = threading.Event()
+    all_sent = threading.Event()
+
+    def together(method, path, headers, body):
+        payload = path.encode()
+        resp = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload)
+
+        def send(sock):
+            with lock:
+                held.append((sock, resp))
+                last = len(held) == n
+            if last and go.wait(10):
+                for s, r in held:
+                    s.sendall(r)
+                all_sent.set()
+            all_sent.wait(10)           # (each connection closes after its answer)
+        return send
+
+    up = RawHttpUpstream(together)
+    try:
+        with make_proxy([cluster(up)]) as p:
+            c = H2Client(p.listener_address("http"))
+            sids = [c.request(f"/t/{i}") for i in range(n)]
+            wait_for(lambda: len(held) == n, timeout=10, msg="every request at the upstream")
+            before = _worker_write_syscalls()
+            go.set()
+            c.until(lambda: all(c.done(s) for s in sids), what="64 responses")
+            writes = _worker_write_syscalls() - before
+            for i, s in enumerate(sids):
+                assert bytes(c.responses[s]["data"]) == f"/t/{i}".encode()
+            assert writes < n // 4, f"{writes} writes for {n} responses"
+            c.close()
+    finally:
+        go.set()
+        up.close()
+
+
 @pytest.mark.skipif(not NGHTTP, reason="nghttp not installed")
 def test_nghttp_many_streams(up):
     """nghttp (nghttp2's client) with several URIs multiplexed on one connection."""
