@@ -10,6 +10,7 @@ import collections
 import os
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -27,7 +28,7 @@ from fastproxy.http.model import (AccessLog, Http2ProtocolOptions, HttpConnectio
 from fastproxy.http_filter import HttpFilter, PythonHttpFilter
 from fastproxy.filters import FilterStatus
 
-from conftest import wait_for
+from conftest import envoy_yaml, http_listener, start_fastproxy_process, static_cluster, wait_for
 from http_upstreams import RawHttpUpstream
 
 CURL = shutil.which("curl")
@@ -357,6 +358,79 @@ def test_many_concurrent_streams_on_one_connection(up):
         assert st["http.ingress.downstream_rq_http2_total"] == 200
         assert st["http.ingress.downstream_rq_2xx"] == 200
         c.close()
+
+
+def _write_syscalls(pid):
+    """The write system calls (write, writev: /proc's `syscw`) the threads of process
+    ``pid`` have made so far."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/io") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("syscw:"))
+        except FileNotFoundError:       # (a thread that ended meanwhile)
+            pass
+    return total
+
+
+def test_responses_arriving_together_leave_in_few_writes(tmp_path):
+    """64 streams on one connection whose upstream responses are all in the proxy's upstream
+    sockets when it next wakes (the proxy process is stopped, SIGSTOP, while the upstream
+    sends them, then continued): its worker writes what that loop turn brought for the
+    connection's streams together (hconn_pump_later), not one write per upstream response.
+    Counted as the proxy's write system calls from then until the client has every response:
+    one write per response gives 64; a batch per loop turn 1 (with a margin for a turn that
+    wakes before every socket is readable)."""
+    n = 64
+    lock = threading.Lock()
+    held = []
+    go = threading.Event()
+    all_sent = threading.Event()
+
+    def together(method, path, headers, body):
+        payload = path.encode()
+        resp = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload)
+
+        def send(sock):
+            with lock:
+                held.append((sock, resp))
+                last = len(held) == n
+            if last and go.wait(10):
+                for s, r in held:
+                    s.sendall(r)
+                all_sent.set()
+            all_sent.wait(10)           # (each connection closes after its answer)
+        return send
+
+    up = RawHttpUpstream(together)
+    proc = None
+    try:
+        proc, _, addr = start_fastproxy_process(envoy_yaml(
+            [http_listener([{"match": {"prefix": "/"}, "route": {"cluster": "c"}}])],
+            [static_cluster("c", [up.port])]), tmp_path)
+        c = H2Client(addr)
+        sids = [c.request(f"/t/{i}") for i in range(n)]
+        wait_for(lambda: len(held) == n, timeout=10, msg="every request at the upstream")
+        proc.send_signal(signal.SIGSTOP)
+        wait_for(lambda: open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T",
+                 timeout=10, msg="the proxy stopped")
+        before = _write_syscalls(proc.pid)
+        go.set()
+        assert all_sent.wait(10)
+        proc.send_signal(signal.SIGCONT)
+        c.until(lambda: all(c.done(s) for s in sids), what="64 responses")
+        writes = _write_syscalls(proc.pid) - before
+        for i, s in enumerate(sids):
+            assert bytes(c.responses[s]["data"]) == f"/t/{i}".encode()
+        assert writes <= 4, f"{writes} writes for {n} responses"
+        c.close()
+    finally:
+        go.set()
+        if proc is not None:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+            proc.wait()
+        up.close()
 
 
 @pytest.mark.skipif(not NGHTTP, reason="nghttp not installed")

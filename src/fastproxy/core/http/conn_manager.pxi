@@ -670,10 +670,39 @@ cdef void http_drain_listener(Worker* w, ListenSock* sock) noexcept nogil:
         c = nxt
 
 
+cdef void hconn_pump_later(HConn* c) noexcept nogil:
+    """hconn_pump(c) at the end of the loop turn (http_free_deferred), for an HTTP/2
+    connection whose streams got response bytes from upstream connections: the responses
+    of one epoll batch for its streams then leave in one write, not one write (and one
+    round of segments on loopback) per upstream response. Inside c's pump it only asks
+    that pump to go round again."""
+    if c.in_pump:
+        c.repump = 1
+        return
+    if c.pump_queued or c.closed:
+        return
+    c.pump_queued = 1
+    c.pump_next = http_worker(c.w).pump_later
+    http_worker(c.w).pump_later = c
+
+
+cdef void _hconn_pump_queued(Worker* w) noexcept nogil:
+    cdef HConn* c
+    while http_worker(w).pump_later != NULL:
+        c = http_worker(w).pump_later
+        http_worker(w).pump_later = c.pump_next
+        c.pump_queued = 0
+        hconn_pump(c)                   # (returns at once if c closed meanwhile: freed below)
+
+
 cdef void http_free_deferred(Worker* w) noexcept nogil:
     cdef HConn* c
     cdef HStream* s
-    http_serve_waiting(w)
+    while True:
+        _hconn_pump_queued(w)
+        http_serve_waiting(w)
+        if http_worker(w).pump_later == NULL:
+            break
     while http_worker(w).stream_deferred != NULL:
         s = http_worker(w).stream_deferred
         http_worker(w).stream_deferred = s.next_deferred

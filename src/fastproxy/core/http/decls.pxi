@@ -272,6 +272,8 @@ cdef struct HConn:
     uint8_t unread_request          # a request ended before all of it was read (_hconn_finish)
     uint8_t in_pump
     uint8_t repump
+    uint8_t pump_queued             # on HttpWorker.pump_later (hconn_pump_later)
+    HConn* pump_next
     Timer idle_timer
     Timer headers_timer
     char remote_ip[48]

@@ -9,6 +9,7 @@ cdef struct HttpWorker:
     UpConn* upconns             # every upstream HTTP connection: busy, idle, connecting (http_pool.pxi)
     UpConn* upconn_deferred
     HttpPool* kicked            # pools whose waiting requests to serve this turn (http_serve_waiting)
+    HConn* pump_later           # multiplexed connections to pump at the end of the turn (hconn_pump_later)
     # the Date header value, formatted once per second (worker_date in hcm_headers.pxi)
     char date[32]
     size_t date_len

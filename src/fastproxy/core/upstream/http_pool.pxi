@@ -861,7 +861,10 @@ cdef void upconn_pump(UpConn* u) noexcept nogil:
         if not progress:
             break
     if c != NULL:
-        hconn_pump(c)
+        if c.codec.multiplexed:
+            hconn_pump_later(c)
+        else:
+            hconn_pump(c)
 
 
 # ---------------------------------------------------------------- the end of a loop turn
