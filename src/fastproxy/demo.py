@@ -139,7 +139,8 @@ class DemoCertificate:
 
 
 def https_listener(port: int, cert: str, key: str) -> dict:
-    """The demo's HTTPS listener as Envoy v3 JSON: TLS with ``cert``/``key`` (files), then
+    """The demo's HTTPS listener as Envoy v3 JSON: TLS with ``cert``/``key`` (files; ALPN h2
+    and http/1.1), then
     the HTTP connection manager routing everything to the demo upstream. An access log on
     stdout shows the TLS facts of each request."""
     hcm = {
@@ -157,8 +158,11 @@ def https_listener(port: int, cert: str, key: str) -> dict:
     }
     tls = {
         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        # ALPN h2 first: HTTP/2 clients (curl --http2) get HTTP/2, the others HTTP/1.1
+        # (the connection manager's codec_type AUTO follows what ALPN chose).
         "common_tls_context": {"tls_certificates": [{"certificate_chain": {"filename": cert},
-                                                     "private_key": {"filename": key}}]},
+                                                     "private_key": {"filename": key}}],
+                               "alpn_protocols": ["h2", "http/1.1"]},
     }
     return {
         "name": HTTPS_LISTENER_NAME,
