@@ -10,17 +10,14 @@ import threading
 import time
 
 
-class RawHttpUpstream:
-    """A keep-alive HTTP/1.1 server. `handler(method, path, headers, body) -> bytes|None`
-    returns the raw response bytes (None: close the connection without answering).
-    Every request received is recorded in `requests`, every raw byte in `raw`."""
+class ThreadedUpstream:
+    """A server on 127.0.0.1:<ephemeral>: a thread accepts, each connection is served by
+    `_serve(sock)` (the subclass's protocol) on a thread of its own; `connections` counts
+    them (under `_lock`: `lock`, or a new one)."""
 
-    def __init__(self, handler=None):
-        self.handler = handler or self.default
-        self.requests: list[tuple[str, str, dict, bytes]] = []
-        self.raw = bytearray()
+    def __init__(self, lock=None):
         self.connections = 0
-        self._lock = threading.Lock()
+        self._lock = lock or threading.Lock()
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -28,11 +25,6 @@ class RawHttpUpstream:
         self.port = self.sock.getsockname()[1]
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
-
-    @staticmethod
-    def default(method, path, headers, body):
-        payload = f"{method} {path} {len(body)}".encode()
-        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload)
 
     def close(self):
         self._closed = True
@@ -54,6 +46,26 @@ class RawHttpUpstream:
             with self._lock:
                 self.connections += 1
             threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, sock):
+        raise NotImplementedError
+
+
+class RawHttpUpstream(ThreadedUpstream):
+    """A keep-alive HTTP/1.1 server. `handler(method, path, headers, body) -> bytes|None`
+    returns the raw response bytes (None: close the connection without answering).
+    Every request received is recorded in `requests`, every raw byte in `raw`."""
+
+    def __init__(self, handler=None):
+        self.handler = handler or self.default
+        self.requests: list[tuple[str, str, dict, bytes]] = []
+        self.raw = bytearray()
+        super().__init__()
+
+    @staticmethod
+    def default(method, path, headers, body):
+        payload = f"{method} {path} {len(body)}".encode()
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload)
 
     def _recv(self, c, buf):
         d = c.recv(1 << 16)

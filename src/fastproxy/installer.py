@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gc
-import inspect
 import logging
 import socket
 import time
@@ -168,13 +167,6 @@ def _protocol(c: Cluster) -> tuple:
     return c.upstream_protocol, None if h2 is None else h2.to_spec()
 
 
-# Whether the core takes issue 15's HTTP/2 keywords (its server codec's http2_stats; its
-# clusters' protocol, h2 and h2_stats): the Python side landed before the core did, and a
-# core without them is given none (it serves HTTP/1.1 only). Both hold once it is merged.
-_CORE_HTTP2_SERVER = "http2_stats" in inspect.signature(_core.make_http_cfg).parameters
-_CORE_HTTP2_CLUSTERS = "protocol" in inspect.signature(_core.Engine.make_cluster).parameters
-
-
 def _match_spec(m) -> dict:
     """A FilterChainMatch as _core.make_chain_table takes it."""
     return {"dport": m.destination_port or 0, "prefix_ranges": list(m.prefix_ranges),
@@ -253,9 +245,8 @@ class ConfigInstaller:
         """make_cluster's / set_params's upstream protocol keywords for cluster ``c`` (which
         replaces ``old``): the protocol, HTTP/2's settings (the to_spec() dict) and its
         cluster.<name>.http2.* stat block. Nothing for an HTTP/1.1 cluster that was one
-        before (the core's defaults are HTTP/1.1), nor for a core without HTTP/2 upstreams."""
-        if not _CORE_HTTP2_CLUSTERS or \
-                (c.upstream_protocol == "http1" and (old is None or old.upstream_protocol == "http1")):
+        before (the core's defaults are HTTP/1.1)."""
+        if c.upstream_protocol == "http1" and (old is None or old.upstream_protocol == "http1"):
             return {}
         protocol, h2 = _protocol(c)
         return dict(protocol=protocol, h2=h2,
@@ -541,10 +532,10 @@ class ConfigInstaller:
         http = None
         if hcm is not None:
             # Envoy's server-wide codec stats: http1.*, http2.*
-            h2 = dict(http2_stats=self._stat_block("http2", "http2")) if _CORE_HTTP2_SERVER else {}
             http = _core.make_http_cfg(
                 hcm, self._stat_block("http", f"http.{hcm.stat_prefix}"), provider, self.concurrency,
-                self._stat_block("http1", "http1"), self._async, **h2)
+                self._stat_block("http1", "http1"), self._async,
+                http2_stats=self._stat_block("http2", "http2"))
         tls = {}
         if chain.tls is not None:       # (the keywords exist with TLS in the core)
             tls = dict(tls=self._tls_context(chain.tls, True, f"listener.{ip}_{port}.ssl", l.name),

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from fastproxy import installer
 from fastproxy.config import load_envoy
 from fastproxy.config.proto import to_camel
 from fastproxy.config.regex import re2_to_posix, rewrite_to_posix, translate
@@ -1560,8 +1559,6 @@ def test_http2_settings_are_what_envoy_announces_as_a_client(tmp_path, options):
     _assert_announced(settings, window, spec)
 
 
-@pytest.mark.skipif(not installer._CORE_HTTP2_SERVER,
-                    reason="this core has no HTTP/2 server codec (issue 15's core is not merged into it)")
 @pytest.mark.parametrize("options", H2_ANNOUNCED)
 def test_fastproxy_announces_the_same_http2_settings(options):
     """fastproxy, given the config of the Envoy test above, announces the same SETTINGS and
@@ -1580,8 +1577,6 @@ def test_fastproxy_announces_the_same_http2_settings(options):
     _assert_announced(settings, window, spec)
 
 
-@pytest.mark.skipif(not installer._CORE_HTTP2_CLUSTERS,
-                    reason="this core has no HTTP/2 upstreams (issue 15's core is not merged into it)")
 @pytest.mark.parametrize("options", H2_ANNOUNCED)
 def test_fastproxy_announces_the_same_http2_settings_upstream(options):
     """The client side of the same: what fastproxy sends an HTTP/2 cluster's upstream."""

@@ -8,7 +8,6 @@ with its error code, and answers as the test says.
 """
 from __future__ import annotations
 
-import socket
 import threading
 from dataclasses import dataclass, field
 
@@ -16,6 +15,8 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+
+from http_upstreams import ThreadedUpstream
 
 
 @dataclass
@@ -44,7 +45,7 @@ def default_reply(req: Request) -> Reply:
     return Reply(200, (("content-type", "text/plain"),), text)
 
 
-class H2Upstream:
+class H2Upstream(ThreadedUpstream):
     """A threaded HTTP/2 (h2c prior knowledge) server on 127.0.0.1:<ephemeral>. The reply
     goes out when a request has ended (respond returning None: never; the stream waits for
     the client's RST_STREAM, recorded in ``resets`` as {stream_id: error code})."""
@@ -53,24 +54,9 @@ class H2Upstream:
         self.respond = respond
         self.requests: list[Request] = []
         self.resets: list[tuple[int, int]] = []          # (stream id, error code) received
-        self.connections = 0
         self.lock = threading.Lock()
         self.cv = threading.Condition(self.lock)
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(128)
-        self.port = self.sock.getsockname()[1]
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def close(self):
-        self._closed = True
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
+        super().__init__(self.lock)
 
     def wait(self, pred, timeout: float = 5.0):
         """Wait until pred(self) holds (under the lock); its value, or AssertionError."""
@@ -78,16 +64,6 @@ class H2Upstream:
             ok = self.cv.wait_for(lambda: pred(self), timeout)
         assert ok, "H2Upstream: condition not met in time"
         return ok
-
-    def _accept(self):
-        while not self._closed:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            with self.lock:
-                self.connections += 1
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
 
     def _serve(self, sock):
         conn = h2.connection.H2Connection(h2.config.H2Configuration(

@@ -23,7 +23,6 @@ from http_upstreams import RawHttpUpstream
 from upstreams import EchoServer
 
 import fastproxy
-from fastproxy import installer
 from fastproxy._testing import host_stat_blocks
 from fastproxy.config import load_envoy
 from fastproxy.errors import ConfigError
@@ -1075,8 +1074,6 @@ def test_cluster_removed_under_an_rds_table_answers_nc_on_an_open_connection():
         up.close()
 
 
-@pytest.mark.skipif(not installer._CORE_HTTP2_CLUSTERS,
-                    reason="this core has no HTTP/2 upstreams (issue 15's core is not merged into it)")
 def test_http2_cluster_stat_block_has_envoys_names():
     """An HTTP/2 cluster gets its cluster.<name>.http2.* block (Envoy's names), an HTTP/1.1
     one none; a cluster turned HTTP/1.1 and back by updates goes on serving."""
@@ -1094,8 +1091,6 @@ def test_http2_cluster_stat_block_has_envoys_names():
         assert p.config.clusters[0].h2_options.max_concurrent_streams == 8
 
 
-@pytest.mark.skipif(not installer._CORE_HTTP2_SERVER,
-                    reason="this core has no HTTP/2 server codec (issue 15's core is not merged into it)")
 def test_http2_server_stat_block_has_envoys_names():
     """The connection managers' codec counters are the server-wide http2.* block, as Envoy's."""
     boot = load_envoy(envoy_yaml([http_listener(ROUTES)], [backend([], 9), static_cluster("other", [9])]))
