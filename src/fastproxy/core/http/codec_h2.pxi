@@ -15,7 +15,7 @@ DEF H2_MAX_CONTINUATIONS = 512      # CONTINUATION frames per header block (Envo
 DEF H2_MAX_SETTINGS = 32            # entries per SETTINGS frame (nghttp2's default)
 
 
-cdef nghttp2_option* h2_option_new(const H2Options* o, bint server) noexcept nogil:
+cdef nghttp2_option* h2_option_new(const H2Options* o) noexcept nogil:
     """The nghttp2_option for a session under `o`; NULL: no memory."""
     cdef nghttp2_option* opt = NULL
     if nghttp2_option_new(&opt) != 0:

@@ -221,8 +221,7 @@ cdef int _h2c_encode_headers(UpConn* h, StrRef method, StrRef target, PairList* 
         if f.length_text.p != NULL:
             k = _pl_add(l, _cs("content-length"), f.length_text)
         else:
-            k = snprintf(lenbuf, sizeof(lenbuf), "%llu", <unsigned long long>f.length)
-            k = _pl_add(l, _cs("content-length"), _s(lenbuf, <size_t>k))
+            k = _pl_add(l, _cs("content-length"), _s(lenbuf, _u64_text(f.length, lenbuf)))
         if k < 0:
             return -1
     # `te: trailers` (gRPC needs it) is already in `l`: the router's head keeps it
@@ -778,7 +777,7 @@ cdef int _h2_session_new(UpConn* conn) noexcept nogil:
     window (codec_h2.pxi's, as the server side's). -1: no memory."""
     cdef H2Conn* hc = conn.h2
     cdef ClusterParams* prm = cluster_params(conn.cluster, conn.w)
-    cdef nghttp2_option* opt = h2_option_new(&prm.h2, False)
+    cdef nghttp2_option* opt = h2_option_new(&prm.h2)
     if opt == NULL:
         return -1
     if nghttp2_session_client_new2(&hc.session, H2C_CALLBACKS, conn, opt) != 0:

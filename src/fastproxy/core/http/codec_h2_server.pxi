@@ -396,7 +396,8 @@ cdef int _h2s_header_cb(nghttp2_session* session, const nghttp2_frame* frame, co
         if namelen == 6 and memcmp(nm, b"cookie", 6) == 0:
             cs.ncookies += 1
         elif namelen == 14 and memcmp(nm, b"content-length", 14) == 0:
-            cs.content_length = _h2s_parse_length(vl, valuelen)
+            cs.content_length = (<int64_t>_parse_u64(vl, valuelen)
+                                 if 0 < valuelen <= 18 and _all_digits(vl, valuelen) else -1)
         elif namelen == 6 and memcmp(nm, b"expect", 6) == 0 and _ieq(vl, valuelen, "100-continue"):
             cs.expect_continue = 1
         if namelen > 8 and memcmp(nm, b"x-envoy-", 8) == 0:
@@ -404,18 +405,6 @@ cdef int _h2s_header_cb(nghttp2_session* session, const nghttp2_frame* frame, co
     if http_head_add_field(hd, nm, namelen, vl, valuelen) < 0:
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
     return 0
-
-
-cdef int64_t _h2s_parse_length(const char* v, size_t n) noexcept nogil:
-    cdef int64_t x = 0
-    cdef size_t i
-    if n == 0 or n > 18:
-        return -1
-    for i in range(n):
-        if not (48 <= v[i] <= 57):
-            return -1
-        x = x * 10 + (v[i] - 48)
-    return x
 
 
 cdef int _h2s_begin_frame_cb(nghttp2_session* session, const nghttp2_frame_hd* hd, void* ud) noexcept nogil:
@@ -870,8 +859,7 @@ cdef int _h2s_encode_headers(HConn* c, HStream* s, int status, StrRef reason, Pa
         if f.length_text.p != NULL:
             first[1].value = f.length_text
         else:
-            k = snprintf(lenbuf, sizeof(lenbuf), "%llu", <unsigned long long>f.length)
-            first[1].value = _s(lenbuf, <size_t>k)
+            first[1].value = _s(lenbuf, _u64_text(f.length, lenbuf))
         nfirst = 2
     if h2_nv_from_pairs(&nv, first, nfirst, l, False) < 0:
         return -1

@@ -178,7 +178,7 @@ def make_http_cfg(hcm, StatBlockHandle stats, RouteProviderHandle routes not Non
         raise ValueError("headers_with_underscores_action needs the http1.* stat block")
     h.codec_type = {"AUTO": CODEC_AUTO, "HTTP1": CODEC_HTTP1, "HTTP2": CODEC_HTTP2}[hcm.codec_type]
     h2_options_compile(hcm.http2_protocol_options.to_spec(), &h.h2)
-    h.h2_option = h2_option_new(&h.h2, True)
+    h.h2_option = h2_option_new(&h.h2)
     if h.h2_option == NULL:
         raise MemoryError()
     if http2_stats is not None:
