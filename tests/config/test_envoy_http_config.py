@@ -1302,7 +1302,7 @@ ENVOY_H2_DEFAULTS = dict(hpack_table_size=4096, max_concurrent_streams=1024, ini
                          stream_error_on_invalid_http_messaging=False, connection_keepalive=None)
 # Every field, none at its default.
 H2_ALL = {"hpack_table_size": 0, "max_concurrent_streams": 7, "initial_stream_window_size": 65535,
-          "initial_connection_window_size": 2147483647, "allow_connect": True, "max_outbound_frames": 1,
+          "initial_connection_window_size": 2147483647, "allow_connect": False, "max_outbound_frames": 1,
           "max_outbound_control_frames": 2, "max_consecutive_inbound_frames_with_empty_payload": 0,
           "max_inbound_priority_frames_per_stream": 0, "max_inbound_window_update_frames_per_data_frame_sent": 1,
           "override_stream_error_on_invalid_http_message": False, "stream_error_on_invalid_http_messaging": True,
@@ -1332,7 +1332,7 @@ def test_every_http2_field_is_read():
     o = load_hcm(edited((H2, H2_ALL))).http2_protocol_options
     assert o == Http2ProtocolOptions(
         hpack_table_size=0, max_concurrent_streams=7, initial_stream_window_size=65535,
-        initial_connection_window_size=2147483647, allow_connect=True, max_outbound_frames=1,
+        initial_connection_window_size=2147483647, allow_connect=False, max_outbound_frames=1,
         max_outbound_control_frames=2, max_consecutive_inbound_frames_with_empty_payload=0,
         max_inbound_priority_frames_per_stream=0, max_inbound_window_update_frames_per_data_frame_sent=1,
         override_stream_error_on_invalid_http_message=False, stream_error_on_invalid_http_messaging=True,
@@ -1344,7 +1344,7 @@ def test_every_http2_field_is_read():
         "max_consecutive_inbound_frames_with_empty_payload": 0, "max_inbound_priority_frames_per_stream": 0,
         "max_inbound_window_update_frames_per_data_frame_sent": 1,
         "override_stream_error_on_invalid_http_message": 0,     # the override wins over the deprecated field
-        "allow_connect": 1, "keepalive_interval_ms": 500, "keepalive_timeout_ms": 1,
+        "allow_connect": 0, "keepalive_interval_ms": 500, "keepalive_timeout_ms": 1,
         "keepalive_interval_jitter_pct": 2, "keepalive_idle_interval_ms": 90000}
     # camelCase, and the keepalive's own default jitter (15%)
     o = load_hcm(edited((f"{H0}.http2ProtocolOptions", {"maxConcurrentStreams": "9", "connectionKeepalive":
@@ -1409,6 +1409,7 @@ H2_BAD = [
 ]
 # Envoy takes these; fastproxy has not built what they ask for, and says so at the field.
 H2_NOT_BUILT = [
+    ([(H2, {"allow_connect": True})], f"{H2}.allow_connect", "extended CONNECT (RFC 8441) is not built"),
     ([(H2, {"allow_metadata": True})], f"{H2}.allow_metadata", "METADATA frames are not supported"),
     ([(H2, {"custom_settings_parameters": [{"identifier": 9, "value": 1}]})],
      f"{H2}.custom_settings_parameters[0]", "custom SETTINGS parameters are not supported"),

@@ -289,7 +289,7 @@ GOOD = [
     protocol_options("idle_timeout: 0s", "explicit_http_config: {http_protocol_options: {}}"),
     protocol_options("idle_timeout: 1s", H2_EXPLICIT),
     "    http2_protocol_options: {initial_connection_window_size: 65535, connection_keepalive: {timeout: 1s}}",
-    protocol_options("", "auto_config: {http2_protocol_options: {allow_connect: true}}") + "\n" + TLS,
+    protocol_options("", "auto_config: {http2_protocol_options: {max_concurrent_streams: 50}}") + "\n" + TLS,
     "    max_requests_per_connection: 3",
     breakers(max_connections=1, max_pending_requests=1, max_requests=1, max_retries=0, track_remaining="true"),
     "    circuit_breakers:\n      thresholds:\n      - {priority: HIGH, max_connections: 1}\n"

@@ -259,12 +259,12 @@ def http2_protocol_options(msg: Optional[Message]) -> mh.Http2ProtocolOptions:
         if not low <= value <= high:
             raise ConfigError(msg.at(name), f"must be {low}..{high}, got {value}")
         kwargs[name] = value
-    for name in ("allow_connect", "stream_error_on_invalid_http_messaging"):
-        kwargs[name] = _bool(msg, name)
+    kwargs["stream_error_on_invalid_http_messaging"] = _bool(msg, "stream_error_on_invalid_http_messaging")
     if _present(msg, "override_stream_error_on_invalid_http_message"):
         kwargs["override_stream_error_on_invalid_http_message"] = _bool(
             msg, "override_stream_error_on_invalid_http_message")
-    for name, refused, why in (("allow_metadata", True, "METADATA frames are not supported"),
+    for name, refused, why in (("allow_connect", True, "extended CONNECT (RFC 8441) is not built"),
+                               ("allow_metadata", True, "METADATA frames are not supported"),
                                ("use_oghttp2_codec", True, "fastproxy's HTTP/2 codec is nghttp2"),
                                ("enable_huffman_encoding", False,
                                 "nghttp2 always Huffman-encodes where that is shorter")):

@@ -618,6 +618,9 @@ class Http2ProtocolOptions:
                 ("max_inbound_window_update_frames_per_data_frame_sent", 1, H2_MAX_32)):
             integer(getattr(self, name), f"{path}.{name}", low, high)
         boolean(self.allow_connect, path + ".allow_connect")
+        if self.allow_connect:
+            fail(path + ".allow_connect", "true is not supported (extended CONNECT, RFC 8441, is not built); "
+                                          "remove it")
         boolean(self.stream_error_on_invalid_http_messaging, path + ".stream_error_on_invalid_http_messaging")
         if self.override_stream_error_on_invalid_http_message is not None:
             boolean(self.override_stream_error_on_invalid_http_message,
