@@ -14,6 +14,8 @@ layout"). Declaration files (decls.pxi) come before the implementation files of 
   core/upstream/decls.pxi     structs of clusters, host sets, load balancer and HTTP pool
   core/upstream/load_balancer.pxi which host a new upstream connection goes to
   core/upstream/cluster.pxi   clusters, host sets, circuit breakers (and their Python handles)
+  core/upstream/lb_tables.pxi the consistent-hash tables (RING_HASH's ring, MAGLEV's table)
+  core/upstream/outlier.pxi   outlier detection: per-host results, ejections
   core/snapshot.pxi    listener config snapshots and their propagation
   core/listener.pxi    binding and accepting
   core/listener_filters.pxi several filter chains per listener: the tls_inspector's
@@ -53,6 +55,10 @@ layout"). Declaration files (decls.pxi) come before the implementation files of 
                               cancel, fail), connections, per-host idle lists, queues
   core/http/active_stream.pxi one request/response exchange (HStream)
   core/http/router_filter.pxi routing, the upstream request, the upstream response
+  core/http/retry.pxi         retry and hedge policies, the router's retry state
+  core/http/hash_policy.pxi   route hash policies: the request's hash for the pick
+  core/http/shadow.pxi        request mirroring (shadow requests)
+  core/upstream/health_checker.pxi active health checks (HTTP, TCP, gRPC), no GIL
   core/http/hcm_config.pxi    the connection manager's config (main thread, GIL)
   core/http/conn_manager.pxi  the downstream HTTP connection (HConn) and its loop
   core/http/filter_manager.pxi HTTP filter chains (the fp_http_filter C ABI, header maps, iteration)
@@ -95,6 +101,8 @@ include "core/http/codec_h2_decls.pxi"     # (before upstream/decls.pxi: Cluster
 include "core/upstream/decls.pxi"
 include "core/upstream/load_balancer.pxi"
 include "core/upstream/cluster.pxi"
+include "core/upstream/lb_tables.pxi"
+include "core/upstream/outlier.pxi"
 include "core/snapshot.pxi"
 include "core/listener.pxi"
 include "core/listener_filters.pxi"
@@ -126,6 +134,10 @@ include "core/http/grpc.pxi"
 include "core/upstream/http_pool.pxi"
 include "core/http/active_stream.pxi"
 include "core/http/router_filter.pxi"
+include "core/http/retry.pxi"
+include "core/http/hash_policy.pxi"
+include "core/http/shadow.pxi"
+include "core/upstream/health_checker.pxi"
 include "core/http/hcm_config.pxi"
 include "core/http/conn_manager.pxi"
 include "core/http/filter_manager.pxi"

@@ -140,6 +140,17 @@ class Cluster:
     upstream_protocol: str = "http1"
     # HTTP/2's settings for "http2" and "auto" (given None: Envoy's defaults); None for "http1".
     http2_protocol_options: Optional[Http2ProtocolOptions] = None
+    # The cluster manager (each model and its checks in its own module of fastproxy.upstream):
+    # the load balancers' options (lb.py: ring_hash_lb_config, maglev_lb_config,
+    # least_request_lb_config, common_lb_config), active health checks (health_check.py),
+    # outlier detection (outlier.py) and the retry budget of the circuit breakers.
+    ring_hash_lb_config: Optional[Any] = None
+    maglev_lb_config: Optional[Any] = None
+    least_request_lb_config: Optional[Any] = None
+    common_lb_config: Optional[Any] = None
+    health_checks: Sequence[Any] = ()
+    outlier_detection: Optional[Any] = None
+    retry_budget: Optional[Any] = None
 
     def __post_init__(self):
         if self.upstream_protocol == "http1" and (self.http2 is True or self.http2_protocol_options is not None):

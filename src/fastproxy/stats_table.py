@@ -131,6 +131,53 @@ BLOCKS = (
         ("C_RQ_RX_RESET", "upstream_rq_rx_reset", COUNTER),
         ("C_RQ_TX_RESET", "upstream_rq_tx_reset", COUNTER),
         ("C_CX_CLOSE_NOTIFY", "upstream_cx_close_notify", COUNTER),     # (HTTP/2: a GOAWAY)
+        # retries, hedging and shadows (the router's retry state, core/http/retry*.pxi)
+        ("C_RQ_RETRY", "upstream_rq_retry", COUNTER),
+        ("C_RQ_RETRY_SUCCESS", "upstream_rq_retry_success", COUNTER),
+        ("C_RQ_RETRY_LIMIT_EXCEEDED", "upstream_rq_retry_limit_exceeded", COUNTER),
+        ("C_RQ_RETRY_BACKOFF_EXPONENTIAL", "upstream_rq_retry_backoff_exponential", COUNTER),
+        ("C_RQ_RETRY_BACKOFF_RATELIMITED", "upstream_rq_retry_backoff_ratelimited", COUNTER),
+        ("C_RQ_PER_TRY_TIMEOUT", "upstream_rq_per_try_timeout", COUNTER),
+        ("C_RQ_PER_TRY_IDLE_TIMEOUT", "upstream_rq_per_try_idle_timeout", COUNTER),
+        ("C_RETRY_OR_SHADOW_ABANDONED", "retry_or_shadow_abandoned", COUNTER),
+        # the load balancer (core/upstream/load_balancer.pxi)
+        ("C_LB_HEALTHY_PANIC", "lb_healthy_panic", COUNTER),
+        ("C_MEMBERSHIP_CHANGE", "membership_change", COUNTER),
+    )),
+    # A cluster's active health checks (Envoy's cluster.<name>.health_check.*): allocated
+    # only for a cluster with health_checks, as Envoy creates them only then.
+    StatBlockDef("HEALTH_CHECK", "HC_NSTATS", "cluster.<name>.health_check.*", (
+        ("HC_ATTEMPT", "attempt", COUNTER),
+        ("HC_SUCCESS", "success", COUNTER),
+        ("HC_FAILURE", "failure", COUNTER),
+        ("HC_NETWORK_FAILURE", "network_failure", COUNTER),
+        ("HC_PASSIVE_FAILURE", "passive_failure", COUNTER),
+        ("HC_VERIFY_CLUSTER", "verify_cluster", COUNTER),
+        ("HC_HEALTHY", "healthy", GAUGE),
+        ("HC_DEGRADED", "degraded", GAUGE),
+    )),
+    # A cluster's outlier detector (Envoy's cluster.<name>.outlier_detection.*): allocated
+    # only for a cluster with outlier_detection.
+    StatBlockDef("OUTLIER", "OD_NSTATS", "cluster.<name>.outlier_detection.*", (
+        ("OD_EJECTIONS_ENFORCED_TOTAL", "ejections_enforced_total", COUNTER),
+        ("OD_EJECTIONS_ACTIVE", "ejections_active", GAUGE),
+        ("OD_EJECTIONS_OVERFLOW", "ejections_overflow", COUNTER),
+        ("OD_EJECTIONS_ENFORCED_CONSECUTIVE_5XX", "ejections_enforced_consecutive_5xx", COUNTER),
+        ("OD_EJECTIONS_DETECTED_CONSECUTIVE_5XX", "ejections_detected_consecutive_5xx", COUNTER),
+        ("OD_EJECTIONS_ENFORCED_SUCCESS_RATE", "ejections_enforced_success_rate", COUNTER),
+        ("OD_EJECTIONS_DETECTED_SUCCESS_RATE", "ejections_detected_success_rate", COUNTER),
+        ("OD_EJECTIONS_ENFORCED_CONSECUTIVE_GATEWAY_FAILURE", "ejections_enforced_consecutive_gateway_failure", COUNTER),
+        ("OD_EJECTIONS_DETECTED_CONSECUTIVE_GATEWAY_FAILURE", "ejections_detected_consecutive_gateway_failure", COUNTER),
+        ("OD_EJECTIONS_ENFORCED_CONSECUTIVE_LOCAL_ORIGIN_FAILURE", "ejections_enforced_consecutive_local_origin_failure", COUNTER),
+        ("OD_EJECTIONS_DETECTED_CONSECUTIVE_LOCAL_ORIGIN_FAILURE", "ejections_detected_consecutive_local_origin_failure", COUNTER),
+        ("OD_EJECTIONS_ENFORCED_LOCAL_ORIGIN_SUCCESS_RATE", "ejections_enforced_local_origin_success_rate", COUNTER),
+        ("OD_EJECTIONS_DETECTED_LOCAL_ORIGIN_SUCCESS_RATE", "ejections_detected_local_origin_success_rate", COUNTER),
+        ("OD_EJECTIONS_ENFORCED_FAILURE_PERCENTAGE", "ejections_enforced_failure_percentage", COUNTER),
+        ("OD_EJECTIONS_DETECTED_FAILURE_PERCENTAGE", "ejections_detected_failure_percentage", COUNTER),
+        ("OD_EJECTIONS_ENFORCED_FAILURE_PERCENTAGE_LOCAL_ORIGIN", "ejections_enforced_failure_percentage_local_origin", COUNTER),
+        ("OD_EJECTIONS_DETECTED_FAILURE_PERCENTAGE_LOCAL_ORIGIN", "ejections_detected_failure_percentage_local_origin", COUNTER),
+        ("OD_EJECTIONS_TOTAL", "ejections_total", COUNTER),
+        ("OD_EJECTIONS_CONSECUTIVE_5XX", "ejections_consecutive_5xx", COUNTER),
     )),
     # A cluster's hosts, as admin /clusters prints them (cluster::<address>::<stat>::<value>),
     # in Envoy's order: the counters, then the gauges.

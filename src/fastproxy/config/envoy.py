@@ -34,6 +34,9 @@ from .runtime import layered_runtime
 from .tls import secret, transport_socket, use_config_source_reader
 from .python_filter import TYPED_STRUCT_TYPES, python_filter_factory
 from .source import Source, load_source, parse_json, parse_yaml, read_file
+from .cluster_lb import CLUSTER_LB_FIELDS, cluster_lb_options
+from .health_check import HEALTH_CHECK_FIELDS, cluster_health_checks
+from .outlier import OUTLIER_FIELDS, cluster_outlier_detection
 
 TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 # The resource types a bootstrap holds and a discovery service sends (their type URLs).
@@ -626,7 +629,8 @@ def _cluster(item: Any, path: str) -> model.Cluster:
                                "dns_refresh_rate", "dns_lookup_family",
                                "per_connection_buffer_limit_bytes", "typed_extension_protocol_options",
                                "max_requests_per_connection", "circuit_breakers", "http2_protocol_options",
-                               "eds_cluster_config", "transport_socket"))
+                               "eds_cluster_config", "transport_socket")
+                  + CLUSTER_LB_FIELDS + HEALTH_CHECK_FIELDS + OUTLIER_FIELDS)
     name = msg.string("name", required=True, non_empty=True)
     ctype = _supported(msg, "type", DISCOVERY_TYPES, model.CLUSTER_TYPES, "STATIC")
     lb_policy = _supported(msg, "lb_policy", LB_POLICIES, model.LB_POLICIES, "ROUND_ROBIN")
@@ -694,7 +698,9 @@ def _cluster(item: Any, path: str) -> model.Cluster:
 
     return model.Cluster(name=name, endpoints=endpoints, type=ctype, lb_policy=lb_policy,
                          connect_timeout=connect_timeout, dns_refresh_rate=dns_refresh_rate,
-                         dns_lookup_family=family, tls=tls, **eds, **pool, **_circuit_breakers(msg))
+                         dns_lookup_family=family, tls=tls, **eds, **pool, **_circuit_breakers(msg),
+                         **cluster_lb_options(msg, lb_policy), **cluster_health_checks(msg),
+                         **cluster_outlier_detection(msg))
 
 
 def _http_protocol_options(cluster: Message) -> dict:

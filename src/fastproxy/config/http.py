@@ -70,6 +70,9 @@ from .http_common import (_REGEX_FIELDS, HttpFilterKind, _any, _bool, _header_ma
                           _query_matcher, _regex, _timeout)
 from .proto import UINT32_MAX, Message, checked, describe, unsupported_field
 from .regex import rewrite_to_posix
+from .retry import ROUTE_RETRY_FIELDS, VHOST_RETRY_FIELDS, route_retry, vhost_retry
+from .route_hash import ROUTE_HASH_FIELDS, route_hash_policy
+from .mirror import ROUTE_MIRROR_FIELDS, route_mirrors
 
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
@@ -571,7 +574,8 @@ def _virtual_host(item: Any, path: str, ctx: _Context, seen: dict) -> mh.Virtual
         routes = [r for r in (checked(_route, ritem, f"{path}.routes[{i}]", ctx)
                               for i, ritem in enumerate(item.get("routes", []))) if r is not None]
         return mh.VirtualHost(name=item["name"], domains=domains, routes=routes)
-    vh = Message(item, path, ("name", "domains", "routes", "typed_per_filter_config") + HEADER_MUTATION_FIELDS)
+    vh = Message(item, path, ("name", "domains", "routes", "typed_per_filter_config") + HEADER_MUTATION_FIELDS
+                 + VHOST_RETRY_FIELDS)
     name = vh.string("name", required=True, non_empty=True)
     domains = []
     for domain, dpath in vh.repeated("domains"):
@@ -582,7 +586,7 @@ def _virtual_host(item: Any, path: str, ctx: _Context, seen: dict) -> mh.Virtual
     routes = [r for r in (checked(_route, ritem, rpath, ctx) for ritem, rpath in vh.repeated("routes"))
               if r is not None]
     return mh.VirtualHost(name=name, domains=domains, routes=routes, headers=_header_mutations(vh),
-                          typed_per_filter_config=_raw_per_filter(vh))
+                          typed_per_filter_config=_raw_per_filter(vh), **vhost_retry(vh))
 
 
 _PLAIN_VHOST_FIELDS = frozenset(("name", "domains", "routes"))
@@ -691,7 +695,8 @@ def _route_match(m: Message) -> mh.RouteMatch:
 
 _ROUTE_ACTION_FIELDS = ("cluster", "weighted_clusters", "prefix_rewrite", "regex_rewrite",
                         "host_rewrite_literal", "auto_host_rewrite", "timeout", "max_grpc_timeout",
-                        "grpc_timeout_offset", "max_stream_duration")
+                        "grpc_timeout_offset", "max_stream_duration") + ROUTE_RETRY_FIELDS \
+    + ROUTE_HASH_FIELDS + ROUTE_MIRROR_FIELDS
 _MAX_STREAM_DURATION_FIELDS = ("max_stream_duration", "grpc_timeout_header_max", "grpc_timeout_header_offset")
 _REDIRECT_FIELDS = ("https_redirect", "scheme_redirect", "host_redirect", "port_redirect", "path_redirect",
                     "prefix_rewrite", "regex_rewrite", "response_code", "strip_query")
@@ -732,7 +737,8 @@ def _route_action(a: Message, ctx: _Context) -> mh.RouteAction:
                           max_grpc_timeout=a.duration("max_grpc_timeout"),
                           grpc_timeout_offset=a.duration("grpc_timeout_offset"),
                           max_stream_duration=_max_stream_duration(
-                              a.message("max_stream_duration", _MAX_STREAM_DURATION_FIELDS)))
+                              a.message("max_stream_duration", _MAX_STREAM_DURATION_FIELDS)),
+                          **route_retry(a), **route_hash_policy(a), **route_mirrors(a, ctx.refs))
 
 
 def _max_stream_duration(m: Optional[Message]) -> Optional[mh.MaxStreamDuration]:

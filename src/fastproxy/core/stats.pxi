@@ -63,6 +63,8 @@ cdef struct StatBlock:
     int nworkers
     int stride                  # uint64s per worker row, a multiple of 8 (64 bytes)
     uint64_t* v
+    void* ext                   # a host's block: its HostShared (upstream/decls.pxi), freed
+                                #   with the block (plain memory, no pointers it owns); else NULL
 
 
 cdef inline void stat_add(StatBlock* b, Worker* w, int i, uint64_t n) noexcept nogil:
@@ -104,6 +106,7 @@ cdef StatBlock* statblock_new(int nstats, int nworkers) noexcept nogil:
     b.nstats = nstats
     b.nworkers = nworkers
     b.stride = (nstats + 7) // 8 * 8
+    b.ext = NULL
     b.v = <uint64_t*>calloc(b.stride * nworkers, sizeof(uint64_t))
     if b.v == NULL:
         free(b)
@@ -116,6 +119,7 @@ cdef void statblock_decref(StatBlock* b) noexcept nogil:
     """Drop one reference; the last one frees the block (on whichever thread drops it)."""
     if b != NULL and fp_atomic_add_int(&b.refcnt, -1) == 0:
         free(b.v)
+        free(b.ext)
         free(b)
         fp_atomic_add_int(&_statblocks_live, -1)
 

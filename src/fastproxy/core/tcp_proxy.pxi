@@ -527,14 +527,17 @@ cdef void session_connect(Session* s) noexcept nogil:
     cdef int fd, r
     cdef epoll_event ev
     cdef ClusterParams* prm = cluster_params(c, w)
+    cdef LbContext lbc
     if prm.removed:
         # No cluster of that name (removed, or never added): Envoy's tcp_proxy counts
         # downstream_cx_no_route and closes the connection.
         stat_add(s.cfg.tstats, w, T_NO_ROUTE, 1)
         session_close(s, False, False)
         return
+    memset(&lbc, 0, sizeof(LbContext))
     while s.attempts < s.cfg.max_connect_attempts:
-        h = cluster_pick(c, w, s.attempts)
+        lbc.attempt = s.attempts
+        h = cluster_pick(c, w, &lbc)
         if h == NULL:
             stat_add(c.stats, w, C_NONE_HEALTHY, 1)
             session_close(s, False, False)

@@ -245,6 +245,13 @@ class RouteAction:
     max_grpc_timeout: Optional[float] = None
     grpc_timeout_offset: Optional[float] = None
     max_stream_duration: Optional[MaxStreamDuration] = None
+    # The cluster manager's route policies (each model and its checks in its own module):
+    # retry_policy / hedge_policy: fastproxy.http.retry; hash_policy: [fastproxy.http.hash_policy
+    # .HashPolicy]; request_mirror_policies: [fastproxy.http.mirror.MirrorPolicy]. None / []: none.
+    retry_policy: Optional[Any] = None
+    hedge_policy: Optional[Any] = None
+    hash_policy: list = field(default_factory=list)
+    request_mirror_policies: list = field(default_factory=list)
 
     def validate(self, path: str, cluster_names: Collection[str]) -> None:
         """Check the fields and that the clusters named are in ``cluster_names``."""
@@ -376,6 +383,13 @@ class VirtualHost:
     routes: list = field(default_factory=list)              # [Route]
     headers: HeaderMutations = field(default_factory=HeaderMutations)
     typed_per_filter_config: dict = field(default_factory=dict)
+    # Retries for the routes without their own (fastproxy.http.retry), and the attempt count
+    # headers and the request buffer limit retries are bounded by.
+    retry_policy: Optional[Any] = None
+    hedge_policy: Optional[Any] = None
+    include_request_attempt_count: bool = False
+    include_attempt_count_in_response: bool = False
+    per_request_buffer_limit_bytes: Optional[int] = None
 
     def validate(self, path: str, cluster_names: Collection[str], domains: Optional[dict] = None) -> None:
         """Check the fields and routes. ``domains`` (lower-cased domain -> path where it was

@@ -181,6 +181,8 @@ cdef struct UpstreamRequest:        # the router filter's request to one upstrea
 
 cdef struct HStream:
     HConn* c
+    LbContext lb                    # what its next host pick uses (the route's hash, the
+                                    #   retry's attempt and hosts to avoid); zeroed at start
     HStream* conn_next              # the connection's active streams (HConn.streams)
     HStream* conn_prev
     void* codec_stream              # the server codec's per-stream state (HTTP/2), or NULL

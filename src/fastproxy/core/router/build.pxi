@@ -495,6 +495,10 @@ cdef class _RouteBuilder(_MatchBuilder):
             if a.host_rewrite_literal:
                 self.put(&e.host_rewrite_literal, a.host_rewrite_literal)
             e.auto_host_rewrite = bool(a.auto_host_rewrite)
+            # The cluster manager's policies, each built by its own file.
+            route_retry_build(self, e, a, apath)
+            route_hash_policy_build(self, e, a, apath)
+            route_mirrors_build(self, e, a, apath)
         elif route.redirect is not None:
             rd = route.redirect
             rpath = path + ".redirect"

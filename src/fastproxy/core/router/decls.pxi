@@ -346,6 +346,12 @@ cdef enum:                          # RouteEntry.grpc_timeouts (Envoy's RouteEnt
                                     #   stream's life is bounded (grpc-timeout may set the bound)
 
 
+# The cluster manager's route policies: each struct is defined, built and applied by its own
+# file (core/http/retry.pxi, hash_policy.pxi, shadow.pxi); the route only points to them.
+cdef struct RetryPolicy
+cdef struct HashPolicy
+cdef struct MirrorPolicy
+
 cdef struct RouteEntry:
     RouteStr name
     void** per_filter               # typed_per_filter_config by HTTP filter index, or NULL
@@ -398,6 +404,12 @@ cdef struct RouteEntry:
     # header mutations
     RouteHeaderOps request_headers
     RouteHeaderOps response_headers
+    # the cluster manager's policies (NULL / 0: none), in the table's arena
+    const RetryPolicy* retry        # retry_policy and hedge_policy (the route's, else its
+                                    #   virtual host's): core/http/retry.pxi
+    const HashPolicy* hash_policy   # hash_policy: core/http/hash_policy.pxi
+    int nmirrors                    # request_mirror_policies: core/http/shadow.pxi
+    const MirrorPolicy* mirrors
 
 cdef struct RouteRunSlot:           # one key of a run index
     uint64_t hash

@@ -421,6 +421,9 @@ cdef class ClusterHandle:
                 sb = table.get(key)
                 if sb is None:
                     sb = _statblock_handle(HOST_STATS, HOST_GAUGES, self.engine.nworkers)
+                    sb.b.ext = calloc(1, sizeof(HostShared))
+                    if sb.b.ext == NULL:
+                        raise MemoryError()
                     table[key] = sb
                 fp_atomic_add_int(&sb.b.refcnt, 1)     # the host set's reference
                 hst.stats = sb.b

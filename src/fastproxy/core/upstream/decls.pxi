@@ -8,6 +8,45 @@ cdef enum LbPolicy:
 
 DEF HOST_NAME_MAX_LEN = 255         # model.MAX_ENDPOINT_HOSTNAME
 
+# A host's health, as Envoy's Host::HealthFlag: why it is not healthy (0: healthy). Set by
+# active health checks (health_check.pxi), outlier detection (outlier.pxi) and EDS; read
+# by the load balancer when it builds a host set (load_balancer.pxi) and by /clusters.
+cdef enum HostHealthFlag:
+    HF_FAILED_ACTIVE_HC = 0x1           # /failed_active_hc
+    HF_FAILED_OUTLIER_CHECK = 0x2       # /failed_outlier_check (ejected)
+    HF_FAILED_EDS_HEALTH = 0x4          # /failed_eds_health
+    HF_DEGRADED_ACTIVE_HC = 0x8         # /degraded_active_hc
+    HF_DEGRADED_EDS_HEALTH = 0x10       # /degraded_eds_health
+    HF_PENDING_DYNAMIC_REMOVAL = 0x20   # /pending_dynamic_removal
+    HF_PENDING_ACTIVE_HC = 0x40         # /pending_active_hc (not checked yet)
+    HF_EXCLUDED_VIA_IMMEDIATE_HC_FAIL = 0x80
+    HF_ACTIVE_HC_TIMEOUT = 0x100        # /active_hc_timeout
+
+cdef enum:
+    HF_UNHEALTHY = HF_FAILED_ACTIVE_HC | HF_FAILED_OUTLIER_CHECK | HF_FAILED_EDS_HEALTH
+    HF_DEGRADED = HF_DEGRADED_ACTIVE_HC | HF_DEGRADED_EDS_HEALTH
+
+cdef struct OutlierHostState:   # outlier.pxi owns these fields (atomics: any worker reports)
+    uint32_t consecutive_5xx
+    uint32_t consecutive_gateway_failure
+    uint32_t consecutive_local_origin_failure
+    uint64_t sr_total                   # this interval's requests (external origin)
+    uint64_t sr_success
+    uint64_t sr_local_total             # local origin (split_external_local_origin_errors)
+    uint64_t sr_local_success
+    uint32_t num_ejections              # how many times it was ejected (backs off the time)
+    uint64_t ejected_at_ms              # 0: not ejected
+    uint64_t reserved[4]
+
+cdef struct HostShared:
+    # What every thread knows of a host beyond its counters: one per host identity (the
+    # host's stat block: cluster and address), reached by host_shared(block) from a Host or
+    # from a stream's or connection's hstats, and freed with the block. Plain memory: every
+    # field is read and written with atomics (fp_atomic_*), from any thread.
+    uint32_t health_flags               # HostHealthFlag bits; 0: healthy
+    int64_t rq_active                   # requests in flight over every worker (LEAST_REQUEST)
+    OutlierHostState od
+
 cdef struct Host:
     sockaddr_storage addr
     socklen_t addrlen
@@ -52,6 +91,16 @@ cdef struct ClusterParams:      # what a cluster's config sets; one copy per wor
                                 #   UP_AUTO (ALPN h2,http/1.1 over TLS; HTTP/1.1 on plaintext)
     H2Options h2                # http2_protocol_options (UP_HTTP2 / UP_AUTO)
     StatBlock* h2_stats         # cluster.<name>.http2.* (H2_*), or NULL; each copy holds a reference
+
+cdef struct LbContext:          # what a pick may use besides the host set (may be NULL)
+    uint8_t has_hash                    # the route's hash_policy produced `hash`
+    uint64_t hash
+    int attempt                         # 0: the first try; retries and re-picks count up
+    # retry_host_predicate previous_hosts: hosts to avoid (their stat blocks), tried up to
+    # host_selection_retry_max_attempts times before one of them is taken anyway
+    StatBlock** avoid
+    int navoid
+    int host_selection_max_attempts     # 0 or 1: one pick
 
 cdef struct WorkerLb:           # one per worker, touched only by that worker
     HostSet* hosts              # the worker's current host set (one reference)

@@ -555,7 +555,7 @@ cdef UpConn* http_pool_acquire(HStream* s, ClusterCfg* cl) noexcept nogil:
     cdef Worker* w = s.c.w
     cdef HttpPool* p = _pool_of(cl, w)
     cdef ClusterParams* prm = cluster_params(cl, w)
-    cdef Host* host = cluster_pick(cl, w, 0)
+    cdef Host* host = cluster_pick(cl, w, &s.lb)
     cdef int idx
     cdef UpConn** head
     cdef UpConn* u
@@ -902,7 +902,7 @@ cdef void http_serve_waiting(Worker* w) noexcept nogil:
             hosts = lb_hosts(cl, w)
             if u.hosts != hosts and not (_pool_sync(pool, w) == 0 and _upconn_rehome(pool, u)):
                 # Its host left the host set while it waited: pick again from the new one.
-                host = cluster_pick(cl, w, 0)
+                host = cluster_pick(cl, w, &s.lb)
                 if host == NULL:
                     _wait_unlink(u)
                     stat_add(cl.stats, w, C_NONE_HEALTHY, 1)

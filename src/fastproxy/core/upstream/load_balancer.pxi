@@ -20,11 +20,19 @@ cdef inline ClusterParams* cluster_params(ClusterCfg* c, Worker* w) noexcept nog
     return &c.per_worker[w.index].params
 
 
-cdef Host* cluster_pick(ClusterCfg* c, Worker* w, int attempt) noexcept nogil:
-    """Choose the host for a new upstream connection; NULL when the cluster is empty."""
+cdef inline HostShared* host_shared(StatBlock* b) noexcept nogil:
+    """The shared state (health, in-flight requests, outlier counters) of the host whose
+    stat block is b; NULL for NULL."""
+    return NULL if b == NULL else <HostShared*>b.ext
+
+
+cdef Host* cluster_pick(ClusterCfg* c, Worker* w, LbContext* ctx) noexcept nogil:
+    """Choose the host for a new upstream connection; NULL when the cluster is empty.
+    ctx: the request's hash, attempt and hosts to avoid (NULL: none)."""
     cdef WorkerLb* lb = &c.per_worker[w.index]
     cdef HostSet* hs = lb.hosts
     cdef uint32_t i
+    cdef int attempt = 0 if ctx == NULL else ctx.attempt
     if hs == NULL or hs.nschedule == 0:
         return NULL
     if lb.params.lb == LB_RANDOM and attempt == 0:
