@@ -85,8 +85,7 @@ typedef struct fp_api {
      * Python filter's callbacks.filter_state str/bytes values are the same store) and read
      * by the route's hash_policy `filter_state` (Envoy's hashable string objects). set
      * copies key and value; value NULL removes the key; 0, or -1 (no memory). get: 1
-     * found, 0 not; the value stays valid until the key is set again or the stream ends.
-     * (Added after route_config: tables of earlier builds simply lack them.) */
+     * found, 0 not; the value stays valid until the key is set again or the stream ends. */
     int (*filter_state_set)(fp_stream *s, const char *key, size_t key_len,
                             const char *value, size_t value_len);
     int (*filter_state_get)(fp_stream *s, const char *key, size_t key_len, fp_str *value);

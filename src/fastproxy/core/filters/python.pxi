@@ -546,7 +546,8 @@ cdef class HttpFilterCallbacks:
 
     @property
     def filter_state(self):
-        """A dict shared by every Python filter of the stream."""
+        """A dict shared by every Python filter of the stream (FilterState): its str/bytes
+        values under str keys are what a route's hash_policy filter_state hashes."""
         return self.ps.filter_state
 
     cdef HStream* _stream(self) except NULL:

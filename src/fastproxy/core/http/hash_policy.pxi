@@ -142,7 +142,7 @@ cdef uint64_t fp_xxhash64(const void* data, size_t n, uint64_t seed) noexcept no
 cdef int route_hash_policy_build(_RouteBuilder b, RouteEntry* e, a, str apath) except -1:
     """e.hash_policy from the route action `a` (its hash_policy list of
     fastproxy.http.hash_policy.HashPolicy); NULL: none."""
-    from ..http.hash_policy import validate_hash_policies
+    from fastproxy.http.hash_policy import validate_hash_policies
     cdef HashPolicy* hp
     cdef HashMethod* m
     cdef int i, k = 0, bit = 0
