@@ -203,21 +203,48 @@ def test_header_lines_in_any_order_hash_alike_and_as_envoy(hosts, tmp_path):
             assert len(got) == 1, (k, got)
 
 
+def _c_filter_fixture():
+    """The C example filter's build fixture, from its own test module (one home)."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "http" / "filters" / "test_c_filter.py"
+    spec = importlib.util.spec_from_file_location("c_filter_tests", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.c_filter
+
+
+c_filter = _c_filter_fixture()
+
+
+def state_setter(kind, request):
+    """An HTTP filter that sets the filter state "session.key" from the x-session header:
+    a Python filter (callbacks.filter_state) or the C example (api->filter_state_set)."""
+    config = {"header": "x-session", "key": "session.key"}
+    if kind == "python":
+        return {"name": "state", "typed_config": typed(
+            "xds.type.v3.TypedStruct", type_url="type.googleapis.com/fastproxy.python.HttpFilter",
+            value={"class": "filters_for_tests:FilterStateFromHeader", "config": config})}
+    ffi, lib = request.getfixturevalue("c_filter")
+    fastproxy.Proxy.register_c_filter("hash_state", ffi.addressof(lib, "header_filter_table"), lib)
+    return {"name": "state", "typed_config": typed(
+        "xds.type.v3.TypedStruct", type_url="type.googleapis.com/fastproxy.c.HttpFilter",
+        value={"filter": "hash_state", "config": {"state_header": "x-session", "state_key": "session.key"}})}
+
+
 @needs_envoy
-def test_filter_state_from_a_python_filter_picks_as_envoys_hashable_string(hosts, tmp_path):
-    """A Python filter's callbacks.filter_state["session.key"] is hashed as Envoy hashes the
-    envoy.hashable_string its set_filter_state filter makes from the same header."""
+@pytest.mark.parametrize("setter", ["python", "c"])
+def test_filter_state_set_by_a_filter_picks_as_envoys_hashable_string(setter, hosts, tmp_path, request):
+    """A Python filter's callbacks.filter_state["session.key"], or a C filter's
+    filter_state_set, is hashed as Envoy hashes the envoy.hashable_string its
+    set_filter_state filter makes from the same header."""
     policy = "- filter_state: {key: session.key}"
     ports = [u.port for u in hosts]
-    py_filter = {"name": "state", "typed_config": typed(
-        "xds.type.v3.TypedStruct", type_url="type.googleapis.com/fastproxy.python.HttpFilter",
-        value={"class": "filters_for_tests:FilterStateFromHeader",
-               "config": {"header": "x-session", "key": "session.key"}})}
     envoy_filter = {"name": "envoy.filters.http.set_filter_state", "typed_config": typed(
         "envoy.extensions.filters.http.set_filter_state.v3.Config",
         on_request_headers=[{"object_key": "session.key", "factory_key": "envoy.hashable_string",
                              "format_string": {"text_format_source": {"inline_string": "%REQ(x-session)%"}}}])}
-    with both(bootstrap(ports, policy, filters=[py_filter]), tmp_path,
+    with both(bootstrap(ports, policy, filters=[state_setter(setter, request)]), tmp_path,
               envoy_text=bootstrap(ports, policy, filters=[envoy_filter])) as (fp, ev):
         picked = set()
         for k in range(KEYS):
