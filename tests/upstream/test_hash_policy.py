@@ -163,6 +163,8 @@ KINDS = {
         """, lambda k: ("/", {"x-user": f"user-{k}.{k * 7919 % 1000}"}, None)),
     "authority": ("- header: {header_name: ':authority'}",
                   lambda k: ("/", {"host": f"site{k}.example"}, None)),
+    "host": ("- header: {header_name: Host}",               # Envoy's alias of :authority
+             lambda k: ("/", {"host": f"site{k}.example"}, None)),
     "cookie": ("- cookie: {name: sid}",
                lambda k: ("/", {"cookie": f"a=b; sid=\"s{k}\"; c=d"}, None)),
     "query_parameter": ("- query_parameter: {name: u}",
