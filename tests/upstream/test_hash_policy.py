@@ -20,6 +20,7 @@ import fastproxy
 from fastproxy.config import load_envoy
 from fastproxy.config.dump import bootstrap_json
 from fastproxy.errors import ConfigError
+from fastproxy.xds.xxhash64 import xxh64      # the pure-Python xxHash64 (xDS versions)
 
 ENVOY = find_envoy()
 needs_envoy = pytest.mark.skipif(ENVOY is None, reason="envoy binary not on PATH nor next to sys.executable")
@@ -76,8 +77,10 @@ class Client:
 
     def get(self, path="/", headers=()):
         c = self.conn
-        c.putrequest("GET", path, skip_accept_encoding=True)
-        for name, value in (headers.items() if isinstance(headers, dict) else headers):
+        items = list(headers.items() if isinstance(headers, dict) else headers)
+        c.putrequest("GET", path, skip_accept_encoding=True,
+                     skip_host=any(name.lower() == "host" for name, _ in items))
+        for name, value in items:
             c.putheader(name, value)
         c.endheaders()
         r = c.getresponse()
@@ -95,59 +98,6 @@ def host_of(addr, path="/", headers=(), source=None):
         return c.get(path, headers)[0]
     finally:
         c.close()
-
-
-# xxHash64 in Python (from the algorithm's description), to check generated cookie values.
-_M = (1 << 64) - 1
-_P1, _P2, _P3, _P4, _P5 = (11400714785074694791, 14029467366897019727, 1609587929392839161,
-                           9650029242287828579, 2870177450012600261)
-
-
-def _rotl(x, r):
-    return ((x << r) | (x >> (64 - r))) & _M
-
-
-def _round(acc, lane):
-    return (_rotl((acc + lane * _P2) & _M, 31) * _P1) & _M
-
-
-def xxh64(data: bytes, seed: int = 0) -> int:
-    n, i = len(data), 0
-    if n >= 32:
-        v = [(seed + _P1 + _P2) & _M, (seed + _P2) & _M, seed, (seed - _P1) & _M]
-        while i + 32 <= n:
-            for j in range(4):
-                v[j] = _round(v[j], int.from_bytes(data[i + 8 * j:i + 8 * j + 8], "little"))
-            i += 32
-        h = (_rotl(v[0], 1) + _rotl(v[1], 7) + _rotl(v[2], 12) + _rotl(v[3], 18)) & _M
-        for x in v:
-            h = ((h ^ _round(0, x)) * _P1 + _P4) & _M
-    else:
-        h = (seed + _P5) & _M
-    h = (h + n) & _M
-    while i + 8 <= n:
-        h ^= _round(0, int.from_bytes(data[i:i + 8], "little"))
-        h = (_rotl(h, 27) * _P1 + _P4) & _M
-        i += 8
-    if i + 4 <= n:
-        h ^= (int.from_bytes(data[i:i + 4], "little") * _P1) & _M
-        h = (_rotl(h, 23) * _P2 + _P3) & _M
-        i += 4
-    while i < n:
-        h ^= (data[i] * _P5) & _M
-        h = (_rotl(h, 11) * _P1) & _M
-        i += 1
-    h ^= h >> 33
-    h = (h * _P2) & _M
-    h ^= h >> 29
-    h = (h * _P3) & _M
-    return h ^ (h >> 32)
-
-
-def test_python_xxh64_matches_the_reference_vectors():
-    assert xxh64(b"") == 0xEF46DB3751D8E999
-    assert xxh64(b"a") == 0xD24EC4F1A98C6E5B
-    assert xxh64(b"abc") == 0x44BC2CF5AD770999
 
 
 # --------------------------------------------------------------------------- the same host
@@ -352,39 +302,48 @@ def test_no_cookie_without_ttl_nor_for_a_balancer_that_does_not_hash(hosts, tmp_
 
 # --------------------------------------------------------------------------- a host leaves
 
+# How many of the keys may move when one of the N hosts leaves, beyond 1/N. MAGLEV: only the
+# leaving host's keys move (its table keeps the others' entries). RING_HASH: Envoy scales the
+# ring to minimum_ring_size whatever the host count, so each remaining host gets more points
+# (1024/4 instead of 1024/5 by default), and those take keys from the others too: about 1/N
+# more move, in Envoy as here (the picks are compared with Envoy's, key for key).
+EXTRA_MOVES = {"MAGLEV": 0.03, "RING_HASH": 0.15}
+
+
 @needs_envoy
 @pytest.mark.parametrize("lb", ["RING_HASH", "MAGLEV"])
-def test_only_the_leaving_hosts_keys_move(lb, hosts, tmp_path, capsys):
-    """2,000 keys over N = 5 hosts, then host h2 leaves: about 1/N of the keys move (those
-    that were on h2), the others stay; fastproxy and Envoy agree before and after."""
+def test_only_about_one_nth_of_the_keys_move_when_a_host_leaves(lb, hosts, tmp_path, capsys):
+    """2,000 keys over N = 5 hosts, then host h2 leaves: the keys that were on h2 move, few
+    others (EXTRA_MOVES); fastproxy and Envoy pick the same host for every key, before and
+    after."""
     keys = 2000
     policy = "- header: {header_name: x-key}"
     ports = [u.port for u in hosts]
 
-    def picks(addr, n):
+    def picks(addr):
         c = Client(addr)
         try:
-            return [c.get("/", {"x-key": f"key-{k}"})[0] for k in range(n)]
+            return [c.get("/", {"x-key": f"key-{k}"})[0] for k in range(keys)]
         finally:
             c.close()
 
     with both(bootstrap(ports, policy, lb), tmp_path) as (fp, ev):
-        before = picks(fp, keys)
-        assert picks(ev, 300) == before[:300]
+        before = picks(fp)
+        assert picks(ev) == before
     (tmp_path / "after").mkdir()
     with both(bootstrap(ports[:2] + ports[3:], policy, lb), tmp_path / "after") as (fp, ev):
-        after = picks(fp, keys)
-        assert picks(ev, 300) == after[:300]
+        after = picks(fp)
+        assert picks(ev) == after
     moved = sum(b != a for b, a in zip(before, after))
     on_h2 = before.count("h2")
     moved_elsewhere = sum(b != a for b, a in zip(before, after) if b != "h2")
     with capsys.disabled():
-        print(f"\n{lb}: {moved}/{keys} keys moved ({moved / keys:.1%}; 1/N = {1 / N:.0%}); "
-              f"{on_h2} were on the host that left, {moved_elsewhere} others moved")
+        print(f"\n{lb}: {moved}/{keys} keys moved ({moved / keys:.1%}; 1/N = {1 / N:.0%}): the "
+              f"{on_h2} on the host that left and {moved_elsewhere} others (Envoy: the same keys)")
     assert "h2" not in after
-    assert moved >= on_h2
-    assert moved / keys <= 1 / N + 0.05
-    assert moved_elsewhere <= 0.05 * keys
+    assert moved == on_h2 + moved_elsewhere
+    assert abs(on_h2 / keys - 1 / N) <= 0.05                # the hash spreads the keys
+    assert moved / keys <= 1 / N + EXTRA_MOVES[lb]
 
 
 # --------------------------------------------------------------------------- config

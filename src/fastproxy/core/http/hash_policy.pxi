@@ -55,88 +55,6 @@ cdef struct HashPolicy:
     HashMethod* methods
 
 
-# ---------------------------------------------------------------- xxHash64 (placeholder)
-# Until LB's fp_xxhash64 (core/upstream/lb_tables.pxi) lands: xxHash64 from the
-# algorithm's description (the five primes, 32-byte stripes of four lanes, the tail in 8-,
-# 4- and 1-byte steps, the avalanche).
-
-cdef extern from *:
-    """
-    static inline uint64_t hp_rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
-    #define XXP1 11400714785074694791ULL
-    #define XXP2 14029467366897019727ULL
-    #define XXP3 1609587929392839161ULL
-    #define XXP4 9650029242287828579ULL
-    #define XXP5 2870177450012600261ULL
-    """
-    uint64_t hp_rotl64(uint64_t x, int r) nogil
-    const uint64_t XXP1
-    const uint64_t XXP2
-    const uint64_t XXP3
-    const uint64_t XXP4
-    const uint64_t XXP5
-
-cdef inline uint64_t _xx_round(uint64_t acc, uint64_t lane) noexcept nogil:
-    acc = acc + lane * <uint64_t>XXP2
-    return hp_rotl64(acc, 31) * <uint64_t>XXP1
-
-cdef inline uint64_t _xx_merge(uint64_t h, uint64_t v) noexcept nogil:
-    h = h ^ _xx_round(0, v)
-    return h * <uint64_t>XXP1 + <uint64_t>XXP4
-
-cdef inline uint64_t _xx_read64(const unsigned char* p) noexcept nogil:
-    cdef uint64_t v
-    memcpy(&v, p, 8)                # (little-endian hosts only, as the rest of the core)
-    return v
-
-cdef inline uint32_t _xx_read32(const unsigned char* p) noexcept nogil:
-    cdef uint32_t v
-    memcpy(&v, p, 4)
-    return v
-
-cdef uint64_t fp_xxhash64(const void* data, size_t n, uint64_t seed) noexcept nogil:
-    cdef const unsigned char* p = <const unsigned char*>data
-    cdef const unsigned char* end = p + n
-    cdef uint64_t v1, v2, v3, v4, h
-    if n >= 32:
-        v1 = seed + <uint64_t>XXP1 + <uint64_t>XXP2
-        v2 = seed + <uint64_t>XXP2
-        v3 = seed
-        v4 = seed - <uint64_t>XXP1
-        while p + 32 <= end:
-            v1 = _xx_round(v1, _xx_read64(p))
-            v2 = _xx_round(v2, _xx_read64(p + 8))
-            v3 = _xx_round(v3, _xx_read64(p + 16))
-            v4 = _xx_round(v4, _xx_read64(p + 24))
-            p += 32
-        h = hp_rotl64(v1, 1) + hp_rotl64(v2, 7) + hp_rotl64(v3, 12) + hp_rotl64(v4, 18)
-        h = _xx_merge(h, v1)
-        h = _xx_merge(h, v2)
-        h = _xx_merge(h, v3)
-        h = _xx_merge(h, v4)
-    else:
-        h = seed + <uint64_t>XXP5
-    h += <uint64_t>n
-    while p + 8 <= end:
-        h ^= _xx_round(0, _xx_read64(p))
-        h = hp_rotl64(h, 27) * <uint64_t>XXP1 + <uint64_t>XXP4
-        p += 8
-    if p + 4 <= end:
-        h ^= <uint64_t>_xx_read32(p) * <uint64_t>XXP1
-        h = hp_rotl64(h, 23) * <uint64_t>XXP2 + <uint64_t>XXP3
-        p += 4
-    while p < end:
-        h ^= <uint64_t>p[0] * <uint64_t>XXP5
-        h = hp_rotl64(h, 11) * <uint64_t>XXP1
-        p += 1
-    h ^= h >> 33
-    h *= <uint64_t>XXP2
-    h ^= h >> 29
-    h *= <uint64_t>XXP3
-    h ^= h >> 32
-    return h
-
-
 # ---------------------------------------------------------------- building (main thread)
 
 cdef int route_hash_policy_build(_RouteBuilder b, RouteEntry* e, a, str apath) except -1:
@@ -211,9 +129,9 @@ cdef str _hp_cookie_tail(c):
 # ---------------------------------------------------------------- the request's hash (worker)
 
 cdef inline bint _hp_balancer_hashes(const ClusterParams* prm) noexcept nogil:
-    """Does the cluster's load balancer use the request's hash? (placeholder until LB's
-    RING_HASH and MAGLEV exist: every cluster)"""
-    return True
+    """Does the cluster's load balancer use the request's hash (Envoy asks for it only in
+    the consistent-hash balancers' pick)?"""
+    return prm.lb == LB_RING_HASH or prm.lb == LB_MAGLEV
 
 
 cdef int stream_hash_policy(HStream* s, const RouteInput* r) noexcept nogil:
@@ -238,7 +156,7 @@ cdef int stream_hash_policy(HStream* s, const RouteInput* r) noexcept nogil:
             return -1
         if rc:
             # Rotating what came before keeps two equal policies from cancelling out.
-            h = (hp_rotl64(h, 1) ^ v) if have else v
+            h = (_rotl64(h, 1) ^ v) if have else v
             have = True
         if m.terminal and have:
             break
