@@ -86,7 +86,8 @@ class Client:
         r = c.getresponse()
         body = r.read().decode()
         assert r.status == 200, (r.status, body)
-        return body, [v for k, v in r.getheaders() if k.lower() == "set-cookie"]
+        self.headers = r.getheaders()
+        return body, [v for k, v in self.headers if k.lower() == "set-cookie"]
 
     def close(self):
         self.conn.close()
@@ -265,13 +266,20 @@ SET_COOKIE = re.compile(r'sid="([0-9a-f]{16})"; Max-Age=3600; Path=/app; SameSit
 
 
 @needs_envoy
-def test_generated_cookie_is_envoys_and_sticks(hosts, tmp_path):
-    with both(bootstrap([u.port for u in hosts], COOKIE_POLICY), tmp_path) as (fp, ev):
+@pytest.mark.parametrize("filtered", [False, True])
+def test_generated_cookie_is_envoys_and_sticks(filtered, hosts, tmp_path, request):
+    """filtered: a Python filter on the stream, so the response head goes through the encoder
+    filters (the cookie is added before them, as Envoy's router adds it)."""
+    ports = [u.port for u in hosts]
+    text = bootstrap(ports, COOKIE_POLICY, filters=[state_setter("python", request)] if filtered else ())
+    with both(text, tmp_path, envoy_text=bootstrap(ports, COOKIE_POLICY)) as (fp, ev):
         for addr in (fp, ev):
             c = Client(addr)
             try:
                 host, cookies = c.get("/app")
                 assert len(cookies) == 1 and SET_COOKIE.fullmatch(cookies[0]), cookies
+                if filtered and addr == fp:     # the encoder filter saw it
+                    assert ("x-filter-saw-set-cookie", "1") in c.headers, c.headers
                 value = SET_COOKIE.fullmatch(cookies[0]).group(1)
                 # Envoy's value: xxHash64 of the connection's peer then local address.
                 peer, local = c.conn.sock.getsockname(), c.conn.sock.getpeername()
