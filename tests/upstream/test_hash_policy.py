@@ -146,14 +146,27 @@ def test_same_request_same_host_as_envoy(kind, lb, hosts, tmp_path):
 
 
 @needs_envoy
-def test_header_lines_in_any_order_hash_alike_and_as_envoy(hosts, tmp_path):
-    """Every line of the header counts, whatever their order (Envoy sorts them)."""
-    text = bootstrap([u.port for u in hosts], "- header: {header_name: x-user}")
+@pytest.mark.parametrize("rewrite", [False, True])
+@pytest.mark.parametrize("nlines", [2, 12])
+def test_header_lines_in_any_order_hash_alike_and_as_envoy(nlines, rewrite, hosts, tmp_path):
+    """Every line of the header counts, whatever their order (Envoy sorts them), each after
+    the regex_rewrite; 12 lines of 150 bytes rewritten take the core past its stack buffers."""
+    policy = "- header: {header_name: x-user}"
+    if rewrite:
+        policy = r"""
+            - header:
+                header_name: x-user
+                regex_rewrite: {pattern: {regex: '([0-9]+)'}, substitution: '<\1>'}
+            """
+    text = bootstrap([u.port for u in hosts], policy)
     with both(text, tmp_path) as (fp, ev):
-        for k in range(KEYS):
-            lines = [("x-user", f"a{k}"), ("x-user", f"b{k * 3}")]
+        picked = set()
+        for k in range(KEYS // 2):
+            lines = [("x-user", f"{j}-{k}-" + "v" * (150 if nlines > 2 else 3)) for j in range(nlines)]
             got = {host_of(addr, "/", order) for addr in (fp, ev) for order in (lines, lines[::-1])}
             assert len(got) == 1, (k, got)
+            picked |= got
+        assert len(picked) >= 3, picked
 
 
 def _c_filter_fixture():
