@@ -153,13 +153,14 @@ def cluster_json(c: model.Cluster, redact: bool = False) -> dict:
         out["typed_extension_protocol_options"] = {HTTP_PROTOCOL_OPTIONS: options}
     if c.tls is not None:
         out["transport_socket"] = transport_socket_json(c.tls, redact)
+    out.update(dump_cluster_lb(c))
     if c.type == "EDS":
         # Its endpoints are EDS's (EndpointsConfigDump, ?include_eds), not the cluster's.
         eds: Dict[str, Any] = {"eds_config": config_source_json(c.eds_config)}
         _put(eds, "service_name", c.eds_service_name, "")
         out["eds_cluster_config"] = eds
         return out
-    out["load_assignment"] = load_assignment_json(c.name, c.endpoints)
+    out["load_assignment"] = load_assignment_json(c.name, c.endpoints, c.overprovisioning_factor)
     return out
 
 
@@ -280,25 +281,42 @@ def secret_json(s: tls.Secret, redact: str = "") -> dict:
     return out
 
 
-def load_assignment_json(name: str, endpoints: Iterable[model.Endpoint]) -> dict:
-    """An envoy.config.endpoint.v3.ClusterLoadAssignment."""
+def load_assignment_json(name: str, endpoints: Iterable[model.Endpoint], overprovisioning_factor: int = 140) -> dict:
+    """An envoy.config.endpoint.v3.ClusterLoadAssignment: one LocalityLbEndpoints per
+    (priority, locality) in the endpoints' order of first appearance."""
     assignment: Dict[str, Any] = {"cluster_name": name}
-    if endpoints:
-        lb = []
-        for e in endpoints:
-            endpoint: Dict[str, Any] = {"address": _socket_address(e.address, e.port)}
-            if e.hostname:
-                endpoint["hostname"] = e.hostname
-            entry: Dict[str, Any] = {"endpoint": endpoint}
-            if e.weight != 1:
-                entry["load_balancing_weight"] = e.weight
-            lb.append(entry)
-        assignment["endpoints"] = [{"lb_endpoints": lb}]
+    groups: Dict[tuple, Dict[str, Any]] = {}
+    for e in endpoints:
+        endpoint: Dict[str, Any] = {"address": _socket_address(e.address, e.port)}
+        if e.hostname:
+            endpoint["hostname"] = e.hostname
+        entry: Dict[str, Any] = {"endpoint": endpoint}
+        if e.health_status != "UNKNOWN":
+            entry["health_status"] = e.health_status
+        if e.weight != 1:
+            entry["load_balancing_weight"] = e.weight
+        key = (e.priority, tuple(e.locality), e.locality_weight)
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = {}
+            if e.locality:
+                group["locality"] = {k: v for k, v in zip(("region", "zone", "sub_zone"), e.locality) if v}
+            group["lb_endpoints"] = []
+            if e.locality_weight:
+                group["load_balancing_weight"] = e.locality_weight
+            if e.priority:
+                group["priority"] = e.priority
+        group["lb_endpoints"].append(entry)
+    if groups:
+        assignment["endpoints"] = list(groups.values())
+    if overprovisioning_factor != 140:
+        assignment["policy"] = {"overprovisioning_factor": overprovisioning_factor}
     return assignment
 
 
 # --- listeners ----------------------------------------------------------------------------
 
+from .cluster_lb import dump_cluster_lb
 from .c_filter import C_HTTP_FILTER_TYPE_URL as C_HTTP_FILTER_TYPE
 from .python_filter import PYTHON_FILTER_TYPE_URL as PYTHON_NETWORK_FILTER_TYPE
 from .python_filter import PYTHON_HTTP_FILTER_TYPE_URL as PYTHON_HTTP_FILTER_TYPE
@@ -741,6 +759,38 @@ def _route_action(a: mh.RouteAction) -> dict:
         out["max_stream_duration"] = {name: duration(getattr(msd, name)) for name in
                                       ("max_stream_duration", "grpc_timeout_header_max", "grpc_timeout_header_offset")
                                       if getattr(msd, name) is not None}
+    if a.hash_policy:
+        out["hash_policy"] = [_hash_policy(p) for p in a.hash_policy]
+    return out
+
+
+def _hash_policy(p: Any) -> dict:
+    """A route's fastproxy.http.hash_policy.HashPolicy as Envoy's RouteAction.HashPolicy."""
+    out: Dict[str, Any] = {}
+    if p.header is not None:
+        h: Dict[str, Any] = {"header_name": p.header.header_name}
+        if p.header.regex_rewrite is not None:
+            h["regex_rewrite"] = {"pattern": _regex(p.header.regex_rewrite.pattern),
+                                  "substitution": p.header.regex_rewrite.substitution}
+        out["header"] = h
+    elif p.cookie is not None:
+        c: Dict[str, Any] = {"name": p.cookie.name}
+        if p.cookie.ttl is not None:
+            c["ttl"] = duration(p.cookie.ttl)
+        if p.cookie.path:
+            c["path"] = p.cookie.path
+        if p.cookie.attributes:
+            c["attributes"] = [{"name": a.name, "value": a.value} if a.value else {"name": a.name}
+                               for a in p.cookie.attributes]
+        out["cookie"] = c
+    elif p.connection_properties is not None:
+        out["connection_properties"] = {"source_ip": p.connection_properties.source_ip}
+    elif p.query_parameter is not None:
+        out["query_parameter"] = {"name": p.query_parameter.name}
+    elif p.filter_state is not None:
+        out["filter_state"] = {"key": p.filter_state.key}
+    if p.terminal:
+        out["terminal"] = True
     return out
 
 

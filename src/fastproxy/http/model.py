@@ -286,6 +286,9 @@ class RouteAction:
         if self.max_stream_duration is not None:
             mp = path + ".max_stream_duration"
             typed(self.max_stream_duration, MaxStreamDuration, mp).validate(mp)
+        if self.hash_policy:
+            from .hash_policy import validate_hash_policies
+            validate_hash_policies(self.hash_policy, path + ".hash_policy")
 
 
 @dataclass

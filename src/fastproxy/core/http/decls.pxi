@@ -183,6 +183,9 @@ cdef struct HStream:
     HConn* c
     LbContext lb                    # what its next host pick uses (the route's hash, the
                                     #   retry's attempt and hosts to avoid); zeroed at start
+    uint64_t hash_cookies           # cookies the route's hash_policy generated, to set on the
+                                    #   upstream's response (bit: HashMethod.cookie_bit)
+    uint64_t hash_cookie_value      # ... the hash their value shows (core/http/hash_policy.pxi)
     HStream* conn_next              # the connection's active streams (HConn.streams)
     HStream* conn_prev
     void* codec_stream              # the server codec's per-stream state (HTTP/2), or NULL

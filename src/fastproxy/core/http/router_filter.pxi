@@ -576,6 +576,11 @@ cdef int stream_route(HStream* s) noexcept nogil:
         s.response_flags |= RF_NC
         stream_local_reply(s, 503, "", 0, NULL, 0, not s.req_received)
         return -1
+    if e.hash_policy != NULL and stream_hash_policy(s, &r) < 0:     # the pick's hash (core/http/hash_policy.pxi)
+        free(path)
+        _route_input_free(hdrs, stack)
+        stream_local_reply(s, 503, NO_MEMORY_BODY, strlen(NO_MEMORY_BODY), NULL, 0, True)
+        return -1
     stream_route_timeout(s)
     s.upstream.conn = http_pool_acquire(s, s.cluster)
     if s.upstream.conn == NULL:
