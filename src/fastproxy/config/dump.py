@@ -741,7 +741,25 @@ def _route_action(a: mh.RouteAction) -> dict:
         out["max_stream_duration"] = {name: duration(getattr(msd, name)) for name in
                                       ("max_stream_duration", "grpc_timeout_header_max", "grpc_timeout_header_offset")
                                       if getattr(msd, name) is not None}
+    _mirror_policies(out, a.request_mirror_policies)
     return out
+
+
+def _mirror_policies(out: dict, policies: list) -> None:
+    """RouteAction.request_mirror_policies (fastproxy.http.mirror.MirrorPolicy)."""
+    items = []
+    for p in policies:
+        item: Dict[str, Any] = {"cluster": p.cluster}
+        if p.runtime_fraction is not None:
+            _runtime_fraction(item, "runtime_fraction", p.runtime_fraction)
+            if p.runtime_key:
+                item["runtime_fraction"]["runtime_key"] = p.runtime_key
+        if p.trace_sampled is not None:
+            item["trace_sampled"] = p.trace_sampled
+        _put(item, "disable_shadow_host_suffix_append", p.disable_shadow_host_suffix_append, False)
+        items.append(item)
+    if items:
+        out["request_mirror_policies"] = items
 
 
 _REDIRECT_CODES = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER", 307: "TEMPORARY_REDIRECT",

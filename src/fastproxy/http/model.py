@@ -286,6 +286,8 @@ class RouteAction:
         if self.max_stream_duration is not None:
             mp = path + ".max_stream_duration"
             typed(self.max_stream_duration, MaxStreamDuration, mp).validate(mp)
+        from .mirror import validate_mirrors
+        validate_mirrors(self.request_mirror_policies, path, cluster_names)
 
 
 @dataclass
