@@ -358,11 +358,12 @@ cdef int ur_on_response_data(HStream* s, Chain* src, size_t n, bint end,
     """n response body bytes at the front of src (the receiver takes them), `end` with the
     last, trailers (or NULL) with the end. -1: the stream ended."""
     cdef HConn* c = s.c
-    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    cdef HttpCfg* h
     cdef PairList tl
     cdef int rc
     if s.shadow_role == SHR_SHADOW:
         return shadow_on_response_data(s, src, n, end)
+    h = <HttpCfg*>c.cfg.http
     stat_add(h.stats, c.w, H_BYTES_COPIED, n)
     if end:
         s.upstream.resp_received = 1

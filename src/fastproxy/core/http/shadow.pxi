@@ -27,7 +27,7 @@
 #           disable_shadow_host_suffix_append.
 #   body    each body chunk the primary sends upstream goes to every shadow still fed
 #           (shadows_feed: slice references, no copy), trailers too. A shadow whose unsent
-#           request bytes would pass SHADOW_BUFFER_LIMIT is abandoned (reset; counted in the
+#           request bytes would pass SHADOW_BUFFER_LIMIT (8 MiB) is abandoned (reset; counted in the
 #           primary cluster's retry_or_shadow_abandoned). Envoy 1.40 instead pushes back on
 #           the downstream (its shadow streams share the router's watermarks); we never let a
 #           shadow slow the primary down.
@@ -44,7 +44,11 @@ cdef enum:                              # HStream.shadow_role
     SHR_SHADOW = 2                      # the stream is a shadow (a Shadow's first member)
 
 cdef enum:
-    SHADOW_BUFFER_LIMIT = 2 * HTTP_IO_LIMIT     # unsent request bytes a shadow may hold
+    # Unsent request bytes a shadow may hold. They are references to the primary's slices
+    # (shared by all its shadows), so this bounds the memory a request's shadows keep, not
+    # a copy each; it is room for a mirror that lags a fast client on loopback. More: the
+    # mirror does not keep up, and is abandoned.
+    SHADOW_BUFFER_LIMIT = 8 * HTTP_IO_LIMIT
 
 cdef struct MirrorPolicy:
     int cluster                         # index into the route table's clusters
@@ -290,6 +294,8 @@ cdef void _shadow_start(HStream* s, const MirrorPolicy* p, ClusterCfg* cl, StrRe
     if rc < 0:
         _shadow_end(sh, False)
         return
+    if u.state == UC_BUSY:
+        u.ep.writable = 1               # a pooled connection: try to write at once
     if _framing_has_body(bf):
         sh.primary = s                  # fed by shadows_feed until its request is whole
         sh.sibling = s.shadows
