@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Collection, Optional
 
-from ..validation import boolean, each, fail, integer, one_of, string, typed
+from ..validation import boolean, fail, integer, one_of, string, typed
 from .native_filters import DENOMINATORS, FractionalPercent
 
 
@@ -50,8 +50,3 @@ class MirrorPolicy:
             boolean(self.trace_sampled, path + ".trace_sampled")
         boolean(self.disable_shadow_host_suffix_append, path + ".disable_shadow_host_suffix_append")
 
-
-def validate_mirrors(policies: list, path: str, cluster_names: Collection[str]) -> None:
-    """A RouteAction's request_mirror_policies (RouteAction.validate)."""
-    for p, ppath in each(policies, path + ".request_mirror_policies", MirrorPolicy):
-        p.validate(ppath, cluster_names)

@@ -286,8 +286,11 @@ class RouteAction:
         if self.max_stream_duration is not None:
             mp = path + ".max_stream_duration"
             typed(self.max_stream_duration, MaxStreamDuration, mp).validate(mp)
-        from .mirror import validate_mirrors
-        validate_mirrors(self.request_mirror_policies, path, cluster_names)
+        # (fastproxy.http.mirror.MirrorPolicy, which imports this module's neighbours: its own check)
+        for mp, mpath in each(self.request_mirror_policies, path + ".request_mirror_policies"):
+            if not callable(getattr(mp, "validate", None)):
+                fail(mpath, f"expected a fastproxy.http.mirror.MirrorPolicy, got {type(mp).__name__}")
+            mp.validate(mpath, cluster_names)
 
 
 @dataclass
