@@ -161,6 +161,35 @@ def test_the_mirror_gets_the_request(kind, tmp_path):
     assert st["upstream_rq_200"] == 8
 
 
+BUFFER_FILTER = {"name": "envoy.filters.http.buffer", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer", "max_request_bytes": 1 << 20}}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_body_through_decoder_filters_is_mirrored(kind, tmp_path):
+    """With a decoder filter that holds the body (the buffer filter), the shadow gets the
+    body the filters pass, as the primary does."""
+    primary, mirror = RawHttpUpstream(ok), RawHttpUpstream()
+    body = os.urandom(300_000)
+
+    def drive(addr, admin):
+        out = [http_request(addr, "POST", "/a/f", body=body)[1], http_request(addr, "GET", "/a/g")[1]]
+        wait_for(lambda: len(mirror.requests) == 4, timeout=10, msg="4 shadow requests")
+        return out, await_stats(admin, upstream_rq_2xx=4)
+
+    text = envoy_yaml([http_listener(ROUTES, http_filters=[BUFFER_FILTER])],
+                      [static_cluster("primary", [primary.port]), static_cluster("mirror", [mirror.port])])
+    try:
+        out, _ = run(kind, text, tmp_path, drive)
+    finally:
+        primary.close()
+        mirror.close()
+    assert out == [b"primary POST 300000", b"primary GET 0"]
+    assert sorted((m[1], m[3] == body, len(m[3])) for m in mirror.requests) == [
+        ("/rewritten/f", True, 300_000), ("/rewritten/f", True, 300_000),
+        ("/rewritten/g", False, 0), ("/rewritten/g", False, 0)]
+
+
 def _h2_upstream():
     """tests/http2's HTTP/2 test upstream (h2c)."""
     import pathlib
