@@ -190,6 +190,36 @@ def test_a_body_through_decoder_filters_is_mirrored(kind, tmp_path):
         ("/rewritten/g", False, 0), ("/rewritten/g", False, 0)]
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_http2_client_is_mirrored(kind, tmp_path):
+    """An HTTP/2 client (curl, prior knowledge) to an HTTP/1.1 primary and mirror: the shadow
+    gets the request with the "-shadow" authority and its body."""
+    import shutil
+    if shutil.which("curl") is None:
+        pytest.skip("no curl")
+    primary, mirror = RawHttpUpstream(ok), RawHttpUpstream()
+    body = os.urandom(200_000)
+    (tmp_path / "body").write_bytes(body)
+
+    def drive(addr, admin):
+        out = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "--data-binary", f"@{tmp_path / 'body'}",
+                              "-H", "Host: h2.example", f"http://{addr[0]}:{addr[1]}/a/h2"],
+                             capture_output=True, timeout=20).stdout
+        wait_for(lambda: len(mirror.requests) == 2, timeout=10, msg="2 shadow requests")
+        return out, await_stats(admin, upstream_rq_2xx=2)
+
+    text = envoy_yaml([http_listener(ROUTES, codec_type="HTTP2")],
+                      [static_cluster("primary", [primary.port]), static_cluster("mirror", [mirror.port])])
+    try:
+        out, _ = run(kind, text, tmp_path, drive)
+    finally:
+        primary.close()
+        mirror.close()
+    assert out == b"primary POST 200000"
+    assert sorted((m[0], m[1], m[2]["host"][0], m[3] == body) for m in mirror.requests) == [
+        ("POST", "/rewritten/h2", "h2.example", True), ("POST", "/rewritten/h2", "h2.example-shadow", True)]
+
+
 def _h2_upstream():
     """tests/http2's HTTP/2 test upstream (h2c)."""
     import pathlib
