@@ -75,6 +75,17 @@ def stats(admin, prefix=M):
     return out
 
 
+def host_counters(admin, cluster="mirror"):
+    """The per-host request counters of /clusters: {name: value} for the cluster's host."""
+    out = {}
+    for line in admin_get(admin, "/clusters").splitlines():
+        parts = line.split("::")
+        if len(parts) == 4 and parts[0] == cluster and parts[2] in ("rq_total", "rq_success", "rq_error",
+                                                                     "rq_timeout", "rq_active", "cx_connect_fail"):
+            out[parts[2]] = int(parts[3])
+    return out
+
+
 def await_stats(admin, **want):
     """Wait until the mirror cluster's stats have the values wanted (a__b is a.b)."""
     def check():
@@ -305,12 +316,21 @@ def _scenario(name, hang):
     return None, [], dict(upstream_cx_none_healthy=3, upstream_rq_503=3)
 
 
+def _host(total, error, timeout=0, connect_fail=0):
+    return dict(rq_total=total, rq_error=error, rq_success=0, rq_timeout=timeout, rq_active=0,
+                cx_connect_fail=connect_fail)
+
+
+HOSTS = {"500": _host(3, 3), "reset": _host(3, 3), "hang": _host(3, 3, timeout=3),
+         "refused": _host(0, 3, connect_fail=3), "no-host": {}}
+
+
 @pytest.mark.parametrize("scenario", ["500", "reset", "hang", "refused", "no-host"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_mirror_failures_never_reach_the_client(kind, scenario, tmp_path):
     """Whatever the mirror does, the client gets the primary's answer, at once (a hanging
     mirror delays nothing: its shadow times out after the route's 3 s on its own); the
-    mirror cluster's stats say what happened, as Envoy's do."""
+    mirror cluster's stats and its host's counters say what happened, as Envoy's do."""
     hang = threading.Event()
     primary = RawHttpUpstream(ok)
     up, endpoints, want = _scenario(scenario, hang)
@@ -321,10 +341,10 @@ def test_mirror_failures_never_reach_the_client(kind, scenario, tmp_path):
             t0 = time.monotonic()
             r, data = http_request(addr, "POST" if body else "GET", "/p", body=body)
             out.append((r.status, data, time.monotonic() - t0))
-        return out, await_stats(admin, **want)
+        return out, await_stats(admin, **want), host_counters(admin)
 
     try:
-        out, st = run(kind, yaml_for(ONE, primary, endpoints), tmp_path, drive)
+        out, st, hosts = run(kind, yaml_for(ONE, primary, endpoints), tmp_path, drive)
     finally:
         hang.set()
         primary.close()
@@ -334,6 +354,8 @@ def test_mirror_failures_never_reach_the_client(kind, scenario, tmp_path):
                                            (200, b"primary POST 100000")]
     assert max(t for _, _, t in out) < 2.5      # the hanging shadow's 3 s timeout is not waited for
     assert st.get("upstream_rq_2xx", 0) == 0
+    # The mirror host's own counters (/clusters), as Envoy keeps them.
+    assert hosts == HOSTS[scenario]
 
 
 @pytest.mark.parametrize("kind", KINDS)
