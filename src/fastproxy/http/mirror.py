@@ -14,8 +14,10 @@ Fields:
                                      all). ``runtime_key`` names a key fastproxy's runtime does
                                      not have, so the default value always applies (as in
                                      Envoy while the key is unset)
-  trace_sampled                      accepted and kept (None, True, False); fastproxy has no
-                                     tracing, so it changes nothing
+  trace_sampled                      whether the shadow's trace span is sampled (Envoy 1.40:
+                                     None inherits the parent span's decision); fastproxy has
+                                     no tracing, so it is accepted and kept (the config dump
+                                     writes it back) and changes nothing
   disable_shadow_host_suffix_append  keep the primary's Host on the shadow
 Not built (refused by the loader with their path): ``cluster_header``.
 """
