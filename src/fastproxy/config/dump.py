@@ -761,6 +761,7 @@ def _route_action(a: mh.RouteAction) -> dict:
                                       if getattr(msd, name) is not None}
     if a.hash_policy:
         out["hash_policy"] = [_hash_policy(p) for p in a.hash_policy]
+    _mirror_policies(out, a.request_mirror_policies)
     return out
 
 
@@ -792,6 +793,23 @@ def _hash_policy(p: Any) -> dict:
     if p.terminal:
         out["terminal"] = True
     return out
+
+
+def _mirror_policies(out: dict, policies: list) -> None:
+    """RouteAction.request_mirror_policies (fastproxy.http.mirror.MirrorPolicy)."""
+    items = []
+    for p in policies:
+        item: Dict[str, Any] = {"cluster": p.cluster}
+        if p.runtime_fraction is not None:
+            _runtime_fraction(item, "runtime_fraction", p.runtime_fraction)
+            if p.runtime_key:
+                item["runtime_fraction"]["runtime_key"] = p.runtime_key
+        if p.trace_sampled is not None:
+            item["trace_sampled"] = p.trace_sampled
+        _put(item, "disable_shadow_host_suffix_append", p.disable_shadow_host_suffix_append, False)
+        items.append(item)
+    if items:
+        out["request_mirror_policies"] = items
 
 
 _REDIRECT_CODES = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER", 307: "TEMPORARY_REDIRECT",

@@ -9,6 +9,8 @@ cdef void stream_free(HStream* s) noexcept nogil:
     """Release what s holds and take it off its connection; its memory is freed at the end
     of the loop turn (http_free_deferred), so code that may have ended it tests s.ended."""
     cdef Worker* w = s.c.w
+    if s.shadows != NULL:
+        shadows_primary_gone(s)         # (the ones it was still feeding: core/http/shadow.pxi)
     timer_cancel(w, &s.timeout)
     stream_timers_stop(s)
     if s.fc != NULL:
@@ -50,7 +52,11 @@ cdef void stream_finish(HStream* s) noexcept nogil:
 
 cdef void stream_upstream_failed(HStream* s, int status, const char* reason) noexcept nogil:
     cdef HConn* c = s.c
-    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    cdef HttpCfg* h
+    if s.shadow_role == SHR_SHADOW:
+        shadow_upstream_failed(s, status)
+        return
+    h = <HttpCfg*>c.cfg.http
     s.upstream.conn = NULL
     if s.resp_started:
         # Part of the response is out: the only honest signal left is a reset (HTTP/1: an

@@ -179,6 +179,8 @@ cdef struct UpstreamRequest:        # the router filter's request to one upstrea
     ResponseFacts resp_facts        # ... and what the codec said of it
 
 
+cdef struct Shadow                  # request mirroring (core/http/shadow.pxi)
+
 cdef struct HStream:
     HConn* c
     LbContext lb                    # what its next host pick uses (the route's hash, the
@@ -252,6 +254,9 @@ cdef struct HStream:
     uint8_t grpc_timeout_set        # ... when set
     uint8_t local_grpc_status       # a local reply's grpc-status + 1, chosen by its sender;
                                     #   0: mapped from the HTTP status
+    # request mirroring (core/http/shadow.pxi)
+    Shadow* shadows                 # a primary's shadows still fed its request body
+    uint8_t shadow_role             # SHR_*: shadows considered (once per request), or s is one
 
 cdef struct HConn:
     Endp down
