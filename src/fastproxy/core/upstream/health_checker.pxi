@@ -155,7 +155,7 @@ cdef void _hc_log(HcSession* s, int kind, int failure, bint first, int status) n
     cdef HcChecker* ck = s.ck
     cdef char line[1024]
     cdef char ts[40]
-    cdef char tail[160]
+    cdef char tail[256]
     cdef timespec now
     cdef tm t
     cdef time_t secs
