@@ -410,7 +410,8 @@ def test_checks_run_without_the_gil(tmp_path):
 # --------------------------------------------------------------------------- config
 
 BAD = [
-    ("grpc_health_check: {}", ".health_checks[0].grpc_health_check"),
+    ("grpc_health_check: {initial_metadata: [{key: a, value: b}]}",
+     ".health_checks[0].grpc_health_check.initial_metadata"),
     ("http_health_check: {path: /h, codec_client_type: HTTP2}", ".health_checks[0].http_health_check.codec_client_type"),
     ("http_health_check: {path: /h, expected_statuses: [{start: 200, end: 200}]}",
      ".health_checks[0].http_health_check.expected_statuses[0]"),
@@ -481,3 +482,83 @@ def test_dump_writes_health_checks_back(check, tmp_path):
                            capture_output=True, text=True, timeout=60,
                            env={k: v for k, v in __import__("os").environ.items() if k != "LD_PRELOAD"})
         assert r.returncode == 0, r.stdout + r.stderr
+
+
+# --------------------------------------------------------------------------- gRPC
+
+H2_OPTIONS = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    "explicit_http_config": {"http2_protocol_options": {}}}}
+
+
+class GrpcHealthServer:
+    """grpc.health.v1.Health/Check served by grpcio (raw messages: no generated code):
+    answers HealthCheckResponse{status: ``status``} (1 SERVING, 2 NOT_SERVING) and records
+    each request's bytes and metadata."""
+
+    def __init__(self, status=1):
+        import grpc
+        from concurrent import futures
+        self.status = status
+        self.requests = []
+        self.server = grpc.server(futures.ThreadPoolExecutor(4))
+
+        def check(request, context):
+            self.requests.append((request, dict(context.invocation_metadata())))
+            return bytes([0x08, self.status])
+        handler = grpc.method_handlers_generic_handler(
+            "grpc.health.v1.Health", {"Check": grpc.unary_unary_rpc_method_handler(check)})
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def close(self):
+        self.server.stop(0)
+
+
+def grpc_scenario(kind, tmp_path):
+    g = GrpcHealthServer()
+    log = tmp_path / f"{kind}-grpc.log"
+    check = check_yaml("grpc_health_check: {service_name: svc}\n", log=log)
+    text = envoy_yaml([http_listener(ROUTES)], [static_cluster(
+        "backend", [g.port], connect_timeout="1s", health_checks=[check],
+        typed_extension_protocol_options=H2_OPTIONS)])
+
+    def drive(addr, admin):
+        wait_for(lambda: host_flags(admin).get(g.port) == "healthy", msg="serving")
+        g.status = 2                    # NOT_SERVING: failed at once
+        wait_for(lambda: host_flags(admin).get(g.port) == "/failed_active_hc", msg="not serving")
+        g.status = 1
+        wait_for(lambda: host_flags(admin).get(g.port) == "healthy", msg="serving again")
+        st = stats(admin)
+        return [(k, d) for _, k, d in events(log)], st["healthy"], st["network_failure"]
+
+    try:
+        return run(kind, text, tmp_path, drive), g.requests[0]
+    finally:
+        g.close()
+
+
+def test_grpc_check_follows_the_serving_status(tmp_path):
+    (evs, healthy, network), (request, metadata) = grpc_scenario("fastproxy", tmp_path)
+    assert evs == [("add_healthy_event", '{"first_check": true}'),
+                   ("eject_unhealthy_event", '{"failure_type": "ACTIVE"}'),
+                   ("add_healthy_event", '{"first_check": false}')]
+    assert (healthy, network) == (1, 0)
+    assert request == b"\x0a\x03svc"            # HealthCheckRequest{service: "svc"}
+    assert metadata["user-agent"].startswith("Envoy/HC")
+
+
+@needs_envoy
+def test_grpc_check_matches_envoy(tmp_path):
+    (eevs, eh, en), (ereq, emeta) = grpc_scenario("envoy", tmp_path)
+    (fevs, fh, fn), (freq, fmeta) = grpc_scenario("fastproxy", tmp_path)
+    assert (eevs, eh, en, ereq) == (fevs, fh, fn, freq)
+    assert {k: v for k, v in emeta.items() if k != "user-agent"} == \
+        {k: v for k, v in fmeta.items() if k != "user-agent"}
+
+
+def test_grpc_check_needs_an_http2_cluster():
+    with pytest.raises(ConfigError) as e:
+        load_envoy(bootstrap([1], check_yaml("grpc_health_check: {}\n")))
+    assert e.value.path == C0 + ".health_checks[0].grpc_health_check"
