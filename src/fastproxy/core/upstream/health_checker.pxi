@@ -143,14 +143,6 @@ cdef struct HcHostsMsg:             # main thread -> loop: the cluster's hosts n
     socklen_t* addrlens
 
 
-# ---- the cluster's health changed (LB's cluster_health_changed, API16 contract 1) ----
-
-cdef int hc_cluster_health_changed(ClusterCfg* c) noexcept nogil:
-    # TODO(i16-lb merge): LB's cluster_health_changed(c) rebuilds c's host set from the
-    # hosts' health_flags; this local stand-in goes at the merge.
-    return 0
-
-
 # ---- stats (row 0 of the block: the loop thread is its only writer) ----
 
 cdef inline void _hc_stat(HcChecker* ck, int i, int64_t n) noexcept nogil:
@@ -162,7 +154,7 @@ cdef inline HostShared* _hc_host(HcSession* s) noexcept nogil:
 
 
 cdef inline bint _hc_flag(HcSession* s, uint32_t f) noexcept nogil:
-    return (fp_load_acquire_u32(&_hc_host(s).health_flags) & f) != 0
+    return (fp_load_u32(&_hc_host(s).health_flags) & f) != 0
 
 
 # ---- the event log (Envoy's HealthCheckEvent JSON lines) ----
@@ -190,13 +182,8 @@ cdef void _hc_log(HcSession* s, int kind, int failure, bint first, int status) n
     # before the timestamp, the failure and degraded ones after it.
     tail[0] = 0
     if kind == HEV_EJECT:
-        snprintf(tail, sizeof(tail), "\"eject_unhealthy_event\":{\"failure_type\":\"%s\"%s", ftype,
-                 "" if status == 0 else ",")
-        if status:
-            n = <int>strlen(tail)
-            snprintf(tail + n, sizeof(tail) - n, "\"http_status_code\":%d", status)
-        n = <int>strlen(tail)
-        snprintf(tail + n, sizeof(tail) - n, "},\"timestamp\":\"%s\"", ts)
+        snprintf(tail, sizeof(tail), "\"eject_unhealthy_event\":{\"failure_type\":\"%s\",\"http_status_code\":%d},"
+                 "\"timestamp\":\"%s\"", ftype, status, ts)
     elif kind == HEV_ADD_HEALTHY:
         snprintf(tail, sizeof(tail), "\"add_healthy_event\":{\"first_check\":%s},\"timestamp\":\"%s\"",
                  "true" if first else "false", ts)
@@ -313,7 +300,7 @@ cdef void _hc_success(HcSession* s, bint degraded) noexcept nogil:
     _hc_stat(ck, HC_SUCCESS, 1)
     _hc_first_done(s)
     if changed == HT_CHANGED:
-        hc_cluster_health_changed(ck.cluster)
+        cluster_health_changed(ck.cluster)
     timer_cancel(ck.loop, &s.timeout_timer)
     timer_arm(ck.loop, &s.interval_timer, _hc_interval(ck, True, changed))
 
@@ -347,7 +334,7 @@ cdef void _hc_failure(HcSession* s, int failure, bint retriable, int status) noe
         _hc_stat(ck, HC_PASSIVE_FAILURE, 1)
     _hc_first_done(s)
     if changed == HT_CHANGED:
-        hc_cluster_health_changed(ck.cluster)
+        cluster_health_changed(ck.cluster)
     timer_cancel(ck.loop, &s.timeout_timer)
     timer_arm(ck.loop, &s.interval_timer, _hc_interval(ck, False, changed))
 
@@ -1282,12 +1269,12 @@ def hc_clear_flags(ClusterHandle cluster):
             fp_atomic_and_u32(&h.health_flags, ~(<uint32_t>(HF_FAILED_ACTIVE_HC | HF_DEGRADED_ACTIVE_HC
                                                           | HF_PENDING_ACTIVE_HC | HF_ACTIVE_HC_TIMEOUT
                                                           | HF_EXCLUDED_VIA_IMMEDIATE_HC_FAIL)))
-    hc_cluster_health_changed(cluster.c)
+    cluster_health_changed(cluster.c)
 
 
 def hc_health_changed(ClusterHandle cluster):
     """Rebuild the cluster's host set from its hosts' flags (after mark_new_hosts)."""
-    hc_cluster_health_changed(cluster.c)
+    cluster_health_changed(cluster.c)
 
 
 stat_kind_add("health_check", HEALTH_CHECK_STATS, HEALTH_CHECK_GAUGES)
