@@ -88,8 +88,13 @@ cdef struct HcConfig:               # one HealthCheck, as compiled (read only on
     char* nv_buf
 
 cdef struct HcSession
+cdef struct HcLoopState:            # a HealthCheckLoop's own state (its worker's end-of-turn hook)
+    HcSession* dead                 # sessions gone this loop turn, freed at its end: an event
+                                    #   already fetched in the same turn may still name them
+
 cdef struct HcChecker:
     Worker* loop                    # the HealthCheckLoop's worker (no reference: it outlives us)
+    HcLoopState* ls
     ClusterCfg* cluster             # one reference
     StatBlock* stats                # cluster.<name>.health_check.* (one reference); row 0
     HcConfig cfg
@@ -882,8 +887,19 @@ cdef HcSession* _hc_session_new(HcChecker* ck, StatBlock* b, sockaddr_storage* a
     return s
 
 
+cdef void _hc_reap(Worker* w, void* arg) noexcept nogil:
+    """End of a loop turn: free the sessions that went during it."""
+    cdef HcLoopState* ls = <HcLoopState*>arg
+    cdef HcSession* s
+    while ls.dead != NULL:
+        s = ls.dead
+        ls.dead = s.next
+        free(s)
+
+
 cdef void _hc_session_free(HcSession* s) noexcept nogil:
-    """The host left (or the checker stops): Envoy's onDeferredDeleteBase."""
+    """The host left (or the checker stops): Envoy's onDeferredDeleteBase. Everything but
+    the session's own memory goes now; that at the end of the loop turn (_hc_reap)."""
     cdef HcChecker* ck = s.ck
     _hc_close(s)
     timer_cancel(ck.loop, &s.interval_timer)
@@ -896,8 +912,13 @@ cdef void _hc_session_free(HcSession* s) noexcept nogil:
     h1_free(&s.resp)
     free(s.rx)
     free(s.tx)
+    s.rx = NULL
+    s.tx = NULL
     statblock_decref(s.hstats)
-    free(s)
+    s.hstats = NULL
+    s.ep.on_event = endp_ignore
+    s.next = ck.ls.dead
+    ck.ls.dead = s
 
 
 cdef void _hc_session_start(HcSession* s) noexcept nogil:
@@ -999,6 +1020,7 @@ cdef class HealthCheckLoop:
     """The thread all of an engine's health checks run on (a dispatcher Worker loop of its
     own, without the GIL). start() runs it; stop() ends it once its checkers are stopped."""
     cdef Worker* w
+    cdef HcLoopState* ls
     cdef object _thread
     cdef bint _running
     cdef bint _stopped
@@ -1011,6 +1033,14 @@ cdef class HealthCheckLoop:
             free(self.w)
             self.w = NULL
             raise OSError(errno, "cannot create the health check loop (epoll or eventfd)")
+        self.ls = <HcLoopState*>calloc(1, sizeof(HcLoopState))
+        if self.ls == NULL or worker_add_end_of_turn(self.w, _hc_reap, self.ls) < 0:
+            worker_destroy(self.w)
+            free(self.w)
+            free(self.ls)
+            self.w = NULL
+            self.ls = NULL
+            raise MemoryError()
 
     def start(self):
         if self._running or self._stopped:
@@ -1035,13 +1065,16 @@ cdef class HealthCheckLoop:
             self._thread.join()         # (the loop tore itself down when it ended)
             self._running = False
             worker_drain_messages(self.w)
+            _hc_reap(self.w, self.ls)
         else:
             worker_teardown(self.w)
 
     def __dealloc__(self):
         if self.w != NULL and not self._running:
+            _hc_reap(self.w, self.ls)
             worker_destroy(self.w)
             free(self.w)
+            free(self.ls)
 
     cdef int post(self, msg_fn_t fn, void* arg):
         if not self._running:
@@ -1162,6 +1195,7 @@ cdef class HealthCheckerHandle:
             raise
         ck.rng = <uint64_t>clock_ms() * <uint64_t>6364136223846793005ULL + 1
         ck.loop = loop.w
+        ck.ls = loop.ls
         ck.cluster = cluster.c
         fp_atomic_add_int(&cluster.c.refcnt, 1)
         ck.stats = stats.b
