@@ -223,7 +223,9 @@ def http_scenario(kind, tmp_path):
         wait_for(lambda: set(get(addr, 4)) == {"b"})
         second = get(addr, 8)
         wait_for(lambda: len(events(log)) >= 4, msg="4 events")
-        return flags, first, second, stats(admin), events(log)
+        prom = sorted(line.split(" ")[0] for line in admin_get(admin, "/stats/prometheus").splitlines()
+                      if line.startswith("envoy_cluster_health_check_"))
+        return flags, first, second, stats(admin), events(log), prom
 
     try:
         return run(kind, text, tmp_path, drive), a, b
@@ -238,7 +240,8 @@ def normalize(evs, a, b):
 
 
 def test_http_check_moves_traffic_between_hosts(tmp_path):
-    (flags, first, second, st, evs), a, b = http_scenario("fastproxy", tmp_path)
+    (flags, first, second, st, evs, prom), a, b = http_scenario("fastproxy", tmp_path)
+    assert 'envoy_cluster_health_check_attempt{envoy_cluster_name="backend"}' in prom
     assert set(first) == {"a"} and set(second) == {"b"}         # no traffic to a failed host
     assert st["healthy"] == 1 and st["degraded"] == 0
     assert st["attempt"] >= st["success"] + st["failure"] - 2 and st["failure"] >= 2 and st["network_failure"] == 0
@@ -258,8 +261,9 @@ def test_http_check_moves_traffic_between_hosts(tmp_path):
 
 @needs_envoy
 def test_http_check_matches_envoy(tmp_path):
-    (ef, efirst, esecond, est, eevs), ea, eb = http_scenario("envoy", tmp_path)
-    (ff, ffirst, fsecond, fst, fevs), fa, fb = http_scenario("fastproxy", tmp_path)
+    (ef, efirst, esecond, est, eevs, eprom), ea, eb = http_scenario("envoy", tmp_path)
+    (ff, ffirst, fsecond, fst, fevs, fprom), fa, fb = http_scenario("fastproxy", tmp_path)
+    assert eprom == fprom
     assert (set(efirst), set(esecond)) == (set(ffirst), set(fsecond)) == ({"a"}, {"b"})
     assert sorted(ef.values()) == sorted(ff.values())
     for name in ("healthy", "degraded", "network_failure", "passive_failure", "verify_cluster"):
@@ -300,6 +304,24 @@ def test_degraded_and_thresholds(tmp_path):
                          "eject_unhealthy_event"]
         assert json.loads(log.read_text().splitlines()[-1])["eject_unhealthy_event"] == {
             "failure_type": "ACTIVE", "http_status_code": 500}
+    finally:
+        p.stop(drain_timeout=0.5)
+        a.close()
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_reuse_connection(reuse):
+    """reuse_connection (default true): the checks of a host share one connection; false:
+    a connection per check."""
+    a = HealthUpstream("a")
+    p = fastproxy.Proxy.from_envoy(bootstrap([a.port], check_yaml(HTTP_CHECK, reuse_connection=reuse)),
+                                   concurrency=1)
+    p.start()
+    try:
+        wait_for(lambda: len(a.checks()) >= 5)
+        with a._lock:
+            conns = a.connections
+        assert conns == 1 if reuse else conns >= 4
     finally:
         p.stop(drain_timeout=0.5)
         a.close()
