@@ -79,7 +79,9 @@ def hedge_policy(m: Optional[Message]) -> Optional[HedgePolicy]:
     for f in ("initial_requests", "additional_request_chance"):
         if m.raw(f) is not None:
             raise unsupported_field(m.at(f), f)
-    return HedgePolicy(hedge_on_per_try_timeout=_bool(m, "hedge_on_per_try_timeout"))
+    if _bool(m, "hedge_on_per_try_timeout"):
+        raise unsupported_field(m.at("hedge_on_per_try_timeout"), "hedge_on_per_try_timeout")
+    return HedgePolicy()
 
 
 def route_retry(a: Message) -> dict:

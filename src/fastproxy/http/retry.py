@@ -79,14 +79,17 @@ class RetryPolicy:
 
 @dataclass
 class HedgePolicy:
-    """route.v3.HedgePolicy: only hedge_on_per_try_timeout (initial_requests and
-    additional_request_chance are not built: refused when set)."""
+    """route.v3.HedgePolicy. Hedging is not built: hedge_on_per_try_timeout must stay False
+    (initial_requests and additional_request_chance are refused too)."""
 
     hedge_on_per_try_timeout: bool = False
 
     def validate(self, path: str) -> None:
         if not isinstance(self.hedge_on_per_try_timeout, bool):
             fail(path + ".hedge_on_per_try_timeout", "must be a bool")
+        if self.hedge_on_per_try_timeout:
+            fail(path + ".hedge_on_per_try_timeout", "hedging is not built: a per-try timeout resets "
+                                                     "the attempt (and retries it)")
 
 
 @dataclass

@@ -522,10 +522,11 @@ cdef bint _retry_would_headers(HStream* s, const HttpHead* head) noexcept nogil:
     cdef RouteHeader stack[ROUTE_HEADERS_ON_STACK]
     cdef RouteHeader* hdrs
     cdef bint ok
-    if ro & RO_ENVOY_RATE_LIMITED:
-        # As Envoy: with envoy-ratelimited, only x-envoy-ratelimited decides.
-        v = _head_field(head, "x-envoy-ratelimited", &n)
-        return v != NULL and n == 4 and memcmp(v, "true", 4) == 0
+    v = _head_field(head, "x-envoy-ratelimited", &n)
+    if v != NULL and n == 4 and memcmp(v, "true", 4) == 0:
+        # An upstream Envoy's rate limit: retried only under envoy-ratelimited (checked
+        # against Envoy 1.40: 5xx does not retry it, envoy-ratelimited does not stop 5xx).
+        return (ro & RO_ENVOY_RATE_LIMITED) != 0
     if (ro & RO_5XX) and 500 <= status < 600:
         return True
     if (ro & RO_GATEWAY_ERROR) and 502 <= status <= 504:
