@@ -516,3 +516,56 @@ def test_dump_round_trips():
                     cluster="circuit_breakers: {thresholds: [{retry_budget: {budget_percent: {value: 25}}}]}")
     boot = load_envoy(text)
     assert load_envoy(bootstrap_json(boot)) == boot
+
+
+# --------------------------------------------------------------------------- HTTP/2 upstreams
+
+H2_CLUSTER = """
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    '@type': type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    explicit_http_config: {http2_protocol_options: {}}
+"""
+
+
+def h2_scripted(script):
+    """An HTTP/2 upstream that resets its first streams as `script` says ("refuse":
+    REFUSED_STREAM, "reset": INTERNAL_ERROR, at the request head), then answers 200."""
+    import h2.errors
+    from h2_upstream import H2Upstream
+
+    class Up(H2Upstream):
+        def _event(self, conn, live, ev):
+            import h2.events
+            if isinstance(ev, h2.events.RequestReceived):
+                with self.cv:
+                    action = script.pop(0) if script else None
+                if action is not None:
+                    with self.cv:
+                        self.requests.append(ev.stream_id)
+                    conn.reset_stream(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM if action == "refuse"
+                                      else h2.errors.ErrorCodes.INTERNAL_ERROR)
+                    return
+            super()._event(conn, live, ev)
+    return Up()
+
+
+@pytest.mark.parametrize("retry_on,action,want", [("refused-stream", "refuse", 200), ("refused-stream", "reset", 503),
+                                                  ("reset", "reset", 200), ("5xx", "refuse", 200)])
+def test_h2_upstream_resets_retried(tmp, retry_on, action, want):
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent.parent / "http2"))
+
+    def scenario(kind, tmp_path):
+        up = h2_scripted([action])
+        try:
+            text = yaml_for(route(f"{{retry_on: {retry_on}, num_retries: 1}}"), [up.port], cluster=H2_CLUSTER)
+
+            def drive(addr, stats):
+                r, body = http_request(addr, "GET", "/a")
+                return r.status, len(up.requests), pick(stats(), ("upstream_rq_retry",))
+            return run(kind, text, tmp_path, drive)
+        finally:
+            up.close()
+    st, n, stats = both(tmp, scenario)
+    assert (st, n) == (want, 2 if want == 200 else 1)
