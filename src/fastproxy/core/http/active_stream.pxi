@@ -51,6 +51,7 @@ cdef void stream_finish(HStream* s) noexcept nogil:
 cdef void stream_upstream_failed(HStream* s, int status, const char* reason) noexcept nogil:
     cdef HConn* c = s.c
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    outlier_report_local(s.upstream.hstats, c.w, outlier_failure_kind(reason, s.resp_started))
     s.upstream.conn = NULL
     if s.resp_started:
         # Part of the response is out: the only honest signal left is a reset (HTTP/1: an
