@@ -52,6 +52,7 @@ cdef void stream_finish(HStream* s) noexcept nogil:
 cdef void stream_upstream_failed(HStream* s, int status, const char* reason) noexcept nogil:
     cdef HConn* c = s.c
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    outlier_report_local(s.upstream.hstats, c.w, outlier_failure_kind(reason, s.resp_started))
     s.upstream.conn = NULL
     if s.retry != NULL and not s.resp_started and retry_on_reset(s, reason):
         return                          # the next attempt follows its back-off (retry.pxi)

@@ -332,6 +332,7 @@ cdef int ur_on_response_headers(HStream* s, const HttpHead* head, const Response
                <unsigned long long>u.id)
     _count_upstream(s.cluster.stats, c.w, s.status)
     _count_host(s, s.status)
+    outlier_report_http(s.upstream.hstats, c.w, s.status)
     _count_downstream(c, s.status)
     if _enc_filtered(s):
         return _response_to_filters(s)
@@ -407,6 +408,7 @@ cdef void ur_on_response_error(HStream* s, int kind) noexcept nogil:
         if s.resp_started:
             s.response_flags |= RF_UR
             stat_add(s.cluster.stats, c.w, C_RQ_RX_RESET, 1)
+            outlier_report_local(s.upstream.hstats, c.w, OUT_RESET)
             stream_reset(s)
         else:
             http_pool_fail(u, 503, UPSTREAM_REMOTE_RESET)
@@ -415,6 +417,7 @@ cdef void ur_on_response_error(HStream* s, int kind) noexcept nogil:
             s.response_flags |= RF_UPE              # bad body framing from the upstream
         elif not filtered or kind == UE_CLOSED_IN_HEAD or kind == UE_CLOSED_BEFORE_HEAD:
             s.response_flags |= RF_UC               # the upstream ended inside the response
+        outlier_report_local(s.upstream.hstats, c.w, OUT_RESET)
         stream_reset(s)
     elif kind == UE_CLOSED_BEFORE_HEAD or (kind == UE_CLOSED_IN_BODY and not filtered):
         http_pool_fail(u, 503, UPSTREAM_TERMINATION)
