@@ -27,7 +27,8 @@ from fastproxy.errors import ConfigError
 ENVOY = find_envoy()
 needs_envoy = pytest.mark.skipif(ENVOY is None, reason="envoy binary not on PATH nor next to sys.executable")
 B = "cluster.backend."
-KINDS = ["fastproxy", pytest.param("envoy", marks=needs_envoy)]
+PREVIOUS_HOSTS = ("{name: envoy.retry_host_predicates.previous_hosts, typed_config: {'@type': "
+                  "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}}")
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -497,7 +498,9 @@ def test_attempt_count_on_a_local_reply(tmp):
     ("{retry_on: 5xx, rate_limited_retry_back_off: {reset_headers: [{name: retry-after}]}}",
      ".retry_policy.rate_limited_retry_back_off", "rate_limited_retry_back_off"),
     ("{retry_on: 5xx, retry_host_predicate: [{name: envoy.retry_host_predicates.omit_canary_hosts}]}",
-     ".retry_policy.retry_host_predicate[0]", "omit_canary_hosts"),
+     ".retry_policy.retry_host_predicate[0].typed_config", "omit_canary_hosts"),
+    ("{retry_on: 5xx, retry_host_predicate: [{name: envoy.retry_host_predicates.previous_hosts}]}",
+     ".retry_policy.retry_host_predicate[0].typed_config", "only envoy.retry_host_predicates.previous_hosts"),
 ])
 def test_bad_policy_refused_with_its_path(policy, path, words):
     with pytest.raises(ConfigError) as e:
@@ -510,7 +513,7 @@ def test_dump_round_trips():
     text = yaml_for(route("{retry_on: '5xx,reset', num_retries: 3, per_try_timeout: 0.5s, "
                           "retry_back_off: {base_interval: 0.01s, max_interval: 0.2s}, "
                           "retriable_status_codes: [418], "
-                          "retry_host_predicate: [{name: envoy.retry_host_predicates.previous_hosts}], "
+                          f"retry_host_predicate: [{PREVIOUS_HOSTS}], "
                           "host_selection_retry_max_attempts: 4}"), [1],
                     vhost="{include_request_attempt_count: true, per_request_buffer_limit_bytes: 2048}",
                     cluster="circuit_breakers: {thresholds: [{retry_budget: {budget_percent: {value: 25}}}]}")
@@ -569,3 +572,27 @@ def test_h2_upstream_resets_retried(tmp, retry_on, action, want):
             up.close()
     st, n, stats = both(tmp, scenario)
     assert (st, n) == (want, 2 if want == 200 else 1)
+
+
+# --------------------------------------------------------------------------- previous hosts
+
+@pytest.mark.parametrize("previous_hosts", [True, False])
+def test_previous_hosts(tmp, previous_hosts):
+    """RANDOM over a host that always answers 503 and one that answers 200, one retry: with
+    retry_host_predicate previous_hosts the retry avoids the failed host (every request
+    succeeds); without it a retry picks the failed host again about half the time."""
+    from failing_upstreams import HostGroup
+    predicate = (f"retry_host_predicate: [{PREVIOUS_HOSTS}], "
+                 "host_selection_retry_max_attempts: 20, " if previous_hosts else "")
+    n = 40
+
+    def scenario(kind, tmp_path):
+        with HostGroup(("bad", "gateway", {"status": 503}), ("good", "ok")) as g:
+            text = yaml_for(route(f"{{retry_on: 5xx, num_retries: 1, {predicate}}}"), g.ports,
+                            cluster="lb_policy: RANDOM")
+
+            def drive(addr, stats):
+                codes = [http_request(addr, "GET", "/a")[0].status for _ in range(n)]
+                return codes.count(200) == n
+            return run(kind, text, tmp_path, drive)
+    assert both(tmp, scenario) is previous_hosts

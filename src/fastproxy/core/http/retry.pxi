@@ -644,6 +644,7 @@ cdef void _retry_per_try_fired(Worker* w, void* arg) noexcept nogil:
     rc = _retry_decide(s, (st.retry_on & (RO_RESET | RO_5XX | RO_GATEWAY_ERROR)) != 0)
     if rc == RS_YES:
         host_stat_add(s.upstream.hstats, w, HS_RQ_ERROR, 1)
+        outlier_report_local(s.upstream.hstats, w, OUT_TIMEOUT)    # (else the 504 reports it)
         return
     _retry_outcome_flags(s, rc)
     s.response_flags |= RF_UT
