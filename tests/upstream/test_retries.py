@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import envoy_yaml, find_envoy, fragment, http_listener, start_envoy, static_cluster, wait_for
+from conftest import admin_get, envoy_yaml, find_envoy, fragment, http_listener, start_envoy, static_cluster, wait_for
 from http_upstreams import RawHttpUpstream, http_request
 from upstreams import refused_port, rst_close
 
@@ -77,30 +77,41 @@ def read_stats(admin):
     return parity.read_stats(admin)
 
 
+def host_counters(admin, names=("rq_total", "rq_error", "rq_success", "rq_timeout")):
+    """/clusters' per-host counters of the cluster "backend": {port: {name: value}}."""
+    out = {}
+    for line in admin_get(admin, "/clusters").splitlines():
+        parts = line.split("::")
+        if len(parts) == 4 and parts[0] == "backend" and parts[2] in names:
+            out.setdefault(int(parts[1].rsplit(":", 1)[1]), {})[parts[2]] = int(parts[3])
+    return out
+
+
 def run(kind, text, tmp_path, drive):
     """drive(addr, stats) against Envoy or fastproxy started on `text`; stats() returns the
-    counters and gauges once nothing is in flight on the cluster."""
+    counters and gauges once nothing is in flight on the cluster (stats.hosts(): the
+    per-host counters)."""
     if kind == "envoy":
         proc, admin, addr = start_envoy(text, tmp_path)
-
-        def stats():
-            return wait_for(lambda: (lambda s: s.get(B + "upstream_rq_active", 0) == 0 and s)(read_stats(admin)),
-                            timeout=10, msg="envoy settled")
-        try:
-            return drive(addr, stats)
-        finally:
-            proc.terminate()
-            proc.wait(10)
-    p = fastproxy.Proxy.from_envoy(text, concurrency=1)
-    p.start()
+        get = lambda: read_stats(admin)         # noqa: E731
+    else:
+        p = fastproxy.Proxy.from_envoy(text, concurrency=1)
+        p.start()
+        admin, addr = p.admin_address, p.listener_address("web")
+        get = p.stats
 
     def stats():
-        return wait_for(lambda: (lambda s: s.get(B + "upstream_rq_active", 0) == 0 and s)(p.stats()),
-                        timeout=10, msg="fastproxy settled")
+        return wait_for(lambda: (lambda s: s.get(B + "upstream_rq_active", 0) == 0 and s)(get()),
+                        timeout=10, msg=f"{kind} settled")
+    stats.hosts = lambda: host_counters(admin)
     try:
-        return drive(p.listener_address("web"), stats)
+        return drive(addr, stats)
     finally:
-        p.stop(drain_timeout=0.5)
+        if kind == "envoy":
+            proc.terminate()
+            proc.wait(10)
+        else:
+            p.stop(drain_timeout=0.5)
 
 
 def yaml_for(routes, hosts, cluster=None, vhost=None, **hcm):
@@ -160,12 +171,14 @@ def test_5xx_retried_until_success(tmp):
 
             def drive(addr, stats):
                 r, body = http_request(addr, "GET", "/a")
-                return r.status, body, up.count, pick(stats())
+                return r.status, body, up.count, pick(stats()), list(stats.hosts().values())
             return run(kind, text, tmp_path, drive)
         finally:
             up.close()
-    st, body, n, stats = both(tmp, scenario)
+    st, body, n, stats, hosts = both(tmp, scenario)
     assert (st, body, n) == (200, b"ok", 3)
+    # every attempt is a request of the host; the retried ones are its errors
+    assert hosts == [{"rq_total": 3, "rq_error": 2, "rq_success": 1, "rq_timeout": 0}]
     assert stats["upstream_rq_retry"] == 2 and stats["upstream_rq_retry_success"] == 1
     assert stats["upstream_rq_total"] == 3
 
@@ -274,12 +287,14 @@ def test_per_try_timeout(tmp):
                 t = time.monotonic()
                 r, body = http_request(addr, "GET", "/a")
                 took = time.monotonic() - t
-                return r.status, up.count, 0.2 <= took < 2.0, pick(stats(), ("upstream_rq_per_try_timeout",
-                                                                              "upstream_rq_retry"))
+                return (r.status, up.count, 0.2 <= took < 2.0,
+                        pick(stats(), ("upstream_rq_per_try_timeout", "upstream_rq_retry")),
+                        list(stats.hosts().values()))
             return run(kind, text, tmp_path, drive)
         finally:
             up.close()
-    assert both(tmp, scenario) == (200, 2, True, {"upstream_rq_per_try_timeout": 1, "upstream_rq_retry": 1})
+    assert both(tmp, scenario) == (200, 2, True, {"upstream_rq_per_try_timeout": 1, "upstream_rq_retry": 1},
+                                   [{"rq_total": 2, "rq_error": 1, "rq_success": 1, "rq_timeout": 1}])
 
 
 def test_per_try_timeout_without_retry_is_504(tmp):
