@@ -495,6 +495,26 @@ def test_retry_headers_honoured_on_internal_requests(tmp, hcm, retried):
     assert both(tmp, scenario) == (503, 3 if retried else 1, [])
 
 
+@pytest.mark.parametrize("hcm,want", [(INTERNAL, (200, 2, 1, 0)), (EXTERNAL, (504, 1, 0, 1))])
+def test_per_try_timeout_header(tmp, hcm, want):
+    """x-envoy-upstream-rq-per-try-timeout-ms bounds each attempt of an internal request
+    (its per-try timeout is retried under the route's policy); an external request's is
+    removed, so the route timeout ends it."""
+    def scenario(kind, tmp_path):
+        up = Scripted(["hang"])
+        try:
+            text = yaml_for(route("{retry_on: 5xx, num_retries: 1}", "timeout: 1s"), [up.port], **hcm)
+
+            def drive(addr, stats):
+                r, _ = http_request(addr, "GET", "/a", headers={"x-envoy-upstream-rq-per-try-timeout-ms": "200"})
+                st = pick(stats(), ("upstream_rq_per_try_timeout", "upstream_rq_timeout"))
+                return r.status, up.count, st["upstream_rq_per_try_timeout"], st["upstream_rq_timeout"]
+            return run(kind, text, tmp_path, drive)
+        finally:
+            up.close()
+    assert both(tmp, scenario) == want
+
+
 def test_attempt_count_headers(tmp):
     def scenario(kind, tmp_path):
         up = Scripted([status(503)])
