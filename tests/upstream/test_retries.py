@@ -666,3 +666,35 @@ def test_previous_hosts(tmp, previous_hosts):
                 return codes.count(200) == n
             return run(kind, text, tmp_path, drive)
     assert both(tmp, scenario) is previous_hosts
+
+
+# --------------------------------------------------------------------------- with mirrors
+
+def test_retried_request_is_mirrored_once(tmp):
+    """A mirrored route that retries: the shadow goes once, with the first attempt (Envoy
+    never shadows a retry), and the body kept for the retry reaches both."""
+    routes = """
+- match: {prefix: /}
+  route:
+    cluster: backend
+    retry_policy: {retry_on: 5xx, num_retries: 1}
+    request_mirror_policies: [{cluster: mirror}]
+"""
+
+    def scenario(kind, tmp_path):
+        up, mirror = Scripted([status(503)]), Scripted()
+        try:
+            text = yaml_for(routes, [up.port])
+            boot = __import__("yaml").safe_load(text)
+            boot["static_resources"]["clusters"].append(static_cluster("mirror", [mirror.port], connect_timeout="1s"))
+            text = __import__("yaml").safe_dump(boot, sort_keys=False)
+
+            def drive(addr, stats):
+                r, _ = http_request(addr, "POST", "/a", body=b"payload")
+                wait_for(lambda: mirror.count == 1)
+                return r.status, [b for _, _, _, b in up.requests], [b for _, _, _, b in mirror.requests]
+            return run(kind, text, tmp_path, drive)
+        finally:
+            up.close()
+            mirror.close()
+    assert both(tmp, scenario) == (200, [b"payload", b"payload"], [b"payload"])
