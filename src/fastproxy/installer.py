@@ -416,6 +416,9 @@ class ConfigInstaller:
                     self._stats.setdefault(("cluster", f"cluster.{c.name}"), handle.stats)
             self._health_check_hosts(c.name, clusters[c.name].handle)
             self._cluster_counts[stat] += 1
+            rb = c.retry_budget        # (circuit_breakers retry_budget: fastproxy.http.retry)
+            clusters[c.name].handle.set_retry_budget(
+                None if rb is None else rb.budget_percent, 3 if rb is None else rb.min_retry_concurrency)
         for name, st in self._clusters.items():
             if name not in clusters:
                 self._stop_health_checker(name)
