@@ -404,12 +404,25 @@ class ConfigInstaller:
                     del self._absent_clusters[c.name]
                     self._stats.setdefault(("cluster", f"cluster.{c.name}"), handle.stats)
             self._cluster_counts[stat] += 1
+        for name, st in clusters.items():
+            old_st = self._clusters.get(name)
+            if old_st is None or old_st.handle is not st.handle or \
+                    old_st.model.outlier_detection != st.model.outlier_detection:
+                self._outlier_configure(st.handle, st.model)
         for name, st in self._clusters.items():
             if name not in clusters:
                 st.handle.remove()
                 self._absent_clusters[name] = st.handle
                 self._cluster_counts["cluster_removed"] += 1
         self._clusters = clusters
+
+    def _outlier_configure(self, handle, c: Cluster) -> None:
+        """Give cluster ``c``'s detector its config (none: no outlier detection); its
+        counters are cluster.<name>.outlier_detection.*, a block made only for a cluster
+        that configures outlier detection, as Envoy's."""
+        od = c.outlier_detection
+        stats = None if od is None else self._stat_block("outlier", f"cluster.{c.name}.outlier_detection")
+        _core.outlier_configure(handle, None if od is None else od.to_spec(), stats)
 
     def _install_listeners(self, b: Bootstrap, routes: dict, clusters: dict[str, _ClusterState],
                            commit: list) -> None:

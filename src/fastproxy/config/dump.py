@@ -153,6 +153,8 @@ def cluster_json(c: model.Cluster, redact: bool = False) -> dict:
         out["typed_extension_protocol_options"] = {HTTP_PROTOCOL_OPTIONS: options}
     if c.tls is not None:
         out["transport_socket"] = transport_socket_json(c.tls, redact)
+    if c.outlier_detection is not None:
+        out["outlier_detection"] = outlier_detection_json(c.outlier_detection)
     if c.type == "EDS":
         # Its endpoints are EDS's (EndpointsConfigDump, ?include_eds), not the cluster's.
         eds: Dict[str, Any] = {"eds_config": config_source_json(c.eds_config)}
@@ -160,6 +162,20 @@ def cluster_json(c: model.Cluster, redact: bool = False) -> dict:
         out["eds_cluster_config"] = eds
         return out
     out["load_assignment"] = load_assignment_json(c.name, c.endpoints)
+    return out
+
+
+def outlier_detection_json(od: Any) -> dict:
+    """An envoy.config.cluster.v3.OutlierDetection: the fields that differ from Envoy's
+    defaults (an empty one is outlier detection with every default)."""
+    from ..upstream.outlier import OutlierDetection
+    out: Dict[str, Any] = {}
+    for name, default in vars(OutlierDetection()).items():
+        value = getattr(od, name)
+        if value == default:
+            continue
+        out[name] = duration(value) if name in ("interval", "base_ejection_time", "max_ejection_time",
+                                                "max_ejection_time_jitter") else value
     return out
 
 

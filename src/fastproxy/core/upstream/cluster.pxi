@@ -104,6 +104,7 @@ cdef void cluster_decref(ClusterCfg* c) noexcept nogil:
             statblock_decref(c.per_worker[i].params.h2_stats)
         free(c.per_worker)
         http_pools_free(c)
+        outlier_detector_free(c)
         free(c)
 
 
@@ -431,6 +432,8 @@ cdef class ClusterHandle:
             raise MemoryError()
         _host_stats_prune(table)
         self.current = hosts
+        if outlier_hosts_changed(self.c, hosts.hs) < 0:
+            raise MemoryError()
         for i in range(self.c.nworkers):
             m = <HostSetSwap*>malloc(sizeof(HostSetSwap))
             if m == NULL:
