@@ -54,13 +54,16 @@ class ThreadedUpstream:
 class RawHttpUpstream(ThreadedUpstream):
     """A keep-alive HTTP/1.1 server. `handler(method, path, headers, body) -> bytes|None`
     returns the raw response bytes (None: close the connection without answering).
-    Every request received is recorded in `requests`, every raw byte in `raw`."""
+    Every request received is recorded in `requests`, every raw byte in `raw`, unless
+    `record` is false (an upstream under a benchmark's load would only grow). `lock`: as
+    ThreadedUpstream's."""
 
-    def __init__(self, handler=None):
+    def __init__(self, handler=None, lock=None, record=True):
         self.handler = handler or self.default
+        self.record = record
         self.requests: list[tuple[str, str, dict, bytes]] = []
         self.raw = bytearray()
-        super().__init__()
+        super().__init__(lock)
 
     @staticmethod
     def default(method, path, headers, body):
@@ -69,7 +72,7 @@ class RawHttpUpstream(ThreadedUpstream):
 
     def _recv(self, c, buf):
         d = c.recv(1 << 16)
-        if d:
+        if d and self.record:
             with self._lock:
                 self.raw += d
         return d
@@ -124,8 +127,9 @@ class RawHttpUpstream(ThreadedUpstream):
                             buf = buf[size + 2:]
                     except EOFError:
                         return
-                with self._lock:
-                    self.requests.append((method, path, headers, body))
+                if self.record:
+                    with self._lock:
+                        self.requests.append((method, path, headers, body))
                 out = self.handler(method, path, headers, body)
                 if out is None:
                     return
