@@ -200,8 +200,13 @@ def test_resets_and_refused_connections(tmp_path, split):
         return {"refused": st.get(503, 0) - hosts[0].requests, "reached": hosts[0].requests + hosts[2].requests,
                 "stats": od_stats(admin), "flags": health_flags(admin, hosts)}
 
-    r = same(run_both(tmp_path, hosts(("reset",), ("refuse",), ("ok",)), od, drive))
-    assert r["refused"] == 3
+    both = run_both(tmp_path, hosts(("reset",), ("refuse",), ("ok",)), od, drive)
+    # The refusing host is ejected by its third failure. (Envoy posts the ejection to its
+    # main thread and the new host set back to the worker: now and then a request or two
+    # more reach the host before it lands. Seen: 5 instead of 3, once in ten runs.)
+    assert both["fastproxy"].pop("refused") == 3 and both["envoy"].pop("refused") >= 3
+    both["fastproxy"].pop("reached"), both["envoy"].pop("reached")
+    r = same(both)
     if split:
         assert r["stats"]["ejections_enforced_consecutive_local_origin_failure"] == 1
         assert r["flags"] == ["healthy", "/failed_outlier_check", "healthy"]
@@ -294,10 +299,13 @@ def test_stat_names_match_envoy(tmp_path):
     def drive(addr, admin, hosts):
         get(addr)
         names = {k for k in read_stats(admin) if ".outlier_detection." in k}
-        return sorted(names)
+        prometheus = {line.split(" ")[0] for line in admin_get(admin, "/stats/prometheus").splitlines()
+                      if "outlier_detection" in line and not line.startswith("#")}
+        return sorted(names), sorted(prometheus)
 
-    names = same(run_both(tmp_path, hosts(("ok",)), "{}", drive))
+    names, prometheus = same(run_both(tmp_path, hosts(("ok",)), "{}", drive))
     assert names and all(n.startswith(OD) for n in names)
+    assert 'envoy_cluster_outlier_detection_ejections_active{envoy_cluster_name="backend"}' in prometheus
 
 
 # --------------------------------------------------------------------------- config

@@ -38,6 +38,8 @@ def cluster_outlier_detection(msg: Message) -> dict:
     for name in _DURATIONS:
         value = od.duration(name)
         if value is not None:
+            if name != "max_ejection_time_jitter" and value <= 0:
+                raise ConfigError(od.at(name), "value must be greater than 0s")     # (Envoy's words)
             kwargs[name] = value
     model = OutlierDetection(**kwargs)
     model.validate(msg.at("outlier_detection"))
