@@ -428,7 +428,6 @@ cdef int outlier_hosts_changed(ClusterCfg* c, HostSet* hosts) noexcept nogil:
     cdef double* rates
     cdef int* valid
     cdef HostShared* hs
-    cdef int changed = 0
     if d == NULL:
         return 0
     pthread_mutex_lock(&d.lock)
@@ -462,9 +461,7 @@ cdef int outlier_hosts_changed(ClusterCfg* c, HostSet* hosts) noexcept nogil:
     for i in range(d.nhosts):
         hs = _od_host(d, i)
         if not hs.od.listed:
-            if hs.od.ejected:
-                changed = 1
-            _od_forget_host(d, hs)
+            _od_forget_host(d, hs)     # (not in the new host set: no rebuild for it)
         statblock_decref(d.blocks[i])
     for i in range(n):
         (<HostShared*>blocks[i].ext).od.listed = 0
@@ -479,8 +476,6 @@ cdef int outlier_hosts_changed(ClusterCfg* c, HostSet* hosts) noexcept nogil:
     d.nhosts = n
     _od_active_gauge(d)
     pthread_mutex_unlock(&d.lock)
-    if changed:
-        cluster_health_changed(c)
     return 0
 
 
