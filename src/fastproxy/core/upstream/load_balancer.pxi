@@ -41,11 +41,4 @@ cdef Host* cluster_pick(ClusterCfg* c, Worker* w, LbContext* ctx) noexcept nogil
         # Round robin; a retry after a failed connect also moves on to the next host.
         i = lb.next % <uint32_t>hs.nschedule
         lb.next += 1
-    # TEMP (OD, until LB's M1): skip hosts with an unhealthy flag.
-    cdef uint32_t k
-    for k in range(<uint32_t>hs.nschedule):
-        if not (fp_load_u32(&host_shared(hs.hosts[hs.schedule[(i + k) % <uint32_t>hs.nschedule]].stats).health_flags) & HF_UNHEALTHY):
-            if k:
-                lb.next += k
-            return &hs.hosts[hs.schedule[(i + k) % <uint32_t>hs.nschedule]]
     return &hs.hosts[hs.schedule[i]]
