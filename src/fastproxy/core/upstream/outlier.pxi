@@ -86,11 +86,6 @@ cdef inline int outlier_failure_kind(const char* reason, bint resp_started) noex
     return OUT_CONNECT_FAILED
 
 
-# Until LB's M1 lands (i16-lb): the load balancer's health-change hook (contract 1).
-cdef int cluster_health_changed(ClusterCfg* c) noexcept nogil:
-    return 0
-
-
 # ---------------------------------------------------------------- the detector
 
 cdef enum:                       # why a host is ejected (Envoy's OutlierEjectionType)
