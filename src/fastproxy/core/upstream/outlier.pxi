@@ -33,23 +33,11 @@ cdef extern from *:
     static inline void fp_od_store_ptr(void **p, void *v) {
         __atomic_store_n(p, v, __ATOMIC_RELEASE);
     }
-    static inline uint32_t fp_od_flags_or(uint32_t *p, uint32_t v) {
-        return __atomic_fetch_or(p, v, __ATOMIC_ACQ_REL);
-    }
-    static inline uint32_t fp_od_flags_clear(uint32_t *p, uint32_t v) {
-        return __atomic_fetch_and(p, ~v, __ATOMIC_ACQ_REL);
-    }
-    static inline uint32_t fp_load_u32(uint32_t *p) {
-        return __atomic_load_n(p, __ATOMIC_ACQUIRE);
-    }
     """
     uint64_t fp_od_xchg_u64(uint64_t* p, uint64_t v) nogil
     void fp_od_add_u64(uint64_t* p, uint64_t v) nogil
     void* fp_od_load_ptr(void** p) nogil
     void fp_od_store_ptr(void** p, void* v) nogil
-    uint32_t fp_od_flags_or(uint32_t* p, uint32_t v) nogil
-    uint32_t fp_od_flags_clear(uint32_t* p, uint32_t v) nogil
-    uint32_t fp_load_u32(uint32_t* p) nogil
 
 from libc.math cimport sqrt
 
@@ -253,7 +241,7 @@ cdef int _od_eject(OutlierDetector* d, HostShared* hs, int kind, uint64_t now) n
     _od_stat(d, OD_EJECTIONS_ENFORCED_TOTAL, 1)
     _od_stat(d, _OD_ENFORCED[kind], 1)
     hs.od.ejected = 1
-    fp_od_flags_or(&hs.health_flags, HF_FAILED_OUTLIER_CHECK)
+    fp_atomic_or_u32(&hs.health_flags, HF_FAILED_OUTLIER_CHECK)
     hs.od.num_ejections += 1
     hs.od.ejected_at_ms = now
     hs.od.jitter_ms = _od_random(d) % (d.cfg.max_jitter_ms + 1)
@@ -268,7 +256,7 @@ cdef void _od_uneject(OutlierDetector* d, HostShared* hs, uint64_t now) noexcept
     d.nejected -= 1
     _od_active_gauge(d)
     hs.od.ejected = 0
-    fp_od_flags_clear(&hs.health_flags, HF_FAILED_OUTLIER_CHECK)
+    fp_atomic_and_u32(&hs.health_flags, ~(<uint32_t>HF_FAILED_OUTLIER_CHECK))
     fp_store_int(&hs.od.consecutive_5xx, 0)
     fp_store_int(&hs.od.consecutive_gateway_failure, 0)
     fp_store_int(&hs.od.consecutive_local_origin_failure, 0)
@@ -398,7 +386,7 @@ cdef void _od_forget_host(OutlierDetector* d, HostShared* hs) noexcept nogil:
     its reports go nowhere (a host that comes back starts afresh, as a new host in Envoy)."""
     if hs.od.ejected:
         d.nejected -= 1
-        fp_od_flags_clear(&hs.health_flags, HF_FAILED_OUTLIER_CHECK)
+        fp_atomic_and_u32(&hs.health_flags, ~(<uint32_t>HF_FAILED_OUTLIER_CHECK))
     fp_od_store_ptr(<void**>&hs.od.det, NULL)
 
 
