@@ -17,7 +17,7 @@ import time
 import pytest
 
 from conftest import (admin_get, envoy_yaml, find_envoy, fragment, http_listener, start_envoy, static_cluster,
-                      wait_for)
+                      wait_for, wait_stalled)
 from failing_upstreams import scripted_host
 from http_upstreams import http_request
 
@@ -58,6 +58,12 @@ def read_stats(admin):
 
 def od_stats(admin):
     return {k[len(OD):]: v for k, v in read_stats(admin).items() if k.startswith(OD)}
+
+
+def settled_od_stats(admin, quiet=0.25):
+    """od_stats once they stop changing: Envoy's workers post a consecutive-failure
+    detection to its main thread, which counts it a moment after the response went out."""
+    return wait_stalled(lambda: od_stats(admin), quiet=quiet)
 
 
 def health_flags(admin, hosts):
@@ -157,7 +163,7 @@ def test_consecutive_5xx_ejects_at_once_and_unejects_after_base_time(tmp_path):
     def drive(addr, admin, hosts):
         bad = hosts[0]
         seen = {"statuses": statuses(addr, 12), "bad": bad.requests, "others": sorted(h.requests for h in hosts[1:])}
-        seen["stats"] = od_stats(admin)
+        seen["stats"] = settled_od_stats(admin, quiet=0.1)
         seen["flags"] = health_flags(admin, hosts)
         # Un-ejected after base_ejection_time (0.5 s from the ejection, which was a moment
         # ago), at an interval tick (every 0.2 s).
@@ -200,7 +206,7 @@ def test_consecutive_gateway_failure(tmp_path, enforcing):
         # on where it starts.)
         st = statuses(addr, 16)
         return {"gateway": [st.get(502), st.get(504), hosts[0].requests, hosts[1].requests],
-                "others": hosts[2].requests + hosts[3].requests, "stats": od_stats(admin),
+                "others": hosts[2].requests + hosts[3].requests, "stats": settled_od_stats(admin),
                 "flags": health_flags(admin, hosts)}
 
     both = run_both(tmp_path, hosts(("gateway", {"status": 502}), ("gateway", {"status": 504}), ALWAYS_500,
@@ -230,7 +236,7 @@ def test_resets_and_refused_connections(tmp_path, split):
     def drive(addr, admin, hosts):
         st = statuses(addr, 16)
         return {"refused": st.get(503, 0) - hosts[0].requests, "reached": sum(h.requests for h in hosts),
-                "stats": od_stats(admin), "flags": health_flags(admin, hosts)}
+                "stats": settled_od_stats(admin), "flags": health_flags(admin, hosts)}
 
     # (Four hosts: with two ejected the healthy ones are still above the panic threshold.)
     both = run_both(tmp_path, hosts(("reset",), ("refuse",), ("ok",), ("ok",)), od, drive)
@@ -255,7 +261,7 @@ def test_mixed_failures(tmp_path):
 
     def drive(addr, admin, hosts):
         st = statuses(addr, 30)
-        return {"mixed": hosts[0].requests, "statuses": st, "resets": hosts[0].resets, "stats": od_stats(admin),
+        return {"mixed": hosts[0].requests, "statuses": st, "resets": hosts[0].resets, "stats": settled_od_stats(admin),
                 "flags": health_flags(admin, hosts)}
 
     both = run_both(tmp_path, hosts(("flaky", {"fail_rate": 0.5, "reset_rate": 0.2, "seed": 17}), ("ok",), ("ok",)),
@@ -278,7 +284,7 @@ def test_max_ejection_percent(tmp_path, percent):
 
     def drive(addr, admin, hosts):
         st = statuses(addr, 12)
-        stats = od_stats(admin)
+        stats = settled_od_stats(admin)
         if percent is not None:
             # Which failing host is ejected first, and so how often the other one's runs
             # overflow, depends on where round robin starts (at random in Envoy).
