@@ -275,6 +275,11 @@ cdef struct ClusterCfg:
     int* posting                # the engine's: 1 while worker threads take messages,
                                 #   else a swap is applied directly (as Engine.post)
     OutlierDetector* outlier    # outlier detection (outlier.pxi), or NULL; freed with the cluster
+    int64_t n_retries           # retries outstanding (core/http/retry.pxi), limited by
+                                #   params.max_retries, or by the retry budget when it has one:
+    uint8_t has_retry_budget    #   (set by ClusterHandle.set_retry_budget, read by any worker)
+    uint32_t retry_budget_pct_x100      # budget_percent x 100
+    uint32_t retry_budget_min           # min_retry_concurrency
 
 cdef struct HostSetSwap:        # a worker message: the worker's new host set
     ClusterCfg* cluster
