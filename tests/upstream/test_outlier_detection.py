@@ -101,14 +101,14 @@ def _run(kind, text, tmp_path, drive):
 MERGE_NOW = {"update_merge_window": "0s"}
 
 
-def run_both(tmp_path, make_hosts, od, drive, kinds=("envoy", "fastproxy")):
+def run_both(tmp_path, make_hosts, od, drive, kinds=("envoy", "fastproxy"), routes=ROUTES):
     """drive(addr, admin, hosts) against Envoy and fastproxy, each with fresh hosts from
     make_hosts() in one cluster "backend" (round robin) with ``od`` (YAML) as its
     outlier_detection; {kind: what drive returned}."""
     out = {}
     for kind in kinds:
         hosts = make_hosts()
-        text = envoy_yaml([http_listener(ROUTES)],
+        text = envoy_yaml([http_listener(routes)],
                           [static_cluster("backend", [h.port for h in hosts], connect_timeout="1s",
                                           outlier_detection=fragment(od), common_lb_config=MERGE_NOW)])
         try:
@@ -271,6 +271,27 @@ def test_mixed_failures(tmp_path):
     assert envoy["mixed"] >= 6 and envoy["resets"] >= 1
     r = same(both)
     assert r["flags"] == ["/failed_outlier_check", "healthy", "healthy"]
+
+
+@needs_envoy
+def test_retries_and_ejection_keep_requests_succeeding(tmp_path):
+    """With a retry policy, every attempt reports: the failing host's 503s are retried on
+    the others (the client sees only 200s) and its third 503 ejects it."""
+    routes = """
+    - match: {prefix: /}
+      route: {cluster: backend, timeout: 2s, retry_policy: {retry_on: 5xx, num_retries: 2}}
+    """
+    od = "{consecutive_5xx: 3, interval: 10s, base_ejection_time: 30s, max_ejection_percent: 100}"
+
+    def drive(addr, admin, hosts):
+        return {"statuses": statuses(addr, 30), "bad": hosts[0].requests, "stats": settled_od_stats(admin),
+                "flags": health_flags(admin, hosts)}
+
+    both = run_both(tmp_path, hosts(ALWAYS_503, ("ok",), ("ok",)), od, drive, routes=routes)
+    ours, envoy = racy(both, "bad")
+    assert ours["bad"] == 3 and envoy["bad"] >= 3
+    r = same(both)
+    assert r["statuses"] == {200: 30} and r["flags"] == ["/failed_outlier_check", "healthy", "healthy"]
 
 
 @needs_envoy
