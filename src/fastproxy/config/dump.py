@@ -153,6 +153,8 @@ def cluster_json(c: model.Cluster, redact: bool = False) -> dict:
         out["typed_extension_protocol_options"] = {HTTP_PROTOCOL_OPTIONS: options}
     if c.tls is not None:
         out["transport_socket"] = transport_socket_json(c.tls, redact)
+    if c.health_checks:
+        out["health_checks"] = [health_check_json(hc) for hc in c.health_checks]
     out.update(dump_cluster_lb(c))
     if c.type == "EDS":
         # Its endpoints are EDS's (EndpointsConfigDump, ?include_eds), not the cluster's.
@@ -161,6 +163,66 @@ def cluster_json(c: model.Cluster, redact: bool = False) -> dict:
         out["eds_cluster_config"] = eds
         return out
     out["load_assignment"] = load_assignment_json(c.name, c.endpoints, c.overprovisioning_factor)
+    return out
+
+
+_HC_FILE_SINK = "type.googleapis.com/envoy.extensions.health_check.event_sinks.file.v3.HealthCheckEventFileSink"
+
+
+def health_check_json(hc) -> dict:
+    """A config.core.v3.HealthCheck (fastproxy.upstream.health_check.HealthCheck)."""
+    out: Dict[str, Any] = {"timeout": duration(hc.timeout), "interval": duration(hc.interval),
+                           "unhealthy_threshold": hc.unhealthy_threshold,
+                           "healthy_threshold": hc.healthy_threshold}
+    for name in ("interval_jitter", "initial_jitter"):
+        if getattr(hc, name):
+            out[name] = duration(getattr(hc, name))
+    _put(out, "interval_jitter_percent", hc.interval_jitter_percent, 0)
+    if hc.no_traffic_interval != 60.0:
+        out["no_traffic_interval"] = duration(hc.no_traffic_interval)
+    for name in ("no_traffic_healthy_interval", "unhealthy_interval", "unhealthy_edge_interval",
+                 "healthy_edge_interval"):
+        if getattr(hc, name) is not None:
+            out[name] = duration(getattr(hc, name))
+    if not hc.reuse_connection:
+        out["reuse_connection"] = False
+    _put(out, "always_log_health_check_failures", hc.always_log_health_check_failures, False)
+    if hc.event_log_path is not None:
+        if hc.event_log_field == "event_log_path":
+            out["event_log_path"] = hc.event_log_path
+        else:
+            out["event_logger"] = [{"name": "envoy.health_check.event_sinks.file",
+                                    "typed_config": {"@type": _HC_FILE_SINK, "event_log_path": hc.event_log_path}}]
+    h = hc.http_health_check
+    if h is not None:
+        http: Dict[str, Any] = {"path": h.path}
+        _put(http, "host", h.host, "")
+        _put(http, "method", h.method, "GET")
+        if h.receive:
+            http["receive"] = [{"text": seg.hex()} for seg in h.receive]
+        if h.expected_statuses:
+            http["expected_statuses"] = [{"start": a, "end": b} for a, b in h.expected_statuses]
+        if h.retriable_statuses:
+            http["retriable_statuses"] = [{"start": a, "end": b} for a, b in h.retriable_statuses]
+        if h.request_headers_to_add:
+            http["request_headers_to_add"] = [{"header": {"key": k, "value": v}} for k, v in h.request_headers_to_add]
+        if h.request_headers_to_remove:
+            http["request_headers_to_remove"] = list(h.request_headers_to_remove)
+        out["http_health_check"] = http
+    elif hc.grpc_health_check is not None:
+        g = hc.grpc_health_check
+        grpc: Dict[str, Any] = {}
+        _put(grpc, "service_name", g.service_name, "")
+        _put(grpc, "authority", g.authority, "")
+        out["grpc_health_check"] = grpc
+    else:
+        t = hc.tcp_health_check
+        tcp: Dict[str, Any] = {}
+        if t.send:
+            tcp["send"] = {"text": t.send.hex()}
+        if t.receive:
+            tcp["receive"] = [{"text": seg.hex()} for seg in t.receive]
+        out["tcp_health_check"] = tcp
     return out
 
 
@@ -759,7 +821,57 @@ def _route_action(a: mh.RouteAction) -> dict:
         out["max_stream_duration"] = {name: duration(getattr(msd, name)) for name in
                                       ("max_stream_duration", "grpc_timeout_header_max", "grpc_timeout_header_offset")
                                       if getattr(msd, name) is not None}
+    if a.hash_policy:
+        out["hash_policy"] = [_hash_policy(p) for p in a.hash_policy]
+    _mirror_policies(out, a.request_mirror_policies)
     return out
+
+
+def _hash_policy(p: Any) -> dict:
+    """A route's fastproxy.http.hash_policy.HashPolicy as Envoy's RouteAction.HashPolicy."""
+    out: Dict[str, Any] = {}
+    if p.header is not None:
+        h: Dict[str, Any] = {"header_name": p.header.header_name}
+        if p.header.regex_rewrite is not None:
+            h["regex_rewrite"] = {"pattern": _regex(p.header.regex_rewrite.pattern),
+                                  "substitution": p.header.regex_rewrite.substitution}
+        out["header"] = h
+    elif p.cookie is not None:
+        c: Dict[str, Any] = {"name": p.cookie.name}
+        if p.cookie.ttl is not None:
+            c["ttl"] = duration(p.cookie.ttl)
+        if p.cookie.path:
+            c["path"] = p.cookie.path
+        if p.cookie.attributes:
+            c["attributes"] = [{"name": a.name, "value": a.value} if a.value else {"name": a.name}
+                               for a in p.cookie.attributes]
+        out["cookie"] = c
+    elif p.connection_properties is not None:
+        out["connection_properties"] = {"source_ip": p.connection_properties.source_ip}
+    elif p.query_parameter is not None:
+        out["query_parameter"] = {"name": p.query_parameter.name}
+    elif p.filter_state is not None:
+        out["filter_state"] = {"key": p.filter_state.key}
+    if p.terminal:
+        out["terminal"] = True
+    return out
+
+
+def _mirror_policies(out: dict, policies: list) -> None:
+    """RouteAction.request_mirror_policies (fastproxy.http.mirror.MirrorPolicy)."""
+    items = []
+    for p in policies:
+        item: Dict[str, Any] = {"cluster": p.cluster}
+        if p.runtime_fraction is not None:
+            _runtime_fraction(item, "runtime_fraction", p.runtime_fraction)
+            if p.runtime_key:
+                item["runtime_fraction"]["runtime_key"] = p.runtime_key
+        if p.trace_sampled is not None:
+            item["trace_sampled"] = p.trace_sampled
+        _put(item, "disable_shadow_host_suffix_append", p.disable_shadow_host_suffix_append, False)
+        items.append(item)
+    if items:
+        out["request_mirror_policies"] = items
 
 
 _REDIRECT_CODES = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER", 307: "TEMPORARY_REDIRECT",

@@ -222,6 +222,7 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
             _pl_add(&l, _cs("x-envoy-original-host"), orig_host)    # the Host it replaced
         if _pl_apply_ops(&l, &e.request_headers) < 0:
             return -1
+        shadows_start(s, method, target, &l, &bf)          # the route's mirrors (core/http/shadow.pxi)
         return s.upstream.conn.codec.encode_headers(s.upstream.conn, method, target, &l, &bf)
     finally:
         free(l.v)
@@ -277,6 +278,8 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
     events below (or, for a tunnel, bytes flow). -1: the stream or connection ended."""
     cdef UpConn* u = s.upstream.conn
     cdef HConn* c = s.c
+    if s.shadow_role == SHR_SHADOW:
+        return shadow_on_upstream(s)
     if s.connect and not s.tunnel and stream_connect_established(s) < 0:
         stream_reset(s)
         return -1
@@ -299,6 +302,8 @@ cdef int ur_on_response_headers(HStream* s, const HttpHead* head, const Response
     ended."""
     cdef UpConn* u = s.upstream.conn
     cdef HConn* c = s.c
+    if s.shadow_role == SHR_SHADOW:
+        return shadow_on_response_headers(s, head)
     s.upstream.resp_head = head
     s.upstream.resp_facts = f[0]
     if head.status == 101:
@@ -341,6 +346,8 @@ cdef bint ur_response_data_wanted(HStream* s, bint at_end) noexcept nogil:
     """May the codec deliver response body (at_end: the response's end) now? Not while an
     encoder filter holds the head (its continue restarts this), nor body beyond what the
     encoder filters will buffer (their end always)."""
+    if s.shadow_role == SHR_SHADOW:
+        return True
     if _enc_body_filtered(s):
         return at_end or hf_wants_more(s, True)
     return s.resp_started != 0
@@ -351,9 +358,12 @@ cdef int ur_on_response_data(HStream* s, Chain* src, size_t n, bint end,
     """n response body bytes at the front of src (the receiver takes them), `end` with the
     last, trailers (or NULL) with the end. -1: the stream ended."""
     cdef HConn* c = s.c
-    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    cdef HttpCfg* h
     cdef PairList tl
     cdef int rc
+    if s.shadow_role == SHR_SHADOW:
+        return shadow_on_response_data(s, src, n, end)
+    h = <HttpCfg*>c.cfg.http
     stat_add(h.stats, c.w, H_BYTES_COPIED, n)
     if end:
         s.upstream.resp_received = 1
@@ -392,6 +402,9 @@ cdef void ur_on_response_error(HStream* s, int kind) noexcept nogil:
     cdef UpConn* u = s.upstream.conn
     cdef HConn* c = s.c
     cdef bint filtered = _enc_body_filtered(s)
+    if s.shadow_role == SHR_SHADOW:
+        shadow_on_response_error(s, kind)
+        return
     if kind == UE_PROTOCOL:
         http_pool_fail(u, 502, UPSTREAM_PROTOCOL_ERROR)     # counts the 5xx
     elif kind == UE_RESET:
@@ -576,6 +589,11 @@ cdef int stream_route(HStream* s) noexcept nogil:
         s.response_flags |= RF_NC
         stream_local_reply(s, 503, "", 0, NULL, 0, not s.req_received)
         return -1
+    if e.hash_policy != NULL and stream_hash_policy(s, &r) < 0:     # the pick's hash (core/http/hash_policy.pxi)
+        free(path)
+        _route_input_free(hdrs, stack)
+        stream_local_reply(s, 503, NO_MEMORY_BODY, strlen(NO_MEMORY_BODY), NULL, 0, True)
+        return -1
     stream_route_timeout(s)
     s.upstream.conn = http_pool_acquire(s, s.cluster)
     if s.upstream.conn == NULL:
@@ -646,6 +664,8 @@ cdef int hf_sink_data_decode(HStream* s) noexcept nogil:
         return 0
     if not d.sink_started and stream_send_request_head(s, _sink_framing(d, &fc.req), d.held.length) < 0:
         return -1
+    if s.shadows != NULL:
+        shadows_feed(s, &d.held, d.held.length, d.phase == FP_PH_DONE, NULL, &fc.req_trailers)
     if u.codec.encode_data(u, &d.held, d.held.length) < 0 \
             or (d.phase == FP_PH_DONE and _encode_end_client(u, &fc.req_trailers) < 0):
         hf_fail(s, False)
@@ -659,8 +679,9 @@ cdef int hf_sink_data_decode(HStream* s) noexcept nogil:
 
 cdef inline bint _request_splice_ready(HConn* c, HStream* s) noexcept nogil:
     """Could the rest of the request body go downstream -> pipe -> upstream unread (a body
-    both codecs pass as it is, nothing buffered downstream, the upstream connected)?"""
-    return (c.in_buf.length == 0 and s.upstream.conn.state == UC_BUSY and c.codec.raw_body_left(c, s) != 0
+    both codecs pass as it is, nothing buffered downstream, the upstream connected)? Not
+    while shadows take copies of it."""
+    return (s.shadows == NULL and c.in_buf.length == 0 and s.upstream.conn.state == UC_BUSY and c.codec.raw_body_left(c, s) != 0
             and s.upstream.conn.codec.raw_data_ok(s.upstream.conn)
             and endp_splice_ok(&c.down, &s.upstream.conn.ep))
 
@@ -712,6 +733,8 @@ cdef int upstream_request_data(HStream* s, Chain* src, size_t n, bint end,
     cdef UpConn* u = s.upstream.conn
     cdef PairList tl
     cdef int rc = 0
+    if s.shadows != NULL:
+        shadows_feed(s, src, n, end, trailers, NULL)
     if u == NULL:
         chain_drain(src, n)
         return 0
