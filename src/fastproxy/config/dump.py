@@ -229,6 +229,9 @@ def health_check_json(hc) -> dict:
         if t.receive:
             tcp["receive"] = [{"text": seg.hex()} for seg in t.receive]
         out["tcp_health_check"] = tcp
+    return out
+
+
 def outlier_detection_json(od: Any) -> dict:
     """An envoy.config.cluster.v3.OutlierDetection: the fields that differ from Envoy's
     defaults (an empty one is outlier detection with every default)."""
