@@ -404,6 +404,9 @@ class ConfigInstaller:
                     del self._absent_clusters[c.name]
                     self._stats.setdefault(("cluster", f"cluster.{c.name}"), handle.stats)
             self._cluster_counts[stat] += 1
+            rb = c.retry_budget        # (circuit_breakers retry_budget: fastproxy.http.retry)
+            clusters[c.name].handle.set_retry_budget(
+                None if rb is None else rb.budget_percent, 3 if rb is None else rb.min_retry_concurrency)
         for name, st in self._clusters.items():
             if name not in clusters:
                 st.handle.remove()

@@ -116,7 +116,8 @@ class Cluster:
     max_connection_duration: Optional[float] = None
     # Circuit breakers (Envoy's circuit_breakers.thresholds, priority DEFAULT): limits over
     # all workers together on open upstream connections, requests waiting for a connection,
-    # and requests on connections. max_retries is kept for Envoy's stats; nothing retries.
+    # and requests on connections; max_retries: retries outstanding (retry_budget, when
+    # set, replaces it).
     max_connections: int = 1024
     max_pending_requests: int = 1024
     max_requests: int = 1024
@@ -201,6 +202,11 @@ class Cluster:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 32:
                 raise ConfigError(f"{path}.{name}", f"must be an integer 0..4294967295, got {value!r}")
+        if self.retry_budget is not None:
+            from .http.retry import RetryBudget
+            if not isinstance(self.retry_budget, RetryBudget):
+                raise ConfigError(path + ".retry_budget", "must be a fastproxy.http.retry.RetryBudget")
+            self.retry_budget.validate(path + ".retry_budget")
         if not isinstance(self.track_remaining, bool):
             raise ConfigError(path + ".track_remaining", f"must be a bool, got {self.track_remaining!r}")
         if self.upstream_protocol not in UPSTREAM_PROTOCOLS:

@@ -49,8 +49,8 @@ def _circuit_breaker_gauges(prefix: str, c: "_ClusterState") -> dict:
     for key, gauge in (("cx", "cx_open"), ("pending", "rq_pending_open"), ("rq", "rq_open"),
                        ("retries", "rq_retry_open")):
         used, limit = state[key]
-        # Retries never happen here; Envoy's rq_retry_open only changes when one starts.
-        out[prefix + "default." + gauge] = int(key != "retries" and used >= limit)
+        # (Envoy moves rq_retry_open only as retries start and end: never before the first)
+        out[prefix + "default." + gauge] = int(used >= limit and (key != "retries" or used > 0))
         out[prefix + "high." + gauge] = 0
     out[prefix + "default.cx_pool_open"] = 0
     out[prefix + "high.cx_pool_open"] = 0

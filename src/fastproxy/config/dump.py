@@ -127,6 +127,10 @@ def cluster_json(c: model.Cluster, redact: bool = False) -> dict:
         if c.track_remaining:
             threshold["track_remaining"] = True
         out["circuit_breakers"] = {"thresholds": [threshold]}
+    if c.retry_budget is not None:
+        threshold = out.setdefault("circuit_breakers", {"thresholds": [{}]})["thresholds"][0]
+        threshold["retry_budget"] = {"budget_percent": {"value": c.retry_budget.budget_percent},
+                                     "min_retry_concurrency": c.retry_budget.min_retry_concurrency}
     common: Dict[str, Any] = {}
     if c.idle_timeout != model.Cluster.idle_timeout:
         common["idle_timeout"] = duration(c.idle_timeout)
@@ -741,7 +745,49 @@ def _route_action(a: mh.RouteAction) -> dict:
         out["max_stream_duration"] = {name: duration(getattr(msd, name)) for name in
                                       ("max_stream_duration", "grpc_timeout_header_max", "grpc_timeout_header_offset")
                                       if getattr(msd, name) is not None}
+    _retry_fields(out, a)
     return out
+
+
+def _retry_policy(p) -> dict:
+    """A fastproxy.http.retry.RetryPolicy as route.v3.RetryPolicy."""
+    out: Dict[str, Any] = {}
+    if p.retry_on:
+        out["retry_on"] = p.retry_on
+    if p.num_retries != 1:
+        out["num_retries"] = p.num_retries
+    if p.per_try_timeout is not None:
+        out["per_try_timeout"] = duration(p.per_try_timeout)
+    if p.base_interval is not None:
+        out["retry_back_off"] = {"base_interval": duration(p.base_interval)}
+        if p.max_interval is not None:
+            out["retry_back_off"]["max_interval"] = duration(p.max_interval)
+    if p.previous_hosts:
+        out["retry_host_predicate"] = [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}]
+    if p.host_selection_retry_max_attempts != 1:
+        out["host_selection_retry_max_attempts"] = str(p.host_selection_retry_max_attempts)
+    if p.retriable_status_codes:
+        out["retriable_status_codes"] = list(p.retriable_status_codes)
+    if p.retriable_headers:
+        out["retriable_headers"] = [_header_matcher(h) for h in p.retriable_headers]
+    if p.retriable_request_headers:
+        out["retriable_request_headers"] = [_header_matcher(h) for h in p.retriable_request_headers]
+    return out
+
+
+def _retry_fields(out: Dict[str, Any], owner) -> None:
+    """retry_policy / hedge_policy of a route action or virtual host, and a virtual host's
+    attempt-count and buffer-limit fields (fastproxy.config.retry reads them)."""
+    if owner.retry_policy is not None:
+        out["retry_policy"] = _retry_policy(owner.retry_policy)
+    if owner.hedge_policy is not None:
+        out["hedge_policy"] = {}
+    for name in ("include_request_attempt_count", "include_attempt_count_in_response"):
+        if getattr(owner, name, False):
+            out[name] = True
+    if getattr(owner, "per_request_buffer_limit_bytes", None) is not None:
+        out["per_request_buffer_limit_bytes"] = owner.per_request_buffer_limit_bytes
 
 
 _REDIRECT_CODES = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER", 307: "TEMPORARY_REDIRECT",
@@ -817,6 +863,7 @@ def route_config_json(rc: mh.RouteConfiguration, http_filters: Iterable = ()) ->
             routes.append(route)
         if routes:
             host["routes"] = routes
+        _retry_fields(host, vh)
         _level_fields(host, vh, by_name)
         hosts.append(host)
     if hosts:

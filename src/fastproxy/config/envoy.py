@@ -37,6 +37,7 @@ from .source import Source, load_source, parse_json, parse_yaml, read_file
 from .cluster_lb import CLUSTER_LB_FIELDS, cluster_lb_options
 from .health_check import HEALTH_CHECK_FIELDS, cluster_health_checks
 from .outlier import OUTLIER_FIELDS, cluster_outlier_detection
+from .retry import RETRY_BUDGET_FIELDS, retry_budget
 
 TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 # The resource types a bootstrap holds and a discovery service sends (their type URLs).
@@ -796,7 +797,7 @@ def _circuit_breakers(cluster: Message) -> dict:
     out: dict = {}
     for item, tpath in breakers.repeated("thresholds"):
         th = Message(item, tpath, ("priority", "max_connections", "max_pending_requests",
-                                   "max_requests", "max_retries", "track_remaining"))
+                                   "max_requests", "max_retries", "track_remaining", "retry_budget"))
         priority = th.enum("priority", ROUTING_PRIORITIES, default="DEFAULT")
         values = {name: th.uint32(name) for name in ("max_connections", "max_pending_requests",
                                                      "max_requests", "max_retries")}
@@ -806,6 +807,9 @@ def _circuit_breakers(cluster: Message) -> dict:
         if priority == "DEFAULT" and not out:
             out = {k: v for k, v in values.items() if v is not None}
             out["track_remaining"] = bool(remaining)
+            budget = retry_budget(th.message("retry_budget", RETRY_BUDGET_FIELDS))
+            if budget is not None:
+                out["retry_budget"] = budget
     return out
 
 

@@ -268,6 +268,7 @@ class RouteAction:
             total += wc.weight
             if total > 0xFFFFFFFF:
                 fail(wp + ".weight", "the sum of the weights exceeds 4294967295")
+        _validate_retry(self, path)
         if self.prefix_rewrite is not None:
             check_header_value(string(self.prefix_rewrite, path + ".prefix_rewrite"), path + ".prefix_rewrite")
         if self.regex_rewrite is not None:
@@ -408,6 +409,9 @@ class VirtualHost:
         typed(self.headers, HeaderMutations, path + ".headers").validate(path + ".headers")
         for r, rp in each(self.routes, path + ".routes", Route):
             r.validate(rp, cluster_names)
+        _validate_retry(self, path)
+        if self.per_request_buffer_limit_bytes is not None:
+            integer(self.per_request_buffer_limit_bytes, path + ".per_request_buffer_limit_bytes", 0)
 
 
 @dataclass
@@ -839,3 +843,12 @@ def _validate_http_filters(hcm: "HttpConnectionManager", path: str) -> None:
         for ri, r in enumerate(vh.routes):
             check_tpfc(r, f"{vp}.routes[{ri}]")
 
+
+
+def _validate_retry(owner: Any, path: str) -> None:
+    """A route action's or virtual host's retry_policy and hedge_policy (fastproxy.http.retry)."""
+    from .retry import HedgePolicy, RetryPolicy
+    if owner.retry_policy is not None:
+        typed(owner.retry_policy, RetryPolicy, path + ".retry_policy").validate(path + ".retry_policy")
+    if owner.hedge_policy is not None:
+        typed(owner.hedge_policy, HedgePolicy, path + ".hedge_policy").validate(path + ".hedge_policy")

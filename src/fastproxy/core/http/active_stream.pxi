@@ -11,6 +11,7 @@ cdef void stream_free(HStream* s) noexcept nogil:
     cdef Worker* w = s.c.w
     timer_cancel(w, &s.timeout)
     stream_timers_stop(s)
+    retry_free(s)
     if s.fc != NULL:
         hf_stream_end(s)
     free(s.rewritten_path)
@@ -51,7 +52,10 @@ cdef void stream_finish(HStream* s) noexcept nogil:
 cdef void stream_upstream_failed(HStream* s, int status, const char* reason) noexcept nogil:
     cdef HConn* c = s.c
     cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    outlier_report_local(s.upstream.hstats, c.w, outlier_failure_kind(reason, s.resp_started))
     s.upstream.conn = NULL
+    if s.retry != NULL and not s.resp_started and retry_on_reset(s, reason):
+        return                          # the next attempt follows its back-off (retry.pxi)
     if s.resp_started:
         # Part of the response is out: the only honest signal left is a reset (HTTP/1: an
         # abrupt close).
@@ -90,6 +94,7 @@ cdef int _downstream_response_head(HStream* s, int framing, uint64_t length) noe
     cdef const char* v
     cdef size_t n
     cdef char svc[24]
+    cdef char attempts[24]
     cdef char* owned = NULL
     cdef int status = rh.status
     cdef StrRef reason = _s(NULL, 0)
@@ -117,6 +122,8 @@ cdef int _downstream_response_head(HStream* s, int framing, uint64_t length) noe
                               _s(svc, _u64_text(s.service_time_ms, svc)))
             # The route's mutations (a filtered response got them before its filters).
             if _pl_apply_ops(&l, &s.route.response_headers) < 0:
+                return -1
+            if s.route.retry != NULL and retry_count_header(s, &l, attempts, True) < 0:
                 return -1
         if status == rh.status and rh.reason_len:
             reason = _s(rh.buf + rh.reason_off, rh.reason_len)
@@ -206,6 +213,9 @@ cdef int _response_to_filters(HStream* s) noexcept nogil:
     if s.route != NULL and _hm_apply_ops(&fc.resp, &s.route.response_headers) < 0:
         stream_reset(s)
         return -1
+    if s.route != NULL and s.route.retry != NULL and retry_count_header_map(s, &fc.resp) < 0:
+        stream_reset(s)
+        return -1
     fc.enc.end_seen = s.upstream.resp_facts.end_stream
     return hf_iterate(s, True)
 
@@ -219,6 +229,8 @@ cdef void stream_request_end(HStream* s, bint start_timeout) noexcept nogil:
         s.request_end_ms = s.c.w.now
     if start_timeout and s.timeout_ms:
         timer_arm(s.c.w, &s.timeout, s.timeout_ms)
+    if start_timeout and s.retry != NULL:
+        retry_request_complete(s)
 
 
 cdef inline bint _request_too_large(HStream* s, uint64_t n) noexcept nogil:

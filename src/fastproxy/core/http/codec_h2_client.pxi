@@ -933,6 +933,7 @@ cdef bint _h2_bind(UpConn* conn, UpConn* h) noexcept nogil:
     stat_add(cl.stats, conn.w, C_RQ_ACTIVE, 1)
     host_stat_add(h.hstats, conn.w, HS_RQ_TOTAL, 1)
     host_stat_add(h.hstats, conn.w, HS_RQ_ACTIVE, 1)
+    outlier_report_local(h.hstats, conn.w, OUT_CONNECT_SUCCESS)  # Envoy's pool ready
     conn.h2.nrequests += 1
     if prm.max_rq_per_cx and conn.h2.nrequests >= prm.max_rq_per_cx:
         stat_add(cl.stats, conn.w, C_CX_MAX_REQUESTS, 1)

@@ -179,6 +179,8 @@ cdef struct UpstreamRequest:        # the router filter's request to one upstrea
     ResponseFacts resp_facts        # ... and what the codec said of it
 
 
+cdef struct RetryState              # core/http/retry.pxi
+
 cdef struct HStream:
     HConn* c
     LbContext lb                    # what its next host pick uses (the route's hash, the
@@ -198,6 +200,8 @@ cdef struct HStream:
     const RouteEntry* route
     ClusterCfg* cluster
     UpstreamRequest upstream        # the router filter's (core/http/router_filter.pxi)
+    RetryState* retry               # its retries and per-try timeout (core/http/retry.pxi);
+                                    #   NULL: none (the route has no retry policy)
     uint8_t req_has_body            # a body follows the request head
     uint8_t req_received            # the whole request came from the downstream (its end event)
     uint8_t resp_started            # the response head went to the downstream
@@ -415,6 +419,8 @@ DEF ROUTE_HEADERS_ON_STACK = 48     # router input entries kept on the stack (mo
 
 DEF ROUTE_TEXT_ON_STACK = 8192      # a rewritten path or a Location this long costs no malloc
 cdef const char* NO_MEMORY_BODY = "out of memory"    # the codec's 503 body too (core/http/codec_h1.pxi)
+# Envoy's 507 when a request outgrows the retry buffer while it waits to be retried
+cdef const char* RETRY_BUFFER_EXCEEDED = "exceeded request buffer limit while retrying upstream"
 
 
 DEF PREMATURE_RESET_STREAMS = 500   # Envoy's overload.premature_reset_total_stream_count

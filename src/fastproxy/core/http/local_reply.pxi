@@ -34,6 +34,7 @@ cdef void local_reply_write(HConn* c, HStream* st, int status, const char* body,
     cdef size_t k
     cdef bint close = close_conn
     cdef int rc
+    cdef char attempts[24]
     memset(&l, 0, sizeof(PairList))
     memset(&bf, 0, sizeof(BodyFraming))
     if status == 204:
@@ -55,6 +56,8 @@ cdef void local_reply_write(HConn* c, HStream* st, int status, const char* body,
         # Envoy applies the chosen route's response_headers_to_add/remove (route, virtual
         # host, route configuration) to its direct responses, redirects and router errors.
         _pl_apply_ops(&l, &st.route.response_headers)
+        if st.route.retry != NULL:
+            retry_count_header(st, &l, attempts, True)
     pl_finish_response(&l, st, c, &owned)                   # Date, Server, Via, x-request-id
     if close_conn and not c.codec.multiplexed:
         c.close_after = 1

@@ -109,6 +109,7 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
     cdef Host* uhost
     cdef char tobuf[24]
     cdef char grpc_to[24]
+    cdef char attempts[24]
     cdef size_t n, k
     cdef const char* v
     cdef StrRef target = _s(s.head.buf + s.head.target_off, s.head.target_len)
@@ -202,19 +203,23 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
             if h.generate_request_id and ((s.edge and not h.preserve_external_request_id)
                                           or not _pl_has(&l, "x-request-id", 12)):
                 # An edge request's own x-request-id is replaced, unless
-                # preserve_external_request_id.
-                stream_new_request_id(s)
+                # preserve_external_request_id. (A retry sends the id its first attempt had.)
+                if s.request_id_len == 0 or s.retry == NULL:
+                    stream_new_request_id(s)
                 if s.edge:
                     _pl_overwrite(&l, _cs("x-request-id"), _s(s.request_id, 36))
                 else:
                     _pl_add(&l, _cs("x-request-id"), _s(s.request_id, 36))
         elif h.generate_request_id and not _pl_has(&l, "x-request-id", 12):
-            stream_new_request_id(s)
+            if s.request_id_len == 0 or s.retry == NULL:
+                stream_new_request_id(s)
             _pl_add(&l, _cs("x-request-id"), _s(s.request_id, 36))
         if s.expected_timeout_ms and not h.suppress_envoy_headers:
             k = _u64_text(s.expected_timeout_ms, tobuf)
             _pl_add(&l, _cs("x-envoy-expected-rq-timeout-ms"), _s(tobuf, k))
         if grpc_timeout_header(s, &l, grpc_to) < 0:        # core/http/grpc.pxi
+            return -1
+        if e.retry != NULL and retry_count_header(s, &l, attempts, False) < 0:
             return -1
         if s.rewritten_path != NULL and not h.suppress_envoy_headers:   # finalizePathHeader
             _pl_add(&l, _cs("x-envoy-original-path"), orig_target)
@@ -318,6 +323,8 @@ cdef int ur_on_response_headers(HStream* s, const HttpHead* head, const Response
         _count_downstream(c, 101)
         chain_move(&u.out_buf, &c.in_buf)       # bytes the client sent early
         return 0
+    if s.retry != NULL and retry_on_headers(s, head):
+        return -1                       # retried: the attempt is dropped (core/http/retry.pxi)
     s.status = head.status
     if fp_log_level <= LOG_DEBUG:
         fp_log(c.w.index, "router", c.id, c.nrequests,
@@ -325,6 +332,7 @@ cdef int ur_on_response_headers(HStream* s, const HttpHead* head, const Response
                <unsigned long long>u.id)
     _count_upstream(s.cluster.stats, c.w, s.status)
     _count_host(s, s.status)
+    outlier_report_http(s.upstream.hstats, c.w, s.status)
     _count_downstream(c, s.status)
     if _enc_filtered(s):
         return _response_to_filters(s)
@@ -400,6 +408,7 @@ cdef void ur_on_response_error(HStream* s, int kind) noexcept nogil:
         if s.resp_started:
             s.response_flags |= RF_UR
             stat_add(s.cluster.stats, c.w, C_RQ_RX_RESET, 1)
+            outlier_report_local(s.upstream.hstats, c.w, OUT_RESET)
             stream_reset(s)
         else:
             http_pool_fail(u, 503, UPSTREAM_REMOTE_RESET)
@@ -408,6 +417,7 @@ cdef void ur_on_response_error(HStream* s, int kind) noexcept nogil:
             s.response_flags |= RF_UPE              # bad body framing from the upstream
         elif not filtered or kind == UE_CLOSED_IN_HEAD or kind == UE_CLOSED_BEFORE_HEAD:
             s.response_flags |= RF_UC               # the upstream ended inside the response
+        outlier_report_local(s.upstream.hstats, c.w, OUT_RESET)
         stream_reset(s)
     elif kind == UE_CLOSED_BEFORE_HEAD or (kind == UE_CLOSED_IN_BODY and not filtered):
         http_pool_fail(u, 503, UPSTREAM_TERMINATION)
@@ -511,6 +521,9 @@ cdef int stream_route(HStream* s) noexcept nogil:
     cdef size_t path_len = 0
     cdef ssize_t n
     cdef int ci
+    cdef uint64_t per_try
+    cdef bint hedge = False
+    cdef bint headers_ok = False
     if hdrs == NULL:
         stream_reset(s)
         return -1
@@ -576,7 +589,13 @@ cdef int stream_route(HStream* s) noexcept nogil:
         s.response_flags |= RF_NC
         stream_local_reply(s, 503, "", 0, NULL, 0, not s.req_received)
         return -1
-    stream_route_timeout(s)
+    per_try = stream_route_timeout(s, &hedge, &headers_ok)
+    if (e.retry != NULL or per_try or (headers_ok and s.envoy_hdrs)) \
+            and retry_stream_start(s, per_try, hedge, headers_ok) < 0:
+        free(path)
+        _route_input_free(hdrs, stack)
+        stream_reset(s)
+        return -1
     s.upstream.conn = http_pool_acquire(s, s.cluster)
     if s.upstream.conn == NULL:
         free(path)
@@ -589,6 +608,8 @@ cdef int stream_route(HStream* s) noexcept nogil:
             stream_local_reply(s, 503, NO_HEALTHY_UPSTREAM, strlen(NO_HEALTHY_UPSTREAM), NULL, 0,
                                not s.req_received)
         return -1
+    if s.retry != NULL:
+        retry_attempt_started(s)
     if s.connect:
         _route_input_free(hdrs, stack)                      # the 200 and the tunnel follow the TCP connect
         return 0
@@ -607,6 +628,10 @@ cdef int stream_route(HStream* s) noexcept nogil:
             return -1
     if s.upstream.req_done and s.timeout_ms:
         timer_arm(c.w, &s.timeout, s.timeout_ms)
+    if s.upstream.req_done and s.retry != NULL and s.upstream.conn != NULL:
+        retry_request_complete(s)
+    if s.upstream.conn == NULL:
+        return 0                        # (an attempt failed at once and is being retried)
     if s.upstream.conn.state == UC_BUSY:
         s.upstream.conn.ep.writable = 1            # a pooled connection: try to write at once
     return 0
@@ -620,6 +645,8 @@ cdef int stream_send_request_head(HStream* s, int framing, uint64_t length) noex
         s.upstream.conn = NULL
         stream_local_reply(s, 400, "invalid request after header mutation", 37, NULL, 0, True)
         return -1
+    if s.retry != NULL:
+        retry_head_sent(s, framing, length)
     if s.fc != NULL:
         s.fc.dec.sink_started = 1
     return 0
@@ -641,11 +668,22 @@ cdef int hf_sink_data_decode(HStream* s) noexcept nogil:
     cdef UpConn* u = s.upstream.conn
     cdef HConn* c = s.c
     if u == NULL:
-        return -1
+        if s.retry == NULL or not timer_armed(&s.retry.backoff):
+            return -1
+        # Between two attempts: kept for the next one (core/http/retry.pxi).
+        if not retry_keep_body(s, &d.held, d.held.length, d.phase == FP_PH_DONE):
+            stream_local_reply(s, 507, RETRY_BUFFER_EXCEEDED, strlen(RETRY_BUFFER_EXCEEDED), NULL, 0, True)
+            return -1
+        chain_drain(&d.held, d.held.length)
+        if d.phase == FP_PH_DONE:
+            stream_request_end(s, True)
+        return 0
     if s.upstream.req_done:
         return 0
     if not d.sink_started and stream_send_request_head(s, _sink_framing(d, &fc.req), d.held.length) < 0:
         return -1
+    if s.retry != NULL and not retry_keep_body(s, &d.held, d.held.length, d.phase == FP_PH_DONE):
+        return -1                       # (cannot happen with an attempt in flight)
     if u.codec.encode_data(u, &d.held, d.held.length) < 0 \
             or (d.phase == FP_PH_DONE and _encode_end_client(u, &fc.req_trailers) < 0):
         hf_fail(s, False)
@@ -661,6 +699,7 @@ cdef inline bint _request_splice_ready(HConn* c, HStream* s) noexcept nogil:
     """Could the rest of the request body go downstream -> pipe -> upstream unread (a body
     both codecs pass as it is, nothing buffered downstream, the upstream connected)?"""
     return (c.in_buf.length == 0 and s.upstream.conn.state == UC_BUSY and c.codec.raw_body_left(c, s) != 0
+            and (s.retry == NULL or not s.retry.keep_body)     # (kept bytes must be read)
             and s.upstream.conn.codec.raw_data_ok(s.upstream.conn)
             and endp_splice_ok(&c.down, &s.upstream.conn.ep))
 
@@ -712,8 +751,16 @@ cdef int upstream_request_data(HStream* s, Chain* src, size_t n, bint end,
     cdef UpConn* u = s.upstream.conn
     cdef PairList tl
     cdef int rc = 0
+    if s.retry != NULL and s.retry.keep_body and (n or end):
+        # Kept for the next attempt (trailers are not: a request with them is not retried).
+        if not (retry_keep_body(s, src, n, end) if trailers == NULL else retry_give_up(s)):
+            chain_drain(src, n)
+            stream_local_reply(s, 507, RETRY_BUFFER_EXCEEDED, strlen(RETRY_BUFFER_EXCEEDED), NULL, 0, True)
+            return -1
     if u == NULL:
         chain_drain(src, n)
+        if end and s.retry != NULL and s.retry.keep_body:
+            stream_request_end(s, True)     # (the retry sends it whole)
         return 0
     if n and u.codec.encode_data(u, src, n) < 0:
         stream_reset(s)

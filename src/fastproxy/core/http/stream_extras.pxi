@@ -361,29 +361,43 @@ cdef inline uint64_t _xe_ms(HStream* s, const char* name, size_t nn, uint64_t df
     return dflt
 
 
-cdef void stream_route_timeout(HStream* s) noexcept nogil:
+cdef uint64_t stream_route_timeout(HStream* s, bint* hedge, bint* headers_ok) noexcept nogil:
     """The router's timeouts (FilterUtility::finalTimeout): the route's timeout, unless the
-    request carries x-envoy-upstream-rq-timeout-ms and a shorter
-    x-envoy-upstream-rq-per-try-timeout-ms (present only on internal requests, or added by
-    a filter). s.timeout_ms: when the request times out (fastproxy does not retry, so a
-    per-try timeout ends it); s.expected_timeout_ms: what x-envoy-expected-rq-timeout-ms
-    tells the upstream (the per-try timeout, or the whole one when the request asks for
-    hedging). 0: none. The route's gRPC timeouts (grpc-timeout, max_stream_duration) decide
-    the route's part first (core/http/grpc.pxi)."""
+    request carries x-envoy-upstream-rq-timeout-ms; the per-try timeout is the route's
+    retry_policy.per_try_timeout unless the request carries
+    x-envoy-upstream-rq-per-try-timeout-ms, and none when not shorter than the whole one.
+    The x-envoy-* ones count only on an internal request (the connection manager removed
+    them from others) or as the filters left them. s.timeout_ms: when the request times
+    out, over every attempt; s.expected_timeout_ms: what x-envoy-expected-rq-timeout-ms
+    tells the upstream (the per-try timeout, or the whole one when hedging). Returns the
+    per-try timeout (0: none); *hedge: hedge_on_per_try_timeout (the route's policy or
+    x-envoy-hedge-on-per-try-timeout); *headers_ok: the request's x-envoy-* retry headers
+    are honoured. The route's gRPC timeouts (grpc-timeout, max_stream_duration) decide the
+    route's part first (core/http/grpc.pxi)."""
     cdef uint64_t whole, per_try
     cdef const char* v
     cdef size_t n = 0
+    cdef const RetryPolicy* p = s.route.retry
     grpc_route_timeouts(s)
     whole = s.timeout_ms
-    if (s.envoy_hdrs and s.client_internal) or s.fc != NULL:
+    per_try = p.per_try_timeout_ms if p != NULL else 0
+    hedge[0] = p != NULL and p.hedge_on_per_try_timeout
+    headers_ok[0] = (s.envoy_hdrs and s.client_internal) or s.fc != NULL
+    if headers_ok[0]:
         whole = _xe_ms(s, "x-envoy-upstream-rq-timeout-ms", 30, whole)
-        per_try = _xe_ms(s, "x-envoy-upstream-rq-per-try-timeout-ms", 38, 0)
-        if per_try >= whole and whole:
-            per_try = 0
+        per_try = _xe_ms(s, "x-envoy-upstream-rq-per-try-timeout-ms", 38, per_try)
         v = _req_field(s, "x-envoy-hedge-on-per-try-timeout", 32, &n)
-        s.timeout_ms = per_try if per_try else whole
-        s.expected_timeout_ms = whole if (per_try == 0 or (v != NULL and n == 4 and _ieq(v, 4, "true"))) else per_try
+        if v != NULL and n == 4 and memcmp(v, "true", 4) == 0:
+            hedge[0] = True
+        elif v != NULL and n == 5 and memcmp(v, "false", 5) == 0:
+            hedge[0] = False
+    if per_try >= whole and whole:
+        per_try = 0
+    s.timeout_ms = whole
+    if whole or per_try:
+        s.expected_timeout_ms = whole if (per_try == 0 or hedge[0]) else per_try
     grpc_route_timeouts_sent(s)
+    return per_try
 
 
 cdef size_t _envoy_local_address(char* out, size_t cap) noexcept nogil:

@@ -446,7 +446,7 @@ cdef class _RouteBuilder(_MatchBuilder):
             e.grpc_timeout_offset_ms = _rt_ms(a.grpc_timeout_offset, apath + ".grpc_timeout_offset")
         return 0
 
-    cdef int action(self, RouteEntry* e, route, str path) except -1:
+    cdef int action(self, RouteEntry* e, route, str path, vhm=None) except -1:
         cdef uint64_t total = 0
         cdef int i
         chosen = [k for k in ("route", "redirect", "direct_response")
@@ -496,7 +496,7 @@ cdef class _RouteBuilder(_MatchBuilder):
                 self.put(&e.host_rewrite_literal, a.host_rewrite_literal)
             e.auto_host_rewrite = bool(a.auto_host_rewrite)
             # The cluster manager's policies, each built by its own file.
-            route_retry_build(self, e, a, apath)
+            route_retry_build(self, e, a, apath, vhm)
             route_hash_policy_build(self, e, a, apath)
             route_mirrors_build(self, e, a, apath)
         elif route.redirect is not None:
@@ -1034,7 +1034,7 @@ def compile_route_table(route_config, dict cluster_index, int regex_copies=1,
             e.vhost_name = vh.name
             b.put(&e.name, route.name or "")
             b.match(e, route.match, rpath + ".match")
-            b.action(e, route, rpath)
+            b.action(e, route, rpath, vhm)
             if per_filter is not None:
                 pf = per_filter(route, vhm, route_config)
                 if pf is not None:

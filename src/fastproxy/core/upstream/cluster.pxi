@@ -396,7 +396,27 @@ cdef class ClusterHandle:
         return {"cx": (fp_atomic_load_i64(&self.c.n_cx), self.params.max_cx),
                 "pending": (fp_atomic_load_i64(&self.c.n_pending), self.params.max_pending),
                 "rq": (fp_atomic_load_i64(&self.c.n_rq), self.params.max_rq),
-                "retries": (0, self.params.max_retries)}
+                "retries": (fp_atomic_load_i64(&self.c.n_retries), self._retry_limit())}
+
+    cdef uint64_t _retry_limit(self):
+        """What the retries are limited to now: the retry budget's share of the active and
+        pending requests (at least its min_retry_concurrency), else max_retries."""
+        cdef uint64_t budget
+        if not self.c.has_retry_budget:
+            return self.params.max_retries
+        budget = <uint64_t>((fp_atomic_load_i64(&self.c.n_rq) + fp_atomic_load_i64(&self.c.n_pending))
+                            * <int64_t>self.c.retry_budget_pct_x100 // 10000)
+        return max(budget, self.c.retry_budget_min)
+
+    def set_retry_budget(self, budget_percent=None, uint32_t min_retry_concurrency=3):
+        """The circuit breakers' retry_budget (None: none; max_retries limits retries).
+        Workers read it with their next retry decision."""
+        if budget_percent is None:
+            self.c.has_retry_budget = 0
+            return
+        self.c.retry_budget_pct_x100 = <uint32_t>(float(budget_percent) * 100 + 0.5)
+        self.c.retry_budget_min = min_retry_concurrency
+        self.c.has_retry_budget = 1
 
     def set_hosts(self, HostSetHandle hosts):
         """Give every worker the new host set (DNS refresh, a config update, EDS). Returns

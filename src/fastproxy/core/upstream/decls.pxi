@@ -26,17 +26,26 @@ cdef enum:
     HF_UNHEALTHY = HF_FAILED_ACTIVE_HC | HF_FAILED_OUTLIER_CHECK | HF_FAILED_EDS_HEALTH
     HF_DEGRADED = HF_DEGRADED_ACTIVE_HC | HF_DEGRADED_EDS_HEALTH
 
+cdef struct OutlierDetector        # outlier.pxi: a cluster's detector (config, its hosts)
+
 cdef struct OutlierHostState:   # outlier.pxi owns these fields (atomics: any worker reports)
-    uint32_t consecutive_5xx
-    uint32_t consecutive_gateway_failure
-    uint32_t consecutive_local_origin_failure
+    OutlierDetector* det                # the cluster's detector; NULL: no outlier detection
+    int consecutive_5xx                 # counted by the workers (atomic adds)
+    int consecutive_gateway_failure
+    int consecutive_local_origin_failure
     uint64_t sr_total                   # this interval's requests (external origin)
     uint64_t sr_success
     uint64_t sr_local_total             # local origin (split_external_local_origin_errors)
     uint64_t sr_local_success
-    uint32_t num_ejections              # how many times it was ejected (backs off the time)
-    uint64_t ejected_at_ms              # 0: not ejected
-    uint64_t reserved[4]
+    # The rest is written under the detector's lock (ejections and interval ticks).
+    uint8_t ejected                     # HF_FAILED_OUTLIER_CHECK set by the detector
+    uint32_t num_ejections              # how many times it was ejected
+    uint32_t backoff                    # Envoy's ejection time multiplier
+    uint64_t ejected_at_ms              # CLOCK_MONOTONIC ms of the last ejection
+    uint64_t unejected_at_ms            # 0: never un-ejected
+    uint64_t jitter_ms                  # drawn at the last ejection
+    int64_t success_rate                # last interval's, x1000 (-1: not enough requests)
+    int64_t local_success_rate
 
 cdef struct HostShared:
     # What every thread knows of a host beyond its counters: one per host identity (the
@@ -145,6 +154,11 @@ cdef struct ClusterCfg:
     int64_t n_cx                # open upstream connections (HTTP and TCP)
     int64_t n_pending           # requests waiting for a connection (connecting or queued)
     int64_t n_rq                # requests bound to a connection
+    int64_t n_retries           # retries outstanding (core/http/retry.pxi), limited by
+                                #   params.max_retries, or by the retry budget when it has one:
+    uint8_t has_retry_budget    #   (set by ClusterHandle.set_retry_budget, read by any worker)
+    uint32_t retry_budget_pct_x100      # budget_percent x 100
+    uint32_t retry_budget_min           # min_retry_concurrency
 
 cdef struct HostSetSwap:        # a worker message: the worker's new host set
     ClusterCfg* cluster

@@ -365,6 +365,7 @@ cdef inline bint _upconn_attach(UpConn* u) noexcept nogil:
     stat_add(cl.stats, u.w, C_RQ_ACTIVE, 1)
     host_stat_add(u.hstats, u.w, HS_RQ_TOTAL, 1)
     host_stat_add(u.hstats, u.w, HS_RQ_ACTIVE, 1)
+    outlier_report_local(u.hstats, u.w, OUT_CONNECT_SUCCESS)     # Envoy's pool ready
     u.nrequests += 1
     if prm.max_rq_per_cx and u.nrequests >= prm.max_rq_per_cx:
         # Counted when the last request the connection may carry is bound to it, as

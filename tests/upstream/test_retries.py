@@ -1,0 +1,571 @@
+"""Route retries (retry_policy on routes and virtual hosts, the x-envoy-* retry headers,
+attempt counts, per-try timeouts, back-off, request bodies and their buffer limit, the
+circuit breakers' max_retries and retry budget), in fastproxy and, with the same YAML in the
+same test, in the real Envoy 1.40 where one is found: client-visible statuses, what each
+scripted upstream received, and the cluster's upstream_rq_retry* stats.
+
+Upstreams are real sockets on loopback, scripted per request (503 for the first N, reset,
+close, hang, refuse connections); nothing on the proxy path is mocked. Stats are awaited
+by polling, never by sleeping.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from conftest import envoy_yaml, find_envoy, fragment, http_listener, start_envoy, static_cluster, wait_for
+from http_upstreams import RawHttpUpstream, http_request
+from upstreams import refused_port, rst_close
+
+import fastproxy
+from fastproxy.config import load_envoy
+from fastproxy.errors import ConfigError
+
+ENVOY = find_envoy()
+needs_envoy = pytest.mark.skipif(ENVOY is None, reason="envoy binary not on PATH nor next to sys.executable")
+B = "cluster.backend."
+KINDS = ["fastproxy", pytest.param("envoy", marks=needs_envoy)]
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def status(code, extra=b""):
+    return b"HTTP/1.1 %d X\r\nContent-Length: 0\r\n%s\r\n" % (code, extra)
+
+
+class Scripted(RawHttpUpstream):
+    """An HTTP/1.1 upstream whose answers follow a script: one action per request, in order,
+    then `then` for every later one. Actions: bytes (the raw response), "reset" (RST
+    without an answer), "close" (FIN without an answer), "hang" (no answer until the test
+    ends), or a callable(method, path, headers, body) returning one of those."""
+
+    def __init__(self, script=(), then=OK):
+        self.script = list(script)
+        self.then = then
+        self.hung = threading.Event()
+        super().__init__(self._answer)
+
+    def _answer(self, method, path, headers, body):
+        with self._lock:
+            action = self.script.pop(0) if self.script else self.then
+        if callable(action) and not isinstance(action, bytes):
+            action = action(method, path, headers, body)
+        if action == "reset":
+            return rst_close
+        if action == "close":
+            return None
+        if action == "hang":
+            return lambda c: (self.hung.wait(30), c.close())
+        return action
+
+    @property
+    def count(self):
+        with self._lock:
+            return len(self.requests)
+
+    def close(self):
+        self.hung.set()
+        super().close()
+
+
+def read_stats(admin):
+    import test_http_stats_parity as parity
+    return parity.read_stats(admin)
+
+
+def run(kind, text, tmp_path, drive):
+    """drive(addr, stats) against Envoy or fastproxy started on `text`; stats() returns the
+    counters and gauges once nothing is in flight on the cluster."""
+    if kind == "envoy":
+        proc, admin, addr = start_envoy(text, tmp_path)
+
+        def stats():
+            return wait_for(lambda: (lambda s: s.get(B + "upstream_rq_active", 0) == 0 and s)(read_stats(admin)),
+                            timeout=10, msg="envoy settled")
+        try:
+            return drive(addr, stats)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    p = fastproxy.Proxy.from_envoy(text, concurrency=1)
+    p.start()
+
+    def stats():
+        return wait_for(lambda: (lambda s: s.get(B + "upstream_rq_active", 0) == 0 and s)(p.stats()),
+                        timeout=10, msg="fastproxy settled")
+    try:
+        return drive(p.listener_address("web"), stats)
+    finally:
+        p.stop(drain_timeout=0.5)
+
+
+def yaml_for(routes, hosts, cluster=None, vhost=None, **hcm):
+    """One listener "web" with routes to the cluster "backend" of `hosts` (ports)."""
+    rc = None
+    if vhost is not None:
+        rc = {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": fragment(routes), **fragment(vhost)}]}
+    listener = http_listener(routes if rc is None else None, route_config=rc, **hcm)
+    return envoy_yaml([listener], [static_cluster("backend", hosts, connect_timeout="1s",
+                                                  **(fragment(cluster) or {}))])
+
+
+RETRY_STATS = ("upstream_rq_retry", "upstream_rq_retry_success", "upstream_rq_retry_limit_exceeded",
+               "upstream_rq_retry_overflow", "upstream_rq_per_try_timeout", "retry_or_shadow_abandoned",
+               "upstream_rq_total", "upstream_rq_2xx", "upstream_rq_5xx", "upstream_rq_200", "upstream_rq_503",
+               "upstream_rq_504", "upstream_rq_retry_backoff_exponential")
+
+
+def pick(stats, names=RETRY_STATS):
+    return {n: stats.get(B + n, 0) for n in names}
+
+
+def route(policy, extra=""):
+    return f"""
+- match: {{prefix: /}}
+  route:
+    cluster: backend
+    {extra}
+    retry_policy: {policy}
+"""
+
+
+def both(tmp_path, scenario):
+    """scenario(kind) for fastproxy and Envoy: the two results must be equal."""
+    ours = scenario("fastproxy", tmp_path / "f")
+    if ENVOY is None:
+        return ours
+    theirs = scenario("envoy", tmp_path / "e")
+    assert ours == theirs, f"\nfastproxy: {ours}\nenvoy:     {theirs}"
+    return ours
+
+
+@pytest.fixture
+def tmp(tmp_path):
+    (tmp_path / "f").mkdir()
+    (tmp_path / "e").mkdir()
+    return tmp_path
+
+
+# --------------------------------------------------------------------------- outcomes retried
+
+def test_5xx_retried_until_success(tmp):
+    def scenario(kind, tmp_path):
+        up = Scripted([status(503), status(503)])
+        try:
+            text = yaml_for(route("{retry_on: 5xx, num_retries: 3}"), [up.port])
+
+            def drive(addr, stats):
+                r, body = http_request(addr, "GET", "/a")
+                return r.status, body, up.count, pick(stats())
+            return run(kind, text, tmp_path, drive)
+        finally:
+            up.close()
+    st, body, n, stats = both(tmp, scenario)
+    assert (st, body, n) == (200, b"ok", 3)
+    assert stats["upstream_rq_retry"] == 2 and stats["upstream_rq_retry_success"] == 1
+    assert stats["upstream_rq_total"] == 3
+
+
+def test_retry_limit_exceeded(tmp):
+    def scenario(kind, tmp_path):
+        up = Scripted(then=status(503))
+        try:
+            text = yaml_for(route("{retry_on: 5xx, num_retries: 2}"), [up.port])
+
+            def drive(addr, stats):
+                r, body = http_request(addr, "GET", "/a")
+                return r.status, up.count, pick(stats())
+            return run(kind, text, tmp_path, drive)
+        finally:
+            up.close()
+    st, n, stats = both(tmp, scenario)
+    assert (st, n) == (503, 3)
+    assert stats["upstream_rq_retry"] == 2 and stats["upstream_rq_retry_limit_exceeded"] == 1
+
+
+@pytest.mark.parametrize("retry_on,first,want", [
+    ("gateway-error", status(502), 200), ("gateway-error", status(500), 500),
+    ("retriable-4xx", status(409), 200), ("retriable-4xx", status(429), 429),
+    ("reset", "reset", 200), ("reset", "close", 200), ("connect-failure", "reset", 503),
+    ("5xx", "close", 200), ("retriable-status-codes", status(418), 200),
+    ("envoy-ratelimited", status(429, b"x-envoy-ratelimited: true\r\n"), 200),
+    ("envoy-ratelimited,5xx", status(503), 200),
+    ("5xx", status(503, b"x-envoy-ratelimited: true\r\n"), 503),
+], ids=lambda v: v if isinstance(v, str) else (v.split(b"\r\n")[0].decode() if isinstance(v, bytes) else None))
+def test_retry_on_conditions(tmp, retry_on, first, want):
+    def scenario(kind, tmp_path):
+        up = Scripted([first])
+        try:
+            text = yaml_for(route(f"{{retry_on: '{retry_on}', num_retries: 1, retriable_status_codes: [418]}}"),
+                            [up.port])
+
+            def drive(addr, stats):
+                r, body = http_request(addr, "GET", "/a")
+                return r.status, up.count, pick(stats(), ("upstream_rq_retry",))
+            return run(kind, text, tmp_path, drive)
+        finally:
+            up.close()
+    st, n, stats = both(tmp, scenario)
+    assert st == want
+    assert n == (2 if want == 200 else 1)
+
+
+def test_connect_failure_retried_on_another_host(tmp):
+    hold, dead = refused_port()
+
+    def scenario(kind, tmp_path):
+        up = Scripted()
+        try:
+            # Round robin: each request tries the refused host first (the retry took the
+            # live one's turn), and its retry goes to the live one.
+            text = yaml_for(route("{retry_on: connect-failure, num_retries: 1}"), [dead, up.port])
+
+            def drive(addr, stats):
+                codes = [http_request(addr, "GET", "/a")[0].status for _ in range(2)]
+                return codes, up.count, pick(stats(), ("upstream_rq_retry", "upstream_rq_retry_success"))
+            return run(kind, text, tmp_path, drive)
+        finally:
+            up.close()
+    try:
+        st, n, stats = both(tmp, scenario)
+    finally:
+        hold.close()
+    assert (st, n) == ([200, 200], 2)
+    assert stats == {"upstream_rq_retry": 2, "upstream_rq_retry_success": 2}
+
+
+def test_virtual_host_policy_and_route_override(tmp):
+    """The virtual host's retry_policy applies to routes without one; a route's replaces it
+    whole (num_retries back to its default 1)."""
+    routes = """
+- match: {prefix: /own}
+  route: {cluster: backend, retry_policy: {retry_on: gateway-error}}
+- match: {prefix: /}
+  route: {cluster: backend}
+"""
+
+    def scenario(kind, tmp_path):
+        up = Scripted(then=status(503))
+        try:
+            text = yaml_for(routes, [up.port], vhost="retry_policy: {retry_on: 5xx, num_retries: 2}")
+
+            def drive(addr, stats):
+                a = http_request(addr, "GET", "/a")[0].status
+                na = up.count
+                b = http_request(addr, "GET", "/own")[0].status
+                return a, na, b, up.count - na
+            return run(kind, text, tmp_path, drive)
+        finally:
+            up.close()
+    assert both(tmp, scenario) == (503, 3, 503, 2)
+
+
+def test_per_try_timeout(tmp):
+    def scenario(kind, tmp_path):
+        up = Scripted(["hang"])
+        try:
+            text = yaml_for(route("{retry_on: 5xx, num_retries: 1, per_try_timeout: 0.2s}"), [up.port])
+
+            def drive(addr, stats):
+                t = time.monotonic()
+                r, body = http_request(addr, "GET", "/a")
+                took = time.monotonic() - t
+                return r.status, up.count, 0.2 <= took < 2.0, pick(stats(), ("upstream_rq_per_try_timeout",
+                                                                              "upstream_rq_retry"))
+            return run(kind, text, tmp_path, drive)
+        finally:
+            up.close()
+    assert both(tmp, scenario) == (200, 2, True, {"upstream_rq_per_try_timeout": 1, "upstream_rq_retry": 1})
+
+
+def test_per_try_timeout_without_retry_is_504(tmp):
+    def scenario(kind, tmp_path):
+        up = Scripted(then="hang")
+        try:
+            text = yaml_for(route("{retry_on: connect-failure, num_retries: 1, per_try_timeout: 0.2s}"), [up.port])
+
+            def drive(addr, stats):
+                r, body = http_request(addr, "GET", "/a")
+                return r.status, body, up.count, pick(stats(), ("upstream_rq_per_try_timeout", "upstream_rq_504"))
+            return run(kind, text, tmp_path, drive)
+        finally:
+            up.close()
+    assert both(tmp, scenario) == (504, b"upstream request timeout", 1,
+                                   {"upstream_rq_per_try_timeout": 1, "upstream_rq_504": 1})
+
+
+def test_backoff_bounds(tmp):
+    """Envoy's jittered exponential back-off: retry k waits [0, (2^k - 1) x base), capped at
+    max_interval: three retries with base 100 ms, max 150 ms take under 0.1 + 0.15 + 0.15 s."""
+    def scenario(kind, tmp_path):
+        up = Scripted([status(503)] * 3)
+        try:
+            text = yaml_for(route("{retry_on: 5xx, num_retries: 3, retry_back_off: {base_interval: 0.1s, "
+                                  "max_interval: 0.15s}}"), [up.port])
+
+            def drive(addr, stats):
+                t = time.monotonic()
+                r, _ = http_request(addr, "GET", "/a")
+                took = time.monotonic() - t
+                return r.status, up.count, took < 0.4 + 0.3, pick(stats(), ("upstream_rq_retry_backoff_exponential",))
+            return run(kind, text, tmp_path, drive)
+        finally:
+            up.close()
+    assert both(tmp, scenario) == (200, 4, True, {"upstream_rq_retry_backoff_exponential": 3})
+
+
+# --------------------------------------------------------------------------- request bodies
+
+def test_body_retried_whole(tmp):
+    body = bytes(range(256)) * 200              # 51,200 bytes, several reads
+
+    def scenario(kind, tmp_path):
+        up = Scripted([status(503)])
+        try:
+            text = yaml_for(route("{retry_on: 5xx, num_retries: 1}"), [up.port])
+
+            def drive(addr, stats):
+                r, got = http_request(addr, "POST", "/a", body=body)
+                return r.status, [b == body for _, _, _, b in up.requests]
+            return run(kind, text, tmp_path, drive)
+        finally:
+            up.close()
+    assert both(tmp, scenario) == (200, [True, True])
+
+
+def test_chunked_body_retried(tmp):
+    def scenario(kind, tmp_path):
+        up = Scripted([status(503)])
+        try:
+            text = yaml_for(route("{retry_on: 5xx, num_retries: 1}"), [up.port])
+
+            def drive(addr, stats):
+                s = socket.create_connection(addr, timeout=5)
+                s.sendall(b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                          b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+                data = b""
+                while b"\r\n\r\nok" not in data and b" 503 " not in data[:20]:
+                    d = s.recv(65536)
+                    if not d:
+                        break
+                    data += d
+                s.close()
+                return data.split(b" ", 2)[1], [b for _, _, _, b in up.requests]
+            return run(kind, text, tmp_path, drive)
+        finally:
+            up.close()
+    assert both(tmp, scenario) == (b"200", [b"hello world", b"hello world"])
+
+
+def test_body_over_buffer_limit_not_retried(tmp):
+    """per_request_buffer_limit_bytes bounds what is kept for a retry: a longer body goes
+    upstream once and the retry is abandoned (retry_or_shadow_abandoned)."""
+    body = b"x" * 8192
+
+    def scenario(kind, tmp_path):
+        up = Scripted([status(503)])
+        try:
+            text = yaml_for(route("{retry_on: 5xx, num_retries: 1}"), [up.port],
+                            vhost="per_request_buffer_limit_bytes: 1024")
+
+            def drive(addr, stats):
+                small = http_request(addr, "POST", "/a", body=b"y" * 100)[0].status
+                up.script = [status(503)]
+                big = http_request(addr, "POST", "/a", body=body)[0].status
+                return small, big, up.count, pick(stats(), ("retry_or_shadow_abandoned", "upstream_rq_retry"))
+            return run(kind, text, tmp_path, drive)
+        finally:
+            up.close()
+    assert both(tmp, scenario) == (200, 503, 3, {"retry_or_shadow_abandoned": 1, "upstream_rq_retry": 1})
+
+
+# --------------------------------------------------------------------------- circuit breakers
+
+def test_max_retries_overflow(tmp):
+    def scenario(kind, tmp_path):
+        up = Scripted([status(503)])
+        try:
+            text = yaml_for(route("{retry_on: 5xx, num_retries: 1}"), [up.port],
+                            cluster="circuit_breakers: {thresholds: [{max_retries: 0}]}")
+
+            def drive(addr, stats):
+                r, _ = http_request(addr, "GET", "/a")
+                return r.status, up.count, pick(stats(), ("upstream_rq_retry_overflow", "upstream_rq_retry"))
+            return run(kind, text, tmp_path, drive)
+        finally:
+            up.close()
+    assert both(tmp, scenario) == (503, 1, {"upstream_rq_retry_overflow": 1, "upstream_rq_retry": 0})
+
+
+def test_retry_budget(tmp):
+    """retry_budget with min_retry_concurrency 0 and no other request in flight: 20 % of one
+    active request is no retry at all; with min_retry_concurrency 1 the retry happens."""
+    def scenario(kind, tmp_path):
+        out = []
+        for minimum in (0, 1):
+            up = Scripted([status(503)])
+            try:
+                text = yaml_for(route("{retry_on: 5xx, num_retries: 1}"), [up.port],
+                                cluster="circuit_breakers: {thresholds: [{retry_budget: "
+                                        f"{{budget_percent: {{value: 20}}, min_retry_concurrency: {minimum}}}}}]}}")
+
+                def drive(addr, stats):
+                    r, _ = http_request(addr, "GET", "/a")
+                    return r.status, up.count, pick(stats(), ("upstream_rq_retry_overflow", "upstream_rq_retry"))
+                out.append(run(kind, text, tmp_path, drive))
+            finally:
+                up.close()
+        return out
+    assert both(tmp, scenario) == [(503, 1, {"upstream_rq_retry_overflow": 1, "upstream_rq_retry": 0}),
+                                   (200, 2, {"upstream_rq_retry_overflow": 0, "upstream_rq_retry": 1})]
+
+
+# --------------------------------------------------------------------------- request headers
+
+INTERNAL = dict(use_remote_address=True, internal_address_config={"cidr_ranges": [
+    {"address_prefix": "127.0.0.1", "prefix_len": 32}]})
+EXTERNAL = dict(use_remote_address=True)
+
+
+@pytest.mark.parametrize("hcm,retried", [(INTERNAL, True), (EXTERNAL, False)])
+def test_retry_headers_honoured_on_internal_requests(tmp, hcm, retried):
+    """x-envoy-retry-on / x-envoy-max-retries on a route without a retry policy: honoured
+    on an internal request, removed from an external one; never forwarded."""
+    plain = "\n- match: {prefix: /}\n  route: {cluster: backend}\n"
+
+    def scenario(kind, tmp_path):
+        up = Scripted(then=status(503))
+        try:
+            text = yaml_for(plain, [up.port], **hcm)
+
+            def drive(addr, stats):
+                r, _ = http_request(addr, "GET", "/a", headers={"x-envoy-retry-on": "5xx",
+                                                               "x-envoy-max-retries": "2"})
+                seen = sorted({k for _, _, h, _ in up.requests for k in h if k.startswith("x-envoy-retry")
+                               or k == "x-envoy-max-retries"})
+                return r.status, up.count, seen
+            return run(kind, text, tmp_path, drive)
+        finally:
+            up.close()
+    assert both(tmp, scenario) == (503, 3 if retried else 1, [])
+
+
+def test_attempt_count_headers(tmp):
+    def scenario(kind, tmp_path):
+        up = Scripted([status(503)])
+        try:
+            text = yaml_for(route("{retry_on: 5xx, num_retries: 2}"), [up.port],
+                            vhost="{include_request_attempt_count: true, include_attempt_count_in_response: true}")
+
+            def drive(addr, stats):
+                r, _ = http_request(addr, "GET", "/a")
+                return (r.status, r.getheader("x-envoy-attempt-count"),
+                        [h.get("x-envoy-attempt-count") for _, _, h, _ in up.requests])
+            return run(kind, text, tmp_path, drive)
+        finally:
+            up.close()
+    assert both(tmp, scenario) == (200, "2", [["1"], ["2"]])
+
+
+def test_attempt_count_on_a_local_reply(tmp):
+    def scenario(kind, tmp_path):
+        up = Scripted(then=status(503))
+        try:
+            text = yaml_for(route("{retry_on: 5xx, num_retries: 1, per_try_timeout: 0.2s}"), [up.port],
+                            vhost="{include_attempt_count_in_response: true}")
+
+            def drive(addr, stats):
+                up.then = "hang"
+                r, _ = http_request(addr, "GET", "/a")
+                return r.status, r.getheader("x-envoy-attempt-count")
+            return run(kind, text, tmp_path, drive)
+        finally:
+            up.close()
+    assert both(tmp, scenario) == (504, "2")
+
+
+# --------------------------------------------------------------------------- config
+
+@pytest.mark.parametrize("policy,path,words", [
+    ("{retry_on: 'sometimes'}", ".retry_policy.retry_on", "sometimes"),
+    ("{retry_on: 5xx, retry_back_off: {base_interval: 1s, max_interval: 0.5s}}",
+     ".retry_policy.retry_back_off.max_interval", "greater than or equal"),
+    ("{retry_on: 5xx, per_try_idle_timeout: 1s}", ".retry_policy.per_try_idle_timeout", "per_try_idle_timeout"),
+    ("{retry_on: 5xx, rate_limited_retry_back_off: {reset_headers: [{name: retry-after}]}}",
+     ".retry_policy.rate_limited_retry_back_off", "rate_limited_retry_back_off"),
+    ("{retry_on: 5xx, retry_host_predicate: [{name: envoy.retry_host_predicates.omit_canary_hosts}]}",
+     ".retry_policy.retry_host_predicate[0]", "omit_canary_hosts"),
+])
+def test_bad_policy_refused_with_its_path(policy, path, words):
+    with pytest.raises(ConfigError) as e:
+        load_envoy(yaml_for(route(policy), [1]))
+    assert path in str(e.value) and words in str(e.value)
+
+
+def test_dump_round_trips():
+    from fastproxy.config.dump import bootstrap_json
+    text = yaml_for(route("{retry_on: '5xx,reset', num_retries: 3, per_try_timeout: 0.5s, "
+                          "retry_back_off: {base_interval: 0.01s, max_interval: 0.2s}, "
+                          "retriable_status_codes: [418], "
+                          "retry_host_predicate: [{name: envoy.retry_host_predicates.previous_hosts}], "
+                          "host_selection_retry_max_attempts: 4}"), [1],
+                    vhost="{include_request_attempt_count: true, per_request_buffer_limit_bytes: 2048}",
+                    cluster="circuit_breakers: {thresholds: [{retry_budget: {budget_percent: {value: 25}}}]}")
+    boot = load_envoy(text)
+    assert load_envoy(bootstrap_json(boot)) == boot
+
+
+# --------------------------------------------------------------------------- HTTP/2 upstreams
+
+H2_CLUSTER = """
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    '@type': type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    explicit_http_config: {http2_protocol_options: {}}
+"""
+
+
+def h2_scripted(script):
+    """An HTTP/2 upstream that resets its first streams as `script` says ("refuse":
+    REFUSED_STREAM, "reset": INTERNAL_ERROR, at the request head), then answers 200."""
+    import h2.errors
+    from h2_upstream import H2Upstream
+
+    class Up(H2Upstream):
+        def _event(self, conn, live, ev):
+            import h2.events
+            if isinstance(ev, h2.events.RequestReceived):
+                with self.cv:
+                    action = script.pop(0) if script else None
+                if action is not None:
+                    with self.cv:
+                        self.requests.append(ev.stream_id)
+                    conn.reset_stream(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM if action == "refuse"
+                                      else h2.errors.ErrorCodes.INTERNAL_ERROR)
+                    return
+            super()._event(conn, live, ev)
+    return Up()
+
+
+@pytest.mark.parametrize("retry_on,action,want", [("refused-stream", "refuse", 200), ("refused-stream", "reset", 503),
+                                                  ("reset", "reset", 200), ("5xx", "refuse", 200)])
+def test_h2_upstream_resets_retried(tmp, retry_on, action, want):
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent.parent / "http2"))
+
+    def scenario(kind, tmp_path):
+        up = h2_scripted([action])
+        try:
+            text = yaml_for(route(f"{{retry_on: {retry_on}, num_retries: 1}}"), [up.port], cluster=H2_CLUSTER)
+
+            def drive(addr, stats):
+                r, body = http_request(addr, "GET", "/a")
+                return r.status, len(up.requests), pick(stats(), ("upstream_rq_retry",))
+            return run(kind, text, tmp_path, drive)
+        finally:
+            up.close()
+    st, n, stats = both(tmp, scenario)
+    assert (st, n) == (want, 2 if want == 200 else 1)
