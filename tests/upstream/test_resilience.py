@@ -251,8 +251,6 @@ def test_retry_model_is_envoys(tmp_path):
     assert {s for s, _, _ in client} <= {200, 503, 504} and stats["upstream_rq_retry"] > 0
 
 
-@pytest.mark.xfail(strict=True, raises=(ConfigError, Mismatch),
-                   reason="route retry_policy (per_try_timeout, previous_hosts) not on this branch yet")
 def test_retries_walk_the_cluster_as_envoy_does(tmp_path):
     """10 requests over the five hosts with two retries each: the statuses, the answering
     hosts, the attempt counts, each host's requests and the retry stats are Envoy's for the
