@@ -126,3 +126,51 @@ def test_buffer_ops(benchmark, op, chunk, rounds):
     benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
     benchmark.extra_info["ns per op"] = round(result["t"] / rounds * 1e9, 1)
     benchmark.extra_info["MB/s"] = round(result["bytes"] / result["t"] / 1e6, 1)
+
+
+# ---------------------------------------------------------------- load balancer
+
+LB_HOSTS = 10_000
+
+
+@pytest.fixture(scope="module")
+def lb_proxies():
+    """One started proxy per policy, each with a cluster of 10,000 endpoints (10.x.y.z:80,
+    weights 1..4; nothing connects to them: the picks and rebuilds only read the host set)."""
+    from fastproxy import Cluster, Endpoint, Proxy
+    from fastproxy.upstream.lb import LeastRequestLbConfig
+    eps = [Endpoint(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 80, weight=1 + i % 4) for i in range(LB_HOSTS)]
+    flat = [Endpoint(e.address, 80) for e in eps]
+    made = {}
+    for policy in ("RING_HASH", "MAGLEV", "LEAST_REQUEST"):
+        c = Cluster("c", endpoints=flat if policy == "LEAST_REQUEST" else eps, lb_policy=policy,
+                    least_request_lb_config=LeastRequestLbConfig() if policy == "LEAST_REQUEST" else None)
+        p = Proxy(listeners=[], clusters=[c], concurrency=1)
+        p.start()
+        made[policy] = p
+    yield made
+    for p in made.values():
+        p.stop(drain_timeout=0.1)
+
+
+@pytest.mark.parametrize("kind, policy, rounds", [
+    ("ring", "RING_HASH", 1_000_000),
+    ("maglev", "MAGLEV", 1_000_000),
+    ("least_request", "LEAST_REQUEST", 1_000_000),
+    ("rebuild", "RING_HASH", 3),
+    ("rebuild", "MAGLEV", 3),
+    ("rebuild", "LEAST_REQUEST", 3),
+])
+def test_lb(benchmark, lb_proxies, kind, policy, rounds):
+    """Host picks (a random hash each for the ring and the Maglev table; the power of two
+    choices for least request) over 10,000 hosts, and a rebuild of the 10,000-host set the
+    workers pick from (what a health change costs: lists, schedules and the ring (1024+
+    points scaled to the weights) or the 65537-slot table)."""
+    result = {}
+
+    def run():
+        result["t"], _ = _testing.lb_bench(lb_proxies[policy], "c", kind, rounds)
+
+    benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
+    unit = "ms per rebuild" if kind == "rebuild" else "ns per pick"
+    benchmark.extra_info[unit] = round(result["t"] * (1e3 if kind == "rebuild" else 1e9), 3 if kind == "rebuild" else 1)

@@ -50,6 +50,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
+from . import _core
 from .memory import memory_stats
 from .stats_table import COUNTER, GAUGE, block as stat_block
 
@@ -276,7 +277,7 @@ class AdminServer:
                       "max_requests": c.max_requests, "max_retries": c.max_retries}
             hosts = live.get(c.name)
             if hosts is None:
-                hosts = [(e.address, e.port, e.hostname, e.weight, dict(zero))
+                hosts = [(e.address, e.port, e.hostname, e.weight, dict(zero), 0, e.priority)
                          for e in c.endpoints]
             out.append((c.name, limits, hosts))
         return out
@@ -306,7 +307,41 @@ HOST_COUNTERS = tuple(stat for _, stat, kind in stat_block("HOST").stats if kind
 HOST_GAUGES = tuple(stat for _, stat, kind in stat_block("HOST").stats if kind == GAUGE)
 
 
-def _host_status_json(ip, port, hostname, weight, stats) -> dict:
+# Envoy's Host::HealthFlag, in its order: (bit, /clusters text, HostHealthStatus JSON field).
+# The EDS ones are the JSON's eds_health_status instead.
+HEALTH_FLAGS = (
+    (_core.HOST_HEALTH_FLAGS["FAILED_ACTIVE_HC"], "failed_active_hc", "failed_active_health_check"),
+    (_core.HOST_HEALTH_FLAGS["FAILED_OUTLIER_CHECK"], "failed_outlier_check", "failed_outlier_check"),
+    (_core.HOST_HEALTH_FLAGS["FAILED_EDS_HEALTH"], "failed_eds_health", None),
+    (_core.HOST_HEALTH_FLAGS["DEGRADED_ACTIVE_HC"], "degraded_active_hc", "failed_active_degraded_check"),
+    (_core.HOST_HEALTH_FLAGS["DEGRADED_EDS_HEALTH"], "degraded_eds_health", None),
+    (_core.HOST_HEALTH_FLAGS["PENDING_DYNAMIC_REMOVAL"], "pending_dynamic_removal", "pending_dynamic_removal"),
+    (_core.HOST_HEALTH_FLAGS["PENDING_ACTIVE_HC"], "pending_active_hc", "pending_active_hc"),
+    (_core.HOST_HEALTH_FLAGS["EXCLUDED_VIA_IMMEDIATE_HC_FAIL"], "excluded_via_immediate_hc_fail",
+     "excluded_via_immediate_hc_fail"),
+    (_core.HOST_HEALTH_FLAGS["ACTIVE_HC_TIMEOUT"], "active_hc_timeout", "active_hc_timeout"),
+)
+
+
+def health_flags_text(flags: int) -> str:
+    """A host's health flags as Envoy's /clusters prints them: "healthy", or each set flag
+    as /name in Envoy's order (e.g. /failed_active_hc/failed_outlier_check)."""
+    return "".join(f"/{name}" for bit, name, _ in HEALTH_FLAGS if flags & bit) or "healthy"
+
+
+def _health_status_json(flags: int) -> dict:
+    """Envoy's HostHealthStatus (proto3 JSON: false fields left out)."""
+    out = {field: True for bit, _, field in HEALTH_FLAGS if field is not None and flags & bit}
+    if flags & _core.HOST_HEALTH_FLAGS["FAILED_EDS_HEALTH"]:
+        out["eds_health_status"] = "UNHEALTHY"
+    elif flags & _core.HOST_HEALTH_FLAGS["DEGRADED_EDS_HEALTH"]:
+        out["eds_health_status"] = "DEGRADED"
+    else:
+        out["eds_health_status"] = "HEALTHY"
+    return out
+
+
+def _host_status_json(ip, port, hostname, weight, stats, flags=0, priority=0) -> dict:
     """One HostStatus as Envoy writes it (proto3 JSON: a zero value and an empty hostname
     are left out, 64-bit values are strings)."""
     out = {"address": {"socket_address": {"address": ip, "port_value": port}}, "stats": []}
@@ -318,11 +353,13 @@ def _host_status_json(ip, port, hostname, weight, stats) -> dict:
             entry["value"] = str(stats[name])
         entry["name"] = name
         out["stats"].append(entry)
-    out["health_status"] = {"eds_health_status": "HEALTHY"}
+    out["health_status"] = _health_status_json(flags)
     out["weight"] = weight
     if hostname:
         out["hostname"] = hostname
     out["locality"] = {}
+    if priority:
+        out["priority"] = priority
     return out
 def _node_json(proxy) -> dict:
     """Envoy's node object: the bootstrap's node with the command line's overrides."""
@@ -515,8 +552,7 @@ class _AdminHandler(BaseHTTPRequestHandler):
         if query.get("format") == "json":
             self._json(HTTPStatus.OK, {"cluster_statuses": [
                 {"name": name,
-                 "host_statuses": [_host_status_json(ip, port, hostname, weight, stats)
-                                   for ip, port, hostname, weight, stats in hosts],
+                 "host_statuses": [_host_status_json(*host) for host in hosts],
                  "circuit_breakers": {"thresholds": [
                      {k: v for k, v in limits.items()}]},
                  "observability_name": name}
@@ -527,12 +563,12 @@ class _AdminHandler(BaseHTTPRequestHandler):
             lines.append(f"{name}::observability_name::{name}")
             lines += [f"{name}::default_priority::{k}::{v}" for k, v in limits.items()]
             lines.append(f"{name}::added_via_api::false")
-            for ip, port, hostname, weight, stats in hosts:
+            for ip, port, hostname, weight, stats, flags, priority in hosts:
                 hp = f"{name}::{_fmt_hostport(ip, port)}"
                 lines += [f"{hp}::{k}::{v}" for k, v in sorted(stats.items())]
-                lines += [f"{hp}::hostname::{hostname}", f"{hp}::health_flags::healthy",
+                lines += [f"{hp}::hostname::{hostname}", f"{hp}::health_flags::{health_flags_text(flags)}",
                           f"{hp}::weight::{weight}", f"{hp}::region::", f"{hp}::zone::",
-                          f"{hp}::sub_zone::", f"{hp}::canary::false", f"{hp}::priority::0",
+                          f"{hp}::sub_zone::", f"{hp}::canary::false", f"{hp}::priority::{priority}",
                           f"{hp}::success_rate::-1", f"{hp}::local_origin_success_rate::-1"]
         self._send(HTTPStatus.OK, "".join(l + "\n" for l in lines))
 

@@ -23,6 +23,7 @@ from .filters import NetworkFilter
 from .model import Bootstrap, Cluster, Listener
 from .model_tls import listener_contexts
 from .http.model import RouteConfiguration
+from .upstream.lb import lb_spec
 
 log = logging.getLogger("fastproxy")
 
@@ -46,25 +47,6 @@ def _settle_collector() -> None:
     gc.freeze()
 
 
-def smooth_weighted_schedule(weights: list[int]) -> list[int]:
-    """The pick order for weighted round robin: each host i appears weights[i] times,
-    spread out rather than in runs (the 'smooth' interleaving nginx popularised)."""
-    total = sum(weights)
-    if weights and min(weights) == max(weights):
-        # Equal weights interleave as 0..n-1, weights[0] times over (what the loop below
-        # gives, in O(total) rather than O(total * n): a 10,000-endpoint EDS set).
-        return list(range(len(weights))) * weights[0]
-    current = [0] * len(weights)
-    order = []
-    for _ in range(total):
-        for i, w in enumerate(weights):
-            current[i] += w
-        best = max(range(len(weights)), key=lambda i: current[i])
-        current[best] -= total
-        order.append(best)
-    return order
-
-
 def _reads_bytes(factory: Any, hook: str) -> bool:
     """Whether filters made by `factory` override `hook` (and so must see the bytes).
     Unknown factories are assumed to read, which only costs the splice fast path."""
@@ -83,15 +65,34 @@ _FAMILIES = {
 }
 
 
-def resolve_endpoints(cluster: Cluster) -> list[tuple[str, int, int, str]]:
-    """(ip, port, weight, hostname) for every host of the cluster. STRICT_DNS endpoints
-    expand to every address their name resolves to (Envoy's strict DNS). hostname is what
-    auto_host_rewrite sends: the endpoint's own hostname, else a DNS endpoint's name, else
-    "" (a STATIC endpoint: the Host stays). Blocking: main thread only."""
+# What EDS's health_status makes of a host (Envoy's setEdsHealthFlag): the core's
+# HF_FAILED_EDS_HEALTH (not picked) or HF_DEGRADED_EDS_HEALTH (picked when healthy hosts lack).
+_EDS_HEALTH_FLAGS = {"UNHEALTHY": "FAILED_EDS_HEALTH", "DRAINING": "FAILED_EDS_HEALTH",
+                     "TIMEOUT": "FAILED_EDS_HEALTH", "DEGRADED": "DEGRADED_EDS_HEALTH"}
+
+
+def _lb_fields(ep, localities: dict) -> tuple:
+    """(priority, eds health bits, locality index in its priority, locality weight);
+    localities: {priority: {locality: index}} of the cluster so far."""
+    flag = _EDS_HEALTH_FLAGS.get(ep.health_status)
+    bits = _core.HOST_HEALTH_FLAGS[flag] if flag else 0
+    known = localities.setdefault(ep.priority, {})
+    index = known.setdefault(tuple(ep.locality), len(known))
+    return ep.priority, bits, index, ep.locality_weight
+
+
+def resolve_endpoints(cluster: Cluster) -> list[tuple]:
+    """(ip, port, weight, hostname, priority, eds_flags, locality, locality_weight) for
+    every host of the cluster. STRICT_DNS endpoints expand to every address their name
+    resolves to (Envoy's strict DNS). hostname is what auto_host_rewrite sends: the
+    endpoint's own hostname, else a DNS endpoint's name, else "" (a STATIC endpoint: the
+    Host stays). The rest is the load balancer's (_lb_fields). Blocking: main thread only."""
     out = []
+    localities: dict = {}
     for ep in cluster.endpoints:
+        lb = _lb_fields(ep, localities)
         if cluster.type != "STRICT_DNS":       # STATIC, EDS: IP addresses
-            out.append((ep.address, ep.port, ep.weight, ep.hostname))
+            out.append((ep.address, ep.port, ep.weight, ep.hostname, *lb))
             continue
         try:
             infos = socket.getaddrinfo(ep.address, ep.port, type=socket.SOCK_STREAM)
@@ -112,13 +113,14 @@ def resolve_endpoints(cluster: Cluster) -> list[tuple[str, int, int, str]]:
                 if by_family.get(fam):
                     ips = by_family[fam]
                     break
-        out.extend((ip, ep.port, ep.weight, ep.hostname or ep.address) for ip in ips)
+        out.extend((ip, ep.port, ep.weight, ep.hostname or ep.address, *lb) for ip in ips)
     return out
 
 
-def _host_set(hosts: list[tuple[str, int, int, str]]):
-    return _core.make_hostset([(ip, port, name, weight) for ip, port, weight, name in hosts],
-                              smooth_weighted_schedule([w for _, _, w, _ in hosts]))
+def _host_set(hosts: list[tuple]):
+    """The core's full host list of a cluster (resolve_endpoints' tuples); the load
+    balancer's schedules, rings and tables are built from it in the core."""
+    return _core.make_hostset([(ip, port, name, weight, *rest) for ip, port, weight, name, *rest in hosts])
 
 
 def _route_cluster_names(rc: RouteConfiguration) -> set:
@@ -380,7 +382,8 @@ class ConfigInstaller:
             else:
                 handle = self._engine.make_cluster(
                     self._stat_block("cluster", f"cluster.{c.name}"), c.lb_policy, c.connect_timeout,
-                    _host_set(hosts), *_cluster_params(c)[2:], tls=tls, **self._protocol_params(c))
+                    _host_set(hosts), *_cluster_params(c)[2:], tls=tls, **self._protocol_params(c),
+                    lb=lb_spec(c))
                 commit.append((None, c, hosts, None, "cluster_added", tls))
             clusters[c.name] = _ClusterState(c, handle, hosts, waiting)
         self._installing_clusters = clusters
@@ -395,9 +398,9 @@ class ConfigInstaller:
         for handle, c, hosts, old, stat, tls in commit:
             if handle is not None:
                 if old is None or _cluster_params(old.model) != _cluster_params(c) or old.model.tls != c.tls \
-                        or _protocol(old.model) != _protocol(c) or old.waiting:
+                        or _protocol(old.model) != _protocol(c) or old.waiting or lb_spec(old.model) != lb_spec(c):
                     handle.set_params(*_cluster_params(c), tls=tls,
-                                      **self._protocol_params(c, None if old is None else old.model))
+                                      **self._protocol_params(c, None if old is None else old.model), lb=lb_spec(c))
                 if old is None or hosts != old.hosts:
                     handle.set_hosts(_host_set(hosts))
                 if old is None:

@@ -17,7 +17,10 @@ from .errors import ConfigError
 from .http.model import AccessLog, Http2ProtocolOptions, HttpConnectionManager, validate_http
 from .model_tls import UpstreamTlsContext, check_static_secrets
 
-LB_POLICIES = ("ROUND_ROBIN", "RANDOM")
+LB_POLICIES = ("ROUND_ROBIN", "RANDOM", "LEAST_REQUEST", "RING_HASH", "MAGLEV")
+# Endpoint.health_status: Envoy's HealthStatus names.
+HEALTH_STATUSES = ("UNKNOWN", "HEALTHY", "UNHEALTHY", "DRAINING", "TIMEOUT", "DEGRADED")
+MAX_PRIORITY = 127      # an endpoint's highest priority (the core's LB_MAX_PRIORITY)
 # What a cluster speaks to its upstreams (Envoy's HttpProtocolOptions): explicit HTTP/1.1,
 # explicit HTTP/2, or auto_config (h2 or http/1.1 by ALPN, so over TLS only).
 UPSTREAM_PROTOCOLS = ("http1", "http2", "auto")
@@ -76,6 +79,15 @@ class Endpoint:
     # Envoy's endpoint.hostname: what auto_host_rewrite sends as Host for this endpoint (a
     # STRICT_DNS endpoint without one sends its DNS name; a STATIC one keeps the Host).
     hostname: str = ""
+    # The load balancer (fastproxy.upstream.lb): the endpoint's priority (0 the highest;
+    # lower ones take load as the higher ones' health drops), what EDS says of its health
+    # (health_status: HEALTH_STATUSES; UNHEALTHY, DRAINING and TIMEOUT hosts are kept but
+    # not picked, DEGRADED ones only when healthy ones lack), and its locality ((region,
+    # zone, sub_zone)) with that locality's load_balancing_weight (0: none given).
+    priority: int = 0
+    health_status: str = "UNKNOWN"
+    locality: tuple = ()
+    locality_weight: int = 0
 
     def validate(self, path: str, cluster_type: str) -> None:
         """Check the fields for a cluster of ``cluster_type``; ``path`` names it in errors."""
@@ -94,6 +106,16 @@ class Endpoint:
             raise ConfigError(e.path, f"Endpoint(port={self.port!r}): {e.message}") from None
         if isinstance(self.weight, bool) or not isinstance(self.weight, int) or not 1 <= self.weight <= 128:
             raise ConfigError(path + ".weight", f"Endpoint(weight={self.weight!r}): must be an integer 1..128")
+        if isinstance(self.priority, bool) or not isinstance(self.priority, int) or not 0 <= self.priority <= MAX_PRIORITY:
+            raise ConfigError(path + ".priority", f"Endpoint(priority={self.priority!r}): must be an integer "
+                                                  f"0..{MAX_PRIORITY}")
+        if self.health_status not in HEALTH_STATUSES:
+            raise ConfigError(path + ".health_status", f"Endpoint(health_status={self.health_status!r}): must be "
+                                                       f"one of {', '.join(HEALTH_STATUSES)}")
+        if isinstance(self.locality_weight, bool) or not isinstance(self.locality_weight, int) \
+                or not 0 <= self.locality_weight <= 0xFFFFFFFF:
+            raise ConfigError(path + ".locality_weight", f"Endpoint(locality_weight={self.locality_weight!r}): "
+                                                         "must be an integer 0..4294967295")
 
 
 @dataclass
@@ -149,6 +171,9 @@ class Cluster:
     maglev_lb_config: Optional[Any] = None
     least_request_lb_config: Optional[Any] = None
     common_lb_config: Optional[Any] = None
+    # The load assignment's policy.overprovisioning_factor (percent): a priority whose
+    # healthy share times this is under 100% spills the rest of its load to the next one.
+    overprovisioning_factor: int = 140
     health_checks: Sequence[Any] = ()
     outlier_detection: Optional[Any] = None
     retry_budget: Optional[Any] = None
@@ -188,6 +213,8 @@ class Cluster:
             raise ConfigError(path + ".type", f"unsupported cluster type {self.type!r} (supported: {', '.join(CLUSTER_TYPES)})")
         if self.lb_policy not in LB_POLICIES:
             raise ConfigError(path + ".lb_policy", f"unsupported lb_policy {self.lb_policy!r} (supported: {', '.join(LB_POLICIES)})")
+        from .upstream.lb import validate_cluster_lb
+        validate_cluster_lb(self, path)
         if (self.type == "EDS") != isinstance(self.eds_config, ConfigSource):
             raise ConfigError(path + ".eds_config", "a cluster of type EDS needs eds_config (a ConfigSource), "
                                                     "and only such a cluster takes one")

@@ -703,7 +703,10 @@ class Proxy(ConfigInstaller):
                     for stat, value in block.read_worker(k, _PER_WORKER_LISTENER_STATS).items():
                         out[f"{name}.worker_{k}.{stat}"] = value
         for name, c in list(self._clusters.items()):
-            out[f"cluster.{name}.membership_total"] = len(c.hosts)
+            # Envoy's membership gauges: the hosts of the set the load balancer picks from
+            # (healthy, degraded and excluded by their health flags), over every priority.
+            for what, n in c.handle.membership().items():
+                out[f"cluster.{name}.membership_{what}"] = n
             out.update(_circuit_breaker_gauges(f"cluster.{name}.circuit_breakers.", c))
         xds = self._xds
         if xds is not None:     # listener_manager.lds.*, cluster_manager.cds.*
@@ -726,9 +729,10 @@ class Proxy(ConfigInstaller):
         removed by update(), with connections open and drain time left), sorted."""
         return sorted({d.name for d in self._still_draining()})
 
-    def cluster_hosts(self) -> dict[str, list[tuple[str, int, str, int, dict]]]:
+    def cluster_hosts(self) -> dict[str, list[tuple[str, int, str, int, dict, int, int]]]:
         """Each cluster's current hosts (what admin /clusters prints): {cluster: [(ip, port,
-        hostname, weight, {stat: value})]}, the per-host counters summed over the workers
+        hostname, weight, {stat: value}, health_flags, priority)]}, health_flags the host's
+        HF_* bits (0: healthy; admin.health_flags_text), the per-host counters summed over the workers
         in Envoy's order (cx_connect_fail, cx_total, rq_error, rq_success, rq_timeout,
         rq_total, then the gauges cx_active, rq_active, rq_pending_active)."""
         return {name: c.handle.host_statuses() for name, c in list(self._clusters.items())}
@@ -744,7 +748,7 @@ class Proxy(ConfigInstaller):
                 for k in range(self.concurrency):
                     out.update(f"{name}.worker_{k}.{g}" for g in block.gauges)
         for name, c in list(self._clusters.items()):
-            out.add(f"cluster.{name}.membership_total")
+            out.update(f"cluster.{name}.membership_{what}" for what in ("healthy", "degraded", "excluded", "total"))
             out.update(_circuit_breaker_gauges(f"cluster.{name}.circuit_breakers.", c))
         xds = self._xds
         if xds is not None:

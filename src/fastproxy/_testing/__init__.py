@@ -41,5 +41,32 @@ def route_select_bench(table, method, path, host, headers=(), scheme="http", rou
     return table._bench_select(method, path, host, headers, scheme, rounds)
 
 
+# The load balancer (core/upstream): xxHash64 as the rings are keyed with it, a host's
+# health driven by hand, the host a hash picks.
+xxhash64 = _core._xxhash64      # (data: bytes, seed=0) -> int
+HOST_HEALTH_FLAGS = _core.HOST_HEALTH_FLAGS
+
+
+def set_host_health(proxy, cluster: str, address: str, port: int, set=(), clear=()) -> int:
+    """Set and clear health flags (names of HOST_HEALTH_FLAGS, e.g. "FAILED_ACTIVE_HC") of
+    a cluster's host, then rebuild the cluster's host set (cluster_health_changed), as a
+    health checker or outlier detection does. Returns the host's flags after."""
+    bits = lambda names: sum(HOST_HEALTH_FLAGS[n] for n in names)
+    return proxy._clusters[cluster].handle._set_health(address, port, bits(set), bits(clear))
+
+
+def pick_hashed(proxy, cluster: str, h: int, attempt: int = 0):
+    """(address, port) of the host a RING_HASH or MAGLEV cluster gives a request hashed to
+    h now (None: no host)."""
+    return proxy._clusters[cluster].handle._pick_hashed(h, attempt)
+
+
+def lb_bench(proxy, cluster: str, kind: str, rounds: int):
+    """(seconds per operation, checksum): `rounds` ring / maglev / least_request picks
+    or host set rebuilds of a cluster, timed in C without the GIL."""
+    return proxy._clusters[cluster].handle._bench(kind, rounds)
+
+
 __all__ = ["H1TestParser", "HTTP1_ERRORS", "http1_request_head", "http1_response_head", "http1_chunk",
-           "http1_last_chunk", "http1_bench", "buffer_bench", "route_select_bench", "host_stat_blocks", "stat_blocks_alive"]
+           "http1_last_chunk", "http1_bench", "buffer_bench", "route_select_bench", "host_stat_blocks", "stat_blocks_alive",
+           "xxhash64", "HOST_HEALTH_FLAGS", "set_host_health", "pick_hashed", "lb_bench"]

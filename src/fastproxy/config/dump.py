@@ -157,13 +157,14 @@ def cluster_json(c: model.Cluster, redact: bool = False) -> dict:
         out["typed_extension_protocol_options"] = {HTTP_PROTOCOL_OPTIONS: options}
     if c.tls is not None:
         out["transport_socket"] = transport_socket_json(c.tls, redact)
+    out.update(dump_cluster_lb(c))
     if c.type == "EDS":
         # Its endpoints are EDS's (EndpointsConfigDump, ?include_eds), not the cluster's.
         eds: Dict[str, Any] = {"eds_config": config_source_json(c.eds_config)}
         _put(eds, "service_name", c.eds_service_name, "")
         out["eds_cluster_config"] = eds
         return out
-    out["load_assignment"] = load_assignment_json(c.name, c.endpoints)
+    out["load_assignment"] = load_assignment_json(c.name, c.endpoints, c.overprovisioning_factor)
     return out
 
 
@@ -284,25 +285,42 @@ def secret_json(s: tls.Secret, redact: str = "") -> dict:
     return out
 
 
-def load_assignment_json(name: str, endpoints: Iterable[model.Endpoint]) -> dict:
-    """An envoy.config.endpoint.v3.ClusterLoadAssignment."""
+def load_assignment_json(name: str, endpoints: Iterable[model.Endpoint], overprovisioning_factor: int = 140) -> dict:
+    """An envoy.config.endpoint.v3.ClusterLoadAssignment: one LocalityLbEndpoints per
+    (priority, locality) in the endpoints' order of first appearance."""
     assignment: Dict[str, Any] = {"cluster_name": name}
-    if endpoints:
-        lb = []
-        for e in endpoints:
-            endpoint: Dict[str, Any] = {"address": _socket_address(e.address, e.port)}
-            if e.hostname:
-                endpoint["hostname"] = e.hostname
-            entry: Dict[str, Any] = {"endpoint": endpoint}
-            if e.weight != 1:
-                entry["load_balancing_weight"] = e.weight
-            lb.append(entry)
-        assignment["endpoints"] = [{"lb_endpoints": lb}]
+    groups: Dict[tuple, Dict[str, Any]] = {}
+    for e in endpoints:
+        endpoint: Dict[str, Any] = {"address": _socket_address(e.address, e.port)}
+        if e.hostname:
+            endpoint["hostname"] = e.hostname
+        entry: Dict[str, Any] = {"endpoint": endpoint}
+        if e.health_status != "UNKNOWN":
+            entry["health_status"] = e.health_status
+        if e.weight != 1:
+            entry["load_balancing_weight"] = e.weight
+        key = (e.priority, tuple(e.locality), e.locality_weight)
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = {}
+            if e.locality:
+                group["locality"] = {k: v for k, v in zip(("region", "zone", "sub_zone"), e.locality) if v}
+            group["lb_endpoints"] = []
+            if e.locality_weight:
+                group["load_balancing_weight"] = e.locality_weight
+            if e.priority:
+                group["priority"] = e.priority
+        group["lb_endpoints"].append(entry)
+    if groups:
+        assignment["endpoints"] = list(groups.values())
+    if overprovisioning_factor != 140:
+        assignment["policy"] = {"overprovisioning_factor": overprovisioning_factor}
     return assignment
 
 
 # --- listeners ----------------------------------------------------------------------------
 
+from .cluster_lb import dump_cluster_lb
 from .c_filter import C_HTTP_FILTER_TYPE_URL as C_HTTP_FILTER_TYPE
 from .python_filter import PYTHON_FILTER_TYPE_URL as PYTHON_NETWORK_FILTER_TYPE
 from .python_filter import PYTHON_HTTP_FILTER_TYPE_URL as PYTHON_HTTP_FILTER_TYPE

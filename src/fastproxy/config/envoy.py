@@ -698,6 +698,7 @@ def _cluster(item: Any, path: str) -> model.Cluster:
     pool.pop("auto_path", None)
 
     return model.Cluster(name=name, endpoints=endpoints, type=ctype, lb_policy=lb_policy,
+                         overprovisioning_factor=getattr(endpoints, "overprovisioning_factor", 140),
                          connect_timeout=connect_timeout, dns_refresh_rate=dns_refresh_rate,
                          dns_lookup_family=family, tls=tls, **eds, **pool, **_circuit_breakers(msg),
                          **cluster_lb_options(msg, lb_policy), **cluster_health_checks(msg),
@@ -821,48 +822,59 @@ def _supported(msg: Message, name: str, values: dict, supported: tuple, default:
     return value
 
 
-# envoy.config.core.v3.HealthStatus: hosts in these are not routed to (Envoy's EDS health).
+# envoy.config.core.v3.HealthStatus (model.Endpoint.health_status): UNHEALTHY, DRAINING and
+# TIMEOUT hosts are kept but not routed to, DEGRADED ones only when healthy ones lack (Envoy's EDS
+# health; fastproxy.installer maps them to the core's health flags).
 HEALTH_STATUSES = {"UNKNOWN": 0, "HEALTHY": 1, "UNHEALTHY": 2, "DRAINING": 3, "TIMEOUT": 4, "DEGRADED": 5}
-_EXCLUDED_HEALTH = ("UNHEALTHY", "DRAINING", "TIMEOUT")
+
+
+class Endpoints(list):
+    """load_assignment's endpoints, with the assignment's policy.overprovisioning_factor."""
+    overprovisioning_factor = 140
 
 
 def load_assignment(item: Any, path: str, cluster_type: str) -> list:
     """An envoy.config.endpoint.v3.ClusterLoadAssignment (a cluster's load_assignment, or an
-    EDS resource): its endpoints as model.Endpoint, without those EDS marks unhealthy,
-    draining or timed out (Envoy does not route to them). What the model cannot represent
-    (priorities other than 0, degraded hosts, drop_overloads) is refused with its path."""
+    EDS resource): its endpoints as model.Endpoint, each with its priority, locality (and
+    that locality's load_balancing_weight) and EDS health_status; the policy's
+    overprovisioning_factor on the list (Endpoints). What the model cannot represent
+    (drop_overloads, named endpoints) is refused with its path."""
     msg = Message(item, path, ("cluster_name", "endpoints", "policy", "named_endpoints"))
     msg.string("cluster_name", required=True, non_empty=True)
     if msg.raw("named_endpoints"):
         raise unsupported_field(msg.at("named_endpoints"), "named_endpoints")
+    endpoints = Endpoints()
     policy = msg.message("policy", ("drop_overloads", "overprovisioning_factor", "endpoint_stale_after",
                                     "weighted_priority_health"))
     if policy is not None:
         for f in ("drop_overloads", "endpoint_stale_after"):
             if policy.raw(f):
                 raise unsupported_field(policy.at(f), f)
-        policy.uint32("overprovisioning_factor")    # (it matters across priorities only)
-        policy.raw("weighted_priority_health")
-    endpoints = []
+        endpoints.overprovisioning_factor = policy.uint32("overprovisioning_factor", default=140, minimum=1)
+        if policy.raw("weighted_priority_health"):
+            raise ConfigError(policy.at("weighted_priority_health"), "weighted_priority_health is unsupported "
+                                                                     "in fastproxy (not planned); remove it")
     for locality, lpath in msg.repeated("endpoints"):
         group = Message(locality, lpath, ("locality", "lb_endpoints", "load_balancing_weight", "priority",
                                           "metadata"))
-        group.message("locality", ("region", "zone", "sub_zone"))
+        where = group.message("locality", ("region", "zone", "sub_zone"))
+        key = () if where is None else tuple(where.string(f, default="") for f in ("region", "zone", "sub_zone"))
         group.mapping("metadata")
-        # Locality weights matter only with a locality_weighted_lb_config (Envoy), which fastproxy
-        # does not take: accepted and, as in Envoy then, not used.
-        group.uint32("load_balancing_weight", minimum=1)
-        if group.uint32("priority", default=0):
-            raise ConfigError(group.at("priority"), "priorities other than 0 are unsupported in "
-                                                    "fastproxy (it has one priority level)")
+        # (Used only with common_lb_config.locality_weighted_lb_config, as in Envoy.)
+        lweight = group.uint32("load_balancing_weight", default=0, minimum=1)
+        priority = group.uint32("priority", default=0)
+        if priority > model.MAX_PRIORITY:
+            raise ConfigError(group.at("priority"), f"fastproxy supports priorities up to {model.MAX_PRIORITY}, "
+                                                    f"got {priority}")
         for ep, epath in group.repeated("lb_endpoints"):
             endpoint = _endpoint(ep, epath, cluster_type)
-            if endpoint is not None:
-                endpoints.append(endpoint)
+            if priority or key or lweight:
+                endpoint.priority, endpoint.locality, endpoint.locality_weight = priority, key, lweight
+            endpoints.append(endpoint)
     return endpoints
 
 
-def _endpoint(item: Any, path: str, cluster_type: str) -> Optional[model.Endpoint]:
+def _endpoint(item: Any, path: str, cluster_type: str) -> model.Endpoint:
     plain = _plain_endpoint(item, cluster_type)
     return plain if plain is not None else _endpoint_read(item, path, cluster_type)
 
@@ -895,13 +907,10 @@ def _plain_endpoint(item: Any, cluster_type: str) -> Optional[model.Endpoint]:
     return model.Endpoint(address=host, port=port, weight=weight)
 
 
-def _endpoint_read(item: Any, path: str, cluster_type: str) -> Optional[model.Endpoint]:
+def _endpoint_read(item: Any, path: str, cluster_type: str) -> model.Endpoint:
     lb = Message(item, path, ("endpoint", "load_balancing_weight", "health_status", "metadata"))
     lb.mapping("metadata")
     health = lb.enum("health_status", HEALTH_STATUSES, default="UNKNOWN")
-    if health == "DEGRADED":
-        raise ConfigError(lb.at("health_status"), "DEGRADED hosts are unsupported in fastproxy (it has "
-                                                  "no degraded host tier)")
     endpoint = lb.message("endpoint", ("address", "hostname", "health_check_config"), required=True)
     if endpoint.raw("health_check_config") is not None:
         raise unsupported_field(endpoint.at("health_check_config"), "health_check_config")
@@ -915,9 +924,7 @@ def _endpoint_read(item: Any, path: str, cluster_type: str) -> Optional[model.En
                           f"fastproxy supports weights up to {MAX_ENDPOINT_WEIGHT}, got {weight}")
     hostname = endpoint.string("hostname", default="")
     model.check_endpoint_hostname(hostname, endpoint.at("hostname"))
-    if health in _EXCLUDED_HEALTH:
-        return None
-    return model.Endpoint(address=host, port=port, weight=weight, hostname=hostname)
+    return model.Endpoint(address=host, port=port, weight=weight, hostname=hostname, health_status=health)
 
 
 __all__ = ["load_envoy", "load_envoy_yaml", "load_envoy_json", "bootstrap_from_data", "config_source",

@@ -14,6 +14,8 @@ cdef class Engine:
     cdef dict host_stats                # cluster block: {address bytes: StatBlockHandle}
     cdef int64_t* global_active     # downstream connections over all listeners
     cdef int64_t global_max         # 0: no global limit
+    cdef int posting                # 1 while worker threads take messages (a cluster's
+                                    #   health rebuild posts to them, cluster_health_changed)
 
     cdef bint workers_run(self):
         """Whether worker threads run the messages posted to them (started, not stopped):
@@ -70,6 +72,7 @@ cdef class Engine:
         _core_log_from_logging()        # debug lines from the workers (core/debug_log.pxi)
         for i in range(self.nworkers):
             fp_store_int(&self.workers[i].running, 1)
+        fp_store_int(&self.posting, 1)      # (queued messages wait for the threads below)
         for i in range(self.nworkers):
             t = _threading.Thread(target=self._run_worker, args=(i,),
                                   name=f"fastproxy-worker-{i}", daemon=True)
@@ -92,6 +95,7 @@ cdef class Engine:
             worker_wake(&self.workers[i])     # allocation-free: a stop cannot fail to wake
         for t in self._threads:
             t.join()
+        fp_store_int(&self.posting, 0)     # (a rebuild from now on applies its set itself)
         # A message posted to a worker (a filter's continue, a host set swap) after it
         # drained its queue for the last time was never run: run (and free) what is left
         # here, now that no worker thread runs. The wake fd is non-blocking, so an empty
@@ -146,12 +150,13 @@ cdef class Engine:
                      uint32_t max_requests_per_connection=0, uint32_t max_connections=1024,
                      uint32_t max_pending_requests=1024, uint32_t max_requests=1024,
                      uint32_t max_retries=3, bint removed=False, TlsContextHandle tls=None,
-                     str protocol=None, dict h2=None, StatBlockHandle h2_stats=None):
+                     str protocol=None, dict h2=None, StatBlockHandle h2_stats=None, dict lb=None):
         """A cluster (ClusterHandle). removed: a name referenced with no cluster configured
         (Proxy._cluster_ref), whose requests get 503 NC until set_params revives it. tls:
         upstream TLS with that client context (make_tls_context). protocol (None: the
         default), h2, h2_stats: the upstream protocol, as ClusterHandle.set_params takes
-        them (the engine passes them on unread)."""
+        them (the engine passes them on unread); lb: the load balancer's options, as
+        set_params takes them."""
         cdef ClusterHandle h = ClusterHandle.__new__(ClusterHandle)
         cdef ClusterParams params = _cluster_params(
             lb_policy, connect_timeout, pool_idle_timeout, max_connection_duration,
@@ -159,18 +164,21 @@ cdef class Engine:
             max_retries, removed, protocol, h2)
         params.tls = _client_tls(tls)
         params.h2_stats = _h2_stats_block(h2_stats)
+        cdef LbBuild build = _lb_build(lb_policy, lb)
         cdef ClusterCfg* c = <ClusterCfg*>calloc(1, sizeof(ClusterCfg))
         if c == NULL:
             raise MemoryError()
         c.refcnt = 1
         c.stats = stats.b
         c.nworkers = self.nworkers
+        cluster_lb_init(c, self.workers, &self.posting)
+        c.build = build
         if cluster_per_worker_new(c) < 0:
             free(c)
             raise MemoryError()
         for i in range(self.nworkers):
             # Spread the workers' round-robin starting points over the schedule.
-            c.per_worker[i].next = <uint32_t>(i * max(1, hosts.hs.nschedule) // self.nworkers)
+            c.per_worker[i].next = <uint32_t>(i * max(1, hosts.hs.nhosts) // self.nworkers)
             c.per_worker[i].params = params     # (no worker knows c yet)
             if params.tls != NULL:
                 fp_atomic_add_int(&params.tls.refcnt, 1)

@@ -932,7 +932,7 @@ cdef bint _h2_bind(UpConn* conn, UpConn* h) noexcept nogil:
     stat_add(cl.stats, conn.w, C_RQ_TOTAL, 1)
     stat_add(cl.stats, conn.w, C_RQ_ACTIVE, 1)
     host_stat_add(h.hstats, conn.w, HS_RQ_TOTAL, 1)
-    host_stat_add(h.hstats, conn.w, HS_RQ_ACTIVE, 1)
+    host_rq_active_add(h.hstats, conn.w, 1)
     outlier_report_local(h.hstats, conn.w, OUT_CONNECT_SUCCESS)  # Envoy's pool ready
     conn.h2.nrequests += 1
     if prm.max_rq_per_cx and conn.h2.nrequests >= prm.max_rq_per_cx:
@@ -970,7 +970,7 @@ cdef void _h2_handle_end(UpConn* h) noexcept nogil:
     if h.rq_attached:
         h.rq_attached = 0
         stat_sub(cl.stats, h.w, C_RQ_ACTIVE, 1)
-        host_stat_sub(h.hstats, h.w, HS_RQ_ACTIVE, 1)
+        host_rq_active_add(h.hstats, h.w, -1)
         fp_atomic_add_i64(&cl.n_rq, -1)
     if h.stream != NULL:
         h.stream.upstream.conn = NULL

@@ -35,6 +35,17 @@ static inline int fp_load_int(int *p) {
 static inline void fp_store_int(int *p, int v) {
     __atomic_store_n(p, v, __ATOMIC_RELEASE);
 }
+/* A host's health flags (HostShared.health_flags): written by any thread with or /
+ * and-not, read by whoever rebuilds the cluster's host set. */
+static inline uint32_t fp_load_u32(uint32_t *p) {
+    return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+static inline uint32_t fp_atomic_or_u32(uint32_t *p, uint32_t v) {
+    return __atomic_fetch_or(p, v, __ATOMIC_ACQ_REL);
+}
+static inline uint32_t fp_atomic_and_u32(uint32_t *p, uint32_t v) {
+    return __atomic_fetch_and(p, v, __ATOMIC_ACQ_REL);
+}
 /* Debug and ASan builds: abort if the kernel says a pipe still holds bytes (FIONREAD),
  * i.e. if the byte accounting that lets a pipe be reused is wrong. Release builds trust
  * the accounting and make no system call. */

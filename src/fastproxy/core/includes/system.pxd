@@ -223,4 +223,7 @@ cdef extern from "fp_c.h" nogil:
     uint64_t fp_load_acquire_u64(uint64_t* p)
     int fp_load_int(int* p)
     void fp_store_int(int* p, int v)
+    uint32_t fp_load_u32(uint32_t* p)
+    uint32_t fp_atomic_or_u32(uint32_t* p, uint32_t v)    # the old value
+    uint32_t fp_atomic_and_u32(uint32_t* p, uint32_t v)
     void fp_debug_assert_pipe_empty(int fd)

@@ -2,11 +2,23 @@
 # balancer state (load_balancer.pxi) and the per-worker HTTP connection pool
 # (http_pool.pxi, whose contract is at its top). Included before any of them.
 
+cdef extern from "<stdlib.h>" nogil:
+    void qsort(void* base, size_t n, size_t size, int (*cmp)(const void*, const void*) noexcept nogil)
+
+cdef extern from "<math.h>" nogil:
+    double pow(double x, double y)
+    double ceil(double x)
+
 cdef enum LbPolicy:
     LB_ROUND_ROBIN = 0
     LB_RANDOM = 1
+    LB_LEAST_REQUEST = 2
+    LB_RING_HASH = 3
+    LB_MAGLEV = 4
 
 DEF HOST_NAME_MAX_LEN = 255         # model.MAX_ENDPOINT_HOSTNAME
+DEF HOST_KEY_MAX_LEN = 64           # "[" IPv6 text (at most 45) "]:" port
+DEF LB_MAX_PRIORITY = 127           # model.MAX_PRIORITY: an endpoint's highest priority
 
 # A host's health, as Envoy's Host::HealthFlag: why it is not healthy (0: healthy). Set by
 # active health checks (health_check.pxi), outlier detection (outlier.pxi) and EDS; read
@@ -25,6 +37,10 @@ cdef enum HostHealthFlag:
 cdef enum:
     HF_UNHEALTHY = HF_FAILED_ACTIVE_HC | HF_FAILED_OUTLIER_CHECK | HF_FAILED_EDS_HEALTH
     HF_DEGRADED = HF_DEGRADED_ACTIVE_HC | HF_DEGRADED_EDS_HEALTH
+    # Envoy's excluded hosts: counted in membership_excluded, never picked (not even in
+    # panic), and not counted as hosts of their priority for the panic threshold.
+    HF_EXCLUDED = HF_PENDING_DYNAMIC_REMOVAL | HF_PENDING_ACTIVE_HC | HF_EXCLUDED_VIA_IMMEDIATE_HC_FAIL
+    HF_EDS = HF_FAILED_EDS_HEALTH | HF_DEGRADED_EDS_HEALTH     # what EDS (the config) sets
 
 cdef struct OutlierDetector        # outlier.pxi: a cluster's detector (config, its hosts)
 
@@ -60,21 +76,95 @@ cdef struct Host:
     sockaddr_storage addr
     socklen_t addrlen
     uint32_t weight                 # load_balancing_weight (admin /clusters)
+    uint32_t priority               # the endpoint's priority (0: the highest)
+    uint32_t locality               # its locality's index within its priority
+    uint32_t locality_weight        # that locality's load_balancing_weight (0: none given)
+    uint32_t eds_flags              # HF_FAILED_EDS_HEALTH / HF_DEGRADED_EDS_HEALTH from the
+                                    #   endpoint's health_status (set into HostShared)
+    uint8_t keylen                  # the address as Envoy writes it ("10.0.0.1:80",
+    char key[HOST_KEY_MAX_LEN]      #   "[::1]:80"): what RING_HASH and MAGLEV hash
     StatBlock* stats                # HS_* per worker (stats.pxi), one reference held by the
                                     #   host set; NULL until ClusterHandle.set_hosts
     uint16_t hostname_len           # 0: none (auto_host_rewrite leaves the Host alone)
     char hostname[HOST_NAME_MAX_LEN + 1]    # endpoint.hostname, or a DNS endpoint's name
 
+cdef struct LbSource:
+    # The hosts one pick chooses among (Envoy's HostsSource: a priority's (or a locality's)
+    # healthy, degraded or, in panic, all hosts): index arrays into HostSet.hosts, in
+    # config order.
+    int n
+    int* idx
+    int slot                    # its index in HostSet.sources (a worker's cursor / scheduler)
+    uint8_t equal_weights       # every host has the same weight (plain RR, P2C)
+    int nschedule               # weighted round robin: host indexes, each weight times,
+    int* schedule               #   interleaved (EDF order); RANDOM draws from it too
+    # RING_HASH: ring points sorted by hash (lb_tables.pxi); MAGLEV: the lookup table
+    int nring
+    uint64_t* ring_hash
+    int* ring_host
+    int ntable
+    int* table
+
+cdef struct LbLocality:
+    LbSource healthy
+    LbSource degraded
+    int nhosts
+    int nexcluded
+    uint32_t weight             # the locality's load_balancing_weight
+    double healthy_weight       # Envoy's effective weight: weight x min(1, overprovisioning
+    double degraded_weight      #   x healthy (degraded) share of its non-excluded hosts)
+
+cdef struct LbPriority:
+    int nhosts                  # every host of the priority (excluded ones too)
+    int nhealthy
+    int ndegraded
+    int nexcluded
+    uint8_t panic               # healthy + degraded below healthy_panic_threshold: all hosts
+    uint32_t healthy_load       # Envoy's per-priority load, percent (the loads of all
+    uint32_t degraded_load      #   priorities sum to 100)
+    LbSource healthy
+    LbSource degraded
+    LbSource all                # every host of the priority (panic)
+    int nlocalities             # locality_weighted_lb_config: per locality (Host.locality)
+    LbLocality* loc             #   its sources and effective weights; else 0 / NULL
+
 cdef struct HostSet:
+    # Two kinds. A base set is what set_hosts got: the cluster's full host list (config
+    # order, every priority, healthy or not), owning the hosts and their stat blocks. A
+    # worker's set is derived from the base with the hosts' health at that moment
+    # (cluster_health_changed): it shares the base's hosts (holding a reference to it) and
+    # adds the per-priority lists and tables the load balancer picks from.
     int refcnt                  # atomic
     int nhosts
     Host* hosts
-    int nschedule
-    int* schedule               # host indexes, weighted and interleaved
+    HostSet* base               # a derived set: its base (one reference); NULL: a base set
+    uint32_t* health            # a derived set: each host's health_flags when it was built
+    int policy                  # a derived set: the LbPolicy its tables were built for (a
+    uint32_t choice_count       #   pick follows the set, never a params message that may
+    double active_request_bias  #   land before or after it)
+    int npriorities
+    LbPriority* prio
+    int nsources                # every LbSource of the set, by slot (a worker sizes its
+    LbSource** sources          #   cursors and schedulers by them)
+    int nhealthy                # over every priority (membership_* gauges)
+    int ndegraded
+    int nexcluded
     int* by_stats               # open-addressing table: a host's stat block -> its index
     uint32_t by_stats_mask      #   (hostset_find), built by ClusterHandle.set_hosts. A
                                 #   host's block is its identity (cluster, address): the
                                 #   pool finds the hosts that stay across a swap with it.
+
+cdef struct LbBuild:            # what building a cluster's worker host sets needs (ClusterCfg)
+    int policy                  # LbPolicy
+    uint32_t overprovisioning   # percent (Envoy's overprovisioning_factor, default 140)
+    uint32_t panic_threshold    # percent (healthy_panic_threshold, default 50)
+    uint8_t locality_weighted   # common_lb_config.locality_weighted_lb_config
+    uint64_t ring_min           # RING_HASH minimum_ring_size / maximum_ring_size
+    uint64_t ring_max
+    uint8_t ring_murmur         # hash_function MURMUR_HASH_2 (else XX_HASH)
+    uint64_t maglev_size        # MAGLEV table_size (a prime)
+    uint32_t choice_count       # LEAST_REQUEST
+    double active_request_bias
 
 cdef enum:                      # ClusterParams.protocol
     UP_HTTP1 = 0
@@ -111,9 +201,24 @@ cdef struct LbContext:          # what a pick may use besides the host set (may 
     int navoid
     int host_selection_max_attempts     # 0 or 1: one pick
 
+cdef struct LbEdfEntry:         # weighted LEAST_REQUEST's scheduler entry (Envoy's EDF)
+    double deadline
+    uint64_t order              # insertion order: ties go to the earlier one
+    int host
+
+cdef struct LbEdf:              # one per LbSource of a weighted LEAST_REQUEST host set
+    int n
+    double now
+    uint64_t seq
+    LbEdfEntry* heap
+
 cdef struct WorkerLb:           # one per worker, touched only by that worker
     HostSet* hosts              # the worker's current host set (one reference)
-    uint32_t next               # round-robin cursor
+    uint32_t next               # round-robin cursor (the start of each source's cursor)
+    int ncursors                # per source (3 per priority: healthy, degraded, all): its
+    uint32_t* cursors           #   round-robin cursor, sized at each host set swap
+    LbEdf* edf                  # weighted LEAST_REQUEST: per source, or NULL
+    int nedf
     ClusterParams params        # the worker's copy, replaced by a message (set_params)
 
 cdef struct ClusterCfg
@@ -159,6 +264,16 @@ cdef struct ClusterCfg:
     uint8_t has_retry_budget    #   (set by ClusterHandle.set_retry_budget, read by any worker)
     uint32_t retry_budget_pct_x100      # budget_percent x 100
     uint32_t retry_budget_min           # min_retry_concurrency
+    # Health -> host set (cluster_health_changed): rebuilding a worker's host set from the
+    # latest full host list with the hosts' current health, from any thread, serialized by
+    # `lock` (set_hosts and set_params take it too).
+    pthread_mutex_t lock
+    HostSet* base               # the latest full host list (one reference), or NULL
+    HostSet* current            # the worker set last posted (one reference), or NULL
+    LbBuild build               # the load balancer's build options (set_params)
+    Worker* workers             # the engine's workers (to post the rebuilt sets to)
+    int* posting                # the engine's: 1 while worker threads take messages,
+                                #   else a swap is applied directly (as Engine.post)
 
 cdef struct HostSetSwap:        # a worker message: the worker's new host set
     ClusterCfg* cluster

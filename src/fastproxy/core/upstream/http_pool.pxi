@@ -161,7 +161,7 @@ cdef void upconn_close(UpConn* u) noexcept nogil:
     if u.rq_attached:
         u.rq_attached = 0
         stat_sub(cl.stats, w, C_RQ_ACTIVE, 1)
-        host_stat_sub(u.hstats, w, HS_RQ_ACTIVE, 1)
+        host_rq_active_add(u.hstats, w, -1)
         fp_atomic_add_i64(&cl.n_rq, -1)
         stat_add(cl.stats, w, C_DESTROY_WITH_ACTIVE_RQ, 1)
         stat_add(cl.stats, w, C_DESTROY_LOCAL_WITH_ACTIVE_RQ + remote, 1)
@@ -364,7 +364,7 @@ cdef inline bint _upconn_attach(UpConn* u) noexcept nogil:
     stat_add(cl.stats, u.w, C_RQ_TOTAL, 1)
     stat_add(cl.stats, u.w, C_RQ_ACTIVE, 1)
     host_stat_add(u.hstats, u.w, HS_RQ_TOTAL, 1)
-    host_stat_add(u.hstats, u.w, HS_RQ_ACTIVE, 1)
+    host_rq_active_add(u.hstats, u.w, 1)
     outlier_report_local(u.hstats, u.w, OUT_CONNECT_SUCCESS)     # Envoy's pool ready
     u.nrequests += 1
     if prm.max_rq_per_cx and u.nrequests >= prm.max_rq_per_cx:
@@ -646,7 +646,7 @@ cdef void http_pool_release(UpConn* u, bint reusable) noexcept nogil:
     if u.rq_attached and u.codec.response_complete(u):
         u.rq_attached = 0               # (an incomplete response stays: a destroy with active rq)
         stat_sub(u.cluster.stats, u.w, C_RQ_ACTIVE, 1)
-        host_stat_sub(u.hstats, u.w, HS_RQ_ACTIVE, 1)
+        host_rq_active_add(u.hstats, u.w, -1)
         fp_atomic_add_i64(&u.cluster.n_rq, -1)
     # ep.hup: the upstream's FIN came with (or right behind) the response it answered; a
     # short read never reads on to see it, so the event flag is all there is.
