@@ -13,12 +13,13 @@ import dataclasses
 import functools
 import gc
 import logging
+import os
 import socket
 import time
 from typing import Any, Optional
 
 from . import _core
-from .errors import ListenerBindError
+from .errors import ConfigError, ListenerBindError
 from .filters import NetworkFilter
 from .model import Bootstrap, Cluster, Listener
 from .model_tls import listener_contexts
@@ -346,6 +347,7 @@ class ConfigInstaller:
     def _install(self, b: Bootstrap, routes: dict) -> None:
         """Compile ``b`` (with the RDS route configurations ``routes``) and give it to the
         workers."""
+        self._check_health_check_logs(b)
         # Clusters first, without touching the workers: what is in force stays until the
         # listeners are built too (a bind can still fail). A cluster keeps its handle (its
         # ClusterCfg) across updates; a changed one gets its new params and hosts by worker
@@ -395,7 +397,12 @@ class ConfigInstaller:
     def _commit_clusters(self, clusters: dict[str, _ClusterState], commit: list) -> None:
         """Apply the cluster changes _install prepared (worker messages, ahead of the
         listener snapshot in each worker's queue) and count them."""
+        started = []                    # health checkers made by this commit
         for handle, c, hosts, old, stat, tls in commit:
+            # (a cluster made by _install has its handle in `clusters`, its hosts set)
+            hc_new = self._health_checker_for(clusters[c.name].handle, c)
+            if hc_new is not None:
+                started.append(hc_new)
             if handle is not None:
                 if old is None or _cluster_params(old.model) != _cluster_params(c) or old.model.tls != c.tls \
                         or _protocol(old.model) != _protocol(c) or old.waiting or lb_spec(old.model) != lb_spec(c):
@@ -406,16 +413,99 @@ class ConfigInstaller:
                 if old is None:
                     del self._absent_clusters[c.name]
                     self._stats.setdefault(("cluster", f"cluster.{c.name}"), handle.stats)
+            self._health_check_hosts(c.name, clusters[c.name].handle)
             self._cluster_counts[stat] += 1
             rb = c.retry_budget        # (circuit_breakers retry_budget: fastproxy.http.retry)
             clusters[c.name].handle.set_retry_budget(
                 None if rb is None else rb.budget_percent, 3 if rb is None else rb.min_retry_concurrency)
         for name, st in self._clusters.items():
             if name not in clusters:
+                self._stop_health_checker(name)
                 st.handle.remove()
                 self._absent_clusters[name] = st.handle
                 self._cluster_counts["cluster_removed"] += 1
         self._clusters = clusters
+        self._await_first_health_checks(started)
+
+    # ---- active health checks (fastproxy.upstream.health_check; the checkers run in the
+    # core, on the proxy's health check loop thread) ----
+
+    def _health_checker_for(self, handle, c: Cluster):
+        """Make, keep or stop cluster ``c``'s health checker before its hosts are set (so
+        that new hosts start failed). Returns a checker made now (its first round is awaited
+        by the commit), else None. A changed HealthCheck makes a new checker, as Envoy
+        makes a new cluster: every host starts failed again."""
+        current = self._health_checkers.get(c.name)
+        want = c.health_checks[0] if c.health_checks else None
+        if current is not None and current[0] == want:
+            return None
+        if current is not None:
+            self._stop_health_checker(c.name)
+            if want is None:
+                _core.hc_clear_flags(handle)
+        if want is None:
+            return None
+        if self._hc_loop is None:
+            self._hc_loop = _core.HealthCheckLoop()
+            self._hc_loop.start()
+        fd = -1
+        if want.event_log_path is not None:
+            try:
+                fd = os.open(want.event_log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+            except OSError as e:
+                # (Checked by _check_health_check_logs before anything was committed.)
+                log.error("cluster %s: health check event log %s: %s", c.name, want.event_log_path, e)
+        checker = _core.HealthCheckerHandle(
+            self._hc_loop, handle, self._stat_block("health_check", f"cluster.{c.name}.health_check"),
+            want.to_spec(c.name), c.name, fd)
+        checker.mark_unchecked(handle)
+        _core.hc_health_changed(handle)
+        self._health_checkers[c.name] = (want, checker)
+        return checker
+
+    def _health_check_hosts(self, name: str, handle) -> None:
+        """The cluster's hosts changed (or its checker is new): its checker checks them."""
+        current = self._health_checkers.get(name)
+        if current is not None:
+            current[1].set_hosts(handle)
+
+    def _stop_health_checker(self, name: str) -> None:
+        current = self._health_checkers.pop(name, None)
+        if current is not None:
+            current[1].stop()
+
+    def _stop_health_checks(self) -> None:
+        """Every checker and the loop they run on (the proxy stops)."""
+        for name in list(self._health_checkers):
+            self._stop_health_checker(name)
+        if self._hc_loop is not None:
+            self._hc_loop.stop()
+            self._hc_loop = None
+
+    @staticmethod
+    def _check_health_check_logs(b: Bootstrap) -> None:
+        """Every event log of the clusters' health checks can be opened for appending
+        (before anything is committed: a bad path refuses the config with its field)."""
+        for i, c in enumerate(b.clusters):
+            for k, hc in enumerate(c.health_checks):
+                if hc.event_log_path is None:
+                    continue
+                try:
+                    os.close(os.open(hc.event_log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644))
+                except OSError as e:
+                    raise ConfigError(f"static_resources.clusters[{i}].health_checks[{k}].event_log_path",
+                                      f"cannot open {hc.event_log_path!r}: {e.strerror or e}") from None
+
+    def _await_first_health_checks(self, checkers: list) -> None:
+        """Envoy initializes a cluster with active health checks once each host has had
+        its first check: wait for the checkers made by this commit (each first check ends
+        by its timeout at the latest)."""
+        if not checkers:
+            return
+        limit = max(m.timeout + m.initial_jitter for m, _ in self._health_checkers.values()) + 1.0
+        deadline = time.monotonic() + limit
+        while not all(ck.first_round_done for ck in checkers) and time.monotonic() < deadline:
+            time.sleep(0.002)
 
     def _install_listeners(self, b: Bootstrap, routes: dict, clusters: dict[str, _ClusterState],
                            commit: list) -> None:

@@ -259,6 +259,8 @@ class Cluster:
             if not isinstance(ep, Endpoint):
                 raise ConfigError(f"{path}.endpoints[{i}]", f"expected Endpoint, got {type(ep).__name__}")
             ep.validate(f"{path}.endpoints[{i}]", self.type)
+        from .upstream.health_check import validate_health_checks
+        validate_health_checks(self.health_checks, path + ".health_checks")
 
 
 # A network filter factory: called once per connection, returns a NetworkFilter instance.

@@ -170,6 +170,10 @@ class Proxy(ConfigInstaller):
         # them (_forget_unreferenced_clusters).
         self._absent_clusters: dict[str, Any] = {}
         self._installing_clusters: Optional[dict[str, _ClusterState]] = None   # (in _install)
+        # Active health checks: {cluster name: (HealthCheck model, HealthCheckerHandle)},
+        # and the loop thread they run on (made with the first one).
+        self._health_checkers: dict[str, tuple] = {}
+        self._hc_loop = None
         # cluster_manager.cluster_added|cluster_modified|cluster_removed|cluster_updated,
         # counted as Envoy counts them: the bootstrap's clusters are added; a changed
         # cluster is modified, unless only an EDS cluster's endpoints or a DNS cluster's
@@ -334,6 +338,7 @@ class Proxy(ConfigInstaller):
             self._adopt.clear()
             if self._state in ("stopped", "new"):
                 if self._state == "new":
+                    self._stop_health_checks()
                     self._engine.apply([])
                     self._state = "stopped"
                 return
@@ -344,6 +349,7 @@ class Proxy(ConfigInstaller):
                 time.sleep(0.01)
             # Before the workers go: no hook result is posted to a stopped worker.
             self._async.close()
+            self._stop_health_checks()  # (before the workers: a transition posts to them)
             self._engine.stop()
             self._async.workers_stopped()
             self._state = "stopped"
@@ -790,6 +796,7 @@ class Proxy(ConfigInstaller):
                                 log.info("cluster %s: hosts now %s", c.model.name, hosts)
                                 c.hosts = hosts
                                 c.handle.set_hosts(_host_set(hosts))
+                                self._health_check_hosts(c.model.name, c.handle)
                                 self._cluster_counts["cluster_updated"] += 1
                 wait = min(wait, max(0.05, c.next_refresh - now))
             self._dns_stop.wait(wait)

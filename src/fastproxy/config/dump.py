@@ -158,6 +158,8 @@ def cluster_json(c: model.Cluster, redact: bool = False) -> dict:
     if c.tls is not None:
         out["transport_socket"] = transport_socket_json(c.tls, redact)
     out.update(dump_cluster_lb(c))
+    if c.health_checks:
+        out["health_checks"] = [health_check_json(hc) for hc in c.health_checks]
     if c.type == "EDS":
         # Its endpoints are EDS's (EndpointsConfigDump, ?include_eds), not the cluster's.
         eds: Dict[str, Any] = {"eds_config": config_source_json(c.eds_config)}
@@ -165,6 +167,60 @@ def cluster_json(c: model.Cluster, redact: bool = False) -> dict:
         out["eds_cluster_config"] = eds
         return out
     out["load_assignment"] = load_assignment_json(c.name, c.endpoints, c.overprovisioning_factor)
+    return out
+
+
+_HC_FILE_SINK = "type.googleapis.com/envoy.extensions.health_check.event_sinks.file.v3.HealthCheckEventFileSink"
+
+
+def health_check_json(hc) -> dict:
+    """A config.core.v3.HealthCheck (fastproxy.upstream.health_check.HealthCheck)."""
+    out: Dict[str, Any] = {"timeout": duration(hc.timeout), "interval": duration(hc.interval),
+                           "unhealthy_threshold": hc.unhealthy_threshold,
+                           "healthy_threshold": hc.healthy_threshold}
+    for name in ("interval_jitter", "initial_jitter"):
+        if getattr(hc, name):
+            out[name] = duration(getattr(hc, name))
+    _put(out, "interval_jitter_percent", hc.interval_jitter_percent, 0)
+    if hc.no_traffic_interval != 60.0:
+        out["no_traffic_interval"] = duration(hc.no_traffic_interval)
+    for name in ("no_traffic_healthy_interval", "unhealthy_interval", "unhealthy_edge_interval",
+                 "healthy_edge_interval"):
+        if getattr(hc, name) is not None:
+            out[name] = duration(getattr(hc, name))
+    if not hc.reuse_connection:
+        out["reuse_connection"] = False
+    _put(out, "always_log_health_check_failures", hc.always_log_health_check_failures, False)
+    if hc.event_log_path is not None:
+        if hc.event_log_field == "event_log_path":
+            out["event_log_path"] = hc.event_log_path
+        else:
+            out["event_logger"] = [{"name": "envoy.health_check.event_sinks.file",
+                                    "typed_config": {"@type": _HC_FILE_SINK, "event_log_path": hc.event_log_path}}]
+    h = hc.http_health_check
+    if h is not None:
+        http: Dict[str, Any] = {"path": h.path}
+        _put(http, "host", h.host, "")
+        _put(http, "method", h.method, "GET")
+        if h.receive:
+            http["receive"] = [{"text": seg.hex()} for seg in h.receive]
+        if h.expected_statuses:
+            http["expected_statuses"] = [{"start": a, "end": b} for a, b in h.expected_statuses]
+        if h.retriable_statuses:
+            http["retriable_statuses"] = [{"start": a, "end": b} for a, b in h.retriable_statuses]
+        if h.request_headers_to_add:
+            http["request_headers_to_add"] = [{"header": {"key": k, "value": v}} for k, v in h.request_headers_to_add]
+        if h.request_headers_to_remove:
+            http["request_headers_to_remove"] = list(h.request_headers_to_remove)
+        out["http_health_check"] = http
+    else:
+        t = hc.tcp_health_check
+        tcp: Dict[str, Any] = {}
+        if t.send:
+            tcp["send"] = {"text": t.send.hex()}
+        if t.receive:
+            tcp["receive"] = [{"text": seg.hex()} for seg in t.receive]
+        out["tcp_health_check"] = tcp
     return out
 
 

@@ -737,6 +737,10 @@ cdef class ClusterHandle:
     cdef readonly StatBlockHandle stats
     cdef HostSetHandle current          # the host set last given to the workers
     cdef ClusterParams params           # the params last given to the workers (its tls: a reference)
+    # Health flags a host new to the cluster starts with: HF_FAILED_ACTIVE_HC while the
+    # cluster has active health checks (health_checker.pxi), as Envoy's new hosts, so that
+    # no worker picks a host before its first check passes.
+    cdef uint32_t new_host_health_flags
 
     def __dealloc__(self):
         tls_provider_decref(self.params.tls)
@@ -1024,6 +1028,7 @@ cdef class ClusterHandle:
                     sb.b.ext = calloc(1, sizeof(HostShared))
                     if sb.b.ext == NULL:
                         raise MemoryError()
+                    (<HostShared*>sb.b.ext).health_flags = self.new_host_health_flags
                     table[key] = sb
                 fp_atomic_add_int(&sb.b.refcnt, 1)     # the host set's reference
                 hst.stats = sb.b
