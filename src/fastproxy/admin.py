@@ -264,6 +264,11 @@ class AdminServer:
         # the admin's own three (see stats()) are gauges in Envoy
         return names | {"server.live", "server.concurrency", "server.uptime"}
 
+    def outlier_info(self) -> dict:
+        """The proxy's outlier detectors (Proxy.outlier_info), {} for a proxy without."""
+        info = getattr(self.proxy, "outlier_info", None)
+        return info() if info is not None else {}
+
     def cluster_rows(self):
         """[(cluster, {limit: value}, [(ip, port, hostname, weight, {stat: value})])] for
         /clusters: the proxy's live hosts and counters, or (a proxy without
@@ -305,6 +310,22 @@ class AdminServer:
 # core's HOST block, fastproxy/stats_table.py).
 HOST_COUNTERS = tuple(stat for _, stat, kind in stat_block("HOST").stats if kind == COUNTER)
 HOST_GAUGES = tuple(stat for _, stat, kind in stat_block("HOST").stats if kind == GAUGE)
+
+
+OUTLIER_CLUSTER_LINES = ("success_rate_average", "success_rate_ejection_threshold",
+                         "local_origin_success_rate_average", "local_origin_success_rate_ejection_threshold")
+
+
+def _rate(v: float) -> str:
+    """A success rate as Envoy prints a double (shortest form: 100, 66.66666666666667)."""
+    return str(int(v)) if v == int(v) else repr(v)
+
+
+def _host_success_rates(hp: str, od, ip: str, port: int) -> list:
+    """A host's /clusters success_rate lines: its last interval's (outlier detection's),
+    -1 without one."""
+    rates = od[4].get((ip, port), (-1, -1, False)) if od is not None else (-1, -1, False)
+    return [f"{hp}::success_rate::{_rate(rates[0])}", f"{hp}::local_origin_success_rate::{_rate(rates[1])}"]
 
 
 # Envoy's Host::HealthFlag, in its order: (bit, /clusters text, HostHealthStatus JSON field).
@@ -559,8 +580,12 @@ class _AdminHandler(BaseHTTPRequestHandler):
                 for name, limits, hosts in rows]})
             return
         lines = []
+        outlier = self.admin.outlier_info()
         for name, limits, hosts in rows:
             lines.append(f"{name}::observability_name::{name}")
+            od = outlier.get(name)
+            if od is not None:      # the cluster's detector: last interval's (-1: none)
+                lines += [f"{name}::outlier::{k}::{_rate(v)}" for k, v in zip(OUTLIER_CLUSTER_LINES, od)]
             lines += [f"{name}::default_priority::{k}::{v}" for k, v in limits.items()]
             lines.append(f"{name}::added_via_api::false")
             for ip, port, hostname, weight, stats, flags, priority in hosts:
@@ -569,7 +594,7 @@ class _AdminHandler(BaseHTTPRequestHandler):
                 lines += [f"{hp}::hostname::{hostname}", f"{hp}::health_flags::{health_flags_text(flags)}",
                           f"{hp}::weight::{weight}", f"{hp}::region::", f"{hp}::zone::",
                           f"{hp}::sub_zone::", f"{hp}::canary::false", f"{hp}::priority::{priority}",
-                          f"{hp}::success_rate::-1", f"{hp}::local_origin_success_rate::-1"]
+                          *_host_success_rates(hp, od, ip, port)]
         self._send(HTTPStatus.OK, "".join(l + "\n" for l in lines))
 
     def _h_config_dump(self, query) -> None:

@@ -418,6 +418,11 @@ class ConfigInstaller:
             rb = c.retry_budget        # (circuit_breakers retry_budget: fastproxy.http.retry)
             clusters[c.name].handle.set_retry_budget(
                 None if rb is None else rb.budget_percent, 3 if rb is None else rb.min_retry_concurrency)
+        for name, st in clusters.items():
+            old_st = self._clusters.get(name)
+            if old_st is None or old_st.handle is not st.handle or \
+                    old_st.model.outlier_detection != st.model.outlier_detection:
+                self._outlier_configure(st.handle, st.model)
         for name, st in self._clusters.items():
             if name not in clusters:
                 self._stop_health_checker(name)
@@ -506,6 +511,14 @@ class ConfigInstaller:
         deadline = time.monotonic() + limit
         while not all(ck.first_round_done for ck in checkers) and time.monotonic() < deadline:
             time.sleep(0.002)
+
+    def _outlier_configure(self, handle, c: Cluster) -> None:
+        """Give cluster ``c``'s detector its config (none: no outlier detection); its
+        counters are cluster.<name>.outlier_detection.*, a block made only for a cluster
+        that configures outlier detection, as Envoy's."""
+        od = c.outlier_detection
+        stats = None if od is None else self._stat_block("outlier", f"cluster.{c.name}.outlier_detection")
+        _core.outlier_configure(handle, None if od is None else od.to_spec(), stats)
 
     def _install_listeners(self, b: Bootstrap, routes: dict, clusters: dict[str, _ClusterState],
                            commit: list) -> None:

@@ -255,6 +255,10 @@ class Cluster:
             if not isinstance(self.tls, UpstreamTlsContext):
                 raise ConfigError(path + ".tls", f"expected fastproxy.model_tls.UpstreamTlsContext or None, "
                                                  f"got {type(self.tls).__name__}")
+        if self.outlier_detection is not None:
+            from .upstream.outlier import OutlierDetection
+            rules.typed(self.outlier_detection, OutlierDetection, path + ".outlier_detection") \
+                .validate(path + ".outlier_detection")
         for i, ep in enumerate(self.endpoints):
             if not isinstance(ep, Endpoint):
                 raise ConfigError(f"{path}.endpoints[{i}]", f"expected Endpoint, got {type(ep).__name__}")

@@ -208,6 +208,8 @@ class Proxy(ConfigInstaller):
         self._shutdown = threading.Event()
         self._dns_stop = threading.Event()
         self._dns_thread: Optional[threading.Thread] = None
+        from .upstream.outlier import OutlierTicker
+        self._outlier_ticker = OutlierTicker(self._outlier_clusters)
         self._admin_server = None
         self._xds = None        # xds.discovery.Discovery while it runs
         self._loop = loop
@@ -278,6 +280,8 @@ class Proxy(ConfigInstaller):
             self._state = "running"
             if any(c.model.type == "STRICT_DNS" for c in self._clusters.values()):
                 self._start_dns()
+            if self._outlier_clusters():
+                self._outlier_ticker.start()
             from .xds.discovery import needs_discovery
             if needs_discovery(self._bootstrap):
                 from .xds.discovery import Discovery
@@ -358,6 +362,7 @@ class Proxy(ConfigInstaller):
                 self._admin_server.stop()
         if self._dns_thread is not None:
             self._dns_thread.join()
+        self._outlier_ticker.stop()
         self._shutdown.set()
 
     def request_shutdown(self) -> None:
@@ -484,6 +489,8 @@ class Proxy(ConfigInstaller):
             if self._state == "running" and self._dns_thread is None and \
                     any(c.model.type == "STRICT_DNS" for c in self._clusters.values()):
                 self._start_dns()
+            if self._state == "running" and self._outlier_clusters():
+                self._outlier_ticker.start()        # (or wakes it: intervals may have changed)
 
     @staticmethod
     def _route_map(routes: Iterable[RouteConfiguration], validate: bool) -> dict[str, RouteConfiguration]:
@@ -800,3 +807,24 @@ class Proxy(ConfigInstaller):
                                 self._cluster_counts["cluster_updated"] += 1
                 wait = min(wait, max(0.05, c.next_refresh - now))
             self._dns_stop.wait(wait)
+
+    # ---- outlier detection: the detectors' interval ticks (fastproxy.upstream.outlier) ----
+
+    def _outlier_clusters(self) -> list:
+        with self._lock:
+            return [(c.handle, c.model.outlier_detection.interval) for c in self._clusters.values()
+                    if c.model.outlier_detection is not None]
+
+    def outlier_info(self) -> dict:
+        """{cluster: (success_rate_average, success_rate_ejection_threshold, the local-origin
+        two, {(ip, port): (success_rate, local_origin_success_rate, ejected)})} for the
+        clusters with outlier detection (admin /clusters): percentages, -1 when the last
+        interval had too few requests."""
+        with self._lock:
+            clusters = [(name, c.handle) for name, c in self._clusters.items() if c.model.outlier_detection is not None]
+        out = {}
+        for name, handle in clusters:
+            info = _core.outlier_host_info(handle)
+            if info is not None:
+                out[name] = info
+        return out

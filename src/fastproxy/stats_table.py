@@ -174,10 +174,13 @@ BLOCKS = (
         ("OD_EJECTIONS_DETECTED_LOCAL_ORIGIN_SUCCESS_RATE", "ejections_detected_local_origin_success_rate", COUNTER),
         ("OD_EJECTIONS_ENFORCED_FAILURE_PERCENTAGE", "ejections_enforced_failure_percentage", COUNTER),
         ("OD_EJECTIONS_DETECTED_FAILURE_PERCENTAGE", "ejections_detected_failure_percentage", COUNTER),
-        ("OD_EJECTIONS_ENFORCED_FAILURE_PERCENTAGE_LOCAL_ORIGIN", "ejections_enforced_failure_percentage_local_origin", COUNTER),
-        ("OD_EJECTIONS_DETECTED_FAILURE_PERCENTAGE_LOCAL_ORIGIN", "ejections_detected_failure_percentage_local_origin", COUNTER),
+        ("OD_EJECTIONS_ENFORCED_FAILURE_PERCENTAGE_LOCAL_ORIGIN", "ejections_enforced_local_origin_failure_percentage", COUNTER),
+        ("OD_EJECTIONS_DETECTED_FAILURE_PERCENTAGE_LOCAL_ORIGIN", "ejections_detected_local_origin_failure_percentage", COUNTER),
         ("OD_EJECTIONS_TOTAL", "ejections_total", COUNTER),
         ("OD_EJECTIONS_CONSECUTIVE_5XX", "ejections_consecutive_5xx", COUNTER),
+        ("OD_EJECTIONS_SUCCESS_RATE", "ejections_success_rate", COUNTER),     # (deprecated in Envoy)
+        # (Envoy 1.40 lists it; no detector of it is built there or here: always 0)
+        ("OD_EJECTIONS_DETECTED_DEGRADATION", "ejections_detected_degradation", COUNTER),
     )),
     # A cluster's hosts, as admin /clusters prints them (cluster::<address>::<stat>::<value>),
     # in Envoy's order: the counters, then the gauges.

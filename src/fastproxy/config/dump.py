@@ -160,6 +160,8 @@ def cluster_json(c: model.Cluster, redact: bool = False) -> dict:
     out.update(dump_cluster_lb(c))
     if c.health_checks:
         out["health_checks"] = [health_check_json(hc) for hc in c.health_checks]
+    if c.outlier_detection is not None:
+        out["outlier_detection"] = outlier_detection_json(c.outlier_detection)
     if c.type == "EDS":
         # Its endpoints are EDS's (EndpointsConfigDump, ?include_eds), not the cluster's.
         eds: Dict[str, Any] = {"eds_config": config_source_json(c.eds_config)}
@@ -221,6 +223,20 @@ def health_check_json(hc) -> dict:
         if t.receive:
             tcp["receive"] = [{"text": seg.hex()} for seg in t.receive]
         out["tcp_health_check"] = tcp
+    return out
+
+
+def outlier_detection_json(od: Any) -> dict:
+    """An envoy.config.cluster.v3.OutlierDetection: the fields that differ from Envoy's
+    defaults (an empty one is outlier detection with every default)."""
+    from ..upstream.outlier import OutlierDetection
+    out: Dict[str, Any] = {}
+    for name, default in vars(OutlierDetection()).items():
+        value = getattr(od, name)
+        if value == default:
+            continue
+        out[name] = duration(value) if name in ("interval", "base_ejection_time", "max_ejection_time",
+                                                "max_ejection_time_jitter") else value
     return out
 
 

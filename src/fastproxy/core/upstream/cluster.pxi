@@ -484,6 +484,7 @@ cdef void cluster_decref(ClusterCfg* c) noexcept nogil:
             _lb_edf_free(&c.per_worker[i])
         free(c.per_worker)
         http_pools_free(c)
+        outlier_detector_free(c)
         hostset_decref(c.base)
         hostset_decref(c.current)
         pthread_mutex_destroy(&c.lock)
@@ -1046,6 +1047,8 @@ cdef class ClusterHandle:
             raise MemoryError()
         _host_stats_prune(table)
         self.current = hosts
+        if outlier_hosts_changed(self.c, hosts.hs) < 0:
+            raise MemoryError()
         with nogil:
             pthread_mutex_lock(&self.c.lock)
             fp_atomic_add_int(&hosts.hs.refcnt, 1)

@@ -55,6 +55,7 @@ cdef struct OutlierHostState:   # outlier.pxi owns these fields (atomics: any wo
     uint64_t sr_local_success
     # The rest is written under the detector's lock (ejections and interval ticks).
     uint8_t ejected                     # HF_FAILED_OUTLIER_CHECK set by the detector
+    uint8_t listed                      # (scratch of outlier_hosts_changed)
     uint32_t num_ejections              # how many times it was ejected
     uint32_t backoff                    # Envoy's ejection time multiplier
     uint64_t ejected_at_ms              # CLOCK_MONOTONIC ms of the last ejection
@@ -274,6 +275,7 @@ cdef struct ClusterCfg:
     Worker* workers             # the engine's workers (to post the rebuilt sets to)
     int* posting                # the engine's: 1 while worker threads take messages,
                                 #   else a swap is applied directly (as Engine.post)
+    OutlierDetector* outlier    # outlier detection (outlier.pxi), or NULL; freed with the cluster
 
 cdef struct HostSetSwap:        # a worker message: the worker's new host set
     ClusterCfg* cluster
