@@ -39,9 +39,6 @@ cdef extern from *:
     static inline uint32_t fp_od_flags_clear(uint32_t *p, uint32_t v) {
         return __atomic_fetch_and(p, ~v, __ATOMIC_ACQ_REL);
     }
-    static inline uint32_t fp_load_u32(uint32_t *p) {
-        return __atomic_load_n(p, __ATOMIC_ACQUIRE);
-    }
     """
     uint64_t fp_od_xchg_u64(uint64_t* p, uint64_t v) nogil
     void fp_od_add_u64(uint64_t* p, uint64_t v) nogil
@@ -49,7 +46,6 @@ cdef extern from *:
     void fp_od_store_ptr(void** p, void* v) nogil
     uint32_t fp_od_flags_or(uint32_t* p, uint32_t v) nogil
     uint32_t fp_od_flags_clear(uint32_t* p, uint32_t v) nogil
-    uint32_t fp_load_u32(uint32_t* p) nogil
 
 from libc.math cimport sqrt
 
