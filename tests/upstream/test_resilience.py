@@ -23,7 +23,10 @@ Where Envoy itself is random or racy, the comparison says so and compares what i
   it (posted from the main thread: envoyproxy/envoy#31453; observed here: from one to some
   thirty more requests reached a host Envoy had ejected or marked unhealthy), so the outlier
   and health scenarios compare the state both proxies settle in, and the traffic after it,
-  rather than the requests that race the change.
+  rather than the requests that race the change. Hosts that pass their health checks again
+  were not seen back in Envoy's worker set at all within 40 requests (its /clusters and
+  membership_healthy did show them healthy): there only fastproxy is required to send them
+  traffic again.
 
 Features fastproxy does not have yet fail with a ConfigError (the field is refused) or a
 ``Mismatch`` (fastproxy differs from Envoy): those tests are marked xfail(strict) naming what
@@ -165,6 +168,10 @@ def run(kind, tmp_path, fail_n, drive, *, num_retries, **cluster):
         p.start()
         try:
             return drive(Run(kind, p.listener_address("web"), p.admin_address, group))
+        except Mismatch:
+            raise
+        except AssertionError as e:     # fastproxy never reached what Envoy reached
+            raise Mismatch(f"fastproxy: {e}") from e
         finally:
             p.stop(drain_timeout=0.5)
 
@@ -324,7 +331,10 @@ def test_outlier_scenario_envoy(tmp_path):
 
 
 @pytest.mark.xfail(strict=True, raises=(ConfigError, Mismatch),
-                   reason="outlier_detection, retry_policy and common_lb_config not on this branch yet")
+                   reason="i16-retry + i16-od: an attempt the router retries is not reported to outlier "
+                          "detection (retry_on_headers drops a retried 503 before outlier_report_http; a "
+                          "per-try timeout reports nothing), so 'fail' (two 503s) and 'hang' (per-try "
+                          "timeouts) are never ejected; Envoy ejects both")
 def test_outlier_detection_ejects_as_envoy_does(tmp_path):
     envoy = outlier_scenario("envoy", tmp_path)
     check_outlier_envoy(envoy)
@@ -342,25 +352,38 @@ def health_scenario(kind, tmp_path):
     """Active HTTP health checks on /healthz every 100 ms (2 to fail, 2 to recover), with
     retries and no panic: refuse is unhealthy from the start; then the health endpoints of
     reset and hang are made to fail (a reset, a timeout), then slow's answers 503, then all
-    recover. At each step the flags and membership settle the same, and traffic goes only to
-    healthy hosts."""
+    recover. At each step the flags and membership settle the same, and traffic reaches every
+    healthy host and no other."""
     def drive(r):
         steps = {}
 
         def step(name, healthy, unhealthy):
             r.until(lambda r: r.stat(B + "membership_healthy") == len(healthy), f"{name}: {len(healthy)} healthy")
             settle(r, healthy, in_a_row=2 * len(healthy))
+            # then traffic until every healthy host had some (a host back from failure
+            # rejoins Envoy's worker set some requests late too), and none of the others
             before = r.group.counts()
-            for _ in range(6):
+            first = len(r.seen)
+            for _ in range(40):
                 r.request()
-            after = r.group.counts()
+                after = r.group.counts()
+                if all(after[h] > before[h] for h in healthy):
+                    break
             st = r.stats()
             steps[name] = {"flags": r.flags(), "membership": (st.get(B + "membership_healthy"),
                                                               st.get(B + "membership_total")),
                            "healthy_gauge": st.get(HC + "healthy"),
                            "reached": sorted(h for h in NAMES if after[h] > before[h]),
-                           "statuses": sorted({s for s, _, _ in r.seen[-6:]})}
-            assert set(steps[name]["reached"]) <= set(healthy), (kind, name, steps[name])
+                           "statuses": sorted({s for s, _, _ in r.seen[first:]})}
+            if name == "recovered" and kind == "envoy":
+                # Envoy's worker was seen to keep the one-host set for 40 requests and more
+                # after /clusters and membership_healthy showed the hosts back: only what
+                # it reached must be healthy. fastproxy must reach them all.
+                assert set(steps[name].pop("reached")) <= set(healthy), (kind, name, steps[name])
+            elif name == "recovered":
+                assert steps[name].pop("reached") == sorted(healthy), (kind, name, steps[name])
+            else:
+                assert steps[name]["reached"] == sorted(healthy), (kind, name, steps[name])
 
         step("start", ("fail", "reset", "hang", "slow"), ("refuse",))
         r.group["reset"].set_health("reset")
@@ -394,8 +417,6 @@ def test_health_scenario_envoy(tmp_path):
     check_health_envoy(health_scenario("envoy", tmp_path))
 
 
-@pytest.mark.xfail(strict=True, raises=(ConfigError, Mismatch),
-                   reason="health_checks, retry_policy and common_lb_config not on this branch yet")
 def test_health_checks_move_hosts_as_envoy_does(tmp_path):
     envoy = health_scenario("envoy", tmp_path)
     check_health_envoy(envoy)
