@@ -341,6 +341,7 @@ HEALTH_FLAGS = (
     (_core.HOST_HEALTH_FLAGS["EXCLUDED_VIA_IMMEDIATE_HC_FAIL"], "excluded_via_immediate_hc_fail",
      "excluded_via_immediate_hc_fail"),
     (_core.HOST_HEALTH_FLAGS["ACTIVE_HC_TIMEOUT"], "active_hc_timeout", "active_hc_timeout"),
+    (_core.HOST_HEALTH_FLAGS["EDS_STATUS_DRAINING"], "eds_status_draining", None),
 )
 
 
@@ -353,7 +354,9 @@ def health_flags_text(flags: int) -> str:
 def _health_status_json(flags: int) -> dict:
     """Envoy's HostHealthStatus (proto3 JSON: false fields left out)."""
     out = {field: True for bit, _, field in HEALTH_FLAGS if field is not None and flags & bit}
-    if flags & _core.HOST_HEALTH_FLAGS["FAILED_EDS_HEALTH"]:
+    if flags & _core.HOST_HEALTH_FLAGS["EDS_STATUS_DRAINING"]:
+        out["eds_health_status"] = "DRAINING"
+    elif flags & _core.HOST_HEALTH_FLAGS["FAILED_EDS_HEALTH"]:
         out["eds_health_status"] = "UNHEALTHY"
     elif flags & _core.HOST_HEALTH_FLAGS["DEGRADED_EDS_HEALTH"]:
         out["eds_health_status"] = "DEGRADED"

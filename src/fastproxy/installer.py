@@ -66,9 +66,10 @@ _FAMILIES = {
 }
 
 
-# What EDS's health_status makes of a host (Envoy's setEdsHealthFlag): the core's
-# HF_FAILED_EDS_HEALTH (not picked) or HF_DEGRADED_EDS_HEALTH (picked when healthy hosts lack).
-_EDS_HEALTH_FLAGS = {"UNHEALTHY": "FAILED_EDS_HEALTH", "DRAINING": "FAILED_EDS_HEALTH",
+# What EDS's health_status makes of a host (Envoy 1.40's setEdsHealthFlag): the core's
+# HF_FAILED_EDS_HEALTH (not picked), HF_EDS_STATUS_DRAINING (excluded) or
+# HF_DEGRADED_EDS_HEALTH (picked when healthy hosts lack).
+_EDS_HEALTH_FLAGS = {"UNHEALTHY": "FAILED_EDS_HEALTH", "DRAINING": "EDS_STATUS_DRAINING",
                      "TIMEOUT": "FAILED_EDS_HEALTH", "DEGRADED": "DEGRADED_EDS_HEALTH"}
 
 

@@ -335,6 +335,7 @@ class Proxy(ConfigInstaller):
         if xds is not None:
             xds.stop()
         self._secret_store.stop()       # (its watcher takes the lock for a reload)
+        self._outlier_ticker.stop()     # (no tick after the workers stop; it takes the lock)
         with self._lock:
             for fds in self._adopt.values():    # taken over for a listener never bound
                 for fd in fds:
@@ -362,7 +363,6 @@ class Proxy(ConfigInstaller):
                 self._admin_server.stop()
         if self._dns_thread is not None:
             self._dns_thread.join()
-        self._outlier_ticker.stop()
         self._shutdown.set()
 
     def request_shutdown(self) -> None:

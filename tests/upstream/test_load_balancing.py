@@ -467,3 +467,63 @@ def test_lb_config_round_trips_through_the_dump(tmp_path):
         r = subprocess.run([ENVOY, "--mode", "validate", "-c", str(cfg), "--log-level", "critical"],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_locality_weights_as_envoy(upstreams, running, tmp_path):
+    # Zone a (weight 1): u0; zone b (weight 3): u1 (UNHEALTHY) and u2. Locality b's
+    # effective weight is 3 x min(1, 1.4 x 1/2) = 2.1, so u0 takes 1/3.1 and u2 the rest.
+    ups = upstreams(3)
+    assignment = {"cluster_name": "backend", "endpoints": [
+        {"locality": {"zone": "a"}, "load_balancing_weight": 1, "lb_endpoints": [_ep(ups[0].port)]},
+        {"locality": {"zone": "b"}, "load_balancing_weight": 3,
+         "lb_endpoints": [_ep(ups[1].port, "UNHEALTHY"), _ep(ups[2].port)]}]}
+    cluster = {"name": "backend", "connect_timeout": "1s",
+               "common_lb_config": {"locality_weighted_lb_config": {}}, "load_assignment": assignment}
+    text = envoy_yaml([http_listener([{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}])], [cluster])
+    n = 400
+    want = {"u0": 1 / 3.1, "u1": 0.0, "u2": 2.1 / 3.1}
+    p, addr = running(text, concurrency=1)
+    got = _send(addr, n)
+    assert all(abs(got.get(k, 0) / n - v) < 0.08 for k, v in want.items()), got
+    if ENVOY is not None:
+        theirs, _, _ = _envoy_counts(text, tmp_path, n, ups)
+        assert all(abs(theirs.get(k, 0) / n - v) < 0.08 for k, v in want.items()), theirs
+
+
+# ---------------------------------------------------------------- previous_hosts
+
+def _engine_cluster(policy, hosts, lb=None):
+    """A cluster on an engine whose workers do not run (the picks below move worker 0's
+    cursors themselves)."""
+    from fastproxy import _core
+    engine = _core.Engine(1)
+    handle = engine.make_cluster(engine.new_stats("cluster"), policy, 1.0,
+                                 _core.make_hostset([(ip, port, "") for ip, port in hosts]), lb=lb)
+    return engine, handle
+
+
+def test_previous_hosts_are_re_picked_up_to_max_attempts():
+    from fastproxy._testing import pick
+    hosts = [("127.0.0.1", 7001), ("127.0.0.1", 7002), ("127.0.0.1", 7003)]
+    engine, c = _engine_cluster("ROUND_ROBIN", hosts)
+    # One pick per request (max_attempts 1): the host to avoid is still taken in its turn.
+    assert pick(c, 6, avoid=[hosts[1]], max_attempts=1) == hosts * 2
+    # Two picks: round robin moves past it.
+    got = pick(c, 6, avoid=[hosts[1]], max_attempts=2)
+    assert hosts[1] not in got and len(got) == 6
+    # Every host to avoid: the last pick is taken anyway (Envoy's rule).
+    assert None not in pick(c, 3, avoid=hosts, max_attempts=3)
+
+
+@pytest.mark.parametrize("policy", ["RING_HASH", "MAGLEV"])
+def test_previous_hosts_with_a_hash_move_to_another_host(policy):
+    from fastproxy._testing import pick
+    hosts = [("127.0.0.1", 7100 + i) for i in range(5)]
+    engine, c = _engine_cluster(policy, hosts)
+    rng = random.Random(11)
+    for _ in range(200):
+        h = rng.getrandbits(64)
+        first = pick(c, 1, hash=h)[0]
+        assert pick(c, 1, hash=h, attempt=1) == [first]       # a retry hashes to the same host first
+        other = pick(c, 1, avoid=[first], max_attempts=10, hash=h)[0]
+        assert other != first

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import envoy_yaml, find_envoy, fragment, http_listener, start_envoy, static_cluster, wait_for
+from conftest import admin_get, envoy_yaml, find_envoy, fragment, http_listener, start_envoy, static_cluster, wait_for
 from http_upstreams import RawHttpUpstream, http_request
 from upstreams import refused_port, rst_close
 
@@ -27,7 +27,8 @@ from fastproxy.errors import ConfigError
 ENVOY = find_envoy()
 needs_envoy = pytest.mark.skipif(ENVOY is None, reason="envoy binary not on PATH nor next to sys.executable")
 B = "cluster.backend."
-KINDS = ["fastproxy", pytest.param("envoy", marks=needs_envoy)]
+PREVIOUS_HOSTS = ("{name: envoy.retry_host_predicates.previous_hosts, typed_config: {'@type': "
+                  "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}}")
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -76,30 +77,41 @@ def read_stats(admin):
     return parity.read_stats(admin)
 
 
+def host_counters(admin, names=("rq_total", "rq_error", "rq_success", "rq_timeout")):
+    """/clusters' per-host counters of the cluster "backend": {port: {name: value}}."""
+    out = {}
+    for line in admin_get(admin, "/clusters").splitlines():
+        parts = line.split("::")
+        if len(parts) == 4 and parts[0] == "backend" and parts[2] in names:
+            out.setdefault(int(parts[1].rsplit(":", 1)[1]), {})[parts[2]] = int(parts[3])
+    return out
+
+
 def run(kind, text, tmp_path, drive):
     """drive(addr, stats) against Envoy or fastproxy started on `text`; stats() returns the
-    counters and gauges once nothing is in flight on the cluster."""
+    counters and gauges once nothing is in flight on the cluster (stats.hosts(): the
+    per-host counters)."""
     if kind == "envoy":
         proc, admin, addr = start_envoy(text, tmp_path)
-
-        def stats():
-            return wait_for(lambda: (lambda s: s.get(B + "upstream_rq_active", 0) == 0 and s)(read_stats(admin)),
-                            timeout=10, msg="envoy settled")
-        try:
-            return drive(addr, stats)
-        finally:
-            proc.terminate()
-            proc.wait(10)
-    p = fastproxy.Proxy.from_envoy(text, concurrency=1)
-    p.start()
+        get = lambda: read_stats(admin)         # noqa: E731
+    else:
+        p = fastproxy.Proxy.from_envoy(text, concurrency=1)
+        p.start()
+        admin, addr = p.admin_address, p.listener_address("web")
+        get = p.stats
 
     def stats():
-        return wait_for(lambda: (lambda s: s.get(B + "upstream_rq_active", 0) == 0 and s)(p.stats()),
-                        timeout=10, msg="fastproxy settled")
+        return wait_for(lambda: (lambda s: s.get(B + "upstream_rq_active", 0) == 0 and s)(get()),
+                        timeout=10, msg=f"{kind} settled")
+    stats.hosts = lambda: host_counters(admin)
     try:
-        return drive(p.listener_address("web"), stats)
+        return drive(addr, stats)
     finally:
-        p.stop(drain_timeout=0.5)
+        if kind == "envoy":
+            proc.terminate()
+            proc.wait(10)
+        else:
+            p.stop(drain_timeout=0.5)
 
 
 def yaml_for(routes, hosts, cluster=None, vhost=None, **hcm):
@@ -159,12 +171,14 @@ def test_5xx_retried_until_success(tmp):
 
             def drive(addr, stats):
                 r, body = http_request(addr, "GET", "/a")
-                return r.status, body, up.count, pick(stats())
+                return r.status, body, up.count, pick(stats()), list(stats.hosts().values())
             return run(kind, text, tmp_path, drive)
         finally:
             up.close()
-    st, body, n, stats = both(tmp, scenario)
+    st, body, n, stats, hosts = both(tmp, scenario)
     assert (st, body, n) == (200, b"ok", 3)
+    # every attempt is a request of the host; the retried ones are its errors
+    assert hosts == [{"rq_total": 3, "rq_error": 2, "rq_success": 1, "rq_timeout": 0}]
     assert stats["upstream_rq_retry"] == 2 and stats["upstream_rq_retry_success"] == 1
     assert stats["upstream_rq_total"] == 3
 
@@ -194,12 +208,15 @@ def test_retry_limit_exceeded(tmp):
     ("envoy-ratelimited", status(429, b"x-envoy-ratelimited: true\r\n"), 200),
     ("envoy-ratelimited,5xx", status(503), 200),
     ("5xx", status(503, b"x-envoy-ratelimited: true\r\n"), 503),
+    ("retriable-headers", status(200, b"x-upstream-retry: yes\r\n"), 200),
+    ("retriable-headers", status(500, b"x-upstream-retry: no\r\n"), 500),
 ], ids=lambda v: v if isinstance(v, str) else (v.split(b"\r\n")[0].decode() if isinstance(v, bytes) else None))
 def test_retry_on_conditions(tmp, retry_on, first, want):
     def scenario(kind, tmp_path):
         up = Scripted([first])
         try:
-            text = yaml_for(route(f"{{retry_on: '{retry_on}', num_retries: 1, retriable_status_codes: [418]}}"),
+            text = yaml_for(route(f"{{retry_on: '{retry_on}', num_retries: 1, retriable_status_codes: [418], "
+                                  "retriable_headers: [{name: x-upstream-retry, string_match: {exact: 'yes'}}]}"),
                             [up.port])
 
             def drive(addr, stats):
@@ -210,7 +227,30 @@ def test_retry_on_conditions(tmp, retry_on, first, want):
             up.close()
     st, n, stats = both(tmp, scenario)
     assert st == want
-    assert n == (2 if want == 200 else 1)
+    assert n == (2 if want == 200 and first != status(200, b"x-upstream-retry: yes\r\n") or
+                 first == status(200, b"x-upstream-retry: yes\r\n") else 1)
+
+
+def test_retriable_request_headers(tmp):
+    """retriable_request_headers: only a request that matches one of them is retried."""
+    def scenario(kind, tmp_path):
+        up = Scripted(then=status(503))
+        try:
+            text = yaml_for(route("{retry_on: 5xx, num_retries: 1, retriable_request_headers: "
+                                  "[{name: x-idempotent, string_match: {exact: 'true'}}, {name: ':method', "
+                                  "string_match: {exact: GET}}]}"), [up.port])
+
+            def drive(addr, stats):
+                out = []
+                for method, hdrs in (("POST", {}), ("POST", {"x-idempotent": "true"}), ("GET", {})):
+                    before = up.count
+                    out.append((http_request(addr, method, "/a", body=b"" if method == "POST" else None,
+                                             headers=hdrs)[0].status, up.count - before))
+                return out
+            return run(kind, text, tmp_path, drive)
+        finally:
+            up.close()
+    assert both(tmp, scenario) == [(503, 1), (503, 2), (503, 2)]
 
 
 def test_connect_failure_retried_on_another_host(tmp):
@@ -219,22 +259,22 @@ def test_connect_failure_retried_on_another_host(tmp):
     def scenario(kind, tmp_path):
         up = Scripted()
         try:
-            # Round robin: each request tries the refused host first (the retry took the
-            # live one's turn), and its retry goes to the live one.
+            # Round robin (Envoy starts it at a random host): at least one of two requests
+            # tries the refused host first, and its retry goes to the live one.
             text = yaml_for(route("{retry_on: connect-failure, num_retries: 1}"), [dead, up.port])
 
             def drive(addr, stats):
                 codes = [http_request(addr, "GET", "/a")[0].status for _ in range(2)]
-                return codes, up.count, pick(stats(), ("upstream_rq_retry", "upstream_rq_retry_success"))
+                st = pick(stats(), ("upstream_rq_retry", "upstream_rq_retry_success"))
+                return (codes, up.count, st["upstream_rq_retry"] == st["upstream_rq_retry_success"],
+                        st["upstream_rq_retry"] in (1, 2))
             return run(kind, text, tmp_path, drive)
         finally:
             up.close()
     try:
-        st, n, stats = both(tmp, scenario)
+        assert both(tmp, scenario) == ([200, 200], 2, True, True)
     finally:
         hold.close()
-    assert (st, n) == ([200, 200], 2)
-    assert stats == {"upstream_rq_retry": 2, "upstream_rq_retry_success": 2}
 
 
 def test_virtual_host_policy_and_route_override(tmp):
@@ -273,12 +313,14 @@ def test_per_try_timeout(tmp):
                 t = time.monotonic()
                 r, body = http_request(addr, "GET", "/a")
                 took = time.monotonic() - t
-                return r.status, up.count, 0.2 <= took < 2.0, pick(stats(), ("upstream_rq_per_try_timeout",
-                                                                              "upstream_rq_retry"))
+                return (r.status, up.count, 0.2 <= took < 2.0,
+                        pick(stats(), ("upstream_rq_per_try_timeout", "upstream_rq_retry")),
+                        list(stats.hosts().values()))
             return run(kind, text, tmp_path, drive)
         finally:
             up.close()
-    assert both(tmp, scenario) == (200, 2, True, {"upstream_rq_per_try_timeout": 1, "upstream_rq_retry": 1})
+    assert both(tmp, scenario) == (200, 2, True, {"upstream_rq_per_try_timeout": 1, "upstream_rq_retry": 1},
+                                   [{"rq_total": 2, "rq_error": 1, "rq_success": 1, "rq_timeout": 1}])
 
 
 def test_per_try_timeout_without_retry_is_504(tmp):
@@ -497,7 +539,9 @@ def test_attempt_count_on_a_local_reply(tmp):
     ("{retry_on: 5xx, rate_limited_retry_back_off: {reset_headers: [{name: retry-after}]}}",
      ".retry_policy.rate_limited_retry_back_off", "rate_limited_retry_back_off"),
     ("{retry_on: 5xx, retry_host_predicate: [{name: envoy.retry_host_predicates.omit_canary_hosts}]}",
-     ".retry_policy.retry_host_predicate[0]", "omit_canary_hosts"),
+     ".retry_policy.retry_host_predicate[0].typed_config", "omit_canary_hosts"),
+    ("{retry_on: 5xx, retry_host_predicate: [{name: envoy.retry_host_predicates.previous_hosts}]}",
+     ".retry_policy.retry_host_predicate[0].typed_config", "only envoy.retry_host_predicates.previous_hosts"),
 ])
 def test_bad_policy_refused_with_its_path(policy, path, words):
     with pytest.raises(ConfigError) as e:
@@ -510,7 +554,7 @@ def test_dump_round_trips():
     text = yaml_for(route("{retry_on: '5xx,reset', num_retries: 3, per_try_timeout: 0.5s, "
                           "retry_back_off: {base_interval: 0.01s, max_interval: 0.2s}, "
                           "retriable_status_codes: [418], "
-                          "retry_host_predicate: [{name: envoy.retry_host_predicates.previous_hosts}], "
+                          f"retry_host_predicate: [{PREVIOUS_HOSTS}], "
                           "host_selection_retry_max_attempts: 4}"), [1],
                     vhost="{include_request_attempt_count: true, per_request_buffer_limit_bytes: 2048}",
                     cluster="circuit_breakers: {thresholds: [{retry_budget: {budget_percent: {value: 25}}}]}")
@@ -569,3 +613,27 @@ def test_h2_upstream_resets_retried(tmp, retry_on, action, want):
             up.close()
     st, n, stats = both(tmp, scenario)
     assert (st, n) == (want, 2 if want == 200 else 1)
+
+
+# --------------------------------------------------------------------------- previous hosts
+
+@pytest.mark.parametrize("previous_hosts", [True, False])
+def test_previous_hosts(tmp, previous_hosts):
+    """RANDOM over a host that always answers 503 and one that answers 200, one retry: with
+    retry_host_predicate previous_hosts the retry avoids the failed host (every request
+    succeeds); without it a retry picks the failed host again about half the time."""
+    from failing_upstreams import HostGroup
+    predicate = (f"retry_host_predicate: [{PREVIOUS_HOSTS}], "
+                 "host_selection_retry_max_attempts: 20, " if previous_hosts else "")
+    n = 40
+
+    def scenario(kind, tmp_path):
+        with HostGroup(("bad", "gateway", {"status": 503}), ("good", "ok")) as g:
+            text = yaml_for(route(f"{{retry_on: 5xx, num_retries: 1, {predicate}}}"), g.ports,
+                            cluster="lb_policy: RANDOM")
+
+            def drive(addr, stats):
+                codes = [http_request(addr, "GET", "/a")[0].status for _ in range(n)]
+                return codes.count(200) == n
+            return run(kind, text, tmp_path, drive)
+    assert both(tmp, scenario) is previous_hosts

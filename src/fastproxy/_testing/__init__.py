@@ -61,6 +61,13 @@ def pick_hashed(proxy, cluster: str, h: int, attempt: int = 0):
     return proxy._clusters[cluster].handle._pick_hashed(h, attempt)
 
 
+def pick(engine_cluster, n: int, avoid=(), max_attempts: int = 0, hash=None, attempt: int = 0, worker: int = 0):
+    """n picks by the core's cluster_pick on a ClusterHandle of an engine that is not
+    started: [(address, port) or None]. avoid: [(address, port)] (previous_hosts),
+    max_attempts: host_selection_max_attempts, hash: the request's hash."""
+    return engine_cluster._pick(n, list(avoid), max_attempts, hash, attempt, worker)
+
+
 def lb_bench(proxy, cluster: str, kind: str, rounds: int):
     """(seconds per operation, checksum): `rounds` ring / maglev / least_request picks
     or host set rebuilds of a cluster, timed in C without the GIL."""
@@ -69,4 +76,4 @@ def lb_bench(proxy, cluster: str, kind: str, rounds: int):
 
 __all__ = ["H1TestParser", "HTTP1_ERRORS", "http1_request_head", "http1_response_head", "http1_chunk",
            "http1_last_chunk", "http1_bench", "buffer_bench", "route_select_bench", "host_stat_blocks", "stat_blocks_alive",
-           "xxhash64", "HOST_HEALTH_FLAGS", "set_host_health", "pick_hashed", "lb_bench"]
+           "xxhash64", "HOST_HEALTH_FLAGS", "set_host_health", "pick_hashed", "pick", "lb_bench"]

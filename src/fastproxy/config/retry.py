@@ -50,9 +50,10 @@ def retry_policy(m: Optional[Message]) -> Optional[RetryPolicy]:
         pm = Message(item, ipath, ("name", "typed_config"))
         name = pm.string("name", default="")
         tc = pm.mapping("typed_config") or {}
-        if name != PREVIOUS_HOSTS and tc.get("@type") != PREVIOUS_HOSTS_TYPE:
-            raise ConfigError(ipath, f"retry host predicate {name or tc.get('@type')!r} is not built "
-                                     f"(only {PREVIOUS_HOSTS})")
+        # Envoy 1.40 finds the extension by its typed_config's type (none: refused).
+        if tc.get("@type") != PREVIOUS_HOSTS_TYPE:
+            raise ConfigError(pm.at("typed_config"), f"retry host predicate {name or tc.get('@type')!r}: only "
+                                                     f"{PREVIOUS_HOSTS} ({PREVIOUS_HOSTS_TYPE}) is built")
         p.previous_hosts = True
     for item, ipath in m.repeated("retriable_status_codes"):
         p.retriable_status_codes.append(integer(item, ipath, 0, (1 << 32) - 1, "an unsigned 32-bit integer"))

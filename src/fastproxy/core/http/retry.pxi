@@ -607,8 +607,10 @@ cdef bint retry_on_reset(HStream* s, const char* reason) noexcept nogil:
     cdef bint would
     cdef int rc
     timer_cancel(s.c.w, &st.per_try)
-    if reason == UPSTREAM_OVERFLOW or reason == NO_HEALTHY_UPSTREAM or reason == UPSTREAM_TIMEOUT:
-        would = False                   # never retried (overflow), or not an attempt's reset
+    if reason == NO_HEALTHY_UPSTREAM or reason == UPSTREAM_TIMEOUT:
+        return False                    # the request's end, not an attempt's outcome
+    if reason == UPSTREAM_OVERFLOW:
+        would = False                   # never retried
     elif connect_failure and (ro & RO_CONNECT_FAILURE):
         would = True
     elif ro & (RO_RESET_BEFORE_REQUEST | RO_RESET | RO_5XX | RO_GATEWAY_ERROR):
@@ -644,6 +646,7 @@ cdef void _retry_per_try_fired(Worker* w, void* arg) noexcept nogil:
     rc = _retry_decide(s, (st.retry_on & (RO_RESET | RO_5XX | RO_GATEWAY_ERROR)) != 0)
     if rc == RS_YES:
         host_stat_add(s.upstream.hstats, w, HS_RQ_ERROR, 1)
+        outlier_report_local(s.upstream.hstats, w, OUT_TIMEOUT)    # (else the 504 reports it)
         return
     _retry_outcome_flags(s, rc)
     s.response_flags |= RF_UT

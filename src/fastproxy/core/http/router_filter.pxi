@@ -323,6 +323,7 @@ cdef int ur_on_response_headers(HStream* s, const HttpHead* head, const Response
         _count_downstream(c, 101)
         chain_move(&u.out_buf, &c.in_buf)       # bytes the client sent early
         return 0
+    outlier_report_http(s.upstream.hstats, c.w, head.status)    # (every attempt's, as Envoy)
     if s.retry != NULL and retry_on_headers(s, head):
         return -1                       # retried: the attempt is dropped (core/http/retry.pxi)
     s.status = head.status
@@ -332,7 +333,6 @@ cdef int ur_on_response_headers(HStream* s, const HttpHead* head, const Response
                <unsigned long long>u.id)
     _count_upstream(s.cluster.stats, c.w, s.status)
     _count_host(s, s.status)
-    outlier_report_http(s.upstream.hstats, c.w, s.status)
     _count_downstream(c, s.status)
     if _enc_filtered(s):
         return _response_to_filters(s)

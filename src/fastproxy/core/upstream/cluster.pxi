@@ -372,6 +372,19 @@ cdef HostSet* hostset_derive(HostSet* base, LbBuild* b) noexcept nogil:
     return hs
 
 
+cdef bint _same_hosts(HostSet* a, HostSet* b) noexcept nogil:
+    """The same hosts (stat blocks: cluster and address) in the same order."""
+    cdef int i
+    if a == NULL or b == NULL:
+        return a == b or (a == NULL and b.nhosts == 0) or (b == NULL and a.nhosts == 0)
+    if a.nhosts != b.nhosts:
+        return False
+    for i in range(a.nhosts):
+        if a.hosts[i].stats != b.hosts[i].stats:
+            return False
+    return True
+
+
 cdef int _cluster_post_hosts(ClusterCfg* c, HostSet* hs) noexcept nogil:
     """Give every worker of c the set hs (each a reference); c.lock is held. -1: out of
     memory for some worker's message (that worker keeps its set)."""
@@ -386,6 +399,7 @@ cdef int _cluster_post_hosts(ClusterCfg* c, HostSet* hs) noexcept nogil:
         fp_atomic_add_int(&c.refcnt, 1)
         m.cluster = c
         m.hosts = hs
+        m.membership_change = c.membership_changed and i == 0
         if c.posting != NULL and fp_load_int(c.posting):
             if worker_post(&c.workers[i], _msg_hostset_swap, m) < 0:
                 hostset_decref(m.hosts)
@@ -399,6 +413,7 @@ cdef int _cluster_post_hosts(ClusterCfg* c, HostSet* hs) noexcept nogil:
 
 cdef int _cluster_rebuild_locked(ClusterCfg* c) noexcept nogil:
     cdef HostSet* hs
+    cdef int r
     if c.base == NULL:
         return 0
     hs = hostset_derive(c.base, &c.build)
@@ -406,7 +421,9 @@ cdef int _cluster_rebuild_locked(ClusterCfg* c) noexcept nogil:
         return -1
     hostset_decref(c.current)
     c.current = hs
-    return _cluster_post_hosts(c, hs)
+    r = _cluster_post_hosts(c, hs)
+    c.membership_changed = 0
+    return r
 
 
 cdef int cluster_health_changed(ClusterCfg* c) noexcept nogil:
@@ -499,6 +516,8 @@ cdef void _msg_hostset_swap(Worker* w, void* arg) noexcept nogil:
     cdef uint32_t* cur
     lb.hosts = m.hosts          # the message's reference moves into the slot
     hostset_decref(old)
+    if m.membership_change:     # (Envoy's membership_change: the hosts, not their health)
+        stat_add(m.cluster.stats, w, C_MEMBERSHIP_CHANGE, 1)
     if need > lb.ncursors:
         # One round-robin cursor per source, each starting where this worker's spread
         # start is (a failed allocation: the sources share lb.next, _cursor_next).
@@ -623,7 +642,7 @@ HOST_HEALTH_FLAGS = {
     "FAILED_EDS_HEALTH": HF_FAILED_EDS_HEALTH, "DEGRADED_ACTIVE_HC": HF_DEGRADED_ACTIVE_HC,
     "DEGRADED_EDS_HEALTH": HF_DEGRADED_EDS_HEALTH, "PENDING_DYNAMIC_REMOVAL": HF_PENDING_DYNAMIC_REMOVAL,
     "PENDING_ACTIVE_HC": HF_PENDING_ACTIVE_HC, "EXCLUDED_VIA_IMMEDIATE_HC_FAIL": HF_EXCLUDED_VIA_IMMEDIATE_HC_FAIL,
-    "ACTIVE_HC_TIMEOUT": HF_ACTIVE_HC_TIMEOUT,
+    "ACTIVE_HC_TIMEOUT": HF_ACTIVE_HC_TIMEOUT, "EDS_STATUS_DRAINING": HF_EDS_STATUS_DRAINING,
 }
 
 
@@ -932,6 +951,42 @@ cdef class ClusterHandle:
         finally:
             hostset_decref(hs)
 
+    def _pick(self, int n, list avoid=None, int max_attempts=0, hash=None, int attempt=0, int worker=0):
+        """Test hook (fastproxy._testing.pick): n picks by worker `worker`'s cluster_pick
+        with an LbContext of the hosts to avoid ([(ip, port)]), host_selection_max_attempts,
+        the hash and the attempt. Only on an engine whose workers do not run (a pick moves
+        the worker's cursors). Returns [(ip, port) or None]."""
+        cdef LbContext ctx
+        cdef StatBlock* blocks[16]
+        cdef Host* h
+        cdef int i, k
+        if self.engine.workers_run():
+            raise RuntimeError("_pick needs an engine whose workers do not run")
+        if not 0 <= worker < self.c.nworkers:
+            raise ValueError("worker out of range")
+        memset(&ctx, 0, sizeof(LbContext))
+        rows = self.host_statuses()
+        for ip, port in (avoid or [])[:16]:
+            for k, row in enumerate(rows):
+                if row[0] == ip and row[1] == port:
+                    blocks[ctx.navoid] = self.current.hs.hosts[k].stats
+                    ctx.navoid += 1
+        ctx.avoid = blocks
+        ctx.host_selection_max_attempts = max_attempts
+        ctx.attempt = attempt
+        if hash is not None:
+            ctx.has_hash = 1
+            ctx.hash = hash
+        out = []
+        for i in range(n):
+            h = cluster_pick(self.c, &self.engine.workers[worker], &ctx)
+            if h == NULL:
+                out.append(None)
+                continue
+            k = hostset_find(self.c.per_worker[worker].hosts, h.stats)
+            out.append(rows[k][:2])
+        return out
+
     def _bench(self, str kind, int rounds):
         """Micro-benchmark hook (fastproxy._testing.lb_bench): `rounds` picks ("ring",
         "maglev": a random hash each; "least_request": the power of two choices) from
@@ -1052,6 +1107,8 @@ cdef class ClusterHandle:
         with nogil:
             pthread_mutex_lock(&self.c.lock)
             fp_atomic_add_int(&hosts.hs.refcnt, 1)
+            if not _same_hosts(self.c.base, hosts.hs):
+                self.c.membership_changed = 1
             hostset_decref(self.c.base)
             self.c.base = hosts.hs
             r = _cluster_rebuild_locked(self.c)

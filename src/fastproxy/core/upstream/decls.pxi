@@ -33,14 +33,17 @@ cdef enum HostHealthFlag:
     HF_PENDING_ACTIVE_HC = 0x40         # /pending_active_hc (not checked yet)
     HF_EXCLUDED_VIA_IMMEDIATE_HC_FAIL = 0x80
     HF_ACTIVE_HC_TIMEOUT = 0x100        # /active_hc_timeout
+    HF_EDS_STATUS_DRAINING = 0x200      # /eds_status_draining (EDS health_status DRAINING:
+                                        #   excluded, as Envoy 1.40 does)
 
 cdef enum:
     HF_UNHEALTHY = HF_FAILED_ACTIVE_HC | HF_FAILED_OUTLIER_CHECK | HF_FAILED_EDS_HEALTH
     HF_DEGRADED = HF_DEGRADED_ACTIVE_HC | HF_DEGRADED_EDS_HEALTH
     # Envoy's excluded hosts: counted in membership_excluded, never picked (not even in
     # panic), and not counted as hosts of their priority for the panic threshold.
-    HF_EXCLUDED = HF_PENDING_DYNAMIC_REMOVAL | HF_PENDING_ACTIVE_HC | HF_EXCLUDED_VIA_IMMEDIATE_HC_FAIL
-    HF_EDS = HF_FAILED_EDS_HEALTH | HF_DEGRADED_EDS_HEALTH     # what EDS (the config) sets
+    HF_EXCLUDED = (HF_PENDING_DYNAMIC_REMOVAL | HF_PENDING_ACTIVE_HC | HF_EXCLUDED_VIA_IMMEDIATE_HC_FAIL
+                   | HF_EDS_STATUS_DRAINING)
+    HF_EDS = HF_FAILED_EDS_HEALTH | HF_DEGRADED_EDS_HEALTH | HF_EDS_STATUS_DRAINING  # what EDS sets
 
 cdef struct OutlierDetector        # outlier.pxi: a cluster's detector (config, its hosts)
 
@@ -260,26 +263,28 @@ cdef struct ClusterCfg:
     int64_t n_cx                # open upstream connections (HTTP and TCP)
     int64_t n_pending           # requests waiting for a connection (connecting or queued)
     int64_t n_rq                # requests bound to a connection
-    int64_t n_retries           # retries outstanding (core/http/retry.pxi), limited by
-                                #   params.max_retries, or by the retry budget when it has one:
-    uint8_t has_retry_budget    #   (set by ClusterHandle.set_retry_budget, read by any worker)
-    uint32_t retry_budget_pct_x100      # budget_percent x 100
-    uint32_t retry_budget_min           # min_retry_concurrency
     # Health -> host set (cluster_health_changed): rebuilding a worker's host set from the
     # latest full host list with the hosts' current health, from any thread, serialized by
     # `lock` (set_hosts and set_params take it too).
     pthread_mutex_t lock
     HostSet* base               # the latest full host list (one reference), or NULL
     HostSet* current            # the worker set last posted (one reference), or NULL
+    uint8_t membership_changed  # set_hosts changed the hosts: the next post counts it
     LbBuild build               # the load balancer's build options (set_params)
     Worker* workers             # the engine's workers (to post the rebuilt sets to)
     int* posting                # the engine's: 1 while worker threads take messages,
                                 #   else a swap is applied directly (as Engine.post)
     OutlierDetector* outlier    # outlier detection (outlier.pxi), or NULL; freed with the cluster
+    int64_t n_retries           # retries outstanding (core/http/retry.pxi), limited by
+                                #   params.max_retries, or by the retry budget when it has one:
+    uint8_t has_retry_budget    #   (set by ClusterHandle.set_retry_budget, read by any worker)
+    uint32_t retry_budget_pct_x100      # budget_percent x 100
+    uint32_t retry_budget_min           # min_retry_concurrency
 
 cdef struct HostSetSwap:        # a worker message: the worker's new host set
     ClusterCfg* cluster
     HostSet* hosts
+    uint8_t membership_change   # the hosts changed (not only their health): worker 0 counts it
 
 cdef struct ParamsSwap:         # a worker message: the worker's new params
     ClusterCfg* cluster

@@ -142,10 +142,12 @@ cdef int _pick_once(ClusterCfg* c, Worker* w, WorkerLb* lb, HostSet* hs, LbConte
         stat_add(c.stats, w, C_LB_HEALTHY_PANIC, 1)
     if hashed:
         # The ring or table of the priority (its healthy hosts, all of them in panic).
+        # As Envoy's, a re-pick for a host to avoid moves on (retry), a retry of the
+        # request itself hashes to the same host first.
         src = &pr.all if pr.panic else &pr.healthy
         if hs.policy == LB_RING_HASH:
-            return ring_lookup(src, h, attempt + retry)
-        return maglev_lookup(src, h, attempt + retry)
+            return ring_lookup(src, h, retry)
+        return maglev_lookup(src, h, retry)
     if pr.panic:
         src = &pr.all
     else:

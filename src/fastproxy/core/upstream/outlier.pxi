@@ -33,19 +33,11 @@ cdef extern from *:
     static inline void fp_od_store_ptr(void **p, void *v) {
         __atomic_store_n(p, v, __ATOMIC_RELEASE);
     }
-    static inline uint32_t fp_od_flags_or(uint32_t *p, uint32_t v) {
-        return __atomic_fetch_or(p, v, __ATOMIC_ACQ_REL);
-    }
-    static inline uint32_t fp_od_flags_clear(uint32_t *p, uint32_t v) {
-        return __atomic_fetch_and(p, ~v, __ATOMIC_ACQ_REL);
-    }
     """
     uint64_t fp_od_xchg_u64(uint64_t* p, uint64_t v) nogil
     void fp_od_add_u64(uint64_t* p, uint64_t v) nogil
     void* fp_od_load_ptr(void** p) nogil
     void fp_od_store_ptr(void** p, void* v) nogil
-    uint32_t fp_od_flags_or(uint32_t* p, uint32_t v) nogil
-    uint32_t fp_od_flags_clear(uint32_t* p, uint32_t v) nogil
 
 from libc.math cimport sqrt
 
@@ -249,7 +241,7 @@ cdef int _od_eject(OutlierDetector* d, HostShared* hs, int kind, uint64_t now) n
     _od_stat(d, OD_EJECTIONS_ENFORCED_TOTAL, 1)
     _od_stat(d, _OD_ENFORCED[kind], 1)
     hs.od.ejected = 1
-    fp_od_flags_or(&hs.health_flags, HF_FAILED_OUTLIER_CHECK)
+    fp_atomic_or_u32(&hs.health_flags, HF_FAILED_OUTLIER_CHECK)
     hs.od.num_ejections += 1
     hs.od.ejected_at_ms = now
     hs.od.jitter_ms = _od_random(d) % (d.cfg.max_jitter_ms + 1)
@@ -264,7 +256,7 @@ cdef void _od_uneject(OutlierDetector* d, HostShared* hs, uint64_t now) noexcept
     d.nejected -= 1
     _od_active_gauge(d)
     hs.od.ejected = 0
-    fp_od_flags_clear(&hs.health_flags, HF_FAILED_OUTLIER_CHECK)
+    fp_atomic_and_u32(&hs.health_flags, ~(<uint32_t>HF_FAILED_OUTLIER_CHECK))
     fp_store_int(&hs.od.consecutive_5xx, 0)
     fp_store_int(&hs.od.consecutive_gateway_failure, 0)
     fp_store_int(&hs.od.consecutive_local_origin_failure, 0)
@@ -394,7 +386,7 @@ cdef void _od_forget_host(OutlierDetector* d, HostShared* hs) noexcept nogil:
     its reports go nowhere (a host that comes back starts afresh, as a new host in Envoy)."""
     if hs.od.ejected:
         d.nejected -= 1
-        fp_od_flags_clear(&hs.health_flags, HF_FAILED_OUTLIER_CHECK)
+        fp_atomic_and_u32(&hs.health_flags, ~(<uint32_t>HF_FAILED_OUTLIER_CHECK))
     fp_od_store_ptr(<void**>&hs.od.det, NULL)
 
 
@@ -419,7 +411,6 @@ cdef int outlier_hosts_changed(ClusterCfg* c, HostSet* hosts) noexcept nogil:
     cdef double* rates
     cdef int* valid
     cdef HostShared* hs
-    cdef int changed = 0
     if d == NULL:
         return 0
     pthread_mutex_lock(&d.lock)
@@ -453,9 +444,7 @@ cdef int outlier_hosts_changed(ClusterCfg* c, HostSet* hosts) noexcept nogil:
     for i in range(d.nhosts):
         hs = _od_host(d, i)
         if not hs.od.listed:
-            if hs.od.ejected:
-                changed = 1
-            _od_forget_host(d, hs)
+            _od_forget_host(d, hs)     # (not in the new host set: no rebuild for it)
         statblock_decref(d.blocks[i])
     for i in range(n):
         (<HostShared*>blocks[i].ext).od.listed = 0
@@ -470,8 +459,6 @@ cdef int outlier_hosts_changed(ClusterCfg* c, HostSet* hosts) noexcept nogil:
     d.nhosts = n
     _od_active_gauge(d)
     pthread_mutex_unlock(&d.lock)
-    if changed:
-        cluster_health_changed(c)
     return 0
 
 
