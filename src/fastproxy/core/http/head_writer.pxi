@@ -478,6 +478,13 @@ cdef int _body_framing(HStream* s, bint response, int framing, uint64_t length, 
         out.length_text = s.upstream.resp_facts.length_text
         if s.upstream.resp_facts.end_stream:
             out.kind = BODY_NONE
+            if (out.length_text.p == NULL and not s.c.codec.multiplexed and s.method != METHOD_HEAD
+                    and s.status != 204 and s.status != 304):
+                # A head that ended its stream (an HTTP/2 upstream's) to an HTTP/1.1 client:
+                # its empty body is announced (Envoy's Content-Length: 0), not left to a close
+                # that never comes on a keep-alive connection.
+                out.kind = BODY_LENGTH
+                out.length = 0
         elif s.upstream.resp_facts.content_length >= 0:
             out.kind = BODY_LENGTH
             out.length = <uint64_t>s.upstream.resp_facts.content_length

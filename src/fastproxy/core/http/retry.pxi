@@ -347,6 +347,8 @@ cdef void retry_attempt_started(HStream* s) noexcept nogil:
     fp_atomic_add_int(&s.upstream.hstats.refcnt, 1)
     st.tried[st.ntried] = s.upstream.hstats
     st.ntried += 1
+    if s.lb.avoid != NULL:
+        s.lb.avoid = st.tried           # (the array moved; a later re-pick reads it)
 
 
 cdef void retry_head_sent(HStream* s, int framing, uint64_t length) noexcept nogil:
