@@ -527,3 +527,23 @@ def test_previous_hosts_with_a_hash_move_to_another_host(policy):
         assert pick(c, 1, hash=h, attempt=1) == [first]       # a retry hashes to the same host first
         other = pick(c, 1, avoid=[first], max_attempts=10, hash=h)[0]
         assert other != first
+
+
+# ---------------------------------------------------------------- distributions vs Envoy
+
+@pytest.mark.parametrize("policy,want", [
+    ("ROUND_ROBIN", {"u0": 1 / 6, "u1": 2 / 6, "u2": 3 / 6}),      # weighted
+    ("LEAST_REQUEST", {"u0": 1 / 6, "u1": 2 / 6, "u2": 3 / 6}),    # idle hosts: by weight (EDF)
+    ("RANDOM", {"u0": 1 / 3, "u1": 1 / 3, "u2": 1 / 3}),           # Envoy's RANDOM ignores weights
+])
+def test_weighted_distributions_as_envoy(upstreams, running, tmp_path, policy, want):
+    ups = upstreams(3)
+    text = _yaml([], lb_policy=policy, endpoints=[_ep(u.port, weight=i + 1) for i, u in enumerate(ups)])
+    n = 600
+    p, addr = running(text, concurrency=1)
+    got = _send(addr, n)
+    tolerance = 0.07 if policy == "RANDOM" else 0.01
+    assert all(abs(got.get(k, 0) / n - v) <= tolerance for k, v in want.items()), got
+    if ENVOY is not None:
+        theirs, _, _ = _envoy_counts(text, tmp_path, n, ups)
+        assert all(abs(theirs.get(k, 0) / n - v) <= max(tolerance, 0.02) for k, v in want.items()), theirs

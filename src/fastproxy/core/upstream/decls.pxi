@@ -101,7 +101,7 @@ cdef struct LbSource:
     int slot                    # its index in HostSet.sources (a worker's cursor / scheduler)
     uint8_t equal_weights       # every host has the same weight (plain RR, P2C)
     int nschedule               # weighted round robin: host indexes, each weight times,
-    int* schedule               #   interleaved (EDF order); RANDOM draws from it too
+    int* schedule               #   interleaved (EDF order)
     # RING_HASH: ring points sorted by hash (lb_tables.pxi); MAGLEV: the lookup table
     int nring
     uint64_t* ring_hash

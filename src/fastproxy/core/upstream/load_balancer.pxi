@@ -9,7 +9,7 @@
 # and, for RING_HASH and MAGLEV, their ring or table (lb_tables.pxi); and Envoy's priority
 # loads. A pick follows Envoy's LoadBalancerBase: a priority (and healthy or degraded) from
 # the loads with a hash (the request's, or a random one), then a host of that priority's
-# source with the set's policy. What a worker changes while picking (round-robin cursors,
+# source with the set's policy (RANDOM: uniform over the source, as Envoy's). What a worker changes while picking (round-robin cursors,
 # weighted LEAST_REQUEST's scheduler) is in its WorkerLb, sized when a set arrives.
 # The cluster's params (timeouts, limits) are per worker too (WorkerLb.params), replaced the
 # same way when the cluster's config changes.
@@ -160,7 +160,9 @@ cdef int _pick_once(ClusterCfg* c, Worker* w, WorkerLb* lb, HostSet* hs, LbConte
     if hs.policy == LB_LEAST_REQUEST:
         return _pick_least_request(hs, lb, src, &w.rng)
     if hs.policy == LB_RANDOM and attempt == 0 and retry == 0:
-        i = <int>(worker_random(w) % <uint64_t>src.nschedule)
+        # Envoy's RANDOM: the same random number that chose the priority, over the
+        # source's hosts (weights play no part).
+        return src.idx[h % <uint64_t>src.n]
     else:
         # Round robin; a retry after a failed connect also moves on to the next host.
         i = _cursor_next(lb, src.slot) % src.nschedule
