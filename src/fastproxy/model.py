@@ -264,7 +264,7 @@ class Cluster:
                 raise ConfigError(f"{path}.endpoints[{i}]", f"expected Endpoint, got {type(ep).__name__}")
             ep.validate(f"{path}.endpoints[{i}]", self.type)
         from .upstream.health_check import validate_health_checks
-        validate_health_checks(self.health_checks, path + ".health_checks")
+        validate_health_checks(self.health_checks, path + ".health_checks", self.upstream_protocol)
 
 
 # A network filter factory: called once per connection, returns a NetworkFilter instance.

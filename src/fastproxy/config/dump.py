@@ -215,6 +215,12 @@ def health_check_json(hc) -> dict:
         if h.request_headers_to_remove:
             http["request_headers_to_remove"] = list(h.request_headers_to_remove)
         out["http_health_check"] = http
+    elif hc.grpc_health_check is not None:
+        g = hc.grpc_health_check
+        grpc: Dict[str, Any] = {}
+        _put(grpc, "service_name", g.service_name, "")
+        _put(grpc, "authority", g.authority, "")
+        out["grpc_health_check"] = grpc
     else:
         t = hc.tcp_health_check
         tcp: Dict[str, Any] = {}

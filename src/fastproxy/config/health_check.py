@@ -1,7 +1,8 @@
 """A cluster's active health checks in Envoy's v3 YAML: health_checks (model:
 fastproxy.upstream.health_check). Owner: issue 16's HC work.
 
-What fastproxy does not build is refused with its field path: gRPC and custom checks,
+What fastproxy does not build is refused with its field path: custom checks, gRPC
+initial_metadata,
 HTTP/2 and HTTP/3 check codecs, request payloads, service name matching, TLS options,
 alt_port, the event service and success logging."""
 from __future__ import annotations
@@ -10,7 +11,7 @@ import base64
 import binascii
 
 from ..errors import ConfigError
-from ..upstream.health_check import HTTP_METHODS, HealthCheck, HttpHealthCheck, TcpHealthCheck
+from ..upstream.health_check import HTTP_METHODS, GrpcHealthCheck, HealthCheck, HttpHealthCheck, TcpHealthCheck
 from .proto import Message
 
 HEALTH_CHECK_FIELDS = ("health_checks",)
@@ -23,7 +24,6 @@ _HEALTH_CHECK = ("timeout", "interval", "initial_jitter", "interval_jitter", "in
                  "event_service", "always_log_health_check_failures", "always_log_health_check_success",
                  "tls_options", "transport_socket_match_criteria")
 _NOT_BUILT = {
-    "grpc_health_check": "gRPC health checks",
     "custom_health_check": "custom health checkers",
     "alt_port": "alt_port (checks go to the endpoint's own port)",
     "event_service": "the health check event service",
@@ -151,11 +151,15 @@ def _health_check(item, path: str) -> HealthCheck:
             raise _not_built(hc, name, what)
     http = hc.message("http_health_check", _HTTP)
     tcp = hc.message("tcp_health_check", ("send", "receive", "proxy_protocol_config"))
-    if http is None and tcp is None:
-        raise ConfigError(path, "a health checker is required (http_health_check or tcp_health_check; "
-                                "grpc and custom checkers are not supported)")
-    if http is not None and tcp is not None:
-        raise ConfigError(path, "only one of http_health_check and tcp_health_check may be given")
+    grpc = hc.message("grpc_health_check", ("service_name", "authority", "initial_metadata"))
+    given = [m for m in (http, tcp, grpc) if m is not None]
+    if not given:
+        raise ConfigError(path, "a health checker is required (http_health_check, tcp_health_check or "
+                                "grpc_health_check; custom checkers are not supported)")
+    if len(given) > 1:
+        raise ConfigError(path, "only one of http_health_check, tcp_health_check and grpc_health_check may be given")
+    if grpc is not None and grpc.raw("initial_metadata") is not None:
+        raise _not_built(grpc, "initial_metadata", "initial_metadata on gRPC checks")
     for name in ("timeout", "interval"):
         if hc.duration(name, required=True) <= 0:
             raise ConfigError(hc.at(name), "must be greater than 0s")
@@ -184,6 +188,9 @@ def _health_check(item, path: str) -> HealthCheck:
                       healthy_threshold=hc.uint32("healthy_threshold"),
                       http_health_check=None if http is None else _http(http),
                       tcp_health_check=None if tcp is None else _tcp(tcp),
+                      grpc_health_check=None if grpc is None else GrpcHealthCheck(
+                          service_name=grpc.string("service_name", default=""),
+                          authority=grpc.string("authority", default="")),
                       interval_jitter=hc.duration("interval_jitter", 0.0),
                       interval_jitter_percent=hc.uint32("interval_jitter_percent", 0),
                       initial_jitter=hc.duration("initial_jitter", 0.0),

@@ -3,8 +3,9 @@ validation (errors name the field path) and what the core's checkers are built f
 (``HealthCheck.to_spec()``, read by ``_core.HealthCheckerHandle``).
 
 Built: HTTP/1.1 checks (``HttpHealthCheck``: path, host, method, expected and retriable
-statuses, request headers to add and remove, a receive payload) and TCP checks
-(``TcpHealthCheck``: send and receive payloads), with every timing field of Envoy's
+statuses, request headers to add and remove, a receive payload), TCP checks
+(``TcpHealthCheck``: send and receive payloads) and gRPC checks (``GrpcHealthCheck``:
+grpc.health.v1.Health/Check over h2c, service_name, authority), with every timing field of Envoy's
 HealthCheck, ``reuse_connection``, ``always_log_health_check_failures`` and the event log
 (a file of Envoy's JSON event lines). The checks run on one loop thread of their own, in
 C, without the GIL (see core/upstream/health_checker.pxi for why there).
@@ -120,6 +121,43 @@ class TcpHealthCheck:
 
 
 @dataclass(frozen=True)
+class GrpcHealthCheck:
+    """Envoy's HealthCheck.GrpcHealthCheck: grpc.health.v1.Health/Check over HTTP/2
+    (h2c), passing when the host answers SERVING for ``service_name``."""
+
+    service_name: str = ""
+    authority: str = ""                             # "": the cluster's name (as Envoy)
+
+    def validate(self, path: str) -> None:
+        for name in ("service_name", "authority"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or _VALUE_BAD.search(value):
+                raise ConfigError(f"{path}.{name}", f"must be a string without control characters, got {value!r}")
+
+    def request(self) -> bytes:
+        """The HealthCheckRequest message in its gRPC frame (uncompressed)."""
+        raw = self.service_name.encode()
+        msg = b""
+        if raw:
+            n, size = len(raw), bytearray()
+            while True:
+                size.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+                n >>= 7
+                if not n:
+                    break
+            msg = b"\x0a" + bytes(size) + raw
+        return b"\x00" + len(msg).to_bytes(4, "big") + msg
+
+    def headers(self, cluster_name: str, timeout: float) -> list:
+        """The request's header fields, as Envoy's gRPC checker sends them."""
+        return [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/grpc.health.v1.Health/Check"),
+                (b":authority", (self.authority or cluster_name).encode()),
+                (b"content-type", b"application/grpc"), (b"te", b"trailers"),
+                (b"grpc-timeout", b"%dm" % max(1, int(round(timeout * 1000)))),
+                (b"user-agent", USER_AGENT.encode())]
+
+
+@dataclass(frozen=True)
 class HealthCheck:
     """One active health check of a cluster (Envoy's HealthCheck). Durations in seconds;
     None where Envoy derives the value from another field."""
@@ -130,6 +168,7 @@ class HealthCheck:
     healthy_threshold: int
     http_health_check: Optional[HttpHealthCheck] = None
     tcp_health_check: Optional[TcpHealthCheck] = None
+    grpc_health_check: Optional[GrpcHealthCheck] = None
     interval_jitter: float = 0.0
     interval_jitter_percent: int = 0
     initial_jitter: float = 0.0
@@ -146,8 +185,9 @@ class HealthCheck:
     event_log_field: str = field(default="event_logger", compare=False)
 
     def validate(self, path: str) -> None:
-        if (self.http_health_check is None) == (self.tcp_health_check is None):
-            raise ConfigError(path, "exactly one of http_health_check and tcp_health_check is required")
+        if sum(c is not None for c in (self.http_health_check, self.tcp_health_check, self.grpc_health_check)) != 1:
+            raise ConfigError(path, "exactly one of http_health_check, tcp_health_check and grpc_health_check "
+                                    "is required")
         _duration(path + ".timeout", self.timeout, positive=True)
         _duration(path + ".interval", self.interval, positive=True)
         for name in ("interval_jitter", "initial_jitter", "no_traffic_interval", "no_traffic_healthy_interval",
@@ -166,8 +206,10 @@ class HealthCheck:
             raise ConfigError(path + ".event_log_path", "must be a non-empty path")
         if self.http_health_check is not None:
             self.http_health_check.validate(path + ".http_health_check")
-        else:
+        elif self.tcp_health_check is not None:
             self.tcp_health_check.validate(path + ".tcp_health_check")
+        else:
+            self.grpc_health_check.validate(path + ".grpc_health_check")
 
     def to_spec(self, cluster_name: str) -> dict:
         """What _core.HealthCheckerHandle is built from (every interval resolved)."""
@@ -190,15 +232,18 @@ class HealthCheck:
             spec.update(kind="http", method=h.method, request=h.request(cluster_name), receive=list(h.receive),
                         expected_statuses=list(h.expected_statuses) or [(200, 201)],
                         retriable_statuses=list(h.retriable_statuses))
-        else:
+        elif self.tcp_health_check is not None:
             t = self.tcp_health_check
             spec.update(kind="tcp", request=t.send, receive=list(t.receive))
+        else:
+            g = self.grpc_health_check
+            spec.update(kind="grpc", request=g.request(), headers=g.headers(cluster_name, self.timeout))
         return spec
 
 
-def validate_health_checks(checks, path: str) -> None:
+def validate_health_checks(checks, path: str, upstream_protocol: str = "http1") -> None:
     """model.Cluster.health_checks: HealthCheck models, at most one (as Envoy 1.40's
-    clusters take)."""
+    clusters take); a gRPC check needs an HTTP/2 cluster, as in Envoy."""
     if isinstance(checks, (str, bytes)) or not hasattr(checks, "__len__"):
         raise ConfigError(path, f"expected a sequence of HealthCheck, got {type(checks).__name__}")
     if len(checks) > 1:
@@ -207,3 +252,6 @@ def validate_health_checks(checks, path: str) -> None:
         if not isinstance(hc, HealthCheck):
             raise ConfigError(f"{path}[{i}]", f"expected HealthCheck, got {type(hc).__name__}")
         hc.validate(f"{path}[{i}]")
+        if hc.grpc_health_check is not None and upstream_protocol != "http2":
+            raise ConfigError(f"{path}[{i}].grpc_health_check", "gRPC health checks need an HTTP/2 cluster "
+                                                               "(http2_protocol_options), as in Envoy")

@@ -46,9 +46,6 @@ static inline uint32_t fp_atomic_or_u32(uint32_t *p, uint32_t v) {
 static inline uint32_t fp_atomic_and_u32(uint32_t *p, uint32_t v) {
     return __atomic_fetch_and(p, v, __ATOMIC_ACQ_REL);
 }
-static inline uint32_t fp_load_acquire_u32(uint32_t *p) {
-    return __atomic_load_n(p, __ATOMIC_ACQUIRE);
-}
 /* Debug and ASan builds: abort if the kernel says a pipe still holds bytes (FIONREAD),
  * i.e. if the byte accounting that lets a pipe be reused is wrong. Release builds trust
  * the accounting and make no system call. */

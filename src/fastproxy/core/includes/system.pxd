@@ -226,5 +226,4 @@ cdef extern from "fp_c.h" nogil:
     uint32_t fp_load_u32(uint32_t* p)
     uint32_t fp_atomic_or_u32(uint32_t* p, uint32_t v)    # the old value
     uint32_t fp_atomic_and_u32(uint32_t* p, uint32_t v)
-    uint32_t fp_load_acquire_u32(uint32_t* p)
     void fp_debug_assert_pipe_empty(int fd)

@@ -1,4 +1,4 @@
-# Active health checks (Envoy's HealthCheck: HTTP/1.1 and TCP): checkers that run without
+# Active health checks (Envoy's HealthCheck: HTTP/1.1, TCP and gRPC): checkers that run without
 # the GIL, set HF_FAILED_ACTIVE_HC / HF_DEGRADED_ACTIVE_HC on a host's HostShared and ask
 # for a host-set rebuild (cluster_health_changed) on a transition. Owner: issue 16's HC work.
 #
@@ -25,6 +25,7 @@
 cdef enum:
     HCK_HTTP = 1
     HCK_TCP = 2
+    HCK_GRPC = 3                    # grpc.health.v1.Health/Check over h2c (nghttp2)
 
 cdef enum:                          # Envoy's HealthCheckFailureType
     HCF_ACTIVE = 0
@@ -82,10 +83,18 @@ cdef struct HcConfig:               # one HealthCheck, as compiled (read only on
     int nexpected
     HcRange* retriable
     int nretriable
+    nghttp2_nv* nv                  # gRPC: the request's header fields (names and values in nv_buf)
+    size_t nnv
+    char* nv_buf
 
 cdef struct HcSession
+cdef struct HcLoopState:            # a HealthCheckLoop's own state (its worker's end-of-turn hook)
+    HcSession* dead                 # sessions gone this loop turn, freed at its end: an event
+                                    #   already fetched in the same turn may still name them
+
 cdef struct HcChecker:
     Worker* loop                    # the HealthCheckLoop's worker (no reference: it outlives us)
+    HcLoopState* ls
     ClusterCfg* cluster             # one reference
     StatBlock* stats                # cluster.<name>.health_check.* (one reference); row 0
     HcConfig cfg
@@ -115,9 +124,21 @@ cdef struct HcSession:
     uint32_t num_unhealthy
     size_t sent                     # bytes of the request written
     H1Parser resp                   # HTTP: the response being read
-    char* rx                        # TCP receive / HTTP body bytes to match (malloc'd)
+    char* rx                        # TCP receive / HTTP body / gRPC message bytes (malloc'd)
     size_t rx_len
     size_t rx_cap
+    # gRPC: the HTTP/2 session on the connection, the check's stream and what came back
+    nghttp2_session* h2
+    char* tx                        # frames nghttp2 gave us not written yet
+    size_t tx_len
+    size_t tx_cap
+    size_t body_sent                # request message bytes given to nghttp2
+    int32_t stream_id
+    int status                      # :status (0: none yet)
+    int grpc_status                 # grpc-status (-1: none yet)
+    uint8_t stream_done             # the stream closed (judge it after nghttp2 returns)
+    uint8_t stream_reset            # ... by a reset, not an end of stream
+    uint8_t goaway
 
 cdef struct HcHostsMsg:             # main thread -> loop: the cluster's hosts now
     HcChecker* ck
@@ -125,14 +146,6 @@ cdef struct HcHostsMsg:             # main thread -> loop: the cluster's hosts n
     StatBlock** blocks              # one reference each
     sockaddr_storage* addrs
     socklen_t* addrlens
-
-
-# ---- the cluster's health changed (LB's cluster_health_changed, API16 contract 1) ----
-
-cdef int hc_cluster_health_changed(ClusterCfg* c) noexcept nogil:
-    # i16-scen's merge of i16-lb and i16-hc: LB's rebuild from the hosts' health_flags
-    # (HC's own merge replaces this stand-in).
-    return cluster_health_changed(c)
 
 
 # ---- stats (row 0 of the block: the loop thread is its only writer) ----
@@ -146,7 +159,7 @@ cdef inline HostShared* _hc_host(HcSession* s) noexcept nogil:
 
 
 cdef inline bint _hc_flag(HcSession* s, uint32_t f) noexcept nogil:
-    return (fp_load_acquire_u32(&_hc_host(s).health_flags) & f) != 0
+    return (fp_load_u32(&_hc_host(s).health_flags) & f) != 0
 
 
 # ---- the event log (Envoy's HealthCheckEvent JSON lines) ----
@@ -174,13 +187,8 @@ cdef void _hc_log(HcSession* s, int kind, int failure, bint first, int status) n
     # before the timestamp, the failure and degraded ones after it.
     tail[0] = 0
     if kind == HEV_EJECT:
-        snprintf(tail, sizeof(tail), "\"eject_unhealthy_event\":{\"failure_type\":\"%s\"%s", ftype,
-                 "" if status == 0 else ",")
-        if status:
-            n = <int>strlen(tail)
-            snprintf(tail + n, sizeof(tail) - n, "\"http_status_code\":%d", status)
-        n = <int>strlen(tail)
-        snprintf(tail + n, sizeof(tail) - n, "},\"timestamp\":\"%s\"", ts)
+        snprintf(tail, sizeof(tail), "\"eject_unhealthy_event\":{\"failure_type\":\"%s\",\"http_status_code\":%d},"
+                 "\"timestamp\":\"%s\"", ftype, status, ts)
     elif kind == HEV_ADD_HEALTHY:
         snprintf(tail, sizeof(tail), "\"add_healthy_event\":{\"first_check\":%s},\"timestamp\":\"%s\"",
                  "true" if first else "false", ts)
@@ -243,6 +251,11 @@ cdef void _hc_close(HcSession* s) noexcept nogil:
         endp_forget(s.ck.loop, &s.ep)
         close(s.ep.fd)
         s.ep.fd = -1
+    if s.h2 != NULL:
+        nghttp2_session_del(s.h2)
+        s.h2 = NULL
+    s.tx_len = 0
+    s.goaway = 0
     s.state = HSS_IDLE
     s.rx_len = 0
     s.sent = 0
@@ -292,7 +305,7 @@ cdef void _hc_success(HcSession* s, bint degraded) noexcept nogil:
     _hc_stat(ck, HC_SUCCESS, 1)
     _hc_first_done(s)
     if changed == HT_CHANGED:
-        hc_cluster_health_changed(ck.cluster)
+        cluster_health_changed(ck.cluster)
     timer_cancel(ck.loop, &s.timeout_timer)
     timer_arm(ck.loop, &s.interval_timer, _hc_interval(ck, True, changed))
 
@@ -326,7 +339,7 @@ cdef void _hc_failure(HcSession* s, int failure, bint retriable, int status) noe
         _hc_stat(ck, HC_PASSIVE_FAILURE, 1)
     _hc_first_done(s)
     if changed == HT_CHANGED:
-        hc_cluster_health_changed(ck.cluster)
+        cluster_health_changed(ck.cluster)
     timer_cancel(ck.loop, &s.timeout_timer)
     timer_arm(ck.loop, &s.interval_timer, _hc_interval(ck, False, changed))
 
@@ -447,12 +460,251 @@ cdef int _hc_http_feed(HcSession* s, const char* data, size_t n) noexcept nogil:
     return 0
 
 
+cdef void _hc_network_failure(HcSession* s) noexcept nogil:
+    _hc_close(s)
+    _hc_failure(s, HCF_NETWORK, False, 0)
+
+
+# ---- gRPC (grpc.health.v1.Health/Check over h2c) ----
+
+cdef nghttp2_session_callbacks* _hc_h2_callbacks = NULL
+
+
+cdef int _hc_tx_append(HcSession* s, const uint8_t* p, size_t n) noexcept nogil:
+    cdef char* nb
+    cdef size_t want
+    if s.tx_len + n > s.tx_cap:
+        want = s.tx_cap * 2 if s.tx_cap else 1024
+        while want < s.tx_len + n:
+            want *= 2
+        nb = <char*>realloc(s.tx, want)
+        if nb == NULL:
+            return -1
+        s.tx = nb
+        s.tx_cap = want
+    memcpy(s.tx + s.tx_len, p, n)
+    s.tx_len += n
+    return 0
+
+
+cdef int _hc_grpc_flush(HcSession* s) noexcept nogil:
+    """What nghttp2 has to send, then as much as the socket takes. -1: the connection failed."""
+    cdef const uint8_t* data
+    cdef ssize_t n, k
+    while True:
+        n = nghttp2_session_mem_send(s.h2, &data)
+        if n < 0:
+            return -1
+        if n == 0:
+            break
+        if _hc_tx_append(s, data, <size_t>n) < 0:
+            return -1
+    while s.tx_len:
+        k = send(s.ep.fd, s.tx, s.tx_len, MSG_NOSIGNAL)
+        if k < 0:
+            if errno == EAGAIN:
+                return 0
+            if errno == EINTR:
+                continue
+            return -1
+        memmove(s.tx, s.tx + k, s.tx_len - <size_t>k)
+        s.tx_len -= <size_t>k
+    return 0
+
+
+cdef ssize_t _hc_grpc_body(nghttp2_session* session, int32_t stream_id, uint8_t* buf, size_t length,
+                           uint32_t* data_flags, nghttp2_data_source* source, void* user_data) noexcept nogil:
+    cdef HcSession* s = <HcSession*>user_data
+    cdef HcConfig* cfg = &s.ck.cfg
+    cdef size_t n = cfg.request_len - s.body_sent
+    if n > length:
+        n = length
+    memcpy(buf, cfg.request + s.body_sent, n)
+    s.body_sent += n
+    if s.body_sent == cfg.request_len:
+        data_flags[0] |= NGHTTP2_DATA_FLAG_EOF
+    return <ssize_t>n
+
+
+cdef int _hc_grpc_on_header(nghttp2_session* session, const nghttp2_frame* frame, const uint8_t* name,
+                            size_t namelen, const uint8_t* value, size_t valuelen, uint8_t flags,
+                            void* user_data) noexcept nogil:
+    cdef HcSession* s = <HcSession*>user_data
+    cdef int v = 0
+    cdef size_t i
+    if frame.hd.stream_id != s.stream_id:
+        return 0
+    if (namelen == 7 and memcmp(name, b":status", 7) == 0) or (namelen == 11 and memcmp(name, b"grpc-status", 11) == 0):
+        for i in range(valuelen):
+            if value[i] < 48 or value[i] > 57 or v > 100000:
+                v = 999999
+                break
+            v = v * 10 + (value[i] - 48)
+        if name[0] == 58:       # ':'
+            s.status = v
+        else:
+            s.grpc_status = v
+    return 0
+
+
+cdef int _hc_grpc_on_data(nghttp2_session* session, uint8_t flags, int32_t stream_id, const uint8_t* data,
+                          size_t length, void* user_data) noexcept nogil:
+    cdef HcSession* s = <HcSession*>user_data
+    if stream_id == s.stream_id and _hc_rx_append(s, <const char*>data, length, HC_RX_MAX) < 0:
+        return NGHTTP2_ERR_CALLBACK_FAILURE
+    return 0
+
+
+cdef int _hc_grpc_on_close(nghttp2_session* session, int32_t stream_id, uint32_t error_code,
+                           void* user_data) noexcept nogil:
+    cdef HcSession* s = <HcSession*>user_data
+    if stream_id == s.stream_id:
+        s.stream_done = 1
+        s.stream_reset = error_code != 0
+    return 0
+
+
+cdef int _hc_grpc_on_frame(nghttp2_session* session, const nghttp2_frame* frame, void* user_data) noexcept nogil:
+    cdef HcSession* s = <HcSession*>user_data
+    if frame.hd.type == NGHTTP2_GOAWAY:
+        s.goaway = 1
+    return 0
+
+
+cdef int _hc_grpc_callbacks() noexcept nogil:
+    """The callbacks every checker's sessions share (made once, on the loop thread)."""
+    global _hc_h2_callbacks
+    if _hc_h2_callbacks != NULL:
+        return 0
+    if nghttp2_session_callbacks_new(&_hc_h2_callbacks) != 0:
+        _hc_h2_callbacks = NULL
+        return -1
+    nghttp2_session_callbacks_set_on_header_callback(_hc_h2_callbacks, _hc_grpc_on_header)
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(_hc_h2_callbacks, _hc_grpc_on_data)
+    nghttp2_session_callbacks_set_on_stream_close_callback(_hc_h2_callbacks, _hc_grpc_on_close)
+    nghttp2_session_callbacks_set_on_frame_recv_callback(_hc_h2_callbacks, _hc_grpc_on_frame)
+    return 0
+
+
+cdef int _hc_grpc_request(HcSession* s) noexcept nogil:
+    """Open the check's stream (the session too, on a new connection). -1: failed."""
+    cdef nghttp2_data_provider body
+    if s.h2 == NULL:
+        if _hc_grpc_callbacks() < 0 or nghttp2_session_client_new2(&s.h2, _hc_h2_callbacks, s, NULL) != 0:
+            s.h2 = NULL
+            return -1
+        if nghttp2_submit_settings(s.h2, NGHTTP2_FLAG_NONE, NULL, 0) != 0:
+            return -1
+    s.status = 0
+    s.grpc_status = -1
+    s.stream_done = 0
+    s.stream_reset = 0
+    s.body_sent = 0
+    s.rx_len = 0
+    body.source.ptr = NULL
+    body.read_callback = _hc_grpc_body
+    s.stream_id = nghttp2_submit_request(s.h2, NULL, s.ck.cfg.nv, s.ck.cfg.nnv, &body, NULL)
+    if s.stream_id < 0:
+        return -1
+    return _hc_grpc_flush(s)
+
+
+cdef bint _hc_grpc_serving(HcSession* s) noexcept nogil:
+    """The response message (one gRPC frame) is a HealthCheckResponse whose status (field
+    1, a varint) is SERVING (1)."""
+    cdef const uint8_t* m = <const uint8_t*>s.rx
+    cdef size_t n, i = 5, end
+    cdef uint64_t key, v
+    cdef int shift
+    cdef bint serving = False
+    if s.rx_len < 5 or m[0] != 0:
+        return False                    # (a compressed message: Envoy fails it too)
+    n = (<size_t>m[1] << 24) | (<size_t>m[2] << 16) | (<size_t>m[3] << 8) | m[4]
+    if s.rx_len != 5 + n:
+        return False
+    end = 5 + n
+    while i < end:
+        key = 0
+        shift = 0
+        while i < end and shift < 64:
+            key |= <uint64_t>(m[i] & 0x7f) << shift
+            shift += 7
+            i += 1
+            if not (m[i - 1] & 0x80):
+                break
+        if key & 7 == 0:                # varint
+            v = 0
+            shift = 0
+            while i < end and shift < 64:
+                v |= <uint64_t>(m[i] & 0x7f) << shift
+                shift += 7
+                i += 1
+                if not (m[i - 1] & 0x80):
+                    break
+            if key >> 3 == 1:
+                serving = v == 1
+        elif key & 7 == 2:              # length-delimited: skipped
+            v = 0
+            shift = 0
+            while i < end and shift < 64:
+                v |= <uint64_t>(m[i] & 0x7f) << shift
+                shift += 7
+                i += 1
+                if not (m[i - 1] & 0x80):
+                    break
+            if v > end - i:
+                return False
+            i += <size_t>v
+        elif key & 7 == 5:
+            i += 4
+        elif key & 7 == 1:
+            i += 8
+        else:
+            return False
+    return serving and i == end
+
+
+cdef void _hc_grpc_done(HcSession* s) noexcept nogil:
+    """The check's stream closed: judge it (Envoy's onRpcComplete / onResetStream)."""
+    cdef bint ok
+    cdef bint reset = s.stream_reset
+    s.stream_done = 0
+    if reset:
+        _hc_network_failure(s)
+        return
+    ok = s.status == 200 and s.grpc_status == 0 and _hc_grpc_serving(s)
+    s.state = HSS_IDLE
+    s.rx_len = 0
+    if not s.ck.cfg.reuse_connection or s.goaway:
+        _hc_close(s)
+    if ok:
+        _hc_success(s, False)
+    else:
+        _hc_failure(s, HCF_ACTIVE, False, 0)
+
+
+cdef int _hc_grpc_feed(HcSession* s, const char* data, size_t n) noexcept nogil:
+    """Bytes from the host. -1: the connection failed (judged here)."""
+    if nghttp2_session_mem_recv(s.h2, <const uint8_t*>data, n) < 0 or _hc_grpc_flush(s) < 0:
+        _hc_network_failure(s)
+        return -1
+    if s.stream_done and s.state == HSS_CHECKING:
+        _hc_grpc_done(s)
+        return 1
+    if s.goaway and s.state == HSS_CHECKING:
+        _hc_network_failure(s)
+        return -1
+    return 0
+
+
 # ---- one check ----
 
 cdef int _hc_send(HcSession* s) noexcept nogil:
     """Write what is left of the request. -1: the connection failed."""
     cdef HcConfig* cfg = &s.ck.cfg
     cdef ssize_t k
+    if cfg.kind == HCK_GRPC:
+        return _hc_grpc_flush(s) if s.h2 != NULL else 0
     while s.sent < cfg.request_len:
         k = send(s.ep.fd, cfg.request + s.sent, cfg.request_len - s.sent, MSG_NOSIGNAL)
         if k < 0:
@@ -465,17 +717,16 @@ cdef int _hc_send(HcSession* s) noexcept nogil:
     return 0
 
 
-cdef void _hc_network_failure(HcSession* s) noexcept nogil:
-    _hc_close(s)
-    _hc_failure(s, HCF_NETWORK, False, 0)
-
-
 cdef void _hc_connected(HcSession* s) noexcept nogil:
     s.state = HSS_CHECKING
     if s.ck.cfg.kind == HCK_TCP and s.ck.cfg.nseg == 0:
         # A connect test: it passed (Envoy writes no send payload then, and closes).
         _hc_close(s)
         _hc_success(s, False)
+        return
+    if s.ck.cfg.kind == HCK_GRPC:
+        if _hc_grpc_request(s) < 0:
+            _hc_network_failure(s)
         return
     if _hc_send(s) < 0:
         _hc_network_failure(s)
@@ -494,7 +745,7 @@ cdef void _hc_start(Worker* w, void* arg) noexcept nogil:
         s.sent = 0
         s.rx_len = 0
         s.expect_close = 0
-        if _hc_send(s) < 0:
+        if (_hc_grpc_request(s) if ck.cfg.kind == HCK_GRPC else _hc_send(s)) < 0:
             _hc_network_failure(s)
         return
     fd = socket(s.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
@@ -545,7 +796,7 @@ cdef void _hc_on_event(Worker* w, Endp* ep, uint32_t events) noexcept nogil:
         _hc_connected(s)
         if s.ep.fd < 0 or s.state != HSS_CHECKING:
             return
-    elif s.state == HSS_CHECKING and (events & EPOLLOUT) and s.sent < ck.cfg.request_len:
+    elif s.state == HSS_CHECKING and (events & EPOLLOUT) and (s.sent < ck.cfg.request_len or s.tx_len):
         if _hc_send(s) < 0:
             _hc_network_failure(s)
             return
@@ -559,13 +810,15 @@ cdef void _hc_on_event(Worker* w, Endp* ep, uint32_t events) noexcept nogil:
             if errno == EAGAIN:
                 return
             k = 0                       # a reset: as a close
-            if ck.cfg.kind == HCK_HTTP and s.state == HSS_CHECKING:
+            if ck.cfg.kind != HCK_TCP and s.state == HSS_CHECKING:
                 _hc_network_failure(s)
                 return
         if k == 0:
             # The peer closed. Between checks: the kept connection goes (HTTP); a TCP
             # check counts an unexpected close as a failure, as Envoy's does.
-            if s.state == HSS_CHECKING and ck.cfg.kind == HCK_HTTP:
+            if s.state == HSS_CHECKING and ck.cfg.kind == HCK_GRPC:
+                _hc_network_failure(s)
+            elif s.state == HSS_CHECKING and ck.cfg.kind == HCK_HTTP:
                 if h1_feed_eof(&s.resp) == 0 and s.resp.state == H1_MESSAGE_DONE:
                     s.resp.flags &= ~(<uint32_t>H1F_KEEP_ALIVE)
                     _hc_http_done(s)
@@ -576,6 +829,11 @@ cdef void _hc_on_event(Worker* w, Endp* ep, uint32_t events) noexcept nogil:
             else:
                 _hc_close(s)
             return
+        if ck.cfg.kind == HCK_GRPC and s.h2 != NULL:
+            # (between checks too: settings, pings and window updates are answered)
+            if _hc_grpc_feed(s, buf, <size_t>k) < 0:
+                return
+            continue
         if s.state != HSS_CHECKING:
             continue                    # bytes nobody asked for: dropped
         if ck.cfg.kind == HCK_HTTP:
@@ -629,8 +887,19 @@ cdef HcSession* _hc_session_new(HcChecker* ck, StatBlock* b, sockaddr_storage* a
     return s
 
 
+cdef void _hc_reap(Worker* w, void* arg) noexcept nogil:
+    """End of a loop turn: free the sessions that went during it."""
+    cdef HcLoopState* ls = <HcLoopState*>arg
+    cdef HcSession* s
+    while ls.dead != NULL:
+        s = ls.dead
+        ls.dead = s.next
+        free(s)
+
+
 cdef void _hc_session_free(HcSession* s) noexcept nogil:
-    """The host left (or the checker stops): Envoy's onDeferredDeleteBase."""
+    """The host left (or the checker stops): Envoy's onDeferredDeleteBase. Everything but
+    the session's own memory goes now; that at the end of the loop turn (_hc_reap)."""
     cdef HcChecker* ck = s.ck
     _hc_close(s)
     timer_cancel(ck.loop, &s.interval_timer)
@@ -642,8 +911,14 @@ cdef void _hc_session_free(HcSession* s) noexcept nogil:
     _hc_first_done(s)
     h1_free(&s.resp)
     free(s.rx)
+    free(s.tx)
+    s.rx = NULL
+    s.tx = NULL
     statblock_decref(s.hstats)
-    free(s)
+    s.hstats = NULL
+    s.ep.on_event = endp_ignore
+    s.next = ck.ls.dead
+    ck.ls.dead = s
 
 
 cdef void _hc_session_start(HcSession* s) noexcept nogil:
@@ -717,6 +992,8 @@ cdef void _hc_config_free(HcConfig* cfg) noexcept nogil:
     free(cfg.seg_len)
     free(cfg.expected)
     free(cfg.retriable)
+    free(cfg.nv)
+    free(cfg.nv_buf)
 
 
 cdef void _hc_msg_stop(Worker* w, void* arg) noexcept nogil:
@@ -743,6 +1020,7 @@ cdef class HealthCheckLoop:
     """The thread all of an engine's health checks run on (a dispatcher Worker loop of its
     own, without the GIL). start() runs it; stop() ends it once its checkers are stopped."""
     cdef Worker* w
+    cdef HcLoopState* ls
     cdef object _thread
     cdef bint _running
     cdef bint _stopped
@@ -755,6 +1033,14 @@ cdef class HealthCheckLoop:
             free(self.w)
             self.w = NULL
             raise OSError(errno, "cannot create the health check loop (epoll or eventfd)")
+        self.ls = <HcLoopState*>calloc(1, sizeof(HcLoopState))
+        if self.ls == NULL or worker_add_end_of_turn(self.w, _hc_reap, self.ls) < 0:
+            worker_destroy(self.w)
+            free(self.w)
+            free(self.ls)
+            self.w = NULL
+            self.ls = NULL
+            raise MemoryError()
 
     def start(self):
         if self._running or self._stopped:
@@ -779,13 +1065,16 @@ cdef class HealthCheckLoop:
             self._thread.join()         # (the loop tore itself down when it ended)
             self._running = False
             worker_drain_messages(self.w)
+            _hc_reap(self.w, self.ls)
         else:
             worker_teardown(self.w)
 
     def __dealloc__(self):
         if self.w != NULL and not self._running:
+            _hc_reap(self.w, self.ls)
             worker_destroy(self.w)
             free(self.w)
+            free(self.ls)
 
     cdef int post(self, msg_fn_t fn, void* arg):
         if not self._running:
@@ -802,6 +1091,28 @@ cdef int _hc_ranges(list ranges, HcRange** out) except -1:
         out[0][i].start = a
         out[0][i].end = b
     return len(ranges)
+
+
+cdef int _hc_grpc_headers(HcConfig* cfg, list headers) except -1:
+    """cfg.nv: the gRPC request's header fields [(name, value) bytes], in one buffer."""
+    cdef size_t total = sum(len(k) + len(v) for k, v in headers), off = 0
+    cdef bytes k, v
+    cfg.nv = <nghttp2_nv*>calloc(max(1, len(headers)), sizeof(nghttp2_nv))
+    cfg.nv_buf = <char*>malloc(max(1, total))
+    if cfg.nv == NULL or cfg.nv_buf == NULL:
+        raise MemoryError()
+    for i, (k, v) in enumerate(headers):
+        memcpy(cfg.nv_buf + off, <char*>k, len(k))
+        cfg.nv[i].name = <uint8_t*>(cfg.nv_buf + off)
+        cfg.nv[i].namelen = len(k)
+        off += len(k)
+        memcpy(cfg.nv_buf + off, <char*>v, len(v))
+        cfg.nv[i].value = <uint8_t*>(cfg.nv_buf + off)
+        cfg.nv[i].valuelen = len(v)
+        off += len(v)
+        cfg.nv[i].flags = NGHTTP2_NV_FLAG_NONE
+    cfg.nnv = len(headers)
+    return 0
 
 
 cdef char* _hc_bytes(bytes data) except? NULL:
@@ -833,10 +1144,12 @@ cdef class HealthCheckerHandle:
         ck.log_fd = -1
         try:
             kind = spec["kind"]
-            ck.cfg.kind = HCK_HTTP if kind == "http" else HCK_TCP
-            if kind not in ("http", "tcp"):
-                raise ValueError(f"kind must be http or tcp, got {kind!r}")
-            ck.type_name = "HTTP" if kind == "http" else "TCP"
+            if kind not in ("http", "tcp", "grpc"):
+                raise ValueError(f"kind must be http, tcp or grpc, got {kind!r}")
+            ck.cfg.kind = HCK_HTTP if kind == "http" else (HCK_TCP if kind == "tcp" else HCK_GRPC)
+            ck.type_name = "HTTP" if kind == "http" else ("TCP" if kind == "tcp" else "GRPC")
+            if kind == "grpc":
+                _hc_grpc_headers(&ck.cfg, list(spec["headers"]))
             ck.cfg.reuse_connection = spec["reuse_connection"]
             ck.cfg.always_log_failures = spec["always_log_health_check_failures"]
             ck.cfg.head_method = spec.get("method") == "HEAD"
@@ -882,6 +1195,7 @@ cdef class HealthCheckerHandle:
             raise
         ck.rng = <uint64_t>clock_ms() * <uint64_t>6364136223846793005ULL + 1
         ck.loop = loop.w
+        ck.ls = loop.ls
         ck.cluster = cluster.c
         fp_atomic_add_int(&cluster.c.refcnt, 1)
         ck.stats = stats.b
@@ -989,12 +1303,12 @@ def hc_clear_flags(ClusterHandle cluster):
             fp_atomic_and_u32(&h.health_flags, ~(<uint32_t>(HF_FAILED_ACTIVE_HC | HF_DEGRADED_ACTIVE_HC
                                                           | HF_PENDING_ACTIVE_HC | HF_ACTIVE_HC_TIMEOUT
                                                           | HF_EXCLUDED_VIA_IMMEDIATE_HC_FAIL)))
-    hc_cluster_health_changed(cluster.c)
+    cluster_health_changed(cluster.c)
 
 
 def hc_health_changed(ClusterHandle cluster):
     """Rebuild the cluster's host set from its hosts' flags (after mark_new_hosts)."""
-    hc_cluster_health_changed(cluster.c)
+    cluster_health_changed(cluster.c)
 
 
 stat_kind_add("health_check", HEALTH_CHECK_STATS, HEALTH_CHECK_GAUGES)
