@@ -39,3 +39,19 @@ class TagRequest(fastproxy.HttpFilter):
         value = per_route["value"] if per_route else self.config["value"]
         headers[self.config["header"]] = value
         return fastproxy.FilterStatus.CONTINUE
+
+
+class FilterStateFromHeader(fastproxy.HttpFilter):
+    """callbacks.filter_state[config["key"]] = the request's config["header"] (if it has
+    one): what Envoy's set_filter_state filter does with an envoy.hashable_string object.
+    On the response it says how many Set-Cookie fields it saw (x-filter-saw-set-cookie)."""
+
+    def decode_headers(self, headers, end_stream):
+        value = headers.get(self.config["header"])
+        if value is not None:
+            self.callbacks.filter_state[self.config["key"]] = value
+        return fastproxy.FilterStatus.CONTINUE
+
+    def encode_headers(self, headers, end_stream):
+        headers["x-filter-saw-set-cookie"] = str(len(headers.get_all("set-cookie")))
+        return fastproxy.FilterStatus.CONTINUE

@@ -3,11 +3,14 @@
  * On the request it adds `<header>: <value>` (default "x-c-filter: 1"), or, when the
  * request carries `<block_header>` (default "x-block"), answers `<block_status>` (default
  * 403) itself so the upstream never sees the request. On the response it adds
- * `<response_header>: <value>` (default "x-c-filter-response: 1").
+ * `<response_header>: <value>` (default "x-c-filter-response: 1"). With "state_header" and
+ * "state_key", the request's `<state_header>` value is set as the stream's filter state
+ * under `<state_key>` (what a route's hash_policy filter_state hashes).
  *
  * Config (the TypedStruct's "config", or CHttpFilter(config=...)), all keys optional:
  *   {"header": "x-c-filter", "value": "1", "response_header": "x-c-filter-response",
- *    "block_header": "x-block", "block_status": 403}
+ *    "block_header": "x-block", "block_status": 403, "state_header": "x-session",
+ *    "state_key": "session.key"}
  * A per-route config (typed_per_filter_config) has the same shape and replaces the
  * filter-level config on that route.
  *
@@ -21,7 +24,7 @@
 #include "fastproxy_filter.h"
 
 typedef struct {
-    char *header, *value, *response_header, *block_header;
+    char *header, *value, *response_header, *block_header, *state_header, *state_key;
     int block_status;
 } hf_config;
 
@@ -117,6 +120,8 @@ static void destroy_config(void *config)
     free(c->value);
     free(c->response_header);
     free(c->block_header);
+    free(c->state_header);
+    free(c->state_key);
     free(c);
 }
 
@@ -180,6 +185,8 @@ static void *create_config(const char *json, size_t json_len, char *err, size_t 
                 else if (strcmp(key, "value") == 0) slot = &c->value;
                 else if (strcmp(key, "response_header") == 0) slot = &c->response_header;
                 else if (strcmp(key, "block_header") == 0) slot = &c->block_header;
+                else if (strcmp(key, "state_header") == 0) slot = &c->state_header;
+                else if (strcmp(key, "state_key") == 0) slot = &c->state_key;
                 else {
                     set_err(err, err_len, "unknown key", key);
                     free(key);
@@ -261,6 +268,12 @@ static int decode_headers(void *self, fp_headers *h, int end_stream)
         return FP_STOP_ITERATION;
     }
     if (st->api->headers_set(h, c->header, strlen(c->header), c->value, strlen(c->value)) < 0) {
+        st->api->send_local_reply(st->stream, 500, NULL, 0);
+        return FP_STOP_ITERATION;
+    }
+    if (c->state_header != NULL && c->state_key != NULL
+        && st->api->headers_get(h, c->state_header, strlen(c->state_header), &v)
+        && st->api->filter_state_set(st->stream, c->state_key, strlen(c->state_key), v.p, v.n) < 0) {
         st->api->send_local_reply(st->stream, 500, NULL, 0);
         return FP_STOP_ITERATION;
     }

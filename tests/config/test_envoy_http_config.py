@@ -601,7 +601,8 @@ BAD = [
      f"{A0}.auto_host_rewrite", "only one of host_rewrite_literal, auto_host_rewrite"),
     ([(A0, {"cluster": "backend", "prefix_rewrite": "/a\r\nx: y"})], f"{A0}.prefix_rewrite", "control characters"),
     ([(A0, {"cluster": "backend", "timeout": "1"})], f"{A0}.timeout", "invalid Duration"),
-    ([(A0, {"cluster": "backend", "retry_policy": {}})], f"{A0}.retry_policy", "unsupported"),
+    ([(A0, {"cluster": "backend", "retry_policy": {"retry_priority": {"name": "x"}}})],
+     f"{A0}.retry_policy.retry_priority", "unsupported"),
     ([(A0, {"cluster": "backend", "idle_timeout": "1s"})], f"{A0}.idle_timeout", "unsupported"),
     # redirects
     ([(f"{R0}.route", DELETE), (f"{R0}.redirect", {"https_redirect": True, "scheme_redirect": "http"})],

@@ -495,6 +495,26 @@ def test_retry_headers_honoured_on_internal_requests(tmp, hcm, retried):
     assert both(tmp, scenario) == (503, 3 if retried else 1, [])
 
 
+@pytest.mark.parametrize("hcm,want", [(INTERNAL, (200, 2, 1, 0)), (EXTERNAL, (504, 1, 0, 1))])
+def test_per_try_timeout_header(tmp, hcm, want):
+    """x-envoy-upstream-rq-per-try-timeout-ms bounds each attempt of an internal request
+    (its per-try timeout is retried under the route's policy); an external request's is
+    removed, so the route timeout ends it."""
+    def scenario(kind, tmp_path):
+        up = Scripted(["hang"])
+        try:
+            text = yaml_for(route("{retry_on: 5xx, num_retries: 1}", "timeout: 1s"), [up.port], **hcm)
+
+            def drive(addr, stats):
+                r, _ = http_request(addr, "GET", "/a", headers={"x-envoy-upstream-rq-per-try-timeout-ms": "200"})
+                st = pick(stats(), ("upstream_rq_per_try_timeout", "upstream_rq_timeout"))
+                return r.status, up.count, st["upstream_rq_per_try_timeout"], st["upstream_rq_timeout"]
+            return run(kind, text, tmp_path, drive)
+        finally:
+            up.close()
+    assert both(tmp, scenario) == want
+
+
 def test_attempt_count_headers(tmp):
     def scenario(kind, tmp_path):
         up = Scripted([status(503)])
@@ -646,3 +666,35 @@ def test_previous_hosts(tmp, previous_hosts):
                 return codes.count(200) == n
             return run(kind, text, tmp_path, drive)
     assert both(tmp, scenario) is previous_hosts
+
+
+# --------------------------------------------------------------------------- with mirrors
+
+def test_retried_request_is_mirrored_once(tmp):
+    """A mirrored route that retries: the shadow goes once, with the first attempt (Envoy
+    never shadows a retry), and the body kept for the retry reaches both."""
+    routes = """
+- match: {prefix: /}
+  route:
+    cluster: backend
+    retry_policy: {retry_on: 5xx, num_retries: 1}
+    request_mirror_policies: [{cluster: mirror}]
+"""
+
+    def scenario(kind, tmp_path):
+        up, mirror = Scripted([status(503)]), Scripted()
+        try:
+            text = yaml_for(routes, [up.port])
+            boot = __import__("yaml").safe_load(text)
+            boot["static_resources"]["clusters"].append(static_cluster("mirror", [mirror.port], connect_timeout="1s"))
+            text = __import__("yaml").safe_dump(boot, sort_keys=False)
+
+            def drive(addr, stats):
+                r, _ = http_request(addr, "POST", "/a", body=b"payload")
+                wait_for(lambda: mirror.count == 1)
+                return r.status, [b for _, _, _, b in up.requests], [b for _, _, _, b in mirror.requests]
+            return run(kind, text, tmp_path, drive)
+        finally:
+            up.close()
+            mirror.close()
+    assert both(tmp, scenario) == (200, [b"payload", b"payload"], [b"payload"])

@@ -841,8 +841,58 @@ def _route_action(a: mh.RouteAction) -> dict:
         out["max_stream_duration"] = {name: duration(getattr(msd, name)) for name in
                                       ("max_stream_duration", "grpc_timeout_header_max", "grpc_timeout_header_offset")
                                       if getattr(msd, name) is not None}
+    if a.hash_policy:
+        out["hash_policy"] = [_hash_policy(p) for p in a.hash_policy]
+    _mirror_policies(out, a.request_mirror_policies)
     _retry_fields(out, a)
     return out
+
+
+def _hash_policy(p: Any) -> dict:
+    """A route's fastproxy.http.hash_policy.HashPolicy as Envoy's RouteAction.HashPolicy."""
+    out: Dict[str, Any] = {}
+    if p.header is not None:
+        h: Dict[str, Any] = {"header_name": p.header.header_name}
+        if p.header.regex_rewrite is not None:
+            h["regex_rewrite"] = {"pattern": _regex(p.header.regex_rewrite.pattern),
+                                  "substitution": p.header.regex_rewrite.substitution}
+        out["header"] = h
+    elif p.cookie is not None:
+        c: Dict[str, Any] = {"name": p.cookie.name}
+        if p.cookie.ttl is not None:
+            c["ttl"] = duration(p.cookie.ttl)
+        if p.cookie.path:
+            c["path"] = p.cookie.path
+        if p.cookie.attributes:
+            c["attributes"] = [{"name": a.name, "value": a.value} if a.value else {"name": a.name}
+                               for a in p.cookie.attributes]
+        out["cookie"] = c
+    elif p.connection_properties is not None:
+        out["connection_properties"] = {"source_ip": p.connection_properties.source_ip}
+    elif p.query_parameter is not None:
+        out["query_parameter"] = {"name": p.query_parameter.name}
+    elif p.filter_state is not None:
+        out["filter_state"] = {"key": p.filter_state.key}
+    if p.terminal:
+        out["terminal"] = True
+    return out
+
+
+def _mirror_policies(out: dict, policies: list) -> None:
+    """RouteAction.request_mirror_policies (fastproxy.http.mirror.MirrorPolicy)."""
+    items = []
+    for p in policies:
+        item: Dict[str, Any] = {"cluster": p.cluster}
+        if p.runtime_fraction is not None:
+            _runtime_fraction(item, "runtime_fraction", p.runtime_fraction)
+            if p.runtime_key:
+                item["runtime_fraction"]["runtime_key"] = p.runtime_key
+        if p.trace_sampled is not None:
+            item["trace_sampled"] = p.trace_sampled
+        _put(item, "disable_shadow_host_suffix_append", p.disable_shadow_host_suffix_append, False)
+        items.append(item)
+    if items:
+        out["request_mirror_policies"] = items
 
 
 def _retry_policy(p) -> dict:

@@ -287,6 +287,14 @@ class RouteAction:
         if self.max_stream_duration is not None:
             mp = path + ".max_stream_duration"
             typed(self.max_stream_duration, MaxStreamDuration, mp).validate(mp)
+        if self.hash_policy:
+            from .hash_policy import validate_hash_policies
+            validate_hash_policies(self.hash_policy, path + ".hash_policy")
+        # (fastproxy.http.mirror.MirrorPolicy, which imports this module's neighbours: its own check)
+        for mp, mpath in each(self.request_mirror_policies, path + ".request_mirror_policies"):
+            if not callable(getattr(mp, "validate", None)):
+                fail(mpath, f"expected a fastproxy.http.mirror.MirrorPolicy, got {type(mp).__name__}")
+            mp.validate(mpath, cluster_names)
 
 
 @dataclass

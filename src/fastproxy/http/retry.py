@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..validation import fail
-from .model import HeaderMatcher
 
 # Envoy's x-envoy-retry-on / retry_on values (RetryStateImpl::parseRetryOn) and the gRPC
 # ones (x-envoy-retry-grpc-on; retry_on takes both).
@@ -33,8 +32,8 @@ class RetryPolicy:
     previous_hosts: bool = False
     host_selection_retry_max_attempts: int = 1
     retriable_status_codes: list = field(default_factory=list)
-    retriable_headers: list = field(default_factory=list)            # [HeaderMatcher]
-    retriable_request_headers: list = field(default_factory=list)    # [HeaderMatcher]
+    retriable_headers: list = field(default_factory=list)            # [http.model.HeaderMatcher]
+    retriable_request_headers: list = field(default_factory=list)    # [http.model.HeaderMatcher]
 
     def conditions(self) -> list:
         return [c.strip() for c in self.retry_on.split(",") if c.strip()]
@@ -72,7 +71,7 @@ class RetryPolicy:
                 fail(f"{path}.retriable_status_codes[{i}]", "must be an unsigned 32-bit integer")
         for name in ("retriable_headers", "retriable_request_headers"):
             for i, hm in enumerate(getattr(self, name)):
-                if not isinstance(hm, HeaderMatcher):
+                if not callable(getattr(hm, "validate", None)):     # (fastproxy.http.HeaderMatcher)
                     fail(f"{path}.{name}[{i}]", "must be a HeaderMatcher")
                 hm.validate(f"{path}.{name}[{i}]")
 

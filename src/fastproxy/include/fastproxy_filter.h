@@ -80,6 +80,15 @@ typedef struct fp_api {
     void (*continue_encoding)(fp_stream *s);
     /* Per-route config the filter's create_route_config returned, or NULL. */
     void *(*route_config)(fp_stream *s);
+
+    /* Filter state: string values under keys on the stream, shared by its filters (a
+     * Python filter's callbacks.filter_state str/bytes values are the same store) and read
+     * by the route's hash_policy `filter_state` (Envoy's hashable string objects). set
+     * copies key and value; value NULL removes the key; 0, or -1 (no memory). get: 1
+     * found, 0 not; the value stays valid until the key is set again or the stream ends. */
+    int (*filter_state_set)(fp_stream *s, const char *key, size_t key_len,
+                            const char *value, size_t value_len);
+    int (*filter_state_get)(fp_stream *s, const char *key, size_t key_len, fp_str *value);
 } fp_api;
 
 typedef struct fp_http_filter {

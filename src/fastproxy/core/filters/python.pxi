@@ -404,10 +404,82 @@ cdef object _cluster_name(HStream* s):
     return s.routes.cluster_names[s.cluster_index].decode()
 
 
+cdef class FilterState(dict):
+    """callbacks.filter_state: a dict shared by the stream's Python filters. Its str and
+    bytes values under str keys are also the stream's filter state in C (the one C filters
+    set through fp_api), which the route's hash_policy `filter_state` reads on the worker
+    without the GIL: the keys a hook changed are copied there when the hook returns on the
+    stream's worker (an async hook's when its result is applied), before the router runs.
+    Other values stay Python-only (like Envoy's objects that are not hashable)."""
+    cdef set changed                # str keys changed since the last copy
+
+    def __setitem__(self, key, value):
+        dict.__setitem__(self, key, value)
+        self._touch(key)
+
+    def __delitem__(self, key):
+        dict.__delitem__(self, key)
+        self._touch(key)
+
+    def pop(self, key, *default):
+        value = dict.pop(self, key, *default)
+        self._touch(key)
+        return value
+
+    def popitem(self):
+        key, value = dict.popitem(self)
+        self._touch(key)
+        return key, value
+
+    def setdefault(self, key, default=None):
+        value = dict.setdefault(self, key, default)
+        self._touch(key)
+        return value
+
+    def update(self, *args, **kwargs):
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
+    def clear(self):
+        for key in list(self):
+            self._touch(key)
+        dict.clear(self)
+
+    cdef _touch(self, key):
+        if isinstance(key, str):
+            if self.changed is None:
+                self.changed = set()
+            self.changed.add(key)
+
+    cdef int copy_out(self, FChain* fc) except -1:
+        """Write the changed keys into the stream's C filter state (worker thread)."""
+        cdef bytes k
+        cdef object v
+        changed = self.changed
+        self.changed = None
+        for key in changed:
+            k = key.encode("utf-8", "surrogateescape")
+            v = dict.get(self, key)
+            if isinstance(v, str):
+                v = (<str>v).encode("utf-8", "surrogateescape")
+            elif isinstance(v, (bytearray, memoryview)):
+                v = bytes(v)
+            elif not isinstance(v, bytes):
+                v = None                # removed, or not a string: nothing to hash
+            if hf_filter_state_set(fc, k, len(k), NULL if v is None else <const char*>(<bytes>v),
+                                   0 if v is None else len(<bytes>v)) < 0:
+                raise MemoryError()
+        return 0
+
+
 cdef class _PyStream:
     """Per-stream Python state shared by the stream's Python filters."""
     cdef StreamRef* ref
-    cdef public dict filter_state
+    cdef public FilterState filter_state
     cdef list detached              # Headers copies to write back before continuing
     cdef object log
     cdef AsyncBridge bridge         # where the stream's async hooks run (its proxy's loop)
@@ -449,11 +521,12 @@ cdef class _PyStream:
                 and (encoding < 0 or s.fc.hook_encoding == encoding))
 
     cdef _sync(self):
-        """On the worker, stream alive: write detached header copies back."""
+        """On the worker, stream alive: write detached header copies back, and the filter
+        state a hook on another thread changed."""
         cdef Headers h
         cdef HStream* s = self.ref.s
-        if not self.detached:
-            return
+        if self.filter_state.changed and s != NULL and s.fc != NULL:
+            self.filter_state.copy_out(s.fc)
         items = self.detached
         self.detached = []
         for o in items:
@@ -473,7 +546,8 @@ cdef class HttpFilterCallbacks:
 
     @property
     def filter_state(self):
-        """A dict shared by every Python filter of the stream."""
+        """A dict shared by every Python filter of the stream (FilterState): its str/bytes
+        values under str keys are what a route's hash_policy filter_state hashes."""
         return self.ps.filter_state
 
     cdef HStream* _stream(self) except NULL:
@@ -672,7 +746,7 @@ cdef _PyStream _py_stream(HStream* s):
     ps = _PyStream.__new__(_PyStream)
     fp_atomic_add_int(&r.refcnt, 1)
     ps.ref = r
-    ps.filter_state = {}
+    ps.filter_state = FilterState()
     ps.detached = []
     Py_INCREF(ps)
     fc.pyctx = <PyObject*>ps
@@ -756,6 +830,12 @@ cdef int _pyf_call(void* self, int hook, void* target, int end) noexcept with gi
         _log_filter_exception(s, e)
         return FP_STOP_ITERATION
     finally:
+        if cb.ps.filter_state.changed and s != NULL and s.fc != NULL:
+            # Before the next filter or the router: its hash_policy may read them.
+            try:
+                cb.ps.filter_state.copy_out(s.fc)
+            except BaseException as e:
+                _log_filter_exception(s, e)
         if hobj is not None and hobj.m != NULL:
             keep = _refcnt(hobj) > 2    # more than `hobj` and `arg`: the filter kept it
             hobj._detach(keep)

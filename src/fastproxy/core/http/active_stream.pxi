@@ -9,6 +9,8 @@ cdef void stream_free(HStream* s) noexcept nogil:
     """Release what s holds and take it off its connection; its memory is freed at the end
     of the loop turn (http_free_deferred), so code that may have ended it tests s.ended."""
     cdef Worker* w = s.c.w
+    if s.shadows != NULL:
+        shadows_primary_gone(s)         # (the ones it was still feeding: core/http/shadow.pxi)
     timer_cancel(w, &s.timeout)
     stream_timers_stop(s)
     retry_free(s)
@@ -51,7 +53,11 @@ cdef void stream_finish(HStream* s) noexcept nogil:
 
 cdef void stream_upstream_failed(HStream* s, int status, const char* reason) noexcept nogil:
     cdef HConn* c = s.c
-    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    cdef HttpCfg* h
+    if s.shadow_role == SHR_SHADOW:
+        shadow_upstream_failed(s, status)
+        return
+    h = <HttpCfg*>c.cfg.http
     outlier_report_local(s.upstream.hstats, c.w, outlier_failure_kind(reason, s.resp_started))
     s.upstream.conn = NULL
     if s.retry != NULL and not s.resp_started and retry_on_reset(s, reason):
@@ -96,6 +102,7 @@ cdef int _downstream_response_head(HStream* s, int framing, uint64_t length) noe
     cdef char svc[24]
     cdef char attempts[24]
     cdef char* owned = NULL
+    cdef char* cookies = NULL               # the hash policy's Set-Cookie text
     cdef int status = rh.status
     cdef StrRef reason = _s(NULL, 0)
     memset(&l, 0, sizeof(PairList))
@@ -120,7 +127,10 @@ cdef int _downstream_response_head(HStream* s, int framing, uint64_t length) noe
                 s.service_time_set = 1
                 _pl_overwrite(&l, _cs("x-envoy-upstream-service-time"),
                               _s(svc, _u64_text(s.service_time_ms, svc)))
-            # The route's mutations (a filtered response got them before its filters).
+            # The cookies the route's hash policy generated, then the route's mutations (a
+            # filtered response got them before its filters).
+            if s.hash_cookies and hash_cookies_add(s, &l, NULL, &cookies) < 0:
+                return -1
             if _pl_apply_ops(&l, &s.route.response_headers) < 0:
                 return -1
             if s.route.retry != NULL and retry_count_header(s, &l, attempts, True) < 0:
@@ -135,6 +145,7 @@ cdef int _downstream_response_head(HStream* s, int framing, uint64_t length) noe
     finally:
         free(l.v)
         free(owned)
+        free(cookies)
 
 
 cdef int _tunnel_response_head(HStream* s) noexcept nogil:
@@ -209,7 +220,11 @@ cdef int _response_to_filters(HStream* s) noexcept nogil:
             stream_reset(s)
             return -1
     # The router's part of the response head, so the encoder filters see it (Envoy's
-    # router finalizes the response headers before they go down the encoder chain).
+    # router finalizes the response headers before they go down the encoder chain): the
+    # hash policy's generated cookies, the route's mutations.
+    if s.hash_cookies and hash_cookies_add(s, NULL, &fc.resp, NULL) < 0:
+        stream_reset(s)
+        return -1
     if s.route != NULL and _hm_apply_ops(&fc.resp, &s.route.response_headers) < 0:
         stream_reset(s)
         return -1

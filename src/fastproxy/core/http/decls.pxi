@@ -180,11 +180,15 @@ cdef struct UpstreamRequest:        # the router filter's request to one upstrea
 
 
 cdef struct RetryState              # core/http/retry.pxi
+cdef struct Shadow                  # request mirroring (core/http/shadow.pxi)
 
 cdef struct HStream:
     HConn* c
     LbContext lb                    # what its next host pick uses (the route's hash, the
                                     #   retry's attempt and hosts to avoid); zeroed at start
+    uint64_t hash_cookies           # cookies the route's hash_policy generated, to set on the
+                                    #   upstream's response (bit: HashMethod.cookie_bit)
+    uint64_t hash_cookie_value      # ... the hash their value shows (core/http/hash_policy.pxi)
     HStream* conn_next              # the connection's active streams (HConn.streams)
     HStream* conn_prev
     void* codec_stream              # the server codec's per-stream state (HTTP/2), or NULL
@@ -253,6 +257,9 @@ cdef struct HStream:
     uint8_t grpc_timeout_set        # ... when set
     uint8_t local_grpc_status       # a local reply's grpc-status + 1, chosen by its sender;
                                     #   0: mapped from the HTTP status
+    # request mirroring (core/http/shadow.pxi)
+    Shadow* shadows                 # a primary's shadows still fed its request body
+    uint8_t shadow_role             # SHR_*: shadows considered (once per request), or s is one
 
 cdef struct HConn:
     Endp down

@@ -69,6 +69,23 @@ cdef void _api_continue_encoding(fp_stream* st) noexcept nogil:
 cdef void* _api_route_config(fp_stream* st) noexcept nogil:
     return hf_route_config(<HStream*>st)
 
+cdef int _api_filter_state_set(fp_stream* st, const char* key, size_t kn, const char* value,
+                               size_t vn) noexcept nogil:
+    cdef HStream* s = <HStream*>st
+    if s.fc == NULL or key == NULL:
+        return -1
+    return hf_filter_state_set(s.fc, key, kn, value, vn)
+
+cdef int _api_filter_state_get(fp_stream* st, const char* key, size_t kn, fp_str* value) noexcept nogil:
+    cdef HStream* s = <HStream*>st
+    cdef size_t vn = 0
+    cdef const char* v = hf_filter_state_get(s.fc, key, kn, &vn) if key != NULL else NULL
+    if v == NULL:
+        return 0
+    value.p = v
+    value.n = vn
+    return 1
+
 cdef fp_api FP_API
 FP_API.abi_version = FP_FILTER_ABI_VERSION
 FP_API.headers_len = _api_headers_len
@@ -86,3 +103,5 @@ FP_API.send_local_reply = _api_send_local_reply
 FP_API.continue_decoding = _api_continue_decoding
 FP_API.continue_encoding = _api_continue_encoding
 FP_API.route_config = _api_route_config
+FP_API.filter_state_set = _api_filter_state_set
+FP_API.filter_state_get = _api_filter_state_get

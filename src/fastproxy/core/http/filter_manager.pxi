@@ -53,6 +53,8 @@ cdef extern from "fastproxy_filter.h" nogil:
         void (*continue_decoding)(fp_stream* s) noexcept nogil
         void (*continue_encoding)(fp_stream* s) noexcept nogil
         void* (*route_config)(fp_stream* s) noexcept nogil
+        int (*filter_state_set)(fp_stream* s, const char* key, size_t key_len, const char* value, size_t value_len) noexcept nogil
+        int (*filter_state_get)(fp_stream* s, const char* key, size_t key_len, fp_str* value) noexcept nogil
     ctypedef struct fp_http_filter:
         uint32_t abi_version
         void* (*create_config)(const char* json, size_t json_len, char* err, size_t err_len) noexcept nogil
@@ -136,6 +138,15 @@ cdef struct FDir:                   # one direction's iteration state
 cdef struct StreamRef                # core/filters/python.pxi
 
 
+cdef struct FilterStateEntry:       # a string value a filter set on its stream under a key
+    FilterStateEntry* next
+    const char* key
+    size_t key_len
+    char* value
+    size_t value_len
+    size_t value_cap
+
+
 cdef struct FChain:                 # a stream's filter instances and iteration state
     int n
     const HttpFilterCfg* cfgs       # the listener's filter configs (lifetime: the HttpCfg)
@@ -155,6 +166,8 @@ cdef struct FChain:                 # a stream's filter instances and iteration 
     uint8_t local_close             # ... and asked for Connection: close
     uint32_t buffer_limit
     PyObject* pyctx                 # per-stream Python state (filter_state, ...); NULL if no Python filter
+    FilterStateEntry* fstate        # filter state: string values by key (hf_filter_state_set),
+                                    #   in the arena; read by the route's hash_policy
     StreamRef* stream_ref           # for cross-thread continues (core/filters/python.pxi)
     HMap local_headers              # ... its extra headers
     char upstream_host[64]          # "ip:port" of the upstream, kept for on_log
@@ -419,6 +432,66 @@ cdef int hm_to_pairs(const HMap* m, PairList* l, bint drop_framing) noexcept nog
 
 
 # -- the fp_api table (C filters call these through pointers)
+
+# ---------------------------------------------------------------- filter state
+
+cdef int hf_filter_state_set(FChain* fc, const char* key, size_t key_len, const char* value,
+                             size_t value_len) noexcept nogil:
+    """Set (value NULL: remove) the string value under `key` on the stream: Envoy's filter
+    state as far as fastproxy's filters share it (C filters through fp_api, Python filters
+    through callbacks.filter_state), read by the route's hash_policy filter_state. Both are
+    copied into the stream's arena; a value that fits where the key's last one was reuses
+    it. 0, or -1: no memory."""
+    cdef FilterStateEntry* e = fc.fstate
+    cdef FilterStateEntry** link = &fc.fstate
+    cdef char* k
+    while e != NULL:
+        if e.key_len == key_len and memcmp(e.key, key, key_len) == 0:
+            break
+        link = &e.next
+        e = e.next
+    if value == NULL:
+        if e != NULL:
+            link[0] = e.next            # (its bytes stay in the arena until the stream ends)
+        return 0
+    if e == NULL:
+        e = <FilterStateEntry*>arena_alloc(&fc.arena, sizeof(FilterStateEntry))
+        k = arena_alloc(&fc.arena, key_len + 1)
+        if e == NULL or k == NULL:
+            return -1
+        memcpy(k, key, key_len)
+        k[key_len] = 0
+        e.key = k
+        e.key_len = key_len
+        e.value = NULL
+        e.value_len = 0
+        e.value_cap = 0
+        e.next = fc.fstate
+        fc.fstate = e
+    if e.value == NULL or value_len > e.value_cap:
+        k = arena_alloc(&fc.arena, value_len + 1)
+        if k == NULL:
+            return -1
+        e.value = k
+        e.value_cap = value_len
+    if value_len:
+        memcpy(e.value, value, value_len)
+    e.value[value_len] = 0
+    e.value_len = value_len
+    return 0
+
+
+cdef const char* hf_filter_state_get(const FChain* fc, const char* key, size_t key_len,
+                                     size_t* value_len) noexcept nogil:
+    """The string value under `key` (hf_filter_state_set), or NULL."""
+    cdef const FilterStateEntry* e = fc.fstate if fc != NULL else NULL
+    while e != NULL:
+        if e.key_len == key_len and memcmp(e.key, key, key_len) == 0:
+            value_len[0] = e.value_len
+            return e.value
+        e = e.next
+    return NULL
+
 
 # ---------------------------------------------------------------- stream set-up and teardown
 

@@ -227,6 +227,7 @@ cdef int _upstream_request_head(HStream* s, int framing, uint64_t length) noexce
             _pl_add(&l, _cs("x-envoy-original-host"), orig_host)    # the Host it replaced
         if _pl_apply_ops(&l, &e.request_headers) < 0:
             return -1
+        shadows_start(s, method, target, &l, &bf)          # the route's mirrors (core/http/shadow.pxi)
         return s.upstream.conn.codec.encode_headers(s.upstream.conn, method, target, &l, &bf)
     finally:
         free(l.v)
@@ -282,6 +283,8 @@ cdef int stream_on_upstream(HStream* s) noexcept nogil:
     events below (or, for a tunnel, bytes flow). -1: the stream or connection ended."""
     cdef UpConn* u = s.upstream.conn
     cdef HConn* c = s.c
+    if s.shadow_role == SHR_SHADOW:
+        return shadow_on_upstream(s)
     if s.connect and not s.tunnel and stream_connect_established(s) < 0:
         stream_reset(s)
         return -1
@@ -304,6 +307,8 @@ cdef int ur_on_response_headers(HStream* s, const HttpHead* head, const Response
     ended."""
     cdef UpConn* u = s.upstream.conn
     cdef HConn* c = s.c
+    if s.shadow_role == SHR_SHADOW:
+        return shadow_on_response_headers(s, head)
     s.upstream.resp_head = head
     s.upstream.resp_facts = f[0]
     if head.status == 101:
@@ -349,6 +354,8 @@ cdef bint ur_response_data_wanted(HStream* s, bint at_end) noexcept nogil:
     """May the codec deliver response body (at_end: the response's end) now? Not while an
     encoder filter holds the head (its continue restarts this), nor body beyond what the
     encoder filters will buffer (their end always)."""
+    if s.shadow_role == SHR_SHADOW:
+        return True
     if _enc_body_filtered(s):
         return at_end or hf_wants_more(s, True)
     return s.resp_started != 0
@@ -359,9 +366,12 @@ cdef int ur_on_response_data(HStream* s, Chain* src, size_t n, bint end,
     """n response body bytes at the front of src (the receiver takes them), `end` with the
     last, trailers (or NULL) with the end. -1: the stream ended."""
     cdef HConn* c = s.c
-    cdef HttpCfg* h = <HttpCfg*>c.cfg.http
+    cdef HttpCfg* h
     cdef PairList tl
     cdef int rc
+    if s.shadow_role == SHR_SHADOW:
+        return shadow_on_response_data(s, src, n, end)
+    h = <HttpCfg*>c.cfg.http
     stat_add(h.stats, c.w, H_BYTES_COPIED, n)
     if end:
         s.upstream.resp_received = 1
@@ -400,6 +410,9 @@ cdef void ur_on_response_error(HStream* s, int kind) noexcept nogil:
     cdef UpConn* u = s.upstream.conn
     cdef HConn* c = s.c
     cdef bint filtered = _enc_body_filtered(s)
+    if s.shadow_role == SHR_SHADOW:
+        shadow_on_response_error(s, kind)
+        return
     if kind == UE_PROTOCOL:
         http_pool_fail(u, 502, UPSTREAM_PROTOCOL_ERROR)     # counts the 5xx
     elif kind == UE_RESET:
@@ -589,6 +602,11 @@ cdef int stream_route(HStream* s) noexcept nogil:
         s.response_flags |= RF_NC
         stream_local_reply(s, 503, "", 0, NULL, 0, not s.req_received)
         return -1
+    if e.hash_policy != NULL and stream_hash_policy(s, &r) < 0:     # the pick's hash (core/http/hash_policy.pxi)
+        free(path)
+        _route_input_free(hdrs, stack)
+        stream_local_reply(s, 503, NO_MEMORY_BODY, strlen(NO_MEMORY_BODY), NULL, 0, True)
+        return -1
     per_try = stream_route_timeout(s, &hedge, &headers_ok)
     if (e.retry != NULL or per_try or (headers_ok and s.envoy_hdrs)) \
             and retry_stream_start(s, per_try, hedge, headers_ok) < 0:
@@ -671,6 +689,8 @@ cdef int hf_sink_data_decode(HStream* s) noexcept nogil:
         if s.retry == NULL or not timer_armed(&s.retry.backoff):
             return -1
         # Between two attempts: kept for the next one (core/http/retry.pxi).
+        if s.shadows != NULL:
+            shadows_feed(s, &d.held, d.held.length, d.phase == FP_PH_DONE, NULL, &fc.req_trailers)
         if not retry_keep_body(s, &d.held, d.held.length, d.phase == FP_PH_DONE):
             stream_local_reply(s, 507, RETRY_BUFFER_EXCEEDED, strlen(RETRY_BUFFER_EXCEEDED), NULL, 0, True)
             return -1
@@ -682,6 +702,8 @@ cdef int hf_sink_data_decode(HStream* s) noexcept nogil:
         return 0
     if not d.sink_started and stream_send_request_head(s, _sink_framing(d, &fc.req), d.held.length) < 0:
         return -1
+    if s.shadows != NULL:
+        shadows_feed(s, &d.held, d.held.length, d.phase == FP_PH_DONE, NULL, &fc.req_trailers)
     if s.retry != NULL and not retry_keep_body(s, &d.held, d.held.length, d.phase == FP_PH_DONE):
         return -1                       # (cannot happen with an attempt in flight)
     if u.codec.encode_data(u, &d.held, d.held.length) < 0 \
@@ -697,8 +719,9 @@ cdef int hf_sink_data_decode(HStream* s) noexcept nogil:
 
 cdef inline bint _request_splice_ready(HConn* c, HStream* s) noexcept nogil:
     """Could the rest of the request body go downstream -> pipe -> upstream unread (a body
-    both codecs pass as it is, nothing buffered downstream, the upstream connected)?"""
-    return (c.in_buf.length == 0 and s.upstream.conn.state == UC_BUSY and c.codec.raw_body_left(c, s) != 0
+    both codecs pass as it is, nothing buffered downstream, the upstream connected)? Not
+    while shadows take copies of it."""
+    return (s.shadows == NULL and c.in_buf.length == 0 and s.upstream.conn.state == UC_BUSY and c.codec.raw_body_left(c, s) != 0
             and (s.retry == NULL or not s.retry.keep_body)     # (kept bytes must be read)
             and s.upstream.conn.codec.raw_data_ok(s.upstream.conn)
             and endp_splice_ok(&c.down, &s.upstream.conn.ep))
@@ -751,6 +774,8 @@ cdef int upstream_request_data(HStream* s, Chain* src, size_t n, bint end,
     cdef UpConn* u = s.upstream.conn
     cdef PairList tl
     cdef int rc = 0
+    if s.shadows != NULL:
+        shadows_feed(s, src, n, end, trailers, NULL)
     if s.retry != NULL and s.retry.keep_body and (n or end):
         # Kept for the next attempt (trailers are not: a request with them is not retried).
         if not (retry_keep_body(s, src, n, end) if trailers == NULL else retry_give_up(s)):

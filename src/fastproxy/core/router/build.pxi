@@ -393,10 +393,11 @@ cdef class _RouteBuilder(_MatchBuilder):
                 fp_atomic_add_int(&ch.c.refcnt, 1)
         return 0
 
-    cdef int rewrite(self, RouteEntry* e, rr, str path) except -1:
-        """regex_rewrite: the unanchored pattern and its substitution as parts (literal text
-        or POSIX group numbers). The translator maps RE2 groups to POSIX ones (its (?:...)
-        groups become groups too); without it the pattern is used as is."""
+    cdef int rewrite(self, RouteRewrite* rw, rr, str path) except -1:
+        """A regex_rewrite (path: where it is): the unanchored pattern and its substitution
+        as parts (literal text or POSIX group numbers). The translator maps RE2 groups to
+        POSIX ones (its (?:...) groups become groups too); without it the pattern is used as
+        is."""
         cdef int i
         ppath = path + ".regex_rewrite.pattern.regex"
         spath = path + ".regex_rewrite.substitution"
@@ -406,24 +407,23 @@ cdef class _RouteBuilder(_MatchBuilder):
             raise ConfigError(spath, "must be a string")
         if self.rewrite_to_posix is not None:
             posix, parts = self.rewrite_to_posix(rr.pattern, rr.substitution, ppath, spath)
-            e.rewrite_regex = self.compile_ere(posix, False, ppath, rr.pattern)
+            rw.regex = self.compile_ere(posix, False, ppath, rr.pattern)
         else:
-            e.rewrite_regex = self.compile_ere(rr.pattern, False, ppath, rr.pattern)
-            parts = _rt_substitution_parts(rr.substitution, e.rewrite_regex.ngroups, spath)
+            rw.regex = self.compile_ere(rr.pattern, False, ppath, rr.pattern)
+            parts = _rt_substitution_parts(rr.substitution, rw.regex.ngroups, spath)
         groups = [p for p in parts if isinstance(p, int)]
-        e.rewrite_nmatch = max(groups) + 1 if groups else 1
-        if e.rewrite_nmatch > RT_MAX_MATCH or e.rewrite_nmatch > e.rewrite_regex.ngroups + 1:
-            raise ConfigError(spath, f"the substitution needs group {e.rewrite_nmatch - 1}; "
-                                     f"at most {min(RT_MAX_MATCH - 1, e.rewrite_regex.ngroups)}")
-        e.nrewrite_parts = len(parts)
-        e.rewrite_parts = <RouteRewritePart*>self.alloc(
-            sizeof(RouteRewritePart) * max(1, len(parts)))
+        rw.nmatch = max(groups) + 1 if groups else 1
+        if rw.nmatch > RT_MAX_MATCH or rw.nmatch > rw.regex.ngroups + 1:
+            raise ConfigError(spath, f"the substitution needs group {rw.nmatch - 1}; "
+                                     f"at most {min(RT_MAX_MATCH - 1, rw.regex.ngroups)}")
+        rw.nparts = len(parts)
+        rw.parts = <RouteRewritePart*>self.alloc(sizeof(RouteRewritePart) * max(1, len(parts)))
         for i, part in enumerate(parts):
             if isinstance(part, int):
-                e.rewrite_parts[i].group = part
+                rw.parts[i].group = part
             else:
-                e.rewrite_parts[i].group = -1
-                self.put(&e.rewrite_parts[i].text, part)
+                rw.parts[i].group = -1
+                self.put(&rw.parts[i].text, part)
         return 0
 
     cdef int grpc_timeouts(self, RouteEntry* e, a, str apath) except -1:
@@ -489,7 +489,7 @@ cdef class _RouteBuilder(_MatchBuilder):
             if a.prefix_rewrite:        # "" is no rewrite (Envoy)
                 self.put(&e.prefix_rewrite, a.prefix_rewrite)
             if a.regex_rewrite is not None:
-                self.rewrite(e, a.regex_rewrite, apath)
+                self.rewrite(&e.rewrite, a.regex_rewrite, apath)
             if a.host_rewrite_literal is not None and a.auto_host_rewrite:
                 raise ConfigError(apath, "only one of host_rewrite_literal, auto_host_rewrite")
             if a.host_rewrite_literal:
@@ -530,7 +530,7 @@ cdef class _RouteBuilder(_MatchBuilder):
             if rr is not None:
                 if rd.path_redirect or rd.prefix_rewrite:
                     raise ConfigError(rpath, "only one of path_redirect, prefix_rewrite, regex_rewrite")
-                self.rewrite(e, rr, rpath)
+                self.rewrite(&e.rewrite, rr, rpath)
             e.strip_query = bool(rd.strip_query)
         else:
             dr = route.direct_response

@@ -327,6 +327,13 @@ cdef struct RouteRewritePart:       # a parsed regex_rewrite substitution
     int group                       # -1: literal text
     RouteStr text
 
+cdef struct RouteRewrite:           # a regex_rewrite (RegexMatchAndSubstitute): every match
+                                    #   of `regex` replaced by the parts (_rt_replace_all)
+    RouteRegex* regex               # the pattern (unanchored, with groups); NULL: none
+    int nparts
+    int nmatch                      # 1 + the highest group the substitution uses
+    RouteRewritePart* parts
+
 cdef struct RouteHeaderOp:
     int action                      # RHO_*
     int level                       # RHL_*: the ops of one level are applied together
@@ -387,10 +394,7 @@ cdef struct RouteEntry:
     RouteStr host_rewrite_literal
     uint8_t auto_host_rewrite
     RouteStr prefix_rewrite         # the route action's, or the redirect's
-    RouteRegex* rewrite_regex       # regex_rewrite pattern (unanchored, with groups)
-    int nrewrite_parts
-    int rewrite_nmatch              # 1 + the highest group the substitution uses
-    RouteRewritePart* rewrite_parts
+    RouteRewrite rewrite            # regex_rewrite (rewrite.regex NULL: none)
     # redirect / direct response
     RouteStr scheme_redirect
     RouteStr host_redirect

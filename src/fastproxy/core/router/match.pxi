@@ -495,13 +495,14 @@ cdef inline size_t _rt_matched_len(const RouteEntry* e, size_t noq) noexcept nog
     return e.match_value.n
 
 
-cdef void _rt_replace_all(const RouteEntry* e, const char* s, size_t n, _RtOut* o,
+cdef void _rt_replace_all(const RouteRewrite* rw, const char* s, size_t n, _RtOut* o,
                           unsigned int worker) noexcept nogil:
-    """Write s with every match of e.rewrite_regex replaced by the substitution."""
-    cdef const RouteRegex* rx = e.rewrite_regex
+    """Write s with every match of rw.regex replaced by the substitution (the route's
+    regex_rewrite, a hash policy's header regex_rewrite)."""
+    cdef const RouteRegex* rx = rw.regex
     cdef const regex_t* re = &rx.copies[worker % <unsigned int>rx.ncopies]
     cdef regmatch_t m[RT_MAX_MATCH]
-    cdef size_t nm = <size_t>e.rewrite_nmatch
+    cdef size_t nm = <size_t>rw.nmatch
     cdef size_t p = 0, ms, me, step
     cdef ssize_t lastend = -1
     cdef int i, g
@@ -536,10 +537,10 @@ cdef void _rt_replace_all(const RouteEntry* e, const char* s, size_t n, _RtOut* 
             _rt_put(o, s + p, step)
             p += step
             continue
-        for i in range(e.nrewrite_parts):
-            g = e.rewrite_parts[i].group
+        for i in range(rw.nparts):
+            g = rw.parts[i].group
             if g < 0:
-                _rt_put(o, e.rewrite_parts[i].text.p, e.rewrite_parts[i].text.n)
+                _rt_put(o, rw.parts[i].text.p, rw.parts[i].text.n)
             elif m[g].rm_so >= 0 and m[g].rm_eo > m[g].rm_so:
                 _rt_put(o, s + m[g].rm_so, <size_t>(m[g].rm_eo - m[g].rm_so))
         p = me
@@ -557,7 +558,7 @@ cdef ssize_t route_rewrite_path(const RouteEntry* e, const RouteInput* r, char* 
     cdef size_t noq, m
     if e.action != ROUTE_CLUSTER and e.action != ROUTE_WEIGHTED_CLUSTERS:
         return ROUTE_NONE
-    if e.prefix_rewrite.p == NULL and e.rewrite_regex == NULL:
+    if e.prefix_rewrite.p == NULL and e.rewrite.regex == NULL:
         return ROUTE_NONE
     o.p = out
     o.cap = cap
@@ -572,7 +573,7 @@ cdef ssize_t route_rewrite_path(const RouteEntry* e, const RouteInput* r, char* 
         _rt_put(&o, e.prefix_rewrite.p, e.prefix_rewrite.n)
         _rt_put(&o, r.path + m, r.path_len - m)
     else:
-        _rt_replace_all(e, r.path, noq, &o, r.worker)
+        _rt_replace_all(&e.rewrite, r.path, noq, &o, r.worker)
         _rt_put(&o, r.path + noq, r.path_len - noq)
     if o.full:
         return _rt_no_room(&o, need)
@@ -698,7 +699,7 @@ cdef ssize_t route_redirect_location(const RouteEntry* e, const RouteInput* r, c
         seg_n[0] = e.prefix_rewrite.n
         seg_p[1] = r.path + m
         seg_n[1] = r.path_len - m
-    elif redirect and e.rewrite_regex != NULL and r.path != NULL:
+    elif redirect and e.rewrite.regex != NULL and r.path != NULL:
         # regex_rewrite: the query-less path rewritten in place in `out`, then the query
         # (unless strip_query), as the route action's regex_rewrite does.
         _rt_put(&o, scheme, scheme_len)
@@ -707,7 +708,7 @@ cdef ssize_t route_redirect_location(const RouteEntry* e, const RouteInput* r, c
         _rt_put(&o, port, port_len)
         noq = _rt_path_end(r.path, r.path_len)
         m = o.n
-        _rt_replace_all(e, r.path, noq, &o, r.worker)
+        _rt_replace_all(&e.rewrite, r.path, noq, &o, r.worker)
         if o.full:
             o.need += 1                         # room for the '/' that may go in front
         elif o.n == m or out[m] != 47:          # a '/' in front if it has none
