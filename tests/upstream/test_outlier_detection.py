@@ -468,3 +468,47 @@ def test_no_outlier_block_without_outlier_detection():
     finally:
         p.stop(drain_timeout=0.5)
         up.close()
+
+
+def test_model_validation_names_the_path():
+    """The Python model checks itself with the field's path (as the YAML does)."""
+    from fastproxy.model import Cluster
+    from fastproxy.upstream.outlier import OutlierDetection
+    for od, field in ((OutlierDetection(max_ejection_percent=101), "max_ejection_percent"),
+                      (OutlierDetection(interval=0), "interval"),
+                      (OutlierDetection(base_ejection_time=60, max_ejection_time=30), "max_ejection_time"),
+                      (OutlierDetection(split_external_local_origin_errors="yes"), "split_external_local_origin_errors")):
+        with pytest.raises(ConfigError) as e:
+            Cluster(name="c", outlier_detection=od).validate("clusters[0]")
+        assert e.value.path == f"clusters[0].outlier_detection.{field}"
+    with pytest.raises(ConfigError) as e:
+        Cluster(name="c", outlier_detection={"consecutive_5xx": 3}).validate("clusters[0]")
+    assert e.value.path == "clusters[0].outlier_detection"
+
+
+def test_update_adds_and_removes_outlier_detection():
+    """A running proxy's cluster gets outlier detection by an update (its failing host is
+    then ejected, the interval ticks start), and loses it by another: the host's ejection
+    ends with it."""
+    import dataclasses
+    from fastproxy.upstream.outlier import OutlierDetection
+    bad, good = scripted_host("bad", "fail_n", n=10 ** 6), scripted_host("good")
+    text = envoy_yaml([http_listener(ROUTES)], [static_cluster("backend", [bad.port, good.port])])
+    p = fastproxy.Proxy.from_envoy(text, concurrency=1)
+    p.start()
+    try:
+        addr = p.listener_address("web")
+        plain = p.config.clusters[0]
+        assert statuses(addr, 4) == {503: 2, 200: 2}
+        p.update(clusters=[dataclasses.replace(plain, outlier_detection=OutlierDetection(
+            consecutive_5xx=2, max_ejection_percent=100, interval=0.05, base_ejection_time=60))])
+        statuses(addr, 4)
+        assert p.stats()[OD + "ejections_enforced_consecutive_5xx"] == 1
+        assert statuses(addr, 6) == {200: 6}           # the failing host gets nothing
+        assert wait_for(lambda: p._outlier_ticker._due, msg="interval ticks")
+        p.update(clusters=[plain])
+        assert statuses(addr, 4) == {503: 2, 200: 2}   # back in the rotation
+    finally:
+        p.stop(drain_timeout=0.5)
+        bad.close()
+        good.close()
