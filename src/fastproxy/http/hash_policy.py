@@ -26,10 +26,9 @@ random. Only hash-based balancers compute it (a cookie is generated only for the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from ..validation import boolean, each, fail, seconds, string, typed
-from .model import RegexRewrite
 
 __all__ = ["HeaderHash", "CookieAttribute", "CookieHash", "ConnectionPropertiesHash", "QueryParameterHash",
            "FilterStateHash", "HashPolicy", "HASH_POLICY_KINDS", "MAX_GENERATED_COOKIES", "validate_hash_policies"]
@@ -56,14 +55,18 @@ class HeaderHash:
     """Hash the request header ``header_name`` (lower-cased; all of its values)."""
 
     header_name: str
-    regex_rewrite: Optional[RegexRewrite] = None
+    # a fastproxy.http.RegexRewrite (not imported: fastproxy.http.model checks routes with
+    # this module, so importing it back would make a cycle)
+    regex_rewrite: Optional[Any] = None
 
     def validate(self, path: str) -> None:
         _no_ctl(string(self.header_name, path + ".header_name", non_empty=True), path + ".header_name",
                 "a header name")
         if self.regex_rewrite is not None:
             rp = path + ".regex_rewrite"
-            typed(self.regex_rewrite, RegexRewrite, rp).validate(rp)
+            if type(self.regex_rewrite).__name__ != "RegexRewrite":
+                fail(rp, f"expected a fastproxy.http.RegexRewrite, got {type(self.regex_rewrite).__name__}")
+            self.regex_rewrite.validate(rp)
 
 
 @dataclass

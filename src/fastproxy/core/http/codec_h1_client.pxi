@@ -171,6 +171,74 @@ cdef bint _h1c_raw_data_ok(UpConn* u) noexcept nogil:
     return not (u.h1.req.chunked or u.h1.req.counted)
 
 
+# -- a response read on its own (H1ResponseReader: active health checks)
+
+ctypedef int (*h1rr_body_fn)(void* arg, const char* data, size_t n) noexcept nogil
+
+
+cdef void h1rr_init(H1ResponseReader* r, bint head_request) noexcept nogil:
+    """Ready to read the response to a request (a HEAD request's has no body)."""
+    h1_init(&r.p, H1_RESPONSE, 0, 0, 0)
+    if head_request:
+        h1_response_for(&r.p, METHOD_HEAD)
+
+
+cdef void h1rr_reset(H1ResponseReader* r) noexcept nogil:
+    """Ready for the next response on the same connection."""
+    h1_reset(&r.p)
+
+
+cdef void h1rr_free(H1ResponseReader* r) noexcept nogil:
+    h1_free(&r.p)
+
+
+cdef inline HttpHead* h1rr_head(H1ResponseReader* r) noexcept nogil:
+    """The final response's head (valid once h1rr_feed returned 1)."""
+    return &r.p.head
+
+
+cdef inline bint h1rr_keep_alive(H1ResponseReader* r) noexcept nogil:
+    """May the connection carry another request after this response?"""
+    return (r.p.flags & H1F_KEEP_ALIVE) != 0
+
+
+cdef int h1rr_feed(H1ResponseReader* r, const char* data, size_t n, h1rr_body_fn on_body,
+                   void* arg) noexcept nogil:
+    """Response bytes; body bytes go to on_body (NULL: dropped). 1: the final response is
+    complete, 0: more to come, -1: malformed (or on_body failed). 1xx heads are skipped."""
+    cdef ssize_t k
+    cdef size_t off, seg
+    while n > 0 or r.p.state == H1_HEAD_DONE:
+        if r.p.state == H1_HEAD:
+            k = h1_feed_head(&r.p, data, n)
+            if k < 0:
+                return -1
+            if r.p.state == H1_HEAD_DONE and (r.p.flags & H1F_INTERIM):
+                h1_reset(&r.p)          # a 1xx: the final response follows
+        else:
+            k = h1_feed_body(&r.p, data, n, &off, &seg)
+            if k < 0:
+                return -1
+            if seg and on_body != NULL and on_body(arg, data + off, seg) < 0:
+                return -1
+            if r.p.state == H1_MESSAGE_DONE:
+                return 1
+        data += k
+        n -= <size_t>k
+        if k == 0 and r.p.state != H1_HEAD_DONE:
+            break
+    return 0
+
+
+cdef bint h1rr_feed_eof(H1ResponseReader* r) noexcept nogil:
+    """The peer closed: True when that ended a complete response (a body read to the
+    close); the connection is then not kept."""
+    if h1_feed_eof(&r.p) == 0 and r.p.state == H1_MESSAGE_DONE:
+        r.p.flags &= ~(<uint32_t>H1F_KEEP_ALIVE)
+        return True
+    return False
+
+
 H1_CLIENT_CODEC.name = "http1"
 H1_CLIENT_CODEC.start = _h1c_start
 H1_CLIENT_CODEC.release = _h1c_release

@@ -323,3 +323,10 @@ cdef struct H1ClientConn:           # an upstream HTTP/1.1 connection
     H1Parser resp                   # the response being read
     H1BodyWriter req                # the request being written
     uint8_t end_delivered           # the response's end went to the stream
+
+
+cdef struct H1ResponseReader:
+    # One HTTP/1.1 response read on its own, outside the pool (active health checks,
+    # core/upstream/health_checker.pxi): the codec's parser behind the h1rr_* calls of
+    # codec_h1_client.pxi, so no other file reads parser state.
+    H1Parser p

@@ -123,7 +123,7 @@ cdef struct HcSession:
     uint32_t num_healthy
     uint32_t num_unhealthy
     size_t sent                     # bytes of the request written
-    H1Parser resp                   # HTTP: the response being read
+    H1ResponseReader resp           # HTTP: the response being read
     char* rx                        # TCP receive / HTTP body / gRPC message bytes (malloc'd)
     size_t rx_len
     size_t rx_cap
@@ -259,7 +259,7 @@ cdef void _hc_close(HcSession* s) noexcept nogil:
     s.state = HSS_IDLE
     s.rx_len = 0
     s.sent = 0
-    h1_reset(&s.resp)
+    h1rr_reset(&s.resp)
 
 
 cdef void _hc_first_done(HcSession* s) noexcept nogil:
@@ -408,9 +408,9 @@ cdef bint _hc_has_field(HttpHead* h, const char* lower) noexcept nogil:
 cdef void _hc_http_done(HcSession* s) noexcept nogil:
     """The whole response is in: judge it (Envoy's healthCheckResult)."""
     cdef HcChecker* ck = s.ck
-    cdef HttpHead* h = &s.resp.head
+    cdef HttpHead* h = h1rr_head(&s.resp)
     cdef int status = h.status
-    cdef bint keep = ck.cfg.reuse_connection and (s.resp.flags & H1F_KEEP_ALIVE) != 0
+    cdef bint keep = ck.cfg.reuse_connection and h1rr_keep_alive(&s.resp)
     cdef bint immediate = _hc_has_field(h, "x-envoy-immediate-health-check-fail")
     cdef bint degraded = _hc_has_field(h, "x-envoy-degraded")
     cdef bint ok = True
@@ -424,7 +424,7 @@ cdef void _hc_http_done(HcSession* s) noexcept nogil:
         s.state = HSS_IDLE
         s.rx_len = 0
         s.sent = 0
-        h1_reset(&s.resp)
+        h1rr_reset(&s.resp)
     if ok:
         _hc_success(s, degraded)
         return
@@ -433,31 +433,20 @@ cdef void _hc_http_done(HcSession* s) noexcept nogil:
     _hc_failure(s, HCF_ACTIVE, _hc_in_ranges(ck.cfg.retriable, ck.cfg.nretriable, status), status)
 
 
+cdef int _hc_body_in(void* arg, const char* data, size_t n) noexcept nogil:
+    """Body bytes of a check response, kept when the check matches a payload."""
+    cdef HcSession* s = <HcSession*>arg
+    if s.ck.cfg.nseg:
+        return _hc_rx_append(s, data, n, HC_HTTP_BODY_MAX)
+    return 0
+
+
 cdef int _hc_http_feed(HcSession* s, const char* data, size_t n) noexcept nogil:
     """Response bytes. 1: the response is complete (judged), 0: more to come, -1: bad."""
-    cdef ssize_t r
-    cdef size_t off, seg
-    while n > 0 or s.resp.state == H1_HEAD_DONE:
-        if s.resp.state == H1_HEAD:
-            r = h1_feed_head(&s.resp, data, n)
-            if r < 0:
-                return -1
-            if s.resp.state == H1_HEAD_DONE and (s.resp.flags & H1F_INTERIM):
-                h1_reset(&s.resp)       # a 1xx: the final response follows
-        else:
-            r = h1_feed_body(&s.resp, data, n, &off, &seg)
-            if r < 0:
-                return -1
-            if seg and s.ck.cfg.nseg and _hc_rx_append(s, data + off, seg, HC_HTTP_BODY_MAX) < 0:
-                return -1
-            if s.resp.state == H1_MESSAGE_DONE:
-                _hc_http_done(s)
-                return 1
-        data += r
-        n -= <size_t>r
-        if r == 0 and s.resp.state != H1_HEAD_DONE:
-            break
-    return 0
+    cdef int rc = h1rr_feed(&s.resp, data, n, _hc_body_in, s)
+    if rc == 1:
+        _hc_http_done(s)
+    return rc
 
 
 cdef void _hc_network_failure(HcSession* s) noexcept nogil:
@@ -758,7 +747,7 @@ cdef void _hc_start(Worker* w, void* arg) noexcept nogil:
     s.sent = 0
     s.rx_len = 0
     s.expect_close = 0
-    h1_reset(&s.resp)
+    h1rr_reset(&s.resp)
     if connect(fd, <sockaddr*>&s.addr, s.addrlen) < 0 and errno != EINPROGRESS:
         _hc_network_failure(s)
         return
@@ -819,8 +808,7 @@ cdef void _hc_on_event(Worker* w, Endp* ep, uint32_t events) noexcept nogil:
             if s.state == HSS_CHECKING and ck.cfg.kind == HCK_GRPC:
                 _hc_network_failure(s)
             elif s.state == HSS_CHECKING and ck.cfg.kind == HCK_HTTP:
-                if h1_feed_eof(&s.resp) == 0 and s.resp.state == H1_MESSAGE_DONE:
-                    s.resp.flags &= ~(<uint32_t>H1F_KEEP_ALIVE)
+                if h1rr_feed_eof(&s.resp):
                     _hc_http_done(s)
                     return
                 _hc_network_failure(s)
@@ -880,9 +868,7 @@ cdef HcSession* _hc_session_new(HcChecker* ck, StatBlock* b, sockaddr_storage* a
     s.ep.on_event = _hc_on_event
     timer_init(&s.interval_timer, _hc_start, s)
     timer_init(&s.timeout_timer, _hc_timeout, s)
-    h1_init(&s.resp, H1_RESPONSE, 0, 0, 0)
-    if ck.cfg.head_method:
-        h1_response_for(&s.resp, METHOD_HEAD)
+    h1rr_init(&s.resp, ck.cfg.head_method)
     s.first_check = 1
     return s
 
@@ -909,7 +895,7 @@ cdef void _hc_session_free(HcSession* s) noexcept nogil:
     if _hc_flag(s, HF_DEGRADED_ACTIVE_HC):
         _hc_stat(ck, HC_DEGRADED, -1)
     _hc_first_done(s)
-    h1_free(&s.resp)
+    h1rr_free(&s.resp)
     free(s.rx)
     free(s.tx)
     s.rx = NULL
