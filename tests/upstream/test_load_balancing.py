@@ -297,6 +297,7 @@ def test_least_request_prefers_the_idle_host(upstreams, running):
     for t in threads:
         t.start()
     wait_for(lambda: p.cluster_hosts()["backend"][0][4]["rq_active"] >= 8, timeout=10)
+    wait_for(lambda: a.count() >= 8, timeout=10)    # (the upstream has seen every held request)
     c = p.config.clusters[0]
     p.update(clusters=[dataclasses.replace(c, lb_policy="LEAST_REQUEST",
                                            least_request_lb_config=LeastRequestLbConfig(choice_count=10))])
