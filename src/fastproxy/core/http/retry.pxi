@@ -52,10 +52,15 @@ _RETRY_ON_BITS = {"5xx": RO_5XX, "gateway-error": RO_GATEWAY_ERROR, "connect-fai
 
 DEF RETRY_HDR_CODES = 8             # x-envoy-retriable-status-codes kept per request
 
+cdef struct RetryResetHeader:       # rate_limited_retry_back_off.reset_headers[i]
+    RouteStr name                       # lowercase
+    uint8_t unix_timestamp              # format UNIX_TIMESTAMP (else SECONDS)
+
 cdef struct RetryPolicy:
     uint32_t retry_on                   # RO_* (0: none: only the fields below apply)
     uint32_t num_retries
     uint64_t per_try_timeout_ms         # 0: none
+    uint64_t per_try_idle_timeout_ms    # 0: none
     uint64_t base_ms                    # retry_back_off (25 ms and 10 x base by default)
     uint64_t max_ms
     uint8_t previous_hosts              # retry_host_predicate previous_hosts
@@ -66,6 +71,9 @@ cdef struct RetryPolicy:
     const RouteHeaderMatcher* headers
     int nrequest_headers                # retriable_request_headers
     const RouteHeaderMatcher* request_headers
+    int nreset                          # rate_limited_retry_back_off (0: none)
+    const RetryResetHeader* reset
+    uint64_t reset_max_ms               # ... its max_interval (default 300 s)
     uint8_t hedge_on_per_try_timeout
     uint8_t attempt_count_request       # the virtual host's include_request_attempt_count
     uint8_t attempt_count_response      # ... include_attempt_count_in_response
@@ -80,6 +88,9 @@ cdef struct RetryState:             # one per stream that may retry (HStream.ret
     uint64_t base_ms
     uint64_t max_ms
     uint64_t per_try_ms                 # 0: no per-try timeout
+    uint64_t per_try_idle_ms            # 0: no per-try idle timeout
+    uint64_t ratelimited_ms             # the next back-off from a reset header (0: exponential)
+    uint64_t idle_at                    # the attempt's last upstream activity (w.now)
     int ncodes                          # x-envoy-retriable-status-codes
     uint32_t codes[RETRY_HDR_CODES]
     uint8_t armed                       # an outstanding retry: counted in cluster.n_retries
@@ -92,6 +103,7 @@ cdef struct RetryState:             # one per stream that may retry (HStream.ret
     ClusterCfg* cluster                 # n_retries is charged to it (one reference while armed)
     Timer backoff
     Timer per_try
+    Timer per_try_idle                  # re-armed lazily: activity only moves idle_at
     StatBlock** tried                   # the hosts tried (one reference each): previous_hosts
     int ntried
     int tried_cap
@@ -137,6 +149,7 @@ cdef int route_retry_build(_RouteBuilder b, RouteEntry* e, a, str apath, vhm=Non
             p.retry_on |= _RETRY_ON_BITS[c]
         p.num_retries = rp.num_retries
         p.per_try_timeout_ms = 0 if not rp.per_try_timeout else _retry_ms(rp.per_try_timeout, 0)
+        p.per_try_idle_timeout_ms = 0 if not rp.per_try_idle_timeout else _retry_ms(rp.per_try_idle_timeout, 0)
         p.base_ms = _retry_ms(rp.base_interval, 25)
         p.max_ms = _retry_ms(rp.max_interval, p.base_ms * 10)
         p.previous_hosts = rp.previous_hosts
@@ -151,6 +164,13 @@ cdef int route_retry_build(_RouteBuilder b, RouteEntry* e, a, str apath, vhm=Non
             p.headers = <RouteHeaderMatcher*>b.alloc(sizeof(RouteHeaderMatcher) * p.nheaders)
             for i, hm in enumerate(rp.retriable_headers):
                 b.header_matcher(<RouteHeaderMatcher*>&p.headers[i], hm, f"{apath}.retry_policy.retriable_headers[{i}]")
+        p.nreset = len(rp.reset_headers)
+        if p.nreset:
+            p.reset = <RetryResetHeader*>b.alloc(sizeof(RetryResetHeader) * p.nreset)
+            for i, rh in enumerate(rp.reset_headers):
+                b.put(&(<RetryResetHeader*>p.reset)[i].name, rh.name.lower())
+                (<RetryResetHeader*>p.reset)[i].unix_timestamp = rh.format == "UNIX_TIMESTAMP"
+        p.reset_max_ms = _retry_ms(rp.reset_max_interval, 300000)
         p.nrequest_headers = len(rp.retriable_request_headers)
         if p.nrequest_headers:
             p.request_headers = <RouteHeaderMatcher*>b.alloc(sizeof(RouteHeaderMatcher) * p.nrequest_headers)
@@ -256,6 +276,7 @@ cdef int retry_stream_start(HStream* s, uint64_t per_try_ms, bint hedge, bint he
     cdef RetryState* st
     cdef uint32_t retry_on = p.retry_on if p != NULL else 0
     cdef uint32_t remaining = p.num_retries if p != NULL else 1
+    cdef uint64_t idle_ms = p.per_try_idle_timeout_ms if p != NULL else 0
     cdef const char* v
     cdef size_t n = 0, i, j
     cdef int ncodes = 0
@@ -286,7 +307,7 @@ cdef int retry_stream_start(HStream* s, uint64_t per_try_ms, bint hedge, bint he
                     codes[ncodes] = <uint32_t>_parse_u64(v + i, j - i)
                     ncodes += 1
                 i = j + 1
-    if retry_on == 0 and per_try_ms == 0:
+    if retry_on == 0 and per_try_ms == 0 and idle_ms == 0:
         return 0
     st = <RetryState*>calloc(1, sizeof(RetryState))
     if st == NULL:
@@ -297,12 +318,14 @@ cdef int retry_stream_start(HStream* s, uint64_t per_try_ms, bint hedge, bint he
     st.base_ms = p.base_ms if p != NULL else 25
     st.max_ms = p.max_ms if p != NULL else 250
     st.per_try_ms = per_try_ms
+    st.per_try_idle_ms = idle_ms
     st.ncodes = ncodes
     if ncodes:
         memcpy(st.codes, codes, ncodes * sizeof(uint32_t))
     st.keep_body = retry_on != 0
     timer_init(&st.backoff, _retry_backoff_fired, s)
     timer_init(&st.per_try, _retry_per_try_fired, s)
+    timer_init(&st.per_try_idle, _retry_per_try_idle_fired, s)
     s.retry = st
     if p != NULL and p.previous_hosts:
         s.lb.host_selection_max_attempts = p.host_selection_max_attempts
@@ -318,6 +341,7 @@ cdef void retry_free(HStream* s) noexcept nogil:
         return
     timer_cancel(s.c.w, &st.backoff)
     timer_cancel(s.c.w, &st.per_try)
+    timer_cancel(s.c.w, &st.per_try_idle)
     _retry_disarm(st)
     chain_free(&st.body)
     for i in range(st.ntried):
@@ -416,10 +440,23 @@ cdef inline bint timer_armed(Timer* t) noexcept nogil:
 
 
 cdef void retry_request_complete(HStream* s) noexcept nogil:
-    """The whole request is on its way upstream: the per-try timeout starts (Envoy starts it
-    with the request's end)."""
-    if s.retry.per_try_ms and s.upstream.conn != NULL:
-        timer_arm(s.c.w, &s.retry.per_try, s.retry.per_try_ms)
+    """The whole request is on its way upstream: the per-try timeouts start (Envoy starts
+    them with the request's end)."""
+    cdef RetryState* st = s.retry
+    if s.upstream.conn == NULL:
+        return
+    if st.per_try_ms:
+        timer_arm(s.c.w, &st.per_try, st.per_try_ms)
+    if st.per_try_idle_ms:
+        st.idle_at = s.c.w.now
+        timer_arm(s.c.w, &st.per_try_idle, st.per_try_idle_ms)
+
+
+cdef inline void retry_upstream_active(HStream* s) noexcept nogil:
+    """Bytes of the attempt's response arrived: the per-try idle timeout starts over (a
+    store; the timer, when it fires, re-arms itself for what is left)."""
+    if s.retry != NULL:
+        s.retry.idle_at = s.c.w.now
 
 
 cdef inline void _retry_disarm(RetryState* st) noexcept nogil:
@@ -473,6 +510,7 @@ cdef int _retry_decide(HStream* s, bint would) noexcept nogil:
     cdef RetryState* st = s.retry
     cdef ClusterCfg* cl = s.cluster
     cdef Worker* w = s.c.w
+    cdef uint64_t delay
     if st.armed and not would:
         stat_add(cl.stats, w, C_RQ_RETRY_SUCCESS, 1)    # a retry happened and this one is final
     _retry_disarm(st)
@@ -490,8 +528,15 @@ cdef int _retry_decide(HStream* s, bint would) noexcept nogil:
     fp_atomic_add_int(&cl.refcnt, 1)
     fp_atomic_add_i64(&cl.n_retries, 1)
     stat_add(cl.stats, w, C_RQ_RETRY, 1)
-    stat_add(cl.stats, w, C_RQ_RETRY_BACKOFF_EXPONENTIAL, 1)
-    if timer_arm(w, &st.backoff, _retry_backoff_ms(s)) < 0:
+    if st.ratelimited_ms:
+        # The upstream said when (Envoy's JitteredLowerBoundBackOffStrategy): uniform in
+        # [t, 1.5 t); the exponential back-off's state does not move.
+        delay = st.ratelimited_ms + worker_random(w) % (st.ratelimited_ms >> 1)
+        stat_add(cl.stats, w, C_RQ_RETRY_BACKOFF_RATELIMITED, 1)
+    else:
+        delay = _retry_backoff_ms(s)
+        stat_add(cl.stats, w, C_RQ_RETRY_BACKOFF_EXPONENTIAL, 1)
+    if timer_arm(w, &st.backoff, delay) < 0:
         _retry_disarm(st)
         return RS_NO
     return RS_YES
@@ -576,22 +621,63 @@ cdef bint _retry_would_headers(HStream* s, const HttpHead* head) noexcept nogil:
     return False
 
 
+cdef uint64_t _retry_reset_interval(const RetryPolicy* p, const HttpHead* head) noexcept nogil:
+    """rate_limited_retry_back_off: the back-off (ms) the first reset header present with a
+    usable value asks for, if within max_interval (Envoy's parseResetInterval: a value over
+    it is skipped, not capped); 0: none (or one of at most 1 ms: the exponential back-off)."""
+    cdef const char* v
+    cdef size_t n = 0
+    cdef uint64_t secs, now
+    cdef int i
+    for i in range(p.nreset):
+        v = _head_field(head, p.reset[i].name.p, &n)
+        if v == NULL:
+            continue
+        while n and (v[0] == 32 or v[0] == 9):          # (absl::SimpleAtoi's tolerance)
+            v += 1
+            n -= 1
+        while n and (v[n - 1] == 32 or v[n - 1] == 9):
+            n -= 1
+        if n and v[0] == 43:                              # '+'
+            v += 1
+            n -= 1
+        if n == 0 or n > 19 or not _all_digits(v, n):
+            continue                    # (20 digits and more: beyond any max_interval)
+        secs = _parse_u64(v, n)
+        if p.reset[i].unix_timestamp:
+            now = wall_clock_us() // 1000000
+            if secs < now:
+                continue
+            secs -= now
+        if secs > p.reset_max_ms // 1000:
+            continue
+        return secs * 1000
+    return 0
+
+
 cdef int retry_on_headers(HStream* s, const HttpHead* head) noexcept nogil:
     """A final response head from the attempt, before anything of it goes downstream. 1:
     the attempt is retried (its upstream is dropped; the back-off runs), the caller stops;
     0: the response goes on to the client."""
     cdef RetryState* st = s.retry
     cdef int rc
+    cdef bint would
     timer_cancel(s.c.w, &st.per_try)
+    st.idle_at = s.c.w.now
     if st.retry_on == 0 and not st.armed:
         return 0
-    rc = _retry_decide(s, st.retry_on != 0 and _retry_would_headers(s, head))
+    would = st.retry_on != 0 and _retry_would_headers(s, head)
+    if would and st.p != NULL and st.p.nreset:
+        st.ratelimited_ms = _retry_reset_interval(st.p, head)
+    rc = _retry_decide(s, would)
+    st.ratelimited_ms = 0
     if rc != RS_YES:
         _retry_outcome_flags(s, rc)
         return 0
     # The response is dropped: counted as Envoy counts a retried attempt (the host's
     # rq_error; no upstream_rq_<code>: that is the final response's).
     host_stat_add(s.upstream.hstats, s.c.w, HS_RQ_ERROR, 1)
+    timer_cancel(s.c.w, &st.per_try_idle)
     if s.upstream.conn != NULL:
         http_pool_cancel(s.upstream.conn)
         s.upstream.conn = NULL
@@ -609,6 +695,7 @@ cdef bint retry_on_reset(HStream* s, const char* reason) noexcept nogil:
     cdef bint would
     cdef int rc
     timer_cancel(s.c.w, &st.per_try)
+    timer_cancel(s.c.w, &st.per_try_idle)
     if reason == NO_HEALTHY_UPSTREAM or reason == UPSTREAM_TIMEOUT:
         return False                    # the request's end, not an attempt's outcome
     if reason == UPSTREAM_OVERFLOW:
@@ -632,19 +719,48 @@ cdef bint retry_on_reset(HStream* s, const char* reason) noexcept nogil:
 
 
 cdef void _retry_per_try_fired(Worker* w, void* arg) noexcept nogil:
-    """per_try_timeout: the attempt took too long (its response has not started): Envoy's
-    onPerTryTimeout: the attempt is reset and retried as a local reset, else 504."""
+    """per_try_timeout: the attempt took too long (ignored once the response has started)."""
     cdef HStream* s = <HStream*>arg
-    cdef RetryState* st = s.retry
-    cdef HConn* c = s.c
-    cdef int rc
     if s.resp_started:
         return
-    stat_add(s.cluster.stats, w, C_RQ_PER_TRY_TIMEOUT, 1)
+    _retry_try_timed_out(s, C_RQ_PER_TRY_TIMEOUT)
+
+
+cdef void _retry_per_try_idle_fired(Worker* w, void* arg) noexcept nogil:
+    """per_try_idle_timeout: nothing came from the attempt's upstream for that long (since
+    the request's end, or its last response bytes). Unlike per_try_timeout it also ends a
+    response that has started (Envoy resets it)."""
+    cdef HStream* s = <HStream*>arg
+    cdef RetryState* st = s.retry
+    cdef uint64_t quiet = w.now - st.idle_at if w.now > st.idle_at else 0
+    if s.upstream.resp_received or s.upstream.conn == NULL:
+        return                          # (the response is whole, or no attempt is in flight)
+    if quiet < st.per_try_idle_ms:
+        timer_arm(w, &st.per_try_idle, st.per_try_idle_ms - quiet)
+        return
+    _retry_try_timed_out(s, C_RQ_PER_TRY_IDLE_TIMEOUT)
+
+
+cdef void _retry_try_timed_out(HStream* s, int counter) noexcept nogil:
+    """Envoy's onPerTryTimeoutCommon: the attempt is reset and retried as a local reset
+    (under reset, 5xx or gateway-error), else 504 `upstream request timeout` (UT); after
+    the response has started, the downstream stream is reset."""
+    cdef RetryState* st = s.retry
+    cdef HConn* c = s.c
+    cdef Worker* w = c.w
+    cdef int rc
+    timer_cancel(w, &st.per_try)
+    timer_cancel(w, &st.per_try_idle)
+    stat_add(s.cluster.stats, w, counter, 1)
     host_stat_add(s.upstream.hstats, w, HS_RQ_TIMEOUT, 1)
     if s.upstream.conn != NULL:
         http_pool_cancel(s.upstream.conn)
         s.upstream.conn = NULL
+    if s.resp_started or s.upstream.resp_head != NULL:
+        s.response_flags |= RF_UT       # (never retried: the response is the client's)
+        stream_upstream_failed(s, 504, UPSTREAM_TIMEOUT)
+        hconn_pump(c)
+        return
     rc = _retry_decide(s, (st.retry_on & (RO_RESET | RO_5XX | RO_GATEWAY_ERROR)) != 0)
     if rc == RS_YES:
         host_stat_add(s.upstream.hstats, w, HS_RQ_ERROR, 1)
