@@ -478,6 +478,59 @@ def test_rate_limited_retry_back_off(tmp):
     assert out == [(200, [how], True) for _, _, how in cases] and n == 2 * len(cases)
 
 
+def after(delay, response):
+    """An action answering `response` after `delay` seconds (a slow upstream)."""
+    def act(c):
+        time.sleep(delay)
+        c.sendall(response)
+        time.sleep(1)           # (then the proxy, not the upstream, ends the connection)
+        c.close()
+    return lambda method, path, headers, body: act
+
+
+SLOW_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow"
+HEDGE_STATS = ("upstream_rq_retry", "upstream_rq_retry_success", "upstream_rq_per_try_timeout",
+               "upstream_rq_retry_limit_exceeded", "upstream_rq_200", "upstream_rq_503", "upstream_rq_total")
+
+
+@pytest.mark.parametrize("case", ["new-wins", "first-wins", "first-fails-waits", "no-retry-on", "vhost"])
+def test_hedge_on_per_try_timeout(tmp, case):
+    """hedge_policy.hedge_on_per_try_timeout: a per-try timeout does not reset the attempt;
+    the next one starts (a retry, whatever retry_on says, while retries are left) and the
+    first usable response wins, the other attempt being reset. A hedged attempt's response
+    that would be retried is dropped while the other may still answer. Without retry_on
+    there is no retry state (Envoy): the attempt just goes on."""
+    retry_on = "" if case == "no-retry-on" else "retry_on: 5xx, "
+    policy = (f"{{{retry_on}num_retries: 1, per_try_timeout: 0.2s, "
+              "retry_back_off: {base_interval: 0.01s, max_interval: 0.02s}}")
+    script = {"new-wins": ["hang", OK], "first-wins": [after(0.5, SLOW_OK), "hang"],
+              "first-fails-waits": [after(0.5, status(503)), after(0.5, OK)],
+              "no-retry-on": [after(0.5, SLOW_OK)], "vhost": ["hang", OK]}[case]
+    if case == "vhost":
+        routes, vhost = route(policy), "{hedge_policy: {hedge_on_per_try_timeout: true}}"
+    else:
+        routes, vhost = route(policy, "hedge_policy: {hedge_on_per_try_timeout: true}"), None
+
+    def scenario(kind, tmp_path):
+        up = Scripted(list(script))
+        try:
+            text = yaml_for(routes, [up.port], vhost=vhost)
+
+            def drive(addr, stats):
+                r, body = http_request(addr, "GET", "/a")
+                return (r.status, body, up.count, pick(stats(), HEDGE_STATS),
+                        list(stats.hosts().values()))
+            return run(kind, text, tmp_path, drive)
+        finally:
+            up.close()
+    st, body, n, stats, hosts = both(tmp, scenario)
+    want = {"new-wins": (200, b"ok", 2), "first-wins": (200, b"slow", 2), "first-fails-waits": (200, b"ok", 2),
+            "no-retry-on": (200, b"slow", 1), "vhost": (200, b"ok", 2)}[case]
+    assert (st, body, n) == want
+    assert stats["upstream_rq_per_try_timeout"] == 0        # (a soft timeout: Envoy does not count it)
+    assert stats["upstream_rq_retry"] == (0 if case == "no-retry-on" else 1)
+
+
 def test_backoff_bounds(tmp):
     """Envoy's jittered exponential back-off: retry k waits [0, (2^k - 1) x base), capped at
     max_interval: three retries with base 100 ms, max 150 ms take under 0.1 + 0.15 + 0.15 s."""
@@ -727,7 +780,8 @@ def test_dump_round_trips(tmp_path):
                           "{name: x-reset, format: UNIX_TIMESTAMP}], max_interval: 20s}, "
                           f"retry_host_predicate: [{PREVIOUS_HOSTS}], "
                           "host_selection_retry_max_attempts: 4}"), [1],
-                    vhost="{include_request_attempt_count: true, per_request_buffer_limit_bytes: 2048}",
+                    vhost="{include_request_attempt_count: true, per_request_buffer_limit_bytes: 2048, "
+                          "hedge_policy: {hedge_on_per_try_timeout: true}}",
                     cluster="circuit_breakers: {thresholds: [{retry_budget: {budget_percent: {value: 25}}}]}")
     boot = load_envoy(text)
     dumped = bootstrap_json(boot)
@@ -863,3 +917,38 @@ def test_retried_request_is_mirrored_once(tmp):
             up.close()
             mirror.close()
     assert both(tmp, scenario) == (200, [b"payload", b"payload"], [b"payload"])
+
+
+def test_hedged_request_is_mirrored_once(tmp):
+    """Hedging on a mirrored route: both attempts carry the body kept for retries, the
+    shadow goes once, and the hung first attempt is reset when the second wins."""
+    routes = """
+- match: {prefix: /}
+  route:
+    cluster: backend
+    retry_policy: {retry_on: 5xx, num_retries: 1, per_try_timeout: 0.2s,
+                   retry_back_off: {base_interval: 0.01s, max_interval: 0.02s}}
+    hedge_policy: {hedge_on_per_try_timeout: true}
+    request_mirror_policies: [{cluster: mirror}]
+"""
+
+    def scenario(kind, tmp_path):
+        up, mirror = Scripted(["hang"]), Scripted()
+        try:
+            text = yaml_for(routes, [up.port])
+            boot = __import__("yaml").safe_load(text)
+            boot["static_resources"]["clusters"].append(static_cluster("mirror", [mirror.port], connect_timeout="1s"))
+            text = __import__("yaml").safe_dump(boot, sort_keys=False)
+
+            def drive(addr, stats):
+                r, body = http_request(addr, "POST", "/a", body=b"payload")
+                wait_for(lambda: mirror.count == 1)
+                st = pick(stats(), ("upstream_rq_retry", "upstream_rq_retry_success", "upstream_rq_per_try_timeout"))
+                return r.status, body, [b for _, _, _, b in up.requests], [b for _, _, _, b in mirror.requests], st
+            return run(kind, text, tmp_path, drive)
+        finally:
+            up.close()
+            mirror.close()
+    assert both(tmp, scenario) == (200, b"ok", [b"payload", b"payload"], [b"payload"],
+                                   {"upstream_rq_retry": 1, "upstream_rq_retry_success": 1,
+                                    "upstream_rq_per_try_timeout": 0})

@@ -933,6 +933,8 @@ def _retry_fields(out: Dict[str, Any], owner) -> None:
         out["retry_policy"] = _retry_policy(owner.retry_policy)
     if owner.hedge_policy is not None:
         out["hedge_policy"] = {}
+        if owner.hedge_policy.hedge_on_per_try_timeout:
+            out["hedge_policy"]["hedge_on_per_try_timeout"] = True
     for name in ("include_request_attempt_count", "include_attempt_count_in_response"):
         if getattr(owner, name, False):
             out[name] = True

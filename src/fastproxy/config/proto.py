@@ -101,7 +101,6 @@ UNSUPPORTED_FIELDS = {
     "retry_options_predicates": ("retry options predicates", False),
     "initial_requests": ("hedged initial requests", False),
     "additional_request_chance": ("hedged additional requests", False),
-    "hedge_on_per_try_timeout": ("hedging on per-try timeouts", True),
 }
 
 

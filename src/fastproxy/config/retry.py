@@ -93,9 +93,7 @@ def hedge_policy(m: Optional[Message]) -> Optional[HedgePolicy]:
     for f in ("initial_requests", "additional_request_chance"):
         if m.raw(f) is not None:
             raise unsupported_field(m.at(f), f)
-    if _bool(m, "hedge_on_per_try_timeout"):
-        raise unsupported_field(m.at("hedge_on_per_try_timeout"), "hedge_on_per_try_timeout")
-    return HedgePolicy()
+    return HedgePolicy(hedge_on_per_try_timeout=_bool(m, "hedge_on_per_try_timeout"))
 
 
 def route_retry(a: Message) -> dict:

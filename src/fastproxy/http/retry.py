@@ -109,17 +109,15 @@ class ResetHeader:
 
 @dataclass
 class HedgePolicy:
-    """route.v3.HedgePolicy. Hedging is not built: hedge_on_per_try_timeout must stay False
-    (initial_requests and additional_request_chance are refused too)."""
+    """route.v3.HedgePolicy: hedge_on_per_try_timeout (a per-try timeout starts the next
+    attempt without resetting the one in flight; the first usable response wins).
+    initial_requests and additional_request_chance are not built (refused)."""
 
     hedge_on_per_try_timeout: bool = False
 
     def validate(self, path: str) -> None:
         if not isinstance(self.hedge_on_per_try_timeout, bool):
             fail(path + ".hedge_on_per_try_timeout", "must be a bool")
-        if self.hedge_on_per_try_timeout:
-            fail(path + ".hedge_on_per_try_timeout", "hedging is not built: a per-try timeout resets "
-                                                     "the attempt (and retries it)")
 
 
 @dataclass

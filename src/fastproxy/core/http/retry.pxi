@@ -107,6 +107,14 @@ cdef struct RetryState:             # one per stream that may retry (HStream.ret
     StatBlock** tried                   # the hosts tried (one reference each): previous_hosts
     int ntried
     int tried_cap
+    # Hedging (hedge_on_per_try_timeout): the attempt that hit its per-try timeout stays in
+    # flight here while the next one (s.upstream) starts; the pool's events for it swap it
+    # into s.upstream first (retry_upstream_focus), so the router's code always works on
+    # s.upstream. conn NULL: no second attempt (every route without hedging).
+    UpstreamRequest hedged
+    uint8_t hedge                       # hedge_on_per_try_timeout (or x-envoy-hedge-on-per-try-timeout)
+    uint8_t cur_hedged                  # s.upstream's attempt was hedged (Envoy's retried())
+    uint8_t other_hedged                # ... hedged's
 
 cdef enum:                          # _retry_decide's outcomes (Envoy's RetryStatus)
     RS_NO = 0
@@ -319,6 +327,7 @@ cdef int retry_stream_start(HStream* s, uint64_t per_try_ms, bint hedge, bint he
     st.max_ms = p.max_ms if p != NULL else 250
     st.per_try_ms = per_try_ms
     st.per_try_idle_ms = idle_ms
+    st.hedge = hedge                    # (the route's, or the header's: stream_route_timeout)
     st.ncodes = ncodes
     if ncodes:
         memcpy(st.codes, codes, ncodes * sizeof(uint32_t))
@@ -339,6 +348,7 @@ cdef void retry_free(HStream* s) noexcept nogil:
     cdef int i
     if st == NULL:
         return
+    retry_hedge_drop(s)
     timer_cancel(s.c.w, &st.backoff)
     timer_cancel(s.c.w, &st.per_try)
     timer_cancel(s.c.w, &st.per_try_idle)
@@ -351,6 +361,83 @@ cdef void retry_free(HStream* s) noexcept nogil:
     s.lb.navoid = 0
     free(st)
     s.retry = NULL
+
+
+# ---------------------------------------------------------------- hedging
+
+cdef inline void retry_upstream_focus(HStream* s, UpConn* u) noexcept nogil:
+    """The pool has news of u for s: if u carries the hedged attempt, make it s.upstream
+    (the other attempt goes to the hedged slot). One compare for every other stream."""
+    if s.upstream.conn != u and u != NULL and s.retry != NULL and s.retry.hedged.conn == u:
+        _retry_swap(s)
+
+
+cdef void _retry_swap(HStream* s) noexcept nogil:
+    cdef RetryState* st = s.retry
+    cdef UpstreamRequest tmp
+    cdef uint8_t f
+    memcpy(&tmp, &s.upstream, sizeof(UpstreamRequest))
+    memcpy(&s.upstream, &st.hedged, sizeof(UpstreamRequest))
+    memcpy(&st.hedged, &tmp, sizeof(UpstreamRequest))
+    f = st.cur_hedged
+    st.cur_hedged = st.other_hedged
+    st.other_hedged = f
+
+
+cdef inline bint _retry_other_pending(HStream* s) noexcept nogil:
+    """Another attempt may still answer: one in flight in the hedged slot, or one waiting
+    for its back-off (Envoy: numRequestsAwaitingHeaders() or pending_retries_)."""
+    return s.retry.hedged.conn != NULL or timer_armed(&s.retry.backoff)
+
+
+cdef void retry_hedge_drop(HStream* s) noexcept nogil:
+    """The other attempt is no longer wanted (a response won, or the stream ends): reset
+    it (Envoy's resetOtherUpstreams)."""
+    cdef RetryState* st = s.retry
+    if st == NULL or (st.hedged.conn == NULL and st.hedged.hstats == NULL):
+        return
+    _retry_swap(s)
+    if s.upstream.conn != NULL:
+        http_pool_cancel(s.upstream.conn)
+        s.upstream.conn = NULL
+    host_stats_release(&s.upstream.hstats)
+    _retry_swap(s)
+    memset(&st.hedged, 0, sizeof(UpstreamRequest))
+    st.other_hedged = 0
+
+
+cdef bint _retry_soft_timeout(HStream* s) noexcept nogil:
+    """hedge_on_per_try_timeout (Envoy's onSoftPerTryTimeout): the attempt is not reset; it
+    reports the timeout to outlier detection and, while retries are left, moves to the
+    hedged slot and the next attempt starts after the back-off (whatever retry_on says).
+    False: not hedged here (an HTTP/2 upstream, or two attempts in flight already): the
+    caller resets it as a per-try timeout."""
+    cdef RetryState* st = s.retry
+    cdef int rc
+    if s.upstream.conn == NULL or s.upstream.conn.h2_role != H2R_NONE \
+            or cluster_params(s.cluster, s.c.w).protocol != UP_HTTP1:
+        return False
+    outlier_report_local(s.upstream.hstats, s.c.w, OUT_TIMEOUT)
+    if st.retry_on == 0:
+        return True                     # (Envoy has no retry state then: it just waits)
+    if st.hedged.conn != NULL or st.cur_hedged:
+        # Two attempts in flight already: fastproxy starts no third (Envoy does while
+        # retries are left). With none left it counts what Envoy's shouldRetry counts;
+        # the outstanding retry stays (its success is counted if the newer one wins).
+        if st.remaining == 0:
+            stat_add(s.cluster.stats, s.c.w, C_RQ_RETRY_LIMIT_EXCEEDED, 1)
+            s.response_flags |= RF_URX
+        return True
+    rc = _retry_decide(s, True)
+    if rc != RS_YES:
+        _retry_outcome_flags(s, rc)
+        return True
+    memcpy(&st.hedged, &s.upstream, sizeof(UpstreamRequest))
+    st.other_hedged = 1
+    memset(&s.upstream, 0, sizeof(UpstreamRequest))
+    s.upstream.req_done = st.hedged.req_done    # (the request's, not the attempt's: the next one replays it)
+    st.cur_hedged = 0
+    return True
 
 
 # ---------------------------------------------------------------- attempts
@@ -662,8 +749,10 @@ cdef int retry_on_headers(HStream* s, const HttpHead* head) noexcept nogil:
     cdef RetryState* st = s.retry
     cdef int rc
     cdef bint would
-    timer_cancel(s.c.w, &st.per_try)
     st.idle_at = s.c.w.now
+    if st.cur_hedged or st.other_hedged or st.hedged.conn != NULL:
+        return _retry_hedged_headers(s, head)
+    timer_cancel(s.c.w, &st.per_try)
     if st.retry_on == 0 and not st.armed:
         return 0
     would = st.retry_on != 0 and _retry_would_headers(s, head)
@@ -685,17 +774,73 @@ cdef int retry_on_headers(HStream* s, const HttpHead* head) noexcept nogil:
     return 1
 
 
+cdef int _retry_hedged_headers(HStream* s, const HttpHead* head) noexcept nogil:
+    """retry_on_headers while hedging (Envoy's onUpstreamHeaders with several upstream
+    requests): a hedged attempt is never retried again; a response that would be retried
+    but cannot be is dropped while the other attempt may still answer; the response that
+    goes on to the client resets the other attempt."""
+    cdef RetryState* st = s.retry
+    cdef Worker* w = s.c.w
+    cdef bint would = st.retry_on != 0 and _retry_would_headers(s, head)
+    cdef bint could_not = False
+    cdef int rc
+    if st.cur_hedged:
+        could_not = would
+    else:
+        timer_cancel(w, &st.per_try)
+        if would and st.p != NULL and st.p.nreset:
+            st.ratelimited_ms = _retry_reset_interval(st.p, head)
+        rc = _retry_decide(s, would)
+        st.ratelimited_ms = 0
+        if rc == RS_YES:
+            host_stat_add(s.upstream.hstats, w, HS_RQ_ERROR, 1)
+            timer_cancel(w, &st.per_try_idle)
+            if s.upstream.conn != NULL:
+                http_pool_cancel(s.upstream.conn)
+                s.upstream.conn = NULL
+            s.upstream.resp_head = NULL
+            return 1
+        _retry_outcome_flags(s, rc)
+        could_not = rc != RS_NO
+    if could_not and _retry_other_pending(s):
+        host_stat_add(s.upstream.hstats, w, HS_RQ_ERROR, 1)
+        if s.upstream.conn != NULL:
+            http_pool_cancel(s.upstream.conn)
+            s.upstream.conn = NULL
+        s.upstream.resp_head = NULL
+        host_stats_release(&s.upstream.hstats)
+        st.cur_hedged = 0
+        return 1                        # (the other attempt, or the retry, answers)
+    # This response is the client's: no retry from now on, the other attempt goes.
+    timer_cancel(w, &st.backoff)
+    timer_cancel(w, &st.per_try)
+    _retry_disarm(st)
+    st.retry_on = 0
+    st.keep_body = 0
+    retry_hedge_drop(s)
+    return 0
+
+
 cdef bint retry_on_reset(HStream* s, const char* reason) noexcept nogil:
     """The pool failed the attempt before its response (s.upstream.conn is NULL now): is it
-    retried? Envoy's wouldRetryFromReset with the reset reason the failure stands for."""
+    retried (or, hedging, is another attempt still to answer)? True: the caller stops."""
+    cdef RetryState* st = s.retry
+    if st.cur_hedged or st.hedged.conn != NULL:
+        return _retry_hedged_reset(s, reason)
+    timer_cancel(s.c.w, &st.per_try)
+    timer_cancel(s.c.w, &st.per_try_idle)
+    return _retry_reset_decision(s, reason)
+
+
+cdef bint _retry_reset_decision(HStream* s, const char* reason) noexcept nogil:
+    """Envoy's wouldRetryFromReset with the reset reason the failure stands for, and
+    shouldRetry."""
     cdef RetryState* st = s.retry
     cdef uint32_t ro = st.retry_on
     cdef bint connect_failure = (reason == UPSTREAM_CONNECT_FAILURE or reason == UPSTREAM_REMOTE_FAILURE
                                  or reason == UPSTREAM_CONNECT_TIMEOUT)
     cdef bint would
     cdef int rc
-    timer_cancel(s.c.w, &st.per_try)
-    timer_cancel(s.c.w, &st.per_try_idle)
     if reason == NO_HEALTHY_UPSTREAM or reason == UPSTREAM_TIMEOUT:
         return False                    # the request's end, not an attempt's outcome
     if reason == UPSTREAM_OVERFLOW:
@@ -718,10 +863,41 @@ cdef bint retry_on_reset(HStream* s, const char* reason) noexcept nogil:
     return True
 
 
+cdef bint _retry_hedged_reset(HStream* s, const char* reason) noexcept nogil:
+    """retry_on_reset while two attempts may answer (Envoy's onUpstreamReset): a hedged
+    attempt's failure is never retried; a failure not retried while the other attempt may
+    still answer is charged (its 503 or 502) and the client waits for the other."""
+    cdef RetryState* st = s.retry
+    cdef Worker* w = s.c.w
+    cdef int status
+    if reason == NO_HEALTHY_UPSTREAM or reason == UPSTREAM_TIMEOUT:
+        retry_hedge_drop(s)             # (the route's timeout: every attempt ends)
+        st.cur_hedged = 0
+        return False
+    if not st.cur_hedged:
+        timer_cancel(w, &st.per_try)
+        timer_cancel(w, &st.per_try_idle)
+        if _retry_reset_decision(s, reason):
+            return True
+    st.cur_hedged = 0
+    if not _retry_other_pending(s):
+        return False                    # (the caller answers the client)
+    status = 502 if reason == UPSTREAM_PROTOCOL_ERROR else 503
+    _count_upstream(s.cluster.stats, w, status)
+    _count_host(s, status)
+    host_stats_release(&s.upstream.hstats)
+    s.upstream.resp_head = NULL
+    return True
+
+
 cdef void _retry_per_try_fired(Worker* w, void* arg) noexcept nogil:
     """per_try_timeout: the attempt took too long (ignored once the response has started)."""
     cdef HStream* s = <HStream*>arg
     if s.resp_started:
+        return
+    if s.retry.cur_hedged and s.retry.hedged.conn != NULL and not s.retry.other_hedged:
+        _retry_swap(s)                  # (the timer is the newest attempt's)
+    if s.retry.hedge and _retry_soft_timeout(s):
         return
     _retry_try_timed_out(s, C_RQ_PER_TRY_TIMEOUT)
 
@@ -737,6 +913,9 @@ cdef void _retry_per_try_idle_fired(Worker* w, void* arg) noexcept nogil:
         return                          # (the response is whole, or no attempt is in flight)
     if quiet < st.per_try_idle_ms:
         timer_arm(w, &st.per_try_idle, st.per_try_idle_ms - quiet)
+        return
+    if st.hedge and not s.resp_started \
+            and s.upstream.resp_head == NULL and _retry_soft_timeout(s):
         return
     _retry_try_timed_out(s, C_RQ_PER_TRY_IDLE_TIMEOUT)
 
@@ -785,6 +964,8 @@ cdef void _retry_do(HStream* s) noexcept nogil:
     cdef Chain copy
     cdef PairList tl
     cdef int i, rc = 0
+    if s.upstream.conn != NULL and st.hedged.conn == NULL:
+        _retry_swap(s)                  # (the hedged attempt had the slot: the new one takes the other)
     s.lb.attempt += 1
     if st.p != NULL and st.p.previous_hosts:
         s.lb.avoid = st.tried
@@ -797,6 +978,8 @@ cdef void _retry_do(HStream* s) noexcept nogil:
     u = http_pool_acquire(s, s.cluster)
     s.upstream.conn = u
     if u == NULL:
+        if s.retry.hedged.conn != NULL:
+            return                      # (the hedged attempt may still answer)
         _count_upstream(s.cluster.stats, c.w, 503)
         if s.response_flags & RF_UO:
             stream_local_reply(s, 503, UPSTREAM_OVERFLOW, strlen(UPSTREAM_OVERFLOW), NULL, 0, not s.req_received)
