@@ -773,7 +773,7 @@ def test_validate_reports_every_error_in_one_run(tmp_path):
                             # (a cluster's own fields are read once its endpoints are: one
                             # error each in clusters of their own, so that each is reached)
                             static_cluster("od", [8080], outlier_detection={"interval": "0s"}),
-                            static_cluster("hc", [8080], health_checks=[{}])], admin=False)
+                            static_cluster("tsm", [8080], transport_socket_matches=[{}])], admin=False)
     boot["static_resources"]["secrets"] = [{"name": "s"}]
     text = yaml.safe_dump(boot, sort_keys=False)
     cfg.write_text(text)
@@ -785,7 +785,8 @@ def test_validate_reports_every_error_in_one_run(tmp_path):
     # An unknown field gets the nearest valid name; a known Envoy feature is named, with its plan.
     assert f"{c0}.lb_polcy: unknown field 'lb_polcy' (did you mean 'lb_policy'?)" in err
     assert "static_resources.clusters[1].outlier_detection.interval: value must be greater than 0s" in err
-    assert "static_resources.clusters[2].health_checks: active health checking (health_checks) is unsupported in fastproxy (planned" in err
+    assert ("static_resources.clusters[2].transport_socket_matches: TLS (transport_socket_matches) is "
+            "unsupported in fastproxy (planned") in err
     assert "static_resources.secrets[0]: one of tls_certificate" in err
     assert "port_value: port must be 1..65535, got 70000" in err
 

@@ -48,7 +48,6 @@ import collections
 import json
 import random
 import select
-import socket
 import sys
 import threading
 import time

@@ -547,3 +547,23 @@ def test_weighted_distributions_as_envoy(upstreams, running, tmp_path, policy, w
     if ENVOY is not None:
         theirs, _, _ = _envoy_counts(text, tmp_path, n, ups)
         assert all(abs(theirs.get(k, 0) / n - v) <= max(tolerance, 0.02) for k, v in want.items()), theirs
+
+
+def test_eds_health_updates_keep_the_checkers_bits(upstreams, running):
+    # An update that marks u1 UNHEALTHY (EDS health) takes it out; a health checker's bit
+    # on u0 survives that update (set_hosts rewrites only the EDS bits), and u0 comes back
+    # only when the checker clears it. (2 healthy of 4: no panic.)
+    import dataclasses
+    a, b, c, d = upstreams(4)
+    p, addr = running(_yaml([a, b, c, d]), concurrency=1)
+    set_host_health(p, "backend", "127.0.0.1", a.port, set=["FAILED_ACTIVE_HC"])
+    cl = p.config.clusters[0]
+    eps = [dataclasses.replace(e, health_status="UNHEALTHY") if e.port == b.port else e for e in cl.endpoints]
+    p.update(clusters=[cl.with_endpoints(eps)])
+    assert set(_send(addr, 20)) == {"u2", "u3"}
+    from fastproxy.admin import health_flags_text
+    flags = {port: health_flags_text(f) for _, port, _, _, _, f, _ in p.cluster_hosts()["backend"]}
+    assert flags == {a.port: "/failed_active_hc", b.port: "/failed_eds_health", c.port: "healthy", d.port: "healthy"}
+    assert p.stats()["cluster.backend.membership_healthy"] == 2
+    set_host_health(p, "backend", "127.0.0.1", a.port, clear=["FAILED_ACTIVE_HC"])
+    assert set(_send(addr, 30)) == {"u0", "u2", "u3"}

@@ -253,11 +253,12 @@ def test_a_bad_assignment_is_nacked_by_path_and_changes_nothing(upstreams):
             assert st["cluster.svc.update_success"] == 1 and st["cluster.svc.update_rejected"] == 0
             assert st["cluster_manager.warming_clusters"] == 0
             bad = assignment("svc", b)
-            bad["endpoints"][0]["priority"] = 1         # fastproxy has one priority level
+            bad["endpoints"][0]["lb_endpoints"][0]["load_balancing_weight"] = 0     # Envoy's minimum is 1
             cp.set(xcp.ENDPOINT, [bad], "e2")
             nack = cp.wait_for(lambda rs: any(r.type_url == xcp.ENDPOINT and r.nack for r in rs))
             nack = next(r for r in nack if r.type_url == xcp.ENDPOINT and r.nack)
-            assert "resources[0].endpoints[0].priority" in nack.error_detail and nack.version_info == "e1"
+            assert "resources[0].endpoints[0].lb_endpoints[0].load_balancing_weight" in nack.error_detail \
+                and nack.version_info == "e1"
             assert p.stats()["cluster.svc.update_rejected"] == 1
             assert body(addr) == b"a"
 
@@ -334,7 +335,7 @@ def test_eds_and_api_config_source_loader_errors_name_the_field():
             load_envoy(envoy_bootstrap(clusters=[cluster]))
         assert e.value.path == path and words in str(e.value), (path, e.value)
     bad = static_cluster("s", [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}}},
-                                "health_status": "DEGRADED"}])
+                                "health_status": "SICK"}])
     with pytest.raises(ConfigError) as e:
         load_envoy(envoy_bootstrap(clusters=[bad]))
     assert e.value.path.endswith("lb_endpoints[0].health_status")

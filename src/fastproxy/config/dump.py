@@ -157,9 +157,9 @@ def cluster_json(c: model.Cluster, redact: bool = False) -> dict:
         out["typed_extension_protocol_options"] = {HTTP_PROTOCOL_OPTIONS: options}
     if c.tls is not None:
         out["transport_socket"] = transport_socket_json(c.tls, redact)
+    out.update(dump_cluster_lb(c))
     if c.health_checks:
         out["health_checks"] = [health_check_json(hc) for hc in c.health_checks]
-    out.update(dump_cluster_lb(c))
     if c.outlier_detection is not None:
         out["outlier_detection"] = outlier_detection_json(c.outlier_detection)
     if c.type == "EDS":
@@ -229,6 +229,9 @@ def health_check_json(hc) -> dict:
         if t.receive:
             tcp["receive"] = [{"text": seg.hex()} for seg in t.receive]
         out["tcp_health_check"] = tcp
+    return out
+
+
 def outlier_detection_json(od: Any) -> dict:
     """An envoy.config.cluster.v3.OutlierDetection: the fields that differ from Envoy's
     defaults (an empty one is outlier detection with every default)."""

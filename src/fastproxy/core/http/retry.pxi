@@ -161,7 +161,9 @@ cdef int route_retry_build(_RouteBuilder b, RouteEntry* e, a, str apath, vhm=Non
         p.base_ms = _retry_ms(rp.base_interval, 25)
         p.max_ms = _retry_ms(rp.max_interval, p.base_ms * 10)
         p.previous_hosts = rp.previous_hosts
-        p.host_selection_max_attempts = <int>min(max(1, rp.host_selection_retry_max_attempts), 1 << 30)
+        # LbContext counts picks in all: Envoy's host_selection_retry_max_attempts re-picks
+        # plus the first (its chooseHost loops hostSelectionRetryCount() + 1 times).
+        p.host_selection_max_attempts = <int>min(rp.host_selection_retry_max_attempts, 1 << 30) + 1
         p.ncodes = len(rp.retriable_status_codes)
         if p.ncodes:
             p.codes = <uint32_t*>b.alloc(sizeof(uint32_t) * p.ncodes)

@@ -306,6 +306,10 @@ cdef void _hc_success(HcSession* s, bint degraded) noexcept nogil:
     _hc_first_done(s)
     if changed == HT_CHANGED:
         cluster_health_changed(ck.cluster)
+    if not _hc_flag(s, HF_FAILED_ACTIVE_HC):
+        # A passing check un-ejects a host outlier detection ejected (Envoy's
+        # successful_active_health_check_uneject_host, on by default; outlier.pxi decides).
+        outlier_host_healthy_check(s.hstats)
     timer_cancel(ck.loop, &s.timeout_timer)
     timer_arm(ck.loop, &s.interval_timer, _hc_interval(ck, True, changed))
 
