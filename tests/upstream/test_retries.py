@@ -10,6 +10,7 @@ by polling, never by sleeping.
 """
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -339,6 +340,197 @@ def test_per_try_timeout_without_retry_is_504(tmp):
                                    {"upstream_rq_per_try_timeout": 1, "upstream_rq_504": 1})
 
 
+def trickle(parts, gap, then="close"):
+    """An action sending `parts` one by one, `gap` seconds apart (a slow upstream: the
+    pauses are the behaviour under test), then closing (or hanging, then="hang")."""
+    def act(c, hung=None):
+        for i, part in enumerate(parts):
+            if i:
+                time.sleep(gap)
+            c.sendall(part)
+        if then == "hang":
+            time.sleep(5)
+        c.close()
+    return lambda method, path, headers, body: act
+
+
+def raw_get(addr, timeout=5.0):
+    """GET /a on a raw socket, read until the proxy closes it (FIN or RST): the bytes
+    received."""
+    s = socket.create_connection(addr, timeout=timeout)
+    out = b""
+    try:
+        s.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            out += d
+    except ConnectionResetError:
+        pass
+    finally:
+        s.close()
+    return out
+
+
+PER_TRY_IDLE_STATS = ("upstream_rq_per_try_idle_timeout", "upstream_rq_retry", "upstream_rq_504",
+                      "upstream_rq_per_try_timeout")
+
+
+@pytest.mark.parametrize("retry_on,want", [("5xx", (200, b"ok", 2)), ("connect-failure", (504, b"upstream request timeout", 1))])
+def test_per_try_idle_timeout(tmp, retry_on, want):
+    """per_try_idle_timeout: an attempt whose upstream sends nothing for that long (after
+    the request's end) is reset, counted upstream_rq_per_try_idle_timeout and the host's
+    rq_timeout, and retried under 5xx; without a retry, 504."""
+    def scenario(kind, tmp_path):
+        up = Scripted(["hang"])
+        try:
+            text = yaml_for(route(f"{{retry_on: '{retry_on}', num_retries: 1, per_try_idle_timeout: 0.2s}}"),
+                            [up.port])
+
+            def drive(addr, stats):
+                t = time.monotonic()
+                r, body = http_request(addr, "GET", "/a")
+                took = time.monotonic() - t
+                return (r.status, body, up.count, 0.15 <= took < 2.0, pick(stats(), PER_TRY_IDLE_STATS),
+                        [h["rq_timeout"] for h in stats.hosts().values()])
+            return run(kind, text, tmp_path, drive)
+        finally:
+            up.close()
+    st, body, n, timely, stats, timeouts = both(tmp, scenario)
+    assert (st, body, n) == want and timely and timeouts == [1]
+    assert stats == {"upstream_rq_per_try_idle_timeout": 1, "upstream_rq_retry": 1 if st == 200 else 0,
+                     "upstream_rq_504": 1 if st == 504 else 0, "upstream_rq_per_try_timeout": 0}
+
+
+def test_per_try_idle_timeout_restarts_with_each_byte(tmp):
+    """A slow response whose bytes come more often than the idle timeout completes, though
+    it takes longer than the timeout in all; one that stalls inside its body is reset (the
+    client gets the head and part of the body, then the connection closes) and never
+    retried."""
+    slow = trickle([b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n", b"a", b"b", b"c", b"d"], 0.1)
+    stall = trickle([b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n", b"ab"], 0, then="hang")
+
+    def scenario(kind, tmp_path):
+        up = Scripted([slow, stall])
+        try:
+            text = yaml_for(route("{retry_on: '5xx,reset', num_retries: 2, per_try_idle_timeout: 0.3s}"), [up.port])
+
+            def drive(addr, stats):
+                r, body = http_request(addr, "GET", "/a")
+                first = (r.status, body)
+                t = time.monotonic()
+                out = raw_get(addr)
+                took = time.monotonic() - t
+                second = (out.split(b"\r\n", 1)[0], out.endswith(b"\r\n\r\nab"), 0.25 <= took < 3.0)
+                return first, second, up.count, pick(stats(), PER_TRY_IDLE_STATS)
+            return run(kind, text, tmp_path, drive)
+        finally:
+            up.close()
+    first, second, n, stats = both(tmp, scenario)
+    assert first == (200, b"abcd") and second == (b"HTTP/1.1 200 OK", True, True) and n == 2
+    assert stats["upstream_rq_per_try_idle_timeout"] == 1 and stats["upstream_rq_retry"] == 0
+
+
+def test_rate_limited_retry_back_off(tmp):
+    """rate_limited_retry_back_off: a retried response with a reset header waits what it
+    says (SECONDS, or UNIX_TIMESTAMP minus now; Envoy's jitter takes it up to 1.5 x),
+    counted upstream_rq_retry_backoff_ratelimited; a value over max_interval is skipped (the
+    next header, else the exponential back-off); the first header present decides."""
+    policy = ("{retry_on: 5xx, num_retries: 1, retry_back_off: {base_interval: 0.01s, max_interval: 0.02s}, "
+              "rate_limited_retry_back_off: {max_interval: 2s, reset_headers: "
+              "[{name: Retry-After}, {name: x-reset-at, format: UNIX_TIMESTAMP}]}}")
+    at = lambda dt: (lambda m, p, h, b: status(503, b"x-reset-at: %d\r\n" % (int(time.time()) + dt)))  # noqa: E731
+    cases = [
+        (status(503, b"retry-after: 1\r\n"), (1.0, 1.6), "ratelimited"),
+        (status(503, b"retry-after: 3\r\n"), (0, 0.5), "exponential"),      # over max_interval
+        (at(2), (1.0, 3.1), "ratelimited"),                                  # the second header
+        (status(503, b"retry-after: 3\r\nx-reset-at: 0\r\n"), (0, 0.5), "exponential"),
+        (status(503, b"retry-after: soon\r\n"), (0, 0.5), "exponential"),  # not a number
+        (status(503, b"retry-after: 0\r\n"), (0, 0.5), "exponential"),
+    ]
+
+    def scenario(kind, tmp_path):
+        script = []
+        for first, _, _ in cases:
+            script += [first, OK]
+        up = Scripted(script)
+        try:
+            text = yaml_for(route(policy), [up.port])
+
+            def drive(addr, stats):
+                out = []
+                for _, (lo, hi), how in cases:
+                    before = pick(stats(), ("upstream_rq_retry_backoff_ratelimited",
+                                            "upstream_rq_retry_backoff_exponential"))
+                    t = time.monotonic()
+                    r, body = http_request(addr, "GET", "/a")
+                    took = time.monotonic() - t
+                    after = pick(stats(), ("upstream_rq_retry_backoff_ratelimited",
+                                           "upstream_rq_retry_backoff_exponential"))
+                    grew = [k.rsplit("_", 1)[1] for k in after if after[k] != before[k]]
+                    out.append((r.status, grew, lo <= took < hi))
+                return out, up.count
+            return run(kind, text, tmp_path, drive)
+        finally:
+            up.close()
+    out, n = both(tmp, scenario)
+    assert out == [(200, [how], True) for _, _, how in cases] and n == 2 * len(cases)
+
+
+def after(delay, response):
+    """An action answering `response` after `delay` seconds (a slow upstream)."""
+    def act(c):
+        time.sleep(delay)
+        c.sendall(response)
+        time.sleep(1)           # (then the proxy, not the upstream, ends the connection)
+        c.close()
+    return lambda method, path, headers, body: act
+
+
+SLOW_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow"
+HEDGE_STATS = ("upstream_rq_retry", "upstream_rq_retry_success", "upstream_rq_per_try_timeout",
+               "upstream_rq_retry_limit_exceeded", "upstream_rq_200", "upstream_rq_503", "upstream_rq_total")
+
+
+@pytest.mark.parametrize("case", ["new-wins", "first-wins", "first-fails-waits", "no-retry-on", "vhost"])
+def test_hedge_on_per_try_timeout(tmp, case):
+    """hedge_policy.hedge_on_per_try_timeout: a per-try timeout does not reset the attempt;
+    the next one starts (a retry, whatever retry_on says, while retries are left) and the
+    first usable response wins, the other attempt being reset. A hedged attempt's response
+    that would be retried is dropped while the other may still answer. Without retry_on
+    there is no retry state (Envoy): the attempt just goes on."""
+    retry_on = "" if case == "no-retry-on" else "retry_on: 5xx, "
+    policy = (f"{{{retry_on}num_retries: 1, per_try_timeout: 0.2s, "
+              "retry_back_off: {base_interval: 0.01s, max_interval: 0.02s}}")
+    script = {"new-wins": ["hang", OK], "first-wins": [after(0.5, SLOW_OK), "hang"],
+              "first-fails-waits": [after(0.5, status(503)), after(0.5, OK)],
+              "no-retry-on": [after(0.5, SLOW_OK)], "vhost": ["hang", OK]}[case]
+    if case == "vhost":
+        routes, vhost = route(policy), "{hedge_policy: {hedge_on_per_try_timeout: true}}"
+    else:
+        routes, vhost = route(policy, "hedge_policy: {hedge_on_per_try_timeout: true}"), None
+
+    def scenario(kind, tmp_path):
+        up = Scripted(list(script))
+        try:
+            text = yaml_for(routes, [up.port], vhost=vhost)
+
+            def drive(addr, stats):
+                r, body = http_request(addr, "GET", "/a")
+                return (r.status, body, up.count, pick(stats(), HEDGE_STATS),
+                        list(stats.hosts().values()))
+            return run(kind, text, tmp_path, drive)
+        finally:
+            up.close()
+    st, body, n, stats, hosts = both(tmp, scenario)
+    want = {"new-wins": (200, b"ok", 2), "first-wins": (200, b"slow", 2), "first-fails-waits": (200, b"ok", 2),
+            "no-retry-on": (200, b"slow", 1), "vhost": (200, b"ok", 2)}[case]
+    assert (st, body, n) == want
+    assert stats["upstream_rq_per_try_timeout"] == 0        # (a soft timeout: Envoy does not count it)
+    assert stats["upstream_rq_retry"] == (0 if case == "no-retry-on" else 1)
+
+
 def test_backoff_bounds(tmp):
     """Envoy's jittered exponential back-off: retry k waits [0, (2^k - 1) x base), capped at
     max_interval: three retries with base 100 ms, max 150 ms take under 0.1 + 0.15 + 0.15 s."""
@@ -555,31 +747,58 @@ def test_attempt_count_on_a_local_reply(tmp):
     ("{retry_on: 'sometimes'}", ".retry_policy.retry_on", "sometimes"),
     ("{retry_on: 5xx, retry_back_off: {base_interval: 1s, max_interval: 0.5s}}",
      ".retry_policy.retry_back_off.max_interval", "greater than or equal"),
-    ("{retry_on: 5xx, per_try_idle_timeout: 1s}", ".retry_policy.per_try_idle_timeout", "per_try_idle_timeout"),
-    ("{retry_on: 5xx, rate_limited_retry_back_off: {reset_headers: [{name: retry-after}]}}",
-     ".retry_policy.rate_limited_retry_back_off", "rate_limited_retry_back_off"),
+    ("{retry_on: 5xx, rate_limited_retry_back_off: {reset_headers: []}}",
+     ".retry_policy.rate_limited_retry_back_off.reset_headers", "at least one"),
+    ("{retry_on: 5xx, rate_limited_retry_back_off: {reset_headers: [{name: ''}]}}",
+     ".retry_policy.rate_limited_retry_back_off.reset_headers[0].name", "header name"),
+    ("{retry_on: 5xx, rate_limited_retry_back_off: {reset_headers: [{name: a, format: HOURS}]}}",
+     ".retry_policy.rate_limited_retry_back_off.reset_headers[0].format", "HOURS"),
+    ("{retry_on: 5xx, rate_limited_retry_back_off: {reset_headers: [{name: a}], max_interval: 0s}}",
+     ".retry_policy.rate_limited_retry_back_off.max_interval", "greater than"),
     ("{retry_on: 5xx, retry_host_predicate: [{name: envoy.retry_host_predicates.omit_canary_hosts}]}",
      ".retry_policy.retry_host_predicate[0].typed_config", "omit_canary_hosts"),
     ("{retry_on: 5xx, retry_host_predicate: [{name: envoy.retry_host_predicates.previous_hosts}]}",
      ".retry_policy.retry_host_predicate[0].typed_config", "only envoy.retry_host_predicates.previous_hosts"),
 ])
-def test_bad_policy_refused_with_its_path(policy, path, words):
+def test_bad_policy_refused_with_its_path(policy, path, words, tmp_path):
+    text = yaml_for(route(policy), [1])
     with pytest.raises(ConfigError) as e:
-        load_envoy(yaml_for(route(policy), [1]))
+        load_envoy(text)
     assert path in str(e.value) and words in str(e.value)
+    if ENVOY is not None and "rate_limited" in path:
+        with pytest.raises(AssertionError):
+            envoy_validates(text, tmp_path)         # Envoy 1.40 refuses it too
 
 
-def test_dump_round_trips():
+def test_dump_round_trips(tmp_path):
+    """The dump reads back to the same config, and Envoy 1.40 accepts it."""
     from fastproxy.config.dump import bootstrap_json
-    text = yaml_for(route("{retry_on: '5xx,reset', num_retries: 3, per_try_timeout: 0.5s, "
+    text = yaml_for(route("{retry_on: '5xx,reset', num_retries: 3, per_try_timeout: 0.5s, per_try_idle_timeout: 0.25s, "
                           "retry_back_off: {base_interval: 0.01s, max_interval: 0.2s}, "
                           "retriable_status_codes: [418], "
+                          "rate_limited_retry_back_off: {reset_headers: [{name: retry-after}, "
+                          "{name: x-reset, format: UNIX_TIMESTAMP}], max_interval: 20s}, "
                           f"retry_host_predicate: [{PREVIOUS_HOSTS}], "
                           "host_selection_retry_max_attempts: 4}"), [1],
-                    vhost="{include_request_attempt_count: true, per_request_buffer_limit_bytes: 2048}",
+                    vhost="{include_request_attempt_count: true, per_request_buffer_limit_bytes: 2048, "
+                          "hedge_policy: {hedge_on_per_try_timeout: true}}",
                     cluster="circuit_breakers: {thresholds: [{retry_budget: {budget_percent: {value: 25}}}]}")
     boot = load_envoy(text)
-    assert load_envoy(bootstrap_json(boot)) == boot
+    dumped = bootstrap_json(boot)
+    assert load_envoy(dumped) == boot
+    if ENVOY is not None:
+        envoy_validates(dumped, tmp_path)
+
+
+def envoy_validates(text, tmp_path):
+    import os
+    import subprocess
+    cfg = tmp_path / "dump.json"
+    cfg.write_text(text if isinstance(text, str) else json.dumps(text))
+    r = subprocess.run([ENVOY, "--mode", "validate", "-c", str(cfg), "--log-level", "critical"],
+                       capture_output=True, text=True, timeout=60,
+                       env={k: v for k, v in os.environ.items() if k != "LD_PRELOAD"})
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 # --------------------------------------------------------------------------- HTTP/2 upstreams
@@ -698,3 +917,38 @@ def test_retried_request_is_mirrored_once(tmp):
             up.close()
             mirror.close()
     assert both(tmp, scenario) == (200, [b"payload", b"payload"], [b"payload"])
+
+
+def test_hedged_request_is_mirrored_once(tmp):
+    """Hedging on a mirrored route: both attempts carry the body kept for retries, the
+    shadow goes once, and the hung first attempt is reset when the second wins."""
+    routes = """
+- match: {prefix: /}
+  route:
+    cluster: backend
+    retry_policy: {retry_on: 5xx, num_retries: 1, per_try_timeout: 0.2s,
+                   retry_back_off: {base_interval: 0.01s, max_interval: 0.02s}}
+    hedge_policy: {hedge_on_per_try_timeout: true}
+    request_mirror_policies: [{cluster: mirror}]
+"""
+
+    def scenario(kind, tmp_path):
+        up, mirror = Scripted(["hang"]), Scripted()
+        try:
+            text = yaml_for(routes, [up.port])
+            boot = __import__("yaml").safe_load(text)
+            boot["static_resources"]["clusters"].append(static_cluster("mirror", [mirror.port], connect_timeout="1s"))
+            text = __import__("yaml").safe_dump(boot, sort_keys=False)
+
+            def drive(addr, stats):
+                r, body = http_request(addr, "POST", "/a", body=b"payload")
+                wait_for(lambda: mirror.count == 1)
+                st = pick(stats(), ("upstream_rq_retry", "upstream_rq_retry_success", "upstream_rq_per_try_timeout"))
+                return r.status, body, [b for _, _, _, b in up.requests], [b for _, _, _, b in mirror.requests], st
+            return run(kind, text, tmp_path, drive)
+        finally:
+            up.close()
+            mirror.close()
+    assert both(tmp, scenario) == (200, b"ok", [b"payload", b"payload"], [b"payload"],
+                                   {"upstream_rq_retry": 1, "upstream_rq_retry_success": 1,
+                                    "upstream_rq_per_try_timeout": 0})

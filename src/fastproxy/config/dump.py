@@ -904,10 +904,17 @@ def _retry_policy(p) -> dict:
         out["num_retries"] = p.num_retries
     if p.per_try_timeout is not None:
         out["per_try_timeout"] = duration(p.per_try_timeout)
+    if p.per_try_idle_timeout:
+        out["per_try_idle_timeout"] = duration(p.per_try_idle_timeout)
     if p.base_interval is not None:
         out["retry_back_off"] = {"base_interval": duration(p.base_interval)}
         if p.max_interval is not None:
             out["retry_back_off"]["max_interval"] = duration(p.max_interval)
+    if p.reset_headers:
+        out["rate_limited_retry_back_off"] = {"reset_headers": [{"name": h.name, "format": h.format}
+                                                                for h in p.reset_headers]}
+        if p.reset_max_interval is not None:
+            out["rate_limited_retry_back_off"]["max_interval"] = duration(p.reset_max_interval)
     if p.previous_hosts:
         out["retry_host_predicate"] = [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}]
@@ -929,6 +936,8 @@ def _retry_fields(out: Dict[str, Any], owner) -> None:
         out["retry_policy"] = _retry_policy(owner.retry_policy)
     if owner.hedge_policy is not None:
         out["hedge_policy"] = {}
+        if owner.hedge_policy.hedge_on_per_try_timeout:
+            out["hedge_policy"]["hedge_on_per_try_timeout"] = True
     for name in ("include_request_attempt_count", "include_attempt_count_in_response"):
         if getattr(owner, name, False):
             out[name] = True

@@ -94,13 +94,10 @@ UNSUPPORTED_FIELDS = {
     "load_balancing_policy": ("load balancing policy extensions", False),
     "hidden_envoy_deprecated_tls_context": ("TLS", True),
     # route retry_policy / hedge_policy parts (fastproxy.config.retry)
-    "per_try_idle_timeout": ("the per-try idle timeout of retries", True),
-    "rate_limited_retry_back_off": ("rate-limited retry back-off (reset headers)", True),
     "retry_priority": ("retry priority predicates", False),
     "retry_options_predicates": ("retry options predicates", False),
     "initial_requests": ("hedged initial requests", False),
     "additional_request_chance": ("hedged additional requests", False),
-    "hedge_on_per_try_timeout": ("hedging on per-try timeouts", True),
 }
 
 

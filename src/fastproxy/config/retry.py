@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ..errors import ConfigError
-from ..http.retry import RETRY_ON, HedgePolicy, RetryBudget, RetryPolicy
+from ..http.retry import RETRY_ON, HedgePolicy, ResetHeader, RetryBudget, RetryPolicy
 from .http_common import _bool, _header_matcher
 from .proto import Message, integer, unsupported_field
 
@@ -20,6 +20,7 @@ _RETRY_POLICY_FIELDS = ("retry_on", "num_retries", "per_try_timeout", "per_try_i
                         "retry_back_off", "rate_limited_retry_back_off", "retriable_headers",
                         "retriable_request_headers")
 _HEDGE_FIELDS = ("initial_requests", "additional_request_chance", "hedge_on_per_try_timeout")
+_RESET_FORMATS = {"SECONDS": 0, "UNIX_TIMESTAMP": 1}
 PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
 PREVIOUS_HOSTS_TYPE = "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 
@@ -28,7 +29,7 @@ def retry_policy(m: Optional[Message]) -> Optional[RetryPolicy]:
     """route.v3.RetryPolicy (a route's or a virtual host's)."""
     if m is None:
         return None
-    for f in ("retry_priority", "retry_options_predicates", "rate_limited_retry_back_off"):
+    for f in ("retry_priority", "retry_options_predicates"):
         if m.raw(f) is not None:
             raise unsupported_field(m.at(f), f)
     retry_on = m.string("retry_on", default="")
@@ -40,8 +41,6 @@ def retry_policy(m: Optional[Message]) -> Optional[RetryPolicy]:
     p.num_retries = m.uint32("num_retries", default=1)
     p.per_try_timeout = m.duration("per_try_timeout")
     p.per_try_idle_timeout = m.duration("per_try_idle_timeout")
-    if p.per_try_idle_timeout:
-        raise unsupported_field(m.at("per_try_idle_timeout"), "per_try_idle_timeout")
     hs = m.raw("host_selection_retry_max_attempts")
     if hs is not None:
         p.host_selection_retry_max_attempts = integer(hs, m.at("host_selection_retry_max_attempts"),
@@ -68,6 +67,20 @@ def retry_policy(m: Optional[Message]) -> Optional[RetryPolicy]:
         if p.max_interval is not None and p.max_interval < p.base_interval:
             raise ConfigError(bo.at("max_interval"), "max_interval must be greater than or equal to "
                                                      "the base_interval")
+    rl = m.message("rate_limited_retry_back_off", ("reset_headers", "max_interval"))
+    if rl is not None:
+        for item, ipath in rl.repeated("reset_headers"):
+            hm = Message(item, ipath, ("name", "format"))
+            name = hm.string("name", default="")
+            if not name:
+                raise ConfigError(hm.at("name"), "must be a non-empty header name")
+            p.reset_headers.append(ResetHeader(name=name, format=hm.enum("format", _RESET_FORMATS,
+                                                                          default="SECONDS")))
+        if not p.reset_headers:
+            raise ConfigError(rl.at("reset_headers"), "must have at least one item")
+        p.reset_max_interval = rl.duration("max_interval")
+        if p.reset_max_interval is not None and p.reset_max_interval <= 0.001:
+            raise ConfigError(rl.at("max_interval"), "must be greater than 1ms")
     p.retriable_headers = [_header_matcher(item, ipath) for item, ipath in m.repeated("retriable_headers")]
     p.retriable_request_headers = [_header_matcher(item, ipath)
                                    for item, ipath in m.repeated("retriable_request_headers")]
@@ -80,9 +93,7 @@ def hedge_policy(m: Optional[Message]) -> Optional[HedgePolicy]:
     for f in ("initial_requests", "additional_request_chance"):
         if m.raw(f) is not None:
             raise unsupported_field(m.at(f), f)
-    if _bool(m, "hedge_on_per_try_timeout"):
-        raise unsupported_field(m.at("hedge_on_per_try_timeout"), "hedge_on_per_try_timeout")
-    return HedgePolicy()
+    return HedgePolicy(hedge_on_per_try_timeout=_bool(m, "hedge_on_per_try_timeout"))
 
 
 def route_retry(a: Message) -> dict:

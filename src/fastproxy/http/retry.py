@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..validation import fail
+from ..validation import fail, is_token
 
 # Envoy's x-envoy-retry-on / retry_on values (RetryStateImpl::parseRetryOn) and the gRPC
 # ones (x-envoy-retry-grpc-on; retry_on takes both).
@@ -34,6 +34,9 @@ class RetryPolicy:
     retriable_status_codes: list = field(default_factory=list)
     retriable_headers: list = field(default_factory=list)            # [http.model.HeaderMatcher]
     retriable_request_headers: list = field(default_factory=list)    # [http.model.HeaderMatcher]
+    # rate_limited_retry_back_off: [ResetHeader] (empty: not set) and its max_interval
+    reset_headers: list = field(default_factory=list)
+    reset_max_interval: Optional[float] = None      # (default 300 s)
 
     def conditions(self) -> list:
         return [c.strip() for c in self.retry_on.split(",") if c.strip()]
@@ -69,6 +72,16 @@ class RetryPolicy:
         for i, code in enumerate(self.retriable_status_codes):
             if not isinstance(code, int) or not 0 <= code < 1 << 32:
                 fail(f"{path}.retriable_status_codes[{i}]", "must be an unsigned 32-bit integer")
+        rpath = path + ".rate_limited_retry_back_off"
+        for i, rh in enumerate(self.reset_headers):
+            if not isinstance(rh, ResetHeader):
+                fail(f"{rpath}.reset_headers[{i}]", "must be a ResetHeader")
+            rh.validate(f"{rpath}.reset_headers[{i}]")
+        if self.reset_max_interval is not None:
+            if not self.reset_headers:
+                fail(rpath + ".reset_headers", "must have at least one item")
+            if not isinstance(self.reset_max_interval, (int, float)) or self.reset_max_interval <= 0.001:
+                fail(rpath + ".max_interval", "must be greater than 1ms")
         for name in ("retriable_headers", "retriable_request_headers"):
             for i, hm in enumerate(getattr(self, name)):
                 if not callable(getattr(hm, "validate", None)):     # (fastproxy.http.HeaderMatcher)
@@ -76,19 +89,35 @@ class RetryPolicy:
                 hm.validate(f"{path}.{name}[{i}]")
 
 
+RESET_HEADER_FORMATS = ("SECONDS", "UNIX_TIMESTAMP")
+
+
+@dataclass
+class ResetHeader:
+    """route.v3.RetryPolicy.ResetHeader: a response header telling when to retry, as a
+    number of seconds (SECONDS) or the Unix time to retry at (UNIX_TIMESTAMP)."""
+
+    name: str = ""
+    format: str = "SECONDS"
+
+    def validate(self, path: str) -> None:
+        if not is_token(self.name):
+            fail(path + ".name", "must be a non-empty HTTP header name")
+        if self.format not in RESET_HEADER_FORMATS:
+            fail(path + ".format", f"must be one of {', '.join(RESET_HEADER_FORMATS)}")
+
+
 @dataclass
 class HedgePolicy:
-    """route.v3.HedgePolicy. Hedging is not built: hedge_on_per_try_timeout must stay False
-    (initial_requests and additional_request_chance are refused too)."""
+    """route.v3.HedgePolicy: hedge_on_per_try_timeout (a per-try timeout starts the next
+    attempt without resetting the one in flight; the first usable response wins).
+    initial_requests and additional_request_chance are not built (refused)."""
 
     hedge_on_per_try_timeout: bool = False
 
     def validate(self, path: str) -> None:
         if not isinstance(self.hedge_on_per_try_timeout, bool):
             fail(path + ".hedge_on_per_try_timeout", "must be a bool")
-        if self.hedge_on_per_try_timeout:
-            fail(path + ".hedge_on_per_try_timeout", "hedging is not built: a per-try timeout resets "
-                                                     "the attempt (and retries it)")
 
 
 @dataclass

@@ -52,10 +52,15 @@ _RETRY_ON_BITS = {"5xx": RO_5XX, "gateway-error": RO_GATEWAY_ERROR, "connect-fai
 
 DEF RETRY_HDR_CODES = 8             # x-envoy-retriable-status-codes kept per request
 
+cdef struct RetryResetHeader:       # rate_limited_retry_back_off.reset_headers[i]
+    RouteStr name                       # lowercase
+    uint8_t unix_timestamp              # format UNIX_TIMESTAMP (else SECONDS)
+
 cdef struct RetryPolicy:
     uint32_t retry_on                   # RO_* (0: none: only the fields below apply)
     uint32_t num_retries
     uint64_t per_try_timeout_ms         # 0: none
+    uint64_t per_try_idle_timeout_ms    # 0: none
     uint64_t base_ms                    # retry_back_off (25 ms and 10 x base by default)
     uint64_t max_ms
     uint8_t previous_hosts              # retry_host_predicate previous_hosts
@@ -66,6 +71,9 @@ cdef struct RetryPolicy:
     const RouteHeaderMatcher* headers
     int nrequest_headers                # retriable_request_headers
     const RouteHeaderMatcher* request_headers
+    int nreset                          # rate_limited_retry_back_off (0: none)
+    const RetryResetHeader* reset
+    uint64_t reset_max_ms               # ... its max_interval (default 300 s)
     uint8_t hedge_on_per_try_timeout
     uint8_t attempt_count_request       # the virtual host's include_request_attempt_count
     uint8_t attempt_count_response      # ... include_attempt_count_in_response
@@ -80,6 +88,9 @@ cdef struct RetryState:             # one per stream that may retry (HStream.ret
     uint64_t base_ms
     uint64_t max_ms
     uint64_t per_try_ms                 # 0: no per-try timeout
+    uint64_t per_try_idle_ms            # 0: no per-try idle timeout
+    uint64_t ratelimited_ms             # the next back-off from a reset header (0: exponential)
+    uint64_t idle_at                    # the attempt's last upstream activity (w.now)
     int ncodes                          # x-envoy-retriable-status-codes
     uint32_t codes[RETRY_HDR_CODES]
     uint8_t armed                       # an outstanding retry: counted in cluster.n_retries
@@ -92,9 +103,18 @@ cdef struct RetryState:             # one per stream that may retry (HStream.ret
     ClusterCfg* cluster                 # n_retries is charged to it (one reference while armed)
     Timer backoff
     Timer per_try
+    Timer per_try_idle                  # re-armed lazily: activity only moves idle_at
     StatBlock** tried                   # the hosts tried (one reference each): previous_hosts
     int ntried
     int tried_cap
+    # Hedging (hedge_on_per_try_timeout): the attempt that hit its per-try timeout stays in
+    # flight here while the next one (s.upstream) starts; the pool's events for it swap it
+    # into s.upstream first (retry_upstream_focus), so the router's code always works on
+    # s.upstream. conn NULL: no second attempt (every route without hedging).
+    UpstreamRequest hedged
+    uint8_t hedge                       # hedge_on_per_try_timeout (or x-envoy-hedge-on-per-try-timeout)
+    uint8_t cur_hedged                  # s.upstream's attempt was hedged (Envoy's retried())
+    uint8_t other_hedged                # ... hedged's
 
 cdef enum:                          # _retry_decide's outcomes (Envoy's RetryStatus)
     RS_NO = 0
@@ -137,6 +157,7 @@ cdef int route_retry_build(_RouteBuilder b, RouteEntry* e, a, str apath, vhm=Non
             p.retry_on |= _RETRY_ON_BITS[c]
         p.num_retries = rp.num_retries
         p.per_try_timeout_ms = 0 if not rp.per_try_timeout else _retry_ms(rp.per_try_timeout, 0)
+        p.per_try_idle_timeout_ms = 0 if not rp.per_try_idle_timeout else _retry_ms(rp.per_try_idle_timeout, 0)
         p.base_ms = _retry_ms(rp.base_interval, 25)
         p.max_ms = _retry_ms(rp.max_interval, p.base_ms * 10)
         p.previous_hosts = rp.previous_hosts
@@ -153,6 +174,13 @@ cdef int route_retry_build(_RouteBuilder b, RouteEntry* e, a, str apath, vhm=Non
             p.headers = <RouteHeaderMatcher*>b.alloc(sizeof(RouteHeaderMatcher) * p.nheaders)
             for i, hm in enumerate(rp.retriable_headers):
                 b.header_matcher(<RouteHeaderMatcher*>&p.headers[i], hm, f"{apath}.retry_policy.retriable_headers[{i}]")
+        p.nreset = len(rp.reset_headers)
+        if p.nreset:
+            p.reset = <RetryResetHeader*>b.alloc(sizeof(RetryResetHeader) * p.nreset)
+            for i, rh in enumerate(rp.reset_headers):
+                b.put(&(<RetryResetHeader*>p.reset)[i].name, rh.name.lower())
+                (<RetryResetHeader*>p.reset)[i].unix_timestamp = rh.format == "UNIX_TIMESTAMP"
+        p.reset_max_ms = _retry_ms(rp.reset_max_interval, 300000)
         p.nrequest_headers = len(rp.retriable_request_headers)
         if p.nrequest_headers:
             p.request_headers = <RouteHeaderMatcher*>b.alloc(sizeof(RouteHeaderMatcher) * p.nrequest_headers)
@@ -258,6 +286,7 @@ cdef int retry_stream_start(HStream* s, uint64_t per_try_ms, bint hedge, bint he
     cdef RetryState* st
     cdef uint32_t retry_on = p.retry_on if p != NULL else 0
     cdef uint32_t remaining = p.num_retries if p != NULL else 1
+    cdef uint64_t idle_ms = p.per_try_idle_timeout_ms if p != NULL else 0
     cdef const char* v
     cdef size_t n = 0, i, j
     cdef int ncodes = 0
@@ -288,7 +317,7 @@ cdef int retry_stream_start(HStream* s, uint64_t per_try_ms, bint hedge, bint he
                     codes[ncodes] = <uint32_t>_parse_u64(v + i, j - i)
                     ncodes += 1
                 i = j + 1
-    if retry_on == 0 and per_try_ms == 0:
+    if retry_on == 0 and per_try_ms == 0 and idle_ms == 0:
         return 0
     st = <RetryState*>calloc(1, sizeof(RetryState))
     if st == NULL:
@@ -299,12 +328,15 @@ cdef int retry_stream_start(HStream* s, uint64_t per_try_ms, bint hedge, bint he
     st.base_ms = p.base_ms if p != NULL else 25
     st.max_ms = p.max_ms if p != NULL else 250
     st.per_try_ms = per_try_ms
+    st.per_try_idle_ms = idle_ms
+    st.hedge = hedge                    # (the route's, or the header's: stream_route_timeout)
     st.ncodes = ncodes
     if ncodes:
         memcpy(st.codes, codes, ncodes * sizeof(uint32_t))
     st.keep_body = retry_on != 0
     timer_init(&st.backoff, _retry_backoff_fired, s)
     timer_init(&st.per_try, _retry_per_try_fired, s)
+    timer_init(&st.per_try_idle, _retry_per_try_idle_fired, s)
     s.retry = st
     if p != NULL and p.previous_hosts:
         s.lb.host_selection_max_attempts = p.host_selection_max_attempts
@@ -318,8 +350,10 @@ cdef void retry_free(HStream* s) noexcept nogil:
     cdef int i
     if st == NULL:
         return
+    retry_hedge_drop(s)
     timer_cancel(s.c.w, &st.backoff)
     timer_cancel(s.c.w, &st.per_try)
+    timer_cancel(s.c.w, &st.per_try_idle)
     _retry_disarm(st)
     chain_free(&st.body)
     for i in range(st.ntried):
@@ -329,6 +363,83 @@ cdef void retry_free(HStream* s) noexcept nogil:
     s.lb.navoid = 0
     free(st)
     s.retry = NULL
+
+
+# ---------------------------------------------------------------- hedging
+
+cdef inline void retry_upstream_focus(HStream* s, UpConn* u) noexcept nogil:
+    """The pool has news of u for s: if u carries the hedged attempt, make it s.upstream
+    (the other attempt goes to the hedged slot). One compare for every other stream."""
+    if s.upstream.conn != u and u != NULL and s.retry != NULL and s.retry.hedged.conn == u:
+        _retry_swap(s)
+
+
+cdef void _retry_swap(HStream* s) noexcept nogil:
+    cdef RetryState* st = s.retry
+    cdef UpstreamRequest tmp
+    cdef uint8_t f
+    memcpy(&tmp, &s.upstream, sizeof(UpstreamRequest))
+    memcpy(&s.upstream, &st.hedged, sizeof(UpstreamRequest))
+    memcpy(&st.hedged, &tmp, sizeof(UpstreamRequest))
+    f = st.cur_hedged
+    st.cur_hedged = st.other_hedged
+    st.other_hedged = f
+
+
+cdef inline bint _retry_other_pending(HStream* s) noexcept nogil:
+    """Another attempt may still answer: one in flight in the hedged slot, or one waiting
+    for its back-off (Envoy: numRequestsAwaitingHeaders() or pending_retries_)."""
+    return s.retry.hedged.conn != NULL or timer_armed(&s.retry.backoff)
+
+
+cdef void retry_hedge_drop(HStream* s) noexcept nogil:
+    """The other attempt is no longer wanted (a response won, or the stream ends): reset
+    it (Envoy's resetOtherUpstreams)."""
+    cdef RetryState* st = s.retry
+    if st == NULL or (st.hedged.conn == NULL and st.hedged.hstats == NULL):
+        return
+    _retry_swap(s)
+    if s.upstream.conn != NULL:
+        http_pool_cancel(s.upstream.conn)
+        s.upstream.conn = NULL
+    host_stats_release(&s.upstream.hstats)
+    _retry_swap(s)
+    memset(&st.hedged, 0, sizeof(UpstreamRequest))
+    st.other_hedged = 0
+
+
+cdef bint _retry_soft_timeout(HStream* s) noexcept nogil:
+    """hedge_on_per_try_timeout (Envoy's onSoftPerTryTimeout): the attempt is not reset; it
+    reports the timeout to outlier detection and, while retries are left, moves to the
+    hedged slot and the next attempt starts after the back-off (whatever retry_on says).
+    False: not hedged here (an HTTP/2 upstream, or two attempts in flight already): the
+    caller resets it as a per-try timeout."""
+    cdef RetryState* st = s.retry
+    cdef int rc
+    if s.upstream.conn == NULL or s.upstream.conn.h2_role != H2R_NONE \
+            or cluster_params(s.cluster, s.c.w).protocol != UP_HTTP1:
+        return False
+    outlier_report_local(s.upstream.hstats, s.c.w, OUT_TIMEOUT)
+    if st.retry_on == 0:
+        return True                     # (Envoy has no retry state then: it just waits)
+    if st.hedged.conn != NULL or st.cur_hedged:
+        # Two attempts in flight already: fastproxy starts no third (Envoy does while
+        # retries are left). With none left it counts what Envoy's shouldRetry counts;
+        # the outstanding retry stays (its success is counted if the newer one wins).
+        if st.remaining == 0:
+            stat_add(s.cluster.stats, s.c.w, C_RQ_RETRY_LIMIT_EXCEEDED, 1)
+            s.response_flags |= RF_URX
+        return True
+    rc = _retry_decide(s, True)
+    if rc != RS_YES:
+        _retry_outcome_flags(s, rc)
+        return True
+    memcpy(&st.hedged, &s.upstream, sizeof(UpstreamRequest))
+    st.other_hedged = 1
+    memset(&s.upstream, 0, sizeof(UpstreamRequest))
+    s.upstream.req_done = st.hedged.req_done    # (the request's, not the attempt's: the next one replays it)
+    st.cur_hedged = 0
+    return True
 
 
 # ---------------------------------------------------------------- attempts
@@ -418,10 +529,23 @@ cdef inline bint timer_armed(Timer* t) noexcept nogil:
 
 
 cdef void retry_request_complete(HStream* s) noexcept nogil:
-    """The whole request is on its way upstream: the per-try timeout starts (Envoy starts it
-    with the request's end)."""
-    if s.retry.per_try_ms and s.upstream.conn != NULL:
-        timer_arm(s.c.w, &s.retry.per_try, s.retry.per_try_ms)
+    """The whole request is on its way upstream: the per-try timeouts start (Envoy starts
+    them with the request's end)."""
+    cdef RetryState* st = s.retry
+    if s.upstream.conn == NULL:
+        return
+    if st.per_try_ms:
+        timer_arm(s.c.w, &st.per_try, st.per_try_ms)
+    if st.per_try_idle_ms:
+        st.idle_at = s.c.w.now
+        timer_arm(s.c.w, &st.per_try_idle, st.per_try_idle_ms)
+
+
+cdef inline void retry_upstream_active(HStream* s) noexcept nogil:
+    """Bytes of the attempt's response arrived: the per-try idle timeout starts over (a
+    store; the timer, when it fires, re-arms itself for what is left)."""
+    if s.retry != NULL:
+        s.retry.idle_at = s.c.w.now
 
 
 cdef inline void _retry_disarm(RetryState* st) noexcept nogil:
@@ -475,6 +599,7 @@ cdef int _retry_decide(HStream* s, bint would) noexcept nogil:
     cdef RetryState* st = s.retry
     cdef ClusterCfg* cl = s.cluster
     cdef Worker* w = s.c.w
+    cdef uint64_t delay
     if st.armed and not would:
         stat_add(cl.stats, w, C_RQ_RETRY_SUCCESS, 1)    # a retry happened and this one is final
     _retry_disarm(st)
@@ -492,8 +617,15 @@ cdef int _retry_decide(HStream* s, bint would) noexcept nogil:
     fp_atomic_add_int(&cl.refcnt, 1)
     fp_atomic_add_i64(&cl.n_retries, 1)
     stat_add(cl.stats, w, C_RQ_RETRY, 1)
-    stat_add(cl.stats, w, C_RQ_RETRY_BACKOFF_EXPONENTIAL, 1)
-    if timer_arm(w, &st.backoff, _retry_backoff_ms(s)) < 0:
+    if st.ratelimited_ms:
+        # The upstream said when (Envoy's JitteredLowerBoundBackOffStrategy): uniform in
+        # [t, 1.5 t); the exponential back-off's state does not move.
+        delay = st.ratelimited_ms + worker_random(w) % (st.ratelimited_ms >> 1)
+        stat_add(cl.stats, w, C_RQ_RETRY_BACKOFF_RATELIMITED, 1)
+    else:
+        delay = _retry_backoff_ms(s)
+        stat_add(cl.stats, w, C_RQ_RETRY_BACKOFF_EXPONENTIAL, 1)
+    if timer_arm(w, &st.backoff, delay) < 0:
         _retry_disarm(st)
         return RS_NO
     return RS_YES
@@ -578,22 +710,65 @@ cdef bint _retry_would_headers(HStream* s, const HttpHead* head) noexcept nogil:
     return False
 
 
+cdef uint64_t _retry_reset_interval(const RetryPolicy* p, const HttpHead* head) noexcept nogil:
+    """rate_limited_retry_back_off: the back-off (ms) the first reset header present with a
+    usable value asks for, if within max_interval (Envoy's parseResetInterval: a value over
+    it is skipped, not capped); 0: none (or one of at most 1 ms: the exponential back-off)."""
+    cdef const char* v
+    cdef size_t n = 0
+    cdef uint64_t secs, now
+    cdef int i
+    for i in range(p.nreset):
+        v = _head_field(head, p.reset[i].name.p, &n)
+        if v == NULL:
+            continue
+        while n and (v[0] == 32 or v[0] == 9):          # (absl::SimpleAtoi's tolerance)
+            v += 1
+            n -= 1
+        while n and (v[n - 1] == 32 or v[n - 1] == 9):
+            n -= 1
+        if n and v[0] == 43:                              # '+'
+            v += 1
+            n -= 1
+        if n == 0 or n > 19 or not _all_digits(v, n):
+            continue                    # (20 digits and more: beyond any max_interval)
+        secs = _parse_u64(v, n)
+        if p.reset[i].unix_timestamp:
+            now = wall_clock_us() // 1000000
+            if secs < now:
+                continue
+            secs -= now
+        if secs > p.reset_max_ms // 1000:
+            continue
+        return secs * 1000
+    return 0
+
+
 cdef int retry_on_headers(HStream* s, const HttpHead* head) noexcept nogil:
     """A final response head from the attempt, before anything of it goes downstream. 1:
     the attempt is retried (its upstream is dropped; the back-off runs), the caller stops;
     0: the response goes on to the client."""
     cdef RetryState* st = s.retry
     cdef int rc
+    cdef bint would
+    st.idle_at = s.c.w.now
+    if st.cur_hedged or st.other_hedged or st.hedged.conn != NULL:
+        return _retry_hedged_headers(s, head)
     timer_cancel(s.c.w, &st.per_try)
     if st.retry_on == 0 and not st.armed:
         return 0
-    rc = _retry_decide(s, st.retry_on != 0 and _retry_would_headers(s, head))
+    would = st.retry_on != 0 and _retry_would_headers(s, head)
+    if would and st.p != NULL and st.p.nreset:
+        st.ratelimited_ms = _retry_reset_interval(st.p, head)
+    rc = _retry_decide(s, would)
+    st.ratelimited_ms = 0
     if rc != RS_YES:
         _retry_outcome_flags(s, rc)
         return 0
     # The response is dropped: counted as Envoy counts a retried attempt (the host's
     # rq_error; no upstream_rq_<code>: that is the final response's).
     host_stat_add(s.upstream.hstats, s.c.w, HS_RQ_ERROR, 1)
+    timer_cancel(s.c.w, &st.per_try_idle)
     if s.upstream.conn != NULL:
         http_pool_cancel(s.upstream.conn)
         s.upstream.conn = NULL
@@ -601,16 +776,73 @@ cdef int retry_on_headers(HStream* s, const HttpHead* head) noexcept nogil:
     return 1
 
 
+cdef int _retry_hedged_headers(HStream* s, const HttpHead* head) noexcept nogil:
+    """retry_on_headers while hedging (Envoy's onUpstreamHeaders with several upstream
+    requests): a hedged attempt is never retried again; a response that would be retried
+    but cannot be is dropped while the other attempt may still answer; the response that
+    goes on to the client resets the other attempt."""
+    cdef RetryState* st = s.retry
+    cdef Worker* w = s.c.w
+    cdef bint would = st.retry_on != 0 and _retry_would_headers(s, head)
+    cdef bint could_not = False
+    cdef int rc
+    if st.cur_hedged:
+        could_not = would
+    else:
+        timer_cancel(w, &st.per_try)
+        if would and st.p != NULL and st.p.nreset:
+            st.ratelimited_ms = _retry_reset_interval(st.p, head)
+        rc = _retry_decide(s, would)
+        st.ratelimited_ms = 0
+        if rc == RS_YES:
+            host_stat_add(s.upstream.hstats, w, HS_RQ_ERROR, 1)
+            timer_cancel(w, &st.per_try_idle)
+            if s.upstream.conn != NULL:
+                http_pool_cancel(s.upstream.conn)
+                s.upstream.conn = NULL
+            s.upstream.resp_head = NULL
+            return 1
+        _retry_outcome_flags(s, rc)
+        could_not = rc != RS_NO
+    if could_not and _retry_other_pending(s):
+        host_stat_add(s.upstream.hstats, w, HS_RQ_ERROR, 1)
+        if s.upstream.conn != NULL:
+            http_pool_cancel(s.upstream.conn)
+            s.upstream.conn = NULL
+        s.upstream.resp_head = NULL
+        host_stats_release(&s.upstream.hstats)
+        st.cur_hedged = 0
+        return 1                        # (the other attempt, or the retry, answers)
+    # This response is the client's: no retry from now on, the other attempt goes.
+    timer_cancel(w, &st.backoff)
+    timer_cancel(w, &st.per_try)
+    _retry_disarm(st)
+    st.retry_on = 0
+    st.keep_body = 0
+    retry_hedge_drop(s)
+    return 0
+
+
 cdef bint retry_on_reset(HStream* s, const char* reason) noexcept nogil:
     """The pool failed the attempt before its response (s.upstream.conn is NULL now): is it
-    retried? Envoy's wouldRetryFromReset with the reset reason the failure stands for."""
+    retried (or, hedging, is another attempt still to answer)? True: the caller stops."""
+    cdef RetryState* st = s.retry
+    if st.cur_hedged or st.hedged.conn != NULL:
+        return _retry_hedged_reset(s, reason)
+    timer_cancel(s.c.w, &st.per_try)
+    timer_cancel(s.c.w, &st.per_try_idle)
+    return _retry_reset_decision(s, reason)
+
+
+cdef bint _retry_reset_decision(HStream* s, const char* reason) noexcept nogil:
+    """Envoy's wouldRetryFromReset with the reset reason the failure stands for, and
+    shouldRetry."""
     cdef RetryState* st = s.retry
     cdef uint32_t ro = st.retry_on
     cdef bint connect_failure = (reason == UPSTREAM_CONNECT_FAILURE or reason == UPSTREAM_REMOTE_FAILURE
                                  or reason == UPSTREAM_CONNECT_TIMEOUT)
     cdef bint would
     cdef int rc
-    timer_cancel(s.c.w, &st.per_try)
     if reason == NO_HEALTHY_UPSTREAM or reason == UPSTREAM_TIMEOUT:
         return False                    # the request's end, not an attempt's outcome
     if reason == UPSTREAM_OVERFLOW:
@@ -633,20 +865,83 @@ cdef bint retry_on_reset(HStream* s, const char* reason) noexcept nogil:
     return True
 
 
-cdef void _retry_per_try_fired(Worker* w, void* arg) noexcept nogil:
-    """per_try_timeout: the attempt took too long (its response has not started): Envoy's
-    onPerTryTimeout: the attempt is reset and retried as a local reset, else 504."""
-    cdef HStream* s = <HStream*>arg
+cdef bint _retry_hedged_reset(HStream* s, const char* reason) noexcept nogil:
+    """retry_on_reset while two attempts may answer (Envoy's onUpstreamReset): a hedged
+    attempt's failure is never retried; a failure not retried while the other attempt may
+    still answer is charged (its 503 or 502) and the client waits for the other."""
     cdef RetryState* st = s.retry
-    cdef HConn* c = s.c
-    cdef int rc
+    cdef Worker* w = s.c.w
+    cdef int status
+    if reason == NO_HEALTHY_UPSTREAM or reason == UPSTREAM_TIMEOUT:
+        retry_hedge_drop(s)             # (the route's timeout: every attempt ends)
+        st.cur_hedged = 0
+        return False
+    if not st.cur_hedged:
+        timer_cancel(w, &st.per_try)
+        timer_cancel(w, &st.per_try_idle)
+        if _retry_reset_decision(s, reason):
+            return True
+    st.cur_hedged = 0
+    if not _retry_other_pending(s):
+        return False                    # (the caller answers the client)
+    status = 502 if reason == UPSTREAM_PROTOCOL_ERROR else 503
+    _count_upstream(s.cluster.stats, w, status)
+    _count_host(s, status)
+    host_stats_release(&s.upstream.hstats)
+    s.upstream.resp_head = NULL
+    return True
+
+
+cdef void _retry_per_try_fired(Worker* w, void* arg) noexcept nogil:
+    """per_try_timeout: the attempt took too long (ignored once the response has started)."""
+    cdef HStream* s = <HStream*>arg
     if s.resp_started:
         return
-    stat_add(s.cluster.stats, w, C_RQ_PER_TRY_TIMEOUT, 1)
+    if s.retry.cur_hedged and s.retry.hedged.conn != NULL and not s.retry.other_hedged:
+        _retry_swap(s)                  # (the timer is the newest attempt's)
+    if s.retry.hedge and _retry_soft_timeout(s):
+        return
+    _retry_try_timed_out(s, C_RQ_PER_TRY_TIMEOUT)
+
+
+cdef void _retry_per_try_idle_fired(Worker* w, void* arg) noexcept nogil:
+    """per_try_idle_timeout: nothing came from the attempt's upstream for that long (since
+    the request's end, or its last response bytes). Unlike per_try_timeout it also ends a
+    response that has started (Envoy resets it)."""
+    cdef HStream* s = <HStream*>arg
+    cdef RetryState* st = s.retry
+    cdef uint64_t quiet = w.now - st.idle_at if w.now > st.idle_at else 0
+    if s.upstream.resp_received or s.upstream.conn == NULL:
+        return                          # (the response is whole, or no attempt is in flight)
+    if quiet < st.per_try_idle_ms:
+        timer_arm(w, &st.per_try_idle, st.per_try_idle_ms - quiet)
+        return
+    if st.hedge and not s.resp_started \
+            and s.upstream.resp_head == NULL and _retry_soft_timeout(s):
+        return
+    _retry_try_timed_out(s, C_RQ_PER_TRY_IDLE_TIMEOUT)
+
+
+cdef void _retry_try_timed_out(HStream* s, int counter) noexcept nogil:
+    """Envoy's onPerTryTimeoutCommon: the attempt is reset and retried as a local reset
+    (under reset, 5xx or gateway-error), else 504 `upstream request timeout` (UT); after
+    the response has started, the downstream stream is reset."""
+    cdef RetryState* st = s.retry
+    cdef HConn* c = s.c
+    cdef Worker* w = c.w
+    cdef int rc
+    timer_cancel(w, &st.per_try)
+    timer_cancel(w, &st.per_try_idle)
+    stat_add(s.cluster.stats, w, counter, 1)
     host_stat_add(s.upstream.hstats, w, HS_RQ_TIMEOUT, 1)
     if s.upstream.conn != NULL:
         http_pool_cancel(s.upstream.conn)
         s.upstream.conn = NULL
+    if s.resp_started or s.upstream.resp_head != NULL:
+        s.response_flags |= RF_UT       # (never retried: the response is the client's)
+        stream_upstream_failed(s, 504, UPSTREAM_TIMEOUT)
+        hconn_pump(c)
+        return
     rc = _retry_decide(s, (st.retry_on & (RO_RESET | RO_5XX | RO_GATEWAY_ERROR)) != 0)
     if rc == RS_YES:
         host_stat_add(s.upstream.hstats, w, HS_RQ_ERROR, 1)
@@ -671,6 +966,8 @@ cdef void _retry_do(HStream* s) noexcept nogil:
     cdef Chain copy
     cdef PairList tl
     cdef int i, rc = 0
+    if s.upstream.conn != NULL and st.hedged.conn == NULL:
+        _retry_swap(s)                  # (the hedged attempt had the slot: the new one takes the other)
     s.lb.attempt += 1
     if st.p != NULL and st.p.previous_hosts:
         s.lb.avoid = st.tried
@@ -683,6 +980,8 @@ cdef void _retry_do(HStream* s) noexcept nogil:
     u = http_pool_acquire(s, s.cluster)
     s.upstream.conn = u
     if u == NULL:
+        if s.retry.hedged.conn != NULL:
+            return                      # (the hedged attempt may still answer)
         _count_upstream(s.cluster.stats, c.w, 503)
         if s.response_flags & RF_UO:
             stream_local_reply(s, 503, UPSTREAM_OVERFLOW, strlen(UPSTREAM_OVERFLOW), NULL, 0, not s.req_received)

@@ -265,6 +265,8 @@ cdef int _response_splice(HStream* s) noexcept nogil:
     s.bytes_sent += moved
     if moved or left != before:
         s.last_active_ms = c.w.now
+        if s.retry != NULL:
+            retry_upstream_active(s)
     done = u.codec.raw_body_moved(u, before - left)
     if rc < 0:
         if rc == -1:
@@ -373,6 +375,8 @@ cdef int ur_on_response_data(HStream* s, Chain* src, size_t n, bint end,
         return shadow_on_response_data(s, src, n, end)
     h = <HttpCfg*>c.cfg.http
     stat_add(h.stats, c.w, H_BYTES_COPIED, n)
+    if s.retry != NULL:
+        retry_upstream_active(s)        # (per_try_idle_timeout)
     if end:
         s.upstream.resp_received = 1
     if _enc_body_filtered(s):

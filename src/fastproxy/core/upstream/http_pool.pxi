@@ -171,6 +171,7 @@ cdef void upconn_close(UpConn* u) noexcept nogil:
         host_stat_sub(u.hstats, w, HS_RQ_PENDING_ACTIVE, 1)
         fp_atomic_add_i64(&cl.n_pending, -1)
     if u.stream != NULL:
+        retry_upstream_focus(u.stream, u)       # (hedging: u's attempt is s.upstream)
         u.stream.upstream.conn = NULL
         u.stream = NULL
     chain_free(&u.in_buf)
@@ -626,6 +627,8 @@ cdef void _upconn_overflowed(UpConn* u) noexcept nogil:
     or is an idle one a waiting request took): the stream gets Envoy's overflow reply and
     u, which has sent nothing of it, goes (back) to the pool."""
     cdef HStream* s = u.stream
+    if s != NULL:
+        retry_upstream_focus(s, u)
     u.stream = NULL
     chain_clear(&u.out_buf)
     if s != NULL:
@@ -682,6 +685,8 @@ cdef inline void http_pool_cancel(UpConn* u) noexcept nogil:
 cdef void http_pool_fail(UpConn* u, int status, const char* reason) noexcept nogil:
     """u broke before its stream got a complete response."""
     cdef HStream* s = u.stream
+    if s != NULL:
+        retry_upstream_focus(s, u)
     if fp_log_level <= LOG_DEBUG:
         fp_log(u.w.index, "pool", u.id, 0, "upstream connection failed: %s", reason)
     if u.h2_role == H2R_STREAM:
@@ -829,6 +834,8 @@ cdef void upconn_pump(UpConn* u) noexcept nogil:
                 return
         s = u.stream
         c = s.c if s != NULL else NULL
+        if s != NULL:
+            retry_upstream_focus(s, u)
         if s != NULL and not s.upstream.req_done and c.req_pipe.bytes:
             if stream_forward_request_body(s) < 0:
                 break
@@ -900,6 +907,7 @@ cdef void http_serve_waiting(Worker* w) noexcept nogil:
                 upconn_close(u)
                 u = nxt
                 continue
+            retry_upstream_focus(s, u)
             hosts = lb_hosts(cl, w)
             if u.hosts != hosts and not (_pool_sync(pool, w) == 0 and _upconn_rehome(pool, u)):
                 # Its host left the host set while it waited: pick again from the new one.
