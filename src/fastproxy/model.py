@@ -198,11 +198,14 @@ class Cluster:
         """The name of the ClusterLoadAssignment an EDS cluster takes its endpoints from."""
         return self.eds_service_name or self.name
 
-    def with_endpoints(self, endpoints: list) -> "Cluster":
-        """This cluster with ``endpoints`` (an EDS assignment's): a shallow copy, without
-        the __init__ and checks dataclasses.replace runs (most of an EDS push of 1,000)."""
+    def with_endpoints(self, endpoints: list, overprovisioning_factor: Optional[int] = None) -> "Cluster":
+        """This cluster with ``endpoints`` (an EDS assignment's, and its policy's
+        overprovisioning_factor when given): a shallow copy, without the __init__ and checks
+        dataclasses.replace runs (most of an EDS push of 1,000)."""
         out = copy.copy(self)
         out.endpoints = endpoints
+        if overprovisioning_factor is not None:
+            out.overprovisioning_factor = overprovisioning_factor
         return out
 
     def validate(self, path: str = "cluster") -> None:

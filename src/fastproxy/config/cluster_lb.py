@@ -85,7 +85,12 @@ def _common(msg: Message) -> CommonLbConfig:
     for f in ("ignore_new_hosts_until_first_hc", "close_connections_on_host_set_change"):
         if m.raw(f):
             raise ConfigError(m.at(f), f"{f} is unsupported in fastproxy (not planned); remove {f!r}")
-    m.duration("update_merge_window")       # (host set updates are applied at once)
+    merge = m.duration("update_merge_window")
+    if merge:
+        # Host health and membership changes reach the workers at once (a merge window of
+        # 0s); a window that delays them is not built.
+        raise ConfigError(m.at("update_merge_window"), "only 0s is supported in fastproxy (host set "
+                                                       "updates are applied at once); remove it or set 0s")
     threshold = 50.0
     pct = m.message("healthy_panic_threshold", ("value",))
     if pct is not None:

@@ -805,10 +805,10 @@ def _circuit_breakers(cluster: Message) -> dict:
         remaining = th.raw("track_remaining")
         if remaining is not None and not isinstance(remaining, bool):
             raise ConfigError(th.at("track_remaining"), f"expected a bool, got {remaining!r}")
+        budget = retry_budget(th.message("retry_budget", RETRY_BUDGET_FIELDS))    # (checked at every priority)
         if priority == "DEFAULT" and not out:
             out = {k: v for k, v in values.items() if v is not None}
             out["track_remaining"] = bool(remaining)
-            budget = retry_budget(th.message("retry_budget", RETRY_BUDGET_FIELDS))
             if budget is not None:
                 out["retry_budget"] = budget
     return out

@@ -35,7 +35,8 @@ def retry_policy(m: Optional[Message]) -> Optional[RetryPolicy]:
     retry_on = m.string("retry_on", default="")
     for c in (c.strip() for c in retry_on.split(",")):
         if c and c not in RETRY_ON:
-            # Envoy 1.40 refuses an unknown condition in the config (not in the header).
+            # Envoy 1.40 ignores an unknown condition; fastproxy refuses it with its path,
+            # since a misspelt condition would silently turn that retry off.
             raise ConfigError(m.at("retry_on"), f"invalid retry policy: {c!r} is not a retry condition")
     p = RetryPolicy(retry_on=retry_on)
     p.num_retries = m.uint32("num_retries", default=1)

@@ -636,7 +636,9 @@ class XdsResources:
     def _with_endpoints(self, clusters: list, assignments: Optional[dict] = None) -> list:
         """The clusters with each EDS cluster's endpoints filled from its assignment."""
         held = self.assignments if assignments is None else assignments
-        return [c.with_endpoints(list(held.get(c.eds_name, ()))) if c.type == "EDS" else c for c in clusters]
+        return [c.with_endpoints(list(held.get(c.eds_name, ())),
+                                 getattr(held.get(c.eds_name), "overprovisioning_factor", 140))
+                if c.type == "EDS" else c for c in clusters]
 
     # -- decoding ------------------------------------------------------------------------
 

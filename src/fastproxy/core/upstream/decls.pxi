@@ -73,8 +73,14 @@ cdef struct HostShared:
     # from a stream's or connection's hstats, and freed with the block. Plain memory: every
     # field is read and written with atomics (fp_atomic_*), from any thread.
     uint32_t health_flags               # HostHealthFlag bits; 0: healthy
-    int64_t rq_active                   # requests in flight over every worker (LEAST_REQUEST)
     OutlierHostState od
+    # requests in flight over every worker (LEAST_REQUEST), moved twice per request by any
+    # worker: on a cache line of its own, so those writes do not evict the line the
+    # outlier reports and the health reads use (calloc'd blocks are 16-aligned: the pad
+    # covers a 64-byte line either way)
+    uint8_t _pad[64]
+    int64_t rq_active
+    uint8_t _pad_end[56]
 
 cdef struct Host:
     sockaddr_storage addr
