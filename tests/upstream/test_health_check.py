@@ -453,6 +453,13 @@ BAD = [
     ("http_health_check: {path: /h, request_headers_to_remove: [host]}",
      ".health_checks[0].http_health_check.request_headers_to_remove[0]"),
     ("custom_health_check: {name: x}", ".health_checks[0].custom_health_check"),
+    ("http_health_check: {path: /h, request_headers_to_add: [{header: {key: a, value: b}, append_action: NOPE}]}",
+     ".health_checks[0].http_health_check.request_headers_to_add[0].append_action"),
+    ("http_health_check: {path: /h, request_headers_to_add: [{header: {key: a, value: b}, append: true, "
+     "append_action: ADD_IF_ABSENT}]}", ".health_checks[0].http_health_check.request_headers_to_add[0].append"),
+    ("http_health_check: {path: /h, request_headers_to_add: [{header: {key: a, raw_value: Yg==}}]}",
+     ".health_checks[0].http_health_check.request_headers_to_add[0].header.raw_value"),
+    ("name: 7\ntcp_health_check: {}", ".health_checks[0].name"),
     ("{}", ".health_checks[0]"),
 ]
 
