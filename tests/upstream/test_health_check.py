@@ -453,6 +453,13 @@ BAD = [
     ("http_health_check: {path: /h, request_headers_to_remove: [host]}",
      ".health_checks[0].http_health_check.request_headers_to_remove[0]"),
     ("custom_health_check: {name: x}", ".health_checks[0].custom_health_check"),
+    ("http_health_check: {path: /h, request_headers_to_add: [{header: {key: a, value: b}, append_action: NOPE}]}",
+     ".health_checks[0].http_health_check.request_headers_to_add[0].append_action"),
+    ("http_health_check: {path: /h, request_headers_to_add: [{header: {key: a, value: b}, append: true, "
+     "append_action: ADD_IF_ABSENT}]}", ".health_checks[0].http_health_check.request_headers_to_add[0].append"),
+    ("http_health_check: {path: /h, request_headers_to_add: [{header: {key: a, raw_value: Yg==}}]}",
+     ".health_checks[0].http_health_check.request_headers_to_add[0].header.raw_value"),
+    ("name: 7\ntcp_health_check: {}", ".health_checks[0].name"),
     ("{}", ".health_checks[0]"),
 ]
 
@@ -485,13 +492,162 @@ def test_event_log_that_cannot_be_opened_is_refused(tmp_path):
     p.stop()
 
 
+HEADER_CHECKS = {
+    # every append_action, an append duplicate, an empty value kept, and user-agent overwritten
+    "actions": HTTP_CHECK.rstrip("}\n") + """, request_headers_to_add: [
+    {header: {key: x-a, value: one}}, {header: {key: x-a, value: two}},
+    {header: {key: user-agent, value: probe}, append_action: OVERWRITE_IF_EXISTS_OR_ADD},
+    {header: {key: x-b, value: b}, append_action: ADD_IF_ABSENT},
+    {header: {key: x-b, value: again}, append_action: ADD_IF_ABSENT},
+    {header: {key: x-c, value: c}, append_action: OVERWRITE_IF_EXISTS},
+    {header: {key: x-a, value: three}, append: false},
+    {header: {key: x-e, value: ''}, keep_empty_value: true},
+    {header: {key: x-f, value: ''}}]}
+""",
+    "remove": HTTP_CHECK.rstrip("}\n") + ", request_headers_to_add: [{header: {key: x-a, value: one}}], "
+                                          "request_headers_to_remove: [user-agent]}\n",
+}
+
+
+def header_scenario(kind, which, tmp_path):
+    """The headers of the first check request the host receives."""
+    a = HealthUpstream("a")
+    text = bootstrap([a.port], check_yaml(HEADER_CHECKS[which]))
+
+    def drive(addr, admin):
+        return wait_for(lambda: a.checks() and a.checks()[0][2], msg="a check")
+
+    try:
+        return run(kind, text, tmp_path, drive)
+    finally:
+        a.close()
+
+
+@pytest.mark.parametrize("which", sorted(HEADER_CHECKS))
+def test_check_request_headers(which, tmp_path):
+    """request_headers_to_add (each append_action, append, keep_empty_value) and
+    request_headers_to_remove reach the health endpoint as Envoy sends them."""
+    ours = header_scenario("fastproxy", which, tmp_path)
+    if which == "actions":
+        # (Envoy decides every action on the headers before any is added, then overwrites,
+        # then adds: the overwrite of x-a comes before the two appends, both ADD_IF_ABSENT add)
+        assert ours["x-a"] == ["three", "one", "two"] and ours["user-agent"] == ["probe"]
+        assert ours["x-b"] == ["b", "again"]
+        assert "x-c" not in ours and ours["x-e"] == [""] and "x-f" not in ours
+    else:
+        assert ours["x-a"] == ["one"] and "user-agent" not in ours
+    if ENVOY is not None:
+        assert header_scenario("envoy", which, tmp_path) == ours
+
+
+class TimedHealthUpstream(HealthUpstream):
+    """A HealthUpstream that notes (monotonic time, status answered) of every check."""
+
+    def __init__(self, name, status=200):
+        self.seen = []
+        super().__init__(name, status)
+
+    def _answer(self, method, path, headers, body):
+        if path == "/health":
+            self.seen.append((time.monotonic(), self.status))
+        return super()._answer(method, path, headers, body)
+
+
+# Distinct spacings: interval 0.05 s, healthy_edge 0.15 s, unhealthy_edge 0.3 s, unhealthy 0.5 s.
+SPACING = dict(interval="0.05s", healthy_edge_interval="0.15s", unhealthy_edge_interval="0.3s",
+               unhealthy_interval="0.5s", no_traffic_interval="0.05s", unhealthy_threshold=3, healthy_threshold=3)
+
+
+def spacing_scenario(kind, tmp_path):
+    """A host checked with SPACING (503 retriable, so failures count to the threshold):
+    healthy, then failing (3 checks to unhealthy, 3 more), then passing (3 to healthy, 3
+    more). Returns each gap between checks labelled by what Envoy's interval choice is
+    for the check before it: (label, seconds)."""
+    a = TimedHealthUpstream("a")
+    check = check_yaml("http_health_check: {path: /health, retriable_statuses: [{start: 503, end: 504}]}\n",
+                       **SPACING)
+    text = bootstrap([a.port], check)
+
+    def drive(addr, admin):
+        wait_for(lambda: host_flags(admin).get(a.port) == "healthy", msg="healthy")
+        get(addr, 1)  # the cluster has had traffic: no_traffic_interval no longer applies
+        n = start = len(a.seen)
+        wait_for(lambda: len(a.seen) >= n + 3, msg="healthy checks")
+        a.status = 503
+        wait_for(lambda: sum(st == 503 for _, st in a.seen) >= 6, timeout=10, msg="failing checks")
+        a.status = 200
+        n = len(a.seen)
+        wait_for(lambda: len(a.seen) >= n + 6, timeout=10, msg="passing checks")
+        return list(a.seen[start:])
+
+    try:
+        seen = run(kind, text, tmp_path, drive)
+    finally:
+        a.close()
+    gaps, run_len, prev = [], 0, None
+    for (t0, st), (t1, _) in zip(seen, seen[1:]):
+        run_len = run_len + 1 if st == prev else 1
+        prev = st
+        if st == 503:
+            label = "unhealthy_edge" if run_len < 3 else "unhealthy"
+        else:
+            label = "healthy_edge" if run_len < 3 and any(s == 503 for _, s in seen[:seen.index((t0, st))]) \
+                else "interval"
+        gaps.append((label, t1 - t0))
+    return gaps
+
+
+SPACING_EXPECTED = {"interval": 0.05, "healthy_edge": 0.15, "unhealthy_edge": 0.3, "unhealthy": 0.5}
+
+
+def check_spacing(kind, gaps):
+    labels = {label for label, _ in gaps}
+    assert labels == set(SPACING_EXPECTED), (kind, gaps)
+    for label, gap in gaps:
+        want = SPACING_EXPECTED[label]
+        # a timer fires no earlier than asked; the upper bound is loose for a loaded machine
+        assert want - 0.02 <= gap <= want + 0.12, (kind, label, gap, gaps)
+
+
+@pytest.mark.parametrize("kind", ["fastproxy", pytest.param("envoy", marks=needs_envoy)])
+def test_unhealthy_and_edge_intervals_space_the_checks(kind, tmp_path):
+    """unhealthy_interval spaces the checks of an unhealthy host, unhealthy_edge_interval
+    and healthy_edge_interval those while a change is pending (below the threshold), as
+    Envoy does (the same scenario runs through Envoy)."""
+    check_spacing(kind, spacing_scenario(kind, tmp_path))
+
+
+@pytest.mark.parametrize("kind", ["fastproxy", pytest.param("envoy", marks=needs_envoy)])
+def test_interval_jitter_stays_in_bounds(kind, tmp_path):
+    """interval_jitter adds 0..jitter to each interval: the gaps lie in
+    [interval, interval + jitter] (plus scheduling slack) and are not all the same."""
+    a = TimedHealthUpstream("a")
+    text = bootstrap([a.port], check_yaml(HTTP_CHECK, interval="0.05s", interval_jitter="0.1s",
+                                          no_traffic_interval="0.05s"))
+
+    def drive(addr, admin):
+        wait_for(lambda: host_flags(admin).get(a.port) == "healthy", msg="healthy")
+        get(addr, 1)
+        n = len(a.seen)
+        wait_for(lambda: len(a.seen) >= n + 21, timeout=10, msg="checks")
+        return [t1 - t0 for (t0, _), (t1, _) in zip(a.seen[n:], a.seen[n + 1:])]
+
+    try:
+        gaps = run(kind, text, tmp_path, drive)
+    finally:
+        a.close()
+    assert all(0.03 <= g <= 0.15 + 0.1 for g in gaps), (kind, gaps)
+    assert max(gaps) - min(gaps) >= 0.03, (kind, gaps)
+
+
 DUMPED = [
     check_yaml("http_health_check: {path: /h, host: svc, expected_statuses: [{start: 200, end: 300}], "
                "request_headers_to_add: [{header: {key: x-a, value: b}}], request_headers_to_remove: [user-agent], "
                "receive: [{text: '6f6b'}]}\n", interval_jitter="0.05s", interval_jitter_percent=10,
                initial_jitter="0.1s", unhealthy_interval="2s", unhealthy_edge_interval="3s",
                healthy_edge_interval="4s", no_traffic_healthy_interval="5s", reuse_connection=False,
-               always_log_health_check_failures=True, event_log_path="/tmp/hc.log"),
+               always_log_health_check_failures=True, event_log_path="/tmp/hc.log", name="primary"),
+    check_yaml(HEADER_CHECKS["actions"], name="with-actions"),
     check_yaml("tcp_health_check: {send: {text: '00ff'}, receive: [{binary: 'AQI='}]}\n", event_logger=[
         {"name": "envoy.health_check.event_sinks.file",
          "typed_config": {"@type": "type.googleapis.com/envoy.extensions.health_check.event_sinks.file.v3."

@@ -191,6 +191,36 @@ def test_consecutive_5xx_ejects_at_once_and_unejects_after_base_time(tmp_path):
     assert r["bad_again"] == 3 and r["stats_again"]["ejections_enforced_consecutive_5xx"] == 2
 
 
+def _ejection_times(addr, admin, n):
+    """Eject the (only, always failing) host n times in a row, each time as soon as it is
+    back: how long each ejection lasted, from ejections_active on the admin stats."""
+    out = []
+    for _ in range(n):
+        # three 503s eject it (the third may already be refused while Envoy's main thread
+        # posts the ejection: requests stop once it is in)
+        wait_for(lambda: get(addr) and od_stats(admin).get("ejections_active") == 1, timeout=5, msg="ejected")
+        t0 = time.monotonic()
+        wait_for(lambda: od_stats(admin).get("ejections_active") == 0, timeout=5, msg="un-ejected")
+        out.append(time.monotonic() - t0)
+    return out
+
+
+@needs_envoy
+def test_max_ejection_time_caps_the_growing_ejection_time(tmp_path):
+    """A host ejected again as soon as it is back stays out longer each time (base
+    ejection time x the number of ejections: 0.2 s, 0.4 s, 0.6 s) until
+    max_ejection_time (0.3 s) caps it: 0.2 s, 0.3 s, 0.3 s, 0.3 s."""
+    od = ("{consecutive_5xx: 3, interval: 0.05s, base_ejection_time: 0.2s, max_ejection_time: 0.3s, "
+          "max_ejection_percent: 100}")
+    both = run_both(tmp_path, hosts(ALWAYS_503), od, lambda addr, admin, hosts: _ejection_times(addr, admin, 4))
+    for kind, (d1, d2, d3, d4) in both.items():
+        # un-ejection comes at an interval tick (every 0.05 s) and the stats are polled:
+        # generous upper bounds; without the cap the third would be 0.6 s, the fourth 0.8 s
+        assert 0.15 <= d1 <= 0.29, (kind, d1)
+        assert 0.25 <= d2 <= 0.45 and d2 > d1, (kind, d2)
+        assert 0.25 <= d3 <= 0.45 and 0.25 <= d4 <= 0.45, (kind, d3, d4)
+
+
 @needs_envoy
 @pytest.mark.parametrize("enforcing", [100, None])
 def test_consecutive_gateway_failure(tmp_path, enforcing):

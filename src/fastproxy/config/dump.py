@@ -175,11 +175,20 @@ def cluster_json(c: model.Cluster, redact: bool = False) -> dict:
 _HC_FILE_SINK = "type.googleapis.com/envoy.extensions.health_check.event_sinks.file.v3.HealthCheckEventFileSink"
 
 
+def _hc_header(key: str, value: str, action: str = "APPEND_IF_EXISTS_OR_ADD") -> dict:
+    out: Dict[str, Any] = {"header": {"key": key, "value": value}}
+    _put(out, "append_action", action, "APPEND_IF_EXISTS_OR_ADD")
+    if not value:
+        out["keep_empty_value"] = True  # an empty value was only kept because this was set
+    return out
+
+
 def health_check_json(hc) -> dict:
     """A config.core.v3.HealthCheck (fastproxy.upstream.health_check.HealthCheck)."""
     out: Dict[str, Any] = {"timeout": duration(hc.timeout), "interval": duration(hc.interval),
                            "unhealthy_threshold": hc.unhealthy_threshold,
                            "healthy_threshold": hc.healthy_threshold}
+    _put(out, "name", hc.name, "")
     for name in ("interval_jitter", "initial_jitter"):
         if getattr(hc, name):
             out[name] = duration(getattr(hc, name))
@@ -211,7 +220,7 @@ def health_check_json(hc) -> dict:
         if h.retriable_statuses:
             http["retriable_statuses"] = [{"start": a, "end": b} for a, b in h.retriable_statuses]
         if h.request_headers_to_add:
-            http["request_headers_to_add"] = [{"header": {"key": k, "value": v}} for k, v in h.request_headers_to_add]
+            http["request_headers_to_add"] = [_hc_header(*opt) for opt in h.request_headers_to_add]
         if h.request_headers_to_remove:
             http["request_headers_to_remove"] = list(h.request_headers_to_remove)
         out["http_health_check"] = http

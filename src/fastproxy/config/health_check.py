@@ -22,7 +22,7 @@ _HEALTH_CHECK = ("timeout", "interval", "initial_jitter", "interval_jitter", "in
                  "no_traffic_interval", "no_traffic_healthy_interval", "unhealthy_interval",
                  "unhealthy_edge_interval", "healthy_edge_interval", "event_log_path", "event_logger",
                  "event_service", "always_log_health_check_failures", "always_log_health_check_success",
-                 "tls_options", "transport_socket_match_criteria")
+                 "tls_options", "transport_socket_match_criteria", "name")
 _NOT_BUILT = {
     "custom_health_check": "custom health checkers",
     "alt_port": "alt_port (checks go to the endpoint's own port)",
@@ -92,13 +92,8 @@ def _http(h: Message) -> HttpHealthCheck:
         method = "GET"
     if method == "CONNECT":
         raise ConfigError(h.at("method"), "CONNECT is not a health check method (Envoy refuses it)")
-    add = []
-    for item, path in h.repeated("request_headers_to_add"):
-        opt = Message(item, path, ("header", "append", "append_action", "keep_empty_value"))
-        hv = opt.message("header", ("key", "value", "raw_value"), required=True)
-        if hv.raw("raw_value") is not None:
-            raise ConfigError(hv.at("raw_value"), "raw_value is not supported here; use value")
-        add.append((hv.string("key", required=True, non_empty=True), hv.string("value", default="")))
+    from .http import _headers_to_add  # the one parser of HeaderValueOption (append, append_action, keep_empty_value)
+    add = [(o.key, o.value, o.append_action) for o in _headers_to_add(h, "request_headers_to_add")]
     remove = []
     for item, path in h.repeated("request_headers_to_remove"):
         if not isinstance(item, str):
@@ -196,7 +191,7 @@ def _health_check(item, path: str) -> HealthCheck:
                       initial_jitter=hc.duration("initial_jitter", 0.0),
                       no_traffic_interval=no_traffic, reuse_connection=reuse,
                       always_log_health_check_failures=always, event_log_path=log_path,
-                      event_log_field=log_field, **optional)
+                      event_log_field=log_field, name=hc.string("name", default=""), **optional)
     out.validate(path)
     return out
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from ..errors import ConfigError
+from ..validation import APPEND_ACTIONS
 
 # Envoy's RequestMethod names an HTTP check may use (CONNECT is refused by Envoy's proto).
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH")
@@ -42,7 +43,9 @@ class HttpHealthCheck:
     # [start, end) ranges; () means Envoy's default, 200 only
     expected_statuses: Sequence[tuple[int, int]] = ()
     retriable_statuses: Sequence[tuple[int, int]] = ()
-    request_headers_to_add: Sequence[tuple[str, str]] = ()      # appended, in order
+    # (name, value) or (name, value, append_action), applied in order; an action is one of
+    # Envoy's HeaderValueOption.HeaderAppendAction names, APPEND_IF_EXISTS_OR_ADD when left out.
+    request_headers_to_add: Sequence[tuple] = ()
     request_headers_to_remove: Sequence[str] = ()
     receive: Sequence[bytes] = ()                   # payloads the body must contain, in order
 
@@ -73,8 +76,12 @@ class HttpHealthCheck:
                                          f"but found end={end}")
         for i, pair in enumerate(self.request_headers_to_add):
             p = f"{path}.request_headers_to_add[{i}]"
-            if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
-                raise ConfigError(p, f"expected a (name, value) pair of strings, got {pair!r}")
+            if not (isinstance(pair, tuple) and len(pair) in (2, 3) and all(isinstance(x, str) for x in pair)):
+                raise ConfigError(p, f"expected a (name, value) or (name, value, append_action) tuple of "
+                                     f"strings, got {pair!r}")
+            if len(pair) == 3 and pair[2] not in APPEND_ACTIONS:
+                raise ConfigError(p + ".append_action", f"must be one of {', '.join(APPEND_ACTIONS)}, "
+                                                        f"got {pair[2]!r}")
             if not _TOKEN.match(pair[0]) or pair[0].lower() in ("host", "connection", "content-length",
                                                                  "transfer-encoding"):
                 raise ConfigError(p + ".header.key", f"not a header this check can add: {pair[0]!r}")
@@ -99,9 +106,26 @@ class HttpHealthCheck:
         fields = [("host", self.host or cluster_name), ("user-agent", USER_AGENT)]
         removed = {n.lower() for n in self.request_headers_to_remove}
         fields = [(k, v) for k, v in fields if k not in removed or k == "host"]
-        fields += [(k.lower(), v) for k, v in self.request_headers_to_add]
+        fields = _add_headers(fields, self.request_headers_to_add)
         head = f"{self.method} {self.path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields) + "\r\n"
         return head.encode("latin-1")
+
+
+def _add_headers(fields: list, options) -> list:
+    """``fields`` with the header options applied as Envoy's HeaderParser does: each
+    action is decided on the headers before any is added, the overwrites are applied
+    first (each moves the header to the end), then the additions, in order."""
+    present = {k for k, _ in fields}
+    add, overwrite = [], []
+    for k, v, *action in options:
+        k, action = k.lower(), action[0] if action else "APPEND_IF_EXISTS_OR_ADD"
+        if action == "APPEND_IF_EXISTS_OR_ADD" or (action == "ADD_IF_ABSENT" and k not in present):
+            add.append((k, v))
+        elif action == "OVERWRITE_IF_EXISTS_OR_ADD" or (action == "OVERWRITE_IF_EXISTS" and k in present):
+            overwrite.append((k, v))
+    for k, v in overwrite:
+        fields = [f for f in fields if f[0] != k] + [(k, v)]
+    return fields + add
 
 
 @dataclass(frozen=True)
@@ -183,6 +207,7 @@ class HealthCheck:
     # How the event log was configured, so a dump writes it back the same way:
     # "event_log_path" (deprecated in Envoy, still taken) or "event_logger" (the file sink).
     event_log_field: str = field(default="event_logger", compare=False)
+    name: str = ""          # Envoy's HealthCheck.name: a label kept for the dump, no behaviour
 
     def validate(self, path: str) -> None:
         if sum(c is not None for c in (self.http_health_check, self.tcp_health_check, self.grpc_health_check)) != 1:
@@ -202,6 +227,8 @@ class HealthCheck:
         for name in ("reuse_connection", "always_log_health_check_failures"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{path}.{name}", f"must be a bool, got {getattr(self, name)!r}")
+        if not isinstance(self.name, str):
+            raise ConfigError(path + ".name", f"must be a string, got {self.name!r}")
         if self.event_log_path is not None and (not isinstance(self.event_log_path, str) or not self.event_log_path):
             raise ConfigError(path + ".event_log_path", "must be a non-empty path")
         if self.http_health_check is not None:
