@@ -654,3 +654,21 @@ def test_a_listener_that_cannot_bind_when_its_routes_come_is_a_refused_update(tm
         publish(rds, "r2", [{"@type": xcp.ROUTE, **route_config("rt", "svc", domains=("*", "x"))}])
         wait_for(lambda: body(("127.0.0.1", port)) == b"a", timeout=10, msg="bound once the port is free")
         assert p.warming_listeners() == []
+
+
+def test_an_eds_assignments_overprovisioning_factor_reaches_its_cluster():
+    # The factor rides on the decoded assignment (config.envoy.Endpoints); the EDS cluster
+    # that takes the assignment's endpoints must take its factor too (it spills load to
+    # the next priority by it), not keep the default 140.
+    from fastproxy.config.envoy import load_assignment
+    from fastproxy.model import Cluster
+    from fastproxy.xds.resources import XdsResources
+    la = {"cluster_name": "svc", "policy": {"overprovisioning_factor": 200},
+          "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+              "address": "127.0.0.1", "port_value": 8080}}}}]}]}
+    assignment = load_assignment(la, "resources[0]", "EDS")
+    eds = Cluster(name="svc", type="EDS")
+    other = Cluster(name="static")
+    out = XdsResources._with_endpoints(None, [eds, other], {"svc": assignment})
+    assert out[0].overprovisioning_factor == 200 and [e.port for e in out[0].endpoints] == [8080]
+    assert out[1] is other and eds.overprovisioning_factor == 140      # (copies; the original is kept)
