@@ -59,6 +59,31 @@ def start_envoy(text, tmp_path, ready=None, args=()):
                                 text, tmp_path, ready)
 
 
+def run_on(kind, text, tmp_path, drive, envoy_args=()):
+    """drive(listener address, admin address) through the real Envoy (kind "envoy", one
+    worker, ``envoy_args`` more flags) or an in-process fastproxy (any other kind) started on
+    the same bootstrap ``text`` (its first listener is named "web"); returns what drive
+    returns, and stops the proxy after it. Skips the Envoy half when there is no Envoy."""
+    import fastproxy
+    if kind == "envoy":
+        if find_envoy() is None:
+            import pytest
+            pytest.skip("no envoy binary")
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        proc, admin, addr = start_envoy(text, tmp_path, args=envoy_args)
+        try:
+            return drive(addr, admin)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    p = fastproxy.Proxy.from_envoy(text, concurrency=1)
+    p.start()
+    try:
+        return drive(p.listener_address("web"), p.admin_address)
+    finally:
+        p.stop(drain_timeout=0.5)
+
+
 def start_fastproxy_process(text, tmp_path, ready=None, args=()):
     """start_envoy's twin: the fastproxy command line, in a process of its own, on the
     same bootstrap and the same flags."""

@@ -16,8 +16,8 @@ import threading
 
 import pytest
 
-from conftest import (admin_get, connect, echo_roundtrip, envoy_yaml, find_envoy, fragment, http_listener,
-                      recv_exact, recv_head, recv_until_eof, start_envoy, static_cluster, tcp_listener, wait_closed,
+from conftest import (run_on, admin_get, connect, echo_roundtrip, envoy_yaml, find_envoy, fragment, http_listener,
+                      recv_exact, recv_head, recv_until_eof, static_cluster, tcp_listener, wait_closed,
                       wait_for)
 from http_upstreams import RawHttpUpstream
 from upstreams import EchoServer
@@ -661,19 +661,7 @@ def _envoy_parity():
 
 def _run(kind, text, tmp_path, drive):
     """drive(addr, admin) in Envoy (kind 'envoy') or fastproxy; returns what it returns."""
-    if kind == "envoy":
-        proc, admin, addr = start_envoy(text, tmp_path)
-        try:
-            return drive(addr, admin)
-        finally:
-            proc.terminate()
-            proc.wait(10)
-    p = fastproxy.Proxy.from_envoy(text, concurrency=1)
-    p.start()
-    try:
-        return drive(p.listener_address("web"), p.admin_address)
-    finally:
-        p.stop(drain_timeout=0.5)
+    return run_on(kind, text, tmp_path, drive)
 
 
 def _poll(admin, **want):

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from conftest import (admin_get, envoy_yaml, find_envoy, fragment, http_listener, start_envoy, static_cluster,
+from conftest import (run_on, admin_get, envoy_yaml, find_envoy, fragment, http_listener, static_cluster,
                       wait_for)
 from http_upstreams import RawHttpUpstream, http_request
 from upstreams import refused_port
@@ -170,21 +170,9 @@ def of(evs, port):
 
 
 def run(kind, text, tmp_path, drive):
-    """drive(addr, admin) through Envoy (kind "envoy") or fastproxy on the bootstrap text."""
-    if kind == "envoy":
-        # (Envoy writes its event log on a flush timer, 10 s by default)
-        proc, admin, addr = start_envoy(text, tmp_path, args=("--file-flush-interval-msec", "20"))
-        try:
-            return drive(addr, admin)
-        finally:
-            proc.terminate()
-            proc.wait(10)
-    p = fastproxy.Proxy.from_envoy(text, concurrency=1)
-    p.start()
-    try:
-        return drive(p.listener_address("web"), p.admin_address)
-    finally:
-        p.stop(drain_timeout=0.5)
+    """drive(addr, admin) through Envoy (kind "envoy") or fastproxy on the bootstrap text.
+    (Envoy writes its event log on a flush timer, 10 s by default: 20 ms here.)"""
+    return run_on(kind, text, tmp_path, drive, envoy_args=("--file-flush-interval-msec", "20"))
 
 
 def get(addr, n):

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from conftest import (admin_get, envoy_yaml, find_envoy, http_listener, static_cluster, start_envoy, wait_for)
+from conftest import (run_on, admin_get, envoy_yaml, find_envoy, http_listener, static_cluster, wait_for)
 from http_upstreams import RawHttpUpstream, envoy_local_address, http_request
 
 import fastproxy
@@ -49,21 +49,7 @@ def yaml_for(routes, primary, mirror_endpoints, *extra_clusters, **mirror_fields
 
 def run(kind, text, tmp_path, drive):
     """drive(addr, admin) through Envoy or fastproxy on the same YAML; its result."""
-    if kind == "envoy":
-        if ENVOY is None:
-            pytest.skip("no envoy binary")
-        proc, admin, addr = start_envoy(text, tmp_path)
-        try:
-            return drive(addr, admin)
-        finally:
-            proc.terminate()
-            proc.wait(10)
-    p = fastproxy.Proxy.from_envoy(text, concurrency=1)
-    p.start()
-    try:
-        return drive(p.listener_address("web"), p.admin_address)
-    finally:
-        p.stop(drain_timeout=0.5)
+    return run_on(kind, text, tmp_path, drive)
 
 
 def stats(admin, prefix=M):

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import (admin_get, envoy_yaml, find_envoy, fragment, http_listener, start_envoy, static_cluster,
+from conftest import (run_on, admin_get, envoy_yaml, find_envoy, fragment, http_listener, static_cluster,
                       wait_for, wait_stalled)
 from failing_upstreams import scripted_host
 from http_upstreams import http_request
@@ -78,20 +78,7 @@ def health_flags(admin, hosts):
 
 def _run(kind, text, tmp_path, drive):
     """drive(addr, admin) in Envoy (kind 'envoy') or fastproxy; returns what it returns."""
-    if kind == "envoy":
-        tmp_path.mkdir(exist_ok=True)
-        proc, admin, addr = start_envoy(text, tmp_path)
-        try:
-            return drive(addr, admin)
-        finally:
-            proc.terminate()
-            proc.wait(10)
-    p = fastproxy.Proxy.from_envoy(text, concurrency=1)
-    p.start()
-    try:
-        return drive(p.listener_address("web"), p.admin_address)
-    finally:
-        p.stop(drain_timeout=0.5)
+    return run_on(kind, text, tmp_path, drive)
 
 
 # Envoy delivers a health change that comes within common_lb_config.update_merge_window (1 s
