@@ -187,9 +187,11 @@ cdef void _lb_priority_loads(HostSet* hs, LbBuild* b) noexcept nogil:
         if availability == 0:
             pr.panic = 1
         else:
+            # Envoy's isHostSetInPanic: a priority with no host left counts as 0% available
+            # (in panic unless the threshold is 0).
             hosts_count = pr.nhosts - pr.nexcluded
-            pr.panic = hosts_count == 0 or (100.0 * pr.nhealthy / hosts_count
-                                            + 100.0 * pr.ndegraded / hosts_count) < b.panic_threshold
+            pr.panic = (0.0 if hosts_count == 0 else
+                        100.0 * pr.nhealthy / hosts_count + 100.0 * pr.ndegraded / hosts_count) < b.panic_threshold
         if not pr.panic:
             all_panic = False
         total_hosts += pr.nhosts

@@ -543,6 +543,8 @@ def outlier_configure(ClusterHandle cluster, dict spec, StatBlockHandle stats=No
     cdef int i
     cdef bint changed = False
     cdef int enabled = spec is not None
+    cdef StatBlock* new_stats
+    cdef StatBlock* old_stats
     memset(&cfg, 0, sizeof(OutlierConfig))
     if spec is not None:
         if stats is None or stats.names != OUTLIER_STATS:
@@ -559,9 +561,14 @@ def outlier_configure(ClusterHandle cluster, dict spec, StatBlockHandle stats=No
         d.rng = <uint64_t><size_t>d ^ clock_ms() | 1
         d.sr_average[0] = d.sr_average[1] = d.sr_threshold[0] = d.sr_threshold[1] = -1
         c.outlier = d
+    new_stats = NULL
+    if stats is not None:
+        new_stats = stats.b
+        fp_atomic_add_int(&new_stats.refcnt, 1)
     with nogil:
         pthread_mutex_lock(&d.lock)
-        # Every host starts afresh (its ejection ends), then takes the new config.
+        # Every host starts afresh (its ejection ends), then takes the new config; the stat
+        # block is swapped under the lock, as everything that counts into it holds it.
         for i in range(d.nhosts):
             if _od_host(d, i).od.ejected:
                 changed = True
@@ -571,11 +578,10 @@ def outlier_configure(ClusterHandle cluster, dict spec, StatBlockHandle stats=No
         d.nejected = 0
         d.cfg = cfg
         d.enabled = enabled
+        old_stats = d.stats
+        d.stats = new_stats
         pthread_mutex_unlock(&d.lock)
-    if stats is not None:
-        fp_atomic_add_int(&stats.b.refcnt, 1)
-    statblock_decref(d.stats)
-    d.stats = stats.b if stats is not None else NULL
+        statblock_decref(old_stats)
     if cluster.current is not None and outlier_hosts_changed(c, cluster.current.hs) < 0:
         raise MemoryError()
     if changed:
