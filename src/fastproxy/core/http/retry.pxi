@@ -827,6 +827,8 @@ cdef bint retry_on_reset(HStream* s, const char* reason) noexcept nogil:
     """The pool failed the attempt before its response (s.upstream.conn is NULL now): is it
     retried (or, hedging, is another attempt still to answer)? True: the caller stops."""
     cdef RetryState* st = s.retry
+    if s.resp_started or s.upstream.resp_head != NULL:
+        return False                    # (a head went to the encoder filters: the response is the client's)
     if st.cur_hedged or st.hedged.conn != NULL:
         return _retry_hedged_reset(s, reason)
     timer_cancel(s.c.w, &st.per_try)
