@@ -1010,3 +1010,45 @@ def test_no_retry_once_a_head_is_held_by_an_encoder_filter():
         assert up.count == 1, up.requests
     finally:
         up.close()
+
+
+def test_a_local_reply_held_by_an_encoder_filter_stops_the_back_off():
+    """The route's timeout ends the request during a retry's back-off (here Retry-After's
+    exact second): its 504 goes through an encoder filter that holds it, and no attempt may
+    start meanwhile (before the fix, the back-off fired on the stream answering locally)."""
+    import asyncio
+
+    from fastproxy import Cluster, Endpoint, FilterStatus, HttpFilter, Listener, Proxy, PythonHttpFilter
+    from fastproxy.http import (HttpConnectionManager, Route, RouteAction, RouteConfiguration, RouteMatch,
+                                VirtualHost)
+    from fastproxy.http.retry import ResetHeader, RetryPolicy
+
+    up = Scripted([status(503, b"Retry-After: 1\r\n")])
+
+    class HoldReply(HttpFilter):
+        async def encode_headers(self, headers, end_stream):
+            # Past the back-off's end, unless the retry reaches the upstream first.
+            for _ in range(180):
+                if up.count >= 2:
+                    break
+                await asyncio.sleep(0.01)
+            return FilterStatus.CONTINUE
+
+    rc = RouteConfiguration(virtual_hosts=[VirtualHost("vh", ["*"], routes=[
+        Route(RouteMatch(prefix="/"), route=RouteAction(
+            cluster="c", timeout=0.3,
+            retry_policy=RetryPolicy(retry_on="5xx", num_retries=2,
+                                     reset_headers=[ResetHeader("retry-after")])))])])
+    hcm = HttpConnectionManager("ingress", rc, http_filters=[PythonHttpFilter("HoldReply", HoldReply)])
+
+    async def main():
+        async with Proxy([Listener("http", hcm, port=0)], [Cluster("c", [Endpoint("127.0.0.1", up.port)])],
+                         concurrency=1) as p:
+            r, _ = await asyncio.to_thread(http_request, p.listener_address("http"), "GET", "/", None, None, 10)
+            return r.status
+
+    try:
+        assert asyncio.run(main()) == 504
+        assert up.count == 1, up.requests
+    finally:
+        up.close()
