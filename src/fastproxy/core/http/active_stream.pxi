@@ -55,7 +55,7 @@ cdef void stream_upstream_failed(HStream* s, int status, const char* reason) noe
     cdef HConn* c = s.c
     cdef HttpCfg* h
     if s.shadow_role == SHR_SHADOW:
-        shadow_upstream_failed(s, status)
+        shadow_upstream_failed(s, status, reason)
         return
     h = <HttpCfg*>c.cfg.http
     outlier_report_local(s.upstream.hstats, c.w, outlier_failure_kind(reason, s.resp_started))
