@@ -1001,7 +1001,9 @@ cdef void _retry_do(HStream* s) noexcept nogil:
     s.upstream.conn = u
     if u == NULL:
         if s.retry.hedged.conn != NULL:
-            return                      # (the hedged attempt may still answer)
+            # The hedged attempt may still answer: its outcome, not this pick's, flags the stream.
+            s.response_flags &= ~(RF_UH | RF_UO)
+            return
         _count_upstream(s.cluster.stats, c.w, 503)
         if s.response_flags & RF_UO:
             stream_local_reply(s, 503, UPSTREAM_OVERFLOW, strlen(UPSTREAM_OVERFLOW), NULL, 0, not s.req_received)
