@@ -957,7 +957,9 @@ def test_hedged_request_is_mirrored_once(tmp):
 def test_no_retry_once_a_head_is_held_by_an_encoder_filter():
     """Envoy stops retrying once the upstream's response head has gone to the encoder
     filters, even while one of them holds it: a reset mid-body then reaches the client and
-    the upstream sees exactly one request (before the fix, the held head let a retry start)."""
+    the upstream sees exactly one request. (A regression guard: here the reset reaches the
+    stream only once the filter has let the head go, so it passed before the resp_head check
+    in stream_upstream_failed / retry_on_reset too.)"""
     import asyncio
 
     from fastproxy import Cluster, Endpoint, FilterStatus, HttpFilter, Listener, Proxy, PythonHttpFilter
