@@ -609,3 +609,25 @@ def test_the_config_dump_writes_mirror_policies_back(tmp_path):
                            capture_output=True, text=True, timeout=60,
                            env={k: v for k, v in os.environ.items() if k != "LD_PRELOAD"})
         assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_shadow_responses_feed_the_mirror_hosts_outlier_detection(kind, tmp_path):
+    """A shadow's 503s count toward the mirror host's consecutive_5xx as the primary's
+    would (Envoy's shadow goes through a router): the second ejects it."""
+    primary = RawHttpUpstream(ok)
+    mirror = RawHttpUpstream(lambda m, p, h, b: b"HTTP/1.1 503 X\r\nContent-Length: 0\r\n\r\n")
+    routes = "- match: {prefix: /}\n  route: {cluster: primary, request_mirror_policies: [{cluster: mirror}]}\n"
+    od = {"consecutive_5xx": 2, "interval": "30s", "base_ejection_time": "30s", "max_ejection_percent": 100}
+
+    def drive(addr, admin):
+        for i in range(2):
+            assert http_request(addr, "GET", "/x")[0].status == 200
+            wait_for(lambda: len(mirror.requests) == i + 1, timeout=10, msg="shadow request")
+        return await_stats(admin, outlier_detection__ejections_enforced_consecutive_5xx=1)
+
+    try:
+        run(kind, yaml_for(routes, primary, [mirror.port], outlier_detection=od), tmp_path, drive)
+    finally:
+        primary.close()
+        mirror.close()

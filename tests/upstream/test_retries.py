@@ -952,3 +952,105 @@ def test_hedged_request_is_mirrored_once(tmp):
     assert both(tmp, scenario) == (200, b"ok", [b"payload", b"payload"], [b"payload"],
                                    {"upstream_rq_retry": 1, "upstream_rq_retry_success": 1,
                                     "upstream_rq_per_try_timeout": 0})
+
+
+def test_no_retry_once_a_head_is_held_by_an_encoder_filter():
+    """Envoy stops retrying once the upstream's response head has gone to the encoder
+    filters, even while one of them holds it: a reset mid-body then reaches the client and
+    the upstream sees exactly one request. (A regression guard: here the reset reaches the
+    stream only once the filter has let the head go, so it passed before the resp_head check
+    in stream_upstream_failed / retry_on_reset too.)"""
+    import asyncio
+
+    from fastproxy import Cluster, Endpoint, FilterStatus, HttpFilter, Listener, Proxy, PythonHttpFilter
+    from fastproxy.http import (HttpConnectionManager, Route, RouteAction, RouteConfiguration, RouteMatch,
+                                VirtualHost)
+    from fastproxy.http.retry import RetryPolicy
+
+    reset_done = threading.Event()
+
+    def head_then_reset(method, path, headers, body):
+        def act(c):
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+            rst_close(c)
+            reset_done.set()
+        return act
+
+    up = Scripted([head_then_reset])
+
+    class HoldHead(HttpFilter):
+        async def encode_headers(self, headers, end_stream):
+            # Hold the head until the upstream has reset, and then until a retry would have
+            # reached it (bounded: with no retry it never comes).
+            await asyncio.to_thread(reset_done.wait, 10)
+            for _ in range(100):
+                if up.count >= 2:
+                    break
+                await asyncio.sleep(0.01)
+            return FilterStatus.CONTINUE
+
+    rc = RouteConfiguration(virtual_hosts=[VirtualHost("vh", ["*"], routes=[
+        Route(RouteMatch(prefix="/"), route=RouteAction(
+            cluster="c", retry_policy=RetryPolicy(retry_on="5xx,reset", num_retries=2)))])])
+    hcm = HttpConnectionManager("ingress", rc, http_filters=[PythonHttpFilter("HoldHead", HoldHead)])
+
+    def client(p):
+        try:
+            r, body = http_request(p.listener_address("http"), "GET", "/", None, None, 10)
+            return r.status, body
+        except (ConnectionError, OSError, Exception) as e:     # a reset mid-body
+            return type(e).__name__, None
+
+    async def main():
+        async with Proxy([Listener("http", hcm, port=0)], [Cluster("c", [Endpoint("127.0.0.1", up.port)])],
+                         concurrency=1) as p:
+            return await asyncio.to_thread(client, p)
+
+    try:
+        got = asyncio.run(main())
+        assert got[0] != 200 or got[1] != OK[-2:], got
+        assert up.count == 1, up.requests
+    finally:
+        up.close()
+
+
+def test_a_local_reply_held_by_an_encoder_filter_stops_the_back_off():
+    """The route's timeout ends the request during a retry's back-off (here Retry-After's
+    exact second): its 504 goes through an encoder filter that holds it, and no attempt may
+    start meanwhile (before the fix, the back-off fired on the stream answering locally)."""
+    import asyncio
+
+    from fastproxy import Cluster, Endpoint, FilterStatus, HttpFilter, Listener, Proxy, PythonHttpFilter
+    from fastproxy.http import (HttpConnectionManager, Route, RouteAction, RouteConfiguration, RouteMatch,
+                                VirtualHost)
+    from fastproxy.http.retry import ResetHeader, RetryPolicy
+
+    up = Scripted([status(503, b"Retry-After: 1\r\n")])
+
+    class HoldReply(HttpFilter):
+        async def encode_headers(self, headers, end_stream):
+            # Past the back-off's end, unless the retry reaches the upstream first.
+            for _ in range(180):
+                if up.count >= 2:
+                    break
+                await asyncio.sleep(0.01)
+            return FilterStatus.CONTINUE
+
+    rc = RouteConfiguration(virtual_hosts=[VirtualHost("vh", ["*"], routes=[
+        Route(RouteMatch(prefix="/"), route=RouteAction(
+            cluster="c", timeout=0.3,
+            retry_policy=RetryPolicy(retry_on="5xx", num_retries=2,
+                                     reset_headers=[ResetHeader("retry-after")])))])])
+    hcm = HttpConnectionManager("ingress", rc, http_filters=[PythonHttpFilter("HoldReply", HoldReply)])
+
+    async def main():
+        async with Proxy([Listener("http", hcm, port=0)], [Cluster("c", [Endpoint("127.0.0.1", up.port)])],
+                         concurrency=1) as p:
+            r, _ = await asyncio.to_thread(http_request, p.listener_address("http"), "GET", "/", None, None, 10)
+            return r.status
+
+    try:
+        assert asyncio.run(main()) == 504
+        assert up.count == 1, up.requests
+    finally:
+        up.close()

@@ -55,12 +55,15 @@ cdef void stream_upstream_failed(HStream* s, int status, const char* reason) noe
     cdef HConn* c = s.c
     cdef HttpCfg* h
     if s.shadow_role == SHR_SHADOW:
-        shadow_upstream_failed(s, status)
+        shadow_upstream_failed(s, status, reason)
         return
     h = <HttpCfg*>c.cfg.http
     outlier_report_local(s.upstream.hstats, c.w, outlier_failure_kind(reason, s.resp_started))
     s.upstream.conn = NULL
-    if s.retry != NULL and not s.resp_started and retry_on_reset(s, reason):
+    # Envoy stops retrying once the response has started upstream-side: a head handed to
+    # the encoder filters counts even while a filter holds it (resp_started is not yet set).
+    if s.retry != NULL and not s.resp_started and s.upstream.resp_head == NULL \
+            and retry_on_reset(s, reason):
         return                          # the next attempt follows its back-off (retry.pxi)
     if s.resp_started:
         # Part of the response is out: the only honest signal left is a reset (HTTP/1: an

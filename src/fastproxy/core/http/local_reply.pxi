@@ -95,6 +95,8 @@ cdef void stream_local_reply(HStream* s, int status, const char* body, size_t n,
     the caller must not touch s afterwards. The caller has dealt with s.upstream.conn."""
     cdef HConn* c = s.c
     cdef FChain* fc = s.fc
+    if s.retry != NULL:
+        retry_stop(s)                   # (a filter may hold the reply: no attempt may start meanwhile)
     if fp_log_level <= LOG_DEBUG:
         fp_log(c.w.index, "http", c.id, c.nrequests, "sending local reply: status %d%s%.*s", status,
                _pick(n != 0 and n < 200, ", ", ""), <int>(n if n < 200 else 0), _pick(body != NULL, body, ""))

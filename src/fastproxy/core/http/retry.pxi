@@ -343,6 +343,22 @@ cdef int retry_stream_start(HStream* s, uint64_t per_try_ms, bint hedge, bint he
     return 0
 
 
+cdef void retry_stop(HStream* s) noexcept nogil:
+    """The stream turns to a local reply: no attempt follows (the back-off and the per-try
+    timers go, the outstanding retry leaves the circuit breaker, the other attempt is
+    reset), though a filter may hold the reply for a while."""
+    cdef RetryState* st = s.retry
+    if st == NULL:
+        return
+    retry_hedge_drop(s)
+    st.cur_hedged = 0
+    timer_cancel(s.c.w, &st.backoff)
+    timer_cancel(s.c.w, &st.per_try)
+    timer_cancel(s.c.w, &st.per_try_idle)
+    _retry_disarm(st)
+    st.retry_on = 0
+
+
 cdef void retry_free(HStream* s) noexcept nogil:
     """The stream ends: its retry state goes (timers, the outstanding retry's count, the
     kept body, the hosts tried)."""
@@ -827,6 +843,8 @@ cdef bint retry_on_reset(HStream* s, const char* reason) noexcept nogil:
     """The pool failed the attempt before its response (s.upstream.conn is NULL now): is it
     retried (or, hedging, is another attempt still to answer)? True: the caller stops."""
     cdef RetryState* st = s.retry
+    if s.resp_started or s.upstream.resp_head != NULL:
+        return False                    # (a head went to the encoder filters: the response is the client's)
     if st.cur_hedged or st.hedged.conn != NULL:
         return _retry_hedged_reset(s, reason)
     timer_cancel(s.c.w, &st.per_try)
@@ -966,6 +984,8 @@ cdef void _retry_do(HStream* s) noexcept nogil:
     cdef Chain copy
     cdef PairList tl
     cdef int i, rc = 0
+    if s.ended or s.resp_started or (s.fc != NULL and s.fc.resp.used):
+        return                          # (the stream is answered, locally or by the upstream)
     if s.upstream.conn != NULL and st.hedged.conn == NULL:
         _retry_swap(s)                  # (the hedged attempt had the slot: the new one takes the other)
     s.lb.attempt += 1
@@ -981,7 +1001,9 @@ cdef void _retry_do(HStream* s) noexcept nogil:
     s.upstream.conn = u
     if u == NULL:
         if s.retry.hedged.conn != NULL:
-            return                      # (the hedged attempt may still answer)
+            # The hedged attempt may still answer: its outcome, not this pick's, flags the stream.
+            s.response_flags &= ~(RF_UH | RF_UO)
+            return
         _count_upstream(s.cluster.stats, c.w, 503)
         if s.response_flags & RF_UO:
             stream_local_reply(s, 503, UPSTREAM_OVERFLOW, strlen(UPSTREAM_OVERFLOW), NULL, 0, not s.req_received)

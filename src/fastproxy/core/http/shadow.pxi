@@ -532,6 +532,7 @@ cdef int shadow_on_response_headers(HStream* s, const HttpHead* head) noexcept n
         return -1
     s.upstream.resp_head = head
     s.status = head.status
+    outlier_report_http(s.upstream.hstats, s.c.w, head.status)     # (as the primary's, ur_on_response_headers)
     _count_upstream(s.cluster.stats, s.c.w, s.status)
     _count_host(s, s.status)
     return 0
@@ -567,9 +568,11 @@ cdef void shadow_on_response_error(HStream* s, int kind) noexcept nogil:
         http_pool_fail(u, 503, UPSTREAM_TERMINATION)
 
 
-cdef void shadow_upstream_failed(HStream* s, int status) noexcept nogil:
+cdef void shadow_upstream_failed(HStream* s, int status, const char* reason) noexcept nogil:
     """stream_upstream_failed for a shadow: the router's reply in the response's place is
-    charged to the mirror cluster (unless a response head was counted already); it ends."""
+    charged to the mirror cluster (unless a response head was counted already), the failure
+    to the host's outlier detection as the primary's is; it ends."""
+    outlier_report_local(s.upstream.hstats, s.c.w, outlier_failure_kind(reason, s.status != 0))
     s.upstream.conn = NULL
     if s.status == 0 and s.cluster != NULL:
         _count_upstream(s.cluster.stats, s.c.w, status)

@@ -615,6 +615,7 @@ cdef UpConn* http_pool_acquire(HStream* s, ClusterCfg* cl) noexcept nogil:
             return u
     if _upconn_connect(u, host) < 0:
         stat_add(cl.stats, w, C_RQ_PENDING_FAILURE_EJECT, 1)
+        outlier_report_local(s.upstream.hstats, w, OUT_CONNECT_FAILED)     # (as a later connect failure)
         u.stream = NULL
         upconn_close(u)
         s.response_flags |= RF_UF
