@@ -128,10 +128,11 @@ cdef str _hp_cookie_tail(c):
 
 # ---------------------------------------------------------------- the request's hash (worker)
 
-cdef inline bint _hp_balancer_hashes(const ClusterParams* prm) noexcept nogil:
-    """Does the cluster's load balancer use the request's hash (Envoy asks for it only in
-    the consistent-hash balancers' pick)?"""
-    return prm.lb == LB_RING_HASH or prm.lb == LB_MAGLEV
+cdef inline bint _hp_balancer_hashes(const HostSet* hs) noexcept nogil:
+    """Does the load balancer the worker picks with use the request's hash (Envoy asks for
+    it only in the consistent-hash balancers' pick)? The host set's own policy: the one its
+    tables were built for, which the pick uses."""
+    return hs != NULL and (hs.policy == LB_RING_HASH or hs.policy == LB_MAGLEV)
 
 
 cdef int stream_hash_policy(HStream* s, const RouteInput* r) noexcept nogil:
@@ -147,7 +148,7 @@ cdef int stream_hash_policy(HStream* s, const RouteInput* r) noexcept nogil:
     s.lb.has_hash = 0
     s.lb.hash = 0
     s.hash_cookies = 0
-    if p == NULL or s.cluster == NULL or not _hp_balancer_hashes(cluster_params(s.cluster, s.c.w)):
+    if p == NULL or s.cluster == NULL or not _hp_balancer_hashes(lb_hosts(s.cluster, s.c.w)):
         return 0
     for i in range(p.n):
         m = &p.methods[i]
