@@ -123,6 +123,23 @@ cdef int chain_append_slice(Chain* c, Slice* s, size_t off, size_t n) noexcept n
     return 0
 
 
+cdef int chain_ref_bytes(Chain* dst, const Chain* src, size_t n) noexcept nogil:
+    """References to the first n bytes of src at the end of dst; src keeps them (no byte is
+    copied: a retry's kept body, a shadow's copy). -1: no memory."""
+    cdef int i = 0
+    cdef const SliceRef* r
+    cdef size_t k
+    while n and i < src.count:
+        r = &src.refs[src.head + i]
+        k = r.len if r.len < n else n
+        slice_incref(r.s)
+        if chain_append_slice(dst, r.s, r.off, k) < 0:
+            return -1
+        n -= k
+        i += 1
+    return 0
+
+
 cdef int chain_append(Chain* c, const char* p, size_t n) noexcept nogil:
     """Copy n bytes to the end of the chain."""
     cdef size_t room = chain_tail_room(c)

@@ -144,6 +144,10 @@ cdef void _heap_down(Worker* w, int i) noexcept nogil:
         i = m
 
 
+cdef inline bint timer_armed(const Timer* t) noexcept nogil:
+    return t.index != TIMER_NONE
+
+
 cdef inline void timer_init(Timer* t, timer_cb_t cb, void* arg) noexcept nogil:
     t.index = TIMER_NONE
     t.cb = cb

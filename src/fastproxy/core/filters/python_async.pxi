@@ -244,7 +244,7 @@ cdef class AsyncBridge:
                 return
         k = &self.wakes[w.index] if w.index < self.nworkers else NULL
         if k != NULL and on_worker_thread(w):
-            if k.timer.index != TIMER_NONE:
+            if timer_armed(&k.timer):
                 return                      # armed earlier this turn
             if timer_arm(w, &k.timer, 0) == 0:
                 Py_INCREF(self)

@@ -501,20 +501,10 @@ cdef bint retry_keep_body(HStream* s, Chain* src, size_t n, bint end) noexcept n
     retries are abandoned for this request (Envoy's retry_or_shadow_abandoned); the
     caller then answers 507 if no attempt is in flight: False."""
     cdef RetryState* st = s.retry
-    cdef SliceRef* r
-    cdef size_t left = n
-    cdef int i = 0
     if not st.keep_body:
         return True
-    if st.body.length + n > _retry_limit(s):
+    if st.body.length + n > _retry_limit(s) or chain_ref_bytes(&st.body, src, n) < 0:
         return _retry_abandon(s)
-    while left and i < src.count:
-        r = &src.refs[src.head + i]
-        slice_incref(r.s)
-        if chain_append_slice(&st.body, r.s, r.off, r.len if r.len < left else left) < 0:
-            return _retry_abandon(s)
-        left -= r.len if r.len < left else left
-        i += 1
     if end:
         st.body_end = 1
     return True
@@ -538,10 +528,6 @@ cdef bint _retry_abandon(HStream* s) noexcept nogil:
         _retry_disarm(st)
         return False                    # waiting to retry: nothing is in flight any more
     return True
-
-
-cdef inline bint timer_armed(Timer* t) noexcept nogil:
-    return t.index != TIMER_NONE
 
 
 cdef void retry_request_complete(HStream* s) noexcept nogil:
@@ -575,16 +561,7 @@ cdef inline void _retry_disarm(RetryState* st) noexcept nogil:
 cdef bint _retries_can_create(ClusterCfg* cl, Worker* w) noexcept nogil:
     """The circuit breakers' retries: the retry budget when the cluster has one (a share of
     its active and pending requests, at least min_retry_concurrency), else max_retries."""
-    cdef int64_t used = fp_atomic_load_i64(&cl.n_retries)
-    cdef int64_t active
-    cdef uint64_t budget
-    if cl.has_retry_budget:
-        active = fp_atomic_load_i64(&cl.n_rq) + fp_atomic_load_i64(&cl.n_pending)
-        budget = <uint64_t>(active * <int64_t>cl.retry_budget_pct_x100 // 10000)
-        if budget < cl.retry_budget_min:
-            budget = cl.retry_budget_min
-        return used < <int64_t>budget
-    return not cb_full(&cl.n_retries, cluster_params(cl, w).max_retries)
+    return fp_atomic_load_i64(&cl.n_retries) < cluster_retry_limit(cl, cluster_params(cl, w).max_retries)
 
 
 cdef uint64_t _retry_backoff_ms(HStream* s) noexcept nogil:
@@ -1018,12 +995,7 @@ cdef void _retry_do(HStream* s) noexcept nogil:
         return
     if st.body.length:
         chain_init(&copy)
-        for i in range(st.body.count):
-            slice_incref(st.body.refs[st.body.head + i].s)
-            if chain_append_slice(&copy, st.body.refs[st.body.head + i].s, st.body.refs[st.body.head + i].off,
-                                  st.body.refs[st.body.head + i].len) < 0:
-                rc = -1
-                break
+        rc = chain_ref_bytes(&copy, &st.body, st.body.length)
         if rc == 0:
             rc = u.codec.encode_data(u, &copy, copy.length)
         chain_free(&copy)

@@ -386,22 +386,6 @@ cdef void _shadow_unfeed(Shadow* sh) noexcept nogil:
 
 # ---------------------------------------------------------------- the primary's body
 
-cdef int _chain_ref_bytes(Chain* dst, const Chain* src, size_t n) noexcept nogil:
-    """References to the first n bytes of src at the end of dst (src keeps them). -1: no memory."""
-    cdef int i = 0
-    cdef const SliceRef* r
-    cdef size_t k
-    while n and i < src.count:
-        r = &src.refs[src.head + i]
-        k = r.len if r.len < n else n
-        slice_incref(r.s)
-        if chain_append_slice(dst, r.s, r.off, k) < 0:
-            return -1
-        n -= k
-        i += 1
-    return 0
-
-
 cdef void shadows_feed(HStream* s, const Chain* src, size_t n, bint end, const HttpHead* trailers,
                        const HMap* map_trailers) noexcept nogil:
     """The primary s sends n request body bytes (the first n of src, which it keeps), `end`
@@ -438,7 +422,7 @@ cdef void _shadow_data(HStream* s, Shadow* sh, const Chain* src, size_t n, bint 
         return
     if n:
         chain_init(&tmp)
-        rc = _chain_ref_bytes(&tmp, src, n)
+        rc = chain_ref_bytes(&tmp, src, n)
         if rc == 0:
             rc = u.codec.encode_data(u, &tmp, n)
         chain_free(&tmp)

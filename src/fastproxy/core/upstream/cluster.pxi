@@ -8,6 +8,18 @@ cdef inline bint cb_full(int64_t* count, uint32_t limit) noexcept nogil:
     return fp_atomic_load_i64(count) >= <int64_t>limit
 
 
+cdef inline int64_t cluster_retry_limit(ClusterCfg* c, uint32_t max_retries) noexcept nogil:
+    """What the circuit breakers limit outstanding retries to now: the retry budget's share
+    of the active and pending requests (at least its min_retry_concurrency) when the
+    cluster has one, else max_retries."""
+    cdef int64_t budget
+    if not c.has_retry_budget:
+        return max_retries
+    budget = ((fp_atomic_load_i64(&c.n_rq) + fp_atomic_load_i64(&c.n_pending))
+              * <int64_t>c.retry_budget_pct_x100 // 10000)
+    return budget if budget > <int64_t>c.retry_budget_min else <int64_t>c.retry_budget_min
+
+
 cdef void _lb_source_free(LbSource* s) noexcept nogil:
     free(s.idx)
     free(s.schedule)
@@ -1041,14 +1053,7 @@ cdef class ClusterHandle:
                 "retries": (fp_atomic_load_i64(&self.c.n_retries), self._retry_limit())}
 
     cdef uint64_t _retry_limit(self):
-        """What the retries are limited to now: the retry budget's share of the active and
-        pending requests (at least its min_retry_concurrency), else max_retries."""
-        cdef uint64_t budget
-        if not self.c.has_retry_budget:
-            return self.params.max_retries
-        budget = <uint64_t>((fp_atomic_load_i64(&self.c.n_rq) + fp_atomic_load_i64(&self.c.n_pending))
-                            * <int64_t>self.c.retry_budget_pct_x100 // 10000)
-        return max(budget, self.c.retry_budget_min)
+        return <uint64_t>cluster_retry_limit(self.c, self.params.max_retries)
 
     def set_retry_budget(self, budget_percent=None, uint32_t min_retry_concurrency=3):
         """The circuit breakers' retry_budget (None: none; max_retries limits retries).
